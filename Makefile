@@ -1,0 +1,34 @@
+# explaind: the commands a newcomer needs. `make run` serves the bundled models; `make test` runs
+# every test. Both fetch ONNX Runtime (pinned, sha256-checked) into ~/.cache/explaind first.
+
+CARGO ?= cargo
+BIND ?= 127.0.0.1:8080
+VENV ?= $(HOME)/.cache/explaind/venv-models
+
+.PHONY: run test lint onnxruntime models openapi bench
+
+onnxruntime:
+	@./scripts/fetch-onnxruntime.sh >/dev/null
+
+run: onnxruntime
+	$(CARGO) run --release -- serve --models models --bind $(BIND)
+
+test: onnxruntime
+	$(CARGO) test
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Regenerates the example models and test fixtures (needs Debian's dataset-fashion-mnist).
+models:
+	test -d /usr/share/datasets/fashion-mnist || apt-get install -y dataset-fashion-mnist
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r scripts/requirements-models.txt
+	$(VENV)/bin/python scripts/make_models.py
+
+openapi:
+	$(CARGO) run --quiet -- openapi > openapi/openapi.json
+
+bench: onnxruntime
+	$(CARGO) bench

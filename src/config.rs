@@ -1,0 +1,234 @@
+//! One `Config` for the whole service: documented defaults, overlaid by a TOML file, then by
+//! `EXPLAIND_*` environment variables, then by command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Every setting of the service. The serde defaults below are the one source of defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub bind: String,
+    /// Directory holding one folder per model (`model.onnx` + `model.toml`).
+    pub models_dir: PathBuf,
+    /// Path of the ONNX Runtime shared library; when absent, `ORT_DYLIB_PATH`, the executable's
+    /// folder and the set-up script's cache are tried in that order.
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Worker threads that run model passes; each owns its own ONNX Runtime sessions.
+    pub workers: usize,
+    /// Intra-op threads of each ONNX Runtime session.
+    pub intra_op_threads: usize,
+    /// Jobs that may wait for a worker; beyond this a request is refused at once with 503.
+    pub queue_capacity: usize,
+    /// A job not finished this many milliseconds after it was accepted is cancelled.
+    pub job_deadline_ms: u64,
+    /// Most rows one model pass may hold (predict batches, explanation sample batches).
+    pub max_batch: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest image accepted, in pixels (width x height), checked before decoding.
+    pub max_image_pixels: u64,
+    /// Largest `top_k` a request may ask for.
+    pub max_top_k: usize,
+    /// Seconds suggested to clients in `Retry-After` when the queue is full.
+    pub retry_after_secs: u64,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            models_dir: PathBuf::from("models"),
+            onnxruntime_library: None,
+            workers: 2,
+            intra_op_threads: 1,
+            queue_capacity: 64,
+            job_deadline_ms: 30_000,
+            max_batch: 64,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_image_pixels: 4096 * 4096,
+            max_top_k: 100,
+            retry_after_secs: 1,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// A configuration that could not be read; the message names the file, variable or field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+const ENV_PREFIX: &str = "EXPLAIND_";
+
+impl Config {
+    /// Defaults, then the file (if any), then `EXPLAIND_<FIELD>` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match toml::Table::try_from(Config::default()) {
+            Ok(t) => t,
+            Err(e) => unreachable!("defaults serialize: {e}"),
+        };
+        let mut origin = "defaults".to_string();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let from_file: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                        origin: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+            for (key, value) in from_file {
+                if !table.contains_key(&key) && key != "onnxruntime_library" {
+                    return Err(ConfigError::Invalid {
+                        origin: path.display().to_string(),
+                        message: format!("unknown field `{key}`"),
+                    });
+                }
+                table.insert(key, value);
+            }
+            origin = path.display().to_string();
+        }
+        for (name, raw) in env {
+            let Some(field) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = field.to_ascii_lowercase();
+            if !Self::is_field(&key) {
+                continue; // other EXPLAIND_* variables (test switches, cache paths) are not config
+            }
+            table.insert(key, env_value(&raw));
+            origin = format!("{origin} + environment ({name})");
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                origin,
+                message: e.message().to_string(),
+            })
+            .and_then(|c: Config| c.validated())
+    }
+
+    fn is_field(key: &str) -> bool {
+        matches!(
+            key,
+            "bind"
+                | "models_dir"
+                | "onnxruntime_library"
+                | "workers"
+                | "intra_op_threads"
+                | "queue_capacity"
+                | "job_deadline_ms"
+                | "max_batch"
+                | "max_body_bytes"
+                | "max_image_pixels"
+                | "max_top_k"
+                | "retry_after_secs"
+                | "log_format"
+        )
+    }
+
+    /// Checks the bounds that the rest of the service relies on.
+    pub fn validated(self) -> Result<Self, ConfigError> {
+        let bad = |field: &str, why: &str| ConfigError::Invalid {
+            origin: format!("field `{field}`"),
+            message: why.to_string(),
+        };
+        if self.workers == 0 || self.workers > 256 {
+            return Err(bad("workers", "must be between 1 and 256"));
+        }
+        if self.intra_op_threads == 0 {
+            return Err(bad("intra_op_threads", "must be at least 1"));
+        }
+        if self.max_batch == 0 {
+            return Err(bad("max_batch", "must be at least 1"));
+        }
+        if self.job_deadline_ms == 0 {
+            return Err(bad("job_deadline_ms", "must be at least 1"));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(bad("max_body_bytes", "must be at least 1024"));
+        }
+        if self.max_image_pixels == 0 {
+            return Err(bad("max_image_pixels", "must be at least 1"));
+        }
+        Ok(self)
+    }
+}
+
+/// Environment values are TOML literals where they parse as one (`4`, `true`), else plain strings.
+fn env_value(raw: &str) -> toml::Value {
+    let probe = format!("v = {raw}");
+    match probe.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("explaind-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "workers = 3\nqueue_capacity = 5\n").unwrap();
+        let env = vec![
+            ("EXPLAIND_QUEUE_CAPACITY".to_string(), "7".to_string()),
+            ("EXPLAIND_BIND".to_string(), "0.0.0.0:9".to_string()),
+            ("EXPLAIND_UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load(Some(&file), env).unwrap();
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.queue_capacity, 7);
+        assert_eq!(c.bind, "0.0.0.0:9");
+        assert_eq!(c.max_batch, Config::default().max_batch);
+    }
+
+    #[test]
+    fn unknown_file_field_is_named() {
+        let dir = std::env::temp_dir().join(format!("explaind-config2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "wokers = 3\n").unwrap();
+        let err = Config::load(Some(&file), vec![]).unwrap_err().to_string();
+        assert!(err.contains("wokers"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_rejected() {
+        let env = vec![("EXPLAIND_WORKERS".to_string(), "0".to_string())];
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("workers"), "{err}");
+    }
+}

@@ -1,0 +1,267 @@
+//! The bounded job executor: a fixed pool of blocking worker threads, each owning its ONNX Runtime
+//! sessions, fed by a queue whose capacity is enforced at admission. A request that finds the
+//! queue full is refused at once; a job whose caller went away or whose deadline passed is skipped
+//! or cancelled; a job that fails or panics reports an error and the worker lives on.
+
+mod job;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+pub use job::{JobContext, Task};
+
+use crate::runtime::{Registry, RuntimeError, WorkerRuntime};
+use crate::telemetry::Metrics;
+
+/// Why a job did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The queue is full; retry later.
+    #[error("the service is at capacity ({capacity} jobs queued or running); retry shortly")]
+    Overloaded { capacity: usize },
+    /// The job did not finish before its deadline and was cancelled.
+    #[error("the job did not finish within {0:?} and was cancelled")]
+    DeadlineExceeded(Duration),
+    /// The worker panicked while running the job (a bug); the worker carries on.
+    #[error("the job failed unexpectedly: {0}")]
+    Panicked(String),
+    /// The executor is shutting down.
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    /// The job ran and failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// Executor sizes and limits.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// Worker threads.
+    pub workers: usize,
+    /// Intra-op threads per session.
+    pub intra_op_threads: usize,
+    /// Jobs that may wait beyond those running.
+    pub queue_capacity: usize,
+    /// Deadline of each job from admission.
+    pub job_deadline: Duration,
+    /// Most rows per model pass.
+    pub max_batch: usize,
+}
+
+type BoxedJob = Box<dyn FnOnce(&mut WorkerRuntime) + Send>;
+
+/// The job queue and its workers.
+pub struct Executor {
+    sender: Mutex<Option<crossbeam_channel::Sender<BoxedJob>>>,
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    deadline: Duration,
+    ready_workers: Arc<AtomicUsize>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    worker_count: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Executor {
+    /// Starts the workers; each creates its sessions on its own thread and then reports ready.
+    pub fn start(
+        env: &'static ort::environment::Environment,
+        registry: Arc<Registry>,
+        options: ExecutorOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let capacity = options.queue_capacity + options.workers;
+        // The channel never blocks a sender: admission (the semaphore) bounds what enters it.
+        let (sender, receiver) = crossbeam_channel::bounded::<BoxedJob>(capacity);
+        let ready_workers = Arc::new(AtomicUsize::new(0));
+        let mut handles = Vec::new();
+        for index in 0..options.workers {
+            let receiver = receiver.clone();
+            let registry = registry.clone();
+            let ready = ready_workers.clone();
+            let options = options.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("explaind-worker-{index}"))
+                .spawn(move || {
+                    let mut rt = match WorkerRuntime::new(env, registry, options.intra_op_threads, options.max_batch) {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(worker = index, error = %e, "worker could not create its sessions");
+                            return;
+                        }
+                    };
+                    ready.fetch_add(1, Ordering::SeqCst);
+                    while let Ok(job) = receiver.recv() {
+                        job(&mut rt);
+                    }
+                    tracing::debug!(worker = index, "worker stopped");
+                })
+                .expect("spawning a worker thread");
+            handles.push(handle);
+        }
+        Self {
+            sender: Mutex::new(Some(sender)),
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            deadline: options.job_deadline,
+            ready_workers,
+            workers: Mutex::new(handles),
+            worker_count: options.workers,
+            metrics,
+        }
+    }
+
+    /// True once every worker has its sessions.
+    pub fn is_ready(&self) -> bool {
+        self.ready_workers.load(Ordering::SeqCst) == self.worker_count
+    }
+
+    /// Waits until every worker is ready, or `timeout` passes.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while !self.is_ready() {
+            if start.elapsed() > timeout {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Jobs queued or running, and the most there may be.
+    pub fn load(&self) -> (usize, usize) {
+        (
+            self.capacity - self.permits.available_permits(),
+            self.capacity,
+        )
+    }
+
+    /// Takes a queue slot or refuses at once. Take it before decoding a request, so that a full
+    /// service spends nothing on requests it cannot run.
+    pub fn admit(&self) -> Result<Admission<'_>, ExecError> {
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.jobs_rejected.inc();
+            ExecError::Overloaded {
+                capacity: self.capacity,
+            }
+        })?;
+        Ok(Admission {
+            executor: self,
+            permit,
+            admitted: Instant::now(),
+        })
+    }
+
+    /// Admits `task` (or refuses it at once) and waits for its result.
+    pub async fn submit<T: Task>(&self, task: T) -> Result<T::Output, ExecError> {
+        self.admit()?.run(task).await
+    }
+
+    /// Stops taking jobs, lets queued and running jobs finish, and joins the workers.
+    pub fn shutdown(&self) {
+        drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A held queue slot; the deadline counts from admission.
+pub struct Admission<'a> {
+    executor: &'a Executor,
+    permit: OwnedSemaphorePermit,
+    admitted: Instant,
+}
+
+impl Admission<'_> {
+    /// Queues `task` on the slot and waits for its result.
+    pub async fn run<T: Task>(self, task: T) -> Result<T::Output, ExecError> {
+        let Admission {
+            executor,
+            permit,
+            admitted,
+        } = self;
+        let deadline = admitted + executor.deadline;
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let ctx = JobContext::new(deadline, cancelled.clone());
+        let (reply, result) = oneshot::channel::<Result<T::Output, ExecError>>();
+        let metrics = executor.metrics.clone();
+        let span = tracing::Span::current();
+        metrics.queue_depth.inc();
+        let job: BoxedJob = Box::new(move |rt: &mut WorkerRuntime| {
+            let _permit = permit; // frees the queue slot when the job ends, however it ends
+            let _entered = span.enter();
+            metrics.queue_depth.dec();
+            metrics.queue_wait.observe(admitted.elapsed().as_secs_f64());
+            if reply.is_closed() {
+                metrics.jobs_cancelled.inc();
+                tracing::info!("job skipped: the caller went away");
+                return;
+            }
+            if ctx.is_cancelled() {
+                metrics.jobs_cancelled.inc();
+                let _ = reply.send(Err(ExecError::DeadlineExceeded(deadline - admitted)));
+                return;
+            }
+            let started = Instant::now();
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| task.run(rt, &ctx)));
+            metrics
+                .job_duration
+                .observe(started.elapsed().as_secs_f64());
+            let result = match outcome {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(RuntimeError::Cancelled)) => {
+                    metrics.jobs_cancelled.inc();
+                    Err(ExecError::DeadlineExceeded(deadline - admitted))
+                }
+                Ok(Err(e)) => Err(ExecError::Runtime(e)),
+                Err(panic) => {
+                    let message = panic_message(&panic);
+                    tracing::error!(panic = %message, "job panicked; the worker carries on");
+                    Err(ExecError::Panicked(message))
+                }
+            };
+            let _ = reply.send(result);
+        });
+        {
+            let sender = executor.sender.lock().unwrap_or_else(|p| p.into_inner());
+            let sent = sender
+                .as_ref()
+                .map(|s| s.try_send(job).is_ok())
+                .unwrap_or(false);
+            if !sent {
+                executor.metrics.queue_depth.dec();
+                return Err(ExecError::ShuttingDown);
+            }
+        }
+        // Dropping this future (the client went away) marks the job cancelled too.
+        let _guard = CancelOnDrop(cancelled);
+        match tokio::time::timeout_at(deadline.into(), result).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ExecError::ShuttingDown),
+            Err(_) => Err(ExecError::DeadlineExceeded(executor.deadline)),
+        }
+    }
+}
+
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}

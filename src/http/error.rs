@@ -1,0 +1,243 @@
+//! RFC 9457 problem details: every error the API returns, with a stable `type` per kind of problem.
+//! Each `type` is a path on this service (`/problems/{slug}`) that documents the problem.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::executor::ExecError;
+use crate::runtime::{preprocess::InputError, RuntimeError};
+
+/// The kinds of problem, each with a stable slug, status and title.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    MalformedJson,
+    InvalidRequest,
+    InvalidInput,
+    InvalidImage,
+    ImageTooLarge,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ModelNotFound,
+    NotFound,
+    MethodNotAllowed,
+    Overloaded,
+    DeadlineExceeded,
+    ShuttingDown,
+    Internal,
+}
+
+impl ProblemKind {
+    /// Every kind, for documentation.
+    pub const ALL: [ProblemKind; 14] = [
+        Self::MalformedJson,
+        Self::InvalidRequest,
+        Self::InvalidInput,
+        Self::InvalidImage,
+        Self::ImageTooLarge,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::ModelNotFound,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Overloaded,
+        Self::DeadlineExceeded,
+        Self::ShuttingDown,
+        Self::Internal,
+    ];
+
+    /// Stable identifier used in the `type` URI.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "malformed-json",
+            Self::InvalidRequest => "invalid-request",
+            Self::InvalidInput => "invalid-input",
+            Self::InvalidImage => "invalid-image",
+            Self::ImageTooLarge => "image-too-large",
+            Self::PayloadTooLarge => "payload-too-large",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::ModelNotFound => "model-not-found",
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::Overloaded => "overloaded",
+            Self::DeadlineExceeded => "deadline-exceeded",
+            Self::ShuttingDown => "shutting-down",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::MalformedJson | Self::InvalidRequest | Self::InvalidImage => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::InvalidInput => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::ImageTooLarge | Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Overloaded | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Short human-readable summary.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "The request body is not valid JSON",
+            Self::InvalidRequest => "The request is not valid",
+            Self::InvalidInput => "The input does not fit the model",
+            Self::InvalidImage => "The image cannot be decoded",
+            Self::ImageTooLarge => "The image has too many pixels",
+            Self::PayloadTooLarge => "The request body is too large",
+            Self::UnsupportedMediaType => "The content type is not accepted here",
+            Self::ModelNotFound => "No such model",
+            Self::NotFound => "No such resource",
+            Self::MethodNotAllowed => "Method not allowed on this resource",
+            Self::Overloaded => "The service is at capacity",
+            Self::DeadlineExceeded => "The job did not finish in time",
+            Self::ShuttingDown => "The service is shutting down",
+            Self::Internal => "Internal error",
+        }
+    }
+
+    /// The `type` URI.
+    pub fn type_uri(self) -> String {
+        format!("/problems/{}", self.slug())
+    }
+
+    /// The kind with that slug.
+    pub fn from_slug(slug: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.slug() == slug)
+    }
+}
+
+/// An RFC 9457 problem details body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// Stable URI reference identifying the kind of problem; dereference it for documentation.
+    #[serde(rename = "type")]
+    #[schema(example = "/problems/overloaded")]
+    pub type_uri: String,
+    /// Short summary of the kind of problem.
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request, and what to do about it.
+    pub detail: String,
+}
+
+/// An error on its way to becoming a problem+json response.
+#[derive(Debug)]
+pub struct ApiError {
+    /// Kind of problem.
+    pub kind: ProblemKind,
+    /// Detail shown to the caller.
+    pub detail: String,
+    /// Seconds for `Retry-After`, on 503.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// A problem of `kind` with a caller-facing `detail`.
+    pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// An internal error: the detail is logged, the caller sees a generic message.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(ProblemKind::Internal, "the server failed to handle this request; the x-request-id response header finds its log lines")
+    }
+
+    /// Marks a 503 with the `Retry-After` to send.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.kind.status();
+        if status.is_client_error() {
+            tracing::info!(problem = self.kind.slug(), status = status.as_u16(), detail = %self.detail, "request refused");
+        } else {
+            tracing::warn!(problem = self.kind.slug(), status = status.as_u16(), detail = %self.detail, "request failed");
+        }
+        let body = Problem {
+            type_uri: self.kind.type_uri(),
+            title: self.kind.title().to_string(),
+            status: status.as_u16(),
+            detail: self.detail,
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> Self {
+        let kind = match &e {
+            InputError::BadImage(_) => ProblemKind::InvalidImage,
+            InputError::ImageTooLarge { .. } => ProblemKind::ImageTooLarge,
+            InputError::BadFeatures(_) | InputError::WrongKind(_) => ProblemKind::InvalidInput,
+        };
+        Self::new(kind, e.to_string())
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Input(e) => e.into(),
+            RuntimeError::UnknownModel(name) => model_not_found(&name),
+            RuntimeError::Cancelled => Self::new(
+                ProblemKind::DeadlineExceeded,
+                "the job was cancelled before it finished",
+            ),
+            e @ RuntimeError::Inference { .. } => Self::internal(e),
+        }
+    }
+}
+
+/// Converts an executor error; `retry_after` is the configured hint for 503s.
+pub fn from_exec(e: ExecError, retry_after: u64) -> ApiError {
+    match e {
+        e @ ExecError::Overloaded { .. } => {
+            ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(retry_after)
+        }
+        e @ ExecError::DeadlineExceeded(_) => {
+            ApiError::new(ProblemKind::DeadlineExceeded, e.to_string())
+        }
+        e @ ExecError::ShuttingDown => {
+            ApiError::new(ProblemKind::ShuttingDown, e.to_string()).retry_after(retry_after)
+        }
+        e @ ExecError::Panicked(_) => ApiError::internal(e),
+        ExecError::Runtime(e) => e.into(),
+    }
+}
+
+/// The problem for an unknown model name.
+pub fn model_not_found(name: &str) -> ApiError {
+    ApiError::new(
+        ProblemKind::ModelNotFound,
+        format!("no model named `{name}`; GET /v1/models lists the loaded models"),
+    )
+}

@@ -1,0 +1,76 @@
+//! Liveness, readiness and metrics.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+
+/// Health or readiness state.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `ready`, or `starting`.
+    pub status: &'static str,
+    /// Jobs queued or running.
+    pub jobs: usize,
+    /// Most jobs that may be queued or running.
+    pub capacity: usize,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<Health> {
+    let (jobs, capacity) = state.executor.load();
+    Json(Health {
+        status: "ok",
+        jobs,
+        capacity,
+    })
+}
+
+/// Every worker has its model sessions and can take jobs.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, body = Health, description = "ready"),
+    (status = 503, body = Health, description = "workers still loading models"),
+))]
+pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let (jobs, capacity) = state.executor.load();
+    if state.executor.is_ready() {
+        (
+            StatusCode::OK,
+            Json(Health {
+                status: "ready",
+                jobs,
+                capacity,
+            }),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "starting",
+                jobs,
+                capacity,
+            }),
+        )
+    }
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, content_type = "text/plain; version=0.0.4", body = String),
+))]
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,32 @@
+//! The HTTP face: routes, request parsing, problem+json errors, and the OpenAPI document.
+//! Handlers validate and decode; they never touch ONNX Runtime.
+
+pub mod error;
+mod health;
+pub mod input;
+mod models;
+pub mod openapi;
+mod predict;
+mod problems;
+mod router;
+
+use std::sync::Arc;
+
+pub use router::router;
+
+use crate::config::Config;
+use crate::executor::Executor;
+use crate::runtime::Registry;
+use crate::telemetry::Metrics;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// Service configuration.
+    pub config: Config,
+    /// Loaded models.
+    pub registry: Arc<Registry>,
+    /// The job executor.
+    pub executor: Arc<Executor>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+}

@@ -1,0 +1,127 @@
+//! explaind: an HTTP service that explains the predictions of ONNX models.
+//!
+//! The parts, in the order a request meets them: [`http`] (the face), [`executor`] (bounded job
+//! queue and worker threads), [`runtime`] (models, sessions, pre- and post-processing), [`onnx`]
+//! (model files and graph tools). This file only wires them together.
+
+pub mod config;
+pub mod executor;
+pub mod http;
+pub mod onnx;
+pub mod runtime;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use config::Config;
+use executor::{Executor, ExecutorOptions};
+use runtime::Registry;
+use telemetry::Metrics;
+
+/// A running service: its address, its state, and the handle that ends it.
+pub struct Service {
+    /// Address the server listens on.
+    pub addr: SocketAddr,
+    /// Shared state (executor, registry, metrics).
+    pub state: Arc<http::AppState>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Service {
+    /// Loads ONNX Runtime and the models, starts the workers, and binds the listener.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let env = runtime::library::init(config.onnxruntime_library.as_deref())?;
+        let registry = Arc::new(Registry::load_dir(&config.models_dir)?);
+        // Fail at start, naming the model, rather than in a worker later.
+        for model in registry.iter() {
+            runtime::sessions::create_session(env, model, 1).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: ONNX Runtime cannot load this model: {e}",
+                    model.dir.join("model.onnx").display()
+                )
+            })?;
+        }
+        tracing::info!(models = ?registry.names(), "models loaded");
+        let metrics = Arc::new(Metrics::default());
+        let executor = Arc::new(Executor::start(
+            env,
+            registry.clone(),
+            ExecutorOptions {
+                workers: config.workers,
+                intra_op_threads: config.intra_op_threads,
+                queue_capacity: config.queue_capacity,
+                job_deadline: Duration::from_millis(config.job_deadline_ms),
+                max_batch: config.max_batch,
+            },
+            metrics.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind(&config.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(http::AppState {
+            config,
+            registry,
+            executor,
+            metrics,
+        });
+        let app = http::router(state.clone());
+        let (shutdown, on_shutdown) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = on_shutdown.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "listening");
+        Ok(Self {
+            addr,
+            state,
+            shutdown,
+            server,
+        })
+    }
+
+    /// Stops accepting connections, finishes in-flight requests and jobs, and stops the workers.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        self.server.await??;
+        let executor = self.state.executor.clone();
+        tokio::task::spawn_blocking(move || executor.shutdown()).await?;
+        Ok(())
+    }
+}
+
+/// Runs the service until SIGTERM or Ctrl-C, then shuts down gracefully.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let service = Service::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    service.stop().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

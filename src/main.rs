@@ -1,0 +1,97 @@
+//! The `explaind` command line: serve the API, print the OpenAPI document, inspect a model.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use explaind::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "explaind",
+    version,
+    about = "Explains the predictions of ONNX models over HTTP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (flags override EXPLAIND_* variables, which override the config file).
+    Serve {
+        /// TOML config file.
+        #[arg(long, env = "EXPLAIND_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen address, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        bind: Option<String>,
+        /// Models directory (one folder per model).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// Worker threads.
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Print a model's interface (inputs, outputs, opsets) as JSON.
+    Inspect {
+        /// An ONNX file.
+        model: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            config,
+            bind,
+            models,
+            workers,
+        } => {
+            let mut cfg = Config::load(config.as_deref(), std::env::vars())?;
+            if let Some(b) = bind {
+                cfg.bind = b;
+            }
+            if let Some(m) = models {
+                cfg.models_dir = m;
+            }
+            if let Some(w) = workers {
+                cfg.workers = w;
+            }
+            let cfg = cfg.validated()?;
+            explaind::telemetry::init_logging(cfg.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(explaind::serve(cfg))
+        }
+        Command::Openapi => {
+            print!("{}", explaind::http::openapi::document_json());
+            Ok(())
+        }
+        Command::Inspect { model } => {
+            let bytes =
+                std::fs::read(&model).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+            let decoded = explaind::onnx::proto::decode_model(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: not an ONNX model: {e}", model.display()))?;
+            let summary = explaind::onnx::ModelSummary::of(&decoded);
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+    }
+}

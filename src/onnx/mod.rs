@@ -1,0 +1,7 @@
+//! ONNX model files: protobuf types, a summary of a model's interface, and a graph builder.
+
+pub mod builder;
+pub mod proto;
+pub mod summary;
+
+pub use summary::{Dim, ModelSummary, TensorInfo};

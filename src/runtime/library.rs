@@ -1,0 +1,90 @@
+//! Finding and loading the ONNX Runtime shared library (the `load-dynamic` way), with an error that
+//! says how to get it.
+
+use std::path::{Path, PathBuf};
+
+use ort::environment::Environment;
+
+/// The ONNX Runtime version explaind is built and tested against.
+pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
+
+/// The library could not be found or loaded.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot load the ONNX Runtime library ({tried}): {reason}.\n\
+     Run `scripts/fetch-onnxruntime.sh` (it downloads ONNX Runtime {ONNXRUNTIME_VERSION} from PyPI into \
+     ~/.cache/explaind), or set `onnxruntime_library` in the config / ORT_DYLIB_PATH to a libonnxruntime.so"
+)]
+pub struct LibraryError {
+    tried: String,
+    reason: String,
+}
+
+/// Where the set-up script puts the library.
+pub fn cached_library_path() -> Option<PathBuf> {
+    let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("explaind"))
+        })?;
+    Some(
+        cache
+            .join(format!("onnxruntime-{ONNXRUNTIME_VERSION}"))
+            .join("libonnxruntime.so"),
+    )
+}
+
+/// The candidate paths in the order they are tried.
+pub fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = configured {
+        out.push(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        out.push(PathBuf::from(p));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        out.push(dir.join("libonnxruntime.so"));
+    }
+    out.extend(cached_library_path());
+    out
+}
+
+/// Loads ONNX Runtime once per process and returns the process-wide environment.
+pub fn init(configured: Option<&Path>) -> Result<&'static Environment, LibraryError> {
+    static RESULT: std::sync::OnceLock<Result<Environment, String>> = std::sync::OnceLock::new();
+    let result = RESULT.get_or_init(|| {
+        let candidates = candidates(configured);
+        // The first existing candidate wins; an explicitly configured path must exist.
+        let path = match configured {
+            Some(p) => p.to_path_buf(),
+            None => candidates
+                .iter()
+                .find(|p| p.exists())
+                .cloned()
+                .ok_or_else(|| format!("tried {}: no such file", join(&candidates)))?,
+        };
+        let builder = ort::init_from(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let env = builder
+            .with_name("explaind")
+            .build()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+        Ok(env)
+    });
+    result.as_ref().map_err(|reason| LibraryError {
+        tried: join(&candidates(configured)),
+        reason: reason.clone(),
+    })
+}
+
+fn join(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,491 @@
+//! `model.toml`: how to feed a model and read its answer. What the manifest leaves out is read from
+//! the ONNX graph; what cannot be read and is missing is an error naming the file and field.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::onnx::{Dim, ModelSummary, TensorInfo};
+
+/// The manifest file as written by a user.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    task: Option<Task>,
+    description: Option<String>,
+    input: Option<String>,
+    output: Option<String>,
+    scores: Option<ScoreKind>,
+    labels: Option<Vec<String>>,
+    labels_file: Option<String>,
+    image: Option<ImageManifest>,
+    tabular: Option<TabularManifest>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ImageManifest {
+    layout: Option<Layout>,
+    width: Option<usize>,
+    height: Option<usize>,
+    color: Option<ColorOrder>,
+    resize: Option<ResizeFilter>,
+    fit: Option<Fit>,
+    scale: Option<f32>,
+    mean: Option<Vec<f32>>,
+    std: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TabularManifest {
+    features: Option<Vec<String>>,
+    background: Option<String>,
+}
+
+/// What kind of model this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Image in, class scores out.
+    ImageClassification,
+    /// Feature vector in, class scores out.
+    TabularClassification,
+    /// Feature vector in, one number out.
+    TabularRegression,
+}
+
+/// What the output tensor holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreKind {
+    /// Unnormalised scores; predictions report their softmax.
+    Logits,
+    /// Class probabilities, reported as they are.
+    Probabilities,
+    /// A regression value.
+    Raw,
+}
+
+/// Tensor layout of an image input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum Layout {
+    /// Batch, channels, height, width.
+    NCHW,
+    /// Batch, height, width, channels.
+    NHWC,
+}
+
+/// Channel order the model expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorOrder {
+    /// Red, green, blue.
+    Rgb,
+    /// Blue, green, red.
+    Bgr,
+    /// One luminance channel.
+    Grayscale,
+}
+
+/// Interpolation used to resize images to the model's input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeFilter {
+    /// Bilinear (triangle) filter.
+    Bilinear,
+    /// Nearest neighbour.
+    Nearest,
+}
+
+/// How an image of another aspect ratio is fitted to the input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fit {
+    /// Resize both axes to the input size.
+    Stretch,
+    /// Resize the shorter side to the input size, then crop the centre.
+    CenterCrop,
+}
+
+/// Preprocessing of an image model, resolved.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ImageSpec {
+    /// Tensor layout.
+    pub layout: Layout,
+    /// Input width in pixels.
+    pub width: usize,
+    /// Input height in pixels.
+    pub height: usize,
+    /// Channel count (1 or 3).
+    pub channels: usize,
+    /// Channel order.
+    pub color: ColorOrder,
+    /// Resize filter.
+    pub resize: ResizeFilter,
+    /// Aspect-ratio handling.
+    pub fit: Fit,
+    /// Factor applied to 0-255 pixel values before normalisation.
+    pub scale: f32,
+    /// Per-channel mean subtracted after scaling.
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation divided by after subtracting the mean.
+    pub std: Vec<f32>,
+}
+
+/// Input of a tabular model, resolved.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TabularSpec {
+    /// Feature names in input order.
+    pub features: Vec<String>,
+    /// Background data file (CSV) next to the model, when one is named.
+    pub background: Option<String>,
+}
+
+/// Everything needed to feed a model and read its answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelSpec {
+    /// Model task.
+    pub task: Task,
+    /// Free text from the manifest.
+    pub description: Option<String>,
+    /// Name of the input tensor that takes the image or features.
+    pub input: String,
+    /// Name of the output tensor that holds the scores.
+    pub output: String,
+    /// What the output holds.
+    pub scores: ScoreKind,
+    /// Class labels, index order (one entry, the target's name, for regression).
+    pub labels: Vec<String>,
+    /// Image preprocessing (image tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSpec>,
+    /// Feature layout (tabular tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tabular: Option<TabularSpec>,
+}
+
+/// A manifest or model that does not fit together; the message names file and field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {message}")]
+pub struct ManifestError {
+    /// The file at fault.
+    pub file: String,
+    /// The field at fault.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Manifest {
+    /// Parses `model.toml`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| ManifestError {
+            file: path.display().to_string(),
+            field: "(parse)".into(),
+            // toml's message names the key, line and column.
+            message: e.to_string().replace('\n', " "),
+        })
+    }
+
+    /// Completes the manifest from the model's graph.
+    pub fn resolve(
+        self,
+        manifest_path: &Path,
+        summary: &ModelSummary,
+    ) -> Result<ModelSpec, ManifestError> {
+        let err = |field: &str, message: String| ManifestError {
+            file: manifest_path.display().to_string(),
+            field: field.to_string(),
+            message,
+        };
+        let task = self.task.ok_or_else(|| {
+            err(
+                "task",
+                "missing: one of image-classification, tabular-classification, tabular-regression"
+                    .into(),
+            )
+        })?;
+
+        let input = pick(&summary.inputs, self.input.as_deref(), |t| {
+            t.dtype == "float32"
+        })
+        .map_err(|m| err("input", m))?;
+        if input.dtype != "float32" {
+            return Err(err(
+                "input",
+                format!(
+                    "tensor `{}` is {}, explaind feeds float32 inputs",
+                    input.name, input.dtype
+                ),
+            ));
+        }
+        let output = pick(&summary.outputs, self.output.as_deref(), |t| {
+            t.dtype == "float32"
+        })
+        .map_err(|m| err("output", m))?;
+        if output.dtype != "float32" {
+            return Err(err(
+                "output",
+                format!(
+                    "tensor `{}` is {}, scores must be float32",
+                    output.name, output.dtype
+                ),
+            ));
+        }
+        let classes = output
+            .shape
+            .as_ref()
+            .and_then(|s| s.last())
+            .and_then(Dim::fixed);
+
+        let scores = self.scores.unwrap_or(match task {
+            Task::TabularRegression => ScoreKind::Raw,
+            _ => ScoreKind::Logits,
+        });
+
+        let mut labels = match (self.labels, self.labels_file) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "labels",
+                    "give `labels` or `labels_file`, not both".into(),
+                ))
+            }
+            (Some(l), None) => l,
+            (None, Some(file)) => {
+                let path = manifest_path.with_file_name(&file);
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        err(
+                            "labels_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect()
+            }
+            (None, None) => Vec::new(),
+        };
+        match task {
+            Task::TabularRegression => {
+                if labels.is_empty() {
+                    labels.push("value".into());
+                }
+            }
+            _ => {
+                if labels.is_empty() {
+                    let n = classes.ok_or_else(|| {
+                        err(
+                            "labels",
+                            "missing, and the output's class count is not fixed in the graph"
+                                .into(),
+                        )
+                    })?;
+                    labels = (0..n).map(|i| format!("class_{i}")).collect();
+                } else if let Some(n) = classes {
+                    if n != labels.len() {
+                        return Err(err(
+                            "labels",
+                            format!(
+                                "{} labels, but output `{}` has {n} classes",
+                                labels.len(),
+                                output.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+
+        let input_shape: Vec<Dim> = input.shape.clone().unwrap_or_default();
+        let (image, tabular) = match task {
+            Task::ImageClassification => {
+                let m = self.image.unwrap_or_default();
+                (Some(resolve_image(m, &input_shape, &err)?), None)
+            }
+            Task::TabularClassification | Task::TabularRegression => {
+                let m = self.tabular.unwrap_or_default();
+                let count = input_shape.get(1).and_then(Dim::fixed);
+                let features = match (m.features, count) {
+                    (Some(f), Some(n)) if f.len() != n => {
+                        return Err(err(
+                            "tabular.features",
+                            format!(
+                                "{} names, but input `{}` takes {n} features",
+                                f.len(),
+                                input.name
+                            ),
+                        ))
+                    }
+                    (Some(f), _) => f,
+                    (None, Some(n)) => (0..n).map(|i| format!("f{i}")).collect(),
+                    (None, None) => {
+                        return Err(err(
+                            "tabular.features",
+                            "missing, and the input's feature count is not fixed in the graph"
+                                .into(),
+                        ))
+                    }
+                };
+                (
+                    None,
+                    Some(TabularSpec {
+                        features,
+                        background: m.background,
+                    }),
+                )
+            }
+        };
+
+        Ok(ModelSpec {
+            task,
+            description: self.description,
+            input: input.name.clone(),
+            output: output.name.clone(),
+            scores,
+            labels,
+            image,
+            tabular,
+        })
+    }
+}
+
+fn resolve_image(
+    m: ImageManifest,
+    shape: &[Dim],
+    err: &dyn Fn(&str, String) -> ManifestError,
+) -> Result<ImageSpec, ManifestError> {
+    if shape.len() != 4 && !shape.is_empty() {
+        return Err(err(
+            "input",
+            format!(
+                "an image input must be 4-D, this one has {} dimensions",
+                shape.len()
+            ),
+        ));
+    }
+    let layout = m.layout.unwrap_or_else(|| {
+        // A last axis of 1 or 3 with a larger second axis is taken as NHWC.
+        match (
+            shape.get(1).and_then(Dim::fixed),
+            shape.get(3).and_then(Dim::fixed),
+        ) {
+            (Some(c), _) if c == 1 || c == 3 => Layout::NCHW,
+            (_, Some(c)) if c == 1 || c == 3 => Layout::NHWC,
+            _ => Layout::NCHW,
+        }
+    });
+    let (c_axis, h_axis, w_axis) = match layout {
+        Layout::NCHW => (1, 2, 3),
+        Layout::NHWC => (3, 1, 2),
+    };
+    let from_graph = |axis: usize| shape.get(axis).and_then(Dim::fixed);
+    let height = m
+        .height
+        .or(from_graph(h_axis))
+        .ok_or_else(|| err("image.height", "missing, and not fixed in the graph".into()))?;
+    let width = m
+        .width
+        .or(from_graph(w_axis))
+        .ok_or_else(|| err("image.width", "missing, and not fixed in the graph".into()))?;
+    for (field, given, axis) in [
+        ("image.height", m.height, h_axis),
+        ("image.width", m.width, w_axis),
+    ] {
+        if let (Some(g), Some(n)) = (given, from_graph(axis)) {
+            if g != n {
+                return Err(err(
+                    field,
+                    format!("{g} in the manifest, but the graph fixes {n}"),
+                ));
+            }
+        }
+    }
+    let channels = match (m.color, from_graph(c_axis)) {
+        (Some(ColorOrder::Grayscale), _) => 1,
+        (Some(_), _) => 3,
+        (None, Some(c)) => c,
+        (None, None) => 3,
+    };
+    if let Some(n) = from_graph(c_axis) {
+        if n != channels {
+            return Err(err(
+                "image.color",
+                format!("{channels} channel(s) implied, but the graph has {n}"),
+            ));
+        }
+    }
+    if channels != 1 && channels != 3 {
+        return Err(err(
+            "input",
+            format!("{channels} channels: explaind feeds 1 (grayscale) or 3 (colour) channels"),
+        ));
+    }
+    let color = m.color.unwrap_or(if channels == 1 {
+        ColorOrder::Grayscale
+    } else {
+        ColorOrder::Rgb
+    });
+    let per_channel =
+        |field: &str, v: Option<Vec<f32>>, default: f32| -> Result<Vec<f32>, ManifestError> {
+            let v = v.unwrap_or_else(|| vec![default]);
+            match v.len() {
+                1 => Ok(vec![v[0]; channels]),
+                n if n == channels => Ok(v),
+                n => Err(err(field, format!("{n} values for {channels} channel(s)"))),
+            }
+        };
+    let mean = per_channel("image.mean", m.mean, 0.0)?;
+    let std = per_channel("image.std", m.std, 1.0)?;
+    if std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
+        return Err(err(
+            "image.std",
+            "values must be finite and non-zero".into(),
+        ));
+    }
+    Ok(ImageSpec {
+        layout,
+        width,
+        height,
+        channels,
+        color,
+        resize: m.resize.unwrap_or(ResizeFilter::Bilinear),
+        fit: m.fit.unwrap_or(Fit::Stretch),
+        scale: m.scale.unwrap_or(1.0 / 255.0),
+        mean,
+        std,
+    })
+}
+
+/// Picks the named tensor, or the only one matching `preferred`, or the only one.
+fn pick<'a>(
+    tensors: &'a [TensorInfo],
+    name: Option<&str>,
+    preferred: impl Fn(&TensorInfo) -> bool,
+) -> Result<&'a TensorInfo, String> {
+    let names = || {
+        tensors
+            .iter()
+            .map(|t| format!("`{}`", t.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(name) = name {
+        return tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| format!("no tensor `{name}` in the graph (it has {})", names()));
+    }
+    if tensors.len() == 1 {
+        return Ok(&tensors[0]);
+    }
+    let matching: Vec<_> = tensors.iter().filter(|t| preferred(t)).collect();
+    match matching.as_slice() {
+        [one] => Ok(one),
+        _ => Err(format!("the graph has several ({}): name one", names())),
+    }
+}

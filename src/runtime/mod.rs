@@ -1,0 +1,31 @@
+//! The model runtime: the ONNX Runtime library, the model registry and manifests, per-worker
+//! sessions, and turning user inputs into tensors and outputs into predictions.
+
+pub mod library;
+pub mod manifest;
+pub mod predict;
+pub mod preprocess;
+pub mod registry;
+pub mod sessions;
+pub mod tensor;
+
+pub use registry::{LoadedModel, Registry};
+pub use sessions::WorkerRuntime;
+pub use tensor::Tensor;
+
+/// Errors of the runtime layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The request's input does not fit the model.
+    #[error(transparent)]
+    Input(#[from] preprocess::InputError),
+    /// No model of that name is loaded.
+    #[error("no model named `{0}`")]
+    UnknownModel(String),
+    /// ONNX Runtime failed while running a pass.
+    #[error("ONNX Runtime failed on model `{model}`: {message}")]
+    Inference { model: String, message: String },
+    /// The job was cancelled (client gone or deadline passed) between passes.
+    #[error("the job was cancelled")]
+    Cancelled,
+}

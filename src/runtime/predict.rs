@@ -1,0 +1,137 @@
+//! A prediction pass: rows in, ranked classes (or a regression value) and raw outputs out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::manifest::{ScoreKind, Task};
+use super::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
+
+/// One class (or the regression value) with its score.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+pub struct Prediction {
+    /// Class index in the output.
+    pub index: usize,
+    /// Class label from the manifest.
+    pub label: String,
+    /// Probability (softmax of logits, or the model's probability), or the regression value.
+    pub score: f32,
+}
+
+/// What one input row gave.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RowPrediction {
+    /// Classes by decreasing score, `top_k` of them (one entry for regression).
+    pub predictions: Vec<Prediction>,
+    /// Every tensor output of the model for this row, flattened.
+    pub outputs: BTreeMap<String, Vec<f64>>,
+}
+
+/// Runs the model on `input` (one row per item) and ranks each row's classes.
+pub fn predict(
+    rt: &mut WorkerRuntime,
+    model: &Arc<LoadedModel>,
+    input: &Tensor,
+    top_k: usize,
+) -> Result<Vec<RowPrediction>, RuntimeError> {
+    let outputs = rt.run(&model.name, &model.spec.input, input)?;
+    let scores = outputs
+        .get(&model.spec.output)
+        .ok_or_else(|| RuntimeError::Inference {
+            model: model.name.clone(),
+            message: format!("output `{}` missing from the run", model.spec.output),
+        })?;
+    let rows = input.rows();
+    let mut result = Vec::with_capacity(rows);
+    for row in 0..rows {
+        let raw = scores.slice_rows(row, row + 1).to_f64();
+        let predictions = rank(model, &raw, top_k);
+        let outputs = outputs
+            .iter()
+            .filter(|(_, t)| t.rows() == rows)
+            .map(|(name, t)| (name.clone(), t.slice_rows(row, row + 1).to_f64()))
+            .collect();
+        result.push(RowPrediction {
+            predictions,
+            outputs,
+        });
+    }
+    Ok(result)
+}
+
+/// Turns one row of the score output into ranked predictions.
+pub fn rank(model: &LoadedModel, raw: &[f64], top_k: usize) -> Vec<Prediction> {
+    let spec = &model.spec;
+    if spec.task == Task::TabularRegression {
+        let value = raw.first().copied().unwrap_or(f64::NAN) as f32;
+        return vec![Prediction {
+            index: 0,
+            label: spec.labels[0].clone(),
+            score: value,
+        }];
+    }
+    let probs = match spec.scores {
+        ScoreKind::Logits => softmax(raw),
+        ScoreKind::Probabilities | ScoreKind::Raw => raw.to_vec(),
+    };
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(top_k.max(1))
+        .map(|i| Prediction {
+            index: i,
+            label: spec
+                .labels
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("class_{i}")),
+            score: probs[i] as f32,
+        })
+        .collect()
+}
+
+/// Numerically stable softmax.
+pub fn softmax(x: &[f64]) -> Vec<f64> {
+    let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = x.iter().map(|v| (v - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// A validated prediction request, as a job for a worker.
+pub struct PredictTask {
+    /// The model to run.
+    pub model: Arc<LoadedModel>,
+    /// Input rows, already preprocessed.
+    pub input: Tensor,
+    /// Classes to report per row.
+    pub top_k: usize,
+}
+
+impl crate::executor::Task for PredictTask {
+    type Output = Vec<RowPrediction>;
+
+    fn run(
+        self,
+        rt: &mut WorkerRuntime,
+        ctx: &crate::executor::JobContext,
+    ) -> Result<Self::Output, RuntimeError> {
+        ctx.checkpoint()?;
+        predict(rt, &self.model, &self.input, self.top_k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::softmax;
+
+    #[test]
+    fn softmax_is_stable_and_sums_to_one() {
+        let p = softmax(&[1000.0, 1000.0, 0.0]);
+        assert!((p[0] - 0.5).abs() < 1e-12 && p[2] < 1e-300);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+}

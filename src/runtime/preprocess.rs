@@ -1,0 +1,321 @@
+//! User inputs to model tensors: decoding and resizing images, ordering tabular features.
+
+use std::io::Cursor;
+
+use image::{imageops::FilterType, DynamicImage, ImageReader};
+
+use super::manifest::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter, TabularSpec};
+use super::tensor::Tensor;
+
+/// An input that does not fit the model or the service's limits.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The bytes are not a PNG or JPEG image, or are corrupt.
+    #[error("{0}")]
+    BadImage(String),
+    /// The image has more pixels than `max_image_pixels`.
+    #[error("image is {width}x{height} = {pixels} pixels; the limit is {limit} pixels")]
+    ImageTooLarge {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
+    /// Tabular features are missing, unknown, or not numbers.
+    #[error("{0}")]
+    BadFeatures(String),
+    /// The input kind does not match the model's task.
+    #[error("{0}")]
+    WrongKind(String),
+}
+
+/// Where the model's input pixels came from in the original image, to map results back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Geometry {
+    /// Original width.
+    pub original_width: u32,
+    /// Original height.
+    pub original_height: u32,
+    /// Left edge of the region that was resized to the model's input, in original pixels.
+    pub crop_x: f32,
+    /// Top edge of that region.
+    pub crop_y: f32,
+    /// Width of that region.
+    pub crop_width: f32,
+    /// Height of that region.
+    pub crop_height: f32,
+}
+
+/// A decoded image, ready for the model.
+pub struct PreparedImage {
+    /// The original image, as decoded (RGB).
+    pub original: image::RgbImage,
+    /// Model input tensor `[1, ...]`.
+    pub tensor: Tensor,
+    /// How the tensor maps onto the original.
+    pub geometry: Geometry,
+}
+
+/// Decodes PNG or JPEG bytes, refusing images over `max_pixels` before decoding them.
+pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, InputError> {
+    let open = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| InputError::BadImage(format!("cannot read image: {e}")))
+    };
+    let reader = open()?;
+    match reader.format() {
+        Some(image::ImageFormat::Png) | Some(image::ImageFormat::Jpeg) => {}
+        Some(other) => {
+            return Err(InputError::BadImage(format!(
+                "{other:?} images are not accepted; send PNG or JPEG"
+            )));
+        }
+        None => {
+            return Err(InputError::BadImage(
+                "the body is not a PNG or JPEG image".into(),
+            ))
+        }
+    }
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| InputError::BadImage(format!("corrupt image header: {e}")))?;
+    let pixels = width as u64 * height as u64;
+    if pixels > max_pixels {
+        return Err(InputError::ImageTooLarge {
+            width,
+            height,
+            pixels,
+            limit: max_pixels,
+        });
+    }
+    let mut reader = open()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(width);
+    limits.max_image_height = Some(height);
+    // 16-bit RGBA is the widest form a PNG decodes to.
+    limits.max_alloc = Some(pixels.saturating_mul(8).max(1 << 20));
+    reader.limits(limits);
+    reader
+        .decode()
+        .map_err(|e| InputError::BadImage(format!("corrupt image: {e}")))
+}
+
+/// Resizes and normalises an image into the model's input tensor.
+pub fn prepare_image(img: &DynamicImage, spec: &ImageSpec) -> PreparedImage {
+    let original = img.to_rgb8();
+    let (ow, oh) = original.dimensions();
+    let (tw, th) = (spec.width as u32, spec.height as u32);
+    let (crop_x, crop_y, crop_w, crop_h) = match spec.fit {
+        Fit::Stretch => (0.0, 0.0, ow as f32, oh as f32),
+        Fit::CenterCrop => {
+            // The largest centred region of the target's aspect ratio.
+            let target_ratio = tw as f32 / th as f32;
+            let (cw, ch) = if ow as f32 / oh as f32 > target_ratio {
+                (oh as f32 * target_ratio, oh as f32)
+            } else {
+                (ow as f32, ow as f32 / target_ratio)
+            };
+            ((ow as f32 - cw) / 2.0, (oh as f32 - ch) / 2.0, cw, ch)
+        }
+    };
+    let region = image::imageops::crop_imm(
+        &original,
+        crop_x.round() as u32,
+        crop_y.round() as u32,
+        (crop_w.round() as u32).max(1),
+        (crop_h.round() as u32).max(1),
+    )
+    .to_image();
+    let filter = match spec.resize {
+        ResizeFilter::Bilinear => FilterType::Triangle,
+        ResizeFilter::Nearest => FilterType::Nearest,
+    };
+    let resized = image::imageops::resize(&region, tw, th, filter);
+
+    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    let mut data = vec![0f32; c * h * w];
+    for (x, y, px) in resized.enumerate_pixels() {
+        let [r, g, b] = px.0;
+        let channels: [f32; 3] = match spec.color {
+            ColorOrder::Rgb => [r as f32, g as f32, b as f32],
+            ColorOrder::Bgr => [b as f32, g as f32, r as f32],
+            // ITU-R 601 luma, as image's to_luma8 uses.
+            ColorOrder::Grayscale => [
+                0.299 * r as f32 + 0.587 * g as f32 + 0.114 * b as f32,
+                0.0,
+                0.0,
+            ],
+        };
+        let (x, y) = (x as usize, y as usize);
+        for (ch, value) in channels.iter().enumerate().take(c) {
+            let v = (value * spec.scale - spec.mean[ch]) / spec.std[ch];
+            let idx = match spec.layout {
+                Layout::NCHW => ch * h * w + y * w + x,
+                Layout::NHWC => (y * w + x) * c + ch,
+            };
+            data[idx] = v;
+        }
+    }
+    let shape = match spec.layout {
+        Layout::NCHW => vec![1, c, h, w],
+        Layout::NHWC => vec![1, h, w, c],
+    };
+    PreparedImage {
+        original,
+        tensor: Tensor::f32(shape, data),
+        geometry: Geometry {
+            original_width: ow,
+            original_height: oh,
+            crop_x,
+            crop_y,
+            crop_width: crop_w,
+            crop_height: crop_h,
+        },
+    }
+}
+
+/// Tabular features as sent: by name, or in input order.
+#[derive(Debug, Clone)]
+pub enum Features {
+    /// `{"name": value, ...}`.
+    Named(serde_json::Map<String, serde_json::Value>),
+    /// `[value, ...]` in the manifest's feature order.
+    Ordered(Vec<serde_json::Value>),
+}
+
+/// Orders and checks features into a `[1, n]` tensor.
+pub fn prepare_features(features: &Features, spec: &TabularSpec) -> Result<Tensor, InputError> {
+    let n = spec.features.len();
+    let number = |name: &str, v: &serde_json::Value| -> Result<f32, InputError> {
+        let x = v.as_f64().ok_or_else(|| {
+            InputError::BadFeatures(format!("feature `{name}` must be a number, got {v}"))
+        })?;
+        let x = x as f32;
+        if !x.is_finite() {
+            return Err(InputError::BadFeatures(format!(
+                "feature `{name}` is out of float32 range"
+            )));
+        }
+        Ok(x)
+    };
+    let values = match features {
+        Features::Ordered(values) => {
+            if values.len() != n {
+                return Err(InputError::BadFeatures(format!(
+                    "expected {n} feature values in this order: {}; got {}",
+                    spec.features.join(", "),
+                    values.len()
+                )));
+            }
+            values
+                .iter()
+                .zip(&spec.features)
+                .map(|(v, name)| number(name, v))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        Features::Named(map) => {
+            let unknown: Vec<&str> = map
+                .keys()
+                .filter(|k| !spec.features.contains(k))
+                .map(String::as_str)
+                .collect();
+            let missing: Vec<&str> = spec
+                .features
+                .iter()
+                .filter(|f| !map.contains_key(*f))
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() || !missing.is_empty() {
+                let mut parts = Vec::new();
+                if !unknown.is_empty() {
+                    parts.push(format!("unknown feature(s): {}", unknown.join(", ")));
+                }
+                if !missing.is_empty() {
+                    parts.push(format!("missing feature(s): {}", missing.join(", ")));
+                }
+                return Err(InputError::BadFeatures(parts.join("; ")));
+            }
+            spec.features
+                .iter()
+                .map(|name| number(name, &map[name]))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    Ok(Tensor::f32(vec![1, n], values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ImageSpec {
+        ImageSpec {
+            layout: Layout::NCHW,
+            width: 4,
+            height: 2,
+            channels: 3,
+            color: ColorOrder::Rgb,
+            resize: ResizeFilter::Nearest,
+            fit: Fit::CenterCrop,
+            scale: 1.0,
+            mean: vec![0.0; 3],
+            std: vec![1.0; 3],
+        }
+    }
+
+    #[test]
+    fn center_crop_takes_the_middle() {
+        // 8x8 image whose middle rows are red; a 4:2 crop keeps rows 2..6.
+        let mut img = image::RgbImage::new(8, 8);
+        for (_, y, p) in img.enumerate_pixels_mut() {
+            *p = if (2..6).contains(&y) {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            };
+        }
+        let prepared = prepare_image(&DynamicImage::ImageRgb8(img), &spec());
+        assert_eq!(prepared.geometry.crop_y, 2.0);
+        assert_eq!(prepared.geometry.crop_height, 4.0);
+        let red = &prepared.tensor.as_f32().unwrap()[0..8];
+        assert!(red.iter().all(|&v| v == 255.0), "{red:?}");
+    }
+
+    #[test]
+    fn features_by_name_name_the_unknown_and_missing() {
+        let spec = TabularSpec {
+            features: vec!["a".into(), "b".into()],
+            background: None,
+        };
+        let map = serde_json::json!({"a": 1.0, "c": 2.0})
+            .as_object()
+            .unwrap()
+            .clone();
+        let err = prepare_features(&Features::Named(map), &spec)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown feature(s): c") && err.contains("missing feature(s): b"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn oversized_image_is_refused_before_decoding() {
+        let img = image::RgbImage::new(100, 100);
+        let mut png = Vec::new();
+        DynamicImage::ImageRgb8(img)
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert!(matches!(
+            decode_image(&png, 50 * 50),
+            Err(InputError::ImageTooLarge { pixels: 10_000, .. })
+        ));
+        assert!(decode_image(&png, 100 * 100).is_ok());
+        assert!(matches!(
+            decode_image(&png[..40], 100 * 100),
+            Err(InputError::BadImage(_))
+        ));
+    }
+}

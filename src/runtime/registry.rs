@@ -1,0 +1,141 @@
+//! The models directory: one folder per model holding `model.onnx` and `model.toml`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::manifest::{Manifest, ModelSpec};
+use crate::onnx::{proto, ModelSummary};
+
+/// A model read from disk, checked, and ready to get sessions.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// Folder name; the model's name in the API.
+    pub name: String,
+    /// Folder holding the model.
+    pub dir: PathBuf,
+    /// The ONNX file's bytes, shared by every worker's session.
+    pub bytes: Arc<[u8]>,
+    /// Hex sha256 of the ONNX file.
+    pub sha256: String,
+    /// Interface read from the graph.
+    pub summary: ModelSummary,
+    /// Manifest, completed from the graph.
+    pub spec: ModelSpec,
+}
+
+/// A model folder that could not be loaded; the message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot read models directory {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Model { path: PathBuf, message: String },
+    #[error(transparent)]
+    Manifest(#[from] super::manifest::ManifestError),
+    #[error("no models found in {0} (each model is a folder with model.onnx and model.toml)")]
+    Empty(PathBuf),
+}
+
+/// All loaded models by name.
+#[derive(Debug, Default)]
+pub struct Registry {
+    models: BTreeMap<String, Arc<LoadedModel>>,
+}
+
+impl Registry {
+    /// Loads every model folder under `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Self, RegistryError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| RegistryError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let mut folders: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && p.join("model.onnx").exists())
+            .collect();
+        folders.sort();
+        let mut models = BTreeMap::new();
+        for folder in folders {
+            let model = load_model(&folder)?;
+            models.insert(model.name.clone(), Arc::new(model));
+        }
+        if models.is_empty() {
+            return Err(RegistryError::Empty(dir.to_path_buf()));
+        }
+        Ok(Self { models })
+    }
+
+    /// A registry of already loaded models (tests, one-shot commands).
+    pub fn from_models(models: Vec<LoadedModel>) -> Self {
+        Self {
+            models: models
+                .into_iter()
+                .map(|m| (m.name.clone(), Arc::new(m)))
+                .collect(),
+        }
+    }
+
+    /// The model of that name.
+    pub fn get(&self, name: &str) -> Option<&Arc<LoadedModel>> {
+        self.models.get(name)
+    }
+
+    /// All models, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<LoadedModel>> {
+        self.models.values()
+    }
+
+    /// Model names.
+    pub fn names(&self) -> Vec<String> {
+        self.models.keys().cloned().collect()
+    }
+}
+
+/// Reads one model folder: the ONNX file, its summary, and the manifest resolved against it.
+pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
+    let onnx_path = folder.join("model.onnx");
+    let manifest_path = folder.join("model.toml");
+    let model_err = |path: &Path, message: String| RegistryError::Model {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(&onnx_path).map_err(|e| model_err(&onnx_path, e.to_string()))?;
+    let decoded = proto::decode_model(&bytes)
+        .map_err(|e| model_err(&onnx_path, format!("not an ONNX model: {e}")))?;
+    if decoded.graph.is_none() {
+        return Err(model_err(&onnx_path, "not an ONNX model: no graph".into()));
+    }
+    let summary = ModelSummary::of(&decoded);
+    let text = std::fs::read_to_string(&manifest_path)
+        .map_err(|e| model_err(&manifest_path, e.to_string()))?;
+    let spec = Manifest::parse(&manifest_path, &text)?.resolve(&manifest_path, &summary)?;
+    let name = folder
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(model_err(
+            folder,
+            "a model folder name may hold only letters, digits, '-', '_' and '.'".into(),
+        ));
+    }
+    Ok(LoadedModel {
+        name,
+        dir: folder.to_path_buf(),
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        bytes: bytes.into(),
+        summary,
+        spec,
+    })
+}

@@ -1,0 +1,108 @@
+//! Shared test set-up: real services on loopback ports chosen by the OS, real models.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use explaind::config::Config;
+use explaind::onnx::builder::{Attr, GraphBuilder};
+use explaind::Service;
+use prost::Message;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A config for tests: loopback on an ephemeral port, the bundled models, small limits.
+pub fn test_config(models_dir: &Path) -> Config {
+    Config {
+        bind: "127.0.0.1:0".into(),
+        models_dir: models_dir.to_path_buf(),
+        workers: 2,
+        queue_capacity: 8,
+        ..Config::default()
+    }
+}
+
+/// Starts a service on the bundled example models.
+pub async fn start_bundled() -> Service {
+    start(test_config(&root().join("models"))).await
+}
+
+/// Starts a service with `config`, with a clear message when ONNX Runtime is missing.
+pub async fn start(config: Config) -> Service {
+    match Service::start(config).await {
+        Ok(s) => {
+            assert!(
+                s.state
+                    .executor
+                    .wait_ready(std::time::Duration::from_secs(60))
+                    .await,
+                "workers not ready"
+            );
+            s
+        }
+        Err(e) => panic!(
+            "service failed to start: {e:#}\n(run `make test`, which fetches ONNX Runtime first)"
+        ),
+    }
+}
+
+/// Base URL of a service.
+pub fn url(service: &Service, path: &str) -> String {
+    format!("http://{}{}", service.addr, path)
+}
+
+/// A fresh temporary directory under target/ (kept out of /tmp so a failing run can be inspected).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = root()
+        .join("target")
+        .join("test-tmp")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes a model folder (`model.onnx` + `model.toml`) under `models_dir`.
+pub fn write_model(
+    models_dir: &Path,
+    name: &str,
+    model: &explaind::onnx::proto::ModelProto,
+    manifest: &str,
+) {
+    let dir = models_dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.onnx"), model.encode_to_vec()).unwrap();
+    std::fs::write(dir.join("model.toml"), manifest).unwrap();
+}
+
+/// A deliberately slow tabular-regression model: 8 features in, one value out, with `layers`
+/// 1024x1024x1024 matrix products in between that depend on the input (so nothing constant-folds).
+pub fn slow_model(layers: usize) -> explaind::onnx::proto::ModelProto {
+    let mut g = GraphBuilder::new("slow", 17);
+    let x = g.input("input", &[1, 8]);
+    let tile = g.constant_i64("tile", &[2], &[1024, 128]);
+    let wide = g.node("Tile", &[&x, &tile], vec![]); // [1024, 1024]
+    let w: Vec<f32> = (0..1024 * 1024)
+        .map(|i| ((i % 7) as f32 - 3.0) * 1e-3)
+        .collect();
+    let w = g.constant("w", &[1024, 1024], &w);
+    let mut h = wide;
+    for _ in 0..layers {
+        let m = g.node("MatMul", &[&h, &w], vec![]);
+        h = g.node("Tanh", &[&m], vec![]);
+    }
+    g.node(
+        "ReduceMean",
+        &[&h],
+        vec![("axes", Attr::Ints(vec![0, 1])), ("keepdims", Attr::Int(1))],
+    );
+    g.rename_last_output("value");
+    g.output("value", &[1, 1]);
+    g.build()
+}
+
+/// Manifest for [`slow_model`].
+pub const SLOW_MANIFEST: &str = "task = \"tabular-regression\"\n";
