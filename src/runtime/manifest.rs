@@ -309,6 +309,26 @@ impl Manifest {
             }
             Task::TabularClassification | Task::TabularRegression => {
                 let m = self.tabular.unwrap_or_default();
+                if !input_shape.is_empty() && input_shape.len() != 2 {
+                    return Err(err(
+                        "input",
+                        format!(
+                            "a tabular input must be 2-D [batch, features]; `{}` has {} dimensions",
+                            input.name,
+                            input_shape.len()
+                        ),
+                    ));
+                }
+                if task == Task::TabularRegression && classes.is_some_and(|n| n != 1) {
+                    return Err(err(
+                        "output",
+                        format!(
+                            "a regression output holds one value per row; `{}` holds {}",
+                            output.name,
+                            classes.unwrap_or(0)
+                        ),
+                    ));
+                }
                 let count = input_shape.get(1).and_then(Dim::fixed);
                 let features = match (m.features, count) {
                     (Some(f), Some(n)) if f.len() != n => {
