@@ -22,8 +22,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let env =
-        explaind::runtime::library::init(None).expect("ONNX Runtime (run `make onnxruntime`)");
+    let env = explaind::runtime::library::init(None).expect("ONNX Runtime (run `make onnxruntime`)");
     let model = load_model(&root.join("models/fashion-cnn")).expect("fashion-cnn");
     let png = std::fs::read(root.join("tests/fixtures/fashion/test_00.png")).unwrap();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
@@ -40,16 +39,12 @@ fn main() {
         queue_capacity: 64,
         ..Config::default()
     };
-    let service = rt
-        .block_on(explaind::Service::start(config))
-        .expect("service");
+    let service = rt.block_on(explaind::Service::start(config)).expect("service");
     rt.block_on(service.state.executor.wait_ready(Duration::from_secs(30)));
     let endpoint = format!("http://{}/v1/models/fashion-cnn/predict", service.addr);
     let http = reqwest::Client::new();
 
-    println!(
-        "predict benchmark: fashion-cnn (1x28x28), 1 worker, 1 intra-op thread, median of {ROUNDS}"
-    );
+    println!("predict benchmark: fashion-cnn (1x28x28), 1 worker, 1 intra-op thread, median of {ROUNDS}");
     println!(
         "{:>6} {:>14} {:>16} {:>8}",
         "batch", "raw ORT (ms)", "service (ms)", "ratio"

@@ -72,10 +72,7 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config {origin}: {message}")]
     Invalid { origin: String, message: String },
 }
@@ -84,10 +81,7 @@ const ENV_PREFIX: &str = "EXPLAIND_";
 
 impl Config {
     /// Defaults, then the file (if any), then `EXPLAIND_<FIELD>` variables from `env`.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let mut table = match toml::Table::try_from(Config::default()) {
             Ok(t) => t,
             Err(e) => unreachable!("defaults serialize: {e}"),
@@ -98,12 +92,10 @@ impl Config {
                 path: path.to_path_buf(),
                 source,
             })?;
-            let from_file: toml::Table =
-                text.parse()
-                    .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                        origin: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
+            let from_file: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Invalid {
+                origin: path.display().to_string(),
+                message: e.to_string(),
+            })?;
             for (key, value) in from_file {
                 if !table.contains_key(&key) && key != "onnxruntime_library" {
                     return Err(ConfigError::Invalid {
@@ -186,9 +178,7 @@ impl Config {
 fn env_value(raw: &str) -> toml::Value {
     let probe = format!("v = {raw}");
     match probe.parse::<toml::Table>() {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }

@@ -75,9 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let cfg = cfg.validated()?;
             explaind::telemetry::init_logging(cfg.log_format);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(explaind::serve(cfg))
         }
         Command::Openapi => {
@@ -85,8 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Inspect { model } => {
-            let bytes =
-                std::fs::read(&model).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+            let bytes = std::fs::read(&model).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
             let decoded = explaind::onnx::proto::decode_model(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: not an ONNX model: {e}", model.display()))?;
             let summary = explaind::onnx::ModelSummary::of(&decoded);

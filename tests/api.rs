@@ -25,10 +25,7 @@ async fn problem(resp: reqwest::Response, status: StatusCode, slug: &str) -> Val
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["type"], format!("/problems/{slug}"), "{body}");
     assert_eq!(body["status"], status.as_u16());
-    assert!(
-        body["title"].is_string() && body["detail"].is_string(),
-        "{body}"
-    );
+    assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
     body
 }
 
@@ -106,11 +103,7 @@ async fn fashion_held_out_images_are_classified_as_onnx_runtime_does() {
             assert_eq!(body["predictions"][0]["label"], case["label_name"]);
         }
     }
-    assert!(
-        correct >= 17,
-        "only {correct}/{} held-out images right",
-        cases.len()
-    );
+    assert!(correct >= 17, "only {correct}/{} held-out images right", cases.len());
     s.stop().await.unwrap();
 }
 
@@ -175,11 +168,9 @@ async fn every_image_input_form_gives_the_same_answer() {
     assert_eq!(top(&raw), top(&multipart));
 
     // JPEG of the same image, upscaled: still decoded, resized, and classified the same way.
-    let img = image::load_from_memory(&png).unwrap().resize_exact(
-        84,
-        84,
-        image::imageops::FilterType::Triangle,
-    );
+    let img = image::load_from_memory(&png)
+        .unwrap()
+        .resize_exact(84, 84, image::imageops::FilterType::Triangle);
     let mut jpeg = Vec::new();
     img.to_rgb8()
         .write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
@@ -193,10 +184,7 @@ async fn every_image_input_form_gives_the_same_answer() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let jpeg_body: Value = resp.json().await.unwrap();
-    assert_eq!(
-        jpeg_body["predictions"][0]["index"],
-        raw["predictions"][0]["index"]
-    );
+    assert_eq!(jpeg_body["predictions"][0]["index"], raw["predictions"][0]["index"]);
 
     // A batch gives each row the answer it gets alone.
     let other = base64::engine::general_purpose::STANDARD.encode(fixture("fashion/test_01.png"));
@@ -230,11 +218,8 @@ async fn tabular_held_out_rows_by_name_and_by_order() {
         let body = if i % 2 == 0 {
             json!({"features": values})
         } else {
-            let named: serde_json::Map<String, Value> = names
-                .iter()
-                .cloned()
-                .zip(values.iter().map(|v| json!(v)))
-                .collect();
+            let named: serde_json::Map<String, Value> =
+                names.iter().cloned().zip(values.iter().map(|v| json!(v))).collect();
             json!({"features": named})
         };
         let resp: Value = http
@@ -287,10 +272,7 @@ async fn bad_requests_get_problem_details() {
         .await
         .unwrap();
     let body = problem(r, StatusCode::BAD_REQUEST, "invalid-request").await;
-    assert!(
-        body["detail"].as_str().unwrap().contains("colour"),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().unwrap().contains("colour"), "{body}");
 
     let r = http
         .post(&image)
@@ -299,12 +281,7 @@ async fn bad_requests_get_problem_details() {
         .send()
         .await
         .unwrap();
-    problem(
-        r,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported-media-type",
-    )
-    .await;
+    problem(r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type").await;
 
     let r = http
         .post(&image)
@@ -335,10 +312,7 @@ async fn bad_requests_get_problem_details() {
         .await
         .unwrap();
     let body = problem(r, StatusCode::PAYLOAD_TOO_LARGE, "image-too-large").await;
-    assert!(
-        body["detail"].as_str().unwrap().contains("200x200"),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().unwrap().contains("200x200"), "{body}");
 
     let r = http
         .post(&image)
@@ -358,8 +332,7 @@ async fn bad_requests_get_problem_details() {
     let body = problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input").await;
     let detail = body["detail"].as_str().unwrap();
     assert!(
-        detail.contains("unknown feature(s): colour")
-            && detail.contains("missing feature(s): mean texture"),
+        detail.contains("unknown feature(s): colour") && detail.contains("missing feature(s): mean texture"),
         "{detail}"
     );
 
@@ -371,10 +344,7 @@ async fn bad_requests_get_problem_details() {
         .unwrap();
     let body = problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input").await;
     assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("expected 30 feature values"),
+        body["detail"].as_str().unwrap().contains("expected 30 feature values"),
         "{body}"
     );
 
@@ -430,10 +400,7 @@ async fn bad_requests_get_problem_details() {
         .await
         .unwrap();
     let body = problem(r, StatusCode::BAD_REQUEST, "invalid-request").await;
-    assert!(
-        body["detail"].as_str().unwrap().contains("at most 4"),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().unwrap().contains("at most 4"), "{body}");
 
     let r = http.post(&image).json(&json!({})).send().await.unwrap();
     problem(r, StatusCode::BAD_REQUEST, "invalid-request").await;
@@ -512,7 +479,9 @@ async fn request_ids_health_and_metrics() {
         .await
         .unwrap();
     assert!(
-        text.contains(r#"explaind_http_requests_total{route="/v1/models/{model}/predict",method="POST",status="200"} 1"#),
+        text.contains(
+            r#"explaind_http_requests_total{route="/v1/models/{model}/predict",method="POST",status="200"} 1"#
+        ),
         "{text}"
     );
     for name in [
@@ -535,8 +504,7 @@ async fn served_openapi_matches_the_committed_document() {
         .await
         .unwrap();
     let committed: Value =
-        serde_json::from_slice(&std::fs::read(root().join("openapi/openapi.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(root().join("openapi/openapi.json")).unwrap()).unwrap();
     assert!(
         served == committed,
         "openapi/openapi.json is stale: run `make openapi` (cargo run -- openapi > openapi/openapi.json) and commit it"

@@ -23,10 +23,7 @@ fn slow_service_config(name: &str, layers: usize) -> explaind::config::Config {
     config
 }
 
-async fn slow_request(
-    http: &reqwest::Client,
-    endpoint: &str,
-) -> (StatusCode, Option<String>, Duration, Value) {
+async fn slow_request(http: &reqwest::Client, endpoint: &str) -> (StatusCode, Option<String>, Duration, Value) {
     let start = Instant::now();
     let r = http
         .post(endpoint)
@@ -35,10 +32,7 @@ async fn slow_request(
         .await
         .unwrap();
     let status = r.status();
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
+    let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
     let body: Value = r.json().await.unwrap();
     (status, retry, start.elapsed(), body)
 }
@@ -116,10 +110,7 @@ async fn a_job_past_its_deadline_is_cancelled_and_the_worker_carries_on() {
     let http = reqwest::Client::new();
     let endpoint = url(&s, "/v1/models/slow/predict");
     // The first occupies the worker past its deadline; the second waits in the queue past its own.
-    let (a, b) = tokio::join!(
-        slow_request(&http, &endpoint),
-        slow_request(&http, &endpoint)
-    );
+    let (a, b) = tokio::join!(slow_request(&http, &endpoint), slow_request(&http, &endpoint));
     for (status, _, took, body) in [a, b] {
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
         assert_eq!(body["type"], "/problems/deadline-exceeded");
@@ -128,10 +119,7 @@ async fn a_job_past_its_deadline_is_cancelled_and_the_worker_carries_on() {
     // The worker finishes the running pass, skips the expired queued job, and serves again.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let fast = url(&s, "/healthz");
-    assert_eq!(
-        http.get(fast).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(http.get(fast).send().await.unwrap().status(), StatusCode::OK);
     s.stop().await.unwrap();
 }
 
@@ -147,9 +135,7 @@ async fn shutdown_finishes_requests_in_flight() {
     let (status, _, _, body) = in_flight.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
-        reqwest::get(format!("http://{addr}/healthz"))
-            .await
-            .is_err(),
+        reqwest::get(format!("http://{addr}/healthz")).await.is_err(),
         "still accepting after shutdown"
     );
 }

@@ -45,11 +45,7 @@ fn a_minimal_manifest_is_completed_from_the_graph() {
 fn bad_manifests_name_the_file_and_field() {
     let cases = [
         ("no-task", "", "task"),
-        (
-            "typo",
-            "task = \"image-classification\"\nlabelz = []\n",
-            "labelz",
-        ),
+        ("typo", "task = \"image-classification\"\nlabelz = []\n", "labelz"),
         ("bad-task", "task = \"video\"\n", "video"),
         (
             "labels",
@@ -97,16 +93,9 @@ fn bad_manifests_name_the_file_and_field() {
 #[test]
 fn a_corrupt_onnx_file_is_named() {
     let dir = folder_with("corrupt", "task = \"image-classification\"\n");
-    std::fs::write(
-        dir.join("model.onnx"),
-        b"this is not protobuf at all \xff\xff\xff",
-    )
-    .unwrap();
+    std::fs::write(dir.join("model.onnx"), b"this is not protobuf at all \xff\xff\xff").unwrap();
     let err = load_model(&dir).unwrap_err().to_string();
-    assert!(
-        err.contains("model.onnx") && err.contains("not an ONNX model"),
-        "{err}"
-    );
+    assert!(err.contains("model.onnx") && err.contains("not an ONNX model"), "{err}");
 }
 
 #[tokio::test]
@@ -115,11 +104,7 @@ async fn the_service_refuses_to_start_on_a_bad_model_folder() {
     let model_dir = dir.join("m");
     std::fs::create_dir_all(&model_dir).unwrap();
     std::fs::write(model_dir.join("model.onnx"), fashion_onnx()).unwrap();
-    std::fs::write(
-        model_dir.join("model.toml"),
-        "task = \"tabular-regression\"\n",
-    )
-    .unwrap();
+    std::fs::write(model_dir.join("model.toml"), "task = \"tabular-regression\"\n").unwrap();
     let err = explaind::Service::start(test_config(&dir))
         .await
         .err()
@@ -140,10 +125,7 @@ async fn the_service_refuses_to_start_on_a_bad_model_folder() {
 
 #[test]
 fn onnx_files_round_trip_byte_for_byte() {
-    for path in [
-        "models/fashion-cnn/model.onnx",
-        "models/breast-cancer/model.onnx",
-    ] {
+    for path in ["models/fashion-cnn/model.onnx", "models/breast-cancer/model.onnx"] {
         let bytes = std::fs::read(root().join(path)).unwrap();
         let model = explaind::onnx::proto::decode_model(&bytes).unwrap();
         assert_eq!(model.encode_to_vec(), bytes, "{path} changed on re-encode");

@@ -23,10 +23,7 @@ pub struct JobContext {
 
 impl JobContext {
     pub(crate) fn new(deadline: Instant, cancelled: Arc<AtomicBool>) -> Self {
-        Self {
-            deadline,
-            cancelled,
-        }
+        Self { deadline, cancelled }
     }
 
     /// True when the caller went away or the deadline passed.

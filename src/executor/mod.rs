@@ -135,10 +135,7 @@ impl Executor {
 
     /// Jobs queued or running, and the most there may be.
     pub fn load(&self) -> (usize, usize) {
-        (
-            self.capacity - self.permits.available_permits(),
-            self.capacity,
-        )
+        (self.capacity - self.permits.available_permits(), self.capacity)
     }
 
     /// Takes a queue slot or refuses at once. Take it before decoding a request, so that a full
@@ -211,9 +208,7 @@ impl Admission<'_> {
             }
             let started = Instant::now();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| task.run(rt, &ctx)));
-            metrics
-                .job_duration
-                .observe(started.elapsed().as_secs_f64());
+            metrics.job_duration.observe(started.elapsed().as_secs_f64());
             let result = match outcome {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(RuntimeError::Cancelled)) => {
@@ -231,10 +226,7 @@ impl Admission<'_> {
         });
         {
             let sender = executor.sender.lock().unwrap_or_else(|p| p.into_inner());
-            let sent = sender
-                .as_ref()
-                .map(|s| s.try_send(job).is_ok())
-                .unwrap_or(false);
+            let sent = sender.as_ref().map(|s| s.try_send(job).is_ok()).unwrap_or(false);
             if !sent {
                 executor.metrics.queue_depth.dec();
                 return Err(ExecError::ShuttingDown);

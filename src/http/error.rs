@@ -70,9 +70,7 @@ impl ProblemKind {
     /// HTTP status.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::MalformedJson | Self::InvalidRequest | Self::InvalidImage => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MalformedJson | Self::InvalidRequest | Self::InvalidImage => StatusCode::BAD_REQUEST,
             Self::InvalidInput => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ImageTooLarge | Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -154,7 +152,10 @@ impl ApiError {
     /// An internal error: the detail is logged, the caller sees a generic message.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
-        Self::new(ProblemKind::Internal, "the server failed to handle this request; the x-request-id response header finds its log lines")
+        Self::new(
+            ProblemKind::Internal,
+            "the server failed to handle this request; the x-request-id response header finds its log lines",
+        )
     }
 
     /// Marks a 503 with the `Retry-After` to send.
@@ -223,12 +224,8 @@ pub fn from_exec(e: ExecError, retry_after: u64) -> ApiError {
         e @ ExecError::Overloaded { .. } => {
             ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(retry_after)
         }
-        e @ ExecError::DeadlineExceeded(_) => {
-            ApiError::new(ProblemKind::DeadlineExceeded, e.to_string())
-        }
-        e @ ExecError::ShuttingDown => {
-            ApiError::new(ProblemKind::ShuttingDown, e.to_string()).retry_after(retry_after)
-        }
+        e @ ExecError::DeadlineExceeded(_) => ApiError::new(ProblemKind::DeadlineExceeded, e.to_string()),
+        e @ ExecError::ShuttingDown => ApiError::new(ProblemKind::ShuttingDown, e.to_string()).retry_after(retry_after),
         e @ ExecError::Panicked(_) => ApiError::internal(e),
         ExecError::Runtime(e) => e.into(),
     }

@@ -52,22 +52,13 @@ pub struct ReceivedBody {
 }
 
 /// Reads the whole body, refusing it once it passes `limit` bytes.
-pub async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<ReceivedBody, ApiError> {
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<ReceivedBody, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let media_type = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -79,8 +70,7 @@ pub async fn read_body(
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         // The only error a complete, in-limit body can give is the length limit.
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
             too_large(limit)
         } else {
             ApiError::new(
@@ -106,9 +96,7 @@ fn too_large(limit: usize) -> ApiError {
 /// Parses JSON into `T`, telling malformed JSON apart from JSON of the wrong shape.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::new(ProblemKind::InvalidRequest, e.to_string())
-        }
+        serde_json::error::Category::Data => ApiError::new(ProblemKind::InvalidRequest, e.to_string()),
         _ => ApiError::new(ProblemKind::MalformedJson, e.to_string()),
     })
 }
@@ -117,12 +105,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub fn parse_query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
     axum::extract::Query::<T>::try_from_uri(uri)
         .map(|q| q.0)
-        .map_err(|e| {
-            ApiError::new(
-                ProblemKind::InvalidRequest,
-                format!("query string: {}", e.body_text()),
-            )
-        })
+        .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, format!("query string: {}", e.body_text())))
 }
 
 /// Decodes a base64 image string (standard alphabet, padding optional, data-URL prefix allowed).
@@ -131,22 +114,12 @@ pub fn decode_base64_image(s: &str) -> Result<Bytes, ApiError> {
         Some((prefix, data)) if prefix.starts_with("data:") => data,
         _ => s,
     };
-    let cleaned: String = payload
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
+    let cleaned: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD
         .decode(cleaned.trim_end_matches('='))
-        .or_else(|_| {
-            base64::engine::general_purpose::STANDARD_NO_PAD.decode(cleaned.trim_end_matches('='))
-        })
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(cleaned.trim_end_matches('=')))
         .map(Bytes::from)
-        .map_err(|e| {
-            ApiError::new(
-                ProblemKind::InvalidImage,
-                format!("`image` is not valid base64: {e}"),
-            )
-        })
+        .map_err(|e| ApiError::new(ProblemKind::InvalidImage, format!("`image` is not valid base64: {e}")))
 }
 
 /// The parts of a multipart form: image files, and named text fields.
@@ -158,16 +131,11 @@ pub struct MultipartForm {
 }
 
 /// Splits a multipart/form-data body; only the part names in `allowed` (besides `image`) are accepted.
-pub async fn parse_multipart(
-    body: &ReceivedBody,
-    allowed: &[&str],
-) -> Result<MultipartForm, ApiError> {
+pub async fn parse_multipart(body: &ReceivedBody, allowed: &[&str]) -> Result<MultipartForm, ApiError> {
     let bad = |m: String| ApiError::new(ProblemKind::InvalidRequest, m);
-    let boundary = multer::parse_boundary(&body.content_type)
-        .map_err(|e| bad(format!("multipart body: {e}")))?;
+    let boundary = multer::parse_boundary(&body.content_type).map_err(|e| bad(format!("multipart body: {e}")))?;
     let bytes = body.bytes.clone();
-    let stream =
-        futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(bytes) });
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(bytes) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut form = MultipartForm {
         images: Vec::new(),

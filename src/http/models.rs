@@ -49,11 +49,7 @@ pub struct ModelList {
 #[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = ModelList)))]
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList {
-        models: state
-            .registry
-            .iter()
-            .map(|m| ModelInfo::from(m.as_ref()))
-            .collect(),
+        models: state.registry.iter().map(|m| ModelInfo::from(m.as_ref())).collect(),
     })
 }
 
@@ -68,9 +64,6 @@ pub async fn get_model(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Json<ModelInfo>, ApiError> {
-    let m = state
-        .registry
-        .get(&model)
-        .ok_or_else(|| model_not_found(&model))?;
+    let m = state.registry.get(&model).ok_or_else(|| model_not_found(&model))?;
     Ok(Json(ModelInfo::from(m.as_ref())))
 }

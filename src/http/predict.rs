@@ -117,10 +117,7 @@ pub async fn predict(
         .ok_or_else(|| model_not_found(&model_name))?;
     let retry_after = state.config.retry_after_secs;
     // A slot first: a full service spends nothing on reading or decoding.
-    let admission = state
-        .executor
-        .admit()
-        .map_err(|e| from_exec(e, retry_after))?;
+    let admission = state.executor.admit().map_err(|e| from_exec(e, retry_after))?;
     let received = input::read_body(&headers, body, state.config.max_body_bytes).await?;
     let (inputs, top_k, batched) = parse_predict_body(&received, &uri).await?;
 
@@ -187,28 +184,23 @@ async fn parse_predict_body(
     let media = received.media_type.as_str();
     if media == "application/json" {
         let req: PredictRequest = input::parse_json(&received.bytes)?;
-        let given = [
-            req.image.is_some(),
-            req.features.is_some(),
-            req.instances.is_some(),
-        ];
+        let given = [req.image.is_some(), req.features.is_some(), req.instances.is_some()];
         if given.iter().filter(|g| **g).count() != 1 {
             return Err(ApiError::new(
                 ProblemKind::InvalidRequest,
                 "give exactly one of `image`, `features`, `instances`",
             ));
         }
-        let one =
-            |image: Option<String>, features: Option<FeaturesJson>| -> Result<RawInput, ApiError> {
-                match (image, features) {
-                    (Some(img), None) => Ok(RawInput::Image(input::decode_base64_image(&img)?)),
-                    (None, Some(f)) => Ok(RawInput::Features(f.into())),
-                    _ => Err(ApiError::new(
-                        ProblemKind::InvalidRequest,
-                        "each instance needs exactly one of `image`, `features`",
-                    )),
-                }
-            };
+        let one = |image: Option<String>, features: Option<FeaturesJson>| -> Result<RawInput, ApiError> {
+            match (image, features) {
+                (Some(img), None) => Ok(RawInput::Image(input::decode_base64_image(&img)?)),
+                (None, Some(f)) => Ok(RawInput::Features(f.into())),
+                _ => Err(ApiError::new(
+                    ProblemKind::InvalidRequest,
+                    "each instance needs exactly one of `image`, `features`",
+                )),
+            }
+        };
         if let Some(instances) = req.instances {
             let inputs = instances
                 .into_iter()
@@ -220,22 +212,14 @@ async fn parse_predict_body(
     }
     if input::is_image_media_type(media) {
         let q: PredictQuery = input::parse_query(uri)?;
-        return Ok((
-            vec![RawInput::Image(received.bytes.clone())],
-            q.top_k,
-            false,
-        ));
+        return Ok((vec![RawInput::Image(received.bytes.clone())], q.top_k, false));
     }
     if media == "multipart/form-data" {
         let form = input::parse_multipart(received, &["request", "top_k"]).await?;
         let mut top_k = None;
         for (name, text) in &form.fields {
             match name.as_str() {
-                "request" => {
-                    top_k = input::parse_json::<MultipartOptions>(text.as_bytes())?
-                        .top_k
-                        .or(top_k)
-                }
+                "request" => top_k = input::parse_json::<MultipartOptions>(text.as_bytes())?.top_k.or(top_k),
                 _ => {
                     top_k = Some(text.trim().parse().map_err(|_| {
                         ApiError::new(
@@ -253,11 +237,7 @@ async fn parse_predict_body(
             ));
         }
         let batched = form.images.len() > 1;
-        return Ok((
-            form.images.into_iter().map(RawInput::Image).collect(),
-            top_k,
-            batched,
-        ));
+        return Ok((form.images.into_iter().map(RawInput::Image).collect(), top_k, batched));
     }
     Err(ApiError::new(
         ProblemKind::UnsupportedMediaType,
@@ -269,11 +249,7 @@ async fn parse_predict_body(
 }
 
 /// Decodes and preprocesses every input into one batch tensor.
-fn prepare_rows(
-    model: &LoadedModel,
-    inputs: Vec<RawInput>,
-    max_pixels: u64,
-) -> Result<Tensor, ApiError> {
+fn prepare_rows(model: &LoadedModel, inputs: Vec<RawInput>, max_pixels: u64) -> Result<Tensor, ApiError> {
     let spec = &model.spec;
     let mut rows = Vec::with_capacity(inputs.len());
     for raw in inputs {

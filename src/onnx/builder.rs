@@ -2,9 +2,9 @@
 //! graph transformations that emit new nodes.
 
 use super::proto::{
-    attribute_type, data_type, tensor_shape_proto::dimension::Value as DimValue,
-    tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_type, data_type, tensor_shape_proto::dimension::Value as DimValue, tensor_shape_proto::Dimension,
+    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
+    TypeProto, ValueInfoProto,
 };
 
 /// An attribute value for [`GraphBuilder::node`].
@@ -135,17 +135,24 @@ impl GraphBuilder {
 
     /// Declares a float32 graph input (negative dims are symbolic).
     pub fn input(&mut self, name: &str, dims: &[i64]) -> String {
-        self.graph
-            .input
-            .push(value_info(name, data_type::FLOAT, Some(dims)));
+        self.graph.input.push(value_info(name, data_type::FLOAT, Some(dims)));
         name.to_string()
     }
 
     /// Declares a float32 graph output (negative dims are symbolic).
     pub fn output(&mut self, name: &str, dims: &[i64]) {
-        self.graph
-            .output
-            .push(value_info(name, data_type::FLOAT, Some(dims)));
+        self.graph.output.push(value_info(name, data_type::FLOAT, Some(dims)));
+    }
+
+    /// Declares a float32 graph output without a fixed shape.
+    pub fn output_any(&mut self, name: &str) {
+        self.graph.output.push(value_info(name, data_type::FLOAT, None));
+    }
+
+    /// Declares a graph input of another element type (negative dims are symbolic).
+    pub fn input_typed(&mut self, name: &str, elem_type: i32, dims: &[i64]) -> String {
+        self.graph.input.push(value_info(name, elem_type, Some(dims)));
+        name.to_string()
     }
 
     /// Adds a float32 initializer and returns its name.
@@ -155,17 +162,13 @@ impl GraphBuilder {
             values.len(),
             "initializer {name}: dims and values differ"
         );
-        self.graph
-            .initializer
-            .push(float_tensor(name, dims, values));
+        self.graph.initializer.push(float_tensor(name, dims, values));
         name.to_string()
     }
 
     /// Adds an int64 initializer and returns its name.
     pub fn constant_i64(&mut self, name: &str, dims: &[i64], values: &[i64]) -> String {
-        self.graph
-            .initializer
-            .push(int64_tensor(name, dims, values));
+        self.graph.initializer.push(int64_tensor(name, dims, values));
         name.to_string()
     }
 
@@ -178,13 +181,7 @@ impl GraphBuilder {
     }
 
     /// Adds a node with explicit output names.
-    pub fn node_with_outputs(
-        &mut self,
-        op: &str,
-        inputs: &[&str],
-        outputs: &[&str],
-        attrs: Vec<(&str, Attr)>,
-    ) {
+    pub fn node_with_outputs(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, Attr)>) {
         self.counter += 1;
         self.graph.node.push(NodeProto {
             name: Some(format!("{op}_{}", self.counter)),
@@ -203,6 +200,17 @@ impl GraphBuilder {
             n.output[0] = name.to_string();
         }
         name.to_string()
+    }
+
+    /// Adds a node with `n` outputs named after the node, and returns their names.
+    pub fn node_n(&mut self, op: &str, inputs: &[&str], n: usize, attrs: Vec<(&str, Attr)>) -> Vec<String> {
+        self.counter += 1;
+        let outs: Vec<String> = (0..n)
+            .map(|i| format!("{}_{}_{i}", op.to_ascii_lowercase(), self.counter))
+            .collect();
+        let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
+        self.node_with_outputs(op, inputs, &refs, attrs);
+        outs
     }
 
     /// Finishes the model (IR version 8 for opsets up to 18, 9 above).

@@ -1,6 +1,8 @@
 //! ONNX model files: protobuf types, a summary of a model's interface, and a graph builder.
 
+pub mod autodiff;
 pub mod builder;
+pub mod node;
 pub mod proto;
 pub mod summary;
 

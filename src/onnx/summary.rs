@@ -3,9 +3,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::proto::{
-    self, tensor_shape_proto::dimension::Value as DimValue, type_proto::Value as TypeValue,
-};
+use super::proto::{self, tensor_shape_proto::dimension::Value as DimValue, type_proto::Value as TypeValue};
 
 /// One dimension of a tensor: a fixed size or a named symbolic size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -68,11 +66,8 @@ impl ModelSummary {
     /// Summarises a decoded model.
     pub fn of(model: &proto::ModelProto) -> Self {
         let graph = model.graph.clone().unwrap_or_default();
-        let initializers: std::collections::HashSet<&str> = graph
-            .initializer
-            .iter()
-            .filter_map(|t| t.name.as_deref())
-            .collect();
+        let initializers: std::collections::HashSet<&str> =
+            graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
         let inputs = graph
             .input
             .iter()

@@ -24,9 +24,7 @@ pub struct LibraryError {
 pub fn cached_library_path() -> Option<PathBuf> {
     let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
         .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("explaind"))
-        })?;
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("explaind")))?;
     Some(
         cache
             .join(format!("onnxruntime-{ONNXRUNTIME_VERSION}"))

@@ -190,11 +190,7 @@ impl Manifest {
     }
 
     /// Completes the manifest from the model's graph.
-    pub fn resolve(
-        self,
-        manifest_path: &Path,
-        summary: &ModelSummary,
-    ) -> Result<ModelSpec, ManifestError> {
+    pub fn resolve(self, manifest_path: &Path, summary: &ModelSummary) -> Result<ModelSpec, ManifestError> {
         let err = |field: &str, message: String| ManifestError {
             file: manifest_path.display().to_string(),
             field: field.to_string(),
@@ -203,15 +199,12 @@ impl Manifest {
         let task = self.task.ok_or_else(|| {
             err(
                 "task",
-                "missing: one of image-classification, tabular-classification, tabular-regression"
-                    .into(),
+                "missing: one of image-classification, tabular-classification, tabular-regression".into(),
             )
         })?;
 
-        let input = pick(&summary.inputs, self.input.as_deref(), |t| {
-            t.dtype == "float32"
-        })
-        .map_err(|m| err("input", m))?;
+        let input =
+            pick(&summary.inputs, self.input.as_deref(), |t| t.dtype == "float32").map_err(|m| err("input", m))?;
         if input.dtype != "float32" {
             return Err(err(
                 "input",
@@ -221,24 +214,15 @@ impl Manifest {
                 ),
             ));
         }
-        let output = pick(&summary.outputs, self.output.as_deref(), |t| {
-            t.dtype == "float32"
-        })
-        .map_err(|m| err("output", m))?;
+        let output =
+            pick(&summary.outputs, self.output.as_deref(), |t| t.dtype == "float32").map_err(|m| err("output", m))?;
         if output.dtype != "float32" {
             return Err(err(
                 "output",
-                format!(
-                    "tensor `{}` is {}, scores must be float32",
-                    output.name, output.dtype
-                ),
+                format!("tensor `{}` is {}, scores must be float32", output.name, output.dtype),
             ));
         }
-        let classes = output
-            .shape
-            .as_ref()
-            .and_then(|s| s.last())
-            .and_then(Dim::fixed);
+        let classes = output.shape.as_ref().and_then(|s| s.last()).and_then(Dim::fixed);
 
         let scores = self.scores.unwrap_or(match task {
             Task::TabularRegression => ScoreKind::Raw,
@@ -246,22 +230,12 @@ impl Manifest {
         });
 
         let mut labels = match (self.labels, self.labels_file) {
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    "labels",
-                    "give `labels` or `labels_file`, not both".into(),
-                ))
-            }
+            (Some(_), Some(_)) => return Err(err("labels", "give `labels` or `labels_file`, not both".into())),
             (Some(l), None) => l,
             (None, Some(file)) => {
                 let path = manifest_path.with_file_name(&file);
                 std::fs::read_to_string(&path)
-                    .map_err(|e| {
-                        err(
-                            "labels_file",
-                            format!("cannot read {}: {e}", path.display()),
-                        )
-                    })?
+                    .map_err(|e| err("labels_file", format!("cannot read {}: {e}", path.display())))?
                     .lines()
                     .map(str::trim)
                     .filter(|l| !l.is_empty())
@@ -281,8 +255,7 @@ impl Manifest {
                     let n = classes.ok_or_else(|| {
                         err(
                             "labels",
-                            "missing, and the output's class count is not fixed in the graph"
-                                .into(),
+                            "missing, and the output's class count is not fixed in the graph".into(),
                         )
                     })?;
                     labels = (0..n).map(|i| format!("class_{i}")).collect();
@@ -290,11 +263,7 @@ impl Manifest {
                     if n != labels.len() {
                         return Err(err(
                             "labels",
-                            format!(
-                                "{} labels, but output `{}` has {n} classes",
-                                labels.len(),
-                                output.name
-                            ),
+                            format!("{} labels, but output `{}` has {n} classes", labels.len(), output.name),
                         ));
                     }
                 }
@@ -334,11 +303,7 @@ impl Manifest {
                     (Some(f), Some(n)) if f.len() != n => {
                         return Err(err(
                             "tabular.features",
-                            format!(
-                                "{} names, but input `{}` takes {n} features",
-                                f.len(),
-                                input.name
-                            ),
+                            format!("{} names, but input `{}` takes {n} features", f.len(), input.name),
                         ))
                     }
                     (Some(f), _) => f,
@@ -346,8 +311,7 @@ impl Manifest {
                     (None, None) => {
                         return Err(err(
                             "tabular.features",
-                            "missing, and the input's feature count is not fixed in the graph"
-                                .into(),
+                            "missing, and the input's feature count is not fixed in the graph".into(),
                         ))
                     }
                 };
@@ -382,18 +346,12 @@ fn resolve_image(
     if shape.len() != 4 && !shape.is_empty() {
         return Err(err(
             "input",
-            format!(
-                "an image input must be 4-D, this one has {} dimensions",
-                shape.len()
-            ),
+            format!("an image input must be 4-D, this one has {} dimensions", shape.len()),
         ));
     }
     let layout = m.layout.unwrap_or_else(|| {
         // A last axis of 1 or 3 with a larger second axis is taken as NHWC.
-        match (
-            shape.get(1).and_then(Dim::fixed),
-            shape.get(3).and_then(Dim::fixed),
-        ) {
+        match (shape.get(1).and_then(Dim::fixed), shape.get(3).and_then(Dim::fixed)) {
             (Some(c), _) if c == 1 || c == 3 => Layout::NCHW,
             (_, Some(c)) if c == 1 || c == 3 => Layout::NHWC,
             _ => Layout::NCHW,
@@ -412,16 +370,10 @@ fn resolve_image(
         .width
         .or(from_graph(w_axis))
         .ok_or_else(|| err("image.width", "missing, and not fixed in the graph".into()))?;
-    for (field, given, axis) in [
-        ("image.height", m.height, h_axis),
-        ("image.width", m.width, w_axis),
-    ] {
+    for (field, given, axis) in [("image.height", m.height, h_axis), ("image.width", m.width, w_axis)] {
         if let (Some(g), Some(n)) = (given, from_graph(axis)) {
             if g != n {
-                return Err(err(
-                    field,
-                    format!("{g} in the manifest, but the graph fixes {n}"),
-                ));
+                return Err(err(field, format!("{g} in the manifest, but the graph fixes {n}")));
             }
         }
     }
@@ -450,22 +402,18 @@ fn resolve_image(
     } else {
         ColorOrder::Rgb
     });
-    let per_channel =
-        |field: &str, v: Option<Vec<f32>>, default: f32| -> Result<Vec<f32>, ManifestError> {
-            let v = v.unwrap_or_else(|| vec![default]);
-            match v.len() {
-                1 => Ok(vec![v[0]; channels]),
-                n if n == channels => Ok(v),
-                n => Err(err(field, format!("{n} values for {channels} channel(s)"))),
-            }
-        };
+    let per_channel = |field: &str, v: Option<Vec<f32>>, default: f32| -> Result<Vec<f32>, ManifestError> {
+        let v = v.unwrap_or_else(|| vec![default]);
+        match v.len() {
+            1 => Ok(vec![v[0]; channels]),
+            n if n == channels => Ok(v),
+            n => Err(err(field, format!("{n} values for {channels} channel(s)"))),
+        }
+    };
     let mean = per_channel("image.mean", m.mean, 0.0)?;
     let std = per_channel("image.std", m.std, 1.0)?;
     if std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
-        return Err(err(
-            "image.std",
-            "values must be finite and non-zero".into(),
-        ));
+        return Err(err("image.std", "values must be finite and non-zero".into()));
     }
     Ok(ImageSpec {
         layout,

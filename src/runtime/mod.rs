@@ -1,12 +1,14 @@
 //! The model runtime: the ONNX Runtime library, the model registry and manifests, per-worker
 //! sessions, and turning user inputs into tensors and outputs into predictions.
 
+pub mod graph_runner;
 pub mod library;
 pub mod manifest;
 pub mod predict;
 pub mod preprocess;
 pub mod registry;
 pub mod sessions;
+pub mod shapes;
 pub mod tensor;
 
 pub use registry::{LoadedModel, Registry};

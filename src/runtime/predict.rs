@@ -37,12 +37,10 @@ pub fn predict(
     top_k: usize,
 ) -> Result<Vec<RowPrediction>, RuntimeError> {
     let outputs = rt.run(&model.name, &model.spec.input, input)?;
-    let scores = outputs
-        .get(&model.spec.output)
-        .ok_or_else(|| RuntimeError::Inference {
-            model: model.name.clone(),
-            message: format!("output `{}` missing from the run", model.spec.output),
-        })?;
+    let scores = outputs.get(&model.spec.output).ok_or_else(|| RuntimeError::Inference {
+        model: model.name.clone(),
+        message: format!("output `{}` missing from the run", model.spec.output),
+    })?;
     let rows = input.rows();
     let mut result = Vec::with_capacity(rows);
     for row in 0..rows {
@@ -53,10 +51,7 @@ pub fn predict(
             .filter(|(_, t)| t.rows() == rows)
             .map(|(name, t)| (name.clone(), t.slice_rows(row, row + 1).to_f64()))
             .collect();
-        result.push(RowPrediction {
-            predictions,
-            outputs,
-        });
+        result.push(RowPrediction { predictions, outputs });
     }
     Ok(result)
 }
@@ -83,11 +78,7 @@ pub fn rank(model: &LoadedModel, raw: &[f64], top_k: usize) -> Vec<Prediction> {
         .take(top_k.max(1))
         .map(|i| Prediction {
             index: i,
-            label: spec
-                .labels
-                .get(i)
-                .cloned()
-                .unwrap_or_else(|| format!("class_{i}")),
+            label: spec.labels.get(i).cloned().unwrap_or_else(|| format!("class_{i}")),
             score: probs[i] as f32,
         })
         .collect()
@@ -114,11 +105,7 @@ pub struct PredictTask {
 impl crate::executor::Task for PredictTask {
     type Output = Vec<RowPrediction>;
 
-    fn run(
-        self,
-        rt: &mut WorkerRuntime,
-        ctx: &crate::executor::JobContext,
-    ) -> Result<Self::Output, RuntimeError> {
+    fn run(self, rt: &mut WorkerRuntime, ctx: &crate::executor::JobContext) -> Result<Self::Output, RuntimeError> {
         ctx.checkpoint()?;
         predict(rt, &self.model, &self.input, self.top_k)
     }

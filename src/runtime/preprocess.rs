@@ -71,11 +71,7 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, Input
                 "{other:?} images are not accepted; send PNG or JPEG"
             )));
         }
-        None => {
-            return Err(InputError::BadImage(
-                "the body is not a PNG or JPEG image".into(),
-            ))
-        }
+        None => return Err(InputError::BadImage("the body is not a PNG or JPEG image".into())),
     }
     let (width, height) = reader
         .into_dimensions()
@@ -141,11 +137,7 @@ pub fn prepare_image(img: &DynamicImage, spec: &ImageSpec) -> PreparedImage {
             ColorOrder::Rgb => [r as f32, g as f32, b as f32],
             ColorOrder::Bgr => [b as f32, g as f32, r as f32],
             // ITU-R 601 luma, as image's to_luma8 uses.
-            ColorOrder::Grayscale => [
-                0.299 * r as f32 + 0.587 * g as f32 + 0.114 * b as f32,
-                0.0,
-                0.0,
-            ],
+            ColorOrder::Grayscale => [0.299 * r as f32 + 0.587 * g as f32 + 0.114 * b as f32, 0.0, 0.0],
         };
         let (x, y) = (x as usize, y as usize);
         for (ch, value) in channels.iter().enumerate().take(c) {
@@ -188,9 +180,9 @@ pub enum Features {
 pub fn prepare_features(features: &Features, spec: &TabularSpec) -> Result<Tensor, InputError> {
     let n = spec.features.len();
     let number = |name: &str, v: &serde_json::Value| -> Result<f32, InputError> {
-        let x = v.as_f64().ok_or_else(|| {
-            InputError::BadFeatures(format!("feature `{name}` must be a number, got {v}"))
-        })?;
+        let x = v
+            .as_f64()
+            .ok_or_else(|| InputError::BadFeatures(format!("feature `{name}` must be a number, got {v}")))?;
         let x = x as f32;
         if !x.is_finite() {
             return Err(InputError::BadFeatures(format!(
@@ -288,13 +280,8 @@ mod tests {
             features: vec!["a".into(), "b".into()],
             background: None,
         };
-        let map = serde_json::json!({"a": 1.0, "c": 2.0})
-            .as_object()
-            .unwrap()
-            .clone();
-        let err = prepare_features(&Features::Named(map), &spec)
-            .unwrap_err()
-            .to_string();
+        let map = serde_json::json!({"a": 1.0, "c": 2.0}).as_object().unwrap().clone();
+        let err = prepare_features(&Features::Named(map), &spec).unwrap_err().to_string();
         assert!(
             err.contains("unknown feature(s): c") && err.contains("missing feature(s): b"),
             "{err}"

@@ -30,10 +30,7 @@ pub struct LoadedModel {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("cannot read models directory {dir}: {source}")]
-    Dir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
+    Dir { dir: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Model { path: PathBuf, message: String },
     #[error(transparent)]
@@ -75,10 +72,7 @@ impl Registry {
     /// A registry of already loaded models (tests, one-shot commands).
     pub fn from_models(models: Vec<LoadedModel>) -> Self {
         Self {
-            models: models
-                .into_iter()
-                .map(|m| (m.name.clone(), Arc::new(m)))
-                .collect(),
+            models: models.into_iter().map(|m| (m.name.clone(), Arc::new(m))).collect(),
         }
     }
 
@@ -107,14 +101,12 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
         message,
     };
     let bytes = std::fs::read(&onnx_path).map_err(|e| model_err(&onnx_path, e.to_string()))?;
-    let decoded = proto::decode_model(&bytes)
-        .map_err(|e| model_err(&onnx_path, format!("not an ONNX model: {e}")))?;
+    let decoded = proto::decode_model(&bytes).map_err(|e| model_err(&onnx_path, format!("not an ONNX model: {e}")))?;
     if decoded.graph.is_none() {
         return Err(model_err(&onnx_path, "not an ONNX model: no graph".into()));
     }
     let summary = ModelSummary::of(&decoded);
-    let text = std::fs::read_to_string(&manifest_path)
-        .map_err(|e| model_err(&manifest_path, e.to_string()))?;
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| model_err(&manifest_path, e.to_string()))?;
     let spec = Manifest::parse(&manifest_path, &text)?.resolve(&manifest_path, &summary)?;
     let name = folder
         .file_name()

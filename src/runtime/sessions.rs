@@ -25,9 +25,7 @@ pub fn create_session(
     let mut builder = builder
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| e.to_string())?;
-    builder
-        .commit_from_memory(&model.bytes)
-        .map_err(|e| e.to_string())
+    builder.commit_from_memory(&model.bytes).map_err(|e| e.to_string())
 }
 
 /// One worker's view of the models: its own sessions, created when the worker starts.
@@ -47,8 +45,8 @@ impl WorkerRuntime {
     ) -> Result<Self, String> {
         let mut sessions = HashMap::new();
         for model in registry.iter() {
-            let session = create_session(env, model, intra_op_threads)
-                .map_err(|e| format!("model `{}`: {e}", model.name))?;
+            let session =
+                create_session(env, model, intra_op_threads).map_err(|e| format!("model `{}`: {e}", model.name))?;
             sessions.insert(model.name.clone(), session);
         }
         Ok(Self {
@@ -124,8 +122,7 @@ impl WorkerRuntime {
             TensorData::F32(v) => v,
             TensorData::I64(_) => return Err(fail("explaind feeds float32 inputs only".into())),
         };
-        let value =
-            OrtTensor::from_array((input.shape.clone(), data)).map_err(|e| fail(e.to_string()))?;
+        let value = OrtTensor::from_array((input.shape.clone(), data)).map_err(|e| fail(e.to_string()))?;
         let outputs = session
             .run(vec![(input_name.to_string(), value)])
             .map_err(|e| fail(e.to_string()))?;
@@ -136,9 +133,7 @@ impl WorkerRuntime {
                     ty: ort::value::TensorElementType::Float32,
                     ..
                 } => {
-                    let (shape, data) = value
-                        .try_extract_tensor::<f32>()
-                        .map_err(|e| fail(e.to_string()))?;
+                    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| fail(e.to_string()))?;
                     Tensor {
                         shape: dims(shape),
                         data: TensorData::F32(data.to_vec()),
@@ -148,9 +143,7 @@ impl WorkerRuntime {
                     ty: ort::value::TensorElementType::Int64,
                     ..
                 } => {
-                    let (shape, data) = value
-                        .try_extract_tensor::<i64>()
-                        .map_err(|e| fail(e.to_string()))?;
+                    let (shape, data) = value.try_extract_tensor::<i64>().map_err(|e| fail(e.to_string()))?;
                     Tensor {
                         shape: dims(shape),
                         data: TensorData::I64(data.to_vec()),

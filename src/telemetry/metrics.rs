@@ -1,9 +1,7 @@
 //! Prometheus metrics of the HTTP face and the executor, rendered as text for `GET /metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::{
-    counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
-};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
 /// Labels of a served request.

@@ -9,6 +9,8 @@ use explaind::onnx::builder::{Attr, GraphBuilder};
 use explaind::Service;
 use prost::Message;
 
+pub mod gradcheck;
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -35,17 +37,12 @@ pub async fn start(config: Config) -> Service {
     match Service::start(config).await {
         Ok(s) => {
             assert!(
-                s.state
-                    .executor
-                    .wait_ready(std::time::Duration::from_secs(60))
-                    .await,
+                s.state.executor.wait_ready(std::time::Duration::from_secs(60)).await,
                 "workers not ready"
             );
             s
         }
-        Err(e) => panic!(
-            "service failed to start: {e:#}\n(run `make test`, which fetches ONNX Runtime first)"
-        ),
+        Err(e) => panic!("service failed to start: {e:#}\n(run `make test`, which fetches ONNX Runtime first)"),
     }
 }
 
@@ -66,12 +63,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 }
 
 /// Writes a model folder (`model.onnx` + `model.toml`) under `models_dir`.
-pub fn write_model(
-    models_dir: &Path,
-    name: &str,
-    model: &explaind::onnx::proto::ModelProto,
-    manifest: &str,
-) {
+pub fn write_model(models_dir: &Path, name: &str, model: &explaind::onnx::proto::ModelProto, manifest: &str) {
     let dir = models_dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("model.onnx"), model.encode_to_vec()).unwrap();
@@ -85,9 +77,7 @@ pub fn slow_model(layers: usize) -> explaind::onnx::proto::ModelProto {
     let x = g.input("input", &[1, 8]);
     let tile = g.constant_i64("tile", &[2], &[1024, 128]);
     let wide = g.node("Tile", &[&x, &tile], vec![]); // [1024, 1024]
-    let w: Vec<f32> = (0..1024 * 1024)
-        .map(|i| ((i % 7) as f32 - 3.0) * 1e-3)
-        .collect();
+    let w: Vec<f32> = (0..1024 * 1024).map(|i| ((i % 7) as f32 - 3.0) * 1e-3).collect();
     let w = g.constant("w", &[1024, 1024], &w);
     let mut h = wide;
     for _ in 0..layers {
@@ -106,3 +96,49 @@ pub fn slow_model(layers: usize) -> explaind::onnx::proto::ModelProto {
 
 /// Manifest for [`slow_model`].
 pub const SLOW_MANIFEST: &str = "task = \"tabular-regression\"\n";
+
+/// A small deterministic random number generator (SplitMix64), so failures can be replayed by seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+
+    /// `n` uniform values in [lo, hi).
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = self.uniform(1e-7, 1.0);
+        let u2 = self.uniform(0.0, 1.0);
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+    }
+
+    /// `n` values spaced at least `gap` apart in [-1, 1), shuffled: no ties, no values near 0 or each other.
+    pub fn separated(&mut self, n: usize, gap: f32) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0 + 0.5) * gap).collect();
+        for i in (1..n).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+        v
+    }
+}

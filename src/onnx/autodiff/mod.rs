@@ -1,0 +1,371 @@
+//! Gradients for plain inference models: turns an ONNX graph into one that also computes the
+//! backward pass, from standard ONNX operators only, so stock ONNX Runtime runs it.
+//!
+//! The target is `sum(output * weights)`, with `weights` an extra graph input shaped like the
+//! output: one built model serves any class, any mix of classes, per batch row. The built model
+//! outputs, besides the original outputs, the gradient of the target w.r.t. the model input and,
+//! on request, named intermediate tensors with their gradients (Grad-CAM and friends).
+//!
+//! Rules live one operator family per file under `rules/`, registered in a [`RuleTable`] by
+//! (domain, operator). Before building, every node on the differentiable path (float tensors that
+//! depend on the input and reach the target) is checked, and a model with unsupported operators is
+//! refused once, with the full list.
+
+mod analysis;
+mod context;
+pub mod rules;
+mod upgrade;
+
+use std::collections::{HashMap, HashSet};
+
+pub use context::GradContext;
+pub use rules::{RuleError, RuleTable};
+
+use super::builder::value_info;
+use super::node::{domain, node_name, op_type};
+use super::proto::{data_type, GraphProto, ModelProto, OperatorSetIdProto, TensorProto};
+
+/// Name of the extra graph input holding the target weights (shaped like the target output).
+pub const WEIGHTS_INPUT: &str = "explaind.target_weights";
+
+/// Known shape and element type of a tensor; `None` dims vary with the batch (or are unknown).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorShape {
+    /// Dimensions.
+    pub dims: Vec<Option<i64>>,
+    /// ONNX element type (`data_type::FLOAT`, ...).
+    pub elem_type: i32,
+}
+
+/// Shapes of the graph's tensors, by name, as a shape probe found them.
+pub type ShapeMap = HashMap<String, TensorShape>;
+
+/// A dense float tensor: shape and row-major values.
+pub type Dense = (Vec<usize>, Vec<f32>);
+
+/// Runs a small ONNX model at build time (used to derive constant matrices such as Resize's).
+pub trait GraphRunner {
+    /// Runs `model` on named float inputs and returns every output.
+    fn run_f32(&self, model: &ModelProto, inputs: &[(&str, Vec<usize>, Vec<f32>)]) -> Result<Vec<Dense>, String>;
+}
+
+/// What to differentiate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GradientSpec {
+    /// The model input to differentiate with respect to.
+    pub input: String,
+    /// The output whose weighted sum is the target.
+    pub output: String,
+    /// Intermediate tensors to expose, with their gradients.
+    pub layers: Vec<String>,
+}
+
+/// A built backward model and the names of what it outputs.
+#[derive(Debug, Clone)]
+pub struct BackwardModel {
+    /// The model: the forward graph plus the backward pass.
+    pub model: ModelProto,
+    /// Gradient of the target w.r.t. the input.
+    pub input_grad: String,
+    /// For each requested layer: (activation output, gradient output).
+    pub layers: Vec<(String, String)>,
+    /// Default-domain opset of the built model.
+    pub opset: i64,
+}
+
+/// An operator on the differentiable path that has no rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    /// Operator domain (`""` for ONNX).
+    pub domain: String,
+    /// Operator type.
+    pub op: String,
+    /// Opset of that domain in the model.
+    pub opset: i64,
+    /// Names of the nodes using it.
+    pub nodes: Vec<String>,
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let domain = if self.domain.is_empty() {
+            "ai.onnx"
+        } else {
+            &self.domain
+        };
+        write!(
+            f,
+            "{domain}::{} (opset {}) at {}",
+            self.op,
+            self.opset,
+            self.nodes.join(", ")
+        )
+    }
+}
+
+/// Why no backward model could be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AutodiffError {
+    #[error("the model has no graph")]
+    NoGraph,
+    #[error(
+        "opset {0} is older than 11, the oldest explaind differentiates; convert the model with onnx.version_converter"
+    )]
+    OldOpset(i64),
+    #[error("no gradient rule for: {}", .0.iter().map(|u| u.to_string()).collect::<Vec<_>>().join("; "))]
+    Unsupported(Vec<Unsupported>),
+    #[error("{0}")]
+    Path(String),
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+}
+
+/// Default-domain opset of a model.
+pub fn model_opset(model: &ModelProto) -> i64 {
+    model
+        .opset_import
+        .iter()
+        .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
+        .and_then(|o| o.version)
+        .unwrap_or(1)
+}
+
+/// The differentiable path's operators that `table` has no rule for (empty: differentiable).
+pub fn unsupported_ops(
+    model: &ModelProto,
+    spec: &GradientSpec,
+    shapes: &ShapeMap,
+    table: &RuleTable,
+) -> Result<Vec<Unsupported>, AutodiffError> {
+    let graph = model.graph.as_ref().ok_or(AutodiffError::NoGraph)?;
+    let path = analysis::Path::find(graph, &spec.input, std::slice::from_ref(&spec.output), shapes);
+    Ok(collect_unsupported(model, graph, &path, table))
+}
+
+fn collect_unsupported(
+    model: &ModelProto,
+    graph: &GraphProto,
+    path: &analysis::Path,
+    table: &RuleTable,
+) -> Vec<Unsupported> {
+    let mut found: Vec<Unsupported> = Vec::new();
+    for &i in &path.nodes {
+        let node = &graph.node[i];
+        if table.get(domain(node), op_type(node)).is_some() {
+            continue;
+        }
+        let d = domain(node).to_string();
+        let opset = model
+            .opset_import
+            .iter()
+            .find(|o| {
+                let od = o.domain.as_deref().unwrap_or("");
+                od == d || (d.is_empty() && od == "ai.onnx")
+            })
+            .and_then(|o| o.version)
+            .unwrap_or(0);
+        match found.iter_mut().find(|u| u.domain == d && u.op == op_type(node)) {
+            Some(u) => u.nodes.push(node_name(node)),
+            None => found.push(Unsupported {
+                domain: d,
+                op: op_type(node).to_string(),
+                opset,
+                nodes: vec![node_name(node)],
+            }),
+        }
+    }
+    found
+}
+
+/// The forward model at the opset the backward graph needs (16 or the model's own, if later), with
+/// the nodes whose meaning would change rewritten. Probe shapes on this model, then build on it.
+pub fn prepare_forward(model: &ModelProto) -> Result<ModelProto, AutodiffError> {
+    let source_opset = model_opset(model);
+    if source_opset < 11 {
+        return Err(AutodiffError::OldOpset(source_opset));
+    }
+    // Scatter with reduction="add" (MaxPool, Gather gradients) needs opset 16.
+    let opset = source_opset.max(16);
+    let mut graph = model.graph.clone().ok_or(AutodiffError::NoGraph)?;
+    upgrade::upgrade_forward(&mut graph, source_opset, opset)?;
+    let mut prepared = model.clone();
+    prepared.graph = Some(graph);
+    prepared.ir_version = Some(prepared.ir_version.unwrap_or(8).max(8));
+    set_default_opset(&mut prepared, opset);
+    Ok(prepared)
+}
+
+/// Builds the backward model for `spec` with the rules of `table`. `model` should come from
+/// [`prepare_forward`] and `shapes` from probing it.
+pub fn build_backward(
+    model: &ModelProto,
+    spec: &GradientSpec,
+    shapes: &ShapeMap,
+    table: &RuleTable,
+    runner: Option<&dyn GraphRunner>,
+) -> Result<BackwardModel, AutodiffError> {
+    let prepared = prepare_forward(model)?;
+    let model = &prepared;
+    let opset = model_opset(model);
+    let mut graph = model.graph.clone().ok_or(AutodiffError::NoGraph)?;
+
+    let mut targets = vec![spec.output.clone()];
+    targets.extend(spec.layers.iter().cloned());
+    let path = analysis::Path::find(&graph, &spec.input, std::slice::from_ref(&spec.output), shapes);
+    if !path.depends.contains(&spec.output) {
+        return Err(AutodiffError::Path(format!(
+            "output `{}` does not depend on input `{}` through float tensors",
+            spec.output, spec.input
+        )));
+    }
+    for layer in &spec.layers {
+        if !(path.depends.contains(layer) && path.needed.contains(layer)) {
+            return Err(AutodiffError::Path(format!(
+                "layer `{layer}` is not a float tensor between input `{}` and output `{}`",
+                spec.input, spec.output
+            )));
+        }
+    }
+    let unsupported = collect_unsupported(model, &graph, &path, table);
+    if !unsupported.is_empty() {
+        return Err(AutodiffError::Unsupported(unsupported));
+    }
+
+    let mut ctx = GradContext::new(&graph, shapes, opset, runner);
+    let mut grads: HashMap<String, Vec<String>> = HashMap::new();
+    grads.insert(spec.output.clone(), vec![WEIGHTS_INPUT.to_string()]);
+    let mut finals: HashMap<String, String> = HashMap::new();
+
+    for &index in path.nodes.iter().rev() {
+        let node = graph.node[index].clone();
+        let out_grads: Vec<Option<String>> = node
+            .output
+            .iter()
+            .map(|o| ctx.finalize_grad(o, &mut grads, &mut finals))
+            .collect();
+        if out_grads.iter().all(Option::is_none) {
+            continue;
+        }
+        let needs: Vec<bool> = node
+            .input
+            .iter()
+            .map(|i| !i.is_empty() && path.depends.contains(i))
+            .collect();
+        if !needs.iter().any(|n| *n) {
+            continue;
+        }
+        let rule = table
+            .get(domain(&node), op_type(&node))
+            .ok_or_else(|| AutodiffError::Path(format!("no rule for {} at {}", op_type(&node), node_name(&node))))?;
+        ctx.begin_node(index, &node);
+        let in_grads = rule(&mut ctx, &node, &out_grads, &needs)?;
+        for (i, input) in node.input.iter().enumerate() {
+            if !needs[i] {
+                continue;
+            }
+            match in_grads.get(i).cloned().flatten() {
+                Some(g) => grads.entry(input.clone()).or_default().push(g),
+                None => {
+                    return Err(
+                        RuleError::new(&node, format!("the rule gave no gradient for input {i} (`{input}`)")).into(),
+                    );
+                }
+            }
+        }
+    }
+
+    let input_grad_value = ctx
+        .finalize_grad(&spec.input, &mut grads, &mut finals)
+        .ok_or_else(|| AutodiffError::Path(format!("no gradient reached input `{}`", spec.input)))?;
+    let input_grad = format!("{}.grad", spec.input);
+    let mut outputs = vec![(input_grad.clone(), input_grad_value)];
+    let mut layers = Vec::new();
+    for layer in &spec.layers {
+        let g = ctx
+            .finalize_grad(layer, &mut grads, &mut finals)
+            .ok_or_else(|| AutodiffError::Path(format!("no gradient reached layer `{layer}`")))?;
+        let name = format!("{layer}.grad");
+        outputs.push((name.clone(), g));
+        layers.push((layer.clone(), name));
+    }
+
+    let emitted = ctx.finish();
+    let existing: HashSet<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
+    for (index, slot, name) in emitted.forward_outputs {
+        let node = &mut graph.node[index];
+        while node.output.len() <= slot {
+            node.output.push(String::new());
+        }
+        node.output[slot] = name;
+    }
+    graph.node.extend(emitted.nodes);
+    graph.initializer.extend(emitted.initializers);
+    let output_shape = shapes
+        .get(&spec.output)
+        .map(|s| s.dims.iter().map(|d| d.unwrap_or(-1)).collect::<Vec<_>>());
+    graph
+        .input
+        .push(value_info(WEIGHTS_INPUT, data_type::FLOAT, output_shape.as_deref()));
+    for layer in &spec.layers {
+        if !existing.contains(layer) {
+            graph.output.push(untyped_output(layer));
+        }
+    }
+    for (name, value) in outputs {
+        // Expose each gradient under a stable name, whatever node produced it.
+        graph.node.push(super::proto::NodeProto {
+            name: Some(format!("{name}.identity")),
+            op_type: Some("Identity".into()),
+            domain: Some(String::new()),
+            input: vec![value],
+            output: vec![name.clone()],
+            ..Default::default()
+        });
+        graph.output.push(untyped_output(&name));
+    }
+
+    let mut built = model.clone();
+    built.graph = Some(graph);
+    built.ir_version = Some(built.ir_version.unwrap_or(8).max(8));
+    set_default_opset(&mut built, opset);
+    Ok(BackwardModel {
+        model: built,
+        input_grad,
+        layers,
+        opset,
+    })
+}
+
+fn untyped_output(name: &str) -> super::proto::ValueInfoProto {
+    super::proto::ValueInfoProto {
+        name: Some(name.to_string()),
+        ..Default::default()
+    }
+}
+
+fn set_default_opset(model: &mut ModelProto, opset: i64) {
+    match model
+        .opset_import
+        .iter_mut()
+        .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
+    {
+        Some(o) => o.version = Some(opset),
+        None => model.opset_import.push(OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }),
+    }
+}
+
+/// Element types whose tensors carry gradients.
+pub fn is_float(elem_type: i32) -> bool {
+    matches!(
+        elem_type,
+        data_type::FLOAT | data_type::DOUBLE | data_type::FLOAT16 | data_type::BFLOAT16
+    )
+}
+
+/// A float32 scalar-or-tensor initializer named `name`.
+pub(crate) fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+    super::builder::float_tensor(name, dims, values)
+}

@@ -1,0 +1,178 @@
+//! Convolutions: the input gradient of Conv is a ConvTranspose with the same geometry, and the
+//! input gradient of ConvTranspose is a Conv.
+
+use super::{first_only, grad0, input, only_input0, output, RuleError, RuleTable};
+use crate::onnx::autodiff::GradContext;
+use crate::onnx::builder::Attr;
+use crate::onnx::node::{attr_int, attr_ints, attr_string};
+use crate::onnx::proto::NodeProto;
+
+pub(super) fn register(t: &mut RuleTable) {
+    t.register("", "Conv", conv);
+    t.register("", "ConvTranspose", conv_transpose);
+}
+
+type Grads = Result<Vec<Option<String>>, RuleError>;
+
+/// Convolution geometry with explicit pads.
+struct Geometry {
+    kernel: Vec<i64>,
+    strides: Vec<i64>,
+    dilations: Vec<i64>,
+    pads: Vec<i64>,
+    group: i64,
+}
+
+fn geometry(
+    ctx: &GradContext,
+    n: &NodeProto,
+    x: &str,
+    w: &str,
+    conv_input_dims: Option<&[Option<i64>]>,
+) -> Result<Geometry, RuleError> {
+    let w_dims = ctx.dims(w)?;
+    let spatial = w_dims.len().saturating_sub(2);
+    let kernel = match attr_ints(n, "kernel_shape")? {
+        Some(k) => k,
+        None => w_dims[2..]
+            .iter()
+            .map(|d| d.ok_or_else(|| RuleError::new(n, "the kernel size is not static")))
+            .collect::<Result<_, _>>()?,
+    };
+    let strides = attr_ints(n, "strides")?.unwrap_or_else(|| vec![1; spatial]);
+    let dilations = attr_ints(n, "dilations")?.unwrap_or_else(|| vec![1; spatial]);
+    let group = attr_int(n, "group", 1)?;
+    let auto_pad = attr_string(n, "auto_pad", "NOTSET")?;
+    let pads = match auto_pad.as_str() {
+        "NOTSET" => attr_ints(n, "pads")?.unwrap_or_else(|| vec![0; 2 * spatial]),
+        "VALID" => vec![0; 2 * spatial],
+        "SAME_UPPER" | "SAME_LOWER" => {
+            let dims = conv_input_dims
+                .ok_or_else(|| RuleError::new(n, format!("auto_pad {auto_pad} is not supported here")))?;
+            let mut begin = Vec::new();
+            let mut end = Vec::new();
+            for i in 0..spatial {
+                let size = dims[2 + i].ok_or_else(|| {
+                    RuleError::new(n, format!("auto_pad {auto_pad} needs a static spatial size of `{x}`"))
+                })?;
+                let out = (size + strides[i] - 1) / strides[i];
+                let total = ((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - size).max(0);
+                let small = total / 2;
+                if auto_pad == "SAME_UPPER" {
+                    begin.push(small);
+                    end.push(total - small);
+                } else {
+                    begin.push(total - small);
+                    end.push(small);
+                }
+            }
+            begin.extend(end);
+            begin
+        }
+        other => return Err(RuleError::new(n, format!("auto_pad `{other}` is not supported"))),
+    };
+    Ok(Geometry {
+        kernel,
+        strides,
+        dilations,
+        pads,
+        group,
+    })
+}
+
+fn conv(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
+    only_input0(n, needs, "a Conv weight or bias")?;
+    let g = grad0(n, g)?;
+    let (x, w, y) = (input(n, 0), input(n, 1), output(n));
+    let x_dims = ctx.dims(x)?.to_vec();
+    let y_dims = ctx.dims(y)?.to_vec();
+    let geo = geometry(ctx, n, x, w, Some(&x_dims))?;
+    let spatial = geo.kernel.len();
+    // output_padding makes the transposed convolution's output as large as x. With static sizes it
+    // is exact; otherwise take the largest allowed and cut the result back to x's size.
+    let mut output_padding = Vec::with_capacity(spatial);
+    let mut exact = true;
+    for i in 0..spatial {
+        match (
+            x_dims.get(2 + i).copied().flatten(),
+            y_dims.get(2 + i).copied().flatten(),
+        ) {
+            (Some(size), Some(out)) => {
+                let produced = (out - 1) * geo.strides[i] - geo.pads[i] - geo.pads[spatial + i]
+                    + geo.dilations[i] * (geo.kernel[i] - 1)
+                    + 1;
+                output_padding.push(size - produced);
+            }
+            _ => {
+                exact = false;
+                output_padding.push(geo.strides[i] - 1);
+            }
+        }
+    }
+    if output_padding
+        .iter()
+        .zip(&geo.strides)
+        .zip(&geo.dilations)
+        .any(|((p, s), d)| *p < 0 || (*p >= *s && *p >= *d))
+    {
+        return Err(RuleError::new(
+            n,
+            format!("cannot size the input gradient (output_padding {output_padding:?})"),
+        ));
+    }
+    let dx = ctx.emit(
+        "ConvTranspose",
+        &[g, w],
+        vec![
+            ("kernel_shape", Attr::Ints(geo.kernel.clone())),
+            ("strides", Attr::Ints(geo.strides.clone())),
+            ("dilations", Attr::Ints(geo.dilations.clone())),
+            ("pads", Attr::Ints(geo.pads.clone())),
+            ("group", Attr::Int(geo.group)),
+            ("output_padding", Attr::Ints(output_padding)),
+        ],
+    );
+    let dx = if exact {
+        dx
+    } else {
+        let shape = ctx.shape(x);
+        let two = ctx.const_i64("two", &[2]);
+        let big = ctx.const_i64("end", &[i64::MAX]);
+        let sizes = ctx.emit("Slice", &[&shape, &two, &big], vec![]);
+        let zeros = ctx.const_i64("starts", &vec![0; spatial]);
+        let axes = ctx.const_i64("axes", &(2..2 + spatial as i64).collect::<Vec<_>>());
+        ctx.emit("Slice", &[&dx, &zeros, &sizes, &axes], vec![])
+    };
+    Ok(first_only(n, dx))
+}
+
+fn conv_transpose(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
+    only_input0(n, needs, "a ConvTranspose weight or bias")?;
+    if attr_ints(n, "output_shape")?.is_some() {
+        return Err(RuleError::new(
+            n,
+            "ConvTranspose with output_shape is not supported; give pads and output_padding",
+        ));
+    }
+    if attr_string(n, "auto_pad", "NOTSET")? != "NOTSET" {
+        return Err(RuleError::new(
+            n,
+            "ConvTranspose with auto_pad is not supported; give pads",
+        ));
+    }
+    let g = grad0(n, g)?;
+    let (x, w) = (input(n, 0), input(n, 1));
+    let geo = geometry(ctx, n, x, w, None)?;
+    let dx = ctx.emit(
+        "Conv",
+        &[g, w],
+        vec![
+            ("kernel_shape", Attr::Ints(geo.kernel)),
+            ("strides", Attr::Ints(geo.strides)),
+            ("dilations", Attr::Ints(geo.dilations)),
+            ("pads", Attr::Ints(geo.pads)),
+            ("group", Attr::Int(geo.group)),
+        ],
+    );
+    Ok(first_only(n, dx))
+}

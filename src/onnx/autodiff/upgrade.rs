@@ -1,0 +1,116 @@
+//! Rewrites forward nodes whose meaning changes when the model's opset is raised (the backward
+//! graph needs opset 16 or later): Softmax's axis semantics before 13, and attributes that became
+//! inputs in opset 13. Inference-time Dropout becomes Identity.
+
+use super::AutodiffError;
+use crate::onnx::builder::{attribute, int64_tensor, Attr};
+use crate::onnx::node::{attr_int, attr_ints, op_type};
+use crate::onnx::proto::{GraphProto, NodeProto};
+
+/// Upgrades `graph`'s nodes from `from` to `to` where their meaning would change.
+pub(super) fn upgrade_forward(graph: &mut GraphProto, from: i64, to: i64) -> Result<(), AutodiffError> {
+    let used: std::collections::HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .chain(graph.output.iter().filter_map(|o| o.name.clone()))
+        .collect();
+    let mut nodes = Vec::with_capacity(graph.node.len());
+    let mut initializers = Vec::new();
+    for node in std::mem::take(&mut graph.node) {
+        let name = crate::onnx::node::node_name(&node);
+        match op_type(&node) {
+            "Dropout" => {
+                if node.output.iter().skip(1).any(|o| used.contains(o)) {
+                    return Err(AutodiffError::Path(format!(
+                        "Dropout `{name}`: its mask output is used"
+                    )));
+                }
+                nodes.push(NodeProto {
+                    name: node.name.clone(),
+                    op_type: Some("Identity".into()),
+                    domain: Some(String::new()),
+                    input: vec![node.input[0].clone()],
+                    output: vec![node.output[0].clone()],
+                    ..Default::default()
+                });
+            }
+            "Softmax" | "LogSoftmax" | "Hardmax" if from < 13 && to >= 13 => {
+                // Before 13: flatten to 2-D at `axis` (default 1), normalise rows, reshape back.
+                let axis = attr_int(&node, "axis", 1).map_err(|e| AutodiffError::Path(e.to_string()))?;
+                let x = node.input[0].clone();
+                let y = node.output[0].clone();
+                let (shape, flat, soft) = (
+                    format!("{name}.upgrade.shape"),
+                    format!("{name}.upgrade.flat"),
+                    format!("{name}.upgrade.2d"),
+                );
+                nodes.push(simple(
+                    "Shape",
+                    &format!("{name}.upgrade.shape"),
+                    vec![x.clone()],
+                    &shape,
+                    vec![],
+                ));
+                nodes.push(simple(
+                    "Flatten",
+                    &format!("{name}.upgrade.flatten"),
+                    vec![x],
+                    &flat,
+                    vec![attribute("axis", Attr::Int(axis))],
+                ));
+                nodes.push(simple(
+                    op_type(&node),
+                    &name,
+                    vec![flat],
+                    &soft,
+                    vec![attribute("axis", Attr::Int(1))],
+                ));
+                nodes.push(simple(
+                    "Reshape",
+                    &format!("{name}.upgrade.reshape"),
+                    vec![soft, shape],
+                    &y,
+                    vec![],
+                ));
+            }
+            op @ ("Squeeze" | "Unsqueeze" | "ReduceSum" | "Split") if from < 13 && to >= 13 => {
+                let attr_name = if op == "Split" { "split" } else { "axes" };
+                let mut node = node.clone();
+                match attr_ints(&node, attr_name).map_err(|e| AutodiffError::Path(e.to_string()))? {
+                    Some(values) => {
+                        node.attribute.retain(|a| a.name.as_deref() != Some(attr_name));
+                        let const_name = format!("{name}.upgrade.{attr_name}");
+                        initializers.push(int64_tensor(&const_name, &[values.len() as i64], &values));
+                        node.input.truncate(1);
+                        node.input.push(const_name);
+                    }
+                    None => node.input.truncate(1),
+                }
+                nodes.push(node);
+            }
+            _ => nodes.push(node),
+        }
+    }
+    graph.node = nodes;
+    graph.initializer.extend(initializers);
+    Ok(())
+}
+
+fn simple(
+    op: &str,
+    name: &str,
+    inputs: Vec<String>,
+    output: &str,
+    attribute: Vec<crate::onnx::proto::AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        name: Some(name.to_string()),
+        op_type: Some(op.to_string()),
+        domain: Some(String::new()),
+        input: inputs,
+        output: vec![output.to_string()],
+        attribute,
+        ..Default::default()
+    }
+}

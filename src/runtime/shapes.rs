@@ -1,0 +1,138 @@
+//! The shape probe: runs a model once or twice on sample inputs with every intermediate tensor
+//! exposed, and records each tensor's dimensions and element type. Dimensions that change with the
+//! batch size are marked dynamic. Gradient rules use these shapes to decide broadcasting and sizes.
+
+use std::collections::HashMap;
+
+use super::graph_runner::OrtRunner;
+use crate::onnx::autodiff::{ShapeMap, TensorShape};
+use crate::onnx::proto::{data_type, type_proto, ModelProto, ValueInfoProto};
+use crate::onnx::summary::{Dim, ModelSummary};
+
+/// Probes every tensor's shape; `input` is fed `sample_dims` (its batch axis first) with values in [-1, 1).
+pub fn probe_shapes(
+    runner: &OrtRunner,
+    model: &ModelProto,
+    input: &str,
+    sample_dims: &[usize],
+) -> Result<ShapeMap, String> {
+    let mut probe = model.clone();
+    let graph = probe.graph.as_mut().ok_or("the model has no graph")?;
+    let existing: std::collections::HashSet<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
+    let mut extra = Vec::new();
+    for node in &graph.node {
+        for o in node.output.iter().filter(|o| !o.is_empty() && !existing.contains(*o)) {
+            extra.push(ValueInfoProto {
+                name: Some(o.clone()),
+                ..Default::default()
+            });
+        }
+    }
+    graph.output.extend(extra);
+    let summary = ModelSummary::of(model);
+    // A fixed batch dimension allows one run only; otherwise a second run with batch 2 shows which
+    // dimensions follow the batch.
+    let fixed_batch = summary
+        .inputs
+        .iter()
+        .find(|i| i.name == input)
+        .and_then(|i| i.shape.as_ref())
+        .and_then(|s| s.first())
+        .and_then(Dim::fixed)
+        .is_some();
+    let batches: &[usize] = if fixed_batch { &[sample_dims[0]] } else { &[1, 2] };
+    let mut runs: Vec<HashMap<String, (i32, Vec<usize>)>> = Vec::new();
+    for &batch in batches {
+        let mut dims = sample_dims.to_vec();
+        dims[0] = batch;
+        let count: usize = dims.iter().product();
+        let values: Vec<f32> = (0..count).map(|i| sample_value(i as u64)).collect();
+        let mut floats = vec![(input, dims, values)];
+        let mut ints = Vec::new();
+        for other in summary.inputs.iter().filter(|i| i.name != input) {
+            let shape: Vec<usize> = other
+                .shape
+                .as_ref()
+                .ok_or_else(|| format!("input `{}` has no shape; cannot probe", other.name))?
+                .iter()
+                .enumerate()
+                .map(|(k, d)| d.fixed().unwrap_or(if k == 0 { batch } else { 1 }))
+                .collect();
+            let n: usize = shape.iter().product();
+            match other.dtype.as_str() {
+                "float32" => floats.push((other.name.as_str(), shape, vec![0.0; n])),
+                "int64" => ints.push((other.name.as_str(), shape, vec![0i64; n])),
+                t => return Err(format!("input `{}` is {t}; cannot probe", other.name)),
+            }
+        }
+        let outputs = runner.run(&probe, &floats, &ints)?;
+        runs.push(outputs.into_iter().map(|o| (o.name, (o.elem_type, o.shape))).collect());
+    }
+    let mut shapes = ShapeMap::new();
+    for (name, (elem_type, dims)) in &runs[0] {
+        let merged: Vec<Option<i64>> = match runs.get(1).and_then(|r| r.get(name)) {
+            Some((_, other)) if other.len() == dims.len() => dims
+                .iter()
+                .zip(other)
+                .map(|(a, b)| (a == b).then_some(*a as i64))
+                .collect(),
+            Some(_) => continue,
+            None => dims.iter().map(|&d| Some(d as i64)).collect(),
+        };
+        shapes.insert(
+            name.clone(),
+            TensorShape {
+                dims: merged,
+                elem_type: *elem_type,
+            },
+        );
+    }
+    let graph = model.graph.as_ref().ok_or("the model has no graph")?;
+    for init in &graph.initializer {
+        if let Some(name) = &init.name {
+            shapes.insert(
+                name.clone(),
+                TensorShape {
+                    dims: init.dims.iter().map(|&d| Some(d)).collect(),
+                    elem_type: init.data_type.unwrap_or(0),
+                },
+            );
+        }
+    }
+    for vi in &graph.input {
+        let Some(name) = &vi.name else { continue };
+        if shapes.contains_key(name) {
+            continue;
+        }
+        if let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            let mut dims: Vec<Option<i64>> = if name == input {
+                sample_dims.iter().map(|&d| Some(d as i64)).collect()
+            } else {
+                t.shape
+                    .as_ref()
+                    .map(|s| s.dim.iter().map(|_| None).collect())
+                    .unwrap_or_default()
+            };
+            if name == input && !fixed_batch {
+                dims[0] = None;
+            }
+            shapes.insert(
+                name.clone(),
+                TensorShape {
+                    dims,
+                    elem_type: t.elem_type.unwrap_or(data_type::FLOAT),
+                },
+            );
+        }
+    }
+    Ok(shapes)
+}
+
+/// Deterministic sample values in [-1, 1) (a hash of the index), so probes are reproducible.
+fn sample_value(i: u64) -> f32 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+}

@@ -1,0 +1,838 @@
+//! Every gradient rule against central finite differences: a one-operator (or few-operator) graph
+//! built with explaind's graph builder, the backward graph built from it, both run by ONNX Runtime.
+//! Inputs for non-smooth operators are spaced away from kinks and ties.
+
+mod common;
+
+use common::gradcheck::{check_gradient, Check};
+use common::Rng;
+use explaind::onnx::builder::{Attr, GraphBuilder};
+
+/// Builds `x -> build(x) -> y` at `opset` and checks the gradient at `x`.
+fn case(
+    label: &str,
+    opset: i64,
+    dims: &[usize],
+    x: Vec<f32>,
+    check: Check,
+    build: impl FnOnce(&mut GraphBuilder, &str) -> String,
+) {
+    let mut g = GraphBuilder::new(label, opset);
+    let idims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+    let input = g.input("x", &idims);
+    let out = build(&mut g, &input);
+    g.rename_last_output("y");
+    let _ = out;
+    g.output_any("y");
+    check_gradient(label, &g.build(), "x", dims, &x, "y", check);
+}
+
+fn smooth(dims: &[usize], seed: u64) -> Vec<f32> {
+    Rng::new(seed).vec(dims.iter().product(), -1.0, 1.0)
+}
+
+fn spaced(dims: &[usize], seed: u64) -> Vec<f32> {
+    let n: usize = dims.iter().product();
+    Rng::new(seed).separated(n, 2.0 / n as f32)
+}
+
+fn weights(g: &mut GraphBuilder, name: &str, dims: &[i64], seed: u64) -> String {
+    let n: usize = dims.iter().product::<i64>() as usize;
+    let v = Rng::new(seed).vec(n, -1.0, 1.0);
+    g.constant(name, dims, &v)
+}
+
+/// ReduceSum in the opset 13 input form.
+fn reduce_sum(g: &mut GraphBuilder, x: &str, axes: &[i64], keepdims: i64) -> String {
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let axes = g.constant_i64(&format!("reduce_axes_{n}"), &[axes.len() as i64], axes);
+    g.node("ReduceSum", &[x, &axes], vec![("keepdims", Attr::Int(keepdims))])
+}
+
+fn kinked() -> Check {
+    // Small steps; the inputs are spaced wider than twice the step.
+    Check {
+        h: 1e-3,
+        atol: 3e-3,
+        rtol: 1e-2,
+        ..Check::default()
+    }
+}
+
+#[test]
+fn arithmetic_with_broadcasting() {
+    let d = [2, 3, 4];
+    case("add", 17, &d, smooth(&d, 1), Check::default(), |g, x| {
+        let s = reduce_sum(g, x, &[2], 1);
+        let b = weights(g, "b", &[3, 1], 2);
+        let t = g.node("Add", &[x, &s], vec![]);
+        g.node("Add", &[&t, &b], vec![])
+    });
+    case("sub", 17, &d, smooth(&d, 3), Check::default(), |g, x| {
+        let m = g.node(
+            "ReduceMean",
+            &[x],
+            vec![("axes", Attr::Ints(vec![0])), ("keepdims", Attr::Int(0))],
+        );
+        g.node("Sub", &[&m, x], vec![])
+    });
+    case("mul", 17, &d, smooth(&d, 4), Check::default(), |g, x| {
+        let s = reduce_sum(g, x, &[1], 1);
+        g.node("Mul", &[x, &s], vec![])
+    });
+    case("div", 17, &d, smooth(&d, 5), Check::default(), |g, x| {
+        let sq = g.node("Mul", &[x, x], vec![]);
+        let one = g.constant("one", &[], &[1.0]);
+        let den = g.node("Add", &[&sq, &one], vec![]);
+        let s = reduce_sum(g, &den, &[2], 1);
+        g.node("Div", &[x, &s], vec![])
+    });
+    case("sum-mean-max-min", 17, &d, spaced(&d, 6), kinked(), |g, x| {
+        let b = weights(g, "b", &[4], 7);
+        let two = g.constant("two", &[], &[2.0]);
+        let x2 = g.node("Mul", &[x, &two], vec![]);
+        let s = g.node("Sum", &[x, &x2, &b], vec![]);
+        let m = g.node("Mean", &[&s, x], vec![]);
+        let neg = g.node("Neg", &[x], vec![]);
+        let mx = g.node("Max", &[&m, &neg], vec![]);
+        g.node("Min", &[&mx, &b], vec![])
+    });
+}
+
+#[test]
+fn unary_math() {
+    let d = [2, 5];
+    case("neg-abs", 17, &d, spaced(&d, 8), kinked(), |g, x| {
+        let a = g.node("Abs", &[x], vec![]);
+        g.node("Neg", &[&a], vec![])
+    });
+    case(
+        "exp-log-sqrt-reciprocal",
+        17,
+        &d,
+        smooth(&d, 9),
+        Check::default(),
+        |g, x| {
+            let e = g.node("Exp", &[x], vec![]);
+            let sq = g.node("Mul", &[x, x], vec![]);
+            let one = g.constant("one", &[], &[1.0]);
+            let p = g.node("Add", &[&sq, &one], vec![]);
+            let l = g.node("Log", &[&p], vec![]);
+            let r = g.node("Sqrt", &[&p], vec![]);
+            let inv = g.node("Reciprocal", &[&r], vec![]);
+            let a = g.node("Add", &[&e, &l], vec![]);
+            g.node("Add", &[&a, &inv], vec![])
+        },
+    );
+    case("pow", 17, &d, smooth(&d, 10), Check::default(), |g, x| {
+        let sq = g.node("Mul", &[x, x], vec![]);
+        let one = g.constant("one", &[], &[1.0]);
+        let p = g.node("Add", &[&sq, &one], vec![]);
+        let e = g.constant("e", &[], &[1.5]);
+        let a = g.node("Pow", &[&p, &e], vec![]);
+        let three = g.constant_i64("three", &[], &[3]);
+        let b = g.node("Pow", &[x, &three], vec![]);
+        g.node("Add", &[&a, &b], vec![])
+    });
+    case(
+        "where-identity-dropout-cast",
+        17,
+        &d,
+        spaced(&d, 11),
+        kinked(),
+        |g, x| {
+            let zero = g.constant("zero", &[], &[0.0]);
+            let c = g.node("Greater", &[x, &zero], vec![]);
+            let sq = g.node("Mul", &[x, x], vec![]);
+            let w = g.node("Where", &[&c, &sq, x], vec![]);
+            let i = g.node("Identity", &[&w], vec![]);
+            let dr = g.node("Dropout", &[&i], vec![]);
+            let dbl = g.node("Cast", &[&dr], vec![("to", Attr::Int(11))]);
+            g.node("Cast", &[&dbl], vec![("to", Attr::Int(1))])
+        },
+    );
+}
+
+#[test]
+fn activations() {
+    let d = [2, 3, 4];
+    let acts: Vec<(&str, Vec<(&str, Attr)>)> = vec![
+        ("Relu", vec![]),
+        ("LeakyRelu", vec![("alpha", Attr::Float(0.1))]),
+        ("Elu", vec![("alpha", Attr::Float(0.7))]),
+        ("Sigmoid", vec![]),
+        ("Tanh", vec![]),
+        (
+            "HardSigmoid",
+            vec![("alpha", Attr::Float(0.4)), ("beta", Attr::Float(0.5))],
+        ),
+        ("Softplus", vec![]),
+        ("Erf", vec![]),
+    ];
+    for (op, attrs) in acts {
+        case(op, 17, &d, spaced(&d, 12), kinked(), |g, x| {
+            let three = g.constant("three", &[], &[3.0]);
+            let scaled = g.node("Mul", &[x, &three], vec![]);
+            g.node(op, &[&scaled], attrs)
+        });
+    }
+    case("HardSwish", 17, &d, spaced(&d, 13), kinked(), |g, x| {
+        let five = g.constant("five", &[], &[5.0]);
+        let scaled = g.node("Mul", &[x, &five], vec![]);
+        g.node("HardSwish", &[&scaled], vec![])
+    });
+    case("PRelu", 17, &d, spaced(&d, 14), kinked(), |g, x| {
+        let slope = g.constant("slope", &[3, 1], &[0.1, 0.2, 0.3]);
+        g.node("PRelu", &[x, &slope], vec![])
+    });
+    case("Clip", 17, &d, spaced(&d, 15), kinked(), |g, x| {
+        let lo = g.constant("lo", &[], &[-0.5]);
+        let hi = g.constant("hi", &[], &[0.6]);
+        let c = g.node("Clip", &[x, &lo, &hi], vec![]);
+        let only_max = g.node("Clip", &[x, "", &hi], vec![]);
+        g.node("Add", &[&c, &only_max], vec![])
+    });
+    for approximate in ["none", "tanh"] {
+        case(
+            &format!("Gelu-{approximate}"),
+            20,
+            &d,
+            smooth(&d, 16),
+            Check::default(),
+            |g, x| {
+                let two = g.constant("two", &[], &[2.0]);
+                let s = g.node("Mul", &[x, &two], vec![]);
+                g.node("Gelu", &[&s], vec![("approximate", Attr::Str(approximate.into()))])
+            },
+        );
+    }
+}
+
+#[test]
+fn softmax_both_axis_semantics() {
+    let d = [2, 3, 4];
+    for (opset, axis) in [(17, 1), (17, -1), (11, 1), (11, 2), (12, 0)] {
+        for op in ["Softmax", "LogSoftmax"] {
+            case(
+                &format!("{op}-opset{opset}-axis{axis}"),
+                opset,
+                &d,
+                smooth(&d, 17),
+                Check::default(),
+                |g, x| {
+                    let two = g.constant("two", &[], &[2.0]);
+                    let s = g.node("Mul", &[x, &two], vec![]);
+                    g.node(op, &[&s], vec![("axis", Attr::Int(axis))])
+                },
+            );
+        }
+    }
+}
+
+fn conv_case(label: &str, dims: &[usize], w_dims: &[i64], attrs: Vec<(&'static str, Attr)>) {
+    case(label, 17, dims, smooth(dims, 20), Check::default(), |g, x| {
+        let w = weights(g, "w", w_dims, 21);
+        let b = weights(g, "b", &[w_dims[0]], 22);
+        g.node("Conv", &[x, &w, &b], attrs)
+    });
+}
+
+#[test]
+fn convolutions() {
+    conv_case(
+        "conv-3x3-pad1",
+        &[2, 3, 6, 6],
+        &[4, 3, 3, 3],
+        vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))],
+    );
+    conv_case(
+        "conv-stride2-pad1",
+        &[2, 3, 7, 6],
+        &[4, 3, 3, 3],
+        vec![
+            ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+            ("strides", Attr::Ints(vec![2, 2])),
+        ],
+    );
+    conv_case(
+        "conv-dilated",
+        &[1, 2, 9, 9],
+        &[3, 2, 3, 3],
+        vec![
+            ("dilations", Attr::Ints(vec![2, 2])),
+            ("pads", Attr::Ints(vec![2, 1, 0, 2])),
+        ],
+    );
+    conv_case(
+        "conv-grouped",
+        &[2, 4, 5, 5],
+        &[6, 2, 3, 3],
+        vec![("group", Attr::Int(2)), ("pads", Attr::Ints(vec![1, 1, 1, 1]))],
+    );
+    conv_case(
+        "conv-depthwise",
+        &[2, 4, 6, 6],
+        &[4, 1, 3, 3],
+        vec![
+            ("group", Attr::Int(4)),
+            ("strides", Attr::Ints(vec![2, 2])),
+            ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+        ],
+    );
+    conv_case(
+        "conv-same-upper",
+        &[1, 2, 7, 8],
+        &[3, 2, 3, 3],
+        vec![
+            ("auto_pad", Attr::Str("SAME_UPPER".into())),
+            ("strides", Attr::Ints(vec![2, 2])),
+        ],
+    );
+    conv_case(
+        "conv-same-lower",
+        &[1, 2, 6, 6],
+        &[3, 2, 4, 4],
+        vec![("auto_pad", Attr::Str("SAME_LOWER".into()))],
+    );
+    conv_case(
+        "conv-1d",
+        &[2, 3, 10],
+        &[2, 3, 3],
+        vec![("strides", Attr::Ints(vec![3]))],
+    );
+    case(
+        "conv-transpose",
+        17,
+        &[2, 3, 4, 4],
+        smooth(&[2, 3, 4, 4], 23),
+        Check::default(),
+        |g, x| {
+            let w = weights(g, "w", &[3, 2, 3, 3], 24);
+            g.node(
+                "ConvTranspose",
+                &[x, &w],
+                vec![
+                    ("strides", Attr::Ints(vec![2, 2])),
+                    ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+                    ("output_padding", Attr::Ints(vec![1, 1])),
+                ],
+            )
+        },
+    );
+}
+
+#[test]
+fn gemm_and_matmul() {
+    for (ta, tb) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        let dims = if ta == 0 { [3, 4] } else { [4, 3] };
+        case(
+            &format!("gemm-t{ta}{tb}"),
+            17,
+            &dims,
+            smooth(&dims, 30),
+            Check::default(),
+            |g, x| {
+                let b = weights(g, "b", if tb == 0 { &[4, 5] } else { &[5, 4] }, 31);
+                let c = weights(g, "c", &[5], 32);
+                let y = g.node(
+                    "Gemm",
+                    &[x, &b, &c],
+                    vec![
+                        ("transA", Attr::Int(ta)),
+                        ("transB", Attr::Int(tb)),
+                        ("alpha", Attr::Float(0.7)),
+                        ("beta", Attr::Float(1.3)),
+                    ],
+                );
+                // The input also as B and C: every operand's gradient.
+                let xt = g.node(
+                    "Gemm",
+                    &[&y, x],
+                    vec![
+                        ("transA", Attr::Int(1)),
+                        ("transB", Attr::Int(if ta == 0 { 0 } else { 1 })),
+                    ],
+                );
+                let _ = xt;
+                y
+            },
+        );
+    }
+    case(
+        "gemm-x-as-b-and-c",
+        17,
+        &[4, 4],
+        smooth(&[4, 4], 33),
+        Check::default(),
+        |g, x| {
+            let a = weights(g, "a", &[4, 4], 34);
+            g.node(
+                "Gemm",
+                &[&a, x, x],
+                vec![("transB", Attr::Int(1)), ("beta", Attr::Float(0.5))],
+            )
+        },
+    );
+    case(
+        "matmul-batched",
+        17,
+        &[2, 3, 4, 5],
+        smooth(&[2, 3, 4, 5], 35),
+        Check::default(),
+        |g, x| {
+            let w = weights(g, "w", &[5, 6], 36);
+            let y = g.node("MatMul", &[x, &w], vec![]);
+            let xt = g.node("Transpose", &[x], vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))]);
+            let self_product = g.node("MatMul", &[x, &xt], vec![]);
+            let r = reduce_sum(g, &self_product, &[3], 1);
+            g.node("Add", &[&y, &r], vec![])
+        },
+    );
+    case(
+        "matmul-broadcast",
+        17,
+        &[2, 1, 4, 5],
+        smooth(&[2, 1, 4, 5], 37),
+        Check::default(),
+        |g, x| {
+            let w = weights(g, "w", &[3, 5, 4], 38);
+            let y = g.node("MatMul", &[x, &w], vec![]);
+            let red = g.node(
+                "ReduceMean",
+                &[x],
+                vec![("axes", Attr::Ints(vec![0, 1])), ("keepdims", Attr::Int(0))],
+            );
+            g.node("MatMul", &[&y, &red], vec![])
+        },
+    );
+    case(
+        "matmul-vectors",
+        17,
+        &[5],
+        smooth(&[5], 39),
+        Check::default(),
+        |g, x| {
+            let m = weights(g, "m", &[3, 5, 4], 40);
+            let left = g.node("MatMul", &[x, &m], vec![]); // [3, 4]
+            let v = weights(g, "v", &[4], 41);
+            let right = g.node("MatMul", &[&left, &v], vec![]); // [3]
+            let dot = g.node("MatMul", &[x, x], vec![]); // []
+            g.node("Mul", &[&right, &dot], vec![])
+        },
+    );
+}
+
+#[test]
+fn pooling() {
+    let d = [2, 3, 6, 6];
+    case("maxpool-2x2", 17, &d, spaced(&d, 50), kinked(), |g, x| {
+        g.node(
+            "MaxPool",
+            &[x],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![2, 2])),
+                ("strides", Attr::Ints(vec![2, 2])),
+            ],
+        )
+    });
+    case(
+        "maxpool-3x3-s2-overlapping",
+        17,
+        &d,
+        spaced(&d, 51),
+        kinked(),
+        |g, x| {
+            g.node(
+                "MaxPool",
+                &[x],
+                vec![
+                    ("kernel_shape", Attr::Ints(vec![3, 3])),
+                    ("strides", Attr::Ints(vec![2, 2])),
+                    ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+                ],
+            )
+        },
+    );
+    case(
+        "maxpool-ceil",
+        17,
+        &[1, 2, 7, 7],
+        spaced(&[1, 2, 7, 7], 52),
+        kinked(),
+        |g, x| {
+            g.node(
+                "MaxPool",
+                &[x],
+                vec![
+                    ("kernel_shape", Attr::Ints(vec![2, 2])),
+                    ("strides", Attr::Ints(vec![2, 2])),
+                    ("ceil_mode", Attr::Int(1)),
+                ],
+            )
+        },
+    );
+    case("global-maxpool", 17, &d, spaced(&d, 53), kinked(), |g, x| {
+        g.node("GlobalMaxPool", &[x], vec![])
+    });
+    case(
+        "global-averagepool",
+        17,
+        &d,
+        smooth(&d, 54),
+        Check::default(),
+        |g, x| g.node("GlobalAveragePool", &[x], vec![]),
+    );
+    case("averagepool-2x2", 17, &d, smooth(&d, 55), Check::default(), |g, x| {
+        g.node(
+            "AveragePool",
+            &[x],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![2, 2])),
+                ("strides", Attr::Ints(vec![2, 2])),
+            ],
+        )
+    });
+    for include in [0, 1] {
+        case(
+            &format!("averagepool-3x3-pad-include{include}"),
+            17,
+            &d,
+            smooth(&d, 56),
+            Check::default(),
+            |g, x| {
+                g.node(
+                    "AveragePool",
+                    &[x],
+                    vec![
+                        ("kernel_shape", Attr::Ints(vec![3, 3])),
+                        ("strides", Attr::Ints(vec![2, 1])),
+                        ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+                        ("count_include_pad", Attr::Int(include)),
+                    ],
+                )
+            },
+        );
+    }
+    case(
+        "averagepool-ceil",
+        17,
+        &[1, 2, 7, 7],
+        smooth(&[1, 2, 7, 7], 57),
+        Check::default(),
+        |g, x| {
+            g.node(
+                "AveragePool",
+                &[x],
+                vec![
+                    ("kernel_shape", Attr::Ints(vec![2, 2])),
+                    ("strides", Attr::Ints(vec![2, 2])),
+                    ("ceil_mode", Attr::Int(1)),
+                ],
+            )
+        },
+    );
+}
+
+#[test]
+fn normalizations() {
+    let d = [2, 3, 4, 5];
+    case("batchnorm", 17, &d, smooth(&d, 60), Check::default(), |g, x| {
+        let scale = weights(g, "scale", &[3], 61);
+        let bias = weights(g, "bias", &[3], 62);
+        let mean = weights(g, "mean", &[3], 63);
+        let var = g.constant("var", &[3], &[0.5, 1.5, 2.0]);
+        g.node(
+            "BatchNormalization",
+            &[x, &scale, &bias, &mean, &var],
+            vec![("epsilon", Attr::Float(1e-3))],
+        )
+    });
+    case("instancenorm", 17, &d, smooth(&d, 64), Check::default(), |g, x| {
+        let scale = weights(g, "scale", &[3], 65);
+        let bias = weights(g, "bias", &[3], 66);
+        g.node("InstanceNormalization", &[x, &scale, &bias], vec![])
+    });
+    for axis in [-1, 1] {
+        case(
+            &format!("layernorm-axis{axis}"),
+            17,
+            &d,
+            smooth(&d, 67),
+            Check::default(),
+            |g, x| {
+                let shape: Vec<i64> = if axis == -1 { vec![5] } else { vec![3, 4, 5] };
+                let scale = weights(g, "scale", &shape, 68);
+                let bias = weights(g, "bias", &shape, 69);
+                g.node(
+                    "LayerNormalization",
+                    &[x, &scale, &bias],
+                    vec![("axis", Attr::Int(axis))],
+                )
+            },
+        );
+    }
+}
+
+#[test]
+fn reductions() {
+    let d = [2, 3, 4];
+    case("reducemean-attr", 17, &d, smooth(&d, 70), Check::default(), |g, x| {
+        g.node(
+            "ReduceMean",
+            &[x],
+            vec![("axes", Attr::Ints(vec![1, -1])), ("keepdims", Attr::Int(0))],
+        )
+    });
+    case("reducemean-all", 17, &d, smooth(&d, 71), Check::default(), |g, x| {
+        g.node("ReduceMean", &[x], vec![])
+    });
+    case(
+        "reducemean-input-opset18",
+        18,
+        &d,
+        smooth(&d, 72),
+        Check::default(),
+        |g, x| {
+            let axes = g.constant_i64("axes", &[1], &[2]);
+            g.node("ReduceMean", &[x, &axes], vec![("keepdims", Attr::Int(1))])
+        },
+    );
+    case("reducesum-input", 17, &d, smooth(&d, 73), Check::default(), |g, x| {
+        let axes = g.constant_i64("axes", &[2], &[0, 2]);
+        let sq = g.node("Mul", &[x, x], vec![]);
+        g.node("ReduceSum", &[&sq, &axes], vec![("keepdims", Attr::Int(0))])
+    });
+    case(
+        "reducesum-opset11-attr",
+        11,
+        &d,
+        smooth(&d, 74),
+        Check::default(),
+        |g, x| {
+            let sq = g.node("Mul", &[x, x], vec![]);
+            g.node(
+                "ReduceSum",
+                &[&sq],
+                vec![("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(0))],
+            )
+        },
+    );
+}
+
+#[test]
+fn shape_operators() {
+    let d = [2, 3, 4];
+    case(
+        "flatten-reshape-transpose",
+        17,
+        &d,
+        smooth(&d, 80),
+        Check::default(),
+        |g, x| {
+            let w = weights(g, "w", &[2, 12], 81);
+            let f = g.node("Flatten", &[x], vec![("axis", Attr::Int(1))]);
+            let m = g.node("Mul", &[&f, &w], vec![]);
+            let shape = g.constant_i64("shape", &[3], &[4, 3, 2]);
+            let r = g.node("Reshape", &[&m, &shape], vec![]);
+            g.node("Transpose", &[&r], vec![("perm", Attr::Ints(vec![1, 2, 0]))])
+        },
+    );
+    case(
+        "squeeze-unsqueeze-opset11",
+        11,
+        &d,
+        smooth(&d, 82),
+        Check::default(),
+        |g, x| {
+            let u = g.node("Unsqueeze", &[x], vec![("axes", Attr::Ints(vec![1]))]);
+            let w = weights(g, "w", &[2, 1, 3, 4], 83);
+            let m = g.node("Mul", &[&u, &w], vec![]);
+            g.node("Squeeze", &[&m], vec![("axes", Attr::Ints(vec![1]))])
+        },
+    );
+    case(
+        "squeeze-unsqueeze-opset13",
+        13,
+        &d,
+        smooth(&d, 84),
+        Check::default(),
+        |g, x| {
+            let axes = g.constant_i64("axes", &[1], &[0]);
+            let u = g.node("Unsqueeze", &[x, &axes], vec![]);
+            let w = weights(g, "w", &[1, 2, 3, 4], 85);
+            let m = g.node("Mul", &[&u, &w], vec![]);
+            g.node("Squeeze", &[&m, &axes], vec![])
+        },
+    );
+    case("concat-split", 17, &d, smooth(&d, 86), Check::default(), |g, x| {
+        let two = g.constant("two", &[], &[2.0]);
+        let x2 = g.node("Mul", &[x, &two], vec![]);
+        let c = g.node("Concat", &[x, &x2, x], vec![("axis", Attr::Int(1))]);
+        let w = weights(g, "w", &[2, 9, 4], 87);
+        let cw = g.node("Mul", &[&c, &w], vec![]);
+        let sizes = g.constant_i64("sizes", &[3], &[2, 3, 4]);
+        let parts = g.node_n("Split", &[&cw, &sizes], 3, vec![("axis", Attr::Int(1))]);
+        // Only two of the three parts reach the output.
+        let s0 = reduce_sum(g, &parts[0], &[1], 1);
+        g.node("Mul", &[&parts[2], &s0], vec![])
+    });
+    case(
+        "split-opset11",
+        11,
+        &[2, 6],
+        smooth(&[2, 6], 88),
+        Check::default(),
+        |g, x| {
+            let parts = g.node_n(
+                "Split",
+                &[x],
+                2,
+                vec![("axis", Attr::Int(1)), ("split", Attr::Ints(vec![4, 2]))],
+            );
+            let s = g.node(
+                "ReduceSum",
+                &[&parts[0]],
+                vec![("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(1))],
+            );
+            g.node("Mul", &[&parts[1], &s], vec![])
+        },
+    );
+    case(
+        "slice-steps",
+        17,
+        &[2, 6, 7],
+        smooth(&[2, 6, 7], 89),
+        Check::default(),
+        |g, x| {
+            let starts = g.constant_i64("starts", &[3], &[1, -1, 1]);
+            let ends = g.constant_i64("ends", &[3], &[i64::MAX, -100, 6]);
+            let axes = g.constant_i64("axes", &[3], &[1, 2, 0]);
+            let steps = g.constant_i64("steps", &[3], &[2, -2, 1]);
+            let s = g.node("Slice", &[x, &starts, &ends, &axes, &steps], vec![]);
+            let starts2 = g.constant_i64("starts2", &[1], &[1]);
+            let ends2 = g.constant_i64("ends2", &[1], &[-1]);
+            let axes2 = g.constant_i64("axes2", &[1], &[2]);
+            let inner = g.node("Slice", &[x, &starts2, &ends2, &axes2], vec![]);
+            let r = reduce_sum(g, &inner, &[1, 2], 1);
+            let r1 = g.node("Slice", &[&r, &starts2, &ends2], vec![]);
+            let _ = r1;
+            g.node("Mul", &[&s, &r], vec![])
+        },
+    );
+    case("gather", 17, &[5, 3], smooth(&[5, 3], 90), Check::default(), |g, x| {
+        let rows = g.constant_i64("rows", &[2, 3], &[0, 4, 4, -1, 2, 0]);
+        let picked = g.node("Gather", &[x, &rows], vec![("axis", Attr::Int(0))]); // [2, 3, 3]
+        let col = g.constant_i64("col", &[], &[1]);
+        let c = g.node("Gather", &[x, &col], vec![("axis", Attr::Int(1))]); // [5]
+        let first = g.constant_i64("first", &[], &[0]);
+        let c0 = g.node("Gather", &[&c, &first], vec![("axis", Attr::Int(0))]); // []
+        g.node("Mul", &[&picked, &c0], vec![])
+    });
+    case(
+        "gather-middle-axis",
+        17,
+        &[2, 4, 3],
+        smooth(&[2, 4, 3], 91),
+        Check::default(),
+        |g, x| {
+            let idx = g.constant_i64("idx", &[2], &[3, 3]);
+            g.node("Gather", &[x, &idx], vec![("axis", Attr::Int(1))])
+        },
+    );
+    case(
+        "pad-expand",
+        17,
+        &[2, 3, 1],
+        smooth(&[2, 3, 1], 92),
+        Check::default(),
+        |g, x| {
+            let pads = g.constant_i64("pads", &[6], &[0, 1, 0, 0, 2, 3]);
+            let value = g.constant("value", &[], &[0.5]);
+            let p = g.node("Pad", &[x, &pads, &value], vec![]); // [2, 6, 4]
+            let w = weights(g, "w", &[2, 6, 4], 93);
+            let pw = g.node("Mul", &[&p, &w], vec![]);
+            let shape = g.constant_i64("shape", &[3], &[2, 3, 5]);
+            let e = g.node("Expand", &[x, &shape], vec![]);
+            let es = reduce_sum(g, &e, &[1], 1);
+            let ps = reduce_sum(g, &pw, &[1], 1);
+            let ps = reduce_sum(g, &ps, &[2], 1);
+            g.node("Mul", &[&es, &ps], vec![])
+        },
+    );
+}
+
+/// (label, attributes, scales, sizes)
+type ResizeCase = (
+    &'static str,
+    Vec<(&'static str, Attr)>,
+    Option<Vec<f32>>,
+    Option<Vec<i64>>,
+);
+
+#[test]
+fn resize_modes() {
+    let d = [2, 2, 4, 5];
+    let modes: Vec<ResizeCase> = vec![
+        (
+            "nearest-x2",
+            vec![("mode", Attr::Str("nearest".into()))],
+            Some(vec![1.0, 1.0, 2.0, 2.0]),
+            None,
+        ),
+        (
+            "linear-half-pixel-x2",
+            vec![("mode", Attr::Str("linear".into()))],
+            Some(vec![1.0, 1.0, 2.0, 2.0]),
+            None,
+        ),
+        (
+            "linear-align-corners-sizes",
+            vec![
+                ("mode", Attr::Str("linear".into())),
+                ("coordinate_transformation_mode", Attr::Str("align_corners".into())),
+            ],
+            None,
+            Some(vec![2, 2, 7, 3]),
+        ),
+        (
+            "nearest-asymmetric-floor-down",
+            vec![
+                ("mode", Attr::Str("nearest".into())),
+                ("coordinate_transformation_mode", Attr::Str("asymmetric".into())),
+                ("nearest_mode", Attr::Str("floor".into())),
+            ],
+            Some(vec![1.0, 1.0, 0.5, 0.6]),
+            None,
+        ),
+        (
+            "cubic-x1.5",
+            vec![("mode", Attr::Str("cubic".into()))],
+            Some(vec![1.0, 1.0, 1.5, 1.5]),
+            None,
+        ),
+    ];
+    for (label, attrs, scales, sizes) in modes {
+        case(
+            &format!("resize-{label}"),
+            17,
+            &d,
+            smooth(&d, 95),
+            Check::default(),
+            |g, x| {
+                let roi = g.constant("roi", &[0], &[]);
+                match (scales, sizes) {
+                    (Some(s), _) => {
+                        let s = g.constant("scales", &[4], &s);
+                        g.node("Resize", &[x, &roi, &s], attrs)
+                    }
+                    (None, Some(z)) => {
+                        let z = g.constant_i64("sizes", &[4], &z);
+                        g.node("Resize", &[x, &roi, "", &z], attrs)
+                    }
+                    _ => unreachable!(),
+                }
+            },
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! Gradient checks: the backward model's input gradient against central finite differences of the
+//! forward model, both run by ONNX Runtime. Failures print the seed that replays them.
+
+use explaind::onnx::autodiff::{
+    build_backward, prepare_forward, BackwardModel, GradientSpec, RuleTable, WEIGHTS_INPUT,
+};
+use explaind::onnx::proto::ModelProto;
+use explaind::runtime::graph_runner::{run_session, OrtRunner};
+use explaind::runtime::shapes::probe_shapes;
+
+use super::Rng;
+
+/// Step, tolerances and sample count of a check.
+#[derive(Clone, Copy)]
+pub struct Check {
+    pub h: f32,
+    pub atol: f64,
+    pub rtol: f64,
+    pub samples: usize,
+    pub seed: u64,
+}
+
+impl Default for Check {
+    fn default() -> Self {
+        Check {
+            h: 1e-2,
+            atol: 2e-3,
+            rtol: 1e-2,
+            samples: 48,
+            seed: 7,
+        }
+    }
+}
+
+/// The process's ONNX Runtime runner.
+pub fn runner() -> OrtRunner {
+    let env = explaind::runtime::library::init(None).expect("ONNX Runtime (run `make test`, which fetches it)");
+    OrtRunner::new(env)
+}
+
+/// Builds the standard backward model of `model` for `input` -> `output`.
+pub fn backward(
+    model: &ModelProto,
+    input: &str,
+    x_dims: &[usize],
+    output: &str,
+    layers: &[&str],
+    table: &RuleTable,
+) -> BackwardModel {
+    let runner = runner();
+    let model = &prepare_forward(model).unwrap_or_else(|e| panic!("prepare failed: {e}"));
+    let shapes = probe_shapes(&runner, model, input, x_dims).unwrap_or_else(|e| panic!("probe failed: {e}"));
+    let spec = GradientSpec {
+        input: input.into(),
+        output: output.into(),
+        layers: layers.iter().map(|s| s.to_string()).collect(),
+    };
+    build_backward(model, &spec, &shapes, table, Some(&runner)).unwrap_or_else(|e| panic!("build failed: {e}"))
+}
+
+/// Runs a model and returns the named float output.
+pub fn run_output(
+    session: &mut ort::session::Session,
+    feeds: &[(&str, Vec<usize>, Vec<f32>)],
+    name: &str,
+) -> (Vec<usize>, Vec<f32>) {
+    let outs = run_session(session, feeds, &[]).unwrap_or_else(|e| panic!("run failed: {e}"));
+    let o = outs
+        .into_iter()
+        .find(|o| o.name == name)
+        .unwrap_or_else(|| panic!("no output `{name}`"));
+    (
+        o.shape,
+        o.values.unwrap_or_else(|| panic!("output `{name}` is not float")),
+    )
+}
+
+/// Checks d sum(output * w) / d input at `x` against central differences; returns the max error seen.
+pub fn check_gradient(
+    label: &str,
+    model: &ModelProto,
+    input: &str,
+    x_dims: &[usize],
+    x: &[f32],
+    output: &str,
+    check: Check,
+) -> f64 {
+    let runner = runner();
+    let bw = backward(model, input, x_dims, output, &[], &RuleTable::standard());
+    let mut forward = runner
+        .session(model)
+        .unwrap_or_else(|e| panic!("{label}: forward session: {e}"));
+    let mut backward = runner.session(&bw.model).unwrap_or_else(|e| {
+        panic!(
+            "{label}: backward session: {e}\n{:#?}",
+            bw.model.graph.as_ref().map(|g| &g.node)
+        )
+    });
+    let (y_shape, y) = run_output(&mut forward, &[(input, x_dims.to_vec(), x.to_vec())], output);
+    let mut rng = Rng::new(check.seed);
+    let w = rng.vec(y.len(), -1.0, 1.0);
+    let feeds = [
+        (input, x_dims.to_vec(), x.to_vec()),
+        (WEIGHTS_INPUT, y_shape.clone(), w.clone()),
+    ];
+    let (_, grad) = run_output(&mut backward, &feeds, &bw.input_grad);
+    let (_, y_again) = run_output(&mut backward, &feeds, output);
+    for (a, b) in y.iter().zip(&y_again) {
+        assert!(
+            (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+            "{label}: the backward model changed the forward output"
+        );
+    }
+    assert_eq!(
+        grad.len(),
+        x.len(),
+        "{label}: gradient has {} values for an input of {}",
+        grad.len(),
+        x.len()
+    );
+    let target = |session: &mut ort::session::Session, xs: Vec<f32>| -> f64 {
+        let (_, y) = run_output(session, &[(input, x_dims.to_vec(), xs)], output);
+        y.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum()
+    };
+    let indices: Vec<usize> = if x.len() <= check.samples {
+        (0..x.len()).collect()
+    } else {
+        let mut all: Vec<usize> = (0..x.len()).collect();
+        for i in (1..all.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            all.swap(i, j);
+        }
+        all.truncate(check.samples);
+        all
+    };
+    let mut worst = 0f64;
+    for i in indices {
+        let mut plus = x.to_vec();
+        plus[i] += check.h;
+        let mut minus = x.to_vec();
+        minus[i] -= check.h;
+        let numeric = (target(&mut forward, plus) - target(&mut forward, minus)) / (2.0 * check.h as f64);
+        let analytic = grad[i] as f64;
+        let err = (analytic - numeric).abs();
+        worst = worst.max(err);
+        assert!(
+            err <= check.atol + check.rtol * numeric.abs(),
+            "{label}: d/dx[{i}] analytic {analytic:.6} vs central difference {numeric:.6} (seed {}, h {})",
+            check.seed,
+            check.h
+        );
+    }
+    worst
+}
