@@ -5,5 +5,6 @@ pub mod builder;
 pub mod node;
 pub mod proto;
 pub mod summary;
+pub mod zoo;
 
 pub use summary::{Dim, ModelSummary, TensorInfo};

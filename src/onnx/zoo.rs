@@ -1,0 +1,295 @@
+//! Reference architectures with seeded random weights, built with [`GraphBuilder`]: the shapes of
+//! real CNNs and transformers, for gradient checks and benchmarks (no downloads needed).
+
+use super::builder::{Attr, GraphBuilder};
+use super::proto::{data_type, ModelProto};
+
+/// SplitMix64: small, seeded, reproducible.
+struct Weights(u64);
+
+impl Weights {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// Uniform in [-scale, scale).
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+}
+
+struct Net {
+    g: GraphBuilder,
+    w: Weights,
+    n: usize,
+}
+
+impl Net {
+    fn new(name: &str, opset: i64, seed: u64) -> Self {
+        Net {
+            g: GraphBuilder::new(name, opset),
+            w: Weights(seed),
+            n: 0,
+        }
+    }
+
+    fn param(&mut self, dims: &[i64], scale: f32) -> String {
+        self.n += 1;
+        let count = dims.iter().product::<i64>() as usize;
+        let values = self.w.vec(count, scale);
+        self.g.constant(&format!("p{}", self.n), dims, &values)
+    }
+
+    fn conv(&mut self, x: &str, cin: i64, cout: i64, k: i64, stride: i64, group: i64) -> String {
+        // He-style scale keeps activations in range through deep stacks.
+        let fan_in = (cin / group) * k * k;
+        let w = self.param(&[cout, cin / group, k, k], (6.0 / fan_in as f32).sqrt());
+        let b = self.param(&[cout], 0.05);
+        let p = k / 2;
+        self.g.node(
+            "Conv",
+            &[x, &w, &b],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![k, k])),
+                ("strides", Attr::Ints(vec![stride, stride])),
+                ("pads", Attr::Ints(vec![p, p, p, p])),
+                ("group", Attr::Int(group)),
+            ],
+        )
+    }
+
+    fn bn(&mut self, x: &str, c: i64) -> String {
+        let scale: Vec<f32> = (0..c).map(|_| 1.0 + 0.2 * self.w.next()).collect();
+        let var: Vec<f32> = (0..c).map(|_| 1.0 + 0.5 * self.w.next().abs()).collect();
+        self.n += 1;
+        let n = self.n;
+        let s = self.g.constant(&format!("bn{n}_scale"), &[c], &scale);
+        let b = self.param(&[c], 0.1);
+        let m = self.param(&[c], 0.1);
+        let v = self.g.constant(&format!("bn{n}_var"), &[c], &var);
+        self.g.node(
+            "BatchNormalization",
+            &[x, &s, &b, &m, &v],
+            vec![("epsilon", Attr::Float(1e-5))],
+        )
+    }
+
+    fn relu(&mut self, x: &str) -> String {
+        self.g.node("Relu", &[x], vec![])
+    }
+
+    fn head(&mut self, x: &str, c: i64, classes: i64) -> String {
+        let gap = self.g.node("GlobalAveragePool", &[x], vec![]);
+        let flat = self.g.node("Flatten", &[&gap], vec![("axis", Attr::Int(1))]);
+        let w = self.param(&[c, classes], (6.0 / c as f32).sqrt());
+        let b = self.param(&[classes], 0.05);
+        self.g.node("Gemm", &[&flat, &w, &b], vec![])
+    }
+
+    fn finish(mut self, logits: &str) -> ModelProto {
+        let _ = logits;
+        self.g.rename_last_output("logits");
+        self.g.output_any("logits");
+        self.g.build()
+    }
+}
+
+/// A VGG-style CNN: per stage two 3x3 Conv-ReLU and a 2x2 MaxPool, then two Gemm layers.
+pub fn vgg(widths: &[i64], size: i64, classes: i64) -> ModelProto {
+    let mut net = Net::new("vgg", 17, 11);
+    let mut x = net.g.input("input", &[-1, 3, size, size]);
+    let mut c = 3;
+    let mut s = size;
+    for &w in widths {
+        for _ in 0..2 {
+            let y = net.conv(&x, c, w, 3, 1, 1);
+            x = net.relu(&y);
+            c = w;
+        }
+        x = net.g.node(
+            "MaxPool",
+            &[&x],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![2, 2])),
+                ("strides", Attr::Ints(vec![2, 2])),
+            ],
+        );
+        s /= 2;
+    }
+    let flat = net.g.node("Flatten", &[&x], vec![("axis", Attr::Int(1))]);
+    let features = c * s * s;
+    let w1 = net.param(&[features, 64], (6.0 / features as f32).sqrt());
+    let b1 = net.param(&[64], 0.05);
+    let h = net.g.node("Gemm", &[&flat, &w1, &b1], vec![]);
+    let h = net.relu(&h);
+    let w2 = net.param(&[classes, 64], (6.0 / 64.0f32).sqrt());
+    let b2 = net.param(&[classes], 0.05);
+    let y = net.g.node("Gemm", &[&h, &w2, &b2], vec![("transB", Attr::Int(1))]);
+    net.finish(&y)
+}
+
+/// A ResNet with basic blocks (ResNet-18: `blocks = [2, 2, 2, 2]`, `widths = [64, 128, 256, 512]`,
+/// 224x224 input, 1000 classes): BatchNorm, residual Add, MaxPool stem, GlobalAveragePool head.
+pub fn resnet(blocks: &[usize], widths: &[i64], size: i64, classes: i64) -> ModelProto {
+    let mut net = Net::new("resnet", 17, 12);
+    let input = net.g.input("input", &[-1, 3, size, size]);
+    let stem = net.conv(&input, 3, widths[0], 7, 2, 1);
+    let stem = net.bn(&stem, widths[0]);
+    let stem = net.relu(&stem);
+    let mut x = net.g.node(
+        "MaxPool",
+        &[&stem],
+        vec![
+            ("kernel_shape", Attr::Ints(vec![3, 3])),
+            ("strides", Attr::Ints(vec![2, 2])),
+            ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+        ],
+    );
+    let mut c = widths[0];
+    for (stage, (&n, &w)) in blocks.iter().zip(widths).enumerate() {
+        for block in 0..n {
+            let stride = if stage > 0 && block == 0 { 2 } else { 1 };
+            let a = net.conv(&x, c, w, 3, stride, 1);
+            let a = net.bn(&a, w);
+            let a = net.relu(&a);
+            let b = net.conv(&a, w, w, 3, 1, 1);
+            let b = net.bn(&b, w);
+            let shortcut = if stride != 1 || c != w {
+                let s = net.conv(&x, c, w, 1, stride, 1);
+                net.bn(&s, w)
+            } else {
+                x.clone()
+            };
+            let sum = net.g.node("Add", &[&b, &shortcut], vec![]);
+            x = net.relu(&sum);
+            c = w;
+        }
+    }
+    let y = net.head(&x, c, classes);
+    net.finish(&y)
+}
+
+/// A MobileNet-style CNN: depthwise separable blocks with BatchNorm, Clip as ReLU6 and HardSwish.
+pub fn mobilenet(widths: &[i64], size: i64, classes: i64) -> ModelProto {
+    let mut net = Net::new("mobilenet", 17, 13);
+    let input = net.g.input("input", &[-1, 3, size, size]);
+    let lo = net.g.constant("relu6_lo", &[], &[0.0]);
+    let hi = net.g.constant("relu6_hi", &[], &[6.0]);
+    let x = net.conv(&input, 3, widths[0], 3, 2, 1);
+    let x = net.bn(&x, widths[0]);
+    let mut x = net.g.node("Clip", &[&x, &lo, &hi], vec![]);
+    let mut c = widths[0];
+    for &w in &widths[1..] {
+        let dw = net.conv(&x, c, c, 3, 2, c);
+        let dw = net.bn(&dw, c);
+        let dw = net.g.node("Clip", &[&dw, &lo, &hi], vec![]);
+        let pw = net.conv(&dw, c, w, 1, 1, 1);
+        let pw = net.bn(&pw, w);
+        x = net.g.node("HardSwish", &[&pw], vec![]);
+        c = w;
+    }
+    let y = net.head(&x, c, classes);
+    net.finish(&y)
+}
+
+/// A transformer encoder classifier on embeddings `[batch, tokens, dim]`: learned positions,
+/// multi-head self-attention (MatMul, Softmax), LayerNormalization, an Erf-GELU feed-forward layer,
+/// and the first token (Gather) into a Gemm classifier. With `token_ids`, the input is int64 token
+/// ids looked up in an embedding table (Gather), and the embeddings are the tensor `embeddings`.
+pub fn transformer(tokens: i64, dim: i64, heads: i64, classes: i64, token_ids: Option<i64>) -> ModelProto {
+    let mut net = Net::new("transformer", 17, 14);
+    let x = match token_ids {
+        None => net.g.input("input", &[-1, tokens, dim]),
+        Some(vocab) => {
+            let ids = net.g.input_typed("input_ids", data_type::INT64, &[-1, tokens]);
+            // Its own generator, so the rest of the weights match the embeddings-input variant.
+            let values = Weights(99).vec((vocab * dim) as usize, 1.0);
+            let table = net.g.constant("embedding_table", &[vocab, dim], &values);
+            let e = net.g.node("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
+            net.g.rename_last_output("embeddings");
+            let _ = e;
+            "embeddings".to_string()
+        }
+    };
+    let pos = net.param(&[tokens, dim], 0.1);
+    let x = net.g.node("Add", &[&x, &pos], vec![]);
+    let dh = dim / heads;
+    let split_heads = |net: &mut Net, t: &str| {
+        let shape = net
+            .g
+            .constant_i64(&format!("heads_shape_{t}"), &[4], &[0, tokens, heads, dh]);
+        let r = net.g.node("Reshape", &[t, &shape], vec![]);
+        net.g
+            .node("Transpose", &[&r], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))])
+    };
+    let scale = (1.0 / (dim as f32).sqrt()).sqrt();
+    let wq = net.param(&[dim, dim], scale * 1.7);
+    let wk = net.param(&[dim, dim], scale * 1.7);
+    let wv = net.param(&[dim, dim], scale * 1.7);
+    let q = net.g.node("MatMul", &[&x, &wq], vec![]);
+    let k = net.g.node("MatMul", &[&x, &wk], vec![]);
+    let v = net.g.node("MatMul", &[&x, &wv], vec![]);
+    let (q, k, v) = (
+        split_heads(&mut net, &q),
+        split_heads(&mut net, &k),
+        split_heads(&mut net, &v),
+    );
+    let kt = net
+        .g
+        .node("Transpose", &[&k], vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))]);
+    let scores = net.g.node("MatMul", &[&q, &kt], vec![]);
+    let denom = net.g.constant("attn_scale", &[], &[(dh as f32).sqrt()]);
+    let scores = net.g.node("Div", &[&scores, &denom], vec![]);
+    let attn = net.g.node("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
+    let ctx = net.g.node("MatMul", &[&attn, &v], vec![]);
+    let ctx = net
+        .g
+        .node("Transpose", &[&ctx], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
+    let merged_shape = net.g.constant_i64("merged_shape", &[3], &[0, tokens, dim]);
+    let ctx = net.g.node("Reshape", &[&ctx, &merged_shape], vec![]);
+    let wo = net.param(&[dim, dim], scale * 1.7);
+    let o = net.g.node("MatMul", &[&ctx, &wo], vec![]);
+    let res = net.g.node("Add", &[&x, &o], vec![]);
+    let ln_scale: Vec<f32> = (0..dim).map(|_| 1.0 + 0.1 * net.w.next()).collect();
+    let ln1_s = net.g.constant("ln1_scale", &[dim], &ln_scale);
+    let ln1_b = net.param(&[dim], 0.1);
+    let h = net.g.node(
+        "LayerNormalization",
+        &[&res, &ln1_s, &ln1_b],
+        vec![("axis", Attr::Int(-1))],
+    );
+    let w1 = net.param(&[dim, 2 * dim], (3.0 / dim as f32).sqrt());
+    let b1 = net.param(&[2 * dim], 0.05);
+    let f = net.g.node("MatMul", &[&h, &w1], vec![]);
+    let f = net.g.node("Add", &[&f, &b1], vec![]);
+    // GELU written with Erf, as exporters emit it before opset 20.
+    let r2 = net.g.constant("inv_sqrt2", &[], &[std::f32::consts::FRAC_1_SQRT_2]);
+    let half = net.g.constant("half", &[], &[0.5]);
+    let one = net.g.constant("one", &[], &[1.0]);
+    let fs = net.g.node("Mul", &[&f, &r2], vec![]);
+    let e = net.g.node("Erf", &[&fs], vec![]);
+    let e1 = net.g.node("Add", &[&e, &one], vec![]);
+    let fe = net.g.node("Mul", &[&f, &e1], vec![]);
+    let gelu = net.g.node("Mul", &[&fe, &half], vec![]);
+    let w2 = net.param(&[2 * dim, dim], (3.0 / (2 * dim) as f32).sqrt());
+    let f2 = net.g.node("MatMul", &[&gelu, &w2], vec![]);
+    let res2 = net.g.node("Add", &[&h, &f2], vec![]);
+    let ln2_s = net.g.constant("ln2_scale", &[dim], &ln_scale);
+    let ln2_b = net.param(&[dim], 0.1);
+    let h2 = net.g.node(
+        "LayerNormalization",
+        &[&res2, &ln2_s, &ln2_b],
+        vec![("axis", Attr::Int(-1))],
+    );
+    let first = net.g.constant_i64("first_token", &[], &[0]);
+    let cls = net.g.node("Gather", &[&h2, &first], vec![("axis", Attr::Int(1))]);
+    let wc = net.param(&[dim, classes], (6.0 / dim as f32).sqrt());
+    let bc = net.param(&[classes], 0.05);
+    let y = net.g.node("Gemm", &[&cls, &wc, &bc], vec![]);
+    net.finish(&y)
+}
