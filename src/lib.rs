@@ -48,9 +48,17 @@ impl Service {
         }
         tracing::info!(models = ?registry.names(), "models loaded");
         let metrics = Arc::new(Metrics::default());
+        let gradients = Arc::new(runtime::gradients::GradientCache::new(env));
+        for model in registry.iter() {
+            let report = gradients.report(model);
+            tracing::info!(model = %model.name, differentiable = report.differentiable,
+                blocking = ?report.blocking_operators, cam_layer = ?report.default_cam_layer, "gradient support");
+            let _ = model.gradient_report.set(report);
+        }
         let executor = Arc::new(Executor::start(
             env,
             registry.clone(),
+            gradients.clone(),
             ExecutorOptions {
                 workers: config.workers,
                 intra_op_threads: config.intra_op_threads,
@@ -68,6 +76,7 @@ impl Service {
             config,
             registry,
             executor,
+            gradients,
             metrics,
         });
         let app = http::router(state.clone());

@@ -37,10 +37,23 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
-    /// Print a model's interface (inputs, outputs, opsets) as JSON.
+    /// Print a model's interface (inputs, outputs, opsets) and gradient support as JSON:
+    /// differentiable end to end or not (and which operators block it), candidate CAM layers.
     Inspect {
         /// An ONNX file.
         model: PathBuf,
+        /// Input to differentiate (default: the first float input).
+        #[arg(long)]
+        input: Option<String>,
+        /// Output whose scores are explained (default: the first float output).
+        #[arg(long)]
+        output: Option<String>,
+        /// Sample input shape for the shape probe, e.g. 1,3,224,224 (default: the graph's, batch 1).
+        #[arg(long, value_delimiter = ',')]
+        input_shape: Option<Vec<usize>>,
+        /// ONNX Runtime library (default: as `serve` finds it).
+        #[arg(long)]
+        onnxruntime_library: Option<PathBuf>,
     },
 }
 
@@ -82,12 +95,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", explaind::http::openapi::document_json());
             Ok(())
         }
-        Command::Inspect { model } => {
-            let bytes = std::fs::read(&model).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
-            let decoded = explaind::onnx::proto::decode_model(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: not an ONNX model: {e}", model.display()))?;
-            let summary = explaind::onnx::ModelSummary::of(&decoded);
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+        Command::Inspect {
+            model,
+            input,
+            output,
+            input_shape,
+            onnxruntime_library,
+        } => {
+            let report = explaind::runtime::inspect::inspect(
+                &model,
+                input.as_deref(),
+                output.as_deref(),
+                input_shape.as_deref(),
+                onnxruntime_library.as_deref(),
+            )?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
     }

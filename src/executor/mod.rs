@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 pub use job::{JobContext, Task};
 
+use crate::runtime::gradients::GradientCache;
 use crate::runtime::{Registry, RuntimeError, WorkerRuntime};
 use crate::telemetry::Metrics;
 
@@ -72,6 +73,7 @@ impl Executor {
     pub fn start(
         env: &'static ort::environment::Environment,
         registry: Arc<Registry>,
+        gradients: Arc<GradientCache>,
         options: ExecutorOptions,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -83,18 +85,21 @@ impl Executor {
         for index in 0..options.workers {
             let receiver = receiver.clone();
             let registry = registry.clone();
+            let gradients = gradients.clone();
             let ready = ready_workers.clone();
             let options = options.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("explaind-worker-{index}"))
                 .spawn(move || {
-                    let mut rt = match WorkerRuntime::new(env, registry, options.intra_op_threads, options.max_batch) {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(worker = index, error = %e, "worker could not create its sessions");
-                            return;
-                        }
-                    };
+                    let mut rt =
+                        match WorkerRuntime::new(env, registry, gradients, options.intra_op_threads, options.max_batch)
+                        {
+                            Ok(rt) => rt,
+                            Err(e) => {
+                                tracing::error!(worker = index, error = %e, "worker could not create its sessions");
+                                return;
+                            }
+                        };
                     ready.fetch_add(1, Ordering::SeqCst);
                     while let Ok(job) = receiver.recv() {
                         job(&mut rt);

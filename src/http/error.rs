@@ -20,6 +20,7 @@ pub enum ProblemKind {
     PayloadTooLarge,
     UnsupportedMediaType,
     ModelNotFound,
+    NotDifferentiable,
     NotFound,
     MethodNotAllowed,
     Overloaded,
@@ -30,7 +31,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, for documentation.
-    pub const ALL: [ProblemKind; 14] = [
+    pub const ALL: [ProblemKind; 15] = [
         Self::MalformedJson,
         Self::InvalidRequest,
         Self::InvalidInput,
@@ -39,6 +40,7 @@ impl ProblemKind {
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::ModelNotFound,
+        Self::NotDifferentiable,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::Overloaded,
@@ -58,6 +60,7 @@ impl ProblemKind {
             Self::PayloadTooLarge => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::ModelNotFound => "model-not-found",
+            Self::NotDifferentiable => "model-not-differentiable",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Overloaded => "overloaded",
@@ -71,7 +74,7 @@ impl ProblemKind {
     pub fn status(self) -> StatusCode {
         match self {
             Self::MalformedJson | Self::InvalidRequest | Self::InvalidImage => StatusCode::BAD_REQUEST,
-            Self::InvalidInput => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidInput | Self::NotDifferentiable => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ImageTooLarge | Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
@@ -93,6 +96,7 @@ impl ProblemKind {
             Self::PayloadTooLarge => "The request body is too large",
             Self::UnsupportedMediaType => "The content type is not accepted here",
             Self::ModelNotFound => "No such model",
+            Self::NotDifferentiable => "The model has operators without gradients",
             Self::NotFound => "No such resource",
             Self::MethodNotAllowed => "Method not allowed on this resource",
             Self::Overloaded => "The service is at capacity",
@@ -209,6 +213,7 @@ impl From<RuntimeError> for ApiError {
         match e {
             RuntimeError::Input(e) => e.into(),
             RuntimeError::UnknownModel(name) => model_not_found(&name),
+            e @ RuntimeError::NotDifferentiable { .. } => Self::new(ProblemKind::NotDifferentiable, e.to_string()),
             RuntimeError::Cancelled => Self::new(
                 ProblemKind::DeadlineExceeded,
                 "the job was cancelled before it finished",

@@ -16,6 +16,7 @@ pub use router::router;
 
 use crate::config::Config;
 use crate::executor::Executor;
+use crate::runtime::gradients::GradientCache;
 use crate::runtime::Registry;
 use crate::telemetry::Metrics;
 
@@ -27,6 +28,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The job executor.
     pub executor: Arc<Executor>,
+    /// Backward models built so far.
+    pub gradients: Arc<GradientCache>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
 }

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::error::{model_not_found, ApiError};
 use super::AppState;
 use crate::onnx::ModelSummary;
+use crate::runtime::gradients::GradientReport;
 use crate::runtime::manifest::ModelSpec;
 use crate::runtime::LoadedModel;
 
@@ -25,6 +26,8 @@ pub struct ModelInfo {
     pub spec: ModelSpec,
     /// Inputs, outputs and opsets read from the graph.
     pub onnx: ModelSummary,
+    /// Gradient support: differentiable or not, blocking operators, candidate CAM layers.
+    pub gradients: Option<GradientReport>,
 }
 
 impl From<&LoadedModel> for ModelInfo {
@@ -34,6 +37,7 @@ impl From<&LoadedModel> for ModelInfo {
             sha256: m.sha256.clone(),
             spec: m.spec.clone(),
             onnx: m.summary.clone(),
+            gradients: m.gradient_report.get().cloned(),
         }
     }
 }

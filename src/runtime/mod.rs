@@ -1,7 +1,9 @@
 //! The model runtime: the ONNX Runtime library, the model registry and manifests, per-worker
 //! sessions, and turning user inputs into tensors and outputs into predictions.
 
+pub mod gradients;
 pub mod graph_runner;
+pub mod inspect;
 pub mod library;
 pub mod manifest;
 pub mod predict;
@@ -27,6 +29,9 @@ pub enum RuntimeError {
     /// ONNX Runtime failed while running a pass.
     #[error("ONNX Runtime failed on model `{model}`: {message}")]
     Inference { model: String, message: String },
+    /// No gradients for this model (an operator without a rule, or a failed build).
+    #[error("model `{model}` is not differentiable: {message}")]
+    NotDifferentiable { model: String, message: String },
     /// The job was cancelled (client gone or deadline passed) between passes.
     #[error("the job was cancelled")]
     Cancelled,

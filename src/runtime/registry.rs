@@ -24,6 +24,8 @@ pub struct LoadedModel {
     pub summary: ModelSummary,
     /// Manifest, completed from the graph.
     pub spec: ModelSpec,
+    /// What gradients the model supports; filled in once ONNX Runtime is loaded.
+    pub gradient_report: std::sync::OnceLock<super::gradients::GradientReport>,
 }
 
 /// A model folder that could not be loaded; the message names the file.
@@ -129,5 +131,6 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
         bytes: bytes.into(),
         summary,
         spec,
+        gradient_report: std::sync::OnceLock::new(),
     })
 }

@@ -1,5 +1,5 @@
 //! The sessions a worker thread owns (ONNX Runtime's `Session::run` takes `&mut self`), and the one
-//! way methods run model passes: batched up to `max_batch` rows per pass.
+//! way methods run model passes: forward or backward, batched up to `max_batch` rows per pass.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,13 +7,15 @@ use std::sync::Arc;
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::{Tensor as OrtTensor, ValueType};
 
+use super::gradients::{GradientCache, GradientKey};
 use super::tensor::{Tensor, TensorData};
 use super::{LoadedModel, Registry, RuntimeError};
+use crate::onnx::autodiff::WEIGHTS_INPUT;
 
-/// Creates a session for `model` with the given intra-op thread count.
-pub fn create_session(
+/// Creates a session for model bytes with the given intra-op thread count.
+pub fn create_session_from_bytes(
     env: &ort::environment::Environment,
-    model: &LoadedModel,
+    bytes: &[u8],
     intra_op_threads: usize,
 ) -> Result<Session, String> {
     // ort's builder errors carry the builder and are not Send: turn each into text right away.
@@ -25,21 +27,52 @@ pub fn create_session(
     let mut builder = builder
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| e.to_string())?;
-    builder.commit_from_memory(&model.bytes).map_err(|e| e.to_string())
+    builder.commit_from_memory(bytes).map_err(|e| e.to_string())
 }
 
-/// One worker's view of the models: its own sessions, created when the worker starts.
+/// Creates a session for `model`.
+pub fn create_session(
+    env: &ort::environment::Environment,
+    model: &LoadedModel,
+    intra_op_threads: usize,
+) -> Result<Session, String> {
+    create_session_from_bytes(env, &model.bytes, intra_op_threads)
+}
+
+/// What one gradient pass returns, rows concatenated over batches.
+#[derive(Debug)]
+pub struct GradientPass {
+    /// The model's score output.
+    pub scores: Tensor,
+    /// Gradient of `sum(scores * weights)` w.r.t. the input.
+    pub input_grad: Tensor,
+    /// Per requested layer: (activation, gradient).
+    pub layers: Vec<(Tensor, Tensor)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SessionKey {
+    Forward(String),
+    Backward(GradientKey),
+}
+
+/// One worker's view of the models: its own sessions, forward ones created when the worker starts,
+/// backward ones on first use.
 pub struct WorkerRuntime {
+    env: &'static ort::environment::Environment,
     registry: Arc<Registry>,
-    sessions: HashMap<String, Session>,
+    gradients: Arc<GradientCache>,
+    sessions: HashMap<SessionKey, Session>,
+    intra_op_threads: usize,
     max_batch: usize,
 }
 
 impl WorkerRuntime {
-    /// Creates a session for every model in the registry.
+    /// Creates a forward session for every model in the registry.
     pub fn new(
-        env: &ort::environment::Environment,
+        env: &'static ort::environment::Environment,
         registry: Arc<Registry>,
+        gradients: Arc<GradientCache>,
         intra_op_threads: usize,
         max_batch: usize,
     ) -> Result<Self, String> {
@@ -47,11 +80,14 @@ impl WorkerRuntime {
         for model in registry.iter() {
             let session =
                 create_session(env, model, intra_op_threads).map_err(|e| format!("model `{}`: {e}", model.name))?;
-            sessions.insert(model.name.clone(), session);
+            sessions.insert(SessionKey::Forward(model.name.clone()), session);
         }
         Ok(Self {
+            env,
             registry,
+            gradients,
             sessions,
+            intra_op_threads,
             max_batch,
         })
     }
@@ -69,25 +105,96 @@ impl WorkerRuntime {
         self.max_batch
     }
 
-    /// Runs `model` on `input` (first axis = batch), in passes of at most `max_batch` rows, and
-    /// returns every tensor output with its rows concatenated back together.
+    /// Runs `model` on `input` (first axis = batch) and returns every tensor output, rows
+    /// concatenated back together.
     pub fn run(
         &mut self,
         model: &str,
         input_name: &str,
         input: &Tensor,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
-        let rows = input.rows();
+        if !self.sessions.contains_key(&SessionKey::Forward(model.to_string())) {
+            return Err(RuntimeError::UnknownModel(model.to_string()));
+        }
+        self.run_batched(&SessionKey::Forward(model.to_string()), model, &[(input_name, input)])
+    }
+
+    /// Runs the backward model for `key` on `input` with target `weights` (shaped like the scores).
+    pub fn gradients(
+        &mut self,
+        key: &GradientKey,
+        input: &Tensor,
+        weights: &Tensor,
+    ) -> Result<GradientPass, RuntimeError> {
+        let model = self.model(&key.model)?;
+        let built = self.gradients.get(&model, key)?;
+        let session_key = SessionKey::Backward(key.clone());
+        if !self.sessions.contains_key(&session_key) {
+            let session =
+                create_session_from_bytes(self.env, &built.bytes, self.intra_op_threads).map_err(|message| {
+                    RuntimeError::NotDifferentiable {
+                        model: model.name.clone(),
+                        message,
+                    }
+                })?;
+            self.sessions.insert(session_key.clone(), session);
+        }
+        let mut outputs = self.run_batched(
+            &session_key,
+            &model.name,
+            &[(&model.spec.input, input), (WEIGHTS_INPUT, weights)],
+        )?;
+        let mut take = |name: &str| {
+            outputs.remove(name).ok_or_else(|| RuntimeError::Inference {
+                model: model.name.clone(),
+                message: format!("the backward model gave no `{name}`"),
+            })
+        };
+        let scores = take(&model.spec.output)?;
+        let input_grad = take(&built.input_grad)?;
+        let mut layers = Vec::new();
+        for (activation, grad) in &built.layers {
+            layers.push((take(activation)?, take(grad)?));
+        }
+        Ok(GradientPass {
+            scores,
+            input_grad,
+            layers,
+        })
+    }
+
+    /// Runs a session on feeds that share their first (batch) axis, `max_batch` rows at a time.
+    fn run_batched(
+        &mut self,
+        key: &SessionKey,
+        model: &str,
+        feeds: &[(&str, &Tensor)],
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        let rows = feeds.first().map(|(_, t)| t.rows()).unwrap_or(0);
+        if feeds.iter().any(|(_, t)| t.rows() != rows) {
+            return Err(RuntimeError::Inference {
+                model: model.to_string(),
+                message: "feeds differ in batch size".into(),
+            });
+        }
         let mut parts: HashMap<String, Vec<Tensor>> = HashMap::new();
         let mut start = 0;
         while start < rows {
             let end = (start + self.max_batch).min(rows);
-            let chunk = if start == 0 && end == rows {
-                input.clone()
-            } else {
-                input.slice_rows(start, end)
-            };
-            for (name, t) in self.run_once(model, input_name, chunk)? {
+            let chunk: Vec<(&str, Tensor)> = feeds
+                .iter()
+                .map(|(n, t)| {
+                    (
+                        *n,
+                        if start == 0 && end == rows {
+                            (*t).clone()
+                        } else {
+                            t.slice_rows(start, end)
+                        },
+                    )
+                })
+                .collect();
+            for (name, t) in self.run_once(key, model, chunk)? {
                 parts.entry(name).or_default().push(t);
             }
             start = end;
@@ -106,9 +213,9 @@ impl WorkerRuntime {
 
     fn run_once(
         &mut self,
+        key: &SessionKey,
         model: &str,
-        input_name: &str,
-        input: Tensor,
+        feeds: Vec<(&str, Tensor)>,
     ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         let fail = |message: String| RuntimeError::Inference {
             model: model.to_string(),
@@ -116,16 +223,18 @@ impl WorkerRuntime {
         };
         let session = self
             .sessions
-            .get_mut(model)
+            .get_mut(key)
             .ok_or_else(|| RuntimeError::UnknownModel(model.to_string()))?;
-        let data = match input.data {
-            TensorData::F32(v) => v,
-            TensorData::I64(_) => return Err(fail("explaind feeds float32 inputs only".into())),
-        };
-        let value = OrtTensor::from_array((input.shape.clone(), data)).map_err(|e| fail(e.to_string()))?;
-        let outputs = session
-            .run(vec![(input_name.to_string(), value)])
-            .map_err(|e| fail(e.to_string()))?;
+        let mut values: Vec<(String, ort::session::SessionInputValue<'static>)> = Vec::new();
+        for (name, tensor) in feeds {
+            let data = match tensor.data {
+                TensorData::F32(v) => v,
+                TensorData::I64(_) => return Err(fail("explaind feeds float32 inputs only".into())),
+            };
+            let value = OrtTensor::from_array((tensor.shape.clone(), data)).map_err(|e| fail(e.to_string()))?;
+            values.push((name.to_string(), value.into()));
+        }
+        let outputs = session.run(values).map_err(|e| fail(e.to_string()))?;
         let mut out = Vec::new();
         for (name, value) in outputs.iter() {
             let tensor = match value.dtype() {

@@ -19,7 +19,7 @@ mod upgrade;
 use std::collections::{HashMap, HashSet};
 
 pub use context::GradContext;
-pub use rules::{RuleError, RuleTable};
+pub use rules::{RuleError, RuleSet, RuleTable};
 
 use super::builder::value_info;
 use super::node::{domain, node_name, op_type};
@@ -193,6 +193,33 @@ pub fn prepare_forward(model: &ModelProto) -> Result<ModelProto, AutodiffError> 
     prepared.ir_version = Some(prepared.ir_version.unwrap_or(8).max(8));
     set_default_opset(&mut prepared, opset);
     Ok(prepared)
+}
+
+/// Candidate layers for CAM methods: float 4-D tensors on the path from `input` to `output` whose
+/// spatial size is above 1, in graph order.
+pub fn analysis_layers(model: &ModelProto, input: &str, output: &str, shapes: &ShapeMap) -> Vec<String> {
+    let Some(graph) = model.graph.as_ref() else {
+        return Vec::new();
+    };
+    let path = analysis::Path::find(graph, input, &[output.to_string()], shapes);
+    let mut layers = Vec::new();
+    for &i in &path.nodes {
+        for o in &graph.node[i].output {
+            if !(path.depends.contains(o) && path.needed.contains(o)) {
+                continue;
+            }
+            if let Some(s) = shapes.get(o) {
+                let spatial: Option<i64> = s
+                    .dims
+                    .get(2..)
+                    .and_then(|d| d.iter().copied().product::<Option<i64>>());
+                if s.dims.len() == 4 && is_float(s.elem_type) && spatial.is_some_and(|p| p > 1) {
+                    layers.push(o.clone());
+                }
+            }
+        }
+    }
+    layers
 }
 
 /// Builds the backward model for `spec` with the rules of `table`. `model` should come from

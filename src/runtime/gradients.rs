@@ -1,0 +1,182 @@
+//! Backward models for the loaded models: built once per (model, layers, rule set) with the
+//! autodiff builder, shared by every worker (each worker makes its own session from the bytes), and
+//! described for `inspect` and the API (differentiable or not, which operators block it, candidate
+//! layers for CAM methods).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use prost::Message;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::graph_runner::OrtRunner;
+use super::manifest::{Layout, ModelSpec};
+use super::shapes::probe_shapes;
+use super::{LoadedModel, RuntimeError};
+use crate::onnx::autodiff::{self, analysis_layers, GradientSpec, RuleSet, RuleTable, ShapeMap};
+use crate::onnx::proto::{self, ModelProto};
+
+/// Which backward model: the model, the intermediate layers it exposes, and the rule set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GradientKey {
+    /// Model name.
+    pub model: String,
+    /// Intermediate tensors exposed with their gradients.
+    pub layers: Vec<String>,
+    /// Rule table.
+    pub rules: RuleSet,
+}
+
+/// A built backward model, ready for sessions.
+#[derive(Debug)]
+pub struct BuiltGradient {
+    /// Serialized model.
+    pub bytes: Arc<[u8]>,
+    /// Input gradient output name.
+    pub input_grad: String,
+    /// (activation, gradient) output names per requested layer.
+    pub layers: Vec<(String, String)>,
+    /// Opset of the built model.
+    pub opset: i64,
+}
+
+/// What explaind can do with a model's gradients.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct GradientReport {
+    /// True when every operator between the input and the scores has a gradient rule.
+    pub differentiable: bool,
+    /// Operators that block gradients, as `domain::op (opset N) at node, ...`.
+    pub blocking_operators: Vec<String>,
+    /// 4-D activations with a spatial size above 1 between input and scores, in graph order.
+    pub cam_layers: Vec<String>,
+    /// The layer CAM methods use by default: the last of `cam_layers`.
+    pub default_cam_layer: Option<String>,
+}
+
+type Slot = Arc<OnceLock<Result<Arc<BuiltGradient>, String>>>;
+
+/// Backward models built so far, shared by the workers.
+pub struct GradientCache {
+    env: &'static ort::environment::Environment,
+    built: Mutex<HashMap<GradientKey, Slot>>,
+    prepared: Mutex<HashMap<String, Arc<(ModelProto, ShapeMap)>>>,
+}
+
+impl GradientCache {
+    /// An empty cache.
+    pub fn new(env: &'static ort::environment::Environment) -> Self {
+        Self {
+            env,
+            built: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The backward model for `key`, built on first use (other callers wait for that build).
+    pub fn get(&self, model: &LoadedModel, key: &GradientKey) -> Result<Arc<BuiltGradient>, RuntimeError> {
+        let slot = {
+            let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+            built.entry(key.clone()).or_default().clone()
+        };
+        slot.get_or_init(|| self.build(model, key).map(Arc::new))
+            .clone()
+            .map_err(|message| RuntimeError::NotDifferentiable {
+                model: model.name.clone(),
+                message,
+            })
+    }
+
+    /// The model prepared for differentiation and its probed shapes (computed once per model).
+    pub fn prepared(&self, model: &LoadedModel) -> Result<Arc<(ModelProto, ShapeMap)>, String> {
+        if let Some(p) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).get(&model.name) {
+            return Ok(p.clone());
+        }
+        let decoded = proto::decode_model(&model.bytes).map_err(|e| e.to_string())?;
+        let prepared = autodiff::prepare_forward(&decoded).map_err(|e| e.to_string())?;
+        let runner = OrtRunner::new(self.env);
+        let shapes = probe_shapes(&runner, &prepared, &model.spec.input, &sample_dims(&model.spec))?;
+        let entry = Arc::new((prepared, shapes));
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(model.name.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    fn build(&self, model: &LoadedModel, key: &GradientKey) -> Result<BuiltGradient, String> {
+        let started = std::time::Instant::now();
+        let prepared = self.prepared(model)?;
+        let (forward, shapes) = (&prepared.0, &prepared.1);
+        let spec = GradientSpec {
+            input: model.spec.input.clone(),
+            output: model.spec.output.clone(),
+            layers: key.layers.clone(),
+        };
+        let runner = OrtRunner::new(self.env);
+        let built = autodiff::build_backward(forward, &spec, shapes, &RuleTable::for_set(key.rules), Some(&runner))
+            .map_err(|e| e.to_string())?;
+        tracing::info!(model = %model.name, layers = ?key.layers, rules = ?key.rules, opset = built.opset,
+            ms = started.elapsed().as_millis() as u64, "backward model built");
+        Ok(BuiltGradient {
+            bytes: built.model.encode_to_vec().into(),
+            input_grad: built.input_grad,
+            layers: built.layers,
+            opset: built.opset,
+        })
+    }
+
+    /// Describes what gradients the model supports.
+    pub fn report(&self, model: &LoadedModel) -> GradientReport {
+        match self.prepared(model) {
+            Ok(p) => describe(&p.0, &p.1, &model.spec.input, &model.spec.output),
+            Err(e) => GradientReport {
+                differentiable: false,
+                blocking_operators: vec![e],
+                cam_layers: vec![],
+                default_cam_layer: None,
+            },
+        }
+    }
+
+    /// Backward models built so far (each key is built once).
+    pub fn built_count(&self) -> usize {
+        self.built
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.get().is_some())
+            .count()
+    }
+}
+
+/// Describes the gradients of a prepared model whose shapes were probed.
+pub fn describe(prepared: &ModelProto, shapes: &ShapeMap, input: &str, output: &str) -> GradientReport {
+    let spec = GradientSpec {
+        input: input.to_string(),
+        output: output.to_string(),
+        layers: vec![],
+    };
+    let blocking: Vec<String> = autodiff::unsupported_ops(prepared, &spec, shapes, &RuleTable::standard())
+        .map(|v| v.iter().map(|u| u.to_string()).collect())
+        .unwrap_or_else(|e| vec![e.to_string()]);
+    let cam_layers = analysis_layers(prepared, input, output, shapes);
+    GradientReport {
+        differentiable: blocking.is_empty(),
+        blocking_operators: blocking,
+        default_cam_layer: cam_layers.last().cloned(),
+        cam_layers,
+    }
+}
+
+/// A batch-of-one input shape for the probe.
+pub fn sample_dims(spec: &ModelSpec) -> Vec<usize> {
+    match (&spec.image, &spec.tabular) {
+        (Some(img), _) => match img.layout {
+            Layout::NCHW => vec![1, img.channels, img.height, img.width],
+            Layout::NHWC => vec![1, img.height, img.width, img.channels],
+        },
+        (None, Some(tab)) => vec![1, tab.features.len()],
+        (None, None) => vec![1],
+    }
+}

@@ -1,0 +1,99 @@
+//! `explaind inspect`: what a model file offers explaind, without a manifest.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::gradients::{describe, GradientReport};
+use super::graph_runner::OrtRunner;
+use super::shapes::probe_shapes;
+use crate::onnx::{autodiff, proto, ModelSummary};
+
+/// The interface and gradient support of a model file.
+#[derive(Debug, Serialize)]
+pub struct InspectReport {
+    /// File inspected.
+    pub file: String,
+    /// Inputs, outputs, opsets.
+    #[serde(flatten)]
+    pub summary: ModelSummary,
+    /// Input the gradients are taken for.
+    pub gradient_input: String,
+    /// Output whose scores are differentiated.
+    pub gradient_output: String,
+    /// Gradient support.
+    pub gradients: GradientReport,
+}
+
+/// Reads, probes and describes a model file.
+pub fn inspect(
+    file: &Path,
+    input: Option<&str>,
+    output: Option<&str>,
+    input_shape: Option<&[usize]>,
+    library: Option<&Path>,
+) -> anyhow::Result<InspectReport> {
+    let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let decoded =
+        proto::decode_model(&bytes).map_err(|e| anyhow::anyhow!("{}: not an ONNX model: {e}", file.display()))?;
+    let summary = ModelSummary::of(&decoded);
+    let pick = |given: Option<&str>,
+                list: &[crate::onnx::TensorInfo],
+                what: &str|
+     -> anyhow::Result<crate::onnx::TensorInfo> {
+        match given {
+            Some(name) => list
+                .iter()
+                .find(|t| t.name == name)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no {what} named `{name}`")),
+            None => list
+                .iter()
+                .find(|t| t.dtype == "float32")
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no float32 {what}; name one")),
+        }
+    };
+    let input = pick(input, &summary.inputs, "input")?;
+    let output = pick(output, &summary.outputs, "output")?;
+    let dims: Vec<usize> = match input_shape {
+        Some(d) => d.to_vec(),
+        None => input
+            .shape
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("input `{}` has no shape; pass --input-shape", input.name))?
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d.fixed() {
+                Some(n) => Ok(n),
+                None if i == 0 => Ok(1),
+                None => Err(anyhow::anyhow!(
+                    "input `{}` has a dynamic dimension {i}; pass --input-shape",
+                    input.name
+                )),
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let env = super::library::init(library)?;
+    let runner = OrtRunner::new(env);
+    let gradients = match autodiff::prepare_forward(&decoded) {
+        Ok(prepared) => {
+            let shapes = probe_shapes(&runner, &prepared, &input.name, &dims)
+                .map_err(|e| anyhow::anyhow!("shape probe failed: {e}"))?;
+            describe(&prepared, &shapes, &input.name, &output.name)
+        }
+        Err(e) => GradientReport {
+            differentiable: false,
+            blocking_operators: vec![e.to_string()],
+            cam_layers: vec![],
+            default_cam_layer: None,
+        },
+    };
+    Ok(InspectReport {
+        file: file.display().to_string(),
+        summary,
+        gradient_input: input.name,
+        gradient_output: output.name,
+        gradients,
+    })
+}
