@@ -37,6 +37,34 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Write the backward model of an ONNX file: its outputs plus `<input>.grad` (the gradient of
+    /// sum(output * explaind.target_weights) w.r.t. the input) and, per --layer, the layer's
+    /// activation and `<layer>.grad`. Standard ONNX operators only; runs on stock ONNX Runtime.
+    Backward {
+        /// An ONNX file.
+        model: PathBuf,
+        /// Where to write the backward model.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Input to differentiate (default: the first float input).
+        #[arg(long)]
+        input: Option<String>,
+        /// Output whose weighted sum is the target (default: the first float output).
+        #[arg(long)]
+        output: Option<String>,
+        /// Intermediate tensors to expose with their gradients.
+        #[arg(long)]
+        layer: Vec<String>,
+        /// Rule set.
+        #[arg(long, value_enum, default_value = "standard")]
+        rules: Rules,
+        /// Sample input shape for the shape probe, e.g. 1,3,224,224 (default: the graph's, batch 1).
+        #[arg(long, value_delimiter = ',')]
+        input_shape: Option<Vec<usize>>,
+        /// ONNX Runtime library (default: as `serve` finds it).
+        #[arg(long)]
+        onnxruntime_library: Option<PathBuf>,
+    },
     /// Print a model's interface (inputs, outputs, opsets) and gradient support as JSON:
     /// differentiable end to end or not (and which operators block it), candidate CAM layers.
     Inspect {
@@ -55,6 +83,15 @@ enum Command {
         #[arg(long)]
         onnxruntime_library: Option<PathBuf>,
     },
+}
+
+/// Rule sets on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Rules {
+    /// Exact gradients.
+    Standard,
+    /// Guided backpropagation.
+    GuidedBackprop,
 }
 
 fn main() -> ExitCode {
@@ -93,6 +130,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Openapi => {
             print!("{}", explaind::http::openapi::document_json());
+            Ok(())
+        }
+        Command::Backward {
+            model,
+            out,
+            input,
+            output,
+            layer,
+            rules,
+            input_shape,
+            onnxruntime_library,
+        } => {
+            let rules = match rules {
+                Rules::Standard => explaind::onnx::autodiff::RuleSet::Standard,
+                Rules::GuidedBackprop => explaind::onnx::autodiff::RuleSet::GuidedBackprop,
+            };
+            let built = explaind::runtime::inspect::backward(
+                &model,
+                input.as_deref(),
+                output.as_deref(),
+                &layer,
+                rules,
+                input_shape.as_deref(),
+                onnxruntime_library.as_deref(),
+            )?;
+            std::fs::write(&out, prost::Message::encode_to_vec(&built.model))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            eprintln!(
+                "wrote {} (opset {}): input gradient `{}`, weights input `{}`",
+                out.display(),
+                built.opset,
+                built.input_grad,
+                explaind::onnx::autodiff::WEIGHTS_INPUT
+            );
             Ok(())
         }
         Command::Inspect {

@@ -472,6 +472,40 @@ fn pooling() {
             )
         },
     );
+    case(
+        "maxpool-2x2-cropped",
+        17,
+        &[1, 2, 7, 7],
+        spaced(&[1, 2, 7, 7], 58),
+        kinked(),
+        |g, x| {
+            g.node(
+                "MaxPool",
+                &[x],
+                vec![
+                    ("kernel_shape", Attr::Ints(vec![2, 2])),
+                    ("strides", Attr::Ints(vec![2, 2])),
+                ],
+            )
+        },
+    );
+    case(
+        "maxpool-3x3-tiles",
+        17,
+        &[2, 2, 6, 9],
+        spaced(&[2, 2, 6, 9], 59),
+        kinked(),
+        |g, x| {
+            g.node(
+                "MaxPool",
+                &[x],
+                vec![
+                    ("kernel_shape", Attr::Ints(vec![3, 3])),
+                    ("strides", Attr::Ints(vec![3, 3])),
+                ],
+            )
+        },
+    );
     case("global-maxpool", 17, &d, spaced(&d, 53), kinked(), |g, x| {
         g.node("GlobalMaxPool", &[x], vec![])
     });
@@ -835,4 +869,37 @@ fn resize_modes() {
             },
         );
     }
+}
+
+#[test]
+fn max_pool_ties_share_the_gradient() {
+    // A 2x2 tile of equal values: each gets a quarter, so the gradient still sums to the upstream one.
+    let mut g = GraphBuilder::new("ties", 17);
+    let x = g.input("x", &[1, 1, 2, 2]);
+    g.node(
+        "MaxPool",
+        &[&x],
+        vec![
+            ("kernel_shape", Attr::Ints(vec![2, 2])),
+            ("strides", Attr::Ints(vec![2, 2])),
+        ],
+    );
+    g.rename_last_output("y");
+    g.output_any("y");
+    let model = g.build();
+    let bw = common::gradcheck::backward(
+        &model,
+        "x",
+        &[1, 1, 2, 2],
+        "y",
+        &[],
+        &explaind::onnx::autodiff::RuleTable::standard(),
+    );
+    let mut session = common::gradcheck::runner().session(&bw.model).unwrap();
+    let feeds = [
+        ("x", vec![1, 1, 2, 2], vec![0.5f32; 4]),
+        (explaind::onnx::autodiff::WEIGHTS_INPUT, vec![1, 1, 1, 1], vec![2.0]),
+    ];
+    let (_, grad) = common::gradcheck::run_output(&mut session, &feeds, &bw.input_grad);
+    assert_eq!(grad, vec![0.5; 4]);
 }

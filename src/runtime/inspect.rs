@@ -1,4 +1,5 @@
-//! `explaind inspect`: what a model file offers explaind, without a manifest.
+//! `explaind inspect` and `explaind backward`: what a model file offers explaind, and its backward
+//! model, without a manifest.
 
 use std::path::Path;
 
@@ -7,7 +8,7 @@ use serde::Serialize;
 use super::gradients::{describe, GradientReport};
 use super::graph_runner::OrtRunner;
 use super::shapes::probe_shapes;
-use crate::onnx::{autodiff, proto, ModelSummary};
+use crate::onnx::{autodiff, proto, ModelSummary, TensorInfo};
 
 /// The interface and gradient support of a model file.
 #[derive(Debug, Serialize)]
@@ -25,22 +26,25 @@ pub struct InspectReport {
     pub gradients: GradientReport,
 }
 
-/// Reads, probes and describes a model file.
-pub fn inspect(
+struct Resolved {
+    decoded: proto::ModelProto,
+    summary: ModelSummary,
+    input: String,
+    output: String,
+    dims: Vec<usize>,
+}
+
+fn resolve(
     file: &Path,
     input: Option<&str>,
     output: Option<&str>,
     input_shape: Option<&[usize]>,
-    library: Option<&Path>,
-) -> anyhow::Result<InspectReport> {
+) -> anyhow::Result<Resolved> {
     let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let decoded =
         proto::decode_model(&bytes).map_err(|e| anyhow::anyhow!("{}: not an ONNX model: {e}", file.display()))?;
     let summary = ModelSummary::of(&decoded);
-    let pick = |given: Option<&str>,
-                list: &[crate::onnx::TensorInfo],
-                what: &str|
-     -> anyhow::Result<crate::onnx::TensorInfo> {
+    let pick = |given: Option<&str>, list: &[TensorInfo], what: &str| -> anyhow::Result<TensorInfo> {
         match given {
             Some(name) => list
                 .iter()
@@ -74,13 +78,37 @@ pub fn inspect(
             })
             .collect::<anyhow::Result<_>>()?,
     };
+    Ok(Resolved {
+        decoded,
+        summary,
+        input: input.name,
+        output: output.name,
+        dims,
+    })
+}
+
+/// Reads, probes and describes a model file.
+pub fn inspect(
+    file: &Path,
+    input: Option<&str>,
+    output: Option<&str>,
+    input_shape: Option<&[usize]>,
+    library: Option<&Path>,
+) -> anyhow::Result<InspectReport> {
+    let Resolved {
+        decoded,
+        summary,
+        input,
+        output,
+        dims,
+    } = resolve(file, input, output, input_shape)?;
     let env = super::library::init(library)?;
     let runner = OrtRunner::new(env);
     let gradients = match autodiff::prepare_forward(&decoded) {
         Ok(prepared) => {
-            let shapes = probe_shapes(&runner, &prepared, &input.name, &dims)
+            let shapes = probe_shapes(&runner, &prepared, &input, &dims)
                 .map_err(|e| anyhow::anyhow!("shape probe failed: {e}"))?;
-            describe(&prepared, &shapes, &input.name, &output.name)
+            describe(&prepared, &shapes, &input, &output)
         }
         Err(e) => GradientReport {
             differentiable: false,
@@ -92,8 +120,38 @@ pub fn inspect(
     Ok(InspectReport {
         file: file.display().to_string(),
         summary,
-        gradient_input: input.name,
-        gradient_output: output.name,
+        gradient_input: input,
+        gradient_output: output,
         gradients,
     })
+}
+
+/// Builds the backward model of a model file.
+pub fn backward(
+    file: &Path,
+    input: Option<&str>,
+    output: Option<&str>,
+    layers: &[String],
+    rules: autodiff::RuleSet,
+    input_shape: Option<&[usize]>,
+    library: Option<&Path>,
+) -> anyhow::Result<autodiff::BackwardModel> {
+    let r = resolve(file, input, output, input_shape)?;
+    let env = super::library::init(library)?;
+    let runner = OrtRunner::new(env);
+    let prepared = autodiff::prepare_forward(&r.decoded)?;
+    let shapes =
+        probe_shapes(&runner, &prepared, &r.input, &r.dims).map_err(|e| anyhow::anyhow!("shape probe failed: {e}"))?;
+    let spec = autodiff::GradientSpec {
+        input: r.input,
+        output: r.output,
+        layers: layers.to_vec(),
+    };
+    Ok(autodiff::build_backward(
+        &prepared,
+        &spec,
+        &shapes,
+        &autodiff::RuleTable::for_set(rules),
+        Some(&runner),
+    )?)
 }

@@ -209,10 +209,7 @@ pub fn analysis_layers(model: &ModelProto, input: &str, output: &str, shapes: &S
                 continue;
             }
             if let Some(s) = shapes.get(o) {
-                let spatial: Option<i64> = s
-                    .dims
-                    .get(2..)
-                    .and_then(|d| d.iter().copied().product::<Option<i64>>());
+                let spatial: Option<i64> = s.dims.get(2..).and_then(|d| d.iter().copied().product::<Option<i64>>());
                 if s.dims.len() == 4 && is_float(s.elem_type) && spatial.is_some_and(|p| p > 1) {
                     layers.push(o.clone());
                 }

@@ -26,10 +26,12 @@ type Grads = Result<Vec<Option<String>>, RuleError>;
 
 /// `Where(x > 0, g, 0)`.
 fn relu(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
+    // g * (x > 0): a multiply by the cast mask runs faster than Where in ONNX Runtime.
     let g = grad0(n, g)?;
     let zero = ctx.scalar(0.0);
     let pos = ctx.emit("Greater", &[input(n, 0), &zero], vec![]);
-    Ok(vec![Some(ctx.emit("Where", &[&pos, g, &zero], vec![]))])
+    let mask = ctx.emit("CastLike", &[&pos, g], vec![]);
+    Ok(vec![Some(ctx.emit("Mul", &[g, &mask], vec![]))])
 }
 
 /// Guided backpropagation: only positive gradients, and only through positive inputs.

@@ -120,6 +120,39 @@ fn conv(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[boo
             format!("cannot size the input gradient (output_padding {output_padding:?})"),
         ));
     }
+    // Stride 1 with constant weights: a plain convolution with flipped, channel-swapped weights is
+    // the same map and runs on ONNX Runtime's blocked (NCHWc) convolution kernels, which need a
+    // multiple of 8 output channels; with fewer (a first layer's 1 or 3) ConvTranspose is faster.
+    let channels = x_dims.get(1).copied().flatten().unwrap_or(0);
+    if exact
+        && channels % 8 == 0
+        && channels > 0
+        && geo.strides.iter().all(|s| *s == 1)
+        && output_padding.iter().all(|p| *p == 0)
+    {
+        if let Some(flipped) = flipped_weights(ctx, w, geo.group)? {
+            let reach: Vec<i64> = geo
+                .kernel
+                .iter()
+                .zip(&geo.dilations)
+                .map(|(k, d)| d * (k - 1))
+                .collect();
+            let pads: Vec<i64> = (0..2 * spatial).map(|i| reach[i % spatial] - geo.pads[i]).collect();
+            if pads.iter().all(|p| *p >= 0) {
+                let dx = ctx.emit(
+                    "Conv",
+                    &[g, &flipped],
+                    vec![
+                        ("kernel_shape", Attr::Ints(geo.kernel.clone())),
+                        ("dilations", Attr::Ints(geo.dilations.clone())),
+                        ("pads", Attr::Ints(pads)),
+                        ("group", Attr::Int(geo.group)),
+                    ],
+                );
+                return Ok(first_only(n, dx));
+            }
+        }
+    }
     let dx = ctx.emit(
         "ConvTranspose",
         &[g, w],
@@ -144,6 +177,36 @@ fn conv(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[boo
         ctx.emit("Slice", &[&dx, &zeros, &sizes, &axes], vec![])
     };
     Ok(first_only(n, dx))
+}
+
+/// For constant weights `W[M, C/g, k...]`, the weights `W'[C, M/g, k...]` of the convolution that
+/// computes the input gradient: spatially flipped, input and output channels swapped per group.
+fn flipped_weights(ctx: &mut GradContext, w: &str, group: i64) -> Result<Option<String>, RuleError> {
+    let Some(values) = ctx.constant_floats(w) else {
+        return Ok(None);
+    };
+    let Some(dims) = ctx.dims(w)?.iter().copied().collect::<Option<Vec<i64>>>() else {
+        return Ok(None);
+    };
+    let (m, c_per_group) = (dims[0], dims[1]);
+    let kernel: i64 = dims[2..].iter().product();
+    let m_per_group = m / group;
+    let mut out = vec![0f32; values.len()];
+    for gi in 0..group {
+        for mo in 0..m_per_group {
+            for ci in 0..c_per_group {
+                let src = ((gi * m_per_group + mo) * c_per_group + ci) * kernel;
+                let dst = ((gi * c_per_group + ci) * m_per_group + mo) * kernel;
+                for k in 0..kernel {
+                    // Reversing the flat kernel index flips every spatial axis at once.
+                    out[(dst + kernel - 1 - k) as usize] = values[(src + k) as usize];
+                }
+            }
+        }
+    }
+    let mut new_dims = vec![c_per_group * group, m_per_group];
+    new_dims.extend_from_slice(&dims[2..]);
+    Ok(Some(ctx.const_f32("flipped_weights", &new_dims, &out)))
 }
 
 fn conv_transpose(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {

@@ -22,6 +22,9 @@ fn max_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[boo
     }
     let g = grad0(n, g)?;
     let x = input(n, 0);
+    if let Some(dx) = max_pool_tiled(ctx, n, g)? {
+        return Ok(first_only(n, dx));
+    }
     // Indices are flat over the whole input tensor (N*C*H*W), so one scatter places every gradient.
     let indices = ctx.forward_output(n, 1);
     let minus_one = ctx.const_i64("flat", &[-1]);
@@ -34,6 +37,78 @@ fn max_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[boo
         vec![("axis", Attr::Int(0)), ("reduction", Attr::Str("add".into()))],
     );
     Ok(first_only(n, ctx.reshape_like(&scattered, x)))
+}
+
+/// MaxPool over non-overlapping tiles (kernel = stride, no padding), the common case: the gradient
+/// goes to the positions equal to their tile's maximum, split evenly between ties. Elementwise work
+/// only, and the forward MaxPool keeps its fast single-output kernel (asking it for Indices makes
+/// ONNX Runtime fall back to a much slower one).
+fn max_pool_tiled(ctx: &mut GradContext, n: &NodeProto, g: &str) -> Result<Option<String>, RuleError> {
+    let (x, y) = (input(n, 0), output(n));
+    let kernel = attr_ints(n, "kernel_shape")?.unwrap_or_default();
+    let strides = attr_ints(n, "strides")?.unwrap_or_else(|| vec![1; kernel.len()]);
+    let padded = attr_ints(n, "pads")?.is_some_and(|p| p.iter().any(|v| *v != 0))
+        || !matches!(attr_string(n, "auto_pad", "NOTSET")?.as_str(), "NOTSET" | "VALID");
+    let dilated = attr_ints(n, "dilations")?.is_some_and(|d| d.iter().any(|v| *v != 1));
+    let dims = ctx.dims(x)?.to_vec();
+    if kernel.len() != 2
+        || kernel != strides
+        || padded
+        || dilated
+        || attr_int(n, "ceil_mode", 0)? != 0
+        || dims.len() != 4
+    {
+        return Ok(None);
+    }
+    let (Some(h), Some(w)) = (dims[2], dims[3]) else {
+        return Ok(None);
+    };
+    let (th, tw) = (h / kernel[0] * kernel[0], w / kernel[1] * kernel[1]);
+    // Rows and columns past the last whole tile never reach the output.
+    let cropped = th != h || tw != w;
+    let xc = if cropped {
+        let starts = ctx.const_i64("starts", &[0, 0]);
+        let ends = ctx.const_i64("ends", &[th, tw]);
+        let axes = ctx.const_i64("axes", &[2, 3]);
+        ctx.emit("Slice", &[x, &starts, &ends, &axes], vec![])
+    } else {
+        x.to_string()
+    };
+    let scales = ctx.const_f32("scales", &[4], &[1.0, 1.0, kernel[0] as f32, kernel[1] as f32]);
+    let upsample = |ctx: &mut GradContext, t: &str| {
+        ctx.emit(
+            "Resize",
+            &[t, "", &scales],
+            vec![
+                ("mode", Attr::Str("nearest".into())),
+                ("coordinate_transformation_mode", Attr::Str("asymmetric".into())),
+                ("nearest_mode", Attr::Str("floor".into())),
+            ],
+        )
+    };
+    let y_up = upsample(ctx, y);
+    let eq = ctx.emit("Equal", &[&xc, &y_up], vec![]);
+    let mask = ctx.emit("CastLike", &[&eq, g], vec![]);
+    // Ties per tile: the tile mean of the mask times the tile size.
+    let share = ctx.emit(
+        "AveragePool",
+        &[&mask],
+        vec![
+            ("kernel_shape", Attr::Ints(kernel.clone())),
+            ("strides", Attr::Ints(kernel.clone())),
+        ],
+    );
+    let size = ctx.scalar((kernel[0] * kernel[1]) as f32);
+    let ties = ctx.emit("Mul", &[&share, &size], vec![]);
+    let g_share = ctx.emit("Div", &[g, &ties], vec![]);
+    let g_up = upsample(ctx, &g_share);
+    let dx = ctx.emit("Mul", &[&mask, &g_up], vec![]);
+    Ok(Some(if cropped {
+        let pads = ctx.const_i64("pads", &[0, 0, 0, 0, 0, 0, h - th, w - tw]);
+        ctx.emit("Pad", &[&dx, &pads], vec![])
+    } else {
+        dx
+    }))
 }
 
 /// A flat float zero tensor with as many elements as `x`.

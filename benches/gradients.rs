@@ -1,0 +1,113 @@
+//! Gradient benchmark: one run of the backward model (forward pass + input gradient) divided by one
+//! forward run at the same batch size, for the example CNN and a ResNet-18-sized model at 224x224.
+//! Frameworks' autograd costs about 2-3x a forward pass; the goal here is at most 3x.
+//!
+//! Run with `cargo bench --bench gradients` (or `make bench`). `EXPLAIND_BENCH_THREADS` sets the
+//! intra-op threads (default 1, as a worker's session has by default).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleTable, WEIGHTS_INPUT};
+use explaind::onnx::proto::ModelProto;
+use explaind::runtime::graph_runner::OrtRunner;
+use explaind::runtime::sessions::create_session_from_bytes;
+use explaind::runtime::shapes::probe_shapes;
+use ort::value::Tensor;
+use prost::Message;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time_runs(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, Vec<f32>)], rounds: usize) -> Duration {
+    let mut times = Vec::with_capacity(rounds);
+    for i in 0..rounds + 2 {
+        let values: Vec<(String, ort::session::SessionInputValue<'static>)> = feeds
+            .iter()
+            .map(|(n, s, v)| {
+                (
+                    n.to_string(),
+                    Tensor::from_array((s.clone(), v.clone())).unwrap().into(),
+                )
+            })
+            .collect();
+        let start = Instant::now();
+        let out = session.run(values).unwrap();
+        drop(out);
+        if i >= 2 {
+            times.push(start.elapsed()); // the first two runs warm up
+        }
+    }
+    median(times)
+}
+
+fn bench(label: &str, model: &ModelProto, input_dims: &[usize], classes: usize, rounds: usize, threads: usize) {
+    let env = explaind::runtime::library::init(None).expect("ONNX Runtime (run `make onnxruntime`)");
+    let runner = OrtRunner::new(env);
+    let started = Instant::now();
+    let prepared = prepare_forward(model).unwrap();
+    let mut probe_dims = input_dims.to_vec();
+    probe_dims[0] = 1;
+    let shapes = probe_shapes(&runner, &prepared, "input", &probe_dims).unwrap();
+    let spec = GradientSpec {
+        input: "input".into(),
+        output: "logits".into(),
+        layers: vec![],
+    };
+    let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::standard(), Some(&runner)).unwrap();
+    let build = started.elapsed();
+    let mut forward = create_session_from_bytes(env, &model.encode_to_vec(), threads).unwrap();
+    let mut backward = create_session_from_bytes(env, &bw.model.encode_to_vec(), threads).unwrap();
+    let n: usize = input_dims.iter().product();
+    let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let w: Vec<f32> = (0..input_dims[0] * classes)
+        .map(|i| if i % classes == 3 { 1.0 } else { 0.0 })
+        .collect();
+    let fwd = time_runs(&mut forward, &[("input", input_dims.to_vec(), x.clone())], rounds);
+    let bwd = time_runs(
+        &mut backward,
+        &[
+            ("input", input_dims.to_vec(), x),
+            (WEIGHTS_INPUT, vec![input_dims[0], classes], w),
+        ],
+        rounds,
+    );
+    println!(
+        "{label:<28} batch {:>2}: forward {:>9.3} ms, forward+backward {:>9.3} ms, ratio {:>5.2}  (build {:.0} ms)",
+        input_dims[0],
+        fwd.as_secs_f64() * 1e3,
+        bwd.as_secs_f64() * 1e3,
+        bwd.as_secs_f64() / fwd.as_secs_f64(),
+        build.as_secs_f64() * 1e3,
+    );
+}
+
+fn main() {
+    let threads: usize = std::env::var("EXPLAIND_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    println!(
+        "gradient benchmark: median run time, {threads} intra-op thread(s); ratio = backward model / forward model"
+    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fashion =
+        explaind::onnx::proto::decode_model(&std::fs::read(root.join("models/fashion-cnn/model.onnx")).unwrap())
+            .unwrap();
+    for batch in [1, 8, 32] {
+        bench("fashion-cnn (1x28x28)", &fashion, &[batch, 1, 28, 28], 10, 200, threads);
+    }
+    let resnet18 = explaind::onnx::zoo::resnet(&[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
+    for batch in [1, 4] {
+        bench(
+            "resnet-18 (3x224x224)",
+            &resnet18,
+            &[batch, 3, 224, 224],
+            1000,
+            10,
+            threads,
+        );
+    }
+}
