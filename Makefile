@@ -13,7 +13,8 @@ onnxruntime:
 run: onnxruntime
 	$(CARGO) run --release -- serve --models models --bind $(BIND)
 
-test: onnxruntime
+test:
+	./scripts/test-setup.sh
 	$(CARGO) test
 
 lint:

@@ -16,13 +16,16 @@ use explaind::onnx::proto::ModelProto;
 use explaind::onnx::zoo;
 use explaind::runtime::shapes::probe_shapes;
 
+/// Networks of ReLUs and max-pools are piecewise linear: small steps cost no truncation error and
+/// cross fewer kinks.
 fn model_check() -> Check {
     Check {
-        h: 5e-3,
+        h: 2e-3,
         atol: 2e-3,
         rtol: 2e-2,
         samples: 24,
         seed: 101,
+        min_coverage: 0.75,
     }
 }
 
@@ -213,6 +216,7 @@ fn bundled_models() {
         rtol: 2e-2,
         samples: 90,
         seed: 7,
+        min_coverage: 0.75,
     };
     check_gradient(
         "breast-cancer",

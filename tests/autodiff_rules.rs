@@ -295,6 +295,22 @@ fn convolutions() {
         &[3, 2, 4, 4],
         vec![("auto_pad", Attr::Str("SAME_LOWER".into()))],
     );
+    // Eight input channels, stride 1: the gradient is a convolution with flipped weights.
+    conv_case(
+        "conv-flipped-weights",
+        &[2, 8, 5, 6],
+        &[4, 8, 3, 3],
+        vec![
+            ("pads", Attr::Ints(vec![1, 0, 2, 1])),
+            ("dilations", Attr::Ints(vec![1, 2])),
+        ],
+    );
+    conv_case(
+        "conv-flipped-grouped",
+        &[1, 16, 6, 6],
+        &[8, 8, 3, 3],
+        vec![("group", Attr::Int(2)), ("pads", Attr::Ints(vec![1, 1, 1, 1]))],
+    );
     conv_case(
         "conv-1d",
         &[2, 3, 10],

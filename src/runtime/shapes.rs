@@ -32,19 +32,22 @@ pub fn probe_shapes(
     let summary = ModelSummary::of(model);
     // A fixed batch dimension allows one run only; otherwise a second run with batch 2 shows which
     // dimensions follow the batch.
-    let fixed_batch = summary
-        .inputs
-        .iter()
-        .find(|i| i.name == input)
-        .and_then(|i| i.shape.as_ref())
-        .and_then(|s| s.first())
-        .and_then(Dim::fixed)
-        .is_some();
-    let batches: &[usize] = if fixed_batch { &[sample_dims[0]] } else { &[1, 2] };
+    let fixed_batch = sample_dims.is_empty()
+        || summary
+            .inputs
+            .iter()
+            .find(|i| i.name == input)
+            .and_then(|i| i.shape.as_ref())
+            .and_then(|s| s.first())
+            .and_then(Dim::fixed)
+            .is_some();
+    let batches: &[usize] = if fixed_batch { &[0] } else { &[1, 2] };
     let mut runs: Vec<HashMap<String, (i32, Vec<usize>)>> = Vec::new();
     for &batch in batches {
         let mut dims = sample_dims.to_vec();
-        dims[0] = batch;
+        if !fixed_batch {
+            dims[0] = batch;
+        }
         let count: usize = dims.iter().product();
         let values: Vec<f32> = (0..count).map(|i| sample_value(i as u64)).collect();
         let mut floats = vec![(input, dims, values)];

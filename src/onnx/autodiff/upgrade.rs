@@ -15,12 +15,31 @@ pub(super) fn upgrade_forward(graph: &mut GraphProto, from: i64, to: i64) -> Res
         .flat_map(|n| n.input.iter().cloned())
         .chain(graph.output.iter().filter_map(|o| o.name.clone()))
         .collect();
+    let graph_ref = &graph.clone();
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut initializers = Vec::new();
     for node in std::mem::take(&mut graph.node) {
         let name = crate::onnx::node::node_name(&node);
         match op_type(&node) {
             "Dropout" => {
+                // Inference drops nothing; a training_mode input that is not a constant false makes
+                // the output random, which no explanation can describe.
+                let training = node.input.get(2).filter(|t| !t.is_empty());
+                if let Some(t) = training {
+                    let constant_false = crate::onnx::node::constant(graph_ref, t)
+                        .and_then(|c| {
+                            c.raw_data
+                                .clone()
+                                .map(|r| r.iter().all(|b| *b == 0))
+                                .or(Some(c.int32_data.iter().all(|v| *v == 0)))
+                        })
+                        .unwrap_or(false);
+                    if !constant_false {
+                        return Err(AutodiffError::Path(format!(
+                            "Dropout `{name}` runs in training mode (random output); export the model in eval mode"
+                        )));
+                    }
+                }
                 if node.output.iter().skip(1).any(|o| used.contains(o)) {
                     return Err(AutodiffError::Path(format!(
                         "Dropout `{name}`: its mask output is used"

@@ -46,28 +46,13 @@ fn geometry(
     let pads = match auto_pad.as_str() {
         "NOTSET" => attr_ints(n, "pads")?.unwrap_or_else(|| vec![0; 2 * spatial]),
         "VALID" => vec![0; 2 * spatial],
-        "SAME_UPPER" | "SAME_LOWER" => {
-            let dims = conv_input_dims
-                .ok_or_else(|| RuleError::new(n, format!("auto_pad {auto_pad} is not supported here")))?;
-            let mut begin = Vec::new();
-            let mut end = Vec::new();
-            for i in 0..spatial {
-                let size = dims[2 + i].ok_or_else(|| {
-                    RuleError::new(n, format!("auto_pad {auto_pad} needs a static spatial size of `{x}`"))
-                })?;
-                let out = (size + strides[i] - 1) / strides[i];
-                let total = ((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - size).max(0);
-                let small = total / 2;
-                if auto_pad == "SAME_UPPER" {
-                    begin.push(small);
-                    end.push(total - small);
-                } else {
-                    begin.push(total - small);
-                    end.push(small);
-                }
-            }
-            begin.extend(end);
-            begin
+        mode @ ("SAME_UPPER" | "SAME_LOWER") => {
+            let dims =
+                conv_input_dims.ok_or_else(|| RuleError::new(n, format!("auto_pad {mode} is not supported here")))?;
+            let sizes: Option<Vec<i64>> = dims[2..2 + spatial].iter().copied().collect();
+            let sizes = sizes
+                .ok_or_else(|| RuleError::new(n, format!("auto_pad {mode} needs a static spatial size of `{x}`")))?;
+            super::pool::same_pads(&sizes, &kernel, &strides, &dilations, mode == "SAME_UPPER")
         }
         other => return Err(RuleError::new(n, format!("auto_pad `{other}` is not supported"))),
     };
@@ -211,30 +196,79 @@ fn flipped_weights(ctx: &mut GradContext, w: &str, group: i64) -> Result<Option<
 
 fn conv_transpose(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
     only_input0(n, needs, "a ConvTranspose weight or bias")?;
-    if attr_ints(n, "output_shape")?.is_some() {
-        return Err(RuleError::new(
-            n,
-            "ConvTranspose with output_shape is not supported; give pads and output_padding",
-        ));
-    }
-    if attr_string(n, "auto_pad", "NOTSET")? != "NOTSET" {
-        return Err(RuleError::new(
-            n,
-            "ConvTranspose with auto_pad is not supported; give pads",
-        ));
-    }
     let g = grad0(n, g)?;
-    let (x, w) = (input(n, 0), input(n, 1));
-    let geo = geometry(ctx, n, x, w, None)?;
+    let (x, w, y) = (input(n, 0), input(n, 1), output(n));
+    let w_dims = ctx.dims(w)?.to_vec();
+    let spatial = w_dims.len().saturating_sub(2);
+    let kernel = match attr_ints(n, "kernel_shape")? {
+        Some(k) => k,
+        None => w_dims[2..]
+            .iter()
+            .map(|d| d.ok_or_else(|| RuleError::new(n, "the kernel size is not static")))
+            .collect::<Result<_, _>>()?,
+    };
+    let strides = attr_ints(n, "strides")?.unwrap_or_else(|| vec![1; spatial]);
+    let dilations = attr_ints(n, "dilations")?.unwrap_or_else(|| vec![1; spatial]);
+    let group = attr_int(n, "group", 1)?;
+    let auto_pad = attr_string(n, "auto_pad", "NOTSET")?;
+    let pads = if auto_pad == "NOTSET" && attr_ints(n, "output_shape")?.is_none() {
+        attr_ints(n, "pads")?.unwrap_or_else(|| vec![0; 2 * spatial])
+    } else {
+        // output_shape or auto_pad: the pads follow from the sizes the probe saw.
+        let output_padding = attr_ints(n, "output_padding")?.unwrap_or_else(|| vec![0; spatial]);
+        let (x_dims, y_dims) = (ctx.dims(x)?.to_vec(), ctx.dims(y)?.to_vec());
+        let mut pads = vec![0; 2 * spatial];
+        for i in 0..spatial {
+            let (Some(size), Some(out)) = (x_dims[2 + i], y_dims[2 + i]) else {
+                return Err(RuleError::new(
+                    n,
+                    "ConvTranspose with output_shape or auto_pad needs static sizes",
+                ));
+            };
+            let total = strides[i] * (size - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1 - out;
+            if total < 0 {
+                // A larger output_shape appends rows at the end that do not depend on x: a negative
+                // end pad marks them for cutting from the gradient below.
+                pads[spatial + i] = total;
+                continue;
+            }
+            let (half, rest) = (total / 2, total - total / 2);
+            (pads[i], pads[spatial + i]) = if auto_pad == "SAME_UPPER" {
+                (half, rest)
+            } else {
+                (rest, half)
+            };
+        }
+        pads
+    };
+    // Negative pads (an output_shape beyond the natural size): those output rows do not depend on
+    // x; cut them from the gradient instead.
+    let g = if pads.iter().any(|p| *p < 0) {
+        let y_dims = ctx.dims(y)?.to_vec();
+        let mut starts = Vec::new();
+        let mut ends = Vec::new();
+        for i in 0..spatial {
+            let out = y_dims[2 + i].ok_or_else(|| RuleError::new(n, "static sizes needed"))?;
+            starts.push((-pads[i]).max(0));
+            ends.push(out - (-pads[spatial + i]).max(0));
+        }
+        let starts = ctx.const_i64("starts", &starts);
+        let ends = ctx.const_i64("ends", &ends);
+        let axes = ctx.const_i64("axes", &(2..2 + spatial as i64).collect::<Vec<_>>());
+        ctx.emit("Slice", &[g, &starts, &ends, &axes], vec![])
+    } else {
+        g.to_string()
+    };
+    let pads: Vec<i64> = pads.iter().map(|p| (*p).max(0)).collect();
     let dx = ctx.emit(
         "Conv",
-        &[g, w],
+        &[&g, w],
         vec![
-            ("kernel_shape", Attr::Ints(geo.kernel)),
-            ("strides", Attr::Ints(geo.strides)),
-            ("dilations", Attr::Ints(geo.dilations)),
-            ("pads", Attr::Ints(geo.pads)),
-            ("group", Attr::Int(geo.group)),
+            ("kernel_shape", Attr::Ints(kernel)),
+            ("strides", Attr::Ints(strides)),
+            ("dilations", Attr::Ints(dilations)),
+            ("pads", Attr::Ints(pads)),
+            ("group", Attr::Int(group)),
         ],
     );
     Ok(first_only(n, dx))

@@ -17,13 +17,16 @@ pub(super) fn register(t: &mut RuleTable) {
 type Grads = Result<Vec<Option<String>>, RuleError>;
 
 fn max_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
-    if attr_int(n, "storage_order", 0)? != 0 {
-        return Err(RuleError::new(n, "MaxPool with storage_order=1 is not supported"));
-    }
     let g = grad0(n, g)?;
     let x = input(n, 0);
     if let Some(dx) = max_pool_tiled(ctx, n, g)? {
         return Ok(first_only(n, dx));
+    }
+    if attr_int(n, "storage_order", 0)? != 0 {
+        return Err(RuleError::new(
+            n,
+            "overlapping MaxPool with storage_order=1 is not supported",
+        ));
     }
     // Indices are flat over the whole input tensor (N*C*H*W), so one scatter places every gradient.
     let indices = ctx.forward_output(n, 1);
@@ -111,6 +114,20 @@ fn max_pool_tiled(ctx: &mut GradContext, n: &NodeProto, g: &str) -> Result<Optio
     }))
 }
 
+/// Explicit pads for auto_pad SAME_UPPER / SAME_LOWER (output size = ceil(input / stride)); the
+/// odd pixel goes at the end for SAME_UPPER and at the beginning for SAME_LOWER.
+pub(super) fn same_pads(sizes: &[i64], kernel: &[i64], strides: &[i64], dilations: &[i64], upper: bool) -> Vec<i64> {
+    let spatial = sizes.len();
+    let mut pads = vec![0; 2 * spatial];
+    for i in 0..spatial {
+        let out = (sizes[i] + strides[i] - 1) / strides[i];
+        let total = ((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - sizes[i]).max(0);
+        let (small, large) = (total / 2, total - total / 2);
+        (pads[i], pads[spatial + i]) = if upper { (small, large) } else { (large, small) };
+    }
+    pads
+}
+
 /// A flat float zero tensor with as many elements as `x`.
 fn zeros_like_flat(ctx: &mut GradContext, x: &str) -> String {
     let size = ctx.emit("Size", &[x], vec![]);
@@ -143,10 +160,16 @@ fn average_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &
     let pads = match attr_string(n, "auto_pad", "NOTSET")?.as_str() {
         "NOTSET" => attr_ints(n, "pads")?.unwrap_or_else(|| vec![0; 2 * spatial]),
         "VALID" => vec![0; 2 * spatial],
+        mode @ ("SAME_UPPER" | "SAME_LOWER") => {
+            let sizes: Option<Vec<i64>> = ctx.dims(x)?[2..].iter().copied().collect();
+            let sizes =
+                sizes.ok_or_else(|| RuleError::new(n, format!("auto_pad {mode} needs static spatial sizes")))?;
+            same_pads(&sizes, &kernel, &strides, &dilations, mode == "SAME_UPPER")
+        }
         other => {
             return Err(RuleError::new(
                 n,
-                format!("AveragePool auto_pad `{other}` is not supported; give pads"),
+                format!("AveragePool auto_pad `{other}` is not supported"),
             ))
         }
     };
