@@ -5,7 +5,7 @@ CARGO ?= cargo
 BIND ?= 127.0.0.1:8080
 VENV ?= $(HOME)/.cache/explaind/venv-models
 
-.PHONY: run test lint onnxruntime models openapi bench
+.PHONY: run test lint onnxruntime models efficientnet openapi bench
 
 onnxruntime:
 	@./scripts/fetch-onnxruntime.sh >/dev/null
@@ -27,6 +27,12 @@ models:
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r scripts/requirements-models.txt
 	$(VENV)/bin/python scripts/make_models.py
+
+# Adds a pretrained photo classifier (EfficientNet-Lite0, ImageNet) to models/; 18 MB, not committed.
+efficientnet:
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r scripts/requirements-models.txt
+	$(VENV)/bin/python scripts/make_efficientnet.py
 
 openapi:
 	$(CARGO) run --quiet -- openapi > openapi/openapi.json
