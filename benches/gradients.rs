@@ -103,7 +103,14 @@ fn main() {
     let efficientnet = root.join("models/efficientnet-lite0/model.onnx");
     if let Ok(bytes) = std::fs::read(&efficientnet) {
         let model = explaind::onnx::proto::decode_model(&bytes).unwrap();
-        bench("efficientnet-lite0 (3x224x224)", &model, &[1, 3, 224, 224], 1000, 20, threads);
+        bench(
+            "efficientnet-lite0 (3x224x224)",
+            &model,
+            &[1, 3, 224, 224],
+            1000,
+            20,
+            threads,
+        );
     }
     let resnet18 = explaind::onnx::zoo::resnet(&[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
     for batch in [1, 4] {

@@ -32,6 +32,13 @@ pub struct Config {
     pub max_image_pixels: u64,
     /// Largest `top_k` a request may ask for.
     pub max_top_k: usize,
+    /// Most model rows one explanation may run (samples x steps x targets).
+    pub max_samples: usize,
+    /// Most targets one explanation may ask for.
+    pub max_targets: usize,
+    /// Largest attribution map returned in JSON or drawn as PNG, in pixels; larger originals are
+    /// scaled down (aspect kept).
+    pub max_map_pixels: u64,
     /// Seconds suggested to clients in `Retry-After` when the queue is full.
     pub retry_after_secs: u64,
     /// `text` or `json` log lines.
@@ -62,6 +69,9 @@ impl Default for Config {
             max_body_bytes: 16 * 1024 * 1024,
             max_image_pixels: 4096 * 4096,
             max_top_k: 100,
+            max_samples: 4096,
+            max_targets: 10,
+            max_map_pixels: 1024 * 1024,
             retry_after_secs: 1,
             log_format: LogFormat::Text,
         }
@@ -141,6 +151,9 @@ impl Config {
                 | "max_body_bytes"
                 | "max_image_pixels"
                 | "max_top_k"
+                | "max_samples"
+                | "max_targets"
+                | "max_map_pixels"
                 | "retry_after_secs"
                 | "log_format"
         )
@@ -166,6 +179,9 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return Err(bad("max_body_bytes", "must be at least 1024"));
+        }
+        if self.max_samples == 0 || self.max_targets == 0 || self.max_map_pixels == 0 {
+            return Err(bad("max_samples / max_targets / max_map_pixels", "must be at least 1"));
         }
         if self.max_image_pixels == 0 {
             return Err(bad("max_image_pixels", "must be at least 1"));

@@ -6,8 +6,10 @@
 
 pub mod config;
 pub mod executor;
+pub mod explain;
 pub mod http;
 pub mod onnx;
+pub mod render;
 pub mod runtime;
 pub mod telemetry;
 

@@ -2,6 +2,7 @@
 //! Handlers validate and decode; they never touch ONNX Runtime.
 
 pub mod error;
+mod explain;
 mod health;
 pub mod input;
 mod models;

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{error, health, input, models, predict, problems};
+use super::{error, explain, health, input, models, predict, problems};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -23,11 +23,13 @@ use super::{error, health, input, models, predict, problems};
         models::list_models,
         models::get_model,
         predict::predict,
+        explain::explain,
         serve_document,
     ),
     components(schemas(error::Problem, input::FeaturesJson)),
     tags(
         (name = "models", description = "Loaded models and predictions"),
+        (name = "explanations", description = "Why a model predicted what it did"),
         (name = "operations", description = "Health, readiness, metrics, API documents"),
     )
 )]

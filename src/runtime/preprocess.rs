@@ -46,6 +46,36 @@ pub struct Geometry {
     pub crop_height: f32,
 }
 
+impl Geometry {
+    /// Maps a `[height, width]` map over the model's input onto the original image (bilinear; zero
+    /// outside the cropped region), at most `max_pixels` large (scaled down, aspect kept).
+    /// Returns (width, height, values).
+    pub fn map_back(&self, map: &[f32], width: usize, height: usize, max_pixels: u64) -> (u32, u32, Vec<f32>) {
+        let (mut ow, mut oh) = (self.original_width, self.original_height);
+        let mut scale = 1.0f32;
+        let pixels = ow as u64 * oh as u64;
+        if pixels > max_pixels {
+            scale = (max_pixels as f32 / pixels as f32).sqrt();
+            ow = ((ow as f32 * scale).floor() as u32).max(1);
+            oh = ((oh as f32 * scale).floor() as u32).max(1);
+        }
+        let buffer =
+            image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(width as u32, height as u32, map.to_vec())
+                .unwrap_or_else(|| image::ImageBuffer::new(width as u32, height as u32));
+        let cw = ((self.crop_width * scale).round() as u32).max(1);
+        let ch = ((self.crop_height * scale).round() as u32).max(1);
+        let resized = image::imageops::resize(&buffer, cw, ch, FilterType::Triangle);
+        let mut canvas = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::new(ow, oh);
+        image::imageops::replace(
+            &mut canvas,
+            &resized,
+            (self.crop_x * scale).round() as i64,
+            (self.crop_y * scale).round() as i64,
+        );
+        (ow, oh, canvas.into_raw())
+    }
+}
+
 /// A decoded image, ready for the model.
 pub struct PreparedImage {
     /// The original image, as decoded (RGB).

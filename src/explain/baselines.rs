@@ -1,0 +1,97 @@
+//! Reference inputs for Integrated Gradients (and occlusion later): what "absence" means.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::runtime::manifest::{ImageSpec, Layout};
+use crate::runtime::Tensor;
+
+/// A baseline, built in the model's input space (after preprocessing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    /// Black image (pixel 0), or all-zero features.
+    Black,
+    /// White image (pixel 255).
+    White,
+    /// The input blurred (Gaussian, sigma 5% of the larger side).
+    Blur,
+    /// Uniform noise over the pixel range (seeded).
+    Uniform,
+    /// The input's per-channel mean (for tabular models: the feature mean of the input row is not
+    /// meaningful, so zeros).
+    Mean,
+}
+
+/// The baseline tensor for `input` ([1, ...]).
+pub fn build(baseline: Baseline, input: &Tensor, image: Option<&ImageSpec>, seed: u64) -> Tensor {
+    let values = input.as_f32().unwrap_or(&[]);
+    let Some(spec) = image else {
+        // Tabular: zeros for every choice but the input itself blurred, which makes no sense.
+        return Tensor::f32(input.shape.clone(), vec![0.0; values.len()]);
+    };
+    let pixel = |p: f32, c: usize| (p * spec.scale - spec.mean[c]) / spec.std[c];
+    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    let index = |ch: usize, y: usize, x: usize| match spec.layout {
+        Layout::NCHW => ch * h * w + y * w + x,
+        Layout::NHWC => (y * w + x) * c + ch,
+    };
+    let mut out = vec![0f32; values.len()];
+    match baseline {
+        Baseline::Black | Baseline::White => {
+            let p = if baseline == Baseline::Black { 0.0 } else { 255.0 };
+            for ch in 0..c {
+                for y in 0..h {
+                    for x in 0..w {
+                        out[index(ch, y, x)] = pixel(p, ch);
+                    }
+                }
+            }
+        }
+        Baseline::Uniform => {
+            use rand::{RngExt, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_ba5e);
+            for ch in 0..c {
+                for y in 0..h {
+                    for x in 0..w {
+                        out[index(ch, y, x)] = pixel(rng.random_range(0.0..255.0), ch);
+                    }
+                }
+            }
+        }
+        Baseline::Mean => {
+            for ch in 0..c {
+                let mut sum = 0f64;
+                for y in 0..h {
+                    for x in 0..w {
+                        sum += values[index(ch, y, x)] as f64;
+                    }
+                }
+                let mean = (sum / (h * w) as f64) as f32;
+                for y in 0..h {
+                    for x in 0..w {
+                        out[index(ch, y, x)] = mean;
+                    }
+                }
+            }
+        }
+        Baseline::Blur => {
+            let sigma = 0.05 * h.max(w) as f32;
+            for ch in 0..c {
+                let mut plane = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::new(w as u32, h as u32);
+                for y in 0..h {
+                    for x in 0..w {
+                        plane.put_pixel(x as u32, y as u32, image::Luma([values[index(ch, y, x)]]));
+                    }
+                }
+                let blurred = image::imageops::blur(&plane, sigma);
+                for y in 0..h {
+                    for x in 0..w {
+                        out[index(ch, y, x)] = blurred.get_pixel(x as u32, y as u32).0[0];
+                    }
+                }
+            }
+        }
+    }
+    Tensor::f32(input.shape.clone(), out)
+}

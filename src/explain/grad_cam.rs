@@ -1,0 +1,132 @@
+//! Grad-CAM (Selvaraju et al. 2017) and Grad-CAM++ (Chattopadhay et al. 2018): a layer's activation
+//! maps weighted by their gradients, ReLU'd, and upsampled bilinearly to the input size.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{one_hot, repeat_rows, Cx, ExplainJob, TargetAttribution};
+use crate::onnx::autodiff::RuleSet;
+use crate::runtime::predict::Prediction;
+use crate::runtime::preprocess::InputError;
+use crate::runtime::{RuntimeError, Tensor};
+
+/// Grad-CAM and Grad-CAM++ parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GradCamParams {
+    /// The 4-D activation to weigh; default: the last spatial layer (`gradients.default_cam_layer`
+    /// in `GET /v1/models/{model}`).
+    pub layer: Option<String>,
+}
+
+/// Resolves the layer: the requested one if it is a CAM candidate, else the model's default.
+pub(super) fn resolve_layer(job: &ExplainJob, requested: &Option<String>) -> Result<String, RuntimeError> {
+    let report = job.model.gradient_report.get();
+    let candidates = report.map(|r| r.cam_layers.clone()).unwrap_or_default();
+    match requested {
+        Some(l) if candidates.contains(l) => Ok(l.clone()),
+        Some(l) => Err(InputError::BadFeatures(format!(
+            "layer `{l}` is not a 4-D spatial activation of model `{}`; candidates: {}",
+            job.model.name,
+            candidates.join(", ")
+        ))
+        .into()),
+        None => report.and_then(|r| r.default_cam_layer.clone()).ok_or_else(|| {
+            InputError::BadFeatures(format!(
+                "model `{}` has no spatial layer for CAM methods",
+                job.model.name
+            ))
+            .into()
+        }),
+    }
+}
+
+/// CAMs for every target, upsampled to the input size: `[targets][height * width]`.
+pub(super) fn cams(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    layer: &str,
+    targets: &[Prediction],
+    plus_plus: bool,
+) -> Result<Vec<Tensor>, RuntimeError> {
+    let spec = job
+        .model
+        .spec
+        .image
+        .as_ref()
+        .ok_or_else(|| InputError::WrongKind("CAM methods explain image models".into()))?;
+    let classes = job.model.spec.labels.len().max(1);
+    let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
+    let input = repeat_rows(&job.input, targets.len());
+    let pass = cx.gradients(
+        &[layer.to_string()],
+        RuleSet::Standard,
+        &input,
+        &one_hot(&indices, classes),
+        cx.max_batch(),
+    )?;
+    let (act, grad) = &pass.layers[0];
+    let (k, h, w) = (act.shape[1], act.shape[2], act.shape[3]);
+    let (a, g) = (act.as_f32().unwrap_or(&[]), grad.as_f32().unwrap_or(&[]));
+    let hw = h * w;
+    let mut out = Vec::new();
+    for r in 0..targets.len() {
+        let mut cam = vec![0f32; hw];
+        for c in 0..k {
+            let base = (r * k + c) * hw;
+            let (ac, gc) = (&a[base..base + hw], &g[base..base + hw]);
+            let weight: f32 = if plus_plus {
+                // alpha = g^2 / (2 g^2 + sum(A) g^3), weight = sum(alpha * relu(g)).
+                let sum_a: f32 = ac.iter().sum();
+                gc.iter()
+                    .map(|gv| {
+                        let (g2, g3) = (gv * gv, gv * gv * gv);
+                        let denominator = 2.0 * g2 + sum_a * g3;
+                        let alpha = if denominator != 0.0 { g2 / denominator } else { 0.0 };
+                        alpha * gv.max(0.0)
+                    })
+                    .sum()
+            } else {
+                gc.iter().sum::<f32>() / hw as f32
+            };
+            for (m, v) in cam.iter_mut().zip(ac) {
+                *m += weight * v;
+            }
+        }
+        for v in cam.iter_mut() {
+            *v = v.max(0.0);
+        }
+        out.push(upsample(&cam, w, h, spec.width, spec.height));
+    }
+    Ok(out)
+}
+
+/// Bilinear resize of a `[h, w]` map.
+pub fn upsample(map: &[f32], w: usize, h: usize, to_w: usize, to_h: usize) -> Tensor {
+    let buffer = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(w as u32, h as u32, map.to_vec())
+        .unwrap_or_else(|| image::ImageBuffer::new(w as u32, h as u32));
+    let resized = image::imageops::resize(&buffer, to_w as u32, to_h as u32, image::imageops::FilterType::Triangle);
+    Tensor::f32(vec![to_h, to_w], resized.into_raw())
+}
+
+pub(super) fn explain(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &GradCamParams,
+    targets: &[Prediction],
+    plus_plus: bool,
+) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    let layer = resolve_layer(job, &p.layer)?;
+    let maps = cams(cx, job, &layer, targets, plus_plus)?;
+    Ok(targets
+        .iter()
+        .zip(maps)
+        .map(|(t, map)| TargetAttribution {
+            target: t.clone(),
+            tensor: map.clone(),
+            map: Some(map),
+            convergence_delta: None,
+            layer: Some(layer.clone()),
+        })
+        .collect())
+}

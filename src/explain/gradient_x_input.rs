@@ -1,0 +1,37 @@
+//! Gradient x input (Shrikumar et al. 2016): the gradient scaled by the input it was taken at.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{input_gradients, per_target, repeat_rows, Cx, ExplainJob, Fold, TargetAttribution};
+use crate::onnx::autodiff::RuleSet;
+use crate::runtime::predict::Prediction;
+use crate::runtime::{RuntimeError, Tensor};
+
+/// Gradient x input takes no parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GradientXInputParams {}
+
+pub(super) fn explain(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    _: &GradientXInputParams,
+    targets: &[Prediction],
+) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    let grads = input_gradients(cx, job, targets, RuleSet::Standard)?;
+    let inputs = repeat_rows(&job.input, targets.len());
+    let product: Vec<f32> = grads
+        .as_f32()
+        .unwrap_or(&[])
+        .iter()
+        .zip(inputs.as_f32().unwrap_or(&[]))
+        .map(|(g, x)| g * x)
+        .collect();
+    Ok(per_target(
+        job,
+        targets,
+        &Tensor::f32(grads.shape.clone(), product),
+        Fold::Sum,
+    ))
+}

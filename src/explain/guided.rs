@@ -1,0 +1,80 @@
+//! Guided backpropagation (Springenberg et al. 2015), run with the guided rule table, and Guided
+//! Grad-CAM (guided backpropagation times the Grad-CAM map).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::grad_cam::{cams, resolve_layer};
+use super::{fold_channels, input_gradients, per_target, row, Cx, ExplainJob, Fold, TargetAttribution};
+use crate::onnx::autodiff::RuleSet;
+use crate::runtime::manifest::Layout;
+use crate::runtime::predict::Prediction;
+use crate::runtime::{RuntimeError, Tensor};
+
+/// Guided backpropagation takes no parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuidedBackpropParams {}
+
+/// Guided Grad-CAM parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuidedGradCamParams {
+    /// The CAM layer; default: the last spatial layer.
+    pub layer: Option<String>,
+}
+
+pub(super) fn guided_backprop(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    _: &GuidedBackpropParams,
+    targets: &[Prediction],
+) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    let grads = input_gradients(cx, job, targets, RuleSet::GuidedBackprop)?;
+    Ok(per_target(job, targets, &grads, Fold::MaxAbs))
+}
+
+pub(super) fn guided_grad_cam(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &GuidedGradCamParams,
+    targets: &[Prediction],
+) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    let layer = resolve_layer(job, &p.layer)?;
+    let maps = cams(cx, job, &layer, targets, false)?;
+    let grads = input_gradients(cx, job, targets, RuleSet::GuidedBackprop)?;
+    let spec =
+        job.model.spec.image.as_ref().ok_or_else(|| {
+            crate::runtime::preprocess::InputError::WrongKind("CAM methods explain image models".into())
+        })?;
+    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    let g = grads.as_f32().unwrap_or(&[]);
+    let mut product = vec![0f32; g.len()];
+    for (r, map) in maps.iter().enumerate() {
+        let m = map.as_f32().unwrap_or(&[]);
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    let i = r * c * h * w
+                        + match spec.layout {
+                            Layout::NCHW => ch * h * w + y * w + x,
+                            Layout::NHWC => (y * w + x) * c + ch,
+                        };
+                    product[i] = g[i] * m[y * w + x];
+                }
+            }
+        }
+    }
+    let product = Tensor::f32(grads.shape.clone(), product);
+    Ok(targets
+        .iter()
+        .enumerate()
+        .map(|(r, t)| TargetAttribution {
+            target: t.clone(),
+            tensor: row(&product, r),
+            map: Some(fold_channels(&product, r, spec, Fold::MaxAbs)),
+            convergence_delta: None,
+            layer: Some(layer.clone()),
+        })
+        .collect())
+}

@@ -1,0 +1,471 @@
+//! Explanation methods, one file each, on a shared context that runs batched model passes through
+//! the worker's sessions. Methods never touch HTTP; the HTTP face validates requests into an
+//! [`ExplainJob`], and renders what comes back.
+
+pub mod baselines;
+mod grad_cam;
+mod gradient_x_input;
+mod guided;
+mod integrated_gradients;
+mod saliency;
+mod smoothgrad;
+pub mod targets;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use grad_cam::GradCamParams;
+pub use gradient_x_input::GradientXInputParams;
+pub use guided::{GuidedBackpropParams, GuidedGradCamParams};
+pub use integrated_gradients::{IntegratedGradientsParams, Integration};
+pub use saliency::SaliencyParams;
+pub use smoothgrad::{SmoothGradBase, SmoothGradParams, SmoothGradVariant};
+pub use targets::{TargetRef, TargetSpec};
+
+use crate::executor::{JobContext, Task};
+use crate::onnx::autodiff::RuleSet;
+use crate::runtime::gradients::GradientKey;
+use crate::runtime::manifest::{ImageSpec, Layout};
+use crate::runtime::predict::Prediction;
+use crate::runtime::sessions::GradientPass;
+use crate::runtime::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
+
+/// The explanation methods, by their path segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Gradient of the target w.r.t. the input.
+    Saliency,
+    /// Gradient times input.
+    GradientXInput,
+    /// Integrated Gradients (Sundararajan et al. 2017).
+    IntegratedGradients,
+    /// SmoothGrad (Smilkov et al. 2017) and its variants.
+    Smoothgrad,
+    /// Grad-CAM (Selvaraju et al. 2017).
+    GradCam,
+    /// Grad-CAM++ (Chattopadhay et al. 2018).
+    GradCamPlusPlus,
+    /// Guided backpropagation (Springenberg et al. 2015).
+    GuidedBackprop,
+    /// Guided backpropagation times Grad-CAM.
+    GuidedGradCam,
+}
+
+impl Method {
+    /// Every method.
+    pub const ALL: [Method; 8] = [
+        Method::Saliency,
+        Method::GradientXInput,
+        Method::IntegratedGradients,
+        Method::Smoothgrad,
+        Method::GradCam,
+        Method::GradCamPlusPlus,
+        Method::GuidedBackprop,
+        Method::GuidedGradCam,
+    ];
+
+    /// The path segment (`integrated-gradients`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Saliency => "saliency",
+            Method::GradientXInput => "gradient-x-input",
+            Method::IntegratedGradients => "integrated-gradients",
+            Method::Smoothgrad => "smoothgrad",
+            Method::GradCam => "grad-cam",
+            Method::GradCamPlusPlus => "grad-cam-plus-plus",
+            Method::GuidedBackprop => "guided-backprop",
+            Method::GuidedGradCam => "guided-grad-cam",
+        }
+    }
+
+    /// The method named by a path segment.
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Whether the method uses random numbers (and so echoes a seed).
+    pub fn is_random(self) -> bool {
+        matches!(self, Method::Smoothgrad)
+    }
+
+    /// Whether the method needs a spatial layer (CAM methods), so image models only.
+    pub fn needs_layer(self) -> bool {
+        matches!(self, Method::GradCam | Method::GradCamPlusPlus | Method::GuidedGradCam)
+    }
+}
+
+/// A method with its parameters, validated.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum MethodParams {
+    Saliency(SaliencyParams),
+    GradientXInput(GradientXInputParams),
+    IntegratedGradients(IntegratedGradientsParams),
+    Smoothgrad(SmoothGradParams),
+    GradCam(GradCamParams),
+    GradCamPlusPlus(GradCamParams),
+    GuidedBackprop(GuidedBackpropParams),
+    GuidedGradCam(GuidedGradCamParams),
+}
+
+/// Limits that bound every explanation's work, from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most model rows (samples x steps x targets) one explanation may run.
+    pub max_samples: usize,
+    /// Most targets per request.
+    pub max_targets: usize,
+}
+
+impl MethodParams {
+    /// Parses `params` (a JSON object, possibly empty) for `method`; unknown names are errors.
+    pub fn parse(method: Method, params: serde_json::Value, limits: Limits) -> Result<Self, String> {
+        fn de<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
+            serde_json::from_value(v).map_err(|e| format!("params: {e}"))
+        }
+        let parsed = match method {
+            Method::Saliency => MethodParams::Saliency(de(params)?),
+            Method::GradientXInput => MethodParams::GradientXInput(de(params)?),
+            Method::IntegratedGradients => MethodParams::IntegratedGradients(de(params)?),
+            Method::Smoothgrad => MethodParams::Smoothgrad(de(params)?),
+            Method::GradCam => MethodParams::GradCam(de(params)?),
+            Method::GradCamPlusPlus => MethodParams::GradCamPlusPlus(de(params)?),
+            Method::GuidedBackprop => MethodParams::GuidedBackprop(de(params)?),
+            Method::GuidedGradCam => MethodParams::GuidedGradCam(de(params)?),
+        };
+        parsed.validate(limits)?;
+        Ok(parsed)
+    }
+
+    fn validate(&self, limits: Limits) -> Result<(), String> {
+        match self {
+            MethodParams::IntegratedGradients(p) => p.validate(limits),
+            MethodParams::Smoothgrad(p) => p.validate(limits),
+            _ => Ok(()),
+        }
+    }
+
+    /// The model rows one target costs (for the samples limit).
+    pub fn rows_per_target(&self) -> usize {
+        match self {
+            MethodParams::IntegratedGradients(p) => p.steps,
+            MethodParams::Smoothgrad(p) => p.rows(),
+            MethodParams::GuidedGradCam(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// The CAM layer, when the method uses one.
+    pub fn layer(&self) -> Option<&Option<String>> {
+        match self {
+            MethodParams::GradCam(p) | MethodParams::GradCamPlusPlus(p) => Some(&p.layer),
+            MethodParams::GuidedGradCam(p) => Some(&p.layer),
+            _ => None,
+        }
+    }
+}
+
+/// A validated explanation request: what the worker runs.
+#[derive(Debug, Clone)]
+pub struct ExplainJob {
+    /// The model.
+    pub model: Arc<LoadedModel>,
+    /// The preprocessed input, `[1, ...]`.
+    pub input: Tensor,
+    /// Targets as requested.
+    pub targets: Option<TargetSpec>,
+    /// Method and parameters.
+    pub params: MethodParams,
+    /// Seed of the random methods.
+    pub seed: u64,
+    /// Work limits.
+    pub limits: Limits,
+}
+
+/// The attribution for one target.
+#[derive(Debug, Clone)]
+pub struct TargetAttribution {
+    /// The explained class with its score.
+    pub target: Prediction,
+    /// Attribution in the model's input space (the input's shape without the batch axis).
+    pub tensor: Tensor,
+    /// For image models: a 2-D map over the model's input pixels, `[height, width]`.
+    pub map: Option<Tensor>,
+    /// Integrated Gradients: sum of attributions minus (f(input) - f(baseline)).
+    pub convergence_delta: Option<f64>,
+    /// CAM methods: the layer used.
+    pub layer: Option<String>,
+}
+
+/// What an explanation run produced.
+#[derive(Debug, Clone)]
+pub struct ExplainResult {
+    /// One entry per target.
+    pub attributions: Vec<TargetAttribution>,
+    /// Model rows run (forward or forward+backward), over all batches.
+    pub rows: usize,
+    /// ONNX Runtime runs (batches).
+    pub runs: usize,
+    /// f(input) for each target, as scored when the explanation started.
+    pub scores: Vec<f64>,
+}
+
+/// The methods' workbench: batched passes through the worker's sessions, counted.
+pub struct Cx<'a> {
+    rt: &'a mut WorkerRuntime,
+    job_ctx: &'a JobContext,
+    model: Arc<LoadedModel>,
+    rows: usize,
+    runs: usize,
+}
+
+impl Cx<'_> {
+    /// Scores of the model's output for `input` rows.
+    pub fn forward(&mut self, input: &Tensor) -> Result<Tensor, RuntimeError> {
+        self.job_ctx.checkpoint()?;
+        let model = self.model.clone();
+        self.count(input.rows());
+        let mut outputs = self.rt.run(&model.name, &model.spec.input, input)?;
+        outputs
+            .remove(&model.spec.output)
+            .ok_or_else(|| RuntimeError::Inference {
+                model: model.name.clone(),
+                message: format!("output `{}` missing", model.spec.output),
+            })
+    }
+
+    /// Gradients for `input` rows with per-row `weights`, `chunk` rows per call at most.
+    pub fn gradients(
+        &mut self,
+        layers: &[String],
+        rules: RuleSet,
+        input: &Tensor,
+        weights: &Tensor,
+        chunk: usize,
+    ) -> Result<GradientPass, RuntimeError> {
+        let key = GradientKey {
+            model: self.model.name.clone(),
+            layers: layers.to_vec(),
+            rules,
+        };
+        let rows = input.rows();
+        let chunk = chunk.max(1);
+        let mut parts: Vec<GradientPass> = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            self.job_ctx.checkpoint()?;
+            let end = (start + chunk).min(rows);
+            let (i, w) = if start == 0 && end == rows {
+                (input.clone(), weights.clone())
+            } else {
+                (input.slice_rows(start, end), weights.slice_rows(start, end))
+            };
+            self.count(end - start);
+            parts.push(self.rt.gradients(&key, &i, &w)?);
+            start = end;
+        }
+        join_passes(parts).ok_or_else(|| RuntimeError::Inference {
+            model: self.model.name.clone(),
+            message: "gradient batches differ in shape".into(),
+        })
+    }
+
+    fn count(&mut self, rows: usize) {
+        self.rows += rows;
+        self.runs += rows.div_ceil(self.rt.max_batch());
+    }
+
+    /// Most rows per pass.
+    pub fn max_batch(&self) -> usize {
+        self.rt.max_batch()
+    }
+
+    /// The model being explained.
+    pub fn model(&self) -> &LoadedModel {
+        &self.model
+    }
+}
+
+fn join_passes(parts: Vec<GradientPass>) -> Option<GradientPass> {
+    let mut iter = parts.into_iter();
+    let first = iter.next()?;
+    let mut scores = vec![first.scores];
+    let mut input_grad = vec![first.input_grad];
+    let mut layers: Vec<(Vec<Tensor>, Vec<Tensor>)> =
+        first.layers.into_iter().map(|(a, g)| (vec![a], vec![g])).collect();
+    for p in iter {
+        scores.push(p.scores);
+        input_grad.push(p.input_grad);
+        for (slot, (a, g)) in layers.iter_mut().zip(p.layers) {
+            slot.0.push(a);
+            slot.1.push(g);
+        }
+    }
+    let mut joined = Vec::new();
+    for (a, g) in layers {
+        joined.push((Tensor::concat_rows(a)?, Tensor::concat_rows(g)?));
+    }
+    Some(GradientPass {
+        scores: Tensor::concat_rows(scores)?,
+        input_grad: Tensor::concat_rows(input_grad)?,
+        layers: joined,
+    })
+}
+
+/// `rows` copies of a one-row tensor.
+pub fn repeat_rows(t: &Tensor, rows: usize) -> Tensor {
+    let one = t.as_f32().unwrap_or(&[]);
+    let mut data = Vec::with_capacity(one.len() * rows);
+    for _ in 0..rows {
+        data.extend_from_slice(one);
+    }
+    let mut shape = t.shape.clone();
+    if let Some(first) = shape.first_mut() {
+        *first = rows;
+    }
+    Tensor::f32(shape, data)
+}
+
+/// Per-row one-hot weights over `classes` outputs: row r targets `indices[r]`.
+pub fn one_hot(indices: &[usize], classes: usize) -> Tensor {
+    let mut data = vec![0f32; indices.len() * classes];
+    for (r, &i) in indices.iter().enumerate() {
+        data[r * classes + i] = 1.0;
+    }
+    Tensor::f32(vec![indices.len(), classes], data)
+}
+
+/// How to fold an image attribution's channels into one map.
+#[derive(Debug, Clone, Copy)]
+pub enum Fold {
+    /// Largest absolute value over channels (Simonyan et al.'s saliency map).
+    MaxAbs,
+    /// Sum over channels (keeps the sign).
+    Sum,
+}
+
+/// Folds row `row` of an image-shaped tensor `[N, ...]` into a `[height, width]` map.
+pub fn fold_channels(t: &Tensor, row: usize, spec: &ImageSpec, fold: Fold) -> Tensor {
+    let values = t.as_f32().unwrap_or(&[]);
+    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    let base = row * h * w * c;
+    let mut map = vec![0f32; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let mut acc = 0f32;
+            for ch in 0..c {
+                let v = values[base
+                    + match spec.layout {
+                        Layout::NCHW => ch * h * w + y * w + x,
+                        Layout::NHWC => (y * w + x) * c + ch,
+                    }];
+                acc = match fold {
+                    Fold::MaxAbs => acc.max(v.abs()),
+                    Fold::Sum => acc + v,
+                };
+            }
+            map[y * w + x] = acc;
+        }
+    }
+    Tensor::f32(vec![h, w], map)
+}
+
+/// Row `row` of a tensor without the batch axis.
+pub fn row(t: &Tensor, row: usize) -> Tensor {
+    let mut r = t.slice_rows(row, row + 1);
+    r.shape.remove(0);
+    r
+}
+
+/// Runs the job's method.
+pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Result<ExplainResult, RuntimeError> {
+    let mut cx = Cx {
+        rt,
+        job_ctx,
+        model: job.model.clone(),
+        rows: 0,
+        runs: 0,
+    };
+    let scores_tensor = cx.forward(&job.input)?;
+    let scores: Vec<f64> = scores_tensor.to_f64();
+    let targets = targets::resolve(job.targets.as_ref(), &job.model, &scores, job.limits.max_targets)?;
+    let needed = targets.len() * job.params.rows_per_target();
+    if needed > job.limits.max_samples {
+        return Err(crate::runtime::preprocess::InputError::BadFeatures(format!(
+            "this explanation needs {needed} model rows ({} per target x {} targets); the limit is {} (max_samples)",
+            job.params.rows_per_target(),
+            targets.len(),
+            job.limits.max_samples
+        ))
+        .into());
+    }
+    let attributions = match &job.params {
+        MethodParams::Saliency(p) => saliency::explain(&mut cx, job, p, &targets)?,
+        MethodParams::GradientXInput(p) => gradient_x_input::explain(&mut cx, job, p, &targets)?,
+        MethodParams::IntegratedGradients(p) => integrated_gradients::explain(&mut cx, job, p, &targets, &scores)?,
+        MethodParams::Smoothgrad(p) => smoothgrad::explain(&mut cx, job, p, &targets)?,
+        MethodParams::GradCam(p) => grad_cam::explain(&mut cx, job, p, &targets, false)?,
+        MethodParams::GradCamPlusPlus(p) => grad_cam::explain(&mut cx, job, p, &targets, true)?,
+        MethodParams::GuidedBackprop(p) => guided::guided_backprop(&mut cx, job, p, &targets)?,
+        MethodParams::GuidedGradCam(p) => guided::guided_grad_cam(&mut cx, job, p, &targets)?,
+    };
+    let target_scores = targets
+        .iter()
+        .map(|t| scores.get(t.index).copied().unwrap_or(f64::NAN))
+        .collect();
+    Ok(ExplainResult {
+        attributions,
+        rows: cx.rows,
+        runs: cx.runs,
+        scores: target_scores,
+    })
+}
+
+/// An explanation as a job for a worker.
+pub struct ExplainTask(pub ExplainJob);
+
+impl Task for ExplainTask {
+    type Output = ExplainResult;
+
+    fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<ExplainResult, RuntimeError> {
+        run(rt, ctx, &self.0)
+    }
+}
+
+/// Input gradients for every target at `input` (one row per target): shared by the simple methods.
+fn input_gradients(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    targets: &[Prediction],
+    rules: RuleSet,
+) -> Result<Tensor, RuntimeError> {
+    let classes = job.model.spec.labels.len().max(1);
+    let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
+    let input = repeat_rows(&job.input, targets.len());
+    let weights = one_hot(&indices, classes);
+    let chunk = cx.max_batch();
+    Ok(cx.gradients(&[], rules, &input, &weights, chunk)?.input_grad)
+}
+
+/// Builds the per-target results from per-row attribution tensors.
+fn per_target(job: &ExplainJob, targets: &[Prediction], attributions: &Tensor, fold: Fold) -> Vec<TargetAttribution> {
+    targets
+        .iter()
+        .enumerate()
+        .map(|(r, t)| TargetAttribution {
+            target: t.clone(),
+            tensor: row(attributions, r),
+            map: job
+                .model
+                .spec
+                .image
+                .as_ref()
+                .map(|spec| fold_channels(attributions, r, spec, fold)),
+            convergence_delta: None,
+            layer: None,
+        })
+        .collect()
+}

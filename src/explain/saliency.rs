@@ -1,0 +1,48 @@
+//! Saliency (Simonyan et al. 2014): the gradient of the target w.r.t. the input.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{input_gradients, per_target, Cx, ExplainJob, Fold, TargetAttribution};
+use crate::onnx::autodiff::RuleSet;
+use crate::runtime::predict::Prediction;
+use crate::runtime::{RuntimeError, Tensor};
+
+/// Saliency parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SaliencyParams {
+    /// Absolute values of the gradient (Simonyan et al.; Captum's default). The image map is then
+    /// the largest absolute value over channels; signed gradients are summed over channels.
+    #[schema(default = true)]
+    pub abs: bool,
+}
+
+impl Default for SaliencyParams {
+    fn default() -> Self {
+        Self { abs: true }
+    }
+}
+
+pub(super) fn explain(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &SaliencyParams,
+    targets: &[Prediction],
+) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    let grads = input_gradients(cx, job, targets, RuleSet::Standard)?;
+    let (grads, fold) = if p.abs {
+        (abs(&grads), Fold::MaxAbs)
+    } else {
+        (grads, Fold::Sum)
+    };
+    Ok(per_target(job, targets, &grads, fold))
+}
+
+/// Elementwise absolute value.
+pub(super) fn abs(t: &Tensor) -> Tensor {
+    Tensor::f32(
+        t.shape.clone(),
+        t.as_f32().unwrap_or(&[]).iter().map(|v| v.abs()).collect(),
+    )
+}

@@ -1,0 +1,87 @@
+//! Which outputs to explain: a class index, a label, several of them, the top k, or (by default)
+//! the top-1 prediction.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::runtime::predict::{rank, Prediction};
+use crate::runtime::preprocess::InputError;
+use crate::runtime::LoadedModel;
+
+/// One requested target: a class index or a label.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TargetRef {
+    /// Class index.
+    Index(usize),
+    /// Class label, as the manifest names it.
+    Label(String),
+}
+
+/// Targets as requested.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TargetSpec {
+    /// `{"top_k": k}`: the k highest-scoring classes.
+    TopK {
+        /// How many classes.
+        top_k: usize,
+    },
+    /// One class.
+    One(TargetRef),
+    /// Several classes, one attribution each.
+    Many(Vec<TargetRef>),
+}
+
+/// Resolves targets against the model's labels and the input's scores (one row of the output).
+pub fn resolve(
+    spec: Option<&TargetSpec>,
+    model: &LoadedModel,
+    scores: &[f64],
+    max_targets: usize,
+) -> Result<Vec<Prediction>, InputError> {
+    let ranked = rank(model, scores, scores.len());
+    let by_index = |i: usize| -> Result<Prediction, InputError> {
+        ranked.iter().find(|p| p.index == i).cloned().ok_or_else(|| {
+            InputError::BadFeatures(format!(
+                "target {i} is out of range: the model has {} outputs",
+                scores.len()
+            ))
+        })
+    };
+    let by_ref = |r: &TargetRef| -> Result<Prediction, InputError> {
+        match r {
+            TargetRef::Index(i) => by_index(*i),
+            TargetRef::Label(l) => match model.spec.labels.iter().position(|x| x == l) {
+                Some(i) => by_index(i),
+                None => Err(InputError::BadFeatures(format!(
+                    "no class labelled `{l}`; GET /v1/models/{} lists the labels",
+                    model.name
+                ))),
+            },
+        }
+    };
+    let targets = match spec {
+        None => vec![ranked[0].clone()],
+        Some(TargetSpec::TopK { top_k }) => {
+            if *top_k == 0 {
+                return Err(InputError::BadFeatures("top_k must be at least 1".into()));
+            }
+            ranked.into_iter().take(*top_k).collect()
+        }
+        Some(TargetSpec::One(r)) => vec![by_ref(r)?],
+        Some(TargetSpec::Many(list)) => {
+            if list.is_empty() {
+                return Err(InputError::BadFeatures("the target list is empty".into()));
+            }
+            list.iter().map(by_ref).collect::<Result<_, _>>()?
+        }
+    };
+    if targets.len() > max_targets {
+        return Err(InputError::BadFeatures(format!(
+            "{} targets; at most {max_targets} per request",
+            targets.len()
+        )));
+    }
+    Ok(targets)
+}

@@ -1,0 +1,691 @@
+//! Gradient explanation endpoints: known-answer models built here (a classifier that reads only one
+//! region of the image, a linear tabular model), agreement with independently computed references,
+//! PNG overlays, targets, parameters, seeds, and errors. A real server on loopback throughout.
+
+mod common;
+
+use base64::Engine;
+use common::gradcheck::{backward, run_output, runner};
+use common::*;
+use explaind::onnx::autodiff::{RuleTable, WEIGHTS_INPUT};
+use explaind::onnx::builder::{Attr, GraphBuilder};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const SIDE: usize = 16;
+/// The region the region model reads (its masked activations), and the input pixels that reach it
+/// through the 3x3 convolution.
+const REGION: std::ops::Range<usize> = 2..8;
+const REACH: std::ops::Range<usize> = 1..9;
+
+/// logits = Gemm(GAP(mask * relu(conv(x)))): only REGION x REGION of the activation counts.
+fn region_model() -> explaind::onnx::proto::ModelProto {
+    let mut g = GraphBuilder::new("region", 17);
+    let x = g.input("input", &[-1, 1, SIDE as i64, SIDE as i64]);
+    let mut rng = Rng::new(41);
+    let w: Vec<f32> = (0..4 * 9).map(|_| rng.uniform(0.1, 1.0)).collect();
+    let w = g.constant("w", &[4, 1, 3, 3], &w);
+    let b = g.constant("b", &[4], &[0.0, -0.1, 0.05, 0.0]);
+    let conv = g.node("Conv", &[&x, &w, &b], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))]);
+    let relu = g.node("Relu", &[&conv], vec![]);
+    let mut mask = vec![0f32; SIDE * SIDE];
+    for y in REGION {
+        for x in REGION {
+            mask[y * SIDE + x] = 1.0;
+        }
+    }
+    let mask = g.constant("mask", &[1, 1, SIDE as i64, SIDE as i64], &mask);
+    g.node_with_outputs("Mul", &[&relu, &mask], &["masked"], vec![]);
+    let masked = "masked".to_string();
+    let gap = g.node("GlobalAveragePool", &[&masked], vec![]);
+    let flat = g.node("Flatten", &[&gap], vec![("axis", Attr::Int(1))]);
+    let fc = g.constant("fc", &[4, 2], &[1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 1.5, -1.5]);
+    g.node("Gemm", &[&flat, &fc], vec![]);
+    g.rename_last_output("logits");
+    g.output("logits", &[-1, 2]);
+    g.build()
+}
+
+const REGION_MANIFEST: &str =
+    "task = \"image-classification\"\nlabels = [\"region\", \"other\"]\n[image]\ncolor = \"grayscale\"\n";
+
+/// y = x W + b over 4 features, 2 outputs: every gradient method has a closed form.
+fn linear_model() -> (explaind::onnx::proto::ModelProto, Vec<f32>) {
+    let mut g = GraphBuilder::new("linear", 17);
+    let x = g.input("input", &[-1, 4]);
+    let w = vec![0.5, -1.0, 2.0, 0.0, -0.25, 1.0, 1.5, 3.0];
+    let wn = g.constant("w", &[4, 2], &w);
+    let b = g.constant("b", &[2], &[0.3, -0.2]);
+    let mm = g.node("MatMul", &[&x, &wn], vec![]);
+    g.node("Add", &[&mm, &b], vec![]);
+    g.rename_last_output("logits");
+    g.output("logits", &[-1, 2]);
+    (g.build(), w)
+}
+
+const LINEAR_MANIFEST: &str = "task = \"tabular-classification\"\nlabels = [\"a\", \"b\"]\n[tabular]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\"]\n";
+
+async fn start_known_answer() -> explaind::Service {
+    let dir = temp_dir("explain-models");
+    write_model(&dir, "region", &region_model(), REGION_MANIFEST);
+    write_model(&dir, "linear", &linear_model().0, LINEAR_MANIFEST);
+    for m in ["fashion-cnn", "breast-cancer"] {
+        std::fs::create_dir_all(dir.join(m)).unwrap();
+        for f in ["model.onnx", "model.toml", "background.csv"] {
+            let _ = std::fs::copy(root().join("models").join(m).join(f), dir.join(m).join(f));
+        }
+    }
+    let mut odd = GraphBuilder::new("odd", 17);
+    let x = odd.input("input", &[-1, 3]);
+    let s = odd.node("Sin", &[&x], vec![]);
+    odd.node("Identity", &[&s], vec![]);
+    odd.rename_last_output("scores");
+    odd.output("scores", &[-1, 3]);
+    write_model(&dir, "odd", &odd.build(), "task = \"tabular-classification\"\n");
+    start(test_config(&dir)).await
+}
+
+/// A noise image (seeded), `side` x `side`, grayscale PNG.
+fn noise_png(side: u32, seed: u64) -> (Vec<u8>, image::GrayImage) {
+    let mut rng = Rng::new(seed);
+    let img = image::GrayImage::from_fn(side, side, |_, _| image::Luma([rng.uniform(40.0, 255.0) as u8]));
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    (png, img)
+}
+
+async fn explain_json(http: &reqwest::Client, s: &explaind::Service, model: &str, method: &str, body: Value) -> Value {
+    let r = http
+        .post(url(s, &format!("/v1/models/{model}/explain/{method}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{method}: {v}");
+    v
+}
+
+fn values(v: &Value) -> Vec<f32> {
+    v["attributions"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_puts_the_attribution_where_the_model_looks() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    let (png, _) = noise_png(SIDE as u32, 1);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    for method in explaind::explain::Method::ALL {
+        let cam = method.needs_layer();
+        let body = json!({"image": b64, "target": "region", "seed": 5});
+        let v = explain_json(&http, &s, "region", method.name(), body).await;
+        assert_eq!(v["attributions"]["shape"], json!([SIDE, SIDE]), "{}", method.name());
+        assert_eq!(v["target"]["label"], "region");
+        let map = values(&v);
+        let inside = if cam { REGION } else { REACH };
+        let (mut mass_in, mut mass) = (0f64, 0f64);
+        for y in 0..SIDE {
+            for x in 0..SIDE {
+                let m = map[y * SIDE + x].abs() as f64;
+                mass += m;
+                if inside.contains(&y) && inside.contains(&x) {
+                    mass_in += m;
+                }
+            }
+        }
+        assert!(mass > 0.0, "{}: empty attribution", method.name());
+        // Bilinear upsampling of CAMs spreads a little past the region's edge.
+        let share = mass_in / mass;
+        let needed = if cam { 0.9 } else { 0.999 };
+        assert!(
+            share >= needed,
+            "{}: only {:.3} of the attribution lies in the region",
+            method.name(),
+            share
+        );
+        if cam {
+            assert_eq!(v["layer"], "masked", "{}: default CAM layer", method.name());
+        }
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn linear_model_closed_forms() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    let (_, w) = linear_model();
+    let x = [1.5f32, -2.0, 0.5, 3.0];
+    // Target b (index 1): weights column 1.
+    let col: Vec<f32> = (0..4).map(|i| w[i * 2 + 1]).collect();
+    let body = json!({"features": x, "target": 1});
+    let sal = explain_json(
+        &http,
+        &s,
+        "linear",
+        "saliency",
+        json!({"features": x, "target": 1, "params": {"abs": false}}),
+    )
+    .await;
+    let gxi = explain_json(&http, &s, "linear", "gradient-x-input", body.clone()).await;
+    let ig = explain_json(&http, &s, "linear", "integrated-gradients", body.clone()).await;
+    let ig_trap = explain_json(
+        &http,
+        &s,
+        "linear",
+        "integrated-gradients",
+        json!({"features": x, "target": 1, "params": {"integration": "riemann_trapezoid", "steps": 7}}),
+    )
+    .await;
+    for i in 0..4 {
+        assert!((values(&sal)[i] - col[i]).abs() < 1e-6, "saliency");
+        assert!((values(&gxi)[i] - x[i] * col[i]).abs() < 1e-5, "gradient x input");
+        // A black baseline for tabular models is all zeros: IG = x * w exactly.
+        assert!(
+            (values(&ig)[i] - x[i] * col[i]).abs() < 1e-4,
+            "integrated gradients: {} vs {}",
+            values(&ig)[i],
+            x[i] * col[i]
+        );
+        assert!((values(&ig_trap)[i] - x[i] * col[i]).abs() < 1e-4, "trapezoid");
+    }
+    assert!(ig["convergence_delta"].as_f64().unwrap().abs() < 1e-4);
+    // Tabular answers name the features, by decreasing magnitude.
+    let features = gxi["features"].as_array().unwrap();
+    assert_eq!(features[0]["name"], "f3");
+    assert_eq!(features[0]["value"], 3.0);
+    assert_eq!(ig["params"]["steps"], 50);
+    assert_eq!(ig["params"]["integration"], "gauss_legendre");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn integrated_gradients_converges_on_the_example_cnn() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    let png = std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let v = explain_json(
+        &http,
+        &s,
+        "fashion-cnn",
+        "integrated-gradients",
+        json!({"image": b64, "include": ["tensor"]}),
+    )
+    .await;
+    let total: f64 = v["attributions"]["tensor"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .sum();
+    let delta = v["convergence_delta"].as_f64().unwrap();
+    // f(x) - f(baseline) = sum - delta.
+    let gap = total - delta;
+    assert!(
+        delta.abs() < 0.01 * gap.abs(),
+        "delta {delta} vs f(x) - f(baseline) = {gap}"
+    );
+    assert_eq!(v["stats"]["model_rows"], 52, "50 path points + input + baseline");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn gradient_x_input_and_grad_cam_agree_with_independent_references() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    let runner = runner();
+    // Gradient x input on the breast-cancer MLP against central differences of its logit.
+    let holdout: Value =
+        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/breast_cancer_holdout.json")).unwrap())
+            .unwrap();
+    let x: Vec<f32> = holdout["cases"][0]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let v = explain_json(
+        &http,
+        &s,
+        "breast-cancer",
+        "gradient-x-input",
+        json!({"features": x, "target": 1}),
+    )
+    .await;
+    let got = values(&v);
+    let model =
+        explaind::onnx::proto::decode_model(&std::fs::read(root().join("models/breast-cancer/model.onnx")).unwrap())
+            .unwrap();
+    let mut forward = runner.session(&model).unwrap();
+    for i in 0..30 {
+        let h = (x[i].abs() * 1e-3).max(1e-4);
+        let mut plus = x.clone();
+        plus[i] += h;
+        let mut minus = x.clone();
+        minus[i] -= h;
+        let (_, yp) = run_output(&mut forward, &[("input", vec![1, 30], plus)], "logits");
+        let (_, ym) = run_output(&mut forward, &[("input", vec![1, 30], minus)], "logits");
+        let expected = (yp[1] - ym[1]) as f64 / (2.0 * h as f64) * x[i] as f64;
+        assert!(
+            (got[i] as f64 - expected).abs() < 2e-3 + 2e-2 * expected.abs(),
+            "feature {i}: {} vs {expected}",
+            got[i]
+        );
+    }
+    // Grad-CAM on fashion-cnn against the layer's activations and gradients from a backward model
+    // built here: channel weights = mean gradient, ReLU of the weighted sum, bilinear to 28x28.
+    let png = std::fs::read(root().join("tests/fixtures/fashion/test_03.png")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let v = explain_json(&http, &s, "fashion-cnn", "grad-cam", json!({"image": b64, "target": 2})).await;
+    let got = values(&v);
+    let fashion =
+        explaind::onnx::proto::decode_model(&std::fs::read(root().join("models/fashion-cnn/model.onnx")).unwrap())
+            .unwrap();
+    let bw = backward(
+        &fashion,
+        "input",
+        &[1, 1, 28, 28],
+        "logits",
+        &["relu3"],
+        &RuleTable::standard(),
+    );
+    let mut session = runner.session(&bw.model).unwrap();
+    let img = image::load_from_memory(&png).unwrap().to_luma8();
+    let input: Vec<f32> = img
+        .pixels()
+        .map(|p| (p.0[0] as f32 / 255.0 - 0.2860) / 0.3530)
+        .collect();
+    let mut w = vec![0f32; 10];
+    w[2] = 1.0;
+    let feeds = [("input", vec![1, 1, 28, 28], input), (WEIGHTS_INPUT, vec![1, 10], w)];
+    let (_, act) = run_output(&mut session, &feeds, "relu3");
+    let (_, grad) = run_output(&mut session, &feeds, "relu3.grad");
+    let mut cam = vec![0f32; 49];
+    for k in 0..64 {
+        let alpha: f32 = grad[k * 49..(k + 1) * 49].iter().sum::<f32>() / 49.0;
+        for p in 0..49 {
+            cam[p] += alpha * act[k * 49 + p];
+        }
+    }
+    let cam: Vec<f32> = cam.into_iter().map(|v| v.max(0.0)).collect();
+    let small = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(7, 7, cam).unwrap();
+    let expected = image::imageops::resize(&small, 28, 28, image::imageops::FilterType::Triangle).into_raw();
+    let scale = expected.iter().fold(0f32, |a, b| a.max(b.abs())).max(1e-6);
+    for (a, b) in got.iter().zip(&expected) {
+        assert!((a - b).abs() <= 1e-4 * scale, "grad-cam {a} vs {b}");
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn png_overlays_show_the_region_at_the_original_size() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    // A 64x64 image: the model sees it resized to 16x16; the overlay is drawn at 64x64.
+    let (png, original) = noise_png(64, 2);
+    let r = http
+        .post(url(
+            &s,
+            "/v1/models/region/explain/grad-cam?format=png&target=region&overlay=grayscale&alpha=0.8",
+        ))
+        .header("content-type", "image/png")
+        .body(png.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert!(r.headers().contains_key("x-explanation-id"));
+    assert_eq!(r.headers()["x-explanation-target"], "0:region");
+    let overlay = image::load_from_memory(&r.bytes().await.unwrap()).unwrap().to_rgb8();
+    assert_eq!(overlay.dimensions(), (64, 64));
+    // The most coloured pixels (farthest from grey) lie in the region, scaled by 4.
+    let colour = |p: &image::Rgb<u8>| {
+        let [r, g, b] = p.0.map(|c| c as i32);
+        (r - g).abs() + (g - b).abs() + (r - b).abs()
+    };
+    let mut pixels: Vec<(i32, u32, u32)> = overlay.enumerate_pixels().map(|(x, y, p)| (colour(p), x, y)).collect();
+    pixels.sort_by_key(|p| std::cmp::Reverse(p.0));
+    for &(c, x, y) in pixels.iter().take(100) {
+        assert!(c > 0);
+        let (rx, ry) = (x as usize / 4, y as usize / 4);
+        assert!(
+            REACH.contains(&rx) && REACH.contains(&ry),
+            "a hot pixel at ({x}, {y}) lies outside the region"
+        );
+    }
+    let _ = original;
+    // Two targets: two panels side by side; the JSON form can embed the PNG too.
+    let r = http
+        .post(url(&s, "/v1/models/region/explain/saliency?target=0,1"))
+        .header("content-type", "image/png")
+        .header("accept", "image/png")
+        .body(png.clone())
+        .send()
+        .await
+        .unwrap();
+    let both = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!((both.width(), both.height()), (128, 64));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let v = explain_json(
+        &http,
+        &s,
+        "region",
+        "saliency",
+        json!({"image": b64, "include": ["overlay"], "render": {"colormap": "inferno"}}),
+    )
+    .await;
+    let embedded = base64::engine::general_purpose::STANDARD
+        .decode(v["overlay_png"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(image::load_from_memory(&embedded).unwrap().width(), 64);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn targets_seeds_and_input_forms() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    let png = std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    // top_k: one explanation per target, in score order, computed in one batch.
+    let v = explain_json(
+        &http,
+        &s,
+        "fashion-cnn",
+        "saliency",
+        json!({"image": b64, "target": {"top_k": 3}}),
+    )
+    .await;
+    let list = v["explanations"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert!(list[0]["target"]["score"].as_f64() >= list[1]["target"]["score"].as_f64());
+    assert!(v.get("attributions").is_none());
+    assert_eq!(v["stats"]["model_rows"], 4);
+    // Labels and indices.
+    let v = explain_json(
+        &http,
+        &s,
+        "fashion-cnn",
+        "saliency",
+        json!({"image": b64, "target": ["Sneaker", 0]}),
+    )
+    .await;
+    assert_eq!(v["explanations"][0]["target"]["index"], 7);
+    assert_eq!(v["explanations"][1]["target"]["label"], "T-shirt/top");
+    // The same seed gives the same numbers; another seed other numbers; no seed: one is drawn and echoed.
+    let a = explain_json(
+        &http,
+        &s,
+        "fashion-cnn",
+        "smoothgrad",
+        json!({"image": b64, "seed": 9, "params": {"samples": 8}}),
+    )
+    .await;
+    let b = explain_json(
+        &http,
+        &s,
+        "fashion-cnn",
+        "smoothgrad",
+        json!({"image": b64, "seed": 9, "params": {"samples": 8}}),
+    )
+    .await;
+    let c = explain_json(
+        &http,
+        &s,
+        "fashion-cnn",
+        "smoothgrad",
+        json!({"image": b64, "seed": 10, "params": {"samples": 8}}),
+    )
+    .await;
+    assert_eq!(a["attributions"], b["attributions"]);
+    assert_ne!(a["attributions"], c["attributions"]);
+    assert_eq!(a["seed"], 9);
+    let d = explain_json(
+        &http,
+        &s,
+        "fashion-cnn",
+        "smoothgrad",
+        json!({"image": b64, "params": {"samples": 4, "variant": "vargrad"}}),
+    )
+    .await;
+    assert!(d["seed"].is_u64());
+    assert_eq!(d["params"]["noise_level"], 0.15);
+    // Raw body with query parameters, and multipart with a request part, match JSON.
+    let raw: Value = http
+        .post(url(
+            &s,
+            "/v1/models/fashion-cnn/explain/integrated-gradients?steps=8&target=3",
+        ))
+        .header("content-type", "image/png")
+        .body(png.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(png.clone())
+                .file_name("x.png")
+                .mime_str("image/png")
+                .unwrap(),
+        )
+        .text("request", r#"{"target": 3, "params": {"steps": 8}}"#);
+    let multipart: Value = http
+        .post(url(&s, "/v1/models/fashion-cnn/explain/integrated-gradients"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let json_form = explain_json(
+        &http,
+        &s,
+        "fashion-cnn",
+        "integrated-gradients",
+        json!({"image": b64, "target": 3, "params": {"steps": 8}}),
+    )
+    .await;
+    assert_eq!(raw["attributions"], json_form["attributions"]);
+    assert_eq!(multipart["attributions"], json_form["attributions"]);
+    assert_eq!(raw["params"]["steps"], 8);
+    s.stop().await.unwrap();
+}
+
+async fn problem(r: reqwest::Response, status: StatusCode, slug: &str) -> String {
+    let got = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    let text = v.to_string();
+    assert_eq!(got, status, "expected {slug}, got {}", &text[..text.len().min(400)]);
+    assert_eq!(v["type"], format!("/problems/{slug}"), "{v}");
+    v["detail"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn bad_explanation_requests() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    let png = std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let post = |path: &str, body: Value| http.post(url(&s, path)).json(&body).send();
+    let detail = problem(
+        post("/v1/models/fashion-cnn/explain/lime-ish", json!({"image": b64}))
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "not-found",
+    )
+    .await;
+    assert!(detail.contains("integrated-gradients"), "{detail}");
+    let detail = problem(
+        post(
+            "/v1/models/fashion-cnn/explain/saliency",
+            json!({"image": b64, "params": {"absolute": true}}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    assert!(detail.contains("absolute"), "{detail}");
+    problem(
+        post(
+            "/v1/models/fashion-cnn/explain/integrated-gradients",
+            json!({"image": b64, "params": {"steps": 1}}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    problem(
+        post(
+            "/v1/models/fashion-cnn/explain/integrated-gradients",
+            json!({"image": b64, "params": {"steps": 100000}}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    problem(
+        post(
+            "/v1/models/fashion-cnn/explain/smoothgrad",
+            json!({"image": b64, "params": {"variant": "loud"}}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    let detail = problem(
+        post(
+            "/v1/models/fashion-cnn/explain/saliency",
+            json!({"image": b64, "target": "Banana"}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    assert!(detail.contains("Banana"), "{detail}");
+    problem(
+        post(
+            "/v1/models/fashion-cnn/explain/saliency",
+            json!({"image": b64, "target": 12}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    let detail = problem(
+        post(
+            "/v1/models/fashion-cnn/explain/grad-cam",
+            json!({"image": b64, "params": {"layer": "logits"}}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    assert!(detail.contains("relu3"), "candidates are listed: {detail}");
+    problem(
+        post(
+            "/v1/models/breast-cancer/explain/grad-cam",
+            json!({"features": vec![1.0; 30]}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    let detail = problem(
+        post("/v1/models/odd/explain/saliency", json!({"features": [1, 2, 3]}))
+            .await
+            .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "model-not-differentiable",
+    )
+    .await;
+    assert!(detail.contains("Sin"), "{detail}");
+    problem(
+        post(
+            "/v1/models/breast-cancer/explain/saliency",
+            json!({"features": vec![1.0; 30], "format": "png"}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    problem(
+        post(
+            "/v1/models/fashion-cnn/explain/saliency",
+            json!({"image": b64, "render": {"alpha": 3}}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    // More targets than max_targets (10).
+    let detail = problem(
+        post(
+            "/v1/models/fashion-cnn/explain/saliency",
+            json!({"image": b64, "target": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0]}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    assert!(detail.contains("at most 10"), "{detail}");
+    problem(
+        post("/v1/models/nope/explain/saliency", json!({"image": b64}))
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "model-not-found",
+    )
+    .await;
+    problem(
+        http.post(url(&s, "/v1/models/fashion-cnn/explain/saliency?colour=red"))
+            .header("content-type", "image/png")
+            .body(png.clone())
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    // Still serving.
+    explain_json(&http, &s, "fashion-cnn", "saliency", json!({"image": b64})).await;
+    s.stop().await.unwrap();
+}
