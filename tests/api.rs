@@ -48,7 +48,10 @@ async fn lists_models_with_hashes_and_interfaces() {
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     // `make efficientnet` may have added a third (not committed) model.
-    assert!(names.starts_with(&["breast-cancer"]) && names.contains(&"fashion-cnn"), "{names:?}");
+    assert!(
+        names.starts_with(&["breast-cancer"]) && names.contains(&"fashion-cnn"),
+        "{names:?}"
+    );
     let fashion: Value = http
         .get(url(&s, "/v1/models/fashion-cnn"))
         .send()

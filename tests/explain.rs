@@ -689,3 +689,70 @@ async fn bad_explanation_requests() {
     explain_json(&http, &s, "fashion-cnn", "saliency", json!({"image": b64})).await;
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn predictions_carry_explanations_when_asked() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    let png = std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let endpoint = url(&s, "/v1/models/fashion-cnn/predict");
+    let v: Value = http
+        .post(&endpoint)
+        .json(&json!({"image": b64, "top_k": 2, "explain": {"method": "saliency"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 2);
+    let e = &v["explanation"];
+    assert_eq!(e["method"], "saliency");
+    assert_eq!(e["target"]["index"], v["predictions"][0]["index"]);
+    assert_eq!(e["attributions"]["shape"], json!([28, 28]));
+    // The prediction's forward pass serves the explanation: only the gradient pass is added.
+    assert_eq!(e["stats"]["model_rows"], 1);
+    let alone = explain_json(&http, &s, "fashion-cnn", "saliency", json!({"image": b64})).await;
+    assert_eq!(alone["attributions"], e["attributions"]);
+
+    // `when` does not hold: a prediction without explanation.
+    let v: Value = http
+        .post(&endpoint)
+        .json(&json!({"image": b64, "explain": {"method": "grad-cam", "when": {"labels": ["Sneaker"]}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["predictions"][0]["label"], "Ankle boot");
+    assert!(v.get("explanation").is_none(), "{v}");
+
+    // A batch: only the confident predictions are explained.
+    let other = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(root().join("tests/fixtures/fashion/test_01.png")).unwrap());
+    let v: Value = http
+        .post(&endpoint)
+        .json(&json!({"instances": [{"image": b64}, {"image": other}], "explain": {"method": "integrated-gradients", "params": {"steps": 8}, "when": {"min_score": 0.5}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = v["instances"].as_array().unwrap();
+    for row in rows {
+        let confident = row["predictions"][0]["score"].as_f64().unwrap() >= 0.5;
+        assert_eq!(row.get("explanation").is_some(), confident, "{row}");
+    }
+    // A bad explain spec is refused before any work.
+    let r = http
+        .post(&endpoint)
+        .json(&json!({"image": b64, "explain": {"method": "saliency", "params": {"steps": 3}}}))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::BAD_REQUEST, "invalid-request").await;
+    s.stop().await.unwrap();
+}

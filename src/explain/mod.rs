@@ -183,6 +183,8 @@ pub struct ExplainJob {
     pub seed: u64,
     /// Work limits.
     pub limits: Limits,
+    /// The input's scores when a prediction already computed them (saves a forward pass).
+    pub scores: Option<Vec<f64>>,
 }
 
 /// The attribution for one target.
@@ -209,6 +211,8 @@ pub struct ExplainResult {
     pub rows: usize,
     /// ONNX Runtime runs (batches).
     pub runs: usize,
+    /// Of `rows`, those run through the backward model.
+    pub gradient_rows: usize,
     /// f(input) for each target, as scored when the explanation started.
     pub scores: Vec<f64>,
 }
@@ -220,6 +224,7 @@ pub struct Cx<'a> {
     model: Arc<LoadedModel>,
     rows: usize,
     runs: usize,
+    gradient_rows: usize,
 }
 
 impl Cx<'_> {
@@ -264,6 +269,7 @@ impl Cx<'_> {
                 (input.slice_rows(start, end), weights.slice_rows(start, end))
             };
             self.count(end - start);
+            self.gradient_rows += end - start;
             parts.push(self.rt.gradients(&key, &i, &w)?);
             start = end;
         }
@@ -388,9 +394,12 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
         model: job.model.clone(),
         rows: 0,
         runs: 0,
+        gradient_rows: 0,
     };
-    let scores_tensor = cx.forward(&job.input)?;
-    let scores: Vec<f64> = scores_tensor.to_f64();
+    let scores: Vec<f64> = match &job.scores {
+        Some(s) => s.clone(),
+        None => cx.forward(&job.input)?.to_f64(),
+    };
     let targets = targets::resolve(job.targets.as_ref(), &job.model, &scores, job.limits.max_targets)?;
     let needed = targets.len() * job.params.rows_per_target();
     if needed > job.limits.max_samples {
@@ -420,6 +429,7 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
         attributions,
         rows: cx.rows,
         runs: cx.runs,
+        gradient_rows: cx.gradient_rows,
         scores: target_scores,
     })
 }
@@ -432,6 +442,68 @@ impl Task for ExplainTask {
 
     fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<ExplainResult, RuntimeError> {
         run(rt, ctx, &self.0)
+    }
+}
+
+/// When a prediction should carry an explanation.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// Explain only when the top prediction has one of these labels.
+    pub labels: Option<Vec<String>>,
+    /// Explain only when the top prediction's score is at least this.
+    pub min_score: Option<f32>,
+}
+
+impl Condition {
+    /// Whether the top prediction meets the condition.
+    pub fn holds(&self, top: &Prediction) -> bool {
+        self.labels.as_ref().is_none_or(|l| l.contains(&top.label)) && self.min_score.is_none_or(|m| top.score >= m)
+    }
+}
+
+/// A prediction that explains the rows meeting a condition, in one job: the explanations reuse the
+/// prediction's forward pass.
+pub struct PredictExplainTask {
+    /// The prediction.
+    pub predict: crate::runtime::predict::PredictTask,
+    /// Method, parameters, targets, seed and limits of the explanations.
+    pub params: MethodParams,
+    /// Targets to explain (default: top-1).
+    pub targets: Option<TargetSpec>,
+    /// Seed of random methods.
+    pub seed: u64,
+    /// Work limits.
+    pub limits: Limits,
+    /// Which rows to explain.
+    pub when: Condition,
+}
+
+impl Task for PredictExplainTask {
+    type Output = (Vec<crate::runtime::predict::RowPrediction>, Vec<Option<ExplainResult>>);
+
+    fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Self::Output, RuntimeError> {
+        let p = &self.predict;
+        let rows = crate::runtime::predict::predict(rt, &p.model, &p.input, p.top_k)?;
+        let mut explained = Vec::with_capacity(rows.len());
+        for (r, row) in rows.iter().enumerate() {
+            let top = &row.predictions[0];
+            if !self.when.holds(top) {
+                explained.push(None);
+                continue;
+            }
+            let job = ExplainJob {
+                model: p.model.clone(),
+                input: p.input.slice_rows(r, r + 1),
+                targets: self.targets.clone(),
+                params: self.params.clone(),
+                seed: self.seed,
+                limits: self.limits,
+                scores: row.outputs.get(&p.model.spec.output).cloned(),
+            };
+            explained.push(Some(run(rt, ctx, &job)?));
+        }
+        Ok((rows, explained))
     }
 }
 

@@ -265,6 +265,7 @@ pub async fn explain(
         params: params.clone(),
         seed,
         limits,
+        scores: None,
     };
     let result = admission
         .run(ExplainTask(job))
@@ -297,7 +298,7 @@ pub async fn explain(
 }
 
 /// Refuses, before any work, methods the model cannot serve.
-fn check_applicable(model: &LoadedModel, method: Method) -> Result<(), ApiError> {
+pub(super) fn check_applicable(model: &LoadedModel, method: Method) -> Result<(), ApiError> {
     if let Some(report) = model.gradient_report.get() {
         if !report.differentiable {
             return Err(ApiError::new(
@@ -453,14 +454,15 @@ fn request_from_query(pairs: &[(String, String)]) -> Result<ExplainRequest, ApiE
 }
 
 /// The prepared input and what is needed to map results back.
-struct Prepared {
-    tensor: Tensor,
+pub(super) struct Prepared {
+    pub(super) tensor: Tensor,
     original: Option<image::RgbImage>,
     geometry: Option<Geometry>,
     features: Option<Vec<f32>>,
 }
 
-fn prepare(model: &LoadedModel, raw: RawInput, max_pixels: u64) -> Result<Prepared, ApiError> {
+/// Decodes and preprocesses one input, keeping what maps results back onto it.
+pub(super) fn prepare(model: &LoadedModel, raw: RawInput, max_pixels: u64) -> Result<Prepared, ApiError> {
     match (raw, model.spec.task) {
         (RawInput::Image(bytes), Task::ImageClassification) => {
             let img = preprocess::decode_image(&bytes, max_pixels)?;
@@ -505,35 +507,31 @@ fn prepare(model: &LoadedModel, raw: RawInput, max_pixels: u64) -> Result<Prepar
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn render_response(
+/// Per-target JSON explanations, and the overlay panels when `panels` is asked.
+pub(super) fn explanations(
     model: &LoadedModel,
-    method: Method,
-    params: MethodParams,
-    seed: Option<u64>,
-    id: String,
-    result: ExplainResult,
+    result: &ExplainResult,
     prepared: &Prepared,
     render_options: &RenderOptions,
     include: &[Include],
-    wants_png: bool,
+    panels: bool,
     max_map_pixels: u64,
-    started: Instant,
-) -> Response {
-    let mut panels = Vec::new();
+) -> (Vec<TargetExplanation>, Vec<image::RgbImage>) {
+    let mut drawn = Vec::new();
     let mut explanations = Vec::new();
     for a in &result.attributions {
         let (shape, values, panel) = match (&a.map, &prepared.geometry, &prepared.original) {
             (Some(map), Some(geometry), Some(original)) => {
                 let (h, w) = (map.shape[0], map.shape[1]);
                 let (ow, oh, values) = geometry.map_back(map.as_f32().unwrap_or(&[]), w, h, max_map_pixels);
-                let background = if (ow, oh) == original.dimensions() {
-                    original.clone()
-                } else {
-                    image::imageops::resize(original, ow, oh, image::imageops::FilterType::Triangle)
-                };
-                let panel = (wants_png || include.contains(&Include::Overlay))
-                    .then(|| render::overlay(&background, &values, render_options));
+                let panel = (panels || include.contains(&Include::Overlay)).then(|| {
+                    let background = if (ow, oh) == original.dimensions() {
+                        original.clone()
+                    } else {
+                        image::imageops::resize(original, ow, oh, image::imageops::FilterType::Triangle)
+                    };
+                    render::overlay(&background, &values, render_options)
+                });
                 (vec![oh as usize, ow as usize], values, panel)
             }
             _ => (a.tensor.shape.clone(), a.tensor.as_f32().unwrap_or(&[]).to_vec(), None),
@@ -562,7 +560,7 @@ fn render_response(
             _ => None,
         };
         if let Some(p) = panel {
-            panels.push(p);
+            drawn.push(p);
         }
         let tensor = include.contains(&Include::Tensor).then(|| Array {
             shape: a.tensor.shape.clone(),
@@ -577,6 +575,68 @@ fn render_response(
             overlay_png,
         });
     }
+    (explanations, drawn)
+}
+
+/// The JSON body of an explanation.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn explain_body(
+    model: &LoadedModel,
+    method: Method,
+    params: MethodParams,
+    seed: Option<u64>,
+    id: String,
+    mut explanations: Vec<TargetExplanation>,
+    result: &ExplainResult,
+    started: Instant,
+) -> ExplainResponse {
+    let stats = ExplainStats {
+        model_rows: result.rows,
+        model_runs: result.runs,
+        wall_ms: started.elapsed().as_secs_f64() * 1e3,
+    };
+    let (single, many) = if explanations.len() == 1 {
+        (explanations.pop(), None)
+    } else {
+        (None, Some(explanations))
+    };
+    ExplainResponse {
+        id,
+        model: model.name.clone(),
+        model_sha256: model.sha256.clone(),
+        method,
+        params,
+        seed,
+        single,
+        explanations: many,
+        stats,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render_response(
+    model: &LoadedModel,
+    method: Method,
+    params: MethodParams,
+    seed: Option<u64>,
+    id: String,
+    result: ExplainResult,
+    prepared: &Prepared,
+    render_options: &RenderOptions,
+    include: &[Include],
+    wants_png: bool,
+    max_map_pixels: u64,
+    started: Instant,
+) -> Response {
+    let (explanations, panels) = explanations(
+        model,
+        &result,
+        prepared,
+        render_options,
+        include,
+        wants_png,
+        max_map_pixels,
+    );
     if wants_png {
         let png = render::png(&render::side_by_side(&panels));
         let targets: Vec<String> = result
@@ -595,28 +655,17 @@ fn render_response(
         }
         return response;
     }
-    let stats = ExplainStats {
-        model_rows: result.rows,
-        model_runs: result.runs,
-        wall_ms: started.elapsed().as_secs_f64() * 1e3,
-    };
-    let (single, many) = if explanations.len() == 1 {
-        (explanations.pop(), None)
-    } else {
-        (None, Some(explanations))
-    };
-    let body = ExplainResponse {
-        id,
-        model: model.name.clone(),
-        model_sha256: model.sha256.clone(),
+    Json(explain_body(
+        model,
         method,
         params,
         seed,
-        single,
-        explanations: many,
-        stats,
-    };
-    Json(body).into_response()
+        id,
+        explanations,
+        &result,
+        started,
+    ))
+    .into_response()
 }
 
 /// A header-safe version of a label.

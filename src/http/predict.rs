@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -11,8 +12,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{from_exec, model_not_found, ApiError, ProblemKind};
+use super::explain::{self, ExplainResponse, Include};
 use super::input::{self, FeaturesJson, RawInput};
 use super::AppState;
+use crate::explain::{Condition, Limits, Method, MethodParams, PredictExplainTask, TargetSpec};
+use crate::render::RenderOptions;
 use crate::runtime::manifest::Task;
 use crate::runtime::predict::{PredictTask, Prediction, RowPrediction};
 use crate::runtime::preprocess::{self, InputError};
@@ -34,6 +38,29 @@ pub struct PredictRequest {
     /// Classes to report per input (default 5, at most `max_top_k`).
     #[schema(minimum = 1)]
     pub top_k: Option<usize>,
+    /// Explain the prediction too (every input, or those meeting `when`), in the same job.
+    pub explain: Option<PredictExplain>,
+}
+
+/// An explanation attached to a prediction.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictExplain {
+    /// The method (a gradient method: saliency, integrated-gradients, grad-cam, ...).
+    pub method: Method,
+    /// The method's parameters.
+    #[schema(value_type = Object)]
+    pub params: Option<serde_json::Value>,
+    /// Explain only predictions meeting this condition (default: all).
+    pub when: Option<Condition>,
+    /// Targets (default: the top-1 prediction).
+    pub target: Option<TargetSpec>,
+    /// Seed of random methods; drawn and echoed when absent.
+    pub seed: Option<u64>,
+    /// Extra parts (`tensor`, `overlay`).
+    pub include: Option<Vec<Include>>,
+    /// How an embedded overlay is drawn.
+    pub render: Option<RenderOptions>,
 }
 
 /// One input of a batch.
@@ -60,6 +87,7 @@ pub struct PredictQuery {
 #[serde(deny_unknown_fields)]
 struct MultipartOptions {
     top_k: Option<usize>,
+    explain: Option<PredictExplain>,
 }
 
 /// The answer to a prediction.
@@ -75,9 +103,23 @@ pub struct PredictResponse {
     /// Raw model outputs of the single input (absent for `instances`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outputs: Option<BTreeMap<String, Vec<f64>>>,
+    /// The explanation of the single input, when asked and `when` held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<ExplainResponse>,
     /// One result per input, in order, when the request used `instances`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub instances: Option<Vec<RowPrediction>>,
+    pub instances: Option<Vec<InstanceResult>>,
+}
+
+/// One input's result in a batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstanceResult {
+    /// Predictions and outputs.
+    #[serde(flatten)]
+    pub prediction: RowPrediction,
+    /// Its explanation, when asked and `when` held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<ExplainResponse>,
 }
 
 /// Predicts the class (or value) of an image or a feature vector.
@@ -119,9 +161,10 @@ pub async fn predict(
     // A slot first: a full service spends nothing on reading or decoding.
     let admission = state.executor.admit().map_err(|e| from_exec(e, retry_after))?;
     let received = input::read_body(&headers, body, state.config.max_body_bytes).await?;
-    let (inputs, top_k, batched) = parse_predict_body(&received, &uri).await?;
+    let parsed = parse_predict_body(&received, &uri).await?;
+    let (inputs, batched) = (parsed.inputs, parsed.batched);
 
-    let top_k = top_k.unwrap_or(DEFAULT_TOP_K);
+    let top_k = parsed.top_k.unwrap_or(DEFAULT_TOP_K);
     if top_k == 0 || top_k > state.config.max_top_k {
         return Err(ApiError::new(
             ProblemKind::InvalidRequest,
@@ -144,43 +187,148 @@ pub async fn predict(
             ),
         ));
     }
-
     let max_pixels = state.config.max_image_pixels;
-    let prep_model = model.clone();
-    let tensor = tokio::task::spawn_blocking(move || prepare_rows(&prep_model, inputs, max_pixels))
-        .await
-        .map_err(ApiError::internal)??;
-
-    let mut rows = admission
-        .run(PredictTask {
-            model: model.clone(),
-            input: tensor,
-            top_k,
-        })
-        .await
-        .map_err(|e| from_exec(e, retry_after))?;
-
     let mut response = PredictResponse {
         model: model.name.clone(),
         model_sha256: model.sha256.clone(),
         predictions: None,
         outputs: None,
+        explanation: None,
         instances: None,
     };
+
+    let Some(plan) = parsed.explain else {
+        let prep_model = model.clone();
+        let tensor = tokio::task::spawn_blocking(move || prepare_rows(&prep_model, inputs, max_pixels))
+            .await
+            .map_err(ApiError::internal)??;
+        let mut rows = admission
+            .run(PredictTask {
+                model: model.clone(),
+                input: tensor,
+                top_k,
+            })
+            .await
+            .map_err(|e| from_exec(e, retry_after))?;
+        if batched {
+            response.instances = Some(
+                rows.into_iter()
+                    .map(|prediction| InstanceResult {
+                        prediction,
+                        explanation: None,
+                    })
+                    .collect(),
+            );
+        } else if let Some(row) = rows.pop() {
+            response.predictions = Some(row.predictions);
+            response.outputs = Some(row.outputs);
+        }
+        return Ok(Json(response));
+    };
+
+    // With an explanation: each input keeps what maps its attribution back onto it.
+    let started = Instant::now();
+    explain::check_applicable(&model, plan.method)?;
+    let limits = Limits {
+        max_samples: state.config.max_samples,
+        max_targets: state.config.max_targets,
+    };
+    let params = MethodParams::parse(
+        plan.method,
+        plan.params.clone().unwrap_or_else(|| serde_json::json!({})),
+        limits,
+    )
+    .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, e))?;
+    let render_options = plan.render.clone().unwrap_or_default();
+    render_options
+        .validate()
+        .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, e))?;
+    let seed = plan.seed.unwrap_or_else(rand::random);
+    let prep_model = model.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        inputs
+            .into_iter()
+            .map(|raw| explain::prepare(&prep_model, raw, max_pixels))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let tensor = Tensor::concat_rows(prepared.iter().map(|p| p.tensor.clone()).collect())
+        .ok_or_else(|| ApiError::internal("inputs of different shapes"))?;
+    let task = PredictExplainTask {
+        predict: PredictTask {
+            model: model.clone(),
+            input: tensor,
+            top_k,
+        },
+        params: params.clone(),
+        targets: plan.target.clone(),
+        seed,
+        limits,
+        when: plan.when.clone().unwrap_or_default(),
+    };
+    let (rows, results) = admission.run(task).await.map_err(|e| from_exec(e, retry_after))?;
+    let include = plan.include.clone().unwrap_or_default();
+    let max_map_pixels = state.config.max_map_pixels;
+    let method = plan.method;
+    let seed_echo = method.is_random().then_some(seed);
+    let model_for_render = model.clone();
+    let instances = tokio::task::spawn_blocking(move || {
+        rows.into_iter()
+            .zip(results)
+            .zip(&prepared)
+            .map(|((prediction, result), prep)| {
+                let explanation = result.map(|r| {
+                    let (list, _) = explain::explanations(
+                        &model_for_render,
+                        &r,
+                        prep,
+                        &render_options,
+                        &include,
+                        false,
+                        max_map_pixels,
+                    );
+                    let id = uuid::Uuid::new_v4().to_string();
+                    explain::explain_body(
+                        &model_for_render,
+                        method,
+                        params.clone(),
+                        seed_echo,
+                        id,
+                        list,
+                        &r,
+                        started,
+                    )
+                });
+                InstanceResult {
+                    prediction,
+                    explanation,
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(ApiError::internal)?;
     if batched {
-        response.instances = Some(rows);
-    } else if let Some(row) = rows.pop() {
-        response.predictions = Some(row.predictions);
-        response.outputs = Some(row.outputs);
+        response.instances = Some(instances);
+    } else if let Some(one) = instances.into_iter().next() {
+        response.predictions = Some(one.prediction.predictions);
+        response.outputs = Some(one.prediction.outputs);
+        response.explanation = one.explanation;
     }
     Ok(Json(response))
 }
 
+/// A predict body, parsed.
+struct ParsedPredict {
+    inputs: Vec<RawInput>,
+    top_k: Option<usize>,
+    batched: bool,
+    explain: Option<PredictExplain>,
+}
+
 /// Reads inputs and options from any of the accepted body forms.
-async fn parse_predict_body(
-    received: &input::ReceivedBody,
-    uri: &Uri,
-) -> Result<(Vec<RawInput>, Option<usize>, bool), ApiError> {
+async fn parse_predict_body(received: &input::ReceivedBody, uri: &Uri) -> Result<ParsedPredict, ApiError> {
     let media = received.media_type.as_str();
     if media == "application/json" {
         let req: PredictRequest = input::parse_json(&received.bytes)?;
@@ -206,20 +354,40 @@ async fn parse_predict_body(
                 .into_iter()
                 .map(|i| one(i.image, i.features))
                 .collect::<Result<Vec<_>, _>>()?;
-            return Ok((inputs, req.top_k, true));
+            return Ok(ParsedPredict {
+                inputs,
+                top_k: req.top_k,
+                batched: true,
+                explain: req.explain,
+            });
         }
-        return Ok((vec![one(req.image, req.features)?], req.top_k, false));
+        return Ok(ParsedPredict {
+            inputs: vec![one(req.image, req.features)?],
+            top_k: req.top_k,
+            batched: false,
+            explain: req.explain,
+        });
     }
     if input::is_image_media_type(media) {
         let q: PredictQuery = input::parse_query(uri)?;
-        return Ok((vec![RawInput::Image(received.bytes.clone())], q.top_k, false));
+        return Ok(ParsedPredict {
+            inputs: vec![RawInput::Image(received.bytes.clone())],
+            top_k: q.top_k,
+            batched: false,
+            explain: None,
+        });
     }
     if media == "multipart/form-data" {
         let form = input::parse_multipart(received, &["request", "top_k"]).await?;
         let mut top_k = None;
+        let mut explain = None;
         for (name, text) in &form.fields {
             match name.as_str() {
-                "request" => top_k = input::parse_json::<MultipartOptions>(text.as_bytes())?.top_k.or(top_k),
+                "request" => {
+                    let options = input::parse_json::<MultipartOptions>(text.as_bytes())?;
+                    top_k = options.top_k.or(top_k);
+                    explain = options.explain;
+                }
                 _ => {
                     top_k = Some(text.trim().parse().map_err(|_| {
                         ApiError::new(
@@ -237,7 +405,12 @@ async fn parse_predict_body(
             ));
         }
         let batched = form.images.len() > 1;
-        return Ok((form.images.into_iter().map(RawInput::Image).collect(), top_k, batched));
+        return Ok(ParsedPredict {
+            inputs: form.images.into_iter().map(RawInput::Image).collect(),
+            top_k,
+            batched,
+            explain,
+        });
     }
     Err(ApiError::new(
         ProblemKind::UnsupportedMediaType,

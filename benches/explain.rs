@@ -1,0 +1,195 @@
+//! Explanation benchmark: each gradient method run through the service's executor (validation and
+//! HTTP excluded), next to the same model rows run raw through ONNX Runtime sessions at the same
+//! batch size (forward rows through the forward model, gradient rows through the backward model).
+//! Goal: ratio at most 1.15. Run with `cargo bench --bench explain`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use explaind::config::Config;
+use explaind::explain::{ExplainJob, ExplainTask, Limits, Method, MethodParams};
+use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleSet, RuleTable, WEIGHTS_INPUT};
+use explaind::runtime::graph_runner::OrtRunner;
+use explaind::runtime::sessions::create_session_from_bytes;
+use explaind::runtime::shapes::probe_shapes;
+use explaind::runtime::Tensor;
+use ort::value::Tensor as OrtTensor;
+use prost::Message;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn run_raw(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, &[f32])]) {
+    let values: Vec<(String, ort::session::SessionInputValue<'static>)> = feeds
+        .iter()
+        .map(|(n, s, v)| {
+            (
+                n.to_string(),
+                OrtTensor::from_array((s.clone(), v.to_vec())).unwrap().into(),
+            )
+        })
+        .collect();
+    drop(session.run(values).unwrap());
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target").join("bench-models");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("resnet-18")).unwrap();
+    std::fs::create_dir_all(dir.join("fashion-cnn")).unwrap();
+    for f in ["model.onnx", "model.toml"] {
+        std::fs::copy(root.join("models/fashion-cnn").join(f), dir.join("fashion-cnn").join(f)).unwrap();
+    }
+    let resnet = explaind::onnx::zoo::resnet(&[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
+    std::fs::write(dir.join("resnet-18/model.onnx"), resnet.encode_to_vec()).unwrap();
+    let labels: Vec<String> = (0..1000).map(|i| format!("class {i}")).collect();
+    std::fs::write(dir.join("resnet-18/labels.txt"), labels.join("\n")).unwrap();
+    std::fs::write(
+        dir.join("resnet-18/model.toml"),
+        "task = \"image-classification\"\nlabels_file = \"labels.txt\"\n",
+    )
+    .unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = Config {
+        bind: "127.0.0.1:0".into(),
+        models_dir: dir.clone(),
+        workers: 1,
+        max_batch: 16,
+        ..Config::default()
+    };
+    let max_batch = config.max_batch;
+    let service = rt.block_on(explaind::Service::start(config)).expect("service");
+    rt.block_on(service.state.executor.wait_ready(Duration::from_secs(60)));
+    let env = explaind::runtime::library::init(None).unwrap();
+    let runner = OrtRunner::new(env);
+    let limits = Limits {
+        max_samples: 4096,
+        max_targets: 10,
+    };
+
+    println!("explanation benchmark: 1 worker, 1 intra-op thread, max_batch {max_batch}; raw = the same rows through bare ONNX Runtime sessions");
+    println!(
+        "{:<12} {:<22} {:>6} {:>11} {:>11} {:>7}",
+        "model", "method", "rows", "method ms", "raw ms", "ratio"
+    );
+    for (name, dims, rounds) in [
+        ("fashion-cnn", vec![1usize, 1, 28, 28], 20),
+        ("resnet-18", vec![1, 3, 224, 224], 2),
+    ] {
+        let model = service.state.registry.get(name).unwrap().clone();
+        let n: usize = dims.iter().product();
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let classes = model.spec.labels.len();
+        let decoded = explaind::onnx::proto::decode_model(&model.bytes).unwrap();
+        let mut forward = create_session_from_bytes(env, &model.bytes, 1).unwrap();
+        let prepared = prepare_forward(&decoded).unwrap();
+        let shapes = probe_shapes(&runner, &prepared, "input", &dims).unwrap();
+        let layer = model
+            .gradient_report
+            .get()
+            .and_then(|r| r.default_cam_layer.clone())
+            .unwrap();
+        let mut backward_sessions = std::collections::HashMap::new();
+        for method in Method::ALL {
+            let params = MethodParams::parse(method, serde_json::json!({}), limits).unwrap();
+            let job = ExplainJob {
+                model: model.clone(),
+                input: Tensor::f32(dims.clone(), x.clone()),
+                targets: None,
+                params,
+                seed: 1,
+                limits,
+                scores: None,
+            };
+            let mut times = Vec::new();
+            let mut result = None;
+            for _ in 0..rounds + 1 {
+                let started = Instant::now();
+                result = Some(
+                    rt.block_on(service.state.executor.submit(ExplainTask(job.clone())))
+                        .unwrap(),
+                );
+                times.push(started.elapsed());
+            }
+            times.remove(0); // the first run builds the backward model
+            let result = result.unwrap();
+            // The same rows, raw: forward rows one at a time (as the methods run them), gradient rows
+            // in batches of max_batch through the backward model the method used.
+            let rules = if matches!(method, Method::GuidedBackprop) {
+                RuleSet::GuidedBackprop
+            } else {
+                RuleSet::Standard
+            };
+            let layers: Vec<String> = if method.needs_layer() {
+                vec![layer.clone()]
+            } else {
+                vec![]
+            };
+            let mut keys = vec![(rules, layers)];
+            if method == Method::GuidedGradCam {
+                keys = vec![
+                    (RuleSet::Standard, vec![layer.clone()]),
+                    (RuleSet::GuidedBackprop, vec![]),
+                ];
+            }
+            for key in &keys {
+                backward_sessions.entry(key.clone()).or_insert_with(|| {
+                    let spec = GradientSpec {
+                        input: "input".into(),
+                        output: model.spec.output.clone(),
+                        layers: key.1.clone(),
+                    };
+                    let bw =
+                        build_backward(&prepared, &spec, &shapes, &RuleTable::for_set(key.0), Some(&runner)).unwrap();
+                    create_session_from_bytes(env, &bw.model.encode_to_vec(), 1).unwrap()
+                });
+            }
+            let mut raw_times = Vec::new();
+            // One untimed round warms the sessions up, as the method's first run did.
+            for round in 0..rounds + 1 {
+                let started = Instant::now();
+                for _ in 0..(result.rows - result.gradient_rows) {
+                    run_raw(&mut forward, &[("input", dims.clone(), &x)]);
+                }
+                let per_key = result.gradient_rows / keys.len();
+                for key in &keys {
+                    let session = backward_sessions.get_mut(key).unwrap();
+                    let mut left = per_key;
+                    while left > 0 {
+                        let b = left.min(max_batch);
+                        let mut bdims = dims.clone();
+                        bdims[0] = b;
+                        let xs: Vec<f32> = (0..b).flat_map(|_| x.iter().copied()).collect();
+                        let w: Vec<f32> = (0..b * classes)
+                            .map(|i| if i % classes == 0 { 1.0 } else { 0.0 })
+                            .collect();
+                        run_raw(session, &[("input", bdims, &xs), (WEIGHTS_INPUT, vec![b, classes], &w)]);
+                        left -= b;
+                    }
+                }
+                if round > 0 {
+                    raw_times.push(started.elapsed());
+                }
+            }
+            let (m, r) = (median(times), median(raw_times));
+            println!(
+                "{name:<12} {:<22} {:>6} {:>11.2} {:>11.2} {:>7.2}",
+                method.name(),
+                result.rows,
+                m.as_secs_f64() * 1e3,
+                r.as_secs_f64() * 1e3,
+                m.as_secs_f64() / r.as_secs_f64()
+            );
+        }
+    }
+    rt.block_on(service.stop()).unwrap();
+    let _ = Arc::new(());
+}
