@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# What the test suite needs beyond cargo: the ONNX Runtime library (pinned, sha256-checked, cached
-# under ~/.cache/explaind) and Debian's libonnx-testdata (ONNX's backend test models, a corpus of
-# real exporter output for the protobuf round-trip and gradient tests).
+# What the test suite needs beyond cargo, installed when missing:
+# - the ONNX Runtime library (pinned, sha256-checked, cached under ~/.cache/explaind);
+# - Debian's libonnx-testdata (ONNX's backend test models: protobuf round-trip and gradient tests);
+# - Debian's chromium and, from the npm registry, playwright-core (pinned in tests/browser/package-lock.json)
+#   for the browser test of the web page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-onnxruntime.sh >/dev/null
-if [ ! -d /usr/share/libonnx-testdata/data ]; then
+
+missing=()
+[ -d /usr/share/libonnx-testdata/data ] || missing+=(libonnx-testdata)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "test-setup: installing libonnx-testdata" >&2
+    echo "test-setup: installing ${missing[*]}" >&2
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libonnx-testdata >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "test-setup: install Debian's libonnx-testdata (apt-get install libonnx-testdata) for the corpus tests" >&2
+    echo "test-setup: install Debian's ${missing[*]} (apt-get install ${missing[*]})" >&2
     exit 1
   fi
+fi
+
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "test-setup: installing playwright-core" >&2
+  (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi

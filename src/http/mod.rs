@@ -7,6 +7,7 @@ mod health;
 pub mod input;
 mod models;
 pub mod openapi;
+mod page;
 mod predict;
 mod problems;
 mod router;

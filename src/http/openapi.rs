@@ -1,7 +1,6 @@
 //! The OpenAPI document, generated from the handlers and types by utoipa. `openapi/openapi.json` is
 //! its committed copy; a test fails when the two drift apart.
 
-use axum::Json;
 use utoipa::OpenApi;
 
 use super::{error, explain, health, input, models, predict, problems};
@@ -24,7 +23,6 @@ use super::{error, explain, health, input, models, predict, problems};
         models::get_model,
         predict::predict,
         explain::explain,
-        serve_document,
     ),
     components(schemas(error::Problem, input::FeaturesJson)),
     tags(
@@ -35,20 +33,18 @@ use super::{error, explain, health, input, models, predict, problems};
 )]
 pub struct ApiDoc;
 
-/// The document as pretty JSON with a trailing newline (the form committed under `openapi/`).
-pub fn document_json() -> String {
+/// The API document, versioned like the crate.
+pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    let mut text = doc
+    doc
+}
+
+/// The document as pretty JSON with a trailing newline (the form committed under `openapi/`).
+pub fn document_json() -> String {
+    let mut text = document()
         .to_pretty_json()
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
-}
-
-/// This OpenAPI document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn serve_document() -> impl axum::response::IntoResponse {
-    let value: serde_json::Value = serde_json::from_str(&document_json()).unwrap_or_default();
-    Json(value)
 }

@@ -1,0 +1,49 @@
+// Drives the web page in headless Chromium: loads it, uploads an example image, runs two methods,
+// and checks that an overlay appears and the top class is shown. Screenshots go to argv[3].
+// Usage: node tests/browser/page.mjs BASE_URL SCREENSHOT_DIR IMAGE
+import { chromium } from "playwright-core";
+
+const [base, shots, image] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const failures = [];
+  page.on("pageerror", (e) => failures.push(`page error: ${e.message}`));
+  await page.goto(base, { waitUntil: "networkidle" });
+  await page.selectOption("#model", "fashion-cnn");
+  await page.setInputFiles("#file", image);
+  for (const method of ["saliency", "grad-cam"]) {
+    await page.selectOption("#method", method);
+    await page.click("#explain");
+    await page.waitForFunction((m) => !document.getElementById("overlay-figure").hidden
+      && document.getElementById("overlay-caption").innerText.startsWith(m), method, { timeout: 20000 });
+    await page.waitForFunction(() => document.getElementById("predictions").innerText.includes("Ankle boot"), null, { timeout: 20000 });
+    const overlay = await page.evaluate(() => {
+      const img = document.getElementById("overlay");
+      return { complete: img.complete, width: img.naturalWidth, caption: document.getElementById("overlay-caption").innerText };
+    });
+    if (!overlay.complete || overlay.width !== 28 || !overlay.caption.startsWith(method)) {
+      failures.push(`${method}: overlay ${JSON.stringify(overlay)}`);
+    }
+    await page.screenshot({ path: `${shots}/web-page-${method}.png` });
+  }
+  // A problem+json error is shown readably.
+  await page.selectOption("#method", "integrated-gradients");
+  await page.fill("[data-param=steps]", "1");
+  await page.click("#explain");
+  await page.waitForSelector(".error", { timeout: 20000 });
+  const error = await page.innerText(".error");
+  if (!error.includes("steps")) failures.push(`error box: ${error}`);
+  await page.screenshot({ path: `${shots}/web-page-error.png` });
+  if (failures.length) {
+    console.error(failures.join("\n"));
+    process.exit(1);
+  }
+  console.log("web page: ok");
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,137 @@
+//! The page for people, the interactive API documents, and the README's curl tour, against a real
+//! server on loopback. The browser test drives Debian's Chromium through playwright-core (both
+//! installed by scripts/test-setup.sh) and keeps screenshots under target/.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn the_page_and_the_api_documents_are_served() {
+    let s = start_bundled().await;
+    let r = reqwest::get(url(&s, "/")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("<title>explaind</title>") && html.contains("/v1/models"),
+        "the page calls the public API"
+    );
+    let r = reqwest::get(url(&s, "/docs/")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("swagger-ui"));
+    let init = reqwest::get(url(&s, "/docs/swagger-initializer.js"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(init.contains("/openapi.json"), "Swagger UI reads the served document");
+    s.stop().await.unwrap();
+}
+
+/// The commands of the README's tour, continuation lines joined.
+fn readme_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let tour = readme
+        .split("## A short tour")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut commands = Vec::new();
+    let mut in_block = false;
+    let mut current = String::new();
+    for line in tour.lines() {
+        if line.starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        if !in_block || line.trim_start().starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        current.push_str(line.trim_end().trim_end_matches('\\'));
+        current.push(' ');
+        if !line.trim_end().ends_with('\\') {
+            commands.push(current.trim().to_string());
+            current.clear();
+        }
+    }
+    commands
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_tour_works_as_written() {
+    let s = start_bundled().await;
+    let commands = readme_commands();
+    assert!(commands.len() >= 8, "{commands:?}");
+    // Run from a scratch folder that sees the repository's fixtures, so written files land there.
+    let dir = temp_dir("readme");
+    std::os::unix::fs::symlink(root().join("tests"), dir.join("tests")).unwrap();
+    for command in commands {
+        assert!(command.starts_with("curl"), "{command}");
+        let command = command.replace("localhost:8080", &s.addr.to_string());
+        let out = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            let command = command.clone();
+            move || {
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("set -e; {command} --fail-with-body"))
+                    .current_dir(dir)
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{command}\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!stdout.contains("/problems/"), "{command}\n{stdout}");
+    }
+    let png = std::fs::read(dir.join("grad-cam.png")).unwrap();
+    assert_eq!(image::load_from_memory(&png).unwrap().width(), 28);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_works_in_a_browser() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let script = root().join("tests/browser/page.mjs");
+    assert!(
+        std::path::Path::new(&chromium).exists() && root().join("tests/browser/node_modules/playwright-core").exists(),
+        "Chromium or playwright-core is missing: run `make test` (scripts/test-setup.sh installs them)"
+    );
+    let s = start_bundled().await;
+    let shots = root().join("target").join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let base = url(&s, "/");
+    let image = root().join("tests/fixtures/fashion/test_00.png");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .arg(base)
+            .arg(&shots)
+            .arg(image)
+            .env("CHROMIUM", chromium)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop().await.unwrap();
+}
