@@ -19,16 +19,6 @@ fn expected_fashion() -> Vec<Value> {
     v["cases"].as_array().unwrap().clone()
 }
 
-async fn problem(resp: reqwest::Response, status: StatusCode, slug: &str) -> Value {
-    assert_eq!(resp.status(), status, "status");
-    assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["type"], format!("/problems/{slug}"), "{body}");
-    assert_eq!(body["status"], status.as_u16());
-    assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
-    body
-}
-
 #[tokio::test]
 async fn lists_models_with_hashes_and_interfaces() {
     let s = start_bundled().await;

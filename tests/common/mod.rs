@@ -142,3 +142,20 @@ impl Rng {
         v
     }
 }
+
+/// Checks an RFC 9457 problem response (status, content type, `type`, fields) and returns its body.
+pub async fn problem(resp: reqwest::Response, status: reqwest::StatusCode, slug: &str) -> serde_json::Value {
+    let got = resp.status();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_string());
+    let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    let text = body.to_string();
+    assert_eq!(got, status, "expected {slug}, got {}", &text[..text.len().min(400)]);
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    assert_eq!(body["type"], format!("/problems/{slug}"), "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
+    body
+}

@@ -23,13 +23,15 @@ struct Geometry {
     group: i64,
 }
 
-fn geometry(
-    ctx: &GradContext,
-    n: &NodeProto,
-    x: &str,
-    w: &str,
-    conv_input_dims: Option<&[Option<i64>]>,
-) -> Result<Geometry, RuleError> {
+/// Kernel, strides, dilations and group of a convolution (its pads come from the operator's rules).
+struct Window {
+    kernel: Vec<i64>,
+    strides: Vec<i64>,
+    dilations: Vec<i64>,
+    group: i64,
+}
+
+fn window(ctx: &GradContext, n: &NodeProto, w: &str) -> Result<Window, RuleError> {
     let w_dims = ctx.dims(w)?;
     let spatial = w_dims.len().saturating_sub(2);
     let kernel = match attr_ints(n, "kernel_shape")? {
@@ -39,9 +41,28 @@ fn geometry(
             .map(|d| d.ok_or_else(|| RuleError::new(n, "the kernel size is not static")))
             .collect::<Result<_, _>>()?,
     };
-    let strides = attr_ints(n, "strides")?.unwrap_or_else(|| vec![1; spatial]);
-    let dilations = attr_ints(n, "dilations")?.unwrap_or_else(|| vec![1; spatial]);
-    let group = attr_int(n, "group", 1)?;
+    Ok(Window {
+        strides: attr_ints(n, "strides")?.unwrap_or_else(|| vec![1; spatial]),
+        dilations: attr_ints(n, "dilations")?.unwrap_or_else(|| vec![1; spatial]),
+        group: attr_int(n, "group", 1)?,
+        kernel,
+    })
+}
+
+fn geometry(
+    ctx: &GradContext,
+    n: &NodeProto,
+    x: &str,
+    w: &str,
+    conv_input_dims: Option<&[Option<i64>]>,
+) -> Result<Geometry, RuleError> {
+    let Window {
+        kernel,
+        strides,
+        dilations,
+        group,
+    } = window(ctx, n, w)?;
+    let spatial = kernel.len();
     let auto_pad = attr_string(n, "auto_pad", "NOTSET")?;
     let pads = match auto_pad.as_str() {
         "NOTSET" => attr_ints(n, "pads")?.unwrap_or_else(|| vec![0; 2 * spatial]),
@@ -198,18 +219,13 @@ fn conv_transpose(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], ne
     only_input0(n, needs, "a ConvTranspose weight or bias")?;
     let g = grad0(n, g)?;
     let (x, w, y) = (input(n, 0), input(n, 1), output(n));
-    let w_dims = ctx.dims(w)?.to_vec();
-    let spatial = w_dims.len().saturating_sub(2);
-    let kernel = match attr_ints(n, "kernel_shape")? {
-        Some(k) => k,
-        None => w_dims[2..]
-            .iter()
-            .map(|d| d.ok_or_else(|| RuleError::new(n, "the kernel size is not static")))
-            .collect::<Result<_, _>>()?,
-    };
-    let strides = attr_ints(n, "strides")?.unwrap_or_else(|| vec![1; spatial]);
-    let dilations = attr_ints(n, "dilations")?.unwrap_or_else(|| vec![1; spatial]);
-    let group = attr_int(n, "group", 1)?;
+    let Window {
+        kernel,
+        strides,
+        dilations,
+        group,
+    } = window(ctx, n, w)?;
+    let spatial = kernel.len();
     let auto_pad = attr_string(n, "auto_pad", "NOTSET")?;
     let pads = if auto_pad == "NOTSET" && attr_ints(n, "output_shape")?.is_none() {
         attr_ints(n, "pads")?.unwrap_or_else(|| vec![0; 2 * spatial])
