@@ -26,3 +26,11 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "test-setup: installing playwright-core" >&2
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
+
+# schemathesis, for the contract test against the committed OpenAPI document.
+CACHE=${EXPLAIND_CACHE_DIR:-$HOME/.cache/explaind}
+if [ ! -x "$CACHE/venv-tests/bin/schemathesis" ]; then
+  echo "test-setup: installing schemathesis" >&2
+  python3 -m venv "$CACHE/venv-tests"
+  "$CACHE/venv-tests/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5
+fi

@@ -182,7 +182,7 @@ const QUERY_KEYS: &[&str] = &[
 /// `Accept: image/png` or `format=png` (one panel per target, side by side).
 #[utoipa::path(post, path = "/v1/models/{model}/explain/{method}", tag = "explanations",
     params(
-        ("model" = String, Path, description = "model name"),
+        ("model" = String, Path, description = "model name", example = "fashion-cnn"),
         ("method" = Method, Path, description = "saliency, gradient-x-input, integrated-gradients, smoothgrad, grad-cam, grad-cam-plus-plus, guided-backprop, guided-grad-cam"),
     ),
     request_body(content(
@@ -197,6 +197,7 @@ const QUERY_KEYS: &[&str] = &[
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, unknown or out-of-range parameter, corrupt image"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model or method"),
         (status = 413, body = super::error::Problem, content_type = "application/problem+json", description = "body or image too large"),
+        (status = 415, body = super::error::Problem, content_type = "application/problem+json", description = "content type not accepted"),
         (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "input or target does not fit the model; model not differentiable"),
         (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "at capacity; see Retry-After"),
         (status = 504, body = super::error::Problem, content_type = "application/problem+json", description = "deadline passed"),

@@ -59,7 +59,7 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> 
 
 /// Describes one model.
 #[utoipa::path(get, path = "/v1/models/{model}", tag = "models",
-    params(("model" = String, Path, description = "model name")),
+    params(("model" = String, Path, description = "model name", example = "fashion-cnn")),
     responses(
         (status = 200, body = ModelInfo),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),

@@ -128,7 +128,7 @@ pub struct InstanceResult {
 /// multipart part `image` (several `image` parts form a batch; options in an optional JSON part
 /// `request` such as `{"top_k": 3}`, or a text part `top_k`), or base64 in JSON.
 #[utoipa::path(post, path = "/v1/models/{model}/predict", tag = "models",
-    params(("model" = String, Path, description = "model name"), PredictQuery),
+    params(("model" = String, Path, description = "model name", example = "fashion-cnn"), PredictQuery),
     request_body(content(
         (PredictRequest = "application/json"),
         (Vec<u8> = "image/png"),

@@ -1,0 +1,63 @@
+//! The committed OpenAPI document is a contract: schemathesis (installed by scripts/test-setup.sh)
+//! generates requests from it for every route against a real server with small bounds, and fails
+//! on any 5xx, undocumented status, wrong content type, or response that violates the schema.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+
+fn schemathesis() -> PathBuf {
+    let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/explaind"));
+    cache.join("venv-tests/bin/schemathesis")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_keeps_its_openapi_contract() {
+    let tool = schemathesis();
+    assert!(
+        tool.exists(),
+        "{} is missing: run `make test` (scripts/test-setup.sh installs it)",
+        tool.display()
+    );
+    let mut config = test_config(&root().join("models"));
+    config.max_samples = 64;
+    config.max_batch = 8;
+    config.max_body_bytes = 256 * 1024;
+    config.max_image_pixels = 512 * 512;
+    let s = start(config).await;
+    let base = format!("http://{}", s.addr);
+    let spec = root().join("openapi/openapi.json");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(tool)
+            .args([
+                "run",
+                spec.to_str().unwrap(),
+                "--url",
+                &base,
+                "--max-examples",
+                "25",
+                "--seed",
+                "1",
+                "--checks",
+            ])
+            .arg("not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance")
+            .env("NO_COLOR", "1")
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop().await.unwrap();
+}
