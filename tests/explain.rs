@@ -130,6 +130,41 @@ async fn every_method_puts_the_attribution_where_the_model_looks() {
         assert_eq!(v["attributions"]["shape"], json!([SIDE, SIDE]), "{}", method.name());
         assert_eq!(v["target"]["label"], "region");
         let map = values(&v);
+        let forward_only = matches!(
+            method,
+            explaind::explain::Method::Occlusion | explaind::explain::Method::Rise
+        );
+        if forward_only {
+            // Perturbation maps carry an offset (RISE) or spill over a window's width (occlusion):
+            // the hottest pixels lie in the region, and the region is hotter than the rest.
+            let near = 0..REACH.end + 1;
+            let (mut inside, mut outside) = (Vec::new(), Vec::new());
+            for y in 0..SIDE {
+                for x in 0..SIDE {
+                    let v = map[y * SIDE + x];
+                    if near.contains(&y) && near.contains(&x) {
+                        inside.push(v)
+                    } else {
+                        outside.push(v)
+                    }
+                }
+            }
+            let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+            assert!(
+                mean(&inside) > mean(&outside) + 1e-6,
+                "{}: region {} vs elsewhere {}",
+                method.name(),
+                mean(&inside),
+                mean(&outside)
+            );
+            let hottest = (0..SIDE * SIDE).max_by(|a, b| map[*a].total_cmp(&map[*b])).unwrap();
+            assert!(
+                near.contains(&(hottest / SIDE)) && near.contains(&(hottest % SIDE)),
+                "{}: hottest pixel {hottest}",
+                method.name()
+            );
+            continue;
+        }
         let inside = if cam { REGION } else { REACH };
         let (mut mass_in, mut mass) = (0f64, 0f64);
         for y in 0..SIDE {
@@ -753,5 +788,118 @@ async fn predictions_carry_explanations_when_asked() {
         .await
         .unwrap();
     detail_of(r, StatusCode::BAD_REQUEST, "invalid-request").await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn perturbation_methods_are_exact_seeded_and_bounded() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    let (png, img) = noise_png(SIDE as u32, 3);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    // Occlusion with a one-pixel window: each pixel's value is the score drop when it alone turns black.
+    let v = explain_json(
+        &http,
+        &s,
+        "region",
+        "occlusion",
+        json!({"image": b64, "target": 0, "params": {"window": 1, "stride": 1}}),
+    )
+    .await;
+    let map = values(&v);
+    assert_eq!(v["stats"]["model_rows"], 1 + SIDE * SIDE);
+    let logit = |image: &image::GrayImage| {
+        let mut bytes = Vec::new();
+        image
+            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .unwrap();
+        let http = http.clone();
+        let endpoint = url(&s, "/v1/models/region/predict");
+        async move {
+            let r: Value = http
+                .post(endpoint)
+                .header("content-type", "image/png")
+                .body(bytes)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["outputs"]["logits"][0].as_f64().unwrap()
+        }
+    };
+    let full = logit(&img).await;
+    for (x, y) in [(3u32, 4u32), (1, 1), (12, 12)] {
+        let mut occluded = img.clone();
+        occluded.put_pixel(x, y, image::Luma([0]));
+        let expected = full - logit(&occluded).await;
+        let got = map[y as usize * SIDE + x as usize] as f64;
+        assert!((got - expected).abs() < 1e-4, "pixel ({x}, {y}): {got} vs {expected}");
+    }
+    // RISE: seeded masks.
+    let a = explain_json(
+        &http,
+        &s,
+        "region",
+        "rise",
+        json!({"image": b64, "seed": 4, "params": {"masks": 64}}),
+    )
+    .await;
+    let b = explain_json(
+        &http,
+        &s,
+        "region",
+        "rise",
+        json!({"image": b64, "seed": 4, "params": {"masks": 64}}),
+    )
+    .await;
+    let c = explain_json(
+        &http,
+        &s,
+        "region",
+        "rise",
+        json!({"image": b64, "seed": 5, "params": {"masks": 64}}),
+    )
+    .await;
+    assert_eq!(a["attributions"], b["attributions"]);
+    assert_ne!(a["attributions"], c["attributions"]);
+    assert_eq!(a["seed"], 4);
+    assert_eq!(a["stats"]["model_rows"], 65);
+    // Bounds and applicability.
+    let post = |method: &str, body: Value| {
+        http.post(url(&s, &format!("/v1/models/region/explain/{method}")))
+            .json(&body)
+            .send()
+    };
+    problem(
+        post("rise", json!({"image": b64, "params": {"masks": 100000}}))
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    problem(
+        post("rise", json!({"image": b64, "params": {"p": 1.5}})).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    problem(
+        post("occlusion", json!({"image": b64, "params": {"window": 0}}))
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    let r = http
+        .post(url(&s, "/v1/models/linear/explain/occlusion"))
+        .json(&json!({"features": [1, 2, 3, 4]}))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input").await;
     s.stop().await.unwrap();
 }

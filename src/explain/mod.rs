@@ -7,7 +7,11 @@ mod grad_cam;
 mod gradient_x_input;
 mod guided;
 mod integrated_gradients;
+mod occlusion;
+mod perturb;
+mod rise;
 mod saliency;
+mod score_cam;
 mod smoothgrad;
 pub mod targets;
 
@@ -20,7 +24,11 @@ pub use grad_cam::GradCamParams;
 pub use gradient_x_input::GradientXInputParams;
 pub use guided::{GuidedBackpropParams, GuidedGradCamParams};
 pub use integrated_gradients::{IntegratedGradientsParams, Integration};
+pub use occlusion::OcclusionParams;
+pub use perturb::Preset;
+pub use rise::RiseParams;
 pub use saliency::SaliencyParams;
+pub use score_cam::ScoreCamParams;
 pub use smoothgrad::{SmoothGradBase, SmoothGradParams, SmoothGradVariant};
 pub use targets::{TargetRef, TargetSpec};
 
@@ -52,11 +60,17 @@ pub enum Method {
     GuidedBackprop,
     /// Guided backpropagation times Grad-CAM.
     GuidedGradCam,
+    /// Occlusion (Zeiler and Fergus 2014): forward passes only.
+    Occlusion,
+    /// RISE (Petsiuk et al. 2018): forward passes only.
+    Rise,
+    /// Score-CAM (Wang et al. 2020).
+    ScoreCam,
 }
 
 impl Method {
     /// Every method.
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 11] = [
         Method::Saliency,
         Method::GradientXInput,
         Method::IntegratedGradients,
@@ -65,6 +79,9 @@ impl Method {
         Method::GradCamPlusPlus,
         Method::GuidedBackprop,
         Method::GuidedGradCam,
+        Method::Occlusion,
+        Method::Rise,
+        Method::ScoreCam,
     ];
 
     /// The path segment (`integrated-gradients`).
@@ -78,6 +95,9 @@ impl Method {
             Method::GradCamPlusPlus => "grad-cam-plus-plus",
             Method::GuidedBackprop => "guided-backprop",
             Method::GuidedGradCam => "guided-grad-cam",
+            Method::Occlusion => "occlusion",
+            Method::Rise => "rise",
+            Method::ScoreCam => "score-cam",
         }
     }
 
@@ -88,12 +108,25 @@ impl Method {
 
     /// Whether the method uses random numbers (and so echoes a seed).
     pub fn is_random(self) -> bool {
-        matches!(self, Method::Smoothgrad)
+        matches!(self, Method::Smoothgrad | Method::Rise)
     }
 
     /// Whether the method needs a spatial layer (CAM methods), so image models only.
     pub fn needs_layer(self) -> bool {
-        matches!(self, Method::GradCam | Method::GradCamPlusPlus | Method::GuidedGradCam)
+        matches!(
+            self,
+            Method::GradCam | Method::GradCamPlusPlus | Method::GuidedGradCam | Method::ScoreCam
+        )
+    }
+
+    /// Whether the method explains image models only.
+    pub fn image_only(self) -> bool {
+        self.needs_layer() || matches!(self, Method::Occlusion | Method::Rise)
+    }
+
+    /// Whether the method needs the model's backward graph (gradients or layer activations).
+    pub fn needs_gradients(self) -> bool {
+        !matches!(self, Method::Occlusion | Method::Rise)
     }
 }
 
@@ -109,6 +142,9 @@ pub enum MethodParams {
     GradCamPlusPlus(GradCamParams),
     GuidedBackprop(GuidedBackpropParams),
     GuidedGradCam(GuidedGradCamParams),
+    Occlusion(OcclusionParams),
+    Rise(RiseParams),
+    ScoreCam(ScoreCamParams),
 }
 
 /// Limits that bound every explanation's work, from the config.
@@ -135,6 +171,9 @@ impl MethodParams {
             Method::GradCamPlusPlus => MethodParams::GradCamPlusPlus(de(params)?),
             Method::GuidedBackprop => MethodParams::GuidedBackprop(de(params)?),
             Method::GuidedGradCam => MethodParams::GuidedGradCam(de(params)?),
+            Method::Occlusion => MethodParams::Occlusion(de(params)?),
+            Method::Rise => MethodParams::Rise(de(params)?),
+            Method::ScoreCam => MethodParams::ScoreCam(de(params)?),
         };
         parsed.validate(limits)?;
         Ok(parsed)
@@ -144,16 +183,20 @@ impl MethodParams {
         match self {
             MethodParams::IntegratedGradients(p) => p.validate(limits),
             MethodParams::Smoothgrad(p) => p.validate(limits),
+            MethodParams::Occlusion(p) => p.validate(limits),
+            MethodParams::Rise(p) => p.validate(limits),
             _ => Ok(()),
         }
     }
 
-    /// The model rows one target costs (for the samples limit).
+    /// The model rows one target costs (for the samples limit); forward-only methods share their
+    /// rows between targets and check their own counts.
     pub fn rows_per_target(&self) -> usize {
         match self {
             MethodParams::IntegratedGradients(p) => p.steps,
             MethodParams::Smoothgrad(p) => p.rows(),
             MethodParams::GuidedGradCam(_) => 2,
+            MethodParams::Occlusion(_) | MethodParams::Rise(_) | MethodParams::ScoreCam(_) => 0,
             _ => 1,
         }
     }
@@ -163,6 +206,7 @@ impl MethodParams {
         match self {
             MethodParams::GradCam(p) | MethodParams::GradCamPlusPlus(p) => Some(&p.layer),
             MethodParams::GuidedGradCam(p) => Some(&p.layer),
+            MethodParams::ScoreCam(p) => Some(&p.layer),
             _ => None,
         }
     }
@@ -420,6 +464,9 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
         MethodParams::GradCamPlusPlus(p) => grad_cam::explain(&mut cx, job, p, &targets, true)?,
         MethodParams::GuidedBackprop(p) => guided::guided_backprop(&mut cx, job, p, &targets)?,
         MethodParams::GuidedGradCam(p) => guided::guided_grad_cam(&mut cx, job, p, &targets)?,
+        MethodParams::Occlusion(p) => occlusion::explain(&mut cx, job, p, &targets, &scores)?,
+        MethodParams::Rise(p) => rise::explain(&mut cx, job, p, &targets)?,
+        MethodParams::ScoreCam(p) => score_cam::explain(&mut cx, job, p, &targets)?,
     };
     let target_scores = targets
         .iter()

@@ -174,7 +174,7 @@ const QUERY_KEYS: &[&str] = &[
     "overlay",
 ];
 
-/// Explains a prediction with a gradient method.
+/// Explains a prediction: gradient methods, and the forward-only occlusion, RISE and Score-CAM.
 ///
 /// Takes the same input forms as predict: a raw image body (options and method parameters in the
 /// query string, e.g. `?target=3&steps=32&format=png`), multipart with `image` and an optional JSON
@@ -183,7 +183,7 @@ const QUERY_KEYS: &[&str] = &[
 #[utoipa::path(post, path = "/v1/models/{model}/explain/{method}", tag = "explanations",
     params(
         ("model" = String, Path, description = "model name", example = "fashion-cnn"),
-        ("method" = Method, Path, description = "saliency, gradient-x-input, integrated-gradients, smoothgrad, grad-cam, grad-cam-plus-plus, guided-backprop, guided-grad-cam"),
+        ("method" = Method, Path, description = "saliency, gradient-x-input, integrated-gradients, smoothgrad, grad-cam, grad-cam-plus-plus, guided-backprop, guided-grad-cam, occlusion, rise, score-cam"),
     ),
     request_body(content(
         (ExplainRequest = "application/json"),
@@ -300,7 +300,7 @@ pub async fn explain(
 
 /// Refuses, before any work, methods the model cannot serve.
 pub(super) fn check_applicable(model: &LoadedModel, method: Method) -> Result<(), ApiError> {
-    if let Some(report) = model.gradient_report.get() {
+    if let Some(report) = model.gradient_report.get().filter(|_| method.needs_gradients()) {
         if !report.differentiable {
             return Err(ApiError::new(
                 ProblemKind::NotDifferentiable,
@@ -312,7 +312,7 @@ pub(super) fn check_applicable(model: &LoadedModel, method: Method) -> Result<()
             ));
         }
     }
-    if method.needs_layer() && model.spec.image.is_none() {
+    if method.image_only() && model.spec.image.is_none() {
         return Err(ApiError::new(
             ProblemKind::InvalidInput,
             format!("{} explains image models; `{}` is tabular", method.name(), model.name),

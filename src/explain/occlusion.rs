@@ -1,0 +1,147 @@
+//! Occlusion (Zeiler and Fergus 2014; Captum's Occlusion): slide a window over the image, replace
+//! what it covers by a baseline, and credit each pixel with the average drop of the target score
+//! over the windows covering it.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::baselines::{self, Baseline};
+use super::perturb::{index, run_copies, Preset};
+use super::{Cx, ExplainJob, Limits, TargetAttribution};
+use crate::runtime::predict::Prediction;
+use crate::runtime::preprocess::InputError;
+use crate::runtime::{RuntimeError, Tensor};
+
+/// Occlusion parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OcclusionParams {
+    /// Window side in input pixels; default from the preset (1/8 of the input, 1/4 fast, 1/16 quality).
+    pub window: Option<usize>,
+    /// Step between windows; default half the window (the window itself for `fast`).
+    pub stride: Option<usize>,
+    /// What replaces the occluded pixels.
+    #[schema(default = "black")]
+    pub baseline: Baseline,
+    /// Trade-off between passes and detail.
+    #[schema(default = "balanced")]
+    pub preset: super::perturb::Preset,
+}
+
+impl Default for OcclusionParams {
+    fn default() -> Self {
+        Self {
+            window: None,
+            stride: None,
+            baseline: Baseline::Black,
+            preset: Preset::Balanced,
+        }
+    }
+}
+
+impl OcclusionParams {
+    /// (window, stride) for an input of `side` pixels.
+    pub(super) fn resolved(&self, side: usize) -> (usize, usize) {
+        let divisor = match self.preset {
+            Preset::Fast => 4,
+            Preset::Balanced => 8,
+            Preset::Quality => 16,
+        };
+        let window = self.window.unwrap_or((side / divisor).max(2)).clamp(1, side.max(1));
+        let stride = self
+            .stride
+            .unwrap_or(if self.preset == Preset::Fast {
+                window
+            } else {
+                (window / 2).max(1)
+            })
+            .max(1);
+        (window, stride)
+    }
+
+    pub(super) fn validate(&self, _: Limits) -> Result<(), String> {
+        if self.window == Some(0) || self.stride == Some(0) {
+            return Err("params.window and params.stride must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn positions(side: usize, window: usize, stride: usize) -> Vec<usize> {
+    let mut p: Vec<usize> = (0..=side.saturating_sub(window)).step_by(stride).collect();
+    // The last window reaches the border.
+    if p.last().is_some_and(|&l| l + window < side) {
+        p.push(side - window);
+    }
+    p
+}
+
+pub(super) fn explain(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &OcclusionParams,
+    targets: &[Prediction],
+    scores: &[f64],
+) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    let spec = job
+        .model
+        .spec
+        .image
+        .as_ref()
+        .ok_or_else(|| InputError::WrongKind("occlusion explains image models".into()))?;
+    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    let (window, stride) = p.resolved(h.min(w));
+    let (ys, xs) = (positions(h, window, stride), positions(w, window, stride));
+    let windows: Vec<(usize, usize)> = ys.iter().flat_map(|&y| xs.iter().map(move |&x| (y, x))).collect();
+    if windows.len() > job.limits.max_samples {
+        return Err(InputError::BadFeatures(format!(
+            "{} windows; the limit is {} model rows (max_samples): use a larger window or stride",
+            windows.len(),
+            job.limits.max_samples
+        ))
+        .into());
+    }
+    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
+    let baseline = baselines::build(p.baseline, &job.input, Some(spec), job.seed);
+    let b = baseline.as_f32().unwrap_or(&[]).to_vec();
+    let outputs = run_copies(cx, &job.input, windows.len(), |r, buf| {
+        buf.copy_from_slice(&x);
+        let (y0, x0) = windows[r];
+        for ch in 0..c {
+            for yy in y0..y0 + window {
+                for xx in x0..x0 + window {
+                    let i = index(spec, ch, yy, xx);
+                    buf[i] = b[i];
+                }
+            }
+        }
+    })?;
+    let mut out = Vec::new();
+    for t in targets {
+        let mut sum = vec![0f64; h * w];
+        let mut count = vec![0u32; h * w];
+        for (r, &(y0, x0)) in windows.iter().enumerate() {
+            let drop = scores[t.index] - outputs[r][t.index];
+            for yy in y0..y0 + window {
+                for xx in x0..x0 + window {
+                    sum[yy * w + xx] += drop;
+                    count[yy * w + xx] += 1;
+                }
+            }
+        }
+        let map: Vec<f32> = sum
+            .iter()
+            .zip(&count)
+            .map(|(s, n)| if *n > 0 { (*s / *n as f64) as f32 } else { 0.0 })
+            .collect();
+        let map = Tensor::f32(vec![h, w], map);
+        out.push(TargetAttribution {
+            target: t.clone(),
+            tensor: map.clone(),
+            map: Some(map),
+            convergence_delta: None,
+            layer: None,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,59 @@
+//! Shared pieces of the forward-only (perturbation) methods: presets, image planes, and running
+//! many perturbed copies of the input through the model in batches.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::Cx;
+use crate::runtime::manifest::{ImageSpec, Layout};
+use crate::runtime::{RuntimeError, Tensor};
+
+/// Cost / quality trade-off of a perturbation method, as OpenVINO XAI offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// Few passes.
+    Fast,
+    /// The default.
+    Balanced,
+    /// The papers' settings.
+    Quality,
+}
+
+/// Index of (channel, y, x) in one image row.
+pub(super) fn index(spec: &ImageSpec, ch: usize, y: usize, x: usize) -> usize {
+    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    match spec.layout {
+        Layout::NCHW => ch * h * w + y * w + x,
+        Layout::NHWC => (y * w + x) * c + ch,
+    }
+}
+
+/// Runs `rows` perturbed copies (built by `make(row, &mut buffer)`) in batches and returns every
+/// row's scores, `[rows][classes]`.
+pub(super) fn run_copies(
+    cx: &mut Cx,
+    input: &Tensor,
+    rows: usize,
+    mut make: impl FnMut(usize, &mut [f32]),
+) -> Result<Vec<Vec<f64>>, RuntimeError> {
+    let n = input.as_f32().map(<[f32]>::len).unwrap_or(0);
+    let batch = cx.max_batch().max(1);
+    let mut scores = Vec::with_capacity(rows);
+    let mut start = 0;
+    while start < rows {
+        let end = (start + batch).min(rows);
+        let mut data = vec![0f32; (end - start) * n];
+        for r in start..end {
+            make(r, &mut data[(r - start) * n..(r - start + 1) * n]);
+        }
+        let mut shape = input.shape.clone();
+        shape[0] = end - start;
+        let out = cx.forward(&Tensor::f32(shape, data))?;
+        let classes = out.row_len().max(1);
+        let values = out.to_f64();
+        scores.extend(values.chunks(classes).map(<[f64]>::to_vec));
+        start = end;
+    }
+    Ok(scores)
+}

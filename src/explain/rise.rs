@@ -1,0 +1,148 @@
+//! RISE (Petsiuk et al. 2018): random low-resolution binary masks, upsampled bilinearly with a random
+//! shift, applied to the image; each pixel's saliency is the target score averaged over the masks
+//! that keep it. Seeded: the same seed gives the same masks.
+
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::baselines::{self, Baseline};
+use super::perturb::{index, run_copies, Preset};
+use super::{Cx, ExplainJob, Limits, TargetAttribution};
+use crate::runtime::predict::Prediction;
+use crate::runtime::preprocess::InputError;
+use crate::runtime::{RuntimeError, Tensor};
+
+/// RISE parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiseParams {
+    /// Number of masks; default from the preset (500 fast, 2000 balanced, 4000 quality: the paper's).
+    pub masks: Option<usize>,
+    /// Side of the low-resolution mask grid.
+    #[schema(default = 7, minimum = 2)]
+    pub cell_size: usize,
+    /// Probability that a grid cell is kept.
+    #[schema(default = 0.5)]
+    pub p: f32,
+    /// Trade-off between passes and noise.
+    #[schema(default = "balanced")]
+    pub preset: Preset,
+}
+
+impl Default for RiseParams {
+    fn default() -> Self {
+        Self {
+            masks: None,
+            cell_size: 7,
+            p: 0.5,
+            preset: Preset::Balanced,
+        }
+    }
+}
+
+impl RiseParams {
+    pub(super) fn mask_count(&self) -> usize {
+        self.masks.unwrap_or(match self.preset {
+            Preset::Fast => 500,
+            Preset::Balanced => 2000,
+            Preset::Quality => 4000,
+        })
+    }
+
+    pub(super) fn validate(&self, limits: Limits) -> Result<(), String> {
+        if self.cell_size < 2 {
+            return Err("params.cell_size must be at least 2".into());
+        }
+        if !(self.p > 0.0 && self.p < 1.0) {
+            return Err("params.p must be strictly between 0 and 1".into());
+        }
+        let masks = self.mask_count();
+        if masks == 0 || masks > limits.max_samples {
+            return Err(format!(
+                "params.masks must be between 1 and {} (max_samples)",
+                limits.max_samples
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One mask at input resolution: an s x s random grid, upsampled to cover (s + 1) cells, shifted.
+fn mask(rng: &mut rand_chacha::ChaCha8Rng, s: usize, p: f32, h: usize, w: usize) -> Vec<f32> {
+    let grid: Vec<f32> = (0..s * s)
+        .map(|_| if rng.random::<f32>() < p { 1.0 } else { 0.0 })
+        .collect();
+    let (cell_h, cell_w) = (h.div_ceil(s), w.div_ceil(s));
+    let (up_h, up_w) = ((s + 1) * cell_h, (s + 1) * cell_w);
+    let (dy, dx) = (rng.random_range(0..cell_h.max(1)), rng.random_range(0..cell_w.max(1)));
+    let small =
+        image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(s as u32, s as u32, grid).unwrap_or_default();
+    let up = image::imageops::resize(&small, up_w as u32, up_h as u32, image::imageops::FilterType::Triangle);
+    let mut out = vec![0f32; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            out[y * w + x] = up.get_pixel((x + dx) as u32, (y + dy) as u32).0[0];
+        }
+    }
+    out
+}
+
+pub(super) fn explain(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &RiseParams,
+    targets: &[Prediction],
+) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    let spec = job
+        .model
+        .spec
+        .image
+        .as_ref()
+        .ok_or_else(|| InputError::WrongKind("RISE explains image models".into()))?;
+    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    let count = p.mask_count();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
+    let masks: Vec<Vec<f32>> = (0..count).map(|_| mask(&mut rng, p.cell_size, p.p, h, w)).collect();
+    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
+    let baseline = baselines::build(Baseline::Black, &job.input, Some(spec), job.seed);
+    let b = baseline.as_f32().unwrap_or(&[]).to_vec();
+    let outputs = run_copies(cx, &job.input, count, |r, buf| {
+        let m = &masks[r];
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    let i = index(spec, ch, y, xx);
+                    let keep = m[y * w + xx];
+                    buf[i] = b[i] + keep * (x[i] - b[i]);
+                }
+            }
+        }
+    })?;
+    let probabilities = matches!(job.model.spec.scores, crate::runtime::manifest::ScoreKind::Logits);
+    let mut out = Vec::new();
+    for t in targets {
+        let mut sal = vec![0f64; h * w];
+        for (r, m) in masks.iter().enumerate() {
+            // RISE weighs masks by the class probability.
+            let score = if probabilities {
+                crate::runtime::predict::softmax(&outputs[r])[t.index]
+            } else {
+                outputs[r][t.index]
+            };
+            for (s, v) in sal.iter_mut().zip(m) {
+                *s += score * *v as f64;
+            }
+        }
+        let norm = count as f64 * p.p as f64;
+        let map = Tensor::f32(vec![h, w], sal.iter().map(|v| (v / norm) as f32).collect());
+        out.push(TargetAttribution {
+            target: t.clone(),
+            tensor: map.clone(),
+            map: Some(map),
+            convergence_delta: None,
+            layer: None,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,119 @@
+//! Score-CAM (Wang et al. 2020): each activation map of a layer, upsampled and normalised to [0, 1],
+//! masks the input; the class score each mask keeps (over the baseline's) weighs that map. No
+//! gradients in the weights: one pass reads the activations, then one forward row per channel.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::baselines::{self, Baseline};
+use super::grad_cam::{resolve_layer, upsample};
+use super::perturb::{index, run_copies};
+use super::{one_hot, Cx, ExplainJob, TargetAttribution};
+use crate::onnx::autodiff::RuleSet;
+use crate::runtime::predict::Prediction;
+use crate::runtime::preprocess::InputError;
+use crate::runtime::{RuntimeError, Tensor};
+
+/// Score-CAM parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoreCamParams {
+    /// The 4-D activation whose channels become masks; default: the last spatial layer.
+    pub layer: Option<String>,
+}
+
+pub(super) fn explain(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &ScoreCamParams,
+    targets: &[Prediction],
+) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    let spec = job
+        .model
+        .spec
+        .image
+        .as_ref()
+        .ok_or_else(|| InputError::WrongKind("Score-CAM explains image models".into()))?;
+    let layer = resolve_layer(job, &p.layer)?;
+    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    let classes = job.model.spec.labels.len().max(1);
+    // The layer's activations (the backward model exposes them; its gradient is not used).
+    let pass = cx.gradients(
+        std::slice::from_ref(&layer),
+        RuleSet::Standard,
+        &job.input,
+        &one_hot(&[0], classes),
+        1,
+    )?;
+    let act = &pass.layers[0].0;
+    let (k, lh, lw) = (act.shape[1], act.shape[2], act.shape[3]);
+    if k > job.limits.max_samples {
+        return Err(InputError::BadFeatures(format!(
+            "layer `{layer}` has {k} channels; the limit is {} model rows (max_samples)",
+            job.limits.max_samples
+        ))
+        .into());
+    }
+    let a = act.as_f32().unwrap_or(&[]);
+    let masks: Vec<Vec<f32>> = (0..k)
+        .map(|ch| {
+            let up = upsample(&a[ch * lh * lw..(ch + 1) * lh * lw], lw, lh, w, h);
+            let v = up.as_f32().unwrap_or(&[]).to_vec();
+            let (lo, hi) = v
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, u), x| (l.min(*x), u.max(*x)));
+            if hi > lo {
+                v.iter().map(|x| (x - lo) / (hi - lo)).collect()
+            } else {
+                vec![0.0; v.len()]
+            }
+        })
+        .collect();
+    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
+    let baseline = baselines::build(Baseline::Black, &job.input, Some(spec), job.seed);
+    let b = baseline.as_f32().unwrap_or(&[]).to_vec();
+    let mut outputs = run_copies(cx, &job.input, k + 1, |r, buf| {
+        if r == k {
+            buf.copy_from_slice(&b);
+            return;
+        }
+        let m = &masks[r];
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    let i = index(spec, ch, y, xx);
+                    buf[i] = b[i] + m[y * w + xx] * (x[i] - b[i]);
+                }
+            }
+        }
+    })?;
+    let base_scores = outputs.pop().unwrap_or_default();
+    let probabilities = matches!(job.model.spec.scores, crate::runtime::manifest::ScoreKind::Logits);
+    let score = |row: &[f64], t: usize| {
+        if probabilities {
+            crate::runtime::predict::softmax(row)[t]
+        } else {
+            row[t]
+        }
+    };
+    let mut out = Vec::new();
+    for t in targets {
+        let base = score(&base_scores, t.index);
+        let mut cam = vec![0f32; h * w];
+        for (r, m) in masks.iter().enumerate() {
+            let weight = (score(&outputs[r], t.index) - base) as f32;
+            for (v, mv) in cam.iter_mut().zip(m) {
+                *v += weight * mv;
+            }
+        }
+        let map = Tensor::f32(vec![h, w], cam.into_iter().map(|v| v.max(0.0)).collect());
+        out.push(TargetAttribution {
+            target: t.clone(),
+            tensor: map.clone(),
+            map: Some(map),
+            convergence_delta: None,
+            layer: Some(layer.clone()),
+        });
+    }
+    Ok(out)
+}
