@@ -53,10 +53,13 @@ pub fn url(service: &Service, path: &str) -> String {
 
 /// A fresh temporary directory under target/ (kept out of /tmp so a failing run can be inspected).
 pub fn temp_dir(name: &str) -> PathBuf {
+    // Tests of one binary run in parallel in one process: every call gets its own folder.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = root()
         .join("target")
         .join("test-tmp")
-        .join(format!("{name}-{}", std::process::id()));
+        .join(format!("{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
