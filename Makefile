@@ -15,7 +15,7 @@ run: onnxruntime
 
 test:
 	./scripts/test-setup.sh
-	$(CARGO) test
+	$(CARGO) test --no-fail-fast
 
 lint:
 	$(CARGO) fmt --check
