@@ -132,10 +132,10 @@ async fn every_method_puts_the_attribution_where_the_model_looks() {
         let map = values(&v);
         let forward_only = matches!(
             method,
-            explaind::explain::Method::Occlusion | explaind::explain::Method::Rise
+            explaind::explain::Method::Occlusion | explaind::explain::Method::Rise | explaind::explain::Method::Lime
         );
         if forward_only {
-            // Perturbation maps carry an offset (RISE) or spill over a window's width (occlusion):
+            // Perturbation maps carry an offset (RISE), spill over a window or segment (occlusion, LIME):
             // the hottest pixels lie in the region, and the region is hotter than the rest.
             let near = 0..REACH.end + 1;
             let (mut inside, mut outside) = (Vec::new(), Vec::new());
@@ -866,6 +866,35 @@ async fn perturbation_methods_are_exact_seeded_and_bounded() {
     assert_ne!(a["attributions"], c["attributions"]);
     assert_eq!(a["seed"], 4);
     assert_eq!(a["stats"]["model_rows"], 65);
+    // LIME: segment weights, the local model's fit, and seeded samples.
+    let l1 = explain_json(
+        &http,
+        &s,
+        "region",
+        "lime",
+        json!({"image": b64, "seed": 8, "params": {"samples": 200, "segments": 16}}),
+    )
+    .await;
+    let l2 = explain_json(
+        &http,
+        &s,
+        "region",
+        "lime",
+        json!({"image": b64, "seed": 8, "params": {"samples": 200, "segments": 16}}),
+    )
+    .await;
+    assert_eq!(l1["attributions"], l2["attributions"]);
+    let details = &l1["details"];
+    let segments = details["segments"].as_u64().unwrap() as usize;
+    assert!(segments >= 2);
+    assert_eq!(details["segment_weights"].as_array().unwrap().len(), segments);
+    assert_eq!(details["segment_map"]["values"].as_array().unwrap().len(), SIDE * SIDE);
+    assert!(
+        details["r2"].as_f64().unwrap() > 0.5,
+        "the local model fits: {}",
+        details["r2"]
+    );
+    assert_eq!(l1["stats"]["model_rows"], 201);
     // Bounds and applicability.
     let post = |method: &str, body: Value| {
         http.post(url(&s, &format!("/v1/models/region/explain/{method}")))

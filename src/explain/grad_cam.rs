@@ -127,6 +127,7 @@ pub(super) fn explain(
             map: Some(map),
             convergence_delta: None,
             layer: Some(layer.clone()),
+            details: None,
         })
         .collect())
 }

@@ -75,6 +75,7 @@ pub(super) fn guided_grad_cam(
             map: Some(fold_channels(&product, r, spec, Fold::MaxAbs)),
             convergence_delta: None,
             layer: Some(layer.clone()),
+            details: None,
         })
         .collect())
 }

@@ -147,6 +147,7 @@ pub(super) fn explain(
             map: spec.map(|s| fold_channels(&batch, 0, s, Fold::Sum)),
             convergence_delta: Some(delta),
             layer: None,
+            details: None,
         });
     }
     Ok(out)

@@ -7,11 +7,13 @@ mod grad_cam;
 mod gradient_x_input;
 mod guided;
 mod integrated_gradients;
+mod lime;
 mod occlusion;
 mod perturb;
 mod rise;
 mod saliency;
 mod score_cam;
+mod segments;
 mod smoothgrad;
 pub mod targets;
 
@@ -24,6 +26,7 @@ pub use grad_cam::GradCamParams;
 pub use gradient_x_input::GradientXInputParams;
 pub use guided::{GuidedBackpropParams, GuidedGradCamParams};
 pub use integrated_gradients::{IntegratedGradientsParams, Integration};
+pub use lime::{Hide, LimeParams};
 pub use occlusion::OcclusionParams;
 pub use perturb::Preset;
 pub use rise::RiseParams;
@@ -66,11 +69,13 @@ pub enum Method {
     Rise,
     /// Score-CAM (Wang et al. 2020).
     ScoreCam,
+    /// LIME over superpixels (Ribeiro et al. 2016): forward passes only.
+    Lime,
 }
 
 impl Method {
     /// Every method.
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 12] = [
         Method::Saliency,
         Method::GradientXInput,
         Method::IntegratedGradients,
@@ -82,6 +87,7 @@ impl Method {
         Method::Occlusion,
         Method::Rise,
         Method::ScoreCam,
+        Method::Lime,
     ];
 
     /// The path segment (`integrated-gradients`).
@@ -98,6 +104,7 @@ impl Method {
             Method::Occlusion => "occlusion",
             Method::Rise => "rise",
             Method::ScoreCam => "score-cam",
+            Method::Lime => "lime",
         }
     }
 
@@ -108,7 +115,7 @@ impl Method {
 
     /// Whether the method uses random numbers (and so echoes a seed).
     pub fn is_random(self) -> bool {
-        matches!(self, Method::Smoothgrad | Method::Rise)
+        matches!(self, Method::Smoothgrad | Method::Rise | Method::Lime)
     }
 
     /// Whether the method needs a spatial layer (CAM methods), so image models only.
@@ -121,12 +128,12 @@ impl Method {
 
     /// Whether the method explains image models only.
     pub fn image_only(self) -> bool {
-        self.needs_layer() || matches!(self, Method::Occlusion | Method::Rise)
+        self.needs_layer() || matches!(self, Method::Occlusion | Method::Rise | Method::Lime)
     }
 
     /// Whether the method needs the model's backward graph (gradients or layer activations).
     pub fn needs_gradients(self) -> bool {
-        !matches!(self, Method::Occlusion | Method::Rise)
+        !matches!(self, Method::Occlusion | Method::Rise | Method::Lime)
     }
 }
 
@@ -145,6 +152,7 @@ pub enum MethodParams {
     Occlusion(OcclusionParams),
     Rise(RiseParams),
     ScoreCam(ScoreCamParams),
+    Lime(LimeParams),
 }
 
 /// Limits that bound every explanation's work, from the config.
@@ -174,6 +182,7 @@ impl MethodParams {
             Method::Occlusion => MethodParams::Occlusion(de(params)?),
             Method::Rise => MethodParams::Rise(de(params)?),
             Method::ScoreCam => MethodParams::ScoreCam(de(params)?),
+            Method::Lime => MethodParams::Lime(de(params)?),
         };
         parsed.validate(limits)?;
         Ok(parsed)
@@ -185,6 +194,7 @@ impl MethodParams {
             MethodParams::Smoothgrad(p) => p.validate(limits),
             MethodParams::Occlusion(p) => p.validate(limits),
             MethodParams::Rise(p) => p.validate(limits),
+            MethodParams::Lime(p) => p.validate(limits),
             _ => Ok(()),
         }
     }
@@ -196,7 +206,7 @@ impl MethodParams {
             MethodParams::IntegratedGradients(p) => p.steps,
             MethodParams::Smoothgrad(p) => p.rows(),
             MethodParams::GuidedGradCam(_) => 2,
-            MethodParams::Occlusion(_) | MethodParams::Rise(_) | MethodParams::ScoreCam(_) => 0,
+            MethodParams::Occlusion(_) | MethodParams::Rise(_) | MethodParams::ScoreCam(_) | MethodParams::Lime(_) => 0,
             _ => 1,
         }
     }
@@ -244,6 +254,8 @@ pub struct TargetAttribution {
     pub convergence_delta: Option<f64>,
     /// CAM methods: the layer used.
     pub layer: Option<String>,
+    /// Method-specific results (LIME: segment weights, segment map, R^2, intercept).
+    pub details: Option<serde_json::Value>,
 }
 
 /// What an explanation run produced.
@@ -467,6 +479,7 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
         MethodParams::Occlusion(p) => occlusion::explain(&mut cx, job, p, &targets, &scores)?,
         MethodParams::Rise(p) => rise::explain(&mut cx, job, p, &targets)?,
         MethodParams::ScoreCam(p) => score_cam::explain(&mut cx, job, p, &targets)?,
+        MethodParams::Lime(p) => lime::explain(&mut cx, job, p, &targets)?,
     };
     let target_scores = targets
         .iter()
@@ -585,6 +598,7 @@ fn per_target(job: &ExplainJob, targets: &[Prediction], attributions: &Tensor, f
                 .map(|spec| fold_channels(attributions, r, spec, fold)),
             convergence_delta: None,
             layer: None,
+            details: None,
         })
         .collect()
 }

@@ -142,6 +142,7 @@ pub(super) fn explain(
             map: Some(map),
             convergence_delta: None,
             layer: None,
+            details: None,
         });
     }
     Ok(out)

@@ -210,6 +210,7 @@ pub(super) fn explain(
             map: spec.map(|s| fold_channels(&single, 0, s, if signed { Fold::Sum } else { Fold::MaxAbs })),
             convergence_delta: None,
             layer: None,
+            details: None,
         });
     }
     Ok(out)

@@ -119,6 +119,11 @@ pub struct TargetExplanation {
     /// With `include: ["overlay"]`: the PNG overlay, base64.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overlay_png: Option<String>,
+    /// Method-specific results (LIME: `segments`, `segment_weights`, `segment_map`, `r2`,
+    /// `intercept`, `top_positive`, `top_negative`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
 }
 
 /// Work done.
@@ -183,7 +188,7 @@ const QUERY_KEYS: &[&str] = &[
 #[utoipa::path(post, path = "/v1/models/{model}/explain/{method}", tag = "explanations",
     params(
         ("model" = String, Path, description = "model name", example = "fashion-cnn"),
-        ("method" = Method, Path, description = "saliency, gradient-x-input, integrated-gradients, smoothgrad, grad-cam, grad-cam-plus-plus, guided-backprop, guided-grad-cam, occlusion, rise, score-cam"),
+        ("method" = Method, Path, description = "saliency, gradient-x-input, integrated-gradients, smoothgrad, grad-cam, grad-cam-plus-plus, guided-backprop, guided-grad-cam, occlusion, rise, score-cam, lime"),
     ),
     request_body(content(
         (ExplainRequest = "application/json"),
@@ -574,6 +579,7 @@ pub(super) fn explanations(
             convergence_delta: a.convergence_delta,
             layer: a.layer.clone(),
             overlay_png,
+            details: a.details.clone(),
         });
     }
     (explanations, drawn)

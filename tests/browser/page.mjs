@@ -1,4 +1,5 @@
-// Drives the web page in headless Chromium: loads it, uploads an example image, runs two methods,
+// Drives the web page in headless Chromium: loads it, uploads an example image, runs saliency,
+// Grad-CAM and LIME,
 // and checks that an overlay appears and the top class is shown. Screenshots go to argv[3].
 // Usage: node tests/browser/page.mjs BASE_URL SCREENSHOT_DIR IMAGE
 import { chromium } from "playwright-core";
@@ -16,7 +17,7 @@ try {
   await page.goto(base, { waitUntil: "networkidle" });
   await page.selectOption("#model", "fashion-cnn");
   await page.setInputFiles("#file", image);
-  for (const method of ["saliency", "grad-cam"]) {
+  for (const method of ["saliency", "grad-cam", "lime"]) {
     await page.selectOption("#method", method);
     await page.click("#explain");
     await page.waitForFunction((m) => !document.getElementById("overlay-figure").hidden
