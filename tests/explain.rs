@@ -132,7 +132,10 @@ async fn every_method_puts_the_attribution_where_the_model_looks() {
         let map = values(&v);
         let forward_only = matches!(
             method,
-            explaind::explain::Method::Occlusion | explaind::explain::Method::Rise | explaind::explain::Method::Lime
+            explaind::explain::Method::Occlusion
+                | explaind::explain::Method::Rise
+                | explaind::explain::Method::Lime
+                | explaind::explain::Method::KernelShap
         );
         if forward_only {
             // Perturbation maps carry an offset (RISE), spill over a window or segment (occlusion, LIME):
@@ -930,5 +933,131 @@ async fn perturbation_methods_are_exact_seeded_and_bounded() {
         .await
         .unwrap();
     problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input").await;
+    s.stop().await.unwrap();
+}
+
+/// Exact Shapley values of the region model's class-0 probability over a segment map, by
+/// enumerating every coalition (missing segments are mid grey, as the service hides them).
+fn exact_shapley(img: &image::GrayImage, segment_map: &[usize], m: usize) -> (Vec<f64>, f64, f64) {
+    let runner = runner();
+    let mut session = runner.session(&region_model()).unwrap();
+    let coalitions = 1usize << m;
+    let n = SIDE * SIDE;
+    let mut values = Vec::with_capacity(coalitions);
+    for chunk in (0..coalitions).collect::<Vec<_>>().chunks(256) {
+        let mut data = Vec::with_capacity(chunk.len() * n);
+        for &mask in chunk {
+            for (i, p) in img.pixels().enumerate() {
+                let on = mask >> segment_map[i] & 1 == 1;
+                data.push(if on { p.0[0] as f32 / 255.0 } else { 128.0 / 255.0 });
+            }
+        }
+        let (_, logits) = run_output(
+            &mut session,
+            &[("input", vec![chunk.len(), 1, SIDE, SIDE], data)],
+            "logits",
+        );
+        for row in logits.chunks(2) {
+            let (a, b) = (row[0] as f64, row[1] as f64);
+            values.push(1.0 / (1.0 + (b - a).exp()));
+        }
+    }
+    let fact = |k: usize| (1..=k).map(|v| v as f64).product::<f64>();
+    let mut phi = vec![0f64; m];
+    for (i, value) in phi.iter_mut().enumerate() {
+        for mask in 0..coalitions {
+            if mask >> i & 1 == 1 {
+                continue;
+            }
+            let s = (mask as u32).count_ones() as usize;
+            let weight = fact(s) * fact(m - s - 1) / fact(m);
+            *value += weight * (values[mask | 1 << i] - values[mask]);
+        }
+    }
+    (phi, values[0], values[coalitions - 1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_shap_converges_to_exact_shapley_values_with_honest_errors() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    let (png, img) = noise_png(SIDE as u32, 6);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let ask = |samples: Value, seed: u64| {
+        let http = http.clone();
+        let b64 = b64.clone();
+        let endpoint = url(&s, "/v1/models/region/explain/kernel-shap");
+        async move {
+            let body = json!({"image": b64, "target": 0, "seed": seed, "params": {"segments": 9, "samples": samples, "tolerance": 0.004}});
+            let r = http.post(endpoint).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let first = ask(json!(64), 1).await;
+    let d = &first["details"];
+    let m = d["segments"].as_u64().unwrap() as usize;
+    assert!((2..=12).contains(&m), "{m} segments");
+    let segment_map: Vec<usize> = d["segment_map"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let (exact, v_empty, v_full) = exact_shapley(&img, &segment_map, m);
+    // Efficiency is exact, and the base value is the fully hidden image's score.
+    assert!(d["efficiency_gap"].as_f64().unwrap().abs() < 1e-9);
+    assert!((d["base_value"].as_f64().unwrap() - v_empty).abs() < 1e-5);
+    assert!((d["value"].as_f64().unwrap() - v_full).abs() < 1e-5);
+    let rmse = |v: &Value| {
+        let phi: Vec<f64> = v["details"]["shapley_values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        (phi.iter().zip(&exact).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / m as f64).sqrt()
+    };
+    // Error falls as the samples grow; the standard errors cover the true errors.
+    let mut covered = 0;
+    let mut total = 0;
+    let mut errors = Vec::new();
+    for samples in [64usize, 256, 1024] {
+        let mut sum = 0.0;
+        for seed in 0..4u64 {
+            let v = ask(json!(samples), 10 + seed).await;
+            sum += rmse(&v);
+            let phi = v["details"]["shapley_values"].as_array().unwrap();
+            let se = v["details"]["standard_errors"].as_array().unwrap();
+            for j in 0..m {
+                total += 1;
+                if (phi[j].as_f64().unwrap() - exact[j]).abs() <= 2.0 * se[j].as_f64().unwrap() + 1e-9 {
+                    covered += 1;
+                }
+            }
+        }
+        errors.push(sum / 4.0);
+    }
+    assert!(errors[2] < errors[0] / 2.0, "RMSE by samples 64/256/1024: {errors:?}");
+    let coverage = covered as f64 / total as f64;
+    eprintln!("kernel-shap: {m} players, RMSE at 64/256/1024 samples {errors:?}, coverage within 2 SE {coverage:.3}");
+    assert!(
+        coverage >= 0.85,
+        "only {coverage:.2} of the values lie within two standard errors"
+    );
+    // "auto" stops once every standard error is below the tolerance, with fewer rows than the default.
+    let auto = ask(json!("auto"), 3).await;
+    let drawn = auto["details"]["samples"].as_u64().unwrap() as usize;
+    eprintln!("kernel-shap auto: {drawn} samples (default budget {})", 2 * m + 2048);
+    assert!(drawn < 2 * m + 2048, "auto drew {drawn}");
+    assert_eq!(
+        auto["details"]["stopped"],
+        "every standard error is below the tolerance"
+    );
+    assert!(auto["details"]["standard_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e.as_f64().unwrap() < 0.004));
     s.stop().await.unwrap();
 }

@@ -85,6 +85,26 @@ impl LimeParams {
     }
 }
 
+/// The input with every segment switched off, in the model's input space.
+pub(super) fn hidden_image(job: &ExplainJob, spec: &crate::runtime::manifest::ImageSpec, hide: Hide) -> Vec<f32> {
+    let t = match hide {
+        Hide::Black => baselines::build(Baseline::Black, &job.input, Some(spec), job.seed),
+        Hide::Blur => baselines::build(Baseline::Blur, &job.input, Some(spec), job.seed),
+        Hide::Gray => {
+            let mut t = vec![0f32; job.input.as_f32().map(<[f32]>::len).unwrap_or(0)];
+            for ch in 0..spec.channels {
+                for y in 0..spec.height {
+                    for xx in 0..spec.width {
+                        t[index(spec, ch, y, xx)] = (128.0 * spec.scale - spec.mean[ch]) / spec.std[ch];
+                    }
+                }
+            }
+            Tensor::f32(job.input.shape.clone(), t)
+        }
+    };
+    t.as_f32().unwrap_or(&[]).to_vec()
+}
+
 /// A weighted ridge fit with intercept: (coefficients, intercept, weighted R^2).
 pub(super) fn weighted_ridge(z: &DMatrix<f64>, y: &[f64], weights: &[f64], alpha: f64) -> (Vec<f64>, f64, f64) {
     let (n, m) = (z.nrows(), z.ncols());
@@ -141,22 +161,7 @@ pub(super) fn explain(
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let (labels, m) = segments::slic(&job.input, spec, p.segments, p.compactness)?;
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
-    let hidden = match p.hide {
-        Hide::Black => baselines::build(Baseline::Black, &job.input, Some(spec), job.seed),
-        Hide::Blur => baselines::build(Baseline::Blur, &job.input, Some(spec), job.seed),
-        Hide::Gray => {
-            let mut t = vec![0f32; x.len()];
-            for ch in 0..c {
-                for y in 0..h {
-                    for xx in 0..w {
-                        t[index(spec, ch, y, xx)] = (128.0 * spec.scale - spec.mean[ch]) / spec.std[ch];
-                    }
-                }
-            }
-            Tensor::f32(job.input.shape.clone(), t)
-        }
-    };
-    let hidden = hidden.as_f32().unwrap_or(&[]).to_vec();
+    let hidden = hidden_image(job, spec, p.hide);
     // The first sample is the whole image, as lime_image does.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
     let z: Vec<Vec<bool>> = (0..p.samples)

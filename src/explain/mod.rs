@@ -7,6 +7,7 @@ mod grad_cam;
 mod gradient_x_input;
 mod guided;
 mod integrated_gradients;
+mod kernel_shap;
 mod lime;
 mod occlusion;
 mod perturb;
@@ -26,6 +27,7 @@ pub use grad_cam::GradCamParams;
 pub use gradient_x_input::GradientXInputParams;
 pub use guided::{GuidedBackpropParams, GuidedGradCamParams};
 pub use integrated_gradients::{IntegratedGradientsParams, Integration};
+pub use kernel_shap::{KernelShapParams, Samples};
 pub use lime::{Hide, LimeParams};
 pub use occlusion::OcclusionParams;
 pub use perturb::Preset;
@@ -71,11 +73,13 @@ pub enum Method {
     ScoreCam,
     /// LIME over superpixels (Ribeiro et al. 2016): forward passes only.
     Lime,
+    /// KernelSHAP over superpixels (Lundberg and Lee 2017): forward passes only.
+    KernelShap,
 }
 
 impl Method {
     /// Every method.
-    pub const ALL: [Method; 12] = [
+    pub const ALL: [Method; 13] = [
         Method::Saliency,
         Method::GradientXInput,
         Method::IntegratedGradients,
@@ -88,6 +92,7 @@ impl Method {
         Method::Rise,
         Method::ScoreCam,
         Method::Lime,
+        Method::KernelShap,
     ];
 
     /// The path segment (`integrated-gradients`).
@@ -105,6 +110,7 @@ impl Method {
             Method::Rise => "rise",
             Method::ScoreCam => "score-cam",
             Method::Lime => "lime",
+            Method::KernelShap => "kernel-shap",
         }
     }
 
@@ -115,7 +121,10 @@ impl Method {
 
     /// Whether the method uses random numbers (and so echoes a seed).
     pub fn is_random(self) -> bool {
-        matches!(self, Method::Smoothgrad | Method::Rise | Method::Lime)
+        matches!(
+            self,
+            Method::Smoothgrad | Method::Rise | Method::Lime | Method::KernelShap
+        )
     }
 
     /// Whether the method needs a spatial layer (CAM methods), so image models only.
@@ -128,12 +137,19 @@ impl Method {
 
     /// Whether the method explains image models only.
     pub fn image_only(self) -> bool {
-        self.needs_layer() || matches!(self, Method::Occlusion | Method::Rise | Method::Lime)
+        self.needs_layer()
+            || matches!(
+                self,
+                Method::Occlusion | Method::Rise | Method::Lime | Method::KernelShap
+            )
     }
 
     /// Whether the method needs the model's backward graph (gradients or layer activations).
     pub fn needs_gradients(self) -> bool {
-        !matches!(self, Method::Occlusion | Method::Rise | Method::Lime)
+        !matches!(
+            self,
+            Method::Occlusion | Method::Rise | Method::Lime | Method::KernelShap
+        )
     }
 }
 
@@ -153,6 +169,7 @@ pub enum MethodParams {
     Rise(RiseParams),
     ScoreCam(ScoreCamParams),
     Lime(LimeParams),
+    KernelShap(KernelShapParams),
 }
 
 /// Limits that bound every explanation's work, from the config.
@@ -183,6 +200,7 @@ impl MethodParams {
             Method::Rise => MethodParams::Rise(de(params)?),
             Method::ScoreCam => MethodParams::ScoreCam(de(params)?),
             Method::Lime => MethodParams::Lime(de(params)?),
+            Method::KernelShap => MethodParams::KernelShap(de(params)?),
         };
         parsed.validate(limits)?;
         Ok(parsed)
@@ -195,6 +213,7 @@ impl MethodParams {
             MethodParams::Occlusion(p) => p.validate(limits),
             MethodParams::Rise(p) => p.validate(limits),
             MethodParams::Lime(p) => p.validate(limits),
+            MethodParams::KernelShap(p) => p.validate(limits),
             _ => Ok(()),
         }
     }
@@ -206,7 +225,11 @@ impl MethodParams {
             MethodParams::IntegratedGradients(p) => p.steps,
             MethodParams::Smoothgrad(p) => p.rows(),
             MethodParams::GuidedGradCam(_) => 2,
-            MethodParams::Occlusion(_) | MethodParams::Rise(_) | MethodParams::ScoreCam(_) | MethodParams::Lime(_) => 0,
+            MethodParams::Occlusion(_)
+            | MethodParams::Rise(_)
+            | MethodParams::ScoreCam(_)
+            | MethodParams::Lime(_)
+            | MethodParams::KernelShap(_) => 0,
             _ => 1,
         }
     }
@@ -480,6 +503,7 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
         MethodParams::Rise(p) => rise::explain(&mut cx, job, p, &targets)?,
         MethodParams::ScoreCam(p) => score_cam::explain(&mut cx, job, p, &targets)?,
         MethodParams::Lime(p) => lime::explain(&mut cx, job, p, &targets)?,
+        MethodParams::KernelShap(p) => kernel_shap::explain(&mut cx, job, p, &targets, &scores)?,
     };
     let target_scores = targets
         .iter()

@@ -188,7 +188,7 @@ const QUERY_KEYS: &[&str] = &[
 #[utoipa::path(post, path = "/v1/models/{model}/explain/{method}", tag = "explanations",
     params(
         ("model" = String, Path, description = "model name", example = "fashion-cnn"),
-        ("method" = Method, Path, description = "saliency, gradient-x-input, integrated-gradients, smoothgrad, grad-cam, grad-cam-plus-plus, guided-backprop, guided-grad-cam, occlusion, rise, score-cam, lime"),
+        ("method" = Method, Path, description = "saliency, gradient-x-input, integrated-gradients, smoothgrad, grad-cam, grad-cam-plus-plus, guided-backprop, guided-grad-cam, occlusion, rise, score-cam, lime, kernel-shap"),
     ),
     request_body(content(
         (ExplainRequest = "application/json"),
