@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::lime::Hide;
-use super::perturb::{index, run_copies};
+use super::perturb::{compose, run_copies, segment_indices};
 use super::{segments, Cx, ExplainJob, Limits, TargetAttribution};
 use crate::runtime::manifest::ScoreKind;
 use crate::runtime::predict::{softmax, Prediction};
@@ -136,8 +136,9 @@ pub(super) fn explain(
         .image
         .as_ref()
         .ok_or_else(|| InputError::WrongKind("image KernelSHAP explains image models".into()))?;
-    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    let (h, w) = (spec.height, spec.width);
     let (labels, m) = segments::slic(&job.input, spec, p.segments, p.compactness)?;
+    let pixels = segment_indices(spec, &labels, m);
     if m < 2 {
         return Err(InputError::BadFeatures("the image gave fewer than 2 segments; ask for more".into()).into());
     }
@@ -199,18 +200,7 @@ pub(super) fn explain(
             coalitions.push(complement);
         }
         let outputs = run_copies(cx, &job.input, coalitions.len(), |r, buf| {
-            for ch in 0..c {
-                for y in 0..h {
-                    for xx in 0..w {
-                        let i = index(spec, ch, y, xx);
-                        buf[i] = if coalitions[r][labels[y * w + xx]] {
-                            x[i]
-                        } else {
-                            hidden[i]
-                        };
-                    }
-                }
-            }
+            compose(buf, &x, &hidden, &coalitions[r], &pixels)
         })?;
         for (ti, t) in targets.iter().enumerate() {
             for k in 0..n_pairs {

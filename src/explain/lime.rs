@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
-use super::perturb::{index, run_copies};
+use super::perturb::{compose, index, run_copies, segment_indices};
 use super::{segments, Cx, ExplainJob, Limits, TargetAttribution};
 use crate::runtime::manifest::ScoreKind;
 use crate::runtime::predict::{softmax, Prediction};
@@ -158,8 +158,9 @@ pub(super) fn explain(
         .image
         .as_ref()
         .ok_or_else(|| InputError::WrongKind("image LIME explains image models".into()))?;
-    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    let (h, w) = (spec.height, spec.width);
     let (labels, m) = segments::slic(&job.input, spec, p.segments, p.compactness)?;
+    let pixels = segment_indices(spec, &labels, m);
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let hidden = hidden_image(job, spec, p.hide);
     // The first sample is the whole image, as lime_image does.
@@ -168,14 +169,7 @@ pub(super) fn explain(
         .map(|r| (0..m).map(|_| r == 0 || rng.random::<bool>()).collect())
         .collect();
     let outputs = run_copies(cx, &job.input, p.samples, |r, buf| {
-        for ch in 0..c {
-            for y in 0..h {
-                for xx in 0..w {
-                    let i = index(spec, ch, y, xx);
-                    buf[i] = if z[r][labels[y * w + xx]] { x[i] } else { hidden[i] };
-                }
-            }
-        }
+        compose(buf, &x, &hidden, &z[r], &pixels)
     })?;
     let probabilities = job.model.spec.scores == ScoreKind::Logits;
     let design = DMatrix::from_fn(p.samples, m, |i, j| if z[i][j] { 1.0 } else { 0.0 });

@@ -29,6 +29,33 @@ pub(super) fn index(spec: &ImageSpec, ch: usize, y: usize, x: usize) -> usize {
     }
 }
 
+/// For each segment, the tensor indices (every channel) of its pixels: switching a segment off is then
+/// a copy of those indices only.
+pub(super) fn segment_indices(spec: &ImageSpec, labels: &[usize], segments: usize) -> Vec<Vec<usize>> {
+    let mut out = vec![Vec::new(); segments];
+    for y in 0..spec.height {
+        for x in 0..spec.width {
+            let s = labels[y * spec.width + x];
+            for ch in 0..spec.channels {
+                out[s].push(index(spec, ch, y, x));
+            }
+        }
+    }
+    out
+}
+
+/// Writes the input with the segments `on[s] == false` replaced by `hidden`.
+pub(super) fn compose(buf: &mut [f32], x: &[f32], hidden: &[f32], on: &[bool], segments: &[Vec<usize>]) {
+    buf.copy_from_slice(x);
+    for (s, keep) in on.iter().enumerate() {
+        if !keep {
+            for &i in &segments[s] {
+                buf[i] = hidden[i];
+            }
+        }
+    }
+}
+
 /// Runs `rows` perturbed copies (built by `make(row, &mut buffer)`) in batches and returns every
 /// row's scores, `[rows][classes]`.
 pub(super) fn run_copies(
