@@ -571,8 +571,7 @@ impl Task for PredictExplainTask {
         let rows = crate::runtime::predict::predict(rt, &p.model, &p.input, p.top_k)?;
         let mut explained = Vec::with_capacity(rows.len());
         for (r, row) in rows.iter().enumerate() {
-            let top = &row.predictions[0];
-            if !self.when.holds(top) {
+            if !row.predictions.first().is_some_and(|top| self.when.holds(top)) {
                 explained.push(None);
                 continue;
             }

@@ -40,6 +40,9 @@ pub fn resolve(
     scores: &[f64],
     max_targets: usize,
 ) -> Result<Vec<Prediction>, InputError> {
+    if scores.is_empty() {
+        return Err(InputError::BadFeatures(format!("model `{}` gave no scores to explain", model.name)));
+    }
     let ranked = rank(model, scores, scores.len());
     let by_index = |i: usize| -> Result<Prediction, InputError> {
         ranked.iter().find(|p| p.index == i).cloned().ok_or_else(|| {
