@@ -41,7 +41,10 @@ pub fn resolve(
     max_targets: usize,
 ) -> Result<Vec<Prediction>, InputError> {
     if scores.is_empty() {
-        return Err(InputError::BadFeatures(format!("model `{}` gave no scores to explain", model.name)));
+        return Err(InputError::BadFeatures(format!(
+            "model `{}` gave no scores to explain",
+            model.name
+        )));
     }
     let ranked = rank(model, scores, scores.len());
     let by_index = |i: usize| -> Result<Prediction, InputError> {
