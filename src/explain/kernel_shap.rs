@@ -130,12 +130,7 @@ pub(super) fn explain(
     targets: &[Prediction],
     scores: &[f64],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let spec = job
-        .model
-        .spec
-        .image
-        .as_ref()
-        .ok_or_else(|| InputError::WrongKind("image KernelSHAP explains image models".into()))?;
+    let spec = job.image_spec("image KernelSHAP")?;
     let (h, w) = (spec.height, spec.width);
     let (labels, m) = segments::slic(&job.input, spec, p.segments, p.compactness)?;
     let pixels = segment_indices(spec, &labels, m);
@@ -246,14 +241,7 @@ pub(super) fn explain(
             "stopped": stop_reason,
             "segment_map": {"shape": [h, w], "values": labels},
         });
-        out.push(TargetAttribution {
-            target: t.clone(),
-            tensor: map.clone(),
-            map: Some(map),
-            convergence_delta: None,
-            layer: None,
-            details: Some(details),
-        });
+        out.push(TargetAttribution::from_map(t, map, None, Some(details)));
     }
     Ok(out)
 }

@@ -12,7 +12,6 @@ use super::perturb::{compose, index, run_copies, segment_indices};
 use super::{segments, Cx, ExplainJob, Limits, TargetAttribution};
 use crate::runtime::manifest::ScoreKind;
 use crate::runtime::predict::{softmax, Prediction};
-use crate::runtime::preprocess::InputError;
 use crate::runtime::{RuntimeError, Tensor};
 
 /// What replaces a switched-off segment.
@@ -152,12 +151,7 @@ pub(super) fn explain(
     p: &LimeParams,
     targets: &[Prediction],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let spec = job
-        .model
-        .spec
-        .image
-        .as_ref()
-        .ok_or_else(|| InputError::WrongKind("image LIME explains image models".into()))?;
+    let spec = job.image_spec("image LIME")?;
     let (h, w) = (spec.height, spec.width);
     let (labels, m) = segments::slic(&job.input, spec, p.segments, p.compactness)?;
     let pixels = segment_indices(spec, &labels, m);
@@ -208,14 +202,7 @@ pub(super) fn explain(
             "top_negative": order.iter().rev().take(5).filter(|s| coef[**s] < 0.0).collect::<Vec<_>>(),
             "segment_map": {"shape": [h, w], "values": labels},
         });
-        out.push(TargetAttribution {
-            target: t.clone(),
-            tensor: map.clone(),
-            map: Some(map),
-            convergence_delta: None,
-            layer: None,
-            details: Some(details),
-        });
+        out.push(TargetAttribution::from_map(t, map, None, Some(details)));
     }
     Ok(out)
 }

@@ -281,6 +281,34 @@ pub struct TargetAttribution {
     pub details: Option<serde_json::Value>,
 }
 
+impl TargetAttribution {
+    /// The attribution of a method that produces a `[height, width]` map over the input image.
+    pub fn from_map(
+        target: &Prediction,
+        map: Tensor,
+        layer: Option<String>,
+        details: Option<serde_json::Value>,
+    ) -> Self {
+        Self {
+            target: target.clone(),
+            tensor: map.clone(),
+            map: Some(map),
+            convergence_delta: None,
+            layer,
+            details,
+        }
+    }
+}
+
+impl ExplainJob {
+    /// The image preprocessing, or an error naming `method` for tabular models.
+    pub fn image_spec(&self, method: &str) -> Result<&ImageSpec, RuntimeError> {
+        self.model.spec.image.as_ref().ok_or_else(|| {
+            crate::runtime::preprocess::InputError::WrongKind(format!("{method} explains image models")).into()
+        })
+    }
+}
+
 /// What an explanation run produced.
 #[derive(Debug, Clone)]
 pub struct ExplainResult {

@@ -83,12 +83,7 @@ pub(super) fn explain(
     targets: &[Prediction],
     scores: &[f64],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let spec = job
-        .model
-        .spec
-        .image
-        .as_ref()
-        .ok_or_else(|| InputError::WrongKind("occlusion explains image models".into()))?;
+    let spec = job.image_spec("occlusion")?;
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let (window, stride) = p.resolved(h.min(w));
     let (ys, xs) = (positions(h, window, stride), positions(w, window, stride));
@@ -135,14 +130,7 @@ pub(super) fn explain(
             .map(|(s, n)| if *n > 0 { (*s / *n as f64) as f32 } else { 0.0 })
             .collect();
         let map = Tensor::f32(vec![h, w], map);
-        out.push(TargetAttribution {
-            target: t.clone(),
-            tensor: map.clone(),
-            map: Some(map),
-            convergence_delta: None,
-            layer: None,
-            details: None,
-        });
+        out.push(TargetAttribution::from_map(t, map, None, None));
     }
     Ok(out)
 }

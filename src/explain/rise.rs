@@ -10,7 +10,6 @@ use super::baselines::{self, Baseline};
 use super::perturb::{index, run_copies, Preset};
 use super::{Cx, ExplainJob, Limits, TargetAttribution};
 use crate::runtime::predict::Prediction;
-use crate::runtime::preprocess::InputError;
 use crate::runtime::{RuntimeError, Tensor};
 
 /// RISE parameters.
@@ -94,12 +93,7 @@ pub(super) fn explain(
     p: &RiseParams,
     targets: &[Prediction],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let spec = job
-        .model
-        .spec
-        .image
-        .as_ref()
-        .ok_or_else(|| InputError::WrongKind("RISE explains image models".into()))?;
+    let spec = job.image_spec("RISE")?;
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let count = p.mask_count();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
@@ -136,14 +130,7 @@ pub(super) fn explain(
         }
         let norm = count as f64 * p.p as f64;
         let map = Tensor::f32(vec![h, w], sal.iter().map(|v| (v / norm) as f32).collect());
-        out.push(TargetAttribution {
-            target: t.clone(),
-            tensor: map.clone(),
-            map: Some(map),
-            convergence_delta: None,
-            layer: None,
-            details: None,
-        });
+        out.push(TargetAttribution::from_map(t, map, None, None));
     }
     Ok(out)
 }

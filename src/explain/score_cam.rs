@@ -28,12 +28,7 @@ pub(super) fn explain(
     p: &ScoreCamParams,
     targets: &[Prediction],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let spec = job
-        .model
-        .spec
-        .image
-        .as_ref()
-        .ok_or_else(|| InputError::WrongKind("Score-CAM explains image models".into()))?;
+    let spec = job.image_spec("Score-CAM")?;
     let layer = resolve_layer(job, &p.layer)?;
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let classes = job.model.spec.labels.len().max(1);
@@ -107,14 +102,7 @@ pub(super) fn explain(
             }
         }
         let map = Tensor::f32(vec![h, w], cam.into_iter().map(|v| v.max(0.0)).collect());
-        out.push(TargetAttribution {
-            target: t.clone(),
-            tensor: map.clone(),
-            map: Some(map),
-            convergence_delta: None,
-            layer: Some(layer.clone()),
-            details: None,
-        });
+        out.push(TargetAttribution::from_map(t, map, Some(layer.clone()), None));
     }
     Ok(out)
 }
