@@ -63,12 +63,33 @@ fn linear_model() -> (explaind::onnx::proto::ModelProto, Vec<f32>) {
     (g.build(), w)
 }
 
-const LINEAR_MANIFEST: &str = "task = \"tabular-classification\"\nlabels = [\"a\", \"b\"]\n[tabular]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\"]\n";
+const LINEAR_MANIFEST: &str = "task = \"tabular-classification\"\nscores = \"raw\"\nlabels = [\"a\", \"b\"]\n[tabular]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\"]\nbackground = \"background.csv\"\n";
+
+/// 20 background rows for the linear model (columns in another order than the features, as files may be).
+fn linear_background() -> (String, Vec<[f32; 4]>) {
+    let mut rng = Rng::new(77);
+    let rows: Vec<[f32; 4]> = (0..20)
+        .map(|_| {
+            [
+                rng.uniform(-2.0, 2.0),
+                rng.uniform(-2.0, 2.0),
+                rng.uniform(-2.0, 2.0),
+                rng.uniform(-2.0, 2.0),
+            ]
+        })
+        .collect();
+    let mut csv = String::from("f3,f1,f0,f2\n");
+    for r in &rows {
+        csv.push_str(&format!("{},{},{},{}\n", r[3], r[1], r[0], r[2]));
+    }
+    (csv, rows)
+}
 
 async fn start_known_answer() -> explaind::Service {
     let dir = temp_dir("explain-models");
     write_model(&dir, "region", &region_model(), REGION_MANIFEST);
     write_model(&dir, "linear", &linear_model().0, LINEAR_MANIFEST);
+    std::fs::write(dir.join("linear/background.csv"), linear_background().0).unwrap();
     for m in ["fashion-cnn", "breast-cancer"] {
         std::fs::create_dir_all(dir.join(m)).unwrap();
         for f in ["model.onnx", "model.toml", "background.csv"] {
@@ -1059,5 +1080,53 @@ async fn kernel_shap_converges_to_exact_shapley_values_with_honest_errors() {
         .unwrap()
         .iter()
         .all(|e| e.as_f64().unwrap() < 0.004));
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn tabular_kernel_shap_matches_the_linear_closed_form() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    let (_, w) = linear_model();
+    let (_, rows) = linear_background();
+    let x = [1.5f32, -2.0, 0.5, 3.0];
+    // phi_i = w_i (x_i - E[x_i]) over the background, for target b (weights column 1).
+    let v = explain_json(
+        &http,
+        &s,
+        "linear",
+        "kernel-shap",
+        json!({"features": x, "target": 1, "params": {"samples": 256}}),
+    )
+    .await;
+    let got = values(&v);
+    for i in 0..4 {
+        let mean: f32 = rows.iter().map(|r| r[i]).sum::<f32>() / rows.len() as f32;
+        let expected = w[i * 2 + 1] * (x[i] - mean);
+        assert!(
+            (got[i] - expected).abs() < 1e-3,
+            "feature {i}: {} vs {expected}",
+            got[i]
+        );
+    }
+    assert!(v["details"]["efficiency_gap"].as_f64().unwrap().abs() < 1e-9);
+    assert_eq!(v["details"]["background_rows"], 20);
+    // The answer names the features, largest first.
+    assert_eq!(v["features"][0]["name"], "f3");
+    // The bundled tabular model explains too, from its shipped background.
+    let holdout: Value =
+        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/breast_cancer_holdout.json")).unwrap())
+            .unwrap();
+    let features = holdout["cases"][0]["features"].clone();
+    let v = explain_json(
+        &http,
+        &s,
+        "breast-cancer",
+        "kernel-shap",
+        json!({"features": features, "params": {"samples": "auto", "tolerance": 0.02}}),
+    )
+    .await;
+    assert_eq!(v["features"].as_array().unwrap().len(), 30);
+    assert!(v["details"]["efficiency_gap"].as_f64().unwrap().abs() < 1e-9);
     s.stop().await.unwrap();
 }

@@ -54,6 +54,9 @@ pub struct KernelShapParams {
     /// What a missing player (segment) shows.
     #[schema(default = "gray")]
     pub hide: Hide,
+    /// Tabular models: background rows a missing feature is drawn from (evenly spaced in the file).
+    #[schema(default = 20, minimum = 1)]
+    pub background_rows: usize,
 }
 
 impl Default for KernelShapParams {
@@ -64,6 +67,7 @@ impl Default for KernelShapParams {
             samples: None,
             tolerance: 0.01,
             hide: Hide::Gray,
+            background_rows: 20,
         }
     }
 }
@@ -83,6 +87,9 @@ impl KernelShapParams {
                     limits.max_samples
                 ));
             }
+        }
+        if self.background_rows == 0 || self.background_rows > 1000 {
+            return Err("params.background_rows must be between 1 and 1000".into());
         }
         if self.tolerance.is_nan() || self.tolerance <= 0.0 {
             return Err("params.tolerance must be positive".into());
@@ -123,24 +130,37 @@ fn solver(a: &DMatrix<f64>) -> Option<(DMatrix<f64>, DVector<f64>)> {
     Some((c, inv_ones / denom))
 }
 
-pub(super) fn explain(
+/// Scores the given coalitions: one score row per coalition.
+type Evaluate<'a> = dyn FnMut(&mut Cx, &[Vec<bool>]) -> Result<Vec<Vec<f64>>, RuntimeError> + 'a;
+
+/// Jackknife groups of pairs for the standard errors.
+const GROUPS: usize = 20;
+
+/// Sampled coalitions' outcome for every target: values, standard errors, samples drawn, why it stopped.
+struct Solved {
+    phi: Vec<Vec<f64>>,
+    se: Vec<Vec<f64>>,
+    drawn: usize,
+    stopped: &'static str,
+}
+
+/// Samples coalitions of `m` players in complementary pairs from the Shapley kernel, scores them with
+/// `evaluate` (one score row per coalition), and solves for values that sum to `v1 - v0` exactly.
+/// Point estimates use the sampled kernel matrix (KernelSHAP's regression, exact for additive
+/// games; the exact matrix when the sample is too small to invert); standard errors are a grouped
+/// jackknife over the pairs, which are independent (Covert and Lee 2021 use the pairs' variance too).
+#[allow(clippy::too_many_arguments)]
+fn solve(
     cx: &mut Cx,
     job: &ExplainJob,
     p: &KernelShapParams,
     targets: &[Prediction],
-    scores: &[f64],
-) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let spec = job.image_spec("image KernelSHAP")?;
-    let (h, w) = (spec.height, spec.width);
-    let (labels, m) = segments::slic(&job.input, spec, p.segments, p.compactness)?;
-    let pixels = segment_indices(spec, &labels, m);
-    if m < 2 {
-        return Err(InputError::BadFeatures("the image gave fewer than 2 segments; ask for more".into()).into());
-    }
-    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
-    let hidden = super::lime::hidden_image(job, spec, p.hide);
-    let probabilities = job.model.spec.scores == ScoreKind::Logits;
-    let value = |row: &[f64], t: usize| if probabilities { softmax(row)[t] } else { row[t] };
+    m: usize,
+    v0: &[f64],
+    v1: &[f64],
+    value: &dyn Fn(&[f64], usize) -> f64,
+    evaluate: &mut Evaluate,
+) -> Result<Solved, RuntimeError> {
     let budget = job.limits.max_samples.saturating_sub(1);
     let (auto, target_samples) = match &p.samples {
         None => (false, (2 * m + 2048).min(budget)),
@@ -148,29 +168,20 @@ pub(super) fn explain(
         Some(Samples::Auto(_)) => (true, budget),
     };
     let (sizes, a) = kernel(m);
-    let (map_c, constraint) = solver(&a).ok_or_else(|| RuntimeError::Inference {
+    let (exact_c, exact_d) = solver(&a).ok_or_else(|| RuntimeError::Inference {
         model: job.model.name.clone(),
         message: "singular Shapley kernel".into(),
     })?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
-    let empty = run_copies(cx, &job.input, 1, |_, buf| buf.copy_from_slice(&hidden))?;
-    let v0: Vec<f64> = targets.iter().map(|t| value(&empty[0], t.index)).collect();
-    let v1: Vec<f64> = targets
-        .iter()
-        .map(|t| {
-            if probabilities {
-                softmax(scores)[t.index]
-            } else {
-                scores[t.index]
-            }
-        })
-        .collect();
-    // Per target, the per-pair contributions to b = E[z (v(z) - v0)].
-    let mut pairs: Vec<Vec<DVector<f64>>> = vec![Vec::new(); targets.len()];
+    // Per jackknife group: the pairs' kernel-matrix sum, and per target their b sums.
+    let mut group_a: Vec<DMatrix<f64>> = vec![DMatrix::zeros(m, m); GROUPS];
+    let mut group_b: Vec<Vec<DVector<f64>>> = vec![vec![DVector::zeros(m); GROUPS]; targets.len()];
+    let mut group_n = [0usize; GROUPS];
+    let mut pair_count = 0usize;
     let mut players: Vec<usize> = (0..m).collect();
     let round = 64usize;
     let mut drawn = 0usize;
-    let mut stop_reason = "sample budget reached";
+    let mut stopped = "sample budget reached";
     while drawn + 2 <= target_samples {
         let n_pairs = ((target_samples - drawn) / 2).min(if auto { round / 2 } else { usize::MAX });
         let mut coalitions: Vec<Vec<bool>> = Vec::with_capacity(2 * n_pairs);
@@ -178,8 +189,8 @@ pub(super) fn explain(
             let u: f64 = rng.random();
             let mut acc = 0.0;
             let mut size = m - 1;
-            for (k, p) in sizes.iter().enumerate() {
-                acc += p;
+            for (k, q) in sizes.iter().enumerate() {
+                acc += q;
                 if u < acc {
                     size = k + 1;
                     break;
@@ -194,51 +205,96 @@ pub(super) fn explain(
             coalitions.push(z);
             coalitions.push(complement);
         }
-        let outputs = run_copies(cx, &job.input, coalitions.len(), |r, buf| {
-            compose(buf, &x, &hidden, &coalitions[r], &pixels)
-        })?;
-        for (ti, t) in targets.iter().enumerate() {
-            for k in 0..n_pairs {
-                let mut contribution = DVector::zeros(m);
-                for half in [2 * k, 2 * k + 1] {
+        let outputs = evaluate(cx, &coalitions)?;
+        let as_vector = |z: &[bool]| DVector::from_iterator(m, z.iter().map(|b| if *b { 1.0 } else { 0.0 }));
+        for k in 0..n_pairs {
+            let g = (pair_count + k) % GROUPS;
+            group_n[g] += 1;
+            for half in [2 * k, 2 * k + 1] {
+                let v = as_vector(&coalitions[half]);
+                group_a[g] += &v * v.transpose() / 2.0;
+                for (ti, t) in targets.iter().enumerate() {
                     let gain = value(&outputs[half], t.index) - v0[ti];
-                    for (j, on) in coalitions[half].iter().enumerate() {
-                        if *on {
-                            contribution[j] += gain / 2.0;
-                        }
-                    }
+                    group_b[ti][g] += &v * (gain / 2.0);
                 }
-                pairs[ti].push(contribution);
             }
         }
+        pair_count += n_pairs;
         drawn += 2 * n_pairs;
         if auto && drawn >= 4 * m.max(16) {
-            let worst = targets
-                .iter()
-                .enumerate()
-                .map(|(ti, _)| estimate(&pairs[ti], &map_c).1.iter().cloned().fold(0.0, f64::max))
+            let worst = (0..targets.len())
+                .map(|ti| {
+                    jackknife(&group_a, &group_b[ti], &group_n, v1[ti] - v0[ti], &exact_c, &exact_d)
+                        .1
+                        .iter()
+                        .cloned()
+                        .fold(0.0, f64::max)
+                })
                 .fold(0.0, f64::max);
             if worst < p.tolerance {
-                stop_reason = "every standard error is below the tolerance";
+                stopped = "every standard error is below the tolerance";
                 break;
             }
         }
     }
+    let mut solved = Solved {
+        phi: Vec::new(),
+        se: Vec::new(),
+        drawn,
+        stopped,
+    };
+    for ti in 0..targets.len() {
+        let (phi, se) = jackknife(&group_a, &group_b[ti], &group_n, v1[ti] - v0[ti], &exact_c, &exact_d);
+        solved.phi.push(phi);
+        solved.se.push(se);
+    }
+    Ok(solved)
+}
+
+pub(super) fn explain(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &KernelShapParams,
+    targets: &[Prediction],
+    scores: &[f64],
+) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    let probabilities = job.model.spec.scores == ScoreKind::Logits;
+    let value = move |row: &[f64], t: usize| if probabilities { softmax(row)[t] } else { row[t] };
+    let v1: Vec<f64> = targets.iter().map(|t| value(scores, t.index)).collect();
+    if job.model.spec.tabular.is_some() {
+        return explain_tabular(cx, job, p, targets, &v1, &value);
+    }
+    let spec = job.image_spec("image KernelSHAP")?;
+    let (h, w) = (spec.height, spec.width);
+    let (labels, m) = segments::slic(&job.input, spec, p.segments, p.compactness)?;
+    if m < 2 {
+        return Err(InputError::BadFeatures("the image gave fewer than 2 segments; ask for more".into()).into());
+    }
+    let pixels = segment_indices(spec, &labels, m);
+    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
+    let hidden = super::lime::hidden_image(job, spec, p.hide);
+    let empty = run_copies(cx, &job.input, 1, |_, buf| buf.copy_from_slice(&hidden))?;
+    let v0: Vec<f64> = targets.iter().map(|t| value(&empty[0], t.index)).collect();
+    let input = job.input.clone();
+    let mut evaluate = |cx: &mut Cx, coalitions: &[Vec<bool>]| {
+        run_copies(cx, &input, coalitions.len(), |r, buf| {
+            compose(buf, &x, &hidden, &coalitions[r], &pixels)
+        })
+    };
+    let solved = solve(cx, job, p, targets, m, &v0, &v1, &value, &mut evaluate)?;
     let mut out = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
-        let (free, se) = estimate(&pairs[ti], &map_c);
-        let total = v1[ti] - v0[ti];
-        let phi: Vec<f64> = (0..m).map(|j| free[j] + constraint[j] * total).collect();
+        let phi = &solved.phi[ti];
         let map = Tensor::f32(vec![h, w], labels.iter().map(|&s| phi[s] as f32).collect());
         let details = serde_json::json!({
             "segments": m,
             "shapley_values": phi,
-            "standard_errors": se,
+            "standard_errors": solved.se[ti],
             "base_value": v0[ti],
             "value": v1[ti],
-            "efficiency_gap": phi.iter().sum::<f64>() - total,
-            "samples": drawn,
-            "stopped": stop_reason,
+            "efficiency_gap": phi.iter().sum::<f64>() - (v1[ti] - v0[ti]),
+            "samples": solved.drawn,
+            "stopped": solved.stopped,
             "segment_map": {"shape": [h, w], "values": labels},
         });
         out.push(TargetAttribution::from_map(t, map, None, Some(details)));
@@ -246,22 +302,122 @@ pub(super) fn explain(
     Ok(out)
 }
 
-/// The free part C b and each value's standard error, from the per-pair contributions.
-fn estimate(pairs: &[DVector<f64>], c: &DMatrix<f64>) -> (DVector<f64>, Vec<f64>) {
-    let m = c.nrows();
-    let n = pairs.len().max(1) as f64;
-    let mean = pairs.iter().fold(DVector::zeros(m), |acc, v| acc + v) / n;
-    let free = c * &mean;
-    if pairs.len() < 2 {
-        return (free, vec![f64::INFINITY; m]);
+/// Tabular KernelSHAP: features are the players; a missing feature takes the background rows'
+/// values, and a coalition's value is the mean score over those rows (shap's KernelExplainer).
+fn explain_tabular(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &KernelShapParams,
+    targets: &[Prediction],
+    v1: &[f64],
+    value: &dyn Fn(&[f64], usize) -> f64,
+) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    let background = job.model.background.as_ref().ok_or_else(|| {
+        InputError::BadFeatures(format!(
+            "model `{}` names no background data (tabular.background in model.toml)",
+            job.model.name
+        ))
+    })?;
+    // Evenly spaced rows, so the choice is deterministic and spans the file.
+    let b = p.background_rows.min(background.len()).max(1);
+    let rows: Vec<&Vec<f32>> = (0..b).map(|i| &background[i * background.len() / b]).collect();
+    let m = job.input.as_f32().map(<[f32]>::len).unwrap_or(0);
+    if m < 2 {
+        return Err(InputError::BadFeatures("KernelSHAP needs at least 2 features".into()).into());
     }
-    // Cov(C b_mean) = C Cov(pair) C^T / n.
-    let mut cov = DMatrix::<f64>::zeros(m, m);
-    for v in pairs {
-        let d = v - &mean;
-        cov += &d * d.transpose();
+    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
+    // v0, the expected value: the mean over the background rows of each row's own value.
+    let own = run_copies(cx, &job.input, b, |r, buf| buf.copy_from_slice(rows[r]))?;
+    let v0: Vec<f64> = targets
+        .iter()
+        .map(|t| own.iter().map(|row| value(row, t.index)).sum::<f64>() / b as f64)
+        .collect();
+    let mut evaluate = |cx: &mut Cx, coalitions: &[Vec<bool>]| -> Result<Vec<Vec<f64>>, RuntimeError> {
+        let all = run_copies(cx, &job.input, coalitions.len() * b, |r, buf| {
+            let (z, bg) = (&coalitions[r / b], rows[r % b]);
+            for j in 0..m {
+                buf[j] = if z[j] { x[j] } else { bg[j] };
+            }
+        })?;
+        // Per coalition, per class: the mean over the background rows of the value (the mean of
+        // probabilities, not the probability of mean logits); the solver reads it back unchanged.
+        Ok(all
+            .chunks(b)
+            .map(|chunk| {
+                let classes = chunk[0].len();
+                (0..classes)
+                    .map(|k| chunk.iter().map(|r| value(r, k)).sum::<f64>() / b as f64)
+                    .collect()
+            })
+            .collect())
+    };
+    let identity = |row: &[f64], t: usize| row[t];
+    let solved = solve(cx, job, p, targets, m, &v0, v1, &identity, &mut evaluate)?;
+    let mut out = Vec::new();
+    for (ti, t) in targets.iter().enumerate() {
+        let phi = &solved.phi[ti];
+        let tensor = Tensor::f32(vec![m], phi.iter().map(|v| *v as f32).collect());
+        let details = serde_json::json!({
+            "shapley_values": phi,
+            "standard_errors": solved.se[ti],
+            "base_value": v0[ti],
+            "value": v1[ti],
+            "efficiency_gap": phi.iter().sum::<f64>() - (v1[ti] - v0[ti]),
+            "samples": solved.drawn,
+            "background_rows": b,
+            "stopped": solved.stopped,
+        });
+        out.push(TargetAttribution {
+            target: t.clone(),
+            tensor,
+            map: None,
+            convergence_delta: None,
+            layer: None,
+            details: Some(details),
+        });
     }
-    cov /= n - 1.0;
-    let phi_cov = c * cov * c.transpose() / n;
-    (free, (0..m).map(|i| phi_cov[(i, i)].max(0.0).sqrt()).collect())
+    Ok(out)
+}
+
+/// Values from all pairs, and each value's grouped-jackknife standard error.
+fn jackknife(
+    group_a: &[DMatrix<f64>],
+    group_b: &[DVector<f64>],
+    group_n: &[usize],
+    total: f64,
+    exact_c: &DMatrix<f64>,
+    exact_d: &DVector<f64>,
+) -> (Vec<f64>, Vec<f64>) {
+    let m = exact_d.len();
+    let values = |skip: Option<usize>| -> Vec<f64> {
+        let mut a = DMatrix::<f64>::zeros(m, m);
+        let mut b = DVector::<f64>::zeros(m);
+        let mut n = 0usize;
+        for g in 0..group_a.len() {
+            if Some(g) != skip {
+                a += &group_a[g];
+                b += &group_b[g];
+                n += group_n[g];
+            }
+        }
+        let n = n.max(1) as f64;
+        let sampled = solver(&(a / n));
+        let (c, d) = sampled.as_ref().map(|(c, d)| (c, d)).unwrap_or((exact_c, exact_d));
+        let free = c * (b / n);
+        (0..m).map(|j| free[j] + d[j] * total).collect()
+    };
+    let phi = values(None);
+    let used: Vec<usize> = (0..group_a.len()).filter(|g| group_n[*g] > 0).collect();
+    if used.len() < 2 {
+        return (phi, vec![f64::INFINITY; m]);
+    }
+    let leave_out: Vec<Vec<f64>> = used.iter().map(|g| values(Some(*g))).collect();
+    let k = used.len() as f64;
+    let se = (0..m)
+        .map(|j| {
+            let mean = leave_out.iter().map(|v| v[j]).sum::<f64>() / k;
+            ((k - 1.0) / k * leave_out.iter().map(|v| (v[j] - mean).powi(2)).sum::<f64>()).sqrt()
+        })
+        .collect();
+    (phi, se)
 }

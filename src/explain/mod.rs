@@ -137,11 +137,7 @@ impl Method {
 
     /// Whether the method explains image models only.
     pub fn image_only(self) -> bool {
-        self.needs_layer()
-            || matches!(
-                self,
-                Method::Occlusion | Method::Rise | Method::Lime | Method::KernelShap
-            )
+        self.needs_layer() || matches!(self, Method::Occlusion | Method::Rise | Method::Lime)
     }
 
     /// Whether the method needs the model's backward graph (gradients or layer activations).

@@ -26,6 +26,9 @@ pub struct LoadedModel {
     pub spec: ModelSpec,
     /// What gradients the model supports; filled in once ONNX Runtime is loaded.
     pub gradient_report: std::sync::OnceLock<super::gradients::GradientReport>,
+    /// Tabular models: the background rows named by the manifest (feature order), for the
+    /// perturbation methods' "missing" features.
+    pub background: Option<Vec<Vec<f32>>>,
 }
 
 /// A model folder that could not be loaded; the message names the file.
@@ -129,8 +132,62 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
         dir: folder.to_path_buf(),
         sha256: hex::encode(Sha256::digest(&bytes)),
         bytes: bytes.into(),
+        background: read_background(folder, &spec)?,
         summary,
         spec,
         gradient_report: std::sync::OnceLock::new(),
     })
+}
+
+/// Reads a tabular model's background CSV: a header naming every feature (any order), then rows of
+/// numbers. Errors name the file, line and column.
+fn read_background(folder: &Path, spec: &ModelSpec) -> Result<Option<Vec<Vec<f32>>>, RegistryError> {
+    let Some(tab) = spec.tabular.as_ref() else {
+        return Ok(None);
+    };
+    let Some(name) = tab.background.as_ref() else {
+        return Ok(None);
+    };
+    let path = folder.join(name);
+    let err = |message: String| RegistryError::Model {
+        path: path.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<String> = lines
+        .next()
+        .ok_or_else(|| err("empty file".into()))?
+        .split(',')
+        .map(|h| h.trim().trim_matches('"').to_string())
+        .collect();
+    let columns: Vec<usize> = tab
+        .features
+        .iter()
+        .map(|f| {
+            header
+                .iter()
+                .position(|h| h == f)
+                .ok_or_else(|| err(format!("no column for feature `{f}`")))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut rows = Vec::new();
+    for (number, line) in lines.enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        let row = columns
+            .iter()
+            .map(|&c| {
+                cells
+                    .get(c)
+                    .and_then(|v| v.trim().parse::<f32>().ok())
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| err(format!("line {}: column `{}` is not a number", number + 2, header[c])))
+            })
+            .collect::<Result<Vec<f32>, _>>()?;
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        return Err(err("no rows".into()));
+    }
+    Ok(Some(rows))
 }
