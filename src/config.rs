@@ -64,7 +64,8 @@ impl Default for Config {
             workers: 2,
             intra_op_threads: 1,
             queue_capacity: 64,
-            job_deadline_ms: 30_000,
+            // Perturbation methods at their papers' sample counts need tens of seconds on a photo model.
+            job_deadline_ms: 120_000,
             max_batch: 64,
             max_body_bytes: 16 * 1024 * 1024,
             max_image_pixels: 4096 * 4096,
