@@ -144,6 +144,22 @@ struct Solved {
     stopped: &'static str,
 }
 
+impl Solved {
+    /// The details every KernelSHAP answer carries for target `ti`; callers add their own fields.
+    fn details(&self, ti: usize, v0: f64, v1: f64) -> serde_json::Value {
+        let phi = &self.phi[ti];
+        serde_json::json!({
+            "shapley_values": phi,
+            "standard_errors": self.se[ti],
+            "base_value": v0,
+            "value": v1,
+            "efficiency_gap": phi.iter().sum::<f64>() - (v1 - v0),
+            "samples": self.drawn,
+            "stopped": self.stopped,
+        })
+    }
+}
+
 /// Samples coalitions of `m` players in complementary pairs from the Shapley kernel, scores them with
 /// `evaluate` (one score row per coalition), and solves for values that sum to `v1 - v0` exactly.
 /// Point estimates use the sampled kernel matrix (KernelSHAP's regression, exact for additive
@@ -286,17 +302,9 @@ pub(super) fn explain(
     for (ti, t) in targets.iter().enumerate() {
         let phi = &solved.phi[ti];
         let map = Tensor::f32(vec![h, w], labels.iter().map(|&s| phi[s] as f32).collect());
-        let details = serde_json::json!({
-            "segments": m,
-            "shapley_values": phi,
-            "standard_errors": solved.se[ti],
-            "base_value": v0[ti],
-            "value": v1[ti],
-            "efficiency_gap": phi.iter().sum::<f64>() - (v1[ti] - v0[ti]),
-            "samples": solved.drawn,
-            "stopped": solved.stopped,
-            "segment_map": {"shape": [h, w], "values": labels},
-        });
+        let mut details = solved.details(ti, v0[ti], v1[ti]);
+        details["segments"] = m.into();
+        details["segment_map"] = serde_json::json!({"shape": [h, w], "values": labels});
         out.push(TargetAttribution::from_map(t, map, None, Some(details)));
     }
     Ok(out)
@@ -357,16 +365,8 @@ fn explain_tabular(
     for (ti, t) in targets.iter().enumerate() {
         let phi = &solved.phi[ti];
         let tensor = Tensor::f32(vec![m], phi.iter().map(|v| *v as f32).collect());
-        let details = serde_json::json!({
-            "shapley_values": phi,
-            "standard_errors": solved.se[ti],
-            "base_value": v0[ti],
-            "value": v1[ti],
-            "efficiency_gap": phi.iter().sum::<f64>() - (v1[ti] - v0[ti]),
-            "samples": solved.drawn,
-            "background_rows": b,
-            "stopped": solved.stopped,
-        });
+        let mut details = solved.details(ti, v0[ti], v1[ti]);
+        details["background_rows"] = b.into();
         out.push(TargetAttribution {
             target: t.clone(),
             tensor,
