@@ -40,9 +40,17 @@ fn main() {
     let dir = root.join("target").join("bench-models");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("resnet-18")).unwrap();
-    std::fs::create_dir_all(dir.join("fashion-cnn")).unwrap();
-    for f in ["model.onnx", "model.toml"] {
-        std::fs::copy(root.join("models/fashion-cnn").join(f), dir.join("fashion-cnn").join(f)).unwrap();
+    for (model, files) in [
+        ("fashion-cnn", &["model.onnx", "model.toml"][..]),
+        (
+            "breast-cancer-forest",
+            &["model.onnx", "model.toml", "background.csv"][..],
+        ),
+    ] {
+        std::fs::create_dir_all(dir.join(model)).unwrap();
+        for f in files {
+            std::fs::copy(root.join("models").join(model).join(f), dir.join(model).join(f)).unwrap();
+        }
     }
     let resnet = explaind::onnx::zoo::resnet(&[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
     std::fs::write(dir.join("resnet-18/model.onnx"), resnet.encode_to_vec()).unwrap();
@@ -98,7 +106,7 @@ fn main() {
             .and_then(|r| r.default_cam_layer.clone())
             .unwrap();
         let mut backward_sessions = std::collections::HashMap::new();
-        for method in Method::ALL {
+        for method in Method::ALL.into_iter().filter(|m| !m.tabular_only()) {
             // The issue's figures: LIME and KernelSHAP at 1,000 samples; the other perturbation
             // methods at their fast presets to keep the run short on two cores.
             let params = match method {
@@ -209,6 +217,7 @@ fn main() {
             );
         }
     }
+    tree_shap(&rt, &service, env, limits);
     // Superpixel segmentation alone (SLIC, 50 segments), for LIME and KernelSHAP.
     for side in [28u32, 224] {
         let bytes: Vec<u8> = (0..side * side * 3)
@@ -225,4 +234,57 @@ fn main() {
     }
     rt.block_on(service.stop()).unwrap();
     let _ = Arc::new(());
+}
+
+/// TreeSHAP per row on the bundled 100-tree model, in both games, next to one raw ONNX Runtime
+/// prediction of the same row.
+fn tree_shap(
+    rt: &tokio::runtime::Runtime,
+    service: &explaind::Service,
+    env: &'static ort::environment::Environment,
+    limits: Limits,
+) {
+    let model = service.state.registry.get("breast-cancer-forest").unwrap().clone();
+    let rows: Vec<Vec<f32>> = model.background.clone().unwrap().into_iter().take(20).collect();
+    let trees = model.forest().unwrap().trees.len();
+    let mut session = create_session_from_bytes(env, &model.bytes, 1).unwrap();
+    let input = model.spec.input.clone();
+    let started = Instant::now();
+    for _ in 0..5 {
+        for r in &rows {
+            run_raw(&mut session, &[(input.as_str(), vec![1, r.len()], r)]);
+        }
+    }
+    let raw = started.elapsed().as_secs_f64() * 1e3 / (5 * rows.len()) as f64;
+    for game in ["interventional", "tree_path_dependent"] {
+        let params = MethodParams::parse(
+            Method::TreeShap,
+            serde_json::json!({"feature_perturbation": game, "background_rows": 100}),
+            limits,
+        )
+        .unwrap();
+        let run = |r: &Vec<f32>| {
+            let job = ExplainJob {
+                model: model.clone(),
+                input: Tensor::f32(vec![1, r.len()], r.clone()),
+                targets: None,
+                params: params.clone(),
+                seed: 1,
+                limits,
+                scores: None,
+            };
+            rt.block_on(service.state.executor.submit(ExplainTask(job))).unwrap();
+        };
+        run(&rows[0]);
+        let started = Instant::now();
+        for r in &rows {
+            run(r);
+        }
+        let per_row = started.elapsed().as_secs_f64() * 1e3 / rows.len() as f64;
+        println!(
+            "TreeSHAP {game:<20} {trees} trees, 100 background rows: {per_row:.3} ms per row \
+             (one raw ORT prediction {raw:.3} ms; ratio {:.1})",
+            per_row / raw
+        );
+    }
 }

@@ -27,10 +27,14 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
 
-# schemathesis, for the contract test against the committed OpenAPI document.
+# The test virtualenv: schemathesis (contract test) and shap with scikit-learn, LightGBM and the ONNX
+# converters (TreeSHAP reference), pinned in scripts/requirements-tests.txt; reinstalled when it changes.
 CACHE=${EXPLAIND_CACHE_DIR:-$HOME/.cache/explaind}
-if [ ! -x "$CACHE/venv-tests/bin/schemathesis" ]; then
-  echo "test-setup: installing schemathesis" >&2
+STAMP="$CACHE/venv-tests/requirements.sha256"
+WANT=$(sha256sum scripts/requirements-tests.txt | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  echo "test-setup: installing the test virtualenv (scripts/requirements-tests.txt)" >&2
   python3 -m venv "$CACHE/venv-tests"
-  "$CACHE/venv-tests/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5
+  "$CACHE/venv-tests/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-tests.txt
+  echo "$WANT" > "$STAMP"
 fi

@@ -144,7 +144,7 @@ async fn every_method_puts_the_attribution_where_the_model_looks() {
     let http = reqwest::Client::new();
     let (png, _) = noise_png(SIDE as u32, 1);
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
-    for method in explaind::explain::Method::ALL {
+    for method in explaind::explain::Method::ALL.into_iter().filter(|m| !m.tabular_only()) {
         let cam = method.needs_layer();
         let body = json!({"image": b64, "target": "region", "seed": 5});
         let v = explain_json(&http, &s, "region", method.name(), body).await;
@@ -691,17 +691,6 @@ async fn bad_explanation_requests() {
     assert!(detail.contains("Sin"), "{detail}");
     detail_of(
         post(
-            "/v1/models/breast-cancer/explain/saliency",
-            json!({"features": vec![1.0; 30], "format": "png"}),
-        )
-        .await
-        .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid-request",
-    )
-    .await;
-    detail_of(
-        post(
             "/v1/models/fashion-cnn/explain/saliency",
             json!({"image": b64, "render": {"alpha": 3}}),
         )
@@ -919,6 +908,29 @@ async fn perturbation_methods_are_exact_seeded_and_bounded() {
         details["r2"]
     );
     assert_eq!(l1["stats"]["model_rows"], 201);
+    let ses = details["standard_errors"].as_array().unwrap();
+    assert_eq!(ses.len(), segments);
+    assert!(ses.iter().all(|v| v.as_f64().unwrap().is_finite()), "{ses:?}");
+    assert_eq!(details["samples"], 200);
+    // `auto` stops once every standard error is below the tolerance, well short of the budget.
+    let auto = explain_json(
+        &http,
+        &s,
+        "region",
+        "lime",
+        json!({"image": b64, "seed": 8, "params": {"samples": "auto", "tolerance": 0.05, "segments": 16}}),
+    )
+    .await;
+    let d = &auto["details"];
+    assert_eq!(d["stopped"], "every standard error is below the tolerance", "{d}");
+    let drawn = d["samples"].as_u64().unwrap();
+    assert!(drawn < 4000, "{drawn}");
+    assert_eq!(auto["stats"]["model_rows"], drawn + 1);
+    assert!(d["standard_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v.as_f64().unwrap() < 0.05));
     // Bounds and applicability.
     let post = |method: &str, body: Value| {
         http.post(url(&s, &format!("/v1/models/region/explain/{method}")))
@@ -1084,6 +1096,47 @@ async fn kernel_shap_converges_to_exact_shapley_values_with_honest_errors() {
 }
 
 #[tokio::test]
+async fn tabular_lime_weights_follow_the_linear_model() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    // Target b: weights -1, 0, 1, 3. Features 0 and 3 sit in their top quartile.
+    let x = [1.5f32, -2.0, 0.5, 3.0];
+    let body = json!({"features": x, "target": 1, "seed": 3, "params": {"samples": 2000}});
+    let v = explain_json(&http, &s, "linear", "lime", body.clone()).await;
+    let w = values(&v);
+    let d = &v["details"];
+    assert!(
+        w[3] > 0.0 && w[3].abs() > w[0].abs() && w[3].abs() > w[2].abs(),
+        "{w:?}"
+    );
+    assert!(w[0] < 0.0, "{w:?}");
+    assert!(w[1].abs() < 0.05 * w[3], "a feature the model ignores gets ~0: {w:?}");
+    assert!(d["conditions"][3].as_str().unwrap().starts_with("f3 > "), "{d}");
+    assert!(d["r2"].as_f64().unwrap() > 0.5, "{d}");
+    assert!(
+        (d["kernel_width"].as_f64().unwrap() - 1.5).abs() < 1e-12,
+        "0.75 sqrt(4)"
+    );
+    // Seeded, with honest errors: the fixed-sample answer is reproducible, and `auto` stops early.
+    assert_eq!(
+        explain_json(&http, &s, "linear", "lime", body).await["attributions"],
+        v["attributions"]
+    );
+    let auto = explain_json(
+        &http,
+        &s,
+        "linear",
+        "lime",
+        json!({"features": x, "target": 1, "params": {"samples": "auto", "tolerance": 0.2}}),
+    )
+    .await;
+    let d = &auto["details"];
+    assert_eq!(d["stopped"], "every standard error is below the tolerance", "{d}");
+    assert!(d["samples"].as_u64().unwrap() < 2000, "{d}");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tabular_kernel_shap_matches_the_linear_closed_form() {
     let s = start_known_answer().await;
     let http = reqwest::Client::new();
@@ -1110,7 +1163,10 @@ async fn tabular_kernel_shap_matches_the_linear_closed_form() {
         );
     }
     assert!(v["details"]["efficiency_gap"].as_f64().unwrap().abs() < 1e-9);
-    assert_eq!(v["details"]["background_rows"], 20);
+    assert_eq!(
+        v["details"]["background"],
+        json!({"rows": 20, "of": 20, "summary": "all rows"})
+    );
     // The answer names the features, largest first.
     assert_eq!(v["features"][0]["name"], "f3");
     // The bundled tabular model explains too, from its shipped background.
@@ -1128,5 +1184,28 @@ async fn tabular_kernel_shap_matches_the_linear_closed_form() {
     .await;
     assert_eq!(v["features"].as_array().unwrap().len(), 30);
     assert!(v["details"]["efficiency_gap"].as_f64().unwrap().abs() < 1e-9);
+    // Its 100 background rows are summarised by k-means to the 20 asked for.
+    assert_eq!(
+        v["details"]["background"],
+        json!({"rows": 20, "of": 100, "summary": "k-means"})
+    );
+    // As a picture: a bar chart of the largest attributions, red for positive, blue for negative.
+    let r = http
+        .post(url(&s, "/v1/models/breast-cancer/explain/kernel-shap"))
+        .header("accept", "image/png")
+        .json(&json!({"features": features, "params": {"samples": 256}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let bytes = r.bytes().await.unwrap();
+    let shots = root().join("target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::write(shots.join("tabular-bars.png"), &bytes).unwrap();
+    let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    assert_eq!(img.width(), 720);
+    let count = |c: [u8; 3]| img.pixels().filter(|p| p.0 == c).count();
+    assert!(count([255, 0, 81]) + count([0, 139, 251]) > 1000, "bars drawn");
     s.stop().await.unwrap();
 }

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::lime::Hide;
 use super::perturb::{compose, run_copies, segment_indices};
-use super::{segments, Cx, ExplainJob, Limits, TargetAttribution};
+use super::{background, segments, Cx, ExplainJob, Limits, TargetAttribution};
 use crate::runtime::manifest::ScoreKind;
 use crate::runtime::predict::{softmax, Prediction};
 use crate::runtime::preprocess::InputError;
@@ -54,7 +54,8 @@ pub struct KernelShapParams {
     /// What a missing player (segment) shows.
     #[schema(default = "gray")]
     pub hide: Hide,
-    /// Tabular models: background rows a missing feature is drawn from (evenly spaced in the file).
+    /// Tabular models: background rows a missing feature is drawn from (a k-means summary with
+    /// this many rows when the file has more; shap's kmeans).
     #[schema(default = 20, minimum = 1)]
     pub background_rows: usize,
 }
@@ -320,43 +321,28 @@ fn explain_tabular(
     v1: &[f64],
     value: &dyn Fn(&[f64], usize) -> f64,
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let background = job.model.background.as_ref().ok_or_else(|| {
-        InputError::BadFeatures(format!(
-            "model `{}` names no background data (tabular.background in model.toml)",
-            job.model.name
-        ))
-    })?;
-    // Evenly spaced rows, so the choice is deterministic and spans the file.
-    let b = p.background_rows.min(background.len()).max(1);
-    let rows: Vec<&Vec<f32>> = (0..b).map(|i| &background[i * background.len() / b]).collect();
+    let (bg, of) = background::for_job(job, p.background_rows)?;
+    let b = bg.rows.len();
     let m = job.input.as_f32().map(<[f32]>::len).unwrap_or(0);
     if m < 2 {
         return Err(InputError::BadFeatures("KernelSHAP needs at least 2 features".into()).into());
     }
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     // v0, the expected value: the mean over the background rows of each row's own value.
-    let own = run_copies(cx, &job.input, b, |r, buf| buf.copy_from_slice(rows[r]))?;
-    let v0: Vec<f64> = targets
-        .iter()
-        .map(|t| own.iter().map(|row| value(row, t.index)).sum::<f64>() / b as f64)
-        .collect();
+    let own = run_copies(cx, &job.input, b, |r, buf| buf.copy_from_slice(&bg.rows[r]))?;
+    let v0: Vec<f64> = targets.iter().map(|t| bg.mean(|r| value(&own[r], t.index))).collect();
     let mut evaluate = |cx: &mut Cx, coalitions: &[Vec<bool>]| -> Result<Vec<Vec<f64>>, RuntimeError> {
         let all = run_copies(cx, &job.input, coalitions.len() * b, |r, buf| {
-            let (z, bg) = (&coalitions[r / b], rows[r % b]);
+            let (z, row) = (&coalitions[r / b], &bg.rows[r % b]);
             for j in 0..m {
-                buf[j] = if z[j] { x[j] } else { bg[j] };
+                buf[j] = if z[j] { x[j] } else { row[j] };
             }
         })?;
-        // Per coalition, per class: the mean over the background rows of the value (the mean of
-        // probabilities, not the probability of mean logits); the solver reads it back unchanged.
+        // Per coalition, per class: the weighted mean over the background rows of the value (the
+        // mean of probabilities, not the probability of mean logits); the solver reads it back unchanged.
         Ok(all
             .chunks(b)
-            .map(|chunk| {
-                let classes = chunk[0].len();
-                (0..classes)
-                    .map(|k| chunk.iter().map(|r| value(r, k)).sum::<f64>() / b as f64)
-                    .collect()
-            })
+            .map(|chunk| (0..chunk[0].len()).map(|k| bg.mean(|r| value(&chunk[r], k))).collect())
             .collect())
     };
     let identity = |row: &[f64], t: usize| row[t];
@@ -366,7 +352,7 @@ fn explain_tabular(
         let phi = &solved.phi[ti];
         let tensor = Tensor::f32(vec![m], phi.iter().map(|v| *v as f32).collect());
         let mut details = solved.details(ti, v0[ti], v1[ti]);
-        details["background_rows"] = b.into();
+        details["background"] = bg.describe(of);
         out.push(TargetAttribution {
             target: t.clone(),
             tensor,

@@ -1,17 +1,25 @@
-//! LIME for images (Ribeiro et al. 2016; lime_image's defaults): superpixels switched off at random,
-//! an exponential kernel on the cosine distance to the full image, and a weighted ridge regression
-//! whose coefficients are the segments' weights. Seeded: the same seed gives the same bytes.
+//! LIME (Ribeiro et al. 2016). Images (lime_image's defaults): superpixels switched off at random,
+//! an exponential kernel on the cosine distance to the full image. Tabular models (lime_tabular's
+//! defaults): each feature discretised into the background data's quartiles, samples drawn bin by
+//! bin with the background's frequencies, an exponential kernel of width 0.75 sqrt(features) on the
+//! distance in the binary "same bin as the input" space. Both fit a weighted ridge regression whose
+//! coefficients are the weights, report each weight's standard error (grouped jackknife over the
+//! samples) and accept `samples: "auto"`, stopping once every standard error is below `tolerance`.
+//! Seeded: the same seed gives the same bytes.
 
-use nalgebra::{DMatrix, DVector};
 use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
+use super::kernel_shap::Samples;
 use super::perturb::{compose, index, run_copies, segment_indices};
+use super::regression::{Fit, LocalModel};
 use super::{segments, Cx, ExplainJob, Limits, TargetAttribution};
 use crate::runtime::manifest::ScoreKind;
 use crate::runtime::predict::{softmax, Prediction};
+use crate::runtime::preprocess::InputError;
 use crate::runtime::{RuntimeError, Tensor};
 
 /// What replaces a switched-off segment.
@@ -36,15 +44,17 @@ pub struct LimeParams {
     /// SLIC compactness, 1 to 20: higher gives squarer segments.
     #[schema(default = 10)]
     pub compactness: u8,
-    /// Perturbed images (each one model row).
-    #[schema(default = 1000, minimum = 10)]
-    pub samples: usize,
+    /// Perturbed samples (each one model row): a number (default 1000) or `"auto"`.
+    pub samples: Samples,
+    /// With `samples: "auto"`: the largest standard error accepted, in score units.
+    #[schema(default = 0.01)]
+    pub tolerance: f64,
     /// What switched-off segments show.
     #[schema(default = "gray")]
     pub hide: Hide,
-    /// Width of the exponential kernel on cosine distance (lime_image: 0.25).
-    #[schema(default = 0.25)]
-    pub kernel_width: f64,
+    /// Width of the exponential kernel: images 0.25 on cosine distance (lime_image), tabular
+    /// 0.75 sqrt(features) (lime_tabular).
+    pub kernel_width: Option<f64>,
     /// Ridge regularisation (scikit-learn's Ridge default, as LIME uses).
     #[schema(default = 1.0)]
     pub alpha: f64,
@@ -55,9 +65,10 @@ impl Default for LimeParams {
         Self {
             segments: 50,
             compactness: 10,
-            samples: 1000,
+            samples: Samples::Fixed(1000),
+            tolerance: 0.01,
             hide: Hide::Gray,
-            kernel_width: 0.25,
+            kernel_width: None,
             alpha: 1.0,
         }
     }
@@ -71,14 +82,19 @@ impl LimeParams {
         if !(1..=20).contains(&self.compactness) {
             return Err("params.compactness must be between 1 and 20".into());
         }
-        if self.samples < 10 || self.samples > limits.max_samples {
-            return Err(format!(
-                "params.samples must be between 10 and {} (max_samples)",
-                limits.max_samples
-            ));
+        if let Samples::Fixed(n) = self.samples {
+            if n < 10 || n > limits.max_samples {
+                return Err(format!(
+                    "params.samples must be between 10 and {} (max_samples), or \"auto\"",
+                    limits.max_samples
+                ));
+            }
         }
-        if !(self.kernel_width > 0.0 && self.alpha >= 0.0) {
+        if !(self.kernel_width.is_none_or(|w| w > 0.0) && self.alpha >= 0.0) {
             return Err("params.kernel_width must be positive and params.alpha non-negative".into());
+        }
+        if self.tolerance.is_nan() || self.tolerance <= 0.0 {
+            return Err("params.tolerance must be positive".into());
         }
         Ok(())
     }
@@ -104,45 +120,89 @@ pub(super) fn hidden_image(job: &ExplainJob, spec: &crate::runtime::manifest::Im
     t.as_f32().unwrap_or(&[]).to_vec()
 }
 
-/// A weighted ridge fit with intercept: (coefficients, intercept, weighted R^2).
-pub(super) fn weighted_ridge(z: &DMatrix<f64>, y: &[f64], weights: &[f64], alpha: f64) -> (Vec<f64>, f64, f64) {
-    let (n, m) = (z.nrows(), z.ncols());
-    let total: f64 = weights.iter().sum::<f64>().max(f64::MIN_POSITIVE);
-    let mean_y = weights.iter().zip(y).map(|(w, v)| w * v).sum::<f64>() / total;
-    let mean_z: Vec<f64> = (0..m)
-        .map(|j| (0..n).map(|i| weights[i] * z[(i, j)]).sum::<f64>() / total)
-        .collect();
-    let mut a = DMatrix::<f64>::zeros(m, m);
-    let mut b = DVector::<f64>::zeros(m);
-    for i in 0..n {
-        let wi = weights[i];
-        for j in 0..m {
-            let zj = z[(i, j)] - mean_z[j];
-            b[j] += wi * zj * (y[i] - mean_y);
-            for k in j..m {
-                a[(j, k)] += wi * zj * (z[(i, k)] - mean_z[k]);
+/// One perturbed sample: its interpretable features and kernel weight.
+struct Sample {
+    z: Vec<bool>,
+    weight: f64,
+}
+
+/// Draws `n` samples (the `start`-th onward) and scores them: one score row per sample.
+type Round<'a> =
+    dyn FnMut(&mut Cx, &mut ChaCha8Rng, usize, usize) -> Result<(Vec<Sample>, Vec<Vec<f64>>), RuntimeError> + 'a;
+
+/// Samples drawn and fitted, with how many and why the sampling stopped.
+struct Fitted {
+    fits: Vec<Fit>,
+    drawn: usize,
+    stopped: &'static str,
+}
+
+/// Draws samples in rounds and fits every target's local model; with `samples: "auto"`, stops as
+/// soon as every weight's standard error is below the tolerance.
+fn sample_and_fit(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &LimeParams,
+    targets: &[Prediction],
+    m: usize,
+    round: &mut Round,
+) -> Result<Fitted, RuntimeError> {
+    let (auto, budget) = match p.samples {
+        Samples::Fixed(n) => (false, n),
+        Samples::Auto(_) => (true, job.limits.max_samples.saturating_sub(1)),
+    };
+    let probabilities = job.model.spec.scores == ScoreKind::Logits;
+    let mut rng = ChaCha8Rng::seed_from_u64(job.seed);
+    let mut models = vec![LocalModel::new(m); targets.len()];
+    let first = (4 * m).max(64);
+    let (mut drawn, mut stopped) = (0usize, "sample budget reached");
+    while drawn < budget {
+        let n = match (auto, drawn) {
+            (false, _) => budget,
+            (true, 0) => first,
+            (true, _) => 64,
+        }
+        .min(budget - drawn);
+        let (samples, outputs) = round(cx, &mut rng, drawn, n)?;
+        for (s, row) in samples.iter().zip(&outputs) {
+            let scores = if probabilities { softmax(row) } else { row.clone() };
+            for (model, t) in models.iter_mut().zip(targets) {
+                model.add(&s.z, scores[t.index], s.weight);
+            }
+        }
+        drawn += n;
+        if auto {
+            let worst = models
+                .iter()
+                .flat_map(|model| model.fit(p.alpha).se)
+                .fold(0.0, f64::max);
+            if worst < p.tolerance {
+                stopped = "every standard error is below the tolerance";
+                break;
             }
         }
     }
-    for j in 0..m {
-        for k in 0..j {
-            a[(j, k)] = a[(k, j)];
-        }
-        a[(j, j)] += alpha;
+    Ok(Fitted {
+        fits: models.iter().map(|model| model.fit(p.alpha)).collect(),
+        drawn,
+        stopped,
+    })
+}
+
+impl Fitted {
+    /// The details every LIME answer carries for target `ti`; callers add their own fields.
+    fn details(&self, ti: usize, kernel_width: f64) -> serde_json::Value {
+        let fit = &self.fits[ti];
+        serde_json::json!({
+            "weights": fit.coef,
+            "standard_errors": fit.se,
+            "intercept": fit.intercept,
+            "r2": fit.r2,
+            "samples": self.drawn,
+            "stopped": self.stopped,
+            "kernel_width": kernel_width,
+        })
     }
-    let coef = match a.clone().cholesky() {
-        Some(ch) => ch.solve(&b),
-        None => a.lu().solve(&b).unwrap_or_else(|| DVector::zeros(m)),
-    };
-    let intercept = mean_y - (0..m).map(|j| coef[j] * mean_z[j]).sum::<f64>();
-    let (mut ss_res, mut ss_tot) = (0.0, 0.0);
-    for i in 0..n {
-        let fit = intercept + (0..m).map(|j| coef[j] * z[(i, j)]).sum::<f64>();
-        ss_res += weights[i] * (y[i] - fit).powi(2);
-        ss_tot += weights[i] * (y[i] - mean_y).powi(2);
-    }
-    let r2 = if ss_tot > 0.0 { 1.0 - ss_res / ss_tot } else { 0.0 };
-    (coef.iter().copied().collect(), intercept, r2)
 }
 
 pub(super) fn explain(
@@ -151,58 +211,179 @@ pub(super) fn explain(
     p: &LimeParams,
     targets: &[Prediction],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    if job.model.spec.tabular.is_some() {
+        return explain_tabular(cx, job, p, targets);
+    }
     let spec = job.image_spec("image LIME")?;
     let (h, w) = (spec.height, spec.width);
     let (labels, m) = segments::slic(&job.input, spec, p.segments, p.compactness)?;
     let pixels = segment_indices(spec, &labels, m);
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let hidden = hidden_image(job, spec, p.hide);
-    // The first sample is the whole image, as lime_image does.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
-    let z: Vec<Vec<bool>> = (0..p.samples)
-        .map(|r| (0..m).map(|_| r == 0 || rng.random::<bool>()).collect())
-        .collect();
-    let outputs = run_copies(cx, &job.input, p.samples, |r, buf| {
-        compose(buf, &x, &hidden, &z[r], &pixels)
-    })?;
-    let probabilities = job.model.spec.scores == ScoreKind::Logits;
-    let design = DMatrix::from_fn(p.samples, m, |i, j| if z[i][j] { 1.0 } else { 0.0 });
-    let weights: Vec<f64> = z
-        .iter()
-        .map(|row| {
-            let on = row.iter().filter(|b| **b).count() as f64;
-            let distance = 1.0 - (on / m as f64).sqrt();
-            (-(distance * distance) / (p.kernel_width * p.kernel_width))
-                .exp()
-                .sqrt()
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in targets {
-        let y: Vec<f64> = outputs
-            .iter()
-            .map(|row| {
-                if probabilities {
-                    softmax(row)[t.index]
-                } else {
-                    row[t.index]
-                }
+    let width = p.kernel_width.unwrap_or(0.25);
+    let input = job.input.clone();
+    let mut round = |cx: &mut Cx, rng: &mut ChaCha8Rng, start: usize, n: usize| {
+        // The first sample is the whole image, as lime_image does.
+        let samples: Vec<Sample> = (start..start + n)
+            .map(|r| {
+                let z: Vec<bool> = (0..m).map(|_| r == 0 || rng.random::<bool>()).collect();
+                let on = z.iter().filter(|b| **b).count() as f64;
+                let distance = 1.0 - (on / m as f64).sqrt();
+                let weight = (-(distance * distance) / (width * width)).exp().sqrt();
+                Sample { z, weight }
             })
             .collect();
-        let (coef, intercept, r2) = weighted_ridge(&design, &y, &weights, p.alpha);
+        let outputs = run_copies(cx, &input, n, |r, buf| {
+            compose(buf, &x, &hidden, &samples[r].z, &pixels)
+        })?;
+        Ok((samples, outputs))
+    };
+    let fitted = sample_and_fit(cx, job, p, targets, m, &mut round)?;
+    let mut out = Vec::new();
+    for (ti, t) in targets.iter().enumerate() {
+        let coef = &fitted.fits[ti].coef;
         let map = Tensor::f32(vec![h, w], labels.iter().map(|&s| coef[s] as f32).collect());
         let mut order: Vec<usize> = (0..m).collect();
         order.sort_by(|a, b| coef[*b].total_cmp(&coef[*a]));
-        let details = serde_json::json!({
-            "segments": m,
-            "segment_weights": coef,
-            "intercept": intercept,
-            "r2": r2,
-            "top_positive": order.iter().take(5).filter(|s| coef[**s] > 0.0).collect::<Vec<_>>(),
-            "top_negative": order.iter().rev().take(5).filter(|s| coef[**s] < 0.0).collect::<Vec<_>>(),
-            "segment_map": {"shape": [h, w], "values": labels},
-        });
+        let mut details = fitted.details(ti, width);
+        details["segments"] = m.into();
+        details["segment_weights"] = details["weights"].take();
+        details["top_positive"] =
+            serde_json::json!(order.iter().take(5).filter(|s| coef[**s] > 0.0).collect::<Vec<_>>());
+        details["top_negative"] = serde_json::json!(order
+            .iter()
+            .rev()
+            .take(5)
+            .filter(|s| coef[**s] < 0.0)
+            .collect::<Vec<_>>());
+        details["segment_map"] = serde_json::json!({"shape": [h, w], "values": labels});
+        if let Some(o) = details.as_object_mut() {
+            o.remove("weights");
+        }
         out.push(TargetAttribution::from_map(t, map, None, Some(details)));
+    }
+    Ok(out)
+}
+
+/// One feature's quartile bins over the background: the cut points, and per bin the background
+/// values that fall in it.
+struct Bins {
+    cuts: Vec<f32>,
+    members: Vec<Vec<f32>>,
+}
+
+impl Bins {
+    fn of(values: &[f32]) -> Self {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f32::total_cmp);
+        // numpy's default (linear) percentiles, de-duplicated as lime's QuartileDiscretizer does.
+        let pct = |q: f64| {
+            let pos = q * (sorted.len() - 1) as f64;
+            let (lo, frac) = (pos.floor() as usize, pos - pos.floor());
+            let hi = (lo + 1).min(sorted.len() - 1);
+            (f64::from(sorted[lo]) + frac * (f64::from(sorted[hi]) - f64::from(sorted[lo]))) as f32
+        };
+        let mut cuts: Vec<f32> = [0.25, 0.5, 0.75].iter().map(|q| pct(*q)).collect();
+        cuts.dedup();
+        let mut members = vec![Vec::new(); cuts.len() + 1];
+        for v in values {
+            members[Self::bin_of(&cuts, *v)].push(*v);
+        }
+        Self { cuts, members }
+    }
+
+    /// numpy.searchsorted(cuts, v): values at a cut point fall in the lower bin.
+    fn bin_of(cuts: &[f32], v: f32) -> usize {
+        cuts.partition_point(|c| *c < v)
+    }
+
+    /// lime_tabular's name for bin `b` of feature `name`.
+    fn condition(&self, name: &str, b: usize) -> String {
+        let c = &self.cuts;
+        match b {
+            0 => format!("{name} <= {:.2}", c[0]),
+            b if b == c.len() => format!("{name} > {:.2}", c[b - 1]),
+            b => format!("{:.2} < {name} <= {:.2}", c[b - 1], c[b]),
+        }
+    }
+}
+
+/// Tabular LIME over features, sampling from the manifest's background data.
+fn explain_tabular(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &LimeParams,
+    targets: &[Prediction],
+) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    let background = job.model.background.as_ref().ok_or_else(|| {
+        InputError::BadFeatures(format!(
+            "model `{}` names no background data (tabular.background in model.toml)",
+            job.model.name
+        ))
+    })?;
+    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
+    let m = x.len();
+    let bins: Vec<Bins> = (0..m)
+        .map(|j| Bins::of(&background.iter().map(|r| r[j]).collect::<Vec<_>>()))
+        .collect();
+    let x_bin: Vec<usize> = (0..m).map(|j| Bins::bin_of(&bins[j].cuts, x[j])).collect();
+    let width = p.kernel_width.unwrap_or(0.75 * (m as f64).sqrt());
+    let rows = background.len();
+    let input = job.input.clone();
+    let mut round = |cx: &mut Cx, rng: &mut ChaCha8Rng, start: usize, n: usize| {
+        let mut values = Vec::with_capacity(n);
+        let mut samples = Vec::with_capacity(n);
+        for r in start..start + n {
+            // The first sample is the input itself, as lime_tabular's is.
+            let row: Vec<f32> = if r == 0 {
+                x.clone()
+            } else {
+                // A bin with the background's frequency (a random row's bin), then a value from
+                // that bin's background values.
+                (0..m)
+                    .map(|j| {
+                        let b = Bins::bin_of(&bins[j].cuts, background[rng.random_range(0..rows)][j]);
+                        let pool = &bins[j].members[b];
+                        pool[rng.random_range(0..pool.len())]
+                    })
+                    .collect()
+            };
+            let z: Vec<bool> = (0..m)
+                .map(|j| Bins::bin_of(&bins[j].cuts, row[j]) == x_bin[j])
+                .collect();
+            let distance = (z.iter().filter(|same| !**same).count() as f64).sqrt();
+            let weight = (-(distance * distance) / (width * width)).exp().sqrt();
+            samples.push(Sample { z, weight });
+            values.push(row);
+        }
+        let outputs = run_copies(cx, &input, n, |r, buf| buf.copy_from_slice(&values[r]))?;
+        Ok((samples, outputs))
+    };
+    let fitted = sample_and_fit(cx, job, p, targets, m, &mut round)?;
+    let names = job
+        .model
+        .spec
+        .tabular
+        .as_ref()
+        .map(|t| t.features.clone())
+        .unwrap_or_default();
+    let conditions: Vec<String> = (0..m)
+        .map(|j| bins[j].condition(names.get(j).map(String::as_str).unwrap_or("?"), x_bin[j]))
+        .collect();
+    let mut out = Vec::new();
+    for (ti, t) in targets.iter().enumerate() {
+        let coef = &fitted.fits[ti].coef;
+        let mut details = fitted.details(ti, width);
+        details["conditions"] = conditions.clone().into();
+        details["background_rows"] = rows.into();
+        out.push(TargetAttribution {
+            target: t.clone(),
+            tensor: Tensor::f32(vec![m], coef.iter().map(|v| *v as f32).collect()),
+            map: None,
+            convergence_delta: None,
+            layer: None,
+            details: Some(details),
+        });
     }
     Ok(out)
 }
@@ -212,13 +393,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ridge_recovers_a_linear_function() {
-        // y = 2 z0 - z1 + 0.5, exactly, with a tiny penalty.
-        let rows: Vec<[f64; 2]> = vec![[0., 0.], [1., 0.], [0., 1.], [1., 1.], [1., 0.], [0., 1.]];
-        let z = DMatrix::from_fn(rows.len(), 2, |i, j| rows[i][j]);
-        let y: Vec<f64> = rows.iter().map(|r| 2.0 * r[0] - r[1] + 0.5).collect();
-        let (coef, intercept, r2) = weighted_ridge(&z, &y, &[1.0; 6], 1e-9);
-        assert!((coef[0] - 2.0).abs() < 1e-6 && (coef[1] + 1.0).abs() < 1e-6 && (intercept - 0.5).abs() < 1e-6);
-        assert!((r2 - 1.0).abs() < 1e-9);
+    fn quartile_bins_follow_numpy_and_lime() {
+        let values: Vec<f32> = (1..=8).map(|v| v as f32).collect();
+        let b = Bins::of(&values);
+        // numpy.percentile([1..8], [25, 50, 75]) = 2.75, 4.5, 6.25.
+        assert_eq!(b.cuts, vec![2.75, 4.5, 6.25]);
+        assert_eq!(b.members.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 2, 2]);
+        assert_eq!(Bins::bin_of(&b.cuts, 4.5), 1);
+        assert_eq!(b.condition("x", 0), "x <= 2.75");
+        assert_eq!(b.condition("x", 2), "4.50 < x <= 6.25");
+        assert_eq!(b.condition("x", 3), "x > 6.25");
+        // Ties collapse bins.
+        let b = Bins::of(&[0.0, 0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(b.cuts, vec![0.0]);
     }
 }

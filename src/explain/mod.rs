@@ -2,6 +2,7 @@
 //! the worker's sessions. Methods never touch HTTP; the HTTP face validates requests into an
 //! [`ExplainJob`], and renders what comes back.
 
+pub mod background;
 pub mod baselines;
 mod grad_cam;
 mod gradient_x_input;
@@ -11,12 +12,14 @@ mod kernel_shap;
 mod lime;
 mod occlusion;
 mod perturb;
+mod regression;
 mod rise;
 mod saliency;
 mod score_cam;
 mod segments;
 mod smoothgrad;
 pub mod targets;
+mod tree_shap;
 
 use std::sync::Arc;
 
@@ -36,6 +39,7 @@ pub use saliency::SaliencyParams;
 pub use score_cam::ScoreCamParams;
 pub use smoothgrad::{SmoothGradBase, SmoothGradParams, SmoothGradVariant};
 pub use targets::{TargetRef, TargetSpec};
+pub use tree_shap::{FeaturePerturbation, TreeShapParams};
 
 use crate::executor::{JobContext, Task};
 use crate::onnx::autodiff::RuleSet;
@@ -73,13 +77,15 @@ pub enum Method {
     ScoreCam,
     /// LIME over superpixels (Ribeiro et al. 2016): forward passes only.
     Lime,
-    /// KernelSHAP over superpixels (Lundberg and Lee 2017): forward passes only.
+    /// KernelSHAP over superpixels or features (Lundberg and Lee 2017): forward passes only.
     KernelShap,
+    /// Exact TreeSHAP (Lundberg et al. 2020) for ONNX-ML tree ensembles: no model passes.
+    TreeShap,
 }
 
 impl Method {
     /// Every method.
-    pub const ALL: [Method; 13] = [
+    pub const ALL: [Method; 14] = [
         Method::Saliency,
         Method::GradientXInput,
         Method::IntegratedGradients,
@@ -93,6 +99,7 @@ impl Method {
         Method::ScoreCam,
         Method::Lime,
         Method::KernelShap,
+        Method::TreeShap,
     ];
 
     /// The path segment (`integrated-gradients`).
@@ -111,6 +118,7 @@ impl Method {
             Method::ScoreCam => "score-cam",
             Method::Lime => "lime",
             Method::KernelShap => "kernel-shap",
+            Method::TreeShap => "tree-shap",
         }
     }
 
@@ -137,14 +145,19 @@ impl Method {
 
     /// Whether the method explains image models only.
     pub fn image_only(self) -> bool {
-        self.needs_layer() || matches!(self, Method::Occlusion | Method::Rise | Method::Lime)
+        self.needs_layer() || matches!(self, Method::Occlusion | Method::Rise)
+    }
+
+    /// Whether the method explains tabular models only.
+    pub fn tabular_only(self) -> bool {
+        self == Method::TreeShap
     }
 
     /// Whether the method needs the model's backward graph (gradients or layer activations).
     pub fn needs_gradients(self) -> bool {
         !matches!(
             self,
-            Method::Occlusion | Method::Rise | Method::Lime | Method::KernelShap
+            Method::Occlusion | Method::Rise | Method::Lime | Method::KernelShap | Method::TreeShap
         )
     }
 }
@@ -166,6 +179,7 @@ pub enum MethodParams {
     ScoreCam(ScoreCamParams),
     Lime(LimeParams),
     KernelShap(KernelShapParams),
+    TreeShap(TreeShapParams),
 }
 
 /// Limits that bound every explanation's work, from the config.
@@ -197,6 +211,7 @@ impl MethodParams {
             Method::ScoreCam => MethodParams::ScoreCam(de(params)?),
             Method::Lime => MethodParams::Lime(de(params)?),
             Method::KernelShap => MethodParams::KernelShap(de(params)?),
+            Method::TreeShap => MethodParams::TreeShap(de(params)?),
         };
         parsed.validate(limits)?;
         Ok(parsed)
@@ -210,6 +225,7 @@ impl MethodParams {
             MethodParams::Rise(p) => p.validate(limits),
             MethodParams::Lime(p) => p.validate(limits),
             MethodParams::KernelShap(p) => p.validate(limits),
+            MethodParams::TreeShap(p) => p.validate(),
             _ => Ok(()),
         }
     }
@@ -225,7 +241,8 @@ impl MethodParams {
             | MethodParams::Rise(_)
             | MethodParams::ScoreCam(_)
             | MethodParams::Lime(_)
-            | MethodParams::KernelShap(_) => 0,
+            | MethodParams::KernelShap(_)
+            | MethodParams::TreeShap(_) => 0,
             _ => 1,
         }
     }
@@ -528,6 +545,7 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
         MethodParams::ScoreCam(p) => score_cam::explain(&mut cx, job, p, &targets)?,
         MethodParams::Lime(p) => lime::explain(&mut cx, job, p, &targets)?,
         MethodParams::KernelShap(p) => kernel_shap::explain(&mut cx, job, p, &targets, &scores)?,
+        MethodParams::TreeShap(p) => tree_shap::explain(job, p, &targets, &scores)?,
     };
     let target_scores = targets
         .iter()

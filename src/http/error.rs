@@ -21,6 +21,7 @@ pub enum ProblemKind {
     UnsupportedMediaType,
     ModelNotFound,
     NotDifferentiable,
+    UnsupportedModel,
     NotFound,
     MethodNotAllowed,
     Overloaded,
@@ -31,7 +32,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, for documentation.
-    pub const ALL: [ProblemKind; 15] = [
+    pub const ALL: [ProblemKind; 16] = [
         Self::MalformedJson,
         Self::InvalidRequest,
         Self::InvalidInput,
@@ -41,6 +42,7 @@ impl ProblemKind {
         Self::UnsupportedMediaType,
         Self::ModelNotFound,
         Self::NotDifferentiable,
+        Self::UnsupportedModel,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::Overloaded,
@@ -61,6 +63,7 @@ impl ProblemKind {
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::ModelNotFound => "model-not-found",
             Self::NotDifferentiable => "model-not-differentiable",
+            Self::UnsupportedModel => "unsupported-model",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Overloaded => "overloaded",
@@ -74,7 +77,7 @@ impl ProblemKind {
     pub fn status(self) -> StatusCode {
         match self {
             Self::MalformedJson | Self::InvalidRequest | Self::InvalidImage => StatusCode::BAD_REQUEST,
-            Self::InvalidInput | Self::NotDifferentiable => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidInput | Self::NotDifferentiable | Self::UnsupportedModel => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ImageTooLarge | Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
@@ -97,6 +100,7 @@ impl ProblemKind {
             Self::UnsupportedMediaType => "The content type is not accepted here",
             Self::ModelNotFound => "No such model",
             Self::NotDifferentiable => "The model has operators without gradients",
+            Self::UnsupportedModel => "The method cannot read this kind of model",
             Self::NotFound => "No such resource",
             Self::MethodNotAllowed => "Method not allowed on this resource",
             Self::Overloaded => "The service is at capacity",

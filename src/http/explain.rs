@@ -251,12 +251,6 @@ pub async fn explain(
         Some(f) => f == Format::Png,
         None => accepts_png(&headers),
     };
-    if wants_png && model.spec.image.is_none() {
-        return Err(ApiError::new(
-            ProblemKind::InvalidRequest,
-            "PNG overlays are drawn for image models; ask this tabular model for JSON",
-        ));
-    }
     let seed = request.seed.unwrap_or_else(rand::random);
 
     let max_pixels = config.max_image_pixels;
@@ -316,6 +310,24 @@ pub(super) fn check_applicable(model: &LoadedModel, method: Method) -> Result<()
                 ),
             ));
         }
+    }
+    if method.tabular_only() && model.spec.tabular.is_none() {
+        return Err(ApiError::new(
+            ProblemKind::InvalidInput,
+            format!(
+                "{} explains tabular models; `{}` takes images",
+                method.name(),
+                model.name
+            ),
+        ));
+    }
+    if method == Method::TreeShap {
+        model.forest().map_err(|why| {
+            ApiError::new(
+                ProblemKind::UnsupportedModel,
+                format!("tree-shap cannot explain model `{}`: {why}", model.name),
+            )
+        })?;
     }
     if method.image_only() && model.spec.image.is_none() {
         return Err(ApiError::new(
@@ -561,6 +573,21 @@ pub(super) fn explanations(
                 list.sort_by(|a, b| b.attribution.abs().total_cmp(&a.attribution.abs()));
                 list
             });
+        // Tabular models: the picture is a bar chart of the largest attributions.
+        let panel = panel.or_else(|| {
+            let list = features.as_ref()?;
+            (panels || include.contains(&Include::Overlay)).then(|| {
+                let bars: Vec<render::Bar> = list
+                    .iter()
+                    .map(|f| render::Bar {
+                        name: f.name.clone(),
+                        value: f.value,
+                        attribution: f.attribution,
+                    })
+                    .collect();
+                render::bar_chart(&format!("{} ({:.4})", a.target.label, a.target.score), &bars, 12)
+            })
+        });
         let overlay_png = match (&panel, include.contains(&Include::Overlay)) {
             (Some(p), true) => Some(base64::engine::general_purpose::STANDARD.encode(render::png(p))),
             _ => None,

@@ -5,6 +5,7 @@ pub mod builder;
 pub mod node;
 pub mod proto;
 pub mod summary;
+pub mod trees;
 pub mod zoo;
 
 pub use summary::{Dim, ModelSummary, TensorInfo};

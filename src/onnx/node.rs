@@ -157,3 +157,26 @@ pub fn constant<'a>(graph: &'a GraphProto, name: &str) -> Option<&'a TensorProto
                 .and_then(|n| attr_tensor(n, "value"))
         })
 }
+
+/// A float-list attribute, or `None` when absent.
+pub fn attr_floats(node: &NodeProto, name: &str) -> Result<Option<Vec<f32>>, AttrError> {
+    match find(node, name) {
+        None => Ok(None),
+        Some(a) if a.r#type == Some(attribute_type::FLOATS) || a.r#type.is_none() => Ok(Some(a.floats.clone())),
+        Some(_) => Err(err(node, name, "expected a list of floats")),
+    }
+}
+
+/// A string-list attribute, or `None` when absent.
+pub fn attr_strings(node: &NodeProto, name: &str) -> Result<Option<Vec<String>>, AttrError> {
+    match find(node, name) {
+        None => Ok(None),
+        Some(a) if a.r#type == Some(attribute_type::STRINGS) || a.r#type.is_none() => Ok(Some(
+            a.strings
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect(),
+        )),
+        Some(_) => Err(err(node, name, "expected a list of strings")),
+    }
+}

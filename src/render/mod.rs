@@ -1,5 +1,10 @@
-//! Rendering attributions: colormaps, heat maps blended over the input image, PNG encoding.
+//! Rendering attributions: colormaps, heat maps blended over the input image, bar charts of
+//! tabular attributions, PNG encoding.
 //! Rendering never recomputes an attribution; it only draws one.
+
+mod bars;
+
+pub use bars::{bar_chart, Bar};
 
 use colorgrad::Gradient;
 use image::{ImageBuffer, Rgb, RgbImage};

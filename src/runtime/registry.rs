@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::manifest::{Manifest, ModelSpec};
+use crate::onnx::trees::{self, Forest};
 use crate::onnx::{proto, ModelSummary};
 
 /// A model read from disk, checked, and ready to get sessions.
@@ -29,6 +30,20 @@ pub struct LoadedModel {
     /// Tabular models: the background rows named by the manifest (feature order), for the
     /// perturbation methods' "missing" features.
     pub background: Option<Vec<Vec<f32>>>,
+    /// The tree ensemble TreeSHAP reads, parsed on first use (or why it cannot be read).
+    pub forest: std::sync::OnceLock<Result<Arc<Forest>, String>>,
+}
+
+impl LoadedModel {
+    /// The model's tree ensemble in raw output space, or why the model has none TreeSHAP can read.
+    pub fn forest(&self) -> Result<Arc<Forest>, String> {
+        self.forest
+            .get_or_init(|| {
+                let decoded = proto::decode_model(&self.bytes).map_err(|e| e.to_string())?;
+                trees::read(&decoded, &self.spec.output).map(Arc::new).map_err(|e| e.0)
+            })
+            .clone()
+    }
 }
 
 /// A model folder that could not be loaded; the message names the file.
@@ -136,6 +151,7 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
         summary,
         spec,
         gradient_report: std::sync::OnceLock::new(),
+        forest: std::sync::OnceLock::new(),
     })
 }
 
