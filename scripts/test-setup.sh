@@ -2,6 +2,7 @@
 # What the test suite needs beyond cargo, installed when missing:
 # - the ONNX Runtime library (pinned, sha256-checked, cached under ~/.cache/explaind);
 # - Debian's libonnx-testdata (ONNX's backend test models: protobuf round-trip and gradient tests);
+# - Debian's postgresql (the audit log's PostgreSQL test starts a throwaway server from it);
 # - Debian's chromium and, from the npm registry, playwright-core (pinned in tests/browser/package-lock.json)
 #   for the browser test of the web page.
 set -euo pipefail
@@ -11,6 +12,8 @@ cd "$(dirname "$0")/.."
 missing=()
 [ -d /usr/share/libonnx-testdata/data ] || missing+=(libonnx-testdata)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# PostgreSQL's server, for the audit log's PostgreSQL test (it starts a throwaway server itself).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test-setup: installing ${missing[*]}" >&2

@@ -43,6 +43,81 @@ pub struct Config {
     pub retry_after_secs: u64,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// Folder for the service's durable data (the SQLite audit log).
+    pub data_dir: PathBuf,
+    /// What the audit log records: `off`, `explanations`, or `all` (predictions too). A request's
+    /// `"audit": true` records it whatever this says.
+    pub audit: AuditMode,
+    /// Audit database: `sqlite://path` or `postgres://user@host/db`; default: SQLite `audit.db`
+    /// in `data_dir`.
+    pub audit_database_url: Option<String>,
+    /// Keep each audited input itself (base64), not only its sha256.
+    pub audit_store_inputs: bool,
+    /// Keep each audited attribution map (deflate-compressed), so its overlay can be drawn again.
+    pub audit_store_maps: bool,
+    /// SQLite durability: `normal` (write-ahead log synced at checkpoints: survives a crash of the
+    /// process) or `full` (synced at every record: survives power loss too).
+    pub audit_sync: AuditSync,
+    /// Deadline of an asynchronous job (`POST /v1/jobs`), from admission.
+    pub async_job_deadline_ms: u64,
+    /// Finished asynchronous jobs' results are kept this many seconds.
+    pub job_ttl_secs: u64,
+    /// Most asynchronous jobs remembered at once; beyond it, submissions are refused (503).
+    pub max_jobs: usize,
+    /// API keys (`Authorization: Bearer <key>`); empty: no authentication (local use).
+    pub api_keys: Vec<ApiKey>,
+    /// Origins allowed to call the API from a browser (CORS); empty: CORS off; `"*"`: any origin.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// What the audit log records.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditMode {
+    /// Only requests that ask (`"audit": true`).
+    Off,
+    /// Every explanation.
+    Explanations,
+    /// Every explanation and prediction.
+    All,
+}
+
+/// How SQLite commits audit records.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSync {
+    /// `synchronous=NORMAL` in WAL mode.
+    Normal,
+    /// `synchronous=FULL`.
+    Full,
+}
+
+/// An API key: a name (recorded in audit records as the caller) and the sha256 of the key (hex;
+/// `explaind hash-key` prints it), with its scopes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Who holds the key.
+    pub name: String,
+    /// Hex sha256 of the key.
+    pub sha256: String,
+    /// `predict` (predictions and explanations, jobs), `audit` (the audit endpoints).
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<Scope>,
+}
+
+fn default_scopes() -> Vec<Scope> {
+    vec![Scope::Predict]
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Models, predictions, explanations and jobs.
+    Predict,
+    /// The audit log.
+    Audit,
 }
 
 /// How log lines are written.
@@ -75,6 +150,17 @@ impl Default for Config {
             max_map_pixels: 1024 * 1024,
             retry_after_secs: 1,
             log_format: LogFormat::Text,
+            data_dir: PathBuf::from("data"),
+            audit: AuditMode::Off,
+            audit_database_url: None,
+            audit_store_inputs: false,
+            audit_store_maps: false,
+            audit_sync: AuditSync::Normal,
+            async_job_deadline_ms: 600_000,
+            job_ttl_secs: 3600,
+            max_jobs: 1000,
+            api_keys: Vec::new(),
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -108,7 +194,7 @@ impl Config {
                 message: e.to_string(),
             })?;
             for (key, value) in from_file {
-                if !table.contains_key(&key) && key != "onnxruntime_library" {
+                if !Self::is_field(&key) {
                     return Err(ConfigError::Invalid {
                         origin: path.display().to_string(),
                         message: format!("unknown field `{key}`"),
@@ -157,6 +243,17 @@ impl Config {
                 | "max_map_pixels"
                 | "retry_after_secs"
                 | "log_format"
+                | "data_dir"
+                | "audit"
+                | "audit_database_url"
+                | "audit_store_inputs"
+                | "audit_store_maps"
+                | "audit_sync"
+                | "async_job_deadline_ms"
+                | "job_ttl_secs"
+                | "max_jobs"
+                | "api_keys"
+                | "cors_allowed_origins"
         )
     }
 
@@ -186,6 +283,22 @@ impl Config {
         }
         if self.max_image_pixels == 0 {
             return Err(bad("max_image_pixels", "must be at least 1"));
+        }
+        if self.async_job_deadline_ms == 0 || self.max_jobs == 0 {
+            return Err(bad("async_job_deadline_ms / max_jobs", "must be at least 1"));
+        }
+        for key in &self.api_keys {
+            if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(
+                    "api_keys",
+                    &format!("key `{}`: sha256 must be 64 hex digits", key.name),
+                ));
+            }
+        }
+        if let Some(url) = &self.audit_database_url {
+            if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(bad("audit_database_url", "must start with sqlite: or postgres://"));
+            }
         }
         Ok(self)
     }

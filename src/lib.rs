@@ -4,6 +4,7 @@
 //! queue and worker threads), [`runtime`] (models, sessions, pre- and post-processing), [`onnx`]
 //! (model files and graph tools). This file only wires them together.
 
+pub mod audit;
 pub mod config;
 pub mod executor;
 pub mod explain;
@@ -70,6 +71,16 @@ impl Service {
             },
             metrics.clone(),
         ));
+        let audit = Arc::new(
+            audit::AuditLog::open(&config)
+                .await
+                .context("cannot open the audit log")?,
+        );
+        let jobs = Arc::new(executor::board::JobBoard::new(
+            Duration::from_secs(config.job_ttl_secs),
+            config.max_jobs,
+            Duration::from_millis(config.async_job_deadline_ms),
+        ));
         let listener = tokio::net::TcpListener::bind(&config.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -80,6 +91,8 @@ impl Service {
             executor,
             gradients,
             metrics,
+            audit,
+            jobs,
         });
         let app = http::router(state.clone());
         let (shutdown, on_shutdown) = tokio::sync::oneshot::channel::<()>();
@@ -105,6 +118,7 @@ impl Service {
         self.server.await??;
         let executor = self.state.executor.clone();
         tokio::task::spawn_blocking(move || executor.shutdown()).await?;
+        self.state.audit.close().await;
         Ok(())
     }
 }

@@ -37,6 +37,19 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// The audit log named by the config (`audit_database_url`, or `audit.db` in `data_dir`).
+    Audit {
+        /// TOML config file.
+        #[arg(long, env = "EXPLAIND_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Print the sha256 of an API key, as `api_keys` in the config stores it.
+    HashKey {
+        /// The key.
+        key: String,
+    },
     /// Write the backward model of an ONNX file: its outputs plus `<input>.grad` (the gradient of
     /// sum(output * explaind.target_weights) w.r.t. the input) and, per --layer, the layer's
     /// activation and `<layer>.grad`. Standard ONNX operators only; runs on stock ONNX Runtime.
@@ -85,6 +98,15 @@ enum Command {
     },
 }
 
+/// Audit log commands.
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit 1 and name the first broken record when it does not verify.
+    Verify,
+    /// Write every record as JSON Lines to stdout, in chain order.
+    Export,
+}
+
 /// Rule sets on the command line.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Rules {
@@ -131,6 +153,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Openapi => {
             print!("{}", explaind::http::openapi::document_json());
             Ok(())
+        }
+        Command::HashKey { key } => {
+            println!("{}", explaind::http::auth::hash_key(&key));
+            Ok(())
+        }
+        Command::Audit { config, command } => {
+            let cfg = Config::load(config.as_deref(), std::env::vars())?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(audit(cfg, command))
         }
         Command::Backward {
             model,
@@ -184,4 +215,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn audit(cfg: Config, command: AuditCommand) -> anyhow::Result<()> {
+    use std::io::Write;
+    let log = explaind::audit::AuditLog::open(&cfg).await?;
+    match command {
+        AuditCommand::Verify => {
+            let v = log.verify().await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            if !v.ok {
+                anyhow::bail!("the audit chain is broken");
+            }
+        }
+        AuditCommand::Export => {
+            let store = log.store().await?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut after = 0;
+            loop {
+                let page = store.page(after, 500).await?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for r in &page {
+                    writeln!(out, "{}", explaind::audit::AuditLog::to_json(r))?;
+                }
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! What a job is: a validated task that runs on a worker, and the context it polls for cancellation.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,16 +14,56 @@ pub trait Task: Send + 'static {
     fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Self::Output, RuntimeError>;
 }
 
-/// Lets long tasks stop between passes when their caller left or their deadline passed.
+/// How far a job has got, for callers that watch (asynchronous jobs): model rows run of those planned.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Model rows run so far.
+    pub done: AtomicUsize,
+    /// Model rows the job expects to run (0 until known).
+    pub planned: AtomicUsize,
+    /// Set when a worker starts the job.
+    pub started: AtomicBool,
+}
+
+/// Lets long tasks stop between passes when their caller left or their deadline passed, and
+/// report their progress.
 #[derive(Debug, Clone)]
 pub struct JobContext {
     deadline: Instant,
     cancelled: Arc<AtomicBool>,
+    progress: Option<Arc<Progress>>,
 }
 
 impl JobContext {
-    pub(crate) fn new(deadline: Instant, cancelled: Arc<AtomicBool>) -> Self {
-        Self { deadline, cancelled }
+    pub(crate) fn new(deadline: Instant, cancelled: Arc<AtomicBool>, progress: Option<Arc<Progress>>) -> Self {
+        Self {
+            deadline,
+            cancelled,
+            progress,
+        }
+    }
+
+    /// A context for running a task outside the executor (tools, benchmarks): no deadline to speak of.
+    pub fn unbounded() -> Self {
+        Self::new(
+            Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600),
+            Arc::new(AtomicBool::new(false)),
+            None,
+        )
+    }
+
+    /// Records `rows` more model rows run.
+    pub fn advance(&self, rows: usize) {
+        if let Some(p) = &self.progress {
+            p.done.fetch_add(rows, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the rows the job expects to run in all.
+    pub fn plan(&self, rows: usize) {
+        if let Some(p) = &self.progress {
+            p.planned.store(rows, Ordering::Relaxed);
+        }
     }
 
     /// True when the caller went away or the deadline passed.

@@ -3,6 +3,7 @@
 //! queue full is refused at once; a job whose caller went away or whose deadline passed is skipped
 //! or cancelled; a job that fails or panics reports an error and the worker lives on.
 
+pub mod board;
 mod job;
 
 use std::panic::AssertUnwindSafe;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-pub use job::{JobContext, Task};
+pub use job::{JobContext, Progress, Task};
 
 use crate::runtime::gradients::GradientCache;
 use crate::runtime::{Registry, RuntimeError, WorkerRuntime};
@@ -145,7 +146,7 @@ impl Executor {
 
     /// Takes a queue slot or refuses at once. Take it before decoding a request, so that a full
     /// service spends nothing on requests it cannot run.
-    pub fn admit(&self) -> Result<Admission<'_>, ExecError> {
+    pub fn admit(self: &Arc<Self>) -> Result<Admission, ExecError> {
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             self.metrics.jobs_rejected.inc();
             ExecError::Overloaded {
@@ -153,14 +154,14 @@ impl Executor {
             }
         })?;
         Ok(Admission {
-            executor: self,
+            executor: self.clone(),
             permit,
             admitted: Instant::now(),
         })
     }
 
     /// Admits `task` (or refuses it at once) and waits for its result.
-    pub async fn submit<T: Task>(&self, task: T) -> Result<T::Output, ExecError> {
+    pub async fn submit<T: Task>(self: &Arc<Self>, task: T) -> Result<T::Output, ExecError> {
         self.admit()?.run(task).await
     }
 
@@ -175,23 +176,49 @@ impl Executor {
 }
 
 /// A held queue slot; the deadline counts from admission.
-pub struct Admission<'a> {
-    executor: &'a Executor,
+pub struct Admission {
+    executor: Arc<Executor>,
     permit: OwnedSemaphorePermit,
     admitted: Instant,
 }
 
-impl Admission<'_> {
+/// How a watched job (an asynchronous one) is run: its own deadline, a cancel switch its owner
+/// holds, and a progress record.
+#[derive(Debug, Clone)]
+pub struct Control {
+    pub deadline: Duration,
+    pub cancelled: Arc<AtomicBool>,
+    pub progress: Arc<Progress>,
+}
+
+impl Admission {
     /// Queues `task` on the slot and waits for its result.
     pub async fn run<T: Task>(self, task: T) -> Result<T::Output, ExecError> {
+        let deadline = self.executor.deadline;
+        self.run_with(task, deadline, Arc::new(AtomicBool::new(false)), None)
+            .await
+    }
+
+    /// Queues `task` under `control` and waits for its result.
+    pub async fn run_controlled<T: Task>(self, task: T, control: Control) -> Result<T::Output, ExecError> {
+        self.run_with(task, control.deadline, control.cancelled, Some(control.progress))
+            .await
+    }
+
+    async fn run_with<T: Task>(
+        self,
+        task: T,
+        limit: Duration,
+        cancelled: Arc<AtomicBool>,
+        progress: Option<Arc<Progress>>,
+    ) -> Result<T::Output, ExecError> {
         let Admission {
             executor,
             permit,
             admitted,
         } = self;
-        let deadline = admitted + executor.deadline;
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let ctx = JobContext::new(deadline, cancelled.clone());
+        let deadline = admitted + limit;
+        let ctx = JobContext::new(deadline, cancelled.clone(), progress.clone());
         let (reply, result) = oneshot::channel::<Result<T::Output, ExecError>>();
         let metrics = executor.metrics.clone();
         let span = tracing::Span::current();
@@ -210,6 +237,9 @@ impl Admission<'_> {
                 metrics.jobs_cancelled.inc();
                 let _ = reply.send(Err(ExecError::DeadlineExceeded(deadline - admitted)));
                 return;
+            }
+            if let Some(p) = &progress {
+                p.started.store(true, Ordering::SeqCst);
             }
             let started = Instant::now();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| task.run(rt, &ctx)));
@@ -242,7 +272,7 @@ impl Admission<'_> {
         match tokio::time::timeout_at(deadline.into(), result).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ExecError::ShuttingDown),
-            Err(_) => Err(ExecError::DeadlineExceeded(executor.deadline)),
+            Err(_) => Err(ExecError::DeadlineExceeded(limit)),
         }
     }
 }

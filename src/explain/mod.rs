@@ -247,6 +247,32 @@ impl MethodParams {
         }
     }
 
+    /// About how many model rows the explanation will run (for progress reports; `auto` sample
+    /// counts and image-dependent plans are estimated by their budgets).
+    pub fn planned_rows(&self, targets: usize, max_samples: usize) -> usize {
+        let budget = |s: &Samples, default: usize| {
+            match s {
+                Samples::Fixed(n) => *n,
+                Samples::Auto(_) => max_samples,
+            }
+            .min(default.max(1))
+        };
+        match self {
+            MethodParams::Lime(p) => budget(&p.samples, max_samples),
+            MethodParams::KernelShap(p) => {
+                let default = 2 * p.segments as usize + 2048;
+                p.samples
+                    .as_ref()
+                    .map_or(default, |s| budget(s, max_samples))
+                    .min(max_samples)
+            }
+            MethodParams::Rise(p) => p.mask_count(),
+            MethodParams::Occlusion(_) | MethodParams::ScoreCam(_) => max_samples.min(512),
+            MethodParams::TreeShap(_) => 0,
+            other => other.rows_per_target() * targets,
+        }
+    }
+
     /// The CAM layer, when the method uses one.
     pub fn layer(&self) -> Option<&Option<String>> {
         match self {
@@ -400,6 +426,7 @@ impl Cx<'_> {
     }
 
     fn count(&mut self, rows: usize) {
+        self.job_ctx.advance(rows);
         self.rows += rows;
         self.runs += rows.div_ceil(self.rt.max_batch());
     }
@@ -531,6 +558,7 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
         ))
         .into());
     }
+    job_ctx.plan(1 + job.params.planned_rows(targets.len(), job.limits.max_samples));
     let attributions = match &job.params {
         MethodParams::Saliency(p) => saliency::explain(&mut cx, job, p, &targets)?,
         MethodParams::GradientXInput(p) => gradient_x_input::explain(&mut cx, job, p, &targets)?,

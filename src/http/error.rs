@@ -22,6 +22,9 @@ pub enum ProblemKind {
     ModelNotFound,
     NotDifferentiable,
     UnsupportedModel,
+    Unauthorized,
+    Forbidden,
+    AuditFailed,
     NotFound,
     MethodNotAllowed,
     Overloaded,
@@ -32,7 +35,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, for documentation.
-    pub const ALL: [ProblemKind; 16] = [
+    pub const ALL: [ProblemKind; 19] = [
         Self::MalformedJson,
         Self::InvalidRequest,
         Self::InvalidInput,
@@ -43,6 +46,9 @@ impl ProblemKind {
         Self::ModelNotFound,
         Self::NotDifferentiable,
         Self::UnsupportedModel,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::AuditFailed,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::Overloaded,
@@ -64,6 +70,9 @@ impl ProblemKind {
             Self::ModelNotFound => "model-not-found",
             Self::NotDifferentiable => "model-not-differentiable",
             Self::UnsupportedModel => "unsupported-model",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::AuditFailed => "audit-failed",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Overloaded => "overloaded",
@@ -81,8 +90,10 @@ impl ProblemKind {
             Self::ImageTooLarge | Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Overloaded | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::ShuttingDown | Self::AuditFailed => StatusCode::SERVICE_UNAVAILABLE,
             Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -101,6 +112,9 @@ impl ProblemKind {
             Self::ModelNotFound => "No such model",
             Self::NotDifferentiable => "The model has operators without gradients",
             Self::UnsupportedModel => "The method cannot read this kind of model",
+            Self::Unauthorized => "An API key is needed",
+            Self::Forbidden => "The API key may not do this",
+            Self::AuditFailed => "The audit record could not be written, so no answer is given",
             Self::NotFound => "No such resource",
             Self::MethodNotAllowed => "Method not allowed on this resource",
             Self::Overloaded => "The service is at capacity",
@@ -166,6 +180,16 @@ impl ApiError {
         )
     }
 
+    /// The problem body this error answers with.
+    pub fn problem(&self) -> Problem {
+        Problem {
+            type_uri: self.kind.type_uri(),
+            title: self.kind.title().to_string(),
+            status: self.kind.status().as_u16(),
+            detail: self.detail.clone(),
+        }
+    }
+
     /// Marks a 503 with the `Retry-After` to send.
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
@@ -192,6 +216,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.kind == ProblemKind::Unauthorized {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()
@@ -246,4 +275,10 @@ pub fn model_not_found(name: &str) -> ApiError {
         ProblemKind::ModelNotFound,
         format!("no model named `{name}`; GET /v1/models lists the loaded models"),
     )
+}
+
+/// The answer to a request whose audit record could not be written: no record, no answer.
+pub fn audit_failed(e: crate::audit::StoreError) -> ApiError {
+    tracing::error!(error = %e, "audit record not written; the answer is withheld");
+    ApiError::new(ProblemKind::AuditFailed, "the audit log is unavailable; retry shortly").retry_after(5)
 }

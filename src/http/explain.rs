@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,9 +13,11 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{from_exec, model_not_found, ApiError, ProblemKind};
+use super::auth::{audit_context, Caller};
+use super::error::{audit_failed, from_exec, model_not_found, ApiError, ProblemKind};
 use super::input::{self, FeaturesJson, RawInput};
 use super::AppState;
+use crate::audit::{Context, Evidence, Kind, Receipt};
 use crate::explain::{ExplainJob, ExplainResult, ExplainTask, Limits, Method, MethodParams, TargetRef, TargetSpec};
 use crate::render::{self, RenderOptions};
 use crate::runtime::manifest::Task;
@@ -64,6 +66,8 @@ pub struct ExplainRequest {
     pub format: Option<Format>,
     /// How the PNG heat map is drawn.
     pub render: Option<RenderOptions>,
+    /// Record this explanation in the audit log (whatever the service's `audit` setting).
+    pub audit: Option<bool>,
 }
 
 /// A map or tensor: shape and row-major values.
@@ -163,11 +167,15 @@ pub struct ExplainResponse {
     pub explanations: Option<Vec<TargetExplanation>>,
     /// Work done.
     pub stats: ExplainStats,
+    /// The audit record written for this answer (also `x-audit-record` on PNG answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_record: Option<Receipt>,
 }
 
 /// The keys of a raw-image request's query string that are not method parameters.
 const QUERY_KEYS: &[&str] = &[
     "target",
+    "audit",
     "top_k",
     "seed",
     "format",
@@ -212,6 +220,7 @@ pub async fn explain(
     Path((model_name, method_name)): Path<(String, String)>,
     uri: Uri,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
@@ -233,6 +242,54 @@ pub async fn explain(
     let admission = state.executor.admit().map_err(|e| from_exec(e, retry_after))?;
     let received = input::read_body(&headers, body, config.max_body_bytes).await?;
     let (raw, request) = parse_body(&received, &uri).await?;
+    let wants_png = match request.format {
+        Some(f) => f == Format::Png,
+        None => accepts_png(&headers),
+    };
+    let planned = plan(&state, model, method, raw, &request).await?;
+    let result = admission
+        .run(ExplainTask(planned.job.clone()))
+        .await
+        .map_err(|e| from_exec(e, retry_after))?;
+    let audited = state.audit.wants(Kind::Explanation, request.audit.unwrap_or(false));
+    let max_map_pixels = config.max_map_pixels;
+    let (mut answer, planned) = tokio::task::spawn_blocking(move || {
+        let answer = build_answer(&planned, result, wants_png, audited, max_map_pixels, started);
+        (answer, planned)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    if audited {
+        let ctx = audit_context(&headers, caller);
+        let receipt = audit_explanation(&state, ctx, &planned, &answer.body).await?;
+        answer.body.audit_record = Some(receipt);
+    }
+    Ok(answer.into_response())
+}
+
+/// A validated explanation, ready to run, with what its answer is drawn from.
+pub(super) struct Planned {
+    pub(super) model: Arc<LoadedModel>,
+    pub(super) method: Method,
+    pub(super) params: MethodParams,
+    pub(super) render: RenderOptions,
+    pub(super) include: Vec<Include>,
+    pub(super) seed: u64,
+    pub(super) prepared: Prepared,
+    /// The input's audit evidence (hash, and the input when configured).
+    pub(super) evidence: Evidence,
+    pub(super) job: ExplainJob,
+}
+
+/// Validates parameters and render options, decodes and preprocesses the input.
+pub(super) async fn plan(
+    state: &AppState,
+    model: Arc<LoadedModel>,
+    method: Method,
+    raw: RawInput,
+    request: &ExplainRequest,
+) -> Result<Planned, ApiError> {
+    let config = &state.config;
     let limits = Limits {
         max_samples: config.max_samples,
         max_targets: config.max_targets,
@@ -247,12 +304,8 @@ pub async fn explain(
     render
         .validate()
         .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, e))?;
-    let wants_png = match request.format {
-        Some(f) => f == Format::Png,
-        None => accepts_png(&headers),
-    };
     let seed = request.seed.unwrap_or_else(rand::random);
-
+    let evidence = evidence(&model, &raw, state.audit.keeps_inputs());
     let max_pixels = config.max_image_pixels;
     let prep_model = model.clone();
     let prepared = tokio::task::spawn_blocking(move || prepare(&prep_model, raw, max_pixels))
@@ -267,34 +320,120 @@ pub async fn explain(
         limits,
         scores: None,
     };
-    let result = admission
-        .run(ExplainTask(job))
-        .await
-        .map_err(|e| from_exec(e, retry_after))?;
-
-    let id = uuid::Uuid::new_v4().to_string();
-    let include = request.include.clone().unwrap_or_default();
-    let max_map_pixels = config.max_map_pixels;
-    let method_seed = method.is_random().then_some(seed);
-    let response = tokio::task::spawn_blocking(move || {
-        render_response(
-            &model,
-            method,
-            params,
-            method_seed,
-            id,
-            result,
-            &prepared,
-            &render,
-            &include,
-            wants_png,
-            max_map_pixels,
-            started,
-        )
+    Ok(Planned {
+        model,
+        method,
+        params,
+        render,
+        include: request.include.clone().unwrap_or_default(),
+        seed,
+        prepared,
+        evidence,
+        job,
     })
-    .await
-    .map_err(ApiError::internal)?;
-    Ok(response)
+}
+
+/// An input's audit evidence: the uploaded image's bytes, or the features in the model's order.
+pub(super) fn evidence(model: &LoadedModel, raw: &RawInput, keep: bool) -> Evidence {
+    match raw {
+        RawInput::Image(bytes) => Evidence::image(bytes, keep),
+        RawInput::Features(f) => {
+            let values = model
+                .spec
+                .tabular
+                .as_ref()
+                .and_then(|spec| preprocess::prepare_features(f, spec).ok())
+                .and_then(|t| t.as_f32().map(<[f32]>::to_vec))
+                .unwrap_or_default();
+            Evidence::features(&values, keep)
+        }
+    }
+}
+
+/// An explanation's answer: the JSON body, and the PNG when asked for one.
+pub(super) struct Answer {
+    pub(super) body: ExplainResponse,
+    png: Option<Vec<u8>>,
+}
+
+/// Draws the answer (maps over the original image, features, PNG panels).
+pub(super) fn build_answer(
+    planned: &Planned,
+    result: ExplainResult,
+    wants_png: bool,
+    with_body: bool,
+    max_map_pixels: u64,
+    started: Instant,
+) -> Answer {
+    let (explanations, panels) = explanations(
+        &planned.model,
+        &result,
+        &planned.prepared,
+        &planned.render,
+        &planned.include,
+        wants_png,
+        max_map_pixels,
+    );
+    let png = wants_png.then(|| render::png(&render::side_by_side(&panels)));
+    let _ = with_body; // the JSON body is cheap next to the work; it is always built
+    let method_seed = planned.method.is_random().then_some(planned.seed);
+    let body = explain_body(
+        &planned.model,
+        planned.method,
+        planned.params.clone(),
+        method_seed,
+        uuid::Uuid::new_v4().to_string(),
+        explanations,
+        &result,
+        started,
+    );
+    Answer { body, png }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let Some(png) = self.png else {
+            return Json(self.body).into_response();
+        };
+        let targets: Vec<String> = std::iter::once(&self.body.single)
+            .flatten()
+            .chain(self.body.explanations.iter().flatten())
+            .map(|e| format!("{}:{}", e.target.index, ascii(&e.target.label)))
+            .collect();
+        let mut response = (StatusCode::OK, png).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+        if let Ok(v) = HeaderValue::from_str(&self.body.id) {
+            headers.insert("x-explanation-id", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&targets.join(",")) {
+            headers.insert("x-explanation-target", v);
+        }
+        if let Some(r) = self
+            .body
+            .audit_record
+            .as_ref()
+            .and_then(|r| HeaderValue::from_str(&r.id).ok())
+        {
+            headers.insert("x-audit-record", r);
+        }
+        response
+    }
+}
+
+/// Writes the audit record of an explanation answer; the answer is not sent unless this succeeds.
+pub(super) async fn audit_explanation(
+    state: &AppState,
+    ctx: Context,
+    planned: &Planned,
+    body: &ExplainResponse,
+) -> Result<Receipt, ApiError> {
+    let value = super::audit::as_sent(body)?;
+    state
+        .audit
+        .explanation(&ctx, planned.evidence.clone(), &value)
+        .await
+        .map_err(audit_failed)
 }
 
 /// Refuses, before any work, methods the model cannot serve.
@@ -450,6 +589,13 @@ fn request_from_query(pairs: &[(String, String)]) -> Result<ExplainRequest, ApiE
                         .map(|v| serde_json::from_value(serde_json::Value::String(v.trim().to_string())))
                         .collect::<Result<_, _>>()
                         .map_err(|_| bad(format!("include takes tensor and overlay, got `{value}`")))?,
+                )
+            }
+            "audit" => {
+                req.audit = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad(format!("audit must be true or false, got `{value}`")))?,
                 )
             }
             "clip_percentiles" => {
@@ -644,62 +790,8 @@ pub(super) fn explain_body(
         single,
         explanations: many,
         stats,
+        audit_record: None,
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn render_response(
-    model: &LoadedModel,
-    method: Method,
-    params: MethodParams,
-    seed: Option<u64>,
-    id: String,
-    result: ExplainResult,
-    prepared: &Prepared,
-    render_options: &RenderOptions,
-    include: &[Include],
-    wants_png: bool,
-    max_map_pixels: u64,
-    started: Instant,
-) -> Response {
-    let (explanations, panels) = explanations(
-        model,
-        &result,
-        prepared,
-        render_options,
-        include,
-        wants_png,
-        max_map_pixels,
-    );
-    if wants_png {
-        let png = render::png(&render::side_by_side(&panels));
-        let targets: Vec<String> = result
-            .attributions
-            .iter()
-            .map(|a| format!("{}:{}", a.target.index, ascii(&a.target.label)))
-            .collect();
-        let mut response = (StatusCode::OK, png).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            headers.insert("x-explanation-id", v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&targets.join(",")) {
-            headers.insert("x-explanation-target", v);
-        }
-        return response;
-    }
-    Json(explain_body(
-        model,
-        method,
-        params,
-        seed,
-        id,
-        explanations,
-        &result,
-        started,
-    ))
-    .into_response()
 }
 
 /// A header-safe version of a label.

@@ -1,10 +1,13 @@
 //! The HTTP face: routes, request parsing, problem+json errors, and the OpenAPI document.
 //! Handlers validate and decode; they never touch ONNX Runtime.
 
+mod audit;
+pub mod auth;
 pub mod error;
 mod explain;
 mod health;
 pub mod input;
+mod jobs;
 mod models;
 pub mod openapi;
 mod page;
@@ -16,7 +19,9 @@ use std::sync::Arc;
 
 pub use router::router;
 
+use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::executor::board::JobBoard;
 use crate::executor::Executor;
 use crate::runtime::gradients::GradientCache;
 use crate::runtime::Registry;
@@ -34,4 +39,8 @@ pub struct AppState {
     pub gradients: Arc<GradientCache>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+    /// Asynchronous jobs.
+    pub jobs: Arc<JobBoard>,
 }

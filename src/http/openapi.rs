@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use super::{error, explain, health, input, models, predict, problems};
+use super::{audit, error, explain, health, input, jobs, models, predict, problems};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -23,11 +23,22 @@ use super::{error, explain, health, input, models, predict, problems};
         models::get_model,
         predict::predict,
         explain::explain,
+        jobs::submit,
+        jobs::get_job,
+        jobs::cancel_job,
+        jobs::job_events,
+        audit::get_record,
+        audit::list_records,
+        audit::record_overlay,
+        audit::export,
+        audit::verify,
     ),
     components(schemas(error::Problem, input::FeaturesJson)),
     tags(
         (name = "models", description = "Loaded models and predictions"),
         (name = "explanations", description = "Why a model predicted what it did"),
+        (name = "jobs", description = "Explanations run in the background, with progress"),
+        (name = "audit", description = "The tamper-evident record of predictions and explanations"),
         (name = "operations", description = "Health, readiness, metrics, API documents"),
     )
 )]

@@ -5,16 +5,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{from_exec, model_not_found, ApiError, ProblemKind};
+use super::auth::{audit_context, Caller};
+use super::error::{audit_failed, from_exec, model_not_found, ApiError, ProblemKind};
 use super::explain::{self, ExplainResponse, Include};
 use super::input::{self, FeaturesJson, RawInput};
 use super::AppState;
+use crate::audit::{Context, Evidence, Kind, Receipt};
 use crate::explain::{Condition, Limits, Method, MethodParams, PredictExplainTask, TargetSpec};
 use crate::render::RenderOptions;
 use crate::runtime::manifest::Task;
@@ -40,6 +42,8 @@ pub struct PredictRequest {
     pub top_k: Option<usize>,
     /// Explain the prediction too (every input, or those meeting `when`), in the same job.
     pub explain: Option<PredictExplain>,
+    /// Record this prediction in the audit log (whatever the service's `audit` setting).
+    pub audit: Option<bool>,
 }
 
 /// An explanation attached to a prediction.
@@ -80,6 +84,8 @@ pub struct Instance {
 pub struct PredictQuery {
     /// Classes to report (default 5).
     pub top_k: Option<usize>,
+    /// Record this prediction in the audit log.
+    pub audit: Option<bool>,
 }
 
 /// Multipart options part `request` (JSON).
@@ -88,6 +94,7 @@ pub struct PredictQuery {
 struct MultipartOptions {
     top_k: Option<usize>,
     explain: Option<PredictExplain>,
+    audit: Option<bool>,
 }
 
 /// The answer to a prediction.
@@ -109,6 +116,9 @@ pub struct PredictResponse {
     /// One result per input, in order, when the request used `instances`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instances: Option<Vec<InstanceResult>>,
+    /// The audit record written for this answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_record: Option<Receipt>,
 }
 
 /// One input's result in a batch.
@@ -150,6 +160,7 @@ pub async fn predict(
     Path(model_name): Path<String>,
     uri: Uri,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     body: Body,
 ) -> Result<Json<PredictResponse>, ApiError> {
     let model = state
@@ -163,6 +174,16 @@ pub async fn predict(
     let received = input::read_body(&headers, body, state.config.max_body_bytes).await?;
     let parsed = parse_predict_body(&received, &uri).await?;
     let (inputs, batched) = (parsed.inputs, parsed.batched);
+    let kind = if parsed.explain.is_some() {
+        Kind::Explanation
+    } else {
+        Kind::Prediction
+    };
+    let audit = state.audit.wants(kind, parsed.audit).then(|| {
+        let keep = state.audit.keeps_inputs();
+        let evidence: Vec<Evidence> = inputs.iter().map(|raw| explain::evidence(&model, raw, keep)).collect();
+        (evidence, audit_context(&headers, caller))
+    });
 
     let top_k = parsed.top_k.unwrap_or(DEFAULT_TOP_K);
     if top_k == 0 || top_k > state.config.max_top_k {
@@ -195,6 +216,7 @@ pub async fn predict(
         outputs: None,
         explanation: None,
         instances: None,
+        audit_record: None,
     };
 
     let Some(plan) = parsed.explain else {
@@ -223,7 +245,7 @@ pub async fn predict(
             response.predictions = Some(row.predictions);
             response.outputs = Some(row.outputs);
         }
-        return Ok(Json(response));
+        return audited(&state, audit, response).await;
     };
 
     // With an explanation: each input keeps what maps its attribution back onto it.
@@ -316,6 +338,24 @@ pub async fn predict(
         response.outputs = Some(one.prediction.outputs);
         response.explanation = one.explanation;
     }
+    audited(&state, audit, response).await
+}
+
+/// Writes the answer's audit record when one is wanted; the answer is not sent unless it is written.
+async fn audited(
+    state: &AppState,
+    audit: Option<(Vec<Evidence>, Context)>,
+    mut response: PredictResponse,
+) -> Result<Json<PredictResponse>, ApiError> {
+    if let Some((evidence, ctx)) = audit {
+        let value = super::audit::as_sent(&response)?;
+        let receipt = state
+            .audit
+            .prediction(&ctx, evidence, &value)
+            .await
+            .map_err(audit_failed)?;
+        response.audit_record = Some(receipt);
+    }
     Ok(Json(response))
 }
 
@@ -325,6 +365,7 @@ struct ParsedPredict {
     top_k: Option<usize>,
     batched: bool,
     explain: Option<PredictExplain>,
+    audit: bool,
 }
 
 /// Reads inputs and options from any of the accepted body forms.
@@ -359,6 +400,7 @@ async fn parse_predict_body(received: &input::ReceivedBody, uri: &Uri) -> Result
                 top_k: req.top_k,
                 batched: true,
                 explain: req.explain,
+                audit: req.audit.unwrap_or(false),
             });
         }
         return Ok(ParsedPredict {
@@ -366,6 +408,7 @@ async fn parse_predict_body(received: &input::ReceivedBody, uri: &Uri) -> Result
             top_k: req.top_k,
             batched: false,
             explain: req.explain,
+            audit: req.audit.unwrap_or(false),
         });
     }
     if input::is_image_media_type(media) {
@@ -375,18 +418,21 @@ async fn parse_predict_body(received: &input::ReceivedBody, uri: &Uri) -> Result
             top_k: q.top_k,
             batched: false,
             explain: None,
+            audit: q.audit.unwrap_or(false),
         });
     }
     if media == "multipart/form-data" {
         let form = input::parse_multipart(received, &["request", "top_k"]).await?;
         let mut top_k = None;
         let mut explain = None;
+        let mut audit = false;
         for (name, text) in &form.fields {
             match name.as_str() {
                 "request" => {
                     let options = input::parse_json::<MultipartOptions>(text.as_bytes())?;
                     top_k = options.top_k.or(top_k);
                     explain = options.explain;
+                    audit = options.audit.unwrap_or(false);
                 }
                 _ => {
                     top_k = Some(text.trim().parse().map_err(|_| {
@@ -410,6 +456,7 @@ async fn parse_predict_body(received: &input::ReceivedBody, uri: &Uri) -> Result
             top_k,
             batched,
             explain,
+            audit,
         });
     }
     Err(ApiError::new(

@@ -10,6 +10,7 @@ use explaind::Service;
 use prost::Message;
 
 pub mod gradcheck;
+pub mod postgres;
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -23,6 +24,7 @@ pub fn test_config(models_dir: &Path) -> Config {
         models_dir: models_dir.to_path_buf(),
         workers: 2,
         queue_capacity: 8,
+        data_dir: temp_dir("data"),
         ..Config::default()
     }
 }

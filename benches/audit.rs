@@ -1,0 +1,110 @@
+//! Audit log cost: the latency of a saliency request over HTTP with the audit log off, on with
+//! SQLite's `normal` sync (the default), and on with `full` sync (an fsync per record), measured
+//! interleaved in one run. Goal: audit on adds under 5%. Run with `cargo bench --bench audit`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use explaind::config::{AuditMode, AuditSync, Config};
+use prost::Message;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target").join("bench-audit");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("models/resnet-18")).unwrap();
+    std::fs::create_dir_all(dir.join("models/fashion-cnn")).unwrap();
+    for f in ["model.onnx", "model.toml"] {
+        std::fs::copy(
+            root.join("models/fashion-cnn").join(f),
+            dir.join("models/fashion-cnn").join(f),
+        )
+        .unwrap();
+    }
+    let resnet = explaind::onnx::zoo::resnet(&[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
+    std::fs::write(dir.join("models/resnet-18/model.onnx"), resnet.encode_to_vec()).unwrap();
+    let labels: Vec<String> = (0..1000).map(|i| format!("class {i}")).collect();
+    std::fs::write(dir.join("models/resnet-18/labels.txt"), labels.join("\n")).unwrap();
+    std::fs::write(
+        dir.join("models/resnet-18/model.toml"),
+        "task = \"image-classification\"\nlabels_file = \"labels.txt\"\n",
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let settings: [(&str, AuditMode, AuditSync); 3] = [
+        ("off", AuditMode::Off, AuditSync::Normal),
+        ("on, sync normal", AuditMode::All, AuditSync::Normal),
+        ("on, sync full", AuditMode::All, AuditSync::Full),
+    ];
+    let services: Vec<explaind::Service> = settings
+        .iter()
+        .enumerate()
+        .map(|(i, (_, mode, sync))| {
+            let config = Config {
+                bind: "127.0.0.1:0".into(),
+                models_dir: dir.join("models"),
+                data_dir: dir.join(format!("data-{i}")),
+                workers: 1,
+                audit: *mode,
+                audit_sync: *sync,
+                ..Config::default()
+            };
+            let s = rt.block_on(explaind::Service::start(config)).expect("service");
+            rt.block_on(s.state.executor.wait_ready(Duration::from_secs(60)));
+            s
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let png = |side: u32| {
+        let img = image::RgbImage::from_fn(side, side, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x + y) * 3) as u8])
+        });
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(out)
+    };
+    println!("audit benchmark: saliency over HTTP, 1 worker, requests interleaved across the three services");
+    println!("{:<12} {:<18} {:>10} {:>12}", "model", "audit", "median ms", "vs off");
+    for (model, side, rounds) in [("fashion-cnn", 28u32, 300usize), ("resnet-18", 224, 25)] {
+        let body = serde_json::json!({"image": png(side)});
+        let mut times = vec![Vec::new(); services.len()];
+        for round in 0..rounds + 2 {
+            for (i, s) in services.iter().enumerate() {
+                let started = Instant::now();
+                let r = rt
+                    .block_on(
+                        http.post(format!("http://{}/v1/models/{model}/explain/saliency", s.addr))
+                            .json(&body)
+                            .send(),
+                    )
+                    .unwrap();
+                assert!(r.status().is_success());
+                rt.block_on(r.bytes()).unwrap();
+                if round >= 2 {
+                    times[i].push(started.elapsed());
+                }
+            }
+        }
+        let medians: Vec<Duration> = times.into_iter().map(median).collect();
+        for (i, (name, _, _)) in settings.iter().enumerate() {
+            println!(
+                "{model:<12} {name:<18} {:>10.3} {:>11.1}%",
+                medians[i].as_secs_f64() * 1e3,
+                (medians[i].as_secs_f64() / medians[0].as_secs_f64() - 1.0) * 100.0
+            );
+        }
+    }
+    for s in services {
+        rt.block_on(s.stop()).unwrap();
+    }
+}

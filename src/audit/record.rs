@@ -1,0 +1,297 @@
+//! What a record holds, built from the answer the caller gets (so the record says exactly what was
+//! answered): who asked, the model and its hash, the input's hash (and the input when configured),
+//! method, parameters after defaults, seed, targets, scores, an attribution summary, the map when
+//! configured, and the service version.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use base64::Engine;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::store::Columns;
+
+/// What kind of request a record documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Prediction,
+    Explanation,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Prediction => "prediction",
+            Kind::Explanation => "explanation",
+        }
+    }
+}
+
+/// Who asked, and under which request id.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub request_id: Option<String>,
+    /// The API key's name, when keys are on.
+    pub caller: Option<String>,
+}
+
+/// One input: its sha256, its media type, and (when configured) the input itself.
+#[derive(Debug, Clone)]
+pub struct Evidence {
+    pub sha256: String,
+    pub media_type: String,
+    pub data: Option<Value>,
+}
+
+impl Evidence {
+    /// An encoded image, as uploaded.
+    pub fn image(bytes: &[u8], keep: bool) -> Self {
+        let media_type = if bytes.starts_with(&[0x89, b'P', b'N', b'G']) {
+            "image/png"
+        } else {
+            "image/jpeg"
+        };
+        Self {
+            sha256: hex::encode(Sha256::digest(bytes)),
+            media_type: media_type.into(),
+            data: keep.then(|| json!({"image_base64": base64::engine::general_purpose::STANDARD.encode(bytes)})),
+        }
+    }
+
+    /// A feature vector in the model's order; hashed as its JSON text.
+    pub fn features(values: &[f32], keep: bool) -> Self {
+        let text = serde_json::to_string(values).unwrap_or_default();
+        Self {
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            media_type: "application/json; features".into(),
+            data: keep.then(|| json!({"features": values})),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut v = json!({"sha256": self.sha256, "media_type": self.media_type});
+        if let Some(d) = &self.data {
+            v["data"] = d.clone();
+        }
+        v
+    }
+}
+
+/// A float array as deflate-compressed little-endian f32, base64.
+pub fn pack_map(shape: &[usize], values: &[f32]) -> Value {
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    for v in values {
+        let _ = enc.write_all(&v.to_le_bytes());
+    }
+    let bytes = enc.finish().unwrap_or_default();
+    json!({"shape": shape, "encoding": "f32le+deflate+base64",
+           "data": base64::engine::general_purpose::STANDARD.encode(bytes)})
+}
+
+/// The values of a packed map, or `None` when it is not one.
+pub fn unpack_map(map: &Value) -> Option<(Vec<usize>, Vec<f32>)> {
+    let shape: Vec<usize> = serde_json::from_value(map.get("shape")?.clone()).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(map.get("data")?.as_str()?)
+        .ok()?;
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(&bytes[..]), &mut raw).ok()?;
+    let values: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (values.len() == shape.iter().product::<usize>()).then_some((shape, values))
+}
+
+/// Detail fields worth keeping in a summary (the rest is bulky or derivable).
+const DETAIL_KEYS: &[&str] = &[
+    "efficiency_gap",
+    "base_value",
+    "value",
+    "r2",
+    "intercept",
+    "samples",
+    "stopped",
+    "top_positive",
+    "top_negative",
+    "feature_perturbation",
+    "output_space",
+];
+
+/// One target's summary: top features (tabular) or map statistics (images), with the method's
+/// convergence and fit figures.
+fn summarize(e: &Value) -> Value {
+    let mut s = json!({});
+    if let Some(features) = e.get("features").and_then(Value::as_array) {
+        s["top_features"] = Value::Array(features.iter().take(10).cloned().collect());
+    } else if let Some(values) = e["attributions"]["values"].as_array() {
+        let v: Vec<f64> = values.iter().filter_map(Value::as_f64).collect();
+        let shape = &e["attributions"]["shape"];
+        let width = shape[1].as_u64().unwrap_or(1).max(1) as usize;
+        let (peak, max) = v.iter().enumerate().fold(
+            (0, f64::NEG_INFINITY),
+            |acc, (i, x)| if *x > acc.1 { (i, *x) } else { acc },
+        );
+        let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+        let mean_abs = v.iter().map(|x| x.abs()).sum::<f64>() / v.len().max(1) as f64;
+        s["map"] = json!({"shape": shape, "min": min, "max": max, "mean_abs": mean_abs,
+                          "peak": [peak / width, peak % width]});
+    }
+    for key in ["convergence_delta", "layer"] {
+        if let Some(v) = e.get(key) {
+            s[key] = v.clone();
+        }
+    }
+    if let Some(d) = e.get("details") {
+        for key in DETAIL_KEYS {
+            if let Some(v) = d.get(*key) {
+                s[*key] = v.clone();
+            }
+        }
+    }
+    s
+}
+
+/// The per-target explanations of an explain answer (one target's sits at the top level).
+fn explanations(response: &Value) -> Vec<&Value> {
+    match response.get("explanations").and_then(Value::as_array) {
+        Some(list) => list.iter().collect(),
+        None => vec![response],
+    }
+}
+
+fn now() -> (i64, String) {
+    let t = SystemTime::now();
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    (ms, humantime::format_rfc3339_millis(t).to_string())
+}
+
+fn header(kind: Kind, ctx: &Context, inputs: &[Evidence], response: &Value) -> (String, i64, Value) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let (time_ms, time) = now();
+    let body = json!({
+        "id": id,
+        "time": time,
+        "time_ms": time_ms,
+        "kind": kind.name(),
+        "request_id": ctx.request_id,
+        "caller": ctx.caller,
+        "model": response["model"],
+        "model_sha256": response["model_sha256"],
+        "inputs": inputs.iter().map(Evidence::to_json).collect::<Vec<_>>(),
+        "service": {"name": "explaind", "version": env!("CARGO_PKG_VERSION")},
+    });
+    (id, time_ms, body)
+}
+
+/// An explanation answer's recorded part: method, parameters, seed, and per target the summary
+/// (and the attributions: tabular always, image maps when `keep_maps`).
+fn explanation_part(response: &Value, keep_maps: bool) -> Value {
+    let targets: Vec<Value> = explanations(response)
+        .into_iter()
+        .map(|e| {
+            let mut t = json!({"target": e["target"], "summary": summarize(e)});
+            if e.get("features").is_some() {
+                // Tabular attributions are small: keep them whole.
+                t["attributions"] = e["attributions"]["values"].clone();
+            } else if keep_maps {
+                let shape: Vec<usize> = serde_json::from_value(e["attributions"]["shape"].clone()).unwrap_or_default();
+                let values: Vec<f32> = e["attributions"]["values"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_f64).map(|v| v as f32).collect())
+                    .unwrap_or_default();
+                t["map"] = pack_map(&shape, &values);
+            }
+            t
+        })
+        .collect();
+    json!({
+        "method": response["method"],
+        "params": response["params"],
+        "seed": response["seed"],
+        "explanation_id": response["id"],
+        "targets": targets,
+    })
+}
+
+fn labels(targets: &Value) -> String {
+    targets
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["target"]["label"].as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The record of an explanation answer (`ExplainResponse` as JSON).
+pub fn explanation(ctx: &Context, input: Evidence, response: &Value, keep_maps: bool) -> (Columns, Value) {
+    let (id, time_ms, mut body) = header(Kind::Explanation, ctx, std::slice::from_ref(&input), response);
+    let part = explanation_part(response, keep_maps);
+    let target = labels(&part["targets"]);
+    if let (Some(b), Value::Object(p)) = (body.as_object_mut(), part) {
+        b.extend(p);
+    }
+    let columns = Columns {
+        id,
+        time_ms,
+        kind: Kind::Explanation.name().into(),
+        model: response["model"].as_str().unwrap_or_default().into(),
+        method: response["method"].as_str().map(String::from),
+        target: Some(target),
+    };
+    (columns, body)
+}
+
+/// The record of a prediction answer (`PredictResponse` as JSON), one evidence per input; an
+/// attached explanation is recorded with it.
+pub fn prediction(ctx: &Context, inputs: Vec<Evidence>, response: &Value, keep_maps: bool) -> (Columns, Value) {
+    let (id, time_ms, mut body) = header(Kind::Prediction, ctx, &inputs, response);
+    let rows: Vec<Value> = match response.get("instances").and_then(Value::as_array) {
+        Some(list) => list.clone(),
+        None => vec![
+            json!({"predictions": response["predictions"], "outputs": response["outputs"],
+                            "explanation": response.get("explanation")}),
+        ],
+    };
+    let target = rows
+        .iter()
+        .filter_map(|r| r["predictions"][0]["label"].as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    body["results"] = rows
+        .iter()
+        .map(|r| {
+            let mut row = json!({"predictions": r["predictions"], "outputs": r["outputs"]});
+            if let Some(e) = r.get("explanation").filter(|e| !e.is_null()) {
+                row["explanation"] = explanation_part(e, keep_maps);
+            }
+            row
+        })
+        .collect();
+    let columns = Columns {
+        id,
+        time_ms,
+        kind: Kind::Prediction.name().into(),
+        model: response["model"].as_str().unwrap_or_default().into(),
+        method: None,
+        target: Some(target),
+    };
+    (columns, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_pack_and_unpack_exactly() {
+        let values: Vec<f32> = (0..100).map(|i| (i as f32).sin()).collect();
+        let packed = pack_map(&[10, 10], &values);
+        assert_eq!(unpack_map(&packed), Some((vec![10, 10], values)));
+    }
+}

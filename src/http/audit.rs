@@ -1,0 +1,281 @@
+//! The audit log's routes: one record, filtered listings, the overlay drawn again from a stored
+//! map, a streamed JSON Lines export, and chain verification.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use futures_util::stream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{audit_failed, ApiError, ProblemKind};
+use super::AppState;
+use crate::audit::record::unpack_map;
+use crate::audit::{AuditLog, Filter, Verification};
+use crate::render::{self, Bar, RenderOptions};
+
+/// Filters and paging of `GET /v1/audit/records`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Model name.
+    pub model: Option<String>,
+    /// Method (`saliency`, ...).
+    pub method: Option<String>,
+    /// Target label (as recorded; several targets are joined by commas).
+    pub target: Option<String>,
+    /// `prediction` or `explanation`.
+    pub kind: Option<String>,
+    /// From this time on (RFC 3339, inclusive).
+    pub since: Option<String>,
+    /// Before this time (RFC 3339).
+    pub until: Option<String>,
+    /// Records per page (default 50, at most 500).
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<i64>,
+}
+
+/// A page of records.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordPage {
+    /// Records in chain order, each with its `chain` position and hashes.
+    #[schema(value_type = Vec<Object>)]
+    pub records: Vec<Value>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<i64>,
+}
+
+/// The JSON value of an answer exactly as its text reads (f32 scores keep their short form), for
+/// its audit record.
+pub(super) fn as_sent(answer: &impl Serialize) -> Result<Value, ApiError> {
+    let text = serde_json::to_vec(answer).map_err(ApiError::internal)?;
+    serde_json::from_slice(&text).map_err(ApiError::internal)
+}
+
+fn millis(name: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
+    text.as_deref()
+        .map(|t| {
+            humantime::parse_rfc3339_weak(t)
+                .map_err(|e| {
+                    ApiError::new(
+                        ProblemKind::InvalidRequest,
+                        format!("`{name}`: {e} (RFC 3339 expected)"),
+                    )
+                })
+                .map(|time| {
+                    time.duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0)
+                })
+        })
+        .transpose()
+}
+
+async fn one(state: &AppState, id: &str) -> Result<Value, ApiError> {
+    let store = state.audit.store().await.map_err(audit_failed)?;
+    let stored = store
+        .get(id)
+        .await
+        .map_err(audit_failed)?
+        .ok_or_else(|| ApiError::new(ProblemKind::NotFound, format!("no audit record `{id}`")))?;
+    Ok(AuditLog::to_json(&stored))
+}
+
+/// One audit record.
+#[utoipa::path(get, path = "/v1/audit/records/{id}", tag = "audit",
+    params(("id" = String, Path, description = "record id (`audit_record.id` of the answer)")),
+    responses(
+        (status = 200, body = Object, description = "the record, with its `chain` position and hashes"),
+        (status = 401, body = super::error::Problem, content_type = "application/problem+json", description = "no or bad API key"),
+        (status = 403, body = super::error::Problem, content_type = "application/problem+json", description = "the key lacks the audit scope"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "no such record"),
+    ))]
+pub async fn get_record(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    one(&state, &id).await.map(Json)
+}
+
+/// Audit records, filtered, in chain order, a page at a time.
+#[utoipa::path(get, path = "/v1/audit/records", tag = "audit", params(ListQuery),
+    responses(
+        (status = 200, body = RecordPage),
+        (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "bad filter"),
+        (status = 401, body = super::error::Problem, content_type = "application/problem+json", description = "no or bad API key"),
+        (status = 403, body = super::error::Problem, content_type = "application/problem+json", description = "the key lacks the audit scope"),
+    ))]
+pub async fn list_records(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RecordPage>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(ProblemKind::InvalidRequest, e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            "limit must be between 1 and 500",
+        ));
+    }
+    let filter = Filter {
+        model: q.model,
+        method: q.method,
+        target: q.target,
+        kind: q.kind,
+        since_ms: millis("since", &q.since)?,
+        until_ms: millis("until", &q.until)?,
+    };
+    let store = state.audit.store().await.map_err(audit_failed)?;
+    let rows = store
+        .list(&filter, q.cursor.unwrap_or(0), limit + 1)
+        .await
+        .map_err(audit_failed)?;
+    let more = rows.len() as i64 > limit;
+    let rows = &rows[..rows.len().min(limit as usize)];
+    Ok(Json(RecordPage {
+        records: rows.iter().map(AuditLog::to_json).collect(),
+        next_cursor: more.then(|| rows.last().map(|r| r.seq)).flatten(),
+    }))
+}
+
+/// The record's explanation drawn again: the stored map over the stored image (or on black when the
+/// input was not kept); for tabular models the bar chart. Needs `audit_store_maps` for image maps.
+#[utoipa::path(get, path = "/v1/audit/records/{id}/overlay.png", tag = "audit",
+    params(("id" = String, Path, description = "record id"), ("target" = Option<usize>, Query, description = "which target (default 0)")),
+    responses(
+        (status = 200, content_type = "image/png", body = Vec<u8>),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "no such record, or it kept no map"),
+    ))]
+pub async fn record_overlay(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let record = one(&state, &id).await?;
+    let index: usize = q.get("target").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let targets = record["targets"]
+        .as_array()
+        .or_else(|| record["results"][0]["explanation"]["targets"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    let target = targets
+        .get(index)
+        .ok_or_else(|| {
+            ApiError::new(
+                ProblemKind::NotFound,
+                format!("record `{id}` has no explained target {index}"),
+            )
+        })?
+        .clone();
+    let registry = state.registry.clone();
+    let png = tokio::task::spawn_blocking(move || draw(&record, &target, &registry))
+        .await
+        .map_err(ApiError::internal)??;
+    let mut response = (StatusCode::OK, png).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+    Ok(response)
+}
+
+fn draw(record: &Value, target: &Value, registry: &crate::runtime::Registry) -> Result<Vec<u8>, ApiError> {
+    let title = format!(
+        "{} ({:.4})",
+        target["target"]["label"].as_str().unwrap_or("?"),
+        target["target"]["score"].as_f64().unwrap_or(f64::NAN)
+    );
+    if let Some(values) = target["attributions"].as_array() {
+        // Tabular: names from the model when it is still loaded, input values when kept.
+        let model = record["model"].as_str().and_then(|m| registry.get(m));
+        let names = model
+            .and_then(|m| m.spec.tabular.as_ref())
+            .map(|t| t.features.clone())
+            .unwrap_or_default();
+        let inputs = record["inputs"][0]["data"]["features"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut bars: Vec<Bar> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Bar {
+                name: names.get(i).cloned().unwrap_or_else(|| format!("feature {i}")),
+                value: inputs.get(i).and_then(Value::as_f64).unwrap_or(f64::NAN) as f32,
+                attribution: v.as_f64().unwrap_or(0.0) as f32,
+            })
+            .collect();
+        bars.sort_by(|a, b| b.attribution.abs().total_cmp(&a.attribution.abs()));
+        return Ok(render::png(&render::bar_chart(&title, &bars, 12)));
+    }
+    let (shape, map) = unpack_map(&target["map"]).ok_or_else(|| {
+        ApiError::new(
+            ProblemKind::NotFound,
+            "this record kept no attribution map (the service ran without audit_store_maps)",
+        )
+    })?;
+    let (h, w) = (shape[0] as u32, shape.get(1).copied().unwrap_or(1) as u32);
+    let background = record["inputs"][0]["data"]["image_base64"]
+        .as_str()
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|bytes| image::load_from_memory(&bytes).ok())
+        .map(|img| image::imageops::resize(&img.to_rgb8(), w, h, image::imageops::FilterType::Triangle))
+        .unwrap_or_else(|| image::RgbImage::new(w, h));
+    Ok(render::png(&render::overlay(
+        &background,
+        &map,
+        &RenderOptions::default(),
+    )))
+}
+
+/// Every record as JSON Lines, in chain order, streamed a page at a time.
+#[utoipa::path(get, path = "/v1/audit/export", tag = "audit",
+    responses(
+        (status = 200, content_type = "application/x-ndjson", body = String, description = "one record per line"),
+        (status = 401, body = super::error::Problem, content_type = "application/problem+json", description = "no or bad API key"),
+    ))]
+pub async fn export(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    state.audit.store().await.map_err(audit_failed)?;
+    let pages = stream::unfold((state, 0i64, false), |(state, after, done)| async move {
+        if done {
+            return None;
+        }
+        let store = match state.audit.store().await {
+            Ok(s) => s,
+            Err(e) => return Some((Err(std::io::Error::other(e.to_string())), (state, after, true))),
+        };
+        match store.page(after, 200).await {
+            Ok(rows) if rows.is_empty() => None,
+            Ok(rows) => {
+                let last = rows.last().map(|r| r.seq).unwrap_or(after);
+                let mut text = String::new();
+                for r in &rows {
+                    text.push_str(&AuditLog::to_json(r).to_string());
+                    text.push('\n');
+                }
+                Some((Ok(text), (state, last, false)))
+            }
+            Err(e) => Some((Err(std::io::Error::other(e.to_string())), (state, after, true))),
+        }
+    });
+    let mut response = Body::from_stream(pages).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(response)
+}
+
+/// Walks the hash chain and reports the first broken link: an edited, deleted or re-ordered record.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    responses(
+        (status = 200, body = Verification),
+        (status = 401, body = super::error::Problem, content_type = "application/problem+json", description = "no or bad API key"),
+    ))]
+pub async fn verify(State(state): State<Arc<AppState>>) -> Result<Json<Verification>, ApiError> {
+    state.audit.verify().await.map(Json).map_err(audit_failed)
+}

@@ -1,0 +1,96 @@
+//! API keys: with keys configured, every route but health, readiness, metrics and the documents
+//! needs `Authorization: Bearer <key>`; the audit routes need a key with the `audit` scope. Keys
+//! are stored as sha256 hashes, so the config file holds no secret.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Extension;
+use sha2::{Digest, Sha256};
+
+use super::error::{ApiError, ProblemKind};
+use super::AppState;
+use crate::audit::Context;
+use crate::config::Scope;
+
+/// The authenticated caller: the key's name.
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
+
+/// Routes anyone may call: probes, metrics, and the documents that describe the API.
+fn is_open(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/" | "/openapi.json")
+        || path.starts_with("/docs")
+        || path.starts_with("/problems/")
+}
+
+/// The sha256 (hex) of a key, as the config stores it.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// Checks the bearer key of every request that needs one.
+pub async fn require_key(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let keys = &state.config.api_keys;
+    let path = req.uri().path().to_string();
+    // CORS preflights carry no credentials by design.
+    if keys.is_empty() || is_open(&path) || req.method() == axum::http::Method::OPTIONS {
+        return Ok(next.run(req).await);
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::new(
+                ProblemKind::Unauthorized,
+                "this service needs an API key: send `Authorization: Bearer <key>`",
+            )
+        })?;
+    let digest = hash_key(presented);
+    // Compare every configured hash in full, so timing says nothing about which one is near.
+    let matching: Vec<&crate::config::ApiKey> = keys
+        .iter()
+        .filter(|k| constant_time_eq(k.sha256.to_ascii_lowercase().as_bytes(), digest.as_bytes()))
+        .collect();
+    let key = matching
+        .first()
+        .ok_or_else(|| ApiError::new(ProblemKind::Unauthorized, "the API key is not valid"))?;
+    let needed = if path.starts_with("/v1/audit") {
+        Scope::Audit
+    } else {
+        Scope::Predict
+    };
+    if !key.scopes.contains(&needed) {
+        return Err(ApiError::new(
+            ProblemKind::Forbidden,
+            format!("key `{}` lacks the `{needed:?}` scope this route needs", key.name).to_lowercase(),
+        ));
+    }
+    req.extensions_mut().insert(Caller(key.name.clone()));
+    Ok(next.run(req).await)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The audit context of a request: its id and its caller.
+pub fn audit_context(headers: &HeaderMap, caller: Option<Extension<Caller>>) -> Context {
+    Context {
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+        caller: caller.map(|Extension(c)| c.0),
+    }
+}

@@ -1,0 +1,213 @@
+//! Asynchronous explanations: `POST /v1/jobs` takes an explain request (plus `model` and `method`)
+//! and answers 202 at once; the job runs on the same bounded executor as every request (a full
+//! queue refuses the submission with 503); `GET /v1/jobs/{id}` shows state, progress and the
+//! result; `GET /v1/jobs/{id}/events` streams them as Server-Sent Events; `DELETE` cancels.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Extension, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::auth::{audit_context, Caller};
+use super::error::{from_exec, model_not_found, ApiError, ProblemKind};
+use super::explain::{self, ExplainRequest, Format};
+use super::input::{self, RawInput};
+use super::AppState;
+use crate::audit::Kind;
+use crate::executor::board::{JobState, JobView};
+use crate::explain::{ExplainTask, Method};
+
+/// A job: the explain request's fields plus the model and the method.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct JobRequest {
+    /// Model name.
+    pub model: String,
+    /// Method (`kernel-shap`, `rise`, `smoothgrad`, ...).
+    pub method: Method,
+    /// The explain request (`image` or `features`, `target`, `params`, `seed`, `include`, `render`,
+    /// `audit`), as for `POST /v1/models/{model}/explain/{method}`; the answer is JSON.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub request: serde_json::Map<String, serde_json::Value>,
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(ProblemKind::NotFound, format!("no job `{id}` (unknown, or expired)"))
+}
+
+/// Submits an explanation to run in the background.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(content = JobRequest, content_type = "application/json"),
+    responses(
+        (status = 202, body = JobView, description = "accepted; `Location` names the job"),
+        (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed request"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
+        (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "input does not fit the model"),
+        (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "queue or job board full; see Retry-After"),
+    ))]
+pub async fn submit(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let retry_after = state.config.retry_after_secs;
+    let admission = state.executor.admit().map_err(|e| from_exec(e, retry_after))?;
+    let received = input::read_body(&headers, body, state.config.max_body_bytes).await?;
+    let job: JobRequest = input::parse_json(&received.bytes)?;
+    let mut request: ExplainRequest = serde_json::from_value(serde_json::Value::Object(job.request))
+        .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, format!("job request: {e}")))?;
+    if request.format == Some(Format::Png) {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            "jobs answer JSON; ask for `include: [\"overlay\"]` to get the picture in it",
+        ));
+    }
+    let model = state
+        .registry
+        .get(&job.model)
+        .cloned()
+        .ok_or_else(|| model_not_found(&job.model))?;
+    explain::check_applicable(&model, job.method)?;
+    let raw = match (request.image.take(), request.features.take()) {
+        (Some(img), None) => RawInput::Image(input::decode_base64_image(&img)?),
+        (None, Some(f)) => RawInput::Features(f.into()),
+        _ => {
+            return Err(ApiError::new(
+                ProblemKind::InvalidRequest,
+                "give exactly one of `image`, `features`",
+            ))
+        }
+    };
+    let planned = explain::plan(&state, model.clone(), job.method, raw, &request).await?;
+    let (id, control) = state
+        .jobs
+        .create(&model.name, job.method.name())
+        .map_err(|e| ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(retry_after))?;
+    let audited = state.audit.wants(Kind::Explanation, request.audit.unwrap_or(false));
+    let ctx = audit_context(&headers, caller);
+    let task_state = state.clone();
+    let task_id = id.clone();
+    tokio::spawn(async move {
+        let state = task_state;
+        let outcome = admission
+            .run_controlled(ExplainTask(planned.job.clone()), control)
+            .await;
+        let finished = match outcome {
+            Ok(result) => {
+                let max_map_pixels = state.config.max_map_pixels;
+                let built = tokio::task::spawn_blocking(move || {
+                    let answer = explain::build_answer(&planned, result, false, true, max_map_pixels, started);
+                    (answer, planned)
+                })
+                .await;
+                match built {
+                    Ok((mut answer, planned)) => {
+                        let receipt = if audited {
+                            explain::audit_explanation(&state, ctx, &planned, &answer.body)
+                                .await
+                                .map(Some)
+                        } else {
+                            Ok(None)
+                        };
+                        match receipt {
+                            Ok(r) => {
+                                answer.body.audit_record = r;
+                                serde_json::to_value(&answer.body).map_err(|e| ApiError::internal(e).problem())
+                            }
+                            Err(e) => Err(e.problem()),
+                        }
+                    }
+                    Err(e) => Err(ApiError::internal(e).problem()),
+                }
+            }
+            Err(e) => Err(from_exec(e, retry_after).problem()),
+        };
+        let finished = finished.map_err(|p| serde_json::to_value(p).unwrap_or_default());
+        state.jobs.finish(&task_id, finished);
+    });
+    let view = state.jobs.get(&id).ok_or_else(|| not_found(&id))?;
+    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+/// A job's state, progress and (when done) result.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses(
+        (status = 200, body = JobView),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job"),
+    ))]
+pub async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    state.jobs.get(&id).map(Json).ok_or_else(|| not_found(&id))
+}
+
+/// Cancels a queued or running job (its worker stops at the next pass); a finished job is unchanged.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses(
+        (status = 200, body = JobView),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job"),
+    ))]
+pub async fn cancel_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    state.jobs.cancel(&id).map(Json).ok_or_else(|| not_found(&id))
+}
+
+/// The job's progress as Server-Sent Events: `progress` while it runs (on every change), then one
+/// final event named after its end state (`done`, `failed`, `cancelled`) carrying the whole job.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String, description = "events, each `data` a JobView"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job"),
+    ))]
+pub async fn job_events(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    state.jobs.get(&id).ok_or_else(|| not_found(&id))?;
+    // Polls the board: progress counters live in the worker, so there is nothing to push from.
+    let events = stream::unfold(
+        (state, id, None::<JobView>, false),
+        |(state, id, last, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let view = state.jobs.get(&id)?;
+                let changed = last
+                    .as_ref()
+                    .is_none_or(|l| l.state != view.state || l.progress != view.progress);
+                if view.state.is_final() {
+                    let name = match view.state {
+                        JobState::Done => "done",
+                        JobState::Failed => "failed",
+                        _ => "cancelled",
+                    };
+                    let event = Event::default().event(name).json_data(&view).unwrap_or_default();
+                    return Some((Ok(event), (state, id, Some(view), true)));
+                }
+                if changed {
+                    let mut brief = view.clone();
+                    brief.result = None;
+                    let event = Event::default().event("progress").json_data(&brief).unwrap_or_default();
+                    return Some((Ok(event), (state, id, Some(view), false)));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    );
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,172 @@
+//! Asynchronous jobs on a real server: progress, Server-Sent Events, results, expiry, cancellation
+//! that frees the worker, and the shared bounded queue. The work is KernelSHAP on a deliberately
+//! slow model (each pass two 1024x1024 matrix products per layer), so jobs last long enough to watch.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{slow_model, start, temp_dir, test_config, url, write_model};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const MANIFEST: &str = "task = \"tabular-regression\"\n[tabular]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\", \"f4\", \"f5\", \"f6\", \"f7\"]\nbackground = \"background.csv\"\n";
+
+async fn slow_service(ttl_secs: u64) -> explaind::Service {
+    let dir = temp_dir("jobs-models");
+    write_model(&dir, "slow", &slow_model(2), MANIFEST);
+    std::fs::write(
+        dir.join("slow/background.csv"),
+        "f0,f1,f2,f3,f4,f5,f6,f7\n0,0,0,0,0,0,0,0\n",
+    )
+    .unwrap();
+    let mut c = test_config(&dir);
+    c.workers = 1;
+    c.queue_capacity = 0;
+    c.max_batch = 1; // the slow model takes one row at a time
+    c.job_ttl_secs = ttl_secs;
+    start(c).await
+}
+
+fn job(samples: usize) -> Value {
+    json!({"model": "slow", "method": "kernel-shap", "features": [1, 2, 3, 4, 5, 6, 7, 8],
+           "params": {"samples": samples, "background_rows": 1}})
+}
+
+async fn submit(http: &reqwest::Client, s: &explaind::Service, body: Value) -> Value {
+    let r = http.post(url(s, "/v1/jobs")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(location, format!("/v1/jobs/{}", v["id"].as_str().unwrap()));
+    v
+}
+
+async fn view(http: &reqwest::Client, s: &explaind::Service, id: &str) -> (StatusCode, Value) {
+    let r = http.get(url(s, &format!("/v1/jobs/{id}"))).send().await.unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_report_progress_stream_events_finish_and_expire() {
+    let s = slow_service(2).await;
+    let http = reqwest::Client::new();
+    let v = submit(&http, &s, job(24)).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    assert!(matches!(v["state"].as_str(), Some("queued" | "running")), "{v}");
+    // Server-Sent Events: progress while it runs, then `done` with the result.
+    let mut events = http
+        .get(url(&s, &format!("/v1/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !text.contains("event: done") {
+        assert!(Instant::now() < deadline, "no `done` event: {text}");
+        match tokio::time::timeout(Duration::from_secs(60), events.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => panic!("the event stream ended early: {text}"),
+        }
+    }
+    let progress: Vec<usize> = text
+        .split("\n\n")
+        .filter(|e| e.contains("event: progress"))
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["progress"]["done"]
+                .as_u64()
+                .unwrap() as usize
+        })
+        .collect();
+    assert!(progress.len() >= 3, "progress events: {progress:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "progress only advances: {progress:?}"
+    );
+    assert!(progress.last() > progress.first(), "{progress:?}");
+    // The finished job holds the explain endpoint's answer.
+    let (status, done) = view(&http, &s, &id).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["result"]["method"], "kernel-shap");
+    assert_eq!(done["result"]["attributions"]["values"].as_array().unwrap().len(), 8);
+    let p = &done["progress"];
+    assert!(
+        p["done"].as_u64().unwrap() >= 24 && p["planned"].as_u64().unwrap() > 0,
+        "{p}"
+    );
+    // Kept for job_ttl_secs, then forgotten.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, _) = view(&http, &s, &id).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_job_stops_it_frees_the_worker_and_a_full_queue_refuses_jobs() {
+    let s = slow_service(60).await;
+    let http = reqwest::Client::new();
+    let v = submit(&http, &s, job(2000)).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    // Wait until it runs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = view(&http, &s, &id).await;
+        if v["state"] == "running" && v["progress"]["done"].as_u64().unwrap() > 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ran: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The one worker is busy and the queue holds nothing more: a second job is refused at once.
+    let r = http.post(url(&s, "/v1/jobs")).json(&job(10)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    // Cancel: the answer says so, the work stops, and the worker takes new work at once.
+    let r = http.delete(url(&s, &format!("/v1/jobs/{id}"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["state"], "cancelled");
+    let started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http
+            .post(url(&s, "/v1/models/slow/predict"))
+            .json(&json!({"features": [1, 2, 3, 4, 5, 6, 7, 8]}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(
+            r.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            r.text().await.unwrap()
+        );
+        assert!(Instant::now() < deadline, "the worker was not freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("worker free {:?} after the cancel", started.elapsed());
+    let (_, a) = view(&http, &s, &id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, b) = view(&http, &s, &id).await;
+    assert_eq!(b["state"], "cancelled");
+    assert_eq!(a["progress"], b["progress"], "no work after the cancel");
+    assert!(b["progress"]["done"].as_u64().unwrap() < 2000);
+    // Errors: unknown jobs, PNG asked of a job, an unknown model.
+    let (status, _) = view(&http, &s, "nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let mut png = job(10);
+    png["format"] = json!("png");
+    let r = http.post(url(&s, "/v1/jobs")).json(&png).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let mut other = job(10);
+    other["model"] = json!("missing");
+    let r = http.post(url(&s, "/v1/jobs")).json(&other).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    s.stop().await.unwrap();
+}
