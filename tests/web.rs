@@ -99,6 +99,12 @@ async fn the_readme_tour_works_as_written() {
     }
     let png = std::fs::read(dir.join("grad-cam.png")).unwrap();
     assert_eq!(image::load_from_memory(&png).unwrap().width(), 28);
+    let bars = std::fs::read(dir.join("tree-shap.png")).unwrap();
+    assert_eq!(
+        image::load_from_memory(&bars).unwrap().width(),
+        720,
+        "the tabular bar chart"
+    );
     s.stop().await.unwrap();
 }
 

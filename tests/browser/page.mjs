@@ -1,6 +1,7 @@
 // Drives the web page in headless Chromium: loads it, uploads an example image, runs saliency,
-// Grad-CAM and LIME,
-// and checks that an overlay appears and the top class is shown. Screenshots go to argv[3].
+// Grad-CAM and LIME, and RISE as a background job (progress from Server-Sent Events), and checks
+// that an overlay appears and the top class is shown; then TreeSHAP's bar chart on the tree model.
+// Screenshots go to argv[3].
 // Usage: node tests/browser/page.mjs BASE_URL SCREENSHOT_DIR IMAGE
 import { chromium } from "playwright-core";
 
@@ -32,6 +33,28 @@ try {
     }
     await page.screenshot({ path: `${shots}/web-page-${method}.png` });
   }
+  // A background job: the progress bar fills from the job's events, then the overlay appears.
+  await page.check("#background");
+  await page.selectOption("#method", "rise");
+  await page.click("#explain");
+  await page.waitForFunction(() => document.getElementById("overlay-caption").innerText.startsWith("rise")
+    && document.getElementById("overlay-caption").innerText.includes("background job"), null, { timeout: 60000 });
+  const job = await page.evaluate(() => ({ shown: !document.getElementById("job").hidden,
+    state: document.getElementById("job-state").innerText, value: document.getElementById("job-progress").value }));
+  if (!job.shown || !job.state.startsWith("done") || job.value < 500) failures.push(`job: ${JSON.stringify(job)}`);
+  await page.screenshot({ path: `${shots}/web-page-job.png` });
+  await page.uncheck("#background");
+  // TreeSHAP on the tree model, as a background job: its bar chart.
+  await page.selectOption("#model", "breast-cancer-forest");
+  await page.selectOption("#method", "tree-shap");
+  await page.check("#background");
+  await page.click("#explain");
+  await page.waitForFunction(() => document.getElementById("overlay-caption").innerText.startsWith("tree-shap"), null, { timeout: 30000 });
+  const bars = await page.evaluate(() => document.getElementById("overlay").naturalWidth);
+  if (bars !== 720) failures.push(`tree-shap bar chart width ${bars}`);
+  await page.screenshot({ path: `${shots}/web-page-tree-shap.png` });
+  await page.uncheck("#background");
+  await page.selectOption("#model", "fashion-cnn");
   // A problem+json error is shown readably.
   await page.selectOption("#method", "integrated-gradients");
   await page.fill("[data-param=steps]", "1");
