@@ -2,12 +2,13 @@
 //! SQLite's `normal` sync (the default), and on with `full` sync (an fsync per record), measured
 //! interleaved in one run. Goal: audit on adds under 5%. Run with `cargo bench --bench audit`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use explaind::config::{AuditMode, AuditSync, Config};
-use prost::Message;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -18,24 +19,8 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("target").join("bench-audit");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("models/resnet-18")).unwrap();
-    std::fs::create_dir_all(dir.join("models/fashion-cnn")).unwrap();
-    for f in ["model.onnx", "model.toml"] {
-        std::fs::copy(
-            root.join("models/fashion-cnn").join(f),
-            dir.join("models/fashion-cnn").join(f),
-        )
-        .unwrap();
-    }
-    let resnet = explaind::onnx::zoo::resnet(&[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
-    std::fs::write(dir.join("models/resnet-18/model.onnx"), resnet.encode_to_vec()).unwrap();
-    let labels: Vec<String> = (0..1000).map(|i| format!("class {i}")).collect();
-    std::fs::write(dir.join("models/resnet-18/labels.txt"), labels.join("\n")).unwrap();
-    std::fs::write(
-        dir.join("models/resnet-18/model.toml"),
-        "task = \"image-classification\"\nlabels_file = \"labels.txt\"\n",
-    )
-    .unwrap();
+    common::copy_bundled(&root, &dir.join("models"), "fashion-cnn", &["model.onnx", "model.toml"]);
+    common::write_resnet18(&dir.join("models"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,6 +3,8 @@
 //! batch size (forward rows through the forward model, gradient rows through the backward model).
 //! Goal: ratio at most 1.15. Run with `cargo bench --bench explain`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,28 +41,14 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("target").join("bench-models");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("resnet-18")).unwrap();
-    for (model, files) in [
-        ("fashion-cnn", &["model.onnx", "model.toml"][..]),
-        (
-            "breast-cancer-forest",
-            &["model.onnx", "model.toml", "background.csv"][..],
-        ),
-    ] {
-        std::fs::create_dir_all(dir.join(model)).unwrap();
-        for f in files {
-            std::fs::copy(root.join("models").join(model).join(f), dir.join(model).join(f)).unwrap();
-        }
-    }
-    let resnet = explaind::onnx::zoo::resnet(&[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
-    std::fs::write(dir.join("resnet-18/model.onnx"), resnet.encode_to_vec()).unwrap();
-    let labels: Vec<String> = (0..1000).map(|i| format!("class {i}")).collect();
-    std::fs::write(dir.join("resnet-18/labels.txt"), labels.join("\n")).unwrap();
-    std::fs::write(
-        dir.join("resnet-18/model.toml"),
-        "task = \"image-classification\"\nlabels_file = \"labels.txt\"\n",
-    )
-    .unwrap();
+    common::copy_bundled(&root, &dir, "fashion-cnn", &["model.onnx", "model.toml"]);
+    common::copy_bundled(
+        &root,
+        &dir,
+        "breast-cancer-forest",
+        &["model.onnx", "model.toml", "background.csv"],
+    );
+    common::write_resnet18(&dir);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

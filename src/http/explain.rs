@@ -489,16 +489,7 @@ async fn parse_body(received: &input::ReceivedBody, uri: &Uri) -> Result<(RawInp
     let media = received.media_type.as_str();
     if media == "application/json" {
         let mut req: ExplainRequest = input::parse_json(&received.bytes)?;
-        let raw = match (req.image.take(), req.features.take()) {
-            (Some(img), None) => RawInput::Image(input::decode_base64_image(&img)?),
-            (None, Some(f)) => RawInput::Features(f.into()),
-            _ => {
-                return Err(ApiError::new(
-                    ProblemKind::InvalidRequest,
-                    "give exactly one of `image`, `features`",
-                ))
-            }
-        };
+        let raw = input::one_input(req.image.take(), req.features.take(), "the request")?;
         return Ok((raw, req));
     }
     if input::is_image_media_type(media) {

@@ -41,6 +41,19 @@ pub enum RawInput {
     Features(Features),
 }
 
+/// The one input of a JSON body: exactly one of base64 `image` and `features` (`what` names the
+/// object in the error).
+pub fn one_input(image: Option<String>, features: Option<FeaturesJson>, what: &str) -> Result<RawInput, ApiError> {
+    match (image, features) {
+        (Some(img), None) => Ok(RawInput::Image(decode_base64_image(&img)?)),
+        (None, Some(f)) => Ok(RawInput::Features(f.into())),
+        _ => Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            format!("{what} needs exactly one of `image`, `features`"),
+        )),
+    }
+}
+
 /// A body as received: its content type and bytes, read within the size limit.
 pub struct ReceivedBody {
     /// Lower-cased media type without parameters (`application/json`).

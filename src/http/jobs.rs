@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 use super::auth::{audit_context, Caller};
 use super::error::{from_exec, model_not_found, ApiError, ProblemKind};
 use super::explain::{self, ExplainRequest, Format};
-use super::input::{self, RawInput};
+use super::input;
 use super::AppState;
 use crate::audit::Kind;
 use crate::executor::board::{JobState, JobView};
@@ -78,16 +78,7 @@ pub async fn submit(
         .cloned()
         .ok_or_else(|| model_not_found(&job.model))?;
     explain::check_applicable(&model, job.method)?;
-    let raw = match (request.image.take(), request.features.take()) {
-        (Some(img), None) => RawInput::Image(input::decode_base64_image(&img)?),
-        (None, Some(f)) => RawInput::Features(f.into()),
-        _ => {
-            return Err(ApiError::new(
-                ProblemKind::InvalidRequest,
-                "give exactly one of `image`, `features`",
-            ))
-        }
-    };
+    let raw = input::one_input(request.image.take(), request.features.take(), "a job")?;
     let planned = explain::plan(&state, model.clone(), job.method, raw, &request).await?;
     let (id, control) = state
         .jobs

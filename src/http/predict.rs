@@ -380,16 +380,7 @@ async fn parse_predict_body(received: &input::ReceivedBody, uri: &Uri) -> Result
                 "give exactly one of `image`, `features`, `instances`",
             ));
         }
-        let one = |image: Option<String>, features: Option<FeaturesJson>| -> Result<RawInput, ApiError> {
-            match (image, features) {
-                (Some(img), None) => Ok(RawInput::Image(input::decode_base64_image(&img)?)),
-                (None, Some(f)) => Ok(RawInput::Features(f.into())),
-                _ => Err(ApiError::new(
-                    ProblemKind::InvalidRequest,
-                    "each instance needs exactly one of `image`, `features`",
-                )),
-            }
-        };
+        let one = |image, features| input::one_input(image, features, "each instance");
         if let Some(instances) = req.instances {
             let inputs = instances
                 .into_iter()

@@ -1,0 +1,30 @@
+//! Model folders the benchmarks share: copies of bundled models and a ResNet-18 with seeded weights.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use prost::Message;
+
+/// Copies `files` of the bundled model `name` into `models/name`.
+pub fn copy_bundled(root: &Path, models: &Path, name: &str, files: &[&str]) {
+    std::fs::create_dir_all(models.join(name)).unwrap();
+    for f in files {
+        std::fs::copy(root.join("models").join(name).join(f), models.join(name).join(f)).unwrap();
+    }
+}
+
+/// Writes `models/resnet-18`: ResNet-18 at 224x224, 1,000 classes, seeded weights.
+pub fn write_resnet18(models: &Path) {
+    let dir = models.join("resnet-18");
+    std::fs::create_dir_all(&dir).unwrap();
+    let resnet = explaind::onnx::zoo::resnet(&[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
+    std::fs::write(dir.join("model.onnx"), resnet.encode_to_vec()).unwrap();
+    let labels: Vec<String> = (0..1000).map(|i| format!("class {i}")).collect();
+    std::fs::write(dir.join("labels.txt"), labels.join("\n")).unwrap();
+    std::fs::write(
+        dir.join("model.toml"),
+        "task = \"image-classification\"\nlabels_file = \"labels.txt\"\n",
+    )
+    .unwrap();
+}
