@@ -144,6 +144,18 @@ async fn exercise(config: Config) -> Vec<String> {
         .map(|a| a["audit_record"]["id"].as_str().unwrap().to_string())
         .collect();
 
+    // A PNG answer names its record in a header.
+    let r = http
+        .post(format!("{base}/v1/models/fashion-cnn/explain/saliency?format=png"))
+        .header("content-type", "image/png")
+        .body(png.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let png_record = r.headers()["x-audit-record"].to_str().unwrap().to_string();
+    let rec = get(&http, &base, &format!("/v1/audit/records/{png_record}")).await;
+    assert_eq!(rec["inputs"][0]["media_type"], "image/png");
     // One record, in full: what was asked, by which input, of which model, and what was answered.
     let rec = get(&http, &base, &format!("/v1/audit/records/{}", ids[3])).await;
     assert_eq!(rec["kind"], "explanation");
@@ -205,7 +217,7 @@ async fn exercise(config: Config) -> Vec<String> {
         .iter()
         .map(|r| r["id"].as_str().unwrap())
         .collect();
-    assert_eq!(found, HashSet::from([ids[3].as_str()]));
+    assert_eq!(found, HashSet::from([ids[3].as_str(), png_record.as_str()]));
     let preds = get(&http, &base, "/v1/audit/records?kind=prediction").await;
     assert_eq!(preds["records"].as_array().unwrap().len(), 3);
     let target = saliency["target"]["label"].as_str().unwrap();
@@ -215,7 +227,7 @@ async fn exercise(config: Config) -> Vec<String> {
         &format!("/v1/audit/records?method=saliency&target={}", urlencode(target)),
     )
     .await;
-    assert_eq!(by_target["records"].as_array().unwrap().len(), 1);
+    assert_eq!(by_target["records"].as_array().unwrap().len(), 2);
     let future = get(&http, &base, "/v1/audit/records?since=2999-01-01T00:00:00Z").await;
     assert!(future["records"].as_array().unwrap().is_empty());
     let past = get(&http, &base, "/v1/audit/records?until=2000-01-01T00:00:00Z").await;
@@ -236,8 +248,9 @@ async fn exercise(config: Config) -> Vec<String> {
             None => break,
         }
     }
-    assert_eq!(paged.len(), answers.len() + 1, "every record once, in chain order");
+    assert_eq!(paged.len(), answers.len() + 2, "every record once, in chain order");
     assert_eq!(&paged[..ids.len()], &ids[..]);
+    assert_eq!(paged[ids.len()], png_record);
     let r = http
         .get(format!("{base}/v1/audit/records?limit=0"))
         .send()
@@ -380,8 +393,8 @@ async fn audit_log_on_sqlite() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).lines().count(),
-        8,
-        "9 records, one deleted"
+        9,
+        "10 records, one deleted"
     );
 }
 

@@ -51,7 +51,9 @@ async fn view(http: &reqwest::Client, s: &explaind::Service, id: &str) -> (Statu
 async fn jobs_report_progress_stream_events_finish_and_expire() {
     let s = slow_service(2).await;
     let http = reqwest::Client::new();
-    let v = submit(&http, &s, job(24)).await;
+    let mut body = job(24);
+    body["audit"] = json!(true);
+    let v = submit(&http, &s, body).await;
     let id = v["id"].as_str().unwrap().to_string();
     assert!(matches!(v["state"].as_str(), Some("queued" | "running")), "{v}");
     // Server-Sent Events: progress while it runs, then `done` with the result.
@@ -92,6 +94,17 @@ async fn jobs_report_progress_stream_events_finish_and_expire() {
     assert_eq!(done["state"], "done", "{done}");
     assert_eq!(done["result"]["method"], "kernel-shap");
     assert_eq!(done["result"]["attributions"]["values"].as_array().unwrap().len(), 8);
+    // Asked to be audited: the record was written when the job finished.
+    let record_id = done["result"]["audit_record"]["id"].as_str().unwrap();
+    let r = http
+        .get(url(&s, &format!("/v1/audit/records/{record_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let record: Value = r.json().await.unwrap();
+    assert_eq!(record["method"], "kernel-shap");
+    assert_eq!(record["explanation_id"], done["result"]["id"]);
     let p = &done["progress"];
     assert!(
         p["done"].as_u64().unwrap() >= 24 && p["planned"].as_u64().unwrap() > 0,
