@@ -1167,6 +1167,24 @@ async fn tabular_kernel_shap_matches_the_linear_closed_form() {
         v["details"]["background"],
         json!({"rows": 20, "of": 20, "summary": "all rows"})
     );
+    // Integrated Gradients from the background's mean row gives the same closed form on a linear model.
+    let ig = explain_json(
+        &http,
+        &s,
+        "linear",
+        "integrated-gradients",
+        json!({"features": x, "target": 1, "params": {"baseline": "mean"}}),
+    )
+    .await;
+    let ig_values = values(&ig);
+    for i in 0..4 {
+        assert!(
+            (ig_values[i] - got[i]).abs() < 1e-3,
+            "feature {i}: IG {} vs SHAP {}",
+            ig_values[i],
+            got[i]
+        );
+    }
     // The answer names the features, largest first.
     assert_eq!(v["features"][0]["name"], "f3");
     // The bundled tabular model explains too, from its shipped background.

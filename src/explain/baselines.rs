@@ -18,9 +18,26 @@ pub enum Baseline {
     Blur,
     /// Uniform noise over the pixel range (seeded).
     Uniform,
-    /// The input's per-channel mean (for tabular models: the feature mean of the input row is not
-    /// meaningful, so zeros).
+    /// Images: the input's per-channel mean. Tabular models: the mean row of the manifest's
+    /// background data (then IG's attributions sum to f(x) minus f at the average input), or zeros
+    /// without background data.
     Mean,
+}
+
+/// The baseline for a job's input: [`build`] for images; for tabular models zeros, or with `Mean`
+/// the background data's mean row.
+pub fn for_job(baseline: Baseline, job: &super::ExplainJob) -> Tensor {
+    let image = job.model.spec.image.as_ref();
+    match (image, baseline, job.model.background.as_ref()) {
+        (None, Baseline::Mean, Some(rows)) if !rows.is_empty() => {
+            let n = rows.len() as f64;
+            let mean: Vec<f32> = (0..rows[0].len())
+                .map(|j| (rows.iter().map(|r| f64::from(r[j])).sum::<f64>() / n) as f32)
+                .collect();
+            Tensor::f32(job.input.shape.clone(), mean)
+        }
+        _ => build(baseline, &job.input, image, job.seed),
+    }
 }
 
 /// The baseline tensor for `input` ([1, ...]).

@@ -96,7 +96,7 @@ pub(super) fn explain(
     scores: &[f64],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
     let spec = job.model.spec.image.as_ref();
-    let baseline = baselines::build(p.baseline, &job.input, spec, job.seed);
+    let baseline = baselines::for_job(p.baseline, job);
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
     let points = quadrature(p.integration, p.steps);
