@@ -143,6 +143,10 @@ async fn tree_shap_matches_the_shap_package_in_both_games() {
         }
     }
     eprintln!("{}", report.join("\n"));
+    // Without parameters the answer says which game the model's background data chose.
+    let row = &expected["rf-binary"]["rows"][0];
+    let v = explain(&http, &base, "rf-binary", json!({"features": row})).await;
+    assert_eq!(v["params"]["feature_perturbation"], "interventional", "{}", v["params"]);
     s.stop().await.unwrap();
 }
 
@@ -164,6 +168,7 @@ async fn tree_shap_refuses_models_without_trees_naming_why() {
         .await
         .unwrap();
     let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY, "unsupported-model").await;
+    assert!(p["detail"].as_str().unwrap().contains("breast-cancer"), "{p}");
     assert!(p["detail"].as_str().unwrap().contains("TreeEnsembleClassifier"), "{p}");
     let r = http
         .post(url(&s, "/v1/models/fashion-cnn/explain/tree-shap"))

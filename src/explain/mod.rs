@@ -273,6 +273,18 @@ impl MethodParams {
         }
     }
 
+    /// The parameters with the defaults that depend on the model filled in, so that the answer (and
+    /// its audit record) says exactly what ran.
+    pub fn resolved_for(self, model: &LoadedModel) -> Self {
+        match self {
+            MethodParams::TreeShap(mut p) => {
+                p.feature_perturbation = Some(p.game(model.background.is_some()));
+                MethodParams::TreeShap(p)
+            }
+            other => other,
+        }
+    }
+
     /// The CAM layer, when the method uses one.
     pub fn layer(&self) -> Option<&Option<String>> {
         match self {

@@ -51,6 +51,15 @@ impl Default for TreeShapParams {
 }
 
 impl TreeShapParams {
+    /// The game played: the one asked for, else `interventional` when there is background data.
+    pub fn game(&self, has_background: bool) -> FeaturePerturbation {
+        self.feature_perturbation.unwrap_or(if has_background {
+            FeaturePerturbation::Interventional
+        } else {
+            FeaturePerturbation::TreePathDependent
+        })
+    }
+
     pub(super) fn validate(&self) -> Result<(), String> {
         if self.background_rows == 0 || self.background_rows > 1000 {
             return Err("params.background_rows must be between 1 and 1000".into());
@@ -103,11 +112,7 @@ pub(super) fn explain(
         None => false,
     };
     let with_background = job.model.background.is_some();
-    let perturbation = p.feature_perturbation.unwrap_or(if with_background {
-        FeaturePerturbation::Interventional
-    } else {
-        FeaturePerturbation::TreePathDependent
-    });
+    let perturbation = p.game(with_background);
     let (values, bg_details, covers) = match perturbation {
         FeaturePerturbation::Interventional => {
             let (bg, of) = background::for_job(job, p.background_rows)?;

@@ -299,7 +299,8 @@ pub(super) async fn plan(
         request.params.clone().unwrap_or_else(|| serde_json::json!({})),
         limits,
     )
-    .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, e))?;
+    .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, e))?
+    .resolved_for(&model);
     let render = request.render.clone().unwrap_or_default();
     render
         .validate()

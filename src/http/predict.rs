@@ -260,7 +260,8 @@ pub async fn predict(
         plan.params.clone().unwrap_or_else(|| serde_json::json!({})),
         limits,
     )
-    .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, e))?;
+    .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, e))?
+    .resolved_for(&model);
     let render_options = plan.render.clone().unwrap_or_default();
     render_options
         .validate()
