@@ -116,6 +116,10 @@ impl Service {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(());
         self.server.await??;
+        let cancelled = self.state.jobs.cancel_all();
+        if cancelled > 0 {
+            tracing::info!(cancelled, "asynchronous jobs cancelled at shutdown");
+        }
         let executor = self.state.executor.clone();
         tokio::task::spawn_blocking(move || executor.shutdown()).await?;
         self.state.audit.close().await;

@@ -183,3 +183,23 @@ async fn cancelling_a_job_stops_it_frees_the_worker_and_a_full_queue_refuses_job
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_running_jobs_instead_of_waiting_for_them() {
+    let s = slow_service(60).await;
+    let http = reqwest::Client::new();
+    let v = submit(&http, &s, job(2000)).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while view(&http, &s, &id).await.1["state"] != "running" {
+        assert!(Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    s.stop().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stop waited {:?} for a job of 2,000 slow passes",
+        started.elapsed()
+    );
+}

@@ -196,6 +196,21 @@ impl JobBoard {
         Some(e.current())
     }
 
+    /// Cancels every unfinished job (at shutdown: the board lives in memory, so they could not be
+    /// finished for anyone anyway, and the workers are freed at once).
+    pub fn cancel_all(&self) -> usize {
+        let ids: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| !e.view.state.is_final())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.cancel(id);
+        }
+        ids.len()
+    }
+
     /// The job as it is now (`None`: unknown or expired).
     pub fn get(&self, id: &str) -> Option<JobView> {
         let ttl = self.ttl;
@@ -235,6 +250,8 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(80));
         assert!(board.get(&a).is_none(), "expired");
-        assert!(board.create("m", "saliency").is_ok(), "expired jobs free their places");
+        let (c, _) = board.create("m", "saliency").expect("expired jobs free their places");
+        assert_eq!(board.cancel_all(), 1, "at shutdown every unfinished job is cancelled");
+        assert_eq!(board.get(&c).unwrap().state, JobState::Cancelled);
     }
 }
