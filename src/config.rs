@@ -62,7 +62,8 @@ pub struct Config {
     pub async_job_deadline_ms: u64,
     /// Finished asynchronous jobs' results are kept this many seconds.
     pub job_ttl_secs: u64,
-    /// Most asynchronous jobs remembered at once; beyond it, submissions are refused (503).
+    /// Most asynchronous jobs remembered at once (finished ones until their time is up); beyond it,
+    /// submissions are refused (503). This bounds the memory results hold.
     pub max_jobs: usize,
     /// API keys (`Authorization: Bearer <key>`); empty: no authentication (local use).
     pub api_keys: Vec<ApiKey>,
@@ -158,7 +159,7 @@ impl Default for Config {
             audit_sync: AuditSync::Normal,
             async_job_deadline_ms: 600_000,
             job_ttl_secs: 3600,
-            max_jobs: 1000,
+            max_jobs: 100,
             api_keys: Vec::new(),
             cors_allowed_origins: Vec::new(),
         }
