@@ -85,20 +85,22 @@ impl Postgres {
         pg
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// A server tool's command, run as `postgres` when we are root (initdb refuses root).
+    fn command(&self, tool: &str, args: &[&str]) -> Command {
         let exe = self.bin.join(tool);
-        let out = if self.as_root {
-            Command::new("runuser")
-                .arg("-u")
-                .arg("postgres")
-                .arg("--")
-                .arg(&exe)
-                .args(args)
-                .output()
+        let mut c = if self.as_root {
+            let mut c = Command::new("runuser");
+            c.arg("-u").arg("postgres").arg("--").arg(exe);
+            c
         } else {
-            Command::new(&exe).args(args).output()
-        }
-        .unwrap();
+            Command::new(exe)
+        };
+        c.args(args);
+        c
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self.command(tool, args).output().unwrap();
         assert!(
             out.status.success(),
             "{tool} failed:\n{}\n{}\n{}",
@@ -121,19 +123,9 @@ fn path(p: &Path) -> &str {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.dir.join("data");
-        let exe = self.bin.join("pg_ctl");
-        let args = ["-D", path(&data), "-m", "immediate", "stop"];
-        let _ = if self.as_root {
-            Command::new("runuser")
-                .arg("-u")
-                .arg("postgres")
-                .arg("--")
-                .arg(&exe)
-                .args(args)
-                .output()
-        } else {
-            Command::new(&exe).args(args).output()
-        };
+        let _ = self
+            .command("pg_ctl", &["-D", path(&data), "-m", "immediate", "stop"])
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
