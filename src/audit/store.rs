@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
+use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 
 use crate::config::{AuditSync, Config};
 
@@ -82,10 +82,6 @@ pub struct Store {
     pool: AnyPool,
     /// (seq, hash) of the last record: the chain's tip, held while appending.
     tip: tokio::sync::Mutex<(i64, String)>,
-    /// `sqlite` or `postgres`.
-    pub backend: &'static str,
-    /// Where it is, without credentials.
-    pub location: String,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/audit");
@@ -107,10 +103,6 @@ impl Store {
             format!("{url}?mode=rwc")
         } else {
             url
-        };
-        let location = match url.split_once('@') {
-            Some((_, host)) if !sqlite => format!("postgres://…@{host}"),
-            _ => url.clone(),
         };
         let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
         let sync = match config.audit_sync {
@@ -135,8 +127,6 @@ impl Store {
         let store = Self {
             pool,
             tip: tokio::sync::Mutex::new((0, GENESIS.to_string())),
-            backend: if sqlite { "sqlite" } else { "postgres" },
-            location,
         };
         *store.tip.lock().await = store.last().await?;
         Ok(store)
@@ -239,21 +229,9 @@ impl Store {
         self.list(&Filter::default(), after, limit).await
     }
 
-    /// Runs a statement directly (tests tamper with the log through it).
-    pub async fn execute_raw(&self, sql: &str) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(conn.execute(sql).await?.rows_affected())
-    }
-
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-
-    /// Checks the connection.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(conn.ping().await?)
     }
 }
 

@@ -43,15 +43,6 @@ impl JobContext {
         }
     }
 
-    /// A context for running a task outside the executor (tools, benchmarks): no deadline to speak of.
-    pub fn unbounded() -> Self {
-        Self::new(
-            Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600),
-            Arc::new(AtomicBool::new(false)),
-            None,
-        )
-    }
-
     /// Records `rows` more model rows run.
     pub fn advance(&self, rows: usize) {
         if let Some(p) = &self.progress {
