@@ -246,22 +246,20 @@ pub async fn explain(
         Some(f) => f == Format::Png,
         None => accepts_png(&headers),
     };
-    let planned = plan(&state, model, method, raw, &request).await?;
+    let mut planned = plan(&state, model, method, raw, &request).await?;
     let result = admission
         .run(ExplainTask(planned.job.clone()))
         .await
         .map_err(|e| from_exec(e, retry_after))?;
-    let audited = state.audit.wants(Kind::Explanation, request.audit.unwrap_or(false));
     let max_map_pixels = config.max_map_pixels;
-    let (mut answer, planned) = tokio::task::spawn_blocking(move || {
-        let answer = build_answer(&planned, result, wants_png, audited, max_map_pixels, started);
-        (answer, planned)
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    if audited {
+    let evidence = planned.audit.take();
+    let mut answer =
+        tokio::task::spawn_blocking(move || build_answer(&planned, result, wants_png, max_map_pixels, started))
+            .await
+            .map_err(ApiError::internal)?;
+    if let Some(evidence) = evidence {
         let ctx = audit_context(&headers, caller);
-        let receipt = audit_explanation(&state, ctx, &planned, &answer.body).await?;
+        let receipt = audit_explanation(&state, ctx, evidence, &answer.body).await?;
         answer.body.audit_record = Some(receipt);
     }
     Ok(answer.into_response())
@@ -276,8 +274,9 @@ pub(super) struct Planned {
     pub(super) include: Vec<Include>,
     pub(super) seed: u64,
     pub(super) prepared: Prepared,
-    /// The input's audit evidence (hash, and the input when configured).
-    pub(super) evidence: Evidence,
+    /// When the answer is to be recorded: the input's audit evidence (hash, and the input when
+    /// configured). Hashing is skipped for answers that are not recorded.
+    pub(super) audit: Option<Evidence>,
     pub(super) job: ExplainJob,
 }
 
@@ -306,7 +305,10 @@ pub(super) async fn plan(
         .validate()
         .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, e))?;
     let seed = request.seed.unwrap_or_else(rand::random);
-    let evidence = evidence(&model, &raw, state.audit.keeps_inputs());
+    let audit = state
+        .audit
+        .wants(Kind::Explanation, request.audit.unwrap_or(false))
+        .then(|| evidence(&model, &raw, state.audit.keeps_inputs()));
     let max_pixels = config.max_image_pixels;
     let prep_model = model.clone();
     let prepared = tokio::task::spawn_blocking(move || prepare(&prep_model, raw, max_pixels))
@@ -329,7 +331,7 @@ pub(super) async fn plan(
         include: request.include.clone().unwrap_or_default(),
         seed,
         prepared,
-        evidence,
+        audit,
         job,
     })
 }
@@ -362,7 +364,6 @@ pub(super) fn build_answer(
     planned: &Planned,
     result: ExplainResult,
     wants_png: bool,
-    with_body: bool,
     max_map_pixels: u64,
     started: Instant,
 ) -> Answer {
@@ -376,7 +377,6 @@ pub(super) fn build_answer(
         max_map_pixels,
     );
     let png = wants_png.then(|| render::png(&render::side_by_side(&panels)));
-    let _ = with_body; // the JSON body is cheap next to the work; it is always built
     let method_seed = planned.method.is_random().then_some(planned.seed);
     let body = explain_body(
         &planned.model,
@@ -426,13 +426,13 @@ impl IntoResponse for Answer {
 pub(super) async fn audit_explanation(
     state: &AppState,
     ctx: Context,
-    planned: &Planned,
+    evidence: Evidence,
     body: &ExplainResponse,
 ) -> Result<Receipt, ApiError> {
     let value = super::audit::as_sent(body)?;
     state
         .audit
-        .explanation(&ctx, planned.evidence.clone(), &value)
+        .explanation(&ctx, evidence, &value)
         .await
         .map_err(audit_failed)
 }

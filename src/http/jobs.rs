@@ -21,7 +21,6 @@ use super::error::{from_exec, model_not_found, ApiError, ProblemKind};
 use super::explain::{self, ExplainRequest, Format};
 use super::input;
 use super::AppState;
-use crate::audit::Kind;
 use crate::executor::board::{JobState, JobView};
 use crate::explain::{ExplainTask, Method};
 
@@ -79,12 +78,11 @@ pub async fn submit(
         .ok_or_else(|| model_not_found(&job.model))?;
     explain::check_applicable(&model, job.method)?;
     let raw = input::one_input(request.image.take(), request.features.take(), "a job")?;
-    let planned = explain::plan(&state, model.clone(), job.method, raw, &request).await?;
+    let mut planned = explain::plan(&state, model.clone(), job.method, raw, &request).await?;
     let (id, control) = state
         .jobs
         .create(&model.name, job.method.name())
         .map_err(|e| ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(retry_after))?;
-    let audited = state.audit.wants(Kind::Explanation, request.audit.unwrap_or(false));
     let ctx = audit_context(&headers, caller);
     let task_state = state.clone();
     let task_id = id.clone();
@@ -96,19 +94,18 @@ pub async fn submit(
         let finished = match outcome {
             Ok(result) => {
                 let max_map_pixels = state.config.max_map_pixels;
+                let evidence = planned.audit.take();
                 let built = tokio::task::spawn_blocking(move || {
-                    let answer = explain::build_answer(&planned, result, false, true, max_map_pixels, started);
-                    (answer, planned)
+                    explain::build_answer(&planned, result, false, max_map_pixels, started)
                 })
                 .await;
                 match built {
-                    Ok((mut answer, planned)) => {
-                        let receipt = if audited {
-                            explain::audit_explanation(&state, ctx, &planned, &answer.body)
+                    Ok(mut answer) => {
+                        let receipt = match evidence {
+                            Some(evidence) => explain::audit_explanation(&state, ctx, evidence, &answer.body)
                                 .await
-                                .map(Some)
-                        } else {
-                            Ok(None)
+                                .map(Some),
+                            None => Ok(None),
                         };
                         match receipt {
                             Ok(r) => {
