@@ -74,6 +74,16 @@ struct Entry {
 }
 
 impl Entry {
+    /// Stops an unfinished job: its worker sees the flag at its next pass.
+    fn cancel(&mut self) {
+        if !self.view.state.is_final() {
+            self.control.cancelled.store(true, Ordering::SeqCst);
+            self.view.state = JobState::Cancelled;
+            self.view.finished = Some(now_rfc3339());
+            self.ended = Some(Instant::now());
+        }
+    }
+
     /// The view with live progress read from the worker's counters.
     fn current(&self) -> JobView {
         let mut v = self.view.clone();
@@ -187,28 +197,19 @@ impl JobBoard {
     pub fn cancel(&self, id: &str) -> Option<JobView> {
         let mut jobs = self.lock();
         let e = jobs.get_mut(id)?;
-        if !e.view.state.is_final() {
-            e.control.cancelled.store(true, Ordering::SeqCst);
-            e.view.state = JobState::Cancelled;
-            e.view.finished = Some(now_rfc3339());
-            e.ended = Some(Instant::now());
-        }
+        e.cancel();
         Some(e.current())
     }
 
     /// Cancels every unfinished job (at shutdown: the board lives in memory, so they could not be
     /// finished for anyone anyway, and the workers are freed at once).
     pub fn cancel_all(&self) -> usize {
-        let ids: Vec<String> = self
-            .lock()
-            .iter()
-            .filter(|(_, e)| !e.view.state.is_final())
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &ids {
-            self.cancel(id);
+        let mut cancelled = 0;
+        for e in self.lock().values_mut().filter(|e| !e.view.state.is_final()) {
+            e.cancel();
+            cancelled += 1;
         }
-        ids.len()
+        cancelled
     }
 
     /// The job as it is now (`None`: unknown or expired).

@@ -250,22 +250,17 @@ impl MethodParams {
     /// About how many model rows the explanation will run (for progress reports; `auto` sample
     /// counts and image-dependent plans are estimated by their budgets).
     pub fn planned_rows(&self, targets: usize, max_samples: usize) -> usize {
-        let budget = |s: &Samples, default: usize| {
-            match s {
-                Samples::Fixed(n) => *n,
-                Samples::Auto(_) => max_samples,
-            }
-            .min(default.max(1))
+        let budget = |s: &Samples| match s {
+            Samples::Fixed(n) => *n,
+            Samples::Auto(_) => max_samples,
         };
         match self {
-            MethodParams::Lime(p) => budget(&p.samples, max_samples),
-            MethodParams::KernelShap(p) => {
-                let default = 2 * p.segments as usize + 2048;
-                p.samples
-                    .as_ref()
-                    .map_or(default, |s| budget(s, max_samples))
-                    .min(max_samples)
-            }
+            MethodParams::Lime(p) => budget(&p.samples),
+            MethodParams::KernelShap(p) => p
+                .samples
+                .as_ref()
+                .map_or(2 * p.segments as usize + 2048, budget)
+                .min(max_samples),
             MethodParams::Rise(p) => p.mask_count(),
             MethodParams::Occlusion(_) | MethodParams::ScoreCam(_) => max_samples.min(512),
             MethodParams::TreeShap(_) => 0,
