@@ -13,8 +13,7 @@ use utoipa::ToSchema;
 use super::lime::Hide;
 use super::perturb::{compose, run_copies, segment_indices};
 use super::{background, segments, Cx, ExplainJob, Limits, TargetAttribution};
-use crate::runtime::manifest::ScoreKind;
-use crate::runtime::predict::{softmax, Prediction};
+use crate::runtime::predict::Prediction;
 use crate::runtime::preprocess::InputError;
 use crate::runtime::{RuntimeError, Tensor};
 
@@ -175,7 +174,6 @@ fn solve(
     m: usize,
     v0: &[f64],
     v1: &[f64],
-    value: &dyn Fn(&[f64], usize) -> f64,
     evaluate: &mut Evaluate,
 ) -> Result<Solved, RuntimeError> {
     let budget = job.limits.max_samples.saturating_sub(1);
@@ -231,7 +229,7 @@ fn solve(
                 let v = as_vector(&coalitions[half]);
                 group_a[g] += &v * v.transpose() / 2.0;
                 for (ti, t) in targets.iter().enumerate() {
-                    let gain = value(&outputs[half], t.index) - v0[ti];
+                    let gain = outputs[half][t.index] - v0[ti];
                     group_b[ti][g] += &v * (gain / 2.0);
                 }
             }
@@ -275,11 +273,10 @@ pub(super) fn explain(
     targets: &[Prediction],
     scores: &[f64],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let probabilities = job.model.spec.scores == ScoreKind::Logits;
-    let value = move |row: &[f64], t: usize| if probabilities { softmax(row)[t] } else { row[t] };
-    let v1: Vec<f64> = targets.iter().map(|t| value(scores, t.index)).collect();
+    let weighed = job.weighed_scores(scores);
+    let v1: Vec<f64> = targets.iter().map(|t| weighed[t.index]).collect();
     if job.model.spec.tabular.is_some() {
-        return explain_tabular(cx, job, p, targets, &v1, &value);
+        return explain_tabular(cx, job, p, targets, &v1);
     }
     let spec = job.image_spec("image KernelSHAP")?;
     let (h, w) = (spec.height, spec.width);
@@ -291,14 +288,16 @@ pub(super) fn explain(
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let hidden = super::lime::hidden_image(job, spec, p.hide);
     let empty = run_copies(cx, &job.input, 1, |_, buf| buf.copy_from_slice(&hidden))?;
-    let v0: Vec<f64> = targets.iter().map(|t| value(&empty[0], t.index)).collect();
+    let empty = job.weighed_scores(&empty[0]);
+    let v0: Vec<f64> = targets.iter().map(|t| empty[t.index]).collect();
     let input = job.input.clone();
-    let mut evaluate = |cx: &mut Cx, coalitions: &[Vec<bool>]| {
-        run_copies(cx, &input, coalitions.len(), |r, buf| {
+    let mut evaluate = |cx: &mut Cx, coalitions: &[Vec<bool>]| -> Result<Vec<Vec<f64>>, RuntimeError> {
+        let rows = run_copies(cx, &input, coalitions.len(), |r, buf| {
             compose(buf, &x, &hidden, &coalitions[r], &pixels)
-        })
+        })?;
+        Ok(rows.iter().map(|row| job.weighed_scores(row)).collect())
     };
-    let solved = solve(cx, job, p, targets, m, &v0, &v1, &value, &mut evaluate)?;
+    let solved = solve(cx, job, p, targets, m, &v0, &v1, &mut evaluate)?;
     let mut out = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
         let phi = &solved.phi[ti];
@@ -319,7 +318,6 @@ fn explain_tabular(
     p: &KernelShapParams,
     targets: &[Prediction],
     v1: &[f64],
-    value: &dyn Fn(&[f64], usize) -> f64,
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
     let (bg, of) = background::for_job(job, p.background_rows)?;
     let b = bg.rows.len();
@@ -330,7 +328,8 @@ fn explain_tabular(
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     // v0, the expected value: the mean over the background rows of each row's own value.
     let own = run_copies(cx, &job.input, b, |r, buf| buf.copy_from_slice(&bg.rows[r]))?;
-    let v0: Vec<f64> = targets.iter().map(|t| bg.mean(|r| value(&own[r], t.index))).collect();
+    let own: Vec<Vec<f64>> = own.iter().map(|row| job.weighed_scores(row)).collect();
+    let v0: Vec<f64> = targets.iter().map(|t| bg.mean(|r| own[r][t.index])).collect();
     let mut evaluate = |cx: &mut Cx, coalitions: &[Vec<bool>]| -> Result<Vec<Vec<f64>>, RuntimeError> {
         let all = run_copies(cx, &job.input, coalitions.len() * b, |r, buf| {
             let (z, row) = (&coalitions[r / b], &bg.rows[r % b]);
@@ -338,15 +337,17 @@ fn explain_tabular(
                 buf[j] = if z[j] { x[j] } else { row[j] };
             }
         })?;
-        // Per coalition, per class: the weighted mean over the background rows of the value (the
-        // mean of probabilities, not the probability of mean logits); the solver reads it back unchanged.
+        // Per coalition, per class: the weighted mean over the background rows of the weighed
+        // scores (the mean of probabilities, not the probability of mean logits).
         Ok(all
             .chunks(b)
-            .map(|chunk| (0..chunk[0].len()).map(|k| bg.mean(|r| value(&chunk[r], k))).collect())
+            .map(|chunk| {
+                let weighed: Vec<Vec<f64>> = chunk.iter().map(|row| job.weighed_scores(row)).collect();
+                (0..weighed[0].len()).map(|k| bg.mean(|r| weighed[r][k])).collect()
+            })
             .collect())
     };
-    let identity = |row: &[f64], t: usize| row[t];
-    let solved = solve(cx, job, p, targets, m, &v0, v1, &identity, &mut evaluate)?;
+    let solved = solve(cx, job, p, targets, m, &v0, v1, &mut evaluate)?;
     let mut out = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
         let phi = &solved.phi[ti];

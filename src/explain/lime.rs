@@ -17,8 +17,7 @@ use super::kernel_shap::Samples;
 use super::perturb::{compose, index, run_copies, segment_indices};
 use super::regression::{Fit, LocalModel};
 use super::{segments, Cx, ExplainJob, Limits, TargetAttribution};
-use crate::runtime::manifest::ScoreKind;
-use crate::runtime::predict::{softmax, Prediction};
+use crate::runtime::predict::Prediction;
 use crate::runtime::preprocess::InputError;
 use crate::runtime::{RuntimeError, Tensor};
 
@@ -151,7 +150,6 @@ fn sample_and_fit(
         Samples::Fixed(n) => (false, n),
         Samples::Auto(_) => (true, job.limits.max_samples.saturating_sub(1)),
     };
-    let probabilities = job.model.spec.scores == ScoreKind::Logits;
     let mut rng = ChaCha8Rng::seed_from_u64(job.seed);
     let mut models = vec![LocalModel::new(m); targets.len()];
     let first = (4 * m).max(64);
@@ -165,7 +163,7 @@ fn sample_and_fit(
         .min(budget - drawn);
         let (samples, outputs) = round(cx, &mut rng, drawn, n)?;
         for (s, row) in samples.iter().zip(&outputs) {
-            let scores = if probabilities { softmax(row) } else { row.clone() };
+            let scores = job.weighed_scores(row);
             for (model, t) in models.iter_mut().zip(targets) {
                 model.add(&s.z, scores[t.index], s.weight);
             }

@@ -113,17 +113,12 @@ pub(super) fn explain(
             }
         }
     })?;
-    let probabilities = matches!(job.model.spec.scores, crate::runtime::manifest::ScoreKind::Logits);
     let mut out = Vec::new();
     for t in targets {
         let mut sal = vec![0f64; h * w];
         for (r, m) in masks.iter().enumerate() {
             // RISE weighs masks by the class probability.
-            let score = if probabilities {
-                crate::runtime::predict::softmax(&outputs[r])[t.index]
-            } else {
-                outputs[r][t.index]
-            };
+            let score = job.weighed_scores(&outputs[r])[t.index];
             for (s, v) in sal.iter_mut().zip(m) {
                 *s += score * *v as f64;
             }

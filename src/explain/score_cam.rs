@@ -83,14 +83,7 @@ pub(super) fn explain(
         }
     })?;
     let base_scores = outputs.pop().unwrap_or_default();
-    let probabilities = matches!(job.model.spec.scores, crate::runtime::manifest::ScoreKind::Logits);
-    let score = |row: &[f64], t: usize| {
-        if probabilities {
-            crate::runtime::predict::softmax(row)[t]
-        } else {
-            row[t]
-        }
-    };
+    let score = |row: &[f64], t: usize| job.weighed_scores(row)[t];
     let mut out = Vec::new();
     for t in targets {
         let base = score(&base_scores, t.index);
