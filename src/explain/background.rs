@@ -29,14 +29,20 @@ impl Background {
     }
 }
 
-/// The job's model's background, summarised to at most `k` rows.
-pub fn for_job(job: &ExplainJob, k: usize) -> Result<(Background, usize), RuntimeError> {
-    let all = job.model.background.as_ref().ok_or_else(|| {
+/// Every row of the job's model's background data, or why there is none.
+pub fn all_rows(job: &ExplainJob) -> Result<&[Vec<f32>], RuntimeError> {
+    let rows = job.model.background.as_deref().ok_or_else(|| {
         InputError::BadFeatures(format!(
             "model `{}` names no background data (tabular.background in model.toml)",
             job.model.name
         ))
     })?;
+    Ok(rows)
+}
+
+/// The job's model's background, summarised to at most `k` rows, and how many rows it had.
+pub fn for_job(job: &ExplainJob, k: usize) -> Result<(Background, usize), RuntimeError> {
+    let all = all_rows(job)?;
     Ok((summarize(all, k), all.len()))
 }
 

@@ -351,17 +351,9 @@ fn explain_tabular(
     let mut out = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
         let phi = &solved.phi[ti];
-        let tensor = Tensor::f32(vec![m], phi.iter().map(|v| *v as f32).collect());
         let mut details = solved.details(ti, v0[ti], v1[ti]);
         details["background"] = bg.describe(of);
-        out.push(TargetAttribution {
-            target: t.clone(),
-            tensor,
-            map: None,
-            convergence_delta: None,
-            layer: None,
-            details: Some(details),
-        });
+        out.push(TargetAttribution::from_values(t, phi, details));
     }
     Ok(out)
 }

@@ -18,7 +18,6 @@ use super::perturb::{compose, index, run_copies, segment_indices};
 use super::regression::{Fit, LocalModel};
 use super::{segments, Cx, ExplainJob, Limits, TargetAttribution};
 use crate::runtime::predict::Prediction;
-use crate::runtime::preprocess::InputError;
 use crate::runtime::{RuntimeError, Tensor};
 
 /// What replaces a switched-off segment.
@@ -313,12 +312,7 @@ fn explain_tabular(
     p: &LimeParams,
     targets: &[Prediction],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let background = job.model.background.as_ref().ok_or_else(|| {
-        InputError::BadFeatures(format!(
-            "model `{}` names no background data (tabular.background in model.toml)",
-            job.model.name
-        ))
-    })?;
+    let background = super::background::all_rows(job)?;
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let m = x.len();
     let bins: Vec<Bins> = (0..m)
@@ -374,14 +368,7 @@ fn explain_tabular(
         let mut details = fitted.details(ti, width);
         details["conditions"] = conditions.clone().into();
         details["background_rows"] = rows.into();
-        out.push(TargetAttribution {
-            target: t.clone(),
-            tensor: Tensor::f32(vec![m], coef.iter().map(|v| *v as f32).collect()),
-            map: None,
-            convergence_delta: None,
-            layer: None,
-            details: Some(details),
-        });
+        out.push(TargetAttribution::from_values(t, coef, details));
     }
     Ok(out)
 }

@@ -328,6 +328,18 @@ pub struct TargetAttribution {
 }
 
 impl TargetAttribution {
+    /// The attribution of a method that produces one value per tabular feature.
+    pub fn from_values(target: &Prediction, values: &[f64], details: serde_json::Value) -> Self {
+        Self {
+            target: target.clone(),
+            tensor: Tensor::f32(vec![values.len()], values.iter().map(|v| *v as f32).collect()),
+            map: None,
+            convergence_delta: None,
+            layer: None,
+            details: Some(details),
+        }
+    }
+
     /// The attribution of a method that produces a `[height, width]` map over the input image.
     pub fn from_map(
         target: &Prediction,

@@ -18,7 +18,7 @@ use super::{ExplainJob, TargetAttribution};
 use crate::onnx::trees::{Forest, Tree};
 use crate::runtime::predict::Prediction;
 use crate::runtime::preprocess::InputError;
-use crate::runtime::{RuntimeError, Tensor};
+use crate::runtime::RuntimeError;
 
 /// Which game's Shapley values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -168,14 +168,7 @@ pub(super) fn explain(
             "trees": forest.trees.len(),
             "checked_against_runtime": checked,
         });
-        out.push(TargetAttribution {
-            target: t.clone(),
-            tensor: Tensor::f32(vec![phi.len()], phi.iter().map(|v| *v as f32).collect()),
-            map: None,
-            convergence_delta: None,
-            layer: None,
-            details: Some(details),
-        });
+        out.push(TargetAttribution::from_values(t, &phi, details));
     }
     Ok(out)
 }
