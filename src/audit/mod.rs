@@ -118,7 +118,7 @@ impl AuditLog {
 
     async fn append(&self, columns: store::Columns, body: Value) -> Result<Receipt, StoreError> {
         // serde_json's maps are sorted by key: this text is canonical.
-        let text = serde_json::to_string(&body).map_err(|e| StoreError::from(sqlx::Error::Decode(e.into())))?;
+        let text = serde_json::to_string(&body)?;
         let (seq, hash) = self.store().await?.append(&columns, &text).await?;
         Ok(Receipt {
             id: columns.id,
