@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use explaind::config::Config;
-use explaind::explain::{ExplainJob, ExplainTask, Limits, Method, MethodParams};
+use explaind::explain::{ExplainJob, ExplainTask, Inputs, Limits, Methods, PlanContext};
 use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleSet, RuleTable, WEIGHTS_INPUT};
 use explaind::runtime::graph_runner::OrtRunner;
 use explaind::runtime::sessions::create_session_from_bytes;
@@ -69,6 +69,17 @@ fn main() {
     let limits = Limits {
         max_samples: 4096,
         max_targets: 10,
+        max_job_bytes: 4 << 30,
+        max_batch,
+    };
+    let methods = Methods::standard();
+    let plan = |model: &explaind::runtime::LoadedModel, name: &str, params: serde_json::Value| {
+        let cx = PlanContext {
+            model,
+            limits,
+            targets: 1,
+        };
+        methods.get(name).unwrap().plan(params, &cx).unwrap()
     };
 
     println!("explanation benchmark: 1 worker, 1 intra-op thread, max_batch {max_batch}; raw = the same rows through bare ONNX Runtime sessions");
@@ -94,17 +105,16 @@ fn main() {
             .and_then(|r| r.default_cam_layer.clone())
             .unwrap();
         let mut backward_sessions = std::collections::HashMap::new();
-        for method in Method::ALL.into_iter().filter(|m| !m.tabular_only()) {
+        for method in methods.iter().filter(|m| m.capabilities().inputs != Inputs::Tabular) {
+            let name = method.name();
             // The figures: LIME and KernelSHAP at 1,000 samples; the other perturbation
             // methods at their fast presets to keep the run short on two cores.
-            let params = match method {
-                Method::Lime => serde_json::json!({"samples": 1000}),
-                Method::KernelShap => serde_json::json!({"samples": 1000}),
-                Method::Rise => serde_json::json!({"preset": "fast"}),
-                Method::Occlusion => serde_json::json!({"preset": "fast"}),
+            let params = match name {
+                "lime" | "kernel-shap" => serde_json::json!({"samples": 1000}),
+                "rise" | "occlusion" => serde_json::json!({"preset": "fast"}),
                 _ => serde_json::json!({}),
             };
-            let params = MethodParams::parse(method, params, limits).unwrap();
+            let params = plan(&model, name, params);
             let job = ExplainJob {
                 model: model.clone(),
                 input: Tensor::f32(dims.clone(), x.clone()),
@@ -128,18 +138,18 @@ fn main() {
             let result = result.unwrap();
             // The same rows, raw: forward rows one at a time (as the methods run them), gradient rows
             // in batches of max_batch through the backward model the method used.
-            let rules = if matches!(method, Method::GuidedBackprop) {
+            let rules = if name == "guided-backprop" {
                 RuleSet::GuidedBackprop
             } else {
                 RuleSet::Standard
             };
-            let layers: Vec<String> = if method.needs_layer() {
+            let layers: Vec<String> = if method.capabilities().layer {
                 vec![layer.clone()]
             } else {
                 vec![]
             };
             let mut keys = vec![(rules, layers)];
-            if method == Method::GuidedGradCam {
+            if name == "guided-grad-cam" {
                 keys = vec![
                     (RuleSet::Standard, vec![layer.clone()]),
                     (RuleSet::GuidedBackprop, vec![]),
@@ -245,12 +255,19 @@ fn tree_shap(
     }
     let raw = started.elapsed().as_secs_f64() * 1e3 / (5 * rows.len()) as f64;
     for game in ["interventional", "tree_path_dependent"] {
-        let params = MethodParams::parse(
-            Method::TreeShap,
-            serde_json::json!({"feature_perturbation": game, "background_rows": 100}),
+        let cx = PlanContext {
+            model: &model,
             limits,
-        )
-        .unwrap();
+            targets: 1,
+        };
+        let params = Methods::standard()
+            .get("tree-shap")
+            .unwrap()
+            .plan(
+                serde_json::json!({"feature_perturbation": game, "background_rows": 100}),
+                &cx,
+            )
+            .unwrap();
         let run = |r: &Vec<f32>| {
             let job = ExplainJob {
                 model: model.clone(),

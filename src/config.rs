@@ -36,6 +36,17 @@ pub struct Config {
     pub max_samples: usize,
     /// Most targets one explanation may ask for.
     pub max_targets: usize,
+    /// Most bytes one explanation's plan may hold (batches, masks, regression matrices, maps),
+    /// checked before it is queued; predict with `explain` over `instances` counts each one.
+    pub max_job_bytes: u64,
+    /// A request body not fully received this many milliseconds after its headers is refused with
+    /// 408 and its connection closed; the body is read before a queue slot is taken.
+    pub body_read_timeout_ms: u64,
+    /// Whole-request limit in milliseconds (body, queue, work and answer); past it, 503 or 408.
+    /// Keep it above `job_deadline_ms` plus `body_read_timeout_ms`.
+    pub request_timeout_ms: u64,
+    /// Most open client connections; beyond it new connections wait in the kernel's backlog.
+    pub max_connections: usize,
     /// Largest attribution map returned in JSON or drawn as PNG, in pixels; larger originals are
     /// scaled down (aspect kept).
     pub max_map_pixels: u64,
@@ -148,6 +159,10 @@ impl Default for Config {
             max_top_k: 100,
             max_samples: 4096,
             max_targets: 10,
+            max_job_bytes: 512 * 1024 * 1024,
+            body_read_timeout_ms: 10_000,
+            request_timeout_ms: 150_000,
+            max_connections: 1024,
             max_map_pixels: 1024 * 1024,
             retry_after_secs: 1,
             log_format: LogFormat::Text,
@@ -284,6 +299,15 @@ impl Config {
         }
         if self.max_image_pixels == 0 {
             return Err(bad("max_image_pixels", "must be at least 1"));
+        }
+        if self.max_job_bytes < 1 << 20 {
+            return Err(bad("max_job_bytes", "must be at least 1 MiB (1048576)"));
+        }
+        if self.body_read_timeout_ms == 0 || self.request_timeout_ms == 0 || self.max_connections == 0 {
+            return Err(bad(
+                "body_read_timeout_ms / request_timeout_ms / max_connections",
+                "must be at least 1",
+            ));
         }
         if self.async_job_deadline_ms == 0 || self.max_jobs == 0 {
             return Err(bad("async_job_deadline_ms / max_jobs", "must be at least 1"));

@@ -38,6 +38,11 @@ pub struct Service {
 impl Service {
     /// Loads ONNX Runtime and the models, starts the workers, and binds the listener.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_with(config, explain::Methods::standard()).await
+    }
+
+    /// [`Service::start`] serving the given explanation methods.
+    pub async fn start_with(config: Config, methods: explain::Methods) -> anyhow::Result<Self> {
         let env = runtime::library::init(config.onnxruntime_library.as_deref())?;
         let registry = Arc::new(Registry::load_dir(&config.models_dir)?);
         // Fail at start, naming the model, rather than in a worker later.
@@ -57,6 +62,10 @@ impl Service {
             tracing::info!(model = %model.name, differentiable = report.differentiable,
                 blocking = ?report.blocking_operators, cam_layer = ?report.default_cam_layer, "gradient support");
             let _ = model.gradient_report.set(report);
+            // Tree ensembles are read once here, not on the first request's async thread.
+            if model.spec.tabular.is_some() {
+                let _ = model.forest();
+            }
         }
         let executor = Arc::new(Executor::start(
             env,
@@ -68,6 +77,7 @@ impl Service {
                 queue_capacity: config.queue_capacity,
                 job_deadline: Duration::from_millis(config.job_deadline_ms),
                 max_batch: config.max_batch,
+                retry_after_secs: config.retry_after_secs,
             },
             metrics.clone(),
         ));
@@ -93,8 +103,10 @@ impl Service {
             metrics,
             audit,
             jobs,
+            methods: Arc::new(methods),
         });
         let app = http::router(state.clone());
+        let listener = http::limit::Connections::new(listener, state.config.max_connections);
         let (shutdown, on_shutdown) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             axum::serve(listener, app)

@@ -151,7 +151,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(explaind::serve(cfg))
         }
         Command::Openapi => {
-            print!("{}", explaind::http::openapi::document_json());
+            print!(
+                "{}",
+                explaind::http::openapi::document_json(&explaind::explain::Methods::standard())
+            );
             Ok(())
         }
         Command::HashKey { key } => {

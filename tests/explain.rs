@@ -144,20 +144,17 @@ async fn every_method_puts_the_attribution_where_the_model_looks() {
     let http = reqwest::Client::new();
     let (png, _) = noise_png(SIDE as u32, 1);
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
-    for method in explaind::explain::Method::ALL.into_iter().filter(|m| !m.tabular_only()) {
-        let cam = method.needs_layer();
+    use explaind::explain::{Inputs, Passes};
+    let methods = explaind::explain::Methods::standard();
+    for method in methods.iter().filter(|m| m.capabilities().inputs != Inputs::Tabular) {
+        let caps = method.capabilities();
+        let cam = caps.layer;
         let body = json!({"image": b64, "target": "region", "seed": 5});
         let v = explain_json(&http, &s, "region", method.name(), body).await;
         assert_eq!(v["attributions"]["shape"], json!([SIDE, SIDE]), "{}", method.name());
         assert_eq!(v["target"]["label"], "region");
         let map = values(&v);
-        let forward_only = matches!(
-            method,
-            explaind::explain::Method::Occlusion
-                | explaind::explain::Method::Rise
-                | explaind::explain::Method::Lime
-                | explaind::explain::Method::KernelShap
-        );
+        let forward_only = caps.passes == Passes::Forward;
         if forward_only {
             // Perturbation maps carry an offset (RISE), spill over a window or segment (occlusion, LIME):
             // the hottest pixels lie in the region, and the region is hotter than the rest.

@@ -25,7 +25,7 @@ use crate::telemetry::Metrics;
 pub enum ExecError {
     /// The queue is full; retry later.
     #[error("the service is at capacity ({capacity} jobs queued or running); retry shortly")]
-    Overloaded { capacity: usize },
+    Overloaded { capacity: usize, retry_after_secs: u64 },
     /// The job did not finish before its deadline and was cancelled.
     #[error("the job did not finish within {0:?} and was cancelled")]
     DeadlineExceeded(Duration),
@@ -53,6 +53,8 @@ pub struct ExecutorOptions {
     pub job_deadline: Duration,
     /// Most rows per model pass.
     pub max_batch: usize,
+    /// Seconds a refused client is told to wait (`Retry-After`).
+    pub retry_after_secs: u64,
 }
 
 type BoxedJob = Box<dyn FnOnce(&mut WorkerRuntime) + Send>;
@@ -62,6 +64,7 @@ pub struct Executor {
     sender: Mutex<Option<crossbeam_channel::Sender<BoxedJob>>>,
     permits: Arc<Semaphore>,
     capacity: usize,
+    retry_after_secs: u64,
     deadline: Duration,
     ready_workers: Arc<AtomicUsize>,
     workers: Mutex<Vec<JoinHandle<()>>>,
@@ -114,6 +117,7 @@ impl Executor {
             sender: Mutex::new(Some(sender)),
             permits: Arc::new(Semaphore::new(capacity)),
             capacity,
+            retry_after_secs: options.retry_after_secs,
             deadline: options.job_deadline,
             ready_workers,
             workers: Mutex::new(handles),
@@ -139,6 +143,11 @@ impl Executor {
         true
     }
 
+    /// True when no queue slot is free: lets a handler refuse before it reads a body.
+    pub fn is_full(&self) -> bool {
+        self.permits.available_permits() == 0
+    }
+
     /// Jobs queued or running, and the most there may be.
     pub fn load(&self) -> (usize, usize) {
         (self.capacity - self.permits.available_permits(), self.capacity)
@@ -151,6 +160,7 @@ impl Executor {
             self.metrics.jobs_rejected.inc();
             ExecError::Overloaded {
                 capacity: self.capacity,
+                retry_after_secs: self.retry_after_secs,
             }
         })?;
         Ok(Admission {

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::method::{Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::saliency::one_gradient_per_target;
 use super::{one_hot, repeat_rows, Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
@@ -19,25 +21,118 @@ pub struct GradCamParams {
     pub layer: Option<String>,
 }
 
-/// Resolves the layer: the requested one if it is a CAM candidate, else the model's default.
-pub(super) fn resolve_layer(job: &ExplainJob, requested: &Option<String>) -> Result<String, RuntimeError> {
-    let report = job.model.gradient_report.get();
-    let candidates = report.map(|r| r.cam_layers.clone()).unwrap_or_default();
-    match requested {
-        Some(l) if candidates.contains(l) => Ok(l.clone()),
-        Some(l) => Err(InputError::BadFeatures(format!(
-            "layer `{l}` is not a 4-D spatial activation of model `{}`; candidates: {}",
-            job.model.name,
-            candidates.join(", ")
+/// Checks the requested layer at the edge and fills in the default, so the answer names the layer
+/// used: the requested one if it is a CAM candidate, else the model's default. Returns its channels.
+pub(super) fn plan_layer(layer: &mut Option<String>, cx: &PlanContext) -> Result<usize, Invalid> {
+    let model = cx.model;
+    let report = model.gradient_report.get();
+    let candidates = report.map(|r| r.cam_layers.as_slice()).unwrap_or_default();
+    let chosen = match layer.take() {
+        Some(l) if candidates.contains(&l) => l,
+        Some(l) => {
+            let mut shown: Vec<&str> = candidates.iter().map(String::as_str).take(20).collect();
+            if candidates.len() > shown.len() {
+                shown.push("...");
+            }
+            return Err(Invalid::Model(format!(
+                "layer `{}` is not a 4-D spatial activation of model `{}`; candidates: {}",
+                l.chars().take(200).collect::<String>(),
+                model.name,
+                shown.join(", ")
+            )));
+        }
+        None => report
+            .and_then(|r| r.default_cam_layer.clone())
+            .ok_or_else(|| Invalid::Model(format!("model `{}` has no spatial layer for CAM methods", model.name)))?,
+    };
+    let channels = report.and_then(|r| r.layer_channels.get(&chosen).copied()).unwrap_or(0);
+    *layer = Some(chosen);
+    Ok(channels)
+}
+
+/// The layer `plan_layer` chose.
+pub(super) fn planned_layer(job: &ExplainJob, layer: &Option<String>) -> Result<String, RuntimeError> {
+    layer.clone().ok_or_else(|| {
+        InputError::BadFeatures(format!(
+            "model `{}` has no spatial layer for CAM methods",
+            job.model.name
         ))
-        .into()),
-        None => report.and_then(|r| r.default_cam_layer.clone()).ok_or_else(|| {
-            InputError::BadFeatures(format!(
-                "model `{}` has no spatial layer for CAM methods",
-                job.model.name
-            ))
-            .into()
-        }),
+        .into()
+    })
+}
+
+/// The cost of a CAM: one gradient row per target, plus the layer's activations and gradients.
+fn cam_cost(channels: usize, cx: &PlanContext) -> Cost {
+    let mut cost = one_gradient_per_target(cx);
+    // A layer holds at most about as many values per channel as the input has pixels.
+    let layer = super::method::bytes(channels.saturating_mul(cx.pixels()), 8).saturating_mul(cx.targets as u64);
+    cost.bytes = cost.bytes.saturating_add(layer);
+    cost
+}
+
+const CAM: Capabilities = Capabilities {
+    passes: Passes::Gradients,
+    inputs: Inputs::Image,
+    layer: true,
+    random: false,
+};
+
+/// Grad-CAM.
+pub struct GradCam;
+
+impl Method for GradCam {
+    type Params = GradCamParams;
+    const NAME: &'static str = "grad-cam";
+    const SUMMARY: &'static str = "A layer's activations weighted by their mean gradients (Selvaraju et al. 2017)";
+    const CAPABILITIES: Capabilities = CAM;
+
+    fn plan(p: &mut GradCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        Ok(cam_cost(plan_layer(&mut p.layer, cx)?, cx))
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &GradCamParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        explain(cx, job, p, targets, false)
+    }
+}
+
+/// Grad-CAM++.
+pub struct GradCamPlusPlus;
+
+impl Method for GradCamPlusPlus {
+    type Params = GradCamParams;
+    const NAME: &'static str = "grad-cam-plus-plus";
+    const SUMMARY: &'static str = "Grad-CAM with higher-order gradient weights (Chattopadhay et al. 2018)";
+    const CAPABILITIES: Capabilities = CAM;
+
+    fn plan(p: &mut GradCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        GradCam::plan(p, cx)
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &GradCamParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        explain(cx, job, p, targets, true)
+    }
+}
+
+/// The cost of Guided Grad-CAM: a CAM, and guided gradients.
+pub(super) fn guided_cam_cost(channels: usize, cx: &PlanContext) -> Cost {
+    let cam = cam_cost(channels, cx);
+    let guided = one_gradient_per_target(cx);
+    Cost {
+        samples: cam.samples + guided.samples,
+        rows: cam.rows + guided.rows,
+        bytes: cam.bytes.saturating_add(guided.bytes),
     }
 }
 
@@ -109,14 +204,14 @@ pub fn upsample(map: &[f32], w: usize, h: usize, to_w: usize, to_h: usize) -> Te
     Tensor::f32(vec![to_h, to_w], resized.into_raw())
 }
 
-pub(super) fn explain(
+fn explain(
     cx: &mut Cx,
     job: &ExplainJob,
     p: &GradCamParams,
     targets: &[Prediction],
     plus_plus: bool,
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let layer = resolve_layer(job, &p.layer)?;
+    let layer = planned_layer(job, &p.layer)?;
     let maps = cams(cx, job, &layer, targets, plus_plus)?;
     Ok(targets
         .iter()

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::method::{Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::saliency::one_gradient_per_target;
 use super::{input_gradients, per_target, repeat_rows, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
@@ -13,10 +15,38 @@ use crate::runtime::{RuntimeError, Tensor};
 #[serde(deny_unknown_fields)]
 pub struct GradientXInputParams {}
 
-pub(super) fn explain(
+/// Gradient x input.
+pub struct GradientXInput;
+
+impl Method for GradientXInput {
+    type Params = GradientXInputParams;
+    const NAME: &'static str = "gradient-x-input";
+    const SUMMARY: &'static str = "Gradient times input (Shrikumar et al. 2016)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Gradients,
+        inputs: Inputs::Any,
+        layer: false,
+        random: false,
+    };
+
+    fn plan(_: &mut GradientXInputParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        Ok(one_gradient_per_target(cx))
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        _: &GradientXInputParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        gradient_x_input(cx, job, targets)
+    }
+}
+
+fn gradient_x_input(
     cx: &mut Cx,
     job: &ExplainJob,
-    _: &GradientXInputParams,
     targets: &[Prediction],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
     let grads = input_gradients(cx, job, targets, RuleSet::Standard)?;

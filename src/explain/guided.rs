@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::grad_cam::{cams, resolve_layer};
+use super::grad_cam::{cams, guided_cam_cost, plan_layer, planned_layer};
+use super::method::{Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::saliency::one_gradient_per_target;
 use super::{fold_channels, input_gradients, per_target, row, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::manifest::Layout;
@@ -24,23 +26,72 @@ pub struct GuidedGradCamParams {
     pub layer: Option<String>,
 }
 
-pub(super) fn guided_backprop(
-    cx: &mut Cx,
-    job: &ExplainJob,
-    _: &GuidedBackpropParams,
-    targets: &[Prediction],
-) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let grads = input_gradients(cx, job, targets, RuleSet::GuidedBackprop)?;
-    Ok(per_target(job, targets, &grads, Fold::MaxAbs))
+/// Guided backpropagation.
+pub struct GuidedBackprop;
+
+impl Method for GuidedBackprop {
+    type Params = GuidedBackpropParams;
+    const NAME: &'static str = "guided-backprop";
+    const SUMMARY: &'static str = "Gradients through ReLUs that pass only positive signals (Springenberg et al. 2015)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Gradients,
+        inputs: Inputs::Any,
+        layer: false,
+        random: false,
+    };
+
+    fn plan(_: &mut GuidedBackpropParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        Ok(one_gradient_per_target(cx))
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        _: &GuidedBackpropParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        let grads = input_gradients(cx, job, targets, RuleSet::GuidedBackprop)?;
+        Ok(per_target(job, targets, &grads, Fold::MaxAbs))
+    }
 }
 
-pub(super) fn guided_grad_cam(
+/// Guided Grad-CAM.
+pub struct GuidedGradCam;
+
+impl Method for GuidedGradCam {
+    type Params = GuidedGradCamParams;
+    const NAME: &'static str = "guided-grad-cam";
+    const SUMMARY: &'static str = "Guided backpropagation times the Grad-CAM map (Selvaraju et al. 2017)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Gradients,
+        inputs: Inputs::Image,
+        layer: true,
+        random: false,
+    };
+
+    fn plan(p: &mut GuidedGradCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        Ok(guided_cam_cost(plan_layer(&mut p.layer, cx)?, cx))
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &GuidedGradCamParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        guided_grad_cam(cx, job, p, targets)
+    }
+}
+
+fn guided_grad_cam(
     cx: &mut Cx,
     job: &ExplainJob,
     p: &GuidedGradCamParams,
     targets: &[Prediction],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let layer = resolve_layer(job, &p.layer)?;
+    let layer = planned_layer(job, &p.layer)?;
     let maps = cams(cx, job, &layer, targets, false)?;
     let grads = input_gradients(cx, job, targets, RuleSet::GuidedBackprop)?;
     let spec =

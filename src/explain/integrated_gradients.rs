@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
-use super::{fold_channels, one_hot, row, Cx, ExplainJob, Fold, Limits, TargetAttribution};
+use super::method::{bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::{fold_channels, row, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
@@ -28,7 +29,7 @@ pub enum Integration {
 #[serde(deny_unknown_fields, default)]
 pub struct IntegratedGradientsParams {
     /// Points on the path (Captum's `n_steps`); each costs one model row per target.
-    #[schema(default = 50, minimum = 2)]
+    #[schema(default = 50, minimum = 2, maximum = 4096)]
     pub steps: usize,
     /// Quadrature rule.
     #[schema(default = "gauss_legendre")]
@@ -37,6 +38,7 @@ pub struct IntegratedGradientsParams {
     #[schema(default = "black")]
     pub baseline: Baseline,
     /// Rows per model pass (Captum's `internal_batch_size`); capped by the service's `max_batch`.
+    #[schema(minimum = 1, maximum = 4096)]
     pub internal_batch_size: Option<usize>,
 }
 
@@ -51,18 +53,46 @@ impl Default for IntegratedGradientsParams {
     }
 }
 
-impl IntegratedGradientsParams {
-    pub(super) fn validate(&self, limits: Limits) -> Result<(), String> {
-        if self.steps < 2 || self.steps > limits.max_samples {
-            return Err(format!(
-                "params.steps must be between 2 and {} (max_samples)",
-                limits.max_samples
-            ));
+/// Integrated Gradients.
+pub struct IntegratedGradients;
+
+impl Method for IntegratedGradients {
+    type Params = IntegratedGradientsParams;
+    const NAME: &'static str = "integrated-gradients";
+    const SUMMARY: &'static str = "Path integral of gradients from a baseline (Sundararajan et al. 2017)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Gradients,
+        inputs: Inputs::Any,
+        layer: false,
+        random: false,
+    };
+
+    fn plan(p: &mut IntegratedGradientsParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        check_range("steps", p.steps, 2, cx.limits.max_samples)?;
+        if let Some(b) = p.internal_batch_size {
+            check_range("internal_batch_size", b, 1, cx.limits.max_samples)?;
         }
-        if self.internal_batch_size == Some(0) {
-            return Err("params.internal_batch_size must be at least 1".into());
-        }
-        Ok(())
+        let samples = mul(p.steps, cx.targets, "steps x targets")?;
+        Ok(Cost {
+            samples,
+            rows: samples + 1,
+            // One batch streams through at a time; per target an f64 accumulator; the baseline.
+            bytes: cx
+                .batch_bytes(cx.limits.max_batch, true)
+                .saturating_add(bytes(cx.input_len(), 8).saturating_mul(cx.targets as u64))
+                .saturating_add(bytes(cx.input_len(), 8))
+                .saturating_add(cx.answer_bytes()),
+        })
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &IntegratedGradientsParams,
+        targets: &[Prediction],
+        scores: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        explain(cx, job, p, targets, scores)
     }
 }
 
@@ -88,7 +118,7 @@ pub(super) fn quadrature(rule: Integration, steps: usize) -> Vec<(f64, f64)> {
     }
 }
 
-pub(super) fn explain(
+fn explain(
     cx: &mut Cx,
     job: &ExplainJob,
     p: &IntegratedGradientsParams,
@@ -100,36 +130,35 @@ pub(super) fn explain(
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
     let points = quadrature(p.integration, p.steps);
-    let classes = job.model.spec.labels.len().max(1);
-    // Rows: every (target, point) pair, one batch stream.
     let n = x.len();
-    let mut data = Vec::with_capacity(targets.len() * points.len() * n);
-    let mut indices = Vec::new();
-    for t in targets {
-        for (alpha, _) in &points {
-            let a = *alpha as f32;
-            data.extend(b.iter().zip(&x).map(|(b, x)| b + a * (x - b)));
-            indices.push(t.index);
-        }
-    }
-    let mut shape = job.input.shape.clone();
-    shape[0] = indices.len();
-    let path = Tensor::f32(shape, data);
-    let chunk = p.internal_batch_size.unwrap_or(usize::MAX).min(cx.max_batch());
-    let grads = cx
-        .gradients(&[], RuleSet::Standard, &path, &one_hot(&indices, classes), chunk)?
-        .input_grad;
-    let grads = grads.as_f32().unwrap_or(&[]);
+    // Every (target, point) pair is a row, streamed through in batches into per-target sums.
+    let mut sums = vec![vec![0f64; n]; targets.len()];
+    let chunk = p.internal_batch_size.unwrap_or(usize::MAX);
+    cx.gradient_stream(
+        &[],
+        RuleSet::Standard,
+        &job.input,
+        targets.len() * points.len(),
+        chunk,
+        |r, buf| {
+            let a = points[r % points.len()].0 as f32;
+            for ((o, b), x) in buf.iter_mut().zip(&b).zip(&x) {
+                *o = b + a * (x - b);
+            }
+            targets[r / points.len()].index
+        },
+        |r, pass, i| {
+            let w = points[r % points.len()].1;
+            let g = &pass.input_grad.as_f32().unwrap_or(&[])[i * n..(i + 1) * n];
+            for (a, g) in sums[r / points.len()].iter_mut().zip(g) {
+                *a += w * *g as f64;
+            }
+        },
+    )?;
     let base_scores = cx.forward(&baseline)?.to_f64();
     let mut out = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
-        let mut avg = vec![0f64; n];
-        for (k, (_, w)) in points.iter().enumerate() {
-            let r = ti * points.len() + k;
-            for (a, g) in avg.iter_mut().zip(&grads[r * n..(r + 1) * n]) {
-                *a += w * *g as f64;
-            }
-        }
+        let avg = &sums[ti];
         let attribution: Vec<f32> = avg
             .iter()
             .zip(&x)

@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::lime::Hide;
+use super::lime::{check_positive, interpretable_features, perturbation_cost};
+use super::method::{check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::perturb::{compose, run_copies, segment_indices};
-use super::{background, segments, Cx, ExplainJob, Limits, TargetAttribution};
+use super::{background, segments, Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::preprocess::InputError;
 use crate::runtime::{RuntimeError, Tensor};
@@ -40,22 +42,22 @@ pub enum AutoSamples {
 #[serde(deny_unknown_fields, default)]
 pub struct KernelShapParams {
     /// Superpixels (players) asked of SLIC.
-    #[schema(default = 50, minimum = 2)]
+    #[schema(default = 50, minimum = 2, maximum = 500)]
     pub segments: u32,
     /// SLIC compactness, 1 to 20.
-    #[schema(default = 10)]
+    #[schema(default = 10, minimum = 1, maximum = 20)]
     pub compactness: u8,
     /// Coalitions: a number (default 2M + 2048, shap's "auto" budget) or `"auto"`.
     pub samples: Option<Samples>,
     /// With `samples: "auto"`: the largest standard error accepted, in score units.
-    #[schema(default = 0.01)]
+    #[schema(default = 0.01, exclusive_minimum = 0.0, maximum = 1000000.0)]
     pub tolerance: f64,
     /// What a missing player (segment) shows.
     #[schema(default = "gray")]
     pub hide: Hide,
     /// Tabular models: background rows a missing feature is drawn from (a k-means summary with
     /// this many rows when the file has more; shap's kmeans).
-    #[schema(default = 20, minimum = 1)]
+    #[schema(default = 20, minimum = 1, maximum = 1000)]
     pub background_rows: usize,
 }
 
@@ -72,29 +74,51 @@ impl Default for KernelShapParams {
     }
 }
 
-impl KernelShapParams {
-    pub(super) fn validate(&self, limits: Limits) -> Result<(), String> {
-        if self.segments < 2 || self.segments > 500 {
-            return Err("params.segments must be between 2 and 500".into());
-        }
-        if !(1..=20).contains(&self.compactness) {
-            return Err("params.compactness must be between 1 and 20".into());
-        }
-        if let Some(Samples::Fixed(n)) = self.samples {
-            if !(2..=limits.max_samples).contains(&n) {
-                return Err(format!(
-                    "params.samples must be between 2 and {} (max_samples), or \"auto\"",
-                    limits.max_samples
-                ));
+/// KernelSHAP.
+pub struct KernelShap;
+
+impl Method for KernelShap {
+    type Params = KernelShapParams;
+    const NAME: &'static str = "kernel-shap";
+    const SUMMARY: &'static str = "Shapley values from coalitions drawn by the Shapley kernel (Lundberg and Lee 2017)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Forward,
+        inputs: Inputs::Any,
+        layer: false,
+        random: true,
+    };
+
+    fn plan(p: &mut KernelShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        check_range("segments", p.segments, 2, 500)?;
+        check_range("compactness", p.compactness, 1, 20)?;
+        check_range("background_rows", p.background_rows, 1, 1000)?;
+        check_positive("tolerance", p.tolerance)?;
+        let budget = cx.limits.max_samples.saturating_sub(1);
+        let players = interpretable_features(cx, p.segments as usize, "KernelSHAP")?;
+        let coalitions = match &p.samples {
+            None => (2 * players + 2048).min(budget),
+            Some(Samples::Fixed(n)) => {
+                check_range("samples", *n, 2, cx.limits.max_samples)?;
+                (*n).min(budget)
             }
-        }
-        if self.background_rows == 0 || self.background_rows > 1000 {
-            return Err("params.background_rows must be between 1 and 1000".into());
-        }
-        if self.tolerance.is_nan() || self.tolerance <= 0.0 {
-            return Err("params.tolerance must be positive".into());
-        }
-        Ok(())
+            Some(Samples::Auto(_)) => budget,
+        };
+        // Tabular coalitions are each scored over the background rows.
+        let per_coalition = match (&cx.model.spec.tabular, cx.model.background.as_deref()) {
+            (Some(_), Some(rows)) => rows.len().min(p.background_rows),
+            _ => 1,
+        };
+        Ok(perturbation_cost(cx, coalitions, players, per_coalition))
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &KernelShapParams,
+        targets: &[Prediction],
+        scores: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        explain(cx, job, p, targets, scores)
     }
 }
 
@@ -266,7 +290,7 @@ fn solve(
     Ok(solved)
 }
 
-pub(super) fn explain(
+fn explain(
     cx: &mut Cx,
     job: &ExplainJob,
     p: &KernelShapParams,

@@ -14,9 +14,10 @@ use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
 use super::kernel_shap::Samples;
+use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::perturb::{compose, index, run_copies, segment_indices};
 use super::regression::{Fit, LocalModel};
-use super::{segments, Cx, ExplainJob, Limits, TargetAttribution};
+use super::{segments, Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
 
@@ -37,24 +38,25 @@ pub enum Hide {
 #[serde(deny_unknown_fields, default)]
 pub struct LimeParams {
     /// Superpixels asked of SLIC (it may return a few more or fewer).
-    #[schema(default = 50, minimum = 2)]
+    #[schema(default = 50, minimum = 2, maximum = 1000)]
     pub segments: u32,
     /// SLIC compactness, 1 to 20: higher gives squarer segments.
-    #[schema(default = 10)]
+    #[schema(default = 10, minimum = 1, maximum = 20)]
     pub compactness: u8,
     /// Perturbed samples (each one model row): a number (default 1000) or `"auto"`.
     pub samples: Samples,
     /// With `samples: "auto"`: the largest standard error accepted, in score units.
-    #[schema(default = 0.01)]
+    #[schema(default = 0.01, exclusive_minimum = 0.0, maximum = 1000000.0)]
     pub tolerance: f64,
     /// What switched-off segments show.
     #[schema(default = "gray")]
     pub hide: Hide,
     /// Width of the exponential kernel: images 0.25 on cosine distance (lime_image), tabular
     /// 0.75 sqrt(features) (lime_tabular).
+    #[schema(exclusive_minimum = 0.0, maximum = 1000000.0)]
     pub kernel_width: Option<f64>,
     /// Ridge regularisation (scikit-learn's Ridge default, as LIME uses).
-    #[schema(default = 1.0)]
+    #[schema(default = 1.0, minimum = 0.0, maximum = 1000000.0)]
     pub alpha: f64,
 }
 
@@ -72,29 +74,97 @@ impl Default for LimeParams {
     }
 }
 
-impl LimeParams {
-    pub(super) fn validate(&self, limits: Limits) -> Result<(), String> {
-        if self.segments < 2 || self.segments > 1000 {
-            return Err("params.segments must be between 2 and 1000".into());
-        }
-        if !(1..=20).contains(&self.compactness) {
-            return Err("params.compactness must be between 1 and 20".into());
-        }
-        if let Samples::Fixed(n) = self.samples {
-            if n < 10 || n > limits.max_samples {
-                return Err(format!(
-                    "params.samples must be between 10 and {} (max_samples), or \"auto\"",
-                    limits.max_samples
-                ));
+/// LIME.
+pub struct Lime;
+
+impl Method for Lime {
+    type Params = LimeParams;
+    const NAME: &'static str = "lime";
+    const SUMMARY: &'static str = "A weighted linear model fitted to perturbed samples (Ribeiro et al. 2016)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Forward,
+        inputs: Inputs::Any,
+        layer: false,
+        random: true,
+    };
+
+    fn plan(p: &mut LimeParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        check_range("segments", p.segments, 2, 1000)?;
+        check_range("compactness", p.compactness, 1, 20)?;
+        let budget = match p.samples {
+            Samples::Fixed(n) => {
+                check_range("samples", n, 10, cx.limits.max_samples)?;
+                n
             }
+            Samples::Auto(_) => cx.limits.max_samples.saturating_sub(1),
+        };
+        if let Some(w) = p.kernel_width {
+            check_positive("kernel_width", w)?;
         }
-        if !(self.kernel_width.is_none_or(|w| w > 0.0) && self.alpha >= 0.0) {
-            return Err("params.kernel_width must be positive and params.alpha non-negative".into());
+        if !(p.alpha.is_finite() && (0.0..=1e6).contains(&p.alpha)) {
+            return Err(Invalid::Request("params.alpha must be between 0 and 1000000".into()));
         }
-        if self.tolerance.is_nan() || self.tolerance <= 0.0 {
-            return Err("params.tolerance must be positive".into());
+        check_positive("tolerance", p.tolerance)?;
+        let players = interpretable_features(cx, p.segments as usize, "LIME")?;
+        Ok(perturbation_cost(cx, budget, players, 1))
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &LimeParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        explain(cx, job, p, targets)
+    }
+}
+
+/// `Err(Invalid::Request)` unless `value` is a positive number up to a million.
+pub(super) fn check_positive(name: &str, value: f64) -> Result<(), Invalid> {
+    if !(value.is_finite() && value > 0.0 && value <= 1e6) {
+        return Err(Invalid::Request(format!(
+            "params.{name} must be a positive number up to 1000000, got {value}"
+        )));
+    }
+    Ok(())
+}
+
+/// The players of a perturbation method: an image's segments (SLIC may return a few more than
+/// asked), or a tabular model's features, which then need background data.
+pub(super) fn interpretable_features(cx: &PlanContext, segments: usize, method: &str) -> Result<usize, Invalid> {
+    let model = cx.model;
+    match &model.spec.tabular {
+        Some(tab) => {
+            if model.background.is_none() {
+                return Err(Invalid::Model(format!(
+                    "tabular {method} draws missing features from background data; model `{}` names none \
+                     (tabular.background in model.toml)",
+                    model.name
+                )));
+            }
+            Ok(tab.features.len())
         }
-        Ok(())
+        None => Ok(segments.saturating_mul(2)),
+    }
+}
+
+/// The cost of a perturbation method with `samples` samples over `players` interpretable features,
+/// each sample scored over `rows_per_sample` model rows: the samples, one batch, every row's scores,
+/// and per target the regression's grouped sums (20 groups of an m x m matrix).
+pub(super) fn perturbation_cost(cx: &PlanContext, samples: usize, players: usize, rows_per_sample: usize) -> Cost {
+    let rows = samples.saturating_add(1).saturating_mul(rows_per_sample.max(1));
+    let per_target = bytes(players.saturating_add(1).saturating_mul(players.saturating_add(1)), 8).saturating_mul(20);
+    Cost {
+        samples,
+        rows,
+        bytes: bytes(samples, 1)
+            .saturating_mul(players as u64)
+            .saturating_add(cx.batch_bytes(cx.limits.max_batch, false))
+            .saturating_add(bytes(rows, 8).saturating_mul(cx.classes() as u64))
+            .saturating_add(per_target.saturating_mul(cx.targets as u64 + 1))
+            .saturating_add(bytes(cx.pixels(), 32))
+            .saturating_add(cx.answer_bytes()),
     }
 }
 
@@ -202,7 +272,7 @@ impl Fitted {
     }
 }
 
-pub(super) fn explain(
+fn explain(
     cx: &mut Cx,
     job: &ExplainJob,
     p: &LimeParams,

@@ -10,6 +10,7 @@ mod guided;
 mod integrated_gradients;
 mod kernel_shap;
 mod lime;
+pub mod method;
 mod occlusion;
 mod perturb;
 mod regression;
@@ -32,6 +33,9 @@ pub use guided::{GuidedBackpropParams, GuidedGradCamParams};
 pub use integrated_gradients::{IntegratedGradientsParams, Integration};
 pub use kernel_shap::{KernelShapParams, Samples};
 pub use lime::{Hide, LimeParams};
+pub use method::{
+    AnyMethod, Capabilities, Cost, Inputs, Invalid, Limits, Method, Methods, Passes, PlanContext, ValidParams,
+};
 pub use occlusion::OcclusionParams;
 pub use perturb::Preset;
 pub use rise::RiseParams;
@@ -49,248 +53,6 @@ use crate::runtime::predict::Prediction;
 use crate::runtime::sessions::GradientPass;
 use crate::runtime::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
 
-/// The explanation methods, by their path segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// Gradient of the target w.r.t. the input.
-    Saliency,
-    /// Gradient times input.
-    GradientXInput,
-    /// Integrated Gradients (Sundararajan et al. 2017).
-    IntegratedGradients,
-    /// SmoothGrad (Smilkov et al. 2017) and its variants.
-    Smoothgrad,
-    /// Grad-CAM (Selvaraju et al. 2017).
-    GradCam,
-    /// Grad-CAM++ (Chattopadhay et al. 2018).
-    GradCamPlusPlus,
-    /// Guided backpropagation (Springenberg et al. 2015).
-    GuidedBackprop,
-    /// Guided backpropagation times Grad-CAM.
-    GuidedGradCam,
-    /// Occlusion (Zeiler and Fergus 2014): forward passes only.
-    Occlusion,
-    /// RISE (Petsiuk et al. 2018): forward passes only.
-    Rise,
-    /// Score-CAM (Wang et al. 2020).
-    ScoreCam,
-    /// LIME over superpixels (Ribeiro et al. 2016): forward passes only.
-    Lime,
-    /// KernelSHAP over superpixels or features (Lundberg and Lee 2017): forward passes only.
-    KernelShap,
-    /// Exact TreeSHAP (Lundberg et al. 2020) for ONNX-ML tree ensembles: no model passes.
-    TreeShap,
-}
-
-impl Method {
-    /// Every method.
-    pub const ALL: [Method; 14] = [
-        Method::Saliency,
-        Method::GradientXInput,
-        Method::IntegratedGradients,
-        Method::Smoothgrad,
-        Method::GradCam,
-        Method::GradCamPlusPlus,
-        Method::GuidedBackprop,
-        Method::GuidedGradCam,
-        Method::Occlusion,
-        Method::Rise,
-        Method::ScoreCam,
-        Method::Lime,
-        Method::KernelShap,
-        Method::TreeShap,
-    ];
-
-    /// The path segment (`integrated-gradients`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Saliency => "saliency",
-            Method::GradientXInput => "gradient-x-input",
-            Method::IntegratedGradients => "integrated-gradients",
-            Method::Smoothgrad => "smoothgrad",
-            Method::GradCam => "grad-cam",
-            Method::GradCamPlusPlus => "grad-cam-plus-plus",
-            Method::GuidedBackprop => "guided-backprop",
-            Method::GuidedGradCam => "guided-grad-cam",
-            Method::Occlusion => "occlusion",
-            Method::Rise => "rise",
-            Method::ScoreCam => "score-cam",
-            Method::Lime => "lime",
-            Method::KernelShap => "kernel-shap",
-            Method::TreeShap => "tree-shap",
-        }
-    }
-
-    /// The method named by a path segment.
-    pub fn from_name(name: &str) -> Option<Method> {
-        Method::ALL.into_iter().find(|m| m.name() == name)
-    }
-
-    /// Whether the method uses random numbers (and so echoes a seed).
-    pub fn is_random(self) -> bool {
-        matches!(
-            self,
-            Method::Smoothgrad | Method::Rise | Method::Lime | Method::KernelShap
-        )
-    }
-
-    /// Whether the method needs a spatial layer (CAM methods), so image models only.
-    pub fn needs_layer(self) -> bool {
-        matches!(
-            self,
-            Method::GradCam | Method::GradCamPlusPlus | Method::GuidedGradCam | Method::ScoreCam
-        )
-    }
-
-    /// Whether the method explains image models only.
-    pub fn image_only(self) -> bool {
-        self.needs_layer() || matches!(self, Method::Occlusion | Method::Rise)
-    }
-
-    /// Whether the method explains tabular models only.
-    pub fn tabular_only(self) -> bool {
-        self == Method::TreeShap
-    }
-
-    /// Whether the method needs the model's backward graph (gradients or layer activations).
-    pub fn needs_gradients(self) -> bool {
-        !matches!(
-            self,
-            Method::Occlusion | Method::Rise | Method::Lime | Method::KernelShap | Method::TreeShap
-        )
-    }
-}
-
-/// A method with its parameters, validated.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum MethodParams {
-    Saliency(SaliencyParams),
-    GradientXInput(GradientXInputParams),
-    IntegratedGradients(IntegratedGradientsParams),
-    Smoothgrad(SmoothGradParams),
-    GradCam(GradCamParams),
-    GradCamPlusPlus(GradCamParams),
-    GuidedBackprop(GuidedBackpropParams),
-    GuidedGradCam(GuidedGradCamParams),
-    Occlusion(OcclusionParams),
-    Rise(RiseParams),
-    ScoreCam(ScoreCamParams),
-    Lime(LimeParams),
-    KernelShap(KernelShapParams),
-    TreeShap(TreeShapParams),
-}
-
-/// Limits that bound every explanation's work, from the config.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Most model rows (samples x steps x targets) one explanation may run.
-    pub max_samples: usize,
-    /// Most targets per request.
-    pub max_targets: usize,
-}
-
-impl MethodParams {
-    /// Parses `params` (a JSON object, possibly empty) for `method`; unknown names are errors.
-    pub fn parse(method: Method, params: serde_json::Value, limits: Limits) -> Result<Self, String> {
-        fn de<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
-            serde_json::from_value(v).map_err(|e| format!("params: {e}"))
-        }
-        let parsed = match method {
-            Method::Saliency => MethodParams::Saliency(de(params)?),
-            Method::GradientXInput => MethodParams::GradientXInput(de(params)?),
-            Method::IntegratedGradients => MethodParams::IntegratedGradients(de(params)?),
-            Method::Smoothgrad => MethodParams::Smoothgrad(de(params)?),
-            Method::GradCam => MethodParams::GradCam(de(params)?),
-            Method::GradCamPlusPlus => MethodParams::GradCamPlusPlus(de(params)?),
-            Method::GuidedBackprop => MethodParams::GuidedBackprop(de(params)?),
-            Method::GuidedGradCam => MethodParams::GuidedGradCam(de(params)?),
-            Method::Occlusion => MethodParams::Occlusion(de(params)?),
-            Method::Rise => MethodParams::Rise(de(params)?),
-            Method::ScoreCam => MethodParams::ScoreCam(de(params)?),
-            Method::Lime => MethodParams::Lime(de(params)?),
-            Method::KernelShap => MethodParams::KernelShap(de(params)?),
-            Method::TreeShap => MethodParams::TreeShap(de(params)?),
-        };
-        parsed.validate(limits)?;
-        Ok(parsed)
-    }
-
-    fn validate(&self, limits: Limits) -> Result<(), String> {
-        match self {
-            MethodParams::IntegratedGradients(p) => p.validate(limits),
-            MethodParams::Smoothgrad(p) => p.validate(limits),
-            MethodParams::Occlusion(p) => p.validate(limits),
-            MethodParams::Rise(p) => p.validate(limits),
-            MethodParams::Lime(p) => p.validate(limits),
-            MethodParams::KernelShap(p) => p.validate(limits),
-            MethodParams::TreeShap(p) => p.validate(),
-            _ => Ok(()),
-        }
-    }
-
-    /// The model rows one target costs (for the samples limit); forward-only methods share their
-    /// rows between targets and check their own counts.
-    pub fn rows_per_target(&self) -> usize {
-        match self {
-            MethodParams::IntegratedGradients(p) => p.steps,
-            MethodParams::Smoothgrad(p) => p.rows(),
-            MethodParams::GuidedGradCam(_) => 2,
-            MethodParams::Occlusion(_)
-            | MethodParams::Rise(_)
-            | MethodParams::ScoreCam(_)
-            | MethodParams::Lime(_)
-            | MethodParams::KernelShap(_)
-            | MethodParams::TreeShap(_) => 0,
-            _ => 1,
-        }
-    }
-
-    /// About how many model rows the explanation will run (for progress reports; `auto` sample
-    /// counts and image-dependent plans are estimated by their budgets).
-    pub fn planned_rows(&self, targets: usize, max_samples: usize) -> usize {
-        let budget = |s: &Samples| match s {
-            Samples::Fixed(n) => *n,
-            Samples::Auto(_) => max_samples,
-        };
-        match self {
-            MethodParams::Lime(p) => budget(&p.samples),
-            MethodParams::KernelShap(p) => p
-                .samples
-                .as_ref()
-                .map_or(2 * p.segments as usize + 2048, budget)
-                .min(max_samples),
-            MethodParams::Rise(p) => p.mask_count(),
-            MethodParams::Occlusion(_) | MethodParams::ScoreCam(_) => max_samples.min(512),
-            MethodParams::TreeShap(_) => 0,
-            other => other.rows_per_target() * targets,
-        }
-    }
-
-    /// The parameters with the defaults that depend on the model filled in, so that the answer (and
-    /// its audit record) says exactly what ran.
-    pub fn resolved_for(self, model: &LoadedModel) -> Self {
-        match self {
-            MethodParams::TreeShap(mut p) => {
-                p.feature_perturbation = Some(p.game(model.background.is_some()));
-                MethodParams::TreeShap(p)
-            }
-            other => other,
-        }
-    }
-
-    /// The CAM layer, when the method uses one.
-    pub fn layer(&self) -> Option<&Option<String>> {
-        match self {
-            MethodParams::GradCam(p) | MethodParams::GradCamPlusPlus(p) => Some(&p.layer),
-            MethodParams::GuidedGradCam(p) => Some(&p.layer),
-            MethodParams::ScoreCam(p) => Some(&p.layer),
-            _ => None,
-        }
-    }
-}
-
 /// A validated explanation request: what the worker runs.
 #[derive(Debug, Clone)]
 pub struct ExplainJob {
@@ -300,8 +62,8 @@ pub struct ExplainJob {
     pub input: Tensor,
     /// Targets as requested.
     pub targets: Option<TargetSpec>,
-    /// Method and parameters.
-    pub params: MethodParams,
+    /// Method and parameters, validated against this model and the limits.
+    pub params: ValidParams,
     /// Seed of the random methods.
     pub seed: u64,
     /// Work limits.
@@ -454,6 +216,53 @@ impl Cx<'_> {
         })
     }
 
+    /// Streams `rows` rows shaped `like` (one row) through the backward model, `chunk` at a time,
+    /// without building them all:
+    /// `make(r, buffer)` writes row `r`'s input and returns the class it targets; `take(r, pass, i)`
+    /// reads row `r`, which is row `i` of the chunk's `pass`. Memory is one chunk, whatever `rows` is.
+    #[allow(clippy::too_many_arguments)] // the pass (layers, rules, row shape), its size, and two closures
+    pub fn gradient_stream(
+        &mut self,
+        layers: &[String],
+        rules: RuleSet,
+        like: &Tensor,
+        rows: usize,
+        chunk: usize,
+        mut make: impl FnMut(usize, &mut [f32]) -> usize,
+        mut take: impl FnMut(usize, &GradientPass, usize),
+    ) -> Result<(), RuntimeError> {
+        let model = self.model.clone();
+        let one = like.shape.clone();
+        let n = like.row_len();
+        let classes = model.spec.labels.len().max(1);
+        let chunk = chunk.clamp(1, self.max_batch().max(1));
+        let mut start = 0;
+        while start < rows {
+            let end = (start + chunk).min(rows);
+            let mut data = Vec::new();
+            data.try_reserve_exact((end - start) * n)
+                .map_err(|e| RuntimeError::Inference {
+                    model: model.name.clone(),
+                    message: format!("cannot reserve a batch: {e}"),
+                })?;
+            data.resize((end - start) * n, 0f32);
+            let mut indices = Vec::with_capacity(end - start);
+            for r in start..end {
+                let i = r - start;
+                indices.push(make(r, &mut data[i * n..(i + 1) * n]).min(classes - 1));
+            }
+            let mut shape = one.clone();
+            shape[0] = end - start;
+            let input = Tensor::f32(shape, data);
+            let pass = self.gradients(layers, rules, &input, &one_hot(&indices, classes), chunk)?;
+            for r in start..end {
+                take(r, &pass, r - start);
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
     fn count(&mut self, rows: usize) {
         self.job_ctx.advance(rows);
         self.rows += rows;
@@ -576,34 +385,10 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
         Some(s) => s.clone(),
         None => cx.forward(&job.input)?.to_f64(),
     };
+    // Indices and labels were checked at the edge; the top-k and top-1 need the scores.
     let targets = targets::resolve(job.targets.as_ref(), &job.model, &scores, job.limits.max_targets)?;
-    let needed = targets.len() * job.params.rows_per_target();
-    if needed > job.limits.max_samples {
-        return Err(crate::runtime::preprocess::InputError::BadFeatures(format!(
-            "this explanation needs {needed} model rows ({} per target x {} targets); the limit is {} (max_samples)",
-            job.params.rows_per_target(),
-            targets.len(),
-            job.limits.max_samples
-        ))
-        .into());
-    }
-    job_ctx.plan(1 + job.params.planned_rows(targets.len(), job.limits.max_samples));
-    let attributions = match &job.params {
-        MethodParams::Saliency(p) => saliency::explain(&mut cx, job, p, &targets)?,
-        MethodParams::GradientXInput(p) => gradient_x_input::explain(&mut cx, job, p, &targets)?,
-        MethodParams::IntegratedGradients(p) => integrated_gradients::explain(&mut cx, job, p, &targets, &scores)?,
-        MethodParams::Smoothgrad(p) => smoothgrad::explain(&mut cx, job, p, &targets)?,
-        MethodParams::GradCam(p) => grad_cam::explain(&mut cx, job, p, &targets, false)?,
-        MethodParams::GradCamPlusPlus(p) => grad_cam::explain(&mut cx, job, p, &targets, true)?,
-        MethodParams::GuidedBackprop(p) => guided::guided_backprop(&mut cx, job, p, &targets)?,
-        MethodParams::GuidedGradCam(p) => guided::guided_grad_cam(&mut cx, job, p, &targets)?,
-        MethodParams::Occlusion(p) => occlusion::explain(&mut cx, job, p, &targets, &scores)?,
-        MethodParams::Rise(p) => rise::explain(&mut cx, job, p, &targets)?,
-        MethodParams::ScoreCam(p) => score_cam::explain(&mut cx, job, p, &targets)?,
-        MethodParams::Lime(p) => lime::explain(&mut cx, job, p, &targets)?,
-        MethodParams::KernelShap(p) => kernel_shap::explain(&mut cx, job, p, &targets, &scores)?,
-        MethodParams::TreeShap(p) => tree_shap::explain(job, p, &targets, &scores)?,
-    };
+    job_ctx.plan(1 + job.params.cost().rows);
+    let attributions = job.params.explain(&mut cx, job, &targets, &scores)?;
     let target_scores = targets
         .iter()
         .map(|t| scores.get(t.index).copied().unwrap_or(f64::NAN))
@@ -650,8 +435,8 @@ impl Condition {
 pub struct PredictExplainTask {
     /// The prediction.
     pub predict: crate::runtime::predict::PredictTask,
-    /// Method, parameters, targets, seed and limits of the explanations.
-    pub params: MethodParams,
+    /// Method and parameters of the explanations, validated.
+    pub params: ValidParams,
     /// Targets to explain (default: top-1).
     pub targets: Option<TargetSpec>,
     /// Seed of random methods.

@@ -6,19 +6,23 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
+use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::perturb::{index, run_copies, Preset};
-use super::{Cx, ExplainJob, Limits, TargetAttribution};
+use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
-use crate::runtime::preprocess::InputError;
 use crate::runtime::{RuntimeError, Tensor};
 
 /// Occlusion parameters.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OcclusionParams {
-    /// Window side in input pixels; default from the preset (1/8 of the input, 1/4 fast, 1/16 quality).
+    /// Window side in input pixels, at most the input's side; default from the preset (1/8 of the
+    /// input, 1/4 fast, 1/16 quality).
+    #[schema(minimum = 1, maximum = 65536)]
     pub window: Option<usize>,
-    /// Step between windows; default half the window (the window itself for `fast`).
+    /// Step between windows, at most the input's side; default half the window (the window itself
+    /// for `fast`).
+    #[schema(minimum = 1, maximum = 65536)]
     pub stride: Option<usize>,
     /// What replaces the occluded pixels.
     #[schema(default = "black")]
@@ -58,12 +62,64 @@ impl OcclusionParams {
             .max(1);
         (window, stride)
     }
+}
 
-    pub(super) fn validate(&self, _: Limits) -> Result<(), String> {
-        if self.window == Some(0) || self.stride == Some(0) {
-            return Err("params.window and params.stride must be at least 1".into());
+/// Occlusion.
+pub struct Occlusion;
+
+impl Method for Occlusion {
+    type Params = OcclusionParams;
+    const NAME: &'static str = "occlusion";
+    const SUMMARY: &'static str = "Score drop as a window hides each part of the image (Zeiler and Fergus 2014)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Forward,
+        inputs: Inputs::Image,
+        layer: false,
+        random: false,
+    };
+
+    fn plan(p: &mut OcclusionParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        let Some(spec) = cx.model.spec.image.as_ref() else {
+            return Err(Invalid::Model("occlusion explains image models".into()));
+        };
+        let side = spec.height.min(spec.width).max(1);
+        for (name, value) in [("window", p.window), ("stride", p.stride)] {
+            if let Some(v) = value {
+                check_range(name, v, 1, side)?;
+            }
         }
-        Ok(())
+        let (window, stride) = p.resolved(side);
+        let windows = positions(spec.height, window, stride)
+            .len()
+            .saturating_mul(positions(spec.width, window, stride).len());
+        if windows > cx.limits.max_samples {
+            return Err(Invalid::Model(format!(
+                "{windows} windows; the limit is {} model rows (max_samples): use a larger window or stride",
+                cx.limits.max_samples
+            )));
+        }
+        // Echo what runs.
+        p.window = Some(window);
+        p.stride = Some(stride);
+        Ok(Cost {
+            samples: windows,
+            rows: windows,
+            bytes: cx
+                .batch_bytes(cx.limits.max_batch, false)
+                .saturating_add(bytes(windows, 8).saturating_mul(cx.classes() as u64))
+                .saturating_add(bytes(cx.pixels(), 12).saturating_mul(cx.targets as u64))
+                .saturating_add(cx.answer_bytes()),
+        })
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &OcclusionParams,
+        targets: &[Prediction],
+        scores: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        explain(cx, job, p, targets, scores)
     }
 }
 
@@ -76,7 +132,7 @@ fn positions(side: usize, window: usize, stride: usize) -> Vec<usize> {
     p
 }
 
-pub(super) fn explain(
+fn explain(
     cx: &mut Cx,
     job: &ExplainJob,
     p: &OcclusionParams,
@@ -88,14 +144,6 @@ pub(super) fn explain(
     let (window, stride) = p.resolved(h.min(w));
     let (ys, xs) = (positions(h, window, stride), positions(w, window, stride));
     let windows: Vec<(usize, usize)> = ys.iter().flat_map(|&y| xs.iter().map(move |&x| (y, x))).collect();
-    if windows.len() > job.limits.max_samples {
-        return Err(InputError::BadFeatures(format!(
-            "{} windows; the limit is {} model rows (max_samples): use a larger window or stride",
-            windows.len(),
-            job.limits.max_samples
-        ))
-        .into());
-    }
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let baseline = baselines::build(p.baseline, &job.input, Some(spec), job.seed);
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
+use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::perturb::{index, run_copies, Preset};
-use super::{Cx, ExplainJob, Limits, TargetAttribution};
+use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
 
@@ -17,12 +18,13 @@ use crate::runtime::{RuntimeError, Tensor};
 #[serde(deny_unknown_fields, default)]
 pub struct RiseParams {
     /// Number of masks; default from the preset (500 fast, 2000 balanced, 4000 quality: the paper's).
+    #[schema(minimum = 1, maximum = 4096)]
     pub masks: Option<usize>,
-    /// Side of the low-resolution mask grid.
-    #[schema(default = 7, minimum = 2)]
+    /// Side of the low-resolution mask grid, at most the input's side.
+    #[schema(default = 7, minimum = 2, maximum = 65536)]
     pub cell_size: usize,
-    /// Probability that a grid cell is kept.
-    #[schema(default = 0.5)]
+    /// Probability that a grid cell is kept, strictly between 0 and 1.
+    #[schema(default = 0.5, exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub p: f32,
     /// Trade-off between passes and noise.
     #[schema(default = "balanced")]
@@ -48,22 +50,59 @@ impl RiseParams {
             Preset::Quality => 4000,
         })
     }
+}
 
-    pub(super) fn validate(&self, limits: Limits) -> Result<(), String> {
-        if self.cell_size < 2 {
-            return Err("params.cell_size must be at least 2".into());
+/// RISE.
+pub struct Rise;
+
+impl Method for Rise {
+    type Params = RiseParams;
+    const NAME: &'static str = "rise";
+    const SUMMARY: &'static str = "Scores of randomly masked copies, averaged per pixel (Petsiuk et al. 2018)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Forward,
+        inputs: Inputs::Image,
+        layer: false,
+        random: true,
+    };
+
+    fn plan(p: &mut RiseParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        let Some(spec) = cx.model.spec.image.as_ref() else {
+            return Err(Invalid::Model("RISE explains image models".into()));
+        };
+        let side = spec.height.min(spec.width).max(2);
+        check_range("cell_size", p.cell_size, 2, side)?;
+        if !(p.p > 0.0 && p.p < 1.0) {
+            return Err(Invalid::Request("params.p must be strictly between 0 and 1".into()));
         }
-        if !(self.p > 0.0 && self.p < 1.0) {
-            return Err("params.p must be strictly between 0 and 1".into());
-        }
-        let masks = self.mask_count();
-        if masks == 0 || masks > limits.max_samples {
-            return Err(format!(
-                "params.masks must be between 1 and {} (max_samples)",
-                limits.max_samples
-            ));
-        }
-        Ok(())
+        let masks = p.mask_count();
+        check_range("masks", masks, 1, cx.limits.max_samples)?;
+        p.masks = Some(masks);
+        // Masks are drawn per batch, so one batch of them is held, with each target's sums.
+        let batch = masks.min(cx.limits.max_batch);
+        let upsampled = (p.cell_size + 1)
+            .saturating_mul(spec.height.div_ceil(p.cell_size))
+            .saturating_mul((p.cell_size + 1).saturating_mul(spec.width.div_ceil(p.cell_size)));
+        Ok(Cost {
+            samples: masks,
+            rows: masks,
+            bytes: cx
+                .batch_bytes(batch, false)
+                .saturating_add(bytes(batch, 4).saturating_mul(cx.pixels() as u64))
+                .saturating_add(bytes(upsampled, 4))
+                .saturating_add(bytes(cx.pixels(), 8).saturating_mul(cx.targets as u64))
+                .saturating_add(cx.answer_bytes()),
+        })
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &RiseParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        explain(cx, job, p, targets)
     }
 }
 
@@ -87,7 +126,7 @@ fn mask(rng: &mut rand_chacha::ChaCha8Rng, s: usize, p: f32, h: usize, w: usize)
     out
 }
 
-pub(super) fn explain(
+fn explain(
     cx: &mut Cx,
     job: &ExplainJob,
     p: &RiseParams,
@@ -97,32 +136,42 @@ pub(super) fn explain(
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let count = p.mask_count();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
-    let masks: Vec<Vec<f32>> = (0..count).map(|_| mask(&mut rng, p.cell_size, p.p, h, w)).collect();
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let baseline = baselines::build(Baseline::Black, &job.input, Some(spec), job.seed);
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
-    let outputs = run_copies(cx, &job.input, count, |r, buf| {
-        let m = &masks[r];
-        for ch in 0..c {
-            for y in 0..h {
-                for xx in 0..w {
-                    let i = index(spec, ch, y, xx);
-                    let keep = m[y * w + xx];
-                    buf[i] = b[i] + keep * (x[i] - b[i]);
+    let mut sals = vec![vec![0f64; h * w]; targets.len()];
+    // Masks are drawn one batch at a time (in the same order, so a seed gives the same masks).
+    let batch = cx.max_batch().max(1);
+    let mut start = 0;
+    while start < count {
+        let end = (start + batch).min(count);
+        let masks: Vec<Vec<f32>> = (start..end).map(|_| mask(&mut rng, p.cell_size, p.p, h, w)).collect();
+        let outputs = run_copies(cx, &job.input, end - start, |r, buf| {
+            let m = &masks[r];
+            for ch in 0..c {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let i = index(spec, ch, y, xx);
+                        let keep = m[y * w + xx];
+                        buf[i] = b[i] + keep * (x[i] - b[i]);
+                    }
+                }
+            }
+        })?;
+        for (r, m) in masks.iter().enumerate() {
+            // RISE weighs masks by the class probability.
+            let weighed = job.weighed_scores(&outputs[r]);
+            for (sal, t) in sals.iter_mut().zip(targets) {
+                let score = weighed[t.index];
+                for (s, v) in sal.iter_mut().zip(m) {
+                    *s += score * *v as f64;
                 }
             }
         }
-    })?;
+        start = end;
+    }
     let mut out = Vec::new();
-    for t in targets {
-        let mut sal = vec![0f64; h * w];
-        for (r, m) in masks.iter().enumerate() {
-            // RISE weighs masks by the class probability.
-            let score = job.weighed_scores(&outputs[r])[t.index];
-            for (s, v) in sal.iter_mut().zip(m) {
-                *s += score * *v as f64;
-            }
-        }
+    for (t, sal) in targets.iter().zip(sals) {
         let norm = count as f64 * p.p as f64;
         let map = Tensor::f32(vec![h, w], sal.iter().map(|v| (v / norm) as f32).collect());
         out.push(TargetAttribution::from_map(t, map, None, None));

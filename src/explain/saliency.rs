@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::method::{Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::{input_gradients, per_target, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
@@ -24,19 +25,50 @@ impl Default for SaliencyParams {
     }
 }
 
-pub(super) fn explain(
-    cx: &mut Cx,
-    job: &ExplainJob,
-    p: &SaliencyParams,
-    targets: &[Prediction],
-) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let grads = input_gradients(cx, job, targets, RuleSet::Standard)?;
-    let (grads, fold) = if p.abs {
-        (abs(&grads), Fold::MaxAbs)
-    } else {
-        (grads, Fold::Sum)
+/// Saliency.
+pub struct Saliency;
+
+impl Method for Saliency {
+    type Params = SaliencyParams;
+    const NAME: &'static str = "saliency";
+    const SUMMARY: &'static str = "Gradient of the target w.r.t. the input (Simonyan et al. 2014)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Gradients,
+        inputs: Inputs::Any,
+        layer: false,
+        random: false,
     };
-    Ok(per_target(job, targets, &grads, fold))
+
+    fn plan(_: &mut SaliencyParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        Ok(one_gradient_per_target(cx))
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &SaliencyParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        let grads = input_gradients(cx, job, targets, RuleSet::Standard)?;
+        let (grads, fold) = if p.abs {
+            (abs(&grads), Fold::MaxAbs)
+        } else {
+            (grads, Fold::Sum)
+        };
+        Ok(per_target(job, targets, &grads, fold))
+    }
+}
+
+/// The cost of one input-gradient row per target: the rows, their gradients, the answer.
+pub(super) fn one_gradient_per_target(cx: &PlanContext) -> Cost {
+    Cost {
+        samples: cx.targets,
+        rows: cx.targets,
+        bytes: super::method::bytes(cx.input_len(), 4)
+            .saturating_mul(2 * cx.targets as u64)
+            .saturating_add(cx.answer_bytes()),
+    }
 }
 
 /// Elementwise absolute value.

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
-use super::grad_cam::{resolve_layer, upsample};
+use super::grad_cam::{plan_layer, planned_layer, upsample};
+use super::method::{bytes, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::perturb::{index, run_copies};
 use super::{one_hot, Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
@@ -22,14 +23,60 @@ pub struct ScoreCamParams {
     pub layer: Option<String>,
 }
 
-pub(super) fn explain(
+/// Score-CAM.
+pub struct ScoreCam;
+
+impl Method for ScoreCam {
+    type Params = ScoreCamParams;
+    const NAME: &'static str = "score-cam";
+    const SUMMARY: &'static str =
+        "A layer's activation maps as masks, weighted by the score each keeps (Wang et al. 2020)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Gradients,
+        inputs: Inputs::Image,
+        layer: true,
+        random: false,
+    };
+
+    fn plan(p: &mut ScoreCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        let channels = plan_layer(&mut p.layer, cx)?;
+        if channels > cx.limits.max_samples {
+            return Err(Invalid::Model(format!(
+                "layer `{}` has {channels} channels; the limit is {} model rows (max_samples)",
+                p.layer.as_deref().unwrap_or(""),
+                cx.limits.max_samples
+            )));
+        }
+        // One mask per channel at input resolution, the layer's activations, one batch.
+        Ok(Cost {
+            samples: channels + 1,
+            rows: channels + 2,
+            bytes: bytes(channels, 8)
+                .saturating_mul(cx.pixels() as u64)
+                .saturating_add(cx.batch_bytes(cx.limits.max_batch, false))
+                .saturating_add(cx.answer_bytes()),
+        })
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &ScoreCamParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        explain(cx, job, p, targets)
+    }
+}
+
+fn explain(
     cx: &mut Cx,
     job: &ExplainJob,
     p: &ScoreCamParams,
     targets: &[Prediction],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
     let spec = job.image_spec("Score-CAM")?;
-    let layer = resolve_layer(job, &p.layer)?;
+    let layer = planned_layer(job, &p.layer)?;
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let classes = job.model.spec.labels.len().max(1);
     // The layer's activations (the backward model exposes them; its gradient is not used).

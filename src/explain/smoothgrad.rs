@@ -9,7 +9,8 @@ use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
 use super::integrated_gradients::{quadrature, Integration};
-use super::{fold_channels, one_hot, row, Cx, ExplainJob, Fold, Limits, TargetAttribution};
+use super::method::{bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::{fold_channels, row, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
@@ -41,10 +42,10 @@ pub enum SmoothGradBase {
 #[serde(deny_unknown_fields, default)]
 pub struct SmoothGradParams {
     /// Noisy copies of the input.
-    #[schema(default = 50, minimum = 1)]
+    #[schema(default = 50, minimum = 1, maximum = 4096)]
     pub samples: usize,
     /// Noise standard deviation as a fraction of the input's range (max - min).
-    #[schema(default = 0.15, minimum = 0.0)]
+    #[schema(default = 0.15, minimum = 0.0, maximum = 10.0)]
     pub noise_level: f32,
     /// How the copies' attributions are combined.
     #[schema(default = "smoothgrad")]
@@ -56,7 +57,7 @@ pub struct SmoothGradParams {
     #[schema(default = true)]
     pub abs: bool,
     /// Integrated Gradients base: points per path (each copy costs this many rows).
-    #[schema(default = 20, minimum = 2)]
+    #[schema(default = 20, minimum = 2, maximum = 4096)]
     pub steps: usize,
 }
 
@@ -74,35 +75,63 @@ impl Default for SmoothGradParams {
 }
 
 impl SmoothGradParams {
-    pub(super) fn rows(&self) -> usize {
+    /// Points per noisy copy: 1 for saliency, `steps` for Integrated Gradients.
+    fn points(&self) -> usize {
         match self.base {
-            SmoothGradBase::Saliency => self.samples,
-            SmoothGradBase::IntegratedGradients => self.samples * self.steps,
+            SmoothGradBase::Saliency => 1,
+            SmoothGradBase::IntegratedGradients => self.steps,
         }
-    }
-
-    pub(super) fn validate(&self, limits: Limits) -> Result<(), String> {
-        if self.samples == 0 {
-            return Err("params.samples must be at least 1".into());
-        }
-        if !(self.noise_level.is_finite() && self.noise_level >= 0.0) {
-            return Err("params.noise_level must be a non-negative number".into());
-        }
-        if self.base == SmoothGradBase::IntegratedGradients && self.steps < 2 {
-            return Err("params.steps must be at least 2".into());
-        }
-        if self.rows() > limits.max_samples {
-            return Err(format!(
-                "params ask for {} model rows per target; the limit is {} (max_samples)",
-                self.rows(),
-                limits.max_samples
-            ));
-        }
-        Ok(())
     }
 }
 
-pub(super) fn explain(
+/// SmoothGrad.
+pub struct SmoothGrad;
+
+impl Method for SmoothGrad {
+    type Params = SmoothGradParams;
+    const NAME: &'static str = "smoothgrad";
+    const SUMMARY: &'static str = "Attributions averaged over noisy copies of the input (Smilkov et al. 2017)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Gradients,
+        inputs: Inputs::Any,
+        layer: false,
+        random: true,
+    };
+
+    fn plan(p: &mut SmoothGradParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        let limit = cx.limits.max_samples;
+        check_range("samples", p.samples, 1, limit)?;
+        if !p.noise_level.is_finite() {
+            return Err(Invalid::Request("params.noise_level must be a finite number".into()));
+        }
+        check_range("noise_level", p.noise_level, 0.0, 10.0)?;
+        check_range("steps", p.steps, 2, limit)?;
+        let per_target = mul(p.samples, p.points(), "samples x steps")?;
+        let samples = mul(per_target, cx.targets, "samples x steps x targets")?;
+        Ok(Cost {
+            samples,
+            rows: samples,
+            // The noisy copies (shared by the targets), one batch at a time, per-target sums.
+            bytes: bytes(p.samples, 4)
+                .saturating_mul(cx.input_len() as u64)
+                .saturating_add(cx.batch_bytes(cx.limits.max_batch, true))
+                .saturating_add(bytes(cx.input_len(), 16).saturating_mul(cx.targets as u64))
+                .saturating_add(cx.answer_bytes()),
+        })
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &SmoothGradParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        explain(cx, job, p, targets)
+    }
+}
+
+fn explain(
     cx: &mut Cx,
     job: &ExplainJob,
     p: &SmoothGradParams,
@@ -128,67 +157,72 @@ pub(super) fn explain(
         })
         .collect();
     let spec = job.model.spec.image.as_ref();
-    let classes = job.model.spec.labels.len().max(1);
     let points = match p.base {
         SmoothGradBase::Saliency => vec![(1.0, 1.0)],
         SmoothGradBase::IntegratedGradients => quadrature(Integration::GaussLegendre, p.steps),
     };
     let baseline = baselines::build(Baseline::Black, &job.input, spec, job.seed);
     let b = baseline.as_f32().unwrap_or(&[]);
-    let mut out = Vec::new();
-    for t in targets {
-        let mut data = Vec::with_capacity(p.samples * points.len() * n);
-        for copy in &noisy {
-            for (alpha, _) in &points {
-                let a = *alpha as f32;
-                match p.base {
-                    SmoothGradBase::Saliency => data.extend_from_slice(copy),
-                    SmoothGradBase::IntegratedGradients => {
-                        data.extend(b.iter().zip(copy).map(|(b, x)| b + a * (x - b)))
+    // Rows (target, copy, point) stream through in batches. A copy's value is complete after its
+    // last point: Integrated Gradients sums its points first, so a scratch sum per target is kept.
+    let per_target = p.samples * points.len();
+    let mut sum = vec![vec![0f64; n]; targets.len()];
+    let mut sum_sq = vec![vec![0f64; n]; targets.len()];
+    let mut path = vec![vec![0f64; n]; targets.len()];
+    cx.gradient_stream(
+        &[],
+        RuleSet::Standard,
+        &job.input,
+        targets.len() * per_target,
+        usize::MAX,
+        |r, buf| {
+            let (ti, s, k) = (r / per_target, (r % per_target) / points.len(), r % points.len());
+            let copy = &noisy[s];
+            match p.base {
+                SmoothGradBase::Saliency => buf.copy_from_slice(copy),
+                SmoothGradBase::IntegratedGradients => {
+                    let a = points[k].0 as f32;
+                    for ((o, b), x) in buf.iter_mut().zip(b).zip(copy) {
+                        *o = b + a * (x - b);
                     }
                 }
             }
-        }
-        let rows = p.samples * points.len();
-        let mut shape = job.input.shape.clone();
-        shape[0] = rows;
-        let batch = Tensor::f32(shape, data);
-        let grads = cx
-            .gradients(
-                &[],
-                RuleSet::Standard,
-                &batch,
-                &one_hot(&vec![t.index; rows], classes),
-                cx.max_batch(),
-            )?
-            .input_grad;
-        let grads = grads.as_f32().unwrap_or(&[]);
-        let mut sum = vec![0f64; n];
-        let mut sum_sq = vec![0f64; n];
-        for (s, copy) in noisy.iter().enumerate() {
-            for i in 0..n {
-                let v = match p.base {
-                    SmoothGradBase::Saliency => {
-                        let g = grads[s * n + i] as f64;
-                        if p.abs {
-                            g.abs()
-                        } else {
-                            g
+            targets[ti].index
+        },
+        |r, pass, i| {
+            let (ti, s, k) = (r / per_target, (r % per_target) / points.len(), r % points.len());
+            let g = &pass.input_grad.as_f32().unwrap_or(&[])[i * n..(i + 1) * n];
+            let add = |sum: &mut [f64], sum_sq: &mut [f64], j: usize, v: f64| {
+                sum[j] += v;
+                sum_sq[j] += v * v;
+            };
+            match p.base {
+                SmoothGradBase::Saliency => {
+                    for (j, g) in g.iter().enumerate() {
+                        let g = *g as f64;
+                        add(&mut sum[ti], &mut sum_sq[ti], j, if p.abs { g.abs() } else { g });
+                    }
+                }
+                SmoothGradBase::IntegratedGradients => {
+                    let w = points[k].1;
+                    for (acc, g) in path[ti].iter_mut().zip(g) {
+                        *acc += w * *g as f64;
+                    }
+                    if k + 1 == points.len() {
+                        let copy = &noisy[s];
+                        for j in 0..n {
+                            let v = path[ti][j] * (copy[j] - b[j]) as f64;
+                            add(&mut sum[ti], &mut sum_sq[ti], j, v);
+                            path[ti][j] = 0.0;
                         }
                     }
-                    SmoothGradBase::IntegratedGradients => {
-                        let avg: f64 = points
-                            .iter()
-                            .enumerate()
-                            .map(|(k, (_, w))| w * grads[(s * points.len() + k) * n + i] as f64)
-                            .sum();
-                        avg * (copy[i] - b[i]) as f64
-                    }
-                };
-                sum[i] += v;
-                sum_sq[i] += v * v;
+                }
             }
-        }
+        },
+    )?;
+    let mut out = Vec::new();
+    for (ti, t) in targets.iter().enumerate() {
+        let (sum, sum_sq) = (&sum[ti], &sum_sq[ti]);
         let m = p.samples as f64;
         let combined: Vec<f32> = (0..n)
             .map(|i| {

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::method::Invalid;
 use crate::runtime::predict::{rank, Prediction};
 use crate::runtime::preprocess::InputError;
 use crate::runtime::LoadedModel;
@@ -90,4 +91,53 @@ pub fn resolve(
         )));
     }
     Ok(targets)
+}
+
+/// Checks targets before any work: list and top-k lengths within `max_targets`, indices within the
+/// model's classes, labels it has. Returns how many targets the request explains.
+pub fn check(spec: Option<&TargetSpec>, model: &LoadedModel, max_targets: usize) -> Result<usize, Invalid> {
+    let labels = &model.spec.labels;
+    let check_ref = |r: &TargetRef| match r {
+        TargetRef::Index(i) if !labels.is_empty() && *i >= labels.len() => Err(Invalid::Model(format!(
+            "target {i} is out of range: the model has {} outputs",
+            labels.len()
+        ))),
+        TargetRef::Label(l) if !labels.contains(l) => Err(Invalid::Model(format!(
+            "no class labelled `{l}`; GET /v1/models/{} lists the labels",
+            model.name
+        ))),
+        _ => Ok(()),
+    };
+    let count = match spec {
+        None => 1,
+        Some(TargetSpec::TopK { top_k: 0 }) => return Err(Invalid::Request("top_k must be at least 1".into())),
+        Some(TargetSpec::TopK { top_k }) => {
+            if !labels.is_empty() && *top_k > labels.len() {
+                return Err(Invalid::Model(format!(
+                    "top_k {top_k}: the model has {} outputs",
+                    labels.len()
+                )));
+            }
+            *top_k
+        }
+        Some(TargetSpec::One(r)) => {
+            check_ref(r)?;
+            1
+        }
+        Some(TargetSpec::Many(list)) => {
+            if list.is_empty() {
+                return Err(Invalid::Request("the target list is empty".into()));
+            }
+            if list.len() <= max_targets {
+                list.iter().try_for_each(check_ref)?;
+            }
+            list.len()
+        }
+    };
+    if count > max_targets {
+        return Err(Invalid::Model(format!(
+            "{count} targets; at most {max_targets} per request (max_targets)"
+        )));
+    }
+    Ok(count)
 }

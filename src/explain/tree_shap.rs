@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::background::{self, Background};
-use super::{ExplainJob, TargetAttribution};
+use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::{Cx, ExplainJob, TargetAttribution};
 use crate::onnx::trees::{Forest, Tree};
 use crate::runtime::predict::Prediction;
 use crate::runtime::preprocess::InputError;
@@ -37,7 +38,7 @@ pub struct TreeShapParams {
     /// Default: `interventional` when the model has background data, else `tree_path_dependent`.
     pub feature_perturbation: Option<FeaturePerturbation>,
     /// Background rows (k-means summary beyond this; shap warns above 100).
-    #[schema(default = 100, minimum = 1)]
+    #[schema(default = 100, minimum = 1, maximum = 1000)]
     pub background_rows: usize,
 }
 
@@ -59,12 +60,51 @@ impl TreeShapParams {
             FeaturePerturbation::TreePathDependent
         })
     }
+}
 
-    pub(super) fn validate(&self) -> Result<(), String> {
-        if self.background_rows == 0 || self.background_rows > 1000 {
-            return Err("params.background_rows must be between 1 and 1000".into());
-        }
-        Ok(())
+/// TreeSHAP.
+pub struct TreeShap;
+
+impl Method for TreeShap {
+    type Params = TreeShapParams;
+    const NAME: &'static str = "tree-shap";
+    const SUMMARY: &'static str = "Exact Shapley values of ONNX-ML tree ensembles (Lundberg et al. 2020)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::None,
+        inputs: Inputs::Tabular,
+        layer: false,
+        random: false,
+    };
+
+    fn plan(p: &mut TreeShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        check_range("background_rows", p.background_rows, 1, 1000)?;
+        let model = cx.model;
+        // Decoded once per model (at start), so this is a lookup.
+        let forest = model
+            .forest()
+            .map_err(|why| Invalid::Unsupported(format!("tree-shap cannot explain model `{}`: {why}", model.name)))?;
+        p.feature_perturbation = Some(p.game(model.background.is_some()));
+        let nodes: usize = forest.trees.iter().map(|t| t.nodes.len()).sum();
+        let background = model.background.as_ref().map_or(0, |rows| rows.len());
+        Ok(Cost {
+            samples: 0,
+            rows: 0,
+            bytes: bytes(background.saturating_add(p.background_rows), 4)
+                .saturating_mul(cx.input_len() as u64)
+                .saturating_add(bytes(nodes, 64))
+                .saturating_add(bytes(cx.input_len(), 8).saturating_mul(cx.classes() as u64))
+                .saturating_add(cx.answer_bytes()),
+        })
+    }
+
+    fn explain(
+        _: &mut Cx,
+        job: &ExplainJob,
+        p: &TreeShapParams,
+        targets: &[Prediction],
+        scores: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        explain(job, p, targets, scores)
     }
 }
 
@@ -74,7 +114,7 @@ pub struct Values {
     pub base: Vec<f64>,
 }
 
-pub(super) fn explain(
+fn explain(
     job: &ExplainJob,
     p: &TreeShapParams,
     targets: &[Prediction],

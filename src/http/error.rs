@@ -29,13 +29,14 @@ pub enum ProblemKind {
     MethodNotAllowed,
     Overloaded,
     DeadlineExceeded,
+    RequestTimeout,
     ShuttingDown,
     Internal,
 }
 
 impl ProblemKind {
     /// Every kind, for documentation.
-    pub const ALL: [ProblemKind; 19] = [
+    pub const ALL: [ProblemKind; 20] = [
         Self::MalformedJson,
         Self::InvalidRequest,
         Self::InvalidInput,
@@ -53,6 +54,7 @@ impl ProblemKind {
         Self::MethodNotAllowed,
         Self::Overloaded,
         Self::DeadlineExceeded,
+        Self::RequestTimeout,
         Self::ShuttingDown,
         Self::Internal,
     ];
@@ -77,6 +79,7 @@ impl ProblemKind {
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Overloaded => "overloaded",
             Self::DeadlineExceeded => "deadline-exceeded",
+            Self::RequestTimeout => "request-timeout",
             Self::ShuttingDown => "shutting-down",
             Self::Internal => "internal",
         }
@@ -95,6 +98,7 @@ impl ProblemKind {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Overloaded | Self::ShuttingDown | Self::AuditFailed => StatusCode::SERVICE_UNAVAILABLE,
             Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,6 +123,7 @@ impl ProblemKind {
             Self::MethodNotAllowed => "Method not allowed on this resource",
             Self::Overloaded => "The service is at capacity",
             Self::DeadlineExceeded => "The job did not finish in time",
+            Self::RequestTimeout => "The request body did not arrive in time",
             Self::ShuttingDown => "The service is shutting down",
             Self::Internal => "Internal error",
         }
@@ -216,6 +221,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        // A body that stalled, or one refused unread, leaves the connection in an unknown state.
+        if matches!(self.kind, ProblemKind::RequestTimeout | ProblemKind::PayloadTooLarge) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if self.kind == ProblemKind::Unauthorized {
             response
                 .headers_mut()
@@ -256,16 +267,30 @@ impl From<RuntimeError> for ApiError {
     }
 }
 
-/// Converts an executor error; `retry_after` is the configured hint for 503s.
-pub fn from_exec(e: ExecError, retry_after: u64) -> ApiError {
-    match e {
-        e @ ExecError::Overloaded { .. } => {
-            ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(retry_after)
+impl From<ExecError> for ApiError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Overloaded { retry_after_secs, .. } => {
+                ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(retry_after_secs)
+            }
+            e @ ExecError::DeadlineExceeded(_) => ApiError::new(ProblemKind::DeadlineExceeded, e.to_string()),
+            e @ ExecError::ShuttingDown => ApiError::new(ProblemKind::ShuttingDown, e.to_string()).retry_after(1),
+            e @ ExecError::Panicked(_) => ApiError::internal(e),
+            ExecError::Runtime(e) => e.into(),
         }
-        e @ ExecError::DeadlineExceeded(_) => ApiError::new(ProblemKind::DeadlineExceeded, e.to_string()),
-        e @ ExecError::ShuttingDown => ApiError::new(ProblemKind::ShuttingDown, e.to_string()).retry_after(retry_after),
-        e @ ExecError::Panicked(_) => ApiError::internal(e),
-        ExecError::Runtime(e) => e.into(),
+    }
+}
+
+impl From<crate::explain::Invalid> for ApiError {
+    fn from(e: crate::explain::Invalid) -> Self {
+        use crate::explain::Invalid;
+        let kind = match &e {
+            Invalid::Request(_) => ProblemKind::InvalidRequest,
+            Invalid::Model(_) => ProblemKind::InvalidInput,
+            Invalid::Unsupported(_) => ProblemKind::UnsupportedModel,
+            Invalid::NotDifferentiable(_) => ProblemKind::NotDifferentiable,
+        };
+        ApiError::new(kind, e.to_string())
     }
 }
 

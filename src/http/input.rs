@@ -64,6 +64,27 @@ pub struct ReceivedBody {
     pub bytes: Bytes,
 }
 
+/// Reads the whole body under the config's size limit and read deadline: a body that stalls is
+/// refused with 408 (and its connection closed), so a slow client holds no queue slot.
+pub async fn receive(
+    config: &crate::config::Config,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ReceivedBody, ApiError> {
+    let deadline = std::time::Duration::from_millis(config.body_read_timeout_ms);
+    tokio::time::timeout(deadline, read_body(headers, body, config.max_body_bytes))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ProblemKind::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} ms (body_read_timeout_ms)",
+                    config.body_read_timeout_ms
+                ),
+            )
+        })?
+}
+
 /// Reads the whole body, refusing it once it passes `limit` bytes.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<ReceivedBody, ApiError> {
     let content_type = headers

@@ -17,12 +17,12 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::{audit_context, Caller};
-use super::error::{from_exec, model_not_found, ApiError, ProblemKind};
+use super::error::{ApiError, ProblemKind};
 use super::explain::{self, ExplainRequest, Format};
-use super::input;
-use super::AppState;
+use super::input::{self, RawInput};
+use super::{prepare, AppState};
 use crate::executor::board::{JobState, JobView};
-use crate::explain::{ExplainTask, Method};
+use crate::explain::ExplainTask;
 
 /// A job: the explain request's fields plus the model and the method.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -30,12 +30,28 @@ pub struct JobRequest {
     /// Model name.
     pub model: String,
     /// Method (`kernel-shap`, `rise`, `smoothgrad`, ...).
-    pub method: Method,
+    pub method: String,
     /// The explain request (`image` or `features`, `target`, `params`, `seed`, `include`, `render`,
     /// `audit`), as for `POST /v1/models/{model}/explain/{method}`; the answer is JSON.
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub request: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A job body: the job, its explain request, and the input.
+fn parse_job(bytes: &[u8]) -> Result<(JobRequest, ExplainRequest, RawInput), ApiError> {
+    let mut job: JobRequest = input::parse_json(bytes)?;
+    let request = std::mem::take(&mut job.request);
+    let mut request: ExplainRequest = serde_json::from_value(serde_json::Value::Object(request))
+        .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, format!("job request: {e}")))?;
+    if request.format == Some(Format::Png) {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            "jobs answer JSON; ask for `include: [\"overlay\"]` to get the picture in it",
+        ));
+    }
+    let raw = input::one_input(request.image.take(), request.features.take(), "a job")?;
+    Ok((job, request, raw))
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -59,44 +75,31 @@ pub async fn submit(
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let retry_after = state.config.retry_after_secs;
-    let admission = state.executor.admit().map_err(|e| from_exec(e, retry_after))?;
-    let received = input::read_body(&headers, body, state.config.max_body_bytes).await?;
-    let job: JobRequest = input::parse_json(&received.bytes)?;
-    let mut request: ExplainRequest = serde_json::from_value(serde_json::Value::Object(job.request))
-        .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, format!("job request: {e}")))?;
-    if request.format == Some(Format::Png) {
-        return Err(ApiError::new(
-            ProblemKind::InvalidRequest,
-            "jobs answer JSON; ask for `include: [\"overlay\"]` to get the picture in it",
-        ));
-    }
-    let model = state
-        .registry
-        .get(&job.model)
-        .cloned()
-        .ok_or_else(|| model_not_found(&job.model))?;
-    explain::check_applicable(&model, job.method)?;
-    let raw = input::one_input(request.image.take(), request.features.take(), "a job")?;
-    let mut planned = explain::plan(&state, model.clone(), job.method, raw, &request).await?;
-    let (id, control) = state
-        .jobs
-        .create(&model.name, job.method.name())
-        .map_err(|e| ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(retry_after))?;
+    state.refuse_when_full()?;
+    let received = input::receive(&state.config, &headers, body).await?;
+    let (job, mut request, raw) = tokio::task::spawn_blocking(move || parse_job(&received.bytes))
+        .await
+        .map_err(ApiError::internal)??;
+    let model = state.model(&job.model)?;
+    let valid = explain::validate(&state, &model, &job.method, request.options(), 1)?;
+    let evidence = explain::audit_evidence(&state, &model, &raw, request.audit.take().unwrap_or(false)).await?;
+    let admission = state.executor.admit()?;
+    let prepared = prepare::prepare_all(&model, vec![raw], state.config.max_image_pixels).await?;
+    let explain_job = valid.job(prepare::batch(&prepared)?, None);
+    let (id, control) = state.jobs.create(&model.name, valid.params.method()).map_err(|e| {
+        ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(state.config.retry_after_secs)
+    })?;
     let ctx = audit_context(&headers, caller);
     let task_state = state.clone();
     let task_id = id.clone();
     tokio::spawn(async move {
         let state = task_state;
-        let outcome = admission
-            .run_controlled(ExplainTask(planned.job.clone()), control)
-            .await;
+        let outcome = admission.run_controlled(ExplainTask(explain_job), control).await;
         let finished = match outcome {
             Ok(result) => {
                 let max_map_pixels = state.config.max_map_pixels;
-                let evidence = planned.audit.take();
                 let built = tokio::task::spawn_blocking(move || {
-                    explain::build_answer(&planned, result, false, max_map_pixels, started)
+                    explain::build_answer(&valid, &prepared[0], result, false, max_map_pixels, started)
                 })
                 .await;
                 match built {
@@ -118,7 +121,7 @@ pub async fn submit(
                     Err(e) => Err(ApiError::internal(e).problem()),
                 }
             }
-            Err(e) => Err(from_exec(e, retry_after).problem()),
+            Err(e) => Err(ApiError::from(e).problem()),
         };
         let finished = finished.map_err(|p| serde_json::to_value(p).unwrap_or_default());
         state.jobs.finish(&task_id, finished);

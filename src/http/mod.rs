@@ -8,22 +8,27 @@ mod explain;
 mod health;
 pub mod input;
 mod jobs;
+pub mod limit;
 mod models;
 pub mod openapi;
 mod page;
 mod predict;
+pub mod prepare;
 mod problems;
 mod router;
 
 use std::sync::Arc;
 
+pub use explain::{ExplainOptions, ValidExplain};
 pub use router::router;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::executor::board::JobBoard;
 use crate::executor::Executor;
+use crate::explain::{AnyMethod, Methods};
 use crate::runtime::gradients::GradientCache;
+use crate::runtime::LoadedModel;
 use crate::runtime::Registry;
 use crate::telemetry::Metrics;
 
@@ -43,4 +48,44 @@ pub struct AppState {
     pub audit: Arc<AuditLog>,
     /// Asynchronous jobs.
     pub jobs: Arc<JobBoard>,
+    /// The explanation methods served.
+    pub methods: Arc<Methods>,
+}
+
+impl AppState {
+    /// The model named `name`, or 404.
+    pub fn model(&self, name: &str) -> Result<Arc<LoadedModel>, error::ApiError> {
+        self.registry
+            .get(name)
+            .cloned()
+            .ok_or_else(|| error::model_not_found(name))
+    }
+
+    /// The method named `name`, or 404 listing the methods.
+    pub fn method(&self, name: &str) -> Result<&Arc<dyn AnyMethod>, error::ApiError> {
+        self.methods.get(name).ok_or_else(|| {
+            error::ApiError::new(
+                error::ProblemKind::NotFound,
+                format!(
+                    "no method `{}`; methods: {}",
+                    name.chars().take(100).collect::<String>(),
+                    self.methods.names().join(", ")
+                ),
+            )
+        })
+    }
+
+    /// 503 at once, before the body is read, when no queue slot is free.
+    pub fn refuse_when_full(&self) -> Result<(), error::ApiError> {
+        if self.executor.is_full() {
+            let (_, capacity) = self.executor.load();
+            self.metrics.jobs_rejected.inc();
+            return Err(crate::executor::ExecError::Overloaded {
+                capacity,
+                retry_after_secs: self.config.retry_after_secs,
+            }
+            .into());
+        }
+        Ok(())
+    }
 }

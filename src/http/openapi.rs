@@ -1,7 +1,10 @@
 //! The OpenAPI document, generated from the handlers and types by utoipa. `openapi/openapi.json` is
 //! its committed copy; a test fails when the two drift apart.
 
+use serde_json::{json, Value};
 use utoipa::OpenApi;
+
+use crate::explain::Methods;
 
 use super::{audit, error, explain, health, input, jobs, models, predict, problems};
 
@@ -44,18 +47,72 @@ use super::{audit, error, explain, health, input, jobs, models, predict, problem
 )]
 pub struct ApiDoc;
 
-/// The API document, versioned like the crate.
-pub fn document() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    doc
-}
+/// The explain path template that [`document`] expands into one path per method.
+const EXPLAIN_TEMPLATE: &str = "/v1/models/{model}/explain/{method}";
 
 /// The document as pretty JSON with a trailing newline (the form committed under `openapi/`).
-pub fn document_json() -> String {
-    let mut text = document()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+pub fn document_json(methods: &Methods) -> String {
+    let mut text =
+        serde_json::to_string_pretty(&document_value(methods)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
+}
+
+/// The API document for the methods served, versioned like the crate: one explain path per
+/// method, each with its parameters' schema.
+pub fn document_value(methods: &Methods) -> Value {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    let mut value = serde_json::to_value(&doc).unwrap_or_default();
+    let template = value["paths"]
+        .as_object_mut()
+        .and_then(|p| p.remove(EXPLAIN_TEMPLATE))
+        .unwrap_or_default();
+    let request = value["components"]["schemas"]["ExplainRequest"].clone();
+    let names: Vec<Value> = methods.names().into_iter().map(Value::from).collect();
+    for method in methods.iter() {
+        let (params_name, schemas) = method.params_schemas();
+        for (name, schema) in schemas {
+            value["components"]["schemas"][name] = serde_json::to_value(schema).unwrap_or_default();
+        }
+        let request_name = format!("ExplainRequest.{}", method.name());
+        let mut body = request.clone();
+        body["properties"]["params"] = json!({ "$ref": format!("#/components/schemas/{params_name}") });
+        value["components"]["schemas"][&request_name] = body;
+        let mut item = template.clone();
+        let post = &mut item["post"];
+        post["operationId"] = format!("explain_{}", method.name().replace('-', "_")).into();
+        post["summary"] = method.summary().into();
+        let caps = method.capabilities();
+        post["description"] = format!(
+            "{} Runs {} passes; explains {} models{}{}. Takes the predict input forms: JSON (below), a raw \
+             image body with options and parameters in the query string, or multipart with `image` and a JSON \
+             part `request`.",
+            method.summary(),
+            serde_json::to_value(caps.passes)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or(""),
+            serde_json::to_value(caps.inputs)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or(""),
+            if caps.layer { "; weighs a spatial `layer`" } else { "" },
+            if caps.random { "; seeded" } else { "" },
+        )
+        .into();
+        if let Some(params) = post["parameters"].as_array_mut() {
+            params.retain(|p| p["name"] != "method");
+        }
+        post["requestBody"]["content"]["application/json"]["schema"] =
+            json!({ "$ref": format!("#/components/schemas/{request_name}") });
+        value["paths"][format!("/v1/models/{{model}}/explain/{}", method.name())] = item;
+    }
+    // Where a method is named in a body, only the served ones are valid.
+    for schema in ["PredictExplain", "JobRequest"] {
+        if value["components"]["schemas"][schema]["properties"]["method"].is_object() {
+            value["components"]["schemas"][schema]["properties"]["method"]["enum"] = Value::Array(names.clone());
+        }
+    }
+    value
 }

@@ -12,17 +12,15 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{audit_context, Caller};
-use super::error::{audit_failed, from_exec, model_not_found, ApiError, ProblemKind};
+use super::error::{audit_failed, ApiError, ProblemKind};
 use super::explain::{self, ExplainResponse, Include};
 use super::input::{self, FeaturesJson, RawInput};
-use super::AppState;
+use super::{prepare, AppState};
 use crate::audit::{Context, Evidence, Kind, Receipt};
-use crate::explain::{Condition, Limits, Method, MethodParams, PredictExplainTask, TargetSpec};
+use crate::explain::{Condition, PredictExplainTask, TargetSpec};
 use crate::render::RenderOptions;
-use crate::runtime::manifest::Task;
 use crate::runtime::predict::{PredictTask, Prediction, RowPrediction};
-use crate::runtime::preprocess::{self, InputError};
-use crate::runtime::{LoadedModel, Tensor};
+use crate::runtime::LoadedModel;
 
 /// Classes reported when `top_k` is not given.
 pub const DEFAULT_TOP_K: usize = 5;
@@ -50,8 +48,8 @@ pub struct PredictRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictExplain {
-    /// The method (a gradient method: saliency, integrated-gradients, grad-cam, ...).
-    pub method: Method,
+    /// The method (`saliency`, `integrated-gradients`, `grad-cam`, ...: any explain method).
+    pub method: String,
     /// The method's parameters.
     #[schema(value_type = Object)]
     pub params: Option<serde_json::Value>,
@@ -65,6 +63,19 @@ pub struct PredictExplain {
     pub include: Option<Vec<Include>>,
     /// How an embedded overlay is drawn.
     pub render: Option<RenderOptions>,
+}
+
+impl PredictExplain {
+    /// The explanation options.
+    pub fn options(&self) -> explain::ExplainOptions {
+        explain::ExplainOptions {
+            params: self.params.clone(),
+            target: self.target.clone(),
+            seed: self.seed,
+            include: self.include.clone(),
+            render: self.render.clone(),
+        }
+    }
 }
 
 /// One input of a batch.
@@ -163,52 +174,78 @@ pub async fn predict(
     caller: Option<Extension<Caller>>,
     body: Body,
 ) -> Result<Json<PredictResponse>, ApiError> {
-    let model = state
-        .registry
-        .get(&model_name)
-        .cloned()
-        .ok_or_else(|| model_not_found(&model_name))?;
-    let retry_after = state.config.retry_after_secs;
-    // A slot first: a full service spends nothing on reading or decoding.
-    let admission = state.executor.admit().map_err(|e| from_exec(e, retry_after))?;
-    let received = input::read_body(&headers, body, state.config.max_body_bytes).await?;
-    let parsed = parse_predict_body(&received, &uri).await?;
-    let (inputs, batched) = (parsed.inputs, parsed.batched);
-    let kind = if parsed.explain.is_some() {
+    let started = Instant::now();
+    let model = state.model(&model_name)?;
+    state.refuse_when_full()?;
+    let received = input::receive(&state.config, &headers, body).await?;
+    let parsed = parse_predict_body(received, &uri).await?;
+    let top_k = parsed.top_k.unwrap_or(DEFAULT_TOP_K);
+    check_counts(&state, top_k, parsed.inputs.len())?;
+    let valid = match &parsed.explain {
+        Some(e) => Some(explain::validate(
+            &state,
+            &model,
+            &e.method,
+            e.options(),
+            parsed.inputs.len(),
+        )?),
+        None => None,
+    };
+    let kind = if valid.is_some() {
         Kind::Explanation
     } else {
         Kind::Prediction
     };
-    let audit = state.audit.wants(kind, parsed.audit).then(|| {
-        let keep = state.audit.keeps_inputs();
-        let evidence: Vec<Evidence> = inputs.iter().map(|raw| explain::evidence(&model, raw, keep)).collect();
-        (evidence, audit_context(&headers, caller))
-    });
-
-    let top_k = parsed.top_k.unwrap_or(DEFAULT_TOP_K);
-    if top_k == 0 || top_k > state.config.max_top_k {
-        return Err(ApiError::new(
-            ProblemKind::InvalidRequest,
-            format!("top_k must be between 1 and {}", state.config.max_top_k),
-        ));
-    }
-    if inputs.is_empty() {
-        return Err(ApiError::new(
-            ProblemKind::InvalidRequest,
-            "give an `image`, `features`, or `instances`",
-        ));
-    }
-    if inputs.len() > state.config.max_batch {
-        return Err(ApiError::new(
-            ProblemKind::InvalidRequest,
-            format!(
-                "{} instances; at most {} per request (max_batch)",
-                inputs.len(),
-                state.config.max_batch
-            ),
-        ));
-    }
-    let max_pixels = state.config.max_image_pixels;
+    let audit = match state.audit.wants(kind, parsed.audit) {
+        true => Some((
+            evidence(&state, &model, &parsed.inputs).await?,
+            audit_context(&headers, caller),
+        )),
+        false => None,
+    };
+    let admission = state.executor.admit()?;
+    let prepared = prepare::prepare_all(&model, parsed.inputs, state.config.max_image_pixels).await?;
+    let input = prepare::batch(&prepared)?;
+    let predict = PredictTask {
+        model: model.clone(),
+        input,
+        top_k,
+    };
+    let (rows, results) = match (&valid, parsed.explain) {
+        (Some(valid), Some(e)) => {
+            let when = e.when.unwrap_or_default();
+            let task = PredictExplainTask {
+                predict,
+                params: valid.params.clone(),
+                targets: valid.targets.clone(),
+                seed: valid.seed,
+                limits: valid.limits,
+                when,
+            };
+            admission.run(task).await?
+        }
+        _ => {
+            let rows = admission.run(predict).await?;
+            let none = vec![None; rows.len()];
+            (rows, none)
+        }
+    };
+    let max_map_pixels = state.config.max_map_pixels;
+    let instances = tokio::task::spawn_blocking(move || {
+        rows.into_iter()
+            .zip(results)
+            .zip(&prepared)
+            .map(|((prediction, result), prep)| InstanceResult {
+                prediction,
+                explanation: valid.as_ref().zip(result).map(|(valid, r)| {
+                    let (list, _) = explain::explanations(valid, &r, prep, false, max_map_pixels);
+                    explain::explain_body(valid, list, &r, started)
+                }),
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(ApiError::internal)?;
     let mut response = PredictResponse {
         model: model.name.clone(),
         model_sha256: model.sha256.clone(),
@@ -218,121 +255,7 @@ pub async fn predict(
         instances: None,
         audit_record: None,
     };
-
-    let Some(plan) = parsed.explain else {
-        let prep_model = model.clone();
-        let tensor = tokio::task::spawn_blocking(move || prepare_rows(&prep_model, inputs, max_pixels))
-            .await
-            .map_err(ApiError::internal)??;
-        let mut rows = admission
-            .run(PredictTask {
-                model: model.clone(),
-                input: tensor,
-                top_k,
-            })
-            .await
-            .map_err(|e| from_exec(e, retry_after))?;
-        if batched {
-            response.instances = Some(
-                rows.into_iter()
-                    .map(|prediction| InstanceResult {
-                        prediction,
-                        explanation: None,
-                    })
-                    .collect(),
-            );
-        } else if let Some(row) = rows.pop() {
-            response.predictions = Some(row.predictions);
-            response.outputs = Some(row.outputs);
-        }
-        return audited(&state, audit, response).await;
-    };
-
-    // With an explanation: each input keeps what maps its attribution back onto it.
-    let started = Instant::now();
-    explain::check_applicable(&model, plan.method)?;
-    let limits = Limits {
-        max_samples: state.config.max_samples,
-        max_targets: state.config.max_targets,
-    };
-    let params = MethodParams::parse(
-        plan.method,
-        plan.params.clone().unwrap_or_else(|| serde_json::json!({})),
-        limits,
-    )
-    .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, e))?
-    .resolved_for(&model);
-    let render_options = plan.render.clone().unwrap_or_default();
-    render_options
-        .validate()
-        .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, e))?;
-    let seed = plan.seed.unwrap_or_else(rand::random);
-    let prep_model = model.clone();
-    let prepared = tokio::task::spawn_blocking(move || {
-        inputs
-            .into_iter()
-            .map(|raw| explain::prepare(&prep_model, raw, max_pixels))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    let tensor = Tensor::concat_rows(prepared.iter().map(|p| p.tensor.clone()).collect())
-        .ok_or_else(|| ApiError::internal("inputs of different shapes"))?;
-    let task = PredictExplainTask {
-        predict: PredictTask {
-            model: model.clone(),
-            input: tensor,
-            top_k,
-        },
-        params: params.clone(),
-        targets: plan.target.clone(),
-        seed,
-        limits,
-        when: plan.when.clone().unwrap_or_default(),
-    };
-    let (rows, results) = admission.run(task).await.map_err(|e| from_exec(e, retry_after))?;
-    let include = plan.include.clone().unwrap_or_default();
-    let max_map_pixels = state.config.max_map_pixels;
-    let method = plan.method;
-    let seed_echo = method.is_random().then_some(seed);
-    let model_for_render = model.clone();
-    let instances = tokio::task::spawn_blocking(move || {
-        rows.into_iter()
-            .zip(results)
-            .zip(&prepared)
-            .map(|((prediction, result), prep)| {
-                let explanation = result.map(|r| {
-                    let (list, _) = explain::explanations(
-                        &model_for_render,
-                        &r,
-                        prep,
-                        &render_options,
-                        &include,
-                        false,
-                        max_map_pixels,
-                    );
-                    let id = uuid::Uuid::new_v4().to_string();
-                    explain::explain_body(
-                        &model_for_render,
-                        method,
-                        params.clone(),
-                        seed_echo,
-                        id,
-                        list,
-                        &r,
-                        started,
-                    )
-                });
-                InstanceResult {
-                    prediction,
-                    explanation,
-                }
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    if batched {
+    if parsed.batched {
         response.instances = Some(instances);
     } else if let Some(one) = instances.into_iter().next() {
         response.predictions = Some(one.prediction.predictions);
@@ -340,6 +263,32 @@ pub async fn predict(
         response.explanation = one.explanation;
     }
     audited(&state, audit, response).await
+}
+
+/// `top_k` and the number of inputs within their limits.
+fn check_counts(state: &AppState, top_k: usize, inputs: usize) -> Result<(), ApiError> {
+    let bad = |m: String| ApiError::new(ProblemKind::InvalidRequest, m);
+    let (max_top_k, max_batch) = (state.config.max_top_k, state.config.max_batch);
+    if top_k == 0 || top_k > max_top_k {
+        return Err(bad(format!("top_k must be between 1 and {max_top_k}")));
+    }
+    if inputs == 0 {
+        return Err(bad("give an `image`, `features`, or `instances`".into()));
+    }
+    if inputs > max_batch {
+        return Err(bad(format!(
+            "{inputs} instances; at most {max_batch} per request (max_batch)"
+        )));
+    }
+    Ok(())
+}
+
+/// Every input's audit evidence (hashed on a blocking thread).
+async fn evidence(state: &AppState, model: &Arc<LoadedModel>, inputs: &[RawInput]) -> Result<Vec<Evidence>, ApiError> {
+    let (model, inputs, keep) = (model.clone(), inputs.to_vec(), state.audit.keeps_inputs());
+    tokio::task::spawn_blocking(move || inputs.iter().map(|raw| prepare::evidence(&model, raw, keep)).collect())
+        .await
+        .map_err(ApiError::internal)
 }
 
 /// Writes the answer's audit record when one is wanted; the answer is not sent unless it is written.
@@ -370,39 +319,53 @@ struct ParsedPredict {
 }
 
 /// Reads inputs and options from any of the accepted body forms.
-async fn parse_predict_body(received: &input::ReceivedBody, uri: &Uri) -> Result<ParsedPredict, ApiError> {
+async fn parse_predict_body(received: input::ReceivedBody, uri: &Uri) -> Result<ParsedPredict, ApiError> {
     let media = received.media_type.as_str();
     if media == "application/json" {
-        let req: PredictRequest = input::parse_json(&received.bytes)?;
-        let given = [req.image.is_some(), req.features.is_some(), req.instances.is_some()];
-        if given.iter().filter(|g| **g).count() != 1 {
-            return Err(ApiError::new(
-                ProblemKind::InvalidRequest,
-                "give exactly one of `image`, `features`, `instances`",
-            ));
-        }
-        let one = |image, features| input::one_input(image, features, "each instance");
-        if let Some(instances) = req.instances {
-            let inputs = instances
-                .into_iter()
-                .map(|i| one(i.image, i.features))
-                .collect::<Result<Vec<_>, _>>()?;
-            return Ok(ParsedPredict {
-                inputs,
-                top_k: req.top_k,
-                batched: true,
-                explain: req.explain,
-                audit: req.audit.unwrap_or(false),
-            });
-        }
+        // JSON and base64 of a large body are CPU work: off the async threads.
+        return tokio::task::spawn_blocking(move || parse_predict_json(&received.bytes))
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    parse_predict_other(&received, uri).await
+}
+
+/// A JSON predict body.
+fn parse_predict_json(bytes: &[u8]) -> Result<ParsedPredict, ApiError> {
+    let req: PredictRequest = input::parse_json(bytes)?;
+    let given = [req.image.is_some(), req.features.is_some(), req.instances.is_some()];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            "give exactly one of `image`, `features`, `instances`",
+        ));
+    }
+    let one = |image, features| input::one_input(image, features, "each instance");
+    if let Some(instances) = req.instances {
+        let inputs = instances
+            .into_iter()
+            .map(|i| one(i.image, i.features))
+            .collect::<Result<Vec<_>, _>>()?;
         return Ok(ParsedPredict {
-            inputs: vec![one(req.image, req.features)?],
+            inputs,
             top_k: req.top_k,
-            batched: false,
+            batched: true,
             explain: req.explain,
             audit: req.audit.unwrap_or(false),
         });
     }
+    Ok(ParsedPredict {
+        inputs: vec![one(req.image, req.features)?],
+        top_k: req.top_k,
+        batched: false,
+        explain: req.explain,
+        audit: req.audit.unwrap_or(false),
+    })
+}
+
+/// A raw-image or multipart predict body.
+async fn parse_predict_other(received: &input::ReceivedBody, uri: &Uri) -> Result<ParsedPredict, ApiError> {
+    let media = received.media_type.as_str();
     if input::is_image_media_type(media) {
         let q: PredictQuery = input::parse_query(uri)?;
         return Ok(ParsedPredict {
@@ -458,45 +421,4 @@ async fn parse_predict_body(received: &input::ReceivedBody, uri: &Uri) -> Result
             if media.is_empty() { "(none)" } else { media }
         ),
     ))
-}
-
-/// Decodes and preprocesses every input into one batch tensor.
-fn prepare_rows(model: &LoadedModel, inputs: Vec<RawInput>, max_pixels: u64) -> Result<Tensor, ApiError> {
-    let spec = &model.spec;
-    let mut rows = Vec::with_capacity(inputs.len());
-    for raw in inputs {
-        let row = match (raw, spec.task) {
-            (RawInput::Image(bytes), Task::ImageClassification) => {
-                let img = preprocess::decode_image(&bytes, max_pixels)?;
-                let image_spec = spec
-                    .image
-                    .as_ref()
-                    .ok_or_else(|| ApiError::internal("image model without image spec"))?;
-                preprocess::prepare_image(&img, image_spec).tensor
-            }
-            (RawInput::Features(f), Task::TabularClassification | Task::TabularRegression) => {
-                let tab = spec
-                    .tabular
-                    .as_ref()
-                    .ok_or_else(|| ApiError::internal("tabular model without tabular spec"))?;
-                preprocess::prepare_features(&f, tab)?
-            }
-            (RawInput::Image(_), _) => {
-                return Err(InputError::WrongKind(format!(
-                    "model `{}` is tabular: send `features`, not an image",
-                    model.name
-                ))
-                .into())
-            }
-            (RawInput::Features(_), _) => {
-                return Err(InputError::WrongKind(format!(
-                    "model `{}` takes images: send an image, not `features`",
-                    model.name
-                ))
-                .into())
-            }
-        };
-        rows.push(row);
-    }
-    Tensor::concat_rows(rows).ok_or_else(|| ApiError::internal("inputs of different shapes"))
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -38,10 +38,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit/records/{id}/overlay.png", get(audit::record_overlay))
         .route("/v1/audit/export", get(audit::export))
         .route("/v1/audit/verify", get(audit::verify))
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::document()))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .external_url_unchecked("/openapi.json", openapi::document_value(&state.methods)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
+        .layer(middleware::from_fn_with_state(state.clone(), whole_request_deadline))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(cors(&state.config.cors_allowed_origins))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -113,4 +117,22 @@ async fn record_metrics(State(state): State<Arc<AppState>>, req: Request, next: 
         start.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// The whole-request limit: a request not answered by `request_timeout_ms` gets 503 (the work it
+/// queued is cancelled when its future is dropped). Streams (job events) are timed only until their
+/// headers are sent.
+async fn whole_request_deadline(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let limit = std::time::Duration::from_millis(state.config.request_timeout_ms);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            ProblemKind::DeadlineExceeded,
+            format!(
+                "the request was not answered within {} ms (request_timeout_ms)",
+                limit.as_millis()
+            ),
+        )
+        .into_response(),
+    }
 }

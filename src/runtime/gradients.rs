@@ -52,6 +52,10 @@ pub struct GradientReport {
     pub cam_layers: Vec<String>,
     /// The layer CAM methods use by default: the last of `cam_layers`.
     pub default_cam_layer: Option<String>,
+    /// Channels of each CAM layer (Score-CAM runs one row per channel: checked at the edge).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub layer_channels: std::collections::BTreeMap<String, usize>,
 }
 
 type Slot = Arc<OnceLock<Result<Arc<BuiltGradient>, String>>>;
@@ -135,6 +139,7 @@ impl GradientCache {
                 blocking_operators: vec![e],
                 cam_layers: vec![],
                 default_cam_layer: None,
+                layer_channels: Default::default(),
             },
         }
     }
@@ -161,7 +166,15 @@ pub fn describe(prepared: &ModelProto, shapes: &ShapeMap, input: &str, output: &
         .map(|v| v.iter().map(|u| u.to_string()).collect())
         .unwrap_or_else(|e| vec![e.to_string()]);
     let cam_layers = analysis_layers(prepared, input, output, shapes);
+    let layer_channels = cam_layers
+        .iter()
+        .filter_map(|l| {
+            let channels = shapes.get(l)?.dims.get(1).copied().flatten()?;
+            Some((l.clone(), usize::try_from(channels).ok()?))
+        })
+        .collect();
     GradientReport {
+        layer_channels,
         differentiable: blocking.is_empty(),
         blocking_operators: blocking,
         default_cam_layer: cam_layers.last().cloned(),

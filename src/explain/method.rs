@@ -1,0 +1,465 @@
+//! The method core: one [`Method`] trait that every explanation method implements in its own file,
+//! and the [`Methods`] registry that lists them. A request's parameters are validated once, at the
+//! edge, into a [`ValidParams`] whose [`Cost`] (model rows and bytes) has been checked against the
+//! job's [`Limits`]; the worker accepts nothing else.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::RefOr;
+use utoipa::ToSchema;
+
+use super::{Cx, ExplainJob, TargetAttribution};
+use crate::runtime::predict::Prediction;
+use crate::runtime::{LoadedModel, RuntimeError};
+
+/// What a method asks of the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Passes {
+    /// No model passes (the method reads the model itself, as TreeSHAP reads trees).
+    None,
+    /// Forward passes only: any model ONNX Runtime runs.
+    Forward,
+    /// The backward model: input gradients, or a layer's activations and gradients.
+    Gradients,
+}
+
+/// Which models a method explains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Inputs {
+    /// Image and tabular models.
+    Any,
+    /// Image models only.
+    Image,
+    /// Tabular models only.
+    Tabular,
+}
+
+/// A method's capabilities, as data: the core checks them, the model page and the OpenAPI text
+/// report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Capabilities {
+    /// The passes it runs.
+    pub passes: Passes,
+    /// The models it explains.
+    pub inputs: Inputs,
+    /// Whether it weighs a spatial layer (CAM methods).
+    pub layer: bool,
+    /// Whether it draws random numbers (and so takes and echoes a seed).
+    pub random: bool,
+}
+
+/// Limits that bound every explanation's work, from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most samples one explanation may draw (steps x targets, masks, windows, coalitions...).
+    pub max_samples: usize,
+    /// Most targets per request.
+    pub max_targets: usize,
+    /// Most bytes one explanation's plan may hold at once.
+    pub max_job_bytes: u64,
+    /// Rows per model pass.
+    pub max_batch: usize,
+}
+
+impl Limits {
+    /// The limits the config sets.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            max_samples: config.max_samples,
+            max_targets: config.max_targets,
+            max_job_bytes: config.max_job_bytes,
+            max_batch: config.max_batch.max(1),
+        }
+    }
+}
+
+/// What a validated plan will cost: the bound the core checks before anything is queued.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Samples drawn (the unit of `max_samples`: path points x targets, masks, windows, coalitions).
+    pub samples: usize,
+    /// Model rows run, forward or backward (for progress: the same unit the job reports).
+    pub rows: usize,
+    /// Bytes the plan holds at its peak (inputs, batches, masks, matrices, maps kept for the answer).
+    pub bytes: u64,
+}
+
+/// Why parameters were refused. `Request` errors are wrong on their own (400); the others are
+/// fine on their own but do not fit this model or this service's limits (422).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// A parameter is malformed or out of its range (400).
+    Request(String),
+    /// The request does not fit this model: a layer it lacks, a target out of range, a budget that
+    /// this input's size exceeds (422).
+    Model(String),
+    /// The method cannot read this model at all (422, `unsupported-model`).
+    Unsupported(String),
+    /// The method needs gradients the model cannot give (422, `model-not-differentiable`).
+    NotDifferentiable(String),
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Invalid::Request(m) | Invalid::Model(m) | Invalid::Unsupported(m) | Invalid::NotDifferentiable(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+/// `Err(Invalid::Request)` unless `value` lies in `range`, naming the parameter.
+pub fn check_range<T: PartialOrd + fmt::Display + Copy>(name: &str, value: T, lo: T, hi: T) -> Result<(), Invalid> {
+    if value < lo || value > hi {
+        return Err(Invalid::Request(format!(
+            "params.{name} must be between {lo} and {hi}, got {value}"
+        )));
+    }
+    Ok(())
+}
+
+/// `a * b`, or an error naming what overflowed (a hostile product of parameters).
+pub fn mul(a: usize, b: usize, what: &str) -> Result<usize, Invalid> {
+    a.checked_mul(b)
+        .ok_or_else(|| Invalid::Request(format!("{what} overflows: {a} x {b}")))
+}
+
+/// Bytes of `count` values of `size` bytes each, saturating (the budget check then refuses it).
+pub fn bytes(count: usize, size: usize) -> u64 {
+    (count as u64).saturating_mul(size as u64)
+}
+
+/// What validation sees: the model, the limits, and how many targets the request names.
+pub struct PlanContext<'a> {
+    /// The model.
+    pub model: &'a LoadedModel,
+    /// The service's limits.
+    pub limits: Limits,
+    /// Targets the request will explain (1 by default, the list's length, or `top_k`).
+    pub targets: usize,
+}
+
+impl PlanContext<'_> {
+    /// Values in one input row (the model's input size without the batch axis).
+    pub fn input_len(&self) -> usize {
+        let spec = &self.model.spec;
+        match (&spec.image, &spec.tabular) {
+            (Some(i), _) => i.height.saturating_mul(i.width).saturating_mul(i.channels),
+            (None, Some(t)) => t.features.len(),
+            (None, None) => 1,
+        }
+    }
+
+    /// Output classes (at least 1).
+    pub fn classes(&self) -> usize {
+        self.model.spec.labels.len().max(1)
+    }
+
+    /// Pixels of the model's input image (0 for tabular models).
+    pub fn pixels(&self) -> usize {
+        self.model
+            .spec
+            .image
+            .as_ref()
+            .map_or(0, |i| i.height.saturating_mul(i.width))
+    }
+
+    /// Bytes one batch of `rows` rows holds through a pass: the input, and for gradient passes the
+    /// input gradient too (f32 each).
+    pub fn batch_bytes(&self, rows: usize, gradients: bool) -> u64 {
+        let per_row = bytes(self.input_len(), 4).saturating_mul(if gradients { 2 } else { 1 });
+        per_row.saturating_mul(rows.min(self.limits.max_batch) as u64)
+    }
+
+    /// Bytes of the per-target results kept for the answer: the input-space tensor and the map.
+    pub fn answer_bytes(&self) -> u64 {
+        bytes(self.input_len().saturating_add(self.pixels()), 4).saturating_mul(self.targets as u64)
+    }
+}
+
+/// An explanation method: one type, in one file, registered with one line in [`Methods::standard`].
+pub trait Method: Send + Sync + 'static {
+    /// Its parameters: serde with defaults (`#[serde(default)]`), refusing unknown names, and a
+    /// utoipa schema whose defaults and bounds are the ones `plan` enforces.
+    type Params: Serialize + DeserializeOwned + Default + ToSchema + Clone + fmt::Debug + Send + Sync + 'static;
+    /// The path segment (`integrated-gradients`).
+    const NAME: &'static str;
+    /// One line for the API document.
+    const SUMMARY: &'static str;
+    /// What it needs and explains.
+    const CAPABILITIES: Capabilities;
+
+    /// Checks `params` against the model and the limits, fills the defaults that depend on the model
+    /// (so the answer says exactly what ran), and states the plan's cost. Runs at the edge, before a
+    /// queue slot is taken or the input decoded.
+    fn plan(params: &mut Self::Params, cx: &PlanContext) -> Result<Cost, Invalid>;
+
+    /// Runs the plan for `targets`, given the input's `scores`.
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        params: &Self::Params,
+        targets: &[Prediction],
+        scores: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError>;
+}
+
+/// A method behind the registry's uniform face.
+pub trait AnyMethod: Send + Sync {
+    /// The path segment.
+    fn name(&self) -> &'static str;
+    /// One line for the API document.
+    fn summary(&self) -> &'static str;
+    /// What it needs and explains.
+    fn capabilities(&self) -> Capabilities;
+    /// Its parameters' schema name and schema, with the schemas they refer to.
+    fn params_schemas(&self) -> (String, Vec<(String, RefOr<Schema>)>);
+    /// Its default parameters, as JSON.
+    fn default_params(&self) -> serde_json::Value;
+    /// Parses and plans parameters.
+    fn plan(&self, params: serde_json::Value, cx: &PlanContext) -> Result<ValidParams, Invalid>;
+}
+
+struct Registered<M>(std::marker::PhantomData<M>);
+
+impl<M: Method> AnyMethod for Registered<M> {
+    fn name(&self) -> &'static str {
+        M::NAME
+    }
+
+    fn summary(&self) -> &'static str {
+        M::SUMMARY
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        M::CAPABILITIES
+    }
+
+    fn params_schemas(&self) -> (String, Vec<(String, RefOr<Schema>)>) {
+        let name = <M::Params as ToSchema>::name().to_string();
+        let mut schemas = vec![(name.clone(), <M::Params as utoipa::PartialSchema>::schema())];
+        <M::Params as ToSchema>::schemas(&mut schemas);
+        (name, schemas)
+    }
+
+    fn default_params(&self) -> serde_json::Value {
+        serde_json::to_value(M::Params::default()).unwrap_or_default()
+    }
+
+    fn plan(&self, params: serde_json::Value, cx: &PlanContext) -> Result<ValidParams, Invalid> {
+        let mut parsed: M::Params =
+            serde_json::from_value(params).map_err(|e| Invalid::Request(format!("params: {e}")))?;
+        let cost = M::plan(&mut parsed, cx)?;
+        check_cost(cost, cx.limits)?;
+        // Through text, so f32 parameters echo as written (0.15, not 0.15000000596).
+        let echo = serde_json::to_string(&parsed)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        Ok(ValidParams {
+            name: M::NAME,
+            capabilities: M::CAPABILITIES,
+            echo,
+            cost,
+            run: Arc::new(Run::<M>(parsed)),
+        })
+    }
+}
+
+/// Refuses a plan whose cost passes the limits; the message names the limit to raise.
+fn check_cost(cost: Cost, limits: Limits) -> Result<(), Invalid> {
+    if cost.samples > limits.max_samples {
+        return Err(Invalid::Model(format!(
+            "this explanation needs {} samples; the limit is {} (max_samples)",
+            cost.samples, limits.max_samples
+        )));
+    }
+    if cost.bytes > limits.max_job_bytes {
+        return Err(Invalid::Model(format!(
+            "this explanation would hold {} MiB; the limit is {} MiB (max_job_bytes): ask for fewer \
+             samples, targets or segments",
+            cost.bytes.div_ceil(1 << 20),
+            limits.max_job_bytes >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// A method's parsed parameters, bound to its `explain`.
+trait Runnable: Send + Sync + fmt::Debug {
+    fn explain(
+        &self,
+        cx: &mut Cx,
+        job: &ExplainJob,
+        targets: &[Prediction],
+        scores: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError>;
+}
+
+struct Run<M: Method>(M::Params);
+
+impl<M: Method> fmt::Debug for Run<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({:?})", M::NAME, self.0)
+    }
+}
+
+impl<M: Method> Runnable for Run<M> {
+    fn explain(
+        &self,
+        cx: &mut Cx,
+        job: &ExplainJob,
+        targets: &[Prediction],
+        scores: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        M::explain(cx, job, &self.0, targets, scores)
+    }
+}
+
+/// A method with parameters validated against a model and the limits: what workers accept.
+#[derive(Clone)]
+pub struct ValidParams {
+    name: &'static str,
+    capabilities: Capabilities,
+    echo: serde_json::Value,
+    cost: Cost,
+    run: Arc<dyn Runnable>,
+}
+
+impl fmt::Debug for ValidParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidParams")
+            .field("run", &self.run)
+            .field("cost", &self.cost)
+            .finish()
+    }
+}
+
+impl ValidParams {
+    /// The method's name.
+    pub fn method(&self) -> &'static str {
+        self.name
+    }
+
+    /// The method's capabilities.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    /// Every parameter as it will run, defaults filled in.
+    pub fn echo(&self) -> &serde_json::Value {
+        &self.echo
+    }
+
+    /// The plan's checked cost.
+    pub fn cost(&self) -> Cost {
+        self.cost
+    }
+
+    pub(super) fn explain(
+        &self,
+        cx: &mut Cx,
+        job: &ExplainJob,
+        targets: &[Prediction],
+        scores: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        self.run.explain(cx, job, targets, scores)
+    }
+}
+
+/// The methods a service offers, by name.
+#[derive(Clone, Default)]
+pub struct Methods {
+    by_name: BTreeMap<&'static str, Arc<dyn AnyMethod>>,
+    order: Vec<&'static str>,
+}
+
+impl Methods {
+    /// Every method explaind ships: one line each.
+    pub fn standard() -> Self {
+        use super::*;
+        Self::default()
+            .with::<saliency::Saliency>()
+            .with::<gradient_x_input::GradientXInput>()
+            .with::<integrated_gradients::IntegratedGradients>()
+            .with::<smoothgrad::SmoothGrad>()
+            .with::<grad_cam::GradCam>()
+            .with::<grad_cam::GradCamPlusPlus>()
+            .with::<guided::GuidedBackprop>()
+            .with::<guided::GuidedGradCam>()
+            .with::<occlusion::Occlusion>()
+            .with::<rise::Rise>()
+            .with::<score_cam::ScoreCam>()
+            .with::<lime::Lime>()
+            .with::<kernel_shap::KernelShap>()
+            .with::<tree_shap::TreeShap>()
+    }
+
+    /// Adds (or replaces) a method.
+    pub fn with<M: Method>(mut self) -> Self {
+        if self
+            .by_name
+            .insert(M::NAME, Arc::new(Registered::<M>(Default::default())))
+            .is_none()
+        {
+            self.order.push(M::NAME);
+        }
+        self
+    }
+
+    /// The method named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn AnyMethod>> {
+        self.by_name.get(name)
+    }
+
+    /// Every method, in registration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn AnyMethod>> {
+        self.order.iter().filter_map(|n| self.by_name.get(n))
+    }
+
+    /// Every method's name, in registration order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.order.clone()
+    }
+}
+
+/// Refuses, before any work, a method the model cannot serve: the wrong kind of input, gradients
+/// the model cannot give.
+pub fn check_applicable(method: &dyn AnyMethod, model: &LoadedModel) -> Result<(), Invalid> {
+    let caps = method.capabilities();
+    match caps.inputs {
+        Inputs::Image if model.spec.image.is_none() => {
+            return Err(Invalid::Model(format!(
+                "{} explains image models; `{}` is tabular",
+                method.name(),
+                model.name
+            )))
+        }
+        Inputs::Tabular if model.spec.tabular.is_none() => {
+            return Err(Invalid::Model(format!(
+                "{} explains tabular models; `{}` takes images",
+                method.name(),
+                model.name
+            )))
+        }
+        _ => {}
+    }
+    if caps.passes == Passes::Gradients {
+        if let Some(report) = model.gradient_report.get().filter(|r| !r.differentiable) {
+            return Err(Invalid::NotDifferentiable(format!(
+                "model `{}` has operators without gradient rules, so gradient methods cannot explain it: {}",
+                model.name,
+                report.blocking_operators.join("; ")
+            )));
+        }
+    }
+    Ok(())
+}

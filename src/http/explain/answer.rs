@@ -1,0 +1,206 @@
+//! An explanation's answer: per-target JSON drawn from the attributions (maps mapped back onto the
+//! original image by `render`), and the PNG panels when asked.
+
+use std::time::Instant;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+
+use super::request::{
+    Array, Attributions, ExplainResponse, ExplainStats, FeatureAttribution, Include, TargetExplanation,
+};
+use super::ValidExplain;
+use crate::explain::ExplainResult;
+use crate::http::prepare::Prepared;
+use crate::render;
+
+/// An explanation's answer: the JSON body, and the PNG when asked for one.
+pub struct Answer {
+    /// The JSON body.
+    pub body: ExplainResponse,
+    png: Option<Vec<u8>>,
+}
+
+/// Draws the answer (maps over the original image, features, PNG panels).
+pub fn build_answer(
+    valid: &ValidExplain,
+    prepared: &Prepared,
+    result: ExplainResult,
+    wants_png: bool,
+    max_map_pixels: u64,
+    started: Instant,
+) -> Answer {
+    let (explanations, panels) = explanations(valid, &result, prepared, wants_png, max_map_pixels);
+    let png = wants_png.then(|| render::png(&render::side_by_side(&panels)));
+    let body = explain_body(valid, explanations, &result, started);
+    Answer { body, png }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let Some(png) = self.png else {
+            return Json(self.body).into_response();
+        };
+        let targets: Vec<String> = std::iter::once(&self.body.single)
+            .flatten()
+            .chain(self.body.explanations.iter().flatten())
+            .map(|e| format!("{}:{}", e.target.index, ascii(&e.target.label)))
+            .collect();
+        let mut response = (StatusCode::OK, png).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+        if let Ok(v) = HeaderValue::from_str(&self.body.id) {
+            headers.insert("x-explanation-id", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&targets.join(",")) {
+            headers.insert("x-explanation-target", v);
+        }
+        if let Some(r) = self
+            .body
+            .audit_record
+            .as_ref()
+            .and_then(|r| HeaderValue::from_str(&r.id).ok())
+        {
+            headers.insert("x-audit-record", r);
+        }
+        response
+    }
+}
+
+/// Per-target JSON explanations, and the overlay panels when `panels` is asked.
+pub fn explanations(
+    valid: &ValidExplain,
+    result: &ExplainResult,
+    prepared: &Prepared,
+    panels: bool,
+    max_map_pixels: u64,
+) -> (Vec<TargetExplanation>, Vec<image::RgbImage>) {
+    let (model, render_options, include) = (&valid.model, &valid.render, valid.include.as_slice());
+    let mut drawn = Vec::new();
+    let mut explanations = Vec::new();
+    for a in &result.attributions {
+        let (shape, values, panel) = match (&a.map, &prepared.geometry, &prepared.original) {
+            (Some(map), Some(geometry), Some(original)) => {
+                let (h, w) = (map.shape[0], map.shape[1]);
+                let (ow, oh, values) = geometry.map_back(map.as_f32().unwrap_or(&[]), w, h, max_map_pixels);
+                let panel = (panels || include.contains(&Include::Overlay)).then(|| {
+                    let background = if (ow, oh) == original.dimensions() {
+                        original.clone()
+                    } else {
+                        image::imageops::resize(original, ow, oh, image::imageops::FilterType::Triangle)
+                    };
+                    render::overlay(&background, &values, render_options)
+                });
+                (vec![oh as usize, ow as usize], values, panel)
+            }
+            _ => (a.tensor.shape.clone(), a.tensor.as_f32().unwrap_or(&[]).to_vec(), None),
+        };
+        let features = prepared
+            .features
+            .as_ref()
+            .zip(model.spec.tabular.as_ref())
+            .map(|(inputs, tab)| {
+                let mut list: Vec<FeatureAttribution> = tab
+                    .features
+                    .iter()
+                    .zip(inputs)
+                    .zip(&values)
+                    .map(|((name, value), attribution)| FeatureAttribution {
+                        name: name.clone(),
+                        value: *value,
+                        attribution: *attribution,
+                    })
+                    .collect();
+                list.sort_by(|a, b| b.attribution.abs().total_cmp(&a.attribution.abs()));
+                list
+            });
+        // Tabular models: the picture is a bar chart of the largest attributions.
+        let panel = panel.or_else(|| {
+            let list = features.as_ref()?;
+            (panels || include.contains(&Include::Overlay)).then(|| {
+                let bars: Vec<render::Bar> = list
+                    .iter()
+                    .map(|f| render::Bar {
+                        name: f.name.clone(),
+                        value: f.value,
+                        attribution: f.attribution,
+                    })
+                    .collect();
+                render::bar_chart(&format!("{} ({:.4})", a.target.label, a.target.score), &bars, 12)
+            })
+        });
+        let overlay_png = match (&panel, include.contains(&Include::Overlay)) {
+            (Some(p), true) => Some(base64::engine::general_purpose::STANDARD.encode(render::png(p))),
+            _ => None,
+        };
+        if let Some(p) = panel {
+            drawn.push(p);
+        }
+        let tensor = include.contains(&Include::Tensor).then(|| Array {
+            shape: a.tensor.shape.clone(),
+            values: a.tensor.as_f32().unwrap_or(&[]).to_vec(),
+        });
+        explanations.push(TargetExplanation {
+            target: a.target.clone(),
+            attributions: Attributions { shape, values, tensor },
+            features,
+            convergence_delta: a.convergence_delta,
+            layer: a.layer.clone(),
+            overlay_png,
+            details: a.details.clone(),
+        });
+    }
+    (explanations, drawn)
+}
+
+/// The JSON body of an explanation.
+pub fn explain_body(
+    valid: &ValidExplain,
+    mut explanations: Vec<TargetExplanation>,
+    result: &ExplainResult,
+    started: Instant,
+) -> ExplainResponse {
+    let model = &valid.model;
+    let random = valid.params.capabilities().random;
+    let stats = ExplainStats {
+        model_rows: result.rows,
+        model_runs: result.runs,
+        wall_ms: started.elapsed().as_secs_f64() * 1e3,
+    };
+    let (single, many) = if explanations.len() == 1 {
+        (explanations.pop(), None)
+    } else {
+        (None, Some(explanations))
+    };
+    ExplainResponse {
+        id: uuid::Uuid::new_v4().to_string(),
+        model: model.name.clone(),
+        model_sha256: model.sha256.clone(),
+        method: valid.params.method().to_string(),
+        params: valid.params.echo().clone(),
+        seed: random.then_some(valid.seed),
+        single,
+        explanations: many,
+        stats,
+        audit_record: None,
+    }
+}
+
+/// A header-safe version of a label.
+fn ascii(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                if c == ',' {
+                    ';'
+                } else {
+                    c
+                }
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,225 @@
+//! `POST /v1/models/{model}/explain/{method}`: reads the body (within its deadline, before a queue
+//! slot is taken), validates the whole request once into a [`ValidExplain`], runs it on a worker,
+//! and answers JSON or a PNG.
+
+mod answer;
+mod request;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Extension, Path, State};
+use axum::http::{header, HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+
+pub use answer::{build_answer, explain_body, explanations};
+pub use request::{ExplainRequest, ExplainResponse, Format, Include};
+
+use super::auth::{audit_context, Caller};
+use super::error::{audit_failed, ApiError};
+use super::input::{self, RawInput};
+use super::prepare;
+use super::AppState;
+use crate::audit::{Context, Evidence, Kind, Receipt};
+use crate::explain::method::{check_applicable, PlanContext};
+use crate::explain::{targets, ExplainJob, ExplainTask, Limits, TargetSpec, ValidParams};
+use crate::render::RenderOptions;
+use crate::runtime::{LoadedModel, Tensor};
+
+/// Explains a prediction with one method: `POST /v1/models/{model}/explain/{method}`, one path per
+/// method (the OpenAPI document lists each with its parameters).
+///
+/// Takes the same input forms as predict: a raw image body (options and method parameters in the
+/// query string, e.g. `?target=3&steps=32&format=png`), multipart with `image` and an optional JSON
+/// part `request`, or JSON. Answers JSON, or the heat map over the image as PNG with
+/// `Accept: image/png` or `format=png` (one panel per target, side by side).
+#[utoipa::path(post, path = "/v1/models/{model}/explain/{method}", tag = "explanations",
+    params(
+        ("model" = String, Path, description = "model name", example = "fashion-cnn"),
+        ("method" = String, Path, description = "the method"),
+    ),
+    request_body(content(
+        (ExplainRequest = "application/json"),
+        (Vec<u8> = "image/png"),
+        (Vec<u8> = "image/jpeg"),
+        (Object = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, body = ExplainResponse, description = "the explanation (JSON)"),
+        (status = 200, content_type = "image/png", body = Vec<u8>, description = "the heat map over the image"),
+        (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, unknown or out-of-range parameter, corrupt image"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
+        (status = 408, body = super::error::Problem, content_type = "application/problem+json", description = "the body did not arrive within body_read_timeout_ms"),
+        (status = 413, body = super::error::Problem, content_type = "application/problem+json", description = "body or image too large"),
+        (status = 415, body = super::error::Problem, content_type = "application/problem+json", description = "content type not accepted"),
+        (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "the request does not fit the model (layer, target, budget); model not differentiable"),
+        (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "at capacity; see Retry-After"),
+        (status = 504, body = super::error::Problem, content_type = "application/problem+json", description = "deadline passed"),
+    ))]
+pub async fn explain(
+    State(state): State<Arc<AppState>>,
+    Path((model_name, method_name)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let model = state.model(&model_name)?;
+    state.method(&method_name)?;
+    // A full service refuses at once, unread; a slot is taken only once the body is in and valid.
+    state.refuse_when_full()?;
+    let received = input::receive(&state.config, &headers, body).await?;
+    let (raw, request) = request::parse_body(received, &uri).await?;
+    let wants_png = match request.format {
+        Some(f) => f == Format::Png,
+        None => accepts_png(&headers),
+    };
+    let valid = validate(&state, &model, &method_name, request.options(), 1)?;
+    let evidence = audit_evidence(&state, &model, &raw, request.audit.unwrap_or(false)).await?;
+    let admission = state.executor.admit()?;
+    let max_pixels = state.config.max_image_pixels;
+    let prepared = prepare::prepare_all(&model, vec![raw], max_pixels).await?;
+    let job = valid.job(prepare::batch(&prepared)?, None);
+    let result = admission.run(ExplainTask(job)).await?;
+    let max_map_pixels = state.config.max_map_pixels;
+    let mut answer = tokio::task::spawn_blocking(move || {
+        build_answer(&valid, &prepared[0], result, wants_png, max_map_pixels, started)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    if let Some(evidence) = evidence {
+        let ctx = audit_context(&headers, caller);
+        let receipt = audit_explanation(&state, ctx, evidence, &answer.body).await?;
+        answer.body.audit_record = Some(receipt);
+    }
+    Ok(answer.into_response())
+}
+
+/// What an explain request asks, whatever form it came in (explain body, predict's `explain`, job).
+pub struct ExplainOptions {
+    /// Method parameters (JSON object).
+    pub params: Option<serde_json::Value>,
+    /// Targets.
+    pub target: Option<TargetSpec>,
+    /// Seed.
+    pub seed: Option<u64>,
+    /// Extra parts.
+    pub include: Option<Vec<Include>>,
+    /// Drawing options.
+    pub render: Option<RenderOptions>,
+}
+
+/// An explain request validated against its model and the limits: the only thing that is queued.
+pub struct ValidExplain {
+    /// The model.
+    pub model: Arc<LoadedModel>,
+    /// The method with its planned parameters.
+    pub params: ValidParams,
+    /// Targets as asked (indices and labels checked).
+    pub targets: Option<TargetSpec>,
+    /// Seed (drawn when absent).
+    pub seed: u64,
+    /// Drawing options.
+    pub render: RenderOptions,
+    /// Extra parts.
+    pub include: Vec<Include>,
+    /// The limits it was checked against.
+    pub limits: Limits,
+}
+
+impl ValidExplain {
+    /// The worker's job for `input` (scores when a prediction already computed them).
+    pub fn job(&self, input: Tensor, scores: Option<Vec<f64>>) -> ExplainJob {
+        ExplainJob {
+            model: self.model.clone(),
+            input,
+            targets: self.targets.clone(),
+            params: self.params.clone(),
+            seed: self.seed,
+            limits: self.limits,
+            scores,
+        }
+    }
+}
+
+/// Validates everything an explanation needs before any work: the method fits the model, render
+/// options, targets, parameters and the plan's cost (`inputs` explanations of it, for predict's
+/// `instances`). 400 for a request wrong on its own, 422 for one that does not fit the model.
+pub fn validate(
+    state: &AppState,
+    model: &Arc<LoadedModel>,
+    method_name: &str,
+    options: ExplainOptions,
+    inputs: usize,
+) -> Result<ValidExplain, ApiError> {
+    let method = state.method(method_name)?;
+    check_applicable(method.as_ref(), model)?;
+    let render = options.render.unwrap_or_default();
+    render.validate().map_err(crate::explain::Invalid::Request)?;
+    let limits = Limits::from_config(&state.config);
+    let count = targets::check(options.target.as_ref(), model, limits.max_targets)?;
+    let cx = PlanContext {
+        model,
+        limits,
+        targets: count,
+    };
+    let params = method.plan(options.params.unwrap_or_else(|| serde_json::json!({})), &cx)?;
+    let total = params.cost().bytes.saturating_mul(inputs as u64);
+    if total > limits.max_job_bytes {
+        return Err(crate::explain::Invalid::Model(format!(
+            "{inputs} explanations would hold {} MiB together; the limit is {} MiB (max_job_bytes)",
+            total.div_ceil(1 << 20),
+            limits.max_job_bytes >> 20
+        ))
+        .into());
+    }
+    Ok(ValidExplain {
+        model: model.clone(),
+        params,
+        targets: options.target,
+        seed: options.seed.unwrap_or_else(rand::random),
+        render,
+        include: options.include.unwrap_or_default(),
+        limits,
+    })
+}
+
+/// The input's audit evidence when the answer is to be recorded (hashed on a blocking thread).
+pub(super) async fn audit_evidence(
+    state: &AppState,
+    model: &Arc<LoadedModel>,
+    raw: &RawInput,
+    asked: bool,
+) -> Result<Option<Evidence>, ApiError> {
+    if !state.audit.wants(Kind::Explanation, asked) {
+        return Ok(None);
+    }
+    let (model, raw, keep) = (model.clone(), raw.clone(), state.audit.keeps_inputs());
+    tokio::task::spawn_blocking(move || Some(prepare::evidence(&model, &raw, keep)))
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// Writes the audit record of an explanation answer; the answer is not sent unless this succeeds.
+pub(super) async fn audit_explanation(
+    state: &AppState,
+    ctx: Context,
+    evidence: Evidence,
+    body: &ExplainResponse,
+) -> Result<Receipt, ApiError> {
+    let value = super::audit::as_sent(body)?;
+    state
+        .audit
+        .explanation(&ctx, evidence, &value)
+        .await
+        .map_err(audit_failed)
+}
+
+fn accepts_png(headers: &HeaderMap) -> bool {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let png = accept.find("image/png");
+    let json = accept.find("application/json");
+    matches!((png, json), (Some(p), Some(j)) if p < j) || (png.is_some() && json.is_none())
+}

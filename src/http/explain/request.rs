@@ -1,0 +1,320 @@
+//! The explain request and response types, and reading a request from any of the accepted body
+//! forms: JSON, a raw image with options in the query string, or multipart.
+
+use axum::http::Uri;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::super::error::{ApiError, ProblemKind};
+use super::super::input::{self, FeaturesJson, RawInput};
+use crate::audit::Receipt;
+use crate::explain::{TargetRef, TargetSpec};
+use crate::render::RenderOptions;
+use crate::runtime::predict::Prediction;
+
+/// Extra parts of the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Include {
+    /// The raw attribution in the model's input space (after preprocessing), `attributions.tensor`.
+    Tensor,
+    /// The PNG overlay, base64, as `overlay_png`.
+    Overlay,
+}
+
+/// Response format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// JSON (the default).
+    Json,
+    /// The heat map over the input image, PNG (image models).
+    Png,
+}
+
+/// An explanation request as JSON (or as the `request` part of a multipart form, without `image`).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// Base64 PNG or JPEG, for image models.
+    pub image: Option<String>,
+    /// Feature values, for tabular models.
+    pub features: Option<FeaturesJson>,
+    /// A class index, a label, a list of them, or `{"top_k": k}`; default: the top-1 prediction.
+    pub target: Option<TargetSpec>,
+    /// The method's parameters (see each method's schema); unknown names are refused.
+    #[schema(value_type = Object)]
+    pub params: Option<serde_json::Value>,
+    /// Seed of the random methods (SmoothGrad); drawn and echoed when absent.
+    pub seed: Option<u64>,
+    /// Extra parts of the response.
+    pub include: Option<Vec<Include>>,
+    /// Response format; `Accept: image/png` also asks for PNG.
+    pub format: Option<Format>,
+    /// How the PNG heat map is drawn.
+    pub render: Option<RenderOptions>,
+    /// Record this explanation in the audit log (whatever the service's `audit` setting).
+    pub audit: Option<bool>,
+}
+
+/// A map or tensor: shape and row-major values.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Array {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub values: Vec<f32>,
+}
+
+/// The attribution of one target.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Attributions {
+    /// Image models: `[height, width]` over the original image (scaled down past `max_map_pixels`),
+    /// channels folded (largest magnitude for saliency-like maps, sum for signed ones). Tabular
+    /// models: one value per feature.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub values: Vec<f32>,
+    /// With `include: ["tensor"]`: the attribution in the model's input space.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tensor: Option<Array>,
+}
+
+/// A tabular feature's attribution.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeatureAttribution {
+    /// Feature name.
+    pub name: String,
+    /// The input's value.
+    pub value: f32,
+    /// Its attribution.
+    pub attribution: f32,
+}
+
+/// The explanation of one target.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetExplanation {
+    /// The explained class and its score.
+    pub target: Prediction,
+    /// The attribution.
+    pub attributions: Attributions,
+    /// Tabular models: features by decreasing |attribution|.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<FeatureAttribution>>,
+    /// Integrated Gradients: sum of attributions minus (f(input) - f(baseline)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub convergence_delta: Option<f64>,
+    /// CAM methods: the layer used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<String>,
+    /// With `include: ["overlay"]`: the PNG overlay, base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay_png: Option<String>,
+    /// Method-specific results (LIME: `segments`, `segment_weights`, `segment_map`, `r2`,
+    /// `intercept`, `top_positive`, `top_negative`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
+}
+
+/// Work done.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExplainStats {
+    /// Model rows run (forward or forward and backward).
+    pub model_rows: usize,
+    /// ONNX Runtime runs (batches).
+    pub model_runs: usize,
+    /// Wall time of the whole request, milliseconds.
+    pub wall_ms: f64,
+}
+
+/// An explanation. With one target its fields (`target`, `attributions`, ...) sit at the top level;
+/// with several (a list or `top_k`), `explanations` holds one such object per target, in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExplainResponse {
+    /// Explanation id (also in the `x-explanation-id` header of PNG responses).
+    pub id: String,
+    /// Model name.
+    pub model: String,
+    /// sha256 of the model file.
+    pub model_sha256: String,
+    /// Method.
+    pub method: String,
+    /// All parameters, defaults filled in.
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// Seed used (random methods).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// The single target's explanation.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub single: Option<TargetExplanation>,
+    /// One explanation per target, when several were asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanations: Option<Vec<TargetExplanation>>,
+    /// Work done.
+    pub stats: ExplainStats,
+    /// The audit record written for this answer (also `x-audit-record` on PNG answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_record: Option<Receipt>,
+}
+
+/// The keys of a raw-image request's query string that are not method parameters.
+const QUERY_KEYS: &[&str] = &[
+    "target",
+    "audit",
+    "top_k",
+    "seed",
+    "format",
+    "include",
+    "colormap",
+    "polarity",
+    "clip_percentiles",
+    "alpha",
+    "overlay",
+];
+
+impl ExplainRequest {
+    /// The explanation options, whatever the body form.
+    pub fn options(&self) -> super::ExplainOptions {
+        super::ExplainOptions {
+            params: self.params.clone(),
+            target: self.target.clone(),
+            seed: self.seed,
+            include: self.include.clone(),
+            render: self.render.clone(),
+        }
+    }
+}
+
+/// Input and options from any of the accepted body forms.
+pub(super) async fn parse_body(
+    received: input::ReceivedBody,
+    uri: &Uri,
+) -> Result<(RawInput, ExplainRequest), ApiError> {
+    let media = received.media_type.as_str();
+    if media == "application/json" {
+        // JSON and base64 of a large body are CPU work: off the async threads.
+        return tokio::task::spawn_blocking(move || {
+            let mut req: ExplainRequest = input::parse_json(&received.bytes)?;
+            let raw = input::one_input(req.image.take(), req.features.take(), "the request")?;
+            Ok((raw, req))
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    }
+    if input::is_image_media_type(media) {
+        let pairs: Vec<(String, String)> = input::parse_query(uri)?;
+        return Ok((RawInput::Image(received.bytes.clone()), request_from_query(&pairs)?));
+    }
+    if media == "multipart/form-data" {
+        let form = input::parse_multipart(&received, &["request"]).await?;
+        let req = match form.fields.iter().find(|(n, _)| n == "request") {
+            Some((_, text)) => input::parse_json::<ExplainRequest>(text.as_bytes())?,
+            None => ExplainRequest::default(),
+        };
+        if req.image.is_some() || req.features.is_some() {
+            return Err(ApiError::new(
+                ProblemKind::InvalidRequest,
+                "the `request` part must not hold the input; send it as the `image` part",
+            ));
+        }
+        let mut images = form.images.into_iter();
+        let (Some(image), None) = (images.next(), images.next()) else {
+            return Err(ApiError::new(
+                ProblemKind::InvalidRequest,
+                "the multipart form needs exactly one `image` part",
+            ));
+        };
+        return Ok((RawInput::Image(image), req));
+    }
+    Err(ApiError::new(
+        ProblemKind::UnsupportedMediaType,
+        format!(
+            "content type `{}` is not accepted; send application/json, image/png, image/jpeg or multipart/form-data",
+            if media.is_empty() { "(none)" } else { media }
+        ),
+    ))
+}
+
+/// Builds the request from a raw-image body's query string: known keys, and method parameters.
+fn request_from_query(pairs: &[(String, String)]) -> Result<ExplainRequest, ApiError> {
+    let bad = |m: String| ApiError::new(ProblemKind::InvalidRequest, format!("query string: {m}"));
+    let literal = |v: &str| {
+        serde_json::from_str::<serde_json::Value>(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()))
+    };
+    let mut req = ExplainRequest::default();
+    let mut params = serde_json::Map::new();
+    let mut render = serde_json::Map::new();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "target" => {
+                let refs: Vec<TargetRef> = value
+                    .split(',')
+                    .map(|v| {
+                        v.trim()
+                            .parse::<usize>()
+                            .map(TargetRef::Index)
+                            .unwrap_or_else(|_| TargetRef::Label(v.trim().to_string()))
+                    })
+                    .collect();
+                req.target = Some(if refs.len() == 1 {
+                    TargetSpec::One(refs[0].clone())
+                } else {
+                    TargetSpec::Many(refs)
+                });
+            }
+            "top_k" => {
+                req.target = Some(TargetSpec::TopK {
+                    top_k: value
+                        .parse()
+                        .map_err(|_| bad(format!("top_k must be a number, got `{value}`")))?,
+                })
+            }
+            "seed" => {
+                req.seed = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad(format!("seed must be a non-negative integer, got `{value}`")))?,
+                )
+            }
+            "format" => {
+                req.format = Some(
+                    serde_json::from_value(serde_json::Value::String(value.clone()))
+                        .map_err(|_| bad(format!("format must be json or png, got `{value}`")))?,
+                )
+            }
+            "include" => {
+                req.include = Some(
+                    value
+                        .split(',')
+                        .map(|v| serde_json::from_value(serde_json::Value::String(v.trim().to_string())))
+                        .collect::<Result<_, _>>()
+                        .map_err(|_| bad(format!("include takes tensor and overlay, got `{value}`")))?,
+                )
+            }
+            "audit" => {
+                req.audit = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad(format!("audit must be true or false, got `{value}`")))?,
+                )
+            }
+            "clip_percentiles" => {
+                let values: Vec<serde_json::Value> = value.split(',').map(|v| literal(v.trim())).collect();
+                render.insert(key.clone(), serde_json::Value::Array(values));
+            }
+            k if QUERY_KEYS.contains(&k) => {
+                render.insert(key.clone(), literal(value));
+            }
+            _ => {
+                params.insert(key.clone(), literal(value));
+            }
+        }
+    }
+    req.params = Some(serde_json::Value::Object(params));
+    if !render.is_empty() {
+        req.render = Some(serde_json::from_value(serde_json::Value::Object(render)).map_err(|e| bad(e.to_string()))?);
+    }
+    Ok(req)
+}

@@ -1,0 +1,99 @@
+//! Input preparation shared by predict and explain: decoding and preprocessing one input (on a
+//! blocking thread; the image header's pixel count is checked before decoding), keeping what maps
+//! results back onto the original, and the input's audit evidence.
+
+use super::error::ApiError;
+use super::input::RawInput;
+use crate::audit::Evidence;
+use crate::runtime::manifest::Task;
+use crate::runtime::preprocess::{self, Features, Geometry, InputError};
+use crate::runtime::{LoadedModel, Tensor};
+
+/// The prepared input and what is needed to map results back.
+pub struct Prepared {
+    pub tensor: Tensor,
+    pub original: Option<image::RgbImage>,
+    pub geometry: Option<Geometry>,
+    pub features: Option<Vec<f32>>,
+}
+
+/// Decodes and preprocesses one input, keeping what maps results back onto it.
+pub fn prepare(model: &LoadedModel, raw: RawInput, max_pixels: u64) -> Result<Prepared, ApiError> {
+    match (raw, model.spec.task) {
+        (RawInput::Image(bytes), Task::ImageClassification) => {
+            let img = preprocess::decode_image(&bytes, max_pixels)?;
+            let spec = model
+                .spec
+                .image
+                .as_ref()
+                .ok_or_else(|| ApiError::internal("image model without image spec"))?;
+            let p = preprocess::prepare_image(&img, spec);
+            Ok(Prepared {
+                tensor: p.tensor,
+                original: Some(p.original),
+                geometry: Some(p.geometry),
+                features: None,
+            })
+        }
+        (RawInput::Features(f), Task::TabularClassification | Task::TabularRegression) => {
+            let spec = model
+                .spec
+                .tabular
+                .as_ref()
+                .ok_or_else(|| ApiError::internal("tabular model without tabular spec"))?;
+            let tensor = preprocess::prepare_features(&f, spec)?;
+            let values = tensor.as_f32().map(<[f32]>::to_vec);
+            Ok(Prepared {
+                tensor,
+                original: None,
+                geometry: None,
+                features: values,
+            })
+        }
+        (RawInput::Image(_), _) => Err(InputError::WrongKind(format!(
+            "model `{}` is tabular: send `features`, not an image",
+            model.name
+        ))
+        .into()),
+        (RawInput::Features(Features::Named(_) | Features::Ordered(_)), _) => Err(InputError::WrongKind(format!(
+            "model `{}` takes images: send an image, not `features`",
+            model.name
+        ))
+        .into()),
+    }
+}
+
+/// Decodes and preprocesses every input on a blocking thread.
+pub async fn prepare_all(
+    model: &std::sync::Arc<LoadedModel>,
+    inputs: Vec<RawInput>,
+    max_pixels: u64,
+) -> Result<Vec<Prepared>, ApiError> {
+    let model = model.clone();
+    tokio::task::spawn_blocking(move || inputs.into_iter().map(|raw| prepare(&model, raw, max_pixels)).collect())
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// The batch tensor of prepared inputs.
+pub fn batch(prepared: &[Prepared]) -> Result<Tensor, ApiError> {
+    Tensor::concat_rows(prepared.iter().map(|p| p.tensor.clone()).collect())
+        .ok_or_else(|| ApiError::internal("inputs of different shapes"))
+}
+
+/// An input's audit evidence: the uploaded image's bytes, or the features in the model's order.
+pub fn evidence(model: &LoadedModel, raw: &RawInput, keep: bool) -> Evidence {
+    match raw {
+        RawInput::Image(bytes) => Evidence::image(bytes, keep),
+        RawInput::Features(f) => {
+            let values = model
+                .spec
+                .tabular
+                .as_ref()
+                .and_then(|spec| preprocess::prepare_features(f, spec).ok())
+                .and_then(|t| t.as_f32().map(<[f32]>::to_vec))
+                .unwrap_or_default();
+            Evidence::features(&values, keep)
+        }
+    }
+}

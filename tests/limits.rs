@@ -1,0 +1,459 @@
+//! Every request is bounded: hostile parameters drawn from each method's own schema get a 4xx or a
+//! 200, never a 5xx or a dead process; slow clients hold no queue slot; the service answers health
+//! checks while saturated; and a method is one type plus one registration line.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use explaind::explain::method::{bytes, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use explaind::explain::{Cx, ExplainJob, Methods, TargetAttribution};
+use explaind::runtime::predict::Prediction;
+use explaind::runtime::{RuntimeError, Tensor};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const FEATURES: [f64; 30] = [
+    13.0, 15.7, 82.0, 520.0, 0.08, 0.06, 0.03, 0.02, 0.17, 0.06, 0.3, 1.0, 2.0, 25.0, 0.006, 0.01, 0.02, 0.008, 0.02,
+    0.003, 14.0, 20.0, 90.0, 600.0, 0.11, 0.15, 0.12, 0.06, 0.28, 0.08,
+];
+
+fn fashion_b64() -> String {
+    let png = std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(png)
+}
+
+/// Peak resident memory of this process (the server runs in it), in MiB.
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// Values at and past every bound a number can have, as JSON text (some are not valid doubles).
+const EXTREMES: &[&str] = &[
+    "0",
+    "1",
+    "2",
+    "-1",
+    "-9223372036854775808",
+    "2147483648",
+    "9223372036854775808",
+    "18446744073709551615",
+    "18446744073709551616",
+    "1e308",
+    "1e999",
+    "-1e308",
+    "0.5",
+    "1e-300",
+    "null",
+    "true",
+    "\"auto\"",
+    "\"\"",
+    "[]",
+    "{}",
+];
+
+/// One hostile value for a property of `schema` (resolved through `components`).
+fn draw(rng: &mut Rng, schema: &Value, components: &Value) -> String {
+    let schema = match schema["$ref"].as_str() {
+        Some(r) => &components[r.trim_start_matches("#/components/schemas/")],
+        None => schema,
+    };
+    let mut options: Vec<String> = EXTREMES.iter().map(|s| s.to_string()).collect();
+    for bound in ["maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum"] {
+        if let Some(b) = schema[bound].as_f64() {
+            for v in [b, b + 1.0, b - 1.0] {
+                options.push(format!("{}", if v.fract() == 0.0 { v as i64 as f64 } else { v }).replace(".0", ""));
+            }
+        }
+    }
+    let mut enums = Vec::new();
+    collect_enums(schema, components, &mut enums);
+    options.extend(enums.iter().map(|e| e.to_string()));
+    options.push(format!("\"{}\"", "x".repeat(10_000)));
+    options.push(format!("[{}]", vec!["1"; 5000].join(",")));
+    let pick = (rng.next_u64() as usize) % options.len();
+    options.swap_remove(pick)
+}
+
+fn collect_enums(schema: &Value, components: &Value, out: &mut Vec<Value>) {
+    if let Some(r) = schema["$ref"].as_str() {
+        collect_enums(
+            &components[r.trim_start_matches("#/components/schemas/")],
+            components,
+            out,
+        );
+    }
+    if let Some(e) = schema["enum"].as_array() {
+        out.extend(e.iter().cloned());
+    }
+    for key in ["oneOf", "anyOf", "allOf"] {
+        for s in schema[key].as_array().into_iter().flatten() {
+            collect_enums(s, components, out);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_parameters_from_every_schema_get_4xx_or_200_never_5xx() {
+    let mut config = test_config(&root().join("models"));
+    config.max_samples = 256;
+    config.max_batch = 16;
+    config.max_job_bytes = 64 << 20;
+    config.job_deadline_ms = 20_000;
+    let s = start(config).await;
+    let http = reqwest::Client::new();
+    let doc: Value = serde_json::from_str(&explaind::http::openapi::document_json(&Methods::standard())).unwrap();
+    let components = &doc["components"]["schemas"];
+    let seed = std::env::var("LIMITS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261129u64);
+    let mut rng = Rng::new(seed);
+    let image = fashion_b64();
+    let before = peak_rss_mib();
+    let started = Instant::now();
+    let mut counts = std::collections::BTreeMap::<u16, usize>::new();
+    for method in Methods::standard().iter() {
+        let (name, _) = method.params_schemas();
+        let schema = &components[&name];
+        let properties: Vec<(&String, &Value)> = schema["properties"]
+            .as_object()
+            .map(|p| p.iter().collect())
+            .unwrap_or_default();
+        let tabular = method.capabilities().inputs == Inputs::Tabular;
+        let model = if tabular { "breast-cancer-forest" } else { "fashion-cnn" };
+        for round in 0..12 {
+            // Each round sets a few properties to hostile values (and an unknown name now and then).
+            let mut params = String::from("{");
+            let mut first = true;
+            for (key, prop) in &properties {
+                if rng.next_u64() % 2 == 0 {
+                    continue;
+                }
+                if !first {
+                    params.push(',');
+                }
+                first = false;
+                params.push_str(&format!("\"{key}\":{}", draw(&mut rng, prop, components)));
+            }
+            if round == 11 {
+                params.push_str(if first {
+                    "\"no_such_param\":1"
+                } else {
+                    ",\"no_such_param\":1"
+                });
+            }
+            params.push('}');
+            let target = match rng.next_u64() % 5 {
+                0 => "\"target\": 18446744073709551615,".to_string(),
+                1 => "\"target\": {\"top_k\": 9223372036854775807},".to_string(),
+                2 => format!("\"target\": [{}],", vec!["0"; 1000].join(",")),
+                _ => String::new(),
+            };
+            let input = if tabular {
+                format!("\"features\": {}", serde_json::to_string(&FEATURES.to_vec()).unwrap())
+            } else {
+                format!("\"image\": \"{image}\"")
+            };
+            let body = format!("{{{target}{input}, \"seed\": 1, \"params\": {params}}}");
+            let r = http
+                .post(url(&s, &format!("/v1/models/{model}/explain/{}", method.name())))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: {} dropped the connection: {e}\n{params}", method.name()));
+            let status = r.status();
+            *counts.entry(status.as_u16()).or_default() += 1;
+            let content_type = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+            let text = r.text().await.unwrap();
+            assert!(
+                status.is_success() || status.is_client_error(),
+                "seed {seed}: {} answered {status} to params {params}: {text}",
+                method.name()
+            );
+            if status.is_client_error() {
+                assert_eq!(
+                    content_type.as_deref(),
+                    Some("application/problem+json"),
+                    "seed {seed}: {} {status}: {text}",
+                    method.name()
+                );
+            }
+        }
+    }
+    // The service is still up and well.
+    let health = http.get(url(&s, "/healthz")).send().await.unwrap();
+    assert!(health.status().is_success());
+    let peak = peak_rss_mib();
+    println!(
+        "hostile parameters: statuses {counts:?} in {:.1} s; peak resident memory {peak} MiB (from {before} MiB)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        counts.get(&200).copied().unwrap_or(0) > 0,
+        "no request succeeded: {counts:?}"
+    );
+    assert!(peak < 3 * 1024, "peak resident memory {peak} MiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_of_parameters_that_overflow_are_refused_at_the_edge() {
+    let s = start_bundled().await;
+    let http = reqwest::Client::new();
+    let image = fashion_b64();
+    for (method, params, status, slug) in [
+        (
+            "smoothgrad",
+            json!({"base": "integrated_gradients", "samples": 288230376151711744u64, "steps": 64}),
+            400,
+            "invalid-request",
+        ),
+        (
+            "smoothgrad",
+            json!({"base": "integrated_gradients", "samples": 4096, "steps": 4096}),
+            422,
+            "invalid-input",
+        ),
+        ("rise", json!({"cell_size": 50000}), 400, "invalid-request"),
+        ("integrated-gradients", json!({"steps": 4000}), 200, ""),
+        ("occlusion", json!({"window": 1, "stride": 1}), 200, ""),
+        ("grad-cam", json!({"layer": "no-such-layer"}), 422, "invalid-input"),
+    ] {
+        let started = Instant::now();
+        let r = http
+            .post(url(&s, &format!("/v1/models/fashion-cnn/explain/{method}")))
+            .json(&json!({"image": image, "params": params, "target": [0, 1]}))
+            .send()
+            .await
+            .unwrap();
+        if status == 200 {
+            // In-budget requests run (occlusion at 1 pixel: 784 windows; IG: 8,000 rows).
+            let code = r.status().as_u16();
+            assert!(code == 200 || code == 422, "{method} {params}: {code}");
+            continue;
+        }
+        let p = problem(r, reqwest::StatusCode::from_u16(status).unwrap(), slug).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{method}: refused after {:?}",
+            started.elapsed()
+        );
+        println!("{method} {params}: {}", p["detail"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_clients_hold_no_slot_and_get_408() {
+    let mut config = test_config(&root().join("models"));
+    config.body_read_timeout_ms = 1500;
+    config.queue_capacity = 4;
+    let s = start(config).await;
+    let addr = s.addr;
+    // 100 connections announce a 1 MB body and send one byte of it.
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = "POST /v1/models/fashion-cnn/predict HTTP/1.1\r\nhost: x\r\ncontent-type: image/png\r\ncontent-length: 1000000\r\n\r\n";
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(b"\x89").await.unwrap();
+        stalled.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let png = std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap();
+    let started = Instant::now();
+    let r = reqwest::Client::new()
+        .post(url(&s, "/v1/models/fashion-cnn/predict"))
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .await
+        .unwrap();
+    let normal = started.elapsed();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(normal < Duration::from_secs(2), "a normal request took {normal:?}");
+    // Each stalled one is answered 408 and closed.
+    let started = Instant::now();
+    let mut refused = 0;
+    for mut c in stalled {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "a stalled connection was not closed");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("application/problem+json"), "{text}");
+        refused += 1;
+    }
+    println!(
+        "slow clients: a normal request answered in {} ms beside 100 stalled uploads; all {refused} stalled got 408 and \
+         were closed within {} ms of it",
+        normal.as_millis(),
+        started.elapsed().as_millis()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_and_metrics_answer_while_the_workers_and_queue_are_full() {
+    let dir = temp_dir("saturated");
+    write_model(&dir, "slow", &slow_model(12), SLOW_MANIFEST);
+    let mut config = test_config(&dir);
+    config.workers = 1;
+    config.queue_capacity = 2;
+    let s = start(config).await;
+    let http = reqwest::Client::new();
+    let endpoint = url(&s, "/v1/models/slow/predict");
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        let (http, endpoint) = (http.clone(), endpoint.clone());
+        busy.push(tokio::spawn(async move {
+            http.post(endpoint)
+                .json(&json!({"features": [1, 2, 3, 4, 5, 6, 7, 8]}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    // Wait until the queue is full.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.state.executor.is_full() {
+        assert!(Instant::now() < deadline, "the queue never filled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    let r = http
+        .post(&endpoint)
+        .json(&json!({"features": [1, 2, 3, 4, 5, 6, 7, 8]}))
+        .send()
+        .await
+        .unwrap();
+    let refused_in = started.elapsed();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let mut times = Vec::new();
+    for i in 0..200 {
+        let path = if i % 10 == 0 { "/metrics" } else { "/healthz" };
+        let started = Instant::now();
+        let r = http.get(url(&s, path)).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        times.push(started.elapsed());
+    }
+    let still_full = s.state.executor.is_full();
+    times.sort();
+    let p99 = times[times.len() * 99 / 100];
+    println!(
+        "saturated (1 worker busy, queue full: {still_full}): 503 in {:.2} ms; /healthz and /metrics p99 {:.2} ms, max {:.2} ms over 200",
+        refused_in.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        times.last().unwrap().as_secs_f64() * 1e3
+    );
+    assert!(p99 < Duration::from_millis(50), "p99 {p99:?}");
+    for b in busy {
+        let _ = b.await;
+    }
+}
+
+/// A toy method: the input itself as the attribution. One type, one registration line.
+struct Identity;
+
+impl Method for Identity {
+    type Params = explaind::explain::GradientXInputParams;
+    const NAME: &'static str = "identity";
+    const SUMMARY: &'static str = "The input itself";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::None,
+        inputs: Inputs::Any,
+        layer: false,
+        random: false,
+    };
+
+    fn plan(_: &mut Self::Params, cx: &PlanContext) -> Result<Cost, Invalid> {
+        Ok(Cost {
+            samples: 0,
+            rows: 0,
+            bytes: bytes(cx.input_len(), 8),
+        })
+    }
+
+    fn explain(
+        _: &mut Cx,
+        job: &ExplainJob,
+        _: &Self::Params,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        let values: Vec<f64> = job.input.to_f64();
+        Ok(targets
+            .iter()
+            .map(|t| TargetAttribution::from_values(t, &values, json!({"toy": true})))
+            .collect())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_is_one_type_and_one_registration_line() {
+    let methods = Methods::standard().with::<Identity>();
+    let s = match explaind::Service::start_with(test_config(&root().join("models")), methods).await {
+        Ok(s) => s,
+        Err(e) => panic!("{e:#}"),
+    };
+    assert!(s.state.executor.wait_ready(Duration::from_secs(60)).await);
+    let r = reqwest::Client::new()
+        .post(url(&s, "/v1/models/breast-cancer/explain/identity"))
+        .json(&json!({"features": FEATURES.to_vec()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["method"], "identity");
+    assert_eq!(v["details"]["toy"], true);
+    let values = v["attributions"]["values"].as_array().unwrap();
+    assert_eq!(values.len(), 30);
+    assert!((values[0].as_f64().unwrap() - 13.0).abs() < 1e-4, "{values:?}");
+    let _ = Tensor::f32(vec![1], vec![0.0]);
+    // The document lists it with its parameters.
+    let doc: Value = reqwest::get(url(&s, "/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/v1/models/{model}/explain/identity"]["post"].is_object());
+}
+
+#[test]
+fn every_parameter_schema_default_is_the_default_value() {
+    let doc: Value = serde_json::from_str(&explaind::http::openapi::document_json(&Methods::standard())).unwrap();
+    let components = &doc["components"]["schemas"];
+    let mut checked = 0;
+    for method in Methods::standard().iter() {
+        let (name, _) = method.params_schemas();
+        let defaults = method.default_params();
+        for (key, prop) in components[&name]["properties"].as_object().into_iter().flatten() {
+            if let Some(d) = prop.get("default") {
+                let actual = &defaults[key];
+                let same = match (d.as_f64(), actual.as_f64()) {
+                    (Some(a), Some(b)) => (a - b).abs() < 1e-6,
+                    _ => d == actual,
+                };
+                assert!(
+                    same,
+                    "{}: params.{key} schema default {d} but Default gives {actual}",
+                    method.name()
+                );
+                checked += 1;
+            }
+        }
+        // Every method's path is in the document.
+        assert!(doc["paths"][format!("/v1/models/{{model}}/explain/{}", method.name())].is_object());
+    }
+    assert!(checked >= 25, "only {checked} defaults checked");
+}
