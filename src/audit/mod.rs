@@ -139,51 +139,71 @@ impl AuditLog {
     /// Walks the whole chain and reports the first broken link.
     pub async fn verify(&self) -> Result<Verification, StoreError> {
         let store = self.store().await?;
-        let mut expected_seq = 1i64;
-        let mut prev = GENESIS.to_string();
-        let mut records = 0i64;
+        let mut walk = Walk {
+            expected_seq: 1,
+            prev: GENESIS.to_string(),
+            records: 0,
+            first_broken: None,
+        };
+        while walk.first_broken.is_none() {
+            let page = store.page(walk.expected_seq - 1, 500).await?;
+            if page.is_empty() {
+                break;
+            }
+            // Hashing a long chain is CPU work: each page is checked on the blocking pool.
+            walk = tokio::task::spawn_blocking(move || walk.check(&page)).await?;
+        }
+        Ok(Verification {
+            ok: walk.first_broken.is_none(),
+            records: walk.records,
+            tip_hash: walk.prev,
+            first_broken: walk.first_broken,
+        })
+    }
+}
+
+/// Where a verification of the chain stands.
+struct Walk {
+    expected_seq: i64,
+    prev: String,
+    records: i64,
+    first_broken: Option<Broken>,
+}
+
+impl Walk {
+    /// Checks one page of records, in order, stopping at the first broken one.
+    fn check(mut self, page: &[store::Stored]) -> Self {
         let broken = |seq: i64, id: Option<&str>, reason: String| Broken {
             seq,
             id: id.map(String::from),
             reason,
         };
-        let mut first_broken = None;
-        'walk: loop {
-            let page = store.page(expected_seq - 1, 500).await?;
-            if page.is_empty() {
-                break;
+        for r in page {
+            if r.seq != self.expected_seq {
+                let expected = self.expected_seq;
+                self.first_broken = Some(broken(
+                    expected,
+                    None,
+                    format!("record {expected} is missing (the next one is {})", r.seq),
+                ));
+                return self;
             }
-            for r in &page {
-                if r.seq != expected_seq {
-                    first_broken = Some(broken(
-                        expected_seq,
-                        None,
-                        format!("record {expected_seq} is missing (the next one is {})", r.seq),
-                    ));
-                    break 'walk;
-                }
-                let problem = if r.prev_hash != prev {
-                    Some("its prev_hash is not the previous record's hash (a record was removed or re-ordered)".into())
-                } else if chain_hash(&r.prev_hash, &r.body) != r.hash {
-                    Some("its hash does not match its contents (the record was edited)".to_string())
-                } else {
-                    columns_disagree(r)
-                };
-                if let Some(reason) = problem {
-                    first_broken = Some(broken(r.seq, Some(&r.id), reason));
-                    break 'walk;
-                }
-                prev = r.hash.clone();
-                expected_seq += 1;
-                records += 1;
+            let problem = if r.prev_hash != self.prev {
+                Some("its prev_hash is not the previous record's hash (a record was removed or re-ordered)".into())
+            } else if chain_hash(&r.prev_hash, &r.body) != r.hash {
+                Some("its hash does not match its contents (the record was edited)".to_string())
+            } else {
+                columns_disagree(r)
+            };
+            if let Some(reason) = problem {
+                self.first_broken = Some(broken(r.seq, Some(&r.id), reason));
+                return self;
             }
+            self.prev = r.hash.clone();
+            self.expected_seq += 1;
+            self.records += 1;
         }
-        Ok(Verification {
-            ok: first_broken.is_none(),
-            records,
-            tip_hash: prev,
-            first_broken,
-        })
+        self
     }
 }
 

@@ -24,6 +24,12 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl From<tokio::task::JoinError> for StoreError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self(format!("a blocking task stopped: {e}"))
+    }
+}
+
 impl From<serde_json::Error> for StoreError {
     fn from(e: serde_json::Error) -> Self {
         Self(e.to_string())
