@@ -282,11 +282,17 @@ fn check_cost(cost: Cost, limits: Limits) -> Result<(), Invalid> {
             cost.samples, limits.max_samples
         )));
     }
-    if cost.bytes > limits.max_job_bytes {
+    check_bytes(cost.bytes, 1, limits)
+}
+
+/// Refuses `explanations` plans of `bytes` each when together they pass `max_job_bytes`.
+pub fn check_bytes(bytes: u64, explanations: usize, limits: Limits) -> Result<(), Invalid> {
+    let total = bytes.saturating_mul(explanations as u64);
+    if total > limits.max_job_bytes {
         return Err(Invalid::Model(format!(
-            "this explanation would hold {} MiB; the limit is {} MiB (max_job_bytes): ask for fewer \
-             samples, targets or segments",
-            cost.bytes.div_ceil(1 << 20),
+            "{explanations} explanation(s) would hold {} MiB; the limit is {} MiB (max_job_bytes): ask for fewer \
+             samples, targets, segments or instances",
+            total.div_ceil(1 << 20),
             limits.max_job_bytes >> 20
         )));
     }

@@ -22,7 +22,7 @@ use super::input::{self, RawInput};
 use super::prepare;
 use super::AppState;
 use crate::audit::{Context, Evidence, Kind, Receipt};
-use crate::explain::method::{check_applicable, PlanContext};
+use crate::explain::method::{check_applicable, check_bytes, PlanContext};
 use crate::explain::{targets, ExplainJob, ExplainTask, Limits, TargetSpec, ValidParams};
 use crate::render::RenderOptions;
 use crate::runtime::{LoadedModel, Tensor};
@@ -166,15 +166,7 @@ pub fn validate(
         targets: count,
     };
     let params = method.plan(options.params.unwrap_or_else(|| serde_json::json!({})), &cx)?;
-    let total = params.cost().bytes.saturating_mul(inputs as u64);
-    if total > limits.max_job_bytes {
-        return Err(crate::explain::Invalid::Model(format!(
-            "{inputs} explanations would hold {} MiB together; the limit is {} MiB (max_job_bytes)",
-            total.div_ceil(1 << 20),
-            limits.max_job_bytes >> 20
-        ))
-        .into());
-    }
+    check_bytes(params.cost().bytes, inputs, limits)?;
     Ok(ValidExplain {
         model: model.clone(),
         params,
