@@ -239,13 +239,7 @@ impl Cx<'_> {
         let mut start = 0;
         while start < rows {
             let end = (start + chunk).min(rows);
-            let mut data = Vec::new();
-            data.try_reserve_exact((end - start) * n)
-                .map_err(|e| RuntimeError::Inference {
-                    model: model.name.clone(),
-                    message: format!("cannot reserve a batch: {e}"),
-                })?;
-            data.resize((end - start) * n, 0f32);
+            let mut data = zeroed_batch(&model.name, (end - start) * n)?;
             let mut indices = Vec::with_capacity(end - start);
             for r in start..end {
                 let i = r - start;
@@ -304,6 +298,18 @@ fn join_passes(parts: Vec<GradientPass>) -> Option<GradientPass> {
         input_grad: Tensor::concat_rows(input_grad)?,
         layers: joined,
     })
+}
+
+/// A zeroed batch buffer of `len` values, reserved fallibly: a plan's byte budget holds in code,
+/// and an allocation the machine cannot give fails the job, not the process.
+pub(crate) fn zeroed_batch(model: &str, len: usize) -> Result<Vec<f32>, RuntimeError> {
+    let mut data = Vec::new();
+    data.try_reserve_exact(len).map_err(|e| RuntimeError::Inference {
+        model: model.to_string(),
+        message: format!("cannot reserve a batch of {len} values: {e}"),
+    })?;
+    data.resize(len, 0f32);
+    Ok(data)
 }
 
 /// `rows` copies of a one-row tensor.

@@ -70,7 +70,7 @@ pub(super) fn run_copies(
     let mut start = 0;
     while start < rows {
         let end = (start + batch).min(rows);
-        let mut data = vec![0f32; (end - start) * n];
+        let mut data = super::zeroed_batch(&cx.model().name, (end - start) * n)?;
         for r in start..end {
             make(r, &mut data[(r - start) * n..(r - start + 1) * n]);
         }

@@ -97,32 +97,15 @@ pub async fn submit(
         let outcome = admission.run_controlled(ExplainTask(explain_job), control).await;
         let finished = match outcome {
             Ok(result) => {
-                let max_map_pixels = state.config.max_map_pixels;
-                let built = tokio::task::spawn_blocking(move || {
-                    explain::build_answer(&valid, &prepared[0], result, false, max_map_pixels, started)
-                })
-                .await;
-                match built {
-                    Ok(mut answer) => {
-                        let receipt = match evidence {
-                            Some(evidence) => explain::audit_explanation(&state, ctx, evidence, &answer.body)
-                                .await
-                                .map(Some),
-                            None => Ok(None),
-                        };
-                        match receipt {
-                            Ok(r) => {
-                                answer.body.audit_record = r;
-                                serde_json::to_value(&answer.body).map_err(|e| ApiError::internal(e).problem())
-                            }
-                            Err(e) => Err(e.problem()),
-                        }
-                    }
-                    Err(e) => Err(ApiError::internal(e).problem()),
+                let audit = evidence.map(|evidence| (evidence, ctx));
+                match explain::finish(&state, valid, prepared, result, false, started, audit).await {
+                    Ok(answer) => serde_json::to_value(&answer.body).map_err(ApiError::internal),
+                    Err(e) => Err(e),
                 }
             }
-            Err(e) => Err(ApiError::from(e).problem()),
-        };
+            Err(e) => Err(ApiError::from(e)),
+        }
+        .map_err(|e| e.problem());
         let finished = finished.map_err(|p| serde_json::to_value(p).unwrap_or_default());
         state.jobs.finish(&task_id, finished);
     });

@@ -9,15 +9,17 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{audit_context, Caller};
 use super::error::{audit_failed, ApiError, ProblemKind};
-use super::explain::{self, ExplainResponse, Include};
+use super::explain::{self, ExplainResponse, Include, ValidExplain};
 use super::input::{self, FeaturesJson, RawInput};
-use super::{prepare, AppState};
+use super::prepare::{self, Prepared};
+use super::AppState;
 use crate::audit::{Context, Evidence, Kind, Receipt};
-use crate::explain::{Condition, PredictExplainTask, TargetSpec};
+use crate::explain::{Condition, ExplainResult, TargetSpec};
 use crate::render::RenderOptions;
 use crate::runtime::predict::{PredictTask, Prediction, RowPrediction};
 use crate::runtime::LoadedModel;
@@ -181,17 +183,14 @@ pub async fn predict(
     let parsed = parse_predict_body(received, &uri).await?;
     let top_k = parsed.top_k.unwrap_or(DEFAULT_TOP_K);
     check_counts(&state, top_k, parsed.inputs.len())?;
-    let valid = match &parsed.explain {
-        Some(e) => Some(explain::validate(
-            &state,
-            &model,
-            &e.method,
-            e.options(),
-            parsed.inputs.len(),
-        )?),
+    let explain = match &parsed.explain {
+        Some(e) => {
+            let valid = explain::validate(&state, &model, &e.method, e.options(), parsed.inputs.len())?;
+            Some((valid, e.when.clone().unwrap_or_default()))
+        }
         None => None,
     };
-    let kind = if valid.is_some() {
+    let kind = if explain.is_some() {
         Kind::Explanation
     } else {
         Kind::Prediction
@@ -205,64 +204,34 @@ pub async fn predict(
     };
     let admission = state.executor.admit()?;
     let prepared = prepare::prepare_all(&model, parsed.inputs, state.config.max_image_pixels).await?;
-    let input = prepare::batch(&prepared)?;
     let predict = PredictTask {
         model: model.clone(),
-        input,
+        input: prepare::batch(&prepared)?,
         top_k,
     };
-    let (rows, results) = match (&valid, parsed.explain) {
-        (Some(valid), Some(e)) => {
-            let when = e.when.unwrap_or_default();
-            let task = PredictExplainTask {
-                predict,
-                params: valid.params.clone(),
-                targets: valid.targets.clone(),
-                seed: valid.seed,
-                limits: valid.limits,
-                when,
-            };
-            admission.run(task).await?
-        }
-        _ => {
+    let (rows, results) = match &explain {
+        Some((valid, when)) => admission.run(valid.with_prediction(predict, when.clone())).await?,
+        None => {
             let rows = admission.run(predict).await?;
             let none = vec![None; rows.len()];
             (rows, none)
         }
     };
-    let max_map_pixels = state.config.max_map_pixels;
-    let instances = tokio::task::spawn_blocking(move || {
-        rows.into_iter()
-            .zip(results)
-            .zip(&prepared)
-            .map(|((prediction, result), prep)| InstanceResult {
-                prediction,
-                explanation: valid.as_ref().zip(result).map(|(valid, r)| {
-                    let (list, _) = explain::explanations(valid, &r, prep, false, max_map_pixels);
-                    explain::explain_body(valid, list, &r, started)
-                }),
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    let mut response = PredictResponse {
-        model: model.name.clone(),
-        model_sha256: model.sha256.clone(),
-        predictions: None,
-        outputs: None,
-        explanation: None,
-        instances: None,
-        audit_record: None,
+    let answer = Answer {
+        model,
+        batched: parsed.batched,
+        rows,
+        results,
+        prepared,
+        explain: explain.map(|(valid, _)| valid),
+        max_map_pixels: state.config.max_map_pixels,
+        started,
     };
-    if parsed.batched {
-        response.instances = Some(instances);
-    } else if let Some(one) = instances.into_iter().next() {
-        response.predictions = Some(one.prediction.predictions);
-        response.outputs = Some(one.prediction.outputs);
-        response.explanation = one.explanation;
-    }
-    audited(&state, audit, response).await
+    let audited_too = audit.is_some();
+    let (response, sent) = tokio::task::spawn_blocking(move || answer.draw(audited_too))
+        .await
+        .map_err(ApiError::internal)??;
+    audited(&state, audit, response, sent).await
 }
 
 /// `top_k` and the number of inputs within their limits.
@@ -291,14 +260,74 @@ async fn evidence(state: &AppState, model: &Arc<LoadedModel>, inputs: &[RawInput
         .map_err(ApiError::internal)
 }
 
+/// A finished prediction job, to be drawn into the answer (on a blocking thread: maps drawn back
+/// onto images, the audit copy serialised).
+struct Answer {
+    model: Arc<LoadedModel>,
+    batched: bool,
+    rows: Vec<RowPrediction>,
+    results: Vec<Option<ExplainResult>>,
+    prepared: Vec<Prepared>,
+    explain: Option<ValidExplain>,
+    max_map_pixels: u64,
+    started: Instant,
+}
+
+impl Answer {
+    /// The response, and its JSON as sent when it is to be audited.
+    fn draw(self, audited: bool) -> Result<(PredictResponse, Option<Value>), ApiError> {
+        let Answer {
+            model,
+            batched,
+            rows,
+            results,
+            prepared,
+            explain,
+            max_map_pixels,
+            started,
+        } = self;
+        let explanation = |result: Option<ExplainResult>, prep: &Prepared| {
+            let (valid, result) = explain.as_ref().zip(result)?;
+            let (list, _) = explain::explanations(valid, &result, prep, false, max_map_pixels);
+            Some(explain::explain_body(valid, list, &result, started))
+        };
+        let mut instances = rows
+            .into_iter()
+            .zip(results)
+            .zip(&prepared)
+            .map(|((prediction, result), prep)| InstanceResult {
+                prediction,
+                explanation: explanation(result, prep),
+            });
+        let mut response = PredictResponse {
+            model: model.name.clone(),
+            model_sha256: model.sha256.clone(),
+            predictions: None,
+            outputs: None,
+            explanation: None,
+            instances: None,
+            audit_record: None,
+        };
+        if batched {
+            response.instances = Some(instances.collect());
+        } else if let Some(one) = instances.next() {
+            response.predictions = Some(one.prediction.predictions);
+            response.outputs = Some(one.prediction.outputs);
+            response.explanation = one.explanation;
+        }
+        let sent = audited.then(|| super::audit::as_sent(&response)).transpose()?;
+        Ok((response, sent))
+    }
+}
+
 /// Writes the answer's audit record when one is wanted; the answer is not sent unless it is written.
 async fn audited(
     state: &AppState,
     audit: Option<(Vec<Evidence>, Context)>,
     mut response: PredictResponse,
+    sent: Option<Value>,
 ) -> Result<Json<PredictResponse>, ApiError> {
-    if let Some((evidence, ctx)) = audit {
-        let value = super::audit::as_sent(&response)?;
+    if let Some(((evidence, ctx), value)) = audit.zip(sent) {
         let receipt = state
             .audit
             .prediction(&ctx, evidence, &value)

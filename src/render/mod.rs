@@ -2,8 +2,10 @@
 //! tabular attributions, PNG encoding.
 //! Rendering never recomputes an attribution; it only draws one.
 
+mod answer;
 mod bars;
 
+pub use answer::{feature_chart, map_on_image, panels_png, MapOnImage};
 pub use bars::{bar_chart, Bar};
 
 use colorgrad::Gradient;

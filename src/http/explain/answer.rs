@@ -33,7 +33,7 @@ pub fn build_answer(
     started: Instant,
 ) -> Answer {
     let (explanations, panels) = explanations(valid, &result, prepared, wants_png, max_map_pixels);
-    let png = wants_png.then(|| render::png(&render::side_by_side(&panels)));
+    let png = wants_png.then(|| render::panels_png(&panels));
     let body = explain_body(valid, explanations, &result, started);
     Answer { body, png }
 }
@@ -77,67 +77,38 @@ pub fn explanations(
     panels: bool,
     max_map_pixels: u64,
 ) -> (Vec<TargetExplanation>, Vec<image::RgbImage>) {
-    let (model, render_options, include) = (&valid.model, &valid.render, valid.include.as_slice());
+    let include = valid.include.as_slice();
+    let embed = include.contains(&Include::Overlay);
+    let draw = (panels || embed).then_some(&valid.render);
     let mut drawn = Vec::new();
     let mut explanations = Vec::new();
     for a in &result.attributions {
         let (shape, values, panel) = match (&a.map, &prepared.geometry, &prepared.original) {
             (Some(map), Some(geometry), Some(original)) => {
-                let (h, w) = (map.shape[0], map.shape[1]);
-                let (ow, oh, values) = geometry.map_back(map.as_f32().unwrap_or(&[]), w, h, max_map_pixels);
-                let panel = (panels || include.contains(&Include::Overlay)).then(|| {
-                    let background = if (ow, oh) == original.dimensions() {
-                        original.clone()
-                    } else {
-                        image::imageops::resize(original, ow, oh, image::imageops::FilterType::Triangle)
-                    };
-                    render::overlay(&background, &values, render_options)
-                });
-                (vec![oh as usize, ow as usize], values, panel)
+                let size = (map.shape[1], map.shape[0]);
+                let on = render::map_on_image(
+                    map.as_f32().unwrap_or(&[]),
+                    size,
+                    geometry,
+                    original,
+                    draw,
+                    max_map_pixels,
+                );
+                (vec![on.height as usize, on.width as usize], on.values, on.panel)
             }
             _ => (a.tensor.shape.clone(), a.tensor.as_f32().unwrap_or(&[]).to_vec(), None),
         };
-        let features = prepared
-            .features
-            .as_ref()
-            .zip(model.spec.tabular.as_ref())
-            .map(|(inputs, tab)| {
-                let mut list: Vec<FeatureAttribution> = tab
-                    .features
-                    .iter()
-                    .zip(inputs)
-                    .zip(&values)
-                    .map(|((name, value), attribution)| FeatureAttribution {
-                        name: name.clone(),
-                        value: *value,
-                        attribution: *attribution,
-                    })
-                    .collect();
-                list.sort_by(|a, b| b.attribution.abs().total_cmp(&a.attribution.abs()));
-                list
-            });
+        let features = feature_list(valid, prepared, &values);
         // Tabular models: the picture is a bar chart of the largest attributions.
         let panel = panel.or_else(|| {
-            let list = features.as_ref()?;
-            (panels || include.contains(&Include::Overlay)).then(|| {
-                let bars: Vec<render::Bar> = list
-                    .iter()
-                    .map(|f| render::Bar {
-                        name: f.name.clone(),
-                        value: f.value,
-                        attribution: f.attribution,
-                    })
-                    .collect();
-                render::bar_chart(&format!("{} ({:.4})", a.target.label, a.target.score), &bars, 12)
-            })
+            let bars: Vec<render::Bar> = features.as_ref()?.iter().map(render::Bar::from).collect();
+            draw.map(|_| render::feature_chart(&a.target.label, a.target.score.into(), &bars))
         });
-        let overlay_png = match (&panel, include.contains(&Include::Overlay)) {
+        let overlay_png = match (&panel, embed) {
             (Some(p), true) => Some(base64::engine::general_purpose::STANDARD.encode(render::png(p))),
             _ => None,
         };
-        if let Some(p) = panel {
-            drawn.push(p);
-        }
+        drawn.extend(panel);
         let tensor = include.contains(&Include::Tensor).then(|| Array {
             shape: a.tensor.shape.clone(),
             values: a.tensor.as_f32().unwrap_or(&[]).to_vec(),
@@ -153,6 +124,34 @@ pub fn explanations(
         });
     }
     (explanations, drawn)
+}
+
+/// A tabular input's attributions by feature, largest magnitude first.
+fn feature_list(valid: &ValidExplain, prepared: &Prepared, values: &[f32]) -> Option<Vec<FeatureAttribution>> {
+    let (inputs, tabular) = prepared.features.as_ref().zip(valid.model.spec.tabular.as_ref())?;
+    let mut list: Vec<FeatureAttribution> = tabular
+        .features
+        .iter()
+        .zip(inputs)
+        .zip(values)
+        .map(|((name, value), attribution)| FeatureAttribution {
+            name: name.clone(),
+            value: *value,
+            attribution: *attribution,
+        })
+        .collect();
+    list.sort_by(|a, b| b.attribution.abs().total_cmp(&a.attribution.abs()));
+    Some(list)
+}
+
+impl From<&FeatureAttribution> for render::Bar {
+    fn from(f: &FeatureAttribution) -> Self {
+        render::Bar {
+            name: f.name.clone(),
+            value: f.value,
+            attribution: f.attribution,
+        }
+    }
 }
 
 /// The JSON body of an explanation.

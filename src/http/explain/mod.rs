@@ -13,18 +13,21 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 
-pub use answer::{build_answer, explain_body, explanations};
+pub use answer::{build_answer, explain_body, explanations, Answer};
 pub use request::{ExplainRequest, ExplainResponse, Format, Include};
 
 use super::auth::{audit_context, Caller};
 use super::error::{audit_failed, ApiError};
 use super::input::{self, RawInput};
-use super::prepare;
+use super::prepare::{self, Prepared};
 use super::AppState;
-use crate::audit::{Context, Evidence, Kind, Receipt};
+use crate::audit::{Context, Evidence, Kind};
 use crate::explain::method::{check_applicable, check_bytes, PlanContext};
-use crate::explain::{targets, ExplainJob, ExplainTask, Limits, TargetSpec, ValidParams};
+use crate::explain::{
+    targets, Condition, ExplainJob, ExplainResult, ExplainTask, Limits, PredictExplainTask, TargetSpec, ValidParams,
+};
 use crate::render::RenderOptions;
+use crate::runtime::predict::PredictTask;
 use crate::runtime::{LoadedModel, Tensor};
 
 /// Explains a prediction with one method: `POST /v1/models/{model}/explain/{method}`, one path per
@@ -83,17 +86,8 @@ pub async fn explain(
     let prepared = prepare::prepare_all(&model, vec![raw], max_pixels).await?;
     let job = valid.job(prepare::batch(&prepared)?, None);
     let result = admission.run(ExplainTask(job)).await?;
-    let max_map_pixels = state.config.max_map_pixels;
-    let mut answer = tokio::task::spawn_blocking(move || {
-        build_answer(&valid, &prepared[0], result, wants_png, max_map_pixels, started)
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    if let Some(evidence) = evidence {
-        let ctx = audit_context(&headers, caller);
-        let receipt = audit_explanation(&state, ctx, evidence, &answer.body).await?;
-        answer.body.audit_record = Some(receipt);
-    }
+    let audit = evidence.map(|evidence| (evidence, audit_context(&headers, caller)));
+    let answer = finish(&state, valid, prepared, result, wants_png, started, audit).await?;
     Ok(answer.into_response())
 }
 
@@ -140,6 +134,18 @@ impl ValidExplain {
             seed: self.seed,
             limits: self.limits,
             scores,
+        }
+    }
+
+    /// The worker's job for a prediction explained in the same pass, for inputs meeting `when`.
+    pub fn with_prediction(&self, predict: PredictTask, when: Condition) -> PredictExplainTask {
+        PredictExplainTask {
+            predict,
+            params: self.params.clone(),
+            targets: self.targets.clone(),
+            seed: self.seed,
+            limits: self.limits,
+            when,
         }
     }
 }
@@ -194,19 +200,38 @@ pub(super) async fn audit_evidence(
         .map_err(ApiError::internal)
 }
 
-/// Writes the audit record of an explanation answer; the answer is not sent unless this succeeds.
-pub(super) async fn audit_explanation(
+/// Draws the answer on a blocking thread (with its JSON as sent, when it is audited), then writes
+/// its audit record: the answer is not given unless the record is written.
+pub(super) async fn finish(
     state: &AppState,
-    ctx: Context,
-    evidence: Evidence,
-    body: &ExplainResponse,
-) -> Result<Receipt, ApiError> {
-    let value = super::audit::as_sent(body)?;
-    state
-        .audit
-        .explanation(&ctx, evidence, &value)
-        .await
-        .map_err(audit_failed)
+    valid: ValidExplain,
+    prepared: Vec<Prepared>,
+    result: ExplainResult,
+    wants_png: bool,
+    started: Instant,
+    audit: Option<(Evidence, Context)>,
+) -> Result<Answer, ApiError> {
+    let max_map_pixels = state.config.max_map_pixels;
+    let audited = audit.is_some();
+    let (mut answer, sent) = tokio::task::spawn_blocking(move || {
+        let one = prepared
+            .first()
+            .ok_or_else(|| ApiError::internal("no prepared input"))?;
+        let answer = build_answer(&valid, one, result, wants_png, max_map_pixels, started);
+        let sent = audited.then(|| super::audit::as_sent(&answer.body)).transpose()?;
+        Ok::<_, ApiError>((answer, sent))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    if let Some(((evidence, ctx), sent)) = audit.zip(sent) {
+        let receipt = state
+            .audit
+            .explanation(&ctx, evidence, &sent)
+            .await
+            .map_err(audit_failed)?;
+        answer.body.audit_record = Some(receipt);
+    }
+    Ok(answer)
 }
 
 fn accepts_png(headers: &HeaderMap) -> bool {
