@@ -57,7 +57,6 @@ fn main() {
     let config = Config {
         bind: "127.0.0.1:0".into(),
         models_dir: dir.clone(),
-        workers: 1,
         max_batch: 16,
         ..Config::default()
     };
@@ -82,7 +81,11 @@ fn main() {
         methods.get(name).unwrap().plan(params, &cx).unwrap()
     };
 
-    println!("explanation benchmark: 1 worker, 1 intra-op thread, max_batch {max_batch}; raw = the same rows through bare ONNX Runtime sessions");
+    println!(
+        "explanation benchmark: default workers and thread pool ({} intra-op threads), max_batch {max_batch}; \
+         raw = the same rows through bare ONNX Runtime sessions",
+        explaind::runtime::library::Threads::default().resolved()
+    );
     println!(
         "{:<12} {:<22} {:>6} {:>11} {:>11} {:>7}",
         "model", "method", "rows", "method ms", "raw ms", "ratio"
@@ -96,7 +99,7 @@ fn main() {
         let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let classes = model.spec.labels.len();
         let decoded = explaind::onnx::proto::decode_model(&model.bytes).unwrap();
-        let mut forward = create_session_from_bytes(env, &model.bytes, 1).unwrap();
+        let mut forward = create_session_from_bytes(env, &model.bytes).unwrap();
         let prepared = prepare_forward(&decoded).unwrap();
         let shapes = probe_shapes(&runner, &prepared, "input", &dims).unwrap();
         let layer = model
@@ -164,7 +167,7 @@ fn main() {
                     };
                     let bw =
                         build_backward(&prepared, &spec, &shapes, &RuleTable::for_set(key.0), Some(&runner)).unwrap();
-                    create_session_from_bytes(env, &bw.model.encode_to_vec(), 1).unwrap()
+                    create_session_from_bytes(env, &bw.model.encode_to_vec()).unwrap()
                 });
             }
             let mut raw_times = Vec::new();
@@ -245,7 +248,7 @@ fn tree_shap(
     let model = service.state.registry.get("breast-cancer-forest").unwrap().clone();
     let rows: Vec<Vec<f32>> = model.background.clone().unwrap().into_iter().take(20).collect();
     let trees = model.forest().unwrap().trees.len();
-    let mut session = create_session_from_bytes(env, &model.bytes, 1).unwrap();
+    let mut session = create_session_from_bytes(env, &model.bytes).unwrap();
     let input = model.spec.input.clone();
     let started = Instant::now();
     for _ in 0..5 {

@@ -3,7 +3,7 @@
 //! Frameworks' autograd costs about 2-3x a forward pass; the goal here is at most 3x.
 //!
 //! Run with `cargo bench --bench gradients` (or `make bench`). `EXPLAIND_BENCH_THREADS` sets the
-//! intra-op threads (default 1, as a worker's session has by default).
+//! intra-op pool's threads (default 0: one per core, as the service's default).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -44,7 +44,11 @@ fn time_runs(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, Ve
 }
 
 fn bench(label: &str, model: &ModelProto, input_dims: &[usize], classes: usize, rounds: usize, threads: usize) {
-    let env = explaind::runtime::library::init(None).expect("ONNX Runtime (run `make onnxruntime`)");
+    let pool = explaind::runtime::library::Threads {
+        intra_op: threads,
+        spinning: false,
+    };
+    let env = explaind::runtime::library::init_with(None, pool).expect("ONNX Runtime (run `make onnxruntime`)");
     let runner = OrtRunner::new(env);
     let started = Instant::now();
     let prepared = prepare_forward(model).unwrap();
@@ -58,8 +62,8 @@ fn bench(label: &str, model: &ModelProto, input_dims: &[usize], classes: usize, 
     };
     let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::standard(), Some(&runner)).unwrap();
     let build = started.elapsed();
-    let mut forward = create_session_from_bytes(env, &model.encode_to_vec(), threads).unwrap();
-    let mut backward = create_session_from_bytes(env, &bw.model.encode_to_vec(), threads).unwrap();
+    let mut forward = create_session_from_bytes(env, &model.encode_to_vec()).unwrap();
+    let mut backward = create_session_from_bytes(env, &bw.model.encode_to_vec()).unwrap();
     let n: usize = input_dims.iter().product();
     let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let w: Vec<f32> = (0..input_dims[0] * classes)
@@ -88,9 +92,14 @@ fn main() {
     let threads: usize = std::env::var("EXPLAIND_BENCH_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+        .unwrap_or(0);
     println!(
-        "gradient benchmark: median run time, {threads} intra-op thread(s); ratio = backward model / forward model"
+        "gradient benchmark: median run time, {} intra-op thread(s); ratio = backward model / forward model",
+        explaind::runtime::library::Threads {
+            intra_op: threads,
+            spinning: false
+        }
+        .resolved()
     );
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let fashion =

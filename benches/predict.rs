@@ -35,7 +35,6 @@ fn main() {
         bind: "127.0.0.1:0".into(),
         models_dir: root.join("models"),
         workers: 1,
-        intra_op_threads: 1,
         queue_capacity: 64,
         ..Config::default()
     };
@@ -44,14 +43,14 @@ fn main() {
     let endpoint = format!("http://{}/v1/models/fashion-cnn/predict", service.addr);
     let http = reqwest::Client::new();
 
-    println!("predict benchmark: fashion-cnn (1x28x28), 1 worker, 1 intra-op thread, median of {ROUNDS}");
+    println!("predict benchmark: fashion-cnn (1x28x28), 1 worker, the default intra-op pool, median of {ROUNDS}");
     println!(
         "{:>6} {:>14} {:>16} {:>8}",
         "batch", "raw ORT (ms)", "service (ms)", "ratio"
     );
     for batch in [1usize, 8, 32] {
         // Raw: one session, a prepared tensor, nothing else.
-        let mut session = create_session(env, &model, 1).unwrap();
+        let mut session = create_session(env, &model).unwrap();
         let data = vec![0.1f32; batch * 28 * 28];
         let mut raw = Vec::new();
         for _ in 0..ROUNDS {

@@ -16,10 +16,29 @@ pub struct Config {
     /// Path of the ONNX Runtime shared library; when absent, `ORT_DYLIB_PATH`, the executable's
     /// folder and the set-up script's cache are tried in that order.
     pub onnxruntime_library: Option<PathBuf>,
-    /// Worker threads that run model passes; each owns its own ONNX Runtime sessions.
+    /// Worker threads that run jobs. Every worker shares one session per model and graph kind, and
+    /// every session shares one intra-op thread pool: more workers overlap jobs (decoding,
+    /// drawing, waiting on a session) but do not multiply memory.
     pub workers: usize,
-    /// Intra-op threads of each ONNX Runtime session.
+    /// Threads of the one intra-op pool every ONNX Runtime session uses; 0 = one per core. A lone
+    /// request uses them all; concurrent requests share them.
     pub intra_op_threads: usize,
+    /// Let the pool's threads spin while waiting for work: a little lower latency under constant
+    /// load, a busy core when idle and slower alternation between sessions. Off by default.
+    pub intra_op_spinning: bool,
+    /// `cpu`, or `cuda` (ONNX Runtime's CUDA provider, when the loaded library has it; otherwise
+    /// the CPU, with one log line).
+    pub execution_provider: ExecutionProvider,
+    /// Combine concurrent passes on the same model and graph into one ONNX Runtime run (up to
+    /// `max_batch` rows): less CPU per request under load, nothing added to a lone request.
+    pub batching: bool,
+    /// How long a pass about to run waits for more requests to join it, in microseconds; 0 (the
+    /// default) never waits: requests that arrive while a pass runs join the next one.
+    pub batch_wait_us: u64,
+    /// Bytes of backward models kept as live sessions (each model's gradient graphs for other
+    /// layers or rule sets are built on first use); past it the least recently used is dropped
+    /// and rebuilt when needed again.
+    pub max_model_memory: u64,
     /// Jobs that may wait for a worker; beyond this a request is refused at once with 503.
     pub queue_capacity: usize,
     /// A job not finished this many milliseconds after it was accepted is cancelled.
@@ -149,7 +168,12 @@ impl Default for Config {
             models_dir: PathBuf::from("models"),
             onnxruntime_library: None,
             workers: 2,
-            intra_op_threads: 1,
+            intra_op_threads: 0,
+            intra_op_spinning: false,
+            execution_provider: ExecutionProvider::Cpu,
+            max_model_memory: 2 * 1024 * 1024 * 1024,
+            batching: true,
+            batch_wait_us: 0,
             queue_capacity: 64,
             // Perturbation methods at their papers' sample counts need tens of seconds on a photo model.
             job_deadline_ms: 120_000,
@@ -179,6 +203,16 @@ impl Default for Config {
             cors_allowed_origins: Vec::new(),
         }
     }
+}
+
+/// Where model passes run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionProvider {
+    /// ONNX Runtime's CPU provider.
+    Cpu,
+    /// ONNX Runtime's CUDA provider (falls back to the CPU when the library lacks it).
+    Cuda,
 }
 
 /// A configuration that could not be read; the message names the file, variable or field.
@@ -240,37 +274,23 @@ impl Config {
             .and_then(|c: Config| c.validated())
     }
 
+    /// Whether `key` names a setting: the keys of a config with every optional field set, so a new
+    /// field is known to files and `EXPLAIND_*` variables without a second list to keep.
     fn is_field(key: &str) -> bool {
-        matches!(
-            key,
-            "bind"
-                | "models_dir"
-                | "onnxruntime_library"
-                | "workers"
-                | "intra_op_threads"
-                | "queue_capacity"
-                | "job_deadline_ms"
-                | "max_batch"
-                | "max_body_bytes"
-                | "max_image_pixels"
-                | "max_top_k"
-                | "max_samples"
-                | "max_targets"
-                | "max_map_pixels"
-                | "retry_after_secs"
-                | "log_format"
-                | "data_dir"
-                | "audit"
-                | "audit_database_url"
-                | "audit_store_inputs"
-                | "audit_store_maps"
-                | "audit_sync"
-                | "async_job_deadline_ms"
-                | "job_ttl_secs"
-                | "max_jobs"
-                | "api_keys"
-                | "cors_allowed_origins"
-        )
+        static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        NAMES
+            .get_or_init(|| {
+                let full = Config {
+                    onnxruntime_library: Some(PathBuf::new()),
+                    audit_database_url: Some(String::new()),
+                    ..Config::default()
+                };
+                toml::Table::try_from(full)
+                    .map(|t| t.keys().cloned().collect())
+                    .unwrap_or_default()
+            })
+            .iter()
+            .any(|name| name == key)
     }
 
     /// Checks the bounds that the rest of the service relies on.
@@ -282,8 +302,11 @@ impl Config {
         if self.workers == 0 || self.workers > 256 {
             return Err(bad("workers", "must be between 1 and 256"));
         }
-        if self.intra_op_threads == 0 {
-            return Err(bad("intra_op_threads", "must be at least 1"));
+        if self.batch_wait_us > 100_000 {
+            return Err(bad("batch_wait_us", "must be at most 100000 (0.1 s)"));
+        }
+        if self.intra_op_threads > 1024 {
+            return Err(bad("intra_op_threads", "must be at most 1024 (0 = one per core)"));
         }
         if self.max_batch == 0 {
             return Err(bad("max_batch", "must be at least 1"));

@@ -43,20 +43,34 @@ impl Service {
 
     /// [`Service::start`] serving the given explanation methods.
     pub async fn start_with(config: Config, methods: explain::Methods) -> anyhow::Result<Self> {
-        let env = runtime::library::init(config.onnxruntime_library.as_deref())?;
+        let threads = runtime::library::Threads {
+            intra_op: config.intra_op_threads,
+            spinning: config.intra_op_spinning,
+        };
+        let env = runtime::library::init_with(config.onnxruntime_library.as_deref(), threads)?;
         let registry = Arc::new(Registry::load_dir(&config.models_dir)?);
-        // Fail at start, naming the model, rather than in a worker later.
-        for model in registry.iter() {
-            runtime::sessions::create_session(env, model, 1).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: ONNX Runtime cannot load this model: {e}",
-                    model.dir.join("model.onnx").display()
-                )
-            })?;
-        }
-        tracing::info!(models = ?registry.names(), "models loaded");
-        let metrics = Arc::new(Metrics::default());
         let gradients = Arc::new(runtime::gradients::GradientCache::new(env));
+        let metrics = Arc::new(Metrics::default());
+        // Fails at start, naming the model, rather than in a worker later.
+        let sessions = Arc::new(
+            runtime::sessions::SessionStore::new(
+                env,
+                registry.clone(),
+                gradients.clone(),
+                runtime::sessions::StoreOptions {
+                    provider: config.execution_provider,
+                    max_model_memory: config.max_model_memory,
+                    batching: runtime::batching::Batching {
+                        enabled: config.batching,
+                        max_batch: config.max_batch,
+                        wait: Duration::from_micros(config.batch_wait_us),
+                    },
+                },
+                metrics.passes.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+        );
+        tracing::info!(models = ?registry.names(), "models loaded");
         for model in registry.iter() {
             let report = gradients.report(model);
             tracing::info!(model = %model.name, differentiable = report.differentiable,
@@ -68,15 +82,11 @@ impl Service {
             }
         }
         let executor = Arc::new(Executor::start(
-            env,
-            registry.clone(),
-            gradients.clone(),
+            sessions.clone(),
             ExecutorOptions {
                 workers: config.workers,
-                intra_op_threads: config.intra_op_threads,
                 queue_capacity: config.queue_capacity,
                 job_deadline: Duration::from_millis(config.job_deadline_ms),
-                max_batch: config.max_batch,
                 retry_after_secs: config.retry_after_secs,
             },
             metrics.clone(),

@@ -1224,3 +1224,39 @@ async fn tabular_kernel_shap_matches_the_linear_closed_form() {
     assert!(count([255, 0, 81]) + count([0, 139, 251]) > 1000, "bars drawn");
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_top_prediction_is_explained_in_one_pass_with_the_same_answer() {
+    let s = start_known_answer().await;
+    let http = reqwest::Client::new();
+    let png = std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    for method in [
+        "saliency",
+        "gradient-x-input",
+        "guided-backprop",
+        "grad-cam",
+        "grad-cam-plus-plus",
+        "guided-grad-cam",
+    ] {
+        // The default target: the backward graph chooses the top class itself.
+        let top = explain_json(&http, &s, "fashion-cnn", method, json!({"image": b64})).await;
+        let index = top["target"]["index"].as_u64().unwrap();
+        // The same class named: a forward pass ranks, then the backward pass runs.
+        let named = explain_json(&http, &s, "fashion-cnn", method, json!({"image": b64, "target": index})).await;
+        assert_eq!(top["target"], named["target"], "{method}: same target, label and score");
+        let (a, b) = (values(&top), values(&named));
+        assert_eq!(a.len(), b.len());
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-6 + 1e-5 * y.abs()),
+            "{method}: the one-pass map differs"
+        );
+        let passes = if method == "guided-grad-cam" { 2 } else { 1 };
+        assert_eq!(
+            top["stats"]["model_rows"], passes,
+            "{method}: no forward pass to choose the target"
+        );
+        assert_eq!(named["stats"]["model_rows"], passes + 1, "{method}");
+    }
+    s.stop().await.unwrap();
+}

@@ -8,7 +8,7 @@ use common::*;
 use explaind::executor::{JobContext, Task};
 use explaind::onnx::autodiff::{RuleSet, RuleTable, WEIGHTS_INPUT};
 use explaind::onnx::builder::GraphBuilder;
-use explaind::runtime::gradients::GradientKey;
+use explaind::runtime::gradients::{GradientKey, Seed};
 use explaind::runtime::sessions::GradientPass;
 use explaind::runtime::{RuntimeError, Tensor, WorkerRuntime};
 use serde_json::Value;
@@ -16,13 +16,13 @@ use serde_json::Value;
 struct Gradients {
     key: GradientKey,
     input: Tensor,
-    weights: Tensor,
+    weights: Option<Tensor>,
 }
 
 impl Task for Gradients {
     type Output = GradientPass;
     fn run(self, rt: &mut WorkerRuntime, _: &JobContext) -> Result<GradientPass, RuntimeError> {
-        rt.gradients(&self.key, &self.input, &self.weights)
+        rt.gradients(&self.key, &self.input, self.weights.as_ref())
     }
 }
 
@@ -31,6 +31,7 @@ fn fashion_key(layers: &[&str]) -> GradientKey {
         model: "fashion-cnn".into(),
         layers: layers.iter().map(|s| s.to_string()).collect(),
         rules: RuleSet::Standard,
+        seed: Seed::Weights,
     }
 }
 
@@ -50,7 +51,7 @@ async fn worker_gradients_are_batched_cached_and_exact() {
         .submit(Gradients {
             key: fashion_key(&["relu3"]),
             input: input.clone(),
-            weights: weights.clone(),
+            weights: Some(weights.clone()),
         })
         .await
         .unwrap();
@@ -86,7 +87,7 @@ async fn worker_gradients_are_batched_cached_and_exact() {
             .submit(Gradients {
                 key: fashion_key(&["relu3"]),
                 input: input.clone(),
-                weights: weights.clone(),
+                weights: Some(weights.clone()),
             })
             .await
             .unwrap();
@@ -97,11 +98,63 @@ async fn worker_gradients_are_batched_cached_and_exact() {
         .submit(Gradients {
             key: fashion_key(&[]),
             input,
-            weights,
+            weights: Some(weights),
         })
         .await
         .unwrap();
     assert_eq!(s.state.gradients.built_count(), 2);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_seeded_with_its_top_prediction_equals_the_pass_fed_that_class() {
+    let s = start(test_config(&root().join("models"))).await;
+    let rows = 6;
+    let input = Tensor::f32(vec![rows, 1, 28, 28], Rng::new(7).vec(rows * 28 * 28, 0.0, 1.0));
+    let mut key = fashion_key(&["relu3"]);
+    key.seed = Seed::TopPrediction;
+    let top = s
+        .state
+        .executor
+        .submit(Gradients {
+            key: key.clone(),
+            input: input.clone(),
+            weights: None,
+        })
+        .await
+        .unwrap();
+    let chosen = top.chosen.clone().expect("the graph names its choice");
+    let scores = top.scores.as_f32().unwrap();
+    let mut weights = vec![0f32; rows * 10];
+    for (r, &c) in chosen.iter().enumerate() {
+        let row = &scores[r * 10..(r + 1) * 10];
+        let best = (0..10).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+        assert_eq!(c, best, "row {r}: the graph chose the first highest score");
+        weights[r * 10 + c] = 1.0;
+    }
+    let fed = s
+        .state
+        .executor
+        .submit(Gradients {
+            key: fashion_key(&["relu3"]),
+            input,
+            weights: Some(Tensor::f32(vec![rows, 10], weights)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(top.input_grad.as_f32(), fed.input_grad.as_f32());
+    assert_eq!(top.layers[0].1.as_f32(), fed.layers[0].1.as_f32());
+    // Feeding weights to a graph that chooses its own is refused, not ignored.
+    let err = s
+        .state
+        .executor
+        .submit(Gradients {
+            key,
+            input: Tensor::f32(vec![1, 1, 28, 28], vec![0.0; 784]),
+            weights: Some(Tensor::f32(vec![1, 10], vec![0.0; 10])),
+        })
+        .await;
+    assert!(err.is_err());
     s.stop().await.unwrap();
 }
 
@@ -163,6 +216,7 @@ async fn models_report_gradient_support_and_blocking_operators() {
         model: "odd".into(),
         layers: vec![],
         rules: RuleSet::Standard,
+        seed: Seed::Weights,
     };
     let err = s
         .state
@@ -170,7 +224,7 @@ async fn models_report_gradient_support_and_blocking_operators() {
         .submit(Gradients {
             key,
             input: Tensor::f32(vec![1, 3], vec![0.0; 3]),
-            weights: Tensor::f32(vec![1, 3], vec![1.0; 3]),
+            weights: Some(Tensor::f32(vec![1, 3], vec![1.0; 3])),
         })
         .await
         .unwrap_err()

@@ -1,4 +1,4 @@
-//! The bounded job executor: a fixed pool of blocking worker threads, each owning its ONNX Runtime
+//! The bounded job executor: a fixed pool of blocking worker threads sharing the ONNX Runtime
 //! sessions, fed by a queue whose capacity is enforced at admission. A request that finds the
 //! queue full is refused at once; a job whose caller went away or whose deadline passed is skipped
 //! or cancelled; a job that fails or panics reports an error and the worker lives on.
@@ -16,8 +16,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 pub use job::{JobContext, Progress, Task};
 
-use crate::runtime::gradients::GradientCache;
-use crate::runtime::{Registry, RuntimeError, WorkerRuntime};
+use crate::runtime::sessions::SessionStore;
+use crate::runtime::{RuntimeError, WorkerRuntime};
 use crate::telemetry::Metrics;
 
 /// Why a job did not produce a result.
@@ -45,14 +45,10 @@ pub enum ExecError {
 pub struct ExecutorOptions {
     /// Worker threads.
     pub workers: usize,
-    /// Intra-op threads per session.
-    pub intra_op_threads: usize,
     /// Jobs that may wait beyond those running.
     pub queue_capacity: usize,
     /// Deadline of each job from admission.
     pub job_deadline: Duration,
-    /// Most rows per model pass.
-    pub max_batch: usize,
     /// Seconds a refused client is told to wait (`Retry-After`).
     pub retry_after_secs: u64,
 }
@@ -74,13 +70,7 @@ pub struct Executor {
 
 impl Executor {
     /// Starts the workers; each creates its sessions on its own thread and then reports ready.
-    pub fn start(
-        env: &'static ort::environment::Environment,
-        registry: Arc<Registry>,
-        gradients: Arc<GradientCache>,
-        options: ExecutorOptions,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn start(sessions: Arc<SessionStore>, options: ExecutorOptions, metrics: Arc<Metrics>) -> Self {
         let capacity = options.queue_capacity + options.workers;
         // The channel never blocks a sender: admission (the semaphore) bounds what enters it.
         let (sender, receiver) = crossbeam_channel::bounded::<BoxedJob>(capacity);
@@ -88,22 +78,12 @@ impl Executor {
         let mut handles = Vec::new();
         for index in 0..options.workers {
             let receiver = receiver.clone();
-            let registry = registry.clone();
-            let gradients = gradients.clone();
+            let sessions = sessions.clone();
             let ready = ready_workers.clone();
-            let options = options.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("explaind-worker-{index}"))
                 .spawn(move || {
-                    let mut rt =
-                        match WorkerRuntime::new(env, registry, gradients, options.intra_op_threads, options.max_batch)
-                        {
-                            Ok(rt) => rt,
-                            Err(e) => {
-                                tracing::error!(worker = index, error = %e, "worker could not create its sessions");
-                                return;
-                            }
-                        };
+                    let mut rt = WorkerRuntime::new(sessions);
                     ready.fetch_add(1, Ordering::SeqCst);
                     while let Ok(job) = receiver.recv() {
                         job(&mut rt);

@@ -90,6 +90,10 @@ impl Method for GradCam {
         Ok(cam_cost(plan_layer(&mut p.layer, cx)?, cx))
     }
 
+    fn one_pass(p: &Self::Params, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
+        Some((vec![planned_layer(job, &p.layer).ok()?], RuleSet::Standard))
+    }
+
     fn explain(
         cx: &mut Cx,
         job: &ExplainJob,
@@ -112,6 +116,10 @@ impl Method for GradCamPlusPlus {
 
     fn plan(p: &mut GradCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         GradCam::plan(p, cx)
+    }
+
+    fn one_pass(p: &Self::Params, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
+        Some((vec![planned_layer(job, &p.layer).ok()?], RuleSet::Standard))
     }
 
     fn explain(

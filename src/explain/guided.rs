@@ -44,6 +44,10 @@ impl Method for GuidedBackprop {
         Ok(one_gradient_per_target(cx))
     }
 
+    fn one_pass(_: &Self::Params, _: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
+        Some((Vec::new(), RuleSet::GuidedBackprop))
+    }
+
     fn explain(
         cx: &mut Cx,
         job: &ExplainJob,
@@ -72,6 +76,10 @@ impl Method for GuidedGradCam {
 
     fn plan(p: &mut GuidedGradCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         Ok(guided_cam_cost(plan_layer(&mut p.layer, cx)?, cx))
+    }
+
+    fn one_pass(p: &Self::Params, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
+        Some((vec![planned_layer(job, &p.layer).ok()?], RuleSet::Standard))
     }
 
     fn explain(

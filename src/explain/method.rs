@@ -14,6 +14,7 @@ use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
 use super::{Cx, ExplainJob, TargetAttribution};
+use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
 use crate::runtime::{LoadedModel, RuntimeError};
 
@@ -210,6 +211,14 @@ pub trait Method: Send + Sync + 'static {
         targets: &[Prediction],
         scores: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError>;
+
+    /// The gradient pass (layers, rule set) that explains the top prediction of a fresh input,
+    /// when the method's first pass is one such: the worker runs it with the class chosen inside
+    /// the graph, so no forward pass is needed to choose it, and hands it to `explain` in place of
+    /// that pass. `None` (the default) for methods that do not start with one gradient pass.
+    fn one_pass(_params: &Self::Params, _job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
+        None
+    }
 }
 
 /// A method behind the registry's uniform face.
@@ -308,6 +317,8 @@ trait Runnable: Send + Sync + fmt::Debug {
         targets: &[Prediction],
         scores: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError>;
+
+    fn one_pass(&self, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)>;
 }
 
 struct Run<M: Method>(M::Params);
@@ -327,6 +338,10 @@ impl<M: Method> Runnable for Run<M> {
         scores: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
         M::explain(cx, job, &self.0, targets, scores)
+    }
+
+    fn one_pass(&self, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
+        M::one_pass(&self.0, job)
     }
 }
 
@@ -378,6 +393,10 @@ impl ValidParams {
         scores: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
         self.run.explain(cx, job, targets, scores)
+    }
+
+    pub(super) fn one_pass(&self, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
+        self.run.one_pass(job)
     }
 }
 

@@ -47,7 +47,7 @@ pub use tree_shap::{FeaturePerturbation, TreeShapParams};
 
 use crate::executor::{JobContext, Task};
 use crate::onnx::autodiff::RuleSet;
-use crate::runtime::gradients::GradientKey;
+use crate::runtime::gradients::{GradientKey, Seed};
 use crate::runtime::manifest::{ImageSpec, Layout};
 use crate::runtime::predict::Prediction;
 use crate::runtime::sessions::GradientPass;
@@ -162,6 +162,7 @@ pub struct Cx<'a> {
     rows: usize,
     runs: usize,
     gradient_rows: usize,
+    primed: Option<Primed>,
 }
 
 impl Cx<'_> {
@@ -188,10 +189,14 @@ impl Cx<'_> {
         weights: &Tensor,
         chunk: usize,
     ) -> Result<GradientPass, RuntimeError> {
+        if let Some(primed) = self.primed.take_if(|p| p.answers(layers, rules, input, weights)) {
+            return Ok(primed.pass);
+        }
         let key = GradientKey {
             model: self.model.name.clone(),
             layers: layers.to_vec(),
             rules,
+            seed: Seed::Weights,
         };
         let rows = input.rows();
         let chunk = chunk.max(1);
@@ -207,13 +212,48 @@ impl Cx<'_> {
             };
             self.count(end - start);
             self.gradient_rows += end - start;
-            parts.push(self.rt.gradients(&key, &i, &w)?);
+            parts.push(self.rt.gradients(&key, &i, Some(&w))?);
             start = end;
         }
         join_passes(parts).ok_or_else(|| RuntimeError::Inference {
             model: self.model.name.clone(),
             message: "gradient batches differ in shape".into(),
         })
+    }
+
+    /// One pass over the job's input that chooses the top prediction inside the graph and
+    /// differentiates it: the pass, the target it chose, and the input's scores.
+    pub fn top_gradients(
+        &mut self,
+        layers: &[String],
+        rules: RuleSet,
+        job: &ExplainJob,
+    ) -> Result<(GradientPass, Prediction, Vec<f64>), RuntimeError> {
+        self.job_ctx.checkpoint()?;
+        let key = GradientKey {
+            model: self.model.name.clone(),
+            layers: layers.to_vec(),
+            rules,
+            seed: Seed::TopPrediction,
+        };
+        let input = job.input.slice_rows(0, 1);
+        self.count(1);
+        self.gradient_rows += 1;
+        let pass = self.rt.gradients(&key, &input, None)?;
+        let chosen = pass.chosen.as_ref().and_then(|c| c.first().copied());
+        let scores = pass.scores.to_f64();
+        let chosen = chosen.ok_or_else(|| RuntimeError::Inference {
+            model: self.model.name.clone(),
+            message: "the backward model chose no target".into(),
+        })?;
+        let spec = TargetSpec::One(TargetRef::Index(chosen));
+        let target = targets::resolve(Some(&spec), &self.model, &scores, 1)?
+            .pop()
+            .ok_or_else(|| RuntimeError::Inference {
+                model: self.model.name.clone(),
+                message: "no target".into(),
+            })?;
+        Ok((pass, target, scores))
     }
 
     /// Streams `rows` rows shaped `like` (one row) through the backward model, `chunk` at a time,
@@ -297,6 +337,7 @@ fn join_passes(parts: Vec<GradientPass>) -> Option<GradientPass> {
         scores: Tensor::concat_rows(scores)?,
         input_grad: Tensor::concat_rows(input_grad)?,
         layers: joined,
+        chosen: None,
     })
 }
 
@@ -386,7 +427,24 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
         rows: 0,
         runs: 0,
         gradient_rows: 0,
+        primed: None,
     };
+    // The top prediction of a fresh input, for a method whose first pass is one gradient pass:
+    // the graph chooses the class, so that pass is the only one.
+    if let Some(top) = primed_top_pass(&mut cx, job)? {
+        job_ctx.plan(job.params.cost().rows);
+        let (target, scores) = top;
+        let attributions = job
+            .params
+            .explain(&mut cx, job, std::slice::from_ref(&target), &scores)?;
+        return Ok(ExplainResult {
+            attributions,
+            rows: cx.rows,
+            runs: cx.runs,
+            gradient_rows: cx.gradient_rows,
+            scores: vec![scores.get(target.index).copied().unwrap_or(f64::NAN)],
+        });
+    }
     let scores: Vec<f64> = match &job.scores {
         Some(s) => s.clone(),
         None => cx.forward(&job.input)?.to_f64(),
@@ -406,6 +464,57 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
         gradient_rows: cx.gradient_rows,
         scores: target_scores,
     })
+}
+
+/// Runs the method's one pass for the top prediction when it has one and the job asks for the top
+/// prediction of a fresh input, and keeps it in `cx` for the method: the target and scores.
+fn primed_top_pass(cx: &mut Cx, job: &ExplainJob) -> Result<Option<(Prediction, Vec<f64>)>, RuntimeError> {
+    if job.scores.is_some() || job.targets.is_some() || job.input.rows() != 1 {
+        return Ok(None);
+    }
+    let Some((layers, rules)) = job.params.one_pass(job) else {
+        return Ok(None);
+    };
+    match cx.top_gradients(&layers, rules, job) {
+        Ok((pass, target, scores)) => {
+            cx.primed = Some(Primed {
+                layers,
+                rules,
+                index: target.index,
+                pass,
+            });
+            Ok(Some((target, scores)))
+        }
+        // A model whose output the graph cannot rank (only `[batch, classes]`) takes two passes.
+        Err(RuntimeError::NotDifferentiable { message, .. }) => {
+            tracing::debug!(%message, "no one-pass top prediction; a forward pass chooses the target");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A gradient pass already run for the top prediction, waiting for the method to ask for it.
+struct Primed {
+    layers: Vec<String>,
+    rules: RuleSet,
+    index: usize,
+    pass: GradientPass,
+}
+
+impl Primed {
+    /// Whether a request for this pass is the one already run: same graph, one row, the weights
+    /// the one-hot of the chosen class.
+    fn answers(&self, layers: &[String], rules: RuleSet, input: &Tensor, weights: &Tensor) -> bool {
+        let w = weights.as_f32().unwrap_or(&[]);
+        self.layers == layers
+            && self.rules == rules
+            && input.rows() == 1
+            && w.iter()
+                .enumerate()
+                .all(|(i, v)| *v == if i == self.index { 1.0 } else { 0.0 })
+            && w.len() > self.index
+    }
 }
 
 /// An explanation as a job for a worker.

@@ -43,6 +43,10 @@ impl Method for Saliency {
         Ok(one_gradient_per_target(cx))
     }
 
+    fn one_pass(_: &Self::Params, _: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
+        Some((Vec::new(), RuleSet::Standard))
+    }
+
     fn explain(
         cx: &mut Cx,
         job: &ExplainJob,

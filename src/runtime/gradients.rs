@@ -26,6 +26,18 @@ pub struct GradientKey {
     pub layers: Vec<String>,
     /// Rule table.
     pub rules: RuleSet,
+    /// Where the target weights come from.
+    pub seed: Seed,
+}
+
+/// Where a backward model's target weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Seed {
+    /// Fed per row (any class, any mix of classes).
+    #[default]
+    Weights,
+    /// Each row's top prediction, chosen inside the graph: one pass explains the top class.
+    TopPrediction,
 }
 
 /// A built backward model, ready for sessions.
@@ -39,6 +51,8 @@ pub struct BuiltGradient {
     pub layers: Vec<(String, String)>,
     /// Opset of the built model.
     pub opset: i64,
+    /// The output naming each row's chosen class, for [`Seed::TopPrediction`].
+    pub target_index: Option<String>,
 }
 
 /// What explaind can do with a model's gradients.
@@ -118,15 +132,29 @@ impl GradientCache {
             layers: key.layers.clone(),
         };
         let runner = OrtRunner::new(self.env);
-        let built = autodiff::build_backward(forward, &spec, shapes, &RuleTable::for_set(key.rules), Some(&runner))
+        let mut built = autodiff::build_backward(forward, &spec, shapes, &RuleTable::for_set(key.rules), Some(&runner))
             .map_err(|e| e.to_string())?;
-        tracing::info!(model = %model.name, layers = ?key.layers, rules = ?key.rules, opset = built.opset,
+        let target_index = match key.seed {
+            Seed::Weights => None,
+            Seed::TopPrediction => {
+                let classes = shapes
+                    .get(&model.spec.output)
+                    .filter(|s| s.dims.len() == 2)
+                    .and_then(|s| s.dims[1])
+                    .ok_or_else(|| format!("output `{}` is not [batch, classes]", model.spec.output))?;
+                autodiff::seed_with_top_prediction(&mut built, &model.spec.output, classes as usize)
+                    .map_err(|e| e.to_string())?;
+                Some(autodiff::TARGET_INDEX_OUTPUT.to_string())
+            }
+        };
+        tracing::info!(model = %model.name, layers = ?key.layers, rules = ?key.rules, seed = ?key.seed, opset = built.opset,
             ms = started.elapsed().as_millis() as u64, "backward model built");
         Ok(BuiltGradient {
             bytes: built.model.encode_to_vec().into(),
             input_grad: built.input_grad,
             layers: built.layers,
             opset: built.opset,
+            target_index,
         })
     }
 

@@ -51,8 +51,34 @@ pub fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
     out
 }
 
-/// Loads ONNX Runtime once per process and returns the process-wide environment.
+/// The process's intra-op thread pool, shared by every session.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Threads {
+    /// Pool threads; 0 = one per core.
+    pub intra_op: usize,
+    /// Whether idle pool threads spin.
+    pub spinning: bool,
+}
+
+impl Threads {
+    /// The pool size `intra_op` stands for on this machine.
+    pub fn resolved(&self) -> usize {
+        match self.intra_op {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+}
+
+/// Loads ONNX Runtime once per process and returns the process-wide environment, with a pool of
+/// one thread per core, not spinning.
 pub fn init(configured: Option<&Path>) -> Result<&'static Environment, LibraryError> {
+    init_with(configured, Threads::default())
+}
+
+/// [`init`] with the given thread pool. The first call in a process decides: the environment, its
+/// pool included, lives as long as the process.
+pub fn init_with(configured: Option<&Path>, threads: Threads) -> Result<&'static Environment, LibraryError> {
     static RESULT: std::sync::OnceLock<Result<Environment, String>> = std::sync::OnceLock::new();
     let result = RESULT.get_or_init(|| {
         let candidates = candidates(configured);
@@ -66,11 +92,20 @@ pub fn init(configured: Option<&Path>) -> Result<&'static Environment, LibraryEr
                 .ok_or_else(|| format!("tried {}: no such file", join(&candidates)))?,
         };
         let builder = ort::init_from(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // One intra-op pool for every session: a lone pass uses every core, concurrent passes share
+        // them, and no session keeps its own threads spinning after its run.
+        let pool = ort::environment::GlobalThreadPoolOptions::default()
+            .with_intra_threads(threads.resolved())
+            .and_then(|p| p.with_inter_threads(1))
+            .and_then(|p| p.with_spin_control(threads.spinning))
+            .map_err(|e| format!("thread pool: {e}"))?;
         let env = builder
             .with_name("explaind")
+            .with_global_thread_pool(pool)
             .build()
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+        tracing::info!(library = %path.display(), intra_op_threads = threads.resolved(),
+            spinning = threads.spinning, "ONNX Runtime loaded");
         Ok(env)
     });
     result.as_ref().map_err(|reason| LibraryError {

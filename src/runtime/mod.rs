@@ -1,6 +1,7 @@
 //! The model runtime: the ONNX Runtime library, the model registry and manifests, per-worker
 //! sessions, and turning user inputs into tensors and outputs into predictions.
 
+pub mod batching;
 pub mod gradients;
 pub mod graph_runner;
 pub mod inspect;

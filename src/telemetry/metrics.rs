@@ -41,6 +41,8 @@ pub struct Metrics {
     pub jobs_rejected: Counter,
     /// Jobs dropped because their caller left or their deadline passed.
     pub jobs_cancelled: Counter,
+    /// ONNX Runtime runs, and the requests they served (more requests than runs: batching).
+    pub passes: crate::runtime::batching::PassCounters,
 }
 
 fn latency_histogram() -> Histogram {
@@ -95,7 +97,19 @@ impl Default for Metrics {
             "Jobs dropped: caller gone or deadline passed",
             jobs_cancelled.clone(),
         );
+        let passes = crate::runtime::batching::PassCounters::default();
+        registry.register(
+            "model_runs",
+            "ONNX Runtime runs (one pass may serve several requests)",
+            passes.runs.clone(),
+        );
+        registry.register(
+            "model_run_requests",
+            "Pass requests served by those runs",
+            passes.requests.clone(),
+        );
         Self {
+            passes,
             registry,
             http_requests,
             http_duration,

@@ -14,12 +14,14 @@
 mod analysis;
 mod context;
 pub mod rules;
+mod top;
 mod upgrade;
 
 use std::collections::{HashMap, HashSet};
 
 pub use context::GradContext;
 pub use rules::{RuleError, RuleSet, RuleTable};
+pub use top::{seed_with_top_prediction, TARGET_INDEX_OUTPUT};
 
 use super::builder::value_info;
 use super::node::{domain, node_name, op_type};

@@ -1,0 +1,289 @@
+//! Serving benchmark: the service runs in a child process (so its CPU time and memory are its own,
+//! not the load generator's) and is driven over HTTP on loopback.
+//!
+//! 1. Saliency on the example CNN at concurrency 1, 4 and 16, cross-request batching off and on:
+//!    requests per second, server CPU per answered request, and model runs per request.
+//! 2. Resident memory of the service at start and after every method on every model (the bundled
+//!    ones and a ResNet-18), with 1 and 4 workers.
+//!
+//! Run with `cargo bench --bench serving` (`EXPLAIND_BENCH_REQUESTS` sets requests per level).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use explaind::explain::{Inputs, Methods};
+use serde_json::{json, Value};
+
+const CHILD: &str = "EXPLAIND_BENCH_CHILD";
+
+fn main() {
+    if std::env::var_os(CHILD).is_some() {
+        return serve();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let models = root.join("target").join("bench-serving-models");
+    let _ = std::fs::remove_dir_all(&models);
+    common::copy_bundled(&root, &models, "fashion-cnn", &["model.onnx", "model.toml"]);
+    common::copy_bundled(
+        &root,
+        &models,
+        "breast-cancer-forest",
+        &["model.onnx", "model.toml", "background.csv"],
+    );
+    common::copy_bundled(
+        &root,
+        &models,
+        "breast-cancer",
+        &["model.onnx", "model.toml", "background.csv"],
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let requests: usize = std::env::var("EXPLAIND_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(480);
+    rt.block_on(concurrency(&root, &models, requests));
+    common::write_resnet18(&models);
+    rt.block_on(memory(&root, &models));
+}
+
+/// The child: a service configured from `EXPLAIND_*` variables; prints its address, serves until
+/// its stdin closes.
+fn serve() {
+    let config = explaind::config::Config::load(None, std::env::vars()).expect("config");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let service = rt.block_on(explaind::Service::start(config)).expect("service");
+    rt.block_on(service.state.executor.wait_ready(Duration::from_secs(60)));
+    println!("{}", service.addr);
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    rt.block_on(service.stop()).unwrap();
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(models: &Path, vars: &[(&str, String)]) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(CHILD, "1")
+            .env("EXPLAIND_BIND", "127.0.0.1:0")
+            .env("EXPLAIND_MODELS_DIR", models)
+            .env("EXPLAIND_LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn")
+            .envs(vars.iter().map(|(k, v)| (k.to_string(), v.clone())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Self {
+            child,
+            base: format!("http://{}", line.trim()),
+        }
+    }
+
+    /// User plus system CPU seconds the server has used.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // SAFETY: sysconf only reads a constant of the running system.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
+    /// (resident, peak resident) MiB.
+    fn memory_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        (kb("VmRSS:"), kb("VmHWM:"))
+    }
+
+    async fn metric(&self, http: &reqwest::Client, name: &str) -> f64 {
+        let text = http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+async fn concurrency(root: &Path, models: &Path, requests: usize) {
+    let png = std::fs::read(root.join("tests/fixtures/fashion/test_00.png")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let http = reqwest::Client::new();
+    println!("serving benchmark: saliency on fashion-cnn (1x28x28) over HTTP, {requests} requests per level, server in its own process");
+    println!(
+        "{:>11} {:>9} {:>10} {:>16} {:>14}",
+        "concurrency", "batching", "requests/s", "server CPU/req", "runs/request"
+    );
+    let mut cpu_alone = f64::NAN;
+    for batching in [false, true] {
+        let vars = [
+            ("EXPLAIND_BATCHING", batching.to_string()),
+            ("EXPLAIND_WORKERS", "16".into()),
+            ("EXPLAIND_QUEUE_CAPACITY", "64".into()),
+        ];
+        let server = Server::start(models, &vars);
+        let endpoint = format!("{}/v1/models/fashion-cnn/explain/saliency", server.base);
+        for _ in 0..20 {
+            http.post(&endpoint).json(&json!({"image": b64})).send().await.unwrap();
+        }
+        for clients in [1usize, 4, 16] {
+            let (runs0, served0) = (
+                server.metric(&http, "explaind_model_runs_total").await,
+                server.metric(&http, "explaind_model_run_requests_total").await,
+            );
+            let cpu0 = server.cpu_seconds();
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..clients)
+                .map(|_| {
+                    let (http, endpoint, body) = (http.clone(), endpoint.clone(), json!({"image": b64}));
+                    let n = requests / clients;
+                    tokio::spawn(async move {
+                        for _ in 0..n {
+                            let r = http.post(&endpoint).json(&body).send().await.unwrap();
+                            assert!(r.status().is_success());
+                            let _ = r.bytes().await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let wall = started.elapsed().as_secs_f64();
+            let cpu = server.cpu_seconds() - cpu0;
+            let done = (requests / clients * clients) as f64;
+            let runs = server.metric(&http, "explaind_model_runs_total").await - runs0;
+            let served = server.metric(&http, "explaind_model_run_requests_total").await - served0;
+            let per_request = cpu / done * 1e3;
+            if clients == 1 && !batching {
+                cpu_alone = per_request;
+            }
+            println!(
+                "{clients:>11} {:>9} {:>10.0} {:>13.3} ms {:>14.2}   (CPU/req vs one at a time without batching: {:.2}x less; {served} passes in {runs} runs)",
+                if batching { "on" } else { "off" },
+                done / wall,
+                per_request,
+                runs / done,
+                cpu_alone / per_request,
+            );
+        }
+        server.stop();
+    }
+}
+
+async fn memory(root: &Path, models: &Path) {
+    let weights: u64 = ["fashion-cnn", "breast-cancer-forest", "breast-cancer", "resnet-18"]
+        .iter()
+        .map(|m| std::fs::metadata(models.join(m).join("model.onnx")).map_or(0, |f| f.len()))
+        .sum();
+    println!(
+        "\nmemory: every method on every model (model files {:.0} MiB); resident / peak resident MiB",
+        weights as f64 / (1 << 20) as f64
+    );
+    let png = std::fs::read(root.join("tests/fixtures/fashion/test_00.png")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let http = reqwest::Client::new();
+    // A row of the bundled background data: all 30 features, in order.
+    let background = std::fs::read_to_string(models.join("breast-cancer/background.csv")).unwrap();
+    let features: Vec<f64> = background
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    for workers in [1usize, 4] {
+        let vars = [
+            ("EXPLAIND_WORKERS", workers.to_string()),
+            ("EXPLAIND_MAX_SAMPLES", "4096".into()),
+        ];
+        let server = Server::start(models, &vars);
+        let (rss, _) = server.memory_mib();
+        print!("{workers} worker(s): at start {rss:.0}");
+        for model in ["fashion-cnn", "breast-cancer", "breast-cancer-forest", "resnet-18"] {
+            let info: Value = http
+                .get(format!("{}/v1/models/{model}", server.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let tabular = info.to_string().contains("tabular");
+            for method in Methods::standard().iter() {
+                let inputs = method.capabilities().inputs;
+                if (tabular && inputs == Inputs::Image) || (!tabular && inputs == Inputs::Tabular) {
+                    continue;
+                }
+                let params = match method.name() {
+                    "lime" | "kernel-shap" => json!({"samples": 200}),
+                    "rise" | "occlusion" => json!({"preset": "fast"}),
+                    _ => json!({}),
+                };
+                let body = if tabular {
+                    json!({"features": features, "params": params})
+                } else {
+                    json!({"image": b64, "params": params})
+                };
+                // Concurrent requests from every worker, so each could hold its own working memory.
+                let tasks: Vec<_> = (0..workers)
+                    .map(|_| {
+                        let (http, body) = (http.clone(), body.clone());
+                        let endpoint = format!("{}/v1/models/{model}/explain/{}", server.base, method.name());
+                        tokio::spawn(async move { http.post(&endpoint).json(&body).send().await.unwrap().status() })
+                    })
+                    .collect();
+                for t in tasks {
+                    let status = t.await.unwrap();
+                    assert!(
+                        status.is_success() || status.is_client_error(),
+                        "{model} {}: {status}",
+                        method.name()
+                    );
+                }
+            }
+            let (rss, peak) = server.memory_mib();
+            print!("; after {model} {rss:.0} / {peak:.0}");
+        }
+        println!();
+        server.stop();
+    }
+}
