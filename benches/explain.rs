@@ -90,11 +90,11 @@ fn main() {
         "{:<12} {:<22} {:>6} {:>11} {:>11} {:>7}",
         "model", "method", "rows", "method ms", "raw ms", "ratio"
     );
-    for (name, dims, rounds) in [
+    for (model_name, dims, rounds) in [
         ("fashion-cnn", vec![1usize, 1, 28, 28], 20),
         ("resnet-18", vec![1, 3, 224, 224], 2),
     ] {
-        let model = service.state.registry.get(name).unwrap().clone();
+        let model = service.state.registry.get(model_name).unwrap().clone();
         let n: usize = dims.iter().product();
         let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let classes = model.spec.labels.len();
@@ -209,7 +209,7 @@ fn main() {
             }
             let (m, r) = (median(times), median(raw_times));
             println!(
-                "{name:<12} {:<22} {:>6} {:>11.2} {:>11.2} {:>7.2}",
+                "{model_name:<12} {:<22} {:>6} {:>11.2} {:>11.2} {:>7.2}",
                 method.name(),
                 result.rows,
                 m.as_secs_f64() * 1e3,

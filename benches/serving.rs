@@ -49,9 +49,14 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(480);
-    rt.block_on(concurrency(&root, &models, requests));
-    common::write_resnet18(&models);
-    rt.block_on(memory(&root, &models));
+    let part = std::env::var("EXPLAIND_BENCH_PART").unwrap_or_default();
+    if part != "memory" {
+        rt.block_on(concurrency(&root, &models, requests));
+    }
+    if part != "concurrency" {
+        common::write_resnet18(&models);
+        rt.block_on(memory(&root, &models));
+    }
 }
 
 /// The child: a service configured from `EXPLAIND_*` variables; prints its address, serves until
@@ -230,10 +235,13 @@ async fn memory(root: &Path, models: &Path) {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
+    let verbose = std::env::var_os("EXPLAIND_BENCH_VERBOSE").is_some();
     for workers in [1usize, 4] {
+        let arena = std::env::var("EXPLAIND_MEMORY_ARENA").unwrap_or_else(|_| "false".into());
         let vars = [
             ("EXPLAIND_WORKERS", workers.to_string()),
             ("EXPLAIND_MAX_SAMPLES", "4096".into()),
+            ("EXPLAIND_MEMORY_ARENA", arena),
         ];
         let server = Server::start(models, &vars);
         let (rss, _) = server.memory_mib();
@@ -278,6 +286,10 @@ async fn memory(root: &Path, models: &Path) {
                         "{model} {}: {status}",
                         method.name()
                     );
+                }
+                if verbose {
+                    let (rss, peak) = server.memory_mib();
+                    print!("\n  {model} {}: {rss:.0} / {peak:.0}", method.name());
                 }
             }
             let (rss, peak) = server.memory_mib();

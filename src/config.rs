@@ -35,6 +35,13 @@ pub struct Config {
     /// How long a pass about to run waits for more requests to join it, in microseconds; 0 (the
     /// default) never waits: requests that arrive while a pass runs join the next one.
     pub batch_wait_us: u64,
+    /// Keep ONNX Runtime's CPU memory arena: each session then holds the working memory of its
+    /// largest pass for good (IG's 64-row backward batches on a photo model: gigabytes). Off: a
+    /// pass's memory is returned when it ends.
+    pub memory_arena: bool,
+    /// Bytes one backward pass may hold (activations kept for the backward pass, gradients): rows
+    /// of IG, SmoothGrad and multi-target gradients are chunked to fit, at most `max_batch`.
+    pub max_pass_bytes: u64,
     /// Bytes of backward models kept as live sessions (each model's gradient graphs for other
     /// layers or rule sets are built on first use); past it the least recently used is dropped
     /// and rebuilt when needed again.
@@ -174,6 +181,8 @@ impl Default for Config {
             max_model_memory: 2 * 1024 * 1024 * 1024,
             batching: true,
             batch_wait_us: 0,
+            memory_arena: false,
+            max_pass_bytes: 256 * 1024 * 1024,
             queue_capacity: 64,
             // Perturbation methods at their papers' sample counts need tens of seconds on a photo model.
             job_deadline_ms: 120_000,
@@ -301,6 +310,9 @@ impl Config {
         };
         if self.workers == 0 || self.workers > 256 {
             return Err(bad("workers", "must be between 1 and 256"));
+        }
+        if self.max_pass_bytes < 1 << 20 {
+            return Err(bad("max_pass_bytes", "must be at least 1 MiB"));
         }
         if self.batch_wait_us > 100_000 {
             return Err(bad("batch_wait_us", "must be at most 100000 (0.1 s)"));

@@ -60,6 +60,8 @@ impl Service {
                 runtime::sessions::StoreOptions {
                     provider: config.execution_provider,
                     max_model_memory: config.max_model_memory,
+                    memory_arena: config.memory_arena,
+                    max_pass_bytes: config.max_pass_bytes,
                     batching: runtime::batching::Batching {
                         enabled: config.batching,
                         max_batch: config.max_batch,

@@ -8,7 +8,7 @@ use common::*;
 use explaind::executor::{JobContext, Task};
 use explaind::onnx::autodiff::{RuleSet, RuleTable, WEIGHTS_INPUT};
 use explaind::onnx::builder::GraphBuilder;
-use explaind::runtime::gradients::{GradientKey, Seed};
+use explaind::runtime::gradients::GradientKey;
 use explaind::runtime::sessions::GradientPass;
 use explaind::runtime::{RuntimeError, Tensor, WorkerRuntime};
 use serde_json::Value;
@@ -16,13 +16,13 @@ use serde_json::Value;
 struct Gradients {
     key: GradientKey,
     input: Tensor,
-    weights: Option<Tensor>,
+    weights: Tensor,
 }
 
 impl Task for Gradients {
     type Output = GradientPass;
     fn run(self, rt: &mut WorkerRuntime, _: &JobContext) -> Result<GradientPass, RuntimeError> {
-        rt.gradients(&self.key, &self.input, self.weights.as_ref())
+        rt.gradients(&self.key, &self.input, &self.weights)
     }
 }
 
@@ -31,7 +31,6 @@ fn fashion_key(layers: &[&str]) -> GradientKey {
         model: "fashion-cnn".into(),
         layers: layers.iter().map(|s| s.to_string()).collect(),
         rules: RuleSet::Standard,
-        seed: Seed::Weights,
     }
 }
 
@@ -51,7 +50,7 @@ async fn worker_gradients_are_batched_cached_and_exact() {
         .submit(Gradients {
             key: fashion_key(&["relu3"]),
             input: input.clone(),
-            weights: Some(weights.clone()),
+            weights: weights.clone(),
         })
         .await
         .unwrap();
@@ -87,7 +86,7 @@ async fn worker_gradients_are_batched_cached_and_exact() {
             .submit(Gradients {
                 key: fashion_key(&["relu3"]),
                 input: input.clone(),
-                weights: Some(weights.clone()),
+                weights: weights.clone(),
             })
             .await
             .unwrap();
@@ -98,7 +97,7 @@ async fn worker_gradients_are_batched_cached_and_exact() {
         .submit(Gradients {
             key: fashion_key(&[]),
             input,
-            weights: Some(weights),
+            weights,
         })
         .await
         .unwrap();
@@ -107,30 +106,37 @@ async fn worker_gradients_are_batched_cached_and_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pass_seeded_with_its_top_prediction_equals_the_pass_fed_that_class() {
+async fn rows_fed_no_weights_explain_their_top_prediction_in_the_same_pass() {
     let s = start(test_config(&root().join("models"))).await;
     let rows = 6;
     let input = Tensor::f32(vec![rows, 1, 28, 28], Rng::new(7).vec(rows * 28 * 28, 0.0, 1.0));
-    let mut key = fashion_key(&["relu3"]);
-    key.seed = Seed::TopPrediction;
-    let top = s
+    // Rows 0, 2 and 4 fed all-zero weights; rows 1, 3, 5 a class each, or a mix.
+    let mut mixed = vec![0f32; rows * 10];
+    mixed[10 + 3] = 1.0;
+    mixed[3 * 10 + 9] = 1.0;
+    mixed[5 * 10 + 1] = 0.5;
+    mixed[5 * 10 + 2] = -2.0;
+    let pass = s
         .state
         .executor
         .submit(Gradients {
-            key: key.clone(),
+            key: fashion_key(&["relu3"]),
             input: input.clone(),
-            weights: None,
+            weights: Tensor::f32(vec![rows, 10], mixed.clone()),
         })
         .await
         .unwrap();
-    let chosen = top.chosen.clone().expect("the graph names its choice");
-    let scores = top.scores.as_f32().unwrap();
-    let mut weights = vec![0f32; rows * 10];
+    let chosen = pass.chosen.clone().expect("the graph names each row's top class");
+    let scores = pass.scores.as_f32().unwrap();
+    // The weights the graph used, spelled out: a fed row keeps its own, a zero row its top class.
+    let mut spelled = mixed.clone();
     for (r, &c) in chosen.iter().enumerate() {
         let row = &scores[r * 10..(r + 1) * 10];
         let best = (0..10).fold(0, |b, i| if row[i] > row[b] { i } else { b });
-        assert_eq!(c, best, "row {r}: the graph chose the first highest score");
-        weights[r * 10 + c] = 1.0;
+        assert_eq!(c, best, "row {r}: the first highest score");
+        if r % 2 == 0 {
+            spelled[r * 10 + c] = 1.0;
+        }
     }
     let fed = s
         .state
@@ -138,23 +144,13 @@ async fn a_pass_seeded_with_its_top_prediction_equals_the_pass_fed_that_class() 
         .submit(Gradients {
             key: fashion_key(&["relu3"]),
             input,
-            weights: Some(Tensor::f32(vec![rows, 10], weights)),
+            weights: Tensor::f32(vec![rows, 10], spelled),
         })
         .await
         .unwrap();
-    assert_eq!(top.input_grad.as_f32(), fed.input_grad.as_f32());
-    assert_eq!(top.layers[0].1.as_f32(), fed.layers[0].1.as_f32());
-    // Feeding weights to a graph that chooses its own is refused, not ignored.
-    let err = s
-        .state
-        .executor
-        .submit(Gradients {
-            key,
-            input: Tensor::f32(vec![1, 1, 28, 28], vec![0.0; 784]),
-            weights: Some(Tensor::f32(vec![1, 10], vec![0.0; 10])),
-        })
-        .await;
-    assert!(err.is_err());
+    assert_eq!(pass.input_grad.as_f32(), fed.input_grad.as_f32());
+    assert_eq!(pass.layers[0].1.as_f32(), fed.layers[0].1.as_f32());
+    assert_eq!(s.state.gradients.built_count(), 1, "one backward model serves both");
     s.stop().await.unwrap();
 }
 
@@ -216,7 +212,6 @@ async fn models_report_gradient_support_and_blocking_operators() {
         model: "odd".into(),
         layers: vec![],
         rules: RuleSet::Standard,
-        seed: Seed::Weights,
     };
     let err = s
         .state
@@ -224,7 +219,7 @@ async fn models_report_gradient_support_and_blocking_operators() {
         .submit(Gradients {
             key,
             input: Tensor::f32(vec![1, 3], vec![0.0; 3]),
-            weights: Some(Tensor::f32(vec![1, 3], vec![1.0; 3])),
+            weights: Tensor::f32(vec![1, 3], vec![1.0; 3]),
         })
         .await
         .unwrap_err()

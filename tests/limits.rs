@@ -457,3 +457,41 @@ fn every_parameter_schema_default_is_the_default_value() {
     }
     assert!(checked >= 25, "only {checked} defaults checked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pass_budget_splits_batches_without_changing_answers() {
+    let image = fashion_b64();
+    let body = json!({"image": image, "target": 3, "params": {"steps": 32}});
+    let mut answers = Vec::new();
+    for max_pass_bytes in [256u64 << 20, 1 << 20] {
+        let mut config = test_config(&root().join("models"));
+        config.max_pass_bytes = max_pass_bytes;
+        let s = start(config).await;
+        let r = reqwest::Client::new()
+            .post(url(&s, "/v1/models/fashion-cnn/explain/integrated-gradients"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        answers.push(r.json::<Value>().await.unwrap());
+        s.stop().await.unwrap();
+    }
+    let runs = |v: &Value| v["stats"]["model_runs"].as_u64().unwrap();
+    assert!(
+        runs(&answers[1]) > runs(&answers[0]),
+        "a 1 MiB budget takes more, smaller passes: {} vs {}",
+        runs(&answers[1]),
+        runs(&answers[0])
+    );
+    let values = |v: &Value| -> Vec<f64> {
+        v["attributions"]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (values(&answers[0]), values(&answers[1]));
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-6 + 1e-4 * y.abs()));
+}

@@ -47,7 +47,7 @@ pub use tree_shap::{FeaturePerturbation, TreeShapParams};
 
 use crate::executor::{JobContext, Task};
 use crate::onnx::autodiff::RuleSet;
-use crate::runtime::gradients::{GradientKey, Seed};
+use crate::runtime::gradients::GradientKey;
 use crate::runtime::manifest::{ImageSpec, Layout};
 use crate::runtime::predict::Prediction;
 use crate::runtime::sessions::GradientPass;
@@ -170,7 +170,8 @@ impl Cx<'_> {
     pub fn forward(&mut self, input: &Tensor) -> Result<Tensor, RuntimeError> {
         self.job_ctx.checkpoint()?;
         let model = self.model.clone();
-        self.count(input.rows());
+        let per_pass = self.forward_rows();
+        self.count(input.rows(), per_pass);
         let mut outputs = self.rt.run(&model.name, &model.spec.input, input)?;
         outputs
             .remove(&model.spec.output)
@@ -196,10 +197,9 @@ impl Cx<'_> {
             model: self.model.name.clone(),
             layers: layers.to_vec(),
             rules,
-            seed: Seed::Weights,
         };
         let rows = input.rows();
-        let chunk = chunk.max(1);
+        let chunk = chunk.clamp(1, self.rt.gradient_rows(&self.model));
         let mut parts: Vec<GradientPass> = Vec::new();
         let mut start = 0;
         while start < rows {
@@ -210,9 +210,9 @@ impl Cx<'_> {
             } else {
                 (input.slice_rows(start, end), weights.slice_rows(start, end))
             };
-            self.count(end - start);
+            self.count(end - start, chunk);
             self.gradient_rows += end - start;
-            parts.push(self.rt.gradients(&key, &i, Some(&w))?);
+            parts.push(self.rt.gradients(&key, &i, &w)?);
             start = end;
         }
         join_passes(parts).ok_or_else(|| RuntimeError::Inference {
@@ -234,17 +234,20 @@ impl Cx<'_> {
             model: self.model.name.clone(),
             layers: layers.to_vec(),
             rules,
-            seed: Seed::TopPrediction,
         };
         let input = job.input.slice_rows(0, 1);
-        self.count(1);
+        self.count(1, 1);
         self.gradient_rows += 1;
-        let pass = self.rt.gradients(&key, &input, None)?;
+        // All-zero weights: the graph weights the row by its top class.
+        let classes = self.model.spec.labels.len().max(1);
+        let pass = self
+            .rt
+            .gradients(&key, &input, &Tensor::f32(vec![1, classes], vec![0.0; classes]))?;
         let chosen = pass.chosen.as_ref().and_then(|c| c.first().copied());
         let scores = pass.scores.to_f64();
-        let chosen = chosen.ok_or_else(|| RuntimeError::Inference {
+        let chosen = chosen.ok_or_else(|| RuntimeError::NotDifferentiable {
             model: self.model.name.clone(),
-            message: "the backward model chose no target".into(),
+            message: "the backward model cannot rank this model's output".into(),
         })?;
         let spec = TargetSpec::One(TargetRef::Index(chosen));
         let target = targets::resolve(Some(&spec), &self.model, &scores, 1)?
@@ -275,7 +278,7 @@ impl Cx<'_> {
         let one = like.shape.clone();
         let n = like.row_len();
         let classes = model.spec.labels.len().max(1);
-        let chunk = chunk.clamp(1, self.max_batch().max(1));
+        let chunk = chunk.clamp(1, self.rt.gradient_rows(&model));
         let mut start = 0;
         while start < rows {
             let end = (start + chunk).min(rows);
@@ -297,15 +300,20 @@ impl Cx<'_> {
         Ok(())
     }
 
-    fn count(&mut self, rows: usize) {
+    fn count(&mut self, rows: usize, per_pass: usize) {
         self.job_ctx.advance(rows);
         self.rows += rows;
-        self.runs += rows.div_ceil(self.rt.max_batch());
+        self.runs += rows.div_ceil(per_pass.max(1));
     }
 
     /// Most rows per pass.
     pub fn max_batch(&self) -> usize {
         self.rt.max_batch()
+    }
+
+    /// Rows per forward pass of this model within the pass budget (at most `max_batch`).
+    pub fn forward_rows(&self) -> usize {
+        self.rt.forward_rows(&self.model)
     }
 
     /// The model being explained.

@@ -65,7 +65,7 @@ pub(super) fn run_copies(
     mut make: impl FnMut(usize, &mut [f32]),
 ) -> Result<Vec<Vec<f64>>, RuntimeError> {
     let n = input.as_f32().map(<[f32]>::len).unwrap_or(0);
-    let batch = cx.max_batch().max(1);
+    let batch = cx.forward_rows();
     let mut scores = Vec::with_capacity(rows);
     let mut start = 0;
     while start < rows {

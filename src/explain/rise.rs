@@ -141,7 +141,7 @@ fn explain(
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
     let mut sals = vec![vec![0f64; h * w]; targets.len()];
     // Masks are drawn one batch at a time (in the same order, so a seed gives the same masks).
-    let batch = cx.max_batch().max(1);
+    let batch = cx.forward_rows();
     let mut start = 0;
     while start < count {
         let end = (start + batch).min(count);

@@ -4,7 +4,8 @@
 //! layers for CAM methods).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use serde::Serialize;
@@ -13,7 +14,7 @@ use utoipa::ToSchema;
 use super::graph_runner::OrtRunner;
 use super::manifest::{Layout, ModelSpec};
 use super::shapes::probe_shapes;
-use super::{LoadedModel, RuntimeError};
+use super::LoadedModel;
 use crate::onnx::autodiff::{self, analysis_layers, GradientSpec, RuleSet, RuleTable, ShapeMap};
 use crate::onnx::proto::{self, ModelProto};
 
@@ -26,32 +27,28 @@ pub struct GradientKey {
     pub layers: Vec<String>,
     /// Rule table.
     pub rules: RuleSet,
-    /// Where the target weights come from.
-    pub seed: Seed,
 }
 
-/// Where a backward model's target weights come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Seed {
-    /// Fed per row (any class, any mix of classes).
-    #[default]
-    Weights,
-    /// Each row's top prediction, chosen inside the graph: one pass explains the top class.
-    TopPrediction,
-}
-
-/// A built backward model, ready for sessions.
+/// A built backward model, ready for a session.
 #[derive(Debug)]
 pub struct BuiltGradient {
-    /// Serialized model.
-    pub bytes: Arc<[u8]>,
+    /// Serialized model (dropped once its session exists).
+    pub bytes: Vec<u8>,
+    /// What it outputs.
+    pub outputs: GradientOutputs,
+}
+
+/// The output names of a backward model.
+#[derive(Debug, Clone)]
+pub struct GradientOutputs {
     /// Input gradient output name.
     pub input_grad: String,
     /// (activation, gradient) output names per requested layer.
     pub layers: Vec<(String, String)>,
     /// Opset of the built model.
     pub opset: i64,
-    /// The output naming each row's chosen class, for [`Seed::TopPrediction`].
+    /// The output naming each row's top class, when rows fed all-zero weights are weighted by it
+    /// (models whose output is `[batch, classes]`).
     pub target_index: Option<String>,
 }
 
@@ -72,12 +69,11 @@ pub struct GradientReport {
     pub layer_channels: std::collections::BTreeMap<String, usize>,
 }
 
-type Slot = Arc<OnceLock<Result<Arc<BuiltGradient>, String>>>;
-
-/// Backward models built so far, shared by the workers.
+/// Builds backward models (the sessions that run them keep them; this keeps only the prepared
+/// forward models they are built from).
 pub struct GradientCache {
     env: &'static ort::environment::Environment,
-    built: Mutex<HashMap<GradientKey, Slot>>,
+    builds: AtomicUsize,
     prepared: Mutex<HashMap<String, Arc<(ModelProto, ShapeMap)>>>,
 }
 
@@ -86,23 +82,14 @@ impl GradientCache {
     pub fn new(env: &'static ort::environment::Environment) -> Self {
         Self {
             env,
-            built: Mutex::new(HashMap::new()),
+            builds: AtomicUsize::new(0),
             prepared: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The backward model for `key`, built on first use (other callers wait for that build).
-    pub fn get(&self, model: &LoadedModel, key: &GradientKey) -> Result<Arc<BuiltGradient>, RuntimeError> {
-        let slot = {
-            let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
-            built.entry(key.clone()).or_default().clone()
-        };
-        slot.get_or_init(|| self.build(model, key).map(Arc::new))
-            .clone()
-            .map_err(|message| RuntimeError::NotDifferentiable {
-                model: model.name.clone(),
-                message,
-            })
+    /// Backward models built so far.
+    pub fn built_count(&self) -> usize {
+        self.builds.load(Ordering::SeqCst)
     }
 
     /// The model prepared for differentiation and its probed shapes (computed once per model).
@@ -122,7 +109,9 @@ impl GradientCache {
         Ok(entry)
     }
 
-    fn build(&self, model: &LoadedModel, key: &GradientKey) -> Result<BuiltGradient, String> {
+    /// Builds the backward model for `key`.
+    pub fn build(&self, model: &LoadedModel, key: &GradientKey) -> Result<BuiltGradient, String> {
+        self.builds.fetch_add(1, Ordering::SeqCst);
         let started = std::time::Instant::now();
         let prepared = self.prepared(model)?;
         let (forward, shapes) = (&prepared.0, &prepared.1);
@@ -134,28 +123,51 @@ impl GradientCache {
         let runner = OrtRunner::new(self.env);
         let mut built = autodiff::build_backward(forward, &spec, shapes, &RuleTable::for_set(key.rules), Some(&runner))
             .map_err(|e| e.to_string())?;
-        let target_index = match key.seed {
-            Seed::Weights => None,
-            Seed::TopPrediction => {
-                let classes = shapes
-                    .get(&model.spec.output)
-                    .filter(|s| s.dims.len() == 2)
-                    .and_then(|s| s.dims[1])
-                    .ok_or_else(|| format!("output `{}` is not [batch, classes]", model.spec.output))?;
-                autodiff::seed_with_top_prediction(&mut built, &model.spec.output, classes as usize)
-                    .map_err(|e| e.to_string())?;
-                Some(autodiff::TARGET_INDEX_OUTPUT.to_string())
-            }
+        // Rows fed no weights explain their top class, chosen in the graph: one pass, no forward
+        // pass first. Only a `[batch, classes]` output can be ranked.
+        let classes = shapes
+            .get(&model.spec.output)
+            .filter(|s| s.dims.len() == 2)
+            .and_then(|s| s.dims[1]);
+        let target_index = match classes {
+            Some(c) => match autodiff::seed_with_top_prediction(&mut built, &model.spec.output, c as usize) {
+                Ok(()) => Some(autodiff::TARGET_INDEX_OUTPUT.to_string()),
+                Err(e) => {
+                    tracing::info!(model = %model.name, reason = %e, "the backward model cannot choose its own target");
+                    None
+                }
+            },
+            None => None,
         };
-        tracing::info!(model = %model.name, layers = ?key.layers, rules = ?key.rules, seed = ?key.seed, opset = built.opset,
+        tracing::info!(model = %model.name, layers = ?key.layers, rules = ?key.rules, opset = built.opset,
             ms = started.elapsed().as_millis() as u64, "backward model built");
         Ok(BuiltGradient {
-            bytes: built.model.encode_to_vec().into(),
-            input_grad: built.input_grad,
-            layers: built.layers,
-            opset: built.opset,
-            target_index,
+            bytes: built.model.encode_to_vec(),
+            outputs: GradientOutputs {
+                input_grad: built.input_grad,
+                layers: built.layers,
+                opset: built.opset,
+                target_index,
+            },
         })
+    }
+
+    /// Bytes one input row holds in a backward pass, estimated from the probed forward: every float
+    /// activation, kept for the backward pass, plus about twice that in gradients and masks.
+    /// `None` when the model's shapes are unknown.
+    pub fn row_bytes(&self, model: &LoadedModel) -> Option<u64> {
+        let prepared = self.prepared(model).ok()?;
+        let floats: u64 = prepared
+            .1
+            .values()
+            .filter(|t| t.elem_type == crate::onnx::proto::data_type::FLOAT)
+            .filter_map(|t| {
+                t.dims
+                    .iter()
+                    .try_fold(1u64, |n, d| Some(n.saturating_mul((*d)?.max(0) as u64)))
+            })
+            .fold(0u64, u64::saturating_add);
+        Some(floats.saturating_mul(4 * 3).max(1))
     }
 
     /// Describes what gradients the model supports.
@@ -170,16 +182,6 @@ impl GradientCache {
                 layer_channels: Default::default(),
             },
         }
-    }
-
-    /// Backward models built so far (each key is built once).
-    pub fn built_count(&self) -> usize {
-        self.built
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|s| s.get().is_some())
-            .count()
     }
 }
 

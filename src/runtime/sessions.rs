@@ -5,13 +5,13 @@
 //! a pass already uses every core of the pool, so two jobs on one model lose little by taking turns.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
 
 use super::batching::{Batching, Named, PassCounters, SharedSession};
-use super::gradients::{GradientCache, GradientKey, Seed};
+use super::gradients::{GradientCache, GradientKey, GradientOutputs};
 use super::tensor::{Tensor, TensorData};
 use super::{LoadedModel, Registry, RuntimeError};
 use crate::config::ExecutionProvider;
@@ -19,7 +19,7 @@ use crate::onnx::autodiff::WEIGHTS_INPUT;
 
 /// Creates a session for model bytes on the environment's thread pool and execution providers.
 pub fn create_session_from_bytes(env: &ort::environment::Environment, bytes: &[u8]) -> Result<Session, String> {
-    build_session(env, bytes, None, ExecutionProvider::Cpu)
+    build_session(env, bytes, None, ExecutionProvider::Cpu, false)
 }
 
 /// Creates a session for `model`.
@@ -32,6 +32,7 @@ fn build_session(
     bytes: &[u8],
     prepacked: Option<&PrepackedWeights>,
     provider: ExecutionProvider,
+    arena: bool,
 ) -> Result<Session, String> {
     // ort's builder errors carry the builder and are not Send: turn each into text right away.
     let builder = Session::builder(env).map_err(|e| e.to_string())?;
@@ -44,6 +45,10 @@ fn build_session(
     if provider == ExecutionProvider::Cuda {
         builder = with_cuda(builder)?;
     }
+    // Without the arena a pass's working memory goes back when the pass ends; with it, each
+    // session keeps the peak of its largest pass for good.
+    let cpu = ort::ep::CPU::default().with_arena_allocator(arena).build();
+    builder = builder.with_execution_providers([cpu]).map_err(|e| e.to_string())?;
     builder.commit_from_memory(bytes).map_err(|e| e.to_string())
 }
 
@@ -79,7 +84,48 @@ pub struct GradientPass {
 }
 
 type Shared = Arc<SharedSession>;
-type Slot = Arc<OnceLock<Result<Shared, String>>>;
+type Backward = (Shared, GradientOutputs);
+type Slot = Arc<OnceLock<Result<Backward, String>>>;
+
+/// Which kind of pass a row runs through.
+#[derive(Debug, Clone, Copy)]
+enum Pass {
+    Forward,
+    Backward,
+}
+
+/// The working memory of the passes running at once, across every worker: a pass waits until its
+/// bytes fit beside those running (a pass alone always runs), so concurrent jobs do not each add a
+/// pass's peak.
+struct PassBudget {
+    limit: u64,
+    used: Mutex<u64>,
+    freed: Condvar,
+}
+
+struct Lease<'a> {
+    budget: &'a PassBudget,
+    bytes: u64,
+}
+
+impl PassBudget {
+    fn lease(&self, bytes: u64) -> Lease<'_> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used > 0 && used.saturating_add(bytes) > self.limit {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used = used.saturating_add(bytes);
+        Lease { budget: self, bytes }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut used = self.budget.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(self.bytes);
+        self.budget.freed.notify_all();
+    }
+}
 
 /// A backward session kept under the memory budget.
 struct Kept {
@@ -97,6 +143,10 @@ pub struct StoreOptions {
     pub max_model_memory: u64,
     /// How concurrent requests on one session are combined.
     pub batching: Batching,
+    /// Keep ONNX Runtime's CPU arena (each session holds its largest pass's memory).
+    pub memory_arena: bool,
+    /// Bytes one backward pass may hold; gradient rows are chunked to fit.
+    pub max_pass_bytes: u64,
 }
 
 impl SessionStore {
@@ -119,6 +169,7 @@ pub struct SessionStore {
     forward: HashMap<String, Shared>,
     prepacked: HashMap<String, PrepackedWeights>,
     backward: Mutex<(HashMap<GradientKey, Kept>, u64)>,
+    budget: PassBudget,
 }
 
 impl SessionStore {
@@ -134,7 +185,14 @@ impl SessionStore {
         let mut prepacked = HashMap::new();
         for model in registry.iter() {
             let weights = PrepackedWeights::new();
-            let session = build_session(env, &model.bytes, Some(&weights), options.provider).map_err(|e| {
+            let session = build_session(
+                env,
+                &model.bytes,
+                Some(&weights),
+                options.provider,
+                options.memory_arena,
+            )
+            .map_err(|e| {
                 format!(
                     "{}: ONNX Runtime cannot load this model: {e}",
                     model.dir.join("model.onnx").display()
@@ -153,6 +211,11 @@ impl SessionStore {
             forward,
             prepacked,
             backward: Mutex::new((HashMap::new(), 0)),
+            budget: PassBudget {
+                limit: options.max_pass_bytes,
+                used: Mutex::new(0),
+                freed: Condvar::new(),
+            },
         })
     }
 
@@ -167,31 +230,48 @@ impl SessionStore {
         (live.len(), live.iter().map(|k| k.bytes).sum())
     }
 
-    /// The backward session for `key`, made on first use; the least recently used ones beyond
-    /// `max_model_memory` are dropped (a run holding one finishes first).
-    fn backward_session(&self, model: &LoadedModel, key: &GradientKey, bytes: &[u8]) -> Result<Shared, RuntimeError> {
+    /// The backward session for `key` and its output names, built on first use (other callers
+    /// wait for that build); the least recently used ones beyond `max_model_memory` are dropped
+    /// (a run holding one finishes first) and built again when next needed.
+    fn backward_session(&self, model: &LoadedModel, key: &GradientKey) -> Result<Backward, RuntimeError> {
         let slot = {
             let mut kept = self.backward.lock().unwrap_or_else(|p| p.into_inner());
             kept.1 += 1;
             let now = kept.1;
             let entry = kept.0.entry(key.clone()).or_insert_with(|| Kept {
                 slot: Slot::default(),
-                bytes: bytes.len() as u64,
+                bytes: 0,
                 last_used: now,
             });
             entry.last_used = now;
             entry.slot.clone()
         };
+        let mut size = None;
         let made = slot
             .get_or_init(|| {
-                build_session(self.env, bytes, self.prepacked.get(&model.name), self.options.provider)
-                    .map(|s| self.share(s))
+                let built = self.gradients.build(model, key)?;
+                size = Some(built.bytes.len() as u64);
+                let prepacked = self.prepacked.get(&model.name);
+                let session = build_session(
+                    self.env,
+                    &built.bytes,
+                    prepacked,
+                    self.options.provider,
+                    self.options.memory_arena,
+                )?;
+                Ok((self.share(session), built.outputs))
             })
             .clone()
             .map_err(|message| RuntimeError::NotDifferentiable {
                 model: model.name.clone(),
                 message,
             })?;
+        if let Some(bytes) = size {
+            let mut kept = self.backward.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = kept.0.get_mut(key) {
+                entry.bytes = bytes;
+            }
+        }
         self.evict_beyond_budget(key);
         Ok(made)
     }
@@ -247,6 +327,36 @@ impl WorkerRuntime {
         self.max_batch
     }
 
+    /// Most rows per backward pass of `model`: `max_batch`, fewer when that many rows would hold
+    /// more than `max_pass_bytes` of activations and gradients (a photo model's 64-row backward
+    /// pass holds gigabytes; 8 rows run as fast per row).
+    pub fn gradient_rows(&self, model: &LoadedModel) -> usize {
+        self.rows_per_pass(self.row_bytes(model, Pass::Backward))
+    }
+
+    /// Most rows per forward pass of `model`, by the same budget.
+    pub fn forward_rows(&self, model: &LoadedModel) -> usize {
+        self.rows_per_pass(self.row_bytes(model, Pass::Forward))
+    }
+
+    fn rows_per_pass(&self, row_bytes: u64) -> usize {
+        let budget = self.store.options.max_pass_bytes;
+        usize::try_from(budget / row_bytes.max(1))
+            .unwrap_or(usize::MAX)
+            .clamp(1, self.max_batch)
+    }
+
+    /// Bytes one row holds in a pass (0 when the model's shapes are unknown: not budgeted).
+    fn row_bytes(&self, model: &LoadedModel, pass: Pass) -> u64 {
+        let all = self.store.gradients.row_bytes(model).unwrap_or(0);
+        match pass {
+            // The backward estimate counts activations, gradients and masks: about three times
+            // what a forward pass holds at its peak.
+            Pass::Forward => all / 3,
+            Pass::Backward => all,
+        }
+    }
+
     /// Runs `model` on `input` (first axis = batch) and returns every tensor output, rows
     /// concatenated back together.
     pub fn run(
@@ -261,32 +371,25 @@ impl WorkerRuntime {
             .get(model)
             .cloned()
             .ok_or_else(|| RuntimeError::UnknownModel(model.to_string()))?;
-        self.run_batched(&session, model, &[(input_name, input)])
+        let registered = self.model(model)?;
+        let row_bytes = self.row_bytes(&registered, Pass::Forward);
+        self.run_batched(&session, model, &[(input_name, input)], row_bytes)
     }
 
-    /// Runs the backward model for `key` on `input`, with target `weights` (shaped like the
-    /// scores) when the key's seed is fed weights; a top-prediction key takes none.
+    /// Runs the backward model for `key` on `input` with target `weights` (shaped like the
+    /// scores); a row of all-zero weights explains its top class, chosen in the graph, when the
+    /// model's output can be ranked (the pass's `chosen` says which class each row had).
     pub fn gradients(
         &mut self,
         key: &GradientKey,
         input: &Tensor,
-        weights: Option<&Tensor>,
+        weights: &Tensor,
     ) -> Result<GradientPass, RuntimeError> {
         let model = self.model(&key.model)?;
-        let built = self.store.gradients.get(&model, key)?;
-        let session = self.store.backward_session(&model, key, &built.bytes)?;
-        let mut feeds = vec![(model.spec.input.as_str(), input)];
-        match (key.seed, weights) {
-            (Seed::Weights, Some(w)) => feeds.push((WEIGHTS_INPUT, w)),
-            (Seed::TopPrediction, None) => {}
-            _ => {
-                return Err(RuntimeError::Inference {
-                    model: model.name.clone(),
-                    message: "target weights are fed exactly when the graph does not choose them".into(),
-                })
-            }
-        }
-        let mut outputs = self.run_batched(&session, &model.name, &feeds)?;
+        let (session, built) = self.store.backward_session(&model, key)?;
+        let feeds = [(model.spec.input.as_str(), input), (WEIGHTS_INPUT, weights)];
+        let row_bytes = self.row_bytes(&model, Pass::Backward);
+        let mut outputs = self.run_batched(&session, &model.name, &feeds, row_bytes)?;
         let mut take = |name: &str| {
             outputs.remove(name).ok_or_else(|| RuntimeError::Inference {
                 model: model.name.clone(),
@@ -315,11 +418,15 @@ impl WorkerRuntime {
     }
 
     /// Runs a session on feeds that share their first (batch) axis, `max_batch` rows at a time.
+    /// Runs a session on feeds that share their first (batch) axis, as many rows per pass as the
+    /// pass budget allows (`row_bytes` each), each pass holding a lease on the budget shared by
+    /// every worker.
     fn run_batched(
         &mut self,
         session: &Shared,
         model: &str,
         feeds: &[(&str, &Tensor)],
+        row_bytes: u64,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
         let rows = feeds.first().map(|(_, t)| t.rows()).unwrap_or(0);
         if feeds.iter().any(|(_, t)| t.rows() != rows) {
@@ -330,8 +437,10 @@ impl WorkerRuntime {
         }
         let mut parts: HashMap<String, Vec<Tensor>> = HashMap::new();
         let mut start = 0;
+        let per_pass = self.rows_per_pass(row_bytes);
         while start < rows {
-            let end = (start + self.max_batch).min(rows);
+            let end = (start + per_pass).min(rows);
+            let _lease = self.store.budget.lease(row_bytes.saturating_mul((end - start) as u64));
             let chunk: Named = feeds
                 .iter()
                 .map(|(n, t)| {
@@ -358,5 +467,42 @@ impl WorkerRuntime {
                 Ok((name, joined))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_pass_waits_until_its_bytes_fit_beside_those_running_and_a_lone_pass_always_runs() {
+        let budget = Arc::new(PassBudget {
+            limit: 100,
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+        });
+        let big = budget.lease(500); // larger than the budget, but alone: runs
+        let (started, waiting) = std::sync::mpsc::channel();
+        let other = budget.clone();
+        let t = std::thread::spawn(move || {
+            let _lease = other.lease(10);
+            started.send(()).unwrap();
+        });
+        assert!(
+            waiting.recv_timeout(Duration::from_millis(100)).is_err(),
+            "waits while the big pass runs"
+        );
+        drop(big);
+        assert!(
+            waiting.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "runs once it ends"
+        );
+        t.join().unwrap();
+        let a = budget.lease(60);
+        let b = budget.lease(40); // fits beside
+        assert_eq!(*budget.used.lock().unwrap(), 100);
+        drop((a, b));
+        assert_eq!(*budget.used.lock().unwrap(), 0);
     }
 }

@@ -1,18 +1,18 @@
-//! Seeding a backward model with its own top prediction: the target weights are computed inside
-//! the graph (`OneHot(ArgMax(scores))`) instead of fed, so explaining the top class takes one model
-//! pass rather than a forward pass to choose it and a backward pass that computes the forward
-//! again. The chosen class is an output, so the answer still names its target.
+//! Letting a backward model choose its own target: a row whose fed weights are all zero is
+//! weighted by the one-hot of its highest score (`OneHot(ArgMax(scores))`), computed inside the
+//! graph. Explaining the top class then takes one model pass instead of a forward pass to choose it
+//! and a backward pass that computes the forward again, and the same model still serves any fed
+//! mix of classes. The chosen class of every row is an output, so the answer can name its target.
 
 use super::{AutodiffError, BackwardModel, WEIGHTS_INPUT};
 use crate::onnx::builder::{attribute, float_tensor, int64_tensor, value_info, Attr};
 use crate::onnx::proto::{data_type, NodeProto};
 
-/// Output holding each row's chosen class (int64, one per row).
+/// Output holding each row's highest-scoring class (int64, one per row).
 pub const TARGET_INDEX_OUTPUT: &str = "explaind.target_index";
 
-/// Rewrites `backward` (built with [`WEIGHTS_INPUT`] as an input) so the weights are the one-hot
-/// of each row's highest score of `output`, a `[batch, classes]` tensor. Ties take the first
-/// class, as the service's ranking does.
+/// Rewrites `backward` so that rows fed all-zero weights are weighted by their top prediction of
+/// `output`, a `[batch, classes]` tensor. Ties take the first class, as the service's ranking does.
 pub fn seed_with_top_prediction(
     backward: &mut BackwardModel,
     output: &str,
@@ -34,27 +34,41 @@ pub fn seed_with_top_prediction(
         .iter()
         .position(|n| n.output.iter().any(|o| o == output))
         .ok_or_else(|| AutodiffError::Path(format!("no node produces `{output}`")))?;
-    let before = graph.input.len();
-    graph.input.retain(|i| i.name.as_deref() != Some(WEIGHTS_INPUT));
-    if graph.input.len() == before {
-        return Err(AutodiffError::Path(format!(
-            "the backward model has no `{WEIGHTS_INPUT}` input"
-        )));
+    let name = |s: &str| format!("explaind.top.{s}");
+    let weights = name("weights");
+    // Every reader of the fed weights reads the effective ones instead.
+    for node in &mut graph.node {
+        for input in &mut node.input {
+            if input == WEIGHTS_INPUT {
+                *input = weights.clone();
+            }
+        }
     }
-    let depth = "explaind.target_depth";
-    let values = "explaind.target_values";
-    graph.initializer.push(int64_tensor(depth, &[1], &[classes as i64]));
-    graph.initializer.push(float_tensor(values, &[2], &[0.0, 1.0]));
-    let node = |op: &str, inputs: &[&str], output: &str, attrs: Vec<(&str, Attr)>| NodeProto {
-        name: Some(format!("{output}.{op}")),
+    let c = classes as i64;
+    graph.initializer.push(int64_tensor(&name("depth"), &[1], &[c]));
+    graph.initializer.push(float_tensor(&name("values"), &[2], &[0.0, 1.0]));
+    graph
+        .initializer
+        .push(float_tensor(&name("ones"), &[c, 1], &vec![1.0; classes]));
+    graph.initializer.push(float_tensor(&name("zero"), &[], &[0.0]));
+    let node = |op: &str, inputs: &[&str], out: &str, attrs: Vec<(&str, Attr)>| NodeProto {
+        name: Some(format!("{out}.{op}")),
         op_type: Some(op.into()),
         domain: Some(String::new()),
         input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.to_string()],
+        output: vec![out.to_string()],
         attribute: attrs.into_iter().map(|(n, v)| attribute(n, v)).collect(),
         ..Default::default()
     };
-    let seed = [
+    let (one_hot, abs, mass, unset, unset_f, top) = (
+        name("one_hot"),
+        name("abs"),
+        name("mass"),
+        name("unset"),
+        name("unset_f"),
+        name("top"),
+    );
+    let seed = vec![
         node(
             "ArgMax",
             &[output],
@@ -63,10 +77,22 @@ pub fn seed_with_top_prediction(
         ),
         node(
             "OneHot",
-            &[TARGET_INDEX_OUTPUT, depth, values],
-            WEIGHTS_INPUT,
+            &[TARGET_INDEX_OUTPUT, &name("depth"), &name("values")],
+            &one_hot,
             vec![("axis", Attr::Int(-1))],
         ),
+        // Rows fed no weight at all (|w| sums to 0) take the one-hot; the others keep theirs.
+        node("Abs", &[WEIGHTS_INPUT], &abs, vec![]),
+        node("MatMul", &[&abs, &name("ones")], &mass, vec![]),
+        node("Equal", &[&mass, &name("zero")], &unset, vec![]),
+        node(
+            "Cast",
+            &[&unset],
+            &unset_f,
+            vec![("to", Attr::Int(data_type::FLOAT as i64))],
+        ),
+        node("Mul", &[&one_hot, &unset_f], &top, vec![]),
+        node("Add", &[WEIGHTS_INPUT, &top], &weights, vec![]),
     ];
     // Right after the scores exist and before any backward node reads the weights.
     graph.node.splice(producer + 1..producer + 1, seed);
