@@ -122,14 +122,29 @@ fn main() {
         );
     }
     let resnet18 = explaind::onnx::zoo::resnet(&[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
-    for batch in [1, 4] {
+    for (batch, rounds) in [(1, 10), (4, 5), (16, 3)] {
         bench(
             "resnet-18 (3x224x224)",
             &resnet18,
             &[batch, 3, 224, 224],
             1000,
-            10,
+            rounds,
             threads,
         );
+    }
+    // MobileNet-style (depthwise separable, BatchNorm, ReLU6, HardSwish) and ViT-style (one encoder
+    // layer over 197 tokens of width 192, 3 heads) models with seeded weights.
+    let mobilenet = explaind::onnx::zoo::mobilenet(&[32, 64, 128, 256, 512], 224, 1000);
+    let vit = explaind::onnx::zoo::transformer(197, 192, 3, 1000, None);
+    for (batch, rounds) in [(1, 20), (16, 5)] {
+        bench(
+            "mobilenet-style (3x224x224)",
+            &mobilenet,
+            &[batch, 3, 224, 224],
+            1000,
+            rounds,
+            threads,
+        );
+        bench("vit-style (197x192)", &vit, &[batch, 197, 192], 1000, rounds, threads);
     }
 }

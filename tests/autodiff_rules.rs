@@ -280,6 +280,29 @@ fn convolutions() {
             ("pads", Attr::Ints(vec![1, 1, 1, 1])),
         ],
     );
+    // Strided depthwise: zeros spread between the gradient's pixels, then a stride-1 Conv. Odd
+    // sizes, asymmetric pads, a channel multiplier, dilation, unequal strides.
+    conv_case(
+        "conv-depthwise-odd-asymmetric",
+        &[2, 3, 7, 9],
+        &[6, 1, 3, 3],
+        vec![
+            ("group", Attr::Int(3)),
+            ("strides", Attr::Ints(vec![2, 3])),
+            ("pads", Attr::Ints(vec![1, 0, 0, 2])),
+        ],
+    );
+    conv_case(
+        "conv-depthwise-dilated",
+        &[1, 4, 11, 10],
+        &[4, 1, 3, 3],
+        vec![
+            ("group", Attr::Int(4)),
+            ("strides", Attr::Ints(vec![2, 2])),
+            ("dilations", Attr::Ints(vec![2, 2])),
+            ("pads", Attr::Ints(vec![2, 2, 2, 2])),
+        ],
+    );
     conv_case(
         "conv-same-upper",
         &[1, 2, 7, 8],
