@@ -32,7 +32,7 @@ async fn concurrent_requests_share_runs_and_each_gets_its_own_rows() {
     config.workers = 8;
     config.queue_capacity = 32;
     // A window long enough that the concurrent requests below meet in it on any machine.
-    config.batch_wait_us = 20_000;
+    config.batch_wait_us = 50_000;
     let s = start(config).await;
     let http = reqwest::Client::new();
     let n = 16;

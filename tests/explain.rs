@@ -1244,7 +1244,15 @@ async fn the_top_prediction_is_explained_in_one_pass_with_the_same_answer() {
         let index = top["target"]["index"].as_u64().unwrap();
         // The same class named: a forward pass ranks, then the backward pass runs.
         let named = explain_json(&http, &s, "fashion-cnn", method, json!({"image": b64, "target": index})).await;
-        assert_eq!(top["target"], named["target"], "{method}: same target, label and score");
+        assert_eq!(
+            top["target"]["index"], named["target"]["index"],
+            "{method}: same target"
+        );
+        assert_eq!(top["target"]["label"], named["target"]["label"], "{method}");
+        // The score comes from the backward model's forward half: the same numbers, up to how ONNX
+        // Runtime fuses that graph.
+        let score = |v: &Value| v["target"]["score"].as_f64().unwrap();
+        assert!((score(&top) - score(&named)).abs() < 1e-5, "{method}: same score");
         let (a, b) = (values(&top), values(&named));
         assert_eq!(a.len(), b.len());
         assert!(
