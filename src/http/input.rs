@@ -41,6 +41,17 @@ pub enum RawInput {
     Features(Features),
 }
 
+impl RawInput {
+    /// Bytes of the input as sent (an image's encoded bytes; a feature vector's values).
+    pub fn sent_bytes(&self) -> usize {
+        match self {
+            RawInput::Image(bytes) => bytes.len(),
+            RawInput::Features(Features::Named(map)) => map.len().saturating_mul(32),
+            RawInput::Features(Features::Ordered(values)) => values.len().saturating_mul(8),
+        }
+    }
+}
+
 /// The one input of a JSON body: exactly one of base64 `image` and `features` (`what` names the
 /// object in the error).
 pub fn one_input(image: Option<String>, features: Option<FeaturesJson>, what: &str) -> Result<RawInput, ApiError> {

@@ -77,9 +77,8 @@ pub async fn submit(
     let started = Instant::now();
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
-    let (job, mut request, raw) = tokio::task::spawn_blocking(move || parse_job(&received.bytes))
-        .await
-        .map_err(ApiError::internal)??;
+    let (job, mut request, raw) =
+        super::offload::cpu(received.bytes.len(), move || parse_job(&received.bytes)).await??;
     let model = state.model(&job.model)?;
     let valid = explain::validate(&state, &model, &job.method, request.options(), 1)?;
     let evidence = explain::audit_evidence(&state, &model, &raw, request.audit.take().unwrap_or(false)).await?;

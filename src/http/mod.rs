@@ -10,6 +10,7 @@ pub mod input;
 mod jobs;
 pub mod limit;
 mod models;
+pub mod offload;
 pub mod openapi;
 mod page;
 mod predict;

@@ -17,7 +17,7 @@ use super::error::{audit_failed, ApiError, ProblemKind};
 use super::explain::{self, ExplainResponse, Include, ValidExplain};
 use super::input::{self, FeaturesJson, RawInput};
 use super::prepare::{self, Prepared};
-use super::AppState;
+use super::{offload, AppState};
 use crate::audit::{Context, Evidence, Kind, Receipt};
 use crate::explain::{Condition, ExplainResult, TargetSpec};
 use crate::render::RenderOptions;
@@ -228,9 +228,8 @@ pub async fn predict(
         started,
     };
     let audited_too = audit.is_some();
-    let (response, sent) = tokio::task::spawn_blocking(move || answer.draw(audited_too))
-        .await
-        .map_err(ApiError::internal)??;
+    let size = prepare::drawing_size(&answer.prepared, answer.explain.is_some() as usize);
+    let (response, sent) = offload::cpu(size, move || answer.draw(audited_too)).await??;
     audited(&state, audit, response, sent).await
 }
 
@@ -255,9 +254,14 @@ fn check_counts(state: &AppState, top_k: usize, inputs: usize) -> Result<(), Api
 /// Every input's audit evidence (hashed on a blocking thread).
 async fn evidence(state: &AppState, model: &Arc<LoadedModel>, inputs: &[RawInput]) -> Result<Vec<Evidence>, ApiError> {
     let (model, inputs, keep) = (model.clone(), inputs.to_vec(), state.audit.keeps_inputs());
-    tokio::task::spawn_blocking(move || inputs.iter().map(|raw| prepare::evidence(&model, raw, keep)).collect())
-        .await
-        .map_err(ApiError::internal)
+    let size = inputs
+        .iter()
+        .map(RawInput::sent_bytes)
+        .fold(0usize, usize::saturating_add);
+    offload::cpu(size, move || {
+        inputs.iter().map(|raw| prepare::evidence(&model, raw, keep)).collect()
+    })
+    .await
 }
 
 /// A finished prediction job, to be drawn into the answer (on a blocking thread: maps drawn back
@@ -352,9 +356,7 @@ async fn parse_predict_body(received: input::ReceivedBody, uri: &Uri) -> Result<
     let media = received.media_type.as_str();
     if media == "application/json" {
         // JSON and base64 of a large body are CPU work: off the async threads.
-        return tokio::task::spawn_blocking(move || parse_predict_json(&received.bytes))
-            .await
-            .map_err(ApiError::internal)?;
+        return offload::cpu(received.bytes.len(), move || parse_predict_json(&received.bytes)).await?;
     }
     parse_predict_other(&received, uri).await
 }

@@ -63,16 +63,36 @@ pub fn prepare(model: &LoadedModel, raw: RawInput, max_pixels: u64) -> Result<Pr
     }
 }
 
-/// Decodes and preprocesses every input on a blocking thread.
+/// Decodes and preprocesses every input (on a blocking thread unless they are small).
 pub async fn prepare_all(
     model: &std::sync::Arc<LoadedModel>,
     inputs: Vec<RawInput>,
     max_pixels: u64,
 ) -> Result<Vec<Prepared>, ApiError> {
     let model = model.clone();
-    tokio::task::spawn_blocking(move || inputs.into_iter().map(|raw| prepare(&model, raw, max_pixels)).collect())
-        .await
-        .map_err(ApiError::internal)?
+    let size = inputs
+        .iter()
+        .map(super::offload::decoded_size)
+        .fold(0usize, usize::saturating_add);
+    super::offload::cpu(size, move || {
+        inputs.into_iter().map(|raw| prepare(&model, raw, max_pixels)).collect()
+    })
+    .await?
+}
+
+/// Bytes of drawing the answer for these inputs: their originals, `targets` maps each.
+pub fn drawing_size(prepared: &[Prepared], targets: usize) -> usize {
+    prepared
+        .iter()
+        .map(|p| {
+            p.original.as_ref().map_or(1024, |o| {
+                (o.width() as usize)
+                    .saturating_mul(o.height() as usize)
+                    .saturating_mul(4)
+            })
+        })
+        .fold(0usize, usize::saturating_add)
+        .saturating_mul(targets.max(1))
 }
 
 /// The batch tensor of prepared inputs.

@@ -195,9 +195,7 @@ pub(super) async fn audit_evidence(
         return Ok(None);
     }
     let (model, raw, keep) = (model.clone(), raw.clone(), state.audit.keeps_inputs());
-    tokio::task::spawn_blocking(move || Some(prepare::evidence(&model, &raw, keep)))
-        .await
-        .map_err(ApiError::internal)
+    super::offload::cpu(raw.sent_bytes(), move || Some(prepare::evidence(&model, &raw, keep))).await
 }
 
 /// Draws the answer on a blocking thread (with its JSON as sent, when it is audited), then writes
@@ -213,7 +211,12 @@ pub(super) async fn finish(
 ) -> Result<Answer, ApiError> {
     let max_map_pixels = state.config.max_map_pixels;
     let audited = audit.is_some();
-    let (mut answer, sent) = tokio::task::spawn_blocking(move || {
+    // A PNG or embedded overlay is drawn (and a tabular chart is plotted) whatever the map's size.
+    let drawing = match wants_png || valid.include.contains(&Include::Overlay) {
+        true => usize::MAX,
+        false => prepare::drawing_size(&prepared, result.attributions.len()),
+    };
+    let (mut answer, sent) = super::offload::cpu(drawing, move || {
         let one = prepared
             .first()
             .ok_or_else(|| ApiError::internal("no prepared input"))?;
@@ -221,8 +224,7 @@ pub(super) async fn finish(
         let sent = audited.then(|| super::audit::as_sent(&answer.body)).transpose()?;
         Ok::<_, ApiError>((answer, sent))
     })
-    .await
-    .map_err(ApiError::internal)??;
+    .await??;
     if let Some(((evidence, ctx), sent)) = audit.zip(sent) {
         let receipt = state
             .audit

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 
 use super::super::error::{ApiError, ProblemKind};
 use super::super::input::{self, FeaturesJson, RawInput};
+use super::super::offload;
 use crate::audit::Receipt;
 use crate::explain::{TargetRef, TargetSpec};
 use crate::render::RenderOptions;
@@ -195,13 +196,12 @@ pub(super) async fn parse_body(
     let media = received.media_type.as_str();
     if media == "application/json" {
         // JSON and base64 of a large body are CPU work: off the async threads.
-        return tokio::task::spawn_blocking(move || {
+        return offload::cpu(received.bytes.len(), move || {
             let mut req: ExplainRequest = input::parse_json(&received.bytes)?;
             let raw = input::one_input(req.image.take(), req.features.take(), "the request")?;
             Ok((raw, req))
         })
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     }
     if input::is_image_media_type(media) {
         let pairs: Vec<(String, String)> = input::parse_query(uri)?;
