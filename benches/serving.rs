@@ -63,6 +63,7 @@ fn main() {
 /// its stdin closes.
 fn serve() {
     let config = explaind::config::Config::load(None, std::env::vars()).expect("config");
+    explaind::runtime::memory::tune_allocator(config.malloc_arenas, config.return_pass_memory);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -237,11 +238,9 @@ async fn memory(root: &Path, models: &Path) {
         .collect();
     let verbose = std::env::var_os("EXPLAIND_BENCH_VERBOSE").is_some();
     for workers in [1usize, 4] {
-        let arena = std::env::var("EXPLAIND_MEMORY_ARENA").unwrap_or_else(|_| "false".into());
         let vars = [
             ("EXPLAIND_WORKERS", workers.to_string()),
             ("EXPLAIND_MAX_SAMPLES", "4096".into()),
-            ("EXPLAIND_MEMORY_ARENA", arena),
         ];
         let server = Server::start(models, &vars);
         let (rss, _) = server.memory_mib();

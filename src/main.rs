@@ -146,6 +146,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.workers = w;
             }
             let cfg = cfg.validated()?;
+            // Before any thread starts: the allocator settings apply to the whole process.
+            explaind::runtime::memory::tune_allocator(cfg.malloc_arenas, cfg.return_pass_memory);
             explaind::telemetry::init_logging(cfg.log_format);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(explaind::serve(cfg))

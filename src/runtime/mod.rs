@@ -7,6 +7,7 @@ pub mod graph_runner;
 pub mod inspect;
 pub mod library;
 pub mod manifest;
+pub mod memory;
 pub mod predict;
 pub mod preprocess;
 pub mod registry;
