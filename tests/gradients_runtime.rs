@@ -227,3 +227,27 @@ async fn models_report_gradient_support_and_blocking_operators() {
     assert!(err.contains("Sin"), "{err}");
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backward_sessions_beyond_max_model_memory_are_dropped_and_rebuilt() {
+    let mut config = test_config(&root().join("models"));
+    config.max_model_memory = 1; // keep only the session last built
+    let s = start(config).await;
+    let input = Tensor::f32(vec![2, 1, 28, 28], Rng::new(3).vec(2 * 28 * 28, 0.0, 1.0));
+    let weights = Tensor::f32(vec![2, 10], Rng::new(4).vec(20, -1.0, 1.0));
+    let run = |layers: &'static [&'static str]| Gradients {
+        key: fashion_key(layers),
+        input: input.clone(),
+        weights: weights.clone(),
+    };
+    let first = s.state.executor.submit(run(&[])).await.unwrap();
+    s.state.executor.submit(run(&["relu3"])).await.unwrap();
+    let again = s.state.executor.submit(run(&[])).await.unwrap();
+    assert_eq!(
+        s.state.gradients.built_count(),
+        3,
+        "the first graph was dropped and built again"
+    );
+    assert_eq!(first.input_grad.as_f32(), again.input_grad.as_f32());
+    s.stop().await.unwrap();
+}

@@ -50,6 +50,11 @@ pub(super) fn plan_layer(layer: &mut Option<String>, cx: &PlanContext) -> Result
     Ok(channels)
 }
 
+/// The CAM methods' first pass: gradients at the layer, standard rules.
+pub(super) fn cam_pass(job: &ExplainJob, layer: &Option<String>) -> Option<(Vec<String>, RuleSet)> {
+    Some((vec![planned_layer(job, layer).ok()?], RuleSet::Standard))
+}
+
 /// The layer `plan_layer` chose.
 pub(super) fn planned_layer(job: &ExplainJob, layer: &Option<String>) -> Result<String, RuntimeError> {
     layer.clone().ok_or_else(|| {
@@ -91,7 +96,7 @@ impl Method for GradCam {
     }
 
     fn one_pass(p: &Self::Params, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
-        Some((vec![planned_layer(job, &p.layer).ok()?], RuleSet::Standard))
+        cam_pass(job, &p.layer)
     }
 
     fn explain(
@@ -119,7 +124,7 @@ impl Method for GradCamPlusPlus {
     }
 
     fn one_pass(p: &Self::Params, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
-        Some((vec![planned_layer(job, &p.layer).ok()?], RuleSet::Standard))
+        cam_pass(job, &p.layer)
     }
 
     fn explain(

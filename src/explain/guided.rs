@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::grad_cam::{cams, guided_cam_cost, plan_layer, planned_layer};
+use super::grad_cam::{cam_pass, cams, guided_cam_cost, plan_layer, planned_layer};
 use super::method::{Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::saliency::one_gradient_per_target;
 use super::{fold_channels, input_gradients, per_target, row, Cx, ExplainJob, Fold, TargetAttribution};
@@ -79,7 +79,7 @@ impl Method for GuidedGradCam {
     }
 
     fn one_pass(p: &Self::Params, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
-        Some((vec![planned_layer(job, &p.layer).ok()?], RuleSet::Standard))
+        cam_pass(job, &p.layer)
     }
 
     fn explain(

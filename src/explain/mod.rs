@@ -193,11 +193,7 @@ impl Cx<'_> {
         if let Some(primed) = self.primed.take_if(|p| p.answers(layers, rules, input, weights)) {
             return Ok(primed.pass);
         }
-        let key = GradientKey {
-            model: self.model.name.clone(),
-            layers: layers.to_vec(),
-            rules,
-        };
+        let key = self.key(layers, rules);
         let rows = input.rows();
         let chunk = chunk.clamp(1, self.rt.gradient_rows(&self.model));
         let mut parts: Vec<GradientPass> = Vec::new();
@@ -221,28 +217,30 @@ impl Cx<'_> {
         })
     }
 
-    /// One pass over the job's input that chooses the top prediction inside the graph and
+    fn key(&self, layers: &[String], rules: RuleSet) -> GradientKey {
+        GradientKey {
+            model: self.model.name.clone(),
+            layers: layers.to_vec(),
+            rules,
+        }
+    }
+
+    /// One pass over the job's (one-row) input that chooses the top prediction inside the graph and
     /// differentiates it: the pass, the target it chose, and the input's scores.
-    pub fn top_gradients(
+    fn top_gradients(
         &mut self,
         layers: &[String],
         rules: RuleSet,
         job: &ExplainJob,
     ) -> Result<(GradientPass, Prediction, Vec<f64>), RuntimeError> {
         self.job_ctx.checkpoint()?;
-        let key = GradientKey {
-            model: self.model.name.clone(),
-            layers: layers.to_vec(),
-            rules,
-        };
-        let input = job.input.slice_rows(0, 1);
+        let key = self.key(layers, rules);
         self.count(1, 1);
         self.gradient_rows += 1;
         // All-zero weights: the graph weights the row by its top class.
         let classes = self.model.spec.labels.len().max(1);
-        let pass = self
-            .rt
-            .gradients(&key, &input, &Tensor::f32(vec![1, classes], vec![0.0; classes]))?;
+        let zeros = Tensor::f32(vec![1, classes], vec![0.0; classes]);
+        let pass = self.rt.gradients(&key, &job.input, &zeros)?;
         let chosen = pass.chosen.as_ref().and_then(|c| c.first().copied());
         let scores = pass.scores.to_f64();
         let chosen = chosen.ok_or_else(|| RuntimeError::NotDifferentiable {

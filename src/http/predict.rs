@@ -228,7 +228,11 @@ pub async fn predict(
         started,
     };
     let audited_too = audit.is_some();
-    let size = prepare::drawing_size(&answer.prepared, answer.explain.is_some() as usize);
+    let pictures = answer
+        .explain
+        .as_ref()
+        .is_some_and(|v| v.include.contains(&Include::Overlay));
+    let size = prepare::drawing_size(&answer.prepared, answer.explain.is_some() as usize, pictures);
     let (response, sent) = offload::cpu(size, move || answer.draw(audited_too)).await??;
     audited(&state, audit, response, sent).await
 }

@@ -80,8 +80,12 @@ pub async fn prepare_all(
     .await?
 }
 
-/// Bytes of drawing the answer for these inputs: their originals, `targets` maps each.
-pub fn drawing_size(prepared: &[Prepared], targets: usize) -> usize {
+/// Bytes of drawing the answer for these inputs: their originals, `targets` maps each; pictures
+/// (a PNG, an embedded overlay, a tabular chart) count as large whatever the map's size.
+pub fn drawing_size(prepared: &[Prepared], targets: usize, pictures: bool) -> usize {
+    if pictures {
+        return usize::MAX;
+    }
     prepared
         .iter()
         .map(|p| {

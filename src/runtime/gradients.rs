@@ -154,7 +154,8 @@ impl GradientCache {
 
     /// Bytes one input row holds in a backward pass, estimated from the probed forward: every float
     /// activation, kept for the backward pass, plus about twice that in gradients and masks.
-    /// `None` when the model's shapes are unknown.
+    /// `None` when the model's shapes are unknown. Computed once per model, at start, by the
+    /// session store.
     pub fn row_bytes(&self, model: &LoadedModel) -> Option<u64> {
         let prepared = self.prepared(model).ok()?;
         let floats: u64 = prepared

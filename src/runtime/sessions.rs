@@ -168,6 +168,8 @@ pub struct SessionStore {
     counters: PassCounters,
     forward: HashMap<String, Shared>,
     prepacked: HashMap<String, PrepackedWeights>,
+    /// Bytes one row holds in a backward pass, per model (absent: shapes unknown, not budgeted).
+    row_bytes: HashMap<String, u64>,
     backward: Mutex<(HashMap<GradientKey, Kept>, u64)>,
     budget: PassBudget,
 }
@@ -183,6 +185,7 @@ impl SessionStore {
     ) -> Result<Self, String> {
         let mut forward = HashMap::new();
         let mut prepacked = HashMap::new();
+        let mut row_bytes = HashMap::new();
         for model in registry.iter() {
             let weights = PrepackedWeights::new();
             let session = build_session(
@@ -201,6 +204,9 @@ impl SessionStore {
             let shared = Arc::new(SharedSession::new(session, options.batching, counters.clone()));
             forward.insert(model.name.clone(), shared);
             prepacked.insert(model.name.clone(), weights);
+            if let Some(bytes) = gradients.row_bytes(model) {
+                row_bytes.insert(model.name.clone(), bytes);
+            }
         }
         Ok(Self {
             env,
@@ -210,6 +216,7 @@ impl SessionStore {
             counters,
             forward,
             prepacked,
+            row_bytes,
             backward: Mutex::new((HashMap::new(), 0)),
             budget: PassBudget {
                 limit: options.max_pass_bytes,
@@ -217,17 +224,6 @@ impl SessionStore {
                 freed: Condvar::new(),
             },
         })
-    }
-
-    /// Backward sessions alive now, and the bytes of their models.
-    pub fn backward_kept(&self) -> (usize, u64) {
-        let kept = self.backward.lock().unwrap_or_else(|p| p.into_inner());
-        let live: Vec<&Kept> = kept
-            .0
-            .values()
-            .filter(|k| matches!(k.slot.get(), Some(Ok(_))))
-            .collect();
-        (live.len(), live.iter().map(|k| k.bytes).sum())
     }
 
     /// The backward session for `key` and its output names, built on first use (other callers
@@ -266,13 +262,16 @@ impl SessionStore {
                 model: model.name.clone(),
                 message,
             })?;
+        // Only a build adds bytes: then count them, and drop others beyond the budget.
         if let Some(bytes) = size {
-            let mut kept = self.backward.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(entry) = kept.0.get_mut(key) {
-                entry.bytes = bytes;
+            {
+                let mut kept = self.backward.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(entry) = kept.0.get_mut(key) {
+                    entry.bytes = bytes;
+                }
             }
+            self.evict_beyond_budget(key);
         }
-        self.evict_beyond_budget(key);
         Ok(made)
     }
 
@@ -331,12 +330,12 @@ impl WorkerRuntime {
     /// more than `max_pass_bytes` of activations and gradients (a photo model's 64-row backward
     /// pass holds gigabytes; 8 rows run as fast per row).
     pub fn gradient_rows(&self, model: &LoadedModel) -> usize {
-        self.rows_per_pass(self.row_bytes(model, Pass::Backward))
+        self.rows_per_pass(self.row_bytes(&model.name, Pass::Backward))
     }
 
     /// Most rows per forward pass of `model`, by the same budget.
     pub fn forward_rows(&self, model: &LoadedModel) -> usize {
-        self.rows_per_pass(self.row_bytes(model, Pass::Forward))
+        self.rows_per_pass(self.row_bytes(&model.name, Pass::Forward))
     }
 
     fn rows_per_pass(&self, row_bytes: u64) -> usize {
@@ -347,8 +346,8 @@ impl WorkerRuntime {
     }
 
     /// Bytes one row holds in a pass (0 when the model's shapes are unknown: not budgeted).
-    fn row_bytes(&self, model: &LoadedModel, pass: Pass) -> u64 {
-        let all = self.store.gradients.row_bytes(model).unwrap_or(0);
+    fn row_bytes(&self, model: &str, pass: Pass) -> u64 {
+        let all = self.store.row_bytes.get(model).copied().unwrap_or(0);
         match pass {
             // The backward estimate counts activations, gradients and masks: about three times
             // what a forward pass holds at its peak.
@@ -371,8 +370,7 @@ impl WorkerRuntime {
             .get(model)
             .cloned()
             .ok_or_else(|| RuntimeError::UnknownModel(model.to_string()))?;
-        let registered = self.model(model)?;
-        let row_bytes = self.row_bytes(&registered, Pass::Forward);
+        let row_bytes = self.row_bytes(model, Pass::Forward);
         self.run_batched(&session, model, &[(input_name, input)], row_bytes)
     }
 
@@ -388,7 +386,7 @@ impl WorkerRuntime {
         let model = self.model(&key.model)?;
         let (session, built) = self.store.backward_session(&model, key)?;
         let feeds = [(model.spec.input.as_str(), input), (WEIGHTS_INPUT, weights)];
-        let row_bytes = self.row_bytes(&model, Pass::Backward);
+        let row_bytes = self.row_bytes(&model.name, Pass::Backward);
         let mut outputs = self.run_batched(&session, &model.name, &feeds, row_bytes)?;
         let mut take = |name: &str| {
             outputs.remove(name).ok_or_else(|| RuntimeError::Inference {

@@ -211,11 +211,8 @@ pub(super) async fn finish(
 ) -> Result<Answer, ApiError> {
     let max_map_pixels = state.config.max_map_pixels;
     let audited = audit.is_some();
-    // A PNG or embedded overlay is drawn (and a tabular chart is plotted) whatever the map's size.
-    let drawing = match wants_png || valid.include.contains(&Include::Overlay) {
-        true => usize::MAX,
-        false => prepare::drawing_size(&prepared, result.attributions.len()),
-    };
+    let pictures = wants_png || valid.include.contains(&Include::Overlay);
+    let drawing = prepare::drawing_size(&prepared, result.attributions.len(), pictures);
     let (mut answer, sent) = super::offload::cpu(drawing, move || {
         let one = prepared
             .first()
