@@ -13,6 +13,7 @@ pub mod onnx;
 pub mod render;
 pub mod runtime;
 pub mod telemetry;
+pub mod uncertainty;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -89,7 +89,8 @@ impl AuditLog {
         asked
             || match self.config.audit {
                 AuditMode::Off => false,
-                AuditMode::Explanations => kind == Kind::Explanation,
+                // An uncertainty estimate is decision rationale, as an explanation is.
+                AuditMode::Explanations => matches!(kind, Kind::Explanation | Kind::Uncertainty),
                 AuditMode::All => true,
             }
     }
@@ -105,14 +106,15 @@ impl AuditLog {
         self.append(columns, body).await
     }
 
-    /// Records a prediction answer.
+    /// Records a prediction answer (`Kind::Prediction`) or an uncertainty answer (`Kind::Uncertainty`).
     pub async fn prediction(
         &self,
+        kind: Kind,
         ctx: &Context,
         inputs: Vec<Evidence>,
         response: &Value,
     ) -> Result<Receipt, StoreError> {
-        let (columns, body) = record::prediction(ctx, inputs, response, self.config.audit_store_maps);
+        let (columns, body) = record::prediction(kind, ctx, inputs, response, self.config.audit_store_maps);
         self.append(columns, body).await
     }
 

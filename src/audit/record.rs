@@ -17,6 +17,7 @@ use super::store::Columns;
 pub enum Kind {
     Prediction,
     Explanation,
+    Uncertainty,
 }
 
 impl Kind {
@@ -24,6 +25,7 @@ impl Kind {
         match self {
             Kind::Prediction => "prediction",
             Kind::Explanation => "explanation",
+            Kind::Uncertainty => "uncertainty",
         }
     }
 }
@@ -247,28 +249,69 @@ pub fn explanation(ctx: &Context, input: Evidence, response: &Value, keep_maps: 
     (columns, body)
 }
 
-/// The record of a prediction answer (`PredictResponse` as JSON), one evidence per input; an
-/// attached explanation is recorded with it.
-pub fn prediction(ctx: &Context, inputs: Vec<Evidence>, response: &Value, keep_maps: bool) -> (Columns, Value) {
-    let (id, time_ms, mut body) = header(Kind::Prediction, ctx, &inputs, response);
+/// An uncertainty estimate's recorded part: how it was made and its figures, without the samples.
+fn uncertainty_part(u: &Value) -> Value {
+    let mut part = json!({"setup": u["setup"], "top": u["predictions"][0]});
+    for key in [
+        "predictive_entropy",
+        "expected_entropy",
+        "mutual_information",
+        "variation_ratio",
+    ] {
+        if let Some(v) = u.get(key) {
+            part[key] = v.clone();
+        }
+    }
+    if u.get("predictive_entropy").is_none() {
+        // Regression: the value's mean and spread.
+        part["mean"] = u["mean"].clone();
+        part["std"] = u["std"].clone();
+    }
+    part
+}
+
+/// The record of a prediction answer (`PredictResponse` as JSON) or of an uncertainty answer (the
+/// same shape without predictions), one evidence per input; an attached explanation and
+/// uncertainty are recorded with it.
+pub fn prediction(
+    kind: Kind,
+    ctx: &Context,
+    inputs: Vec<Evidence>,
+    response: &Value,
+    keep_maps: bool,
+) -> (Columns, Value) {
+    let (id, time_ms, mut body) = header(kind, ctx, &inputs, response);
     let rows: Vec<Value> = match response.get("instances").and_then(Value::as_array) {
         Some(list) => list.clone(),
         None => vec![
-            json!({"predictions": response["predictions"], "outputs": response["outputs"],
-                            "explanation": response.get("explanation")}),
+            json!({"predictions": response.get("predictions"), "outputs": response.get("outputs"),
+                            "explanation": response.get("explanation"),
+                            "uncertainty": response.get("uncertainty")}),
         ],
     };
     let target = rows
         .iter()
-        .filter_map(|r| r["predictions"][0]["label"].as_str())
+        .filter_map(|r| {
+            r["predictions"][0]["label"]
+                .as_str()
+                .or(r["uncertainty"]["predictions"][0]["label"].as_str())
+        })
         .collect::<Vec<_>>()
         .join(",");
     body["results"] = rows
         .iter()
         .map(|r| {
-            let mut row = json!({"predictions": r["predictions"], "outputs": r["outputs"]});
+            let mut row = json!({});
+            for key in ["predictions", "outputs"] {
+                if let Some(v) = r.get(key).filter(|v| !v.is_null()) {
+                    row[key] = v.clone();
+                }
+            }
             if let Some(e) = r.get("explanation").filter(|e| !e.is_null()) {
                 row["explanation"] = explanation_part(e, keep_maps);
+            }
+            if let Some(u) = r.get("uncertainty").filter(|u| !u.is_null()) {
+                row["uncertainty"] = uncertainty_part(u);
             }
             row
         })
@@ -276,7 +319,7 @@ pub fn prediction(ctx: &Context, inputs: Vec<Evidence>, response: &Value, keep_m
     let columns = Columns {
         id,
         time_ms,
-        kind: Kind::Prediction.name().into(),
+        kind: kind.name().into(),
         model: response["model"].as_str().unwrap_or_default().into(),
         method: None,
         target: Some(target),

@@ -349,7 +349,7 @@ fn join_passes(parts: Vec<GradientPass>) -> Option<GradientPass> {
 
 /// A zeroed batch buffer of `len` values, reserved fallibly: a plan's byte budget holds in code,
 /// and an allocation the machine cannot give fails the job, not the process.
-pub(crate) fn zeroed_batch(model: &str, len: usize) -> Result<Vec<f32>, RuntimeError> {
+pub fn zeroed_batch(model: &str, len: usize) -> Result<Vec<f32>, RuntimeError> {
     let mut data = Vec::new();
     data.try_reserve_exact(len).map_err(|e| RuntimeError::Inference {
         model: model.to_string(),
@@ -551,11 +551,8 @@ impl Condition {
     }
 }
 
-/// A prediction that explains the rows meeting a condition, in one job: the explanations reuse the
-/// prediction's forward pass.
-pub struct PredictExplainTask {
-    /// The prediction.
-    pub predict: crate::runtime::predict::PredictTask,
+/// An explanation attached to a prediction, for the rows meeting `when`.
+pub struct AttachedExplain {
     /// Method and parameters of the explanations, validated.
     pub params: ValidParams,
     /// Targets to explain (default: top-1).
@@ -568,30 +565,76 @@ pub struct PredictExplainTask {
     pub when: Condition,
 }
 
-impl Task for PredictExplainTask {
-    type Output = (Vec<crate::runtime::predict::RowPrediction>, Vec<Option<ExplainResult>>);
+/// A prediction with what is attached to it, in one job: explanations (reusing the prediction's
+/// forward pass) and uncertainty estimates, each for the rows meeting its condition.
+pub struct PredictJob {
+    /// The prediction.
+    pub predict: crate::runtime::predict::PredictTask,
+    /// The attached explanation.
+    pub explain: Option<AttachedExplain>,
+    /// The attached uncertainty estimate, and the rows it is for.
+    pub uncertainty: Option<(crate::uncertainty::ValidUncertainty, Condition)>,
+}
+
+/// What a [`PredictJob`] gives, one entry per row.
+pub struct PredictOutput {
+    /// Predictions.
+    pub rows: Vec<crate::runtime::predict::RowPrediction>,
+    /// Explanations of the rows meeting their condition.
+    pub explained: Vec<Option<ExplainResult>>,
+    /// Uncertainty estimates of the rows meeting their condition.
+    pub estimates: Vec<Option<crate::uncertainty::Estimate>>,
+}
+
+/// Indices of the rows whose top prediction meets `when`.
+fn rows_meeting(rows: &[crate::runtime::predict::RowPrediction], when: &Condition) -> Vec<usize> {
+    (0..rows.len())
+        .filter(|&r| rows[r].predictions.first().is_some_and(|top| when.holds(top)))
+        .collect()
+}
+
+impl Task for PredictJob {
+    type Output = PredictOutput;
 
     fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Self::Output, RuntimeError> {
         let p = &self.predict;
+        ctx.checkpoint()?;
         let rows = crate::runtime::predict::predict(rt, &p.model, &p.input, p.top_k)?;
-        let mut explained = Vec::with_capacity(rows.len());
-        for (r, row) in rows.iter().enumerate() {
-            if !row.predictions.first().is_some_and(|top| self.when.holds(top)) {
-                explained.push(None);
-                continue;
+        let mut estimates = vec![None; rows.len()];
+        if let Some((valid, when)) = &self.uncertainty {
+            let chosen = rows_meeting(&rows, when);
+            if !chosen.is_empty() {
+                let parts = chosen.iter().map(|&r| p.input.slice_rows(r, r + 1)).collect();
+                let input = Tensor::concat_rows(parts).ok_or_else(|| RuntimeError::Inference {
+                    model: p.model.name.clone(),
+                    message: "inputs differ in shape".into(),
+                })?;
+                let found = crate::uncertainty::run(rt, ctx, valid, &input)?;
+                for (r, estimate) in chosen.into_iter().zip(found) {
+                    estimates[r] = Some(estimate);
+                }
             }
-            let job = ExplainJob {
-                model: p.model.clone(),
-                input: p.input.slice_rows(r, r + 1),
-                targets: self.targets.clone(),
-                params: self.params.clone(),
-                seed: self.seed,
-                limits: self.limits,
-                scores: row.outputs.get(&p.model.spec.output).cloned(),
-            };
-            explained.push(Some(run(rt, ctx, &job)?));
         }
-        Ok((rows, explained))
+        let mut explained: Vec<Option<ExplainResult>> = (0..rows.len()).map(|_| None).collect();
+        if let Some(e) = &self.explain {
+            for r in rows_meeting(&rows, &e.when) {
+                let job = ExplainJob {
+                    model: p.model.clone(),
+                    input: p.input.slice_rows(r, r + 1),
+                    targets: e.targets.clone(),
+                    params: e.params.clone(),
+                    seed: e.seed,
+                    limits: e.limits,
+                    scores: rows[r].outputs.get(&p.model.spec.output).cloned(),
+                };
+                explained[r] = Some(run(rt, ctx, &job)?);
+            }
+        }
+        Ok(PredictOutput {
+            rows,
+            explained,
+            estimates,
+        })
     }
 }
 

@@ -17,6 +17,7 @@ mod predict;
 pub mod prepare;
 mod problems;
 mod router;
+mod uncertainty;
 
 use std::sync::Arc;
 

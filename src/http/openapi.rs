@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 
 use crate::explain::Methods;
 
-use super::{audit, error, explain, health, input, jobs, models, predict, problems};
+use super::{audit, error, explain, health, input, jobs, models, predict, problems, uncertainty};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -25,6 +25,7 @@ use super::{audit, error, explain, health, input, jobs, models, predict, problem
         models::list_models,
         models::get_model,
         predict::predict,
+        uncertainty::uncertainty,
         explain::explain,
         jobs::submit,
         jobs::get_job,

@@ -17,12 +17,14 @@ use super::error::{audit_failed, ApiError, ProblemKind};
 use super::explain::{self, ExplainResponse, Include, ValidExplain};
 use super::input::{self, FeaturesJson, RawInput};
 use super::prepare::{self, Prepared};
+use super::uncertainty::PredictUncertainty;
 use super::{offload, AppState};
 use crate::audit::{Context, Evidence, Kind, Receipt};
-use crate::explain::{Condition, ExplainResult, TargetSpec};
+use crate::explain::{Condition, ExplainResult, PredictJob, PredictOutput, TargetSpec};
 use crate::render::RenderOptions;
 use crate::runtime::predict::{PredictTask, Prediction, RowPrediction};
 use crate::runtime::LoadedModel;
+use crate::uncertainty::{Estimate, Setup, Uncertainty};
 
 /// Classes reported when `top_k` is not given.
 pub const DEFAULT_TOP_K: usize = 5;
@@ -42,6 +44,8 @@ pub struct PredictRequest {
     pub top_k: Option<usize>,
     /// Explain the prediction too (every input, or those meeting `when`), in the same job.
     pub explain: Option<PredictExplain>,
+    /// Estimate how sure the model is too (every input, or those meeting `when`), in the same job.
+    pub uncertainty: Option<PredictUncertainty>,
     /// Record this prediction in the audit log (whatever the service's `audit` setting).
     pub audit: Option<bool>,
 }
@@ -107,6 +111,7 @@ pub struct PredictQuery {
 struct MultipartOptions {
     top_k: Option<usize>,
     explain: Option<PredictExplain>,
+    uncertainty: Option<PredictUncertainty>,
     audit: Option<bool>,
 }
 
@@ -126,6 +131,9 @@ pub struct PredictResponse {
     /// The explanation of the single input, when asked and `when` held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explanation: Option<ExplainResponse>,
+    /// How sure the model is about the single input, when asked and `when` held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncertainty: Option<Uncertainty>,
     /// One result per input, in order, when the request used `instances`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instances: Option<Vec<InstanceResult>>,
@@ -143,6 +151,9 @@ pub struct InstanceResult {
     /// Its explanation, when asked and `when` held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explanation: Option<ExplainResponse>,
+    /// How sure the model is about it, when asked and `when` held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncertainty: Option<Uncertainty>,
 }
 
 /// Predicts the class (or value) of an image or a feature vector.
@@ -190,10 +201,18 @@ pub async fn predict(
         }
         None => None,
     };
-    let kind = if explain.is_some() {
-        Kind::Explanation
-    } else {
-        Kind::Prediction
+    let uncertainty = match &parsed.uncertainty {
+        Some(u) => Some((
+            super::uncertainty::validate(&state, &model, u.options(), parsed.inputs.len())?,
+            u.when.clone().unwrap_or_default(),
+        )),
+        None => None,
+    };
+    // Attached rationale is recorded as explanations are.
+    let kind = match (&explain, &uncertainty) {
+        (None, None) => Kind::Prediction,
+        (Some(_), _) => Kind::Explanation,
+        (None, Some(_)) => Kind::Uncertainty,
     };
     let audit = match state.audit.wants(kind, parsed.audit) {
         true => Some((
@@ -209,19 +228,17 @@ pub async fn predict(
         input: prepare::batch(&prepared)?,
         top_k,
     };
-    let (rows, results) = match &explain {
-        Some((valid, when)) => admission.run(valid.with_prediction(predict, when.clone())).await?,
-        None => {
-            let rows = admission.run(predict).await?;
-            let none = vec![None; rows.len()];
-            (rows, none)
-        }
+    let job = PredictJob {
+        predict,
+        explain: explain.as_ref().map(|(valid, when)| valid.attach(when.clone())),
+        uncertainty: uncertainty.clone(),
     };
+    let output = admission.run(job).await?;
     let answer = Answer {
         model,
         batched: parsed.batched,
-        rows,
-        results,
+        output,
+        setup: uncertainty.map(|(valid, _)| valid.setup()),
         prepared,
         explain: explain.map(|(valid, _)| valid),
         max_map_pixels: state.config.max_map_pixels,
@@ -238,7 +255,7 @@ pub async fn predict(
 }
 
 /// `top_k` and the number of inputs within their limits.
-fn check_counts(state: &AppState, top_k: usize, inputs: usize) -> Result<(), ApiError> {
+pub(super) fn check_counts(state: &AppState, top_k: usize, inputs: usize) -> Result<(), ApiError> {
     let bad = |m: String| ApiError::new(ProblemKind::InvalidRequest, m);
     let (max_top_k, max_batch) = (state.config.max_top_k, state.config.max_batch);
     if top_k == 0 || top_k > max_top_k {
@@ -256,7 +273,11 @@ fn check_counts(state: &AppState, top_k: usize, inputs: usize) -> Result<(), Api
 }
 
 /// Every input's audit evidence (hashed on a blocking thread).
-async fn evidence(state: &AppState, model: &Arc<LoadedModel>, inputs: &[RawInput]) -> Result<Vec<Evidence>, ApiError> {
+pub(super) async fn evidence(
+    state: &AppState,
+    model: &Arc<LoadedModel>,
+    inputs: &[RawInput],
+) -> Result<Vec<Evidence>, ApiError> {
     let (model, inputs, keep) = (model.clone(), inputs.to_vec(), state.audit.keeps_inputs());
     let size = inputs
         .iter()
@@ -273,8 +294,8 @@ async fn evidence(state: &AppState, model: &Arc<LoadedModel>, inputs: &[RawInput
 struct Answer {
     model: Arc<LoadedModel>,
     batched: bool,
-    rows: Vec<RowPrediction>,
-    results: Vec<Option<ExplainResult>>,
+    output: PredictOutput,
+    setup: Option<Setup>,
     prepared: Vec<Prepared>,
     explain: Option<ValidExplain>,
     max_map_pixels: u64,
@@ -287,8 +308,8 @@ impl Answer {
         let Answer {
             model,
             batched,
-            rows,
-            results,
+            output,
+            setup,
             prepared,
             explain,
             max_map_pixels,
@@ -299,13 +320,22 @@ impl Answer {
             let (list, _) = explain::explanations(valid, &result, prep, false, max_map_pixels);
             Some(explain::explain_body(valid, list, &result, started))
         };
-        let mut instances = rows
+        let uncertainty = |estimate: Option<Estimate>| {
+            Some(Uncertainty {
+                setup: setup.clone()?,
+                estimate: estimate?,
+            })
+        };
+        let mut instances = output
+            .rows
             .into_iter()
-            .zip(results)
+            .zip(output.explained)
+            .zip(output.estimates)
             .zip(&prepared)
-            .map(|((prediction, result), prep)| InstanceResult {
+            .map(|(((prediction, result), estimate), prep)| InstanceResult {
                 prediction,
                 explanation: explanation(result, prep),
+                uncertainty: uncertainty(estimate),
             });
         let mut response = PredictResponse {
             model: model.name.clone(),
@@ -313,6 +343,7 @@ impl Answer {
             predictions: None,
             outputs: None,
             explanation: None,
+            uncertainty: None,
             instances: None,
             audit_record: None,
         };
@@ -322,6 +353,7 @@ impl Answer {
             response.predictions = Some(one.prediction.predictions);
             response.outputs = Some(one.prediction.outputs);
             response.explanation = one.explanation;
+            response.uncertainty = one.uncertainty;
         }
         let sent = audited.then(|| super::audit::as_sent(&response)).transpose()?;
         Ok((response, sent))
@@ -338,7 +370,7 @@ async fn audited(
     if let Some(((evidence, ctx), value)) = audit.zip(sent) {
         let receipt = state
             .audit
-            .prediction(&ctx, evidence, &value)
+            .prediction(Kind::Prediction, &ctx, evidence, &value)
             .await
             .map_err(audit_failed)?;
         response.audit_record = Some(receipt);
@@ -352,6 +384,7 @@ struct ParsedPredict {
     top_k: Option<usize>,
     batched: bool,
     explain: Option<PredictExplain>,
+    uncertainty: Option<PredictUncertainty>,
     audit: bool,
 }
 
@@ -386,6 +419,7 @@ fn parse_predict_json(bytes: &[u8]) -> Result<ParsedPredict, ApiError> {
             top_k: req.top_k,
             batched: true,
             explain: req.explain,
+            uncertainty: req.uncertainty,
             audit: req.audit.unwrap_or(false),
         });
     }
@@ -394,6 +428,7 @@ fn parse_predict_json(bytes: &[u8]) -> Result<ParsedPredict, ApiError> {
         top_k: req.top_k,
         batched: false,
         explain: req.explain,
+        uncertainty: req.uncertainty,
         audit: req.audit.unwrap_or(false),
     })
 }
@@ -408,6 +443,7 @@ async fn parse_predict_other(received: &input::ReceivedBody, uri: &Uri) -> Resul
             top_k: q.top_k,
             batched: false,
             explain: None,
+            uncertainty: None,
             audit: q.audit.unwrap_or(false),
         });
     }
@@ -415,6 +451,7 @@ async fn parse_predict_other(received: &input::ReceivedBody, uri: &Uri) -> Resul
         let form = input::parse_multipart(received, &["request", "top_k"]).await?;
         let mut top_k = None;
         let mut explain = None;
+        let mut uncertainty = None;
         let mut audit = false;
         for (name, text) in &form.fields {
             match name.as_str() {
@@ -422,6 +459,7 @@ async fn parse_predict_other(received: &input::ReceivedBody, uri: &Uri) -> Resul
                     let options = input::parse_json::<MultipartOptions>(text.as_bytes())?;
                     top_k = options.top_k.or(top_k);
                     explain = options.explain;
+                    uncertainty = options.uncertainty;
                     audit = options.audit.unwrap_or(false);
                 }
                 _ => {
@@ -446,6 +484,7 @@ async fn parse_predict_other(received: &input::ReceivedBody, uri: &Uri) -> Resul
             top_k,
             batched,
             explain,
+            uncertainty,
             audit,
         });
     }

@@ -2,6 +2,7 @@
 
 pub mod autodiff;
 pub mod builder;
+pub mod dropout;
 pub mod node;
 pub mod proto;
 pub mod summary;

@@ -16,6 +16,7 @@ use super::manifest::{Layout, ModelSpec};
 use super::shapes::probe_shapes;
 use super::LoadedModel;
 use crate::onnx::autodiff::{self, analysis_layers, GradientSpec, RuleSet, RuleTable, ShapeMap};
+use crate::onnx::dropout::{self, MaskSite};
 use crate::onnx::proto::{self, ModelProto};
 
 /// Which backward model: the model, the intermediate layers it exposes, and the rule set.
@@ -150,6 +151,23 @@ impl GradientCache {
                 target_index,
             },
         })
+    }
+
+    /// The model with dropout masks as inputs at `sites` (found by [`Self::mask_sites`]).
+    pub fn masked(&self, model: &LoadedModel, sites: &[MaskSite]) -> Result<Vec<u8>, String> {
+        let prepared = self.prepared(model)?;
+        let masked = dropout::with_masks(&prepared.0, sites)?;
+        tracing::info!(model = %model.name, sites = ?sites.iter().map(|s| &s.tensor).collect::<Vec<_>>(), "model with dropout masks built");
+        Ok(masked.encode_to_vec())
+    }
+
+    /// Where MC dropout puts its masks in `model`: the tensors in `layers`, else the model's own
+    /// Dropout nodes, else the input of its last linear layer; an error says why none can go there.
+    pub fn mask_sites(&self, model: &LoadedModel, layers: &[String]) -> Result<Vec<MaskSite>, String> {
+        let prepared = self
+            .prepared(model)
+            .map_err(|e| format!("the model's graph cannot be read for masks: {e}"))?;
+        dropout::mask_sites(&prepared.0, &prepared.1, &model.spec.input, &model.spec.output, layers)
     }
 
     /// Bytes one input row holds in a backward pass, estimated from the probed forward: every float

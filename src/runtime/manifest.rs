@@ -21,6 +21,7 @@ pub struct Manifest {
     labels_file: Option<String>,
     image: Option<ImageManifest>,
     tabular: Option<TabularManifest>,
+    ensemble: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -164,6 +165,9 @@ pub struct ModelSpec {
     /// Feature layout (tabular tasks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tabular: Option<TabularSpec>,
+    /// Other models that form an ensemble with this one (uncertainty `ensemble`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ensemble: Vec<String>,
 }
 
 /// A manifest or model that does not fit together; the message names file and field.
@@ -334,6 +338,7 @@ impl Manifest {
             labels,
             image,
             tabular,
+            ensemble: self.ensemble.unwrap_or_default(),
         })
     }
 }

@@ -86,7 +86,41 @@ impl Registry {
         if models.is_empty() {
             return Err(RegistryError::Empty(dir.to_path_buf()));
         }
-        Ok(Self { models })
+        let registry = Self { models };
+        for model in registry.iter() {
+            registry.check_ensemble(model)?;
+        }
+        Ok(registry)
+    }
+
+    /// An ensemble's members must exist and take the same input to the same labels: they all run
+    /// on one preprocessed tensor and their probabilities are averaged class by class.
+    fn check_ensemble(&self, model: &LoadedModel) -> Result<(), RegistryError> {
+        let refuse = |message: String| RegistryError::Model {
+            path: model.dir.join("model.toml"),
+            message: format!("ensemble: {message}"),
+        };
+        let input = |m: &LoadedModel| {
+            serde_json::json!([m.spec.task, m.spec.image, m.spec.tabular.as_ref().map(|t| &t.features)])
+        };
+        for name in &model.spec.ensemble {
+            let member = self
+                .get(name)
+                .ok_or_else(|| refuse(format!("no model named `{name}` is loaded")))?;
+            if member.name == model.name {
+                return Err(refuse(format!("`{name}` is this model itself")));
+            }
+            if member.spec.labels != model.spec.labels {
+                return Err(refuse(format!("`{name}` has other labels than `{}`", model.name)));
+            }
+            if input(member) != input(model) {
+                return Err(refuse(format!(
+                    "`{name}` differs from `{}` in task or input (preprocessing, size, features)",
+                    model.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A registry of already loaded models (tests, one-shot commands).

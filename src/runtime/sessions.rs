@@ -16,6 +16,7 @@ use super::tensor::{Tensor, TensorData};
 use super::{LoadedModel, Registry, RuntimeError};
 use crate::config::ExecutionProvider;
 use crate::onnx::autodiff::WEIGHTS_INPUT;
+use crate::onnx::dropout::{mask_input, MaskSite};
 
 /// Creates a session for model bytes on the environment's thread pool and execution providers.
 pub fn create_session_from_bytes(env: &ort::environment::Environment, bytes: &[u8]) -> Result<Session, String> {
@@ -85,7 +86,26 @@ pub struct GradientPass {
 
 type Shared = Arc<SharedSession>;
 type Backward = (Shared, GradientOutputs);
-type Slot = Arc<OnceLock<Result<Backward, String>>>;
+/// A derived session and, for a backward model, its outputs.
+type Slot = Arc<OnceLock<Result<(Shared, Option<GradientOutputs>), String>>>;
+
+/// A model derived from a loaded one, built on first use and kept under `max_model_memory`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum DerivedKey {
+    /// The backward model of a gradient key.
+    Backward(GradientKey),
+    /// The model with dropout masks as inputs at these (tensor, only this node) sites.
+    Masked(String, Vec<(String, Option<String>)>),
+}
+
+impl DerivedKey {
+    fn model(&self) -> &str {
+        match self {
+            DerivedKey::Backward(k) => &k.model,
+            DerivedKey::Masked(model, _) => model,
+        }
+    }
+}
 
 /// Which kind of pass a row runs through.
 #[derive(Debug, Clone, Copy)]
@@ -127,7 +147,7 @@ impl Drop for Lease<'_> {
     }
 }
 
-/// A backward session kept under the memory budget.
+/// A derived session kept under the memory budget.
 struct Kept {
     slot: Slot,
     bytes: u64,
@@ -170,7 +190,7 @@ pub struct SessionStore {
     prepacked: HashMap<String, PrepackedWeights>,
     /// Bytes one row holds in a backward pass, per model (absent: shapes unknown, not budgeted).
     row_bytes: HashMap<String, u64>,
-    backward: Mutex<(HashMap<GradientKey, Kept>, u64)>,
+    derived: Mutex<(HashMap<DerivedKey, Kept>, u64)>,
     budget: PassBudget,
 }
 
@@ -217,7 +237,7 @@ impl SessionStore {
             forward,
             prepacked,
             row_bytes,
-            backward: Mutex::new((HashMap::new(), 0)),
+            derived: Mutex::new((HashMap::new(), 0)),
             budget: PassBudget {
                 limit: options.max_pass_bytes,
                 used: Mutex::new(0),
@@ -226,12 +246,50 @@ impl SessionStore {
         })
     }
 
-    /// The backward session for `key` and its output names, built on first use (other callers
-    /// wait for that build); the least recently used ones beyond `max_model_memory` are dropped
-    /// (a run holding one finishes first) and built again when next needed.
+    /// The backward session for `key` and its output names.
     fn backward_session(&self, model: &LoadedModel, key: &GradientKey) -> Result<Backward, RuntimeError> {
+        let derived = DerivedKey::Backward(key.clone());
+        let (session, outputs) = self
+            .derived_session(&derived, || {
+                let built = self.gradients.build(model, key)?;
+                Ok((built.bytes, Some(built.outputs)))
+            })
+            .map_err(|message| RuntimeError::NotDifferentiable {
+                model: model.name.clone(),
+                message,
+            })?;
+        let outputs = outputs.ok_or_else(|| RuntimeError::Inference {
+            model: model.name.clone(),
+            message: "a backward session without outputs".into(),
+        })?;
+        Ok((session, outputs))
+    }
+
+    /// The session of `model` with dropout masks as inputs at `sites`.
+    fn masked_session(&self, model: &LoadedModel, sites: &[MaskSite]) -> Result<Shared, RuntimeError> {
+        let key = DerivedKey::Masked(
+            model.name.clone(),
+            sites.iter().map(|s| (s.tensor.clone(), s.only_node.clone())).collect(),
+        );
+        let (session, _) = self
+            .derived_session(&key, || Ok((self.gradients.masked(model, sites)?, None)))
+            .map_err(|message| RuntimeError::Inference {
+                model: model.name.clone(),
+                message: format!("cannot build the model with dropout masks: {message}"),
+            })?;
+        Ok(session)
+    }
+
+    /// The derived session for `key`, built by `build` on first use (other callers wait for that
+    /// build); the least recently used ones beyond `max_model_memory` are dropped (a run holding
+    /// one finishes first) and built again when next needed.
+    fn derived_session(
+        &self,
+        key: &DerivedKey,
+        build: impl FnOnce() -> Result<(Vec<u8>, Option<GradientOutputs>), String>,
+    ) -> Result<(Shared, Option<GradientOutputs>), String> {
         let slot = {
-            let mut kept = self.backward.lock().unwrap_or_else(|p| p.into_inner());
+            let mut kept = self.derived.lock().unwrap_or_else(|p| p.into_inner());
             kept.1 += 1;
             let now = kept.1;
             let entry = kept.0.entry(key.clone()).or_insert_with(|| Kept {
@@ -245,27 +303,23 @@ impl SessionStore {
         let mut size = None;
         let made = slot
             .get_or_init(|| {
-                let built = self.gradients.build(model, key)?;
-                size = Some(built.bytes.len() as u64);
-                let prepacked = self.prepacked.get(&model.name);
+                let (bytes, outputs) = build()?;
+                size = Some(bytes.len() as u64);
+                let prepacked = self.prepacked.get(key.model());
                 let session = build_session(
                     self.env,
-                    &built.bytes,
+                    &bytes,
                     prepacked,
                     self.options.provider,
                     self.options.memory_arena,
                 )?;
-                Ok((self.share(session), built.outputs))
+                Ok((self.share(session), outputs))
             })
-            .clone()
-            .map_err(|message| RuntimeError::NotDifferentiable {
-                model: model.name.clone(),
-                message,
-            })?;
+            .clone()?;
         // Only a build adds bytes: then count them, and drop others beyond the budget.
         if let Some(bytes) = size {
             {
-                let mut kept = self.backward.lock().unwrap_or_else(|p| p.into_inner());
+                let mut kept = self.derived.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(entry) = kept.0.get_mut(key) {
                     entry.bytes = bytes;
                 }
@@ -275,8 +329,8 @@ impl SessionStore {
         Ok(made)
     }
 
-    fn evict_beyond_budget(&self, keep: &GradientKey) {
-        let mut kept = self.backward.lock().unwrap_or_else(|p| p.into_inner());
+    fn evict_beyond_budget(&self, keep: &DerivedKey) {
+        let mut kept = self.derived.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let total: u64 = kept.0.values().map(|k| k.bytes).sum();
             if total <= self.options.max_model_memory {
@@ -290,7 +344,7 @@ impl SessionStore {
                 .map(|(k, _)| k.clone());
             match oldest {
                 Some(k) => {
-                    tracing::info!(model = %k.model, layers = ?k.layers, rules = ?k.rules, "backward session dropped (max_model_memory)");
+                    tracing::info!(key = ?k, "derived session dropped (max_model_memory)");
                     kept.0.remove(&k);
                 }
                 None => return,
@@ -372,6 +426,23 @@ impl WorkerRuntime {
             .ok_or_else(|| RuntimeError::UnknownModel(model.to_string()))?;
         let row_bytes = self.row_bytes(model, Pass::Forward);
         self.run_batched(&session, model, &[(input_name, input)], row_bytes)
+    }
+
+    /// Runs `model` with dropout masks at `sites` on `input` (first axis = batch), `masks[k]`
+    /// holding one row of site `k`'s mask per input row; returns every tensor output.
+    pub fn run_masked(
+        &mut self,
+        model: &LoadedModel,
+        sites: &[MaskSite],
+        input: &Tensor,
+        masks: &[Tensor],
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        let session = self.store.masked_session(model, sites)?;
+        let names: Vec<String> = (0..masks.len()).map(mask_input).collect();
+        let mut feeds = vec![(model.spec.input.as_str(), input)];
+        feeds.extend(names.iter().map(String::as_str).zip(masks));
+        let row_bytes = self.row_bytes(&model.name, Pass::Forward);
+        self.run_batched(&session, &model.name, &feeds, row_bytes)
     }
 
     /// Runs the backward model for `key` on `input` with target `weights` (shaped like the

@@ -24,10 +24,9 @@ use super::AppState;
 use crate::audit::{Context, Evidence, Kind};
 use crate::explain::method::{check_applicable, check_bytes, PlanContext};
 use crate::explain::{
-    targets, Condition, ExplainJob, ExplainResult, ExplainTask, Limits, PredictExplainTask, TargetSpec, ValidParams,
+    targets, AttachedExplain, Condition, ExplainJob, ExplainResult, ExplainTask, Limits, TargetSpec, ValidParams,
 };
 use crate::render::RenderOptions;
-use crate::runtime::predict::PredictTask;
 use crate::runtime::{LoadedModel, Tensor};
 
 /// Explains a prediction with one method: `POST /v1/models/{model}/explain/{method}`, one path per
@@ -137,10 +136,9 @@ impl ValidExplain {
         }
     }
 
-    /// The worker's job for a prediction explained in the same pass, for inputs meeting `when`.
-    pub fn with_prediction(&self, predict: PredictTask, when: Condition) -> PredictExplainTask {
-        PredictExplainTask {
-            predict,
+    /// This explanation attached to a prediction, for inputs meeting `when`.
+    pub fn attach(&self, when: Condition) -> AttachedExplain {
+        AttachedExplain {
             params: self.params.clone(),
             targets: self.targets.clone(),
             seed: self.seed,

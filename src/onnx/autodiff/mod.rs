@@ -11,7 +11,7 @@
 //! depend on the input and reach the target) is checked, and a model with unsupported operators is
 //! refused once, with the full list.
 
-mod analysis;
+pub mod analysis;
 mod context;
 pub mod rules;
 mod top;

@@ -45,12 +45,18 @@ pub(super) fn upgrade_forward(graph: &mut GraphProto, from: i64, to: i64) -> Res
                         "Dropout `{name}`: its mask output is used"
                     )));
                 }
+                // The ratio stays on the Identity so that MC dropout can put the layer back.
+                let ratio = dropout_ratio(graph_ref, &node, from);
                 nodes.push(NodeProto {
                     name: node.name.clone(),
                     op_type: Some("Identity".into()),
                     domain: Some(String::new()),
                     input: vec![node.input[0].clone()],
                     output: vec![node.output[0].clone()],
+                    metadata_props: vec![crate::onnx::proto::StringStringEntryProto {
+                        key: Some(crate::onnx::dropout::RATIO_KEY.into()),
+                        value: Some(ratio.to_string()),
+                    }],
                     ..Default::default()
                 });
             }
@@ -114,6 +120,19 @@ pub(super) fn upgrade_forward(graph: &mut GraphProto, from: i64, to: i64) -> Res
     graph.node = nodes;
     graph.initializer.extend(initializers);
     Ok(())
+}
+
+/// A Dropout node's ratio: an attribute before opset 12, a constant input since (0.5 when absent).
+fn dropout_ratio(graph: &GraphProto, node: &NodeProto, opset: i64) -> f32 {
+    if opset < 12 {
+        return crate::onnx::node::attr_float(node, "ratio", 0.5).unwrap_or(0.5);
+    }
+    node.input
+        .get(1)
+        .and_then(|r| crate::onnx::node::constant(graph, r))
+        .and_then(crate::onnx::node::tensor_f32)
+        .and_then(|v| v.first().copied())
+        .unwrap_or(0.5)
 }
 
 fn simple(

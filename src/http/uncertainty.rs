@@ -1,0 +1,323 @@
+//! `POST /v1/models/{model}/uncertainty`, and the `uncertainty` a prediction may ask for.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, Uri};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{audit_context, Caller};
+use super::error::{audit_failed, ApiError, ProblemKind};
+use super::input::{self, FeaturesJson, RawInput};
+use super::predict::Instance;
+use super::{offload, prepare, AppState};
+use crate::audit::{Kind, Receipt};
+use crate::explain::{Condition, Limits};
+use crate::runtime::LoadedModel;
+use crate::uncertainty::{
+    self, PlanContext, Source, Uncertainty, UncertaintyInclude, UncertaintyOptions, UncertaintyParams, UncertaintyTask,
+    ValidUncertainty,
+};
+
+/// An uncertainty request as JSON (or the `request` part of a multipart form, without images).
+/// Give exactly one of `image`, `features` or `instances`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UncertaintyRequest {
+    /// Base64 PNG or JPEG (a `data:` URL prefix is allowed), for image models.
+    pub image: Option<String>,
+    /// Feature values, for tabular models.
+    pub features: Option<FeaturesJson>,
+    /// Several inputs at once (at most `max_batch`).
+    pub instances: Option<Vec<Instance>>,
+    /// Where the samples come from: `mc-dropout` (default), `tta` or `ensemble`.
+    pub method: Option<Source>,
+    /// The source's parameters.
+    pub params: Option<UncertaintyParams>,
+    /// Seed of the dropout masks; drawn and echoed when absent.
+    pub seed: Option<u64>,
+    /// Extra parts (`samples`: every sample's probabilities).
+    pub include: Option<Vec<UncertaintyInclude>>,
+    /// Record this answer in the audit log (whatever the service's `audit` setting).
+    pub audit: Option<bool>,
+}
+
+/// How sure the model is, estimated with a prediction (in the same job).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictUncertainty {
+    /// Where the samples come from: `mc-dropout` (default), `tta` or `ensemble`.
+    pub method: Option<Source>,
+    /// The source's parameters.
+    pub params: Option<UncertaintyParams>,
+    /// Estimate only for predictions meeting this condition (default: all).
+    pub when: Option<Condition>,
+    /// Seed of the dropout masks; drawn and echoed when absent.
+    pub seed: Option<u64>,
+    /// Extra parts (`samples`).
+    pub include: Option<Vec<UncertaintyInclude>>,
+}
+
+impl PredictUncertainty {
+    /// The estimate's options.
+    pub fn options(&self) -> UncertaintyOptions {
+        UncertaintyOptions {
+            method: self.method,
+            params: self.params.clone(),
+            seed: self.seed,
+            include: self.include.clone(),
+        }
+    }
+}
+
+/// Options in the query string, for raw image bodies.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UncertaintyQuery {
+    /// `mc-dropout` (default), `tta` or `ensemble`.
+    pub method: Option<Source>,
+    /// mc-dropout samples (default 20).
+    pub samples: Option<usize>,
+    /// mc-dropout rate.
+    pub p: Option<f32>,
+    /// Seed of the masks.
+    pub seed: Option<u64>,
+    /// Record this answer in the audit log.
+    pub audit: Option<bool>,
+}
+
+/// The answer: the same shape as a prediction's, without the predictions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UncertaintyResponse {
+    /// Model name.
+    pub model: String,
+    /// sha256 of the model file that answered.
+    pub model_sha256: String,
+    /// The estimate of the single input (absent for `instances`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncertainty: Option<Uncertainty>,
+    /// One estimate per input, in order, when the request used `instances`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<UncertaintyInstance>>,
+    /// Milliseconds from request to answer.
+    pub took_ms: f64,
+    /// The audit record written for this answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_record: Option<Receipt>,
+}
+
+/// One input's estimate in a batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UncertaintyInstance {
+    /// The estimate.
+    pub uncertainty: Uncertainty,
+}
+
+/// Validates an uncertainty request for `inputs` inputs of `model` (400 for a parameter wrong on
+/// its own, 422 for one that does not fit the model).
+pub fn validate(
+    state: &AppState,
+    model: &Arc<LoadedModel>,
+    options: UncertaintyOptions,
+    inputs: usize,
+) -> Result<ValidUncertainty, ApiError> {
+    let cx = PlanContext {
+        gradients: &state.gradients,
+        registry: &state.registry,
+        limits: Limits::from_config(&state.config),
+    };
+    Ok(uncertainty::validate(model, options, &cx, inputs)?)
+}
+
+/// Estimates how sure the model is about an input: MC dropout, test-time augmentation or an
+/// ensemble.
+///
+/// Each input runs several times (dropout masks drawn from the seed, augmented views, or ensemble
+/// members) in one batched pass; the answer gives the mean class probabilities, their standard
+/// deviation, predictive and expected entropy, mutual information (BALD) and variation ratio.
+/// Bodies as for predict: JSON, a raw image (options in the query string), or multipart (`image`
+/// parts and a JSON part `request`).
+#[utoipa::path(post, path = "/v1/models/{model}/uncertainty", tag = "models",
+    params(("model" = String, Path, description = "model name", example = "fashion-cnn"), UncertaintyQuery),
+    request_body(content(
+        (UncertaintyRequest = "application/json"),
+        (Vec<u8> = "image/png"),
+        (Vec<u8> = "image/jpeg"),
+        (Object = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, body = UncertaintyResponse, description = "the estimate"),
+        (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, bad base64, corrupt image, unknown field, parameter out of range"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
+        (status = 413, body = super::error::Problem, content_type = "application/problem+json", description = "body or image too large"),
+        (status = 415, body = super::error::Problem, content_type = "application/problem+json", description = "content type not accepted"),
+        (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "the source does not fit the model (no place for masks, no ensemble, not an image)"),
+        (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "at capacity; see Retry-After"),
+        (status = 504, body = super::error::Problem, content_type = "application/problem+json", description = "deadline passed"),
+    ))]
+pub async fn uncertainty(
+    State(state): State<Arc<AppState>>,
+    Path(model_name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
+    body: Body,
+) -> Result<Json<UncertaintyResponse>, ApiError> {
+    let started = Instant::now();
+    let model = state.model(&model_name)?;
+    state.refuse_when_full()?;
+    let received = input::receive(&state.config, &headers, body).await?;
+    let parsed = parse_body(received, &uri).await?;
+    super::predict::check_counts(&state, 1, parsed.inputs.len())?;
+    let valid = validate(&state, &model, parsed.options, parsed.inputs.len())?;
+    let audit = match state.audit.wants(Kind::Uncertainty, parsed.audit) {
+        true => Some((
+            super::predict::evidence(&state, &model, &parsed.inputs).await?,
+            audit_context(&headers, caller),
+        )),
+        false => None,
+    };
+    let admission = state.executor.admit()?;
+    let prepared = prepare::prepare_all(&model, parsed.inputs, state.config.max_image_pixels).await?;
+    let setup = valid.setup();
+    let task = UncertaintyTask {
+        valid,
+        input: prepare::batch(&prepared)?,
+    };
+    let estimates = admission.run(task).await?;
+    let mut answers = estimates.into_iter().map(|estimate| Uncertainty {
+        setup: setup.clone(),
+        estimate,
+    });
+    let mut response = UncertaintyResponse {
+        model: model.name.clone(),
+        model_sha256: model.sha256.clone(),
+        uncertainty: None,
+        instances: None,
+        took_ms: 0.0,
+        audit_record: None,
+    };
+    if parsed.batched {
+        response.instances = Some(answers.map(|uncertainty| UncertaintyInstance { uncertainty }).collect());
+    } else {
+        response.uncertainty = answers.next();
+    }
+    response.took_ms = started.elapsed().as_secs_f64() * 1e3;
+    if let Some((evidence, ctx)) = audit {
+        let sent = super::audit::as_sent(&response)?;
+        let receipt = state
+            .audit
+            .prediction(Kind::Uncertainty, &ctx, evidence, &sent)
+            .await
+            .map_err(audit_failed)?;
+        response.audit_record = Some(receipt);
+    }
+    Ok(Json(response))
+}
+
+/// An uncertainty body, parsed.
+struct Parsed {
+    inputs: Vec<RawInput>,
+    batched: bool,
+    options: UncertaintyOptions,
+    audit: bool,
+}
+
+impl Parsed {
+    fn from_request(req: UncertaintyRequest, inputs: Vec<RawInput>, batched: bool) -> Self {
+        Parsed {
+            inputs,
+            batched,
+            options: UncertaintyOptions {
+                method: req.method,
+                params: req.params,
+                seed: req.seed,
+                include: req.include,
+            },
+            audit: req.audit.unwrap_or(false),
+        }
+    }
+}
+
+/// Reads inputs and options from any of the accepted body forms.
+async fn parse_body(received: input::ReceivedBody, uri: &Uri) -> Result<Parsed, ApiError> {
+    let media = received.media_type.clone();
+    if media == "application/json" {
+        return offload::cpu(received.bytes.len(), move || parse_json(&received.bytes)).await?;
+    }
+    if input::is_image_media_type(&media) {
+        let q: UncertaintyQuery = input::parse_query(uri)?;
+        let params = (q.samples.is_some() || q.p.is_some()).then(|| UncertaintyParams {
+            samples: q.samples,
+            p: q.p,
+            ..Default::default()
+        });
+        let req = UncertaintyRequest {
+            method: q.method,
+            params,
+            seed: q.seed,
+            audit: q.audit,
+            ..Default::default()
+        };
+        return Ok(Parsed::from_request(
+            req,
+            vec![RawInput::Image(received.bytes.clone())],
+            false,
+        ));
+    }
+    if media == "multipart/form-data" {
+        let form = input::parse_multipart(&received, &["request"]).await?;
+        let req = match form.fields.first() {
+            Some((_, text)) => input::parse_json::<UncertaintyRequest>(text.as_bytes())?,
+            None => UncertaintyRequest::default(),
+        };
+        if req.image.is_some() || req.features.is_some() || req.instances.is_some() {
+            return Err(ApiError::new(
+                ProblemKind::InvalidRequest,
+                "in a multipart form, inputs come as `image` parts, not in `request`",
+            ));
+        }
+        if form.images.is_empty() {
+            return Err(ApiError::new(
+                ProblemKind::InvalidRequest,
+                "the multipart form has no `image` part",
+            ));
+        }
+        let batched = form.images.len() > 1;
+        let inputs = form.images.into_iter().map(RawInput::Image).collect();
+        return Ok(Parsed::from_request(req, inputs, batched));
+    }
+    Err(ApiError::new(
+        ProblemKind::UnsupportedMediaType,
+        format!(
+            "content type `{}` is not accepted; send application/json, image/png, image/jpeg or multipart/form-data",
+            if media.is_empty() { "(none)" } else { &media }
+        ),
+    ))
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Parsed, ApiError> {
+    let mut req: UncertaintyRequest = input::parse_json(bytes)?;
+    let given = [req.image.is_some(), req.features.is_some(), req.instances.is_some()];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            "give exactly one of `image`, `features`, `instances`",
+        ));
+    }
+    let one = |image, features| input::one_input(image, features, "each instance");
+    if let Some(instances) = req.instances.take() {
+        let inputs = instances
+            .into_iter()
+            .map(|i| one(i.image, i.features))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Parsed::from_request(req, inputs, true));
+    }
+    let single = one(req.image.take(), req.features.take())?;
+    Ok(Parsed::from_request(req, vec![single], false))
+}

@@ -1,0 +1,414 @@
+//! How sure the model is: several passes per input that should agree if the model is sure (MC
+//! dropout masks, test-time augmentations, ensemble members), summarised per input as mean class
+//! probabilities, their spread, entropies, mutual information and variation ratio.
+//!
+//! Requests are validated once into a [`ValidUncertainty`] (sites, views or members resolved, costs
+//! checked); workers only run it.
+
+pub mod ensemble;
+pub mod mc_dropout;
+pub mod stats;
+pub mod tta;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::executor::{JobContext, Task};
+use crate::explain::{Invalid, Limits};
+use crate::onnx::dropout::MaskSite;
+use crate::runtime::gradients::GradientCache;
+use crate::runtime::manifest::{ScoreKind, Task as ModelTask};
+use crate::runtime::predict::{softmax, Prediction};
+use crate::runtime::{LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
+pub use stats::Summary;
+
+/// MC-dropout samples when the request gives none (Baal's examples use 20).
+pub const DEFAULT_SAMPLES: usize = 20;
+/// Dropout rate of inserted masks when the request gives none.
+pub const DEFAULT_P: f32 = 0.1;
+/// Classes ranked in each answer's `predictions`.
+const RANKED: usize = 5;
+
+/// Where the samples come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// Dropout masks drawn by explaind (the model's own Dropout layers, or inserted ones).
+    #[default]
+    McDropout,
+    /// Test-time augmentation: flips, rotations, zooms of the input (image models).
+    Tta,
+    /// The model and the members named in its manifest's `ensemble`, each run once.
+    Ensemble,
+}
+
+/// Test-time augmentations, by ttach's names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transforms {
+    /// The input and its mirror image (2 views).
+    #[default]
+    Hflip,
+    /// The dihedral group: no flip and a horizontal flip, each rotated 0, 90, 180, 270 degrees (8
+    /// views; square inputs).
+    D4,
+    /// Zoomed about the centre by each of `scales`, at the model's input size.
+    Multiscale,
+}
+
+/// Parameters of an uncertainty estimate; each applies to one source, and is refused with another.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UncertaintyParams {
+    /// mc-dropout: samples per input (default 20, at most `max_samples`).
+    #[schema(minimum = 1)]
+    pub samples: Option<usize>,
+    /// mc-dropout: dropout rate in [0, 1) (default: the model's own Dropout ratios, else 0.1).
+    pub p: Option<f32>,
+    /// mc-dropout: tensors to mask (default: the model's Dropout layers, else the input of its
+    /// last linear layer).
+    pub dropout_layers: Option<Vec<String>>,
+    /// tta: `hflip` (default), `d4` or `multiscale`.
+    pub transforms: Option<Transforms>,
+    /// tta multiscale: zoom factors, each in [0.5, 2] (default [0.9, 1.0, 1.1]; at most 16).
+    pub scales: Option<Vec<f32>>,
+}
+
+/// Extra parts of an uncertainty answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UncertaintyInclude {
+    /// Every sample's class probabilities (values, for regression).
+    Samples,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Default)]
+pub struct UncertaintyOptions {
+    /// Source of samples.
+    pub method: Option<Source>,
+    /// Its parameters.
+    pub params: Option<UncertaintyParams>,
+    /// Seed of the masks (drawn and echoed when absent).
+    pub seed: Option<u64>,
+    /// Extra parts.
+    pub include: Option<Vec<UncertaintyInclude>>,
+}
+
+/// What validation needs to reach.
+pub struct PlanContext<'a> {
+    /// Prepared models and their shapes (where masks can go).
+    pub gradients: &'a GradientCache,
+    /// Every model (ensemble members).
+    pub registry: &'a Registry,
+    /// Work limits.
+    pub limits: Limits,
+}
+
+/// A validated plan, per source.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// Masks at these sites, at these rates, `samples` of them per input.
+    McDropout {
+        /// Where masks go.
+        sites: Vec<MaskSite>,
+        /// Dropout rate per site.
+        rates: Vec<f32>,
+        /// Samples per input.
+        samples: usize,
+    },
+    /// These views of each input.
+    Tta {
+        /// Which family.
+        transforms: Transforms,
+        /// The views, the identity first.
+        views: Vec<tta::View>,
+    },
+    /// These models, the asked one first.
+    Ensemble {
+        /// Members.
+        members: Vec<Arc<LoadedModel>>,
+    },
+}
+
+/// An uncertainty request checked against its model and the limits: the only thing queued.
+#[derive(Debug, Clone)]
+pub struct ValidUncertainty {
+    /// The model.
+    pub model: Arc<LoadedModel>,
+    /// The source.
+    pub source: Source,
+    /// What runs.
+    pub plan: Plan,
+    /// Seed of the masks.
+    pub seed: u64,
+    /// Return every sample.
+    pub include_samples: bool,
+}
+
+/// How an estimate was made, echoed in every answer (and so in the audit record).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Setup {
+    /// Source of samples.
+    pub method: Source,
+    /// Samples per input.
+    pub samples: usize,
+    /// Seed of the masks.
+    pub seed: u64,
+    /// mc-dropout: where masks went, with the rate used at each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<SiteUsed>,
+    /// tta: the family of views.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transforms: Option<Transforms>,
+    /// tta: the views, in sample order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<tta::View>,
+    /// ensemble: the members, in sample order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+}
+
+/// A masked tensor and its rate.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SiteUsed {
+    /// The site.
+    #[serde(flatten)]
+    pub site: MaskSite,
+    /// Dropout rate used there.
+    pub p: f32,
+}
+
+/// One input's estimate.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Estimate {
+    /// The mean probabilities' top classes (the regression value's mean).
+    pub predictions: Vec<Prediction>,
+    /// The figures.
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Every sample's probabilities, when `include` asks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<Vec<Vec<f64>>>,
+}
+
+impl ValidUncertainty {
+    /// Samples per input.
+    pub fn samples(&self) -> usize {
+        match &self.plan {
+            Plan::McDropout { samples, .. } => *samples,
+            Plan::Tta { views, .. } => views.len(),
+            Plan::Ensemble { members } => members.len(),
+        }
+    }
+
+    /// How the estimate is made.
+    pub fn setup(&self) -> Setup {
+        let mut setup = Setup {
+            method: self.source,
+            samples: self.samples(),
+            seed: self.seed,
+            sites: vec![],
+            transforms: None,
+            views: vec![],
+            members: vec![],
+        };
+        match &self.plan {
+            Plan::McDropout { sites, rates, .. } => {
+                setup.sites = sites
+                    .iter()
+                    .zip(rates)
+                    .map(|(s, &p)| SiteUsed { site: s.clone(), p })
+                    .collect();
+            }
+            Plan::Tta { transforms, views } => {
+                setup.transforms = Some(*transforms);
+                setup.views = views.clone();
+            }
+            Plan::Ensemble { members } => setup.members = members.iter().map(|m| m.name.clone()).collect(),
+        }
+        setup
+    }
+}
+
+/// Validates a request for `inputs` inputs of `model`: 400 for a parameter wrong on its own, 422 for
+/// one that does not fit the model.
+pub fn validate(
+    model: &Arc<LoadedModel>,
+    options: UncertaintyOptions,
+    cx: &PlanContext,
+    inputs: usize,
+) -> Result<ValidUncertainty, Invalid> {
+    let source = options.method.unwrap_or_default();
+    let params = options.params.unwrap_or_default();
+    let refuse = |field: &str, applies: &str| {
+        Invalid::Request(format!("`{field}` applies to {applies} only, not to {}", name(source)))
+    };
+    if source != Source::McDropout {
+        for (given, field) in [
+            (params.samples.is_some(), "samples"),
+            (params.p.is_some(), "p"),
+            (params.dropout_layers.is_some(), "dropout_layers"),
+        ] {
+            if given {
+                return Err(refuse(field, "mc-dropout"));
+            }
+        }
+    }
+    if source != Source::Tta {
+        for (given, field) in [
+            (params.transforms.is_some(), "transforms"),
+            (params.scales.is_some(), "scales"),
+        ] {
+            if given {
+                return Err(refuse(field, "tta"));
+            }
+        }
+    }
+    let plan = match source {
+        Source::McDropout => mc_dropout::plan(model, &params, cx)?,
+        Source::Tta => tta::plan(model, &params)?,
+        Source::Ensemble => ensemble::plan(model, cx.registry)?,
+    };
+    let valid = ValidUncertainty {
+        model: model.clone(),
+        source,
+        plan,
+        seed: options.seed.unwrap_or_else(rand::random),
+        include_samples: options
+            .include
+            .unwrap_or_default()
+            .contains(&UncertaintyInclude::Samples),
+    };
+    check_bytes(&valid, inputs, cx.limits)?;
+    Ok(valid)
+}
+
+fn name(source: Source) -> &'static str {
+    match source {
+        Source::McDropout => "mc-dropout",
+        Source::Tta => "tta",
+        Source::Ensemble => "ensemble",
+    }
+}
+
+/// The bytes a plan holds at its peak, inputs x samples rows of input, masks and scores, within
+/// `max_job_bytes` (checked arithmetic: every factor comes from the request).
+fn check_bytes(valid: &ValidUncertainty, inputs: usize, limits: Limits) -> Result<(), Invalid> {
+    let model = &valid.model;
+    let input_len: usize = crate::runtime::gradients::sample_dims(&model.spec).iter().product();
+    let mask_len: usize = match &valid.plan {
+        Plan::McDropout { sites, .. } => sites.iter().map(MaskSite::len).fold(0, usize::saturating_add),
+        _ => 0,
+    };
+    let per_row = input_len
+        .saturating_add(mask_len)
+        .saturating_add(model.spec.labels.len());
+    let bytes = (inputs as u64)
+        .checked_mul(valid.samples() as u64)
+        .and_then(|r| r.checked_mul(per_row as u64))
+        .and_then(|v| v.checked_mul(4 * 2))
+        .unwrap_or(u64::MAX);
+    if bytes > limits.max_job_bytes {
+        return Err(Invalid::Model(format!(
+            "{inputs} input(s) x {} samples would hold {} MiB; at most {} MiB per job (max_job_bytes)",
+            valid.samples(),
+            bytes >> 20,
+            limits.max_job_bytes >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// Class probabilities of one row of scores (a regression value as it is).
+pub fn probabilities(model: &LoadedModel, scores: &[f64]) -> Vec<f64> {
+    match model.spec.scores {
+        ScoreKind::Logits => softmax(scores),
+        ScoreKind::Probabilities | ScoreKind::Raw => scores.to_vec(),
+    }
+}
+
+/// Runs `valid` on `input` (one row per input): one estimate per input.
+pub fn run(
+    rt: &mut WorkerRuntime,
+    ctx: &JobContext,
+    valid: &ValidUncertainty,
+    input: &Tensor,
+) -> Result<Vec<Estimate>, RuntimeError> {
+    ctx.checkpoint()?;
+    let per_input = match &valid.plan {
+        Plan::McDropout { sites, rates, samples } => {
+            mc_dropout::sample(rt, &valid.model, sites, rates, *samples, valid.seed, input)?
+        }
+        Plan::Tta { views, .. } => tta::sample(rt, &valid.model, views, input)?,
+        Plan::Ensemble { members } => ensemble::sample(rt, members, input)?,
+    };
+    ctx.advance(input.rows().saturating_mul(valid.samples()));
+    let classifier = valid.model.spec.task != ModelTask::TabularRegression;
+    Ok(per_input
+        .into_iter()
+        .map(|samples| {
+            let summary = stats::summarize(&samples, classifier);
+            Estimate {
+                predictions: ranked(&valid.model, &summary.mean, classifier),
+                summary,
+                samples: valid.include_samples.then_some(samples),
+            }
+        })
+        .collect())
+}
+
+fn ranked(model: &LoadedModel, mean: &[f64], classifier: bool) -> Vec<Prediction> {
+    let mut order: Vec<usize> = (0..mean.len()).collect();
+    order.sort_by(|&a, &b| mean[b].total_cmp(&mean[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(if classifier { RANKED } else { 1 })
+        .map(|i| Prediction {
+            index: i,
+            label: model
+                .spec
+                .labels
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("class_{i}")),
+            score: mean[i] as f32,
+        })
+        .collect()
+}
+
+/// Splits a pass's score output into rows of probabilities, `per` consecutive rows per input.
+fn split_rows(model: &LoadedModel, scores: &Tensor, per: usize) -> Vec<Vec<Vec<f64>>> {
+    let values = scores.to_f64();
+    let width = scores.row_len().max(1);
+    let rows: Vec<Vec<f64>> = values.chunks(width).map(|r| probabilities(model, r)).collect();
+    rows.chunks(per.max(1)).map(<[Vec<f64>]>::to_vec).collect()
+}
+
+/// A standalone uncertainty request as a job.
+pub struct UncertaintyTask {
+    /// What to run.
+    pub valid: ValidUncertainty,
+    /// The inputs, one row each, preprocessed.
+    pub input: Tensor,
+}
+
+impl Task for UncertaintyTask {
+    type Output = Vec<Estimate>;
+
+    fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Self::Output, RuntimeError> {
+        run(rt, ctx, &self.valid, &self.input)
+    }
+}
+
+/// An estimate as answered: how it was made, and its figures.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Uncertainty {
+    /// How the estimate was made.
+    pub setup: Setup,
+    /// The figures.
+    #[serde(flatten)]
+    pub estimate: Estimate,
+}
