@@ -73,7 +73,7 @@ pub fn mask_sites(
 ) -> Result<Vec<MaskSite>, String> {
     let graph = model.graph.as_ref().ok_or("the model has no graph")?;
     let path = Path::find(graph, input, &[output.to_string()], shapes);
-    let on_path = |t: &str| t != output && t != input && path.depends.contains(t) && path.needed.contains(t);
+    let on_path = |t: &str| t != output && path.depends.contains(t) && path.needed.contains(t);
     let site = |tensor: &str, origin, ratio, only_node| -> Result<MaskSite, String> {
         let shape = shapes
             .get(tensor)
