@@ -33,6 +33,10 @@ try {
     }
     await page.screenshot({ path: `${shots}/web-page-${method}.png` });
   }
+  // Predict shows how sure the model is beside the classes.
+  await page.click("#predict");
+  await page.waitForFunction(() => document.getElementById("uncertainty").innerText.includes("mutual information"), null, { timeout: 20000 });
+  await page.screenshot({ path: `${shots}/web-page-uncertainty.png` });
   // A background job: the progress bar fills from the job's events, then the overlay appears.
   await page.check("#background");
   await page.selectOption("#method", "rise");
