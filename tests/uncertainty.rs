@@ -340,7 +340,7 @@ async fn predict_attaches_the_estimate_to_the_rows_meeting_when_and_the_audit_re
         .collect();
     let threshold = 0.9;
     let body = json!({"instances": instances, "audit": true,
-                      "uncertainty": {"seed": 3, "params": {"samples": 30}, "when": {"min_score": threshold}}});
+                      "uncertainty": {"seed": 3, "params": {"samples": 30, "explain_method": "saliency"}, "when": {"min_score": threshold}}});
     let v = ok_predict(&s, body).await;
     let rows = v["instances"].as_array().unwrap();
     for (row, top) in rows.iter().zip(&tops) {
@@ -360,7 +360,7 @@ async fn predict_attaches_the_estimate_to_the_rows_meeting_when_and_the_audit_re
     let alone = ok(
         &s,
         "fashion-cnn",
-        json!({"image": fashion_png(first), "seed": 3, "params": {"samples": 30}}),
+        json!({"image": fashion_png(first), "seed": 3, "params": {"samples": 30, "explain_method": "saliency"}}),
     )
     .await;
     assert_eq!(alone["uncertainty"], rows[first]["uncertainty"]);
@@ -377,6 +377,18 @@ async fn predict_attaches_the_estimate_to_the_rows_meeting_when_and_the_audit_re
         "{record}"
     );
     assert_eq!(recorded["setup"]["seed"], 3);
+    assert_eq!(
+        rows[first]["uncertainty"]["explanation_spread"]["shape"],
+        json!([28, 28])
+    );
+    assert!(
+        recorded["explanation_spread"]["max_std"].as_f64().unwrap() > 0.0,
+        "{recorded}"
+    );
+    assert!(
+        recorded["explanation_spread"].get("std").is_none(),
+        "the record keeps no maps"
+    );
     // The standalone endpoint's record has its own kind.
     let audited = ok(
         &s,
@@ -509,5 +521,95 @@ async fn raw_and_multipart_bodies_work_and_bad_parameters_get_problems_naming_th
     )
     .await;
     assert!(p["detail"].as_str().unwrap().contains("no dropout masks"), "{p}");
+    s.stop().await.unwrap();
+}
+
+/// Mean and variance of a two-point variable (`up` with probability 1 - p, else `down`) and the
+/// standard errors of their estimates over `t` samples.
+fn two_point(up: f64, down: f64, p: f64, t: f64) -> (f64, f64, f64, f64) {
+    let mean = (1.0 - p) * up + p * down;
+    let m2 = (1.0 - p) * (up - mean).powi(2) + p * (down - mean).powi(2);
+    let m4 = (1.0 - p) * (up - mean).powi(4) + p * (down - mean).powi(4);
+    (mean, m2, (m2 / t).sqrt(), ((m4 - m2 * m2) / t).sqrt())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explanation_spread_has_the_closed_form_on_a_linear_model_and_is_plain_saliency_without_dropout() {
+    let s = start_models().await;
+    let samples = 4000;
+    let body = json!({"features": X, "seed": 9, "params": {"samples": samples, "explain_method": "saliency"}});
+    let v = ok(&s, "dropout-linear", body).await;
+    let spread = &v["uncertainty"]["explanation_spread"];
+    assert_eq!(v["uncertainty"]["setup"]["explain_method"], "saliency");
+    assert_eq!(spread["shape"], json!([FEATURES]));
+    // Each sample's gradient is w * mask: |w_i| / (1 - p) kept, 0 dropped.
+    let p = P as f64;
+    for i in 0..FEATURES {
+        let w = (W[i] as f64).abs();
+        let (mean, var, se_mean, se_var) = two_point(w / (1.0 - p), 0.0, p, samples as f64);
+        let (got_mean, got_std) = (f(&spread["mean"][i]), f(&spread["std"][i]));
+        assert!(
+            (got_mean - mean).abs() <= 4.0 * se_mean + 1e-6,
+            "feature {i}: mean {got_mean} vs {mean}"
+        );
+        assert!(
+            (got_std * got_std - var).abs() <= 4.0 * se_var + 1e-6,
+            "feature {i}: variance {} vs {var}",
+            got_std * got_std
+        );
+    }
+    let gxi =
+        json!({"features": X, "seed": 9, "params": {"samples": 500, "p": 0.0, "explain_method": "gradient-x-input"}});
+    let v = ok(&s, "dropout-linear", gxi).await;
+    for i in 0..FEATURES {
+        let got = f(&v["uncertainty"]["explanation_spread"]["mean"][i]);
+        assert!(
+            (got - (W[i] * X[i]) as f64).abs() < 1e-5,
+            "gradient x input at p = 0: {got}"
+        );
+    }
+    // Without dropout every sample's map is the plain saliency map.
+    let image = fashion_png(3);
+    let body = json!({"image": image, "params": {"samples": 4, "p": 0.0, "explain_method": "saliency"}});
+    let v = ok(&s, "fashion-cnn", body).await;
+    let spread = &v["uncertainty"]["explanation_spread"];
+    let plain: Value = reqwest::Client::new()
+        .post(url(&s, "/v1/models/fashion-cnn/explain/saliency"))
+        .json(&json!({"image": image}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let plain = plain["attributions"]["values"].as_array().unwrap();
+    assert_eq!(spread["mean"].as_array().unwrap().len(), plain.len());
+    for (a, b) in spread["mean"].as_array().unwrap().iter().zip(plain) {
+        assert!((f(a) - f(b)).abs() < 1e-6, "{a} vs {b}");
+    }
+    assert!(spread["std"].as_array().unwrap().iter().all(|v| f(v) < 1e-6));
+    // With dropout the map moves, and the PNG draws where.
+    let body = json!({"image": image, "params": {"samples": 16, "explain_method": "saliency"}});
+    let v = ok(&s, "fashion-cnn", body.clone()).await;
+    let std = v["uncertainty"]["explanation_spread"]["std"].as_array().unwrap();
+    assert!(std.iter().any(|v| f(v) > 1e-4), "dropout moves the map");
+    let png = reqwest::Client::new()
+        .post(url(&s, "/v1/models/fashion-cnn/uncertainty"))
+        .header("accept", "image/png")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(png.status(), StatusCode::OK);
+    assert_eq!(png.headers()["content-type"], "image/png");
+    let img = image::load_from_memory(&png.bytes().await.unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (28, 28));
+    let p = problem(
+        post(&s, "fashion-cnn", json!({"image": image, "format": "png"})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("explain_method"), "{p}");
     s.stop().await.unwrap();
 }

@@ -262,6 +262,19 @@ fn uncertainty_part(u: &Value) -> Value {
             part[key] = v.clone();
         }
     }
+    if let Some(spread) = u.get("explanation_spread").filter(|s| !s.is_null()) {
+        // The maps are as large as the image: their extent is enough to say how unstable it was.
+        let std: Vec<f64> = spread["std"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect();
+        let max = std.iter().copied().fold(0.0, f64::max);
+        let mean = std.iter().sum::<f64>() / std.len().max(1) as f64;
+        part["explanation_spread"] = json!({"method": spread["method"], "target": spread["target"],
+                                            "shape": spread["shape"], "max_std": max, "mean_std": mean});
+    }
     if u.get("predictive_entropy").is_none() {
         // Regression: the value's mean and spread.
         part["mean"] = u["mean"].clone();

@@ -320,10 +320,12 @@ impl Answer {
             let (list, _) = explain::explanations(valid, &result, prep, false, max_map_pixels);
             Some(explain::explain_body(valid, list, &result, started))
         };
-        let uncertainty = |estimate: Option<Estimate>| {
+        let uncertainty = |estimate: Option<Estimate>, prep: &Prepared| {
+            let mut estimate = estimate?;
+            super::uncertainty::spread_on_image(&mut estimate, prep, false, max_map_pixels);
             Some(Uncertainty {
                 setup: setup.clone()?,
-                estimate: estimate?,
+                estimate,
             })
         };
         let mut instances = output
@@ -335,7 +337,7 @@ impl Answer {
             .map(|(((prediction, result), estimate), prep)| InstanceResult {
                 prediction,
                 explanation: explanation(result, prep),
-                uncertainty: uncertainty(estimate),
+                uncertainty: uncertainty(estimate, prep),
             });
         let mut response = PredictResponse {
             model: model.name.clone(),

@@ -5,22 +5,25 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::{header, HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{audit_context, Caller};
 use super::error::{audit_failed, ApiError, ProblemKind};
+use super::explain::Format;
 use super::input::{self, FeaturesJson, RawInput};
 use super::predict::Instance;
 use super::{offload, prepare, AppState};
 use crate::audit::{Kind, Receipt};
 use crate::explain::{Condition, Limits};
+use crate::render::{self, RenderOptions};
 use crate::runtime::LoadedModel;
 use crate::uncertainty::{
-    self, PlanContext, Source, Uncertainty, UncertaintyInclude, UncertaintyOptions, UncertaintyParams, UncertaintyTask,
-    ValidUncertainty,
+    self, Estimate, PlanContext, Setup, Source, SpreadMethod, Uncertainty, UncertaintyInclude, UncertaintyOptions,
+    UncertaintyParams, UncertaintyTask, ValidUncertainty,
 };
 
 /// An uncertainty request as JSON (or the `request` part of a multipart form, without images).
@@ -42,6 +45,9 @@ pub struct UncertaintyRequest {
     pub seed: Option<u64>,
     /// Extra parts (`samples`: every sample's probabilities).
     pub include: Option<Vec<UncertaintyInclude>>,
+    /// `png`: the explanation's spread (`params.explain_method`) as a heat map over the image;
+    /// `Accept: image/png` also asks for it.
+    pub format: Option<Format>,
     /// Record this answer in the audit log (whatever the service's `audit` setting).
     pub audit: Option<bool>,
 }
@@ -87,6 +93,10 @@ pub struct UncertaintyQuery {
     pub p: Option<f32>,
     /// Seed of the masks.
     pub seed: Option<u64>,
+    /// mc-dropout: the gradient method whose spread over the samples is measured.
+    pub explain_method: Option<SpreadMethod>,
+    /// `png`: the explanation's spread as a heat map over the image.
+    pub format: Option<Format>,
     /// Record this answer in the audit log.
     pub audit: Option<bool>,
 }
@@ -152,6 +162,7 @@ pub fn validate(
     )),
     responses(
         (status = 200, body = UncertaintyResponse, description = "the estimate"),
+        (status = 200, content_type = "image/png", body = Vec<u8>, description = "the explanation's spread (standard deviation over the samples) as a heat map over the image"),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, bad base64, corrupt image, unknown field, parameter out of range"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
         (status = 413, body = super::error::Problem, content_type = "application/problem+json", description = "body or image too large"),
@@ -167,13 +178,24 @@ pub async fn uncertainty(
     headers: HeaderMap,
     caller: Option<Extension<Caller>>,
     body: Body,
-) -> Result<Json<UncertaintyResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let model = state.model(&model_name)?;
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
     let parsed = parse_body(received, &uri).await?;
     super::predict::check_counts(&state, 1, parsed.inputs.len())?;
+    let wants_png = match parsed.format {
+        Some(f) => f == Format::Png,
+        None => super::explain::accepts_png(&headers),
+    };
+    let spread = parsed.options.params.as_ref().and_then(|p| p.explain_method).is_some();
+    if wants_png && (!spread || parsed.batched || model.spec.image.is_none()) {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            "a PNG draws one image's explanation spread: give one image and params.explain_method",
+        ));
+    }
     let valid = validate(&state, &model, parsed.options, parsed.inputs.len())?;
     let audit = match state.audit.wants(Kind::Uncertainty, parsed.audit) {
         true => Some((
@@ -190,23 +212,13 @@ pub async fn uncertainty(
         input: prepare::batch(&prepared)?,
     };
     let estimates = admission.run(task).await?;
-    let mut answers = estimates.into_iter().map(|estimate| Uncertainty {
-        setup: setup.clone(),
-        estimate,
-    });
-    let mut response = UncertaintyResponse {
-        model: model.name.clone(),
-        model_sha256: model.sha256.clone(),
-        uncertainty: None,
-        instances: None,
-        took_ms: 0.0,
-        audit_record: None,
-    };
-    if parsed.batched {
-        response.instances = Some(answers.map(|uncertainty| UncertaintyInstance { uncertainty }).collect());
-    } else {
-        response.uncertainty = answers.next();
-    }
+    let max_map_pixels = state.config.max_map_pixels;
+    let size = prepare::drawing_size(&prepared, spread as usize * 2, wants_png);
+    let batched = parsed.batched;
+    let (mut response, png) = offload::cpu(size, move || {
+        draw(&model, setup, estimates, &prepared, batched, wants_png, max_map_pixels)
+    })
+    .await?;
     response.took_ms = started.elapsed().as_secs_f64() * 1e3;
     if let Some((evidence, ctx)) = audit {
         let sent = super::audit::as_sent(&response)?;
@@ -217,7 +229,80 @@ pub async fn uncertainty(
             .map_err(audit_failed)?;
         response.audit_record = Some(receipt);
     }
-    Ok(Json(response))
+    match png {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, "image/png")], bytes).into_response()),
+        None => Ok(Json(response).into_response()),
+    }
+}
+
+/// The answer, with explanation spreads drawn back onto the original images (as explanation maps
+/// are), and the first one's standard deviation as a PNG heat map when asked.
+fn draw(
+    model: &LoadedModel,
+    setup: Setup,
+    estimates: Vec<Estimate>,
+    prepared: &[prepare::Prepared],
+    batched: bool,
+    png: bool,
+    max_map_pixels: u64,
+) -> (UncertaintyResponse, Option<Vec<u8>>) {
+    let mut picture = None;
+    let mut answers = Vec::with_capacity(estimates.len());
+    for (mut estimate, prep) in estimates.into_iter().zip(prepared) {
+        let panel = spread_on_image(&mut estimate, prep, png && picture.is_none(), max_map_pixels);
+        if let Some(panel) = panel {
+            picture = Some(render::panels_png(&[panel]));
+        }
+        answers.push(Uncertainty {
+            setup: setup.clone(),
+            estimate,
+        });
+    }
+    let mut response = UncertaintyResponse {
+        model: model.name.clone(),
+        model_sha256: model.sha256.clone(),
+        uncertainty: None,
+        instances: None,
+        took_ms: 0.0,
+        audit_record: None,
+    };
+    if batched {
+        response.instances = Some(
+            answers
+                .into_iter()
+                .map(|uncertainty| UncertaintyInstance { uncertainty })
+                .collect(),
+        );
+    } else {
+        response.uncertainty = answers.into_iter().next();
+    }
+    (response, picture)
+}
+
+/// Draws an estimate's explanation spread back onto its original image, as explanation maps are;
+/// returns the standard deviation's heat map when `panel`.
+pub(super) fn spread_on_image(
+    estimate: &mut Estimate,
+    prep: &prepare::Prepared,
+    panel: bool,
+    max_map_pixels: u64,
+) -> Option<image::RgbImage> {
+    let (Some(spread), Some(geometry), Some(original)) =
+        (estimate.explanation_spread.as_mut(), &prep.geometry, &prep.original)
+    else {
+        return None;
+    };
+    let size = (spread.shape[1], spread.shape[0]);
+    let options = RenderOptions::default();
+    let on = |values: &[f32], panel: Option<&RenderOptions>| {
+        render::map_on_image(values, size, geometry, original, panel, max_map_pixels)
+    };
+    let mean = on(&spread.mean, None);
+    let std = on(&spread.std, panel.then_some(&options));
+    spread.shape = vec![std.height as usize, std.width as usize];
+    spread.mean = mean.values;
+    spread.std = std.values;
+    std.panel
 }
 
 /// An uncertainty body, parsed.
@@ -225,6 +310,7 @@ struct Parsed {
     inputs: Vec<RawInput>,
     batched: bool,
     options: UncertaintyOptions,
+    format: Option<Format>,
     audit: bool,
 }
 
@@ -239,6 +325,7 @@ impl Parsed {
                 seed: req.seed,
                 include: req.include,
             },
+            format: req.format,
             audit: req.audit.unwrap_or(false),
         }
     }
@@ -252,15 +339,18 @@ async fn parse_body(received: input::ReceivedBody, uri: &Uri) -> Result<Parsed, 
     }
     if input::is_image_media_type(&media) {
         let q: UncertaintyQuery = input::parse_query(uri)?;
-        let params = (q.samples.is_some() || q.p.is_some()).then(|| UncertaintyParams {
+        let given = q.samples.is_some() || q.p.is_some() || q.explain_method.is_some();
+        let params = given.then(|| UncertaintyParams {
             samples: q.samples,
             p: q.p,
+            explain_method: q.explain_method,
             ..Default::default()
         });
         let req = UncertaintyRequest {
             method: q.method,
             params,
             seed: q.seed,
+            format: q.format,
             audit: q.audit,
             ..Default::default()
         };

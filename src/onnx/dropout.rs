@@ -61,6 +61,11 @@ pub fn mask_input(k: usize) -> String {
     format!("explaind.dropout_mask.{k}")
 }
 
+/// The masked tensor that replaces `site`'s (the `k`-th mask's) in the graph.
+pub fn masked_tensor(site: &MaskSite, k: usize) -> String {
+    format!("{}.dropped.{k}", site.tensor)
+}
+
 /// Where masks go in `model` (prepared for differentiation, `shapes` probed): the tensors named in
 /// `layers`; else after every Dropout node the export kept; else the input of the last linear
 /// layer before `output`. An error says why no mask can go where asked.
@@ -155,7 +160,7 @@ pub fn with_masks(model: &ModelProto, sites: &[MaskSite]) -> Result<ModelProto, 
     let mut inserts: Vec<(usize, NodeProto)> = Vec::new();
     for (k, site) in sites.iter().enumerate() {
         let mask = mask_input(k);
-        let dropped = format!("{}.dropped.{k}", site.tensor);
+        let dropped = masked_tensor(site, k);
         let mut consumers = 0;
         for node in graph.node.iter_mut() {
             let chosen = site

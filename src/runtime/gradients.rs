@@ -112,10 +112,41 @@ impl GradientCache {
 
     /// Builds the backward model for `key`.
     pub fn build(&self, model: &LoadedModel, key: &GradientKey) -> Result<BuiltGradient, String> {
+        let prepared = self.prepared(model)?;
+        self.build_from(model, key, &prepared.0, &prepared.1)
+    }
+
+    /// Builds the backward model of `model` with dropout masks at `sites` (mask inputs beside the
+    /// input and the target weights; no gradients flow to the masks).
+    pub fn build_masked(
+        &self,
+        model: &LoadedModel,
+        key: &GradientKey,
+        sites: &[MaskSite],
+    ) -> Result<BuiltGradient, String> {
+        let prepared = self.prepared(model)?;
+        let masked = dropout::with_masks(&prepared.0, sites)?;
+        let mut shapes = prepared.1.clone();
+        for (k, site) in sites.iter().enumerate() {
+            let shape = shapes
+                .get(&site.tensor)
+                .cloned()
+                .ok_or_else(|| format!("no shape for `{}`", site.tensor))?;
+            shapes.insert(dropout::mask_input(k), shape.clone());
+            shapes.insert(dropout::masked_tensor(site, k), shape);
+        }
+        self.build_from(model, key, &masked, &shapes)
+    }
+
+    fn build_from(
+        &self,
+        model: &LoadedModel,
+        key: &GradientKey,
+        forward: &ModelProto,
+        shapes: &ShapeMap,
+    ) -> Result<BuiltGradient, String> {
         self.builds.fetch_add(1, Ordering::SeqCst);
         let started = std::time::Instant::now();
-        let prepared = self.prepared(model)?;
-        let (forward, shapes) = (&prepared.0, &prepared.1);
         let spec = GradientSpec {
             input: model.spec.input.clone(),
             output: model.spec.output.clone(),

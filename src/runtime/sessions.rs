@@ -94,14 +94,23 @@ type Slot = Arc<OnceLock<Result<(Shared, Option<GradientOutputs>), String>>>;
 enum DerivedKey {
     /// The backward model of a gradient key.
     Backward(GradientKey),
-    /// The model with dropout masks as inputs at these (tensor, only this node) sites.
-    Masked(String, Vec<(String, Option<String>)>),
+    /// The model with dropout masks as inputs at these sites.
+    Masked(String, SiteKey),
+    /// The backward model of a gradient key through the model with dropout masks at these sites.
+    MaskedBackward(GradientKey, SiteKey),
+}
+
+/// Mask sites as a key: (tensor, only this node).
+type SiteKey = Vec<(String, Option<String>)>;
+
+fn site_key(sites: &[MaskSite]) -> SiteKey {
+    sites.iter().map(|s| (s.tensor.clone(), s.only_node.clone())).collect()
 }
 
 impl DerivedKey {
     fn model(&self) -> &str {
         match self {
-            DerivedKey::Backward(k) => &k.model,
+            DerivedKey::Backward(k) | DerivedKey::MaskedBackward(k, _) => &k.model,
             DerivedKey::Masked(model, _) => model,
         }
     }
@@ -246,12 +255,24 @@ impl SessionStore {
         })
     }
 
-    /// The backward session for `key` and its output names.
-    fn backward_session(&self, model: &LoadedModel, key: &GradientKey) -> Result<Backward, RuntimeError> {
-        let derived = DerivedKey::Backward(key.clone());
+    /// The backward session for `key` (through the model with dropout masks at `sites`, when
+    /// any) and its output names.
+    fn backward_session(
+        &self,
+        model: &LoadedModel,
+        key: &GradientKey,
+        sites: &[MaskSite],
+    ) -> Result<Backward, RuntimeError> {
+        let derived = match sites {
+            [] => DerivedKey::Backward(key.clone()),
+            _ => DerivedKey::MaskedBackward(key.clone(), site_key(sites)),
+        };
         let (session, outputs) = self
             .derived_session(&derived, || {
-                let built = self.gradients.build(model, key)?;
+                let built = match sites {
+                    [] => self.gradients.build(model, key)?,
+                    _ => self.gradients.build_masked(model, key, sites)?,
+                };
                 Ok((built.bytes, Some(built.outputs)))
             })
             .map_err(|message| RuntimeError::NotDifferentiable {
@@ -267,10 +288,7 @@ impl SessionStore {
 
     /// The session of `model` with dropout masks as inputs at `sites`.
     fn masked_session(&self, model: &LoadedModel, sites: &[MaskSite]) -> Result<Shared, RuntimeError> {
-        let key = DerivedKey::Masked(
-            model.name.clone(),
-            sites.iter().map(|s| (s.tensor.clone(), s.only_node.clone())).collect(),
-        );
+        let key = DerivedKey::Masked(model.name.clone(), site_key(sites));
         let (session, _) = self
             .derived_session(&key, || Ok((self.gradients.masked(model, sites)?, None)))
             .map_err(|message| RuntimeError::Inference {
@@ -455,10 +473,39 @@ impl WorkerRuntime {
         weights: &Tensor,
     ) -> Result<GradientPass, RuntimeError> {
         let model = self.model(&key.model)?;
-        let (session, built) = self.store.backward_session(&model, key)?;
-        let feeds = [(model.spec.input.as_str(), input), (WEIGHTS_INPUT, weights)];
+        let (session, built) = self.store.backward_session(&model, key, &[])?;
+        self.gradient_pass(&model, &session, &built, input, weights, &[])
+    }
+
+    /// [`Self::gradients`] through the model with dropout masks at `sites`, `masks[k]` holding one
+    /// row of site `k`'s mask per input row.
+    pub fn masked_gradients(
+        &mut self,
+        key: &GradientKey,
+        sites: &[MaskSite],
+        input: &Tensor,
+        weights: &Tensor,
+        masks: &[Tensor],
+    ) -> Result<GradientPass, RuntimeError> {
+        let model = self.model(&key.model)?;
+        let (session, built) = self.store.backward_session(&model, key, sites)?;
+        self.gradient_pass(&model, &session, &built, input, weights, masks)
+    }
+
+    fn gradient_pass(
+        &mut self,
+        model: &LoadedModel,
+        session: &Shared,
+        built: &GradientOutputs,
+        input: &Tensor,
+        weights: &Tensor,
+        masks: &[Tensor],
+    ) -> Result<GradientPass, RuntimeError> {
+        let names: Vec<String> = (0..masks.len()).map(mask_input).collect();
+        let mut feeds = vec![(model.spec.input.as_str(), input), (WEIGHTS_INPUT, weights)];
+        feeds.extend(names.iter().map(String::as_str).zip(masks));
         let row_bytes = self.row_bytes(&model.name, Pass::Backward);
-        let mut outputs = self.run_batched(&session, &model.name, &feeds, row_bytes)?;
+        let mut outputs = self.run_batched(session, &model.name, &feeds, row_bytes)?;
         let mut take = |name: &str| {
             outputs.remove(name).ok_or_else(|| RuntimeError::Inference {
                 model: model.name.clone(),
@@ -486,7 +533,6 @@ impl WorkerRuntime {
         })
     }
 
-    /// Runs a session on feeds that share their first (batch) axis, `max_batch` rows at a time.
     /// Runs a session on feeds that share their first (batch) axis, as many rows per pass as the
     /// pass budget allows (`row_bytes` each), each pass holding a lease on the budget shared by
     /// every worker.

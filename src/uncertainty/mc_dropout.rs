@@ -47,7 +47,26 @@ pub(super) fn plan(model: &Arc<LoadedModel>, params: &UncertaintyParams, cx: &Pl
         .iter()
         .map(|s| params.p.unwrap_or(s.ratio.unwrap_or(DEFAULT_P)).clamp(0.0, 0.999))
         .collect();
-    Ok(Plan::McDropout { sites, rates, samples })
+    if params.explain_method.is_some() {
+        // Filled in at start for every model.
+        let blocked = match model.gradient_report.get() {
+            Some(report) if report.differentiable => None,
+            Some(report) => Some(report.blocking_operators.join(", ")),
+            None => Some("its gradient report is not ready".to_string()),
+        };
+        if let Some(why) = blocked {
+            return Err(Invalid::NotDifferentiable(format!(
+                "model `{}`: explain_method needs gradients; blocked by {why}",
+                model.name
+            )));
+        }
+    }
+    Ok(Plan::McDropout {
+        sites,
+        rates,
+        samples,
+        spread: params.explain_method,
+    })
 }
 
 /// `samples` rows of keep masks per site (the same for every input, so an input's answer does not

@@ -7,6 +7,7 @@
 
 pub mod ensemble;
 pub mod mc_dropout;
+pub mod spread;
 pub mod stats;
 pub mod tta;
 
@@ -22,6 +23,7 @@ use crate::runtime::gradients::GradientCache;
 use crate::runtime::manifest::{ScoreKind, Task as ModelTask};
 use crate::runtime::predict::{softmax, Prediction};
 use crate::runtime::{LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
+pub use spread::{Spread, SpreadMethod};
 pub use stats::Summary;
 
 /// MC-dropout samples when the request gives none (Baal's examples use 20).
@@ -70,6 +72,9 @@ pub struct UncertaintyParams {
     /// mc-dropout: tensors to mask (default: the model's Dropout layers, else the input of its
     /// last linear layer).
     pub dropout_layers: Option<Vec<String>>,
+    /// mc-dropout: also this gradient method's map for every sample, summarised per pixel (mean
+    /// and standard deviation): where the explanation itself is unstable.
+    pub explain_method: Option<SpreadMethod>,
     /// tta: `hflip` (default), `d4` or `multiscale`.
     pub transforms: Option<Transforms>,
     /// tta multiscale: zoom factors, each in [0.5, 2] (default [0.9, 1.0, 1.1]; at most 16).
@@ -118,6 +123,8 @@ pub enum Plan {
         rates: Vec<f32>,
         /// Samples per input.
         samples: usize,
+        /// The gradient method whose spread over the samples is measured.
+        spread: Option<SpreadMethod>,
     },
     /// These views of each input.
     Tta {
@@ -169,6 +176,9 @@ pub struct Setup {
     /// ensemble: the members, in sample order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
+    /// mc-dropout: the gradient method whose spread over the samples is measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explain_method: Option<SpreadMethod>,
 }
 
 /// A masked tensor and its rate.
@@ -192,6 +202,9 @@ pub struct Estimate {
     /// Every sample's probabilities, when `include` asks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub samples: Option<Vec<Vec<f64>>>,
+    /// The explanation's spread over the samples, when `explain_method` asks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation_spread: Option<Spread>,
 }
 
 impl ValidUncertainty {
@@ -214,9 +227,13 @@ impl ValidUncertainty {
             transforms: None,
             views: vec![],
             members: vec![],
+            explain_method: None,
         };
         match &self.plan {
-            Plan::McDropout { sites, rates, .. } => {
+            Plan::McDropout {
+                sites, rates, spread, ..
+            } => {
+                setup.explain_method = *spread;
                 setup.sites = sites
                     .iter()
                     .zip(rates)
@@ -251,6 +268,7 @@ pub fn validate(
             (params.samples.is_some(), "samples"),
             (params.p.is_some(), "p"),
             (params.dropout_layers.is_some(), "dropout_layers"),
+            (params.explain_method.is_some(), "explain_method"),
         ] {
             if given {
                 return Err(refuse(field, "mc-dropout"));
@@ -300,7 +318,11 @@ fn check_bytes(valid: &ValidUncertainty, inputs: usize, limits: Limits) -> Resul
     let model = &valid.model;
     let input_len: usize = crate::runtime::gradients::sample_dims(&model.spec).iter().product();
     let mask_len: usize = match &valid.plan {
-        Plan::McDropout { sites, .. } => sites.iter().map(MaskSite::len).fold(0, usize::saturating_add),
+        Plan::McDropout { sites, spread, .. } => {
+            let masks = sites.iter().map(MaskSite::len).fold(0, usize::saturating_add);
+            // A spread adds each sample's input gradient and map.
+            masks.saturating_add(if spread.is_some() { 2 * input_len } else { 0 })
+        }
         _ => 0,
     };
     let per_row = input_len
@@ -339,25 +361,46 @@ pub fn run(
 ) -> Result<Vec<Estimate>, RuntimeError> {
     ctx.checkpoint()?;
     let per_input = match &valid.plan {
-        Plan::McDropout { sites, rates, samples } => {
-            mc_dropout::sample(rt, &valid.model, sites, rates, *samples, valid.seed, input)?
-        }
+        Plan::McDropout {
+            sites, rates, samples, ..
+        } => mc_dropout::sample(rt, &valid.model, sites, rates, *samples, valid.seed, input)?,
         Plan::Tta { views, .. } => tta::sample(rt, &valid.model, views, input)?,
         Plan::Ensemble { members } => ensemble::sample(rt, members, input)?,
     };
     ctx.advance(input.rows().saturating_mul(valid.samples()));
     let classifier = valid.model.spec.task != ModelTask::TabularRegression;
-    Ok(per_input
-        .into_iter()
-        .map(|samples| {
-            let summary = stats::summarize(&samples, classifier);
-            Estimate {
-                predictions: ranked(&valid.model, &summary.mean, classifier),
-                summary,
-                samples: valid.include_samples.then_some(samples),
+    let mut estimates = Vec::with_capacity(per_input.len());
+    for (row, samples) in per_input.into_iter().enumerate() {
+        let summary = stats::summarize(&samples, classifier);
+        let predictions = ranked(&valid.model, &summary.mean, classifier);
+        let explanation_spread = match (&valid.plan, predictions.first()) {
+            (
+                Plan::McDropout {
+                    sites,
+                    rates,
+                    samples,
+                    spread: Some(method),
+                },
+                Some(top),
+            ) => {
+                ctx.checkpoint()?;
+                // The estimate's own masks: each map belongs to one of its samples.
+                let masks = mc_dropout::masks(sites, rates, *samples, valid.seed);
+                let one = input.slice_rows(row, row + 1);
+                let found = spread::spread(rt, &valid.model, sites, &masks, *method, &one, top.clone())?;
+                ctx.advance(*samples);
+                Some(found)
             }
-        })
-        .collect())
+            _ => None,
+        };
+        estimates.push(Estimate {
+            predictions,
+            summary,
+            samples: valid.include_samples.then_some(samples),
+            explanation_spread,
+        });
+    }
+    Ok(estimates)
 }
 
 fn ranked(model: &LoadedModel, mean: &[f64], classifier: bool) -> Vec<Prediction> {
