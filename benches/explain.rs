@@ -126,6 +126,7 @@ fn main() {
                 seed: 1,
                 limits,
                 scores: None,
+                evaluate: vec![],
             };
             let mut times = Vec::new();
             let mut result = None;
@@ -280,6 +281,7 @@ fn tree_shap(
                 seed: 1,
                 limits,
                 scores: None,
+                evaluate: vec![],
             };
             rt.block_on(service.state.executor.submit(ExplainTask(job))).unwrap();
         };

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod eval;
 pub mod executor;
 pub mod explain;
 pub mod http;

@@ -100,7 +100,11 @@ async fn the_readme_tour_works_as_written() {
     let png = std::fs::read(dir.join("grad-cam.png")).unwrap();
     assert_eq!(image::load_from_memory(&png).unwrap().width(), 28);
     let spread = std::fs::read(dir.join("saliency-spread.png")).unwrap();
-    assert_eq!(image::load_from_memory(&spread).unwrap().width(), 28, "the saliency spread");
+    assert_eq!(
+        image::load_from_memory(&spread).unwrap().width(),
+        28,
+        "the saliency spread"
+    );
     let bars = std::fs::read(dir.join("tree-shap.png")).unwrap();
     assert_eq!(
         image::load_from_memory(&bars).unwrap().width(),

@@ -197,6 +197,14 @@ fn explanation_part(response: &Value, keep_maps: bool) -> Value {
         .into_iter()
         .map(|e| {
             let mut t = json!({"target": e["target"], "summary": summarize(e)});
+            if let Some(list) = e.get("evaluation").and_then(Value::as_array) {
+                // The figures, not the curves.
+                let figures: serde_json::Map<String, Value> = list
+                    .iter()
+                    .filter_map(|m| Some((m["metric"].as_str()?.to_string(), m["value"].clone())))
+                    .collect();
+                t["evaluation"] = Value::Object(figures);
+            }
             if e.get("features").is_some() {
                 // Tabular attributions are small: keep them whole.
                 t["attributions"] = e["attributions"]["values"].clone();

@@ -70,6 +70,8 @@ pub struct ExplainJob {
     pub limits: Limits,
     /// The input's scores when a prediction already computed them (saves a forward pass).
     pub scores: Option<Vec<f64>>,
+    /// Metrics of each target's explanation, run in the same job.
+    pub evaluate: Vec<crate::eval::ValidMetric>,
 }
 
 /// The attribution for one target.
@@ -152,6 +154,8 @@ pub struct ExplainResult {
     pub gradient_rows: usize,
     /// f(input) for each target, as scored when the explanation started.
     pub scores: Vec<f64>,
+    /// Per target, the metrics asked (empty when none were).
+    pub evaluations: Vec<Vec<crate::eval::Evaluation>>,
 }
 
 /// The methods' workbench: batched passes through the worker's sessions, counted.
@@ -443,7 +447,9 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
         let attributions = job
             .params
             .explain(&mut cx, job, std::slice::from_ref(&target), &scores)?;
+        let evaluations = evaluate_attributions(&mut cx, job, &attributions)?;
         return Ok(ExplainResult {
+            evaluations,
             attributions,
             rows: cx.rows,
             runs: cx.runs,
@@ -459,17 +465,56 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
     let targets = targets::resolve(job.targets.as_ref(), &job.model, &scores, job.limits.max_targets)?;
     job_ctx.plan(1 + job.params.cost().rows);
     let attributions = job.params.explain(&mut cx, job, &targets, &scores)?;
+    let evaluations = evaluate_attributions(&mut cx, job, &attributions)?;
     let target_scores = targets
         .iter()
         .map(|t| scores.get(t.index).copied().unwrap_or(f64::NAN))
         .collect();
     Ok(ExplainResult {
+        evaluations,
         attributions,
         rows: cx.rows,
         runs: cx.runs,
         gradient_rows: cx.gradient_rows,
         scores: target_scores,
     })
+}
+
+/// The metrics `job.evaluate` asks, on each target's map (pixels of the model's input, or
+/// features), their passes batched and counted as the method's are.
+fn evaluate_attributions(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    attributions: &[TargetAttribution],
+) -> Result<Vec<Vec<crate::eval::Evaluation>>, RuntimeError> {
+    if job.evaluate.is_empty() {
+        return Ok(vec![Vec::new(); attributions.len()]);
+    }
+    let features = crate::eval::feature_count(&job.model);
+    let mut all = Vec::with_capacity(attributions.len());
+    for a in attributions {
+        let map = a.map.as_ref().unwrap_or(&a.tensor);
+        let values = map.as_f32().unwrap_or(&[]);
+        if values.len() != features {
+            return Err(RuntimeError::Inference {
+                model: job.model.name.clone(),
+                message: format!(
+                    "a map of {} values for {features} features cannot be evaluated",
+                    values.len()
+                ),
+            });
+        }
+        let subject = crate::eval::Subject {
+            model: &job.model,
+            input: &job.input,
+            map: values,
+            target: a.target.index,
+            seed: job.seed,
+            batch: cx.forward_rows(),
+        };
+        all.push(crate::eval::evaluate(&subject, &job.evaluate, &mut |t| cx.forward(t))?);
+    }
+    Ok(all)
 }
 
 /// Runs the method's one pass for the top prediction when it has one and the job asks for the top
@@ -563,6 +608,8 @@ pub struct AttachedExplain {
     pub limits: Limits,
     /// Which rows to explain.
     pub when: Condition,
+    /// Metrics of each explanation.
+    pub evaluate: Vec<crate::eval::ValidMetric>,
 }
 
 /// A prediction with what is attached to it, in one job: explanations (reusing the prediction's
@@ -626,6 +673,7 @@ impl Task for PredictJob {
                     seed: e.seed,
                     limits: e.limits,
                     scores: rows[r].outputs.get(&p.model.spec.output).cloned(),
+                    evaluate: e.evaluate.clone(),
                 };
                 explained[r] = Some(run(rt, ctx, &job)?);
             }

@@ -4,6 +4,7 @@
 mod audit;
 pub mod auth;
 pub mod error;
+mod evaluate;
 mod explain;
 mod health;
 pub mod input;

@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 
 use crate::explain::Methods;
 
-use super::{audit, error, explain, health, input, jobs, models, predict, problems, uncertainty};
+use super::{audit, error, evaluate, explain, health, input, jobs, models, predict, problems, uncertainty};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -27,6 +27,7 @@ use super::{audit, error, explain, health, input, jobs, models, predict, problem
         predict::predict,
         uncertainty::uncertainty,
         explain::explain,
+        evaluate::evaluate,
         jobs::submit,
         jobs::get_job,
         jobs::cancel_job,

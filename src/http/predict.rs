@@ -69,6 +69,8 @@ pub struct PredictExplain {
     pub include: Option<Vec<Include>>,
     /// How an embedded overlay is drawn.
     pub render: Option<RenderOptions>,
+    /// Measure each explanation (metric names or objects with parameters).
+    pub evaluate: Option<Vec<crate::eval::MetricRequest>>,
 }
 
 impl PredictExplain {
@@ -80,6 +82,7 @@ impl PredictExplain {
             seed: self.seed,
             include: self.include.clone(),
             render: self.render.clone(),
+            evaluate: self.evaluate.clone(),
         }
     }
 }

@@ -14,7 +14,9 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use super::error::{ApiError, ProblemKind};
-use super::{audit, auth, explain, health, jobs, models, openapi, page, predict, problems, uncertainty, AppState};
+use super::{
+    audit, auth, evaluate, explain, health, jobs, models, openapi, page, predict, problems, uncertainty, AppState,
+};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -30,6 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{model}", get(models::get_model))
         .route("/v1/models/{model}/predict", post(predict::predict))
         .route("/v1/models/{model}/uncertainty", post(uncertainty::uncertainty))
+        .route("/v1/models/{model}/evaluate", post(evaluate::evaluate))
         .route("/v1/models/{model}/explain/{method}", post(explain::explain))
         .route("/v1/jobs", post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))

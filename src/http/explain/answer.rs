@@ -82,7 +82,7 @@ pub fn explanations(
     let draw = (panels || embed).then_some(&valid.render);
     let mut drawn = Vec::new();
     let mut explanations = Vec::new();
-    for a in &result.attributions {
+    for (i, a) in result.attributions.iter().enumerate() {
         let (shape, values, panel) = match (&a.map, &prepared.geometry, &prepared.original) {
             (Some(map), Some(geometry), Some(original)) => {
                 let size = (map.shape[1], map.shape[0]);
@@ -121,6 +121,7 @@ pub fn explanations(
             layer: a.layer.clone(),
             overlay_png,
             details: a.details.clone(),
+            evaluation: result.evaluations.get(i).filter(|e| !e.is_empty()).cloned(),
         });
     }
     (explanations, drawn)

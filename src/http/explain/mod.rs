@@ -102,6 +102,8 @@ pub struct ExplainOptions {
     pub include: Option<Vec<Include>>,
     /// Drawing options.
     pub render: Option<RenderOptions>,
+    /// Metrics of each explanation.
+    pub evaluate: Option<Vec<crate::eval::MetricRequest>>,
 }
 
 /// An explain request validated against its model and the limits: the only thing that is queued.
@@ -120,6 +122,8 @@ pub struct ValidExplain {
     pub include: Vec<Include>,
     /// The limits it was checked against.
     pub limits: Limits,
+    /// Metrics of each explanation.
+    pub evaluate: Vec<crate::eval::ValidMetric>,
 }
 
 impl ValidExplain {
@@ -133,6 +137,7 @@ impl ValidExplain {
             seed: self.seed,
             limits: self.limits,
             scores,
+            evaluate: self.evaluate.clone(),
         }
     }
 
@@ -144,6 +149,7 @@ impl ValidExplain {
             seed: self.seed,
             limits: self.limits,
             when,
+            evaluate: self.evaluate.clone(),
         }
     }
 }
@@ -171,6 +177,7 @@ pub fn validate(
     };
     let params = method.plan(options.params.unwrap_or_else(|| serde_json::json!({})), &cx)?;
     check_bytes(params.cost().bytes, inputs, limits)?;
+    let evaluate = crate::eval::plan(&options.evaluate.unwrap_or_default(), model, count.max(1), limits)?;
     Ok(ValidExplain {
         model: model.clone(),
         params,
@@ -179,6 +186,7 @@ pub fn validate(
         render,
         include: options.include.unwrap_or_default(),
         limits,
+        evaluate,
     })
 }
 

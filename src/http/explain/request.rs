@@ -9,6 +9,7 @@ use super::super::error::{ApiError, ProblemKind};
 use super::super::input::{self, FeaturesJson, RawInput};
 use super::super::offload;
 use crate::audit::Receipt;
+use crate::eval::{Evaluation, MetricRequest};
 use crate::explain::{TargetRef, TargetSpec};
 use crate::render::RenderOptions;
 use crate::runtime::predict::Prediction;
@@ -54,6 +55,9 @@ pub struct ExplainRequest {
     pub format: Option<Format>,
     /// How the PNG heat map is drawn.
     pub render: Option<RenderOptions>,
+    /// Measure each explanation in the same job: metric names (`deletion`, `insertion`,
+    /// `mu_fidelity`, `pixel_flipping`, `sparseness`, `complexity`) or objects with parameters.
+    pub evaluate: Option<Vec<MetricRequest>>,
     /// Record this explanation in the audit log (whatever the service's `audit` setting).
     pub audit: Option<bool>,
 }
@@ -116,6 +120,9 @@ pub struct TargetExplanation {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
+    /// The metrics `evaluate` asked for, on the map in the model's input space.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<Vec<Evaluation>>,
 }
 
 /// Work done.
@@ -184,6 +191,7 @@ impl ExplainRequest {
             seed: self.seed,
             include: self.include.clone(),
             render: self.render.clone(),
+            evaluate: self.evaluate.clone(),
         }
     }
 }

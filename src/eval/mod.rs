@@ -1,0 +1,486 @@
+//! How good an explanation is: faithfulness metrics that perturb the input in the order the
+//! attribution ranks its features and watch the target's score (deletion, insertion, pixel
+//! flipping, mu-fidelity), and properties of the map alone (sparseness, complexity). Names and
+//! defaults follow the RISE paper, Quantus and Xplique; each metric reports its value, the model
+//! rows it ran, and its curve where it has one.
+//!
+//! A feature is a pixel of the model's input (every channel of it perturbed together) or a tabular
+//! feature. Requests are validated once into [`ValidMetric`]s; running them needs only a way to
+//! score batches of inputs, so explanations and `POST /evaluate` share this code.
+
+mod complexity;
+mod curves;
+mod fidelity;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::explain::baselines::{self, Baseline};
+use crate::explain::{Invalid, Limits};
+use crate::runtime::manifest::Layout;
+use crate::runtime::{LoadedModel, RuntimeError, Tensor};
+
+/// Steps of the deletion and insertion curves when the request gives none (OpenVINO XAI's 30).
+pub const DEFAULT_STEPS: usize = 30;
+/// Most steps of a curve.
+const MAX_STEPS: usize = 1024;
+/// Most runs of mu-fidelity.
+const MAX_RUNS: usize = 1000;
+/// Points of a pixel-flipping curve when `features_in_step` is not given (Quantus flips one
+/// feature per step: a pass per pixel).
+const DEFAULT_FLIP_STEPS: usize = 128;
+
+/// The metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Area under the target's probability as features are removed, most attributed first
+    /// (lower is better).
+    Deletion,
+    /// Area under the target's probability as features are revealed on a substrate, most
+    /// attributed first (higher is better).
+    Insertion,
+    /// Pearson correlation between the attribution summed over random subsets and the score drop
+    /// when they are removed (Bhatt et al.; Quantus's FaithfulnessCorrelation; higher is better).
+    MuFidelity,
+    /// The target's probability after each step of cumulative removal (Bach et al.; lower area is
+    /// better).
+    PixelFlipping,
+    /// Gini index of |attribution| (higher: fewer features carry it).
+    Sparseness,
+    /// Entropy of |attribution| / sum (lower: fewer features carry it).
+    Complexity,
+}
+
+const METRICS: [(&str, Metric); 6] = [
+    ("deletion", Metric::Deletion),
+    ("insertion", Metric::Insertion),
+    ("mu_fidelity", Metric::MuFidelity),
+    ("pixel_flipping", Metric::PixelFlipping),
+    ("sparseness", Metric::Sparseness),
+    ("complexity", Metric::Complexity),
+];
+
+/// What replaces a removed feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Substrate {
+    /// Black pixels (pixel 0), or zero features.
+    Black,
+    /// The input blurred (images).
+    Blur,
+    /// The input's per-channel mean (images), or the background data's mean row (tabular).
+    Mean,
+}
+
+/// A metric as asked: its name, or an object with its parameters.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum MetricRequest {
+    /// The metric with its defaults (`"deletion"`).
+    Name(String),
+    /// The metric with parameters (`{"metric": "deletion", "steps": 50}`).
+    Options(MetricOptions),
+}
+
+/// A metric's parameters; each applies to the metrics that name it.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricOptions {
+    /// The metric's name.
+    pub metric: String,
+    /// deletion, insertion: points of the curve past the first (default 30, at most 1024).
+    pub steps: Option<usize>,
+    /// deletion, insertion, mu_fidelity, pixel_flipping: what replaces removed features
+    /// (deletion, mu_fidelity, pixel_flipping: `black`; insertion starts from `blur`, or `black`
+    /// for tabular models).
+    pub substrate: Option<Substrate>,
+    /// mu_fidelity: random subsets (default 100, at most 1000).
+    pub nr_runs: Option<usize>,
+    /// mu_fidelity: features per subset (default 224, at most half the features).
+    pub subset_size: Option<usize>,
+    /// pixel_flipping: features flipped per step (default: features / 128, rounded up).
+    pub features_in_step: Option<usize>,
+}
+
+/// A metric checked against the model: everything fixed but the attribution.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValidMetric {
+    /// A causal curve (deletion, insertion, pixel flipping).
+    Curve {
+        /// Which one.
+        metric: Metric,
+        /// Features changed per step.
+        per_step: usize,
+        /// What removed features become.
+        substrate: Substrate,
+    },
+    /// mu-fidelity.
+    MuFidelity {
+        /// Subsets drawn.
+        runs: usize,
+        /// Features per subset.
+        subset: usize,
+        /// What removed features become.
+        substrate: Substrate,
+    },
+    /// A property of the map alone.
+    Map(Metric),
+}
+
+/// One metric's result.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Evaluation {
+    /// The metric.
+    pub metric: Metric,
+    /// Its value (absent where it is undefined: a correlation with a constant).
+    pub value: Option<f64>,
+    /// Model rows it ran.
+    pub passes: usize,
+    /// Curves: the score after each step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curve: Option<Vec<f64>>,
+    /// Curves: the fraction of features changed at each point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<Vec<f64>>,
+    /// The parameters used, defaults filled in.
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+}
+
+impl ValidMetric {
+    /// Model rows one evaluation runs on `features` features.
+    pub fn rows(&self, features: usize) -> usize {
+        match self {
+            ValidMetric::Curve { metric, per_step, .. } => curves::points(*metric, features, *per_step),
+            ValidMetric::MuFidelity { runs, .. } => runs + 1,
+            ValidMetric::Map(_) => 0,
+        }
+    }
+}
+
+/// Features of `model`'s input: pixels, or tabular features.
+pub fn feature_count(model: &LoadedModel) -> usize {
+    match (&model.spec.image, &model.spec.tabular) {
+        (Some(i), _) => i.height.saturating_mul(i.width),
+        (None, Some(t)) => t.features.len(),
+        (None, None) => 1,
+    }
+}
+
+/// Validates the metrics asked for `targets` explanations of `model`; 400 names the metric or
+/// parameter at fault.
+pub fn plan(
+    requests: &[MetricRequest],
+    model: &LoadedModel,
+    targets: usize,
+    limits: Limits,
+) -> Result<Vec<ValidMetric>, Invalid> {
+    let bad = |m: String| Invalid::Request(m);
+    if requests.len() > METRICS.len() {
+        return Err(bad(format!("evaluate: at most {} metrics", METRICS.len())));
+    }
+    let features = feature_count(model);
+    let image = model.spec.image.is_some();
+    let mut valid = Vec::with_capacity(requests.len());
+    for request in requests {
+        let options = match request {
+            MetricRequest::Name(name) => MetricOptions {
+                metric: name.clone(),
+                ..Default::default()
+            },
+            MetricRequest::Options(o) => o.clone(),
+        };
+        let metric = METRICS
+            .iter()
+            .find(|(n, _)| *n == options.metric)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| {
+                let names: Vec<&str> = METRICS.iter().map(|(n, _)| *n).collect();
+                bad(format!(
+                    "no metric `{}`; metrics: {}",
+                    options.metric.chars().take(100).collect::<String>(),
+                    names.join(", ")
+                ))
+            })?;
+        let refuse = |field: &str, given: bool| match given {
+            true => Err(bad(format!("`{field}` does not apply to {}", options.metric))),
+            false => Ok(()),
+        };
+        let curve = matches!(metric, Metric::Deletion | Metric::Insertion);
+        refuse("steps", options.steps.is_some() && !curve)?;
+        refuse("nr_runs", options.nr_runs.is_some() && metric != Metric::MuFidelity)?;
+        refuse(
+            "subset_size",
+            options.subset_size.is_some() && metric != Metric::MuFidelity,
+        )?;
+        refuse(
+            "features_in_step",
+            options.features_in_step.is_some() && metric != Metric::PixelFlipping,
+        )?;
+        refuse(
+            "substrate",
+            options.substrate.is_some() && matches!(metric, Metric::Sparseness | Metric::Complexity),
+        )?;
+        let substrate = options.substrate.unwrap_or(match metric {
+            Metric::Insertion if image => Substrate::Blur,
+            _ => Substrate::Black,
+        });
+        if substrate == Substrate::Blur && !image {
+            return Err(bad("substrate `blur` applies to image models".into()));
+        }
+        let checked = match metric {
+            Metric::Deletion | Metric::Insertion => {
+                let steps = options.steps.unwrap_or(DEFAULT_STEPS);
+                if steps == 0 || steps > MAX_STEPS {
+                    return Err(bad(format!("steps must be between 1 and {MAX_STEPS}, got {steps}")));
+                }
+                ValidMetric::Curve {
+                    metric,
+                    per_step: features.div_ceil(steps.min(features).max(1)),
+                    substrate,
+                }
+            }
+            Metric::PixelFlipping => {
+                let per_step = options
+                    .features_in_step
+                    .unwrap_or(features.div_ceil(DEFAULT_FLIP_STEPS).max(1));
+                if per_step == 0 || per_step > features {
+                    return Err(bad(format!(
+                        "features_in_step must be between 1 and {features} (the features), got {per_step}"
+                    )));
+                }
+                ValidMetric::Curve {
+                    metric,
+                    per_step,
+                    substrate,
+                }
+            }
+            Metric::MuFidelity => {
+                let runs = options.nr_runs.unwrap_or(100);
+                if !(2..=MAX_RUNS).contains(&runs) {
+                    return Err(bad(format!("nr_runs must be between 2 and {MAX_RUNS}, got {runs}")));
+                }
+                let most = (features / 2).max(1);
+                let subset = options.subset_size.unwrap_or(224.min(most));
+                if subset == 0 || subset > most {
+                    return Err(bad(format!(
+                        "subset_size must be between 1 and {most} (half the features), got {subset}"
+                    )));
+                }
+                ValidMetric::MuFidelity {
+                    runs,
+                    subset,
+                    substrate,
+                }
+            }
+            Metric::Sparseness | Metric::Complexity => ValidMetric::Map(metric),
+        };
+        valid.push(checked);
+    }
+    let rows = valid
+        .iter()
+        .map(|m| m.rows(features))
+        .fold(0usize, usize::saturating_add)
+        .saturating_mul(targets);
+    if rows > limits.max_samples {
+        return Err(Invalid::Model(format!(
+            "the metrics would run {rows} model rows; at most {} (max_samples)",
+            limits.max_samples
+        )));
+    }
+    Ok(valid)
+}
+
+/// Scores batches of inputs: the model's output rows.
+pub type Scorer<'a> = dyn FnMut(&Tensor) -> Result<Tensor, RuntimeError> + 'a;
+
+/// What every metric of one explanation shares.
+pub struct Subject<'a> {
+    /// The model.
+    pub model: &'a LoadedModel,
+    /// The input, `[1, ...]`, preprocessed.
+    pub input: &'a Tensor,
+    /// The attribution: one value per feature (pixel, or tabular feature).
+    pub map: &'a [f32],
+    /// The class explained.
+    pub target: usize,
+    /// Seed of random subsets.
+    pub seed: u64,
+    /// Rows per batch.
+    pub batch: usize,
+}
+
+/// Runs `metrics` on one explanation.
+pub fn evaluate(
+    subject: &Subject,
+    metrics: &[ValidMetric],
+    score: &mut Scorer,
+) -> Result<Vec<Evaluation>, RuntimeError> {
+    metrics
+        .iter()
+        .map(|m| match m {
+            ValidMetric::Curve {
+                metric,
+                per_step,
+                substrate,
+            } => curves::run(subject, *metric, *per_step, *substrate, score),
+            ValidMetric::MuFidelity {
+                runs,
+                subset,
+                substrate,
+            } => fidelity::run(subject, *runs, *subset, *substrate, score),
+            ValidMetric::Map(metric) => Ok(complexity::run(subject.map, *metric)),
+        })
+        .collect()
+}
+
+/// The substrate tensor for the subject's input.
+fn substrate(subject: &Subject, kind: Substrate) -> Tensor {
+    let model = subject.model;
+    let baseline = match kind {
+        Substrate::Black => Baseline::Black,
+        Substrate::Blur => Baseline::Blur,
+        Substrate::Mean => Baseline::Mean,
+    };
+    match (&model.spec.image, kind, model.background.as_ref()) {
+        (None, Substrate::Mean, Some(rows)) if !rows.is_empty() => {
+            let n = rows.len() as f64;
+            let mean = (0..rows[0].len())
+                .map(|j| (rows.iter().map(|r| f64::from(r[j])).sum::<f64>() / n) as f32)
+                .collect();
+            Tensor::f32(subject.input.shape.clone(), mean)
+        }
+        _ => baselines::build(baseline, subject.input, model.spec.image.as_ref(), subject.seed),
+    }
+}
+
+/// The element indices of feature `f` in one input row: every channel of a pixel, or the feature.
+fn elements(model: &LoadedModel, f: usize) -> impl Iterator<Item = usize> + '_ {
+    let (channels, pixels, layout) = match &model.spec.image {
+        Some(i) => (i.channels, i.height * i.width, i.layout),
+        None => (1, 0, Layout::NCHW),
+    };
+    (0..channels).map(move |c| match (pixels, layout) {
+        (0, _) => f,
+        (_, Layout::NCHW) => c * pixels + f,
+        (_, Layout::NHWC) => f * channels + c,
+    })
+}
+
+/// The target's score in each output row: its probability (softmax of logits), or its raw value.
+fn target_scores(model: &LoadedModel, outputs: &Tensor, target: usize, probability: bool) -> Vec<f64> {
+    let values = outputs.to_f64();
+    let width = outputs.row_len().max(1);
+    values
+        .chunks(width)
+        .map(|row| {
+            if probability {
+                crate::uncertainty::probabilities(model, row)[target.min(width - 1)]
+            } else {
+                row[target.min(width - 1)]
+            }
+        })
+        .collect()
+}
+
+/// Scores `rows` inputs built one at a time by `build(i, row)`, `batch` rows per pass.
+fn score_rows(
+    subject: &Subject,
+    rows: usize,
+    probability: bool,
+    score: &mut Scorer,
+    mut build: impl FnMut(usize, &mut [f32]),
+) -> Result<Vec<f64>, RuntimeError> {
+    let len = subject.input.row_len();
+    let mut out = Vec::with_capacity(rows);
+    let mut start = 0;
+    while start < rows {
+        let n = (rows - start).min(subject.batch.max(1));
+        let mut data = crate::explain::zeroed_batch(&subject.model.name, n * len)?;
+        for (i, row) in data.chunks_mut(len).enumerate() {
+            build(start + i, row);
+        }
+        let mut shape = subject.input.shape.clone();
+        shape[0] = n;
+        let outputs = score(&Tensor::f32(shape, data))?;
+        out.extend(target_scores(subject.model, &outputs, subject.target, probability));
+        start += n;
+    }
+    Ok(out)
+}
+
+/// Feature indices by decreasing attribution (ties by index, so the order is reproducible).
+fn ranked(map: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..map.len()).collect();
+    order.sort_by(|&a, &b| map[b].total_cmp(&map[a]).then(a.cmp(&b)));
+    order
+}
+
+/// Metrics of a given map, as a job: `POST /v1/models/{model}/evaluate`.
+pub struct EvaluateTask {
+    /// The model.
+    pub model: std::sync::Arc<LoadedModel>,
+    /// The input, `[1, ...]`, preprocessed.
+    pub input: Tensor,
+    /// One value per feature, checked against the model.
+    pub map: Vec<f32>,
+    /// The class the map explains (default: the top prediction).
+    pub target: Option<crate::explain::TargetSpec>,
+    /// The metrics.
+    pub metrics: Vec<ValidMetric>,
+    /// Seed of random subsets.
+    pub seed: u64,
+}
+
+impl crate::executor::Task for EvaluateTask {
+    type Output = (crate::runtime::predict::Prediction, Vec<Evaluation>);
+
+    fn run(
+        self,
+        rt: &mut crate::runtime::WorkerRuntime,
+        ctx: &crate::executor::JobContext,
+    ) -> Result<Self::Output, RuntimeError> {
+        let model = &self.model;
+        let batch = rt.forward_rows(model);
+        let mut score = |t: &Tensor| -> Result<Tensor, RuntimeError> {
+            ctx.checkpoint()?;
+            ctx.advance(t.rows());
+            let mut outputs = rt.run(&model.name, &model.spec.input, t)?;
+            outputs
+                .remove(&model.spec.output)
+                .ok_or_else(|| RuntimeError::Inference {
+                    model: model.name.clone(),
+                    message: format!("output `{}` missing", model.spec.output),
+                })
+        };
+        let scores = score(&self.input)?.to_f64();
+        let target = crate::explain::targets::resolve(self.target.as_ref(), model, &scores, 1)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| RuntimeError::Inference {
+                model: model.name.clone(),
+                message: "no target".into(),
+            })?;
+        let subject = Subject {
+            model,
+            input: &self.input,
+            map: &self.map,
+            target: target.index,
+            seed: self.seed,
+            batch,
+        };
+        let evaluations = evaluate(&subject, &self.metrics, &mut score)?;
+        Ok((target, evaluations))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranking_is_by_decreasing_attribution_and_stable() {
+        assert_eq!(ranked(&[0.1, 0.5, 0.5, -1.0]), vec![1, 2, 0, 3]);
+    }
+}

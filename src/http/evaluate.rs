@@ -1,0 +1,228 @@
+//! `POST /v1/models/{model}/evaluate`: metrics of a given attribution map, or of an explanation
+//! kept in the audit log.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ProblemKind};
+use super::input::{self, FeaturesJson, RawInput};
+use super::{offload, prepare, AppState};
+use crate::eval::{self, EvaluateTask, Evaluation, MetricRequest};
+use crate::explain::{targets, Limits, TargetSpec};
+use crate::runtime::predict::Prediction;
+
+/// Metrics of one attribution map: the input (or the audit record's, when it kept it) and the map
+/// (or an audit record of an explanation).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateRequest {
+    /// Base64 PNG or JPEG, for image models.
+    pub image: Option<String>,
+    /// Feature values, for tabular models.
+    pub features: Option<FeaturesJson>,
+    /// The map: one value per pixel of the model's input (`[height, width]`) or per feature.
+    pub attributions: Option<MapJson>,
+    /// Or the audit record of an explanation (`audit_record.id` of its answer): its map, target and,
+    /// when the record kept it, its input.
+    pub explanation_record: Option<String>,
+    /// The class the map explains: an index or a label (default: the record's target, else the top
+    /// prediction).
+    pub target: Option<TargetSpec>,
+    /// The metrics: names or objects with parameters.
+    pub evaluate: Vec<MetricRequest>,
+    /// Seed of random subsets (mu_fidelity); drawn and echoed when absent.
+    pub seed: Option<u64>,
+}
+
+/// A map as given.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MapJson {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub values: Vec<f32>,
+}
+
+/// The metrics of a map.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EvaluateResponse {
+    /// Model name.
+    pub model: String,
+    /// sha256 of the model file.
+    pub model_sha256: String,
+    /// The class the map was evaluated for, with its score.
+    pub target: Prediction,
+    /// Seed used.
+    pub seed: u64,
+    /// One result per metric, in the order asked.
+    pub evaluation: Vec<Evaluation>,
+    /// Milliseconds from request to answer.
+    pub took_ms: f64,
+}
+
+/// Measures an attribution map: deletion, insertion, mu-fidelity, pixel flipping, sparseness,
+/// complexity.
+///
+/// The map lies on the model's input grid (for images `[height, width]` of the model input, the
+/// grid of `include: ["tensor"]`'s folded map) or is taken from the audit record of an explanation
+/// (`explanation_record`; image maps are kept only with `audit_store_maps`, and must lie on the
+/// model's input grid). The input comes in the body, or from the record when it kept it.
+#[utoipa::path(post, path = "/v1/models/{model}/evaluate", tag = "explanations",
+    params(("model" = String, Path, description = "model name", example = "fashion-cnn")),
+    request_body(content = EvaluateRequest, content_type = "application/json"),
+    responses(
+        (status = 200, body = EvaluateResponse, description = "the metrics"),
+        (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, unknown metric or parameter, parameter out of range"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model or explanation record"),
+        (status = 413, body = super::error::Problem, content_type = "application/problem+json", description = "body or image too large"),
+        (status = 415, body = super::error::Problem, content_type = "application/problem+json", description = "content type not accepted"),
+        (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "the map does not fit the model; the record belongs to another model or kept no map"),
+        (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "at capacity; see Retry-After"),
+        (status = 504, body = super::error::Problem, content_type = "application/problem+json", description = "deadline passed"),
+    ))]
+pub async fn evaluate(
+    State(state): State<Arc<AppState>>,
+    Path(model_name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<EvaluateResponse>, ApiError> {
+    let started = Instant::now();
+    let model = state.model(&model_name)?;
+    state.refuse_when_full()?;
+    let received = input::receive(&state.config, &headers, body).await?;
+    if received.media_type != "application/json" {
+        return Err(ApiError::new(
+            ProblemKind::UnsupportedMediaType,
+            "send application/json",
+        ));
+    }
+    let mut req: EvaluateRequest =
+        offload::cpu(received.bytes.len(), move || input::parse_json(&received.bytes)).await??;
+    let bad = |m: String| ApiError::new(ProblemKind::InvalidRequest, m);
+    let unfit = |m: String| ApiError::new(ProblemKind::InvalidInput, m);
+    let mut raw = None;
+    if req.image.is_some() || req.features.is_some() {
+        raw = Some(input::one_input(req.image.take(), req.features.take(), "the request")?);
+    }
+    let mut target = req.target.take();
+    let map = match (req.attributions.take(), req.explanation_record.take()) {
+        (Some(m), None) => m,
+        (None, Some(id)) => {
+            let record = recorded(&state, &id, &model.name).await?;
+            let (recorded_map, recorded_target, recorded_input) = from_record(&record)?;
+            target = target.or(recorded_target);
+            raw = raw.or(recorded_input);
+            recorded_map
+        }
+        _ => return Err(bad("give exactly one of `attributions`, `explanation_record`".into())),
+    };
+    let raw = raw.ok_or_else(|| bad("give the input (`image` or `features`): the record did not keep it".into()))?;
+    let features = eval::feature_count(&model);
+    let expected: Vec<usize> = match &model.spec.image {
+        Some(i) => vec![i.height, i.width],
+        None => vec![features],
+    };
+    if map.shape != expected || map.values.len() != features || map.values.iter().any(|v| !v.is_finite()) {
+        return Err(unfit(format!(
+            "the map must be {expected:?} finite values on the model's input grid, got shape {:?} with {} values",
+            map.shape,
+            map.values.len()
+        )));
+    }
+    if req.evaluate.is_empty() {
+        return Err(bad("`evaluate` names no metric".into()));
+    }
+    let limits = Limits::from_config(&state.config);
+    targets::check(target.as_ref(), &model, 1)?;
+    let metrics = eval::plan(&req.evaluate, &model, 1, limits)?;
+    let seed = req.seed.unwrap_or_else(rand::random);
+    let admission = state.executor.admit()?;
+    let prepared = prepare::prepare_all(&model, vec![raw], state.config.max_image_pixels).await?;
+    let task = EvaluateTask {
+        model: model.clone(),
+        input: prepare::batch(&prepared)?,
+        map: map.values,
+        target,
+        metrics,
+        seed,
+    };
+    let (target, evaluation) = admission.run(task).await?;
+    Ok(Json(EvaluateResponse {
+        model: model.name.clone(),
+        model_sha256: model.sha256.clone(),
+        target,
+        seed,
+        evaluation,
+        took_ms: started.elapsed().as_secs_f64() * 1e3,
+    }))
+}
+
+/// The audit record `id`, an explanation of `model`.
+async fn recorded(state: &AppState, id: &str, model: &str) -> Result<Value, ApiError> {
+    let store = state.audit.store().await.map_err(super::error::audit_failed)?;
+    let stored = store
+        .get(id)
+        .await
+        .map_err(super::error::audit_failed)?
+        .ok_or_else(|| {
+            ApiError::new(
+                ProblemKind::NotFound,
+                format!("no audit record `{}`", id.chars().take(100).collect::<String>()),
+            )
+        })?;
+    if stored.kind != "explanation" {
+        return Err(ApiError::new(
+            ProblemKind::InvalidInput,
+            format!("audit record `{id}` is a {}, not an explanation", stored.kind),
+        ));
+    }
+    if stored.model != model {
+        return Err(ApiError::new(
+            ProblemKind::InvalidInput,
+            format!("audit record `{id}` explains model `{}`, not `{model}`", stored.model),
+        ));
+    }
+    serde_json::from_str(&stored.body).map_err(ApiError::internal)
+}
+
+/// The first target's map, the target, and the input when the record kept it.
+fn from_record(record: &Value) -> Result<(MapJson, Option<TargetSpec>, Option<RawInput>), ApiError> {
+    let unfit = |m: &str| ApiError::new(ProblemKind::InvalidInput, m.to_string());
+    let first = &record["targets"][0];
+    let map = if let Some(values) = first["attributions"].as_array() {
+        let values: Vec<f32> = values.iter().filter_map(Value::as_f64).map(|v| v as f32).collect();
+        MapJson {
+            shape: vec![values.len()],
+            values,
+        }
+    } else {
+        let (shape, values) = crate::audit::record::unpack_map(&first["map"])
+            .ok_or_else(|| unfit("the record kept no map (the service's audit_store_maps is off)"))?;
+        MapJson { shape, values }
+    };
+    let target = first["target"]["index"]
+        .as_u64()
+        .map(|i| TargetSpec::One(crate::explain::TargetRef::Index(i as usize)));
+    let data = &record["inputs"][0]["data"];
+    let input = if let Some(b64) = data["image_base64"].as_str() {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .map(|bytes| RawInput::Image(bytes.into()))
+    } else {
+        data["features"]
+            .as_array()
+            .map(|v| RawInput::Features(crate::runtime::preprocess::Features::Ordered(v.clone())))
+    };
+    Ok((map, target, input))
+}
