@@ -439,3 +439,54 @@ async fn unknown_metrics_and_parameters_out_of_bounds_get_problems_naming_them()
     assert!(p["detail"].as_str().unwrap().contains("`nope`"), "{p}");
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rise_centered_estimator_finds_faint_evidence_that_the_papers_estimator_blurs() {
+    // Two classes, logits near 0 (softmax near 0.5), evidence in a 3x3 region only.
+    let region = |i: usize| (2..5).contains(&(i / SIDE)) && (2..5).contains(&(i % SIDE));
+    let mask: Vec<f32> = (0..SIDE * SIDE).map(|i| if region(i) { 0.15 } else { 0.0 }).collect();
+    let dir = temp_dir("rise-models");
+    write_model(&dir, "faint", &image_model(&mask), IMAGE_MANIFEST);
+    let s = start(test_config(&dir)).await;
+    let bright: Vec<u8> = vec![220; SIDE * SIDE];
+    let img = image::GrayImage::from_raw(SIDE as u32, SIDE as u32, bright).unwrap();
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .unwrap();
+    let png = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut found = Vec::new();
+    for estimator in ["paper", "centered"] {
+        let body = json!({"image": png, "target": 0, "seed": 2,
+                          "params": {"masks": 500, "cell_size": 4, "estimator": estimator},
+                          "evaluate": ["deletion", "insertion"]});
+        let v = ok(reqwest::Client::new()
+            .post(url(&s, "/v1/models/faint/explain/rise"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap())
+        .await;
+        let map: Vec<f64> = v["attributions"]["values"].as_array().unwrap().iter().map(f).collect();
+        let mut order: Vec<usize> = (0..map.len()).collect();
+        order.sort_by(|a, b| map[*b].total_cmp(&map[*a]));
+        let top_in_region = order[..9].iter().filter(|&&i| region(i)).count();
+        found.push((
+            estimator,
+            top_in_region,
+            f(&metric(&v, "deletion")["value"]),
+            f(&metric(&v, "insertion")["value"]),
+        ));
+    }
+    let (paper, centered) = (&found[0], &found[1]);
+    assert!(centered.1 >= 7, "centered: {found:?}");
+    assert!(
+        centered.1 > paper.1,
+        "centered puts more of its top pixels in the region: {found:?}"
+    );
+    assert!(
+        centered.2 <= paper.2 && centered.3 >= paper.3,
+        "and scores better: {found:?}"
+    );
+    eprintln!("RISE estimators (name, top-9 in region, deletion, insertion): {found:?}");
+    s.stop().await.unwrap();
+}

@@ -38,7 +38,7 @@ pub use method::{
 };
 pub use occlusion::OcclusionParams;
 pub use perturb::Preset;
-pub use rise::RiseParams;
+pub use rise::{RiseEstimator, RiseParams};
 pub use saliency::SaliencyParams;
 pub use score_cam::ScoreCamParams;
 pub use smoothgrad::{SmoothGradBase, SmoothGradParams, SmoothGradVariant};

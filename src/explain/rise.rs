@@ -29,6 +29,22 @@ pub struct RiseParams {
     /// Trade-off between passes and noise.
     #[schema(default = "balanced")]
     pub preset: Preset,
+    /// How the masks' scores become a map: `centered` (each score minus their mean, which removes
+    /// the mean score's mask noise; the default) or `paper` (sum of score x mask / (masks x p)).
+    #[schema(default = "centered")]
+    pub estimator: RiseEstimator,
+}
+
+/// RISE's estimator of E[score | pixel kept].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RiseEstimator {
+    /// mean(S) + sum_i (S_i - mean(S)) M_i / (N p): the same expectation as the paper's, without the
+    /// noise that mean(S) times the masks' own spread adds (large when scores sit near a constant,
+    /// as a two-class softmax near 0.5 does).
+    Centered,
+    /// sum_i S_i M_i / (N p), as Petsiuk et al. and their code.
+    Paper,
 }
 
 impl Default for RiseParams {
@@ -38,6 +54,7 @@ impl Default for RiseParams {
             cell_size: 7,
             p: 0.5,
             preset: Preset::Balanced,
+            estimator: RiseEstimator::Centered,
         }
     }
 }
@@ -140,6 +157,9 @@ fn explain(
     let baseline = baselines::build(Baseline::Black, &job.input, Some(spec), job.seed);
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
     let mut sals = vec![vec![0f64; h * w]; targets.len()];
+    // Per pixel, the masks' sum; per target, the scores' sum (the centered estimator needs both).
+    let mut kept = vec![0f64; h * w];
+    let mut score_sums = vec![0f64; targets.len()];
     // Masks are drawn one batch at a time (in the same order, so a seed gives the same masks).
     let batch = cx.forward_rows();
     let mut start = 0;
@@ -161,19 +181,28 @@ fn explain(
         for (r, m) in masks.iter().enumerate() {
             // RISE weighs masks by the class probability.
             let weighed = job.weighed_scores(&outputs[r]);
-            for (sal, t) in sals.iter_mut().zip(targets) {
+            for ((sal, t), total) in sals.iter_mut().zip(targets).zip(score_sums.iter_mut()) {
                 let score = weighed[t.index];
+                *total += score;
                 for (s, v) in sal.iter_mut().zip(m) {
                     *s += score * *v as f64;
                 }
+            }
+            for (k, v) in kept.iter_mut().zip(m) {
+                *k += *v as f64;
             }
         }
         start = end;
     }
     let mut out = Vec::new();
-    for (t, sal) in targets.iter().zip(sals) {
-        let norm = count as f64 * p.p as f64;
-        let map = Tensor::f32(vec![h, w], sal.iter().map(|v| (v / norm) as f32).collect());
+    let norm = count as f64 * p.p as f64;
+    for ((t, sal), total) in targets.iter().zip(sals).zip(score_sums) {
+        let mean = total / count as f64;
+        let values = sal.iter().zip(&kept).map(|(s, k)| match p.estimator {
+            RiseEstimator::Paper => s / norm,
+            RiseEstimator::Centered => mean + (s - mean * k) / norm,
+        });
+        let map = Tensor::f32(vec![h, w], values.map(|v| v as f32).collect());
         out.push(TargetAttribution::from_map(t, map, None, None));
     }
     Ok(out)
