@@ -490,3 +490,95 @@ async fn rise_centered_estimator_finds_faint_evidence_that_the_papers_estimator_
     eprintln!("RISE estimators (name, top-9 in region, deletion, insertion): {found:?}");
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_runs_methods_side_by_side_with_their_metrics_as_json_and_as_one_png() {
+    let s = start_models().await;
+    let fashion = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap());
+    let body = json!({"image": fashion, "seed": 3,
+                      "methods": ["saliency", "grad-cam", {"method": "rise", "params": {"preset": "fast"}}]});
+    let v = ok(reqwest::Client::new()
+        .post(url(&s, "/v1/models/fashion-cnn/compare"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let list = v["comparisons"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    for (c, name) in list.iter().zip(["saliency", "grad-cam", "rise"]) {
+        assert_eq!(c["method"], name);
+        assert_eq!(
+            c["target"]["label"], "Ankle boot",
+            "every method explains the same class"
+        );
+        let names: Vec<&str> = c["evaluation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["metric"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["deletion", "insertion"], "the default metrics");
+    }
+    assert_eq!(list[2]["params"]["masks"], 500);
+    // The same map as the method alone.
+    let alone = ok(reqwest::Client::new()
+        .post(url(&s, "/v1/models/fashion-cnn/explain/saliency"))
+        .json(&json!({"image": fashion}))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert_eq!(list[0]["attributions"], alone["attributions"]);
+    let png = reqwest::Client::new()
+        .post(url(&s, "/v1/models/fashion-cnn/compare"))
+        .json(&json!({"image": fashion, "methods": ["saliency", "gradient-x-input"], "format": "png"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(png.headers()["content-type"], "image/png");
+    let img = image::load_from_memory(&png.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        img.width(),
+        3 * 168,
+        "the input and one panel per method, each scaled to 168 px"
+    );
+    let nine: Vec<&str> = vec!["saliency"; 9];
+    for (body, status, slug, words) in [
+        (
+            json!({"image": fashion, "methods": nine}),
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "1 to 8",
+        ),
+        (
+            json!({"image": fashion, "methods": ["saliency"], "target": {"top_k": 2}}),
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "one class",
+        ),
+        (
+            json!({"image": fashion, "methods": ["nope"]}),
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "no method `nope`",
+        ),
+        (
+            json!({"image": fashion, "methods": ["saliency"], "evaluate": ["nope"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "no metric",
+        ),
+    ] {
+        let resp = reqwest::Client::new()
+            .post(url(&s, "/v1/models/fashion-cnn/compare"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let p = problem(resp, status, slug).await;
+        assert!(p["detail"].as_str().unwrap().contains(words), "{p}");
+    }
+    s.stop().await.unwrap();
+}

@@ -579,6 +579,37 @@ impl Task for ExplainTask {
     }
 }
 
+/// Several methods on one input, in one job: the input's forward pass is run once and shared, so
+/// the methods start from the same scores.
+pub struct CompareTask(pub Vec<ExplainJob>);
+
+impl Task for CompareTask {
+    type Output = Vec<ExplainResult>;
+
+    fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Vec<ExplainResult>, RuntimeError> {
+        let Some(first) = self.0.first() else {
+            return Ok(Vec::new());
+        };
+        ctx.checkpoint()?;
+        let model = &first.model;
+        let mut outputs = rt.run(&model.name, &model.spec.input, &first.input)?;
+        let scores = outputs
+            .remove(&model.spec.output)
+            .ok_or_else(|| RuntimeError::Inference {
+                model: model.name.clone(),
+                message: format!("output `{}` missing", model.spec.output),
+            })?
+            .to_f64();
+        self.0
+            .into_iter()
+            .map(|mut job| {
+                job.scores = Some(scores.clone());
+                run(rt, ctx, &job)
+            })
+            .collect()
+    }
+}
+
 /// When a prediction should carry an explanation.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -3,6 +3,7 @@
 
 mod audit;
 pub mod auth;
+mod compare;
 pub mod error;
 mod evaluate;
 mod explain;

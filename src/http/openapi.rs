@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 
 use crate::explain::Methods;
 
-use super::{audit, error, evaluate, explain, health, input, jobs, models, predict, problems, uncertainty};
+use super::{audit, compare, error, evaluate, explain, health, input, jobs, models, predict, problems, uncertainty};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -28,6 +28,7 @@ use super::{audit, error, evaluate, explain, health, input, jobs, models, predic
         uncertainty::uncertainty,
         explain::explain,
         evaluate::evaluate,
+        compare::compare,
         jobs::submit,
         jobs::get_job,
         jobs::cancel_job,

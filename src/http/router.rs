@@ -15,7 +15,8 @@ use tower_http::trace::TraceLayer;
 
 use super::error::{ApiError, ProblemKind};
 use super::{
-    audit, auth, evaluate, explain, health, jobs, models, openapi, page, predict, problems, uncertainty, AppState,
+    audit, auth, compare, evaluate, explain, health, jobs, models, openapi, page, predict, problems, uncertainty,
+    AppState,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -33,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{model}/predict", post(predict::predict))
         .route("/v1/models/{model}/uncertainty", post(uncertainty::uncertainty))
         .route("/v1/models/{model}/evaluate", post(evaluate::evaluate))
+        .route("/v1/models/{model}/compare", post(compare::compare))
         .route("/v1/models/{model}/explain/{method}", post(explain::explain))
         .route("/v1/jobs", post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))

@@ -82,6 +82,34 @@ fn draw(buf: &mut [u8], height: u32, title: &str, bars: &[Bar], hidden: usize) {
     let _ = area.present();
 }
 
+/// `panel` scaled up to at least `min_width` pixels wide (nearest neighbour: small model inputs stay
+/// crisp), with `lines` of text under it: a panel of a side-by-side comparison.
+pub fn captioned(panel: &RgbImage, lines: &[String], min_width: u32) -> RgbImage {
+    fonts();
+    let factor = min_width.div_ceil(panel.width().max(1)).max(1);
+    let scaled = image::imageops::resize(
+        panel,
+        panel.width() * factor,
+        panel.height() * factor,
+        image::imageops::FilterType::Nearest,
+    );
+    let (width, caption) = (scaled.width().max(min_width), 18 * lines.len() as u32 + 8);
+    let height = scaled.height() + caption;
+    let mut buf = vec![255u8; (width * height * 3) as usize];
+    {
+        let area = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        let text = ("sans-serif", 13.0).into_font().color(&BLACK);
+        for (i, line) in lines.iter().enumerate() {
+            let y = (scaled.height() + 4 + 18 * i as u32) as i32;
+            let _ = area.draw(&Text::new(line.clone(), (4, y), text.clone()));
+        }
+        let _ = area.present();
+    }
+    let mut out = RgbImage::from_raw(width, height, buf).unwrap_or_else(|| RgbImage::new(1, 1));
+    image::imageops::replace(&mut out, &scaled, 0, 0);
+    out
+}
+
 /// A number in at most about 8 characters.
 fn short(v: f32) -> String {
     if v != 0.0 && (v.abs() >= 1e5 || v.abs() < 1e-3) {

@@ -6,7 +6,7 @@ mod answer;
 mod bars;
 
 pub use answer::{feature_chart, map_on_image, panels_png, MapOnImage};
-pub use bars::{bar_chart, Bar};
+pub use bars::{bar_chart, captioned, Bar};
 
 use colorgrad::Gradient;
 use image::{ImageBuffer, Rgb, RgbImage};

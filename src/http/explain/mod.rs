@@ -239,7 +239,7 @@ pub(super) async fn finish(
     Ok(answer)
 }
 
-pub(super) fn accepts_png(headers: &HeaderMap) -> bool {
+pub(crate) fn accepts_png(headers: &HeaderMap) -> bool {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let png = accept.find("image/png");
     let json = accept.find("application/json");

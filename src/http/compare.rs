@@ -1,0 +1,225 @@
+//! `POST /v1/models/{model}/compare`: several methods on one input, side by side, each map with its
+//! metrics; as JSON, or as one PNG (the input, then one captioned overlay per method).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ProblemKind};
+use super::explain::{self, ExplainOptions, ExplainResponse, Format};
+use super::input::{self, FeaturesJson};
+use super::{offload, prepare, AppState};
+use crate::eval::{Evaluation, MetricRequest};
+use crate::explain::{CompareTask, TargetSpec};
+use crate::render::{self, RenderOptions};
+
+/// Most methods one comparison may run.
+const MAX_METHODS: usize = 8;
+
+/// A method in a comparison: its name, or an object with its parameters.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum CompareMethod {
+    /// The method with its defaults (`"saliency"`).
+    Name(String),
+    /// The method with parameters (`{"method": "rise", "params": {"preset": "fast"}}`).
+    WithParams(MethodWithParams),
+}
+
+/// A method and its parameters.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MethodWithParams {
+    /// The method's name.
+    pub method: String,
+    /// Its parameters.
+    #[schema(value_type = Object)]
+    pub params: Option<serde_json::Value>,
+}
+
+/// Methods side by side on one input.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompareRequest {
+    /// Base64 PNG or JPEG, for image models.
+    pub image: Option<String>,
+    /// Feature values, for tabular models.
+    pub features: Option<FeaturesJson>,
+    /// The methods (at most 8), by name or with parameters.
+    pub methods: Vec<CompareMethod>,
+    /// One class (index or label) every method explains; default: the top prediction.
+    pub target: Option<TargetSpec>,
+    /// Metrics of every map (default: `deletion`, `insertion`).
+    pub evaluate: Option<Vec<MetricRequest>>,
+    /// Seed of the random methods and metrics; drawn and echoed when absent.
+    pub seed: Option<u64>,
+    /// `png`: one picture, the input then a captioned overlay per method; `Accept: image/png` also
+    /// asks for it.
+    pub format: Option<Format>,
+    /// How the overlays are drawn.
+    pub render: Option<RenderOptions>,
+}
+
+/// Every method's explanation with its metrics.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompareResponse {
+    /// Model name.
+    pub model: String,
+    /// One explanation per method, in the order asked (each with `evaluation`).
+    pub comparisons: Vec<ExplainResponse>,
+    /// Milliseconds from request to answer.
+    pub took_ms: f64,
+}
+
+/// Runs several explanation methods on one input and measures each map.
+///
+/// Every method explains the same class (`target`, default the top prediction) and its map is
+/// measured with the same metrics (`evaluate`, default deletion and insertion), in one job that runs
+/// the input's forward pass once. JSON gives each explanation as `/explain` would, with
+/// `evaluation`; PNG (`format=png` or `Accept: image/png`) gives the input and one overlay per
+/// method, captioned with its name and metrics.
+#[utoipa::path(post, path = "/v1/models/{model}/compare", tag = "explanations",
+    params(("model" = String, Path, description = "model name", example = "fashion-cnn")),
+    request_body(content = CompareRequest, content_type = "application/json"),
+    responses(
+        (status = 200, body = CompareResponse, description = "the explanations with their metrics"),
+        (status = 200, content_type = "image/png", body = Vec<u8>, description = "the input and one captioned overlay per method"),
+        (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, unknown method or metric, parameter out of range"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model or method"),
+        (status = 413, body = super::error::Problem, content_type = "application/problem+json", description = "body or image too large"),
+        (status = 415, body = super::error::Problem, content_type = "application/problem+json", description = "content type not accepted"),
+        (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "a method does not fit the model; the plans exceed the limits"),
+        (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "at capacity; see Retry-After"),
+        (status = 504, body = super::error::Problem, content_type = "application/problem+json", description = "deadline passed"),
+    ))]
+pub async fn compare(
+    State(state): State<Arc<AppState>>,
+    Path(model_name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let model = state.model(&model_name)?;
+    state.refuse_when_full()?;
+    let received = input::receive(&state.config, &headers, body).await?;
+    if received.media_type != "application/json" {
+        return Err(ApiError::new(
+            ProblemKind::UnsupportedMediaType,
+            "send application/json",
+        ));
+    }
+    let mut req: CompareRequest =
+        offload::cpu(received.bytes.len(), move || input::parse_json(&received.bytes)).await??;
+    let bad = |m: String| ApiError::new(ProblemKind::InvalidRequest, m);
+    if req.methods.is_empty() || req.methods.len() > MAX_METHODS {
+        return Err(bad(format!("methods: 1 to {MAX_METHODS}")));
+    }
+    if matches!(req.target, Some(TargetSpec::TopK { .. } | TargetSpec::Many(_))) {
+        return Err(bad("a comparison explains one class: give one index or label".into()));
+    }
+    let wants_png = match req.format {
+        Some(f) => f == Format::Png,
+        None => explain::accepts_png(&headers),
+    };
+    let raw = input::one_input(req.image.take(), req.features.take(), "the request")?;
+    let seed = req.seed.unwrap_or_else(rand::random);
+    let evaluate = req.evaluate.clone().unwrap_or_else(|| {
+        ["deletion", "insertion"]
+            .into_iter()
+            .map(|m| MetricRequest::Name(m.into()))
+            .collect()
+    });
+    // Each method is validated whole (its rows within max_samples), and the plans together stay
+    // within the job's byte budget.
+    let mut valid = Vec::with_capacity(req.methods.len());
+    let mut bytes = 0u64;
+    for m in &req.methods {
+        let (name, params) = match m {
+            CompareMethod::Name(n) => (n.clone(), None),
+            CompareMethod::WithParams(w) => (w.method.clone(), w.params.clone()),
+        };
+        let options = ExplainOptions {
+            params,
+            target: req.target.clone(),
+            seed: Some(seed),
+            include: None,
+            render: req.render.clone(),
+            evaluate: Some(evaluate.clone()),
+        };
+        let v = explain::validate(&state, &model, &name, options, 1)?;
+        bytes = bytes.saturating_add(v.params.cost().bytes);
+        valid.push(v);
+    }
+    let max_job_bytes = state.config.max_job_bytes;
+    if bytes > max_job_bytes {
+        return Err(ApiError::new(
+            ProblemKind::InvalidInput,
+            format!(
+                "the methods together would hold {} MiB; at most {} MiB per job (max_job_bytes)",
+                bytes >> 20,
+                max_job_bytes >> 20
+            ),
+        ));
+    }
+    let admission = state.executor.admit()?;
+    let prepared = prepare::prepare_all(&model, vec![raw], state.config.max_image_pixels).await?;
+    let input = prepare::batch(&prepared)?;
+    let jobs = valid.iter().map(|v| v.job(input.clone(), None)).collect();
+    let results = admission.run(CompareTask(jobs)).await?;
+    let max_map_pixels = state.config.max_map_pixels;
+    let size = prepare::drawing_size(&prepared, valid.len(), wants_png);
+    let (comparisons, png) = offload::cpu(size, move || {
+        let one = &prepared[0];
+        let mut comparisons = Vec::with_capacity(valid.len());
+        let mut panels = Vec::new();
+        if let Some(original) = &one.original {
+            // As many caption lines as the method panels, so the strip stays even.
+            let lines = ["input".to_string(), String::new()];
+            panels.push(render::captioned(original, &lines, 160));
+        }
+        for (v, result) in valid.iter().zip(&results) {
+            let (list, drawn) = explain::explanations(v, result, one, wants_png, max_map_pixels);
+            let mut lines = vec![v.params.method().to_string()];
+            lines.extend(result.evaluations.first().map(|e| caption(e)));
+            panels.extend(drawn.iter().map(|p| render::captioned(p, &lines, 160)));
+            comparisons.push(explain::explain_body(v, list, result, started));
+        }
+        let png = wants_png.then(|| render::panels_png(&panels));
+        (comparisons, png)
+    })
+    .await?;
+    if let Some(bytes) = png {
+        return Ok(([(header::CONTENT_TYPE, "image/png")], bytes).into_response());
+    }
+    Ok(Json(CompareResponse {
+        model: model.name.clone(),
+        comparisons,
+        took_ms: started.elapsed().as_secs_f64() * 1e3,
+    })
+    .into_response())
+}
+
+/// `del 0.12  ins 0.86`: the metrics under a panel.
+fn caption(evaluations: &[Evaluation]) -> String {
+    evaluations
+        .iter()
+        .map(|e| {
+            let name = serde_json::to_value(e.metric)
+                .ok()
+                .and_then(|v| v.as_str().map(|s| s.chars().take(3).collect::<String>()))
+                .unwrap_or_default();
+            match e.value {
+                Some(v) => format!("{name} {v:.3}"),
+                None => format!("{name} -"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("  ")
+}
