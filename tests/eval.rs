@@ -582,3 +582,72 @@ async fn compare_runs_methods_side_by_side_with_their_metrics_as_json_and_as_one
     }
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_randomization_check_fails_guided_backprop_and_passes_saliency_on_the_trained_cnn() {
+    let s = start_models().await;
+    let http = reqwest::Client::new();
+    // Adebayo et al.'s finding: guided backprop's map survives randomising the top layer,
+    // the gradient's does not.
+    let mut first_step = std::collections::HashMap::new();
+    for method in ["saliency", "guided-backprop"] {
+        let mut sum = 0.0;
+        for i in 0..3 {
+            let image = base64::engine::general_purpose::STANDARD
+                .encode(std::fs::read(root().join(format!("tests/fixtures/fashion/test_{i:02}.png"))).unwrap());
+            let body = json!({"image": image, "seed": 4, "evaluate": [{"metric": "model_randomization", "layers": 2}]});
+            let v = ok(http
+                .post(url(&s, &format!("/v1/models/fashion-cnn/explain/{method}")))
+                .json(&body)
+                .send()
+                .await
+                .unwrap())
+            .await;
+            let check = metric(&v, "model_randomization");
+            assert_eq!(
+                check["params"]["layers"],
+                json!(["fc", "conv3"]),
+                "cascading from the output"
+            );
+            let curve = check["curve"].as_array().unwrap();
+            assert_eq!(curve.len(), 2);
+            assert_eq!(check["value"], curve[1]);
+            sum += f(&curve[0]);
+            if i == 0 {
+                let again = ok(http
+                    .post(url(&s, &format!("/v1/models/fashion-cnn/explain/{method}")))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap())
+                .await;
+                assert_eq!(metric(&again, "model_randomization")["curve"], check["curve"], "seeded");
+            }
+        }
+        first_step.insert(method, sum / 3.0);
+    }
+    assert!(first_step["guided-backprop"] > 0.6, "{first_step:?}");
+    assert!(first_step["saliency"] < 0.45, "{first_step:?}");
+    // Budgets and models without weights are refused before any work.
+    let fashion = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap());
+    let p = problem(
+        http.post(url(&s, "/v1/models/fashion-cnn/explain/rise"))
+            .json(&json!({"image": fashion, "params": {"masks": 2000}, "evaluate": ["model_randomization"]}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("max_samples"), "{p}");
+    let p = problem(
+        evaluate(&s, "varied", json!({"image": image(1).0, "attributions": {"shape": [SIDE, SIDE], "values": vec![1.0; SIDE * SIDE]}, "evaluate": ["model_randomization"]})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("explain request"), "{p}");
+    s.stop().await.unwrap();
+}

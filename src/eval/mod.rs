@@ -24,6 +24,8 @@ use crate::runtime::{LoadedModel, RuntimeError, Tensor};
 pub const DEFAULT_STEPS: usize = 30;
 /// Most steps of a curve.
 const MAX_STEPS: usize = 1024;
+/// Most layers the randomisation check re-draws.
+pub const MAX_RANDOMIZED: usize = 64;
 /// Most runs of mu-fidelity.
 const MAX_RUNS: usize = 1000;
 /// Points of a pixel-flipping curve when `features_in_step` is not given (Quantus flips one
@@ -50,15 +52,20 @@ pub enum Metric {
     Sparseness,
     /// Entropy of |attribution| / sum (lower: fewer features carry it).
     Complexity,
+    /// Spearman rank correlation between the map and the same method's map on copies of the model
+    /// whose last layers' weights are re-drawn, cascading from the output (Adebayo et al.; low is
+    /// good: the explanation depends on the weights). Explain requests only.
+    ModelRandomization,
 }
 
-const METRICS: [(&str, Metric); 6] = [
+const METRICS: [(&str, Metric); 7] = [
     ("deletion", Metric::Deletion),
     ("insertion", Metric::Insertion),
     ("mu_fidelity", Metric::MuFidelity),
     ("pixel_flipping", Metric::PixelFlipping),
     ("sparseness", Metric::Sparseness),
     ("complexity", Metric::Complexity),
+    ("model_randomization", Metric::ModelRandomization),
 ];
 
 /// What replaces a removed feature.
@@ -101,6 +108,9 @@ pub struct MetricOptions {
     pub subset_size: Option<usize>,
     /// pixel_flipping: features flipped per step (default: features / 128, rounded up).
     pub features_in_step: Option<usize>,
+    /// model_randomization: layers re-drawn, one more per step from the output (default: every
+    /// layer with weights, at most 64).
+    pub layers: Option<usize>,
 }
 
 /// A metric checked against the model: everything fixed but the attribution.
@@ -126,6 +136,12 @@ pub enum ValidMetric {
     },
     /// A property of the map alone.
     Map(Metric),
+    /// The model randomisation check: the method re-run on this many cascading randomised copies
+    /// (`None`: every layer with weights).
+    Randomization {
+        /// Layers re-drawn at the last step.
+        layers: Option<usize>,
+    },
 }
 
 /// One metric's result.
@@ -154,7 +170,8 @@ impl ValidMetric {
         match self {
             ValidMetric::Curve { metric, per_step, .. } => curves::points(*metric, features, *per_step),
             ValidMetric::MuFidelity { runs, .. } => runs + 1,
-            ValidMetric::Map(_) => 0,
+            // Counted against the method's own cost by the explain request's validation.
+            ValidMetric::Map(_) | ValidMetric::Randomization { .. } => 0,
         }
     }
 }
@@ -220,7 +237,15 @@ pub fn plan(
         )?;
         refuse(
             "substrate",
-            options.substrate.is_some() && matches!(metric, Metric::Sparseness | Metric::Complexity),
+            options.substrate.is_some()
+                && matches!(
+                    metric,
+                    Metric::Sparseness | Metric::Complexity | Metric::ModelRandomization
+                ),
+        )?;
+        refuse(
+            "layers",
+            options.layers.is_some() && metric != Metric::ModelRandomization,
         )?;
         let substrate = options.substrate.unwrap_or(match metric {
             Metric::Insertion if image => Substrate::Blur,
@@ -275,6 +300,16 @@ pub fn plan(
                 }
             }
             Metric::Sparseness | Metric::Complexity => ValidMetric::Map(metric),
+            Metric::ModelRandomization => {
+                if let Some(layers) = options.layers {
+                    if layers == 0 || layers > MAX_RANDOMIZED {
+                        return Err(bad(format!(
+                            "layers must be between 1 and {MAX_RANDOMIZED}, got {layers}"
+                        )));
+                    }
+                }
+                ValidMetric::Randomization { layers: options.layers }
+            }
         };
         valid.push(checked);
     }
@@ -290,6 +325,29 @@ pub fn plan(
         )));
     }
     Ok(valid)
+}
+
+/// Spearman's rank correlation (ties share their mean rank); `None` when either side is constant.
+pub fn spearman(a: &[f32], b: &[f32]) -> Option<f64> {
+    let ranks = |v: &[f32]| -> Vec<f64> {
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0f64; v.len()];
+        let mut start = 0;
+        while start < order.len() {
+            let mut end = start + 1;
+            while end < order.len() && v[order[end]] == v[order[start]] {
+                end += 1;
+            }
+            let mean = (start + end - 1) as f64 / 2.0 + 1.0;
+            for &k in &order[start..end] {
+                r[k] = mean;
+            }
+            start = end;
+        }
+        r
+    };
+    fidelity::pearson(&ranks(a), &ranks(b))
 }
 
 /// Scores batches of inputs: the model's output rows.
@@ -324,14 +382,17 @@ pub fn evaluate(
                 metric,
                 per_step,
                 substrate,
-            } => curves::run(subject, *metric, *per_step, *substrate, score),
+            } => curves::run(subject, *metric, *per_step, *substrate, score).map(Some),
             ValidMetric::MuFidelity {
                 runs,
                 subset,
                 substrate,
-            } => fidelity::run(subject, *runs, *subset, *substrate, score),
-            ValidMetric::Map(metric) => Ok(complexity::run(subject.map, *metric)),
+            } => fidelity::run(subject, *runs, *subset, *substrate, score).map(Some),
+            ValidMetric::Map(metric) => Ok(Some(complexity::run(subject.map, *metric))),
+            // Re-runs the method: the explain job does it (see explain::sanity).
+            ValidMetric::Randomization { .. } => Ok(None),
         })
+        .filter_map(Result::transpose)
         .collect()
 }
 
@@ -478,6 +539,15 @@ impl crate::executor::Task for EvaluateTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spearman_ranks_with_ties_and_sees_monotone_maps_as_equal() {
+        assert!((spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 300.0]).unwrap() - 1.0).abs() < 1e-12);
+        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]).unwrap() + 1.0).abs() < 1e-12);
+        // Ranks [1.5, 1.5, 3] against [1, 2, 3].
+        let r = spearman(&[1.0, 1.0, 2.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert!((r - 0.866_025_403_784_438_6).abs() < 1e-12, "{r}");
+    }
 
     #[test]
     fn ranking_is_by_decreasing_attribution_and_stable() {

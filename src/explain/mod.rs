@@ -16,6 +16,7 @@ mod perturb;
 mod regression;
 mod rise;
 mod saliency;
+mod sanity;
 mod score_cam;
 mod segments;
 mod smoothgrad;
@@ -430,6 +431,20 @@ pub fn row(t: &Tensor, row: usize) -> Tensor {
 
 /// Runs the job's method.
 pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Result<ExplainResult, RuntimeError> {
+    let mut result = run_method(rt, job_ctx, job)?;
+    // The randomisation check re-runs the method on other models: after the method's own passes.
+    for metric in &job.evaluate {
+        if let crate::eval::ValidMetric::Randomization { layers } = metric {
+            let checks = sanity::model_randomization(rt, job_ctx, job, &result, *layers)?;
+            for (list, check) in result.evaluations.iter_mut().zip(checks) {
+                list.push(check);
+            }
+        }
+    }
+    Ok(result)
+}
+
+fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Result<ExplainResult, RuntimeError> {
     let mut cx = Cx {
         rt,
         job_ctx,

@@ -145,6 +145,14 @@ pub async fn evaluate(
     let limits = Limits::from_config(&state.config);
     targets::check(target.as_ref(), &model, 1)?;
     let metrics = eval::plan(&req.evaluate, &model, 1, limits)?;
+    if metrics
+        .iter()
+        .any(|m| matches!(m, eval::ValidMetric::Randomization { .. }))
+    {
+        return Err(bad(
+            "model_randomization re-runs a method: ask for it in an explain request's `evaluate`".into(),
+        ));
+    }
     let seed = req.seed.unwrap_or_else(rand::random);
     let admission = state.executor.admit()?;
     let prepared = prepare::prepare_all(&model, vec![raw], state.config.max_image_pixels).await?;

@@ -5,6 +5,7 @@ pub mod builder;
 pub mod dropout;
 pub mod node;
 pub mod proto;
+pub mod randomize;
 pub mod summary;
 pub mod trees;
 pub mod zoo;

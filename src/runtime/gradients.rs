@@ -110,6 +110,11 @@ impl GradientCache {
         Ok(entry)
     }
 
+    /// Forgets `name`'s prepared graph (a model lent for one job).
+    pub fn forget(&self, name: &str) {
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+
     /// Builds the backward model for `key`.
     pub fn build(&self, model: &LoadedModel, key: &GradientKey) -> Result<BuiltGradient, String> {
         let prepared = self.prepared(model)?;

@@ -200,6 +200,8 @@ pub struct SessionStore {
     /// Bytes one row holds in a backward pass, per model (absent: shapes unknown, not budgeted).
     row_bytes: HashMap<String, u64>,
     derived: Mutex<(HashMap<DerivedKey, Kept>, u64)>,
+    /// Models a job made for itself (randomised copies), with their forward sessions, by name.
+    lent: Mutex<HashMap<String, (Arc<LoadedModel>, Shared)>>,
     budget: PassBudget,
 }
 
@@ -247,6 +249,7 @@ impl SessionStore {
             prepacked,
             row_bytes,
             derived: Mutex::new((HashMap::new(), 0)),
+            lent: Mutex::new(HashMap::new()),
             budget: PassBudget {
                 limit: options.max_pass_bytes,
                 used: Mutex::new(0),
@@ -371,6 +374,28 @@ impl SessionStore {
     }
 }
 
+/// A model lent to the store for one job: served by name like a loaded one until dropped, when its
+/// sessions and prepared graph go.
+pub struct LentModel {
+    store: Arc<SessionStore>,
+    /// The lent model.
+    pub model: Arc<LoadedModel>,
+}
+
+impl Drop for LentModel {
+    fn drop(&mut self) {
+        let name = &self.model.name;
+        self.store.lent.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.store
+            .derived
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .retain(|k, _| k.model() != name);
+        self.store.gradients.forget(name);
+    }
+}
+
 /// A worker's handle on the shared sessions.
 pub struct WorkerRuntime {
     store: Arc<SessionStore>,
@@ -384,13 +409,41 @@ impl WorkerRuntime {
         Self { store, max_batch }
     }
 
-    /// The model of that name.
+    /// The model of that name (a loaded one, or one lent for a job).
     pub fn model(&self, name: &str) -> Result<Arc<LoadedModel>, RuntimeError> {
-        self.store
-            .registry
-            .get(name)
-            .cloned()
+        if let Some(m) = self.store.registry.get(name) {
+            return Ok(m.clone());
+        }
+        let lent = self.store.lent.lock().unwrap_or_else(|p| p.into_inner());
+        lent.get(name)
+            .map(|(m, _)| m.clone())
             .ok_or_else(|| RuntimeError::UnknownModel(name.to_string()))
+    }
+
+    /// Serves `model` (a copy a job made, under a name of its own) until the returned guard drops.
+    pub fn lend(&self, model: LoadedModel) -> Result<LentModel, RuntimeError> {
+        let session = build_session(
+            self.store.env,
+            &model.bytes,
+            None,
+            self.store.options.provider,
+            self.store.options.memory_arena,
+        )
+        .map_err(|message| RuntimeError::Inference {
+            model: model.name.clone(),
+            message,
+        })?;
+        let model = Arc::new(model);
+        let shared = self.store.share(session);
+        self.store
+            .lent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(model.name.clone(), (model.clone(), shared));
+        Ok(LentModel {
+            store: self.store.clone(),
+            model,
+        })
     }
 
     /// Most rows per pass.
@@ -436,12 +489,17 @@ impl WorkerRuntime {
         input_name: &str,
         input: &Tensor,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
-        let session = self
-            .store
-            .forward
-            .get(model)
-            .cloned()
-            .ok_or_else(|| RuntimeError::UnknownModel(model.to_string()))?;
+        let session = match self.store.forward.get(model) {
+            Some(s) => s.clone(),
+            None => self
+                .store
+                .lent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(model)
+                .map(|(_, s)| s.clone())
+                .ok_or_else(|| RuntimeError::UnknownModel(model.to_string()))?,
+        };
         let row_bytes = self.row_bytes(model, Pass::Forward);
         self.run_batched(&session, model, &[(input_name, input)], row_bytes)
     }

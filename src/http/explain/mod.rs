@@ -178,6 +178,7 @@ pub fn validate(
     let params = method.plan(options.params.unwrap_or_else(|| serde_json::json!({})), &cx)?;
     check_bytes(params.cost().bytes, inputs, limits)?;
     let evaluate = crate::eval::plan(&options.evaluate.unwrap_or_default(), model, count.max(1), limits)?;
+    check_randomization(state, model, &evaluate, params.cost().samples, limits)?;
     Ok(ValidExplain {
         model: model.clone(),
         params,
@@ -188,6 +189,47 @@ pub fn validate(
         limits,
         evaluate,
     })
+}
+
+/// The randomisation check re-runs the method once per layer: those samples within `max_samples`.
+fn check_randomization(
+    state: &AppState,
+    model: &LoadedModel,
+    evaluate: &[crate::eval::ValidMetric],
+    samples: usize,
+    limits: Limits,
+) -> Result<(), ApiError> {
+    for metric in evaluate {
+        let crate::eval::ValidMetric::Randomization { layers } = metric else {
+            continue;
+        };
+        let weighted = state
+            .gradients
+            .prepared(model)
+            .map(|p| crate::onnx::randomize::weighted_layers(&p.0).len())
+            .unwrap_or(0);
+        if weighted == 0 {
+            return Err(crate::explain::Invalid::Unsupported(format!(
+                "model `{}` has no Conv, Gemm or MatMul weights to randomise",
+                model.name
+            ))
+            .into());
+        }
+        let steps = layers
+            .unwrap_or(weighted)
+            .min(weighted)
+            .min(crate::eval::MAX_RANDOMIZED);
+        let total = samples.saturating_mul(steps.saturating_add(1));
+        if total > limits.max_samples {
+            return Err(crate::explain::Invalid::Model(format!(
+                "model_randomization re-runs the method on {steps} copies: {total} samples; at most {} \
+                 (max_samples): ask fewer `layers` or a cheaper method",
+                limits.max_samples
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// The input's audit evidence when the answer is to be recorded (hashed on a blocking thread).
