@@ -33,6 +33,13 @@ try {
     }
     await page.screenshot({ path: `${shots}/web-page-${method}.png` });
   }
+  // Methods side by side, captioned with their metrics.
+  await page.click("#compare");
+  await page.waitForFunction(() => document.getElementById("overlay-caption").innerText.startsWith("compare"), null, { timeout: 30000 });
+  await page.waitForFunction(() => document.getElementById("overlay").naturalWidth > 0, null, { timeout: 10000 });
+  const compared = await page.evaluate(() => document.getElementById("overlay").naturalWidth);
+  if (compared !== 6 * 168) failures.push(`compare: picture ${compared} wide, expected the input and 5 methods`);
+  await page.screenshot({ path: `${shots}/web-page-compare.png` });
   // Predict shows how sure the model is beside the classes.
   await page.click("#predict");
   await page.waitForFunction(() => document.getElementById("uncertainty").innerText.includes("mutual information"), null, { timeout: 20000 });
