@@ -415,6 +415,8 @@ impl Methods {
             .with::<saliency::Saliency>()
             .with::<gradient_x_input::GradientXInput>()
             .with::<integrated_gradients::IntegratedGradients>()
+            .with::<deeplift::DeepLift>()
+            .with::<deeplift_shap::DeepLiftShap>()
             .with::<smoothgrad::SmoothGrad>()
             .with::<grad_cam::GradCam>()
             .with::<grad_cam::GradCamPlusPlus>()

@@ -4,6 +4,8 @@
 
 pub mod background;
 pub mod baselines;
+mod deeplift;
+mod deeplift_shap;
 mod grad_cam;
 mod gradient_x_input;
 mod guided;
@@ -28,6 +30,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use deeplift::DeepLiftParams;
+pub use deeplift_shap::DeepLiftShapParams;
 pub use grad_cam::GradCamParams;
 pub use gradient_x_input::GradientXInputParams;
 pub use guided::{GuidedBackpropParams, GuidedGradCamParams};
@@ -312,6 +316,11 @@ impl Cx<'_> {
     /// Most rows per pass.
     pub fn max_batch(&self) -> usize {
         self.rt.max_batch()
+    }
+
+    /// Rows per backward pass of this model within the pass budget (at most `max_batch`).
+    pub fn gradient_rows(&self) -> usize {
+        self.rt.gradient_rows(&self.model)
     }
 
     /// Rows per forward pass of this model within the pass budget (at most `max_batch`).

@@ -180,11 +180,11 @@ pub struct StoreOptions {
 
 impl SessionStore {
     fn share(&self, session: Session) -> Shared {
-        Arc::new(SharedSession::new(
-            session,
-            self.options.batching,
-            self.counters.clone(),
-        ))
+        self.share_with(session, self.options.batching)
+    }
+
+    fn share_with(&self, session: Session, batching: Batching) -> Shared {
+        Arc::new(SharedSession::new(session, batching, self.counters.clone()))
     }
 }
 
@@ -334,7 +334,15 @@ impl SessionStore {
                     self.options.provider,
                     self.options.memory_arena,
                 )?;
-                Ok((self.share(session), outputs))
+                // DeepLIFT's rows pair up by halves of their pass: another request's rows must not
+                // join it.
+                let pairs = matches!(key, DerivedKey::Backward(k) | DerivedKey::MaskedBackward(k, _)
+                    if k.rules == crate::onnx::autodiff::RuleSet::DeepLiftRescale);
+                let batching = Batching {
+                    enabled: self.options.batching.enabled && !pairs,
+                    ..self.options.batching
+                };
+                Ok((self.share_with(session, batching), outputs))
             })
             .clone()?;
         // Only a build adds bytes: then count them, and drop others beyond the budget.

@@ -11,6 +11,7 @@ mod matmul;
 mod norm;
 mod pool;
 mod reduce;
+mod rescale;
 mod resize;
 mod shape;
 
@@ -67,6 +68,9 @@ pub enum RuleSet {
     /// Guided backpropagation (Springenberg et al. 2015): ReLU passes only positive gradients
     /// through positive inputs.
     GuidedBackprop,
+    /// DeepLIFT's rescale rule: nonlinearities pass (f(x) - f(x')) / (x - x'), the reference in
+    /// the batch's second half.
+    DeepLiftRescale,
 }
 
 /// Rules by (domain, operator).
@@ -102,11 +106,20 @@ impl RuleTable {
         t
     }
 
+    /// The standard rules with DeepLIFT's rescale rule on elementwise nonlinearities.
+    pub fn deeplift_rescale() -> Self {
+        let mut t = Self::standard();
+        t.set = RuleSet::DeepLiftRescale;
+        rescale::register(&mut t);
+        t
+    }
+
     /// The table for a rule set.
     pub fn for_set(set: RuleSet) -> Self {
         match set {
             RuleSet::Standard => Self::standard(),
             RuleSet::GuidedBackprop => Self::guided_backprop(),
+            RuleSet::DeepLiftRescale => Self::deeplift_rescale(),
         }
     }
 

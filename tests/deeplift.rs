@@ -1,0 +1,246 @@
+//! DeepLIFT and DeepLiftShap on a real server: the rescale rule against its closed form on a
+//! one-hidden-layer network, completeness (attributions sum to f(x) - f(x')) through every rescaled
+//! nonlinearity, DeepLiftShap's seeded references and averaged completeness.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use explaind::onnx::builder::{Attr, GraphBuilder};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const W1: [[f32; 4]; 3] = [[0.5, -1.0, 0.3, 2.0], [1.5, 0.2, -0.7, 0.1], [-0.4, 0.8, 1.1, -1.3]];
+const B1: [f32; 4] = [0.1, -0.2, 0.05, 0.3];
+const W2: [[f32; 2]; 4] = [[1.0, -0.5], [0.7, 0.2], [-1.2, 0.9], [0.4, 1.6]];
+
+/// logits = tanh(x W1 + b1) W2.
+fn tanh_mlp() -> explaind::onnx::proto::ModelProto {
+    let mut g = GraphBuilder::new("mlp", 17);
+    let x = g.input("input", &[-1, 3]);
+    let w1: Vec<f32> = W1.iter().flatten().copied().collect();
+    let w1 = g.constant("w1", &[3, 4], &w1);
+    let b1 = g.constant("b1", &[4], &B1);
+    let w2: Vec<f32> = W2.iter().flatten().copied().collect();
+    let w2 = g.constant("w2", &[4, 2], &w2);
+    let z = g.node("MatMul", &[&x, &w1], vec![]);
+    let z = g.node("Add", &[&z, &b1], vec![]);
+    let h = g.node("Tanh", &[&z], vec![]);
+    g.node("MatMul", &[&h, &w2], vec![]);
+    g.rename_last_output("logits");
+    g.output("logits", &[-1, 2]);
+    g.build()
+}
+
+/// A small image network through every rescaled nonlinearity: Conv, Tanh, Conv, Softplus, Conv,
+/// LeakyRelu, Conv, Elu, Sigmoid, GlobalAveragePool, Gemm.
+fn chain() -> explaind::onnx::proto::ModelProto {
+    let mut g = GraphBuilder::new("chain", 17);
+    let x = g.input("input", &[-1, 1, 6, 6]);
+    let mut rng = Rng::new(12);
+    let mut t = x;
+    for (i, act) in ["Tanh", "Softplus", "LeakyRelu", "Elu"].iter().enumerate() {
+        let cin = if i == 0 { 1 } else { 3 };
+        let w: Vec<f32> = (0..3 * cin * 9).map(|_| rng.uniform(-0.8, 0.8)).collect();
+        let w = g.constant(&format!("w{i}"), &[3, cin, 3, 3], &w);
+        let c = g.node("Conv", &[&t, &w], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))]);
+        t = g.node(act, &[&c], vec![]);
+    }
+    let s = g.node("Sigmoid", &[&t], vec![]);
+    let gap = g.node("GlobalAveragePool", &[&s], vec![]);
+    let flat = g.node("Flatten", &[&gap], vec![("axis", Attr::Int(1))]);
+    let fc = g.constant("fc", &[3, 2], &[2.0, -1.0, -1.5, 1.0, 0.5, 2.5]);
+    g.node("Gemm", &[&flat, &fc], vec![]);
+    g.rename_last_output("logits");
+    g.output("logits", &[-1, 2]);
+    g.build()
+}
+
+async fn start_models() -> explaind::Service {
+    let dir = temp_dir("deeplift-models");
+    write_model(
+        &dir,
+        "mlp",
+        &tanh_mlp(),
+        "task = \"tabular-classification\"\nlabels = [\"a\", \"b\"]\n[tabular]\nfeatures = [\"f0\", \"f1\", \"f2\"]\nbackground = \"background.csv\"\n",
+    );
+    std::fs::write(
+        dir.join("mlp/background.csv"),
+        "f0,f1,f2\n0.1,0.2,0.3\n-1,0.5,2\n1,1,-1\n0,-2,0.5\n",
+    )
+    .unwrap();
+    write_model(
+        &dir,
+        "chain",
+        &chain(),
+        "task = \"image-classification\"\nlabels = [\"a\", \"b\"]\n[image]\ncolor = \"grayscale\"\n",
+    );
+    std::fs::create_dir_all(dir.join("fashion-cnn")).unwrap();
+    for f in ["model.onnx", "model.toml"] {
+        std::fs::copy(
+            root().join("models/fashion-cnn").join(f),
+            dir.join("fashion-cnn").join(f),
+        )
+        .unwrap();
+    }
+    start(test_config(&dir)).await
+}
+
+async fn explain(s: &explaind::Service, model: &str, method: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(url(s, &format!("/v1/models/{model}/explain/{method}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v
+}
+
+fn values(v: &Value) -> Vec<f64> {
+    v["attributions"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rescale_rule_equals_its_closed_form_on_a_tanh_network() {
+    let s = start_models().await;
+    let x = [0.9f64, -0.4, 1.7];
+    // Reference: zeros (`black` on a tabular model).
+    for target in [0usize, 1] {
+        let v = explain(&s, "mlp", "deeplift", json!({"features": x, "target": target})).await;
+        // Hidden unit j: z_j = x W1 + b1 against z'_j = b1; multiplier (tanh z - tanh z') / (z - z').
+        let mut expected = [0f64; 3];
+        for j in 0..4 {
+            let z: f64 = (0..3).map(|i| x[i] * W1[i][j] as f64).sum::<f64>() + B1[j] as f64;
+            let z0 = B1[j] as f64;
+            let m = (z.tanh() - z0.tanh()) / (z - z0);
+            for i in 0..3 {
+                expected[i] += W2[j][target] as f64 * m * W1[i][j] as f64 * x[i];
+            }
+        }
+        let got = values(&v);
+        for i in 0..3 {
+            assert!(
+                (got[i] - expected[i]).abs() < 1e-5,
+                "target {target} feature {i}: {} vs {}",
+                got[i],
+                expected[i]
+            );
+        }
+        assert!(v["convergence_delta"].as_f64().unwrap().abs() < 1e-5, "{v}");
+        // The multipliers alone.
+        let m = explain(
+            &s,
+            "mlp",
+            "deeplift",
+            json!({"features": x, "target": target, "params": {"multiply_by_inputs": false}}),
+        )
+        .await;
+        for (i, (a, mult)) in got.iter().zip(values(&m)).enumerate() {
+            assert!((a - mult * x[i]).abs() < 1e-5);
+        }
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributions_sum_to_the_score_difference_through_every_rescaled_nonlinearity() {
+    let s = start_models().await;
+    let mut rng = Rng::new(5);
+    let pixels: Vec<u8> = (0..36).map(|_| rng.uniform(0.0, 255.0) as u8).collect();
+    let img = image::GrayImage::from_raw(6, 6, pixels).unwrap();
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    for baseline in ["black", "white", "mean"] {
+        let v = explain(
+            &s,
+            "chain",
+            "deeplift",
+            json!({"image": b64, "params": {"baseline": baseline}}),
+        )
+        .await;
+        let total: f64 = values(&v).iter().sum();
+        let delta = v["convergence_delta"].as_f64().unwrap();
+        let difference = total - delta;
+        assert!(difference.abs() > 1e-4, "{baseline}: a reference the model tells apart");
+        assert!(
+            delta.abs() <= 1e-4 * difference.abs().max(1e-3),
+            "{baseline}: delta {delta} of {difference}"
+        );
+    }
+    // DeepLiftShap: seeded, and complete against the references' mean score.
+    let a = explain(
+        &s,
+        "mlp",
+        "deeplift-shap",
+        json!({"features": [0.9, -0.4, 1.7], "seed": 3, "params": {"baselines": 4}}),
+    )
+    .await;
+    let b = explain(
+        &s,
+        "mlp",
+        "deeplift-shap",
+        json!({"features": [0.9, -0.4, 1.7], "seed": 3, "params": {"baselines": 4}}),
+    )
+    .await;
+    assert_eq!(a["attributions"], b["attributions"]);
+    assert!(a["convergence_delta"].as_f64().unwrap().abs() < 1e-5, "{a}");
+    assert_eq!(
+        a["stats"]["model_rows"],
+        1 + 8,
+        "the top class, then four pairs of rows"
+    );
+    let c = explain(&s, "chain", "deeplift-shap", json!({"image": b64, "seed": 1})).await;
+    assert!(c["convergence_delta"].as_f64().unwrap().abs() < 1e-3, "{c}");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_never_share_a_pass_and_bad_parameters_are_refused() {
+    let s = start_models().await;
+    let fashion = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap());
+    let alone = explain(&s, "fashion-cnn", "deeplift", json!({"image": fashion})).await;
+    // Pairs are the halves of their pass: concurrent requests batched together would mix them.
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        let (addr, body) = (
+            url(&s, "/v1/models/fashion-cnn/explain/deeplift"),
+            json!({"image": fashion}),
+        );
+        handles.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(addr)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }));
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap()["attributions"], alone["attributions"]);
+    }
+    for params in [json!({"baselines": 0}), json!({"baselines": 101})] {
+        let resp = reqwest::Client::new()
+            .post(url(&s, "/v1/models/mlp/explain/deeplift-shap"))
+            .json(&json!({"features": [1, 2, 3], "params": params}))
+            .send()
+            .await
+            .unwrap();
+        let p = problem(resp, StatusCode::BAD_REQUEST, "invalid-request").await;
+        assert!(p["detail"].as_str().unwrap().contains("baselines"), "{p}");
+    }
+    s.stop().await.unwrap();
+}
