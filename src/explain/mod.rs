@@ -204,7 +204,9 @@ impl Cx<'_> {
         }
         let key = self.key(layers, rules);
         let rows = input.rows();
-        let chunk = chunk.clamp(1, self.rt.gradient_rows(&self.model));
+        // DeepLIFT's pairs stay in one pass whatever the budget (a lone pass may exceed it).
+        let floor = if rules == RuleSet::DeepLiftRescale { 2 } else { 1 };
+        let chunk = chunk.clamp(1, self.rt.gradient_rows(&self.model)).max(floor);
         let mut parts: Vec<GradientPass> = Vec::new();
         let mut start = 0;
         while start < rows {
@@ -316,11 +318,6 @@ impl Cx<'_> {
     /// Most rows per pass.
     pub fn max_batch(&self) -> usize {
         self.rt.max_batch()
-    }
-
-    /// Rows per backward pass of this model within the pass budget (at most `max_batch`).
-    pub fn gradient_rows(&self) -> usize {
-        self.rt.gradient_rows(&self.model)
     }
 
     /// Rows per forward pass of this model within the pass budget (at most `max_batch`).

@@ -509,7 +509,7 @@ impl WorkerRuntime {
                 .ok_or_else(|| RuntimeError::UnknownModel(model.to_string()))?,
         };
         let row_bytes = self.row_bytes(model, Pass::Forward);
-        self.run_batched(&session, model, &[(input_name, input)], row_bytes)
+        self.run_batched(&session, model, &[(input_name, input)], row_bytes, false)
     }
 
     /// Runs `model` with dropout masks at `sites` on `input` (first axis = batch), `masks[k]`
@@ -526,7 +526,7 @@ impl WorkerRuntime {
         let mut feeds = vec![(model.spec.input.as_str(), input)];
         feeds.extend(names.iter().map(String::as_str).zip(masks));
         let row_bytes = self.row_bytes(&model.name, Pass::Forward);
-        self.run_batched(&session, &model.name, &feeds, row_bytes)
+        self.run_batched(&session, &model.name, &feeds, row_bytes, false)
     }
 
     /// Runs the backward model for `key` on `input` with target `weights` (shaped like the
@@ -540,7 +540,7 @@ impl WorkerRuntime {
     ) -> Result<GradientPass, RuntimeError> {
         let model = self.model(&key.model)?;
         let (session, built) = self.store.backward_session(&model, key, &[])?;
-        self.gradient_pass(&model, &session, &built, input, weights, &[])
+        self.gradient_pass(&model, &session, &built, input, weights, &[], key.rules)
     }
 
     /// [`Self::gradients`] through the model with dropout masks at `sites`, `masks[k]` holding one
@@ -555,7 +555,7 @@ impl WorkerRuntime {
     ) -> Result<GradientPass, RuntimeError> {
         let model = self.model(&key.model)?;
         let (session, built) = self.store.backward_session(&model, key, sites)?;
-        self.gradient_pass(&model, &session, &built, input, weights, masks)
+        self.gradient_pass(&model, &session, &built, input, weights, masks, key.rules)
     }
 
     fn gradient_pass(
@@ -566,12 +566,15 @@ impl WorkerRuntime {
         input: &Tensor,
         weights: &Tensor,
         masks: &[Tensor],
+        rules: crate::onnx::autodiff::RuleSet,
     ) -> Result<GradientPass, RuntimeError> {
+        // DeepLIFT's rows pair up by halves of their pass.
+        let whole = rules == crate::onnx::autodiff::RuleSet::DeepLiftRescale;
         let names: Vec<String> = (0..masks.len()).map(mask_input).collect();
         let mut feeds = vec![(model.spec.input.as_str(), input), (WEIGHTS_INPUT, weights)];
         feeds.extend(names.iter().map(String::as_str).zip(masks));
         let row_bytes = self.row_bytes(&model.name, Pass::Backward);
-        let mut outputs = self.run_batched(session, &model.name, &feeds, row_bytes)?;
+        let mut outputs = self.run_batched(session, &model.name, &feeds, row_bytes, whole)?;
         let mut take = |name: &str| {
             outputs.remove(name).ok_or_else(|| RuntimeError::Inference {
                 model: model.name.clone(),
@@ -608,6 +611,7 @@ impl WorkerRuntime {
         model: &str,
         feeds: &[(&str, &Tensor)],
         row_bytes: u64,
+        whole: bool,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
         let rows = feeds.first().map(|(_, t)| t.rows()).unwrap_or(0);
         if feeds.iter().any(|(_, t)| t.rows() != rows) {
@@ -618,7 +622,13 @@ impl WorkerRuntime {
         }
         let mut parts: HashMap<String, Vec<Tensor>> = HashMap::new();
         let mut start = 0;
-        let per_pass = self.rows_per_pass(row_bytes);
+        // A pass whose rows depend on each other (DeepLIFT's pairs) is never split; the budget
+        // still lets it run alone.
+        let per_pass = if whole {
+            rows.max(1)
+        } else {
+            self.rows_per_pass(row_bytes)
+        };
         while start < rows {
             let end = (start + per_pass).min(rows);
             let _lease = self.store.budget.lease(row_bytes.saturating_mul((end - start) as u64));

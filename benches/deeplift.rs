@@ -1,0 +1,93 @@
+//! DeepLIFT against saliency on the same model, through the executor: DeepLIFT runs the input and
+//! its reference as one backward pass of two rows through the rescale rule table, saliency one row
+//! through the exact one (goal: ratio at most 1.2). DeepLiftShap's 10 references for scale.
+//! Run with `cargo bench --bench deeplift`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use explaind::explain::{ExplainJob, ExplainTask, Limits, Methods, PlanContext};
+use explaind::runtime::Tensor;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target").join("bench-deeplift-models");
+    let _ = std::fs::remove_dir_all(&dir);
+    common::copy_bundled(&root, &dir, "fashion-cnn", &["model.onnx", "model.toml"]);
+    common::copy_bundled(
+        &root,
+        &dir,
+        "breast-cancer",
+        &["model.onnx", "model.toml", "background.csv"],
+    );
+    common::write_resnet18(&dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = explaind::config::Config {
+        bind: "127.0.0.1:0".into(),
+        models_dir: dir.clone(),
+        data_dir: dir.join("data"),
+        ..Default::default()
+    };
+    let limits = Limits::from_config(&config);
+    let service = rt.block_on(explaind::Service::start(config)).expect("service");
+    rt.block_on(service.state.executor.wait_ready(Duration::from_secs(60)));
+    let methods = Methods::standard();
+    println!("through the executor, median ms (first run, which builds the backward model, excluded)");
+    println!(
+        "{:<14} {:>10} {:>10} {:>16} {:>10} {:>15}",
+        "model", "saliency", "deeplift", "deeplift/saliency", "dl-shap", "dl-shap/saliency"
+    );
+    for (name, dims, rounds) in [
+        ("breast-cancer", vec![1usize, 30], 200),
+        ("fashion-cnn", vec![1, 1, 28, 28], 100),
+        ("resnet-18", vec![1, 3, 224, 224], 5),
+    ] {
+        let model = service.state.registry.get(name).unwrap().clone();
+        let n: usize = dims.iter().product();
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let mut time = |method: &str| {
+            let cx = PlanContext {
+                model: &model,
+                limits,
+                targets: 1,
+            };
+            let params = methods.get(method).unwrap().plan(serde_json::json!({}), &cx).unwrap();
+            let mut times = Vec::new();
+            for round in 0..=rounds {
+                let job = ExplainJob {
+                    model: model.clone(),
+                    input: Tensor::f32(dims.clone(), x.clone()),
+                    targets: None,
+                    params: params.clone(),
+                    seed: 1,
+                    limits,
+                    scores: None,
+                    evaluate: vec![],
+                };
+                let started = Instant::now();
+                rt.block_on(service.state.executor.submit(ExplainTask(job))).unwrap();
+                if round > 0 {
+                    times.push(started.elapsed());
+                }
+            }
+            median(times).as_secs_f64() * 1e3
+        };
+        let (s, d, k) = (time("saliency"), time("deeplift"), time("deeplift-shap"));
+        println!(
+            "{name:<14} {s:>10.2} {d:>10.2} {:>16.2} {k:>10.2} {:>15.2}",
+            d / s,
+            k / s
+        );
+    }
+    rt.block_on(service.stop()).unwrap();
+}
