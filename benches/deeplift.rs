@@ -55,7 +55,7 @@ fn main() {
         let model = service.state.registry.get(name).unwrap().clone();
         let n: usize = dims.iter().product();
         let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-        let mut time = |method: &str| {
+        let time = |method: &str| {
             let cx = PlanContext {
                 model: &model,
                 limits,

@@ -539,8 +539,8 @@ impl WorkerRuntime {
         weights: &Tensor,
     ) -> Result<GradientPass, RuntimeError> {
         let model = self.model(&key.model)?;
-        let (session, built) = self.store.backward_session(&model, key, &[])?;
-        self.gradient_pass(&model, &session, &built, input, weights, &[], key.rules)
+        let backward = self.store.backward_session(&model, key, &[])?;
+        self.gradient_pass(&model, &backward, input, weights, &[], key.rules)
     }
 
     /// [`Self::gradients`] through the model with dropout masks at `sites`, `masks[k]` holding one
@@ -554,15 +554,14 @@ impl WorkerRuntime {
         masks: &[Tensor],
     ) -> Result<GradientPass, RuntimeError> {
         let model = self.model(&key.model)?;
-        let (session, built) = self.store.backward_session(&model, key, sites)?;
-        self.gradient_pass(&model, &session, &built, input, weights, masks, key.rules)
+        let backward = self.store.backward_session(&model, key, sites)?;
+        self.gradient_pass(&model, &backward, input, weights, masks, key.rules)
     }
 
     fn gradient_pass(
         &mut self,
         model: &LoadedModel,
-        session: &Shared,
-        built: &GradientOutputs,
+        (session, built): &Backward,
         input: &Tensor,
         weights: &Tensor,
         masks: &[Tensor],
