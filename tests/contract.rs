@@ -1,6 +1,7 @@
-//! The committed OpenAPI document is a contract: schemathesis (installed by scripts/test-setup.sh)
-//! generates requests from it for every route against a real server with small bounds, and fails
-//! on any 5xx, undocumented status, wrong content type, or response that violates the schema.
+//! The committed OpenAPI document is a contract: it validates against the OpenAPI 3.1 schema
+//! (openapi-spec-validator), and schemathesis (both installed by scripts/test-setup.sh) generates
+//! requests from it for every route against a real server with small bounds, and fails on any 5xx,
+//! undocumented status, wrong content type, or response that violates the schema.
 
 mod common;
 
@@ -9,11 +10,43 @@ use std::process::Command;
 
 use common::*;
 
-fn schemathesis() -> PathBuf {
+fn venv(tool: &str) -> PathBuf {
     let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/explaind"));
-    cache.join("venv-tests/bin/schemathesis")
+    cache.join("venv-tests/bin").join(tool)
+}
+
+fn schemathesis() -> PathBuf {
+    venv("schemathesis")
+}
+
+#[test]
+fn the_document_is_valid_openapi_3_1() {
+    let python = venv("python");
+    assert!(python.exists(), "{} is missing: run `make test`", python.display());
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import sys\n\
+             from openapi_spec_validator import validate\n\
+             from openapi_spec_validator.readers import read_from_filename\n\
+             spec, _ = read_from_filename(sys.argv[1])\n\
+             validate(spec)\n\
+             print(spec['openapi'])",
+        ])
+        .arg(root().join("openapi/openapi.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openapi/openapi.json does not validate:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("3.1"),
+        "an OpenAPI 3.1 document"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,7 +106,7 @@ pub async fn get_record(State(state): State<Arc<AppState>>, Path(id): Path<Strin
 /// Audit records, filtered, in chain order, a page at a time.
 #[utoipa::path(get, path = "/v1/audit/records", tag = "audit", params(ListQuery),
     responses(
-        (status = 200, body = RecordPage),
+        (status = 200, body = RecordPage, description = "records in chain order, and the cursor for the next page"),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "bad filter"),
         (status = 401, body = super::error::Problem, content_type = "application/problem+json", description = "no or bad API key"),
         (status = 403, body = super::error::Problem, content_type = "application/problem+json", description = "the key lacks the audit scope"),
@@ -149,7 +149,7 @@ pub async fn list_records(
 #[utoipa::path(get, path = "/v1/audit/records/{id}/overlay.png", tag = "audit",
     params(("id" = String, Path, description = "record id"), ("target" = Option<usize>, Query, description = "which target (default 0)")),
     responses(
-        (status = 200, content_type = "image/png", body = Vec<u8>),
+        (status = 200, content_type = "image/png", body = Vec<u8>, description = "the recorded map over the recorded input"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "no such record, or it kept no map"),
     ))]
 pub async fn record_overlay(
@@ -273,7 +273,7 @@ pub async fn export(State(state): State<Arc<AppState>>) -> Result<Response, ApiE
 /// Walks the hash chain and reports the first broken link: an edited, deleted or re-ordered record.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
     responses(
-        (status = 200, body = Verification),
+        (status = 200, body = Verification, description = "the chain's check: intact, or the first broken link"),
         (status = 401, body = super::error::Problem, content_type = "application/problem+json", description = "no or bad API key"),
     ))]
 pub async fn verify(State(state): State<Arc<AppState>>) -> Result<Json<Verification>, ApiError> {

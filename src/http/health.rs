@@ -23,7 +23,7 @@ pub struct Health {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health, description = "the process is up")))]
 pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<Health> {
     let (jobs, capacity) = state.executor.load();
     Json(Health {
@@ -63,7 +63,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses(
-    (status = 200, content_type = "text/plain; version=0.0.4", body = String),
+    (status = 200, content_type = "text/plain; version=0.0.4", body = String, description = "Prometheus metrics"),
 ))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (

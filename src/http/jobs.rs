@@ -120,7 +120,7 @@ pub async fn submit(
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "job id")),
     responses(
-        (status = 200, body = JobView),
+        (status = 200, body = JobView, description = "the job: state, progress, and its result once done"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job"),
     ))]
 pub async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
@@ -131,7 +131,7 @@ pub async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>)
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "job id")),
     responses(
-        (status = 200, body = JobView),
+        (status = 200, body = JobView, description = "the job, cancelled (or already finished)"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job"),
     ))]
 pub async fn cancel_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {

@@ -50,7 +50,7 @@ pub struct ModelList {
 }
 
 /// Lists the loaded models.
-#[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = ModelList)))]
+#[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = ModelList, description = "every loaded model")))]
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList {
         models: state.registry.iter().map(|m| ModelInfo::from(m.as_ref())).collect(),
@@ -61,8 +61,8 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> 
 #[utoipa::path(get, path = "/v1/models/{model}", tag = "models",
     params(("model" = String, Path, description = "model name", example = "fashion-cnn")),
     responses(
-        (status = 200, body = ModelInfo),
-        (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 200, body = ModelInfo, description = "the model, its manifest, interface and gradient support"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
     ))]
 pub async fn get_model(
     State(state): State<Arc<AppState>>,

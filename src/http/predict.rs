@@ -173,7 +173,7 @@ pub struct InstanceResult {
         (Object = "multipart/form-data"),
     )),
     responses(
-        (status = 200, body = PredictResponse),
+        (status = 200, body = PredictResponse, description = "the prediction, with what was attached to it"),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, bad base64, corrupt image, unknown field"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
         (status = 413, body = super::error::Problem, content_type = "application/problem+json", description = "body or image too large"),

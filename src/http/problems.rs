@@ -22,7 +22,7 @@ pub struct ProblemDoc {
 /// Documents a problem type.
 #[utoipa::path(get, path = "/problems/{slug}", tag = "operations",
     params(("slug" = String, Path, description = "problem slug, e.g. `overloaded`", example = "overloaded")),
-    responses((status = 200, body = ProblemDoc), (status = 404, body = super::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ProblemDoc, description = "the problem type's documentation"), (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "no such problem type")))]
 pub async fn problem_doc(Path(slug): Path<String>) -> Result<Json<ProblemDoc>, ApiError> {
     let kind = ProblemKind::from_slug(&slug)
         .ok_or_else(|| ApiError::new(ProblemKind::NotFound, format!("no problem type `{slug}`")))?;
