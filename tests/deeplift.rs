@@ -1,6 +1,7 @@
 //! DeepLIFT and DeepLiftShap on a real server: the rescale rule against its closed form on a
 //! one-hidden-layer network, completeness (attributions sum to f(x) - f(x')) through every rescaled
-//! nonlinearity, DeepLiftShap's seeded references and averaged completeness.
+//! nonlinearity and through max pooling (the bundled CNN), DeepLiftShap's seeded references and
+//! averaged completeness.
 
 mod common;
 
@@ -210,6 +211,14 @@ async fn concurrent_requests_never_share_a_pass_and_bad_parameters_are_refused()
     let fashion = base64::engine::general_purpose::STANDARD
         .encode(std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap());
     let alone = explain(&s, "fashion-cnn", "deeplift", json!({"image": fashion})).await;
+    // Max pooling as Captum handles it keeps completeness on the bundled CNN too.
+    let total: f64 = values(&alone).iter().sum();
+    let delta = alone["convergence_delta"].as_f64().unwrap();
+    assert!(
+        delta.abs() <= 1e-4 * (total - delta).abs(),
+        "fashion-cnn: delta {delta} of {}",
+        total - delta
+    );
     // Pairs are the halves of their pass: concurrent requests batched together would mix them.
     let mut handles = Vec::new();
     for _ in 0..6 {

@@ -16,7 +16,7 @@ pub(super) fn register(t: &mut RuleTable) {
 
 type Grads = Result<Vec<Option<String>>, RuleError>;
 
-fn max_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
+pub(super) fn max_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
     let g = grad0(n, g)?;
     let x = input(n, 0);
     if let Some(dx) = max_pool_tiled(ctx, n, g)? {

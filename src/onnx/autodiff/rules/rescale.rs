@@ -4,6 +4,10 @@
 //! Linear operators keep their exact rules, so the multipliers compose and the attributions
 //! `(x - x') * multiplier` sum to f(x) - f(x') (completeness).
 //!
+//! MaxPool follows Captum: with m = max(y, y') per window, the input's gradient times (m - y') is
+//! unpooled to the input's maxima and the reference's gradient times (y - m) to the reference's, the
+//! two summed and divided by (x - x'), so contributions still sum to the output's difference.
+//!
 //! The pass runs the input and its reference as one batch: the first half of the rows are inputs,
 //! the second half their references, row for row. Both halves get the input's multiplier (the
 //! references' own gradients are not used).
@@ -26,6 +30,7 @@ pub(super) fn register(t: &mut RuleTable) {
     t.register("", "Sigmoid", sigmoid);
     t.register("", "Tanh", tanh);
     t.register("", "Softplus", softplus);
+    t.register("", "MaxPool", max_pool);
 }
 
 /// The first (`first`) or second half of `x`'s rows.
@@ -121,4 +126,42 @@ fn tanh(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) 
 
 fn softplus(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
     rescale(ctx, n, g, &|ctx, x, _| ctx.emit("Sigmoid", &[x], vec![]))
+}
+
+/// Captum's maxpool rule (see the module comment).
+fn max_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
+    let g0 = grad0(n, g)?.to_string();
+    let (x, y) = (input(n, 0).to_string(), output(n).to_string());
+    let (ya, yb) = (half(ctx, &y, true), half(ctx, &y, false));
+    let top = ctx.emit("Max", &[&ya, &yb], vec![]);
+    let up = ctx.emit("Sub", &[&top, &yb], vec![]);
+    let down = ctx.emit("Sub", &[&ya, &top], vec![]);
+    let deltas = ctx.emit("Concat", &[&up, &down], vec![("axis", Attr::Int(0))]);
+    let weighted = ctx.emit("Mul", &[&g0, &deltas], vec![]);
+    // Each half unpooled to its own maxima, then the two summed.
+    let unpooled = super::pool::max_pool(ctx, n, &[Some(weighted)], needs)?
+        .into_iter()
+        .next()
+        .flatten()
+        .ok_or_else(|| RuleError::new(n, "MaxPool gave no gradient"))?;
+    let (ua, ub) = (half(ctx, &unpooled, true), half(ctx, &unpooled, false));
+    let total = ctx.emit("Add", &[&ua, &ub], vec![]);
+    let plain = super::pool::max_pool(ctx, n, &[Some(g0)], needs)?
+        .into_iter()
+        .next()
+        .flatten()
+        .ok_or_else(|| RuleError::new(n, "MaxPool gave no gradient"))?;
+    let plain = half(ctx, &plain, true);
+    let (xa, xb) = (half(ctx, &x, true), half(ctx, &x, false));
+    let dx = ctx.emit("Sub", &[&xa, &xb], vec![]);
+    let eps = ctx.scalar(EPS);
+    let size = ctx.emit("Abs", &[&dx], vec![]);
+    let apart = ctx.emit("Greater", &[&size, &eps], vec![]);
+    let one = ctx.scalar(1.0);
+    let safe = ctx.emit("Where", &[&apart, &dx, &one], vec![]);
+    let quotient = ctx.emit("Div", &[&total, &safe], vec![]);
+    let grad = ctx.emit("Where", &[&apart, &quotient, &plain], vec![]);
+    let mut out = vec![Some(ctx.emit("Concat", &[&grad, &grad], vec![("axis", Attr::Int(0))]))];
+    out.resize(n.input.len(), None);
+    Ok(out)
 }
