@@ -59,6 +59,26 @@ async fn lists_models_with_hashes_and_interfaces() {
     assert_eq!(fashion["labels"][9], "Ankle boot");
     assert_eq!(fashion["onnx"]["inputs"][0]["name"], "input");
     assert_eq!(fashion["onnx"]["opsets"][0]["version"], 17);
+    // What the service can do with each model, with default parameters.
+    let has = |m: &Value, key: &str, name: &str| m[key].as_array().unwrap().iter().any(|v| v == name);
+    assert!(has(&fashion, "methods", "grad-cam") && has(&fashion, "methods", "deeplift"));
+    assert!(!has(&fashion, "methods", "tree-shap"), "no trees in a CNN");
+    assert_eq!(fashion["uncertainty"], serde_json::json!(["mc-dropout", "tta"]));
+    let forest = body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "breast-cancer-forest")
+        .unwrap();
+    assert!(
+        has(forest, "methods", "tree-shap") && !has(forest, "methods", "saliency"),
+        "{forest}"
+    );
+    assert_eq!(
+        forest["uncertainty"],
+        serde_json::json!([]),
+        "no layer to put a dropout mask before"
+    );
     let missing = http.get(url(&s, "/v1/models/nope")).send().await.unwrap();
     problem(missing, StatusCode::NOT_FOUND, "model-not-found").await;
     s.stop().await.unwrap();

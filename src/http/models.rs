@@ -9,10 +9,13 @@ use utoipa::ToSchema;
 
 use super::error::{model_not_found, ApiError};
 use super::AppState;
+use crate::explain::method::{check_applicable, PlanContext};
+use crate::explain::Limits;
 use crate::onnx::ModelSummary;
 use crate::runtime::gradients::GradientReport;
 use crate::runtime::manifest::ModelSpec;
 use crate::runtime::LoadedModel;
+use crate::uncertainty::Source;
 
 /// A loaded model: its manifest, resolved, and its ONNX interface.
 #[derive(Serialize, ToSchema)]
@@ -28,16 +31,48 @@ pub struct ModelInfo {
     pub onnx: ModelSummary,
     /// Gradient support: differentiable or not, blocking operators, candidate CAM layers.
     pub gradients: Option<GradientReport>,
+    /// The explanation methods that can explain it with their default parameters.
+    pub methods: Vec<String>,
+    /// The uncertainty sources it supports (`mc-dropout` where a mask can go, `tta` for images,
+    /// `ensemble` with members).
+    pub uncertainty: Vec<Source>,
 }
 
-impl From<&LoadedModel> for ModelInfo {
-    fn from(m: &LoadedModel) -> Self {
+impl ModelInfo {
+    /// The model as the API describes it, with what the service can do with it.
+    fn of(state: &AppState, m: &LoadedModel) -> Self {
+        let limits = Limits::from_config(&state.config);
+        let cx = PlanContext {
+            model: m,
+            limits,
+            targets: 1,
+        };
+        let methods = state
+            .methods
+            .iter()
+            .filter(|method| {
+                check_applicable(method.as_ref(), m).is_ok() && method.plan(serde_json::json!({}), &cx).is_ok()
+            })
+            .map(|method| method.name().to_string())
+            .collect();
+        let mut uncertainty = Vec::new();
+        if state.gradients.mask_sites(m, &[]).is_ok() {
+            uncertainty.push(Source::McDropout);
+        }
+        if m.spec.image.is_some() {
+            uncertainty.push(Source::Tta);
+        }
+        if !m.spec.ensemble.is_empty() {
+            uncertainty.push(Source::Ensemble);
+        }
         Self {
             name: m.name.clone(),
             sha256: m.sha256.clone(),
             spec: m.spec.clone(),
             onnx: m.summary.clone(),
             gradients: m.gradient_report.get().cloned(),
+            methods,
+            uncertainty,
         }
     }
 }
@@ -53,7 +88,7 @@ pub struct ModelList {
 #[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = ModelList, description = "every loaded model")))]
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList {
-        models: state.registry.iter().map(|m| ModelInfo::from(m.as_ref())).collect(),
+        models: state.registry.iter().map(|m| ModelInfo::of(&state, m)).collect(),
     })
 }
 
@@ -69,5 +104,5 @@ pub async fn get_model(
     Path(model): Path<String>,
 ) -> Result<Json<ModelInfo>, ApiError> {
     let m = state.registry.get(&model).ok_or_else(|| model_not_found(&model))?;
-    Ok(Json(ModelInfo::from(m.as_ref())))
+    Ok(Json(ModelInfo::of(&state, m)))
 }
