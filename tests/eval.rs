@@ -651,3 +651,59 @@ async fn the_randomization_check_fails_guided_backprop_and_passes_saliency_on_th
     assert!(p["detail"].as_str().unwrap().contains("explain request"), "{p}");
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_on_the_original_images_grid_is_brought_onto_the_models() {
+    let s = start_models().await;
+    // A 56x56 photo of a 28x28 input: each model pixel is a 2x2 block of the original.
+    let small = image::open(root().join("tests/fixtures/fashion/test_00.png"))
+        .unwrap()
+        .to_luma8();
+    let big = image::imageops::resize(&small, 56, 56, image::imageops::FilterType::Nearest);
+    let mut bytes = Vec::new();
+    big.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .unwrap();
+    let png = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut rng = Rng::new(21);
+    let map28: Vec<f32> = (0..28 * 28).map(|_| rng.uniform(0.0, 1.0)).collect();
+    let map56: Vec<f32> = (0..56 * 56).map(|i| map28[(i / 56 / 2) * 28 + (i % 56) / 2]).collect();
+    let metrics = json!(["deletion", "insertion", "sparseness"]);
+    let on_model = ok(evaluate(
+        &s,
+        "fashion-cnn",
+        json!({"image": png, "attributions": {"shape": [28, 28], "values": map28}, "evaluate": metrics}),
+    )
+    .await)
+    .await;
+    let on_image = ok(evaluate(
+        &s,
+        "fashion-cnn",
+        json!({"image": png, "attributions": {"shape": [56, 56], "values": map56}, "evaluate": metrics}),
+    )
+    .await)
+    .await;
+    // Each model pixel averages the original pixels it covers: blocks come back exactly.
+    for name in ["deletion", "insertion", "sparseness"] {
+        let (a, b) = (
+            f(&metric(&on_model, name)["value"]),
+            f(&metric(&on_image, name)["value"]),
+        );
+        assert!(
+            (a - b).abs() < 1e-6,
+            "{name}: {a} on the model's grid vs {b} brought from the image's"
+        );
+    }
+    let p = problem(
+        evaluate(
+            &s,
+            "fashion-cnn",
+            json!({"image": png, "attributions": {"shape": [30, 30], "values": vec![0.0; 900]}, "evaluate": metrics}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("[56, 56]"), "{p}");
+    s.stop().await.unwrap();
+}

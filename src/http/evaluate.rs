@@ -29,7 +29,9 @@ pub struct EvaluateRequest {
     pub image: Option<String>,
     /// Feature values, for tabular models.
     pub features: Option<FeaturesJson>,
-    /// The map: one value per pixel of the model's input (`[height, width]`) or per feature.
+    /// The map: one value per pixel of the model's input (`[height, width]`) or of the original
+    /// image (as explain answers give it; brought onto the model's grid through the same crop and
+    /// resize), or one per feature.
     pub attributions: Option<MapJson>,
     /// Or the audit record of an explanation (`audit_record.id` of its answer): its map, target and,
     /// when the record kept it, its input.
@@ -73,10 +75,11 @@ pub struct EvaluateResponse {
 /// Measures an attribution map: deletion, insertion, mu-fidelity, pixel flipping, sparseness,
 /// complexity.
 ///
-/// The map lies on the model's input grid (for images `[height, width]` of the model input, the
-/// grid of `include: ["tensor"]`'s folded map) or is taken from the audit record of an explanation
-/// (`explanation_record`; image maps are kept only with `audit_store_maps`, and must lie on the
-/// model's input grid). The input comes in the body, or from the record when it kept it.
+/// The map lies on the model's input grid (`[height, width]` of the model input) or on the original
+/// image's (as explain answers give maps; brought onto the model's grid through the preprocessing's
+/// crop and resize), or is taken from the audit record of an explanation (`explanation_record`;
+/// image maps are kept only with `audit_store_maps`). The input comes in the body, or from the
+/// record when it kept it.
 #[utoipa::path(post, path = "/v1/models/{model}/evaluate", tag = "explanations",
     params(("model" = String, Path, description = "model name", example = "fashion-cnn")),
     request_body(content = EvaluateRequest, content_type = "application/json"),
@@ -128,13 +131,13 @@ pub async fn evaluate(
     };
     let raw = raw.ok_or_else(|| bad("give the input (`image` or `features`): the record did not keep it".into()))?;
     let features = eval::feature_count(&model);
-    let expected: Vec<usize> = match &model.spec.image {
+    let model_grid: Vec<usize> = match &model.spec.image {
         Some(i) => vec![i.height, i.width],
         None => vec![features],
     };
-    if map.shape != expected || map.values.len() != features || map.values.iter().any(|v| !v.is_finite()) {
+    if map.values.len() != map.shape.iter().product::<usize>() || map.values.iter().any(|v| !v.is_finite()) {
         return Err(unfit(format!(
-            "the map must be {expected:?} finite values on the model's input grid, got shape {:?} with {} values",
+            "the map's shape {:?} does not hold its {} values, or a value is not finite",
             map.shape,
             map.values.len()
         )));
@@ -156,10 +159,31 @@ pub async fn evaluate(
     let seed = req.seed.unwrap_or_else(rand::random);
     let admission = state.executor.admit()?;
     let prepared = prepare::prepare_all(&model, vec![raw], state.config.max_image_pixels).await?;
+    // A map on the model's input grid as it is; one on the original image's grid (as explain
+    // answers give it) brought onto the model's grid through the same crop and resize.
+    let original_grid = prepared[0]
+        .geometry
+        .as_ref()
+        .map(|g| vec![g.original_height as usize, g.original_width as usize]);
+    let values = match (&prepared[0].geometry, &original_grid) {
+        _ if map.shape == model_grid => map.values,
+        (Some(geometry), Some(grid)) if *grid == map.shape => {
+            geometry.map_forward(&map.values, model_grid[1], model_grid[0])
+        }
+        _ => {
+            return Err(unfit(format!(
+                "the map must lie on the model's input grid {model_grid:?}{}, got shape {:?}",
+                original_grid
+                    .map(|g| format!(" or the image's {g:?}"))
+                    .unwrap_or_default(),
+                map.shape
+            )))
+        }
+    };
     let task = EvaluateTask {
         model: model.clone(),
         input: prepare::batch(&prepared)?,
-        map: map.values,
+        map: values,
         target,
         metrics,
         seed,

@@ -74,6 +74,46 @@ impl Geometry {
         );
         (ow, oh, canvas.into_raw())
     }
+
+    /// The other way: a map over the original image (`original_width x original_height`) brought
+    /// onto the model's `width x height` input grid through the same crop, each model pixel the
+    /// average of the original pixels its area covers (weighted by the overlap): a map constant
+    /// over the original pixels behind each model pixel comes back exactly.
+    pub fn map_forward(&self, map: &[f32], width: usize, height: usize) -> Vec<f32> {
+        let (ow, oh) = (self.original_width as usize, self.original_height as usize);
+        // Per output index, the source indices it covers and by how much.
+        let spans = |start: f32, length: f32, out: usize, size: usize| -> Vec<Vec<(usize, f32)>> {
+            let step = length / out.max(1) as f32;
+            (0..out)
+                .map(|u| {
+                    let (a, b) = (start + u as f32 * step, start + (u + 1) as f32 * step);
+                    let first = (a.floor().max(0.0) as usize).min(size.saturating_sub(1));
+                    let last = ((b.ceil() as usize).min(size)).max(first + 1);
+                    (first..last)
+                        .map(|i| (i, (b.min(i as f32 + 1.0) - a.max(i as f32)).max(0.0)))
+                        .filter(|(_, w)| *w > 0.0)
+                        .collect()
+                })
+                .collect()
+        };
+        let xs = spans(self.crop_x, self.crop_width, width, ow);
+        let ys = spans(self.crop_y, self.crop_height, height, oh);
+        let mut out = Vec::with_capacity(width * height);
+        for row in &ys {
+            for col in &xs {
+                let (mut sum, mut weight) = (0f64, 0f64);
+                for &(y, wy) in row {
+                    for &(x, wx) in col {
+                        let w = f64::from(wx * wy);
+                        sum += w * f64::from(map.get(y * ow + x).copied().unwrap_or(0.0));
+                        weight += w;
+                    }
+                }
+                out.push(if weight > 0.0 { (sum / weight) as f32 } else { 0.0 });
+            }
+        }
+        out
+    }
 }
 
 /// A decoded image, ready for the model.
@@ -270,6 +310,30 @@ pub fn prepare_features(features: &Features, spec: &TabularSpec) -> Result<Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_map_over_the_original_comes_onto_the_models_grid_through_the_crop() {
+        // A 20x10 original whose centre 10x10 became a 5x5 input; the map is 1 inside the crop.
+        let geometry = Geometry {
+            original_width: 20,
+            original_height: 10,
+            crop_x: 5.0,
+            crop_y: 0.0,
+            crop_width: 10.0,
+            crop_height: 10.0,
+        };
+        let map: Vec<f32> = (0..200)
+            .map(|i| if (5..15).contains(&(i % 20)) { 1.0 } else { 0.0 })
+            .collect();
+        assert_eq!(geometry.map_forward(&map, 5, 5), vec![1.0; 25]);
+        let ramp: Vec<f32> = (0..200).map(|i| (i % 20) as f32).collect();
+        let forward = geometry.map_forward(&ramp, 5, 5);
+        assert_eq!(
+            &forward[..5],
+            &[5.5, 7.5, 9.5, 11.5, 13.5],
+            "each the mean of its two columns"
+        );
+    }
 
     fn spec() -> ImageSpec {
         ImageSpec {
