@@ -415,6 +415,16 @@ async fn unknown_metrics_and_parameters_out_of_bounds_get_problems_naming_them()
         let p = problem(evaluate(&s, "varied", body).await, status, slug).await;
         assert!(p["detail"].as_str().unwrap().contains(words), "{evaluate_list}: {p}");
     }
+    // A shape whose product overflows is refused, not multiplied.
+    let overflowing =
+        json!({"image": png, "attributions": {"shape": [u64::MAX, 2], "values": [1]}, "evaluate": ["deletion"]});
+    let p = problem(
+        evaluate(&s, "varied", overflowing).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("does not hold"), "{p}");
     let wrong_shape =
         json!({"image": png, "attributions": {"shape": [4], "values": [1, 2, 3, 4]}, "evaluate": ["deletion"]});
     let p = problem(

@@ -135,7 +135,9 @@ pub async fn evaluate(
         Some(i) => vec![i.height, i.width],
         None => vec![features],
     };
-    if map.values.len() != map.shape.iter().product::<usize>() || map.values.iter().any(|v| !v.is_finite()) {
+    // Checked: the shape comes from the client.
+    let held = map.shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
+    if held != Some(map.values.len()) || map.values.iter().any(|v| !v.is_finite()) {
         return Err(unfit(format!(
             "the map's shape {:?} does not hold its {} values, or a value is not finite",
             map.shape,
