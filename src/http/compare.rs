@@ -109,14 +109,7 @@ pub async fn compare(
     let model = state.model(&model_name)?;
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
-    if received.media_type != "application/json" {
-        return Err(ApiError::new(
-            ProblemKind::UnsupportedMediaType,
-            "send application/json",
-        ));
-    }
-    let mut req: CompareRequest =
-        offload::cpu(received.bytes.len(), move || input::parse_json(&received.bytes)).await??;
+    let mut req: CompareRequest = input::json_body(received).await?;
     let bad = |m: String| ApiError::new(ProblemKind::InvalidRequest, m);
     if req.methods.is_empty() || req.methods.len() > MAX_METHODS {
         return Err(bad(format!("methods: 1 to {MAX_METHODS}")));

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ProblemKind};
 use super::input::{self, FeaturesJson, RawInput};
-use super::{offload, prepare, AppState};
+use super::{prepare, AppState};
 use crate::eval::{self, EvaluateTask, Evaluation, MetricRequest};
 use crate::explain::{targets, Limits, TargetSpec};
 use crate::runtime::predict::Prediction;
@@ -103,14 +103,7 @@ pub async fn evaluate(
     let model = state.model(&model_name)?;
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
-    if received.media_type != "application/json" {
-        return Err(ApiError::new(
-            ProblemKind::UnsupportedMediaType,
-            "send application/json",
-        ));
-    }
-    let mut req: EvaluateRequest =
-        offload::cpu(received.bytes.len(), move || input::parse_json(&received.bytes)).await??;
+    let mut req: EvaluateRequest = input::json_body(received).await?;
     let bad = |m: String| ApiError::new(ProblemKind::InvalidRequest, m);
     let unfit = |m: String| ApiError::new(ProblemKind::InvalidInput, m);
     let mut raw = None;

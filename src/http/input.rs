@@ -138,6 +138,18 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
+/// A body that must be JSON, parsed into `T` (off the async threads when large); any other
+/// content type is refused.
+pub async fn json_body<T: DeserializeOwned + Send + 'static>(received: ReceivedBody) -> Result<T, ApiError> {
+    if received.media_type != "application/json" {
+        return Err(ApiError::new(
+            ProblemKind::UnsupportedMediaType,
+            "send application/json",
+        ));
+    }
+    super::offload::cpu(received.bytes.len(), move || parse_json(&received.bytes)).await?
+}
+
 /// Parses JSON into `T`, telling malformed JSON apart from JSON of the wrong shape.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {

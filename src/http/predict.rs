@@ -406,7 +406,25 @@ async fn parse_predict_body(received: input::ReceivedBody, uri: &Uri) -> Result<
 /// A JSON predict body.
 fn parse_predict_json(bytes: &[u8]) -> Result<ParsedPredict, ApiError> {
     let req: PredictRequest = input::parse_json(bytes)?;
-    let given = [req.image.is_some(), req.features.is_some(), req.instances.is_some()];
+    let (inputs, batched) = json_inputs(req.image, req.features, req.instances)?;
+    Ok(ParsedPredict {
+        inputs,
+        top_k: req.top_k,
+        batched,
+        explain: req.explain,
+        uncertainty: req.uncertainty,
+        audit: req.audit.unwrap_or(false),
+    })
+}
+
+/// The inputs of a JSON body in the predict forms: exactly one of `image`, `features` or
+/// `instances` (then batched).
+pub(super) fn json_inputs(
+    image: Option<String>,
+    features: Option<FeaturesJson>,
+    instances: Option<Vec<Instance>>,
+) -> Result<(Vec<RawInput>, bool), ApiError> {
+    let given = [image.is_some(), features.is_some(), instances.is_some()];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(ApiError::new(
             ProblemKind::InvalidRequest,
@@ -414,28 +432,39 @@ fn parse_predict_json(bytes: &[u8]) -> Result<ParsedPredict, ApiError> {
         ));
     }
     let one = |image, features| input::one_input(image, features, "each instance");
-    if let Some(instances) = req.instances {
-        let inputs = instances
-            .into_iter()
-            .map(|i| one(i.image, i.features))
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(ParsedPredict {
-            inputs,
-            top_k: req.top_k,
-            batched: true,
-            explain: req.explain,
-            uncertainty: req.uncertainty,
-            audit: req.audit.unwrap_or(false),
-        });
+    match instances {
+        Some(list) => {
+            let inputs = list
+                .into_iter()
+                .map(|i| one(i.image, i.features))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((inputs, true))
+        }
+        None => Ok((vec![one(image, features)?], false)),
     }
-    Ok(ParsedPredict {
-        inputs: vec![one(req.image, req.features)?],
-        top_k: req.top_k,
-        batched: false,
-        explain: req.explain,
-        uncertainty: req.uncertainty,
-        audit: req.audit.unwrap_or(false),
-    })
+}
+
+/// The images of a multipart form in the predict forms (batched when several).
+pub(super) fn form_inputs(images: Vec<axum::body::Bytes>) -> Result<(Vec<RawInput>, bool), ApiError> {
+    if images.is_empty() {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            "the multipart form has no `image` part",
+        ));
+    }
+    let batched = images.len() > 1;
+    Ok((images.into_iter().map(RawInput::Image).collect(), batched))
+}
+
+/// The problem for a body in none of the predict forms.
+pub(super) fn unsupported_media(media: &str) -> ApiError {
+    ApiError::new(
+        ProblemKind::UnsupportedMediaType,
+        format!(
+            "content type `{}` is not accepted; send application/json, image/png, image/jpeg or multipart/form-data",
+            if media.is_empty() { "(none)" } else { media }
+        ),
+    )
 }
 
 /// A raw-image or multipart predict body.
@@ -477,15 +506,9 @@ async fn parse_predict_other(received: &input::ReceivedBody, uri: &Uri) -> Resul
                 }
             }
         }
-        if form.images.is_empty() {
-            return Err(ApiError::new(
-                ProblemKind::InvalidRequest,
-                "the multipart form has no `image` part",
-            ));
-        }
-        let batched = form.images.len() > 1;
+        let (inputs, batched) = form_inputs(form.images)?;
         return Ok(ParsedPredict {
-            inputs: form.images.into_iter().map(RawInput::Image).collect(),
+            inputs,
             top_k,
             batched,
             explain,
@@ -493,11 +516,5 @@ async fn parse_predict_other(received: &input::ReceivedBody, uri: &Uri) -> Resul
             audit,
         });
     }
-    Err(ApiError::new(
-        ProblemKind::UnsupportedMediaType,
-        format!(
-            "content type `{}` is not accepted; send application/json, image/png, image/jpeg or multipart/form-data",
-            if media.is_empty() { "(none)" } else { media }
-        ),
-    ))
+    Err(unsupported_media(media))
 }

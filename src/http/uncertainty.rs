@@ -15,7 +15,7 @@ use super::auth::{audit_context, Caller};
 use super::error::{audit_failed, ApiError, ProblemKind};
 use super::explain::Format;
 use super::input::{self, FeaturesJson, RawInput};
-use super::predict::Instance;
+use super::predict::{form_inputs, json_inputs, unsupported_media, Instance};
 use super::{offload, prepare, AppState};
 use crate::audit::{Kind, Receipt};
 use crate::explain::{Condition, Limits};
@@ -372,42 +372,14 @@ async fn parse_body(received: input::ReceivedBody, uri: &Uri) -> Result<Parsed, 
                 "in a multipart form, inputs come as `image` parts, not in `request`",
             ));
         }
-        if form.images.is_empty() {
-            return Err(ApiError::new(
-                ProblemKind::InvalidRequest,
-                "the multipart form has no `image` part",
-            ));
-        }
-        let batched = form.images.len() > 1;
-        let inputs = form.images.into_iter().map(RawInput::Image).collect();
+        let (inputs, batched) = form_inputs(form.images)?;
         return Ok(Parsed::from_request(req, inputs, batched));
     }
-    Err(ApiError::new(
-        ProblemKind::UnsupportedMediaType,
-        format!(
-            "content type `{}` is not accepted; send application/json, image/png, image/jpeg or multipart/form-data",
-            if media.is_empty() { "(none)" } else { &media }
-        ),
-    ))
+    Err(unsupported_media(&media))
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Parsed, ApiError> {
     let mut req: UncertaintyRequest = input::parse_json(bytes)?;
-    let given = [req.image.is_some(), req.features.is_some(), req.instances.is_some()];
-    if given.iter().filter(|g| **g).count() != 1 {
-        return Err(ApiError::new(
-            ProblemKind::InvalidRequest,
-            "give exactly one of `image`, `features`, `instances`",
-        ));
-    }
-    let one = |image, features| input::one_input(image, features, "each instance");
-    if let Some(instances) = req.instances.take() {
-        let inputs = instances
-            .into_iter()
-            .map(|i| one(i.image, i.features))
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(Parsed::from_request(req, inputs, true));
-    }
-    let single = one(req.image.take(), req.features.take())?;
-    Ok(Parsed::from_request(req, vec![single], false))
+    let (inputs, batched) = json_inputs(req.image.take(), req.features.take(), req.instances.take())?;
+    Ok(Parsed::from_request(req, inputs, batched))
 }
