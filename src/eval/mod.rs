@@ -437,7 +437,7 @@ fn target_scores(model: &LoadedModel, outputs: &Tensor, target: usize, probabili
         .chunks(width)
         .map(|row| {
             if probability {
-                crate::uncertainty::probabilities(model, row)[target.min(width - 1)]
+                crate::runtime::predict::probabilities(model, row)[target.min(width - 1)]
             } else {
                 row[target.min(width - 1)]
             }

@@ -131,11 +131,7 @@ impl ExplainJob {
     /// A model output row as the forward-only methods weigh it: class probabilities for models
     /// whose output is logits (as RISE, Score-CAM, LIME and KernelSHAP's references do), else as it is.
     pub fn weighed_scores(&self, row: &[f64]) -> Vec<f64> {
-        if self.model.spec.scores == crate::runtime::manifest::ScoreKind::Logits {
-            crate::runtime::predict::softmax(row)
-        } else {
-            row.to_vec()
-        }
+        crate::runtime::predict::probabilities(&self.model, row)
     }
 
     /// The image preprocessing, or an error naming `method` for tabular models.

@@ -58,19 +58,29 @@ pub fn predict(
 
 /// Turns one row of the score output into ranked predictions.
 pub fn rank(model: &LoadedModel, raw: &[f64], top_k: usize) -> Vec<Prediction> {
+    ranked(model, &probabilities(model, raw), top_k)
+}
+
+/// One row of the score output as class probabilities: the softmax of logits, probabilities as
+/// they are (and a regression value as it is).
+pub fn probabilities(model: &LoadedModel, raw: &[f64]) -> Vec<f64> {
+    match model.spec.scores {
+        ScoreKind::Logits => softmax(raw),
+        ScoreKind::Probabilities | ScoreKind::Raw => raw.to_vec(),
+    }
+}
+
+/// The `top_k` classes of `probs` by decreasing probability (the one value, for regression).
+pub fn ranked(model: &LoadedModel, probs: &[f64], top_k: usize) -> Vec<Prediction> {
     let spec = &model.spec;
     if spec.task == Task::TabularRegression {
-        let value = raw.first().copied().unwrap_or(f64::NAN) as f32;
+        let value = probs.first().copied().unwrap_or(f64::NAN) as f32;
         return vec![Prediction {
             index: 0,
             label: spec.labels[0].clone(),
             score: value,
         }];
     }
-    let probs = match spec.scores {
-        ScoreKind::Logits => softmax(raw),
-        ScoreKind::Probabilities | ScoreKind::Raw => raw.to_vec(),
-    };
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
     order

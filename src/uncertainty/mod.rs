@@ -20,8 +20,8 @@ use crate::executor::{JobContext, Task};
 use crate::explain::{Invalid, Limits};
 use crate::onnx::dropout::MaskSite;
 use crate::runtime::gradients::GradientCache;
-use crate::runtime::manifest::{ScoreKind, Task as ModelTask};
-use crate::runtime::predict::{softmax, Prediction};
+use crate::runtime::manifest::Task as ModelTask;
+use crate::runtime::predict::{probabilities, ranked, Prediction};
 use crate::runtime::{LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
 pub use spread::{Spread, SpreadMethod};
 pub use stats::Summary;
@@ -344,14 +344,6 @@ fn check_bytes(valid: &ValidUncertainty, inputs: usize, limits: Limits) -> Resul
     Ok(())
 }
 
-/// Class probabilities of one row of scores (a regression value as it is).
-pub fn probabilities(model: &LoadedModel, scores: &[f64]) -> Vec<f64> {
-    match model.spec.scores {
-        ScoreKind::Logits => softmax(scores),
-        ScoreKind::Probabilities | ScoreKind::Raw => scores.to_vec(),
-    }
-}
-
 /// Runs `valid` on `input` (one row per input): one estimate per input.
 pub fn run(
     rt: &mut WorkerRuntime,
@@ -372,7 +364,7 @@ pub fn run(
     let mut estimates = Vec::with_capacity(per_input.len());
     for (row, samples) in per_input.into_iter().enumerate() {
         let summary = stats::summarize(&samples, classifier);
-        let predictions = ranked(&valid.model, &summary.mean, classifier);
+        let predictions = ranked(&valid.model, &summary.mean, RANKED);
         let explanation_spread = match (&valid.plan, predictions.first()) {
             (
                 Plan::McDropout {
@@ -401,25 +393,6 @@ pub fn run(
         });
     }
     Ok(estimates)
-}
-
-fn ranked(model: &LoadedModel, mean: &[f64], classifier: bool) -> Vec<Prediction> {
-    let mut order: Vec<usize> = (0..mean.len()).collect();
-    order.sort_by(|&a, &b| mean[b].total_cmp(&mean[a]).then(a.cmp(&b)));
-    order
-        .into_iter()
-        .take(if classifier { RANKED } else { 1 })
-        .map(|i| Prediction {
-            index: i,
-            label: model
-                .spec
-                .labels
-                .get(i)
-                .cloned()
-                .unwrap_or_else(|| format!("class_{i}")),
-            score: mean[i] as f32,
-        })
-        .collect()
 }
 
 /// Splits a pass's score output into rows of probabilities, `per` consecutive rows per input.

@@ -85,26 +85,14 @@ pub(super) fn spread(
         Some(spec) => vec![spec.height, spec.width],
         None => vec![per_row],
     };
-    let len = maps.first().map_or(0, Vec::len);
-    let n = samples as f64;
-    let mut mean = vec![0f64; len];
-    for m in &maps {
-        for (acc, v) in mean.iter_mut().zip(m) {
-            *acc += *v as f64 / n;
-        }
-    }
-    let mut var = vec![0f64; len];
-    for m in &maps {
-        for ((acc, v), mu) in var.iter_mut().zip(m).zip(&mean) {
-            *acc += (*v as f64 - mu).powi(2);
-        }
-    }
-    let divisor = samples.saturating_sub(1).max(1) as f64;
+    // The same mean and sample standard deviation as the estimate's probabilities.
+    let as_rows: Vec<Vec<f64>> = maps.iter().map(|m| m.iter().map(|v| f64::from(*v)).collect()).collect();
+    let summary = super::stats::summarize(&as_rows, false);
     Ok(Spread {
         method,
         target,
         shape,
-        mean: mean.iter().map(|&v| v as f32).collect(),
-        std: var.iter().map(|v| (v / divisor).sqrt() as f32).collect(),
+        mean: summary.mean.iter().map(|&v| v as f32).collect(),
+        std: summary.std.iter().map(|&v| v as f32).collect(),
     })
 }
