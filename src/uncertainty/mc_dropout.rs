@@ -90,18 +90,16 @@ pub fn masks(sites: &[MaskSite], rates: &[f32], samples: usize, seed: u64) -> Ve
         .collect()
 }
 
-/// Each input's `samples` rows of class probabilities.
+/// Each input's rows of class probabilities, one per sample of the `drawn` masks ([`masks`]).
 pub(super) fn sample(
     rt: &mut WorkerRuntime,
     model: &LoadedModel,
     sites: &[MaskSite],
-    rates: &[f32],
-    samples: usize,
-    seed: u64,
+    drawn: &[Tensor],
     input: &Tensor,
 ) -> Result<Vec<Vec<Vec<f64>>>, RuntimeError> {
     let inputs = input.rows();
-    let drawn = masks(sites, rates, samples, seed);
+    let samples = drawn.first().map_or(1, Tensor::rows);
     let rows = inputs.saturating_mul(samples);
     let replicated = tile(model, input, samples, true)?;
     let masks = drawn

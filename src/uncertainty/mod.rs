@@ -352,10 +352,16 @@ pub fn run(
     input: &Tensor,
 ) -> Result<Vec<Estimate>, RuntimeError> {
     ctx.checkpoint()?;
-    let per_input = match &valid.plan {
+    // MC dropout's masks, drawn once: the estimate and its explanation spread share them, so each
+    // map belongs to one of the estimate's samples.
+    let masks = match &valid.plan {
         Plan::McDropout {
             sites, rates, samples, ..
-        } => mc_dropout::sample(rt, &valid.model, sites, rates, *samples, valid.seed, input)?,
+        } => mc_dropout::masks(sites, rates, *samples, valid.seed),
+        _ => Vec::new(),
+    };
+    let per_input = match &valid.plan {
+        Plan::McDropout { sites, .. } => mc_dropout::sample(rt, &valid.model, sites, &masks, input)?,
         Plan::Tta { views, .. } => tta::sample(rt, &valid.model, views, input)?,
         Plan::Ensemble { members } => ensemble::sample(rt, members, input)?,
     };
@@ -369,15 +375,13 @@ pub fn run(
             (
                 Plan::McDropout {
                     sites,
-                    rates,
                     samples,
                     spread: Some(method),
+                    ..
                 },
                 Some(top),
             ) => {
                 ctx.checkpoint()?;
-                // The estimate's own masks: each map belongs to one of its samples.
-                let masks = mc_dropout::masks(sites, rates, *samples, valid.seed);
                 let one = input.slice_rows(row, row + 1);
                 let found = spread::spread(rt, &valid.model, sites, &masks, *method, &one, top.clone())?;
                 ctx.advance(*samples);
