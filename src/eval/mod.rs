@@ -398,22 +398,12 @@ pub fn evaluate(
 
 /// The substrate tensor for the subject's input.
 fn substrate(subject: &Subject, kind: Substrate) -> Tensor {
-    let model = subject.model;
     let baseline = match kind {
         Substrate::Black => Baseline::Black,
         Substrate::Blur => Baseline::Blur,
         Substrate::Mean => Baseline::Mean,
     };
-    match (&model.spec.image, kind, model.background.as_ref()) {
-        (None, Substrate::Mean, Some(rows)) if !rows.is_empty() => {
-            let n = rows.len() as f64;
-            let mean = (0..rows[0].len())
-                .map(|j| (rows.iter().map(|r| f64::from(r[j])).sum::<f64>() / n) as f32)
-                .collect();
-            Tensor::f32(subject.input.shape.clone(), mean)
-        }
-        _ => baselines::build(baseline, subject.input, model.spec.image.as_ref(), subject.seed),
-    }
+    baselines::for_model(baseline, subject.input, subject.model, subject.seed)
 }
 
 /// The element indices of feature `f` in one input row: every channel of a pixel, or the feature.

@@ -27,16 +27,22 @@ pub enum Baseline {
 /// The baseline for a job's input: [`build`] for images; for tabular models zeros, or with `Mean`
 /// the background data's mean row.
 pub fn for_job(baseline: Baseline, job: &super::ExplainJob) -> Tensor {
-    let image = job.model.spec.image.as_ref();
-    match (image, baseline, job.model.background.as_ref()) {
+    for_model(baseline, &job.input, &job.model, job.seed)
+}
+
+/// The baseline for `input` of `model`: [`build`] for images; for tabular models zeros, or with
+/// `Mean` the background data's mean row.
+pub fn for_model(baseline: Baseline, input: &Tensor, model: &crate::runtime::LoadedModel, seed: u64) -> Tensor {
+    let image = model.spec.image.as_ref();
+    match (image, baseline, model.background.as_ref()) {
         (None, Baseline::Mean, Some(rows)) if !rows.is_empty() => {
             let n = rows.len() as f64;
             let mean: Vec<f32> = (0..rows[0].len())
                 .map(|j| (rows.iter().map(|r| f64::from(r[j])).sum::<f64>() / n) as f32)
                 .collect();
-            Tensor::f32(job.input.shape.clone(), mean)
+            Tensor::f32(input.shape.clone(), mean)
         }
-        _ => build(baseline, &job.input, image, job.seed),
+        _ => build(baseline, input, image, seed),
     }
 }
 
