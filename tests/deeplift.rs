@@ -88,16 +88,7 @@ async fn start_models() -> explaind::Service {
 }
 
 async fn explain(s: &explaind::Service, model: &str, method: &str, body: Value) -> Value {
-    let resp = reqwest::Client::new()
-        .post(url(s, &format!("/v1/models/{model}/explain/{method}")))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{v}");
-    v
+    ok_json(post_json(s, &format!("/v1/models/{model}/explain/{method}"), &body).await).await
 }
 
 fn values(v: &Value) -> Vec<f64> {
@@ -242,12 +233,12 @@ async fn concurrent_requests_never_share_a_pass_and_bad_parameters_are_refused()
         assert_eq!(h.await.unwrap()["attributions"], alone["attributions"]);
     }
     for params in [json!({"baselines": 0}), json!({"baselines": 101})] {
-        let resp = reqwest::Client::new()
-            .post(url(&s, "/v1/models/mlp/explain/deeplift-shap"))
-            .json(&json!({"features": [1, 2, 3], "params": params}))
-            .send()
-            .await
-            .unwrap();
+        let resp = post_json(
+            &s,
+            "/v1/models/mlp/explain/deeplift-shap",
+            &json!({"features": [1, 2, 3], "params": params}),
+        )
+        .await;
         let p = problem(resp, StatusCode::BAD_REQUEST, "invalid-request").await;
         assert!(p["detail"].as_str().unwrap().contains("baselines"), "{p}");
     }

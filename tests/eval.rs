@@ -127,19 +127,7 @@ fn reference(case: &Value) -> Value {
 }
 
 async fn evaluate(s: &explaind::Service, model: &str, body: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(url(s, &format!("/v1/models/{model}/evaluate")))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn ok(resp: reqwest::Response) -> Value {
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{v}");
-    v
+    post_json(s, &format!("/v1/models/{model}/evaluate"), &body).await
 }
 
 fn f(v: &Value) -> f64 {
@@ -198,7 +186,7 @@ async fn every_metric_equals_an_independent_numpy_implementation_and_mu_fidelity
     for (steps, flip, target) in [(30, 1, 0usize), (7, 5, 1)] {
         let body = json!({"image": png, "attributions": {"shape": [SIDE, SIDE], "values": map},
                           "target": target, "seed": 1, "evaluate": all_metrics(steps, flip)});
-        let answer = ok(evaluate(&s, "varied", body).await).await;
+        let answer = ok_json(evaluate(&s, "varied", body).await).await;
         assert_eq!(answer["target"]["index"], target);
         let case = json!({"model": {"kind": "image", "mask": mask, "fc": FC}, "x": x, "map": map,
                           "target": target, "steps": steps, "features_in_step": flip});
@@ -217,7 +205,7 @@ async fn every_metric_equals_an_independent_numpy_implementation_and_mu_fidelity
         .collect();
     let body = json!({"image": png, "attributions": {"shape": [SIDE, SIDE], "values": exact}, "target": 0,
                       "evaluate": [{"metric": "mu_fidelity", "nr_runs": 40}]});
-    let answer = ok(evaluate(&s, "varied", body).await).await;
+    let answer = ok_json(evaluate(&s, "varied", body).await).await;
     assert!(
         (f(&metric(&answer, "mu_fidelity")["value"]) - 1.0).abs() < 1e-4,
         "{answer}"
@@ -225,7 +213,7 @@ async fn every_metric_equals_an_independent_numpy_implementation_and_mu_fidelity
     let negated: Vec<f32> = exact.iter().map(|v| -v).collect();
     let body = json!({"image": png, "attributions": {"shape": [SIDE, SIDE], "values": negated}, "target": 0,
                       "evaluate": [{"metric": "mu_fidelity", "nr_runs": 40}]});
-    let answer = ok(evaluate(&s, "varied", body).await).await;
+    let answer = ok_json(evaluate(&s, "varied", body).await).await;
     assert!(
         (f(&metric(&answer, "mu_fidelity")["value"]) + 1.0).abs() < 1e-4,
         "{answer}"
@@ -239,7 +227,7 @@ async fn every_metric_equals_an_independent_numpy_implementation_and_mu_fidelity
                                    {"metric": "insertion", "steps": 4, "substrate": "black"},
                                    {"metric": "pixel_flipping", "features_in_step": 1, "substrate": "black"},
                                    "sparseness", "complexity"]});
-    let answer = ok(evaluate(&s, "linear", body).await).await;
+    let answer = ok_json(evaluate(&s, "linear", body).await).await;
     let case = json!({"model": {"kind": "linear", "w": W, "b": B}, "x": features, "map": tab_map,
                       "target": 1, "steps": 4, "features_in_step": 1});
     check_against_reference(&answer, case);
@@ -256,7 +244,7 @@ async fn a_map_inside_the_region_the_model_reads_scores_better_than_one_outside(
     for map in [&inside, &outside] {
         let body = json!({"image": png, "attributions": {"shape": [SIDE, SIDE], "values": map}, "target": 0,
                           "evaluate": ["deletion", {"metric": "insertion", "substrate": "black"}]});
-        let answer = ok(evaluate(&s, "left-half", body).await).await;
+        let answer = ok_json(evaluate(&s, "left-half", body).await).await;
         scores.push((
             f(&metric(&answer, "deletion")["value"]),
             f(&metric(&answer, "insertion")["value"]),
@@ -272,12 +260,14 @@ async fn explain_and_predict_answers_carry_metrics_and_a_recorded_explanation_ca
     let s = start_models().await;
     let fashion = base64::engine::general_purpose::STANDARD
         .encode(std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap());
-    let answer = ok(reqwest::Client::new()
-        .post(url(&s, "/v1/models/fashion-cnn/explain/saliency"))
-        .json(&json!({"image": fashion, "evaluate": ["deletion", "insertion", "sparseness"]}))
-        .send()
-        .await
-        .unwrap())
+    let answer = ok_json(
+        post_json(
+            &s,
+            "/v1/models/fashion-cnn/explain/saliency",
+            &json!({"image": fashion, "evaluate": ["deletion", "insertion", "sparseness"]}),
+        )
+        .await,
+    )
     .await;
     let deletion = metric(&answer, "deletion");
     assert_eq!(deletion["curve"].as_array().unwrap().len(), 31);
@@ -289,13 +279,15 @@ async fn explain_and_predict_answers_carry_metrics_and_a_recorded_explanation_ca
     );
     // The same map given back to /evaluate gives the same figures.
     let map = answer["attributions"]["values"].clone();
-    let again = ok(evaluate(
-        &s,
-        "fashion-cnn",
-        json!({"image": fashion, "attributions": {"shape": [28, 28], "values": map},
+    let again = ok_json(
+        evaluate(
+            &s,
+            "fashion-cnn",
+            json!({"image": fashion, "attributions": {"shape": [28, 28], "values": map},
                "evaluate": ["deletion", "insertion", "sparseness"]}),
+        )
+        .await,
     )
-    .await)
     .await;
     for name in ["deletion", "insertion", "sparseness"] {
         assert!(
@@ -304,12 +296,14 @@ async fn explain_and_predict_answers_carry_metrics_and_a_recorded_explanation_ca
         );
     }
     // Predict's attached explanation measures too.
-    let predicted = ok(reqwest::Client::new()
-        .post(url(&s, "/v1/models/fashion-cnn/predict"))
-        .json(&json!({"image": fashion, "explain": {"method": "gradient-x-input", "evaluate": ["complexity"]}}))
-        .send()
-        .await
-        .unwrap())
+    let predicted = ok_json(
+        post_json(
+            &s,
+            "/v1/models/fashion-cnn/predict",
+            &json!({"image": fashion, "explain": {"method": "gradient-x-input", "evaluate": ["complexity"]}}),
+        )
+        .await,
+    )
     .await;
     assert!(
         metric(&predicted["explanation"], "complexity")["value"].is_number(),
@@ -318,12 +312,14 @@ async fn explain_and_predict_answers_carry_metrics_and_a_recorded_explanation_ca
 
     // A recorded tabular explanation keeps its attributions: evaluate it by its record.
     let features = json!([1.5, -2.0, 0.5, 1.0]);
-    let explained = ok(reqwest::Client::new()
-        .post(url(&s, "/v1/models/linear/explain/gradient-x-input"))
-        .json(&json!({"features": features, "audit": true, "evaluate": ["deletion"]}))
-        .send()
-        .await
-        .unwrap())
+    let explained = ok_json(
+        post_json(
+            &s,
+            "/v1/models/linear/explain/gradient-x-input",
+            &json!({"features": features, "audit": true, "evaluate": ["deletion"]}),
+        )
+        .await,
+    )
     .await;
     let record = explained["audit_record"]["id"].as_str().unwrap().to_string();
     let kept: Value = reqwest::get(url(&s, &format!("/v1/audit/records/{record}")))
@@ -333,12 +329,14 @@ async fn explain_and_predict_answers_carry_metrics_and_a_recorded_explanation_ca
         .await
         .unwrap();
     assert!(kept["targets"][0]["evaluation"]["deletion"].is_number(), "{kept}");
-    let by_record = ok(evaluate(
-        &s,
-        "linear",
-        json!({"features": features, "explanation_record": record, "evaluate": ["deletion"]}),
+    let by_record = ok_json(
+        evaluate(
+            &s,
+            "linear",
+            json!({"features": features, "explanation_record": record, "evaluate": ["deletion"]}),
+        )
+        .await,
     )
-    .await)
     .await;
     assert!((f(&metric(&by_record, "deletion")["value"]) - f(&metric(&explained, "deletion")["value"])).abs() < 1e-9);
     let p = problem(
@@ -436,12 +434,12 @@ async fn unknown_metrics_and_parameters_out_of_bounds_get_problems_naming_them()
     assert!(p["detail"].as_str().unwrap().contains("[8, 8]"), "{p}");
     // In an explain request, the same refusal before any work.
     let p = problem(
-        reqwest::Client::new()
-            .post(url(&s, "/v1/models/varied/explain/saliency"))
-            .json(&json!({"image": png, "evaluate": ["nope"]}))
-            .send()
-            .await
-            .unwrap(),
+        post_json(
+            &s,
+            "/v1/models/varied/explain/saliency",
+            &json!({"image": png, "evaluate": ["nope"]}),
+        )
+        .await,
         StatusCode::BAD_REQUEST,
         "invalid-request",
     )
@@ -469,13 +467,7 @@ async fn rise_centered_estimator_finds_faint_evidence_that_the_papers_estimator_
         let body = json!({"image": png, "target": 0, "seed": 2,
                           "params": {"masks": 500, "cell_size": 4, "estimator": estimator},
                           "evaluate": ["deletion", "insertion"]});
-        let v = ok(reqwest::Client::new()
-            .post(url(&s, "/v1/models/faint/explain/rise"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap())
-        .await;
+        let v = ok_json(post_json(&s, "/v1/models/faint/explain/rise", &body).await).await;
         let map: Vec<f64> = v["attributions"]["values"].as_array().unwrap().iter().map(f).collect();
         let mut order: Vec<usize> = (0..map.len()).collect();
         order.sort_by(|a, b| map[*b].total_cmp(&map[*a]));
@@ -508,13 +500,7 @@ async fn compare_runs_methods_side_by_side_with_their_metrics_as_json_and_as_one
         .encode(std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap());
     let body = json!({"image": fashion, "seed": 3,
                       "methods": ["saliency", "grad-cam", {"method": "rise", "params": {"preset": "fast"}}]});
-    let v = ok(reqwest::Client::new()
-        .post(url(&s, "/v1/models/fashion-cnn/compare"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap())
-    .await;
+    let v = ok_json(post_json(&s, "/v1/models/fashion-cnn/compare", &body).await).await;
     let list = v["comparisons"].as_array().unwrap();
     assert_eq!(list.len(), 3);
     for (c, name) in list.iter().zip(["saliency", "grad-cam", "rise"]) {
@@ -533,20 +519,22 @@ async fn compare_runs_methods_side_by_side_with_their_metrics_as_json_and_as_one
     }
     assert_eq!(list[2]["params"]["masks"], 500);
     // The same map as the method alone.
-    let alone = ok(reqwest::Client::new()
-        .post(url(&s, "/v1/models/fashion-cnn/explain/saliency"))
-        .json(&json!({"image": fashion}))
-        .send()
-        .await
-        .unwrap())
+    let alone = ok_json(
+        post_json(
+            &s,
+            "/v1/models/fashion-cnn/explain/saliency",
+            &json!({"image": fashion}),
+        )
+        .await,
+    )
     .await;
     assert_eq!(list[0]["attributions"], alone["attributions"]);
-    let png = reqwest::Client::new()
-        .post(url(&s, "/v1/models/fashion-cnn/compare"))
-        .json(&json!({"image": fashion, "methods": ["saliency", "gradient-x-input"], "format": "png"}))
-        .send()
-        .await
-        .unwrap();
+    let png = post_json(
+        &s,
+        "/v1/models/fashion-cnn/compare",
+        &json!({"image": fashion, "methods": ["saliency", "gradient-x-input"], "format": "png"}),
+    )
+    .await;
     assert_eq!(png.headers()["content-type"], "image/png");
     let img = image::load_from_memory(&png.bytes().await.unwrap()).unwrap();
     assert_eq!(
@@ -581,12 +569,7 @@ async fn compare_runs_methods_side_by_side_with_their_metrics_as_json_and_as_one
             "no metric",
         ),
     ] {
-        let resp = reqwest::Client::new()
-            .post(url(&s, "/v1/models/fashion-cnn/compare"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let resp = post_json(&s, "/v1/models/fashion-cnn/compare", &body).await;
         let p = problem(resp, status, slug).await;
         assert!(p["detail"].as_str().unwrap().contains(words), "{p}");
     }
@@ -596,7 +579,6 @@ async fn compare_runs_methods_side_by_side_with_their_metrics_as_json_and_as_one
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_randomization_check_fails_guided_backprop_and_passes_saliency_on_the_trained_cnn() {
     let s = start_models().await;
-    let http = reqwest::Client::new();
     // Adebayo et al.'s finding: guided backprop's map survives randomising the top layer,
     // the gradient's does not.
     let mut first_step = std::collections::HashMap::new();
@@ -606,13 +588,7 @@ async fn the_randomization_check_fails_guided_backprop_and_passes_saliency_on_th
             let image = base64::engine::general_purpose::STANDARD
                 .encode(std::fs::read(root().join(format!("tests/fixtures/fashion/test_{i:02}.png"))).unwrap());
             let body = json!({"image": image, "seed": 4, "evaluate": [{"metric": "model_randomization", "layers": 2}]});
-            let v = ok(http
-                .post(url(&s, &format!("/v1/models/fashion-cnn/explain/{method}")))
-                .json(&body)
-                .send()
-                .await
-                .unwrap())
-            .await;
+            let v = ok_json(post_json(&s, &format!("/v1/models/fashion-cnn/explain/{method}"), &body).await).await;
             let check = metric(&v, "model_randomization");
             assert_eq!(
                 check["params"]["layers"],
@@ -624,13 +600,8 @@ async fn the_randomization_check_fails_guided_backprop_and_passes_saliency_on_th
             assert_eq!(check["value"], curve[1]);
             sum += f(&curve[0]);
             if i == 0 {
-                let again = ok(http
-                    .post(url(&s, &format!("/v1/models/fashion-cnn/explain/{method}")))
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap())
-                .await;
+                let again =
+                    ok_json(post_json(&s, &format!("/v1/models/fashion-cnn/explain/{method}"), &body).await).await;
                 assert_eq!(metric(&again, "model_randomization")["curve"], check["curve"], "seeded");
             }
         }
@@ -642,11 +613,12 @@ async fn the_randomization_check_fails_guided_backprop_and_passes_saliency_on_th
     let fashion = base64::engine::general_purpose::STANDARD
         .encode(std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap());
     let p = problem(
-        http.post(url(&s, "/v1/models/fashion-cnn/explain/rise"))
-            .json(&json!({"image": fashion, "params": {"masks": 2000}, "evaluate": ["model_randomization"]}))
-            .send()
-            .await
-            .unwrap(),
+        post_json(
+            &s,
+            "/v1/models/fashion-cnn/explain/rise",
+            &json!({"image": fashion, "params": {"masks": 2000}, "evaluate": ["model_randomization"]}),
+        )
+        .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-input",
     )
@@ -678,19 +650,23 @@ async fn a_map_on_the_original_images_grid_is_brought_onto_the_models() {
     let map28: Vec<f32> = (0..28 * 28).map(|_| rng.uniform(0.0, 1.0)).collect();
     let map56: Vec<f32> = (0..56 * 56).map(|i| map28[(i / 56 / 2) * 28 + (i % 56) / 2]).collect();
     let metrics = json!(["deletion", "insertion", "sparseness"]);
-    let on_model = ok(evaluate(
-        &s,
-        "fashion-cnn",
-        json!({"image": png, "attributions": {"shape": [28, 28], "values": map28}, "evaluate": metrics}),
+    let on_model = ok_json(
+        evaluate(
+            &s,
+            "fashion-cnn",
+            json!({"image": png, "attributions": {"shape": [28, 28], "values": map28}, "evaluate": metrics}),
+        )
+        .await,
     )
-    .await)
     .await;
-    let on_image = ok(evaluate(
-        &s,
-        "fashion-cnn",
-        json!({"image": png, "attributions": {"shape": [56, 56], "values": map56}, "evaluate": metrics}),
+    let on_image = ok_json(
+        evaluate(
+            &s,
+            "fashion-cnn",
+            json!({"image": png, "attributions": {"shape": [56, 56], "values": map56}, "evaluate": metrics}),
+        )
+        .await,
     )
-    .await)
     .await;
     // Each model pixel averages the original pixels it covers: blocks come back exactly.
     for name in ["deletion", "insertion", "sparseness"] {

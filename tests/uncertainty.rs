@@ -90,20 +90,11 @@ async fn start_models() -> explaind::Service {
 }
 
 async fn post(s: &explaind::Service, model: &str, body: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(url(s, &format!("/v1/models/{model}/uncertainty")))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    post_json(s, &format!("/v1/models/{model}/uncertainty"), &body).await
 }
 
 async fn ok(s: &explaind::Service, model: &str, body: Value) -> Value {
-    let resp = post(s, model, body).await;
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{v}");
-    v
+    ok_json(post(s, model, body).await).await
 }
 
 fn png(pixels: &[u8], side: u32) -> String {
@@ -412,16 +403,7 @@ async fn predict_attaches_the_estimate_to_the_rows_meeting_when_and_the_audit_re
 }
 
 async fn ok_predict(s: &explaind::Service, body: Value) -> Value {
-    let resp = reqwest::Client::new()
-        .post(url(s, "/v1/models/fashion-cnn/predict"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{v}");
-    v
+    ok_json(post_json(s, "/v1/models/fashion-cnn/predict", &body).await).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,12 +555,8 @@ async fn the_explanation_spread_has_the_closed_form_on_a_linear_model_and_is_pla
     let body = json!({"image": image, "params": {"samples": 4, "p": 0.0, "explain_method": "saliency"}});
     let v = ok(&s, "fashion-cnn", body).await;
     let spread = &v["uncertainty"]["explanation_spread"];
-    let plain: Value = reqwest::Client::new()
-        .post(url(&s, "/v1/models/fashion-cnn/explain/saliency"))
-        .json(&json!({"image": image}))
-        .send()
+    let plain: Value = post_json(&s, "/v1/models/fashion-cnn/explain/saliency", &json!({"image": image}))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -148,6 +148,24 @@ impl Rng {
     }
 }
 
+/// POSTs `body` as JSON to `path` on `service`.
+pub async fn post_json(service: &Service, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url(service, path))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The JSON of a 200 answer; any other status fails the test, showing the body.
+pub async fn ok_json(resp: reqwest::Response) -> serde_json::Value {
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    assert_eq!(status, reqwest::StatusCode::OK, "{v}");
+    v
+}
+
 /// Checks an RFC 9457 problem response (status, content type, `type`, fields) and returns its body.
 pub async fn problem(resp: reqwest::Response, status: reqwest::StatusCode, slug: &str) -> serde_json::Value {
     let got = resp.status();
