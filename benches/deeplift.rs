@@ -28,19 +28,9 @@ fn main() {
         &["model.onnx", "model.toml", "background.csv"],
     );
     common::write_resnet18(&dir);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let config = explaind::config::Config {
-        bind: "127.0.0.1:0".into(),
-        models_dir: dir.clone(),
-        data_dir: dir.join("data"),
-        ..Default::default()
-    };
+    let config = common::config(&dir);
     let limits = Limits::from_config(&config);
-    let service = rt.block_on(explaind::Service::start(config)).expect("service");
-    rt.block_on(service.state.executor.wait_ready(Duration::from_secs(60)));
+    let (rt, service) = common::serve(config);
     let methods = Methods::standard();
     println!("through the executor, median ms (first run, which builds the backward model, excluded)");
     println!(

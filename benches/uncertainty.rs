@@ -39,21 +39,13 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     common::copy_bundled(&root, &dir, "fashion-cnn", &["model.onnx", "model.toml"]);
     common::write_resnet18(&dir);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let config = explaind::config::Config {
-        bind: "127.0.0.1:0".into(),
-        models_dir: dir.clone(),
         // All of a request's samples in one pass, as the raw run has them.
         max_batch: 128,
-        data_dir: dir.join("data"),
-        ..Default::default()
+        ..common::config(&dir)
     };
     let limits = Limits::from_config(&config);
-    let service = rt.block_on(explaind::Service::start(config)).expect("service");
-    rt.block_on(service.state.executor.wait_ready(Duration::from_secs(60)));
+    let (rt, service) = common::serve(config);
     let state = service.state.clone();
     let env = explaind::runtime::library::init(None).unwrap();
     let valid = |model: &Arc<LoadedModel>, samples: usize, p: f32, inputs: usize| {

@@ -28,3 +28,24 @@ pub fn write_resnet18(models: &Path) {
     )
     .unwrap();
 }
+
+/// A benchmark's config: loopback on an ephemeral port, the models under `dir`, data in `dir/data`.
+pub fn config(dir: &Path) -> explaind::config::Config {
+    explaind::config::Config {
+        bind: "127.0.0.1:0".into(),
+        models_dir: dir.to_path_buf(),
+        data_dir: dir.join("data"),
+        ..Default::default()
+    }
+}
+
+/// A multi-threaded runtime and a service on `config`, its workers ready.
+pub fn serve(config: explaind::config::Config) -> (tokio::runtime::Runtime, explaind::Service) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let service = rt.block_on(explaind::Service::start(config)).expect("service");
+    rt.block_on(service.state.executor.wait_ready(std::time::Duration::from_secs(60)));
+    (rt, service)
+}
