@@ -264,8 +264,15 @@ impl<M: Method> AnyMethod for Registered<M> {
     }
 
     fn plan(&self, params: serde_json::Value, cx: &PlanContext) -> Result<ValidParams, Invalid> {
-        let mut parsed: M::Params =
-            serde_json::from_value(params).map_err(|e| Invalid::Request(format!("params: {e}")))?;
+        // The error names the parameter that is wrong (`params.composite: unknown variant ...`).
+        let mut parsed: M::Params = serde_path_to_error::deserialize(params).map_err(|e| {
+            let at = e.path().to_string();
+            let inner = e.into_inner();
+            Invalid::Request(match at.as_str() {
+                "." | "" => format!("params: {inner}"),
+                _ => format!("params.{at}: {inner}"),
+            })
+        })?;
         let cost = M::plan(&mut parsed, cx)?;
         check_cost(cost, cx.limits)?;
         // Through text, so f32 parameters echo as written (0.15, not 0.15000000596).
@@ -417,6 +424,7 @@ impl Methods {
             .with::<integrated_gradients::IntegratedGradients>()
             .with::<deeplift::DeepLift>()
             .with::<deeplift_shap::DeepLiftShap>()
+            .with::<lrp::Lrp>()
             .with::<smoothgrad::SmoothGrad>()
             .with::<grad_cam::GradCam>()
             .with::<grad_cam::GradCamPlusPlus>()

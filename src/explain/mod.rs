@@ -12,6 +12,7 @@ mod guided;
 mod integrated_gradients;
 mod kernel_shap;
 mod lime;
+mod lrp;
 pub mod method;
 mod occlusion;
 mod perturb;

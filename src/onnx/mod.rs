@@ -3,6 +3,7 @@
 pub mod autodiff;
 pub mod builder;
 pub mod dropout;
+pub mod fold;
 pub mod node;
 pub mod proto;
 pub mod randomize;

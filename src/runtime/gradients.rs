@@ -15,6 +15,7 @@ use super::graph_runner::OrtRunner;
 use super::manifest::{Layout, ModelSpec};
 use super::shapes::probe_shapes;
 use super::LoadedModel;
+use crate::onnx::autodiff::rules::InputBounds;
 use crate::onnx::autodiff::{self, analysis_layers, GradientSpec, RuleSet, RuleTable, ShapeMap};
 use crate::onnx::dropout::{self, MaskSite};
 use crate::onnx::proto::{self, ModelProto};
@@ -158,8 +159,9 @@ impl GradientCache {
             layers: key.layers.clone(),
         };
         let runner = OrtRunner::new(self.env);
-        let mut built = autodiff::build_backward(forward, &spec, shapes, &RuleTable::for_set(key.rules), Some(&runner))
-            .map_err(|e| e.to_string())?;
+        let table = RuleTable::for_set(key.rules).with_input_bounds(input_bounds(&model.spec));
+        let mut built =
+            autodiff::build_backward(forward, &spec, shapes, &table, Some(&runner)).map_err(|e| e.to_string())?;
         // Rows fed no weights explain their top class, chosen in the graph: one pass, no forward
         // pass first. Only a `[batch, classes]` output can be ranked.
         let classes = shapes
@@ -238,6 +240,28 @@ impl GradientCache {
             },
         }
     }
+}
+
+/// The lowest and highest value each input channel of an image model can take after its
+/// normalisation (pixels 0 and 255), for LRP's ZBox rule. `None` for tabular models.
+pub fn input_bounds(spec: &ModelSpec) -> Option<InputBounds> {
+    let image = spec.image.as_ref()?;
+    let bound = |pixel: f32| -> Vec<f32> {
+        (0..image.channels)
+            .map(|c| {
+                let (mean, std) = (
+                    image.mean.get(c).copied().unwrap_or(0.0),
+                    image.std.get(c).copied().unwrap_or(1.0),
+                );
+                (pixel * image.scale - mean) / std
+            })
+            .collect()
+    };
+    let (a, b) = (bound(0.0), bound(255.0));
+    // A negative std swaps the ends.
+    let low = a.iter().zip(&b).map(|(a, b)| a.min(*b)).collect();
+    let high = a.iter().zip(&b).map(|(a, b)| a.max(*b)).collect();
+    Some(InputBounds { low, high })
 }
 
 /// Describes the gradients of a prepared model whose shapes were probed.

@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
-use super::rules::RuleError;
-use super::{f32_tensor, GraphRunner, ShapeMap};
+use super::rules::{RuleError, RuleTable};
+use super::{f32_tensor, GraphRunner, ShapeMap, TensorShape};
 use crate::onnx::builder::{attribute, int64_tensor, Attr};
 use crate::onnx::node::{constant, node_name, tensor_f32, tensor_i64};
-use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
+use crate::onnx::proto::{data_type, GraphProto, NodeProto, TensorProto};
 
 /// What a finished build adds to the forward graph.
 pub(super) struct Emitted {
@@ -23,6 +23,11 @@ pub struct GradContext<'a> {
     shapes: &'a ShapeMap,
     opset: i64,
     runner: Option<&'a dyn GraphRunner>,
+    table: &'a RuleTable,
+    /// Shapes of the tensors this build adds that rules read back (modified weights, copies).
+    added_shapes: ShapeMap,
+    /// The first linear node (Conv, Gemm, MatMul) on the path from the input, by index.
+    first_linear: Option<usize>,
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     forward_outputs: Vec<(usize, usize, String)>,
@@ -39,12 +44,32 @@ impl<'a> GradContext<'a> {
         shapes: &'a ShapeMap,
         opset: i64,
         runner: Option<&'a dyn GraphRunner>,
+        table: &'a RuleTable,
+        first_linear: Option<usize>,
     ) -> Self {
+        // Initializers a graph rewrite added (folded weights) were not probed: their shapes are known.
+        let added_shapes = graph
+            .initializer
+            .iter()
+            .filter_map(|t| {
+                let name = t.name.clone()?;
+                (!shapes.contains_key(&name)).then(|| {
+                    let shape = TensorShape {
+                        dims: t.dims.iter().map(|d| Some(*d)).collect(),
+                        elem_type: t.data_type.unwrap_or(data_type::FLOAT),
+                    };
+                    (name, shape)
+                })
+            })
+            .collect();
         Self {
             graph,
             shapes,
             opset,
             runner,
+            table,
+            added_shapes,
+            first_linear,
             nodes: Vec::new(),
             initializers: Vec::new(),
             forward_outputs: Vec::new(),
@@ -77,6 +102,51 @@ impl<'a> GradContext<'a> {
     /// The build-time runner, when one was given.
     pub fn runner(&self) -> Option<&'a dyn GraphRunner> {
         self.runner
+    }
+
+    /// The rule table being applied (alternative tables read their parameters from it).
+    pub fn table(&self) -> &'a RuleTable {
+        self.table
+    }
+
+    /// True while the current node is the first linear layer (Conv, Gemm, MatMul) after the input.
+    pub fn at_first_linear(&self) -> bool {
+        self.first_linear == Some(self.node_index)
+    }
+
+    /// The forward node that produces `tensor`, if any.
+    pub fn producer(&self, tensor: &str) -> Option<&'a NodeProto> {
+        self.graph.node.iter().find(|n| n.output.iter().any(|o| o == tensor))
+    }
+
+    /// Emits a copy of forward node `node` (same operator and attributes) on `inputs`, with one
+    /// output shaped like the node's output 0 (so rules can run on the copy).
+    pub fn emit_like(&mut self, node: &NodeProto, inputs: &[&str]) -> String {
+        let name = self.fresh(&format!(
+            "{}.copy",
+            node.op_type.as_deref().unwrap_or("op").to_ascii_lowercase()
+        ));
+        self.nodes.push(NodeProto {
+            name: Some(name.clone()),
+            op_type: node.op_type.clone(),
+            domain: node.domain.clone(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![name.clone()],
+            attribute: node.attribute.clone(),
+            ..Default::default()
+        });
+        if let Some(out) = node.output.first() {
+            self.alias_shape(&name, out);
+        }
+        name
+    }
+
+    /// Records that added tensor `name` has the shape of tensor `like`.
+    pub fn alias_shape(&mut self, name: &str, like: &str) {
+        let shape = self.shapes.get(like).or_else(|| self.added_shapes.get(like)).cloned();
+        if let Some(shape) = shape {
+            self.added_shapes.insert(name.to_string(), shape);
+        }
     }
 
     /// A fresh name `{node}.grad.{what}`.
@@ -117,10 +187,17 @@ impl<'a> GradContext<'a> {
         outs
     }
 
-    /// A float32 constant.
+    /// A float32 constant (rules can read its shape and values back, as the graph's own).
     pub fn const_f32(&mut self, what: &str, dims: &[i64], values: &[f32]) -> String {
         let name = self.fresh(what);
         self.initializers.push(f32_tensor(&name, dims, values));
+        self.added_shapes.insert(
+            name.clone(),
+            TensorShape {
+                dims: dims.iter().map(|d| Some(*d)).collect(),
+                elem_type: data_type::FLOAT,
+            },
+        );
         name
     }
 
@@ -169,9 +246,10 @@ impl<'a> GradContext<'a> {
     }
 
     /// Dimensions of a forward tensor as the shape probe saw them.
-    pub fn dims(&self, tensor: &str) -> Result<&'a [Option<i64>], RuleError> {
+    pub fn dims(&self, tensor: &str) -> Result<&[Option<i64>], RuleError> {
         self.shapes
             .get(tensor)
+            .or_else(|| self.added_shapes.get(tensor))
             .map(|s| s.dims.as_slice())
             .ok_or_else(|| RuleError::at(&self.node, format!("no shape known for tensor `{tensor}`")))
     }
@@ -183,7 +261,10 @@ impl<'a> GradContext<'a> {
 
     /// Element type of a forward tensor.
     pub fn elem_type(&self, tensor: &str) -> Option<i32> {
-        self.shapes.get(tensor).map(|s| s.elem_type)
+        self.shapes
+            .get(tensor)
+            .or_else(|| self.added_shapes.get(tensor))
+            .map(|s| s.elem_type)
     }
 
     /// Values of a constant int tensor (initializer or Constant output).
@@ -191,9 +272,16 @@ impl<'a> GradContext<'a> {
         constant(self.graph, name).and_then(tensor_i64)
     }
 
-    /// Values of a constant float tensor.
+    /// Values of a constant float tensor (the graph's, or one this build added).
     pub fn constant_floats(&self, name: &str) -> Option<Vec<f32>> {
-        constant(self.graph, name).and_then(tensor_f32)
+        self.constant_tensor(name).map(|(_, v)| v)
+    }
+
+    /// Dimensions and values of a constant float tensor (the graph's, or one this build added).
+    pub fn constant_tensor(&self, name: &str) -> Option<(Vec<i64>, Vec<f32>)> {
+        let t = constant(self.graph, name)
+            .or_else(|| self.initializers.iter().find(|t| t.name.as_deref() == Some(name)))?;
+        Some((t.dims.clone(), tensor_f32(t)?))
     }
 
     /// Asks the current forward node for its output `slot` (e.g. MaxPool's Indices) and returns its name.

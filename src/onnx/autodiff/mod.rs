@@ -234,6 +234,10 @@ pub fn build_backward(
     let model = &prepared;
     let opset = model_opset(model);
     let mut graph = model.graph.clone().ok_or(AutodiffError::NoGraph)?;
+    if table.propagates_relevance() {
+        // zennit's canonizer: relevance rules apply to the convolution with its normalisation in it.
+        super::fold::batch_norms(&mut graph);
+    }
 
     let mut targets = vec![spec.output.clone()];
     targets.extend(spec.layers.iter().cloned());
@@ -257,9 +261,20 @@ pub fn build_backward(
         return Err(AutodiffError::Unsupported(unsupported));
     }
 
-    let mut ctx = GradContext::new(&graph, shapes, opset, runner);
+    let first_linear = path
+        .nodes
+        .iter()
+        .copied()
+        .find(|&i| matches!(op_type(&graph.node[i]), "Conv" | "Gemm" | "MatMul"));
+    let mut ctx = GradContext::new(&graph, shapes, opset, runner, table, first_linear);
+    let seed = if table.propagates_relevance() {
+        // Relevance starts as the target's score: the output times the weights.
+        ctx.emit("Mul", &[&spec.output, WEIGHTS_INPUT], vec![])
+    } else {
+        WEIGHTS_INPUT.to_string()
+    };
     let mut grads: HashMap<String, Vec<String>> = HashMap::new();
-    grads.insert(spec.output.clone(), vec![WEIGHTS_INPUT.to_string()]);
+    grads.insert(spec.output.clone(), vec![seed]);
     let mut finals: HashMap<String, String> = HashMap::new();
 
     for &index in path.nodes.iter().rev() {

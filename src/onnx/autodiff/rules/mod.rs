@@ -7,6 +7,7 @@
 mod activation;
 mod conv;
 mod elementwise;
+pub mod lrp;
 mod matmul;
 mod norm;
 mod pool;
@@ -16,6 +17,8 @@ mod resize;
 mod shape;
 
 use std::collections::HashMap;
+
+pub use lrp::{Composite, InputBounds, LrpRules};
 
 use super::GradContext;
 use crate::onnx::node::{node_name, op_type, AttrError};
@@ -71,21 +74,31 @@ pub enum RuleSet {
     /// DeepLIFT's rescale rule: nonlinearities pass (f(x) - f(x')) / (x - x'), the reference in
     /// the batch's second half.
     DeepLiftRescale,
+    /// Layer-wise relevance propagation with a zennit composite: relevance, not gradients, flows
+    /// back from the target's score.
+    Lrp(LrpRules),
 }
 
 /// Rules by (domain, operator).
 pub struct RuleTable {
     set: RuleSet,
     rules: HashMap<(&'static str, &'static str), Rule>,
+    input_bounds: Option<InputBounds>,
 }
 
 impl RuleTable {
+    /// A table with no rules yet.
+    pub(crate) fn empty(set: RuleSet) -> Self {
+        RuleTable {
+            set,
+            rules: HashMap::new(),
+            input_bounds: None,
+        }
+    }
+
     /// The exact-gradient rules.
     pub fn standard() -> Self {
-        let mut t = RuleTable {
-            set: RuleSet::Standard,
-            rules: HashMap::new(),
-        };
+        let mut t = Self::empty(RuleSet::Standard);
         elementwise::register(&mut t);
         activation::register(&mut t);
         conv::register(&mut t);
@@ -120,12 +133,30 @@ impl RuleTable {
             RuleSet::Standard => Self::standard(),
             RuleSet::GuidedBackprop => Self::guided_backprop(),
             RuleSet::DeepLiftRescale => Self::deeplift_rescale(),
+            RuleSet::Lrp(rules) => lrp::table(rules),
         }
     }
 
     /// Which rule set this is.
     pub fn set(&self) -> RuleSet {
         self.set
+    }
+
+    /// True when the table propagates relevance (LRP): the seed is the target's score, and batch
+    /// normalisation is folded into the layer before it first.
+    pub fn propagates_relevance(&self) -> bool {
+        matches!(self.set, RuleSet::Lrp(_))
+    }
+
+    /// The same table with the model input's bounds (ZBox reads them).
+    pub fn with_input_bounds(mut self, bounds: Option<InputBounds>) -> Self {
+        self.input_bounds = bounds;
+        self
+    }
+
+    /// The model input's bounds, when known.
+    pub fn input_bounds(&self) -> Option<&InputBounds> {
+        self.input_bounds.as_ref()
     }
 
     /// Adds or replaces the rule for a default-domain operator.

@@ -1,7 +1,8 @@
-//! DeepLIFT against saliency on the same model, through the executor: DeepLIFT runs the input and
-//! its reference as one backward pass of two rows through the rescale rule table, saliency one row
-//! through the exact one (goal: ratio at most 1.2). DeepLiftShap's 10 references for scale.
-//! Run with `cargo bench --bench deeplift`.
+//! Reference- and relevance-based methods against saliency on the same model, through the
+//! executor (goal: ratio at most 1.2): DeepLIFT runs the input and its reference as one backward
+//! pass of two rows through the rescale rule table, LRP one row through its composite's relevance
+//! rules, saliency one row through the exact rules. DeepLiftShap's 10 references for scale.
+//! Run with `cargo bench --bench relevance`.
 
 mod common;
 
@@ -18,7 +19,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = root.join("target").join("bench-deeplift-models");
+    let dir = root.join("target").join("bench-relevance-models");
     let _ = std::fs::remove_dir_all(&dir);
     common::copy_bundled(&root, &dir, "fashion-cnn", &["model.onnx", "model.toml"]);
     common::copy_bundled(
@@ -33,9 +34,18 @@ fn main() {
     let (rt, service) = common::serve(config);
     let methods = Methods::standard();
     println!("through the executor, median ms (first run, which builds the backward model, excluded)");
+    let columns = [
+        ("deeplift", serde_json::json!({})),
+        ("deeplift-shap", serde_json::json!({})),
+        ("lrp", serde_json::json!({"composite": "epsilon"})),
+        ("lrp", serde_json::json!({"composite": "epsilon_plus_flat"})),
+        ("lrp", serde_json::json!({"composite": "epsilon_gamma_box"})),
+        ("lrp", serde_json::json!({"composite": "epsilon_alpha2_beta1"})),
+    ];
+    println!("ratio to saliency (saliency in ms)");
     println!(
-        "{:<14} {:>10} {:>10} {:>16} {:>10} {:>15}",
-        "model", "saliency", "deeplift", "deeplift/saliency", "dl-shap", "dl-shap/saliency"
+        "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "model", "saliency", "deeplift", "dl-shap", "lrp-eps", "lrp-flat", "lrp-gbox", "lrp-a2b1"
     );
     for (name, dims, rounds) in [
         ("breast-cancer", vec![1usize, 30], 200),
@@ -45,13 +55,13 @@ fn main() {
         let model = service.state.registry.get(name).unwrap().clone();
         let n: usize = dims.iter().product();
         let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-        let time = |method: &str| {
+        let time = |method: &str, params: &serde_json::Value| {
             let cx = PlanContext {
                 model: &model,
                 limits,
                 targets: 1,
             };
-            let params = methods.get(method).unwrap().plan(serde_json::json!({}), &cx).unwrap();
+            let params = methods.get(method).unwrap().plan(params.clone(), &cx).unwrap();
             let mut times = Vec::new();
             for round in 0..=rounds {
                 let job = ExplainJob {
@@ -72,12 +82,12 @@ fn main() {
             }
             median(times).as_secs_f64() * 1e3
         };
-        let (s, d, k) = (time("saliency"), time("deeplift"), time("deeplift-shap"));
-        println!(
-            "{name:<14} {s:>10.2} {d:>10.2} {:>16.2} {k:>10.2} {:>15.2}",
-            d / s,
-            k / s
-        );
+        let s = time("saliency", &serde_json::json!({}));
+        let ratios: Vec<String> = columns
+            .iter()
+            .map(|(method, params)| format!("{:>9.2}", time(method, params) / s))
+            .collect();
+        println!("{name:<14} {s:>9.2} {}", ratios.join(" "));
     }
     rt.block_on(service.stop()).unwrap();
 }

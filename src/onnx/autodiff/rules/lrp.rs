@@ -1,0 +1,671 @@
+//! Layer-wise relevance propagation (Bach et al. 2015) as a rule table, with zennit's rules and
+//! composites (Anders et al.; `zennit.rules`, `zennit.composites`). What flows backwards is
+//! relevance, not a gradient: the seed is the target's score (`output * weights`), activations pass
+//! it through, routing operators (reshapes, slices, concatenation, max pooling) move it as their
+//! gradient does, sums and average pooling split it in proportion to their inputs (Norm), and each
+//! linear layer (Conv, Gemm, MatMul) applies its composite's rule:
+//!
+//! - Epsilon: `R_in = x * J^T (R / stab(z))`, z the layer's output with its bias.
+//! - ZPlus: `z = W+ x+ + b+ + W- x-`; `R_in = x+ * W+^T s + x- * W-^T s`, s = R / stab(z).
+//! - AlphaBeta(2, 1): 2 x the ZPlus part minus the part through `W- x+ + b- + W+ x-`.
+//! - Gamma(0.25): weights `W + g W+` where the output is positive and `W + g W-` where it is
+//!   negative (zennit's generalised form, which also allows negative inputs).
+//! - ZBox(low, high): `z = Wx + b - (W+ l + b+) - (W- h + b-)`;
+//!   `R_in = x * W^T s - l * W+^T s - h * W-^T s`.
+//! - Flat: weights and inputs set to one, no bias: `R_in = 1^T (R / stab(z))`.
+//!
+//! `stab(z) = z + eps * sign(z)` with sign(0) = +1. Modified weights are computed when the graph is
+//! built; each "transposed" product `W'^T s` is the exact gradient rule of a copy of the layer with
+//! the modified weight, so strides, padding, groups and transposes are handled once, there.
+//! Operators without a relevance rule here are refused (listed), not differentiated.
+
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{grad0, input, output, Rule, RuleError, RuleTable};
+use crate::onnx::autodiff::GradContext;
+use crate::onnx::node::{attr_float, domain, op_type};
+use crate::onnx::proto::NodeProto;
+
+type Grads = Result<Vec<Option<String>>, RuleError>;
+
+/// zennit's stabiliser for every rule but Epsilon.
+const STABILIZER: f32 = 1e-6;
+
+/// Which rule each layer gets (zennit's composite names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Composite {
+    /// The first linear layer Flat, other convolutions ZPlus, dense layers Epsilon (1e-6).
+    #[default]
+    EpsilonPlusFlat,
+    /// The first convolution ZBox (the input's bounds from the model's normalisation), other
+    /// convolutions Gamma (0.25), dense layers Epsilon (1e-6).
+    EpsilonGammaBox,
+    /// Convolutions AlphaBeta (alpha 2, beta 1), dense layers Epsilon (1e-6).
+    EpsilonAlpha2Beta1,
+    /// Epsilon everywhere (Captum's LRP default, 1e-9).
+    Epsilon,
+}
+
+impl Composite {
+    /// The composite's default epsilon.
+    pub fn default_epsilon(self) -> f32 {
+        match self {
+            Composite::Epsilon => 1e-9,
+            _ => 1e-6,
+        }
+    }
+}
+
+/// An LRP rule set: a composite and its parameters (floats kept as bits, so rule sets can key
+/// built models).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LrpRules {
+    /// The composite.
+    pub composite: Composite,
+    epsilon: u32,
+    gamma: u32,
+}
+
+impl LrpRules {
+    /// A composite with its epsilon (dense layers; all layers for `Epsilon`) and gamma.
+    pub fn new(composite: Composite, epsilon: f32, gamma: f32) -> Self {
+        Self {
+            composite,
+            epsilon: epsilon.to_bits(),
+            gamma: gamma.to_bits(),
+        }
+    }
+
+    /// Epsilon of the Epsilon rule.
+    pub fn epsilon(&self) -> f32 {
+        f32::from_bits(self.epsilon)
+    }
+
+    /// Gamma of the Gamma rule.
+    pub fn gamma(&self) -> f32 {
+        f32::from_bits(self.gamma)
+    }
+
+    /// The stabiliser of the Norm rule (sums, average pooling): epsilon in the all-Epsilon
+    /// composite, zennit's 1e-6 in the others.
+    fn norm_epsilon(&self) -> f32 {
+        match self.composite {
+            Composite::Epsilon => self.epsilon(),
+            _ => STABILIZER,
+        }
+    }
+}
+
+/// The input's lowest and highest values per channel (ZBox's box).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputBounds {
+    /// Lowest value per channel.
+    pub low: Vec<f32>,
+    /// Highest value per channel.
+    pub high: Vec<f32>,
+}
+
+/// Operators relevance passes through unchanged (elementwise, one input on the path).
+const PASS: &[&str] = &[
+    "Relu",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Sigmoid",
+    "Tanh",
+    "Softplus",
+    "Clip",
+    "Gelu",
+    "HardSigmoid",
+    "HardSwish",
+    "Softmax",
+    "BatchNormalization",
+];
+
+/// Operators that move relevance as their gradient moves values.
+const ROUTE: &[&str] = &[
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Concat",
+    "Split",
+    "Slice",
+    "Gather",
+    "Expand",
+    "Identity",
+    "Dropout",
+    "Cast",
+    "Pad",
+    "MaxPool",
+    "GlobalMaxPool",
+];
+
+/// Linear operators without weights to modify: Norm (the Epsilon rule with the stabiliser).
+const NORM: &[&str] = &[
+    "AveragePool",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "ReduceSum",
+    "Resize",
+    "ConvTranspose",
+];
+
+/// The LRP table for `rules`.
+pub(super) fn table(rules: LrpRules) -> RuleTable {
+    let standard = standard();
+    let mut t = RuleTable::empty(super::RuleSet::Lrp(rules));
+    for op in ROUTE {
+        if let Some(rule) = standard.get("", op) {
+            t.register("", op, rule);
+        }
+    }
+    for op in PASS {
+        t.register("", op, pass);
+    }
+    for op in NORM {
+        t.register("", op, norm);
+    }
+    for op in ["Add", "Sub", "Sum", "Mean"] {
+        t.register("", op, sum);
+    }
+    for op in ["Mul", "Div"] {
+        t.register("", op, scale);
+    }
+    for op in ["Conv", "Gemm", "MatMul"] {
+        t.register("", op, linear);
+    }
+    t
+}
+
+/// The exact-gradient rules the relevance rules borrow their transposed products from.
+fn standard() -> &'static RuleTable {
+    static TABLE: OnceLock<RuleTable> = OnceLock::new();
+    TABLE.get_or_init(RuleTable::standard)
+}
+
+fn rules_of(ctx: &GradContext, n: &NodeProto) -> Result<LrpRules, RuleError> {
+    match ctx.table().set() {
+        super::RuleSet::Lrp(r) => Ok(r),
+        _ => Err(RuleError::new(n, "an LRP rule outside an LRP table")),
+    }
+}
+
+/// `z + eps * sign(z)`, sign(0) = +1.
+fn stabilize(ctx: &mut GradContext, z: &str, eps: f32) -> String {
+    let (zero, e) = (ctx.scalar(0.0), ctx.scalar(eps));
+    let up = ctx.emit("GreaterOrEqual", &[z, &zero], vec![]);
+    let plus = ctx.emit("Add", &[z, &e], vec![]);
+    let minus = ctx.emit("Sub", &[z, &e], vec![]);
+    ctx.emit("Where", &[&up, &plus, &minus], vec![])
+}
+
+/// `R / stab(z)`.
+fn ratio(ctx: &mut GradContext, r: &str, z: &str, eps: f32) -> String {
+    let stable = stabilize(ctx, z, eps);
+    ctx.emit("Div", &[r, &stable], vec![])
+}
+
+/// Which inputs are on the path.
+fn on_path(needs: &[bool]) -> Vec<usize> {
+    needs.iter().enumerate().filter(|(_, n)| **n).map(|(i, _)| i).collect()
+}
+
+/// Relevance unchanged to the one input on the path.
+fn pass(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
+    let r = grad0(n, g)?.to_string();
+    match on_path(needs).as_slice() {
+        [i] => {
+            let mut out = vec![None; n.input.len()];
+            out[*i] = Some(ctx.unbroadcast(&r, output(n), input(n, *i))?);
+            Ok(out)
+        }
+        _ => Err(RuleError::new(
+            n,
+            "relevance passes through an elementwise operator with one input on the path only",
+        )),
+    }
+}
+
+/// Norm: `R_i = x_i * J_i^T (R / stab(y))` for every input on the path.
+fn norm_with(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool], eps: f32) -> Grads {
+    let r = grad0(n, g)?.to_string();
+    let s = ratio(ctx, &r, output(n), eps);
+    let rule = standard_rule(n)?;
+    let grads = rule(ctx, n, &[Some(s)], needs)?;
+    let mut out = vec![None; n.input.len()];
+    for i in on_path(needs) {
+        let gi = grads
+            .get(i)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| RuleError::new(n, format!("no product for input {i}")))?;
+        out[i] = Some(ctx.emit("Mul", &[input(n, i), &gi], vec![]));
+    }
+    Ok(out)
+}
+
+fn norm(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
+    let eps = rules_of(ctx, n)?.norm_epsilon();
+    norm_with(ctx, n, g, needs, eps)
+}
+
+/// Sums split relevance in proportion to their inputs; with one input on the path (a bias or
+/// constant shift) relevance passes.
+fn sum(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
+    if on_path(needs).len() > 1 {
+        norm(ctx, n, g, needs)
+    } else {
+        pass(ctx, n, g, needs)
+    }
+}
+
+/// Scaling by a constant passes relevance; a product of two tensors on the path has no rule.
+fn scale(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
+    if on_path(needs).len() > 1 {
+        return Err(RuleError::new(
+            n,
+            "LRP has no rule for a product of two tensors on the path (attention, gating)",
+        ));
+    }
+    pass(ctx, n, g, needs)
+}
+
+fn standard_rule(n: &NodeProto) -> Result<Rule, RuleError> {
+    standard()
+        .get(domain(n), op_type(n))
+        .ok_or_else(|| RuleError::new(n, "no gradient rule to transpose"))
+}
+
+/// A linear layer's rule, as its composite assigns it.
+fn linear(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
+    let rules = rules_of(ctx, n)?;
+    let conv = op_type(n) == "Conv";
+    let first = ctx.at_first_linear();
+    if on_path(needs) != [0] {
+        if rules.composite == Composite::Epsilon || !(first || conv) {
+            return match on_path(needs).len() {
+                1 => norm_with(ctx, n, g, needs, rules.epsilon()),
+                _ => Err(RuleError::new(
+                    n,
+                    "LRP has no rule for a product of two tensors on the path (attention)",
+                )),
+            };
+        }
+        return Err(RuleError::new(
+            n,
+            "this composite's rules need the layer's data on input 0 and constant weights on input 1",
+        ));
+    }
+    let layer = Layer::of(ctx, n)?;
+    match (rules.composite, first, conv) {
+        (Composite::EpsilonPlusFlat, true, _) => layer.flat(ctx, g),
+        (Composite::EpsilonGammaBox, true, true) => layer.zbox(ctx, g),
+        (Composite::EpsilonPlusFlat, false, true) => layer.alpha_beta(ctx, g, 1.0, 0.0),
+        (Composite::EpsilonGammaBox, false, true) => layer.gamma(ctx, g, rules.gamma()),
+        (Composite::EpsilonAlpha2Beta1, _, true) => layer.alpha_beta(ctx, g, 2.0, 1.0),
+        _ => norm_with(ctx, n, g, needs, rules.epsilon()),
+    }
+}
+
+/// A linear layer whose data is input 0 and weight input 1 (a constant), with its optional bias.
+struct Layer<'n> {
+    node: &'n NodeProto,
+    x: String,
+    w: (Vec<i64>, Vec<f32>),
+    b: Option<(Vec<i64>, Vec<f32>)>,
+}
+
+/// A modified weight and bias, added to the graph.
+struct Params {
+    w: String,
+    b: Option<String>,
+}
+
+impl<'n> Layer<'n> {
+    fn of(ctx: &GradContext, n: &'n NodeProto) -> Result<Self, RuleError> {
+        let w = ctx
+            .constant_tensor(input(n, 1))
+            .ok_or_else(|| RuleError::new(n, "LRP's rules need constant weights"))?;
+        let b = match input(n, 2) {
+            "" => None,
+            name => Some(
+                ctx.constant_tensor(name)
+                    .ok_or_else(|| RuleError::new(n, "LRP's rules need a constant bias"))?,
+            ),
+        };
+        if op_type(n) == "Gemm" {
+            let (alpha, beta) = (attr_float(n, "alpha", 1.0)?, attr_float(n, "beta", 1.0)?);
+            if alpha != 1.0 || (beta != 1.0 && b.is_some()) {
+                return Err(RuleError::new(n, "LRP's rules need Gemm with alpha and beta 1"));
+            }
+        }
+        Ok(Self {
+            node: n,
+            x: input(n, 0).to_string(),
+            w,
+            b,
+        })
+    }
+
+    /// The weight and bias with `f` applied to each value (`bias: false` drops the bias).
+    fn params(&self, ctx: &mut GradContext, what: &str, f: impl Fn(f32) -> f32, bias: bool) -> Params {
+        let w = ctx.const_f32(
+            &format!("{what}.weight"),
+            &self.w.0,
+            &self.w.1.iter().map(|v| f(*v)).collect::<Vec<_>>(),
+        );
+        let b = match (&self.b, bias) {
+            (Some((dims, values)), true) => Some(ctx.const_f32(
+                &format!("{what}.bias"),
+                dims,
+                &values.iter().map(|v| f(*v)).collect::<Vec<_>>(),
+            )),
+            _ => None,
+        };
+        Params { w, b }
+    }
+
+    /// The layer's output for input `x` with parameters `p`.
+    fn forward(&self, ctx: &mut GradContext, x: &str, p: &Params) -> String {
+        let mut inputs = vec![x, p.w.as_str()];
+        if let Some(b) = &p.b {
+            inputs.push(b);
+        }
+        ctx.emit_like(self.node, &inputs)
+    }
+
+    /// `W'^T s` at input `x` (shaped like the layer's input): the gradient rule of a copy of the
+    /// layer with weight `w`.
+    fn transposed(&self, ctx: &mut GradContext, x: &str, w: &str, s: &str) -> Result<String, RuleError> {
+        ctx.alias_shape(x, &self.x);
+        let out = ctx.fresh("copy.out");
+        ctx.alias_shape(&out, output(self.node));
+        let mut copy = self.node.clone();
+        copy.input = vec![x.to_string(), w.to_string()];
+        copy.output = vec![out];
+        let rule = standard_rule(self.node)?;
+        rule(ctx, &copy, &[Some(s.to_string())], &[true, false])?
+            .into_iter()
+            .next()
+            .flatten()
+            .ok_or_else(|| RuleError::new(self.node, "no transposed product"))
+    }
+
+    /// `x * W'^T s`.
+    fn reduce(&self, ctx: &mut GradContext, x: &str, w: &str, s: &str) -> Result<String, RuleError> {
+        let t = self.transposed(ctx, x, w, s)?;
+        Ok(ctx.emit("Mul", &[x, &t], vec![]))
+    }
+
+    /// The input's positive and (unless it cannot be negative) negative parts.
+    fn split_input(&self, ctx: &mut GradContext) -> (String, Option<String>) {
+        if non_negative(ctx, &self.x, 0) {
+            return (self.x.clone(), None);
+        }
+        let zero = ctx.scalar(0.0);
+        let positive = ctx.emit("Max", &[&self.x, &zero], vec![]);
+        let negative = ctx.emit("Min", &[&self.x, &zero], vec![]);
+        ctx.alias_shape(&positive, &self.x);
+        ctx.alias_shape(&negative, &self.x);
+        (positive, Some(negative))
+    }
+
+    /// AlphaBeta: `alpha * (x+ W+ + x- W-) - beta * (x+ W- + x- W+)`, each part normalised by its
+    /// own output; ZPlus is alpha 1, beta 0.
+    fn alpha_beta(&self, ctx: &mut GradContext, g: &[Option<String>], alpha: f32, beta: f32) -> Grads {
+        let r = grad0(self.node, g)?.to_string();
+        let (xp, xn) = self.split_input(ctx);
+        let plus = self.params(ctx, "lrp.plus", |v| v.max(0.0), true);
+        let Some(xn) = xn else {
+            return self.alpha_beta_non_negative(ctx, &r, &plus, alpha, beta);
+        };
+        let minus = self.params(ctx, "lrp.minus", |v| v.min(0.0), true);
+        let plus_nb = Params {
+            w: plus.w.clone(),
+            b: None,
+        };
+        let minus_nb = Params {
+            w: minus.w.clone(),
+            b: None,
+        };
+        // The part that raises the output (x+ W+ + b+ + x- W-) and the part that lowers it.
+        let mut relevance = self.part(ctx, &r, &xp, &xn, &plus, &minus_nb, alpha)?;
+        if beta != 0.0 {
+            let lowered = self.part(ctx, &r, &xp, &xn, &minus, &plus_nb, beta)?;
+            relevance = ctx.emit("Sub", &[&relevance, &lowered], vec![]);
+        }
+        Ok(self.only_data(relevance))
+    }
+
+    /// AlphaBeta on an input that cannot be negative, with one extra forward and at most two
+    /// transposed products: the lowering part's output is `y - (W+ x + b+)` (as b = b+ + b-), and
+    /// `alpha W+^T s1 - beta W-^T s2 = W+^T (alpha s1 + beta s2) - beta W^T s2`.
+    fn alpha_beta_non_negative(&self, ctx: &mut GradContext, r: &str, plus: &Params, alpha: f32, beta: f32) -> Grads {
+        let raised = self.forward(ctx, &self.x, plus);
+        let s1 = ratio(ctx, r, &raised, STABILIZER);
+        let alpha_k = ctx.scalar(alpha);
+        let mut through_plus = if alpha == 1.0 {
+            s1
+        } else {
+            ctx.emit("Mul", &[&s1, &alpha_k], vec![])
+        };
+        let mut through_w = None;
+        if beta != 0.0 {
+            let lowered = ctx.emit("Sub", &[output(self.node), &raised], vec![]);
+            let s2 = ratio(ctx, r, &lowered, STABILIZER);
+            let beta_k = ctx.scalar(beta);
+            let s2 = ctx.emit("Mul", &[&s2, &beta_k], vec![]);
+            through_plus = ctx.emit("Add", &[&through_plus, &s2], vec![]);
+            through_w = Some(s2);
+        }
+        let mut t = self.transposed(ctx, &self.x, &plus.w, &through_plus)?;
+        if let Some(s2) = through_w {
+            let w = input(self.node, 1).to_string();
+            let back = self.transposed(ctx, &self.x, &w, &s2)?;
+            t = ctx.emit("Sub", &[&t, &back], vec![]);
+        }
+        Ok(self.only_data(ctx.emit("Mul", &[&self.x, &t], vec![])))
+    }
+
+    /// `weight * (x+ * P^T s + x- * Q^T s)` with `s = R / stab(x+ P + x- Q)` (P with its bias).
+    #[allow(clippy::too_many_arguments)] // the relevance, the input's two parts, their two weights, the factor
+    fn part(
+        &self,
+        ctx: &mut GradContext,
+        r: &str,
+        xp: &str,
+        xn: &str,
+        p: &Params,
+        q: &Params,
+        weight: f32,
+    ) -> Result<String, RuleError> {
+        let zp = self.forward(ctx, xp, p);
+        let zn = self.forward(ctx, xn, q);
+        let z = ctx.emit("Add", &[&zp, &zn], vec![]);
+        let s = ratio(ctx, r, &z, STABILIZER);
+        let a = self.reduce(ctx, xp, &p.w, &s)?;
+        let b = self.reduce(ctx, xn, &q.w, &s)?;
+        let mut total = ctx.emit("Add", &[&a, &b], vec![]);
+        if weight != 1.0 {
+            let k = ctx.scalar(weight);
+            total = ctx.emit("Mul", &[&total, &k], vec![]);
+        }
+        Ok(total)
+    }
+
+    /// zennit's generalised Gamma: where the output is positive, weights `W + gamma W+` on x+
+    /// and `W + gamma W-` on x-; where it is negative, the other way round.
+    fn gamma(&self, ctx: &mut GradContext, g: &[Option<String>], gamma: f32) -> Grads {
+        let r = grad0(self.node, g)?.to_string();
+        let (xp, xn) = self.split_input(ctx);
+        if xn.is_none() {
+            return self.gamma_non_negative(ctx, &r, gamma);
+        }
+        let up = self.params(ctx, "lrp.gamma_plus", |v| v + gamma * v.max(0.0), true);
+        let down = self.params(ctx, "lrp.gamma_minus", |v| v + gamma * v.min(0.0), true);
+        let y = output(self.node);
+        let zero = ctx.scalar(0.0);
+        let mut relevance: Option<String> = None;
+        for (positive, p, q) in [(true, &up, &down), (false, &down, &up)] {
+            let q = Params {
+                w: q.w.clone(),
+                b: None,
+            };
+            let mut z = self.forward(ctx, &xp, p);
+            if let Some(xn) = &xn {
+                let zn = self.forward(ctx, xn, &q);
+                z = ctx.emit("Add", &[&z, &zn], vec![]);
+            }
+            let side = if positive {
+                ctx.emit("Greater", &[y, &zero], vec![])
+            } else {
+                ctx.emit("Less", &[y, &zero], vec![])
+            };
+            let side = ctx.emit("CastLike", &[&side, &r], vec![]);
+            let masked = ctx.emit("Mul", &[&r, &side], vec![]);
+            let s = ratio(ctx, &masked, &z, STABILIZER);
+            let mut part = self.reduce(ctx, &xp, &p.w, &s)?;
+            if let Some(xn) = &xn {
+                let other = self.reduce(ctx, xn, &q.w, &s)?;
+                part = ctx.emit("Add", &[&part, &other], vec![]);
+            }
+            relevance = Some(match relevance {
+                None => part,
+                Some(before) => ctx.emit("Add", &[&before, &part], vec![]),
+            });
+        }
+        let relevance = relevance.ok_or_else(|| RuleError::new(self.node, "no relevance"))?;
+        Ok(self.only_data(relevance))
+    }
+
+    /// Gamma on an input that cannot be negative, with one extra forward and two transposed
+    /// products: with p = W+ x + b+ and y = W x + b, the positive side's output is `y + gamma p`
+    /// and the negative side's `y + gamma (y - p)`; the products fold into
+    /// `W^T (s+ + (1 + gamma) s-) + gamma W+^T (s+ - s-)`.
+    fn gamma_non_negative(&self, ctx: &mut GradContext, r: &str, gamma: f32) -> Grads {
+        let plus = self.params(ctx, "lrp.plus", |v| v.max(0.0), true);
+        let y = output(self.node).to_string();
+        let p = self.forward(ctx, &self.x, &plus);
+        let (zero, k) = (ctx.scalar(0.0), ctx.scalar(gamma));
+        let gp = ctx.emit("Mul", &[&p, &k], vec![]);
+        let up = ctx.emit("Add", &[&y, &gp], vec![]);
+        let rest = ctx.emit("Sub", &[&y, &p], vec![]);
+        let grest = ctx.emit("Mul", &[&rest, &k], vec![]);
+        let down = ctx.emit("Add", &[&y, &grest], vec![]);
+        let mut sides = Vec::new();
+        for (positive, z) in [(true, &up), (false, &down)] {
+            let side = if positive {
+                ctx.emit("Greater", &[&y, &zero], vec![])
+            } else {
+                ctx.emit("Less", &[&y, &zero], vec![])
+            };
+            let side = ctx.emit("CastLike", &[&side, r], vec![]);
+            let masked = ctx.emit("Mul", &[r, &side], vec![]);
+            sides.push(ratio(ctx, &masked, z, STABILIZER));
+        }
+        let (s_up, s_down) = (&sides[0], &sides[1]);
+        let one_k = ctx.scalar(1.0 + gamma);
+        let scaled_down = ctx.emit("Mul", &[s_down, &one_k], vec![]);
+        let through_w = ctx.emit("Add", &[s_up, &scaled_down], vec![]);
+        let diff = ctx.emit("Sub", &[s_up, s_down], vec![]);
+        let through_plus = ctx.emit("Mul", &[&diff, &k], vec![]);
+        let w = input(self.node, 1).to_string();
+        let a = self.transposed(ctx, &self.x, &w, &through_w)?;
+        let b = self.transposed(ctx, &self.x, &plus.w, &through_plus)?;
+        let t = ctx.emit("Add", &[&a, &b], vec![]);
+        Ok(self.only_data(ctx.emit("Mul", &[&self.x, &t], vec![])))
+    }
+
+    /// ZBox: the input lies in a box [low, high] per channel.
+    fn zbox(&self, ctx: &mut GradContext, g: &[Option<String>]) -> Grads {
+        let r = grad0(self.node, g)?.to_string();
+        let bounds = ctx.table().input_bounds().cloned().ok_or_else(|| {
+            RuleError::new(
+                self.node,
+                "the ZBox rule needs the input's bounds: an image model (they come from its normalisation)",
+            )
+        })?;
+        let dims = ctx.dims(&self.x)?.to_vec();
+        if dims.len() < 2 || dims[1] != Some(bounds.low.len() as i64) {
+            return Err(RuleError::new(
+                self.node,
+                format!(
+                    "the ZBox rule's bounds have {} channels; the layer's input has {:?}",
+                    bounds.low.len(),
+                    dims.get(1).copied().flatten()
+                ),
+            ));
+        }
+        let mut per_channel = vec![1i64; dims.len()];
+        per_channel[1] = bounds.low.len() as i64;
+        let shape = ctx.shape(&self.x);
+        let low = ctx.const_f32("lrp.low", &per_channel, &bounds.low);
+        let high = ctx.const_f32("lrp.high", &per_channel, &bounds.high);
+        let low = ctx.emit("Expand", &[&low, &shape], vec![]);
+        let high = ctx.emit("Expand", &[&high, &shape], vec![]);
+        let plus = self.params(ctx, "lrp.plus", |v| v.max(0.0), true);
+        let minus = self.params(ctx, "lrp.minus", |v| v.min(0.0), true);
+        let zl = self.forward(ctx, &low, &plus);
+        let zh = self.forward(ctx, &high, &minus);
+        let z = ctx.emit("Sub", &[output(self.node), &zl], vec![]);
+        let z = ctx.emit("Sub", &[&z, &zh], vec![]);
+        let s = ratio(ctx, &r, &z, STABILIZER);
+        let w = input(self.node, 1).to_string();
+        let from_x = self.reduce(ctx, &self.x, &w, &s)?;
+        let from_low = self.reduce(ctx, &low, &plus.w, &s)?;
+        let from_high = self.reduce(ctx, &high, &minus.w, &s)?;
+        let relevance = ctx.emit("Sub", &[&from_x, &from_low], vec![]);
+        let relevance = ctx.emit("Sub", &[&relevance, &from_high], vec![]);
+        Ok(self.only_data(relevance))
+    }
+
+    /// Flat: weights and inputs of one, no bias; relevance spreads evenly over each output's
+    /// receptive field.
+    fn flat(&self, ctx: &mut GradContext, g: &[Option<String>]) -> Grads {
+        let r = grad0(self.node, g)?.to_string();
+        let ones = self.params(ctx, "lrp.flat", |_| 1.0, false);
+        let shape = ctx.shape(&self.x);
+        let one = ctx.scalar(1.0);
+        let x1 = ctx.emit("Expand", &[&one, &shape], vec![]);
+        let z = self.forward(ctx, &x1, &ones);
+        let s = ratio(ctx, &r, &z, STABILIZER);
+        let relevance = self.transposed(ctx, &x1, &ones.w, &s)?;
+        Ok(self.only_data(relevance))
+    }
+
+    fn only_data(&self, relevance: String) -> Vec<Option<String>> {
+        let mut out = vec![None; self.node.input.len()];
+        out[0] = Some(relevance);
+        out
+    }
+}
+
+/// True when `tensor` cannot be negative: the output of a ReLU (or a sigmoid, softplus, clip at
+/// zero or above) possibly through pooling and reshapes. Then the rules skip the negative part.
+fn non_negative(ctx: &GradContext, tensor: &str, depth: usize) -> bool {
+    if depth > 32 {
+        return false;
+    }
+    let Some(n) = ctx.producer(tensor) else {
+        return false;
+    };
+    match op_type(n) {
+        "Relu" | "Sigmoid" | "Softplus" | "Softmax" => true,
+        "Clip" => ctx
+            .constant_floats(input(n, 1))
+            .and_then(|v| v.first().copied())
+            .is_some_and(|low| low >= 0.0),
+        "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" | "Reshape" | "Flatten" | "Identity"
+        | "Dropout" | "Squeeze" | "Unsqueeze" | "Transpose" => non_negative(ctx, input(n, 0), depth + 1),
+        "Concat" => n.input.iter().all(|i| {
+            ctx.constant_floats(i).is_some_and(|v| v.iter().all(|x| *x >= 0.0)) || non_negative(ctx, i, depth + 1)
+        }),
+        _ => false,
+    }
+}
