@@ -154,6 +154,12 @@ async fn every_method_puts_the_attribution_where_the_model_looks() {
         assert_eq!(v["attributions"]["shape"], json!([SIDE, SIDE]), "{}", method.name());
         assert_eq!(v["target"]["label"], "region");
         let map = values(&v);
+        // Extremal perturbation blurs what it hides, and this model's score hardly changes under
+        // blur (a linear filter, then ReLU of positive sums): tests/extremal.rs gives it a model
+        // that reads detail in one region.
+        if method.name() == "extremal-perturbation" {
+            continue;
+        }
         let forward_only = caps.passes == Passes::Forward;
         if forward_only {
             // Perturbation maps carry an offset (RISE), spill over a window or segment (occlusion, LIME):

@@ -46,6 +46,35 @@ pub fn for_model(baseline: Baseline, input: &Tensor, model: &crate::runtime::Loa
     }
 }
 
+/// An image tensor's values (one image, `spec`'s layout) with each channel blurred by a Gaussian of
+/// standard deviation `sigma` pixels (the input itself when `sigma` is 0).
+pub(super) fn blurred(values: &[f32], spec: &ImageSpec, sigma: f32) -> Vec<f32> {
+    if sigma <= 0.0 {
+        return values.to_vec();
+    }
+    let (h, w) = (spec.height, spec.width);
+    let mut out = vec![0f32; values.len()];
+    for ch in 0..spec.channels {
+        let mut plane = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::new(w as u32, h as u32);
+        for y in 0..h {
+            for x in 0..w {
+                plane.put_pixel(
+                    x as u32,
+                    y as u32,
+                    image::Luma([values[super::perturb::index(spec, ch, y, x)]]),
+                );
+            }
+        }
+        let smooth = image::imageops::blur(&plane, sigma);
+        for y in 0..h {
+            for x in 0..w {
+                out[super::perturb::index(spec, ch, y, x)] = smooth.get_pixel(x as u32, y as u32).0[0];
+            }
+        }
+    }
+    out
+}
+
 /// The baseline tensor for `input` ([1, ...]).
 pub fn build(baseline: Baseline, input: &Tensor, image: Option<&ImageSpec>, seed: u64) -> Tensor {
     let values = input.as_f32().unwrap_or(&[]);
@@ -98,23 +127,7 @@ pub fn build(baseline: Baseline, input: &Tensor, image: Option<&ImageSpec>, seed
                 }
             }
         }
-        Baseline::Blur => {
-            let sigma = 0.05 * h.max(w) as f32;
-            for ch in 0..c {
-                let mut plane = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::new(w as u32, h as u32);
-                for y in 0..h {
-                    for x in 0..w {
-                        plane.put_pixel(x as u32, y as u32, image::Luma([values[index(ch, y, x)]]));
-                    }
-                }
-                let blurred = image::imageops::blur(&plane, sigma);
-                for y in 0..h {
-                    for x in 0..w {
-                        out[index(ch, y, x)] = blurred.get_pixel(x as u32, y as u32).0[0];
-                    }
-                }
-            }
-        }
+        Baseline::Blur => out = blurred(values, spec, 0.05 * h.max(w) as f32),
     }
     Tensor::f32(input.shape.clone(), out)
 }

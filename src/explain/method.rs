@@ -425,6 +425,7 @@ impl Methods {
             .with::<deeplift::DeepLift>()
             .with::<deeplift_shap::DeepLiftShap>()
             .with::<lrp::Lrp>()
+            .with::<extremal::Extremal>()
             .with::<smoothgrad::SmoothGrad>()
             .with::<grad_cam::GradCam>()
             .with::<grad_cam::GradCamPlusPlus>()

@@ -6,6 +6,7 @@ pub mod background;
 pub mod baselines;
 mod deeplift;
 mod deeplift_shap;
+mod extremal;
 mod grad_cam;
 mod gradient_x_input;
 mod guided;

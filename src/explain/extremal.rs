@@ -1,0 +1,554 @@
+//! Extremal perturbations (Fong, Patrick and Vedaldi, ICCV 2019), as TorchRay's
+//! `extremal_perturbation` (preservation game, blur): for each area `a`, the smooth mask of that
+//! area whose kept pixels (the rest blurred) keep the target's score highest. The mask is a
+//! coarse grid of parameters, expanded by a smooth max of Gaussian bumps; the input is blurred in
+//! `levels` steps and each pixel takes the level its mask value picks (linear between levels); the
+//! area constraint is the squared distance of the sorted mask to a step vector with a share `a` of
+//! ones, weighted 300 and growing 0.35% per iteration; SGD with momentum 0.9 (dampening 0.9) and
+//! learning rate 0.01 ascends score minus penalty, the image flipped on even iterations (jitter).
+//! Every iteration is one batched backward pass with one row per area.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::baselines::blurred;
+use super::method::{bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::perturb::index;
+use super::{one_hot, Cx, ExplainJob, TargetAttribution};
+use crate::onnx::autodiff::RuleSet;
+use crate::runtime::manifest::ImageSpec;
+use crate::runtime::predict::Prediction;
+use crate::runtime::{RuntimeError, Tensor};
+
+const MOMENTUM: f32 = 0.9;
+const LEARNING_RATE: f32 = 0.01;
+const AREA_WEIGHT: f64 = 300.0;
+const AREA_WEIGHT_GROWTH: f64 = 1.0035;
+/// Sharpness of the smooth max that merges the mask's bumps.
+const COLDNESS: f32 = 20.0;
+
+/// Extremal perturbation parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtremalParams {
+    /// Shares of the image each mask keeps, each strictly between 0 and 1 (at most 8).
+    #[schema(default = json!([0.05, 0.1, 0.2]))]
+    pub areas: Vec<f32>,
+    /// Gradient steps per mask (TorchRay's default is 800).
+    #[schema(default = 300, minimum = 1, maximum = 2000)]
+    pub iterations: usize,
+    /// Pixels between the mask's parameters. Default: the shorter side / 32, at least 1 (7 on 224).
+    #[schema(minimum = 1)]
+    pub step: Option<usize>,
+    /// Width of the mask's bumps in pixels, at most 4 x `step`. Default: 3 x `step` (21 on 224).
+    pub sigma: Option<f32>,
+    /// Standard deviation of the strongest blur in pixels. Default: the shorter side x 20 / 224.
+    pub max_blur: Option<f32>,
+    /// Blur levels between the input and the strongest blur.
+    #[schema(default = 8, minimum = 2, maximum = 32)]
+    pub levels: usize,
+    /// Flip the image horizontally on even iterations (TorchRay's jitter): for models that treat a
+    /// mirrored image alike (ImageNet classifiers roughly do); off for models that do not, whose
+    /// masks it would smear across the mirror image.
+    #[schema(default = true)]
+    pub jitter: bool,
+}
+
+impl Default for ExtremalParams {
+    fn default() -> Self {
+        Self {
+            areas: vec![0.05, 0.1, 0.2],
+            iterations: 300,
+            step: None,
+            sigma: None,
+            max_blur: None,
+            levels: 8,
+            jitter: true,
+        }
+    }
+}
+
+/// Extremal perturbations.
+pub struct Extremal;
+
+impl Method for Extremal {
+    type Params = ExtremalParams;
+    const NAME: &'static str = "extremal-perturbation";
+    const SUMMARY: &'static str = "Smooth masks of given areas that keep the score highest (Fong et al. 2019)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Gradients,
+        inputs: Inputs::Image,
+        layer: false,
+        random: false,
+    };
+
+    fn plan(p: &mut ExtremalParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        let Some(spec) = cx.model.spec.image.as_ref() else {
+            return Err(Invalid::Model("extremal-perturbation explains image models".into()));
+        };
+        let side = spec.height.min(spec.width).max(1);
+        check_range("areas (count)", p.areas.len(), 1, 8)?;
+        if let Some(a) = p.areas.iter().find(|a| !(**a > 0.0 && **a < 1.0)) {
+            return Err(Invalid::Request(format!(
+                "params.areas must lie strictly between 0 and 1, got {a}"
+            )));
+        }
+        check_range("iterations", p.iterations, 1, 2000)?;
+        check_range("levels", p.levels, 2, 32)?;
+        let step = p.step.unwrap_or((side / 32).max(1));
+        check_range("step", step, 1, side)?;
+        let sigma = p.sigma.unwrap_or(3.0 * step as f32);
+        if !sigma.is_finite() {
+            return Err(Invalid::Request("params.sigma must be a finite number".into()));
+        }
+        check_range("sigma", sigma, 0.5, 4.0 * step as f32)?;
+        let max_blur = p.max_blur.unwrap_or((side as f32 * 20.0 / 224.0).max(0.5));
+        if !max_blur.is_finite() {
+            return Err(Invalid::Request("params.max_blur must be a finite number".into()));
+        }
+        check_range("max_blur", max_blur, 0.5, side as f32)?;
+        (p.step, p.sigma, p.max_blur) = (Some(step), Some(sigma), Some(max_blur));
+        let areas = p.areas.len();
+        let rows = mul(
+            mul(p.iterations, areas, "iterations x areas")?,
+            cx.targets,
+            "iterations x areas x targets",
+        )?;
+        check_range("iterations x areas x targets", rows, 1, cx.limits.max_samples)?;
+        let grid = MaskGrid::new(spec.height, spec.width, step, sigma);
+        // The blur pyramid, the batch and its gradients, per area the mask's parameters, momentum
+        // and full mask, and the maps kept for the answer.
+        let per_area = bytes(grid.params(), 8).saturating_add(bytes(grid.cells(), 8));
+        Ok(Cost {
+            samples: rows,
+            rows: rows.saturating_add((areas + 1).saturating_mul(cx.targets)),
+            bytes: bytes(cx.input_len(), 4)
+                .saturating_mul(p.levels as u64)
+                .saturating_add(cx.batch_bytes(areas, true))
+                .saturating_add(per_area.saturating_mul(areas as u64))
+                .saturating_add(bytes(cx.pixels(), 4).saturating_mul((areas * cx.targets) as u64))
+                .saturating_add(cx.answer_bytes()),
+        })
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &ExtremalParams,
+        targets: &[Prediction],
+        scores: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        let spec = job.image_spec(Self::NAME)?.clone();
+        let x = job.input.as_f32().unwrap_or(&[]);
+        let levels = p.levels;
+        let max_blur = p.max_blur.unwrap_or(1.0);
+        // Level 0 is the strongest blur, the last the input itself.
+        let pyramid: Vec<Vec<f32>> = (0..levels)
+            .map(|l| blurred(x, &spec, (1.0 - l as f32 / (levels - 1) as f32) * max_blur))
+            .collect();
+        let grid = MaskGrid::new(spec.height, spec.width, p.step.unwrap_or(1), p.sigma.unwrap_or(3.0));
+        let width = scores.len().max(1);
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let masks = optimise(cx, job, p, &spec, &pyramid, &grid, t.index)?;
+            // The score each final mask keeps, without jitter, and the fully blurred image's.
+            let mut batch = Vec::with_capacity((masks.len() + 1) * x.len());
+            for m in &masks {
+                batch.extend(perturb(&spec, &pyramid, m).0);
+            }
+            batch.extend_from_slice(&pyramid[0]);
+            let mut shape = job.input.shape.clone();
+            shape[0] = masks.len() + 1;
+            let kept = cx.forward(&Tensor::f32(shape, batch))?.to_f64();
+            let classes = kept.len() / (masks.len() + 1);
+            let mut map = vec![0f32; spec.height * spec.width];
+            let mut per_area = Vec::with_capacity(masks.len());
+            for (k, (m, area)) in masks.iter().zip(&p.areas).enumerate() {
+                for (acc, v) in map.iter_mut().zip(m) {
+                    *acc += v;
+                }
+                per_area.push(serde_json::json!({
+                    "area": area,
+                    "mask_area": m.iter().map(|v| f64::from(*v)).sum::<f64>() / m.len().max(1) as f64,
+                    "score": kept.get(k * classes + t.index).copied().unwrap_or(f64::NAN),
+                    "mask": m,
+                }));
+            }
+            let details = serde_json::json!({
+                "score": scores.get(t.index.min(width - 1)).copied(),
+                "blurred_score": kept.get(masks.len() * classes + t.index).copied(),
+                "areas": per_area,
+                "iterations": p.iterations,
+                "step": grid.step,
+                "sigma": grid.sigma,
+                "max_blur": max_blur,
+            });
+            let map = Tensor::f32(vec![spec.height, spec.width], map);
+            out.push(TargetAttribution::from_map(t, map, None, Some(details)));
+        }
+        Ok(out)
+    }
+}
+
+/// Runs the optimisation for target `class`: one mask per area, over the model's input pixels.
+#[allow(clippy::too_many_arguments)] // the job, its parameters, the image's geometry, pyramid and grid, the class
+fn optimise(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &ExtremalParams,
+    spec: &ImageSpec,
+    pyramid: &[Vec<f32>],
+    grid: &MaskGrid,
+    class: usize,
+) -> Result<Vec<Vec<f32>>, RuntimeError> {
+    let areas = p.areas.len();
+    let (h, w) = (spec.height, spec.width);
+    let cells = grid.cells();
+    let mut params = vec![vec![1f32; grid.params()]; areas];
+    let mut momentum: Vec<Option<Vec<f32>>> = vec![None; areas];
+    // Sorted masks are pulled towards (1 - a) zeros then a ones.
+    let references: Vec<Vec<f32>> = p
+        .areas
+        .iter()
+        .map(|a| {
+            let zeros = (cells as f64 * (1.0 - f64::from(*a))) as usize;
+            (0..cells).map(|i| if i < zeros { 0.0 } else { 1.0 }).collect()
+        })
+        .collect();
+    let classes = job.model.spec.labels.len().max(1);
+    let weights = one_hot(&vec![class; areas], classes);
+    let mut area_weight = AREA_WEIGHT;
+    let mut masks = vec![Vec::new(); areas];
+    for iteration in 0..p.iterations {
+        let flip = p.jitter && iteration % 2 == 0;
+        let mut batch = Vec::with_capacity(areas * pyramid[0].len());
+        let mut fulls = Vec::with_capacity(areas);
+        let mut slopes = Vec::with_capacity(areas);
+        for k in 0..areas {
+            let full = grid.generate(&params[k]);
+            masks[k] = grid.crop(&full.clamped, h, w);
+            let (mut x, slope) = perturb(spec, pyramid, &masks[k]);
+            if flip {
+                flip_horizontally(spec, &mut x);
+            }
+            batch.extend(x);
+            fulls.push(full);
+            slopes.push(slope);
+        }
+        let mut shape = job.input.shape.clone();
+        shape[0] = areas;
+        let pass = cx.gradients(&[], RuleSet::Standard, &Tensor::f32(shape, batch), &weights, areas)?;
+        let mut grads = pass.input_grad.as_f32().unwrap_or(&[]).to_vec();
+        let row = grads.len() / areas.max(1);
+        for k in 0..areas {
+            let g = &mut grads[k * row..(k + 1) * row];
+            if flip {
+                flip_horizontally(spec, g);
+            }
+            // d score / d mask, per pixel: the gradient along the blur levels, over channels.
+            let mut d_mask = vec![0f32; h * w];
+            for y in 0..h {
+                for x in 0..w {
+                    d_mask[y * w + x] = (0..spec.channels)
+                        .map(|c| {
+                            let i = index(spec, c, y, x);
+                            g[i] * slopes[k][i]
+                        })
+                        .sum();
+                }
+            }
+            let mut d_full = grid.uncrop(&d_mask, h, w);
+            area_gradient(&fulls[k].clamped, &references[k], area_weight, &mut d_full);
+            // Ascend the energy: the loss's gradient is its negative.
+            let d_params = grid.backward(&params[k], &fulls[k], &d_full);
+            let step: Vec<f32> = d_params.iter().map(|g| -g).collect();
+            let buf = match momentum[k].take() {
+                None => step,
+                Some(b) => b
+                    .iter()
+                    .zip(&step)
+                    .map(|(b, g)| MOMENTUM * b + (1.0 - MOMENTUM) * g)
+                    .collect(),
+            };
+            for (p, b) in params[k].iter_mut().zip(&buf) {
+                *p = (*p - LEARNING_RATE * b).clamp(0.0, 1.0);
+            }
+            momentum[k] = Some(buf);
+        }
+        area_weight *= AREA_WEIGHT_GROWTH;
+    }
+    for k in 0..areas {
+        let full = grid.generate(&params[k]);
+        masks[k] = grid.crop(&full.clamped, h, w);
+    }
+    Ok(masks)
+}
+
+/// Adds the area penalty's gradient, `-weight * mean((sort(m) - reference)^2)`, to `d_full`.
+fn area_gradient(mask: &[f32], reference: &[f32], weight: f64, d_full: &mut [f32]) {
+    let mut order: Vec<usize> = (0..mask.len()).collect();
+    order.sort_by(|a, b| mask[*a].total_cmp(&mask[*b]));
+    let n = mask.len().max(1) as f64;
+    for (rank, &i) in order.iter().enumerate() {
+        let diff = f64::from(mask[i] - reference[rank]);
+        d_full[i] += (-2.0 * weight * diff / n) as f32;
+    }
+}
+
+/// The input with each pixel at the blur level its mask value picks (1 keeps the input, 0 takes
+/// the strongest blur), and the derivative of each value with respect to its pixel's mask value.
+fn perturb(spec: &ImageSpec, pyramid: &[Vec<f32>], mask: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let levels = pyramid.len();
+    let top = (levels - 1) as f32;
+    let n = pyramid[0].len();
+    let (mut out, mut slope) = (vec![0f32; n], vec![0f32; n]);
+    for y in 0..spec.height {
+        for x in 0..spec.width {
+            let level = mask[y * spec.width + x].clamp(0.0, 1.0) * top;
+            let low = (level.floor() as usize).min(levels - 1);
+            let high = (low + 1).min(levels - 1);
+            let frac = level - low as f32;
+            for c in 0..spec.channels {
+                let i = index(spec, c, y, x);
+                let (a, b) = (pyramid[low][i], pyramid[high][i]);
+                out[i] = (1.0 - frac) * a + frac * b;
+                slope[i] = top * (b - a);
+            }
+        }
+    }
+    (out, slope)
+}
+
+fn flip_horizontally(spec: &ImageSpec, values: &mut [f32]) {
+    for c in 0..spec.channels {
+        for y in 0..spec.height {
+            for x in 0..spec.width / 2 {
+                let (a, b) = (index(spec, c, y, x), index(spec, c, y, spec.width - 1 - x));
+                values.swap(a, b);
+            }
+        }
+    }
+}
+
+/// TorchRay's mask generator: parameters on a grid `step` pixels apart; each output pixel takes a
+/// smooth max (softmax pooling, coldness 20) of the nearby parameters times Gaussian-like bumps
+/// `exp(-2 max(d / sigma - 0.5, 0)^2)`; the mask has a margin of `sigma` pixels around the image,
+/// which the area penalty counts and the image crops.
+struct MaskGrid {
+    step: usize,
+    sigma: f32,
+    margin: usize,
+    padding: i64,
+    radius: i64,
+    shape_in: (usize, usize),
+    shape_out: (usize, usize),
+    /// Bump weights by (row offset within a step, column offset, window row, window column).
+    bumps: Vec<f32>,
+}
+
+/// A generated mask with what its gradient needs.
+struct FullMask {
+    /// Clamped to [0, 1] (what the image and the penalty see).
+    clamped: Vec<f32>,
+    /// Before clamping (the clamp passes gradients only inside [0, 1]).
+    pooled: Vec<f32>,
+}
+
+impl MaskGrid {
+    fn new(h: usize, w: usize, step: usize, sigma: f32) -> Self {
+        let step = step.max(1);
+        let s = step as f64;
+        let margin = f64::from(sigma);
+        let padding = 1 + ((margin + f64::from(sigma)) / s).ceil() as i64;
+        let radius = 1 + (f64::from(sigma) / s).ceil() as i64;
+        let shape_in = (h.div_ceil(step), w.div_ceil(step));
+        let mid = |z: usize| (z as i64 + 2 * padding - 2 * radius).max(1) as usize;
+        let shape_out = (mid(shape_in.0) * step - step + 1, mid(shape_in.1) * step - step + 1);
+        let window = (2 * radius + 1) as usize;
+        let mut bumps = vec![0f32; step * step * window * window];
+        for ry in 0..step {
+            for rx in 0..step {
+                for ky in 0..window {
+                    for kx in 0..window {
+                        // Offset of the pixel from parameter (ky, kx)'s centre.
+                        let dy = ry as f64 - margin + s * (padding - ky as i64) as f64;
+                        let dx = rx as f64 - margin + s * (padding - kx as i64) as f64;
+                        let z = (dy * dy + dx * dx).sqrt() / f64::from(sigma);
+                        let e = (z - 0.5).max(0.0);
+                        bumps[((ry * step + rx) * window + ky) * window + kx] = (-2.0 * e * e).exp() as f32;
+                    }
+                }
+            }
+        }
+        Self {
+            step,
+            sigma,
+            margin: margin.round() as usize,
+            padding,
+            radius,
+            shape_in,
+            shape_out,
+            bumps,
+        }
+    }
+
+    fn params(&self) -> usize {
+        self.shape_in.0 * self.shape_in.1
+    }
+
+    fn cells(&self) -> usize {
+        self.shape_out.0 * self.shape_out.1
+    }
+
+    fn window(&self) -> usize {
+        (2 * self.radius + 1) as usize
+    }
+
+    /// Calls `f(k, parameter index, bump weight)` for each window entry of output pixel (uy, ux);
+    /// entries outside the grid have no parameter (their value is 0).
+    fn entries(&self, uy: usize, ux: usize, mut f: impl FnMut(usize, Option<usize>, f32)) {
+        let window = self.window();
+        let (by, bx) = ((uy / self.step) as i64, (ux / self.step) as i64);
+        let base = ((uy % self.step) * self.step + ux % self.step) * window * window;
+        for ky in 0..window {
+            let iy = by + ky as i64 - self.padding;
+            for kx in 0..window {
+                let ix = bx + kx as i64 - self.padding;
+                let inside = iy >= 0 && ix >= 0 && (iy as usize) < self.shape_in.0 && (ix as usize) < self.shape_in.1;
+                let param = inside.then(|| iy as usize * self.shape_in.1 + ix as usize);
+                f(ky * window + kx, param, self.bumps[base + ky * window + kx]);
+            }
+        }
+    }
+
+    /// The full mask (with its margin) for `params`.
+    fn generate(&self, params: &[f32]) -> FullMask {
+        let n = self.window() * self.window();
+        let mut values = vec![0f32; n];
+        let mut pooled = vec![0f32; self.cells()];
+        for uy in 0..self.shape_out.0 {
+            for ux in 0..self.shape_out.1 {
+                self.entries(uy, ux, |k, param, bump| {
+                    values[k] = param.map_or(0.0, |i| bump * params[i]);
+                });
+                pooled[uy * self.shape_out.1 + ux] = smooth_max(&values).0;
+            }
+        }
+        let clamped = pooled.iter().map(|v| v.clamp(0.0, 1.0)).collect();
+        FullMask { clamped, pooled }
+    }
+
+    /// The gradient with respect to the parameters of a loss whose gradient with respect to the
+    /// full (clamped) mask is `d_full`.
+    fn backward(&self, params: &[f32], full: &FullMask, d_full: &[f32]) -> Vec<f32> {
+        let n = self.window() * self.window();
+        let mut values = vec![0f32; n];
+        let mut d_params = vec![0f32; params.len()];
+        for uy in 0..self.shape_out.0 {
+            for ux in 0..self.shape_out.1 {
+                let cell = uy * self.shape_out.1 + ux;
+                let pooled = full.pooled[cell];
+                if d_full[cell] == 0.0 || !(0.0..=1.0).contains(&pooled) {
+                    continue;
+                }
+                self.entries(uy, ux, |k, param, bump| {
+                    values[k] = param.map_or(0.0, |i| bump * params[i]);
+                });
+                let (_, weights) = smooth_max(&values);
+                let g = d_full[cell];
+                self.entries(uy, ux, |k, param, bump| {
+                    if let Some(i) = param {
+                        // d pooled / d v_k = s_k (1 + c (v_k - pooled)); d v_k / d param = bump.
+                        d_params[i] += g * weights[k] * (1.0 + COLDNESS * (values[k] - pooled)) * bump;
+                    }
+                });
+            }
+        }
+        d_params
+    }
+
+    /// The image's part of a full mask.
+    fn crop(&self, full: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let mut out = vec![0f32; h * w];
+        for y in 0..h {
+            for x in 0..w {
+                let (fy, fx) = (y + self.margin, x + self.margin);
+                if fy < self.shape_out.0 && fx < self.shape_out.1 {
+                    out[y * w + x] = full[fy * self.shape_out.1 + fx];
+                }
+            }
+        }
+        out
+    }
+
+    /// A gradient on the image's part, placed in the full mask (zero on the margin).
+    fn uncrop(&self, image: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.cells()];
+        for y in 0..h {
+            for x in 0..w {
+                let (fy, fx) = (y + self.margin, x + self.margin);
+                if fy < self.shape_out.0 && fx < self.shape_out.1 {
+                    out[fy * self.shape_out.1 + fx] = image[y * w + x];
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `sum_k v_k softmax(c v)_k` and the softmax weights.
+fn smooth_max(values: &[f32]) -> (f32, Vec<f32>) {
+    let top = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut weights: Vec<f32> = values.iter().map(|v| (COLDNESS * (v - top)).exp()).collect();
+    let total: f32 = weights.iter().sum();
+    let mut pooled = 0f32;
+    for (w, v) in weights.iter_mut().zip(values) {
+        *w /= total;
+        pooled += *w * v;
+    }
+    (pooled, weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mask generator's gradient against central differences of its output.
+    #[test]
+    fn the_mask_gradient_matches_finite_differences() {
+        let grid = MaskGrid::new(9, 7, 2, 3.0);
+        let params: Vec<f32> = (0..grid.params())
+            .map(|i| 0.2 + 0.6 * ((i * 37) % 11) as f32 / 11.0)
+            .collect();
+        let probe: Vec<f32> = (0..grid.cells()).map(|i| ((i * 13) % 7) as f32 / 7.0 - 0.4).collect();
+        let loss = |p: &[f32]| -> f64 {
+            let full = grid.generate(p);
+            full.clamped.iter().zip(&probe).map(|(m, w)| f64::from(m * w)).sum()
+        };
+        let full = grid.generate(&params);
+        let d = grid.backward(&params, &full, &probe);
+        for i in (0..params.len()).step_by(3) {
+            let h = 1e-3;
+            let (mut up, mut down) = (params.clone(), params.clone());
+            up[i] += h;
+            down[i] -= h;
+            let numeric = (loss(&up) - loss(&down)) / (2.0 * f64::from(h));
+            assert!(
+                (numeric - f64::from(d[i])).abs() < 2e-2 * numeric.abs().max(1.0),
+                "parameter {i}: {numeric} vs {}",
+                d[i]
+            );
+        }
+    }
+
+    /// TorchRay's sizes for a 224 x 224 image at step 7, sigma 21.
+    #[test]
+    fn the_grid_has_torchrays_shapes_on_imagenet_inputs() {
+        let grid = MaskGrid::new(224, 224, 7, 21.0);
+        assert_eq!(grid.shape_in, (32, 32));
+        assert_eq!((grid.padding, grid.radius), (7, 4));
+        // shape_mid = 32 + 14 - 9 + 1 = 38; up 266; out 260.
+        assert_eq!(grid.shape_out, (260, 260));
+        assert_eq!(grid.margin, 21);
+    }
+}
