@@ -1,7 +1,8 @@
 //! Reference- and relevance-based methods against saliency on the same model, through the
 //! executor (goal: ratio at most 1.2): DeepLIFT runs the input and its reference as one backward
 //! pass of two rows through the rescale rule table, LRP one row through its composite's relevance
-//! rules, saliency one row through the exact rules. DeepLiftShap's 10 references for scale.
+//! rules, saliency one row through the exact rules. DeepLiftShap's 10 references for scale; extremal perturbation's time per
+//! area and iteration (one row of a backward pass plus the mask's smooth max and its gradient).
 //! Run with `cargo bench --bench relevance`.
 
 mod common;
@@ -47,6 +48,7 @@ fn main() {
         "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "model", "saliency", "deeplift", "dl-shap", "lrp-eps", "lrp-flat", "lrp-gbox", "lrp-a2b1"
     );
+    let mut extremal = Vec::new();
     for (name, dims, rounds) in [
         ("breast-cancer", vec![1usize, 30], 200),
         ("fashion-cnn", vec![1, 1, 28, 28], 100),
@@ -88,6 +90,19 @@ fn main() {
             .map(|(method, params)| format!("{:>9.2}", time(method, params) / s))
             .collect();
         println!("{name:<14} {s:>9.2} {}", ratios.join(" "));
+        if dims.len() == 4 {
+            // Extremal perturbation: a few iterations of its three areas, per area and iteration.
+            let iterations = 4.0;
+            let e = time(
+                "extremal-perturbation",
+                &serde_json::json!({"iterations": iterations as usize}),
+            );
+            extremal.push((name, e / (3.0 * iterations), e / (3.0 * iterations) / s));
+        }
+    }
+    println!("\nextremal-perturbation (3 areas, 4 iterations): ms per area and iteration, and its ratio to saliency");
+    for (name, per, ratio) in extremal {
+        println!("{name:<14} {per:>9.2} {ratio:>9.2}");
     }
     rt.block_on(service.stop()).unwrap();
 }

@@ -118,7 +118,10 @@ impl Method for Extremal {
         let grid = MaskGrid::new(spec.height, spec.width, step, sigma);
         // The blur pyramid, the batch and its gradients, per area the mask's parameters, momentum
         // and full mask, and the maps kept for the answer.
-        let per_area = bytes(grid.params(), 8).saturating_add(bytes(grid.cells(), 8));
+        let window = grid.window() * grid.window();
+        let per_area = bytes(grid.params(), 8)
+            .saturating_add(bytes(grid.cells(), 12))
+            .saturating_add(bytes(grid.cells(), 4).saturating_mul(window as u64));
         Ok(Cost {
             samples: rows,
             rows: rows.saturating_add((areas + 1).saturating_mul(cx.targets)),
@@ -352,6 +355,8 @@ struct FullMask {
     clamped: Vec<f32>,
     /// Before clamping (the clamp passes gradients only inside [0, 1]).
     pooled: Vec<f32>,
+    /// Each cell's softmax weights over its window (the gradient reuses them: no exponentials).
+    weights: Vec<f32>,
 }
 
 impl MaskGrid {
@@ -426,16 +431,22 @@ impl MaskGrid {
         let n = self.window() * self.window();
         let mut values = vec![0f32; n];
         let mut pooled = vec![0f32; self.cells()];
+        let mut weights = vec![0f32; self.cells() * n];
         for uy in 0..self.shape_out.0 {
             for ux in 0..self.shape_out.1 {
                 self.entries(uy, ux, |k, param, bump| {
                     values[k] = param.map_or(0.0, |i| bump * params[i]);
                 });
-                pooled[uy * self.shape_out.1 + ux] = smooth_max(&values).0;
+                let cell = uy * self.shape_out.1 + ux;
+                pooled[cell] = smooth_max(&values, &mut weights[cell * n..(cell + 1) * n]);
             }
         }
         let clamped = pooled.iter().map(|v| v.clamp(0.0, 1.0)).collect();
-        FullMask { clamped, pooled }
+        FullMask {
+            clamped,
+            pooled,
+            weights,
+        }
     }
 
     /// The gradient with respect to the parameters of a loss whose gradient with respect to the
@@ -454,7 +465,7 @@ impl MaskGrid {
                 self.entries(uy, ux, |k, param, bump| {
                     values[k] = param.map_or(0.0, |i| bump * params[i]);
                 });
-                let (_, weights) = smooth_max(&values);
+                let weights = &full.weights[cell * n..(cell + 1) * n];
                 let g = d_full[cell];
                 self.entries(uy, ux, |k, param, bump| {
                     if let Some(i) = param {
@@ -496,17 +507,20 @@ impl MaskGrid {
     }
 }
 
-/// `sum_k v_k softmax(c v)_k` and the softmax weights.
-fn smooth_max(values: &[f32]) -> (f32, Vec<f32>) {
+/// `sum_k v_k softmax(c v)_k`, writing the softmax weights to `weights`.
+fn smooth_max(values: &[f32], weights: &mut [f32]) -> f32 {
     let top = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut weights: Vec<f32> = values.iter().map(|v| (COLDNESS * (v - top)).exp()).collect();
-    let total: f32 = weights.iter().sum();
+    let mut total = 0f32;
+    for (w, v) in weights.iter_mut().zip(values) {
+        *w = (COLDNESS * (v - top)).exp();
+        total += *w;
+    }
     let mut pooled = 0f32;
     for (w, v) in weights.iter_mut().zip(values) {
         *w /= total;
         pooled += *w * v;
     }
-    (pooled, weights)
+    pooled
 }
 
 #[cfg(test)]
