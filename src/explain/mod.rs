@@ -90,7 +90,8 @@ pub struct TargetAttribution {
     pub tensor: Tensor,
     /// For image models: a 2-D map over the model's input pixels, `[height, width]`.
     pub map: Option<Tensor>,
-    /// Integrated Gradients: sum of attributions minus (f(input) - f(baseline)).
+    /// Integrated Gradients and DeepLIFT: sum of attributions minus (f(input) - f(baseline));
+    /// LRP: sum of input relevance minus the target's score (conservation).
     pub convergence_delta: Option<f64>,
     /// CAM methods: the layer used.
     pub layer: Option<String>,

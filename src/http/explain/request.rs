@@ -106,7 +106,8 @@ pub struct TargetExplanation {
     /// Tabular models: features by decreasing |attribution|.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub features: Option<Vec<FeatureAttribution>>,
-    /// Integrated Gradients: sum of attributions minus (f(input) - f(baseline)).
+    /// Integrated Gradients and DeepLIFT: sum of attributions minus (f(input) - f(baseline));
+    /// LRP: sum of input relevance minus the target's score (conservation).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub convergence_delta: Option<f64>,
     /// CAM methods: the layer used.
