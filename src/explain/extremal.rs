@@ -33,7 +33,7 @@ const COLDNESS: f32 = 20.0;
 pub struct ExtremalParams {
     /// Shares of the image each mask keeps, each strictly between 0 and 1 (at most 8).
     #[schema(default = json!([0.05, 0.1, 0.2]))]
-    pub areas: Vec<f32>,
+    pub areas: Vec<f64>,
     /// Gradient steps per mask (TorchRay's default is 800).
     #[schema(default = 300, minimum = 1, maximum = 2000)]
     pub iterations: usize,
@@ -214,7 +214,7 @@ fn optimise(
         .areas
         .iter()
         .map(|a| {
-            let zeros = (cells as f64 * (1.0 - f64::from(*a))) as usize;
+            let zeros = (cells as f64 * (1.0 - *a)) as usize;
             (0..cells).map(|i| if i < zeros { 0.0 } else { 1.0 }).collect()
         })
         .collect();
