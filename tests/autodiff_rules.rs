@@ -835,6 +835,39 @@ fn shape_operators() {
     );
 }
 
+#[test]
+fn pad_modes() {
+    // Edge, reflect and wrap (opset 19), with pads computed from constants as converters emit
+    // them, with an axes input (opset 18), and cropping (negative pads) in constant mode.
+    let d = [1, 2, 4, 5];
+    for (label, mode, opset, pads, axes) in [
+        ("pad-edge", "edge", 17, vec![0, 0, 1, 2, 0, 0, 2, 1], None),
+        ("pad-reflect", "reflect", 17, vec![0, 0, 2, 1, 0, 0, 1, 3], None),
+        ("pad-wrap", "wrap", 19, vec![0, 0, 1, 3, 0, 0, 2, 2], None),
+        ("pad-edge-axes", "edge", 18, vec![2, 1, 1, 3], Some(vec![-1, 2])),
+        ("pad-crop", "constant", 17, vec![0, 0, -1, 1, 0, 0, 1, -2], None),
+    ] {
+        case(label, opset, &d, smooth(&d, 95), Check::default(), |g, x| {
+            // pads = Cast(Reshape(constant)): computed, not an initializer.
+            let raw = g.constant(
+                "raw_pads",
+                &[pads.len() as i64],
+                &pads.iter().map(|p| *p as f32).collect::<Vec<_>>(),
+            );
+            let cast = g.node("Cast", &[&raw], vec![("to", Attr::Int(7))]);
+            let mut inputs = vec![x.to_string(), cast, String::new()];
+            if let Some(axes) = &axes {
+                inputs.push(g.constant_i64("axes", &[axes.len() as i64], axes));
+            }
+            let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            let p = g.node("Pad", &refs, vec![("mode", Attr::Str(mode.into()))]);
+            let sq = g.node("Mul", &[&p, &p], vec![]);
+            let w = g.node("Tanh", &[&p], vec![]);
+            g.node("Add", &[&sq, &w], vec![])
+        });
+    }
+}
+
 /// (label, attributes, scales, sizes)
 type ResizeCase = (
     &'static str,

@@ -3,9 +3,71 @@
 //! `b' = (b - mean) * k + beta`, `k = scale / sqrt(var + epsilon)`. The map is the same (up to
 //! rounding); relevance rules then see one linear layer with one bias, as LRP's rules assume.
 
-use super::builder::float_tensor;
+use std::collections::HashSet;
+
+use super::builder::{attribute, float_tensor, value_info, Attr};
 use super::node::{attr_float, attr_int, constant, op_type, tensor_f32};
-use super::proto::GraphProto;
+use super::proto::{data_type, GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+
+/// Nodes a constant subgraph may hold at most (a converter's shape arithmetic is a few dozen).
+const MAX_CONSTANT_NODES: usize = 256;
+
+/// A model that computes tensor `name` of `graph` from constants alone, as float32 (output
+/// `value`), or `None` when `name` depends on a graph input or its subgraph is too large. The
+/// caller runs it to fold the tensor (pads, shapes and axes that converters compute).
+pub fn constant_subgraph(graph: &GraphProto, name: &str, opset: i64) -> Option<ModelProto> {
+    let initializers: HashSet<&str> = graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+    let mut needed: Vec<usize> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut stack = vec![name.to_string()];
+    while let Some(t) = stack.pop() {
+        if t.is_empty() || initializers.contains(t.as_str()) || !seen.insert(t.clone()) {
+            continue;
+        }
+        let i = graph.node.iter().position(|n| n.output.contains(&t))?;
+        if needed.contains(&i) {
+            continue;
+        }
+        needed.push(i);
+        if needed.len() > MAX_CONSTANT_NODES {
+            return None;
+        }
+        stack.extend(graph.node[i].input.iter().cloned());
+    }
+    needed.sort_unstable();
+    let mut nodes: Vec<NodeProto> = needed.iter().map(|&i| graph.node[i].clone()).collect();
+    nodes.push(NodeProto {
+        name: Some("explaind.fold.cast".into()),
+        op_type: Some("Cast".into()),
+        domain: Some(String::new()),
+        input: vec![name.to_string()],
+        output: vec!["value".into()],
+        attribute: vec![attribute("to", Attr::Int(data_type::FLOAT as i64))],
+        ..Default::default()
+    });
+    let used: HashSet<&str> = nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let initializer = graph
+        .initializer
+        .iter()
+        .filter(|t| t.name.as_deref().is_some_and(|n| used.contains(n) || n == name))
+        .cloned()
+        .collect();
+    Some(ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
+        graph: Some(GraphProto {
+            name: Some("fold".into()),
+            node: nodes,
+            initializer,
+            output: vec![value_info("value", data_type::FLOAT, None)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
 
 /// Folds every BatchNormalization (inference mode) that reads a Conv's output, where nothing else
 /// reads that output and the Conv's weight, bias and the normalisation's parameters are constants.

@@ -272,6 +272,20 @@ impl<'a> GradContext<'a> {
         constant(self.graph, name).and_then(tensor_i64)
     }
 
+    /// Values of an int tensor computed from constants only (converters emit such subgraphs for
+    /// pads and shapes: Concat, Reshape, Slice, Transpose, Cast of constants), evaluated once with
+    /// the build-time runner. `None` when it depends on a graph input or cannot be run.
+    pub fn folded_ints(&self, name: &str) -> Option<Vec<i64>> {
+        if let Some(v) = self.constant_ints(name) {
+            return Some(v);
+        }
+        let runner = self.runner?;
+        let model = crate::onnx::fold::constant_subgraph(self.graph, name, self.opset)?;
+        let outputs = runner.run_f32(&model, &[]).ok()?;
+        let (_, values) = outputs.into_iter().next()?;
+        Some(values.into_iter().map(|v| v.round() as i64).collect())
+    }
+
     /// Values of a constant float tensor (the graph's, or one this build added).
     pub fn constant_floats(&self, name: &str) -> Option<Vec<f32>> {
         self.constant_tensor(name).map(|(_, v)| v)

@@ -5,6 +5,7 @@
 //! alternative tables, not branches inside rules.
 
 mod activation;
+mod axis;
 mod conv;
 mod elementwise;
 pub mod lrp;

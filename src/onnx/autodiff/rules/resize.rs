@@ -5,9 +5,9 @@
 
 use super::{first_only, grad0, input, output, RuleError, RuleTable};
 use crate::onnx::autodiff::GradContext;
-use crate::onnx::builder::{float_tensor, int64_tensor, value_info, Attr};
+use crate::onnx::builder::{float_tensor, int64_tensor};
 use crate::onnx::node::{attr_ints, attr_string};
-use crate::onnx::proto::{data_type, GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+use crate::onnx::proto::NodeProto;
 
 pub(super) fn register(t: &mut RuleTable) {
     t.register("", "Resize", resize);
@@ -68,16 +68,7 @@ fn resize(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[b
             continue;
         }
         let matrix = axis_matrix(runner, n, rank, axis, size_in, size_out, scale, ctx.opset())?;
-        let a = ctx.const_f32("resize_matrix", &[size_out, size_in], &matrix);
-        let mut perm: Vec<i64> = (0..rank as i64).filter(|&d| d != axis as i64).collect();
-        perm.push(axis as i64);
-        let mut inverse = vec![0i64; rank];
-        for (i, &p) in perm.iter().enumerate() {
-            inverse[p as usize] = i as i64;
-        }
-        let moved = ctx.emit("Transpose", &[&current], vec![("perm", Attr::Ints(perm))]);
-        let back = ctx.emit("MatMul", &[&moved, &a], vec![]);
-        current = ctx.emit("Transpose", &[&back], vec![("perm", Attr::Ints(inverse))]);
+        current = super::axis::apply_transposed(ctx, &current, rank, axis, (&matrix, size_out, size_in));
     }
     Ok(first_only(n, current))
 }
@@ -94,22 +85,8 @@ fn axis_matrix(
     scale: Option<f32>,
     opset: i64,
 ) -> Result<Vec<f32>, RuleError> {
-    // The identity's basis vectors are stacked along another axis, which the resize leaves alone.
-    let stack = if axis == 0 { 1 } else { 0 };
-    if rank < 2 {
-        return Err(RuleError::new(n, "Resize of a 1-D tensor is not supported"));
-    }
-    let mut in_dims = vec![1i64; rank];
-    in_dims[stack] = size_in;
-    in_dims[axis] = size_in;
-    let mut identity = vec![0f32; (size_in * size_in) as usize];
-    for k in 0..size_in as usize {
-        identity[k * size_in as usize + k] = 1.0;
-    }
     let mut node = n.clone();
-    node.name = Some("resize".into());
     node.input = vec!["x".into(), String::new(), String::new(), String::new()];
-    node.output = vec!["y".into()];
     let mut initializers = Vec::new();
     match scale {
         Some(s) => {
@@ -119,54 +96,13 @@ fn axis_matrix(
             node.input[2] = "scales".into();
         }
         None => {
-            let mut sz = in_dims.clone();
+            let stack = if axis == 0 { 1 } else { 0 };
+            let mut sz = vec![1i64; rank];
+            sz[stack] = size_in;
             sz[axis] = size_out;
             initializers.push(int64_tensor("sizes", &[rank as i64], &sz));
             node.input[3] = "sizes".into();
         }
     }
-    while node.input.last().is_some_and(String::is_empty) {
-        node.input.pop();
-    }
-    let model = ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(opset),
-        }],
-        graph: Some(GraphProto {
-            name: Some("resize_matrix".into()),
-            node: vec![node],
-            initializer: initializers,
-            input: vec![value_info("x", data_type::FLOAT, Some(&in_dims))],
-            output: vec![value_info("y", data_type::FLOAT, None)],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let shape: Vec<usize> = in_dims.iter().map(|&d| d as usize).collect();
-    let outputs = runner
-        .run_f32(&model, &[("x", shape, identity)])
-        .map_err(|e| RuleError::new(n, format!("computing the Resize matrix failed: {e}")))?;
-    let (out_shape, values) = outputs
-        .into_iter()
-        .next()
-        .ok_or_else(|| RuleError::new(n, "the Resize matrix run gave no output"))?;
-    if out_shape[axis] as i64 != size_out || out_shape[stack] as i64 != size_in {
-        return Err(RuleError::new(
-            n,
-            format!("the Resize matrix run gave shape {out_shape:?}"),
-        ));
-    }
-    // y[k (stack axis), o (resized axis)] = A[o, k]
-    let (si, so) = (size_in as usize, size_out as usize);
-    let mut a = vec![0f32; so * si];
-    let stride_axis: usize = out_shape[axis + 1..].iter().product();
-    let stride_stack: usize = out_shape[stack + 1..].iter().product();
-    for k in 0..si {
-        for o in 0..so {
-            a[o * si + k] = values[k * stride_stack + o * stride_axis];
-        }
-    }
-    Ok(a)
+    super::axis::matrix(runner, n, node, initializers, rank, (axis, size_in, size_out), opset)
 }

@@ -3,7 +3,7 @@
 
 use super::{first_only, grad0, input, output, RuleError, RuleTable};
 use crate::onnx::autodiff::GradContext;
-use crate::onnx::builder::{float_tensor, Attr};
+use crate::onnx::builder::{float_tensor, int64_tensor, Attr};
 use crate::onnx::node::{attr_int, attr_ints, attr_string};
 use crate::onnx::proto::NodeProto;
 
@@ -284,30 +284,105 @@ fn pad(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool
         ));
     }
     let mode = attr_string(n, "mode", "constant")?;
-    if mode != "constant" {
-        return Err(RuleError::new(
-            n,
-            format!("Pad mode `{mode}` is not supported (only constant)"),
-        ));
-    }
-    if !input(n, 3).is_empty() {
-        return Err(RuleError::new(n, "Pad with an axes input is not supported"));
-    }
     let g = grad0(n, g)?;
-    let x = input(n, 0);
+    let (x, y) = (input(n, 0), output(n));
     let rank = ctx.rank(x)?;
     let pads = input(n, 1);
-    if let Some(values) = ctx.constant_ints(pads) {
-        if values.iter().any(|p| *p < 0) {
-            return Err(RuleError::new(n, "Pad with negative pads (cropping) is not supported"));
-        }
+    let axes = match input(n, 3) {
+        "" => None,
+        name => Some(
+            ctx.folded_ints(name)
+                .ok_or_else(|| RuleError::new(n, "Pad's axes must be computable from constants"))?,
+        ),
+    };
+    // Per-axis (begin, end), when the pads can be computed now (converters often compute them).
+    let per_axis: Option<Vec<(i64, i64)>> = match ctx.folded_ints(pads) {
+        Some(values) => Some(pad_pairs(n, &values, axes.as_deref(), rank)?),
+        None => None,
+    };
+    // Zero padding of a constant: the gradient is the interior, sliced out (pads may be dynamic).
+    if mode == "constant"
+        && axes.is_none()
+        && per_axis
+            .as_ref()
+            .is_none_or(|p| p.iter().all(|(b, e)| *b >= 0 && *e >= 0))
+    {
+        let zero = ctx.const_i64("zero", &[0]);
+        let r = ctx.const_i64("rank", &[rank as i64]);
+        let begins = ctx.emit("Slice", &[pads, &zero, &r], vec![]);
+        let shape = ctx.shape(x);
+        let ends = ctx.emit("Add", &[&begins, &shape], vec![]);
+        return Ok(first_only(n, ctx.emit("Slice", &[g, &begins, &ends], vec![])));
     }
-    let zero = ctx.const_i64("zero", &[0]);
-    let r = ctx.const_i64("rank", &[rank as i64]);
-    let begins = ctx.emit("Slice", &[pads, &zero, &r], vec![]);
-    let shape = ctx.shape(x);
-    let ends = ctx.emit("Add", &[&begins, &shape], vec![]);
-    Ok(first_only(n, ctx.emit("Slice", &[g, &begins, &ends], vec![])))
+    // Other modes (edge, reflect, wrap) and cropping: linear and separable by axis, so each padded
+    // axis's matrix comes from running the node on an identity.
+    let per_axis = per_axis.ok_or_else(|| {
+        RuleError::new(
+            n,
+            format!("Pad mode `{mode}` needs pads computable from constants when the graph is built"),
+        )
+    })?;
+    let runner = ctx
+        .runner()
+        .ok_or_else(|| RuleError::new(n, "Pad gradients need a build-time runner"))?;
+    let (x_dims, y_dims) = (ctx.dims(x)?.to_vec(), ctx.dims(y)?.to_vec());
+    let mut current = g.to_string();
+    for (axis, &(begin, end)) in per_axis.iter().enumerate() {
+        if begin == 0 && end == 0 {
+            continue;
+        }
+        let (Some(size_in), Some(size_out)) = (x_dims[axis], y_dims[axis]) else {
+            return Err(RuleError::new(
+                n,
+                format!("Pad mode `{mode}` needs static sizes; axis {axis} is dynamic"),
+            ));
+        };
+        let mut one = vec![0i64; 2 * rank];
+        (one[axis], one[rank + axis]) = (begin, end);
+        let mut node = n.clone();
+        node.input = vec!["x".into(), "pads".into()];
+        let initializers = vec![int64_tensor("pads", &[2 * rank as i64], &one)];
+        let matrix = super::axis::matrix(
+            runner,
+            n,
+            node,
+            initializers,
+            rank,
+            (axis, size_in, size_out),
+            ctx.opset(),
+        )?;
+        current = super::axis::apply_transposed(ctx, &current, rank, axis, (&matrix, size_out, size_in));
+    }
+    Ok(first_only(n, current))
+}
+
+/// Pad's `pads` (all begins, then all ends; for the listed `axes` only when given) as (begin, end)
+/// per axis of a rank-`rank` tensor.
+fn pad_pairs(n: &NodeProto, pads: &[i64], axes: Option<&[i64]>, rank: usize) -> Result<Vec<(i64, i64)>, RuleError> {
+    let axes: Vec<usize> = match axes {
+        None => (0..rank).collect(),
+        Some(a) => a
+            .iter()
+            .map(|&ax| {
+                let ax = if ax < 0 { ax + rank as i64 } else { ax };
+                usize::try_from(ax)
+                    .ok()
+                    .filter(|ax| *ax < rank)
+                    .ok_or_else(|| RuleError::new(n, format!("Pad axis {ax} is out of range")))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if pads.len() != 2 * axes.len() {
+        return Err(RuleError::new(
+            n,
+            format!("Pad has {} pads for {} axes", pads.len(), axes.len()),
+        ));
+    }
+    let mut out = vec![(0, 0); rank];
+    for (i, &ax) in axes.iter().enumerate() {
+        out[ax] = (pads[i], pads[axes.len() + i]);
+    }
+    Ok(out)
 }
 
 fn expand(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
