@@ -181,12 +181,25 @@ impl Cx<'_> {
         let per_pass = self.forward_rows();
         self.count(input.rows(), per_pass);
         let mut outputs = self.rt.run(&model.name, &model.spec.input, input)?;
-        outputs
+        let scores = outputs
             .remove(&model.spec.output)
             .ok_or_else(|| RuntimeError::Inference {
                 model: model.name.clone(),
                 message: format!("output `{}` missing", model.spec.output),
-            })
+            })?;
+        // A graph that fixes its batch (a Reshape or Resize to batch 1) answers fewer rows than it
+        // was given: refuse it here rather than index past its answer.
+        if scores.rows() != input.rows() {
+            return Err(RuntimeError::Inference {
+                model: model.name.clone(),
+                message: format!(
+                    "the model answered {} rows for {}: its graph fixes the batch size, so batched methods cannot run it",
+                    scores.rows(),
+                    input.rows()
+                ),
+            });
+        }
+        Ok(scores)
     }
 
     /// Gradients for `input` rows with per-row `weights`, `chunk` rows per call at most.

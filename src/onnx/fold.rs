@@ -12,27 +12,41 @@ use super::proto::{data_type, GraphProto, ModelProto, NodeProto, OperatorSetIdPr
 /// Nodes a constant subgraph may hold at most (a converter's shape arithmetic is a few dozen).
 const MAX_CONSTANT_NODES: usize = 256;
 
-/// A model that computes tensor `name` of `graph` from constants alone, as float32 (output
-/// `value`), or `None` when `name` depends on a graph input or its subgraph is too large. The
-/// caller runs it to fold the tensor (pads, shapes and axes that converters compute).
-pub fn constant_subgraph(graph: &GraphProto, name: &str, opset: i64) -> Option<ModelProto> {
+/// A model that computes tensor `name` of `graph` (as float32, output `value`) from constants
+/// and the *shapes* of graph inputs (read through Shape or Size), with the graph inputs it needs
+/// fed; `None` when `name` depends on an input's values or its subgraph is too large. Converters
+/// compute pads, shapes and axes this way; the caller runs the model to fold them.
+pub fn constant_subgraph(graph: &GraphProto, name: &str, opset: i64) -> Option<(ModelProto, Vec<String>)> {
     let initializers: HashSet<&str> = graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+    let inputs: HashSet<&str> = graph.input.iter().filter_map(|v| v.name.as_deref()).collect();
     let mut needed: Vec<usize> = Vec::new();
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut stack = vec![name.to_string()];
-    while let Some(t) = stack.pop() {
-        if t.is_empty() || initializers.contains(t.as_str()) || !seen.insert(t.clone()) {
+    let mut feeds: Vec<String> = Vec::new();
+    let mut seen: HashSet<(String, bool)> = HashSet::new();
+    // (tensor, only its shape matters)
+    let mut stack = vec![(name.to_string(), false)];
+    while let Some((t, shape_only)) = stack.pop() {
+        if t.is_empty() || initializers.contains(t.as_str()) || !seen.insert((t.clone(), shape_only)) {
+            continue;
+        }
+        if inputs.contains(t.as_str()) {
+            if !shape_only {
+                return None;
+            }
+            if !feeds.contains(&t) {
+                feeds.push(t);
+            }
             continue;
         }
         let i = graph.node.iter().position(|n| n.output.contains(&t))?;
-        if needed.contains(&i) {
-            continue;
+        if !needed.contains(&i) {
+            needed.push(i);
+            if needed.len() > MAX_CONSTANT_NODES {
+                return None;
+            }
         }
-        needed.push(i);
-        if needed.len() > MAX_CONSTANT_NODES {
-            return None;
-        }
-        stack.extend(graph.node[i].input.iter().cloned());
+        let n = &graph.node[i];
+        let reads_shape = matches!(op_type(n), "Shape" | "Size");
+        stack.extend(n.input.iter().map(|x| (x.clone(), shape_only || reads_shape)));
     }
     needed.sort_unstable();
     let mut nodes: Vec<NodeProto> = needed.iter().map(|&i| graph.node[i].clone()).collect();
@@ -52,7 +66,13 @@ pub fn constant_subgraph(graph: &GraphProto, name: &str, opset: i64) -> Option<M
         .filter(|t| t.name.as_deref().is_some_and(|n| used.contains(n) || n == name))
         .cloned()
         .collect();
-    Some(ModelProto {
+    let input = graph
+        .input
+        .iter()
+        .filter(|v| v.name.as_ref().is_some_and(|n| feeds.contains(n)))
+        .cloned()
+        .collect();
+    let model = ModelProto {
         ir_version: Some(8),
         opset_import: vec![OperatorSetIdProto {
             domain: Some(String::new()),
@@ -62,11 +82,13 @@ pub fn constant_subgraph(graph: &GraphProto, name: &str, opset: i64) -> Option<M
             name: Some("fold".into()),
             node: nodes,
             initializer,
+            input,
             output: vec![value_info("value", data_type::FLOAT, None)],
             ..Default::default()
         }),
         ..Default::default()
-    })
+    };
+    Some((model, feeds))
 }
 
 /// Folds every BatchNormalization (inference mode) that reads a Conv's output, where nothing else

@@ -230,7 +230,13 @@ impl GradientCache {
     /// Describes what gradients the model supports.
     pub fn report(&self, model: &LoadedModel) -> GradientReport {
         match self.prepared(model) {
-            Ok(p) => describe(&p.0, &p.1, &model.spec.input, &model.spec.output),
+            Ok(p) => describe(
+                &p.0,
+                &p.1,
+                &model.spec.input,
+                &model.spec.output,
+                Some(&OrtRunner::new(self.env)),
+            ),
             Err(e) => GradientReport {
                 differentiable: false,
                 blocking_operators: vec![e],
@@ -264,16 +270,22 @@ pub fn input_bounds(spec: &ModelSpec) -> Option<InputBounds> {
     Some(InputBounds { low, high })
 }
 
-/// Describes the gradients of a prepared model whose shapes were probed.
-pub fn describe(prepared: &ModelProto, shapes: &ShapeMap, input: &str, output: &str) -> GradientReport {
+/// Describes the gradients of a prepared model whose shapes were probed. Whether it is
+/// differentiable comes from a dry run of the same build a request makes (every rule, every
+/// attribute), so the report and the request path cannot disagree.
+pub fn describe(
+    prepared: &ModelProto,
+    shapes: &ShapeMap,
+    input: &str,
+    output: &str,
+    runner: Option<&dyn autodiff::GraphRunner>,
+) -> GradientReport {
     let spec = GradientSpec {
         input: input.to_string(),
         output: output.to_string(),
         layers: vec![],
     };
-    let blocking: Vec<String> = autodiff::unsupported_ops(prepared, &spec, shapes, &RuleTable::standard())
-        .map(|v| v.iter().map(|u| u.to_string()).collect())
-        .unwrap_or_else(|e| vec![e.to_string()]);
+    let blocking = autodiff::refusals(prepared, &spec, shapes, &RuleTable::standard(), runner);
     let cam_layers = analysis_layers(prepared, input, output, shapes);
     let layer_channels = cam_layers
         .iter()

@@ -108,7 +108,7 @@ pub fn inspect(
         Ok(prepared) => {
             let shapes = probe_shapes(&runner, &prepared, &input, &dims)
                 .map_err(|e| anyhow::anyhow!("shape probe failed: {e}"))?;
-            describe(&prepared, &shapes, &input, &output)
+            describe(&prepared, &shapes, &input, &output, Some(&runner))
         }
         Err(e) => GradientReport {
             differentiable: false,

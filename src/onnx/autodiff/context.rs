@@ -272,18 +272,42 @@ impl<'a> GradContext<'a> {
         constant(self.graph, name).and_then(tensor_i64)
     }
 
-    /// Values of an int tensor computed from constants only (converters emit such subgraphs for
-    /// pads and shapes: Concat, Reshape, Slice, Transpose, Cast of constants), evaluated once with
-    /// the build-time runner. `None` when it depends on a graph input or cannot be run.
+    /// Values of an int tensor computed from constants and input shapes only (converters emit
+    /// such subgraphs for pads and shapes: Shape, Gather, Concat, Reshape, Slice, Cast), evaluated
+    /// with the build-time runner on zero inputs of the probed shape, at batch sizes 1 and 2: a
+    /// value that changes with the batch is not folded. `None` when it depends on an input's
+    /// values or cannot be run.
     pub fn folded_ints(&self, name: &str) -> Option<Vec<i64>> {
         if let Some(v) = self.constant_ints(name) {
             return Some(v);
         }
         let runner = self.runner?;
-        let model = crate::onnx::fold::constant_subgraph(self.graph, name, self.opset)?;
-        let outputs = runner.run_f32(&model, &[]).ok()?;
-        let (_, values) = outputs.into_iter().next()?;
-        Some(values.into_iter().map(|v| v.round() as i64).collect())
+        let (model, feeds) = crate::onnx::fold::constant_subgraph(self.graph, name, self.opset)?;
+        let mut results = Vec::new();
+        for batch in [1usize, 2] {
+            let mut inputs = Vec::new();
+            for feed in &feeds {
+                let shape = self.shapes.get(feed)?;
+                if shape.elem_type != data_type::FLOAT {
+                    return None;
+                }
+                let dims: Vec<usize> = shape
+                    .dims
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| match d {
+                        Some(d) if i > 0 => *d as usize,
+                        _ => batch,
+                    })
+                    .collect();
+                let len = dims.iter().product();
+                inputs.push((feed.as_str(), dims, vec![0f32; len]));
+            }
+            let outputs = runner.run_f32(&model, &inputs).ok()?;
+            let (_, values) = outputs.into_iter().next()?;
+            results.push(values.into_iter().map(|v| v.round() as i64).collect::<Vec<_>>());
+        }
+        (results[0] == results[1]).then(|| results.swap_remove(0))
     }
 
     /// Values of a constant float tensor (the graph's, or one this build added).

@@ -197,8 +197,11 @@ pub fn prepare_forward(model: &ModelProto) -> Result<ModelProto, AutodiffError> 
     Ok(prepared)
 }
 
-/// Candidate layers for CAM methods: float 4-D tensors on the path from `input` to `output` whose
-/// spatial size is above 1, in graph order.
+/// Candidate layers for CAM methods: channels-first float 4-D tensors on the path from `input` to
+/// `output` whose spatial size is above 1, in graph order. Channels-first means produced by an
+/// operator whose output ONNX defines as NCHW (Conv, pooling, normalisation) or elementwise from
+/// one: converted channels-last graphs transpose around every convolution, and their NHWC
+/// tensors are not feature maps Grad-CAM can pool over axis 1.
 pub fn analysis_layers(model: &ModelProto, input: &str, output: &str, shapes: &ShapeMap) -> Vec<String> {
     let Some(graph) = model.graph.as_ref() else {
         return Vec::new();
@@ -212,13 +215,48 @@ pub fn analysis_layers(model: &ModelProto, input: &str, output: &str, shapes: &S
             }
             if let Some(s) = shapes.get(o) {
                 let spatial: Option<i64> = s.dims.get(2..).and_then(|d| d.iter().copied().product::<Option<i64>>());
-                if s.dims.len() == 4 && is_float(s.elem_type) && spatial.is_some_and(|p| p > 1) {
+                if s.dims.len() == 4
+                    && is_float(s.elem_type)
+                    && spatial.is_some_and(|p| p > 1)
+                    && channels_first(graph, o, shapes, 0)
+                {
                     layers.push(o.clone());
                 }
             }
         }
     }
     layers
+}
+
+/// True when 4-D tensor `t` is in ONNX's channels-first layout: the output of an operator defined
+/// on NCHW, or of an elementwise operator on such a tensor.
+fn channels_first(graph: &GraphProto, t: &str, shapes: &ShapeMap, depth: usize) -> bool {
+    let Some(n) = graph
+        .node
+        .iter()
+        .find(|n| n.output.first().map(String::as_str) == Some(t))
+    else {
+        return false;
+    };
+    match op_type(n) {
+        "Conv"
+        | "ConvTranspose"
+        | "MaxPool"
+        | "AveragePool"
+        | "LpPool"
+        | "BatchNormalization"
+        | "InstanceNormalization" => true,
+        "Relu" | "LeakyRelu" | "PRelu" | "Elu" | "Selu" | "Sigmoid" | "Tanh" | "Clip" | "HardSigmoid" | "HardSwish"
+        | "Softplus" | "Gelu" | "Identity" | "Dropout" | "Cast" | "Add" | "Sub" | "Mul" | "Div" | "Max" | "Min"
+        | "Sum"
+            if depth < 64 =>
+        {
+            n.input.iter().any(|i| {
+                shapes.get(i).is_some_and(|s| s.dims.len() == 4) && channels_first(graph, i, shapes, depth + 1)
+            })
+        }
+        _ => false,
+    }
 }
 
 /// Builds the backward model for `spec` with the rules of `table`. `model` should come from
@@ -229,6 +267,41 @@ pub fn build_backward(
     shapes: &ShapeMap,
     table: &RuleTable,
     runner: Option<&dyn GraphRunner>,
+) -> Result<BackwardModel, AutodiffError> {
+    build(model, spec, shapes, table, runner, None)
+}
+
+/// Every reason the build of [`build_backward`] would stop for: operators without a rule, then
+/// each node whose rule refuses its attributes, inputs or shapes (a Pad mode, a dynamic size),
+/// found by running every rule as the build does and carrying on past refusals. Empty: the
+/// build succeeds. The model report shows this list, so no request meets a refusal the report
+/// did not show.
+pub fn refusals(
+    model: &ModelProto,
+    spec: &GradientSpec,
+    shapes: &ShapeMap,
+    table: &RuleTable,
+    runner: Option<&dyn GraphRunner>,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    match build(model, spec, shapes, table, runner, Some(&mut found)) {
+        Ok(_) => found.iter().map(|e| e.to_string()).collect(),
+        Err(AutodiffError::Unsupported(list)) => list.iter().map(|u| format!("no gradient rule for {u}")).collect(),
+        Err(e) => {
+            let mut all: Vec<String> = found.iter().map(|e| e.to_string()).collect();
+            all.push(e.to_string());
+            all
+        }
+    }
+}
+
+fn build(
+    model: &ModelProto,
+    spec: &GradientSpec,
+    shapes: &ShapeMap,
+    table: &RuleTable,
+    runner: Option<&dyn GraphRunner>,
+    mut refused: Option<&mut Vec<RuleError>>,
 ) -> Result<BackwardModel, AutodiffError> {
     let prepared = prepare_forward(model)?;
     let model = &prepared;
@@ -299,7 +372,15 @@ pub fn build_backward(
             .get(domain(&node), op_type(&node))
             .ok_or_else(|| AutodiffError::Path(format!("no rule for {} at {}", op_type(&node), node_name(&node))))?;
         ctx.begin_node(index, &node);
-        let in_grads = rule(&mut ctx, &node, &out_grads, &needs)?;
+        let in_grads = match (rule(&mut ctx, &node, &out_grads, &needs), refused.as_deref_mut()) {
+            (Ok(g), _) => g,
+            (Err(e), None) => return Err(e.into()),
+            // Listing refusals: note it and carry on as if each input's gradient were itself.
+            (Err(e), Some(list)) => {
+                list.push(e);
+                node.input.iter().map(|i| Some(i.clone())).collect()
+            }
+        };
         for (i, input) in node.input.iter().enumerate() {
             if !needs[i] {
                 continue;
@@ -307,9 +388,11 @@ pub fn build_backward(
             match in_grads.get(i).cloned().flatten() {
                 Some(g) => grads.entry(input.clone()).or_default().push(g),
                 None => {
-                    return Err(
-                        RuleError::new(&node, format!("the rule gave no gradient for input {i} (`{input}`)")).into(),
-                    );
+                    let e = RuleError::new(&node, format!("the rule gave no gradient for input {i} (`{input}`)"));
+                    match refused.as_deref_mut() {
+                        Some(list) => list.push(e),
+                        None => return Err(e.into()),
+                    }
                 }
             }
         }
