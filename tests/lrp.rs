@@ -486,6 +486,12 @@ async fn start_models() -> explaind::Service {
     );
     write_model(
         &dir,
+        "gated",
+        &gated_mlp(),
+        "task = \"tabular-classification\"\nlabels = [\"a\", \"b\"]\n[tabular]\nfeatures = [\"f0\", \"f1\"]\n",
+    );
+    write_model(
+        &dir,
         "exp",
         &exp_mlp(),
         "task = \"tabular-classification\"\nlabels = [\"a\", \"b\"]\n[tabular]\nfeatures = [\"f0\", \"f1\"]\n",
@@ -502,6 +508,21 @@ fn exp_mlp() -> ModelProto {
     let e = g.node("Exp", &[&z], vec![]);
     let w2 = g.constant("w2", &[2, 2], &[1.0, -1.0, 0.5, 0.7]);
     g.node("Gemm", &[&e, &w2], vec![]);
+    g.rename_last_output("logits");
+    g.output("logits", &[-1, 2]);
+    g.build()
+}
+
+/// input [1, 2] -> Gemm -> z * z -> (z * z) * z -> Gemm: two products of tensors on the path.
+fn gated_mlp() -> ModelProto {
+    let mut g = GraphBuilder::new("gated", 17);
+    let x = g.input("input", &[-1, 2]);
+    let w1 = g.constant("w1", &[2, 2], &[0.5, -0.3, 0.2, 0.8]);
+    let z = g.node("Gemm", &[&x, &w1], vec![]);
+    let a = g.node("Mul", &[&z, &z], vec![]);
+    let b = g.node("Mul", &[&a, &z], vec![]);
+    let w2 = g.constant("w2", &[2, 2], &[1.0, -1.0, 0.5, 0.7]);
+    g.node("Gemm", &[&b, &w2], vec![]);
     g.rename_last_output("logits");
     g.output("logits", &[-1, 2]);
     g.build()
@@ -674,5 +695,14 @@ async fn bad_parameters_and_models_without_relevance_rules_are_refused() {
     .await;
     assert!(body["detail"].as_str().unwrap().contains("Exp"), "{body}");
     ok_json(post_json(&s, "/v1/models/exp/explain/saliency", &json!({"features": [0.3, -0.2]})).await).await;
+    // Every refused node is named, not only the first the build meets.
+    let body = problem(
+        explain(&s, "gated", json!({"features": [0.3, -0.2]})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "model-not-differentiable",
+    )
+    .await;
+    let detail = body["detail"].as_str().unwrap();
+    assert_eq!(detail.matches("product of two tensors").count(), 2, "{detail}");
     s.stop().await.unwrap();
 }

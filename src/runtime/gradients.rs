@@ -160,8 +160,15 @@ impl GradientCache {
         };
         let runner = OrtRunner::new(self.env);
         let table = RuleTable::for_set(key.rules).with_input_bounds(input_bounds(&model.spec));
-        let mut built =
-            autodiff::build_backward(forward, &spec, shapes, &table, Some(&runner)).map_err(|e| e.to_string())?;
+        // A refused build names every refused node, not just the first the build met.
+        let mut built = autodiff::build_backward(forward, &spec, shapes, &table, Some(&runner)).map_err(|e| {
+            let all = autodiff::refusals(forward, &spec, shapes, &table, Some(&runner));
+            if all.len() > 1 {
+                all.join("; ")
+            } else {
+                e.to_string()
+            }
+        })?;
         // Rows fed no weights explain their top class, chosen in the graph: one pass, no forward
         // pass first. Only a `[batch, classes]` output can be ranked.
         let classes = shapes
