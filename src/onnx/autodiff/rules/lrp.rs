@@ -504,44 +504,29 @@ impl<'n> Layer<'n> {
     fn gamma(&self, ctx: &mut GradContext, g: &[Option<String>], gamma: f32) -> Grads {
         let r = grad0(self.node, g)?.to_string();
         let (xp, xn) = self.split_input(ctx);
-        if xn.is_none() {
+        let Some(xn) = xn else {
             return self.gamma_non_negative(ctx, &r, gamma);
-        }
+        };
         let up = self.params(ctx, "lrp.gamma_plus", |v| v + gamma * v.max(0.0), true);
         let down = self.params(ctx, "lrp.gamma_minus", |v| v + gamma * v.min(0.0), true);
-        let y = output(self.node);
-        let zero = ctx.scalar(0.0);
-        let mut relevance: Option<String> = None;
+        let mut sides = Vec::with_capacity(2);
         for (positive, p, q) in [(true, &up, &down), (false, &down, &up)] {
             let q = Params {
                 w: q.w.clone(),
                 b: None,
             };
-            let mut z = self.forward(ctx, &xp, p);
-            if let Some(xn) = &xn {
-                let zn = self.forward(ctx, xn, &q);
-                z = ctx.emit("Add", &[&z, &zn], vec![]);
-            }
-            let side = if positive {
-                ctx.emit("Greater", &[y, &zero], vec![])
-            } else {
-                ctx.emit("Less", &[y, &zero], vec![])
-            };
-            let side = ctx.emit("CastLike", &[&side, &r], vec![]);
-            let masked = ctx.emit("Mul", &[&r, &side], vec![]);
-            let s = ratio(ctx, &masked, &z, STABILIZER);
-            let mut part = self.reduce(ctx, &xp, &p.w, &s)?;
-            if let Some(xn) = &xn {
-                let other = self.reduce(ctx, xn, &q.w, &s)?;
-                part = ctx.emit("Add", &[&part, &other], vec![]);
-            }
-            relevance = Some(match relevance {
-                None => part,
-                Some(before) => ctx.emit("Add", &[&before, &part], vec![]),
-            });
+            let masked = self.where_output(ctx, &r, positive);
+            sides.push(self.part(ctx, &masked, &xp, &xn, p, &q, 1.0)?);
         }
-        let relevance = relevance.ok_or_else(|| RuleError::new(self.node, "no relevance"))?;
-        Ok(self.only_data(relevance))
+        Ok(self.only_data(ctx.emit("Add", &[&sides[0], &sides[1]], vec![])))
+    }
+
+    /// `r` where the layer's output is positive (`positive`) or negative, else 0.
+    fn where_output(&self, ctx: &mut GradContext, r: &str, positive: bool) -> String {
+        let (y, zero) = (output(self.node), ctx.scalar(0.0));
+        let side = ctx.emit(if positive { "Greater" } else { "Less" }, &[y, &zero], vec![]);
+        let side = ctx.emit("CastLike", &[&side, r], vec![]);
+        ctx.emit("Mul", &[r, &side], vec![])
     }
 
     /// Gamma on an input that cannot be negative, with one extra forward and two transposed
@@ -552,7 +537,7 @@ impl<'n> Layer<'n> {
         let plus = self.params(ctx, "lrp.plus", |v| v.max(0.0), true);
         let y = output(self.node).to_string();
         let p = self.forward(ctx, &self.x, &plus);
-        let (zero, k) = (ctx.scalar(0.0), ctx.scalar(gamma));
+        let k = ctx.scalar(gamma);
         let gp = ctx.emit("Mul", &[&p, &k], vec![]);
         let up = ctx.emit("Add", &[&y, &gp], vec![]);
         let rest = ctx.emit("Sub", &[&y, &p], vec![]);
@@ -560,13 +545,7 @@ impl<'n> Layer<'n> {
         let down = ctx.emit("Add", &[&y, &grest], vec![]);
         let mut sides = Vec::new();
         for (positive, z) in [(true, &up), (false, &down)] {
-            let side = if positive {
-                ctx.emit("Greater", &[&y, &zero], vec![])
-            } else {
-                ctx.emit("Less", &[&y, &zero], vec![])
-            };
-            let side = ctx.emit("CastLike", &[&side, r], vec![]);
-            let masked = ctx.emit("Mul", &[r, &side], vec![]);
+            let masked = self.where_output(ctx, r, positive);
             sides.push(ratio(ctx, &masked, z, STABILIZER));
         }
         let (s_up, s_down) = (&sides[0], &sides[1]);
