@@ -10,11 +10,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use explaind::config::{AuditMode, AuditSync, Config};
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("target").join("bench-audit");
@@ -80,7 +75,7 @@ fn main() {
                 }
             }
         }
-        let medians: Vec<Duration> = times.into_iter().map(median).collect();
+        let medians: Vec<Duration> = times.into_iter().map(common::median).collect();
         for (i, (name, _, _)) in settings.iter().enumerate() {
             println!(
                 "{model:<12} {name:<18} {:>10.3} {:>11.1}%",

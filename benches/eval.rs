@@ -11,18 +11,13 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use explaind::eval::{self, EvaluateTask, MetricRequest};
 use explaind::explain::{ExplainJob, ExplainTask, Inputs, Limits, Methods, PlanContext};
 use explaind::runtime::sessions::create_session_from_bytes;
 use explaind::runtime::Tensor;
 use ort::value::Tensor as OrtTensor;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -92,7 +87,7 @@ fn main() {
                 theirs.push(b);
             }
         }
-        let (a, b) = (median(ours), median(theirs));
+        let (a, b) = (common::median(ours), common::median(theirs));
         println!(
             "{name:<12} {rows:>6} {:>12.1} {:>10.1} {:>7.2}",
             a.as_secs_f64() * 1e3,

@@ -19,11 +19,6 @@ use explaind::runtime::Tensor;
 use ort::value::Tensor as OrtTensor;
 use prost::Message;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn run_raw(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, &[f32])]) {
     let values: Vec<(String, ort::session::SessionInputValue<'static>)> = feeds
         .iter()
@@ -208,7 +203,7 @@ fn main() {
                     raw_times.push(started.elapsed());
                 }
             }
-            let (m, r) = (median(times), median(raw_times));
+            let (m, r) = (common::median(times), common::median(raw_times));
             println!(
                 "{model_name:<12} {:<22} {:>6} {:>11.2} {:>11.2} {:>7.2}",
                 method.name(),

@@ -5,6 +5,8 @@
 //! Run with `cargo bench --bench gradients` (or `make bench`). `EXPLAIND_BENCH_THREADS` sets the
 //! intra-op pool's threads (default 0: one per core, as the service's default).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -15,11 +17,6 @@ use explaind::runtime::sessions::create_session_from_bytes;
 use explaind::runtime::shapes::probe_shapes;
 use ort::value::Tensor;
 use prost::Message;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn time_runs(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, Vec<f32>)], rounds: usize) -> Duration {
     let mut times = Vec::with_capacity(rounds);
@@ -40,7 +37,7 @@ fn time_runs(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, Ve
             times.push(start.elapsed()); // the first two runs warm up
         }
     }
-    median(times)
+    common::median(times)
 }
 
 fn bench(label: &str, model: &ModelProto, input_dims: &[usize], classes: usize, rounds: usize, threads: usize) {

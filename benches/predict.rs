@@ -4,6 +4,8 @@
 //!
 //! Run with `cargo bench --bench predict` (or `make bench`).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -14,11 +16,6 @@ use ort::value::Tensor as OrtTensor;
 use serde_json::json;
 
 const ROUNDS: usize = 200;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -76,7 +73,7 @@ fn main() {
                 served.push(start.elapsed());
             }
         });
-        let (raw, served) = (median(raw), median(served));
+        let (raw, served) = (common::median(raw), common::median(served));
         println!(
             "{batch:>6} {:>14.3} {:>16.3} {:>8.2}",
             raw.as_secs_f64() * 1e3,

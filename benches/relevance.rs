@@ -8,15 +8,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use explaind::explain::{ExplainJob, ExplainTask, Limits, Methods, PlanContext};
 use explaind::runtime::Tensor;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -82,7 +77,7 @@ fn main() {
                     times.push(started.elapsed());
                 }
             }
-            median(times).as_secs_f64() * 1e3
+            common::median(times).as_secs_f64() * 1e3
         };
         let s = time("saliency", &serde_json::json!({}));
         let ratios: Vec<String> = columns

@@ -24,11 +24,6 @@ use explaind::runtime::{LoadedModel, Tensor};
 use explaind::uncertainty::{self, stats, PlanContext, UncertaintyOptions, UncertaintyParams, UncertaintyTask};
 use ort::value::Tensor as OrtTensor;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -128,13 +123,13 @@ fn main() {
                     masked_raw.push(c);
                 }
             }
-            let (a, b) = (median(ours), median(plain));
+            let (a, b) = (common::median(ours), common::median(plain));
             println!(
                 "{name:<12} {samples:>8} {:>12.2} {:>10.2} {:>7.2} {:>15.2}",
                 ms(a),
                 ms(b),
                 a.as_secs_f64() / b.as_secs_f64(),
-                ms(median(masked_raw))
+                ms(common::median(masked_raw))
             );
         }
     }

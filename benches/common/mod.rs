@@ -1,10 +1,18 @@
-//! Model folders the benchmarks share: copies of bundled models and a ResNet-18 with seeded weights.
+//! What the benchmarks share: model folders (copies of bundled models, a ResNet-18 with seeded
+//! weights), the service they run under, and the median of their timings.
 
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::time::Duration;
 
 use prost::Message;
+
+/// The median of some timings.
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
 
 /// Copies `files` of the bundled model `name` into `models/name`.
 pub fn copy_bundled(root: &Path, models: &Path, name: &str, files: &[&str]) {
