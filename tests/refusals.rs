@@ -1,6 +1,7 @@
 //! The model report and the request path agree on differentiability: a model whose operators all
 //! have rules but whose attributes some rules refuse is reported non-differentiable at load, with
-//! every refused node listed (found by running the same rules a request's build runs), and a
+//! every refused node listed beside the operators without a rule (found by running the same
+//! rules a request's build runs), and a
 //! gradient request is refused with the same reasons.
 
 mod common;
@@ -11,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 /// input [1, 1, 4, 4] -> Resize (the axes attribute) -> Resize (tf_crop_and_resize) -> Flatten ->
-/// Gemm: Resize has a rule, these two forms of it are refused.
+/// Sin -> Gemm: Resize has a rule, these two forms of it are refused; Sin has none.
 fn refused_forms() -> explaind::onnx::proto::ModelProto {
     let mut g = GraphBuilder::new("refused", 18);
     let x = g.input("input", &[-1, 1, 4, 4]);
@@ -34,6 +35,7 @@ fn refused_forms() -> explaind::onnx::proto::ModelProto {
     );
     g.rename_last_output("cropped");
     let flat = g.node("Flatten", &["cropped"], vec![("axis", Attr::Int(1))]);
+    let flat = g.node("Sin", &[&flat], vec![]);
     let w: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).sin()).collect();
     let w = g.constant("w", &[16, 2], &w);
     g.node("Gemm", &[&flat, &w], vec![]);
@@ -61,7 +63,11 @@ async fn the_report_lists_every_refused_node_and_requests_meet_the_same_refusal(
         .iter()
         .map(|b| b.as_str().unwrap().to_string())
         .collect();
-    assert_eq!(blocking.len(), 2, "{blocking:?}");
+    assert_eq!(blocking.len(), 3, "{blocking:?}");
+    assert!(
+        blocking.iter().any(|b| b.contains("no gradient rule for ai.onnx::Sin")),
+        "{blocking:?}"
+    );
     assert!(
         blocking
             .iter()

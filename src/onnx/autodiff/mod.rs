@@ -284,15 +284,10 @@ pub fn refusals(
     runner: Option<&dyn GraphRunner>,
 ) -> Vec<String> {
     let mut found = Vec::new();
-    match build(model, spec, shapes, table, runner, Some(&mut found)) {
-        Ok(_) => found.iter().map(|e| e.to_string()).collect(),
-        Err(AutodiffError::Unsupported(list)) => list.iter().map(|u| format!("no gradient rule for {u}")).collect(),
-        Err(e) => {
-            let mut all: Vec<String> = found.iter().map(|e| e.to_string()).collect();
-            all.push(e.to_string());
-            all
-        }
+    if let Err(e) = build(model, spec, shapes, table, runner, Some(&mut found)) {
+        found.push(e.to_string());
     }
+    found
 }
 
 fn build(
@@ -301,7 +296,7 @@ fn build(
     shapes: &ShapeMap,
     table: &RuleTable,
     runner: Option<&dyn GraphRunner>,
-    mut refused: Option<&mut Vec<RuleError>>,
+    mut refused: Option<&mut Vec<String>>,
 ) -> Result<BackwardModel, AutodiffError> {
     let prepared = prepare_forward(model)?;
     let model = &prepared;
@@ -330,8 +325,10 @@ fn build(
         }
     }
     let unsupported = collect_unsupported(model, &graph, &path, table);
-    if !unsupported.is_empty() {
-        return Err(AutodiffError::Unsupported(unsupported));
+    match refused.as_deref_mut() {
+        _ if unsupported.is_empty() => {}
+        Some(list) => list.extend(unsupported.iter().map(|u| format!("no gradient rule for {u}"))),
+        None => return Err(AutodiffError::Unsupported(unsupported)),
     }
 
     let first_linear = path
@@ -368,16 +365,21 @@ fn build(
         if !needs.iter().any(|n| *n) {
             continue;
         }
-        let rule = table
-            .get(domain(&node), op_type(&node))
-            .ok_or_else(|| AutodiffError::Path(format!("no rule for {} at {}", op_type(&node), node_name(&node))))?;
         ctx.begin_node(index, &node);
-        let in_grads = match (rule(&mut ctx, &node, &out_grads, &needs), refused.as_deref_mut()) {
+        let rule = table.get(domain(&node), op_type(&node));
+        let outcome = match rule {
+            Some(rule) => rule(&mut ctx, &node, &out_grads, &needs),
+            None => Err(RuleError::new(&node, "no gradient rule")),
+        };
+        let in_grads = match (outcome, refused.as_deref_mut()) {
             (Ok(g), _) => g,
             (Err(e), None) => return Err(e.into()),
-            // Listing refusals: note it and carry on as if each input's gradient were itself.
+            // Listing refusals: note it (an operator without a rule is listed already, with the
+            // unsupported operators) and carry on as if each input's gradient were itself.
             (Err(e), Some(list)) => {
-                list.push(e);
+                if rule.is_some() {
+                    list.push(e.to_string());
+                }
                 node.input.iter().map(|i| Some(i.clone())).collect()
             }
         };
@@ -390,7 +392,7 @@ fn build(
                 None => {
                     let e = RuleError::new(&node, format!("the rule gave no gradient for input {i} (`{input}`)"));
                     match refused.as_deref_mut() {
-                        Some(list) => list.push(e),
+                        Some(list) => list.push(e.to_string()),
                         None => return Err(e.into()),
                     }
                 }
