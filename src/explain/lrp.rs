@@ -66,11 +66,11 @@ impl Method for Lrp {
     };
 
     fn plan(p: &mut LrpParams, cx: &PlanContext) -> Result<Cost, Invalid> {
-        if let Some(e) = p.epsilon {
-            if e.is_nan() || e <= 0.0 {
-                return Err(Invalid::Request(format!("params.epsilon must be above 0, got {e}")));
-            }
-            check_range("epsilon", e, f32::MIN_POSITIVE, 1000.0)?;
+        // Above 0 and a normal f32 (at least 1.2e-38): a subnormal stabiliser divides by ~0.
+        if let Some(e) = p.epsilon.filter(|e| !(f32::MIN_POSITIVE..=1000.0).contains(e)) {
+            return Err(Invalid::Request(format!(
+                "params.epsilon must be above 0 (at least 1.2e-38) and at most 1000, got {e}"
+            )));
         }
         if !p.gamma.is_finite() {
             return Err(Invalid::Request("params.gamma must be a finite number".into()));
