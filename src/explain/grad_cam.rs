@@ -1,6 +1,8 @@
 //! Grad-CAM (Selvaraju et al. 2017) and Grad-CAM++ (Chattopadhay et al. 2018): a layer's activation
 //! maps weighted by their gradients, ReLU'd, and upsampled bilinearly to the input size.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -149,6 +151,32 @@ pub(super) fn guided_cam_cost(channels: usize, cx: &PlanContext) -> Cost {
     }
 }
 
+/// A layer's values as channels-first maps: `(channels, height, width, [rows][channels][h][w])`,
+/// transposed when the model report says the layer holds its channels last (converted
+/// channels-last graphs), so every CAM pools over the channels whatever the layout.
+pub(super) fn feature_maps<'t>(job: &ExplainJob, layer: &str, t: &'t Tensor) -> (usize, usize, usize, Cow<'t, [f32]>) {
+    let values = t.as_f32().unwrap_or(&[]);
+    let channels_last = job
+        .model
+        .gradient_report
+        .get()
+        .and_then(|r| r.cam_layer_channel_axis.get(layer))
+        == Some(&3);
+    if !channels_last {
+        return (t.shape[1], t.shape[2], t.shape[3], Cow::Borrowed(values));
+    }
+    let (rows, h, w, k) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3]);
+    let mut out = vec![0f32; values.len()];
+    for r in 0..rows {
+        for p in 0..h * w {
+            for c in 0..k {
+                out[(r * k + c) * h * w + p] = values[(r * h * w + p) * k + c];
+            }
+        }
+    }
+    (k, h, w, Cow::Owned(out))
+}
+
 /// CAMs for every target, upsampled to the input size: `[targets][height * width]`.
 pub(super) fn cams(
     cx: &mut Cx,
@@ -174,8 +202,8 @@ pub(super) fn cams(
         cx.max_batch(),
     )?;
     let (act, grad) = &pass.layers[0];
-    let (k, h, w) = (act.shape[1], act.shape[2], act.shape[3]);
-    let (a, g) = (act.as_f32().unwrap_or(&[]), grad.as_f32().unwrap_or(&[]));
+    let (k, h, w, a) = feature_maps(job, layer, act);
+    let (_, _, _, g) = feature_maps(job, layer, grad);
     let hw = h * w;
     let mut out = Vec::new();
     for r in 0..targets.len() {

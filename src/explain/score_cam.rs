@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
-use super::grad_cam::{plan_layer, planned_layer, upsample};
+use super::grad_cam::{feature_maps, plan_layer, planned_layer, upsample};
 use super::method::{bytes, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::perturb::{index, run_copies};
 use super::{one_hot, Cx, ExplainJob, TargetAttribution};
@@ -87,8 +87,7 @@ fn explain(
         &one_hot(&[0], classes),
         1,
     )?;
-    let act = &pass.layers[0].0;
-    let (k, lh, lw) = (act.shape[1], act.shape[2], act.shape[3]);
+    let (k, lh, lw, a) = feature_maps(job, &layer, &pass.layers[0].0);
     if k > job.limits.max_samples {
         return Err(InputError::BadFeatures(format!(
             "layer `{layer}` has {k} channels; the limit is {} model rows (max_samples)",
@@ -96,7 +95,6 @@ fn explain(
         ))
         .into());
     }
-    let a = act.as_f32().unwrap_or(&[]);
     let masks: Vec<Vec<f32>> = (0..k)
         .map(|ch| {
             let up = upsample(&a[ch * lh * lw..(ch + 1) * lh * lw], lw, lh, w, h);

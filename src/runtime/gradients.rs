@@ -65,6 +65,10 @@ pub struct GradientReport {
     pub cam_layers: Vec<String>,
     /// The layer CAM methods use by default: the last of `cam_layers`.
     pub default_cam_layer: Option<String>,
+    /// The channel axis of each CAM layer: 1 for channels-first (NCHW) feature maps, 3 for
+    /// channels-last (NHWC) ones, as converted TensorFlow and Caffe graphs hold between their
+    /// transposes. CAM methods pool over this axis.
+    pub cam_layer_channel_axis: std::collections::BTreeMap<String, usize>,
     /// Channels of each CAM layer (Score-CAM runs one row per channel: checked at the edge).
     #[serde(skip)]
     #[schema(ignore)]
@@ -249,6 +253,7 @@ impl GradientCache {
                 blocking_operators: vec![e],
                 cam_layers: vec![],
                 default_cam_layer: None,
+                cam_layer_channel_axis: Default::default(),
                 layer_channels: Default::default(),
             },
         }
@@ -293,20 +298,23 @@ pub fn describe(
         layers: vec![],
     };
     let blocking = autodiff::refusals(prepared, &spec, shapes, &RuleTable::standard(), runner);
-    let cam_layers = analysis_layers(prepared, input, output, shapes);
-    let layer_channels = cam_layers
+    let layers = analysis_layers(prepared, input, output, shapes);
+    let layer_channels = layers
         .iter()
         .filter_map(|l| {
-            let channels = shapes.get(l)?.dims.get(1).copied().flatten()?;
-            Some((l.clone(), usize::try_from(channels).ok()?))
+            let channels = shapes.get(&l.name)?.dims.get(l.channel_axis).copied().flatten()?;
+            Some((l.name.clone(), usize::try_from(channels).ok()?))
         })
         .collect();
+    let cam_layer_channel_axis = layers.iter().map(|l| (l.name.clone(), l.channel_axis)).collect();
+    let cam_layers: Vec<String> = layers.into_iter().map(|l| l.name).collect();
     GradientReport {
         layer_channels,
         differentiable: blocking.is_empty(),
         blocking_operators: blocking,
         default_cam_layer: cam_layers.last().cloned(),
         cam_layers,
+        cam_layer_channel_axis,
     }
 }
 

@@ -115,6 +115,7 @@ pub fn inspect(
             blocking_operators: vec![e.to_string()],
             cam_layers: vec![],
             default_cam_layer: None,
+            cam_layer_channel_axis: Default::default(),
             layer_channels: Default::default(),
         },
     };

@@ -24,7 +24,7 @@ pub use rules::{RuleError, RuleSet, RuleTable};
 pub use top::{seed_with_top_prediction, TARGET_INDEX_OUTPUT};
 
 use super::builder::value_info;
-use super::node::{domain, node_name, op_type};
+use super::node::{attr_ints, domain, node_name, op_type};
 use super::proto::{data_type, GraphProto, ModelProto, OperatorSetIdProto, TensorProto};
 
 /// Name of the extra graph input holding the target weights (shaped like the target output).
@@ -197,12 +197,20 @@ pub fn prepare_forward(model: &ModelProto) -> Result<ModelProto, AutodiffError> 
     Ok(prepared)
 }
 
-/// Candidate layers for CAM methods: channels-first float 4-D tensors on the path from `input` to
-/// `output` whose spatial size is above 1, in graph order. Channels-first means produced by an
-/// operator whose output ONNX defines as NCHW (Conv, pooling, normalisation) or elementwise from
-/// one: converted channels-last graphs transpose around every convolution, and their NHWC
-/// tensors are not feature maps Grad-CAM can pool over axis 1.
-pub fn analysis_layers(model: &ModelProto, input: &str, output: &str, shapes: &ShapeMap) -> Vec<String> {
+/// A candidate layer for CAM methods and the axis of its channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CamLayer {
+    pub name: String,
+    /// 1 for channels-first (NCHW) feature maps, 3 for channels-last (NHWC).
+    pub channel_axis: usize,
+}
+
+/// Candidate layers for CAM methods: float 4-D feature maps on the path from `input` to `output`
+/// whose spatial size is above 1, in graph order, each with its channel axis. A tensor is a
+/// feature map when its layout is known from how it was made: the output of an operator ONNX
+/// defines on NCHW (Conv, pooling, normalisation), a Transpose between the two layouts of one
+/// (converted channels-last graphs transpose around every convolution), or elementwise from one.
+pub fn analysis_layers(model: &ModelProto, input: &str, output: &str, shapes: &ShapeMap) -> Vec<CamLayer> {
     let Some(graph) = model.graph.as_ref() else {
         return Vec::new();
     };
@@ -213,30 +221,44 @@ pub fn analysis_layers(model: &ModelProto, input: &str, output: &str, shapes: &S
             if !(path.depends.contains(o) && path.needed.contains(o)) {
                 continue;
             }
-            if let Some(s) = shapes.get(o) {
-                let spatial: Option<i64> = s.dims.get(2..).and_then(|d| d.iter().copied().product::<Option<i64>>());
-                if s.dims.len() == 4
-                    && is_float(s.elem_type)
-                    && spatial.is_some_and(|p| p > 1)
-                    && channels_first(graph, o, shapes, 0)
-                {
-                    layers.push(o.clone());
-                }
+            let Some(s) = shapes.get(o) else { continue };
+            if s.dims.len() != 4 || !is_float(s.elem_type) {
+                continue;
+            }
+            let Some(channel_axis) = channel_axis(graph, o, shapes, 0) else {
+                continue;
+            };
+            let spatial: Option<i64> = if channel_axis == 1 {
+                s.dims[2].zip(s.dims[3]).map(|(h, w)| h * w)
+            } else {
+                s.dims[1].zip(s.dims[2]).map(|(h, w)| h * w)
+            };
+            if spatial.is_some_and(|p| p > 1) {
+                layers.push(CamLayer {
+                    name: o.clone(),
+                    channel_axis,
+                });
             }
         }
     }
     layers
 }
 
-/// True when 4-D tensor `t` is in ONNX's channels-first layout: the output of an operator defined
-/// on NCHW, or of an elementwise operator on such a tensor.
-fn channels_first(graph: &GraphProto, t: &str, shapes: &ShapeMap, depth: usize) -> bool {
-    let Some(n) = graph
+/// The channel axis of 4-D tensor `t` (1: NCHW, 3: NHWC) when its producers tell it, else `None`.
+fn channel_axis(graph: &GraphProto, t: &str, shapes: &ShapeMap, depth: usize) -> Option<usize> {
+    if depth >= 64 {
+        return None;
+    }
+    let n = graph
         .node
         .iter()
-        .find(|n| n.output.first().map(String::as_str) == Some(t))
-    else {
-        return false;
+        .find(|n| n.output.first().map(String::as_str) == Some(t))?;
+    let from_input = |i: &String| {
+        shapes
+            .get(i)
+            .is_some_and(|s| s.dims.len() == 4)
+            .then(|| channel_axis(graph, i, shapes, depth + 1))
+            .flatten()
     };
     match op_type(n) {
         "Conv"
@@ -245,17 +267,19 @@ fn channels_first(graph: &GraphProto, t: &str, shapes: &ShapeMap, depth: usize) 
         | "AveragePool"
         | "LpPool"
         | "BatchNormalization"
-        | "InstanceNormalization" => true,
+        | "InstanceNormalization" => Some(1),
+        "Transpose" => {
+            let perm = attr_ints(n, "perm").ok().flatten()?;
+            match (n.input.first().and_then(from_input), perm.as_slice()) {
+                (Some(1), [0, 2, 3, 1]) => Some(3),
+                (Some(3), [0, 3, 1, 2]) => Some(1),
+                _ => None,
+            }
+        }
         "Relu" | "LeakyRelu" | "PRelu" | "Elu" | "Selu" | "Sigmoid" | "Tanh" | "Clip" | "HardSigmoid" | "HardSwish"
         | "Softplus" | "Gelu" | "Identity" | "Dropout" | "Cast" | "Add" | "Sub" | "Mul" | "Div" | "Max" | "Min"
-        | "Sum"
-            if depth < 64 =>
-        {
-            n.input.iter().any(|i| {
-                shapes.get(i).is_some_and(|s| s.dims.len() == 4) && channels_first(graph, i, shapes, depth + 1)
-            })
-        }
-        _ => false,
+        | "Sum" => n.input.iter().find_map(from_input),
+        _ => None,
     }
 }
 

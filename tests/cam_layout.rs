@@ -1,0 +1,102 @@
+//! CAM layers on channels-last graphs (issue 19): converted TensorFlow and Caffe graphs transpose
+//! to NHWC after every convolution, so their block outputs hold channels on axis 3. Two models
+//! built here compute the same function, one keeping its feature map channels-first, the other
+//! transposing it to channels-last before the ReLU and pooling it over axes 1 and 2 as tf2onnx
+//! exports do: the report gives each candidate its channel axis, the default layer is the feature
+//! map before global pooling in both, and Grad-CAM, Grad-CAM++ and Score-CAM answer the same maps.
+
+mod common;
+
+use common::*;
+use explaind::onnx::builder::{Attr, GraphBuilder};
+use explaind::onnx::proto::ModelProto;
+use serde_json::{json, Value};
+
+const SIZE: i64 = 12;
+const CHANNELS: i64 = 4;
+
+/// input [N, 3, 12, 12] -> Conv (4 channels, 3x3, pad 1) -> [Transpose to NHWC] -> Relu `feature`
+/// -> global mean over the spatial axes -> Gemm -> logits [N, 3].
+fn model(channels_last: bool) -> ModelProto {
+    let mut rng = Rng::new(3);
+    let mut g = GraphBuilder::new(if channels_last { "nhwc" } else { "nchw" }, 17);
+    let x = g.input("input", &[-1, 3, SIZE, SIZE]);
+    let w: Vec<f32> = (0..CHANNELS * 3 * 9).map(|_| rng.uniform(-0.5, 0.5)).collect();
+    let w = g.constant("conv_w", &[CHANNELS, 3, 3, 3], &w);
+    let b: Vec<f32> = (0..CHANNELS).map(|_| rng.uniform(-0.1, 0.1)).collect();
+    let b = g.constant("conv_b", &[CHANNELS], &b);
+    let conv = g.node("Conv", &[&x, &w, &b], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))]);
+    let pre = if channels_last {
+        g.node("Transpose", &[&conv], vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))])
+    } else {
+        conv
+    };
+    g.node("Relu", &[&pre], vec![]);
+    let feature = g.rename_last_output("feature");
+    let axes = if channels_last { [1, 2] } else { [2, 3] };
+    let pooled = g.node(
+        "ReduceMean",
+        &[&feature],
+        vec![("axes", Attr::Ints(axes.to_vec())), ("keepdims", Attr::Int(0))],
+    );
+    let dense: Vec<f32> = (0..CHANNELS * 3).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let dense = g.constant("dense_w", &[CHANNELS, 3], &dense);
+    g.node("Gemm", &[&pooled, &dense], vec![]);
+    g.rename_last_output("logits");
+    g.output("logits", &[-1, 3]);
+    g.build()
+}
+
+const MANIFEST: &str = "task = \"image-classification\"\nlabels = [\"a\", \"b\", \"c\"]\n";
+
+fn values(v: &Value) -> Vec<f64> {
+    v["attributions"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cams_pool_over_the_channel_axis_of_channels_last_layers() {
+    let dir = temp_dir("cam-layout-models");
+    write_model(&dir, "nchw", &model(false), MANIFEST);
+    write_model(&dir, "nhwc", &model(true), MANIFEST);
+    let s = start(test_config(&dir)).await;
+    for (name, axis) in [("nchw", 1), ("nhwc", 3)] {
+        let report = ok_json(reqwest::get(url(&s, &format!("/v1/models/{name}"))).await.unwrap()).await;
+        let g = &report["gradients"];
+        assert_eq!(g["default_cam_layer"], "feature", "{name}: {g}");
+        assert_eq!(g["cam_layer_channel_axis"]["feature"], axis, "{name}: {g}");
+    }
+    let mut rng = Rng::new(9);
+    let noise = image::RgbImage::from_fn(SIZE as u32, SIZE as u32, |_, _| {
+        image::Rgb([0, 0, 0].map(|_: u8| rng.uniform(0.0, 255.0) as u8))
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    noise.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let image = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png.into_inner());
+    for method in ["grad-cam", "grad-cam-plus-plus", "score-cam"] {
+        let mut maps = Vec::new();
+        for name in ["nchw", "nhwc"] {
+            let v = ok_json(
+                post_json(
+                    &s,
+                    &format!("/v1/models/{name}/explain/{method}"),
+                    &json!({"image": image, "target": 1}),
+                )
+                .await,
+            )
+            .await;
+            assert_eq!(v["layer"], "feature", "{name} {method}");
+            maps.push(values(&v));
+        }
+        let scale = maps[0].iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{method}: an empty map");
+        for (a, b) in maps[0].iter().zip(&maps[1]) {
+            assert!((a - b).abs() <= 1e-5 * scale, "{method}: NCHW {a} vs NHWC {b}");
+        }
+    }
+    s.stop().await.unwrap();
+}
