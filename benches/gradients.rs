@@ -136,7 +136,9 @@ fn main() {
     let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/explaind")));
-    let real: [(&str, &str, (&str, &str), &[usize], usize, usize); 3] = [
+    // (cache folder, what it is, (input, output), input shape, classes, rounds)
+    type RealModel<'a> = (&'a str, &'a str, (&'a str, &'a str), &'a [usize], usize, usize);
+    let real: [RealModel; 3] = [
         (
             "open-nsfw",
             "Caffe, 224x224x3 NHWC",
