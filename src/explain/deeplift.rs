@@ -54,6 +54,10 @@ impl Method for DeepLift {
         Ok(pair_cost(cx, 1))
     }
 
+    fn rules(_: &Self::Params) -> Vec<RuleSet> {
+        vec![RuleSet::DeepLiftRescale]
+    }
+
     fn explain(
         cx: &mut Cx,
         job: &ExplainJob,

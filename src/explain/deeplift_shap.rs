@@ -13,6 +13,7 @@ use super::baselines::{self, Baseline};
 use super::deeplift::{attribution, pair, pair_cost, Pair};
 use super::method::{check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::{Cx, ExplainJob, TargetAttribution};
+use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
 
@@ -57,6 +58,10 @@ impl Method for DeepLiftShap {
     fn plan(p: &mut DeepLiftShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("baselines", p.baselines, 1, MAX_BASELINES.min(cx.limits.max_samples))?;
         Ok(pair_cost(cx, p.baselines))
+    }
+
+    fn rules(_: &Self::Params) -> Vec<RuleSet> {
+        vec![RuleSet::DeepLiftRescale]
     }
 
     fn explain(

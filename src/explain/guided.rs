@@ -48,6 +48,10 @@ impl Method for GuidedBackprop {
         Some((Vec::new(), RuleSet::GuidedBackprop))
     }
 
+    fn rules(_: &Self::Params) -> Vec<RuleSet> {
+        vec![RuleSet::GuidedBackprop]
+    }
+
     fn explain(
         cx: &mut Cx,
         job: &ExplainJob,
@@ -80,6 +84,10 @@ impl Method for GuidedGradCam {
 
     fn one_pass(p: &Self::Params, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
         cam_pass(job, &p.layer)
+    }
+
+    fn rules(_: &Self::Params) -> Vec<RuleSet> {
+        vec![RuleSet::Standard, RuleSet::GuidedBackprop]
     }
 
     fn explain(

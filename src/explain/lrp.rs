@@ -83,6 +83,10 @@ impl Method for Lrp {
         Some((Vec::new(), RuleSet::Lrp(p.rules())))
     }
 
+    fn rules(p: &Self::Params) -> Vec<RuleSet> {
+        vec![RuleSet::Lrp(p.rules())]
+    }
+
     fn explain(
         cx: &mut Cx,
         job: &ExplainJob,

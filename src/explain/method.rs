@@ -219,6 +219,12 @@ pub trait Method: Send + Sync + 'static {
     fn one_pass(_params: &Self::Params, _job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
         None
     }
+
+    /// The rule sets its gradient passes build with (methods whose passes are
+    /// `Passes::Gradients`): a model the report says these rules refuse is refused before any work.
+    fn rules(_params: &Self::Params) -> Vec<RuleSet> {
+        vec![RuleSet::Standard]
+    }
 }
 
 /// A method behind the registry's uniform face.
@@ -273,6 +279,11 @@ impl<M: Method> AnyMethod for Registered<M> {
                 _ => format!("params.{at}: {inner}"),
             })
         })?;
+        if M::CAPABILITIES.passes == Passes::Gradients {
+            for set in M::rules(&parsed) {
+                check_rules(&set, cx.model)?;
+            }
+        }
         let cost = M::plan(&mut parsed, cx)?;
         check_cost(cost, cx.limits)?;
         // Through text, so f32 parameters echo as written (0.15, not 0.15000000596).
@@ -489,13 +500,25 @@ pub fn check_applicable(method: &dyn AnyMethod, model: &LoadedModel) -> Result<(
         _ => {}
     }
     if caps.passes == Passes::Gradients {
-        if let Some(report) = model.gradient_report.get().filter(|r| !r.differentiable) {
-            return Err(Invalid::NotDifferentiable(format!(
-                "model `{}` has operators without gradient rules, so gradient methods cannot explain it: {}",
-                model.name,
-                report.blocking_operators.join("; ")
-            )));
-        }
+        check_rules(&RuleSet::Standard, model)?;
     }
     Ok(())
+}
+
+/// Refuses a model whose report says the rules of `set` cannot explain it, with the report's
+/// reasons: the request path meets no refusal the report did not show.
+fn check_rules(set: &RuleSet, model: &LoadedModel) -> Result<(), Invalid> {
+    let refused = model.gradient_report.get().map(|r| r.refusals(set)).unwrap_or_default();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let what = match set {
+        RuleSet::Standard => "gradient methods cannot explain it".to_string(),
+        other => format!("the `{}` rules cannot explain it", other.family()),
+    };
+    Err(Invalid::NotDifferentiable(format!(
+        "model `{}` has operators without gradient rules, so {what}: {}",
+        model.name,
+        refused.join("; ")
+    )))
 }

@@ -187,13 +187,14 @@ impl Cx<'_> {
                 model: model.name.clone(),
                 message: format!("output `{}` missing", model.spec.output),
             })?;
-        // A graph that fixes its batch (a Reshape or Resize to batch 1) answers fewer rows than it
-        // was given: refuse it here rather than index past its answer.
+        // A graph that changes the batch (pads or crops the batch axis) answers another number of
+        // rows than it was given: refuse it here rather than index past its answer. (A graph that
+        // fixes its batch at one row is found at load and runs one row per pass.)
         if scores.rows() != input.rows() {
-            return Err(RuntimeError::Inference {
+            return Err(RuntimeError::UnsupportedModel {
                 model: model.name.clone(),
                 message: format!(
-                    "the model answered {} rows for {}: its graph fixes the batch size, so batched methods cannot run it",
+                    "the model answered {} rows for {}: its graph changes the batch size, so explaind cannot tell which answer belongs to which input",
                     scores.rows(),
                     input.rows()
                 ),

@@ -258,6 +258,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Input(e) => e.into(),
             RuntimeError::UnknownModel(name) => model_not_found(&name),
             e @ RuntimeError::NotDifferentiable { .. } => Self::new(ProblemKind::NotDifferentiable, e.to_string()),
+            e @ RuntimeError::UnsupportedModel { .. } => Self::new(ProblemKind::UnsupportedModel, e.to_string()),
             RuntimeError::Cancelled => Self::new(
                 ProblemKind::DeadlineExceeded,
                 "the job was cancelled before it finished",

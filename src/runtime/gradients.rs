@@ -69,6 +69,16 @@ pub struct GradientReport {
     /// channels-last (NHWC) ones, as converted TensorFlow and Caffe graphs hold between their
     /// transposes. CAM methods pool over this axis.
     pub cam_layer_channel_axis: std::collections::BTreeMap<String, usize>,
+    /// What each family of gradient rules refuses in this model (empty: it serves the model),
+    /// from a dry run of each family's build: `standard` (exact gradients: saliency, Integrated
+    /// Gradients, SmoothGrad, the CAM methods), `guided-backprop`, `deeplift-rescale` (DeepLIFT,
+    /// DeepLiftShap) and `lrp/<composite>`. A method whose rules refuse the model is refused with
+    /// these reasons before any work.
+    pub refusals_by_rules: std::collections::BTreeMap<String, Vec<String>>,
+    /// True when the graph fixes its batch at one row (a Reshape or Resize to batch 1, as some
+    /// converters write): explaind runs it one row per pass, and refuses methods whose rows must
+    /// share a pass (DeepLIFT's input and reference).
+    pub one_row_per_pass: bool,
     /// Channels of each CAM layer (Score-CAM runs one row per channel: checked at the edge).
     #[serde(skip)]
     #[schema(ignore)]
@@ -113,6 +123,12 @@ impl GradientCache {
             .unwrap_or_else(|p| p.into_inner())
             .insert(model.name.clone(), entry.clone());
         Ok(entry)
+    }
+
+    /// True when `model`'s graph fixes its batch at one row ([`super::shapes::fixes_batch`]).
+    pub fn fixes_batch(&self, model: &LoadedModel) -> bool {
+        self.prepared(model)
+            .is_ok_and(|p| super::shapes::fixes_batch(&p.1, &model.spec.input, &model.spec.output))
     }
 
     /// Forgets `name`'s prepared graph (a model lent for one job).
@@ -244,19 +260,39 @@ impl GradientCache {
             Ok(p) => describe(
                 &p.0,
                 &p.1,
-                &model.spec.input,
-                &model.spec.output,
+                (&model.spec.input, &model.spec.output),
+                input_bounds(&model.spec),
                 Some(&OrtRunner::new(self.env)),
             ),
-            Err(e) => GradientReport {
-                differentiable: false,
-                blocking_operators: vec![e],
-                cam_layers: vec![],
-                default_cam_layer: None,
-                cam_layer_channel_axis: Default::default(),
-                layer_channels: Default::default(),
-            },
+            Err(e) => GradientReport::refused(e),
         }
+    }
+}
+
+impl GradientReport {
+    /// The report of a model no gradient build can start on, for `reason`.
+    pub fn refused(reason: String) -> Self {
+        GradientReport {
+            differentiable: false,
+            blocking_operators: vec![reason.clone()],
+            cam_layers: vec![],
+            default_cam_layer: None,
+            cam_layer_channel_axis: Default::default(),
+            refusals_by_rules: RuleSet::families()
+                .iter()
+                .map(|f| (f.family(), vec![reason.clone()]))
+                .collect(),
+            one_row_per_pass: false,
+            layer_channels: Default::default(),
+        }
+    }
+
+    /// Why the rules of `set` cannot explain the model (empty: they can).
+    pub fn refusals(&self, set: &RuleSet) -> &[String] {
+        self.refusals_by_rules
+            .get(&set.family())
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 }
 
@@ -288,8 +324,8 @@ pub fn input_bounds(spec: &ModelSpec) -> Option<InputBounds> {
 pub fn describe(
     prepared: &ModelProto,
     shapes: &ShapeMap,
-    input: &str,
-    output: &str,
+    (input, output): (&str, &str),
+    bounds: Option<InputBounds>,
     runner: Option<&dyn autodiff::GraphRunner>,
 ) -> GradientReport {
     let spec = GradientSpec {
@@ -297,7 +333,20 @@ pub fn describe(
         output: output.to_string(),
         layers: vec![],
     };
-    let blocking = autodiff::refusals(prepared, &spec, shapes, &RuleTable::standard(), runner);
+    let refusals_by_rules: std::collections::BTreeMap<String, Vec<String>> = RuleSet::families()
+        .into_iter()
+        .map(|set| {
+            let table = RuleTable::for_set(set).with_input_bounds(bounds.clone());
+            (
+                set.family(),
+                autodiff::refusals(prepared, &spec, shapes, &table, runner),
+            )
+        })
+        .collect();
+    let blocking = refusals_by_rules
+        .get(&RuleSet::Standard.family())
+        .cloned()
+        .unwrap_or_default();
     let layers = analysis_layers(prepared, input, output, shapes);
     let layer_channels = layers
         .iter()
@@ -315,6 +364,8 @@ pub fn describe(
         default_cam_layer: cam_layers.last().cloned(),
         cam_layers,
         cam_layer_channel_axis,
+        refusals_by_rules,
+        one_row_per_pass: super::shapes::fixes_batch(shapes, input, output),
     }
 }
 

@@ -108,16 +108,10 @@ pub fn inspect(
         Ok(prepared) => {
             let shapes = probe_shapes(&runner, &prepared, &input, &dims)
                 .map_err(|e| anyhow::anyhow!("shape probe failed: {e}"))?;
-            describe(&prepared, &shapes, &input, &output, Some(&runner))
+            // Without a manifest there is no normalisation to bound the input: ZBox is refused.
+            describe(&prepared, &shapes, (&input, &output), None, Some(&runner))
         }
-        Err(e) => GradientReport {
-            differentiable: false,
-            blocking_operators: vec![e.to_string()],
-            cam_layers: vec![],
-            default_cam_layer: None,
-            cam_layer_channel_axis: Default::default(),
-            layer_channels: Default::default(),
-        },
+        Err(e) => GradientReport::refused(e.to_string()),
     };
     Ok(InspectReport {
         file: file.display().to_string(),

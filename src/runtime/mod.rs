@@ -34,6 +34,10 @@ pub enum RuntimeError {
     /// No gradients for this model (an operator without a rule, or a failed build).
     #[error("model `{model}` is not differentiable: {message}")]
     NotDifferentiable { model: String, message: String },
+    /// The model cannot run the passes this method needs (a graph that answers a different number
+    /// of rows than it is given).
+    #[error("model `{model}` cannot run this: {message}")]
+    UnsupportedModel { model: String, message: String },
     /// The job was cancelled (client gone or deadline passed) between passes.
     #[error("the job was cancelled")]
     Cancelled,

@@ -4,7 +4,7 @@
 //! prepacked weights. ort's `Session::run` takes `&mut self`, so each session sits behind a lock;
 //! a pass already uses every core of the pool, so two jobs on one model lose little by taking turns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
@@ -179,12 +179,19 @@ pub struct StoreOptions {
 }
 
 impl SessionStore {
-    fn share(&self, session: Session) -> Shared {
-        self.share_with(session, self.options.batching)
-    }
-
     fn share_with(&self, session: Session, batching: Batching) -> Shared {
         Arc::new(SharedSession::new(session, batching, self.counters.clone()))
+    }
+
+    /// True when `model`'s graph fixes its batch at one row (a loaded model, or a lent copy of one).
+    fn one_row(&self, model: &str) -> bool {
+        self.one_row.contains(model)
+            || self
+                .lent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(model)
+                .is_some_and(|(m, _)| m.gradient_report.get().is_some_and(|r| r.one_row_per_pass))
     }
 }
 
@@ -199,6 +206,8 @@ pub struct SessionStore {
     prepacked: HashMap<String, PrepackedWeights>,
     /// Bytes one row holds in a backward pass, per model (absent: shapes unknown, not budgeted).
     row_bytes: HashMap<String, u64>,
+    /// Models whose graph fixes the batch at one row: one row per pass, never batched with others.
+    one_row: HashSet<String>,
     derived: Mutex<(HashMap<DerivedKey, Kept>, u64)>,
     /// Models a job made for itself (randomised copies), with their forward sessions, by name.
     lent: Mutex<HashMap<String, (Arc<LoadedModel>, Shared)>>,
@@ -217,6 +226,7 @@ impl SessionStore {
         let mut forward = HashMap::new();
         let mut prepacked = HashMap::new();
         let mut row_bytes = HashMap::new();
+        let mut one_row = HashSet::new();
         for model in registry.iter() {
             let weights = PrepackedWeights::new();
             let session = build_session(
@@ -232,7 +242,18 @@ impl SessionStore {
                     model.dir.join("model.onnx").display()
                 )
             })?;
-            let shared = Arc::new(SharedSession::new(session, options.batching, counters.clone()));
+            // A graph that fixes its batch at one row runs alone, one row per pass.
+            let batching = if gradients.fixes_batch(model) {
+                tracing::warn!(model = %model.name, "the graph fixes its batch at one row: it runs one row per pass");
+                one_row.insert(model.name.clone());
+                Batching {
+                    enabled: false,
+                    ..options.batching
+                }
+            } else {
+                options.batching
+            };
+            let shared = Arc::new(SharedSession::new(session, batching, counters.clone()));
             forward.insert(model.name.clone(), shared);
             prepacked.insert(model.name.clone(), weights);
             if let Some(bytes) = gradients.row_bytes(model) {
@@ -248,6 +269,7 @@ impl SessionStore {
             forward,
             prepacked,
             row_bytes,
+            one_row,
             derived: Mutex::new((HashMap::new(), 0)),
             lent: Mutex::new(HashMap::new()),
             budget: PassBudget {
@@ -339,7 +361,7 @@ impl SessionStore {
                 let pairs = matches!(key, DerivedKey::Backward(k) | DerivedKey::MaskedBackward(k, _)
                     if k.rules == crate::onnx::autodiff::RuleSet::DeepLiftRescale);
                 let batching = Batching {
-                    enabled: self.options.batching.enabled && !pairs,
+                    enabled: self.options.batching.enabled && !pairs && !self.one_row(key.model()),
                     ..self.options.batching
                 };
                 Ok((self.share_with(session, batching), outputs))
@@ -441,8 +463,15 @@ impl WorkerRuntime {
             model: model.name.clone(),
             message,
         })?;
+        let one_row = model.gradient_report.get().is_some_and(|r| r.one_row_per_pass);
         let model = Arc::new(model);
-        let shared = self.store.share(session);
+        let shared = self.store.share_with(
+            session,
+            Batching {
+                enabled: self.store.options.batching.enabled && !one_row,
+                ..self.store.options.batching
+            },
+        );
         self.store
             .lent
             .lock()
@@ -463,15 +492,18 @@ impl WorkerRuntime {
     /// more than `max_pass_bytes` of activations and gradients (a photo model's 64-row backward
     /// pass holds gigabytes; 8 rows run as fast per row).
     pub fn gradient_rows(&self, model: &LoadedModel) -> usize {
-        self.rows_per_pass(self.row_bytes(&model.name, Pass::Backward))
+        self.rows_per_pass(&model.name, self.row_bytes(&model.name, Pass::Backward))
     }
 
     /// Most rows per forward pass of `model`, by the same budget.
     pub fn forward_rows(&self, model: &LoadedModel) -> usize {
-        self.rows_per_pass(self.row_bytes(&model.name, Pass::Forward))
+        self.rows_per_pass(&model.name, self.row_bytes(&model.name, Pass::Forward))
     }
 
-    fn rows_per_pass(&self, row_bytes: u64) -> usize {
+    fn rows_per_pass(&self, model: &str, row_bytes: u64) -> usize {
+        if self.store.one_row(model) {
+            return 1;
+        }
         let budget = self.store.options.max_pass_bytes;
         usize::try_from(budget / row_bytes.max(1))
             .unwrap_or(usize::MAX)
@@ -624,9 +656,18 @@ impl WorkerRuntime {
         // A pass whose rows depend on each other (DeepLIFT's pairs) is never split; the budget
         // still lets it run alone.
         let per_pass = if whole {
+            if rows > 1 && self.store.one_row(model) {
+                return Err(RuntimeError::UnsupportedModel {
+                    model: model.to_string(),
+                    message: format!(
+                        "the graph fixes its batch at one row, and this pass needs its {rows} rows together \
+                         (DeepLIFT's input and reference)"
+                    ),
+                });
+            }
             rows.max(1)
         } else {
-            self.rows_per_pass(row_bytes)
+            self.rows_per_pass(model, row_bytes)
         };
         while start < rows {
             let end = (start + per_pass).min(rows);

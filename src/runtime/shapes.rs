@@ -131,6 +131,20 @@ pub fn probe_shapes(
     Ok(shapes)
 }
 
+/// True when the model takes or answers one row only: its input's batch axis is fixed at 1 (an
+/// export without a dynamic batch), or the graph fixes it at one row though the input's is free
+/// (a Reshape or Resize to batch 1, as some converters write: fed two rows, the probe saw one
+/// answer). Such a model runs one row per pass.
+pub fn fixes_batch(shapes: &ShapeMap, input: &str, output: &str) -> bool {
+    let input_batch = shapes.get(input).and_then(|s| s.dims.first().copied());
+    let output_batch = shapes.get(output).and_then(|s| s.dims.first().copied());
+    match input_batch {
+        Some(Some(1)) => true,
+        Some(None) => output_batch == Some(Some(1)),
+        _ => false,
+    }
+}
+
 /// Deterministic sample values in [-1, 1) (a hash of the index), so probes are reproducible.
 fn sample_value(i: u64) -> f32 {
     let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -51,6 +51,24 @@ pub enum Composite {
 }
 
 impl Composite {
+    /// Every composite.
+    pub const ALL: [Composite; 4] = [
+        Composite::EpsilonPlusFlat,
+        Composite::EpsilonGammaBox,
+        Composite::EpsilonAlpha2Beta1,
+        Composite::Epsilon,
+    ];
+
+    /// Its name, as requests spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Composite::EpsilonPlusFlat => "epsilon_plus_flat",
+            Composite::EpsilonGammaBox => "epsilon_gamma_box",
+            Composite::EpsilonAlpha2Beta1 => "epsilon_alpha2_beta1",
+            Composite::Epsilon => "epsilon",
+        }
+    }
+
     /// The composite's default epsilon.
     pub fn default_epsilon(self) -> f32 {
         match self {

@@ -80,6 +80,27 @@ pub enum RuleSet {
     Lrp(LrpRules),
 }
 
+impl RuleSet {
+    /// Every rule set a method can ask for, up to the values of its parameters (LRP's epsilon and
+    /// gamma change numbers, not which nodes its rules accept): what the model report dry-runs.
+    pub fn families() -> Vec<RuleSet> {
+        let mut all = vec![RuleSet::Standard, RuleSet::GuidedBackprop, RuleSet::DeepLiftRescale];
+        all.extend(lrp::Composite::ALL.map(|c| RuleSet::Lrp(LrpRules::new(c, c.default_epsilon(), 0.25))));
+        all
+    }
+
+    /// The family's name in the model report: `standard`, `guided-backprop`, `deeplift-rescale`,
+    /// `lrp/<composite>`.
+    pub fn family(&self) -> String {
+        match self {
+            RuleSet::Standard => "standard".into(),
+            RuleSet::GuidedBackprop => "guided-backprop".into(),
+            RuleSet::DeepLiftRescale => "deeplift-rescale".into(),
+            RuleSet::Lrp(rules) => format!("lrp/{}", rules.composite.name()),
+        }
+    }
+}
+
 /// Rules by (domain, operator).
 pub struct RuleTable {
     set: RuleSet,
