@@ -438,6 +438,7 @@ impl Methods {
             .with::<lrp::Lrp>()
             .with::<extremal::Extremal>()
             .with::<smoothgrad::SmoothGrad>()
+            .with::<counterfactual::Counterfactual>()
             .with::<grad_cam::GradCam>()
             .with::<grad_cam::GradCamPlusPlus>()
             .with::<guided::GuidedBackprop>()
@@ -507,7 +508,7 @@ pub fn check_applicable(method: &dyn AnyMethod, model: &LoadedModel) -> Result<(
 
 /// Refuses a model whose report says the rules of `set` cannot explain it, with the report's
 /// reasons: the request path meets no refusal the report did not show.
-fn check_rules(set: &RuleSet, model: &LoadedModel) -> Result<(), Invalid> {
+pub(super) fn check_rules(set: &RuleSet, model: &LoadedModel) -> Result<(), Invalid> {
     let refused = model.gradient_report.get().map(|r| r.refusals(set)).unwrap_or_default();
     if refused.is_empty() {
         return Ok(());

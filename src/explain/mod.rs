@@ -4,6 +4,7 @@
 
 pub mod background;
 pub mod baselines;
+mod counterfactual;
 mod deeplift;
 mod deeplift_shap;
 mod extremal;

@@ -20,6 +20,8 @@ pub enum Attr {
     Floats(Vec<f32>),
     /// A string.
     Str(String),
+    /// A list of strings.
+    Strs(Vec<String>),
     /// A tensor.
     Tensor(Box<TensorProto>),
 }
@@ -50,6 +52,10 @@ pub fn attribute(name: &str, value: Attr) -> AttributeProto {
         Attr::Str(s) => {
             a.r#type = Some(attribute_type::STRING);
             a.s = Some(s.into_bytes());
+        }
+        Attr::Strs(v) => {
+            a.r#type = Some(attribute_type::STRINGS);
+            a.strings = v.into_iter().map(String::into_bytes).collect();
         }
         Attr::Tensor(t) => {
             a.r#type = Some(attribute_type::TENSOR);

@@ -43,6 +43,92 @@ struct ImageManifest {
 struct TabularManifest {
     features: Option<Vec<String>>,
     background: Option<String>,
+    constraints: Option<Constraints>,
+}
+
+/// What a counterfactual may change, by feature name: declared under `[tabular.constraints]` in
+/// the manifest, and added to per request.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Constraints {
+    /// Features that must not change (age, a protected attribute).
+    pub immutable: Vec<String>,
+    /// Features that take whole numbers (counts).
+    pub integer: Vec<String>,
+    /// Features that may only go one way (`increase` or `decrease`).
+    pub monotone: std::collections::BTreeMap<String, Direction>,
+    /// Lowest value per feature.
+    pub min: std::collections::BTreeMap<String, f64>,
+    /// Highest value per feature.
+    pub max: std::collections::BTreeMap<String, f64>,
+    /// Cost of a unit change per feature (multiplies the scaled distance; default 1).
+    pub costs: std::collections::BTreeMap<String, f64>,
+}
+
+/// The one way a monotone feature may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Increase,
+    Decrease,
+}
+
+impl Constraints {
+    /// Checks every name against `features` and every bound and cost: the message names each
+    /// unknown feature and each min above its max.
+    pub fn check(&self, features: &[String]) -> Result<(), String> {
+        let known = |f: &String| features.contains(f);
+        let mut unknown: Vec<&str> = self
+            .immutable
+            .iter()
+            .chain(&self.integer)
+            .chain(self.monotone.keys())
+            .chain(self.min.keys())
+            .chain(self.max.keys())
+            .chain(self.costs.keys())
+            .filter(|f| !known(f))
+            .map(String::as_str)
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            return Err(format!("unknown features: {}", unknown.join(", ")));
+        }
+        let mut problems = Vec::new();
+        for (f, lo) in &self.min {
+            if let Some(hi) = self.max.get(f).filter(|hi| lo > *hi) {
+                problems.push(format!("`{f}`: min {lo} is above max {hi}"));
+            }
+        }
+        for (what, map) in [("min", &self.min), ("max", &self.max)] {
+            for (f, v) in map.iter().filter(|(_, v)| !v.is_finite()) {
+                problems.push(format!("`{f}`: {what} {v} is not a finite number"));
+            }
+        }
+        for (f, c) in self
+            .costs
+            .iter()
+            .filter(|(_, c)| !(c.is_finite() && **c > 0.0 && **c <= 1e6))
+        {
+            problems.push(format!("`{f}`: cost {c} must be above 0 and at most 1e6"));
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(problems.join("; ")),
+        }
+    }
+
+    /// These constraints with `more` added (`more`'s bounds and costs win).
+    pub fn merged(&self, more: &Constraints) -> Constraints {
+        let mut out = self.clone();
+        out.immutable.extend(more.immutable.iter().cloned());
+        out.integer.extend(more.integer.iter().cloned());
+        out.monotone.extend(more.monotone.clone());
+        out.min.extend(more.min.clone());
+        out.max.extend(more.max.clone());
+        out.costs.extend(more.costs.clone());
+        out
+    }
 }
 
 /// What kind of model this is.
@@ -142,6 +228,8 @@ pub struct TabularSpec {
     pub features: Vec<String>,
     /// Background data file (CSV) next to the model, when one is named.
     pub background: Option<String>,
+    /// What counterfactuals may change (`[tabular.constraints]`).
+    pub constraints: Constraints,
 }
 
 /// Everything needed to feed a model and read its answer.
@@ -319,11 +407,16 @@ impl Manifest {
                         ))
                     }
                 };
+                let constraints = m.constraints.unwrap_or_default();
+                constraints
+                    .check(&features)
+                    .map_err(|why| err("tabular.constraints", why))?;
                 (
                     None,
                     Some(TabularSpec {
                         features,
                         background: m.background,
+                        constraints,
                     }),
                 )
             }

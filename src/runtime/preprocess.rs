@@ -373,6 +373,7 @@ mod tests {
         let spec = TabularSpec {
             features: vec!["a".into(), "b".into()],
             background: None,
+            constraints: Default::default(),
         };
         let map = serde_json::json!({"a": 1.0, "c": 2.0}).as_object().unwrap().clone();
         let err = prepare_features(&Features::Named(map), &spec).unwrap_err().to_string();
