@@ -92,7 +92,12 @@ impl Constraints {
         unknown.sort_unstable();
         unknown.dedup();
         if !unknown.is_empty() {
-            return Err(format!("unknown features: {}", unknown.join(", ")));
+            let more = unknown.len().saturating_sub(20);
+            let mut shown: Vec<String> = unknown.iter().take(20).map(|f| f.chars().take(100).collect()).collect();
+            if more > 0 {
+                shown.push(format!("and {more} more"));
+            }
+            return Err(format!("unknown features: {}", shown.join(", ")));
         }
         let mut problems = Vec::new();
         for (f, lo) in &self.min {
