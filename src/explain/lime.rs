@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::background::Bins;
 use super::baselines::{self, Baseline};
 use super::kernel_shap::Samples;
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
@@ -330,49 +331,6 @@ fn explain(
         out.push(TargetAttribution::from_map(t, map, None, Some(details)));
     }
     Ok(out)
-}
-
-/// One feature's quartile bins over the background: the cut points, and per bin the background
-/// values that fall in it.
-struct Bins {
-    cuts: Vec<f32>,
-    members: Vec<Vec<f32>>,
-}
-
-impl Bins {
-    fn of(values: &[f32]) -> Self {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f32::total_cmp);
-        // numpy's default (linear) percentiles, de-duplicated as lime's QuartileDiscretizer does.
-        let pct = |q: f64| {
-            let pos = q * (sorted.len() - 1) as f64;
-            let (lo, frac) = (pos.floor() as usize, pos - pos.floor());
-            let hi = (lo + 1).min(sorted.len() - 1);
-            (f64::from(sorted[lo]) + frac * (f64::from(sorted[hi]) - f64::from(sorted[lo]))) as f32
-        };
-        let mut cuts: Vec<f32> = [0.25, 0.5, 0.75].iter().map(|q| pct(*q)).collect();
-        cuts.dedup();
-        let mut members = vec![Vec::new(); cuts.len() + 1];
-        for v in values {
-            members[Self::bin_of(&cuts, *v)].push(*v);
-        }
-        Self { cuts, members }
-    }
-
-    /// numpy.searchsorted(cuts, v): values at a cut point fall in the lower bin.
-    fn bin_of(cuts: &[f32], v: f32) -> usize {
-        cuts.partition_point(|c| *c < v)
-    }
-
-    /// lime_tabular's name for bin `b` of feature `name`.
-    fn condition(&self, name: &str, b: usize) -> String {
-        let c = &self.cuts;
-        match b {
-            0 => format!("{name} <= {:.2}", c[0]),
-            b if b == c.len() => format!("{name} > {:.2}", c[b - 1]),
-            b => format!("{:.2} < {name} <= {:.2}", c[b - 1], c[b]),
-        }
-    }
 }
 
 /// Tabular LIME over features, sampling from the manifest's background data.

@@ -438,6 +438,7 @@ impl Methods {
             .with::<lrp::Lrp>()
             .with::<extremal::Extremal>()
             .with::<smoothgrad::SmoothGrad>()
+            .with::<anchors::Anchors>()
             .with::<counterfactual::Counterfactual>()
             .with::<grad_cam::GradCam>()
             .with::<grad_cam::GradCamPlusPlus>()

@@ -2,6 +2,7 @@
 //! the worker's sessions. Methods never touch HTTP; the HTTP face validates requests into an
 //! [`ExplainJob`], and renders what comes back.
 
+mod anchors;
 pub mod background;
 pub mod baselines;
 mod counterfactual;
