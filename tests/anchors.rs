@@ -136,7 +136,15 @@ async fn reported_precision_matches_a_fresh_estimate() {
     let mut rng = Rng::new(77);
     for case in holdout["cases"].as_array().unwrap().iter().take(3) {
         let x = &case["features"];
-        let v = ok_json(post_json(&s, "/v1/models/breast-cancer/explain/anchors", &json!({"features": x})).await).await;
+        let v = ok_json(
+            post_json(
+                &s,
+                "/v1/models/breast-cancer/explain/anchors",
+                &json!({"features": x, "seed": 3}),
+            )
+            .await,
+        )
+        .await;
         let d = &v["details"];
         let anchor = d["anchor"].as_array().unwrap().clone();
         let label = d["prediction"]["index"].as_u64().unwrap() as usize;

@@ -205,6 +205,18 @@ async fn tree_tweaks_equal_the_cheapest_found_by_enumeration() {
         assert_eq!(found[0]["prediction"]["label"], "yes");
         assert_eq!(v["details"]["target_class"]["label"], "yes");
     }
+    // As a picture: "what would change the decision", a text panel.
+    let r = post_json(
+        &s,
+        "/v1/models/trees/explain/counterfactual",
+        &json!({"features": x, "params": {"target_class": "yes"}, "format": "png"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let png = image::load_from_memory(&r.bytes().await.unwrap()).unwrap().to_rgb8();
+    assert!(png.width() >= 240 && png.height() > 60, "{:?}", png.dimensions());
+    assert!(png.pixels().any(|p| p.0 == [0, 0, 0]), "no text drawn");
     // No way to class 1 when `a` may not rise: 200, an empty list and the reason.
     let v = ok_json(
         post_json(

@@ -10,7 +10,9 @@
 //! condition per round from the `beam_size` best of the last (best by KL-LUCB, Kaufmann and
 //! Kalyanakrishnan 2013, to `tau`, with confidence `1 - delta`); a rule is an anchor once its
 //! precision's lower confidence bound clears `threshold`, and the anchor with the largest coverage
-//! wins. Every sample is a model row; the search stops at the `samples` budget.
+//! wins. Every sample is a model row; the search stops at the `samples` budget, less a reserve of
+//! `2 x batch_size` rows on which the chosen rule's precision is estimated afresh (the search's
+//! estimate of the rule it picked is biased upwards by the picking).
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -422,6 +424,11 @@ impl<'a, 'c> Search<'a, 'c> {
     /// alibi's anchor_beam.
     fn run(&mut self, p: &AnchorsParams) -> Result<Found, RuntimeError> {
         let max_size = p.max_anchor_size.unwrap_or(self.features).min(self.features);
+        // The answer's precision is estimated afresh on samples held back from the search: the
+        // search's own estimate of the rule it picked is biased upwards by the picking.
+        let reserve = (2 * p.batch_size).min(self.budget / 4).max(1);
+        let total = self.budget;
+        self.budget = total - reserve;
         let mut beam: Vec<Estimate> = vec![Estimate::new(Vec::new())];
         let mut best: Option<(f64, Estimate)> = None;
         // The most precise rule seen, answered when none reaches the threshold.
@@ -491,13 +498,17 @@ impl<'a, 'c> Search<'a, 'c> {
             (Some((_, e)), _) | (None, Some(e)) => e,
             (None, None) => Estimate::new(Vec::new()),
         };
+        self.budget = total;
+        let mut fresh = Estimate::new(chosen.rule);
+        let room = self.budget.saturating_sub(self.used);
+        self.draw(&mut fresh, room.min(reserve))?;
         let beta = (1.0 / p.delta).ln();
         Ok(Found {
-            precision: chosen.mean(),
-            samples: chosen.samples,
-            lower: lower_bound(chosen.mean(), beta / chosen.samples.max(1) as f64),
+            precision: fresh.mean(),
+            samples: fresh.samples,
+            lower: lower_bound(fresh.mean(), beta / fresh.samples.max(1) as f64),
             valid,
-            rule: chosen.rule,
+            rule: fresh.rule,
         })
     }
 

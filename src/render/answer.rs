@@ -1,6 +1,7 @@
 //! Drawing an explanation's answer: a map over the model's input drawn back onto the original image
 //! (its values on the original's grid and, when asked, the heat-map panel), a tabular
-//! explanation's bar chart, and the panels of several targets side by side as one PNG.
+//! explanation's bar chart or its decision's rule and counterfactuals as text, and the panels of
+//! several targets side by side as one PNG.
 
 use image::RgbImage;
 
@@ -55,6 +56,71 @@ pub fn feature_chart(target: &str, score: f64, bars: &[Bar]) -> RgbImage {
     bar_chart(&format!("{target} ({score:.4})"), bars, CHART_BARS)
 }
 
+/// The text of a decision's rule or counterfactuals, when the answer holds them (`anchors`,
+/// `counterfactual`): "what keeps the decision" and "what would change the decision", one line
+/// per condition or change, under the target's title.
+pub fn decision_lines(target: &str, details: &serde_json::Value) -> Option<Vec<String>> {
+    let number = |v: &serde_json::Value| {
+        v.as_f64()
+            .map(|x| {
+                let s = format!("{x:.4}");
+                s.trim_end_matches('0').trim_end_matches('.').to_string()
+            })
+            .unwrap_or_default()
+    };
+    let mut lines = vec![format!("Decision: {target}")];
+    if let Some(anchor) = details.get("anchor").and_then(|a| a.as_array()) {
+        lines.push(format!(
+            "What keeps it (precision {}, coverage {}):",
+            number(&details["precision"]),
+            number(&details["coverage"])
+        ));
+        lines.extend(
+            anchor
+                .iter()
+                .map(|c| format!("  IF {}", c["text"].as_str().unwrap_or(""))),
+        );
+        if anchor.is_empty() {
+            lines.push("  no rule found within the budget".into());
+        }
+        return Some(lines);
+    }
+    let found = details.get("counterfactuals")?.as_array()?;
+    let wanted = details["target_class"]["label"].as_str().unwrap_or("");
+    lines.push(format!("What would change it to {wanted}:"));
+    if found.is_empty() {
+        lines.push(format!("  {}", details["reason"].as_str().unwrap_or("none found")));
+    }
+    for (i, cf) in found.iter().enumerate() {
+        lines.push(format!(
+            "  Option {} (cost {}, {} {}):",
+            i + 1,
+            number(&cf["cost"]),
+            cf["prediction"]["label"].as_str().unwrap_or(""),
+            number(&cf["prediction"]["score"])
+        ));
+        for ch in cf["changes"].as_array().into_iter().flatten() {
+            lines.push(format!(
+                "    {}: {} -> {}",
+                ch["feature"].as_str().unwrap_or(""),
+                number(&ch["from"]),
+                number(&ch["to"])
+            ));
+        }
+    }
+    Some(lines)
+}
+
+/// A panel of text lines (a decision's rule or counterfactuals).
+pub fn text_panel(lines: &[String]) -> RgbImage {
+    let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u32 * 8 + 16;
+    super::captioned(
+        &RgbImage::from_pixel(width.clamp(240, 1200), 1, image::Rgb([255, 255, 255])),
+        lines,
+        240,
+    )
+}
+
 /// One PNG of every target's panel, side by side.
 pub fn panels_png(panels: &[RgbImage]) -> Vec<u8> {
     png(&side_by_side(panels))
@@ -63,6 +129,33 @@ pub fn panels_png(panels: &[RgbImage]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decisions_read_as_rules_and_changes() {
+        let cf = serde_json::json!({
+            "target_class": {"index": 1, "label": "approve"},
+            "counterfactuals": [{"cost": 1.5, "prediction": {"label": "approve", "score": 0.61},
+                "changes": [{"feature": "income", "from": 30000.0, "to": 42000.0}]}],
+        });
+        let lines = decision_lines("decline", &cf).unwrap();
+        assert_eq!(lines[0], "Decision: decline");
+        assert_eq!(lines[1], "What would change it to approve:");
+        assert_eq!(lines[2], "  Option 1 (cost 1.5, approve 0.61):");
+        assert_eq!(lines[3], "    income: 30000 -> 42000");
+        let none = serde_json::json!({"target_class": {"label": "approve"}, "counterfactuals": [], "reason": "no valid counterfactual"});
+        assert_eq!(
+            decision_lines("decline", &none).unwrap()[2],
+            "  no valid counterfactual"
+        );
+        let anchor =
+            serde_json::json!({"precision": 0.97, "coverage": 0.25, "anchor": [{"text": "income > 40000.0000"}]});
+        let lines = decision_lines("approve", &anchor).unwrap();
+        assert_eq!(lines[1], "What keeps it (precision 0.97, coverage 0.25):");
+        assert_eq!(lines[2], "  IF income > 40000.0000");
+        assert!(decision_lines("x", &serde_json::json!({"shapley_values": []})).is_none());
+        let panel = text_panel(&lines);
+        assert!(panel.width() >= 240 && panel.height() > 3 * 18);
+    }
 
     #[test]
     fn a_map_over_a_centre_crop_lands_inside_the_crop_on_the_original() {

@@ -99,10 +99,19 @@ pub fn explanations(
             _ => (a.tensor.shape.clone(), a.tensor.as_f32().unwrap_or(&[]).to_vec(), None),
         };
         let features = feature_list(valid, prepared, &values);
-        // Tabular models: the picture is a bar chart of the largest attributions.
+        // Tabular models: the picture is the decision's rule or counterfactuals as text, when the
+        // method gives them, else a bar chart of the largest attributions.
         let panel = panel.or_else(|| {
+            draw?;
+            if let Some(lines) = a
+                .details
+                .as_ref()
+                .and_then(|d| render::decision_lines(&a.target.label, d))
+            {
+                return Some(render::text_panel(&lines));
+            }
             let bars: Vec<render::Bar> = features.as_ref()?.iter().map(render::Bar::from).collect();
-            draw.map(|_| render::feature_chart(&a.target.label, a.target.score.into(), &bars))
+            Some(render::feature_chart(&a.target.label, a.target.score.into(), &bars))
         });
         let overlay_png = match (&panel, embed) {
             (Some(p), true) => Some(base64::engine::general_purpose::STANDARD.encode(render::png(p))),
