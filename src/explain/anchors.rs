@@ -11,8 +11,9 @@
 //! Kalyanakrishnan 2013, to `tau`, with confidence `1 - delta`); a rule is an anchor once its
 //! precision's lower confidence bound clears `threshold`, and the anchor with the largest coverage
 //! wins. Every sample is a model row; the search stops at the `samples` budget, less a reserve of
-//! `2 x batch_size` rows on which the chosen rule's precision is estimated afresh (the search's
-//! estimate of the rule it picked is biased upwards by the picking).
+//! `2 x batch_size` rows (at least 100, at most a quarter of the budget) on which the chosen
+//! rule's precision is estimated afresh (the search's estimate of the rule it picked is biased
+//! upwards by the picking).
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -426,7 +427,7 @@ impl<'a, 'c> Search<'a, 'c> {
         let max_size = p.max_anchor_size.unwrap_or(self.features).min(self.features);
         // The answer's precision is estimated afresh on samples held back from the search: the
         // search's own estimate of the rule it picked is biased upwards by the picking.
-        let reserve = (2 * p.batch_size).min(self.budget / 4).max(1);
+        let reserve = (2 * p.batch_size).max(100).min(self.budget / 4).max(1);
         let total = self.budget;
         self.budget = total - reserve;
         let mut beam: Vec<Estimate> = vec![Estimate::new(Vec::new())];
