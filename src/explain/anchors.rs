@@ -265,7 +265,6 @@ struct Search<'a, 'c> {
     budget: usize,
     batch: usize,
     features: usize,
-    _job: &'a ExplainJob,
 }
 
 impl<'a, 'c> Search<'a, 'c> {
@@ -309,7 +308,6 @@ impl<'a, 'c> Search<'a, 'c> {
             budget: p.samples.unwrap_or(100),
             batch: p.batch_size,
             features: n,
-            _job: job,
         }
     }
 
@@ -435,7 +433,7 @@ impl<'a, 'c> Search<'a, 'c> {
         // The most precise rule seen, answered when none reaches the threshold.
         let mut fallback: Option<Estimate> = None;
         let eps_stop = 0.05;
-        for _size in 1..=max_size {
+        for _ in 0..max_size {
             let mut arms: Vec<Estimate> = Vec::new();
             for parent in &beam {
                 for c in 0..self.conditions.len() {
