@@ -64,14 +64,6 @@ fn main() {
         max_batch,
     };
     let methods = Methods::standard();
-    let plan = |model: &explaind::runtime::LoadedModel, name: &str, params: serde_json::Value| {
-        let cx = PlanContext {
-            model,
-            limits,
-            targets: 1,
-        };
-        methods.get(name).unwrap().plan(params, &cx).unwrap()
-    };
 
     println!(
         "explanation benchmark: default workers and thread pool ({} intra-op threads), max_batch {max_batch}; \
@@ -111,7 +103,7 @@ fn main() {
                 "extremal-perturbation" => serde_json::json!({"areas": [0.1], "iterations": 20}),
                 _ => serde_json::json!({}),
             };
-            let params = plan(&model, name, params);
+            let params = planned(&model, name, params, limits);
             let job = ExplainJob {
                 model: model.clone(),
                 input: Tensor::f32(dims.clone(), x.clone()),
@@ -230,7 +222,72 @@ fn main() {
         );
     }
     rt.block_on(service.stop()).unwrap();
-    let _ = Arc::new(());
+}
+
+/// The first 20 background rows of a tabular model, and the milliseconds one raw ONNX Runtime
+/// prediction of such a row takes (mean over `repeats` passes over them).
+fn tabular_rows(
+    model: &explaind::runtime::LoadedModel,
+    env: &'static ort::environment::Environment,
+    repeats: usize,
+) -> (Vec<Vec<f32>>, f64) {
+    let rows: Vec<Vec<f32>> = model.background.clone().unwrap().into_iter().take(20).collect();
+    let mut session = create_session_from_bytes(env, &model.bytes).unwrap();
+    let input = model.spec.input.clone();
+    let started = Instant::now();
+    for _ in 0..repeats {
+        for r in &rows {
+            run_raw(&mut session, &[(input.as_str(), vec![1, r.len()], r)]);
+        }
+    }
+    let raw = started.elapsed().as_secs_f64() * 1e3 / (repeats * rows.len()) as f64;
+    (rows, raw)
+}
+
+/// Milliseconds per row of `method` with `params` on `model`, run through the executor as a
+/// request's job (after one warm-up row).
+fn ms_per_row(
+    rt: &tokio::runtime::Runtime,
+    service: &explaind::Service,
+    model: &Arc<explaind::runtime::LoadedModel>,
+    params: &explaind::explain::method::ValidParams,
+    limits: Limits,
+    rows: &[Vec<f32>],
+) -> f64 {
+    let run = |r: &Vec<f32>| {
+        let job = ExplainJob {
+            model: model.clone(),
+            input: Tensor::f32(vec![1, r.len()], r.clone()),
+            targets: None,
+            params: params.clone(),
+            seed: 1,
+            limits,
+            scores: None,
+            evaluate: vec![],
+        };
+        rt.block_on(service.state.executor.submit(ExplainTask(job))).unwrap();
+    };
+    run(&rows[0]);
+    let started = Instant::now();
+    for r in rows {
+        run(r);
+    }
+    started.elapsed().as_secs_f64() * 1e3 / rows.len() as f64
+}
+
+/// `method` planned with `params` for `model`.
+fn planned(
+    model: &explaind::runtime::LoadedModel,
+    method: &str,
+    params: serde_json::Value,
+    limits: Limits,
+) -> explaind::explain::method::ValidParams {
+    let cx = PlanContext {
+        model,
+        limits,
+        targets: 1,
+    };
+    Methods::standard().get(method).unwrap().plan(params, &cx).unwrap()
 }
 
 /// TreeSHAP per row on the bundled 100-tree model, in both games, next to one raw ONNX Runtime
@@ -242,50 +299,16 @@ fn tree_shap(
     limits: Limits,
 ) {
     let model = service.state.registry.get("breast-cancer-forest").unwrap().clone();
-    let rows: Vec<Vec<f32>> = model.background.clone().unwrap().into_iter().take(20).collect();
+    let (rows, raw) = tabular_rows(&model, env, 5);
     let trees = model.forest().unwrap().trees.len();
-    let mut session = create_session_from_bytes(env, &model.bytes).unwrap();
-    let input = model.spec.input.clone();
-    let started = Instant::now();
-    for _ in 0..5 {
-        for r in &rows {
-            run_raw(&mut session, &[(input.as_str(), vec![1, r.len()], r)]);
-        }
-    }
-    let raw = started.elapsed().as_secs_f64() * 1e3 / (5 * rows.len()) as f64;
     for game in ["interventional", "tree_path_dependent"] {
-        let cx = PlanContext {
-            model: &model,
+        let params = planned(
+            &model,
+            "tree-shap",
+            serde_json::json!({"feature_perturbation": game, "background_rows": 100}),
             limits,
-            targets: 1,
-        };
-        let params = Methods::standard()
-            .get("tree-shap")
-            .unwrap()
-            .plan(
-                serde_json::json!({"feature_perturbation": game, "background_rows": 100}),
-                &cx,
-            )
-            .unwrap();
-        let run = |r: &Vec<f32>| {
-            let job = ExplainJob {
-                model: model.clone(),
-                input: Tensor::f32(vec![1, r.len()], r.clone()),
-                targets: None,
-                params: params.clone(),
-                seed: 1,
-                limits,
-                scores: None,
-                evaluate: vec![],
-            };
-            rt.block_on(service.state.executor.submit(ExplainTask(job))).unwrap();
-        };
-        run(&rows[0]);
-        let started = Instant::now();
-        for r in &rows {
-            run(r);
-        }
-        let per_row = started.elapsed().as_secs_f64() * 1e3 / rows.len() as f64;
+        );
+        let per_row = ms_per_row(rt, service, &model, &params, limits, &rows);
         println!(
             "TreeSHAP {game:<20} {trees} trees, 100 background rows: {per_row:.3} ms per row \
              (one raw ORT prediction {raw:.3} ms; ratio {:.1})",
@@ -311,47 +334,13 @@ fn counterfactuals(
         ("anchors", "breast-cancer"),
     ] {
         let model = service.state.registry.get(name).unwrap().clone();
-        let rows: Vec<Vec<f32>> = model.background.clone().unwrap().into_iter().take(20).collect();
-        let mut session = create_session_from_bytes(env, &model.bytes).unwrap();
-        let input = model.spec.input.clone();
-        let started = Instant::now();
-        for r in &rows {
-            run_raw(&mut session, &[(input.as_str(), vec![1, r.len()], r)]);
-        }
-        let raw = started.elapsed().as_secs_f64() * 1e3 / rows.len() as f64;
-        let cx = PlanContext {
-            model: &model,
-            limits,
-            targets: 1,
-        };
-        let params = Methods::standard()
-            .get(method)
-            .unwrap()
-            .plan(serde_json::json!({}), &cx)
-            .unwrap();
+        let (rows, raw) = tabular_rows(&model, env, 1);
+        let params = planned(&model, method, serde_json::json!({}), limits);
         let search = match params.echo()["search"].as_str() {
             Some(s) => format!("{s} search"),
             None => format!("{} samples", params.echo()["samples"]),
         };
-        let run = |r: &Vec<f32>| {
-            let job = ExplainJob {
-                model: model.clone(),
-                input: Tensor::f32(vec![1, r.len()], r.clone()),
-                targets: None,
-                params: params.clone(),
-                seed: 1,
-                limits,
-                scores: None,
-                evaluate: vec![],
-            };
-            rt.block_on(service.state.executor.submit(ExplainTask(job))).unwrap();
-        };
-        run(&rows[0]);
-        let started = Instant::now();
-        for r in &rows {
-            run(r);
-        }
-        let per_row = started.elapsed().as_secs_f64() * 1e3 / rows.len() as f64;
+        let per_row = ms_per_row(rt, service, &model, &params, limits, &rows);
         println!(
             "{method} {name:<20} ({search}): {per_row:.2} ms per row \
              (one raw ORT prediction {raw:.3} ms; ratio {:.0})",
