@@ -25,7 +25,7 @@ use super::background::{all_rows, Bins};
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::manifest::Task;
-use crate::runtime::predict::{probabilities, Prediction};
+use crate::runtime::predict::{decided, probabilities, Prediction};
 use crate::runtime::{RuntimeError, Tensor};
 
 /// Anchors parameters (alibi's AnchorTabular defaults).
@@ -152,7 +152,7 @@ impl Method for Anchors {
             .map(|t| t.features.clone())
             .unwrap_or_default();
         let x: Vec<f32> = job.input.as_f32().unwrap_or(&[]).to_vec();
-        let label = argmax(&probabilities(&job.model, scores));
+        let label = decided(&probabilities(&job.model, scores), None);
         let mut search = Search::new(cx, job, p, &background, &x, label);
         let found = search.run(p)?;
         let anchor = &found.rule;
@@ -191,13 +191,6 @@ impl Method for Anchors {
             .map(|t| TargetAttribution::from_values(t, &weight, details.clone()))
             .collect())
     }
-}
-
-fn argmax(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
 }
 
 /// `feature <= cut` (upper) or `feature > cut`.
@@ -376,7 +369,7 @@ impl<'a, 'c> Search<'a, 'c> {
         let classes = scores.len() / n;
         let model = self.cx.model();
         let positives = (0..n)
-            .filter(|r| argmax(&probabilities(model, &scores[r * classes..(r + 1) * classes])) == self.label)
+            .filter(|r| decided(&probabilities(model, &scores[r * classes..(r + 1) * classes]), None) == self.label)
             .count();
         Ok((positives, n))
     }
@@ -536,7 +529,7 @@ impl<'a, 'c> Search<'a, 'c> {
         let model = self.cx.model();
         let (mut same, mut different) = (Vec::new(), Vec::new());
         for (r, &i) in covered.iter().enumerate() {
-            let predicted = argmax(&probabilities(model, &scores[r * classes..(r + 1) * classes]));
+            let predicted = decided(&probabilities(model, &scores[r * classes..(r + 1) * classes]), None);
             let entry = json!({"row": i, "values": self.background[i], "prediction": predicted});
             match predicted == self.label {
                 true if same.len() < k => same.push(entry),

@@ -29,7 +29,7 @@ use super::{Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::onnx::trees::{Forest, Mode};
 use crate::runtime::manifest::{Constraints, Direction, Task};
-use crate::runtime::predict::{probabilities, Prediction};
+use crate::runtime::predict::{decided, probabilities, Prediction};
 use crate::runtime::preprocess::InputError;
 use crate::runtime::{LoadedModel, RuntimeError, Tensor};
 
@@ -229,10 +229,10 @@ impl Method for Counterfactual {
             .ok_or_else(|| bad("not a tabular model".into()))?;
         let x: Vec<f32> = job.input.as_f32().unwrap_or(&[]).to_vec();
         let probs = probabilities(&model, scores);
-        let current = argmax(&probs, None);
+        let current = decided(&probs, None);
         let target = match &p.target_class {
             Some(t) => class_index(&model, t).map_err(|e| bad(e.to_string()))?,
-            None => argmax(&probs, Some(current)),
+            None => decided(&probs, Some(current)),
         };
         let constraints = tabular.constraints.merged(&p.constraints);
         let space = Space::new(&model, &tabular.features, &constraints, &x, p.distance);
@@ -304,14 +304,6 @@ fn class_index(model: &LoadedModel, class: &ClassRef) -> Result<usize, Invalid> 
             labels.len()
         ))),
     }
-}
-
-fn argmax(v: &[f64], except: Option<usize>) -> usize {
-    v.iter()
-        .enumerate()
-        .filter(|(i, _)| Some(*i) != except)
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
 }
 
 /// Where each feature may go, and what moving it costs.
@@ -737,7 +729,7 @@ fn gradient_candidates(
         let mut active = false;
         for k in 0..chains {
             let row = &s[k * classes..(k + 1) * classes];
-            let rival = argmax(row, Some(target));
+            let rival = decided(row, Some(target));
             let gap = row[target] - row[rival];
             if gap > 0.0 {
                 let cost = space.cost(x, &rows[k]);
@@ -857,7 +849,7 @@ fn sparsify(
         let classes = scores.len() / rows;
         for (r, (k, y)) in trials.into_iter().enumerate() {
             let probs = probabilities(model, &scores[r * classes..(r + 1) * classes]);
-            if argmax(&probs, None) == target {
+            if decided(&probs, None) == target {
                 found[k].cost = space.cost(x, &y);
                 found[k].values = y;
                 found[k].probabilities = probs;
@@ -918,7 +910,7 @@ fn checked(
         .enumerate()
         .filter_map(|(r, values)| {
             let probs = probabilities(model, &scores[r * classes..(r + 1) * classes]);
-            let prediction = argmax(&probs, None);
+            let prediction = decided(&probs, None);
             (prediction == target).then(|| Found {
                 cost: space.cost(x, &values),
                 values,

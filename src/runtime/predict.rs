@@ -94,6 +94,18 @@ pub fn ranked(model: &LoadedModel, probs: &[f64], top_k: usize) -> Vec<Predictio
         .collect()
 }
 
+/// The class decided by one row of probabilities: the most probable, the lowest index among
+/// equals (as [`ranked`] orders them); `except` leaves one class out (the best other class).
+pub fn decided(probs: &[f64], except: Option<usize>) -> usize {
+    let mut best: Option<usize> = None;
+    for (i, p) in probs.iter().enumerate() {
+        if Some(i) != except && best.is_none_or(|b| *p > probs[b]) {
+            best = Some(i);
+        }
+    }
+    best.unwrap_or(0)
+}
+
 /// Numerically stable softmax.
 pub fn softmax(x: &[f64]) -> Vec<f64> {
     let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -123,7 +135,15 @@ impl crate::executor::Task for PredictTask {
 
 #[cfg(test)]
 mod tests {
-    use super::softmax;
+    use super::{decided, softmax};
+
+    #[test]
+    fn the_decided_class_is_the_first_of_equals_as_ranked() {
+        assert_eq!(decided(&[0.2, 0.4, 0.4], None), 1);
+        assert_eq!(decided(&[0.2, 0.4, 0.4], Some(1)), 2);
+        assert_eq!(decided(&[0.5, 0.5], Some(0)), 1);
+        assert_eq!(decided(&[], None), 0);
+    }
 
     #[test]
     fn softmax_is_stable_and_sums_to_one() {
