@@ -118,24 +118,11 @@ async fn a_one_feature_model_is_anchored_on_that_feature() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reported_precision_matches_a_fresh_estimate() {
     let s = start(test_config(&root().join("models"))).await;
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/breast-cancer")).await.unwrap()).await;
-    let features: Vec<String> = report["tabular"]["features"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap().to_string())
-        .collect();
+    let features = tabular_features(&s, "breast-cancer").await;
     let background = read_background(&root().join("models/breast-cancer/background.csv"));
-    let holdout: Value =
-        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/breast_cancer_holdout.json")).unwrap())
-            .unwrap();
-    let model =
-        explaind::onnx::proto::decode_model(&std::fs::read(root().join("models/breast-cancer/model.onnx")).unwrap())
-            .unwrap();
-    let mut session = runner().session(&model).unwrap();
+    let mut session = runner().session(&bundled_model("breast-cancer")).unwrap();
     let mut rng = Rng::new(77);
-    for case in holdout["cases"].as_array().unwrap().iter().take(3) {
-        let x = &case["features"];
+    for x in breast_cancer_holdout().iter().take(3) {
         let v = ok_json(
             post_json(
                 &s,

@@ -278,34 +278,16 @@ async fn tree_tweaks_equal_the_cheapest_found_by_enumeration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_counterfactual_flips_the_decision_and_keeps_the_constraints() {
     let s = start(test_config(&root().join("models"))).await;
-    let holdout: Value =
-        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/breast_cancer_holdout.json")).unwrap())
-            .unwrap();
-    let features: Vec<String> = {
-        let report = ok_json(reqwest::get(url(&s, "/v1/models/breast-cancer")).await.unwrap()).await;
-        report["tabular"]["features"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f.as_str().unwrap().to_string())
-            .collect()
-    };
+    let features = tabular_features(&s, "breast-cancer").await;
     let runner = runner();
     let mut rng = Rng::new(41);
     let mut answered = 0;
-    for (case, model) in holdout["cases"]
-        .as_array()
-        .unwrap()
+    let inputs = breast_cancer_holdout();
+    for (x, model) in inputs
         .iter()
         .take(12)
         .zip(["breast-cancer-forest", "breast-cancer"].iter().cycle())
     {
-        let x: Vec<f32> = case["features"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
         // Seeded constraints: a few immutable features, one monotone each way, bounds around x,
         // and whole numbers for one feature.
         let pick = |rng: &mut Rng| (rng.next_u64() % features.len() as u64) as usize;
@@ -346,11 +328,7 @@ async fn every_counterfactual_flips_the_decision_and_keeps_the_constraints() {
             continue;
         }
         answered += 1;
-        let onnx = explaind::onnx::proto::decode_model(
-            &std::fs::read(root().join("models").join(model).join("model.onnx")).unwrap(),
-        )
-        .unwrap();
-        let mut session = runner.session(&onnx).unwrap();
+        let mut session = runner.session(&bundled_model(model)).unwrap();
         let (input, output) = if *model == "breast-cancer" {
             ("input", "logits")
         } else {

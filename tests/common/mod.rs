@@ -12,6 +12,48 @@ use prost::Message;
 pub mod gradcheck;
 pub mod postgres;
 
+/// A bundled model's graph (`models/<name>/model.onnx`).
+pub fn bundled_model(name: &str) -> explaind::onnx::proto::ModelProto {
+    let bytes = std::fs::read(root().join("models").join(name).join("model.onnx")).unwrap();
+    explaind::onnx::proto::decode_model(&bytes).unwrap()
+}
+
+/// The held-out rows of the bundled breast-cancer models (tests/fixtures/breast_cancer_holdout.json).
+pub fn breast_cancer_holdout() -> Vec<Vec<f32>> {
+    let holdout: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/breast_cancer_holdout.json")).unwrap())
+            .unwrap();
+    holdout["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            c["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// A served tabular model's feature names, as its report gives them.
+pub async fn tabular_features(service: &Service, model: &str) -> Vec<String> {
+    let report = ok_json(
+        reqwest::get(url(service, &format!("/v1/models/{model}")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    report["tabular"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
