@@ -221,16 +221,22 @@ impl GraphBuilder {
 
     /// Finishes the model (IR version 8 for opsets up to 18, 9 above).
     pub fn build(self) -> ModelProto {
-        ModelProto {
-            ir_version: Some(if self.opset <= 18 { 8 } else { 9 }),
-            producer_name: Some("explaind".into()),
-            producer_version: Some(env!("CARGO_PKG_VERSION").into()),
-            opset_import: vec![OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(self.opset),
-            }],
-            graph: Some(self.graph),
-            ..Default::default()
-        }
+        let mut model = model_of(self.graph, self.opset);
+        model.producer_name = Some("explaind".into());
+        model.producer_version = Some(env!("CARGO_PKG_VERSION").into());
+        model
+    }
+}
+
+/// A model of `graph` in the default domain at `opset` (IR version 8 for opsets up to 18, 9 above).
+pub fn model_of(graph: GraphProto, opset: i64) -> ModelProto {
+    ModelProto {
+        ir_version: Some(if opset <= 18 { 8 } else { 9 }),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
+        graph: Some(graph),
+        ..Default::default()
     }
 }

@@ -5,9 +5,9 @@
 
 use std::collections::HashSet;
 
-use super::builder::{attribute, float_tensor, value_info, Attr};
+use super::builder::{attribute, float_tensor, model_of, value_info, Attr};
 use super::node::{attr_float, attr_int, constant, op_type, tensor_f32};
-use super::proto::{data_type, GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+use super::proto::{data_type, GraphProto, ModelProto, NodeProto};
 
 /// Nodes a constant subgraph may hold at most (a converter's shape arithmetic is a few dozen).
 const MAX_CONSTANT_NODES: usize = 256;
@@ -72,22 +72,17 @@ pub fn constant_subgraph(graph: &GraphProto, name: &str, opset: i64) -> Option<(
         .filter(|v| v.name.as_ref().is_some_and(|n| feeds.contains(n)))
         .cloned()
         .collect();
-    let model = ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(opset),
-        }],
-        graph: Some(GraphProto {
+    let model = model_of(
+        GraphProto {
             name: Some("fold".into()),
             node: nodes,
             initializer,
             input,
             output: vec![value_info("value", data_type::FLOAT, None)],
             ..Default::default()
-        }),
-        ..Default::default()
-    };
+        },
+        opset,
+    );
     Some((model, feeds))
 }
 

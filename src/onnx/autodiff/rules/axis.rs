@@ -5,8 +5,8 @@
 
 use super::RuleError;
 use crate::onnx::autodiff::{GradContext, GraphRunner};
-use crate::onnx::builder::{value_info, Attr};
-use crate::onnx::proto::{data_type, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
+use crate::onnx::builder::{model_of, value_info, Attr};
+use crate::onnx::proto::{data_type, GraphProto, NodeProto, TensorProto};
 
 /// The `[out, in]` matrix of `node` (whose data input is named `x`, other inputs given as
 /// `initializers`) along `axis` of a rank-`rank` tensor, `size_in` long before and `size_out`
@@ -40,22 +40,17 @@ pub(super) fn matrix(
     while node.input.last().is_some_and(String::is_empty) {
         node.input.pop();
     }
-    let model = ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(opset),
-        }],
-        graph: Some(GraphProto {
+    let model = model_of(
+        GraphProto {
             name: Some("axis_matrix".into()),
             node: vec![node],
             initializer: initializers,
             input: vec![value_info("x", data_type::FLOAT, Some(&in_dims))],
             output: vec![value_info("y", data_type::FLOAT, None)],
             ..Default::default()
-        }),
-        ..Default::default()
-    };
+        },
+        opset,
+    );
     let shape: Vec<usize> = in_dims.iter().map(|&d| d as usize).collect();
     let outputs = runner
         .run_f32(&model, &[("x", shape, identity)])
