@@ -36,12 +36,6 @@ struct RealModel {
     output: &'static str,
     width: u32,
     height: u32,
-    /// As the manifest says: channels last, blue first, then (pixel * scale - mean) / std.
-    channels_last: bool,
-    bgr: bool,
-    scale: f32,
-    mean: [f32; 3],
-    std: [f32; 3],
     /// The default CAM layer and its channel axis.
     cam_layer: &'static str,
     cam_axis: u64,
@@ -66,11 +60,6 @@ std = [1.0, 1.0, 1.0]
     output: "4195",
     width: 224,
     height: 224,
-    channels_last: true,
-    bgr: true,
-    scale: 1.0,
-    mean: [104.0, 117.0, 123.0],
-    std: [1.0, 1.0, 1.0],
     // The last block's output (after the residual Add and ReLU, channels-last), which the global
     // pooling (ReduceMean over axes 1 and 2) reads.
     cam_layer: "/Cast_305_output_0",
@@ -102,11 +91,6 @@ std = [0.5, 0.5, 0.5]
     output: "save_infer_model/scale_0.tmp_1",
     width: 192,
     height: 48,
-    channels_last: false,
-    bgr: false,
-    scale: 1.0 / 255.0,
-    mean: [0.5, 0.5, 0.5],
-    std: [0.5, 0.5, 0.5],
     // The max pooling after the last convolution stage, before the global pooling.
     cam_layer: "pool2d_9.tmp_0",
     cam_axis: 1,
@@ -138,11 +122,6 @@ std = [128.0, 128.0, 128.0]
     output: "softmax_2",
     width: 48,
     height: 48,
-    channels_last: true,
-    bgr: false,
-    scale: 1.0,
-    mean: [127.5, 127.5, 127.5],
-    std: [128.0, 128.0, 128.0],
     // The last convolution's PRelu output, transposed back to channels-last before Flatten.
     cam_layer: "push_transpose_out_17",
     cam_axis: 3,
@@ -157,6 +136,40 @@ std = [128.0, 128.0, 128.0]
 };
 
 const CORPUS: [RealModel; 3] = [OPEN_NSFW, PADDLE_ORIENTATION, MTCNN_ONET];
+
+/// The preprocessing a manifest's `[image]` section describes, read from its text with the
+/// manifest format's defaults (NCHW, RGB, scale 1/255, mean 0, std 1).
+struct Preprocessing {
+    channels_last: bool,
+    bgr: bool,
+    scale: f32,
+    mean: [f32; 3],
+    std: [f32; 3],
+}
+
+impl Preprocessing {
+    fn of(manifest: &str) -> Self {
+        let doc: toml::Table = manifest.parse().unwrap();
+        let image = doc["image"].as_table().unwrap();
+        let number = |v: &toml::Value| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)).unwrap() as f32;
+        let triple = |key: &str, default: f32| -> [f32; 3] {
+            image
+                .get(key)
+                .map(|v| {
+                    let a = v.as_array().unwrap();
+                    [number(&a[0]), number(&a[1]), number(&a[2])]
+                })
+                .unwrap_or([default; 3])
+        };
+        Preprocessing {
+            channels_last: image.get("layout").and_then(|v| v.as_str()) == Some("NHWC"),
+            bgr: image.get("color").and_then(|v| v.as_str()) == Some("bgr"),
+            scale: image.get("scale").map(number).unwrap_or(1.0 / 255.0),
+            mean: triple("mean", 0.0),
+            std: triple("std", 1.0),
+        }
+    }
+}
 
 impl RealModel {
     fn file(&self) -> PathBuf {
@@ -178,7 +191,7 @@ impl RealModel {
 
     fn dims(&self) -> Vec<usize> {
         let (w, h) = (self.width as usize, self.height as usize);
-        if self.channels_last {
+        if Preprocessing::of(self.manifest).channels_last {
             vec![1, h, w, 3]
         } else {
             vec![1, 3, h, w]
@@ -198,13 +211,14 @@ impl RealModel {
             let b = ((fx + fy) * 0.4 + rng.uniform(0.0, 30.0)).min(255.0) as u8;
             *p = image::Rgb([r, g, b]);
         }
+        let pre = Preprocessing::of(self.manifest);
         let value = |x: u32, y: u32, c: usize| {
             let rgb = img.get_pixel(x, y).0;
-            let c_in = if self.bgr { 2 - c } else { c };
-            (rgb[c_in] as f32 * self.scale - self.mean[c]) / self.std[c]
+            let c_in = if pre.bgr { 2 - c } else { c };
+            (rgb[c_in] as f32 * pre.scale - pre.mean[c]) / pre.std[c]
         };
         let mut tensor = Vec::with_capacity((w * h * 3) as usize);
-        if self.channels_last {
+        if pre.channels_last {
             for y in 0..h {
                 for x in 0..w {
                     tensor.extend((0..3).map(|c| value(x, y, c)));
