@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use explaind::onnx::builder::{Attr, GraphBuilder};
 use explaind::onnx::proto::ModelProto;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SIZE: i64 = 12;
 const CHANNELS: i64 = 4;
@@ -49,15 +49,6 @@ fn model(channels_last: bool) -> ModelProto {
 
 const MANIFEST: &str = "task = \"image-classification\"\nlabels = [\"a\", \"b\", \"c\"]\n";
 
-fn values(v: &Value) -> Vec<f64> {
-    v["attributions"]["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cams_pool_over_the_channel_axis_of_channels_last_layers() {
     let dir = temp_dir("cam-layout-models");
@@ -90,7 +81,7 @@ async fn cams_pool_over_the_channel_axis_of_channels_last_layers() {
             )
             .await;
             assert_eq!(v["layer"], "feature", "{name} {method}");
-            maps.push(values(&v));
+            maps.push(attribution_values(&v));
         }
         let scale = maps[0].iter().fold(0f64, |m, v| m.max(v.abs()));
         assert!(scale > 0.0, "{method}: an empty map");

@@ -91,15 +91,6 @@ async fn explain(s: &explaind::Service, model: &str, method: &str, body: Value) 
     ok_json(post_json(s, &format!("/v1/models/{model}/explain/{method}"), &body).await).await
 }
 
-fn values(v: &Value) -> Vec<f64> {
-    v["attributions"]["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rescale_rule_equals_its_closed_form_on_a_tanh_network() {
     let s = start_models().await;
@@ -117,7 +108,7 @@ async fn the_rescale_rule_equals_its_closed_form_on_a_tanh_network() {
                 expected[i] += W2[j][target] as f64 * m * W1[i][j] as f64 * x[i];
             }
         }
-        let got = values(&v);
+        let got = attribution_values(&v);
         for i in 0..3 {
             assert!(
                 (got[i] - expected[i]).abs() < 1e-5,
@@ -135,7 +126,7 @@ async fn the_rescale_rule_equals_its_closed_form_on_a_tanh_network() {
             json!({"features": x, "target": target, "params": {"multiply_by_inputs": false}}),
         )
         .await;
-        for (i, (a, mult)) in got.iter().zip(values(&m)).enumerate() {
+        for (i, (a, mult)) in got.iter().zip(attribution_values(&m)).enumerate() {
             assert!((a - mult * x[i]).abs() < 1e-5);
         }
     }
@@ -160,7 +151,7 @@ async fn attributions_sum_to_the_score_difference_through_every_rescaled_nonline
             json!({"image": b64, "params": {"baseline": baseline}}),
         )
         .await;
-        let total: f64 = values(&v).iter().sum();
+        let total: f64 = attribution_values(&v).iter().sum();
         let delta = v["convergence_delta"].as_f64().unwrap();
         let difference = total - delta;
         assert!(difference.abs() > 1e-4, "{baseline}: a reference the model tells apart");
@@ -203,7 +194,7 @@ async fn concurrent_requests_never_share_a_pass_and_bad_parameters_are_refused()
         .encode(std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap());
     let alone = explain(&s, "fashion-cnn", "deeplift", json!({"image": fashion})).await;
     // Max pooling as Captum handles it keeps completeness on the bundled CNN too.
-    let total: f64 = values(&alone).iter().sum();
+    let total: f64 = attribution_values(&alone).iter().sum();
     let delta = alone["convergence_delta"].as_f64().unwrap();
     assert!(
         delta.abs() <= 1e-4 * (total - delta).abs(),

@@ -84,12 +84,7 @@ async fn the_masks_keep_the_region_the_model_reads() {
         .await,
     )
     .await;
-    let map: Vec<f64> = v["attributions"]["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let map = attribution_values(&v);
     assert_eq!(map.len(), SIDE * SIDE);
     let inside = |i: usize| REGION.contains(&(i / SIDE)) && REGION.contains(&(i % SIDE));
     let d = &v["details"];

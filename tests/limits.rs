@@ -484,14 +484,6 @@ async fn the_pass_budget_splits_batches_without_changing_answers() {
         runs(&answers[1]),
         runs(&answers[0])
     );
-    let values = |v: &Value| -> Vec<f64> {
-        v["attributions"]["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect()
-    };
-    let (a, b) = (values(&answers[0]), values(&answers[1]));
+    let (a, b) = (attribution_values(&answers[0]), attribution_values(&answers[1]));
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-6 + 1e-4 * y.abs()));
 }

@@ -641,12 +641,7 @@ async fn relevance_lands_in_the_region_the_model_reads() {
             .await,
         )
         .await;
-        let values: Vec<f64> = v["attributions"]["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let values = attribution_values(&v);
         assert_eq!(values.len(), 64);
         // Pixels the region's 3x3 outputs read: rows and columns 0..4.
         let inside: f64 = values

@@ -38,6 +38,16 @@ pub fn breast_cancer_holdout() -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// An explanation answer's attribution values (`attributions.values`), as f64.
+pub fn attribution_values(answer: &serde_json::Value) -> Vec<f64> {
+    answer["attributions"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 /// A served tabular model's feature names, as its report gives them.
 pub async fn tabular_features(service: &Service, model: &str) -> Vec<String> {
     let report = ok_json(
