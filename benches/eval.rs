@@ -152,14 +152,8 @@ fn main() {
         let mut sums = [0f64; 3];
         for input in &inputs {
             let job = ExplainJob {
-                model: model.clone(),
-                input: input.clone(),
-                targets: None,
-                params: planned.clone(),
-                seed: 1,
-                limits,
-                scores: None,
                 evaluate: metrics.clone(),
+                ..common::job(&model, input.clone(), &planned, limits)
             };
             let result = rt.block_on(state.executor.submit(ExplainTask(job))).unwrap();
             for (sum, e) in sums.iter_mut().zip(&result.evaluations[0]) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use explaind::config::Config;
-use explaind::explain::{ExplainJob, ExplainTask, Inputs, Limits, Methods, PlanContext};
+use explaind::explain::{ExplainTask, Inputs, Limits, Methods, PlanContext};
 use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleSet, RuleTable, WEIGHTS_INPUT};
 use explaind::runtime::graph_runner::OrtRunner;
 use explaind::runtime::sessions::create_session_from_bytes;
@@ -104,16 +104,7 @@ fn main() {
                 _ => serde_json::json!({}),
             };
             let params = planned(&model, name, params, limits);
-            let job = ExplainJob {
-                model: model.clone(),
-                input: Tensor::f32(dims.clone(), x.clone()),
-                targets: None,
-                params,
-                seed: 1,
-                limits,
-                scores: None,
-                evaluate: vec![],
-            };
+            let job = common::job(&model, Tensor::f32(dims.clone(), x.clone()), &params, limits);
             let mut times = Vec::new();
             let mut result = None;
             for _ in 0..rounds + 1 {
@@ -255,16 +246,7 @@ fn ms_per_row(
     rows: &[Vec<f32>],
 ) -> f64 {
     let run = |r: &Vec<f32>| {
-        let job = ExplainJob {
-            model: model.clone(),
-            input: Tensor::f32(vec![1, r.len()], r.clone()),
-            targets: None,
-            params: params.clone(),
-            seed: 1,
-            limits,
-            scores: None,
-            evaluate: vec![],
-        };
+        let job = common::job(model, Tensor::f32(vec![1, r.len()], r.clone()), params, limits);
         rt.block_on(service.state.executor.submit(ExplainTask(job))).unwrap();
     };
     run(&rows[0]);

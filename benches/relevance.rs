@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use explaind::explain::{ExplainJob, ExplainTask, Limits, Methods, PlanContext};
+use explaind::explain::{ExplainTask, Limits, Methods, PlanContext};
 use explaind::runtime::Tensor;
 
 fn main() {
@@ -61,16 +61,7 @@ fn main() {
             let params = methods.get(method).unwrap().plan(params.clone(), &cx).unwrap();
             let mut times = Vec::new();
             for round in 0..=rounds {
-                let job = ExplainJob {
-                    model: model.clone(),
-                    input: Tensor::f32(dims.clone(), x.clone()),
-                    targets: None,
-                    params: params.clone(),
-                    seed: 1,
-                    limits,
-                    scores: None,
-                    evaluate: vec![],
-                };
+                let job = common::job(&model, Tensor::f32(dims.clone(), x.clone()), &params, limits);
                 let started = Instant::now();
                 rt.block_on(service.state.executor.submit(ExplainTask(job))).unwrap();
                 if round > 0 {

@@ -8,6 +8,26 @@ use std::time::Duration;
 
 use prost::Message;
 
+/// A job explaining `input` with the planned `params` (seed 1, the model's own targets, no
+/// metrics), as a request makes it.
+pub fn job(
+    model: &std::sync::Arc<explaind::runtime::LoadedModel>,
+    input: explaind::runtime::Tensor,
+    params: &explaind::explain::method::ValidParams,
+    limits: explaind::explain::Limits,
+) -> explaind::explain::ExplainJob {
+    explaind::explain::ExplainJob {
+        model: model.clone(),
+        input,
+        targets: None,
+        params: params.clone(),
+        seed: 1,
+        limits,
+        scores: None,
+        evaluate: vec![],
+    }
+}
+
 /// The median of some timings.
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
