@@ -26,7 +26,7 @@ use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Met
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::manifest::Task;
 use crate::runtime::predict::{decided, probabilities, Prediction};
-use crate::runtime::{RuntimeError, Tensor};
+use crate::runtime::RuntimeError;
 
 /// Anchors parameters (alibi's AnchorTabular defaults).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
@@ -364,13 +364,7 @@ impl<'a, 'c> Search<'a, 'c> {
             rows.push(row);
         }
         self.used += n;
-        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-        let scores = self.cx.forward(&Tensor::f32(vec![n, self.features], flat))?.to_f64();
-        let classes = scores.len() / n;
-        let model = self.cx.model();
-        let positives = (0..n)
-            .filter(|r| decided(&probabilities(model, &scores[r * classes..(r + 1) * classes]), None) == self.label)
-            .count();
+        let positives = self.cx.decide(&rows)?.iter().filter(|(c, _)| *c == self.label).count();
         Ok((positives, n))
     }
 
@@ -517,19 +511,10 @@ impl<'a, 'c> Search<'a, 'c> {
         if covered.is_empty() {
             return Ok(json!({"same": [], "different": []}));
         }
-        let rows: Vec<f32> = covered
-            .iter()
-            .flat_map(|&i| self.background[i].iter().copied())
-            .collect();
-        let scores = self
-            .cx
-            .forward(&Tensor::f32(vec![covered.len(), self.features], rows))?
-            .to_f64();
-        let classes = scores.len() / covered.len();
-        let model = self.cx.model();
+        let rows: Vec<Vec<f32>> = covered.iter().map(|&i| self.background[i].clone()).collect();
+        let decisions = self.cx.decide(&rows)?;
         let (mut same, mut different) = (Vec::new(), Vec::new());
-        for (r, &i) in covered.iter().enumerate() {
-            let predicted = decided(&probabilities(model, &scores[r * classes..(r + 1) * classes]), None);
+        for (&i, (predicted, _)) in covered.iter().zip(decisions) {
             let entry = json!({"row": i, "values": self.background[i], "prediction": predicted});
             match predicted == self.label {
                 true if same.len() < k => same.push(entry),

@@ -265,8 +265,8 @@ impl Method for Counterfactual {
                 Search::Gradient => gradient_candidates(cx, job, &space, &x, target, p)?,
             };
             details["search_stats"] = stats;
-            let found = checked(cx, &model, &space, &x, candidates, target, p)?;
-            sparsify(cx, &model, &space, &x, target, found, p.count)?
+            let found = checked(cx, &space, &x, candidates, target, p)?;
+            sparsify(cx, &space, &x, target, found, p.count)?
         };
         if found.is_empty() && details.get("reason").is_none() {
             details["reason"] = json!(format!(
@@ -810,7 +810,6 @@ impl Found {
 /// still decides as the target. One batched pass per feature position, over all counterfactuals.
 fn sparsify(
     cx: &mut Cx,
-    model: &LoadedModel,
     space: &Space,
     x: &[f32],
     target: usize,
@@ -843,13 +842,9 @@ fn sparsify(
         if trials.is_empty() {
             break;
         }
-        let rows = trials.len();
-        let batch: Vec<f32> = trials.iter().flat_map(|(_, y)| y.iter().copied()).collect();
-        let scores = cx.forward(&Tensor::f32(vec![rows, n], batch))?.to_f64();
-        let classes = scores.len() / rows;
-        for (r, (k, y)) in trials.into_iter().enumerate() {
-            let probs = probabilities(model, &scores[r * classes..(r + 1) * classes]);
-            if decided(&probs, None) == target {
+        let rows: Vec<Vec<f32>> = trials.iter().map(|(_, y)| y.clone()).collect();
+        for ((k, y), (class, probs)) in trials.into_iter().zip(cx.decide(&rows)?) {
+            if class == target {
                 found[k].cost = space.cost(x, &y);
                 found[k].values = y;
                 found[k].probabilities = probs;
@@ -891,7 +886,6 @@ fn distinct(space: &Space, x: &[f32], mut found: Vec<Found>, count: usize) -> Ve
 /// that it decides as `target`, distinct from each other.
 fn checked(
     cx: &mut Cx,
-    model: &LoadedModel,
     space: &Space,
     x: &[f32],
     candidates: Vec<Vec<f32>>,
@@ -901,16 +895,11 @@ fn checked(
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    let n = x.len();
-    let rows = candidates.len();
-    let scores = cx.forward(&Tensor::f32(vec![rows, n], candidates.concat()))?.to_f64();
-    let classes = scores.len() / rows.max(1);
+    let decisions = cx.decide(&candidates)?;
     let found: Vec<Found> = candidates
         .into_iter()
-        .enumerate()
-        .filter_map(|(r, values)| {
-            let probs = probabilities(model, &scores[r * classes..(r + 1) * classes]);
-            let prediction = decided(&probs, None);
+        .zip(decisions)
+        .filter_map(|(values, (prediction, probs))| {
             (prediction == target).then(|| Found {
                 cost: space.cost(x, &values),
                 values,

@@ -58,7 +58,7 @@ use crate::executor::{JobContext, Task};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::gradients::GradientKey;
 use crate::runtime::manifest::{ImageSpec, Layout};
-use crate::runtime::predict::Prediction;
+use crate::runtime::predict::{decided, probabilities, Prediction};
 use crate::runtime::sessions::GradientPass;
 use crate::runtime::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
 
@@ -176,6 +176,24 @@ pub struct Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// The class the model decides for each of `rows` (tabular feature rows, batched through
+    /// [`Cx::forward`]), with the row's class probabilities.
+    pub fn decide(&mut self, rows: &[Vec<f32>]) -> Result<Vec<(usize, Vec<f64>)>, RuntimeError> {
+        let Some(width) = rows.first().map(Vec::len) else {
+            return Ok(Vec::new());
+        };
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let scores = self.forward(&Tensor::f32(vec![rows.len(), width], flat))?.to_f64();
+        let classes = (scores.len() / rows.len()).max(1);
+        Ok(scores
+            .chunks(classes)
+            .map(|row| {
+                let probs = probabilities(&self.model, row);
+                (decided(&probs, None), probs)
+            })
+            .collect())
+    }
+
     /// Scores of the model's output for `input` rows.
     pub fn forward(&mut self, input: &Tensor) -> Result<Tensor, RuntimeError> {
         self.job_ctx.checkpoint()?;
