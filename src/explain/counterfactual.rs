@@ -22,9 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::method::{
-    bytes, check_range, check_rules, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext,
-};
+use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::onnx::trees::{Forest, Mode};
@@ -174,10 +172,6 @@ impl Method for Counterfactual {
             (None, None) => Search::Gradient,
         };
         p.search = Some(search);
-        if search == Search::Gradient {
-            // Forward passes for trees; the gradient search needs exact gradients.
-            check_rules(&RuleSet::Standard, model)?;
-        }
         if let (Search::Trees, Some(forest), Some(t)) = (search, &forest, &p.target_class) {
             let t = class_index(model, t)?;
             if !forest
@@ -211,6 +205,14 @@ impl Method for Counterfactual {
                 .saturating_mul(features.saturating_add(cx.classes()) as u64)
                 .saturating_add(cx.answer_bytes()),
         })
+    }
+
+    /// Forward passes for trees; the gradient search needs exact gradients.
+    fn rules(p: &Self::Params) -> Vec<RuleSet> {
+        match p.search {
+            Some(Search::Gradient) => vec![RuleSet::Standard],
+            _ => Vec::new(),
+        }
     }
 
     fn explain(

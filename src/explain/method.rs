@@ -220,10 +220,14 @@ pub trait Method: Send + Sync + 'static {
         None
     }
 
-    /// The rule sets its gradient passes build with (methods whose passes are
-    /// `Passes::Gradients`): a model the report says these rules refuse is refused before any work.
+    /// The rule sets its gradient passes build with, for the planned `params`: a model the
+    /// report says these rules refuse is refused before any work. Default: exact gradients for
+    /// methods whose passes are `Passes::Gradients`, none for the others.
     fn rules(_params: &Self::Params) -> Vec<RuleSet> {
-        vec![RuleSet::Standard]
+        match Self::CAPABILITIES.passes {
+            Passes::Gradients => vec![RuleSet::Standard],
+            Passes::Forward | Passes::None => Vec::new(),
+        }
     }
 }
 
@@ -279,12 +283,11 @@ impl<M: Method> AnyMethod for Registered<M> {
                 _ => format!("params.{at}: {inner}"),
             })
         })?;
-        if M::CAPABILITIES.passes == Passes::Gradients {
-            for set in M::rules(&parsed) {
-                check_rules(&set, cx.model)?;
-            }
-        }
         let cost = M::plan(&mut parsed, cx)?;
+        // After planning, so defaults that depend on the model (a search kind) are filled in.
+        for set in M::rules(&parsed) {
+            check_rules(&set, cx.model)?;
+        }
         check_cost(cost, cx.limits)?;
         // Through text, so f32 parameters echo as written (0.15, not 0.15000000596).
         let echo = serde_json::to_string(&parsed)
@@ -480,8 +483,9 @@ impl Methods {
     }
 }
 
-/// Refuses, before any work, a method the model cannot serve: the wrong kind of input, gradients
-/// the model cannot give.
+/// Refuses, before any work, a method the model cannot serve: the wrong kind of input. (Gradients
+/// the model cannot give are refused when the method's parameters are planned, by the rules they
+/// ask for.)
 pub fn check_applicable(method: &dyn AnyMethod, model: &LoadedModel) -> Result<(), Invalid> {
     let caps = method.capabilities();
     match caps.inputs {
@@ -501,15 +505,12 @@ pub fn check_applicable(method: &dyn AnyMethod, model: &LoadedModel) -> Result<(
         }
         _ => {}
     }
-    if caps.passes == Passes::Gradients {
-        check_rules(&RuleSet::Standard, model)?;
-    }
     Ok(())
 }
 
 /// Refuses a model whose report says the rules of `set` cannot explain it, with the report's
 /// reasons: the request path meets no refusal the report did not show.
-pub(super) fn check_rules(set: &RuleSet, model: &LoadedModel) -> Result<(), Invalid> {
+fn check_rules(set: &RuleSet, model: &LoadedModel) -> Result<(), Invalid> {
     let refused = model.gradient_report.get().map(|r| r.refusals(set)).unwrap_or_default();
     if refused.is_empty() {
         return Ok(());
