@@ -38,6 +38,27 @@ pub fn breast_cancer_holdout() -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Posts `body` to `path` once per case with the case's `params`, and checks each is refused 400
+/// `invalid-request` with a detail that contains the case's text (the parameter it names).
+pub async fn assert_params_refused(
+    service: &Service,
+    path: &str,
+    body: &serde_json::Value,
+    cases: &[(serde_json::Value, &str)],
+) {
+    for (params, says) in cases {
+        let mut request = body.clone();
+        request["params"] = params.clone();
+        let p = problem(
+            post_json(service, path, &request).await,
+            reqwest::StatusCode::BAD_REQUEST,
+            "invalid-request",
+        )
+        .await;
+        assert!(p["detail"].as_str().unwrap().contains(says), "{params}: {p}");
+    }
+}
+
 /// An explanation answer's attribution values (`attributions.values`), as f64.
 pub fn attribution_values(answer: &serde_json::Value) -> Vec<f64> {
     answer["attributions"]["values"]
