@@ -4,6 +4,8 @@
 //! transposing it to channels-last before the ReLU and pooling it over axes 1 and 2 as tf2onnx
 //! exports do: the report gives each candidate its channel axis, the default layer is the feature
 //! map before global pooling in both, and Grad-CAM, Grad-CAM++ and Score-CAM answer the same maps.
+//! A CAM's memory is its layer's size: a wide layer at a small spatial size (ResNet-50's 2048
+//! channels at 7x7) is not charged as if each channel were the input's size.
 
 mod common;
 
@@ -41,6 +43,38 @@ fn model(channels_last: bool) -> ModelProto {
     );
     let dense: Vec<f32> = (0..CHANNELS * 3).map(|_| rng.uniform(-1.0, 1.0)).collect();
     let dense = g.constant("dense_w", &[CHANNELS, 3], &dense);
+    g.node("Gemm", &[&pooled, &dense], vec![]);
+    g.rename_last_output("logits");
+    g.output("logits", &[-1, 3]);
+    g.build()
+}
+
+/// input [N, 3, 64, 64] -> Conv 1x1 (256 channels) -> Relu -> MaxPool 32x32 `feature` [N, 256, 2, 2]
+/// -> global mean -> Gemm -> logits [N, 3].
+fn wide_model() -> ModelProto {
+    let mut rng = Rng::new(5);
+    let mut g = GraphBuilder::new("wide", 17);
+    let x = g.input("input", &[-1, 3, 64, 64]);
+    let w: Vec<f32> = (0..256 * 3).map(|_| rng.uniform(-0.5, 0.5)).collect();
+    let w = g.constant("conv_w", &[256, 3, 1, 1], &w);
+    let conv = g.node("Conv", &[&x, &w], vec![]);
+    let relu = g.node("Relu", &[&conv], vec![]);
+    g.node(
+        "MaxPool",
+        &[&relu],
+        vec![
+            ("kernel_shape", Attr::Ints(vec![32, 32])),
+            ("strides", Attr::Ints(vec![32, 32])),
+        ],
+    );
+    let feature = g.rename_last_output("feature");
+    let pooled = g.node(
+        "ReduceMean",
+        &[&feature],
+        vec![("axes", Attr::Ints(vec![2, 3])), ("keepdims", Attr::Int(0))],
+    );
+    let dense: Vec<f32> = (0..256 * 3).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let dense = g.constant("dense_w", &[256, 3], &dense);
     g.node("Gemm", &[&pooled, &dense], vec![]);
     g.rename_last_output("logits");
     g.output("logits", &[-1, 3]);
@@ -88,6 +122,39 @@ async fn cams_pool_over_the_channel_axis_of_channels_last_layers() {
         for (a, b) in maps[0].iter().zip(&maps[1]) {
             assert!((a - b).abs() <= 1e-5 * scale, "{method}: NCHW {a} vs NHWC {b}");
         }
+    }
+    s.stop().await.unwrap();
+}
+
+/// Charged at a channel per input pixel, this layer would be 256 x 64 x 64 x 8 bytes = 8 MiB and
+/// refused under a 6 MiB budget; its real size (256 x 2 x 2) is served (Score-CAM's batch of 64
+/// masked inputs is most of its 4 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cam_is_charged_for_its_layer_not_for_the_input_size() {
+    let dir = temp_dir("cam-wide-models");
+    write_model(&dir, "wide", &wide_model(), MANIFEST);
+    let config = explaind::config::Config {
+        max_job_bytes: 6 << 20,
+        ..test_config(&dir)
+    };
+    let s = start(config).await;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 128]))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let image = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png.into_inner());
+    for method in ["grad-cam", "grad-cam-plus-plus", "score-cam", "guided-grad-cam"] {
+        let v = ok_json(
+            post_json(
+                &s,
+                &format!("/v1/models/wide/explain/{method}"),
+                &json!({"image": image}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(v["layer"], "feature", "{method}");
+        assert_eq!(attribution_values(&v).len(), 64 * 64, "{method}");
     }
     s.stop().await.unwrap();
 }

@@ -10,6 +10,7 @@ use super::method::{Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanCon
 use super::saliency::one_gradient_per_target;
 use super::{one_hot, repeat_rows, Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
+use crate::runtime::gradients::LayerSize;
 use crate::runtime::predict::Prediction;
 use crate::runtime::preprocess::InputError;
 use crate::runtime::{RuntimeError, Tensor};
@@ -25,7 +26,7 @@ pub struct GradCamParams {
 
 /// Checks the requested layer at the edge and fills in the default, so the answer names the layer
 /// used: the requested one if it is a CAM candidate, else the model's default. Returns its channels.
-pub(super) fn plan_layer(layer: &mut Option<String>, cx: &PlanContext) -> Result<usize, Invalid> {
+pub(super) fn plan_layer(layer: &mut Option<String>, cx: &PlanContext) -> Result<LayerSize, Invalid> {
     let model = cx.model;
     let report = model.gradient_report.get();
     let candidates = report.map(|r| r.cam_layers.as_slice()).unwrap_or_default();
@@ -47,9 +48,14 @@ pub(super) fn plan_layer(layer: &mut Option<String>, cx: &PlanContext) -> Result
             .and_then(|r| r.default_cam_layer.clone())
             .ok_or_else(|| Invalid::Model(format!("model `{}` has no spatial layer for CAM methods", model.name)))?,
     };
-    let channels = report.and_then(|r| r.layer_channels.get(&chosen).copied()).unwrap_or(0);
+    let size = report
+        .and_then(|r| r.layer_sizes.get(&chosen).copied())
+        .unwrap_or(LayerSize {
+            channels: 0,
+            values: None,
+        });
     *layer = Some(chosen);
-    Ok(channels)
+    Ok(size)
 }
 
 /// The CAM methods' first pass: gradients at the layer, standard rules.
@@ -69,10 +75,12 @@ pub(super) fn planned_layer(job: &ExplainJob, layer: &Option<String>) -> Result<
 }
 
 /// The cost of a CAM: one gradient row per target, plus the layer's activations and gradients.
-fn cam_cost(channels: usize, cx: &PlanContext) -> Cost {
+fn cam_cost(size: LayerSize, cx: &PlanContext) -> Cost {
     let mut cost = one_gradient_per_target(cx);
-    // A layer holds at most about as many values per channel as the input has pixels.
-    let layer = super::method::bytes(channels.saturating_mul(cx.pixels()), 8).saturating_mul(cx.targets as u64);
+    // The layer's activations and gradients; where an axis was not probed, a layer holds at most
+    // about as many values per channel as the input has pixels.
+    let values = size.values.unwrap_or(size.channels.saturating_mul(cx.pixels()));
+    let layer = super::method::bytes(values, 8).saturating_mul(cx.targets as u64);
     cost.bytes = cost.bytes.saturating_add(layer);
     cost
 }
@@ -141,8 +149,8 @@ impl Method for GradCamPlusPlus {
 }
 
 /// The cost of Guided Grad-CAM: a CAM, and guided gradients.
-pub(super) fn guided_cam_cost(channels: usize, cx: &PlanContext) -> Cost {
-    let cam = cam_cost(channels, cx);
+pub(super) fn guided_cam_cost(size: LayerSize, cx: &PlanContext) -> Cost {
+    let cam = cam_cost(size, cx);
     let guided = one_gradient_per_target(cx);
     Cost {
         samples: cam.samples + guided.samples,

@@ -39,7 +39,8 @@ impl Method for ScoreCam {
     };
 
     fn plan(p: &mut ScoreCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {
-        let channels = plan_layer(&mut p.layer, cx)?;
+        let size = plan_layer(&mut p.layer, cx)?;
+        let channels = size.channels;
         if channels > cx.limits.max_samples {
             return Err(Invalid::Model(format!(
                 "layer `{}` has {channels} channels; the limit is {} model rows (max_samples)",
@@ -47,13 +48,14 @@ impl Method for ScoreCam {
                 cx.limits.max_samples
             )));
         }
-        // One mask per channel at input resolution, the layer's activations, one batch.
+        // The layer's activations, one mask and one batch at a time, a map per target.
         Ok(Cost {
             samples: channels + 1,
             rows: channels + 2,
-            bytes: bytes(channels, 8)
-                .saturating_mul(cx.pixels() as u64)
+            bytes: bytes(size.values.unwrap_or(channels.saturating_mul(cx.pixels())), 4)
+                .saturating_add(bytes(cx.pixels(), 4))
                 .saturating_add(cx.batch_bytes(cx.limits.max_batch, false))
+                .saturating_add(bytes(cx.pixels(), 4).saturating_mul(cx.targets as u64))
                 .saturating_add(cx.answer_bytes()),
         })
     }
@@ -95,20 +97,20 @@ fn explain(
         ))
         .into());
     }
-    let masks: Vec<Vec<f32>> = (0..k)
-        .map(|ch| {
-            let up = upsample(&a[ch * lh * lw..(ch + 1) * lh * lw], lw, lh, w, h);
-            let v = up.as_f32().unwrap_or(&[]).to_vec();
-            let (lo, hi) = v
-                .iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, u), x| (l.min(*x), u.max(*x)));
-            if hi > lo {
-                v.iter().map(|x| (x - lo) / (hi - lo)).collect()
-            } else {
-                vec![0.0; v.len()]
-            }
-        })
-        .collect();
+    // Each mask is rebuilt where it is used (a pass row, then the weighted sum) rather than all
+    // kept: 2,048 maps at 224x224 would hold 400 MB.
+    let mask = |ch: usize| -> Vec<f32> {
+        let up = upsample(&a[ch * lh * lw..(ch + 1) * lh * lw], lw, lh, w, h);
+        let v = up.as_f32().unwrap_or(&[]);
+        let (lo, hi) = v
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, u), x| (l.min(*x), u.max(*x)));
+        if hi > lo {
+            v.iter().map(|x| (x - lo) / (hi - lo)).collect()
+        } else {
+            vec![0.0; v.len()]
+        }
+    };
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let baseline = baselines::build(Baseline::Black, &job.input, Some(spec), job.seed);
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
@@ -117,7 +119,7 @@ fn explain(
             buf.copy_from_slice(&b);
             return;
         }
-        let m = &masks[r];
+        let m = mask(r);
         for ch in 0..c {
             for y in 0..h {
                 for xx in 0..w {
@@ -129,16 +131,18 @@ fn explain(
     })?;
     let base_scores = outputs.pop().unwrap_or_default();
     let score = |row: &[f64], t: usize| job.weighed_scores(row)[t];
-    let mut out = Vec::new();
-    for t in targets {
-        let base = score(&base_scores, t.index);
-        let mut cam = vec![0f32; h * w];
-        for (r, m) in masks.iter().enumerate() {
-            let weight = (score(&outputs[r], t.index) - base) as f32;
-            for (v, mv) in cam.iter_mut().zip(m) {
+    let mut cams = vec![vec![0f32; h * w]; targets.len()];
+    for (r, row) in outputs.iter().enumerate() {
+        let m = mask(r);
+        for (cam, t) in cams.iter_mut().zip(targets) {
+            let weight = (score(row, t.index) - score(&base_scores, t.index)) as f32;
+            for (v, mv) in cam.iter_mut().zip(&m) {
                 *v += weight * mv;
             }
         }
+    }
+    let mut out = Vec::new();
+    for (cam, t) in cams.into_iter().zip(targets) {
         let map = Tensor::f32(vec![h, w], cam.into_iter().map(|v| v.max(0.0)).collect());
         out.push(TargetAttribution::from_map(t, map, Some(layer.clone()), None));
     }

@@ -79,10 +79,20 @@ pub struct GradientReport {
     /// converters write): explaind runs it one row per pass, and refuses methods whose rows must
     /// share a pass (DeepLIFT's input and reference).
     pub one_row_per_pass: bool,
-    /// Channels of each CAM layer (Score-CAM runs one row per channel: checked at the edge).
+    /// Size of each CAM layer, from the probed shapes (Score-CAM runs one row per channel, and a
+    /// CAM's memory is the layer's values: both checked at the edge).
     #[serde(skip)]
     #[schema(ignore)]
-    pub layer_channels: std::collections::BTreeMap<String, usize>,
+    pub layer_sizes: std::collections::BTreeMap<String, LayerSize>,
+}
+
+/// A CAM layer's size per input row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerSize {
+    /// Channels (feature maps).
+    pub channels: usize,
+    /// Values in all (channels x height x width), when every axis was probed.
+    pub values: Option<usize>,
 }
 
 /// Builds backward models (the sessions that run them keep them; this keeps only the prepared
@@ -283,7 +293,7 @@ impl GradientReport {
                 .map(|f| (f.family(), vec![reason.clone()]))
                 .collect(),
             one_row_per_pass: false,
-            layer_channels: Default::default(),
+            layer_sizes: Default::default(),
         }
     }
 
@@ -348,17 +358,22 @@ pub fn describe(
         .cloned()
         .unwrap_or_default();
     let layers = analysis_layers(prepared, input, output, shapes);
-    let layer_channels = layers
+    let layer_sizes = layers
         .iter()
         .filter_map(|l| {
-            let channels = shapes.get(&l.name)?.dims.get(l.channel_axis).copied().flatten()?;
-            Some((l.name.clone(), usize::try_from(channels).ok()?))
+            let dims = &shapes.get(&l.name)?.dims;
+            let channels = usize::try_from(dims.get(l.channel_axis).copied().flatten()?).ok()?;
+            let values = dims
+                .iter()
+                .skip(1)
+                .try_fold(1usize, |n, d| n.checked_mul(usize::try_from((*d)?).ok()?));
+            Some((l.name.clone(), LayerSize { channels, values }))
         })
         .collect();
     let cam_layer_channel_axis = layers.iter().map(|l| (l.name.clone(), l.channel_axis)).collect();
     let cam_layers: Vec<String> = layers.into_iter().map(|l| l.name).collect();
     GradientReport {
-        layer_channels,
+        layer_sizes,
         differentiable: blocking.is_empty(),
         blocking_operators: blocking,
         default_cam_layer: cam_layers.last().cloned(),
