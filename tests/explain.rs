@@ -297,7 +297,30 @@ async fn integrated_gradients_converges_on_the_example_cnn() {
         "delta {delta} vs f(x) - f(baseline) = {gap}"
     );
     assert_eq!(v["stats"]["model_rows"], 52, "50 path points + input + baseline");
+    // Where the time went: ONNX Runtime's runs within the worker's time within the request's.
+    let ms = |k: &str| v["stats"][k].as_f64().unwrap();
+    assert!(ms("model_ms") > 0.0, "{}", v["stats"]);
+    assert!(
+        ms("model_ms") <= ms("worker_ms") && ms("worker_ms") <= ms("wall_ms"),
+        "{}",
+        v["stats"]
+    );
     s.stop().await.unwrap();
+}
+
+/// `model`, `worker` and `total` durations of a `Server-Timing` header, milliseconds.
+fn server_timing(headers: &reqwest::header::HeaderMap) -> [f64; 3] {
+    let header = headers["server-timing"].to_str().unwrap();
+    ["model", "worker", "total"].map(|name| {
+        header
+            .split(',')
+            .map(str::trim)
+            .find(|m| m.split(';').next() == Some(name))
+            .and_then(|m| m.split(';').find_map(|p| p.strip_prefix("dur=")))
+            .unwrap_or_else(|| panic!("no {name} in {header}"))
+            .parse()
+            .unwrap()
+    })
 }
 
 #[tokio::test]
@@ -408,6 +431,12 @@ async fn png_overlays_show_the_region_at_the_original_size() {
     assert_eq!(r.headers()["content-type"], "image/png");
     assert!(r.headers().contains_key("x-explanation-id"));
     assert_eq!(r.headers()["x-explanation-target"], "0:region");
+    let [model, worker, total] = server_timing(r.headers());
+    assert!(
+        model > 0.0 && model <= worker && worker <= total,
+        "{:?}",
+        r.headers()["server-timing"]
+    );
     let overlay = image::load_from_memory(&r.bytes().await.unwrap()).unwrap().to_rgb8();
     assert_eq!(overlay.dimensions(), (64, 64));
     // The most coloured pixels (farthest from grey) lie in the region, scaled by 4.

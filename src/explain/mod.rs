@@ -30,6 +30,7 @@ pub mod targets;
 mod tree_shap;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -162,6 +163,10 @@ pub struct ExplainResult {
     pub scores: Vec<f64>,
     /// Per target, the metrics asked (empty when none were).
     pub evaluations: Vec<Vec<crate::eval::Evaluation>>,
+    /// Time inside the method's ONNX Runtime runs.
+    pub model_time: Duration,
+    /// Time on the worker: those runs and the method's own arithmetic.
+    pub worker_time: Duration,
 }
 
 /// The methods' workbench: batched passes through the worker's sessions, counted.
@@ -173,6 +178,8 @@ pub struct Cx<'a> {
     runs: usize,
     gradient_rows: usize,
     primed: Option<Primed>,
+    /// Time inside ONNX Runtime runs so far.
+    model_time: Duration,
 }
 
 impl Cx<'_> {
@@ -200,7 +207,10 @@ impl Cx<'_> {
         let model = self.model.clone();
         let per_pass = self.forward_rows();
         self.count(input.rows(), per_pass);
-        let mut outputs = self.rt.run(&model.name, &model.spec.input, input)?;
+        let began = Instant::now();
+        let outputs = self.rt.run(&model.name, &model.spec.input, input);
+        self.model_time += began.elapsed();
+        let mut outputs = outputs?;
         let scores = outputs
             .remove(&model.spec.output)
             .ok_or_else(|| RuntimeError::Inference {
@@ -252,7 +262,7 @@ impl Cx<'_> {
             };
             self.count(end - start, chunk);
             self.gradient_rows += end - start;
-            parts.push(self.rt.gradients(&key, &i, &w)?);
+            parts.push(self.timed_gradients(&key, &i, &w)?);
             start = end;
         }
         join_passes(parts).ok_or_else(|| RuntimeError::Inference {
@@ -284,7 +294,7 @@ impl Cx<'_> {
         // All-zero weights: the graph weights the row by its top class.
         let classes = self.model.spec.labels.len().max(1);
         let zeros = Tensor::f32(vec![1, classes], vec![0.0; classes]);
-        let pass = self.rt.gradients(&key, &job.input, &zeros)?;
+        let pass = self.timed_gradients(&key, &job.input, &zeros)?;
         let chosen = pass.chosen.as_ref().and_then(|c| c.first().copied());
         let scores = pass.scores.to_f64();
         let chosen = chosen.ok_or_else(|| RuntimeError::NotDifferentiable {
@@ -340,6 +350,18 @@ impl Cx<'_> {
             start = end;
         }
         Ok(())
+    }
+
+    fn timed_gradients(
+        &mut self,
+        key: &GradientKey,
+        input: &Tensor,
+        weights: &Tensor,
+    ) -> Result<GradientPass, RuntimeError> {
+        let began = Instant::now();
+        let pass = self.rt.gradients(key, input, weights);
+        self.model_time += began.elapsed();
+        pass
     }
 
     fn count(&mut self, rows: usize, per_pass: usize) {
@@ -470,6 +492,7 @@ pub fn row(t: &Tensor, row: usize) -> Tensor {
 
 /// Runs the job's method.
 pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Result<ExplainResult, RuntimeError> {
+    let began = Instant::now();
     let mut result = run_method(rt, job_ctx, job)?;
     // The randomisation check re-runs the method on other models: after the method's own passes.
     for metric in &job.evaluate {
@@ -480,6 +503,7 @@ pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Re
             }
         }
     }
+    result.worker_time = began.elapsed();
     Ok(result)
 }
 
@@ -492,6 +516,7 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
         runs: 0,
         gradient_rows: 0,
         primed: None,
+        model_time: Duration::ZERO,
     };
     // The top prediction of a fresh input, for a method whose first pass is one gradient pass:
     // the graph chooses the class, so that pass is the only one.
@@ -509,6 +534,8 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
             runs: cx.runs,
             gradient_rows: cx.gradient_rows,
             scores: vec![scores.get(target.index).copied().unwrap_or(f64::NAN)],
+            model_time: cx.model_time,
+            worker_time: Duration::ZERO,
         });
     }
     let scores: Vec<f64> = match &job.scores {
@@ -531,6 +558,8 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
         runs: cx.runs,
         gradient_rows: cx.gradient_rows,
         scores: target_scores,
+        model_time: cx.model_time,
+        worker_time: Duration::ZERO,
     })
 }
 

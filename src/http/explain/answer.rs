@@ -38,10 +38,25 @@ pub fn build_answer(
     Answer { body, png }
 }
 
+/// The W3C `Server-Timing` header of an answer: browsers' developer tools and tracing proxies
+/// show where the time went without reading the body.
+fn server_timing(stats: &ExplainStats) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "model;dur={:.3};desc=\"ONNX Runtime\", worker;dur={:.3};desc=\"method\", total;dur={:.3}",
+        stats.model_ms, stats.worker_ms, stats.wall_ms
+    ))
+    .ok()
+}
+
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
+        let timing = server_timing(&self.body.stats);
         let Some(png) = self.png else {
-            return Json(self.body).into_response();
+            let mut response = Json(self.body).into_response();
+            if let Some(t) = timing {
+                response.headers_mut().insert("server-timing", t);
+            }
+            return response;
         };
         let targets: Vec<String> = std::iter::once(&self.body.single)
             .flatten()
@@ -51,6 +66,9 @@ impl IntoResponse for Answer {
         let mut response = (StatusCode::OK, png).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+        if let Some(t) = timing {
+            headers.insert("server-timing", t);
+        }
         if let Ok(v) = HeaderValue::from_str(&self.body.id) {
             headers.insert("x-explanation-id", v);
         }
@@ -177,6 +195,8 @@ pub fn explain_body(
         model_rows: result.rows,
         model_runs: result.runs,
         wall_ms: started.elapsed().as_secs_f64() * 1e3,
+        worker_ms: result.worker_time.as_secs_f64() * 1e3,
+        model_ms: result.model_time.as_secs_f64() * 1e3,
     };
     let (single, many) = if explanations.len() == 1 {
         (explanations.pop(), None)

@@ -133,8 +133,13 @@ pub struct ExplainStats {
     pub model_rows: usize,
     /// ONNX Runtime runs (batches).
     pub model_runs: usize,
-    /// Wall time of the whole request, milliseconds.
+    /// Wall time of the whole request, milliseconds (also in the `Server-Timing` header as `total`).
     pub wall_ms: f64,
+    /// Of that, time on the worker thread: the method's passes and its own arithmetic (`worker`).
+    /// The rest is reading, decoding, queueing and drawing.
+    pub worker_ms: f64,
+    /// Of that, time inside ONNX Runtime runs (`model`): the floor the method stands on.
+    pub model_ms: f64,
 }
 
 /// An explanation. With one target its fields (`target`, `attributions`, ...) sit at the top level;
