@@ -247,10 +247,7 @@ pub(super) fn cams(
 
 /// Bilinear resize of a `[h, w]` map.
 pub fn upsample(map: &[f32], w: usize, h: usize, to_w: usize, to_h: usize) -> Tensor {
-    let buffer = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(w as u32, h as u32, map.to_vec())
-        .unwrap_or_else(|| image::ImageBuffer::new(w as u32, h as u32));
-    let resized = image::imageops::resize(&buffer, to_w as u32, to_h as u32, image::imageops::FilterType::Triangle);
-    Tensor::f32(vec![to_h, to_w], resized.into_raw())
+    Tensor::f32(vec![to_h, to_w], crate::runtime::resample::map(map, w, h, to_w, to_h))
 }
 
 fn explain(

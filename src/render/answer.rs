@@ -38,7 +38,8 @@ pub fn map_on_image(
         let background = if (ow, oh) == original.dimensions() {
             original.clone()
         } else {
-            image::imageops::resize(original, ow, oh, image::imageops::FilterType::Triangle)
+            let whole = (0, 0, original.width(), original.height());
+            crate::runtime::resample::rgb(original, whole, ow, oh, crate::runtime::resample::Filter::Bilinear)
         };
         overlay(&background, &values, options)
     });

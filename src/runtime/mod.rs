@@ -11,6 +11,7 @@ pub mod memory;
 pub mod predict;
 pub mod preprocess;
 pub mod registry;
+pub mod resample;
 pub mod sessions;
 pub mod shapes;
 pub mod tensor;

@@ -2,9 +2,10 @@
 
 use std::io::Cursor;
 
-use image::{imageops::FilterType, DynamicImage, ImageReader};
+use image::{DynamicImage, ImageReader};
 
 use super::manifest::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter, TabularSpec};
+use super::resample;
 use super::tensor::Tensor;
 
 /// An input that does not fit the model or the service's limits.
@@ -59,12 +60,11 @@ impl Geometry {
             ow = ((ow as f32 * scale).floor() as u32).max(1);
             oh = ((oh as f32 * scale).floor() as u32).max(1);
         }
-        let buffer =
-            image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(width as u32, height as u32, map.to_vec())
-                .unwrap_or_else(|| image::ImageBuffer::new(width as u32, height as u32));
         let cw = ((self.crop_width * scale).round() as u32).max(1);
         let ch = ((self.crop_height * scale).round() as u32).max(1);
-        let resized = image::imageops::resize(&buffer, cw, ch, FilterType::Triangle);
+        let values = resample::map(map, width, height, cw as usize, ch as usize);
+        let resized = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(cw, ch, values)
+            .unwrap_or_else(|| image::ImageBuffer::new(cw, ch));
         let mut canvas = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::new(ow, oh);
         image::imageops::replace(
             &mut canvas,
@@ -185,19 +185,17 @@ pub fn prepare_image(img: &DynamicImage, spec: &ImageSpec) -> PreparedImage {
             ((ow as f32 - cw) / 2.0, (oh as f32 - ch) / 2.0, cw, ch)
         }
     };
-    let region = image::imageops::crop_imm(
-        &original,
+    let region = (
         crop_x.round() as u32,
         crop_y.round() as u32,
         (crop_w.round() as u32).max(1),
         (crop_h.round() as u32).max(1),
-    )
-    .to_image();
+    );
     let filter = match spec.resize {
-        ResizeFilter::Bilinear => FilterType::Triangle,
-        ResizeFilter::Nearest => FilterType::Nearest,
+        ResizeFilter::Bilinear => resample::Filter::Bilinear,
+        ResizeFilter::Nearest => resample::Filter::Nearest,
     };
-    let resized = image::imageops::resize(&region, tw, th, filter);
+    let resized = resample::rgb(&original, region, tw, th, filter);
 
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let mut data = vec![0f32; c * h * w];
