@@ -327,6 +327,10 @@ async fn every_counterfactual_flips_the_decision_and_keeps_the_constraints() {
         } else {
             ("X", "probabilities")
         };
+        if found.len() > 1 {
+            // DiCE's diversity: the mean pairwise cost between the answers (distinct, so above 0).
+            assert!(details["diversity"].as_f64().unwrap() > 0.0, "{details}");
+        }
         for cf in &found {
             let y: Vec<f32> = cf["values"]
                 .as_array()

@@ -284,6 +284,14 @@ impl Method for Counterfactual {
             .iter()
             .map(|c| c.describe(&model, &tabular.features, &x))
             .collect::<Vec<_>>());
+        if found.len() > 1 {
+            // DiCE's diversity of a set: the mean distance between its pairs, in the cost's units.
+            let pairs: Vec<f64> = (0..found.len())
+                .flat_map(|a| (a + 1..found.len()).map(move |b| (a, b)))
+                .map(|(a, b)| space.cost(&found[a].values, &found[b].values))
+                .collect();
+            details["diversity"] = json!(pairs.iter().sum::<f64>() / pairs.len() as f64);
+        }
         Ok(targets
             .iter()
             .map(|t| TargetAttribution::from_values(t, &change, details.clone()))
