@@ -31,6 +31,7 @@ try {
     if (!overlay.complete || overlay.width !== 28 || !overlay.caption.startsWith(method)) {
       failures.push(`${method}: overlay ${JSON.stringify(overlay)}`);
     }
+    await page.locator("#attributions").scrollIntoViewIfNeeded();
     await page.screenshot({ path: `${shots}/web-page-${method}.png` });
   }
   // Methods side by side, captioned with their metrics.
@@ -65,6 +66,17 @@ try {
   if (bars !== 720) failures.push(`tree-shap bar chart width ${bars}`);
   await page.screenshot({ path: `${shots}/web-page-tree-shap.png` });
   await page.uncheck("#background");
+  // A counterfactual and an anchor on the same model: the decision shown as text.
+  for (const [method, heading] of [["counterfactual", "What would change"], ["anchors", "What keeps"]]) {
+    await page.selectOption("#method", method);
+    await page.click("#explain");
+    await page.waitForFunction((h) => (document.querySelector("#attributions .decision h4")?.innerText || "").startsWith(h),
+      heading, { timeout: 30000 });
+    const items = await page.evaluate(() => document.querySelectorAll("#attributions .decision li").length);
+    if (items < 1) failures.push(`${method}: no conditions or changes shown`);
+    await page.locator("#attributions").scrollIntoViewIfNeeded();
+    await page.screenshot({ path: `${shots}/web-page-${method}.png` });
+  }
   await page.selectOption("#model", "fashion-cnn");
   // A problem+json error is shown readably.
   await page.selectOption("#method", "integrated-gradients");
