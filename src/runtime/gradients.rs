@@ -247,21 +247,13 @@ impl GradientCache {
 
     /// Bytes one input row holds in a backward pass, estimated from the probed forward: every float
     /// activation, kept for the backward pass, plus about twice that in gradients and masks.
-    /// `None` when the model's shapes are unknown. Computed once per model, at start, by the
-    /// session store.
+    /// Activations are the tensors whose shape follows the batch (the probe marks that axis
+    /// dynamic; per row it is 1); weights and constants are held once, whatever the rows, and are
+    /// not counted. `None` when the model's shapes are unknown. Computed once per model, at start,
+    /// by the session store.
     pub fn row_bytes(&self, model: &LoadedModel) -> Option<u64> {
         let prepared = self.prepared(model).ok()?;
-        let floats: u64 = prepared
-            .1
-            .values()
-            .filter(|t| t.elem_type == crate::onnx::proto::data_type::FLOAT)
-            .filter_map(|t| {
-                t.dims
-                    .iter()
-                    .try_fold(1u64, |n, d| Some(n.saturating_mul((*d)?.max(0) as u64)))
-            })
-            .fold(0u64, u64::saturating_add);
-        Some(floats.saturating_mul(4 * 3).max(1))
+        Some(activation_floats(&prepared.1).saturating_mul(4 * 3).max(1))
     }
 
     /// Describes what gradients the model supports.
@@ -326,6 +318,20 @@ pub fn input_bounds(spec: &ModelSpec) -> Option<InputBounds> {
     let low = a.iter().zip(&b).map(|(a, b)| a.min(*b)).collect();
     let high = a.iter().zip(&b).map(|(a, b)| a.max(*b)).collect();
     Some(InputBounds { low, high })
+}
+
+/// Float values one input row puts in the activations of a probed graph: the tensors with a
+/// dynamic (batch) axis, that axis counted once.
+fn activation_floats(shapes: &ShapeMap) -> u64 {
+    shapes
+        .values()
+        .filter(|t| t.elem_type == crate::onnx::proto::data_type::FLOAT && t.dims.iter().any(Option::is_none))
+        .map(|t| {
+            t.dims
+                .iter()
+                .fold(1u64, |n, d| n.saturating_mul(d.map_or(1, |d| d.max(0) as u64)))
+        })
+        .fold(0u64, u64::saturating_add)
 }
 
 /// Describes the gradients of a prepared model whose shapes were probed. Whether it is
@@ -393,5 +399,39 @@ pub fn sample_dims(spec: &ModelSpec) -> Vec<usize> {
         },
         (None, Some(tab)) => vec![1, tab.features.len()],
         (None, None) => vec![1],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::autodiff::TensorShape;
+    use crate::onnx::proto::data_type;
+
+    /// A row's activations are the float tensors that follow the batch; weights (all axes known)
+    /// and integer tensors are not counted.
+    #[test]
+    fn activations_per_row_leave_out_weights_and_integers() {
+        let shape = |dims: &[Option<i64>], elem_type| TensorShape {
+            dims: dims.to_vec(),
+            elem_type,
+        };
+        let shapes: ShapeMap = [
+            (
+                "conv_w",
+                shape(&[Some(16), Some(3), Some(3), Some(3)], data_type::FLOAT),
+            ),
+            ("input", shape(&[None, Some(3), Some(28), Some(28)], data_type::FLOAT)),
+            ("conv", shape(&[None, Some(16), Some(28), Some(28)], data_type::FLOAT)),
+            (
+                "indices",
+                shape(&[None, Some(16), Some(14), Some(14)], data_type::INT64),
+            ),
+            ("logits", shape(&[None, Some(10)], data_type::FLOAT)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(activation_floats(&shapes), 3 * 28 * 28 + 16 * 28 * 28 + 10);
     }
 }
