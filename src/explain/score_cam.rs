@@ -130,12 +130,13 @@ fn explain(
         }
     })?;
     let base_scores = outputs.pop().unwrap_or_default();
-    let score = |row: &[f64], t: usize| job.weighed_scores(row)[t];
+    let base = job.weighed_scores(&base_scores);
     let mut cams = vec![vec![0f32; h * w]; targets.len()];
     for (r, row) in outputs.iter().enumerate() {
         let m = mask(r);
+        let scores = job.weighed_scores(row);
         for (cam, t) in cams.iter_mut().zip(targets) {
-            let weight = (score(row, t.index) - score(&base_scores, t.index)) as f32;
+            let weight = (scores[t.index] - base[t.index]) as f32;
             for (v, mv) in cam.iter_mut().zip(&m) {
                 *v += weight * mv;
             }
