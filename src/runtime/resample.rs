@@ -33,12 +33,8 @@ pub fn rgb(src: &image::RgbImage, region: Region, width: u32, height: u32, filte
     let cropped = image::imageops::crop_imm(src, left, top, w, h).to_image();
     let resized = ImageRef::new(cropped.width(), cropped.height(), cropped.as_raw(), PixelType::U8x3)
         .ok()
-        .and_then(|view| {
-            let mut dst = Image::new(width, height, PixelType::U8x3);
-            let options = ResizeOptions::new().resize_alg(filter.alg());
-            Resizer::new().resize(&view, &mut dst, &options).ok()?;
-            image::RgbImage::from_raw(width, height, dst.into_vec())
-        });
+        .and_then(|view| resize(&view, width, height, filter))
+        .and_then(|dst| image::RgbImage::from_raw(width, height, dst.into_vec()));
     // The views are sized from the image itself, so this is unreachable; the slow path keeps the
     // answer right if it ever is not.
     resized.unwrap_or_else(|| image::imageops::resize(&cropped, width, height, image::imageops::FilterType::Triangle))
@@ -56,13 +52,17 @@ pub fn map(values: &[f32], w: usize, h: usize, to_w: usize, to_h: usize) -> Vec<
     };
     let resized = ImageRef::new(w32, h32, bytemuck::cast_slice(values), PixelType::F32)
         .ok()
-        .and_then(|view| {
-            let mut dst = Image::new(to_w32, to_h32, PixelType::F32);
-            let options = ResizeOptions::new().resize_alg(Filter::Bilinear.alg());
-            Resizer::new().resize(&view, &mut dst, &options).ok()?;
-            Some(bytemuck::pod_collect_to_vec::<u8, f32>(dst.buffer()))
-        });
+        .and_then(|view| resize(&view, to_w32, to_h32, Filter::Bilinear))
+        .map(|dst| bytemuck::pod_collect_to_vec::<u8, f32>(dst.buffer()));
     resized.unwrap_or_else(|| vec![0.0; to_w * to_h])
+}
+
+/// `view` resized to `width x height`, in its own pixel type.
+fn resize(view: &ImageRef, width: u32, height: u32, filter: Filter) -> Option<Image<'static>> {
+    let mut dst = Image::new(width, height, view.pixel_type());
+    let options = ResizeOptions::new().resize_alg(filter.alg());
+    Resizer::new().resize(view, &mut dst, &options).ok()?;
+    Some(dst)
 }
 
 #[cfg(test)]
