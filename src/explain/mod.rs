@@ -207,10 +207,7 @@ impl Cx<'_> {
         let model = self.model.clone();
         let per_pass = self.forward_rows();
         self.count(input.rows(), per_pass);
-        let began = Instant::now();
-        let outputs = self.rt.run(&model.name, &model.spec.input, input);
-        self.model_time += began.elapsed();
-        let mut outputs = outputs?;
+        let mut outputs = self.timed(|rt| rt.run(&model.name, &model.spec.input, input))?;
         let scores = outputs
             .remove(&model.spec.output)
             .ok_or_else(|| RuntimeError::Inference {
@@ -262,7 +259,7 @@ impl Cx<'_> {
             };
             self.count(end - start, chunk);
             self.gradient_rows += end - start;
-            parts.push(self.timed_gradients(&key, &i, &w)?);
+            parts.push(self.timed(|rt| rt.gradients(&key, &i, &w))?);
             start = end;
         }
         join_passes(parts).ok_or_else(|| RuntimeError::Inference {
@@ -294,7 +291,7 @@ impl Cx<'_> {
         // All-zero weights: the graph weights the row by its top class.
         let classes = self.model.spec.labels.len().max(1);
         let zeros = Tensor::f32(vec![1, classes], vec![0.0; classes]);
-        let pass = self.timed_gradients(&key, &job.input, &zeros)?;
+        let pass = self.timed(|rt| rt.gradients(&key, &job.input, &zeros))?;
         let chosen = pass.chosen.as_ref().and_then(|c| c.first().copied());
         let scores = pass.scores.to_f64();
         let chosen = chosen.ok_or_else(|| RuntimeError::NotDifferentiable {
@@ -352,16 +349,12 @@ impl Cx<'_> {
         Ok(())
     }
 
-    fn timed_gradients(
-        &mut self,
-        key: &GradientKey,
-        input: &Tensor,
-        weights: &Tensor,
-    ) -> Result<GradientPass, RuntimeError> {
+    /// Runs one ONNX Runtime call, its time counted in `model_time`.
+    fn timed<T>(&mut self, run: impl FnOnce(&mut WorkerRuntime) -> T) -> T {
         let began = Instant::now();
-        let pass = self.rt.gradients(key, input, weights);
+        let out = run(self.rt);
         self.model_time += began.elapsed();
-        pass
+        out
     }
 
     fn count(&mut self, rows: usize, per_pass: usize) {
