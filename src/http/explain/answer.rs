@@ -51,40 +51,41 @@ fn server_timing(stats: &ExplainStats) -> Option<HeaderValue> {
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
         let timing = server_timing(&self.body.stats);
-        let Some(png) = self.png else {
-            let mut response = Json(self.body).into_response();
-            if let Some(t) = timing {
-                response.headers_mut().insert("server-timing", t);
-            }
-            return response;
+        let mut response = match self.png {
+            Some(png) => png_response(&self.body, png),
+            None => Json(self.body).into_response(),
         };
-        let targets: Vec<String> = std::iter::once(&self.body.single)
-            .flatten()
-            .chain(self.body.explanations.iter().flatten())
-            .map(|e| format!("{}:{}", e.target.index, ascii(&e.target.label)))
-            .collect();
-        let mut response = (StatusCode::OK, png).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
         if let Some(t) = timing {
-            headers.insert("server-timing", t);
-        }
-        if let Ok(v) = HeaderValue::from_str(&self.body.id) {
-            headers.insert("x-explanation-id", v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&targets.join(",")) {
-            headers.insert("x-explanation-target", v);
-        }
-        if let Some(r) = self
-            .body
-            .audit_record
-            .as_ref()
-            .and_then(|r| HeaderValue::from_str(&r.id).ok())
-        {
-            headers.insert("x-audit-record", r);
+            response.headers_mut().insert("server-timing", t);
         }
         response
     }
+}
+
+/// The PNG answer, with the explanation's id, targets and audit record as headers.
+fn png_response(body: &ExplainResponse, png: Vec<u8>) -> Response {
+    let targets: Vec<String> = std::iter::once(&body.single)
+        .flatten()
+        .chain(body.explanations.iter().flatten())
+        .map(|e| format!("{}:{}", e.target.index, ascii(&e.target.label)))
+        .collect();
+    let mut response = (StatusCode::OK, png).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+    if let Ok(v) = HeaderValue::from_str(&body.id) {
+        headers.insert("x-explanation-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&targets.join(",")) {
+        headers.insert("x-explanation-target", v);
+    }
+    if let Some(r) = body
+        .audit_record
+        .as_ref()
+        .and_then(|r| HeaderValue::from_str(&r.id).ok())
+    {
+        headers.insert("x-audit-record", r);
+    }
+    response
 }
 
 /// Per-target JSON explanations, and the overlay panels when `panels` is asked.
