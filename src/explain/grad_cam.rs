@@ -50,10 +50,7 @@ pub(super) fn plan_layer(layer: &mut Option<String>, cx: &PlanContext) -> Result
     };
     let size = report
         .and_then(|r| r.layer_sizes.get(&chosen).copied())
-        .unwrap_or(LayerSize {
-            channels: 0,
-            values: None,
-        });
+        .unwrap_or_default();
     *layer = Some(chosen);
     Ok(size)
 }

@@ -87,7 +87,7 @@ pub struct GradientReport {
 }
 
 /// A CAM layer's size per input row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LayerSize {
     /// Channels (feature maps).
     pub channels: usize,
