@@ -4,6 +4,7 @@ pub mod autodiff;
 pub mod builder;
 pub mod dropout;
 pub mod fold;
+pub mod head;
 pub mod node;
 pub mod proto;
 pub mod randomize;

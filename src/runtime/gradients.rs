@@ -236,6 +236,22 @@ impl GradientCache {
         Ok(masked.encode_to_vec())
     }
 
+    /// The classifier head of `model`: the embedding a reference set keeps and the last linear
+    /// layer influence weighs ([`crate::onnx::head`]).
+    pub fn head(&self, model: &LoadedModel, embedding_layer: Option<&str>) -> Result<crate::onnx::head::Head, String> {
+        let prepared = self
+            .prepared(model)
+            .map_err(|e| format!("the model's graph cannot be read: {e}"))?;
+        let graph = prepared.0.graph.as_ref().ok_or("the model has no graph")?;
+        crate::onnx::head::find(graph, &prepared.1, &model.spec.output, embedding_layer)
+    }
+
+    /// The model with `names` as further outputs.
+    pub fn with_outputs(&self, model: &LoadedModel, names: &[String]) -> Result<Vec<u8>, String> {
+        let prepared = self.prepared(model)?;
+        Ok(crate::onnx::head::with_outputs(&prepared.0, names)?.encode_to_vec())
+    }
+
     /// Where MC dropout puts its masks in `model`: the tensors in `layers`, else the model's own
     /// Dropout nodes, else the input of its last linear layer; an error says why none can go there.
     pub fn mask_sites(&self, model: &LoadedModel, layers: &[String]) -> Result<Vec<MaskSite>, String> {

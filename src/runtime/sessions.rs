@@ -98,6 +98,8 @@ enum DerivedKey {
     Masked(String, SiteKey),
     /// The backward model of a gradient key through the model with dropout masks at these sites.
     MaskedBackward(GradientKey, SiteKey),
+    /// The model with these tensors as further outputs (a reference set's embeddings).
+    Outputs(String, Vec<String>),
 }
 
 /// Mask sites as a key: (tensor, only this node).
@@ -111,7 +113,7 @@ impl DerivedKey {
     fn model(&self) -> &str {
         match self {
             DerivedKey::Backward(k) | DerivedKey::MaskedBackward(k, _) => &k.model,
-            DerivedKey::Masked(model, _) => model,
+            DerivedKey::Masked(model, _) | DerivedKey::Outputs(model, _) => model,
         }
     }
 }
@@ -319,6 +321,18 @@ impl SessionStore {
             .map_err(|message| RuntimeError::Inference {
                 model: model.name.clone(),
                 message: format!("cannot build the model with dropout masks: {message}"),
+            })?;
+        Ok(session)
+    }
+
+    /// The session of `model` with `names` as further outputs.
+    fn outputs_session(&self, model: &LoadedModel, names: &[String]) -> Result<Shared, RuntimeError> {
+        let key = DerivedKey::Outputs(model.name.clone(), names.to_vec());
+        let (session, _) = self
+            .derived_session(&key, || Ok((self.gradients.with_outputs(model, names)?, None)))
+            .map_err(|message| RuntimeError::Inference {
+                model: model.name.clone(),
+                message: format!("cannot build the model with further outputs: {message}"),
             })?;
         Ok(session)
     }
@@ -559,6 +573,25 @@ impl WorkerRuntime {
         feeds.extend(names.iter().map(String::as_str).zip(masks));
         let row_bytes = self.row_bytes(&model.name, Pass::Forward);
         self.run_batched(&session, &model.name, &feeds, row_bytes, false)
+    }
+
+    /// Runs `model` on `input` (first axis = batch) with the tensors `names` as further outputs;
+    /// returns every output.
+    pub fn run_with_outputs(
+        &mut self,
+        model: &LoadedModel,
+        names: &[String],
+        input: &Tensor,
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        let session = self.store.outputs_session(model, names)?;
+        let row_bytes = self.row_bytes(&model.name, Pass::Forward);
+        self.run_batched(
+            &session,
+            &model.name,
+            &[(model.spec.input.as_str(), input)],
+            row_bytes,
+            false,
+        )
     }
 
     /// Runs the backward model for `key` on `input` with target `weights` (shaped like the
