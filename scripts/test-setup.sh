@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 missing=()
 [ -d /usr/share/libonnx-testdata/data ] || missing+=(libonnx-testdata)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# Fashion-MNIST (the reference-set tests: mislabels among 10,000 training rows).
+[ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
 # PostgreSQL's server, for the audit log's PostgreSQL test (it starts a throwaway server itself).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -110,6 +110,11 @@ pub struct Config {
     /// Most asynchronous jobs remembered at once (finished ones until their time is up); beyond it,
     /// submissions are refused (503). This bounds the memory results hold.
     pub max_jobs: usize,
+    /// Most rows one model's reference set may hold (`[reference]` in its manifest).
+    pub max_reference_rows: usize,
+    /// Most bytes one model's reference set may hold in memory (embeddings, last-layer inputs and
+    /// loss gradients, for every checkpoint); a set beyond it is refused at start.
+    pub max_reference_bytes: u64,
     /// API keys (`Authorization: Bearer <key>`); empty: no authentication (local use).
     pub api_keys: Vec<ApiKey>,
     /// Origins allowed to call the API from a browser (CORS); empty: CORS off; `"*"`: any origin.
@@ -218,6 +223,8 @@ impl Default for Config {
             async_job_deadline_ms: 600_000,
             job_ttl_secs: 3600,
             max_jobs: 100,
+            max_reference_rows: 100_000,
+            max_reference_bytes: 1024 * 1024 * 1024,
             api_keys: Vec::new(),
             cors_allowed_origins: Vec::new(),
         }

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod config;
 pub mod eval;
+pub mod examples;
 pub mod executor;
 pub mod explain;
 pub mod http;
@@ -95,6 +96,7 @@ impl Service {
             },
             metrics.clone(),
         ));
+        examples::build::prepare_all(&registry, &gradients, &executor, &config).await?;
         let audit = Arc::new(
             audit::AuditLog::open(&config)
                 .await

@@ -1,0 +1,300 @@
+//! Running a reference set through its model (and the manifest's further checkpoints) once,
+//! batched, on the executor; at start, loading the kept set instead when the model, the
+//! checkpoints and the reference files are those it was computed from.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::source::{self, Listing};
+use super::{loss_gradient, store, CheckpointRows, ReferenceSet};
+use crate::config::Config;
+use crate::executor::{Control, Executor, JobContext, Task};
+use crate::onnx::head::{Head, Linear};
+use crate::runtime::gradients::GradientCache;
+use crate::runtime::{LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
+
+/// Rows decoded and run per step (each step runs as many passes as the pass budget needs).
+const STEP_ROWS: usize = 256;
+
+/// What one build runs: the model, its head, each checkpoint with its learning rate and head,
+/// and the rows.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The model the set belongs to.
+    pub model: Arc<LoadedModel>,
+    /// Its embedding and last linear layer.
+    pub head: Head,
+    /// The model itself first, then the manifest's checkpoints (empty without a linear head).
+    pub checkpoints: Vec<(Arc<LoadedModel>, f64, Linear)>,
+    /// The rows.
+    pub listing: Listing,
+    /// Largest image accepted (`max_image_pixels`).
+    pub max_pixels: u64,
+}
+
+impl Plan {
+    /// Works out what to build for `model` (whose manifest has `[reference]`), refusing a set that
+    /// would pass `max_reference_bytes`.
+    pub fn new(
+        model: &Arc<LoadedModel>,
+        registry: &Registry,
+        gradients: &GradientCache,
+        config: &Config,
+    ) -> Result<Self, String> {
+        let spec = model
+            .spec
+            .reference
+            .as_ref()
+            .ok_or("the model has no [reference] section")?;
+        let head = gradients.head(model, spec.embedding_layer.as_deref())?;
+        let mut checkpoints = Vec::new();
+        if let Some(linear) = &head.linear {
+            checkpoints.push((model.clone(), spec.lr, linear.clone()));
+            for c in &spec.checkpoints {
+                let other = registry
+                    .get(&c.model)
+                    .ok_or_else(|| format!("reference.checkpoints: no model named `{}` is loaded", c.model))?;
+                if other.spec.labels != model.spec.labels || other.spec.input != model.spec.input {
+                    return Err(format!(
+                        "reference.checkpoints: `{}` differs from `{}` in its labels or input",
+                        c.model, model.name
+                    ));
+                }
+                let linear = gradients
+                    .head(other, None)?
+                    .linear
+                    .ok_or_else(|| format!("reference.checkpoints: `{}` has no linear last layer", c.model))?;
+                if linear.input_len != head.linear.as_ref().map_or(0, |l| l.input_len) {
+                    return Err(format!(
+                        "reference.checkpoints: `{}`'s last layer reads {} values, `{}`'s {}",
+                        c.model,
+                        linear.input_len,
+                        model.name,
+                        head.linear.as_ref().map_or(0, |l| l.input_len)
+                    ));
+                }
+                checkpoints.push((other.clone(), c.lr, linear));
+            }
+        } else {
+            tracing::info!(model = %model.name, reason = ?head.no_influence, "reference set without influence");
+        }
+        let listing = source::read(model, spec, config.max_reference_rows)?;
+        let plan = Self {
+            model: model.clone(),
+            head,
+            checkpoints,
+            listing,
+            max_pixels: config.max_image_pixels,
+        };
+        let bytes = plan.bytes();
+        if bytes > config.max_reference_bytes {
+            return Err(format!(
+                "the reference set would hold {} MiB; the limit is {} MiB (max_reference_bytes)",
+                bytes.div_ceil(1 << 20),
+                config.max_reference_bytes >> 20
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// Whether the embedding is kept apart from checkpoint 0's last-layer input.
+    fn separate_embedding(&self) -> bool {
+        self.head.linear.as_ref().is_none_or(|l| l.input != self.head.embedding)
+    }
+
+    /// Bytes the built set holds.
+    pub fn bytes(&self) -> u64 {
+        let classes = self.model.spec.labels.len();
+        let mut per_row = if self.separate_embedding() {
+            self.head.embedding_len
+        } else {
+            0
+        };
+        for (_, _, l) in &self.checkpoints {
+            per_row = per_row.saturating_add(l.input_len).saturating_add(classes);
+        }
+        (self.listing.ids.len() as u64).saturating_mul(4 * per_row as u64 + 80)
+    }
+
+    /// Whether `kept` was computed from exactly this plan's model, checkpoints, head and rows.
+    pub fn matches(&self, kept: &ReferenceSet) -> Result<(), String> {
+        let same_checkpoints = kept.checkpoints.len() == self.checkpoints.len()
+            && kept
+                .checkpoints
+                .iter()
+                .zip(&self.checkpoints)
+                .all(|(k, (m, lr, _))| k.model == m.name && k.sha256 == m.sha256 && k.lr == *lr);
+        let why = if kept.model_sha256 != self.model.sha256 {
+            "the model file changed"
+        } else if kept.source_sha256 != self.listing.sha256 {
+            "the reference files changed"
+        } else if kept.head != self.head {
+            "the embedding layer changed"
+        } else if !same_checkpoints {
+            "the checkpoints changed"
+        } else {
+            return Ok(());
+        };
+        Err(why.into())
+    }
+}
+
+/// Runs a [`Plan`] on a worker.
+pub struct BuildReference(pub Plan);
+
+impl Task for BuildReference {
+    type Output = ReferenceSet;
+
+    fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<ReferenceSet, RuntimeError> {
+        let plan = self.0;
+        let model = &plan.model;
+        let n = plan.listing.ids.len();
+        let classes = model.spec.labels.len();
+        let fail = |message: String| RuntimeError::Inference {
+            model: model.name.clone(),
+            message,
+        };
+        ctx.plan(n);
+        let separate = plan.separate_embedding();
+        let mut embeddings = Vec::new();
+        let mut predictions = Vec::with_capacity(n);
+        let mut rows: Vec<CheckpointRows> = plan
+            .checkpoints
+            .iter()
+            .map(|(m, lr, l)| CheckpointRows {
+                model: m.name.clone(),
+                sha256: m.sha256.clone(),
+                lr: *lr,
+                bias: l.bias,
+                input: l.input.clone(),
+                logits: l.logits.clone(),
+                features_len: l.input_len,
+                features: Vec::with_capacity(n * l.input_len),
+                grads: Vec::with_capacity(n * classes),
+            })
+            .collect();
+        let mut start = 0;
+        while start < n {
+            ctx.checkpoint()?;
+            let end = (start + STEP_ROWS).min(n);
+            let batch = plan.listing.batch(model, start, end, plan.max_pixels).map_err(fail)?;
+            let take = |outs: &std::collections::HashMap<String, Tensor>, name: &str, len: usize| {
+                let t = outs
+                    .get(name)
+                    .ok_or_else(|| fail(format!("the model gave no `{name}`")))?;
+                let values = t.as_f32().unwrap_or(&[]).to_vec();
+                if values.len() != (end - start) * len {
+                    return Err(fail(format!(
+                        "`{name}` holds {} values for {} rows, {len} each were expected",
+                        values.len(),
+                        end - start
+                    )));
+                }
+                Ok(values)
+            };
+            let mut first = vec![plan.head.embedding.clone(), model.spec.output.clone()];
+            if let Some((_, _, l)) = plan.checkpoints.first() {
+                first.extend([l.input.clone(), l.logits.clone()]);
+            }
+            first.dedup();
+            let mut outs = rt.run_with_outputs(model, &first, &batch)?;
+            let scores = take(&outs, &model.spec.output, classes)?;
+            predictions.extend(scores.chunks(classes).map(|r| argmax(r) as u32));
+            if separate {
+                embeddings.extend(take(&outs, &plan.head.embedding, plan.head.embedding_len)?);
+            }
+            for (k, ((m, _, l), kept)) in plan.checkpoints.iter().zip(&mut rows).enumerate() {
+                if k > 0 {
+                    outs = rt.run_with_outputs(m, &[l.input.clone(), l.logits.clone()], &batch)?;
+                }
+                kept.features.extend(take(&outs, &l.input, l.input_len)?);
+                let logits = take(&outs, &l.logits, classes)?;
+                for (z, &label) in logits.chunks(classes).zip(&plan.listing.labels[start..end]) {
+                    kept.grads.extend(loss_gradient(z, label as usize));
+                }
+            }
+            ctx.advance(end - start);
+            start = end;
+        }
+        Ok(ReferenceSet::new(
+            plan.listing,
+            predictions,
+            classes,
+            plan.head,
+            embeddings,
+            rows,
+            model.sha256.clone(),
+        ))
+    }
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map_or(0, |(i, _)| i)
+}
+
+/// At start: every model whose manifest has `[reference]` gets its set, loaded from the data
+/// directory when it is still valid, else built on the executor (and kept). A set that cannot be
+/// read is an error naming the file and line: the service does not start without it.
+pub async fn prepare_all(
+    registry: &Arc<Registry>,
+    gradients: &Arc<GradientCache>,
+    executor: &Arc<Executor>,
+    config: &Config,
+) -> anyhow::Result<()> {
+    for model in registry.iter().filter(|m| m.spec.reference.is_some()) {
+        let (registry, gradients, config2, model2) =
+            (registry.clone(), gradients.clone(), config.clone(), model.clone());
+        let path = store::path(&config.data_dir, &model.name);
+        let (plan, kept) = tokio::task::spawn_blocking(move || {
+            let plan = Plan::new(&model2, &registry, &gradients, &config2)?;
+            let kept = match store::load(&path, plan.listing.inputs.clone()) {
+                Ok(Some(set)) => match plan.matches(&set) {
+                    Ok(()) => Some(set),
+                    Err(why) => {
+                        tracing::info!(model = %model2.name, reason = why, "reference set rebuilt");
+                        None
+                    }
+                },
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(model = %model2.name, error = %e, "kept reference set unreadable: rebuilt");
+                    None
+                }
+            };
+            Ok::<_, String>((plan, kept))
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("model `{}`: reference set: {e}", model.name))?;
+        let set = match kept {
+            Some(set) => set,
+            None => {
+                let began = std::time::Instant::now();
+                let control = Control {
+                    deadline: Duration::from_millis(config.async_job_deadline_ms),
+                    cancelled: Default::default(),
+                    progress: Default::default(),
+                };
+                let set = executor
+                    .admit()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .run_controlled(BuildReference(plan), control)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("model `{}`: reference set: {e}", model.name))?;
+                let path = store::path(&config.data_dir, &model.name);
+                let set = tokio::task::spawn_blocking(move || store::save(&path, &set).map(|()| set))
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("model `{}`: cannot keep the reference set: {e}", model.name))?;
+                tracing::info!(model = %model.name, rows = set.len(), ms = began.elapsed().as_millis() as u64,
+                    "reference set built");
+                set
+            }
+        };
+        tracing::info!(model = %model.name, rows = set.len(), bytes = set.bytes(), embedding = %set.head.embedding,
+            influence = !set.checkpoints.is_empty(), "reference set ready");
+        model.set_reference(Arc::new(set));
+    }
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! Reading a reference set's files: an image folder with a labels CSV, or a tabular CSV with a
+//! `label` column. Every bad line is refused naming the file and line; sizes are checked before
+//! anything is kept.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::runtime::manifest::ReferenceSpec;
+use crate::runtime::preprocess::{decode_image, prepare_image};
+use crate::runtime::{LoadedModel, Tensor};
+
+/// The rows of a reference set, read and checked, inputs not yet decoded (images) or kept
+/// (tabular rows are small).
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// Row ids: image file names, or row numbers.
+    pub ids: Vec<String>,
+    /// Labels (class indices).
+    pub labels: Vec<u32>,
+    /// What the rows' inputs are.
+    pub inputs: Inputs,
+    /// sha256 over the files (labels, and every image's name and bytes).
+    pub sha256: String,
+}
+
+/// Where a listing's inputs come from.
+#[derive(Debug, Clone)]
+pub enum Inputs {
+    /// Image files in this folder, named by the ids.
+    Images(PathBuf),
+    /// Feature rows (the model's feature order), one per id.
+    Rows(Vec<Vec<f32>>),
+}
+
+/// A parsed CSV: the header's cells, then each data line's number (from 1) and cells.
+struct Csv {
+    header: Vec<String>,
+    lines: Vec<(usize, Vec<String>)>,
+}
+
+fn read_csv(path: &Path, max_rows: usize) -> Result<(Csv, Vec<u8>), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+    let mut numbered = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let cells = |l: &str| -> Vec<String> { l.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect() };
+    let header = cells(
+        numbered
+            .next()
+            .ok_or_else(|| format!("{}: empty file", path.display()))?
+            .1,
+    );
+    let mut lines = Vec::new();
+    for (n, line) in numbered {
+        if lines.len() == max_rows {
+            return Err(format!(
+                "{}: more than {max_rows} rows (max_reference_rows)",
+                path.display()
+            ));
+        }
+        lines.push((n + 1, cells(line)));
+    }
+    if lines.is_empty() {
+        return Err(format!("{}: no rows", path.display()));
+    }
+    Ok((Csv { header, lines }, bytes))
+}
+
+fn column(csv: &Csv, path: &Path, name: &str) -> Result<usize, String> {
+    csv.header
+        .iter()
+        .position(|h| h == name)
+        .ok_or_else(|| format!("{}: no `{name}` column", path.display()))
+}
+
+/// A label cell as a class index: a label name, or an index below the class count.
+fn label_of(cell: &str, labels: &[String]) -> Option<u32> {
+    labels
+        .iter()
+        .position(|l| l == cell)
+        .or_else(|| cell.parse::<usize>().ok().filter(|&i| i < labels.len()))
+        .map(|i| i as u32)
+}
+
+/// Reads `model`'s reference files as its manifest names them (paths relative to its folder).
+pub fn read(model: &LoadedModel, spec: &ReferenceSpec, max_rows: usize) -> Result<Listing, String> {
+    let labels = &model.spec.labels;
+    let bad_label = |path: &Path, line: usize, cell: &str| {
+        format!(
+            "{}: line {line}: label `{}` is neither a label name nor a class index below {}",
+            path.display(),
+            cell.chars().take(100).collect::<String>(),
+            labels.len()
+        )
+    };
+    let mut hash = Sha256::new();
+    match (&spec.images, &spec.labels, &spec.csv) {
+        (Some(images), Some(labels_csv), _) => {
+            let dir = model.dir.join(images);
+            let path = model.dir.join(labels_csv);
+            let (csv, bytes) = read_csv(&path, max_rows)?;
+            hash.update(&bytes);
+            let (id_col, label_col) = (column(&csv, &path, "id")?, column(&csv, &path, "label")?);
+            let mut ids = Vec::with_capacity(csv.lines.len());
+            let mut classes = Vec::with_capacity(csv.lines.len());
+            let mut seen = std::collections::HashSet::new();
+            for (line, cells) in &csv.lines {
+                let (Some(id), Some(label)) = (cells.get(id_col), cells.get(label_col)) else {
+                    return Err(format!("{}: line {line}: fewer cells than the header", path.display()));
+                };
+                // A plain file name inside the folder: no paths out of it.
+                if id.is_empty() || Path::new(id).file_name().is_none_or(|f| f != id.as_str()) || id == ".." {
+                    return Err(format!("{}: line {line}: id `{id}` is not a file name", path.display()));
+                }
+                if !seen.insert(id.clone()) {
+                    return Err(format!("{}: line {line}: id `{id}` appears twice", path.display()));
+                }
+                let class = label_of(label, labels).ok_or_else(|| bad_label(&path, *line, label))?;
+                let image = std::fs::read(dir.join(id))
+                    .map_err(|e| format!("{}: line {line}: image `{id}`: {e}", path.display()))?;
+                hash.update((id.len() as u64).to_le_bytes());
+                hash.update(id.as_bytes());
+                hash.update((image.len() as u64).to_le_bytes());
+                hash.update(&image);
+                ids.push(id.clone());
+                classes.push(class);
+            }
+            Ok(Listing {
+                ids,
+                labels: classes,
+                inputs: Inputs::Images(dir),
+                sha256: hex::encode(hash.finalize()),
+            })
+        }
+        (None, None, Some(rows_csv)) => {
+            let path = model.dir.join(rows_csv);
+            let (csv, bytes) = read_csv(&path, max_rows)?;
+            hash.update(&bytes);
+            let features = &model
+                .spec
+                .tabular
+                .as_ref()
+                .ok_or("a tabular reference set for an image model")?
+                .features;
+            let label_col = column(&csv, &path, "label")?;
+            let cols: Vec<usize> = features
+                .iter()
+                .map(|f| column(&csv, &path, f))
+                .collect::<Result<_, _>>()?;
+            let mut rows = Vec::with_capacity(csv.lines.len());
+            let mut classes = Vec::with_capacity(csv.lines.len());
+            for (line, cells) in &csv.lines {
+                let label = cells
+                    .get(label_col)
+                    .ok_or_else(|| format!("{}: line {line}: fewer cells than the header", path.display()))?;
+                classes.push(label_of(label, labels).ok_or_else(|| bad_label(&path, *line, label))?);
+                let row = cols
+                    .iter()
+                    .map(|&c| {
+                        cells
+                            .get(c)
+                            .and_then(|v| v.parse::<f32>().ok())
+                            .filter(|v| v.is_finite())
+                            .ok_or_else(|| {
+                                format!(
+                                    "{}: line {line}: column `{}` is not a number",
+                                    path.display(),
+                                    csv.header[c]
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<f32>, String>>()?;
+                rows.push(row);
+            }
+            Ok(Listing {
+                ids: (0..rows.len()).map(|i| i.to_string()).collect(),
+                labels: classes,
+                inputs: Inputs::Rows(rows),
+                sha256: hex::encode(hash.finalize()),
+            })
+        }
+        _ => Err("the reference section names neither images with labels nor a csv".into()),
+    }
+}
+
+impl Listing {
+    /// Rows `start..end` as one input batch for `model`.
+    pub fn batch(&self, model: &LoadedModel, start: usize, end: usize, max_pixels: u64) -> Result<Tensor, String> {
+        match &self.inputs {
+            Inputs::Rows(rows) => {
+                let width = rows.first().map_or(0, Vec::len);
+                let flat: Vec<f32> = rows[start..end].iter().flatten().copied().collect();
+                Ok(Tensor::f32(vec![end - start, width], flat))
+            }
+            Inputs::Images(dir) => {
+                let spec = model
+                    .spec
+                    .image
+                    .as_ref()
+                    .ok_or("an image reference set for a tabular model")?;
+                let mut parts = Vec::with_capacity(end - start);
+                for id in &self.ids[start..end] {
+                    let bytes = std::fs::read(dir.join(id)).map_err(|e| format!("image `{id}`: {e}"))?;
+                    let image = decode_image(&bytes, max_pixels).map_err(|e| format!("image `{id}`: {e}"))?;
+                    parts.push(prepare_image(&image, spec).tensor);
+                }
+                Tensor::concat_rows(parts).ok_or_else(|| "the images gave tensors of different shapes".to_string())
+            }
+        }
+    }
+
+    /// Row `i`'s input as stored: the image file's bytes, or the feature row.
+    pub fn image_path(&self, i: usize) -> Option<PathBuf> {
+        match &self.inputs {
+            Inputs::Images(dir) => Some(dir.join(&self.ids[i])),
+            Inputs::Rows(_) => None,
+        }
+    }
+}
