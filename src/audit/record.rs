@@ -119,6 +119,13 @@ const DETAIL_KEYS: &[&str] = &[
     "top_negative",
     "feature_perturbation",
     "output_space",
+    // Example-based answers: the rows and their scores are the explanation.
+    "examples",
+    "metric",
+    "proponents",
+    "opponents",
+    "normalize",
+    "checkpoints",
 ];
 
 /// One target's summary: top features (tabular) or map statistics (images), with the method's
@@ -127,7 +134,7 @@ fn summarize(e: &Value) -> Value {
     let mut s = json!({});
     if let Some(features) = e.get("features").and_then(Value::as_array) {
         s["top_features"] = Value::Array(features.iter().take(10).cloned().collect());
-    } else if let Some(values) = e["attributions"]["values"].as_array() {
+    } else if let Some(values) = e["attributions"]["values"].as_array().filter(|v| !v.is_empty()) {
         let v: Vec<f64> = values.iter().filter_map(Value::as_f64).collect();
         let shape = &e["attributions"]["shape"];
         let width = shape[1].as_u64().unwrap_or(1).max(1) as usize;

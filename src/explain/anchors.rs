@@ -91,6 +91,7 @@ impl Method for Anchors {
         inputs: Inputs::Tabular,
         layer: false,
         random: true,
+        examples: false,
     };
 
     fn plan(p: &mut AnchorsParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -125,6 +125,7 @@ impl Method for Counterfactual {
         inputs: Inputs::Tabular,
         layer: false,
         random: true,
+        examples: false,
     };
 
     fn plan(p: &mut CounterfactualParams, cx: &PlanContext) -> Result<Cost, Invalid> {
@@ -157,7 +158,7 @@ impl Method for Counterfactual {
             .check(&tabular.features)
             .map_err(|why| Invalid::Request(format!("params.constraints: {why}")))?;
         if let Some(t) = &p.target_class {
-            class_index(model, t)?;
+            class_index(model, t, "target_class")?;
         }
         let forest = model.forest().ok();
         let search = match (p.search, &forest) {
@@ -173,7 +174,7 @@ impl Method for Counterfactual {
         };
         p.search = Some(search);
         if let (Search::Trees, Some(forest), Some(t)) = (search, &forest, &p.target_class) {
-            let t = class_index(model, t)?;
+            let t = class_index(model, t, "target_class")?;
             if !forest
                 .trees
                 .iter()
@@ -233,7 +234,7 @@ impl Method for Counterfactual {
         let probs = probabilities(&model, scores);
         let current = decided(&probs, None);
         let target = match &p.target_class {
-            Some(t) => class_index(&model, t).map_err(|e| bad(e.to_string()))?,
+            Some(t) => class_index(&model, t, "target_class").map_err(|e| bad(e.to_string()))?,
             None => decided(&probs, Some(current)),
         };
         let constraints = tabular.constraints.merged(&p.constraints);
@@ -300,16 +301,16 @@ impl Method for Counterfactual {
 }
 
 /// The class a reference names, or why it names none.
-fn class_index(model: &LoadedModel, class: &ClassRef) -> Result<usize, Invalid> {
+pub(super) fn class_index(model: &LoadedModel, class: &ClassRef, param: &str) -> Result<usize, Invalid> {
     let labels = &model.spec.labels;
     match class {
         ClassRef::Index(i) if *i < labels.len().max(1) => Ok(*i),
         ClassRef::Label(l) => labels
             .iter()
             .position(|x| x == l)
-            .ok_or_else(|| Invalid::Request(format!("params.target_class: `{l}` is not a label of `{}`", model.name))),
+            .ok_or_else(|| Invalid::Request(format!("params.{param}: `{l}` is not a label of `{}`", model.name))),
         ClassRef::Index(i) => Err(Invalid::Request(format!(
-            "params.target_class: {i} is not a class of `{}` ({} classes)",
+            "params.{param}: {i} is not a class of `{}` ({} classes)",
             model.name,
             labels.len()
         ))),

@@ -48,6 +48,7 @@ impl Method for DeepLift {
         inputs: Inputs::Any,
         layer: false,
         random: false,
+        examples: false,
     };
 
     fn plan(_: &mut DeepLiftParams, cx: &PlanContext) -> Result<Cost, Invalid> {

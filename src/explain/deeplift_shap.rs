@@ -53,6 +53,7 @@ impl Method for DeepLiftShap {
         inputs: Inputs::Any,
         layer: false,
         random: true,
+        examples: false,
     };
 
     fn plan(p: &mut DeepLiftShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {

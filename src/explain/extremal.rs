@@ -80,6 +80,7 @@ impl Method for Extremal {
         inputs: Inputs::Image,
         layer: false,
         random: false,
+        examples: false,
     };
 
     fn plan(p: &mut ExtremalParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -87,6 +87,7 @@ const CAM: Capabilities = Capabilities {
     inputs: Inputs::Image,
     layer: true,
     random: false,
+    examples: false,
 };
 
 /// Grad-CAM.

@@ -27,6 +27,7 @@ impl Method for GradientXInput {
         inputs: Inputs::Any,
         layer: false,
         random: false,
+        examples: false,
     };
 
     fn plan(_: &mut GradientXInputParams, cx: &PlanContext) -> Result<Cost, Invalid> {

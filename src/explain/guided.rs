@@ -38,6 +38,7 @@ impl Method for GuidedBackprop {
         inputs: Inputs::Any,
         layer: false,
         random: false,
+        examples: false,
     };
 
     fn plan(_: &mut GuidedBackpropParams, cx: &PlanContext) -> Result<Cost, Invalid> {
@@ -76,6 +77,7 @@ impl Method for GuidedGradCam {
         inputs: Inputs::Image,
         layer: true,
         random: false,
+        examples: false,
     };
 
     fn plan(p: &mut GuidedGradCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {

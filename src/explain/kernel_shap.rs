@@ -86,6 +86,7 @@ impl Method for KernelShap {
         inputs: Inputs::Any,
         layer: false,
         random: true,
+        examples: false,
     };
 
     fn plan(p: &mut KernelShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {

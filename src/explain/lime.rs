@@ -87,6 +87,7 @@ impl Method for Lime {
         inputs: Inputs::Any,
         layer: false,
         random: true,
+        examples: false,
     };
 
     fn plan(p: &mut LimeParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -63,6 +63,7 @@ impl Method for Lrp {
         inputs: Inputs::Any,
         layer: false,
         random: false,
+        examples: false,
     };
 
     fn plan(p: &mut LrpParams, cx: &PlanContext) -> Result<Cost, Invalid> {

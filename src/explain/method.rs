@@ -54,6 +54,9 @@ pub struct Capabilities {
     pub layer: bool,
     /// Whether it draws random numbers (and so takes and echoes a seed).
     pub random: bool,
+    /// Whether it answers with reference rows (`details`: similar examples, influence) rather
+    /// than an attribution over the input.
+    pub examples: bool,
 }
 
 /// Limits that bound every explanation's work, from the config.
@@ -453,6 +456,8 @@ impl Methods {
             .with::<lime::Lime>()
             .with::<kernel_shap::KernelShap>()
             .with::<tree_shap::TreeShap>()
+            .with::<similar_examples::SimilarExamples>()
+            .with::<influence::Influence>()
     }
 
     /// Adds (or replaces) a method.

@@ -12,6 +12,7 @@ mod extremal;
 mod grad_cam;
 mod gradient_x_input;
 mod guided;
+mod influence;
 mod integrated_gradients;
 mod kernel_shap;
 mod lime;
@@ -19,12 +20,14 @@ mod lrp;
 pub mod method;
 mod occlusion;
 mod perturb;
+mod reference_query;
 mod regression;
 mod rise;
 mod saliency;
 mod sanity;
 mod score_cam;
 mod segments;
+mod similar_examples;
 mod smoothgrad;
 pub mod targets;
 mod tree_shap;
@@ -228,6 +231,25 @@ impl Cx<'_> {
             });
         }
         Ok(scores)
+    }
+
+    /// Every output of `model` (this job's model, or another loaded one: a checkpoint) on `input`
+    /// rows, with the tensors `names` as further outputs.
+    pub fn forward_with(
+        &mut self,
+        model: &LoadedModel,
+        names: &[String],
+        input: &Tensor,
+    ) -> Result<std::collections::HashMap<String, Tensor>, RuntimeError> {
+        self.job_ctx.checkpoint()?;
+        let per_pass = self.rt.forward_rows(model);
+        self.count(input.rows(), per_pass);
+        self.timed(|rt| rt.run_with_outputs(model, names, input))
+    }
+
+    /// Another loaded model (a checkpoint of this one).
+    pub fn loaded(&self, name: &str) -> Result<Arc<LoadedModel>, RuntimeError> {
+        self.rt.model(name)
     }
 
     /// Gradients for `input` rows with per-row `weights`, `chunk` rows per call at most.

@@ -76,6 +76,7 @@ impl Method for Occlusion {
         inputs: Inputs::Image,
         layer: false,
         random: false,
+        examples: false,
     };
 
     fn plan(p: &mut OcclusionParams, cx: &PlanContext) -> Result<Cost, Invalid> {

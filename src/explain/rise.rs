@@ -81,6 +81,7 @@ impl Method for Rise {
         inputs: Inputs::Image,
         layer: false,
         random: true,
+        examples: false,
     };
 
     fn plan(p: &mut RiseParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -37,6 +37,7 @@ impl Method for Saliency {
         inputs: Inputs::Any,
         layer: false,
         random: false,
+        examples: false,
     };
 
     fn plan(_: &mut SaliencyParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -36,6 +36,7 @@ impl Method for ScoreCam {
         inputs: Inputs::Image,
         layer: true,
         random: false,
+        examples: false,
     };
 
     fn plan(p: &mut ScoreCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {

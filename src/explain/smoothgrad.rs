@@ -96,6 +96,7 @@ impl Method for SmoothGrad {
         inputs: Inputs::Any,
         layer: false,
         random: true,
+        examples: false,
     };
 
     fn plan(p: &mut SmoothGradParams, cx: &PlanContext) -> Result<Cost, Invalid> {

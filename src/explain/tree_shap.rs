@@ -74,6 +74,7 @@ impl Method for TreeShap {
         inputs: Inputs::Tabular,
         layer: false,
         random: false,
+        examples: false,
     };
 
     fn plan(p: &mut TreeShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -18,6 +18,7 @@ mod page;
 mod predict;
 pub mod prepare;
 mod problems;
+mod reference;
 mod router;
 mod uncertainty;
 

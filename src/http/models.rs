@@ -36,6 +36,9 @@ pub struct ModelInfo {
     /// The uncertainty sources it supports (`mc-dropout` where a mask can go, `tta` for images,
     /// `ensemble` with members).
     pub uncertainty: Vec<Source>,
+    /// The reference set (`[reference]`) for similar examples, influence and suspects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_set: Option<crate::examples::ReferenceSummary>,
 }
 
 impl ModelInfo {
@@ -73,6 +76,7 @@ impl ModelInfo {
             gradients: m.gradient_report.get().cloned(),
             methods,
             uncertainty,
+            reference_set: m.reference().map(|r| r.summary()),
         }
     }
 }

@@ -6,7 +6,9 @@ use utoipa::OpenApi;
 
 use crate::explain::Methods;
 
-use super::{audit, compare, error, evaluate, explain, health, input, jobs, models, predict, problems, uncertainty};
+use super::{
+    audit, compare, error, evaluate, explain, health, input, jobs, models, predict, problems, reference, uncertainty,
+};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -24,6 +26,8 @@ use super::{audit, compare, error, evaluate, explain, health, input, jobs, model
         problems::problem_doc,
         models::list_models,
         models::get_model,
+        reference::suspects,
+        reference::row,
         predict::predict,
         uncertainty::uncertainty,
         explain::explain,
@@ -43,6 +47,7 @@ use super::{audit, compare, error, evaluate, explain, health, input, jobs, model
     tags(
         (name = "models", description = "Loaded models and predictions"),
         (name = "explanations", description = "Why a model predicted what it did"),
+        (name = "reference", description = "A model's reference set: likely mislabels, and its rows"),
         (name = "jobs", description = "Explanations run in the background, with progress"),
         (name = "audit", description = "The tamper-evident record of predictions and explanations"),
         (name = "operations", description = "Health, readiness, metrics, API documents"),

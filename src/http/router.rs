@@ -15,8 +15,8 @@ use tower_http::trace::TraceLayer;
 
 use super::error::{ApiError, ProblemKind};
 use super::{
-    audit, auth, compare, evaluate, explain, health, jobs, models, openapi, page, predict, problems, uncertainty,
-    AppState,
+    audit, auth, compare, evaluate, explain, health, jobs, models, openapi, page, predict, problems, reference,
+    uncertainty, AppState,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -31,6 +31,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/problems/{slug}", get(problems::problem_doc))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::get_model))
+        .route("/v1/models/{model}/reference/suspects", get(reference::suspects))
+        .route("/v1/models/{model}/reference/{id}", get(reference::row))
         .route("/v1/models/{model}/predict", post(predict::predict))
         .route("/v1/models/{model}/uncertainty", post(uncertainty::uncertainty))
         .route("/v1/models/{model}/evaluate", post(evaluate::evaluate))
