@@ -1,6 +1,7 @@
 // Drives the web page in headless Chromium: loads it, uploads an example image, runs saliency,
 // Grad-CAM and LIME, and RISE as a background job (progress from Server-Sent Events), and checks
-// that an overlay appears and the top class is shown; then TreeSHAP's bar chart on the tree model.
+// that an overlay appears and the top class is shown; then TreeSHAP's bar chart on the tree model;
+// then similar examples, influence and likely mislabels as thumbnails of reference rows.
 // Screenshots go to argv[3].
 // Usage: node tests/browser/page.mjs BASE_URL SCREENSHOT_DIR IMAGE
 import { chromium } from "playwright-core";
@@ -78,6 +79,25 @@ try {
     await page.screenshot({ path: `${shots}/web-page-${method}.png` });
   }
   await page.selectOption("#model", "fashion-cnn");
+  // The reference set: similar examples and influence as thumbnails beside the input, and the
+  // likely mislabels as a grid, each with its label and the model's prediction.
+  for (const [method, groups, per] of [["similar-examples", 1, 8], ["influence", 2, 6]]) {
+    await page.selectOption("#method", method);
+    await page.click("#explain");
+    await page.waitForFunction((n) => document.querySelectorAll("#attributions .rows").length === n
+      && [...document.querySelectorAll("#attributions .rows img")].every((i) => i.complete && i.naturalWidth === 28),
+      groups, { timeout: 20000 });
+    const shown = await page.evaluate(() => [...document.querySelectorAll("#attributions .rows")].map((r) => r.querySelectorAll("figure").length));
+    if (shown[0] !== per) failures.push(`${method}: rows shown ${JSON.stringify(shown)}`);
+    await page.locator("#attributions").scrollIntoViewIfNeeded();
+    await page.screenshot({ path: `${shots}/web-page-${method}.png` });
+  }
+  await page.click("#suspects");
+  await page.waitForFunction(() => (document.querySelector("#attributions h4")?.innerText || "").startsWith("Likely mislabels"), null, { timeout: 20000 });
+  const suspects = await page.evaluate(() => document.querySelectorAll("#attributions .rows figure").length);
+  if (suspects !== 48) failures.push(`suspects: ${suspects} rows shown`);
+  await page.locator("#attributions").scrollIntoViewIfNeeded();
+  await page.screenshot({ path: `${shots}/web-page-suspects.png` });
   // A problem+json error is shown readably.
   await page.selectOption("#method", "integrated-gradients");
   await page.fill("[data-param=steps]", "1");
