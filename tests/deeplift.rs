@@ -76,14 +76,7 @@ async fn start_models() -> explaind::Service {
         &chain(),
         "task = \"image-classification\"\nlabels = [\"a\", \"b\"]\n[image]\ncolor = \"grayscale\"\n",
     );
-    std::fs::create_dir_all(dir.join("fashion-cnn")).unwrap();
-    for f in ["model.onnx", "model.toml"] {
-        std::fs::copy(
-            root().join("models/fashion-cnn").join(f),
-            dir.join("fashion-cnn").join(f),
-        )
-        .unwrap();
-    }
+    common::copy_bundled("fashion-cnn", &dir);
     start(test_config(&dir)).await
 }
 

@@ -74,14 +74,7 @@ async fn start_models() -> explaind::Service {
     write_model(&dir, "varied", &image_model(&varied_mask()), IMAGE_MANIFEST);
     write_model(&dir, "left-half", &image_model(&left_mask()), IMAGE_MANIFEST);
     write_model(&dir, "linear", &linear_model(), LINEAR_MANIFEST);
-    std::fs::create_dir_all(dir.join("fashion-cnn")).unwrap();
-    for f in ["model.onnx", "model.toml"] {
-        std::fs::copy(
-            root().join("models/fashion-cnn").join(f),
-            dir.join("fashion-cnn").join(f),
-        )
-        .unwrap();
-    }
+    common::copy_bundled("fashion-cnn", &dir);
     let mut config = test_config(&dir);
     config.audit = explaind::config::AuditMode::Off;
     start(config).await

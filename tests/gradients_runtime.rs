@@ -169,14 +169,7 @@ async fn models_report_gradient_support_and_blocking_operators() {
         &g.build(),
         "task = \"tabular-classification\"\nscores = \"probabilities\"\n",
     );
-    std::fs::create_dir_all(dir.join("fashion-cnn")).unwrap();
-    for f in ["model.onnx", "model.toml"] {
-        std::fs::copy(
-            root().join("models/fashion-cnn").join(f),
-            dir.join("fashion-cnn").join(f),
-        )
-        .unwrap();
-    }
+    common::copy_bundled("fashion-cnn", &dir);
     let s = start(test_config(&dir)).await;
     let http = reqwest::Client::new();
     let fashion: Value = http

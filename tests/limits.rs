@@ -372,6 +372,7 @@ impl Method for Identity {
         inputs: Inputs::Any,
         layer: false,
         random: false,
+        examples: false,
     };
 
     fn plan(_: &mut Self::Params, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -468,16 +468,11 @@ fn fashion_without_biases() -> ModelProto {
 
 async fn start_models() -> explaind::Service {
     let dir = temp_dir("lrp-models");
-    std::fs::create_dir_all(dir.join("fashion-cnn")).unwrap();
-    for f in ["model.onnx", "model.toml"] {
-        std::fs::copy(
-            root().join("models/fashion-cnn").join(f),
-            dir.join("fashion-cnn").join(f),
-        )
-        .unwrap();
-    }
+    common::copy_bundled("fashion-cnn", &dir);
     let toml = std::fs::read_to_string(root().join("models/fashion-cnn/model.toml")).unwrap();
-    write_model(&dir, "fashion-nobias", &fashion_without_biases(), &toml);
+    // Without the reference set, whose folder sits beside the bundled model.
+    let toml = toml.split("\n[reference]").next().unwrap();
+    write_model(&dir, "fashion-nobias", &fashion_without_biases(), toml);
     write_model(
         &dir,
         "region",

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::{problem, root, start, temp_dir, test_config, url};
@@ -154,7 +154,7 @@ async fn tree_shap_matches_the_shap_package_in_both_games() {
 async fn tree_shap_refuses_models_without_trees_naming_why() {
     let dir = temp_dir("tree-shap-refusals");
     for m in ["breast-cancer", "fashion-cnn"] {
-        copy_dir(&root().join("models").join(m), &dir.join(m));
+        common::copy_bundled(m, &dir);
     }
     let s = start(test_config(&dir)).await;
     let http = reqwest::Client::new();
@@ -179,12 +179,4 @@ async fn tree_shap_refuses_models_without_trees_naming_why() {
     let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input").await;
     assert!(p["detail"].as_str().unwrap().contains("tabular"), "{p}");
     s.stop().await.unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }

@@ -79,10 +79,7 @@ async fn start_models() -> explaind::Service {
     );
     write_model(&dir, "tab-b", &tabular(&[-1.0, 1.0, 0.5, 0.5, 1.0, -2.0]), tab);
     for m in ["fashion-cnn", "breast-cancer-forest"] {
-        std::fs::create_dir_all(dir.join(m)).unwrap();
-        for f in ["model.onnx", "model.toml", "background.csv"] {
-            let _ = std::fs::copy(root().join("models").join(m).join(f), dir.join(m).join(f));
-        }
+        common::copy_bundled(m, &dir);
     }
     let mut config = test_config(&dir);
     config.max_samples = 4096;

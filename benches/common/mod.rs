@@ -40,6 +40,11 @@ pub fn copy_bundled(root: &Path, models: &Path, name: &str, files: &[&str]) {
     for f in files {
         std::fs::copy(root.join("models").join(name).join(f), models.join(name).join(f)).unwrap();
     }
+    // The reference set's folder, which the manifest names relatively, as a link.
+    let reference = root.join("models").join(name).join("reference");
+    if reference.is_dir() && !models.join(name).join("reference").exists() {
+        std::os::unix::fs::symlink(reference, models.join(name).join("reference")).unwrap();
+    }
 }
 
 /// Writes `models/resnet-18`: ResNet-18 at 224x224, 1,000 classes, seeded weights.

@@ -140,6 +140,21 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Copies the bundled model `name` into `models_dir`: its files, and its reference set's folder as
+/// a link (the manifest names it relatively).
+pub fn copy_bundled(name: &str, models_dir: &Path) {
+    let (from, to) = (root().join("models").join(name), models_dir.join(name));
+    std::fs::create_dir_all(&to).unwrap();
+    for f in ["model.onnx", "model.toml", "background.csv"] {
+        if from.join(f).exists() {
+            std::fs::copy(from.join(f), to.join(f)).unwrap();
+        }
+    }
+    if from.join("reference").is_dir() {
+        std::os::unix::fs::symlink(from.join("reference"), to.join("reference")).unwrap();
+    }
+}
+
 /// Writes a model folder (`model.onnx` + `model.toml`) under `models_dir`.
 pub fn write_model(models_dir: &Path, name: &str, model: &explaind::onnx::proto::ModelProto, manifest: &str) {
     let dir = models_dir.join(name);
