@@ -594,3 +594,78 @@ async fn a_tabular_reference_set_serves_rows_as_json_and_a_bundled_one_loads() {
     assert_eq!(answer["details"]["proponents"].as_array().unwrap().len(), 5, "{answer}");
     service.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_model_without_a_linear_last_layer_serves_similarity_on_a_named_embedding_and_refuses_influence() {
+    use explaind::onnx::builder::{Attr, GraphBuilder};
+    // x [N, 3] -> Gemm -> Relu (the embedding, 4 values) -> Gemm -> Sigmoid: scores that are not
+    // a linear layer's output.
+    let mut g = GraphBuilder::new("sigmoid-head", 17);
+    g.input("x", &[-1, 3]);
+    let w1 = g.constant(
+        "w1",
+        &[3, 4],
+        &[1.0, 0.0, 0.0, 0.5, 0.0, 1.0, 0.0, 0.5, 0.0, 0.0, 1.0, 0.5],
+    );
+    let h = g.node("Gemm", &["x", &w1], vec![("alpha", Attr::Float(1.0))]);
+    let e = g.node("Relu", &[&h], vec![]);
+    let w2 = g.constant("w2", &[4, 2], &[1.0, -1.0, -1.0, 1.0, 0.5, 0.5, 0.0, 0.0]);
+    let z = g.node("Gemm", &[&e, &w2], vec![("alpha", Attr::Float(1.0))]);
+    let s = g.node("Sigmoid", &[&z], vec![]);
+    g.output(&s, &[-1, 2]);
+    let model = g.build();
+    let dir = temp_dir("reference-sigmoid");
+    let manifest = format!(
+        "task = \"tabular-classification\"\nscores = \"probabilities\"\nlabels = [\"no\", \"yes\"]\n\
+         [tabular]\nfeatures = [\"a\", \"b\", \"c\"]\n[reference]\ncsv = \"rows.csv\"\nembedding_layer = \"{e}\"\n"
+    );
+    common::write_model(&dir, "sig", &model, &manifest);
+    std::fs::write(
+        dir.join("sig/rows.csv"),
+        "a,b,c,label\n1,0,0,no\n0,1,0,yes\n0,0,1,1\n2,0,0.1,no\n",
+    )
+    .unwrap();
+    let service = start(test_config(&dir)).await;
+    let info = get_json(&service, "/v1/models/sig").await;
+    assert_eq!(info["reference_set"]["influence"], false, "{info}");
+    assert!(info["reference_set"]["no_influence"]
+        .as_str()
+        .unwrap()
+        .contains("Sigmoid"));
+    // Nearest to (1, 0, 0.05) by cosine of the Relu output: rows 0 and 3.
+    let answer = ok_json(
+        post_json(
+            &service,
+            "/v1/models/sig/explain/similar-examples",
+            &json!({"features": [1.0, 0.0, 0.05], "params": {"k": 2}}),
+        )
+        .await,
+    )
+    .await;
+    let ids: Vec<&str> = answer["details"]["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["3", "0"], "{answer}");
+    assert_eq!(answer["details"]["embedding_layer"], e.as_str());
+    for (method, params) in [
+        ("influence", json!({})),
+        ("similar-examples", json!({"metric": "gradient_cosine"})),
+    ] {
+        let p = problem(
+            post_json(
+                &service,
+                &format!("/v1/models/sig/explain/{method}"),
+                &json!({"features": [1.0, 0.0, 0.0], "params": params}),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported-model",
+        )
+        .await;
+        assert!(p["detail"].as_str().unwrap().contains("Sigmoid"), "{p}");
+    }
+    service.stop().await.unwrap();
+}

@@ -173,49 +173,71 @@ impl Task for BuildReference {
                 grads: Vec::with_capacity(n * classes),
             })
             .collect();
-        let mut start = 0;
-        while start < n {
-            ctx.checkpoint()?;
-            let end = (start + STEP_ROWS).min(n);
-            let batch = plan.listing.batch(model, start, end, plan.max_pixels).map_err(fail)?;
-            let take = |outs: &std::collections::HashMap<String, Tensor>, name: &str, len: usize| {
-                let t = outs
-                    .get(name)
-                    .ok_or_else(|| fail(format!("the model gave no `{name}`")))?;
-                let values = t.as_f32().unwrap_or(&[]).to_vec();
-                if values.len() != (end - start) * len {
-                    return Err(fail(format!(
-                        "`{name}` holds {} values for {} rows, {len} each were expected",
-                        values.len(),
-                        end - start
-                    )));
-                }
-                Ok(values)
-            };
-            let mut first = vec![plan.head.embedding.clone(), model.spec.output.clone()];
-            if let Some((_, _, l)) = plan.checkpoints.first() {
-                first.extend([l.input.clone(), l.logits.clone()]);
+        // The next steps' images are decoded on other threads (one per core, up to 4; step `i` on
+        // thread `i % threads`) while this step's passes run.
+        let listing = &plan.listing;
+        let steps: Vec<(usize, usize)> = (0..n).step_by(STEP_ROWS).map(|s| (s, (s + STEP_ROWS).min(n))).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |p| p.get()).clamp(1, 4);
+        std::thread::scope(|scope| -> Result<(), RuntimeError> {
+            let mut receivers = Vec::with_capacity(threads);
+            for t in 0..threads {
+                let (send, decoded) = std::sync::mpsc::sync_channel::<Result<Tensor, String>>(1);
+                receivers.push(decoded);
+                let mine: Vec<(usize, usize)> = steps.iter().copied().skip(t).step_by(threads).collect();
+                scope.spawn(move || {
+                    for (start, end) in mine {
+                        // A closed channel: the build stopped (an error, or cancelled).
+                        if send.send(listing.batch(model, start, end, plan.max_pixels)).is_err() {
+                            return;
+                        }
+                    }
+                });
             }
-            first.dedup();
-            let mut outs = rt.run_with_outputs(model, &first, &batch)?;
-            let scores = take(&outs, &model.spec.output, classes)?;
-            predictions.extend(scores.chunks(classes).map(|r| argmax(r) as u32));
-            if separate {
-                embeddings.extend(take(&outs, &plan.head.embedding, plan.head.embedding_len)?);
-            }
-            for (k, ((m, _, l), kept)) in plan.checkpoints.iter().zip(&mut rows).enumerate() {
-                if k > 0 {
-                    outs = rt.run_with_outputs(m, &[l.input.clone(), l.logits.clone()], &batch)?;
+            for (i, &(start, end)) in steps.iter().enumerate() {
+                ctx.checkpoint()?;
+                let batch = receivers[i % threads]
+                    .recv()
+                    .map_err(|_| fail("the decoding thread stopped".into()))?
+                    .map_err(fail)?;
+                let take = |outs: &std::collections::HashMap<String, Tensor>, name: &str, len: usize| {
+                    let t = outs
+                        .get(name)
+                        .ok_or_else(|| fail(format!("the model gave no `{name}`")))?;
+                    let values = t.as_f32().unwrap_or(&[]).to_vec();
+                    if values.len() != (end - start) * len {
+                        return Err(fail(format!(
+                            "`{name}` holds {} values for {} rows, {len} each were expected",
+                            values.len(),
+                            end - start
+                        )));
+                    }
+                    Ok(values)
+                };
+                let mut first = vec![plan.head.embedding.clone(), model.spec.output.clone()];
+                if let Some((_, _, l)) = plan.checkpoints.first() {
+                    first.extend([l.input.clone(), l.logits.clone()]);
                 }
-                kept.features.extend(take(&outs, &l.input, l.input_len)?);
-                let logits = take(&outs, &l.logits, classes)?;
-                for (z, &label) in logits.chunks(classes).zip(&plan.listing.labels[start..end]) {
-                    kept.grads.extend(loss_gradient(z, label as usize));
+                first.dedup();
+                let mut outs = rt.run_with_outputs(model, &first, &batch)?;
+                let scores = take(&outs, &model.spec.output, classes)?;
+                predictions.extend(scores.chunks(classes).map(|r| argmax(r) as u32));
+                if separate {
+                    embeddings.extend(take(&outs, &plan.head.embedding, plan.head.embedding_len)?);
                 }
+                for (k, ((m, _, l), kept)) in plan.checkpoints.iter().zip(&mut rows).enumerate() {
+                    if k > 0 {
+                        outs = rt.run_with_outputs(m, &[l.input.clone(), l.logits.clone()], &batch)?;
+                    }
+                    kept.features.extend(take(&outs, &l.input, l.input_len)?);
+                    let logits = take(&outs, &l.logits, classes)?;
+                    for (z, &label) in logits.chunks(classes).zip(&listing.labels[start..end]) {
+                        kept.grads.extend(loss_gradient(z, label as usize));
+                    }
+                }
+                ctx.advance(end - start);
             }
-            ctx.advance(end - start);
-            start = end;
-        }
+            Ok(())
+        })?;
         Ok(ReferenceSet::new(
             plan.listing,
             predictions,

@@ -30,6 +30,10 @@ pub type Region = (u32, u32, u32, u32);
 /// as an image's own do (a crop box inside the resizer would sample the pixels beyond it).
 pub fn rgb(src: &image::RgbImage, region: Region, width: u32, height: u32, filter: Filter) -> image::RgbImage {
     let (left, top, w, h) = region;
+    // Already the size asked (a 28x28 image for a 28x28 model): resampling would copy it.
+    if (left, top, w, h, width, height) == (0, 0, src.width(), src.height(), src.width(), src.height()) {
+        return src.clone();
+    }
     let cropped = image::imageops::crop_imm(src, left, top, w, h).to_image();
     let resized = ImageRef::new(cropped.width(), cropped.height(), cropped.as_raw(), PixelType::U8x3)
         .ok()
