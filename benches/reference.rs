@@ -76,7 +76,8 @@ fn main() {
     let model = state.registry.get("fashion").unwrap().clone();
 
     // The build again, timed alone, through the executor.
-    let plan = Plan::new(&model, &state.registry, &state.gradients, &config).unwrap();
+    let spec = model.spec.reference.clone().unwrap();
+    let plan = Plan::new(&model, &spec, &state.registry, &state.gradients, &config).unwrap();
     let outputs: Vec<String> = {
         let l = plan.head.linear.clone().unwrap();
         vec![l.input, l.logits]

@@ -115,6 +115,8 @@ pub struct Config {
     /// Most bytes one model's reference set may hold in memory (embeddings, last-layer inputs and
     /// loss gradients, for every checkpoint); a set beyond it is refused at start.
     pub max_reference_bytes: u64,
+    /// Largest reference set upload (`POST /v1/models/{model}/reference`), in bytes of body.
+    pub max_reference_upload_bytes: usize,
     /// API keys (`Authorization: Bearer <key>`); empty: no authentication (local use).
     pub api_keys: Vec<ApiKey>,
     /// Origins allowed to call the API from a browser (CORS); empty: CORS off; `"*"`: any origin.
@@ -169,6 +171,8 @@ pub enum Scope {
     Predict,
     /// The audit log.
     Audit,
+    /// Replacing models' reference sets (`POST /v1/models/{model}/reference`).
+    Reference,
 }
 
 /// How log lines are written.
@@ -225,6 +229,7 @@ impl Default for Config {
             max_jobs: 100,
             max_reference_rows: 100_000,
             max_reference_bytes: 1024 * 1024 * 1024,
+            max_reference_upload_bytes: 256 * 1024 * 1024,
             api_keys: Vec::new(),
             cors_allowed_origins: Vec::new(),
         }

@@ -80,6 +80,9 @@ async fn the_api_keeps_its_openapi_contract() {
             ])
             .arg("not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance")
             .env("NO_COLOR", "1")
+            // Bodies for the JSON Lines upload (tests/fixtures/schemathesis_hooks.py).
+            .env("PYTHONPATH", root().join("tests/fixtures"))
+            .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
             .current_dir(std::env::temp_dir())
             .output()
             .unwrap()

@@ -669,3 +669,106 @@ async fn a_model_without_a_linear_last_layer_serves_similarity_on_a_named_embedd
     }
     service.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_uploaded_set_replaces_the_old_one_whole_as_a_job_and_stays_at_the_next_start() {
+    let dir = temp_dir("reference-upload");
+    let reference = dir.join("ref");
+    make_reference(&reference, "train", 0, 20, 0.0);
+    let upload = dir.join("upload");
+    make_reference(&upload, "t10k", 0, 30, 0.0);
+    let models = dir.join("models");
+    let onnx = std::fs::read(root().join("models/fashion-cnn/model.onnx")).unwrap();
+    let toml = format!(
+        "images = \"{}\"\nlabels = \"{}\"",
+        reference.join("images").display(),
+        reference.join("labels.csv").display()
+    );
+    write_folder(&models, "fashion", &onnx, &fashion_manifest(&toml));
+    let config = Config {
+        data_dir: dir.join("data"),
+        ..test_config(&models)
+    };
+    let service = start(config.clone()).await;
+    let lines: Vec<String> = std::fs::read_to_string(upload.join("labels.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (id, label) = l.split_once(',').unwrap();
+            json!({"id": id, "label": label, "image": png(&upload.join("images").join(id))}).to_string()
+        })
+        .collect();
+    let send = |body: String| {
+        let endpoint = url(&service, "/v1/models/fashion/reference");
+        async move {
+            reqwest::Client::new()
+                .post(endpoint)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // A bad line refuses the whole upload, naming it; the old set stays.
+    let mut bad = lines.clone();
+    bad[1] = json!({"id": "x.png", "label": "Hat", "image": "aGVsbG8="}).to_string();
+    bad[4] = "not json".into();
+    let p = problem(send(bad.join("\n")).await, StatusCode::BAD_REQUEST, "invalid-request").await;
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("line 2") && detail.contains("line 5"), "{detail}");
+    assert_eq!(
+        get_json(&service, "/v1/models/fashion").await["reference_set"]["rows"],
+        20
+    );
+    problem(
+        reqwest::Client::new()
+            .post(url(&service, "/v1/models/fashion/reference"))
+            .header("content-type", "text/csv")
+            .body("id,label")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+    )
+    .await;
+
+    let accepted = send(lines.join("\n")).await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let job = accepted.headers()["location"].to_str().unwrap().to_string();
+    let mut view = Value::Null;
+    for _ in 0..200 {
+        view = get_json(&service, &job).await;
+        if view["state"] != "queued" && view["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(view["state"], "done", "{view}");
+    assert_eq!(view["progress"]["done"], 30, "{view}");
+    assert_eq!(view["result"]["rows"], 30, "{view}");
+    let info = get_json(&service, "/v1/models/fashion").await;
+    assert_eq!(info["reference_set"]["rows"], 30);
+    let row = reqwest::get(url(&service, "/v1/models/fashion/reference/t10k-00003.png"))
+        .await
+        .unwrap();
+    assert_eq!(
+        row.bytes().await.unwrap().to_vec(),
+        std::fs::read(upload.join("images/t10k-00003.png")).unwrap()
+    );
+    service.stop().await.unwrap();
+    // The next start uses the upload, kept, without running the model.
+    let service = start(config).await;
+    let info = get_json(&service, "/v1/models/fashion").await;
+    assert_eq!(
+        (
+            info["reference_set"]["rows"].as_u64(),
+            info["reference_set"]["loaded"].as_bool()
+        ),
+        (Some(30), Some(true)),
+        "{info}"
+    );
+    service.stop().await.unwrap();
+}

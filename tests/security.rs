@@ -88,6 +88,23 @@ async fn api_keys_guard_everything_but_probes_and_scope_the_audit_log() {
         .unwrap();
     assert_eq!(record["caller"], "frontend");
     assert!(record["request_id"].is_string());
+    // Replacing a reference set needs its own scope; reading one needs only `predict`.
+    let r = http
+        .post(url(&s, "/v1/models/fashion-cnn/reference"))
+        .bearer_auth("key-two")
+        .header("content-type", "application/x-ndjson")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = http
+        .get(url(&s, "/v1/models/fashion-cnn/reference/suspects"))
+        .bearer_auth("key-one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     s.stop().await.unwrap();
 }
 

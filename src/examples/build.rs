@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::executor::{Control, Executor, JobContext, Task};
 use crate::onnx::head::{Head, Linear};
 use crate::runtime::gradients::GradientCache;
+use crate::runtime::manifest::ReferenceSpec;
 use crate::runtime::{LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
 
 /// Rows decoded and run per step (each step runs as many passes as the pass budget needs).
@@ -37,15 +38,11 @@ impl Plan {
     /// would pass `max_reference_bytes`.
     pub fn new(
         model: &Arc<LoadedModel>,
+        spec: &ReferenceSpec,
         registry: &Registry,
         gradients: &GradientCache,
         config: &Config,
     ) -> Result<Self, String> {
-        let spec = model
-            .spec
-            .reference
-            .as_ref()
-            .ok_or("the model has no [reference] section")?;
         let head = gradients.head(model, spec.embedding_layer.as_deref())?;
         let mut checkpoints = Vec::new();
         if let Some(linear) = &head.linear {
@@ -257,21 +254,29 @@ fn argmax(row: &[f32]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
-/// At start: every model whose manifest has `[reference]` gets its set, loaded from the data
-/// directory when it is still valid, else built on the executor (and kept). A set that cannot be
-/// read is an error naming the file and line: the service does not start without it.
+/// At start: every model whose manifest has `[reference]`, or that has an uploaded set in force,
+/// gets its set (the upload's, else the manifest's), loaded from the data directory when it is
+/// still valid, else built on the executor (and kept). A set that cannot be read is an error
+/// naming the file and line: the service does not start without it.
 pub async fn prepare_all(
     registry: &Arc<Registry>,
     gradients: &Arc<GradientCache>,
     executor: &Arc<Executor>,
     config: &Config,
 ) -> anyhow::Result<()> {
-    for model in registry.iter().filter(|m| m.spec.reference.is_some()) {
+    for model in registry.iter() {
+        let spec = match super::upload::current(&config.data_dir, model) {
+            Some(uploaded) => uploaded,
+            None => match &model.spec.reference {
+                Some(spec) => spec.clone(),
+                None => continue,
+            },
+        };
         let (registry, gradients, config2, model2) =
             (registry.clone(), gradients.clone(), config.clone(), model.clone());
         let path = store::path(&config.data_dir, &model.name);
         let (plan, kept) = tokio::task::spawn_blocking(move || {
-            let plan = Plan::new(&model2, &registry, &gradients, &config2)?;
+            let plan = Plan::new(&model2, &spec, &registry, &gradients, &config2)?;
             let kept = match store::load(&path, plan.listing.inputs.clone()) {
                 Ok(Some(set)) => match plan.matches(&set) {
                     Ok(()) => Some(set),
@@ -293,30 +298,42 @@ pub async fn prepare_all(
         let set = match kept {
             Some(set) => set,
             None => {
-                let began = std::time::Instant::now();
                 let control = Control {
                     deadline: Duration::from_millis(config.async_job_deadline_ms),
                     cancelled: Default::default(),
                     progress: Default::default(),
                 };
-                let set = executor
-                    .admit()
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    .run_controlled(BuildReference(plan), control)
+                let admission = executor.admit().map_err(|e| anyhow::anyhow!("{e}"))?;
+                build_and_keep(admission, plan, control, &config.data_dir)
                     .await
-                    .map_err(|e| anyhow::anyhow!("model `{}`: reference set: {e}", model.name))?;
-                let path = store::path(&config.data_dir, &model.name);
-                let set = tokio::task::spawn_blocking(move || store::save(&path, &set).map(|()| set))
-                    .await?
-                    .map_err(|e| anyhow::anyhow!("model `{}`: cannot keep the reference set: {e}", model.name))?;
-                tracing::info!(model = %model.name, rows = set.len(), ms = began.elapsed().as_millis() as u64,
-                    "reference set built");
-                set
+                    .map_err(|e| anyhow::anyhow!("model `{}`: reference set: {e}", model.name))?
             }
         };
         tracing::info!(model = %model.name, rows = set.len(), bytes = set.bytes(), embedding = %set.head.embedding,
-            influence = !set.checkpoints.is_empty(), "reference set ready");
+            influence = !set.checkpoints.is_empty(), loaded = set.loaded, "reference set ready");
         model.set_reference(Arc::new(set));
     }
     Ok(())
+}
+
+/// Builds `plan` on the executor under `control` and keeps the set in `data_dir`.
+pub async fn build_and_keep(
+    admission: crate::executor::Admission,
+    plan: Plan,
+    control: Control,
+    data_dir: &std::path::Path,
+) -> Result<ReferenceSet, String> {
+    let began = std::time::Instant::now();
+    let model = plan.model.name.clone();
+    let set = admission
+        .run_controlled(BuildReference(plan), control)
+        .await
+        .map_err(|e| e.to_string())?;
+    let path = store::path(data_dir, &model);
+    let set = tokio::task::spawn_blocking(move || store::save(&path, &set).map(|()| set))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot keep the reference set: {e}"))?;
+    tracing::info!(model = %model, rows = set.len(), ms = began.elapsed().as_millis() as u64, "reference set built");
+    Ok(set)
 }

@@ -14,6 +14,7 @@
 pub mod build;
 pub mod source;
 pub mod store;
+pub mod upload;
 
 use std::collections::HashMap;
 

@@ -73,8 +73,13 @@ fn column(csv: &Csv, path: &Path, name: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{}: no `{name}` column", path.display()))
 }
 
+/// Whether `id` is a plain file name: no folder, no way out of the folder it is read from.
+pub(crate) fn is_file_name(id: &str) -> bool {
+    !id.is_empty() && id != ".." && id != "." && Path::new(id).file_name().is_some_and(|f| f == id)
+}
+
 /// A label cell as a class index: a label name, or an index below the class count.
-fn label_of(cell: &str, labels: &[String]) -> Option<u32> {
+pub(crate) fn label_of(cell: &str, labels: &[String]) -> Option<u32> {
     labels
         .iter()
         .position(|l| l == cell)
@@ -109,7 +114,7 @@ pub fn read(model: &LoadedModel, spec: &ReferenceSpec, max_rows: usize) -> Resul
                     return Err(format!("{}: line {line}: fewer cells than the header", path.display()));
                 };
                 // A plain file name inside the folder: no paths out of it.
-                if id.is_empty() || Path::new(id).file_name().is_none_or(|f| f != id.as_str()) || id == ".." {
+                if !is_file_name(id) {
                     return Err(format!("{}: line {line}: id `{id}` is not a file name", path.display()));
                 }
                 if !seen.insert(id.clone()) {

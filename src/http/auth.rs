@@ -67,6 +67,11 @@ pub async fn require_key(
         .ok_or_else(|| ApiError::new(ProblemKind::Unauthorized, "the API key is not valid"))?;
     let needed = if path.starts_with("/v1/audit") {
         Scope::Audit
+    } else if req.method() == axum::http::Method::POST
+        && path.starts_with("/v1/models/")
+        && path.ends_with("/reference")
+    {
+        Scope::Reference
     } else {
         Scope::Predict
     };

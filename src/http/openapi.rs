@@ -26,6 +26,7 @@ use super::{
         problems::problem_doc,
         models::list_models,
         models::get_model,
+        reference::upload,
         reference::suspects,
         reference::row,
         predict::predict,

@@ -1,10 +1,11 @@
-//! A model's reference set: its likely mislabels (`GET /v1/models/{model}/reference/suspects`) and
-//! its rows (`GET /v1/models/{model}/reference/{id}`).
+//! A model's reference set: a new one uploaded (`POST /v1/models/{model}/reference`), its likely
+//! mislabels (`GET /v1/models/{model}/reference/suspects`) and its rows
+//! (`GET /v1/models/{model}/reference/{id}`).
 
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -183,4 +184,112 @@ pub async fn row(
             .into_response())
         }
     }
+}
+
+/// Replaces the model's reference set with the rows of a JSON Lines body, as an asynchronous job:
+/// every line is checked first (a bad line refuses the upload, naming the first bad lines), then
+/// the rows are run through the model like the manifest's set; the new set is put in force whole
+/// when the job succeeds (and used at the next start), and the old one stays in force until then or
+/// if the job fails. Lines: image models `{"id": "a.png", "label": "Bag", "image": "<base64>"}`,
+/// tabular models `{"label": 1, "features": [...] or {...}}` (ids are row numbers).
+#[utoipa::path(post, path = "/v1/models/{model}/reference", tag = "reference",
+    params(("model" = String, Path, description = "model name", example = "fashion-cnn")),
+    request_body(content = String, content_type = "application/x-ndjson", description = "one row per line"),
+    responses(
+        (status = 202, body = crate::executor::board::JobView, description = "the build job; follow it at the `Location` given (`/v1/jobs/{id}`)"),
+        (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "bad lines (the first ones named)"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
+        (status = 413, body = super::error::Problem, content_type = "application/problem+json", description = "a body over max_reference_upload_bytes"),
+        (status = 415, body = super::error::Problem, content_type = "application/problem+json", description = "not JSON Lines"),
+        (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "a set this model cannot read, or over max_reference_bytes"),
+        (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "the queue or the job board is full"),
+    ))]
+pub async fn upload(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let m = state.model(&model)?;
+    state.refuse_when_full()?;
+    let config = &state.config;
+    let received = tokio::time::timeout(
+        std::time::Duration::from_millis(config.body_read_timeout_ms.saturating_mul(10)),
+        super::input::read_body(&headers, body, config.max_reference_upload_bytes),
+    )
+    .await
+    .map_err(|_| ApiError::new(ProblemKind::RequestTimeout, "the upload did not arrive in time"))??;
+    if !matches!(
+        received.media_type.as_str(),
+        "application/x-ndjson" | "application/jsonl" | "application/json-lines"
+    ) {
+        return Err(ApiError::new(
+            ProblemKind::UnsupportedMediaType,
+            "send the rows as JSON Lines (content type application/x-ndjson)",
+        ));
+    }
+    let dir = crate::examples::upload::folder(&config.data_dir, &m.name).join(uuid::Uuid::new_v4().to_string());
+    let (model2, dir2, max_rows) = (m.clone(), dir.clone(), config.max_reference_rows);
+    let spec = tokio::task::spawn_blocking(move || {
+        let written = crate::examples::upload::write(&model2, &received.bytes, &dir2, max_rows);
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(&dir2);
+        }
+        written
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, format!("the upload was refused: {e}")))?;
+    let (model2, state2, dir2) = (m.clone(), state.clone(), dir.clone());
+    let plan = tokio::task::spawn_blocking(move || {
+        crate::examples::build::Plan::new(&model2, &spec, &state2.registry, &state2.gradients, &state2.config)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| {
+        let _ = std::fs::remove_dir_all(&dir2);
+        ApiError::new(
+            ProblemKind::InvalidInput,
+            format!("the upload cannot serve as a reference set: {e}"),
+        )
+    })?;
+    let admission = state.executor.admit()?;
+    let (id, control) = state
+        .jobs
+        .create(&m.name, "reference")
+        .map_err(|e| ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(config.retry_after_secs))?;
+    let (task_state, task_id) = (state.clone(), id.clone());
+    tokio::spawn(async move {
+        let state = task_state;
+        let data_dir = state.config.data_dir.clone();
+        let built = crate::examples::build::build_and_keep(admission, plan, control, &data_dir).await;
+        let outcome =
+            match built.and_then(|set| crate::examples::upload::put_in_force(&data_dir, &m.name, &dir).map(|()| set)) {
+                Ok(set) => {
+                    let summary = set.summary();
+                    m.set_reference(Arc::new(set));
+                    tracing::info!(model = %m.name, rows = summary.rows, "uploaded reference set in force");
+                    Ok(serde_json::to_value(summary).unwrap_or_default())
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    tracing::warn!(model = %m.name, error = %e, "reference upload failed; the previous set stays");
+                    let problem = ApiError::new(
+                        ProblemKind::InvalidInput,
+                        format!("the reference set was not built: {e}"),
+                    );
+                    Err(serde_json::to_value(problem.problem()).unwrap_or_default())
+                }
+            };
+        state.jobs.finish(&task_id, outcome);
+    });
+    let view = state
+        .jobs
+        .get(&id)
+        .ok_or_else(|| ApiError::internal("the job vanished"))?;
+    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
 }

@@ -31,6 +31,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/problems/{slug}", get(problems::problem_doc))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::get_model))
+        .route("/v1/models/{model}/reference", post(reference::upload))
         .route("/v1/models/{model}/reference/suspects", get(reference::suspects))
         .route("/v1/models/{model}/reference/{id}", get(reference::row))
         .route("/v1/models/{model}/predict", post(predict::predict))

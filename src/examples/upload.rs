@@ -1,0 +1,183 @@
+//! A reference set uploaded at run time (`POST /v1/models/{model}/reference`, JSON Lines): each
+//! line checked, the rows written into a folder of the data directory as a manifest would name
+//! them, built like the manifest's set, and put in force whole only when the build succeeds. A
+//! pointer file names the set in force, so the next start uses it instead of the manifest's.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use serde::Deserialize;
+
+use super::source::{is_file_name, label_of};
+use crate::runtime::manifest::ReferenceSpec;
+use crate::runtime::LoadedModel;
+
+/// Bad lines named in a refusal, at most.
+const SHOWN: usize = 5;
+
+/// One line of an upload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    /// Image models: the row's id, a file name (`a.png`).
+    id: Option<String>,
+    /// A label name or class index.
+    label: serde_json::Value,
+    /// Image models: the image file, base64.
+    image: Option<String>,
+    /// Tabular models: the features, in the model's order or by name.
+    features: Option<serde_json::Value>,
+}
+
+/// The folder uploads of `model` live in.
+pub fn folder(data_dir: &Path, model: &str) -> PathBuf {
+    data_dir.join("reference").join(format!("{model}.uploads"))
+}
+
+/// Checks every line of `body` and writes the rows into `dir` (created); the spec that reads
+/// them, with the manifest's other settings. An error names the first bad lines.
+pub fn write(model: &LoadedModel, body: &[u8], dir: &Path, max_rows: usize) -> Result<ReferenceSpec, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8 text".to_string())?;
+    let labels = &model.spec.labels;
+    let image = model.spec.image.is_some();
+    let mut bad = Vec::new();
+    let mut rows = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        if rows.len() == max_rows {
+            return Err(format!("more than {max_rows} rows (max_reference_rows)"));
+        }
+        let parsed: Result<(String, u32, Vec<u8>), String> = serde_json::from_str::<Line>(line)
+            .map_err(|e| e.to_string())
+            .and_then(|l| {
+                let class = match &l.label {
+                    serde_json::Value::String(s) => label_of(s, labels),
+                    serde_json::Value::Number(i) => i.as_u64().and_then(|i| label_of(&i.to_string(), labels)),
+                    _ => None,
+                }
+                .ok_or_else(|| format!("label {} is neither a label name nor a class index", l.label))?;
+                if image {
+                    let id = l.id.ok_or("an image row needs an `id` (its file name)")?;
+                    if !is_file_name(&id) {
+                        return Err(format!(
+                            "id `{}` is not a file name",
+                            id.chars().take(100).collect::<String>()
+                        ));
+                    }
+                    if !seen.insert(id.clone()) {
+                        return Err(format!("id `{id}` appears twice"));
+                    }
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(l.image.ok_or("an image row needs `image` (base64)")?.trim())
+                        .map_err(|e| format!("image: not base64: {e}"))?;
+                    image::guess_format(&bytes).map_err(|_| "image: not a PNG or JPEG file".to_string())?;
+                    Ok((id, class, bytes))
+                } else {
+                    let features = l.features.ok_or("a tabular row needs `features`")?;
+                    let spec = model.spec.tabular.as_ref().ok_or("the model takes no features")?;
+                    let input = match features {
+                        serde_json::Value::Array(v) => crate::runtime::preprocess::Features::Ordered(v),
+                        serde_json::Value::Object(m) => crate::runtime::preprocess::Features::Named(m),
+                        _ => return Err("`features` is neither a list nor an object".into()),
+                    };
+                    let tensor =
+                        crate::runtime::preprocess::prepare_features(&input, spec).map_err(|e| e.to_string())?;
+                    let cells: Vec<String> = tensor.as_f32().unwrap_or(&[]).iter().map(f32::to_string).collect();
+                    Ok((rows.len().to_string(), class, cells.join(",").into_bytes()))
+                }
+            });
+        match parsed {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                bad.push(format!("line {}: {e}", n + 1));
+                if bad.len() == SHOWN {
+                    break;
+                }
+            }
+        }
+    }
+    if !bad.is_empty() {
+        return Err(bad.join("; "));
+    }
+    if rows.is_empty() {
+        return Err("no rows".into());
+    }
+    let io = |e: std::io::Error| format!("cannot write the upload into {}: {e}", dir.display());
+    let mut spec = model.spec.reference.clone().unwrap_or_default();
+    if image {
+        std::fs::create_dir_all(dir.join("images")).map_err(io)?;
+        let mut csv = String::from("id,label\n");
+        for (id, class, bytes) in &rows {
+            std::fs::write(dir.join("images").join(id), bytes).map_err(io)?;
+            csv.push_str(&format!("{id},{class}\n"));
+        }
+        std::fs::write(dir.join("labels.csv"), csv).map_err(io)?;
+        spec.images = Some(dir.join("images").display().to_string());
+        spec.labels = Some(dir.join("labels.csv").display().to_string());
+        spec.csv = None;
+    } else {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let features = &model
+            .spec
+            .tabular
+            .as_ref()
+            .map(|t| t.features.clone())
+            .unwrap_or_default();
+        // Feature names may hold commas: the CSV's header is written quoted.
+        let mut csv = features
+            .iter()
+            .map(|f| format!("\"{f}\""))
+            .collect::<Vec<_>>()
+            .join(",");
+        csv.push_str(",label\n");
+        for (_, class, cells) in &rows {
+            csv.push_str(&format!("{},{class}\n", String::from_utf8_lossy(cells)));
+        }
+        std::fs::write(dir.join("rows.csv"), csv).map_err(io)?;
+        spec.csv = Some(dir.join("rows.csv").display().to_string());
+        spec.images = None;
+        spec.labels = None;
+    }
+    Ok(spec)
+}
+
+/// The spec of the uploaded set in force for `model`, when there is one.
+pub fn current(data_dir: &Path, model: &LoadedModel) -> Option<ReferenceSpec> {
+    let root = folder(data_dir, &model.name);
+    let name = std::fs::read_to_string(root.join("current")).ok()?;
+    let dir = root.join(name.trim());
+    let mut spec = model.spec.reference.clone().unwrap_or_default();
+    if dir.join("labels.csv").is_file() {
+        spec.images = Some(dir.join("images").display().to_string());
+        spec.labels = Some(dir.join("labels.csv").display().to_string());
+        spec.csv = None;
+    } else if dir.join("rows.csv").is_file() {
+        spec.csv = Some(dir.join("rows.csv").display().to_string());
+        spec.images = None;
+        spec.labels = None;
+    } else {
+        return None;
+    }
+    Some(spec)
+}
+
+/// Makes the upload in `dir` the one in force (the pointer replaced by a rename) and removes the
+/// others.
+pub fn put_in_force(data_dir: &Path, model: &str, dir: &Path) -> Result<(), String> {
+    let root = folder(data_dir, model);
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("an upload folder without a name")?;
+    let tmp = root.join("current.tmp");
+    std::fs::write(&tmp, name).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, root.join("current")).map_err(|e| e.to_string())?;
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            if e.path().is_dir() && e.file_name() != name {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(())
+}
