@@ -39,7 +39,7 @@ async fn slow_request(http: &reqwest::Client, endpoint: &str) -> (StatusCode, Op
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_queue_refuses_at_once_and_accepted_jobs_complete() {
-    let s = start(slow_service_config("overload", 12)).await;
+    let s = start(slow_service_config("overload", 16)).await;
     let http = reqwest::Client::new();
     let endpoint = url(&s, "/v1/models/slow/predict");
     // One pass alone, to know what "at once" means next to it.

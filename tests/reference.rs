@@ -65,6 +65,18 @@ fn fashion_manifest(reference: &str) -> String {
     }
 }
 
+/// A copy of the bundled Fashion-MNIST model named `name` whose reference set is the images of
+/// `reference` (as make_reference.py writes them) with the labels file `labels`.
+fn fashion_with_reference(models: &Path, name: &str, reference: &Path, labels: &str) {
+    let onnx = std::fs::read(root().join("models/fashion-cnn/model.onnx")).unwrap();
+    let toml = format!(
+        "images = \"{}\"\nlabels = \"{}\"",
+        reference.join("images").display(),
+        reference.join(labels).display()
+    );
+    write_folder(models, name, &onnx, &fashion_manifest(&toml));
+}
+
 fn write_folder(models: &Path, name: &str, onnx: &[u8], manifest: &str) {
     let dir = models.join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -329,17 +341,11 @@ async fn suspects_find_flipped_labels_and_neighbours_share_the_true_label() {
     let held_out = dir.join("held-out");
     make_reference(&held_out, "t10k", 0, 200, 0.0);
     let models = dir.join("models");
-    let onnx = std::fs::read(root().join("models/fashion-cnn/model.onnx")).unwrap();
     for (name, labels) in [
         ("fashion-clean", "labels.csv"),
         ("fashion-flipped", "labels-flipped.csv"),
     ] {
-        let toml = format!(
-            "images = \"{}\"\nlabels = \"{}\"",
-            images.join("images").display(),
-            images.join(labels).display()
-        );
-        write_folder(&models, name, &onnx, &fashion_manifest(&toml));
+        fashion_with_reference(&models, name, &images, labels);
     }
     let config = Config {
         max_reference_rows: 10_000,
@@ -434,13 +440,7 @@ async fn a_kept_set_loads_at_the_next_start_and_is_rebuilt_when_its_files_change
     let reference = dir.join("ref");
     make_reference(&reference, "train", 0, 50, 0.0);
     let models = dir.join("models");
-    let onnx = std::fs::read(root().join("models/fashion-cnn/model.onnx")).unwrap();
-    let toml = format!(
-        "images = \"{}\"\nlabels = \"{}\"",
-        reference.join("images").display(),
-        reference.join("labels.csv").display()
-    );
-    write_folder(&models, "fashion", &onnx, &fashion_manifest(&toml));
+    fashion_with_reference(&models, "fashion", &reference, "labels.csv");
     let config = Config {
         data_dir: dir.join("data"),
         ..test_config(&models)
@@ -678,13 +678,7 @@ async fn an_uploaded_set_replaces_the_old_one_whole_as_a_job_and_stays_at_the_ne
     let upload = dir.join("upload");
     make_reference(&upload, "t10k", 0, 30, 0.0);
     let models = dir.join("models");
-    let onnx = std::fs::read(root().join("models/fashion-cnn/model.onnx")).unwrap();
-    let toml = format!(
-        "images = \"{}\"\nlabels = \"{}\"",
-        reference.join("images").display(),
-        reference.join("labels.csv").display()
-    );
-    write_folder(&models, "fashion", &onnx, &fashion_manifest(&toml));
+    fashion_with_reference(&models, "fashion", &reference, "labels.csv");
     let config = Config {
         data_dir: dir.join("data"),
         ..test_config(&models)

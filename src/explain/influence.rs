@@ -17,7 +17,7 @@ use super::similar_examples::unsupported;
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::examples::top;
 use crate::runtime::predict::Prediction;
-use crate::runtime::{RuntimeError, Tensor};
+use crate::runtime::RuntimeError;
 
 /// Influence parameters.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
@@ -105,14 +105,7 @@ impl Method for Influence {
                 "layer": set.checkpoints[0].input,
                 "reference_rows": set.len(),
             });
-            out.push(TargetAttribution {
-                target: target.clone(),
-                tensor: Tensor::f32(vec![0], Vec::new()),
-                map: None,
-                convergence_delta: None,
-                layer: None,
-                details: Some(details),
-            });
+            out.push(TargetAttribution::from_details(target, details));
         }
         Ok(out)
     }

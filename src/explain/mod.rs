@@ -118,6 +118,19 @@ impl TargetAttribution {
         }
     }
 
+    /// The answer of a method whose explanation is its `details` alone (reference rows), with no
+    /// attribution over the input.
+    pub fn from_details(target: &Prediction, details: serde_json::Value) -> Self {
+        Self {
+            target: target.clone(),
+            tensor: Tensor::f32(vec![0], Vec::new()),
+            map: None,
+            convergence_delta: None,
+            layer: None,
+            details: Some(details),
+        }
+    }
+
     /// The attribution of a method that produces a `[height, width]` map over the input image.
     pub fn from_map(
         target: &Prediction,

@@ -14,7 +14,7 @@ use super::reference_query::{allowed, check_influence, input_vectors, reference_
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::examples::Metric;
 use crate::runtime::predict::Prediction;
-use crate::runtime::{RuntimeError, Tensor};
+use crate::runtime::RuntimeError;
 
 /// Similar-example parameters.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
@@ -94,14 +94,7 @@ impl Method for SimilarExamples {
                 "embedding_layer": set.head.embedding,
                 "reference_rows": set.len(),
             });
-            out.push(TargetAttribution {
-                target: target.clone(),
-                tensor: Tensor::f32(vec![0], Vec::new()),
-                map: None,
-                convergence_delta: None,
-                layer: None,
-                details: Some(details),
-            });
+            out.push(TargetAttribution::from_details(target, details));
         }
         Ok(out)
     }

@@ -209,23 +209,7 @@ pub fn with_masks(model: &ModelProto, sites: &[MaskSite]) -> Result<ModelProto, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::autodiff::TensorShape;
     use crate::onnx::builder::{Attr, GraphBuilder};
-
-    fn shapes(entries: &[(&str, &[Option<i64>])]) -> ShapeMap {
-        entries
-            .iter()
-            .map(|(n, d)| {
-                (
-                    n.to_string(),
-                    TensorShape {
-                        dims: d.to_vec(),
-                        elem_type: data_type::FLOAT,
-                    },
-                )
-            })
-            .collect()
-    }
 
     /// x [N,4] -> Relu -> h -> Gemm -> y [N,3]
     fn mlp() -> (ModelProto, ShapeMap) {
@@ -244,7 +228,7 @@ mod tests {
             .iter()
             .map(|n| n.output[0].clone())
             .collect();
-        let s = shapes(&[
+        let s = crate::onnx::float_shapes(&[
             ("x", &[None, Some(4)]),
             (&names[0], &[None, Some(4)]),
             (&names[1], &[None, Some(3)]),

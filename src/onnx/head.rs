@@ -214,23 +214,7 @@ pub fn with_outputs(model: &ModelProto, names: &[String]) -> Result<ModelProto, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::autodiff::TensorShape;
     use crate::onnx::builder::{Attr, GraphBuilder};
-
-    fn shapes_of(entries: &[(&str, &[Option<i64>])]) -> ShapeMap {
-        entries
-            .iter()
-            .map(|(n, d)| {
-                (
-                    n.to_string(),
-                    TensorShape {
-                        dims: d.to_vec(),
-                        elem_type: data_type::FLOAT,
-                    },
-                )
-            })
-            .collect()
-    }
 
     #[test]
     fn a_gemm_with_bias_before_softmax_is_the_head() {
@@ -244,7 +228,8 @@ mod tests {
         b.output(&p, &[-1, 3]);
         let model = b.build();
         let graph = model.graph.as_ref().unwrap();
-        let shapes = shapes_of(&[("x", &[None, Some(4)]), (&h, &[None, Some(4)]), (&z, &[None, Some(3)])]);
+        let shapes =
+            crate::onnx::float_shapes(&[("x", &[None, Some(4)]), (&h, &[None, Some(4)]), (&z, &[None, Some(3)])]);
         let head = find(graph, &shapes, &p, None).unwrap();
         let l = head.linear.as_ref().unwrap();
         assert_eq!(
@@ -269,7 +254,8 @@ mod tests {
         b.output(&s, &[-1, 2]);
         let model = b.build();
         let graph = model.graph.as_ref().unwrap();
-        let shapes = shapes_of(&[("x", &[None, Some(4)]), (&m, &[None, Some(2)]), (&z, &[None, Some(2)])]);
+        let shapes =
+            crate::onnx::float_shapes(&[("x", &[None, Some(4)]), (&m, &[None, Some(2)]), (&z, &[None, Some(2)])]);
         let head = find(graph, &shapes, &z, None).unwrap();
         let l = head.linear.unwrap();
         assert_eq!((l.input.as_str(), l.bias, l.softmax), ("x", true, false));

@@ -13,3 +13,20 @@ pub mod trees;
 pub mod zoo;
 
 pub use summary::{Dim, ModelSummary, TensorInfo};
+
+/// Float tensors' shapes by name, for the graph tools' unit tests.
+#[cfg(test)]
+pub(crate) fn float_shapes(entries: &[(&str, &[Option<i64>])]) -> autodiff::ShapeMap {
+    entries
+        .iter()
+        .map(|(n, d)| {
+            (
+                n.to_string(),
+                autodiff::TensorShape {
+                    dims: d.to_vec(),
+                    elem_type: proto::data_type::FLOAT,
+                },
+            )
+        })
+        .collect()
+}
