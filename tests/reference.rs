@@ -319,17 +319,73 @@ async fn influence_and_self_influence_match_an_independent_tracin() {
     )
     .await;
     assert!(no_set["detail"].as_str().unwrap().contains("[reference]"), "{no_set}");
-    problem(
+    // Out-of-range parameters, metrics of an attribution, a picture, a side-by-side comparison:
+    // refused, naming why.
+    let image = png(&small.queries[0]);
+    for (path, body, says) in [
+        (
+            "explain/similar-examples",
+            json!({"image": image, "params": {"k": 101}}),
+            "params.k",
+        ),
+        (
+            "explain/influence",
+            json!({"image": image, "params": {"k": 0}}),
+            "params.k",
+        ),
+        (
+            "explain/influence",
+            json!({"image": image, "params": {"normalise": true}}),
+            "normalise",
+        ),
+        (
+            "explain/similar-examples",
+            json!({"image": image, "evaluate": ["deletion"]}),
+            "evaluate",
+        ),
+        (
+            "explain/influence",
+            json!({"image": image, "format": "png"}),
+            "format=png",
+        ),
+        (
+            "compare",
+            json!({"image": image, "methods": ["saliency", "influence"]}),
+            "reference rows",
+        ),
+    ] {
+        let p = problem(
+            post_json(&service, &format!("/v1/models/fashion-small/{path}"), &body).await,
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+        )
+        .await;
+        assert!(p["detail"].as_str().unwrap().contains(says), "{path}: {p}");
+    }
+    // Audited like any explanation: the rows and their scores are in the record.
+    let answer = ok_json(
         post_json(
             &service,
-            "/v1/models/fashion-small/explain/similar-examples",
-            &json!({"image": png(&small.queries[0]), "params": {"k": 101}}),
+            "/v1/models/fashion-small/explain/influence",
+            &json!({"image": image, "audit": true, "params": {"k": 2}}),
         )
         .await,
-        StatusCode::BAD_REQUEST,
-        "invalid-request",
     )
     .await;
+    let id = answer["audit_record"]["id"].as_str().unwrap();
+    let record = get_json(&service, &format!("/v1/audit/records/{id}")).await;
+    let summary = &record["targets"][0]["summary"];
+    assert_eq!(summary["proponents"], answer["details"]["proponents"], "{record}");
+    assert_eq!(summary["opponents"], answer["details"]["opponents"]);
+    // A client that accepts PNG gets the rows as JSON.
+    let answer = reqwest::Client::new()
+        .post(url(&service, "/v1/models/fashion-small/explain/similar-examples"))
+        .header("accept", "image/png, application/json")
+        .json(&json!({ "image": image }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.headers()["content-type"], "application/json");
     service.stop().await.unwrap();
 }
 

@@ -147,6 +147,12 @@ pub async fn compare(
             evaluate: Some(evaluate.clone()),
         };
         let v = explain::validate(&state, &model, &name, options, 1)?;
+        if v.params.capabilities().examples {
+            return Err(crate::explain::Invalid::Request(format!(
+                "methods: compare sets attributions side by side; {name} answers reference rows"
+            ))
+            .into());
+        }
         bytes = bytes.saturating_add(v.params.cost().bytes);
         valid.push(v);
     }

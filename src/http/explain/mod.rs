@@ -74,11 +74,17 @@ pub async fn explain(
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
     let (raw, request) = request::parse_body(received, &uri).await?;
-    let wants_png = match request.format {
-        Some(f) => f == Format::Png,
-        None => accepts_png(&headers),
-    };
+    let asked_png = request.format == Some(Format::Png);
     let valid = validate(&state, &model, &method_name, request.options(), 1)?;
+    // Reference rows have no picture: an explicit `format=png` is refused, an `Accept` gets JSON.
+    let rows_only = valid.params.capabilities().examples;
+    if asked_png && rows_only {
+        return Err(crate::explain::Invalid::Request(format!(
+            "{method_name} answers reference rows, as JSON; it draws no picture (format=png)"
+        ))
+        .into());
+    }
+    let wants_png = !rows_only && (asked_png || (request.format.is_none() && accepts_png(&headers)));
     let evidence = audit_evidence(&state, &model, &raw, request.audit.unwrap_or(false)).await?;
     let admission = state.executor.admit()?;
     let max_pixels = state.config.max_image_pixels;
@@ -177,7 +183,14 @@ pub fn validate(
     };
     let params = method.plan(options.params.unwrap_or_else(|| serde_json::json!({})), &cx)?;
     check_bytes(params.cost().bytes, inputs, limits)?;
-    let evaluate = crate::eval::plan(&options.evaluate.unwrap_or_default(), model, count.max(1), limits)?;
+    let asked = options.evaluate.unwrap_or_default();
+    if !asked.is_empty() && method.capabilities().examples {
+        return Err(crate::explain::Invalid::Request(format!(
+            "evaluate: metrics judge attributions over the input; {method_name} answers reference rows"
+        ))
+        .into());
+    }
+    let evaluate = crate::eval::plan(&asked, model, count.max(1), limits)?;
     check_randomization(state, model, &evaluate, params.cost().samples, limits)?;
     Ok(ValidExplain {
         model: model.clone(),
