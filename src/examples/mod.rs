@@ -118,6 +118,10 @@ pub struct ReferenceSet {
     pub self_influence: Vec<f64>,
     /// Rows by self-influence, highest first.
     by_self_influence: Vec<u32>,
+    /// Each row's embedding norm.
+    embedding_norms: Vec<f64>,
+    /// Per checkpoint, each row's last-layer gradient norm `sqrt((|a|^2 + 1) |g|^2)`.
+    grad_norms: Vec<Vec<f64>>,
     /// Where each row's input is (an image file, or the feature row).
     pub inputs: source::Inputs,
     /// Row index by id.
@@ -185,6 +189,8 @@ impl ReferenceSet {
             source_sha256: listing.sha256,
             self_influence: Vec::new(),
             by_self_influence: Vec::new(),
+            embedding_norms: Vec::new(),
+            grad_norms: Vec::new(),
             inputs: listing.inputs,
             index: HashMap::new(),
             loaded: false,
@@ -220,7 +226,21 @@ impl ReferenceSet {
                 .then(a.cmp(&b))
         });
         self.by_self_influence = order;
+        self.embedding_norms = (0..self.ids.len()).map(|i| norm2(self.embedding(i)).sqrt()).collect();
+        self.grad_norms = self
+            .checkpoints
+            .iter()
+            .map(|c| (0..self.ids.len()).map(|i| c.grad_norm2(i, classes).sqrt()).collect())
+            .collect();
         self
+    }
+
+    /// Every row's embedding, rows one after another, and the values per row.
+    fn embedding_rows(&self) -> &[f32] {
+        match self.embeddings.is_empty() {
+            true => &self.checkpoints[0].features,
+            false => &self.embeddings,
+        }
     }
 
     /// Rows in the set.
@@ -259,8 +279,11 @@ impl ReferenceSet {
                 .iter()
                 .map(|c| c.features.len() + c.grads.len())
                 .sum::<usize>();
-        let ids: usize = self.ids.iter().map(|s| s.len() + 24).sum();
-        (floats as u64) * 4 + (ids as u64) + (self.len() as u64) * (8 + 8 + 8 + 16)
+        // Ids, kept twice (the list and the index), with their heads.
+        let ids: usize = self.ids.iter().map(|s| 2 * s.len() + 56).sum();
+        // Label, prediction, rank (4 bytes each), self-influence and the norms (8 each).
+        let per_row = 12 + 8 * (2 + self.checkpoints.len()) as u64;
+        (floats as u64) * 4 + (ids as u64) + (self.len() as u64) * per_row
     }
 
     /// Row `i` as an answer names it, with `score`.
@@ -277,36 +300,31 @@ impl ReferenceSet {
     /// The `k` rows most similar to `query` among those `allowed` (all when `None`), most similar
     /// first, with their similarity (cosine metrics) or distance (`l2`).
     pub fn similar(&self, query: &Query, metric: Metric, allowed: Option<&[bool]>, k: usize) -> Vec<(usize, f64)> {
-        let rows = (0..self.len()).filter(|&i| allowed.is_none_or(|a| a[self.labels[i] as usize]));
-        let scored: Vec<(usize, f64)> = match metric {
-            Metric::Cosine => {
-                let qn = norm2(&query.embedding).sqrt();
-                rows.map(|i| {
-                    let e = self.embedding(i);
-                    (i, cosine(dot(&query.embedding, e), qn * norm2(e).sqrt()))
-                })
-                .collect()
+        let keep = |i: &usize| allowed.is_none_or(|a| a[self.labels[*i] as usize]);
+        let scores: Vec<f64> = match metric {
+            Metric::Cosine | Metric::L2 => {
+                let q = &query.embedding;
+                let qn = norm2(q).sqrt();
+                let products = dots(self.embedding_rows(), self.head.embedding_len, q);
+                products
+                    .iter()
+                    .zip(&self.embedding_norms)
+                    .map(|(&p, &n)| match metric {
+                        Metric::Cosine => cosine(p as f64, qn * n),
+                        // |q - e| from the product and the norms; negated so that one ranking
+                        // (largest first) serves every metric.
+                        _ => -(qn * qn + n * n - 2.0 * p as f64).max(0.0).sqrt(),
+                    })
+                    .collect()
             }
-            Metric::L2 => rows
-                .map(|i| {
-                    let e = self.embedding(i);
-                    let d2: f64 = query
-                        .embedding
-                        .iter()
-                        .zip(e)
-                        .map(|(a, b)| ((a - b) as f64).powi(2))
-                        .sum();
-                    // Negated so that one ranking (largest first) serves every metric.
-                    (i, -d2.sqrt())
-                })
-                .collect(),
             Metric::GradientCosine => {
                 // The cosine form of the model's own checkpoint, without its learning rate.
                 let lr = self.checkpoints.first().map_or(1.0, |c| c.lr);
                 let scores = self.influence(&query.checkpoints[..1], true);
-                rows.map(|i| (i, scores[i] / lr)).collect()
+                scores.into_iter().map(|s| s / lr).collect()
             }
         };
+        let scored = scores.into_iter().enumerate().filter(|(i, _)| keep(i)).collect();
         let mut best = top(scored, k, |s| s);
         if metric == Metric::L2 {
             for b in &mut best {
@@ -321,18 +339,31 @@ impl ReferenceSet {
     pub fn influence(&self, query: &[(Vec<f32>, Vec<f32>)], normalize: bool) -> Vec<f64> {
         let classes = self.classes;
         let mut out = vec![0.0; self.len()];
-        for (c, (a, g)) in self.checkpoints.iter().zip(query) {
+        for ((c, (a, g)), norms) in self.checkpoints.iter().zip(query).zip(&self.grad_norms) {
             let query_norm = ((norm2(a) + c.bias_term()) * norm2(g)).sqrt();
-            for (i, o) in out.iter_mut().enumerate() {
-                let value = (dot(a, c.a(i)) + c.bias_term()) * dot(g, c.g(i, classes));
+            let a_dots = dots(&c.features, c.features_len, a);
+            let g_dots = dots(&c.grads, classes, g);
+            for (((o, &ad), &gd), &n) in out.iter_mut().zip(&a_dots).zip(&g_dots).zip(norms) {
+                let value = (ad as f64 + c.bias_term()) * gd as f64;
                 *o += c.lr
                     * match normalize {
-                        true => cosine(value, query_norm * c.grad_norm2(i, classes).sqrt()),
+                        true => cosine(value, query_norm * n),
                         false => value,
                     };
             }
         }
         out
+    }
+
+    /// Whether `query` has the lengths the set's rows have (the model's tensors for this input).
+    pub fn fits(&self, query: &Query) -> bool {
+        query.embedding.len() == self.head.embedding_len
+            && query.checkpoints.len() <= self.checkpoints.len()
+            && query
+                .checkpoints
+                .iter()
+                .zip(&self.checkpoints)
+                .all(|((a, g), c)| a.len() == c.features_len && g.len() == self.classes)
     }
 
     /// Rows by self-influence, highest first, among those whose label is `allowed`.
@@ -366,22 +397,19 @@ pub fn top(mut scored: Vec<(usize, f64)>, k: usize, key: impl Fn(f64) -> f64) ->
     scored
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    // Eight f32 lanes summed apart vectorise; the rows are short (tens to thousands of values).
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
+/// Each row's dot product with `q`: `rows` (`width` values each, one after another) times `q`, by
+/// ndarray's matrix-vector product (unrolled f32 lanes, vectorised; a query is one memory-bound
+/// pass over the set, where a BLAS call's setup would cost more than it saves).
+fn dots(rows: &[f32], width: usize, q: &[f32]) -> Vec<f32> {
+    let n = rows.len().checked_div(width).unwrap_or(0);
+    match ndarray::ArrayView2::from_shape((n, width), rows) {
+        Ok(m) if q.len() == width => m.dot(&ndarray::ArrayView1::from(q)).to_vec(),
+        _ => vec![0.0; n],
     }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
 }
 
 fn norm2(a: &[f32]) -> f64 {
-    dot(a, a)
+    a.iter().map(|x| *x as f64 * *x as f64).sum()
 }
 
 /// `value / norm`, 0 for a zero norm (a row of zeros is like nothing).
@@ -428,6 +456,8 @@ mod tests {
             source_sha256: String::new(),
             self_influence: Vec::new(),
             by_self_influence: Vec::new(),
+            embedding_norms: Vec::new(),
+            grad_norms: Vec::new(),
             inputs: source::Inputs::Rows(Vec::new()),
             index: HashMap::new(),
             loaded: false,
@@ -442,7 +472,7 @@ mod tests {
             let q = vec![(s.checkpoints[0].a(i).to_vec(), s.checkpoints[0].g(i, 2).to_vec())];
             let inf = s.influence(&q, false);
             assert!(
-                (inf[i] - s.self_influence[i]).abs() < 1e-9,
+                (inf[i] - s.self_influence[i]).abs() < 1e-6,
                 "{inf:?} {:?}",
                 s.self_influence
             );

@@ -76,10 +76,18 @@ pub(super) fn input_vectors(
             checkpoints.push((read(&outs, &c.input)?, read(&outs, &c.logits)?));
         }
     }
-    Ok(InputVectors {
+    let vectors = InputVectors {
         embedding,
         last_layer: checkpoints,
-    })
+    };
+    // The set's rows came through the same tensors: other lengths mean another model.
+    if !set.fits(&vectors.query(0)) {
+        return Err(RuntimeError::Inference {
+            model: model.name.clone(),
+            message: "the input's embedding or last-layer tensors differ in size from the reference set's".into(),
+        });
+    }
+    Ok(vectors)
 }
 
 /// The input's embedding, and per checkpoint its last layer's input `a` and logits `z`.
