@@ -808,16 +808,66 @@ async fn an_uploaded_set_replaces_the_old_one_whole_as_a_job_and_stays_at_the_ne
         row.bytes().await.unwrap().to_vec(),
         std::fs::read(upload.join("images/t10k-00003.png")).unwrap()
     );
+    // The same as a multipart form of the files a manifest names: a labels CSV and the images
+    // (ten of them). A labels line naming an image the form lacks is refused naming the line.
+    let form = |count: usize, labels: String| {
+        let mut form = reqwest::multipart::Form::new().text("labels", labels);
+        for i in 0..count {
+            let name = format!("t10k-{i:05}.png");
+            let bytes = std::fs::read(upload.join("images").join(&name)).unwrap();
+            form = form.part("image", reqwest::multipart::Part::bytes(bytes).file_name(name));
+        }
+        form
+    };
+    let csv: String = std::fs::read_to_string(upload.join("labels.csv"))
+        .unwrap()
+        .lines()
+        .take(11)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let multipart = |form: reqwest::multipart::Form| {
+        let endpoint = url(&service, "/v1/models/fashion/reference");
+        async move {
+            reqwest::Client::new()
+                .post(endpoint)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let p = problem(
+        multipart(form(9, csv.clone())).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("line 11: image `t10k-00009.png`"),
+        "{p}"
+    );
+    let accepted = multipart(form(10, csv)).await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let job = accepted.headers()["location"].to_str().unwrap().to_string();
+    for _ in 0..200 {
+        view = get_json(&service, &job).await;
+        if view["state"] != "queued" && view["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(view["result"]["rows"], 10, "{view}");
     service.stop().await.unwrap();
-    // The next start uses the upload, kept, without running the model.
+    // The next start uses the last upload, kept, without running the model.
     let service = start(config).await;
     let info = get_json(&service, "/v1/models/fashion").await;
+    let summary = &info["reference_set"];
     assert_eq!(
-        (
-            info["reference_set"]["rows"].as_u64(),
-            info["reference_set"]["loaded"].as_bool()
-        ),
-        (Some(30), Some(true)),
+        (summary["rows"].as_u64(), summary["loaded"].as_bool()),
+        (Some(10), Some(true)),
         "{info}"
     );
     service.stop().await.unwrap();

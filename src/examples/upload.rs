@@ -145,7 +145,58 @@ pub fn write(model: &LoadedModel, body: &[u8], dir: &Path, max_rows: usize) -> R
 pub fn current(data_dir: &Path, model: &LoadedModel) -> Option<ReferenceSpec> {
     let root = folder(data_dir, &model.name);
     let name = std::fs::read_to_string(root.join("current")).ok()?;
-    let dir = root.join(name.trim());
+    spec_in(&root.join(name.trim()), model)
+}
+
+/// Writes a multipart upload's parts into `dir` as a manifest's files would be: a `labels` part
+/// (CSV `id,label`) and image files (their file names are the ids) for image models, a `rows` part
+/// (CSV of the features and `label`) for tabular ones. The reader then checks them as it checks
+/// the manifest's files, naming file and line.
+pub fn write_form(
+    model: &LoadedModel,
+    parts: Vec<(String, Option<String>, Vec<u8>)>,
+    dir: &Path,
+) -> Result<ReferenceSpec, String> {
+    let io = |e: std::io::Error| format!("cannot write the upload into {}: {e}", dir.display());
+    let image = model.spec.image.is_some();
+    std::fs::create_dir_all(dir.join("images")).map_err(io)?;
+    let mut seen = std::collections::HashSet::new();
+    for (name, file_name, bytes) in parts {
+        match (name.as_str(), file_name) {
+            ("labels", _) if image => std::fs::write(dir.join("labels.csv"), bytes).map_err(io)?,
+            ("rows", _) if !image => std::fs::write(dir.join("rows.csv"), bytes).map_err(io)?,
+            (_, Some(file)) if image => {
+                if !is_file_name(&file) {
+                    return Err(format!(
+                        "part `{name}`: file name `{}` is not a plain file name",
+                        file.chars().take(100).collect::<String>()
+                    ));
+                }
+                if !seen.insert(file.clone()) {
+                    return Err(format!("file `{file}` appears twice"));
+                }
+                std::fs::write(dir.join("images").join(&file), bytes).map_err(io)?;
+            }
+            _ => {
+                return Err(format!(
+                    "unexpected part `{}`: {}",
+                    name.chars().take(100).collect::<String>(),
+                    match image {
+                        true => "an image model's upload holds a `labels` CSV and image files",
+                        false => "a tabular model's upload holds a `rows` CSV",
+                    }
+                ))
+            }
+        }
+    }
+    spec_in(dir, model).ok_or_else(|| match image {
+        true => "no `labels` part".to_string(),
+        false => "no `rows` part".to_string(),
+    })
+}
+
+/// The spec reading the files an upload wrote into `dir`, with the manifest's other settings.
+fn spec_in(dir: &Path, model: &LoadedModel) -> Option<ReferenceSpec> {
     let mut spec = model.spec.reference.clone().unwrap_or_default();
     if dir.join("labels.csv").is_file() {
         spec.images = Some(dir.join("images").display().to_string());

@@ -191,10 +191,13 @@ pub async fn row(
 /// the rows are run through the model like the manifest's set; the new set is put in force whole
 /// when the job succeeds (and used at the next start), and the old one stays in force until then or
 /// if the job fails. Lines: image models `{"id": "a.png", "label": "Bag", "image": "<base64>"}`,
-/// tabular models `{"label": 1, "features": [...] or {...}}` (ids are row numbers).
+/// tabular models `{"label": 1, "features": [...] or {...}}` (ids are row numbers). Or a
+/// multipart form with the files a manifest would name: a `labels` CSV and image files named by
+/// their ids, or a `rows` CSV; those are checked as the manifest's are (422 naming file and line).
 #[utoipa::path(post, path = "/v1/models/{model}/reference", tag = "reference",
     params(("model" = String, Path, description = "model name", example = "fashion-cnn")),
-    request_body(content = String, content_type = "application/x-ndjson", description = "one row per line"),
+    request_body(description = "JSON Lines, one row per line; or multipart: a `labels` CSV (`id,label`) and image files named by their ids, or a `rows` CSV",
+        content((String = "application/x-ndjson"), (Object = "multipart/form-data"))),
     responses(
         (status = 202, body = crate::executor::board::JobView, description = "the build job; follow it at the `Location` given (`/v1/jobs/{id}`)"),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "bad lines (the first ones named)"),
@@ -219,19 +222,24 @@ pub async fn upload(
     )
     .await
     .map_err(|_| ApiError::new(ProblemKind::RequestTimeout, "the upload did not arrive in time"))??;
-    if !matches!(
-        received.media_type.as_str(),
-        "application/x-ndjson" | "application/jsonl" | "application/json-lines"
-    ) {
-        return Err(ApiError::new(
-            ProblemKind::UnsupportedMediaType,
-            "send the rows as JSON Lines (content type application/x-ndjson)",
-        ));
-    }
+    let form = match received.media_type.as_str() {
+        "application/x-ndjson" | "application/jsonl" | "application/json-lines" => None,
+        "multipart/form-data" => Some(form_parts(&received).await?),
+        _ => {
+            return Err(ApiError::new(
+                ProblemKind::UnsupportedMediaType,
+                "send the rows as JSON Lines (application/x-ndjson) or as multipart/form-data (a `labels` CSV \
+                 and image files, or a `rows` CSV)",
+            ))
+        }
+    };
     let dir = crate::examples::upload::folder(&config.data_dir, &m.name).join(uuid::Uuid::new_v4().to_string());
     let (model2, dir2, max_rows) = (m.clone(), dir.clone(), config.max_reference_rows);
     let spec = tokio::task::spawn_blocking(move || {
-        let written = crate::examples::upload::write(&model2, &received.bytes, &dir2, max_rows);
+        let written = match form {
+            Some(parts) => crate::examples::upload::write_form(&model2, parts, &dir2),
+            None => crate::examples::upload::write(&model2, &received.bytes, &dir2, max_rows),
+        };
         if written.is_err() {
             let _ = std::fs::remove_dir_all(&dir2);
         }
@@ -292,4 +300,28 @@ pub async fn upload(
         response.headers_mut().insert(header::LOCATION, v);
     }
     Ok(response)
+}
+
+/// A multipart upload's parts: (name, file name, bytes).
+async fn form_parts(received: &super::input::ReceivedBody) -> Result<Vec<(String, Option<String>, Vec<u8>)>, ApiError> {
+    let bad = |m: String| ApiError::new(ProblemKind::InvalidRequest, m);
+    let boundary = multer::parse_boundary(&received.content_type).map_err(|e| bad(format!("multipart body: {e}")))?;
+    let bytes = received.bytes.clone();
+    let stream = futures_util::stream::once(async move { Ok::<axum::body::Bytes, std::convert::Infallible>(bytes) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut parts = Vec::new();
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("multipart body: {e}")))?
+    {
+        let name = field.name().unwrap_or("").to_string();
+        let file = field.file_name().map(str::to_string);
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| bad(format!("multipart part `{name}`: {e}")))?;
+        parts.push((name, file, data.to_vec()));
+    }
+    Ok(parts)
 }
