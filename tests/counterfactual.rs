@@ -217,6 +217,49 @@ async fn tree_tweaks_equal_the_cheapest_found_by_enumeration() {
     let png = image::load_from_memory(&r.bytes().await.unwrap()).unwrap().to_rgb8();
     assert!(png.width() >= 240 && png.height() > 60, "{:?}", png.dimensions());
     assert!(png.pixels().any(|p| p.0 == [0, 0, 0]), "no text drawn");
+    // As an HTML fragment for a page to embed: the same changes as a table.
+    let json = ok_json(
+        post_json(
+            &s,
+            "/v1/models/trees/explain/counterfactual",
+            &json!({"features": x, "params": {"target_class": "yes"}}),
+        )
+        .await,
+    )
+    .await;
+    let r = post_json(
+        &s,
+        "/v1/models/trees/explain/counterfactual",
+        &json!({"features": x, "params": {"target_class": "yes"}, "format": "html"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    let html = r.text().await.unwrap();
+    assert!(
+        html.starts_with("<section class=\"explaind-decision\">") && html.contains("change it to yes"),
+        "{html}"
+    );
+    for change in counterfactuals(&json)[0]["changes"].as_array().unwrap() {
+        let feature = change["feature"].as_str().unwrap();
+        assert!(
+            html.contains(&format!("<tr><td>{feature}</td>")),
+            "{feature} missing: {html}"
+        );
+    }
+    // Methods without a decision to draw refuse it.
+    let p = problem(
+        post_json(
+            &s,
+            "/v1/models/trees/explain/tree-shap",
+            &json!({"features": x, "format": "html"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("format=html"), "{p}");
     // No way to class 1 when `a` may not rise: 200, an empty list and the reason.
     let v = ok_json(
         post_json(

@@ -373,6 +373,7 @@ impl Method for Identity {
         layer: false,
         random: false,
         examples: false,
+        decision: false,
     };
 
     fn plan(_: &mut Self::Params, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -92,6 +92,7 @@ impl Method for Anchors {
         layer: false,
         random: true,
         examples: false,
+        decision: true,
     };
 
     fn plan(p: &mut AnchorsParams, cx: &PlanContext) -> Result<Cost, Invalid> {

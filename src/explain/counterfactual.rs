@@ -126,6 +126,7 @@ impl Method for Counterfactual {
         layer: false,
         random: true,
         examples: false,
+        decision: true,
     };
 
     fn plan(p: &mut CounterfactualParams, cx: &PlanContext) -> Result<Cost, Invalid> {

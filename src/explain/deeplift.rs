@@ -49,6 +49,7 @@ impl Method for DeepLift {
         layer: false,
         random: false,
         examples: false,
+        decision: false,
     };
 
     fn plan(_: &mut DeepLiftParams, cx: &PlanContext) -> Result<Cost, Invalid> {

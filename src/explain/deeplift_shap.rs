@@ -54,6 +54,7 @@ impl Method for DeepLiftShap {
         layer: false,
         random: true,
         examples: false,
+        decision: false,
     };
 
     fn plan(p: &mut DeepLiftShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -81,6 +81,7 @@ impl Method for Extremal {
         layer: false,
         random: false,
         examples: false,
+        decision: false,
     };
 
     fn plan(p: &mut ExtremalParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -88,6 +88,7 @@ const CAM: Capabilities = Capabilities {
     layer: true,
     random: false,
     examples: false,
+    decision: false,
 };
 
 /// Grad-CAM.

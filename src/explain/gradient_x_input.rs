@@ -28,6 +28,7 @@ impl Method for GradientXInput {
         layer: false,
         random: false,
         examples: false,
+        decision: false,
     };
 
     fn plan(_: &mut GradientXInputParams, cx: &PlanContext) -> Result<Cost, Invalid> {

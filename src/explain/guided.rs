@@ -39,6 +39,7 @@ impl Method for GuidedBackprop {
         layer: false,
         random: false,
         examples: false,
+        decision: false,
     };
 
     fn plan(_: &mut GuidedBackpropParams, cx: &PlanContext) -> Result<Cost, Invalid> {
@@ -78,6 +79,7 @@ impl Method for GuidedGradCam {
         layer: true,
         random: false,
         examples: false,
+        decision: false,
     };
 
     fn plan(p: &mut GuidedGradCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -51,6 +51,7 @@ impl Method for Influence {
         layer: false,
         random: false,
         examples: true,
+        decision: false,
     };
 
     fn plan(p: &mut InfluenceParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -66,6 +66,7 @@ impl Method for IntegratedGradients {
         layer: false,
         random: false,
         examples: false,
+        decision: false,
     };
 
     fn plan(p: &mut IntegratedGradientsParams, cx: &PlanContext) -> Result<Cost, Invalid> {

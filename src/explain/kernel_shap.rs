@@ -87,6 +87,7 @@ impl Method for KernelShap {
         layer: false,
         random: true,
         examples: false,
+        decision: false,
     };
 
     fn plan(p: &mut KernelShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -88,6 +88,7 @@ impl Method for Lime {
         layer: false,
         random: true,
         examples: false,
+        decision: false,
     };
 
     fn plan(p: &mut LimeParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -64,6 +64,7 @@ impl Method for Lrp {
         layer: false,
         random: false,
         examples: false,
+        decision: false,
     };
 
     fn plan(p: &mut LrpParams, cx: &PlanContext) -> Result<Cost, Invalid> {

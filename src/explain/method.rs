@@ -57,6 +57,9 @@ pub struct Capabilities {
     /// Whether it answers with reference rows (`details`: similar examples, influence) rather
     /// than an attribution over the input.
     pub examples: bool,
+    /// Whether it answers a decision's rule or counterfactuals (`details`), which `format=html`
+    /// draws as a fragment.
+    pub decision: bool,
 }
 
 /// Limits that bound every explanation's work, from the config.

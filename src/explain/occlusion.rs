@@ -77,6 +77,7 @@ impl Method for Occlusion {
         layer: false,
         random: false,
         examples: false,
+        decision: false,
     };
 
     fn plan(p: &mut OcclusionParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -82,6 +82,7 @@ impl Method for Rise {
         layer: false,
         random: true,
         examples: false,
+        decision: false,
     };
 
     fn plan(p: &mut RiseParams, cx: &PlanContext) -> Result<Cost, Invalid> {

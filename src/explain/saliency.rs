@@ -38,6 +38,7 @@ impl Method for Saliency {
         layer: false,
         random: false,
         examples: false,
+        decision: false,
     };
 
     fn plan(_: &mut SaliencyParams, cx: &PlanContext) -> Result<Cost, Invalid> {

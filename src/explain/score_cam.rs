@@ -37,6 +37,7 @@ impl Method for ScoreCam {
         layer: true,
         random: false,
         examples: false,
+        decision: false,
     };
 
     fn plan(p: &mut ScoreCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -54,6 +54,7 @@ impl Method for SimilarExamples {
         layer: false,
         random: false,
         examples: true,
+        decision: false,
     };
 
     fn plan(p: &mut SimilarExamplesParams, cx: &PlanContext) -> Result<Cost, Invalid> {

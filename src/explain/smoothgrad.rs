@@ -97,6 +97,7 @@ impl Method for SmoothGrad {
         layer: false,
         random: true,
         examples: false,
+        decision: false,
     };
 
     fn plan(p: &mut SmoothGradParams, cx: &PlanContext) -> Result<Cost, Invalid> {

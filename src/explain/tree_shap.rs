@@ -75,6 +75,7 @@ impl Method for TreeShap {
         layer: false,
         random: false,
         examples: false,
+        decision: false,
     };
 
     fn plan(p: &mut TreeShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {

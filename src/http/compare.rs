@@ -117,6 +117,12 @@ pub async fn compare(
     if matches!(req.target, Some(TargetSpec::TopK { .. } | TargetSpec::Many(_))) {
         return Err(bad("a comparison explains one class: give one index or label".into()));
     }
+    if req.format == Some(Format::Html) {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            "format=html draws a decision's rule or counterfactuals (explain with anchors or counterfactual); compare answers JSON or PNG",
+        ));
+    }
     let wants_png = match req.format {
         Some(f) => f == Format::Png,
         None => explain::accepts_png(&headers),

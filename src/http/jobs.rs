@@ -44,7 +44,7 @@ fn parse_job(bytes: &[u8]) -> Result<(JobRequest, ExplainRequest, RawInput), Api
     let request = std::mem::take(&mut job.request);
     let mut request: ExplainRequest = serde_json::from_value(serde_json::Value::Object(request))
         .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, format!("job request: {e}")))?;
-    if request.format == Some(Format::Png) {
+    if matches!(request.format, Some(Format::Png | Format::Html)) {
         return Err(ApiError::new(
             ProblemKind::InvalidRequest,
             "jobs answer JSON; ask for `include: [\"overlay\"]` to get the picture in it",

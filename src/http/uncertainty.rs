@@ -185,6 +185,12 @@ pub async fn uncertainty(
     let received = input::receive(&state.config, &headers, body).await?;
     let parsed = parse_body(received, &uri).await?;
     super::predict::check_counts(&state, 1, parsed.inputs.len())?;
+    if parsed.format == Some(Format::Html) {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            "format=html draws a decision's rule or counterfactuals (explain with anchors or counterfactual); uncertainty answers JSON or PNG",
+        ));
+    }
     let wants_png = match parsed.format {
         Some(f) => f == Format::Png,
         None => super::explain::accepts_png(&headers),

@@ -112,6 +112,72 @@ pub fn decision_lines(target: &str, details: &serde_json::Value) -> Option<Vec<S
     Some(lines)
 }
 
+/// A decision's rule (anchors) or counterfactuals as an HTML fragment for a page to embed: a
+/// `<section class="explaind-decision">` with the decision, then the rule's conditions or one
+/// table of changes per counterfactual. Every text from the model or the request is escaped.
+pub fn decision_html(target: &str, details: &serde_json::Value) -> Option<String> {
+    let text = |s: &str| html_escape::encode_text(s).into_owned();
+    let number = |v: &serde_json::Value| {
+        v.as_f64()
+            .map(|x| {
+                let s = format!("{x:.4}");
+                s.trim_end_matches('0').trim_end_matches('.').to_string()
+            })
+            .unwrap_or_default()
+    };
+    let mut html = format!(
+        "<section class=\"explaind-decision\">\n<h3>Decision: {}</h3>\n",
+        text(target)
+    );
+    if let Some(anchor) = details.get("anchor").and_then(|a| a.as_array()) {
+        html.push_str(&format!(
+            "<p>What keeps it (precision {}, coverage {}):</p>\n<ul>\n",
+            number(&details["precision"]),
+            number(&details["coverage"])
+        ));
+        for c in anchor {
+            html.push_str(&format!("<li>IF {}</li>\n", text(c["text"].as_str().unwrap_or(""))));
+        }
+        if anchor.is_empty() {
+            html.push_str("<li>no rule found within the budget</li>\n");
+        }
+        html.push_str("</ul>\n</section>\n");
+        return Some(html);
+    }
+    let found = details.get("counterfactuals")?.as_array()?;
+    html.push_str(&format!(
+        "<p>What would change it to {}:</p>\n",
+        text(details["target_class"]["label"].as_str().unwrap_or(""))
+    ));
+    if found.is_empty() {
+        html.push_str(&format!(
+            "<p>{}</p>\n",
+            text(details["reason"].as_str().unwrap_or("none found"))
+        ));
+    }
+    for (i, cf) in found.iter().enumerate() {
+        html.push_str(&format!(
+            "<table>\n<caption>Option {}: cost {}, {} {}</caption>\n\
+             <thead><tr><th>feature</th><th>from</th><th>to</th></tr></thead>\n<tbody>\n",
+            i + 1,
+            number(&cf["cost"]),
+            text(cf["prediction"]["label"].as_str().unwrap_or("")),
+            number(&cf["prediction"]["score"])
+        ));
+        for ch in cf["changes"].as_array().into_iter().flatten() {
+            html.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                text(ch["feature"].as_str().unwrap_or("")),
+                number(&ch["from"]),
+                number(&ch["to"])
+            ));
+        }
+        html.push_str("</tbody>\n</table>\n");
+    }
+    html.push_str("</section>\n");
+    Some(html)
+}
+
 /// A panel of text lines (a decision's rule or counterfactuals).
 pub fn text_panel(lines: &[String]) -> RgbImage {
     let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u32 * 8 + 16;
@@ -130,6 +196,31 @@ pub fn panels_png(panels: &[RgbImage]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decisions_as_html_escape_every_text() {
+        let cf = serde_json::json!({
+            "target_class": {"index": 1, "label": "<approve>"},
+            "counterfactuals": [{"cost": 1.5, "prediction": {"label": "<approve>", "score": 0.61},
+                "changes": [{"feature": "income & <b>bonus</b>", "from": 30000.0, "to": 42000.0}]}],
+        });
+        let html = decision_html("decline", &cf).unwrap();
+        assert!(
+            html.contains("<td>income &amp; &lt;b&gt;bonus&lt;/b&gt;</td><td>30000</td><td>42000</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("change it to &lt;approve&gt;") && !html.contains("<b>"),
+            "{html}"
+        );
+        let anchor = serde_json::json!({"anchor": [{"text": "age < 30"}], "precision": 0.97, "coverage": 0.2});
+        let html = decision_html("decline", &anchor).unwrap();
+        assert!(
+            html.contains("<li>IF age &lt; 30</li>") && html.contains("precision 0.97"),
+            "{html}"
+        );
+        assert!(decision_html("x", &serde_json::json!({"r2": 0.5})).is_none());
+    }
 
     #[test]
     fn decisions_read_as_rules_and_changes() {

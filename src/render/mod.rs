@@ -5,7 +5,7 @@
 mod answer;
 mod bars;
 
-pub use answer::{decision_lines, feature_chart, map_on_image, panels_png, text_panel, MapOnImage};
+pub use answer::{decision_html, decision_lines, feature_chart, map_on_image, panels_png, text_panel, MapOnImage};
 pub use bars::{bar_chart, captioned, Bar};
 
 use colorgrad::Gradient;

@@ -16,11 +16,26 @@ use crate::explain::ExplainResult;
 use crate::http::prepare::Prepared;
 use crate::render;
 
-/// An explanation's answer: the JSON body, and the PNG when asked for one.
+/// An explanation's answer: the JSON body, and the PNG or HTML fragment when asked for one.
 pub struct Answer {
     /// The JSON body.
     pub body: ExplainResponse,
     png: Option<Vec<u8>>,
+    html: Option<String>,
+}
+
+impl Answer {
+    /// Answers the decision's rule or counterfactuals as an HTML fragment (one section per target)
+    /// in place of JSON.
+    pub fn into_html(mut self) -> Self {
+        let sections: String = std::iter::once(&self.body.single)
+            .flatten()
+            .chain(self.body.explanations.iter().flatten())
+            .filter_map(|e| render::decision_html(&e.target.label, e.details.as_ref()?))
+            .collect();
+        self.html = Some(sections);
+        self
+    }
 }
 
 /// Draws the answer (maps over the original image, features, PNG panels).
@@ -35,7 +50,7 @@ pub fn build_answer(
     let (explanations, panels) = explanations(valid, &result, prepared, wants_png, max_map_pixels);
     let png = wants_png.then(|| render::panels_png(&panels));
     let body = explain_body(valid, explanations, &result, started);
-    Answer { body, png }
+    Answer { body, png, html: None }
 }
 
 /// The W3C `Server-Timing` header of an answer: browsers' developer tools and tracing proxies
@@ -51,9 +66,16 @@ fn server_timing(stats: &ExplainStats) -> Option<HeaderValue> {
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
         let timing = server_timing(&self.body.stats);
-        let mut response = match self.png {
-            Some(png) => png_response(&self.body, png),
-            None => Json(self.body).into_response(),
+        let mut response = match (self.png, self.html) {
+            (Some(png), _) => png_response(&self.body, png),
+            (None, Some(html)) => {
+                let mut r = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
+                if let Ok(v) = HeaderValue::from_str(&self.body.id) {
+                    r.headers_mut().insert("x-explanation-id", v);
+                }
+                r
+            }
+            (None, None) => Json(self.body).into_response(),
         };
         if let Some(t) = timing {
             response.headers_mut().insert("server-timing", t);

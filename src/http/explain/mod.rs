@@ -34,7 +34,8 @@ use crate::runtime::{LoadedModel, Tensor};
 ///
 /// Takes the same input forms as predict: a raw image body (options and method parameters in the
 /// query string, e.g. `?target=3&steps=32&format=png`), multipart with `image` and an optional JSON
-/// part `request`, or JSON. Answers JSON, or the heat map over the image as PNG with
+/// part `request`, or JSON. Answers JSON; an HTML fragment of the decision with `format=html`
+/// (anchors, counterfactual); or the heat map over the image as PNG with
 /// `Accept: image/png` or `format=png` (one panel per target, side by side).
 #[utoipa::path(post, path = "/v1/models/{model}/explain/{method}", tag = "explanations",
     params(
@@ -50,6 +51,7 @@ use crate::runtime::{LoadedModel, Tensor};
     responses(
         (status = 200, body = ExplainResponse, description = "the explanation (JSON)"),
         (status = 200, content_type = "image/png", body = Vec<u8>, description = "the heat map over the image"),
+        (status = 200, content_type = "text/html", body = String, description = "`format=html`: a decision's rule or counterfactuals as an HTML fragment (anchors, counterfactual)"),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, unknown or out-of-range parameter, corrupt image"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
         (status = 408, body = super::error::Problem, content_type = "application/problem+json", description = "the body did not arrive within body_read_timeout_ms"),
@@ -85,6 +87,13 @@ pub async fn explain(
         .into());
     }
     let wants_png = !rows_only && (asked_png || (request.format.is_none() && accepts_png(&headers)));
+    let wants_html = request.format == Some(Format::Html);
+    if wants_html && !valid.params.capabilities().decision {
+        return Err(crate::explain::Invalid::Request(format!(
+            "format=html draws a decision's rule or counterfactuals (anchors, counterfactual); {method_name} has none"
+        ))
+        .into());
+    }
     let evidence = audit_evidence(&state, &model, &raw, request.audit.unwrap_or(false)).await?;
     let admission = state.executor.admit()?;
     let max_pixels = state.config.max_image_pixels;
@@ -93,7 +102,10 @@ pub async fn explain(
     let result = admission.run(ExplainTask(job)).await?;
     let audit = evidence.map(|evidence| (evidence, audit_context(&headers, caller)));
     let answer = finish(&state, valid, prepared, result, wants_png, started, audit).await?;
-    Ok(answer.into_response())
+    Ok(match wants_html {
+        true => answer.into_html().into_response(),
+        false => answer.into_response(),
+    })
 }
 
 /// What an explain request asks, whatever form it came in (explain body, predict's `explain`, job).

@@ -32,6 +32,9 @@ pub enum Format {
     Json,
     /// The heat map over the input image, PNG (image models).
     Png,
+    /// An HTML fragment of a decision's rule or counterfactuals (`anchors`, `counterfactual`),
+    /// for a page to embed.
+    Html,
 }
 
 /// An explanation request as JSON (or as the `request` part of a multipart form, without `image`).
