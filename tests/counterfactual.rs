@@ -305,6 +305,7 @@ async fn tree_tweaks_equal_the_cheapest_found_by_enumeration() {
             (json!({"target_class": "maybe"}), "`maybe` is not a label"),
             (json!({"target_class": 7}), "7 is not a class"),
             (json!({"count": 11}), "count"),
+            (json!({"diversity_weight": 101.0}), "diversity_weight"),
         ],
     )
     .await;

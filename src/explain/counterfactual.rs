@@ -93,6 +93,13 @@ pub struct CounterfactualParams {
     /// the model's score space).
     #[schema(default = 0.0, minimum = 0.0, maximum = 100.0)]
     pub margin: f32,
+    /// With `count` > 1, how much the set's diversity counts against its cost (DiCE's
+    /// `diversity_weight`): the answers are chosen from the valid candidates to maximise
+    /// `weight x det(K) - 0.5 x proximity`, `K_ij = 1 / (1 + distance(i, j))` (DiCE's
+    /// determinantal diversity; proximity the mean scaled change per answer and feature, DiCE's
+    /// weight 0.5); 0 keeps the cheapest distinct ones.
+    #[schema(default = 1.0, minimum = 0.0, maximum = 100.0)]
+    pub diversity_weight: f32,
 }
 
 impl Default for CounterfactualParams {
@@ -108,6 +115,7 @@ impl Default for CounterfactualParams {
             learning_rate: 0.2,
             distance_weight: 1.0,
             margin: 0.0,
+            diversity_weight: 1.0,
         }
     }
 }
@@ -150,6 +158,7 @@ impl Method for Counterfactual {
             ("learning_rate", p.learning_rate, 10.0),
             ("distance_weight", p.distance_weight, 100.0),
             ("margin", p.margin, 100.0),
+            ("diversity_weight", p.diversity_weight, 100.0),
         ] {
             if !(v.is_finite() && (0.0..=hi).contains(&v)) {
                 return Err(Invalid::Request(format!("params.{name}: {v} is not in [0, {hi}]")));
@@ -270,7 +279,7 @@ impl Method for Counterfactual {
             };
             details["search_stats"] = stats;
             let found = checked(cx, &space, &x, candidates, target, p)?;
-            sparsify(cx, &space, &x, target, found, p.count)?
+            sparsify(cx, &space, &x, target, found, p.count, f64::from(p.diversity_weight))?
         };
         if found.is_empty() && details.get("reason").is_none() {
             details["reason"] = json!(format!(
@@ -718,7 +727,10 @@ fn gradient_candidates(
                 .collect()
         })
         .collect();
+    // Each chain's cheapest valid point in each quarter of the steps: candidates along the path
+    // as well as at its end, for the answers to be chosen among (diversity).
     let mut best: Vec<Option<(f64, Vec<f32>)>> = vec![None; chains];
+    let mut by_phase: Vec<Option<(f64, Vec<f32>)>> = vec![None; chains * 4];
     let lr = f64::from(p.learning_rate);
     // Wachter et al. tune the weight between the two terms: each chain starts at the given
     // distance weight and quarters it after every quarter of the steps that found nothing valid.
@@ -747,6 +759,10 @@ fn gradient_candidates(
                 let cost = space.cost(x, &rows[k]);
                 if best[k].as_ref().is_none_or(|(c, _)| cost < *c) {
                     best[k] = Some((cost, rows[k].clone()));
+                }
+                let slot = &mut by_phase[k * 4 + (step / phase).min(3)];
+                if slot.as_ref().is_none_or(|(c, _)| cost < *c) {
+                    *slot = Some((cost, rows[k].clone()));
                 }
             }
             if gap < f64::from(p.margin) + 1e-6 {
@@ -783,6 +799,9 @@ fn gradient_candidates(
     }
     let stats = json!({"chains": chains, "steps": steps_run, "final_distance_weights": lambda});
     let mut out: Vec<Vec<f32>> = best.into_iter().flatten().map(|(_, y)| y).collect();
+    if chains > 1 {
+        out.extend(by_phase.into_iter().flatten().map(|(_, y)| y));
+    }
     out.extend(rows);
     Ok((out, stats))
 }
@@ -827,6 +846,7 @@ fn sparsify(
     target: usize,
     mut found: Vec<Found>,
     count: usize,
+    diversity_weight: f64,
 ) -> Result<Vec<Found>, RuntimeError> {
     let n = x.len();
     let orders: Vec<Vec<usize>> = found
@@ -863,7 +883,46 @@ fn sparsify(
             }
         }
     }
-    Ok(distinct(space, x, found, count))
+    Ok(diverse(space, x, found, count, diversity_weight))
+}
+
+/// At most `count` of `found`, mutually distinct, cheapest first: the cheapest, then greedily the
+/// one that most raises `weight x det(K) - 0.5 x proximity` of the set (DiCE's objective without
+/// its prediction term, which every candidate here already meets): `K_ij = 1 / (1 + cost(i, j))`,
+/// proximity the mean scaled change per answer and feature.
+fn diverse(space: &Space, x: &[f32], found: Vec<Found>, count: usize, weight: f64) -> Vec<Found> {
+    let mut pool: Vec<Option<Found>> = distinct(space, x, found, usize::MAX).into_iter().map(Some).collect();
+    if weight == 0.0 || pool.len() <= count {
+        return pool.into_iter().flatten().take(count).collect();
+    }
+    let score = |set: &[&Found]| {
+        let k = set.len();
+        let kernel = nalgebra::DMatrix::from_fn(k, k, |i, j| match i == j {
+            // DiCE's small jitter keeps the determinant of near-duplicates from vanishing exactly.
+            true => 1.0 + 1e-4,
+            false => 1.0 / (1.0 + space.cost(&set[i].values, &set[j].values)),
+        });
+        // DiCE's proximity: the mean over answers and features of the scaled change.
+        let proximity = set.iter().map(|f| f.cost).sum::<f64>() / (k * x.len().max(1)) as f64;
+        weight * kernel.determinant() - 0.5 * proximity
+    };
+    let mut chosen: Vec<Found> = pool[0].take().into_iter().collect();
+    while chosen.len() < count {
+        let best = (0..pool.len())
+            .filter(|&i| pool[i].is_some())
+            .map(|i| {
+                let mut set: Vec<&Found> = chosen.iter().collect();
+                set.extend(pool[i].as_ref());
+                (i, score(&set))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        match best.and_then(|(i, _)| pool[i].take()) {
+            Some(f) => chosen.push(f),
+            None => break,
+        }
+    }
+    chosen.sort_by(|a, b| a.cost.total_cmp(&b.cost));
+    chosen
 }
 
 /// The cheapest of `found`, at most `count`, each distinct from those kept before it: it changes
@@ -920,6 +979,48 @@ fn checked(
             })
         })
         .collect();
-    // Sparsifying may bring two together: keep spares.
-    Ok(distinct(space, x, found, p.count.saturating_mul(3)))
+    // Sparsifying may bring two together, and diversity chooses among them: keep spares.
+    Ok(distinct(space, x, found, p.count.saturating_mul(8)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(values: [f32; 3], cost: f64) -> Found {
+        Found {
+            values: values.to_vec(),
+            prediction: 1,
+            probabilities: vec![0.0, 1.0],
+            cost,
+        }
+    }
+
+    #[test]
+    fn diversity_trades_a_little_cost_for_answers_that_change_other_things() {
+        let space = Space {
+            low: vec![f64::NEG_INFINITY; 3],
+            high: vec![f64::INFINITY; 3],
+            integer: vec![false; 3],
+            unit_cost: vec![1.0; 3],
+            scale: vec![1.0; 3],
+            scale_source: "test",
+            distance: Distance::L1,
+        };
+        let x = [0.0f32; 3];
+        // Two near one another on feature 0, one a little dearer on feature 2.
+        let pool = || {
+            vec![
+                found([1.0, 0.0, 0.0], 1.0),
+                found([1.2, 0.1, 0.0], 1.3),
+                found([0.0, 0.0, 1.4], 1.4),
+            ]
+        };
+        let cheapest = diverse(&space, &x, pool(), 2, 0.0);
+        assert_eq!(cheapest.iter().map(|f| f.cost).collect::<Vec<_>>(), vec![1.0, 1.3]);
+        let spread = diverse(&space, &x, pool(), 2, 1.0);
+        assert_eq!(spread.iter().map(|f| f.cost).collect::<Vec<_>>(), vec![1.0, 1.4]);
+        // Fewer candidates than asked: all of them, cheapest first.
+        assert_eq!(diverse(&space, &x, pool(), 5, 1.0).len(), 3);
+    }
 }
