@@ -92,7 +92,11 @@ fn main() {
             .and_then(|r| r.default_cam_layer.clone())
             .unwrap();
         let mut backward_sessions = std::collections::HashMap::new();
-        for method in methods.iter().filter(|m| m.capabilities().inputs != Inputs::Tabular) {
+        // Example-based methods have their own benchmark (benches/reference.rs).
+        let attributing = methods
+            .iter()
+            .filter(|m| m.capabilities().inputs != Inputs::Tabular && !m.capabilities().examples);
+        for method in attributing {
             let name = method.name();
             // The figures: LIME and KernelSHAP at 1,000 samples; the other perturbation
             // methods at their fast presets to keep the run short on two cores.
