@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
-use super::reference_query::{check_influence, input_vectors, reference_of};
+use super::method::{bytes, check_range, Capabilities, Cost, Invalid, Method, PlanContext};
+use super::reference_query::{check_influence, input_vectors, reference_of, ROWS};
 use super::similar_examples::unsupported;
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::examples::top;
@@ -45,14 +45,7 @@ impl Method for Influence {
     const NAME: &'static str = "influence";
     const SUMMARY: &'static str =
         "Reference rows that pulled the model towards (proponents) or away from (opponents) the target (TracIn, last layer)";
-    const CAPABILITIES: Capabilities = Capabilities {
-        passes: Passes::Forward,
-        inputs: Inputs::Any,
-        layer: false,
-        random: false,
-        examples: true,
-        decision: false,
-    };
+    const CAPABILITIES: Capabilities = ROWS;
 
     fn plan(p: &mut InfluenceParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("k", p.k, 1, 100)?;

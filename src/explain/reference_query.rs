@@ -4,10 +4,21 @@
 use std::sync::Arc;
 
 use super::counterfactual::{class_index, ClassRef};
-use super::method::Invalid;
+use super::method::{Capabilities, Inputs, Invalid, Passes};
 use super::{Cx, ExplainJob};
 use crate::examples::{loss_gradient, Query, ReferenceSet};
 use crate::runtime::{LoadedModel, RuntimeError};
+
+/// What the example-based methods need and answer: forward passes of any model with a reference
+/// set, reference rows rather than an attribution.
+pub(super) const ROWS: Capabilities = Capabilities {
+    passes: Passes::Forward,
+    inputs: Inputs::Any,
+    layer: false,
+    random: false,
+    examples: true,
+    decision: false,
+};
 
 /// The model's reference set, or a 422 naming the manifest section to add.
 pub(super) fn reference_of(model: &LoadedModel) -> Result<Arc<ReferenceSet>, Invalid> {

@@ -9,8 +9,8 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::counterfactual::ClassRef;
-use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
-use super::reference_query::{allowed, check_influence, input_vectors, reference_of};
+use super::method::{bytes, check_range, Capabilities, Cost, Invalid, Method, PlanContext};
+use super::reference_query::{allowed, check_influence, input_vectors, reference_of, ROWS};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::examples::Metric;
 use crate::runtime::predict::Prediction;
@@ -48,14 +48,7 @@ impl Method for SimilarExamples {
     const NAME: &'static str = "similar-examples";
     const SUMMARY: &'static str =
         "The reference rows most like the input in the model's embedding (cosine, l2, or gradient cosine)";
-    const CAPABILITIES: Capabilities = Capabilities {
-        passes: Passes::Forward,
-        inputs: Inputs::Any,
-        layer: false,
-        random: false,
-        examples: true,
-        decision: false,
-    };
+    const CAPABILITIES: Capabilities = ROWS;
 
     fn plan(p: &mut SimilarExamplesParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("k", p.k, 1, 100)?;

@@ -57,18 +57,20 @@ pub fn feature_chart(target: &str, score: f64, bars: &[Bar]) -> RgbImage {
     bar_chart(&format!("{target} ({score:.4})"), bars, CHART_BARS)
 }
 
+/// A figure as a decision reads it: at most four decimals, no trailing zeros.
+fn number(v: &serde_json::Value) -> String {
+    v.as_f64()
+        .map(|x| {
+            let s = format!("{x:.4}");
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        })
+        .unwrap_or_default()
+}
+
 /// The text of a decision's rule or counterfactuals, when the answer holds them (`anchors`,
 /// `counterfactual`): "what keeps the decision" and "what would change the decision", one line
 /// per condition or change, under the target's title.
 pub fn decision_lines(target: &str, details: &serde_json::Value) -> Option<Vec<String>> {
-    let number = |v: &serde_json::Value| {
-        v.as_f64()
-            .map(|x| {
-                let s = format!("{x:.4}");
-                s.trim_end_matches('0').trim_end_matches('.').to_string()
-            })
-            .unwrap_or_default()
-    };
     let mut lines = vec![format!("Decision: {target}")];
     if let Some(anchor) = details.get("anchor").and_then(|a| a.as_array()) {
         lines.push(format!(
@@ -117,14 +119,6 @@ pub fn decision_lines(target: &str, details: &serde_json::Value) -> Option<Vec<S
 /// table of changes per counterfactual. Every text from the model or the request is escaped.
 pub fn decision_html(target: &str, details: &serde_json::Value) -> Option<String> {
     let text = |s: &str| html_escape::encode_text(s).into_owned();
-    let number = |v: &serde_json::Value| {
-        v.as_f64()
-            .map(|x| {
-                let s = format!("{x:.4}");
-                s.trim_end_matches('0').trim_end_matches('.').to_string()
-            })
-            .unwrap_or_default()
-    };
     let mut html = format!(
         "<section class=\"explaind-decision\">\n<h3>Decision: {}</h3>\n",
         text(target)
