@@ -126,9 +126,11 @@ async fn cors_answers_only_allowed_origins() {
         .unwrap()
         .to_string();
     assert!(
-        expose.contains("x-explanation-id") && expose.contains("x-audit-record"),
+        expose.contains("x-explanation-id") && expose.contains("x-audit-record") && expose.contains("server-timing"),
         "{expose}"
     );
+    // The Resource Timing API may show it the answers' Server-Timing too.
+    assert_eq!(r.headers()["timing-allow-origin"], "https://app.example");
     let r = http
         .request(
             reqwest::Method::OPTIONS,
@@ -149,6 +151,7 @@ async fn cors_answers_only_allowed_origins() {
         .await
         .unwrap();
     assert!(!r.headers().contains_key("access-control-allow-origin"));
+    assert!(!r.headers().contains_key("timing-allow-origin"));
     s.stop().await.unwrap();
     // Off by default.
     let s = start_bundled().await;

@@ -56,6 +56,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
         .layer(middleware::from_fn_with_state(state.clone(), whole_request_deadline))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), timing_allow_origin))
         .layer(cors(&state.config.cors_allowed_origins))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req
@@ -91,8 +92,31 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("x-audit-record"),
             header::LOCATION,
             header::RETRY_AFTER,
+            HeaderName::from_static("server-timing"),
         ])
         .max_age(std::time::Duration::from_secs(600))
+}
+
+/// Lets the browser origins CORS allows read the answers' `Server-Timing` in the Resource Timing
+/// API too (which hides it from other origins without `Timing-Allow-Origin`).
+async fn timing_allow_origin(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut response = next.run(req).await;
+    let allowed = &state.config.cors_allowed_origins;
+    if let Some(origin) = origin {
+        let value = if allowed.iter().any(|a| a == "*") {
+            Some(HeaderValue::from_static("*"))
+        } else {
+            allowed
+                .iter()
+                .any(|a| a.as_bytes() == origin.as_bytes())
+                .then_some(origin)
+        };
+        if let Some(v) = value {
+            response.headers_mut().insert("timing-allow-origin", v);
+        }
+    }
+    response
 }
 
 async fn not_found(req: Request) -> ApiError {
