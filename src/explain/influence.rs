@@ -12,7 +12,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::method::{bytes, check_range, Capabilities, Cost, Invalid, Method, PlanContext};
-use super::reference_query::{check_influence, input_vectors, reference_of, ROWS};
+use super::reference_query::{check_influence, input_vectors, reference_of, scored_with, ROWS};
 use super::similar_examples::unsupported;
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::examples::top;
@@ -57,6 +57,10 @@ impl Method for Influence {
             rows: checkpoints,
             bytes: bytes(set.len(), 16).saturating_mul(cx.targets.max(1) as u64),
         })
+    }
+
+    fn with_scores(_: &Self::Params, job: &ExplainJob) -> Vec<String> {
+        scored_with(job)
     }
 
     fn explain(

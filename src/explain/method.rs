@@ -226,6 +226,13 @@ pub trait Method: Send + Sync + 'static {
         None
     }
 
+    /// Tensors the pass that scores a fresh input also returns (the embedding a reference set is
+    /// searched with), so that `explain` takes them from [`Cx::scored`] instead of running the
+    /// input again. None by default.
+    fn with_scores(_params: &Self::Params, _job: &ExplainJob) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The rule sets its gradient passes build with, for the planned `params`: a model the
     /// report says these rules refuse is refused before any work. Default: exact gradients for
     /// methods whose passes are `Passes::Gradients`, none for the others.
@@ -346,6 +353,8 @@ trait Runnable: Send + Sync + fmt::Debug {
     ) -> Result<Vec<TargetAttribution>, RuntimeError>;
 
     fn one_pass(&self, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)>;
+
+    fn with_scores(&self, job: &ExplainJob) -> Vec<String>;
 }
 
 struct Run<M: Method>(M::Params);
@@ -369,6 +378,10 @@ impl<M: Method> Runnable for Run<M> {
 
     fn one_pass(&self, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
         M::one_pass(&self.0, job)
+    }
+
+    fn with_scores(&self, job: &ExplainJob) -> Vec<String> {
+        M::with_scores(&self.0, job)
     }
 }
 
@@ -424,6 +437,10 @@ impl ValidParams {
 
     pub(super) fn one_pass(&self, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
         self.run.one_pass(job)
+    }
+
+    pub(super) fn with_scores(&self, job: &ExplainJob) -> Vec<String> {
+        self.run.with_scores(job)
     }
 }
 

@@ -194,6 +194,8 @@ pub struct Cx<'a> {
     runs: usize,
     gradient_rows: usize,
     primed: Option<Primed>,
+    /// The further outputs of the pass that scored the input ([`Method::with_scores`]).
+    scored: Option<std::collections::HashMap<String, Tensor>>,
     /// Time inside ONNX Runtime runs so far.
     model_time: Duration,
 }
@@ -258,6 +260,11 @@ impl Cx<'_> {
         let per_pass = self.rt.forward_rows(model);
         self.count(input.rows(), per_pass);
         self.timed(|rt| rt.run_with_outputs(model, names, input))
+    }
+
+    /// The further outputs of the pass that scored the input, once ([`Method::with_scores`]).
+    pub fn scored(&mut self) -> Option<std::collections::HashMap<String, Tensor>> {
+        self.scored.take()
     }
 
     /// Another loaded model (a checkpoint of this one).
@@ -544,6 +551,7 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
         runs: 0,
         gradient_rows: 0,
         primed: None,
+        scored: None,
         model_time: Duration::ZERO,
     };
     // The top prediction of a fresh input, for a method whose first pass is one gradient pass:
@@ -566,9 +574,25 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
             worker_time: Duration::ZERO,
         });
     }
-    let scores: Vec<f64> = match &job.scores {
-        Some(s) => s.clone(),
-        None => cx.forward(&job.input)?.to_f64(),
+    let scores: Vec<f64> = match (&job.scores, job.params.with_scores(job)) {
+        (Some(s), _) => s.clone(),
+        (None, extra) if extra.is_empty() => cx.forward(&job.input)?.to_f64(),
+        // One pass gives the scores and what the method reads besides them.
+        (None, mut extra) => {
+            let model = job.model.clone();
+            extra.push(model.spec.output.clone());
+            let outputs = cx.forward_with(&model, &extra, &job.input)?;
+            let scores =
+                outputs
+                    .get(&model.spec.output)
+                    .map(Tensor::to_f64)
+                    .ok_or_else(|| RuntimeError::Inference {
+                        model: model.name.clone(),
+                        message: format!("output `{}` missing", model.spec.output),
+                    })?;
+            cx.scored = Some(outputs);
+            scores
+        }
     };
     // Indices and labels were checked at the edge; the top-k and top-1 need the scores.
     let targets = targets::resolve(job.targets.as_ref(), &job.model, &scores, job.limits.max_targets)?;

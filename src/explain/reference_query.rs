@@ -20,6 +20,12 @@ pub(super) const ROWS: Capabilities = Capabilities {
     decision: false,
 };
 
+/// The tensors the scoring pass returns for an example-based method: the set's embedding and
+/// last-layer tensors.
+pub(super) fn scored_with(job: &ExplainJob) -> Vec<String> {
+    job.model.reference().map(|s| s.head.outputs()).unwrap_or_default()
+}
+
 /// The model's reference set, or a 422 naming the manifest section to add.
 pub(super) fn reference_of(model: &LoadedModel) -> Result<Arc<ReferenceSet>, Invalid> {
     model.reference().ok_or_else(|| {
@@ -74,7 +80,11 @@ pub(super) fn input_vectors(
             })
     };
     let head = &set.head;
-    let outs = cx.forward_with(&model, &head.outputs(), &job.input)?;
+    // The pass that scored the input returned these already, when the method asked it to.
+    let outs = match cx.scored() {
+        Some(outs) if head.outputs().iter().all(|n| outs.contains_key(n)) => outs,
+        _ => cx.forward_with(&model, &head.outputs(), &job.input)?,
+    };
     let embedding = read(&outs, &head.embedding)?;
     let mut checkpoints = Vec::new();
     if let Some(l) = &head.linear {

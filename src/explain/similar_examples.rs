@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::counterfactual::ClassRef;
 use super::method::{bytes, check_range, Capabilities, Cost, Invalid, Method, PlanContext};
-use super::reference_query::{allowed, check_influence, input_vectors, reference_of, ROWS};
+use super::reference_query::{allowed, check_influence, input_vectors, reference_of, scored_with, ROWS};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::examples::Metric;
 use crate::runtime::predict::Prediction;
@@ -63,6 +63,10 @@ impl Method for SimilarExamples {
             // Every row's score, and the input's vectors.
             bytes: bytes(set.len(), 16).saturating_add(bytes(set.embedding_len(), 8)),
         })
+    }
+
+    fn with_scores(_: &Self::Params, job: &ExplainJob) -> Vec<String> {
+        scored_with(job)
     }
 
     fn explain(
