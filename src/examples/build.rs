@@ -173,6 +173,8 @@ impl Task for BuildReference {
         // The next steps' images are decoded on other threads (one per core, up to 4; step `i` on
         // thread `i % threads`) while this step's passes run.
         let listing = &plan.listing;
+        // The same outputs a query's scoring pass asks for: one derived session serves both.
+        let first_pass = plan.head.outputs(&model.spec.output);
         let steps: Vec<(usize, usize)> = (0..n).step_by(STEP_ROWS).map(|s| (s, (s + STEP_ROWS).min(n))).collect();
         let threads = std::thread::available_parallelism().map_or(1, |p| p.get()).clamp(1, 4);
         std::thread::scope(|scope| -> Result<(), RuntimeError> {
@@ -210,12 +212,7 @@ impl Task for BuildReference {
                     }
                     Ok(values)
                 };
-                let mut first = vec![plan.head.embedding.clone(), model.spec.output.clone()];
-                if let Some((_, _, l)) = plan.checkpoints.first() {
-                    first.extend([l.input.clone(), l.logits.clone()]);
-                }
-                first.dedup();
-                let mut outs = rt.run_with_outputs(model, &first, &batch)?;
+                let mut outs = rt.run_with_outputs(model, &first_pass, &batch)?;
                 let scores = take(&outs, &model.spec.output, classes)?;
                 predictions.extend(scores.chunks(classes).map(|r| argmax(r) as u32));
                 if separate {

@@ -580,7 +580,9 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
         // One pass gives the scores and what the method reads besides them.
         (None, mut extra) => {
             let model = job.model.clone();
-            extra.push(model.spec.output.clone());
+            if !extra.contains(&model.spec.output) {
+                extra.push(model.spec.output.clone());
+            }
             let outputs = cx.forward_with(&model, &extra, &job.input)?;
             let scores =
                 outputs

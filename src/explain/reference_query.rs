@@ -23,7 +23,11 @@ pub(super) const ROWS: Capabilities = Capabilities {
 /// The tensors the scoring pass returns for an example-based method: the set's embedding and
 /// last-layer tensors.
 pub(super) fn scored_with(job: &ExplainJob) -> Vec<String> {
-    job.model.reference().map(|s| s.head.outputs()).unwrap_or_default()
+    let scores = &job.model.spec.output;
+    job.model
+        .reference()
+        .map(|s| s.head.outputs(scores))
+        .unwrap_or_default()
 }
 
 /// The model's reference set, or a 422 naming the manifest section to add.
@@ -80,10 +84,11 @@ pub(super) fn input_vectors(
             })
     };
     let head = &set.head;
+    let names = head.outputs(&model.spec.output);
     // The pass that scored the input returned these already, when the method asked it to.
     let outs = match cx.scored() {
-        Some(outs) if head.outputs().iter().all(|n| outs.contains_key(n)) => outs,
-        _ => cx.forward_with(&model, &head.outputs(), &job.input)?,
+        Some(outs) if names.iter().all(|n| outs.contains_key(n)) => outs,
+        _ => cx.forward_with(&model, &names, &job.input)?,
     };
     let embedding = read(&outs, &head.embedding)?;
     let mut checkpoints = Vec::new();

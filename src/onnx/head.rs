@@ -49,14 +49,15 @@ pub struct Linear {
 }
 
 impl Head {
-    /// The tensors a reference pass adds as outputs.
-    pub fn outputs(&self) -> Vec<String> {
+    /// The outputs of a reference pass through the model whose scores are `scores`: the embedding,
+    /// the last layer's input and logits, and the scores, each once. Building the set and scoring
+    /// a query ask for the same list, so they share one derived session.
+    pub fn outputs(&self, scores: &str) -> Vec<String> {
         let mut names = vec![self.embedding.clone()];
-        if let Some(l) = &self.linear {
-            for t in [&l.input, &l.logits] {
-                if !names.contains(t) {
-                    names.push(t.clone());
-                }
+        let last_layer = self.linear.iter().flat_map(|l| [&l.input, &l.logits]);
+        for t in last_layer.chain(std::iter::once(&scores.to_string())) {
+            if !names.contains(t) {
+                names.push(t.clone());
             }
         }
         names
@@ -238,7 +239,9 @@ mod tests {
         );
         assert_eq!(head.embedding, h);
         assert_eq!(head.embedding_len, 4);
-        assert_eq!(head.outputs(), vec![h.clone(), z.clone()]);
+        assert_eq!(head.outputs(&p), vec![h.clone(), z.clone(), p.clone()]);
+        // Logits that are the scores are asked for once.
+        assert_eq!(head.outputs(&z), vec![h.clone(), z.clone()]);
     }
 
     #[test]
