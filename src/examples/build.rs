@@ -57,20 +57,17 @@ impl Plan {
                         c.model, model.name
                     ));
                 }
-                let linear = gradients
+                let theirs = gradients
                     .head(other, None)?
                     .linear
                     .ok_or_else(|| format!("reference.checkpoints: `{}` has no linear last layer", c.model))?;
-                if linear.input_len != head.linear.as_ref().map_or(0, |l| l.input_len) {
+                if theirs.input_len != linear.input_len {
                     return Err(format!(
                         "reference.checkpoints: `{}`'s last layer reads {} values, `{}`'s {}",
-                        c.model,
-                        linear.input_len,
-                        model.name,
-                        head.linear.as_ref().map_or(0, |l| l.input_len)
+                        c.model, theirs.input_len, model.name, linear.input_len
                     ));
                 }
-                checkpoints.push((other.clone(), c.lr, linear));
+                checkpoints.push((other.clone(), c.lr, theirs));
             }
         } else {
             tracing::info!(model = %model.name, reason = ?head.no_influence, "reference set without influence");
@@ -110,7 +107,8 @@ impl Plan {
         for (_, _, l) in &self.checkpoints {
             per_row = per_row.saturating_add(l.input_len).saturating_add(classes);
         }
-        (self.listing.ids.len() as u64).saturating_mul(4 * per_row as u64 + 80)
+        let floats = (self.listing.ids.len() as u64).saturating_mul(per_row as u64);
+        super::held_bytes(&self.listing.ids, floats, self.checkpoints.len())
     }
 
     /// Whether `kept` was computed from exactly this plan's model, checkpoints, head and rows.

@@ -215,23 +215,29 @@ impl ReferenceSet {
     /// Completes a set from its rows: the id index and each row's self-influence.
     fn finish(mut self) -> Self {
         self.index = self.ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
-        let classes = self.classes;
-        self.self_influence = (0..self.ids.len())
-            .map(|i| self.checkpoints.iter().map(|c| c.lr * c.grad_norm2(i, classes)).sum())
+        let (rows, classes) = (self.ids.len(), self.classes);
+        self.grad_norms = self
+            .checkpoints
+            .iter()
+            .map(|c| (0..rows).map(|i| c.grad_norm2(i, classes).sqrt()).collect())
             .collect();
-        let mut order: Vec<u32> = (0..self.ids.len() as u32).collect();
+        self.self_influence = (0..rows)
+            .map(|i| {
+                self.checkpoints
+                    .iter()
+                    .zip(&self.grad_norms)
+                    .map(|(c, norms)| c.lr * norms[i] * norms[i])
+                    .sum()
+            })
+            .collect();
+        let mut order: Vec<u32> = (0..rows as u32).collect();
         order.sort_by(|&a, &b| {
             self.self_influence[b as usize]
                 .total_cmp(&self.self_influence[a as usize])
                 .then(a.cmp(&b))
         });
         self.by_self_influence = order;
-        self.embedding_norms = (0..self.ids.len()).map(|i| norm2(self.embedding(i)).sqrt()).collect();
-        self.grad_norms = self
-            .checkpoints
-            .iter()
-            .map(|c| (0..self.ids.len()).map(|i| c.grad_norm2(i, classes).sqrt()).collect())
-            .collect();
+        self.embedding_norms = (0..rows).map(|i| norm2(self.embedding(i)).sqrt()).collect();
         self
     }
 
@@ -265,10 +271,8 @@ impl ReferenceSet {
 
     /// Row `i`'s embedding.
     pub fn embedding(&self, i: usize) -> &[f32] {
-        match self.embeddings.is_empty() {
-            true => self.checkpoints[0].a(i),
-            false => &self.embeddings[i * self.head.embedding_len..(i + 1) * self.head.embedding_len],
-        }
+        let len = self.head.embedding_len;
+        &self.embedding_rows()[i * len..(i + 1) * len]
     }
 
     /// Bytes the set holds in memory.
@@ -279,11 +283,7 @@ impl ReferenceSet {
                 .iter()
                 .map(|c| c.features.len() + c.grads.len())
                 .sum::<usize>();
-        // Ids, kept twice (the list and the index), with their heads.
-        let ids: usize = self.ids.iter().map(|s| 2 * s.len() + 56).sum();
-        // Label, prediction, rank (4 bytes each), self-influence and the norms (8 each).
-        let per_row = 12 + 8 * (2 + self.checkpoints.len()) as u64;
-        (floats as u64) * 4 + (ids as u64) + (self.len() as u64) * per_row
+        held_bytes(&self.ids, floats as u64, self.checkpoints.len())
     }
 
     /// Row `i` as an answer names it, with `score`.
@@ -373,6 +373,18 @@ impl ReferenceSet {
             .map(|&i| i as usize)
             .filter(move |&i| allowed.is_none_or(|a| a[self.labels[i] as usize]))
     }
+}
+
+/// Bytes a set of rows `ids` holds with `floats` values in all over `checkpoints` checkpoints:
+/// the values, the ids kept twice (the list and the index) with their heads, and per row the
+/// label, prediction and rank (4 bytes each), self-influence and the norms (8 each).
+pub fn held_bytes(ids: &[String], floats: u64, checkpoints: usize) -> u64 {
+    let id_bytes: u64 = ids.iter().map(|s| 2 * s.len() as u64 + 56).sum();
+    let per_row = 12 + 8 * (2 + checkpoints) as u64;
+    floats
+        .saturating_mul(4)
+        .saturating_add(id_bytes)
+        .saturating_add((ids.len() as u64).saturating_mul(per_row))
 }
 
 /// The loss gradient on the logits for `label`: `softmax(z) - onehot(label)`.

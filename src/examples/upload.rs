@@ -103,7 +103,6 @@ pub fn write(model: &LoadedModel, body: &[u8], dir: &Path, max_rows: usize) -> R
         return Err("no rows".into());
     }
     let io = |e: std::io::Error| format!("cannot write the upload into {}: {e}", dir.display());
-    let mut spec = model.spec.reference.clone().unwrap_or_default();
     if image {
         std::fs::create_dir_all(dir.join("images")).map_err(io)?;
         let mut csv = String::from("id,label\n");
@@ -112,16 +111,13 @@ pub fn write(model: &LoadedModel, body: &[u8], dir: &Path, max_rows: usize) -> R
             csv.push_str(&format!("{id},{class}\n"));
         }
         std::fs::write(dir.join("labels.csv"), csv).map_err(io)?;
-        spec.images = Some(dir.join("images").display().to_string());
-        spec.labels = Some(dir.join("labels.csv").display().to_string());
-        spec.csv = None;
     } else {
         std::fs::create_dir_all(dir).map_err(io)?;
-        let features = &model
+        let features = model
             .spec
             .tabular
             .as_ref()
-            .map(|t| t.features.clone())
+            .map(|t| t.features.as_slice())
             .unwrap_or_default();
         // Feature names may hold commas: the CSV's header is written quoted.
         let mut csv = features
@@ -134,11 +130,8 @@ pub fn write(model: &LoadedModel, body: &[u8], dir: &Path, max_rows: usize) -> R
             csv.push_str(&format!("{},{class}\n", String::from_utf8_lossy(cells)));
         }
         std::fs::write(dir.join("rows.csv"), csv).map_err(io)?;
-        spec.csv = Some(dir.join("rows.csv").display().to_string());
-        spec.images = None;
-        spec.labels = None;
     }
-    Ok(spec)
+    spec_in(dir, model).ok_or_else(|| "the upload's files were not written".to_string())
 }
 
 /// The spec of the uploaded set in force for `model`, when there is one.
