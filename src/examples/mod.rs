@@ -375,6 +375,11 @@ impl ReferenceSet {
     }
 }
 
+/// Why a request that needs a reference set cannot have one: the manifest section to add.
+pub fn no_set(model: &str) -> String {
+    format!("model `{model}` has no reference set: declare one in the `[reference]` section of its model.toml")
+}
+
 /// Bytes a set of rows `ids` holds with `floats` values in all over `checkpoints` checkpoints:
 /// the values, the ids kept twice (the list and the index) with their heads, and per row the
 /// label, prediction and rank (4 bytes each), self-influence and the norms (8 each).

@@ -32,12 +32,9 @@ pub(super) fn scored_with(job: &ExplainJob) -> Vec<String> {
 
 /// The model's reference set, or a 422 naming the manifest section to add.
 pub(super) fn reference_of(model: &LoadedModel) -> Result<Arc<ReferenceSet>, Invalid> {
-    model.reference().ok_or_else(|| {
-        Invalid::Model(format!(
-            "model `{}` has no reference set: declare one in the `[reference]` section of its model.toml",
-            model.name
-        ))
-    })
+    model
+        .reference()
+        .ok_or_else(|| Invalid::Model(crate::examples::no_set(&model.name)))
 }
 
 /// Refuses influence on a set whose model has no linear last layer, with the reason.

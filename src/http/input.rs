@@ -82,16 +82,23 @@ pub async fn receive(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<ReceivedBody, ApiError> {
-    let deadline = std::time::Duration::from_millis(config.body_read_timeout_ms);
-    tokio::time::timeout(deadline, read_body(headers, body, config.max_body_bytes))
+    receive_up_to(headers, body, config.max_body_bytes, config.body_read_timeout_ms).await
+}
+
+/// [`receive`] with its own size limit and read deadline (an upload's).
+pub async fn receive_up_to(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    deadline_ms: u64,
+) -> Result<ReceivedBody, ApiError> {
+    let deadline = std::time::Duration::from_millis(deadline_ms);
+    tokio::time::timeout(deadline, read_body(headers, body, limit))
         .await
         .map_err(|_| {
             ApiError::new(
                 ProblemKind::RequestTimeout,
-                format!(
-                    "the request body did not arrive within {} ms (body_read_timeout_ms)",
-                    config.body_read_timeout_ms
-                ),
+                format!("the request body did not arrive within {deadline_ms} ms (body_read_timeout_ms)"),
             )
         })?
 }

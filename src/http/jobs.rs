@@ -108,7 +108,12 @@ pub async fn submit(
         let finished = finished.map_err(|p| serde_json::to_value(p).unwrap_or_default());
         state.jobs.finish(&task_id, finished);
     });
-    let view = state.jobs.get(&id).ok_or_else(|| not_found(&id))?;
+    accepted(&state, &id)
+}
+
+/// 202 with the job as it stands and its address in `Location`.
+pub(super) fn accepted(state: &AppState, id: &str) -> Result<Response, ApiError> {
+    let view = state.jobs.get(id).ok_or_else(|| not_found(id))?;
     let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
     if let Ok(v) = header::HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
         response.headers_mut().insert(header::LOCATION, v);

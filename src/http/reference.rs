@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -44,15 +44,9 @@ pub struct SuspectPage {
 
 fn set_of(state: &AppState, model: &str) -> Result<(Arc<LoadedModel>, Arc<ReferenceSet>), ApiError> {
     let m = state.model(model)?;
-    let set = m.reference().ok_or_else(|| {
-        ApiError::new(
-            ProblemKind::NotFound,
-            format!(
-                "model `{}` has no reference set: declare one in the `[reference]` section of its model.toml",
-                m.name
-            ),
-        )
-    })?;
+    let set = m
+        .reference()
+        .ok_or_else(|| ApiError::new(ProblemKind::NotFound, crate::examples::no_set(&m.name)))?;
     Ok((m, set))
 }
 
@@ -68,9 +62,9 @@ fn set_of(state: &AppState, model: &str) -> Result<(Arc<LoadedModel>, Arc<Refere
 pub async fn suspects(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
-    query: Result<Query<SuspectQuery>, axum::extract::rejection::QueryRejection>,
+    uri: axum::http::Uri,
 ) -> Result<Json<SuspectPage>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::new(ProblemKind::InvalidRequest, e.body_text()))?;
+    let q: SuspectQuery = super::input::parse_query(&uri)?;
     let (m, set) = set_of(&state, &model)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -83,22 +77,18 @@ pub async fn suspects(
     let mask = match &q.label {
         None => None,
         Some(l) => {
-            let class = labels
-                .iter()
-                .position(|x| x == l)
-                .or_else(|| l.parse::<usize>().ok().filter(|&i| i < labels.len()))
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ProblemKind::InvalidRequest,
-                        format!(
-                            "label `{}` is neither a label of `{}` nor a class index",
-                            l.chars().take(100).collect::<String>(),
-                            m.name
-                        ),
-                    )
-                })?;
+            let class = crate::examples::source::label_of(l, labels).ok_or_else(|| {
+                ApiError::new(
+                    ProblemKind::InvalidRequest,
+                    format!(
+                        "label `{}` is neither a label of `{}` nor a class index",
+                        l.chars().take(100).collect::<String>(),
+                        m.name
+                    ),
+                )
+            })?;
             let mut mask = vec![false; labels.len()];
-            mask[class] = true;
+            mask[class as usize] = true;
             Some(mask)
         }
     };
@@ -216,12 +206,9 @@ pub async fn upload(
     let m = state.model(&model)?;
     state.refuse_when_full()?;
     let config = &state.config;
-    let received = tokio::time::timeout(
-        std::time::Duration::from_millis(config.body_read_timeout_ms.saturating_mul(10)),
-        super::input::read_body(&headers, body, config.max_reference_upload_bytes),
-    )
-    .await
-    .map_err(|_| ApiError::new(ProblemKind::RequestTimeout, "the upload did not arrive in time"))??;
+    // An upload may be a training set: ten times the usual read deadline.
+    let deadline_ms = config.body_read_timeout_ms.saturating_mul(10);
+    let received = super::input::receive_up_to(&headers, body, config.max_reference_upload_bytes, deadline_ms).await?;
     let form = match received.media_type.as_str() {
         "application/x-ndjson" | "application/jsonl" | "application/json-lines" => None,
         "multipart/form-data" => Some(form_parts(&received).await?),
@@ -291,15 +278,7 @@ pub async fn upload(
             };
         state.jobs.finish(&task_id, outcome);
     });
-    let view = state
-        .jobs
-        .get(&id)
-        .ok_or_else(|| ApiError::internal("the job vanished"))?;
-    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
-    if let Ok(v) = header::HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
-        response.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(response)
+    super::jobs::accepted(&state, &id)
 }
 
 /// A multipart upload's parts: (name, file name, bytes).
