@@ -862,6 +862,14 @@ async fn an_uploaded_set_replaces_the_old_one_whole_as_a_job_and_stays_at_the_ne
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(view["result"]["rows"], 10, "{view}");
+    // The set it replaced and the refused upload are gone; the one in force stays.
+    let uploads = config.data_dir.join("reference/fashion.uploads");
+    let folders = std::fs::read_dir(&uploads)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .count();
+    assert_eq!(folders, 1);
     service.stop().await.unwrap();
     // The next start uses the last upload, kept, without running the model.
     let service = start(config).await;

@@ -206,22 +206,22 @@ fn spec_in(dir: &Path, model: &LoadedModel) -> Option<ReferenceSpec> {
 }
 
 /// Makes the upload in `dir` the one in force (the pointer replaced by a rename) and removes the
-/// others.
+/// one it replaces. Other folders are left alone: an upload still building lives beside it.
 pub fn put_in_force(data_dir: &Path, model: &str, dir: &Path) -> Result<(), String> {
     let root = folder(data_dir, model);
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or("an upload folder without a name")?;
+    let replaced = std::fs::read_to_string(root.join("current")).ok();
     let tmp = root.join("current.tmp");
     std::fs::write(&tmp, name).map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, root.join("current")).map_err(|e| e.to_string())?;
-    if let Ok(entries) = std::fs::read_dir(&root) {
-        for e in entries.flatten() {
-            if e.path().is_dir() && e.file_name() != name {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
+    if let Some(old) = replaced
+        .map(|o| o.trim().to_string())
+        .filter(|o| o != name && is_file_name(o))
+    {
+        let _ = std::fs::remove_dir_all(root.join(old));
     }
     Ok(())
 }
