@@ -110,6 +110,18 @@ pub struct Config {
     /// Most asynchronous jobs remembered at once (finished ones until their time is up); beyond it,
     /// submissions are refused (503). This bounds the memory results hold.
     pub max_jobs: usize,
+    /// Most unfinished (queued or running) asynchronous jobs one caller (API key; without keys,
+    /// every caller is one) may have; beyond it, submissions get 429 with `Retry-After`.
+    pub max_jobs_per_caller: usize,
+    /// PostgreSQL database that holds asynchronous jobs, shared by every replica that names it
+    /// (`postgres://user@host/db`). Unset: the audit database when that is PostgreSQL, else jobs
+    /// live in this process's memory.
+    pub jobs_database_url: Option<String>,
+    /// A replica that claims a shared job holds it this long and renews it while it runs; a replica
+    /// that dies leaves the lease to expire and another replica runs the job again.
+    pub job_lease_ms: u64,
+    /// Most runs of one shared job (each replica death mid-job costs one); then it is `failed`.
+    pub job_max_attempts: u32,
     /// Most rows one model's reference set may hold (`[reference]` in its manifest).
     pub max_reference_rows: usize,
     /// Most bytes one model's reference set may hold in memory (embeddings, last-layer inputs and
@@ -173,6 +185,8 @@ pub enum Scope {
     Audit,
     /// Replacing models' reference sets (`POST /v1/models/{model}/reference`).
     Reference,
+    /// Seeing and cancelling every caller's jobs (others see only their own).
+    Admin,
 }
 
 /// How log lines are written.
@@ -227,6 +241,10 @@ impl Default for Config {
             async_job_deadline_ms: 600_000,
             job_ttl_secs: 3600,
             max_jobs: 100,
+            max_jobs_per_caller: 20,
+            jobs_database_url: None,
+            job_lease_ms: 10_000,
+            job_max_attempts: 3,
             max_reference_rows: 100_000,
             max_reference_bytes: 1024 * 1024 * 1024,
             max_reference_upload_bytes: 256 * 1024 * 1024,
@@ -314,6 +332,7 @@ impl Config {
                 let full = Config {
                     onnxruntime_library: Some(PathBuf::new()),
                     audit_database_url: Some(String::new()),
+                    jobs_database_url: Some(String::new()),
                     ..Config::default()
                 };
                 toml::Table::try_from(full)
@@ -369,8 +388,22 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if self.async_job_deadline_ms == 0 || self.max_jobs == 0 {
-            return Err(bad("async_job_deadline_ms / max_jobs", "must be at least 1"));
+        if self.async_job_deadline_ms == 0 || self.max_jobs == 0 || self.max_jobs_per_caller == 0 {
+            return Err(bad(
+                "async_job_deadline_ms / max_jobs / max_jobs_per_caller",
+                "must be at least 1",
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.job_lease_ms) {
+            return Err(bad("job_lease_ms", "must be between 100 and 3600000 (an hour)"));
+        }
+        if !(1..=100).contains(&self.job_max_attempts) {
+            return Err(bad("job_max_attempts", "must be between 1 and 100"));
+        }
+        if let Some(url) = &self.jobs_database_url {
+            if !is_postgres(url) {
+                return Err(bad("jobs_database_url", "must start with postgres:// or postgresql://"));
+            }
         }
         for key in &self.api_keys {
             if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -381,12 +414,24 @@ impl Config {
             }
         }
         if let Some(url) = &self.audit_database_url {
-            if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            if !(url.starts_with("sqlite:") || is_postgres(url)) {
                 return Err(bad("audit_database_url", "must start with sqlite: or postgres://"));
             }
         }
         Ok(self)
     }
+
+    /// The PostgreSQL database shared jobs live in, if any: `jobs_database_url`, else the audit
+    /// database when that is PostgreSQL.
+    pub fn shared_jobs_url(&self) -> Option<&str> {
+        self.jobs_database_url
+            .as_deref()
+            .or(self.audit_database_url.as_deref().filter(|u| is_postgres(u)))
+    }
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Environment values are TOML literals where they parse as one (`4`, `true`), else plain strings.

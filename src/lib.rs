@@ -36,6 +36,7 @@ pub struct Service {
     pub state: Arc<http::AppState>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    claimer: Option<http::claimer::Claimer>,
 }
 
 impl Service {
@@ -107,6 +108,22 @@ impl Service {
             config.max_jobs,
             Duration::from_millis(config.async_job_deadline_ms),
         ));
+        let shared_jobs = match config.shared_jobs_url() {
+            Some(url) => Some(Arc::new(
+                executor::shared::SharedJobs::open(
+                    url,
+                    executor::shared::SharedOptions {
+                        lease: Duration::from_millis(config.job_lease_ms),
+                        max_attempts: config.job_max_attempts,
+                        ttl: Duration::from_secs(config.job_ttl_secs),
+                        max_jobs: config.max_jobs,
+                    },
+                )
+                .await
+                .context("cannot open the jobs database")?,
+            )),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(&config.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -119,7 +136,12 @@ impl Service {
             metrics,
             audit,
             jobs,
+            shared_jobs: shared_jobs.clone(),
             methods: Arc::new(methods),
+        });
+        let claimer = shared_jobs.map(|shared| {
+            tracing::info!(replica = shared.me(), "asynchronous jobs are shared through PostgreSQL");
+            http::claimer::start(state.clone(), shared)
         });
         let app = http::router(state.clone());
         let listener = http::limit::Connections::new(listener, state.config.max_connections);
@@ -137,12 +159,17 @@ impl Service {
             state,
             shutdown,
             server,
+            claimer,
         })
     }
 
     /// Stops accepting connections, finishes in-flight requests and jobs, and stops the workers.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(());
+        // Shared jobs go back to the queue at once, for other replicas, rather than wait for this one.
+        if let Some(claimer) = self.claimer {
+            claimer.stop().await;
+        }
         self.server.await??;
         let cancelled = self.state.jobs.cancel_all();
         if cancelled > 0 {
@@ -151,6 +178,9 @@ impl Service {
         let executor = self.state.executor.clone();
         tokio::task::spawn_blocking(move || executor.shutdown()).await?;
         self.state.audit.close().await;
+        if let Some(shared) = &self.state.shared_jobs {
+            shared.close().await;
+        }
         Ok(())
     }
 }

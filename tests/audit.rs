@@ -10,25 +10,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::postgres::Postgres;
-use common::{root, start, temp_dir, test_config, url};
+use common::{fashion_png, root, start, temp_dir, test_config, url};
 use explaind::config::{AuditMode, Config};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::Executor;
-
-fn fashion_png() -> Vec<u8> {
-    let dir = root().join("tests/fixtures/fashion");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    std::fs::read(
-        files
-            .iter()
-            .find(|p| p.extension().is_some_and(|e| e == "png"))
-            .unwrap(),
-    )
-    .unwrap()
-}
 
 fn holdout_features() -> Value {
     let v: Value =

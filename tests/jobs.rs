@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use common::{slow_model, start, temp_dir, test_config, url, write_model};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -170,8 +171,10 @@ async fn cancelling_a_job_stops_it_frees_the_worker_and_a_full_queue_refuses_job
     assert_eq!(b["state"], "cancelled");
     assert_eq!(a["progress"], b["progress"], "no work after the cancel");
     assert!(b["progress"]["done"].as_u64().unwrap() < 2000);
-    // Errors: unknown jobs, PNG asked of a job, an unknown model.
-    let (status, _) = view(&http, &s, "nope").await;
+    // Errors: ids that are not UUIDs, unknown jobs, PNG asked of a job, an unknown model.
+    let (status, v) = view(&http, &s, "nope").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, _) = view(&http, &s, "6f1c1f0e-3b1a-4c38-9a43-2b8f1f1f0a00").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let mut png = job(10);
     png["format"] = json!("png");
@@ -202,4 +205,172 @@ async fn shutdown_cancels_running_jobs_instead_of_waiting_for_them() {
         "stop waited {:?} for a job of 2,000 slow passes",
         started.elapsed()
     );
+}
+
+/// Follows a job's event stream to its end; returns every event as (name, data).
+async fn events(http: &reqwest::Client, s: &explaind::Service, id: &str) -> Vec<(String, Value)> {
+    let mut stream = http.get(url(s, &format!("/v1/jobs/{id}/events"))).send().await.unwrap();
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !["event: done", "event: failed", "event: cancelled"]
+        .iter()
+        .any(|e| text.contains(e))
+        || !text.ends_with("\n\n")
+    {
+        assert!(Instant::now() < deadline, "no final event: {text}");
+        match tokio::time::timeout(Duration::from_secs(120), stream.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => panic!("the event stream ended early: {text}"),
+        }
+    }
+    text.split("\n\n")
+        .filter_map(|e| {
+            let name = e.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = e.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name.to_string(), serde_json::from_str(data).unwrap()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_as_a_job_counts_progress_in_model_rows_and_never_past_its_plan() {
+    let s = common::start_bundled().await;
+    let http = reqwest::Client::new();
+    let image = base64::engine::general_purpose::STANDARD.encode(common::fashion_png());
+    let features = common::breast_cancer_holdout()[0].clone();
+    let mut checked = 0;
+    for model in ["fashion-cnn", "breast-cancer", "breast-cancer-forest"] {
+        let info: Value = http
+            .get(url(&s, &format!("/v1/models/{model}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for method in info["methods"].as_array().unwrap() {
+            let method = method.as_str().unwrap();
+            let mut body = json!({"model": model, "method": method, "seed": 3});
+            if model == "fashion-cnn" {
+                body["image"] = json!(image);
+            } else {
+                body["features"] = json!(features);
+            }
+            // Two targets and a metric on one method of each model: the plan counts them too.
+            if method == "saliency" || method == "kernel-shap" {
+                body["target"] = json!({"top_k": 2});
+                body["evaluate"] = json!(["complexity", "deletion"]);
+            }
+            let v = submit(&http, &s, body).await;
+            let id = v["id"].as_str().unwrap().to_string();
+            let seen = events(&http, &s, &id).await;
+            let (last_name, last) = seen.last().unwrap();
+            assert_eq!(last_name, "done", "{model}/{method}: {last}");
+            for (_, e) in &seen {
+                let p = &e["progress"];
+                assert!(p["done"].as_u64() <= p["planned"].as_u64(), "{model}/{method}: {p}");
+            }
+            let (_, job) = view(&http, &s, &id).await;
+            assert_eq!(
+                job["progress"], last["progress"],
+                "{model}/{method}: the stream and the job agree"
+            );
+            let stats = &job["result"]["stats"];
+            let (rows, planned) = (
+                stats["model_rows"].as_u64().unwrap(),
+                stats["planned_rows"].as_u64().unwrap(),
+            );
+            assert_eq!(
+                job["progress"]["done"].as_u64().unwrap(),
+                rows,
+                "{model}/{method}: progress counts the answer's model rows"
+            );
+            assert!(
+                rows <= planned,
+                "{model}/{method}: ran {rows} model rows of {planned} planned"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "only {checked} methods ran");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_seen_and_cancelled_only_by_its_caller_and_each_caller_has_a_quota() {
+    let dir = temp_dir("jobs-keys");
+    write_model(&dir, "slow", &slow_model(2), MANIFEST);
+    std::fs::write(
+        dir.join("slow/background.csv"),
+        "f0,f1,f2,f3,f4,f5,f6,f7\n0,0,0,0,0,0,0,0\n",
+    )
+    .unwrap();
+    let mut c = test_config(&dir);
+    c.workers = 1;
+    c.queue_capacity = 4;
+    c.max_batch = 1;
+    c.max_jobs_per_caller = 2;
+    let key = |name: &str, scopes: &str| -> explaind::config::ApiKey {
+        serde_json::from_value(json!({"name": name, "sha256": explaind::http::auth::hash_key(name),
+            "scopes": scopes.split(',').collect::<Vec<_>>()}))
+        .unwrap()
+    };
+    c.api_keys = vec![
+        key("alpha", "predict"),
+        key("beta", "predict"),
+        key("ops", "predict,admin"),
+    ];
+    let s = start(c).await;
+    let http = reqwest::Client::new();
+    let post = |who: &'static str| http.post(url(&s, "/v1/jobs")).bearer_auth(who).json(&job(400)).send();
+    let r = post("alpha").await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let a: Value = r.json().await.unwrap();
+    let id = a["id"].as_str().unwrap();
+    assert_eq!(a["owner"], "alpha");
+    for (who, status) in [
+        ("beta", StatusCode::NOT_FOUND),
+        ("alpha", StatusCode::OK),
+        ("ops", StatusCode::OK),
+    ] {
+        for path in [format!("/v1/jobs/{id}"), format!("/v1/jobs/{id}/events")] {
+            let r = http.get(url(&s, &path)).bearer_auth(who).send().await.unwrap();
+            assert_eq!(r.status(), status, "{who} GET {path}");
+        }
+    }
+    let r = http
+        .delete(url(&s, &format!("/v1/jobs/{id}")))
+        .bearer_auth("beta")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "beta cannot cancel alpha's job");
+    // alpha's quota is two unfinished jobs: the third is refused with 429; beta's quota is its own.
+    assert_eq!(post("alpha").await.unwrap().status(), StatusCode::ACCEPTED);
+    let r = post("alpha").await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "/problems/too-many-jobs", "{p}");
+    assert_eq!(post("beta").await.unwrap().status(), StatusCode::ACCEPTED);
+    // The owner cancels; the admin sees it cancelled; a place is free again.
+    let r = http
+        .delete(url(&s, &format!("/v1/jobs/{id}")))
+        .bearer_auth("alpha")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = http
+        .get(url(&s, &format!("/v1/jobs/{id}")))
+        .bearer_auth("ops")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "cancelled");
+    assert_eq!(post("alpha").await.unwrap().status(), StatusCode::ACCEPTED);
+    s.stop().await.unwrap();
 }

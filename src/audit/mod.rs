@@ -103,7 +103,7 @@ impl AuditLog {
     /// Records an explanation answer.
     pub async fn explanation(&self, ctx: &Context, input: Evidence, response: &Value) -> Result<Receipt, StoreError> {
         let (columns, body) = record::explanation(ctx, input, response, self.config.audit_store_maps);
-        self.append(columns, body).await
+        self.append(columns, body, ctx.record_id.is_some()).await
     }
 
     /// Records a prediction answer (`Kind::Prediction`) or an uncertainty answer (`Kind::Uncertainty`).
@@ -115,13 +115,24 @@ impl AuditLog {
         response: &Value,
     ) -> Result<Receipt, StoreError> {
         let (columns, body) = record::prediction(kind, ctx, inputs, response, self.config.audit_store_maps);
-        self.append(columns, body).await
+        self.append(columns, body, ctx.record_id.is_some()).await
     }
 
-    async fn append(&self, columns: store::Columns, body: Value) -> Result<Receipt, StoreError> {
+    async fn append(&self, columns: store::Columns, body: Value, once: bool) -> Result<Receipt, StoreError> {
         // serde_json's maps are sorted by key: this text is canonical.
         let text = serde_json::to_string(&body)?;
-        let (seq, hash) = self.store().await?.append(&columns, &text).await?;
+        let store = self.store().await?;
+        // A record id chosen by the caller (a shared job's) is recorded once: a second run gets
+        // the first run's receipt.
+        let kept = if once { store.get(&columns.id).await? } else { None };
+        if let Some(kept) = kept {
+            return Ok(Receipt {
+                id: kept.id,
+                seq: kept.seq,
+                hash: kept.hash,
+            });
+        }
+        let (seq, hash) = store.append(&columns, &text).await?;
         Ok(Receipt {
             id: columns.id,
             seq,

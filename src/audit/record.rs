@@ -36,6 +36,9 @@ pub struct Context {
     pub request_id: Option<String>,
     /// The API key's name, when keys are on.
     pub caller: Option<String>,
+    /// The record's id when it must not be recorded twice (a shared job's id: a job run again after
+    /// its replica stopped between recording and finishing keeps its one record); else a new one.
+    pub record_id: Option<String>,
 }
 
 /// One input: its sha256, its media type, and (when configured) the input itself.
@@ -180,7 +183,10 @@ fn now() -> (i64, String) {
 }
 
 fn header(kind: Kind, ctx: &Context, inputs: &[Evidence], response: &Value) -> (String, i64, Value) {
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = ctx
+        .record_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let (time_ms, time) = now();
     let body = json!({
         "id": id,

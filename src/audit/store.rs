@@ -96,8 +96,6 @@ pub struct Store {
     tip: tokio::sync::Mutex<(i64, String)>,
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/audit");
-
 impl Store {
     /// Opens (creating when needed) the configured database and brings its schema up to date.
     pub async fn open(config: &Config) -> Result<Self, StoreError> {
@@ -135,7 +133,10 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        let mut migrator = sqlx::migrate!("./migrations/audit");
+        // Shared jobs' migrations (1001 on) may share the database's history table.
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
         let store = Self {
             pool,
             tip: tokio::sync::Mutex::new((0, GENESIS.to_string())),

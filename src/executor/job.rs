@@ -1,6 +1,6 @@
 //! What a job is: a validated task that runs on a worker, and the context it polls for cancellation.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +23,8 @@ pub struct Progress {
     pub planned: AtomicUsize,
     /// Set when a worker starts the job.
     pub started: AtomicBool,
+    /// When a worker started it, in milliseconds since the Unix epoch (0: not yet).
+    pub started_ms: AtomicU64,
 }
 
 /// Lets long tasks stop between passes when their caller left or their deadline passed, and

@@ -5,6 +5,7 @@
 
 pub mod board;
 mod job;
+pub mod shared;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -229,6 +230,9 @@ impl Admission {
                 return;
             }
             if let Some(p) = &progress {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                p.started_ms
+                    .store(now.map(|d| d.as_millis() as u64).unwrap_or(0), Ordering::SeqCst);
                 p.started.store(true, Ordering::SeqCst);
             }
             let started = Instant::now();

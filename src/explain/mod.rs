@@ -171,6 +171,8 @@ pub struct ExplainResult {
     pub attributions: Vec<TargetAttribution>,
     /// Model rows run (forward or forward+backward), over all batches.
     pub rows: usize,
+    /// Model rows the plan expected (what a job's progress counts towards).
+    pub planned_rows: usize,
     /// ONNX Runtime runs (batches).
     pub runs: usize,
     /// Of `rows`, those run through the backward model.
@@ -557,7 +559,8 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
     // The top prediction of a fresh input, for a method whose first pass is one gradient pass:
     // the graph chooses the class, so that pass is the only one.
     if let Some(top) = primed_top_pass(&mut cx, job)? {
-        job_ctx.plan(job.params.cost().rows);
+        let planned_rows = job.params.cost().rows.saturating_add(evaluation_rows(job, 1));
+        job_ctx.plan(planned_rows);
         let (target, scores) = top;
         let attributions = job
             .params
@@ -567,6 +570,7 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
             evaluations,
             attributions,
             rows: cx.rows,
+            planned_rows,
             runs: cx.runs,
             gradient_rows: cx.gradient_rows,
             scores: vec![scores.get(target.index).copied().unwrap_or(f64::NAN)],
@@ -598,7 +602,8 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
     };
     // Indices and labels were checked at the edge; the top-k and top-1 need the scores.
     let targets = targets::resolve(job.targets.as_ref(), &job.model, &scores, job.limits.max_targets)?;
-    job_ctx.plan(1 + job.params.cost().rows);
+    let planned_rows = (1 + job.params.cost().rows).saturating_add(evaluation_rows(job, targets.len()));
+    job_ctx.plan(planned_rows);
     let attributions = job.params.explain(&mut cx, job, &targets, &scores)?;
     let evaluations = evaluate_attributions(&mut cx, job, &attributions)?;
     let target_scores = targets
@@ -609,6 +614,7 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
         evaluations,
         attributions,
         rows: cx.rows,
+        planned_rows,
         runs: cx.runs,
         gradient_rows: cx.gradient_rows,
         scores: target_scores,
@@ -619,6 +625,16 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
 
 /// The metrics `job.evaluate` asks, on each target's map (pixels of the model's input, or
 /// features), their passes batched and counted as the method's are.
+/// Model rows the metrics `job.evaluate` asks will run on `targets` maps.
+fn evaluation_rows(job: &ExplainJob, targets: usize) -> usize {
+    let features = crate::eval::feature_count(&job.model);
+    job.evaluate
+        .iter()
+        .map(|m| m.rows(features))
+        .fold(0usize, usize::saturating_add)
+        .saturating_mul(targets)
+}
+
 fn evaluate_attributions(
     cx: &mut Cx,
     job: &ExplainJob,

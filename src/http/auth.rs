@@ -15,10 +15,14 @@ use super::error::{ApiError, ProblemKind};
 use super::AppState;
 use crate::audit::Context;
 use crate::config::Scope;
+use crate::executor::board::Viewer;
 
-/// The authenticated caller: the key's name.
+/// The authenticated caller: the key's name, and whether it may see every caller's jobs.
 #[derive(Debug, Clone)]
-pub struct Caller(pub String);
+pub struct Caller {
+    pub name: String,
+    pub admin: bool,
+}
 
 /// Routes anyone may call: probes, metrics, and the documents that describe the API.
 fn is_open(path: &str) -> bool {
@@ -81,7 +85,10 @@ pub async fn require_key(
             format!("key `{}` lacks the `{needed:?}` scope this route needs", key.name).to_lowercase(),
         ));
     }
-    req.extensions_mut().insert(Caller(key.name.clone()));
+    req.extensions_mut().insert(Caller {
+        name: key.name.clone(),
+        admin: key.scopes.contains(&Scope::Admin),
+    });
     Ok(next.run(req).await)
 }
 
@@ -96,6 +103,17 @@ pub fn audit_context(headers: &HeaderMap, caller: Option<Extension<Caller>>) -> 
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(String::from),
-        caller: caller.map(|Extension(c)| c.0),
+        caller: caller.map(|Extension(c)| c.name),
+        record_id: None,
     }
+}
+
+/// Who asks about a job (see [`Viewer`]).
+pub fn viewer(caller: Option<&Extension<Caller>>) -> Viewer {
+    caller
+        .map(|Extension(c)| Viewer {
+            caller: Some(c.name.clone()),
+            admin: c.admin,
+        })
+        .unwrap_or_default()
 }

@@ -28,6 +28,7 @@ pub enum ProblemKind {
     NotFound,
     MethodNotAllowed,
     Overloaded,
+    TooManyJobs,
     DeadlineExceeded,
     RequestTimeout,
     ShuttingDown,
@@ -36,7 +37,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, for documentation.
-    pub const ALL: [ProblemKind; 20] = [
+    pub const ALL: [ProblemKind; 21] = [
         Self::MalformedJson,
         Self::InvalidRequest,
         Self::InvalidInput,
@@ -53,6 +54,7 @@ impl ProblemKind {
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::Overloaded,
+        Self::TooManyJobs,
         Self::DeadlineExceeded,
         Self::RequestTimeout,
         Self::ShuttingDown,
@@ -78,6 +80,7 @@ impl ProblemKind {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Overloaded => "overloaded",
+            Self::TooManyJobs => "too-many-jobs",
             Self::DeadlineExceeded => "deadline-exceeded",
             Self::RequestTimeout => "request-timeout",
             Self::ShuttingDown => "shutting-down",
@@ -97,6 +100,7 @@ impl ProblemKind {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Overloaded | Self::ShuttingDown | Self::AuditFailed => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyJobs => StatusCode::TOO_MANY_REQUESTS,
             Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -122,6 +126,7 @@ impl ProblemKind {
             Self::NotFound => "No such resource",
             Self::MethodNotAllowed => "Method not allowed on this resource",
             Self::Overloaded => "The service is at capacity",
+            Self::TooManyJobs => "This caller has as many unfinished jobs as it may",
             Self::DeadlineExceeded => "The job did not finish in time",
             Self::RequestTimeout => "The request body did not arrive in time",
             Self::ShuttingDown => "The service is shutting down",

@@ -14,7 +14,7 @@ use super::AppState;
 /// Health or readiness state.
 #[derive(Serialize, ToSchema)]
 pub struct Health {
-    /// `ok`, `ready`, or `starting`.
+    /// `ok`, `ready`, `starting`, or `database-unreachable`.
     pub status: &'static str,
     /// Jobs queued or running.
     pub jobs: usize,
@@ -33,13 +33,28 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<Health> {
     })
 }
 
-/// Every worker has its model sessions and can take jobs.
+/// Every worker has its model sessions and can take jobs, and the shared jobs database (if any)
+/// answers.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, body = Health, description = "ready"),
-    (status = 503, body = Health, description = "workers still loading models"),
+    (status = 503, body = Health, description = "workers still loading models, or the jobs database unreachable"),
 ))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let (jobs, capacity) = state.executor.load();
+    let database = match &state.shared_jobs {
+        Some(shared) => shared.reachable().await,
+        None => true,
+    };
+    if !database {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "database-unreachable",
+                jobs,
+                capacity,
+            }),
+        );
+    }
     if state.executor.is_ready() {
         (
             StatusCode::OK,

@@ -16,13 +16,21 @@ use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::auth::{audit_context, Caller};
+use super::auth::{audit_context, viewer, Caller};
 use super::error::{ApiError, ProblemKind};
-use super::explain::{self, ExplainRequest, Format};
+use super::explain::{self, ExplainRequest, Format, ValidExplain};
 use super::input::{self, RawInput};
-use super::{prepare, AppState};
-use crate::executor::board::{JobState, JobView};
+use super::prepare::{self, Prepared};
+use super::AppState;
+use crate::audit::{Context, Evidence};
+use crate::executor::board::{JobState, JobView, Refused, Viewer};
+use crate::executor::shared::{NewJob, SubmitError};
+use crate::executor::{Admission, Control};
 use crate::explain::ExplainTask;
+use crate::runtime::registry::LoadedModel;
+
+/// How often an event stream looks at its job.
+const POLL: Duration = Duration::from_millis(100);
 
 /// A job: the explain request's fields plus the model and the method.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -58,6 +66,80 @@ fn not_found(id: &str) -> ApiError {
     ApiError::new(ProblemKind::NotFound, format!("no job `{id}` (unknown, or expired)"))
 }
 
+/// A job id is a UUID; anything else is a malformed request, not an unknown job.
+fn job_id(id: &str) -> Result<String, ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::new(ProblemKind::InvalidRequest, "a job id is a UUID"))
+}
+
+fn refused(state: &AppState, e: Refused) -> ApiError {
+    let kind = match e {
+        Refused::Full(_) => ProblemKind::Overloaded,
+        Refused::CallerLimit(_) => ProblemKind::TooManyJobs,
+    };
+    ApiError::new(kind, e.to_string()).retry_after(state.config.retry_after_secs)
+}
+
+fn store_failed(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ProblemKind::Overloaded, format!("{e}; retry shortly"))
+}
+
+/// A job's request checked against its model and its input prepared: ready to run.
+pub(super) struct Ready {
+    model: Arc<LoadedModel>,
+    valid: ValidExplain,
+    prepared: Vec<Prepared>,
+    evidence: Option<Evidence>,
+}
+
+/// Parses and checks a job body; `audit`: gather the audit evidence it asks for (where it runs).
+pub(super) async fn check(state: &AppState, bytes: axum::body::Bytes, audit: bool) -> Result<Ready, ApiError> {
+    let (job, mut request, raw) = super::offload::cpu(bytes.len(), move || parse_job(&bytes)).await??;
+    let model = state.model(&job.model)?;
+    let valid = explain::validate(state, &model, &job.method, request.options(), 1)?;
+    let asked = request.audit.take().unwrap_or(false);
+    let evidence = if audit {
+        explain::audit_evidence(state, &model, &raw, asked).await?
+    } else {
+        None
+    };
+    let prepared = prepare::prepare_all(&model, vec![raw], state.config.max_image_pixels).await?;
+    Ok(Ready {
+        model,
+        valid,
+        prepared,
+        evidence,
+    })
+}
+
+/// Runs a checked job on `admission` under `control`; the answer, or the problem, as JSON.
+pub(super) async fn run(
+    state: &AppState,
+    ready: Ready,
+    admission: Admission,
+    control: Control,
+    ctx: Context,
+    started: Instant,
+) -> Result<serde_json::Value, serde_json::Value> {
+    let Ready {
+        valid,
+        prepared,
+        evidence,
+        ..
+    } = ready;
+    let answer = async {
+        let explain_job = valid.job(prepare::batch(&prepared)?, None);
+        let result = admission.run_controlled(ExplainTask(explain_job), control).await?;
+        let audit = evidence.map(|evidence| (evidence, ctx));
+        let answer = explain::finish(state, valid, prepared, result, false, started, audit).await?;
+        serde_json::to_value(&answer.body).map_err(ApiError::internal)
+    };
+    answer
+        .await
+        .map_err(|e: ApiError| serde_json::to_value(e.problem()).unwrap_or_default())
+}
+
 /// Submits an explanation to run in the background.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
     request_body(content = JobRequest, content_type = "application/json"),
@@ -66,6 +148,7 @@ fn not_found(id: &str) -> ApiError {
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed request"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
         (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "input does not fit the model"),
+        (status = 429, body = super::error::Problem, content_type = "application/problem+json", description = "this caller has `max_jobs_per_caller` unfinished jobs; see Retry-After"),
         (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "queue or job board full; see Retry-After"),
     ))]
 pub async fn submit(
@@ -75,50 +158,77 @@ pub async fn submit(
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    let viewer = viewer(caller.as_ref());
+    let owner = viewer.caller.clone();
+    let ctx = audit_context(&headers, caller);
+    if let Some(shared) = state.shared_jobs.clone() {
+        // Checked here so that a bad request is refused now, then run by whichever replica is free.
+        let received = input::receive(&state.config, &headers, body).await?;
+        let ready = check(&state, received.bytes.clone(), false).await?;
+        let stored = shared
+            .submit(
+                NewJob {
+                    model: &ready.model.name,
+                    model_sha256: &ready.model.sha256,
+                    method: ready.valid.params.method(),
+                    owner: owner.as_deref(),
+                    request_id: ctx.request_id.as_deref(),
+                    request: &received.bytes,
+                },
+                state.config.max_jobs_per_caller,
+            )
+            .await
+            .map_err(|e| match e {
+                SubmitError::Refused(r) => refused(&state, r),
+                SubmitError::Store(e) => store_failed(e),
+            })?;
+        return Ok(accepted(stored));
+    }
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
-    let (job, mut request, raw) =
-        super::offload::cpu(received.bytes.len(), move || parse_job(&received.bytes)).await??;
-    let model = state.model(&job.model)?;
-    let valid = explain::validate(&state, &model, &job.method, request.options(), 1)?;
-    let evidence = explain::audit_evidence(&state, &model, &raw, request.audit.take().unwrap_or(false)).await?;
+    let ready = check(&state, received.bytes, true).await?;
     let admission = state.executor.admit()?;
-    let prepared = prepare::prepare_all(&model, vec![raw], state.config.max_image_pixels).await?;
-    let explain_job = valid.job(prepare::batch(&prepared)?, None);
-    let (id, control) = state.jobs.create(&model.name, valid.params.method()).map_err(|e| {
-        ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(state.config.retry_after_secs)
-    })?;
-    let ctx = audit_context(&headers, caller);
+    let (id, control) = state
+        .jobs
+        .create(
+            &ready.model.name,
+            ready.valid.params.method(),
+            owner.as_deref(),
+            state.config.max_jobs_per_caller,
+        )
+        .map_err(|e| refused(&state, e))?;
     let task_state = state.clone();
     let task_id = id.clone();
     tokio::spawn(async move {
-        let state = task_state;
-        let outcome = admission.run_controlled(ExplainTask(explain_job), control).await;
-        let finished = match outcome {
-            Ok(result) => {
-                let audit = evidence.map(|evidence| (evidence, ctx));
-                match explain::finish(&state, valid, prepared, result, false, started, audit).await {
-                    Ok(answer) => serde_json::to_value(&answer.body).map_err(ApiError::internal),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(ApiError::from(e)),
-        }
-        .map_err(|e| e.problem());
-        let finished = finished.map_err(|p| serde_json::to_value(p).unwrap_or_default());
-        state.jobs.finish(&task_id, finished);
+        let outcome = run(&task_state, ready, admission, control, ctx, started).await;
+        task_state.jobs.finish(&task_id, outcome);
     });
-    accepted(&state, &id)
+    let view = state.jobs.get(&id, &viewer).ok_or_else(|| not_found(&id))?;
+    Ok(accepted(view))
 }
 
 /// 202 with the job as it stands and its address in `Location`.
-pub(super) fn accepted(state: &AppState, id: &str) -> Result<Response, ApiError> {
-    let view = state.jobs.get(id).ok_or_else(|| not_found(id))?;
+pub(super) fn accepted(view: JobView) -> Response {
+    let location = format!("/v1/jobs/{}", view.id);
     let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
-    if let Ok(v) = header::HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
+    if let Ok(v) = header::HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(response)
+    response
+}
+
+/// The job as `viewer` may see it: this replica's board first (reference builds, and every job
+/// when jobs live in memory), then the shared table.
+async fn find(state: &AppState, id: &str, viewer: &Viewer, with_result: bool) -> Result<JobView, ApiError> {
+    let id = job_id(id)?;
+    if let Some(view) = state.jobs.get(&id, viewer) {
+        return Ok(view);
+    }
+    match &state.shared_jobs {
+        Some(shared) => shared.get(&id, viewer, with_result).await.map_err(store_failed)?,
+        None => None,
+    }
+    .ok_or_else(|| not_found(&id))
 }
 
 /// A job's state, progress and (when done) result.
@@ -126,10 +236,15 @@ pub(super) fn accepted(state: &AppState, id: &str) -> Result<Response, ApiError>
     params(("id" = String, Path, description = "job id")),
     responses(
         (status = 200, body = JobView, description = "the job: state, progress, and its result once done"),
-        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job"),
+        (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "the id is not a UUID"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job, or another caller's"),
     ))]
-pub async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
-    state.jobs.get(&id).map(Json).ok_or_else(|| not_found(&id))
+pub async fn get_job(
+    State(state): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    find(&state, &id, &viewer(caller.as_ref()), true).await.map(Json)
 }
 
 /// Cancels a queued or running job (its worker stops at the next pass); a finished job is unchanged.
@@ -137,10 +252,25 @@ pub async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>)
     params(("id" = String, Path, description = "job id")),
     responses(
         (status = 200, body = JobView, description = "the job, cancelled (or already finished)"),
-        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job"),
+        (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "the id is not a UUID"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job, or another caller's"),
     ))]
-pub async fn cancel_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
-    state.jobs.cancel(&id).map(Json).ok_or_else(|| not_found(&id))
+pub async fn cancel_job(
+    State(state): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let viewer = viewer(caller.as_ref());
+    let id = job_id(&id)?;
+    if let Some(view) = state.jobs.cancel(&id, &viewer) {
+        return Ok(Json(view));
+    }
+    match &state.shared_jobs {
+        Some(shared) => shared.cancel(&id, &viewer).await.map_err(store_failed)?,
+        None => None,
+    }
+    .map(Json)
+    .ok_or_else(|| not_found(&id))
 }
 
 /// The job's progress as Server-Sent Events: `progress` while it runs (on every change), then one
@@ -149,22 +279,31 @@ pub async fn cancel_job(State(state): State<Arc<AppState>>, Path(id): Path<Strin
     params(("id" = String, Path, description = "job id")),
     responses(
         (status = 200, content_type = "text/event-stream", body = String, description = "events, each `data` a JobView"),
-        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job"),
+        (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "the id is not a UUID"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job, or another caller's"),
     ))]
 pub async fn job_events(
     State(state): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    state.jobs.get(&id).ok_or_else(|| not_found(&id))?;
-    // Polls the board: progress counters live in the worker, so there is nothing to push from.
+    let viewer = viewer(caller.as_ref());
+    let id = find(&state, &id, &viewer, false).await?.id;
+    // Polls: progress counters live in a worker, perhaps on another replica, so there is nothing to
+    // push from. Events lag the job by at most POLL (plus a replica's renewal period when shared).
     let events = stream::unfold(
-        (state, id, None::<JobView>, false),
-        |(state, id, last, ended)| async move {
+        (state, id, viewer, None::<JobView>, false),
+        |(state, id, viewer, last, ended)| async move {
             if ended {
                 return None;
             }
             loop {
-                let view = state.jobs.get(&id)?;
+                let brief = find(&state, &id, &viewer, false).await.ok()?;
+                let view = if brief.state.is_final() {
+                    find(&state, &id, &viewer, true).await.ok()?
+                } else {
+                    brief
+                };
                 let changed = last
                     .as_ref()
                     .is_none_or(|l| l.state != view.state || l.progress != view.progress);
@@ -175,15 +314,15 @@ pub async fn job_events(
                         _ => "cancelled",
                     };
                     let event = Event::default().event(name).json_data(&view).unwrap_or_default();
-                    return Some((Ok(event), (state, id, Some(view), true)));
+                    return Some((Ok(event), (state, id, viewer, Some(view), true)));
                 }
                 if changed {
                     let mut brief = view.clone();
                     brief.result = None;
                     let event = Event::default().event("progress").json_data(&brief).unwrap_or_default();
-                    return Some((Ok(event), (state, id, Some(view), false)));
+                    return Some((Ok(event), (state, id, viewer, Some(view), false)));
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(POLL).await;
             }
         },
     );

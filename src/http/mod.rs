@@ -3,6 +3,7 @@
 
 mod audit;
 pub mod auth;
+pub mod claimer;
 mod compare;
 pub mod error;
 mod evaluate;
@@ -30,6 +31,7 @@ pub use router::router;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::executor::board::JobBoard;
+use crate::executor::shared::SharedJobs;
 use crate::executor::Executor;
 use crate::explain::{AnyMethod, Methods};
 use crate::runtime::gradients::GradientCache;
@@ -51,8 +53,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The audit log.
     pub audit: Arc<AuditLog>,
-    /// Asynchronous jobs.
+    /// Asynchronous jobs this replica keeps in memory: every job when jobs are not shared, and
+    /// reference-set builds (they belong to this replica's files) always.
     pub jobs: Arc<JobBoard>,
+    /// Asynchronous jobs in PostgreSQL, shared with every replica on the same database.
+    pub shared_jobs: Option<Arc<SharedJobs>>,
     /// The explanation methods served.
     pub methods: Arc<Methods>,
 }

@@ -200,10 +200,13 @@ pub async fn row(
 pub async fn upload(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
+    caller: Option<axum::Extension<super::auth::Caller>>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let m = state.model(&model)?;
+    let viewer = super::auth::viewer(caller.as_ref());
+    let owner = viewer.caller.clone();
     state.refuse_when_full()?;
     let config = &state.config;
     // An upload may be a training set: ten times the usual read deadline.
@@ -249,9 +252,10 @@ pub async fn upload(
         )
     })?;
     let admission = state.executor.admit()?;
+    // A build belongs to this replica's files, so it stays on this replica's board.
     let (id, control) = state
         .jobs
-        .create(&m.name, "reference")
+        .create(&m.name, "reference", owner.as_deref(), usize::MAX)
         .map_err(|e| ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(config.retry_after_secs))?;
     let (task_state, task_id) = (state.clone(), id.clone());
     tokio::spawn(async move {
@@ -278,7 +282,11 @@ pub async fn upload(
             };
         state.jobs.finish(&task_id, outcome);
     });
-    super::jobs::accepted(&state, &id)
+    let view = state
+        .jobs
+        .get(&id, &viewer)
+        .ok_or_else(|| ApiError::internal("a job just created is gone"))?;
+    Ok(super::jobs::accepted(view))
 }
 
 /// A multipart upload's parts: (name, file name, bytes).

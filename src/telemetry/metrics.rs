@@ -41,6 +41,8 @@ pub struct Metrics {
     pub jobs_rejected: Counter,
     /// Jobs dropped because their caller left or their deadline passed.
     pub jobs_cancelled: Counter,
+    /// Shared asynchronous jobs waiting for a replica (what an autoscaler scales on).
+    pub jobs_waiting: Gauge,
     /// ONNX Runtime runs, and the requests they served (more requests than runs: batching).
     pub passes: crate::runtime::batching::PassCounters,
 }
@@ -62,6 +64,12 @@ impl Default for Metrics {
         let job_duration = latency_histogram();
         let jobs_rejected = Counter::default();
         let jobs_cancelled = Counter::default();
+        let jobs_waiting = Gauge::default();
+        registry.register(
+            "async_jobs_waiting",
+            "Shared asynchronous jobs waiting for a replica (jobs in PostgreSQL)",
+            jobs_waiting.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -118,6 +126,7 @@ impl Default for Metrics {
             job_duration,
             jobs_rejected,
             jobs_cancelled,
+            jobs_waiting,
         }
     }
 }

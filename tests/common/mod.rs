@@ -19,6 +19,18 @@ pub fn bundled_model(name: &str) -> explaind::onnx::proto::ModelProto {
 }
 
 /// The held-out rows of the bundled breast-cancer models (tests/fixtures/breast_cancer_holdout.json).
+/// The first held-out Fashion-MNIST test image (PNG bytes) of tests/fixtures/fashion.
+pub fn fashion_png() -> Vec<u8> {
+    let dir = root().join("tests/fixtures/fashion");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let first = files
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "png"))
+        .unwrap();
+    std::fs::read(first).unwrap()
+}
+
 pub fn breast_cancer_holdout() -> Vec<Vec<f32>> {
     let holdout: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/breast_cancer_holdout.json")).unwrap())

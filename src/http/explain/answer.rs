@@ -216,6 +216,7 @@ pub fn explain_body(
     let random = valid.params.capabilities().random;
     let stats = ExplainStats {
         model_rows: result.rows,
+        planned_rows: result.planned_rows,
         model_runs: result.runs,
         wall_ms: started.elapsed().as_secs_f64() * 1e3,
         worker_ms: result.worker_time.as_secs_f64() * 1e3,

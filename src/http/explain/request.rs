@@ -134,6 +134,9 @@ pub struct TargetExplanation {
 pub struct ExplainStats {
     /// Model rows run (forward or forward and backward).
     pub model_rows: usize,
+    /// Model rows the plan expected before the run (the unit and the total of a job's progress);
+    /// a method that stops early (a `tolerance` met) runs fewer.
+    pub planned_rows: usize,
     /// ONNX Runtime runs (batches).
     pub model_runs: usize,
     /// Wall time of the whole request, milliseconds (also in the `Server-Timing` header as `total`).
