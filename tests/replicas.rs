@@ -18,15 +18,20 @@ use sqlx::Row;
 
 const MANIFEST: &str = "task = \"tabular-regression\"\n[tabular]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\", \"f4\", \"f5\", \"f6\", \"f7\"]\nbackground = \"background.csv\"\n";
 
-fn models() -> PathBuf {
+/// A models folder with the slow model of `layers` layers (its sha256 differs with the count).
+fn models_with(layers: usize) -> PathBuf {
     let dir = temp_dir("replicas-models");
-    write_model(&dir, "slow", &slow_model(2), MANIFEST);
+    write_model(&dir, "slow", &slow_model(layers), MANIFEST);
     std::fs::write(
         dir.join("slow/background.csv"),
         "f0,f1,f2,f3,f4,f5,f6,f7\n0,0,0,0,0,0,0,0\n",
     )
     .unwrap();
     dir
+}
+
+fn models() -> PathBuf {
+    models_with(2)
 }
 
 /// One `explaind serve` process.
@@ -60,6 +65,11 @@ fn keys() -> String {
 
 impl Replica {
     fn start(db: &str, models: &Path, name: &str) -> Self {
+        Self::start_with(db, models, name, &[])
+    }
+
+    /// A replica with further `EXPLAIND_*` settings.
+    fn start_with(db: &str, models: &Path, name: &str, settings: &[(&str, &str)]) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_explaind"))
             .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--models"])
@@ -75,6 +85,7 @@ impl Replica {
             .env("EXPLAIND_MAX_JOBS_PER_CALLER", "500")
             .env("EXPLAIND_API_KEYS", keys())
             .env("RUST_LOG", "explaind=info")
+            .envs(settings.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(temp_dir(&format!("replica-log-{name}")).join("log")).unwrap(),
@@ -287,8 +298,10 @@ async fn replicas_share_jobs_their_progress_results_cancellation_and_one_audit_c
 async fn a_job_whose_replica_is_killed_is_finished_by_another_once() {
     let pg = Postgres::start();
     let models = models();
-    let mut a = Replica::start(&pg.url(), &models, "kill-a").ready().await;
-    let mut b = Replica::start(&pg.url(), &models, "kill-b").ready().await;
+    // Finished jobs are kept 2 s: the idle survivor removes this one afterwards.
+    let ttl = [("EXPLAIND_JOB_TTL_SECS", "2")];
+    let mut a = Replica::start_with(&pg.url(), &models, "kill-a", &ttl).ready().await;
+    let mut b = Replica::start_with(&pg.url(), &models, "kill-b", &ttl).ready().await;
     let http = reqwest::Client::new();
     let v = submit(&http, &a, "alpha", &job(300)).await.unwrap();
     let id = v["id"].as_str().unwrap().to_string();
@@ -328,6 +341,55 @@ async fn a_job_whose_replica_is_killed_is_finished_by_another_once() {
         .map(|r| &r["explanation_id"])
         .collect();
     assert_eq!(ids, vec![&done["result"]["id"]], "{records}");
+    // Past its time the job is gone, on any replica; its audit record stays.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(view(&http, survivor, "alpha", &id).await.0, StatusCode::NOT_FOUND);
+    let resp = http
+        .get(survivor.url(&format!("/v1/audit/records/{id}")))
+        .bearer_auth("auditor")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_never_run_on_a_model_other_than_the_one_it_was_checked_against() {
+    let pg = Postgres::start();
+    let a = Replica::start(&pg.url(), &models_with(2), "sha-a").ready().await;
+    let http = reqwest::Client::new();
+    // A's one worker is busy with a long job, so the next job can only be claimed by B, whose
+    // `slow` model is another file.
+    let long = submit(&http, &a, "alpha", &job(2000)).await.unwrap();
+    let long = long["id"].as_str().unwrap().to_string();
+    wait_for(&http, &a, &long, Duration::from_secs(30), |v| v["state"] == "running").await;
+    let b = Replica::start(&pg.url(), &models_with(3), "sha-b").ready().await;
+    let v = submit(&http, &a, "alpha", &job(20)).await.unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    let failed = wait_for(&http, &a, &id, Duration::from_secs(30), |v| v["state"] != "queued").await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let detail = failed["error"]["detail"].as_str().unwrap();
+    assert!(detail.contains("changed after the job was submitted"), "{detail}");
+    let resp = http
+        .delete(b.url(&format!("/v1/jobs/{long}")))
+        .bearer_auth("alpha")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Without its database a replica is not ready (it leaves the Service), though it lives.
+    drop(pg);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = reqwest::get(a.url("/readyz")).await.unwrap();
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(r.json::<Value>().await.unwrap()["status"], "database-unreachable");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready without its database");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(reqwest::get(a.url("/healthz")).await.unwrap().status(), StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,4 +452,39 @@ async fn two_hundred_jobs_over_two_replicas_one_killed_and_restarted_each_end_ex
         .await
         .unwrap();
     assert_eq!(row.get::<i64, _>(0), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_with_sigterm_gives_its_running_job_back_at_once() {
+    let pg = Postgres::start();
+    let models = models();
+    let mut a = Replica::start(&pg.url(), &models, "term-a").ready().await;
+    let http = reqwest::Client::new();
+    let v = submit(&http, &a, "alpha", &job(300)).await.unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_for(&http, &a, &id, Duration::from_secs(30), |v| {
+        v["state"] == "running" && v["progress"]["done"].as_u64().unwrap() > 10
+    })
+    .await;
+    let b = Replica::start(&pg.url(), &models, "term-b").ready().await;
+    // SIGTERM, as Kubernetes stops a pod: A stops claiming and hands the job back before it exits.
+    unsafe { libc::kill(a.pid() as i32, libc::SIGTERM) };
+    let stopped = Instant::now();
+    let status = a.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "stopping took {:?}",
+        stopped.elapsed()
+    );
+    let taken = wait_for(&http, &b, &id, Duration::from_secs(10), |v| {
+        v["replica"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("/{}/", b.pid())))
+    })
+    .await;
+    eprintln!("taken over {:?} after SIGTERM", stopped.elapsed());
+    assert_eq!(taken["attempts"], 1, "a run given back is not an attempt: {taken}");
+    let done = wait_for(&http, &b, &id, Duration::from_secs(60), |v| v["state"] == "done").await;
+    assert_eq!(done["attempts"], 1);
 }

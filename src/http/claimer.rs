@@ -19,7 +19,8 @@ use crate::executor::{Control, Progress};
 
 /// How often an idle claimer looks for work without being woken.
 const POLL: Duration = Duration::from_millis(250);
-/// How often finished jobs past their time are removed (by an idle replica).
+/// How often, at most, finished jobs past their time are removed (by an idle replica); more often
+/// when they are kept for less.
 const SWEEP: Duration = Duration::from_secs(10);
 /// How often the waiting jobs are counted for the autoscaler's metric (busy or not).
 const COUNT: Duration = Duration::from_secs(5);
@@ -103,6 +104,7 @@ async fn claim_loop(
 ) {
     let mut listener = shared.listener().await.ok();
     let mut last_sweep: Option<Instant> = None;
+    let sweep_every = (Duration::from_secs(state.config.job_ttl_secs) / 2).clamp(Duration::from_secs(1), SWEEP);
     let mut last_count: Option<Instant> = None;
     while !*stopped.borrow() {
         if last_count.is_none_or(|t| t.elapsed() > COUNT) {
@@ -160,7 +162,7 @@ async fn claim_loop(
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "could not claim a shared job"),
         }
-        if last_sweep.is_none_or(|t| t.elapsed() > SWEEP) {
+        if last_sweep.is_none_or(|t| t.elapsed() > sweep_every) {
             last_sweep = Some(Instant::now());
             match shared.sweep().await {
                 Ok(0) => {}
