@@ -133,13 +133,7 @@ fn models(dir: &Path) -> PathBuf {
     let models = dir.join("models");
     let _ = std::fs::remove_dir_all(&models);
     // One 1024x1024x1024 product per row: about 20 ms on one core.
-    let manifest = "task = \"tabular-regression\"\n[tabular]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\", \"f4\", \"f5\", \"f6\", \"f7\"]\nbackground = \"background.csv\"\n";
-    testing::write_model(&models, "slow", &testing::slow_model(1), manifest);
-    std::fs::write(
-        models.join("slow/background.csv"),
-        "f0,f1,f2,f3,f4,f5,f6,f7\n0,0,0,0,0,0,0,0\n",
-    )
-    .unwrap();
+    testing::write_slow_tabular(&models, 1);
     models
 }
 

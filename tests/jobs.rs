@@ -7,20 +7,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{slow_model, start, temp_dir, test_config, url, write_model};
+use common::{start, temp_dir, test_config, url, write_slow_tabular};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const MANIFEST: &str = "task = \"tabular-regression\"\n[tabular]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\", \"f4\", \"f5\", \"f6\", \"f7\"]\nbackground = \"background.csv\"\n";
-
 async fn slow_service(ttl_secs: u64) -> explaind::Service {
     let dir = temp_dir("jobs-models");
-    write_model(&dir, "slow", &slow_model(2), MANIFEST);
-    std::fs::write(
-        dir.join("slow/background.csv"),
-        "f0,f1,f2,f3,f4,f5,f6,f7\n0,0,0,0,0,0,0,0\n",
-    )
-    .unwrap();
+    write_slow_tabular(&dir, 2);
     let mut c = test_config(&dir);
     c.workers = 1;
     c.queue_capacity = 0;
@@ -299,12 +292,7 @@ async fn every_method_as_a_job_counts_progress_in_model_rows_and_never_past_its_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_is_seen_and_cancelled_only_by_its_caller_and_each_caller_has_a_quota() {
     let dir = temp_dir("jobs-keys");
-    write_model(&dir, "slow", &slow_model(2), MANIFEST);
-    std::fs::write(
-        dir.join("slow/background.csv"),
-        "f0,f1,f2,f3,f4,f5,f6,f7\n0,0,0,0,0,0,0,0\n",
-    )
-    .unwrap();
+    write_slow_tabular(&dir, 2);
     let mut c = test_config(&dir);
     c.workers = 1;
     c.queue_capacity = 4;

@@ -11,22 +11,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::postgres::Postgres;
-use common::{slow_model, temp_dir, write_model};
+use common::{temp_dir, write_slow_tabular};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Row;
 
-const MANIFEST: &str = "task = \"tabular-regression\"\n[tabular]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\", \"f4\", \"f5\", \"f6\", \"f7\"]\nbackground = \"background.csv\"\n";
-
 /// A models folder with the slow model of `layers` layers (its sha256 differs with the count).
 fn models_with(layers: usize) -> PathBuf {
     let dir = temp_dir("replicas-models");
-    write_model(&dir, "slow", &slow_model(layers), MANIFEST);
-    std::fs::write(
-        dir.join("slow/background.csv"),
-        "f0,f1,f2,f3,f4,f5,f6,f7\n0,0,0,0,0,0,0,0\n",
-    )
-    .unwrap();
+    write_slow_tabular(&dir, layers);
     dir
 }
 
@@ -150,6 +143,13 @@ async fn view(http: &reqwest::Client, r: &Replica, who: &str, id: &str) -> (Stat
         .await
         .unwrap();
     (resp.status(), resp.json().await.unwrap())
+}
+
+/// GET `path` on `r` as `who`, as JSON.
+async fn get_json(http: &reqwest::Client, r: &Replica, who: &str, path: &str) -> Value {
+    let resp = http.get(r.url(path)).bearer_auth(who).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "GET {path}");
+    resp.json().await.unwrap()
 }
 
 /// Polls until `until` holds of the job's view (seen through `r`).
@@ -281,15 +281,7 @@ async fn replicas_share_jobs_their_progress_results_cancellation_and_one_audit_c
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
     }
-    let verify: Value = http
-        .get(b.url("/v1/audit/verify"))
-        .bearer_auth("auditor")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let verify = get_json(&http, &b, "auditor", "/v1/audit/verify").await;
     assert_eq!(verify["ok"], true, "{verify}");
     assert!(verify["records"].as_u64().unwrap() >= 5, "{verify}");
 }
@@ -325,15 +317,13 @@ async fn a_job_whose_replica_is_killed_is_finished_by_another_once() {
     assert_eq!(done["attempts"], 2, "run again once");
     // Once: one audit record for it (its id is the job's), from the survivor's run.
     assert_eq!(done["result"]["audit_record"]["id"].as_str(), Some(id.as_str()));
-    let records: Value = http
-        .get(survivor.url("/v1/audit/records?method=kernel-shap&limit=100"))
-        .bearer_auth("auditor")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let records = get_json(
+        &http,
+        survivor,
+        "auditor",
+        "/v1/audit/records?method=kernel-shap&limit=100",
+    )
+    .await;
     let ids: Vec<&Value> = records["records"]
         .as_array()
         .unwrap()
@@ -344,13 +334,7 @@ async fn a_job_whose_replica_is_killed_is_finished_by_another_once() {
     // Past its time the job is gone, on any replica; its audit record stays.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(view(&http, survivor, "alpha", &id).await.0, StatusCode::NOT_FOUND);
-    let resp = http
-        .get(survivor.url(&format!("/v1/audit/records/{id}")))
-        .bearer_auth("auditor")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    get_json(&http, survivor, "auditor", &format!("/v1/audit/records/{id}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

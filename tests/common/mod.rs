@@ -199,6 +199,18 @@ pub fn slow_model(layers: usize) -> explaind::onnx::proto::ModelProto {
     g.build()
 }
 
+/// Writes `slow` (a [`slow_model`] of `layers` layers) into `models_dir` as a tabular regression
+/// over eight features with one all-zero background row: what the job tests run KernelSHAP on.
+pub fn write_slow_tabular(models_dir: &Path, layers: usize) {
+    let manifest = "task = \"tabular-regression\"\n[tabular]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\", \"f4\", \"f5\", \"f6\", \"f7\"]\nbackground = \"background.csv\"\n";
+    write_model(models_dir, "slow", &slow_model(layers), manifest);
+    std::fs::write(
+        models_dir.join("slow/background.csv"),
+        "f0,f1,f2,f3,f4,f5,f6,f7\n0,0,0,0,0,0,0,0\n",
+    )
+    .unwrap();
+}
+
 /// Manifest for [`slow_model`].
 pub const SLOW_MANIFEST: &str = "task = \"tabular-regression\"\n";
 
