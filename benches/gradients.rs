@@ -54,6 +54,12 @@ fn bench_io(
     rounds: usize,
     threads: usize,
 ) {
+    // EXPLAIND_BENCH_ONLY=mobilenet runs only the models whose label contains it.
+    if let Ok(only) = std::env::var("EXPLAIND_BENCH_ONLY") {
+        if !label.contains(&only) {
+            return;
+        }
+    }
     let pool = explaind::runtime::library::Threads {
         intra_op: threads,
         spinning: false,
@@ -72,6 +78,13 @@ fn bench_io(
     };
     let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::standard(), Some(&runner)).unwrap();
     let build = started.elapsed();
+    // EXPLAIND_BENCH_SAVE=dir writes both models there, for a profiler.
+    if let Some(dir) = std::env::var_os("EXPLAIND_BENCH_SAVE").map(PathBuf::from) {
+        let stem: String = label.chars().take_while(|c| !c.is_whitespace()).collect();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{stem}.forward.onnx")), model.encode_to_vec()).unwrap();
+        std::fs::write(dir.join(format!("{stem}.backward.onnx")), bw.model.encode_to_vec()).unwrap();
+    }
     let mut forward = create_session_from_bytes(env, &model.encode_to_vec()).unwrap();
     let mut backward = create_session_from_bytes(env, &bw.model.encode_to_vec()).unwrap();
     let n: usize = input_dims.iter().product();
@@ -182,10 +195,11 @@ fn main() {
             threads,
         );
     }
-    // MobileNet-style (depthwise separable, BatchNorm, ReLU6, HardSwish) and ViT-style (one encoder
-    // layer over 197 tokens of width 192, 3 heads) models with seeded weights.
+    // MobileNet-style (depthwise separable, BatchNorm, ReLU6, HardSwish) and ViT-style (16x16
+    // patches of a 224x224 image and a class token: one encoder layer over 197 tokens of width 192,
+    // 3 heads) models with seeded weights.
     let mobilenet = explaind::onnx::zoo::mobilenet(&[32, 64, 128, 256, 512], 224, 1000);
-    let vit = explaind::onnx::zoo::transformer(197, 192, 3, 1000, None);
+    let vit = explaind::onnx::zoo::vit(224, 16, 192, 3, 1000);
     for (batch, rounds) in [(1, 20), (16, 5)] {
         bench(
             "mobilenet-style (3x224x224)",
@@ -195,6 +209,13 @@ fn main() {
             rounds,
             threads,
         );
-        bench("vit-style (197x192)", &vit, &[batch, 197, 192], 1000, rounds, threads);
+        bench(
+            "vit-style (3x224x224)",
+            &vit,
+            &[batch, 3, 224, 224],
+            1000,
+            rounds,
+            threads,
+        );
     }
 }

@@ -82,6 +82,15 @@ fn transformer_encoder() {
 }
 
 #[test]
+fn vision_transformer() {
+    // Patch embedding (strided Conv), class token expanded to the batch (Shape, Gather, Concat,
+    // Expand), then the encoder layer.
+    let d = [2, 3, 16, 16];
+    let model = zoo::vit(16, 8, 16, 2, 3);
+    check_gradient("vit", &model, "input", &d, &image(&d, 5), "logits", model_check());
+}
+
+#[test]
 fn transformer_gradient_at_the_embeddings_of_token_ids() {
     // The same network fed token ids: the gradient w.r.t. the looked-up embeddings must equal the
     // gradient of the embeddings-input model at those embeddings.

@@ -158,3 +158,95 @@ async fn a_cam_is_charged_for_its_layer_not_for_the_input_size() {
     }
     s.stop().await.unwrap();
 }
+
+/// A vision transformer (explaind's zoo: 32x32 images in 8x8 patches, 16 patch tokens and a class
+/// token, width 16) with its learned positions set to zero, so the token sequence its attention
+/// reads is exactly the patch embedding's Conv output, flattened row by row behind the class token.
+fn vit_without_positions() -> ModelProto {
+    let mut model = explaind::onnx::zoo::vit(32, 8, 16, 2, 3);
+    let graph = model.graph.as_mut().unwrap();
+    let tokens = graph
+        .node
+        .iter()
+        .rfind(|n| n.op_type.as_deref() == Some("Concat"))
+        .unwrap()
+        .output[0]
+        .clone();
+    let positions = graph
+        .node
+        .iter()
+        .find(|n| n.op_type.as_deref() == Some("Add") && n.input[0] == tokens)
+        .unwrap()
+        .input[1]
+        .clone();
+    let init = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.as_deref() == Some(positions.as_str()))
+        .unwrap();
+    let count = init.dims.iter().product::<i64>() as usize;
+    init.raw_data = None;
+    init.float_data = vec![0.0; count];
+    model
+}
+
+/// Grad-CAM on a ViT (issue 16): the default layer is the token sequence the last attention reads,
+/// its patch tokens laid on the 4x4 grid (class token left out, as pytorch-grad-cam's
+/// reshape_transform does). With zero positions that sequence is a permutation of the patch
+/// embedding's NCHW Conv output, so every CAM on it must equal the same CAM on the Conv output,
+/// computed through the channels-first path: the token layout is checked against an independent one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cams_of_a_vision_transformer_read_its_patch_tokens_on_their_grid() {
+    let dir = temp_dir("cam-vit-models");
+    write_model(&dir, "vit", &vit_without_positions(), MANIFEST);
+    let s = start(test_config(&dir)).await;
+    let report = ok_json(reqwest::get(url(&s, "/v1/models/vit")).await.unwrap()).await;
+    let g = &report["gradients"];
+    let tokens = g["default_cam_layer"].as_str().unwrap().to_string();
+    assert_eq!(g["cam_layer_channel_axis"][&tokens], 2, "{g}");
+    assert_eq!(
+        g["cam_layer_tokens"][&tokens],
+        json!({"skip": 1, "height": 4, "width": 4}),
+        "{g}"
+    );
+    let conv = g["cam_layers"][0].as_str().unwrap().to_string();
+    assert_eq!(
+        g["cam_layer_channel_axis"][&conv], 1,
+        "the patch embedding is a CAM layer too: {g}"
+    );
+    let mut rng = Rng::new(11);
+    let noise = image::RgbImage::from_fn(32, 32, |_, _| {
+        image::Rgb([0, 0, 0].map(|_: u8| rng.uniform(0.0, 255.0) as u8))
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    noise.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let image = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png.into_inner());
+    for method in ["grad-cam", "grad-cam-plus-plus", "score-cam"] {
+        // Over the three classes (a CAM is ReLU'd: one class may leave it empty on random weights).
+        let mut largest = 0f64;
+        for target in 0..3 {
+            let mut maps = Vec::new();
+            for layer in [None, Some(conv.as_str())] {
+                let mut body = json!({"image": image, "target": target});
+                if let Some(l) = layer {
+                    body["params"] = json!({"layer": l});
+                }
+                let v = ok_json(post_json(&s, &format!("/v1/models/vit/explain/{method}"), &body).await).await;
+                assert_eq!(v["layer"], layer.unwrap_or(&tokens), "{method}");
+                let map = attribution_values(&v);
+                assert_eq!(map.len(), 32 * 32, "{method}");
+                maps.push(map);
+            }
+            let scale = maps[0].iter().fold(0f64, |m, v| m.max(v.abs()));
+            largest = largest.max(scale);
+            for (a, b) in maps[0].iter().zip(&maps[1]) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * scale.max(1e-12),
+                    "{method}, class {target}: tokens {a} vs conv {b}"
+                );
+            }
+        }
+        assert!(largest > 0.0, "{method}: every map empty");
+    }
+    s.stop().await.unwrap();
+}

@@ -38,7 +38,7 @@ pub(super) fn plan_layer(layer: &mut Option<String>, cx: &PlanContext) -> Result
                 shown.push("...");
             }
             return Err(Invalid::Model(format!(
-                "layer `{}` is not a 4-D spatial activation of model `{}`; candidates: {}",
+                "layer `{}` of model `{}` is not a CAM layer (a 4-D spatial activation, or a vision transformer's token sequence); candidates: {}",
                 l.chars().take(200).collect::<String>(),
                 model.name,
                 shown.join(", ")
@@ -160,24 +160,44 @@ pub(super) fn guided_cam_cost(size: LayerSize, cx: &PlanContext) -> Cost {
 
 /// A layer's values as channels-first maps: `(channels, height, width, [rows][channels][h][w])`,
 /// transposed when the model report says the layer holds its channels last (converted
-/// channels-last graphs), so every CAM pools over the channels whatever the layout.
+/// channels-last graphs), and for a vision transformer's token sequence its patch tokens laid on
+/// their grid (the class token left out), so every CAM pools over the channels whatever the layout.
 pub(super) fn feature_maps<'t>(job: &ExplainJob, layer: &str, t: &'t Tensor) -> (usize, usize, usize, Cow<'t, [f32]>) {
+    let report = job.model.gradient_report.get();
+    let grid = report.and_then(|r| r.cam_layer_tokens.get(layer)).copied();
+    let channels_last = report.and_then(|r| r.cam_layer_channel_axis.get(layer)) == Some(&3);
     let values = t.as_f32().unwrap_or(&[]);
-    let channels_last = job
-        .model
-        .gradient_report
-        .get()
-        .and_then(|r| r.cam_layer_channel_axis.get(layer))
-        == Some(&3);
-    if !channels_last {
-        return (t.shape[1], t.shape[2], t.shape[3], Cow::Borrowed(values));
+    match grid {
+        Some(grid) => tokens_as_maps(values, t.shape[0], t.shape[1], t.shape[2], grid),
+        None if channels_last => {
+            let (rows, h, w) = (t.shape[0], t.shape[1], t.shape[2]);
+            let skip = crate::onnx::autodiff::TokenGrid {
+                skip: 0,
+                height: h,
+                width: w,
+            };
+            tokens_as_maps(values, rows, h * w, t.shape[3], skip)
+        }
+        None => (t.shape[1], t.shape[2], t.shape[3], Cow::Borrowed(values)),
     }
-    let (rows, h, w, k) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3]);
-    let mut out = vec![0f32; values.len()];
+}
+
+/// Channels-last values `[rows][tokens][k]` whose tokens after the first `grid.skip` are a
+/// `height x width` grid, as channels-first maps `(k, height, width, [rows][k][height][width])`.
+fn tokens_as_maps<'t>(
+    values: &[f32],
+    rows: usize,
+    tokens: usize,
+    k: usize,
+    grid: crate::onnx::autodiff::TokenGrid,
+) -> (usize, usize, usize, Cow<'t, [f32]>) {
+    let (h, w, skip) = (grid.height, grid.width, grid.skip);
+    let hw = h * w;
+    let mut out = vec![0f32; rows * k * hw];
     for r in 0..rows {
-        for p in 0..h * w {
+        for p in 0..hw.min(tokens.saturating_sub(skip)) {
             for c in 0..k {
-                out[(r * k + c) * h * w + p] = values[(r * h * w + p) * k + c];
+                out[(r * k + c) * hw + p] = values[(r * tokens + skip + p) * k + c];
             }
         }
     }

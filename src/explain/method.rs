@@ -468,6 +468,7 @@ impl Methods {
             .with::<counterfactual::Counterfactual>()
             .with::<grad_cam::GradCam>()
             .with::<grad_cam::GradCamPlusPlus>()
+            .with::<attention_rollout::AttentionRollout>()
             .with::<guided::GuidedBackprop>()
             .with::<guided::GuidedGradCam>()
             .with::<occlusion::Occlusion>()

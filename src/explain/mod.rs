@@ -3,6 +3,7 @@
 //! [`ExplainJob`], and renders what comes back.
 
 mod anchors;
+mod attention_rollout;
 pub mod background;
 pub mod baselines;
 mod counterfactual;

@@ -216,8 +216,49 @@ pub fn transformer(tokens: i64, dim: i64, heads: i64, classes: i64, token_ids: O
             "embeddings".to_string()
         }
     };
+    encoder_classifier(net, &x, tokens, dim, heads, classes)
+}
+
+/// A vision transformer classifier on images `[batch, 3, size, size]`: `patch x patch` patches
+/// embedded by a strided Conv, flattened to tokens, a learned class token in front, then the
+/// encoder layer and classifier of [`transformer`] (positions, attention, the class token into a
+/// Gemm). Tokens: `(size / patch)^2 + 1`.
+pub fn vit(size: i64, patch: i64, dim: i64, heads: i64, classes: i64) -> ModelProto {
+    let mut net = Net::new("vit", 17, 15);
+    let image = net.g.input("input", &[-1, 3, size, size]);
+    let grid = size / patch;
+    let patches = grid * grid;
+    let w = net.param(&[dim, 3, patch, patch], (2.0 / (3 * patch * patch) as f32).sqrt());
+    let b = net.param(&[dim], 0.05);
+    let e = net.g.node(
+        "Conv",
+        &[&image, &w, &b],
+        vec![
+            ("kernel_shape", Attr::Ints(vec![patch, patch])),
+            ("strides", Attr::Ints(vec![patch, patch])),
+        ],
+    );
+    let flat_shape = net.g.constant_i64("patch_flat", &[3], &[0, dim, patches]);
+    let flat = net.g.node("Reshape", &[&e, &flat_shape], vec![]);
+    let tokens = net
+        .g
+        .node("Transpose", &[&flat], vec![("perm", Attr::Ints(vec![0, 2, 1]))]);
+    // The class token, expanded to the batch as exporters write it.
+    let cls = net.param(&[1, 1, dim], 0.5);
+    let shape = net.g.node("Shape", &[&image], vec![]);
+    let zero = net.g.constant_i64("batch_axis", &[1], &[0]);
+    let batch = net.g.node("Gather", &[&shape, &zero], vec![("axis", Attr::Int(0))]);
+    let rest = net.g.constant_i64("cls_rest", &[2], &[1, dim]);
+    let cls_shape = net.g.node("Concat", &[&batch, &rest], vec![("axis", Attr::Int(0))]);
+    let cls = net.g.node("Expand", &[&cls, &cls_shape], vec![]);
+    let x = net.g.node("Concat", &[&cls, &tokens], vec![("axis", Attr::Int(1))]);
+    encoder_classifier(net, &x, patches + 1, dim, heads, classes)
+}
+
+/// One encoder layer over `x [batch, tokens, dim]` and a classifier on its first token.
+fn encoder_classifier(mut net: Net, x: &str, tokens: i64, dim: i64, heads: i64, classes: i64) -> ModelProto {
     let pos = net.param(&[tokens, dim], 0.1);
-    let x = net.g.node("Add", &[&x, &pos], vec![]);
+    let x = net.g.node("Add", &[x, &pos], vec![]);
     let dh = dim / heads;
     let split_heads = |net: &mut Net, t: &str| {
         let shape = net

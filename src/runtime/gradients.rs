@@ -69,6 +69,13 @@ pub struct GradientReport {
     /// channels-last (NHWC) ones, as converted TensorFlow and Caffe graphs hold between their
     /// transposes. CAM methods pool over this axis.
     pub cam_layer_channel_axis: std::collections::BTreeMap<String, usize>,
+    /// The CAM layers that are a vision transformer's token sequence (channel axis 2): how their
+    /// tokens lie on the image. The default CAM layer of a ViT is the sequence its last attention
+    /// reads, its patch tokens laid out as a feature map (the class token left out).
+    pub cam_layer_tokens: std::collections::BTreeMap<String, crate::onnx::autodiff::TokenGrid>,
+    /// Self-attention probabilities (Softmax outputs `[batch, heads, tokens, tokens]`) between
+    /// input and scores, in graph order: what attention rollout multiplies.
+    pub attention_maps: Vec<String>,
     /// What each family of gradient rules refuses in this model (empty: it serves the model),
     /// from a dry run of each family's build: `standard` (exact gradients: saliency, Integrated
     /// Gradients, SmoothGrad, the CAM methods), `guided-backprop`, `deeplift-rescale` (DeepLIFT,
@@ -296,6 +303,8 @@ impl GradientReport {
             cam_layers: vec![],
             default_cam_layer: None,
             cam_layer_channel_axis: Default::default(),
+            cam_layer_tokens: Default::default(),
+            attention_maps: Vec::new(),
             refusals_by_rules: RuleSet::families()
                 .iter()
                 .map(|f| (f.family(), vec![reason.clone()]))
@@ -393,6 +402,7 @@ pub fn describe(
         })
         .collect();
     let cam_layer_channel_axis = layers.iter().map(|l| (l.name.clone(), l.channel_axis)).collect();
+    let cam_layer_tokens = layers.iter().filter_map(|l| Some((l.name.clone(), l.grid?))).collect();
     let cam_layers: Vec<String> = layers.into_iter().map(|l| l.name).collect();
     GradientReport {
         layer_sizes,
@@ -401,6 +411,8 @@ pub fn describe(
         default_cam_layer: cam_layers.last().cloned(),
         cam_layers,
         cam_layer_channel_axis,
+        cam_layer_tokens,
+        attention_maps: autodiff::attention_maps(prepared, input, output, shapes),
         refusals_by_rules,
         one_row_per_pass: super::shapes::fixes_batch(shapes, input, output),
     }

@@ -201,8 +201,24 @@ pub fn prepare_forward(model: &ModelProto) -> Result<ModelProto, AutodiffError> 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CamLayer {
     pub name: String,
-    /// 1 for channels-first (NCHW) feature maps, 3 for channels-last (NHWC).
+    /// 1 for channels-first (NCHW) feature maps, 3 for channels-last (NHWC), 2 for a transformer's
+    /// token sequence `[batch, tokens, dim]`.
     pub channel_axis: usize,
+    /// For a token sequence: how its tokens lie on the image.
+    pub grid: Option<TokenGrid>,
+}
+
+/// How a vision transformer's tokens `[batch, skip + height * width, dim]` lie on the image: the
+/// first `skip` (the class token, a distillation token) are not patches; the rest are the patch
+/// grid row by row (pytorch-grad-cam's `reshape_transform`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct TokenGrid {
+    /// Leading tokens that are not patches.
+    pub skip: usize,
+    /// Patch rows.
+    pub height: usize,
+    /// Patch columns.
+    pub width: usize,
 }
 
 /// Candidate layers for CAM methods: float 4-D feature maps on the path from `input` to `output`
@@ -237,11 +253,121 @@ pub fn analysis_layers(model: &ModelProto, input: &str, output: &str, shapes: &S
                 layers.push(CamLayer {
                     name: o.clone(),
                     channel_axis,
+                    grid: None,
                 });
             }
         }
     }
+    layers.extend(last_attention_tokens(graph, input, &path, shapes));
     layers
+}
+
+/// Attention probabilities on the path from `input` to `output`: the outputs of Softmax nodes
+/// shaped `[batch, heads, tokens, tokens]`, in graph order (attention rollout reads them).
+pub fn attention_maps(model: &ModelProto, input: &str, output: &str, shapes: &ShapeMap) -> Vec<String> {
+    let Some(graph) = model.graph.as_ref() else {
+        return Vec::new();
+    };
+    let path = analysis::Path::find(graph, input, &[output.to_string()], shapes);
+    path.nodes
+        .iter()
+        .map(|&i| &graph.node[i])
+        .filter(|n| op_type(n) == "Softmax")
+        .filter_map(|n| n.output.first())
+        .filter(|o| {
+            shapes
+                .get(*o)
+                .is_some_and(|s| s.dims.len() == 4 && s.dims[2].is_some() && s.dims[2] == s.dims[3])
+        })
+        .cloned()
+        .collect()
+}
+
+/// The token sequence the last self-attention reads (its queries' and keys' latest common source
+/// `[batch, tokens, dim]`: the last block's input, or its first normalisation in pre-norm blocks),
+/// when its tokens lie on the input image as a patch grid. Later token tensors only reach the
+/// scores through the class token, so their patch tokens have no gradient; this is the layer
+/// pytorch-grad-cam's ViT recipe uses.
+fn last_attention_tokens(
+    graph: &GraphProto,
+    input: &str,
+    path: &analysis::Path,
+    shapes: &ShapeMap,
+) -> Option<CamLayer> {
+    let dims = |t: &str| shapes.get(t).map(|s| s.dims.clone());
+    // The image's height and width, channels-first or channels-last.
+    let image = dims(input)?;
+    let (h, w) = match image.as_slice() {
+        [_, Some(3 | 1), Some(h), Some(w)] => (*h, *w),
+        [_, Some(h), Some(w), Some(3 | 1)] => (*h, *w),
+        _ => return None,
+    };
+    let softmax = path.nodes.iter().rev().map(|&i| &graph.node[i]).find(|n| {
+        op_type(n) == "Softmax"
+            && n.output
+                .first()
+                .and_then(|o| dims(o))
+                .is_some_and(|d| d.len() == 4 && d[2].is_some() && d[2] == d[3])
+    })?;
+    let tokens = dims(&softmax.output[0])?[2]?;
+    // The scores' MatMul of queries and transposed keys, under any scaling.
+    let producer = |t: &str| graph.node.iter().position(|n| n.output.iter().any(|o| o == t));
+    let mut scores = producer(&softmax.input[0])?;
+    while matches!(op_type(&graph.node[scores]), "Div" | "Mul" | "Add" | "Sub") {
+        scores = producer(&graph.node[scores].input[0])?;
+    }
+    let matmul = &graph.node[scores];
+    if op_type(matmul) != "MatMul" {
+        return None;
+    }
+    let ancestors = |t: &str| {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut stack = vec![t.to_string()];
+        while let Some(t) = stack.pop() {
+            if !seen.insert(t.clone()) {
+                continue;
+            }
+            if let Some(i) = producer(&t) {
+                stack.extend(
+                    graph.node[i]
+                        .input
+                        .iter()
+                        .filter(|i| path.depends.contains(*i))
+                        .cloned(),
+                );
+            }
+        }
+        seen
+    };
+    let (queries, keys) = (ancestors(&matmul.input[0]), ancestors(&matmul.input[1]));
+    // The latest common source in graph order with a token axis of the attention's size.
+    let source = path
+        .nodes
+        .iter()
+        .rev()
+        .flat_map(|&i| graph.node[i].output.iter())
+        .find(|o| {
+            queries.contains(*o)
+                && keys.contains(*o)
+                && dims(o).is_some_and(|d| d.len() == 3 && d[1] == Some(tokens) && d[2].is_some())
+        })?;
+    let grid = [1, 0, 2].into_iter().find_map(|skip| {
+        let patches = tokens - skip;
+        // Rows and columns in the image's proportions.
+        (1..=patches).find_map(|rows| {
+            let cols = patches / rows;
+            (rows * cols == patches && rows * w == cols * h && rows > 1).then_some(TokenGrid {
+                skip: skip as usize,
+                height: rows as usize,
+                width: cols as usize,
+            })
+        })
+    })?;
+    Some(CamLayer {
+        name: source.clone(),
+        channel_axis: 2,
+        grid: Some(grid),
+    })
 }
 
 /// The channel axis of 4-D tensor `t` (1: NCHW, 3: NHWC) when its producers tell it, else `None`.

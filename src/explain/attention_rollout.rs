@@ -1,0 +1,234 @@
+//! Attention rollout (Abnar and Zuidema, ACL 2020) for vision transformers: each self-attention
+//! layer's probabilities with the heads fused (mean, max or min), optionally the weakest
+//! `discard_ratio` of each fused map dropped (jacobgil's vit-explain, which keeps the class token's
+//! own entry), the identity added for the residual path, `(A + I) / 2` renormalised by rows, and the
+//! layers multiplied in order; the class token's row over the patch tokens, laid on the patch grid,
+//! divided by its maximum and upsampled over the image. The same map for every target: attention
+//! does not depend on the class. One forward pass, the attention maps as further outputs.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::method::{bytes, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::{Cx, ExplainJob, TargetAttribution};
+use crate::onnx::autodiff::TokenGrid;
+use crate::runtime::predict::Prediction;
+use crate::runtime::{LoadedModel, RuntimeError};
+
+/// How the heads of one layer are fused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadFusion {
+    #[default]
+    Mean,
+    Max,
+    Min,
+}
+
+/// Attention-rollout parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttentionRolloutParams {
+    /// How each layer's heads are fused: `mean` (Abnar and Zuidema), `max` or `min`.
+    pub head_fusion: HeadFusion,
+    /// Fraction of each fused map's weakest entries set to zero before the residual is added
+    /// (0: none, as in the paper; vit-explain uses 0.9). The class token's attention to itself is
+    /// kept.
+    #[schema(default = 0.0, minimum = 0.0, maximum = 0.99)]
+    pub discard_ratio: f64,
+}
+
+/// Attention rollout.
+pub struct AttentionRollout;
+
+/// The model's attention maps and the token grid they share, or why the model has none.
+fn attention_of(model: &LoadedModel) -> Result<(Vec<String>, TokenGrid), Invalid> {
+    let report = model.gradient_report.get();
+    let maps = report.map(|r| r.attention_maps.clone()).unwrap_or_default();
+    let grid = report
+        .and_then(|r| r.default_cam_layer.as_ref().and_then(|l| r.cam_layer_tokens.get(l)))
+        .copied();
+    match (maps.is_empty(), grid) {
+        (false, Some(grid)) => Ok((maps, grid)),
+        _ => Err(Invalid::Unsupported(format!(
+            "model `{}` is not a vision transformer explaind can read: attention rollout needs self-attention \
+             probabilities (Softmax outputs [batch, heads, tokens, tokens]) over tokens that lie on the image as \
+             patches (found {} attention maps, {} token grid)",
+            model.name,
+            maps.len(),
+            if grid.is_some() { "a" } else { "no" }
+        ))),
+    }
+}
+
+impl Method for AttentionRollout {
+    type Params = AttentionRolloutParams;
+    const NAME: &'static str = "attention-rollout";
+    const SUMMARY: &'static str =
+        "Vision transformers: attention multiplied through the layers, the class token's row on the patch grid (Abnar and Zuidema 2020)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Forward,
+        inputs: Inputs::Image,
+        layer: false,
+        random: false,
+        examples: false,
+        decision: false,
+    };
+
+    fn plan(p: &mut AttentionRolloutParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        if !(0.0..=0.99).contains(&p.discard_ratio) {
+            return Err(Invalid::Request(format!(
+                "params.discard_ratio must be between 0 and 0.99, got {}",
+                p.discard_ratio
+            )));
+        }
+        let (maps, grid) = attention_of(cx.model)?;
+        let tokens = grid.skip + grid.height * grid.width;
+        // Every layer's maps as read, the fused map, and the running product.
+        let per_layer = bytes(tokens.saturating_mul(tokens), 4).saturating_mul(16);
+        Ok(Cost {
+            samples: 1,
+            rows: 1,
+            bytes: per_layer
+                .saturating_mul(maps.len() as u64 + 2)
+                .saturating_add(bytes(cx.pixels(), 8)),
+        })
+    }
+
+    fn with_scores(_: &Self::Params, job: &ExplainJob) -> Vec<String> {
+        attention_of(&job.model).map(|(maps, _)| maps).unwrap_or_default()
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        p: &AttentionRolloutParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        let unsupported = |e: Invalid| RuntimeError::UnsupportedModel {
+            model: job.model.name.clone(),
+            message: e.to_string(),
+        };
+        let (names, grid) = attention_of(&job.model).map_err(unsupported)?;
+        let outputs = match cx.scored() {
+            Some(outs) if names.iter().all(|n| outs.contains_key(n)) => outs,
+            _ => {
+                let model = job.model.clone();
+                cx.forward_with(&model, &names, &job.input)?
+            }
+        };
+        let mut layers = Vec::with_capacity(names.len());
+        for name in &names {
+            let t = &outputs[name];
+            let (heads, tokens) = (t.shape[1], t.shape[2]);
+            let values = t.as_f32().unwrap_or(&[]);
+            // The first row: a job explains one input.
+            layers.push(fuse(&values[..heads * tokens * tokens], heads, tokens, p.head_fusion));
+        }
+        let tokens = grid.skip + grid.height * grid.width;
+        let rolled = rollout(&layers, tokens, p.discard_ratio);
+        let mut patches: Vec<f64> = rolled[grid.skip..tokens].to_vec();
+        let peak = patches.iter().fold(0f64, |m, v| m.max(*v));
+        if peak > 0.0 {
+            patches.iter_mut().for_each(|v| *v /= peak);
+        }
+        let map: Vec<f32> = patches.iter().map(|v| *v as f32).collect();
+        let spec = job.image_spec(Self::NAME)?;
+        let map = super::grad_cam::upsample(&map, grid.width, grid.height, spec.width, spec.height);
+        let details = json!({
+            "layers": names.len(),
+            "grid": [grid.height, grid.width],
+            "class_token": grid.skip > 0,
+            // The rollout on the patch grid (row by row, largest 1), before upsampling.
+            "patches": patches,
+        });
+        Ok(targets
+            .iter()
+            .map(|t| TargetAttribution::from_map(t, map.clone(), None, Some(details.clone())))
+            .collect())
+    }
+}
+
+/// One layer's heads `[heads][tokens][tokens]` fused into `[tokens][tokens]`.
+fn fuse(values: &[f32], heads: usize, tokens: usize, how: HeadFusion) -> Vec<f64> {
+    let n = tokens * tokens;
+    (0..n)
+        .map(|i| {
+            let across = (0..heads).map(|h| f64::from(values[h * n + i]));
+            match how {
+                HeadFusion::Mean => across.sum::<f64>() / heads.max(1) as f64,
+                HeadFusion::Max => across.fold(f64::NEG_INFINITY, f64::max),
+                HeadFusion::Min => across.fold(f64::INFINITY, f64::min),
+            }
+        })
+        .collect()
+}
+
+/// The rollout of fused maps `[tokens][tokens]` in layer order; returns the first token's row.
+fn rollout(layers: &[Vec<f64>], tokens: usize, discard_ratio: f64) -> Vec<f64> {
+    let n = tokens * tokens;
+    let mut result: Vec<f64> = (0..n)
+        .map(|i| if i / tokens == i % tokens { 1.0 } else { 0.0 })
+        .collect();
+    for fused in layers {
+        let mut a = fused.clone();
+        let drop = (n as f64 * discard_ratio) as usize;
+        if drop > 0 {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|x, y| a[*x].total_cmp(&a[*y]).then(x.cmp(y)));
+            for &i in order.iter().take(drop) {
+                if i != 0 {
+                    a[i] = 0.0;
+                }
+            }
+        }
+        for r in 0..tokens {
+            a[r * tokens + r] += 1.0;
+            let row = &mut a[r * tokens..(r + 1) * tokens];
+            let sum: f64 = row.iter().sum();
+            if sum > 0.0 {
+                row.iter_mut().for_each(|v| *v /= sum);
+            }
+        }
+        // result = a . result
+        let mut next = vec![0f64; n];
+        for i in 0..tokens {
+            for k in 0..tokens {
+                let aik = a[i * tokens + k];
+                if aik != 0.0 {
+                    for j in 0..tokens {
+                        next[i * tokens + j] += aik * result[k * tokens + j];
+                    }
+                }
+            }
+        }
+        result = next;
+    }
+    result[..tokens].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_adds_the_residual_renormalises_and_multiplies_the_layers() {
+        // Two tokens; a layer where token 0 attends only to token 1.
+        let layer = vec![0.0, 1.0, 0.5, 0.5];
+        // (A + I) / 2 by rows: [0.5, 0.5], [0.25, 0.75].
+        assert_eq!(rollout(std::slice::from_ref(&layer), 2, 0.0), vec![0.5, 0.5]);
+        // Two such layers: [0.5, 0.5] . [[0.5, 0.5], [0.25, 0.75]] = [0.375, 0.625].
+        assert_eq!(rollout(&[layer.clone(), layer], 2, 0.0), vec![0.375, 0.625]);
+        let heads = [0.2f32, 0.8, 0.6, 0.4];
+        assert_eq!(fuse(&heads, 2, 1, HeadFusion::Max), vec![0.6f32 as f64, 0.8f32 as f64]);
+        // Discarding half drops the 0.2, and keeps the class token's own entry (index 0) however
+        // small: rows of A + I [1.1, 0.9], [1, 1.8], normalised.
+        let kept = rollout(&[vec![0.1, 0.9, 0.2, 0.8]], 2, 0.5);
+        assert!(
+            (kept[0] - 0.55).abs() < 1e-12 && (kept[1] - 0.45).abs() < 1e-12,
+            "{kept:?}"
+        );
+    }
+}

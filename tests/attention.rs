@@ -1,0 +1,97 @@
+//! Attention rollout on a vision transformer (explaind's zoo: 32x32 images in 8x8 patches, a class
+//! token, two heads) against scripts/rollout_reference.py, which reads the same attention maps
+//! through ONNX Runtime's Python API and rolls them out with NumPy as jacobgil/vit-explain does;
+//! every head fusion, with and without discarding. Models without self-attention are refused.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::{json, Value};
+
+const MANIFEST: &str = "task = \"image-classification\"\nlabels = [\"a\", \"b\", \"c\"]\n";
+
+fn test_python() -> PathBuf {
+    let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/explaind"));
+    cache.join("venv-tests/bin/python")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attention_rollout_matches_an_independent_numpy_rollout() {
+    let dir = temp_dir("attention-models");
+    write_model(&dir, "vit", &explaind::onnx::zoo::vit(32, 8, 16, 2, 3), MANIFEST);
+    copy_bundled("fashion-cnn", &dir);
+    let s = start(test_config(&dir)).await;
+    let report = ok_json(reqwest::get(url(&s, "/v1/models/vit")).await.unwrap()).await;
+    let maps: Vec<String> = serde_json::from_value(report["gradients"]["attention_maps"].clone()).unwrap();
+    assert_eq!(maps.len(), 1, "{report}");
+    assert!(report["methods"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("attention-rollout")));
+    // A 32x32 image: no resizing, so the model's input is the pixels / 255.
+    let mut rng = Rng::new(21);
+    let pixels: Vec<u8> = (0..32 * 32 * 3).map(|_| rng.uniform(0.0, 255.0) as u8).collect();
+    let img = image::RgbImage::from_raw(32, 32, pixels.clone()).unwrap();
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png.into_inner());
+    let mut input = vec![0f32; 3 * 32 * 32];
+    for (i, p) in pixels.iter().enumerate() {
+        let (pixel, channel) = (i / 3, i % 3);
+        input[channel * 32 * 32 + pixel] = *p as f32 / 255.0;
+    }
+    let model_file = dir.join("vit/model.onnx");
+    for (fusion, discard) in [("mean", 0.0), ("max", 0.0), ("min", 0.5), ("mean", 0.3)] {
+        let v = ok_json(
+            post_json(
+                &s,
+                "/v1/models/vit/explain/attention-rollout",
+                &json!({"image": b64, "params": {"head_fusion": fusion, "discard_ratio": discard}}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(attribution_values(&v).len(), 32 * 32);
+        assert_eq!(v["details"]["grid"], json!([4, 4]), "{}", v["details"]);
+        assert_eq!(v["stats"]["model_rows"], 1, "one forward pass");
+        let ours: Vec<f64> = serde_json::from_value(v["details"]["patches"].clone()).unwrap();
+        let spec = temp_dir("rollout-spec").join("spec.json");
+        std::fs::write(
+            &spec,
+            json!({"model": model_file, "input": input, "shape": [1, 3, 32, 32], "maps": maps,
+                   "head_fusion": fusion, "discard_ratio": discard, "skip": 1, "grid": [4, 4]})
+            .to_string(),
+        )
+        .unwrap();
+        let out = std::process::Command::new(test_python())
+            .arg(root().join("scripts/rollout_reference.py"))
+            .arg(&spec)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let reference: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let theirs: Vec<f64> = serde_json::from_value(reference["patches"].clone()).unwrap();
+        assert_eq!(ours.len(), 16);
+        assert!(
+            ours.iter().any(|v| (*v - 1.0).abs() < 1e-9),
+            "{fusion}/{discard}: no peak of 1: {ours:?}"
+        );
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!((a - b).abs() < 1e-5, "{fusion}/{discard}: {ours:?} vs {theirs:?}");
+        }
+    }
+    // A CNN has no self-attention: refused, saying why.
+    let r = post_json(
+        &s,
+        "/v1/models/fashion-cnn/explain/attention-rollout",
+        &json!({"image": b64}),
+    )
+    .await;
+    let p = problem(r, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "unsupported-model").await;
+    assert!(p["detail"].as_str().unwrap().contains("attention"), "{p}");
+    s.stop().await.unwrap();
+}
