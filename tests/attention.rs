@@ -1,7 +1,9 @@
 //! Attention rollout on a vision transformer (explaind's zoo: 32x32 images in 8x8 patches, a class
 //! token, two heads) against scripts/rollout_reference.py, which reads the same attention maps
 //! through ONNX Runtime's Python API and rolls them out with NumPy as jacobgil/vit-explain does;
-//! every head fusion, with and without discarding. Models without self-attention are refused.
+//! every head fusion, with and without discarding. Chefer et al.'s transformer relevance against
+//! scripts/chefer_reference.py, whose attention gradients are central differences through ONNX
+//! Runtime. Models without self-attention are refused.
 
 mod common;
 
@@ -20,7 +22,7 @@ fn test_python() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attention_rollout_matches_an_independent_numpy_rollout() {
+async fn attention_rollout_and_transformer_relevance_match_independent_computations() {
     let dir = temp_dir("attention-models");
     write_model(&dir, "vit", &explaind::onnx::zoo::vit(32, 8, 16, 2, 3), MANIFEST);
     copy_bundled("fashion-cnn", &dir);
@@ -83,6 +85,45 @@ async fn attention_rollout_matches_an_independent_numpy_rollout() {
         for (a, b) in ours.iter().zip(&theirs) {
             assert!((a - b).abs() < 1e-5, "{fusion}/{discard}: {ours:?} vs {theirs:?}");
         }
+    }
+    // Chefer et al.'s relevance for each class, against central differences of the logit with
+    // respect to every attention probability (scripts/chefer_reference.py).
+    for target in 0..3 {
+        let v = ok_json(
+            post_json(
+                &s,
+                "/v1/models/vit/explain/transformer-relevance",
+                &json!({"image": b64, "target": target}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(attribution_values(&v).len(), 32 * 32);
+        let ours: Vec<f64> = serde_json::from_value(v["details"]["patches"].clone()).unwrap();
+        let spec = temp_dir("chefer-spec").join("spec.json");
+        std::fs::write(
+            &spec,
+            json!({"model": model_file, "input": input, "shape": [1, 3, 32, 32], "maps": maps,
+                   "target": target, "skip": 1, "eps": 1e-2})
+            .to_string(),
+        )
+        .unwrap();
+        let out = std::process::Command::new(test_python())
+            .arg(root().join("scripts/chefer_reference.py"))
+            .arg(&spec)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let reference: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let theirs: Vec<f64> = serde_json::from_value(reference["patches"].clone()).unwrap();
+        assert_eq!(ours.len(), 16);
+        let worst = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f64, f64::max);
+        eprintln!("class {target}: largest difference {worst:.2e} (values in [0, 1])");
+        assert!(worst < 2e-3, "class {target}: {ours:?} vs {theirs:?}");
     }
     // A CNN has no self-attention: refused, saying why.
     let r = post_json(

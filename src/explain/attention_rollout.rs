@@ -43,7 +43,7 @@ pub struct AttentionRolloutParams {
 pub struct AttentionRollout;
 
 /// The model's attention maps and the token grid they share, or why the model has none.
-fn attention_of(model: &LoadedModel) -> Result<(Vec<String>, TokenGrid), Invalid> {
+pub(super) fn attention_of(model: &LoadedModel) -> Result<(Vec<String>, TokenGrid), Invalid> {
     let report = model.gradient_report.get();
     let maps = report.map(|r| r.attention_maps.clone()).unwrap_or_default();
     let grid = report
@@ -134,21 +134,34 @@ impl Method for AttentionRollout {
         if peak > 0.0 {
             patches.iter_mut().for_each(|v| *v /= peak);
         }
-        let map: Vec<f32> = patches.iter().map(|v| *v as f32).collect();
-        let spec = job.image_spec(Self::NAME)?;
-        let map = super::grad_cam::upsample(&map, grid.width, grid.height, spec.width, spec.height);
-        let details = json!({
-            "layers": names.len(),
-            "grid": [grid.height, grid.width],
-            "class_token": grid.skip > 0,
-            // The rollout on the patch grid (row by row, largest 1), before upsampling.
-            "patches": patches,
-        });
+        let map = patch_map(job, Self::NAME, &patches, grid, names.len())?;
         Ok(targets
             .iter()
-            .map(|t| TargetAttribution::from_map(t, map.clone(), None, Some(details.clone())))
+            .map(|t| TargetAttribution::from_map(t, map.0.clone(), None, Some(map.1.clone())))
             .collect())
     }
+}
+
+/// A map over the patch grid upsampled over the image, and the details that describe it (the
+/// grid's own values in `patches`).
+pub(super) fn patch_map(
+    job: &ExplainJob,
+    method: &str,
+    patches: &[f64],
+    grid: TokenGrid,
+    layers: usize,
+) -> Result<(crate::runtime::Tensor, serde_json::Value), RuntimeError> {
+    let values: Vec<f32> = patches.iter().map(|v| *v as f32).collect();
+    let spec = job.image_spec(method)?;
+    let map = super::grad_cam::upsample(&values, grid.width, grid.height, spec.width, spec.height);
+    let details = json!({
+        "layers": layers,
+        "grid": [grid.height, grid.width],
+        "class_token": grid.skip > 0,
+        // The values on the patch grid, row by row, before upsampling.
+        "patches": patches,
+    });
+    Ok((map, details))
 }
 
 /// One layer's heads `[heads][tokens][tokens]` fused into `[tokens][tokens]`.
@@ -221,8 +234,11 @@ mod tests {
         assert_eq!(rollout(std::slice::from_ref(&layer), 2, 0.0), vec![0.5, 0.5]);
         // Two such layers: [0.5, 0.5] . [[0.5, 0.5], [0.25, 0.75]] = [0.375, 0.625].
         assert_eq!(rollout(&[layer.clone(), layer], 2, 0.0), vec![0.375, 0.625]);
-        let heads = [0.2f32, 0.8, 0.6, 0.4];
-        assert_eq!(fuse(&heads, 2, 1, HeadFusion::Max), vec![0.6f32 as f64, 0.8f32 as f64]);
+        // Two heads over one token.
+        let heads = [0.25f32, 0.75];
+        assert_eq!(fuse(&heads, 2, 1, HeadFusion::Max), vec![0.75]);
+        assert_eq!(fuse(&heads, 2, 1, HeadFusion::Min), vec![0.25]);
+        assert_eq!(fuse(&heads, 2, 1, HeadFusion::Mean), vec![0.5]);
         // Discarding half drops the 0.2, and keeps the class token's own entry (index 0) however
         // small: rows of A + I [1.1, 0.9], [1, 1.8], normalised.
         let kept = rollout(&[vec![0.1, 0.9, 0.2, 0.8]], 2, 0.5);

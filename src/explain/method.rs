@@ -469,6 +469,7 @@ impl Methods {
             .with::<grad_cam::GradCam>()
             .with::<grad_cam::GradCamPlusPlus>()
             .with::<attention_rollout::AttentionRollout>()
+            .with::<transformer_relevance::TransformerRelevance>()
             .with::<guided::GuidedBackprop>()
             .with::<guided::GuidedGradCam>()
             .with::<occlusion::Occlusion>()

@@ -31,6 +31,7 @@ mod segments;
 mod similar_examples;
 mod smoothgrad;
 pub mod targets;
+mod transformer_relevance;
 mod tree_shap;
 
 use std::sync::Arc;

@@ -1,0 +1,160 @@
+//! Transformer relevance (Chefer, Gur and Wolf, ICCV 2021, "generic attention-model
+//! explainability"): for each self-attention layer in order, the attention probabilities times
+//! their gradients for the target's score, negatives clipped, averaged over the heads,
+//! `A = mean_h((dA * A)+)`; relevance starts as the identity and accumulates `R <- R + A . R`
+//! (the residual keeps each token's own relevance). The class token's row over the patch tokens,
+//! laid on the patch grid, scaled to [0, 1] by its minimum and maximum (as the authors' notebook
+//! does) and upsampled over the image. One gradient pass per target, at the attention maps.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::attention_rollout::{attention_of, patch_map};
+use super::method::{bytes, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::{one_hot, repeat_rows, Cx, ExplainJob, TargetAttribution};
+use crate::onnx::autodiff::RuleSet;
+use crate::runtime::predict::Prediction;
+use crate::runtime::RuntimeError;
+
+/// Transformer-relevance parameters (none).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformerRelevanceParams {}
+
+/// Transformer relevance.
+pub struct TransformerRelevance;
+
+impl Method for TransformerRelevance {
+    type Params = TransformerRelevanceParams;
+    const NAME: &'static str = "transformer-relevance";
+    const SUMMARY: &'static str =
+        "Vision transformers: attention weighted by its gradient, accumulated through the layers (Chefer et al. 2021)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Gradients,
+        inputs: Inputs::Image,
+        layer: false,
+        random: false,
+        examples: false,
+        decision: false,
+    };
+
+    fn plan(_: &mut TransformerRelevanceParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        let (maps, grid) = attention_of(cx.model)?;
+        let tokens = grid.skip + grid.height * grid.width;
+        // Per target and layer, the maps and their gradients as read (up to 16 heads' worth), and
+        // the relevance being accumulated.
+        let per_layer = bytes(tokens.saturating_mul(tokens), 8).saturating_mul(16);
+        let mut cost = super::saliency::one_gradient_per_target(cx);
+        cost.bytes = cost.bytes.saturating_add(
+            per_layer
+                .saturating_mul(maps.len() as u64 + 1)
+                .saturating_mul(cx.targets as u64),
+        );
+        Ok(cost)
+    }
+
+    fn one_pass(_: &Self::Params, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
+        Some((attention_of(&job.model).ok()?.0, RuleSet::Standard))
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        _: &TransformerRelevanceParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        let (names, grid) = attention_of(&job.model).map_err(|e| RuntimeError::UnsupportedModel {
+            model: job.model.name.clone(),
+            message: e.to_string(),
+        })?;
+        let classes = job.model.spec.labels.len().max(1);
+        let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
+        let input = repeat_rows(&job.input, targets.len());
+        let pass = cx.gradients(
+            &names,
+            RuleSet::Standard,
+            &input,
+            &one_hot(&indices, classes),
+            cx.max_batch(),
+        )?;
+        let tokens = grid.skip + grid.height * grid.width;
+        let mut out = Vec::with_capacity(targets.len());
+        for (r, target) in targets.iter().enumerate() {
+            let layers: Vec<Vec<f64>> = pass
+                .layers
+                .iter()
+                .map(|(a, g)| {
+                    let (heads, t) = (a.shape[1], a.shape[2]);
+                    let size = heads * t * t;
+                    let a = &a.as_f32().unwrap_or(&[])[r * size..(r + 1) * size];
+                    let g = &g.as_f32().unwrap_or(&[])[r * size..(r + 1) * size];
+                    weighted_attention(a, g, heads, t)
+                })
+                .collect();
+            let relevance = accumulate(&layers, tokens);
+            let mut patches: Vec<f64> = relevance[grid.skip..tokens].to_vec();
+            let lo = patches.iter().fold(f64::INFINITY, |m, v| m.min(*v));
+            let hi = patches.iter().fold(f64::NEG_INFINITY, |m, v| m.max(*v));
+            if hi > lo {
+                patches.iter_mut().for_each(|v| *v = (*v - lo) / (hi - lo));
+            } else {
+                patches.iter_mut().for_each(|v| *v = 0.0);
+            }
+            let (map, details) = patch_map(job, Self::NAME, &patches, grid, names.len())?;
+            out.push(TargetAttribution::from_map(target, map, None, Some(details)));
+        }
+        Ok(out)
+    }
+}
+
+/// `mean_h((g * a)+)` of one layer's maps and gradients `[heads][t][t]`.
+fn weighted_attention(a: &[f32], g: &[f32], heads: usize, t: usize) -> Vec<f64> {
+    let n = t * t;
+    (0..n)
+        .map(|i| {
+            (0..heads)
+                .map(|h| (f64::from(a[h * n + i]) * f64::from(g[h * n + i])).max(0.0))
+                .sum::<f64>()
+                / heads.max(1) as f64
+        })
+        .collect()
+}
+
+/// `R = I`, then `R <- R + A . R` for each layer's weighted attention; the first token's row.
+fn accumulate(layers: &[Vec<f64>], t: usize) -> Vec<f64> {
+    let mut r: Vec<f64> = (0..t * t).map(|i| if i / t == i % t { 1.0 } else { 0.0 }).collect();
+    for a in layers {
+        let mut next = r.clone();
+        for i in 0..t {
+            for k in 0..t {
+                let aik = a[i * t + k];
+                if aik != 0.0 {
+                    for j in 0..t {
+                        next[i * t + j] += aik * r[k * t + j];
+                    }
+                }
+            }
+        }
+        r = next;
+    }
+    r[..t].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relevance_accumulates_positive_gradient_weighted_attention_over_the_identity() {
+        // Two heads, two tokens: (g * a)+ per head, then their mean.
+        let a = [0.5f32, 0.5, 0.5, 0.5, 1.0, 0.0, 0.0, 1.0];
+        let g = [2.0f32, -2.0, 0.0, 4.0, 1.0, 3.0, 5.0, -1.0];
+        let w = weighted_attention(&a, &g, 2, 2);
+        assert_eq!(w, vec![1.0, 0.0, 0.0, 1.0]);
+        // One layer: R = I + A; its first row.
+        assert_eq!(accumulate(std::slice::from_ref(&w), 2), vec![2.0, 0.0]);
+        // Two layers: R = (I + A)(I + A) = [[4, 0], [0, 4]].
+        assert_eq!(accumulate(&[w.clone(), w], 2), vec![4.0, 0.0]);
+    }
+}
