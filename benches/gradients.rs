@@ -199,7 +199,7 @@ fn main() {
     // patches of a 224x224 image and a class token: one encoder layer over 197 tokens of width 192,
     // 3 heads) models with seeded weights.
     let mobilenet = explaind::onnx::zoo::mobilenet(&[32, 64, 128, 256, 512], 224, 1000);
-    let vit = explaind::onnx::zoo::vit(224, 16, 192, 3, 1000);
+    let vit = explaind::onnx::zoo::vit(224, 16, (192, 3, 1), 1000);
     for (batch, rounds) in [(1, 20), (16, 5)] {
         bench(
             "mobilenet-style (3x224x224)",

@@ -1,5 +1,5 @@
 //! Attention rollout on a vision transformer (explaind's zoo: 32x32 images in 8x8 patches, a class
-//! token, two heads) against scripts/rollout_reference.py, which reads the same attention maps
+//! token, two heads, three encoder layers) against scripts/rollout_reference.py, which reads the same attention maps
 //! through ONNX Runtime's Python API and rolls them out with NumPy as jacobgil/vit-explain does;
 //! every head fusion, with and without discarding. Chefer et al.'s transformer relevance against
 //! scripts/chefer_reference.py, whose attention gradients are central differences through ONNX
@@ -24,12 +24,12 @@ fn test_python() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attention_rollout_and_transformer_relevance_match_independent_computations() {
     let dir = temp_dir("attention-models");
-    write_model(&dir, "vit", &explaind::onnx::zoo::vit(32, 8, 16, 2, 3), MANIFEST);
+    write_model(&dir, "vit", &explaind::onnx::zoo::vit(32, 8, (16, 2, 3), 3), MANIFEST);
     copy_bundled("fashion-cnn", &dir);
     let s = start(test_config(&dir)).await;
     let report = ok_json(reqwest::get(url(&s, "/v1/models/vit")).await.unwrap()).await;
     let maps: Vec<String> = serde_json::from_value(report["gradients"]["attention_maps"].clone()).unwrap();
-    assert_eq!(maps.len(), 1, "{report}");
+    assert_eq!(maps.len(), 3, "one per layer: {report}");
     assert!(report["methods"]
         .as_array()
         .unwrap()

@@ -86,7 +86,7 @@ fn vision_transformer() {
     // Patch embedding (strided Conv), class token expanded to the batch (Shape, Gather, Concat,
     // Expand), then the encoder layer.
     let d = [2, 3, 16, 16];
-    let model = zoo::vit(16, 8, 16, 2, 3);
+    let model = zoo::vit(16, 8, (16, 2, 2), 3);
     check_gradient("vit", &model, "input", &d, &image(&d, 5), "logits", model_check());
 }
 

@@ -163,7 +163,7 @@ async fn a_cam_is_charged_for_its_layer_not_for_the_input_size() {
 /// token, width 16) with its learned positions set to zero, so the token sequence its attention
 /// reads is exactly the patch embedding's Conv output, flattened row by row behind the class token.
 fn vit_without_positions() -> ModelProto {
-    let mut model = explaind::onnx::zoo::vit(32, 8, 16, 2, 3);
+    let mut model = explaind::onnx::zoo::vit(32, 8, (16, 2, 1), 3);
     let graph = model.graph.as_mut().unwrap();
     let tokens = graph
         .node

@@ -216,14 +216,14 @@ pub fn transformer(tokens: i64, dim: i64, heads: i64, classes: i64, token_ids: O
             "embeddings".to_string()
         }
     };
-    encoder_classifier(net, &x, tokens, dim, heads, classes)
+    encoder_classifier(net, &x, (tokens, dim, heads), 1, classes)
 }
 
 /// A vision transformer classifier on images `[batch, 3, size, size]`: `patch x patch` patches
 /// embedded by a strided Conv, flattened to tokens, a learned class token in front, then the
-/// encoder layer and classifier of [`transformer`] (positions, attention, the class token into a
-/// Gemm). Tokens: `(size / patch)^2 + 1`.
-pub fn vit(size: i64, patch: i64, dim: i64, heads: i64, classes: i64) -> ModelProto {
+/// `layers` encoder layers and the classifier of [`transformer`] (positions, attention, the class
+/// token into a Gemm). Tokens: `(size / patch)^2 + 1`.
+pub fn vit(size: i64, patch: i64, (dim, heads, layers): (i64, i64, usize), classes: i64) -> ModelProto {
     let mut net = Net::new("vit", 17, 15);
     let image = net.g.input("input", &[-1, 3, size, size]);
     let grid = size / patch;
@@ -252,18 +252,43 @@ pub fn vit(size: i64, patch: i64, dim: i64, heads: i64, classes: i64) -> ModelPr
     let cls_shape = net.g.node("Concat", &[&batch, &rest], vec![("axis", Attr::Int(0))]);
     let cls = net.g.node("Expand", &[&cls, &cls_shape], vec![]);
     let x = net.g.node("Concat", &[&cls, &tokens], vec![("axis", Attr::Int(1))]);
-    encoder_classifier(net, &x, patches + 1, dim, heads, classes)
+    encoder_classifier(net, &x, (patches + 1, dim, heads), layers, classes)
 }
 
 /// One encoder layer over `x [batch, tokens, dim]` and a classifier on its first token.
-fn encoder_classifier(mut net: Net, x: &str, tokens: i64, dim: i64, heads: i64, classes: i64) -> ModelProto {
+/// Encoder layers over `x [batch, tokens, dim]` (learned positions added first) and a classifier
+/// on the first token.
+fn encoder_classifier(
+    mut net: Net,
+    x: &str,
+    (tokens, dim, heads): (i64, i64, i64),
+    layers: usize,
+    classes: i64,
+) -> ModelProto {
     let pos = net.param(&[tokens, dim], 0.1);
-    let x = net.g.node("Add", &[x, &pos], vec![]);
+    let mut x = net.g.node("Add", &[x, &pos], vec![]);
+    for layer in 0..layers {
+        x = encoder_layer(&mut net, &x, (tokens, dim, heads), layer);
+    }
+    let h2 = x;
+    let first = net.g.constant_i64("first_token", &[], &[0]);
+    let cls = net.g.node("Gather", &[&h2, &first], vec![("axis", Attr::Int(1))]);
+    let wc = net.param(&[dim, classes], (6.0 / dim as f32).sqrt());
+    let bc = net.param(&[classes], 0.05);
+    let y = net.g.node("Gemm", &[&cls, &wc, &bc], vec![]);
+    net.finish(&y)
+}
+
+/// One post-norm encoder layer: multi-head self-attention (MatMul, Softmax), a residual and
+/// LayerNormalization, an Erf-GELU feed-forward layer, a residual and LayerNormalization. Constants
+/// of layers after the first carry the layer's number.
+fn encoder_layer(net: &mut Net, x: &str, (tokens, dim, heads): (i64, i64, i64), layer: usize) -> String {
+    let suffix = if layer == 0 { String::new() } else { format!("_{layer}") };
     let dh = dim / heads;
     let split_heads = |net: &mut Net, t: &str| {
         let shape = net
             .g
-            .constant_i64(&format!("heads_shape_{t}"), &[4], &[0, tokens, heads, dh]);
+            .constant_i64(&format!("heads_shape_{t}{suffix}"), &[4], &[0, tokens, heads, dh]);
         let r = net.g.node("Reshape", &[t, &shape], vec![]);
         net.g
             .node("Transpose", &[&r], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))])
@@ -275,29 +300,29 @@ fn encoder_classifier(mut net: Net, x: &str, tokens: i64, dim: i64, heads: i64, 
     let q = net.g.node("MatMul", &[&x, &wq], vec![]);
     let k = net.g.node("MatMul", &[&x, &wk], vec![]);
     let v = net.g.node("MatMul", &[&x, &wv], vec![]);
-    let (q, k, v) = (
-        split_heads(&mut net, &q),
-        split_heads(&mut net, &k),
-        split_heads(&mut net, &v),
-    );
+    let (q, k, v) = (split_heads(net, &q), split_heads(net, &k), split_heads(net, &v));
     let kt = net
         .g
         .node("Transpose", &[&k], vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))]);
     let scores = net.g.node("MatMul", &[&q, &kt], vec![]);
-    let denom = net.g.constant("attn_scale", &[], &[(dh as f32).sqrt()]);
+    let denom = net
+        .g
+        .constant(&format!("attn_scale{suffix}"), &[], &[(dh as f32).sqrt()]);
     let scores = net.g.node("Div", &[&scores, &denom], vec![]);
     let attn = net.g.node("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
     let ctx = net.g.node("MatMul", &[&attn, &v], vec![]);
     let ctx = net
         .g
         .node("Transpose", &[&ctx], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
-    let merged_shape = net.g.constant_i64("merged_shape", &[3], &[0, tokens, dim]);
+    let merged_shape = net
+        .g
+        .constant_i64(&format!("merged_shape{suffix}"), &[3], &[0, tokens, dim]);
     let ctx = net.g.node("Reshape", &[&ctx, &merged_shape], vec![]);
     let wo = net.param(&[dim, dim], scale * 1.7);
     let o = net.g.node("MatMul", &[&ctx, &wo], vec![]);
-    let res = net.g.node("Add", &[&x, &o], vec![]);
+    let res = net.g.node("Add", &[x, &o], vec![]);
     let ln_scale: Vec<f32> = (0..dim).map(|_| 1.0 + 0.1 * net.w.next()).collect();
-    let ln1_s = net.g.constant("ln1_scale", &[dim], &ln_scale);
+    let ln1_s = net.g.constant(&format!("ln1_scale{suffix}"), &[dim], &ln_scale);
     let ln1_b = net.param(&[dim], 0.1);
     let h = net.g.node(
         "LayerNormalization",
@@ -309,9 +334,11 @@ fn encoder_classifier(mut net: Net, x: &str, tokens: i64, dim: i64, heads: i64, 
     let f = net.g.node("MatMul", &[&h, &w1], vec![]);
     let f = net.g.node("Add", &[&f, &b1], vec![]);
     // GELU written with Erf, as exporters emit it before opset 20.
-    let r2 = net.g.constant("inv_sqrt2", &[], &[std::f32::consts::FRAC_1_SQRT_2]);
-    let half = net.g.constant("half", &[], &[0.5]);
-    let one = net.g.constant("one", &[], &[1.0]);
+    let r2 = net
+        .g
+        .constant(&format!("inv_sqrt2{suffix}"), &[], &[std::f32::consts::FRAC_1_SQRT_2]);
+    let half = net.g.constant(&format!("half{suffix}"), &[], &[0.5]);
+    let one = net.g.constant(&format!("one{suffix}"), &[], &[1.0]);
     let fs = net.g.node("Mul", &[&f, &r2], vec![]);
     let e = net.g.node("Erf", &[&fs], vec![]);
     let e1 = net.g.node("Add", &[&e, &one], vec![]);
@@ -320,17 +347,12 @@ fn encoder_classifier(mut net: Net, x: &str, tokens: i64, dim: i64, heads: i64, 
     let w2 = net.param(&[2 * dim, dim], (3.0 / (2 * dim) as f32).sqrt());
     let f2 = net.g.node("MatMul", &[&gelu, &w2], vec![]);
     let res2 = net.g.node("Add", &[&h, &f2], vec![]);
-    let ln2_s = net.g.constant("ln2_scale", &[dim], &ln_scale);
+    let ln2_s = net.g.constant(&format!("ln2_scale{suffix}"), &[dim], &ln_scale);
     let ln2_b = net.param(&[dim], 0.1);
     let h2 = net.g.node(
         "LayerNormalization",
         &[&res2, &ln2_s, &ln2_b],
         vec![("axis", Attr::Int(-1))],
     );
-    let first = net.g.constant_i64("first_token", &[], &[0]);
-    let cls = net.g.node("Gather", &[&h2, &first], vec![("axis", Attr::Int(1))]);
-    let wc = net.param(&[dim, classes], (6.0 / dim as f32).sqrt());
-    let bc = net.param(&[classes], 0.05);
-    let y = net.g.node("Gemm", &[&cls, &wc, &bc], vec![]);
-    net.finish(&y)
+    h2
 }
