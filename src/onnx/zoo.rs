@@ -270,9 +270,8 @@ fn encoder_classifier(
     for layer in 0..layers {
         x = encoder_layer(&mut net, &x, (tokens, dim, heads), layer);
     }
-    let h2 = x;
     let first = net.g.constant_i64("first_token", &[], &[0]);
-    let cls = net.g.node("Gather", &[&h2, &first], vec![("axis", Attr::Int(1))]);
+    let cls = net.g.node("Gather", &[&x, &first], vec![("axis", Attr::Int(1))]);
     let wc = net.param(&[dim, classes], (6.0 / dim as f32).sqrt());
     let bc = net.param(&[classes], 0.05);
     let y = net.g.node("Gemm", &[&cls, &wc, &bc], vec![]);
@@ -297,9 +296,9 @@ fn encoder_layer(net: &mut Net, x: &str, (tokens, dim, heads): (i64, i64, i64), 
     let wq = net.param(&[dim, dim], scale * 1.7);
     let wk = net.param(&[dim, dim], scale * 1.7);
     let wv = net.param(&[dim, dim], scale * 1.7);
-    let q = net.g.node("MatMul", &[&x, &wq], vec![]);
-    let k = net.g.node("MatMul", &[&x, &wk], vec![]);
-    let v = net.g.node("MatMul", &[&x, &wv], vec![]);
+    let q = net.g.node("MatMul", &[x, &wq], vec![]);
+    let k = net.g.node("MatMul", &[x, &wk], vec![]);
+    let v = net.g.node("MatMul", &[x, &wv], vec![]);
     let (q, k, v) = (split_heads(net, &q), split_heads(net, &k), split_heads(net, &v));
     let kt = net
         .g
@@ -349,10 +348,9 @@ fn encoder_layer(net: &mut Net, x: &str, (tokens, dim, heads): (i64, i64, i64), 
     let res2 = net.g.node("Add", &[&h, &f2], vec![]);
     let ln2_s = net.g.constant(&format!("ln2_scale{suffix}"), &[dim], &ln_scale);
     let ln2_b = net.param(&[dim], 0.1);
-    let h2 = net.g.node(
+    net.g.node(
         "LayerNormalization",
         &[&res2, &ln2_s, &ln2_b],
         vec![("axis", Attr::Int(-1))],
-    );
-    h2
+    )
 }
