@@ -21,6 +21,24 @@ fn test_python() -> PathBuf {
     cache.join("venv-tests/bin/python")
 }
 
+/// Runs scripts/`script` on `spec` (written to a file); its `patches`.
+fn reference(script: &str, spec: Value) -> Vec<f64> {
+    let file = temp_dir("attention-spec").join("spec.json");
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let out = std::process::Command::new(test_python())
+        .arg(root().join("scripts").join(script))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_value(answer["patches"].clone()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attention_rollout_and_transformer_relevance_match_independent_computations() {
     let dir = temp_dir("attention-models");
@@ -61,22 +79,11 @@ async fn attention_rollout_and_transformer_relevance_match_independent_computati
         assert_eq!(v["details"]["grid"], json!([4, 4]), "{}", v["details"]);
         assert_eq!(v["stats"]["model_rows"], 1, "one forward pass");
         let ours: Vec<f64> = serde_json::from_value(v["details"]["patches"].clone()).unwrap();
-        let spec = temp_dir("rollout-spec").join("spec.json");
-        std::fs::write(
-            &spec,
+        let theirs = reference(
+            "rollout_reference.py",
             json!({"model": model_file, "input": input, "shape": [1, 3, 32, 32], "maps": maps,
-                   "head_fusion": fusion, "discard_ratio": discard, "skip": 1, "grid": [4, 4]})
-            .to_string(),
-        )
-        .unwrap();
-        let out = std::process::Command::new(test_python())
-            .arg(root().join("scripts/rollout_reference.py"))
-            .arg(&spec)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let reference: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let theirs: Vec<f64> = serde_json::from_value(reference["patches"].clone()).unwrap();
+                   "head_fusion": fusion, "discard_ratio": discard, "skip": 1, "grid": [4, 4]}),
+        );
         assert_eq!(ours.len(), 16);
         assert!(
             ours.iter().any(|v| (*v - 1.0).abs() < 1e-9),
@@ -100,22 +107,11 @@ async fn attention_rollout_and_transformer_relevance_match_independent_computati
         .await;
         assert_eq!(attribution_values(&v).len(), 32 * 32);
         let ours: Vec<f64> = serde_json::from_value(v["details"]["patches"].clone()).unwrap();
-        let spec = temp_dir("chefer-spec").join("spec.json");
-        std::fs::write(
-            &spec,
+        let theirs = reference(
+            "chefer_reference.py",
             json!({"model": model_file, "input": input, "shape": [1, 3, 32, 32], "maps": maps,
-                   "target": target, "skip": 1, "eps": 1e-2})
-            .to_string(),
-        )
-        .unwrap();
-        let out = std::process::Command::new(test_python())
-            .arg(root().join("scripts/chefer_reference.py"))
-            .arg(&spec)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let reference: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let theirs: Vec<f64> = serde_json::from_value(reference["patches"].clone()).unwrap();
+                   "target": target, "skip": 1, "eps": 1e-2}),
+        );
         assert_eq!(ours.len(), 16);
         let worst = ours
             .iter()

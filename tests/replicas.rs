@@ -350,7 +350,10 @@ async fn a_job_is_never_run_on_a_model_other_than_the_one_it_was_checked_against
     let b = Replica::start(&pg.url(), &models_with(3), "sha-b").ready().await;
     let v = submit(&http, &a, "alpha", &job(20)).await.unwrap();
     let id = v["id"].as_str().unwrap().to_string();
-    let failed = wait_for(&http, &a, &id, Duration::from_secs(30), |v| v["state"] != "queued").await;
+    let failed = wait_for(&http, &a, &id, Duration::from_secs(30), |v| {
+        v["state"].as_str().is_some_and(|s| s != "running" && s != "queued")
+    })
+    .await;
     assert_eq!(failed["state"], "failed", "{failed}");
     let detail = failed["error"]["detail"].as_str().unwrap();
     assert!(detail.contains("changed after the job was submitted"), "{detail}");
