@@ -41,12 +41,15 @@ pub struct JobProgress {
 }
 
 impl JobProgress {
-    /// `done` of `planned`, the plan raised to what ran when a method went past its estimate.
-    pub fn of(done: usize, planned: usize) -> Self {
-        Self {
-            done,
-            planned: planned.max(done),
-        }
+    /// A job in `state` that has run `done` rows of `planned`: the plan raised to what ran when a
+    /// method went past its estimate, and equal to it once the job is done.
+    pub fn at(state: JobState, done: usize, planned: usize) -> Self {
+        let planned = if state == JobState::Done {
+            done
+        } else {
+            planned.max(done)
+        };
+        Self { done, planned }
     }
 }
 
@@ -138,12 +141,11 @@ impl Entry {
     fn current(&self) -> JobView {
         let mut v = self.view.clone();
         let p = &self.control.progress;
-        let done = p.done.load(Ordering::Relaxed);
-        v.progress = if v.state == JobState::Done {
-            JobProgress { done, planned: done }
-        } else {
-            JobProgress::of(done, p.planned.load(Ordering::Relaxed))
-        };
+        v.progress = JobProgress::at(
+            v.state,
+            p.done.load(Ordering::Relaxed),
+            p.planned.load(Ordering::Relaxed),
+        );
         if p.started.load(Ordering::SeqCst) {
             v.attempts = 1;
             v.started = Some(rfc3339_ms(p.started_ms.load(Ordering::SeqCst)));

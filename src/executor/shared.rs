@@ -66,6 +66,8 @@ pub struct Claimed {
     pub request: Vec<u8>,
     /// Which run this is (1 for the first); a lease is this replica's only while it matches.
     pub attempt: i32,
+    /// Most runs the job may have.
+    pub max_attempts: i32,
 }
 
 /// How far a run got, as its replica reports it.
@@ -159,11 +161,7 @@ fn view(r: &PgRow, with_result: bool) -> Result<JobView, StoreError> {
         model: r.try_get(1)?,
         method: r.try_get(2)?,
         state,
-        progress: if state == JobState::Done {
-            JobProgress { done, planned: done }
-        } else {
-            JobProgress::of(done, planned)
-        },
+        progress: JobProgress::at(state, done, planned),
         owner: r.try_get(6)?,
         attempts: r.try_get::<i32, _>(7)?.max(0) as u32,
         replica: r.try_get(12)?,
@@ -241,57 +239,36 @@ impl SharedJobs {
         .fetch_one(&self.pool)
         .await
         .map_err(StoreError::from)?;
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(CHANNEL)
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::from)?;
+        self.notify().await?;
         Ok(view(&row, false)?)
     }
 
     /// Takes the oldest job that is waiting, or whose replica's lease ran out, for this replica.
-    /// A job already run `max_attempts` times is marked failed instead, and the next one is tried.
+    /// The caller fails a job whose `attempt` is past its `max_attempts` instead of running it.
     pub async fn claim(&self) -> Result<Option<Claimed>, StoreError> {
-        loop {
-            let row = sqlx::query(
-                "UPDATE explaind_jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, \
+        let row = sqlx::query(
+            "UPDATE explaind_jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, \
                  lease_expires = now() + $2 * interval '1 millisecond' \
                  WHERE id = (SELECT id FROM explaind_jobs WHERE state = 'queued' \
                    OR (state = 'running' AND lease_expires < now()) \
                    ORDER BY created_ms LIMIT 1 FOR UPDATE SKIP LOCKED) \
                  RETURNING id::text, model, model_sha256, owner, request_id, request, attempts, max_attempts",
-            )
-            .bind(&self.me)
-            .bind(self.options.lease.as_millis() as i64)
-            .fetch_optional(&self.pool)
-            .await?;
-            let Some(r) = row else { return Ok(None) };
-            let claimed = Claimed {
-                id: r.try_get(0)?,
-                model: r.try_get(1)?,
-                model_sha256: r.try_get(2)?,
-                owner: r.try_get(3)?,
-                request_id: r.try_get(4)?,
-                request: r.try_get(5)?,
-                attempt: r.try_get(6)?,
-            };
-            let max: i32 = r.try_get(7)?;
-            if claimed.attempt <= max {
-                return Ok(Some(claimed));
-            }
-            let problem = serde_json::json!({
-                "type": "/problems/internal",
-                "title": "Internal error",
-                "status": 500,
-                "detail": format!(
-                    "the job was started {max} times (job_max_attempts) and each time its replica \
-                     stopped before it finished"
-                ),
-            });
-            self.finish(&claimed.id, claimed.attempt, Err(problem), &RunProgress::default())
-                .await?;
-            tracing::warn!(job = %claimed.id, attempts = max, "job failed: its replicas kept stopping mid-run");
-        }
+        )
+        .bind(&self.me)
+        .bind(self.options.lease.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(Claimed {
+            id: r.try_get(0)?,
+            model: r.try_get(1)?,
+            model_sha256: r.try_get(2)?,
+            owner: r.try_get(3)?,
+            request_id: r.try_get(4)?,
+            request: r.try_get(5)?,
+            attempt: r.try_get(6)?,
+            max_attempts: r.try_get(7)?,
+        }))
     }
 
     /// Renews a running job's lease and records its progress. `false`: the job is no longer this
@@ -358,6 +335,11 @@ impl SharedJobs {
         .bind(&self.me)
         .execute(&self.pool)
         .await?;
+        self.notify().await
+    }
+
+    /// Wakes the idle claimers of every replica: a job is waiting.
+    async fn notify(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(CHANNEL)
             .execute(&self.pool)

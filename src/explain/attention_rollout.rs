@@ -6,6 +6,7 @@
 //! divided by its maximum and upsampled over the image. The same map for every target: attention
 //! does not depend on the class. One forward pass, the attention maps as further outputs.
 
+use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -128,7 +129,7 @@ impl Method for AttentionRollout {
             layers.push(fuse(&values[..heads * tokens * tokens], heads, tokens, p.head_fusion));
         }
         let tokens = grid.skip + grid.height * grid.width;
-        let rolled = rollout(&layers, tokens, p.discard_ratio);
+        let rolled = rollout(&layers, tokens, p.discard_ratio).ok_or_else(|| other_tokens(job, tokens))?;
         let mut patches: Vec<f64> = rolled[grid.skip..tokens].to_vec();
         let peak = patches.iter().fold(0f64, |m, v| m.max(*v));
         if peak > 0.0 {
@@ -139,6 +140,15 @@ impl Method for AttentionRollout {
             .iter()
             .map(|t| TargetAttribution::from_map(t, map.0.clone(), None, Some(map.1.clone())))
             .collect())
+    }
+}
+
+/// An attention map that does not cover the patch grid's tokens (a model that pools tokens
+/// between layers): explaind cannot roll it out.
+pub(super) fn other_tokens(job: &ExplainJob, tokens: usize) -> RuntimeError {
+    RuntimeError::UnsupportedModel {
+        model: job.model.name.clone(),
+        message: format!("an attention map does not cover the {tokens} tokens of the patch grid"),
     }
 }
 
@@ -179,12 +189,11 @@ fn fuse(values: &[f32], heads: usize, tokens: usize, how: HeadFusion) -> Vec<f64
         .collect()
 }
 
-/// The rollout of fused maps `[tokens][tokens]` in layer order; returns the first token's row.
-fn rollout(layers: &[Vec<f64>], tokens: usize, discard_ratio: f64) -> Vec<f64> {
+/// The rollout of fused maps `[tokens][tokens]` in layer order; the first token's row (`None`: a
+/// map of another size).
+fn rollout(layers: &[Vec<f64>], tokens: usize, discard_ratio: f64) -> Option<Vec<f64>> {
     let n = tokens * tokens;
-    let mut result: Vec<f64> = (0..n)
-        .map(|i| if i / tokens == i % tokens { 1.0 } else { 0.0 })
-        .collect();
+    let mut result = Array2::<f64>::eye(tokens);
     for fused in layers {
         let mut a = fused.clone();
         let drop = (n as f64 * discard_ratio) as usize;
@@ -197,29 +206,17 @@ fn rollout(layers: &[Vec<f64>], tokens: usize, discard_ratio: f64) -> Vec<f64> {
                 }
             }
         }
-        for r in 0..tokens {
-            a[r * tokens + r] += 1.0;
-            let row = &mut a[r * tokens..(r + 1) * tokens];
-            let sum: f64 = row.iter().sum();
+        let mut a = Array2::from_shape_vec((tokens, tokens), a).ok()?;
+        a += &Array2::<f64>::eye(tokens);
+        for mut row in a.rows_mut() {
+            let sum = row.sum();
             if sum > 0.0 {
-                row.iter_mut().for_each(|v| *v /= sum);
+                row /= sum;
             }
         }
-        // result = a . result
-        let mut next = vec![0f64; n];
-        for i in 0..tokens {
-            for k in 0..tokens {
-                let aik = a[i * tokens + k];
-                if aik != 0.0 {
-                    for j in 0..tokens {
-                        next[i * tokens + j] += aik * result[k * tokens + j];
-                    }
-                }
-            }
-        }
-        result = next;
+        result = a.dot(&result);
     }
-    result[..tokens].to_vec()
+    Some(result.row(0).to_vec())
 }
 
 #[cfg(test)]
@@ -231,9 +228,9 @@ mod tests {
         // Two tokens; a layer where token 0 attends only to token 1.
         let layer = vec![0.0, 1.0, 0.5, 0.5];
         // (A + I) / 2 by rows: [0.5, 0.5], [0.25, 0.75].
-        assert_eq!(rollout(std::slice::from_ref(&layer), 2, 0.0), vec![0.5, 0.5]);
+        assert_eq!(rollout(std::slice::from_ref(&layer), 2, 0.0), Some(vec![0.5, 0.5]));
         // Two such layers: [0.5, 0.5] . [[0.5, 0.5], [0.25, 0.75]] = [0.375, 0.625].
-        assert_eq!(rollout(&[layer.clone(), layer], 2, 0.0), vec![0.375, 0.625]);
+        assert_eq!(rollout(&[layer.clone(), layer], 2, 0.0), Some(vec![0.375, 0.625]));
         // Two heads over one token.
         let heads = [0.25f32, 0.75];
         assert_eq!(fuse(&heads, 2, 1, HeadFusion::Max), vec![0.75]);
@@ -241,7 +238,7 @@ mod tests {
         assert_eq!(fuse(&heads, 2, 1, HeadFusion::Mean), vec![0.5]);
         // Discarding half drops the 0.2, and keeps the class token's own entry (index 0) however
         // small: rows of A + I [1.1, 0.9], [1, 1.8], normalised.
-        let kept = rollout(&[vec![0.1, 0.9, 0.2, 0.8]], 2, 0.5);
+        let kept = rollout(&[vec![0.1, 0.9, 0.2, 0.8]], 2, 0.5).unwrap();
         assert!(
             (kept[0] - 0.55).abs() < 1e-12 && (kept[1] - 0.45).abs() < 1e-12,
             "{kept:?}"

@@ -6,10 +6,11 @@
 //! laid on the patch grid, scaled to [0, 1] by its minimum and maximum (as the authors' notebook
 //! does) and upsampled over the image. One gradient pass per target, at the attention maps.
 
+use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::attention_rollout::{attention_of, patch_map};
+use super::attention_rollout::{attention_of, other_tokens, patch_map};
 use super::method::{bytes, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::{one_hot, repeat_rows, Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
@@ -92,7 +93,7 @@ impl Method for TransformerRelevance {
                     weighted_attention(a, g, heads, t)
                 })
                 .collect();
-            let relevance = accumulate(&layers, tokens);
+            let relevance = accumulate(&layers, tokens).ok_or_else(|| other_tokens(job, tokens))?;
             let mut patches: Vec<f64> = relevance[grid.skip..tokens].to_vec();
             let lo = patches.iter().fold(f64::INFINITY, |m, v| m.min(*v));
             let hi = patches.iter().fold(f64::NEG_INFINITY, |m, v| m.max(*v));
@@ -121,24 +122,15 @@ fn weighted_attention(a: &[f32], g: &[f32], heads: usize, t: usize) -> Vec<f64> 
         .collect()
 }
 
-/// `R = I`, then `R <- R + A . R` for each layer's weighted attention; the first token's row.
-fn accumulate(layers: &[Vec<f64>], t: usize) -> Vec<f64> {
-    let mut r: Vec<f64> = (0..t * t).map(|i| if i / t == i % t { 1.0 } else { 0.0 }).collect();
+/// `R = I`, then `R <- R + A . R` for each layer's weighted attention `[t][t]`; the first token's
+/// row (`None`: a map of another size).
+fn accumulate(layers: &[Vec<f64>], t: usize) -> Option<Vec<f64>> {
+    let mut r = Array2::<f64>::eye(t);
     for a in layers {
-        let mut next = r.clone();
-        for i in 0..t {
-            for k in 0..t {
-                let aik = a[i * t + k];
-                if aik != 0.0 {
-                    for j in 0..t {
-                        next[i * t + j] += aik * r[k * t + j];
-                    }
-                }
-            }
-        }
-        r = next;
+        let a = ArrayView2::from_shape((t, t), a).ok()?;
+        r = &r + &a.dot(&r);
     }
-    r[..t].to_vec()
+    Some(r.row(0).to_vec())
 }
 
 #[cfg(test)]
@@ -153,8 +145,8 @@ mod tests {
         let w = weighted_attention(&a, &g, 2, 2);
         assert_eq!(w, vec![1.0, 0.0, 0.0, 1.0]);
         // One layer: R = I + A; its first row.
-        assert_eq!(accumulate(std::slice::from_ref(&w), 2), vec![2.0, 0.0]);
+        assert_eq!(accumulate(std::slice::from_ref(&w), 2), Some(vec![2.0, 0.0]));
         // Two layers: R = (I + A)(I + A) = [[4, 0], [0, 4]].
-        assert_eq!(accumulate(&[w.clone(), w], 2), vec![4.0, 0.0]);
+        assert_eq!(accumulate(&[w.clone(), w], 2), Some(vec![4.0, 0.0]));
     }
 }

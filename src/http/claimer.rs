@@ -36,6 +36,14 @@ fn lock(running: &RunningJobs) -> std::sync::MutexGuard<'_, HashMap<String, Runn
     running.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The jobs running now: (id, attempt, control), copied out of the lock.
+fn snapshot(running: &RunningJobs) -> Vec<(String, i32, Control)> {
+    lock(running)
+        .iter()
+        .map(|(id, r)| (id.clone(), r.attempt, r.control.clone()))
+        .collect()
+}
+
 /// A started claimer; `stop` it before the executor.
 pub struct Claimer {
     stop: watch::Sender<bool>,
@@ -76,11 +84,7 @@ impl Claimer {
         for task in self.tasks {
             let _ = task.await;
         }
-        let mine: Vec<(String, i32, Control)> = lock(&self.running)
-            .iter()
-            .map(|(id, r)| (id.clone(), r.attempt, r.control.clone()))
-            .collect();
-        for (id, attempt, control) in mine {
+        for (id, attempt, control) in snapshot(&self.running) {
             if let Err(e) = self.shared.release(&id, attempt).await {
                 tracing::warn!(job = %id, error = %e, "could not give the job back; its lease will expire");
             }
@@ -200,11 +204,7 @@ async fn renew_loop(
             _ = tokio::time::sleep(every) => {}
             _ = stopped.changed() => break,
         }
-        let jobs: Vec<(String, i32, Control)> = lock(&running)
-            .iter()
-            .map(|(id, r)| (id.clone(), r.attempt, r.control.clone()))
-            .collect();
-        for (id, attempt, control) in jobs {
+        for (id, attempt, control) in snapshot(&running) {
             match shared.renew(&id, attempt, &RunProgress::of(&control.progress)).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -217,10 +217,6 @@ async fn renew_loop(
     }
 }
 
-fn problem(e: ApiError) -> serde_json::Value {
-    serde_json::to_value(e.problem()).unwrap_or_default()
-}
-
 /// Runs a claimed job; `None`: no worker slot after all (synchronous requests took them), so the
 /// job goes back to the queue.
 async fn execute(
@@ -229,22 +225,34 @@ async fn execute(
     control: Control,
 ) -> Option<Result<serde_json::Value, serde_json::Value>> {
     let started = Instant::now();
+    if job.attempt > job.max_attempts {
+        tracing::warn!(job = %job.id, attempts = job.max_attempts, "job failed: its replicas kept stopping mid-run");
+        return Some(Err(ApiError::new(
+            ProblemKind::Internal,
+            format!(
+                "the job was started {} times (job_max_attempts) and each time its replica stopped before it finished",
+                job.max_attempts
+            ),
+        )
+        .problem_json()));
+    }
     let Some(model) = state.registry.get(&job.model) else {
-        return Some(Err(problem(super::error::model_not_found(&job.model))));
+        return Some(Err(super::error::model_not_found(&job.model).problem_json()));
     };
     // Never run a request on a model other than the one it was checked against.
     if model.sha256 != job.model_sha256 {
-        return Some(Err(problem(ApiError::new(
+        return Some(Err(ApiError::new(
             ProblemKind::InvalidRequest,
             format!(
                 "model `{}` changed after the job was submitted (sha256 {} then, {} now); submit it again",
                 job.model, job.model_sha256, model.sha256
             ),
-        ))));
+        )
+        .problem_json()));
     }
     let ready = match super::jobs::check(state, job.request.clone().into(), true).await {
         Ok(ready) => ready,
-        Err(e) => return Some(Err(problem(e))),
+        Err(e) => return Some(Err(e.problem_json())),
     };
     let admission = state.executor.admit().ok()?;
     let ctx = Context {

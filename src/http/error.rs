@@ -200,6 +200,11 @@ impl ApiError {
         }
     }
 
+    /// The problem as JSON, as a failed job keeps it.
+    pub fn problem_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.problem()).unwrap_or_default()
+    }
+
     /// Marks a 503 with the `Retry-After` to send.
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);

@@ -135,9 +135,7 @@ pub(super) async fn run(
         let answer = explain::finish(state, valid, prepared, result, false, started, audit).await?;
         serde_json::to_value(&answer.body).map_err(ApiError::internal)
     };
-    answer
-        .await
-        .map_err(|e: ApiError| serde_json::to_value(e.problem()).unwrap_or_default())
+    answer.await.map_err(|e: ApiError| e.problem_json())
 }
 
 /// Submits an explanation to run in the background.
@@ -217,18 +215,37 @@ pub(super) fn accepted(view: JobView) -> Response {
     response
 }
 
-/// The job as `viewer` may see it: this replica's board first (reference builds, and every job
-/// when jobs live in memory), then the shared table.
-async fn find(state: &AppState, id: &str, viewer: &Viewer, with_result: bool) -> Result<JobView, ApiError> {
+/// What is done to a job.
+#[derive(Clone, Copy)]
+enum Act {
+    /// Read it (its result too, or not).
+    Read { with_result: bool },
+    /// Cancel it.
+    Cancel,
+}
+
+/// Does `what` to job `id` as `viewer` may: on this replica's board first (reference builds, and
+/// every job when jobs live in memory), then in the shared table; the job as it stands after.
+async fn act(state: &AppState, id: &str, viewer: &Viewer, what: Act) -> Result<JobView, ApiError> {
     let id = job_id(id)?;
-    if let Some(view) = state.jobs.get(&id, viewer) {
+    let local = match what {
+        Act::Read { .. } => state.jobs.get(&id, viewer),
+        Act::Cancel => state.jobs.cancel(&id, viewer),
+    };
+    if let Some(view) = local {
         return Ok(view);
     }
-    match &state.shared_jobs {
-        Some(shared) => shared.get(&id, viewer, with_result).await.map_err(store_failed)?,
-        None => None,
-    }
-    .ok_or_else(|| not_found(&id))
+    let shared = match (&state.shared_jobs, what) {
+        (Some(shared), Act::Read { with_result }) => shared.get(&id, viewer, with_result).await,
+        (Some(shared), Act::Cancel) => shared.cancel(&id, viewer).await,
+        (None, _) => Ok(None),
+    };
+    shared.map_err(store_failed)?.ok_or_else(|| not_found(&id))
+}
+
+/// The job as `viewer` may see it.
+async fn find(state: &AppState, id: &str, viewer: &Viewer, with_result: bool) -> Result<JobView, ApiError> {
+    act(state, id, viewer, Act::Read { with_result }).await
 }
 
 /// A job's state, progress and (when done) result.
@@ -260,17 +277,7 @@ pub async fn cancel_job(
     caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let viewer = viewer(caller.as_ref());
-    let id = job_id(&id)?;
-    if let Some(view) = state.jobs.cancel(&id, &viewer) {
-        return Ok(Json(view));
-    }
-    match &state.shared_jobs {
-        Some(shared) => shared.cancel(&id, &viewer).await.map_err(store_failed)?,
-        None => None,
-    }
-    .map(Json)
-    .ok_or_else(|| not_found(&id))
+    act(&state, &id, &viewer(caller.as_ref()), Act::Cancel).await.map(Json)
 }
 
 /// The job's progress as Server-Sent Events: `progress` while it runs (on every change), then one

@@ -277,7 +277,7 @@ pub async fn upload(
                         ProblemKind::InvalidInput,
                         format!("the reference set was not built: {e}"),
                     );
-                    Err(serde_json::to_value(problem.problem()).unwrap_or_default())
+                    Err(problem.problem_json())
                 }
             };
         state.jobs.finish(&task_id, outcome);

@@ -25,7 +25,7 @@ pub use top::{seed_with_top_prediction, TARGET_INDEX_OUTPUT};
 
 use super::builder::value_info;
 use super::node::{attr_ints, domain, node_name, op_type};
-use super::proto::{data_type, GraphProto, ModelProto, OperatorSetIdProto, TensorProto};
+use super::proto::{data_type, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
 
 /// Name of the extra graph input holding the target weights (shaped like the target output).
 pub const WEIGHTS_INPUT: &str = "explaind.target_weights";
@@ -271,16 +271,17 @@ pub fn attention_maps(model: &ModelProto, input: &str, output: &str, shapes: &Sh
     let path = analysis::Path::find(graph, input, &[output.to_string()], shapes);
     path.nodes
         .iter()
-        .map(|&i| &graph.node[i])
-        .filter(|n| op_type(n) == "Softmax")
-        .filter_map(|n| n.output.first())
-        .filter(|o| {
-            shapes
-                .get(*o)
-                .is_some_and(|s| s.dims.len() == 4 && s.dims[2].is_some() && s.dims[2] == s.dims[3])
-        })
+        .filter_map(|&i| attention_probabilities(&graph.node[i], shapes))
         .cloned()
         .collect()
+}
+
+/// The output of `n` when it is self-attention's probabilities: a Softmax shaped
+/// `[batch, heads, tokens, tokens]`.
+fn attention_probabilities<'n>(n: &'n NodeProto, shapes: &ShapeMap) -> Option<&'n String> {
+    let o = n.output.first().filter(|_| op_type(n) == "Softmax")?;
+    let dims = &shapes.get(o)?.dims;
+    (dims.len() == 4 && dims[2].is_some() && dims[2] == dims[3]).then_some(o)
 }
 
 /// The token sequence the last self-attention reads (its queries' and keys' latest common source
@@ -302,13 +303,12 @@ fn last_attention_tokens(
         [_, Some(h), Some(w), Some(3 | 1)] => (*h, *w),
         _ => return None,
     };
-    let softmax = path.nodes.iter().rev().map(|&i| &graph.node[i]).find(|n| {
-        op_type(n) == "Softmax"
-            && n.output
-                .first()
-                .and_then(|o| dims(o))
-                .is_some_and(|d| d.len() == 4 && d[2].is_some() && d[2] == d[3])
-    })?;
+    let softmax = path
+        .nodes
+        .iter()
+        .rev()
+        .map(|&i| &graph.node[i])
+        .find(|n| attention_probabilities(n, shapes).is_some())?;
     let tokens = dims(&softmax.output[0])?[2]?;
     // The scores' MatMul of queries and transposed keys, under any scaling.
     let producer = |t: &str| graph.node.iter().position(|n| n.output.iter().any(|o| o == t));
