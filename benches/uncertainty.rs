@@ -177,7 +177,7 @@ fn main() {
     let rows = rt
         .block_on(state.executor.submit(PredictTask {
             model: model.clone(),
-            input: input.clone(),
+            inputs: vec![input.clone()],
             top_k: 10,
         }))
         .unwrap();

@@ -64,6 +64,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest image accepted, in pixels (width x height), checked before decoding.
     pub max_image_pixels: u64,
+    /// Longest text accepted by a text model, in bytes of UTF-8 (checked before tokenizing).
+    pub max_text_bytes: usize,
     /// Largest `top_k` a request may ask for.
     pub max_top_k: usize,
     /// Most model rows one explanation may run (samples x steps x targets).
@@ -222,6 +224,7 @@ impl Default for Config {
             max_batch: 64,
             max_body_bytes: 16 * 1024 * 1024,
             max_image_pixels: 4096 * 4096,
+            max_text_bytes: 64 * 1024,
             max_top_k: 100,
             max_samples: 4096,
             max_targets: 10,
@@ -378,6 +381,9 @@ impl Config {
         }
         if self.max_image_pixels == 0 {
             return Err(bad("max_image_pixels", "must be at least 1"));
+        }
+        if self.max_text_bytes == 0 {
+            return Err(bad("max_text_bytes", "must be at least 1"));
         }
         if self.max_job_bytes < 1 << 20 {
             return Err(bad("max_job_bytes", "must be at least 1 MiB (1048576)"));

@@ -374,6 +374,7 @@ impl Method for Identity {
         random: false,
         examples: false,
         decision: false,
+        text: false,
     };
 
     fn plan(_: &mut Self::Params, cx: &PlanContext) -> Result<Cost, Invalid> {

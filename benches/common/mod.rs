@@ -19,6 +19,7 @@ pub fn job(
     explaind::explain::ExplainJob {
         model: model.clone(),
         input,
+        text: None,
         targets: None,
         params: params.clone(),
         seed: 1,

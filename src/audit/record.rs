@@ -74,6 +74,15 @@ impl Evidence {
         }
     }
 
+    /// A text, as sent; hashed as its UTF-8 bytes.
+    pub fn text(text: &str, keep: bool) -> Self {
+        Self {
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            media_type: "text/plain; charset=utf-8".into(),
+            data: keep.then(|| json!({ "text": text })),
+        }
+    }
+
     fn to_json(&self) -> Value {
         let mut v = json!({"sha256": self.sha256, "media_type": self.media_type});
         if let Some(d) = &self.data {

@@ -93,6 +93,7 @@ impl Method for Anchors {
         random: true,
         examples: false,
         decision: true,
+        text: false,
     };
 
     fn plan(p: &mut AnchorsParams, cx: &PlanContext) -> Result<Cost, Invalid> {

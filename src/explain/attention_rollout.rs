@@ -75,6 +75,7 @@ impl Method for AttentionRollout {
         random: false,
         examples: false,
         decision: false,
+        text: true,
     };
 
     fn plan(p: &mut AttentionRolloutParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -25,8 +25,13 @@ pub enum Baseline {
 }
 
 /// The baseline for a job's input: [`build`] for images; for tabular models zeros, or with `Mean`
-/// the background data's mean row.
+/// the background data's mean row; for text, whatever `baseline` says, every token but the
+/// special ones (`[CLS]`, `[SEP]`) replaced by the baseline token (`[PAD]`), as in Captum's BERT
+/// tutorial.
 pub fn for_job(baseline: Baseline, job: &super::ExplainJob) -> Tensor {
+    if let (Some(model), Some(text)) = (&job.model.text, &job.text) {
+        return model.replaced(&text.tokens, &model.baseline);
+    }
     for_model(baseline, &job.input, &job.model, job.seed)
 }
 

@@ -135,6 +135,7 @@ impl Method for Counterfactual {
         random: true,
         examples: false,
         decision: true,
+        text: false,
     };
 
     fn plan(p: &mut CounterfactualParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -50,6 +50,7 @@ impl Method for DeepLift {
         random: false,
         examples: false,
         decision: false,
+        text: false,
     };
 
     fn plan(_: &mut DeepLiftParams, cx: &PlanContext) -> Result<Cost, Invalid> {

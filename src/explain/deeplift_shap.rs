@@ -55,6 +55,7 @@ impl Method for DeepLiftShap {
         random: true,
         examples: false,
         decision: false,
+        text: false,
     };
 
     fn plan(p: &mut DeepLiftShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -82,6 +82,7 @@ impl Method for Extremal {
         random: false,
         examples: false,
         decision: false,
+        text: false,
     };
 
     fn plan(p: &mut ExtremalParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -89,6 +89,7 @@ const CAM: Capabilities = Capabilities {
     random: false,
     examples: false,
     decision: false,
+    text: false,
 };
 
 /// Grad-CAM.

@@ -29,6 +29,7 @@ impl Method for GradientXInput {
         random: false,
         examples: false,
         decision: false,
+        text: true,
     };
 
     fn plan(_: &mut GradientXInputParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -40,6 +40,7 @@ impl Method for GuidedBackprop {
         random: false,
         examples: false,
         decision: false,
+        text: false,
     };
 
     fn plan(_: &mut GuidedBackpropParams, cx: &PlanContext) -> Result<Cost, Invalid> {
@@ -80,6 +81,7 @@ impl Method for GuidedGradCam {
         random: false,
         examples: false,
         decision: false,
+        text: false,
     };
 
     fn plan(p: &mut GuidedGradCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
 use super::method::{bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
-use super::{fold_channels, row, Cx, ExplainJob, Fold, TargetAttribution};
+use super::{fold_map, row, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
@@ -67,6 +67,7 @@ impl Method for IntegratedGradients {
         random: false,
         examples: false,
         decision: false,
+        text: true,
     };
 
     fn plan(p: &mut IntegratedGradientsParams, cx: &PlanContext) -> Result<Cost, Invalid> {
@@ -127,7 +128,6 @@ fn explain(
     targets: &[Prediction],
     scores: &[f64],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let spec = job.model.spec.image.as_ref();
     let baseline = baselines::for_job(p.baseline, job);
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
@@ -175,7 +175,7 @@ fn explain(
         out.push(TargetAttribution {
             target: t.clone(),
             tensor: row(&batch, 0),
-            map: spec.map(|s| fold_channels(&batch, 0, s, Fold::Sum)),
+            map: fold_map(job, &batch, 0, Fold::Sum),
             convergence_delta: Some(delta),
             layer: None,
             details: None,

@@ -13,11 +13,12 @@ use utoipa::ToSchema;
 use super::lime::Hide;
 use super::lime::{check_positive, interpretable_features, perturbation_cost};
 use super::method::{check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
-use super::perturb::{compose, run_copies, segment_indices};
-use super::{background, segments, Cx, ExplainJob, TargetAttribution};
+use super::perturb::{compose, run_copies};
+use super::players::{Players, TextUnit};
+use super::{background, Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::preprocess::InputError;
-use crate::runtime::{RuntimeError, Tensor};
+use crate::runtime::RuntimeError;
 
 /// A sample budget: a number, or `"auto"` (stop when every standard error is below `tolerance`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
@@ -59,6 +60,9 @@ pub struct KernelShapParams {
     /// this many rows when the file has more; shap's kmeans).
     #[schema(default = 20, minimum = 1, maximum = 1000)]
     pub background_rows: usize,
+    /// Text models: the players are words (default) or tokens; a missing one shows the hide token.
+    #[schema(default = "words")]
+    pub text_features: TextUnit,
 }
 
 impl Default for KernelShapParams {
@@ -70,6 +74,7 @@ impl Default for KernelShapParams {
             tolerance: 0.01,
             hide: Hide::Gray,
             background_rows: 20,
+            text_features: TextUnit::Words,
         }
     }
 }
@@ -88,6 +93,7 @@ impl Method for KernelShap {
         random: true,
         examples: false,
         decision: false,
+        text: true,
     };
 
     fn plan(p: &mut KernelShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {
@@ -304,22 +310,17 @@ fn explain(
     if job.model.spec.tabular.is_some() {
         return explain_tabular(cx, job, p, targets, &v1);
     }
-    let spec = job.image_spec("image KernelSHAP")?;
-    let (h, w) = (spec.height, spec.width);
-    let (labels, m) = segments::slic(&job.input, spec, p.segments, p.compactness)?;
-    if m < 2 {
-        return Err(InputError::BadFeatures("the image gave fewer than 2 segments; ask for more".into()).into());
-    }
-    let pixels = segment_indices(spec, &labels, m);
+    let players = Players::of(job, (p.segments, p.compactness), p.hide, p.text_features)?;
+    players.at_least(2, "KernelSHAP")?;
+    let (m, pixels, hidden) = (players.count, &players.indices, &players.hidden);
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
-    let hidden = super::lime::hidden_image(job, spec, p.hide);
-    let empty = run_copies(cx, &job.input, 1, |_, buf| buf.copy_from_slice(&hidden))?;
+    let empty = run_copies(cx, &job.input, 1, |_, buf| buf.copy_from_slice(hidden))?;
     let empty = job.weighed_scores(&empty[0]);
     let v0: Vec<f64> = targets.iter().map(|t| empty[t.index]).collect();
     let input = job.input.clone();
     let mut evaluate = |cx: &mut Cx, coalitions: &[Vec<bool>]| -> Result<Vec<Vec<f64>>, RuntimeError> {
         let rows = run_copies(cx, &input, coalitions.len(), |r, buf| {
-            compose(buf, &x, &hidden, &coalitions[r], &pixels)
+            compose(buf, &x, hidden, &coalitions[r], pixels)
         })?;
         Ok(rows.iter().map(|row| job.weighed_scores(row)).collect())
     };
@@ -327,10 +328,9 @@ fn explain(
     let mut out = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
         let phi = &solved.phi[ti];
-        let map = Tensor::f32(vec![h, w], labels.iter().map(|&s| phi[s] as f32).collect());
+        let map = players.map(phi);
         let mut details = solved.details(ti, v0[ti], v1[ti]);
-        details["segments"] = m.into();
-        details["segment_map"] = serde_json::json!({"shape": [h, w], "values": labels});
+        players.describe(&mut details);
         out.push(TargetAttribution::from_map(t, map, None, Some(details)));
     }
     Ok(out)

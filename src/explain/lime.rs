@@ -16,9 +16,10 @@ use super::background::Bins;
 use super::baselines::{self, Baseline};
 use super::kernel_shap::Samples;
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
-use super::perturb::{compose, index, run_copies, segment_indices};
+use super::perturb::{compose, index, run_copies};
+use super::players::{Players, TextUnit};
 use super::regression::{Fit, LocalModel};
-use super::{segments, Cx, ExplainJob, TargetAttribution};
+use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
 
@@ -59,6 +60,9 @@ pub struct LimeParams {
     /// Ridge regularisation (scikit-learn's Ridge default, as LIME uses).
     #[schema(default = 1.0, minimum = 0.0, maximum = 1000000.0)]
     pub alpha: f64,
+    /// Text models: the players are words (default) or tokens; a hidden one shows the hide token.
+    #[schema(default = "words")]
+    pub text_features: TextUnit,
 }
 
 impl Default for LimeParams {
@@ -71,6 +75,7 @@ impl Default for LimeParams {
             hide: Hide::Gray,
             kernel_width: None,
             alpha: 1.0,
+            text_features: TextUnit::Words,
         }
     }
 }
@@ -89,6 +94,7 @@ impl Method for Lime {
         random: true,
         examples: false,
         decision: false,
+        text: true,
     };
 
     fn plan(p: &mut LimeParams, cx: &PlanContext) -> Result<Cost, Invalid> {
@@ -134,9 +140,13 @@ pub(super) fn check_positive(name: &str, value: f64) -> Result<(), Invalid> {
 }
 
 /// The players of a perturbation method: an image's segments (SLIC may return a few more than
-/// asked), or a tabular model's features, which then need background data.
+/// asked), a tabular model's features, which then need background data, or a text's tokens at
+/// most.
 pub(super) fn interpretable_features(cx: &PlanContext, segments: usize, method: &str) -> Result<usize, Invalid> {
     let model = cx.model;
+    if let Some(text) = &model.spec.text {
+        return Ok(text.max_length);
+    }
     match &model.spec.tabular {
         Some(tab) => {
             if model.background.is_none() {
@@ -284,12 +294,11 @@ fn explain(
     if job.model.spec.tabular.is_some() {
         return explain_tabular(cx, job, p, targets);
     }
-    let spec = job.image_spec("image LIME")?;
-    let (h, w) = (spec.height, spec.width);
-    let (labels, m) = segments::slic(&job.input, spec, p.segments, p.compactness)?;
-    let pixels = segment_indices(spec, &labels, m);
+    let players = Players::of(job, (p.segments, p.compactness), p.hide, p.text_features)?;
+    let m = players.count;
+    players.at_least(1, "LIME")?;
+    let (pixels, hidden) = (&players.indices, &players.hidden);
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
-    let hidden = hidden_image(job, spec, p.hide);
     let width = p.kernel_width.unwrap_or(0.25);
     let input = job.input.clone();
     let mut round = |cx: &mut Cx, rng: &mut ChaCha8Rng, start: usize, n: usize| {
@@ -303,20 +312,18 @@ fn explain(
                 Sample { z, weight }
             })
             .collect();
-        let outputs = run_copies(cx, &input, n, |r, buf| {
-            compose(buf, &x, &hidden, &samples[r].z, &pixels)
-        })?;
+        let outputs = run_copies(cx, &input, n, |r, buf| compose(buf, &x, hidden, &samples[r].z, pixels))?;
         Ok((samples, outputs))
     };
     let fitted = sample_and_fit(cx, job, p, targets, m, &mut round)?;
     let mut out = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
         let coef = &fitted.fits[ti].coef;
-        let map = Tensor::f32(vec![h, w], labels.iter().map(|&s| coef[s] as f32).collect());
+        let map = players.map(coef);
         let mut order: Vec<usize> = (0..m).collect();
         order.sort_by(|a, b| coef[*b].total_cmp(&coef[*a]));
         let mut details = fitted.details(ti, width);
-        details["segments"] = m.into();
+        players.describe(&mut details);
         details["segment_weights"] = details["weights"].take();
         details["top_positive"] =
             serde_json::json!(order.iter().take(5).filter(|s| coef[**s] > 0.0).collect::<Vec<_>>());
@@ -326,7 +333,6 @@ fn explain(
             .take(5)
             .filter(|s| coef[**s] < 0.0)
             .collect::<Vec<_>>());
-        details["segment_map"] = serde_json::json!({"shape": [h, w], "values": labels});
         if let Some(o) = details.as_object_mut() {
             o.remove("weights");
         }

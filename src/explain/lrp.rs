@@ -65,6 +65,7 @@ impl Method for Lrp {
         random: false,
         examples: false,
         decision: false,
+        text: false,
     };
 
     fn plan(p: &mut LrpParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -60,6 +60,8 @@ pub struct Capabilities {
     /// Whether it answers a decision's rule or counterfactuals (`details`), which `format=html`
     /// draws as a fragment.
     pub decision: bool,
+    /// Whether it explains text models (one value per token).
+    pub text: bool,
 }
 
 /// Limits that bound every explanation's work, from the config.
@@ -161,7 +163,10 @@ impl PlanContext<'_> {
         match (&spec.image, &spec.tabular) {
             (Some(i), _) => i.height.saturating_mul(i.width).saturating_mul(i.channels),
             (None, Some(t)) => t.features.len(),
-            (None, None) => 1,
+            (None, None) => spec
+                .text
+                .as_ref()
+                .map_or(1, |t| t.max_length.saturating_mul(t.embedding_size)),
         }
     }
 
@@ -515,24 +520,45 @@ impl Methods {
 /// ask for.)
 pub fn check_applicable(method: &dyn AnyMethod, model: &LoadedModel) -> Result<(), Invalid> {
     let caps = method.capabilities();
-    match caps.inputs {
-        Inputs::Image if model.spec.image.is_none() => {
+    let kind = match (&model.spec.image, &model.spec.tabular) {
+        (Some(_), _) => "takes images",
+        (None, Some(_)) => "is tabular",
+        (None, None) => "takes text",
+    };
+    if let Some(text) = &model.spec.text {
+        if !caps.text {
             return Err(Invalid::Model(format!(
-                "{} explains image models; `{}` is tabular",
+                "{} does not explain text models; `{}` takes text (methods for text: saliency, \
+                 gradient-x-input, integrated-gradients, smoothgrad, occlusion, lime, kernel-shap, \
+                 attention-rollout, transformer-relevance)",
                 method.name(),
                 model.name
-            )))
+            )));
         }
-        Inputs::Tabular if model.spec.tabular.is_none() => {
-            return Err(Invalid::Model(format!(
-                "{} explains tabular models; `{}` takes images",
-                method.name(),
-                model.name
-            )))
+        if caps.passes == Passes::Gradients {
+            if let Some(why) = &text.gradients_refused {
+                return Err(Invalid::NotDifferentiable(format!(
+                    "model `{}` takes token ids with no embedding lookup to differentiate at, so gradient \
+                     methods cannot explain it ({why}); occlusion, lime and kernel-shap can",
+                    model.name
+                )));
+            }
         }
-        _ => {}
+        return Ok(());
     }
-    Ok(())
+    match caps.inputs {
+        Inputs::Image if model.spec.image.is_none() => Err(Invalid::Model(format!(
+            "{} explains image models; `{}` {kind}",
+            method.name(),
+            model.name
+        ))),
+        Inputs::Tabular if model.spec.tabular.is_none() => Err(Invalid::Model(format!(
+            "{} explains tabular models; `{}` {kind}",
+            method.name(),
+            model.name
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a model whose report says the rules of `set` cannot explain it, with the report's

@@ -21,6 +21,7 @@ mod lrp;
 pub mod method;
 mod occlusion;
 mod perturb;
+mod players;
 mod reference_query;
 mod regression;
 mod rise;
@@ -53,6 +54,7 @@ pub use method::{
 };
 pub use occlusion::OcclusionParams;
 pub use perturb::Preset;
+pub use players::TextUnit;
 pub use rise::{RiseEstimator, RiseParams};
 pub use saliency::SaliencyParams;
 pub use score_cam::ScoreCamParams;
@@ -75,6 +77,8 @@ pub struct ExplainJob {
     pub model: Arc<LoadedModel>,
     /// The preprocessed input, `[1, ...]`.
     pub input: Tensor,
+    /// Text models: the input's tokens (its rows are their embeddings).
+    pub text: Option<Arc<crate::runtime::text::Encoded>>,
     /// Targets as requested.
     pub targets: Option<TargetSpec>,
     /// Method and parameters, validated against this model and the limits.
@@ -522,6 +526,21 @@ pub fn fold_channels(t: &Tensor, row: usize, spec: &ImageSpec, fold: Fold) -> Te
     Tensor::f32(vec![h, w], map)
 }
 
+/// The map of row `row` of an input-space attribution: images folded over channels to
+/// `[height, width]`; texts summed over the embedding to one value per token, `[tokens]` (of
+/// absolute values with `Fold::MaxAbs`). `None` for tabular models.
+pub fn fold_map(job: &ExplainJob, t: &Tensor, row: usize, fold: Fold) -> Option<Tensor> {
+    if let Some(spec) = job.model.spec.image.as_ref() {
+        return Some(fold_channels(t, row, spec, fold));
+    }
+    let text = job.text.as_ref()?;
+    let tokens = text.tokens.len();
+    let per_row = t.shape.iter().skip(1).product::<usize>();
+    let values = t.as_f32()?.get(row * per_row..(row + 1) * per_row)?;
+    let map = crate::runtime::text::per_token(values, tokens, matches!(fold, Fold::MaxAbs));
+    Some(Tensor::f32(vec![map.len()], map))
+}
+
 /// Row `row` of a tensor without the batch axis.
 pub fn row(t: &Tensor, row: usize) -> Tensor {
     let mut r = t.slice_rows(row, row + 1);
@@ -807,6 +826,8 @@ pub struct PredictJob {
     pub explain: Option<AttachedExplain>,
     /// The attached uncertainty estimate, and the rows it is for.
     pub uncertainty: Option<(crate::uncertainty::ValidUncertainty, Condition)>,
+    /// Text models: each row's tokens.
+    pub texts: Vec<Option<Arc<crate::runtime::text::Encoded>>>,
 }
 
 /// What a [`PredictJob`] gives, one entry per row.
@@ -832,12 +853,15 @@ impl Task for PredictJob {
     fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Self::Output, RuntimeError> {
         let p = &self.predict;
         ctx.checkpoint()?;
-        let rows = crate::runtime::predict::predict(rt, &p.model, &p.input, p.top_k)?;
+        let rows = crate::runtime::predict::predict_rows(rt, &p.model, &p.inputs, p.top_k)?;
         let mut estimates = vec![None; rows.len()];
         if let Some((valid, when)) = &self.uncertainty {
             let chosen = rows_meeting(&rows, when);
             if !chosen.is_empty() {
-                let parts = chosen.iter().map(|&r| p.input.slice_rows(r, r + 1)).collect();
+                let parts = chosen
+                    .iter()
+                    .filter_map(|&r| crate::runtime::predict::nth_row(&p.inputs, r))
+                    .collect();
                 let input = Tensor::concat_rows(parts).ok_or_else(|| RuntimeError::Inference {
                     model: p.model.name.clone(),
                     message: "inputs differ in shape".into(),
@@ -853,7 +877,11 @@ impl Task for PredictJob {
             for r in rows_meeting(&rows, &e.when) {
                 let job = ExplainJob {
                     model: p.model.clone(),
-                    input: p.input.slice_rows(r, r + 1),
+                    input: crate::runtime::predict::nth_row(&p.inputs, r).ok_or_else(|| RuntimeError::Inference {
+                        model: p.model.name.clone(),
+                        message: format!("no input row {r}"),
+                    })?,
+                    text: self.texts.get(r).cloned().flatten(),
                     targets: e.targets.clone(),
                     params: e.params.clone(),
                     seed: e.seed,
@@ -895,12 +923,7 @@ fn per_target(job: &ExplainJob, targets: &[Prediction], attributions: &Tensor, f
         .map(|(r, t)| TargetAttribution {
             target: t.clone(),
             tensor: row(attributions, r),
-            map: job
-                .model
-                .spec
-                .image
-                .as_ref()
-                .map(|spec| fold_channels(attributions, r, spec, fold)),
+            map: fold_map(job, attributions, r, fold),
             convergence_delta: None,
             layer: None,
             details: None,

@@ -1,13 +1,15 @@
 //! Occlusion (Zeiler and Fergus 2014; Captum's Occlusion): slide a window over the image, replace
 //! what it covers by a baseline, and credit each pixel with the average drop of the target score
-//! over the windows covering it.
+//! over the windows covering it. On text the window covers words, hidden by the hide token.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
+use super::lime::Hide;
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
-use super::perturb::{index, run_copies, Preset};
+use super::perturb::{compose, index, run_copies, Preset};
+use super::players::{Players, TextUnit};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
@@ -78,9 +80,26 @@ impl Method for Occlusion {
         random: false,
         examples: false,
         decision: false,
+        text: true,
     };
 
     fn plan(p: &mut OcclusionParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        if let Some(text) = &cx.model.spec.text {
+            // Windows of words sliding one word at a time: at most one per token.
+            let longest = text.max_length;
+            check_range("window", p.window.unwrap_or(1), 1, longest)?;
+            check_range("stride", p.stride.unwrap_or(1), 1, longest)?;
+            p.window = Some(p.window.unwrap_or(1));
+            p.stride = Some(p.stride.unwrap_or(1));
+            return Ok(Cost {
+                samples: longest,
+                rows: longest,
+                bytes: cx
+                    .batch_bytes(cx.limits.max_batch, false)
+                    .saturating_add(bytes(longest, 8).saturating_mul(cx.classes() as u64))
+                    .saturating_add(cx.answer_bytes()),
+            });
+        }
         let Some(spec) = cx.model.spec.image.as_ref() else {
             return Err(Invalid::Model("occlusion explains image models".into()));
         };
@@ -141,6 +160,9 @@ fn explain(
     targets: &[Prediction],
     scores: &[f64],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    if job.text.is_some() {
+        return explain_text(cx, job, p, targets, scores);
+    }
     let spec = job.image_spec("occlusion")?;
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let (window, stride) = p.resolved(h.min(w));
@@ -181,6 +203,48 @@ fn explain(
             .collect();
         let map = Tensor::f32(vec![h, w], map);
         out.push(TargetAttribution::from_map(t, map, None, None));
+    }
+    Ok(out)
+}
+
+/// Occlusion of a text: windows of `window` words (default 1) moved `stride` words at a time,
+/// hidden by the hide token; each word takes the mean score drop of the windows over it, shared
+/// among its tokens.
+fn explain_text(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &OcclusionParams,
+    targets: &[Prediction],
+    scores: &[f64],
+) -> Result<Vec<TargetAttribution>, RuntimeError> {
+    let players = Players::of(job, (0, 0), Hide::Gray, TextUnit::Words)?;
+    players.at_least(1, "occlusion")?;
+    let words = players.count;
+    let window = p.window.unwrap_or(1).clamp(1, words);
+    let starts = positions(words, window, p.stride.unwrap_or(1).max(1));
+    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
+    let outputs = run_copies(cx, &job.input, starts.len(), |r, buf| {
+        let on: Vec<bool> = (0..words)
+            .map(|w| !(starts[r]..starts[r] + window).contains(&w))
+            .collect();
+        compose(buf, &x, &players.hidden, &on, &players.indices);
+    })?;
+    let mut out = Vec::new();
+    for t in targets {
+        let mut sum = vec![0f64; words];
+        let mut count = vec![0u32; words];
+        for (r, &start) in starts.iter().enumerate() {
+            for w in start..start + window {
+                sum[w] += scores[t.index] - outputs[r][t.index];
+                count[w] += 1;
+            }
+        }
+        let values: Vec<f64> = sum
+            .iter()
+            .zip(&count)
+            .map(|(s, n)| if *n > 0 { s / *n as f64 } else { 0.0 })
+            .collect();
+        out.push(TargetAttribution::from_map(t, players.map(&values), None, None));
     }
     Ok(out)
 }

@@ -18,6 +18,7 @@ pub(super) const ROWS: Capabilities = Capabilities {
     random: false,
     examples: true,
     decision: false,
+    text: false,
 };
 
 /// The tensors the scoring pass returns for an example-based method: the set's embedding and

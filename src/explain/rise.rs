@@ -83,6 +83,7 @@ impl Method for Rise {
         random: true,
         examples: false,
         decision: false,
+        text: false,
     };
 
     fn plan(p: &mut RiseParams, cx: &PlanContext) -> Result<Cost, Invalid> {

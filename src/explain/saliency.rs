@@ -39,6 +39,7 @@ impl Method for Saliency {
         random: false,
         examples: false,
         decision: false,
+        text: true,
     };
 
     fn plan(_: &mut SaliencyParams, cx: &PlanContext) -> Result<Cost, Invalid> {

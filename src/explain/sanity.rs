@@ -100,5 +100,6 @@ fn copy_of(model: &LoadedModel, weights: &crate::onnx::proto::ModelProto) -> Loa
         background: model.background.clone(),
         forest: std::sync::OnceLock::new(),
         reference: Default::default(),
+        text: model.text.clone(),
     }
 }

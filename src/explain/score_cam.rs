@@ -38,6 +38,7 @@ impl Method for ScoreCam {
         random: false,
         examples: false,
         decision: false,
+        text: false,
     };
 
     fn plan(p: &mut ScoreCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::baselines::{self, Baseline};
 use super::integrated_gradients::{quadrature, Integration};
 use super::method::{bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
-use super::{fold_channels, row, Cx, ExplainJob, Fold, TargetAttribution};
+use super::{fold_map, row, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
@@ -98,6 +98,7 @@ impl Method for SmoothGrad {
         random: true,
         examples: false,
         decision: false,
+        text: true,
     };
 
     fn plan(p: &mut SmoothGradParams, cx: &PlanContext) -> Result<Cost, Invalid> {
@@ -158,12 +159,11 @@ fn explain(
                 .collect()
         })
         .collect();
-    let spec = job.model.spec.image.as_ref();
     let points = match p.base {
         SmoothGradBase::Saliency => vec![(1.0, 1.0)],
         SmoothGradBase::IntegratedGradients => quadrature(Integration::GaussLegendre, p.steps),
     };
-    let baseline = baselines::build(Baseline::Black, &job.input, spec, job.seed);
+    let baseline = baselines::for_job(Baseline::Black, job);
     let b = baseline.as_f32().unwrap_or(&[]);
     // Rows (target, copy, point) stream through in batches. A copy's value is complete after its
     // last point: Integrated Gradients sums its points first, so a scratch sum per target is kept.
@@ -243,7 +243,7 @@ fn explain(
         out.push(TargetAttribution {
             target: t.clone(),
             tensor: row(&single, 0),
-            map: spec.map(|s| fold_channels(&single, 0, s, if signed { Fold::Sum } else { Fold::MaxAbs })),
+            map: fold_map(job, &single, 0, if signed { Fold::Sum } else { Fold::MaxAbs }),
             convergence_delta: None,
             layer: None,
             details: None,

@@ -37,6 +37,7 @@ impl Method for TransformerRelevance {
         random: false,
         examples: false,
         decision: false,
+        text: true,
     };
 
     fn plan(_: &mut TransformerRelevanceParams, cx: &PlanContext) -> Result<Cost, Invalid> {

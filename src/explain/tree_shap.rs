@@ -76,6 +76,7 @@ impl Method for TreeShap {
         random: false,
         examples: false,
         decision: false,
+        text: false,
     };
 
     fn plan(p: &mut TreeShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {

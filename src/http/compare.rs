@@ -52,6 +52,8 @@ pub struct CompareRequest {
     pub image: Option<String>,
     /// Feature values, for tabular models.
     pub features: Option<FeaturesJson>,
+    /// Text, for text models.
+    pub text: Option<String>,
     /// The methods (at most 8), by name or with parameters.
     pub methods: Vec<CompareMethod>,
     /// One class (index or label) every method explains; default: the top prediction.
@@ -127,7 +129,7 @@ pub async fn compare(
         Some(f) => f == Format::Png,
         None => explain::accepts_png(&headers),
     };
-    let raw = input::one_input(req.image.take(), req.features.take(), "the request")?;
+    let raw = input::one_input(req.image.take(), req.features.take(), req.text.take(), "the request")?;
     let seed = req.seed.unwrap_or_else(rand::random);
     let evaluate = req.evaluate.clone().unwrap_or_else(|| {
         ["deletion", "insertion"]
@@ -174,9 +176,11 @@ pub async fn compare(
         ));
     }
     let admission = state.executor.admit()?;
-    let prepared = prepare::prepare_all(&model, vec![raw], state.config.max_image_pixels).await?;
-    let input = prepare::batch(&prepared)?;
-    let jobs = valid.iter().map(|v| v.job(input.clone(), None)).collect();
+    let prepared = prepare::prepare_all(&model, vec![raw], &state.config).await?;
+    let jobs = valid
+        .iter()
+        .map(|v| v.job(&prepared, None))
+        .collect::<Result<Vec<_>, _>>()?;
     let results = admission.run(CompareTask(jobs)).await?;
     let max_map_pixels = state.config.max_map_pixels;
     let size = prepare::drawing_size(&prepared, valid.len(), wants_png);

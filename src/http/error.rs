@@ -256,7 +256,8 @@ impl From<InputError> for ApiError {
         let kind = match &e {
             InputError::BadImage(_) => ProblemKind::InvalidImage,
             InputError::ImageTooLarge { .. } => ProblemKind::ImageTooLarge,
-            InputError::BadFeatures(_) | InputError::WrongKind(_) => ProblemKind::InvalidInput,
+            InputError::BadFeatures(_) | InputError::WrongKind(_) | InputError::BadText(_) => ProblemKind::InvalidInput,
+            InputError::TextTooLong { .. } => ProblemKind::PayloadTooLarge,
         };
         Self::new(kind, e.to_string())
     }

@@ -29,6 +29,8 @@ pub struct EvaluateRequest {
     pub image: Option<String>,
     /// Feature values, for tabular models.
     pub features: Option<FeaturesJson>,
+    /// Text, for text models.
+    pub text: Option<String>,
     /// The map: one value per pixel of the model's input (`[height, width]`) or of the original
     /// image (as explain answers give it; brought onto the model's grid through the same crop and
     /// resize), or one per feature.
@@ -107,8 +109,13 @@ pub async fn evaluate(
     let bad = |m: String| ApiError::new(ProblemKind::InvalidRequest, m);
     let unfit = |m: String| ApiError::new(ProblemKind::InvalidInput, m);
     let mut raw = None;
-    if req.image.is_some() || req.features.is_some() {
-        raw = Some(input::one_input(req.image.take(), req.features.take(), "the request")?);
+    if req.image.is_some() || req.features.is_some() || req.text.is_some() {
+        raw = Some(input::one_input(
+            req.image.take(),
+            req.features.take(),
+            req.text.take(),
+            "the request",
+        )?);
     }
     let mut target = req.target.take();
     let map = match (req.attributions.take(), req.explanation_record.take()) {
@@ -153,7 +160,7 @@ pub async fn evaluate(
     }
     let seed = req.seed.unwrap_or_else(rand::random);
     let admission = state.executor.admit()?;
-    let prepared = prepare::prepare_all(&model, vec![raw], state.config.max_image_pixels).await?;
+    let prepared = prepare::prepare_all(&model, vec![raw], &state.config).await?;
     // A map on the model's input grid as it is; one on the original image's grid (as explain
     // answers give it) brought onto the model's grid through the same crop and resize.
     let original_grid = prepared[0]

@@ -39,6 +39,8 @@ pub enum RawInput {
     Image(Bytes),
     /// Tabular features.
     Features(Features),
+    /// Text, for text models.
+    Text(String),
 }
 
 impl RawInput {
@@ -48,19 +50,26 @@ impl RawInput {
             RawInput::Image(bytes) => bytes.len(),
             RawInput::Features(Features::Named(map)) => map.len().saturating_mul(32),
             RawInput::Features(Features::Ordered(values)) => values.len().saturating_mul(8),
+            RawInput::Text(text) => text.len(),
         }
     }
 }
 
-/// The one input of a JSON body: exactly one of base64 `image` and `features` (`what` names the
-/// object in the error).
-pub fn one_input(image: Option<String>, features: Option<FeaturesJson>, what: &str) -> Result<RawInput, ApiError> {
-    match (image, features) {
-        (Some(img), None) => Ok(RawInput::Image(decode_base64_image(&img)?)),
-        (None, Some(f)) => Ok(RawInput::Features(f.into())),
+/// The one input of a JSON body: exactly one of base64 `image`, `features` and `text` (`what`
+/// names the object in the error).
+pub fn one_input(
+    image: Option<String>,
+    features: Option<FeaturesJson>,
+    text: Option<String>,
+    what: &str,
+) -> Result<RawInput, ApiError> {
+    match (image, features, text) {
+        (Some(img), None, None) => Ok(RawInput::Image(decode_base64_image(&img)?)),
+        (None, Some(f), None) => Ok(RawInput::Features(f.into())),
+        (None, None, Some(t)) => Ok(RawInput::Text(t)),
         _ => Err(ApiError::new(
             ProblemKind::InvalidRequest,
-            format!("{what} needs exactly one of `image`, `features`"),
+            format!("{what} needs exactly one of `image`, `features`, `text`"),
         )),
     }
 }

@@ -58,7 +58,12 @@ fn parse_job(bytes: &[u8]) -> Result<(JobRequest, ExplainRequest, RawInput), Api
             "jobs answer JSON; ask for `include: [\"overlay\"]` to get the picture in it",
         ));
     }
-    let raw = input::one_input(request.image.take(), request.features.take(), "a job")?;
+    let raw = input::one_input(
+        request.image.take(),
+        request.features.take(),
+        request.text.take(),
+        "a job",
+    )?;
     Ok((job, request, raw))
 }
 
@@ -104,7 +109,7 @@ pub(super) async fn check(state: &AppState, bytes: axum::body::Bytes, audit: boo
     } else {
         None
     };
-    let prepared = prepare::prepare_all(&model, vec![raw], state.config.max_image_pixels).await?;
+    let prepared = prepare::prepare_all(&model, vec![raw], &state.config).await?;
     Ok(Ready {
         model,
         valid,
@@ -129,7 +134,7 @@ pub(super) async fn run(
         ..
     } = ready;
     let answer = async {
-        let explain_job = valid.job(prepare::batch(&prepared)?, None);
+        let explain_job = valid.job(&prepared, None)?;
         let result = admission.run_controlled(ExplainTask(explain_job), control).await?;
         let audit = evidence.map(|evidence| (evidence, ctx));
         let answer = explain::finish(state, valid, prepared, result, false, started, audit).await?;

@@ -33,5 +33,7 @@ pub fn decoded_size(raw: &RawInput) -> usize {
                 (w as usize).saturating_mul(h as usize).saturating_mul(4)
             }),
         RawInput::Features(_) => 1024,
+        // Tokenizing and embedding: a few hundred bytes of rows per byte of text at most.
+        RawInput::Text(text) => text.len().saturating_mul(256),
     }
 }

@@ -29,7 +29,7 @@ use crate::uncertainty::{Estimate, Setup, Uncertainty};
 /// Classes reported when `top_k` is not given.
 pub const DEFAULT_TOP_K: usize = 5;
 
-/// A prediction request as JSON. Give exactly one of `image`, `features` or `instances`.
+/// A prediction request as JSON. Give exactly one of `image`, `features`, `text` or `instances`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
@@ -37,6 +37,8 @@ pub struct PredictRequest {
     pub image: Option<String>,
     /// Feature values, for tabular models.
     pub features: Option<FeaturesJson>,
+    /// Text, for text models.
+    pub text: Option<String>,
     /// Several inputs at once (at most `max_batch`), run in one batched pass.
     pub instances: Option<Vec<Instance>>,
     /// Classes to report per input (default 5, at most `max_top_k`).
@@ -95,6 +97,8 @@ pub struct Instance {
     pub image: Option<String>,
     /// Feature values.
     pub features: Option<FeaturesJson>,
+    /// Text, for text models.
+    pub text: Option<String>,
 }
 
 /// Options in the query string, for raw image bodies.
@@ -225,16 +229,17 @@ pub async fn predict(
         false => None,
     };
     let admission = state.executor.admit()?;
-    let prepared = prepare::prepare_all(&model, parsed.inputs, state.config.max_image_pixels).await?;
+    let prepared = prepare::prepare_all(&model, parsed.inputs, &state.config).await?;
     let predict = PredictTask {
         model: model.clone(),
-        input: prepare::batch(&prepared)?,
+        inputs: prepared.iter().map(|p| p.tensor.clone()).collect(),
         top_k,
     };
     let job = PredictJob {
         predict,
         explain: explain.as_ref().map(|(valid, when)| valid.attach(when.clone())),
         uncertainty: uncertainty.clone(),
+        texts: prepared.iter().map(|p| p.text.clone()).collect(),
     };
     let output = admission.run(job).await?;
     let answer = Answer {
@@ -406,7 +411,7 @@ async fn parse_predict_body(received: input::ReceivedBody, uri: &Uri) -> Result<
 /// A JSON predict body.
 fn parse_predict_json(bytes: &[u8]) -> Result<ParsedPredict, ApiError> {
     let req: PredictRequest = input::parse_json(bytes)?;
-    let (inputs, batched) = json_inputs(req.image, req.features, req.instances)?;
+    let (inputs, batched) = json_inputs(req.image, req.features, req.text, req.instances)?;
     Ok(ParsedPredict {
         inputs,
         top_k: req.top_k,
@@ -422,25 +427,26 @@ fn parse_predict_json(bytes: &[u8]) -> Result<ParsedPredict, ApiError> {
 pub(super) fn json_inputs(
     image: Option<String>,
     features: Option<FeaturesJson>,
+    text: Option<String>,
     instances: Option<Vec<Instance>>,
 ) -> Result<(Vec<RawInput>, bool), ApiError> {
-    let given = [image.is_some(), features.is_some(), instances.is_some()];
+    let given = [image.is_some(), features.is_some(), text.is_some(), instances.is_some()];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(ApiError::new(
             ProblemKind::InvalidRequest,
-            "give exactly one of `image`, `features`, `instances`",
+            "give exactly one of `image`, `features`, `text`, `instances`",
         ));
     }
-    let one = |image, features| input::one_input(image, features, "each instance");
+    let one = |image, features, text| input::one_input(image, features, text, "each instance");
     match instances {
         Some(list) => {
             let inputs = list
                 .into_iter()
-                .map(|i| one(i.image, i.features))
+                .map(|i| one(i.image, i.features, i.text))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((inputs, true))
         }
-        None => Ok((vec![one(image, features)?], false)),
+        None => Ok((vec![one(image, features, text)?], false)),
     }
 }
 

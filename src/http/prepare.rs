@@ -5,8 +5,10 @@
 use super::error::ApiError;
 use super::input::RawInput;
 use crate::audit::Evidence;
+use crate::config::Config;
 use crate::runtime::manifest::Task;
 use crate::runtime::preprocess::{self, Features, Geometry, InputError};
+use crate::runtime::text::Encoded;
 use crate::runtime::{LoadedModel, Tensor};
 
 /// The prepared input and what is needed to map results back.
@@ -15,13 +17,42 @@ pub struct Prepared {
     pub original: Option<image::RgbImage>,
     pub geometry: Option<Geometry>,
     pub features: Option<Vec<f32>>,
+    /// Text models: the tokens, whose rows the tensor holds.
+    pub text: Option<std::sync::Arc<Encoded>>,
 }
 
 /// Decodes and preprocesses one input, keeping what maps results back onto it.
-pub fn prepare(model: &LoadedModel, raw: RawInput, max_pixels: u64) -> Result<Prepared, ApiError> {
+pub fn prepare(model: &LoadedModel, raw: RawInput, config: &Config) -> Result<Prepared, ApiError> {
     match (raw, model.spec.task) {
+        (RawInput::Text(text), Task::TextClassification) => {
+            let tm = model
+                .text
+                .as_ref()
+                .ok_or_else(|| ApiError::internal("text model without tokenizer"))?;
+            let encoded = tm.encode(&text, config.max_text_bytes)?;
+            Ok(Prepared {
+                tensor: tm.embed(&encoded.tokens),
+                original: None,
+                geometry: None,
+                features: None,
+                text: Some(std::sync::Arc::new(encoded)),
+            })
+        }
+        (RawInput::Text(_), _) => Err(InputError::WrongKind(format!(
+            "model `{}` is not a text model: send {}",
+            model.name,
+            if model.spec.image.is_some() {
+                "an image"
+            } else {
+                "`features`"
+            }
+        ))
+        .into()),
+        (_, Task::TextClassification) => {
+            Err(InputError::WrongKind(format!("model `{}` is a text model: send `text`", model.name)).into())
+        }
         (RawInput::Image(bytes), Task::ImageClassification) => {
-            let img = preprocess::decode_image(&bytes, max_pixels)?;
+            let img = preprocess::decode_image(&bytes, config.max_image_pixels)?;
             let spec = model
                 .spec
                 .image
@@ -33,6 +64,7 @@ pub fn prepare(model: &LoadedModel, raw: RawInput, max_pixels: u64) -> Result<Pr
                 original: Some(p.original),
                 geometry: Some(p.geometry),
                 features: None,
+                text: None,
             })
         }
         (RawInput::Features(f), Task::TabularClassification | Task::TabularRegression) => {
@@ -48,6 +80,7 @@ pub fn prepare(model: &LoadedModel, raw: RawInput, max_pixels: u64) -> Result<Pr
                 original: None,
                 geometry: None,
                 features: values,
+                text: None,
             })
         }
         (RawInput::Image(_), _) => Err(InputError::WrongKind(format!(
@@ -67,15 +100,16 @@ pub fn prepare(model: &LoadedModel, raw: RawInput, max_pixels: u64) -> Result<Pr
 pub async fn prepare_all(
     model: &std::sync::Arc<LoadedModel>,
     inputs: Vec<RawInput>,
-    max_pixels: u64,
+    config: &Config,
 ) -> Result<Vec<Prepared>, ApiError> {
     let model = model.clone();
+    let config = config.clone();
     let size = inputs
         .iter()
         .map(super::offload::decoded_size)
         .fold(0usize, usize::saturating_add);
     super::offload::cpu(size, move || {
-        inputs.into_iter().map(|raw| prepare(&model, raw, max_pixels)).collect()
+        inputs.into_iter().map(|raw| prepare(&model, raw, &config)).collect()
     })
     .await?
 }
@@ -119,5 +153,6 @@ pub fn evidence(model: &LoadedModel, raw: &RawInput, keep: bool) -> Evidence {
                 .unwrap_or_default();
             Evidence::features(&values, keep)
         }
+        RawInput::Text(text) => Evidence::text(text, keep),
     }
 }

@@ -35,6 +35,8 @@ pub struct UncertaintyRequest {
     pub image: Option<String>,
     /// Feature values, for tabular models.
     pub features: Option<FeaturesJson>,
+    /// Text, for text models.
+    pub text: Option<String>,
     /// Several inputs at once (at most `max_batch`).
     pub instances: Option<Vec<Instance>>,
     /// Where the samples come from: `mc-dropout` (default), `tta` or `ensemble`.
@@ -211,7 +213,7 @@ pub async fn uncertainty(
         false => None,
     };
     let admission = state.executor.admit()?;
-    let prepared = prepare::prepare_all(&model, parsed.inputs, state.config.max_image_pixels).await?;
+    let prepared = prepare::prepare_all(&model, parsed.inputs, &state.config).await?;
     let setup = valid.setup();
     let task = UncertaintyTask {
         valid,
@@ -372,7 +374,7 @@ async fn parse_body(received: input::ReceivedBody, uri: &Uri) -> Result<Parsed, 
             Some((_, text)) => input::parse_json::<UncertaintyRequest>(text.as_bytes())?,
             None => UncertaintyRequest::default(),
         };
-        if req.image.is_some() || req.features.is_some() || req.instances.is_some() {
+        if req.image.is_some() || req.features.is_some() || req.text.is_some() || req.instances.is_some() {
             return Err(ApiError::new(
                 ProblemKind::InvalidRequest,
                 "in a multipart form, inputs come as `image` parts, not in `request`",
@@ -386,6 +388,11 @@ async fn parse_body(received: input::ReceivedBody, uri: &Uri) -> Result<Parsed, 
 
 fn parse_json(bytes: &[u8]) -> Result<Parsed, ApiError> {
     let mut req: UncertaintyRequest = input::parse_json(bytes)?;
-    let (inputs, batched) = json_inputs(req.image.take(), req.features.take(), req.instances.take())?;
+    let (inputs, batched) = json_inputs(
+        req.image.take(),
+        req.features.take(),
+        req.text.take(),
+        req.instances.take(),
+    )?;
     Ok(Parsed::from_request(req, inputs, batched))
 }

@@ -3,6 +3,7 @@
 pub mod autodiff;
 pub mod builder;
 pub mod dropout;
+pub mod embedding;
 pub mod fold;
 pub mod head;
 pub mod node;

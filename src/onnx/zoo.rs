@@ -219,6 +219,124 @@ pub fn transformer(tokens: i64, dim: i64, heads: i64, classes: i64, token_ids: O
     encoder_classifier(net, &x, (tokens, dim, heads), 1, classes)
 }
 
+/// A BERT-style text classifier: int64 `input_ids` and `attention_mask` `[batch, tokens]` of any
+/// length up to `max_tokens`; a word-embedding lookup (Gather), learned positions sliced to the
+/// length, `layers` encoder layers whose attention ignores masked tokens (`(1 - mask) * -10000`
+/// added to the scores, as BERT does), and the first token into a Gemm.
+pub fn text_transformer(
+    vocab: i64,
+    max_tokens: i64,
+    (dim, heads, layers): (i64, i64, usize),
+    classes: i64,
+) -> ModelProto {
+    let mut net = Net::new("text_transformer", 17, 16);
+    let ids = net.g.input_typed("input_ids", data_type::INT64, &[-1, -1]);
+    let mask = net.g.input_typed("attention_mask", data_type::INT64, &[-1, -1]);
+    let table = net.param(&[vocab, dim], 1.0);
+    let words = net.g.node("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
+    let pos = net.param(&[max_tokens, dim], 0.1);
+    let shape = net.g.node("Shape", &[&ids], vec![]);
+    let one = net.g.constant_i64("seq_axis", &[1], &[1]);
+    let two = net.g.constant_i64("seq_end", &[1], &[2]);
+    let zero = net.g.constant_i64("seq_start", &[1], &[0]);
+    let length = net.g.node("Slice", &[&shape, &one, &two], vec![]);
+    let positions = net.g.node("Slice", &[&pos, &zero, &length, &zero], vec![]);
+    let mut x = net.g.node("Add", &[&words, &positions], vec![]);
+    // BERT's extended mask: [batch, 1, 1, tokens], 0 where attended, -10000 where masked.
+    let axes = net.g.constant_i64("mask_axes", &[2], &[1, 2]);
+    let m = net.g.node("Unsqueeze", &[&mask, &axes], vec![]);
+    let m = net
+        .g
+        .node("Cast", &[&m], vec![("to", Attr::Int(data_type::FLOAT as i64))]);
+    let unit = net.g.constant("mask_one", &[], &[1.0]);
+    let big = net.g.constant("mask_big", &[], &[-10000.0]);
+    let inverted = net.g.node("Sub", &[&unit, &m], vec![]);
+    let bias = net.g.node("Mul", &[&inverted, &big], vec![]);
+    for layer in 0..layers {
+        x = encoder_layer(&mut net, &x, (-1, dim, heads), layer, Some(&bias));
+    }
+    let first = net.g.constant_i64("first_token", &[], &[0]);
+    let cls = net.g.node("Gather", &[&x, &first], vec![("axis", Attr::Int(1))]);
+    let wc = net.param(&[dim, classes], (6.0 / dim as f32).sqrt());
+    let bc = net.param(&[classes], 0.05);
+    let y = net.g.node("Gemm", &[&cls, &wc, &bc], vec![]);
+    net.finish(&y)
+}
+
+/// A text classifier whose right answer is known: labels `[negative, positive]`, logits the
+/// count of `negative` and of `positive` token ids in the attended tokens. Every token's
+/// embedding (`dim` >= 2) goes through a Relu: positive ids have 2 in their first value,
+/// negative ids in their second, every other token -1 in both (so it adds nothing, and its
+/// gradient is zero); the rest of each embedding is seeded noise.
+pub fn keyword_classifier(vocab: usize, dim: usize, positive: &[usize], negative: &[usize]) -> ModelProto {
+    let mut net = Net::new("keyword_classifier", 17, 17);
+    let ids = net.g.input_typed("input_ids", data_type::INT64, &[-1, -1]);
+    let mask = net.g.input_typed("attention_mask", data_type::INT64, &[-1, -1]);
+    let mut table = net.w.vec(vocab * dim, 0.5);
+    for id in 0..vocab {
+        let row = &mut table[id * dim..id * dim + 2];
+        row.copy_from_slice(&[-1.0, -1.0]);
+        if positive.contains(&id) {
+            row[0] = 2.0;
+        }
+        if negative.contains(&id) {
+            row[1] = 2.0;
+        }
+    }
+    let table = net.g.constant("word_embeddings", &[vocab as i64, dim as i64], &table);
+    let e = net.g.node("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
+    let h = net.g.node("Relu", &[&e], vec![]);
+    let axes = net.g.constant_i64("mask_axis", &[1], &[2]);
+    let m = net.g.node("Unsqueeze", &[&mask, &axes], vec![]);
+    let m = net
+        .g
+        .node("Cast", &[&m], vec![("to", Attr::Int(data_type::FLOAT as i64))]);
+    let h = net.g.node("Mul", &[&h, &m], vec![]);
+    let tokens_axis = net.g.constant_i64("tokens_axis", &[1], &[1]);
+    let s = net
+        .g
+        .node("ReduceSum", &[&h, &tokens_axis], vec![("keepdims", Attr::Int(0))]);
+    // logits = [negative count, positive count] = s @ W with W's first two rows swapped in.
+    let mut w = vec![0f32; dim * 2];
+    w[1] = 1.0; // s[0] (positive) -> logit 1
+    w[2] = 1.0; // s[1] (negative) -> logit 0
+    let w = net.g.constant("readout", &[dim as i64, 2], &w);
+    let y = net.g.node("MatMul", &[&s, &w], vec![]);
+    net.finish(&y)
+}
+
+/// A BERT-style WordPiece `tokenizer.json` (lower-casing, `[CLS] ... [SEP]`) over `vocab`, whose
+/// first five tokens must be `[PAD] [UNK] [CLS] [SEP] [MASK]`; ids are positions in `vocab`.
+pub fn wordpiece_tokenizer(vocab: &[&str]) -> serde_json::Value {
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    let ids: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), i.into()))
+        .collect();
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                               "normalized": false, "special": true})
+        })
+        .collect();
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                       "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100, "vocab": ids}
+    })
+}
+
 /// A vision transformer classifier on images `[batch, 3, size, size]`: `patch x patch` patches
 /// embedded by a strided Conv, flattened to tokens, a learned class token in front, then the
 /// `layers` encoder layers and the classifier of [`transformer`] (positions, attention, the class
@@ -268,7 +386,7 @@ fn encoder_classifier(
     let pos = net.param(&[tokens, dim], 0.1);
     let mut x = net.g.node("Add", &[x, &pos], vec![]);
     for layer in 0..layers {
-        x = encoder_layer(&mut net, &x, (tokens, dim, heads), layer);
+        x = encoder_layer(&mut net, &x, (tokens, dim, heads), layer, None);
     }
     let first = net.g.constant_i64("first_token", &[], &[0]);
     let cls = net.g.node("Gather", &[&x, &first], vec![("axis", Attr::Int(1))]);
@@ -280,8 +398,15 @@ fn encoder_classifier(
 
 /// One post-norm encoder layer: multi-head self-attention (MatMul, Softmax), a residual and
 /// LayerNormalization, an Erf-GELU feed-forward layer, a residual and LayerNormalization. Constants
-/// of layers after the first carry the layer's number.
-fn encoder_layer(net: &mut Net, x: &str, (tokens, dim, heads): (i64, i64, i64), layer: usize) -> String {
+/// of layers after the first carry the layer's number. A `tokens` of -1 leaves the sequence
+/// length to the input; `mask_bias` (`[batch, 1, 1, tokens]`) is added to the attention scores.
+fn encoder_layer(
+    net: &mut Net,
+    x: &str,
+    (tokens, dim, heads): (i64, i64, i64),
+    layer: usize,
+    mask_bias: Option<&str>,
+) -> String {
     let suffix = if layer == 0 { String::new() } else { format!("_{layer}") };
     let dh = dim / heads;
     let split_heads = |net: &mut Net, t: &str| {
@@ -307,7 +432,10 @@ fn encoder_layer(net: &mut Net, x: &str, (tokens, dim, heads): (i64, i64, i64), 
     let denom = net
         .g
         .constant(&format!("attn_scale{suffix}"), &[], &[(dh as f32).sqrt()]);
-    let scores = net.g.node("Div", &[&scores, &denom], vec![]);
+    let mut scores = net.g.node("Div", &[&scores, &denom], vec![]);
+    if let Some(bias) = mask_bias {
+        scores = net.g.node("Add", &[&scores, bias], vec![]);
+    }
     let attn = net.g.node("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
     let ctx = net.g.node("MatMul", &[&attn, &v], vec![]);
     let ctx = net

@@ -426,7 +426,11 @@ pub fn sample_dims(spec: &ModelSpec) -> Vec<usize> {
             Layout::NHWC => vec![1, img.height, img.width, img.channels],
         },
         (None, Some(tab)) => vec![1, tab.features.len()],
-        (None, None) => vec![1],
+        // The longest text: the probe's sizes bound every pass's memory.
+        (None, None) => match &spec.text {
+            Some(t) => vec![1, t.max_length, t.embedding_size],
+            None => vec![1],
+        },
     }
 }
 

@@ -21,6 +21,7 @@ pub struct Manifest {
     labels_file: Option<String>,
     image: Option<ImageManifest>,
     tabular: Option<TabularManifest>,
+    text: Option<TextManifest>,
     ensemble: Option<Vec<String>>,
     reference: Option<ReferenceSpec>,
 }
@@ -37,6 +38,86 @@ struct ImageManifest {
     scale: Option<f32>,
     mean: Option<Vec<f32>>,
     std: Option<Vec<f32>>,
+}
+
+/// `[text]`: how a text model's input is tokenized and fed.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TextManifest {
+    /// A Hugging Face `tokenizer.json`, next to the manifest.
+    pub tokenizer: Option<String>,
+    /// Tokens per input at most (default 128); longer texts are truncated.
+    pub max_length: Option<usize>,
+    /// The graph input that takes token ids (default `input_ids`, or the only integer input).
+    pub input_ids: Option<String>,
+    /// The graph input that takes the attention mask (default `attention_mask` when present).
+    pub attention_mask: Option<String>,
+    /// The graph input that takes token type ids (default `token_type_ids` when present).
+    pub token_type_ids: Option<String>,
+    /// The token that hides a word for occlusion, LIME and KernelSHAP (default `[MASK]` /
+    /// `<mask>`, else the pad token).
+    pub hide_token: Option<String>,
+    /// Integrated Gradients' baseline token (default the pad token).
+    pub baseline_token: Option<String>,
+}
+
+/// Longest `text.max_length` accepted.
+pub const MAX_TEXT_TOKENS: usize = 4096;
+
+impl TextManifest {
+    /// The graph inputs for ids, mask and type ids, read from `inputs` (the original graph's)
+    /// where the manifest names none; every other input is an error.
+    pub fn inputs(&self, inputs: &[TensorInfo]) -> Result<crate::onnx::embedding::TextInputs, String> {
+        let has = |n: &str| inputs.iter().any(|t| t.name == n);
+        let ids = match &self.input_ids {
+            Some(n) => n.clone(),
+            None if has("input_ids") => "input_ids".into(),
+            None => {
+                let ints: Vec<&TensorInfo> = inputs.iter().filter(|t| t.dtype.starts_with("int")).collect();
+                match ints.as_slice() {
+                    [one] => one.name.clone(),
+                    _ => return Err("text.input_ids: no input named `input_ids`: name the token-id input".into()),
+                }
+            }
+        };
+        let optional =
+            |given: &Option<String>, default: &str| given.clone().or_else(|| has(default).then(|| default.to_string()));
+        let mask = optional(&self.attention_mask, "attention_mask");
+        let types = optional(&self.token_type_ids, "token_type_ids");
+        let known: Vec<&String> = std::iter::once(&ids).chain(&mask).chain(&types).collect();
+        let other: Vec<&str> = inputs
+            .iter()
+            .filter(|t| !known.contains(&&t.name))
+            .map(|t| t.name.as_str())
+            .collect();
+        if !other.is_empty() {
+            return Err(format!(
+                "text: the graph takes inputs explaind does not know how to feed: {} (it feeds token ids, an \
+                 attention mask and token type ids)",
+                other.join(", ")
+            ));
+        }
+        Ok(crate::onnx::embedding::TextInputs { ids, mask, types })
+    }
+
+    /// The tokenizer options, checked.
+    pub fn options(&self) -> Result<crate::runtime::text::TextOptions, String> {
+        let max_length = self.max_length.unwrap_or(128);
+        if !(2..=MAX_TEXT_TOKENS).contains(&max_length) {
+            return Err(format!(
+                "text.max_length must be between 2 and {MAX_TEXT_TOKENS}, got {max_length}"
+            ));
+        }
+        Ok(crate::runtime::text::TextOptions {
+            tokenizer: self
+                .tokenizer
+                .clone()
+                .ok_or("text.tokenizer: missing (a tokenizer.json file)")?,
+            max_length,
+            hide_token: self.hide_token.clone(),
+            baseline_token: self.baseline_token.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -192,6 +273,8 @@ pub enum Task {
     TabularClassification,
     /// Feature vector in, one number out.
     TabularRegression,
+    /// Text in (tokenized), class scores out.
+    TextClassification,
 }
 
 /// What the output tensor holds.
@@ -283,6 +366,35 @@ pub struct TabularSpec {
     pub constraints: Constraints,
 }
 
+/// Input of a text model, resolved.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TextSpec {
+    /// The tokenizer file.
+    pub tokenizer: String,
+    /// Tokens per input at most; longer texts are truncated (the answer says so).
+    pub max_length: usize,
+    /// The graph input fed token ids (the graph is cut after their embedding lookup).
+    pub input_ids: String,
+    /// The graph input fed the attention mask (all ones: one unpadded text per row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_mask: Option<String>,
+    /// The graph input fed token type ids (zeros).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type_ids: Option<String>,
+    /// The word-embedding lookup (Gather) the graph is cut at, where gradients start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<String>,
+    /// Values per token the methods see (the embedding size; 1 when no lookup was found).
+    pub embedding_size: usize,
+    /// Why gradient methods cannot explain this model (no embedding lookup), when they cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gradients_refused: Option<String>,
+    /// The token that hides a word (occlusion, LIME, KernelSHAP).
+    pub hide_token: crate::runtime::text::SpecialToken,
+    /// Integrated Gradients' baseline token.
+    pub baseline_token: crate::runtime::text::SpecialToken,
+}
+
 /// Everything needed to feed a model and read its answer.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ModelSpec {
@@ -304,6 +416,9 @@ pub struct ModelSpec {
     /// Feature layout (tabular tasks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tabular: Option<TabularSpec>,
+    /// Tokenizer and inputs (text tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSpec>,
     /// Other models that form an ensemble with this one (uncertainty `ensemble`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ensemble: Vec<String>,
@@ -325,6 +440,16 @@ pub struct ManifestError {
 }
 
 impl Manifest {
+    /// The task the manifest declares.
+    pub fn task(&self) -> Option<Task> {
+        self.task
+    }
+
+    /// The `[text]` section (an empty one when absent).
+    pub fn text(&self) -> TextManifest {
+        self.text.clone().unwrap_or_default()
+    }
+
     /// Parses `model.toml`.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
         toml::from_str(text).map_err(|e: toml::de::Error| ManifestError {
@@ -345,7 +470,9 @@ impl Manifest {
         let task = self.task.ok_or_else(|| {
             err(
                 "task",
-                "missing: one of image-classification, tabular-classification, tabular-regression".into(),
+                "missing: one of image-classification, tabular-classification, tabular-regression, \
+                 text-classification"
+                    .into(),
             )
         })?;
 
@@ -417,7 +544,15 @@ impl Manifest {
         }
 
         let input_shape: Vec<Dim> = input.shape.clone().unwrap_or_default();
+        if task != Task::TextClassification && self.text.is_some() {
+            return Err(err(
+                "text",
+                "only text-classification models take a [text] section".into(),
+            ));
+        }
         let (image, tabular) = match task {
+            // The registry cuts the graph and fills in the text spec.
+            Task::TextClassification => (None, None),
             Task::ImageClassification => {
                 let m = self.image.unwrap_or_default();
                 (Some(resolve_image(m, &input_shape, &err)?), None)
@@ -485,6 +620,7 @@ impl Manifest {
             labels,
             image,
             tabular,
+            text: None,
             ensemble: self.ensemble.unwrap_or_default(),
             reference: self.reference.map(|r| check_reference(r, task, &err)).transpose()?,
         })
@@ -514,6 +650,7 @@ fn check_reference(
                 ));
             }
         }
+        Task::TextClassification => return Err(err("reference", "text models take no reference set yet".into())),
         Task::TabularRegression => {
             return Err(err(
                 "reference",

@@ -15,6 +15,7 @@ pub mod resample;
 pub mod sessions;
 pub mod shapes;
 pub mod tensor;
+pub mod text;
 
 pub use registry::{LoadedModel, Registry};
 pub use sessions::WorkerRuntime;

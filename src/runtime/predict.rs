@@ -56,6 +56,41 @@ pub fn predict(
     Ok(result)
 }
 
+/// Predictions for the rows of `inputs`, in order: consecutive tensors whose rows have one shape
+/// run as one batch (every image or feature vector; texts of one token count).
+pub fn predict_rows(
+    rt: &mut WorkerRuntime,
+    model: &Arc<LoadedModel>,
+    inputs: &[Tensor],
+    top_k: usize,
+) -> Result<Vec<RowPrediction>, RuntimeError> {
+    let mut out = Vec::with_capacity(inputs.len());
+    let mut start = 0;
+    while start < inputs.len() {
+        let end = (start..inputs.len())
+            .find(|&i| inputs[i].shape.get(1..) != inputs[start].shape.get(1..))
+            .unwrap_or(inputs.len());
+        let batch = Tensor::concat_rows(inputs[start..end].to_vec()).ok_or_else(|| RuntimeError::Inference {
+            model: model.name.clone(),
+            message: "inputs differ in shape".into(),
+        })?;
+        out.extend(predict(rt, model, &batch, top_k)?);
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Row `r` of the rows of `inputs` taken in order, as a one-row tensor.
+pub fn nth_row(inputs: &[Tensor], mut r: usize) -> Option<Tensor> {
+    for t in inputs {
+        if r < t.rows() {
+            return Some(t.slice_rows(r, r + 1));
+        }
+        r -= t.rows();
+    }
+    None
+}
+
 /// Turns one row of the score output into ranked predictions.
 pub fn rank(model: &LoadedModel, raw: &[f64], top_k: usize) -> Vec<Prediction> {
     ranked(model, &probabilities(model, raw), top_k)
@@ -118,8 +153,9 @@ pub fn softmax(x: &[f64]) -> Vec<f64> {
 pub struct PredictTask {
     /// The model to run.
     pub model: Arc<LoadedModel>,
-    /// Input rows, already preprocessed.
-    pub input: Tensor,
+    /// Input rows, already preprocessed: one tensor per input (texts differ in length), each of
+    /// one row or more.
+    pub inputs: Vec<Tensor>,
     /// Classes to report per row.
     pub top_k: usize,
 }
@@ -129,7 +165,7 @@ impl crate::executor::Task for PredictTask {
 
     fn run(self, rt: &mut WorkerRuntime, ctx: &crate::executor::JobContext) -> Result<Self::Output, RuntimeError> {
         ctx.checkpoint()?;
-        predict(rt, &self.model, &self.input, self.top_k)
+        predict_rows(rt, &self.model, &self.inputs, self.top_k)
     }
 }
 

@@ -28,6 +28,12 @@ pub enum InputError {
     /// The input kind does not match the model's task.
     #[error("{0}")]
     WrongKind(String),
+    /// The text is empty or the tokenizer refuses it.
+    #[error("{0}")]
+    BadText(String),
+    /// The text has more bytes than `max_text_bytes`.
+    #[error("the text is {bytes} bytes of UTF-8; the limit is {limit} bytes (max_text_bytes)")]
+    TextTooLong { bytes: usize, limit: usize },
 }
 
 /// Where the model's input pixels came from in the original image, to map results back.

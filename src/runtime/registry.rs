@@ -6,8 +6,12 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::manifest::{Manifest, ModelSpec};
+use prost::Message;
+
+use super::manifest::{Manifest, ModelSpec, Task, TextSpec};
+use super::text::TextModel;
 use crate::examples::ReferenceSet;
+use crate::onnx::proto::ModelProto;
 use crate::onnx::trees::{self, Forest};
 use crate::onnx::{proto, ModelSummary};
 
@@ -35,6 +39,8 @@ pub struct LoadedModel {
     pub forest: std::sync::OnceLock<Result<Arc<Forest>, String>>,
     /// The reference set (`[reference]`), once loaded or built; replaced whole, never edited.
     pub reference: std::sync::RwLock<Option<Arc<ReferenceSet>>>,
+    /// Text models: the tokenizer and embedding table.
+    pub text: Option<Arc<TextModel>>,
 }
 
 impl LoadedModel {
@@ -172,9 +178,21 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
     if decoded.graph.is_none() {
         return Err(model_err(&onnx_path, "not an ONNX model: no graph".into()));
     }
-    let summary = ModelSummary::of(&decoded);
     let text = std::fs::read_to_string(&manifest_path).map_err(|e| model_err(&manifest_path, e.to_string()))?;
-    let spec = Manifest::parse(&manifest_path, &text)?.resolve(&manifest_path, &summary)?;
+    let manifest = Manifest::parse(&manifest_path, &text)?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    // A text model runs as the graph cut at its word embedding: every later step (summary,
+    // sessions, backward graphs) sees that graph; the file's hash still names the model.
+    let (bytes, decoded, text_model) = match manifest.task() {
+        Some(Task::TextClassification) => {
+            let (cut, text_model) = cut_text(folder, &manifest, &decoded).map_err(|m| model_err(&manifest_path, m))?;
+            (cut.encode_to_vec(), cut, Some(text_model))
+        }
+        _ => (bytes, decoded, None),
+    };
+    let summary = ModelSummary::of(&decoded);
+    let mut spec = manifest.resolve(&manifest_path, &summary)?;
+    spec.text = text_model.as_ref().map(|(_, text_spec)| text_spec.clone());
     let name = folder
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -192,8 +210,9 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
     Ok(LoadedModel {
         name,
         dir: folder.to_path_buf(),
-        sha256: hex::encode(Sha256::digest(&bytes)),
+        sha256,
         bytes: bytes.into(),
+        text: text_model.map(|(t, _)| Arc::new(t)),
         background: read_background(folder, &spec)?,
         summary,
         spec,
@@ -201,6 +220,38 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
         forest: std::sync::OnceLock::new(),
         reference: Default::default(),
     })
+}
+
+/// Cuts a text model's graph at its word embedding and loads its tokenizer.
+fn cut_text(
+    folder: &Path,
+    manifest: &Manifest,
+    decoded: &ModelProto,
+) -> Result<(ModelProto, (TextModel, TextSpec)), String> {
+    let section = manifest.text();
+    let original = ModelSummary::of(decoded);
+    let inputs = section.inputs(&original.inputs)?;
+    let options = section.options()?;
+    let cut = crate::onnx::embedding::cut(decoded, &inputs).map_err(|m| format!("text: {m}"))?;
+    let embedding_size = cut.dim();
+    let (embedding, gradients_refused) = match &cut.table {
+        Ok(t) => (Some(t.node.clone()), None),
+        Err(why) => (None, Some(why.clone())),
+    };
+    let model = TextModel::load(folder, &options, cut.table)?;
+    let spec = TextSpec {
+        tokenizer: options.tokenizer,
+        max_length: options.max_length,
+        input_ids: inputs.ids,
+        attention_mask: inputs.mask,
+        token_type_ids: inputs.types,
+        embedding,
+        embedding_size,
+        gradients_refused,
+        hide_token: model.hide.clone(),
+        baseline_token: model.baseline.clone(),
+    };
+    Ok((cut.model, (model, spec)))
 }
 
 /// Reads a tabular model's background CSV: a header naming every feature (any order), then rows of

@@ -294,3 +294,79 @@ pub async fn problem(resp: reqwest::Response, status: reqwest::StatusCode, slug:
     assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
     body
 }
+
+/// The vocabulary of the test text models: BERT's special tokens first, then words and pieces.
+pub const TEXT_VOCAB: &[&str] = &[
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "the",
+    "a",
+    "movie",
+    "film",
+    "was",
+    "is",
+    "and",
+    "but",
+    "not",
+    "plot",
+    "acting",
+    "story",
+    "good",
+    "great",
+    "excellent",
+    "bad",
+    "awful",
+    "terrible",
+    "un",
+    "##believ",
+    "##able",
+    "very",
+    "it",
+    "this",
+    "of",
+    "!",
+    ".",
+    ",",
+    "##s",
+    "ending",
+    "music",
+    "caf",
+    "##é",
+];
+
+/// Ids of [`TEXT_VOCAB`]'s positive and negative words.
+pub fn text_keywords() -> (Vec<usize>, Vec<usize>) {
+    let id = |w: &str| TEXT_VOCAB.iter().position(|v| *v == w).unwrap();
+    (
+        ["good", "great", "excellent"].map(id).to_vec(),
+        ["bad", "awful", "terrible"].map(id).to_vec(),
+    )
+}
+
+/// Writes the test text models under `models_dir`, each with a WordPiece tokenizer over
+/// [`TEXT_VOCAB`]: `keywords` (the zoo's keyword classifier: its answer is known) and
+/// `text-transformer` (the zoo's two-layer BERT-style classifier, seeded weights).
+pub fn write_text_models(models_dir: &Path) {
+    use explaind::onnx::zoo;
+    let tokenizer = serde_json::to_vec_pretty(&zoo::wordpiece_tokenizer(TEXT_VOCAB)).unwrap();
+    let (positive, negative) = text_keywords();
+    let vocab = TEXT_VOCAB.len();
+    write_model(
+        models_dir,
+        "keywords",
+        &zoo::keyword_classifier(vocab, 4, &positive, &negative),
+        "task = \"text-classification\"\nscores = \"logits\"\nlabels = [\"negative\", \"positive\"]\n[text]\ntokenizer = \"tokenizer.json\"\nmax_length = 32\n",
+    );
+    write_model(
+        models_dir,
+        "text-transformer",
+        &zoo::text_transformer(vocab as i64, 32, (16, 2, 2), 3),
+        "task = \"text-classification\"\nlabels = [\"negative\", \"neutral\", \"positive\"]\n[text]\ntokenizer = \"tokenizer.json\"\nmax_length = 32\n",
+    );
+    for name in ["keywords", "text-transformer"] {
+        std::fs::write(models_dir.join(name).join("tokenizer.json"), &tokenizer).unwrap();
+    }
+}

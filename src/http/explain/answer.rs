@@ -9,12 +9,13 @@ use axum::Json;
 use base64::Engine;
 
 use super::request::{
-    Array, Attributions, ExplainResponse, ExplainStats, FeatureAttribution, Include, TargetExplanation,
+    Array, Attributions, ExplainResponse, ExplainStats, FeatureAttribution, Include, TargetExplanation, TextAttribution,
 };
 use super::ValidExplain;
 use crate::explain::ExplainResult;
 use crate::http::prepare::Prepared;
 use crate::render;
+use crate::runtime::text::Encoded;
 
 /// An explanation's answer: the JSON body, and the PNG or HTML fragment when asked for one.
 pub struct Answer {
@@ -49,7 +50,8 @@ pub fn build_answer(
 ) -> Answer {
     let (explanations, panels) = explanations(valid, &result, prepared, wants_png, max_map_pixels);
     let png = wants_png.then(|| render::panels_png(&panels));
-    let body = explain_body(valid, explanations, &result, started);
+    let mut body = explain_body(valid, explanations, &result, started);
+    body.truncated = prepared.text.as_ref().map(|t| t.truncated);
     Answer { body, png, html: None }
 }
 
@@ -137,7 +139,17 @@ pub fn explanations(
                 );
                 (vec![on.height as usize, on.width as usize], on.values, on.panel)
             }
+            (Some(map), None, None) if prepared.text.is_some() => {
+                (map.shape.clone(), map.as_f32().unwrap_or(&[]).to_vec(), None)
+            }
             _ => (a.tensor.shape.clone(), a.tensor.as_f32().unwrap_or(&[]).to_vec(), None),
+        };
+        let (tokens, words) = match &prepared.text {
+            Some(text) => {
+                let (tokens, words) = text_lists(text, &values);
+                (Some(tokens), include.contains(&Include::Words).then_some(words))
+            }
+            None => (None, None),
         };
         let features = feature_list(valid, prepared, &values);
         // Tabular models: the picture is the decision's rule or counterfactuals as text, when the
@@ -167,6 +179,8 @@ pub fn explanations(
             target: a.target.clone(),
             attributions: Attributions { shape, values, tensor },
             features,
+            tokens,
+            words,
             convergence_delta: a.convergence_delta,
             layer: a.layer.clone(),
             overlay_png,
@@ -175,6 +189,35 @@ pub fn explanations(
         });
     }
     (explanations, drawn)
+}
+
+/// A text's attributions per token (every token, in order) and per word (the sum over its tokens).
+fn text_lists(text: &Encoded, values: &[f32]) -> (Vec<TextAttribution>, Vec<TextAttribution>) {
+    let tokens = text
+        .tokens
+        .iter()
+        .zip(values)
+        .map(|(t, v)| TextAttribution {
+            text: t.text.clone(),
+            start: t.start,
+            end: t.end,
+            value: *v,
+        })
+        .collect();
+    let words = text
+        .features(true)
+        .iter()
+        .map(|word| {
+            let (text_of, start, end) = text.span(word);
+            TextAttribution {
+                text: text_of,
+                start,
+                end,
+                value: word.iter().filter_map(|&i| values.get(i)).sum(),
+            }
+        })
+        .collect();
+    (tokens, words)
 }
 
 /// A tabular input's attributions by feature, largest magnitude first.
@@ -234,6 +277,7 @@ pub fn explain_body(
         method: valid.params.method().to_string(),
         params: valid.params.echo().clone(),
         seed: random.then_some(valid.seed),
+        truncated: None,
         single,
         explanations: many,
         stats,

@@ -27,7 +27,7 @@ use crate::explain::{
     targets, AttachedExplain, Condition, ExplainJob, ExplainResult, ExplainTask, Limits, TargetSpec, ValidParams,
 };
 use crate::render::RenderOptions;
-use crate::runtime::{LoadedModel, Tensor};
+use crate::runtime::LoadedModel;
 
 /// Explains a prediction with one method: `POST /v1/models/{model}/explain/{method}`, one path per
 /// method (the OpenAPI document lists each with its parameters).
@@ -96,9 +96,8 @@ pub async fn explain(
     }
     let evidence = audit_evidence(&state, &model, &raw, request.audit.unwrap_or(false)).await?;
     let admission = state.executor.admit()?;
-    let max_pixels = state.config.max_image_pixels;
-    let prepared = prepare::prepare_all(&model, vec![raw], max_pixels).await?;
-    let job = valid.job(prepare::batch(&prepared)?, None);
+    let prepared = prepare::prepare_all(&model, vec![raw], &state.config).await?;
+    let job = valid.job(&prepared, None)?;
     let result = admission.run(ExplainTask(job)).await?;
     let audit = evidence.map(|evidence| (evidence, audit_context(&headers, caller)));
     let answer = finish(&state, valid, prepared, result, wants_png, started, audit).await?;
@@ -146,17 +145,18 @@ pub struct ValidExplain {
 
 impl ValidExplain {
     /// The worker's job for `input` (scores when a prediction already computed them).
-    pub fn job(&self, input: Tensor, scores: Option<Vec<f64>>) -> ExplainJob {
-        ExplainJob {
+    pub fn job(&self, prepared: &[Prepared], scores: Option<Vec<f64>>) -> Result<ExplainJob, ApiError> {
+        Ok(ExplainJob {
             model: self.model.clone(),
-            input,
+            input: prepare::batch(prepared)?,
+            text: prepared.first().and_then(|p| p.text.clone()),
             targets: self.targets.clone(),
             params: self.params.clone(),
             seed: self.seed,
             limits: self.limits,
             scores,
             evaluate: self.evaluate.clone(),
-        }
+        })
     }
 
     /// This explanation attached to a prediction, for inputs meeting `when`.

@@ -22,6 +22,8 @@ pub enum Include {
     Tensor,
     /// The PNG overlay, base64, as `overlay_png`.
     Overlay,
+    /// Text models: the attribution per word, as `words`.
+    Words,
 }
 
 /// Response format.
@@ -45,6 +47,8 @@ pub struct ExplainRequest {
     pub image: Option<String>,
     /// Feature values, for tabular models.
     pub features: Option<FeaturesJson>,
+    /// Text, for text models.
+    pub text: Option<String>,
     /// A class index, a label, a list of them, or `{"top_k": k}`; default: the top-1 prediction.
     pub target: Option<TargetSpec>,
     /// The method's parameters (see each method's schema); unknown names are refused.
@@ -99,6 +103,19 @@ pub struct FeatureAttribution {
     pub attribution: f32,
 }
 
+/// A token's or a word's attribution, with where it lies in the text.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TextAttribution {
+    /// The token as the tokenizer writes it (`##ing`, `[CLS]`), or the word as in the text.
+    pub text: String,
+    /// First character in the original text (Unicode scalar values, as Python counts them).
+    pub start: usize,
+    /// One past the last character.
+    pub end: usize,
+    /// Its attribution (a word's: the sum over its tokens).
+    pub value: f32,
+}
+
 /// The explanation of one target.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TargetExplanation {
@@ -109,6 +126,12 @@ pub struct TargetExplanation {
     /// Tabular models: features by decreasing |attribution|.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub features: Option<Vec<FeatureAttribution>>,
+    /// Text models: every token in order (special tokens included), with its attribution.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<TextAttribution>>,
+    /// Text models, with `include: ["words"]`: tokens merged into the words they came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub words: Option<Vec<TextAttribution>>,
     /// Integrated Gradients and DeepLIFT: sum of attributions minus (f(input) - f(baseline));
     /// LRP: sum of input relevance minus the target's score (conservation).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,6 +189,10 @@ pub struct ExplainResponse {
     /// Seed used (random methods).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Text models: true when the text had more tokens than the model's `max_length` and only
+    /// the first ones were explained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
     /// The single target's explanation.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub single: Option<TargetExplanation>,
@@ -218,7 +245,7 @@ pub(super) async fn parse_body(
         // JSON and base64 of a large body are CPU work: off the async threads.
         return offload::cpu(received.bytes.len(), move || {
             let mut req: ExplainRequest = input::parse_json(&received.bytes)?;
-            let raw = input::one_input(req.image.take(), req.features.take(), "the request")?;
+            let raw = input::one_input(req.image.take(), req.features.take(), req.text.take(), "the request")?;
             Ok((raw, req))
         })
         .await?;
@@ -233,7 +260,7 @@ pub(super) async fn parse_body(
             Some((_, text)) => input::parse_json::<ExplainRequest>(text.as_bytes())?,
             None => ExplainRequest::default(),
         };
-        if req.image.is_some() || req.features.is_some() {
+        if req.image.is_some() || req.features.is_some() || req.text.is_some() {
             return Err(ApiError::new(
                 ProblemKind::InvalidRequest,
                 "the `request` part must not hold the input; send it as the `image` part",

@@ -1,0 +1,278 @@
+//! Text models take token ids, which have no gradient. explaind cuts the graph at the word
+//! embedding: the table lookup (a `Gather` on a float `[vocab, dim]` constant with the ids) is
+//! replaced by a float graph input `embeddings` `[batch, tokens, dim]`, so the backward graph
+//! differentiates with respect to embeddings (as Captum's `LayerIntegratedGradients` on
+//! `model.embeddings` does), and every method sees one float input, as for images and tables.
+//! The explained text is one unpadded sequence, so the attention mask is all ones and the token
+//! type ids zeros: both become constants shaped like the embeddings' first two axes.
+//!
+//! A graph without such a lookup is still served by the perturbation methods: its input is then
+//! the token ids written as floats `[batch, tokens, 1]` and cast back to integers in the graph.
+
+use super::builder::{attribute, int64_tensor, value_info, Attr};
+use super::node::{attr_int, constant, op_type, tensor_f32};
+use super::proto::{data_type, type_proto, GraphProto, ModelProto, NodeProto, TensorProto};
+
+/// The float input of a cut text graph.
+pub const EMBEDDINGS: &str = "embeddings";
+
+/// Which graph inputs take the token ids, the attention mask and the token type ids.
+#[derive(Debug, Clone)]
+pub struct TextInputs {
+    /// Token ids `[batch, tokens]` (int64 or int32).
+    pub ids: String,
+    /// Attention mask, fed all ones.
+    pub mask: Option<String>,
+    /// Token type (segment) ids, fed zeros.
+    pub types: Option<String>,
+}
+
+/// The word-embedding table read from the graph: `values` is `[vocab, dim]`, row-major.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// The Gather node that looked tokens up.
+    pub node: String,
+    /// Rows.
+    pub vocab: usize,
+    /// Values per row.
+    pub dim: usize,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
+/// A cut text model.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    /// The graph with the float input [`EMBEDDINGS`] in place of the ids, mask and type ids.
+    pub model: ModelProto,
+    /// The embedding table, or why none was found (the input is then the ids as floats).
+    pub table: Result<Table, String>,
+}
+
+impl Cut {
+    /// Values per token of the cut graph's input.
+    pub fn dim(&self) -> usize {
+        self.table.as_ref().map_or(1, |t| t.dim)
+    }
+}
+
+/// Cuts `model` at its word embedding (see the module's text). Errors name the input at fault.
+pub fn cut(model: &ModelProto, inputs: &TextInputs) -> Result<Cut, String> {
+    let mut model = model.clone();
+    let graph = model.graph.as_mut().ok_or("the model has no graph")?;
+    let ids_type = input_type(graph, &inputs.ids)?;
+    if ids_type != data_type::INT64 && ids_type != data_type::INT32 {
+        return Err(format!(
+            "input `{}` holds {}, token ids are int64 or int32",
+            inputs.ids,
+            data_type::name(ids_type)
+        ));
+    }
+    for name in inputs.mask.iter().chain(&inputs.types) {
+        input_type(graph, name)?;
+    }
+    let table = find_table(graph, &inputs.ids);
+    let mut front: Vec<NodeProto> = Vec::new();
+    // [batch, tokens] of the embeddings, for the constants that stand in for the other inputs.
+    graph.initializer.push(int64_tensor("embeddings.cut.start", &[1], &[0]));
+    graph.initializer.push(int64_tensor("embeddings.cut.end", &[1], &[2]));
+    front.push(node("Shape", &[EMBEDDINGS], "embeddings.cut.shape", vec![]));
+    front.push(node(
+        "Slice",
+        &["embeddings.cut.shape", "embeddings.cut.start", "embeddings.cut.end"],
+        "embeddings.cut.tokens_shape",
+        vec![],
+    ));
+    let dim = match &table {
+        Ok(found) => {
+            // Other readers of the ids may only ask their shape: they get zeros of that shape.
+            let readers: Vec<String> = graph
+                .node
+                .iter()
+                .enumerate()
+                .filter(|(i, n)| *i != found.at && n.input.contains(&inputs.ids))
+                .filter(|(_, n)| op_type(n) != "Shape" && !only_feeds(graph, n, found.at))
+                .map(|(_, n)| format!("{} `{}`", op_type(n), n.name.clone().unwrap_or_default()))
+                .collect();
+            if !readers.is_empty() {
+                return Err(format!(
+                    "input `{}` is read by {} for its values, not only by the embedding lookup: explaind cannot \
+                     feed embeddings to this graph",
+                    inputs.ids,
+                    readers.join(", ")
+                ));
+            }
+            // The lookup's output is now the input, through an Identity of the same name.
+            let out = graph.node[found.at].output[0].clone();
+            let lookup = graph.node.remove(found.at);
+            // The table now lives in explaind (it looks tokens up); the graph keeps it only if
+            // another node reads it (tied weights).
+            let data = lookup.input[0].clone();
+            if !graph.node.iter().any(|n| n.input.contains(&data)) {
+                graph.initializer.retain(|t| t.name.as_deref() != Some(data.as_str()));
+            }
+            front.push(node("Identity", &[EMBEDDINGS], &out, vec![]));
+            front.push(filled(&inputs.ids, ids_type, 0));
+            found.table.dim
+        }
+        Err(_) => {
+            // Ids as floats [batch, tokens, 1], cast back: perturbation methods only.
+            front.push(node(
+                "Reshape",
+                &[EMBEDDINGS, "embeddings.cut.tokens_shape"],
+                "embeddings.cut.ids_f32",
+                vec![],
+            ));
+            front.push(node(
+                "Cast",
+                &["embeddings.cut.ids_f32"],
+                &inputs.ids,
+                vec![("to", Attr::Int(ids_type as i64))],
+            ));
+            1
+        }
+    };
+    if let Some(mask) = &inputs.mask {
+        let t = input_type(graph, mask)?;
+        front.push(filled(mask, t, 1));
+    }
+    if let Some(types) = &inputs.types {
+        let t = input_type(graph, types)?;
+        front.push(filled(types, t, 0));
+    }
+    let replaced: Vec<&str> = std::iter::once(inputs.ids.as_str())
+        .chain(inputs.mask.as_deref())
+        .chain(inputs.types.as_deref())
+        .collect();
+    graph
+        .input
+        .retain(|i| !replaced.contains(&i.name.as_deref().unwrap_or("")));
+    graph
+        .input
+        .insert(0, value_info(EMBEDDINGS, data_type::FLOAT, Some(&[-1, -1, dim as i64])));
+    front.append(&mut graph.node);
+    graph.node = front;
+    Ok(Cut {
+        model,
+        table: table.map(|f| f.table),
+    })
+}
+
+/// A found lookup: the table and the node's position in the graph.
+struct Found {
+    table: Table,
+    at: usize,
+}
+
+/// The one Gather (axis 0) of a float `[vocab, dim]` constant by the ids, or by a Cast of them.
+fn find_table(graph: &GraphProto, ids: &str) -> Result<Found, String> {
+    let casts: Vec<&str> = graph
+        .node
+        .iter()
+        .filter(|n| op_type(n) == "Cast" && n.input.first().map(String::as_str) == Some(ids))
+        .filter_map(|n| n.output.first().map(String::as_str))
+        .collect();
+    let mut found = Vec::new();
+    for (at, n) in graph.node.iter().enumerate().filter(|(_, n)| op_type(n) == "Gather") {
+        let (Some(data), Some(index)) = (n.input.first(), n.input.get(1)) else {
+            continue;
+        };
+        let by_ids = index == ids || casts.contains(&index.as_str());
+        if !by_ids || attr_int(n, "axis", 0).unwrap_or(-1) != 0 {
+            continue;
+        }
+        let Some(t) = constant(graph, data).filter(|t| t.dims.len() == 2) else {
+            continue;
+        };
+        let Some(values) = tensor_f32(t).filter(|v| t.data_type == Some(data_type::FLOAT) && !v.is_empty()) else {
+            continue;
+        };
+        found.push(Found {
+            table: Table {
+                node: n.name.clone().unwrap_or_default(),
+                vocab: t.dims[0].max(0) as usize,
+                dim: t.dims[1].max(0) as usize,
+                values,
+            },
+            at,
+        });
+    }
+    match found.len() {
+        1 => {
+            let f = found.remove(0);
+            if f.table.vocab.checked_mul(f.table.dim) != Some(f.table.values.len()) {
+                return Err("the embedding table's values do not match its shape".into());
+            }
+            Ok(f)
+        }
+        0 => Err(format!(
+            "no Gather (axis 0) reads a float [vocab, dim] constant with `{ids}`: no word-embedding lookup to \
+             differentiate at"
+        )),
+        n => Err(format!(
+            "{n} Gathers read float tables with `{ids}`: name the word-embedding lookup with `text.embedding`"
+        )),
+    }
+}
+
+/// True for a Cast whose only reader is node `lookup` (the ids cast before the lookup: it then
+/// casts the zeros that stand in for them, and nothing reads the result).
+fn only_feeds(graph: &GraphProto, n: &NodeProto, lookup: usize) -> bool {
+    if op_type(n) != "Cast" {
+        return false;
+    }
+    let out = n.output.first().cloned().unwrap_or_default();
+    let readers: Vec<usize> = (0..graph.node.len())
+        .filter(|&m| graph.node[m].input.contains(&out))
+        .collect();
+    readers == [lookup]
+}
+
+/// The element type of graph input `name`.
+fn input_type(graph: &GraphProto, name: &str) -> Result<i32, String> {
+    let info = graph
+        .input
+        .iter()
+        .find(|i| i.name.as_deref() == Some(name))
+        .ok_or_else(|| {
+            let names: Vec<String> = graph.input.iter().filter_map(|i| i.name.clone()).collect();
+            format!("no graph input `{name}` (inputs: {})", names.join(", "))
+        })?;
+    match info.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => Ok(t.elem_type.unwrap_or(0)),
+        _ => Err(format!("graph input `{name}` is not a tensor")),
+    }
+}
+
+/// `ConstantOfShape` of the embeddings' `[batch, tokens]`, filled with `value`, named `name`.
+fn filled(name: &str, elem_type: i32, value: i64) -> NodeProto {
+    let mut t: TensorProto = int64_tensor("value", &[1], &[value]);
+    if elem_type == data_type::INT32 {
+        t.data_type = Some(data_type::INT32);
+        t.raw_data = Some((value as i32).to_le_bytes().to_vec());
+    } else if elem_type == data_type::FLOAT {
+        t.data_type = Some(data_type::FLOAT);
+        t.raw_data = Some((value as f32).to_le_bytes().to_vec());
+    } else if elem_type == data_type::BOOL {
+        t.data_type = Some(data_type::BOOL);
+        t.raw_data = Some(vec![(value != 0) as u8]);
+    }
+    node(
+        "ConstantOfShape",
+        &["embeddings.cut.tokens_shape"],
+        name,
+        vec![("value", Attr::Tensor(Box::new(t)))],
+    )
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<(&str, Attr)>) -> NodeProto {
+    NodeProto {
+        name: Some(format!("{output}.{}", op.to_ascii_lowercase())),
+        op_type: Some(op.into()),
+        domain: Some(String::new()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        attribute: attrs.into_iter().map(|(n, v)| attribute(n, v)).collect(),
+        ..Default::default()
+    }
+}

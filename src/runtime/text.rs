@@ -1,0 +1,263 @@
+//! Text models: the tokenizer (Hugging Face `tokenizer.json`, read by the `tokenizers` crate), and
+//! the embedding table of the graph cut at its word-embedding lookup ([`crate::onnx::embedding`]).
+//! A text becomes tokens with character offsets into the original string and the word each
+//! belongs to, then one float row per token: what every method perturbs or differentiates.
+
+use std::path::Path;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::preprocess::InputError;
+use super::Tensor;
+use crate::onnx::embedding::Table;
+
+/// A text model's tokenizer and embedding table, loaded at start.
+pub struct TextModel {
+    tokenizer: tokenizers::Tokenizer,
+    /// The word-embedding table, or why the graph has none (then a token's row is its id).
+    pub table: Result<Table, String>,
+    /// Tokens per input at most; longer texts are truncated.
+    pub max_length: usize,
+    /// The token whose row hides a token (perturbation methods): `[MASK]`, else the pad token.
+    pub hide: SpecialToken,
+    /// The token of Integrated Gradients' baseline: the pad token.
+    pub baseline: SpecialToken,
+}
+
+impl std::fmt::Debug for TextModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextModel")
+            .field("max_length", &self.max_length)
+            .field("hide", &self.hide)
+            .field("baseline", &self.baseline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token named in the manifest or found in the vocabulary.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SpecialToken {
+    /// Its text (`[PAD]`).
+    pub token: String,
+    /// Its id.
+    pub id: u32,
+}
+
+/// One token of an input text.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Token {
+    /// The token as the tokenizer writes it (`##ing`, `[CLS]`).
+    pub text: String,
+    /// First character (Unicode scalar value) in the original text.
+    pub start: usize,
+    /// One past the last character.
+    pub end: usize,
+    /// Its id.
+    pub id: u32,
+    /// The word it belongs to (none for special tokens).
+    pub word: Option<u32>,
+    /// Added by the tokenizer (`[CLS]`, `[SEP]`): never hidden, and kept in baselines.
+    pub special: bool,
+}
+
+/// A tokenized input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    /// The original text.
+    pub text: String,
+    /// Its tokens, in order.
+    pub tokens: Vec<Token>,
+    /// True when the text had more tokens than `max_length` and was cut.
+    pub truncated: bool,
+}
+
+impl Encoded {
+    /// The interpretable features over tokens: the words (tokens of one word together), or each
+    /// token on its own; special tokens are in none. Each feature is a list of token positions.
+    pub fn features(&self, words: bool) -> Vec<Vec<usize>> {
+        let mut out: Vec<Vec<usize>> = Vec::new();
+        let mut last_word = None;
+        for (i, t) in self.tokens.iter().enumerate() {
+            if t.special {
+                last_word = None;
+                continue;
+            }
+            match (words, t.word) {
+                (true, Some(w)) if last_word == Some(w) => {
+                    if let Some(f) = out.last_mut() {
+                        f.push(i);
+                    }
+                }
+                _ => out.push(vec![i]),
+            }
+            last_word = t.word;
+        }
+        out
+    }
+
+    /// A feature's text: the original characters from its first token's start to its last's end.
+    pub fn span(&self, feature: &[usize]) -> (String, usize, usize) {
+        let (Some(first), Some(last)) = (feature.first(), feature.last()) else {
+            return (String::new(), 0, 0);
+        };
+        let (start, end) = (self.tokens[*first].start, self.tokens[*last].end);
+        (
+            self.text.chars().skip(start).take(end.saturating_sub(start)).collect(),
+            start,
+            end,
+        )
+    }
+}
+
+/// The `[text]` section of `model.toml`, resolved.
+#[derive(Debug, Clone)]
+pub struct TextOptions {
+    /// The tokenizer file, next to the manifest.
+    pub tokenizer: String,
+    /// Tokens per input at most.
+    pub max_length: usize,
+    /// The token that hides a token; default `[MASK]`, `<mask>`, else the pad token.
+    pub hide_token: Option<String>,
+    /// The baseline token; default the tokenizer's pad token, `[PAD]` or `<pad>`.
+    pub baseline_token: Option<String>,
+}
+
+impl TextModel {
+    /// Loads the tokenizer next to `folder`'s manifest; `table` comes from the cut graph.
+    pub fn load(folder: &Path, options: &TextOptions, table: Result<Table, String>) -> Result<Self, String> {
+        let path = folder.join(&options.tokenizer);
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
+            format!(
+                "{}: not a tokenizer.json the tokenizers crate reads: {e}",
+                path.display()
+            )
+        })?;
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: options.max_length,
+                ..Default::default()
+            }))
+            .map_err(|e| format!("text.max_length {}: {e}", options.max_length))?;
+        tokenizer.with_padding(None);
+        let find = |names: &[&str]| {
+            names.iter().find_map(|n| {
+                tokenizer.token_to_id(n).map(|id| SpecialToken {
+                    token: n.to_string(),
+                    id,
+                })
+            })
+        };
+        let named = |field: &str, name: &Option<String>| -> Result<Option<SpecialToken>, String> {
+            match name {
+                Some(n) => find(&[n.as_str()])
+                    .map(Some)
+                    .ok_or_else(|| format!("{field}: `{n}` is not in the tokenizer's vocabulary")),
+                None => Ok(None),
+            }
+        };
+        let pad_name = tokenizer.get_padding().map(|p| p.pad_token.clone());
+        let pad = named("text.baseline_token", &options.baseline_token)?
+            .or_else(|| pad_name.as_deref().and_then(|n| find(&[n])))
+            .or_else(|| find(&["[PAD]", "<pad>", "<|pad|>"]))
+            .ok_or("text.baseline_token: the tokenizer has no pad token (`[PAD]`, `<pad>`): name one")?;
+        let hide = named("text.hide_token", &options.hide_token)?
+            .or_else(|| find(&["[MASK]", "<mask>"]))
+            .unwrap_or_else(|| pad.clone());
+        let vocab = tokenizer.get_vocab_size(true);
+        if let Ok(t) = &table {
+            if vocab > t.vocab {
+                return Err(format!(
+                    "the tokenizer has {vocab} tokens but the embedding table {} rows",
+                    t.vocab
+                ));
+            }
+        }
+        Ok(Self {
+            tokenizer,
+            table,
+            max_length: options.max_length,
+            hide,
+            baseline: pad,
+        })
+    }
+
+    /// Values per token row (the embedding size, or 1 for ids).
+    pub fn dim(&self) -> usize {
+        self.table.as_ref().map_or(1, |t| t.dim)
+    }
+
+    /// Tokenizes `text` (at most `max_bytes` of UTF-8), truncating past `max_length` tokens.
+    pub fn encode(&self, text: &str, max_bytes: usize) -> Result<Encoded, InputError> {
+        if text.len() > max_bytes {
+            return Err(InputError::TextTooLong {
+                bytes: text.len(),
+                limit: max_bytes,
+            });
+        }
+        if text.trim().is_empty() {
+            return Err(InputError::BadText("`text` is empty".into()));
+        }
+        let e = self
+            .tokenizer
+            .encode_char_offsets(text, true)
+            .map_err(|e| InputError::BadText(format!("the tokenizer refused the text: {e}")))?;
+        let special = e.get_special_tokens_mask();
+        let tokens: Vec<Token> = (0..e.len())
+            .map(|i| Token {
+                text: e.get_tokens()[i].clone(),
+                start: e.get_offsets()[i].0,
+                end: e.get_offsets()[i].1,
+                id: e.get_ids()[i],
+                word: e.get_word_ids()[i],
+                special: special.get(i).is_some_and(|s| *s == 1),
+            })
+            .collect();
+        if tokens.iter().all(|t| t.special) {
+            return Err(InputError::BadText("the text has no tokens the tokenizer knows".into()));
+        }
+        Ok(Encoded {
+            text: text.to_string(),
+            truncated: !e.get_overflowing().is_empty(),
+            tokens,
+        })
+    }
+
+    /// The row of token `id`: its embedding, or the id itself.
+    pub fn row(&self, id: u32) -> Vec<f32> {
+        match &self.table {
+            Ok(t) => {
+                let at = (id as usize).min(t.vocab.saturating_sub(1)) * t.dim;
+                t.values[at..at + t.dim].to_vec()
+            }
+            Err(_) => vec![id as f32],
+        }
+    }
+
+    /// The model's input for `tokens`: `[1, tokens, dim]`.
+    pub fn embed(&self, tokens: &[Token]) -> Tensor {
+        let data: Vec<f32> = tokens.iter().flat_map(|t| self.row(t.id)).collect();
+        Tensor::f32(vec![1, tokens.len(), self.dim()], data)
+    }
+
+    /// The input with every non-special token replaced by `with`'s row (special tokens kept):
+    /// Integrated Gradients' baseline (the pad token) or the fully hidden text (the hide token).
+    pub fn replaced(&self, tokens: &[Token], with: &SpecialToken) -> Tensor {
+        let data: Vec<f32> = tokens
+            .iter()
+            .flat_map(|t| self.row(if t.special { t.id } else { with.id }))
+            .collect();
+        Tensor::f32(vec![1, tokens.len(), self.dim()], data)
+    }
+}
+
+/// Sums a `[.., tokens, dim]` attribution row over the embedding axis: one value per token
+/// (Captum's text summary before normalising); with `abs`, of absolute values.
+pub fn per_token(values: &[f32], tokens: usize, abs: bool) -> Vec<f32> {
+    let dim = values.len() / tokens.max(1);
+    values
+        .chunks(dim.max(1))
+        .take(tokens)
+        .map(|c| c.iter().map(|v| if abs { v.abs() } else { *v }).sum())
+        .collect()
+}
