@@ -3,7 +3,8 @@
 Usage: chefer_reference.py SPEC.json
 
 SPEC: {"model": path, "input": flat floats, "shape": [1, C, H, W], "maps": [Softmax output names],
-"target": class index, "skip": int, "eps": float}.
+"target": class index, "skip": int, "eps": float, optional "keep": the token indices to report
+(default: every token from `skip` on; a text's tokens but [CLS] and [SEP])}.
 
 The gradient of the target's logit with respect to each attention probability is taken by central
 differences: the graph (edited with the onnx package) adds a further input to each Softmax's
@@ -76,7 +77,7 @@ def main():
     for a, g in zip(maps, grads):
         a_bar = np.clip(g * a[0].astype(np.float64), 0, None).mean(axis=0)
         r = r + a_bar @ r
-    patches = r[0, spec["skip"]:]
+    patches = r[0, spec.get("keep", list(range(spec["skip"], tokens)))]
     lo, hi = patches.min(), patches.max()
     patches = (patches - lo) / (hi - lo) if hi > lo else patches * 0
     print(json.dumps({"patches": patches.tolist()}))

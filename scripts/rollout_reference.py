@@ -3,7 +3,9 @@
 Usage: rollout_reference.py SPEC.json
 
 SPEC: {"model": path, "input": flat floats, "shape": [1, C, H, W], "maps": [Softmax output names],
-"head_fusion": "mean" | "max" | "min", "discard_ratio": float, "skip": int, "grid": [rows, cols]}.
+"head_fusion": "mean" | "max" | "min", "discard_ratio": float, "skip": int, "grid": [rows, cols],
+optional "keep": the token indices to report (default: every token from `skip` on; a text's
+tokens but [CLS] and [SEP])}.
 
 The attention maps are read with ONNX Runtime (the graph given extra outputs with the onnx
 package); then, with NumPy, Abnar and Zuidema's rollout as jacobgil/vit-explain's vit_rollout.py
@@ -47,8 +49,7 @@ def main():
         a = (fused + np.eye(tokens)) / 2
         a = a / a.sum(axis=-1, keepdims=True)
         result = a @ result
-    skip = spec["skip"]
-    patches = result[0, skip:]
+    patches = result[0, spec.get("keep", list(range(spec["skip"], tokens)))]
     if patches.max() > 0:
         patches = patches / patches.max()
     print(json.dumps({"patches": patches.tolist()}))

@@ -4,7 +4,8 @@
 //! own entry), the identity added for the residual path, `(A + I) / 2` renormalised by rows, and the
 //! layers multiplied in order; the class token's row over the patch tokens, laid on the patch grid,
 //! divided by its maximum and upsampled over the image. The same map for every target: attention
-//! does not depend on the class. One forward pass, the attention maps as further outputs.
+//! does not depend on the class. One forward pass, the attention maps as further outputs. On text
+//! transformers the `[CLS]` row gives one value per token (special tokens left at zero).
 
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
@@ -43,22 +44,106 @@ pub struct AttentionRolloutParams {
 /// Attention rollout.
 pub struct AttentionRollout;
 
-/// The model's attention maps and the token grid they share, or why the model has none.
-pub(super) fn attention_of(model: &LoadedModel) -> Result<(Vec<String>, TokenGrid), Invalid> {
+/// Where the tokens of the attention maps lie: on a vision transformer's patch grid, or along a
+/// text (the first token, `[CLS]`, is the class token).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Tokens {
+    /// A ViT's patch grid (after `skip` class tokens).
+    Grid(TokenGrid),
+    /// A text of at most `most` tokens.
+    Text { most: usize },
+}
+
+impl Tokens {
+    /// Tokens in the maps of the job's input.
+    pub fn count(&self, job: &ExplainJob) -> usize {
+        match self {
+            Tokens::Grid(g) => g.skip + g.height * g.width,
+            Tokens::Text { .. } => job.text.as_ref().map_or(0, |t| t.tokens.len()),
+        }
+    }
+
+    /// Tokens in the largest maps (what a plan budgets).
+    pub fn most(&self) -> usize {
+        match self {
+            Tokens::Grid(g) => g.skip + g.height * g.width,
+            Tokens::Text { most } => *most,
+        }
+    }
+
+    /// Of the class token's row over every token, the values explained: the patch tokens', or
+    /// the text's tokens but the special ones (whose own entries, `[CLS]` on itself above all,
+    /// say nothing of the text).
+    pub fn explained(&self, job: &ExplainJob, row: &[f64]) -> Vec<f64> {
+        match self {
+            Tokens::Grid(g) => row[g.skip..].to_vec(),
+            Tokens::Text { .. } => match &job.text {
+                Some(text) => text
+                    .tokens
+                    .iter()
+                    .zip(row)
+                    .filter(|(t, _)| !t.special)
+                    .map(|(_, v)| *v)
+                    .collect(),
+                None => row.to_vec(),
+            },
+        }
+    }
+
+    /// The answer's map of the explained values: the patch grid upsampled over the image, or one
+    /// value per token (zero for special tokens); and the details that describe it.
+    pub fn map(
+        &self,
+        job: &ExplainJob,
+        method: &str,
+        values: &[f64],
+        layers: usize,
+    ) -> Result<(crate::runtime::Tensor, serde_json::Value), RuntimeError> {
+        match self {
+            Tokens::Grid(grid) => patch_map(job, method, values, *grid, layers),
+            Tokens::Text { .. } => {
+                let text = job.text.as_ref().ok_or_else(|| other_tokens(job, 0))?;
+                let mut explained = values.iter();
+                let map: Vec<f32> = text
+                    .tokens
+                    .iter()
+                    .map(|t| match t.special {
+                        true => 0.0,
+                        false => explained.next().copied().unwrap_or(0.0) as f32,
+                    })
+                    .collect();
+                let details = json!({"layers": layers, "class_token": true});
+                Ok((crate::runtime::Tensor::f32(vec![map.len()], map), details))
+            }
+        }
+    }
+}
+
+/// The model's attention maps and where their tokens lie, or why the model has none.
+pub(super) fn attention_of(model: &LoadedModel) -> Result<(Vec<String>, Tokens), Invalid> {
     let report = model.gradient_report.get();
     let maps = report.map(|r| r.attention_maps.clone()).unwrap_or_default();
     let grid = report
         .and_then(|r| r.default_cam_layer.as_ref().and_then(|l| r.cam_layer_tokens.get(l)))
         .copied();
-    match (maps.is_empty(), grid) {
-        (false, Some(grid)) => Ok((maps, grid)),
+    let tokens = match (&model.spec.text, grid) {
+        (Some(text), _) => Some(Tokens::Text { most: text.max_length }),
+        (None, Some(grid)) => Some(Tokens::Grid(grid)),
+        (None, None) => None,
+    };
+    match (maps.is_empty(), tokens) {
+        (false, Some(tokens)) => Ok((maps, tokens)),
         _ => Err(Invalid::Unsupported(format!(
-            "model `{}` is not a vision transformer explaind can read: attention rollout needs self-attention \
-             probabilities (Softmax outputs [batch, heads, tokens, tokens]) over tokens that lie on the image as \
-             patches (found {} attention maps, {} token grid)",
+            "model `{}` is not a transformer explaind can read: attention methods need self-attention \
+             probabilities (Softmax outputs [batch, heads, tokens, tokens]) over a text's tokens or over tokens \
+             that lie on the image as patches (found {} attention maps, {})",
             model.name,
             maps.len(),
-            if grid.is_some() { "a" } else { "no" }
+            if tokens.is_some() {
+                "tokens placed"
+            } else {
+                "no token grid"
+            }
         ))),
     }
 }
@@ -85,8 +170,8 @@ impl Method for AttentionRollout {
                 p.discard_ratio
             )));
         }
-        let (maps, grid) = attention_of(cx.model)?;
-        let tokens = grid.skip + grid.height * grid.width;
+        let (maps, placed) = attention_of(cx.model)?;
+        let tokens = placed.most();
         // Every layer's maps as read, the fused map, and the running product.
         let per_layer = bytes(tokens.saturating_mul(tokens), 4).saturating_mul(16);
         Ok(Cost {
@@ -113,7 +198,7 @@ impl Method for AttentionRollout {
             model: job.model.name.clone(),
             message: e.to_string(),
         };
-        let (names, grid) = attention_of(&job.model).map_err(unsupported)?;
+        let (names, placed) = attention_of(&job.model).map_err(unsupported)?;
         let outputs = match cx.scored() {
             Some(outs) if names.iter().all(|n| outs.contains_key(n)) => outs,
             _ => {
@@ -129,14 +214,14 @@ impl Method for AttentionRollout {
             // The first row: a job explains one input.
             layers.push(fuse(&values[..heads * tokens * tokens], heads, tokens, p.head_fusion));
         }
-        let tokens = grid.skip + grid.height * grid.width;
+        let tokens = placed.count(job);
         let rolled = rollout(&layers, tokens, p.discard_ratio).ok_or_else(|| other_tokens(job, tokens))?;
-        let mut patches: Vec<f64> = rolled[grid.skip..tokens].to_vec();
+        let mut patches = placed.explained(job, &rolled);
         let peak = patches.iter().fold(0f64, |m, v| m.max(*v));
         if peak > 0.0 {
             patches.iter_mut().for_each(|v| *v /= peak);
         }
-        let map = patch_map(job, Self::NAME, &patches, grid, names.len())?;
+        let map = placed.map(job, Self::NAME, &patches, names.len())?;
         Ok(targets
             .iter()
             .map(|t| TargetAttribution::from_map(t, map.0.clone(), None, Some(map.1.clone())))
@@ -144,18 +229,18 @@ impl Method for AttentionRollout {
     }
 }
 
-/// An attention map that does not cover the patch grid's tokens (a model that pools tokens
+/// An attention map that does not cover the input's tokens (a model that pools tokens
 /// between layers): explaind cannot roll it out.
 pub(super) fn other_tokens(job: &ExplainJob, tokens: usize) -> RuntimeError {
     RuntimeError::UnsupportedModel {
         model: job.model.name.clone(),
-        message: format!("an attention map does not cover the {tokens} tokens of the patch grid"),
+        message: format!("an attention map does not cover the input's {tokens} tokens"),
     }
 }
 
 /// A map over the patch grid upsampled over the image, and the details that describe it (the
 /// grid's own values in `patches`).
-pub(super) fn patch_map(
+fn patch_map(
     job: &ExplainJob,
     method: &str,
     patches: &[f64],

@@ -4,13 +4,14 @@
 //! `A = mean_h((dA * A)+)`; relevance starts as the identity and accumulates `R <- R + A . R`
 //! (the residual keeps each token's own relevance). The class token's row over the patch tokens,
 //! laid on the patch grid, scaled to [0, 1] by its minimum and maximum (as the authors' notebook
-//! does) and upsampled over the image. One gradient pass per target, at the attention maps.
+//! does) and upsampled over the image; on text, the `[CLS]` row over the other tokens, one value
+//! per token. One gradient pass per target, at the attention maps.
 
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::attention_rollout::{attention_of, other_tokens, patch_map};
+use super::attention_rollout::{attention_of, other_tokens};
 use super::method::{bytes, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::{one_hot, repeat_rows, Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
@@ -41,8 +42,8 @@ impl Method for TransformerRelevance {
     };
 
     fn plan(_: &mut TransformerRelevanceParams, cx: &PlanContext) -> Result<Cost, Invalid> {
-        let (maps, grid) = attention_of(cx.model)?;
-        let tokens = grid.skip + grid.height * grid.width;
+        let (maps, placed) = attention_of(cx.model)?;
+        let tokens = placed.most();
         // Per target and layer, the maps and their gradients as read (up to 16 heads' worth), and
         // the relevance being accumulated.
         let per_layer = bytes(tokens.saturating_mul(tokens), 8).saturating_mul(16);
@@ -66,7 +67,7 @@ impl Method for TransformerRelevance {
         targets: &[Prediction],
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-        let (names, grid) = attention_of(&job.model).map_err(|e| RuntimeError::UnsupportedModel {
+        let (names, placed) = attention_of(&job.model).map_err(|e| RuntimeError::UnsupportedModel {
             model: job.model.name.clone(),
             message: e.to_string(),
         })?;
@@ -80,7 +81,7 @@ impl Method for TransformerRelevance {
             &one_hot(&indices, classes),
             cx.max_batch(),
         )?;
-        let tokens = grid.skip + grid.height * grid.width;
+        let tokens = placed.count(job);
         let mut out = Vec::with_capacity(targets.len());
         for (r, target) in targets.iter().enumerate() {
             let layers: Vec<Vec<f64>> = pass
@@ -95,7 +96,7 @@ impl Method for TransformerRelevance {
                 })
                 .collect();
             let relevance = accumulate(&layers, tokens).ok_or_else(|| other_tokens(job, tokens))?;
-            let mut patches: Vec<f64> = relevance[grid.skip..tokens].to_vec();
+            let mut patches = placed.explained(job, &relevance);
             let lo = patches.iter().fold(f64::INFINITY, |m, v| m.min(*v));
             let hi = patches.iter().fold(f64::NEG_INFINITY, |m, v| m.max(*v));
             if hi > lo {
@@ -103,7 +104,7 @@ impl Method for TransformerRelevance {
             } else {
                 patches.iter_mut().for_each(|v| *v = 0.0);
             }
-            let (map, details) = patch_map(job, Self::NAME, &patches, grid, names.len())?;
+            let (map, details) = placed.map(job, Self::NAME, &patches, names.len())?;
             out.push(TargetAttribution::from_map(target, map, None, Some(details)));
         }
         Ok(out)

@@ -141,6 +141,9 @@ pub struct PredictResponse {
     /// How sure the model is about the single input, when asked and `when` held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uncertainty: Option<Uncertainty>,
+    /// Text models: true when the single text had more tokens than `max_length` and was cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
     /// One result per input, in order, when the request used `instances`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instances: Option<Vec<InstanceResult>>,
@@ -161,6 +164,9 @@ pub struct InstanceResult {
     /// How sure the model is about it, when asked and `when` held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uncertainty: Option<Uncertainty>,
+    /// Text models: true when the text had more tokens than `max_length` and was cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
 }
 
 /// Predicts the class (or value) of an image or a feature vector.
@@ -346,6 +352,7 @@ impl Answer {
                 prediction,
                 explanation: explanation(result, prep),
                 uncertainty: uncertainty(estimate, prep),
+                truncated: prep.text.as_ref().map(|t| t.truncated),
             });
         let mut response = PredictResponse {
             model: model.name.clone(),
@@ -354,6 +361,7 @@ impl Answer {
             outputs: None,
             explanation: None,
             uncertainty: None,
+            truncated: None,
             instances: None,
             audit_record: None,
         };
@@ -364,6 +372,7 @@ impl Answer {
             response.outputs = Some(one.prediction.outputs);
             response.explanation = one.explanation;
             response.uncertainty = one.uncertainty;
+            response.truncated = one.truncated;
         }
         let sent = audited.then(|| super::audit::as_sent(&response)).transpose()?;
         Ok((response, sent))

@@ -84,6 +84,20 @@ impl TextManifest {
             |given: &Option<String>, default: &str| given.clone().or_else(|| has(default).then(|| default.to_string()));
         let mask = optional(&self.attention_mask, "attention_mask");
         let types = optional(&self.token_type_ids, "token_type_ids");
+        let named = [
+            ("input_ids", Some(&ids)),
+            ("attention_mask", mask.as_ref()),
+            ("token_type_ids", types.as_ref()),
+        ];
+        for (field, name) in named {
+            if let Some(name) = name.filter(|n| !has(n)) {
+                let names: Vec<&str> = inputs.iter().map(|t| t.name.as_str()).collect();
+                return Err(format!(
+                    "text.{field}: no graph input `{name}` (inputs: {})",
+                    names.join(", ")
+                ));
+            }
+        }
         let known: Vec<&String> = std::iter::once(&ids).chain(&mask).chain(&types).collect();
         let other: Vec<&str> = inputs
             .iter()
@@ -475,6 +489,9 @@ impl Manifest {
                     .into(),
             )
         })?;
+        if task != Task::TextClassification && self.text.is_some() {
+            return Err(err("text", "only text-classification models take a [text] section".into()));
+        }
 
         let input =
             pick(&summary.inputs, self.input.as_deref(), |t| t.dtype == "float32").map_err(|m| err("input", m))?;
