@@ -133,6 +133,43 @@ async fn tokens_carry_offsets_into_the_original_text() {
     assert_eq!(top_word(&v), "good");
     assert_eq!(v["truncated"], false);
 
+    // The text drawn: an HTML fragment with every word marked, and a PNG.
+    let html = reqwest::Client::new()
+        .post(url(&s, "/v1/models/keywords/explain/occlusion"))
+        .json(&json!({"text": "<b>good</b> & bad", "target": "positive", "format": "html"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(html.headers()["content-type"], "text/html; charset=utf-8");
+    let html = html.text().await.unwrap();
+    assert!(html.contains("<section class=\"explaind-text\">"), "{html}");
+    assert!(
+        html.contains(">good</mark>") && html.contains("&lt;") && !html.contains("<b>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("rgba(255, 0, 81, 1.000)"),
+        "the deciding word in full colour: {html}"
+    );
+    let png = reqwest::Client::new()
+        .post(url(&s, "/v1/models/keywords/explain/saliency"))
+        .json(&json!({"text": REVIEW, "format": "png"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(png.headers()["content-type"], "image/png");
+    let img = image::load_from_memory(&png.bytes().await.unwrap()).unwrap().to_rgb8();
+    assert!(
+        img.width() >= 700 && img.height() > 40,
+        "{}x{}",
+        img.width(),
+        img.height()
+    );
+    assert!(
+        img.pixels().any(|p| p.0 == [255, 0, 81] || p.0 == [0, 139, 251]),
+        "a word in full colour"
+    );
+
     // Longer than max_length (32): cut, and said so.
     let long = "good ".repeat(100);
     let v = ok_json(post_json(&s, "/v1/models/keywords/explain/saliency", &json!({"text": long})).await).await;

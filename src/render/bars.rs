@@ -21,7 +21,7 @@ pub struct Bar {
     pub attribution: f32,
 }
 
-fn fonts() {
+pub(super) fn fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // DejaVu Sans, embedded: the service draws the same text on any machine, fonts or none.

@@ -490,7 +490,10 @@ impl Manifest {
             )
         })?;
         if task != Task::TextClassification && self.text.is_some() {
-            return Err(err("text", "only text-classification models take a [text] section".into()));
+            return Err(err(
+                "text",
+                "only text-classification models take a [text] section".into(),
+            ));
         }
 
         let input =

@@ -23,20 +23,58 @@ pub struct Answer {
     pub body: ExplainResponse,
     png: Option<Vec<u8>>,
     html: Option<String>,
+    text: Option<std::sync::Arc<Encoded>>,
 }
 
 impl Answer {
-    /// Answers the decision's rule or counterfactuals as an HTML fragment (one section per target)
-    /// in place of JSON.
+    /// Answers as an HTML fragment (one section per target) in place of JSON: the decision's rule
+    /// or counterfactuals, or the text with its words highlighted.
     pub fn into_html(mut self) -> Self {
+        let text = self.text.clone();
         let sections: String = std::iter::once(&self.body.single)
             .flatten()
             .chain(self.body.explanations.iter().flatten())
-            .filter_map(|e| render::decision_html(&e.target.label, e.details.as_ref()?))
+            .filter_map(|e| match &text {
+                Some(text) => Some(render::text_html(
+                    &e.target.label,
+                    e.target.score.into(),
+                    &highlights(text, &e.attributions.values),
+                )),
+                None => render::decision_html(&e.target.label, e.details.as_ref()?),
+            })
             .collect();
         self.html = Some(sections);
         self
     }
+}
+
+/// The original text cut into words (each with the sum of its tokens' values) and what lies
+/// between them, for drawing.
+pub fn highlights(text: &Encoded, values: &[f32]) -> Vec<render::Highlight> {
+    let chars: Vec<char> = text.text.chars().collect();
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    for word in text.features(true) {
+        let (written, start, end) = text.span(&word);
+        if start > at {
+            pieces.push(render::Highlight {
+                text: chars[at.min(chars.len())..start.min(chars.len())].iter().collect(),
+                value: None,
+            });
+        }
+        pieces.push(render::Highlight {
+            text: written,
+            value: Some(word.iter().filter_map(|&i| values.get(i)).sum()),
+        });
+        at = at.max(end);
+    }
+    if at < chars.len() {
+        pieces.push(render::Highlight {
+            text: chars[at..].iter().collect(),
+            value: None,
+        });
+    }
+    pieces
 }
 
 /// Draws the answer (maps over the original image, features, PNG panels).
@@ -52,7 +90,12 @@ pub fn build_answer(
     let png = wants_png.then(|| render::panels_png(&panels));
     let mut body = explain_body(valid, explanations, &result, started);
     body.truncated = prepared.text.as_ref().map(|t| t.truncated);
-    Answer { body, png, html: None }
+    Answer {
+        body,
+        png,
+        html: None,
+        text: prepared.text.clone(),
+    }
 }
 
 /// The W3C `Server-Timing` header of an answer: browsers' developer tools and tracing proxies
@@ -153,9 +196,14 @@ pub fn explanations(
         };
         let features = feature_list(valid, prepared, &values);
         // Tabular models: the picture is the decision's rule or counterfactuals as text, when the
-        // method gives them, else a bar chart of the largest attributions.
+        // method gives them, else a bar chart of the largest attributions; texts: the text with
+        // its words highlighted.
         let panel = panel.or_else(|| {
             draw?;
+            if let Some(text) = &prepared.text {
+                let pieces = highlights(text, &values);
+                return Some(render::text_png(&a.target.label, a.target.score.into(), &pieces));
+            }
             if let Some(lines) = a
                 .details
                 .as_ref()

@@ -88,9 +88,10 @@ pub async fn explain(
     }
     let wants_png = !rows_only && (asked_png || (request.format.is_none() && accepts_png(&headers)));
     let wants_html = request.format == Some(Format::Html);
-    if wants_html && !valid.params.capabilities().decision {
+    if wants_html && !valid.params.capabilities().decision && model.spec.text.is_none() {
         return Err(crate::explain::Invalid::Request(format!(
-            "format=html draws a decision's rule or counterfactuals (anchors, counterfactual); {method_name} has none"
+            "format=html draws a decision's rule or counterfactuals (anchors, counterfactual) or a text model's \
+             highlighted text; {method_name} has no decision and the model takes no text"
         ))
         .into());
     }

@@ -32,10 +32,11 @@ pub enum Include {
 pub enum Format {
     /// JSON (the default).
     Json,
-    /// The heat map over the input image, PNG (image models).
+    /// The heat map over the input image (image models), the highlighted text (text models), or
+    /// a chart (tabular models), PNG.
     Png,
     /// An HTML fragment of a decision's rule or counterfactuals (`anchors`, `counterfactual`),
-    /// for a page to embed.
+    /// or of a text with its words highlighted (text models), for a page to embed.
     Html,
 }
 
