@@ -5,7 +5,7 @@ CARGO ?= cargo
 BIND ?= 127.0.0.1:8080
 VENV ?= $(HOME)/.cache/explaind/venv-models
 
-.PHONY: run test lint onnxruntime models tree-model efficientnet openapi bench
+.PHONY: run test lint onnxruntime models tree-model efficientnet minilm openapi bench
 
 onnxruntime:
 	@./scripts/fetch-onnxruntime.sh >/dev/null
@@ -38,6 +38,13 @@ efficientnet:
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r scripts/requirements-models.txt
 	$(VENV)/bin/python scripts/make_efficientnet.py
+
+# Adds a pretrained text classifier (all-MiniLM-L6-v2 with a sentiment head trained on VADER's
+# movie-review snippets) to models/; 87 MB, not committed.
+minilm:
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r scripts/requirements-models.txt
+	$(VENV)/bin/python scripts/make_minilm.py
 
 openapi:
 	$(CARGO) run --quiet -- openapi > openapi/openapi.json
