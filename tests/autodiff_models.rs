@@ -409,3 +409,12 @@ fn unsupported_operators_are_listed_once_with_their_nodes() {
     );
     let _ = Attr::Int(0);
 }
+
+#[test]
+fn convnext_style() {
+    // Depthwise 7x7 Convs, LayerNormalization over channels-last maps between Transposes, a GELU
+    // MLP, layer scale, and the head's LayerNorm2d on the pooled 1x1 map.
+    let d = [2, 3, 32, 32];
+    let model = zoo::convnext(&[8, 16], 32, 5);
+    check_gradient("convnext", &model, "input", &d, &image(&d, 6), "logits", model_check());
+}

@@ -250,3 +250,45 @@ async fn cams_of_a_vision_transformer_read_its_patch_tokens_on_their_grid() {
     }
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_cam_layer_of_a_convnext_is_its_last_stage_before_pooling() {
+    // torchvision's ConvNeXt normalises the pooled 1x1 map channels-last before its classifier:
+    // that LayerNormalization is no CAM layer; the last block's output, before global pooling, is.
+    let model = explaind::onnx::zoo::convnext(&[8, 16], 32, 3);
+    let graph = model.graph.as_ref().unwrap();
+    let before_pooling = graph
+        .node
+        .iter()
+        .find(|n| n.op_type.as_deref() == Some("GlobalAveragePool"))
+        .unwrap()
+        .input[0]
+        .clone();
+    let dir = temp_dir("convnext");
+    write_model(
+        &dir,
+        "convnext",
+        &model,
+        "task = \"image-classification\"\nlabels = [\"a\", \"b\", \"c\"]\n",
+    );
+    let s = start(test_config(&dir)).await;
+    let report = ok_json(reqwest::get(url(&s, "/v1/models/convnext")).await.unwrap()).await;
+    assert_eq!(
+        report["gradients"]["default_cam_layer"],
+        json!(before_pooling),
+        "{}",
+        report["gradients"]
+    );
+    assert_eq!(report["gradients"]["cam_layer_channel_axis"][&before_pooling], 1);
+    let mut rng = Rng::new(8);
+    let pixels: Vec<u8> = (0..32 * 32 * 3).map(|_| rng.uniform(0.0, 255.0) as u8).collect();
+    let img = image::RgbImage::from_raw(32, 32, pixels).unwrap();
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png.into_inner());
+    let v = ok_json(post_json(&s, "/v1/models/convnext/explain/grad-cam", &json!({"image": b64})).await).await;
+    assert_eq!(v["layer"], json!(before_pooling));
+    let map = attribution_values(&v);
+    assert_eq!(map.len(), 32 * 32);
+    assert!(map.iter().any(|v| *v > 0.0), "a map with something in it");
+}

@@ -197,6 +197,105 @@ pub fn mobilenet(widths: &[i64], size: i64, classes: i64) -> ModelProto {
     net.finish(&y)
 }
 
+/// A ConvNeXt-style CNN as torchvision exports it: a 4x4 stride-4 stem, per stage a channels-last
+/// LayerNorm and a 2x2 stride-2 downsampling Conv (after the first), then blocks of a 7x7 depthwise
+/// Conv, a Transpose to channels-last, LayerNormalization, a Linear-GELU-Linear MLP, a layer scale,
+/// a Transpose back and the residual Add; the head pools globally, then normalises the 1x1 map
+/// channels-last (LayerNorm2d) before the Gemm. `size` a multiple of 4 x 2^(stages - 1).
+pub fn convnext(widths: &[i64], size: i64, classes: i64) -> ModelProto {
+    let mut net = Net::new("convnext", 17, 18);
+    let image = net.g.input("input", &[-1, 3, size, size]);
+    let layer_norm_nhwc = |net: &mut Net, x: &str, c: i64, transpose: bool| -> String {
+        let scale: Vec<f32> = (0..c).map(|_| 1.0 + 0.1 * net.w.next()).collect();
+        net.n += 1;
+        let s = net.g.constant(&format!("ln{}_scale", net.n), &[c], &scale);
+        let b = net.param(&[c], 0.05);
+        let x = match transpose {
+            true => net
+                .g
+                .node("Transpose", &[x], vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))]),
+            false => x.to_string(),
+        };
+        let y = net.g.node(
+            "LayerNormalization",
+            &[&x, &s, &b],
+            vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(1e-6))],
+        );
+        match transpose {
+            true => net
+                .g
+                .node("Transpose", &[&y], vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))]),
+            false => y,
+        }
+    };
+    let stem_w = net.param(&[widths[0], 3, 4, 4], (2.0 / 48.0f32).sqrt());
+    let stem_b = net.param(&[widths[0]], 0.05);
+    let stem = net.g.node(
+        "Conv",
+        &[&image, &stem_w, &stem_b],
+        vec![
+            ("kernel_shape", Attr::Ints(vec![4, 4])),
+            ("strides", Attr::Ints(vec![4, 4])),
+        ],
+    );
+    let mut x = layer_norm_nhwc(&mut net, &stem, widths[0], true);
+    let mut c = widths[0];
+    for (stage, &width) in widths.iter().enumerate() {
+        if stage > 0 {
+            let normed = layer_norm_nhwc(&mut net, &x, c, true);
+            let w = net.param(&[width, c, 2, 2], (2.0 / (4 * c) as f32).sqrt());
+            let b = net.param(&[width], 0.05);
+            x = net.g.node(
+                "Conv",
+                &[&normed, &w, &b],
+                vec![
+                    ("kernel_shape", Attr::Ints(vec![2, 2])),
+                    ("strides", Attr::Ints(vec![2, 2])),
+                ],
+            );
+            c = width;
+        }
+        // One block per stage.
+        let dw = net.conv(&x, c, c, 7, 1, c);
+        let nhwc = net
+            .g
+            .node("Transpose", &[&dw], vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))]);
+        let normed = layer_norm_nhwc(&mut net, &nhwc, c, false);
+        let w1 = net.param(&[c, 4 * c], (3.0 / c as f32).sqrt());
+        let b1 = net.param(&[4 * c], 0.05);
+        let h = net.g.node("MatMul", &[&normed, &w1], vec![]);
+        let h = net.g.node("Add", &[&h, &b1], vec![]);
+        net.n += 1;
+        let r2 = net
+            .g
+            .constant(&format!("gelu{}_r2", net.n), &[], &[std::f32::consts::FRAC_1_SQRT_2]);
+        let half = net.g.constant(&format!("gelu{}_half", net.n), &[], &[0.5]);
+        let one = net.g.constant(&format!("gelu{}_one", net.n), &[], &[1.0]);
+        let e = net.g.node("Mul", &[&h, &r2], vec![]);
+        let e = net.g.node("Erf", &[&e], vec![]);
+        let e = net.g.node("Add", &[&e, &one], vec![]);
+        let h = net.g.node("Mul", &[&h, &e], vec![]);
+        let h = net.g.node("Mul", &[&h, &half], vec![]);
+        let w2 = net.param(&[4 * c, c], (3.0 / (4 * c) as f32).sqrt());
+        let b2 = net.param(&[c], 0.05);
+        let y = net.g.node("MatMul", &[&h, &w2], vec![]);
+        let y = net.g.node("Add", &[&y, &b2], vec![]);
+        let gamma = net.param(&[c], 0.5);
+        let y = net.g.node("Mul", &[&y, &gamma], vec![]);
+        let y = net
+            .g
+            .node("Transpose", &[&y], vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))]);
+        x = net.g.node("Add", &[&x, &y], vec![]);
+    }
+    let pooled = net.g.node("GlobalAveragePool", &[&x], vec![]);
+    let normed = layer_norm_nhwc(&mut net, &pooled, c, true);
+    let flat = net.g.node("Flatten", &[&normed], vec![("axis", Attr::Int(1))]);
+    let w = net.param(&[c, classes], (6.0 / c as f32).sqrt());
+    let b = net.param(&[classes], 0.05);
+    let y = net.g.node("Gemm", &[&flat, &w, &b], vec![]);
+    net.finish(&y)
+}
+
 /// A transformer encoder classifier on embeddings `[batch, tokens, dim]`: learned positions,
 /// multi-head self-attention (MatMul, Softmax), LayerNormalization, an Erf-GELU feed-forward layer,
 /// and the first token (Gather) into a Gemm classifier. With `token_ids`, the input is int64 token
