@@ -60,6 +60,7 @@ fn main() {
                 target: None,
                 metrics: metrics.clone(),
                 seed: 1,
+                text: None,
             };
             let started = Instant::now();
             rt.block_on(state.executor.submit(task)).unwrap();

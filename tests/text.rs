@@ -589,3 +589,61 @@ fn manifests_that_do_not_fit_are_refused_naming_the_field() {
         assert!(err.to_string().contains(says), "{text}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_explanations_are_measured_and_compared() {
+    let dir = temp_dir("text-metrics");
+    let s = text_service(&dir).await;
+    // Deletion hides tokens (the hide token) in the attribution's order: hiding "great" first
+    // takes the positive probability from 0.88 to 0.5 at once (no word left counts), so the area is small;
+    // insertion shows it first from the fully hidden text.
+    let v = ok_json(
+        post_json(
+            &s,
+            "/v1/models/keywords/explain/occlusion",
+            &json!({"text": "a great film", "target": "positive", "evaluate": ["deletion", "insertion"]}),
+        )
+        .await,
+    )
+    .await;
+    let evaluation = v["evaluation"].as_array().unwrap_or_else(|| panic!("{v}"));
+    let curve: Vec<f64> = serde_json::from_value(evaluation[0]["curve"].clone()).unwrap();
+    assert!(
+        (curve[0] - 0.8808).abs() < 1e-3 && (curve[1] - 0.5).abs() < 1e-6,
+        "deletion: {curve:?}"
+    );
+    let deletion = evaluation[0]["value"].as_f64().unwrap();
+    let insertion = evaluation[1]["value"].as_f64().unwrap();
+    assert!(deletion < insertion, "deletion {deletion}, insertion {insertion}");
+    // The same map through the evaluate endpoint, on the text's own token grid.
+    let map = v["attributions"].clone();
+    let e = ok_json(
+        post_json(
+            &s,
+            "/v1/models/keywords/evaluate",
+            &json!({"text": "a great film", "target": "positive", "attributions": map, "evaluate": ["deletion"]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(e["evaluation"][0]["value"].as_f64().unwrap(), deletion, "{e}");
+    // Methods side by side.
+    let r = post_json(
+        &s,
+        "/v1/models/keywords/compare",
+        &json!({"text": REVIEW, "methods": ["occlusion", "integrated-gradients"], "format": "png"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let c = ok_json(
+        post_json(
+            &s,
+            "/v1/models/keywords/compare",
+            &json!({"text": REVIEW, "methods": ["occlusion", "kernel-shap"], "target": "negative"}),
+        )
+        .await,
+    )
+    .await;
+    assert!(c.to_string().contains("\"tokens\""), "{c}");
+}

@@ -181,7 +181,8 @@ pub fn feature_count(model: &LoadedModel) -> usize {
     match (&model.spec.image, &model.spec.tabular) {
         (Some(i), _) => i.height.saturating_mul(i.width),
         (None, Some(t)) => t.features.len(),
-        (None, None) => 1,
+        // Texts: tokens, at most `max_length` (a plan's bound; a text has its own count).
+        (None, None) => model.spec.text.as_ref().map_or(1, |t| t.max_length),
     }
 }
 
@@ -367,6 +368,8 @@ pub struct Subject<'a> {
     pub seed: u64,
     /// Rows per batch.
     pub batch: usize,
+    /// Text models: the input's tokens (a feature is a token; the substrate hides the tokens).
+    pub text: Option<&'a crate::runtime::text::Encoded>,
 }
 
 /// Runs `metrics` on one explanation.
@@ -398,6 +401,11 @@ pub fn evaluate(
 
 /// The substrate tensor for the subject's input.
 fn substrate(subject: &Subject, kind: Substrate) -> Tensor {
+    // A text's substrate, whatever `kind` says: every token but the special ones hidden by the
+    // hide token, as the perturbation methods hide words.
+    if let (Some(model), Some(text)) = (&subject.model.text, subject.text) {
+        return model.replaced(&text.tokens, &model.hide);
+    }
     let baseline = match kind {
         Substrate::Black => Baseline::Black,
         Substrate::Blur => Baseline::Blur,
@@ -406,11 +414,13 @@ fn substrate(subject: &Subject, kind: Substrate) -> Tensor {
     baselines::for_model(baseline, subject.input, subject.model, subject.seed)
 }
 
-/// The element indices of feature `f` in one input row: every channel of a pixel, or the feature.
+/// The element indices of feature `f` in one input row: every channel of a pixel, the feature,
+/// or a token's embedding.
 fn elements(model: &LoadedModel, f: usize) -> impl Iterator<Item = usize> + '_ {
-    let (channels, pixels, layout) = match &model.spec.image {
-        Some(i) => (i.channels, i.height * i.width, i.layout),
-        None => (1, 0, Layout::NCHW),
+    let (channels, pixels, layout) = match (&model.spec.image, &model.text) {
+        (Some(i), _) => (i.channels, i.height * i.width, i.layout),
+        (None, Some(t)) => (t.dim(), 1, Layout::NHWC),
+        (None, None) => (1, 0, Layout::NCHW),
     };
     (0..channels).map(move |c| match (pixels, layout) {
         (0, _) => f,
@@ -482,6 +492,8 @@ pub struct EvaluateTask {
     pub metrics: Vec<ValidMetric>,
     /// Seed of random subsets.
     pub seed: u64,
+    /// Text models: the input's tokens.
+    pub text: Option<std::sync::Arc<crate::runtime::text::Encoded>>,
 }
 
 impl crate::executor::Task for EvaluateTask {
@@ -520,6 +532,7 @@ impl crate::executor::Task for EvaluateTask {
             target: target.index,
             seed: self.seed,
             batch,
+            text: self.text.as_deref(),
         };
         let evaluations = evaluate(&subject, &self.metrics, &mut score)?;
         Ok((target, evaluations))

@@ -664,7 +664,10 @@ fn evaluate_attributions(
     if job.evaluate.is_empty() {
         return Ok(vec![Vec::new(); attributions.len()]);
     }
-    let features = crate::eval::feature_count(&job.model);
+    let features = match &job.text {
+        Some(text) => text.tokens.len(),
+        None => crate::eval::feature_count(&job.model),
+    };
     let mut all = Vec::with_capacity(attributions.len());
     for a in attributions {
         let map = a.map.as_ref().unwrap_or(&a.tensor);
@@ -685,6 +688,7 @@ fn evaluate_attributions(
             target: a.target.index,
             seed: job.seed,
             batch: cx.forward_rows(),
+            text: job.text.as_deref(),
         };
         all.push(crate::eval::evaluate(&subject, &job.evaluate, &mut |t| cx.forward(t))?);
     }

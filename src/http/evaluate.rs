@@ -129,12 +129,8 @@ pub async fn evaluate(
         }
         _ => return Err(bad("give exactly one of `attributions`, `explanation_record`".into())),
     };
-    let raw = raw.ok_or_else(|| bad("give the input (`image` or `features`): the record did not keep it".into()))?;
-    let features = eval::feature_count(&model);
-    let model_grid: Vec<usize> = match &model.spec.image {
-        Some(i) => vec![i.height, i.width],
-        None => vec![features],
-    };
+    let raw =
+        raw.ok_or_else(|| bad("give the input (`image`, `features` or `text`): the record did not keep it".into()))?;
     // Checked: the shape comes from the client.
     let held = map.shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
     if held != Some(map.values.len()) || map.values.iter().any(|v| !v.is_finite()) {
@@ -161,6 +157,12 @@ pub async fn evaluate(
     let seed = req.seed.unwrap_or_else(rand::random);
     let admission = state.executor.admit()?;
     let prepared = prepare::prepare_all(&model, vec![raw], &state.config).await?;
+    // The grid a map lies on: the model's input pixels, its features, or this text's tokens.
+    let model_grid: Vec<usize> = match (&model.spec.image, &prepared[0].text) {
+        (Some(i), _) => vec![i.height, i.width],
+        (None, Some(text)) => vec![text.tokens.len()],
+        (None, None) => vec![eval::feature_count(&model)],
+    };
     // A map on the model's input grid as it is; one on the original image's grid (as explain
     // answers give it) brought onto the model's grid through the same crop and resize.
     let original_grid = prepared[0]
@@ -189,6 +191,7 @@ pub async fn evaluate(
         target,
         metrics,
         seed,
+        text: prepared[0].text.clone(),
     };
     let (target, evaluation) = admission.run(task).await?;
     Ok(Json(EvaluateResponse {
@@ -253,6 +256,8 @@ fn from_record(record: &Value) -> Result<(MapJson, Option<TargetSpec>, Option<Ra
             .decode(b64)
             .ok()
             .map(|bytes| RawInput::Image(bytes.into()))
+    } else if let Some(text) = data["text"].as_str() {
+        Some(RawInput::Text(text.to_string()))
     } else {
         data["features"]
             .as_array()
