@@ -206,6 +206,8 @@ pub struct Cx<'a> {
     scored: Option<std::collections::HashMap<String, Tensor>>,
     /// Time inside ONNX Runtime runs so far.
     model_time: Duration,
+    /// Values in one row of the job's input (passes of a short text fit more rows).
+    row_len: usize,
 }
 
 impl Cx<'_> {
@@ -265,7 +267,7 @@ impl Cx<'_> {
         input: &Tensor,
     ) -> Result<std::collections::HashMap<String, Tensor>, RuntimeError> {
         self.job_ctx.checkpoint()?;
-        let per_pass = self.rt.forward_rows(model);
+        let per_pass = self.rt.forward_rows_for(model, input.row_len());
         self.count(input.rows(), per_pass);
         self.timed(|rt| rt.run_with_outputs(model, names, input))
     }
@@ -296,7 +298,9 @@ impl Cx<'_> {
         let rows = input.rows();
         // DeepLIFT's pairs stay in one pass whatever the budget (a lone pass may exceed it).
         let floor = if rules == RuleSet::DeepLiftRescale { 2 } else { 1 };
-        let chunk = chunk.clamp(1, self.rt.gradient_rows(&self.model)).max(floor);
+        let chunk = chunk
+            .clamp(1, self.rt.gradient_rows_for(&self.model, input.row_len()))
+            .max(floor);
         let mut parts: Vec<GradientPass> = Vec::new();
         let mut start = 0;
         while start < rows {
@@ -377,7 +381,7 @@ impl Cx<'_> {
         let one = like.shape.clone();
         let n = like.row_len();
         let classes = model.spec.labels.len().max(1);
-        let chunk = chunk.clamp(1, self.rt.gradient_rows(&model));
+        let chunk = chunk.clamp(1, self.rt.gradient_rows_for(&model, like.row_len()));
         let mut start = 0;
         while start < rows {
             let end = (start + chunk).min(rows);
@@ -418,9 +422,10 @@ impl Cx<'_> {
         self.rt.max_batch()
     }
 
-    /// Rows per forward pass of this model within the pass budget (at most `max_batch`).
+    /// Rows per forward pass of this model within the pass budget (at most `max_batch`), for
+    /// rows the size of this job's input.
     pub fn forward_rows(&self) -> usize {
-        self.rt.forward_rows(&self.model)
+        self.rt.forward_rows_for(&self.model, self.row_len)
     }
 
     /// The model being explained.
@@ -576,6 +581,7 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
         primed: None,
         scored: None,
         model_time: Duration::ZERO,
+        row_len: job.input.row_len(),
     };
     // The top prediction of a fresh input, for a method whose first pass is one gradient pass:
     // the graph chooses the class, so that pass is the only one.

@@ -208,6 +208,8 @@ pub struct SessionStore {
     prepacked: HashMap<String, PrepackedWeights>,
     /// Bytes one row holds in a backward pass, per model (absent: shapes unknown, not budgeted).
     row_bytes: HashMap<String, u64>,
+    /// Values in the input row those bytes were probed at: a text model's longest text.
+    probe_len: HashMap<String, usize>,
     /// Models whose graph fixes the batch at one row: one row per pass, never batched with others.
     one_row: HashSet<String>,
     derived: Mutex<(HashMap<DerivedKey, Kept>, u64)>,
@@ -228,6 +230,7 @@ impl SessionStore {
         let mut forward = HashMap::new();
         let mut prepacked = HashMap::new();
         let mut row_bytes = HashMap::new();
+        let mut probe_len = HashMap::new();
         let mut one_row = HashSet::new();
         for model in registry.iter() {
             let weights = PrepackedWeights::new();
@@ -260,6 +263,8 @@ impl SessionStore {
             prepacked.insert(model.name.clone(), weights);
             if let Some(bytes) = gradients.row_bytes(model) {
                 row_bytes.insert(model.name.clone(), bytes);
+                let dims = super::gradients::sample_dims(&model.spec);
+                probe_len.insert(model.name.clone(), dims.iter().skip(1).product());
             }
         }
         Ok(Self {
@@ -271,6 +276,7 @@ impl SessionStore {
             forward,
             prepacked,
             row_bytes,
+            probe_len,
             one_row,
             derived: Mutex::new((HashMap::new(), 0)),
             lent: Mutex::new(HashMap::new()),
@@ -506,12 +512,37 @@ impl WorkerRuntime {
     /// more than `max_pass_bytes` of activations and gradients (a photo model's 64-row backward
     /// pass holds gigabytes; 8 rows run as fast per row).
     pub fn gradient_rows(&self, model: &LoadedModel) -> usize {
-        self.rows_per_pass(&model.name, self.row_bytes(&model.name, Pass::Backward))
+        self.gradient_rows_for(model, usize::MAX)
     }
 
     /// Most rows per forward pass of `model`, by the same budget.
     pub fn forward_rows(&self, model: &LoadedModel) -> usize {
-        self.rows_per_pass(&model.name, self.row_bytes(&model.name, Pass::Forward))
+        self.forward_rows_for(model, usize::MAX)
+    }
+
+    /// [`Self::gradient_rows`] for input rows of `row_len` values (a text of some tokens).
+    pub fn gradient_rows_for(&self, model: &LoadedModel, row_len: usize) -> usize {
+        let bytes = self.scaled(&model.name, self.row_bytes(&model.name, Pass::Backward), row_len);
+        self.rows_per_pass(&model.name, bytes)
+    }
+
+    /// [`Self::forward_rows`] for input rows of `row_len` values.
+    pub fn forward_rows_for(&self, model: &LoadedModel, row_len: usize) -> usize {
+        let bytes = self.scaled(&model.name, self.row_bytes(&model.name, Pass::Forward), row_len);
+        self.rows_per_pass(&model.name, bytes)
+    }
+
+    /// A row's bytes for an input row of `row_len` values, from the bytes probed at the model's
+    /// largest row: a text's sequence tensors grow with its tokens linearly (embeddings, hidden
+    /// states) or quadratically (attention), so their size at `row_len` is at most the probed one
+    /// times `row_len / probed`; the few per-text tensors (pooled embedding, scores) are small.
+    fn scaled(&self, model: &str, bytes: u64, row_len: usize) -> u64 {
+        match self.store.probe_len.get(model) {
+            Some(&probed) if probed > 0 && row_len < probed => {
+                (u128::from(bytes) * row_len as u128 / probed as u128).max(1) as u64
+            }
+            _ => bytes,
+        }
     }
 
     fn rows_per_pass(&self, model: &str, row_bytes: u64) -> usize {
@@ -678,6 +709,7 @@ impl WorkerRuntime {
         whole: bool,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
         let rows = feeds.first().map(|(_, t)| t.rows()).unwrap_or(0);
+        let row_bytes = self.scaled(model, row_bytes, feeds.first().map_or(usize::MAX, |(_, t)| t.row_len()));
         if feeds.iter().any(|(_, t)| t.rows() != rows) {
             return Err(RuntimeError::Inference {
                 model: model.to_string(),
