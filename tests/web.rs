@@ -122,7 +122,13 @@ async fn the_page_works_in_a_browser() {
         std::path::Path::new(&chromium).exists() && root().join("tests/browser/node_modules/playwright-core").exists(),
         "Chromium or playwright-core is missing: run `make test` (scripts/test-setup.sh installs them)"
     );
-    let s = start_bundled().await;
+    // The bundled models and the tests' text models.
+    let dir = temp_dir("web-models");
+    for name in ["fashion-cnn", "breast-cancer", "breast-cancer-forest"] {
+        copy_bundled(name, &dir);
+    }
+    write_text_models(&dir);
+    let s = start(test_config(&dir)).await;
     let shots = root().join("target").join("screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let base = url(&s, "/");

@@ -1,7 +1,8 @@
 // Drives the web page in headless Chromium: loads it, uploads an example image, runs saliency,
 // Grad-CAM and LIME, and RISE as a background job (progress from Server-Sent Events), and checks
 // that an overlay appears and the top class is shown; then TreeSHAP's bar chart on the tree model;
-// then similar examples, influence and likely mislabels as thumbnails of reference rows.
+// then similar examples, influence and likely mislabels as thumbnails of reference rows; then a
+// text model's answer as the text with its words highlighted.
 // Screenshots go to argv[3].
 // Usage: node tests/browser/page.mjs BASE_URL SCREENSHOT_DIR IMAGE
 import { chromium } from "playwright-core";
@@ -106,6 +107,28 @@ try {
   const error = await page.innerText(".error");
   if (!error.includes("steps")) failures.push(`error box: ${error}`);
   await page.screenshot({ path: `${shots}/web-page-error.png` });
+  // A text model (the service also serves the tests' keyword model, when the test wrote it):
+  // the text with its words highlighted, the deciding word the most strongly.
+  if (await page.locator("#model option[value=keywords]").count()) {
+    await page.selectOption("#model", "keywords");
+    if (await page.isHidden("#text-input")) failures.push("the text box is hidden for a text model");
+    const offered = await page.evaluate(() => [...document.querySelectorAll("#method option")].map((o) => o.value));
+    if (offered.includes("grad-cam") || !offered.includes("occlusion")) failures.push(`text methods: ${offered}`);
+    await page.selectOption("#method", "occlusion");
+    await page.fill("#text", "The movie was great, but the ending was dull.");
+    await page.click("#explain");
+    await page.waitForSelector("#attributions section.explaind-text mark", { timeout: 20000 });
+    const strongest = await page.evaluate(() => {
+      const marks = [...document.querySelectorAll("#attributions mark")];
+      marks.sort((a, b) => Number(b.dataset.value) - Number(a.dataset.value));
+      return marks[0].innerText;
+    });
+    if (strongest !== "great") failures.push(`text: the strongest word is ${strongest}`);
+    await page.waitForFunction(() => (document.querySelector("#predictions")?.innerText || "").includes("positive"), null, { timeout: 20000 });
+    await page.screenshot({ path: `${shots}/web-page-text.png` });
+  } else {
+    failures.push("no text model to try");
+  }
   if (failures.length) {
     console.error(failures.join("\n"));
     process.exit(1);
