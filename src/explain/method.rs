@@ -528,10 +528,9 @@ pub fn check_applicable(method: &dyn AnyMethod, model: &LoadedModel) -> Result<(
     if let Some(text) = &model.spec.text {
         if !caps.text {
             return Err(Invalid::Model(format!(
-                "{} does not explain text models; `{}` takes text (methods for text: saliency, \
-                 gradient-x-input, integrated-gradients, smoothgrad, occlusion, lime, kernel-shap, \
-                 attention-rollout, transformer-relevance)",
+                "{} does not explain text models; `{}` takes text (GET /v1/models/{} lists the methods that do)",
                 method.name(),
+                model.name,
                 model.name
             )));
         }
