@@ -70,9 +70,34 @@ pub struct Encoded {
     pub tokens: Vec<Token>,
     /// True when the text had more tokens than `max_length` and was cut.
     pub truncated: bool,
+    /// The byte offset of every character of `text`, and its length last: offsets are characters.
+    char_bytes: Vec<usize>,
 }
 
 impl Encoded {
+    /// The tokens of `text` as the tokenizer cut it.
+    pub fn new(text: String, tokens: Vec<Token>, truncated: bool) -> Self {
+        let char_bytes = text.char_indices().map(|(b, _)| b).chain([text.len()]).collect();
+        Self {
+            text,
+            tokens,
+            truncated,
+            char_bytes,
+        }
+    }
+
+    /// Characters `start..end` of the text (clamped to it).
+    pub fn slice(&self, start: usize, end: usize) -> &str {
+        let last = self.char_bytes.len() - 1;
+        let (a, b) = (start.min(last), end.clamp(start.min(last), last));
+        &self.text[self.char_bytes[a]..self.char_bytes[b]]
+    }
+
+    /// Characters in the text.
+    pub fn chars(&self) -> usize {
+        self.char_bytes.len() - 1
+    }
+
     /// The interpretable features over tokens: the words (tokens of one word together), or each
     /// token on its own; special tokens are in none. Each feature is a list of token positions.
     pub fn features(&self, words: bool) -> Vec<Vec<usize>> {
@@ -102,11 +127,7 @@ impl Encoded {
             return (String::new(), 0, 0);
         };
         let (start, end) = (self.tokens[*first].start, self.tokens[*last].end);
-        (
-            self.text.chars().skip(start).take(end.saturating_sub(start)).collect(),
-            start,
-            end,
-        )
+        (self.slice(start, end).to_string(), start, end)
     }
 }
 
@@ -216,11 +237,7 @@ impl TextModel {
         if tokens.iter().all(|t| t.special) {
             return Err(InputError::BadText("the text has no tokens the tokenizer knows".into()));
         }
-        Ok(Encoded {
-            text: text.to_string(),
-            truncated: !e.get_overflowing().is_empty(),
-            tokens,
-        })
+        Ok(Encoded::new(text.to_string(), tokens, !e.get_overflowing().is_empty()))
     }
 
     /// The row of token `id`: its embedding, or the id itself.
@@ -260,4 +277,45 @@ pub fn per_token(values: &[f32], tokens: usize, abs: bool) -> Vec<f32> {
         .take(tokens)
         .map(|c| c.iter().map(|v| if abs { v.abs() } else { *v }).sum())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(text: &str, start: usize, end: usize, word: Option<u32>, special: bool) -> Token {
+        Token {
+            text: text.into(),
+            start,
+            end,
+            id: 0,
+            word,
+            special,
+        }
+    }
+
+    #[test]
+    fn words_gather_their_tokens_and_spans_are_characters() {
+        let e = Encoded::new(
+            "Café déjà vu".into(),
+            vec![
+                token("[CLS]", 0, 0, None, true),
+                token("caf", 0, 3, Some(0), false),
+                token("##é", 3, 4, Some(0), false),
+                token("déjà", 5, 9, Some(1), false),
+                token("vu", 10, 12, Some(2), false),
+                token("[SEP]", 0, 0, None, true),
+            ],
+            false,
+        );
+        assert_eq!(e.features(true), vec![vec![1, 2], vec![3], vec![4]]);
+        assert_eq!(e.features(false), vec![vec![1], vec![2], vec![3], vec![4]]);
+        assert_eq!(e.span(&[1, 2]), ("Café".to_string(), 0, 4));
+        assert_eq!(e.span(&[3]), ("déjà".to_string(), 5, 9));
+        assert_eq!(e.chars(), 12);
+        assert_eq!(e.slice(4, 5), " ");
+        assert_eq!(e.slice(10, 99), "vu", "clamped to the text");
+        assert_eq!(per_token(&[1.0, -2.0, 3.0, 4.0], 2, false), vec![-1.0, 7.0]);
+        assert_eq!(per_token(&[1.0, -2.0, 3.0, 4.0], 2, true), vec![3.0, 7.0]);
+    }
 }

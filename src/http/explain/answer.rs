@@ -51,14 +51,13 @@ impl Answer {
 /// The original text cut into words (each with the sum of its tokens' values) and what lies
 /// between them, for drawing.
 pub fn highlights(text: &Encoded, values: &[f32]) -> Vec<render::Highlight> {
-    let chars: Vec<char> = text.text.chars().collect();
     let mut pieces = Vec::new();
     let mut at = 0;
     for word in text.features(true) {
         let (written, start, end) = text.span(&word);
         if start > at {
             pieces.push(render::Highlight {
-                text: chars[at.min(chars.len())..start.min(chars.len())].iter().collect(),
+                text: text.slice(at, start).to_string(),
                 value: None,
             });
         }
@@ -68,9 +67,9 @@ pub fn highlights(text: &Encoded, values: &[f32]) -> Vec<render::Highlight> {
         });
         at = at.max(end);
     }
-    if at < chars.len() {
+    if at < text.chars() {
         pieces.push(render::Highlight {
-            text: chars[at..].iter().collect(),
+            text: text.slice(at, text.chars()).to_string(),
             value: None,
         });
     }
