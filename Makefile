@@ -5,7 +5,7 @@ CARGO ?= cargo
 BIND ?= 127.0.0.1:8080
 VENV ?= $(HOME)/.cache/explaind/venv-models
 
-.PHONY: run test lint onnxruntime models tree-model efficientnet minilm openapi bench
+.PHONY: run test lint onnxruntime models tree-model text-model efficientnet minilm openapi bench
 
 onnxruntime:
 	@./scripts/fetch-onnxruntime.sh >/dev/null
@@ -32,6 +32,12 @@ models:
 tree-model:
 	./scripts/test-setup.sh
 	$${EXPLAIND_CACHE_DIR:-$$HOME/.cache/explaind}/venv-tests/bin/python scripts/make_tree_model.py
+
+# Regenerates models/movie-reviews (a bag-of-words sentiment model, so `make run` serves text).
+text-model:
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r scripts/requirements-models.txt
+	$(VENV)/bin/python scripts/make_text_model.py
 
 # Adds a pretrained photo classifier (EfficientNet-Lite0, ImageNet) to models/; 18 MB, not committed.
 efficientnet:

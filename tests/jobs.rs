@@ -232,7 +232,7 @@ async fn every_method_as_a_job_counts_progress_in_model_rows_and_never_past_its_
     let image = base64::engine::general_purpose::STANDARD.encode(common::fashion_png());
     let features = common::breast_cancer_holdout()[0].clone();
     let mut checked = 0;
-    for model in ["fashion-cnn", "breast-cancer", "breast-cancer-forest"] {
+    for model in ["fashion-cnn", "breast-cancer", "breast-cancer-forest", "movie-reviews"] {
         let info: Value = http
             .get(url(&s, &format!("/v1/models/{model}")))
             .send()
@@ -246,6 +246,8 @@ async fn every_method_as_a_job_counts_progress_in_model_rows_and_never_past_its_
             let mut body = json!({"model": model, "method": method, "seed": 3});
             if model == "fashion-cnn" {
                 body["image"] = json!(image);
+            } else if model == "movie-reviews" {
+                body["text"] = json!("A moving story, but the second hour is dull and far too long.");
             } else {
                 body["features"] = json!(features);
             }

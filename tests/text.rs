@@ -647,3 +647,31 @@ async fn text_explanations_are_measured_and_compared() {
     .await;
     assert!(c.to_string().contains("\"tokens\""), "{c}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_text_model_explains_reviews() {
+    // models/movie-reviews (scripts/make_text_model.py): a bag-of-words logistic regression
+    // trained on VADER's movie-review snippets, behind an embedding lookup.
+    let s = start_bundled().await;
+    let text = "A moving story, but the second hour is dull.";
+    for (method, target, word) in [
+        ("integrated-gradients", "positive", "moving"),
+        ("integrated-gradients", "negative", "dull"),
+        ("kernel-shap", "negative", "dull"),
+    ] {
+        let v = ok_json(
+            post_json(
+                &s,
+                &format!("/v1/models/movie-reviews/explain/{method}"),
+                &json!({"text": text, "target": target, "include": ["words"], "seed": 1}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(top_word(&v), word, "{method} for {target}: {v}");
+        if method == "integrated-gradients" {
+            // Linear in the embeddings: Integrated Gradients is exact.
+            assert!(v["convergence_delta"].as_f64().unwrap().abs() < 1e-4, "{v}");
+        }
+    }
+}

@@ -157,7 +157,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub fn copy_bundled(name: &str, models_dir: &Path) {
     let (from, to) = (root().join("models").join(name), models_dir.join(name));
     std::fs::create_dir_all(&to).unwrap();
-    for f in ["model.onnx", "model.toml", "background.csv"] {
+    for f in ["model.onnx", "model.toml", "background.csv", "tokenizer.json"] {
         if from.join(f).exists() {
             std::fs::copy(from.join(f), to.join(f)).unwrap();
         }
