@@ -109,7 +109,9 @@ pub fn cut(model: &ModelProto, inputs: &TextInputs) -> Result<Cut, String> {
             // another node reads it (tied weights).
             let data = lookup.input[0].clone();
             if !graph.node.iter().any(|n| n.input.contains(&data)) {
+                // Older exports also list initializers among the graph's inputs.
                 graph.initializer.retain(|t| t.name.as_deref() != Some(data.as_str()));
+                graph.input.retain(|i| i.name.as_deref() != Some(data.as_str()));
             }
             front.push(node("Identity", &[EMBEDDINGS], &out, vec![]));
             front.push(filled(&inputs.ids, ids_type, 0));
@@ -274,5 +276,70 @@ fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<(&str, Attr)>) -> No
         output: vec![output.to_string()],
         attribute: attrs.into_iter().map(|(n, v)| attribute(n, v)).collect(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::builder::GraphBuilder;
+
+    fn inputs() -> TextInputs {
+        TextInputs {
+            ids: "input_ids".into(),
+            mask: Some("attention_mask".into()),
+            types: None,
+        }
+    }
+
+    #[test]
+    fn the_lookup_becomes_the_input_and_the_table_leaves_the_graph() {
+        let model = crate::onnx::zoo::keyword_classifier(10, 4, &[5], &[6]);
+        let cut = cut(&model, &inputs()).unwrap();
+        let table = cut.table.as_ref().unwrap();
+        assert_eq!((table.vocab, table.dim, table.values.len()), (10, 4, 40));
+        assert_eq!(
+            &table.values[5 * 4..5 * 4 + 2],
+            &[2.0, -1.0],
+            "row 5 is the positive word's"
+        );
+        let graph = cut.model.graph.as_ref().unwrap();
+        let names: Vec<&str> = graph.input.iter().filter_map(|i| i.name.as_deref()).collect();
+        assert_eq!(names, [EMBEDDINGS]);
+        assert!(!graph
+            .initializer
+            .iter()
+            .any(|t| t.name.as_deref() == Some("word_embeddings")));
+        assert!(!graph.node.iter().any(|n| op_type(n) == "Gather"));
+        // The mask is made, as ones, before anything reads it.
+        let mask = graph
+            .node
+            .iter()
+            .position(|n| n.output.first().map(String::as_str) == Some("attention_mask"))
+            .unwrap();
+        let reader = graph
+            .node
+            .iter()
+            .position(|n| n.input.iter().any(|i| i == "attention_mask"))
+            .unwrap();
+        assert!(mask < reader);
+    }
+
+    #[test]
+    fn ids_read_for_their_values_or_missing_are_refused_by_name() {
+        let mut g = GraphBuilder::new("ids_values", 17);
+        let ids = g.input_typed("input_ids", data_type::INT64, &[-1, -1]);
+        let table = g.constant("table", &[5, 2], &[0.0; 10]);
+        let e = g.node("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
+        let f = g.node("Cast", &[&ids], vec![("to", Attr::Int(data_type::FLOAT as i64))]);
+        g.node("Add", &[&e, &f], vec![]);
+        g.rename_last_output("logits");
+        g.output_any("logits");
+        let model = g.build();
+        let no_mask = TextInputs { mask: None, ..inputs() };
+        let err = cut(&model, &no_mask).unwrap_err();
+        assert!(err.contains("read by Cast"), "{err}");
+        let err = cut(&model, &inputs()).unwrap_err();
+        assert!(err.contains("no graph input `attention_mask`"), "{err}");
     }
 }
