@@ -7,37 +7,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const MANIFEST: &str = "task = \"image-classification\"\nlabels = [\"a\", \"b\", \"c\"]\n";
-
-fn test_python() -> PathBuf {
-    let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/explaind"));
-    cache.join("venv-tests/bin/python")
-}
-
-/// Runs scripts/`script` on `spec` (written to a file); its `patches`.
-fn reference(script: &str, spec: Value) -> Vec<f64> {
-    let file = temp_dir("attention-spec").join("spec.json");
-    std::fs::write(&file, spec.to_string()).unwrap();
-    let out = std::process::Command::new(test_python())
-        .arg(root().join("scripts").join(script))
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
-    serde_json::from_value(answer["patches"].clone()).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attention_rollout_and_transformer_relevance_match_independent_computations() {
@@ -79,9 +52,9 @@ async fn attention_rollout_and_transformer_relevance_match_independent_computati
         assert_eq!(v["details"]["grid"], json!([4, 4]), "{}", v["details"]);
         assert_eq!(v["stats"]["model_rows"], 1, "one forward pass");
         let ours: Vec<f64> = serde_json::from_value(v["details"]["patches"].clone()).unwrap();
-        let theirs = reference(
+        let theirs = attention_reference(
             "rollout_reference.py",
-            json!({"model": model_file, "input": input, "shape": [1, 3, 32, 32], "maps": maps,
+            &json!({"model": model_file, "input": input, "shape": [1, 3, 32, 32], "maps": maps,
                    "head_fusion": fusion, "discard_ratio": discard, "skip": 1, "grid": [4, 4]}),
         );
         assert_eq!(ours.len(), 16);
@@ -107,9 +80,9 @@ async fn attention_rollout_and_transformer_relevance_match_independent_computati
         .await;
         assert_eq!(attribution_values(&v).len(), 32 * 32);
         let ours: Vec<f64> = serde_json::from_value(v["details"]["patches"].clone()).unwrap();
-        let theirs = reference(
+        let theirs = attention_reference(
             "chefer_reference.py",
-            json!({"model": model_file, "input": input, "shape": [1, 3, 32, 32], "maps": maps,
+            &json!({"model": model_file, "input": input, "shape": [1, 3, 32, 32], "maps": maps,
                    "target": target, "skip": 1, "eps": 1e-2}),
         );
         assert_eq!(ours.len(), 16);

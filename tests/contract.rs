@@ -10,20 +10,13 @@ use std::process::Command;
 
 use common::*;
 
-fn venv(tool: &str) -> PathBuf {
-    let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/explaind"));
-    cache.join("venv-tests/bin").join(tool)
-}
-
 fn schemathesis() -> PathBuf {
-    venv("schemathesis")
+    test_venv("schemathesis")
 }
 
 #[test]
 fn the_document_is_valid_openapi_3_1() {
-    let python = venv("python");
+    let python = test_venv("python");
     assert!(python.exists(), "{} is missing: run `make test`", python.display());
     let out = Command::new(python)
         .args([

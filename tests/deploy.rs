@@ -11,15 +11,8 @@ use std::process::Command;
 
 use common::*;
 
-fn kubernetes_validate() -> PathBuf {
-    let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/explaind"));
-    cache.join("venv-tests/bin/kubernetes-validate")
-}
-
 fn validate(manifests: &[PathBuf]) -> (bool, String) {
-    let tool = kubernetes_validate();
+    let tool = test_venv("kubernetes-validate");
     assert!(tool.exists(), "{} is missing: run `make test`", tool.display());
     let out = Command::new(tool)
         .args(["--strict", "-k", "1.34.0"])

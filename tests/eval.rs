@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use base64::Engine;
@@ -92,15 +91,8 @@ fn image(seed: u64) -> (String, Vec<f64>) {
     (base64::engine::general_purpose::STANDARD.encode(bytes), x)
 }
 
-fn python() -> PathBuf {
-    let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/explaind"));
-    cache.join("venv-tests/bin/python")
-}
-
 fn reference(case: &Value) -> Value {
-    let python = python();
+    let python = test_venv("python");
     assert!(python.exists(), "{} is missing: run `make test`", python.display());
     let mut child = Command::new(python)
         .arg(root().join("scripts/eval_reference.py"))

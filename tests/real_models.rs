@@ -173,10 +173,7 @@ impl Preprocessing {
 
 impl RealModel {
     fn file(&self) -> PathBuf {
-        let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/explaind"));
-        let file = cache.join("models").join(self.name).join("model.onnx");
+        let file = cache_dir().join("models").join(self.name).join("model.onnx");
         assert!(
             file.is_file(),
             "{} is missing: run `make test` (scripts/test-setup.sh fetches it)",

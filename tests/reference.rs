@@ -13,19 +13,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{ok_json, post_json, problem, root, start, temp_dir, test_config, url};
+use common::{ok_json, post_json, problem, root, start, temp_dir, test_config, test_venv, url};
 use explaind::config::Config;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 const FASHION: &str = "/usr/share/datasets/fashion-mnist";
-
-fn python() -> PathBuf {
-    let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/explaind"));
-    cache.join("venv-tests/bin/python")
-}
 
 /// Writes `count` Fashion-MNIST images of `split` from `start` under `out` (and, with `flip`, a
 /// labels file with that share flipped).
@@ -153,7 +146,7 @@ async fn influence_and_self_influence_match_an_independent_tracin() {
     });
     let spec_path = small.models.join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let out = Command::new(python())
+    let out = Command::new(test_venv("python"))
         .arg(root().join("scripts/tracin_reference.py"))
         .arg(&spec_path)
         .output()

@@ -330,30 +330,6 @@ async fn transformer_token_gradients_and_integrated_gradients_are_exact() {
     }
 }
 
-fn test_python() -> PathBuf {
-    let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/explaind"));
-    cache.join("venv-tests/bin/python")
-}
-
-fn reference(script: &str, spec: Value) -> Vec<f64> {
-    let file = temp_dir("text-attention-spec").join("spec.json");
-    std::fs::write(&file, spec.to_string()).unwrap();
-    let out = std::process::Command::new(test_python())
-        .arg(root().join("scripts").join(script))
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
-    serde_json::from_value(answer["patches"].clone()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attention_methods_on_text_match_numpy_references() {
     let dir = temp_dir("text-attention");
@@ -384,9 +360,9 @@ async fn attention_methods_on_text_match_numpy_references() {
             .await,
         )
         .await;
-        let theirs = reference(
+        let theirs = attention_reference(
             "rollout_reference.py",
-            json!({"model": file, "input": x, "shape": shape, "maps": maps, "head_fusion": fusion,
+            &json!({"model": file, "input": x, "shape": shape, "maps": maps, "head_fusion": fusion,
                    "discard_ratio": discard, "skip": 1, "keep": keep}),
         );
         close(&format!("rollout {fusion} {discard}"), &explained(&v), &theirs, 1e-4);
@@ -406,9 +382,9 @@ async fn attention_methods_on_text_match_numpy_references() {
             .await,
         )
         .await;
-        let theirs = reference(
+        let theirs = attention_reference(
             "chefer_reference.py",
-            json!({"model": file, "input": x, "shape": shape, "maps": maps, "target": target, "skip": 1,
+            &json!({"model": file, "input": x, "shape": shape, "maps": maps, "target": target, "skip": 1,
                    "keep": keep, "eps": 1e-3}),
         );
         close(&format!("relevance target {target}"), &explained(&v), &theirs, 2e-2);

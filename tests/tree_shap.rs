@@ -8,21 +8,14 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{problem, root, start, temp_dir, test_config, url};
+use common::{problem, root, start, temp_dir, test_config, test_venv, url};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn python() -> PathBuf {
-    let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/explaind"));
-    cache.join("venv-tests/bin/python")
-}
 
 /// Runs the reference script into a fresh folder: models/ and expected.json.
 fn reference() -> (PathBuf, Value) {
     let dir = temp_dir("tree-shap");
-    let py = python();
+    let py = test_venv("python");
     assert!(
         py.exists(),
         "{} missing: run scripts/test-setup.sh (make test does)",

@@ -97,6 +97,39 @@ pub async fn tabular_features(service: &Service, model: &str) -> Vec<String> {
         .collect()
 }
 
+/// explaind's cache (`EXPLAIND_CACHE_DIR`, default `~/.cache/explaind`): downloads, ONNX Runtime,
+/// the test virtualenv.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("EXPLAIND_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/explaind"))
+}
+
+/// A program of the test virtualenv (`python`, `schemathesis`, ...), as scripts/test-setup.sh
+/// installs it.
+pub fn test_venv(tool: &str) -> PathBuf {
+    cache_dir().join("venv-tests/bin").join(tool)
+}
+
+/// Runs scripts/`script` (rollout_reference.py, chefer_reference.py) on `spec`, written to a
+/// file, with the test virtualenv's Python; its `patches`.
+pub fn attention_reference(script: &str, spec: &serde_json::Value) -> Vec<f64> {
+    let file = temp_dir("attention-spec").join("spec.json");
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let out = std::process::Command::new(test_venv("python"))
+        .arg(root().join("scripts").join(script))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_value(answer["patches"].clone()).unwrap()
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
