@@ -16,21 +16,7 @@ use explaind::runtime::graph_runner::OrtRunner;
 use explaind::runtime::sessions::create_session_from_bytes;
 use explaind::runtime::shapes::probe_shapes;
 use explaind::runtime::Tensor;
-use ort::value::Tensor as OrtTensor;
 use prost::Message;
-
-fn run_raw(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, &[f32])]) {
-    let values: Vec<(String, ort::session::SessionInputValue<'static>)> = feeds
-        .iter()
-        .map(|(n, s, v)| {
-            (
-                n.to_string(),
-                OrtTensor::from_array((s.clone(), v.to_vec())).unwrap().into(),
-            )
-        })
-        .collect();
-    drop(session.run(values).unwrap());
-}
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -166,7 +152,7 @@ fn main() {
                     let mut bdims = dims.clone();
                     bdims[0] = b;
                     let xs: Vec<f32> = (0..b).flat_map(|_| x.iter().copied()).collect();
-                    run_raw(&mut forward, &[("input", bdims, &xs)]);
+                    common::run_raw(&mut forward, &[("input", bdims, &xs)]);
                     left -= b;
                 }
                 let per_key = result.gradient_rows / keys.len();
@@ -181,7 +167,7 @@ fn main() {
                         let w: Vec<f32> = (0..b * classes)
                             .map(|i| if i % classes == 0 { 1.0 } else { 0.0 })
                             .collect();
-                        run_raw(session, &[("input", bdims, &xs), (WEIGHTS_INPUT, vec![b, classes], &w)]);
+                        common::run_raw(session, &[("input", bdims, &xs), (WEIGHTS_INPUT, vec![b, classes], &w)]);
                         left -= b;
                     }
                 }
@@ -232,7 +218,7 @@ fn tabular_rows(
     let started = Instant::now();
     for _ in 0..repeats {
         for r in &rows {
-            run_raw(&mut session, &[(input.as_str(), vec![1, r.len()], r)]);
+            common::run_raw(&mut session, &[(input.as_str(), vec![1, r.len()], r)]);
         }
     }
     let raw = started.elapsed().as_secs_f64() * 1e3 / (repeats * rows.len()) as f64;

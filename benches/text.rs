@@ -17,24 +17,10 @@ use explaind::onnx::embedding::EMBEDDINGS;
 use explaind::runtime::graph_runner::OrtRunner;
 use explaind::runtime::sessions::create_session_from_bytes;
 use explaind::runtime::shapes::probe_shapes;
-use ort::value::Tensor as OrtTensor;
 use prost::Message;
 
 const REVIEW: &str = "The plot was predictable and the first hour drags, but the acting is wonderful and the \
                       music carries every scene.";
-
-fn run_raw(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, &[f32])]) {
-    let values: Vec<(String, ort::session::SessionInputValue<'static>)> = feeds
-        .iter()
-        .map(|(n, s, v)| {
-            (
-                n.to_string(),
-                OrtTensor::from_array((s.clone(), v.to_vec())).unwrap().into(),
-            )
-        })
-        .collect();
-    drop(session.run(values).unwrap());
-}
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -174,7 +160,7 @@ fn main() {
                 let mut bdims = dims.clone();
                 bdims[0] = b;
                 let xs: Vec<f32> = (0..b).flat_map(|_| x.iter().copied()).collect();
-                run_raw(&mut forward, &[(EMBEDDINGS, bdims, &xs)]);
+                common::run_raw(&mut forward, &[(EMBEDDINGS, bdims, &xs)]);
                 left -= b;
             }
             let mut left = result.gradient_rows;
@@ -186,7 +172,7 @@ fn main() {
                 let w: Vec<f32> = (0..b * classes)
                     .map(|i| if i % classes == 0 { 1.0 } else { 0.0 })
                     .collect();
-                run_raw(
+                common::run_raw(
                     session,
                     &[(EMBEDDINGS, bdims, &xs), (WEIGHTS_INPUT, vec![b, classes], &w)],
                 );

@@ -83,3 +83,18 @@ pub fn serve(config: explaind::config::Config) -> (tokio::runtime::Runtime, expl
     rt.block_on(service.state.executor.wait_ready(std::time::Duration::from_secs(60)));
     (rt, service)
 }
+
+/// Runs `session` on float `feeds` (name, shape, values) and drops the outputs: a raw pass, for
+/// the ratios the benchmarks print.
+pub fn run_raw(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, &[f32])]) {
+    let values: Vec<(String, ort::session::SessionInputValue<'static>)> = feeds
+        .iter()
+        .map(|(n, s, v)| {
+            (
+                n.to_string(),
+                ort::value::Tensor::from_array((s.clone(), v.to_vec())).unwrap().into(),
+            )
+        })
+        .collect();
+    drop(session.run(values).unwrap());
+}
