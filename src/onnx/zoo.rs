@@ -79,6 +79,21 @@ impl Net {
         )
     }
 
+    /// GELU written with Erf, `x * (1 + erf(x / sqrt 2)) / 2`, as exporters emit it before opset
+    /// 20; its constants are named after `tag`.
+    fn gelu(&mut self, x: &str, tag: &str) -> String {
+        let r2 = self
+            .g
+            .constant(&format!("{tag}_inv_sqrt2"), &[], &[std::f32::consts::FRAC_1_SQRT_2]);
+        let half = self.g.constant(&format!("{tag}_half"), &[], &[0.5]);
+        let one = self.g.constant(&format!("{tag}_one"), &[], &[1.0]);
+        let scaled = self.g.node("Mul", &[x, &r2], vec![]);
+        let e = self.g.node("Erf", &[&scaled], vec![]);
+        let e = self.g.node("Add", &[&e, &one], vec![]);
+        let y = self.g.node("Mul", &[x, &e], vec![]);
+        self.g.node("Mul", &[&y, &half], vec![])
+    }
+
     fn relu(&mut self, x: &str) -> String {
         self.g.node("Relu", &[x], vec![])
     }
@@ -265,17 +280,7 @@ pub fn convnext(widths: &[i64], size: i64, classes: i64) -> ModelProto {
         let b1 = net.param(&[4 * c], 0.05);
         let h = net.g.node("MatMul", &[&normed, &w1], vec![]);
         let h = net.g.node("Add", &[&h, &b1], vec![]);
-        net.n += 1;
-        let r2 = net
-            .g
-            .constant(&format!("gelu{}_r2", net.n), &[], &[std::f32::consts::FRAC_1_SQRT_2]);
-        let half = net.g.constant(&format!("gelu{}_half", net.n), &[], &[0.5]);
-        let one = net.g.constant(&format!("gelu{}_one", net.n), &[], &[1.0]);
-        let e = net.g.node("Mul", &[&h, &r2], vec![]);
-        let e = net.g.node("Erf", &[&e], vec![]);
-        let e = net.g.node("Add", &[&e, &one], vec![]);
-        let h = net.g.node("Mul", &[&h, &e], vec![]);
-        let h = net.g.node("Mul", &[&h, &half], vec![]);
+        let h = net.gelu(&h, &format!("gelu_stage{stage}"));
         let w2 = net.param(&[4 * c, c], (3.0 / (4 * c) as f32).sqrt());
         let b2 = net.param(&[c], 0.05);
         let y = net.g.node("MatMul", &[&h, &w2], vec![]);
@@ -559,17 +564,7 @@ fn encoder_layer(
     let b1 = net.param(&[2 * dim], 0.05);
     let f = net.g.node("MatMul", &[&h, &w1], vec![]);
     let f = net.g.node("Add", &[&f, &b1], vec![]);
-    // GELU written with Erf, as exporters emit it before opset 20.
-    let r2 = net
-        .g
-        .constant(&format!("inv_sqrt2{suffix}"), &[], &[std::f32::consts::FRAC_1_SQRT_2]);
-    let half = net.g.constant(&format!("half{suffix}"), &[], &[0.5]);
-    let one = net.g.constant(&format!("one{suffix}"), &[], &[1.0]);
-    let fs = net.g.node("Mul", &[&f, &r2], vec![]);
-    let e = net.g.node("Erf", &[&fs], vec![]);
-    let e1 = net.g.node("Add", &[&e, &one], vec![]);
-    let fe = net.g.node("Mul", &[&f, &e1], vec![]);
-    let gelu = net.g.node("Mul", &[&fe, &half], vec![]);
+    let gelu = net.gelu(&f, &format!("gelu{suffix}"));
     let w2 = net.param(&[2 * dim, dim], (3.0 / (2 * dim) as f32).sqrt());
     let f2 = net.g.node("MatMul", &[&gelu, &w2], vec![]);
     let res2 = net.g.node("Add", &[&h, &f2], vec![]);
