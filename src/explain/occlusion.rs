@@ -185,26 +185,34 @@ fn explain(
     })?;
     let mut out = Vec::new();
     for t in targets {
-        let mut sum = vec![0f64; h * w];
-        let mut count = vec![0u32; h * w];
-        for (r, &(y0, x0)) in windows.iter().enumerate() {
-            let drop = scores[t.index] - outputs[r][t.index];
-            for yy in y0..y0 + window {
-                for xx in x0..x0 + window {
-                    sum[yy * w + xx] += drop;
-                    count[yy * w + xx] += 1;
-                }
-            }
-        }
-        let map: Vec<f32> = sum
-            .iter()
-            .zip(&count)
-            .map(|(s, n)| if *n > 0 { (*s / *n as f64) as f32 } else { 0.0 })
-            .collect();
-        let map = Tensor::f32(vec![h, w], map);
+        let drops: Vec<f64> = outputs.iter().map(|o| scores[t.index] - o[t.index]).collect();
+        let means = mean_drops(h * w, &drops, |r| {
+            let (y0, x0) = windows[r];
+            (y0..y0 + window)
+                .flat_map(|yy| (x0..x0 + window).map(move |xx| yy * w + xx))
+                .collect()
+        });
+        let map = Tensor::f32(vec![h, w], means.iter().map(|v| *v as f32).collect());
         out.push(TargetAttribution::from_map(t, map, None, None));
     }
     Ok(out)
+}
+
+/// Each of `cells` cells' mean score drop over the windows covering it (0 where none does):
+/// window `r` covers `covered(r)` and dropped the score by `drops[r]`.
+fn mean_drops(cells: usize, drops: &[f64], covered: impl Fn(usize) -> Vec<usize>) -> Vec<f64> {
+    let mut sum = vec![0f64; cells];
+    let mut count = vec![0u32; cells];
+    for (r, drop) in drops.iter().enumerate() {
+        for c in covered(r) {
+            sum[c] += drop;
+            count[c] += 1;
+        }
+    }
+    sum.iter()
+        .zip(&count)
+        .map(|(s, n)| if *n > 0 { s / *n as f64 } else { 0.0 })
+        .collect()
 }
 
 /// Occlusion of a text: windows of `window` words (default 1) moved `stride` words at a time,
@@ -231,19 +239,8 @@ fn explain_text(
     })?;
     let mut out = Vec::new();
     for t in targets {
-        let mut sum = vec![0f64; words];
-        let mut count = vec![0u32; words];
-        for (r, &start) in starts.iter().enumerate() {
-            for w in start..start + window {
-                sum[w] += scores[t.index] - outputs[r][t.index];
-                count[w] += 1;
-            }
-        }
-        let values: Vec<f64> = sum
-            .iter()
-            .zip(&count)
-            .map(|(s, n)| if *n > 0 { s / *n as f64 } else { 0.0 })
-            .collect();
+        let drops: Vec<f64> = outputs.iter().map(|o| scores[t.index] - o[t.index]).collect();
+        let values = mean_drops(words, &drops, |r| (starts[r]..starts[r] + window).collect());
         out.push(TargetAttribution::from_map(t, players.map(&values), None, None));
     }
     Ok(out)
