@@ -235,7 +235,13 @@ impl TextModel {
             })
             .collect();
         if tokens.iter().all(|t| t.special) {
-            return Err(InputError::BadText("the text has no tokens the tokenizer knows".into()));
+            return Err(InputError::BadText(match e.get_overflowing().is_empty() {
+                true => "the text has no tokens the tokenizer knows".into(),
+                false => format!(
+                    "max_length {} leaves no room for the text's tokens beside the special ones",
+                    self.max_length
+                ),
+            }));
         }
         Ok(Encoded::new(text.to_string(), tokens, !e.get_overflowing().is_empty()))
     }
