@@ -92,16 +92,36 @@ async fn worker_gradients_are_batched_cached_and_exact() {
             .unwrap();
     }
     assert_eq!(s.state.gradients.built_count(), 1);
-    s.state
+    // Plain gradients come from the same graph (relu3 is the default CAM layer), without the layer.
+    let plain = s
+        .state
         .executor
         .submit(Gradients {
             key: fashion_key(&[]),
+            input: input.clone(),
+            weights: weights.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.state.gradients.built_count(), 1, "one graph serves both");
+    assert!(
+        plain.layers.is_empty(),
+        "a layer that was not asked for is not returned"
+    );
+    assert!(close(plain.input_grad.as_f32().unwrap(), &direct));
+    // Another layer is another graph.
+    let other = s
+        .state
+        .executor
+        .submit(Gradients {
+            key: fashion_key(&["relu2"]),
             input,
             weights,
         })
         .await
         .unwrap();
     assert_eq!(s.state.gradients.built_count(), 2);
+    assert!(close(other.input_grad.as_f32().unwrap(), &direct));
     s.stop().await.unwrap();
 }
 
@@ -234,7 +254,7 @@ async fn backward_sessions_beyond_max_model_memory_are_dropped_and_rebuilt() {
         weights: weights.clone(),
     };
     let first = s.state.executor.submit(run(&[])).await.unwrap();
-    s.state.executor.submit(run(&["relu3"])).await.unwrap();
+    s.state.executor.submit(run(&["relu2"])).await.unwrap();
     let again = s.state.executor.submit(run(&[])).await.unwrap();
     assert_eq!(
         s.state.gradients.built_count(),

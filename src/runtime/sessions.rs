@@ -446,6 +446,24 @@ impl Drop for LentModel {
     }
 }
 
+/// The key whose backward graph serves `key`: plain gradients come from the graph that also gives
+/// the default CAM layer's activation and gradient (a few more outputs), so saliency, Integrated
+/// Gradients and Grad-CAM share one session instead of holding two copies of the model's weights.
+/// True when the layer was added here, not asked for.
+fn with_cam_layer<'k>(model: &LoadedModel, key: &'k GradientKey) -> (std::borrow::Cow<'k, GradientKey>, bool) {
+    let cam = model.gradient_report.get().and_then(|r| r.default_cam_layer.clone());
+    match cam {
+        Some(layer) if key.layers.is_empty() && key.rules == crate::onnx::autodiff::RuleSet::Standard => (
+            std::borrow::Cow::Owned(GradientKey {
+                layers: vec![layer],
+                ..key.clone()
+            }),
+            true,
+        ),
+        _ => (std::borrow::Cow::Borrowed(key), false),
+    }
+}
+
 /// A worker's handle on the shared sessions.
 pub struct WorkerRuntime {
     store: Arc<SessionStore>,
@@ -635,8 +653,17 @@ impl WorkerRuntime {
         weights: &Tensor,
     ) -> Result<GradientPass, RuntimeError> {
         let model = self.model(&key.model)?;
-        let backward = self.store.backward_session(&model, key, &[])?;
-        self.gradient_pass(&model, &backward, input, weights, &[], key.rules)
+        let plain = key;
+        let (key, unasked) = with_cam_layer(&model, key);
+        let backward = match self.store.backward_session(&model, &key, &[]) {
+            Err(_) if unasked => self.store.backward_session(&model, plain, &[])?,
+            built => built?,
+        };
+        let mut pass = self.gradient_pass(&model, &backward, input, weights, &[], key.rules)?;
+        if unasked {
+            pass.layers.clear();
+        }
+        Ok(pass)
     }
 
     /// [`Self::gradients`] through the model with dropout masks at `sites`, `masks[k]` holding one
@@ -650,8 +677,17 @@ impl WorkerRuntime {
         masks: &[Tensor],
     ) -> Result<GradientPass, RuntimeError> {
         let model = self.model(&key.model)?;
-        let backward = self.store.backward_session(&model, key, sites)?;
-        self.gradient_pass(&model, &backward, input, weights, masks, key.rules)
+        let plain = key;
+        let (key, unasked) = with_cam_layer(&model, key);
+        let backward = match self.store.backward_session(&model, &key, sites) {
+            Err(_) if unasked => self.store.backward_session(&model, plain, sites)?,
+            built => built?,
+        };
+        let mut pass = self.gradient_pass(&model, &backward, input, weights, masks, key.rules)?;
+        if unasked {
+            pass.layers.clear();
+        }
+        Ok(pass)
     }
 
     fn gradient_pass(
