@@ -82,8 +82,13 @@ fn main() {
         let attributing = methods
             .iter()
             .filter(|m| m.capabilities().inputs != Inputs::Tabular && !m.capabilities().examples);
+        // EXPLAIND_BENCH_ONLY=lime runs only the methods (or models) whose name contains it.
+        let only = std::env::var("EXPLAIND_BENCH_ONLY").unwrap_or_default();
         for method in attributing {
             let name = method.name();
+            if !name.contains(&only) && !model_name.contains(&only) {
+                continue;
+            }
             // The figures: LIME and KernelSHAP at 1,000 samples; the other perturbation
             // methods at their fast presets to keep the run short on two cores.
             let params = match name {
