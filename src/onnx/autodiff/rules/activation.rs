@@ -26,10 +26,11 @@ type Grads = Result<Vec<Option<String>>, RuleError>;
 
 /// `Where(x > 0, g, 0)`.
 fn relu(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
-    // g * (x > 0): a multiply by the cast mask runs faster than Where in ONNX Runtime.
+    // g * (y > 0), the same mask as x > 0: a multiply by the cast mask runs faster than Where in
+    // ONNX Runtime, and reading the output leaves the input to ONNX Runtime's Conv + Relu fusion.
     let g = grad0(n, g)?;
     let zero = ctx.scalar(0.0);
-    let pos = ctx.emit("Greater", &[input(n, 0), &zero], vec![]);
+    let pos = ctx.emit("Greater", &[output(n), &zero], vec![]);
     let mask = ctx.emit("CastLike", &[&pos, g], vec![]);
     Ok(vec![Some(ctx.emit("Mul", &[g, &mask], vec![]))])
 }
@@ -38,7 +39,7 @@ fn relu(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) 
 pub(super) fn relu_guided(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
     let g = grad0(n, g)?;
     let zero = ctx.scalar(0.0);
-    let pos = ctx.emit("Greater", &[input(n, 0), &zero], vec![]);
+    let pos = ctx.emit("Greater", &[output(n), &zero], vec![]);
     let g_pos = ctx.emit("Relu", &[g], vec![]);
     Ok(vec![Some(ctx.emit("Where", &[&pos, &g_pos, &zero], vec![]))])
 }
