@@ -2,6 +2,7 @@
 //! sessions, and turning user inputs into tensors and outputs into predictions.
 
 pub mod batching;
+pub mod budget;
 pub mod gradients;
 pub mod graph_runner;
 pub mod inspect;

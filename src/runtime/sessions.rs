@@ -5,12 +5,13 @@
 //! a pass already uses every core of the pool, so two jobs on one model lose little by taking turns.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
 
 use super::batching::{Batching, Named, PassCounters, SharedSession};
+use super::budget::ByteBudget;
 use super::gradients::{GradientCache, GradientKey, GradientOutputs};
 use super::tensor::{Tensor, TensorData};
 use super::{LoadedModel, Registry, RuntimeError};
@@ -128,36 +129,6 @@ enum Pass {
 /// The working memory of the passes running at once, across every worker: a pass waits until its
 /// bytes fit beside those running (a pass alone always runs), so concurrent jobs do not each add a
 /// pass's peak.
-struct PassBudget {
-    limit: u64,
-    used: Mutex<u64>,
-    freed: Condvar,
-}
-
-struct Lease<'a> {
-    budget: &'a PassBudget,
-    bytes: u64,
-}
-
-impl PassBudget {
-    fn lease(&self, bytes: u64) -> Lease<'_> {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        while *used > 0 && used.saturating_add(bytes) > self.limit {
-            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
-        }
-        *used = used.saturating_add(bytes);
-        Lease { budget: self, bytes }
-    }
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        let mut used = self.budget.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used = used.saturating_sub(self.bytes);
-        self.budget.freed.notify_all();
-    }
-}
-
 /// A derived session kept under the memory budget.
 struct Kept {
     slot: Slot,
@@ -215,7 +186,7 @@ pub struct SessionStore {
     derived: Mutex<(HashMap<DerivedKey, Kept>, u64)>,
     /// Models a job made for itself (randomised copies), with their forward sessions, by name.
     lent: Mutex<HashMap<String, (Arc<LoadedModel>, Shared)>>,
-    budget: PassBudget,
+    budget: ByteBudget,
 }
 
 impl SessionStore {
@@ -280,11 +251,7 @@ impl SessionStore {
             one_row,
             derived: Mutex::new((HashMap::new(), 0)),
             lent: Mutex::new(HashMap::new()),
-            budget: PassBudget {
-                limit: options.max_pass_bytes,
-                used: Mutex::new(0),
-                freed: Condvar::new(),
-            },
+            budget: ByteBudget::new(options.max_pass_bytes),
         })
     }
 
@@ -799,42 +766,5 @@ impl WorkerRuntime {
                 Ok((name, joined))
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn a_pass_waits_until_its_bytes_fit_beside_those_running_and_a_lone_pass_always_runs() {
-        let budget = Arc::new(PassBudget {
-            limit: 100,
-            used: Mutex::new(0),
-            freed: Condvar::new(),
-        });
-        let big = budget.lease(500); // larger than the budget, but alone: runs
-        let (started, waiting) = std::sync::mpsc::channel();
-        let other = budget.clone();
-        let t = std::thread::spawn(move || {
-            let _lease = other.lease(10);
-            started.send(()).unwrap();
-        });
-        assert!(
-            waiting.recv_timeout(Duration::from_millis(100)).is_err(),
-            "waits while the big pass runs"
-        );
-        drop(big);
-        assert!(
-            waiting.recv_timeout(Duration::from_secs(5)).is_ok(),
-            "runs once it ends"
-        );
-        t.join().unwrap();
-        let a = budget.lease(60);
-        let b = budget.lease(40); // fits beside
-        assert_eq!(*budget.used.lock().unwrap(), 100);
-        drop((a, b));
-        assert_eq!(*budget.used.lock().unwrap(), 0);
     }
 }
