@@ -76,6 +76,11 @@ pub struct Config {
     /// Most bytes one explanation's plan may hold (batches, masks, regression matrices, maps),
     /// checked before it is queued; predict with `explain` over `instances` counts each one.
     pub max_job_bytes: u64,
+    /// Bytes the explanations running at once may plan to hold together (each counted as
+    /// `max_job_bytes` counts it); one that does not fit beside those running waits for them, so
+    /// more workers overlap small jobs without multiplying the memory of large ones. An
+    /// explanation alone always runs.
+    pub max_running_job_bytes: u64,
     /// A request body not fully received this many milliseconds after its headers is refused with
     /// 408 and its connection closed; the body is read before a queue slot is taken.
     pub body_read_timeout_ms: u64,
@@ -230,6 +235,7 @@ impl Default for Config {
             max_samples: 4096,
             max_targets: 10,
             max_job_bytes: 512 * 1024 * 1024,
+            max_running_job_bytes: 512 * 1024 * 1024,
             body_read_timeout_ms: 10_000,
             request_timeout_ms: 150_000,
             max_connections: 1024,
@@ -388,6 +394,9 @@ impl Config {
         }
         if self.max_job_bytes < 1 << 20 {
             return Err(bad("max_job_bytes", "must be at least 1 MiB (1048576)"));
+        }
+        if self.max_running_job_bytes < 1 << 20 {
+            return Err(bad("max_running_job_bytes", "must be at least 1 MiB (1048576)"));
         }
         if self.body_read_timeout_ms == 0 || self.request_timeout_ms == 0 || self.max_connections == 0 {
             return Err(bad(

@@ -94,6 +94,7 @@ impl Service {
                 queue_capacity: config.queue_capacity,
                 job_deadline: Duration::from_millis(config.job_deadline_ms),
                 retry_after_secs: config.retry_after_secs,
+                max_running_job_bytes: config.max_running_job_bytes,
             },
             metrics.clone(),
         ));

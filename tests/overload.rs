@@ -39,7 +39,7 @@ async fn slow_request(http: &reqwest::Client, endpoint: &str) -> (StatusCode, Op
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_queue_refuses_at_once_and_accepted_jobs_complete() {
-    let s = start(slow_service_config("overload", 16)).await;
+    let s = start(slow_service_config("overload", 24)).await;
     let http = reqwest::Client::new();
     let endpoint = url(&s, "/v1/models/slow/predict");
     // One pass alone, to know what "at once" means next to it.
@@ -169,5 +169,58 @@ async fn a_panicking_job_reports_an_error_and_the_worker_lives_on() {
             "the single worker still runs jobs"
         );
     }
+    s.stop().await.unwrap();
+}
+
+/// Holds its worker for a while and says when it ran.
+struct Holds {
+    bytes: u64,
+}
+impl Task for Holds {
+    type Output = (Instant, Instant);
+    fn run(self, _: &mut WorkerRuntime, _: &JobContext) -> Result<(Instant, Instant), RuntimeError> {
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_millis(300));
+        Ok((started, Instant::now()))
+    }
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_together_plan_more_than_max_running_job_bytes_run_one_after_another() {
+    let mut config = slow_service_config("running-bytes", 1);
+    config.workers = 3;
+    config.queue_capacity = 8;
+    config.max_running_job_bytes = 100 << 20;
+    let s = start(config).await;
+    let executor = s.state.executor.clone();
+    let overlapping = |spans: &[(Instant, Instant)]| {
+        spans
+            .iter()
+            .enumerate()
+            .any(|(i, a)| spans[i + 1..].iter().any(|b| a.0 < b.1 && b.0 < a.1))
+    };
+    let run = |bytes: u64| {
+        let executor = executor.clone();
+        tokio::spawn(async move { executor.submit(Holds { bytes }).await.unwrap() })
+    };
+    // Three of 60 MiB: any two would hold 120 MiB, so each runs alone, one after another.
+    let big: Vec<_> = (0..3).map(|_| run(60 << 20)).collect();
+    let mut spans = Vec::new();
+    for t in big {
+        spans.push(t.await.unwrap());
+    }
+    assert!(!overlapping(&spans), "large jobs ran side by side: {spans:?}");
+    // Three of 30 MiB fit together: they run side by side on the three workers.
+    let small: Vec<_> = (0..3).map(|_| run(30 << 20)).collect();
+    let mut spans = Vec::new();
+    for t in small {
+        spans.push(t.await.unwrap());
+    }
+    assert!(overlapping(&spans), "small jobs waited for each other: {spans:?}");
+    // One larger than the whole budget still runs.
+    run(1 << 30).await.unwrap();
     s.stop().await.unwrap();
 }

@@ -12,6 +12,12 @@ pub trait Task: Send + 'static {
     type Output: Send + 'static;
     /// Runs on a worker thread with that worker's sessions.
     fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Self::Output, RuntimeError>;
+
+    /// Bytes the task plans to hold while it runs (its samples, masks and answer, as planned),
+    /// leased from the budget of the jobs running at once before it starts. 0: not counted.
+    fn bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// How far a job has got, for callers that watch (asynchronous jobs): model rows run of those planned.

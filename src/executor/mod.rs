@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 pub use job::{JobContext, Progress, Task};
 
+use crate::runtime::budget::ByteBudget;
 use crate::runtime::sessions::SessionStore;
 use crate::runtime::{RuntimeError, WorkerRuntime};
 use crate::telemetry::Metrics;
@@ -52,6 +53,9 @@ pub struct ExecutorOptions {
     pub job_deadline: Duration,
     /// Seconds a refused client is told to wait (`Retry-After`).
     pub retry_after_secs: u64,
+    /// Bytes the jobs running at once may plan to hold ([`Task::bytes`]); a job waits for a worker's
+    /// turn until its bytes fit beside them (a job alone always runs).
+    pub max_running_job_bytes: u64,
 }
 
 type BoxedJob = Box<dyn FnOnce(&mut WorkerRuntime) + Send>;
@@ -67,6 +71,7 @@ pub struct Executor {
     workers: Mutex<Vec<JoinHandle<()>>>,
     worker_count: usize,
     metrics: Arc<Metrics>,
+    running_bytes: Arc<ByteBudget>,
 }
 
 impl Executor {
@@ -104,6 +109,7 @@ impl Executor {
             workers: Mutex::new(handles),
             worker_count: options.workers,
             metrics,
+            running_bytes: Arc::new(ByteBudget::new(options.max_running_job_bytes)),
         }
     }
 
@@ -212,6 +218,8 @@ impl Admission {
         let ctx = JobContext::new(deadline, cancelled.clone(), progress.clone());
         let (reply, result) = oneshot::channel::<Result<T::Output, ExecError>>();
         let metrics = executor.metrics.clone();
+        let running_bytes = executor.running_bytes.clone();
+        let bytes = task.bytes();
         let span = tracing::Span::current();
         metrics.queue_depth.inc();
         let job: BoxedJob = Box::new(move |rt: &mut WorkerRuntime| {
@@ -235,6 +243,12 @@ impl Admission {
                     .store(now.map(|d| d.as_millis() as u64).unwrap_or(0), Ordering::SeqCst);
                 p.started.store(true, Ordering::SeqCst);
             }
+            // Concurrent jobs together hold what one alone could: a big one waits for the others.
+            let Some(_lease) = running_bytes.lease_unless(bytes, || ctx.is_cancelled() || reply.is_closed()) else {
+                metrics.jobs_cancelled.inc();
+                let _ = reply.send(Err(ExecError::DeadlineExceeded(deadline - admitted)));
+                return;
+            };
             let started = Instant::now();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| task.run(rt, &ctx)));
             metrics.job_duration.observe(started.elapsed().as_secs_f64());

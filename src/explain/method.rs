@@ -360,6 +360,8 @@ trait Runnable: Send + Sync + fmt::Debug {
     fn one_pass(&self, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)>;
 
     fn with_scores(&self, job: &ExplainJob) -> Vec<String>;
+
+    fn rules(&self) -> Vec<RuleSet>;
 }
 
 struct Run<M: Method>(M::Params);
@@ -387,6 +389,10 @@ impl<M: Method> Runnable for Run<M> {
 
     fn with_scores(&self, job: &ExplainJob) -> Vec<String> {
         M::with_scores(&self.0, job)
+    }
+
+    fn rules(&self) -> Vec<RuleSet> {
+        M::rules(&self.0)
     }
 }
 
@@ -428,6 +434,11 @@ impl ValidParams {
     /// The plan's checked cost.
     pub fn cost(&self) -> Cost {
         self.cost
+    }
+
+    /// The rule sets its gradient passes build with (none for forward-only methods).
+    pub fn rules(&self) -> Vec<RuleSet> {
+        self.run.rules()
     }
 
     pub(super) fn explain(

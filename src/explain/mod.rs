@@ -761,6 +761,10 @@ impl Task for ExplainTask {
     fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<ExplainResult, RuntimeError> {
         run(rt, ctx, &self.0)
     }
+
+    fn bytes(&self) -> u64 {
+        self.0.params.cost().bytes
+    }
 }
 
 /// Several methods on one input, in one job: the input's forward pass is run once and shared, so
@@ -769,6 +773,13 @@ pub struct CompareTask(pub Vec<ExplainJob>);
 
 impl Task for CompareTask {
     type Output = Vec<ExplainResult>;
+
+    fn bytes(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|j| j.params.cost().bytes)
+            .fold(0, u64::saturating_add)
+    }
 
     fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Vec<ExplainResult>, RuntimeError> {
         let Some(first) = self.0.first() else {
@@ -859,6 +870,14 @@ fn rows_meeting(rows: &[crate::runtime::predict::RowPrediction], when: &Conditio
 
 impl Task for PredictJob {
     type Output = PredictOutput;
+
+    fn bytes(&self) -> u64 {
+        // Each row may be explained, as max_job_bytes counts them.
+        let rows = self.predict.inputs.first().map_or(1, Tensor::rows) as u64;
+        self.explain
+            .as_ref()
+            .map_or(0, |e| e.params.cost().bytes.saturating_mul(rows))
+    }
 
     fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Self::Output, RuntimeError> {
         let p = &self.predict;
