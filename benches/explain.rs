@@ -98,7 +98,10 @@ fn main() {
                 "extremal-perturbation" => serde_json::json!({"areas": [0.1], "iterations": 20}),
                 _ => serde_json::json!({}),
             };
-            let params = planned(&model, name, params, limits);
+            // Attention methods need a transformer: a CNN does not serve them.
+            let Ok(params) = try_planned(&model, name, params, limits) else {
+                continue;
+            };
             let job = common::job(&model, Tensor::f32(dims.clone(), x.clone()), &params, limits);
             let mut times = Vec::new();
             let mut result = None;
@@ -114,23 +117,15 @@ fn main() {
             let result = result.unwrap();
             // The same rows, raw: forward rows one at a time (as the methods run them), gradient rows
             // in batches of max_batch through the backward model the method used.
-            let rules = if name == "guided-backprop" {
-                RuleSet::GuidedBackprop
-            } else {
-                RuleSet::Standard
-            };
-            let layers: Vec<String> = if method.capabilities().layer {
-                vec![layer.clone()]
-            } else {
-                vec![]
-            };
-            let mut keys = vec![(rules, layers)];
-            if name == "guided-grad-cam" {
-                keys = vec![
-                    (RuleSet::Standard, vec![layer.clone()]),
-                    (RuleSet::GuidedBackprop, vec![]),
-                ];
-            }
+            // The backward models the method's rule sets build (CAM methods' exact one at the layer).
+            let keys: Vec<(RuleSet, Vec<String>)> = params
+                .rules()
+                .into_iter()
+                .map(|rules| {
+                    let at_layer = method.capabilities().layer && rules == RuleSet::Standard;
+                    (rules, if at_layer { vec![layer.clone()] } else { vec![] })
+                })
+                .collect();
             for key in &keys {
                 backward_sessions.entry(key.clone()).or_insert_with(|| {
                     let spec = GradientSpec {
@@ -160,7 +155,7 @@ fn main() {
                     common::run_raw(&mut forward, &[("input", bdims, &xs)]);
                     left -= b;
                 }
-                let per_key = result.gradient_rows / keys.len();
+                let per_key = result.gradient_rows.checked_div(keys.len()).unwrap_or(0);
                 for key in &keys {
                     let session = backward_sessions.get_mut(key).unwrap();
                     let mut left = per_key;
@@ -259,12 +254,26 @@ fn planned(
     params: serde_json::Value,
     limits: Limits,
 ) -> explaind::explain::method::ValidParams {
+    try_planned(model, method, params, limits).unwrap()
+}
+
+/// [`planned`], or why the model cannot serve the method.
+fn try_planned(
+    model: &explaind::runtime::LoadedModel,
+    method: &str,
+    params: serde_json::Value,
+    limits: Limits,
+) -> Result<explaind::explain::method::ValidParams, String> {
     let cx = PlanContext {
         model,
         limits,
         targets: 1,
     };
-    Methods::standard().get(method).unwrap().plan(params, &cx).unwrap()
+    Methods::standard()
+        .get(method)
+        .unwrap()
+        .plan(params, &cx)
+        .map_err(|e| format!("{e:?}"))
 }
 
 /// TreeSHAP per row on the bundled 100-tree model, in both games, next to one raw ONNX Runtime

@@ -1,8 +1,10 @@
 //! Serving benchmark: the service runs in a child process (so its CPU time and memory are its own,
 //! not the load generator's) and is driven over HTTP on loopback.
 //!
-//! 1. Saliency on the example CNN at concurrency 1, 4 and 16, cross-request batching off and on:
-//!    requests per second, server CPU per answered request, and model runs per request.
+//! 1. Saliency at concurrency 1, 4 and 16, cross-request batching off and on, on the example CNN
+//!    (28x28: HTTP, decoding and answering outweigh its pass) and on a small ResNet (112x112, half
+//!    ResNet-18's widths, one block per stage: its pass outweighs them): requests per second,
+//!    server CPU per answered request, and model runs per request.
 //! 2. Resident memory of the service at start and after every method on every model (the bundled
 //!    ones and a ResNet-18), with 1 and 4 workers.
 //!
@@ -53,7 +55,10 @@ fn main() {
         .unwrap_or(4800);
     let part = std::env::var("EXPLAIND_BENCH_PART").unwrap_or_default();
     if part != "memory" {
-        rt.block_on(concurrency(&root, &models, requests));
+        common::write_resnet(&models, "small-resnet", &[1, 1, 1, 1], &[32, 64, 128, 256], 112, 10);
+        rt.block_on(concurrency(&root, &models, "fashion-cnn", "1x28x28", requests));
+        rt.block_on(concurrency(&root, &models, "small-resnet", "3x112x112", requests / 4));
+        let _ = std::fs::remove_dir_all(models.join("small-resnet"));
     }
     if part != "concurrency" {
         common::write_resnet18(&models);
@@ -151,11 +156,11 @@ impl Server {
     }
 }
 
-async fn concurrency(root: &Path, models: &Path, requests: usize) {
+async fn concurrency(root: &Path, models: &Path, model: &str, what: &str, requests: usize) {
     let png = std::fs::read(root.join("tests/fixtures/fashion/test_00.png")).unwrap();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
     let http = reqwest::Client::new();
-    println!("serving benchmark: saliency on fashion-cnn (1x28x28) over HTTP, {requests} requests per level, server in its own process");
+    println!("serving benchmark: saliency on {model} ({what}) over HTTP, {requests} requests per level, server in its own process");
     println!(
         "{:>11} {:>9} {:>10} {:>16} {:>14}",
         "concurrency", "batching", "requests/s", "server CPU/req", "runs/request"
@@ -168,7 +173,7 @@ async fn concurrency(root: &Path, models: &Path, requests: usize) {
             ("EXPLAIND_QUEUE_CAPACITY", "64".into()),
         ];
         let server = Server::start(models, &vars);
-        let endpoint = format!("{}/v1/models/fashion-cnn/explain/saliency", server.base);
+        let endpoint = format!("{}/v1/models/{model}/explain/saliency", server.base);
         for _ in 0..20 {
             http.post(&endpoint).json(&json!({"image": b64})).send().await.unwrap();
         }

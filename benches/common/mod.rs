@@ -50,11 +50,16 @@ pub fn copy_bundled(root: &Path, models: &Path, name: &str, files: &[&str]) {
 
 /// Writes `models/resnet-18`: ResNet-18 at 224x224, 1,000 classes, seeded weights.
 pub fn write_resnet18(models: &Path) {
-    let dir = models.join("resnet-18");
+    write_resnet(models, "resnet-18", &[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
+}
+
+/// A zoo ResNet with seeded weights as the image model `name` (blocks and widths per stage).
+pub fn write_resnet(models: &Path, name: &str, blocks: &[usize], widths: &[i64], size: i64, classes: i64) {
+    let dir = models.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let resnet = explaind::onnx::zoo::resnet(&[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
+    let resnet = explaind::onnx::zoo::resnet(blocks, widths, size, classes);
     std::fs::write(dir.join("model.onnx"), resnet.encode_to_vec()).unwrap();
-    let labels: Vec<String> = (0..1000).map(|i| format!("class {i}")).collect();
+    let labels: Vec<String> = (0..classes).map(|i| format!("class {i}")).collect();
     std::fs::write(dir.join("labels.txt"), labels.join("\n")).unwrap();
     std::fs::write(
         dir.join("model.toml"),
