@@ -30,7 +30,9 @@ pub struct Config {
     /// the CPU, with one log line).
     pub execution_provider: ExecutionProvider,
     /// Combine concurrent passes on the same model and graph into one ONNX Runtime run (up to
-    /// `max_batch` rows): less CPU per request under load, nothing added to a lone request.
+    /// `max_batch` rows): fewer runs under load (each run's fixed cost paid once), nothing added to
+    /// a lone request. On a CPU a convolution costs about the same per row in a batch, so the saving
+    /// is the per-run overhead, not the arithmetic.
     pub batching: bool,
     /// How long a pass about to run waits for more requests to join it, in microseconds; 0 (the
     /// default) never waits: requests that arrive while a pass runs join the next one.
