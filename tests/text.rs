@@ -11,6 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
 use common::*;
 use explaind::onnx::builder::{Attr, GraphBuilder};
 use explaind::onnx::proto::data_type;
@@ -319,6 +320,10 @@ async fn transformer_token_gradients_and_integrated_gradients_are_exact() {
             .await,
         )
         .await;
+        assert_eq!(
+            v["params"]["baseline"], "token",
+            "the baseline it used, not the default `black`"
+        );
         let total: f64 = attribution_values(&v).iter().sum();
         let delta = v["convergence_delta"].as_f64().unwrap();
         let change = total - delta;
@@ -472,6 +477,31 @@ async fn bad_text_and_unreadable_models_are_refused() {
     )
     .await;
     assert!(p["detail"].as_str().unwrap().contains("not a text model"), "{p}");
+    // A text starts from its baseline token; `token` is for text only.
+    let ig = |model: &str| format!("/v1/models/{model}/explain/integrated-gradients");
+    for (model, body, says) in [
+        (
+            "keywords",
+            json!({"text": "good", "params": {"baseline": "blur"}}),
+            "baseline token",
+        ),
+        (
+            "fashion-cnn",
+            json!({
+                "image": base64::engine::general_purpose::STANDARD.encode(fashion_png()),
+                "params": {"baseline": "token"}
+            }),
+            "is for text models",
+        ),
+    ] {
+        let p = problem(
+            post_json(&s, &ig(model), &body).await,
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+        )
+        .await;
+        assert!(p["detail"].as_str().unwrap().contains(says), "{model}: {p}");
+    }
     let p = problem(
         post_json(&s, "/v1/models/keywords/explain/grad-cam", &json!({"text": "good"})).await,
         StatusCode::UNPROCESSABLE_ENTITY,

@@ -22,6 +22,37 @@ pub enum Baseline {
     /// background data (then IG's attributions sum to f(x) minus f at the average input), or zeros
     /// without background data.
     Mean,
+    /// Text models, and only they: every token but the special ones (`[CLS]`, `[SEP]`) replaced by
+    /// the model's baseline token (`text.baseline_token`, default the pad token), as in Captum's
+    /// BERT tutorial. What a text model's `black` (the default) stands for.
+    Token,
+}
+
+/// The baseline a request's `baseline` stands for on the planned model: a text model starts from
+/// its baseline token (`token`; the default `black` becomes it), other models take any but `token`.
+pub(super) fn planned(baseline: &mut Baseline, cx: &super::PlanContext) -> Result<(), super::Invalid> {
+    match (cx.model.spec.text.is_some(), *baseline) {
+        (true, Baseline::Black | Baseline::Token) => *baseline = Baseline::Token,
+        (true, other) => {
+            return Err(super::Invalid::Request(format!(
+                "params.baseline: a text model starts from its baseline token (`token`: model.toml's \
+                 text.baseline_token), not `{}`",
+                serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            )))
+        }
+        (false, Baseline::Token) => {
+            return Err(super::Invalid::Request(
+                "params.baseline `token` is for text models; images and tables take black, white, blur, uniform \
+                 or mean"
+                    .into(),
+            ))
+        }
+        (false, _) => {}
+    }
+    Ok(())
 }
 
 /// The baseline for a job's input: [`build`] for images; for tabular models zeros, or with `Mean`
@@ -95,8 +126,9 @@ pub fn build(baseline: Baseline, input: &Tensor, image: Option<&ImageSpec>, seed
     };
     let mut out = vec![0f32; values.len()];
     match baseline {
-        Baseline::Black | Baseline::White => {
-            let p = if baseline == Baseline::Black { 0.0 } else { 255.0 };
+        // `Token` never reaches an image (plans refuse it): it stands for black there.
+        Baseline::Black | Baseline::White | Baseline::Token => {
+            let p = if baseline == Baseline::White { 255.0 } else { 0.0 };
             for ch in 0..c {
                 for y in 0..h {
                     for x in 0..w {

@@ -53,7 +53,8 @@ impl Method for DeepLift {
         text: false,
     };
 
-    fn plan(_: &mut DeepLiftParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+    fn plan(p: &mut DeepLiftParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        baselines::planned(&mut p.baseline, cx)?;
         Ok(pair_cost(cx, 1))
     }
 

@@ -72,6 +72,7 @@ impl Method for IntegratedGradients {
 
     fn plan(p: &mut IntegratedGradientsParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("steps", p.steps, 2, cx.limits.max_samples)?;
+        baselines::planned(&mut p.baseline, cx)?;
         if let Some(b) = p.internal_batch_size {
             check_range("internal_batch_size", b, 1, cx.limits.max_samples)?;
         }

@@ -103,6 +103,7 @@ impl Method for Occlusion {
         let Some(spec) = cx.model.spec.image.as_ref() else {
             return Err(Invalid::Model("occlusion explains image models".into()));
         };
+        baselines::planned(&mut p.baseline, cx)?;
         let side = spec.height.min(spec.width).max(1);
         for (name, value) in [("window", p.window), ("stride", p.stride)] {
             if let Some(v) = value {
