@@ -323,7 +323,21 @@ impl Config {
             if !Self::is_field(&key) {
                 continue; // other EXPLAIND_* variables (test switches, cache paths) are not config
             }
-            table.insert(key, env_value(&raw));
+            let value = env_value(&raw);
+            let digits = raw.trim().trim_start_matches(['-', '+']);
+            // TOML integers are 64-bit signed: a longer number for an integer field would read as
+            // text and be refused as "invalid type: string".
+            if value.is_str()
+                && table.get(&key).is_some_and(toml::Value::is_integer)
+                && !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(ConfigError::Invalid {
+                    origin: format!("environment ({name})"),
+                    message: format!("`{raw}` is out of range (integers go up to {})", i64::MAX),
+                });
+            }
+            table.insert(key, value);
             origin = format!("{origin} + environment ({name})");
         }
         toml::Value::Table(table)
@@ -464,6 +478,24 @@ fn env_value(raw: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_integer_too_large_for_toml_is_refused_as_out_of_range() {
+        for raw in ["18446744073709551615", "-99999999999999999999"] {
+            let env = vec![("EXPLAIND_MAX_JOB_BYTES".to_string(), raw.to_string())];
+            let err = Config::load(None, env).unwrap_err().to_string();
+            assert!(
+                err.contains("out of range") && err.contains("EXPLAIND_MAX_JOB_BYTES"),
+                "{err}"
+            );
+        }
+        // Words are still text, refused by the field's type.
+        let env = vec![("EXPLAIND_MAX_JOB_BYTES".to_string(), "lots".to_string())];
+        assert!(Config::load(None, env)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid type"));
+    }
 
     #[test]
     fn env_overrides_file_overrides_defaults() {
