@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use explaind::config::Config;
 use explaind::explain::{ExplainTask, Inputs, Limits, Methods, PlanContext};
-use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleSet, RuleTable, WEIGHTS_INPUT};
+use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleSet, RuleTable};
 use explaind::runtime::graph_runner::OrtRunner;
 use explaind::runtime::sessions::create_session_from_bytes;
 use explaind::runtime::shapes::probe_shapes;
@@ -43,12 +43,7 @@ fn main() {
     rt.block_on(service.state.executor.wait_ready(Duration::from_secs(60)));
     let env = explaind::runtime::library::init(None).unwrap();
     let runner = OrtRunner::new(env);
-    let limits = Limits {
-        max_samples: 4096,
-        max_targets: 10,
-        max_job_bytes: 4 << 30,
-        max_batch,
-    };
+    let limits = common::limits(max_batch);
     let methods = Methods::standard();
 
     println!(
@@ -103,21 +98,16 @@ fn main() {
                 continue;
             };
             let job = common::job(&model, Tensor::f32(dims.clone(), x.clone()), &params, limits);
-            let mut times = Vec::new();
             let mut result = None;
-            for _ in 0..rounds + 1 {
-                let started = Instant::now();
+            let method_time = common::median_of_rounds(rounds, || {
                 result = Some(
                     rt.block_on(service.state.executor.submit(ExplainTask(job.clone())))
                         .unwrap(),
                 );
-                times.push(started.elapsed());
-            }
-            times.remove(0); // the first run builds the backward model
+            });
             let result = result.unwrap();
-            // The same rows, raw: forward rows one at a time (as the methods run them), gradient rows
-            // in batches of max_batch through the backward model the method used.
-            // The backward models the method's rule sets build (CAM methods' exact one at the layer).
+            // The same rows, raw, through the backward models the method's rule sets build (CAM
+            // methods' exact one at the layer).
             let keys: Vec<(RuleSet, Vec<String>)> = params
                 .rules()
                 .into_iter()
@@ -138,44 +128,24 @@ fn main() {
                     create_session_from_bytes(env, &bw.model.encode_to_vec()).unwrap()
                 });
             }
-            let mut raw_times = Vec::new();
-            // One untimed round warms the sessions up, as the method's first run did.
-            for round in 0..rounds + 1 {
-                let started = Instant::now();
-                // Forward rows: the first alone (the prediction the method starts from), the rest in
-                // batches of max_batch, as the perturbation methods run them.
-                let mut left = result.rows - result.gradient_rows;
-                let mut first = true;
-                while left > 0 {
-                    let b = if first { 1 } else { left.min(max_batch) };
-                    first = false;
-                    let mut bdims = dims.clone();
-                    bdims[0] = b;
-                    let xs: Vec<f32> = (0..b).flat_map(|_| x.iter().copied()).collect();
-                    common::run_raw(&mut forward, &[("input", bdims, &xs)]);
-                    left -= b;
-                }
-                let per_key = result.gradient_rows.checked_div(keys.len()).unwrap_or(0);
-                for key in &keys {
-                    let session = backward_sessions.get_mut(key).unwrap();
-                    let mut left = per_key;
-                    while left > 0 {
-                        let b = left.min(max_batch);
-                        let mut bdims = dims.clone();
-                        bdims[0] = b;
-                        let xs: Vec<f32> = (0..b).flat_map(|_| x.iter().copied()).collect();
-                        let w: Vec<f32> = (0..b * classes)
-                            .map(|i| if i % classes == 0 { 1.0 } else { 0.0 })
-                            .collect();
-                        common::run_raw(session, &[("input", bdims, &xs), (WEIGHTS_INPUT, vec![b, classes], &w)]);
-                        left -= b;
-                    }
-                }
-                if round > 0 {
-                    raw_times.push(started.elapsed());
-                }
-            }
-            let (m, r) = (common::median(times), common::median(raw_times));
+            let raw_time = common::median_of_rounds(rounds, || {
+                let mut backward: Vec<&mut ort::session::Session> = backward_sessions
+                    .iter_mut()
+                    .filter(|(k, _)| keys.contains(k))
+                    .map(|(_, s)| s)
+                    .collect();
+                common::run_raw_rows(
+                    &mut forward,
+                    &mut backward,
+                    "input",
+                    (&dims, &x),
+                    classes,
+                    result.rows - result.gradient_rows,
+                    result.gradient_rows,
+                    max_batch,
+                );
+            });
+            let (m, r) = (method_time, raw_time);
             println!(
                 "{model_name:<12} {:<22} {:>6} {:>11.2} {:>11.2} {:>7.2}",
                 method.name(),

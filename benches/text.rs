@@ -9,10 +9,9 @@ mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
-use explaind::explain::{ExplainTask, Limits, Methods, PlanContext};
-use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleTable, WEIGHTS_INPUT};
+use explaind::explain::{ExplainTask, Methods, PlanContext};
+use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleTable};
 use explaind::onnx::embedding::EMBEDDINGS;
 use explaind::runtime::graph_runner::OrtRunner;
 use explaind::runtime::sessions::create_session_from_bytes;
@@ -73,12 +72,7 @@ fn main() {
     let (rt, service) = common::serve(config);
     let env = explaind::runtime::library::init(None).unwrap();
     let runner = OrtRunner::new(env);
-    let limits = Limits {
-        max_samples: 4096,
-        max_targets: 10,
-        max_job_bytes: 4 << 30,
-        max_batch,
-    };
+    let limits = common::limits(max_batch);
     let methods = Methods::standard();
     let model = service.state.registry.get(name).unwrap().clone();
     let text = model.text.as_ref().unwrap();
@@ -123,17 +117,13 @@ fn main() {
         let mut job = common::job(&model, input.clone(), &planned, limits);
         job.text = Some(encoded.clone());
         let rounds = 3;
-        let mut times = Vec::new();
         let mut result = None;
-        for _ in 0..=rounds {
-            let started = Instant::now();
+        let method_time = common::median_of_rounds(rounds, || {
             result = Some(
                 rt.block_on(service.state.executor.submit(ExplainTask(job.clone())))
                     .unwrap(),
             );
-            times.push(started.elapsed());
-        }
-        times.remove(0); // the first run builds the backward model
+        });
         let result = result.unwrap();
         let layers: Vec<String> = if method == "transformer-relevance" {
             maps.clone()
@@ -149,40 +139,19 @@ fn main() {
             let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::standard(), Some(&runner)).unwrap();
             create_session_from_bytes(env, &bw.model.encode_to_vec()).unwrap()
         });
-        let mut raw_times = Vec::new();
-        for round in 0..=rounds {
-            let started = Instant::now();
-            let mut left = result.rows - result.gradient_rows;
-            let mut first = true;
-            while left > 0 {
-                let b = if first { 1 } else { left.min(max_batch) };
-                first = false;
-                let mut bdims = dims.clone();
-                bdims[0] = b;
-                let xs: Vec<f32> = (0..b).flat_map(|_| x.iter().copied()).collect();
-                common::run_raw(&mut forward, &[(EMBEDDINGS, bdims, &xs)]);
-                left -= b;
-            }
-            let mut left = result.gradient_rows;
-            while left > 0 {
-                let b = left.min(max_batch);
-                let mut bdims = dims.clone();
-                bdims[0] = b;
-                let xs: Vec<f32> = (0..b).flat_map(|_| x.iter().copied()).collect();
-                let w: Vec<f32> = (0..b * classes)
-                    .map(|i| if i % classes == 0 { 1.0 } else { 0.0 })
-                    .collect();
-                common::run_raw(
-                    session,
-                    &[(EMBEDDINGS, bdims, &xs), (WEIGHTS_INPUT, vec![b, classes], &w)],
-                );
-                left -= b;
-            }
-            if round > 0 {
-                raw_times.push(started.elapsed());
-            }
-        }
-        let (m, r) = (common::median(times), common::median(raw_times));
+        let raw_time = common::median_of_rounds(rounds, || {
+            common::run_raw_rows(
+                &mut forward,
+                &mut [&mut *session],
+                EMBEDDINGS,
+                (&dims, &x),
+                classes,
+                result.rows - result.gradient_rows,
+                result.gradient_rows,
+                max_batch,
+            );
+        });
+        let (m, r) = (method_time, raw_time);
         println!(
             "{method:<24} {:>6} {:>11.2} {:>11.2} {:>7.2}",
             result.rows,

@@ -103,3 +103,78 @@ pub fn run_raw(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, 
         .collect();
     drop(session.run(values).unwrap());
 }
+
+/// Generous limits for benchmark jobs, with passes of at most `max_batch` rows.
+pub fn limits(max_batch: usize) -> explaind::explain::Limits {
+    explaind::explain::Limits {
+        max_samples: 4096,
+        max_targets: 10,
+        max_job_bytes: 4 << 30,
+        max_batch,
+    }
+}
+
+/// The median of `rounds` timed calls of `round`, after one untimed call (it builds and warms the
+/// sessions the later ones use).
+pub fn median_of_rounds(rounds: usize, mut round: impl FnMut()) -> Duration {
+    round();
+    let times = (0..rounds)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            round();
+            started.elapsed()
+        })
+        .collect();
+    median(times)
+}
+
+/// The rows an explanation ran, run raw once, as the methods run them: `forward_rows` through
+/// `forward` (the first alone, the prediction a method starts from, the rest in batches of
+/// `max_batch`), then `gradient_rows` split evenly over the `backward` sessions (one per graph the
+/// method used) in batches of `max_batch`, weighted on class 0. Every row is `x`, shaped `dims`
+/// (batch axis first), fed as `input`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_raw_rows(
+    forward: &mut ort::session::Session,
+    backward: &mut [&mut ort::session::Session],
+    input: &str,
+    (dims, x): (&[usize], &[f32]),
+    classes: usize,
+    forward_rows: usize,
+    gradient_rows: usize,
+    max_batch: usize,
+) {
+    let rows = |b: usize| {
+        let mut shape = dims.to_vec();
+        shape[0] = b;
+        (shape, (0..b).flat_map(|_| x.iter().copied()).collect::<Vec<f32>>())
+    };
+    let mut left = forward_rows;
+    let mut first = true;
+    while left > 0 {
+        let b = if first { 1 } else { left.min(max_batch) };
+        first = false;
+        let (shape, xs) = rows(b);
+        run_raw(forward, &[(input, shape, &xs)]);
+        left -= b;
+    }
+    let per_session = gradient_rows.checked_div(backward.len()).unwrap_or(0);
+    for session in backward {
+        let mut left = per_session;
+        while left > 0 {
+            let b = left.min(max_batch);
+            let (shape, xs) = rows(b);
+            let w: Vec<f32> = (0..b * classes)
+                .map(|i| if i % classes == 0 { 1.0 } else { 0.0 })
+                .collect();
+            run_raw(
+                session,
+                &[
+                    (input, shape, &xs),
+                    (explaind::onnx::autodiff::WEIGHTS_INPUT, vec![b, classes], &w),
+                ],
+            );
+            left -= b;
+        }
+    }
+}
