@@ -94,6 +94,18 @@ impl Net {
         self.g.node("Mul", &[&y, &half], vec![])
     }
 
+    /// `x` times seeded `[cin, cout]` weights (scaled for unit variance), plus a seeded bias when
+    /// asked.
+    fn linear(&mut self, x: &str, cin: i64, cout: i64, bias: bool) -> String {
+        let w = self.param(&[cin, cout], (3.0 / cin as f32).sqrt());
+        let b = bias.then(|| self.param(&[cout], 0.05));
+        let y = self.g.node("MatMul", &[x, &w], vec![]);
+        match b {
+            Some(b) => self.g.node("Add", &[&y, &b], vec![]),
+            None => y,
+        }
+    }
+
     fn relu(&mut self, x: &str) -> String {
         self.g.node("Relu", &[x], vec![])
     }
@@ -276,15 +288,9 @@ pub fn convnext(widths: &[i64], size: i64, classes: i64) -> ModelProto {
             .g
             .node("Transpose", &[&dw], vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))]);
         let normed = layer_norm_nhwc(&mut net, &nhwc, c, false);
-        let w1 = net.param(&[c, 4 * c], (3.0 / c as f32).sqrt());
-        let b1 = net.param(&[4 * c], 0.05);
-        let h = net.g.node("MatMul", &[&normed, &w1], vec![]);
-        let h = net.g.node("Add", &[&h, &b1], vec![]);
+        let h = net.linear(&normed, c, 4 * c, true);
         let h = net.gelu(&h, &format!("gelu_stage{stage}"));
-        let w2 = net.param(&[4 * c, c], (3.0 / (4 * c) as f32).sqrt());
-        let b2 = net.param(&[c], 0.05);
-        let y = net.g.node("MatMul", &[&h, &w2], vec![]);
-        let y = net.g.node("Add", &[&y, &b2], vec![]);
+        let y = net.linear(&h, 4 * c, c, true);
         let gamma = net.param(&[c], 0.5);
         let y = net.g.node("Mul", &[&y, &gamma], vec![]);
         let y = net
@@ -560,13 +566,9 @@ fn encoder_layer(
         &[&res, &ln1_s, &ln1_b],
         vec![("axis", Attr::Int(-1))],
     );
-    let w1 = net.param(&[dim, 2 * dim], (3.0 / dim as f32).sqrt());
-    let b1 = net.param(&[2 * dim], 0.05);
-    let f = net.g.node("MatMul", &[&h, &w1], vec![]);
-    let f = net.g.node("Add", &[&f, &b1], vec![]);
+    let f = net.linear(&h, dim, 2 * dim, true);
     let gelu = net.gelu(&f, &format!("gelu{suffix}"));
-    let w2 = net.param(&[2 * dim, dim], (3.0 / (2 * dim) as f32).sqrt());
-    let f2 = net.g.node("MatMul", &[&gelu, &w2], vec![]);
+    let f2 = net.linear(&gelu, 2 * dim, dim, false);
     let res2 = net.g.node("Add", &[&h, &f2], vec![]);
     let ln2_s = net.g.constant(&format!("ln2_scale{suffix}"), &[dim], &ln_scale);
     let ln2_b = net.param(&[dim], 0.1);
