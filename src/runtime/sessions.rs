@@ -619,18 +619,7 @@ impl WorkerRuntime {
         input: &Tensor,
         weights: &Tensor,
     ) -> Result<GradientPass, RuntimeError> {
-        let model = self.model(&key.model)?;
-        let plain = key;
-        let (key, unasked) = with_cam_layer(&model, key);
-        let backward = match self.store.backward_session(&model, &key, &[]) {
-            Err(_) if unasked => self.store.backward_session(&model, plain, &[])?,
-            built => built?,
-        };
-        let mut pass = self.gradient_pass(&model, &backward, input, weights, &[], key.rules)?;
-        if unasked {
-            pass.layers.clear();
-        }
-        Ok(pass)
+        self.masked_gradients(key, &[], input, weights, &[])
     }
 
     /// [`Self::gradients`] through the model with dropout masks at `sites`, `masks[k]` holding one

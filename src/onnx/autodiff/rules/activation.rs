@@ -24,7 +24,7 @@ pub(super) fn register(t: &mut RuleTable) {
 
 type Grads = Result<Vec<Option<String>>, RuleError>;
 
-/// `Where(x > 0, g, 0)`.
+/// `g * (y > 0)`.
 fn relu(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
     // g * (y > 0), the same mask as x > 0: a multiply by the cast mask runs faster than Where in
     // ONNX Runtime, and reading the output leaves the input to ONNX Runtime's Conv + Relu fusion.
