@@ -89,8 +89,15 @@ pub struct Config {
     /// Whole-request limit in milliseconds (body, queue, work and answer); past it, 503 or 408.
     /// Keep it above `job_deadline_ms` plus `body_read_timeout_ms`.
     pub request_timeout_ms: u64,
-    /// Most open client connections; beyond it new connections wait in the kernel's backlog.
+    /// Most open client connections. At the bound a new connection closes the one idle longest
+    /// (no request in flight); when every one is busy, it is answered 503 and closed.
     pub max_connections: usize,
+    /// A connection that starts a request head must send all of it within this many
+    /// milliseconds, or it is closed.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight is closed after this many milliseconds without a
+    /// byte (keep-alive connections between requests, and new ones that send nothing).
+    pub idle_timeout_ms: u64,
     /// Largest attribution map returned in JSON or drawn as PNG, in pixels; larger originals are
     /// scaled down (aspect kept).
     pub max_map_pixels: u64,
@@ -241,6 +248,8 @@ impl Default for Config {
             body_read_timeout_ms: 10_000,
             request_timeout_ms: 150_000,
             max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
             max_map_pixels: 1024 * 1024,
             retry_after_secs: 1,
             log_format: LogFormat::Text,
@@ -414,9 +423,14 @@ impl Config {
         if self.max_running_job_bytes < 1 << 20 {
             return Err(bad("max_running_job_bytes", "must be at least 1 MiB (1048576)"));
         }
-        if self.body_read_timeout_ms == 0 || self.request_timeout_ms == 0 || self.max_connections == 0 {
+        if self.body_read_timeout_ms == 0
+            || self.request_timeout_ms == 0
+            || self.max_connections == 0
+            || self.header_read_timeout_ms == 0
+            || self.idle_timeout_ms == 0
+        {
             return Err(bad(
-                "body_read_timeout_ms / request_timeout_ms / max_connections",
+                "body_read_timeout_ms / request_timeout_ms / max_connections / header_read_timeout_ms / idle_timeout_ms",
                 "must be at least 1",
             ));
         }

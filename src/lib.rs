@@ -125,6 +125,7 @@ impl Service {
             )),
             None => None,
         };
+        http::server::raise_open_file_limit(config.max_connections);
         let listener = tokio::net::TcpListener::bind(&config.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -145,15 +146,11 @@ impl Service {
             http::claimer::start(state.clone(), shared)
         });
         let app = http::router(state.clone());
-        let listener = http::limit::Connections::new(listener, state.config.max_connections);
+        let limits = http::server::ConnectionLimits::from_config(&state.config);
         let (shutdown, on_shutdown) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = on_shutdown.await;
-                })
-                .await
-        });
+        let server = tokio::spawn(http::server::serve(listener, app, limits, async {
+            let _ = on_shutdown.await;
+        }));
         tracing::info!(%addr, "listening");
         Ok(Self {
             addr,

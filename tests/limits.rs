@@ -300,6 +300,144 @@ async fn slow_clients_hold_no_slot_and_get_408() {
     );
 }
 
+/// Reads what a held connection gets until it closes; None when it stays open past `wait`.
+async fn until_closed(c: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
+    let mut answer = Vec::new();
+    match tokio::time::timeout(wait, c.read_to_end(&mut answer)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_and_half_sent_connections_deny_nothing_and_are_closed() {
+    let mut config = test_config(&root().join("models"));
+    config.header_read_timeout_ms = 1500;
+    config.idle_timeout_ms = 2500;
+    let max_connections = config.max_connections;
+    let s = start(config).await;
+    // 1,100 connections (more than max_connections, 1,024): half send nothing, half half a head.
+    let opened = Instant::now();
+    let mut held = Vec::new();
+    for i in 0..1100 {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        if i % 2 == 1 {
+            c.write_all(b"POST /v1/models/fashion-cnn/predict HTTP/1.1\r\nhost: x\r\n")
+                .await
+                .unwrap();
+        }
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Fresh clients are answered at once beside them (before, they waited in the kernel's backlog).
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let r = client.get(url(&s, "/healthz")).send().await.unwrap();
+    let health = started.elapsed();
+    assert_eq!(r.status(), 200);
+    let png = std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap();
+    let started = Instant::now();
+    let r = client
+        .post(url(&s, "/v1/models/fashion-cnn/predict"))
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .await
+        .unwrap();
+    let predict = started.elapsed();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(
+        health < Duration::from_millis(500) && predict < Duration::from_millis(500),
+        "beside 1,100 idle connections: /healthz took {health:?}, predict {predict:?}"
+    );
+    // Every held connection is closed by its timeout (or evicted for a newer one at the bound);
+    // a head that never finished is told why with 408 problem+json.
+    let (mut timed_out, mut silent) = (0, 0);
+    for (i, c) in held.iter_mut().enumerate() {
+        let answer = until_closed(c, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("connection {i} was not closed"));
+        if answer.is_empty() {
+            silent += 1;
+        } else {
+            assert!(i % 2 == 1, "an idle connection got {answer}");
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            assert!(
+                answer.contains("application/problem+json") && answer.contains("/problems/request-timeout"),
+                "{answer}"
+            );
+            timed_out += 1;
+        }
+    }
+    let all_closed = opened.elapsed();
+    assert!(
+        all_closed < Duration::from_millis(2500 + 2000),
+        "closing took {all_closed:?}"
+    );
+    assert!(
+        timed_out >= 550 - (1100 - max_connections),
+        "only {timed_out} half-sent heads got 408"
+    );
+    println!(
+        "1,100 held connections (max_connections {max_connections}): /healthz answered in {} ms, predict in {} ms; \
+         all closed within {} ms of opening ({timed_out} half-sent heads with 408, {silent} idle or evicted silently)",
+        health.as_millis(),
+        predict.as_millis(),
+        all_closed.as_millis()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_hyper_cannot_parse_get_problem_json() {
+    let s = start_bundled().await;
+    let long_uri = format!("GET /v1/models?{} HTTP/1.1\r\nhost: x\r\n\r\n", "q".repeat(200_000));
+    let many_headers = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\n{}\r\n",
+        (0..150).map(|i| format!("x-{i}: y\r\n")).collect::<String>()
+    );
+    let huge_header = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "y".repeat(600_000)
+    );
+    let cases = [
+        (long_uri, 414, "uri-too-long"),
+        (many_headers, 431, "headers-too-large"),
+        (huge_header, 431, "headers-too-large"),
+        ("G\x01T / HTTP/1.1\r\n\r\n".to_string(), 400, "malformed-request"),
+        (
+            "GET / HTTP/1.1\r\nbad header\r\n\r\n".to_string(),
+            400,
+            "malformed-request",
+        ),
+        (
+            "PUT /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_string(),
+            405,
+            "method-not-allowed",
+        ),
+    ];
+    for (request, status, slug) in cases {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        // The server may answer and close before reading all of an oversized request.
+        let _ = c.write_all(request.as_bytes()).await;
+        let answer = until_closed(&mut c, Duration::from_secs(10))
+            .await
+            .expect("the connection was not closed");
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{slug}: {head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{slug}: {head}"
+        );
+        let problem: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{slug}: {e}: {body}"));
+        assert_eq!(problem["type"], format!("/problems/{slug}"));
+        assert_eq!(problem["status"], status);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_and_metrics_answer_while_the_workers_and_queue_are_full() {
     let dir = temp_dir("saturated");

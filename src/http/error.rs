@@ -13,6 +13,9 @@ use crate::runtime::{preprocess::InputError, RuntimeError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemKind {
     MalformedJson,
+    MalformedRequest,
+    UriTooLong,
+    HeadersTooLarge,
     InvalidRequest,
     InvalidInput,
     InvalidImage,
@@ -37,8 +40,11 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, for documentation.
-    pub const ALL: [ProblemKind; 21] = [
+    pub const ALL: [ProblemKind; 24] = [
         Self::MalformedJson,
+        Self::MalformedRequest,
+        Self::UriTooLong,
+        Self::HeadersTooLarge,
         Self::InvalidRequest,
         Self::InvalidInput,
         Self::InvalidImage,
@@ -65,6 +71,9 @@ impl ProblemKind {
     pub fn slug(self) -> &'static str {
         match self {
             Self::MalformedJson => "malformed-json",
+            Self::MalformedRequest => "malformed-request",
+            Self::UriTooLong => "uri-too-long",
+            Self::HeadersTooLarge => "headers-too-large",
             Self::InvalidRequest => "invalid-request",
             Self::InvalidInput => "invalid-input",
             Self::InvalidImage => "invalid-image",
@@ -91,7 +100,11 @@ impl ProblemKind {
     /// HTTP status.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::MalformedJson | Self::InvalidRequest | Self::InvalidImage => StatusCode::BAD_REQUEST,
+            Self::MalformedJson | Self::MalformedRequest | Self::InvalidRequest | Self::InvalidImage => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::InvalidInput | Self::NotDifferentiable | Self::UnsupportedModel => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ImageTooLarge | Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -111,6 +124,9 @@ impl ProblemKind {
     pub fn title(self) -> &'static str {
         match self {
             Self::MalformedJson => "The request body is not valid JSON",
+            Self::MalformedRequest => "The request is not valid HTTP",
+            Self::UriTooLong => "The request URI is too long",
+            Self::HeadersTooLarge => "The request headers are too large",
             Self::InvalidRequest => "The request is not valid",
             Self::InvalidInput => "The input does not fit the model",
             Self::InvalidImage => "The image cannot be decoded",
@@ -128,7 +144,7 @@ impl ProblemKind {
             Self::Overloaded => "The service is at capacity",
             Self::TooManyJobs => "This caller has as many unfinished jobs as it may",
             Self::DeadlineExceeded => "The job did not finish in time",
-            Self::RequestTimeout => "The request body did not arrive in time",
+            Self::RequestTimeout => "The request did not arrive in time",
             Self::ShuttingDown => "The service is shutting down",
             Self::Internal => "Internal error",
         }

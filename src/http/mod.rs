@@ -11,7 +11,6 @@ mod explain;
 mod health;
 pub mod input;
 mod jobs;
-pub mod limit;
 mod models;
 pub mod offload;
 pub mod openapi;
@@ -21,6 +20,7 @@ pub mod prepare;
 mod problems;
 mod reference;
 mod router;
+pub mod server;
 mod uncertainty;
 
 use std::sync::Arc;
