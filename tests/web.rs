@@ -33,6 +33,36 @@ async fn the_page_and_the_api_documents_are_served() {
     s.stop().await.unwrap();
 }
 
+/// Every TOML block of the README is read as what it shows: a model manifest (it declares a
+/// `task`) through the manifest parser, anything else as a config file through the config's own
+/// loading and checks. A key under the wrong table (`ensemble` after `[image]`) fails here.
+#[test]
+fn the_readme_toml_examples_parse() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 3, "only {} TOML blocks in the README", blocks.len());
+    let dir = temp_dir("readme-toml");
+    for (i, block) in blocks.iter().enumerate() {
+        if block.lines().any(|l| l.starts_with("task =")) {
+            if let Err(e) = explaind::runtime::manifest::Manifest::parse(std::path::Path::new("README.md"), block) {
+                panic!("README manifest block {i}: {e:?}\n{block}");
+            }
+        } else {
+            let path = dir.join(format!("block-{i}.toml"));
+            std::fs::write(&path, block).unwrap();
+            let loaded =
+                explaind::config::Config::load(Some(&path), Vec::<(String, String)>::new()).and_then(|c| c.validated());
+            if let Err(e) = loaded {
+                panic!("README config block {i}: {e}\n{block}");
+            }
+        }
+    }
+}
+
 /// The commands of the README's tour, continuation lines joined.
 fn readme_commands() -> Vec<String> {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
