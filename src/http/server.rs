@@ -10,9 +10,10 @@
 //!   that has not become a request by then.
 //! - hyper answers a request it cannot parse (400 on a malformed request line or header, 414 on
 //!   an over-long URI, 431 on too many or too large headers) with a bare status before any handler
-//!   runs; those answers are rewritten here into problem+json with a stable `type`. A response
-//!   written while no request is in flight can only be one of them, since a request counts as in
-//!   flight until its response body has been handed to hyper in full.
+//!   runs; those answers are rewritten here into problem+json with a stable `type`. They are told
+//!   apart from the service's own answers by two marks: no request is in flight on the connection
+//!   (a request counts as in flight until its response body is handed to hyper), and they carry
+//!   no content type, which every answer of the service does.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -479,6 +480,16 @@ impl Watched {
 /// parse), or None when `head` is not one.
 fn problem_for_bare_answer(head: &[u8]) -> Option<ApiError> {
     let rest = head.strip_prefix(b"HTTP/1.1 ")?;
+    // The service's own answers always carry a content type; hyper's bare ones never do. (A
+    // handler's answer may be written after its body was handed over, with none in flight.)
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(head.len());
+    if head[..end]
+        .to_ascii_lowercase()
+        .windows(14)
+        .any(|w| w == b"\ncontent-type:")
+    {
+        return None;
+    }
     let status = rest.get(..3)?;
     let (kind, detail) = match status {
         b"400" => (
@@ -623,6 +634,9 @@ mod tests {
             assert_eq!(body["type"], format!("/problems/{slug}"));
         }
         assert!(problem_for_bare_answer(b"HTTP/1.1 200 OK\r\n\r\n").is_none());
+        // A handler's own 400, written once its body was handed over, stays as it is.
+        let own = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncontent-length: 2\r\n\r\n{}";
+        assert!(problem_for_bare_answer(own).is_none());
         assert!(problem_for_bare_answer(b"{\"HTTP/1.1 400").is_none());
     }
 }
