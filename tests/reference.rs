@@ -831,19 +831,24 @@ async fn an_uploaded_set_replaces_the_old_one_whole_as_a_job_and_stays_at_the_ne
                 .unwrap()
         }
     };
+    // Three images missing: each line is named (up to five), by the file's name, never the
+    // folder the upload was written to (`problem` checks that no server path shows).
     let p = problem(
-        multipart(form(9, csv.clone())).await,
+        multipart(form(7, csv.clone())).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-input",
     )
     .await;
-    assert!(
-        p["detail"]
-            .as_str()
-            .unwrap()
-            .contains("line 11: image `t10k-00009.png`"),
-        "{p}"
-    );
+    let detail = p["detail"].as_str().unwrap();
+    for (line, id) in [(9, 7), (10, 8), (11, 9)] {
+        assert!(
+            detail.contains(&format!(
+                "labels.csv: line {line}: image `t10k-{id:05}.png`: no such file"
+            )),
+            "{p}"
+        );
+    }
+    assert!(!detail.contains(&config.data_dir.display().to_string()), "{p}");
     let accepted = multipart(form(10, csv)).await;
     assert_eq!(accepted.status(), StatusCode::ACCEPTED);
     let job = accepted.headers()["location"].to_str().unwrap().to_string();

@@ -39,29 +39,45 @@ struct Csv {
     lines: Vec<(usize, Vec<String>)>,
 }
 
+/// Bad lines named in a refusal, at most (the rest are not read).
+pub(crate) const SHOWN: usize = 5;
+
+/// How an error names `path`: its file name alone. The set's folder is the operator's to know
+/// (start-up logs say it); an upload's is a server path no answer may show.
+fn named(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "the file".into())
+}
+
+/// Why a file could not be read, without the operating system's text.
+fn unreadable(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file",
+        std::io::ErrorKind::PermissionDenied => "not readable",
+        _ => "cannot be read",
+    }
+}
+
 fn read_csv(path: &Path, max_rows: usize) -> Result<(Csv, Vec<u8>), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+    let name = named(path);
+    let bytes = std::fs::read(path).map_err(|e| {
+        tracing::warn!(path = %path.display(), error = %e, "reference set file unreadable");
+        format!("{name}: {}", unreadable(&e))
+    })?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{name}: not UTF-8 text"))?;
     let mut numbered = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let cells = |l: &str| -> Vec<String> { l.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect() };
-    let header = cells(
-        numbered
-            .next()
-            .ok_or_else(|| format!("{}: empty file", path.display()))?
-            .1,
-    );
+    let header = cells(numbered.next().ok_or_else(|| format!("{name}: empty file"))?.1);
     let mut lines = Vec::new();
     for (n, line) in numbered {
         if lines.len() == max_rows {
-            return Err(format!(
-                "{}: more than {max_rows} rows (max_reference_rows)",
-                path.display()
-            ));
+            return Err(format!("{name}: more than {max_rows} rows (max_reference_rows)"));
         }
         lines.push((n + 1, cells(line)));
     }
     if lines.is_empty() {
-        return Err(format!("{}: no rows", path.display()));
+        return Err(format!("{name}: no rows"));
     }
     Ok((Csv { header, lines }, bytes))
 }
@@ -70,7 +86,35 @@ fn column(csv: &Csv, path: &Path, name: &str) -> Result<usize, String> {
     csv.header
         .iter()
         .position(|h| h == name)
-        .ok_or_else(|| format!("{}: no `{name}` column", path.display()))
+        .ok_or_else(|| format!("{}: no `{name}` column", named(path)))
+}
+
+/// The bad lines of a file, each `{file}: line {n}: {why}`, the first [`SHOWN`] of them.
+struct BadLines {
+    file: String,
+    lines: Vec<String>,
+}
+
+impl BadLines {
+    fn new(path: &Path) -> Self {
+        Self {
+            file: named(path),
+            lines: Vec::new(),
+        }
+    }
+
+    /// Notes line `line`; false once enough are noted to stop reading.
+    fn add(&mut self, line: usize, why: impl std::fmt::Display) -> bool {
+        self.lines.push(format!("{}: line {line}: {why}", self.file));
+        self.lines.len() < SHOWN
+    }
+
+    fn into_result(self) -> Result<(), String> {
+        match self.lines.is_empty() {
+            true => Ok(()),
+            false => Err(self.lines.join("; ")),
+        }
+    }
 }
 
 /// Whether `id` is a plain file name: no folder, no way out of the folder it is read from.
@@ -90,10 +134,9 @@ pub(crate) fn label_of(cell: &str, labels: &[String]) -> Option<u32> {
 /// Reads `model`'s reference files as its manifest names them (paths relative to its folder).
 pub fn read(model: &LoadedModel, spec: &ReferenceSpec, max_rows: usize) -> Result<Listing, String> {
     let labels = &model.spec.labels;
-    let bad_label = |path: &Path, line: usize, cell: &str| {
+    let bad_label = |cell: &str| {
         format!(
-            "{}: line {line}: label `{}` is neither a label name nor a class index below {}",
-            path.display(),
+            "label `{}` is neither a label name nor a class index below {}",
             cell.chars().take(100).collect::<String>(),
             labels.len()
         )
@@ -109,20 +152,37 @@ pub fn read(model: &LoadedModel, spec: &ReferenceSpec, max_rows: usize) -> Resul
             let mut ids = Vec::with_capacity(csv.lines.len());
             let mut classes = Vec::with_capacity(csv.lines.len());
             let mut seen = std::collections::HashSet::new();
+            let mut bad = BadLines::new(&path);
             for (line, cells) in &csv.lines {
                 let (Some(id), Some(label)) = (cells.get(id_col), cells.get(label_col)) else {
-                    return Err(format!("{}: line {line}: fewer cells than the header", path.display()));
+                    if bad.add(*line, "fewer cells than the header") {
+                        continue;
+                    }
+                    break;
                 };
+                let id_shown = id.chars().take(100).collect::<String>();
                 // A plain file name inside the folder: no paths out of it.
-                if !is_file_name(id) {
-                    return Err(format!("{}: line {line}: id `{id}` is not a file name", path.display()));
+                let checked = if !is_file_name(id) {
+                    Err(format!("id `{id_shown}` is not a file name"))
+                } else if !seen.insert(id.clone()) {
+                    Err(format!("id `{id_shown}` appears twice"))
+                } else {
+                    label_of(label, labels)
+                        .ok_or_else(|| bad_label(label))
+                        .and_then(|class| {
+                            std::fs::read(dir.join(id))
+                                .map(|image| (class, image))
+                                .map_err(|e| format!("image `{id_shown}`: {}", unreadable(&e)))
+                        })
+                };
+                let (class, image) = match checked {
+                    Ok(found) => found,
+                    Err(why) if bad.add(*line, &why) => continue,
+                    Err(_) => break,
+                };
+                if !bad.lines.is_empty() {
+                    continue;
                 }
-                if !seen.insert(id.clone()) {
-                    return Err(format!("{}: line {line}: id `{id}` appears twice", path.display()));
-                }
-                let class = label_of(label, labels).ok_or_else(|| bad_label(&path, *line, label))?;
-                let image = std::fs::read(dir.join(id))
-                    .map_err(|e| format!("{}: line {line}: image `{id}`: {e}", path.display()))?;
                 hash.update((id.len() as u64).to_le_bytes());
                 hash.update(id.as_bytes());
                 hash.update((image.len() as u64).to_le_bytes());
@@ -130,6 +190,7 @@ pub fn read(model: &LoadedModel, spec: &ReferenceSpec, max_rows: usize) -> Resul
                 ids.push(id.clone());
                 classes.push(class);
             }
+            bad.into_result()?;
             Ok(Listing {
                 ids,
                 labels: classes,
@@ -154,29 +215,35 @@ pub fn read(model: &LoadedModel, spec: &ReferenceSpec, max_rows: usize) -> Resul
                 .collect::<Result<_, _>>()?;
             let mut rows = Vec::with_capacity(csv.lines.len());
             let mut classes = Vec::with_capacity(csv.lines.len());
+            let mut bad = BadLines::new(&path);
             for (line, cells) in &csv.lines {
-                let label = cells
+                let checked = cells
                     .get(label_col)
-                    .ok_or_else(|| format!("{}: line {line}: fewer cells than the header", path.display()))?;
-                classes.push(label_of(label, labels).ok_or_else(|| bad_label(&path, *line, label))?);
-                let row = cols
-                    .iter()
-                    .map(|&c| {
-                        cells
-                            .get(c)
-                            .and_then(|v| v.parse::<f32>().ok())
-                            .filter(|v| v.is_finite())
-                            .ok_or_else(|| {
-                                format!(
-                                    "{}: line {line}: column `{}` is not a number",
-                                    path.display(),
-                                    csv.header[c]
-                                )
+                    .ok_or_else(|| "fewer cells than the header".to_string())
+                    .and_then(|label| label_of(label, labels).ok_or_else(|| bad_label(label)))
+                    .and_then(|class| {
+                        let row = cols
+                            .iter()
+                            .map(|&c| {
+                                cells
+                                    .get(c)
+                                    .and_then(|v| v.parse::<f32>().ok())
+                                    .filter(|v| v.is_finite())
+                                    .ok_or_else(|| format!("column `{}` is not a number", csv.header[c]))
                             })
-                    })
-                    .collect::<Result<Vec<f32>, String>>()?;
-                rows.push(row);
+                            .collect::<Result<Vec<f32>, String>>()?;
+                        Ok((class, row))
+                    });
+                match checked {
+                    Ok((class, row)) => {
+                        classes.push(class);
+                        rows.push(row);
+                    }
+                    Err(why) if bad.add(*line, &why) => {}
+                    Err(_) => break,
+                }
             }
+            bad.into_result()?;
             Ok(Listing {
                 ids: (0..rows.len()).map(|i| i.to_string()).collect(),
                 labels: classes,

@@ -8,12 +8,9 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde::Deserialize;
 
-use super::source::{is_file_name, label_of};
+use super::source::{is_file_name, label_of, SHOWN};
 use crate::runtime::manifest::ReferenceSpec;
 use crate::runtime::LoadedModel;
-
-/// Bad lines named in a refusal, at most.
-const SHOWN: usize = 5;
 
 /// One line of an upload.
 #[derive(Debug, Deserialize)]
@@ -102,7 +99,7 @@ pub fn write(model: &LoadedModel, body: &[u8], dir: &Path, max_rows: usize) -> R
     if rows.is_empty() {
         return Err("no rows".into());
     }
-    let io = |e: std::io::Error| format!("cannot write the upload into {}: {e}", dir.display());
+    let io = |e: std::io::Error| cannot_write(dir, e);
     if image {
         std::fs::create_dir_all(dir.join("images")).map_err(io)?;
         let mut csv = String::from("id,label\n");
@@ -150,7 +147,7 @@ pub fn write_form(
     parts: Vec<(String, Option<String>, Vec<u8>)>,
     dir: &Path,
 ) -> Result<ReferenceSpec, String> {
-    let io = |e: std::io::Error| format!("cannot write the upload into {}: {e}", dir.display());
+    let io = |e: std::io::Error| cannot_write(dir, e);
     let image = model.spec.image.is_some();
     std::fs::create_dir_all(dir.join("images")).map_err(io)?;
     let mut seen = std::collections::HashSet::new();
@@ -186,6 +183,12 @@ pub fn write_form(
         true => "no `labels` part".to_string(),
         false => "no `rows` part".to_string(),
     })
+}
+
+/// A failure to write an upload: logged with its folder, answered without it.
+fn cannot_write(dir: &Path, e: std::io::Error) -> String {
+    tracing::error!(folder = %dir.display(), error = %e, "cannot write a reference upload");
+    "the server cannot store the upload now; its log says why".to_string()
 }
 
 /// The spec reading the files an upload wrote into `dir`, with the manifest's other settings.

@@ -325,7 +325,25 @@ pub async fn problem(resp: reqwest::Response, status: reqwest::StatusCode, slug:
     assert_eq!(body["type"], format!("/problems/{slug}"), "{body}");
     assert_eq!(body["status"], status.as_u16());
     assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
+    assert_discloses_nothing(&text);
     body
+}
+
+/// Fails when an answer shows something of the server's insides: a path on this machine (the
+/// checkout, the temporary folders that hold data and models in tests, the cache), an operating
+/// system error text, or a panic or source location. Every refusal the suite checks passes here.
+pub fn assert_discloses_nothing(answer: &str) {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let mut forbidden = vec![
+        root().display().to_string(),
+        std::env::temp_dir().display().to_string() + "/",
+        cache_dir().display().to_string(),
+        home + "/",
+    ];
+    forbidden.extend(["os error", "panicked", ".rs:", "RUST_BACKTRACE"].map(String::from));
+    for f in forbidden {
+        assert!(!answer.contains(&f), "the answer shows `{f}`: {answer}");
+    }
 }
 
 /// The vocabulary of the test text models: BERT's special tokens first, then words and pieces.
