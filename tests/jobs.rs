@@ -256,7 +256,7 @@ async fn every_method_as_a_job_counts_progress_in_model_rows_and_never_past_its_
                 body["target"] = json!({"top_k": 2});
                 body["evaluate"] = json!(["complexity", "deletion"]);
             }
-            let v = submit(&http, &s, body).await;
+            let v = submit(&http, &s, body.clone()).await;
             let id = v["id"].as_str().unwrap().to_string();
             let seen = events(&http, &s, &id).await;
             let (last_name, last) = seen.last().unwrap();
@@ -269,6 +269,24 @@ async fn every_method_as_a_job_counts_progress_in_model_rows_and_never_past_its_
             assert_eq!(
                 job["progress"], last["progress"],
                 "{model}/{method}: the stream and the job agree"
+            );
+            // The same request answered at once gives the same answer, number for number (ids,
+            // timings and work done aside).
+            let mut asked = body.clone();
+            asked
+                .as_object_mut()
+                .unwrap()
+                .retain(|k, _| k != "model" && k != "method");
+            let mut now =
+                common::ok_json(common::post_json(&s, &format!("/v1/models/{model}/explain/{method}"), &asked).await)
+                    .await;
+            let mut later = job["result"].clone();
+            for answer in [&mut now, &mut later] {
+                answer.as_object_mut().unwrap().retain(|k, _| k != "id" && k != "stats");
+            }
+            assert!(
+                now == later,
+                "{model}/{method}: the job's answer differs from the synchronous one"
             );
             let stats = &job["result"]["stats"];
             let (rows, planned) = (

@@ -138,7 +138,11 @@ pub(super) async fn run(
         let result = admission.run_controlled(ExplainTask(explain_job), control).await?;
         let audit = evidence.map(|evidence| (evidence, ctx));
         let answer = explain::finish(state, valid, prepared, result, false, started, audit).await?;
-        serde_json::to_value(&answer.body).map_err(ApiError::internal)
+        // Through the answer's text, not `to_value`: a job's result then prints every number as
+        // the synchronous answer does (an f32 written as its shortest text, `0.06`; `to_value`
+        // widens it to f64 first, `0.05999999865889549`).
+        let text = serde_json::to_vec(&answer.body).map_err(ApiError::internal)?;
+        serde_json::from_slice(&text).map_err(ApiError::internal)
     };
     answer.await.map_err(|e: ApiError| e.problem_json())
 }
