@@ -2,7 +2,8 @@
 //! tweak found equals the cheapest one an exhaustive enumeration finds (with and without
 //! constraints); on the bundled tree ensemble and MLP, every returned counterfactual flips the
 //! decision when run through ONNX Runtime and respects every constraint (a property test over
-//! seeded inputs and constraints); bad constraints and unreachable classes are refused.
+//! seeded inputs and constraints); bad constraints and unreachable classes are refused; a request's
+//! constraints only add to or tighten the manifest's, never relax them.
 
 mod common;
 
@@ -309,6 +310,117 @@ async fn tree_tweaks_equal_the_cheapest_found_by_enumeration() {
         ],
     )
     .await;
+    s.stop().await.unwrap();
+}
+
+/// The constraints an answer reports as in force (`details.constraints`, and the `params` echo).
+fn in_force(v: &Value) -> &Value {
+    assert_eq!(v["details"]["constraints"], v["params"]["constraints"], "{v}");
+    &v["details"]["constraints"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_constraints_only_add_to_or_tighten_the_manifests() {
+    let dir = temp_dir("cf-policy");
+    // `a` may only fall (so class 1 is out of reach from (1, 1)) and `b` stays in [0, 10] ...
+    let policy = "[tabular.constraints]\nmonotone = { a = \"decrease\" }\nmin = { b = 0.0 }\nmax = { b = 10.0 }\n";
+    write_model(&dir, "policy", &ensemble(), &format!("{TREES_MANIFEST}\n{policy}"));
+    // ... and here `b` is fixed and `a` at most 8: class 1 only through a > 5.
+    let fixed = "[tabular.constraints]\nimmutable = [\"b\"]\nmax = { a = 8.0 }\n";
+    write_model(&dir, "fixed", &ensemble(), &format!("{TREES_MANIFEST}\n{fixed}"));
+    let s = start(test_config(&dir)).await;
+    let x = [1.0f32, 1.0];
+    let ask = |model: &str, constraints: Value| {
+        let body = json!({"features": x, "params": {"target_class": "yes", "constraints": constraints}});
+        let path = format!("/v1/models/{model}/explain/counterfactual");
+        let s = &s;
+        async move { post_json(s, &path, &body).await }
+    };
+    // Relaxing: a monotone direction flipped, a min lowered, a max raised: 422 naming each.
+    for (model, constraints, says) in [
+        (
+            "policy",
+            json!({"monotone": {"a": "increase"}}),
+            vec!["`a`: monotone `increase`", "manifest's `decrease`"],
+        ),
+        (
+            "policy",
+            json!({"min": {"b": -5.0}}),
+            vec!["`b`: min -5", "manifest's min 0"],
+        ),
+        (
+            "policy",
+            json!({"max": {"b": 20.0}, "min": {"b": -1.0}}),
+            vec!["`b`: max 20", "manifest's max 10", "`b`: min -1"],
+        ),
+        (
+            "fixed",
+            json!({"max": {"a": 9.0}}),
+            vec!["`a`: max 9", "manifest's max 8"],
+        ),
+        // Tightening past the manifest's other bound leaves nothing: refused too.
+        (
+            "policy",
+            json!({"min": {"b": 12.0}}),
+            vec!["`b`: min 12 is above max 10"],
+        ),
+    ] {
+        let p = problem(
+            ask(model, constraints.clone()).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+        )
+        .await;
+        let detail = p["detail"].as_str().unwrap();
+        for said in says {
+            assert!(detail.contains(said), "{model} {constraints}: {detail} lacks {said}");
+        }
+    }
+    // Adding and tightening: accepted, and the answer reports the constraints in force.
+    let v = ok_json(
+        ask(
+            "policy",
+            json!({"monotone": {"a": "decrease", "b": "increase"}, "min": {"b": 0.5}, "max": {"b": 8.0},
+                   "integer": ["b"]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        in_force(&v),
+        &json!({"immutable": [], "integer": ["b"], "monotone": {"a": "decrease", "b": "increase"},
+                "min": {"b": 0.5}, "max": {"b": 8.0}, "costs": {}})
+    );
+    assert!(counterfactuals(&v).is_empty(), "`a` may not rise: {v}");
+    // An immutable feature stays put whatever a request says of it; the request's own bound on `a`
+    // tightens the manifest's.
+    let v = ok_json(
+        ask(
+            "fixed",
+            json!({"immutable": ["b"], "monotone": {"b": "increase"}, "min": {"b": 4.0}, "max": {"a": 7.0}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        in_force(&v),
+        &json!({"immutable": ["b"], "integer": [], "monotone": {"b": "increase"},
+                "min": {"b": 4.0}, "max": {"a": 7.0}, "costs": {}})
+    );
+    let found = counterfactuals(&v);
+    assert!(!found.is_empty(), "{v}");
+    for cf in &found {
+        let y = cf["values"].as_array().unwrap();
+        assert_eq!(y[1].as_f64(), Some(1.0), "`b` is immutable: {cf}");
+        let a = y[0].as_f64().unwrap();
+        assert!(a > 5.0 && a <= 7.0, "{cf}");
+    }
+    // Without request constraints the manifest's are in force as declared.
+    let v = ok_json(ask("fixed", json!({})).await).await;
+    assert_eq!(
+        in_force(&v),
+        &json!({"immutable": ["b"], "integer": [], "monotone": {}, "min": {}, "max": {"a": 8.0}, "costs": {}})
+    );
     s.stop().await.unwrap();
 }
 

@@ -2,7 +2,8 @@
 //! Debian's packages, started by tests/common/postgres.rs) for their asynchronous jobs and their
 //! audit log. A job submitted to one is read, streamed and cancelled through another; a replica
 //! killed mid-job leaves its lease to expire and another finishes the job once; 200 jobs over two
-//! replicas, one of them killed and restarted midway, each end exactly once.
+//! replicas, one of them killed and restarted midway, each end exactly once; the job limits hold
+//! exactly under concurrent submission to one replica and to two.
 
 mod common;
 
@@ -474,4 +475,89 @@ async fn a_replica_stopped_with_sigterm_gives_its_running_job_back_at_once() {
     assert_eq!(taken["attempts"], 1, "a run given back is not an attempt: {taken}");
     let done = wait_for(&http, &b, &id, Duration::from_secs(60), |v| v["state"] == "done").await;
     assert_eq!(done["attempts"], 1);
+}
+
+/// 32 submissions at once, spread over `replicas`, as `who`: how many were accepted, and each
+/// refusal's status and problem type (counted).
+async fn submit_at_once(
+    http: &reqwest::Client,
+    replicas: &[&Replica],
+    who: &str,
+) -> (usize, std::collections::BTreeMap<(u16, String), usize>) {
+    let answers = futures_util::future::join_all((0..32).map(|i| {
+        let http = http.clone();
+        let r = replicas[i % replicas.len()];
+        async move {
+            let resp = http
+                .post(r.url("/v1/jobs"))
+                .bearer_auth(who)
+                .json(&job(2000))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            let kind = resp
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, kind, resp.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+    let mut accepted = 0;
+    let mut refused = std::collections::BTreeMap::new();
+    for (status, kind, body) in answers {
+        if status == StatusCode::ACCEPTED {
+            accepted += 1;
+            continue;
+        }
+        assert_eq!(kind.as_deref(), Some("application/problem+json"), "{status}: {body}");
+        let problem = body["type"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+        *refused.entry((status.as_u16(), problem)).or_insert(0) += 1;
+    }
+    (accepted, refused)
+}
+
+/// `max_jobs_per_caller` 20 and `max_jobs` 30 on every replica: 32 submissions at once from one
+/// caller get exactly 20 accepted (the rest 429), then 32 from another exactly the 10 places left
+/// (the rest 503), however the submissions interleave over the replicas and the database.
+async fn job_limits_hold_under_concurrent_submission(replicas: usize) {
+    let pg = Postgres::start();
+    let models = models();
+    let limits = [("EXPLAIND_MAX_JOBS", "30"), ("EXPLAIND_MAX_JOBS_PER_CALLER", "20")];
+    let mut started = Vec::new();
+    for i in 0..replicas {
+        let name = format!("limits-{replicas}-{i}");
+        started.push(Replica::start_with(&pg.url(), &models, &name, &limits).ready().await);
+    }
+    let all: Vec<&Replica> = started.iter().collect();
+    let http = reqwest::Client::new();
+    let (accepted, refused) = submit_at_once(&http, &all, "alpha").await;
+    assert_eq!(
+        (accepted, refused.into_iter().collect::<Vec<_>>()),
+        (20, vec![((429, "too-many-jobs".to_string()), 12)]),
+        "max_jobs_per_caller over {replicas} replica(s)"
+    );
+    let (accepted, refused) = submit_at_once(&http, &all, "beta").await;
+    assert_eq!(
+        (accepted, refused.into_iter().collect::<Vec<_>>()),
+        (10, vec![((503, "overloaded".to_string()), 22)]),
+        "max_jobs over {replicas} replica(s)"
+    );
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    let row = sqlx::query("SELECT count(*) FROM explaind_jobs WHERE state IN ('queued', 'running')")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<i64, _>(0), 30, "unfinished jobs in the database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_limits_hold_exactly_under_concurrent_submission_to_one_replica() {
+    job_limits_hold_under_concurrent_submission(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_limits_hold_exactly_under_concurrent_submission_to_two_replicas() {
+    job_limits_hold_under_concurrent_submission(2).await;
 }

@@ -18,6 +18,10 @@ use super::board::{rfc3339_ms, JobProgress, JobState, JobView, Refused, Viewer};
 /// The NOTIFY channel a submission wakes idle claimers with.
 const CHANNEL: &str = "explaind_jobs";
 
+/// The advisory lock key every replica's submission holds while it counts and inserts (any fixed
+/// number no other user of the database locks: the ASCII of "xplnjobs").
+const SUBMIT_LOCK: i64 = 0x78706c6e6a6f6273;
+
 /// A failure of the jobs database.
 #[derive(Debug, thiserror::Error)]
 #[error("jobs database: {0}")]
@@ -202,23 +206,43 @@ impl SharedJobs {
     /// Stores a queued job and wakes an idle claimer; refuses past the caller's quota (429) or
     /// `max_jobs` unfinished jobs in all (503).
     pub async fn submit(&self, job: NewJob<'_>, per_caller: usize) -> Result<JobView, SubmitError> {
+        // Count and insert under one transaction-scoped advisory lock that every replica's
+        // submissions take: under READ COMMITTED a count does not see the rows concurrent
+        // submissions have not committed yet, so separate statements (or one INSERT ... SELECT
+        // count) let 32 concurrent submissions all pass a quota of 20. The lock serialises only
+        // submissions (claims, renewals and reads never take it) for two short statements, and the
+        // commit or rollback releases it, also when a replica dies mid-way (its transaction aborts).
+        // The next holder's count takes its snapshot after the commit, so it sees the job. A
+        // SERIALIZABLE transaction would be correct too, but needs a retry loop on conflicts.
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SUBMIT_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
         let counts = sqlx::query(
             "SELECT count(*), count(*) FILTER (WHERE owner IS NOT DISTINCT FROM $1) FROM explaind_jobs \
              WHERE state IN ('queued', 'running')",
         )
         .bind(job.owner)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::from)?;
         let (all, mine): (i64, i64) = (
             counts.try_get(0).map_err(StoreError::from)?,
             counts.try_get(1).map_err(StoreError::from)?,
         );
-        if mine as usize >= per_caller {
-            return Err(Refused::CallerLimit(per_caller).into());
-        }
-        if all as usize >= self.options.max_jobs {
-            return Err(Refused::Full(self.options.max_jobs).into());
+        let refused = if mine.max(0) as usize >= per_caller {
+            Some(Refused::CallerLimit(per_caller))
+        } else if all.max(0) as usize >= self.options.max_jobs {
+            Some(Refused::Full(self.options.max_jobs))
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            // Released now rather than whenever the pool next uses the connection.
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Err(refused.into());
         }
         let id = uuid::Uuid::new_v4().to_string();
         let row = sqlx::query(&format!(
@@ -236,9 +260,10 @@ impl SharedJobs {
         .bind(job.request)
         .bind(self.options.max_attempts as i32)
         .bind(now_ms())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
         self.notify().await?;
         Ok(view(&row, false)?)
     }

@@ -72,7 +72,8 @@ pub struct CounterfactualParams {
     pub count: usize,
     /// How scaled changes add up to a cost.
     pub distance: Distance,
-    /// Constraints added to the manifest's `[tabular.constraints]` for this request.
+    /// Constraints added to the manifest's `[tabular.constraints]` for this request; they may add or
+    /// tighten the manifest's, never relax them (422). The answer echoes those in force.
     pub constraints: Constraints,
     /// Default: `trees` for tree ensembles `tree-shap` can read, else `gradient`.
     pub search: Option<Search>,
@@ -168,6 +169,12 @@ impl Method for Counterfactual {
         p.constraints
             .check(&tabular.features)
             .map_err(|why| Invalid::Request(format!("params.constraints: {why}")))?;
+        // From here on (the run, the answer's `details.constraints` and its `params` echo) the
+        // constraints are those in force: the manifest's, added to and tightened by the request's.
+        p.constraints = tabular
+            .constraints
+            .tightened(&p.constraints)
+            .map_err(|why| Invalid::Model(format!("params.constraints: {why}")))?;
         if let Some(t) = &p.target_class {
             class_index(model, t, "target_class")?;
         }
@@ -248,8 +255,8 @@ impl Method for Counterfactual {
             Some(t) => class_index(&model, t, "target_class").map_err(|e| bad(e.to_string()))?,
             None => decided(&probs, Some(current)),
         };
-        let constraints = tabular.constraints.merged(&p.constraints);
-        let space = Space::new(&model, &tabular.features, &constraints, &x, p.distance);
+        let constraints = &p.constraints;
+        let space = Space::new(&model, &tabular.features, constraints, &x, p.distance);
         let search = p.search.unwrap_or(Search::Gradient);
         let mut details = json!({
             "target_class": {"index": target, "label": model.spec.labels.get(target)},

@@ -169,6 +169,16 @@ pub enum Direction {
     Decrease,
 }
 
+impl Direction {
+    /// The name requests and manifests use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Increase => "increase",
+            Direction::Decrease => "decrease",
+        }
+    }
+}
+
 impl Constraints {
     /// Checks every name against `features` and every bound and cost: the message names each
     /// unknown feature and each min above its max.
@@ -219,16 +229,70 @@ impl Constraints {
         }
     }
 
-    /// These constraints with `more` added (`more`'s bounds and costs win).
-    pub fn merged(&self, more: &Constraints) -> Constraints {
+    /// The constraints in force when a request asks for `more` on top of these (the manifest's):
+    /// the manifest's are policy, so a request may add constraints or tighten them, never relax
+    /// one. Immutable and integer features are united; a monotone direction may be added or
+    /// repeated, not flipped; a min may only rise and a max only fall, and not past each other.
+    /// Costs are preferences, not policy: the request's replace the manifest's. The error names
+    /// every feature and constraint the request would relax.
+    pub fn tightened(&self, more: &Constraints) -> Result<Constraints, String> {
         let mut out = self.clone();
-        out.immutable.extend(more.immutable.iter().cloned());
-        out.integer.extend(more.integer.iter().cloned());
-        out.monotone.extend(more.monotone.clone());
-        out.min.extend(more.min.clone());
-        out.max.extend(more.max.clone());
+        let mut relaxed = Vec::new();
+        for (list, add) in [(&mut out.immutable, &more.immutable), (&mut out.integer, &more.integer)] {
+            for f in add {
+                if !list.contains(f) {
+                    list.push(f.clone());
+                }
+            }
+        }
+        for (f, d) in &more.monotone {
+            match self.monotone.get(f) {
+                Some(policy) if policy != d => relaxed.push(format!(
+                    "`{f}`: monotone `{}` would flip the manifest's `{}`",
+                    d.name(),
+                    policy.name()
+                )),
+                _ => {
+                    out.monotone.insert(f.clone(), *d);
+                }
+            }
+        }
+        for (f, v) in &more.min {
+            match self.min.get(f) {
+                Some(policy) if v < policy => {
+                    relaxed.push(format!("`{f}`: min {v} is below the manifest's min {policy}"))
+                }
+                _ => {
+                    out.min.insert(f.clone(), *v);
+                }
+            }
+        }
+        for (f, v) in &more.max {
+            match self.max.get(f) {
+                Some(policy) if v > policy => {
+                    relaxed.push(format!("`{f}`: max {v} is above the manifest's max {policy}"))
+                }
+                _ => {
+                    out.max.insert(f.clone(), *v);
+                }
+            }
+        }
+        // A bound the request tightened past the manifest's other bound leaves no value.
+        for (f, lo) in &out.min {
+            if let Some(hi) = out.max.get(f).filter(|hi| lo > *hi) {
+                relaxed.push(format!(
+                    "`{f}`: min {lo} is above max {hi} (the request's and the manifest's together)"
+                ));
+            }
+        }
         out.costs.extend(more.costs.clone());
-        out
+        match relaxed.is_empty() {
+            true => Ok(out),
+            false => Err(format!(
+                "{}; the manifest's constraints are policy: a request may add or tighten them, not relax them",
+                relaxed.join("; ")
+            )),
+        }
     }
 }
 
@@ -806,5 +870,25 @@ fn pick<'a>(
     match matching.as_slice() {
         [one] => Ok(one),
         _ => Err(format!("the graph has several ({}): name one", names())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraints_in_force_are_a_fixed_point_of_tightening() {
+        let policy: Constraints = toml::from_str(
+            "immutable = [\"a\"]\nmonotone = { b = \"decrease\" }\nmin = { c = 0.0 }\nmax = { c = 9.0 }",
+        )
+        .unwrap();
+        let request: Constraints =
+            toml::from_str("immutable = [\"a\", \"d\"]\nmin = { c = 1.0 }\ncosts = { b = 2.0 }").unwrap();
+        let in_force = policy.tightened(&request).unwrap();
+        assert_eq!(in_force.immutable, ["a", "d"], "united, once each");
+        assert_eq!((in_force.min["c"], in_force.max["c"]), (1.0, 9.0));
+        // A plan run again on the echoed constraints (a job re-checked elsewhere) changes nothing.
+        assert_eq!(policy.tightened(&in_force).unwrap(), in_force);
     }
 }
