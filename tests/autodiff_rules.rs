@@ -944,34 +944,74 @@ fn resize_modes() {
 }
 
 #[test]
-fn max_pool_ties_share_the_gradient() {
-    // A 2x2 tile of equal values: each gets a quarter, so the gradient still sums to the upstream one.
-    let mut g = GraphBuilder::new("ties", 17);
-    let x = g.input("x", &[1, 1, 2, 2]);
-    g.node(
-        "MaxPool",
-        &[&x],
-        vec![
-            ("kernel_shape", Attr::Ints(vec![2, 2])),
-            ("strides", Attr::Ints(vec![2, 2])),
-        ],
-    );
-    g.rename_last_output("y");
-    g.output_any("y");
-    let model = g.build();
-    let bw = common::gradcheck::backward(
-        &model,
-        "x",
-        &[1, 1, 2, 2],
-        "y",
-        &[],
-        &explaind::onnx::autodiff::RuleTable::standard(),
-    );
-    let mut session = common::gradcheck::runner().session(&bw.model).unwrap();
-    let feeds = [
-        ("x", vec![1, 1, 2, 2], vec![0.5f32; 4]),
-        (explaind::onnx::autodiff::WEIGHTS_INPUT, vec![1, 1, 1, 1], vec![2.0]),
+fn max_pool_ties_go_to_the_first_maximum_as_in_pytorch() {
+    // Inputs of three values, so most windows tie; distinct upstream gradients show which window
+    // each share came from. Expected: PyTorch's max indices (and ONNX Runtime's), the first maximum
+    // of each window in row-major order, padding excluded, each taking its window's whole gradient.
+    let pools: [(&str, usize, usize, usize, usize, usize); 5] = [
+        // (label, h, w, kernel, stride, pad)
+        ("2x2 tiles", 6, 6, 2, 2, 0),
+        ("2x2 tiles, cropped", 7, 7, 2, 2, 0),
+        ("3x3 tiles", 6, 9, 3, 3, 0),
+        ("3x3 stride 2, padded (Indices)", 6, 6, 3, 2, 1),
+        ("global", 5, 6, 0, 0, 0),
     ];
-    let (_, grad) = common::gradcheck::run_output(&mut session, &feeds, &bw.input_grad);
-    assert_eq!(grad, vec![0.5; 4]);
+    for (seed, (label, h, w, kernel, stride, pad)) in pools.into_iter().enumerate() {
+        let mut rng = Rng::new(70 + seed as u64);
+        let x: Vec<f32> = (0..h * w).map(|_| (rng.next_u64() % 3) as f32).collect();
+        let global = kernel == 0;
+        let (kh, kw, s) = if global { (h, w, 1) } else { (kernel, kernel, stride) };
+        let (oh, ow) = ((h + 2 * pad - kh) / s + 1, (w + 2 * pad - kw) / s + 1);
+        let up: Vec<f32> = (1..=oh * ow).map(|v| v as f32).collect();
+        let mut expected = vec![0f32; h * w];
+        for oi in 0..oh {
+            for oj in 0..ow {
+                let mut best: Option<(f32, usize)> = None;
+                for u in 0..kh {
+                    for v in 0..kw {
+                        let (Some(i), Some(j)) = ((oi * s + u).checked_sub(pad), (oj * s + v).checked_sub(pad)) else {
+                            continue;
+                        };
+                        if i < h && j < w && best.is_none_or(|(m, _)| x[i * w + j] > m) {
+                            best = Some((x[i * w + j], i * w + j));
+                        }
+                    }
+                }
+                expected[best.unwrap().1] += up[oi * ow + oj];
+            }
+        }
+        let mut g = GraphBuilder::new("ties", 17);
+        let input = g.input("x", &[1, 1, h as i64, w as i64]);
+        if global {
+            g.node("GlobalMaxPool", &[&input], vec![]);
+        } else {
+            let p = pad as i64;
+            g.node(
+                "MaxPool",
+                &[&input],
+                vec![
+                    ("kernel_shape", Attr::Ints(vec![kernel as i64; 2])),
+                    ("strides", Attr::Ints(vec![stride as i64; 2])),
+                    ("pads", Attr::Ints(vec![p; 4])),
+                ],
+            );
+        }
+        g.rename_last_output("y");
+        g.output_any("y");
+        let bw = common::gradcheck::backward(
+            &g.build(),
+            "x",
+            &[1, 1, h, w],
+            "y",
+            &[],
+            &explaind::onnx::autodiff::RuleTable::standard(),
+        );
+        let mut session = common::gradcheck::runner().session(&bw.model).unwrap();
+        let feeds = [
+            ("x", vec![1, 1, h, w], x),
+            (explaind::onnx::autodiff::WEIGHTS_INPUT, vec![1, 1, oh, ow], up),
+        ];
+        let (_, grad) = common::gradcheck::run_output(&mut session, &feeds, &bw.input_grad);
+        assert_eq!(grad, expected, "{label}");
+    }
 }

@@ -1,6 +1,7 @@
 //! DeepLIFT and DeepLiftShap on a real server: the rescale rule against its closed form on a
 //! one-hidden-layer network, completeness (attributions sum to f(x) - f(x')) through every rescaled
-//! nonlinearity and through max pooling (the bundled CNN), DeepLiftShap's seeded references and
+//! nonlinearity and through max pooling (the bundled CNN), Captum's max pooling rule computed by
+//! hand where the black reference ties every window, DeepLiftShap's seeded references and
 //! averaged completeness.
 
 mod common;
@@ -57,6 +58,152 @@ fn chain() -> explaind::onnx::proto::ModelProto {
     g.build()
 }
 
+/// Conv 3x3 (3 channels, bias, no padding) -> Relu -> MaxPool -> Flatten -> Gemm on an 8x8 grayscale
+/// image. The black reference's feature maps are the constant relu(bias) per channel, so every one
+/// of its pooling windows ties.
+struct PooledCnn {
+    kernel: usize,
+    stride: usize,
+    conv: Vec<f32>,
+    fc: Vec<f32>,
+}
+
+const CNN_BIAS: [f32; 3] = [0.3, -0.2, 0.1];
+const CNN_SIDE: usize = 8;
+/// The feature maps' side (a 3x3 convolution without padding).
+const MAP_SIDE: usize = CNN_SIDE - 2;
+
+impl PooledCnn {
+    fn new(kernel: usize, stride: usize) -> Self {
+        let mut rng = Rng::new(21);
+        let conv = rng.vec(3 * 9, -1.0, 1.0);
+        let fc = rng.vec(3 * Self::pooled_side(kernel, stride).pow(2) * 2, -1.0, 1.0);
+        PooledCnn {
+            kernel,
+            stride,
+            conv,
+            fc,
+        }
+    }
+
+    fn pooled_side(kernel: usize, stride: usize) -> usize {
+        (MAP_SIDE - kernel) / stride + 1
+    }
+
+    fn model(&self) -> explaind::onnx::proto::ModelProto {
+        let mut g = GraphBuilder::new("pooled", 17);
+        let x = g.input("input", &[-1, 1, CNN_SIDE as i64, CNN_SIDE as i64]);
+        let w = g.constant("w", &[3, 1, 3, 3], &self.conv);
+        let b = g.constant("b", &[3], &CNN_BIAS);
+        let c = g.node("Conv", &[&x, &w, &b], vec![]);
+        let r = g.node("Relu", &[&c], vec![]);
+        let (k, s) = (self.kernel as i64, self.stride as i64);
+        let p = g.node(
+            "MaxPool",
+            &[&r],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![k, k])),
+                ("strides", Attr::Ints(vec![s, s])),
+            ],
+        );
+        let flat = g.node("Flatten", &[&p], vec![("axis", Attr::Int(1))]);
+        let fc = g.constant("fc", &[(self.fc.len() / 2) as i64, 2], &self.fc);
+        g.node("Gemm", &[&flat, &fc], vec![]);
+        g.rename_last_output("logits");
+        g.output("logits", &[-1, 2]);
+        g.build()
+    }
+
+    /// The pre-activations [channel][row][column] for an 8x8 input.
+    fn conv(&self, x: &[f64]) -> Vec<f64> {
+        let mut z = vec![0f64; 3 * MAP_SIDE * MAP_SIDE];
+        for c in 0..3 {
+            for i in 0..MAP_SIDE {
+                for j in 0..MAP_SIDE {
+                    let mut sum = f64::from(CNN_BIAS[c]);
+                    for u in 0..3 {
+                        for v in 0..3 {
+                            sum += f64::from(self.conv[c * 9 + u * 3 + v]) * x[(i + u) * CNN_SIDE + j + v];
+                        }
+                    }
+                    z[(c * MAP_SIDE + i) * MAP_SIDE + j] = sum;
+                }
+            }
+        }
+        z
+    }
+
+    /// Captum's DeepLIFT contributions for `target`, by hand: the Gemm's weights are the pooled
+    /// outputs' multipliers; per window, PyTorch's max index (the first maximum in row-major order)
+    /// of the input and of the reference, the input's index taking g (m - y') and the reference's
+    /// g (y - m) with m = max(y, y'), their sum divided by (a - a') (the plain gradient, g at the
+    /// input's index, where |a - a'| <= 1e-10); ReLU's rescale multiplier; the convolution's
+    /// transpose. Overlapping windows that share a maximum add their shares (Captum's unpooling
+    /// writes one of them; adding keeps completeness).
+    fn deeplift(&self, x: &[f64], r: &[f64], target: usize) -> Vec<f64> {
+        const EPS: f64 = 1e-10;
+        let (z, z0) = (self.conv(x), self.conv(r));
+        let (a, a0): (Vec<f64>, Vec<f64>) = (
+            z.iter().map(|v| v.max(0.0)).collect(),
+            z0.iter().map(|v| v.max(0.0)).collect(),
+        );
+        let side = Self::pooled_side(self.kernel, self.stride);
+        let first_max = |maps: &[f64], c: usize, oi: usize, oj: usize| {
+            let mut best = (f64::NEG_INFINITY, 0);
+            for u in 0..self.kernel {
+                for v in 0..self.kernel {
+                    let p = (c * MAP_SIDE + oi * self.stride + u) * MAP_SIDE + oj * self.stride + v;
+                    if maps[p] > best.0 {
+                        best = (maps[p], p);
+                    }
+                }
+            }
+            best
+        };
+        let (mut total, mut plain) = (vec![0f64; a.len()], vec![0f64; a.len()]);
+        for c in 0..3 {
+            for oi in 0..side {
+                for oj in 0..side {
+                    let g = f64::from(self.fc[((c * side + oi) * side + oj) * 2 + target]);
+                    let ((y, p), (y0, p0)) = (first_max(&a, c, oi, oj), first_max(&a0, c, oi, oj));
+                    let m = y.max(y0);
+                    total[p] += g * (m - y0);
+                    total[p0] += g * (y - m);
+                    plain[p] += g;
+                }
+            }
+        }
+        let mut mz = vec![0f64; a.len()];
+        for p in 0..a.len() {
+            let da = a[p] - a0[p];
+            let ma = if da.abs() > EPS { total[p] / da } else { plain[p] };
+            let dz = z[p] - z0[p];
+            let relu = if dz.abs() > EPS {
+                da / dz
+            } else {
+                f64::from(u8::from(z[p] > 0.0))
+            };
+            mz[p] = ma * relu;
+        }
+        let mut out = vec![0f64; x.len()];
+        for c in 0..3 {
+            for i in 0..MAP_SIDE {
+                for j in 0..MAP_SIDE {
+                    for u in 0..3 {
+                        for v in 0..3 {
+                            out[(i + u) * CNN_SIDE + j + v] +=
+                                mz[(c * MAP_SIDE + i) * MAP_SIDE + j] * f64::from(self.conv[c * 9 + u * 3 + v]);
+                        }
+                    }
+                }
+            }
+        }
+        out.iter().zip(x.iter().zip(r)).map(|(m, (x, r))| m * (x - r)).collect()
+    }
+}
+
+const CNN_MANIFEST: &str = "task = \"image-classification\"\nlabels = [\"a\", \"b\"]\n[image]\ncolor = \"grayscale\"\n";
+
 async fn start_models() -> explaind::Service {
     let dir = temp_dir("deeplift-models");
     write_model(
@@ -77,6 +224,9 @@ async fn start_models() -> explaind::Service {
         "task = \"image-classification\"\nlabels = [\"a\", \"b\"]\n[image]\ncolor = \"grayscale\"\n",
     );
     common::copy_bundled("fashion-cnn", &dir);
+    // Non-overlapping 2x2 tiles, and overlapping 3x3 windows at stride 2.
+    write_model(&dir, "tiles", &PooledCnn::new(2, 2).model(), CNN_MANIFEST);
+    write_model(&dir, "overlap", &PooledCnn::new(3, 2).model(), CNN_MANIFEST);
     start(test_config(&dir)).await
 }
 
@@ -177,6 +327,50 @@ async fn attributions_sum_to_the_score_difference_through_every_rescaled_nonline
     );
     let c = explain(&s, "chain", "deeplift-shap", json!({"image": b64, "seed": 1})).await;
     assert!(c["convergence_delta"].as_f64().unwrap().abs() < 1e-3, "{c}");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_pooling_gives_a_tied_window_to_its_first_maximum_as_captum_does() {
+    let s = start_models().await;
+    let mut rng = Rng::new(8);
+    let pixels: Vec<u8> = (0..CNN_SIDE * CNN_SIDE)
+        .map(|_| rng.uniform(0.0, 255.0) as u8)
+        .collect();
+    let x: Vec<f64> = pixels
+        .iter()
+        .map(|p| f64::from(f32::from(*p) * (1.0 / 255.0)))
+        .collect();
+    let img = image::GrayImage::from_raw(CNN_SIDE as u32, CNN_SIDE as u32, pixels).unwrap();
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let black = vec![0f64; x.len()];
+    for (model, cnn) in [("tiles", PooledCnn::new(2, 2)), ("overlap", PooledCnn::new(3, 2))] {
+        for target in [0usize, 1] {
+            let v = explain(
+                &s,
+                model,
+                "deeplift",
+                json!({"image": b64, "target": target, "params": {"baseline": "black"}}),
+            )
+            .await;
+            let got = attribution_values(&v);
+            let expected = cnn.deeplift(&x, &black, target);
+            assert_eq!(got.len(), expected.len());
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert!(
+                    (g - e).abs() < 1e-5,
+                    "{model} target {target} pixel {i}: {g} vs {e} (all: {got:?} vs {expected:?})"
+                );
+            }
+            let delta = v["convergence_delta"].as_f64().unwrap();
+            let total: f64 = expected.iter().sum();
+            assert!(total.abs() > 1e-3, "{model}: a reference the model tells apart");
+            assert!(delta.abs() < 1e-5, "{model} target {target}: delta {delta} of {total}");
+        }
+    }
     s.stop().await.unwrap();
 }
 

@@ -2,8 +2,8 @@
 //! reference run as one batch of two through the backward graph whose nonlinearities pass
 //! (f(x) - f(x')) / (x - x') (`RuleSet::DeepLiftRescale`); attributions are (x - x') times the
 //! multipliers, and their sum minus (f(x) - f(x')) is reported as the convergence delta (0 up to
-//! rounding on networks of linear layers and elementwise nonlinearities; max pooling keeps its
-//! gradient, so there the delta measures the gap).
+//! rounding on networks of linear layers, elementwise nonlinearities and max pooling, which follows
+//! Captum's rule).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -1,5 +1,8 @@
 //! Pooling: MaxPool scatters the gradient to the indices of the maxima (asked of the forward node),
 //! AveragePool spreads it with a transposed convolution of ones, the global pools broadcast it.
+//! A tie gives the whole gradient to one position, the first maximum of its window in row-major
+//! order: the index ONNX Runtime's MaxPool reports, and PyTorch's (whose autograd, and Captum's
+//! DeepLIFT through it, route a tie so).
 
 use super::{first_only, grad0, input, output, RuleError, RuleTable};
 use crate::onnx::autodiff::GradContext;
@@ -18,9 +21,21 @@ type Grads = Result<Vec<Option<String>>, RuleError>;
 
 pub(super) fn max_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
     let g = grad0(n, g)?;
+    let dx = unpool_max(ctx, n, &[g])?.pop();
+    let dx = dx.ok_or_else(|| RuleError::new(n, "MaxPool gave no gradient"))?;
+    Ok(first_only(n, dx))
+}
+
+/// Each of `grads` (gradients of MaxPool `n`'s output, of its shape) placed at its window's maximum
+/// in `n`'s input, in order. The maxima are found once for all of them (DeepLIFT's rule routes two).
+pub(super) fn unpool_max(ctx: &mut GradContext, n: &NodeProto, grads: &[&str]) -> Result<Vec<String>, RuleError> {
     let x = input(n, 0);
-    if let Some(dx) = max_pool_tiled(ctx, n, g)? {
-        return Ok(first_only(n, dx));
+    if let Some(tiles) = Tiles::of(ctx, n)? {
+        let Some(first) = grads.first() else {
+            return Ok(Vec::new());
+        };
+        let mask = tiles.first_maxima(ctx, x, output(n), first);
+        return Ok(grads.iter().map(|g| tiles.place(ctx, &mask, g)).collect());
     }
     if attr_int(n, "storage_order", 0)? != 0 {
         return Err(RuleError::new(
@@ -29,89 +44,140 @@ pub(super) fn max_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>
         ));
     }
     // Indices are flat over the whole input tensor (N*C*H*W), so one scatter places every gradient.
+    // ONNX Runtime's index is the window's first maximum in row-major order, as PyTorch's.
     let indices = ctx.forward_output(n, 1);
     let minus_one = ctx.const_i64("flat", &[-1]);
     let flat_i = ctx.emit("Reshape", &[&indices, &minus_one], vec![]);
-    let flat_g = ctx.emit("Reshape", &[g, &minus_one], vec![]);
     let zeros = zeros_like_flat(ctx, x);
-    let scattered = ctx.emit(
-        "ScatterElements",
-        &[&zeros, &flat_i, &flat_g],
-        vec![("axis", Attr::Int(0)), ("reduction", Attr::Str("add".into()))],
-    );
-    Ok(first_only(n, ctx.reshape_like(&scattered, x)))
+    Ok(grads
+        .iter()
+        .map(|g| {
+            let flat_g = ctx.emit("Reshape", &[g, &minus_one], vec![]);
+            let scattered = ctx.emit(
+                "ScatterElements",
+                &[&zeros, &flat_i, &flat_g],
+                vec![("axis", Attr::Int(0)), ("reduction", Attr::Str("add".into()))],
+            );
+            ctx.reshape_like(&scattered, x)
+        })
+        .collect())
 }
 
+/// The largest tile [`Tiles`] numbers (its numbers stay exact in f32 and their constant small);
+/// larger tiles take the general path.
+const MAX_TILE: i64 = 1 << 16;
+
 /// MaxPool over non-overlapping tiles (kernel = stride, no padding), the common case: the gradient
-/// goes to the positions equal to their tile's maximum, split evenly between ties. Elementwise work
-/// only, and the forward MaxPool keeps its fast single-output kernel (asking it for Indices makes
-/// ONNX Runtime fall back to a much slower one).
-fn max_pool_tiled(ctx: &mut GradContext, n: &NodeProto, g: &str) -> Result<Option<String>, RuleError> {
-    let (x, y) = (input(n, 0), output(n));
-    let kernel = attr_ints(n, "kernel_shape")?.unwrap_or_default();
-    let strides = attr_ints(n, "strides")?.unwrap_or_else(|| vec![1; kernel.len()]);
-    let padded = attr_ints(n, "pads")?.is_some_and(|p| p.iter().any(|v| *v != 0))
-        || !matches!(attr_string(n, "auto_pad", "NOTSET")?.as_str(), "NOTSET" | "VALID");
-    let dilated = attr_ints(n, "dilations")?.is_some_and(|d| d.iter().any(|v| *v != 1));
-    let dims = ctx.dims(x)?.to_vec();
-    if kernel.len() != 2
-        || kernel != strides
-        || padded
-        || dilated
-        || attr_int(n, "ceil_mode", 0)? != 0
-        || dims.len() != 4
-    {
-        return Ok(None);
+/// goes to the tile's maximum, to the first in row-major order where several tie, as through the
+/// Indices. Elementwise work and one more single-output MaxPool only, so the forward MaxPool keeps
+/// its fast kernel (asking it for Indices makes ONNX Runtime fall back to a much slower one).
+struct Tiles {
+    kernel: Vec<i64>,
+    /// The input's spatial sizes, and those the whole tiles cover.
+    size: (i64, i64),
+    covered: (i64, i64),
+    /// `Resize` scales from a pooled map to the tiles.
+    scales: String,
+}
+
+impl Tiles {
+    /// The tiling of `n`, or None where `n` is not one.
+    fn of(ctx: &mut GradContext, n: &NodeProto) -> Result<Option<Tiles>, RuleError> {
+        let kernel = attr_ints(n, "kernel_shape")?.unwrap_or_default();
+        let strides = attr_ints(n, "strides")?.unwrap_or_else(|| vec![1; kernel.len()]);
+        let padded = attr_ints(n, "pads")?.is_some_and(|p| p.iter().any(|v| *v != 0))
+            || !matches!(attr_string(n, "auto_pad", "NOTSET")?.as_str(), "NOTSET" | "VALID");
+        let dilated = attr_ints(n, "dilations")?.is_some_and(|d| d.iter().any(|v| *v != 1));
+        let dims = ctx.dims(input(n, 0))?.to_vec();
+        if kernel.len() != 2
+            || kernel.iter().any(|k| *k < 1)
+            || kernel[0].checked_mul(kernel[1]).is_none_or(|area| area > MAX_TILE)
+            || kernel != strides
+            || padded
+            || dilated
+            || attr_int(n, "ceil_mode", 0)? != 0
+            || dims.len() != 4
+        {
+            return Ok(None);
+        }
+        let (Some(h), Some(w)) = (dims[2], dims[3]) else {
+            return Ok(None);
+        };
+        let covered = (h / kernel[0] * kernel[0], w / kernel[1] * kernel[1]);
+        let scales = ctx.const_f32("scales", &[4], &[1.0, 1.0, kernel[0] as f32, kernel[1] as f32]);
+        Ok(Some(Tiles {
+            kernel,
+            size: (h, w),
+            covered,
+            scales,
+        }))
     }
-    let (Some(h), Some(w)) = (dims[2], dims[3]) else {
-        return Ok(None);
-    };
-    let (th, tw) = (h / kernel[0] * kernel[0], w / kernel[1] * kernel[1]);
-    // Rows and columns past the last whole tile never reach the output.
-    let cropped = th != h || tw != w;
-    let xc = if cropped {
-        let starts = ctx.const_i64("starts", &[0, 0]);
-        let ends = ctx.const_i64("ends", &[th, tw]);
-        let axes = ctx.const_i64("axes", &[2, 3]);
-        ctx.emit("Slice", &[x, &starts, &ends, &axes], vec![])
-    } else {
-        x.to_string()
-    };
-    let scales = ctx.const_f32("scales", &[4], &[1.0, 1.0, kernel[0] as f32, kernel[1] as f32]);
-    let upsample = |ctx: &mut GradContext, t: &str| {
+
+    /// A pooled map repeated over its tiles.
+    fn upsample(&self, ctx: &mut GradContext, t: &str) -> String {
         ctx.emit(
             "Resize",
-            &[t, "", &scales],
+            &[t, "", &self.scales],
             vec![
                 ("mode", Attr::Str("nearest".into())),
                 ("coordinate_transformation_mode", Attr::Str("asymmetric".into())),
                 ("nearest_mode", Attr::Str("floor".into())),
             ],
         )
-    };
-    let y_up = upsample(ctx, y);
-    let eq = ctx.emit("Equal", &[&xc, &y_up], vec![]);
-    let mask = ctx.emit("CastLike", &[&eq, g], vec![]);
-    // Ties per tile: the tile mean of the mask times the tile size.
-    let share = ctx.emit(
-        "AveragePool",
-        &[&mask],
-        vec![
-            ("kernel_shape", Attr::Ints(kernel.clone())),
-            ("strides", Attr::Ints(kernel.clone())),
-        ],
-    );
-    let size = ctx.scalar((kernel[0] * kernel[1]) as f32);
-    let ties = ctx.emit("Mul", &[&share, &size], vec![]);
-    let g_share = ctx.emit("Div", &[g, &ties], vec![]);
-    let g_up = upsample(ctx, &g_share);
-    let dx = ctx.emit("Mul", &[&mask, &g_up], vec![]);
-    Ok(Some(if cropped {
+    }
+
+    /// 1 at each tile's first maximum in row-major order (the position PyTorch's and ONNX Runtime's
+    /// max indices name), 0 elsewhere, over the tiles' cover of `x`, of `g`'s type; `y` is the
+    /// pooled `x`.
+    fn first_maxima(&self, ctx: &mut GradContext, x: &str, y: &str, g: &str) -> String {
+        let (kh, kw) = (self.kernel[0], self.kernel[1]);
+        let (th, tw) = self.covered;
+        // Rows and columns past the last whole tile never reach the output.
+        let x = if self.covered != self.size {
+            let starts = ctx.const_i64("starts", &[0, 0]);
+            let ends = ctx.const_i64("ends", &[th, tw]);
+            let axes = ctx.const_i64("axes", &[2, 3]);
+            ctx.emit("Slice", &[x, &starts, &ends, &axes], vec![])
+        } else {
+            x.to_string()
+        };
+        let y_up = self.upsample(ctx, y);
+        let maxima = ctx.emit("Equal", &[&x, &y_up], vec![]);
+        // Number the places in each tile K, K-1, ..., 1 in row-major order (K its size): the
+        // largest number among the tile's maxima marks its first. A tile without a maximum (NaN
+        // inputs) has largest 0, which no place matches, and gets no gradient.
+        let area = kh * kw;
+        let places: Vec<f32> = (0..area).map(|i| (area - i) as f32).collect();
+        let places = ctx.const_f32("places", &[1, 1, kh, kw], &places);
+        let repeats = ctx.const_i64("repeats", &[1, 1, th / kh, tw / kw]);
+        let places = ctx.emit("Tile", &[&places, &repeats], vec![]);
+        // Casts and products rather than Where, which ONNX Runtime runs several times slower.
+        let maxima = ctx.emit("CastLike", &[&maxima, &places], vec![]);
+        let numbered = ctx.emit("Mul", &[&maxima, &places], vec![]);
+        let largest = ctx.emit(
+            "MaxPool",
+            &[&numbered],
+            vec![
+                ("kernel_shape", Attr::Ints(self.kernel.clone())),
+                ("strides", Attr::Ints(self.kernel.clone())),
+            ],
+        );
+        let largest = self.upsample(ctx, &largest);
+        let first = ctx.emit("Equal", &[&places, &largest], vec![]);
+        ctx.emit("CastLike", &[&first, g], vec![])
+    }
+
+    /// `g` (of the pooled map's shape) at the positions `mask` marks (1), zero elsewhere.
+    fn place(&self, ctx: &mut GradContext, mask: &str, g: &str) -> String {
+        let g_up = self.upsample(ctx, g);
+        let dx = ctx.emit("Mul", &[mask, &g_up], vec![]);
+        if self.covered == self.size {
+            return dx;
+        }
+        let ((h, w), (th, tw)) = (self.size, self.covered);
         let pads = ctx.const_i64("pads", &[0, 0, 0, 0, 0, 0, h - th, w - tw]);
         ctx.emit("Pad", &[&dx, &pads], vec![])
-    } else {
-        dx
-    }))
+    }
 }
 
 /// Explicit pads for auto_pad SAME_UPPER / SAME_LOWER (output size = ceil(input / stride)); the
@@ -256,13 +322,32 @@ fn global_average_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>
 }
 
 fn global_max_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
-    // The gradient goes to the maxima, split evenly between ties.
+    // The gradient goes to each channel's first maximum in row-major order (ArgMax's first index,
+    // as PyTorch's adaptive max pooling, which exports as GlobalMaxPool).
     let g = grad0(n, g)?;
-    let (x, y) = (input(n, 0), output(n));
-    let rank = ctx.rank(x)? as i64;
-    let eq = ctx.emit("Equal", &[x, y], vec![]);
-    let mask = ctx.emit("CastLike", &[&eq, x], vec![]);
-    let ties = ctx.reduce_sum(&mask, &(2..rank).collect::<Vec<_>>(), true);
-    let share = ctx.emit("Div", &[g, &ties], vec![]);
-    Ok(first_only(n, ctx.emit("Mul", &[&mask, &share], vec![])))
+    let x = input(n, 0);
+    let spatial = ctx.const_i64("spatial", &[0, 0, -1]);
+    let flat = ctx.emit("Reshape", &[x, &spatial], vec![]);
+    let first = ctx.emit(
+        "ArgMax",
+        &[&flat],
+        vec![
+            ("axis", Attr::Int(2)),
+            ("keepdims", Attr::Int(1)),
+            ("select_last_index", Attr::Int(0)),
+        ],
+    );
+    let flat_g = ctx.emit("Reshape", &[g, &spatial], vec![]);
+    let zeros_shape = ctx.shape(&flat);
+    let zeros = ctx.emit(
+        "ConstantOfShape",
+        &[&zeros_shape],
+        vec![("value", Attr::Tensor(Box::new(float_tensor("", &[1], &[0.0]))))],
+    );
+    let placed = ctx.emit(
+        "ScatterElements",
+        &[&zeros, &first, &flat_g],
+        vec![("axis", Attr::Int(2))],
+    );
+    Ok(first_only(n, ctx.reshape_like(&placed, x)))
 }

@@ -5,8 +5,11 @@
 //! `(x - x') * multiplier` sum to f(x) - f(x') (completeness).
 //!
 //! MaxPool follows Captum: with m = max(y, y') per window, the input's gradient times (m - y') is
-//! unpooled to the input's maxima and the reference's gradient times (y - m) to the reference's, the
-//! two summed and divided by (x - x'), so contributions still sum to the output's difference.
+//! unpooled to the input's maximum and the reference's gradient times (y - m) to the reference's, the
+//! two summed and divided by (x - x'), so contributions still sum to the output's difference. A tied
+//! window unpools to its first maximum in row-major order (PyTorch's max index, which Captum
+//! unpools to; the plain MaxPool rule's choice). Where overlapping windows share a maximum their
+//! shares add up; Captum's `max_unpool` writes one of them, which loses the others' contributions.
 //!
 //! The pass runs the input and its reference as one batch: the first half of the rows are inputs,
 //! the second half their references, row for row. Both halves get the input's multiplier (the
@@ -129,7 +132,7 @@ fn softplus(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[boo
 }
 
 /// Captum's maxpool rule (see the module comment).
-fn max_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
+fn max_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
     let g0 = grad0(n, g)?.to_string();
     let (x, y) = (input(n, 0).to_string(), output(n).to_string());
     let (ya, yb) = (half(ctx, &y, true), half(ctx, &y, false));
@@ -138,19 +141,12 @@ fn max_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &
     let down = ctx.emit("Sub", &[&ya, &top], vec![]);
     let deltas = ctx.emit("Concat", &[&up, &down], vec![("axis", Attr::Int(0))]);
     let weighted = ctx.emit("Mul", &[&g0, &deltas], vec![]);
-    // Each half unpooled to its own maxima, then the two summed.
-    let unpooled = super::pool::max_pool(ctx, n, &[Some(weighted)], needs)?
-        .into_iter()
-        .next()
-        .flatten()
-        .ok_or_else(|| RuleError::new(n, "MaxPool gave no gradient"))?;
+    // Each half unpooled to its own maxima, then the two summed; and the plain gradient.
+    let [unpooled, plain]: [String; 2] = super::pool::unpool_max(ctx, n, &[&weighted, &g0])?
+        .try_into()
+        .map_err(|_| RuleError::new(n, "MaxPool gave no gradient"))?;
     let (ua, ub) = (half(ctx, &unpooled, true), half(ctx, &unpooled, false));
     let total = ctx.emit("Add", &[&ua, &ub], vec![]);
-    let plain = super::pool::max_pool(ctx, n, &[Some(g0)], needs)?
-        .into_iter()
-        .next()
-        .flatten()
-        .ok_or_else(|| RuleError::new(n, "MaxPool gave no gradient"))?;
     let plain = half(ctx, &plain, true);
     let (xa, xb) = (half(ctx, &x, true), half(ctx, &x, false));
     let dx = ctx.emit("Sub", &[&xa, &xb], vec![]);
