@@ -268,17 +268,7 @@ async fn slow_clients_hold_no_slot_and_get_408() {
         stalled.push(c);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let png = std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap();
-    let started = Instant::now();
-    let r = reqwest::Client::new()
-        .post(url(&s, "/v1/models/fashion-cnn/predict"))
-        .header("content-type", "image/png")
-        .body(png)
-        .send()
-        .await
-        .unwrap();
-    let normal = started.elapsed();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let normal = timed_predict(&reqwest::Client::new(), &s).await;
     assert!(normal < Duration::from_secs(2), "a normal request took {normal:?}");
     // Each stalled one is answered 408 and closed.
     let started = Instant::now();
@@ -298,6 +288,22 @@ async fn slow_clients_hold_no_slot_and_get_408() {
         normal.as_millis(),
         started.elapsed().as_millis()
     );
+}
+
+/// How long a prediction of a fashion image takes, which must succeed.
+async fn timed_predict(client: &reqwest::Client, s: &explaind::Service) -> Duration {
+    let png = std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap();
+    let started = Instant::now();
+    let r = client
+        .post(url(s, "/v1/models/fashion-cnn/predict"))
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    took
 }
 
 /// Reads what a held connection gets until it closes; None when it stays open past `wait`.
@@ -338,17 +344,7 @@ async fn idle_and_half_sent_connections_deny_nothing_and_are_closed() {
     let r = client.get(url(&s, "/healthz")).send().await.unwrap();
     let health = started.elapsed();
     assert_eq!(r.status(), 200);
-    let png = std::fs::read(root().join("tests/fixtures/fashion/test_00.png")).unwrap();
-    let started = Instant::now();
-    let r = client
-        .post(url(&s, "/v1/models/fashion-cnn/predict"))
-        .header("content-type", "image/png")
-        .body(png)
-        .send()
-        .await
-        .unwrap();
-    let predict = started.elapsed();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let predict = timed_predict(&client, &s).await;
     assert!(
         health < Duration::from_millis(500) && predict < Duration::from_millis(500),
         "beside 1,100 idle connections: /healthz took {health:?}, predict {predict:?}"
