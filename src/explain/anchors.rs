@@ -170,7 +170,7 @@ impl Method for Anchors {
         let conditions: Vec<serde_json::Value> = anchor
             .iter()
             .map(|&c| {
-                let c = &search.conditions[c];
+                let c = &search.s.conditions[c];
                 json!({
                     "feature": features[c.feature],
                     "op": if c.upper { "<=" } else { ">" },
@@ -182,14 +182,14 @@ impl Method for Anchors {
         let examples = search.examples(anchor, p.examples)?;
         let mut weight = vec![0f64; x.len()];
         for &c in anchor {
-            weight[search.conditions[c].feature] = 1.0;
+            weight[search.s.conditions[c].feature] = 1.0;
         }
         let details = json!({
             "anchor": conditions,
             "precision": found.precision,
             "precision_samples": found.samples,
             "precision_lower_bound": found.lower,
-            "coverage": search.coverage(anchor),
+            "coverage": search.s.coverage(anchor),
             "meets_threshold": found.valid,
             "threshold": p.threshold,
             "samples": search.used,
@@ -272,11 +272,10 @@ struct Found {
     valid: bool,
 }
 
-struct Search<'a, 'c> {
-    cx: &'a mut Cx<'c>,
+/// The input's conditions and anchors' perturbation distribution over the background rows.
+struct Sampler<'a> {
     background: &'a [Vec<f32>],
     x: &'a [f32],
-    label: usize,
     conditions: Vec<Condition>,
     /// Per background row, the conditions it satisfies.
     covers: Vec<Mask>,
@@ -285,6 +284,146 @@ struct Search<'a, 'c> {
     share: Vec<f64>,
     values: Vec<Vec<f32>>,
     words: usize,
+}
+
+impl<'a> Sampler<'a> {
+    fn new(background: &'a [Vec<f32>], x: &'a [f32]) -> Self {
+        let mut conditions = Vec::new();
+        for (f, &v) in x.iter().enumerate() {
+            let column: Vec<f32> = background.iter().filter_map(|r| r.get(f).copied()).collect();
+            let bins = Bins::of(&column);
+            let b = Bins::bin_of(&bins.cuts, v);
+            if b > 0 {
+                conditions.push(Condition {
+                    feature: f,
+                    cut: bins.cuts[b - 1],
+                    upper: false,
+                });
+            }
+            if b < bins.cuts.len() {
+                conditions.push(Condition {
+                    feature: f,
+                    cut: bins.cuts[b],
+                    upper: true,
+                });
+            }
+        }
+        let words = conditions.len().div_ceil(64).max(1);
+        let values: Vec<Vec<f32>> = conditions
+            .iter()
+            .map(|c| {
+                background
+                    .iter()
+                    .map(|r| r[c.feature])
+                    .filter(|v| c.holds(*v))
+                    .collect()
+            })
+            .collect();
+        let share = values
+            .iter()
+            .map(|v| v.len() as f64 / background.len().max(1) as f64)
+            .collect();
+        let mut sampler = Sampler {
+            background,
+            x,
+            conditions,
+            covers: Vec::new(),
+            share,
+            values,
+            words,
+        };
+        sampler.covers = background.iter().map(|r| sampler.held(r)).collect();
+        sampler
+    }
+
+    /// The conditions `row` satisfies.
+    fn held(&self, row: &[f32]) -> Mask {
+        let held: Vec<usize> = (0..self.conditions.len())
+            .filter(|&c| self.conditions[c].holds(row[self.conditions[c].feature]))
+            .collect();
+        mask_of(&held, self.words)
+    }
+
+    fn satisfies(&self, rule: &[usize], row: &[f32]) -> bool {
+        rule.iter().all(|&c| {
+            let c = &self.conditions[c];
+            c.holds(row[c.feature])
+        })
+    }
+
+    /// Share of background rows the rule covers.
+    fn coverage(&self, rule: &[usize]) -> f64 {
+        let mask = mask_of(rule, self.words);
+        let covered = self.covers.iter().filter(|c| within(&mask, c)).count();
+        covered as f64 / self.background.len().max(1) as f64
+    }
+
+    /// `n` rows from the perturbation distribution conditioned on `rule`, drawn exactly: a
+    /// background row, weighted by the chance that its perturbations satisfy the rule, then per
+    /// feature its own value or (with probability `1 - KEEP`) a random background row's, both
+    /// conditioned on the rule's condition on that feature. Conditioning (not forcing the
+    /// anchored features, as Ribeiro et al.'s and alibi's samplers do) is what makes a rule's
+    /// samples that satisfy one more condition exact samples of the longer rule.
+    fn conditioned(&self, rule: &[usize], n: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<f32>> {
+        if self.background.is_empty() {
+            return Vec::new();
+        }
+        let mut on = vec![None; self.x.len()];
+        for &c in rule {
+            on[self.conditions[c].feature] = Some(c);
+        }
+        // A condition no background value meets has no weight under the distribution: it is
+        // met with the input's own value instead (which meets it: the bins are the input's).
+        let factor = |covers: &Mask, c: usize| match self.values[c].is_empty() {
+            true => 1.0,
+            false => {
+                let held = covers[c / 64] >> (c % 64) & 1 == 1;
+                KEEP * f64::from(u8::from(held)) + (1.0 - KEEP) * self.share[c]
+            }
+        };
+        let mut cumulative = Vec::with_capacity(self.background.len());
+        let mut total = 0.0;
+        for covers in &self.covers {
+            total += rule.iter().map(|&c| factor(covers, c)).product::<f64>();
+            cumulative.push(total);
+        }
+        let rows = self.background.len();
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let u = rng.random::<f64>() * total;
+            let b = cumulative.partition_point(|&w| w <= u).min(rows - 1);
+            let mut row = self.background[b].clone();
+            for (f, v) in row.iter_mut().enumerate() {
+                match on[f] {
+                    None => {
+                        if rng.random::<f64>() >= KEEP {
+                            *v = self.background[rng.random_range(0..rows)][f];
+                        }
+                    }
+                    Some(c) => {
+                        let values = &self.values[c];
+                        if values.is_empty() {
+                            *v = self.x[f];
+                            continue;
+                        }
+                        let held = self.covers[b][c / 64] >> (c % 64) & 1 == 1;
+                        let keep = KEEP / (KEEP + (1.0 - KEEP) * self.share[c]);
+                        if !(held && rng.random::<f64>() < keep) {
+                            *v = values[rng.random_range(0..values.len())];
+                        }
+                    }
+                }
+            }
+            out.push(row);
+        }
+        out
+    }
+}
+
+struct Search<'a, 'c> {
+    cx: &'a mut Cx<'c>,
+    s: Sampler<'a>,
+    label: usize,
     /// The sample pool: per sample, the rule it was drawn under (index into `drawn`), the
     /// conditions it satisfies (`words` words each) and whether the model kept the input's class.
     drawn: Vec<Mask>,
@@ -309,61 +448,10 @@ impl<'a, 'c> Search<'a, 'c> {
         x: &'a [f32],
         label: usize,
     ) -> Self {
-        let n = x.len();
-        let mut conditions = Vec::new();
-        for (f, &v) in x.iter().enumerate() {
-            let column: Vec<f32> = background.iter().filter_map(|r| r.get(f).copied()).collect();
-            let bins = Bins::of(&column);
-            let b = Bins::bin_of(&bins.cuts, v);
-            if b > 0 {
-                conditions.push(Condition {
-                    feature: f,
-                    cut: bins.cuts[b - 1],
-                    upper: false,
-                });
-            }
-            if b < bins.cuts.len() {
-                conditions.push(Condition {
-                    feature: f,
-                    cut: bins.cuts[b],
-                    upper: true,
-                });
-            }
-        }
-        let words = conditions.len().div_ceil(64).max(1);
-        let covers: Vec<Mask> = background
-            .iter()
-            .map(|r| {
-                let held: Vec<usize> = (0..conditions.len())
-                    .filter(|&c| conditions[c].holds(r[conditions[c].feature]))
-                    .collect();
-                mask_of(&held, words)
-            })
-            .collect();
-        let values: Vec<Vec<f32>> = conditions
-            .iter()
-            .map(|c| {
-                background
-                    .iter()
-                    .map(|r| r[c.feature])
-                    .filter(|v| c.holds(*v))
-                    .collect()
-            })
-            .collect();
-        let share = values
-            .iter()
-            .map(|v| v.len() as f64 / background.len().max(1) as f64)
-            .collect();
         Search {
             cx,
-            background,
-            x,
+            s: Sampler::new(background, x),
             label,
-            conditions,
-            covers,
-            share,
-            values,
-            words,
             drawn: Vec::new(),
             under: Vec::new(),
             holds: Vec::new(),
@@ -373,80 +461,8 @@ impl<'a, 'c> Search<'a, 'c> {
             used: 0,
             budget: p.samples.unwrap_or(100),
             batch: p.batch_size,
-            features: n,
+            features: x.len(),
         }
-    }
-
-    fn satisfies(&self, rule: &[usize], row: &[f32]) -> bool {
-        rule.iter().all(|&c| {
-            let c = &self.conditions[c];
-            c.holds(row[c.feature])
-        })
-    }
-
-    /// Share of background rows the rule covers.
-    fn coverage(&self, rule: &[usize]) -> f64 {
-        let mask = mask_of(rule, self.words);
-        let covered = self.covers.iter().filter(|c| within(&mask, c)).count();
-        covered as f64 / self.background.len().max(1) as f64
-    }
-
-    /// `n` rows from the perturbation distribution conditioned on `rule`, drawn exactly: a
-    /// background row, weighted by the chance that its perturbations satisfy the rule, then per
-    /// feature its own value or (with probability `1 - KEEP`) a random background row's, both
-    /// conditioned on the rule's condition on that feature. Conditioning (not forcing the
-    /// anchored features, as Ribeiro et al.'s and alibi's samplers do) is what makes a rule's
-    /// samples that satisfy one more condition exact samples of the longer rule.
-    fn conditioned(&mut self, rule: &[usize], n: usize) -> Vec<Vec<f32>> {
-        let mut on = vec![None; self.features];
-        for &c in rule {
-            on[self.conditions[c].feature] = Some(c);
-        }
-        // A condition no background value meets has no weight under the distribution: it is
-        // met with the input's own value instead (which meets it: the bins are the input's).
-        let factor = |covers: &Mask, c: usize| match self.values[c].is_empty() {
-            true => 1.0,
-            false => {
-                let held = covers[c / 64] >> (c % 64) & 1 == 1;
-                KEEP * f64::from(u8::from(held)) + (1.0 - KEEP) * self.share[c]
-            }
-        };
-        let mut cumulative = Vec::with_capacity(self.background.len());
-        let mut total = 0.0;
-        for covers in &self.covers {
-            total += rule.iter().map(|&c| factor(covers, c)).product::<f64>();
-            cumulative.push(total);
-        }
-        let rows = self.background.len();
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            let u = self.rng.random::<f64>() * total;
-            let b = cumulative.partition_point(|&w| w <= u).min(rows - 1);
-            let mut row = self.background[b].clone();
-            for (f, v) in row.iter_mut().enumerate() {
-                match on[f] {
-                    None => {
-                        if self.rng.random::<f64>() >= KEEP {
-                            *v = self.background[self.rng.random_range(0..rows)][f];
-                        }
-                    }
-                    Some(c) => {
-                        let values = &self.values[c];
-                        if values.is_empty() {
-                            *v = self.x[f];
-                            continue;
-                        }
-                        let held = self.covers[b][c / 64] >> (c % 64) & 1 == 1;
-                        let keep = KEEP / (KEEP + (1.0 - KEEP) * self.share[c]);
-                        if !(held && self.rng.random::<f64>() < keep) {
-                            *v = values[self.rng.random_range(0..values.len())];
-                        }
-                    }
-                }
-            }
-            out.push(row);
-        }
-        out
     }
 
     /// Draws `n` samples under `rule` (fewer when the budget runs out), runs them and adds them
@@ -460,10 +476,14 @@ impl<'a, 'c> Search<'a, 'c> {
         if n == 0 {
             return Ok((0, 0));
         }
-        let rows = self.conditioned(rule, n);
+        let rows = self.s.conditioned(rule, n, &mut self.rng);
+        let n = rows.len();
+        if n == 0 {
+            return Ok((0, 0));
+        }
         self.used += n;
         let decided = self.cx.decide(&rows)?;
-        let mask = mask_of(rule, self.words);
+        let mask = mask_of(rule, self.s.words);
         let under = match self.drawn.iter().position(|m| *m == mask) {
             Some(i) => i,
             None => {
@@ -473,10 +493,7 @@ impl<'a, 'c> Search<'a, 'c> {
         };
         let mut hits = 0;
         for (row, (class, _)) in rows.iter().zip(decided) {
-            let held: Vec<usize> = (0..self.conditions.len())
-                .filter(|&c| self.conditions[c].holds(row[self.conditions[c].feature]))
-                .collect();
-            let held = mask_of(&held, self.words);
+            let held = self.s.held(row);
             let hit = class == self.label;
             hits += usize::from(hit);
             for arm in self.arms.iter_mut() {
@@ -494,10 +511,10 @@ impl<'a, 'c> Search<'a, 'c> {
 
     /// An arm for `rule`, with every pooled sample that is an exact draw for it.
     fn arm(&self, rule: Vec<usize>) -> Arm {
-        let mask = mask_of(&rule, self.words);
+        let mask = mask_of(&rule, self.s.words);
         let exact: Vec<bool> = self.drawn.iter().map(|d| within(d, &mask)).collect();
         let (mut hits, mut samples) = (0, 0);
-        for (i, held) in self.holds.chunks(self.words).enumerate() {
+        for (i, held) in self.holds.chunks(self.s.words).enumerate() {
             if exact[self.under[i] as usize] && within(&mask, held) {
                 samples += 1;
                 hits += usize::from(self.hit[i]);
@@ -569,17 +586,17 @@ impl<'a, 'c> Search<'a, 'c> {
         for _ in 0..max_size {
             let mut rules: Vec<Vec<usize>> = Vec::new();
             for parent in &beam {
-                for c in 0..self.conditions.len() {
+                for c in 0..self.s.conditions.len() {
                     if parent
                         .iter()
-                        .any(|&r| self.conditions[r].feature == self.conditions[c].feature)
+                        .any(|&r| self.s.conditions[r].feature == self.s.conditions[c].feature)
                     {
                         continue;
                     }
                     let mut next = parent.clone();
                     next.push(c);
                     next.sort_unstable();
-                    let better = self.coverage(&next) > best.as_ref().map_or(-1.0, |b| b.0);
+                    let better = self.s.coverage(&next) > best.as_ref().map_or(-1.0, |b| b.0);
                     if better && !rules.contains(&next) {
                         rules.push(next);
                     }
@@ -640,7 +657,7 @@ impl<'a, 'c> Search<'a, 'c> {
                 let lb = lower_bound(m, beta / drawn.max(1) as f64);
                 let pooled = self.arms[i].mean();
                 let valid = drawn > 0 && m >= p.threshold && lb > p.threshold - eps_stop && pooled >= p.threshold;
-                let coverage = self.coverage(&rule);
+                let coverage = self.s.coverage(&rule);
                 if valid && best.as_ref().is_none_or(|b| coverage > b.0) {
                     best = Some((coverage, rule.clone()));
                 } else if !valid && fallback.as_ref().is_none_or(|f| pooled > f.0) {
@@ -675,18 +692,18 @@ impl<'a, 'c> Search<'a, 'c> {
         if k == 0 {
             return Ok(json!({"same": [], "different": []}));
         }
-        let covered: Vec<usize> = (0..self.background.len())
-            .filter(|&i| self.satisfies(rule, &self.background[i]))
+        let covered: Vec<usize> = (0..self.s.background.len())
+            .filter(|&i| self.s.satisfies(rule, &self.s.background[i]))
             .take(k.saturating_mul(10))
             .collect();
         if covered.is_empty() {
             return Ok(json!({"same": [], "different": []}));
         }
-        let rows: Vec<Vec<f32>> = covered.iter().map(|&i| self.background[i].clone()).collect();
+        let rows: Vec<Vec<f32>> = covered.iter().map(|&i| self.s.background[i].clone()).collect();
         let decisions = self.cx.decide(&rows)?;
         let (mut same, mut different) = (Vec::new(), Vec::new());
         for (&i, (predicted, _)) in covered.iter().zip(decisions) {
-            let entry = json!({"row": i, "values": self.background[i], "prediction": predicted});
+            let entry = json!({"row": i, "values": self.s.background[i], "prediction": predicted});
             match predicted == self.label {
                 true if same.len() < k => same.push(entry),
                 false if different.len() < k => different.push(entry),
@@ -741,6 +758,76 @@ fn lower_bound(p: f64, level: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 300 rows of 4 features that move together (a shared factor plus noise).
+    fn correlated_background(rng: &mut ChaCha8Rng) -> Vec<Vec<f32>> {
+        let mut normal = || {
+            let (u1, u2) = (rng.random::<f64>().max(1e-12), rng.random::<f64>());
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        };
+        (0..300)
+            .map(|_| {
+                let z = normal();
+                (0..4).map(|_| z + 0.4 * normal()).collect()
+            })
+            .collect()
+    }
+
+    fn column_means(rows: &[Vec<f32>]) -> Vec<f64> {
+        let n = rows.len().max(1) as f64;
+        (0..rows.first().map_or(0, Vec::len))
+            .map(|f| rows.iter().map(|r| f64::from(r[f])).sum::<f64>() / n)
+            .collect()
+    }
+
+    fn assert_close(a: &[f64], b: &[f64], what: &str) {
+        for (f, (a, b)) in a.iter().zip(b).enumerate() {
+            assert!((a - b).abs() < 0.03, "{what}: feature {f}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn conditioned_samples_match_rejection_and_nest() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let background = correlated_background(&mut rng);
+        let x = [1.2f32, 1.0, 0.9, -0.2];
+        let sampler = Sampler::new(&background, &x);
+        let on = |f: usize| -> Vec<usize> {
+            (0..sampler.conditions.len())
+                .filter(|&c| sampler.conditions[c].feature == f)
+                .take(1)
+                .collect()
+        };
+        let (first, second) = (on(0), on(1));
+        let rule: Vec<usize> = first.iter().chain(&second).copied().collect();
+        let n = 40_000;
+        // The distribution itself, conditioned by rejection.
+        let mut rejected = Vec::new();
+        while rejected.len() < n {
+            let mut row = background[rng.random_range(0..background.len())].clone();
+            for (f, v) in row.iter_mut().enumerate() {
+                if rng.random::<f64>() >= KEEP {
+                    *v = background[rng.random_range(0..background.len())][f];
+                }
+            }
+            if sampler.satisfies(&rule, &row) {
+                rejected.push(row);
+            }
+        }
+        let exact = sampler.conditioned(&rule, n, &mut rng);
+        assert!(exact.iter().all(|r| sampler.satisfies(&rule, r)));
+        assert_close(&column_means(&exact), &column_means(&rejected), "exact vs rejection");
+        // Samples of the shorter rule that satisfy the longer one are samples of the longer one;
+        // forcing the anchored feature (the old sampler) would leave the other features' means
+        // where the shorter rule has them.
+        let shorter: Vec<Vec<f32>> = sampler
+            .conditioned(&first, 4 * n, &mut rng)
+            .into_iter()
+            .filter(|r| sampler.satisfies(&rule, r))
+            .collect();
+        assert!(shorter.len() > n / 4, "{}", shorter.len());
+        assert_close(&column_means(&shorter), &column_means(&exact), "nested vs exact");
+    }
 
     #[test]
     fn kl_bounds_bracket_the_mean_and_tighten_with_samples() {
