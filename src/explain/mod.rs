@@ -211,6 +211,12 @@ pub struct Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// Fails once the job is past its deadline or cancelled: for a method's long loops that run
+    /// no passes (every pass checks this itself).
+    pub fn checkpoint(&self) -> Result<(), RuntimeError> {
+        self.job_ctx.checkpoint()
+    }
+
     /// The class the model decides for each of `rows` (tabular feature rows, batched through
     /// [`Cx::forward`]), with the row's class probabilities.
     pub fn decide(&mut self, rows: &[Vec<f32>]) -> Result<Vec<(usize, Vec<f64>)>, RuntimeError> {
