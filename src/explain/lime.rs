@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::background::Bins;
 use super::baselines::{self, Baseline};
-use super::kernel_shap::Samples;
+use super::kernel_shap::{samples_schema, Samples};
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::perturb::{compose, index, run_copies};
 use super::players::{Players, TextUnit};
@@ -35,6 +35,19 @@ pub enum Hide {
     Blur,
 }
 
+/// Fewest samples a fixed LIME budget may name.
+const MIN_SAMPLES: usize = 10;
+
+/// The schema of LIME's `samples`.
+fn samples_param_schema() -> utoipa::openapi::Schema {
+    samples_schema(
+        MIN_SAMPLES,
+        "Perturbed samples (each one model row): a number (default 1000) or `\"auto\"` (stop when every \
+         standard error is below `tolerance`).",
+        false,
+    )
+}
+
 /// LIME parameters.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -46,6 +59,7 @@ pub struct LimeParams {
     #[schema(default = 10, minimum = 1, maximum = 20)]
     pub compactness: u8,
     /// Perturbed samples (each one model row): a number (default 1000) or `"auto"`.
+    #[schema(schema_with = samples_param_schema)]
     pub samples: Samples,
     /// With `samples: "auto"`: the largest standard error accepted, in score units.
     #[schema(default = 0.01, exclusive_minimum = 0.0, maximum = 1000000.0)]
@@ -102,7 +116,7 @@ impl Method for Lime {
         check_range("compactness", p.compactness, 1, 20)?;
         let budget = match p.samples {
             Samples::Fixed(n) => {
-                check_range("samples", n, 10, cx.limits.max_samples)?;
+                check_range("samples", n, MIN_SAMPLES, cx.limits.max_samples)?;
                 n
             }
             Samples::Auto(_) => cx.limits.max_samples.saturating_sub(1),

@@ -149,7 +149,7 @@ pub async fn list_records(
 #[utoipa::path(get, path = "/v1/audit/records/{id}/overlay.png", tag = "audit",
     params(("id" = String, Path, description = "record id"), ("target" = Option<usize>, Query, description = "which target (default 0)")),
     responses(
-        (status = 200, content_type = "image/png", body = Vec<u8>, description = "the recorded map over the recorded input"),
+        (status = 200, content_type = "image/png", body = inline(super::openapi::Binary), description = "the recorded map over the recorded input"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "no such record, or it kept no map"),
     ))]
 pub async fn record_overlay(
