@@ -90,3 +90,52 @@ async fn the_api_keeps_its_openapi_contract() {
     );
     s.stop().await.unwrap();
 }
+
+/// A client that openapi-python-client generates from the committed document (in a scratch
+/// folder, at test time) runs the README's tour against a real server and reads every answer
+/// with its generated models (tests/fixtures/generated_client_tour.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_python_client_runs_the_readme_tour() {
+    let generator = test_venv("openapi-python-client");
+    assert!(
+        generator.exists(),
+        "{} is missing: run `make test` (scripts/test-setup.sh installs it)",
+        generator.display()
+    );
+    let dir = temp_dir("generated-client");
+    let out = Command::new(generator)
+        .args(["generate", "--meta", "none", "--path"])
+        .arg(root().join("openapi/openapi.json"))
+        .arg("--output-path")
+        .arg(dir.join("explaind_client"))
+        .output()
+        .unwrap();
+    assert!(
+        dir.join("explaind_client/client.py").exists(),
+        "openapi-python-client generated no client:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = start_bundled().await;
+    let base = format!("http://{}", s.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(test_venv("python"))
+            .arg(root().join("tests/fixtures/generated_client_tour.py"))
+            .arg(root().join("README.md"))
+            .arg(&base)
+            .arg(root())
+            .env("PYTHONPATH", &dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the generated client failed on the tour:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("answers read with the generated client"), "{stdout}");
+    s.stop().await.unwrap();
+}
