@@ -38,6 +38,7 @@ pub struct ListQuery {
     /// Before this time (RFC 3339).
     pub until: Option<String>,
     /// Records per page (default 50, at most 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<i64>,

@@ -55,6 +55,7 @@ pub struct CompareRequest {
     /// Text, for text models.
     pub text: Option<String>,
     /// The methods (at most 8), by name or with parameters.
+    #[schema(min_items = 1, max_items = 8)]
     pub methods: Vec<CompareMethod>,
     /// One class (index or label) every method explains; default: the top prediction.
     pub target: Option<TargetSpec>,
