@@ -38,6 +38,10 @@ pub enum Hide {
 /// Fewest samples a fixed LIME budget may name.
 const MIN_SAMPLES: usize = 10;
 
+/// Narrowest kernel: below it the width's square underflows and the input's own sample, at
+/// distance 0, weighs 0 / 0 (every answer NaN, written as null).
+const MIN_KERNEL_WIDTH: f64 = 1e-6;
+
 /// The schema of LIME's `samples`.
 fn samples_param_schema() -> utoipa::openapi::Schema {
     samples_schema(
@@ -68,8 +72,8 @@ pub struct LimeParams {
     #[schema(default = "gray")]
     pub hide: Hide,
     /// Width of the exponential kernel: images 0.25 on cosine distance (lime_image), tabular
-    /// 0.75 sqrt(features) (lime_tabular).
-    #[schema(exclusive_minimum = 0.0, maximum = 1000000.0)]
+    /// 0.75 sqrt(features) (lime_tabular); at least 1e-6.
+    #[schema(maximum = 1000000.0, extensions(("x-minimum" = json!(MIN_KERNEL_WIDTH))))]
     pub kernel_width: Option<f64>,
     /// Ridge regularisation (scikit-learn's Ridge default, as LIME uses).
     #[schema(default = 1.0, minimum = 0.0, maximum = 1000000.0)]
@@ -123,6 +127,11 @@ impl Method for Lime {
         };
         if let Some(w) = p.kernel_width {
             check_positive("kernel_width", w)?;
+            if w < MIN_KERNEL_WIDTH {
+                return Err(Invalid::Request(format!(
+                    "params.kernel_width must be at least {MIN_KERNEL_WIDTH}, got {w}"
+                )));
+            }
         }
         if !(p.alpha.is_finite() && (0.0..=1e6).contains(&p.alpha)) {
             return Err(Invalid::Request("params.alpha must be between 0 and 1000000".into()));

@@ -290,7 +290,7 @@ pub async fn cancel_job(
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
     params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "job id (a UUID)")),
     responses(
-        (status = 200, content_type = "text/event-stream", body = String, description = "events, each `data` a JobView"),
+        (status = 200, content_type = "text/event-stream", body = super::openapi::JobEvent, description = "events, each `data` a JobView"),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "the id is not a UUID"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job, or another caller's"),
     ))]

@@ -73,6 +73,18 @@ impl utoipa::PartialSchema for Binary {
 
 impl utoipa::ToSchema for Binary {}
 
+/// One event of a job's stream (`text/event-stream`), as the document describes each event.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // A shape for the document; the stream writes its events with axum's `Event`.
+pub struct JobEvent {
+    /// `progress` while the job runs; then `done`, `failed` or `cancelled`.
+    #[schema(pattern = "^(progress|done|failed|cancelled)$")]
+    event: String,
+    /// The job (a `JobView`) as JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
 /// The explain path template that [`document`] expands into one path per method.
 const EXPLAIN_TEMPLATE: &str = "/v1/models/{model}/explain/{method}";
 
