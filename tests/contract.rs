@@ -268,3 +268,51 @@ async fn every_methods_answers_validate_against_the_document() {
     );
     s.stop().await.unwrap();
 }
+
+/// One schema name per type: utoipa keys schemas by name and keeps one silently, so two types of
+/// the same name (the evaluation and the similarity `Metric` were) leave fields checked against the
+/// other's schema. Every type that derives `ToSchema` in src/ is found by its `pub struct` /
+/// `pub enum` line and its `#[schema(as = ...)]` rename.
+#[test]
+fn every_schema_name_belongs_to_one_type() {
+    fn files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut sources = Vec::new();
+    files(&root().join("src"), &mut sources);
+    let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for file in sources {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut derives = false;
+        let mut renamed: Option<String> = None;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with("#[derive(") && line.contains("ToSchema") {
+                derives = true;
+            } else if let Some(rest) = line.strip_prefix("#[schema(as = ") {
+                renamed = rest
+                    .split(')')
+                    .next()
+                    .map(|n| n.rsplit("::").next().unwrap_or(n).to_string());
+            } else if derives && (line.starts_with("pub struct ") || line.starts_with("pub enum ")) {
+                let declared = line.split_whitespace().nth(2).unwrap_or_default();
+                let declared = declared.split(['<', '(', '{', ';']).next().unwrap_or_default();
+                let name = renamed.take().unwrap_or_else(|| declared.to_string());
+                let at = format!("{}: {declared}", file.strip_prefix(root()).unwrap().display());
+                names.entry(name).or_default().push(at);
+                derives = false;
+            } else if !line.starts_with("#[") && !line.starts_with("//") {
+                (derives, renamed) = (false, None);
+            }
+        }
+    }
+    assert!(names.len() > 100, "only {} schema types found", names.len());
+    let shared: Vec<_> = names.iter().filter(|(_, types)| types.len() > 1).collect();
+    assert!(shared.is_empty(), "schema names shared by several types: {shared:#?}");
+}
