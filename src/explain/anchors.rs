@@ -23,7 +23,8 @@ use utoipa::ToSchema;
 
 use super::background::{all_rows, Bins};
 use super::method::{
-    bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, MAX_FEATURES, MAX_SAMPLES,
+    bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
+    MAX_FEATURES,
 };
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::manifest::Task;
@@ -57,7 +58,7 @@ pub struct AnchorsParams {
     #[schema(minimum = 1, extensions(("x-maximum" = json!(MAX_FEATURES))))]
     pub max_anchor_size: Option<usize>,
     /// Most model rows the search may run. Default: the service's `max_samples`, at most 20,000.
-    #[schema(minimum = 100, extensions(("x-maximum" = json!(MAX_SAMPLES))))]
+    #[schema(minimum = 100, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub samples: Option<usize>,
     /// Background rows shown that satisfy the rule, per outcome.
     #[schema(default = 10, minimum = 0, maximum = 100)]

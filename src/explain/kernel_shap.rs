@@ -12,7 +12,9 @@ use utoipa::ToSchema;
 
 use super::lime::Hide;
 use super::lime::{check_positive, interpretable_features, perturbation_cost};
-use super::method::{check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, MAX_SAMPLES};
+use super::method::{
+    check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
+};
 use super::perturb::{compose, run_copies};
 use super::players::{Players, TextUnit};
 use super::{background, Cx, ExplainJob, TargetAttribution};
@@ -49,7 +51,11 @@ pub(super) fn samples_schema(min: usize, description: &str, nullable: bool) -> u
     let fixed = ObjectBuilder::new()
         .schema_type(Type::Integer)
         .minimum(Some(min))
-        .extensions(Some(ExtensionsBuilder::new().add("x-maximum", MAX_SAMPLES).build()));
+        .extensions(Some(
+            ExtensionsBuilder::new()
+                .add("x-maximum", CONFIGURED_MAX_SAMPLES)
+                .build(),
+        ));
     let auto = ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some(["auto"]));

@@ -135,7 +135,7 @@ pub const MAX_FEATURES: usize = 1 << 24;
 
 /// Stands for the service's `max_samples` in a parameter's `x-maximum` (the API document puts the
 /// configured number in its place).
-pub const MAX_SAMPLES: &str = "max_samples";
+pub const CONFIGURED_MAX_SAMPLES: &str = "max_samples";
 
 /// `Err(Invalid::Request)` unless `value` lies in `range`, naming the parameter.
 pub fn check_range<T: PartialOrd + fmt::Display + Copy>(name: &str, value: T, lo: T, hi: T) -> Result<(), Invalid> {

@@ -8,7 +8,8 @@ use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
 use super::method::{
-    bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, MAX_SAMPLES, MAX_SIDE,
+    bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
+    MAX_SIDE,
 };
 use super::perturb::{index, run_copies, Preset};
 use super::{Cx, ExplainJob, TargetAttribution};
@@ -20,7 +21,7 @@ use crate::runtime::{RuntimeError, Tensor};
 #[serde(deny_unknown_fields, default)]
 pub struct RiseParams {
     /// Number of masks; default from the preset (500 fast, 2000 balanced, 4000 quality: the paper's).
-    #[schema(minimum = 1, extensions(("x-maximum" = json!(MAX_SAMPLES))))]
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub masks: Option<usize>,
     /// Side of the low-resolution mask grid, at most the input's side.
     #[schema(default = 7, minimum = 2, extensions(("x-maximum" = json!(MAX_SIDE))))]

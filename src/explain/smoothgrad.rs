@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::baselines::{self, Baseline};
 use super::integrated_gradients::{quadrature, Integration};
 use super::method::{
-    bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, MAX_SAMPLES,
+    bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
 };
 use super::{fold_map, row, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
@@ -44,7 +44,7 @@ pub enum SmoothGradBase {
 #[serde(deny_unknown_fields, default)]
 pub struct SmoothGradParams {
     /// Noisy copies of the input.
-    #[schema(default = 50, minimum = 1, extensions(("x-maximum" = json!(MAX_SAMPLES))))]
+    #[schema(default = 50, minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub samples: usize,
     /// Noise standard deviation as a fraction of the input's range (max - min).
     #[schema(default = 0.15, minimum = 0.0, maximum = 10.0)]
@@ -59,7 +59,7 @@ pub struct SmoothGradParams {
     #[schema(default = true)]
     pub abs: bool,
     /// Integrated Gradients base: points per path (each copy costs this many rows).
-    #[schema(default = 20, minimum = 2, extensions(("x-maximum" = json!(MAX_SAMPLES))))]
+    #[schema(default = 20, minimum = 2, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub steps: usize,
 }
 

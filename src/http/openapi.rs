@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use crate::explain::method::MAX_SAMPLES;
+use crate::explain::method::CONFIGURED_MAX_SAMPLES;
 use crate::explain::{Limits, Methods};
 
 use super::{
@@ -179,7 +179,7 @@ fn one_or_several_targets(schema: &mut Value) {
 }
 
 /// Bounds that utoipa's literal `minimum` / `maximum` cannot name travel as extensions written from
-/// the constants the code checks (`x-maximum = MAX_SIDE`), or as [`MAX_SAMPLES`] for the service's
+/// the constants the code checks (`x-maximum = MAX_SIDE`), or as [`CONFIGURED_MAX_SAMPLES`] for the service's
 /// `max_samples`: this puts each in its standard keyword, so the document states what is enforced.
 fn place_bounds(value: &mut Value, limits: Limits) {
     const KEYWORDS: [&str; 4] = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
@@ -188,7 +188,7 @@ fn place_bounds(value: &mut Value, limits: Limits) {
             for keyword in KEYWORDS {
                 if let Some(bound) = map.remove(&format!("x-{keyword}")) {
                     let bound = match bound.as_str() {
-                        Some(MAX_SAMPLES) => Value::from(limits.max_samples),
+                        Some(CONFIGURED_MAX_SAMPLES) => Value::from(limits.max_samples),
                         _ => bound,
                     };
                     map.insert(keyword.to_string(), bound);

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::executor::{JobContext, Task};
-use crate::explain::method::MAX_SAMPLES;
+use crate::explain::method::CONFIGURED_MAX_SAMPLES;
 use crate::explain::{Invalid, Limits};
 use crate::onnx::dropout::MaskSite;
 use crate::runtime::gradients::GradientCache;
@@ -66,7 +66,7 @@ pub enum Transforms {
 #[serde(deny_unknown_fields)]
 pub struct UncertaintyParams {
     /// mc-dropout: samples per input (default 20, at most `max_samples`).
-    #[schema(minimum = 1, extensions(("x-maximum" = json!(MAX_SAMPLES))))]
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub samples: Option<usize>,
     /// mc-dropout: dropout rate in [0, 1) (default: the model's own Dropout ratios, else 0.1).
     #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
