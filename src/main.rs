@@ -155,7 +155,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Openapi => {
             print!(
                 "{}",
-                explaind::http::openapi::document_json(&explaind::explain::Methods::standard())
+                explaind::http::openapi::document_json(
+                    &explaind::explain::Methods::standard(),
+                    explaind::explain::Limits::from_config(&Config::default()),
+                )
             );
             Ok(())
         }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::*;
+use explaind::config::Config;
 use explaind::explain::method::{bytes, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
-use explaind::explain::{Cx, ExplainJob, Methods, TargetAttribution};
+use explaind::explain::{Cx, ExplainJob, Limits, Methods, TargetAttribution};
 use explaind::runtime::predict::Prediction;
 use explaind::runtime::{RuntimeError, Tensor};
 use serde_json::{json, Value};
@@ -110,7 +111,11 @@ async fn hostile_parameters_from_every_schema_get_4xx_or_200_never_5xx() {
     config.job_deadline_ms = 20_000;
     let s = start(config).await;
     let http = reqwest::Client::new();
-    let doc: Value = serde_json::from_str(&explaind::http::openapi::document_json(&Methods::standard())).unwrap();
+    let doc: Value = serde_json::from_str(&explaind::http::openapi::document_json(
+        &Methods::standard(),
+        Limits::from_config(&Config::default()),
+    ))
+    .unwrap();
     let components = &doc["components"]["schemas"];
     let seed = std::env::var("LIMITS_SEED")
         .ok()
@@ -568,7 +573,11 @@ async fn a_method_is_one_type_and_one_registration_line() {
 
 #[test]
 fn every_parameter_schema_default_is_the_default_value() {
-    let doc: Value = serde_json::from_str(&explaind::http::openapi::document_json(&Methods::standard())).unwrap();
+    let doc: Value = serde_json::from_str(&explaind::http::openapi::document_json(
+        &Methods::standard(),
+        Limits::from_config(&Config::default()),
+    ))
+    .unwrap();
     let components = &doc["components"]["schemas"];
     let mut checked = 0;
     for method in Methods::standard().iter() {
@@ -623,4 +632,174 @@ async fn the_pass_budget_splits_batches_without_changing_answers() {
     );
     let (a, b) = (attribution_values(&answers[0]), attribution_values(&answers[1]));
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-6 + 1e-4 * y.abs()));
+}
+
+/// The numeric schema of a property: itself, its non-null `oneOf` branch, or its items.
+fn numeric_schema(prop: &Value) -> Option<(&Value, bool)> {
+    let is_numeric = |s: &Value| {
+        let types: Vec<&str> = match &s["type"] {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        types.iter().any(|t| *t == "integer" || *t == "number")
+    };
+    if is_numeric(prop) {
+        return Some((prop, false));
+    }
+    if let Some(branch) = prop["oneOf"].as_array().and_then(|b| b.iter().find(|s| is_numeric(s))) {
+        return Some((branch, false));
+    }
+    if is_numeric(&prop["items"]) {
+        return Some((&prop["items"], true));
+    }
+    None
+}
+
+/// A value just past `bound` on the refused side (`above`: past a maximum), or the bound itself
+/// when it is exclusive.
+fn past(bound: f64, integer: bool, exclusive: bool, above: bool) -> f64 {
+    let step = if integer { 1.0 } else { (bound.abs() * 1e-3).max(1e-3) };
+    match (exclusive, above) {
+        (true, _) => bound,
+        (false, true) => bound + step,
+        (false, false) => bound - step,
+    }
+}
+
+/// Every numeric parameter of every method, metric option and uncertainty parameter states a
+/// minimum and a maximum in the served document; a value past either is refused with 400 naming
+/// the parameter, and a value at an inclusive bound is not refused for that parameter (bounds an
+/// input's own size lowers below the document's, `MAX_SIDE` and up, are checked past only). The
+/// service runs with a `max_samples` other than the default, so bounds that follow it must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_numeric_parameter_has_the_bounds_the_code_enforces() {
+    let mut config = test_config(&root().join("models"));
+    config.max_samples = 1000;
+    let s = start(config).await;
+    let http = reqwest::Client::new();
+    let doc: Value = http
+        .get(url(&s, "/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    // A corrupt image or a short row: the parameters are checked first, the input after, so a
+    // request whose parameters pass is refused without running.
+    let image = "aGVsbG8=";
+    let features: Vec<f32> = vec![1.0];
+    // (what, schema name, the request for one property set to a value)
+    type Body = Box<dyn Fn(&str, Value) -> (String, Value)>;
+    let mut cases: Vec<(String, String, Body)> = Vec::new();
+    for method in Methods::standard().iter() {
+        let (params, _) = method.params_schemas();
+        let name = method.name();
+        let tabular = method.capabilities().inputs == Inputs::Tabular;
+        let features = features.clone();
+        cases.push((
+            name.to_string(),
+            params,
+            Box::new(move |key: &str, v: Value| {
+                let model = if tabular { "breast-cancer-forest" } else { "fashion-cnn" };
+                let mut body = json!({"params": {key: v}});
+                match tabular {
+                    true => body["features"] = json!(features),
+                    false => body["image"] = json!(image),
+                }
+                (format!("/v1/models/{model}/explain/{name}"), body)
+            }),
+        ));
+    }
+    cases.push((
+        "metric options".into(),
+        "MetricOptions".into(),
+        Box::new(move |key: &str, v: Value| {
+            let metric = match key {
+                "steps" => "deletion",
+                "nr_runs" | "subset_size" => "mu_fidelity",
+                "features_in_step" => "pixel_flipping",
+                _ => "model_randomization",
+            };
+            let body = json!({"image": image, "evaluate": [{"metric": metric, key: v}]});
+            ("/v1/models/fashion-cnn/explain/saliency".into(), body)
+        }),
+    ));
+    cases.push((
+        "uncertainty".into(),
+        "UncertaintyParams".into(),
+        Box::new(move |key: &str, v: Value| {
+            let body = match key {
+                "scales" => json!({"image": image, "method": "tta", "params": {"transforms": "multiscale", key: v}}),
+                _ => json!({"image": image, "method": "mc-dropout", "params": {key: v}}),
+            };
+            ("/v1/models/fashion-cnn/uncertainty".into(), body)
+        }),
+    ));
+    let (mut missing, mut wrong, mut checked) = (Vec::new(), Vec::new(), 0);
+    for (what, schema_name, body) in &cases {
+        for (key, prop) in schemas[schema_name]["properties"].as_object().into_iter().flatten() {
+            let Some((schema, items)) = numeric_schema(prop) else {
+                continue;
+            };
+            let integer = schema["type"] == "integer" || schema["type"][0] == "integer";
+            let wrap = |v: f64| {
+                let v = if integer { json!(v as i64) } else { json!(v) };
+                if items {
+                    json!([v])
+                } else {
+                    v
+                }
+            };
+            let bounds = [
+                (schema["maximum"].as_f64(), false, true),
+                (schema["exclusiveMaximum"].as_f64(), true, true),
+                (schema["minimum"].as_f64(), false, false),
+                (schema["exclusiveMinimum"].as_f64(), true, false),
+            ];
+            let has = |above: bool| bounds.iter().any(|(b, _, a)| b.is_some() && *a == above);
+            if !has(true) || !has(false) {
+                missing.push(format!("{what}: {key}"));
+                continue;
+            }
+            for (bound, exclusive, above) in bounds {
+                let Some(bound) = bound else { continue };
+                let mut tries = vec![(past(bound, integer, exclusive, above), true)];
+                // An inclusive bound is tried too, unless an input's size lowers it (MAX_SIDE and up).
+                let lowered = above && bound >= explaind::explain::method::MAX_SIDE as f64;
+                if !exclusive && !lowered {
+                    tries.push((bound, false));
+                }
+                for (value, refused) in tries {
+                    let (path, request) = body(key, wrap(value));
+                    let r = http.post(url(&s, &path)).json(&request).send().await.unwrap();
+                    let status = r.status().as_u16();
+                    let detail = r.json::<Value>().await.unwrap_or_default()["detail"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    // A product of parameters (`iterations x areas x targets`) has a bound of its own.
+                    let names_it =
+                        status == 400 && detail.contains(key.as_str()) && !detail.contains(&format!("{key} x "));
+                    if names_it != refused {
+                        wrong.push(format!("{what}: {key} = {value}: {status} {detail}"));
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "numeric parameters without both bounds in the document: {missing:#?}"
+    );
+    assert!(
+        wrong.is_empty(),
+        "bounds the document and the code disagree on: {wrong:#?}"
+    );
+    eprintln!("{checked} bounds checked");
+    assert!(checked >= 150, "only {checked} bounds checked");
+    s.stop().await.unwrap();
 }

@@ -102,9 +102,35 @@ async fn the_readme_tour_works_as_written() {
     // Run from a scratch folder that sees the repository's fixtures, so written files land there.
     let dir = temp_dir("readme");
     std::os::unix::fs::symlink(root().join("tests"), dir.join("tests")).unwrap();
-    for command in commands {
+    // Each answer, for the check against the document below: where it was sent and what came back.
+    let mut answers = Vec::new();
+    for (i, command) in commands.into_iter().enumerate() {
         assert!(command.starts_with("curl"), "{command}");
-        let command = command.replace("localhost:8080", &s.addr.to_string());
+        let address = s.addr.to_string();
+        let command = command.replace("localhost:8080", &address);
+        let target = command
+            .split_whitespace()
+            .find(|t| t.contains(&address))
+            .unwrap()
+            .trim_matches(|c| c == '\'' || c == '"');
+        let path = target
+            .split(&address)
+            .nth(1)
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_string();
+        let method = if command.contains("-X POST") { "post" } else { "get" };
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let body = match words.iter().position(|w| *w == "-o") {
+            Some(at) => words[at + 1].to_string(),
+            None => format!("answer-{i}"),
+        };
+        let command = match words.contains(&"-o") {
+            true => format!("{command} -D headers-{i}"),
+            false => format!("{command} -D headers-{i} -o {body}"),
+        };
         let out = tokio::task::spawn_blocking({
             let dir = dir.clone();
             let command = command.clone();
@@ -126,7 +152,38 @@ async fn the_readme_tour_works_as_written() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(!stdout.contains("/problems/"), "{command}\n{stdout}");
+        // The last response head (after any `100 Continue`): its status and content type.
+        let head = std::fs::read_to_string(dir.join(format!("headers-{i}"))).unwrap();
+        let head = head.rsplit("HTTP/").next().unwrap_or_default();
+        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap();
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        answers.push(serde_json::json!({
+            "method": method, "path": path, "status": status, "content_type": content_type,
+            "body": dir.join(&body),
+        }));
     }
+    // Every answer as the OpenAPI document describes it: status, content type, JSON schema.
+    std::fs::write(dir.join("answers.json"), serde_json::to_vec(&answers).unwrap()).unwrap();
+    let python = test_venv("python");
+    let out = Command::new(&python)
+        .arg(root().join("tests/fixtures/openapi_answers.py"))
+        .arg(root().join("openapi/openapi.json"))
+        .arg(dir.join("answers.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "README answers that the OpenAPI document does not describe:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let png = std::fs::read(dir.join("grad-cam.png")).unwrap();
     assert_eq!(image::load_from_memory(&png).unwrap().width(), 28);
     let spread = std::fs::read(dir.join("saliency-spread.png")).unwrap();

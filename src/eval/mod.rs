@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::explain::baselines::{self, Baseline};
+use crate::explain::method::MAX_FEATURES;
 use crate::explain::{Invalid, Limits};
 use crate::runtime::manifest::Layout;
 use crate::runtime::{LoadedModel, RuntimeError, Tensor};
@@ -97,19 +98,24 @@ pub struct MetricOptions {
     /// The metric's name.
     pub metric: String,
     /// deletion, insertion: points of the curve past the first (default 30, at most 1024).
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(MAX_STEPS))))]
     pub steps: Option<usize>,
     /// deletion, insertion, mu_fidelity, pixel_flipping: what replaces removed features
     /// (deletion, mu_fidelity, pixel_flipping: `black`; insertion starts from `blur`, or `black`
     /// for tabular models).
     pub substrate: Option<Substrate>,
     /// mu_fidelity: random subsets (default 100, at most 1000).
+    #[schema(minimum = 2, extensions(("x-maximum" = json!(MAX_RUNS))))]
     pub nr_runs: Option<usize>,
     /// mu_fidelity: features per subset (default 224, at most half the features).
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(MAX_FEATURES))))]
     pub subset_size: Option<usize>,
     /// pixel_flipping: features flipped per step (default: features / 128, rounded up).
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(MAX_FEATURES))))]
     pub features_in_step: Option<usize>,
     /// model_randomization: layers re-drawn, one more per step from the output (default: every
     /// layer with weights, at most 64).
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(MAX_RANDOMIZED))))]
     pub layers: Option<usize>,
 }
 
@@ -271,7 +277,7 @@ pub fn plan(
                 let per_step = options
                     .features_in_step
                     .unwrap_or(features.div_ceil(DEFAULT_FLIP_STEPS).max(1));
-                if per_step == 0 || per_step > features {
+                if per_step == 0 || per_step > features.min(MAX_FEATURES) {
                     return Err(bad(format!(
                         "features_in_step must be between 1 and {features} (the features), got {per_step}"
                     )));
@@ -287,7 +293,7 @@ pub fn plan(
                 if !(2..=MAX_RUNS).contains(&runs) {
                     return Err(bad(format!("nr_runs must be between 2 and {MAX_RUNS}, got {runs}")));
                 }
-                let most = (features / 2).max(1);
+                let most = (features / 2).clamp(1, MAX_FEATURES);
                 let subset = options.subset_size.unwrap_or(224.min(most));
                 if subset == 0 || subset > most {
                     return Err(bad(format!(

@@ -27,7 +27,10 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::background::{all_rows, Bins};
-use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{
+    bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
+    MAX_FEATURES,
+};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::manifest::Task;
 use crate::runtime::predict::{decided, probabilities, Prediction};
@@ -41,7 +44,7 @@ pub struct AnchorsParams {
     #[schema(default = 0.95, minimum = 0.0, maximum = 1.0)]
     pub threshold: f64,
     /// 1 - confidence of the precision bounds.
-    #[schema(default = 0.1, minimum = 0.0, maximum = 1.0)]
+    #[schema(default = 0.1, exclusive_minimum = 0.0, maximum = 1.0)]
     pub delta: f64,
     /// KL-LUCB's tolerance when choosing the best rules of a round.
     #[schema(default = 0.15, minimum = 0.0, maximum = 1.0)]
@@ -57,10 +60,10 @@ pub struct AnchorsParams {
     #[schema(default = 20, minimum = 1, maximum = 1000)]
     pub min_samples_start: usize,
     /// Most conditions in a rule (default: every feature).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(MAX_FEATURES))))]
     pub max_anchor_size: Option<usize>,
     /// Most model rows the search may run. Default: the service's `max_samples`, at most 20,000.
-    #[schema(minimum = 100)]
+    #[schema(minimum = 100, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub samples: Option<usize>,
     /// Background rows shown that satisfy the rule, per outcome.
     #[schema(default = 10, minimum = 0, maximum = 100)]
@@ -129,7 +132,7 @@ impl Method for Anchors {
         check_range("examples", p.examples, 0, 100)?;
         let features = cx.input_len();
         let size = p.max_anchor_size.unwrap_or(features);
-        check_range("max_anchor_size", size, 1, features.max(1))?;
+        check_range("max_anchor_size", size, 1, features.clamp(1, MAX_FEATURES))?;
         p.max_anchor_size = Some(size);
         let samples = p.samples.unwrap_or(cx.limits.max_samples.min(20_000));
         check_range("samples", samples, 100, cx.limits.max_samples.max(100))?;

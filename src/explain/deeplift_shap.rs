@@ -25,7 +25,7 @@ const MAX_BASELINES: usize = 100;
 #[serde(deny_unknown_fields, default)]
 pub struct DeepLiftShapParams {
     /// References averaged over.
-    #[schema(default = 10, minimum = 1, maximum = 100)]
+    #[schema(default = 10, minimum = 1, extensions(("x-maximum" = json!(MAX_BASELINES))))]
     pub baselines: usize,
     /// Attributions are (x - x') x multipliers, averaged; false: the multipliers, averaged.
     #[schema(default = true)]

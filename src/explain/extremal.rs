@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::baselines::blurred;
-use super::method::{bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{
+    bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, MAX_SIDE,
+};
 use super::perturb::index;
 use super::{one_hot, Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
@@ -32,17 +34,23 @@ const COLDNESS: f32 = 20.0;
 #[serde(deny_unknown_fields, default)]
 pub struct ExtremalParams {
     /// Shares of the image each mask keeps, each strictly between 0 and 1 (at most 8).
-    #[schema(default = json!([0.05, 0.1, 0.2]))]
+    #[schema(default = json!([0.05, 0.1, 0.2]), min_items = 1, max_items = 8,
+        extensions(("x-exclusiveMinimum" = json!(0.0)), ("x-exclusiveMaximum" = json!(1.0))))]
     pub areas: Vec<f64>,
     /// Gradient steps per mask (TorchRay's default is 800).
     #[schema(default = 300, minimum = 1, maximum = 2000)]
     pub iterations: usize,
-    /// Pixels between the mask's parameters. Default: the shorter side / 32, at least 1 (7 on 224).
-    #[schema(minimum = 1)]
+    /// Pixels between the mask's parameters, at most the shorter side. Default: the shorter side / 32,
+    /// at least 1 (7 on 224).
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(MAX_SIDE))))]
     pub step: Option<usize>,
-    /// Width of the mask's bumps in pixels, at most 4 x `step`. Default: 3 x `step` (21 on 224).
+    /// Width of the mask's bumps in pixels, at least 0.5, at most 4 x `step`. Default: 3 x `step`
+    /// (21 on 224).
+    #[schema(minimum = 0.5, extensions(("x-maximum" = json!(4 * MAX_SIDE))))]
     pub sigma: Option<f32>,
-    /// Standard deviation of the strongest blur in pixels. Default: the shorter side x 20 / 224.
+    /// Standard deviation of the strongest blur in pixels, from 0.5 to the shorter side. Default: the
+    /// shorter side x 20 / 224.
+    #[schema(minimum = 0.5, extensions(("x-maximum" = json!(MAX_SIDE))))]
     pub max_blur: Option<f32>,
     /// Blur levels between the input and the strongest blur.
     #[schema(default = 8, minimum = 2, maximum = 32)]
@@ -99,7 +107,7 @@ impl Method for Extremal {
         check_range("iterations", p.iterations, 1, 2000)?;
         check_range("levels", p.levels, 2, 32)?;
         let step = p.step.unwrap_or((side / 32).max(1));
-        check_range("step", step, 1, side)?;
+        check_range("step", step, 1, side.min(MAX_SIDE))?;
         let sigma = p.sigma.unwrap_or(3.0 * step as f32);
         if !sigma.is_finite() {
             return Err(Invalid::Request("params.sigma must be a finite number".into()));
@@ -109,7 +117,7 @@ impl Method for Extremal {
         if !max_blur.is_finite() {
             return Err(Invalid::Request("params.max_blur must be a finite number".into()));
         }
-        check_range("max_blur", max_blur, 0.5, side as f32)?;
+        check_range("max_blur", max_blur, 0.5, side.min(MAX_SIDE) as f32)?;
         (p.step, p.sigma, p.max_blur) = (Some(step), Some(sigma), Some(max_blur));
         let areas = p.areas.len();
         let rows = mul(

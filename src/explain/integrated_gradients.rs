@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
-use super::method::{bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{
+    bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
+};
 use super::{fold_map, row, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
@@ -29,7 +31,7 @@ pub enum Integration {
 #[serde(deny_unknown_fields, default)]
 pub struct IntegratedGradientsParams {
     /// Points on the path (Captum's `n_steps`); each costs one model row per target.
-    #[schema(default = 50, minimum = 2, maximum = 4096)]
+    #[schema(default = 50, minimum = 2, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub steps: usize,
     /// Quadrature rule.
     #[schema(default = "gauss_legendre")]
@@ -38,7 +40,7 @@ pub struct IntegratedGradientsParams {
     #[schema(default = "black")]
     pub baseline: Baseline,
     /// Rows per model pass (Captum's `internal_batch_size`); capped by the service's `max_batch`.
-    #[schema(minimum = 1, maximum = 4096)]
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub internal_batch_size: Option<usize>,
 }
 

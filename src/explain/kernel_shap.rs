@@ -12,7 +12,9 @@ use utoipa::ToSchema;
 
 use super::lime::Hide;
 use super::lime::{check_positive, interpretable_features, perturbation_cost};
-use super::method::{check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{
+    check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
+};
 use super::perturb::{compose, run_copies};
 use super::players::{Players, TextUnit};
 use super::{background, Cx, ExplainJob, TargetAttribution};
@@ -38,6 +40,45 @@ pub enum AutoSamples {
     Auto,
 }
 
+/// Fewest coalitions a fixed KernelSHAP budget may name.
+const MIN_SAMPLES: usize = 2;
+
+/// The schema of a `samples` field: a number from `min` to the service's `max_samples`, or
+/// `"auto"`. Written out because the bounds differ by method and a derived variant takes none.
+pub(super) fn samples_schema(min: usize, description: &str, nullable: bool) -> utoipa::openapi::Schema {
+    use utoipa::openapi::extensions::ExtensionsBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    let fixed = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(min))
+        .extensions(Some(
+            ExtensionsBuilder::new()
+                .add("x-maximum", CONFIGURED_MAX_SAMPLES)
+                .build(),
+        ));
+    let auto = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["auto"]));
+    let mut schema = OneOfBuilder::new()
+        .description(Some(description))
+        .item(fixed)
+        .item(auto);
+    if nullable {
+        schema = schema.item(ObjectBuilder::new().schema_type(Type::Null));
+    }
+    utoipa::openapi::Schema::OneOf(schema.build())
+}
+
+/// The schema of KernelSHAP's `samples`.
+fn samples_param_schema() -> utoipa::openapi::Schema {
+    samples_schema(
+        MIN_SAMPLES,
+        "Coalitions: a number (default 2M + 2048, shap's \"auto\" budget; rounded up to an even number: they \
+         come in pairs) or `\"auto\"` (stop when every standard error is below `tolerance`).",
+        true,
+    )
+}
+
 /// KernelSHAP parameters.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -49,6 +90,7 @@ pub struct KernelShapParams {
     #[schema(default = 10, minimum = 1, maximum = 20)]
     pub compactness: u8,
     /// Coalitions: a number (default 2M + 2048, shap's "auto" budget) or `"auto"`.
+    #[schema(schema_with = samples_param_schema)]
     pub samples: Option<Samples>,
     /// With `samples: "auto"`: the largest standard error accepted, in score units.
     #[schema(default = 0.01, exclusive_minimum = 0.0, maximum = 1000000.0)]
@@ -106,7 +148,7 @@ impl Method for KernelShap {
         let coalitions = match &p.samples {
             None => (2 * players + 2048).min(budget),
             Some(Samples::Fixed(n)) => {
-                check_range("samples", *n, 2, cx.limits.max_samples)?;
+                check_range("samples", *n, MIN_SAMPLES, cx.limits.max_samples)?;
                 (*n).min(budget)
             }
             Some(Samples::Auto(_)) => budget,

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::background::Bins;
 use super::baselines::{self, Baseline};
-use super::kernel_shap::Samples;
+use super::kernel_shap::{samples_schema, Samples};
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::perturb::{compose, index, run_copies};
 use super::players::{Players, TextUnit};
@@ -35,6 +35,23 @@ pub enum Hide {
     Blur,
 }
 
+/// Fewest samples a fixed LIME budget may name.
+const MIN_SAMPLES: usize = 10;
+
+/// Narrowest kernel: below it the width's square underflows and the input's own sample, at
+/// distance 0, weighs 0 / 0 (every answer NaN, written as null).
+const MIN_KERNEL_WIDTH: f64 = 1e-6;
+
+/// The schema of LIME's `samples`.
+fn samples_param_schema() -> utoipa::openapi::Schema {
+    samples_schema(
+        MIN_SAMPLES,
+        "Perturbed samples (each one model row): a number (default 1000) or `\"auto\"` (stop when every \
+         standard error is below `tolerance`).",
+        false,
+    )
+}
+
 /// LIME parameters.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -46,6 +63,7 @@ pub struct LimeParams {
     #[schema(default = 10, minimum = 1, maximum = 20)]
     pub compactness: u8,
     /// Perturbed samples (each one model row): a number (default 1000) or `"auto"`.
+    #[schema(schema_with = samples_param_schema)]
     pub samples: Samples,
     /// With `samples: "auto"`: the largest standard error accepted, in score units.
     #[schema(default = 0.01, exclusive_minimum = 0.0, maximum = 1000000.0)]
@@ -54,8 +72,8 @@ pub struct LimeParams {
     #[schema(default = "gray")]
     pub hide: Hide,
     /// Width of the exponential kernel: images 0.25 on cosine distance (lime_image), tabular
-    /// 0.75 sqrt(features) (lime_tabular).
-    #[schema(exclusive_minimum = 0.0, maximum = 1000000.0)]
+    /// 0.75 sqrt(features) (lime_tabular); at least 1e-6.
+    #[schema(maximum = 1000000.0, extensions(("x-minimum" = json!(MIN_KERNEL_WIDTH))))]
     pub kernel_width: Option<f64>,
     /// Ridge regularisation (scikit-learn's Ridge default, as LIME uses).
     #[schema(default = 1.0, minimum = 0.0, maximum = 1000000.0)]
@@ -102,13 +120,18 @@ impl Method for Lime {
         check_range("compactness", p.compactness, 1, 20)?;
         let budget = match p.samples {
             Samples::Fixed(n) => {
-                check_range("samples", n, 10, cx.limits.max_samples)?;
+                check_range("samples", n, MIN_SAMPLES, cx.limits.max_samples)?;
                 n
             }
             Samples::Auto(_) => cx.limits.max_samples.saturating_sub(1),
         };
         if let Some(w) = p.kernel_width {
             check_positive("kernel_width", w)?;
+            if w < MIN_KERNEL_WIDTH {
+                return Err(Invalid::Request(format!(
+                    "params.kernel_width must be at least {MIN_KERNEL_WIDTH}, got {w}"
+                )));
+            }
         }
         if !(p.alpha.is_finite() && (0.0..=1e6).contains(&p.alpha)) {
             return Err(Invalid::Request("params.alpha must be between 0 and 1000000".into()));

@@ -24,7 +24,7 @@ pub struct LrpParams {
     pub composite: Composite,
     /// Epsilon of the Epsilon rule (dense layers; every layer in `epsilon`). Default: 1e-6, or
     /// 1e-9 for `epsilon` (Captum's).
-    #[schema(minimum = 0.0, maximum = 1000.0)]
+    #[schema(exclusive_minimum = 0.0, maximum = 1000.0)]
     pub epsilon: Option<f32>,
     /// Gamma of the Gamma rule (`epsilon_gamma_box`'s convolutions).
     #[schema(default = 0.25, minimum = 0.0, maximum = 100.0)]

@@ -125,6 +125,18 @@ impl fmt::Display for Invalid {
     }
 }
 
+/// Most pixels a size parameter may name (a window, a grid step, a blur): a bound the API document
+/// states; each method also keeps it within the input's own side.
+pub const MAX_SIDE: usize = 65_536;
+
+/// Most features a count parameter may name (an anchor's conditions, a metric's subset): a bound
+/// the API document states; each is also kept within the input's own features.
+pub const MAX_FEATURES: usize = 1 << 24;
+
+/// Stands for the service's `max_samples` in a parameter's `x-maximum` (the API document puts the
+/// configured number in its place).
+pub const CONFIGURED_MAX_SAMPLES: &str = "max_samples";
+
 /// `Err(Invalid::Request)` unless `value` lies in `range`, naming the parameter.
 pub fn check_range<T: PartialOrd + fmt::Display + Copy>(name: &str, value: T, lo: T, hi: T) -> Result<(), Invalid> {
     if value < lo || value > hi {

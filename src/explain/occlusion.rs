@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
 use super::lime::Hide;
-use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, MAX_SIDE};
 use super::perturb::{compose, index, run_copies, Preset};
 use super::players::{Players, TextUnit};
 use super::{Cx, ExplainJob, TargetAttribution};
@@ -20,11 +20,11 @@ use crate::runtime::{RuntimeError, Tensor};
 pub struct OcclusionParams {
     /// Window side in input pixels, at most the input's side; default from the preset (1/8 of the
     /// input, 1/4 fast, 1/16 quality).
-    #[schema(minimum = 1, maximum = 65536)]
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(MAX_SIDE))))]
     pub window: Option<usize>,
     /// Step between windows, at most the input's side; default half the window (the window itself
     /// for `fast`).
-    #[schema(minimum = 1, maximum = 65536)]
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(MAX_SIDE))))]
     pub stride: Option<usize>,
     /// What replaces the occluded pixels.
     #[schema(default = "black")]
@@ -107,7 +107,7 @@ impl Method for Occlusion {
         let side = spec.height.min(spec.width).max(1);
         for (name, value) in [("window", p.window), ("stride", p.stride)] {
             if let Some(v) = value {
-                check_range(name, v, 1, side)?;
+                check_range(name, v, 1, side.min(MAX_SIDE))?;
             }
         }
         let (window, stride) = p.resolved(side);

@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
-use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{
+    bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
+    MAX_SIDE,
+};
 use super::perturb::{index, run_copies, Preset};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
@@ -18,10 +21,10 @@ use crate::runtime::{RuntimeError, Tensor};
 #[serde(deny_unknown_fields, default)]
 pub struct RiseParams {
     /// Number of masks; default from the preset (500 fast, 2000 balanced, 4000 quality: the paper's).
-    #[schema(minimum = 1, maximum = 4096)]
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub masks: Option<usize>,
     /// Side of the low-resolution mask grid, at most the input's side.
-    #[schema(default = 7, minimum = 2, maximum = 65536)]
+    #[schema(default = 7, minimum = 2, extensions(("x-maximum" = json!(MAX_SIDE))))]
     pub cell_size: usize,
     /// Probability that a grid cell is kept, strictly between 0 and 1.
     #[schema(default = 0.5, exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
@@ -91,7 +94,7 @@ impl Method for Rise {
             return Err(Invalid::Model("RISE explains image models".into()));
         };
         let side = spec.height.min(spec.width).max(2);
-        check_range("cell_size", p.cell_size, 2, side)?;
+        check_range("cell_size", p.cell_size, 2, side.min(MAX_SIDE))?;
         if !(p.p > 0.0 && p.p < 1.0) {
             return Err(Invalid::Request("params.p must be strictly between 0 and 1".into()));
         }

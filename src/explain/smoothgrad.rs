@@ -9,7 +9,9 @@ use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
 use super::integrated_gradients::{quadrature, Integration};
-use super::method::{bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{
+    bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
+};
 use super::{fold_map, row, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
@@ -42,7 +44,7 @@ pub enum SmoothGradBase {
 #[serde(deny_unknown_fields, default)]
 pub struct SmoothGradParams {
     /// Noisy copies of the input.
-    #[schema(default = 50, minimum = 1, maximum = 4096)]
+    #[schema(default = 50, minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub samples: usize,
     /// Noise standard deviation as a fraction of the input's range (max - min).
     #[schema(default = 0.15, minimum = 0.0, maximum = 10.0)]
@@ -57,7 +59,7 @@ pub struct SmoothGradParams {
     #[schema(default = true)]
     pub abs: bool,
     /// Integrated Gradients base: points per path (each copy costs this many rows).
-    #[schema(default = 20, minimum = 2, maximum = 4096)]
+    #[schema(default = 20, minimum = 2, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub steps: usize,
 }
 

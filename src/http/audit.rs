@@ -38,6 +38,7 @@ pub struct ListQuery {
     /// Before this time (RFC 3339).
     pub until: Option<String>,
     /// Records per page (default 50, at most 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<i64>,
@@ -149,7 +150,7 @@ pub async fn list_records(
 #[utoipa::path(get, path = "/v1/audit/records/{id}/overlay.png", tag = "audit",
     params(("id" = String, Path, description = "record id"), ("target" = Option<usize>, Query, description = "which target (default 0)")),
     responses(
-        (status = 200, content_type = "image/png", body = Vec<u8>, description = "the recorded map over the recorded input"),
+        (status = 200, content_type = "image/png", body = inline(super::openapi::Binary), description = "the recorded map over the recorded input"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "no such record, or it kept no map"),
     ))]
 pub async fn record_overlay(

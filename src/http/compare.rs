@@ -40,7 +40,7 @@ pub struct MethodWithParams {
     /// The method's name.
     pub method: String,
     /// Its parameters.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub params: Option<serde_json::Value>,
 }
 
@@ -55,6 +55,7 @@ pub struct CompareRequest {
     /// Text, for text models.
     pub text: Option<String>,
     /// The methods (at most 8), by name or with parameters.
+    #[schema(min_items = 1, max_items = 8)]
     pub methods: Vec<CompareMethod>,
     /// One class (index or label) every method explains; default: the top prediction.
     pub target: Option<TargetSpec>,
@@ -91,8 +92,9 @@ pub struct CompareResponse {
     params(("model" = String, Path, description = "model name", example = "fashion-cnn")),
     request_body(content = CompareRequest, content_type = "application/json"),
     responses(
-        (status = 200, body = CompareResponse, description = "the explanations with their metrics"),
-        (status = 200, content_type = "image/png", body = Vec<u8>, description = "the input and one captioned overlay per method"),
+        (status = 200, description = "the explanations with their metrics as JSON; or, as PNG, the input and one \
+                                      captioned overlay per method",
+            content((CompareResponse = "application/json"), (inline(super::openapi::Binary) = "image/png"))),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, unknown method or metric, parameter out of range"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model or method"),
         (status = 413, body = super::error::Problem, content_type = "application/problem+json", description = "body or image too large"),

@@ -259,7 +259,7 @@ async fn find(state: &AppState, id: &str, viewer: &Viewer, with_result: bool) ->
 
 /// A job's state, progress and (when done) result.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "job id (a UUID)")),
     responses(
         (status = 200, body = JobView, description = "the job: state, progress, and its result once done"),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "the id is not a UUID"),
@@ -275,7 +275,7 @@ pub async fn get_job(
 
 /// Cancels a queued or running job (its worker stops at the next pass); a finished job is unchanged.
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "job id (a UUID)")),
     responses(
         (status = 200, body = JobView, description = "the job, cancelled (or already finished)"),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "the id is not a UUID"),
@@ -292,9 +292,9 @@ pub async fn cancel_job(
 /// The job's progress as Server-Sent Events: `progress` while it runs (on every change), then one
 /// final event named after its end state (`done`, `failed`, `cancelled`) carrying the whole job.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "job id (a UUID)")),
     responses(
-        (status = 200, content_type = "text/event-stream", body = String, description = "events, each `data` a JobView"),
+        (status = 200, content_type = "text/event-stream", body = super::openapi::JobEvent, description = "events, each `data` a JobView"),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "the id is not a UUID"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown or expired job, or another caller's"),
     ))]

@@ -4,7 +4,8 @@
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use crate::explain::Methods;
+use crate::explain::method::CONFIGURED_MAX_SAMPLES;
+use crate::explain::{Limits, Methods};
 
 use super::{
     audit, compare, error, evaluate, explain, health, input, jobs, models, predict, problems, reference, uncertainty,
@@ -56,20 +57,49 @@ use super::{
 )]
 pub struct ApiDoc;
 
+/// A binary body (an image): a string of bytes in the document, where utoipa writes `Vec<u8>` as
+/// an array of integers that clients would try to parse.
+pub struct Binary;
+
+impl utoipa::PartialSchema for Binary {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Binary {}
+
+/// One event of a job's stream (`text/event-stream`), as the document describes each event.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // A shape for the document; the stream writes its events with axum's `Event`.
+pub struct JobEvent {
+    /// `progress` while the job runs; then `done`, `failed` or `cancelled`.
+    #[schema(pattern = "^(progress|done|failed|cancelled)$")]
+    event: String,
+    /// The job (a `JobView`) as JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
 /// The explain path template that [`document`] expands into one path per method.
 const EXPLAIN_TEMPLATE: &str = "/v1/models/{model}/explain/{method}";
 
-/// The document as pretty JSON with a trailing newline (the form committed under `openapi/`).
-pub fn document_json(methods: &Methods) -> String {
-    let mut text =
-        serde_json::to_string_pretty(&document_value(methods)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+/// The document as pretty JSON with a trailing newline (the form committed under `openapi/`, with
+/// the default limits).
+pub fn document_json(methods: &Methods, limits: Limits) -> String {
+    let mut text = serde_json::to_string_pretty(&document_value(methods, limits))
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
 }
 
 /// The API document for the methods served, versioned like the crate: one explain path per
-/// method, each with its parameters' schema.
-pub fn document_value(methods: &Methods) -> Value {
+/// method, each with its parameters' schema, bounded by the service's `limits`.
+pub fn document_value(methods: &Methods, limits: Limits) -> Value {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let mut value = serde_json::to_value(&doc).unwrap_or_default();
@@ -86,7 +116,10 @@ pub fn document_value(methods: &Methods) -> Value {
         }
         let request_name = format!("ExplainRequest.{}", method.name());
         let mut body = request.clone();
-        body["properties"]["params"] = json!({ "$ref": format!("#/components/schemas/{params_name}") });
+        // Absent or null, the method's defaults (as the README's examples send it).
+        body["properties"]["params"] = json!({
+            "oneOf": [{ "$ref": format!("#/components/schemas/{params_name}") }, { "type": "null" }]
+        });
         value["components"]["schemas"][&request_name] = body;
         let mut item = template.clone();
         let post = &mut item["post"];
@@ -123,5 +156,47 @@ pub fn document_value(methods: &Methods) -> Value {
             value["components"]["schemas"][schema]["properties"]["method"]["enum"] = Value::Array(names.clone());
         }
     }
+    one_or_several_targets(&mut value["components"]["schemas"]["ExplainResponse"]);
+    place_bounds(&mut value, limits);
     value
+}
+
+/// An explain answer holds one target's fields at its top level, or `explanations` with several:
+/// utoipa writes the flattened `Option<TargetExplanation>` as `oneOf [TargetExplanation, null]`,
+/// which an answer with several targets (an object without `target`) never matches.
+fn one_or_several_targets(schema: &mut Value) {
+    let Some(parts) = schema["allOf"].as_array_mut() else {
+        return;
+    };
+    for part in parts.iter_mut() {
+        if part["oneOf"][0]["$ref"] == "#/components/schemas/TargetExplanation" {
+            *part = json!({ "anyOf": [
+                { "$ref": "#/components/schemas/TargetExplanation" },
+                { "required": ["explanations"] },
+            ] });
+        }
+    }
+}
+
+/// Bounds that utoipa's literal `minimum` / `maximum` cannot name travel as extensions written from
+/// the constants the code checks (`x-maximum = MAX_SIDE`), or as [`CONFIGURED_MAX_SAMPLES`] for the service's
+/// `max_samples`: this puts each in its standard keyword, so the document states what is enforced.
+fn place_bounds(value: &mut Value, limits: Limits) {
+    const KEYWORDS: [&str; 4] = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
+    match value {
+        Value::Object(map) => {
+            for keyword in KEYWORDS {
+                if let Some(bound) = map.remove(&format!("x-{keyword}")) {
+                    let bound = match bound.as_str() {
+                        Some(CONFIGURED_MAX_SAMPLES) => Value::from(limits.max_samples),
+                        _ => bound,
+                    };
+                    map.insert(keyword.to_string(), bound);
+                }
+            }
+            map.values_mut().for_each(|v| place_bounds(v, limits));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| place_bounds(v, limits)),
+        _ => {}
+    }
 }

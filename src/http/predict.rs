@@ -59,7 +59,7 @@ pub struct PredictExplain {
     /// The method (`saliency`, `integrated-gradients`, `grad-cam`, ...: any explain method).
     pub method: String,
     /// The method's parameters.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub params: Option<serde_json::Value>,
     /// Explain only predictions meeting this condition (default: all).
     pub when: Option<Condition>,
@@ -178,8 +178,8 @@ pub struct InstanceResult {
     params(("model" = String, Path, description = "model name", example = "fashion-cnn"), PredictQuery),
     request_body(content(
         (PredictRequest = "application/json"),
-        (Vec<u8> = "image/png"),
-        (Vec<u8> = "image/jpeg"),
+        (inline(super::openapi::Binary) = "image/png"),
+        (inline(super::openapi::Binary) = "image/jpeg"),
         (Object = "multipart/form-data"),
     )),
     responses(

@@ -129,7 +129,7 @@ pub struct ReferenceRow {
         ("id" = String, Path, description = "row id: the image's file name, or the row number", example = "train-00000.png")),
     responses(
         (status = 200, description = "the row: a tabular model's as JSON, an image model's image file as it is",
-            content((ReferenceRow = "application/json"), (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/webp"))),
+            content((ReferenceRow = "application/json"), (inline(super::openapi::Binary) = "image/png"), (inline(super::openapi::Binary) = "image/jpeg"), (inline(super::openapi::Binary) = "image/webp"))),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model or row, or a model without a reference set"),
     ))]
 pub async fn row(

@@ -47,10 +47,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit/records/{id}/overlay.png", get(audit::record_overlay))
         .route("/v1/audit/export", get(audit::export))
         .route("/v1/audit/verify", get(audit::verify))
-        .merge(
-            utoipa_swagger_ui::SwaggerUi::new("/docs")
-                .external_url_unchecked("/openapi.json", openapi::document_value(&state.methods)),
-        )
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").external_url_unchecked(
+            "/openapi.json",
+            openapi::document_value(&state.methods, crate::explain::Limits::from_config(&state.config)),
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))

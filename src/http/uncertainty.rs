@@ -158,13 +158,14 @@ pub fn validate(
     params(("model" = String, Path, description = "model name", example = "fashion-cnn"), UncertaintyQuery),
     request_body(content(
         (UncertaintyRequest = "application/json"),
-        (Vec<u8> = "image/png"),
-        (Vec<u8> = "image/jpeg"),
+        (inline(super::openapi::Binary) = "image/png"),
+        (inline(super::openapi::Binary) = "image/jpeg"),
         (Object = "multipart/form-data"),
     )),
     responses(
-        (status = 200, body = UncertaintyResponse, description = "the estimate"),
-        (status = 200, content_type = "image/png", body = Vec<u8>, description = "the explanation's spread (standard deviation over the samples) as a heat map over the image"),
+        (status = 200, description = "the estimate as JSON; or, as PNG, the explanation's spread (standard deviation \
+                                      over the samples) as a heat map over the image",
+            content((UncertaintyResponse = "application/json"), (inline(super::openapi::Binary) = "image/png"))),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, bad base64, corrupt image, unknown field, parameter out of range"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
         (status = 413, body = super::error::Problem, content_type = "application/problem+json", description = "body or image too large"),

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::executor::{JobContext, Task};
+use crate::explain::method::CONFIGURED_MAX_SAMPLES;
 use crate::explain::{Invalid, Limits};
 use crate::onnx::dropout::MaskSite;
 use crate::runtime::gradients::GradientCache;
@@ -65,9 +66,10 @@ pub enum Transforms {
 #[serde(deny_unknown_fields)]
 pub struct UncertaintyParams {
     /// mc-dropout: samples per input (default 20, at most `max_samples`).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub samples: Option<usize>,
     /// mc-dropout: dropout rate in [0, 1) (default: the model's own Dropout ratios, else 0.1).
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
     pub p: Option<f32>,
     /// mc-dropout: tensors to mask (default: the model's Dropout layers, else the input of its
     /// last linear layer).
@@ -78,6 +80,7 @@ pub struct UncertaintyParams {
     /// tta: `hflip` (default), `d4` or `multiscale`.
     pub transforms: Option<Transforms>,
     /// tta multiscale: zoom factors, each in [0.5, 2] (default [0.9, 1.0, 1.1]; at most 16).
+    #[schema(min_items = 1, max_items = 16, extensions(("x-minimum" = json!(0.5)), ("x-maximum" = json!(2.0))))]
     pub scales: Option<Vec<f32>>,
 }
 

@@ -44,14 +44,17 @@ use crate::runtime::LoadedModel;
     ),
     request_body(content(
         (ExplainRequest = "application/json"),
-        (Vec<u8> = "image/png"),
-        (Vec<u8> = "image/jpeg"),
+        (inline(super::openapi::Binary) = "image/png"),
+        (inline(super::openapi::Binary) = "image/jpeg"),
         (Object = "multipart/form-data"),
     )),
     responses(
-        (status = 200, body = ExplainResponse, description = "the explanation (JSON)"),
-        (status = 200, content_type = "image/png", body = Vec<u8>, description = "the heat map over the image"),
-        (status = 200, content_type = "text/html", body = String, description = "`format=html`: a decision's rule or counterfactuals as an HTML fragment (anchors, counterfactual)"),
+        // One 200 with each content type: utoipa keeps only the last of several `status = 200`.
+        (status = 200, description = "the explanation: JSON (the default); the heat map over the image, a tabular \
+                                      model's bar chart or a decision as text, as PNG (`format=png` or \
+                                      `Accept: image/png`); or an HTML fragment of a decision's rule or \
+                                      counterfactuals or of a text's highlighted words (`format=html`)",
+            content((ExplainResponse = "application/json"), (inline(super::openapi::Binary) = "image/png"), (String = "text/html"))),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, unknown or out-of-range parameter, corrupt image"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
         (status = 408, body = super::error::Problem, content_type = "application/problem+json", description = "the body did not arrive within body_read_timeout_ms"),

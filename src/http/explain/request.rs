@@ -53,7 +53,7 @@ pub struct ExplainRequest {
     /// A class index, a label, a list of them, or `{"top_k": k}`; default: the top-1 prediction.
     pub target: Option<TargetSpec>,
     /// The method's parameters (see each method's schema); unknown names are refused.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub params: Option<serde_json::Value>,
     /// Seed of the random methods (SmoothGrad); drawn and echoed when absent.
     pub seed: Option<u64>,
