@@ -12,6 +12,7 @@ pub mod executor;
 pub mod explain;
 pub mod http;
 pub mod onnx;
+pub mod pixels;
 pub mod render;
 pub mod runtime;
 pub mod telemetry;

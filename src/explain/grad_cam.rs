@@ -267,7 +267,7 @@ pub(super) fn cams(
 
 /// Bilinear resize of a `[h, w]` map.
 pub fn upsample(map: &[f32], w: usize, h: usize, to_w: usize, to_h: usize) -> Tensor {
-    Tensor::f32(vec![to_h, to_w], crate::runtime::resample::map(map, w, h, to_w, to_h))
+    Tensor::f32(vec![to_h, to_w], crate::pixels::resample::map(map, w, h, to_w, to_h))
 }
 
 fn explain(

@@ -11,10 +11,10 @@ use super::error::{model_not_found, ApiError};
 use super::AppState;
 use crate::explain::method::{check_applicable, PlanContext};
 use crate::explain::Limits;
-use crate::onnx::ModelSummary;
 use crate::runtime::gradients::GradientReport;
 use crate::runtime::manifest::ModelSpec;
 use crate::runtime::LoadedModel;
+use crate::runtime::ModelSummary;
 use crate::uncertainty::Source;
 
 /// A loaded model: its manifest, resolved, and its ONNX interface.

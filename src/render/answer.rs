@@ -6,7 +6,7 @@
 use image::RgbImage;
 
 use super::{bar_chart, overlay, png, side_by_side, Bar, RenderOptions};
-use crate::runtime::preprocess::Geometry;
+use crate::pixels::Geometry;
 
 /// Bars drawn in a tabular explanation's chart.
 const CHART_BARS: usize = 12;
@@ -39,7 +39,7 @@ pub fn map_on_image(
             original.clone()
         } else {
             let whole = (0, 0, original.width(), original.height());
-            crate::runtime::resample::rgb(original, whole, ow, oh, crate::runtime::resample::Filter::Bilinear)
+            crate::pixels::resample::rgb(original, whole, ow, oh, crate::pixels::resample::Filter::Bilinear)
         };
         overlay(&background, &values, options)
     });

@@ -125,6 +125,14 @@ impl GradientCache {
         self.builds.load(Ordering::SeqCst)
     }
 
+    /// How many weighted layers (Conv, Gemm, MatMul with weights) the model has: what the
+    /// randomisation check can randomise; 0 when the model cannot be prepared.
+    pub fn weighted_layer_count(&self, model: &LoadedModel) -> usize {
+        self.prepared(model)
+            .map(|p| crate::onnx::randomize::weighted_layers(&p.0).len())
+            .unwrap_or(0)
+    }
+
     /// The model prepared for differentiation and its probed shapes (computed once per model).
     pub fn prepared(&self, model: &LoadedModel) -> Result<Arc<(ModelProto, ShapeMap)>, String> {
         if let Some(p) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).get(&model.name) {

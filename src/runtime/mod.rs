@@ -12,12 +12,13 @@ pub mod memory;
 pub mod predict;
 pub mod preprocess;
 pub mod registry;
-pub mod resample;
 pub mod sessions;
 pub mod shapes;
 pub mod tensor;
 pub mod text;
 
+// The graph's interface, as a loaded model describes it.
+pub use crate::onnx::ModelSummary;
 pub use registry::{LoadedModel, Registry};
 pub use sessions::WorkerRuntime;
 pub use tensor::Tensor;

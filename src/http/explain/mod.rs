@@ -232,11 +232,7 @@ fn check_randomization(
         let crate::eval::ValidMetric::Randomization { layers } = metric else {
             continue;
         };
-        let weighted = state
-            .gradients
-            .prepared(model)
-            .map(|p| crate::onnx::randomize::weighted_layers(&p.0).len())
-            .unwrap_or(0);
+        let weighted = state.gradients.weighted_layer_count(model);
         if weighted == 0 {
             return Err(crate::explain::Invalid::Unsupported(format!(
                 "model `{}` has no Conv, Gemm or MatMul weights to randomise",
