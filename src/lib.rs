@@ -18,6 +18,9 @@ pub mod runtime;
 pub mod telemetry;
 pub mod uncertainty;
 
+#[cfg(test)]
+mod layering;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
