@@ -141,15 +141,35 @@ async fn every_method_puts_the_attribution_where_the_model_looks() {
     let http = reqwest::Client::new();
     let (png, _) = noise_png(SIDE as u32, 1);
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
-    use explaind::explain::{Inputs, Passes};
+    use explaind::explain::Passes;
     let methods = explaind::explain::Methods::standard();
-    // Example-based methods answer reference rows (tests/reference.rs); the attention methods
-    // explain vision transformers (tests/attention.rs) and refuse this CNN.
-    let attributing = methods.iter().filter(|m| {
-        m.capabilities().inputs != Inputs::Tabular
-            && !m.capabilities().examples
-            && !["attention-rollout", "transformer-relevance"].contains(&m.name())
-    });
+    // The methods the model's page lists as applicable (the attention methods explain
+    // transformers, tests/attention.rs, and are not listed for this CNN), less those answering
+    // reference rows rather than an attribution (tests/reference.rs).
+    let info: Value = http
+        .get(url(&s, "/v1/models/region"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let applicable: Vec<&str> = info["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(applicable.len() >= 15, "{info}");
+    let attributing = methods
+        .iter()
+        .filter(|m| applicable.contains(&m.name()) && !m.capabilities().examples)
+        .collect::<Vec<_>>();
+    assert!(
+        attributing.len() >= 17,
+        "only {} methods apply to the region model",
+        attributing.len()
+    );
     for method in attributing {
         let caps = method.capabilities();
         let cam = caps.layer;
