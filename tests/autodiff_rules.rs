@@ -1,12 +1,39 @@
 //! Every gradient rule against central finite differences: a one-operator (or few-operator) graph
 //! built with explaind's graph builder, the backward graph built from it, both run by ONNX Runtime.
-//! Inputs for non-smooth operators are spaced away from kinks and ties.
+//! Inputs for non-smooth operators are spaced away from kinks and ties. A test holds the rule
+//! tables against the cases: every registered rule must have one.
 
 mod common;
 
-use common::gradcheck::{check_gradient, Check};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
+use common::gradcheck::{check_gradient, runner, Check};
 use common::Rng;
+use explaind::onnx::autodiff::analysis::Path;
+use explaind::onnx::autodiff::{prepare_forward, RuleSet, RuleTable};
 use explaind::onnx::builder::{Attr, GraphBuilder};
+use explaind::onnx::node::{domain, op_type};
+use explaind::onnx::proto::ModelProto;
+use explaind::runtime::shapes::probe_shapes;
+
+/// (domain, operator) pairs.
+type Ops = BTreeSet<(String, String)>;
+
+/// What the passing checks on one thread covered.
+#[derive(Default)]
+struct Covered {
+    /// Nodes the backward build ran a rule on.
+    differentiated: Ops,
+    /// Nodes on the differentiable path as the cases wrote them, before the build's rewrites.
+    written: Ops,
+}
+
+thread_local! {
+    /// Set by the coverage test only, so that the other tests skip the graph analysis. Each test
+    /// runs on its own thread: the coverage test sees only the cases it ran itself.
+    static COVERED: RefCell<Option<Covered>> = const { RefCell::new(None) };
+}
 
 /// Builds `x -> build(x) -> y` at `opset` and checks the gradient at `x`.
 fn case(
@@ -24,7 +51,33 @@ fn case(
     g.rename_last_output("y");
     let _ = out;
     g.output_any("y");
-    check_gradient(label, &g.build(), "x", dims, &x, "y", check);
+    let model = g.build();
+    check_gradient(label, &model, "x", dims, &x, "y", check);
+    if COVERED.with(|c| c.borrow().is_none()) {
+        return;
+    }
+    // The build runs its rules on the prepared graph (opset raised, Dropout made Identity).
+    let prepared = prepare_forward(&model).unwrap_or_else(|e| panic!("{label}: prepare failed: {e}"));
+    let (differentiated, written) = (path_ops(&prepared, dims), path_ops(&model, dims));
+    COVERED.with(|c| {
+        if let Some(c) = c.borrow_mut().as_mut() {
+            c.differentiated.extend(differentiated);
+            c.written.extend(written);
+        }
+    });
+}
+
+/// (domain, operator) of the nodes on `model`'s differentiable path from `x` to `y`, found as the
+/// backward build finds them: read from the graph, so a case cannot claim an operator it does not
+/// differentiate (one off the path, or only in shape arithmetic).
+fn path_ops(model: &ModelProto, dims: &[usize]) -> Ops {
+    let shapes = probe_shapes(&runner(), model, "x", dims).unwrap_or_else(|e| panic!("probe failed: {e}"));
+    let graph = model.graph.as_ref().expect("a built model has a graph");
+    let path = Path::find(graph, "x", &["y".to_string()], &shapes);
+    path.nodes
+        .iter()
+        .map(|&i| (domain(&graph.node[i]).to_string(), op_type(&graph.node[i]).to_string()))
+        .collect()
 }
 
 fn smooth(dims: &[usize], seed: u64) -> Vec<f32> {
@@ -1013,5 +1066,105 @@ fn max_pool_ties_go_to_the_first_maximum_as_in_pytorch() {
         ];
         let (_, grad) = common::gradcheck::run_output(&mut session, &feeds, &bw.input_grad);
         assert_eq!(grad, expected, "{label}");
+    }
+}
+
+/// Every group of finite-difference cases above. A group missing here makes the coverage test
+/// fail for the operators only it covers, never pass for them.
+const GROUPS: &[fn()] = &[
+    arithmetic_with_broadcasting,
+    unary_math,
+    activations,
+    softmax_both_axis_semantics,
+    convolutions,
+    gemm_and_matmul,
+    pooling,
+    normalizations,
+    reductions,
+    shape_operators,
+    pad_modes,
+    resize_modes,
+];
+
+/// Registered exact rules no build runs, so no finite-difference case can reach them: (domain,
+/// operator, why). Each must stay so: the coverage test fails when a case differentiates one, when
+/// no case writes one, or when its rule is gone.
+const NEVER_RUN: &[(&str, &str, &str)] = &[(
+    "",
+    "Dropout",
+    "prepare_forward turns inference Dropout into Identity (and refuses training mode) before any \
+     rule runs; `where-identity-dropout-cast` checks the gradient through a Dropout it writes, by \
+     the Identity rule",
+)];
+
+/// Every (domain, operator) with an exact-gradient rule has a finite-difference case, read from the
+/// graphs of the cases that passed (they run again here: about a second in all).
+///
+/// The alternative tables ([`RuleSet::families`]) do not compute gradients, so finite differences
+/// cannot check what they change; other properties do: guided backpropagation's ReLU by its closed
+/// form on an MLP (tests/autodiff_models.rs) and the randomisation check (tests/eval.rs); DeepLIFT's
+/// rescale rules by their closed form on a tanh network, completeness through every rescaled
+/// nonlinearity and Captum's max-pool ties (tests/deeplift.rs); each LRP composite by its dense
+/// form on a convolutional network, batch-norm folding and conservation (tests/lrp.rs). The rules
+/// they keep from the exact table are the ones checked here, so each of their operators must have
+/// an exact rule too.
+#[test]
+fn every_registered_rule_has_a_finite_difference_case() {
+    COVERED.with(|c| *c.borrow_mut() = Some(Covered::default()));
+    for group in GROUPS {
+        group();
+    }
+    let covered = COVERED.with(|c| c.take()).expect("set above");
+    let standard = RuleTable::standard().operators();
+    let key = |(d, o): (&str, &str)| (d.to_string(), o.to_string());
+    let name = |(d, o): (&str, &str)| {
+        if d.is_empty() {
+            o.to_string()
+        } else {
+            format!("{d}::{o}")
+        }
+    };
+    let never_run = |op: &(&str, &str)| NEVER_RUN.iter().any(|(d, o, _)| (*d, *o) == *op);
+    let missing: Vec<String> = standard
+        .iter()
+        .filter(|&&op| !covered.differentiated.contains(&key(op)) && !never_run(&op))
+        .map(|&op| name(op))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "gradient rules without a finite-difference case (add a `case` whose graph differentiates them): {}",
+        missing.join(", ")
+    );
+    for &(d, o, why) in NEVER_RUN {
+        let op = (d, o);
+        assert!(
+            standard.contains(&op),
+            "{}: listed as never run, but has no rule",
+            name(op)
+        );
+        assert!(
+            !covered.differentiated.contains(&key(op)),
+            "{}: listed as never run ({why}), but a case's build runs its rule: take it off the list",
+            name(op)
+        );
+        assert!(
+            covered.written.contains(&key(op)),
+            "{}: listed as never run ({why}), but no case writes it",
+            name(op)
+        );
+    }
+    for set in RuleSet::families() {
+        let only_here: Vec<String> = RuleTable::for_set(set)
+            .operators()
+            .into_iter()
+            .filter(|op| !standard.contains(op))
+            .map(name)
+            .collect();
+        assert!(
+            only_here.is_empty(),
+            "the {} table has rules for operators with no exact rule, so no finite-difference case: {}",
+            set.family(),
+            only_here.join(", ")
+        );
     }
 }

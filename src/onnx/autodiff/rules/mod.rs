@@ -194,19 +194,9 @@ impl RuleTable {
             .map(|(_, r)| *r)
     }
 
-    /// Operators with a rule, sorted.
-    pub fn operators(&self) -> Vec<String> {
-        let mut ops: Vec<String> = self
-            .rules
-            .keys()
-            .map(|(d, o)| {
-                if d.is_empty() {
-                    o.to_string()
-                } else {
-                    format!("{d}::{o}")
-                }
-            })
-            .collect();
+    /// (domain, operator) of every rule, sorted: what tests hold against their finite-difference cases.
+    pub fn operators(&self) -> Vec<(&'static str, &'static str)> {
+        let mut ops: Vec<_> = self.rules.keys().copied().collect();
         ops.sort();
         ops
     }
