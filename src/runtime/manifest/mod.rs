@@ -1,0 +1,312 @@
+//! `model.toml`: how to feed a model and read its answer. What the manifest leaves out is read from
+//! the ONNX graph; what cannot be read and is missing is an error naming the file and field.
+//!
+//! This module reads the top level (task, input, output, scores, labels) and composes the
+//! readers of the sections, one module each: `[image]`, `[tabular]` (with the counterfactual
+//! constraints), `[text]` and `[reference]`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::onnx::{Dim, ModelSummary, TensorInfo};
+
+mod image;
+mod reference;
+mod tabular;
+mod text;
+
+pub use image::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter};
+pub use reference::{Checkpoint, ReferenceSpec};
+pub use tabular::{Constraints, Direction, TabularSpec};
+pub use text::{TextManifest, TextSpec, MAX_TEXT_TOKENS};
+
+/// The manifest file as written by a user.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    task: Option<Task>,
+    description: Option<String>,
+    input: Option<String>,
+    output: Option<String>,
+    scores: Option<ScoreKind>,
+    labels: Option<Vec<String>>,
+    labels_file: Option<String>,
+    image: Option<image::ImageManifest>,
+    tabular: Option<tabular::TabularManifest>,
+    text: Option<TextManifest>,
+    ensemble: Option<Vec<String>>,
+    reference: Option<ReferenceSpec>,
+}
+
+/// What kind of model this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Image in, class scores out.
+    ImageClassification,
+    /// Feature vector in, class scores out.
+    TabularClassification,
+    /// Feature vector in, one number out.
+    TabularRegression,
+    /// Text in (tokenized), class scores out.
+    TextClassification,
+}
+
+/// What the output tensor holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreKind {
+    /// Unnormalised scores; predictions report their softmax.
+    Logits,
+    /// Class probabilities, reported as they are.
+    Probabilities,
+    /// A regression value.
+    Raw,
+}
+
+/// Everything needed to feed a model and read its answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelSpec {
+    /// Model task.
+    pub task: Task,
+    /// Free text from the manifest.
+    pub description: Option<String>,
+    /// Name of the input tensor that takes the image or features.
+    pub input: String,
+    /// Name of the output tensor that holds the scores.
+    pub output: String,
+    /// What the output holds.
+    pub scores: ScoreKind,
+    /// Class labels, index order (one entry, the target's name, for regression).
+    pub labels: Vec<String>,
+    /// Image preprocessing (image tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSpec>,
+    /// Feature layout (tabular tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tabular: Option<TabularSpec>,
+    /// Tokenizer and inputs (text tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSpec>,
+    /// Other models that form an ensemble with this one (uncertainty `ensemble`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ensemble: Vec<String>,
+    /// The labelled reference set (`[reference]`) for similar examples and influence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ReferenceSpec>,
+}
+
+/// A manifest or model that does not fit together; the message names file and field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {message}")]
+pub struct ManifestError {
+    /// The file at fault.
+    pub file: String,
+    /// The field at fault.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Makes the error for one field of the manifest being resolved; every section's reader gets one.
+type FieldError<'a> = dyn Fn(&str, String) -> ManifestError + 'a;
+
+impl Manifest {
+    /// The task the manifest declares.
+    pub fn task(&self) -> Option<Task> {
+        self.task
+    }
+
+    /// The `[text]` section (an empty one when absent).
+    pub fn text(&self) -> TextManifest {
+        self.text.clone().unwrap_or_default()
+    }
+
+    /// Parses `model.toml`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| ManifestError {
+            file: path.display().to_string(),
+            field: "(parse)".into(),
+            // toml's message names the key, line and column.
+            message: e.to_string().replace('\n', " "),
+        })
+    }
+
+    /// Completes the manifest from the model's graph: the top level first, then the section the
+    /// task reads (the registry fills in `[text]`'s, as it cuts the graph), then `[reference]`.
+    pub fn resolve(self, manifest_path: &Path, summary: &ModelSummary) -> Result<ModelSpec, ManifestError> {
+        let err = |field: &str, message: String| ManifestError {
+            file: manifest_path.display().to_string(),
+            field: field.to_string(),
+            message,
+        };
+        let task = self.task.ok_or_else(|| {
+            err(
+                "task",
+                "missing: one of image-classification, tabular-classification, tabular-regression, \
+                 text-classification"
+                    .into(),
+            )
+        })?;
+        if task != Task::TextClassification && self.text.is_some() {
+            return Err(err(
+                "text",
+                "only text-classification models take a [text] section".into(),
+            ));
+        }
+        let input = float_tensor(
+            &summary.inputs,
+            self.input.as_deref(),
+            "input",
+            "explaind feeds float32 inputs",
+            &err,
+        )?;
+        let output = float_tensor(
+            &summary.outputs,
+            self.output.as_deref(),
+            "output",
+            "scores must be float32",
+            &err,
+        )?;
+        let scores = self.scores.unwrap_or(match task {
+            Task::TabularRegression => ScoreKind::Raw,
+            _ => ScoreKind::Logits,
+        });
+        let labels = read_labels(self.labels, self.labels_file, manifest_path, &err)?;
+        let labels = complete_labels(labels, task, output, &err)?;
+        let (image, tabular) = match task {
+            Task::TextClassification => (None, None),
+            Task::ImageClassification => {
+                let section = self.image.unwrap_or_default();
+                (Some(image::resolve(section, input, &err)?), None)
+            }
+            Task::TabularClassification | Task::TabularRegression => {
+                let section = self.tabular.unwrap_or_default();
+                (None, Some(tabular::resolve(section, task, input, output, &err)?))
+            }
+        };
+        Ok(ModelSpec {
+            task,
+            description: self.description,
+            input: input.name.clone(),
+            output: output.name.clone(),
+            scores,
+            labels,
+            image,
+            tabular,
+            text: None,
+            ensemble: self.ensemble.unwrap_or_default(),
+            reference: self.reference.map(|r| reference::check(r, task, &err)).transpose()?,
+        })
+    }
+}
+
+/// The tensor `field` names, or the one [`pick`] finds; it must hold float32 (`why` says so).
+fn float_tensor<'a>(
+    tensors: &'a [TensorInfo],
+    name: Option<&str>,
+    field: &str,
+    why: &str,
+    err: &FieldError,
+) -> Result<&'a TensorInfo, ManifestError> {
+    let tensor = pick(tensors, name, |t| t.dtype == "float32").map_err(|m| err(field, m))?;
+    if tensor.dtype != "float32" {
+        return Err(err(
+            field,
+            format!("tensor `{}` is {}, {why}", tensor.name, tensor.dtype),
+        ));
+    }
+    Ok(tensor)
+}
+
+/// The labels as written: inline, or one per non-blank line of `labels_file` (next to the
+/// manifest); empty when neither is given.
+fn read_labels(
+    labels: Option<Vec<String>>,
+    labels_file: Option<String>,
+    manifest_path: &Path,
+    err: &FieldError,
+) -> Result<Vec<String>, ManifestError> {
+    match (labels, labels_file) {
+        (Some(_), Some(_)) => Err(err("labels", "give `labels` or `labels_file`, not both".into())),
+        (Some(l), None) => Ok(l),
+        (None, Some(file)) => {
+            let path = manifest_path.with_file_name(&file);
+            Ok(std::fs::read_to_string(&path)
+                .map_err(|e| err("labels_file", format!("cannot read {}: {e}", path.display())))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect())
+        }
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// One label per class: a regression's one value is `value` unless named; a classifier's labels
+/// default to `class_0`, `class_1`, ... and must match the output's class count where the graph
+/// fixes it.
+fn complete_labels(
+    mut labels: Vec<String>,
+    task: Task,
+    output: &TensorInfo,
+    err: &FieldError,
+) -> Result<Vec<String>, ManifestError> {
+    let classes = class_count(output);
+    if task == Task::TabularRegression {
+        if labels.is_empty() {
+            labels.push("value".into());
+        }
+    } else if labels.is_empty() {
+        let n = classes.ok_or_else(|| {
+            err(
+                "labels",
+                "missing, and the output's class count is not fixed in the graph".into(),
+            )
+        })?;
+        labels = (0..n).map(|i| format!("class_{i}")).collect();
+    } else if let Some(n) = classes.filter(|n| *n != labels.len()) {
+        return Err(err(
+            "labels",
+            format!("{} labels, but output `{}` has {n} classes", labels.len(), output.name),
+        ));
+    }
+    Ok(labels)
+}
+
+/// The output's last axis when the graph fixes it: the class count.
+fn class_count(output: &TensorInfo) -> Option<usize> {
+    output.shape.as_ref().and_then(|s| s.last()).and_then(Dim::fixed)
+}
+
+/// Picks the named tensor, or the only one matching `preferred`, or the only one.
+fn pick<'a>(
+    tensors: &'a [TensorInfo],
+    name: Option<&str>,
+    preferred: impl Fn(&TensorInfo) -> bool,
+) -> Result<&'a TensorInfo, String> {
+    let names = || {
+        tensors
+            .iter()
+            .map(|t| format!("`{}`", t.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(name) = name {
+        return tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| format!("no tensor `{name}` in the graph (it has {})", names()));
+    }
+    if tensors.len() == 1 {
+        return Ok(&tensors[0]);
+    }
+    let matching: Vec<_> = tensors.iter().filter(|t| preferred(t)).collect();
+    match matching.as_slice() {
+        [one] => Ok(one),
+        _ => Err(format!("the graph has several ({}): name one", names())),
+    }
+}

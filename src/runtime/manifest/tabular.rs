@@ -1,0 +1,263 @@
+//! `[tabular]`: feature names, background data and the counterfactual constraints, which a request
+//! may tighten but never relax.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{FieldError, ManifestError, Task};
+use crate::onnx::{Dim, TensorInfo};
+
+/// The `[tabular]` section as written.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TabularManifest {
+    features: Option<Vec<String>>,
+    background: Option<String>,
+    constraints: Option<Constraints>,
+}
+
+/// Input of a tabular model, resolved.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TabularSpec {
+    /// Feature names in input order.
+    pub features: Vec<String>,
+    /// Background data file (CSV) next to the model, when one is named.
+    pub background: Option<String>,
+    /// What counterfactuals may change (`[tabular.constraints]`).
+    pub constraints: Constraints,
+}
+
+/// Completes the `[tabular]` section from the graph: the input must be 2-D, a regression output
+/// one value per row, and the feature names (`f0`, `f1`, ... by default) one per input column.
+pub(super) fn resolve(
+    m: TabularManifest,
+    task: Task,
+    input: &TensorInfo,
+    output: &TensorInfo,
+    err: &FieldError,
+) -> Result<TabularSpec, ManifestError> {
+    let input_shape: &[Dim] = input.shape.as_deref().unwrap_or_default();
+    if !input_shape.is_empty() && input_shape.len() != 2 {
+        return Err(err(
+            "input",
+            format!(
+                "a tabular input must be 2-D [batch, features]; `{}` has {} dimensions",
+                input.name,
+                input_shape.len()
+            ),
+        ));
+    }
+    let classes = super::class_count(output);
+    if task == Task::TabularRegression && classes.is_some_and(|n| n != 1) {
+        return Err(err(
+            "output",
+            format!(
+                "a regression output holds one value per row; `{}` holds {}",
+                output.name,
+                classes.unwrap_or(0)
+            ),
+        ));
+    }
+    let count = input_shape.get(1).and_then(Dim::fixed);
+    let features = match (m.features, count) {
+        (Some(f), Some(n)) if f.len() != n => {
+            return Err(err(
+                "tabular.features",
+                format!("{} names, but input `{}` takes {n} features", f.len(), input.name),
+            ))
+        }
+        (Some(f), _) => f,
+        (None, Some(n)) => (0..n).map(|i| format!("f{i}")).collect(),
+        (None, None) => {
+            return Err(err(
+                "tabular.features",
+                "missing, and the input's feature count is not fixed in the graph".into(),
+            ))
+        }
+    };
+    let constraints = m.constraints.unwrap_or_default();
+    constraints
+        .check(&features)
+        .map_err(|why| err("tabular.constraints", why))?;
+    Ok(TabularSpec {
+        features,
+        background: m.background,
+        constraints,
+    })
+}
+
+/// What a counterfactual may change, by feature name: declared under `[tabular.constraints]` in
+/// the manifest, and added to per request.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Constraints {
+    /// Features that must not change (age, a protected attribute).
+    pub immutable: Vec<String>,
+    /// Features that take whole numbers (counts).
+    pub integer: Vec<String>,
+    /// Features that may only go one way (`increase` or `decrease`).
+    pub monotone: BTreeMap<String, Direction>,
+    /// Lowest value per feature.
+    pub min: BTreeMap<String, f64>,
+    /// Highest value per feature.
+    pub max: BTreeMap<String, f64>,
+    /// Cost of a unit change per feature (multiplies the scaled distance; default 1).
+    pub costs: BTreeMap<String, f64>,
+}
+
+/// The one way a monotone feature may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Increase,
+    Decrease,
+}
+
+impl Direction {
+    /// The name requests and manifests use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Increase => "increase",
+            Direction::Decrease => "decrease",
+        }
+    }
+}
+
+impl Constraints {
+    /// Checks every name against `features` and every bound and cost: the message names each
+    /// unknown feature and each min above its max.
+    pub fn check(&self, features: &[String]) -> Result<(), String> {
+        let known = |f: &String| features.contains(f);
+        let mut unknown: Vec<&str> = self
+            .immutable
+            .iter()
+            .chain(&self.integer)
+            .chain(self.monotone.keys())
+            .chain(self.min.keys())
+            .chain(self.max.keys())
+            .chain(self.costs.keys())
+            .filter(|f| !known(f))
+            .map(String::as_str)
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            let more = unknown.len().saturating_sub(20);
+            let mut shown: Vec<String> = unknown.iter().take(20).map(|f| f.chars().take(100).collect()).collect();
+            if more > 0 {
+                shown.push(format!("and {more} more"));
+            }
+            return Err(format!("unknown features: {}", shown.join(", ")));
+        }
+        let mut problems = Vec::new();
+        for (f, lo) in &self.min {
+            if let Some(hi) = self.max.get(f).filter(|hi| lo > *hi) {
+                problems.push(format!("`{f}`: min {lo} is above max {hi}"));
+            }
+        }
+        for (what, map) in [("min", &self.min), ("max", &self.max)] {
+            for (f, v) in map.iter().filter(|(_, v)| !v.is_finite()) {
+                problems.push(format!("`{f}`: {what} {v} is not a finite number"));
+            }
+        }
+        for (f, c) in self
+            .costs
+            .iter()
+            .filter(|(_, c)| !(c.is_finite() && **c > 0.0 && **c <= 1e6))
+        {
+            problems.push(format!("`{f}`: cost {c} must be above 0 and at most 1e6"));
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(problems.join("; ")),
+        }
+    }
+
+    /// The constraints in force when a request asks for `more` on top of these (the manifest's):
+    /// the manifest's are policy, so a request may add constraints or tighten them, never relax
+    /// one. Immutable and integer features are united; a monotone direction may be added or
+    /// repeated, not flipped; a min may only rise and a max only fall, and not past each other.
+    /// Costs are preferences, not policy: the request's replace the manifest's. The error names
+    /// every feature and constraint the request would relax.
+    pub fn tightened(&self, more: &Constraints) -> Result<Constraints, String> {
+        let mut out = self.clone();
+        let mut relaxed = Vec::new();
+        for (list, add) in [(&mut out.immutable, &more.immutable), (&mut out.integer, &more.integer)] {
+            for f in add {
+                if !list.contains(f) {
+                    list.push(f.clone());
+                }
+            }
+        }
+        for (f, d) in &more.monotone {
+            match self.monotone.get(f) {
+                Some(policy) if policy != d => relaxed.push(format!(
+                    "`{f}`: monotone `{}` would flip the manifest's `{}`",
+                    d.name(),
+                    policy.name()
+                )),
+                _ => {
+                    out.monotone.insert(f.clone(), *d);
+                }
+            }
+        }
+        for (f, v) in &more.min {
+            match self.min.get(f) {
+                Some(policy) if v < policy => {
+                    relaxed.push(format!("`{f}`: min {v} is below the manifest's min {policy}"))
+                }
+                _ => {
+                    out.min.insert(f.clone(), *v);
+                }
+            }
+        }
+        for (f, v) in &more.max {
+            match self.max.get(f) {
+                Some(policy) if v > policy => {
+                    relaxed.push(format!("`{f}`: max {v} is above the manifest's max {policy}"))
+                }
+                _ => {
+                    out.max.insert(f.clone(), *v);
+                }
+            }
+        }
+        // A bound the request tightened past the manifest's other bound leaves no value.
+        for (f, lo) in &out.min {
+            if let Some(hi) = out.max.get(f).filter(|hi| lo > *hi) {
+                relaxed.push(format!(
+                    "`{f}`: min {lo} is above max {hi} (the request's and the manifest's together)"
+                ));
+            }
+        }
+        out.costs.extend(more.costs.clone());
+        match relaxed.is_empty() {
+            true => Ok(out),
+            false => Err(format!(
+                "{}; the manifest's constraints are policy: a request may add or tighten them, not relax them",
+                relaxed.join("; ")
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraints_in_force_are_a_fixed_point_of_tightening() {
+        let policy: Constraints = toml::from_str(
+            "immutable = [\"a\"]\nmonotone = { b = \"decrease\" }\nmin = { c = 0.0 }\nmax = { c = 9.0 }",
+        )
+        .unwrap();
+        let request: Constraints =
+            toml::from_str("immutable = [\"a\", \"d\"]\nmin = { c = 1.0 }\ncosts = { b = 2.0 }").unwrap();
+        let in_force = policy.tightened(&request).unwrap();
+        assert_eq!(in_force.immutable, ["a", "d"], "united, once each");
+        assert_eq!((in_force.min["c"], in_force.max["c"]), (1.0, 9.0));
+        // A plan run again on the echoed constraints (a job re-checked elsewhere) changes nothing.
+        assert_eq!(policy.tightened(&in_force).unwrap(), in_force);
+    }
+}

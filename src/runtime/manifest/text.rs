@@ -1,0 +1,130 @@
+//! `[text]`: the tokenizer and the graph inputs that take token ids, mask and type ids. The
+//! registry reads this section before the rest, to cut the graph at its word embedding.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::onnx::TensorInfo;
+
+/// `[text]`: how a text model's input is tokenized and fed.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TextManifest {
+    /// A Hugging Face `tokenizer.json`, next to the manifest.
+    pub tokenizer: Option<String>,
+    /// Tokens per input at most (default 128); longer texts are truncated.
+    pub max_length: Option<usize>,
+    /// The graph input that takes token ids (default `input_ids`, or the only integer input).
+    pub input_ids: Option<String>,
+    /// The graph input that takes the attention mask (default `attention_mask` when present).
+    pub attention_mask: Option<String>,
+    /// The graph input that takes token type ids (default `token_type_ids` when present).
+    pub token_type_ids: Option<String>,
+    /// The token that hides a word for occlusion, LIME and KernelSHAP (default `[MASK]` /
+    /// `<mask>`, else the pad token).
+    pub hide_token: Option<String>,
+    /// Integrated Gradients' baseline token (default the pad token).
+    pub baseline_token: Option<String>,
+}
+
+/// Longest `text.max_length` accepted.
+pub const MAX_TEXT_TOKENS: usize = 4096;
+
+impl TextManifest {
+    /// The graph inputs for ids, mask and type ids, read from `inputs` (the original graph's)
+    /// where the manifest names none; every other input is an error.
+    pub fn inputs(&self, inputs: &[TensorInfo]) -> Result<crate::onnx::embedding::TextInputs, String> {
+        let has = |n: &str| inputs.iter().any(|t| t.name == n);
+        let ids = match &self.input_ids {
+            Some(n) => n.clone(),
+            None if has("input_ids") => "input_ids".into(),
+            None => {
+                let ints: Vec<&TensorInfo> = inputs.iter().filter(|t| t.dtype.starts_with("int")).collect();
+                match ints.as_slice() {
+                    [one] => one.name.clone(),
+                    _ => return Err("text.input_ids: no input named `input_ids`: name the token-id input".into()),
+                }
+            }
+        };
+        let optional =
+            |given: &Option<String>, default: &str| given.clone().or_else(|| has(default).then(|| default.to_string()));
+        let mask = optional(&self.attention_mask, "attention_mask");
+        let types = optional(&self.token_type_ids, "token_type_ids");
+        let named = [
+            ("input_ids", Some(&ids)),
+            ("attention_mask", mask.as_ref()),
+            ("token_type_ids", types.as_ref()),
+        ];
+        for (field, name) in named {
+            if let Some(name) = name.filter(|n| !has(n)) {
+                let names: Vec<&str> = inputs.iter().map(|t| t.name.as_str()).collect();
+                return Err(format!(
+                    "text.{field}: no graph input `{name}` (inputs: {})",
+                    names.join(", ")
+                ));
+            }
+        }
+        let known: Vec<&String> = std::iter::once(&ids).chain(&mask).chain(&types).collect();
+        let other: Vec<&str> = inputs
+            .iter()
+            .filter(|t| !known.contains(&&t.name))
+            .map(|t| t.name.as_str())
+            .collect();
+        if !other.is_empty() {
+            return Err(format!(
+                "text: the graph takes inputs explaind does not know how to feed: {} (it feeds token ids, an \
+                 attention mask and token type ids)",
+                other.join(", ")
+            ));
+        }
+        Ok(crate::onnx::embedding::TextInputs { ids, mask, types })
+    }
+
+    /// The tokenizer options, checked.
+    pub fn options(&self) -> Result<crate::runtime::text::TextOptions, String> {
+        let max_length = self.max_length.unwrap_or(128);
+        if !(2..=MAX_TEXT_TOKENS).contains(&max_length) {
+            return Err(format!(
+                "text.max_length must be between 2 and {MAX_TEXT_TOKENS}, got {max_length}"
+            ));
+        }
+        Ok(crate::runtime::text::TextOptions {
+            tokenizer: self
+                .tokenizer
+                .clone()
+                .ok_or("text.tokenizer: missing (a tokenizer.json file)")?,
+            max_length,
+            hide_token: self.hide_token.clone(),
+            baseline_token: self.baseline_token.clone(),
+        })
+    }
+}
+
+/// Input of a text model, resolved.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TextSpec {
+    /// The tokenizer file.
+    pub tokenizer: String,
+    /// Tokens per input at most; longer texts are truncated (the answer says so).
+    pub max_length: usize,
+    /// The graph input fed token ids (the graph is cut after their embedding lookup).
+    pub input_ids: String,
+    /// The graph input fed the attention mask (all ones: one unpadded text per row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_mask: Option<String>,
+    /// The graph input fed token type ids (zeros).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type_ids: Option<String>,
+    /// The word-embedding lookup (Gather) the graph is cut at, where gradients start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<String>,
+    /// Values per token the methods see (the embedding size; 1 when no lookup was found).
+    pub embedding_size: usize,
+    /// Why gradient methods cannot explain this model (no embedding lookup), when they cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gradients_refused: Option<String>,
+    /// The token that hides a word (occlusion, LIME, KernelSHAP).
+    pub hide_token: crate::runtime::text::SpecialToken,
+    /// Integrated Gradients' baseline token.
+    pub baseline_token: crate::runtime::text::SpecialToken,
+}
