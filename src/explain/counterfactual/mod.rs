@@ -37,7 +37,7 @@ use crate::runtime::predict::{decided, probabilities, Prediction};
 use crate::runtime::preprocess::InputError;
 use crate::runtime::{LoadedModel, RuntimeError};
 use gradient::gradient_candidates;
-use select::{checked, sparsify};
+use select::{checked, diversity, sparsify, Found};
 use space::Space;
 use trees::{favouring_leaves, tree_candidates};
 
@@ -131,6 +131,81 @@ impl Default for CounterfactualParams {
     }
 }
 
+impl CounterfactualParams {
+    /// Every number within its documented bounds.
+    fn check_bounds(&self) -> Result<(), Invalid> {
+        check_range("count", self.count, 1, 10)?;
+        check_range("steps", self.steps, 1, 5000)?;
+        for (name, v, hi) in [
+            ("epsilon", self.epsilon, 10.0),
+            ("learning_rate", self.learning_rate, 10.0),
+            ("distance_weight", self.distance_weight, 100.0),
+            ("margin", self.margin, 100.0),
+            ("diversity_weight", self.diversity_weight, 100.0),
+        ] {
+            if !(v.is_finite() && (0.0..=hi).contains(&v)) {
+                return Err(Invalid::Request(format!("params.{name}: {v} is not in [0, {hi}]")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The search asked for, or the one `model` suggests: `trees` on an ensemble explaind can
+    /// read, else `gradient`; refused when a tree search cannot reach `target_class`.
+    fn resolve_search(&self, model: &LoadedModel) -> Result<Search, Invalid> {
+        let forest = model.forest().ok();
+        let search = match (self.search, &forest) {
+            (Some(Search::Trees), None) => {
+                return Err(Invalid::Unsupported(format!(
+                    "search `trees` needs a tree ensemble; `{}` is not one explaind can read",
+                    model.name
+                )))
+            }
+            (Some(s), _) => s,
+            (None, Some(_)) => Search::Trees,
+            (None, None) => Search::Gradient,
+        };
+        if let (Search::Trees, Some(forest), Some(t)) = (search, &forest, &self.target_class) {
+            let t = class_index(model, t, "target_class")?;
+            if !forest
+                .trees
+                .iter()
+                .any(|tree| !favouring_leaves(forest, tree, t, None).is_empty())
+            {
+                return Err(Invalid::Model(format!(
+                    "target_class `{}` is unreachable: no leaf of the ensemble raises its score",
+                    model.spec.labels.get(t).cloned().unwrap_or_else(|| t.to_string())
+                )));
+            }
+        }
+        Ok(search)
+    }
+
+    /// What `search` costs with these parameters.
+    fn cost(&self, search: Search, cx: &PlanContext) -> Cost {
+        let features = cx.input_len();
+        // Sparsifying runs one pass of up to 3 x `count` rows per feature.
+        let sparsify = features.saturating_mul(self.count).saturating_mul(3);
+        let (samples, rows) = match search {
+            // Scored on the trees read from the graph, up to `max_samples`; the flipped ones (256
+            // at most) checked by ONNX Runtime.
+            Search::Trees => (cx.limits.max_samples, 256usize.saturating_add(sparsify)),
+            // A forward and a backward row per chain and step.
+            Search::Gradient => {
+                let rows = self.steps.saturating_mul(self.count).saturating_mul(2);
+                (rows, rows.saturating_add(sparsify))
+            }
+        };
+        Cost {
+            samples,
+            rows,
+            bytes: bytes(rows.max(self.count), 8)
+                .saturating_mul(features.saturating_add(cx.classes()) as u64)
+                .saturating_add(cx.answer_bytes()),
+        }
+    }
+}
+
 /// Counterfactuals.
 pub struct Counterfactual;
 
@@ -163,19 +238,7 @@ impl Method for Counterfactual {
                 model.name
             )));
         }
-        check_range("count", p.count, 1, 10)?;
-        check_range("steps", p.steps, 1, 5000)?;
-        for (name, v, hi) in [
-            ("epsilon", p.epsilon, 10.0),
-            ("learning_rate", p.learning_rate, 10.0),
-            ("distance_weight", p.distance_weight, 100.0),
-            ("margin", p.margin, 100.0),
-            ("diversity_weight", p.diversity_weight, 100.0),
-        ] {
-            if !(v.is_finite() && (0.0..=hi).contains(&v)) {
-                return Err(Invalid::Request(format!("params.{name}: {v} is not in [0, {hi}]")));
-            }
-        }
+        p.check_bounds()?;
         p.constraints
             .check(&tabular.features)
             .map_err(|why| Invalid::Request(format!("params.constraints: {why}")))?;
@@ -188,52 +251,9 @@ impl Method for Counterfactual {
         if let Some(t) = &p.target_class {
             class_index(model, t, "target_class")?;
         }
-        let forest = model.forest().ok();
-        let search = match (p.search, &forest) {
-            (Some(Search::Trees), None) => {
-                return Err(Invalid::Unsupported(format!(
-                    "search `trees` needs a tree ensemble; `{}` is not one explaind can read",
-                    model.name
-                )))
-            }
-            (Some(s), _) => s,
-            (None, Some(_)) => Search::Trees,
-            (None, None) => Search::Gradient,
-        };
+        let search = p.resolve_search(model)?;
         p.search = Some(search);
-        if let (Search::Trees, Some(forest), Some(t)) = (search, &forest, &p.target_class) {
-            let t = class_index(model, t, "target_class")?;
-            if !forest
-                .trees
-                .iter()
-                .any(|tree| !favouring_leaves(forest, tree, t, None).is_empty())
-            {
-                return Err(Invalid::Model(format!(
-                    "target_class `{}` is unreachable: no leaf of the ensemble raises its score",
-                    model.spec.labels.get(t).cloned().unwrap_or_else(|| t.to_string())
-                )));
-            }
-        }
-        let features = cx.input_len();
-        // Sparsifying runs one pass of up to 3 x `count` rows per feature.
-        let sparsify = features.saturating_mul(p.count).saturating_mul(3);
-        let (samples, rows) = match search {
-            // Scored on the trees read from the graph, up to `max_samples`; the flipped ones (256
-            // at most) checked by ONNX Runtime.
-            Search::Trees => (cx.limits.max_samples, 256usize.saturating_add(sparsify)),
-            // A forward and a backward row per chain and step.
-            Search::Gradient => {
-                let rows = p.steps.saturating_mul(p.count).saturating_mul(2);
-                (rows, rows.saturating_add(sparsify))
-            }
-        };
-        Ok(Cost {
-            samples,
-            rows,
-            bytes: bytes(rows.max(p.count), 8)
-                .saturating_mul(features.saturating_add(cx.classes()) as u64)
-                .saturating_add(cx.answer_bytes()),
-        })
+        Ok(p.cost(search, cx))
     }
 
     /// Forward passes for trees; the gradient search needs exact gradients.
@@ -280,24 +300,9 @@ impl Method for Counterfactual {
             details["reason"] = json!("the model already decides the target class");
             Vec::new()
         } else {
-            let (candidates, stats) = match search {
-                Search::Trees => {
-                    let forest = model.forest().map_err(|why| bad(format!("counterfactual: {why}")))?;
-                    let classes = model.spec.labels.len().max(1);
-                    tree_candidates(
-                        &forest,
-                        &space,
-                        &x,
-                        (target, current, classes),
-                        p,
-                        job.limits.max_samples,
-                    )
-                }
-                Search::Gradient => gradient_candidates(cx, job, &space, &x, target, p)?,
-            };
+            let (found, stats) = answers(cx, job, p, search, &space, &x, (target, current))?;
             details["search_stats"] = stats;
-            let found = checked(cx, &space, &x, candidates, target, p)?;
-            sparsify(cx, &space, &x, target, found, p.count, f64::from(p.diversity_weight))?
+            found
         };
         if found.is_empty() && details.get("reason").is_none() {
             details["reason"] = json!(format!(
@@ -313,19 +318,41 @@ impl Method for Counterfactual {
             .iter()
             .map(|c| c.describe(&model, &tabular.features, &x))
             .collect::<Vec<_>>());
-        if found.len() > 1 {
-            // DiCE's diversity of a set: the mean distance between its pairs, in the cost's units.
-            let pairs: Vec<f64> = (0..found.len())
-                .flat_map(|a| (a + 1..found.len()).map(move |b| (a, b)))
-                .map(|(a, b)| space.cost(&found[a].values, &found[b].values))
-                .collect();
-            details["diversity"] = json!(pairs.iter().sum::<f64>() / pairs.len() as f64);
+        if let Some(d) = diversity(&space, &found) {
+            details["diversity"] = json!(d);
         }
         Ok(targets
             .iter()
             .map(|t| TargetAttribution::from_values(t, &change, details.clone()))
             .collect())
     }
+}
+
+/// Searches with the engine `search` names, then checks, sparsifies and chooses among the
+/// candidates: the answers, and the search's statistics.
+fn answers(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &CounterfactualParams,
+    search: Search,
+    space: &Space,
+    x: &[f32],
+    (target, current): (usize, usize),
+) -> Result<(Vec<Found>, serde_json::Value), RuntimeError> {
+    let model = &job.model;
+    let (candidates, stats) = match search {
+        Search::Trees => {
+            let forest = model
+                .forest()
+                .map_err(|why| RuntimeError::from(InputError::BadFeatures(format!("counterfactual: {why}"))))?;
+            let classes = model.spec.labels.len().max(1);
+            tree_candidates(&forest, space, x, (target, current, classes), p, job.limits.max_samples)
+        }
+        Search::Gradient => gradient_candidates(cx, job, space, x, target, p)?,
+    };
+    let found = checked(cx, space, x, candidates, target, p)?;
+    let found = sparsify(cx, space, x, target, found, p.count, f64::from(p.diversity_weight))?;
+    Ok((found, stats))
 }
 
 /// The class a reference names, or why it names none.

@@ -38,6 +38,19 @@ impl Found {
     }
 }
 
+/// DiCE's diversity of a set of two or more: the mean distance between its pairs, in the cost's
+/// units.
+pub(super) fn diversity(space: &Space, found: &[Found]) -> Option<f64> {
+    if found.len() < 2 {
+        return None;
+    }
+    let pairs: Vec<f64> = (0..found.len())
+        .flat_map(|a| (a + 1..found.len()).map(move |b| (a, b)))
+        .map(|(a, b)| space.cost(&found[a].values, &found[b].values))
+        .collect();
+    Some(pairs.iter().sum::<f64>() / pairs.len() as f64)
+}
+
 /// Greedy sparsity (DiCE's post-hoc step): reverts each counterfactual's changed features to the
 /// input's values, smallest weighted change first, keeping every reversion that ONNX Runtime
 /// still decides as the target. One batched pass per feature position, over all counterfactuals.
