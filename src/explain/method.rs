@@ -216,7 +216,7 @@ pub trait Method: Send + Sync + 'static {
     type Params: Serialize + DeserializeOwned + Default + ToSchema + Clone + fmt::Debug + Send + Sync + 'static;
     /// The path segment (`integrated-gradients`).
     const NAME: &'static str;
-    /// One line for the API document.
+    /// One line for the API document, and the note beside the method on the web page.
     const SUMMARY: &'static str;
     /// What it needs and explains.
     const CAPABILITIES: Capabilities;

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::error::{model_not_found, ApiError};
 use super::AppState;
-use crate::explain::method::{check_applicable, PlanContext};
+use crate::explain::method::{check_applicable, Capabilities, PlanContext};
 use crate::explain::Limits;
 use crate::runtime::gradients::GradientReport;
 use crate::runtime::manifest::ModelSpec;
@@ -33,12 +34,34 @@ pub struct ModelInfo {
     pub gradients: Option<GradientReport>,
     /// The explanation methods that can explain it with their default parameters.
     pub methods: Vec<String>,
+    /// The same methods, each with what a client needs to offer it: its description, capabilities
+    /// and parameters' schema (the web page builds its forms from these).
+    pub method_details: Vec<MethodInfo>,
     /// The uncertainty sources it supports (`mc-dropout` where a mask can go, `tta` for images,
     /// `ensemble` with members).
     pub uncertainty: Vec<Source>,
     /// The reference set (`[reference]`) for similar examples, influence and suspects.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_set: Option<crate::examples::ReferenceSummary>,
+}
+
+/// An explanation method that can explain a model, as a client offers it.
+#[derive(Serialize, ToSchema)]
+pub struct MethodInfo {
+    /// Its name, the path segment of `POST /v1/models/{model}/explain/{name}`.
+    pub name: &'static str,
+    /// One line on what it shows.
+    pub summary: &'static str,
+    /// What it needs and explains.
+    pub capabilities: Capabilities,
+    /// Its parameters' JSON Schema, self-contained (no `$ref`), with the defaults and bounds the
+    /// service enforces (as in the OpenAPI document).
+    #[schema(value_type = Object)]
+    pub params: Value,
+    /// Its parameters as they run on this model when none are sent: the schema's defaults, with
+    /// those that depend on the model filled in (a layer, a baseline).
+    #[schema(value_type = Object)]
+    pub defaults: Value,
 }
 
 impl ModelInfo {
@@ -50,14 +73,22 @@ impl ModelInfo {
             limits,
             targets: 1,
         };
-        let methods = state
+        let method_details: Vec<MethodInfo> = state
             .methods
             .iter()
-            .filter(|method| {
-                check_applicable(method.as_ref(), m).is_ok() && method.plan(serde_json::json!({}), &cx).is_ok()
+            .filter(|method| check_applicable(method.as_ref(), m).is_ok())
+            .filter_map(|method| {
+                let planned = method.plan(serde_json::json!({}), &cx).ok()?;
+                Some(MethodInfo {
+                    name: method.name(),
+                    summary: method.summary(),
+                    capabilities: method.capabilities(),
+                    params: super::openapi::params_schema(method.as_ref(), limits),
+                    defaults: planned.echo().clone(),
+                })
             })
-            .map(|method| method.name().to_string())
             .collect();
+        let methods = method_details.iter().map(|d| d.name.to_string()).collect();
         let mut uncertainty = Vec::new();
         if state.gradients.mask_sites(m, &[]).is_ok() {
             uncertainty.push(Source::McDropout);
@@ -75,6 +106,7 @@ impl ModelInfo {
             onnx: m.summary.clone(),
             gradients: m.gradient_report.get().cloned(),
             methods,
+            method_details,
             uncertainty,
             reference_set: m.reference().map(|r| r.summary()),
         }

@@ -1,10 +1,12 @@
 //! The OpenAPI document, generated from the handlers and types by utoipa. `openapi/openapi.json` is
 //! its committed copy; a test fails when the two drift apart.
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use crate::explain::method::CONFIGURED_MAX_SAMPLES;
+use crate::explain::method::{AnyMethod, CONFIGURED_MAX_SAMPLES};
 use crate::explain::{Limits, Methods};
 
 use super::{
@@ -161,6 +163,50 @@ pub fn document_value(methods: &Methods, limits: Limits) -> Value {
     value
 }
 
+/// A method's parameters as one self-contained JSON Schema, its `$ref`s inlined, with the bounds
+/// the document states: the same schema as the document's, for a client (the page) that builds a
+/// form from `GET /v1/models/{model}` without reading the document.
+pub fn params_schema(method: &dyn AnyMethod, limits: Limits) -> Value {
+    let (name, schemas) = method.params_schemas();
+    let schemas: BTreeMap<String, Value> = schemas
+        .into_iter()
+        .map(|(n, s)| (n, serde_json::to_value(s).unwrap_or_default()))
+        .collect();
+    let mut schema = schemas.get(&name).cloned().unwrap_or_default();
+    inline_refs(&mut schema, &schemas, 0);
+    place_bounds(&mut schema, limits);
+    schema
+}
+
+/// Most nested `$ref`s [`inline_refs`] follows: parameter schemas nest two deep; a cycle stops here.
+const MAX_REF_DEPTH: usize = 8;
+
+/// Replaces each `{"$ref": "#/components/schemas/X", ...}` with X's schema; the keywords beside
+/// the `$ref` (the field's own default and description) win over X's.
+fn inline_refs(value: &mut Value, schemas: &BTreeMap<String, Value>, depth: usize) {
+    match value {
+        Value::Object(map) => {
+            let target = map
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                .and_then(|n| schemas.get(n));
+            match (target, depth < MAX_REF_DEPTH) {
+                (Some(Value::Object(target)), true) => {
+                    let mut inlined = target.clone();
+                    map.remove("$ref");
+                    inlined.append(map);
+                    *value = Value::Object(inlined);
+                    inline_refs(value, schemas, depth + 1);
+                }
+                _ => map.values_mut().for_each(|v| inline_refs(v, schemas, depth)),
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| inline_refs(v, schemas, depth)),
+        _ => {}
+    }
+}
+
 /// An explain answer holds one target's fields at its top level, or `explanations` with several:
 /// utoipa writes the flattened `Option<TargetExplanation>` as `oneOf [TargetExplanation, null]`,
 /// which an answer with several targets (an object without `target`) never matches.
@@ -198,5 +244,40 @@ fn place_bounds(value: &mut Value, limits: Limits) {
         }
         Value::Array(items) => items.iter_mut().for_each(|v| place_bounds(v, limits)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each method's parameters, as `GET /v1/models/{model}` gives them, stand alone: no `$ref`
+    /// left, and every bound in its standard keyword.
+    #[test]
+    fn params_schemas_are_self_contained() {
+        let limits = Limits {
+            max_samples: 1234,
+            max_targets: 10,
+            max_job_bytes: 1 << 30,
+            max_batch: 64,
+        };
+        for method in Methods::standard().iter() {
+            let schema = params_schema(method.as_ref(), limits);
+            let text = schema.to_string();
+            assert_eq!(schema["type"], "object", "{}: {text}", method.name());
+            assert!(
+                !text.contains("$ref") && !text.contains("\"x-"),
+                "{}: {text}",
+                method.name()
+            );
+        }
+        let methods = Methods::standard();
+        let ig = params_schema(methods.get("integrated-gradients").unwrap().as_ref(), limits);
+        assert_eq!(ig["properties"]["baseline"]["default"], "black");
+        assert!(ig["properties"]["baseline"]["enum"]
+            .as_array()
+            .is_some_and(|e| e.len() > 1));
+        let rise = params_schema(methods.get("rise").unwrap().as_ref(), limits);
+        assert_eq!(rise["properties"]["masks"]["maximum"], 1234, "{rise}");
     }
 }

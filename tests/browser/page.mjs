@@ -1,4 +1,5 @@
-// Drives the web page in headless Chromium: loads it, uploads an example image, runs saliency,
+// Drives the web page in headless Chromium: loads it, checks its method menus and a parameter form
+// against GET /v1/models/{model}, uploads an example image, runs saliency,
 // Grad-CAM and LIME, and RISE as a background job (progress from Server-Sent Events), and checks
 // that an overlay appears and the top class is shown; then TreeSHAP's bar chart on the tree model;
 // then similar examples, influence and likely mislabels as thumbnails of reference rows; then a
@@ -18,6 +19,31 @@ try {
   const failures = [];
   page.on("pageerror", (e) => failures.push(`page error: ${e.message}`));
   await page.goto(base, { waitUntil: "networkidle" });
+  // The method menu and the parameter forms come from the API: every method a model's answer
+  // lists is offered, and a form's inputs start at the schema's defaults, within its bounds.
+  for (const name of ["fashion-cnn", "breast-cancer", "keywords"]) {
+    const info = await (await fetch(new URL(`v1/models/${name}`, base))).json();
+    await page.selectOption("#model", name);
+    const offered = await page.evaluate(() => [...document.querySelectorAll("#method option")].map((o) => o.value));
+    if (offered.join() !== info.methods.join()) failures.push(`${name}: menu ${offered}, API ${info.methods}`);
+    if (name !== "fashion-cnn") continue;
+    for (const method of ["integrated-gradients", "smoothgrad"]) {
+      await page.selectOption("#method", method);
+      const { params: schema, summary } = info.method_details.find((m) => m.name === method);
+      const note = await page.innerText("#method-note");
+      if (note !== summary) failures.push(`${method}: note ${note}, summary ${summary}`);
+      const form = await page.evaluate(() => Object.fromEntries([...document.querySelectorAll("[data-param]")]
+        .map((el) => [el.dataset.param, { value: el.type === "checkbox" ? el.checked : el.value, min: el.min, max: el.max }])));
+      for (const [param, s] of Object.entries(schema.properties)) {
+        const want = s.default === null ? "" : typeof s.default === "boolean" ? s.default : String(s.default);
+        const got = form[param];
+        if (!got || got.value !== want || (s.minimum !== undefined && got.min !== String(s.minimum))
+          || (s.maximum !== undefined && got.max !== String(s.maximum))) {
+          failures.push(`${method}.${param}: input ${JSON.stringify(got)}, schema ${JSON.stringify(s)}`);
+        }
+      }
+    }
+  }
   await page.selectOption("#model", "fashion-cnn");
   await page.setInputFiles("#file", image);
   for (const method of ["saliency", "grad-cam", "lime"]) {
@@ -82,7 +108,10 @@ try {
   await page.selectOption("#model", "fashion-cnn");
   // The reference set: similar examples and influence as thumbnails beside the input, and the
   // likely mislabels as a grid, each with its label and the model's prediction.
-  for (const [method, groups, per] of [["similar-examples", 1, 8], ["influence", 2, 6]]) {
+  // As many rows as the method's default `k`: the page sends only the parameters the user changed.
+  const fashion = await (await fetch(new URL("v1/models/fashion-cnn", base))).json();
+  const k = (method) => fashion.method_details.find((m) => m.name === method).defaults.k;
+  for (const [method, groups, per] of [["similar-examples", 1, k("similar-examples")], ["influence", 2, k("influence")]]) {
     await page.selectOption("#method", method);
     await page.click("#explain");
     await page.waitForFunction((n) => document.querySelectorAll("#attributions .rows").length === n
