@@ -114,6 +114,8 @@ enum Rules {
     Standard,
     /// Guided backpropagation.
     GuidedBackprop,
+    /// DeconvNet.
+    Deconvnet,
 }
 
 fn main() -> ExitCode {
@@ -184,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rules = match rules {
                 Rules::Standard => explaind::onnx::autodiff::RuleSet::Standard,
                 Rules::GuidedBackprop => explaind::onnx::autodiff::RuleSet::GuidedBackprop,
+                Rules::Deconvnet => explaind::onnx::autodiff::RuleSet::DeconvNet,
             };
             let built = explaind::runtime::inspect::backward(
                 &model,

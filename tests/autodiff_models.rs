@@ -1,7 +1,8 @@
 //! Whole-model gradient checks: real architectures (VGG, ResNet, MobileNet, a transformer encoder)
 //! built by explaind's zoo with seeded weights, and the bundled example models. Also: per-row
-//! targets in one batch, intermediate layers with their gradients, guided backpropagation, dynamic
-//! batch sizes, and the up-front list of unsupported operators.
+//! targets in one batch, intermediate layers with their gradients, guided backpropagation and
+//! DeconvNet against their closed forms, dynamic batch sizes, and the up-front list of unsupported
+//! operators.
 
 mod common;
 
@@ -308,9 +309,8 @@ fn a_layer_and_its_gradient_match_the_closed_form() {
     }
 }
 
-#[test]
-fn guided_backprop_passes_only_positive_gradients_through_positive_inputs() {
-    // y = W2 relu(W1 x): guided dx = W1^T [ (W1 x > 0) * relu(W2^T w) ].
+/// y = W2 relu(W1 x), x of 4 features, 6 hidden units, 3 outputs (W1 [4, 6], W2 [6, 3], seeded).
+fn relu_mlp() -> (ModelProto, Vec<f32>, Vec<f32>) {
     let mut g = GraphBuilder::new("mlp", 17);
     let x = g.input("x", &[-1, 4]);
     let w1: Vec<f32> = Rng::new(11).vec(4 * 6, -1.0, 1.0);
@@ -322,17 +322,28 @@ fn guided_backprop_passes_only_positive_gradients_through_positive_inputs() {
     g.node("MatMul", &[&a, &w2n], vec![]);
     g.rename_last_output("y");
     g.output_any("y");
-    let model = g.build();
-    let xv: Vec<f32> = Rng::new(13).vec(4, -1.0, 1.0);
-    let wv: Vec<f32> = Rng::new(14).vec(3, -1.0, 1.0);
-    let runner = runner();
-    let bw = backward(&model, "x", &[1, 4], "y", &[], &RuleTable::guided_backprop());
-    let mut session = runner.session(&bw.model).unwrap();
+    (g.build(), w1, w2)
+}
+
+/// d sum(y * w) / dx of `relu_mlp` at `x`, through the rules of `table`.
+fn mlp_input_grad(model: &ModelProto, table: &RuleTable, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let bw = backward(model, "x", &[1, 4], "y", &[], table);
+    let mut session = runner().session(&bw.model).unwrap();
     let (_, got) = run_output(
         &mut session,
-        &[("x", vec![1, 4], xv.clone()), (WEIGHTS_INPUT, vec![1, 3], wv.clone())],
+        &[("x", vec![1, 4], x.to_vec()), (WEIGHTS_INPUT, vec![1, 3], w.to_vec())],
         &bw.input_grad,
     );
+    got
+}
+
+#[test]
+fn guided_backprop_passes_only_positive_gradients_through_positive_inputs() {
+    // y = W2 relu(W1 x): guided dx = W1^T [ (W1 x > 0) * relu(W2^T w) ].
+    let (model, w1, w2) = relu_mlp();
+    let xv: Vec<f32> = Rng::new(13).vec(4, -1.0, 1.0);
+    let wv: Vec<f32> = Rng::new(14).vec(3, -1.0, 1.0);
+    let got = mlp_input_grad(&model, &RuleTable::guided_backprop(), &xv, &wv);
     let hv: Vec<f32> = (0..6).map(|j| (0..4).map(|i| xv[i] * w1[i * 6 + j]).sum()).collect();
     let back: Vec<f32> = (0..6)
         .map(|j| {
@@ -351,6 +362,42 @@ fn guided_backprop_passes_only_positive_gradients_through_positive_inputs() {
             "dx[{i}] = {}, expected {expected}",
             got[i]
         );
+    }
+}
+
+#[test]
+fn deconvnet_passes_positive_gradients_whatever_the_relu_input() {
+    // y = W2 relu(W1 x): DeconvNet's dx = W1^T relu(W2^T w), the same at every x; the gradient
+    // is W1^T [ (W1 x > 0) * W2^T w ] and guided backpropagation W1^T [ (W1 x > 0) * relu(W2^T w) ].
+    let (model, w1, w2) = relu_mlp();
+    let wv: Vec<f32> = Rng::new(14).vec(3, -1.0, 1.0);
+    let upstream: Vec<f32> = (0..6).map(|j| (0..3).map(|k| w2[j * 3 + k] * wv[k]).sum()).collect();
+    let through = |pass: &dyn Fn(usize) -> f32| -> Vec<f32> {
+        (0..4).map(|i| (0..6).map(|j| w1[i * 6 + j] * pass(j)).sum()).collect()
+    };
+    let expected = through(&|j| upstream[j].max(0.0));
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-5);
+    let far = |a: &[f32], b: &[f32]| a.iter().zip(b).any(|(a, b)| (a - b).abs() > 1e-2);
+    // The input and its negation: each hidden unit active at one of them, inactive at the other.
+    let x0: Vec<f32> = Rng::new(13).vec(4, -1.0, 1.0);
+    let x1: Vec<f32> = x0.iter().map(|v| -v).collect();
+    for xv in [x0, x1] {
+        let hv: Vec<f32> = (0..6).map(|j| (0..4).map(|i| xv[i] * w1[i * 6 + j]).sum()).collect();
+        // The case that tells the three apart: an inactive unit whose upstream gradient is positive
+        // (DeconvNet passes it, the others do not), and an active one whose upstream is negative
+        // (the gradient passes it, the others do not).
+        assert!(
+            (0..6).any(|j| hv[j] <= 0.0 && upstream[j] > 0.0) && (0..6).any(|j| hv[j] > 0.0 && upstream[j] < 0.0),
+            "the seeds no longer give both cases: h {hv:?}, upstream {upstream:?}"
+        );
+        let deconv = mlp_input_grad(&model, &RuleTable::deconvnet(), &xv, &wv);
+        assert!(close(&deconv, &expected), "deconvnet {deconv:?}, expected {expected:?}");
+        let gradient = mlp_input_grad(&model, &RuleTable::standard(), &xv, &wv);
+        let exact = through(&|j| if hv[j] > 0.0 { upstream[j] } else { 0.0 });
+        assert!(close(&gradient, &exact), "gradient {gradient:?}, expected {exact:?}");
+        let guided = mlp_input_grad(&model, &RuleTable::guided_backprop(), &xv, &wv);
+        assert!(far(&deconv, &gradient), "deconvnet {deconv:?} = gradient {gradient:?}");
+        assert!(far(&deconv, &guided), "deconvnet {deconv:?} = guided {guided:?}");
     }
 }
 

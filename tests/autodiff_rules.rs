@@ -1101,13 +1101,13 @@ const NEVER_RUN: &[(&str, &str, &str)] = &[(
 /// graphs of the cases that passed (they run again here: about a second in all).
 ///
 /// The alternative tables ([`RuleSet::families`]) do not compute gradients, so finite differences
-/// cannot check what they change; other properties do: guided backpropagation's ReLU by its closed
-/// form on an MLP (tests/autodiff_models.rs) and the randomisation check (tests/eval.rs); DeepLIFT's
-/// rescale rules by their closed form on a tanh network, completeness through every rescaled
-/// nonlinearity and Captum's max-pool ties (tests/deeplift.rs); each LRP composite by its dense
-/// form on a convolutional network, batch-norm folding and conservation (tests/lrp.rs). The rules
-/// they keep from the exact table are the ones checked here, so each of their operators must have
-/// an exact rule too.
+/// cannot check what they change; other properties do: guided backpropagation's and DeconvNet's
+/// ReLU by their closed forms on an MLP (tests/autodiff_models.rs), guided backpropagation also by
+/// the randomisation check (tests/eval.rs); DeepLIFT's rescale rules by their closed form on a tanh
+/// network, completeness through every rescaled nonlinearity and Captum's max-pool ties
+/// (tests/deeplift.rs); each LRP composite by its dense form on a convolutional network, batch-norm
+/// folding and conservation (tests/lrp.rs). The rules they keep from the exact table are the ones
+/// checked here, so each of their operators must have an exact rule too.
 #[test]
 fn every_registered_rule_has_a_finite_difference_case() {
     COVERED.with(|c| *c.borrow_mut() = Some(Covered::default()));

@@ -1294,6 +1294,7 @@ async fn the_top_prediction_is_explained_in_one_pass_with_the_same_answer() {
         "saliency",
         "gradient-x-input",
         "guided-backprop",
+        "deconvnet",
         "grad-cam",
         "grad-cam-plus-plus",
         "guided-grad-cam",

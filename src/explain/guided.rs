@@ -1,5 +1,7 @@
-//! Guided backpropagation (Springenberg et al. 2015), run with the guided rule table, and Guided
-//! Grad-CAM (guided backpropagation times the Grad-CAM map).
+//! Guided backpropagation (Springenberg et al. 2015), run with the guided rule table; DeconvNet
+//! (Zeiler and Fergus 2014), its sibling with the DeconvNet table (as Captum's
+//! `guided_backprop_deconvnet.py` pairs them); and Guided Grad-CAM (guided backpropagation times the
+//! Grad-CAM map).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -17,6 +19,11 @@ use crate::runtime::{RuntimeError, Tensor};
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuidedBackpropParams {}
+
+/// DeconvNet takes no parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeconvNetParams {}
 
 /// Guided Grad-CAM parameters.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
@@ -63,6 +70,40 @@ impl Method for GuidedBackprop {
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
         let grads = input_gradients(cx, job, targets, RuleSet::GuidedBackprop)?;
+        Ok(per_target(job, targets, &grads, Fold::MaxAbs))
+    }
+}
+
+/// DeconvNet: guided backpropagation's pass without the forward ReLU mask.
+pub struct DeconvNet;
+
+impl Method for DeconvNet {
+    type Params = DeconvNetParams;
+    const NAME: &'static str = "deconvnet";
+    const SUMMARY: &'static str =
+        "Gradients through ReLUs that pass only positive signals, whatever the input (Zeiler and Fergus 2014)";
+    const CAPABILITIES: Capabilities = GuidedBackprop::CAPABILITIES;
+
+    fn plan(_: &mut DeconvNetParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        Ok(one_gradient_per_target(cx))
+    }
+
+    fn one_pass(_: &Self::Params, _: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
+        Some((Vec::new(), RuleSet::DeconvNet))
+    }
+
+    fn rules(_: &Self::Params) -> Vec<RuleSet> {
+        vec![RuleSet::DeconvNet]
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        _: &DeconvNetParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        let grads = input_gradients(cx, job, targets, RuleSet::DeconvNet)?;
         Ok(per_target(job, targets, &grads, Fold::MaxAbs))
     }
 }

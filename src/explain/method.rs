@@ -499,6 +499,7 @@ impl Methods {
             .with::<attention_rollout::AttentionRollout>()
             .with::<transformer_relevance::TransformerRelevance>()
             .with::<guided::GuidedBackprop>()
+            .with::<guided::DeconvNet>()
             .with::<guided::GuidedGradCam>()
             .with::<occlusion::Occlusion>()
             .with::<rise::Rise>()

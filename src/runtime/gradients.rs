@@ -78,9 +78,9 @@ pub struct GradientReport {
     pub attention_maps: Vec<String>,
     /// What each family of gradient rules refuses in this model (empty: it serves the model),
     /// from a dry run of each family's build: `standard` (exact gradients: saliency, Integrated
-    /// Gradients, SmoothGrad, the CAM methods), `guided-backprop`, `deeplift-rescale` (DeepLIFT,
-    /// DeepLiftShap) and `lrp/<composite>`. A method whose rules refuse the model is refused with
-    /// these reasons before any work.
+    /// Gradients, SmoothGrad, the CAM methods), `guided-backprop`, `deconvnet`, `deeplift-rescale`
+    /// (DeepLIFT, DeepLiftShap) and `lrp/<composite>`. A method whose rules refuse the model is
+    /// refused with these reasons before any work.
     pub refusals_by_rules: std::collections::BTreeMap<String, Vec<String>>,
     /// True when the graph fixes its batch at one row (a Reshape or Resize to batch 1, as some
     /// converters write): explaind runs it one row per pass, and refuses methods whose rows must

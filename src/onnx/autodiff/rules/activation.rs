@@ -44,6 +44,13 @@ pub(super) fn relu_guided(ctx: &mut GradContext, n: &NodeProto, g: &[Option<Stri
     Ok(vec![Some(ctx.emit("Where", &[&pos, &g_pos, &zero], vec![]))])
 }
 
+/// DeconvNet (Zeiler and Fergus 2014): only positive gradients, whatever the forward input was
+/// (Captum's `Deconvolution` backward, relu(grad_output)).
+pub(super) fn relu_deconvnet(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
+    let g = grad0(n, g)?;
+    Ok(vec![Some(ctx.emit("Relu", &[g], vec![]))])
+}
+
 fn leaky_relu(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
     let g = grad0(n, g)?;
     let alpha = ctx.scalar(attr_float(n, "alpha", 0.01)?);

@@ -1,7 +1,7 @@
 //! Gradient rules, one operator family per file, registered by (domain, operator) in a table.
 //! A rule gets the forward node, the gradient of each of its outputs (`None` where an output is off
 //! the path), and which inputs need a gradient; it returns one gradient per input (`None` for
-//! inputs that need none). Rule variants (guided backpropagation now; LRP or DeepLIFT later) are
+//! inputs that need none). Rule variants (guided backpropagation, DeconvNet, DeepLIFT, LRP) are
 //! alternative tables, not branches inside rules.
 
 mod activation;
@@ -72,6 +72,9 @@ pub enum RuleSet {
     /// Guided backpropagation (Springenberg et al. 2015): ReLU passes only positive gradients
     /// through positive inputs.
     GuidedBackprop,
+    /// DeconvNet (Zeiler and Fergus 2014): ReLU passes only positive gradients, whatever its
+    /// input; MaxPool keeps the forward switches (the exact rule).
+    DeconvNet,
     /// DeepLIFT's rescale rule: nonlinearities pass (f(x) - f(x')) / (x - x'), the reference in
     /// the batch's second half.
     DeepLiftRescale,
@@ -84,17 +87,23 @@ impl RuleSet {
     /// Every rule set a method can ask for, up to the values of its parameters (LRP's epsilon and
     /// gamma change numbers, not which nodes its rules accept): what the model report dry-runs.
     pub fn families() -> Vec<RuleSet> {
-        let mut all = vec![RuleSet::Standard, RuleSet::GuidedBackprop, RuleSet::DeepLiftRescale];
+        let mut all = vec![
+            RuleSet::Standard,
+            RuleSet::GuidedBackprop,
+            RuleSet::DeconvNet,
+            RuleSet::DeepLiftRescale,
+        ];
         all.extend(lrp::Composite::ALL.map(|c| RuleSet::Lrp(LrpRules::new(c, c.default_epsilon(), 0.25))));
         all
     }
 
-    /// The family's name in the model report: `standard`, `guided-backprop`, `deeplift-rescale`,
-    /// `lrp/<composite>`.
+    /// The family's name in the model report: `standard`, `guided-backprop`, `deconvnet`,
+    /// `deeplift-rescale`, `lrp/<composite>`.
     pub fn family(&self) -> String {
         match self {
             RuleSet::Standard => "standard".into(),
             RuleSet::GuidedBackprop => "guided-backprop".into(),
+            RuleSet::DeconvNet => "deconvnet".into(),
             RuleSet::DeepLiftRescale => "deeplift-rescale".into(),
             RuleSet::Lrp(rules) => format!("lrp/{}", rules.composite.name()),
         }
@@ -141,6 +150,14 @@ impl RuleTable {
         t
     }
 
+    /// The standard rules with DeconvNet's ReLU.
+    pub fn deconvnet() -> Self {
+        let mut t = Self::standard();
+        t.set = RuleSet::DeconvNet;
+        t.register("", "Relu", activation::relu_deconvnet);
+        t
+    }
+
     /// The standard rules with DeepLIFT's rescale rule on elementwise nonlinearities.
     pub fn deeplift_rescale() -> Self {
         let mut t = Self::standard();
@@ -154,6 +171,7 @@ impl RuleTable {
         match set {
             RuleSet::Standard => Self::standard(),
             RuleSet::GuidedBackprop => Self::guided_backprop(),
+            RuleSet::DeconvNet => Self::deconvnet(),
             RuleSet::DeepLiftRescale => Self::deeplift_rescale(),
             RuleSet::Lrp(rules) => lrp::table(rules),
         }
