@@ -144,7 +144,7 @@ fn main() {
             threads,
         );
     }
-    // Real converted models (tests/real_models.rs says what each is), when `make test` has fetched
+    // Real converted models (tests/it/real_models.rs says what each is), when `make test` has fetched
     // them from PyPI into the cache.
     let cache = std::env::var_os("EXPLAIND_CACHE_DIR")
         .map(PathBuf::from)

@@ -9,7 +9,7 @@
 //!
 //! Run with `cargo bench --bench replicas` (needs `make test`'s set-up: PostgreSQL, ONNX Runtime).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod testing;
 
 use std::path::{Path, PathBuf};

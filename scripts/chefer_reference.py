@@ -1,4 +1,4 @@
-"""Chefer et al.'s transformer relevance computed apart from explaind, for tests/attention.rs.
+"""Chefer et al.'s transformer relevance computed apart from explaind, for tests/it/attention.rs.
 
 Usage: chefer_reference.py SPEC.json
 

@@ -1,5 +1,5 @@
 """Independent NumPy implementations of explaind's explanation metrics, from their published
-formulas, for tests/eval.rs. Reads a JSON case on stdin, prints the expected values as JSON.
+formulas, for tests/it/eval.rs. Reads a JSON case on stdin, prints the expected values as JSON.
 
 The case names a model that NumPy evaluates itself:
   {"model": {"kind": "image", "mask": [...], "fc": 4.0}}    logits [z, -z], z = fc * mean(x * mask)

@@ -1,4 +1,4 @@
-"""Attention rollout computed apart from explaind, for tests/attention.rs.
+"""Attention rollout computed apart from explaind, for tests/it/attention.rs.
 
 Usage: rollout_reference.py SPEC.json
 

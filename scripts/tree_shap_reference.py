@@ -1,4 +1,4 @@
-"""Tree-model fixtures and the shap package's TreeSHAP values for them, for tests/tree_shap.rs.
+"""Tree-model fixtures and the shap package's TreeSHAP values for them, for tests/it/tree_shap.rs.
 
 Usage: tree_shap_reference.py OUT_DIR
 

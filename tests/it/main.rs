@@ -1,0 +1,38 @@
+//! The black-box tests, one binary: a real server on loopback, real models, real processes.
+//! One binary rather than one per file, so a change to the library links the tests once.
+//! Every module runs in this one process: what a test reads of the process (its peak memory,
+//! its open-file limit, the ONNX Runtime environment) is shared with the tests beside it.
+
+mod common;
+
+mod anchors;
+mod api;
+mod attention;
+mod audit;
+mod autodiff_models;
+mod autodiff_rules;
+mod batching;
+mod cam_layout;
+mod contract;
+mod counterfactual;
+mod deeplift;
+mod deploy;
+mod eval;
+mod explain;
+mod extremal;
+mod gradients_runtime;
+mod jobs;
+mod limits;
+mod lrp;
+mod onnx_corpus;
+mod overload;
+mod real_models;
+mod reference;
+mod refusals;
+mod registry;
+mod replicas;
+mod security;
+mod text;
+mod tree_shap;
+mod uncertainty;
+mod web;

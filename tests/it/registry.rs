@@ -1,0 +1,133 @@
+//! Model folders that are wrong fail at start with a message naming the file and the field; what a
+//! manifest leaves out is read from the graph. Also: ONNX files survive decode and re-encode intact.
+
+use crate::common;
+
+use common::*;
+use explaind::runtime::registry::load_model;
+use prost::Message;
+
+fn fashion_onnx() -> Vec<u8> {
+    std::fs::read(root().join("models/fashion-cnn/model.onnx")).unwrap()
+}
+
+fn folder_with(name: &str, manifest: &str) -> std::path::PathBuf {
+    let dir = temp_dir(name);
+    let model_dir = dir.join("m");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::write(model_dir.join("model.onnx"), fashion_onnx()).unwrap();
+    std::fs::write(model_dir.join("model.toml"), manifest).unwrap();
+    model_dir
+}
+
+fn load_error(name: &str, manifest: &str) -> String {
+    let dir = folder_with(name, manifest);
+    load_model(&dir)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| panic!("{manifest:?} was accepted"))
+}
+
+#[test]
+fn a_minimal_manifest_is_completed_from_the_graph() {
+    let dir = folder_with("minimal", "task = \"image-classification\"\n");
+    let m = load_model(&dir).unwrap();
+    let image = m.spec.image.as_ref().unwrap();
+    assert_eq!((image.width, image.height, image.channels), (28, 28, 1));
+    assert_eq!(m.spec.input, "input");
+    assert_eq!(m.spec.output, "logits");
+    assert_eq!(m.spec.labels.len(), 10);
+    assert_eq!(m.spec.labels[3], "class_3");
+    assert_eq!(m.summary.onnx_opset(), Some(17));
+}
+
+#[test]
+fn bad_manifests_name_the_file_and_field() {
+    let cases = [
+        ("no-task", "", "task"),
+        ("typo", "task = \"image-classification\"\nlabelz = []\n", "labelz"),
+        ("bad-task", "task = \"video\"\n", "video"),
+        (
+            "labels",
+            "task = \"image-classification\"\nlabels = [\"a\", \"b\"]\n",
+            "labels",
+        ),
+        (
+            "input",
+            "task = \"image-classification\"\ninput = \"pixels\"\n",
+            "pixels",
+        ),
+        (
+            "width",
+            "task = \"image-classification\"\n[image]\nwidth = 32\n",
+            "image.width",
+        ),
+        (
+            "mean",
+            "task = \"image-classification\"\n[image]\nmean = [0.1, 0.2]\n",
+            "image.mean",
+        ),
+        (
+            "std",
+            "task = \"image-classification\"\n[image]\nstd = [0.0]\n",
+            "image.std",
+        ),
+        (
+            "color",
+            "task = \"image-classification\"\n[image]\ncolor = \"rgb\"\n",
+            "image.color",
+        ),
+        (
+            "features",
+            "task = \"tabular-classification\"\n[tabular]\nfeatures = [\"a\"]\n",
+            "input",
+        ),
+    ];
+    for (name, manifest, field) in cases {
+        let err = load_error(name, manifest);
+        assert!(err.contains("model.toml"), "{name}: {err}");
+        assert!(err.contains(field), "{name}: expected `{field}` in: {err}");
+    }
+}
+
+#[test]
+fn a_corrupt_onnx_file_is_named() {
+    let dir = folder_with("corrupt", "task = \"image-classification\"\n");
+    std::fs::write(dir.join("model.onnx"), b"this is not protobuf at all \xff\xff\xff").unwrap();
+    let err = load_model(&dir).unwrap_err().to_string();
+    assert!(err.contains("model.onnx") && err.contains("not an ONNX model"), "{err}");
+}
+
+#[tokio::test]
+async fn the_service_refuses_to_start_on_a_bad_model_folder() {
+    let dir = temp_dir("bad-start");
+    let model_dir = dir.join("m");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::write(model_dir.join("model.onnx"), fashion_onnx()).unwrap();
+    std::fs::write(model_dir.join("model.toml"), "task = \"tabular-regression\"\n").unwrap();
+    let err = explaind::Service::start(test_config(&dir))
+        .await
+        .err()
+        .expect("started on a bad model")
+        .to_string();
+    assert!(
+        err.contains("model.toml") && err.contains("input") && err.contains("2-D"),
+        "{err}"
+    );
+    let empty = temp_dir("empty-models");
+    let err = explaind::Service::start(test_config(&empty))
+        .await
+        .err()
+        .expect("started with no models")
+        .to_string();
+    assert!(err.contains("no models found"), "{err}");
+}
+
+#[test]
+fn onnx_files_round_trip_byte_for_byte() {
+    for path in ["models/fashion-cnn/model.onnx", "models/breast-cancer/model.onnx"] {
+        let bytes = std::fs::read(root().join(path)).unwrap();
+        let model = explaind::onnx::proto::decode_model(&bytes).unwrap();
+        assert_eq!(model.encode_to_vec(), bytes, "{path} changed on re-encode");
+    }
+}
