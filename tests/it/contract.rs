@@ -62,43 +62,33 @@ async fn the_api_keeps_its_openapi_contract() {
     let s = start(config).await;
     let base = format!("http://{}", s.addr);
     let spec = root().join("openapi/openapi.json");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(tool)
-            .args([
-                "run",
-                spec.to_str().unwrap(),
-                "--url",
-                &base,
-                "--max-examples",
-                "25",
-                "--seed",
-                "1",
-                "--checks",
-                "all",
-                // A request the schema allows may still not fit the model (an image to a tabular
-                // model, a method that needs self-attention: 422), or break a rule between fields
-                // that the document states in words (exactly one of `image`, `features`, `text`: 400).
-                // `DELETE /v1/jobs/{id}` cancels, as documented: a finished job stays readable until
-                // it expires, which `use_after_free` takes for a deleted resource still served.
-                "--exclude-checks",
-                "positive_data_acceptance,use_after_free",
-            ])
-            .env("NO_COLOR", "1")
-            // Bodies for the JSON Lines upload (tests/fixtures/schemathesis_hooks.py).
-            .env("PYTHONPATH", root().join("tests/fixtures"))
-            .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
-            .current_dir(std::env::temp_dir())
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "schemathesis found problems:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut schemathesis = Command::new(tool);
+    schemathesis
+        .args([
+            "run",
+            spec.to_str().unwrap(),
+            "--url",
+            &base,
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            "--checks",
+            "all",
+            // A request the schema allows may still not fit the model (an image to a tabular
+            // model, a method that needs self-attention: 422), or break a rule between fields
+            // that the document states in words (exactly one of `image`, `features`, `text`: 400).
+            // `DELETE /v1/jobs/{id}` cancels, as documented: a finished job stays readable until
+            // it expires, which `use_after_free` takes for a deleted resource still served.
+            "--exclude-checks",
+            "positive_data_acceptance,use_after_free",
+        ])
+        .env("NO_COLOR", "1")
+        // Bodies for the JSON Lines upload (tests/fixtures/schemathesis_hooks.py).
+        .env("PYTHONPATH", root().join("tests/fixtures"))
+        .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
+        .current_dir(std::env::temp_dir());
+    let stdout = run_ok(schemathesis, "schemathesis found problems".into()).await;
     // Answers were checked, not only refusals: the hooks' real inputs reached the methods.
     let metrics = reqwest::get(format!("http://{}/metrics", s.addr))
         .await
@@ -152,24 +142,13 @@ async fn a_generated_python_client_runs_the_readme_tour() {
     );
     let s = start_bundled().await;
     let base = format!("http://{}", s.addr);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(test_venv("python"))
-            .arg(root().join("tests/fixtures/generated_client_tour.py"))
-            .arg(root().join("README.md"))
-            .arg(&base)
-            .arg(root())
-            .env("PYTHONPATH", &dir)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the generated client failed on the tour:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut tour = Command::new(test_venv("python"));
+    tour.arg(root().join("tests/fixtures/generated_client_tour.py"))
+        .arg(root().join("README.md"))
+        .arg(&base)
+        .arg(root())
+        .env("PYTHONPATH", &dir);
+    let stdout = run_ok(tour, "the generated client failed on the tour".into()).await;
     assert!(stdout.contains("answers read with the generated client"), "{stdout}");
     s.stop().await.unwrap();
 }

@@ -131,26 +131,12 @@ async fn the_readme_tour_works_as_written() {
             true => format!("{command} -D headers-{i}"),
             false => format!("{command} -D headers-{i} -o {body}"),
         };
-        let out = tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            let command = command.clone();
-            move || {
-                Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("set -e; {command} --fail-with-body"))
-                    .current_dir(dir)
-                    .output()
-                    .unwrap()
-            }
-        })
-        .await
-        .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{command}\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut shell = Command::new("sh");
+        shell
+            .arg("-c")
+            .arg(format!("set -e; {command} --fail-with-body"))
+            .current_dir(&dir);
+        let stdout = run_ok(shell, command.clone()).await;
         assert!(!stdout.contains("/problems/"), "{command}\n{stdout}");
         // The last response head (after any `100 Continue`): its status and content type.
         let head = std::fs::read_to_string(dir.join(format!("headers-{i}"))).unwrap();
@@ -220,23 +206,12 @@ async fn the_page_works_in_a_browser() {
     std::fs::create_dir_all(&shots).unwrap();
     let base = url(&s, "/");
     let image = root().join("tests/fixtures/fashion/test_00.png");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .arg(base)
-            .arg(&shots)
-            .arg(image)
-            .env("CHROMIUM", chromium)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "browser test failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut node = Command::new("node");
+    node.arg(script)
+        .arg(base)
+        .arg(&shots)
+        .arg(image)
+        .env("CHROMIUM", chromium);
+    run_ok(node, "browser test failed".into()).await;
     s.stop().await.unwrap();
 }

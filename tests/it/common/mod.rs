@@ -421,3 +421,18 @@ pub fn write_text_models(models_dir: &Path) {
         std::fs::write(models_dir.join(name).join("tokenizer.json"), &tokenizer).unwrap();
     }
 }
+
+/// Runs `command` off the async threads and returns what it printed; a failure fails the test
+/// with `what`, the output and the error output.
+pub async fn run_ok(mut command: std::process::Command, what: String) -> String {
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
