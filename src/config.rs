@@ -440,6 +440,15 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        // A connection's deadlines are instants: a day bounds them far from overflow.
+        for (name, ms) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if ms > 86_400_000 {
+                return Err(bad(name, "must be at most 86400000 (a day)"));
+            }
+        }
         if !(100..=3_600_000).contains(&self.job_lease_ms) {
             return Err(bad("job_lease_ms", "must be between 100 and 3600000 (an hour)"));
         }
@@ -544,5 +553,23 @@ mod tests {
         let env = vec![("EXPLAIND_WORKERS".to_string(), "0".to_string())];
         let err = Config::load(None, env).unwrap_err().to_string();
         assert!(err.contains("workers"), "{err}");
+    }
+
+    #[test]
+    fn connection_timeouts_are_bounded_both_ways() {
+        for (var, value) in [
+            ("EXPLAIND_HEADER_READ_TIMEOUT_MS", "0"),
+            ("EXPLAIND_IDLE_TIMEOUT_MS", "86400001"),
+            ("EXPLAIND_IDLE_TIMEOUT_MS", "18446744073709551615"),
+        ] {
+            let env = vec![(var.to_string(), value.to_string())];
+            let err = Config::load(None, env)
+                .and_then(|c| c.validated())
+                .unwrap_err()
+                .to_string();
+            assert!(err.to_lowercase().contains("timeout_ms"), "{var}={value}: {err}");
+        }
+        let env = vec![("EXPLAIND_IDLE_TIMEOUT_MS".to_string(), "86400000".to_string())];
+        assert!(Config::load(None, env).and_then(|c| c.validated()).is_ok());
     }
 }
