@@ -16,7 +16,7 @@
 //! For each: predictions equal ONNX Runtime's on the tensor the manifest describes, input
 //! gradients pass the central finite-difference check, the report finds it differentiable with
 //! the feature map before the head as its default CAM layer (on its channel axis), and saliency,
-//! Integrated Gradients and Grad-CAM answer finite, non-empty maps.
+//! Integrated Gradients, Grad-CAM and DeconvNet answer finite, non-empty maps.
 
 use crate::common;
 
@@ -284,6 +284,7 @@ async fn they_predict_as_onnx_runtime_and_serve_gradient_methods() {
             ("saliency", json!({})),
             ("integrated-gradients", json!({"steps": 8})),
             ("grad-cam", json!({})),
+            ("deconvnet", json!({})),
         ] {
             let v: Value = ok_json(
                 post_json(
