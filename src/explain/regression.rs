@@ -76,9 +76,15 @@ fn solve(s: &Stats, alpha: f64) -> (Vec<f64>, f64, f64) {
     for j in 0..m {
         a[(j, j)] += alpha;
     }
-    let coef = match a.clone().cholesky() {
+    // With `alpha = 0` and fewer samples than segments the system is singular: the least-squares
+    // solution of least norm then (numpy's lstsq), not an LU solve's values of any size.
+    let coef = match a.clone().cholesky().filter(|_| alpha > 0.0) {
         Some(ch) => ch.solve(&b),
-        None => a.lu().solve(&b).unwrap_or_else(|| DVector::zeros(m)),
+        None => {
+            let svd = a.svd(true, true);
+            let eps = svd.singular_values.max() * 1e-10;
+            svd.solve(&b, eps).unwrap_or_else(|_| DVector::zeros(m))
+        }
     };
     let intercept = (s.sy - coef.dot(&s.sz)) / sw;
     let ss_res = syy - 2.0 * coef.dot(&b) + coef.dot(&(&centred * &coef));
@@ -187,5 +193,33 @@ mod tests {
         }
         let ratio = se[0] / se[1];
         assert!((1.5..2.7).contains(&ratio), "4x samples should halve the error: {se:?}");
+    }
+
+    #[test]
+    fn without_a_penalty_an_underdetermined_fit_stays_small() {
+        // 64 samples over 80 features (LIME's draws and kernel), alpha 0: infinitely many exact
+        // fits; the least-norm one.
+        let mut state = 11u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let m = 80;
+        let mut model = LocalModel::new(m);
+        for k in 0..64 {
+            let z: Vec<bool> = (0..m).map(|_| k == 0 || next() < 0.5).collect();
+            let on = z.iter().filter(|b| **b).count() as f64;
+            let distance = 1.0 - (on / m as f64).sqrt();
+            model.add(&z, next(), (-distance * distance / 0.0625).exp());
+        }
+        let fit = model.fit(0.0);
+        assert!(
+            fit.coef.iter().all(|c| c.is_finite() && c.abs() < 1.0),
+            "{:?}",
+            fit.coef
+        );
+        assert!((fit.r2 - 1.0).abs() < 1e-6, "an exact fit: r2 {}", fit.r2);
     }
 }
