@@ -5,6 +5,7 @@
 //! (model files and graph tools). This file only wires them together.
 
 pub mod audit;
+pub mod common;
 pub mod config;
 pub mod eval;
 pub mod examples;

@@ -15,9 +15,8 @@ mod fidelity;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::explain::baselines::{self, Baseline};
-use crate::explain::method::MAX_FEATURES;
-use crate::explain::{Invalid, Limits};
+use crate::common::baselines::{self, Baseline};
+use crate::common::{Invalid, Limits, MAX_FEATURES};
 use crate::runtime::manifest::Layout;
 use crate::runtime::{LoadedModel, RuntimeError, Tensor};
 
@@ -464,7 +463,7 @@ fn score_rows(
     let mut start = 0;
     while start < rows {
         let n = (rows - start).min(subject.batch.max(1));
-        let mut data = crate::explain::zeroed_batch(&subject.model.name, n * len)?;
+        let mut data = crate::common::batch::zeroed_batch(&subject.model.name, n * len)?;
         for (i, row) in data.chunks_mut(len).enumerate() {
             build(start + i, row);
         }
@@ -493,7 +492,7 @@ pub struct EvaluateTask {
     /// One value per feature, checked against the model.
     pub map: Vec<f32>,
     /// The class the map explains (default: the top prediction).
-    pub target: Option<crate::explain::TargetSpec>,
+    pub target: Option<crate::common::targets::TargetSpec>,
     /// The metrics.
     pub metrics: Vec<ValidMetric>,
     /// Seed of random subsets.
@@ -508,7 +507,7 @@ impl crate::executor::Task for EvaluateTask {
     fn run(
         self,
         rt: &mut crate::runtime::WorkerRuntime,
-        ctx: &crate::executor::JobContext,
+        ctx: &crate::runtime::JobContext,
     ) -> Result<Self::Output, RuntimeError> {
         let model = &self.model;
         let batch = rt.forward_rows(model);
@@ -524,7 +523,7 @@ impl crate::executor::Task for EvaluateTask {
                 })
         };
         let scores = score(&self.input)?.to_f64();
-        let target = crate::explain::targets::resolve(self.target.as_ref(), model, &scores, 1)?
+        let target = crate::common::targets::resolve(self.target.as_ref(), model, &scores, 1)?
             .into_iter()
             .next()
             .ok_or_else(|| RuntimeError::Inference {

@@ -14,6 +14,7 @@ use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
 use super::{Cx, ExplainJob, TargetAttribution};
+pub use crate::common::{bytes, check_range, mul, Invalid, Limits, CONFIGURED_MAX_SAMPLES, MAX_FEATURES, MAX_SIDE};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
 use crate::runtime::{LoadedModel, RuntimeError};
@@ -64,31 +65,6 @@ pub struct Capabilities {
     pub text: bool,
 }
 
-/// Limits that bound every explanation's work, from the config.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Most samples one explanation may draw (steps x targets, masks, windows, coalitions...).
-    pub max_samples: usize,
-    /// Most targets per request.
-    pub max_targets: usize,
-    /// Most bytes one explanation's plan may hold at once.
-    pub max_job_bytes: u64,
-    /// Rows per model pass.
-    pub max_batch: usize,
-}
-
-impl Limits {
-    /// The limits the config sets.
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        Self {
-            max_samples: config.max_samples,
-            max_targets: config.max_targets,
-            max_job_bytes: config.max_job_bytes,
-            max_batch: config.max_batch.max(1),
-        }
-    }
-}
-
 /// What a validated plan will cost: the bound the core checks before anything is queued.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cost {
@@ -98,64 +74,6 @@ pub struct Cost {
     pub rows: usize,
     /// Bytes the plan holds at its peak (inputs, batches, masks, matrices, maps kept for the answer).
     pub bytes: u64,
-}
-
-/// Why parameters were refused. `Request` errors are wrong on their own (400); the others are
-/// fine on their own but do not fit this model or this service's limits (422).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Invalid {
-    /// A parameter is malformed or out of its range (400).
-    Request(String),
-    /// The request does not fit this model: a layer it lacks, a target out of range, a budget that
-    /// this input's size exceeds (422).
-    Model(String),
-    /// The method cannot read this model at all (422, `unsupported-model`).
-    Unsupported(String),
-    /// The method needs gradients the model cannot give (422, `model-not-differentiable`).
-    NotDifferentiable(String),
-}
-
-impl fmt::Display for Invalid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Invalid::Request(m) | Invalid::Model(m) | Invalid::Unsupported(m) | Invalid::NotDifferentiable(m) => {
-                f.write_str(m)
-            }
-        }
-    }
-}
-
-/// Most pixels a size parameter may name (a window, a grid step, a blur): a bound the API document
-/// states; each method also keeps it within the input's own side.
-pub const MAX_SIDE: usize = 65_536;
-
-/// Most features a count parameter may name (an anchor's conditions, a metric's subset): a bound
-/// the API document states; each is also kept within the input's own features.
-pub const MAX_FEATURES: usize = 1 << 24;
-
-/// Stands for the service's `max_samples` in a parameter's `x-maximum` (the API document puts the
-/// configured number in its place).
-pub const CONFIGURED_MAX_SAMPLES: &str = "max_samples";
-
-/// `Err(Invalid::Request)` unless `value` lies in `range`, naming the parameter.
-pub fn check_range<T: PartialOrd + fmt::Display + Copy>(name: &str, value: T, lo: T, hi: T) -> Result<(), Invalid> {
-    if value < lo || value > hi {
-        return Err(Invalid::Request(format!(
-            "params.{name} must be between {lo} and {hi}, got {value}"
-        )));
-    }
-    Ok(())
-}
-
-/// `a * b`, or an error naming what overflowed (a hostile product of parameters).
-pub fn mul(a: usize, b: usize, what: &str) -> Result<usize, Invalid> {
-    a.checked_mul(b)
-        .ok_or_else(|| Invalid::Request(format!("{what} overflows: {a} x {b}")))
-}
-
-/// Bytes of `count` values of `size` bytes each, saturating (the budget check then refuses it).
-pub fn bytes(count: usize, size: usize) -> u64 {
-    (count as u64).saturating_mul(size as u64)
 }
 
 /// What validation sees: the model, the limits, and how many targets the request names.

@@ -31,7 +31,6 @@ mod score_cam;
 mod segments;
 mod similar_examples;
 mod smoothgrad;
-pub mod targets;
 mod transformer_relevance;
 mod tree_shap;
 
@@ -59,15 +58,18 @@ pub use rise::{RiseEstimator, RiseParams};
 pub use saliency::SaliencyParams;
 pub use score_cam::ScoreCamParams;
 pub use smoothgrad::{SmoothGradBase, SmoothGradParams, SmoothGradVariant};
-pub use targets::{TargetRef, TargetSpec};
+// The vocabulary methods share with metrics and estimators, where methods have always found it.
+pub use crate::common::batch::{fold_channels, one_hot, repeat_rows, row, zeroed_batch, Fold};
+pub use crate::common::targets::{self, TargetRef, TargetSpec};
 pub use tree_shap::{FeaturePerturbation, TreeShapParams};
 
-use crate::executor::{JobContext, Task};
+use crate::executor::Task;
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::gradients::GradientKey;
-use crate::runtime::manifest::{ImageSpec, Layout};
+use crate::runtime::manifest::ImageSpec;
 use crate::runtime::predict::{decided, probabilities, Prediction};
 use crate::runtime::sessions::GradientPass;
+use crate::runtime::JobContext;
 use crate::runtime::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
 
 /// A validated explanation request: what the worker runs.
@@ -467,76 +469,6 @@ fn join_passes(parts: Vec<GradientPass>) -> Option<GradientPass> {
     })
 }
 
-/// A zeroed batch buffer of `len` values, reserved fallibly: a plan's byte budget holds in code,
-/// and an allocation the machine cannot give fails the job, not the process.
-pub fn zeroed_batch(model: &str, len: usize) -> Result<Vec<f32>, RuntimeError> {
-    let mut data = Vec::new();
-    data.try_reserve_exact(len).map_err(|e| RuntimeError::Inference {
-        model: model.to_string(),
-        message: format!("cannot reserve a batch of {len} values: {e}"),
-    })?;
-    data.resize(len, 0f32);
-    Ok(data)
-}
-
-/// `rows` copies of a one-row tensor.
-pub fn repeat_rows(t: &Tensor, rows: usize) -> Tensor {
-    let one = t.as_f32().unwrap_or(&[]);
-    let mut data = Vec::with_capacity(one.len() * rows);
-    for _ in 0..rows {
-        data.extend_from_slice(one);
-    }
-    let mut shape = t.shape.clone();
-    if let Some(first) = shape.first_mut() {
-        *first = rows;
-    }
-    Tensor::f32(shape, data)
-}
-
-/// Per-row one-hot weights over `classes` outputs: row r targets `indices[r]`.
-pub fn one_hot(indices: &[usize], classes: usize) -> Tensor {
-    let mut data = vec![0f32; indices.len() * classes];
-    for (r, &i) in indices.iter().enumerate() {
-        data[r * classes + i] = 1.0;
-    }
-    Tensor::f32(vec![indices.len(), classes], data)
-}
-
-/// How to fold an image attribution's channels into one map.
-#[derive(Debug, Clone, Copy)]
-pub enum Fold {
-    /// Largest absolute value over channels (Simonyan et al.'s saliency map).
-    MaxAbs,
-    /// Sum over channels (keeps the sign).
-    Sum,
-}
-
-/// Folds row `row` of an image-shaped tensor `[N, ...]` into a `[height, width]` map.
-pub fn fold_channels(t: &Tensor, row: usize, spec: &ImageSpec, fold: Fold) -> Tensor {
-    let values = t.as_f32().unwrap_or(&[]);
-    let (h, w, c) = (spec.height, spec.width, spec.channels);
-    let base = row * h * w * c;
-    let mut map = vec![0f32; h * w];
-    for y in 0..h {
-        for x in 0..w {
-            let mut acc = 0f32;
-            for ch in 0..c {
-                let v = values[base
-                    + match spec.layout {
-                        Layout::NCHW => ch * h * w + y * w + x,
-                        Layout::NHWC => (y * w + x) * c + ch,
-                    }];
-                acc = match fold {
-                    Fold::MaxAbs => acc.max(v.abs()),
-                    Fold::Sum => acc + v,
-                };
-            }
-            map[y * w + x] = acc;
-        }
-    }
-    Tensor::f32(vec![h, w], map)
-}
-
 /// The map of row `row` of an input-space attribution: images folded over channels to
 /// `[height, width]`; texts summed over the embedding to one value per token, `[tokens]` (of
 /// absolute values with `Fold::MaxAbs`). `None` for tabular models.
@@ -550,13 +482,6 @@ pub fn fold_map(job: &ExplainJob, t: &Tensor, row: usize, fold: Fold) -> Option<
     let values = t.as_f32()?.get(row * per_row..(row + 1) * per_row)?;
     let map = crate::runtime::text::per_token(values, tokens, matches!(fold, Fold::MaxAbs));
     Some(Tensor::f32(vec![map.len()], map))
-}
-
-/// Row `row` of a tensor without the batch axis.
-pub fn row(t: &Tensor, row: usize) -> Tensor {
-    let mut r = t.slice_rows(row, row + 1);
-    r.shape.remove(0);
-    r
 }
 
 /// Runs the job's method.

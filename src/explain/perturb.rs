@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::Cx;
-use crate::runtime::manifest::{ImageSpec, Layout};
+pub(super) use crate::common::batch::pixel_index as index;
+use crate::runtime::manifest::ImageSpec;
 use crate::runtime::{RuntimeError, Tensor};
 
 /// Cost / quality trade-off of a perturbation method, as OpenVINO XAI offers.
@@ -18,15 +19,6 @@ pub enum Preset {
     Balanced,
     /// The papers' settings.
     Quality,
-}
-
-/// Index of (channel, y, x) in one image row.
-pub(super) fn index(spec: &ImageSpec, ch: usize, y: usize, x: usize) -> usize {
-    let (h, w, c) = (spec.height, spec.width, spec.channels);
-    match spec.layout {
-        Layout::NCHW => ch * h * w + y * w + x,
-        Layout::NHWC => (y * w + x) * c + ch,
-    }
 }
 
 /// For each segment, the tensor indices (every channel) of its pixels: switching a segment off is then

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{run, ExplainJob, ExplainResult, TargetAttribution, TargetRef, TargetSpec};
 use crate::eval::{spearman, Evaluation, Metric};
-use crate::executor::JobContext;
 use crate::onnx::randomize::{randomized, weighted_layers};
+use crate::runtime::JobContext;
 use crate::runtime::{LoadedModel, RuntimeError, WorkerRuntime};
 
 /// Each lent copy gets a name of its own, so concurrent checks never share one.

@@ -6,6 +6,7 @@ pub mod budget;
 pub mod gradients;
 pub mod graph_runner;
 pub mod inspect;
+pub mod job;
 pub mod library;
 pub mod manifest;
 pub mod memory;
@@ -19,6 +20,7 @@ pub mod text;
 
 // The graph's interface, as a loaded model describes it.
 pub use crate::onnx::ModelSummary;
+pub use job::JobContext;
 pub use registry::{LoadedModel, Registry};
 pub use sessions::WorkerRuntime;
 pub use tensor::Tensor;

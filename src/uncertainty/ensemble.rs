@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{split_rows, Plan};
-use crate::explain::Invalid;
+use crate::common::Invalid;
 use crate::runtime::{LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
 
 /// The model and its members.

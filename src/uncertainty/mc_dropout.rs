@@ -9,7 +9,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{split_rows, Plan, PlanContext, UncertaintyParams, DEFAULT_P, DEFAULT_SAMPLES};
-use crate::explain::{zeroed_batch, Invalid};
+use crate::common::batch::zeroed_batch;
+use crate::common::Invalid;
 use crate::onnx::dropout::MaskSite;
 use crate::runtime::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
 

@@ -16,13 +16,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::executor::{JobContext, Task};
-use crate::explain::method::CONFIGURED_MAX_SAMPLES;
-use crate::explain::{Invalid, Limits};
+use crate::common::{Invalid, Limits, CONFIGURED_MAX_SAMPLES};
+use crate::executor::Task;
 use crate::onnx::dropout::MaskSite;
 use crate::runtime::gradients::GradientCache;
 use crate::runtime::manifest::Task as ModelTask;
 use crate::runtime::predict::{probabilities, ranked, Prediction};
+use crate::runtime::JobContext;
 use crate::runtime::{LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
 pub use spread::{Spread, SpreadMethod};
 pub use stats::Summary;

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::explain::{fold_channels, one_hot, repeat_rows, Fold};
+use crate::common::batch::{fold_channels, one_hot, repeat_rows, Fold};
 use crate::onnx::autodiff::RuleSet;
 use crate::onnx::dropout::MaskSite;
 use crate::runtime::gradients::GradientKey;

@@ -7,7 +7,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{split_rows, Plan, Transforms, UncertaintyParams};
-use crate::explain::{zeroed_batch, Invalid};
+use crate::common::batch::zeroed_batch;
+use crate::common::Invalid;
 use crate::runtime::manifest::Layout;
 use crate::runtime::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::method::Invalid;
+use super::Invalid;
 use crate::runtime::predict::{rank, Prediction};
 use crate::runtime::preprocess::InputError;
 use crate::runtime::LoadedModel;
