@@ -13,8 +13,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use explaind::eval::{self, EvaluateTask, MetricRequest};
-use explaind::explain::{ExplainJob, ExplainTask, Inputs, Limits, Methods, PlanContext};
+use explaind::eval::{self, MetricRequest};
+use explaind::explain::{Inputs, Limits, Methods, PlanContext};
+use explaind::jobs::{EvaluateTask, ExplainTask};
 use explaind::runtime::sessions::create_session_from_bytes;
 use explaind::runtime::Tensor;
 use ort::value::Tensor as OrtTensor;
@@ -152,11 +153,11 @@ fn main() {
         let planned = methods.get(&name).unwrap().plan(params.clone(), &cx).unwrap();
         let mut sums = [0f64; 3];
         for input in &inputs {
-            let job = ExplainJob {
+            let task = ExplainTask {
+                job: common::job(&model, input.clone(), &planned, limits),
                 evaluate: metrics.clone(),
-                ..common::job(&model, input.clone(), &planned, limits)
             };
-            let result = rt.block_on(state.executor.submit(ExplainTask(job))).unwrap();
+            let result = rt.block_on(state.executor.submit(task)).unwrap();
             for (sum, e) in sums.iter_mut().zip(&result.evaluations[0]) {
                 *sum += e.value.unwrap_or(f64::NAN);
             }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use explaind::config::Config;
-use explaind::explain::{ExplainTask, Inputs, Limits, Methods, PlanContext};
+use explaind::explain::{Inputs, Limits, Methods, PlanContext};
+use explaind::jobs::ExplainTask;
 use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleSet, RuleTable};
 use explaind::runtime::graph_runner::OrtRunner;
 use explaind::runtime::sessions::create_session_from_bytes;
@@ -101,7 +102,7 @@ fn main() {
             let mut result = None;
             let method_time = common::median_of_rounds(rounds, || {
                 result = Some(
-                    rt.block_on(service.state.executor.submit(ExplainTask(job.clone())))
+                    rt.block_on(service.state.executor.submit(ExplainTask::new(job.clone())))
                         .unwrap(),
                 );
             });
@@ -207,7 +208,8 @@ fn ms_per_row(
 ) -> f64 {
     let run = |r: &Vec<f32>| {
         let job = common::job(model, Tensor::f32(vec![1, r.len()], r.clone()), params, limits);
-        rt.block_on(service.state.executor.submit(ExplainTask(job))).unwrap();
+        rt.block_on(service.state.executor.submit(ExplainTask::new(job)))
+            .unwrap();
     };
     run(&rows[0]);
     let started = Instant::now();

@@ -10,7 +10,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use explaind::explain::{ExplainTask, Limits, Methods, PlanContext};
+use explaind::explain::{Limits, Methods, PlanContext};
+use explaind::jobs::ExplainTask;
 use explaind::runtime::Tensor;
 
 fn main() {
@@ -63,7 +64,8 @@ fn main() {
             for round in 0..=rounds {
                 let job = common::job(&model, Tensor::f32(dims.clone(), x.clone()), &params, limits);
                 let started = Instant::now();
-                rt.block_on(service.state.executor.submit(ExplainTask(job))).unwrap();
+                rt.block_on(service.state.executor.submit(ExplainTask::new(job)))
+                    .unwrap();
                 if round > 0 {
                     times.push(started.elapsed());
                 }

@@ -10,7 +10,8 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use explaind::explain::{ExplainTask, Methods, PlanContext};
+use explaind::explain::{Methods, PlanContext};
+use explaind::jobs::ExplainTask;
 use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleTable};
 use explaind::onnx::embedding::EMBEDDINGS;
 use explaind::runtime::graph_runner::OrtRunner;
@@ -120,7 +121,7 @@ fn main() {
         let mut result = None;
         let method_time = common::median_of_rounds(rounds, || {
             result = Some(
-                rt.block_on(service.state.executor.submit(ExplainTask(job.clone())))
+                rt.block_on(service.state.executor.submit(ExplainTask::new(job.clone())))
                     .unwrap(),
             );
         });

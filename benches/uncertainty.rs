@@ -18,10 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use explaind::explain::Limits;
-use explaind::runtime::predict::{softmax, PredictTask};
+use explaind::jobs::{PredictTask, UncertaintyTask};
+use explaind::runtime::predict::softmax;
 use explaind::runtime::sessions::create_session_from_bytes;
 use explaind::runtime::{LoadedModel, Tensor};
-use explaind::uncertainty::{self, stats, PlanContext, UncertaintyOptions, UncertaintyParams, UncertaintyTask};
+use explaind::uncertainty::{self, stats, PlanContext, UncertaintyOptions, UncertaintyParams};
 use ort::value::Tensor as OrtTensor;
 
 fn ms(d: Duration) -> f64 {

@@ -12,6 +12,7 @@ pub mod examples;
 pub mod executor;
 pub mod explain;
 pub mod http;
+pub mod jobs;
 pub mod onnx;
 pub mod pixels;
 pub mod render;

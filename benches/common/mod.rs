@@ -25,7 +25,6 @@ pub fn job(
         seed: 1,
         limits,
         scores: None,
-        evaluate: vec![],
     }
 }
 

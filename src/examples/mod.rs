@@ -26,7 +26,7 @@ use crate::onnx::head::Head;
 /// How similarity is measured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-// Its own schema name: `Metric` is the evaluation metrics' (crate::eval::Metric).
+// Its own schema name: `Metric` is the evaluation metrics' (in `eval`).
 #[schema(as = SimilarityMetric)]
 pub enum Metric {
     /// Cosine of the embeddings (higher is more similar).

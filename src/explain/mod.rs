@@ -26,7 +26,6 @@ mod reference_query;
 mod regression;
 mod rise;
 mod saliency;
-mod sanity;
 mod score_cam;
 mod segments;
 mod similar_examples;
@@ -36,9 +35,6 @@ mod tree_shap;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 pub use deeplift::DeepLiftParams;
 pub use deeplift_shap::DeepLiftShapParams;
@@ -63,7 +59,6 @@ pub use crate::common::batch::{fold_channels, one_hot, repeat_rows, row, zeroed_
 pub use crate::common::targets::{self, TargetRef, TargetSpec};
 pub use tree_shap::{FeaturePerturbation, TreeShapParams};
 
-use crate::executor::Task;
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::gradients::GradientKey;
 use crate::runtime::manifest::ImageSpec;
@@ -91,8 +86,6 @@ pub struct ExplainJob {
     pub limits: Limits,
     /// The input's scores when a prediction already computed them (saves a forward pass).
     pub scores: Option<Vec<f64>>,
-    /// Metrics of each target's explanation, run in the same job.
-    pub evaluate: Vec<crate::eval::ValidMetric>,
 }
 
 /// The attribution for one target.
@@ -172,9 +165,9 @@ impl ExplainJob {
     }
 }
 
-/// What an explanation run produced.
+/// What a method's run produced, counted on its workbench (with what a job ran after it there).
 #[derive(Debug, Clone)]
-pub struct ExplainResult {
+pub struct MethodRun {
     /// One entry per target.
     pub attributions: Vec<TargetAttribution>,
     /// Model rows run (forward or forward+backward), over all batches.
@@ -187,12 +180,8 @@ pub struct ExplainResult {
     pub gradient_rows: usize,
     /// f(input) for each target, as scored when the explanation started.
     pub scores: Vec<f64>,
-    /// Per target, the metrics asked (empty when none were).
-    pub evaluations: Vec<Vec<crate::eval::Evaluation>>,
-    /// Time inside the method's ONNX Runtime runs.
+    /// Time inside the ONNX Runtime runs.
     pub model_time: Duration,
-    /// Time on the worker: those runs and the method's own arithmetic.
-    pub worker_time: Duration,
 }
 
 /// The methods' workbench: batched passes through the worker's sessions, counted.
@@ -485,23 +474,16 @@ pub fn fold_map(job: &ExplainJob, t: &Tensor, row: usize, fold: Fold) -> Option<
 }
 
 /// Runs the job's method.
-pub fn run(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Result<ExplainResult, RuntimeError> {
-    let began = Instant::now();
-    let mut result = run_method(rt, job_ctx, job)?;
-    // The randomisation check re-runs the method on other models: after the method's own passes.
-    for metric in &job.evaluate {
-        if let crate::eval::ValidMetric::Randomization { layers } = metric {
-            let checks = sanity::model_randomization(rt, job_ctx, job, &result, *layers)?;
-            for (list, check) in result.evaluations.iter_mut().zip(checks) {
-                list.push(check);
-            }
-        }
-    }
-    result.worker_time = began.elapsed();
-    Ok(result)
-}
-
-fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) -> Result<ExplainResult, RuntimeError> {
+/// Runs the job's method on a fresh workbench, then `after` on the same workbench (a job's
+/// metrics, their passes batched and counted with the method's); `after_rows(targets)` is the
+/// rows `after` plans to run, for the job's progress.
+pub fn run<T>(
+    rt: &mut WorkerRuntime,
+    job_ctx: &JobContext,
+    job: &ExplainJob,
+    after_rows: impl Fn(usize) -> usize,
+    after: impl FnOnce(&mut Cx, &[TargetAttribution]) -> Result<T, RuntimeError>,
+) -> Result<(MethodRun, T), RuntimeError> {
     let mut cx = Cx {
         rt,
         job_ctx,
@@ -516,30 +498,44 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
     };
     // The top prediction of a fresh input, for a method whose first pass is one gradient pass:
     // the graph chooses the class, so that pass is the only one.
-    if let Some(top) = primed_top_pass(&mut cx, job)? {
-        let planned_rows = job.params.cost().rows.saturating_add(evaluation_rows(job, 1));
-        job_ctx.plan(planned_rows);
-        let (target, scores) = top;
-        let attributions = job
-            .params
-            .explain(&mut cx, job, std::slice::from_ref(&target), &scores)?;
-        let evaluations = evaluate_attributions(&mut cx, job, &attributions)?;
-        return Ok(ExplainResult {
-            evaluations,
-            attributions,
-            rows: cx.rows,
-            planned_rows,
-            runs: cx.runs,
-            gradient_rows: cx.gradient_rows,
-            scores: vec![scores.get(target.index).copied().unwrap_or(f64::NAN)],
-            model_time: cx.model_time,
-            worker_time: Duration::ZERO,
-        });
-    }
-    let scores: Vec<f64> = match (&job.scores, job.params.with_scores(job)) {
+    let (targets, scores, planned_rows) = match primed_top_pass(&mut cx, job)? {
+        Some((target, scores)) => {
+            let planned_rows = job.params.cost().rows.saturating_add(after_rows(1));
+            (vec![target], scores, planned_rows)
+        }
+        None => {
+            let scores = first_scores(&mut cx, job)?;
+            // Indices and labels were checked at the edge; the top-k and top-1 need the scores.
+            let targets = targets::resolve(job.targets.as_ref(), &job.model, &scores, job.limits.max_targets)?;
+            let planned_rows = (1 + job.params.cost().rows).saturating_add(after_rows(targets.len()));
+            (targets, scores, planned_rows)
+        }
+    };
+    job_ctx.plan(planned_rows);
+    let attributions = job.params.explain(&mut cx, job, &targets, &scores)?;
+    let extra = after(&mut cx, &attributions)?;
+    let target_scores = targets
+        .iter()
+        .map(|t| scores.get(t.index).copied().unwrap_or(f64::NAN))
+        .collect();
+    let run = MethodRun {
+        attributions,
+        rows: cx.rows,
+        planned_rows,
+        runs: cx.runs,
+        gradient_rows: cx.gradient_rows,
+        scores: target_scores,
+        model_time: cx.model_time,
+    };
+    Ok((run, extra))
+}
+
+/// The input's scores: given by a prediction, or one forward pass that also keeps what the
+/// method reads besides them ([`Method::with_scores`]).
+fn first_scores(cx: &mut Cx, job: &ExplainJob) -> Result<Vec<f64>, RuntimeError> {
+    Ok(match (&job.scores, job.params.with_scores(job)) {
         (Some(s), _) => s.clone(),
         (None, extra) if extra.is_empty() => cx.forward(&job.input)?.to_f64(),
-        // One pass gives the scores and what the method reads besides them.
         (None, mut extra) => {
             let model = job.model.clone();
             if !extra.contains(&model.spec.output) {
@@ -557,79 +553,7 @@ fn run_method(rt: &mut WorkerRuntime, job_ctx: &JobContext, job: &ExplainJob) ->
             cx.scored = Some(outputs);
             scores
         }
-    };
-    // Indices and labels were checked at the edge; the top-k and top-1 need the scores.
-    let targets = targets::resolve(job.targets.as_ref(), &job.model, &scores, job.limits.max_targets)?;
-    let planned_rows = (1 + job.params.cost().rows).saturating_add(evaluation_rows(job, targets.len()));
-    job_ctx.plan(planned_rows);
-    let attributions = job.params.explain(&mut cx, job, &targets, &scores)?;
-    let evaluations = evaluate_attributions(&mut cx, job, &attributions)?;
-    let target_scores = targets
-        .iter()
-        .map(|t| scores.get(t.index).copied().unwrap_or(f64::NAN))
-        .collect();
-    Ok(ExplainResult {
-        evaluations,
-        attributions,
-        rows: cx.rows,
-        planned_rows,
-        runs: cx.runs,
-        gradient_rows: cx.gradient_rows,
-        scores: target_scores,
-        model_time: cx.model_time,
-        worker_time: Duration::ZERO,
     })
-}
-
-/// The metrics `job.evaluate` asks, on each target's map (pixels of the model's input, or
-/// features), their passes batched and counted as the method's are.
-/// Model rows the metrics `job.evaluate` asks will run on `targets` maps.
-fn evaluation_rows(job: &ExplainJob, targets: usize) -> usize {
-    let features = crate::eval::feature_count(&job.model);
-    job.evaluate
-        .iter()
-        .map(|m| m.rows(features))
-        .fold(0usize, usize::saturating_add)
-        .saturating_mul(targets)
-}
-
-fn evaluate_attributions(
-    cx: &mut Cx,
-    job: &ExplainJob,
-    attributions: &[TargetAttribution],
-) -> Result<Vec<Vec<crate::eval::Evaluation>>, RuntimeError> {
-    if job.evaluate.is_empty() {
-        return Ok(vec![Vec::new(); attributions.len()]);
-    }
-    let features = match &job.text {
-        Some(text) => text.tokens.len(),
-        None => crate::eval::feature_count(&job.model),
-    };
-    let mut all = Vec::with_capacity(attributions.len());
-    for a in attributions {
-        let map = a.map.as_ref().unwrap_or(&a.tensor);
-        let values = map.as_f32().unwrap_or(&[]);
-        if values.len() != features {
-            return Err(RuntimeError::Inference {
-                model: job.model.name.clone(),
-                message: format!(
-                    "a map of {} values for {features} features cannot be evaluated",
-                    values.len()
-                ),
-            });
-        }
-        let subject = crate::eval::Subject {
-            model: &job.model,
-            input: &job.input,
-            map: values,
-            target: a.target.index,
-            seed: job.seed,
-            batch: cx.forward_rows(),
-            text: job.text.as_deref(),
-        };
-        all.push(crate::eval::evaluate(&subject, &job.evaluate, &mut |t| cx.forward(t))?);
-    }
-    Ok(all)
 }
 
 /// Runs the method's one pass for the top prediction when it has one and the job asks for the top
@@ -680,183 +604,6 @@ impl Primed {
                 .enumerate()
                 .all(|(i, v)| *v == if i == self.index { 1.0 } else { 0.0 })
             && w.len() > self.index
-    }
-}
-
-/// An explanation as a job for a worker.
-pub struct ExplainTask(pub ExplainJob);
-
-impl Task for ExplainTask {
-    type Output = ExplainResult;
-
-    fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<ExplainResult, RuntimeError> {
-        run(rt, ctx, &self.0)
-    }
-
-    fn bytes(&self) -> u64 {
-        self.0.params.cost().bytes
-    }
-}
-
-/// Several methods on one input, in one job: the input's forward pass is run once and shared, so
-/// the methods start from the same scores.
-pub struct CompareTask(pub Vec<ExplainJob>);
-
-impl Task for CompareTask {
-    type Output = Vec<ExplainResult>;
-
-    fn bytes(&self) -> u64 {
-        self.0
-            .iter()
-            .map(|j| j.params.cost().bytes)
-            .fold(0, u64::saturating_add)
-    }
-
-    fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Vec<ExplainResult>, RuntimeError> {
-        let Some(first) = self.0.first() else {
-            return Ok(Vec::new());
-        };
-        ctx.checkpoint()?;
-        let model = &first.model;
-        let mut outputs = rt.run(&model.name, &model.spec.input, &first.input)?;
-        let scores = outputs
-            .remove(&model.spec.output)
-            .ok_or_else(|| RuntimeError::Inference {
-                model: model.name.clone(),
-                message: format!("output `{}` missing", model.spec.output),
-            })?
-            .to_f64();
-        self.0
-            .into_iter()
-            .map(|mut job| {
-                job.scores = Some(scores.clone());
-                run(rt, ctx, &job)
-            })
-            .collect()
-    }
-}
-
-/// When a prediction should carry an explanation.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Condition {
-    /// Explain only when the top prediction has one of these labels.
-    pub labels: Option<Vec<String>>,
-    /// Explain only when the top prediction's score is at least this.
-    pub min_score: Option<f32>,
-}
-
-impl Condition {
-    /// Whether the top prediction meets the condition.
-    pub fn holds(&self, top: &Prediction) -> bool {
-        self.labels.as_ref().is_none_or(|l| l.contains(&top.label)) && self.min_score.is_none_or(|m| top.score >= m)
-    }
-}
-
-/// An explanation attached to a prediction, for the rows meeting `when`.
-pub struct AttachedExplain {
-    /// Method and parameters of the explanations, validated.
-    pub params: ValidParams,
-    /// Targets to explain (default: top-1).
-    pub targets: Option<TargetSpec>,
-    /// Seed of random methods.
-    pub seed: u64,
-    /// Work limits.
-    pub limits: Limits,
-    /// Which rows to explain.
-    pub when: Condition,
-    /// Metrics of each explanation.
-    pub evaluate: Vec<crate::eval::ValidMetric>,
-}
-
-/// A prediction with what is attached to it, in one job: explanations (reusing the prediction's
-/// forward pass) and uncertainty estimates, each for the rows meeting its condition.
-pub struct PredictJob {
-    /// The prediction.
-    pub predict: crate::runtime::predict::PredictTask,
-    /// The attached explanation.
-    pub explain: Option<AttachedExplain>,
-    /// The attached uncertainty estimate, and the rows it is for.
-    pub uncertainty: Option<(crate::uncertainty::ValidUncertainty, Condition)>,
-    /// Text models: each row's tokens.
-    pub texts: Vec<Option<Arc<crate::runtime::text::Encoded>>>,
-}
-
-/// What a [`PredictJob`] gives, one entry per row.
-pub struct PredictOutput {
-    /// Predictions.
-    pub rows: Vec<crate::runtime::predict::RowPrediction>,
-    /// Explanations of the rows meeting their condition.
-    pub explained: Vec<Option<ExplainResult>>,
-    /// Uncertainty estimates of the rows meeting their condition.
-    pub estimates: Vec<Option<crate::uncertainty::Estimate>>,
-}
-
-/// Indices of the rows whose top prediction meets `when`.
-fn rows_meeting(rows: &[crate::runtime::predict::RowPrediction], when: &Condition) -> Vec<usize> {
-    (0..rows.len())
-        .filter(|&r| rows[r].predictions.first().is_some_and(|top| when.holds(top)))
-        .collect()
-}
-
-impl Task for PredictJob {
-    type Output = PredictOutput;
-
-    fn bytes(&self) -> u64 {
-        // Each row may be explained, as max_job_bytes counts them.
-        let rows = self.predict.inputs.first().map_or(1, Tensor::rows) as u64;
-        self.explain
-            .as_ref()
-            .map_or(0, |e| e.params.cost().bytes.saturating_mul(rows))
-    }
-
-    fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Self::Output, RuntimeError> {
-        let p = &self.predict;
-        ctx.checkpoint()?;
-        let rows = crate::runtime::predict::predict_rows(rt, &p.model, &p.inputs, p.top_k)?;
-        let mut estimates = vec![None; rows.len()];
-        if let Some((valid, when)) = &self.uncertainty {
-            let chosen = rows_meeting(&rows, when);
-            if !chosen.is_empty() {
-                let parts = chosen
-                    .iter()
-                    .filter_map(|&r| crate::runtime::predict::nth_row(&p.inputs, r))
-                    .collect();
-                let input = Tensor::concat_rows(parts).ok_or_else(|| RuntimeError::Inference {
-                    model: p.model.name.clone(),
-                    message: "inputs differ in shape".into(),
-                })?;
-                let found = crate::uncertainty::run(rt, ctx, valid, &input)?;
-                for (r, estimate) in chosen.into_iter().zip(found) {
-                    estimates[r] = Some(estimate);
-                }
-            }
-        }
-        let mut explained: Vec<Option<ExplainResult>> = (0..rows.len()).map(|_| None).collect();
-        if let Some(e) = &self.explain {
-            for r in rows_meeting(&rows, &e.when) {
-                let job = ExplainJob {
-                    model: p.model.clone(),
-                    input: crate::runtime::predict::nth_row(&p.inputs, r).ok_or_else(|| RuntimeError::Inference {
-                        model: p.model.name.clone(),
-                        message: format!("no input row {r}"),
-                    })?,
-                    text: self.texts.get(r).cloned().flatten(),
-                    targets: e.targets.clone(),
-                    params: e.params.clone(),
-                    seed: e.seed,
-                    limits: e.limits,
-                    scores: rows[r].outputs.get(&p.model.spec.output).cloned(),
-                    evaluate: e.evaluate.clone(),
-                };
-                explained[r] = Some(run(rt, ctx, &job)?);
-            }
-        }
-        Ok(PredictOutput {
-            rows,
-            explained,
-            estimates,
-        })
     }
 }
 

@@ -17,7 +17,8 @@ use super::explain::{self, ExplainOptions, ExplainResponse, Format};
 use super::input::{self, FeaturesJson};
 use super::{offload, prepare, AppState};
 use crate::eval::{Evaluation, MetricRequest};
-use crate::explain::{CompareTask, TargetSpec};
+use crate::explain::TargetSpec;
+use crate::jobs::CompareTask;
 use crate::render::{self, RenderOptions};
 
 /// Most methods one comparison may run.
@@ -181,7 +182,7 @@ pub async fn compare(
     let prepared = prepare::prepare_all(&model, vec![raw], &state.config).await?;
     let jobs = valid
         .iter()
-        .map(|v| v.job(&prepared, None))
+        .map(|v| v.task(&prepared, None))
         .collect::<Result<Vec<_>, _>>()?;
     let results = admission.run(CompareTask(jobs)).await?;
     let max_map_pixels = state.config.max_map_pixels;

@@ -16,8 +16,9 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ProblemKind};
 use super::input::{self, FeaturesJson, RawInput};
 use super::{prepare, AppState};
-use crate::eval::{self, EvaluateTask, Evaluation, MetricRequest};
+use crate::eval::{self, Evaluation, MetricRequest};
 use crate::explain::{targets, Limits, TargetSpec};
+use crate::jobs::EvaluateTask;
 use crate::runtime::predict::Prediction;
 
 /// Metrics of one attribution map: the input (or the audit record's, when it kept it) and the map

@@ -26,7 +26,6 @@ use crate::audit::{Context, Evidence};
 use crate::executor::board::{JobState, JobView, Refused, Viewer};
 use crate::executor::shared::{NewJob, SubmitError};
 use crate::executor::{Admission, Control};
-use crate::explain::ExplainTask;
 use crate::runtime::registry::LoadedModel;
 
 /// How often an event stream looks at its job.
@@ -134,8 +133,8 @@ pub(super) async fn run(
         ..
     } = ready;
     let answer = async {
-        let explain_job = valid.job(&prepared, None)?;
-        let result = admission.run_controlled(ExplainTask(explain_job), control).await?;
+        let task = valid.task(&prepared, None)?;
+        let result = admission.run_controlled(task, control).await?;
         let audit = evidence.map(|evidence| (evidence, ctx));
         let answer = explain::finish(state, valid, prepared, result, false, started, audit).await?;
         // Through the answer's text, not `to_value`: a job's result then prints every number as

@@ -20,9 +20,10 @@ use super::prepare::{self, Prepared};
 use super::uncertainty::PredictUncertainty;
 use super::{offload, AppState};
 use crate::audit::{Context, Evidence, Kind, Receipt};
-use crate::explain::{Condition, ExplainResult, PredictJob, PredictOutput, TargetSpec};
+use crate::explain::TargetSpec;
+use crate::jobs::{Condition, ExplainResult, PredictJob, PredictOutput, PredictTask};
 use crate::render::RenderOptions;
-use crate::runtime::predict::{PredictTask, Prediction, RowPrediction};
+use crate::runtime::predict::{Prediction, RowPrediction};
 use crate::runtime::LoadedModel;
 use crate::uncertainty::{Estimate, Setup, Uncertainty};
 

@@ -18,12 +18,13 @@ use super::input::{self, FeaturesJson, RawInput};
 use super::predict::{form_inputs, json_inputs, unsupported_media, Instance};
 use super::{offload, prepare, AppState};
 use crate::audit::{Kind, Receipt};
-use crate::explain::{Condition, Limits};
+use crate::explain::Limits;
+use crate::jobs::{Condition, UncertaintyTask};
 use crate::render::{self, RenderOptions};
 use crate::runtime::LoadedModel;
 use crate::uncertainty::{
     self, Estimate, PlanContext, Setup, Source, SpreadMethod, Uncertainty, UncertaintyInclude, UncertaintyOptions,
-    UncertaintyParams, UncertaintyTask, ValidUncertainty,
+    UncertaintyParams, ValidUncertainty,
 };
 
 /// An uncertainty request as JSON (or the `request` part of a multipart form, without images).

@@ -149,26 +149,6 @@ pub fn softmax(x: &[f64]) -> Vec<f64> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-/// A validated prediction request, as a job for a worker.
-pub struct PredictTask {
-    /// The model to run.
-    pub model: Arc<LoadedModel>,
-    /// Input rows, already preprocessed: one tensor per input (texts differ in length), each of
-    /// one row or more.
-    pub inputs: Vec<Tensor>,
-    /// Classes to report per row.
-    pub top_k: usize,
-}
-
-impl crate::executor::Task for PredictTask {
-    type Output = Vec<RowPrediction>;
-
-    fn run(self, rt: &mut WorkerRuntime, ctx: &crate::executor::JobContext) -> Result<Self::Output, RuntimeError> {
-        ctx.checkpoint()?;
-        predict_rows(rt, &self.model, &self.inputs, self.top_k)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::{decided, softmax};

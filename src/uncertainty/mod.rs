@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::common::{Invalid, Limits, CONFIGURED_MAX_SAMPLES};
-use crate::executor::Task;
 use crate::onnx::dropout::MaskSite;
 use crate::runtime::gradients::GradientCache;
 use crate::runtime::manifest::Task as ModelTask;
@@ -408,22 +407,6 @@ fn split_rows(model: &LoadedModel, scores: &Tensor, per: usize) -> Vec<Vec<Vec<f
     let width = scores.row_len().max(1);
     let rows: Vec<Vec<f64>> = values.chunks(width).map(|r| probabilities(model, r)).collect();
     rows.chunks(per.max(1)).map(<[Vec<f64>]>::to_vec).collect()
-}
-
-/// A standalone uncertainty request as a job.
-pub struct UncertaintyTask {
-    /// What to run.
-    pub valid: ValidUncertainty,
-    /// The inputs, one row each, preprocessed.
-    pub input: Tensor,
-}
-
-impl Task for UncertaintyTask {
-    type Output = Vec<Estimate>;
-
-    fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Self::Output, RuntimeError> {
-        run(rt, ctx, &self.valid, &self.input)
-    }
 }
 
 /// An estimate as answered: how it was made, and its figures.

@@ -12,8 +12,8 @@ use super::request::{
     Array, Attributions, ExplainResponse, ExplainStats, FeatureAttribution, Include, TargetExplanation, TextAttribution,
 };
 use super::ValidExplain;
-use crate::explain::ExplainResult;
 use crate::http::prepare::Prepared;
+use crate::jobs::ExplainResult;
 use crate::render;
 use crate::runtime::text::Encoded;
 

@@ -23,9 +23,8 @@ use super::prepare::{self, Prepared};
 use super::AppState;
 use crate::audit::{Context, Evidence, Kind};
 use crate::explain::method::{check_applicable, check_bytes, PlanContext};
-use crate::explain::{
-    targets, AttachedExplain, Condition, ExplainJob, ExplainResult, ExplainTask, Limits, TargetSpec, ValidParams,
-};
+use crate::explain::{targets, ExplainJob, Limits, TargetSpec, ValidParams};
+use crate::jobs::{AttachedExplain, Condition, ExplainResult, ExplainTask};
 use crate::render::RenderOptions;
 use crate::runtime::LoadedModel;
 
@@ -101,8 +100,8 @@ pub async fn explain(
     let evidence = audit_evidence(&state, &model, &raw, request.audit.unwrap_or(false)).await?;
     let admission = state.executor.admit()?;
     let prepared = prepare::prepare_all(&model, vec![raw], &state.config).await?;
-    let job = valid.job(&prepared, None)?;
-    let result = admission.run(ExplainTask(job)).await?;
+    let task = valid.task(&prepared, None)?;
+    let result = admission.run(task).await?;
     let audit = evidence.map(|evidence| (evidence, audit_context(&headers, caller)));
     let answer = finish(&state, valid, prepared, result, wants_png, started, audit).await?;
     Ok(match wants_html {
@@ -149,8 +148,8 @@ pub struct ValidExplain {
 
 impl ValidExplain {
     /// The worker's job for `input` (scores when a prediction already computed them).
-    pub fn job(&self, prepared: &[Prepared], scores: Option<Vec<f64>>) -> Result<ExplainJob, ApiError> {
-        Ok(ExplainJob {
+    pub fn task(&self, prepared: &[Prepared], scores: Option<Vec<f64>>) -> Result<ExplainTask, ApiError> {
+        let job = ExplainJob {
             model: self.model.clone(),
             input: prepare::batch(prepared)?,
             text: prepared.first().and_then(|p| p.text.clone()),
@@ -159,6 +158,9 @@ impl ValidExplain {
             seed: self.seed,
             limits: self.limits,
             scores,
+        };
+        Ok(ExplainTask {
+            job,
             evaluate: self.evaluate.clone(),
         })
     }

@@ -6,8 +6,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{run, ExplainJob, ExplainResult, TargetAttribution, TargetRef, TargetSpec};
+use super::explain::run;
+use super::ExplainResult;
+use crate::common::targets::{TargetRef, TargetSpec};
 use crate::eval::{spearman, Evaluation, Metric};
+use crate::explain::{ExplainJob, TargetAttribution};
 use crate::onnx::randomize::{randomized, weighted_layers};
 use crate::runtime::JobContext;
 use crate::runtime::{LoadedModel, RuntimeError, WorkerRuntime};
@@ -51,10 +54,9 @@ pub(super) fn model_randomization(
             model: lent.model.clone(),
             targets: Some(TargetSpec::Many(indices.clone())),
             scores: None,
-            evaluate: Vec::new(),
             ..job.clone()
         };
-        let again = run(rt, ctx, &randomized_job)?;
+        let again = run(rt, ctx, &randomized_job, &[])?;
         for ((curve, original), a) in curves.iter_mut().zip(&originals).zip(&again.attributions) {
             curve.push(spearman(original, map_of(a)).unwrap_or(f64::NAN));
         }

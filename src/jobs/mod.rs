@@ -1,0 +1,16 @@
+//! Worker tasks: each composes the pieces under it (a method, metrics, uncertainty estimates, a
+//! prediction) into one job for the executor. The only layer that knows several of them; the
+//! executor runs any task and knows none.
+
+mod compare;
+mod evaluate;
+mod explain;
+mod predict;
+mod sanity;
+mod uncertainty;
+
+pub use compare::CompareTask;
+pub use evaluate::EvaluateTask;
+pub use explain::{ExplainResult, ExplainTask};
+pub use predict::{AttachedExplain, Condition, PredictJob, PredictOutput, PredictTask};
+pub use uncertainty::UncertaintyTask;

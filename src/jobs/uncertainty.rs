@@ -1,0 +1,21 @@
+//! A standalone uncertainty request as a job.
+
+use crate::executor::Task;
+use crate::runtime::{JobContext, RuntimeError, Tensor, WorkerRuntime};
+use crate::uncertainty::{Estimate, ValidUncertainty};
+
+/// A standalone uncertainty request as a job.
+pub struct UncertaintyTask {
+    /// What to run.
+    pub valid: ValidUncertainty,
+    /// The inputs, one row each, preprocessed.
+    pub input: Tensor,
+}
+
+impl Task for UncertaintyTask {
+    type Output = Vec<Estimate>;
+
+    fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<Self::Output, RuntimeError> {
+        crate::uncertainty::run(rt, ctx, &self.valid, &self.input)
+    }
+}
