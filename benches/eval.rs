@@ -149,6 +149,7 @@ fn main() {
             model: &model,
             limits,
             targets: 1,
+            reference: None,
         };
         let planned = methods.get(&name).unwrap().plan(params.clone(), &cx).unwrap();
         let mut sums = [0f64; 3];

@@ -240,6 +240,7 @@ fn try_planned(
         model,
         limits,
         targets: 1,
+        reference: None,
     };
     Methods::standard()
         .get(method)

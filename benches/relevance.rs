@@ -58,6 +58,7 @@ fn main() {
                 model: &model,
                 limits,
                 targets: 1,
+                reference: None,
             };
             let params = methods.get(method).unwrap().plan(params.clone(), &cx).unwrap();
             let mut times = Vec::new();

@@ -113,6 +113,7 @@ fn main() {
             model: &model,
             limits,
             targets: 1,
+            reference: None,
         };
         let planned = methods.get(method).unwrap().plan(params, &cx).unwrap();
         let mut job = common::job(&model, input.clone(), &planned, limits);

@@ -104,7 +104,8 @@ impl Service {
             },
             metrics.clone(),
         ));
-        examples::build::prepare_all(&registry, &gradients, &executor, &config).await?;
+        let references = Arc::new(examples::Sets::default());
+        examples::build::prepare_all(&registry, &references, &gradients, &executor, &config).await?;
         let audit = Arc::new(
             audit::AuditLog::open(&config)
                 .await
@@ -140,6 +141,7 @@ impl Service {
             config,
             registry,
             executor,
+            references,
             gradients,
             metrics,
             audit,

@@ -25,6 +25,7 @@ pub fn job(
         seed: 1,
         limits,
         scores: None,
+        reference: None,
     }
 }
 

@@ -255,6 +255,7 @@ fn argmax(row: &[f32]) -> usize {
 /// naming the file and line: the service does not start without it.
 pub async fn prepare_all(
     registry: &Arc<Registry>,
+    sets: &super::Sets,
     gradients: &Arc<GradientCache>,
     executor: &Arc<Executor>,
     config: &Config,
@@ -306,7 +307,7 @@ pub async fn prepare_all(
         };
         tracing::info!(model = %model.name, rows = set.len(), bytes = set.bytes(), embedding = %set.head.embedding,
             influence = !set.checkpoints.is_empty(), loaded = set.loaded, "reference set ready");
-        model.set_reference(Arc::new(set));
+        sets.put(&model.name, Arc::new(set));
     }
     Ok(())
 }

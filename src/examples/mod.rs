@@ -12,6 +12,7 @@
 //! `influence(x, x_i) = sum over checkpoints of lr * (a . a_i + 1) * (g . g_i)`.
 
 pub mod build;
+mod sets;
 pub mod source;
 pub mod store;
 pub mod upload;
@@ -20,6 +21,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+pub use sets::Sets;
 
 use crate::onnx::head::Head;
 

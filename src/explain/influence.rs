@@ -49,7 +49,7 @@ impl Method for Influence {
 
     fn plan(p: &mut InfluenceParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("k", p.k, 1, 100)?;
-        let set = reference_of(cx.model)?;
+        let set = reference_of(&cx.reference, cx.model)?;
         check_influence(&set, cx.model)?;
         let checkpoints = set.checkpoints.len();
         Ok(Cost {
@@ -70,7 +70,7 @@ impl Method for Influence {
         targets: &[Prediction],
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-        let set = reference_of(&job.model).map_err(|e| unsupported(job, e))?;
+        let set = reference_of(&job.reference, &job.model).map_err(|e| unsupported(job, e))?;
         check_influence(&set, &job.model).map_err(|e| unsupported(job, e))?;
         let vectors = input_vectors(cx, job, &set, true)?;
         let labels = &job.model.spec.labels;

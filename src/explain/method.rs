@@ -84,6 +84,8 @@ pub struct PlanContext<'a> {
     pub limits: Limits,
     /// Targets the request will explain (1 by default, the list's length, or `top_k`).
     pub targets: usize,
+    /// The model's reference set in force, when it has one (the example-based methods).
+    pub reference: Option<Arc<crate::examples::ReferenceSet>>,
 }
 
 impl PlanContext<'_> {

@@ -86,6 +86,9 @@ pub struct ExplainJob {
     pub limits: Limits,
     /// The input's scores when a prediction already computed them (saves a forward pass).
     pub scores: Option<Vec<f64>>,
+    /// The model's reference set in force when the request was validated (the example-based
+    /// methods read it; a set put in force meanwhile serves the next request).
+    pub reference: Option<Arc<crate::examples::ReferenceSet>>,
 }
 
 /// The attribution for one target.

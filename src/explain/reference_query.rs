@@ -25,16 +25,15 @@ pub(super) const ROWS: Capabilities = Capabilities {
 /// last-layer tensors.
 pub(super) fn scored_with(job: &ExplainJob) -> Vec<String> {
     let scores = &job.model.spec.output;
-    job.model
-        .reference()
+    job.reference
+        .as_ref()
         .map(|s| s.head.outputs(scores))
         .unwrap_or_default()
 }
 
 /// The model's reference set, or a 422 naming the manifest section to add.
-pub(super) fn reference_of(model: &LoadedModel) -> Result<Arc<ReferenceSet>, Invalid> {
-    model
-        .reference()
+pub(super) fn reference_of(set: &Option<Arc<ReferenceSet>>, model: &LoadedModel) -> Result<Arc<ReferenceSet>, Invalid> {
+    set.clone()
         .ok_or_else(|| Invalid::Model(crate::examples::no_set(&model.name)))
 }
 

@@ -52,7 +52,7 @@ impl Method for SimilarExamples {
 
     fn plan(p: &mut SimilarExamplesParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("k", p.k, 1, 100)?;
-        let set = reference_of(cx.model)?;
+        let set = reference_of(&cx.reference, cx.model)?;
         if p.metric == Metric::GradientCosine {
             check_influence(&set, cx.model)?;
         }
@@ -76,7 +76,7 @@ impl Method for SimilarExamples {
         targets: &[Prediction],
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-        let set = reference_of(&job.model).map_err(|e| unsupported(job, e))?;
+        let set = reference_of(&job.reference, &job.model).map_err(|e| unsupported(job, e))?;
         let mask = allowed(&job.model, &p.labels).map_err(|e| unsupported(job, e))?;
         let vectors = input_vectors(cx, job, &set, false)?;
         let labels = &job.model.spec.labels;

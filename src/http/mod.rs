@@ -47,6 +47,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The job executor.
     pub executor: Arc<Executor>,
+    /// The models' reference sets in force.
+    pub references: Arc<crate::examples::Sets>,
     /// Backward models built so far.
     pub gradients: Arc<GradientCache>,
     /// Metrics registry.

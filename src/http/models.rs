@@ -72,6 +72,7 @@ impl ModelInfo {
             model: m,
             limits,
             targets: 1,
+            reference: state.references.get(&m.name),
         };
         let method_details: Vec<MethodInfo> = state
             .methods
@@ -108,7 +109,7 @@ impl ModelInfo {
             methods,
             method_details,
             uncertainty,
-            reference_set: m.reference().map(|r| r.summary()),
+            reference_set: state.references.get(&m.name).map(|r| r.summary()),
         }
     }
 }

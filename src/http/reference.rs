@@ -44,8 +44,9 @@ pub struct SuspectPage {
 
 fn set_of(state: &AppState, model: &str) -> Result<(Arc<LoadedModel>, Arc<ReferenceSet>), ApiError> {
     let m = state.model(model)?;
-    let set = m
-        .reference()
+    let set = state
+        .references
+        .get(&m.name)
         .ok_or_else(|| ApiError::new(ProblemKind::NotFound, crate::examples::no_set(&m.name)))?;
     Ok((m, set))
 }
@@ -266,7 +267,7 @@ pub async fn upload(
             match built.and_then(|set| crate::examples::upload::put_in_force(&data_dir, &m.name, &dir).map(|()| set)) {
                 Ok(set) => {
                     let summary = set.summary();
-                    m.set_reference(Arc::new(set));
+                    state.references.put(&m.name, Arc::new(set));
                     tracing::info!(model = %m.name, rows = summary.rows, "uploaded reference set in force");
                     Ok(serde_json::to_value(summary).unwrap_or_default())
                 }

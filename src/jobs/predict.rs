@@ -66,6 +66,8 @@ pub struct AttachedExplain {
     pub when: Condition,
     /// Metrics of each explanation.
     pub evaluate: Vec<ValidMetric>,
+    /// The model's reference set in force when the request was validated.
+    pub reference: Option<Arc<crate::examples::ReferenceSet>>,
 }
 
 /// A prediction with what is attached to it, in one job: explanations (reusing the prediction's
@@ -143,6 +145,7 @@ impl Task for PredictJob {
                     seed: e.seed,
                     limits: e.limits,
                     scores: rows[r].outputs.get(&p.model.spec.output).cloned(),
+                    reference: e.reference.clone(),
                 };
                 explained[r] = Some(run(rt, ctx, &job, &e.evaluate)?);
             }

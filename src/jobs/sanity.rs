@@ -101,7 +101,6 @@ fn copy_of(model: &LoadedModel, weights: &crate::onnx::proto::ModelProto) -> Loa
         gradient_report: report,
         background: model.background.clone(),
         forest: std::sync::OnceLock::new(),
-        reference: Default::default(),
         text: model.text.clone(),
     }
 }

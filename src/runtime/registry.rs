@@ -10,7 +10,6 @@ use prost::Message;
 
 use super::manifest::{Manifest, ModelSpec, Task, TextSpec};
 use super::text::TextModel;
-use crate::examples::ReferenceSet;
 use crate::onnx::proto::ModelProto;
 use crate::onnx::trees::{self, Forest};
 use crate::onnx::{proto, ModelSummary};
@@ -37,23 +36,11 @@ pub struct LoadedModel {
     pub background: Option<Vec<Vec<f32>>>,
     /// The tree ensemble TreeSHAP reads, parsed on first use (or why it cannot be read).
     pub forest: std::sync::OnceLock<Result<Arc<Forest>, String>>,
-    /// The reference set (`[reference]`), once loaded or built; replaced whole, never edited.
-    pub reference: std::sync::RwLock<Option<Arc<ReferenceSet>>>,
     /// Text models: the tokenizer and embedding table.
     pub text: Option<Arc<TextModel>>,
 }
 
 impl LoadedModel {
-    /// The reference set in force, when the model has one.
-    pub fn reference(&self) -> Option<Arc<ReferenceSet>> {
-        self.reference.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Puts `set` in force (whole: a request sees the old set or the new one).
-    pub fn set_reference(&self, set: Arc<ReferenceSet>) {
-        *self.reference.write().unwrap_or_else(|p| p.into_inner()) = Some(set);
-    }
-
     /// The model's tree ensemble in raw output space, or why the model has none TreeSHAP can read.
     pub fn forest(&self) -> Result<Arc<Forest>, String> {
         self.forest
@@ -218,7 +205,6 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
         spec,
         gradient_report: std::sync::OnceLock::new(),
         forest: std::sync::OnceLock::new(),
-        reference: Default::default(),
     })
 }
 

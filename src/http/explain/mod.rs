@@ -144,6 +144,8 @@ pub struct ValidExplain {
     pub limits: Limits,
     /// Metrics of each explanation.
     pub evaluate: Vec<crate::eval::ValidMetric>,
+    /// The model's reference set in force when the request was validated.
+    pub reference: Option<Arc<crate::examples::ReferenceSet>>,
 }
 
 impl ValidExplain {
@@ -158,6 +160,7 @@ impl ValidExplain {
             seed: self.seed,
             limits: self.limits,
             scores,
+            reference: self.reference.clone(),
         };
         Ok(ExplainTask {
             job,
@@ -174,6 +177,7 @@ impl ValidExplain {
             limits: self.limits,
             when,
             evaluate: self.evaluate.clone(),
+            reference: self.reference.clone(),
         }
     }
 }
@@ -194,10 +198,12 @@ pub fn validate(
     render.validate().map_err(crate::explain::Invalid::Request)?;
     let limits = Limits::from_config(&state.config);
     let count = targets::check(options.target.as_ref(), model, limits.max_targets)?;
+    let reference = state.references.get(&model.name);
     let cx = PlanContext {
         model,
         limits,
         targets: count,
+        reference: reference.clone(),
     };
     let params = method.plan(options.params.unwrap_or_else(|| serde_json::json!({})), &cx)?;
     check_bytes(params.cost().bytes, inputs, limits)?;
@@ -219,6 +225,7 @@ pub fn validate(
         include: options.include.unwrap_or_default(),
         limits,
         evaluate,
+        reference,
     })
 }
 
