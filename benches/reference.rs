@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use explaind::config::Config;
-use explaind::examples::build::{BuildReference, Plan};
+use explaind::examples::build::Plan;
+use explaind::jobs::reference::BuildReference;
 use explaind::runtime::sessions::create_session_from_bytes;
 use ort::value::Tensor as OrtTensor;
 use serde_json::json;

@@ -105,7 +105,7 @@ impl Service {
             metrics.clone(),
         ));
         let references = Arc::new(examples::Sets::default());
-        examples::build::prepare_all(&registry, &references, &gradients, &executor, &config).await?;
+        jobs::reference::prepare_all(&registry, &references, &gradients, &executor, &config).await?;
         let audit = Arc::new(
             audit::AuditLog::open(&config)
                 .await

@@ -262,7 +262,7 @@ pub async fn upload(
     tokio::spawn(async move {
         let state = task_state;
         let data_dir = state.config.data_dir.clone();
-        let built = crate::examples::build::build_and_keep(admission, plan, control, &data_dir).await;
+        let built = crate::jobs::reference::build_and_keep(admission, plan, control, &data_dir).await;
         let outcome =
             match built.and_then(|set| crate::examples::upload::put_in_force(&data_dir, &m.name, &dir).map(|()| set)) {
                 Ok(set) => {

@@ -6,6 +6,7 @@ mod compare;
 mod evaluate;
 mod explain;
 mod predict;
+pub mod reference;
 mod sanity;
 mod uncertainty;
 
