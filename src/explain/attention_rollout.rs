@@ -13,6 +13,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::method::{bytes, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{schemas_of, NamedSchemas};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::TokenGrid;
 use crate::runtime::predict::Prediction;
@@ -163,6 +164,10 @@ impl Method for AttentionRollout {
         text: true,
     };
 
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<AttentionDetails>())
+    }
+
     fn plan(p: &mut AttentionRolloutParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         if !(0.0..=0.99).contains(&p.discard_ratio) {
             return Err(Invalid::Request(format!(
@@ -303,6 +308,23 @@ fn rollout(layers: &[Vec<f64>], tokens: usize, discard_ratio: f64) -> Option<Vec
         result = a.dot(&result);
     }
     Some(result.row(0).to_vec())
+}
+
+/// The `details` of a map read from attention (rollout, transformer relevance), as [`Tokens::map`]
+/// writes them.
+#[derive(ToSchema)]
+#[allow(dead_code)] // The answer's shape for the document; `Tokens::map` writes it as JSON.
+#[serde(deny_unknown_fields)]
+pub struct AttentionDetails {
+    /// Self-attention layers read.
+    layers: usize,
+    /// Whether the class token's row was read.
+    class_token: bool,
+    /// Images: the patch grid, `[height, width]`.
+    #[schema(min_items = 2, max_items = 2)]
+    grid: Option<Vec<usize>>,
+    /// Images: the values on the patch grid, row by row, before upsampling.
+    patches: Option<Vec<f64>>,
 }
 
 #[cfg(test)]

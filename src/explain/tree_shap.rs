@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use super::background::{self, Background};
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{schemas_of, NamedSchemas};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::onnx::trees::{Forest, Tree};
 use crate::runtime::predict::Prediction;
@@ -98,6 +99,10 @@ impl Method for TreeShap {
                 .saturating_add(bytes(cx.input_len(), 8).saturating_mul(cx.classes() as u64))
                 .saturating_add(cx.answer_bytes()),
         })
+    }
+
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<TreeShapDetails>())
     }
 
     fn explain(
@@ -566,4 +571,33 @@ mod tests {
         }
         assert!((got.base[0] - eval(false, false)).abs() < 1e-12);
     }
+}
+
+/// TreeSHAP's `details`, as `explain` writes them.
+#[derive(ToSchema)]
+#[allow(dead_code)] // The answer's shape for the document; `explain` writes it as JSON.
+#[serde(deny_unknown_fields)]
+pub struct TreeShapDetails {
+    /// One value per feature, in the ensemble's raw score.
+    shapley_values: Vec<f64>,
+    /// The expected raw score.
+    base_value: f64,
+    /// The input's raw score.
+    value: f64,
+    /// The values' sum minus (`value` - `base_value`): zero up to rounding.
+    efficiency_gap: f64,
+    /// Always `raw`: the ensemble's score before its post transform.
+    output_space: String,
+    /// The ensemble's post transform (`NONE`, `SOFTMAX`, `LOGISTIC`, ...).
+    post_transform: String,
+    /// The game played.
+    feature_perturbation: FeaturePerturbation,
+    /// The background rows (interventional; tree-path-dependent with covers counted from them).
+    background: Option<background::BackgroundDetails>,
+    /// Where the node covers came from (tree-path-dependent).
+    covers: Option<String>,
+    /// Trees in the ensemble.
+    trees: usize,
+    /// Whether the raw scores were checked against ONNX Runtime's.
+    checked_against_runtime: bool,
 }

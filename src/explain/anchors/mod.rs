@@ -31,6 +31,7 @@ use super::method::{
     bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
     MAX_FEATURES,
 };
+use super::method::{schemas_of, NamedSchemas};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::manifest::Task;
 use crate::runtime::predict::{decided, probabilities, Prediction};
@@ -154,6 +155,10 @@ impl Method for Anchors {
                 .saturating_add(bytes(samples, 8).saturating_mul((features / 32 + 2) as u64))
                 .saturating_add(cx.answer_bytes()),
         })
+    }
+
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<AnchorsDetails>())
     }
 
     fn explain(
@@ -533,4 +538,85 @@ impl<'a, 'c> Search<'a, 'c> {
         }
         Ok(json!({"same": same, "different": different}))
     }
+}
+
+/// Anchors' `details`, as `explain` writes them: the rule, its precision and coverage, and
+/// background rows it covers.
+#[derive(ToSchema)]
+#[allow(dead_code)] // The answer's shape for the document; `explain` writes it as JSON.
+#[serde(deny_unknown_fields)]
+pub struct AnchorsDetails {
+    /// The rule's conditions.
+    anchor: Vec<AnchorCondition>,
+    /// Share of samples under the rule that keep the prediction.
+    precision: f64,
+    /// Samples that estimate `precision`.
+    precision_samples: usize,
+    /// The lower confidence bound of `precision`.
+    precision_lower_bound: f64,
+    /// Share of the background rows the rule covers.
+    coverage: f64,
+    /// Whether the lower bound reaches `threshold`.
+    meets_threshold: bool,
+    /// The precision asked for.
+    threshold: f64,
+    /// Model rows sampled.
+    samples: usize,
+    /// Whether the sample budget ran out.
+    budget_exhausted: bool,
+    /// The decision the rule keeps.
+    prediction: DecidedClass,
+    /// Background rows the rule covers, by whether the model decides as for the input.
+    examples: CoveredRows,
+}
+
+/// One condition of an anchor.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct AnchorCondition {
+    /// The feature.
+    feature: String,
+    /// `<=` or `>`.
+    #[schema(pattern = "^(<=|>)$")]
+    op: String,
+    /// The cut.
+    value: f32,
+    /// The condition as text.
+    text: String,
+}
+
+/// A class the model decides.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct DecidedClass {
+    /// Its index.
+    index: usize,
+    /// Its label.
+    label: Option<String>,
+}
+
+/// Background rows an anchor covers.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct CoveredRows {
+    /// Rows the model decides as it decides the input.
+    same: Vec<CoveredRow>,
+    /// Rows it decides otherwise.
+    different: Vec<CoveredRow>,
+}
+
+/// A background row.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct CoveredRow {
+    /// Its index in the background data.
+    row: usize,
+    /// Its values.
+    values: Vec<f32>,
+    /// The class the model decides for it.
+    prediction: usize,
 }

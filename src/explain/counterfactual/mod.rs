@@ -30,6 +30,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{schemas_of, NamedSchemas};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::manifest::{Constraints, Task};
@@ -224,6 +225,10 @@ impl Method for Counterfactual {
         text: false,
     };
 
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<CounterfactualDetails>())
+    }
+
     fn plan(p: &mut CounterfactualParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         let model = cx.model;
         let tabular = model.spec.tabular.as_ref().ok_or_else(|| {
@@ -370,4 +375,75 @@ pub(super) fn class_index(model: &LoadedModel, class: &ClassRef, param: &str) ->
             labels.len()
         ))),
     }
+}
+
+/// Counterfactual's `details`, as `explain` writes them.
+#[derive(ToSchema)]
+#[allow(dead_code)] // The answer's shape for the document; `explain` writes it as JSON.
+#[serde(deny_unknown_fields)]
+pub struct CounterfactualDetails {
+    /// The class the counterfactuals reach.
+    target_class: super::anchors::DecidedClass,
+    /// The class the model decides for the input.
+    current_class: super::anchors::DecidedClass,
+    /// The search that ran.
+    search: Search,
+    /// The distance that costs a change.
+    distance: Distance,
+    /// Where each feature's scale came from.
+    scale: String,
+    /// The constraints the changes kept.
+    constraints: Constraints,
+    /// Why there are none, when there are none.
+    reason: Option<String>,
+    /// The search's own counts (per search kind).
+    #[schema(value_type = Option<Object>)]
+    search_stats: Option<serde_json::Value>,
+    /// The counterfactuals, cheapest first.
+    counterfactuals: Vec<CounterfactualFound>,
+    /// With two or more: the mean distance between pairs (DiCE's diversity).
+    diversity: Option<f64>,
+}
+
+/// One counterfactual.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct CounterfactualFound {
+    /// The features it changes.
+    changes: Vec<FeatureChange>,
+    /// Its values.
+    values: Vec<f32>,
+    /// What the model decides for it.
+    prediction: ScoredClass,
+    /// Its distance from the input.
+    cost: f64,
+    /// Always true: answers are checked by the model.
+    valid: bool,
+}
+
+/// A feature's change.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct FeatureChange {
+    /// The feature.
+    feature: String,
+    /// The input's value.
+    from: f32,
+    /// The counterfactual's.
+    to: f32,
+}
+
+/// A decided class with its probability.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct ScoredClass {
+    /// Its index.
+    index: usize,
+    /// Its label.
+    label: Option<String>,
+    /// Its probability.
+    score: Option<f64>,
 }
