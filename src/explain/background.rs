@@ -37,7 +37,7 @@ impl Background {
 }
 
 /// The background an answer was computed over, in its `details`.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackgroundDetails {
     /// Rows used.

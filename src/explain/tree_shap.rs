@@ -203,20 +203,24 @@ fn explain(
         let phi: Vec<f64> = values.phi.iter().map(|f| sign * f[col]).collect();
         let base = offset + sign * values.base[col];
         let value = offset + sign * raw[col];
-        let details = serde_json::json!({
-            "shapley_values": phi,
-            "base_value": base,
-            "value": value,
-            "efficiency_gap": phi.iter().sum::<f64>() - (value - base),
-            "output_space": "raw",
-            "post_transform": format!("{:?}", forest.post_transform).to_uppercase(),
-            "feature_perturbation": perturbation,
-            "background": bg_details,
-            "covers": covers,
-            "trees": forest.trees.len(),
-            "checked_against_runtime": checked,
-        });
-        out.push(TargetAttribution::from_values(t, &phi, details));
+        let details = TreeShapDetails {
+            efficiency_gap: phi.iter().sum::<f64>() - (value - base),
+            shapley_values: phi.clone(),
+            base_value: base,
+            value,
+            output_space: "raw".into(),
+            post_transform: format!("{:?}", forest.post_transform).to_uppercase(),
+            feature_perturbation: perturbation,
+            background: bg_details.clone(),
+            covers: covers.map(String::from),
+            trees: forest.trees.len(),
+            checked_against_runtime: checked,
+        };
+        out.push(TargetAttribution::from_values(
+            t,
+            &phi,
+            serde_json::to_value(details).unwrap_or_default(),
+        ));
     }
     Ok(out)
 }
@@ -573,31 +577,30 @@ mod tests {
     }
 }
 
-/// TreeSHAP's `details`, as `explain` writes them.
-#[derive(ToSchema)]
-#[allow(dead_code)] // The answer's shape for the document; `explain` writes it as JSON.
+/// TreeSHAP's `details`.
+#[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TreeShapDetails {
     /// One value per feature, in the ensemble's raw score.
-    shapley_values: Vec<f64>,
+    pub shapley_values: Vec<f64>,
     /// The expected raw score.
-    base_value: f64,
+    pub base_value: f64,
     /// The input's raw score.
-    value: f64,
+    pub value: f64,
     /// The values' sum minus (`value` - `base_value`): zero up to rounding.
-    efficiency_gap: f64,
+    pub efficiency_gap: f64,
     /// Always `raw`: the ensemble's score before its post transform.
-    output_space: String,
+    pub output_space: String,
     /// The ensemble's post transform (`NONE`, `SOFTMAX`, `LOGISTIC`, ...).
-    post_transform: String,
+    pub post_transform: String,
     /// The game played.
-    feature_perturbation: FeaturePerturbation,
+    pub feature_perturbation: FeaturePerturbation,
     /// The background rows (interventional; tree-path-dependent with covers counted from them).
-    background: Option<background::BackgroundDetails>,
+    pub background: Option<background::BackgroundDetails>,
     /// Where the node covers came from (tree-path-dependent).
-    covers: Option<String>,
+    pub covers: Option<String>,
     /// Trees in the ensemble.
-    trees: usize,
+    pub trees: usize,
     /// Whether the raw scores were checked against ONNX Runtime's.
-    checked_against_runtime: bool,
+    pub checked_against_runtime: bool,
 }
