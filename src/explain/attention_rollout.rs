@@ -9,10 +9,10 @@
 
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 
 use super::method::{bytes, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{schemas_of, NamedSchemas};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::TokenGrid;
 use crate::runtime::predict::Prediction;
@@ -112,8 +112,16 @@ impl Tokens {
                         false => explained.next().copied().unwrap_or(0.0) as f32,
                     })
                     .collect();
-                let details = json!({"layers": layers, "class_token": true});
-                Ok((crate::runtime::Tensor::f32(vec![map.len()], map), details))
+                let details = AttentionDetails {
+                    layers,
+                    class_token: true,
+                    grid: None,
+                    patches: None,
+                };
+                Ok((
+                    crate::runtime::Tensor::f32(vec![map.len()], map),
+                    serde_json::to_value(details).unwrap_or_default(),
+                ))
             }
         }
     }
@@ -162,6 +170,10 @@ impl Method for AttentionRollout {
         decision: false,
         text: true,
     };
+
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<AttentionDetails>())
+    }
 
     fn plan(p: &mut AttentionRolloutParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         if !(0.0..=0.99).contains(&p.discard_ratio) {
@@ -250,14 +262,13 @@ fn patch_map(
     let values: Vec<f32> = patches.iter().map(|v| *v as f32).collect();
     let spec = job.image_spec(method)?;
     let map = super::grad_cam::upsample(&values, grid.width, grid.height, spec.width, spec.height);
-    let details = json!({
-        "layers": layers,
-        "grid": [grid.height, grid.width],
-        "class_token": grid.skip > 0,
-        // The values on the patch grid, row by row, before upsampling.
-        "patches": patches,
-    });
-    Ok((map, details))
+    let details = AttentionDetails {
+        layers,
+        class_token: grid.skip > 0,
+        grid: Some([grid.height, grid.width]),
+        patches: Some(patches.to_vec()),
+    };
+    Ok((map, serde_json::to_value(details).unwrap_or_default()))
 }
 
 /// One layer's heads `[heads][tokens][tokens]` fused into `[tokens][tokens]`.
@@ -303,6 +314,23 @@ fn rollout(layers: &[Vec<f64>], tokens: usize, discard_ratio: f64) -> Option<Vec
         result = a.dot(&result);
     }
     Some(result.row(0).to_vec())
+}
+
+/// The `details` of a map read from attention (rollout, transformer relevance).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionDetails {
+    /// Self-attention layers read.
+    pub layers: usize,
+    /// Whether the class token's row was read.
+    pub class_token: bool,
+    /// Images: the patch grid, `[height, width]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 2, max_items = 2)]
+    pub grid: Option<[usize; 2]>,
+    /// Images: the values on the patch grid, row by row, before upsampling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patches: Option<Vec<f64>>,
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //! cluster's size, each value rounded to the nearest value the feature takes in the data, so a
 //! summary row never holds a value the model has not seen).
 
+use serde::Serialize;
+use utoipa::ToSchema;
+
 use crate::runtime::preprocess::InputError;
 use crate::runtime::RuntimeError;
 
@@ -24,9 +27,26 @@ impl Background {
     }
 
     /// The details every answer built on a background carries.
-    pub fn describe(&self, of: usize) -> serde_json::Value {
-        serde_json::json!({"rows": self.rows.len(), "of": of, "summary": self.summary})
+    pub fn describe(&self, of: usize) -> BackgroundDetails {
+        BackgroundDetails {
+            rows: self.rows.len(),
+            of,
+            summary: self.summary.into(),
+        }
     }
+}
+
+/// The background an answer was computed over, in its `details`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackgroundDetails {
+    /// Rows used.
+    pub rows: usize,
+    /// Rows in the model's background data.
+    pub of: usize,
+    /// `all rows` or `k-means`.
+    #[schema(pattern = "^(all rows|k-means)$")]
+    pub summary: String,
 }
 
 /// Every row of the job's model's background data, or why there is none.

@@ -13,7 +13,8 @@ use utoipa::ToSchema;
 
 use super::baselines::blurred;
 use super::method::{
-    bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, MAX_SIDE,
+    bytes, check_range, mul, schemas_of, Capabilities, Cost, Inputs, Invalid, Method, NamedSchemas, Passes,
+    PlanContext, MAX_SIDE,
 };
 use super::perturb::index;
 use super::{one_hot, Cx, ExplainJob, TargetAttribution};
@@ -28,6 +29,40 @@ const AREA_WEIGHT: f64 = 300.0;
 const AREA_WEIGHT_GROWTH: f64 = 1.0035;
 /// Sharpness of the smooth max that merges the mask's bumps.
 const COLDNESS: f32 = 20.0;
+
+/// Extremal perturbation's `details`: each area's mask and the score it keeps.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtremalDetails {
+    /// The target's score on the input.
+    pub score: Option<f64>,
+    /// The target's score on the fully blurred input.
+    pub blurred_score: Option<f64>,
+    /// One entry per requested area, in order.
+    pub areas: Vec<AreaDetails>,
+    /// Gradient steps run per mask.
+    pub iterations: usize,
+    /// Pixels between the mask's parameters.
+    pub step: usize,
+    /// Width of the mask's bumps in pixels.
+    pub sigma: f32,
+    /// Standard deviation of the strongest blur in pixels.
+    pub max_blur: f32,
+}
+
+/// One area's mask.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AreaDetails {
+    /// The share of the image the mask was asked to keep.
+    pub area: f64,
+    /// The share it keeps (the mask's mean).
+    pub mask_area: f64,
+    /// The target's score with only the mask's pixels kept.
+    pub score: f64,
+    /// The mask over the input's pixels, row by row.
+    pub mask: Vec<f32>,
+}
 
 /// Extremal perturbation parameters.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
@@ -92,6 +127,10 @@ impl Method for Extremal {
         decision: false,
         text: false,
     };
+
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<ExtremalDetails>())
+    }
 
     fn plan(p: &mut ExtremalParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         let Some(spec) = cx.model.spec.image.as_ref() else {
@@ -181,24 +220,29 @@ impl Method for Extremal {
                 for (acc, v) in map.iter_mut().zip(m) {
                     *acc += v;
                 }
-                per_area.push(serde_json::json!({
-                    "area": area,
-                    "mask_area": m.iter().map(|v| f64::from(*v)).sum::<f64>() / m.len().max(1) as f64,
-                    "score": kept.get(k * classes + t.index).copied().unwrap_or(f64::NAN),
-                    "mask": m,
-                }));
+                per_area.push(AreaDetails {
+                    area: *area,
+                    mask_area: m.iter().map(|v| f64::from(*v)).sum::<f64>() / m.len().max(1) as f64,
+                    score: kept.get(k * classes + t.index).copied().unwrap_or(f64::NAN),
+                    mask: m.clone(),
+                });
             }
-            let details = serde_json::json!({
-                "score": scores.get(t.index.min(width - 1)).copied(),
-                "blurred_score": kept.get(masks.len() * classes + t.index).copied(),
-                "areas": per_area,
-                "iterations": p.iterations,
-                "step": grid.step,
-                "sigma": grid.sigma,
-                "max_blur": max_blur,
-            });
+            let details = ExtremalDetails {
+                score: scores.get(t.index.min(width - 1)).copied(),
+                blurred_score: kept.get(masks.len() * classes + t.index).copied(),
+                areas: per_area,
+                iterations: p.iterations,
+                step: grid.step,
+                sigma: grid.sigma,
+                max_blur,
+            };
             let map = Tensor::f32(vec![spec.height, spec.width], map);
-            out.push(TargetAttribution::from_map(t, map, None, Some(details)));
+            out.push(TargetAttribution::from_map(
+                t,
+                map,
+                None,
+                serde_json::to_value(details).ok(),
+            ));
         }
         Ok(out)
     }

@@ -8,10 +8,9 @@
 //! cosine form), so that a few high-loss rows do not top every input's opponents.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 
-use super::method::{bytes, check_range, Capabilities, Cost, Invalid, Method, PlanContext};
+use super::method::{bytes, check_range, schemas_of, Capabilities, Cost, Invalid, Method, NamedSchemas, PlanContext};
 use super::reference_query::{check_influence, input_vectors, reference_of, scored_with, ROWS};
 use super::similar_examples::unsupported;
 use super::{Cx, ExplainJob, TargetAttribution};
@@ -47,6 +46,10 @@ impl Method for Influence {
         "Reference rows that pulled the model towards (proponents) or away from (opponents) the target (TracIn, last layer)";
     const CAPABILITIES: Capabilities = ROWS;
 
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<InfluenceDetails>())
+    }
+
     fn plan(p: &mut InfluenceParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("k", p.k, 1, 100)?;
         let set = reference_of(&cx.reference, cx.model)?;
@@ -79,11 +82,16 @@ impl Method for Influence {
             let query = vectors.query(target.index);
             let scores = set.influence(&query.checkpoints, p.normalize);
             let scored: Vec<(usize, f64)> = scores.iter().copied().enumerate().collect();
-            let list = |best: Vec<(usize, f64)>| -> Vec<serde_json::Value> {
+            let list = |best: Vec<(usize, f64)>| -> Vec<InfluenceRow> {
                 best.into_iter()
                     .map(|(i, s)| {
                         let row = set.row(i, labels, s);
-                        json!({"id": row.id, "label": row.label, "prediction": row.prediction, "influence": s})
+                        InfluenceRow {
+                            id: row.id,
+                            label: row.label,
+                            prediction: row.prediction,
+                            influence: s,
+                        }
                     })
                     .collect()
             };
@@ -94,17 +102,71 @@ impl Method for Influence {
                     .collect(),
             );
             let opponents = list(top(scored, p.k, |s| -s).into_iter().filter(|r| r.1 < 0.0).collect());
-            let details = json!({
-                "proponents": proponents,
-                "opponents": opponents,
-                "label": target.label,
-                "normalize": p.normalize,
-                "checkpoints": set.checkpoints.iter().map(|c| json!({"model": c.model, "lr": c.lr})).collect::<Vec<_>>(),
-                "layer": set.checkpoints[0].input,
-                "reference_rows": set.len(),
-            });
-            out.push(TargetAttribution::from_details(target, details));
+            let details = InfluenceDetails {
+                proponents,
+                opponents,
+                label: target.label.clone(),
+                normalize: p.normalize,
+                checkpoints: set
+                    .checkpoints
+                    .iter()
+                    .map(|c| CheckpointUsed {
+                        model: c.model.clone(),
+                        lr: c.lr,
+                    })
+                    .collect(),
+                layer: set.checkpoints[0].input.clone(),
+                reference_rows: set.len(),
+            };
+            out.push(TargetAttribution::from_details(
+                target,
+                serde_json::to_value(details).unwrap_or_default(),
+            ));
         }
         Ok(out)
     }
+}
+
+/// Influence's `details`: the rows that pulled most either way.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InfluenceDetails {
+    /// Rows whose training steps lowered the input's loss, most influential first.
+    pub proponents: Vec<InfluenceRow>,
+    /// Rows whose training steps raised it, most influential first.
+    pub opponents: Vec<InfluenceRow>,
+    /// The label whose loss is traced (the target).
+    pub label: String,
+    /// Whether each checkpoint's gradients were divided by their norms.
+    pub normalize: bool,
+    /// The checkpoints summed over.
+    pub checkpoints: Vec<CheckpointUsed>,
+    /// The last linear layer's input, where influence is computed.
+    pub layer: String,
+    /// Rows in the reference set.
+    pub reference_rows: usize,
+}
+
+/// A reference row and its influence.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InfluenceRow {
+    /// The row's id.
+    pub id: String,
+    /// Its label.
+    pub label: String,
+    /// The model's prediction for it.
+    pub prediction: String,
+    /// Its influence on the input's loss.
+    pub influence: f64,
+}
+
+/// A training checkpoint and its learning rate.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointUsed {
+    /// The checkpoint's model.
+    pub model: String,
+    /// Its learning rate.
+    pub lr: f64,
 }

@@ -15,6 +15,7 @@ use super::lime::{check_positive, interpretable_features, perturbation_cost};
 use super::method::{
     check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
 };
+use super::method::{schemas_of, NamedSchemas};
 use super::perturb::{compose, run_copies};
 use super::players::{Players, TextUnit};
 use super::{background, Cx, ExplainJob, TargetAttribution};
@@ -137,6 +138,10 @@ impl Method for KernelShap {
         decision: false,
         text: true,
     };
+
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<KernelShapDetails>())
+    }
 
     fn plan(p: &mut KernelShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("segments", p.segments, 2, 500)?;
@@ -433,7 +438,7 @@ fn explain_tabular(
     for (ti, t) in targets.iter().enumerate() {
         let phi = &solved.phi[ti];
         let mut details = solved.details(ti, v0[ti], v1[ti]);
-        details["background"] = bg.describe(of);
+        details["background"] = serde_json::json!(bg.describe(of));
         out.push(TargetAttribution::from_values(t, phi, details));
     }
     Ok(out)
@@ -486,6 +491,35 @@ fn jackknife(
         })
         .collect();
     (phi, se)
+}
+
+/// KernelSHAP's `details`, as `explain` writes them.
+#[derive(ToSchema)]
+#[allow(dead_code)] // The answer's shape for the document; `explain` writes it as JSON.
+#[serde(deny_unknown_fields)]
+pub struct KernelShapDetails {
+    /// One value per player (feature, segment or word).
+    shapley_values: Vec<f64>,
+    /// Each value's standard error (null until two pairs of samples exist).
+    standard_errors: Vec<Option<f64>>,
+    /// The score with every player absent.
+    base_value: f64,
+    /// The score with every player present.
+    value: f64,
+    /// The values' sum minus (`value` - `base_value`).
+    efficiency_gap: f64,
+    /// Coalitions drawn.
+    samples: usize,
+    /// Why sampling stopped.
+    stopped: String,
+    /// Image and text models: the players (segments or words).
+    segments: Option<usize>,
+    /// Image models: each pixel's segment.
+    segment_map: Option<super::players::SegmentMap>,
+    /// Text models: each player's token positions.
+    player_tokens: Option<Vec<Vec<usize>>>,
+    /// Tabular models: the background rows absent features take.
+    background: Option<super::background::BackgroundDetails>,
 }
 
 #[cfg(test)]

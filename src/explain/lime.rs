@@ -16,6 +16,7 @@ use super::background::Bins;
 use super::baselines::{self, Baseline};
 use super::kernel_shap::{samples_schema, Samples};
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{schemas_of, NamedSchemas};
 use super::perturb::{compose, index, run_copies};
 use super::players::{Players, TextUnit};
 use super::regression::{Fit, LocalModel};
@@ -114,6 +115,10 @@ impl Method for Lime {
         decision: false,
         text: true,
     };
+
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<LimeDetails>())
+    }
 
     fn plan(p: &mut LimeParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("segments", p.segments, 2, 1000)?;
@@ -430,6 +435,44 @@ fn explain_tabular(
         out.push(TargetAttribution::from_values(t, coef, details));
     }
     Ok(out)
+}
+
+/// LIME's `details`, as `explain` writes them: the local model's fit, and over images and texts the
+/// players, over tables the conditions.
+#[derive(ToSchema)]
+#[allow(dead_code)] // The answer's shape for the document; `explain` writes it as JSON.
+#[serde(deny_unknown_fields)]
+pub struct LimeDetails {
+    /// Tabular models: one weight per feature's condition.
+    weights: Option<Vec<f64>>,
+    /// Image and text models: one weight per player.
+    segment_weights: Option<Vec<f64>>,
+    /// Each weight's standard error (null until two groups of samples exist).
+    standard_errors: Vec<Option<f64>>,
+    /// The local model's intercept.
+    intercept: f64,
+    /// Its weighted R^2 on the samples (null when undefined).
+    r2: Option<f64>,
+    /// Samples drawn.
+    samples: usize,
+    /// Why sampling stopped.
+    stopped: String,
+    /// The kernel's width.
+    kernel_width: f64,
+    /// Image and text models: the players (segments or words).
+    segments: Option<usize>,
+    /// Image models: each pixel's segment.
+    segment_map: Option<super::players::SegmentMap>,
+    /// Text models: each player's token positions.
+    player_tokens: Option<Vec<Vec<usize>>>,
+    /// Image and text models: the (at most 5) players with the largest positive weights.
+    top_positive: Option<Vec<usize>>,
+    /// Image and text models: the (at most 5) players with the largest negative weights.
+    top_negative: Option<Vec<usize>>,
+    /// Tabular models: each feature's condition on the input.
+    conditions: Option<Vec<String>>,
+    /// Tabular models: the background rows sampled from.
+    background_rows: Option<usize>,
 }
 
 #[cfg(test)]

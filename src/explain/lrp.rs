@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::method::{check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{
+    check_range, schemas_of, Capabilities, Cost, Inputs, Invalid, Method, NamedSchemas, Passes, PlanContext,
+};
 use super::saliency::one_gradient_per_target;
 use super::{one_hot, per_target, repeat_rows, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::rules::{Composite, LrpRules};
@@ -90,6 +92,10 @@ impl Method for Lrp {
         vec![RuleSet::Lrp(p.rules())]
     }
 
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<LrpDetails>())
+    }
+
     fn explain(
         cx: &mut Cx,
         job: &ExplainJob,
@@ -115,12 +121,25 @@ impl Method for Lrp {
                 .sum();
             let score = scores.get(r * width + t.index.min(width - 1)).copied().unwrap_or(0.0);
             a.convergence_delta = Some(total - score);
-            a.details = Some(serde_json::json!({
-                "composite": p.composite,
-                "relevance_sum": total,
-                "target_score": score,
-            }));
+            a.details = serde_json::to_value(LrpDetails {
+                composite: p.composite,
+                relevance_sum: total,
+                target_score: score,
+            })
+            .ok();
         }
         Ok(out)
     }
+}
+
+/// LRP's `details`: conservation's two sides.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LrpDetails {
+    /// The composite that ran.
+    pub composite: Composite,
+    /// The input relevance's sum.
+    pub relevance_sum: f64,
+    /// The target's score, the relevance the backward pass starts from.
+    pub target_score: f64,
 }

@@ -179,6 +179,24 @@ pub trait Method: Send + Sync + 'static {
             Passes::Forward | Passes::None => Vec::new(),
         }
     }
+
+    /// The schema of its answers' `details`, beside the code that fills them (best the very type
+    /// it serialises, through [`schemas_of`]), for the API document and the model page; `None`
+    /// (the default) for methods whose answers carry none.
+    fn details_schema() -> Option<NamedSchemas> {
+        None
+    }
+}
+
+/// A schema's name and the schemas it names, its own first (utoipa's components).
+pub type NamedSchemas = (String, Vec<(String, RefOr<Schema>)>);
+
+/// `T`'s schema by name, with the schemas it refers to.
+pub fn schemas_of<T: ToSchema>() -> NamedSchemas {
+    let name = T::name().to_string();
+    let mut schemas = vec![(name.clone(), <T as utoipa::PartialSchema>::schema())];
+    T::schemas(&mut schemas);
+    (name, schemas)
 }
 
 /// A method behind the registry's uniform face.
@@ -190,7 +208,9 @@ pub trait AnyMethod: Send + Sync {
     /// What it needs and explains.
     fn capabilities(&self) -> Capabilities;
     /// Its parameters' schema name and schema, with the schemas they refer to.
-    fn params_schemas(&self) -> (String, Vec<(String, RefOr<Schema>)>);
+    fn params_schemas(&self) -> NamedSchemas;
+    /// Its answers' `details` schema, as [`Method::details_schema`].
+    fn details_schemas(&self) -> Option<NamedSchemas>;
     /// Its default parameters, as JSON.
     fn default_params(&self) -> serde_json::Value;
     /// Parses and plans parameters.
@@ -212,11 +232,12 @@ impl<M: Method> AnyMethod for Registered<M> {
         M::CAPABILITIES
     }
 
-    fn params_schemas(&self) -> (String, Vec<(String, RefOr<Schema>)>) {
-        let name = <M::Params as ToSchema>::name().to_string();
-        let mut schemas = vec![(name.clone(), <M::Params as utoipa::PartialSchema>::schema())];
-        <M::Params as ToSchema>::schemas(&mut schemas);
-        (name, schemas)
+    fn params_schemas(&self) -> NamedSchemas {
+        schemas_of::<M::Params>()
+    }
+
+    fn details_schemas(&self) -> Option<NamedSchemas> {
+        M::details_schema()
     }
 
     fn default_params(&self) -> serde_json::Value {

@@ -137,3 +137,15 @@ impl Players {
         }
     }
 }
+
+/// An image's segments in an answer's `details`: each pixel's segment, row by row.
+#[derive(ToSchema)]
+#[allow(dead_code)] // The answer's shape for the document; `describe` writes it as JSON.
+#[serde(deny_unknown_fields)]
+pub struct SegmentMap {
+    /// `[height, width]`.
+    #[schema(min_items = 2, max_items = 2)]
+    shape: Vec<usize>,
+    /// Each pixel's segment.
+    values: Vec<usize>,
+}

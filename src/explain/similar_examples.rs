@@ -5,14 +5,13 @@
 //! force over every row (tens of thousands of rows take milliseconds).
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 
 use super::counterfactual::ClassRef;
-use super::method::{bytes, check_range, Capabilities, Cost, Invalid, Method, PlanContext};
+use super::method::{bytes, check_range, schemas_of, Capabilities, Cost, Invalid, Method, NamedSchemas, PlanContext};
 use super::reference_query::{allowed, check_influence, input_vectors, reference_of, scored_with, ROWS};
 use super::{Cx, ExplainJob, TargetAttribution};
-use crate::examples::Metric;
+use crate::examples::{Metric, RowScore};
 use crate::runtime::predict::Prediction;
 use crate::runtime::RuntimeError;
 
@@ -40,6 +39,23 @@ impl Default for SimilarExamplesParams {
     }
 }
 
+/// Similar examples' `details`: the rows found.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarExamplesDetails {
+    /// The rows, nearest first.
+    pub examples: Vec<RowScore>,
+    /// The measure that ranked them.
+    pub metric: Metric,
+    /// What each row's `score` is: `distance` (`l2`, lower is nearer) or `similarity`.
+    #[schema(pattern = "^(distance|similarity)$")]
+    pub score: String,
+    /// The layer whose values are the embedding.
+    pub embedding_layer: String,
+    /// Rows in the reference set.
+    pub reference_rows: usize,
+}
+
 /// Similar examples.
 pub struct SimilarExamples;
 
@@ -49,6 +65,10 @@ impl Method for SimilarExamples {
     const SUMMARY: &'static str =
         "The reference rows most like the input in the model's embedding (cosine, l2, or gradient cosine)";
     const CAPABILITIES: Capabilities = ROWS;
+
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<SimilarExamplesDetails>())
+    }
 
     fn plan(p: &mut SimilarExamplesParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("k", p.k, 1, 100)?;
@@ -85,14 +105,22 @@ impl Method for SimilarExamples {
             let query = vectors.query(target.index);
             let found = set.similar(&query, p.metric, mask.as_deref(), p.k);
             let examples: Vec<_> = found.iter().map(|&(i, s)| set.row(i, labels, s)).collect();
-            let details = json!({
-                "examples": examples,
-                "metric": p.metric,
-                "score": if p.metric == Metric::L2 { "distance" } else { "similarity" },
-                "embedding_layer": set.head.embedding,
-                "reference_rows": set.len(),
-            });
-            out.push(TargetAttribution::from_details(target, details));
+            let details = SimilarExamplesDetails {
+                examples,
+                metric: p.metric,
+                score: if p.metric == Metric::L2 {
+                    "distance"
+                } else {
+                    "similarity"
+                }
+                .into(),
+                embedding_layer: set.head.embedding.clone(),
+                reference_rows: set.len(),
+            };
+            out.push(TargetAttribution::from_details(
+                target,
+                serde_json::to_value(details).unwrap_or_default(),
+            ));
         }
         Ok(out)
     }

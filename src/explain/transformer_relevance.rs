@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use super::attention_rollout::{attention_of, other_tokens};
 use super::method::{bytes, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{schemas_of, NamedSchemas};
 use super::{one_hot, repeat_rows, Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
@@ -40,6 +41,10 @@ impl Method for TransformerRelevance {
         decision: false,
         text: true,
     };
+
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<super::attention_rollout::AttentionDetails>())
+    }
 
     fn plan(_: &mut TransformerRelevanceParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         let (maps, placed) = attention_of(cx.model)?;

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use super::background::{self, Background};
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{schemas_of, NamedSchemas};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::onnx::trees::{Forest, Tree};
 use crate::runtime::predict::Prediction;
@@ -98,6 +99,10 @@ impl Method for TreeShap {
                 .saturating_add(bytes(cx.input_len(), 8).saturating_mul(cx.classes() as u64))
                 .saturating_add(cx.answer_bytes()),
         })
+    }
+
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<TreeShapDetails>())
     }
 
     fn explain(
@@ -198,20 +203,24 @@ fn explain(
         let phi: Vec<f64> = values.phi.iter().map(|f| sign * f[col]).collect();
         let base = offset + sign * values.base[col];
         let value = offset + sign * raw[col];
-        let details = serde_json::json!({
-            "shapley_values": phi,
-            "base_value": base,
-            "value": value,
-            "efficiency_gap": phi.iter().sum::<f64>() - (value - base),
-            "output_space": "raw",
-            "post_transform": format!("{:?}", forest.post_transform).to_uppercase(),
-            "feature_perturbation": perturbation,
-            "background": bg_details,
-            "covers": covers,
-            "trees": forest.trees.len(),
-            "checked_against_runtime": checked,
-        });
-        out.push(TargetAttribution::from_values(t, &phi, details));
+        let details = TreeShapDetails {
+            efficiency_gap: phi.iter().sum::<f64>() - (value - base),
+            shapley_values: phi.clone(),
+            base_value: base,
+            value,
+            output_space: "raw".into(),
+            post_transform: format!("{:?}", forest.post_transform).to_uppercase(),
+            feature_perturbation: perturbation,
+            background: bg_details.clone(),
+            covers: covers.map(String::from),
+            trees: forest.trees.len(),
+            checked_against_runtime: checked,
+        };
+        out.push(TargetAttribution::from_values(
+            t,
+            &phi,
+            serde_json::to_value(details).unwrap_or_default(),
+        ));
     }
     Ok(out)
 }
@@ -566,4 +575,32 @@ mod tests {
         }
         assert!((got.base[0] - eval(false, false)).abs() < 1e-12);
     }
+}
+
+/// TreeSHAP's `details`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TreeShapDetails {
+    /// One value per feature, in the ensemble's raw score.
+    pub shapley_values: Vec<f64>,
+    /// The expected raw score.
+    pub base_value: f64,
+    /// The input's raw score.
+    pub value: f64,
+    /// The values' sum minus (`value` - `base_value`): zero up to rounding.
+    pub efficiency_gap: f64,
+    /// Always `raw`: the ensemble's score before its post transform.
+    pub output_space: String,
+    /// The ensemble's post transform (`NONE`, `SOFTMAX`, `LOGISTIC`, ...).
+    pub post_transform: String,
+    /// The game played.
+    pub feature_perturbation: FeaturePerturbation,
+    /// The background rows (interventional; tree-path-dependent with covers counted from them).
+    pub background: Option<background::BackgroundDetails>,
+    /// Where the node covers came from (tree-path-dependent).
+    pub covers: Option<String>,
+    /// Trees in the ensemble.
+    pub trees: usize,
+    /// Whether the raw scores were checked against ONNX Runtime's.
+    pub checked_against_runtime: bool,
 }

@@ -62,6 +62,10 @@ pub struct MethodInfo {
     /// those that depend on the model filled in (a layer, a baseline).
     #[schema(value_type = Object)]
     pub defaults: Value,
+    /// The JSON Schema of its answers' `details`, self-contained (as the document states it for
+    /// its explain path); null for methods whose answers carry no `details`.
+    #[schema(value_type = Option<Object>)]
+    pub details_schema: Option<Value>,
 }
 
 impl ModelInfo {
@@ -86,6 +90,7 @@ impl ModelInfo {
                     capabilities: method.capabilities(),
                     params: super::openapi::params_schema(method.as_ref(), limits),
                     defaults: planned.echo().clone(),
+                    details_schema: super::openapi::details_schema(method.as_ref(), limits),
                 })
             })
             .collect();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use crate::explain::method::{AnyMethod, CONFIGURED_MAX_SAMPLES};
+use crate::explain::method::{AnyMethod, NamedSchemas, CONFIGURED_MAX_SAMPLES};
 use crate::explain::{Limits, Methods};
 
 use super::{
@@ -110,6 +110,9 @@ pub fn document_value(methods: &Methods, limits: Limits) -> Value {
         .and_then(|p| p.remove(EXPLAIN_TEMPLATE))
         .unwrap_or_default();
     let request = value["components"]["schemas"]["ExplainRequest"].clone();
+    one_or_several_targets(&mut value["components"]["schemas"]["ExplainResponse"]);
+    let response = value["components"]["schemas"]["ExplainResponse"].clone();
+    let target = value["components"]["schemas"]["TargetExplanation"].clone();
     let names: Vec<Value> = methods.names().into_iter().map(Value::from).collect();
     for method in methods.iter() {
         let (params_name, schemas) = method.params_schemas();
@@ -150,6 +153,14 @@ pub fn document_value(methods: &Methods, limits: Limits) -> Value {
         }
         post["requestBody"]["content"]["application/json"]["schema"] =
             json!({ "$ref": format!("#/components/schemas/{request_name}") });
+        if let Some((details_name, schemas)) = method.details_schemas() {
+            for (name, schema) in schemas {
+                value["components"]["schemas"][name] = serde_json::to_value(schema).unwrap_or_default();
+            }
+            let response_name = answer_with_details(&mut value, method.name(), &details_name, &response, &target);
+            post["responses"]["200"]["content"]["application/json"]["schema"] =
+                json!({ "$ref": format!("#/components/schemas/{response_name}") });
+        }
         value["paths"][format!("/v1/models/{{model}}/explain/{}", method.name())] = item;
     }
     // Where a method is named in a body, only the served ones are valid.
@@ -158,16 +169,62 @@ pub fn document_value(methods: &Methods, limits: Limits) -> Value {
             value["components"]["schemas"][schema]["properties"]["method"]["enum"] = Value::Array(names.clone());
         }
     }
-    one_or_several_targets(&mut value["components"]["schemas"]["ExplainResponse"]);
     place_bounds(&mut value, limits);
     value
+}
+
+/// Adds `ExplainResponse.{method}`, the answer whose targets' `details` are the method's
+/// (`TargetExplanation.{method}`), and returns its name: so the document states, per explain path,
+/// what that method's `details` hold.
+fn answer_with_details(doc: &mut Value, method: &str, details: &str, response: &Value, target: &Value) -> String {
+    let target_name = format!("TargetExplanation.{method}");
+    let mut target = target.clone();
+    let description = target["properties"]["details"]["description"].clone();
+    target["properties"]["details"] = json!({
+        "$ref": format!("#/components/schemas/{details}"),
+        "description": description,
+    });
+    doc["components"]["schemas"][&target_name] = target;
+    let mut response = response.clone();
+    retarget(
+        &mut response,
+        "#/components/schemas/TargetExplanation",
+        &format!("#/components/schemas/{target_name}"),
+    );
+    let response_name = format!("ExplainResponse.{method}");
+    doc["components"]["schemas"][&response_name] = response;
+    response_name
+}
+
+/// Points every `$ref` to `from` at `to`.
+fn retarget(value: &mut Value, from: &str, to: &str) {
+    match value {
+        Value::Object(map) => {
+            if map.get("$ref").and_then(Value::as_str) == Some(from) {
+                map.insert("$ref".into(), to.into());
+            }
+            map.values_mut().for_each(|v| retarget(v, from, to));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| retarget(v, from, to)),
+        _ => {}
+    }
 }
 
 /// A method's parameters as one self-contained JSON Schema, its `$ref`s inlined, with the bounds
 /// the document states: the same schema as the document's, for a client (the page) that builds a
 /// form from `GET /v1/models/{model}` without reading the document.
 pub fn params_schema(method: &dyn AnyMethod, limits: Limits) -> Value {
-    let (name, schemas) = method.params_schemas();
+    self_contained(method.params_schemas(), limits)
+}
+
+/// A method's answers' `details` as one self-contained JSON Schema (as the document's
+/// `TargetExplanation.{method}` states it); `None` for methods whose answers carry no `details`.
+pub fn details_schema(method: &dyn AnyMethod, limits: Limits) -> Option<Value> {
+    method.details_schemas().map(|named| self_contained(named, limits))
+}
+
+/// A named schema with its `$ref`s inlined and its bounds in their standard keywords.
+fn self_contained((name, schemas): NamedSchemas, limits: Limits) -> Value {
     let schemas: BTreeMap<String, Value> = schemas
         .into_iter()
         .map(|(n, s)| (n, serde_json::to_value(s).unwrap_or_default()))
@@ -251,8 +308,9 @@ fn place_bounds(value: &mut Value, limits: Limits) {
 mod tests {
     use super::*;
 
-    /// Each method's parameters, as `GET /v1/models/{model}` gives them, stand alone: no `$ref`
-    /// left, and every bound in its standard keyword.
+    /// Each method's parameters and answer `details`, as `GET /v1/models/{model}` gives them,
+    /// stand alone: no `$ref` left, and every bound in its standard keyword; the document's answer
+    /// on a method's path holds `details` to the method's schema.
     #[test]
     fn params_schemas_are_self_contained() {
         let limits = Limits {
@@ -272,6 +330,34 @@ mod tests {
             );
         }
         let methods = Methods::standard();
+        let doc = document_value(&methods, limits);
+        let mut declared = 0;
+        for method in methods.iter() {
+            let name = method.name();
+            let path = format!("/v1/models/{{model}}/explain/{name}");
+            let answer = &doc["paths"][&path]["post"]["responses"]["200"]["content"]["application/json"]["schema"];
+            let Some(schema) = details_schema(method.as_ref(), limits) else {
+                assert_eq!(answer["$ref"], "#/components/schemas/ExplainResponse", "{name}");
+                continue;
+            };
+            declared += 1;
+            let text = schema.to_string();
+            assert_eq!(schema["type"], "object", "{name}: {text}");
+            assert!(!text.contains("$ref") && !text.contains("\"x-"), "{name}: {text}");
+            // The document's answer on the method's path holds its targets' `details` to it.
+            let target = format!("TargetExplanation.{name}");
+            assert_eq!(answer["$ref"], format!("#/components/schemas/ExplainResponse.{name}"));
+            assert!(doc["components"]["schemas"][format!("ExplainResponse.{name}")]
+                .to_string()
+                .contains(&format!("#/components/schemas/{target}")));
+            let (details, _) = method.details_schemas().unwrap();
+            assert_eq!(
+                doc["components"]["schemas"][&target]["properties"]["details"]["$ref"],
+                format!("#/components/schemas/{details}"),
+                "{name}"
+            );
+        }
+        assert!(declared >= 11, "only {declared} methods declare their details");
         let ig = params_schema(methods.get("integrated-gradients").unwrap().as_ref(), limits);
         assert_eq!(ig["properties"]["baseline"]["default"], "black");
         assert!(ig["properties"]["baseline"]["enum"]

@@ -62,12 +62,24 @@ try {
     await page.locator("#attributions").scrollIntoViewIfNeeded();
     await page.screenshot({ path: `${shots}/web-page-${method}.png` });
   }
-  // Methods side by side, captioned with their metrics.
+  // Methods side by side, captioned with their metrics: the choice is the model's attribution
+  // methods as the API lists them, a few ticked.
+  const fashionInfo = await (await fetch(new URL("v1/models/fashion-cnn", base))).json();
+  const comparable = fashionInfo.method_details
+    .filter((m) => !m.capabilities.examples && !m.capabilities.decision)
+    .map((m) => m.name);
+  const choice = await page.evaluate(() => [...document.querySelectorAll("#compare-methods input")]
+    .map((b) => [b.value, b.checked]));
+  if (choice.map((c) => c[0]).join() !== comparable.join()) failures.push(`compare: offers ${choice}, API ${comparable}`);
+  const ticked = choice.filter((c) => c[1]).length;
+  if (ticked < 3 || ticked > 8) failures.push(`compare: ${ticked} methods ticked`);
   await page.click("#compare");
   await page.waitForFunction(() => document.getElementById("overlay-caption").innerText.startsWith("compare"), null, { timeout: 30000 });
   await page.waitForFunction(() => document.getElementById("overlay").naturalWidth > 0, null, { timeout: 10000 });
   const compared = await page.evaluate(() => document.getElementById("overlay").naturalWidth);
-  if (compared !== 6 * 168) failures.push(`compare: picture ${compared} wide, expected the input and 5 methods`);
+  if (compared !== (1 + ticked) * 168) {
+    failures.push(`compare: picture ${compared} wide, expected the input and ${ticked} methods`);
+  }
   await page.screenshot({ path: `${shots}/web-page-compare.png` });
   // Predict shows how sure the model is beside the classes.
   await page.click("#predict");

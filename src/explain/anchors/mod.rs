@@ -23,7 +23,6 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 
 use super::background::all_rows;
@@ -31,6 +30,7 @@ use super::method::{
     bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
     MAX_FEATURES,
 };
+use super::method::{schemas_of, NamedSchemas};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::manifest::Task;
 use crate::runtime::predict::{decided, probabilities, Prediction};
@@ -156,6 +156,10 @@ impl Method for Anchors {
         })
     }
 
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<AnchorsDetails>())
+    }
+
     fn explain(
         cx: &mut Cx,
         job: &ExplainJob,
@@ -176,16 +180,17 @@ impl Method for Anchors {
         let mut search = Search::new(cx, job, p, &background, &x, label);
         let found = search.run(p)?;
         let anchor = &found.rule;
-        let conditions: Vec<serde_json::Value> = anchor
+        let conditions: Vec<AnchorCondition> = anchor
             .iter()
             .map(|&c| {
                 let c = &search.s.conditions[c];
-                json!({
-                    "feature": features[c.feature],
-                    "op": if c.upper { "<=" } else { ">" },
-                    "value": c.cut,
-                    "text": format!("{} {} {:.4}", features[c.feature], if c.upper { "<=" } else { ">" }, c.cut),
-                })
+                let op = if c.upper { "<=" } else { ">" };
+                AnchorCondition {
+                    feature: features[c.feature].clone(),
+                    op: op.into(),
+                    value: c.cut,
+                    text: format!("{} {op} {:.4}", features[c.feature], c.cut),
+                }
             })
             .collect();
         let examples = search.examples(anchor, p.examples)?;
@@ -193,19 +198,23 @@ impl Method for Anchors {
         for &c in anchor {
             weight[search.s.conditions[c].feature] = 1.0;
         }
-        let details = json!({
-            "anchor": conditions,
-            "precision": found.precision,
-            "precision_samples": found.samples,
-            "precision_lower_bound": found.lower,
-            "coverage": search.s.coverage(anchor),
-            "meets_threshold": found.valid,
-            "threshold": p.threshold,
-            "samples": search.used,
-            "budget_exhausted": search.used >= p.samples.unwrap_or(100),
-            "prediction": {"index": label, "label": job.model.spec.labels.get(label)},
-            "examples": examples,
-        });
+        let details = serde_json::to_value(AnchorsDetails {
+            anchor: conditions,
+            precision: found.precision,
+            precision_samples: found.samples,
+            precision_lower_bound: found.lower,
+            coverage: search.s.coverage(anchor),
+            meets_threshold: found.valid,
+            threshold: p.threshold,
+            samples: search.used,
+            budget_exhausted: search.used >= p.samples.unwrap_or(100),
+            prediction: DecidedClass {
+                index: label,
+                label: job.model.spec.labels.get(label).cloned(),
+            },
+            examples,
+        })
+        .unwrap_or_default();
         Ok(targets
             .iter()
             .map(|t| TargetAttribution::from_values(t, &weight, details.clone()))
@@ -509,28 +518,107 @@ impl<'a, 'c> Search<'a, 'c> {
 
     /// Background rows that satisfy `rule`, split by whether the model predicts the input's class
     /// for them: `{same: [{row, values}], different: [...]}`, at most `k` each.
-    fn examples(&mut self, rule: &[usize], k: usize) -> Result<serde_json::Value, RuntimeError> {
+    fn examples(&mut self, rule: &[usize], k: usize) -> Result<CoveredRows, RuntimeError> {
+        let (mut same, mut different) = (Vec::new(), Vec::new());
         if k == 0 {
-            return Ok(json!({"same": [], "different": []}));
+            return Ok(CoveredRows { same, different });
         }
         let covered: Vec<usize> = (0..self.s.background.len())
             .filter(|&i| self.s.satisfies(rule, &self.s.background[i]))
             .take(k.saturating_mul(10))
             .collect();
         if covered.is_empty() {
-            return Ok(json!({"same": [], "different": []}));
+            return Ok(CoveredRows { same, different });
         }
         let rows: Vec<Vec<f32>> = covered.iter().map(|&i| self.s.background[i].clone()).collect();
         let decisions = self.cx.decide(&rows)?;
-        let (mut same, mut different) = (Vec::new(), Vec::new());
         for (&i, (predicted, _)) in covered.iter().zip(decisions) {
-            let entry = json!({"row": i, "values": self.s.background[i], "prediction": predicted});
+            let entry = CoveredRow {
+                row: i,
+                values: self.s.background[i].clone(),
+                prediction: predicted,
+            };
             match predicted == self.label {
                 true if same.len() < k => same.push(entry),
                 false if different.len() < k => different.push(entry),
                 _ => {}
             }
         }
-        Ok(json!({"same": same, "different": different}))
+        Ok(CoveredRows { same, different })
     }
+}
+
+/// Anchors' `details`: the rule, its precision and coverage, and background rows it covers.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorsDetails {
+    /// The rule's conditions.
+    pub anchor: Vec<AnchorCondition>,
+    /// Share of samples under the rule that keep the prediction.
+    pub precision: f64,
+    /// Samples that estimate `precision`.
+    pub precision_samples: usize,
+    /// The lower confidence bound of `precision`.
+    pub precision_lower_bound: f64,
+    /// Share of the background rows the rule covers.
+    pub coverage: f64,
+    /// Whether the lower bound reaches `threshold`.
+    pub meets_threshold: bool,
+    /// The precision asked for.
+    pub threshold: f64,
+    /// Model rows sampled.
+    pub samples: usize,
+    /// Whether the sample budget ran out.
+    pub budget_exhausted: bool,
+    /// The decision the rule keeps.
+    pub prediction: DecidedClass,
+    /// Background rows the rule covers, by whether the model decides as for the input.
+    pub examples: CoveredRows,
+}
+
+/// One condition of an anchor.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorCondition {
+    /// The feature.
+    pub feature: String,
+    /// `<=` or `>`.
+    #[schema(pattern = "^(<=|>)$")]
+    pub op: String,
+    /// The cut.
+    pub value: f32,
+    /// The condition as text.
+    pub text: String,
+}
+
+/// A class the model decides.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecidedClass {
+    /// Its index.
+    pub index: usize,
+    /// Its label.
+    pub label: Option<String>,
+}
+
+/// Background rows an anchor covers.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CoveredRows {
+    /// Rows the model decides as it decides the input.
+    pub same: Vec<CoveredRow>,
+    /// Rows it decides otherwise.
+    pub different: Vec<CoveredRow>,
+}
+
+/// A background row.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CoveredRow {
+    /// Its index in the background data.
+    pub row: usize,
+    /// Its values.
+    pub values: Vec<f32>,
+    /// The class the model decides for it.
+    pub prediction: usize,
 }

@@ -26,10 +26,11 @@ mod space;
 mod trees;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 
+use super::anchors::DecidedClass;
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
+use super::method::{schemas_of, NamedSchemas};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::manifest::{Constraints, Task};
@@ -224,6 +225,10 @@ impl Method for Counterfactual {
         text: false,
     };
 
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<CounterfactualDetails>())
+    }
+
     fn plan(p: &mut CounterfactualParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         let model = cx.model;
         let tabular = model.spec.tabular.as_ref().ok_or_else(|| {
@@ -288,39 +293,43 @@ impl Method for Counterfactual {
         let constraints = &p.constraints;
         let space = Space::new(&model, &tabular.features, constraints, &x, p.distance);
         let search = p.search.unwrap_or(Search::Gradient);
-        let mut details = json!({
-            "target_class": {"index": target, "label": model.spec.labels.get(target)},
-            "current_class": {"index": current, "label": model.spec.labels.get(current)},
-            "search": search,
-            "distance": p.distance,
-            "scale": space.scale_source,
-            "constraints": constraints,
-        });
-        let found = if target == current {
-            details["reason"] = json!("the model already decides the target class");
-            Vec::new()
+        let (found, reason, search_stats) = if target == current {
+            let reason = "the model already decides the target class".to_string();
+            (Vec::new(), Some(reason), None)
         } else {
             let (found, stats) = answers(cx, job, p, search, &space, &x, (target, current))?;
-            details["search_stats"] = stats;
-            found
+            (found, None, Some(stats))
         };
-        if found.is_empty() && details.get("reason").is_none() {
-            details["reason"] = json!(format!(
-                "no valid counterfactual within the budget ({search:?} search) and the constraints"
-            ));
-        }
+        let reason = reason.or_else(|| {
+            found
+                .is_empty()
+                .then(|| format!("no valid counterfactual within the budget ({search:?} search) and the constraints"))
+        });
         // The attribution: the cheapest counterfactual's change per feature (zero when none).
         let change: Vec<f64> = match found.first() {
             Some(best) => best.values.iter().zip(&x).map(|(a, b)| f64::from(a - b)).collect(),
             None => vec![0.0; x.len()],
         };
-        details["counterfactuals"] = json!(found
-            .iter()
-            .map(|c| c.describe(&model, &tabular.features, &x))
-            .collect::<Vec<_>>());
-        if let Some(d) = diversity(&space, &found) {
-            details["diversity"] = json!(d);
-        }
+        let class = |index: usize| DecidedClass {
+            index,
+            label: model.spec.labels.get(index).cloned(),
+        };
+        let details = serde_json::to_value(CounterfactualDetails {
+            target_class: class(target),
+            current_class: class(current),
+            search,
+            distance: p.distance,
+            scale: space.scale_source.into(),
+            constraints: constraints.clone(),
+            reason,
+            search_stats,
+            counterfactuals: found
+                .iter()
+                .map(|c| c.describe(&model, &tabular.features, &x))
+                .collect(),
+            diversity: diversity(&space, &found),
+        })
+        .unwrap_or_default();
         Ok(targets
             .iter()
             .map(|t| TargetAttribution::from_values(t, &change, details.clone()))
@@ -370,4 +379,74 @@ pub(super) fn class_index(model: &LoadedModel, class: &ClassRef, param: &str) ->
             labels.len()
         ))),
     }
+}
+
+/// Counterfactual's `details`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CounterfactualDetails {
+    /// The class the counterfactuals reach.
+    pub(super) target_class: DecidedClass,
+    /// The class the model decides for the input.
+    pub(super) current_class: DecidedClass,
+    /// The search that ran.
+    pub(super) search: Search,
+    /// The distance that costs a change.
+    pub(super) distance: Distance,
+    /// Where each feature's scale came from.
+    pub(super) scale: String,
+    /// The constraints the changes kept.
+    pub(super) constraints: Constraints,
+    /// Why there are none, when there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) reason: Option<String>,
+    /// The search's own counts (per search kind).
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) search_stats: Option<serde_json::Value>,
+    /// The counterfactuals, cheapest first.
+    pub(super) counterfactuals: Vec<CounterfactualFound>,
+    /// With two or more: the mean distance between pairs (DiCE's diversity).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) diversity: Option<f64>,
+}
+
+/// One counterfactual.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CounterfactualFound {
+    /// The features it changes.
+    pub(super) changes: Vec<FeatureChange>,
+    /// Its values.
+    pub(super) values: Vec<f32>,
+    /// What the model decides for it.
+    pub(super) prediction: ScoredClass,
+    /// Its distance from the input.
+    pub(super) cost: f64,
+    /// Always true: answers are checked by the model.
+    pub(super) valid: bool,
+}
+
+/// A feature's change.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FeatureChange {
+    /// The feature.
+    pub(super) feature: String,
+    /// The input's value.
+    pub(super) from: f32,
+    /// The counterfactual's.
+    pub(super) to: f32,
+}
+
+/// A decided class with its probability.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ScoredClass {
+    /// Its index.
+    pub(super) index: usize,
+    /// Its label.
+    pub(super) label: Option<String>,
+    /// Its probability.
+    pub(super) score: Option<f64>,
 }

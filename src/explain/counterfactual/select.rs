@@ -1,10 +1,8 @@
 //! From candidates to answers: checked by ONNX Runtime, sparsified, and chosen for diversity
 //! (DiCE's post-hoc steps), each answer described for `details`.
 
-use serde_json::json;
-
 use super::space::Space;
-use super::CounterfactualParams;
+use super::{CounterfactualFound, CounterfactualParams, FeatureChange, ScoredClass};
 use crate::explain::Cx;
 use crate::runtime::{LoadedModel, RuntimeError};
 
@@ -17,24 +15,28 @@ pub(super) struct Found {
 }
 
 impl Found {
-    pub(super) fn describe(&self, model: &LoadedModel, features: &[String], x: &[f32]) -> serde_json::Value {
-        let changes: Vec<serde_json::Value> = features
+    pub(super) fn describe(&self, model: &LoadedModel, features: &[String], x: &[f32]) -> CounterfactualFound {
+        let changes: Vec<FeatureChange> = features
             .iter()
             .zip(x.iter().zip(&self.values))
             .filter(|(_, (a, b))| a != b)
-            .map(|(f, (a, b))| json!({"feature": f, "from": a, "to": b}))
+            .map(|(f, (a, b))| FeatureChange {
+                feature: f.clone(),
+                from: *a,
+                to: *b,
+            })
             .collect();
-        json!({
-            "changes": changes,
-            "values": self.values,
-            "prediction": {
-                "index": self.prediction,
-                "label": model.spec.labels.get(self.prediction),
-                "score": self.probabilities.get(self.prediction),
+        CounterfactualFound {
+            changes,
+            values: self.values.clone(),
+            prediction: ScoredClass {
+                index: self.prediction,
+                label: model.spec.labels.get(self.prediction).cloned(),
+                score: self.probabilities.get(self.prediction).copied(),
             },
-            "cost": self.cost,
-            "valid": true,
-        })
+            cost: self.cost,
+            valid: true,
+        }
     }
 }
 

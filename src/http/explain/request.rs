@@ -143,8 +143,8 @@ pub struct TargetExplanation {
     /// With `include: ["overlay"]`: the PNG overlay, base64.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overlay_png: Option<String>,
-    /// Method-specific results (LIME: `segments`, `segment_weights`, `segment_map`, `r2`,
-    /// `intercept`, `top_positive`, `top_negative`).
+    /// Method-specific results, as each method declares them: the schema on its explain path
+    /// (`TargetExplanation.{method}`) and its `details_schema` in `GET /v1/models/{model}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
