@@ -55,13 +55,6 @@ pub struct RecordPage {
     pub next_cursor: Option<i64>,
 }
 
-/// The JSON value of an answer exactly as its text reads (f32 scores keep their short form), for
-/// its audit record.
-pub(super) fn as_sent(answer: &impl Serialize) -> Result<Value, ApiError> {
-    let text = serde_json::to_vec(answer).map_err(ApiError::internal)?;
-    serde_json::from_slice(&text).map_err(ApiError::internal)
-}
-
 fn millis(name: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
     text.as_deref()
         .map(|t| {

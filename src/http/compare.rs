@@ -6,20 +6,22 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::HeaderMap;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ProblemKind};
-use super::explain::{self, ExplainOptions, ExplainResponse, Format};
+use super::explain::{self, ExplainOptions, ExplainResponse, Format, ValidExplain};
 use super::input::{self, FeaturesJson};
-use super::{offload, prepare, AppState};
+use super::pipeline::{self, Drawn, Picture, Record, Valid, Work};
+use super::prepare::{self, Prepared};
+use super::AppState;
 use crate::eval::{Evaluation, MetricRequest};
 use crate::explain::TargetSpec;
-use crate::jobs::CompareTask;
+use crate::jobs::{CompareTask, ExplainResult};
 use crate::render::{self, RenderOptions};
+use crate::runtime::LoadedModel;
 
 /// Most methods one comparison may run.
 const MAX_METHODS: usize = 8;
@@ -133,6 +135,27 @@ pub async fn compare(
         None => explain::accepts_png(&headers),
     };
     let raw = input::one_input(req.image.take(), req.features.take(), req.text.take(), "the request")?;
+    let work = Comparison {
+        methods: validate_methods(&state, &model, &req)?,
+        wants_png,
+        max_map_pixels: state.config.max_map_pixels,
+    };
+    let valid = Valid {
+        model,
+        inputs: vec![raw],
+        work,
+        audit: None,
+    };
+    Ok(pipeline::answer(&state, valid, started).await?.into_response())
+}
+
+/// Validates each method whole (its rows within max_samples, with the seed, target, drawing and
+/// metrics every method shares), and the plans together within the job's byte budget.
+fn validate_methods(
+    state: &AppState,
+    model: &Arc<LoadedModel>,
+    req: &CompareRequest,
+) -> Result<Vec<ValidExplain>, ApiError> {
     let seed = req.seed.unwrap_or_else(rand::random);
     let evaluate = req.evaluate.clone().unwrap_or_else(|| {
         ["deletion", "insertion"]
@@ -140,14 +163,12 @@ pub async fn compare(
             .map(|m| MetricRequest::Name(m.into()))
             .collect()
     });
-    // Each method is validated whole (its rows within max_samples), and the plans together stay
-    // within the job's byte budget.
     let mut valid = Vec::with_capacity(req.methods.len());
     let mut bytes = 0u64;
     for m in &req.methods {
         let (name, params) = match m {
-            CompareMethod::Name(n) => (n.clone(), None),
-            CompareMethod::WithParams(w) => (w.method.clone(), w.params.clone()),
+            CompareMethod::Name(n) => (n, None),
+            CompareMethod::WithParams(w) => (&w.method, w.params.clone()),
         };
         let options = ExplainOptions {
             params,
@@ -157,7 +178,7 @@ pub async fn compare(
             render: req.render.clone(),
             evaluate: Some(evaluate.clone()),
         };
-        let v = explain::validate(&state, &model, &name, options, 1)?;
+        let v = explain::validate(state, model, state.method(name)?.as_ref(), options, 1)?;
         if v.params.capabilities().examples {
             return Err(crate::explain::Invalid::Request(format!(
                 "methods: compare sets attributions side by side; {name} answers reference rows"
@@ -178,44 +199,62 @@ pub async fn compare(
             ),
         ));
     }
-    let admission = state.executor.admit()?;
-    let prepared = prepare::prepare_all(&model, vec![raw], &state.config).await?;
-    let jobs = valid
-        .iter()
-        .map(|v| v.task(&prepared, None))
-        .collect::<Result<Vec<_>, _>>()?;
-    let results = admission.run(CompareTask(jobs)).await?;
-    let max_map_pixels = state.config.max_map_pixels;
-    let size = prepare::drawing_size(&prepared, valid.len(), wants_png);
-    let (comparisons, png) = offload::cpu(size, move || {
-        let one = &prepared[0];
-        let mut comparisons = Vec::with_capacity(valid.len());
+    Ok(valid)
+}
+
+/// Several methods on one input, in one job; answered as JSON or one PNG strip.
+struct Comparison {
+    methods: Vec<ValidExplain>,
+    wants_png: bool,
+    max_map_pixels: u64,
+}
+
+impl Work for Comparison {
+    type Task = CompareTask;
+    type Body = CompareResponse;
+    const RECORD: Record = Record::None;
+
+    fn task(&mut self, _: &Arc<LoadedModel>, prepared: &[Prepared]) -> Result<CompareTask, ApiError> {
+        let jobs = self.methods.iter().map(|v| v.task(prepared, None));
+        Ok(CompareTask(jobs.collect::<Result<Vec<_>, _>>()?))
+    }
+
+    fn drawing_size(&self, prepared: &[Prepared], _: &Vec<ExplainResult>) -> usize {
+        prepare::drawing_size(prepared, self.methods.len(), self.wants_png)
+    }
+
+    fn draw(
+        self,
+        model: &LoadedModel,
+        prepared: Vec<Prepared>,
+        results: Vec<ExplainResult>,
+        started: Instant,
+    ) -> Result<Drawn<CompareResponse>, ApiError> {
+        let one = prepared
+            .first()
+            .ok_or_else(|| ApiError::internal("no prepared input"))?;
+        let mut comparisons = Vec::with_capacity(self.methods.len());
         let mut panels = Vec::new();
         if let Some(original) = &one.original {
             // As many caption lines as the method panels, so the strip stays even.
             let lines = ["input".to_string(), String::new()];
             panels.push(render::captioned(original, &lines, 160));
         }
-        for (v, result) in valid.iter().zip(&results) {
-            let (list, drawn) = explain::explanations(v, result, one, wants_png, max_map_pixels);
+        for (v, result) in self.methods.iter().zip(&results) {
+            let (list, drawn) = explain::explanations(v, result, one, self.wants_png, self.max_map_pixels);
             let mut lines = vec![v.params.method().to_string()];
             lines.extend(result.evaluations.first().map(|e| caption(e)));
             panels.extend(drawn.iter().map(|p| render::captioned(p, &lines, 160)));
             comparisons.push(explain::explain_body(v, list, result, started));
         }
-        let png = wants_png.then(|| render::panels_png(&panels));
-        (comparisons, png)
-    })
-    .await?;
-    if let Some(bytes) = png {
-        return Ok(([(header::CONTENT_TYPE, "image/png")], bytes).into_response());
+        let picture = self.wants_png.then(|| Picture::Png(render::panels_png(&panels)));
+        let body = CompareResponse {
+            model: model.name.clone(),
+            comparisons,
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        Ok(Drawn { body, picture })
     }
-    Ok(Json(CompareResponse {
-        model: model.name.clone(),
-        comparisons,
-        took_ms: started.elapsed().as_secs_f64() * 1e3,
-    })
-    .into_response())
 }
 
 /// `del 0.12  ins 0.86`: the metrics under a panel.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::Json;
+use axum::response::Response;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,11 +15,14 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ProblemKind};
 use super::input::{self, FeaturesJson, RawInput};
-use super::{prepare, AppState};
+use super::pipeline::{self, Drawn, Record, Valid, Work};
+use super::prepare::{self, Prepared};
+use super::AppState;
 use crate::eval::{self, Evaluation, MetricRequest};
 use crate::explain::{targets, Limits, TargetSpec};
 use crate::jobs::EvaluateTask;
 use crate::runtime::predict::Prediction;
+use crate::runtime::LoadedModel;
 
 /// Metrics of one attribution map: the input (or the audit record's, when it kept it) and the map
 /// (or an audit record of an explanation).
@@ -101,14 +104,24 @@ pub async fn evaluate(
     Path(model_name): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<EvaluateResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let model = state.model(&model_name)?;
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
-    let mut req: EvaluateRequest = input::json_body(received).await?;
+    let req: EvaluateRequest = input::json_body(received).await?;
+    let valid = validate(&state, model, req).await?;
+    Ok(pipeline::answer(&state, valid, started).await?.into_response())
+}
+
+/// Checks a request whole before a queue slot is taken: one input and one map (from the body or
+/// an explanation's audit record), a map that holds its values, the target, the metrics.
+async fn validate(
+    state: &AppState,
+    model: Arc<LoadedModel>,
+    mut req: EvaluateRequest,
+) -> Result<Valid<Evaluating>, ApiError> {
     let bad = |m: String| ApiError::new(ProblemKind::InvalidRequest, m);
-    let unfit = |m: String| ApiError::new(ProblemKind::InvalidInput, m);
     let mut raw = None;
     if req.image.is_some() || req.features.is_some() || req.text.is_some() {
         raw = Some(input::one_input(
@@ -122,7 +135,7 @@ pub async fn evaluate(
     let map = match (req.attributions.take(), req.explanation_record.take()) {
         (Some(m), None) => m,
         (None, Some(id)) => {
-            let record = recorded(&state, &id, &model.name).await?;
+            let record = recorded(state, &id, &model.name).await?;
             let (recorded_map, recorded_target, recorded_input) = from_record(&record)?;
             target = target.or(recorded_target);
             raw = raw.or(recorded_input);
@@ -135,11 +148,14 @@ pub async fn evaluate(
     // Checked: the shape comes from the client.
     let held = map.shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
     if held != Some(map.values.len()) || map.values.iter().any(|v| !v.is_finite()) {
-        return Err(unfit(format!(
-            "the map's shape {:?} does not hold its {} values, or a value is not finite",
-            map.shape,
-            map.values.len()
-        )));
+        return Err(ApiError::new(
+            ProblemKind::InvalidInput,
+            format!(
+                "the map's shape {:?} does not hold its {} values, or a value is not finite",
+                map.shape,
+                map.values.len()
+            ),
+        ));
     }
     if req.evaluate.is_empty() {
         return Err(bad("`evaluate` names no metric".into()));
@@ -155,54 +171,100 @@ pub async fn evaluate(
             "model_randomization re-runs a method: ask for it in an explain request's `evaluate`".into(),
         ));
     }
-    let seed = req.seed.unwrap_or_else(rand::random);
-    let admission = state.executor.admit()?;
-    let prepared = prepare::prepare_all(&model, vec![raw], &state.config).await?;
-    // The grid a map lies on: the model's input pixels, its features, or this text's tokens.
-    let model_grid: Vec<usize> = match (&model.spec.image, &prepared[0].text) {
-        (Some(i), _) => vec![i.height, i.width],
-        (None, Some(text)) => vec![text.tokens.len()],
-        (None, None) => vec![eval::feature_count(&model)],
-    };
-    // A map on the model's input grid as it is; one on the original image's grid (as explain
-    // answers give it) brought onto the model's grid through the same crop and resize.
-    let original_grid = prepared[0]
-        .geometry
-        .as_ref()
-        .map(|g| vec![g.original_height as usize, g.original_width as usize]);
-    let values = match (&prepared[0].geometry, &original_grid) {
-        _ if map.shape == model_grid => map.values,
-        (Some(geometry), Some(grid)) if *grid == map.shape => {
-            geometry.map_forward(&map.values, model_grid[1], model_grid[0])
-        }
-        _ => {
-            return Err(unfit(format!(
-                "the map must lie on the model's input grid {model_grid:?}{}, got shape {:?}",
-                original_grid
-                    .map(|g| format!(" or the image's {g:?}"))
-                    .unwrap_or_default(),
-                map.shape
-            )))
-        }
-    };
-    let task = EvaluateTask {
-        model: model.clone(),
-        input: prepare::batch(&prepared)?,
-        map: values,
+    let work = Evaluating {
+        map,
         target,
         metrics,
-        seed,
-        text: prepared[0].text.clone(),
+        seed: req.seed.unwrap_or_else(rand::random),
     };
-    let (target, evaluation) = admission.run(task).await?;
-    Ok(Json(EvaluateResponse {
-        model: model.name.clone(),
-        model_sha256: model.sha256.clone(),
-        target,
-        seed,
-        evaluation,
-        took_ms: started.elapsed().as_secs_f64() * 1e3,
-    }))
+    Ok(Valid {
+        model,
+        inputs: vec![raw],
+        work,
+        audit: None,
+    })
+}
+
+/// Metrics of one map, validated.
+struct Evaluating {
+    map: MapJson,
+    target: Option<TargetSpec>,
+    metrics: Vec<eval::ValidMetric>,
+    seed: u64,
+}
+
+impl Work for Evaluating {
+    type Task = EvaluateTask;
+    type Body = EvaluateResponse;
+    const RECORD: Record = Record::None;
+
+    /// The task, once the map is on the model's input grid: as it is when it lies there, else
+    /// (on the original image's grid, as explain answers give it) through the same crop and resize.
+    fn task(&mut self, model: &Arc<LoadedModel>, prepared: &[Prepared]) -> Result<EvaluateTask, ApiError> {
+        let one = prepared
+            .first()
+            .ok_or_else(|| ApiError::internal("no prepared input"))?;
+        // The grid a map lies on: the model's input pixels, its features, or this text's tokens.
+        let model_grid: Vec<usize> = match (&model.spec.image, &one.text) {
+            (Some(i), _) => vec![i.height, i.width],
+            (None, Some(text)) => vec![text.tokens.len()],
+            (None, None) => vec![eval::feature_count(model)],
+        };
+        let original_grid = one
+            .geometry
+            .as_ref()
+            .map(|g| vec![g.original_height as usize, g.original_width as usize]);
+        let map = std::mem::take(&mut self.map.values);
+        let values = match (&one.geometry, &original_grid) {
+            _ if self.map.shape == model_grid => map,
+            (Some(geometry), Some(grid)) if *grid == self.map.shape => {
+                geometry.map_forward(&map, model_grid[1], model_grid[0])
+            }
+            _ => {
+                return Err(ApiError::new(
+                    ProblemKind::InvalidInput,
+                    format!(
+                        "the map must lie on the model's input grid {model_grid:?}{}, got shape {:?}",
+                        original_grid
+                            .map(|g| format!(" or the image's {g:?}"))
+                            .unwrap_or_default(),
+                        self.map.shape
+                    ),
+                ))
+            }
+        };
+        Ok(EvaluateTask {
+            model: model.clone(),
+            input: prepare::batch(prepared)?,
+            map: values,
+            target: self.target.take(),
+            metrics: std::mem::take(&mut self.metrics),
+            seed: self.seed,
+            text: one.text.clone(),
+        })
+    }
+
+    fn drawing_size(&self, _: &[Prepared], _: &(Prediction, Vec<Evaluation>)) -> usize {
+        0
+    }
+
+    fn draw(
+        self,
+        model: &LoadedModel,
+        _: Vec<Prepared>,
+        (target, evaluation): (Prediction, Vec<Evaluation>),
+        started: Instant,
+    ) -> Result<Drawn<EvaluateResponse>, ApiError> {
+        let body = EvaluateResponse {
+            model: model.name.clone(),
+            model_sha256: model.sha256.clone(),
+            target,
+            seed: self.seed,
+            evaluation,
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        Ok(Drawn { body, picture: None })
+    }
 }
 
 /// The audit record `id`, an explanation of `model`.

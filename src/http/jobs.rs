@@ -18,15 +18,14 @@ use utoipa::ToSchema;
 
 use super::auth::{audit_context, viewer, Caller};
 use super::error::{ApiError, ProblemKind};
-use super::explain::{self, ExplainRequest, Format, ValidExplain};
+use super::explain::{self, AnswerAs, ExplainRequest, Explaining, Format};
 use super::input::{self, RawInput};
-use super::prepare::{self, Prepared};
+use super::pipeline::{self, Valid};
 use super::AppState;
-use crate::audit::{Context, Evidence};
+use crate::audit::{Context, Kind};
 use crate::executor::board::{JobState, JobView, Refused, Viewer};
 use crate::executor::shared::{NewJob, SubmitError};
 use crate::executor::{Admission, Control};
-use crate::runtime::registry::LoadedModel;
 
 /// How often an event stream looks at its job.
 const POLL: Duration = Duration::from_millis(100);
@@ -90,58 +89,51 @@ fn store_failed(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// A job's request checked against its model and its input prepared: ready to run.
-pub(super) struct Ready {
-    model: Arc<LoadedModel>,
-    valid: ValidExplain,
-    prepared: Vec<Prepared>,
-    evidence: Option<Evidence>,
-}
+pub(super) type Ready = pipeline::Ready<Explaining>;
 
 /// Parses and checks a job body; `audit`: gather the audit evidence it asks for (where it runs).
 pub(super) async fn check(state: &AppState, bytes: axum::body::Bytes, audit: bool) -> Result<Ready, ApiError> {
     let (job, mut request, raw) = super::offload::cpu(bytes.len(), move || parse_job(&bytes)).await??;
     let model = state.model(&job.model)?;
-    let valid = explain::validate(state, &model, &job.method, request.options(), 1)?;
+    let method = state.method(&job.method)?;
+    let valid = explain::validate(state, &model, method.as_ref(), request.options(), 1)?;
     let asked = request.audit.take().unwrap_or(false);
-    let evidence = if audit {
-        explain::audit_evidence(state, &model, &raw, asked).await?
-    } else {
-        None
+    let inputs = vec![raw];
+    let audit = match audit {
+        // Who asked is known when it runs.
+        true => pipeline::audit(state, Kind::Explanation, asked, &model, &inputs, Context::default()).await?,
+        false => None,
     };
-    let prepared = prepare::prepare_all(&model, vec![raw], &state.config).await?;
-    Ok(Ready {
+    let work = Explaining::new(state, valid, AnswerAs::Json);
+    let valid = Valid {
         model,
-        valid,
-        prepared,
-        evidence,
-    })
+        inputs,
+        work,
+        audit,
+    };
+    pipeline::prepare(state, valid).await
 }
 
 /// Runs a checked job on `admission` under `control`; the answer, or the problem, as JSON.
 pub(super) async fn run(
     state: &AppState,
-    ready: Ready,
+    mut ready: Ready,
     admission: Admission,
     control: Control,
     ctx: Context,
     started: Instant,
 ) -> Result<serde_json::Value, serde_json::Value> {
-    let Ready {
-        valid,
-        prepared,
-        evidence,
-        ..
-    } = ready;
+    ready.set_context(ctx);
     let answer = async {
-        let task = valid.task(&prepared, None)?;
-        let result = admission.run_controlled(task, control).await?;
-        let audit = evidence.map(|evidence| (evidence, ctx));
-        let answer = explain::finish(state, valid, prepared, result, false, started, audit).await?;
-        // Through the answer's text, not `to_value`: a job's result then prints every number as
+        let done = pipeline::run(state, ready, admission, Some(control), started).await?;
+        // The answer's text parsed, not `to_value`: a job's result then prints every number as
         // the synchronous answer does (an f32 written as its shortest text, `0.06`; `to_value`
-        // widens it to f64 first, `0.05999999865889549`).
-        let text = serde_json::to_vec(&answer.body).map_err(ApiError::internal)?;
-        serde_json::from_slice(&text).map_err(ApiError::internal)
+        // widens it to f64 first, `0.05999999865889549`). An audited answer was parsed once already.
+        match (done.value, done.json) {
+            (Some(value), _) => Ok(value),
+            (None, Some(text)) => serde_json::from_slice(&text).map_err(ApiError::internal),
+            (None, None) => Err(ApiError::internal("a job's answer not serialised")),
+        }
     };
     answer.await.map_err(|e: ApiError| e.problem_json())
 }
@@ -174,9 +166,9 @@ pub async fn submit(
         let stored = shared
             .submit(
                 NewJob {
-                    model: &ready.model.name,
-                    model_sha256: &ready.model.sha256,
-                    method: ready.valid.params.method(),
+                    model: &ready.model().name,
+                    model_sha256: &ready.model().sha256,
+                    method: ready.work().valid.params.method(),
                     owner: owner.as_deref(),
                     request_id: ctx.request_id.as_deref(),
                     request: &received.bytes,
@@ -197,8 +189,8 @@ pub async fn submit(
     let (id, control) = state
         .jobs
         .create(
-            &ready.model.name,
-            ready.valid.params.method(),
+            &ready.model().name,
+            ready.work().valid.params.method(),
             owner.as_deref(),
             state.config.max_jobs_per_caller,
         )

@@ -15,6 +15,7 @@ mod models;
 pub mod offload;
 pub mod openapi;
 mod page;
+mod pipeline;
 mod predict;
 pub mod prepare;
 mod problems;

@@ -7,25 +7,25 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Uri};
-use axum::Json;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{audit_context, Caller};
-use super::error::{audit_failed, ApiError, ProblemKind};
+use super::error::{ApiError, ProblemKind};
 use super::explain::{self, ExplainResponse, Include, ValidExplain};
 use super::input::{self, FeaturesJson, RawInput};
+use super::pipeline::{self, Drawn, Record, Valid, Work};
 use super::prepare::{self, Prepared};
 use super::uncertainty::PredictUncertainty;
 use super::{offload, AppState};
-use crate::audit::{Context, Evidence, Kind, Receipt};
+use crate::audit::{Context, Kind, Receipt};
 use crate::explain::TargetSpec;
 use crate::jobs::{Condition, ExplainResult, PredictJob, PredictOutput, PredictTask};
 use crate::render::RenderOptions;
 use crate::runtime::predict::{Prediction, RowPrediction};
 use crate::runtime::LoadedModel;
-use crate::uncertainty::{Estimate, Setup, Uncertainty};
+use crate::uncertainty::{Estimate, Uncertainty, ValidUncertainty};
 
 /// Classes reported when `top_k` is not given.
 pub const DEFAULT_TOP_K: usize = 5;
@@ -200,24 +200,38 @@ pub async fn predict(
     headers: HeaderMap,
     caller: Option<Extension<Caller>>,
     body: Body,
-) -> Result<Json<PredictResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let model = state.model(&model_name)?;
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
     let parsed = parse_predict_body(received, &uri).await?;
+    let valid = validate(&state, model, parsed, audit_context(&headers, caller)).await?;
+    Ok(pipeline::answer(&state, valid, started).await?.into_response())
+}
+
+/// Checks a request whole before a queue slot is taken: the counts, the attached explanation and
+/// uncertainty against the model and the limits; gathers the audit evidence it needs.
+async fn validate(
+    state: &AppState,
+    model: Arc<LoadedModel>,
+    parsed: ParsedPredict,
+    ctx: Context,
+) -> Result<Valid<Predicting>, ApiError> {
     let top_k = parsed.top_k.unwrap_or(DEFAULT_TOP_K);
-    check_counts(&state, top_k, parsed.inputs.len())?;
+    let inputs = parsed.inputs.len();
+    check_counts(state, top_k, inputs)?;
     let explain = match &parsed.explain {
         Some(e) => {
-            let valid = explain::validate(&state, &model, &e.method, e.options(), parsed.inputs.len())?;
+            let method = state.method(&e.method)?;
+            let valid = explain::validate(state, &model, method.as_ref(), e.options(), inputs)?;
             Some((valid, e.when.clone().unwrap_or_default()))
         }
         None => None,
     };
     let uncertainty = match &parsed.uncertainty {
         Some(u) => Some((
-            super::uncertainty::validate(&state, &model, u.options(), parsed.inputs.len())?,
+            super::uncertainty::validate(state, &model, u.options(), inputs)?,
             u.when.clone().unwrap_or_default(),
         )),
         None => None,
@@ -228,45 +242,20 @@ pub async fn predict(
         (Some(_), _) => Kind::Explanation,
         (None, Some(_)) => Kind::Uncertainty,
     };
-    let audit = match state.audit.wants(kind, parsed.audit) {
-        true => Some((
-            evidence(&state, &model, &parsed.inputs).await?,
-            audit_context(&headers, caller),
-        )),
-        false => None,
-    };
-    let admission = state.executor.admit()?;
-    let prepared = prepare::prepare_all(&model, parsed.inputs, &state.config).await?;
-    let predict = PredictTask {
-        model: model.clone(),
-        inputs: prepared.iter().map(|p| p.tensor.clone()).collect(),
+    let audit = pipeline::audit(state, kind, parsed.audit, &model, &parsed.inputs, ctx).await?;
+    let work = Predicting {
         top_k,
-    };
-    let job = PredictJob {
-        predict,
-        explain: explain.as_ref().map(|(valid, when)| valid.attach(when.clone())),
-        uncertainty: uncertainty.clone(),
-        texts: prepared.iter().map(|p| p.text.clone()).collect(),
-    };
-    let output = admission.run(job).await?;
-    let answer = Answer {
-        model,
         batched: parsed.batched,
-        output,
-        setup: uncertainty.map(|(valid, _)| valid.setup()),
-        prepared,
-        explain: explain.map(|(valid, _)| valid),
+        explain,
+        uncertainty,
         max_map_pixels: state.config.max_map_pixels,
-        started,
     };
-    let audited_too = audit.is_some();
-    let pictures = answer
-        .explain
-        .as_ref()
-        .is_some_and(|v| v.include.contains(&Include::Overlay));
-    let size = prepare::drawing_size(&answer.prepared, answer.explain.is_some() as usize, pictures);
-    let (response, sent) = offload::cpu(size, move || answer.draw(audited_too)).await??;
-    audited(&state, audit, response, sent).await
+    Ok(Valid {
+        model,
+        inputs: parsed.inputs,
+        work,
+        audit,
+    })
 }
 
 /// `top_k` and the number of inputs within their limits.
@@ -287,49 +276,55 @@ pub(super) fn check_counts(state: &AppState, top_k: usize, inputs: usize) -> Res
     Ok(())
 }
 
-/// Every input's audit evidence (hashed on a blocking thread).
-pub(super) async fn evidence(
-    state: &AppState,
-    model: &Arc<LoadedModel>,
-    inputs: &[RawInput],
-) -> Result<Vec<Evidence>, ApiError> {
-    let (model, inputs, keep) = (model.clone(), inputs.to_vec(), state.audit.keeps_inputs());
-    let size = inputs
-        .iter()
-        .map(RawInput::sent_bytes)
-        .fold(0usize, usize::saturating_add);
-    offload::cpu(size, move || {
-        inputs.iter().map(|raw| prepare::evidence(&model, raw, keep)).collect()
-    })
-    .await
-}
-
-/// A finished prediction job, to be drawn into the answer (on a blocking thread: maps drawn back
-/// onto images, the audit copy serialised).
-struct Answer {
-    model: Arc<LoadedModel>,
+/// A prediction, with what is attached to it (an explanation, an uncertainty estimate, each for
+/// the inputs meeting its condition), in one job.
+struct Predicting {
+    top_k: usize,
     batched: bool,
-    output: PredictOutput,
-    setup: Option<Setup>,
-    prepared: Vec<Prepared>,
-    explain: Option<ValidExplain>,
+    explain: Option<(ValidExplain, Condition)>,
+    uncertainty: Option<(ValidUncertainty, Condition)>,
     max_map_pixels: u64,
-    started: Instant,
 }
 
-impl Answer {
-    /// The response, and its JSON as sent when it is to be audited.
-    fn draw(self, audited: bool) -> Result<(PredictResponse, Option<Value>), ApiError> {
-        let Answer {
-            model,
-            batched,
-            output,
-            setup,
-            prepared,
-            explain,
-            max_map_pixels,
-            started,
-        } = self;
+impl Work for Predicting {
+    type Task = PredictJob;
+    type Body = PredictResponse;
+    // Recorded as a prediction whatever is attached (it is recorded with it).
+    const RECORD: Record = Record::Prediction(Kind::Prediction);
+
+    fn task(&mut self, model: &Arc<LoadedModel>, prepared: &[Prepared]) -> Result<PredictJob, ApiError> {
+        let predict = PredictTask {
+            model: model.clone(),
+            inputs: prepared.iter().map(|p| p.tensor.clone()).collect(),
+            top_k: self.top_k,
+        };
+        Ok(PredictJob {
+            predict,
+            explain: self.explain.as_ref().map(|(valid, when)| valid.attach(when.clone())),
+            uncertainty: self.uncertainty.clone(),
+            texts: prepared.iter().map(|p| p.text.clone()).collect(),
+        })
+    }
+
+    fn drawing_size(&self, prepared: &[Prepared], _: &PredictOutput) -> usize {
+        let pictures = self
+            .explain
+            .as_ref()
+            .is_some_and(|(v, _)| v.include.contains(&Include::Overlay));
+        prepare::drawing_size(prepared, self.explain.is_some() as usize, pictures)
+    }
+
+    /// The response: maps drawn back onto the images, one result per input.
+    fn draw(
+        self,
+        model: &LoadedModel,
+        prepared: Vec<Prepared>,
+        output: PredictOutput,
+        started: Instant,
+    ) -> Result<Drawn<PredictResponse>, ApiError> {
+        let max_map_pixels = self.max_map_pixels;
+        let explain = self.explain.map(|(valid, _)| valid);
+        let setup = self.uncertainty.map(|(valid, _)| valid.setup());
         let explanation = |result: Option<ExplainResult>, prep: &Prepared| {
             let (valid, result) = explain.as_ref().zip(result)?;
             let (list, _) = explain::explanations(valid, &result, prep, false, max_map_pixels);
@@ -366,7 +361,7 @@ impl Answer {
             instances: None,
             audit_record: None,
         };
-        if batched {
+        if self.batched {
             response.instances = Some(instances.collect());
         } else if let Some(one) = instances.next() {
             response.predictions = Some(one.prediction.predictions);
@@ -375,27 +370,15 @@ impl Answer {
             response.uncertainty = one.uncertainty;
             response.truncated = one.truncated;
         }
-        let sent = audited.then(|| super::audit::as_sent(&response)).transpose()?;
-        Ok((response, sent))
+        Ok(Drawn {
+            body: response,
+            picture: None,
+        })
     }
-}
 
-/// Writes the answer's audit record when one is wanted; the answer is not sent unless it is written.
-async fn audited(
-    state: &AppState,
-    audit: Option<(Vec<Evidence>, Context)>,
-    mut response: PredictResponse,
-    sent: Option<Value>,
-) -> Result<Json<PredictResponse>, ApiError> {
-    if let Some(((evidence, ctx), value)) = audit.zip(sent) {
-        let receipt = state
-            .audit
-            .prediction(Kind::Prediction, &ctx, evidence, &value)
-            .await
-            .map_err(audit_failed)?;
-        response.audit_record = Some(receipt);
+    fn receipt(body: &mut PredictResponse, receipt: Receipt) {
+        body.audit_record = Some(receipt);
     }
-    Ok(Json(response))
 }
 
 /// A predict body, parsed.

@@ -5,18 +5,19 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
-use axum::http::{header, HeaderMap, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{audit_context, Caller};
-use super::error::{audit_failed, ApiError, ProblemKind};
+use super::error::{ApiError, ProblemKind};
 use super::explain::Format;
 use super::input::{self, FeaturesJson, RawInput};
+use super::pipeline::{self, Drawn, Picture, Record, Valid, Work};
 use super::predict::{form_inputs, json_inputs, unsupported_media, Instance};
-use super::{offload, prepare, AppState};
+use super::prepare::{self, Prepared};
+use super::{offload, AppState};
 use crate::audit::{Kind, Receipt};
 use crate::explain::Limits;
 use crate::jobs::{Condition, UncertaintyTask};
@@ -207,86 +208,108 @@ pub async fn uncertainty(
         ));
     }
     let valid = validate(&state, &model, parsed.options, parsed.inputs.len())?;
-    let audit = match state.audit.wants(Kind::Uncertainty, parsed.audit) {
-        true => Some((
-            super::predict::evidence(&state, &model, &parsed.inputs).await?,
-            audit_context(&headers, caller),
-        )),
-        false => None,
+    let ctx = audit_context(&headers, caller);
+    let audit = pipeline::audit(&state, Kind::Uncertainty, parsed.audit, &model, &parsed.inputs, ctx).await?;
+    let work = Estimating {
+        setup: valid.setup(),
+        valid: Some(valid),
+        batched: parsed.batched,
+        wants_png,
+        spread,
+        max_map_pixels: state.config.max_map_pixels,
     };
-    let admission = state.executor.admit()?;
-    let prepared = prepare::prepare_all(&model, parsed.inputs, &state.config).await?;
-    let setup = valid.setup();
-    let task = UncertaintyTask {
-        valid,
-        input: prepare::batch(&prepared)?,
+    let valid = Valid {
+        model,
+        inputs: parsed.inputs,
+        work,
+        audit,
     };
-    let estimates = admission.run(task).await?;
-    let max_map_pixels = state.config.max_map_pixels;
-    let size = prepare::drawing_size(&prepared, spread as usize * 2, wants_png);
-    let batched = parsed.batched;
-    let (mut response, png) = offload::cpu(size, move || {
-        draw(&model, setup, estimates, &prepared, batched, wants_png, max_map_pixels)
-    })
-    .await?;
-    response.took_ms = started.elapsed().as_secs_f64() * 1e3;
-    if let Some((evidence, ctx)) = audit {
-        let sent = super::audit::as_sent(&response)?;
-        let receipt = state
-            .audit
-            .prediction(Kind::Uncertainty, &ctx, evidence, &sent)
-            .await
-            .map_err(audit_failed)?;
-        response.audit_record = Some(receipt);
-    }
-    match png {
-        Some(bytes) => Ok(([(header::CONTENT_TYPE, "image/png")], bytes).into_response()),
-        None => Ok(Json(response).into_response()),
-    }
+    Ok(pipeline::answer(&state, valid, started).await?.into_response())
 }
 
-/// The answer, with explanation spreads drawn back onto the original images (as explanation maps
-/// are), and the first one's standard deviation as a PNG heat map when asked.
-fn draw(
-    model: &LoadedModel,
+/// An uncertainty estimate of each input, validated; answered as JSON or the spread's PNG.
+struct Estimating {
+    /// Taken by the task.
+    valid: Option<ValidUncertainty>,
+    /// How the estimate is made, for the answer.
     setup: Setup,
-    estimates: Vec<Estimate>,
-    prepared: &[prepare::Prepared],
     batched: bool,
-    png: bool,
+    wants_png: bool,
+    spread: bool,
     max_map_pixels: u64,
-) -> (UncertaintyResponse, Option<Vec<u8>>) {
-    let mut picture = None;
-    let mut answers = Vec::with_capacity(estimates.len());
-    for (mut estimate, prep) in estimates.into_iter().zip(prepared) {
-        let panel = spread_on_image(&mut estimate, prep, png && picture.is_none(), max_map_pixels);
-        if let Some(panel) = panel {
-            picture = Some(render::panels_png(&[panel]));
+}
+
+impl Work for Estimating {
+    type Task = UncertaintyTask;
+    type Body = UncertaintyResponse;
+    const RECORD: Record = Record::Prediction(Kind::Uncertainty);
+
+    fn task(&mut self, _: &Arc<LoadedModel>, prepared: &[Prepared]) -> Result<UncertaintyTask, ApiError> {
+        Ok(UncertaintyTask {
+            valid: self
+                .valid
+                .take()
+                .ok_or_else(|| ApiError::internal("uncertainty task made twice"))?,
+            input: prepare::batch(prepared)?,
+        })
+    }
+
+    fn drawing_size(&self, prepared: &[Prepared], _: &Vec<Estimate>) -> usize {
+        prepare::drawing_size(prepared, self.spread as usize * 2, self.wants_png)
+    }
+
+    /// The answer, with explanation spreads drawn back onto the original images (as explanation
+    /// maps are), and the first one's standard deviation as a PNG heat map when asked.
+    fn draw(
+        self,
+        model: &LoadedModel,
+        prepared: Vec<Prepared>,
+        estimates: Vec<Estimate>,
+        started: Instant,
+    ) -> Result<Drawn<UncertaintyResponse>, ApiError> {
+        let setup = self.setup;
+        let mut picture = None;
+        let mut answers = Vec::with_capacity(estimates.len());
+        for (mut estimate, prep) in estimates.into_iter().zip(&prepared) {
+            let panel = spread_on_image(
+                &mut estimate,
+                prep,
+                self.wants_png && picture.is_none(),
+                self.max_map_pixels,
+            );
+            if let Some(panel) = panel {
+                picture = Some(Picture::Png(render::panels_png(&[panel])));
+            }
+            answers.push(Uncertainty {
+                setup: setup.clone(),
+                estimate,
+            });
         }
-        answers.push(Uncertainty {
-            setup: setup.clone(),
-            estimate,
-        });
-    }
-    let mut response = UncertaintyResponse {
-        model: model.name.clone(),
-        model_sha256: model.sha256.clone(),
-        uncertainty: None,
-        instances: None,
-        took_ms: 0.0,
-        audit_record: None,
-    };
-    if batched {
-        response.instances = Some(
-            answers
+        let mut response = UncertaintyResponse {
+            model: model.name.clone(),
+            model_sha256: model.sha256.clone(),
+            uncertainty: None,
+            instances: None,
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+            audit_record: None,
+        };
+        if self.batched {
+            let list = answers
                 .into_iter()
-                .map(|uncertainty| UncertaintyInstance { uncertainty })
-                .collect(),
-        );
-    } else {
-        response.uncertainty = answers.into_iter().next();
+                .map(|uncertainty| UncertaintyInstance { uncertainty });
+            response.instances = Some(list.collect());
+        } else {
+            response.uncertainty = answers.into_iter().next();
+        }
+        Ok(Drawn {
+            body: response,
+            picture,
+        })
     }
-    (response, picture)
+
+    fn receipt(body: &mut UncertaintyResponse, receipt: Receipt) {
+        body.audit_record = Some(receipt);
+    }
 }
 
 /// Draws an estimate's explanation spread back onto its original image, as explanation maps are;

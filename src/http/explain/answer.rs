@@ -5,47 +5,33 @@ use std::time::Instant;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use base64::Engine;
 
 use super::request::{
     Array, Attributions, ExplainResponse, ExplainStats, FeatureAttribution, Include, TargetExplanation, TextAttribution,
 };
-use super::ValidExplain;
+use super::{AnswerAs, ValidExplain};
+use crate::http::pipeline::{Done, Drawn, Picture};
 use crate::http::prepare::Prepared;
 use crate::jobs::ExplainResult;
 use crate::render;
 use crate::runtime::text::Encoded;
 
-/// An explanation's answer: the JSON body, and the PNG or HTML fragment when asked for one.
-pub struct Answer {
-    /// The JSON body.
-    pub body: ExplainResponse,
-    png: Option<Vec<u8>>,
-    html: Option<String>,
-    text: Option<std::sync::Arc<Encoded>>,
-}
-
-impl Answer {
-    /// Answers as an HTML fragment (one section per target) in place of JSON: the decision's rule
-    /// or counterfactuals, or the text with its words highlighted.
-    pub fn into_html(mut self) -> Self {
-        let text = self.text.clone();
-        let sections: String = std::iter::once(&self.body.single)
-            .flatten()
-            .chain(self.body.explanations.iter().flatten())
-            .filter_map(|e| match &text {
-                Some(text) => Some(render::text_html(
-                    &e.target.label,
-                    e.target.score.into(),
-                    &highlights(text, &e.attributions.values),
-                )),
-                None => render::decision_html(&e.target.label, e.details.as_ref()?),
-            })
-            .collect();
-        self.html = Some(sections);
-        self
-    }
+/// An HTML fragment of the answer (one section per target): the decision's rule or
+/// counterfactuals, or the text with its words highlighted.
+fn html(body: &ExplainResponse, text: Option<&Encoded>) -> String {
+    std::iter::once(&body.single)
+        .flatten()
+        .chain(body.explanations.iter().flatten())
+        .filter_map(|e| match text {
+            Some(text) => Some(render::text_html(
+                &e.target.label,
+                e.target.score.into(),
+                &highlights(text, &e.attributions.values),
+            )),
+            None => render::decision_html(&e.target.label, e.details.as_ref()?),
+        })
+        .collect()
 }
 
 /// The original text cut into words (each with the sum of its tokens' values) and what lies
@@ -76,25 +62,26 @@ pub fn highlights(text: &Encoded, values: &[f32]) -> Vec<render::Highlight> {
     pieces
 }
 
-/// Draws the answer (maps over the original image, features, PNG panels).
-pub fn build_answer(
+/// Draws the answer: maps over the original image, features, and the PNG panels or the HTML
+/// fragment when `answer` asks for one.
+pub(super) fn build_answer(
     valid: &ValidExplain,
     prepared: &Prepared,
     result: ExplainResult,
-    wants_png: bool,
+    answer: AnswerAs,
     max_map_pixels: u64,
     started: Instant,
-) -> Answer {
+) -> Drawn<ExplainResponse> {
+    let wants_png = answer == AnswerAs::Png;
     let (explanations, panels) = explanations(valid, &result, prepared, wants_png, max_map_pixels);
-    let png = wants_png.then(|| render::panels_png(&panels));
     let mut body = explain_body(valid, explanations, &result, started);
     body.truncated = prepared.text.as_ref().map(|t| t.truncated);
-    Answer {
-        body,
-        png,
-        html: None,
-        text: prepared.text.clone(),
-    }
+    let picture = match answer {
+        AnswerAs::Json => None,
+        AnswerAs::Png => Some(Picture::Png(render::panels_png(&panels))),
+        AnswerAs::Html => Some(Picture::Html(html(&body, prepared.text.as_deref()))),
+    };
+    Drawn { body, picture }
 }
 
 /// The W3C `Server-Timing` header of an answer: browsers' developer tools and tracing proxies
@@ -107,25 +94,26 @@ fn server_timing(stats: &ExplainStats) -> Option<HeaderValue> {
     .ok()
 }
 
-impl IntoResponse for Answer {
-    fn into_response(self) -> Response {
-        let timing = server_timing(&self.body.stats);
-        let mut response = match (self.png, self.html) {
-            (Some(png), _) => png_response(&self.body, png),
-            (None, Some(html)) => {
-                let mut r = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
-                if let Ok(v) = HeaderValue::from_str(&self.body.id) {
-                    r.headers_mut().insert("x-explanation-id", v);
-                }
-                r
+/// The response: JSON as serialised once, the PNG with the explanation's id, targets and audit
+/// record as headers, or the HTML fragment with its id; each with `Server-Timing`.
+pub(super) fn respond(done: Done<ExplainResponse>) -> Response {
+    let timing = server_timing(&done.body.stats);
+    let id = HeaderValue::from_str(&done.body.id).ok();
+    let mut response = match done.picture {
+        Some(Picture::Png(png)) => png_response(&done.body, png),
+        Some(Picture::Html(_)) => {
+            let mut r = done.into_response();
+            if let Some(v) = id {
+                r.headers_mut().insert("x-explanation-id", v);
             }
-            (None, None) => Json(self.body).into_response(),
-        };
-        if let Some(t) = timing {
-            response.headers_mut().insert("server-timing", t);
+            r
         }
-        response
+        None => done.into_response(),
+    };
+    if let Some(t) = timing {
+        response.headers_mut().insert("server-timing", t);
     }
+    response
 }
 
 /// The PNG answer, with the explanation's id, targets and audit record as headers.

@@ -11,18 +11,23 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
-pub use answer::{build_answer, explain_body, explanations, Answer};
+pub use answer::{explain_body, explanations};
+#[cfg(test)]
+pub(super) use request::{Attributions, ExplainStats, TargetExplanation};
 pub use request::{ExplainRequest, ExplainResponse, Format, Include};
 
+use answer::build_answer;
+
 use super::auth::{audit_context, Caller};
-use super::error::{audit_failed, ApiError};
-use super::input::{self, RawInput};
+use super::error::ApiError;
+use super::input;
+use super::pipeline::{self, Drawn, Record, Valid, Work};
 use super::prepare::{self, Prepared};
 use super::AppState;
-use crate::audit::{Context, Evidence, Kind};
-use crate::explain::method::{check_applicable, check_bytes, PlanContext};
+use crate::audit::{Kind, Receipt};
+use crate::explain::method::{check_applicable, check_bytes, AnyMethod, PlanContext};
 use crate::explain::{targets, ExplainJob, Limits, TargetSpec, ValidParams};
 use crate::jobs::{AttachedExplain, Condition, ExplainResult, ExplainTask};
 use crate::render::RenderOptions;
@@ -73,41 +78,123 @@ pub async fn explain(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let model = state.model(&model_name)?;
-    state.method(&method_name)?;
+    let method = state.method(&method_name)?;
     // A full service refuses at once, unread; a slot is taken only once the body is in and valid.
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
     let (raw, request) = request::parse_body(received, &uri).await?;
-    let asked_png = request.format == Some(Format::Png);
-    let valid = validate(&state, &model, &method_name, request.options(), 1)?;
-    // Reference rows have no picture: an explicit `format=png` is refused, an `Accept` gets JSON.
-    let rows_only = valid.params.capabilities().examples;
-    if asked_png && rows_only {
-        return Err(crate::explain::Invalid::Request(format!(
-            "{method_name} answers reference rows, as JSON; it draws no picture (format=png)"
-        ))
-        .into());
+    let valid = validate(&state, &model, method.as_ref(), request.options(), 1)?;
+    let answer = AnswerAs::asked(&valid, request.format, &headers)?;
+    let asked = request.audit.unwrap_or(false);
+    let inputs = vec![raw];
+    let ctx = audit_context(&headers, caller);
+    let audit = pipeline::audit(&state, Kind::Explanation, asked, &model, &inputs, ctx).await?;
+    let work = Explaining::new(&state, valid, answer);
+    let valid = Valid {
+        model,
+        inputs,
+        work,
+        audit,
+    };
+    Ok(answer::respond(pipeline::answer(&state, valid, started).await?))
+}
+
+/// What an explanation is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerAs {
+    /// JSON (the default; always for jobs and attached explanations).
+    Json,
+    /// The heat map, chart or text panel as PNG.
+    Png,
+    /// An HTML fragment of a decision or a highlighted text.
+    Html,
+}
+
+impl AnswerAs {
+    /// What the request asks for (`format`, else an `Accept` preferring PNG), where the method and
+    /// the model can draw it: reference rows have no picture (an explicit `format=png` is refused,
+    /// an `Accept` gets JSON), HTML needs a decision or a text.
+    fn asked(valid: &ValidExplain, format: Option<Format>, headers: &HeaderMap) -> Result<Self, ApiError> {
+        let method = valid.params.method();
+        let rows_only = valid.params.capabilities().examples;
+        if format == Some(Format::Png) && rows_only {
+            return Err(crate::explain::Invalid::Request(format!(
+                "{method} answers reference rows, as JSON; it draws no picture (format=png)"
+            ))
+            .into());
+        }
+        if format == Some(Format::Html) && !valid.params.capabilities().decision && valid.model.spec.text.is_none() {
+            return Err(crate::explain::Invalid::Request(format!(
+                "format=html draws a decision's rule or counterfactuals (anchors, counterfactual) or a text model's \
+                 highlighted text; {method} has no decision and the model takes no text"
+            ))
+            .into());
+        }
+        Ok(match format {
+            Some(Format::Html) => AnswerAs::Html,
+            Some(Format::Png) => AnswerAs::Png,
+            None if !rows_only && accepts_png(headers) => AnswerAs::Png,
+            _ => AnswerAs::Json,
+        })
     }
-    let wants_png = !rows_only && (asked_png || (request.format.is_none() && accepts_png(&headers)));
-    let wants_html = request.format == Some(Format::Html);
-    if wants_html && !valid.params.capabilities().decision && model.spec.text.is_none() {
-        return Err(crate::explain::Invalid::Request(format!(
-            "format=html draws a decision's rule or counterfactuals (anchors, counterfactual) or a text model's \
-             highlighted text; {method_name} has no decision and the model takes no text"
-        ))
-        .into());
+}
+
+/// One explanation run and answered: the explain handler's work, and a job's.
+pub(super) struct Explaining {
+    /// The request.
+    pub valid: ValidExplain,
+    answer: AnswerAs,
+    max_map_pixels: u64,
+}
+
+impl Explaining {
+    /// `valid`, answered as `answer`.
+    pub fn new(state: &AppState, valid: ValidExplain, answer: AnswerAs) -> Self {
+        Self {
+            valid,
+            answer,
+            max_map_pixels: state.config.max_map_pixels,
+        }
     }
-    let evidence = audit_evidence(&state, &model, &raw, request.audit.unwrap_or(false)).await?;
-    let admission = state.executor.admit()?;
-    let prepared = prepare::prepare_all(&model, vec![raw], &state.config).await?;
-    let task = valid.task(&prepared, None)?;
-    let result = admission.run(task).await?;
-    let audit = evidence.map(|evidence| (evidence, audit_context(&headers, caller)));
-    let answer = finish(&state, valid, prepared, result, wants_png, started, audit).await?;
-    Ok(match wants_html {
-        true => answer.into_html().into_response(),
-        false => answer.into_response(),
-    })
+}
+
+impl Work for Explaining {
+    type Task = ExplainTask;
+    type Body = ExplainResponse;
+    const RECORD: Record = Record::Explanation;
+
+    fn task(&mut self, _: &Arc<LoadedModel>, prepared: &[Prepared]) -> Result<ExplainTask, ApiError> {
+        self.valid.task(prepared, None)
+    }
+
+    fn drawing_size(&self, prepared: &[Prepared], result: &ExplainResult) -> usize {
+        let pictures = self.answer == AnswerAs::Png || self.valid.include.contains(&Include::Overlay);
+        prepare::drawing_size(prepared, result.attributions.len(), pictures)
+    }
+
+    fn draw(
+        self,
+        _: &LoadedModel,
+        prepared: Vec<Prepared>,
+        result: ExplainResult,
+        started: Instant,
+    ) -> Result<Drawn<ExplainResponse>, ApiError> {
+        let one = prepared
+            .first()
+            .ok_or_else(|| ApiError::internal("no prepared input"))?;
+        Ok(build_answer(
+            &self.valid,
+            one,
+            result,
+            self.answer,
+            self.max_map_pixels,
+            started,
+        ))
+    }
+
+    fn receipt(body: &mut ExplainResponse, receipt: Receipt) {
+        body.audit_record = Some(receipt);
+    }
 }
 
 /// What an explain request asks, whatever form it came in (explain body, predict's `explain`, job).
@@ -188,12 +275,12 @@ impl ValidExplain {
 pub fn validate(
     state: &AppState,
     model: &Arc<LoadedModel>,
-    method_name: &str,
+    method: &dyn AnyMethod,
     options: ExplainOptions,
     inputs: usize,
 ) -> Result<ValidExplain, ApiError> {
-    let method = state.method(method_name)?;
-    check_applicable(method.as_ref(), model)?;
+    let method_name = method.name();
+    check_applicable(method, model)?;
     let render = options.render.unwrap_or_default();
     render.validate().map_err(crate::explain::Invalid::Request)?;
     let limits = Limits::from_config(&state.config);
@@ -206,7 +293,10 @@ pub fn validate(
         reference: reference.clone(),
     };
     let params = method.plan(options.params.unwrap_or_else(|| serde_json::json!({})), &cx)?;
-    check_bytes(params.cost().bytes, inputs, limits)?;
+    // The plan checked one explanation's bytes: several inputs' are checked together here.
+    if inputs > 1 {
+        check_bytes(params.cost().bytes, inputs, limits)?;
+    }
     let asked = options.evaluate.unwrap_or_default();
     if !asked.is_empty() && method.capabilities().examples {
         return Err(crate::explain::Invalid::Request(format!(
@@ -264,55 +354,6 @@ fn check_randomization(
         }
     }
     Ok(())
-}
-
-/// The input's audit evidence when the answer is to be recorded (hashed on a blocking thread).
-pub(super) async fn audit_evidence(
-    state: &AppState,
-    model: &Arc<LoadedModel>,
-    raw: &RawInput,
-    asked: bool,
-) -> Result<Option<Evidence>, ApiError> {
-    if !state.audit.wants(Kind::Explanation, asked) {
-        return Ok(None);
-    }
-    let (model, raw, keep) = (model.clone(), raw.clone(), state.audit.keeps_inputs());
-    super::offload::cpu(raw.sent_bytes(), move || Some(prepare::evidence(&model, &raw, keep))).await
-}
-
-/// Draws the answer on a blocking thread (with its JSON as sent, when it is audited), then writes
-/// its audit record: the answer is not given unless the record is written.
-pub(super) async fn finish(
-    state: &AppState,
-    valid: ValidExplain,
-    prepared: Vec<Prepared>,
-    result: ExplainResult,
-    wants_png: bool,
-    started: Instant,
-    audit: Option<(Evidence, Context)>,
-) -> Result<Answer, ApiError> {
-    let max_map_pixels = state.config.max_map_pixels;
-    let audited = audit.is_some();
-    let pictures = wants_png || valid.include.contains(&Include::Overlay);
-    let drawing = prepare::drawing_size(&prepared, result.attributions.len(), pictures);
-    let (mut answer, sent) = super::offload::cpu(drawing, move || {
-        let one = prepared
-            .first()
-            .ok_or_else(|| ApiError::internal("no prepared input"))?;
-        let answer = build_answer(&valid, one, result, wants_png, max_map_pixels, started);
-        let sent = audited.then(|| super::audit::as_sent(&answer.body)).transpose()?;
-        Ok::<_, ApiError>((answer, sent))
-    })
-    .await??;
-    if let Some(((evidence, ctx), sent)) = audit.zip(sent) {
-        let receipt = state
-            .audit
-            .explanation(&ctx, evidence, &sent)
-            .await
-            .map_err(audit_failed)?;
-        answer.body.audit_record = Some(receipt);
-    }
-    Ok(answer)
 }
 
 pub(crate) fn accepts_png(headers: &HeaderMap) -> bool {
