@@ -262,7 +262,7 @@ pub fn read(model: &ModelProto, output: &str) -> Result<Forest, TreeError> {
         }
         _ => {
             return Err(TreeError(
-                "the model has several tree ensembles; TreeSHAP reads one".into(),
+                "the model has several tree ensembles; only a model with one is read".into(),
             ))
         }
     };
@@ -362,7 +362,7 @@ pub fn read(model: &ModelProto, output: &str) -> Result<Forest, TreeError> {
     let aggregate = attr_string(node, "aggregate_function", "SUM").map_err(e)?;
     if !matches!(aggregate.as_str(), "SUM" | "AVERAGE") {
         return Err(TreeError(format!(
-            "node `{name}`: aggregate_function {aggregate} is not additive over trees, so it has no TreeSHAP"
+            "node `{name}`: aggregate_function {aggregate} is not additive over trees"
         )));
     }
     let mut base = floats_or_tensor(node, "base_values")?.unwrap_or_default();

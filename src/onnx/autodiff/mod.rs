@@ -197,9 +197,10 @@ pub fn prepare_forward(model: &ModelProto) -> Result<ModelProto, AutodiffError> 
     Ok(prepared)
 }
 
-/// A candidate layer for CAM methods and the axis of its channels.
+/// A layer whose activations and gradients a method can read (the CAM methods do), and the axis
+/// of its channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CamLayer {
+pub struct FeatureLayer {
     pub name: String,
     /// 1 for channels-first (NCHW) feature maps, 3 for channels-last (NHWC), 2 for a transformer's
     /// token sequence `[batch, tokens, dim]`.
@@ -221,12 +222,12 @@ pub struct TokenGrid {
     pub width: usize,
 }
 
-/// Candidate layers for CAM methods: float 4-D feature maps on the path from `input` to `output`
+/// Candidate layers to read (as the CAM methods do): float 4-D feature maps on the path from `input` to `output`
 /// whose spatial size is above 1, in graph order, each with its channel axis. A tensor is a
 /// feature map when its layout is known from how it was made: the output of an operator ONNX
 /// defines on NCHW (Conv, pooling, normalisation), a Transpose between the two layouts of one
 /// (converted channels-last graphs transpose around every convolution), or elementwise from one.
-pub fn analysis_layers(model: &ModelProto, input: &str, output: &str, shapes: &ShapeMap) -> Vec<CamLayer> {
+pub fn analysis_layers(model: &ModelProto, input: &str, output: &str, shapes: &ShapeMap) -> Vec<FeatureLayer> {
     let Some(graph) = model.graph.as_ref() else {
         return Vec::new();
     };
@@ -250,7 +251,7 @@ pub fn analysis_layers(model: &ModelProto, input: &str, output: &str, shapes: &S
                 s.dims[1].zip(s.dims[2]).map(|(h, w)| h * w)
             };
             if spatial.is_some_and(|p| p > 1) {
-                layers.push(CamLayer {
+                layers.push(FeatureLayer {
                     name: o.clone(),
                     channel_axis,
                     grid: None,
@@ -294,7 +295,7 @@ fn last_attention_tokens(
     input: &str,
     path: &analysis::Path,
     shapes: &ShapeMap,
-) -> Option<CamLayer> {
+) -> Option<FeatureLayer> {
     let dims = |t: &str| shapes.get(t).map(|s| s.dims.clone());
     // The image's height and width, channels-first or channels-last.
     let image = dims(input)?;
@@ -363,7 +364,7 @@ fn last_attention_tokens(
             })
         })
     })?;
-    Some(CamLayer {
+    Some(FeatureLayer {
         name: source.clone(),
         channel_axis: 2,
         grid: Some(grid),

@@ -78,17 +78,17 @@ impl Composite {
     }
 }
 
-/// An LRP rule set: a composite and its parameters (floats kept as bits, so rule sets can key
-/// built models).
+/// A relevance rule set: a composite and its parameters (floats kept as bits, so rule sets can
+/// key built models).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LrpRules {
+pub struct RelevanceRules {
     /// The composite.
     pub composite: Composite,
     epsilon: u32,
     gamma: u32,
 }
 
-impl LrpRules {
+impl RelevanceRules {
     /// A composite with its epsilon (dense layers; all layers for `Epsilon`) and gamma.
     pub fn new(composite: Composite, epsilon: f32, gamma: f32) -> Self {
         Self {
@@ -174,12 +174,12 @@ const NORM: &[&str] = &[
     "ConvTranspose",
 ];
 
-/// The LRP table for `rules`.
-pub(super) fn table(rules: LrpRules) -> RuleTable {
-    let standard = standard();
-    let mut t = RuleTable::empty(super::RuleSet::Lrp(rules));
+/// The relevance table for `rules`.
+pub(super) fn table(rules: RelevanceRules) -> RuleTable {
+    let exact = exact();
+    let mut t = RuleTable::empty(super::RuleSet::Relevance(rules));
     for op in ROUTE {
-        if let Some(rule) = standard.get("", op) {
+        if let Some(rule) = exact.get("", op) {
             t.register("", op, rule);
         }
     }
@@ -202,15 +202,15 @@ pub(super) fn table(rules: LrpRules) -> RuleTable {
 }
 
 /// The exact-gradient rules the relevance rules borrow their transposed products from.
-fn standard() -> &'static RuleTable {
+fn exact() -> &'static RuleTable {
     static TABLE: OnceLock<RuleTable> = OnceLock::new();
-    TABLE.get_or_init(RuleTable::standard)
+    TABLE.get_or_init(RuleTable::exact)
 }
 
-fn rules_of(ctx: &GradContext, n: &NodeProto) -> Result<LrpRules, RuleError> {
+fn rules_of(ctx: &GradContext, n: &NodeProto) -> Result<RelevanceRules, RuleError> {
     match ctx.table().set() {
-        super::RuleSet::Lrp(r) => Ok(r),
-        _ => Err(RuleError::new(n, "an LRP rule outside an LRP table")),
+        super::RuleSet::Relevance(r) => Ok(r),
+        _ => Err(RuleError::new(n, "a relevance rule outside a relevance table")),
     }
 }
 
@@ -254,7 +254,7 @@ fn pass(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[boo
 fn norm_with(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool], eps: f32) -> Grads {
     let r = grad0(n, g)?.to_string();
     let s = ratio(ctx, &r, output(n), eps);
-    let rule = standard_rule(n)?;
+    let rule = exact_rule(n)?;
     let grads = rule(ctx, n, &[Some(s)], needs)?;
     let mut out = vec![None; n.input.len()];
     for i in on_path(needs) {
@@ -288,14 +288,14 @@ fn scale(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bo
     if on_path(needs).len() > 1 {
         return Err(RuleError::new(
             n,
-            "LRP has no rule for a product of two tensors on the path (attention, gating)",
+            "relevance propagation has no rule for a product of two tensors on the path (attention, gating)",
         ));
     }
     pass(ctx, n, g, needs)
 }
 
-fn standard_rule(n: &NodeProto) -> Result<Rule, RuleError> {
-    standard()
+fn exact_rule(n: &NodeProto) -> Result<Rule, RuleError> {
+    exact()
         .get(domain(n), op_type(n))
         .ok_or_else(|| RuleError::new(n, "no gradient rule to transpose"))
 }
@@ -311,7 +311,7 @@ fn linear(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[b
                 1 => norm_with(ctx, n, g, needs, rules.epsilon()),
                 _ => Err(RuleError::new(
                     n,
-                    "LRP has no rule for a product of two tensors on the path (attention)",
+                    "relevance propagation has no rule for a product of two tensors on the path (attention)",
                 )),
             };
         }
@@ -349,18 +349,18 @@ impl<'n> Layer<'n> {
     fn of(ctx: &GradContext, n: &'n NodeProto) -> Result<Self, RuleError> {
         let w = ctx
             .constant_tensor(input(n, 1))
-            .ok_or_else(|| RuleError::new(n, "LRP's rules need constant weights"))?;
+            .ok_or_else(|| RuleError::new(n, "the relevance rules need constant weights"))?;
         let b = match input(n, 2) {
             "" => None,
             name => Some(
                 ctx.constant_tensor(name)
-                    .ok_or_else(|| RuleError::new(n, "LRP's rules need a constant bias"))?,
+                    .ok_or_else(|| RuleError::new(n, "the relevance rules need a constant bias"))?,
             ),
         };
         if op_type(n) == "Gemm" {
             let (alpha, beta) = (attr_float(n, "alpha", 1.0)?, attr_float(n, "beta", 1.0)?);
             if alpha != 1.0 || (beta != 1.0 && b.is_some()) {
-                return Err(RuleError::new(n, "LRP's rules need Gemm with alpha and beta 1"));
+                return Err(RuleError::new(n, "the relevance rules need Gemm with alpha and beta 1"));
             }
         }
         Ok(Self {
@@ -371,7 +371,8 @@ impl<'n> Layer<'n> {
         })
     }
 
-    /// The weight and bias with `f` applied to each value (`bias: false` drops the bias).
+    /// The weight and bias with `f` applied to each value (`bias: false` drops the bias). Callers
+    /// name them `lrp.*`, the prefix built graphs have always had (their node names stay stable).
     fn params(&self, ctx: &mut GradContext, what: &str, f: impl Fn(f32) -> f32, bias: bool) -> Params {
         let w = ctx.const_f32(
             &format!("{what}.weight"),
@@ -407,7 +408,7 @@ impl<'n> Layer<'n> {
         let mut copy = self.node.clone();
         copy.input = vec![x.to_string(), w.to_string()];
         copy.output = vec![out];
-        let rule = standard_rule(self.node)?;
+        let rule = exact_rule(self.node)?;
         rule(ctx, &copy, &[Some(s.to_string())], &[true, false])?
             .into_iter()
             .next()
