@@ -163,7 +163,18 @@ fn last_attention_tokens(
                 && keys.contains(*o)
                 && dims(o).is_some_and(|d| d.len() == 3 && d[1] == Some(tokens) && d[2].is_some())
         })?;
-    let grid = [1, 0, 2].into_iter().find_map(|skip| {
+    let grid = patch_grid(tokens, h, w)?;
+    Some(FeatureLayer {
+        name: source.clone(),
+        channel_axis: 2,
+        grid: Some(grid),
+    })
+}
+
+/// How `tokens` tokens lie on an `h` x `w` image: 1, 0 or 2 leading tokens that are not patches,
+/// then a grid of patches in the image's proportions, row by row.
+fn patch_grid(tokens: i64, h: i64, w: i64) -> Option<TokenGrid> {
+    [1, 0, 2].into_iter().find_map(|skip| {
         let patches = tokens - skip;
         // Rows and columns in the image's proportions.
         (1..=patches).find_map(|rows| {
@@ -174,11 +185,6 @@ fn last_attention_tokens(
                 width: cols as usize,
             })
         })
-    })?;
-    Some(FeatureLayer {
-        name: source.clone(),
-        channel_axis: 2,
-        grid: Some(grid),
     })
 }
 
