@@ -116,9 +116,13 @@ fn build(
     for &index in path.nodes.iter().rev() {
         backward_node(&mut ctx, &graph, index, &path, &mut flow, &mut refused)?;
     }
-    let (outputs, input_grad, layers) = gradient_outputs(&mut ctx, spec, &mut flow)?;
+    let GradientOutputs {
+        exposed,
+        input_grad,
+        layers,
+    } = gradient_outputs(&mut ctx, spec, &mut flow)?;
     let emitted = ctx.finish();
-    splice(&mut graph, emitted, spec, shapes, outputs);
+    splice(&mut graph, emitted, spec, shapes, exposed);
 
     let mut built = model.clone();
     built.graph = Some(graph);
@@ -211,13 +215,22 @@ fn backward_node(
 /// A gradient to expose under a stable name: (output name, tensor that holds it).
 type Exposed = (String, String);
 
-/// The gradients the built model outputs: the input's, then each requested layer's; with the
-/// input gradient's output name and (layer, its gradient's output name) per layer.
+/// The gradients the built model outputs.
+struct GradientOutputs {
+    /// The input's, then each requested layer's.
+    exposed: Vec<Exposed>,
+    /// The input gradient's output name.
+    input_grad: String,
+    /// Per requested layer: (layer, its gradient's output name).
+    layers: Vec<(String, String)>,
+}
+
+/// The gradients the built model outputs, finalised.
 fn gradient_outputs(
     ctx: &mut GradContext,
     spec: &GradientSpec,
     flow: &mut Flow,
-) -> Result<(Vec<Exposed>, String, Vec<(String, String)>), AutodiffError> {
+) -> Result<GradientOutputs, AutodiffError> {
     let input_grad_value = flow
         .finalize(ctx, &spec.input)
         .ok_or_else(|| AutodiffError::Path(format!("no gradient reached input `{}`", spec.input)))?;
@@ -232,7 +245,11 @@ fn gradient_outputs(
         outputs.push((name.clone(), g));
         layers.push((layer.clone(), name));
     }
-    Ok((outputs, input_grad, layers))
+    Ok(GradientOutputs {
+        exposed: outputs,
+        input_grad,
+        layers,
+    })
 }
 
 /// Adds what the rules emitted to `graph`, the target weights as an input, and the requested
