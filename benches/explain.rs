@@ -113,7 +113,7 @@ fn main() {
                 .rules()
                 .into_iter()
                 .map(|rules| {
-                    let at_layer = method.capabilities().layer && rules == RuleSet::Standard;
+                    let at_layer = method.capabilities().layer && rules == RuleSet::Exact;
                     (rules, if at_layer { vec![layer.clone()] } else { vec![] })
                 })
                 .collect();

@@ -76,7 +76,7 @@ fn bench_io(
         output: output.into(),
         layers: vec![],
     };
-    let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::standard(), Some(&runner)).unwrap();
+    let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap();
     let build = started.elapsed();
     // EXPLAIND_BENCH_SAVE=dir writes both models there, for a profiler.
     if let Some(dir) = std::env::var_os("EXPLAIND_BENCH_SAVE").map(PathBuf::from) {

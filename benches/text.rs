@@ -138,7 +138,7 @@ fn main() {
                 output: model.spec.output.clone(),
                 layers: layers.clone(),
             };
-            let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::standard(), Some(&runner)).unwrap();
+            let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap();
             create_session_from_bytes(env, &bw.model.encode_to_vec()).unwrap()
         });
         let raw_time = common::median_of_rounds(rounds, || {

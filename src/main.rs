@@ -184,9 +184,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             onnxruntime_library,
         } => {
             let rules = match rules {
-                Rules::Standard => explaind::onnx::autodiff::RuleSet::Standard,
-                Rules::GuidedBackprop => explaind::onnx::autodiff::RuleSet::GuidedBackprop,
-                Rules::Deconvnet => explaind::onnx::autodiff::RuleSet::DeconvNet,
+                Rules::Standard => explaind::onnx::autodiff::RuleSet::Exact,
+                Rules::GuidedBackprop => explaind::onnx::autodiff::RuleSet::ReluMaskedByInputAndGradient,
+                Rules::Deconvnet => explaind::onnx::autodiff::RuleSet::ReluMaskedByGradient,
             };
             let built = explaind::runtime::inspect::backward(
                 &model,

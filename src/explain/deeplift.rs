@@ -1,6 +1,6 @@
 //! DeepLIFT with the rescale rule (Shrikumar et al. 2017), as Captum's `DeepLift`: the input and a
 //! reference run as one batch of two through the backward graph whose nonlinearities pass
-//! (f(x) - f(x')) / (x - x') (`RuleSet::DeepLiftRescale`); attributions are (x - x') times the
+//! (f(x) - f(x')) / (x - x') (`RuleSet::Rescale`); attributions are (x - x') times the
 //! multipliers, and their sum minus (f(x) - f(x')) is reported as the convergence delta (0 up to
 //! rounding on networks of linear layers, elementwise nonlinearities and max pooling, which follows
 //! Captum's rule).
@@ -59,7 +59,7 @@ impl Method for DeepLift {
     }
 
     fn rules(_: &Self::Params) -> Vec<RuleSet> {
-        vec![RuleSet::DeepLiftRescale]
+        vec![RuleSet::Rescale]
     }
 
     fn explain(
@@ -112,13 +112,7 @@ pub(super) fn pair(cx: &mut Cx, job: &ExplainJob, reference: &Tensor, index: usi
     shape[0] = 2;
     let batch = Tensor::f32(shape, x.iter().chain(r).copied().collect());
     let classes = job.model.spec.labels.len().max(1);
-    let pass = cx.gradients(
-        &[],
-        RuleSet::DeepLiftRescale,
-        &batch,
-        &one_hot(&[index, index], classes),
-        2,
-    )?;
+    let pass = cx.gradients(&[], RuleSet::Rescale, &batch, &one_hot(&[index, index], classes), 2)?;
     let scores = pass.scores.to_f64();
     let width = pass.scores.row_len().max(1);
     let difference = scores[index.min(width - 1)] - scores[width + index.min(width - 1)];

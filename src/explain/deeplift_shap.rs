@@ -64,7 +64,7 @@ impl Method for DeepLiftShap {
     }
 
     fn rules(_: &Self::Params) -> Vec<RuleSet> {
-        vec![RuleSet::DeepLiftRescale]
+        vec![RuleSet::Rescale]
     }
 
     fn explain(

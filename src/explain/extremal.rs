@@ -295,7 +295,7 @@ fn optimise(
         }
         let mut shape = job.input.shape.clone();
         shape[0] = areas;
-        let pass = cx.gradients(&[], RuleSet::Standard, &Tensor::f32(shape, batch), &weights, areas)?;
+        let pass = cx.gradients(&[], RuleSet::Exact, &Tensor::f32(shape, batch), &weights, areas)?;
         let mut grads = pass.input_grad.as_f32().unwrap_or(&[]).to_vec();
         let row = grads.len() / areas.max(1);
         for k in 0..areas {

@@ -57,7 +57,7 @@ pub(super) fn plan_layer(layer: &mut Option<String>, cx: &PlanContext) -> Result
 
 /// The CAM methods' first pass: gradients at the layer, standard rules.
 pub(super) fn cam_pass(job: &ExplainJob, layer: &Option<String>) -> Option<(Vec<String>, RuleSet)> {
-    Some((vec![planned_layer(job, layer).ok()?], RuleSet::Standard))
+    Some((vec![planned_layer(job, layer).ok()?], RuleSet::Exact))
 }
 
 /// The layer `plan_layer` chose.
@@ -224,7 +224,7 @@ pub(super) fn cams(
     let input = repeat_rows(&job.input, targets.len());
     let pass = cx.gradients(
         &[layer.to_string()],
-        RuleSet::Standard,
+        RuleSet::Exact,
         &input,
         &one_hot(&indices, classes),
         cx.max_batch(),

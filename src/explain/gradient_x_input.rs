@@ -37,7 +37,7 @@ impl Method for GradientXInput {
     }
 
     fn one_pass(_: &Self::Params, _: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
-        Some((Vec::new(), RuleSet::Standard))
+        Some((Vec::new(), RuleSet::Exact))
     }
 
     fn explain(
@@ -56,7 +56,7 @@ fn gradient_x_input(
     job: &ExplainJob,
     targets: &[Prediction],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let grads = input_gradients(cx, job, targets, RuleSet::Standard)?;
+    let grads = input_gradients(cx, job, targets, RuleSet::Exact)?;
     let inputs = repeat_rows(&job.input, targets.len());
     let product: Vec<f32> = grads
         .as_f32()

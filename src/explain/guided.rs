@@ -55,11 +55,11 @@ impl Method for GuidedBackprop {
     }
 
     fn one_pass(_: &Self::Params, _: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
-        Some((Vec::new(), RuleSet::GuidedBackprop))
+        Some((Vec::new(), RuleSet::ReluMaskedByInputAndGradient))
     }
 
     fn rules(_: &Self::Params) -> Vec<RuleSet> {
-        vec![RuleSet::GuidedBackprop]
+        vec![RuleSet::ReluMaskedByInputAndGradient]
     }
 
     fn explain(
@@ -69,7 +69,7 @@ impl Method for GuidedBackprop {
         targets: &[Prediction],
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-        let grads = input_gradients(cx, job, targets, RuleSet::GuidedBackprop)?;
+        let grads = input_gradients(cx, job, targets, RuleSet::ReluMaskedByInputAndGradient)?;
         Ok(per_target(job, targets, &grads, Fold::MaxAbs))
     }
 }
@@ -89,11 +89,11 @@ impl Method for DeconvNet {
     }
 
     fn one_pass(_: &Self::Params, _: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
-        Some((Vec::new(), RuleSet::DeconvNet))
+        Some((Vec::new(), RuleSet::ReluMaskedByGradient))
     }
 
     fn rules(_: &Self::Params) -> Vec<RuleSet> {
-        vec![RuleSet::DeconvNet]
+        vec![RuleSet::ReluMaskedByGradient]
     }
 
     fn explain(
@@ -103,7 +103,7 @@ impl Method for DeconvNet {
         targets: &[Prediction],
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-        let grads = input_gradients(cx, job, targets, RuleSet::DeconvNet)?;
+        let grads = input_gradients(cx, job, targets, RuleSet::ReluMaskedByGradient)?;
         Ok(per_target(job, targets, &grads, Fold::MaxAbs))
     }
 }
@@ -134,7 +134,7 @@ impl Method for GuidedGradCam {
     }
 
     fn rules(_: &Self::Params) -> Vec<RuleSet> {
-        vec![RuleSet::Standard, RuleSet::GuidedBackprop]
+        vec![RuleSet::Exact, RuleSet::ReluMaskedByInputAndGradient]
     }
 
     fn explain(
@@ -156,7 +156,7 @@ fn guided_grad_cam(
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
     let layer = planned_layer(job, &p.layer)?;
     let maps = cams(cx, job, &layer, targets, false)?;
-    let grads = input_gradients(cx, job, targets, RuleSet::GuidedBackprop)?;
+    let grads = input_gradients(cx, job, targets, RuleSet::ReluMaskedByInputAndGradient)?;
     let spec =
         job.model.spec.image.as_ref().ok_or_else(|| {
             crate::runtime::preprocess::InputError::WrongKind("CAM methods explain image models".into())

@@ -141,7 +141,7 @@ fn explain(
     let chunk = p.internal_batch_size.unwrap_or(usize::MAX);
     cx.gradient_stream(
         &[],
-        RuleSet::Standard,
+        RuleSet::Exact,
         &job.input,
         targets.len() * points.len(),
         chunk,

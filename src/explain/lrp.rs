@@ -1,5 +1,5 @@
 //! Layer-wise relevance propagation (Bach et al. 2015) with zennit's composites: one pass of the
-//! backward graph built with the LRP rule table (`RuleSet::Lrp`), whose seed is the target's
+//! backward graph built with the LRP rule table (`RuleSet::Relevance`), whose seed is the target's
 //! score. Batch normalisation is folded into the convolution before it; the answer reports
 //! conservation, the sum of input relevance minus the target's score, as `convergence_delta`
 //! (near 0 for bias-free ReLU networks with small epsilon; biases and the stabiliser absorb some).
@@ -12,7 +12,7 @@ use super::method::{
 };
 use super::saliency::one_gradient_per_target;
 use super::{one_hot, per_target, repeat_rows, Cx, ExplainJob, Fold, TargetAttribution};
-use crate::onnx::autodiff::rules::{Composite, LrpRules};
+use crate::onnx::autodiff::rules::{Composite, RelevanceRules};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
 use crate::runtime::RuntimeError;
@@ -44,8 +44,8 @@ impl Default for LrpParams {
 }
 
 impl LrpParams {
-    fn rules(&self) -> LrpRules {
-        LrpRules::new(
+    fn rules(&self) -> RelevanceRules {
+        RelevanceRules::new(
             self.composite,
             self.epsilon.unwrap_or(self.composite.default_epsilon()),
             self.gamma,
@@ -85,11 +85,11 @@ impl Method for Lrp {
     }
 
     fn one_pass(p: &Self::Params, _: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
-        Some((Vec::new(), RuleSet::Lrp(p.rules())))
+        Some((Vec::new(), RuleSet::Relevance(p.rules())))
     }
 
     fn rules(p: &Self::Params) -> Vec<RuleSet> {
-        vec![RuleSet::Lrp(p.rules())]
+        vec![RuleSet::Relevance(p.rules())]
     }
 
     fn details_schema() -> Option<NamedSchemas> {
@@ -107,7 +107,13 @@ impl Method for Lrp {
         let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
         let input = repeat_rows(&job.input, targets.len());
         let chunk = cx.max_batch();
-        let pass = cx.gradients(&[], RuleSet::Lrp(p.rules()), &input, &one_hot(&indices, classes), chunk)?;
+        let pass = cx.gradients(
+            &[],
+            RuleSet::Relevance(p.rules()),
+            &input,
+            &one_hot(&indices, classes),
+            chunk,
+        )?;
         let scores = pass.scores.to_f64();
         let width = pass.scores.row_len().max(1);
         let relevance = pass.input_grad;

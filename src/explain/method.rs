@@ -175,7 +175,7 @@ pub trait Method: Send + Sync + 'static {
     /// methods whose passes are `Passes::Gradients`, none for the others.
     fn rules(_params: &Self::Params) -> Vec<RuleSet> {
         match Self::CAPABILITIES.passes {
-            Passes::Gradients => vec![RuleSet::Standard],
+            Passes::Gradients => vec![RuleSet::Exact],
             Passes::Forward | Passes::None => Vec::new(),
         }
     }
@@ -533,8 +533,11 @@ fn check_rules(set: &RuleSet, model: &LoadedModel) -> Result<(), Invalid> {
         return Ok(());
     }
     let what = match set {
-        RuleSet::Standard => "gradient methods cannot explain it".to_string(),
-        other => format!("the `{}` rules cannot explain it", other.family()),
+        RuleSet::Exact => "gradient methods cannot explain it".to_string(),
+        other => format!(
+            "the `{}` rules cannot explain it",
+            crate::runtime::gradients::family(other)
+        ),
     };
     Err(Invalid::NotDifferentiable(format!(
         "model `{}` has operators without gradient rules, so {what}: {}",

@@ -297,7 +297,7 @@ impl Cx<'_> {
         let key = self.key(layers, rules);
         let rows = input.rows();
         // DeepLIFT's pairs stay in one pass whatever the budget (a lone pass may exceed it).
-        let floor = if rules == RuleSet::DeepLiftRescale { 2 } else { 1 };
+        let floor = if rules == RuleSet::Rescale { 2 } else { 1 };
         let chunk = chunk
             .clamp(1, self.rt.gradient_rows_for(&self.model, input.row_len()))
             .max(floor);

@@ -47,7 +47,7 @@ impl Method for Saliency {
     }
 
     fn one_pass(_: &Self::Params, _: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
-        Some((Vec::new(), RuleSet::Standard))
+        Some((Vec::new(), RuleSet::Exact))
     }
 
     fn explain(
@@ -57,7 +57,7 @@ impl Method for Saliency {
         targets: &[Prediction],
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-        let grads = input_gradients(cx, job, targets, RuleSet::Standard)?;
+        let grads = input_gradients(cx, job, targets, RuleSet::Exact)?;
         let (grads, fold) = if p.abs {
             (abs(&grads), Fold::MaxAbs)
         } else {

@@ -87,7 +87,7 @@ fn explain(
     // The layer's activations (the backward model exposes them; its gradient is not used).
     let pass = cx.gradients(
         std::slice::from_ref(&layer),
-        RuleSet::Standard,
+        RuleSet::Exact,
         &job.input,
         &one_hot(&[0], classes),
         1,

@@ -175,7 +175,7 @@ fn explain(
     let mut path = vec![vec![0f64; n]; targets.len()];
     cx.gradient_stream(
         &[],
-        RuleSet::Standard,
+        RuleSet::Exact,
         &job.input,
         targets.len() * per_target,
         usize::MAX,

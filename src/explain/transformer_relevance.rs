@@ -62,7 +62,7 @@ impl Method for TransformerRelevance {
     }
 
     fn one_pass(_: &Self::Params, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
-        Some((attention_of(&job.model).ok()?.0, RuleSet::Standard))
+        Some((attention_of(&job.model).ok()?.0, RuleSet::Exact))
     }
 
     fn explain(
@@ -81,7 +81,7 @@ impl Method for TransformerRelevance {
         let input = repeat_rows(&job.input, targets.len());
         let pass = cx.gradients(
             &names,
-            RuleSet::Standard,
+            RuleSet::Exact,
             &input,
             &one_hot(&indices, classes),
             cx.max_batch(),

@@ -79,35 +79,7 @@ pub fn mask_sites(
     let graph = model.graph.as_ref().ok_or("the model has no graph")?;
     let path = Path::find(graph, input, &[output.to_string()], shapes);
     let on_path = |t: &str| t != output && path.depends.contains(t) && path.needed.contains(t);
-    let site = |tensor: &str, origin, ratio, only_node| -> Result<MaskSite, String> {
-        let shape = shapes
-            .get(tensor)
-            .ok_or_else(|| format!("`{tensor}` is not a tensor of the model"))?;
-        if shape.elem_type != data_type::FLOAT {
-            return Err(format!("`{tensor}` is not a float tensor"));
-        }
-        match shape.dims.first() {
-            Some(None) => {}
-            Some(Some(_)) => {
-                return Err(format!(
-                    "`{tensor}` has a fixed batch axis; samples run as rows of one batch"
-                ))
-            }
-            None => return Err(format!("`{tensor}` is a scalar")),
-        }
-        let dims = shape.dims[1..]
-            .iter()
-            .map(|d| d.and_then(|d| usize::try_from(d).ok()))
-            .collect::<Option<Vec<usize>>>()
-            .ok_or_else(|| format!("`{tensor}` has a dimension that varies with the input"))?;
-        Ok(MaskSite {
-            tensor: tensor.to_string(),
-            origin,
-            dims,
-            ratio,
-            only_node,
-        })
-    };
+    let site = |tensor: &str, origin, ratio, only_node| site(shapes, tensor, origin, ratio, only_node);
     if !layers.is_empty() {
         return layers
             .iter()
@@ -150,6 +122,43 @@ pub fn mask_sites(
         None,
         Some(name),
     )?])
+}
+
+/// A mask site at `tensor`: a float tensor with a dynamic batch axis and fixed other sizes.
+fn site(
+    shapes: &ShapeMap,
+    tensor: &str,
+    origin: SiteOrigin,
+    ratio: Option<f32>,
+    only_node: Option<String>,
+) -> Result<MaskSite, String> {
+    let shape = shapes
+        .get(tensor)
+        .ok_or_else(|| format!("`{tensor}` is not a tensor of the model"))?;
+    if shape.elem_type != data_type::FLOAT {
+        return Err(format!("`{tensor}` is not a float tensor"));
+    }
+    match shape.dims.first() {
+        Some(None) => {}
+        Some(Some(_)) => {
+            return Err(format!(
+                "`{tensor}` has a fixed batch axis; samples run as rows of one batch"
+            ))
+        }
+        None => return Err(format!("`{tensor}` is a scalar")),
+    }
+    let dims = shape.dims[1..]
+        .iter()
+        .map(|d| d.and_then(|d| usize::try_from(d).ok()))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| format!("`{tensor}` has a dimension that varies with the input"))?;
+    Ok(MaskSite {
+        tensor: tensor.to_string(),
+        origin,
+        dims,
+        ratio,
+        only_node,
+    })
 }
 
 /// `model` with `Mul(tensor, mask)` at every site: mask `k` is the graph input [`mask_input`]`(k)`,

@@ -85,35 +85,7 @@ pub fn cut(model: &ModelProto, inputs: &TextInputs) -> Result<Cut, String> {
     ));
     let dim = match &table {
         Ok(found) => {
-            // Other readers of the ids may only ask their shape: they get zeros of that shape.
-            let readers: Vec<String> = graph
-                .node
-                .iter()
-                .enumerate()
-                .filter(|(i, n)| *i != found.at && n.input.contains(&inputs.ids))
-                .filter(|(_, n)| op_type(n) != "Shape" && !only_feeds(graph, n, found.at))
-                .map(|(_, n)| format!("{} `{}`", op_type(n), n.name.clone().unwrap_or_default()))
-                .collect();
-            if !readers.is_empty() {
-                return Err(format!(
-                    "input `{}` is read by {} for its values, not only by the embedding lookup: explaind cannot \
-                     feed embeddings to this graph",
-                    inputs.ids,
-                    readers.join(", ")
-                ));
-            }
-            // The lookup's output is now the input, through an Identity of the same name.
-            let out = graph.node[found.at].output[0].clone();
-            let lookup = graph.node.remove(found.at);
-            // The table now lives in explaind (it looks tokens up); the graph keeps it only if
-            // another node reads it (tied weights).
-            let data = lookup.input[0].clone();
-            if !graph.node.iter().any(|n| n.input.contains(&data)) {
-                // Older exports also list initializers among the graph's inputs.
-                graph.initializer.retain(|t| t.name.as_deref() != Some(data.as_str()));
-                graph.input.retain(|i| i.name.as_deref() != Some(data.as_str()));
-            }
-            front.push(node("Identity", &[EMBEDDINGS], &out, vec![]));
+            replace_lookup(graph, &inputs.ids, found, &mut front)?;
             front.push(filled(&inputs.ids, ids_type, 0));
             found.table.dim
         }
@@ -158,6 +130,41 @@ pub fn cut(model: &ModelProto, inputs: &TextInputs) -> Result<Cut, String> {
         model,
         table: table.map(|f| f.table),
     })
+}
+
+/// Removes the lookup `found` from `graph` and adds to `front` the Identity that gives its output
+/// from [`EMBEDDINGS`]; refused when another node reads the ids' values.
+fn replace_lookup(graph: &mut GraphProto, ids: &str, found: &Found, front: &mut Vec<NodeProto>) -> Result<(), String> {
+    // Other readers of the ids may only ask their shape: they get zeros of that shape.
+    let readers: Vec<String> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| *i != found.at && n.input.iter().any(|x| x == ids))
+        .filter(|(_, n)| op_type(n) != "Shape" && !only_feeds(graph, n, found.at))
+        .map(|(_, n)| format!("{} `{}`", op_type(n), n.name.clone().unwrap_or_default()))
+        .collect();
+    if !readers.is_empty() {
+        return Err(format!(
+            "input `{}` is read by {} for its values, not only by the embedding lookup: explaind cannot \
+             feed embeddings to this graph",
+            ids,
+            readers.join(", ")
+        ));
+    }
+    // The lookup's output is now the input, through an Identity of the same name.
+    let out = graph.node[found.at].output[0].clone();
+    let lookup = graph.node.remove(found.at);
+    // The table now lives in explaind (it looks tokens up); the graph keeps it only if
+    // another node reads it (tied weights).
+    let data = lookup.input[0].clone();
+    if !graph.node.iter().any(|n| n.input.contains(&data)) {
+        // Older exports also list initializers among the graph's inputs.
+        graph.initializer.retain(|t| t.name.as_deref() != Some(data.as_str()));
+        graph.input.retain(|i| i.name.as_deref() != Some(data.as_str()));
+    }
+    front.push(node("Identity", &[EMBEDDINGS], &out, vec![]));
+    Ok(())
 }
 
 /// A found lookup: the table and the node's position in the graph.

@@ -246,26 +246,7 @@ fn from_input(graph: &GraphProto, name: &str) -> bool {
 /// Reads the tree ensemble whose scores are the model's output `output`.
 pub fn read(model: &ModelProto, output: &str) -> Result<Forest, TreeError> {
     let graph = model.graph.as_ref().ok_or_else(|| TreeError("no graph".into()))?;
-    let ensembles: Vec<&NodeProto> = graph
-        .node
-        .iter()
-        .filter(|n| {
-            domain(n) == "ai.onnx.ml" && matches!(op_type(n), "TreeEnsembleClassifier" | "TreeEnsembleRegressor")
-        })
-        .collect();
-    let node = match ensembles.as_slice() {
-        [n] => *n,
-        [] => {
-            return Err(TreeError(
-                "the model has no ONNX-ML TreeEnsembleClassifier or TreeEnsembleRegressor node".into(),
-            ))
-        }
-        _ => {
-            return Err(TreeError(
-                "the model has several tree ensembles; TreeSHAP reads one".into(),
-            ))
-        }
-    };
+    let node = ensemble(graph)?;
     let name = node_name(node);
     let classifier = op_type(node) == "TreeEnsembleClassifier";
     let scores = node
@@ -279,64 +260,312 @@ pub fn read(model: &ModelProto, output: &str) -> Result<Forest, TreeError> {
             "node `{name}`: its features are computed in the graph, not the model's input"
         )));
     }
-    let e = |err: super::node::AttrError| TreeError(err.to_string());
-    let ints = |attr: &str| -> Result<Vec<i64>, TreeError> {
-        attr_ints(node, attr)
-            .map_err(e)?
-            .ok_or_else(|| TreeError(format!("node `{name}`: attribute `{attr}` missing")))
+    let attrs = Attrs { node, name: &name };
+    let lists = NodeLists::read(&attrs)?;
+    let leaves = LeafWeights::read(&attrs, classifier)?;
+    let (binary, columns) = columns(&attrs, classifier, &leaves)?;
+    let post_transform = match attr_string(node, "post_transform", "NONE")
+        .map_err(attr_error)?
+        .as_str()
+    {
+        "NONE" => PostTransform::None,
+        "LOGISTIC" => PostTransform::Logistic,
+        "SOFTMAX" => PostTransform::Softmax,
+        "SOFTMAX_ZERO" => PostTransform::SoftmaxZero,
+        "PROBIT" => PostTransform::Probit,
+        other => return Err(TreeError(format!("node `{name}`: unknown post_transform `{other}`"))),
     };
-    let tree_ids = ints("nodes_treeids")?;
-    let node_ids = ints("nodes_nodeids")?;
-    let feature_ids = ints("nodes_featureids")?;
-    let true_ids = ints("nodes_truenodeids")?;
-    let false_ids = ints("nodes_falsenodeids")?;
-    let modes = attr_strings(node, "nodes_modes")
-        .map_err(e)?
-        .ok_or_else(|| TreeError(format!("node `{name}`: attribute `nodes_modes` missing")))?;
-    let thresholds = floats_or_tensor(node, "nodes_values")?.unwrap_or_default();
-    let missing = attr_ints(node, "nodes_missing_value_tracks_true")
-        .map_err(e)?
-        .unwrap_or_default();
-    let hitrates = floats_or_tensor(node, "nodes_hitrates")?.unwrap_or_default();
-    let n = tree_ids.len();
-    for (attr, len) in [
-        ("nodes_nodeids", node_ids.len()),
-        ("nodes_featureids", feature_ids.len()),
-        ("nodes_truenodeids", true_ids.len()),
-        ("nodes_falsenodeids", false_ids.len()),
-        ("nodes_modes", modes.len()),
-    ] {
-        if len != n {
-            return Err(TreeError(format!("node `{name}`: `{attr}` has {len} entries, not {n}")));
-        }
-    }
-    let (prefix, class_ids_attr) = if classifier {
-        ("class", "class_ids")
-    } else {
-        ("target", "target_ids")
-    };
-    let w_trees = ints(&format!("{prefix}_treeids"))?;
-    let w_nodes = ints(&format!("{prefix}_nodeids"))?;
-    let w_ids = ints(class_ids_attr)?;
-    let weights = floats_or_tensor(node, &format!("{prefix}_weights"))?.unwrap_or_default();
-    if w_nodes.len() != w_trees.len() || w_ids.len() != w_trees.len() || weights.len() != w_trees.len() {
+    let aggregate = attr_string(node, "aggregate_function", "SUM").map_err(attr_error)?;
+    if !matches!(aggregate.as_str(), "SUM" | "AVERAGE") {
         return Err(TreeError(format!(
-            "node `{name}`: the {prefix} weight lists differ in length"
+            "node `{name}`: aggregate_function {aggregate} is not additive over trees"
         )));
     }
+    let mut base = floats_or_tensor(node, "base_values")?.unwrap_or_default();
+    base.resize(columns, 0.0);
+    let (mut trees, features) = lists.trees(&name, columns)?;
+    let scale = if aggregate == "AVERAGE" {
+        1.0 / trees.len().max(1) as f64
+    } else {
+        1.0
+    };
+    leaves.place(&mut trees, &name, binary.is_some(), columns, scale)?;
+    let has_covers =
+        lists.hitrates.len() == lists.tree_ids.len() && lists.hitrates.iter().any(|h| *h != lists.hitrates[0]);
+    Ok(Forest {
+        trees: trees.into_iter().map(|t| t.tree).collect(),
+        columns,
+        base,
+        post_transform,
+        binary,
+        features,
+        has_covers,
+        node: name,
+    })
+}
+
+/// The one ONNX-ML tree ensemble node of `graph`.
+fn ensemble(graph: &GraphProto) -> Result<&NodeProto, TreeError> {
+    let ensembles: Vec<&NodeProto> = graph
+        .node
+        .iter()
+        .filter(|n| {
+            domain(n) == "ai.onnx.ml" && matches!(op_type(n), "TreeEnsembleClassifier" | "TreeEnsembleRegressor")
+        })
+        .collect();
+    match ensembles.as_slice() {
+        [n] => Ok(*n),
+        [] => Err(TreeError(
+            "the model has no ONNX-ML TreeEnsembleClassifier or TreeEnsembleRegressor node".into(),
+        )),
+        _ => Err(TreeError(
+            "the model has several tree ensembles; only a model with one is read".into(),
+        )),
+    }
+}
+
+fn attr_error(e: super::node::AttrError) -> TreeError {
+    TreeError(e.to_string())
+}
+
+/// The ensemble node and its name, for reading required attributes.
+struct Attrs<'n> {
+    node: &'n NodeProto,
+    name: &'n str,
+}
+
+impl Attrs<'_> {
+    /// A required integer list.
+    fn ints(&self, attr: &str) -> Result<Vec<i64>, TreeError> {
+        attr_ints(self.node, attr)
+            .map_err(attr_error)?
+            .ok_or_else(|| TreeError(format!("node `{}`: attribute `{attr}` missing", self.name)))
+    }
+}
+
+/// The ensemble's per-node lists (`nodes_*`), one entry per tree node.
+struct NodeLists {
+    tree_ids: Vec<i64>,
+    node_ids: Vec<i64>,
+    feature_ids: Vec<i64>,
+    true_ids: Vec<i64>,
+    false_ids: Vec<i64>,
+    modes: Vec<String>,
+    thresholds: Vec<f64>,
+    missing: Vec<i64>,
+    hitrates: Vec<f64>,
+}
+
+/// A tree being read: its id, its nodes' positions by node id, and its nodes.
+struct TreeBuild {
+    id: i64,
+    index: HashMap<i64, usize>,
+    tree: Tree,
+}
+
+impl NodeLists {
+    fn read(attrs: &Attrs) -> Result<Self, TreeError> {
+        let (node, name) = (attrs.node, attrs.name);
+        let lists = NodeLists {
+            tree_ids: attrs.ints("nodes_treeids")?,
+            node_ids: attrs.ints("nodes_nodeids")?,
+            feature_ids: attrs.ints("nodes_featureids")?,
+            true_ids: attrs.ints("nodes_truenodeids")?,
+            false_ids: attrs.ints("nodes_falsenodeids")?,
+            modes: attr_strings(node, "nodes_modes")
+                .map_err(attr_error)?
+                .ok_or_else(|| TreeError(format!("node `{name}`: attribute `nodes_modes` missing")))?,
+            thresholds: floats_or_tensor(node, "nodes_values")?.unwrap_or_default(),
+            missing: attr_ints(node, "nodes_missing_value_tracks_true")
+                .map_err(attr_error)?
+                .unwrap_or_default(),
+            hitrates: floats_or_tensor(node, "nodes_hitrates")?.unwrap_or_default(),
+        };
+        let n = lists.tree_ids.len();
+        for (attr, len) in [
+            ("nodes_nodeids", lists.node_ids.len()),
+            ("nodes_featureids", lists.feature_ids.len()),
+            ("nodes_truenodeids", lists.true_ids.len()),
+            ("nodes_falsenodeids", lists.false_ids.len()),
+            ("nodes_modes", lists.modes.len()),
+        ] {
+            if len != n {
+                return Err(TreeError(format!("node `{name}`: `{attr}` has {len} entries, not {n}")));
+            }
+        }
+        Ok(lists)
+    }
+
+    /// The trees in order of first appearance, each with its nodes indexed root first (leaves
+    /// with zero weights yet), and the largest feature index used plus one.
+    fn trees(&self, name: &str, columns: usize) -> Result<(Vec<TreeBuild>, usize), TreeError> {
+        let mut tree_index: HashMap<i64, usize> = HashMap::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        for (k, t) in self.tree_ids.iter().enumerate() {
+            let ti = *tree_index.entry(*t).or_insert_with(|| {
+                members.push(Vec::new());
+                members.len() - 1
+            });
+            members[ti].push(k);
+        }
+        let mut trees = Vec::with_capacity(members.len());
+        let mut features = 0usize;
+        for rows in &members {
+            trees.push(self.tree(name, rows, columns, &mut features)?);
+        }
+        Ok((trees, features))
+    }
+
+    /// The tree made of list entries `rows`, its root first.
+    fn tree(&self, name: &str, rows: &[usize], columns: usize, features: &mut usize) -> Result<TreeBuild, TreeError> {
+        let tree_id = self.tree_ids[rows[0]];
+        let children: std::collections::HashSet<i64> = rows
+            .iter()
+            .filter(|&&k| self.modes[k] != "LEAF")
+            .flat_map(|&k| [self.true_ids[k], self.false_ids[k]])
+            .collect();
+        let root = rows
+            .iter()
+            .copied()
+            .find(|&k| !children.contains(&self.node_ids[k]))
+            .ok_or_else(|| TreeError(format!("node `{name}`: tree {tree_id} has no root")))?;
+        let mut order = vec![root];
+        order.extend(rows.iter().copied().filter(|&k| k != root));
+        let index: HashMap<i64, usize> = order.iter().enumerate().map(|(i, &k)| (self.node_ids[k], i)).collect();
+        let child = |id: i64| {
+            index
+                .get(&id)
+                .copied()
+                .ok_or_else(|| TreeError(format!("node `{name}`: tree {tree_id} points at missing node {id}")))
+        };
+        let mut nodes = Vec::with_capacity(order.len());
+        for &k in &order {
+            let split = if self.modes[k] == "LEAF" {
+                None
+            } else {
+                let mode = match self.modes[k].as_str() {
+                    "BRANCH_LEQ" => Mode::Leq,
+                    "BRANCH_LT" => Mode::Lt,
+                    "BRANCH_GTE" => Mode::Gte,
+                    "BRANCH_GT" => Mode::Gt,
+                    "BRANCH_EQ" => Mode::Eq,
+                    "BRANCH_NEQ" => Mode::Neq,
+                    other => return Err(TreeError(format!("node `{name}`: unknown node mode `{other}`"))),
+                };
+                let feature = usize::try_from(self.feature_ids[k])
+                    .map_err(|_| TreeError(format!("node `{name}`: negative feature id")))?;
+                *features = (*features).max(feature + 1);
+                Some(Split {
+                    feature,
+                    threshold: self.thresholds.get(k).copied().unwrap_or(0.0) as f32,
+                    mode,
+                    yes: child(self.true_ids[k])?,
+                    no: child(self.false_ids[k])?,
+                    missing_yes: self.missing.get(k).is_some_and(|m| *m != 0),
+                })
+            };
+            let values = if split.is_none() {
+                vec![0.0; columns]
+            } else {
+                Vec::new()
+            };
+            nodes.push(Node {
+                split,
+                values,
+                cover: self.hitrates.get(k).copied().unwrap_or(1.0),
+            });
+        }
+        Ok(TreeBuild {
+            id: tree_id,
+            index,
+            tree: Tree { nodes },
+        })
+    }
+}
+
+/// The leaves' weights (`class_*` for a classifier, `target_*` for a regressor): per entry, its
+/// tree, node, output column and weight.
+struct LeafWeights {
+    prefix: &'static str,
+    trees: Vec<i64>,
+    nodes: Vec<i64>,
+    ids: Vec<i64>,
+    weights: Vec<f64>,
+}
+
+impl LeafWeights {
+    fn read(attrs: &Attrs, classifier: bool) -> Result<Self, TreeError> {
+        let (prefix, class_ids_attr) = if classifier {
+            ("class", "class_ids")
+        } else {
+            ("target", "target_ids")
+        };
+        let leaves = LeafWeights {
+            prefix,
+            trees: attrs.ints(&format!("{prefix}_treeids"))?,
+            nodes: attrs.ints(&format!("{prefix}_nodeids"))?,
+            ids: attrs.ints(class_ids_attr)?,
+            weights: floats_or_tensor(attrs.node, &format!("{prefix}_weights"))?.unwrap_or_default(),
+        };
+        let len = leaves.trees.len();
+        if leaves.nodes.len() != len || leaves.ids.len() != len || leaves.weights.len() != len {
+            return Err(TreeError(format!(
+                "node `{}`: the {} weight lists differ in length",
+                attrs.name, leaves.prefix
+            )));
+        }
+        Ok(leaves)
+    }
+
+    /// Adds each weight, times `scale`, to its leaf's column (column 0 for a binary classifier).
+    fn place(
+        &self,
+        trees: &mut [TreeBuild],
+        name: &str,
+        binary: bool,
+        columns: usize,
+        scale: f64,
+    ) -> Result<(), TreeError> {
+        let by_id: HashMap<i64, usize> = trees.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+        for k in 0..self.trees.len() {
+            let ti = *by_id
+                .get(&self.trees[k])
+                .ok_or_else(|| TreeError(format!("node `{name}`: a weight names missing tree {}", self.trees[k])))?;
+            let TreeBuild { index, tree, .. } = &mut trees[ti];
+            let ni = *index
+                .get(&self.nodes[k])
+                .ok_or_else(|| TreeError(format!("node `{name}`: a weight names missing node {}", self.nodes[k])))?;
+            let column = if binary { 0 } else { self.ids[k] as usize };
+            let node = &mut tree.nodes[ni];
+            if node.split.is_some() || column >= columns {
+                return Err(TreeError(format!(
+                    "node `{name}`: a weight is on a split node or names column {column} of {columns}"
+                )));
+            }
+            node.values[column] += self.weights[k] * scale;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a classifier is binary (one raw column for two classes), and the raw output columns.
+fn columns(attrs: &Attrs, classifier: bool, leaves: &LeafWeights) -> Result<(Option<Binary>, usize), TreeError> {
+    let node = attrs.node;
     let labels = if classifier {
-        let ints = attr_ints(node, "classlabels_int64s").map_err(e)?.unwrap_or_default();
+        let ints = attr_ints(node, "classlabels_int64s")
+            .map_err(attr_error)?
+            .unwrap_or_default();
         let strings = attr_strings(node, "classlabels_strings")
-            .map_err(e)?
+            .map_err(attr_error)?
             .unwrap_or_default();
         ints.len().max(strings.len())
     } else {
         0
     };
-    let distinct: std::collections::BTreeSet<i64> = w_ids.iter().copied().collect();
+    let distinct: std::collections::BTreeSet<i64> = leaves.ids.iter().copied().collect();
     let max_id = distinct.iter().next_back().copied().unwrap_or(0).max(0) as usize;
     let binary = (classifier && labels == 2 && distinct.len() == 1).then(|| {
-        if weights.iter().all(|w| *w >= 0.0) {
+        if leaves.weights.iter().all(|w| *w >= 0.0) {
             Binary::Complement
         } else {
             Binary::Negated
@@ -348,130 +577,8 @@ pub fn read(model: &ModelProto, output: &str) -> Result<Forest, TreeError> {
         labels.max(max_id + 1)
     } else {
         super::node::attr_int(node, "n_targets", 1)
-            .map_err(e)?
+            .map_err(attr_error)?
             .max(max_id as i64 + 1) as usize
     };
-    let post_transform = match attr_string(node, "post_transform", "NONE").map_err(e)?.as_str() {
-        "NONE" => PostTransform::None,
-        "LOGISTIC" => PostTransform::Logistic,
-        "SOFTMAX" => PostTransform::Softmax,
-        "SOFTMAX_ZERO" => PostTransform::SoftmaxZero,
-        "PROBIT" => PostTransform::Probit,
-        other => return Err(TreeError(format!("node `{name}`: unknown post_transform `{other}`"))),
-    };
-    let aggregate = attr_string(node, "aggregate_function", "SUM").map_err(e)?;
-    if !matches!(aggregate.as_str(), "SUM" | "AVERAGE") {
-        return Err(TreeError(format!(
-            "node `{name}`: aggregate_function {aggregate} is not additive over trees, so it has no TreeSHAP"
-        )));
-    }
-    let mut base = floats_or_tensor(node, "base_values")?.unwrap_or_default();
-    base.resize(columns, 0.0);
-
-    // Trees in order of first appearance; nodes indexed per tree with the root first.
-    let mut tree_index: HashMap<i64, usize> = HashMap::new();
-    let mut members: Vec<Vec<usize>> = Vec::new();
-    for (k, t) in tree_ids.iter().enumerate() {
-        let ti = *tree_index.entry(*t).or_insert_with(|| {
-            members.push(Vec::new());
-            members.len() - 1
-        });
-        members[ti].push(k);
-    }
-    let mut trees = Vec::with_capacity(members.len());
-    let mut features = 0usize;
-    for rows in &members {
-        let tree_id = tree_ids[rows[0]];
-        let children: std::collections::HashSet<i64> = rows
-            .iter()
-            .filter(|&&k| modes[k] != "LEAF")
-            .flat_map(|&k| [true_ids[k], false_ids[k]])
-            .collect();
-        let root = rows
-            .iter()
-            .copied()
-            .find(|&k| !children.contains(&node_ids[k]))
-            .ok_or_else(|| TreeError(format!("node `{name}`: tree {tree_id} has no root")))?;
-        let mut order = vec![root];
-        order.extend(rows.iter().copied().filter(|&k| k != root));
-        let index: HashMap<i64, usize> = order.iter().enumerate().map(|(i, &k)| (node_ids[k], i)).collect();
-        let child = |id: i64| {
-            index
-                .get(&id)
-                .copied()
-                .ok_or_else(|| TreeError(format!("node `{name}`: tree {tree_id} points at missing node {id}")))
-        };
-        let mut nodes = Vec::with_capacity(order.len());
-        for &k in &order {
-            let split = if modes[k] == "LEAF" {
-                None
-            } else {
-                let mode = match modes[k].as_str() {
-                    "BRANCH_LEQ" => Mode::Leq,
-                    "BRANCH_LT" => Mode::Lt,
-                    "BRANCH_GTE" => Mode::Gte,
-                    "BRANCH_GT" => Mode::Gt,
-                    "BRANCH_EQ" => Mode::Eq,
-                    "BRANCH_NEQ" => Mode::Neq,
-                    other => return Err(TreeError(format!("node `{name}`: unknown node mode `{other}`"))),
-                };
-                let feature = usize::try_from(feature_ids[k])
-                    .map_err(|_| TreeError(format!("node `{name}`: negative feature id")))?;
-                features = features.max(feature + 1);
-                Some(Split {
-                    feature,
-                    threshold: thresholds.get(k).copied().unwrap_or(0.0) as f32,
-                    mode,
-                    yes: child(true_ids[k])?,
-                    no: child(false_ids[k])?,
-                    missing_yes: missing.get(k).is_some_and(|m| *m != 0),
-                })
-            };
-            let values = if split.is_none() {
-                vec![0.0; columns]
-            } else {
-                Vec::new()
-            };
-            nodes.push(Node {
-                split,
-                values,
-                cover: hitrates.get(k).copied().unwrap_or(1.0),
-            });
-        }
-        trees.push((tree_id, index, Tree { nodes }));
-    }
-    let by_id: HashMap<i64, usize> = trees.iter().enumerate().map(|(i, (id, _, _))| (*id, i)).collect();
-    let scale = if aggregate == "AVERAGE" {
-        1.0 / trees.len().max(1) as f64
-    } else {
-        1.0
-    };
-    for k in 0..w_trees.len() {
-        let ti = *by_id
-            .get(&w_trees[k])
-            .ok_or_else(|| TreeError(format!("node `{name}`: a weight names missing tree {}", w_trees[k])))?;
-        let (_, index, tree) = &mut trees[ti];
-        let ni = *index
-            .get(&w_nodes[k])
-            .ok_or_else(|| TreeError(format!("node `{name}`: a weight names missing node {}", w_nodes[k])))?;
-        let column = if binary.is_some() { 0 } else { w_ids[k] as usize };
-        let node = &mut tree.nodes[ni];
-        if node.split.is_some() || column >= columns {
-            return Err(TreeError(format!(
-                "node `{name}`: a weight is on a split node or names column {column} of {columns}"
-            )));
-        }
-        node.values[column] += weights[k] * scale;
-    }
-    let has_covers = hitrates.len() == n && hitrates.iter().any(|h| *h != hitrates[0]);
-    Ok(Forest {
-        trees: trees.into_iter().map(|(_, _, t)| t).collect(),
-        columns,
-        base,
-        post_transform,
-        binary,
-        features,
-        has_covers,
-        node: name,
-    })
+    Ok((binary, columns))
 }

@@ -315,7 +315,7 @@ impl GradientReport {
             attention_maps: Vec::new(),
             refusals_by_rules: RuleSet::families()
                 .iter()
-                .map(|f| (f.family(), vec![reason.clone()]))
+                .map(|f| (family(f), vec![reason.clone()]))
                 .collect(),
             one_row_per_pass: false,
             layer_sizes: Default::default(),
@@ -325,9 +325,22 @@ impl GradientReport {
     /// Why the rules of `set` cannot explain the model (empty: they can).
     pub fn refusals(&self, set: &RuleSet) -> &[String] {
         self.refusals_by_rules
-            .get(&set.family())
+            .get(&family(set))
             .map(Vec::as_slice)
             .unwrap_or_default()
+    }
+}
+
+/// A rule set's family: its key in [`GradientReport::refusals_by_rules`] (`standard`,
+/// `guided-backprop`, `deconvnet`, `deeplift-rescale`, `lrp/<composite>`), named after the methods
+/// that ask for it, the report's vocabulary; the `onnx` layer names rule sets by what they do.
+pub fn family(set: &RuleSet) -> String {
+    match set {
+        RuleSet::Exact => "standard".into(),
+        RuleSet::ReluMaskedByInputAndGradient => "guided-backprop".into(),
+        RuleSet::ReluMaskedByGradient => "deconvnet".into(),
+        RuleSet::Rescale => "deeplift-rescale".into(),
+        RuleSet::Relevance(rules) => format!("lrp/{}", rules.composite.name()),
     }
 }
 
@@ -387,13 +400,13 @@ pub fn describe(
         .map(|set| {
             let table = RuleTable::for_set(set).with_input_bounds(bounds.clone());
             (
-                set.family(),
+                family(&set),
                 autodiff::refusals(prepared, &spec, shapes, &table, runner),
             )
         })
         .collect();
     let blocking = refusals_by_rules
-        .get(&RuleSet::Standard.family())
+        .get(&family(&RuleSet::Exact))
         .cloned()
         .unwrap_or_default();
     let layers = analysis_layers(prepared, input, output, shapes);

@@ -52,7 +52,7 @@ pub(super) fn spread(
     let key = GradientKey {
         model: model.name.clone(),
         layers: vec![],
-        rules: RuleSet::Standard,
+        rules: RuleSet::Exact,
     };
     let rows = repeat_rows(input, samples);
     let weights = one_hot(&vec![target.index; samples], model.spec.labels.len().max(1));

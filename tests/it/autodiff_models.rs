@@ -107,7 +107,7 @@ fn transformer_gradient_at_the_embeddings_of_token_ids() {
         output: "logits".into(),
         layers: vec![],
     };
-    let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::standard(), Some(&runner)).unwrap();
+    let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap();
     let w: Vec<f32> = Rng::new(5).vec(2 * 3, -1.0, 1.0);
     let mut session = runner.session(&bw.model).unwrap();
     let outs = explaind::runtime::graph_runner::run_session(
@@ -136,7 +136,7 @@ fn transformer_gradient_at_the_embeddings_of_token_ids() {
         .collect();
     assert!(embeddings.is_none());
     let plain = zoo::transformer(6, 16, 2, 3, None);
-    let bw_plain = backward(&plain, "input", &[2, 6, 16], "logits", &[], &RuleTable::standard());
+    let bw_plain = backward(&plain, "input", &[2, 6, 16], "logits", &[], &RuleTable::exact());
     let mut s2 = runner.session(&bw_plain.model).unwrap();
     let (_, grad_plain) = run_output(
         &mut s2,
@@ -245,7 +245,7 @@ fn one_batch_gives_each_row_its_own_target() {
     let model = bundled("fashion-cnn");
     let d = [3usize, 1, 28, 28];
     let x = image(&d, 8);
-    let bw = backward(&model, "input", &d, "logits", &[], &RuleTable::standard());
+    let bw = backward(&model, "input", &d, "logits", &[], &RuleTable::exact());
     let mut session = runner.session(&bw.model).unwrap();
     // Row r targets class 2r+1 (one-hot weights).
     let mut w = vec![0f32; 3 * 10];
@@ -281,7 +281,7 @@ fn a_layer_and_its_gradient_match_the_closed_form() {
     let model = bundled("fashion-cnn");
     let d = [2usize, 1, 28, 28];
     let x = image(&d, 9);
-    let bw = backward(&model, "input", &d, "logits", &["relu3"], &RuleTable::standard());
+    let bw = backward(&model, "input", &d, "logits", &["relu3"], &RuleTable::exact());
     assert_eq!(bw.layers, vec![("relu3".to_string(), "relu3.grad".to_string())]);
     let w = Rng::new(10).vec(20, -1.0, 1.0);
     let mut session = runner.session(&bw.model).unwrap();
@@ -343,7 +343,7 @@ fn guided_backprop_passes_only_positive_gradients_through_positive_inputs() {
     let (model, w1, w2) = relu_mlp();
     let xv: Vec<f32> = Rng::new(13).vec(4, -1.0, 1.0);
     let wv: Vec<f32> = Rng::new(14).vec(3, -1.0, 1.0);
-    let got = mlp_input_grad(&model, &RuleTable::guided_backprop(), &xv, &wv);
+    let got = mlp_input_grad(&model, &RuleTable::relu_masked_by_input_and_gradient(), &xv, &wv);
     let hv: Vec<f32> = (0..6).map(|j| (0..4).map(|i| xv[i] * w1[i * 6 + j]).sum()).collect();
     let back: Vec<f32> = (0..6)
         .map(|j| {
@@ -390,12 +390,12 @@ fn deconvnet_passes_positive_gradients_whatever_the_relu_input() {
             (0..6).any(|j| hv[j] <= 0.0 && upstream[j] > 0.0) && (0..6).any(|j| hv[j] > 0.0 && upstream[j] < 0.0),
             "the seeds no longer give both cases: h {hv:?}, upstream {upstream:?}"
         );
-        let deconv = mlp_input_grad(&model, &RuleTable::deconvnet(), &xv, &wv);
+        let deconv = mlp_input_grad(&model, &RuleTable::relu_masked_by_gradient(), &xv, &wv);
         assert!(close(&deconv, &expected), "deconvnet {deconv:?}, expected {expected:?}");
-        let gradient = mlp_input_grad(&model, &RuleTable::standard(), &xv, &wv);
+        let gradient = mlp_input_grad(&model, &RuleTable::exact(), &xv, &wv);
         let exact = through(&|j| if hv[j] > 0.0 { upstream[j] } else { 0.0 });
         assert!(close(&gradient, &exact), "gradient {gradient:?}, expected {exact:?}");
-        let guided = mlp_input_grad(&model, &RuleTable::guided_backprop(), &xv, &wv);
+        let guided = mlp_input_grad(&model, &RuleTable::relu_masked_by_input_and_gradient(), &xv, &wv);
         assert!(far(&deconv, &gradient), "deconvnet {deconv:?} = gradient {gradient:?}");
         assert!(far(&deconv, &guided), "deconvnet {deconv:?} = guided {guided:?}");
     }
@@ -405,7 +405,7 @@ fn deconvnet_passes_positive_gradients_whatever_the_relu_input() {
 fn a_backward_model_serves_any_batch_size() {
     let runner = runner();
     let model = zoo::resnet(&[1], &[8], 16, 4);
-    let bw = backward(&model, "input", &[1, 3, 16, 16], "logits", &[], &RuleTable::standard());
+    let bw = backward(&model, "input", &[1, 3, 16, 16], "logits", &[], &RuleTable::exact());
     let mut session = runner.session(&bw.model).unwrap();
     for batch in [1usize, 5] {
         let x = image(&[batch, 3, 16, 16], 15);
@@ -443,11 +443,11 @@ fn unsupported_operators_are_listed_once_with_their_nodes() {
         output: "y".into(),
         layers: vec![],
     };
-    let listed = unsupported_ops(&prepared, &spec, &shapes, &RuleTable::standard()).unwrap();
+    let listed = unsupported_ops(&prepared, &spec, &shapes, &RuleTable::exact()).unwrap();
     let ops: Vec<(&str, usize)> = listed.iter().map(|u| (u.op.as_str(), u.nodes.len())).collect();
     assert_eq!(ops, vec![("Sin", 2), ("Cos", 1)]);
     assert_eq!(listed[0].nodes, vec!["Sin_2", "Sin_4"]);
-    let err = build_backward(&prepared, &spec, &shapes, &RuleTable::standard(), Some(&runner)).unwrap_err();
+    let err = build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap_err();
     assert!(matches!(err, AutodiffError::Unsupported(_)));
     let text = err.to_string();
     assert!(

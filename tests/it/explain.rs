@@ -409,7 +409,7 @@ async fn gradient_x_input_and_grad_cam_agree_with_independent_references() {
         &[1, 1, 28, 28],
         "logits",
         &["relu3"],
-        &RuleTable::standard(),
+        &RuleTable::exact(),
     );
     let mut session = runner.session(&bw.model).unwrap();
     let img = image::load_from_memory(&png).unwrap().to_luma8();

@@ -30,7 +30,7 @@ fn fashion_key(layers: &[&str]) -> GradientKey {
     GradientKey {
         model: "fashion-cnn".into(),
         layers: layers.iter().map(|s| s.to_string()).collect(),
-        rules: RuleSet::Standard,
+        rules: RuleSet::Exact,
     }
 }
 
@@ -69,7 +69,7 @@ async fn worker_gradients_are_batched_cached_and_exact() {
         &[1, 1, 28, 28],
         "logits",
         &["relu3"],
-        &RuleTable::standard(),
+        &RuleTable::exact(),
     );
     let mut session = runner().session(&bw.model).unwrap();
     let feeds = [("input", vec![rows, 1, 28, 28], x), (WEIGHTS_INPUT, vec![rows, 10], w)];
@@ -224,7 +224,7 @@ async fn models_report_gradient_support_and_blocking_operators() {
     let key = GradientKey {
         model: "odd".into(),
         layers: vec![],
-        rules: RuleSet::Standard,
+        rules: RuleSet::Exact,
     };
     let err = s
         .state

@@ -8,7 +8,7 @@ use crate::common;
 use base64::Engine;
 use common::gradcheck::{backward, run_output, runner};
 use common::*;
-use explaind::onnx::autodiff::rules::{Composite, InputBounds, LrpRules};
+use explaind::onnx::autodiff::rules::{Composite, InputBounds, RelevanceRules};
 use explaind::onnx::autodiff::{RuleSet, RuleTable, WEIGHTS_INPUT};
 use explaind::onnx::builder::{Attr, GraphBuilder};
 use explaind::onnx::proto::ModelProto;
@@ -332,7 +332,7 @@ fn composites_match(net: &ConvNet, activation: &str) {
         (Composite::Epsilon, 0.05, [Rule::Epsilon(0.05), Rule::Epsilon(0.05)]),
     ];
     for (composite, eps, rules) in cases {
-        let table = RuleTable::for_set(RuleSet::Lrp(LrpRules::new(composite, eps as f32, 0.25)))
+        let table = RuleTable::for_set(RuleSet::Relevance(RelevanceRules::new(composite, eps as f32, 0.25)))
             .with_input_bounds(Some(bounds.clone()));
         for target in [0usize, 7, 13] {
             let got = graph_relevance(&net.model, &table, &x, &[1, 2, 5, 5], 18, target);
@@ -386,7 +386,11 @@ fn dense_layers_take_flat_first_then_epsilon() {
         &b2.iter().map(|v| *v as f64).collect::<Vec<_>>(),
     );
     let ones = vec![vec![1.0; 4]; 5];
-    let table = RuleTable::for_set(RuleSet::Lrp(LrpRules::new(Composite::EpsilonPlusFlat, 1e-6, 0.25)));
+    let table = RuleTable::for_set(RuleSet::Relevance(RelevanceRules::new(
+        Composite::EpsilonPlusFlat,
+        1e-6,
+        0.25,
+    )));
     for target in 0..3 {
         let mut r = vec![0.0; 3];
         r[target] = out[target];
@@ -442,7 +446,7 @@ fn batch_normalisation_is_folded_before_the_rules() {
         Composite::EpsilonAlpha2Beta1,
         Composite::Epsilon,
     ] {
-        let table = RuleTable::for_set(RuleSet::Lrp(LrpRules::new(
+        let table = RuleTable::for_set(RuleSet::Relevance(RelevanceRules::new(
             composite,
             composite.default_epsilon(),
             0.25,

@@ -108,13 +108,13 @@ fn operator_test_models_pass_the_gradient_check() {
             layers: vec![],
         };
         // Piecewise-constant or random outputs (Floor, Sign, Bernoulli) have no gradient to check.
-        if build_backward(&prepared, &spec, &shapes, &RuleTable::standard(), Some(&runner))
+        if build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner))
             .is_err_and(|e| e.to_string().contains("does not depend on input"))
         {
             skipped.push(format!("{name} (no float path)"));
             continue;
         }
-        match unsupported_ops(&prepared, &spec, &shapes, &RuleTable::standard()) {
+        match unsupported_ops(&prepared, &spec, &shapes, &RuleTable::exact()) {
             Ok(u) if u.is_empty() => {}
             Ok(u) => {
                 skipped.push(format!(
@@ -143,7 +143,7 @@ fn operator_test_models_pass_the_gradient_check() {
         };
         // Rules refuse some attribute variants with a message (training-mode BatchNormalization,
         // tf_crop_and_resize); those are listed, not failed. Wrong numbers fail.
-        if let Err(e) = build_backward(&prepared, &spec, &shapes, &RuleTable::standard(), Some(&runner)) {
+        if let Err(e) = build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)) {
             skipped.push(format!("{name} ({e})"));
             continue;
         }

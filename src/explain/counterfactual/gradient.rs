@@ -43,7 +43,7 @@ pub(super) fn gradient_candidates(
         }
         let pass = cx.gradients(
             &[],
-            RuleSet::Standard,
+            RuleSet::Exact,
             &input,
             &Tensor::f32(vec![chains, classes], weights),
             cx.max_batch(),

@@ -264,7 +264,7 @@ impl Method for Counterfactual {
     /// Forward passes for trees; the gradient search needs exact gradients.
     fn rules(p: &Self::Params) -> Vec<RuleSet> {
         match p.search {
-            Some(Search::Gradient) => vec![RuleSet::Standard],
+            Some(Search::Gradient) => vec![RuleSet::Exact],
             _ => Vec::new(),
         }
     }

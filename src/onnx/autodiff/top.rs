@@ -51,15 +51,18 @@ pub fn seed_with_top_prediction(
         .initializer
         .push(float_tensor(&name("ones"), &[c, 1], &vec![1.0; classes]));
     graph.initializer.push(float_tensor(&name("zero"), &[], &[0.0]));
-    let node = |op: &str, inputs: &[&str], out: &str, attrs: Vec<(&str, Attr)>| NodeProto {
-        name: Some(format!("{out}.{op}")),
-        op_type: Some(op.into()),
-        domain: Some(String::new()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![out.to_string()],
-        attribute: attrs.into_iter().map(|(n, v)| attribute(n, v)).collect(),
-        ..Default::default()
-    };
+    let seed = seed_nodes(output, &name, &weights);
+    // Right after the scores exist and before any backward node reads the weights.
+    graph.node.splice(producer + 1..producer + 1, seed);
+    graph
+        .output
+        .push(value_info(TARGET_INDEX_OUTPUT, data_type::INT64, Some(&[-1])));
+    Ok(())
+}
+
+/// The nodes that compute the effective weights `weights` from the fed ones and the one-hot of
+/// each row's top score of `output` (their names from `name`).
+fn seed_nodes(output: &str, name: &dyn Fn(&str) -> String, weights: &str) -> Vec<NodeProto> {
     let (one_hot, abs, mass, unset, unset_f, top) = (
         name("one_hot"),
         name("abs"),
@@ -68,7 +71,7 @@ pub fn seed_with_top_prediction(
         name("unset_f"),
         name("top"),
     );
-    let seed = vec![
+    vec![
         node(
             "ArgMax",
             &[output],
@@ -92,12 +95,19 @@ pub fn seed_with_top_prediction(
             vec![("to", Attr::Int(data_type::FLOAT as i64))],
         ),
         node("Mul", &[&one_hot, &unset_f], &top, vec![]),
-        node("Add", &[WEIGHTS_INPUT, &top], &weights, vec![]),
-    ];
-    // Right after the scores exist and before any backward node reads the weights.
-    graph.node.splice(producer + 1..producer + 1, seed);
-    graph
-        .output
-        .push(value_info(TARGET_INDEX_OUTPUT, data_type::INT64, Some(&[-1])));
-    Ok(())
+        node("Add", &[WEIGHTS_INPUT, &top], weights, vec![]),
+    ]
+}
+
+/// A default-domain node named after its output and operator.
+fn node(op: &str, inputs: &[&str], out: &str, attrs: Vec<(&str, Attr)>) -> NodeProto {
+    NodeProto {
+        name: Some(format!("{out}.{op}")),
+        op_type: Some(op.into()),
+        domain: Some(String::new()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.to_string()],
+        attribute: attrs.into_iter().map(|(n, v)| attribute(n, v)).collect(),
+        ..Default::default()
+    }
 }

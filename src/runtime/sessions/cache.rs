@@ -144,7 +144,7 @@ impl SessionStore {
                 // DeepLIFT's rows pair up by halves of their pass: another request's rows must not
                 // join it.
                 let pairs = matches!(key, DerivedKey::Backward(k) | DerivedKey::MaskedBackward(k, _)
-                    if k.rules == crate::onnx::autodiff::RuleSet::DeepLiftRescale);
+                    if k.rules == crate::onnx::autodiff::RuleSet::Rescale);
                 let batching = Batching {
                     enabled: self.options.batching.enabled && !pairs && !self.one_row(key.model()),
                     ..self.options.batching

@@ -190,7 +190,7 @@ impl WorkerRuntime {
         rules: crate::onnx::autodiff::RuleSet,
     ) -> Result<GradientPass, RuntimeError> {
         // DeepLIFT's rows pair up by halves of their pass.
-        let whole = rules == crate::onnx::autodiff::RuleSet::DeepLiftRescale;
+        let whole = rules == crate::onnx::autodiff::RuleSet::Rescale;
         let names: Vec<String> = (0..masks.len()).map(mask_input).collect();
         let mut feeds = vec![(model.spec.input.as_str(), input), (WEIGHTS_INPUT, weights)];
         feeds.extend(names.iter().map(String::as_str).zip(masks));
@@ -316,7 +316,7 @@ impl Drop for LentModel {
 fn with_cam_layer<'k>(model: &LoadedModel, key: &'k GradientKey) -> (std::borrow::Cow<'k, GradientKey>, bool) {
     let cam = model.gradient_report.get().and_then(|r| r.default_cam_layer.clone());
     match cam {
-        Some(layer) if key.layers.is_empty() && key.rules == crate::onnx::autodiff::RuleSet::Standard => (
+        Some(layer) if key.layers.is_empty() && key.rules == crate::onnx::autodiff::RuleSet::Exact => (
             std::borrow::Cow::Owned(GradientKey {
                 layers: vec![layer],
                 ..key.clone()

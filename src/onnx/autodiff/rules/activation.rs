@@ -35,8 +35,14 @@ fn relu(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) 
     Ok(vec![Some(ctx.emit("Mul", &[g, &mask], vec![]))])
 }
 
-/// Guided backpropagation: only positive gradients, and only through positive inputs.
-pub(super) fn relu_guided(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
+/// Only positive gradients, and only through positive inputs: `relu(g) * (y > 0)` (guided
+/// backpropagation's rule, Springenberg et al. 2015).
+pub(super) fn relu_masked_by_input_and_gradient(
+    ctx: &mut GradContext,
+    n: &NodeProto,
+    g: &[Option<String>],
+    _: &[bool],
+) -> Grads {
     let g = grad0(n, g)?;
     let zero = ctx.scalar(0.0);
     let pos = ctx.emit("Greater", &[output(n), &zero], vec![]);
@@ -44,9 +50,9 @@ pub(super) fn relu_guided(ctx: &mut GradContext, n: &NodeProto, g: &[Option<Stri
     Ok(vec![Some(ctx.emit("Where", &[&pos, &g_pos, &zero], vec![]))])
 }
 
-/// DeconvNet (Zeiler and Fergus 2014): only positive gradients, whatever the forward input was
-/// (Captum's `Deconvolution` backward, relu(grad_output)).
-pub(super) fn relu_deconvnet(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
+/// Only positive gradients, whatever the forward input was: `relu(g)` (DeconvNet's rule, Zeiler
+/// and Fergus 2014; Captum's `Deconvolution` backward, relu(grad_output)).
+pub(super) fn relu_masked_by_gradient(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
     let g = grad0(n, g)?;
     Ok(vec![Some(ctx.emit("Relu", &[g], vec![]))])
 }

@@ -94,27 +94,7 @@ fn conv(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[boo
     let y_dims = ctx.dims(y)?.to_vec();
     let geo = geometry(ctx, n, x, w, Some(&x_dims))?;
     let spatial = geo.kernel.len();
-    // output_padding makes the transposed convolution's output as large as x. With static sizes it
-    // is exact; otherwise take the largest allowed and cut the result back to x's size.
-    let mut output_padding = Vec::with_capacity(spatial);
-    let mut exact = true;
-    for i in 0..spatial {
-        match (
-            x_dims.get(2 + i).copied().flatten(),
-            y_dims.get(2 + i).copied().flatten(),
-        ) {
-            (Some(size), Some(out)) => {
-                let produced = (out - 1) * geo.strides[i] - geo.pads[i] - geo.pads[spatial + i]
-                    + geo.dilations[i] * (geo.kernel[i] - 1)
-                    + 1;
-                output_padding.push(size - produced);
-            }
-            _ => {
-                exact = false;
-                output_padding.push(geo.strides[i] - 1);
-            }
-        }
-    }
+    let (output_padding, exact) = output_padding(&geo, &x_dims, &y_dims);
     if output_padding
         .iter()
         .zip(&geo.strides)
@@ -136,27 +116,8 @@ fn conv(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[boo
         && geo.strides.iter().all(|s| *s == 1)
         && output_padding.iter().all(|p| *p == 0)
     {
-        if let Some(flipped) = flipped_weights(ctx, w, geo.group)? {
-            let reach: Vec<i64> = geo
-                .kernel
-                .iter()
-                .zip(&geo.dilations)
-                .map(|(k, d)| d * (k - 1))
-                .collect();
-            let pads: Vec<i64> = (0..2 * spatial).map(|i| reach[i % spatial] - geo.pads[i]).collect();
-            if pads.iter().all(|p| *p >= 0) {
-                let dx = ctx.emit(
-                    "Conv",
-                    &[g, &flipped],
-                    vec![
-                        ("kernel_shape", Attr::Ints(geo.kernel.clone())),
-                        ("dilations", Attr::Ints(geo.dilations.clone())),
-                        ("pads", Attr::Ints(pads)),
-                        ("group", Attr::Int(geo.group)),
-                    ],
-                );
-                return Ok(first_only(n, dx));
-            }
+        if let Some(dx) = flipped_conv(ctx, g, w, &geo)? {
+            return Ok(first_only(n, dx));
         }
     }
     let dx = ctx.emit(
@@ -183,6 +144,62 @@ fn conv(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[boo
         ctx.emit("Slice", &[&dx, &zeros, &sizes, &axes], vec![])
     };
     Ok(first_only(n, dx))
+}
+
+/// The output_padding that makes the transposed convolution's output as large as x, and whether
+/// it is exact. With static sizes it is; otherwise it is the largest allowed, and the result is
+/// cut back to x's size.
+fn output_padding(geo: &Geometry, x_dims: &[Option<i64>], y_dims: &[Option<i64>]) -> (Vec<i64>, bool) {
+    let spatial = geo.kernel.len();
+    let mut output_padding = Vec::with_capacity(spatial);
+    let mut exact = true;
+    for i in 0..spatial {
+        match (
+            x_dims.get(2 + i).copied().flatten(),
+            y_dims.get(2 + i).copied().flatten(),
+        ) {
+            (Some(size), Some(out)) => {
+                let produced = (out - 1) * geo.strides[i] - geo.pads[i] - geo.pads[spatial + i]
+                    + geo.dilations[i] * (geo.kernel[i] - 1)
+                    + 1;
+                output_padding.push(size - produced);
+            }
+            _ => {
+                exact = false;
+                output_padding.push(geo.strides[i] - 1);
+            }
+        }
+    }
+    (output_padding, exact)
+}
+
+/// The input gradient of a stride-1 convolution as a convolution of `g` with the flipped weights,
+/// when the weights are constant and the padding it needs is not negative.
+fn flipped_conv(ctx: &mut GradContext, g: &str, w: &str, geo: &Geometry) -> Result<Option<String>, RuleError> {
+    let Some(flipped) = flipped_weights(ctx, w, geo.group)? else {
+        return Ok(None);
+    };
+    let spatial = geo.kernel.len();
+    let reach: Vec<i64> = geo
+        .kernel
+        .iter()
+        .zip(&geo.dilations)
+        .map(|(k, d)| d * (k - 1))
+        .collect();
+    let pads: Vec<i64> = (0..2 * spatial).map(|i| reach[i % spatial] - geo.pads[i]).collect();
+    if pads.iter().any(|p| *p < 0) {
+        return Ok(None);
+    }
+    Ok(Some(ctx.emit(
+        "Conv",
+        &[g, &flipped],
+        vec![
+            ("kernel_shape", Attr::Ints(geo.kernel.clone())),
+            ("dilations", Attr::Ints(geo.dilations.clone())),
+            ("pads", Attr::Ints(pads)),
+            ("group", Attr::Int(geo.group)),
+        ],
+    )))
 }
 
 /// For constant weights `W[M, C/g, k...]`, the weights `W'[C, M/g, k...]` of the convolution that

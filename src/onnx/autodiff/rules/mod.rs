@@ -1,25 +1,25 @@
 //! Gradient rules, one operator family per file, registered by (domain, operator) in a table.
 //! A rule gets the forward node, the gradient of each of its outputs (`None` where an output is off
 //! the path), and which inputs need a gradient; it returns one gradient per input (`None` for
-//! inputs that need none). Rule variants (guided backpropagation, DeconvNet, DeepLIFT, LRP) are
-//! alternative tables, not branches inside rules.
+//! inputs that need none). Rule variants (ReLU masked otherwise, the rescale rule, relevance
+//! propagation) are alternative tables, not branches inside rules.
 
 mod activation;
 mod axis;
 mod conv;
 mod elementwise;
-pub mod lrp;
 mod matmul;
 mod norm;
 mod pool;
 mod reduce;
+pub mod relevance;
 mod rescale;
 mod resize;
 mod shape;
 
 use std::collections::HashMap;
 
-pub use lrp::{Composite, InputBounds, LrpRules};
+pub use relevance::{Composite, InputBounds, RelevanceRules};
 
 use super::GradContext;
 use crate::onnx::node::{node_name, op_type, AttrError};
@@ -64,49 +64,44 @@ impl From<AttrError> for RuleError {
     }
 }
 
-/// Which rule set a table implements.
+/// Which rule set a table implements, named by what its rules do; a caller asks for a table by
+/// its rules, not by the method that uses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RuleSet {
     /// Exact gradients.
-    Standard,
-    /// Guided backpropagation (Springenberg et al. 2015): ReLU passes only positive gradients
-    /// through positive inputs.
-    GuidedBackprop,
-    /// DeconvNet (Zeiler and Fergus 2014): ReLU passes only positive gradients, whatever its
-    /// input; MaxPool keeps the forward switches (the exact rule).
-    DeconvNet,
-    /// DeepLIFT's rescale rule: nonlinearities pass (f(x) - f(x')) / (x - x'), the reference in
-    /// the batch's second half.
-    DeepLiftRescale,
-    /// Layer-wise relevance propagation with a zennit composite: relevance, not gradients, flows
-    /// back from the target's score.
-    Lrp(LrpRules),
+    Exact,
+    /// Exact gradients, except that ReLU passes only positive gradients, and only through
+    /// positive inputs: `relu(g) * (y > 0)` (guided backpropagation's rule, Springenberg et al.
+    /// 2015).
+    ReluMaskedByInputAndGradient,
+    /// Exact gradients, except that ReLU passes `relu(g)` whatever its input was (DeconvNet's
+    /// rule, Zeiler and Fergus 2014); MaxPool keeps the forward switches (the exact rule).
+    ReluMaskedByGradient,
+    /// The rescale rule (DeepLIFT's, Shrikumar et al. 2017): elementwise nonlinearities pass the
+    /// finite-difference quotient `(f(x) - f(x')) / (x - x')`, the reference x' in the batch's
+    /// second half.
+    Rescale,
+    /// Relevance propagation with a composite of zennit's rules (layer-wise relevance
+    /// propagation, Bach et al. 2015): relevance, not gradients, flows back from the target's
+    /// score.
+    Relevance(RelevanceRules),
 }
 
 impl RuleSet {
-    /// Every rule set a method can ask for, up to the values of its parameters (LRP's epsilon and
-    /// gamma change numbers, not which nodes its rules accept): what the model report dry-runs.
+    /// Every rule set a caller can ask for, up to the values of its parameters (the relevance
+    /// rules' epsilon and gamma change numbers, not which nodes its rules accept): what the model
+    /// report dry-runs.
     pub fn families() -> Vec<RuleSet> {
         let mut all = vec![
-            RuleSet::Standard,
-            RuleSet::GuidedBackprop,
-            RuleSet::DeconvNet,
-            RuleSet::DeepLiftRescale,
+            RuleSet::Exact,
+            RuleSet::ReluMaskedByInputAndGradient,
+            RuleSet::ReluMaskedByGradient,
+            RuleSet::Rescale,
         ];
-        all.extend(lrp::Composite::ALL.map(|c| RuleSet::Lrp(LrpRules::new(c, c.default_epsilon(), 0.25))));
+        all.extend(
+            relevance::Composite::ALL.map(|c| RuleSet::Relevance(RelevanceRules::new(c, c.default_epsilon(), 0.25))),
+        );
         all
-    }
-
-    /// The family's name in the model report: `standard`, `guided-backprop`, `deconvnet`,
-    /// `deeplift-rescale`, `lrp/<composite>`.
-    pub fn family(&self) -> String {
-        match self {
-            RuleSet::Standard => "standard".into(),
-            RuleSet::GuidedBackprop => "guided-backprop".into(),
-            RuleSet::DeconvNet => "deconvnet".into(),
-            RuleSet::DeepLiftRescale => "deeplift-rescale".into(),
-            RuleSet::Lrp(rules) => format!("lrp/{}", rules.composite.name()),
-        }
     }
 }
 
@@ -128,8 +123,8 @@ impl RuleTable {
     }
 
     /// The exact-gradient rules.
-    pub fn standard() -> Self {
-        let mut t = Self::empty(RuleSet::Standard);
+    pub fn exact() -> Self {
+        let mut t = Self::empty(RuleSet::Exact);
         elementwise::register(&mut t);
         activation::register(&mut t);
         conv::register(&mut t);
@@ -142,26 +137,26 @@ impl RuleTable {
         t
     }
 
-    /// The standard rules with guided backpropagation's ReLU.
-    pub fn guided_backprop() -> Self {
-        let mut t = Self::standard();
-        t.set = RuleSet::GuidedBackprop;
-        t.register("", "Relu", activation::relu_guided);
+    /// The exact rules with ReLU masked by its input and its gradient.
+    pub fn relu_masked_by_input_and_gradient() -> Self {
+        let mut t = Self::exact();
+        t.set = RuleSet::ReluMaskedByInputAndGradient;
+        t.register("", "Relu", activation::relu_masked_by_input_and_gradient);
         t
     }
 
-    /// The standard rules with DeconvNet's ReLU.
-    pub fn deconvnet() -> Self {
-        let mut t = Self::standard();
-        t.set = RuleSet::DeconvNet;
-        t.register("", "Relu", activation::relu_deconvnet);
+    /// The exact rules with ReLU masked by its gradient only.
+    pub fn relu_masked_by_gradient() -> Self {
+        let mut t = Self::exact();
+        t.set = RuleSet::ReluMaskedByGradient;
+        t.register("", "Relu", activation::relu_masked_by_gradient);
         t
     }
 
-    /// The standard rules with DeepLIFT's rescale rule on elementwise nonlinearities.
-    pub fn deeplift_rescale() -> Self {
-        let mut t = Self::standard();
-        t.set = RuleSet::DeepLiftRescale;
+    /// The exact rules with the rescale rule on elementwise nonlinearities.
+    pub fn rescale() -> Self {
+        let mut t = Self::exact();
+        t.set = RuleSet::Rescale;
         rescale::register(&mut t);
         t
     }
@@ -169,11 +164,11 @@ impl RuleTable {
     /// The table for a rule set.
     pub fn for_set(set: RuleSet) -> Self {
         match set {
-            RuleSet::Standard => Self::standard(),
-            RuleSet::GuidedBackprop => Self::guided_backprop(),
-            RuleSet::DeconvNet => Self::deconvnet(),
-            RuleSet::DeepLiftRescale => Self::deeplift_rescale(),
-            RuleSet::Lrp(rules) => lrp::table(rules),
+            RuleSet::Exact => Self::exact(),
+            RuleSet::ReluMaskedByInputAndGradient => Self::relu_masked_by_input_and_gradient(),
+            RuleSet::ReluMaskedByGradient => Self::relu_masked_by_gradient(),
+            RuleSet::Rescale => Self::rescale(),
+            RuleSet::Relevance(rules) => relevance::table(rules),
         }
     }
 
@@ -182,13 +177,13 @@ impl RuleTable {
         self.set
     }
 
-    /// True when the table propagates relevance (LRP): the seed is the target's score, and batch
+    /// True when the table propagates relevance: the seed is the target's score, and batch
     /// normalisation is folded into the layer before it first.
     pub fn propagates_relevance(&self) -> bool {
-        matches!(self.set, RuleSet::Lrp(_))
+        matches!(self.set, RuleSet::Relevance(_))
     }
 
-    /// The same table with the model input's bounds (ZBox reads them).
+    /// The same table with the model input's bounds (the ZBox rule reads them).
     pub fn with_input_bounds(mut self, bounds: Option<InputBounds>) -> Self {
         self.input_bounds = bounds;
         self

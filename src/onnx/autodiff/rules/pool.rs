@@ -214,77 +214,84 @@ fn spatial_shape(ctx: &mut GradContext, t: &str) -> String {
     ctx.emit("Slice", &[&shape, &two, &end], vec![])
 }
 
-fn average_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
-    let g = grad0(n, g)?;
-    let (x, y) = (input(n, 0), output(n));
-    let kernel = attr_ints(n, "kernel_shape")?.ok_or_else(|| RuleError::new(n, "kernel_shape is missing"))?;
-    let spatial = kernel.len();
-    let strides = attr_ints(n, "strides")?.unwrap_or_else(|| vec![1; spatial]);
-    let dilations = attr_ints(n, "dilations")?.unwrap_or_else(|| vec![1; spatial]);
-    let ceil_mode = attr_int(n, "ceil_mode", 0)? != 0;
-    let include_pad = attr_int(n, "count_include_pad", 0)? != 0;
-    let pads = match attr_string(n, "auto_pad", "NOTSET")?.as_str() {
-        "NOTSET" => attr_ints(n, "pads")?.unwrap_or_else(|| vec![0; 2 * spatial]),
-        "VALID" => vec![0; 2 * spatial],
-        mode @ ("SAME_UPPER" | "SAME_LOWER") => {
-            let sizes: Option<Vec<i64>> = ctx.dims(x)?[2..].iter().copied().collect();
-            let sizes =
-                sizes.ok_or_else(|| RuleError::new(n, format!("auto_pad {mode} needs static spatial sizes")))?;
-            same_pads(&sizes, &kernel, &strides, &dilations, mode == "SAME_UPPER")
-        }
-        other => {
-            return Err(RuleError::new(
-                n,
-                format!("AveragePool auto_pad `{other}` is not supported"),
-            ))
-        }
-    };
-    let window: i64 = kernel.iter().product();
-    let ones_kernel = {
-        let mut dims = vec![1, 1];
-        dims.extend(&kernel);
-        ctx.const_f32("ones", &dims, &vec![1.0; window as usize])
-    };
-    let geometry = |output_padding: Option<Vec<i64>>, pads: Vec<i64>| {
+/// An AveragePool's window geometry, its padding resolved.
+struct Window {
+    kernel: Vec<i64>,
+    strides: Vec<i64>,
+    dilations: Vec<i64>,
+    pads: Vec<i64>,
+    ceil_mode: bool,
+    include_pad: bool,
+}
+
+impl Window {
+    fn of(ctx: &GradContext, n: &NodeProto) -> Result<Self, RuleError> {
+        let kernel = attr_ints(n, "kernel_shape")?.ok_or_else(|| RuleError::new(n, "kernel_shape is missing"))?;
+        let spatial = kernel.len();
+        let strides = attr_ints(n, "strides")?.unwrap_or_else(|| vec![1; spatial]);
+        let dilations = attr_ints(n, "dilations")?.unwrap_or_else(|| vec![1; spatial]);
+        let ceil_mode = attr_int(n, "ceil_mode", 0)? != 0;
+        let include_pad = attr_int(n, "count_include_pad", 0)? != 0;
+        let pads = match attr_string(n, "auto_pad", "NOTSET")?.as_str() {
+            "NOTSET" => attr_ints(n, "pads")?.unwrap_or_else(|| vec![0; 2 * spatial]),
+            "VALID" => vec![0; 2 * spatial],
+            mode @ ("SAME_UPPER" | "SAME_LOWER") => {
+                let sizes: Option<Vec<i64>> = ctx.dims(input(n, 0))?[2..].iter().copied().collect();
+                let sizes =
+                    sizes.ok_or_else(|| RuleError::new(n, format!("auto_pad {mode} needs static spatial sizes")))?;
+                same_pads(&sizes, &kernel, &strides, &dilations, mode == "SAME_UPPER")
+            }
+            other => {
+                return Err(RuleError::new(
+                    n,
+                    format!("AveragePool auto_pad `{other}` is not supported"),
+                ))
+            }
+        };
+        Ok(Window {
+            kernel,
+            strides,
+            dilations,
+            pads,
+            ceil_mode,
+            include_pad,
+        })
+    }
+
+    /// The attributes of a (transposed) convolution over this window with `pads`.
+    fn attrs(&self, output_padding: Option<Vec<i64>>, pads: Vec<i64>) -> Vec<(&'static str, Attr)> {
         let mut a = vec![
-            ("kernel_shape", Attr::Ints(kernel.clone())),
-            ("strides", Attr::Ints(strides.clone())),
-            ("dilations", Attr::Ints(dilations.clone())),
+            ("kernel_shape", Attr::Ints(self.kernel.clone())),
+            ("strides", Attr::Ints(self.strides.clone())),
+            ("dilations", Attr::Ints(self.dilations.clone())),
             ("pads", Attr::Ints(pads)),
         ];
         if let Some(op) = output_padding {
             a.push(("output_padding", Attr::Ints(op)));
         }
         a
+    }
+}
+
+fn average_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {
+    let g = grad0(n, g)?;
+    let (x, y) = (input(n, 0), output(n));
+    let window = Window::of(ctx, n)?;
+    let spatial = window.kernel.len();
+    let size: i64 = window.kernel.iter().product();
+    let ones_kernel = {
+        let mut dims = vec![1, 1];
+        dims.extend(&window.kernel);
+        ctx.const_f32("ones", &dims, &vec![1.0; size as usize])
     };
 
     // What each output was divided by.
-    let padded = pads.iter().any(|p| *p != 0);
-    let scaled = if include_pad || (!padded && !ceil_mode) {
-        let k = ctx.scalar(window as f32);
+    let padded = window.pads.iter().any(|p| *p != 0);
+    let scaled = if window.include_pad || (!padded && !window.ceil_mode) {
+        let k = ctx.scalar(size as f32);
         ctx.emit("Div", &[g, &k], vec![])
     } else {
-        // Count the input elements under each window: a convolution of ones over a map of ones.
-        // ceil_mode's extra windows come from extra padding at the end, cut back to y's size.
-        let mut count_pads = pads.clone();
-        if ceil_mode {
-            for i in 0..spatial {
-                count_pads[spatial + i] += strides[i] - 1;
-            }
-        }
-        let sizes = spatial_shape(ctx, x);
-        let lead = ctx.const_i64("lead", &[1, 1]);
-        let ones_shape = ctx.emit("Concat", &[&lead, &sizes], vec![("axis", Attr::Int(0))]);
-        let ones = ctx.emit(
-            "ConstantOfShape",
-            &[&ones_shape],
-            vec![("value", Attr::Tensor(Box::new(float_tensor("", &[1], &[1.0]))))],
-        );
-        let counts = ctx.emit("Conv", &[&ones, &ones_kernel], geometry(None, count_pads));
-        let y_sizes = spatial_shape(ctx, y);
-        let zeros = ctx.const_i64("starts", &vec![0; spatial]);
-        let axes = ctx.const_i64("axes", &(2..2 + spatial as i64).collect::<Vec<_>>());
-        let counts = ctx.emit("Slice", &[&counts, &zeros, &y_sizes, &axes], vec![]);
+        let counts = window_counts(ctx, &window, &ones_kernel, x, y);
         ctx.emit("Div", &[g, &counts], vec![])
     };
     // Spread each output's share over its window: channels folded into the batch, one kernel of ones.
@@ -292,17 +299,43 @@ fn average_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &
     let lead = ctx.const_i64("lead", &[-1, 1]);
     let folded_shape = ctx.emit("Concat", &[&lead, &y_sizes], vec![("axis", Attr::Int(0))]);
     let folded = ctx.emit("Reshape", &[&scaled, &folded_shape], vec![]);
-    let output_padding: Vec<i64> = strides.iter().map(|s| s - 1).collect();
+    let output_padding: Vec<i64> = window.strides.iter().map(|s| s - 1).collect();
     let spread = ctx.emit(
         "ConvTranspose",
         &[&folded, &ones_kernel],
-        geometry(Some(output_padding), pads),
+        window.attrs(Some(output_padding), window.pads.clone()),
     );
     let x_sizes = spatial_shape(ctx, x);
     let zeros = ctx.const_i64("starts", &vec![0; spatial]);
     let axes = ctx.const_i64("axes", &(2..2 + spatial as i64).collect::<Vec<_>>());
     let cut = ctx.emit("Slice", &[&spread, &zeros, &x_sizes, &axes], vec![]);
     Ok(first_only(n, ctx.reshape_like(&cut, x)))
+}
+
+/// The number of input elements under each window (padding left out): a convolution of ones
+/// over a map of ones. ceil_mode's extra windows come from extra padding at the end, cut back to
+/// y's size.
+fn window_counts(ctx: &mut GradContext, window: &Window, ones_kernel: &str, x: &str, y: &str) -> String {
+    let spatial = window.kernel.len();
+    let mut count_pads = window.pads.clone();
+    if window.ceil_mode {
+        for i in 0..spatial {
+            count_pads[spatial + i] += window.strides[i] - 1;
+        }
+    }
+    let sizes = spatial_shape(ctx, x);
+    let lead = ctx.const_i64("lead", &[1, 1]);
+    let ones_shape = ctx.emit("Concat", &[&lead, &sizes], vec![("axis", Attr::Int(0))]);
+    let ones = ctx.emit(
+        "ConstantOfShape",
+        &[&ones_shape],
+        vec![("value", Attr::Tensor(Box::new(float_tensor("", &[1], &[1.0]))))],
+    );
+    let counts = ctx.emit("Conv", &[&ones, ones_kernel], window.attrs(None, count_pads));
+    let y_sizes = spatial_shape(ctx, y);
+    let zeros = ctx.const_i64("starts", &vec![0; spatial]);
+    let axes = ctx.const_i64("axes", &(2..2 + spatial as i64).collect::<Vec<_>>());
+    ctx.emit("Slice", &[&counts, &zeros, &y_sizes, &axes], vec![])
 }
 
 fn global_average_pool(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], _: &[bool]) -> Grads {

@@ -1,338 +1,15 @@
-//! Layer-wise relevance propagation (Bach et al. 2015) as a rule table, with zennit's rules and
-//! composites (Anders et al.; `zennit.rules`, `zennit.composites`). What flows backwards is
-//! relevance, not a gradient: the seed is the target's score (`output * weights`), activations pass
-//! it through, routing operators (reshapes, slices, concatenation, max pooling) move it as their
-//! gradient does, sums and average pooling split it in proportion to their inputs (Norm), and each
-//! linear layer (Conv, Gemm, MatMul) applies its composite's rule:
-//!
-//! - Epsilon: `R_in = x * J^T (R / stab(z))`, z the layer's output with its bias.
-//! - ZPlus: `z = W+ x+ + b+ + W- x-`; `R_in = x+ * W+^T s + x- * W-^T s`, s = R / stab(z).
-//! - AlphaBeta(2, 1): 2 x the ZPlus part minus the part through `W- x+ + b- + W+ x-`.
-//! - Gamma(0.25): weights `W + g W+` where the output is positive and `W + g W-` where it is
-//!   negative (zennit's generalised form, which also allows negative inputs).
-//! - ZBox(low, high): `z = Wx + b - (W+ l + b+) - (W- h + b-)`;
-//!   `R_in = x * W^T s - l * W+^T s - h * W-^T s`.
-//! - Flat: weights and inputs set to one, no bias: `R_in = 1^T (R / stab(z))`.
-//!
-//! `stab(z) = z + eps * sign(z)` with sign(0) = +1. Modified weights are computed when the graph is
-//! built; each "transposed" product `W'^T s` is the exact gradient rule of a copy of the layer with
-//! the modified weight, so strides, padding, groups and transposes are handled once, there.
-//! Operators without a relevance rule here are refused (listed), not differentiated.
+//! The relevance rules of a linear layer with constant weights (Conv, Gemm, MatMul): ZPlus,
+//! AlphaBeta, Gamma, ZBox and Flat, each built from forward copies of the layer with modified
+//! weights and the exact gradient rule of such a copy (the "transposed" product).
 
-use std::sync::OnceLock;
-
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-use super::{grad0, input, output, Rule, RuleError, RuleTable};
+use super::{exact_rule, ratio, Grads, STABILIZER};
+use crate::onnx::autodiff::rules::{grad0, input, output, RuleError};
 use crate::onnx::autodiff::GradContext;
-use crate::onnx::node::{attr_float, domain, op_type};
+use crate::onnx::node::{attr_float, op_type};
 use crate::onnx::proto::NodeProto;
 
-type Grads = Result<Vec<Option<String>>, RuleError>;
-
-/// zennit's stabiliser for every rule but Epsilon.
-const STABILIZER: f32 = 1e-6;
-
-/// Which rule each layer gets (zennit's composite names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Composite {
-    /// The first linear layer Flat, other convolutions ZPlus, dense layers Epsilon (1e-6).
-    #[default]
-    EpsilonPlusFlat,
-    /// The first convolution ZBox (the input's bounds from the model's normalisation), other
-    /// convolutions Gamma (0.25), dense layers Epsilon (1e-6).
-    EpsilonGammaBox,
-    /// Convolutions AlphaBeta (alpha 2, beta 1), dense layers Epsilon (1e-6).
-    EpsilonAlpha2Beta1,
-    /// Epsilon everywhere (Captum's LRP default, 1e-9).
-    Epsilon,
-}
-
-impl Composite {
-    /// Every composite.
-    pub const ALL: [Composite; 4] = [
-        Composite::EpsilonPlusFlat,
-        Composite::EpsilonGammaBox,
-        Composite::EpsilonAlpha2Beta1,
-        Composite::Epsilon,
-    ];
-
-    /// Its name, as requests spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Composite::EpsilonPlusFlat => "epsilon_plus_flat",
-            Composite::EpsilonGammaBox => "epsilon_gamma_box",
-            Composite::EpsilonAlpha2Beta1 => "epsilon_alpha2_beta1",
-            Composite::Epsilon => "epsilon",
-        }
-    }
-
-    /// The composite's default epsilon.
-    pub fn default_epsilon(self) -> f32 {
-        match self {
-            Composite::Epsilon => 1e-9,
-            _ => 1e-6,
-        }
-    }
-}
-
-/// An LRP rule set: a composite and its parameters (floats kept as bits, so rule sets can key
-/// built models).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LrpRules {
-    /// The composite.
-    pub composite: Composite,
-    epsilon: u32,
-    gamma: u32,
-}
-
-impl LrpRules {
-    /// A composite with its epsilon (dense layers; all layers for `Epsilon`) and gamma.
-    pub fn new(composite: Composite, epsilon: f32, gamma: f32) -> Self {
-        Self {
-            composite,
-            epsilon: epsilon.to_bits(),
-            gamma: gamma.to_bits(),
-        }
-    }
-
-    /// Epsilon of the Epsilon rule.
-    pub fn epsilon(&self) -> f32 {
-        f32::from_bits(self.epsilon)
-    }
-
-    /// Gamma of the Gamma rule.
-    pub fn gamma(&self) -> f32 {
-        f32::from_bits(self.gamma)
-    }
-
-    /// The stabiliser of the Norm rule (sums, average pooling): epsilon in the all-Epsilon
-    /// composite, zennit's 1e-6 in the others.
-    fn norm_epsilon(&self) -> f32 {
-        match self.composite {
-            Composite::Epsilon => self.epsilon(),
-            _ => STABILIZER,
-        }
-    }
-}
-
-/// The input's lowest and highest values per channel (ZBox's box).
-#[derive(Debug, Clone, PartialEq)]
-pub struct InputBounds {
-    /// Lowest value per channel.
-    pub low: Vec<f32>,
-    /// Highest value per channel.
-    pub high: Vec<f32>,
-}
-
-/// Operators relevance passes through unchanged (elementwise, one input on the path).
-const PASS: &[&str] = &[
-    "Relu",
-    "LeakyRelu",
-    "PRelu",
-    "Elu",
-    "Sigmoid",
-    "Tanh",
-    "Softplus",
-    "Clip",
-    "Gelu",
-    "HardSigmoid",
-    "HardSwish",
-    "Softmax",
-    "BatchNormalization",
-];
-
-/// Operators that move relevance as their gradient moves values.
-const ROUTE: &[&str] = &[
-    "Reshape",
-    "Flatten",
-    "Squeeze",
-    "Unsqueeze",
-    "Transpose",
-    "Concat",
-    "Split",
-    "Slice",
-    "Gather",
-    "Expand",
-    "Identity",
-    "Dropout",
-    "Cast",
-    "Pad",
-    "MaxPool",
-    "GlobalMaxPool",
-];
-
-/// Linear operators without weights to modify: Norm (the Epsilon rule with the stabiliser).
-const NORM: &[&str] = &[
-    "AveragePool",
-    "GlobalAveragePool",
-    "ReduceMean",
-    "ReduceSum",
-    "Resize",
-    "ConvTranspose",
-];
-
-/// The LRP table for `rules`.
-pub(super) fn table(rules: LrpRules) -> RuleTable {
-    let standard = standard();
-    let mut t = RuleTable::empty(super::RuleSet::Lrp(rules));
-    for op in ROUTE {
-        if let Some(rule) = standard.get("", op) {
-            t.register("", op, rule);
-        }
-    }
-    for op in PASS {
-        t.register("", op, pass);
-    }
-    for op in NORM {
-        t.register("", op, norm);
-    }
-    for op in ["Add", "Sub", "Sum", "Mean"] {
-        t.register("", op, sum);
-    }
-    for op in ["Mul", "Div"] {
-        t.register("", op, scale);
-    }
-    for op in ["Conv", "Gemm", "MatMul"] {
-        t.register("", op, linear);
-    }
-    t
-}
-
-/// The exact-gradient rules the relevance rules borrow their transposed products from.
-fn standard() -> &'static RuleTable {
-    static TABLE: OnceLock<RuleTable> = OnceLock::new();
-    TABLE.get_or_init(RuleTable::standard)
-}
-
-fn rules_of(ctx: &GradContext, n: &NodeProto) -> Result<LrpRules, RuleError> {
-    match ctx.table().set() {
-        super::RuleSet::Lrp(r) => Ok(r),
-        _ => Err(RuleError::new(n, "an LRP rule outside an LRP table")),
-    }
-}
-
-/// `z + eps * sign(z)`, sign(0) = +1.
-fn stabilize(ctx: &mut GradContext, z: &str, eps: f32) -> String {
-    let (zero, e) = (ctx.scalar(0.0), ctx.scalar(eps));
-    let up = ctx.emit("GreaterOrEqual", &[z, &zero], vec![]);
-    let plus = ctx.emit("Add", &[z, &e], vec![]);
-    let minus = ctx.emit("Sub", &[z, &e], vec![]);
-    ctx.emit("Where", &[&up, &plus, &minus], vec![])
-}
-
-/// `R / stab(z)`.
-fn ratio(ctx: &mut GradContext, r: &str, z: &str, eps: f32) -> String {
-    let stable = stabilize(ctx, z, eps);
-    ctx.emit("Div", &[r, &stable], vec![])
-}
-
-/// Which inputs are on the path.
-fn on_path(needs: &[bool]) -> Vec<usize> {
-    needs.iter().enumerate().filter(|(_, n)| **n).map(|(i, _)| i).collect()
-}
-
-/// Relevance unchanged to the one input on the path.
-fn pass(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
-    let r = grad0(n, g)?.to_string();
-    match on_path(needs).as_slice() {
-        [i] => {
-            let mut out = vec![None; n.input.len()];
-            out[*i] = Some(ctx.unbroadcast(&r, output(n), input(n, *i))?);
-            Ok(out)
-        }
-        _ => Err(RuleError::new(
-            n,
-            "relevance passes through an elementwise operator with one input on the path only",
-        )),
-    }
-}
-
-/// Norm: `R_i = x_i * J_i^T (R / stab(y))` for every input on the path.
-fn norm_with(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool], eps: f32) -> Grads {
-    let r = grad0(n, g)?.to_string();
-    let s = ratio(ctx, &r, output(n), eps);
-    let rule = standard_rule(n)?;
-    let grads = rule(ctx, n, &[Some(s)], needs)?;
-    let mut out = vec![None; n.input.len()];
-    for i in on_path(needs) {
-        let gi = grads
-            .get(i)
-            .cloned()
-            .flatten()
-            .ok_or_else(|| RuleError::new(n, format!("no product for input {i}")))?;
-        out[i] = Some(ctx.emit("Mul", &[input(n, i), &gi], vec![]));
-    }
-    Ok(out)
-}
-
-fn norm(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
-    let eps = rules_of(ctx, n)?.norm_epsilon();
-    norm_with(ctx, n, g, needs, eps)
-}
-
-/// Sums split relevance in proportion to their inputs; with one input on the path (a bias or
-/// constant shift) relevance passes.
-fn sum(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
-    if on_path(needs).len() > 1 {
-        norm(ctx, n, g, needs)
-    } else {
-        pass(ctx, n, g, needs)
-    }
-}
-
-/// Scaling by a constant passes relevance; a product of two tensors on the path has no rule.
-fn scale(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
-    if on_path(needs).len() > 1 {
-        return Err(RuleError::new(
-            n,
-            "LRP has no rule for a product of two tensors on the path (attention, gating)",
-        ));
-    }
-    pass(ctx, n, g, needs)
-}
-
-fn standard_rule(n: &NodeProto) -> Result<Rule, RuleError> {
-    standard()
-        .get(domain(n), op_type(n))
-        .ok_or_else(|| RuleError::new(n, "no gradient rule to transpose"))
-}
-
-/// A linear layer's rule, as its composite assigns it.
-fn linear(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[bool]) -> Grads {
-    let rules = rules_of(ctx, n)?;
-    let conv = op_type(n) == "Conv";
-    let first = ctx.at_first_linear();
-    if on_path(needs) != [0] {
-        if rules.composite == Composite::Epsilon || !(first || conv) {
-            return match on_path(needs).len() {
-                1 => norm_with(ctx, n, g, needs, rules.epsilon()),
-                _ => Err(RuleError::new(
-                    n,
-                    "LRP has no rule for a product of two tensors on the path (attention)",
-                )),
-            };
-        }
-        return Err(RuleError::new(
-            n,
-            "this composite's rules need the layer's data on input 0 and constant weights on input 1",
-        ));
-    }
-    let layer = Layer::of(ctx, n)?;
-    match (rules.composite, first, conv) {
-        (Composite::EpsilonPlusFlat, true, _) => layer.flat(ctx, g),
-        (Composite::EpsilonGammaBox, true, true) => layer.zbox(ctx, g),
-        (Composite::EpsilonPlusFlat, false, true) => layer.alpha_beta(ctx, g, 1.0, 0.0),
-        (Composite::EpsilonGammaBox, false, true) => layer.gamma(ctx, g, rules.gamma()),
-        (Composite::EpsilonAlpha2Beta1, _, true) => layer.alpha_beta(ctx, g, 2.0, 1.0),
-        _ => norm_with(ctx, n, g, needs, rules.epsilon()),
-    }
-}
-
 /// A linear layer whose data is input 0 and weight input 1 (a constant), with its optional bias.
-struct Layer<'n> {
+pub(super) struct Layer<'n> {
     node: &'n NodeProto,
     x: String,
     w: (Vec<i64>, Vec<f32>),
@@ -346,21 +23,21 @@ struct Params {
 }
 
 impl<'n> Layer<'n> {
-    fn of(ctx: &GradContext, n: &'n NodeProto) -> Result<Self, RuleError> {
+    pub(super) fn of(ctx: &GradContext, n: &'n NodeProto) -> Result<Self, RuleError> {
         let w = ctx
             .constant_tensor(input(n, 1))
-            .ok_or_else(|| RuleError::new(n, "LRP's rules need constant weights"))?;
+            .ok_or_else(|| RuleError::new(n, "the relevance rules need constant weights"))?;
         let b = match input(n, 2) {
             "" => None,
             name => Some(
                 ctx.constant_tensor(name)
-                    .ok_or_else(|| RuleError::new(n, "LRP's rules need a constant bias"))?,
+                    .ok_or_else(|| RuleError::new(n, "the relevance rules need a constant bias"))?,
             ),
         };
         if op_type(n) == "Gemm" {
             let (alpha, beta) = (attr_float(n, "alpha", 1.0)?, attr_float(n, "beta", 1.0)?);
             if alpha != 1.0 || (beta != 1.0 && b.is_some()) {
-                return Err(RuleError::new(n, "LRP's rules need Gemm with alpha and beta 1"));
+                return Err(RuleError::new(n, "the relevance rules need Gemm with alpha and beta 1"));
             }
         }
         Ok(Self {
@@ -371,7 +48,8 @@ impl<'n> Layer<'n> {
         })
     }
 
-    /// The weight and bias with `f` applied to each value (`bias: false` drops the bias).
+    /// The weight and bias with `f` applied to each value (`bias: false` drops the bias). Callers
+    /// name them `lrp.*`, the prefix built graphs have always had (their node names stay stable).
     fn params(&self, ctx: &mut GradContext, what: &str, f: impl Fn(f32) -> f32, bias: bool) -> Params {
         let w = ctx.const_f32(
             &format!("{what}.weight"),
@@ -407,7 +85,7 @@ impl<'n> Layer<'n> {
         let mut copy = self.node.clone();
         copy.input = vec![x.to_string(), w.to_string()];
         copy.output = vec![out];
-        let rule = standard_rule(self.node)?;
+        let rule = exact_rule(self.node)?;
         rule(ctx, &copy, &[Some(s.to_string())], &[true, false])?
             .into_iter()
             .next()
@@ -436,7 +114,7 @@ impl<'n> Layer<'n> {
 
     /// AlphaBeta: `alpha * (x+ W+ + x- W-) - beta * (x+ W- + x- W+)`, each part normalised by its
     /// own output; ZPlus is alpha 1, beta 0.
-    fn alpha_beta(&self, ctx: &mut GradContext, g: &[Option<String>], alpha: f32, beta: f32) -> Grads {
+    pub(super) fn alpha_beta(&self, ctx: &mut GradContext, g: &[Option<String>], alpha: f32, beta: f32) -> Grads {
         let r = grad0(self.node, g)?.to_string();
         let (xp, xn) = self.split_input(ctx);
         let plus = self.params(ctx, "lrp.plus", |v| v.max(0.0), true);
@@ -519,7 +197,7 @@ impl<'n> Layer<'n> {
 
     /// zennit's generalised Gamma: where the output is positive, weights `W + gamma W+` on x+
     /// and `W + gamma W-` on x-; where it is negative, the other way round.
-    fn gamma(&self, ctx: &mut GradContext, g: &[Option<String>], gamma: f32) -> Grads {
+    pub(super) fn gamma(&self, ctx: &mut GradContext, g: &[Option<String>], gamma: f32) -> Grads {
         let r = grad0(self.node, g)?.to_string();
         let (xp, xn) = self.split_input(ctx);
         let Some(xn) = xn else {
@@ -580,7 +258,7 @@ impl<'n> Layer<'n> {
     }
 
     /// ZBox: the input lies in a box [low, high] per channel.
-    fn zbox(&self, ctx: &mut GradContext, g: &[Option<String>]) -> Grads {
+    pub(super) fn zbox(&self, ctx: &mut GradContext, g: &[Option<String>]) -> Grads {
         let r = grad0(self.node, g)?.to_string();
         let bounds = ctx.table().input_bounds().cloned().ok_or_else(|| {
             RuleError::new(
@@ -624,7 +302,7 @@ impl<'n> Layer<'n> {
 
     /// Flat: weights and inputs of one, no bias; relevance spreads evenly over each output's
     /// receptive field.
-    fn flat(&self, ctx: &mut GradContext, g: &[Option<String>]) -> Grads {
+    pub(super) fn flat(&self, ctx: &mut GradContext, g: &[Option<String>]) -> Grads {
         let r = grad0(self.node, g)?.to_string();
         let ones = self.params(ctx, "lrp.flat", |_| 1.0, false);
         let shape = ctx.shape(&self.x);
