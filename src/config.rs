@@ -379,6 +379,7 @@ impl Config {
     }
 
     /// Checks the bounds that the rest of the service relies on.
+    // Long on purpose: a flat list of one check per field, read best in one place.
     pub fn validated(self) -> Result<Self, ConfigError> {
         let bad = |field: &str, why: &str| ConfigError::Invalid {
             origin: format!("field `{field}`"),

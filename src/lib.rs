@@ -61,49 +61,10 @@ impl Service {
         let registry = Arc::new(Registry::load_dir(&config.models_dir)?);
         let gradients = Arc::new(runtime::gradients::GradientCache::new(env));
         let metrics = Arc::new(Metrics::default());
-        // Fails at start, naming the model, rather than in a worker later.
-        let sessions = Arc::new(
-            runtime::sessions::SessionStore::new(
-                env,
-                registry.clone(),
-                gradients.clone(),
-                runtime::sessions::StoreOptions {
-                    provider: config.execution_provider,
-                    max_model_memory: config.max_model_memory,
-                    memory_arena: config.memory_arena,
-                    max_pass_bytes: config.max_pass_bytes,
-                    batching: runtime::batching::Batching {
-                        enabled: config.batching,
-                        max_batch: config.max_batch,
-                        wait: Duration::from_micros(config.batch_wait_us),
-                    },
-                },
-                metrics.passes.clone(),
-            )
-            .map_err(|e| anyhow::anyhow!(e))?,
-        );
+        let sessions = open_sessions(&config, env, &registry, &gradients, &metrics)?;
         tracing::info!(models = ?registry.names(), "models loaded");
-        for model in registry.iter() {
-            let report = gradients.report(model);
-            tracing::info!(model = %model.name, differentiable = report.differentiable,
-                blocking = ?report.blocking_operators, cam_layer = ?report.default_cam_layer, "gradient support");
-            let _ = model.gradient_report.set(report);
-            // Tree ensembles are read once here, not on the first request's async thread.
-            if model.spec.tabular.is_some() {
-                let _ = model.forest();
-            }
-        }
-        let executor = Arc::new(Executor::start(
-            sessions.clone(),
-            ExecutorOptions {
-                workers: config.workers,
-                queue_capacity: config.queue_capacity,
-                job_deadline: Duration::from_millis(config.job_deadline_ms),
-                retry_after_secs: config.retry_after_secs,
-                max_running_job_bytes: config.max_running_job_bytes,
-            },
-            metrics.clone(),
-        ));
+        report_gradients(&registry, &gradients);
+        let executor = start_executor(&config, sessions, &metrics);
         let references = Arc::new(examples::Sets::default());
         jobs::reference::prepare_all(&registry, &references, &gradients, &executor, &config).await?;
         let audit = Arc::new(
@@ -116,22 +77,7 @@ impl Service {
             config.max_jobs,
             Duration::from_millis(config.async_job_deadline_ms),
         ));
-        let shared_jobs = match config.shared_jobs_url() {
-            Some(url) => Some(Arc::new(
-                executor::shared::SharedJobs::open(
-                    url,
-                    executor::shared::SharedOptions {
-                        lease: Duration::from_millis(config.job_lease_ms),
-                        max_attempts: config.job_max_attempts,
-                        ttl: Duration::from_secs(config.job_ttl_secs),
-                        max_jobs: config.max_jobs,
-                    },
-                )
-                .await
-                .context("cannot open the jobs database")?,
-            )),
-            None => None,
-        };
+        let shared_jobs = open_shared_jobs(&config).await?;
         http::server::raise_open_file_limit(config.max_connections);
         let listener = tokio::net::TcpListener::bind(&config.bind)
             .await
@@ -189,6 +135,87 @@ impl Service {
         }
         Ok(())
     }
+}
+
+/// The session store over every model; fails at start, naming the model, rather than in a worker later.
+fn open_sessions(
+    config: &Config,
+    env: &'static ort::environment::Environment,
+    registry: &Arc<Registry>,
+    gradients: &Arc<runtime::gradients::GradientCache>,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<runtime::sessions::SessionStore>> {
+    let store = runtime::sessions::SessionStore::new(
+        env,
+        registry.clone(),
+        gradients.clone(),
+        runtime::sessions::StoreOptions {
+            provider: config.execution_provider,
+            max_model_memory: config.max_model_memory,
+            memory_arena: config.memory_arena,
+            max_pass_bytes: config.max_pass_bytes,
+            batching: runtime::batching::Batching {
+                enabled: config.batching,
+                max_batch: config.max_batch,
+                wait: Duration::from_micros(config.batch_wait_us),
+            },
+        },
+        metrics.passes.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Arc::new(store))
+}
+
+/// Logs and keeps each model's gradient support, and reads tree ensembles once.
+fn report_gradients(registry: &Registry, gradients: &runtime::gradients::GradientCache) {
+    for model in registry.iter() {
+        let report = gradients.report(model);
+        tracing::info!(model = %model.name, differentiable = report.differentiable,
+            blocking = ?report.blocking_operators, cam_layer = ?report.default_cam_layer, "gradient support");
+        let _ = model.gradient_report.set(report);
+        // Tree ensembles are read once here, not on the first request's async thread.
+        if model.spec.tabular.is_some() {
+            let _ = model.forest();
+        }
+    }
+}
+
+/// The workers, with the configured queue, deadline and memory bounds.
+fn start_executor(
+    config: &Config,
+    sessions: Arc<runtime::sessions::SessionStore>,
+    metrics: &Arc<Metrics>,
+) -> Arc<Executor> {
+    Arc::new(Executor::start(
+        sessions,
+        ExecutorOptions {
+            workers: config.workers,
+            queue_capacity: config.queue_capacity,
+            job_deadline: Duration::from_millis(config.job_deadline_ms),
+            retry_after_secs: config.retry_after_secs,
+            max_running_job_bytes: config.max_running_job_bytes,
+        },
+        metrics.clone(),
+    ))
+}
+
+/// The PostgreSQL job table shared by replicas, where one is configured.
+async fn open_shared_jobs(config: &Config) -> anyhow::Result<Option<Arc<executor::shared::SharedJobs>>> {
+    let Some(url) = config.shared_jobs_url() else {
+        return Ok(None);
+    };
+    let shared = executor::shared::SharedJobs::open(
+        url,
+        executor::shared::SharedOptions {
+            lease: Duration::from_millis(config.job_lease_ms),
+            max_attempts: config.job_max_attempts,
+            ttl: Duration::from_secs(config.job_ttl_secs),
+            max_jobs: config.max_jobs,
+        },
+    )
+    .await
+    .context("cannot open the jobs database")?;
+    Ok(Some(Arc::new(shared)))
 }
 
 /// Runs the service until SIGTERM or Ctrl-C, then shuts down gracefully.

@@ -118,6 +118,17 @@ enum Rules {
     Deconvnet,
 }
 
+impl Rules {
+    /// The autodiff rule table this choice names.
+    fn set(self) -> explaind::onnx::autodiff::RuleSet {
+        match self {
+            Rules::Standard => explaind::onnx::autodiff::RuleSet::Exact,
+            Rules::GuidedBackprop => explaind::onnx::autodiff::RuleSet::ReluMaskedByInputAndGradient,
+            Rules::Deconvnet => explaind::onnx::autodiff::RuleSet::ReluMaskedByGradient,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -136,24 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bind,
             models,
             workers,
-        } => {
-            let mut cfg = Config::load(config.as_deref(), std::env::vars())?;
-            if let Some(b) = bind {
-                cfg.bind = b;
-            }
-            if let Some(m) = models {
-                cfg.models_dir = m;
-            }
-            if let Some(w) = workers {
-                cfg.workers = w;
-            }
-            let cfg = cfg.validated()?;
-            // Before any thread starts: the allocator settings apply to the whole process.
-            explaind::runtime::memory::tune_allocator(cfg.malloc_arenas, cfg.return_pass_memory);
-            explaind::telemetry::init_logging(cfg.log_format);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(explaind::serve(cfg))
-        }
+        } => serve(config, bind, models, workers),
         Command::Openapi => {
             print!(
                 "{}",
@@ -183,30 +177,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             input_shape,
             onnxruntime_library,
         } => {
-            let rules = match rules {
-                Rules::Standard => explaind::onnx::autodiff::RuleSet::Exact,
-                Rules::GuidedBackprop => explaind::onnx::autodiff::RuleSet::ReluMaskedByInputAndGradient,
-                Rules::Deconvnet => explaind::onnx::autodiff::RuleSet::ReluMaskedByGradient,
-            };
             let built = explaind::runtime::inspect::backward(
                 &model,
                 input.as_deref(),
                 output.as_deref(),
                 &layer,
-                rules,
+                rules.set(),
                 input_shape.as_deref(),
                 onnxruntime_library.as_deref(),
             )?;
-            std::fs::write(&out, prost::Message::encode_to_vec(&built.model))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
-            eprintln!(
-                "wrote {} (opset {}): input gradient `{}`, weights input `{}`",
-                out.display(),
-                built.opset,
-                built.input_grad,
-                explaind::onnx::autodiff::WEIGHTS_INPUT
-            );
-            Ok(())
+            write_backward(&out, &built)
         }
         Command::Inspect {
             model,
@@ -226,6 +206,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `serve`: the config from file, environment and flags, then the server until a signal.
+fn serve(
+    config: Option<PathBuf>,
+    bind: Option<String>,
+    models: Option<PathBuf>,
+    workers: Option<usize>,
+) -> anyhow::Result<()> {
+    let mut cfg = Config::load(config.as_deref(), std::env::vars())?;
+    if let Some(b) = bind {
+        cfg.bind = b;
+    }
+    if let Some(m) = models {
+        cfg.models_dir = m;
+    }
+    if let Some(w) = workers {
+        cfg.workers = w;
+    }
+    let cfg = cfg.validated()?;
+    // Before any thread starts: the allocator settings apply to the whole process.
+    explaind::runtime::memory::tune_allocator(cfg.malloc_arenas, cfg.return_pass_memory);
+    explaind::telemetry::init_logging(cfg.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(explaind::serve(cfg))
+}
+
+/// `backward`: writes the built model to `out` and says what it holds.
+fn write_backward(out: &std::path::Path, built: &explaind::onnx::autodiff::BackwardModel) -> anyhow::Result<()> {
+    std::fs::write(out, prost::Message::encode_to_vec(&built.model))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    eprintln!(
+        "wrote {} (opset {}): input gradient `{}`, weights input `{}`",
+        out.display(),
+        built.opset,
+        built.input_grad,
+        explaind::onnx::autodiff::WEIGHTS_INPUT
+    );
+    Ok(())
 }
 
 async fn audit(cfg: Config, command: AuditCommand) -> anyhow::Result<()> {

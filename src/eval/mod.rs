@@ -199,126 +199,27 @@ pub fn plan(
     targets: usize,
     limits: Limits,
 ) -> Result<Vec<ValidMetric>, Invalid> {
-    let bad = |m: String| Invalid::Request(m);
     if requests.len() > METRICS.len() {
-        return Err(bad(format!("evaluate: at most {} metrics", METRICS.len())));
+        return Err(Invalid::Request(format!("evaluate: at most {} metrics", METRICS.len())));
     }
     let features = feature_count(model);
     let image = model.spec.image.is_some();
-    let mut valid = Vec::with_capacity(requests.len());
-    for request in requests {
-        let options = match request {
-            MetricRequest::Name(name) => MetricOptions {
-                metric: name.clone(),
-                ..Default::default()
-            },
-            MetricRequest::Options(o) => o.clone(),
-        };
-        let metric = METRICS
-            .iter()
-            .find(|(n, _)| *n == options.metric)
-            .map(|(_, m)| *m)
-            .ok_or_else(|| {
-                let names: Vec<&str> = METRICS.iter().map(|(n, _)| *n).collect();
-                bad(format!(
-                    "no metric `{}`; metrics: {}",
-                    options.metric.chars().take(100).collect::<String>(),
-                    names.join(", ")
-                ))
-            })?;
-        let refuse = |field: &str, given: bool| match given {
-            true => Err(bad(format!("`{field}` does not apply to {}", options.metric))),
-            false => Ok(()),
-        };
-        let curve = matches!(metric, Metric::Deletion | Metric::Insertion);
-        refuse("steps", options.steps.is_some() && !curve)?;
-        refuse("nr_runs", options.nr_runs.is_some() && metric != Metric::MuFidelity)?;
-        refuse(
-            "subset_size",
-            options.subset_size.is_some() && metric != Metric::MuFidelity,
-        )?;
-        refuse(
-            "features_in_step",
-            options.features_in_step.is_some() && metric != Metric::PixelFlipping,
-        )?;
-        refuse(
-            "substrate",
-            options.substrate.is_some()
-                && matches!(
-                    metric,
-                    Metric::Sparseness | Metric::Complexity | Metric::ModelRandomization
-                ),
-        )?;
-        refuse(
-            "layers",
-            options.layers.is_some() && metric != Metric::ModelRandomization,
-        )?;
-        let substrate = options.substrate.unwrap_or(match metric {
-            Metric::Insertion if image => Substrate::Blur,
-            _ => Substrate::Black,
-        });
-        if substrate == Substrate::Blur && !image {
-            return Err(bad("substrate `blur` applies to image models".into()));
-        }
-        let checked = match metric {
-            Metric::Deletion | Metric::Insertion => {
-                let steps = options.steps.unwrap_or(DEFAULT_STEPS);
-                if steps == 0 || steps > MAX_STEPS {
-                    return Err(bad(format!("steps must be between 1 and {MAX_STEPS}, got {steps}")));
-                }
-                ValidMetric::Curve {
-                    metric,
-                    per_step: features.div_ceil(steps.min(features).max(1)),
-                    substrate,
-                }
-            }
-            Metric::PixelFlipping => {
-                let per_step = options
-                    .features_in_step
-                    .unwrap_or(features.div_ceil(DEFAULT_FLIP_STEPS).max(1));
-                if per_step == 0 || per_step > features.min(MAX_FEATURES) {
-                    return Err(bad(format!(
-                        "features_in_step must be between 1 and {features} (the features), got {per_step}"
-                    )));
-                }
-                ValidMetric::Curve {
-                    metric,
-                    per_step,
-                    substrate,
-                }
-            }
-            Metric::MuFidelity => {
-                let runs = options.nr_runs.unwrap_or(100);
-                if !(2..=MAX_RUNS).contains(&runs) {
-                    return Err(bad(format!("nr_runs must be between 2 and {MAX_RUNS}, got {runs}")));
-                }
-                let most = (features / 2).clamp(1, MAX_FEATURES);
-                let subset = options.subset_size.unwrap_or(224.min(most));
-                if subset == 0 || subset > most {
-                    return Err(bad(format!(
-                        "subset_size must be between 1 and {most} (half the features), got {subset}"
-                    )));
-                }
-                ValidMetric::MuFidelity {
-                    runs,
-                    subset,
-                    substrate,
-                }
-            }
-            Metric::Sparseness | Metric::Complexity => ValidMetric::Map(metric),
-            Metric::ModelRandomization => {
-                if let Some(layers) = options.layers {
-                    if layers == 0 || layers > MAX_RANDOMIZED {
-                        return Err(bad(format!(
-                            "layers must be between 1 and {MAX_RANDOMIZED}, got {layers}"
-                        )));
-                    }
-                }
-                ValidMetric::Randomization { layers: options.layers }
-            }
-        };
-        valid.push(checked);
-    }
+    let valid = requests
+        .iter()
+        .map(|request| {
+            let options = match request {
+                MetricRequest::Name(name) => MetricOptions {
+                    metric: name.clone(),
+                    ..Default::default()
+                },
+                MetricRequest::Options(o) => o.clone(),
+            };
+            let metric = metric_named(&options.metric)?;
+            refuse_foreign_fields(metric, &options)?;
+            let substrate = substrate_for(metric, &options, image)?;
+            check_metric(metric, &options, features, substrate)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let rows = valid
         .iter()
         .map(|m| m.rows(features))
@@ -331,6 +232,133 @@ pub fn plan(
         )));
     }
     Ok(valid)
+}
+
+/// The metric called `name`; 400 lists the metrics.
+fn metric_named(name: &str) -> Result<Metric, Invalid> {
+    METRICS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, m)| *m)
+        .ok_or_else(|| {
+            let names: Vec<&str> = METRICS.iter().map(|(n, _)| *n).collect();
+            Invalid::Request(format!(
+                "no metric `{}`; metrics: {}",
+                name.chars().take(100).collect::<String>(),
+                names.join(", ")
+            ))
+        })
+}
+
+/// Refuses a parameter given to a metric it does not apply to, rather than ignoring it.
+fn refuse_foreign_fields(metric: Metric, options: &MetricOptions) -> Result<(), Invalid> {
+    let refuse = |field: &str, given: bool| match given {
+        true => Err(Invalid::Request(format!(
+            "`{field}` does not apply to {}",
+            options.metric
+        ))),
+        false => Ok(()),
+    };
+    let curve = matches!(metric, Metric::Deletion | Metric::Insertion);
+    refuse("steps", options.steps.is_some() && !curve)?;
+    refuse("nr_runs", options.nr_runs.is_some() && metric != Metric::MuFidelity)?;
+    refuse(
+        "subset_size",
+        options.subset_size.is_some() && metric != Metric::MuFidelity,
+    )?;
+    refuse(
+        "features_in_step",
+        options.features_in_step.is_some() && metric != Metric::PixelFlipping,
+    )?;
+    refuse(
+        "substrate",
+        options.substrate.is_some()
+            && matches!(
+                metric,
+                Metric::Sparseness | Metric::Complexity | Metric::ModelRandomization
+            ),
+    )?;
+    refuse(
+        "layers",
+        options.layers.is_some() && metric != Metric::ModelRandomization,
+    )
+}
+
+/// The substrate removed features are replaced with: asked, or the metric's default for the model.
+fn substrate_for(metric: Metric, options: &MetricOptions, image: bool) -> Result<Substrate, Invalid> {
+    let substrate = options.substrate.unwrap_or(match metric {
+        Metric::Insertion if image => Substrate::Blur,
+        _ => Substrate::Black,
+    });
+    if substrate == Substrate::Blur && !image {
+        return Err(Invalid::Request("substrate `blur` applies to image models".into()));
+    }
+    Ok(substrate)
+}
+
+/// One metric's parameters checked against their bounds on `features` features, defaults filled in.
+fn check_metric(
+    metric: Metric,
+    options: &MetricOptions,
+    features: usize,
+    substrate: Substrate,
+) -> Result<ValidMetric, Invalid> {
+    let bad = |m: String| Err(Invalid::Request(m));
+    Ok(match metric {
+        Metric::Deletion | Metric::Insertion => {
+            let steps = options.steps.unwrap_or(DEFAULT_STEPS);
+            if steps == 0 || steps > MAX_STEPS {
+                return bad(format!("steps must be between 1 and {MAX_STEPS}, got {steps}"));
+            }
+            ValidMetric::Curve {
+                metric,
+                per_step: features.div_ceil(steps.min(features).max(1)),
+                substrate,
+            }
+        }
+        Metric::PixelFlipping => {
+            let per_step = options
+                .features_in_step
+                .unwrap_or(features.div_ceil(DEFAULT_FLIP_STEPS).max(1));
+            if per_step == 0 || per_step > features.min(MAX_FEATURES) {
+                return bad(format!(
+                    "features_in_step must be between 1 and {features} (the features), got {per_step}"
+                ));
+            }
+            ValidMetric::Curve {
+                metric,
+                per_step,
+                substrate,
+            }
+        }
+        Metric::MuFidelity => {
+            let runs = options.nr_runs.unwrap_or(100);
+            if !(2..=MAX_RUNS).contains(&runs) {
+                return bad(format!("nr_runs must be between 2 and {MAX_RUNS}, got {runs}"));
+            }
+            let most = (features / 2).clamp(1, MAX_FEATURES);
+            let subset = options.subset_size.unwrap_or(224.min(most));
+            if subset == 0 || subset > most {
+                return bad(format!(
+                    "subset_size must be between 1 and {most} (half the features), got {subset}"
+                ));
+            }
+            ValidMetric::MuFidelity {
+                runs,
+                subset,
+                substrate,
+            }
+        }
+        Metric::Sparseness | Metric::Complexity => ValidMetric::Map(metric),
+        Metric::ModelRandomization => {
+            if let Some(layers) = options.layers {
+                if layers == 0 || layers > MAX_RANDOMIZED {
+                    return bad(format!("layers must be between 1 and {MAX_RANDOMIZED}, got {layers}"));
+                }
+            }
+            ValidMetric::Randomization { layers: options.layers }
+        }
+    })
 }
 
 /// Spearman's rank correlation (ties share their mean rank); `None` when either side is constant.

@@ -139,29 +139,12 @@ impl Plan {
         let model = &plan.model;
         let n = plan.listing.ids.len();
         let classes = model.spec.labels.len();
-        let fail = |message: String| RuntimeError::Inference {
-            model: model.name.clone(),
-            message,
-        };
         ctx.plan(n);
-        let separate = plan.separate_embedding();
-        let mut embeddings = Vec::new();
-        let mut predictions = Vec::with_capacity(n);
-        let mut rows: Vec<CheckpointRows> = plan
-            .checkpoints
-            .iter()
-            .map(|(m, lr, l)| CheckpointRows {
-                model: m.name.clone(),
-                sha256: m.sha256.clone(),
-                lr: *lr,
-                bias: l.bias,
-                input: l.input.clone(),
-                logits: l.logits.clone(),
-                features_len: l.input_len,
-                features: Vec::with_capacity(n * l.input_len),
-                grads: Vec::with_capacity(n * classes),
-            })
-            .collect();
+        let mut out = Collected {
+            embeddings: Vec::new(),
+            predictions: Vec::with_capacity(n),
+            rows: plan.checkpoint_rows(n, classes),
+        };
         // The next steps' images are decoded on other threads (one per core, up to 4; step `i` on
         // thread `i % threads`) while this step's passes run.
         let listing = &plan.listing;
@@ -188,52 +171,102 @@ impl Plan {
                 ctx.checkpoint()?;
                 let batch = receivers[i % threads]
                     .recv()
-                    .map_err(|_| fail("the decoding thread stopped".into()))?
-                    .map_err(fail)?;
-                let take = |outs: &std::collections::HashMap<String, Tensor>, name: &str, len: usize| {
-                    let t = outs
-                        .get(name)
-                        .ok_or_else(|| fail(format!("the model gave no `{name}`")))?;
-                    let values = t.as_f32().unwrap_or(&[]).to_vec();
-                    if values.len() != (end - start) * len {
-                        return Err(fail(format!(
-                            "`{name}` holds {} values for {} rows, {len} each were expected",
-                            values.len(),
-                            end - start
-                        )));
-                    }
-                    Ok(values)
-                };
-                let mut outs = rt.run_with_outputs(model, &first_pass, &batch)?;
-                let scores = take(&outs, &model.spec.output, classes)?;
-                predictions.extend(scores.chunks(classes).map(|r| argmax(r) as u32));
-                if separate {
-                    embeddings.extend(take(&outs, &plan.head.embedding, plan.head.embedding_len)?);
-                }
-                for (k, ((m, _, l), kept)) in plan.checkpoints.iter().zip(&mut rows).enumerate() {
-                    if k > 0 {
-                        outs = rt.run_with_outputs(m, &[l.input.clone(), l.logits.clone()], &batch)?;
-                    }
-                    kept.features.extend(take(&outs, &l.input, l.input_len)?);
-                    let logits = take(&outs, &l.logits, classes)?;
-                    for (z, &label) in logits.chunks(classes).zip(&listing.labels[start..end]) {
-                        kept.grads.extend(loss_gradient(z, label as usize));
-                    }
-                }
+                    .map_err(|_| plan.fail("the decoding thread stopped".into()))?
+                    .map_err(|e| plan.fail(e))?;
+                plan.run_step(rt, &first_pass, &batch, (start, end), &mut out)?;
                 ctx.advance(end - start);
             }
             Ok(())
         })?;
         Ok(ReferenceSet::new(
             plan.listing,
-            predictions,
+            out.predictions,
             classes,
             plan.head,
-            embeddings,
-            rows,
+            out.embeddings,
+            out.rows,
             model.sha256.clone(),
         ))
     }
+
+    /// Each checkpoint's empty rows, sized for `n` rows.
+    fn checkpoint_rows(&self, n: usize, classes: usize) -> Vec<CheckpointRows> {
+        self.checkpoints
+            .iter()
+            .map(|(m, lr, l)| CheckpointRows {
+                model: m.name.clone(),
+                sha256: m.sha256.clone(),
+                lr: *lr,
+                bias: l.bias,
+                input: l.input.clone(),
+                logits: l.logits.clone(),
+                features_len: l.input_len,
+                features: Vec::with_capacity(n * l.input_len),
+                grads: Vec::with_capacity(n * classes),
+            })
+            .collect()
+    }
+
+    /// Runs rows `start..end` (`batch`): the model's predictions and embedding from `first_pass`,
+    /// then each checkpoint's last-layer input and loss gradient (checkpoint 0 reuses the first pass).
+    fn run_step(
+        &self,
+        rt: &mut WorkerRuntime,
+        first_pass: &[String],
+        batch: &Tensor,
+        (start, end): (usize, usize),
+        out: &mut Collected,
+    ) -> Result<(), RuntimeError> {
+        let model = &self.model;
+        let classes = model.spec.labels.len();
+        let take = |outs: &std::collections::HashMap<String, Tensor>, name: &str, len: usize| {
+            let t = outs
+                .get(name)
+                .ok_or_else(|| self.fail(format!("the model gave no `{name}`")))?;
+            let values = t.as_f32().unwrap_or(&[]).to_vec();
+            if values.len() != (end - start) * len {
+                return Err(self.fail(format!(
+                    "`{name}` holds {} values for {} rows, {len} each were expected",
+                    values.len(),
+                    end - start
+                )));
+            }
+            Ok(values)
+        };
+        let mut outs = rt.run_with_outputs(model, first_pass, batch)?;
+        let scores = take(&outs, &model.spec.output, classes)?;
+        out.predictions.extend(scores.chunks(classes).map(|r| argmax(r) as u32));
+        if self.separate_embedding() {
+            out.embeddings
+                .extend(take(&outs, &self.head.embedding, self.head.embedding_len)?);
+        }
+        for (k, ((m, _, l), rows)) in self.checkpoints.iter().zip(&mut out.rows).enumerate() {
+            if k > 0 {
+                outs = rt.run_with_outputs(m, &[l.input.clone(), l.logits.clone()], batch)?;
+            }
+            rows.features.extend(take(&outs, &l.input, l.input_len)?);
+            let logits = take(&outs, &l.logits, classes)?;
+            for (z, &label) in logits.chunks(classes).zip(&self.listing.labels[start..end]) {
+                rows.grads.extend(loss_gradient(z, label as usize));
+            }
+        }
+        Ok(())
+    }
+
+    /// A build failure, naming the model.
+    fn fail(&self, message: String) -> RuntimeError {
+        RuntimeError::Inference {
+            model: self.model.name.clone(),
+            message,
+        }
+    }
+}
+
+/// What a build collects, step by step.
+struct Collected {
+    embeddings: Vec<f32>,
+    predictions: Vec<u32>,
+    rows: Vec<CheckpointRows>,
 }
 
 fn argmax(row: &[f32]) -> usize {

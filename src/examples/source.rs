@@ -133,133 +133,144 @@ pub(crate) fn label_of(cell: &str, labels: &[String]) -> Option<u32> {
 
 /// Reads `model`'s reference files as its manifest names them (paths relative to its folder).
 pub fn read(model: &LoadedModel, spec: &ReferenceSpec, max_rows: usize) -> Result<Listing, String> {
-    let labels = &model.spec.labels;
-    let bad_label = |cell: &str| {
-        format!(
-            "label `{}` is neither a label name nor a class index below {}",
-            cell.chars().take(100).collect::<String>(),
-            labels.len()
-        )
-    };
-    let mut hash = Sha256::new();
     match (&spec.images, &spec.labels, &spec.csv) {
-        (Some(images), Some(labels_csv), _) => {
-            let dir = model.dir.join(images);
-            let path = model.dir.join(labels_csv);
-            let (csv, bytes) = read_csv(&path, max_rows)?;
-            hash.update(&bytes);
-            let (id_col, label_col) = (column(&csv, &path, "id")?, column(&csv, &path, "label")?);
-            let mut ids = Vec::with_capacity(csv.lines.len());
-            let mut classes = Vec::with_capacity(csv.lines.len());
-            let mut seen = std::collections::HashSet::new();
-            let mut bad = BadLines::new(&path);
-            for (line, cells) in &csv.lines {
-                let (Some(id), Some(label)) = (cells.get(id_col), cells.get(label_col)) else {
-                    if bad.add(*line, "fewer cells than the header") {
-                        continue;
-                    }
-                    break;
-                };
-                let id_shown = id.chars().take(100).collect::<String>();
-                // A plain file name inside the folder: no paths out of it.
-                let checked = if !is_file_name(id) {
-                    Err(format!("id `{id_shown}` is not a file name"))
-                } else if !seen.insert(id.clone()) {
-                    Err(format!("id `{id_shown}` appears twice"))
-                } else {
-                    label_of(label, labels)
-                        .ok_or_else(|| bad_label(label))
-                        .and_then(|class| {
-                            let file = dir.join(id);
-                            // Once a line is bad the set is refused: later lines are only checked
-                            // for their file, not read and hashed.
-                            let image = match bad.lines.is_empty() {
-                                true => std::fs::read(&file),
-                                false => std::fs::metadata(&file).map(|_| Vec::new()),
-                            };
-                            image
-                                .map(|image| (class, image))
-                                .map_err(|e| format!("image `{id_shown}`: {}", unreadable(&e)))
-                        })
-                };
-                let (class, image) = match checked {
-                    Ok(found) => found,
-                    Err(why) if bad.add(*line, &why) => continue,
-                    Err(_) => break,
-                };
-                if !bad.lines.is_empty() {
-                    continue;
-                }
-                hash.update((id.len() as u64).to_le_bytes());
-                hash.update(id.as_bytes());
-                hash.update((image.len() as u64).to_le_bytes());
-                hash.update(&image);
-                ids.push(id.clone());
-                classes.push(class);
-            }
-            bad.into_result()?;
-            Ok(Listing {
-                ids,
-                labels: classes,
-                inputs: Inputs::Images(dir),
-                sha256: hex::encode(hash.finalize()),
-            })
-        }
-        (None, None, Some(rows_csv)) => {
-            let path = model.dir.join(rows_csv);
-            let (csv, bytes) = read_csv(&path, max_rows)?;
-            hash.update(&bytes);
-            let features = &model
-                .spec
-                .tabular
-                .as_ref()
-                .ok_or("a tabular reference set for an image model")?
-                .features;
-            let label_col = column(&csv, &path, "label")?;
-            let cols: Vec<usize> = features
-                .iter()
-                .map(|f| column(&csv, &path, f))
-                .collect::<Result<_, _>>()?;
-            let mut rows = Vec::with_capacity(csv.lines.len());
-            let mut classes = Vec::with_capacity(csv.lines.len());
-            let mut bad = BadLines::new(&path);
-            for (line, cells) in &csv.lines {
-                let checked = cells
-                    .get(label_col)
-                    .ok_or_else(|| "fewer cells than the header".to_string())
-                    .and_then(|label| label_of(label, labels).ok_or_else(|| bad_label(label)))
-                    .and_then(|class| {
-                        let row = cols
-                            .iter()
-                            .map(|&c| {
-                                cells
-                                    .get(c)
-                                    .and_then(|v| v.parse::<f32>().ok())
-                                    .filter(|v| v.is_finite())
-                                    .ok_or_else(|| format!("column `{}` is not a number", csv.header[c]))
-                            })
-                            .collect::<Result<Vec<f32>, String>>()?;
-                        Ok((class, row))
-                    });
-                match checked {
-                    Ok((class, row)) => {
-                        classes.push(class);
-                        rows.push(row);
-                    }
-                    Err(why) if bad.add(*line, &why) => {}
-                    Err(_) => break,
-                }
-            }
-            bad.into_result()?;
-            Ok(Listing {
-                ids: (0..rows.len()).map(|i| i.to_string()).collect(),
-                labels: classes,
-                inputs: Inputs::Rows(rows),
-                sha256: hex::encode(hash.finalize()),
-            })
-        }
+        (Some(images), Some(labels_csv), _) => read_images(model, images, labels_csv, max_rows),
+        (None, None, Some(rows_csv)) => read_rows(model, rows_csv, max_rows),
         _ => Err("the reference section names neither images with labels nor a csv".into()),
     }
+}
+
+/// Why a label cell is refused, naming the class count.
+fn bad_label(cell: &str, labels: &[String]) -> String {
+    format!(
+        "label `{}` is neither a label name nor a class index below {}",
+        cell.chars().take(100).collect::<String>(),
+        labels.len()
+    )
+}
+
+/// An image set: a folder of files and a CSV of `id,label`; the hash covers the CSV and every
+/// image read.
+fn read_images(model: &LoadedModel, images: &str, labels_csv: &str, max_rows: usize) -> Result<Listing, String> {
+    let dir = model.dir.join(images);
+    let path = model.dir.join(labels_csv);
+    let labels = &model.spec.labels;
+    let mut hash = Sha256::new();
+    let (csv, bytes) = read_csv(&path, max_rows)?;
+    hash.update(&bytes);
+    let (id_col, label_col) = (column(&csv, &path, "id")?, column(&csv, &path, "label")?);
+    let mut ids = Vec::with_capacity(csv.lines.len());
+    let mut classes = Vec::with_capacity(csv.lines.len());
+    let mut seen = std::collections::HashSet::new();
+    let mut bad = BadLines::new(&path);
+    for (line, cells) in &csv.lines {
+        let (Some(id), Some(label)) = (cells.get(id_col), cells.get(label_col)) else {
+            if bad.add(*line, "fewer cells than the header") {
+                continue;
+            }
+            break;
+        };
+        let id_shown = id.chars().take(100).collect::<String>();
+        // A plain file name inside the folder: no paths out of it.
+        let checked = if !is_file_name(id) {
+            Err(format!("id `{id_shown}` is not a file name"))
+        } else if !seen.insert(id.clone()) {
+            Err(format!("id `{id_shown}` appears twice"))
+        } else {
+            label_of(label, labels)
+                .ok_or_else(|| bad_label(label, labels))
+                .and_then(|class| {
+                    let file = dir.join(id);
+                    // Once a line is bad the set is refused: later lines are only checked
+                    // for their file, not read and hashed.
+                    let image = match bad.lines.is_empty() {
+                        true => std::fs::read(&file),
+                        false => std::fs::metadata(&file).map(|_| Vec::new()),
+                    };
+                    image
+                        .map(|image| (class, image))
+                        .map_err(|e| format!("image `{id_shown}`: {}", unreadable(&e)))
+                })
+        };
+        let (class, image) = match checked {
+            Ok(found) => found,
+            Err(why) if bad.add(*line, &why) => continue,
+            Err(_) => break,
+        };
+        if !bad.lines.is_empty() {
+            continue;
+        }
+        hash.update((id.len() as u64).to_le_bytes());
+        hash.update(id.as_bytes());
+        hash.update((image.len() as u64).to_le_bytes());
+        hash.update(&image);
+        ids.push(id.clone());
+        classes.push(class);
+    }
+    bad.into_result()?;
+    Ok(Listing {
+        ids,
+        labels: classes,
+        inputs: Inputs::Images(dir),
+        sha256: hex::encode(hash.finalize()),
+    })
+}
+
+/// A tabular set: one CSV with a column per feature and a `label` column.
+fn read_rows(model: &LoadedModel, rows_csv: &str, max_rows: usize) -> Result<Listing, String> {
+    let path = model.dir.join(rows_csv);
+    let labels = &model.spec.labels;
+    let mut hash = Sha256::new();
+    let (csv, bytes) = read_csv(&path, max_rows)?;
+    hash.update(&bytes);
+    let features = &model
+        .spec
+        .tabular
+        .as_ref()
+        .ok_or("a tabular reference set for an image model")?
+        .features;
+    let label_col = column(&csv, &path, "label")?;
+    let cols: Vec<usize> = features
+        .iter()
+        .map(|f| column(&csv, &path, f))
+        .collect::<Result<_, _>>()?;
+    let mut rows = Vec::with_capacity(csv.lines.len());
+    let mut classes = Vec::with_capacity(csv.lines.len());
+    let mut bad = BadLines::new(&path);
+    for (line, cells) in &csv.lines {
+        let checked = cells
+            .get(label_col)
+            .ok_or_else(|| "fewer cells than the header".to_string())
+            .and_then(|label| label_of(label, labels).ok_or_else(|| bad_label(label, labels)))
+            .and_then(|class| {
+                let row = cols
+                    .iter()
+                    .map(|&c| {
+                        cells
+                            .get(c)
+                            .and_then(|v| v.parse::<f32>().ok())
+                            .filter(|v| v.is_finite())
+                            .ok_or_else(|| format!("column `{}` is not a number", csv.header[c]))
+                    })
+                    .collect::<Result<Vec<f32>, String>>()?;
+                Ok((class, row))
+            });
+        match checked {
+            Ok((class, row)) => {
+                classes.push(class);
+                rows.push(row);
+            }
+            Err(why) if bad.add(*line, &why) => {}
+            Err(_) => break,
+        }
+    }
+    bad.into_result()?;
+    Ok(Listing {
+        ids: (0..rows.len()).map(|i| i.to_string()).collect(),
+        labels: classes,
+        inputs: Inputs::Rows(rows),
+        sha256: hex::encode(hash.finalize()),
+    })
 }
 
 impl Listing {

@@ -97,13 +97,9 @@ pub fn save(path: &Path, set: &ReferenceSet) -> Result<(), String> {
     write().map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// The set kept at `path` (`None` when there is none), its rows' inputs from `inputs`.
-pub fn load(path: &Path, inputs: Inputs) -> Result<Option<ReferenceSet>, String> {
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => std::io::BufReader::new(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
+/// The file's magic, its JSON header and the head in it; the header's float counts are checked
+/// against the file's size before anything is allocated for them.
+fn read_header(file: &mut impl Read, path: &Path) -> Result<(Header, Head), String> {
     let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
     let mut magic = [0u8; 8];
     let mut len = [0u8; 8];
@@ -118,8 +114,8 @@ pub fn load(path: &Path, inputs: Inputs) -> Result<Option<ReferenceSet>, String>
     }
     let mut json = vec![0u8; len as usize];
     file.read_exact(&mut json).map_err(|e| e.to_string())?;
-    let header: Header = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
-    let head: Head = serde_json::from_value(header.head.0).map_err(|e| e.to_string())?;
+    let mut header: Header = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+    let head: Head = serde_json::from_value(std::mem::take(&mut header.head.0)).map_err(|e| e.to_string())?;
     let floats_total = header.embeddings as u64
         + header
             .checkpoints
@@ -130,6 +126,17 @@ pub fn load(path: &Path, inputs: Inputs) -> Result<Option<ReferenceSet>, String>
     if 16 + len + floats_total * 4 != size {
         return Err("the file's size does not match its header".into());
     }
+    Ok((header, head))
+}
+
+/// The set kept at `path` (`None` when there is none), its rows' inputs from `inputs`.
+pub fn load(path: &Path, inputs: Inputs) -> Result<Option<ReferenceSet>, String> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => std::io::BufReader::new(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let (header, head) = read_header(&mut file, path)?;
     let mut floats = |n: usize| -> Result<Vec<f32>, String> {
         let mut v = vec![0f32; n];
         file.read_exact(bytemuck::cast_slice_mut(&mut v))

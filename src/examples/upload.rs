@@ -31,12 +31,14 @@ pub fn folder(data_dir: &Path, model: &str) -> PathBuf {
     data_dir.join("reference").join(format!("{model}.uploads"))
 }
 
+/// One checked row: its id, class and the bytes written for it (an image file, or a CSV line's
+/// cells).
+type Row = (String, u32, Vec<u8>);
+
 /// Checks every line of `body` and writes the rows into `dir` (created); the spec that reads
 /// them, with the manifest's other settings. An error names the first bad lines.
 pub fn write(model: &LoadedModel, body: &[u8], dir: &Path, max_rows: usize) -> Result<ReferenceSpec, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8 text".to_string())?;
-    let labels = &model.spec.labels;
-    let image = model.spec.image.is_some();
     let mut bad = Vec::new();
     let mut rows = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -44,45 +46,9 @@ pub fn write(model: &LoadedModel, body: &[u8], dir: &Path, max_rows: usize) -> R
         if rows.len() == max_rows {
             return Err(format!("more than {max_rows} rows (max_reference_rows)"));
         }
-        let parsed: Result<(String, u32, Vec<u8>), String> = serde_json::from_str::<Line>(line)
+        let parsed = serde_json::from_str::<Line>(line)
             .map_err(|e| e.to_string())
-            .and_then(|l| {
-                let class = match &l.label {
-                    serde_json::Value::String(s) => label_of(s, labels),
-                    serde_json::Value::Number(i) => i.as_u64().and_then(|i| label_of(&i.to_string(), labels)),
-                    _ => None,
-                }
-                .ok_or_else(|| format!("label {} is neither a label name nor a class index", l.label))?;
-                if image {
-                    let id = l.id.ok_or("an image row needs an `id` (its file name)")?;
-                    if !is_file_name(&id) {
-                        return Err(format!(
-                            "id `{}` is not a file name",
-                            id.chars().take(100).collect::<String>()
-                        ));
-                    }
-                    if !seen.insert(id.clone()) {
-                        return Err(format!("id `{id}` appears twice"));
-                    }
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(l.image.ok_or("an image row needs `image` (base64)")?.trim())
-                        .map_err(|e| format!("image: not base64: {e}"))?;
-                    image::guess_format(&bytes).map_err(|_| "image: not a PNG or JPEG file".to_string())?;
-                    Ok((id, class, bytes))
-                } else {
-                    let features = l.features.ok_or("a tabular row needs `features`")?;
-                    let spec = model.spec.tabular.as_ref().ok_or("the model takes no features")?;
-                    let input = match features {
-                        serde_json::Value::Array(v) => crate::runtime::preprocess::Features::Ordered(v),
-                        serde_json::Value::Object(m) => crate::runtime::preprocess::Features::Named(m),
-                        _ => return Err("`features` is neither a list nor an object".into()),
-                    };
-                    let tensor =
-                        crate::runtime::preprocess::prepare_features(&input, spec).map_err(|e| e.to_string())?;
-                    let cells: Vec<String> = tensor.as_f32().unwrap_or(&[]).iter().map(f32::to_string).collect();
-                    Ok((rows.len().to_string(), class, cells.join(",").into_bytes()))
-                }
-            });
+            .and_then(|l| checked_row(model, l, &mut seen, rows.len()));
         match parsed {
             Ok(row) => rows.push(row),
             Err(e) => {
@@ -99,36 +65,91 @@ pub fn write(model: &LoadedModel, body: &[u8], dir: &Path, max_rows: usize) -> R
     if rows.is_empty() {
         return Err("no rows".into());
     }
-    let io = |e: std::io::Error| cannot_write(dir, e);
-    if image {
-        std::fs::create_dir_all(dir.join("images")).map_err(io)?;
-        let mut csv = String::from("id,label\n");
-        for (id, class, bytes) in &rows {
-            std::fs::write(dir.join("images").join(id), bytes).map_err(io)?;
-            csv.push_str(&format!("{id},{class}\n"));
-        }
-        std::fs::write(dir.join("labels.csv"), csv).map_err(io)?;
-    } else {
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let features = model
-            .spec
-            .tabular
-            .as_ref()
-            .map(|t| t.features.as_slice())
-            .unwrap_or_default();
-        // Feature names may hold commas: the CSV's header is written quoted.
-        let mut csv = features
-            .iter()
-            .map(|f| format!("\"{f}\""))
-            .collect::<Vec<_>>()
-            .join(",");
-        csv.push_str(",label\n");
-        for (_, class, cells) in &rows {
-            csv.push_str(&format!("{},{class}\n", String::from_utf8_lossy(cells)));
-        }
-        std::fs::write(dir.join("rows.csv"), csv).map_err(io)?;
+    match model.spec.image.is_some() {
+        true => write_images(&rows, dir),
+        false => write_rows(model, &rows, dir),
     }
+    .map_err(|e| cannot_write(dir, e))?;
     spec_in(dir, model).ok_or_else(|| "the upload's files were not written".to_string())
+}
+
+/// One parsed line checked against `model`: its label, and an image (a file name not `seen`
+/// before, base64 PNG or JPEG) or features (as a request's, prepared). Tabular rows are
+/// numbered from `index`.
+fn checked_row(
+    model: &LoadedModel,
+    l: Line,
+    seen: &mut std::collections::HashSet<String>,
+    index: usize,
+) -> Result<Row, String> {
+    let labels = &model.spec.labels;
+    let class = match &l.label {
+        serde_json::Value::String(s) => label_of(s, labels),
+        serde_json::Value::Number(i) => i.as_u64().and_then(|i| label_of(&i.to_string(), labels)),
+        _ => None,
+    }
+    .ok_or_else(|| format!("label {} is neither a label name nor a class index", l.label))?;
+    if model.spec.image.is_some() {
+        let id = l.id.ok_or("an image row needs an `id` (its file name)")?;
+        if !is_file_name(&id) {
+            return Err(format!(
+                "id `{}` is not a file name",
+                id.chars().take(100).collect::<String>()
+            ));
+        }
+        if !seen.insert(id.clone()) {
+            return Err(format!("id `{id}` appears twice"));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(l.image.ok_or("an image row needs `image` (base64)")?.trim())
+            .map_err(|e| format!("image: not base64: {e}"))?;
+        image::guess_format(&bytes).map_err(|_| "image: not a PNG or JPEG file".to_string())?;
+        Ok((id, class, bytes))
+    } else {
+        let features = l.features.ok_or("a tabular row needs `features`")?;
+        let spec = model.spec.tabular.as_ref().ok_or("the model takes no features")?;
+        let input = match features {
+            serde_json::Value::Array(v) => crate::runtime::preprocess::Features::Ordered(v),
+            serde_json::Value::Object(m) => crate::runtime::preprocess::Features::Named(m),
+            _ => return Err("`features` is neither a list nor an object".into()),
+        };
+        let tensor = crate::runtime::preprocess::prepare_features(&input, spec).map_err(|e| e.to_string())?;
+        let cells: Vec<String> = tensor.as_f32().unwrap_or(&[]).iter().map(f32::to_string).collect();
+        Ok((index.to_string(), class, cells.join(",").into_bytes()))
+    }
+}
+
+/// An image set as a manifest names one: `images/` and `labels.csv`.
+fn write_images(rows: &[Row], dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir.join("images"))?;
+    let mut csv = String::from("id,label\n");
+    for (id, class, bytes) in rows {
+        std::fs::write(dir.join("images").join(id), bytes)?;
+        csv.push_str(&format!("{id},{class}\n"));
+    }
+    std::fs::write(dir.join("labels.csv"), csv)
+}
+
+/// A tabular set as a manifest names one: `rows.csv`, a column per feature and `label`.
+fn write_rows(model: &LoadedModel, rows: &[Row], dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let features = model
+        .spec
+        .tabular
+        .as_ref()
+        .map(|t| t.features.as_slice())
+        .unwrap_or_default();
+    // Feature names may hold commas: the CSV's header is written quoted.
+    let mut csv = features
+        .iter()
+        .map(|f| format!("\"{f}\""))
+        .collect::<Vec<_>>()
+        .join(",");
+    csv.push_str(",label\n");
+    for (_, class, cells) in rows {
+        csv.push_str(&format!("{},{class}\n", String::from_utf8_lossy(cells)));
+    }
+    std::fs::write(dir.join("rows.csv"), csv)
 }
 
 /// The spec of the uploaded set in force for `model`, when there is one.

@@ -238,10 +238,7 @@ impl Admission {
                 return;
             }
             if let Some(p) = &progress {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-                p.started_ms
-                    .store(now.map(|d| d.as_millis() as u64).unwrap_or(0), Ordering::SeqCst);
-                p.started.store(true, Ordering::SeqCst);
+                mark_started(p);
             }
             // Concurrent jobs together hold what one alone could: a big one waits for the others.
             let Some(_lease) = running_bytes.lease_unless(bytes, || ctx.is_cancelled() || reply.is_closed()) else {
@@ -252,20 +249,7 @@ impl Admission {
             let started = Instant::now();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| task.run(rt, &ctx)));
             metrics.job_duration.observe(started.elapsed().as_secs_f64());
-            let result = match outcome {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(RuntimeError::Cancelled)) => {
-                    metrics.jobs_cancelled.inc();
-                    Err(ExecError::DeadlineExceeded(deadline - admitted))
-                }
-                Ok(Err(e)) => Err(ExecError::Runtime(e)),
-                Err(panic) => {
-                    let message = panic_message(&panic);
-                    tracing::error!(panic = %message, "job panicked; the worker carries on");
-                    Err(ExecError::Panicked(message))
-                }
-            };
-            let _ = reply.send(result);
+            let _ = reply.send(settled(outcome, &metrics, deadline - admitted));
         });
         {
             let sender = executor.sender.lock().unwrap_or_else(|p| p.into_inner());
@@ -283,6 +267,36 @@ impl Admission {
             Err(_) => Err(ExecError::DeadlineExceeded(limit)),
         }
     }
+}
+
+/// A job's outcome as its caller gets it: a cancellation counts as the deadline passing after
+/// `limit`, a panic is logged and answered (the worker carries on).
+fn settled<T>(
+    outcome: std::thread::Result<Result<T, RuntimeError>>,
+    metrics: &Metrics,
+    limit: Duration,
+) -> Result<T, ExecError> {
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(RuntimeError::Cancelled)) => {
+            metrics.jobs_cancelled.inc();
+            Err(ExecError::DeadlineExceeded(limit))
+        }
+        Ok(Err(e)) => Err(ExecError::Runtime(e)),
+        Err(panic) => {
+            let message = panic_message(&panic);
+            tracing::error!(panic = %message, "job panicked; the worker carries on");
+            Err(ExecError::Panicked(message))
+        }
+    }
+}
+
+/// Records that a worker started the job, and when (milliseconds since the Unix epoch).
+fn mark_started(p: &Progress) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    p.started_ms
+        .store(now.map(|d| d.as_millis() as u64).unwrap_or(0), Ordering::SeqCst);
+    p.started.store(true, Ordering::SeqCst);
 }
 
 struct CancelOnDrop(Arc<AtomicBool>);

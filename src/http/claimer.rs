@@ -99,6 +99,8 @@ impl Claimer {
     }
 }
 
+/// Claims a shared job whenever a worker is idle, sweeps expired jobs now and then, and otherwise
+/// waits for a notification, a poll tick or the stop.
 async fn claim_loop(
     state: Arc<AppState>,
     shared: Arc<SharedJobs>,
@@ -128,39 +130,7 @@ async fn claim_loop(
         }
         match shared.claim().await {
             Ok(Some(job)) => {
-                let control = Control {
-                    deadline: Duration::from_millis(state.config.async_job_deadline_ms),
-                    cancelled: Arc::new(AtomicBool::new(false)),
-                    progress: Arc::new(Progress::default()),
-                };
-                lock(&running).insert(
-                    job.id.clone(),
-                    Running {
-                        attempt: job.attempt,
-                        control: control.clone(),
-                    },
-                );
-                tracing::info!(job = %job.id, attempt = job.attempt, model = %job.model, "shared job claimed");
-                let (state, shared, running, ended) = (state.clone(), shared.clone(), running.clone(), ended.clone());
-                tokio::spawn(async move {
-                    let outcome = execute(&state, &job, control.clone()).await;
-                    let run = RunProgress::of(&control.progress);
-                    let written = match outcome {
-                        Some(outcome) => shared.finish(&job.id, job.attempt, outcome, &run).await,
-                        None => shared.release(&job.id, job.attempt).await.map(|_| false),
-                    };
-                    match written {
-                        Ok(true) => tracing::info!(job = %job.id, "shared job finished"),
-                        Ok(false) => {
-                            tracing::info!(job = %job.id, "shared job ended elsewhere: cancelled, given back or taken over")
-                        }
-                        Err(e) => {
-                            tracing::warn!(job = %job.id, error = %e, "could not write the job's outcome; its lease will expire and it runs again")
-                        }
-                    }
-                    lock(&running).remove(&job.id);
-                    ended.notify_one();
-                });
+                start_run(&state, &shared, &running, &ended, job);
                 continue;
             }
             Ok(None) => {}
@@ -168,11 +138,7 @@ async fn claim_loop(
         }
         if last_sweep.is_none_or(|t| t.elapsed() > sweep_every) {
             last_sweep = Some(Instant::now());
-            match shared.sweep().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "expired shared jobs removed"),
-                Err(e) => tracing::warn!(error = %e, "could not remove expired shared jobs"),
-            }
+            sweep_expired(&shared).await;
         }
         match listener.as_mut() {
             Some(l) => tokio::select! {
@@ -188,6 +154,58 @@ async fn claim_loop(
                 listener = shared.listener().await.ok();
             }
         }
+    }
+}
+
+/// Records a claimed job as running here and runs it on its own task.
+fn start_run(
+    state: &Arc<AppState>,
+    shared: &Arc<SharedJobs>,
+    running: &RunningJobs,
+    ended: &Arc<Notify>,
+    job: Claimed,
+) {
+    let control = Control {
+        deadline: Duration::from_millis(state.config.async_job_deadline_ms),
+        cancelled: Arc::new(AtomicBool::new(false)),
+        progress: Arc::new(Progress::default()),
+    };
+    lock(running).insert(
+        job.id.clone(),
+        Running {
+            attempt: job.attempt,
+            control: control.clone(),
+        },
+    );
+    tracing::info!(job = %job.id, attempt = job.attempt, model = %job.model, "shared job claimed");
+    let (state, shared, running, ended) = (state.clone(), shared.clone(), running.clone(), ended.clone());
+    tokio::spawn(async move {
+        let outcome = execute(&state, &job, control.clone()).await;
+        let run = RunProgress::of(&control.progress);
+        let written = match outcome {
+            Some(outcome) => shared.finish(&job.id, job.attempt, outcome, &run).await,
+            None => shared.release(&job.id, job.attempt).await.map(|_| false),
+        };
+        match written {
+            Ok(true) => tracing::info!(job = %job.id, "shared job finished"),
+            Ok(false) => {
+                tracing::info!(job = %job.id, "shared job ended elsewhere: cancelled, given back or taken over")
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "could not write the job's outcome; its lease will expire and it runs again")
+            }
+        }
+        lock(&running).remove(&job.id);
+        ended.notify_one();
+    });
+}
+
+/// Removes the shared jobs past their time to live.
+async fn sweep_expired(shared: &SharedJobs) {
+    match shared.sweep().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "expired shared jobs removed"),
+        Err(e) => tracing::warn!(error = %e, "could not remove expired shared jobs"),
     }
 }
 

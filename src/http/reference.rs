@@ -225,64 +225,23 @@ pub async fn upload(
         }
     };
     let dir = crate::examples::upload::folder(&config.data_dir, &m.name).join(uuid::Uuid::new_v4().to_string());
-    let (model2, dir2, max_rows) = (m.clone(), dir.clone(), config.max_reference_rows);
-    let spec = tokio::task::spawn_blocking(move || {
-        let written = match form {
-            Some(parts) => crate::examples::upload::write_form(&model2, parts, &dir2),
-            None => crate::examples::upload::write(&model2, &received.bytes, &dir2, max_rows),
-        };
-        if written.is_err() {
-            let _ = std::fs::remove_dir_all(&dir2);
-        }
-        written
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, format!("the upload was refused: {e}")))?;
-    let (model2, state2, dir2) = (m.clone(), state.clone(), dir.clone());
-    let plan = tokio::task::spawn_blocking(move || {
-        crate::examples::build::Plan::new(&model2, &spec, &state2.registry, &state2.gradients, &state2.config)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| {
-        let _ = std::fs::remove_dir_all(&dir2);
-        ApiError::new(
-            ProblemKind::InvalidInput,
-            format!("the upload cannot serve as a reference set: {e}"),
-        )
-    })?;
+    let spec = write_upload(&m, received, form, &dir, config.max_reference_rows).await?;
+    let plan = plan_upload(&state, &m, spec, &dir).await?;
     let admission = state.executor.admit()?;
     // A build belongs to this replica's files, so it stays on this replica's board.
     let (id, control) = state
         .jobs
         .create(&m.name, "reference", owner.as_deref(), usize::MAX)
         .map_err(|e| ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(config.retry_after_secs))?;
-    let (task_state, task_id) = (state.clone(), id.clone());
-    tokio::spawn(async move {
-        let state = task_state;
-        let data_dir = state.config.data_dir.clone();
-        let built = crate::jobs::reference::build_and_keep(admission, plan, control, &data_dir).await;
-        let outcome =
-            match built.and_then(|set| crate::examples::upload::put_in_force(&data_dir, &m.name, &dir).map(|()| set)) {
-                Ok(set) => {
-                    let summary = set.summary();
-                    state.references.put(&m.name, Arc::new(set));
-                    tracing::info!(model = %m.name, rows = summary.rows, "uploaded reference set in force");
-                    Ok(serde_json::to_value(summary).unwrap_or_default())
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    tracing::warn!(model = %m.name, error = %e, "reference upload failed; the previous set stays");
-                    let problem = ApiError::new(
-                        ProblemKind::InvalidInput,
-                        format!("the reference set was not built: {e}"),
-                    );
-                    Err(problem.problem_json())
-                }
-            };
-        state.jobs.finish(&task_id, outcome);
-    });
+    tokio::spawn(build_and_put_in_force(
+        state.clone(),
+        admission,
+        plan,
+        control,
+        m,
+        dir,
+        id.clone(),
+    ));
     let view = state
         .jobs
         .get(&id, &viewer)
@@ -290,8 +249,93 @@ pub async fn upload(
     Ok(super::jobs::accepted(view))
 }
 
+/// Checks the upload and writes its files into `dir` (removed when refused): the spec that reads
+/// them. 400 names the bad lines.
+async fn write_upload(
+    m: &Arc<LoadedModel>,
+    received: super::input::ReceivedBody,
+    form: Option<FormParts>,
+    dir: &std::path::Path,
+    max_rows: usize,
+) -> Result<crate::runtime::manifest::ReferenceSpec, ApiError> {
+    let (model, dir) = (m.clone(), dir.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let written = match form {
+            Some(parts) => crate::examples::upload::write_form(&model, parts, &dir),
+            None => crate::examples::upload::write(&model, &received.bytes, &dir, max_rows),
+        };
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        written
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::new(ProblemKind::InvalidRequest, format!("the upload was refused: {e}")))
+}
+
+/// What building the uploaded set would take; 422 (and `dir` removed) for a set this model cannot
+/// read or one over `max_reference_bytes`.
+async fn plan_upload(
+    state: &Arc<AppState>,
+    m: &Arc<LoadedModel>,
+    spec: crate::runtime::manifest::ReferenceSpec,
+    dir: &std::path::Path,
+) -> Result<crate::examples::build::Plan, ApiError> {
+    let (model, state, dir) = (m.clone(), state.clone(), dir.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        crate::examples::build::Plan::new(&model, &spec, &state.registry, &state.gradients, &state.config)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| {
+        let _ = std::fs::remove_dir_all(&dir);
+        ApiError::new(
+            ProblemKind::InvalidInput,
+            format!("the upload cannot serve as a reference set: {e}"),
+        )
+    })
+}
+
+/// The upload's build job: on success the set is put in force (in memory and for the next start);
+/// on failure its folder is removed and the previous set stays.
+async fn build_and_put_in_force(
+    state: Arc<AppState>,
+    admission: crate::executor::Admission,
+    plan: crate::examples::build::Plan,
+    control: crate::executor::Control,
+    m: Arc<LoadedModel>,
+    dir: std::path::PathBuf,
+    task_id: String,
+) {
+    let data_dir = state.config.data_dir.clone();
+    let built = crate::jobs::reference::build_and_keep(admission, plan, control, &data_dir).await;
+    let outcome =
+        match built.and_then(|set| crate::examples::upload::put_in_force(&data_dir, &m.name, &dir).map(|()| set)) {
+            Ok(set) => {
+                let summary = set.summary();
+                state.references.put(&m.name, Arc::new(set));
+                tracing::info!(model = %m.name, rows = summary.rows, "uploaded reference set in force");
+                Ok(serde_json::to_value(summary).unwrap_or_default())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                tracing::warn!(model = %m.name, error = %e, "reference upload failed; the previous set stays");
+                let problem = ApiError::new(
+                    ProblemKind::InvalidInput,
+                    format!("the reference set was not built: {e}"),
+                );
+                Err(problem.problem_json())
+            }
+        };
+    state.jobs.finish(&task_id, outcome);
+}
+
 /// A multipart upload's parts: (name, file name, bytes).
-async fn form_parts(received: &super::input::ReceivedBody) -> Result<Vec<(String, Option<String>, Vec<u8>)>, ApiError> {
+type FormParts = Vec<(String, Option<String>, Vec<u8>)>;
+
+/// Reads a multipart upload's parts.
+async fn form_parts(received: &super::input::ReceivedBody) -> Result<FormParts, ApiError> {
     let bad = |m: String| ApiError::new(ProblemKind::InvalidRequest, m);
     let boundary = multer::parse_boundary(&received.content_type).map_err(|e| bad(format!("multipart body: {e}")))?;
     let bytes = received.bytes.clone();

@@ -9,6 +9,9 @@ use crate::onnx::autodiff::{ShapeMap, TensorShape};
 use crate::onnx::proto::{data_type, type_proto, ModelProto, ValueInfoProto};
 use crate::onnx::summary::{Dim, ModelSummary};
 
+/// One probe run's outputs: each tensor's element type and dimensions.
+type Run = HashMap<String, (i32, Vec<usize>)>;
+
 /// Probes every tensor's shape; `input` is fed `sample_dims` (its batch axis first) with values in [-1, 1).
 pub fn probe_shapes(
     runner: &OrtRunner,
@@ -16,19 +19,7 @@ pub fn probe_shapes(
     input: &str,
     sample_dims: &[usize],
 ) -> Result<ShapeMap, String> {
-    let mut probe = model.clone();
-    let graph = probe.graph.as_mut().ok_or("the model has no graph")?;
-    let existing: std::collections::HashSet<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
-    let mut extra = Vec::new();
-    for node in &graph.node {
-        for o in node.output.iter().filter(|o| !o.is_empty() && !existing.contains(*o)) {
-            extra.push(ValueInfoProto {
-                name: Some(o.clone()),
-                ..Default::default()
-            });
-        }
-    }
-    graph.output.extend(extra);
+    let probe = with_every_output(model)?;
     let summary = ModelSummary::of(model);
     // A fixed batch dimension allows one run only; otherwise a second run with batch 2 shows which
     // dimensions follow the batch.
@@ -42,37 +33,91 @@ pub fn probe_shapes(
             .and_then(Dim::fixed)
             .is_some();
     let batches: &[usize] = if fixed_batch { &[0] } else { &[1, 2] };
-    let mut runs: Vec<HashMap<String, (i32, Vec<usize>)>> = Vec::new();
-    for &batch in batches {
-        let mut dims = sample_dims.to_vec();
-        if !fixed_batch {
-            dims[0] = batch;
-        }
-        let count: usize = dims.iter().product();
-        let values: Vec<f32> = (0..count).map(|i| sample_value(i as u64)).collect();
-        let mut floats = vec![(input, dims, values)];
-        let mut ints = Vec::new();
-        for other in summary.inputs.iter().filter(|i| i.name != input) {
-            let shape: Vec<usize> = other
-                .shape
-                .as_ref()
-                .ok_or_else(|| format!("input `{}` has no shape; cannot probe", other.name))?
-                .iter()
-                .enumerate()
-                .map(|(k, d)| d.fixed().unwrap_or(if k == 0 { batch } else { 1 }))
-                .collect();
-            let n: usize = shape.iter().product();
-            match other.dtype.as_str() {
-                "float32" => floats.push((other.name.as_str(), shape, vec![0.0; n])),
-                "int64" => ints.push((other.name.as_str(), shape, vec![0i64; n])),
-                t => return Err(format!("input `{}` is {t}; cannot probe", other.name)),
+    let runs = batches
+        .iter()
+        .map(|&batch| {
+            let mut dims = sample_dims.to_vec();
+            if !fixed_batch {
+                dims[0] = batch;
             }
+            run_once(runner, &probe, &summary, input, dims, batch)
+        })
+        .collect::<Result<Vec<Run>, String>>()?;
+    let mut shapes = merge_runs(&runs);
+    let graph = model.graph.as_ref().ok_or("the model has no graph")?;
+    for init in &graph.initializer {
+        if let Some(name) = &init.name {
+            shapes.insert(
+                name.clone(),
+                TensorShape {
+                    dims: init.dims.iter().map(|&d| Some(d)).collect(),
+                    elem_type: init.data_type.unwrap_or(0),
+                },
+            );
         }
-        let outputs = runner.run(&probe, &floats, &ints)?;
-        runs.push(outputs.into_iter().map(|o| (o.name, (o.elem_type, o.shape))).collect());
     }
+    add_unseen_inputs(&mut shapes, &graph.input, input, sample_dims, fixed_batch);
+    Ok(shapes)
+}
+
+/// A copy of `model` whose every node output is also a graph output, so one run shows them all.
+fn with_every_output(model: &ModelProto) -> Result<ModelProto, String> {
+    let mut probe = model.clone();
+    let graph = probe.graph.as_mut().ok_or("the model has no graph")?;
+    let existing: std::collections::HashSet<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
+    let mut extra = Vec::new();
+    for node in &graph.node {
+        for o in node.output.iter().filter(|o| !o.is_empty() && !existing.contains(*o)) {
+            extra.push(ValueInfoProto {
+                name: Some(o.clone()),
+                ..Default::default()
+            });
+        }
+    }
+    graph.output.extend(extra);
+    Ok(probe)
+}
+
+/// Runs `probe` once: `input` gets sample values of `dims`, every other input zeros of its fixed
+/// dimensions (free ones: `batch` on the first axis, 1 elsewhere).
+fn run_once(
+    runner: &OrtRunner,
+    probe: &ModelProto,
+    summary: &ModelSummary,
+    input: &str,
+    dims: Vec<usize>,
+    batch: usize,
+) -> Result<Run, String> {
+    let count: usize = dims.iter().product();
+    let values: Vec<f32> = (0..count).map(|i| sample_value(i as u64)).collect();
+    let mut floats = vec![(input, dims, values)];
+    let mut ints = Vec::new();
+    for other in summary.inputs.iter().filter(|i| i.name != input) {
+        let shape: Vec<usize> = other
+            .shape
+            .as_ref()
+            .ok_or_else(|| format!("input `{}` has no shape; cannot probe", other.name))?
+            .iter()
+            .enumerate()
+            .map(|(k, d)| d.fixed().unwrap_or(if k == 0 { batch } else { 1 }))
+            .collect();
+        let n: usize = shape.iter().product();
+        match other.dtype.as_str() {
+            "float32" => floats.push((other.name.as_str(), shape, vec![0.0; n])),
+            "int64" => ints.push((other.name.as_str(), shape, vec![0i64; n])),
+            t => return Err(format!("input `{}` is {t}; cannot probe", other.name)),
+        }
+    }
+    let outputs = runner.run(probe, &floats, &ints)?;
+    Ok(outputs.into_iter().map(|o| (o.name, (o.elem_type, o.shape))).collect())
+}
+
+/// The first run's shapes, a dimension left free where the second run (batch 2) differs; a tensor
+/// whose rank changed with the batch is left out.
+fn merge_runs(runs: &[Run]) -> ShapeMap {
     let mut shapes = ShapeMap::new();
-    for (name, (elem_type, dims)) in &runs[0] {
+    let Some(first) = runs.first() else { return shapes };
+    for (name, (elem_type, dims)) in first {
         let merged: Vec<Option<i64>> = match runs.get(1).and_then(|r| r.get(name)) {
             Some((_, other)) if other.len() == dims.len() => dims
                 .iter()
@@ -90,19 +135,19 @@ pub fn probe_shapes(
             },
         );
     }
-    let graph = model.graph.as_ref().ok_or("the model has no graph")?;
-    for init in &graph.initializer {
-        if let Some(name) = &init.name {
-            shapes.insert(
-                name.clone(),
-                TensorShape {
-                    dims: init.dims.iter().map(|&d| Some(d)).collect(),
-                    elem_type: init.data_type.unwrap_or(0),
-                },
-            );
-        }
-    }
-    for vi in &graph.input {
+    shapes
+}
+
+/// Graph inputs no run reported: the probed input with its sample dimensions (batch free unless
+/// fixed), others with their rank and every dimension free.
+fn add_unseen_inputs(
+    shapes: &mut ShapeMap,
+    inputs: &[ValueInfoProto],
+    input: &str,
+    sample_dims: &[usize],
+    fixed_batch: bool,
+) {
+    for vi in inputs {
         let Some(name) = &vi.name else { continue };
         if shapes.contains_key(name) {
             continue;
@@ -128,7 +173,6 @@ pub fn probe_shapes(
             );
         }
     }
-    Ok(shapes)
 }
 
 /// True when the model takes or answers one row only: its input's batch axis is fixed at 1 (an

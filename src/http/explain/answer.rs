@@ -11,6 +11,7 @@ use super::request::{
     Array, Attributions, ExplainResponse, ExplainStats, FeatureAttribution, Include, TargetExplanation, TextAttribution,
 };
 use super::{AnswerAs, ValidExplain};
+use crate::explain::TargetAttribution;
 use crate::http::pipeline::{Done, Drawn, Picture};
 use crate::http::prepare::Prepared;
 use crate::jobs::ExplainResult;
@@ -156,24 +157,7 @@ pub fn explanations(
     let mut drawn = Vec::new();
     let mut explanations = Vec::new();
     for (i, a) in result.attributions.iter().enumerate() {
-        let (shape, values, panel) = match (&a.map, &prepared.geometry, &prepared.original) {
-            (Some(map), Some(geometry), Some(original)) => {
-                let size = (map.shape[1], map.shape[0]);
-                let on = render::map_on_image(
-                    map.as_f32().unwrap_or(&[]),
-                    size,
-                    geometry,
-                    original,
-                    draw,
-                    max_map_pixels,
-                );
-                (vec![on.height as usize, on.width as usize], on.values, on.panel)
-            }
-            (Some(map), None, None) if prepared.text.is_some() => {
-                (map.shape.clone(), map.as_f32().unwrap_or(&[]).to_vec(), None)
-            }
-            _ => (a.tensor.shape.clone(), a.tensor.as_f32().unwrap_or(&[]).to_vec(), None),
-        };
+        let (shape, values, panel) = placed_values(a, prepared, draw, max_map_pixels);
         let (tokens, words) = match &prepared.text {
             Some(text) => {
                 let (tokens, words) = text_lists(text, &values);
@@ -182,24 +166,9 @@ pub fn explanations(
             None => (None, None),
         };
         let features = feature_list(valid, prepared, &values);
-        // Tabular models: the picture is the decision's rule or counterfactuals as text, when the
-        // method gives them, else a bar chart of the largest attributions; texts: the text with
-        // its words highlighted.
         let panel = panel.or_else(|| {
             draw?;
-            if let Some(text) = &prepared.text {
-                let pieces = highlights(text, &values);
-                return Some(render::text_png(&a.target.label, a.target.score.into(), &pieces));
-            }
-            if let Some(lines) = a
-                .details
-                .as_ref()
-                .and_then(|d| render::decision_lines(&a.target.label, d))
-            {
-                return Some(render::text_panel(&lines));
-            }
-            let bars: Vec<render::Bar> = features.as_ref()?.iter().map(render::Bar::from).collect();
-            Some(render::feature_chart(&a.target.label, a.target.score.into(), &bars))
+            other_panel(a, prepared, &values, features.as_deref())
         });
         let overlay_png = match (&panel, embed) {
             (Some(p), true) => Some(base64::engine::general_purpose::STANDARD.encode(render::png(p))),
@@ -224,6 +193,58 @@ pub fn explanations(
         });
     }
     (explanations, drawn)
+}
+
+/// An attribution's values as answered, with their shape: a map brought back onto the original
+/// image (and its overlay panel when `draw` asks), a text's map per token, else the tensor as is.
+fn placed_values(
+    a: &TargetAttribution,
+    prepared: &Prepared,
+    draw: Option<&render::RenderOptions>,
+    max_map_pixels: u64,
+) -> (Vec<usize>, Vec<f32>, Option<image::RgbImage>) {
+    match (&a.map, &prepared.geometry, &prepared.original) {
+        (Some(map), Some(geometry), Some(original)) => {
+            let size = (map.shape[1], map.shape[0]);
+            let on = render::map_on_image(
+                map.as_f32().unwrap_or(&[]),
+                size,
+                geometry,
+                original,
+                draw,
+                max_map_pixels,
+            );
+            (vec![on.height as usize, on.width as usize], on.values, on.panel)
+        }
+        (Some(map), None, None) if prepared.text.is_some() => {
+            (map.shape.clone(), map.as_f32().unwrap_or(&[]).to_vec(), None)
+        }
+        _ => (a.tensor.shape.clone(), a.tensor.as_f32().unwrap_or(&[]).to_vec(), None),
+    }
+}
+
+/// The picture of an input that is not an image. Texts: the text with its words highlighted;
+/// tabular models: the decision's rule or counterfactuals as text, when the method gives them,
+/// else a bar chart of the largest attributions.
+fn other_panel(
+    a: &TargetAttribution,
+    prepared: &Prepared,
+    values: &[f32],
+    features: Option<&[FeatureAttribution]>,
+) -> Option<image::RgbImage> {
+    if let Some(text) = &prepared.text {
+        let pieces = highlights(text, values);
+        return Some(render::text_png(&a.target.label, a.target.score.into(), &pieces));
+    }
+    if let Some(lines) = a
+        .details
+        .as_ref()
+        .and_then(|d| render::decision_lines(&a.target.label, d))
+    {
+        return Some(render::text_panel(&lines));
+    }
+    let bars: Vec<render::Bar> = features?.iter().map(render::Bar::from).collect();
+    Some(render::feature_chart(&a.target.label, a.target.score.into(), &bars))
 }
 
 /// A text's attributions per token (every token, in order) and per word (the sum over its tokens).
