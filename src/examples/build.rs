@@ -12,6 +12,7 @@ use crate::executor::{Control, Executor, JobContext, Task};
 use crate::onnx::head::{Head, Linear};
 use crate::runtime::gradients::GradientCache;
 use crate::runtime::manifest::ReferenceSpec;
+use crate::runtime::sessions::Sizing;
 use crate::runtime::{LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
 
 /// Rows decoded and run per step (each step runs as many passes as the pass budget needs).
@@ -210,7 +211,7 @@ impl Task for BuildReference {
                     }
                     Ok(values)
                 };
-                let mut outs = rt.run_with_outputs(model, &first_pass, &batch)?;
+                let mut outs = rt.run_with_outputs(model, &first_pass, &batch, Sizing::budget())?;
                 let scores = take(&outs, &model.spec.output, classes)?;
                 predictions.extend(scores.chunks(classes).map(|r| argmax(r) as u32));
                 if separate {
@@ -218,7 +219,8 @@ impl Task for BuildReference {
                 }
                 for (k, ((m, _, l), kept)) in plan.checkpoints.iter().zip(&mut rows).enumerate() {
                     if k > 0 {
-                        outs = rt.run_with_outputs(m, &[l.input.clone(), l.logits.clone()], &batch)?;
+                        outs =
+                            rt.run_with_outputs(m, &[l.input.clone(), l.logits.clone()], &batch, Sizing::budget())?;
                     }
                     kept.features.extend(take(&outs, &l.input, l.input_len)?);
                     let logits = take(&outs, &l.logits, classes)?;

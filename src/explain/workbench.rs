@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::{one_hot, targets, zeroed_batch, ExplainJob, JobContext, Primed, TargetRef, TargetSpec};
 use crate::onnx::autodiff::RuleSet;
-use crate::runtime::gradients::GradientKey;
 use crate::runtime::predict::{decided, probabilities, Prediction};
-use crate::runtime::sessions::GradientPass;
+use crate::runtime::sessions::{GradientPass, Sizing};
 use crate::runtime::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
 
 /// The methods' workbench: batched passes through the worker's sessions, counted.
@@ -56,9 +55,7 @@ impl Cx<'_> {
     pub fn forward(&mut self, input: &Tensor) -> Result<Tensor, RuntimeError> {
         self.job_ctx.checkpoint()?;
         let model = self.model.clone();
-        let per_pass = self.forward_rows();
-        self.count(input.rows(), per_pass);
-        let mut outputs = self.timed(|rt| rt.run(&model.name, &model.spec.input, input))?;
+        let mut outputs = self.passes(usize::MAX, false, |rt, sizing| rt.run_sized(&model, input, sizing))?;
         let scores = outputs
             .remove(&model.spec.output)
             .ok_or_else(|| RuntimeError::Inference {
@@ -90,9 +87,9 @@ impl Cx<'_> {
         input: &Tensor,
     ) -> Result<std::collections::HashMap<String, Tensor>, RuntimeError> {
         self.job_ctx.checkpoint()?;
-        let per_pass = self.rt.forward_rows_for(model, input.row_len());
-        self.count(input.rows(), per_pass);
-        self.timed(|rt| rt.run_with_outputs(model, names, input))
+        self.passes(usize::MAX, false, |rt, sizing| {
+            rt.run_with_outputs(model, names, input, sizing)
+        })
     }
 
     /// The further outputs of the pass that scored the input, once ([`Method::with_scores`]).
@@ -105,7 +102,8 @@ impl Cx<'_> {
         self.rt.model(name)
     }
 
-    /// Gradients for `input` rows with per-row `weights`, `chunk` rows per call at most.
+    /// Gradients for `input` rows with per-row `weights`, at most `chunk` rows a pass (the runtime
+    /// cuts the passes by the pass budget; DeepLIFT's pairs stay in one pass whatever the budget).
     pub fn gradients(
         &mut self,
         layers: &[String],
@@ -117,40 +115,10 @@ impl Cx<'_> {
         if let Some(primed) = self.primed.take_if(|p| p.answers(layers, rules, input, weights)) {
             return Ok(primed.pass);
         }
-        let key = self.key(layers, rules);
-        let rows = input.rows();
-        // DeepLIFT's pairs stay in one pass whatever the budget (a lone pass may exceed it).
-        let floor = if rules == RuleSet::DeepLiftRescale { 2 } else { 1 };
-        let chunk = chunk
-            .clamp(1, self.rt.gradient_rows_for(&self.model, input.row_len()))
-            .max(floor);
-        let mut parts: Vec<GradientPass> = Vec::new();
-        let mut start = 0;
-        while start < rows {
-            self.job_ctx.checkpoint()?;
-            let end = (start + chunk).min(rows);
-            let (i, w) = if start == 0 && end == rows {
-                (input.clone(), weights.clone())
-            } else {
-                (input.slice_rows(start, end), weights.slice_rows(start, end))
-            };
-            self.count(end - start, chunk);
-            self.gradient_rows += end - start;
-            parts.push(self.timed(|rt| rt.gradients(&key, &i, &w))?);
-            start = end;
-        }
-        join_passes(parts).ok_or_else(|| RuntimeError::Inference {
-            model: self.model.name.clone(),
-            message: "gradient batches differ in shape".into(),
+        let model = self.model.clone();
+        self.passes(chunk, true, |rt, sizing| {
+            rt.gradients(&model, layers, rules, input, weights, sizing)
         })
-    }
-
-    fn key(&self, layers: &[String], rules: RuleSet) -> GradientKey {
-        GradientKey {
-            model: self.model.name.clone(),
-            layers: layers.to_vec(),
-            rules,
-        }
     }
 
     /// One pass over the job's (one-row) input that chooses the top prediction inside the graph and
@@ -162,13 +130,13 @@ impl Cx<'_> {
         job: &ExplainJob,
     ) -> Result<(GradientPass, Prediction, Vec<f64>), RuntimeError> {
         self.job_ctx.checkpoint()?;
-        let key = self.key(layers, rules);
         self.count(1, 1);
         self.gradient_rows += 1;
         // All-zero weights: the graph weights the row by its top class.
         let classes = self.model.spec.labels.len().max(1);
         let zeros = Tensor::f32(vec![1, classes], vec![0.0; classes]);
-        let pass = self.timed(|rt| rt.gradients(&key, &job.input, &zeros))?;
+        let model = self.model.clone();
+        let pass = self.timed(|rt| rt.gradients(&model, layers, rules, &job.input, &zeros, Sizing::budget()))?;
         let chosen = pass.chosen.as_ref().and_then(|c| c.first().copied());
         let scores = pass.scores.to_f64();
         let chosen = chosen.ok_or_else(|| RuntimeError::NotDifferentiable {
@@ -204,7 +172,8 @@ impl Cx<'_> {
         let one = like.shape.clone();
         let n = like.row_len();
         let classes = model.spec.labels.len().max(1);
-        let chunk = chunk.clamp(1, self.rt.gradient_rows_for(&model, like.row_len()));
+        // The rows of one pass are built at a time, so the stream asks the runtime how many fit.
+        let chunk = self.rt.gradient_rows_for(&model, like.row_len()).min(chunk).max(1);
         let mut start = 0;
         while start < rows {
             let end = (start + chunk).min(rows);
@@ -224,6 +193,47 @@ impl Cx<'_> {
             start = end;
         }
         Ok(())
+    }
+
+    /// Runs `run`'s passes, at most `most` rows each, checking the job's deadline and cancellation
+    /// before each and counting its rows (`backward`: as gradient rows too); their time is counted
+    /// in `model_time`.
+    fn passes<T>(
+        &mut self,
+        most: usize,
+        backward: bool,
+        run: impl FnOnce(&mut WorkerRuntime, Sizing) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        let Cx {
+            rt,
+            job_ctx,
+            rows,
+            runs,
+            gradient_rows,
+            model_time,
+            ..
+        } = self;
+        let job_ctx: &JobContext = job_ctx;
+        let mut before = |n: usize| {
+            job_ctx.checkpoint()?;
+            job_ctx.advance(n);
+            *rows += n;
+            *runs += 1;
+            if backward {
+                *gradient_rows += n;
+            }
+            Ok(())
+        };
+        let began = Instant::now();
+        let out = run(
+            rt,
+            Sizing {
+                most,
+                before: Some(&mut before),
+            },
+        );
+        *model_time += began.elapsed();
+        out
     }
 
     /// Runs one ONNX Runtime call, its time counted in `model_time`.
@@ -255,31 +265,4 @@ impl Cx<'_> {
     pub fn model(&self) -> &LoadedModel {
         &self.model
     }
-}
-
-fn join_passes(parts: Vec<GradientPass>) -> Option<GradientPass> {
-    let mut iter = parts.into_iter();
-    let first = iter.next()?;
-    let mut scores = vec![first.scores];
-    let mut input_grad = vec![first.input_grad];
-    let mut layers: Vec<(Vec<Tensor>, Vec<Tensor>)> =
-        first.layers.into_iter().map(|(a, g)| (vec![a], vec![g])).collect();
-    for p in iter {
-        scores.push(p.scores);
-        input_grad.push(p.input_grad);
-        for (slot, (a, g)) in layers.iter_mut().zip(p.layers) {
-            slot.0.push(a);
-            slot.1.push(g);
-        }
-    }
-    let mut joined = Vec::new();
-    for (a, g) in layers {
-        joined.push((Tensor::concat_rows(a)?, Tensor::concat_rows(g)?));
-    }
-    Some(GradientPass {
-        scores: Tensor::concat_rows(scores)?,
-        input_grad: Tensor::concat_rows(input_grad)?,
-        layers: joined,
-        chosen: None,
-    })
 }
