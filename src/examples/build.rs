@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::onnx::head::{Head, Linear};
 use crate::runtime::gradients::GradientCache;
 use crate::runtime::manifest::ReferenceSpec;
+use crate::runtime::sessions::Sizing;
 use crate::runtime::{JobContext, LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
 
 /// Rows decoded and run per step (each step runs as many passes as the pass budget needs).
@@ -233,7 +234,7 @@ impl Plan {
             }
             Ok(values)
         };
-        let mut outs = rt.run_with_outputs(model, first_pass, batch)?;
+        let mut outs = rt.run_with_outputs(model, first_pass, batch, Sizing::budget())?;
         let scores = take(&outs, &model.spec.output, classes)?;
         out.predictions.extend(scores.chunks(classes).map(|r| argmax(r) as u32));
         if self.separate_embedding() {
@@ -242,7 +243,7 @@ impl Plan {
         }
         for (k, ((m, _, l), rows)) in self.checkpoints.iter().zip(&mut out.rows).enumerate() {
             if k > 0 {
-                outs = rt.run_with_outputs(m, &[l.input.clone(), l.logits.clone()], batch)?;
+                outs = rt.run_with_outputs(m, &[l.input.clone(), l.logits.clone()], batch, Sizing::budget())?;
             }
             rows.features.extend(take(&outs, &l.input, l.input_len)?);
             let logits = take(&outs, &l.logits, classes)?;

@@ -24,7 +24,7 @@ impl Task for CompareTask {
         };
         ctx.checkpoint()?;
         let model = &first.model;
-        let mut outputs = rt.run(&model.name, &model.spec.input, &first.input)?;
+        let mut outputs = rt.run(model, &first.input)?;
         let scores = outputs
             .remove(&model.spec.output)
             .ok_or_else(|| RuntimeError::Inference {

@@ -35,7 +35,7 @@ impl Task for EvaluateTask {
         let mut score = |t: &Tensor| -> Result<Tensor, RuntimeError> {
             ctx.checkpoint()?;
             ctx.advance(t.rows());
-            let mut outputs = rt.run(&model.name, &model.spec.input, t)?;
+            let mut outputs = rt.run(model, t)?;
             outputs
                 .remove(&model.spec.output)
                 .ok_or_else(|| RuntimeError::Inference {

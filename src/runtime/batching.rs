@@ -3,6 +3,10 @@
 //! queued request as one batch (up to `max_batch` rows) and hands each its rows back (flat
 //! combining). Requests pile up exactly while a pass is running, so a busy model batches and a
 //! lone request runs at once, with no window to wait out unless `batch_wait` asks for one.
+//!
+//! A request arrives as one pass, already sized by the worker's runtime (`sessions`): this layer
+//! only combines requests, never cuts one. A request that runs alone is read in place; one that
+//! waits has its rows copied once, into the buffers its combined run reads.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -46,16 +50,79 @@ impl PassCounters {
     }
 }
 
-struct Pending {
-    feeds: Named,
+/// One input of a pass, borrowed from the caller: its name, shape (first axis = batch) and values.
+#[derive(Debug, Clone)]
+pub struct Feed<'a> {
+    /// The graph input.
+    pub name: &'a str,
+    /// Its shape, rows first.
+    pub shape: Vec<usize>,
+    /// Its values, row-major.
+    pub data: &'a [f32],
+}
+
+impl Feed<'_> {
+    fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(1)
+    }
+}
+
+/// Requests waiting for one combined run: their rows copied once, side by side, into one buffer per
+/// feed, which the run then reads in place.
+struct Group {
+    names: Vec<String>,
+    /// Each feed's shape without its batch axis.
+    row_shapes: Vec<Vec<usize>>,
+    data: Vec<Vec<f32>>,
     rows: usize,
-    reply: SyncSender<Result<Named, RuntimeError>>,
+    /// Each request's rows and where its answer goes, in the order its rows were added.
+    requests: Vec<(usize, SyncSender<Result<Named, RuntimeError>>)>,
+}
+
+impl Group {
+    fn fits(&self, feeds: &[Feed]) -> bool {
+        self.names.len() == feeds.len()
+            && self
+                .names
+                .iter()
+                .zip(&self.row_shapes)
+                .zip(feeds)
+                .all(|((n, shape), f)| n == f.name && shape.as_slice() == f.shape.get(1..).unwrap_or(&[]))
+    }
+
+    fn add(&mut self, feeds: &[Feed], rows: usize, reply: SyncSender<Result<Named, RuntimeError>>) {
+        for (buffer, f) in self.data.iter_mut().zip(feeds) {
+            buffer.extend_from_slice(f.data);
+        }
+        self.rows += rows;
+        self.requests.push((rows, reply));
+    }
+
+    /// The feeds of rows `start..end`, borrowed from the buffers.
+    fn feeds(&self, start: usize, end: usize) -> Vec<Feed<'_>> {
+        self.names
+            .iter()
+            .zip(&self.row_shapes)
+            .zip(&self.data)
+            .map(|((name, row_shape), data)| {
+                let len: usize = row_shape.iter().product();
+                let mut shape = Vec::with_capacity(row_shape.len() + 1);
+                shape.push(end - start);
+                shape.extend_from_slice(row_shape);
+                Feed {
+                    name,
+                    shape,
+                    data: &data[start * len..end * len],
+                }
+            })
+            .collect()
+    }
 }
 
 /// A session behind its lock, with the requests waiting for it.
 pub struct SharedSession {
     session: Mutex<Session>,
-    waiting: Mutex<VecDeque<Pending>>,
+    waiting: Mutex<VecDeque<Group>>,
     batching: Batching,
     counters: PassCounters,
 }
@@ -71,20 +138,33 @@ impl SharedSession {
         }
     }
 
-    /// Runs `feeds` (all with the same first, batch, axis) and returns every tensor output, from a
-    /// pass of its own or from one shared with other requests.
-    pub fn run(&self, model: &str, feeds: Named) -> Result<Named, RuntimeError> {
-        let rows = feeds.first().map_or(0, |(_, t)| t.rows());
+    /// Runs `feeds` (all with the same first, batch, axis: one pass, sized by the caller) and
+    /// returns every tensor output, from a run of its own, on the caller's values in place, or
+    /// from one shared with other requests, its rows copied once into the shared run's input.
+    pub fn run(&self, model: &str, feeds: &[Feed]) -> Result<Named, RuntimeError> {
+        let rows = feeds.first().map_or(0, Feed::rows);
         if !self.batching.enabled || rows >= self.batching.max_batch {
             let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
             self.counters.served(1);
-            return run_session(&mut session, model, &feeds);
+            return run_session(&mut session, model, feeds);
+        }
+        // Nobody waiting and the session free: nothing to combine with, so no copy to make (with
+        // a `wait`, the request waits for company instead).
+        if self.batching.wait.is_zero() {
+            let free = match self.session.try_lock() {
+                Ok(session) => Some(session),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut session) = free {
+                if self.waiting.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                    self.counters.served(1);
+                    return run_session(&mut session, model, feeds);
+                }
+            }
         }
         let (reply, answer) = sync_channel(1);
-        self.waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(Pending { feeds, rows, reply });
+        self.enqueue(feeds, rows, reply);
         loop {
             // Another worker's batch may have carried this request already.
             if let Ok(done) = answer.try_recv() {
@@ -97,11 +177,31 @@ impl SharedSession {
             if !self.batching.wait.is_zero() && self.queued_rows() < self.batching.max_batch {
                 std::thread::sleep(self.batching.wait);
             }
-            let batch = self.take_batch();
-            if !batch.is_empty() {
-                run_batch(&mut session, model, batch, &self.counters);
+            let group = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            if let Some(group) = group {
+                run_group(&mut session, model, group, &self.counters);
             }
         }
+    }
+
+    /// Adds the request to the oldest waiting group it fits beside (same feed names and row
+    /// shapes, at most `max_batch` rows together), or to a new one.
+    fn enqueue(&self, feeds: &[Feed], rows: usize, reply: SyncSender<Result<Named, RuntimeError>>) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let max = self.batching.max_batch;
+        if let Some(group) = waiting.iter_mut().find(|g| g.rows + rows <= max && g.fits(feeds)) {
+            group.add(feeds, rows, reply);
+            return;
+        }
+        let mut group = Group {
+            names: feeds.iter().map(|f| f.name.to_string()).collect(),
+            row_shapes: feeds.iter().map(|f| f.shape.get(1..).unwrap_or(&[]).to_vec()).collect(),
+            data: feeds.iter().map(|f| Vec::with_capacity(f.data.len())).collect(),
+            rows: 0,
+            requests: Vec::new(),
+        };
+        group.add(feeds, rows, reply);
+        waiting.push_back(group);
     }
 
     fn queued_rows(&self) -> usize {
@@ -109,70 +209,32 @@ impl SharedSession {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|p| p.rows)
+            .map(|g| g.rows)
             .sum()
     }
-
-    /// The oldest request and every later one that fits beside it (same feed names and row
-    /// shapes), up to `max_batch` rows.
-    fn take_batch(&self) -> Vec<Pending> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(first) = waiting.pop_front() else {
-            return Vec::new();
-        };
-        let mut rows = first.rows;
-        let mut batch = vec![first];
-        let mut i = 0;
-        while i < waiting.len() {
-            if rows + waiting[i].rows <= self.batching.max_batch && fits(&batch[0].feeds, &waiting[i].feeds) {
-                rows += waiting[i].rows;
-                if let Some(p) = waiting.remove(i) {
-                    batch.push(p);
-                }
-            } else {
-                i += 1;
-            }
-        }
-        batch
-    }
 }
 
-fn fits(a: &Named, b: &Named) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|((na, ta), (nb, tb))| {
-            na == nb && ta.shape.get(1..) == tb.shape.get(1..) && ta.as_f32().is_some() == tb.as_f32().is_some()
-        })
-}
-
-/// Runs the requests as one pass and answers each with its rows; when an output cannot be split by
-/// rows (it has no batch axis), each request runs alone instead.
-fn run_batch(session: &mut Session, model: &str, batch: Vec<Pending>, counters: &PassCounters) {
-    if batch.len() == 1 {
+/// Runs the group's requests as one pass and answers each with its rows; when an output cannot be
+/// split by rows (it has no batch axis), each request runs alone instead.
+fn run_group(session: &mut Session, model: &str, group: Group, counters: &PassCounters) {
+    if group.requests.len() == 1 {
         counters.served(1);
-        let p = batch.into_iter().next().expect("one request");
-        let _ = p.reply.send(run_session(session, model, &p.feeds));
+        let answer = run_session(session, model, &group.feeds(0, group.rows));
+        if let Some((_, reply)) = group.requests.first() {
+            let _ = reply.send(answer);
+        }
         return;
     }
-    let total: usize = batch.iter().map(|p| p.rows).sum();
-    let names: Vec<String> = batch[0].feeds.iter().map(|(n, _)| n.clone()).collect();
-    let mut joined = Vec::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        let parts = batch.iter().map(|p| p.feeds[i].1.clone()).collect();
-        match Tensor::concat_rows(parts) {
-            Some(t) => joined.push((name.clone(), t)),
-            None => return run_each(session, model, batch, counters),
-        }
-    }
-    counters.served(batch.len());
-    let outputs = match run_session(session, model, &joined) {
+    counters.served(group.requests.len());
+    let outputs = match run_session(session, model, &group.feeds(0, group.rows)) {
         Ok(o) => o,
         Err(e) => {
             let message = match e {
                 RuntimeError::Inference { message, .. } => message,
                 other => other.to_string(),
             };
-            for p in batch {
-                let _ = p.reply.send(Err(RuntimeError::Inference {
+            for (_, reply) in &group.requests {
+                let _ = reply.send(Err(RuntimeError::Inference {
                     model: model.to_string(),
                     message: message.clone(),
                 }));
@@ -180,41 +242,43 @@ fn run_batch(session: &mut Session, model: &str, batch: Vec<Pending>, counters: 
             return;
         }
     };
-    if outputs.iter().any(|(_, t)| t.rows() != total || t.shape.is_empty()) {
-        return run_each(session, model, batch, counters);
+    if outputs
+        .iter()
+        .any(|(_, t)| t.rows() != group.rows || t.shape.is_empty())
+    {
+        return run_each(session, model, &group, counters);
     }
     let mut start = 0;
-    for p in batch {
-        let end = start + p.rows;
+    for (rows, reply) in &group.requests {
+        let end = start + rows;
         let mine = outputs
             .iter()
             .map(|(n, t)| (n.clone(), t.slice_rows(start, end)))
             .collect();
-        let _ = p.reply.send(Ok(mine));
+        let _ = reply.send(Ok(mine));
         start = end;
     }
 }
 
-fn run_each(session: &mut Session, model: &str, batch: Vec<Pending>, counters: &PassCounters) {
-    for p in batch {
+fn run_each(session: &mut Session, model: &str, group: &Group, counters: &PassCounters) {
+    let mut start = 0;
+    for (rows, reply) in &group.requests {
         counters.served(1);
-        let _ = p.reply.send(run_session(session, model, &p.feeds));
+        let _ = reply.send(run_session(session, model, &group.feeds(start, start + rows)));
+        start += rows;
     }
 }
 
 /// One ONNX Runtime run; the feeds are borrowed, not copied.
-fn run_session(session: &mut Session, model: &str, feeds: &Named) -> Result<Named, RuntimeError> {
+fn run_session(session: &mut Session, model: &str, feeds: &[Feed]) -> Result<Named, RuntimeError> {
     let fail = |message: String| RuntimeError::Inference {
         model: model.to_string(),
         message,
     };
     let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::with_capacity(feeds.len());
-    for (name, tensor) in feeds {
-        let data = tensor
-            .as_f32()
-            .ok_or_else(|| fail("explaind feeds float32 inputs only".into()))?;
-        let view = TensorRef::from_array_view((tensor.shape.clone(), data)).map_err(|e| fail(e.to_string()))?;
-        values.push((name.clone(), view.into()));
+    for feed in feeds {
+        let view = TensorRef::from_array_view((feed.shape.clone(), feed.data)).map_err(|e| fail(e.to_string()))?;
+        values.push((feed.name.to_string(), view.into()));
     }
     let outputs = session.run(values).map_err(|e| fail(e.to_string()))?;
     let mut out = Vec::new();

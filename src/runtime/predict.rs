@@ -36,7 +36,7 @@ pub fn predict(
     input: &Tensor,
     top_k: usize,
 ) -> Result<Vec<RowPrediction>, RuntimeError> {
-    let outputs = rt.run(&model.name, &model.spec.input, input)?;
+    let outputs = rt.run(model, input)?;
     let scores = outputs.get(&model.spec.output).ok_or_else(|| RuntimeError::Inference {
         model: model.name.clone(),
         message: format!("output `{}` missing from the run", model.spec.output),

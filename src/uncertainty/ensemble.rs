@@ -35,7 +35,7 @@ pub(super) fn sample(
 ) -> Result<Vec<Vec<Vec<f64>>>, RuntimeError> {
     let mut per_input: Vec<Vec<Vec<f64>>> = vec![Vec::with_capacity(members.len()); input.rows()];
     for member in members {
-        let outputs = rt.run(&member.name, &member.spec.input, input)?;
+        let outputs = rt.run(member, input)?;
         let scores = outputs
             .get(&member.spec.output)
             .ok_or_else(|| RuntimeError::Inference {

@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::common::batch::{fold_channels, one_hot, repeat_rows, Fold};
-use crate::onnx::autodiff::RuleSet;
 use crate::onnx::dropout::MaskSite;
-use crate::runtime::gradients::GradientKey;
 use crate::runtime::predict::Prediction;
 use crate::runtime::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
 
@@ -49,14 +47,9 @@ pub(super) fn spread(
     target: Prediction,
 ) -> Result<Spread, RuntimeError> {
     let samples = masks.first().map_or(1, Tensor::rows);
-    let key = GradientKey {
-        model: model.name.clone(),
-        layers: vec![],
-        rules: RuleSet::Exact,
-    };
     let rows = repeat_rows(input, samples);
     let weights = one_hot(&vec![target.index; samples], model.spec.labels.len().max(1));
-    let grads = rt.masked_gradients(&key, sites, &rows, &weights, masks)?.input_grad;
+    let grads = rt.masked_gradients(model, sites, &rows, &weights, masks)?.input_grad;
     let values = grads.as_f32().unwrap_or(&[]);
     let x = input.as_f32().unwrap_or(&[]);
     let per_row = grads.row_len();

@@ -113,7 +113,7 @@ pub(super) fn sample(
     let mut shape = input.shape.clone();
     shape[0] = input.rows() * views.len();
     let batch = Tensor::f32(shape, data);
-    let outputs = rt.run(&model.name, &model.spec.input, &batch)?;
+    let outputs = rt.run(model, &batch)?;
     let scores = outputs.get(&model.spec.output).ok_or_else(|| RuntimeError::Inference {
         model: model.name.clone(),
         message: format!("output `{}` missing from the run", model.spec.output),

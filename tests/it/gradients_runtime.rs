@@ -9,7 +9,7 @@ use explaind::executor::{JobContext, Task};
 use explaind::onnx::autodiff::{RuleSet, RuleTable, WEIGHTS_INPUT};
 use explaind::onnx::builder::GraphBuilder;
 use explaind::runtime::gradients::GradientKey;
-use explaind::runtime::sessions::GradientPass;
+use explaind::runtime::sessions::{GradientPass, Sizing};
 use explaind::runtime::{RuntimeError, Tensor, WorkerRuntime};
 use serde_json::Value;
 
@@ -22,7 +22,15 @@ struct Gradients {
 impl Task for Gradients {
     type Output = GradientPass;
     fn run(self, rt: &mut WorkerRuntime, _: &JobContext) -> Result<GradientPass, RuntimeError> {
-        rt.gradients(&self.key, &self.input, &self.weights)
+        let model = rt.model(&self.key.model)?;
+        rt.gradients(
+            &model,
+            &self.key.layers,
+            self.key.rules,
+            &self.input,
+            &self.weights,
+            Sizing::budget(),
+        )
     }
 }
 
@@ -262,5 +270,131 @@ async fn backward_sessions_beyond_max_model_memory_are_dropped_and_rebuilt() {
         "the first graph was dropped and built again"
     );
     assert_eq!(first.input_grad.as_f32(), again.input_grad.as_f32());
+    s.stop().await.unwrap();
+}
+
+/// A closure run on a worker's runtime.
+struct OnWorker<F>(F);
+
+impl<F, T> Task for OnWorker<F>
+where
+    F: FnOnce(&mut WorkerRuntime) -> Result<T, RuntimeError> + Send + 'static,
+    T: Send + 'static,
+{
+    type Output = T;
+    fn run(self, rt: &mut WorkerRuntime, _: &JobContext) -> Result<T, RuntimeError> {
+        (self.0)(rt)
+    }
+}
+
+/// What [`the_runtime_cuts_a_callers_rows_into_passes_and_checks_before_each`] saw.
+struct Cuts {
+    backward: Vec<usize>,
+    forward: Vec<usize>,
+    pairs: Vec<usize>,
+    stopped_after: usize,
+    stopped: bool,
+    runs_when_stopped: u64,
+    cut: GradientPass,
+    uncut: GradientPass,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_cuts_a_callers_rows_into_passes_and_checks_before_each() {
+    let mut config = test_config(&root().join("models"));
+    config.workers = 1;
+    let s = start(config).await;
+    let rows = 7;
+    let input = Tensor::f32(vec![rows, 1, 28, 28], Rng::new(3).vec(rows * 28 * 28, 0.0, 1.0));
+    let weights = Tensor::f32(vec![rows, 10], Rng::new(4).vec(rows * 10, -1.0, 1.0));
+    let runs = s.state.metrics.passes.runs.clone();
+    let seen = s
+        .state
+        .executor
+        .submit(OnWorker(move |rt: &mut WorkerRuntime| {
+            let model = rt.model("fashion-cnn")?;
+            let mut backward = Vec::new();
+            let mut record = |n: usize| {
+                backward.push(n);
+                Ok(())
+            };
+            let sizing = Sizing {
+                most: 3,
+                before: Some(&mut record),
+            };
+            let cut = rt.gradients(&model, &[], RuleSet::Exact, &input, &weights, sizing)?;
+            let uncut = rt.gradients(&model, &[], RuleSet::Exact, &input, &weights, Sizing::budget())?;
+            let mut forward = Vec::new();
+            let mut record = |n: usize| {
+                forward.push(n);
+                Ok(())
+            };
+            let sizing = Sizing {
+                most: 2,
+                before: Some(&mut record),
+            };
+            rt.run_sized(&model, &input, sizing)?;
+            // DeepLIFT's rows pair up by halves of their pass: never cut, whatever `most` says.
+            let mut pairs = Vec::new();
+            let mut record = |n: usize| {
+                pairs.push(n);
+                Ok(())
+            };
+            let sizing = Sizing {
+                most: 1,
+                before: Some(&mut record),
+            };
+            let two = input.slice_rows(0, 2);
+            rt.gradients(&model, &[], RuleSet::Rescale, &two, &weights.slice_rows(0, 2), sizing)?;
+            // A check that fails (the job's deadline passed) stops the passes before the next one.
+            let mut calls = 0;
+            let mut check = |_: usize| {
+                calls += 1;
+                if calls > 1 {
+                    Err(RuntimeError::Cancelled)
+                } else {
+                    Ok(())
+                }
+            };
+            let sizing = Sizing {
+                most: 2,
+                before: Some(&mut check),
+            };
+            let before = runs.get();
+            let stopped = matches!(rt.run_sized(&model, &input, sizing), Err(RuntimeError::Cancelled));
+            let runs_when_stopped = runs.get() - before;
+            Ok(Cuts {
+                backward,
+                forward,
+                pairs,
+                stopped_after: calls,
+                stopped,
+                runs_when_stopped,
+                cut,
+                uncut,
+            })
+        }))
+        .await
+        .unwrap();
+    assert_eq!(seen.backward, [3, 3, 1], "at most `most` rows a pass");
+    assert_eq!(seen.forward, [2, 2, 2, 1]);
+    assert_eq!(seen.pairs, [2], "DeepLIFT's pair in one pass");
+    assert!(seen.stopped, "the failed check's error is the answer");
+    assert_eq!(seen.stopped_after, 2, "checked before each pass");
+    assert_eq!(seen.runs_when_stopped, 1, "no pass ran after the failed check");
+    // The passes' rows joined back in order.
+    assert_eq!(seen.cut.input_grad.shape, vec![rows, 1, 28, 28]);
+    assert_eq!(seen.cut.scores.shape, vec![rows, 10]);
+    let close = |a: &[f32], b: &[f32]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 + 1e-4 * y.abs())
+    };
+    assert!(close(
+        seen.cut.input_grad.as_f32().unwrap(),
+        seen.uncut.input_grad.as_f32().unwrap()
+    ));
+    assert!(close(
+        seen.cut.scores.as_f32().unwrap(),
+        seen.uncut.scores.as_f32().unwrap()
+    ));
     s.stop().await.unwrap();
 }

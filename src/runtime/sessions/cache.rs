@@ -66,7 +66,7 @@ impl SessionStore {
             _ => DerivedKey::MaskedBackward(key.clone(), site_key(sites)),
         };
         let (session, outputs) = self
-            .derived_session(&derived, || {
+            .derived_session(model, &derived, || {
                 let built = match sites {
                     [] => self.gradients.build(model, key)?,
                     _ => self.gradients.build_masked(model, key, sites)?,
@@ -88,7 +88,7 @@ impl SessionStore {
     pub(super) fn masked_session(&self, model: &LoadedModel, sites: &[MaskSite]) -> Result<Shared, RuntimeError> {
         let key = DerivedKey::Masked(model.name.clone(), site_key(sites));
         let (session, _) = self
-            .derived_session(&key, || Ok((self.gradients.masked(model, sites)?, None)))
+            .derived_session(model, &key, || Ok((self.gradients.masked(model, sites)?, None)))
             .map_err(|message| RuntimeError::Inference {
                 model: model.name.clone(),
                 message: format!("cannot build the model with dropout masks: {message}"),
@@ -100,7 +100,7 @@ impl SessionStore {
     pub(super) fn outputs_session(&self, model: &LoadedModel, names: &[String]) -> Result<Shared, RuntimeError> {
         let key = DerivedKey::Outputs(model.name.clone(), names.to_vec());
         let (session, _) = self
-            .derived_session(&key, || Ok((self.gradients.with_outputs(model, names)?, None)))
+            .derived_session(model, &key, || Ok((self.gradients.with_outputs(model, names)?, None)))
             .map_err(|message| RuntimeError::Inference {
                 model: model.name.clone(),
                 message: format!("cannot build the model with further outputs: {message}"),
@@ -113,6 +113,7 @@ impl SessionStore {
     /// one finishes first) and built again when next needed.
     fn derived_session(
         &self,
+        model: &LoadedModel,
         key: &DerivedKey,
         build: impl FnOnce() -> Result<(Vec<u8>, Option<GradientOutputs>), String>,
     ) -> Result<(Shared, Option<GradientOutputs>), String> {
@@ -146,7 +147,7 @@ impl SessionStore {
                 let pairs = matches!(key, DerivedKey::Backward(k) | DerivedKey::MaskedBackward(k, _)
                     if k.rules == crate::onnx::autodiff::RuleSet::Rescale);
                 let batching = Batching {
-                    enabled: self.options.batching.enabled && !pairs && !self.one_row(key.model()),
+                    enabled: self.options.batching.enabled && !pairs && !self.one_row(model),
                     ..self.options.batching
                 };
                 Ok((self.share_with(session, batching), outputs))

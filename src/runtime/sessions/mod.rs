@@ -28,7 +28,7 @@ use build::build_session;
 use cache::{DerivedKey, Kept};
 
 pub use build::{create_session, create_session_from_bytes};
-pub use worker::{GradientPass, LentModel, WorkerRuntime};
+pub use worker::{GradientPass, LentModel, Sizing, WorkerRuntime};
 
 type Shared = Arc<SharedSession>;
 
@@ -143,13 +143,7 @@ impl SessionStore {
     }
 
     /// True when `model`'s graph fixes its batch at one row (a loaded model, or a lent copy of one).
-    fn one_row(&self, model: &str) -> bool {
-        self.one_row.contains(model)
-            || self
-                .lent
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(model)
-                .is_some_and(|(m, _)| m.gradient_report.get().is_some_and(|r| r.one_row_per_pass))
+    fn one_row(&self, model: &LoadedModel) -> bool {
+        self.one_row.contains(&model.name) || model.gradient_report.get().is_some_and(|r| r.one_row_per_pass)
     }
 }

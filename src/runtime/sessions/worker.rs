@@ -1,5 +1,5 @@
 //! A worker's handle on the shared sessions: runs forward, masked and backward passes, each split
-//! into as many passes as the pass budget needs.
+//! into as many passes as the pass budget needs (here, and nowhere else).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,9 +8,10 @@ use super::build::build_session;
 use super::cache::Backward;
 use super::rows::Pass;
 use super::{SessionStore, Shared};
+use crate::onnx::autodiff::RuleSet;
 use crate::onnx::autodiff::WEIGHTS_INPUT;
 use crate::onnx::dropout::{mask_input, MaskSite};
-use crate::runtime::batching::{Batching, Named};
+use crate::runtime::batching::{Batching, Feed};
 use crate::runtime::gradients::GradientKey;
 use crate::runtime::tensor::{Tensor, TensorData};
 use crate::runtime::{LoadedModel, RuntimeError};
@@ -85,27 +86,31 @@ impl WorkerRuntime {
         })
     }
 
-    /// Runs `model` on `input` (first axis = batch) and returns every tensor output, rows
-    /// concatenated back together.
-    pub fn run(
+    /// Runs `model` on `input` (first axis = batch) in as many passes as the pass budget needs,
+    /// and returns every tensor output, rows concatenated back together.
+    pub fn run(&mut self, model: &LoadedModel, input: &Tensor) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        self.run_sized(model, input, Sizing::budget())
+    }
+
+    /// [`Self::run`], its passes cut by `sizing`.
+    pub fn run_sized(
         &mut self,
-        model: &str,
-        input_name: &str,
+        model: &LoadedModel,
         input: &Tensor,
+        sizing: Sizing,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
-        let session = match self.store.forward.get(model) {
+        let session = match self.store.forward.get(&model.name) {
             Some(s) => s.clone(),
             None => self
                 .store
                 .lent
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(model)
+                .get(&model.name)
                 .map(|(_, s)| s.clone())
-                .ok_or_else(|| RuntimeError::UnknownModel(model.to_string()))?,
+                .ok_or_else(|| RuntimeError::UnknownModel(model.name.clone()))?,
         };
-        let row_bytes = self.row_bytes(model, Pass::Forward);
-        self.run_batched(&session, model, &[(input_name, input)], row_bytes, false)
+        self.run_batched(&session, model, &[(&model.spec.input, input)], Pass::Forward, sizing)
     }
 
     /// Runs `model` with dropout masks at `sites` on `input` (first axis = batch), `masks[k]`
@@ -121,59 +126,82 @@ impl WorkerRuntime {
         let names: Vec<String> = (0..masks.len()).map(mask_input).collect();
         let mut feeds = vec![(model.spec.input.as_str(), input)];
         feeds.extend(names.iter().map(String::as_str).zip(masks));
-        let row_bytes = self.row_bytes(&model.name, Pass::Forward);
-        self.run_batched(&session, &model.name, &feeds, row_bytes, false)
+        self.run_batched(&session, model, &feeds, Pass::Forward, Sizing::budget())
     }
 
-    /// Runs `model` on `input` (first axis = batch) with the tensors `names` as further outputs;
-    /// returns every output.
+    /// Runs `model` on `input` (first axis = batch) with the tensors `names` as further outputs,
+    /// its passes cut by `sizing`; returns every output.
     pub fn run_with_outputs(
         &mut self,
         model: &LoadedModel,
         names: &[String],
         input: &Tensor,
+        sizing: Sizing,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
         let session = self.store.outputs_session(model, names)?;
-        let row_bytes = self.row_bytes(&model.name, Pass::Forward);
         self.run_batched(
             &session,
-            &model.name,
+            model,
             &[(model.spec.input.as_str(), input)],
-            row_bytes,
-            false,
+            Pass::Forward,
+            sizing,
         )
     }
 
-    /// Runs the backward model for `key` on `input` with target `weights` (shaped like the
-    /// scores); a row of all-zero weights explains its top class, chosen in the graph, when the
-    /// model's output can be ranked (the pass's `chosen` says which class each row had).
+    /// Runs `model`'s backward model exposing `layers` under `rules` on `input` with target
+    /// `weights` (shaped like the scores), its passes cut by `sizing`; a row of all-zero weights
+    /// explains its top class, chosen in the graph, when the model's output can be ranked (the
+    /// pass's `chosen` says which class each row had).
     pub fn gradients(
         &mut self,
-        key: &GradientKey,
+        model: &LoadedModel,
+        layers: &[String],
+        rules: RuleSet,
         input: &Tensor,
         weights: &Tensor,
+        sizing: Sizing,
     ) -> Result<GradientPass, RuntimeError> {
-        self.masked_gradients(key, &[], input, weights, &[])
+        self.backward(model, (layers, rules), &[], (input, weights, &[]), sizing)
     }
 
-    /// [`Self::gradients`] through the model with dropout masks at `sites`, `masks[k]` holding one
-    /// row of site `k`'s mask per input row.
+    /// Input gradients ([`Self::gradients`], no layers, standard rules) through the model with
+    /// dropout masks at `sites`, `masks[k]` holding one row of site `k`'s mask per input row.
     pub fn masked_gradients(
         &mut self,
-        key: &GradientKey,
+        model: &LoadedModel,
         sites: &[MaskSite],
         input: &Tensor,
         weights: &Tensor,
         masks: &[Tensor],
     ) -> Result<GradientPass, RuntimeError> {
-        let model = self.model(&key.model)?;
-        let plain = key;
-        let (key, unasked) = with_cam_layer(&model, key);
-        let backward = match self.store.backward_session(&model, &key, sites) {
-            Err(_) if unasked => self.store.backward_session(&model, plain, sites)?,
+        self.backward(
+            model,
+            (&[], RuleSet::Exact),
+            sites,
+            (input, weights, masks),
+            Sizing::budget(),
+        )
+    }
+
+    fn backward(
+        &mut self,
+        model: &LoadedModel,
+        (layers, rules): (&[String], RuleSet),
+        sites: &[MaskSite],
+        (input, weights, masks): (&Tensor, &Tensor, &[Tensor]),
+        sizing: Sizing,
+    ) -> Result<GradientPass, RuntimeError> {
+        let plain = GradientKey {
+            model: model.name.clone(),
+            layers: layers.to_vec(),
+            rules,
+        };
+        let (key, unasked) = with_cam_layer(model, &plain);
+        let backward = match self.store.backward_session(model, &key, sites) {
+            Err(_) if unasked => self.store.backward_session(model, &plain, sites)?,
             built => built?,
         };
-        let mut pass = self.gradient_pass(&model, &backward, input, weights, masks, key.rules)?;
+        let mut pass = self.gradient_pass(model, &backward, (input, weights, masks), rules, sizing)?;
         if unasked {
             pass.layers.clear();
         }
@@ -184,18 +212,18 @@ impl WorkerRuntime {
         &mut self,
         model: &LoadedModel,
         (session, built): &Backward,
-        input: &Tensor,
-        weights: &Tensor,
-        masks: &[Tensor],
-        rules: crate::onnx::autodiff::RuleSet,
+        (input, weights, masks): (&Tensor, &Tensor, &[Tensor]),
+        rules: RuleSet,
+        sizing: Sizing,
     ) -> Result<GradientPass, RuntimeError> {
-        // DeepLIFT's rows pair up by halves of their pass.
-        let whole = rules == crate::onnx::autodiff::RuleSet::Rescale;
         let names: Vec<String> = (0..masks.len()).map(mask_input).collect();
         let mut feeds = vec![(model.spec.input.as_str(), input), (WEIGHTS_INPUT, weights)];
         feeds.extend(names.iter().map(String::as_str).zip(masks));
-        let row_bytes = self.row_bytes(&model.name, Pass::Backward);
-        let mut outputs = self.run_batched(session, &model.name, &feeds, row_bytes, whole)?;
+        // DeepLIFT's rows pair up by halves of their pass.
+        let pass = Pass::Backward {
+            whole: rules == RuleSet::Rescale,
+        };
+        let mut outputs = self.run_batched(session, model, &feeds, pass, sizing)?;
         let mut take = |name: &str| {
             outputs.remove(name).ok_or_else(|| RuntimeError::Inference {
                 model: model.name.clone(),
@@ -223,58 +251,57 @@ impl WorkerRuntime {
         })
     }
 
-    /// Runs a session on feeds that share their first (batch) axis, as many rows per pass as the
-    /// pass budget allows (`row_bytes` each), each pass holding a lease on the budget shared by
-    /// every worker.
+    /// Runs a session on feeds that share their first (batch) axis: the one place a caller's rows
+    /// are cut into passes, as many rows a pass as the pass budget allows (at most `sizing.most`),
+    /// each pass holding a lease on the budget shared by every worker. The passes read the feeds
+    /// in place (a pass's rows are a contiguous run of each feed's values).
     fn run_batched(
         &mut self,
         session: &Shared,
-        model: &str,
+        model: &LoadedModel,
         feeds: &[(&str, &Tensor)],
-        row_bytes: u64,
-        whole: bool,
+        pass: Pass,
+        mut sizing: Sizing,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        let fail = |message: String| RuntimeError::Inference {
+            model: model.name.clone(),
+            message,
+        };
         let rows = feeds.first().map(|(_, t)| t.rows()).unwrap_or(0);
-        let row_bytes = self.scaled(model, row_bytes, feeds.first().map_or(usize::MAX, |(_, t)| t.row_len()));
         if feeds.iter().any(|(_, t)| t.rows() != rows) {
-            return Err(RuntimeError::Inference {
-                model: model.to_string(),
-                message: "feeds differ in batch size".into(),
-            });
+            return Err(fail("feeds differ in batch size".into()));
         }
+        let mut values = Vec::with_capacity(feeds.len());
+        for (name, t) in feeds {
+            let data = t
+                .as_f32()
+                .ok_or_else(|| fail("explaind feeds float32 inputs only".into()))?;
+            values.push((*name, data, t.row_len(), t.shape.get(1..).unwrap_or(&[])));
+        }
+        let row_len = feeds.first().map_or(usize::MAX, |(_, t)| t.row_len());
+        let (per_pass, row_bytes) = self.pass_rows(model, pass, row_len, rows, sizing.most)?;
         let mut parts: HashMap<String, Vec<Tensor>> = HashMap::new();
         let mut start = 0;
-        // A pass whose rows depend on each other (DeepLIFT's pairs) is never split; the budget
-        // still lets it run alone.
-        let per_pass = if whole {
-            if rows > 1 && self.store.one_row(model) {
-                return Err(RuntimeError::UnsupportedModel {
-                    model: model.to_string(),
-                    message: format!(
-                        "the graph fixes its batch at one row, and this pass needs its {rows} rows together \
-                         (DeepLIFT's input and reference)"
-                    ),
-                });
-            }
-            rows.max(1)
-        } else {
-            self.rows_per_pass(model, row_bytes)
-        };
         while start < rows {
-            let end = (start + per_pass).min(rows);
+            let end = start.saturating_add(per_pass).min(rows);
+            if let Some(before) = sizing.before.as_mut() {
+                before(end - start)?;
+            }
             let _lease = self.store.budget.lease(row_bytes.saturating_mul((end - start) as u64));
-            let chunk: Named = feeds
+            let chunk: Vec<Feed> = values
                 .iter()
-                .map(|(n, t)| {
-                    let part = if start == 0 && end == rows {
-                        (*t).clone()
-                    } else {
-                        t.slice_rows(start, end)
-                    };
-                    (n.to_string(), part)
+                .map(|&(name, data, len, row_shape)| {
+                    let mut shape = Vec::with_capacity(row_shape.len() + 1);
+                    shape.push(end - start);
+                    shape.extend_from_slice(row_shape);
+                    Feed {
+                        name,
+                        shape,
+                        data: &data[start * len..end * len],
+                    }
                 })
                 .collect();
-            for (name, t) in session.run(model, chunk)? {
+            for (name, t) in session.run(&model.name, &chunk)? {
                 parts.entry(name).or_default().push(t);
             }
             start = end;
@@ -282,13 +309,32 @@ impl WorkerRuntime {
         parts
             .into_iter()
             .map(|(name, ts)| {
-                let joined = Tensor::concat_rows(ts).ok_or_else(|| RuntimeError::Inference {
-                    model: model.to_string(),
-                    message: format!("output `{name}` changed shape between batches"),
-                })?;
+                let joined = Tensor::concat_rows(ts)
+                    .ok_or_else(|| fail(format!("output `{name}` changed shape between batches")))?;
                 Ok((name, joined))
             })
             .collect()
+    }
+}
+
+/// How a caller's rows go into passes, besides the pass budget: at most `most` rows a pass, and
+/// `before`, when given, called with each pass's rows before it runs (a job's deadline and
+/// cancellation check, and its progress); its error stops the passes.
+pub struct Sizing<'a> {
+    /// Most rows in one pass (a method's own limit, such as Integrated Gradients'
+    /// `internal_batch_size`).
+    pub most: usize,
+    /// Called before each pass with its rows.
+    pub before: Option<&'a mut dyn FnMut(usize) -> Result<(), RuntimeError>>,
+}
+
+impl Sizing<'_> {
+    /// Passes as large as the pass budget allows, unchecked.
+    pub fn budget() -> Self {
+        Sizing {
+            most: usize::MAX,
+            before: None,
+        }
     }
 }
 

@@ -1,0 +1,268 @@
+//! The methods' workbench: a job's model passes through the worker's sessions, counted and timed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{one_hot, targets, zeroed_batch, ExplainJob, JobContext, Primed, TargetRef, TargetSpec};
+use crate::onnx::autodiff::RuleSet;
+use crate::runtime::predict::{decided, probabilities, Prediction};
+use crate::runtime::sessions::{GradientPass, Sizing};
+use crate::runtime::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
+
+/// The methods' workbench: batched passes through the worker's sessions, counted.
+pub struct Cx<'a> {
+    pub(super) rt: &'a mut WorkerRuntime,
+    pub(super) job_ctx: &'a JobContext,
+    pub(super) model: Arc<LoadedModel>,
+    pub(super) rows: usize,
+    pub(super) runs: usize,
+    pub(super) gradient_rows: usize,
+    pub(super) primed: Option<Primed>,
+    /// The further outputs of the pass that scored the input ([`Method::with_scores`]).
+    pub(super) scored: Option<std::collections::HashMap<String, Tensor>>,
+    /// Time inside ONNX Runtime runs so far.
+    pub(super) model_time: Duration,
+    /// Values in one row of the job's input (passes of a short text fit more rows).
+    pub(super) row_len: usize,
+}
+
+impl Cx<'_> {
+    /// Fails once the job is past its deadline or cancelled: for a method's long loops that run
+    /// no passes (every pass checks this itself).
+    pub fn checkpoint(&self) -> Result<(), RuntimeError> {
+        self.job_ctx.checkpoint()
+    }
+
+    /// The class the model decides for each of `rows` (tabular feature rows, batched through
+    /// [`Cx::forward`]), with the row's class probabilities.
+    pub fn decide(&mut self, rows: &[Vec<f32>]) -> Result<Vec<(usize, Vec<f64>)>, RuntimeError> {
+        let Some(width) = rows.first().map(Vec::len) else {
+            return Ok(Vec::new());
+        };
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let scores = self.forward(&Tensor::f32(vec![rows.len(), width], flat))?.to_f64();
+        let classes = (scores.len() / rows.len()).max(1);
+        Ok(scores
+            .chunks(classes)
+            .map(|row| {
+                let probs = probabilities(&self.model, row);
+                (decided(&probs, None), probs)
+            })
+            .collect())
+    }
+
+    /// Scores of the model's output for `input` rows.
+    pub fn forward(&mut self, input: &Tensor) -> Result<Tensor, RuntimeError> {
+        self.job_ctx.checkpoint()?;
+        let model = self.model.clone();
+        let mut outputs = self.passes(usize::MAX, false, |rt, sizing| rt.run_sized(&model, input, sizing))?;
+        let scores = outputs
+            .remove(&model.spec.output)
+            .ok_or_else(|| RuntimeError::Inference {
+                model: model.name.clone(),
+                message: format!("output `{}` missing", model.spec.output),
+            })?;
+        // A graph that changes the batch (pads or crops the batch axis) answers another number of
+        // rows than it was given: refuse it here rather than index past its answer. (A graph that
+        // fixes its batch at one row is found at load and runs one row per pass.)
+        if scores.rows() != input.rows() {
+            return Err(RuntimeError::UnsupportedModel {
+                model: model.name.clone(),
+                message: format!(
+                    "the model answered {} rows for {}: its graph changes the batch size, so explaind cannot tell which answer belongs to which input",
+                    scores.rows(),
+                    input.rows()
+                ),
+            });
+        }
+        Ok(scores)
+    }
+
+    /// Every output of `model` (this job's model, or another loaded one: a checkpoint) on `input`
+    /// rows, with the tensors `names` as further outputs.
+    pub fn forward_with(
+        &mut self,
+        model: &LoadedModel,
+        names: &[String],
+        input: &Tensor,
+    ) -> Result<std::collections::HashMap<String, Tensor>, RuntimeError> {
+        self.job_ctx.checkpoint()?;
+        self.passes(usize::MAX, false, |rt, sizing| {
+            rt.run_with_outputs(model, names, input, sizing)
+        })
+    }
+
+    /// The further outputs of the pass that scored the input, once ([`Method::with_scores`]).
+    pub fn scored(&mut self) -> Option<std::collections::HashMap<String, Tensor>> {
+        self.scored.take()
+    }
+
+    /// Another loaded model (a checkpoint of this one).
+    pub fn loaded(&self, name: &str) -> Result<Arc<LoadedModel>, RuntimeError> {
+        self.rt.model(name)
+    }
+
+    /// Gradients for `input` rows with per-row `weights`, at most `chunk` rows a pass (the runtime
+    /// cuts the passes by the pass budget; DeepLIFT's pairs stay in one pass whatever the budget).
+    pub fn gradients(
+        &mut self,
+        layers: &[String],
+        rules: RuleSet,
+        input: &Tensor,
+        weights: &Tensor,
+        chunk: usize,
+    ) -> Result<GradientPass, RuntimeError> {
+        if let Some(primed) = self.primed.take_if(|p| p.answers(layers, rules, input, weights)) {
+            return Ok(primed.pass);
+        }
+        let model = self.model.clone();
+        self.passes(chunk, true, |rt, sizing| {
+            rt.gradients(&model, layers, rules, input, weights, sizing)
+        })
+    }
+
+    /// One pass over the job's (one-row) input that chooses the top prediction inside the graph and
+    /// differentiates it: the pass, the target it chose, and the input's scores.
+    pub(super) fn top_gradients(
+        &mut self,
+        layers: &[String],
+        rules: RuleSet,
+        job: &ExplainJob,
+    ) -> Result<(GradientPass, Prediction, Vec<f64>), RuntimeError> {
+        self.job_ctx.checkpoint()?;
+        self.count(1, 1);
+        self.gradient_rows += 1;
+        // All-zero weights: the graph weights the row by its top class.
+        let classes = self.model.spec.labels.len().max(1);
+        let zeros = Tensor::f32(vec![1, classes], vec![0.0; classes]);
+        let model = self.model.clone();
+        let pass = self.timed(|rt| rt.gradients(&model, layers, rules, &job.input, &zeros, Sizing::budget()))?;
+        let chosen = pass.chosen.as_ref().and_then(|c| c.first().copied());
+        let scores = pass.scores.to_f64();
+        let chosen = chosen.ok_or_else(|| RuntimeError::NotDifferentiable {
+            model: self.model.name.clone(),
+            message: "the backward model cannot rank this model's output".into(),
+        })?;
+        let spec = TargetSpec::One(TargetRef::Index(chosen));
+        let target = targets::resolve(Some(&spec), &self.model, &scores, 1)?
+            .pop()
+            .ok_or_else(|| RuntimeError::Inference {
+                model: self.model.name.clone(),
+                message: "no target".into(),
+            })?;
+        Ok((pass, target, scores))
+    }
+
+    /// Streams `rows` rows shaped `like` (one row) through the backward model, `chunk` at a time,
+    /// without building them all:
+    /// `make(r, buffer)` writes row `r`'s input and returns the class it targets; `take(r, pass, i)`
+    /// reads row `r`, which is row `i` of the chunk's `pass`. Memory is one chunk, whatever `rows` is.
+    #[allow(clippy::too_many_arguments)] // the pass (layers, rules, row shape), its size, and two closures
+    pub fn gradient_stream(
+        &mut self,
+        layers: &[String],
+        rules: RuleSet,
+        like: &Tensor,
+        rows: usize,
+        chunk: usize,
+        mut make: impl FnMut(usize, &mut [f32]) -> usize,
+        mut take: impl FnMut(usize, &GradientPass, usize),
+    ) -> Result<(), RuntimeError> {
+        let model = self.model.clone();
+        let one = like.shape.clone();
+        let n = like.row_len();
+        let classes = model.spec.labels.len().max(1);
+        // The rows of one pass are built at a time, so the stream asks the runtime how many fit.
+        let chunk = self.rt.gradient_rows_for(&model, like.row_len()).min(chunk).max(1);
+        let mut start = 0;
+        while start < rows {
+            let end = (start + chunk).min(rows);
+            let mut data = zeroed_batch(&model.name, (end - start) * n)?;
+            let mut indices = Vec::with_capacity(end - start);
+            for r in start..end {
+                let i = r - start;
+                indices.push(make(r, &mut data[i * n..(i + 1) * n]).min(classes - 1));
+            }
+            let mut shape = one.clone();
+            shape[0] = end - start;
+            let input = Tensor::f32(shape, data);
+            let pass = self.gradients(layers, rules, &input, &one_hot(&indices, classes), chunk)?;
+            for r in start..end {
+                take(r, &pass, r - start);
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Runs `run`'s passes, at most `most` rows each, checking the job's deadline and cancellation
+    /// before each and counting its rows (`backward`: as gradient rows too); their time is counted
+    /// in `model_time`.
+    fn passes<T>(
+        &mut self,
+        most: usize,
+        backward: bool,
+        run: impl FnOnce(&mut WorkerRuntime, Sizing) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        let Cx {
+            rt,
+            job_ctx,
+            rows,
+            runs,
+            gradient_rows,
+            model_time,
+            ..
+        } = self;
+        let job_ctx: &JobContext = job_ctx;
+        let mut before = |n: usize| {
+            job_ctx.checkpoint()?;
+            job_ctx.advance(n);
+            *rows += n;
+            *runs += 1;
+            if backward {
+                *gradient_rows += n;
+            }
+            Ok(())
+        };
+        let began = Instant::now();
+        let out = run(
+            rt,
+            Sizing {
+                most,
+                before: Some(&mut before),
+            },
+        );
+        *model_time += began.elapsed();
+        out
+    }
+
+    /// Runs one ONNX Runtime call, its time counted in `model_time`.
+    fn timed<T>(&mut self, run: impl FnOnce(&mut WorkerRuntime) -> T) -> T {
+        let began = Instant::now();
+        let out = run(self.rt);
+        self.model_time += began.elapsed();
+        out
+    }
+
+    fn count(&mut self, rows: usize, per_pass: usize) {
+        self.job_ctx.advance(rows);
+        self.rows += rows;
+        self.runs += rows.div_ceil(per_pass.max(1));
+    }
+
+    /// Most rows per pass.
+    pub fn max_batch(&self) -> usize {
+        self.rt.max_batch()
+    }
+
+    /// Rows per forward pass of this model within the pass budget (at most `max_batch`), for
+    /// rows the size of this job's input.
+    pub fn forward_rows(&self) -> usize {
+        self.rt.forward_rows_for(&self.model, self.row_len)
+    }
+
+    /// The model being explained.
+    pub fn model(&self) -> &LoadedModel {
+        &self.model
+    }
+}
