@@ -227,10 +227,14 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
         message,
     };
     let bytes = std::fs::read(&onnx_path).map_err(|e| model_err(&onnx_path, e.to_string()))?;
-    let decoded = proto::decode_model(&bytes).map_err(|e| model_err(&onnx_path, format!("not an ONNX model: {e}")))?;
+    let mut decoded =
+        proto::decode_model(&bytes).map_err(|e| model_err(&onnx_path, format!("not an ONNX model: {e}")))?;
     if decoded.graph.is_none() {
         return Err(model_err(&onnx_path, "not an ONNX model: no graph".into()));
     }
+    // External weights become part of the graph here, so that sessions and explaind's own graph
+    // code (backward graphs, randomisation, LRP) all see them; the hash stays the file's.
+    let inlined = super::external::inline(&mut decoded, folder).map_err(|m| model_err(&onnx_path, m))?;
     let text = std::fs::read_to_string(&manifest_path).map_err(|e| model_err(&manifest_path, e.to_string()))?;
     let manifest = Manifest::parse(&manifest_path, &text)?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
@@ -241,6 +245,7 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
             let (cut, text_model) = cut_text(folder, &manifest, &decoded).map_err(|m| model_err(&manifest_path, m))?;
             (cut.encode_to_vec(), cut, Some(text_model))
         }
+        _ if inlined => (decoded.encode_to_vec(), decoded, None),
         _ => (bytes, decoded, None),
     };
     let summary = ModelSummary::of(&decoded);
