@@ -23,7 +23,7 @@ pub struct LoadedModel {
     pub dir: PathBuf,
     /// The ONNX file's bytes, shared by every worker's session.
     pub bytes: Arc<[u8]>,
-    /// Hex sha256 of the ONNX file.
+    /// Hex sha256 of the ONNX file (with external data: of the model with its data read in).
     pub sha256: String,
     /// Interface read from the graph.
     pub summary: ModelSummary,
@@ -233,8 +233,12 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
         return Err(model_err(&onnx_path, "not an ONNX model: no graph".into()));
     }
     // External weights become part of the graph here, so that sessions and explaind's own graph
-    // code (backward graphs, randomisation, LRP) all see them; the hash stays the file's.
-    let inlined = super::external::inline(&mut decoded, folder).map_err(|m| model_err(&onnx_path, m))?;
+    // code (backward graphs, randomisation, LRP) all see them, and the hash covers them: new
+    // weights in the data file are another model.
+    let bytes = match super::external::inline(&mut decoded, folder).map_err(|m| model_err(&onnx_path, m))? {
+        true => decoded.encode_to_vec(),
+        false => bytes,
+    };
     let text = std::fs::read_to_string(&manifest_path).map_err(|e| model_err(&manifest_path, e.to_string()))?;
     let manifest = Manifest::parse(&manifest_path, &text)?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
@@ -245,7 +249,6 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
             let (cut, text_model) = cut_text(folder, &manifest, &decoded).map_err(|m| model_err(&manifest_path, m))?;
             (cut.encode_to_vec(), cut, Some(text_model))
         }
-        _ if inlined => (decoded.encode_to_vec(), decoded, None),
         _ => (bytes, decoded, None),
     };
     let summary = ModelSummary::of(&decoded);

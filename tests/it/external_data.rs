@@ -87,6 +87,9 @@ async fn a_model_with_external_weights_serves_and_explains_like_the_inline_one()
     assert_eq!(listed["failed"], json!([]), "{listed}");
     let report = ok_json(reqwest::get(url(&s, "/v1/models/ext")).await.unwrap()).await;
     assert_eq!(report["gradients"]["differentiable"], true, "{report}");
+    // The hash covers the weights: read back in, they make the bundled file byte for byte.
+    let inline_report = ok_json(reqwest::get(url(&s, "/v1/models/inline")).await.unwrap()).await;
+    assert_eq!(report["sha256"], inline_report["sha256"]);
     // Gradient methods (backward graphs built from the weights, LRP rules reading them) and a
     // perturbation method.
     for method in ["saliency", "lrp", "occlusion"] {
