@@ -153,7 +153,12 @@ impl Registry {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let prefix = format!("{}{}", dir.display(), std::path::MAIN_SEPARATOR);
+        let shown = dir.display().to_string();
+        let prefix = format!(
+            "{}{}",
+            shown.trim_end_matches(std::path::MAIN_SEPARATOR),
+            std::path::MAIN_SEPARATOR
+        );
         let error = error.replace(&prefix, "");
         tracing::error!(model = %name, %error, "model not loaded; the others serve (strict_models = false)");
         self.failed.insert(name, error);
