@@ -183,3 +183,28 @@ async fn external_data_that_leave_the_folder_or_are_missing_are_refused_naming_t
     let resp = reqwest::get(url(&s, "/v1/models/escape")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
+
+/// The format as onnx itself writes it (`onnx.save_model(..., save_as_external_data=True)`: one
+/// file, offsets aligned, every tensor moved): read back in, the bundled file byte for byte.
+#[test]
+fn onnx_s_own_external_data_writer_is_read_back_exactly() {
+    let folder = temp_dir("external-onnx-writer").join("m");
+    std::fs::create_dir_all(&folder).unwrap();
+    let script = "import sys, onnx\n\
+        m = onnx.load(sys.argv[1])\n\
+        onnx.save_model(m, sys.argv[2], save_as_external_data=True, all_tensors_to_one_file=True,\n\
+        \x20   location='weights.bin', size_threshold=0)\n";
+    let out = std::process::Command::new(test_venv("python"))
+        .args(["-c", script])
+        .arg(root().join("models/fashion-cnn/model.onnx"))
+        .arg(folder.join("model.onnx"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(folder.join("weights.bin").exists());
+    std::fs::write(folder.join("model.toml"), fashion_manifest()).unwrap();
+    let model = explaind::runtime::registry::load_model(&folder).unwrap();
+    let bundled = std::fs::read(root().join("models/fashion-cnn/model.onnx")).unwrap();
+    assert!(std::fs::metadata(folder.join("model.onnx")).unwrap().len() < bundled.len() as u64 / 10);
+    assert_eq!(&model.bytes[..], &bundled[..]);
+}
