@@ -13,6 +13,10 @@ pub struct Config {
     pub bind: String,
     /// Directory holding one folder per model (`model.onnx` + `model.toml`).
     pub models_dir: PathBuf,
+    /// Refuse to start when any model folder fails to load (today's all-or-nothing start). Off (the
+    /// default): a model that fails is listed with its error in `GET /v1/models`, `/readyz` and
+    /// the log, and the others serve.
+    pub strict_models: bool,
     /// Path of the ONNX Runtime shared library; when absent, `ORT_DYLIB_PATH`, the executable's
     /// folder and the set-up script's cache are tried in that order.
     pub onnxruntime_library: Option<PathBuf>,
@@ -221,6 +225,7 @@ impl Default for Config {
         Self {
             bind: "127.0.0.1:8080".into(),
             models_dir: PathBuf::from("models"),
+            strict_models: false,
             onnxruntime_library: None,
             workers: 2,
             intra_op_threads: 0,

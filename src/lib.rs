@@ -45,6 +45,51 @@ pub struct Service {
     claimer: Option<http::claimer::Claimer>,
 }
 
+/// Opens every model's sessions; fails at start, naming the model, rather than in a worker later.
+/// Without `strict_models`, a model ONNX Runtime refuses joins the registry's failed models and the
+/// others are opened again (only a start with a refused model pays that second pass).
+fn open_sessions(
+    env: &'static ort::environment::Environment,
+    mut registry: Arc<Registry>,
+    gradients: &Arc<runtime::gradients::GradientCache>,
+    metrics: &Arc<Metrics>,
+    config: &Config,
+) -> anyhow::Result<(Arc<Registry>, Arc<runtime::sessions::SessionStore>)> {
+    let options = runtime::sessions::StoreOptions {
+        provider: config.execution_provider,
+        max_model_memory: config.max_model_memory,
+        memory_arena: config.memory_arena,
+        max_pass_bytes: config.max_pass_bytes,
+        batching: runtime::batching::Batching {
+            enabled: config.batching,
+            max_batch: config.max_batch,
+            wait: Duration::from_micros(config.batch_wait_us),
+        },
+    };
+    loop {
+        let error = match runtime::sessions::SessionStore::new(
+            env,
+            registry.clone(),
+            gradients.clone(),
+            options,
+            metrics.passes.clone(),
+        ) {
+            Ok(store) => return Ok((registry, Arc::new(store))),
+            Err(e) => e,
+        };
+        // The store's error starts with the refused model's file.
+        let refused = registry
+            .iter()
+            .find(|m| error.starts_with(&format!("{}:", m.dir.join("model.onnx").display())));
+        match refused {
+            Some(model) if !config.strict_models => {
+                registry = Arc::new(registry.without(&model.name, &error, &config.models_dir)?);
+            }
+            _ => return Err(anyhow::anyhow!(error)),
+        }
+    }
+}
+
 impl Service {
     /// Loads ONNX Runtime and the models, starts the workers, and binds the listener.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
@@ -58,10 +103,10 @@ impl Service {
             spinning: config.intra_op_spinning,
         };
         let env = runtime::library::init_with(config.onnxruntime_library.as_deref(), threads)?;
-        let registry = Arc::new(Registry::load_dir(&config.models_dir)?);
+        let registry = Arc::new(Registry::load_dir(&config.models_dir, config.strict_models)?);
         let gradients = Arc::new(runtime::gradients::GradientCache::new(env));
         let metrics = Arc::new(Metrics::default());
-        let sessions = open_sessions(&config, env, &registry, &gradients, &metrics)?;
+        let (registry, sessions) = open_sessions(env, registry, &gradients, &metrics, &config)?;
         tracing::info!(models = ?registry.names(), "models loaded");
         report_gradients(&registry, &gradients);
         let executor = start_executor(&config, sessions, &metrics);
@@ -135,35 +180,6 @@ impl Service {
         }
         Ok(())
     }
-}
-
-/// The session store over every model; fails at start, naming the model, rather than in a worker later.
-fn open_sessions(
-    config: &Config,
-    env: &'static ort::environment::Environment,
-    registry: &Arc<Registry>,
-    gradients: &Arc<runtime::gradients::GradientCache>,
-    metrics: &Metrics,
-) -> anyhow::Result<Arc<runtime::sessions::SessionStore>> {
-    let store = runtime::sessions::SessionStore::new(
-        env,
-        registry.clone(),
-        gradients.clone(),
-        runtime::sessions::StoreOptions {
-            provider: config.execution_provider,
-            max_model_memory: config.max_model_memory,
-            memory_arena: config.memory_arena,
-            max_pass_bytes: config.max_pass_bytes,
-            batching: runtime::batching::Batching {
-                enabled: config.batching,
-                max_batch: config.max_batch,
-                wait: Duration::from_micros(config.batch_wait_us),
-            },
-        },
-        metrics.passes.clone(),
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
-    Ok(Arc::new(store))
 }
 
 /// Logs and keeps each model's gradient support, and reads tree ensembles once.

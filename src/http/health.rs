@@ -20,6 +20,9 @@ pub struct Health {
     pub jobs: usize,
     /// Most jobs that may be queued or running.
     pub capacity: usize,
+    /// Readiness: model folders that failed to load (the others serve); absent when none did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_models: Vec<super::models::FailedModel>,
 }
 
 /// The process is up.
@@ -30,6 +33,7 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<Health> {
         status: "ok",
         jobs,
         capacity,
+        failed_models: Vec::new(),
     })
 }
 
@@ -41,6 +45,7 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<Health> {
 ))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let (jobs, capacity) = state.executor.load();
+    let failed = super::models::failed_models(&state.registry);
     let database = match &state.shared_jobs {
         Some(shared) => shared.reachable().await,
         None => true,
@@ -52,6 +57,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
                 status: "database-unreachable",
                 jobs,
                 capacity,
+                failed_models: failed,
             }),
         );
     }
@@ -62,6 +68,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
                 status: "ready",
                 jobs,
                 capacity,
+                failed_models: failed,
             }),
         )
     } else {
@@ -71,6 +78,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
                 status: "starting",
                 jobs,
                 capacity,
+                failed_models: failed,
             }),
         )
     }

@@ -124,13 +124,39 @@ impl ModelInfo {
 pub struct ModelList {
     /// Models by name.
     pub models: Vec<ModelInfo>,
+    /// Model folders that failed to load, by name; they do not serve, the others do.
+    pub failed: Vec<FailedModel>,
+}
+
+/// A model folder that failed to load.
+#[derive(Clone, Serialize, ToSchema)]
+pub struct FailedModel {
+    /// Folder name (the name the model would have).
+    #[schema(example = "resnet18")]
+    pub name: String,
+    /// Why, naming files relative to the models directory.
+    #[schema(example = "resnet18/model.onnx: not an ONNX model: failed to decode Protobuf message")]
+    pub error: String,
+}
+
+/// The registry's failed model folders, by name.
+pub fn failed_models(registry: &crate::runtime::Registry) -> Vec<FailedModel> {
+    registry
+        .failed()
+        .iter()
+        .map(|(name, error)| FailedModel {
+            name: name.clone(),
+            error: error.clone(),
+        })
+        .collect()
 }
 
 /// Lists the loaded models.
-#[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = ModelList, description = "every loaded model")))]
+#[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = ModelList, description = "every loaded model, and the model folders that failed to load")))]
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList {
         models: state.registry.iter().map(|m| ModelInfo::of(&state, m)).collect(),
+        failed: failed_models(&state.registry),
     })
 }
 

@@ -41,8 +41,14 @@ fn resolve(
     input_shape: Option<&[usize]>,
 ) -> anyhow::Result<Resolved> {
     let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let decoded =
+    let mut decoded =
         proto::decode_model(&bytes).map_err(|e| anyhow::anyhow!("{}: not an ONNX model: {e}", file.display()))?;
+    // External data sit beside the file (`parent` of a bare file name is the empty path).
+    let folder = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    super::external::inline(&mut decoded, folder).map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
     let summary = ModelSummary::of(&decoded);
     let pick = |given: Option<&str>, list: &[TensorInfo], what: &str| -> anyhow::Result<TensorInfo> {
         match given {

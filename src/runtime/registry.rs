@@ -23,7 +23,7 @@ pub struct LoadedModel {
     pub dir: PathBuf,
     /// The ONNX file's bytes, shared by every worker's session.
     pub bytes: Arc<[u8]>,
-    /// Hex sha256 of the ONNX file.
+    /// Hex sha256 of the ONNX file (with external data: of the model with its data read in).
     pub sha256: String,
     /// Interface read from the graph.
     pub summary: ModelSummary,
@@ -63,17 +63,22 @@ pub enum RegistryError {
     Manifest(#[from] super::manifest::ManifestError),
     #[error("no models found in {0} (each model is a folder with model.onnx and model.toml)")]
     Empty(PathBuf),
+    #[error("no model loaded; the first failure: {0}")]
+    NoneLoaded(String),
 }
 
-/// All loaded models by name.
+/// All loaded models by name, and the model folders that failed to load.
 #[derive(Debug, Default)]
 pub struct Registry {
     models: BTreeMap<String, Arc<LoadedModel>>,
+    failed: BTreeMap<String, String>,
 }
 
 impl Registry {
-    /// Loads every model folder under `dir`.
-    pub fn load_dir(dir: &Path) -> Result<Self, RegistryError> {
+    /// Loads every model folder under `dir`. A folder that fails to load stops the start when
+    /// `strict`; otherwise it is kept, with its error, in [`Registry::failed`] and the others serve.
+    /// Either way at least one model must load.
+    pub fn load_dir(dir: &Path, strict: bool) -> Result<Self, RegistryError> {
         let entries = std::fs::read_dir(dir).map_err(|source| RegistryError::Dir {
             dir: dir.to_path_buf(),
             source,
@@ -84,19 +89,84 @@ impl Registry {
             .filter(|p| p.is_dir() && p.join("model.onnx").exists())
             .collect();
         folders.sort();
-        let mut models = BTreeMap::new();
+        let mut registry = Self::default();
         for folder in folders {
-            let model = load_model(&folder)?;
-            models.insert(model.name.clone(), Arc::new(model));
+            match load_model(&folder) {
+                Ok(model) => {
+                    registry.models.insert(model.name.clone(), Arc::new(model));
+                }
+                Err(e) if strict => return Err(e),
+                Err(e) => registry.fail(dir, &folder, &e.to_string()),
+            }
         }
-        if models.is_empty() {
+        registry.drop_bad_ensembles(dir, strict)?;
+        if registry.models.is_empty() && registry.failed.is_empty() {
             return Err(RegistryError::Empty(dir.to_path_buf()));
         }
-        let registry = Self { models };
-        for model in registry.iter() {
-            registry.check_ensemble(model)?;
+        registry.some_loaded()
+    }
+
+    /// This registry without `name`, which ONNX Runtime refused (`error`); ensembles that counted
+    /// on it go too. `dir` is the models directory, for the error shown to clients.
+    pub fn without(&self, name: &str, error: &str, dir: &Path) -> Result<Self, RegistryError> {
+        let mut registry = Self {
+            models: self.models.clone(),
+            failed: self.failed.clone(),
+        };
+        if let Some(model) = registry.models.remove(name) {
+            registry.fail(dir, &model.dir, error);
         }
-        Ok(registry)
+        registry.drop_bad_ensembles(dir, false)?;
+        registry.some_loaded()
+    }
+
+    /// At least one model must serve: a service with none is not started.
+    fn some_loaded(self) -> Result<Self, RegistryError> {
+        match self.failed.values().next() {
+            Some(first) if self.models.is_empty() => Err(RegistryError::NoneLoaded(first.clone())),
+            _ => Ok(self),
+        }
+    }
+
+    /// Checks every ensemble (members load, same input and labels); one that fails stops the start
+    /// when `strict`, else joins the failed models. Repeated until none fails: an ensemble dropped
+    /// may be a member of another.
+    fn drop_bad_ensembles(&mut self, dir: &Path, strict: bool) -> Result<(), RegistryError> {
+        loop {
+            let bad = self
+                .models
+                .values()
+                .find_map(|m| self.check_ensemble(m).err().map(|e| (m.clone(), e)));
+            let Some((model, e)) = bad else { return Ok(()) };
+            if strict {
+                return Err(e);
+            }
+            self.models.remove(&model.name);
+            self.fail(dir, &model.dir, &e.to_string());
+        }
+    }
+
+    /// Records a model folder that failed to load, and logs it. The error names files relative to
+    /// the models directory: it is shown to clients, who need not know the server's paths.
+    fn fail(&mut self, dir: &Path, folder: &Path, error: &str) {
+        let name = folder
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let shown = dir.display().to_string();
+        let prefix = format!(
+            "{}{}",
+            shown.trim_end_matches(std::path::MAIN_SEPARATOR),
+            std::path::MAIN_SEPARATOR
+        );
+        let error = error.replace(&prefix, "");
+        tracing::error!(model = %name, %error, "model not loaded; the others serve (strict_models = false)");
+        self.failed.insert(name, error);
+    }
+
+    /// Model folders that failed to load, with why (files named relative to the models directory).
+    pub fn failed(&self) -> &BTreeMap<String, String> {
+        &self.failed
     }
 
     /// An ensemble's members must exist and take the same input to the same labels: they all run
@@ -133,6 +203,7 @@ impl Registry {
     pub fn from_models(models: Vec<LoadedModel>) -> Self {
         Self {
             models: models.into_iter().map(|m| (m.name.clone(), Arc::new(m))).collect(),
+            failed: BTreeMap::new(),
         }
     }
 
@@ -161,10 +232,18 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
         message,
     };
     let bytes = std::fs::read(&onnx_path).map_err(|e| model_err(&onnx_path, e.to_string()))?;
-    let decoded = proto::decode_model(&bytes).map_err(|e| model_err(&onnx_path, format!("not an ONNX model: {e}")))?;
+    let mut decoded =
+        proto::decode_model(&bytes).map_err(|e| model_err(&onnx_path, format!("not an ONNX model: {e}")))?;
     if decoded.graph.is_none() {
         return Err(model_err(&onnx_path, "not an ONNX model: no graph".into()));
     }
+    // External weights become part of the graph here, so that sessions and explaind's own graph
+    // code (backward graphs, randomisation, LRP) all see them, and the hash covers them: new
+    // weights in the data file are another model.
+    let bytes = match super::external::inline(&mut decoded, folder).map_err(|m| model_err(&onnx_path, m))? {
+        true => decoded.encode_to_vec(),
+        false => bytes,
+    };
     let text = std::fs::read_to_string(&manifest_path).map_err(|e| model_err(&manifest_path, e.to_string()))?;
     let manifest = Manifest::parse(&manifest_path, &text)?;
     let sha256 = hex::encode(Sha256::digest(&bytes));

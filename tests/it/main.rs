@@ -19,6 +19,7 @@ mod deeplift;
 mod deploy;
 mod eval;
 mod explain;
+mod external_data;
 mod extremal;
 mod gradients_runtime;
 mod jobs;

@@ -98,6 +98,109 @@ fn a_corrupt_onnx_file_is_named() {
     assert!(err.contains("model.onnx") && err.contains("not an ONNX model"), "{err}");
 }
 
+/// Beside a good model: a corrupt ONNX file, a bad manifest, a graph ONNX Runtime refuses.
+fn broken_beside_good(name: &str) -> std::path::PathBuf {
+    let dir = temp_dir(name);
+    copy_bundled("breast-cancer", &dir);
+    let corrupt = dir.join("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::write(corrupt.join("model.onnx"), b"this is not protobuf at all \xff\xff\xff").unwrap();
+    std::fs::write(corrupt.join("model.toml"), "task = \"image-classification\"\n").unwrap();
+    let manifest = dir.join("manifest");
+    std::fs::create_dir_all(&manifest).unwrap();
+    std::fs::write(manifest.join("model.onnx"), fashion_onnx()).unwrap();
+    std::fs::write(
+        manifest.join("model.toml"),
+        "task = \"image-classification\"\nlabelz = []\n",
+    )
+    .unwrap();
+    // Decodes, and its manifest resolves, but no operator `NoSuchOp` exists: ONNX Runtime refuses it.
+    let mut g = explaind::onnx::builder::GraphBuilder::new("refused", 17);
+    let x = g.input("input", &[-1, 3]);
+    g.node_with_outputs("NoSuchOp", &[&x], &["scores"], vec![]);
+    g.output("scores", &[-1, 3]);
+    write_model(
+        &dir,
+        "refused",
+        &g.build(),
+        "task = \"tabular-classification\"\nlabels = [\"a\", \"b\", \"c\"]\n",
+    );
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_fails_to_load_is_listed_with_its_error_and_the_others_serve() {
+    let dir = broken_beside_good("broken-beside-good");
+    // A models directory given with a trailing separator still yields errors without its path.
+    let s = start(test_config(&dir.join(""))).await;
+    let listed = ok_json(reqwest::get(url(&s, "/v1/models")).await.unwrap()).await;
+    let names: Vec<&str> = listed["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["breast-cancer"]);
+    let expect = [
+        ("corrupt", "corrupt/model.onnx: not an ONNX model"),
+        ("manifest", "manifest/model.toml"),
+        ("refused", "refused/model.onnx: ONNX Runtime cannot load this model"),
+    ];
+    let failed = listed["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), expect.len(), "{listed}");
+    for ((name, why), f) in expect.iter().zip(failed) {
+        assert_eq!(f["name"], *name);
+        let error = f["error"].as_str().unwrap();
+        assert!(error.starts_with(why), "{name}: {error}");
+        assert!(!error.contains(&*dir.to_string_lossy()), "a server path in {error}");
+    }
+    assert!(failed[1]["error"].as_str().unwrap().contains("labelz"), "{listed}");
+    // Readiness says which models are missing; the service is ready for the others.
+    let resp = reqwest::get(url(&s, "/readyz")).await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    let ready = ok_json(resp).await;
+    assert_eq!(ready["failed_models"], listed["failed"], "{ready}");
+    let missing = reqwest::get(url(&s, "/v1/models/corrupt")).await.unwrap();
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+    let features = tabular_features(&s, "breast-cancer").await;
+    let row: Vec<f32> = breast_cancer_holdout()[0].clone();
+    assert_eq!(row.len(), features.len());
+    let resp = post_json(
+        &s,
+        "/v1/models/breast-cancer/explain/saliency",
+        &serde_json::json!({"features": row}),
+    )
+    .await;
+    ok_json(resp).await;
+}
+
+#[tokio::test]
+async fn with_strict_models_a_model_that_fails_to_load_stops_the_start_naming_it() {
+    let dir = broken_beside_good("broken-strict");
+    for (remove, why) in [
+        (None, "corrupt/model.onnx"),
+        (Some("corrupt"), "manifest/model.toml"),
+        (
+            Some("manifest"),
+            "refused/model.onnx: ONNX Runtime cannot load this model",
+        ),
+    ] {
+        if let Some(folder) = remove {
+            std::fs::remove_dir_all(dir.join(folder)).unwrap();
+        }
+        let config = explaind::config::Config {
+            strict_models: true,
+            ..test_config(&dir)
+        };
+        let err = explaind::Service::start(config)
+            .await
+            .err()
+            .expect("started")
+            .to_string();
+        assert!(err.contains(why), "expected `{why}` in: {err}");
+    }
+}
+
 #[tokio::test]
 async fn the_service_refuses_to_start_on_a_bad_model_folder() {
     let dir = temp_dir("bad-start");
@@ -106,6 +209,20 @@ async fn the_service_refuses_to_start_on_a_bad_model_folder() {
     std::fs::write(model_dir.join("model.onnx"), fashion_onnx()).unwrap();
     std::fs::write(model_dir.join("model.toml"), "task = \"tabular-regression\"\n").unwrap();
     let err = explaind::Service::start(test_config(&dir))
+        .await
+        .err()
+        .expect("started on a bad model")
+        .to_string();
+    // Alone, a bad model leaves nothing to serve: the start is refused, with strict_models or not.
+    assert!(
+        err.contains("no model loaded") && err.contains("m/model.toml") && err.contains("input") && err.contains("2-D"),
+        "{err}"
+    );
+    let strict = explaind::config::Config {
+        strict_models: true,
+        ..test_config(&dir)
+    };
+    let err = explaind::Service::start(strict)
         .await
         .err()
         .expect("started on a bad model")

@@ -304,14 +304,26 @@ async fn an_ensemble_averages_its_members_and_mismatched_members_are_refused_at_
         &tabular(&[1.0; 6]),
         "task = \"tabular-classification\"\nlabels = [\"x\", \"y\"]\n",
     );
-    let err = explaind::runtime::Registry::load_dir(&dir).unwrap_err().to_string();
+    let err = explaind::runtime::Registry::load_dir(&dir, true)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("ensemble") && err.contains("other labels"), "{err}");
+    // Without strict_models the bad ensemble is listed with the same reason and the member serves.
+    let registry = explaind::runtime::Registry::load_dir(&dir, false).unwrap();
+    assert_eq!(registry.names(), ["b"]);
+    let why = &registry.failed()["a"];
+    assert!(
+        why.starts_with("a/model.toml: ensemble") && why.contains("other labels"),
+        "{why}"
+    );
     std::fs::write(
         dir.join("a/model.toml"),
         "task = \"tabular-classification\"\nlabels = [\"a\", \"b\"]\nensemble = [\"c\"]\n",
     )
     .unwrap();
-    let err = explaind::runtime::Registry::load_dir(&dir).unwrap_err().to_string();
+    let err = explaind::runtime::Registry::load_dir(&dir, true)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no model named `c`"), "{err}");
 }
 
