@@ -142,8 +142,18 @@ fn explain(
     p: &SmoothGradParams,
     targets: &[Prediction],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
-    let n = x.len();
+    let noisy = noisy_copies(job, p)?;
+    let (sum, sum_sq) = moments(cx, job, p, targets, &noisy)?;
+    Ok(targets
+        .iter()
+        .enumerate()
+        .map(|(ti, t)| combined(job, p, t, &sum[ti], &sum_sq[ti]))
+        .collect())
+}
+
+/// The noisy copies of the input, shared by all targets (as Captum's NoiseTunnel draws per input).
+fn noisy_copies(job: &ExplainJob, p: &SmoothGradParams) -> Result<Vec<Vec<f32>>, RuntimeError> {
+    let x = job.input.as_f32().unwrap_or(&[]);
     let (lo, hi) = x
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
@@ -153,14 +163,25 @@ fn explain(
         model: job.model.name.clone(),
         message: format!("noise: {e}"),
     })?;
-    // One set of noisy copies, shared by all targets (as Captum's NoiseTunnel draws per input).
-    let noisy: Vec<Vec<f32>> = (0..p.samples)
+    Ok((0..p.samples)
         .map(|_| {
             x.iter()
                 .map(|v| if sigma > 0.0 { v + normal.sample(&mut rng) } else { *v })
                 .collect()
         })
-        .collect();
+        .collect())
+}
+
+/// Per target, the sum and the sum of squares over the noisy copies of each value's gradient
+/// (or Integrated Gradients' attribution, with `base`).
+fn moments(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    p: &SmoothGradParams,
+    targets: &[Prediction],
+    noisy: &[Vec<f32>],
+) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>), RuntimeError> {
+    let n = job.input.as_f32().map_or(0, <[f32]>::len);
     let points = match p.base {
         SmoothGradBase::Saliency => vec![(1.0, 1.0)],
         SmoothGradBase::IntegratedGradients => quadrature(Integration::GaussLegendre, p.steps),
@@ -224,32 +245,33 @@ fn explain(
             }
         },
     )?;
-    let mut out = Vec::new();
-    for (ti, t) in targets.iter().enumerate() {
-        let (sum, sum_sq) = (&sum[ti], &sum_sq[ti]);
-        let m = p.samples as f64;
-        let combined: Vec<f32> = (0..n)
-            .map(|i| {
-                let mean = sum[i] / m;
-                (match p.variant {
-                    SmoothGradVariant::Smoothgrad => mean,
-                    SmoothGradVariant::SmoothgradSq => sum_sq[i] / m,
-                    SmoothGradVariant::Vargrad => sum_sq[i] / m - mean * mean,
-                }) as f32
-            })
-            .collect();
-        let mut shape = job.input.shape.clone();
-        shape[0] = 1;
-        let single = Tensor::f32(shape, combined);
-        let signed = p.variant == SmoothGradVariant::Smoothgrad && !(p.base == SmoothGradBase::Saliency && p.abs);
-        out.push(TargetAttribution {
-            target: t.clone(),
-            tensor: row(&single, 0),
-            map: fold_map(job, &single, 0, if signed { Fold::Sum } else { Fold::MaxAbs }),
-            convergence_delta: None,
-            layer: None,
-            details: None,
-        });
+    Ok((sum, sum_sq))
+}
+
+/// One target's attribution from its moments, as the variant combines them.
+fn combined(job: &ExplainJob, p: &SmoothGradParams, t: &Prediction, sum: &[f64], sum_sq: &[f64]) -> TargetAttribution {
+    let n = sum.len();
+    let m = p.samples as f64;
+    let values: Vec<f32> = (0..n)
+        .map(|i| {
+            let mean = sum[i] / m;
+            (match p.variant {
+                SmoothGradVariant::Smoothgrad => mean,
+                SmoothGradVariant::SmoothgradSq => sum_sq[i] / m,
+                SmoothGradVariant::Vargrad => sum_sq[i] / m - mean * mean,
+            }) as f32
+        })
+        .collect();
+    let mut shape = job.input.shape.clone();
+    shape[0] = 1;
+    let single = Tensor::f32(shape, values);
+    let signed = p.variant == SmoothGradVariant::Smoothgrad && !(p.base == SmoothGradBase::Saliency && p.abs);
+    TargetAttribution {
+        target: t.clone(),
+        tensor: row(&single, 0),
+        map: fold_map(job, &single, 0, if signed { Fold::Sum } else { Fold::MaxAbs }),
+        convergence_delta: None,
+        layer: None,
+        details: None,
     }
-    Ok(out)
 }
