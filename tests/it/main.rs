@@ -36,3 +36,4 @@ mod text;
 mod tree_shap;
 mod uncertainty;
 mod web;
+mod wide;
