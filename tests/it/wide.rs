@@ -247,3 +247,34 @@ async fn a_job_cancelled_mid_solver_frees_its_worker_at_once() {
     assert!(stopped < Duration::from_secs(1), "{stopped:?}");
     s.stop().await.unwrap();
 }
+
+/// The process's peak resident memory (Linux), MiB.
+fn peak_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Benchmark (run alone, `--ignored`): KernelSHAP and LIME over 2,048 features and 1,000 samples,
+/// the method's own arithmetic as a share of the request, and the process's peak memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run alone with --ignored --nocapture"]
+async fn benchmark_2048_features_1000_samples() {
+    let (s, _) = wide_service(|_| {}).await;
+    let http = reqwest::Client::new();
+    eprintln!("peak before: {:?} MiB", peak_mib());
+    for (method, params) in [
+        (
+            "kernel-shap",
+            json!({"samples": 1000, "background_rows": BACKGROUND_ROWS}),
+        ),
+        ("lime", json!({"samples": 1000})),
+    ] {
+        let (status, v) = explain(&http, &s, method, params).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        report(method, &v);
+        eprintln!("peak after {method}: {:?} MiB", peak_mib());
+    }
+    s.stop().await.unwrap();
+}
