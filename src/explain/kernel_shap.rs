@@ -18,7 +18,7 @@ use super::method::{
 use super::method::{schemas_of, NamedSchemas};
 use super::perturb::{compose, run_copies};
 use super::players::{Players, TextUnit};
-use super::regression::{bit, pack, Check};
+use super::regression::{bit, cholesky, cholesky_solve, pack, Check};
 use super::{background, Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::preprocess::InputError;
@@ -205,18 +205,6 @@ fn exact_values(b: &DVector<f64>, gap: f64, total: f64) -> Vec<f64> {
     let m = b.len() as f64;
     let mean = b.sum() / m;
     b.iter().map(|v| (v - mean) / gap + total / m).collect()
-}
-
-/// The linear map from b = E[z (v(z) - v0)] to the constrained solution's free part, and the
-/// constraint's direction: phi = C b + d * total.
-fn solver(a: &DMatrix<f64>) -> Option<(DMatrix<f64>, DVector<f64>)> {
-    let m = a.nrows();
-    let inv = a.clone().try_inverse()?;
-    let ones = DVector::from_element(m, 1.0);
-    let inv_ones = &inv * &ones;
-    let denom = ones.dot(&inv_ones);
-    let c = &inv - (&inv_ones * inv_ones.transpose()) / denom;
-    Some((c, inv_ones / denom))
 }
 
 /// The sampled kernel matrix, when its regression is determined: a sample with fewer pairs than
@@ -497,30 +485,40 @@ fn jackknife(
             .map(|(_, n)| n)
             .sum::<usize>();
         let n = n.max(1) as f64;
-        let sampled = match (&whole, skip) {
+        let factor = match (&whole, skip) {
             (None, _) => None,
-            (Some(a), None) => solver(&(a / n)),
+            (Some(a), None) => cholesky(a / n, check)?,
             (Some(a), Some(g)) => {
                 let a = a - pair_sums(&in_group(g), m, check)?;
-                well_conditioned(&a).then(|| solver(&(a / n))).flatten()
+                if well_conditioned(&a) {
+                    cholesky(a / n, check)?
+                } else {
+                    None
+                }
             }
         };
-        Ok(group_b
-            .iter()
-            .zip(totals)
-            .map(|(groups, total)| {
-                let mut b = DVector::<f64>::zeros(m);
-                for (_, sum) in groups.iter().enumerate().filter(|(g, _)| Some(*g) != skip) {
-                    b += sum;
-                }
-                b /= n;
-                match &sampled {
-                    Some((c, d)) => {
-                        let free = c * b;
-                        (0..m).map(|j| free[j] + d[j] * total).collect()
-                    }
-                    None => exact_values(&b, gap, *total),
-                }
+        let b = DMatrix::from_fn(m, totals.len(), |j, t| {
+            let sum: f64 = (0..group_n.len())
+                .filter(|g| Some(*g) != skip)
+                .map(|g| group_b[t][g][j])
+                .sum();
+            sum / n
+        });
+        let Some(l) = factor else {
+            return Ok((0..totals.len())
+                .map(|t| exact_values(&b.column(t).into_owned(), gap, totals[t]))
+                .collect());
+        };
+        // The values minimise the sampled regression subject to summing to the total: with
+        // x = A^-1 b and u = A^-1 1, phi = x + u (total - 1'x) / 1'u.
+        let x = cholesky_solve(&l, &b, check)?;
+        let u = cholesky_solve(&l, &DMatrix::from_element(m, 1, 1.0), check)?;
+        let u = u.column(0);
+        Ok((0..totals.len())
+            .map(|t| {
+                let x = x.column(t);
+                let scale = (totals[t] - x.sum()) / u.sum();
+                (0..m).map(|j| x[j] + u[j] * scale).collect()
             })
             .collect())
     };
@@ -580,6 +578,18 @@ pub struct KernelShapDetails {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    /// The linear map from b = E[z (v(z) - v0)] to the constrained solution's free part, and the
+    /// constraint's direction: phi = C b + d * total.
+    fn solver(a: &DMatrix<f64>) -> Option<(DMatrix<f64>, DVector<f64>)> {
+        let m = a.nrows();
+        let inv = a.clone().try_inverse()?;
+        let ones = DVector::from_element(m, 1.0);
+        let inv_ones = &inv * &ones;
+        let denom = ones.dot(&inv_ones);
+        let c = &inv - (&inv_ones * inv_ones.transpose()) / denom;
+        Some((c, inv_ones / denom))
+    }
 
     /// An additive game's values from `pairs` sampled complementary pairs over `m` players.
     fn additive(m: usize, pairs: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
