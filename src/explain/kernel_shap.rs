@@ -18,6 +18,7 @@ use super::method::{
 use super::method::{schemas_of, NamedSchemas};
 use super::perturb::{compose, run_copies};
 use super::players::{Players, TextUnit};
+use super::regression::{bit, cholesky, cholesky_solve, pack, Check};
 use super::{background, Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::preprocess::InputError;
@@ -177,8 +178,9 @@ impl Method for KernelShap {
     }
 }
 
-/// The Shapley kernel's size distribution over 1..M-1, and E[z zT] under it.
-fn kernel(m: usize) -> (Vec<f64>, DMatrix<f64>) {
+/// The Shapley kernel's size distribution over 1..M-1, and E[z zT] under it: every diagonal entry
+/// is `diag`, every other `off`.
+fn kernel(m: usize) -> (Vec<f64>, f64, f64) {
     let mf = m as f64;
     let raw: Vec<f64> = (1..m).map(|s| 1.0 / (s as f64 * (mf - s as f64))).collect();
     let z: f64 = raw.iter().sum();
@@ -193,20 +195,16 @@ fn kernel(m: usize) -> (Vec<f64>, DMatrix<f64>) {
             p * s * (s - 1.0) / (mf * (mf - 1.0))
         })
         .sum();
-    let a = DMatrix::from_fn(m, m, |i, j| if i == j { diag } else { off });
-    (sizes, a)
+    (sizes, diag, off)
 }
 
-/// The linear map from b = E[z (v(z) - v0)] to the constrained solution's free part, and the
-/// constraint's direction: phi = C b + d * total.
-fn solver(a: &DMatrix<f64>) -> Option<(DMatrix<f64>, DVector<f64>)> {
-    let m = a.nrows();
-    let inv = a.clone().try_inverse()?;
-    let ones = DVector::from_element(m, 1.0);
-    let inv_ones = &inv * &ones;
-    let denom = ones.dot(&inv_ones);
-    let c = &inv - (&inv_ones * inv_ones.transpose()) / denom;
-    Some((c, inv_ones / denom))
+/// The constrained solution with the exact kernel matrix, in closed form: that matrix is
+/// (diag - off) I + off 11', so phi = (b - mean(b)) / (diag - off) + total / M, which is what
+/// `solver` gives for it, without an M x M matrix.
+fn exact_values(b: &DVector<f64>, gap: f64, total: f64) -> Vec<f64> {
+    let m = b.len() as f64;
+    let mean = b.sum() / m;
+    b.iter().map(|v| (v - mean) / gap + total / m).collect()
 }
 
 /// The sampled kernel matrix, when its regression is determined: a sample with fewer pairs than
@@ -274,17 +272,21 @@ fn solve(
         Some(Samples::Fixed(n)) => (false, (*n).min(budget)),
         Some(Samples::Auto(_)) => (true, budget),
     };
-    let (sizes, a) = kernel(m);
-    let (exact_c, exact_d) = solver(&a).ok_or_else(|| RuntimeError::Inference {
-        model: job.model.name.clone(),
-        message: "singular Shapley kernel".into(),
-    })?;
+    let (sizes, diag, off) = kernel(m);
+    let gap = diag - off;
+    if !(gap.is_finite() && gap > 0.0) {
+        return Err(RuntimeError::Inference {
+            model: job.model.name.clone(),
+            message: "singular Shapley kernel".into(),
+        });
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
-    // Per jackknife group: the pairs' kernel-matrix sum, and per target their b sums.
-    let mut group_a: Vec<DMatrix<f64>> = vec![DMatrix::zeros(m, m); GROUPS];
+    // The pairs themselves (bit-packed first halves), and per target and jackknife group the
+    // pairs' b sums: no M x M matrix unless the pairs determine the sampled one.
+    let mut pairs: Vec<Vec<u64>> = Vec::new();
     let mut group_b: Vec<Vec<DVector<f64>>> = vec![vec![DVector::zeros(m); GROUPS]; targets.len()];
     let mut group_n = [0usize; GROUPS];
-    let mut pair_count = 0usize;
+    let totals: Vec<f64> = v1.iter().zip(v0).map(|(v1, v0)| v1 - v0).collect();
     let mut players: Vec<usize> = (0..m).collect();
     let round = 64usize;
     let mut drawn = 0usize;
@@ -293,6 +295,7 @@ fn solve(
         let n_pairs = ((target_samples - drawn) / 2).min(if auto { round / 2 } else { usize::MAX });
         let mut coalitions: Vec<Vec<bool>> = Vec::with_capacity(2 * n_pairs);
         for _ in 0..n_pairs {
+            cx.checkpoint()?;
             let u: f64 = rng.random();
             let mut acc = 0.0;
             let mut size = m - 1;
@@ -313,30 +316,25 @@ fn solve(
             coalitions.push(complement);
         }
         let outputs = evaluate(cx, &coalitions)?;
-        let as_vector = |z: &[bool]| DVector::from_iterator(m, z.iter().map(|b| if *b { 1.0 } else { 0.0 }));
         for k in 0..n_pairs {
-            let g = (pair_count + k) % GROUPS;
+            let g = pairs.len() % GROUPS;
             group_n[g] += 1;
+            pairs.push(pack(&coalitions[2 * k]));
             for half in [2 * k, 2 * k + 1] {
-                let v = as_vector(&coalitions[half]);
-                group_a[g] += &v * v.transpose() / 2.0;
                 for (ti, t) in targets.iter().enumerate() {
                     let gain = outputs[half][t.index] - v0[ti];
-                    group_b[ti][g] += &v * (gain / 2.0);
+                    let b = &mut group_b[ti][g];
+                    for j in (0..m).filter(|j| coalitions[half][*j]) {
+                        b[j] += gain / 2.0;
+                    }
                 }
             }
         }
-        pair_count += n_pairs;
         drawn += 2 * n_pairs;
         if auto && drawn >= 4 * m.max(16) {
-            let worst = (0..targets.len())
-                .map(|ti| {
-                    jackknife(&group_a, &group_b[ti], &group_n, v1[ti] - v0[ti], &exact_c, &exact_d)
-                        .1
-                        .iter()
-                        .cloned()
-                        .fold(0.0, f64::max)
-                })
+            let worst = jackknife(&pairs, &group_b, &group_n, &totals, gap, &|| cx.checkpoint())?
+                .iter()
+                .flat_map(|(_, se)| se.iter().copied())
                 .fold(0.0, f64::max);
             if worst < p.tolerance {
                 stopped = "every standard error is below the tolerance";
@@ -344,17 +342,15 @@ fn solve(
             }
         }
     }
-    let mut solved = Solved {
-        phi: Vec::new(),
-        se: Vec::new(),
+    let (phi, se) = jackknife(&pairs, &group_b, &group_n, &totals, gap, &|| cx.checkpoint())?
+        .into_iter()
+        .unzip();
+    let solved = Solved {
+        phi,
+        se,
         drawn,
         stopped,
     };
-    for ti in 0..targets.len() {
-        let (phi, se) = jackknife(&group_a, &group_b[ti], &group_n, v1[ti] - v0[ti], &exact_c, &exact_d);
-        solved.phi.push(phi);
-        solved.se.push(se);
-    }
     Ok(solved)
 }
 
@@ -444,53 +440,109 @@ fn explain_tabular(
     Ok(out)
 }
 
-/// Values from all pairs, and each value's grouped-jackknife standard error.
+/// The sampled kernel matrix's sum over the given pairs: each pair's two coalitions' z z' / 2, a
+/// block of pairs at a time (one matrix product per block).
+fn pair_sums(pairs: &[&Vec<u64>], m: usize, check: &Check) -> Result<DMatrix<f64>, RuntimeError> {
+    let mut a = DMatrix::zeros(m, m);
+    for block in pairs.chunks(128) {
+        check()?;
+        let z = DMatrix::from_fn(2 * block.len(), m, |r, j| {
+            f64::from(u8::from(bit(block[r / 2], j) == (r % 2 == 0)))
+        });
+        a += z.tr_mul(&z) * 0.5;
+    }
+    Ok(a)
+}
+
+/// One target's values and their standard errors.
+type Estimate = (Vec<f64>, Vec<f64>);
+
+/// Every target's values from all pairs, and each value's grouped-jackknife standard error (pair
+/// `k` sits in group `k % GROUPS`). The matrix work is shared by the targets.
 fn jackknife(
-    group_a: &[DMatrix<f64>],
-    group_b: &[DVector<f64>],
+    pairs: &[Vec<u64>],
+    group_b: &[Vec<DVector<f64>>],
     group_n: &[usize],
-    total: f64,
-    exact_c: &DMatrix<f64>,
-    exact_d: &DVector<f64>,
-) -> (Vec<f64>, Vec<f64>) {
-    let m = exact_d.len();
-    let sums = |skip: Option<usize>| {
-        let mut a = DMatrix::<f64>::zeros(m, m);
-        let mut b = DVector::<f64>::zeros(m);
-        let mut n = 0usize;
-        for g in (0..group_a.len()).filter(|g| Some(*g) != skip) {
-            a += &group_a[g];
-            b += &group_b[g];
-            n += group_n[g];
-        }
-        (a, b, n)
-    };
+    totals: &[f64],
+    gap: f64,
+    check: &Check,
+) -> Result<Vec<Estimate>, RuntimeError> {
+    let m = group_b.first().and_then(|g| g.first()).map_or(0, |b| b.len());
+    let in_group = |g: usize| -> Vec<&Vec<u64>> { pairs.iter().skip(g).step_by(group_n.len()).collect() };
     // The sampled matrix is used when the whole sample determines it; then also for the
     // leave-one-group-out values, unless dropping a group leaves it singular.
-    let (a, _, pairs) = sums(None);
-    let regression = pairs >= m && well_conditioned(&a);
-    let values = |skip: Option<usize>| -> Vec<f64> {
-        let (a, b, n) = sums(skip);
-        let n = n.max(1) as f64;
-        let sampled = (regression && well_conditioned(&a)).then(|| solver(&(a / n))).flatten();
-        let (c, d) = sampled.as_ref().map(|(c, d)| (c, d)).unwrap_or((exact_c, exact_d));
-        let free = c * (b / n);
-        (0..m).map(|j| free[j] + d[j] * total).collect()
+    let whole = if pairs.len() >= m {
+        Some(pair_sums(&pairs.iter().collect::<Vec<_>>(), m, check)?).filter(well_conditioned)
+    } else {
+        None
     };
-    let phi = values(None);
-    let used: Vec<usize> = (0..group_a.len()).filter(|g| group_n[*g] > 0).collect();
+    let values = |skip: Option<usize>| -> Result<Vec<Vec<f64>>, RuntimeError> {
+        check()?;
+        let n = group_n
+            .iter()
+            .enumerate()
+            .filter(|(g, _)| Some(*g) != skip)
+            .map(|(_, n)| n)
+            .sum::<usize>();
+        let n = n.max(1) as f64;
+        let factor = match (&whole, skip) {
+            (None, _) => None,
+            (Some(a), None) => cholesky(a / n, check)?,
+            (Some(a), Some(g)) => {
+                let a = a - pair_sums(&in_group(g), m, check)?;
+                if well_conditioned(&a) {
+                    cholesky(a / n, check)?
+                } else {
+                    None
+                }
+            }
+        };
+        let b = DMatrix::from_fn(m, totals.len(), |j, t| {
+            let sum: f64 = (0..group_n.len())
+                .filter(|g| Some(*g) != skip)
+                .map(|g| group_b[t][g][j])
+                .sum();
+            sum / n
+        });
+        let Some(l) = factor else {
+            return Ok((0..totals.len())
+                .map(|t| exact_values(&b.column(t).into_owned(), gap, totals[t]))
+                .collect());
+        };
+        // The values minimise the sampled regression subject to summing to the total: with
+        // x = A^-1 b and u = A^-1 1, phi = x + u (total - 1'x) / 1'u.
+        let x = cholesky_solve(&l, &b, check)?;
+        let u = cholesky_solve(&l, &DMatrix::from_element(m, 1, 1.0), check)?;
+        let u = u.column(0);
+        Ok((0..totals.len())
+            .map(|t| {
+                let x = x.column(t);
+                let scale = (totals[t] - x.sum()) / u.sum();
+                (0..m).map(|j| x[j] + u[j] * scale).collect()
+            })
+            .collect())
+    };
+    let phi = values(None)?;
+    let used: Vec<usize> = (0..group_n.len()).filter(|g| group_n[*g] > 0).collect();
     if used.len() < 2 {
-        return (phi, vec![f64::INFINITY; m]);
+        return Ok(phi.into_iter().map(|phi| (phi, vec![f64::INFINITY; m])).collect());
     }
-    let leave_out: Vec<Vec<f64>> = used.iter().map(|g| values(Some(*g))).collect();
+    let leave_out = used.iter().map(|g| values(Some(*g))).collect::<Result<Vec<_>, _>>()?;
     let k = used.len() as f64;
-    let se = (0..m)
-        .map(|j| {
-            let mean = leave_out.iter().map(|v| v[j]).sum::<f64>() / k;
-            ((k - 1.0) / k * leave_out.iter().map(|v| (v[j] - mean).powi(2)).sum::<f64>()).sqrt()
+    Ok(phi
+        .into_iter()
+        .enumerate()
+        .map(|(t, phi)| {
+            let se = (0..m)
+                .map(|j| {
+                    let mean = leave_out.iter().map(|v| v[t][j]).sum::<f64>() / k;
+                    let spread = leave_out.iter().map(|v| (v[t][j] - mean).powi(2)).sum::<f64>();
+                    ((k - 1.0) / k * spread).sqrt()
+                })
+                .collect();
+            (phi, se)
         })
-        .collect();
-    (phi, se)
+        .collect())
 }
 
 /// KernelSHAP's `details`, as `explain` writes them.
@@ -527,14 +579,25 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    /// The linear map from b = E[z (v(z) - v0)] to the constrained solution's free part, and the
+    /// constraint's direction: phi = C b + d * total.
+    fn solver(a: &DMatrix<f64>) -> Option<(DMatrix<f64>, DVector<f64>)> {
+        let m = a.nrows();
+        let inv = a.clone().try_inverse()?;
+        let ones = DVector::from_element(m, 1.0);
+        let inv_ones = &inv * &ones;
+        let denom = ones.dot(&inv_ones);
+        let c = &inv - (&inv_ones * inv_ones.transpose()) / denom;
+        Some((c, inv_ones / denom))
+    }
+
     /// An additive game's values from `pairs` sampled complementary pairs over `m` players.
     fn additive(m: usize, pairs: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
         let weights: Vec<f64> = (0..m).map(|i| ((i * 7919) % 13) as f64 / 100.0).collect();
-        let (sizes, a) = kernel(m);
-        let (c, d) = solver(&a).unwrap();
+        let (sizes, diag, off) = kernel(m);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let mut group_a = vec![DMatrix::zeros(m, m); GROUPS];
-        let mut group_b = vec![DVector::zeros(m); GROUPS];
+        let mut packed = Vec::new();
+        let mut group_b = vec![vec![DVector::zeros(m); GROUPS]];
         let mut group_n = [0usize; GROUPS];
         let mut players: Vec<usize> = (0..m).collect();
         for k in 0..pairs {
@@ -549,16 +612,33 @@ mod tests {
                 .count()
                 .min(m - 2);
             players.shuffle(&mut rng);
-            let z = DVector::from_fn(m, |i, _| if players[..size].contains(&i) { 1.0 } else { 0.0 });
-            for v in [z.clone(), z.map(|x| 1.0 - x)] {
+            let z: Vec<bool> = (0..m).map(|i| players[..size].contains(&i)).collect();
+            packed.push(pack(&z));
+            let v = DVector::from_fn(m, |i, _| if z[i] { 1.0 } else { 0.0 });
+            for v in [v.clone(), v.map(|x| 1.0 - x)] {
                 let gain: f64 = v.iter().zip(&weights).map(|(z, w)| z * w).sum();
-                group_a[k % GROUPS] += &v * v.transpose() / 2.0;
-                group_b[k % GROUPS] += &v * (gain / 2.0);
+                group_b[0][k % GROUPS] += &v * (gain / 2.0);
             }
             group_n[k % GROUPS] += 1;
         }
-        let (phi, _) = jackknife(&group_a, &group_b, &group_n, weights.iter().sum(), &c, &d);
-        (phi, weights)
+        let total = weights.iter().sum();
+        let mut solved = jackknife(&packed, &group_b, &group_n, &[total], diag - off, &|| Ok(())).unwrap();
+        (solved.remove(0).0, weights)
+    }
+
+    #[test]
+    fn the_closed_form_is_the_exact_kernel_solution() {
+        for m in [2usize, 3, 9, 50] {
+            let (_, diag, off) = kernel(m);
+            let a = DMatrix::from_fn(m, m, |i, j| if i == j { diag } else { off });
+            let (c, d) = solver(&a).unwrap();
+            let b = DVector::from_fn(m, |i, _| ((i * 31) % 7) as f64 - 2.5);
+            let free = &c * &b;
+            let closed = exact_values(&b, diag - off, 1.25);
+            for j in 0..m {
+                assert!((free[j] + d[j] * 1.25 - closed[j]).abs() < 1e-9, "m {m}: {closed:?}");
+            }
+        }
     }
 
     #[test]

@@ -192,10 +192,17 @@ pub(super) fn interpretable_features(cx: &PlanContext, segments: usize, method: 
 
 /// The cost of a perturbation method with `samples` samples over `players` interpretable features,
 /// each sample scored over `rows_per_sample` model rows: the samples, one batch, every row's scores,
-/// and per target the regression's grouped sums (20 groups of an m x m matrix).
+/// per target a few vectors of the players (the jackknife groups' sums and values), and the
+/// regression's working matrices, shared by the targets: a few copies of the smaller of the
+/// features' (m x m) and the samples' (n x n) Gram matrix, as the solvers pick the smaller.
 pub(super) fn perturbation_cost(cx: &PlanContext, samples: usize, players: usize, rows_per_sample: usize) -> Cost {
     let rows = samples.saturating_add(1).saturating_mul(rows_per_sample.max(1));
-    let per_target = bytes(players.saturating_add(1).saturating_mul(players.saturating_add(1)), 8).saturating_mul(20);
+    let side = samples.min(players).saturating_add(1);
+    let per_target = bytes(players.saturating_add(1), 8).saturating_mul(2 * 21);
+    // Four n x n or m x m matrices at once at most, and two blocks of 256 dense sample rows.
+    let solver = bytes(side.saturating_mul(side), 8)
+        .saturating_mul(4)
+        .saturating_add(bytes(players.saturating_mul(256), 16));
     Cost {
         samples,
         rows,
@@ -204,6 +211,7 @@ pub(super) fn perturbation_cost(cx: &PlanContext, samples: usize, players: usize
             .saturating_add(cx.batch_bytes(cx.limits.max_batch, false))
             .saturating_add(bytes(rows, 8).saturating_mul(cx.classes() as u64))
             .saturating_add(per_target.saturating_mul(cx.targets as u64 + 1))
+            .saturating_add(solver)
             .saturating_add(bytes(cx.pixels(), 32))
             .saturating_add(cx.answer_bytes()),
     }
@@ -261,7 +269,7 @@ fn sample_and_fit(
         Samples::Auto(_) => (true, job.limits.max_samples.saturating_sub(1)),
     };
     let mut rng = ChaCha8Rng::seed_from_u64(job.seed);
-    let mut models = vec![LocalModel::new(m); targets.len()];
+    let mut model = LocalModel::new(m, targets.len());
     let first = (4 * m).max(64);
     let (mut drawn, mut stopped) = (0usize, "sample budget reached");
     while drawn < budget {
@@ -274,15 +282,14 @@ fn sample_and_fit(
         let (samples, outputs) = round(cx, &mut rng, drawn, n)?;
         for (s, row) in samples.iter().zip(&outputs) {
             let scores = job.weighed_scores(row);
-            for (model, t) in models.iter_mut().zip(targets) {
-                model.add(&s.z, scores[t.index], s.weight);
-            }
+            model.add(&s.z, targets.iter().map(|t| scores[t.index]).collect(), s.weight);
         }
         drawn += n;
         if auto {
-            let worst = models
+            let worst = model
+                .fit(p.alpha, &|| cx.checkpoint())?
                 .iter()
-                .flat_map(|model| model.fit(p.alpha).se)
+                .flat_map(|fit| fit.se.iter().copied())
                 .fold(0.0, f64::max);
             if worst < p.tolerance {
                 stopped = "every standard error is below the tolerance";
@@ -291,7 +298,7 @@ fn sample_and_fit(
         }
     }
     Ok(Fitted {
-        fits: models.iter().map(|model| model.fit(p.alpha)).collect(),
+        fits: model.fit(p.alpha, &|| cx.checkpoint())?,
         drawn,
         stopped,
     })
@@ -333,13 +340,14 @@ fn explain(
         // The first sample is the whole image, as lime_image does.
         let samples: Vec<Sample> = (start..start + n)
             .map(|r| {
+                cx.checkpoint()?;
                 let z: Vec<bool> = (0..m).map(|_| r == 0 || rng.random::<bool>()).collect();
                 let on = z.iter().filter(|b| **b).count() as f64;
                 let distance = 1.0 - (on / m as f64).sqrt();
                 let weight = (-(distance * distance) / (width * width)).exp().sqrt();
-                Sample { z, weight }
+                Ok(Sample { z, weight })
             })
-            .collect();
+            .collect::<Result<_, RuntimeError>>()?;
         let outputs = run_copies(cx, &input, n, |r, buf| compose(buf, &x, hidden, &samples[r].z, pixels))?;
         Ok((samples, outputs))
     };
@@ -390,6 +398,8 @@ fn explain_tabular(
         let mut values = Vec::with_capacity(n);
         let mut samples = Vec::with_capacity(n);
         for r in start..start + n {
+            // A wide table's rows take a while to draw: stop between them when the job is over.
+            cx.checkpoint()?;
             // The first sample is the input itself, as lime_tabular's is.
             let row: Vec<f32> = if r == 0 {
                 x.clone()

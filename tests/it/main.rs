@@ -37,3 +37,4 @@ mod text;
 mod tree_shap;
 mod uncertainty;
 mod web;
+mod wide;
