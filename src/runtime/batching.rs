@@ -61,7 +61,19 @@ pub struct Feed<'a> {
     pub data: &'a [f32],
 }
 
-impl Feed<'_> {
+impl<'a> Feed<'a> {
+    /// Rows `start..end` of `data`, whose rows are each `row_shape` (`len` values).
+    pub fn rows_of(name: &'a str, data: &'a [f32], len: usize, row_shape: &[usize], start: usize, end: usize) -> Self {
+        let mut shape = Vec::with_capacity(row_shape.len() + 1);
+        shape.push(end - start);
+        shape.extend_from_slice(row_shape);
+        Feed {
+            name,
+            shape,
+            data: &data[start * len..end * len],
+        }
+    }
+
     fn rows(&self) -> usize {
         self.shape.first().copied().unwrap_or(1)
     }
@@ -106,14 +118,7 @@ impl Group {
             .zip(&self.data)
             .map(|((name, row_shape), data)| {
                 let len: usize = row_shape.iter().product();
-                let mut shape = Vec::with_capacity(row_shape.len() + 1);
-                shape.push(end - start);
-                shape.extend_from_slice(row_shape);
-                Feed {
-                    name,
-                    shape,
-                    data: &data[start * len..end * len],
-                }
+                Feed::rows_of(name, data, len, row_shape, start, end)
             })
             .collect()
     }

@@ -290,16 +290,7 @@ impl WorkerRuntime {
             let _lease = self.store.budget.lease(row_bytes.saturating_mul((end - start) as u64));
             let chunk: Vec<Feed> = values
                 .iter()
-                .map(|&(name, data, len, row_shape)| {
-                    let mut shape = Vec::with_capacity(row_shape.len() + 1);
-                    shape.push(end - start);
-                    shape.extend_from_slice(row_shape);
-                    Feed {
-                        name,
-                        shape,
-                        data: &data[start * len..end * len],
-                    }
-                })
+                .map(|&(name, data, len, row_shape)| Feed::rows_of(name, data, len, row_shape, start, end))
                 .collect();
             for (name, t) in session.run(&model.name, &chunk)? {
                 parts.entry(name).or_default().push(t);
