@@ -143,11 +143,11 @@ fn explain(
     targets: &[Prediction],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
     let noisy = noisy_copies(job, p)?;
-    let (sum, sum_sq) = moments(cx, job, p, targets, &noisy)?;
+    let m = moments(cx, job, p, targets, &noisy)?;
     Ok(targets
         .iter()
         .enumerate()
-        .map(|(ti, t)| combined(job, p, t, &sum[ti], &sum_sq[ti]))
+        .map(|(ti, t)| combined(job, p, t, &m.sum[ti], &m.sum_sq[ti]))
         .collect())
 }
 
@@ -180,7 +180,7 @@ fn moments(
     p: &SmoothGradParams,
     targets: &[Prediction],
     noisy: &[Vec<f32>],
-) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>), RuntimeError> {
+) -> Result<Moments, RuntimeError> {
     let n = job.input.as_f32().map_or(0, <[f32]>::len);
     let points = match p.base {
         SmoothGradBase::Saliency => vec![(1.0, 1.0)],
@@ -245,7 +245,13 @@ fn moments(
             }
         },
     )?;
-    Ok((sum, sum_sq))
+    Ok(Moments { sum, sum_sq })
+}
+
+/// Per target, per input value: the sum and the sum of squares over the noisy copies.
+struct Moments {
+    sum: Vec<Vec<f64>>,
+    sum_sq: Vec<Vec<f64>>,
 }
 
 /// One target's attribution from its moments, as the variant combines them.

@@ -1,186 +1,20 @@
-//! KernelSHAP over superpixels (Lundberg and Lee 2017), in its unbiased form (Covert and Lee 2021):
-//! coalitions drawn from the Shapley kernel distribution in complementary pairs, the exact kernel
-//! matrix, and the efficiency constraint solved exactly, so values always sum to f(x) - f(hidden).
-//! The paired samples' variance gives each value's standard error; `samples: "auto"` stops as soon
-//! as every standard error is below `tolerance`. Seeded: the same seed gives the same bytes.
+//! KernelSHAP's estimator: complementary pairs of coalitions drawn from the Shapley kernel, the
+//! constrained regression (the sampled kernel matrix when the pairs determine it, else the exact
+//! one in closed form), and grouped-jackknife standard errors. Knows players only as indices.
 
 use nalgebra::{DMatrix, DVector};
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-use super::lime::Hide;
-use super::lime::{check_positive, interpretable_features, perturbation_cost};
-use super::method::{
-    check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
-};
-use super::method::{schemas_of, NamedSchemas};
-use super::perturb::{compose, run_copies};
-use super::players::{Players, TextUnit};
-use super::regression::{bit, cholesky, cholesky_solve, pack, Check};
-use super::{background, Cx, ExplainJob, TargetAttribution};
+use super::{KernelShapParams, Samples};
+use crate::explain::regression::{bit, cholesky, cholesky_solve, pack, Check};
+use crate::explain::{Cx, ExplainJob};
 use crate::runtime::predict::Prediction;
-use crate::runtime::preprocess::InputError;
 use crate::runtime::RuntimeError;
-
-/// A sample budget: a number, or `"auto"` (stop when every standard error is below `tolerance`).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum Samples {
-    /// Exactly this many coalitions (rounded up to an even number: they come in pairs).
-    Fixed(usize),
-    /// `"auto"`.
-    Auto(AutoSamples),
-}
-
-/// The word `auto`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum AutoSamples {
-    /// Stop at the tolerance.
-    Auto,
-}
-
-/// Fewest coalitions a fixed KernelSHAP budget may name.
-const MIN_SAMPLES: usize = 2;
-
-/// The schema of a `samples` field: a number from `min` to the service's `max_samples`, or
-/// `"auto"`. Written out because the bounds differ by method and a derived variant takes none.
-pub(super) fn samples_schema(min: usize, description: &str, nullable: bool) -> utoipa::openapi::Schema {
-    use utoipa::openapi::extensions::ExtensionsBuilder;
-    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
-    let fixed = ObjectBuilder::new()
-        .schema_type(Type::Integer)
-        .minimum(Some(min))
-        .extensions(Some(
-            ExtensionsBuilder::new()
-                .add("x-maximum", CONFIGURED_MAX_SAMPLES)
-                .build(),
-        ));
-    let auto = ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(["auto"]));
-    let mut schema = OneOfBuilder::new()
-        .description(Some(description))
-        .item(fixed)
-        .item(auto);
-    if nullable {
-        schema = schema.item(ObjectBuilder::new().schema_type(Type::Null));
-    }
-    utoipa::openapi::Schema::OneOf(schema.build())
-}
-
-/// The schema of KernelSHAP's `samples`.
-fn samples_param_schema() -> utoipa::openapi::Schema {
-    samples_schema(
-        MIN_SAMPLES,
-        "Coalitions: a number (default 2M + 2048, shap's \"auto\" budget; rounded up to an even number: they \
-         come in pairs) or `\"auto\"` (stop when every standard error is below `tolerance`).",
-        true,
-    )
-}
-
-/// KernelSHAP parameters.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct KernelShapParams {
-    /// Superpixels (players) asked of SLIC.
-    #[schema(default = 50, minimum = 2, maximum = 500)]
-    pub segments: u32,
-    /// SLIC compactness, 1 to 20.
-    #[schema(default = 10, minimum = 1, maximum = 20)]
-    pub compactness: u8,
-    /// Coalitions: a number (default 2M + 2048, shap's "auto" budget) or `"auto"`.
-    #[schema(schema_with = samples_param_schema)]
-    pub samples: Option<Samples>,
-    /// With `samples: "auto"`: the largest standard error accepted, in score units.
-    #[schema(default = 0.01, exclusive_minimum = 0.0, maximum = 1000000.0)]
-    pub tolerance: f64,
-    /// What a missing player (segment) shows.
-    #[schema(default = "gray")]
-    pub hide: Hide,
-    /// Tabular models: background rows a missing feature is drawn from (a k-means summary with
-    /// this many rows when the file has more; shap's kmeans).
-    #[schema(default = 20, minimum = 1, maximum = 1000)]
-    pub background_rows: usize,
-    /// Text models: the players are words (default) or tokens; a missing one shows the hide token.
-    #[schema(default = "words")]
-    pub text_features: TextUnit,
-}
-
-impl Default for KernelShapParams {
-    fn default() -> Self {
-        Self {
-            segments: 50,
-            compactness: 10,
-            samples: None,
-            tolerance: 0.01,
-            hide: Hide::Gray,
-            background_rows: 20,
-            text_features: TextUnit::Words,
-        }
-    }
-}
-
-/// KernelSHAP.
-pub struct KernelShap;
-
-impl Method for KernelShap {
-    type Params = KernelShapParams;
-    const NAME: &'static str = "kernel-shap";
-    const SUMMARY: &'static str = "Shapley values from coalitions drawn by the Shapley kernel (Lundberg and Lee 2017)";
-    const CAPABILITIES: Capabilities = Capabilities {
-        passes: Passes::Forward,
-        inputs: Inputs::Any,
-        layer: false,
-        random: true,
-        examples: false,
-        decision: false,
-        text: true,
-    };
-
-    fn details_schema() -> Option<NamedSchemas> {
-        Some(schemas_of::<KernelShapDetails>())
-    }
-
-    fn plan(p: &mut KernelShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {
-        check_range("segments", p.segments, 2, 500)?;
-        check_range("compactness", p.compactness, 1, 20)?;
-        check_range("background_rows", p.background_rows, 1, 1000)?;
-        check_positive("tolerance", p.tolerance)?;
-        let budget = cx.limits.max_samples.saturating_sub(1);
-        let players = interpretable_features(cx, p.segments as usize, "KernelSHAP")?;
-        let coalitions = match &p.samples {
-            None => (2 * players + 2048).min(budget),
-            Some(Samples::Fixed(n)) => {
-                check_range("samples", *n, MIN_SAMPLES, cx.limits.max_samples)?;
-                (*n).min(budget)
-            }
-            Some(Samples::Auto(_)) => budget,
-        };
-        // Tabular coalitions are each scored over the background rows.
-        let per_coalition = match (&cx.model.spec.tabular, cx.model.background.as_deref()) {
-            (Some(_), Some(rows)) => rows.len().min(p.background_rows),
-            _ => 1,
-        };
-        Ok(perturbation_cost(cx, coalitions, players, per_coalition))
-    }
-
-    fn explain(
-        cx: &mut Cx,
-        job: &ExplainJob,
-        p: &KernelShapParams,
-        targets: &[Prediction],
-        scores: &[f64],
-    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-        explain(cx, job, p, targets, scores)
-    }
-}
 
 /// The Shapley kernel's size distribution over 1..M-1, and E[z zT] under it: every diagonal entry
 /// is `diag`, every other `off`.
-fn kernel(m: usize) -> (Vec<f64>, f64, f64) {
+pub(super) fn kernel(m: usize) -> (Vec<f64>, f64, f64) {
     let mf = m as f64;
     let raw: Vec<f64> = (1..m).map(|s| 1.0 / (s as f64 * (mf - s as f64))).collect();
     let z: f64 = raw.iter().sum();
@@ -221,14 +55,14 @@ fn well_conditioned(a: &DMatrix<f64>) -> bool {
 }
 
 /// Scores the given coalitions: one score row per coalition.
-type Evaluate<'a> = dyn FnMut(&mut Cx, &[Vec<bool>]) -> Result<Vec<Vec<f64>>, RuntimeError> + 'a;
+pub(super) type Evaluate<'a> = dyn FnMut(&mut Cx, &[Vec<bool>]) -> Result<Vec<Vec<f64>>, RuntimeError> + 'a;
 
 /// Jackknife groups of pairs for the standard errors.
 const GROUPS: usize = 20;
 
 /// Sampled coalitions' outcome for every target: values, standard errors, samples drawn, why it stopped.
-struct Solved {
-    phi: Vec<Vec<f64>>,
+pub(super) struct Solved {
+    pub(super) phi: Vec<Vec<f64>>,
     se: Vec<Vec<f64>>,
     drawn: usize,
     stopped: &'static str,
@@ -236,7 +70,7 @@ struct Solved {
 
 impl Solved {
     /// The details every KernelSHAP answer carries for target `ti`; callers add their own fields.
-    fn details(&self, ti: usize, v0: f64, v1: f64) -> serde_json::Value {
+    pub(super) fn details(&self, ti: usize, v0: f64, v1: f64) -> serde_json::Value {
         let phi = &self.phi[ti];
         serde_json::json!({
             "shapley_values": phi,
@@ -256,7 +90,7 @@ impl Solved {
 /// games; the exact matrix when the sample does not determine it); standard errors are a grouped
 /// jackknife over the pairs, which are independent (Covert and Lee 2021 use the pairs' variance too).
 #[allow(clippy::too_many_arguments)]
-fn solve(
+pub(super) fn solve(
     cx: &mut Cx,
     job: &ExplainJob,
     p: &KernelShapParams,
@@ -293,28 +127,7 @@ fn solve(
     let mut stopped = "sample budget reached";
     while drawn + 2 <= target_samples {
         let n_pairs = ((target_samples - drawn) / 2).min(if auto { round / 2 } else { usize::MAX });
-        let mut coalitions: Vec<Vec<bool>> = Vec::with_capacity(2 * n_pairs);
-        for _ in 0..n_pairs {
-            cx.checkpoint()?;
-            let u: f64 = rng.random();
-            let mut acc = 0.0;
-            let mut size = m - 1;
-            for (k, q) in sizes.iter().enumerate() {
-                acc += q;
-                if u < acc {
-                    size = k + 1;
-                    break;
-                }
-            }
-            players.shuffle(&mut rng);
-            let mut z = vec![false; m];
-            for &i in &players[..size] {
-                z[i] = true;
-            }
-            let complement: Vec<bool> = z.iter().map(|b| !b).collect();
-            coalitions.push(z);
-            coalitions.push(complement);
-        }
+        let coalitions = draw_pairs(n_pairs, &sizes, &mut players, &mut rng, &|| cx.checkpoint())?;
         let outputs = evaluate(cx, &coalitions)?;
         for k in 0..n_pairs {
             let g = pairs.len() % GROUPS;
@@ -354,90 +167,39 @@ fn solve(
     Ok(solved)
 }
 
-fn explain(
-    cx: &mut Cx,
-    job: &ExplainJob,
-    p: &KernelShapParams,
-    targets: &[Prediction],
-    scores: &[f64],
-) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let weighed = job.weighed_scores(scores);
-    let v1: Vec<f64> = targets.iter().map(|t| weighed[t.index]).collect();
-    if job.model.spec.tabular.is_some() {
-        return explain_tabular(cx, job, p, targets, &v1);
-    }
-    let players = Players::of(job, (p.segments, p.compactness), p.hide, p.text_features)?;
-    players.at_least(2, "KernelSHAP")?;
-    let (m, pixels, hidden) = (players.count, &players.indices, &players.hidden);
-    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
-    let empty = run_copies(cx, &job.input, 1, |_, buf| buf.copy_from_slice(hidden))?;
-    let empty = job.weighed_scores(&empty[0]);
-    let v0: Vec<f64> = targets.iter().map(|t| empty[t.index]).collect();
-    let input = job.input.clone();
-    let mut evaluate = |cx: &mut Cx, coalitions: &[Vec<bool>]| -> Result<Vec<Vec<f64>>, RuntimeError> {
-        let rows = run_copies(cx, &input, coalitions.len(), |r, buf| {
-            compose(buf, &x, hidden, &coalitions[r], pixels)
-        })?;
-        Ok(rows.iter().map(|row| job.weighed_scores(row)).collect())
-    };
-    let solved = solve(cx, job, p, targets, m, &v0, &v1, &mut evaluate)?;
-    let mut out = Vec::new();
-    for (ti, t) in targets.iter().enumerate() {
-        let phi = &solved.phi[ti];
-        let map = players.map(phi);
-        let mut details = solved.details(ti, v0[ti], v1[ti]);
-        players.describe(&mut details);
-        out.push(TargetAttribution::from_map(t, map, None, Some(details)));
-    }
-    Ok(out)
-}
-
-/// Tabular KernelSHAP: features are the players; a missing feature takes the background rows'
-/// values, and a coalition's value is the mean score over those rows (shap's KernelExplainer).
-fn explain_tabular(
-    cx: &mut Cx,
-    job: &ExplainJob,
-    p: &KernelShapParams,
-    targets: &[Prediction],
-    v1: &[f64],
-) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let (bg, of) = background::for_job(job, p.background_rows)?;
-    let b = bg.rows.len();
-    let m = job.input.as_f32().map(<[f32]>::len).unwrap_or(0);
-    if m < 2 {
-        return Err(InputError::BadFeatures("KernelSHAP needs at least 2 features".into()).into());
-    }
-    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
-    // v0, the expected value: the mean over the background rows of each row's own value.
-    let own = run_copies(cx, &job.input, b, |r, buf| buf.copy_from_slice(&bg.rows[r]))?;
-    let own: Vec<Vec<f64>> = own.iter().map(|row| job.weighed_scores(row)).collect();
-    let v0: Vec<f64> = targets.iter().map(|t| bg.mean(|r| own[r][t.index])).collect();
-    let mut evaluate = |cx: &mut Cx, coalitions: &[Vec<bool>]| -> Result<Vec<Vec<f64>>, RuntimeError> {
-        let all = run_copies(cx, &job.input, coalitions.len() * b, |r, buf| {
-            let (z, row) = (&coalitions[r / b], &bg.rows[r % b]);
-            for j in 0..m {
-                buf[j] = if z[j] { x[j] } else { row[j] };
+/// `n` complementary pairs of coalitions (a coalition, then its complement), each coalition's
+/// size drawn from the Shapley kernel's `sizes` and its players uniformly.
+fn draw_pairs(
+    n: usize,
+    sizes: &[f64],
+    players: &mut [usize],
+    rng: &mut rand_chacha::ChaCha8Rng,
+    check: &Check,
+) -> Result<Vec<Vec<bool>>, RuntimeError> {
+    let m = players.len();
+    let mut coalitions: Vec<Vec<bool>> = Vec::with_capacity(2 * n);
+    for _ in 0..n {
+        check()?;
+        let u: f64 = rng.random();
+        let mut acc = 0.0;
+        let mut size = m - 1;
+        for (k, q) in sizes.iter().enumerate() {
+            acc += q;
+            if u < acc {
+                size = k + 1;
+                break;
             }
-        })?;
-        // Per coalition, per class: the weighted mean over the background rows of the weighed
-        // scores (the mean of probabilities, not the probability of mean logits).
-        Ok(all
-            .chunks(b)
-            .map(|chunk| {
-                let weighed: Vec<Vec<f64>> = chunk.iter().map(|row| job.weighed_scores(row)).collect();
-                (0..weighed[0].len()).map(|k| bg.mean(|r| weighed[r][k])).collect()
-            })
-            .collect())
-    };
-    let solved = solve(cx, job, p, targets, m, &v0, v1, &mut evaluate)?;
-    let mut out = Vec::new();
-    for (ti, t) in targets.iter().enumerate() {
-        let phi = &solved.phi[ti];
-        let mut details = solved.details(ti, v0[ti], v1[ti]);
-        details["background"] = serde_json::json!(bg.describe(of));
-        out.push(TargetAttribution::from_values(t, phi, details));
+        }
+        players.shuffle(rng);
+        let mut z = vec![false; m];
+        for &i in &players[..size] {
+            z[i] = true;
+        }
+        let complement: Vec<bool> = z.iter().map(|b| !b).collect();
+        coalitions.push(z);
+        coalitions.push(complement);
     }
-    Ok(out)
+    Ok(coalitions)
 }
 
 /// The sampled kernel matrix's sum over the given pairs: each pair's two coalitions' z z' / 2, a
@@ -543,35 +305,6 @@ fn jackknife(
             (phi, se)
         })
         .collect())
-}
-
-/// KernelSHAP's `details`, as `explain` writes them.
-#[derive(ToSchema)]
-#[allow(dead_code)] // The answer's shape for the document; `explain` writes it as JSON.
-#[serde(deny_unknown_fields)]
-pub struct KernelShapDetails {
-    /// One value per player (feature, segment or word).
-    shapley_values: Vec<f64>,
-    /// Each value's standard error (null until two pairs of samples exist).
-    standard_errors: Vec<Option<f64>>,
-    /// The score with every player absent.
-    base_value: f64,
-    /// The score with every player present.
-    value: f64,
-    /// The values' sum minus (`value` - `base_value`).
-    efficiency_gap: f64,
-    /// Coalitions drawn.
-    samples: usize,
-    /// Why sampling stopped.
-    stopped: String,
-    /// Image and text models: the players (segments or words).
-    segments: Option<usize>,
-    /// Image models: each pixel's segment.
-    segment_map: Option<super::players::SegmentMap>,
-    /// Text models: each player's token positions.
-    player_tokens: Option<Vec<Vec<usize>>>,
-    /// Tabular models: the background rows absent features take.
-    background: Option<super::background::BackgroundDetails>,
 }
 
 #[cfg(test)]
