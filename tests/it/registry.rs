@@ -153,6 +153,7 @@ async fn a_model_that_fails_to_load_is_listed_with_its_error_and_the_others_serv
         let error = f["error"].as_str().unwrap();
         assert!(error.starts_with(why), "{name}: {error}");
         assert!(!error.contains(&*dir.to_string_lossy()), "a server path in {error}");
+        assert_discloses_nothing(error);
     }
     assert!(failed[1]["error"].as_str().unwrap().contains("labelz"), "{listed}");
     // Readiness says which models are missing; the service is ready for the others.
