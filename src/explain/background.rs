@@ -6,6 +6,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::runtime::manifest::FeatureType;
 use crate::runtime::preprocess::InputError;
 use crate::runtime::RuntimeError;
 
@@ -144,7 +145,27 @@ impl Bins {
             let hi = (lo + 1).min(sorted.len() - 1);
             (f64::from(sorted[lo]) + frac * (f64::from(sorted[hi]) - f64::from(sorted[lo]))) as f32
         };
-        let mut cuts: Vec<f32> = [0.25, 0.5, 0.75].iter().map(|q| pct(*q)).collect();
+        let cuts: Vec<f32> = [0.25, 0.5, 0.75].iter().map(|q| pct(*q)).collect();
+        Self::with_cuts(values, cuts)
+    }
+
+    /// [`Bins::of`] for a feature of type `t`: one that takes whole numbers only (integer, or
+    /// categories all whole) is cut at whole numbers, since `v <= 31.25` and `v <= 31` split its
+    /// values alike and the second reads as what the feature takes.
+    pub fn of_feature(values: &[f32], t: Option<&FeatureType>) -> Self {
+        let bins = Self::of(values);
+        let whole = match t {
+            Some(FeatureType::Integer) => true,
+            Some(FeatureType::Categorical { categories, .. }) => categories.iter().all(|c| c.fract() == 0.0),
+            _ => false,
+        };
+        match whole && values.iter().all(|v| v.fract() == 0.0) {
+            true => Self::with_cuts(values, bins.cuts.iter().map(|c| c.floor()).collect()),
+            false => bins,
+        }
+    }
+
+    fn with_cuts(values: &[f32], mut cuts: Vec<f32>) -> Self {
         cuts.dedup();
         let mut members = vec![Vec::new(); cuts.len() + 1];
         for v in values {

@@ -387,8 +387,15 @@ fn explain_tabular(
     let background = super::background::all_rows(job)?;
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let m = x.len();
+    let types = job
+        .model
+        .spec
+        .tabular
+        .as_ref()
+        .map(|t| t.feature_types.as_slice())
+        .unwrap_or_default();
     let bins: Vec<Bins> = (0..m)
-        .map(|j| Bins::of(&background.iter().map(|r| r[j]).collect::<Vec<_>>()))
+        .map(|j| Bins::of_feature(&background.iter().map(|r| r[j]).collect::<Vec<_>>(), types.get(j)))
         .collect();
     let x_bin: Vec<usize> = (0..m).map(|j| Bins::bin_of(&bins[j].cuts, x[j])).collect();
     let width = p.kernel_width.unwrap_or(0.75 * (m as f64).sqrt());

@@ -510,6 +510,11 @@ pub fn check_applicable(method: &dyn AnyMethod, model: &LoadedModel) -> Result<(
         }
         return Ok(());
     }
+    if caps.passes == Passes::Gradients {
+        if let Some(refused) = gradients_refused(model) {
+            return Err(refused);
+        }
+    }
     match caps.inputs {
         Inputs::Image if model.spec.image.is_none() => Err(Invalid::Model(format!(
             "{} explains image models; `{}` {kind}",
@@ -525,9 +530,23 @@ pub fn check_applicable(method: &dyn AnyMethod, model: &LoadedModel) -> Result<(
     }
 }
 
+/// Why no gradient method can explain `model`, whatever its operators: its explained input is not
+/// float. The one refusal the model report lists and a request gets (422).
+pub fn gradients_refused(model: &LoadedModel) -> Option<Invalid> {
+    model.spec.gradients_refused().map(|why| {
+        Invalid::NotDifferentiable(format!(
+            "gradient methods cannot explain model `{}`: {why}; the perturbation methods can",
+            model.name
+        ))
+    })
+}
+
 /// Refuses a model whose report says the rules of `set` cannot explain it, with the report's
 /// reasons: the request path meets no refusal the report did not show.
 fn check_rules(set: &RuleSet, model: &LoadedModel) -> Result<(), Invalid> {
+    if let Some(refused) = gradients_refused(model) {
+        return Err(refused);
+    }
     let refused = model.gradient_report.get().map(|r| r.refusals(set)).unwrap_or_default();
     if refused.is_empty() {
         return Ok(());

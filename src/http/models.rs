@@ -34,6 +34,8 @@ pub struct ModelInfo {
     pub gradients: Option<GradientReport>,
     /// The explanation methods that can explain it with their default parameters.
     pub methods: Vec<String>,
+    /// The methods that cannot, each with why: the text a request for it is refused with.
+    pub unavailable: Vec<Unavailable>,
     /// The same methods, each with what a client needs to offer it: its description, capabilities
     /// and parameters' schema (the web page builds its forms from these).
     pub method_details: Vec<MethodInfo>,
@@ -43,6 +45,15 @@ pub struct ModelInfo {
     /// The reference set (`[reference]`) for similar examples, influence and suspects.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_set: Option<crate::examples::ReferenceSummary>,
+}
+
+/// A method that cannot explain a model, and why.
+#[derive(Serialize, ToSchema)]
+pub struct Unavailable {
+    /// The method's name.
+    pub name: &'static str,
+    /// Why: the message a request for it gets.
+    pub reason: String,
 }
 
 /// An explanation method that can explain a model, as a client offers it.
@@ -78,22 +89,25 @@ impl ModelInfo {
             targets: 1,
             reference: state.references.get(&m.name),
         };
-        let method_details: Vec<MethodInfo> = state
-            .methods
-            .iter()
-            .filter(|method| check_applicable(method.as_ref(), m).is_ok())
-            .filter_map(|method| {
-                let planned = method.plan(serde_json::json!({}), &cx).ok()?;
-                Some(MethodInfo {
+        let mut unavailable = Vec::new();
+        let mut method_details = Vec::new();
+        for method in state.methods.iter() {
+            let planned = check_applicable(method.as_ref(), m).and_then(|()| method.plan(serde_json::json!({}), &cx));
+            match planned {
+                Ok(planned) => method_details.push(MethodInfo {
                     name: method.name(),
                     summary: method.summary(),
                     capabilities: method.capabilities(),
                     params: super::openapi::params_schema(method.as_ref(), limits),
                     defaults: planned.echo().clone(),
                     details_schema: super::openapi::details_schema(method.as_ref(), limits),
-                })
-            })
-            .collect();
+                }),
+                Err(why) => unavailable.push(Unavailable {
+                    name: method.name(),
+                    reason: why.to_string(),
+                }),
+            }
+        }
         let methods = method_details.iter().map(|d| d.name.to_string()).collect();
         let mut uncertainty = Vec::new();
         if state.gradients.mask_sites(m, &[]).is_ok() {
@@ -112,6 +126,7 @@ impl ModelInfo {
             onnx: m.summary.clone(),
             gradients: m.gradient_report.get().cloned(),
             methods,
+            unavailable,
             method_details,
             uncertainty,
             reference_set: state.references.get(&m.name).map(|r| r.summary()),

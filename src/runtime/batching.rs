@@ -16,7 +16,7 @@ use std::time::Duration;
 use ort::session::Session;
 use ort::value::{TensorRef, ValueType};
 
-use super::tensor::{Tensor, TensorData};
+use super::tensor::{Tensor, TensorData, Values};
 use super::RuntimeError;
 
 /// Named tensors: a pass's feeds or outputs.
@@ -50,61 +50,103 @@ impl PassCounters {
     }
 }
 
-/// One input of a pass, borrowed from the caller: its name, shape (first axis = batch) and values.
+/// One input of a pass, borrowed from the caller: its name, shape and values.
 #[derive(Debug, Clone)]
 pub struct Feed<'a> {
     /// The graph input.
     pub name: &'a str,
-    /// Its shape, rows first.
+    /// Its shape, rows first when `per_row`.
     pub shape: Vec<usize>,
     /// Its values, row-major.
-    pub data: &'a [f32],
+    pub data: Values<'a>,
+    /// True when the first axis is the pass's batch (combined requests' rows go side by side);
+    /// false for a constant fed whole to every pass (a model's side input without a batch axis).
+    pub per_row: bool,
 }
 
 impl<'a> Feed<'a> {
     /// Rows `start..end` of `data`, whose rows are each `row_shape` (`len` values).
-    pub fn rows_of(name: &'a str, data: &'a [f32], len: usize, row_shape: &[usize], start: usize, end: usize) -> Self {
+    pub fn rows_of(name: &'a str, data: Values<'a>, len: usize, row_shape: &[usize], start: usize, end: usize) -> Self {
         let mut shape = Vec::with_capacity(row_shape.len() + 1);
         shape.push(end - start);
         shape.extend_from_slice(row_shape);
         Feed {
             name,
             shape,
-            data: &data[start * len..end * len],
+            data: data.slice(start * len, end * len),
+            per_row: true,
+        }
+    }
+
+    /// A constant fed whole to every pass.
+    pub fn whole(name: &'a str, shape: Vec<usize>, data: Values<'a>) -> Self {
+        Feed {
+            name,
+            shape,
+            data,
+            per_row: false,
         }
     }
 
     fn rows(&self) -> usize {
         self.shape.first().copied().unwrap_or(1)
     }
+
+    /// The shape beside the batch: a per-row feed's row shape, a whole feed's shape.
+    fn row_shape(&self) -> &[usize] {
+        match self.per_row {
+            true => self.shape.get(1..).unwrap_or(&[]),
+            false => &self.shape,
+        }
+    }
+}
+
+/// The pass's rows: those of its first per-row feed.
+fn pass_rows(feeds: &[Feed]) -> usize {
+    feeds.iter().find(|f| f.per_row).map_or(0, Feed::rows)
 }
 
 /// Requests waiting for one combined run: their rows copied once, side by side, into one buffer per
 /// feed, which the run then reads in place.
 struct Group {
     names: Vec<String>,
-    /// Each feed's shape without its batch axis.
+    /// Each feed's shape without its batch axis (a whole feed's shape).
     row_shapes: Vec<Vec<usize>>,
-    data: Vec<Vec<f32>>,
+    /// Per feed: true when its rows follow the batch; a whole feed is held once.
+    per_row: Vec<bool>,
+    data: Vec<TensorData>,
     rows: usize,
     /// Each request's rows and where its answer goes, in the order its rows were added.
     requests: Vec<(usize, SyncSender<Result<Named, RuntimeError>>)>,
 }
 
 impl Group {
+    /// True when `feeds` can join: the same inputs, row shapes and element types, and the same
+    /// values of every whole feed (a constant).
     fn fits(&self, feeds: &[Feed]) -> bool {
         self.names.len() == feeds.len()
             && self
                 .names
                 .iter()
                 .zip(&self.row_shapes)
+                .zip(&self.per_row)
+                .zip(&self.data)
                 .zip(feeds)
-                .all(|((n, shape), f)| n == f.name && shape.as_slice() == f.shape.get(1..).unwrap_or(&[]))
+                .all(|((((n, shape), per_row), data), f)| {
+                    n == f.name
+                        && *per_row == f.per_row
+                        && shape.as_slice() == f.row_shape()
+                        && std::mem::discriminant(&data.view()) == std::mem::discriminant(&f.data)
+                        && (f.per_row || data.view() == f.data)
+                })
     }
 
     fn add(&mut self, feeds: &[Feed], rows: usize, reply: SyncSender<Result<Named, RuntimeError>>) {
-        for (buffer, f) in self.data.iter_mut().zip(feeds) {
-            buffer.extend_from_slice(f.data);
+        let first = self.requests.is_empty();
+        for ((buffer, f), per_row) in self.data.iter_mut().zip(feeds).zip(&self.per_row) {
+            if *per_row || first {
+                buffer.extend_from(f.data);
+            }
         }
         self.rows += rows;
         self.requests.push((rows, reply));
@@ -116,9 +158,13 @@ impl Group {
             .iter()
             .zip(&self.row_shapes)
             .zip(&self.data)
-            .map(|((name, row_shape), data)| {
-                let len: usize = row_shape.iter().product();
-                Feed::rows_of(name, data, len, row_shape, start, end)
+            .zip(&self.per_row)
+            .map(|(((name, row_shape), data), per_row)| match per_row {
+                true => {
+                    let len: usize = row_shape.iter().product();
+                    Feed::rows_of(name, data.view(), len, row_shape, start, end)
+                }
+                false => Feed::whole(name, row_shape.clone(), data.view()),
             })
             .collect()
     }
@@ -147,7 +193,7 @@ impl SharedSession {
     /// returns every tensor output, from a run of its own, on the caller's values in place, or
     /// from one shared with other requests, its rows copied once into the shared run's input.
     pub fn run(&self, model: &str, feeds: &[Feed]) -> Result<Named, RuntimeError> {
-        let rows = feeds.first().map_or(0, Feed::rows);
+        let rows = pass_rows(feeds);
         if !self.batching.enabled || rows >= self.batching.max_batch {
             let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
             self.counters.served(1);
@@ -200,8 +246,9 @@ impl SharedSession {
         }
         let mut group = Group {
             names: feeds.iter().map(|f| f.name.to_string()).collect(),
-            row_shapes: feeds.iter().map(|f| f.shape.get(1..).unwrap_or(&[]).to_vec()).collect(),
-            data: feeds.iter().map(|f| Vec::with_capacity(f.data.len())).collect(),
+            row_shapes: feeds.iter().map(|f| f.row_shape().to_vec()).collect(),
+            per_row: feeds.iter().map(|f| f.per_row).collect(),
+            data: feeds.iter().map(|f| f.data.empty_like(f.data.len())).collect(),
             rows: 0,
             requests: Vec::new(),
         };
@@ -282,8 +329,16 @@ fn run_session(session: &mut Session, model: &str, feeds: &[Feed]) -> Result<Nam
     };
     let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::with_capacity(feeds.len());
     for feed in feeds {
-        let view = TensorRef::from_array_view((feed.shape.clone(), feed.data)).map_err(|e| fail(e.to_string()))?;
-        values.push((feed.name.to_string(), view.into()));
+        let shape = feed.shape.clone();
+        let value: ort::session::SessionInputValue<'_> = match feed.data {
+            Values::F32(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
+            Values::I64(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
+            Values::I32(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
+            Values::Bool(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
+            Values::U8(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
+        }
+        .map_err(|e| fail(e.to_string()))?;
+        values.push((feed.name.to_string(), value));
     }
     let outputs = session.run(values).map_err(|e| fail(e.to_string()))?;
     let mut out = Vec::new();

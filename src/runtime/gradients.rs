@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::graph_runner::OrtRunner;
 use super::manifest::{Layout, ModelSpec};
-use super::shapes::probe_shapes;
+use super::shapes::probe_shapes_with;
 use super::LoadedModel;
 use crate::onnx::autodiff::rules::InputBounds;
 use crate::onnx::autodiff::{self, analysis_layers, GradientSpec, RuleSet, RuleTable, ShapeMap};
@@ -141,7 +141,13 @@ impl GradientCache {
         let decoded = proto::decode_model(&model.bytes).map_err(|e| e.to_string())?;
         let prepared = autodiff::prepare_forward(&decoded).map_err(|e| e.to_string())?;
         let runner = OrtRunner::new(self.env);
-        let shapes = probe_shapes(&runner, &prepared, &model.spec.input, &sample_dims(&model.spec))?;
+        let shapes = probe_shapes_with(
+            &runner,
+            &prepared,
+            &model.spec.input,
+            &sample_dims(&model.spec),
+            &model.spec.constants,
+        )?;
         let entry = Arc::new((prepared, shapes));
         self.prepared
             .lock()
@@ -289,6 +295,9 @@ impl GradientCache {
 
     /// Describes what gradients the model supports.
     pub fn report(&self, model: &LoadedModel) -> GradientReport {
+        if let Some(why) = model.spec.gradients_refused() {
+            return GradientReport::refused(why);
+        }
         match self.prepared(model) {
             Ok(p) => describe(
                 &p.0,

@@ -7,6 +7,7 @@ use prost::Message;
 
 use crate::onnx::autodiff::{Dense, GraphRunner};
 use crate::onnx::proto::ModelProto;
+use crate::runtime::tensor::TensorData;
 
 /// A [`GraphRunner`] backed by ONNX Runtime.
 pub struct OrtRunner {
@@ -49,6 +50,30 @@ impl OrtRunner {
         let mut session = self.session(model)?;
         run_session(&mut session, float_inputs, int_inputs)
     }
+
+    /// Runs `model` on inputs of any element type explaind feeds, returning every tensor output.
+    pub fn run_typed(
+        &self,
+        model: &ModelProto,
+        inputs: &[(&str, Vec<usize>, TensorData)],
+    ) -> Result<Vec<RunOutput>, String> {
+        let mut session = self.session(model)?;
+        let mut feeds: Vec<(String, ort::session::SessionInputValue<'static>)> = Vec::new();
+        for (name, shape, data) in inputs {
+            let shape = shape.clone();
+            let value: ort::session::SessionInputValue<'static> = match data {
+                TensorData::F32(v) => OrtTensor::from_array((shape, v.clone())).map(Into::into),
+                TensorData::I64(v) => OrtTensor::from_array((shape, v.clone())).map(Into::into),
+                TensorData::I32(v) => OrtTensor::from_array((shape, v.clone())).map(Into::into),
+                TensorData::Bool(v) => OrtTensor::from_array((shape, v.clone())).map(Into::into),
+                TensorData::U8(v) => OrtTensor::from_array((shape, v.clone())).map(Into::into),
+            }
+            .map_err(|e| e.to_string())?;
+            feeds.push((name.to_string(), value));
+        }
+        let outputs = session.run(feeds).map_err(|e| e.to_string())?;
+        read_outputs(outputs)
+    }
 }
 
 /// Runs an existing session with float and int64 inputs, returning every tensor output.
@@ -67,6 +92,11 @@ pub fn run_session(
         feeds.push((name.to_string(), t.into()));
     }
     let outputs = session.run(feeds).map_err(|e| e.to_string())?;
+    read_outputs(outputs)
+}
+
+/// Every tensor output of a run: float ones with their values.
+fn read_outputs(outputs: ort::session::SessionOutputs<'_>) -> Result<Vec<RunOutput>, String> {
     let mut result = Vec::new();
     for (name, value) in outputs.iter() {
         let ValueType::Tensor { ty, .. } = value.dtype() else {

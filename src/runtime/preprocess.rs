@@ -165,13 +165,18 @@ pub enum Features {
     Ordered(Vec<serde_json::Value>),
 }
 
-/// Orders and checks features into a `[1, n]` tensor.
+/// Orders and checks features into a `[1, n]` tensor: each a number its feature's type holds (a
+/// whole number for an integer feature or input, one of its categories for a categorical one).
 pub fn prepare_features(features: &Features, spec: &TabularSpec) -> Result<Tensor, InputError> {
     let n = spec.features.len();
     let number = |name: &str, v: &serde_json::Value| -> Result<f32, InputError> {
         let x = v
             .as_f64()
             .ok_or_else(|| InputError::BadFeatures(format!("feature `{name}` must be a number, got {v}")))?;
+        let i = spec.features.iter().position(|f| f == name).unwrap_or(0);
+        if let Some(why) = spec.feature_types.get(i).and_then(|t| t.refuses(x, spec.range)) {
+            return Err(InputError::BadFeatures(format!("feature `{name}`: {why}")));
+        }
         let x = x as f32;
         if !x.is_finite() {
             return Err(InputError::BadFeatures(format!(
@@ -229,6 +234,7 @@ pub fn prepare_features(features: &Features, spec: &TabularSpec) -> Result<Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::manifest::FeatureType;
 
     #[test]
     fn a_map_over_the_original_comes_onto_the_models_grid_through_the_crop() {
@@ -293,6 +299,9 @@ mod tests {
             features: vec!["a".into(), "b".into()],
             background: None,
             constraints: Default::default(),
+            types: Default::default(),
+            feature_types: vec![FeatureType::Continuous, FeatureType::Integer],
+            range: None,
         };
         let map = serde_json::json!({"a": 1.0, "c": 2.0}).as_object().unwrap().clone();
         let err = prepare_features(&Features::Named(map), &spec).unwrap_err().to_string();

@@ -364,6 +364,12 @@ fn read_background(folder: &Path, spec: &ModelSpec) -> Result<Option<Vec<Vec<f32
                     .ok_or_else(|| err(format!("line {}: column `{}` is not a number", number + 2, header[c])))
             })
             .collect::<Result<Vec<f32>, _>>()?;
+        // Perturbations draw the background's values: each must be one its feature takes.
+        for ((v, t), &c) in row.iter().zip(&tab.feature_types).zip(&columns) {
+            if let Some(why) = t.refuses(f64::from(*v), tab.range) {
+                return Err(err(format!("line {}: column `{}`: {why}", number + 2, header[c])));
+            }
+        }
         rows.push(row);
     }
     if rows.is_empty() {

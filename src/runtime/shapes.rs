@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 
 use super::graph_runner::OrtRunner;
+use super::manifest::Constant;
+use super::tensor::{ElementType, TensorData};
 use crate::onnx::autodiff::{ShapeMap, TensorShape};
 use crate::onnx::proto::{data_type, type_proto, ModelProto, ValueInfoProto};
 use crate::onnx::summary::{Dim, ModelSummary};
@@ -18,6 +20,17 @@ pub fn probe_shapes(
     model: &ModelProto,
     input: &str,
     sample_dims: &[usize],
+) -> Result<ShapeMap, String> {
+    probe_shapes_with(runner, model, input, sample_dims, &[])
+}
+
+/// [`probe_shapes`], the model's constant side inputs fed their values (other inputs zeros).
+pub fn probe_shapes_with(
+    runner: &OrtRunner,
+    model: &ModelProto,
+    input: &str,
+    sample_dims: &[usize],
+    constants: &[Constant],
 ) -> Result<ShapeMap, String> {
     let probe = with_every_output(model)?;
     let summary = ModelSummary::of(model);
@@ -40,7 +53,7 @@ pub fn probe_shapes(
             if !fixed_batch {
                 dims[0] = batch;
             }
-            run_once(runner, &probe, &summary, input, dims, batch)
+            run_once(runner, &probe, (&summary, constants), input, dims, batch)
         })
         .collect::<Result<Vec<Run>, String>>()?;
     let mut shapes = merge_runs(&runs);
@@ -78,37 +91,52 @@ fn with_every_output(model: &ModelProto) -> Result<ModelProto, String> {
     Ok(probe)
 }
 
-/// Runs `probe` once: `input` gets sample values of `dims`, every other input zeros of its fixed
-/// dimensions (free ones: `batch` on the first axis, 1 elsewhere).
+/// Runs `probe` once: `input` gets sample values of `dims` (zeros when it is not float: an index
+/// or a flag), the constants their values (a batched one a row per row), every other input zeros of
+/// its fixed dimensions (free ones: `batch` on the first axis, 1 elsewhere).
 fn run_once(
     runner: &OrtRunner,
     probe: &ModelProto,
-    summary: &ModelSummary,
+    (summary, constants): (&ModelSummary, &[Constant]),
     input: &str,
     dims: Vec<usize>,
     batch: usize,
 ) -> Result<Run, String> {
     let count: usize = dims.iter().product();
-    let values: Vec<f32> = (0..count).map(|i| sample_value(i as u64)).collect();
-    let mut floats = vec![(input, dims, values)];
-    let mut ints = Vec::new();
-    for other in summary.inputs.iter().filter(|i| i.name != input) {
-        let shape: Vec<usize> = other
-            .shape
-            .as_ref()
-            .ok_or_else(|| format!("input `{}` has no shape; cannot probe", other.name))?
-            .iter()
-            .enumerate()
-            .map(|(k, d)| d.fixed().unwrap_or(if k == 0 { batch } else { 1 }))
-            .collect();
-        let n: usize = shape.iter().product();
-        match other.dtype.as_str() {
-            "float32" => floats.push((other.name.as_str(), shape, vec![0.0; n])),
-            "int64" => ints.push((other.name.as_str(), shape, vec![0i64; n])),
-            t => return Err(format!("input `{}` is {t}; cannot probe", other.name)),
+    let element = |t: &crate::onnx::TensorInfo| {
+        ElementType::of_name(&t.dtype).ok_or_else(|| format!("input `{}` is {}; cannot probe", t.name, t.dtype))
+    };
+    let mut feeds = Vec::new();
+    for t in &summary.inputs {
+        if t.name == input {
+            let data = match element(t)? {
+                ElementType::Float32 => TensorData::F32((0..count).map(|i| sample_value(i as u64)).collect()),
+                other => other.zeros(count),
+            };
+            feeds.push((t.name.as_str(), dims.clone(), data));
+        } else if let Some(c) = constants.iter().find(|c| c.name == t.name) {
+            match c.batched {
+                true => {
+                    let mut shape = vec![batch.max(1)];
+                    shape.extend_from_slice(&c.shape);
+                    feeds.push((t.name.as_str(), shape, c.value.repeated(batch.max(1))));
+                }
+                false => feeds.push((t.name.as_str(), c.shape.clone(), c.value.clone())),
+            }
+        } else {
+            let shape: Vec<usize> = t
+                .shape
+                .as_ref()
+                .ok_or_else(|| format!("input `{}` has no shape; cannot probe", t.name))?
+                .iter()
+                .enumerate()
+                .map(|(k, d)| d.fixed().unwrap_or(if k == 0 { batch } else { 1 }))
+                .collect();
+            let n: usize = shape.iter().product();
+            feeds.push((t.name.as_str(), shape, element(t)?.zeros(n)));
         }
     }
-    let outputs = runner.run(probe, &floats, &ints)?;
+    let outputs = runner.run_typed(probe, &feeds)?;
     Ok(outputs.into_iter().map(|o| (o.name, (o.elem_type, o.shape))).collect())
 }
 

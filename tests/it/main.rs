@@ -22,6 +22,7 @@ mod explain;
 mod external_data;
 mod extremal;
 mod gradients_runtime;
+mod inputs;
 mod jobs;
 mod limits;
 mod lrp;

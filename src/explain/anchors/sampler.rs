@@ -4,6 +4,7 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
 use crate::explain::background::Bins;
+use crate::runtime::manifest::FeatureType;
 
 /// `feature <= cut` (upper) or `feature > cut`.
 pub(super) struct Condition {
@@ -60,11 +61,11 @@ pub(super) struct Sampler<'a> {
 }
 
 impl<'a> Sampler<'a> {
-    pub(super) fn new(background: &'a [Vec<f32>], x: &'a [f32]) -> Self {
+    pub(super) fn new(background: &'a [Vec<f32>], x: &'a [f32], types: &[FeatureType]) -> Self {
         let mut conditions = Vec::new();
         for (f, &v) in x.iter().enumerate() {
             let column: Vec<f32> = background.iter().filter_map(|r| r.get(f).copied()).collect();
-            let bins = Bins::of(&column);
+            let bins = Bins::of_feature(&column, types.get(f));
             let b = Bins::bin_of(&bins.cuts, v);
             if b > 0 {
                 conditions.push(Condition {
@@ -230,7 +231,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let background = correlated_background(&mut rng);
         let x = [1.2f32, 1.0, 0.9, -0.2];
-        let sampler = Sampler::new(&background, &x);
+        let sampler = Sampler::new(&background, &x, &[]);
         let on = |f: usize| -> Vec<usize> {
             (0..sampler.conditions.len())
                 .filter(|&c| sampler.conditions[c].feature == f)

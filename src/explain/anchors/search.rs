@@ -69,7 +69,16 @@ impl<'a, 'c> Search<'a, 'c> {
     ) -> Self {
         Search {
             cx,
-            s: Sampler::new(background, x),
+            s: Sampler::new(
+                background,
+                x,
+                job.model
+                    .spec
+                    .tabular
+                    .as_ref()
+                    .map(|t| t.feature_types.as_slice())
+                    .unwrap_or_default(),
+            ),
             label,
             drawn: Vec::new(),
             under: Vec::new(),

@@ -21,6 +21,7 @@
 //! choosing the answers among the candidates.
 
 mod gradient;
+mod random;
 mod select;
 mod space;
 mod trees;
@@ -69,6 +70,9 @@ pub enum Search {
     Trees,
     /// Wachter et al.'s search through the backward model (differentiable models).
     Gradient,
+    /// DiCE's random search: candidates drawn from the features' allowed values, forward passes
+    /// only (models whose explained input is integer or bool).
+    Random,
 }
 
 /// Counterfactual parameters.
@@ -86,12 +90,13 @@ pub struct CounterfactualParams {
     /// Constraints added to the manifest's `[tabular.constraints]` for this request; they may add or
     /// tighten the manifest's, never relax them (422). The answer echoes those in force.
     pub constraints: Constraints,
-    /// Default: `trees` for tree ensembles `tree-shap` can read, else `gradient`.
+    /// Default: `trees` for tree ensembles `tree-shap` can read, else `gradient`, or `random`
+    /// where the explained input is not float.
     pub search: Option<Search>,
     /// Extra distance past each threshold a tweak crosses, in units of the feature's scale (trees).
     #[schema(default = 0.0, minimum = 0.0, maximum = 10.0)]
     pub epsilon: f32,
-    /// Gradient steps (gradient search).
+    /// Gradient steps (gradient search); random search draws `steps x count` candidates.
     #[schema(default = 300, minimum = 1, maximum = 5000)]
     pub steps: usize,
     /// Step size in scaled units (gradient search).
@@ -162,8 +167,13 @@ impl CounterfactualParams {
                     model.name
                 )))
             }
+            (Some(Search::Gradient), _) if model.spec.gradients_refused().is_some() => {
+                return Err(crate::explain::method::gradients_refused(model)
+                    .unwrap_or_else(|| Invalid::Unsupported("search `gradient` needs gradients".into())))
+            }
             (Some(s), _) => s,
             (None, Some(_)) => Search::Trees,
+            (None, None) if model.spec.gradients_refused().is_some() => Search::Random,
             (None, None) => Search::Gradient,
         };
         if let (Search::Trees, Some(forest), Some(t)) = (search, &forest, &self.target_class) {
@@ -194,6 +204,11 @@ impl CounterfactualParams {
             // A forward and a backward row per chain and step.
             Search::Gradient => {
                 let rows = self.steps.saturating_mul(self.count).saturating_mul(2);
+                (rows, rows.saturating_add(sparsify))
+            }
+            // One forward row per candidate drawn.
+            Search::Random => {
+                let rows = self.steps.saturating_mul(self.count);
                 (rows, rows.saturating_add(sparsify))
             }
         };
@@ -358,6 +373,7 @@ fn answers(
             tree_candidates(&forest, space, x, (target, current, classes), p, job.limits.max_samples)
         }
         Search::Gradient => gradient_candidates(cx, job, space, x, target, p)?,
+        Search::Random => random::random_candidates(cx, job, space, x, p)?,
     };
     let found = checked(cx, space, x, candidates, target, p)?;
     let found = sparsify(cx, space, x, target, found, p.count, f64::from(p.diversity_weight))?;

@@ -220,6 +220,7 @@ mod tests {
             low: vec![f64::NEG_INFINITY; 3],
             high: vec![f64::INFINITY; 3],
             integer: vec![false; 3],
+            categories: vec![None; 3],
             unit_cost: vec![1.0; 3],
             scale: vec![1.0; 3],
             scale_source: "test",

@@ -2,7 +2,7 @@
 //! background rows' range) and what moving it costs (scaled by the median absolute deviation).
 
 use super::Distance;
-use crate::runtime::manifest::{Constraints, Direction};
+use crate::runtime::manifest::{Constraints, Direction, FeatureType};
 use crate::runtime::LoadedModel;
 
 /// Where each feature may go, and what moving it costs.
@@ -11,6 +11,8 @@ pub(super) struct Space {
     pub(super) low: Vec<f64>,
     pub(super) high: Vec<f64>,
     pub(super) integer: Vec<bool>,
+    /// Per feature: its categories, sorted, when it is categorical (the manifest's types).
+    pub(super) categories: Vec<Option<Vec<f64>>>,
     /// Per feature: cost of one unit of change (its cost over its scale).
     pub(super) unit_cost: Vec<f64>,
     pub(super) scale: Vec<f64>,
@@ -64,11 +66,29 @@ impl Space {
                 (low[i], high[i]) = (f64::from(x[i]), f64::from(x[i]));
             }
         }
+        // The manifest's feature types (its integer ones are in `c.integer` already), and the
+        // integer features a request added.
         for f in &c.integer {
             if let Some(i) = at(f) {
                 integer[i] = true;
             }
         }
+        let types = model
+            .spec
+            .tabular
+            .as_ref()
+            .map(|t| t.feature_types.as_slice())
+            .unwrap_or_default();
+        let categories: Vec<Option<Vec<f64>>> = (0..n)
+            .map(|i| match types.get(i) {
+                Some(FeatureType::Categorical { categories, .. }) => {
+                    let mut sorted = categories.clone();
+                    sorted.sort_by(f64::total_cmp);
+                    Some(sorted)
+                }
+                _ => None,
+            })
+            .collect();
         // An input already outside its bounds keeps its own value as the allowed one, so the
         // interval never empties because of where the input starts.
         for i in 0..n {
@@ -88,6 +108,7 @@ impl Space {
             low,
             high,
             integer,
+            categories,
             unit_cost,
             scale,
             scale_source,
@@ -115,7 +136,14 @@ impl Space {
             return None;
         }
         let mut w = v.clamp(lo, hi);
-        if self.integer[i] {
+        if let Some(categories) = &self.categories[i] {
+            // The allowed category nearest `v`.
+            w = categories
+                .iter()
+                .filter(|c| (lo..=hi).contains(*c))
+                .min_by(|a, b| (*a - v).abs().total_cmp(&(*b - v).abs()))
+                .copied()?;
+        } else if self.integer[i] {
             w = w.round();
             if w < lo {
                 w += 1.0;

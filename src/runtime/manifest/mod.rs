@@ -13,13 +13,15 @@ use utoipa::ToSchema;
 use crate::onnx::{Dim, ModelSummary, TensorInfo};
 
 mod image;
+mod inputs;
 mod reference;
 mod tabular;
 mod text;
 
 pub use image::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter};
+pub use inputs::{Constant, InputRole, Role};
 pub use reference::{Checkpoint, ReferenceSpec};
-pub use tabular::{Constraints, Direction, TabularSpec};
+pub use tabular::{Constraints, Direction, FeatureType, TabularSpec};
 pub use text::{TextManifest, TextSpec, MAX_TEXT_TOKENS};
 
 /// The manifest file as written by a user.
@@ -29,6 +31,7 @@ pub struct Manifest {
     task: Option<Task>,
     description: Option<String>,
     input: Option<String>,
+    inputs: Option<std::collections::BTreeMap<String, inputs::InputManifest>>,
     output: Option<String>,
     scores: Option<ScoreKind>,
     labels: Option<Vec<String>>,
@@ -73,8 +76,14 @@ pub struct ModelSpec {
     pub task: Task,
     /// Free text from the manifest.
     pub description: Option<String>,
-    /// Name of the input tensor that takes the image or features.
+    /// Name of the input tensor that takes the image or features: the explained input.
     pub input: String,
+    /// Every graph input and its role, the explained one first (`[inputs.NAME]`).
+    pub inputs: Vec<InputRole>,
+    /// The constant side inputs, fed on every pass.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub constants: Vec<Constant>,
     /// Name of the output tensor that holds the scores.
     pub output: String,
     /// What the output holds.
@@ -156,13 +165,29 @@ impl Manifest {
                 "only text-classification models take a [text] section".into(),
             ));
         }
-        let input = float_tensor(
-            &summary.inputs,
+        if task == Task::TextClassification && self.inputs.is_some() {
+            return Err(err(
+                "inputs",
+                "a text model's inputs are named under [text] (input_ids, attention_mask, token_type_ids)".into(),
+            ));
+        }
+        if task == Task::TextClassification && self.tabular.is_some() {
+            return Err(err("tabular", "only tabular models take a [tabular] section".into()));
+        }
+        if task == Task::ImageClassification && self.tabular.as_ref().is_some_and(|t| t.has_types()) {
+            return Err(err(
+                "tabular.types",
+                "only tabular models have features to declare integer or categorical".into(),
+            ));
+        }
+        let resolved = inputs::resolve(
             self.input.as_deref(),
-            "input",
-            "explaind feeds float32 inputs",
+            self.inputs.unwrap_or_default(),
+            &summary.inputs,
+            task == Task::TextClassification,
             &err,
         )?;
+        let input = resolved.explained;
         let output = float_tensor(
             &summary.outputs,
             self.output.as_deref(),
@@ -184,13 +209,18 @@ impl Manifest {
             }
             Task::TabularClassification | Task::TabularRegression => {
                 let section = self.tabular.unwrap_or_default();
-                (None, Some(tabular::resolve(section, task, input, output, &err)?))
+                (
+                    None,
+                    Some(tabular::resolve(section, task, (input, resolved.dtype), output, &err)?),
+                )
             }
         };
         Ok(ModelSpec {
             task,
             description: self.description,
             input: input.name.clone(),
+            inputs: resolved.roles,
+            constants: resolved.constants,
             output: output.name.clone(),
             scores,
             labels,
@@ -200,6 +230,34 @@ impl Manifest {
             ensemble: self.ensemble.unwrap_or_default(),
             reference: self.reference.map(|r| reference::check(r, task, &err)).transpose()?,
         })
+    }
+}
+
+impl ModelSpec {
+    /// The explained input's element type.
+    pub fn input_type(&self) -> crate::runtime::tensor::ElementType {
+        self.inputs
+            .first()
+            .map_or(crate::runtime::tensor::ElementType::Float32, |r| r.dtype)
+    }
+
+    /// Why gradient methods cannot explain this model whatever its operators, when they cannot:
+    /// the explained input is not float (gradients with respect to integers or booleans do not
+    /// exist). The one text the model report and a refused request both give.
+    pub fn gradients_refused(&self) -> Option<String> {
+        let dtype = self.input_type();
+        (dtype != crate::runtime::tensor::ElementType::Float32).then(|| {
+            format!(
+                "the explained input `{}` is {}, not float: there is no gradient with respect to it",
+                self.input,
+                dtype.name()
+            )
+        })
+    }
+
+    /// The constant side inputs.
+    pub fn constants(&self) -> impl Iterator<Item = &Constant> {
+        self.constants.iter()
     }
 }
 

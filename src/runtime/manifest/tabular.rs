@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use super::{FieldError, ManifestError, Task};
 use crate::onnx::{Dim, TensorInfo};
+use crate::runtime::tensor::ElementType;
 
 /// The `[tabular]` section as written.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -16,6 +17,74 @@ pub(super) struct TabularManifest {
     features: Option<Vec<String>>,
     background: Option<String>,
     constraints: Option<Constraints>,
+    types: Option<BTreeMap<String, TypeManifest>>,
+}
+
+impl TabularManifest {
+    /// True when the section declares feature types.
+    pub(super) fn has_types(&self) -> bool {
+        self.types.as_ref().is_some_and(|t| !t.is_empty())
+    }
+}
+
+/// A feature's type as written: `"integer"`, `"continuous"`, or a table of categories.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum TypeManifest {
+    Named(String),
+    Categorical {
+        categories: Vec<f64>,
+        names: Option<Vec<String>>,
+    },
+}
+
+/// What values a feature takes: what perturbations draw and counterfactuals move it to.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum FeatureType {
+    /// Any number.
+    Continuous,
+    /// Whole numbers.
+    Integer,
+    /// One of `categories`: the values the model sees, in order, with display names when given.
+    Categorical {
+        /// The values the model sees.
+        categories: Vec<f64>,
+        /// A display name per category.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        names: Vec<String>,
+    },
+}
+
+impl FeatureType {
+    /// Why `v` is not a value of this type (`range`: the whole numbers the input's element type
+    /// holds, for an integer input), or `None` when it is one.
+    pub fn refuses(&self, v: f64, range: Option<(f64, f64)>) -> Option<String> {
+        match self {
+            FeatureType::Categorical { categories, names } => (!categories.contains(&v)).then(|| {
+                let shown: Vec<String> = categories
+                    .iter()
+                    .enumerate()
+                    .take(20)
+                    .map(|(i, c)| match names.get(i) {
+                        Some(n) => format!("{c} ({n})"),
+                        None => c.to_string(),
+                    })
+                    .collect();
+                format!("{v} is not one of its categories: {}", shown.join(", "))
+            }),
+            FeatureType::Integer | FeatureType::Continuous => {
+                let whole = *self == FeatureType::Integer || range.is_some();
+                if whole && v.fract() != 0.0 {
+                    return Some(format!("{v} is not a whole number (the feature is integer)"));
+                }
+                match range {
+                    Some((lo, hi)) if v < lo || v > hi => Some(format!("{v} is out of the input's range [{lo}, {hi}]")),
+                    _ => None,
+                }
+            }
+        }
+    }
 }
 
 /// Input of a tabular model, resolved.
@@ -25,8 +94,20 @@ pub struct TabularSpec {
     pub features: Vec<String>,
     /// Background data file (CSV) next to the model, when one is named.
     pub background: Option<String>,
-    /// What counterfactuals may change (`[tabular.constraints]`).
+    /// What counterfactuals may change (`[tabular.constraints]`); its `integer` list is every
+    /// integer feature of `types`.
     pub constraints: Constraints,
+    /// The features that are not continuous, by name, with their type (`[tabular.types]`, and
+    /// every feature of an integer or bool input).
+    pub types: BTreeMap<String, FeatureType>,
+    /// Each feature's type, in feature order.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub feature_types: Vec<FeatureType>,
+    /// The whole numbers the explained input's element type holds (integer and bool inputs).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub range: Option<(f64, f64)>,
 }
 
 /// Completes the `[tabular]` section from the graph: the input must be 2-D, a regression output
@@ -34,7 +115,7 @@ pub struct TabularSpec {
 pub(super) fn resolve(
     m: TabularManifest,
     task: Task,
-    input: &TensorInfo,
+    (input, dtype): (&TensorInfo, ElementType),
     output: &TensorInfo,
     err: &FieldError,
 ) -> Result<TabularSpec, ManifestError> {
@@ -77,15 +158,108 @@ pub(super) fn resolve(
             ))
         }
     };
-    let constraints = m.constraints.unwrap_or_default();
+    let mut constraints = m.constraints.unwrap_or_default();
     constraints
         .check(&features)
         .map_err(|why| err("tabular.constraints", why))?;
+    let feature_types = feature_types(m.types.unwrap_or_default(), &features, &constraints.integer, dtype, err)?;
+    // One source of truth: the types. The constraint lists the integer features, whether the
+    // manifest declared them there or as types.
+    constraints.integer = features
+        .iter()
+        .zip(&feature_types)
+        .filter(|(_, t)| **t == FeatureType::Integer)
+        .map(|(f, _)| f.clone())
+        .collect();
     Ok(TabularSpec {
+        types: features
+            .iter()
+            .zip(&feature_types)
+            .filter(|(_, t)| **t != FeatureType::Continuous)
+            .map(|(f, t)| (f.clone(), t.clone()))
+            .collect(),
         features,
         background: m.background,
         constraints,
+        feature_types,
+        range: dtype.integer_range(),
     })
+}
+
+/// Each feature's type: as `[tabular.types]` declares it; integer when `[tabular.constraints]`
+/// lists it so; else continuous for a float input, integer for an integer one and categorical
+/// 0 / 1 for a bool one. A continuous feature of a non-float input, a category its input cannot
+/// hold, and a type for an unknown feature are refused.
+fn feature_types(
+    declared: BTreeMap<String, TypeManifest>,
+    features: &[String],
+    integer: &[String],
+    dtype: ElementType,
+    err: &FieldError,
+) -> Result<Vec<FeatureType>, ManifestError> {
+    if let Some(unknown) = declared.keys().find(|k| !features.contains(k)) {
+        return Err(err(&format!("tabular.types.{unknown}"), "no such feature".into()));
+    }
+    let range = dtype.integer_range();
+    let mut out = Vec::with_capacity(features.len());
+    for f in features {
+        let field = format!("tabular.types.{f}");
+        let t = match declared.get(f) {
+            Some(TypeManifest::Named(n)) => match n.as_str() {
+                "integer" => FeatureType::Integer,
+                "continuous" if range.is_none() => FeatureType::Continuous,
+                "continuous" => {
+                    return Err(err(
+                        &field,
+                        format!("the input is {}: its features are whole numbers", dtype.name()),
+                    ))
+                }
+                other => {
+                    return Err(err(
+                        &field,
+                        format!("unknown type `{other}`: integer, continuous, or a table with categories"),
+                    ))
+                }
+            },
+            Some(TypeManifest::Categorical { categories, names }) => {
+                let names = names.clone().unwrap_or_default();
+                if categories.is_empty() {
+                    return Err(err(&field, "categories: at least one".into()));
+                }
+                if !names.is_empty() && names.len() != categories.len() {
+                    return Err(err(
+                        &field,
+                        format!("{} names for {} categories", names.len(), categories.len()),
+                    ));
+                }
+                let mut seen = categories.clone();
+                seen.sort_by(f64::total_cmp);
+                if seen.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(err(&field, "categories: each at most once".into()));
+                }
+                for c in categories {
+                    if let Some(why) = FeatureType::Continuous.refuses(*c, range).or_else(|| {
+                        (!c.is_finite() || c.abs() > 16_777_216.0)
+                            .then(|| format!("{c} is not a float32 whole or finite number"))
+                    }) {
+                        return Err(err(&field, format!("category {why}")));
+                    }
+                }
+                FeatureType::Categorical {
+                    categories: categories.clone(),
+                    names,
+                }
+            }
+            None if dtype == ElementType::Bool => FeatureType::Categorical {
+                categories: vec![0.0, 1.0],
+                names: Vec::new(),
+            },
+            None if range.is_some() || integer.contains(f) => FeatureType::Integer,
+            None => FeatureType::Continuous,
+        };
+        out.push(t);
+    }
+    Ok(out)
 }
 
 /// What a counterfactual may change, by feature name: declared under `[tabular.constraints]` in

@@ -13,7 +13,7 @@ use crate::onnx::autodiff::WEIGHTS_INPUT;
 use crate::onnx::dropout::{mask_input, MaskSite};
 use crate::runtime::batching::{Batching, Feed};
 use crate::runtime::gradients::GradientKey;
-use crate::runtime::tensor::{Tensor, TensorData};
+use crate::runtime::tensor::{ElementType, Tensor, TensorData};
 use crate::runtime::{LoadedModel, RuntimeError};
 
 /// What one gradient pass returns, rows concatenated over batches.
@@ -239,7 +239,7 @@ impl WorkerRuntime {
         let chosen = match &built.target_index {
             Some(name) => Some(match take(name)?.data {
                 TensorData::I64(v) => v.into_iter().map(|i| i.max(0) as usize).collect(),
-                TensorData::F32(_) => Vec::new(),
+                _ => Vec::new(),
             }),
             None => None,
         };
@@ -271,15 +271,39 @@ impl WorkerRuntime {
         if feeds.iter().any(|(_, t)| t.rows() != rows) {
             return Err(fail("feeds differ in batch size".into()));
         }
+        // The explained input goes in the graph's own element type (an integer or bool input gets
+        // the f32 values explaind's methods make, rounded); every other feed is float32 already.
+        let input_type = model.spec.input_type();
+        let cast: Option<TensorData> = feeds
+            .iter()
+            .find(|(name, _)| *name == model.spec.input)
+            .filter(|_| input_type != ElementType::Float32)
+            .map(|(_, t)| input_type.cast(t.as_f32().unwrap_or(&[])));
         let mut values = Vec::with_capacity(feeds.len());
         for (name, t) in feeds {
-            let data = t
-                .as_f32()
-                .ok_or_else(|| fail("explaind feeds float32 inputs only".into()))?;
+            let data = match (&cast, *name == model.spec.input) {
+                (Some(c), true) => c.view(),
+                _ => t.data.view(),
+            };
             values.push((*name, data, t.row_len(), t.shape.get(1..).unwrap_or(&[])));
         }
         let row_len = feeds.first().map_or(usize::MAX, |(_, t)| t.row_len());
         let (per_pass, row_bytes) = self.pass_rows(model, pass, row_len, rows, sizing.most)?;
+        // The model's constant side inputs, fed on every pass: one row per row of the pass where
+        // the input has a batch axis (made once, for the largest pass), else whole.
+        let constants: Vec<(&str, &[usize], TensorData, bool)> = model
+            .spec
+            .constants()
+            .map(|c| match c.batched {
+                true => (
+                    c.name.as_str(),
+                    c.shape.as_slice(),
+                    c.value.repeated(per_pass.min(rows)),
+                    true,
+                ),
+                false => (c.name.as_str(), c.shape.as_slice(), c.value.clone(), false),
+            })
+            .collect();
         let mut parts: HashMap<String, Vec<Tensor>> = HashMap::new();
         let mut start = 0;
         while start < rows {
@@ -288,10 +312,16 @@ impl WorkerRuntime {
                 before(end - start)?;
             }
             let _lease = self.store.budget.lease(row_bytes.saturating_mul((end - start) as u64));
-            let chunk: Vec<Feed> = values
+            let mut chunk: Vec<Feed> = values
                 .iter()
                 .map(|&(name, data, len, row_shape)| Feed::rows_of(name, data, len, row_shape, start, end))
                 .collect();
+            for (name, shape, data, batched) in &constants {
+                chunk.push(match batched {
+                    true => Feed::rows_of(name, data.view(), shape.iter().product(), shape, 0, end - start),
+                    false => Feed::whole(name, shape.to_vec(), data.view()),
+                });
+            }
             for (name, t) in session.run(&model.name, &chunk)? {
                 parts.entry(name).or_default().push(t);
             }
