@@ -290,4 +290,19 @@ mod tests {
         assert_eq!(parts[1].shape, vec![2, 2]);
         assert_eq!(Tensor::concat_rows(parts).unwrap(), t);
     }
+
+    #[test]
+    fn integer_and_bool_inputs_get_the_f32_values_rounded_and_held_in_range() {
+        let v = [2.4f32, -0.6, 300.0, 0.0];
+        assert_eq!(ElementType::Int64.cast(&v), TensorData::I64(vec![2, -1, 300, 0]));
+        assert_eq!(ElementType::Uint8.cast(&v), TensorData::U8(vec![2, 0, 255, 0]));
+        assert_eq!(
+            ElementType::Bool.cast(&v),
+            TensorData::Bool(vec![true, true, true, false])
+        );
+        let row = TensorData::I32(vec![1, 0]);
+        assert_eq!(row.repeated(2), TensorData::I32(vec![1, 0, 1, 0]));
+        let mut buffer = row.view().empty_like(2);
+        assert!(buffer.extend_from(row.view()) && !buffer.extend_from(Values::F32(&[1.0])));
+    }
 }

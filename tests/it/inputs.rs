@@ -487,3 +487,47 @@ async fn bad_input_roles_are_refused_at_start_naming_the_input() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_on_a_model_with_side_inputs_share_runs_and_each_gets_its_own_rows() {
+    let dir = temp_dir("inputs-batched");
+    write_scaled(&dir, "scaled", SCALED_INPUTS);
+    let mut config = test_config(&dir);
+    config.workers = 8;
+    config.queue_capacity = 32;
+    // A window long enough that the concurrent requests meet in it on any machine.
+    config.batch_wait_us = 50_000;
+    let s = start(config).await;
+    let http = reqwest::Client::new();
+    let rows: Vec<[f32; 3]> = (0..16).map(|i| [i as f32 * 0.1, 1.0 - i as f32 * 0.2, 0.5]).collect();
+    let runs_before = s.state.metrics.passes.runs.get();
+    let tasks: Vec<_> = rows
+        .iter()
+        .map(|x| {
+            let (http, base, x) = (http.clone(), url(&s, ""), *x);
+            tokio::spawn(async move {
+                let r = http
+                    .post(format!("{base}/v1/models/scaled/predict"))
+                    .json(&json!({"features": x}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+                r.json::<Value>().await.unwrap()
+            })
+        })
+        .collect();
+    for (x, task) in rows.iter().zip(tasks) {
+        let v = task.await.unwrap();
+        // s = sum_i x_i * SCALE * MASK_i * V_i; the logits are [-s, s].
+        let s_b: f64 = (0..3).map(|i| f64::from(x[i] * SCALE * MASK[i] as f32 * V[i])).sum();
+        assert!(close(&numbers(&v["outputs"]["logits"]), &[-s_b, s_b]), "{x:?}: {v}");
+    }
+    let runs = s.state.metrics.passes.runs.get() - runs_before;
+    assert!(
+        runs < rows.len() as u64,
+        "{runs} runs for {} requests: none combined",
+        rows.len()
+    );
+    s.stop().await.unwrap();
+}

@@ -434,4 +434,34 @@ mod tests {
         // A plan run again on the echoed constraints (a job re-checked elsewhere) changes nothing.
         assert_eq!(policy.tightened(&in_force).unwrap(), in_force);
     }
+
+    #[test]
+    fn feature_types_follow_the_manifest_the_constraint_and_the_input_type() {
+        let err = |field: &str, message: String| ManifestError {
+            file: "m".into(),
+            field: field.into(),
+            message,
+        };
+        let features: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let declared: BTreeMap<String, TypeManifest> =
+            toml::from_str("b = { categories = [0, 2], names = [\"off\", \"on\"] }").unwrap();
+        let float = feature_types(declared.clone(), &features, &["c".into()], ElementType::Float32, &err).unwrap();
+        assert_eq!(float[0], FeatureType::Continuous);
+        assert!(matches!(&float[1], FeatureType::Categorical { categories, .. } if categories == &[0.0, 2.0]));
+        assert_eq!(float[2], FeatureType::Integer, "from constraints.integer");
+        let int = feature_types(declared, &features, &[], ElementType::Int64, &err).unwrap();
+        assert_eq!(int[0], FeatureType::Integer, "an integer input's default");
+        let flags = feature_types(BTreeMap::new(), &features, &[], ElementType::Bool, &err).unwrap();
+        assert!(matches!(&flags[0], FeatureType::Categorical { categories, .. } if categories == &[0.0, 1.0]));
+        let continuous: BTreeMap<String, TypeManifest> = toml::from_str("a = \"continuous\"").unwrap();
+        let e = feature_types(continuous, &features, &[], ElementType::Int32, &err).unwrap_err();
+        assert_eq!(e.field, "tabular.types.a");
+        let half: BTreeMap<String, TypeManifest> = toml::from_str("a = { categories = [0.5] }").unwrap();
+        let e = feature_types(half, &features, &[], ElementType::Int64, &err).unwrap_err();
+        assert!(e.message.contains("0.5 is not a whole number"), "{e}");
+        let unknown: BTreeMap<String, TypeManifest> = toml::from_str("z = \"integer\"").unwrap();
+        assert!(feature_types(unknown, &features, &[], ElementType::Float32, &err).is_err());
+        assert!(FeatureType::Integer.refuses(2.5, None).is_some());
+        assert!(FeatureType::Continuous.refuses(1e9, Some((0.0, 255.0))).is_some());
+    }
 }
