@@ -59,7 +59,7 @@ fn draw(space: &Space, i: usize, v: f32, rng: &mut ChaCha8Rng) -> Option<f32> {
     let reach = 3.0 * space.scale[i];
     let lo = if lo.is_finite() { lo } else { f64::from(v) - reach };
     let hi = if hi.is_finite() { hi } else { f64::from(v) + reach };
-    if !(lo < hi) {
+    if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
         return None;
     }
     space.place(i, rng.random_range(lo..=hi), f64::NEG_INFINITY, f64::INFINITY)
