@@ -169,11 +169,10 @@ pub enum Features {
 /// whole number for an integer feature or input, one of its categories for a categorical one).
 pub fn prepare_features(features: &Features, spec: &TabularSpec) -> Result<Tensor, InputError> {
     let n = spec.features.len();
-    let number = |name: &str, v: &serde_json::Value| -> Result<f32, InputError> {
+    let number = |(i, name): (usize, &String), v: &serde_json::Value| -> Result<f32, InputError> {
         let x = v
             .as_f64()
             .ok_or_else(|| InputError::BadFeatures(format!("feature `{name}` must be a number, got {v}")))?;
-        let i = spec.features.iter().position(|f| f == name).unwrap_or(0);
         if let Some(why) = spec.feature_types.get(i).and_then(|t| t.refuses(x, spec.range)) {
             return Err(InputError::BadFeatures(format!("feature `{name}`: {why}")));
         }
@@ -196,7 +195,7 @@ pub fn prepare_features(features: &Features, spec: &TabularSpec) -> Result<Tenso
             }
             values
                 .iter()
-                .zip(&spec.features)
+                .zip(spec.features.iter().enumerate())
                 .map(|(v, name)| number(name, v))
                 .collect::<Result<Vec<_>, _>>()?
         }
@@ -224,7 +223,8 @@ pub fn prepare_features(features: &Features, spec: &TabularSpec) -> Result<Tenso
             }
             spec.features
                 .iter()
-                .map(|name| number(name, &map[name]))
+                .enumerate()
+                .map(|(i, name)| number((i, name), &map[name]))
                 .collect::<Result<Vec<_>, _>>()?
         }
     };

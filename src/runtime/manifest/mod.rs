@@ -254,11 +254,6 @@ impl ModelSpec {
             )
         })
     }
-
-    /// The constant side inputs.
-    pub fn constants(&self) -> impl Iterator<Item = &Constant> {
-        self.constants.iter()
-    }
 }
 
 /// The tensor `field` names, or the one [`pick`] finds; it must hold float32 (`why` says so).

@@ -293,7 +293,8 @@ impl WorkerRuntime {
         // the input has a batch axis (made once, for the largest pass), else whole.
         let constants: Vec<(&str, &[usize], TensorData, bool)> = model
             .spec
-            .constants()
+            .constants
+            .iter()
             .map(|c| match c.batched {
                 true => (
                     c.name.as_str(),
