@@ -305,6 +305,7 @@ fn cut_text(
     };
     let model = TextModel::load(folder, &options, cut.table)?;
     let spec = TextSpec {
+        window: options.sequence.as_ref().map(|s| s.window),
         tokenizer: options.tokenizer,
         max_length: options.max_length,
         input_ids: inputs.ids,

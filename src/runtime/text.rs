@@ -12,9 +12,17 @@ use super::preprocess::InputError;
 use super::Tensor;
 use crate::onnx::embedding::Table;
 
+/// What cuts a text into tokens.
+enum Tokens {
+    /// A Hugging Face tokenizer.
+    Tokenizer(Box<tokenizers::Tokenizer>),
+    /// None: the text is a sequence of ids below `vocab`, `window` positions a word.
+    Ids { vocab: usize, window: usize },
+}
+
 /// A text model's tokenizer and embedding table, loaded at start.
 pub struct TextModel {
-    tokenizer: tokenizers::Tokenizer,
+    tokens: Tokens,
     /// The word-embedding table, or why the graph has none (then a token's row is its id).
     pub table: Result<Table, String>,
     /// Tokens per input at most; longer texts are truncated.
@@ -131,9 +139,20 @@ impl Encoded {
     }
 }
 
+/// A sequence of ids without a tokenizer.
+#[derive(Debug, Clone)]
+pub struct SequenceOptions {
+    /// Ids run below this (default: the embedding table's rows).
+    pub vocab_size: Option<usize>,
+    /// Positions per word.
+    pub window: usize,
+}
+
 /// The `[text]` section of `model.toml`, resolved.
 #[derive(Debug, Clone)]
 pub struct TextOptions {
+    /// A sequence of ids instead of a tokenizer.
+    pub sequence: Option<SequenceOptions>,
     /// The tokenizer file, next to the manifest.
     pub tokenizer: String,
     /// Tokens per input at most.
@@ -147,6 +166,9 @@ pub struct TextOptions {
 impl TextModel {
     /// Loads the tokenizer next to `folder`'s manifest; `table` comes from the cut graph.
     pub fn load(folder: &Path, options: &TextOptions, table: Result<Table, String>) -> Result<Self, String> {
+        if let Some(sequence) = &options.sequence {
+            return Self::sequence(options, sequence, table);
+        }
         let path = folder.join(&options.tokenizer);
         let mut tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
             format!(
@@ -195,11 +217,50 @@ impl TextModel {
             }
         }
         Ok(Self {
-            tokenizer,
+            tokens: Tokens::Tokenizer(Box::new(tokenizer)),
             table,
             max_length: options.max_length,
             hide,
             baseline: pad,
+        })
+    }
+
+    /// A model whose texts are sequences of ids: the vocabulary from the manifest or the
+    /// embedding table, the hide and baseline tokens ids (default 0).
+    fn sequence(
+        options: &TextOptions,
+        sequence: &SequenceOptions,
+        table: Result<Table, String>,
+    ) -> Result<Self, String> {
+        let vocab = match (sequence.vocab_size, &table) {
+            (Some(v), Ok(t)) if v > t.vocab => {
+                return Err(format!(
+                    "text.vocab_size {v} is more than the embedding table's {} rows",
+                    t.vocab
+                ))
+            }
+            (Some(v), _) => v,
+            (None, Ok(t)) => t.vocab,
+            (None, Err(_)) => {
+                return Err("text.vocab_size: missing, and the graph has no embedding table to give it".into())
+            }
+        };
+        let id = |field: &str, given: &Option<String>| -> Result<SpecialToken, String> {
+            let token = given.clone().unwrap_or_else(|| "0".into());
+            match token.parse::<u32>() {
+                Ok(id) if (id as usize) < vocab => Ok(SpecialToken { token, id }),
+                _ => Err(format!("{field}: `{token}` is not an id below vocab_size {vocab}")),
+            }
+        };
+        Ok(Self {
+            hide: id("text.hide_token", &options.hide_token)?,
+            baseline: id("text.baseline_token", &options.baseline_token)?,
+            tokens: Tokens::Ids {
+                vocab,
+                window: sequence.window,
+            },
+            table,
+            max_length: options.max_length,
         })
     }
 
@@ -219,8 +280,11 @@ impl TextModel {
         if text.trim().is_empty() {
             return Err(InputError::BadText("`text` is empty".into()));
         }
-        let e = self
-            .tokenizer
+        let tokenizer = match &self.tokens {
+            Tokens::Tokenizer(t) => t,
+            Tokens::Ids { vocab, window } => return self.encode_ids(text, *vocab, *window),
+        };
+        let e = tokenizer
             .encode_char_offsets(text, true)
             .map_err(|e| InputError::BadText(format!("the tokenizer refused the text: {e}")))?;
         let special = e.get_special_tokens_mask();
@@ -244,6 +308,53 @@ impl TextModel {
             }));
         }
         Ok(Encoded::new(text.to_string(), tokens, !e.get_overflowing().is_empty()))
+    }
+
+    /// A sequence's ids (decimal, separated by white space) as tokens, one per position, each
+    /// position's word its window; past `max_length` ids the sequence is cut.
+    fn encode_ids(&self, text: &str, vocab: usize, window: usize) -> Result<Encoded, InputError> {
+        let mut tokens = Vec::new();
+        let mut truncated = false;
+        // Each run of non-space characters: (first char, first byte) to its end.
+        let mut start: Option<(usize, usize)> = None;
+        let ends = text
+            .char_indices()
+            .map(|(b, c)| (b, c.is_whitespace()))
+            .chain([(text.len(), true)]);
+        for (i, (byte, space)) in ends.enumerate() {
+            match (space, start) {
+                (false, None) => start = Some((i, byte)),
+                (true, Some((s, s_byte))) => {
+                    start = None;
+                    if tokens.len() == self.max_length {
+                        truncated = true;
+                        break;
+                    }
+                    let word = &text[s_byte..byte];
+                    let position = tokens.len();
+                    let id = word
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|id| (*id as usize) < vocab)
+                        .ok_or_else(|| {
+                            InputError::BadText(format!(
+                                "position {position}: `{}` is not an id below {vocab}",
+                                word.chars().take(20).collect::<String>()
+                            ))
+                        })?;
+                    tokens.push(Token {
+                        text: word.to_string(),
+                        start: s,
+                        end: i,
+                        id,
+                        word: Some((position / window) as u32),
+                        special: false,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(Encoded::new(text.to_string(), tokens, truncated))
     }
 
     /// The row of token `id`: its embedding, or the id itself.
@@ -323,5 +434,34 @@ mod tests {
         assert_eq!(e.slice(10, 99), "vu", "clamped to the text");
         assert_eq!(per_token(&[1.0, -2.0, 3.0, 4.0], 2, false), vec![-1.0, 7.0]);
         assert_eq!(per_token(&[1.0, -2.0, 3.0, 4.0], 2, true), vec![3.0, 7.0]);
+    }
+
+    #[test]
+    fn a_sequence_is_its_ids_one_token_a_position_and_a_word_a_window() {
+        let options = TextOptions {
+            tokenizer: String::new(),
+            sequence: Some(SequenceOptions {
+                vocab_size: Some(300),
+                window: 2,
+            }),
+            max_length: 3,
+            hide_token: Some("256".into()),
+            baseline_token: None,
+        };
+        let m = TextModel::load(Path::new("."), &options, Err("no table".into())).unwrap();
+        assert_eq!((m.hide.id, m.baseline.id), (256, 0));
+        let e = m.encode(" 104\t105  7 99", 1 << 10).unwrap();
+        assert!(e.truncated, "four ids, max_length 3");
+        let ids: Vec<(u32, usize, usize, Option<u32>)> =
+            e.tokens.iter().map(|t| (t.id, t.start, t.end, t.word)).collect();
+        assert_eq!(ids, [(104, 1, 4, Some(0)), (105, 5, 8, Some(0)), (7, 10, 11, Some(1))]);
+        assert_eq!(e.features(true), vec![vec![0, 1], vec![2]]);
+        let err = m.encode("1 300", 1 << 10).unwrap_err().to_string();
+        assert!(err.contains("position 1: `300` is not an id below 300"), "{err}");
+        let none = TextOptions {
+            hide_token: Some("300".into()),
+            ..options
+        };
+        assert!(TextModel::load(Path::new("."), &none, Err("no table".into())).is_err());
     }
 }

@@ -531,3 +531,84 @@ async fn concurrent_requests_on_a_model_with_side_inputs_share_runs_and_each_get
     );
     s.stop().await.unwrap();
 }
+
+/// `sevens`: int64 ids `[batch, tokens]` of any length, no tokenizer; class `sevens` scores the
+/// count of id 7, class `other` its negative.
+fn write_sevens(dir: &std::path::Path) {
+    let mut g = GraphBuilder::new("sevens", 17);
+    let ids = g.input_typed("ids", data_type::INT64, &[-1, -1]);
+    let seven = g.constant_i64("seven", &[], &[7]);
+    let eq = g.node("Equal", &[&ids, &seven], vec![]);
+    let hits = g.node("Cast", &[&eq], vec![("to", Attr::Int(data_type::FLOAT as i64))]);
+    let axes = g.constant_i64("axes", &[1], &[1]);
+    let count = g.node("ReduceSum", &[&hits, &axes], vec![("keepdims", Attr::Int(1))]);
+    let neg = g.node("Neg", &[&count], vec![]);
+    g.node("Concat", &[&neg, &count], vec![("axis", Attr::Int(1))]);
+    g.rename_last_output("logits");
+    g.output("logits", &[-1, 2]);
+    let manifest =
+        "task = \"text-classification\"\nscores = \"raw\"\nlabels = [\"other\", \"sevens\"]\n[text]\nsequence = true\n\
+                    vocab_size = 10\nwindow = 2\nmax_length = 64\n";
+    write_model(dir, "sevens", &g.build(), manifest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_of_ids_without_a_tokenizer_is_explained_by_position_and_by_window() {
+    let dir = temp_dir("inputs-sequence");
+    write_sevens(&dir);
+    let s = start(test_config(&dir)).await;
+    let text = "7 1 7 3 2 2";
+    let v = ok_json(post_json(&s, "/v1/models/sevens/predict", &json!({"text": text})).await).await;
+    assert_eq!(numbers(&v["outputs"]["logits"]), vec![-2.0, 2.0], "{v}");
+    // KernelSHAP over positions (hidden by id 0): the model is additive, so each 7 gets exactly 1.
+    let (status, v) = explain(
+        &s,
+        "sevens",
+        "kernel-shap",
+        json!({"text": text, "target": "sevens", "seed": 1, "params": {"text_features": "tokens"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let values = attribution_values(&v);
+    let want = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0];
+    assert!(close(&values, &want), "{values:?}");
+    // Over windows of 2 positions (the manifest's `window`): the windows holding a 7 take 1 each,
+    // the last none.
+    let (status, v) = explain(
+        &s,
+        "sevens",
+        "kernel-shap",
+        json!({"text": text, "target": "sevens", "seed": 1, "include": ["words"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let windows: Vec<(String, f64)> = v["words"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["text"].as_str().unwrap().to_string(), w["value"].as_f64().unwrap()))
+        .collect();
+    let texts: Vec<&str> = windows.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(texts, ["7 1", "7 3", "2 2"], "{v}");
+    assert!(
+        close(&windows.iter().map(|w| w.1).collect::<Vec<_>>(), &[1.0, 1.0, 0.0]),
+        "{v}"
+    );
+    // An id outside the vocabulary is refused, naming its position; gradients do not exist.
+    let p = problem(
+        post_json(&s, "/v1/models/sevens/predict", &json!({"text": "7 12"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("position 1: `12` is not an id below 10"),
+        "{p}"
+    );
+    let p = post_json(&s, "/v1/models/sevens/explain/saliency", &json!({"text": text})).await;
+    assert_eq!(p.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    s.stop().await.unwrap();
+}

@@ -247,6 +247,7 @@ fn cut_transformer(dir: &Path, text: &str) -> (PathBuf, Vec<f32>, Vec<usize>, Ve
     let cut = explaind::onnx::embedding::cut(&original, &inputs).unwrap();
     let options = explaind::runtime::text::TextOptions {
         tokenizer: "tokenizer.json".into(),
+        sequence: None,
         max_length: 32,
         hide_token: None,
         baseline_token: None,

@@ -25,7 +25,17 @@ pub struct TextManifest {
     pub hide_token: Option<String>,
     /// Integrated Gradients' baseline token (default the pad token).
     pub baseline_token: Option<String>,
+    /// A sequence of ids without a tokenizer (byte or token ids): a text is its ids written in
+    /// decimal, separated by spaces; `hide_token` and `baseline_token` are ids (default 0).
+    pub sequence: Option<bool>,
+    /// Sequences: ids run from 0 to `vocab_size - 1` (default: the embedding table's rows).
+    pub vocab_size: Option<usize>,
+    /// Sequences: positions per window, the players of `words` (default 1: each position).
+    pub window: Option<usize>,
 }
+
+/// What a sequence model's `tokenizer` reads: its texts are ids.
+pub const SEQUENCE_TOKENIZER: &str = "(ids)";
 
 /// Longest `text.max_length` accepted.
 pub const MAX_TEXT_TOKENS: usize = 4096;
@@ -88,11 +98,39 @@ impl TextManifest {
                 "text.max_length must be between 2 and {MAX_TEXT_TOKENS}, got {max_length}"
             ));
         }
+        let sequence = match self.sequence.unwrap_or(false) {
+            true => {
+                if self.tokenizer.is_some() {
+                    return Err("text.tokenizer: a sequence of ids takes no tokenizer".into());
+                }
+                let window = self.window.unwrap_or(1);
+                if !(1..=max_length).contains(&window) {
+                    return Err(format!(
+                        "text.window must be between 1 and max_length ({max_length}), got {window}"
+                    ));
+                }
+                if self.vocab_size.is_some_and(|v| !(1..=1 << 24).contains(&v)) {
+                    return Err("text.vocab_size must be between 1 and 2^24".into());
+                }
+                Some(crate::runtime::text::SequenceOptions {
+                    vocab_size: self.vocab_size,
+                    window,
+                })
+            }
+            false if self.window.is_some() || self.vocab_size.is_some() => {
+                return Err("text.window and text.vocab_size are for sequences of ids (sequence = true)".into())
+            }
+            false => None,
+        };
         Ok(crate::runtime::text::TextOptions {
-            tokenizer: self
-                .tokenizer
-                .clone()
-                .ok_or("text.tokenizer: missing (a tokenizer.json file)")?,
+            tokenizer: match &sequence {
+                Some(_) => SEQUENCE_TOKENIZER.into(),
+                None => self
+                    .tokenizer
+                    .clone()
+                    .ok_or("text.tokenizer: missing (a tokenizer.json file, or sequence = true for ids)")?,
+            },
+            sequence,
             max_length,
             hide_token: self.hide_token.clone(),
             baseline_token: self.baseline_token.clone(),
@@ -103,8 +141,11 @@ impl TextManifest {
 /// Input of a text model, resolved.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TextSpec {
-    /// The tokenizer file.
+    /// The tokenizer file (`(ids)` for a sequence of ids without one).
     pub tokenizer: String,
+    /// Sequences of ids: positions per window (the players of `words`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
     /// Tokens per input at most; longer texts are truncated (the answer says so).
     pub max_length: usize,
     /// The graph input fed token ids (the graph is cut after their embedding lookup).
