@@ -296,7 +296,17 @@ fn cut_text(
     let section = manifest.text();
     let original = ModelSummary::of(decoded);
     let inputs = section.inputs(&original.inputs)?;
-    let options = section.options()?;
+    let mut options = section.options()?;
+    // A graph that fixes its sequence length takes exactly that many ids.
+    if let Some(sequence) = options.sequence.as_mut() {
+        sequence.length = original
+            .inputs
+            .iter()
+            .find(|t| t.name == inputs.ids)
+            .and_then(|t| t.shape.as_ref())
+            .and_then(|s| s.get(1))
+            .and_then(crate::onnx::Dim::fixed);
+    }
     let cut = crate::onnx::embedding::cut(decoded, &inputs).map_err(|m| format!("text: {m}"))?;
     let embedding_size = cut.dim();
     let (embedding, gradients_refused) = match &cut.table {

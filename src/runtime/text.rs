@@ -16,8 +16,13 @@ use crate::onnx::embedding::Table;
 enum Tokens {
     /// A Hugging Face tokenizer.
     Tokenizer(Box<tokenizers::Tokenizer>),
-    /// None: the text is a sequence of ids below `vocab`, `window` positions a word.
-    Ids { vocab: usize, window: usize },
+    /// None: the text is a sequence of ids below `vocab`, `window` positions a word, of exactly
+    /// `length` ids where the graph fixes it.
+    Ids {
+        vocab: usize,
+        window: usize,
+        length: Option<usize>,
+    },
 }
 
 /// A text model's tokenizer and embedding table, loaded at start.
@@ -146,6 +151,8 @@ pub struct SequenceOptions {
     pub vocab_size: Option<usize>,
     /// Positions per word.
     pub window: usize,
+    /// The length the graph fixes, when it fixes one: every sequence must have it.
+    pub length: Option<usize>,
 }
 
 /// The `[text]` section of `model.toml`, resolved.
@@ -245,6 +252,12 @@ impl TextModel {
                 return Err("text.vocab_size: missing, and the graph has no embedding table to give it".into())
             }
         };
+        if let Some(n) = sequence.length.filter(|n| *n > options.max_length) {
+            return Err(format!(
+                "text.max_length {} is below the {n} ids the graph takes",
+                options.max_length
+            ));
+        }
         let id = |field: &str, given: &Option<String>| -> Result<SpecialToken, String> {
             let token = given.clone().unwrap_or_else(|| "0".into());
             match token.parse::<u32>() {
@@ -258,6 +271,7 @@ impl TextModel {
             tokens: Tokens::Ids {
                 vocab,
                 window: sequence.window,
+                length: sequence.length,
             },
             table,
             max_length: options.max_length,
@@ -282,7 +296,7 @@ impl TextModel {
         }
         let tokenizer = match &self.tokens {
             Tokens::Tokenizer(t) => t,
-            Tokens::Ids { vocab, window } => return self.encode_ids(text, *vocab, *window),
+            Tokens::Ids { vocab, window, length } => return self.encode_ids(text, *vocab, *window, *length),
         };
         let e = tokenizer
             .encode_char_offsets(text, true)
@@ -312,7 +326,13 @@ impl TextModel {
 
     /// A sequence's ids (decimal, separated by white space) as tokens, one per position, each
     /// position's word its window; past `max_length` ids the sequence is cut.
-    fn encode_ids(&self, text: &str, vocab: usize, window: usize) -> Result<Encoded, InputError> {
+    fn encode_ids(
+        &self,
+        text: &str,
+        vocab: usize,
+        window: usize,
+        length: Option<usize>,
+    ) -> Result<Encoded, InputError> {
         let mut tokens = Vec::new();
         let mut truncated = false;
         // Each run of non-space characters: (first char, first byte) to its end.
@@ -353,6 +373,13 @@ impl TextModel {
                 }
                 _ => {}
             }
+        }
+        if let Some(n) = length.filter(|n| *n != tokens.len()) {
+            return Err(InputError::BadText(format!(
+                "the model takes exactly {n} ids; the text has {}{}",
+                tokens.len(),
+                if truncated { " or more" } else { "" }
+            )));
         }
         Ok(Encoded::new(text.to_string(), tokens, truncated))
     }
@@ -443,6 +470,7 @@ mod tests {
             sequence: Some(SequenceOptions {
                 vocab_size: Some(300),
                 window: 2,
+                length: None,
             }),
             max_length: 3,
             hide_token: Some("256".into()),
@@ -463,5 +491,18 @@ mod tests {
             ..options
         };
         assert!(TextModel::load(Path::new("."), &none, Err("no table".into())).is_err());
+        let fixed = TextOptions {
+            sequence: Some(SequenceOptions {
+                vocab_size: Some(300),
+                window: 1,
+                length: Some(2),
+            }),
+            hide_token: None,
+            ..none
+        };
+        let m = TextModel::load(Path::new("."), &fixed, Err("no table".into())).unwrap();
+        assert_eq!(m.encode("1 2", 1 << 10).unwrap().tokens.len(), 2);
+        let err = m.encode("1", 1 << 10).unwrap_err().to_string();
+        assert!(err.contains("exactly 2 ids; the text has 1"), "{err}");
     }
 }

@@ -115,6 +115,7 @@ impl TextManifest {
                 Some(crate::runtime::text::SequenceOptions {
                     vocab_size: self.vocab_size,
                     window,
+                    length: None,
                 })
             }
             false if self.window.is_some() || self.vocab_size.is_some() => {
