@@ -612,3 +612,62 @@ async fn a_sequence_of_ids_without_a_tokenizer_is_explained_by_position_and_by_w
     assert_eq!(p.status(), StatusCode::UNPROCESSABLE_ENTITY);
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bool_uint8_and_int32_inputs_are_fed_as_such() {
+    // `flags`: a bool input [batch, 3] (its features categories 0 and 1), weighted by a uint8
+    // constant `k` [3] fed whole and shifted by an int32 constant `j` [batch, 1] fed per row:
+    // s = sum_i x_i k_i + j, logits [-s, s].
+    let mut g = GraphBuilder::new("flags", 17);
+    let x = g.input_typed("x", data_type::BOOL, &[-1, 3]);
+    let k = g.input_typed("k", data_type::UINT8, &[3]);
+    let j = g.input_typed("j", data_type::INT32, &[-1, 1]);
+    let to_float = vec![("to", Attr::Int(data_type::FLOAT as i64))];
+    let xf = g.node("Cast", &[&x], to_float.clone());
+    let kf = g.node("Cast", &[&k], to_float.clone());
+    let jf = g.node("Cast", &[&j], to_float);
+    let weighted = g.node("Mul", &[&xf, &kf], vec![]);
+    let axes = g.constant_i64("axes", &[1], &[1]);
+    let sum = g.node("ReduceSum", &[&weighted, &axes], vec![("keepdims", Attr::Int(1))]);
+    let s = g.node("Add", &[&sum, &jf], vec![]);
+    let neg = g.node("Neg", &[&s], vec![]);
+    g.node("Concat", &[&neg, &s], vec![("axis", Attr::Int(1))]);
+    g.rename_last_output("logits");
+    g.output("logits", &[-1, 2]);
+    let dir = temp_dir("inputs-flags");
+    let manifest = "task = \"tabular-classification\"\nscores = \"raw\"\nlabels = [\"a\", \"b\"]\ninput = \"x\"\n\
+                    [inputs.k]\nrole = \"constant\"\nvalue = [3, 5, 200]\n[inputs.j]\nrole = \"constant\"\nvalue = [-4]\n\
+                    [tabular]\nfeatures = [\"p\", \"q\", \"r\"]\nbackground = \"background.csv\"\n";
+    write_model(&dir, "flags", &g.build(), manifest);
+    std::fs::write(dir.join("flags/background.csv"), "p,q,r\n0,0,0\n1,1,0\n").unwrap();
+    let s = start(test_config(&dir)).await;
+    let v = ok_json(post_json(&s, "/v1/models/flags/predict", &json!({"features": [1, 0, 1]})).await).await;
+    assert_eq!(numbers(&v["outputs"]["logits"]), vec![-199.0, 199.0], "{v}");
+    let p = problem(
+        post_json(&s, "/v1/models/flags/predict", &json!({"features": [1, 2, 1]})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("feature `q`: 2 is not one of its categories"),
+        "{p}"
+    );
+    // Exact SHAP of an additive model over the two background rows: phi_i = k_i (x_i - E[x_i]).
+    let (status, v) = explain(
+        &s,
+        "flags",
+        "kernel-shap",
+        json!({"features": [1, 0, 1], "target": "b", "params": {"samples": 16}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(
+        close(&numbers(&v["details"]["shapley_values"]), &[1.5, -2.5, 200.0]),
+        "{v}"
+    );
+    s.stop().await.unwrap();
+}
