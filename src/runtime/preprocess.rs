@@ -293,6 +293,7 @@ mod tests {
             features: vec!["a".into(), "b".into()],
             background: None,
             constraints: Default::default(),
+            descriptions: Default::default(),
         };
         let map = serde_json::json!({"a": 1.0, "c": 2.0}).as_object().unwrap().clone();
         let err = prepare_features(&Features::Named(map), &spec).unwrap_err().to_string();

@@ -31,6 +31,7 @@ mod real_models;
 mod reference;
 mod refusals;
 mod registry;
+mod replay;
 mod replicas;
 mod security;
 mod text;

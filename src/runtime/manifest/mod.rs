@@ -28,6 +28,7 @@ pub use text::{TextManifest, TextSpec, MAX_TEXT_TOKENS};
 pub struct Manifest {
     task: Option<Task>,
     description: Option<String>,
+    version: Option<String>,
     input: Option<String>,
     output: Option<String>,
     scores: Option<ScoreKind>,
@@ -73,6 +74,9 @@ pub struct ModelSpec {
     pub task: Task,
     /// Free text from the manifest.
     pub description: Option<String>,
+    /// The model's version, as the manifest names it (shown in decision reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Name of the input tensor that takes the image or features.
     pub input: String,
     /// Name of the output tensor that holds the scores.
@@ -190,6 +194,7 @@ impl Manifest {
         Ok(ModelSpec {
             task,
             description: self.description,
+            version: self.version,
             input: input.name.clone(),
             output: output.name.clone(),
             scores,

@@ -16,6 +16,7 @@ pub(super) struct TabularManifest {
     features: Option<Vec<String>>,
     background: Option<String>,
     constraints: Option<Constraints>,
+    descriptions: Option<BTreeMap<String, String>>,
 }
 
 /// Input of a tabular model, resolved.
@@ -27,6 +28,9 @@ pub struct TabularSpec {
     pub background: Option<String>,
     /// What counterfactuals may change (`[tabular.constraints]`).
     pub constraints: Constraints,
+    /// Plain-language descriptions of features, by name (`descriptions`), for decision reports.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub descriptions: BTreeMap<String, String>,
 }
 
 /// Completes the `[tabular]` section from the graph: the input must be 2-D, a regression output
@@ -81,10 +85,23 @@ pub(super) fn resolve(
     constraints
         .check(&features)
         .map_err(|why| err("tabular.constraints", why))?;
+    let descriptions = m.descriptions.unwrap_or_default();
+    let unknown: Vec<&str> = descriptions
+        .keys()
+        .filter(|name| !features.contains(name))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(err(
+            "tabular.descriptions",
+            format!("unknown features: {}", unknown.join(", ")),
+        ));
+    }
     Ok(TabularSpec {
         features,
         background: m.background,
         constraints,
+        descriptions,
     })
 }
 
