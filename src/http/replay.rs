@@ -69,9 +69,12 @@ pub struct TargetReplay {
     pub tolerance: f64,
     /// The first differing positions (flat, row-major), at most 10.
     pub first_positions: Vec<usize>,
-    /// The recorded and replayed shapes, when they differ.
+    /// The recorded shape, when the replayed one differs.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub shapes: Option<(Vec<usize>, Vec<usize>)>,
+    pub recorded_shape: Option<Vec<usize>>,
+    /// The replayed shape, when it differs from the recorded one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed_shape: Option<Vec<usize>>,
 }
 
 /// The answer of a replay.
@@ -361,7 +364,8 @@ fn compare(target: &Value, shape: &[usize], recorded: &[f32], now_shape: &[usize
         max_abs_difference: 0.0,
         tolerance,
         first_positions: Vec::new(),
-        shapes: None,
+        recorded_shape: None,
+        replayed_shape: None,
     };
     // A tabular record keeps its values flat: only their count can be compared.
     let same_shape = if shape.len() == 1 {
@@ -371,7 +375,8 @@ fn compare(target: &Value, shape: &[usize], recorded: &[f32], now_shape: &[usize
     };
     if !same_shape {
         t.agreement = Agreement::Different;
-        t.shapes = Some((shape.to_vec(), now_shape.to_vec()));
+        t.recorded_shape = Some(shape.to_vec());
+        t.replayed_shape = Some(now_shape.to_vec());
         return t;
     }
     for (i, (a, b)) in recorded.iter().zip(now).enumerate() {
@@ -422,7 +427,10 @@ mod tests {
         );
         let t = compare(&target, &[1, 3], &a, &[3, 1], &a);
         assert_eq!(t.agreement, Agreement::Different);
-        assert!(t.shapes.is_some());
+        assert_eq!(
+            (t.recorded_shape.clone(), t.replayed_shape.clone()),
+            (Some(vec![1, 3]), Some(vec![3, 1]))
+        );
         let nan = [f32::NAN, -2.0, 0.5];
         assert_eq!(compare(&target, &[3], &a, &[3], &nan).agreement, Agreement::Different);
     }

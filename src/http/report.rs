@@ -82,22 +82,32 @@ pub async fn report(
         }
     };
     let rec = record(&state, &id).await?;
-    // An explanation record, or a prediction's attached explanation.
+    // An explanation record, or a prediction's attached explanation; a prediction or an
+    // uncertainty estimate recorded alone still documents its decision.
     let explanation = if rec["kind"] == "explanation" {
         rec.clone()
     } else {
         rec["results"][0]["explanation"].clone()
     };
-    let target = explanation["targets"][0].clone();
-    if !target.is_object() {
+    let row = &rec["results"][0];
+    let decided = row["predictions"][0]
+        .as_object()
+        .or(row["uncertainty"]["top"].as_object())
+        .map(|p| serde_json::json!({"target": p, "summary": {}}));
+    let explained = explanation["targets"][0].is_object();
+    let Some(target) = explanation["targets"][0]
+        .as_object()
+        .map(|_| explanation["targets"][0].clone())
+        .or(decided)
+    else {
         return Err(ApiError::new(
             ProblemKind::NotFound,
             format!(
-                "record `{id}` explains no decision (it is a {})",
+                "record `{id}` documents no decision (it is a {})",
                 rec["kind"].as_str().unwrap_or("record")
             ),
         ));
-    }
+    };
     let sha256 = rec["model_sha256"].as_str().unwrap_or_default().to_string();
     let name = rec["model"].as_str().unwrap_or_default().to_string();
     // The very model when still loaded; else the one under its name, for names and descriptions.
@@ -164,14 +174,24 @@ pub async fn report(
     }
 
     // Drawing the chart or the heat map is CPU work: off the async threads.
-    let registry = state.registry.clone();
-    let (rec2, target2) = (rec.clone(), target.clone());
-    let picture = tokio::task::spawn_blocking(move || draw(&rec2, &target2, &registry))
-        .await
-        .map_err(ApiError::internal)?;
-    match picture {
-        Ok(png) => report.picture = Some(png),
-        Err(e) => report.picture_missing = Some(e.detail),
+    let text = rec["inputs"][0]["media_type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("text/"));
+    if !explained {
+        report.picture_missing = Some("This decision was recorded without an explanation.".into());
+    } else if text {
+        report.picture_missing =
+            Some("The explanation weighs each token of the text; the record holds the values per token.".into());
+    } else {
+        let registry = state.registry.clone();
+        let (rec2, target2) = (rec.clone(), target.clone());
+        let picture = tokio::task::spawn_blocking(move || draw(&rec2, &target2, &registry))
+            .await
+            .map_err(ApiError::internal)?;
+        match picture {
+            Ok(png) => report.picture = Some(png),
+            Err(e) => report.picture_missing = Some(e.detail),
+        }
     }
     let html = tokio::task::spawn_blocking(move || render::report_html(&report))
         .await
@@ -201,7 +221,7 @@ fn gather(
 ) -> Report {
     let summary = &target["summary"];
     let decision = target["target"]["label"].as_str().unwrap_or("?").to_string();
-    let method = explanation["method"].as_str().unwrap_or_default().to_string();
+    let method = explanation["method"].as_str().unwrap_or("none").to_string();
     let descriptions = named.and_then(|m| m.spec.tabular.as_ref()).map(|t| &t.descriptions);
     let factors: Vec<Factor> = summary["top_features"]
         .as_array()
@@ -219,7 +239,9 @@ fn gather(
         })
         .collect();
     let mut map_words = Vec::new();
-    let image = rec["inputs"][0]["media_type"].as_str().is_some_and(|t| t.starts_with("image/"));
+    let image = rec["inputs"][0]["media_type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("image/"));
     if let Some(map) = summary.get("map").filter(|_| image) {
         map_words.push(where_it_looked(map));
     }

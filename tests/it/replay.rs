@@ -422,6 +422,19 @@ async fn the_decision_report_tells_the_decision_in_words() {
         .await
         .unwrap();
     problem(r, StatusCode::BAD_REQUEST, "invalid-request").await;
+    // A prediction recorded with its uncertainty and no explanation: the decision and how sure.
+    let (_, pred) = send(
+        http.post(url(&s, "/v1/models/breast-cancer/predict"))
+            .json(&json!({"features": holdout_features(), "uncertainty": {"params": {"samples": 20}}})),
+    )
+    .await;
+    let html = report(pred["audit_record"]["id"].as_str().unwrap(), "").await;
+    let label = pred["predictions"][0]["label"].as_str().unwrap();
+    assert!(html.contains(&format!("<h1>Decision: {label}</h1>")), "{html}");
+    assert!(
+        html.contains("predictive entropy") && html.contains("recorded without an explanation"),
+        "{html}"
+    );
     // A counterfactual answer's report shows the recorded counterfactual.
     let (_, cf) = send(
         http.post(url(&s, "/v1/models/breast-cancer-forest/explain/counterfactual"))
