@@ -468,3 +468,27 @@ async fn the_decision_report_tells_the_decision_in_words() {
     );
     s.stop().await.unwrap();
 }
+
+#[test]
+fn feature_descriptions_must_name_features() {
+    let dir = temp_dir("described");
+    described_models(&dir);
+    let m = explaind::runtime::registry::load_model(&dir.join("breast-cancer")).unwrap();
+    assert_eq!(m.spec.version.as_deref(), Some("2.1 <b>"));
+    assert_eq!(m.spec.tabular.as_ref().unwrap().descriptions.len(), 30);
+    let toml = dir.join("breast-cancer/model.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replacen(
+        "descriptions = { ",
+        "descriptions = { \"shoe size\" = \"x\", ",
+        1,
+    );
+    std::fs::write(&toml, text).unwrap();
+    let err = explaind::runtime::registry::load_model(&dir.join("breast-cancer"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("tabular.descriptions") && err.contains("shoe size"),
+        "{err}"
+    );
+}
