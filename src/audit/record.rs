@@ -313,7 +313,7 @@ pub fn replay(
         kind: Kind::Replay.name().into(),
         model: response["model"].as_str().unwrap_or_default().into(),
         method: response["method"].as_str().map(String::from),
-        target: Some(labels(&original["targets"])),
+        target: Some(labels(&body["outcome"]["targets"])),
     };
     (columns, body)
 }

@@ -98,10 +98,10 @@ pub(super) enum NoInput {
     Erased,
 }
 
-/// The record's first input as it was sent (an image's bytes, a feature vector in the model's
-/// order, a text), or why there is none.
-pub(super) fn recorded_input(record: &Value) -> Result<RawInput, NoInput> {
-    let evidence = &record["inputs"][0];
+/// The record's input at `index` as it was sent (an image's bytes, a feature vector in the
+/// model's order, a text), or why there is none.
+pub(super) fn recorded_input(record: &Value, index: usize) -> Result<RawInput, NoInput> {
+    let evidence = &record["inputs"][index];
     let data = match evidence.get("data") {
         None => return Err(NoInput::NotStored),
         Some(d) => d,

@@ -299,5 +299,5 @@ fn from_record(record: &Value) -> Result<(MapJson, Option<TargetSpec>, Option<Ra
     let target = first["target"]["index"]
         .as_u64()
         .map(|i| TargetSpec::One(crate::explain::TargetRef::Index(i as usize)));
-    Ok((map, target, super::audit::recorded_input(record).ok()))
+    Ok((map, target, super::audit::recorded_input(record, 0).ok()))
 }

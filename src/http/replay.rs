@@ -52,6 +52,8 @@ pub enum Agreement {
 /// One target's comparison.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TargetReplay {
+    /// Which input of the record (a prediction's instance; 0 for an explanation record).
+    pub instance: usize,
     /// The recorded target (index, label, score as recorded).
     #[schema(value_type = Object)]
     pub target: Value,
@@ -134,9 +136,9 @@ fn model_with(state: &AppState, name: &str, sha256: &str) -> Result<Arc<LoadedMo
         })
 }
 
-/// The recorded input, or the 409 that says why it cannot be read.
-pub(super) fn input_of(record: &Value) -> Result<RawInput, ApiError> {
-    recorded_input(record).map_err(|why| match why {
+/// The record's input at `index`, or the 409 that says why it cannot be read.
+pub(super) fn input_of(record: &Value, index: usize) -> Result<RawInput, ApiError> {
+    recorded_input(record, index).map_err(|why| match why {
         NoInput::NotStored => refuse(
             "the record holds no input: the service ran without audit_store_inputs when it was recorded \
              (set audit_store_inputs = true for records that can be replayed)",
@@ -168,19 +170,20 @@ pub(super) async fn rerun(
     Ok(pipeline::answer(state, valid, started).await?.body)
 }
 
-/// Runs a recorded explanation again and compares its attributions with the recorded ones.
+/// Runs a recorded explanation again and compares its attributions with the recorded ones (a
+/// prediction's attached explanations: each instance's on its input).
 ///
 /// Needs the record's input (`audit_store_inputs`), its image or text maps (`audit_store_maps`;
 /// tabular attributions are always kept), and the model with the recorded sha256 loaded. The
 /// replay is recorded (kind `replay`, `replay_of` the original).
 #[utoipa::path(post, path = "/v1/audit/records/{id}/replay", tag = "audit",
-    params(("id" = String, Path, description = "record id (`audit_record.id` of an explanation's answer)")),
+    params(("id" = String, Path, description = "record id (`audit_record.id` of an explanation's answer, or of a prediction's with `explain`)")),
     responses(
         (status = 200, body = ReplayResponse, description = "whether the attributions are the recorded ones, and where they differ"),
         (status = 401, body = super::error::Problem, content_type = "application/problem+json", description = "no or bad API key"),
         (status = 403, body = super::error::Problem, content_type = "application/problem+json", description = "the key lacks the audit scope"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "no such record"),
-        (status = 409, body = super::error::Problem, content_type = "application/problem+json", description = "the record cannot be run again: not an explanation, its model is no longer loaded, its input or maps were not stored or were erased, or it lacks its parameters or seed"),
+        (status = 409, body = super::error::Problem, content_type = "application/problem+json", description = "the record cannot be run again: it holds no explanation, its model is no longer loaded, its input or maps were not stored or were erased, or it lacks its parameters or seed"),
         (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "at capacity, or the audit log is unavailable"),
     ))]
 pub async fn replay(
@@ -192,58 +195,48 @@ pub async fn replay(
     let started = Instant::now();
     state.refuse_when_full()?;
     let original = record(&state, &id).await?;
-    let kind = original["kind"].as_str().unwrap_or_default();
-    if kind != "explanation" {
-        return Err(refuse(format!(
-            "record `{id}` is a {kind}; replay runs explanation records again"
-        )));
-    }
-    let plan = Plan::of(&state, &original)?;
-    let model = model_with(&state, &plan.model, &plan.sha256)?;
-    let raw = input_of(&original)?;
-    let recorded = original["targets"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|t| {
-            let values = recorded_values(t).ok_or_else(|| {
-                refuse(
-                    "the record kept no attribution map: the service ran without audit_store_maps when it was recorded \
-                     (set audit_store_maps = true for image and text records that can be replayed)",
-                )
-            })?;
-            Ok(Recorded {
-                target: t.clone(),
-                shape: values.0,
-                values: values.1,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    let evidence = prepare::evidence(&model, &raw, false);
-    let options = plan.options(&recorded);
-    let answer = rerun(&state, model.clone(), &plan.method, options, raw, None, started).await?;
-    let replayed: Vec<_> = answer
-        .single
-        .iter()
-        .chain(answer.explanations.iter().flatten())
-        .collect();
-    let mut targets = Vec::with_capacity(recorded.len());
-    for (i, Recorded { target, shape, values }) in recorded.iter().enumerate() {
-        let Some(now) = replayed.get(i) else {
-            return Err(ApiError::internal("a replay answered fewer targets than recorded"));
+    let parts = explained_parts(&id, &original)?;
+    let mut model = None;
+    let mut evidence = Vec::with_capacity(parts.len());
+    let mut targets = Vec::new();
+    let mut ran = None;
+    for (instance, part) in &parts {
+        let plan = Plan::of(&state, &original, part)?;
+        let model = match &model {
+            Some(m) => Arc::clone(m),
+            None => model.insert(model_with(&state, &plan.model, &plan.sha256)?).clone(),
         };
-        let mut t = compare(target, shape, values, &now.attributions.shape, &now.attributions.values);
-        t.score = now.target.score;
-        if plan.examples && t.agreement != Agreement::Different {
-            // Example-based methods answer rows, not values: the rows must be the recorded ones.
-            let now_json = serde_json::to_value(now).map_err(ApiError::internal)?;
-            if crate::audit::record::summarize(&now_json) != target["summary"] {
-                t.agreement = Agreement::Different;
+        let raw = input_of(&original, *instance)?;
+        let recorded = recorded_targets(part)?;
+        evidence.push(prepare::evidence(&model, &raw, false));
+        let options = plan.options(&recorded);
+        let answer = rerun(&state, model, &plan.method, options, raw, None, started).await?;
+        let replayed: Vec<_> = answer
+            .single
+            .iter()
+            .chain(answer.explanations.iter().flatten())
+            .collect();
+        for (i, Recorded { target, shape, values }) in recorded.iter().enumerate() {
+            let Some(now) = replayed.get(i) else {
+                return Err(ApiError::internal("a replay answered fewer targets than recorded"));
+            };
+            let mut t = compare(target, shape, values, &now.attributions.shape, &now.attributions.values);
+            t.instance = *instance;
+            t.score = now.target.score;
+            if plan.examples && t.agreement != Agreement::Different {
+                // Example-based methods answer rows, not values: the rows must be the recorded ones.
+                let now_json = serde_json::to_value(now).map_err(ApiError::internal)?;
+                if crate::audit::record::summarize(&now_json) != target["summary"] {
+                    t.agreement = Agreement::Different;
+                }
             }
+            targets.push(t);
         }
-        targets.push(t);
+        ran.get_or_insert((answer.method, answer.params, answer.seed));
     }
+    let (Some(model), Some((method, params, seed))) = (model, ran) else {
+        return Err(ApiError::internal("a replay of no explanation"));
+    };
     let agreement = targets
         .iter()
         .map(|t| t.agreement)
@@ -252,12 +245,12 @@ pub async fn replay(
     let equal = agreement != Agreement::Different;
     let outcome = json!({"equal": equal, "agreement": agreement, "relative_tolerance": RELATIVE_TOLERANCE,
                          "targets": targets});
-    let ran = json!({"model": model.name, "model_sha256": model.sha256, "method": answer.method,
-                     "params": answer.params, "seed": answer.seed});
+    let ran = json!({"model": model.name, "model_sha256": model.sha256, "method": method,
+                     "params": params, "seed": seed});
     let ctx: Context = audit_context(&headers, caller);
     let receipt = state
         .audit
-        .replay(&ctx, &original, &[evidence], &ran, outcome)
+        .replay(&ctx, &original, &evidence, &ran, outcome)
         .await
         .map_err(audit_failed)?;
     Ok(Json(ReplayResponse {
@@ -266,14 +259,63 @@ pub async fn replay(
         agreement,
         model: model.name.clone(),
         model_sha256: model.sha256.clone(),
-        method: answer.method,
-        params: answer.params,
-        seed: answer.seed,
+        method,
+        params,
+        seed,
         relative_tolerance: RELATIVE_TOLERANCE,
         targets,
         took_ms: started.elapsed().as_secs_f64() * 1e3,
         audit_record: receipt,
     }))
+}
+
+/// The explanations a record holds, each with its input's position: an explanation record's
+/// own, or a prediction's attached ones (one per instance that has one).
+fn explained_parts(id: &str, original: &Value) -> Result<Vec<(usize, Value)>, ApiError> {
+    let kind = original["kind"].as_str().unwrap_or_default();
+    match kind {
+        "explanation" => Ok(vec![(0, original.clone())]),
+        "prediction" => {
+            let parts: Vec<(usize, Value)> = original["results"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(i, r)| Some((i, r.get("explanation").filter(|e| e.is_object())?.clone())))
+                .collect();
+            if parts.is_empty() {
+                return Err(refuse(format!(
+                    "record `{id}` is a prediction recorded without an explanation: there is no explanation to replay"
+                )));
+            }
+            Ok(parts)
+        }
+        _ => Err(refuse(format!(
+            "record `{id}` is a {kind}; replay runs explanations (and predictions' attached explanations) again"
+        ))),
+    }
+}
+
+/// A recorded explanation's targets with their attributions (409 when the map was not kept).
+fn recorded_targets(part: &Value) -> Result<Vec<Recorded>, ApiError> {
+    part["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let (shape, values) = recorded_values(t).ok_or_else(|| {
+                refuse(
+                    "the record kept no attribution map: the service ran without audit_store_maps when it was recorded \
+                     (set audit_store_maps = true for image and text records that can be replayed)",
+                )
+            })?;
+            Ok(Recorded {
+                target: t.clone(),
+                shape,
+                values,
+            })
+        })
+        .collect()
 }
 
 /// One recorded target: as recorded, and its attributions with their shape.
@@ -294,13 +336,18 @@ struct Plan {
 }
 
 impl Plan {
-    /// Reads the plan from a record; 409 when the record lacks part of it.
-    fn of(state: &AppState, record: &Value) -> Result<Self, ApiError> {
-        let text = |key: &str| record[key].as_str().map(String::from);
-        let (Some(model), Some(sha256), Some(method)) = (text("model"), text("model_sha256"), text("method")) else {
+    /// Reads the plan of `part` (the record itself, or a prediction's attached explanation) from
+    /// `record`; 409 when the record lacks part of it.
+    fn of(state: &AppState, record: &Value, part: &Value) -> Result<Self, ApiError> {
+        let text = |v: &Value, key: &str| v[key].as_str().map(String::from);
+        let (Some(model), Some(sha256), Some(method)) = (
+            text(record, "model"),
+            text(record, "model_sha256"),
+            text(part, "method"),
+        ) else {
             return Err(refuse("the record does not name its model, model sha256 and method"));
         };
-        let params = record["params"].clone();
+        let params = part["params"].clone();
         if !params.is_object() {
             return Err(refuse(
                 "the record holds no parameters after defaults (it was made before explaind recorded them)",
@@ -311,7 +358,7 @@ impl Plan {
             .get(&method)
             .ok_or_else(|| refuse(format!("the method `{method}` is no longer served")))?
             .capabilities();
-        let seed = record["seed"].as_u64();
+        let seed = part["seed"].as_u64();
         if capabilities.random && seed.is_none() {
             return Err(refuse(format!(
                 "{method} draws random numbers, and the record holds no seed (it was made before explaind recorded it)"
@@ -356,6 +403,7 @@ fn compare(target: &Value, shape: &[usize], recorded: &[f32], now_shape: &[usize
     let peak = recorded.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
     let tolerance = RELATIVE_TOLERANCE * peak;
     let mut t = TargetReplay {
+        instance: 0,
         target: target["target"].clone(),
         score: f32::NAN,
         agreement: Agreement::Bitwise,

@@ -130,7 +130,7 @@ pub async fn report(
                 "counterfactual=true computes counterfactuals of tabular decisions; this record's model is not tabular",
             ));
         }
-        let raw = input_of(&rec)?;
+        let raw = input_of(&rec, 0)?;
         let inputs = vec![raw.clone()];
         let audit = pipeline::audit(
             &state,

@@ -147,6 +147,37 @@ async fn every_method_replays_to_its_record_and_an_altered_input_does_not() {
     );
     assert!(seeded >= 5, "only {seeded} seeded methods replayed: {replayed:?}");
 
+    // Predictions with attached explanations: each instance's explanation replays on its input.
+    let cases = [
+        json!({"image": b64, "explain": {"method": "grad-cam", "target": {"top_k": 2}}}),
+        json!({"instances": [{"features": holdout_features()}, {"features": holdout_features()
+            .as_array().unwrap().iter().map(|v| v.as_f64().unwrap() * 1.1).collect::<Vec<_>>()}],
+               "explain": {"method": "kernel-shap", "seed": 4, "params": {"samples": 256}}}),
+    ];
+    for (model, body) in ["fashion-cnn", "breast-cancer"].into_iter().zip(cases) {
+        let (status, answer) = send(http.post(url(&s, &format!("/v1/models/{model}/predict"))).json(&body)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let id = answer["audit_record"]["id"].as_str().unwrap();
+        let (status, r) = send(http.post(url(&s, &format!("/v1/audit/records/{id}/replay")))).await;
+        assert_eq!(status, StatusCode::OK, "{model}: {r}");
+        assert_eq!(
+            (&r["equal"], &r["agreement"]),
+            (&json!(true), &json!("bitwise")),
+            "{model}: {r}"
+        );
+        let instances: Vec<u64> = r["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["instance"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            instances,
+            if model == "fashion-cnn" { vec![0, 0] } else { vec![0, 1] },
+            "{r}"
+        );
+    }
+
     // The stored input altered in the database: the replay explains another input.
     let (id, _) = tabular_record.unwrap();
     s.stop().await.unwrap();
