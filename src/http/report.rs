@@ -28,17 +28,22 @@ const FACTORS: usize = 5;
 /// What each recorded faithfulness figure means, by the summary's or the evaluation's name.
 fn meaning(name: &str) -> &'static str {
     match name {
-        "convergence_delta" => "completeness: the attributions add up to the score's change from the baseline, off by this much",
+        "convergence_delta" => {
+            "completeness: the attributions add up to the score's change from the baseline, off by this much"
+        }
         "efficiency_gap" => "the contributions add up to the prediction, off by this much",
         "r2" => "how much of the model's behaviour near this input the explanation's simple model reproduces (1 = all)",
         "precision" => "how often the model keeps its decision when the rule holds",
         "coverage" => "how many inputs the rule applies to",
         "deletion" => "how fast the score falls as the most important parts are removed (lower is more faithful)",
         "insertion" => "how fast the score rises as the most important parts are added back (higher is more faithful)",
-        "faithfulness_correlation" => "how well the attributions predict the score's change when parts are removed (1 = perfectly)",
-        "sparseness" => "how concentrated the explanation is on few parts (1 = very concentrated)",
-        "max_sensitivity" => "how much the explanation moves under small changes to the input (lower is more stable)",
-        "model_randomization" => "how much the explanation changes when the model's weights are randomised (low similarity = it depends on the model)",
+        "mu_fidelity" => "how well the attributions predict the score's drop when parts are removed (1 = perfectly)",
+        "pixel_flipping" => "the score's fall as parts are removed one after another (a lower area is more faithful)",
+        "sparseness" => "how few parts carry the explanation (higher: fewer)",
+        "complexity" => "how spread the explanation is over the parts (lower: fewer carry it)",
+        "model_randomization" => {
+            "how alike the explanation stays when the model's weights are re-drawn (low: it depends on the model)"
+        }
         _ => "a recorded quality figure of this explanation",
     }
 }
@@ -117,7 +122,7 @@ pub async fn report(
     let mut report = gather(&state, &rec, &explanation, &target, exact.as_deref(), named.as_deref());
     let method = explanation["method"].as_str().unwrap_or_default();
     let tabular = named.as_ref().is_some_and(|m| m.spec.tabular.is_some());
-    if compute && report.counterfactual_html.is_none() {
+    if compute && method != "counterfactual" {
         let model = exact.clone().ok_or_else(|| {
             ApiError::new(
                 ProblemKind::NotReplayable,
@@ -151,10 +156,15 @@ pub async fn report(
         };
         let answer = rerun(&state, model, "counterfactual", options, raw, audit, started).await?;
         if let Some(e) = answer.single.as_ref().or(answer.explanations.iter().flatten().next()) {
-            report.counterfactual_html = e
+            // An anchor's rule (what keeps the decision) stays above what would change it.
+            let computed = e
                 .details
                 .as_ref()
                 .and_then(|d| render::decision_html(&e.target.label, d));
+            report.counterfactual_html = match (report.counterfactual_html.take(), computed) {
+                (Some(rule), Some(cf)) => Some(rule + &cf),
+                (rule, cf) => cf.or(rule),
+            };
             report.counterfactual_note = match &answer.audit_record {
                 Some(r) => format!(
                     "Computed for this report from the recorded input (recorded as {}).",
