@@ -118,6 +118,20 @@ impl AuditLog {
         self.append(columns, body, ctx.record_id.is_some()).await
     }
 
+    /// Records a replay of the record `original` (as [`Self::to_json`] shows it): the replayed
+    /// explanation's answer (`response`, an `ExplainResponse` as JSON) and the comparison's `outcome`.
+    pub async fn replay(
+        &self,
+        ctx: &Context,
+        original: &Value,
+        inputs: &[Evidence],
+        response: &Value,
+        outcome: Value,
+    ) -> Result<Receipt, StoreError> {
+        let (columns, body) = record::replay(ctx, original, inputs, response, outcome);
+        self.append(columns, body, false).await
+    }
+
     async fn append(&self, columns: store::Columns, body: Value, once: bool) -> Result<Receipt, StoreError> {
         // serde_json's maps are sorted by key: this text is canonical.
         let text = serde_json::to_string(&body)?;

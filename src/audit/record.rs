@@ -18,6 +18,8 @@ pub enum Kind {
     Prediction,
     Explanation,
     Uncertainty,
+    /// A recorded explanation run again (`POST /v1/audit/records/{id}/replay`), and its outcome.
+    Replay,
 }
 
 impl Kind {
@@ -26,6 +28,7 @@ impl Kind {
             Kind::Prediction => "prediction",
             Kind::Explanation => "explanation",
             Kind::Uncertainty => "uncertainty",
+            Kind::Replay => "replay",
         }
     }
 }
@@ -138,11 +141,19 @@ const DETAIL_KEYS: &[&str] = &[
     "opponents",
     "normalize",
     "checkpoints",
+    // Decisions (anchors, counterfactual): the rule or the changes are the explanation, and the
+    // decision report shows them.
+    "anchor",
+    "precision",
+    "coverage",
+    "counterfactuals",
+    "target_class",
+    "reason",
 ];
 
 /// One target's summary: top features (tabular) or map statistics (images), with the method's
 /// convergence and fit figures.
-fn summarize(e: &Value) -> Value {
+pub fn summarize(e: &Value) -> Value {
     let mut s = json!({});
     if let Some(features) = e.get("features").and_then(Value::as_array) {
         s["top_features"] = Value::Array(features.iter().take(10).cloned().collect());
@@ -275,6 +286,34 @@ pub fn explanation(ctx: &Context, input: Evidence, response: &Value, keep_maps: 
         model: response["model"].as_str().unwrap_or_default().into(),
         method: response["method"].as_str().map(String::from),
         target: Some(target),
+    };
+    (columns, body)
+}
+
+/// The record of a replay: which record was run again (its id, place and hash), the model, input
+/// evidence, method, parameters and seed it ran with, and `outcome` (whether the attributions
+/// matched, and how they differ).
+pub fn replay(
+    ctx: &Context,
+    original: &Value,
+    inputs: &[Evidence],
+    response: &Value,
+    outcome: Value,
+) -> (Columns, Value) {
+    let (id, time_ms, mut body) = header(Kind::Replay, ctx, inputs, response);
+    body["replay_of"] =
+        json!({"id": original["id"], "seq": original["chain"]["seq"], "hash": original["chain"]["hash"]});
+    for key in ["method", "params", "seed"] {
+        body[key] = response[key].clone();
+    }
+    body["outcome"] = outcome;
+    let columns = Columns {
+        id,
+        time_ms,
+        kind: Kind::Replay.name().into(),
+        model: response["model"].as_str().unwrap_or_default().into(),
+        method: response["method"].as_str().map(String::from),
+        target: Some(labels(&body["outcome"]["targets"])),
     };
     (columns, body)
 }

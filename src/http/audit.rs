@@ -15,10 +15,12 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{audit_failed, ApiError, ProblemKind};
+use super::input::RawInput;
 use super::AppState;
 use crate::audit::record::unpack_map;
 use crate::audit::{AuditLog, Filter, Verification};
 use crate::render::{self, Bar, RenderOptions};
+use crate::runtime::preprocess::Features;
 
 /// Filters and paging of `GET /v1/audit/records`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -74,14 +76,62 @@ fn millis(name: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
-async fn one(state: &AppState, id: &str) -> Result<Value, ApiError> {
+/// The record `id` as the API shows it (404 when there is none). Every handler reads a record's
+/// contents through here, so `AuditLog::to_json` stays the one place that reads a stored body.
+pub(super) async fn record(state: &AppState, id: &str) -> Result<Value, ApiError> {
     let store = state.audit.store().await.map_err(audit_failed)?;
-    let stored = store
-        .get(id)
-        .await
-        .map_err(audit_failed)?
-        .ok_or_else(|| ApiError::new(ProblemKind::NotFound, format!("no audit record `{id}`")))?;
+    let stored = store.get(id).await.map_err(audit_failed)?.ok_or_else(|| {
+        ApiError::new(
+            ProblemKind::NotFound,
+            format!("no audit record `{}`", id.chars().take(100).collect::<String>()),
+        )
+    })?;
     Ok(AuditLog::to_json(&stored))
+}
+
+/// Why a record's input cannot be read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoInput {
+    /// The service ran without `audit_store_inputs` when it was recorded.
+    NotStored,
+    /// It was stored and has since been erased (its `data` is null).
+    Erased,
+}
+
+/// The record's input at `index` as it was sent (an image's bytes, a feature vector in the
+/// model's order, a text), or why there is none.
+pub(super) fn recorded_input(record: &Value, index: usize) -> Result<RawInput, NoInput> {
+    let evidence = &record["inputs"][index];
+    let data = match evidence.get("data") {
+        None => return Err(NoInput::NotStored),
+        Some(d) => d,
+    };
+    let input = if let Some(b64) = data["image_base64"].as_str() {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .map(|bytes| RawInput::Image(bytes.into()))
+    } else if let Some(text) = data["text"].as_str() {
+        Some(RawInput::Text(text.to_string()))
+    } else {
+        data["features"]
+            .as_array()
+            .map(|v| RawInput::Features(Features::Ordered(v.clone())))
+    };
+    input.ok_or(NoInput::Erased)
+}
+
+/// A recorded target's attributions with their shape: a tabular model's in full, else the packed
+/// map (kept with `audit_store_maps`); `None` when the record kept neither.
+pub(super) fn recorded_values(target: &Value) -> Option<(Vec<usize>, Vec<f32>)> {
+    match target["attributions"].as_array() {
+        // Each number is an f32 as the answer's text wrote it: as f32 again it is the same value.
+        Some(values) => {
+            let values: Vec<f32> = values.iter().filter_map(Value::as_f64).map(|v| v as f32).collect();
+            Some((vec![values.len()], values))
+        }
+        None => unpack_map(&target["map"]),
+    }
 }
 
 /// One audit record.
@@ -94,7 +144,7 @@ async fn one(state: &AppState, id: &str) -> Result<Value, ApiError> {
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "no such record"),
     ))]
 pub async fn get_record(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    one(&state, &id).await.map(Json)
+    record(&state, &id).await.map(Json)
 }
 
 /// Audit records, filtered, in chain order, a page at a time.
@@ -151,7 +201,7 @@ pub async fn record_overlay(
     Path(id): Path<String>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let record = one(&state, &id).await?;
+    let record = record(&state, &id).await?;
     let index: usize = q.get("target").and_then(|t| t.parse().ok()).unwrap_or(0);
     let targets = record["targets"]
         .as_array()
@@ -178,7 +228,9 @@ pub async fn record_overlay(
     Ok(response)
 }
 
-fn draw(record: &Value, target: &Value, registry: &crate::runtime::Registry) -> Result<Vec<u8>, ApiError> {
+/// The record's chart (tabular) or its map over its input (images), PNG: what `overlay.png`
+/// answers and the decision report shows.
+pub(super) fn draw(record: &Value, target: &Value, registry: &crate::runtime::Registry) -> Result<Vec<u8>, ApiError> {
     let title = format!(
         "{} ({:.4})",
         target["target"]["label"].as_str().unwrap_or("?"),

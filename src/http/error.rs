@@ -29,6 +29,7 @@ pub enum ProblemKind {
     Forbidden,
     AuditFailed,
     NotFound,
+    NotReplayable,
     MethodNotAllowed,
     Overloaded,
     TooManyJobs,
@@ -40,7 +41,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, for documentation.
-    pub const ALL: [ProblemKind; 24] = [
+    pub const ALL: [ProblemKind; 25] = [
         Self::MalformedJson,
         Self::MalformedRequest,
         Self::UriTooLong,
@@ -58,6 +59,7 @@ impl ProblemKind {
         Self::Forbidden,
         Self::AuditFailed,
         Self::NotFound,
+        Self::NotReplayable,
         Self::MethodNotAllowed,
         Self::Overloaded,
         Self::TooManyJobs,
@@ -87,6 +89,7 @@ impl ProblemKind {
             Self::Forbidden => "forbidden",
             Self::AuditFailed => "audit-failed",
             Self::NotFound => "not-found",
+            Self::NotReplayable => "not-replayable",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Overloaded => "overloaded",
             Self::TooManyJobs => "too-many-jobs",
@@ -111,6 +114,7 @@ impl ProblemKind {
             Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotReplayable => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Overloaded | Self::ShuttingDown | Self::AuditFailed => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooManyJobs => StatusCode::TOO_MANY_REQUESTS,
@@ -140,6 +144,7 @@ impl ProblemKind {
             Self::Forbidden => "The API key may not do this",
             Self::AuditFailed => "The audit record could not be written, so no answer is given",
             Self::NotFound => "No such resource",
+            Self::NotReplayable => "The audit record cannot be run again",
             Self::MethodNotAllowed => "Method not allowed on this resource",
             Self::Overloaded => "The service is at capacity",
             Self::TooManyJobs => "This caller has as many unfinished jobs as it may",

@@ -8,7 +8,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -269,62 +268,36 @@ impl Work for Evaluating {
 
 /// The audit record `id`, an explanation of `model`.
 async fn recorded(state: &AppState, id: &str, model: &str) -> Result<Value, ApiError> {
-    let store = state.audit.store().await.map_err(super::error::audit_failed)?;
-    let stored = store
-        .get(id)
-        .await
-        .map_err(super::error::audit_failed)?
-        .ok_or_else(|| {
-            ApiError::new(
-                ProblemKind::NotFound,
-                format!("no audit record `{}`", id.chars().take(100).collect::<String>()),
-            )
-        })?;
-    if stored.kind != "explanation" {
+    let record = super::audit::record(state, id).await?;
+    let kind = record["kind"].as_str().unwrap_or_default();
+    if kind != "explanation" {
         return Err(ApiError::new(
             ProblemKind::InvalidInput,
-            format!("audit record `{id}` is a {}, not an explanation", stored.kind),
+            format!("audit record `{id}` is a {kind}, not an explanation"),
         ));
     }
-    if stored.model != model {
+    let explained = record["model"].as_str().unwrap_or_default();
+    if explained != model {
         return Err(ApiError::new(
             ProblemKind::InvalidInput,
-            format!("audit record `{id}` explains model `{}`, not `{model}`", stored.model),
+            format!("audit record `{id}` explains model `{explained}`, not `{model}`"),
         ));
     }
-    serde_json::from_str(&stored.body).map_err(ApiError::internal)
+    Ok(record)
 }
 
 /// The first target's map, the target, and the input when the record kept it.
 fn from_record(record: &Value) -> Result<(MapJson, Option<TargetSpec>, Option<RawInput>), ApiError> {
-    let unfit = |m: &str| ApiError::new(ProblemKind::InvalidInput, m.to_string());
     let first = &record["targets"][0];
-    let map = if let Some(values) = first["attributions"].as_array() {
-        let values: Vec<f32> = values.iter().filter_map(Value::as_f64).map(|v| v as f32).collect();
-        MapJson {
-            shape: vec![values.len()],
-            values,
-        }
-    } else {
-        let (shape, values) = crate::audit::record::unpack_map(&first["map"])
-            .ok_or_else(|| unfit("the record kept no map (the service's audit_store_maps is off)"))?;
-        MapJson { shape, values }
-    };
+    let (shape, values) = super::audit::recorded_values(first).ok_or_else(|| {
+        ApiError::new(
+            ProblemKind::InvalidInput,
+            "the record kept no map (the service's audit_store_maps is off)",
+        )
+    })?;
+    let map = MapJson { shape, values };
     let target = first["target"]["index"]
         .as_u64()
         .map(|i| TargetSpec::One(crate::explain::TargetRef::Index(i as usize)));
-    let data = &record["inputs"][0]["data"];
-    let input = if let Some(b64) = data["image_base64"].as_str() {
-        base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .ok()
-            .map(|bytes| RawInput::Image(bytes.into()))
-    } else if let Some(text) = data["text"].as_str() {
-        Some(RawInput::Text(text.to_string()))
-    } else {
-        data["features"]
-            .as_array()
-            .map(|v| RawInput::Features(crate::runtime::preprocess::Features::Ordered(v.clone())))
-    };
-    Ok((map, target, input))
+    Ok((map, target, super::audit::recorded_input(record, 0).ok()))
 }

@@ -20,6 +20,8 @@ mod predict;
 pub mod prepare;
 mod problems;
 mod reference;
+mod replay;
+mod report;
 mod router;
 pub mod server;
 mod uncertainty;

@@ -10,7 +10,8 @@ use crate::explain::method::{AnyMethod, NamedSchemas, CONFIGURED_MAX_SAMPLES};
 use crate::explain::{Limits, Methods};
 
 use super::{
-    audit, compare, error, evaluate, explain, health, input, jobs, models, predict, problems, reference, uncertainty,
+    audit, compare, error, evaluate, explain, health, input, jobs, models, predict, problems, reference, replay,
+    report, uncertainty,
 };
 
 /// The API description.
@@ -44,6 +45,8 @@ use super::{
         audit::get_record,
         audit::list_records,
         audit::record_overlay,
+        replay::replay,
+        report::report,
         audit::export,
         audit::verify,
     ),

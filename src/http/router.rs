@@ -15,8 +15,8 @@ use tower_http::trace::TraceLayer;
 
 use super::error::{ApiError, ProblemKind};
 use super::{
-    audit, auth, compare, evaluate, explain, health, jobs, models, openapi, page, predict, problems, reference,
-    uncertainty, AppState,
+    audit, auth, compare, evaluate, explain, health, jobs, models, openapi, page, predict, problems, reference, replay,
+    report, uncertainty, AppState,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -45,6 +45,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit/records", get(audit::list_records))
         .route("/v1/audit/records/{id}", get(audit::get_record))
         .route("/v1/audit/records/{id}/overlay.png", get(audit::record_overlay))
+        .route("/v1/audit/records/{id}/replay", post(replay::replay))
+        .route("/v1/audit/records/{id}/report", get(report::report))
         .route("/v1/audit/export", get(audit::export))
         .route("/v1/audit/verify", get(audit::verify))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").external_url_unchecked(

@@ -302,6 +302,7 @@ mod tests {
             types: Default::default(),
             feature_types: vec![FeatureType::Continuous, FeatureType::Integer],
             range: None,
+            descriptions: Default::default(),
         };
         let map = serde_json::json!({"a": 1.0, "c": 2.0}).as_object().unwrap().clone();
         let err = prepare_features(&Features::Named(map), &spec).unwrap_err().to_string();

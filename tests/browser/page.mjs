@@ -3,9 +3,10 @@
 // Grad-CAM and LIME, and RISE as a background job (progress from Server-Sent Events), and checks
 // that an overlay appears and the top class is shown; then TreeSHAP's bar chart on the tree model;
 // then similar examples, influence and likely mislabels as thumbnails of reference rows; then a
-// text model's answer as the text with its words highlighted.
+// text model's answer as the text with its words highlighted; then a recorded decision's report.
 // Screenshots go to argv[3].
 // Usage: node tests/browser/page.mjs BASE_URL SCREENSHOT_DIR IMAGE
+import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
 const [base, shots, image] = process.argv.slice(2);
@@ -170,6 +171,35 @@ try {
   } else {
     failures.push("no text model to try");
   }
+  // A decision report of an audited tabular explanation: the decision, its factors in words with
+  // the manifest's descriptions shown as text (markup in them escaped, nothing run), the chart.
+  const holdout = JSON.parse(readFileSync(new URL("../fixtures/breast_cancer_holdout.json", import.meta.url)));
+  const answer = await (await fetch(new URL("v1/models/breast-cancer/explain/kernel-shap", base), {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ features: holdout.cases[0].features, seed: 3, audit: true }),
+  })).json();
+  const record = answer.audit_record?.id;
+  if (!record) failures.push(`report: no record ${JSON.stringify(answer).slice(0, 300)}`);
+  await page.goto(new URL(`v1/audit/records/${record}/report?counterfactual=true`, base).href, { waitUntil: "load" });
+  const report = await page.evaluate(() => ({
+    title: document.querySelector("h1")?.innerText,
+    text: document.body.innerText,
+    scripts: document.querySelectorAll("script").length,
+    chart: document.getElementById("picture")?.naturalWidth,
+    factors: document.querySelectorAll("#factors li").length,
+  }));
+  const top = answer.features?.[0]?.name;
+  if (report.title !== `Decision: ${answer.target?.label}`) failures.push(`report: title ${report.title}`);
+  if (!report.text.includes(`the ${top}, in plain words <script>alert(1)</script>`)) {
+    failures.push(`report: the description of ${top} is not shown as text`);
+  }
+  if (report.scripts !== 0) failures.push(`report: ${report.scripts} script elements`);
+  if (report.chart !== 720) failures.push(`report: chart ${report.chart} wide`);
+  if (report.factors !== 5) failures.push(`report: ${report.factors} factors`);
+  for (const words of ["What would change it to", "2.1 <b>", "Position in the audit chain"]) {
+    if (!report.text.includes(words)) failures.push(`report: no "${words}"`);
+  }
+  await page.screenshot({ path: `${shots}/decision-report.png`, fullPage: true });
   if (failures.length) {
     console.error(failures.join("\n"));
     process.exit(1);

@@ -32,6 +32,7 @@ mod real_models;
 mod reference;
 mod refusals;
 mod registry;
+mod replay;
 mod replicas;
 mod security;
 mod text;

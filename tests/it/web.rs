@@ -197,11 +197,16 @@ async fn the_page_works_in_a_browser() {
     );
     // The bundled models and the tests' text models.
     let dir = temp_dir("web-models");
-    for name in ["fashion-cnn", "breast-cancer", "breast-cancer-forest"] {
+    for name in ["fashion-cnn", "breast-cancer-forest"] {
         copy_bundled(name, &dir);
     }
+    // breast-cancer with plain-language feature descriptions, for the decision report.
+    crate::replay::described_models(&dir);
     write_text_models(&dir);
-    let s = start(test_config(&dir)).await;
+    let mut config = test_config(&dir);
+    // The report's record keeps its input (requests ask for their record with "audit": true).
+    config.audit_store_inputs = true;
+    let s = start(config).await;
     let shots = root().join("target").join("screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let base = url(&s, "/");

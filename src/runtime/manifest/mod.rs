@@ -30,6 +30,7 @@ pub use text::{TextManifest, TextSpec, MAX_TEXT_TOKENS};
 pub struct Manifest {
     task: Option<Task>,
     description: Option<String>,
+    version: Option<String>,
     input: Option<String>,
     inputs: Option<std::collections::BTreeMap<String, inputs::InputManifest>>,
     output: Option<String>,
@@ -76,6 +77,9 @@ pub struct ModelSpec {
     pub task: Task,
     /// Free text from the manifest.
     pub description: Option<String>,
+    /// The model's version, as the manifest names it (shown in decision reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Name of the input tensor that takes the image or features: the explained input.
     pub input: String,
     /// Every graph input and its role, the explained one first (`[inputs.NAME]`).
@@ -218,6 +222,7 @@ impl Manifest {
         Ok(ModelSpec {
             task,
             description: self.description,
+            version: self.version,
             input: input.name.clone(),
             inputs: resolved.roles,
             constants: resolved.constants,

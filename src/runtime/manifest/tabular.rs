@@ -17,6 +17,7 @@ pub(super) struct TabularManifest {
     features: Option<Vec<String>>,
     background: Option<String>,
     constraints: Option<Constraints>,
+    descriptions: Option<BTreeMap<String, String>>,
     types: Option<BTreeMap<String, TypeManifest>>,
 }
 
@@ -108,6 +109,9 @@ pub struct TabularSpec {
     #[serde(skip)]
     #[schema(ignore)]
     pub range: Option<(f64, f64)>,
+    /// Plain-language descriptions of features, by name (`descriptions`), for decision reports.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub descriptions: BTreeMap<String, String>,
 }
 
 /// Completes the `[tabular]` section from the graph: the input must be 2-D, a regression output
@@ -171,6 +175,18 @@ pub(super) fn resolve(
         .filter(|(_, t)| **t == FeatureType::Integer)
         .map(|(f, _)| f.clone())
         .collect();
+    let descriptions = m.descriptions.unwrap_or_default();
+    let unknown: Vec<&str> = descriptions
+        .keys()
+        .filter(|name| !features.contains(name))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(err(
+            "tabular.descriptions",
+            format!("unknown features: {}", unknown.join(", ")),
+        ));
+    }
     Ok(TabularSpec {
         types: features
             .iter()
@@ -183,6 +199,7 @@ pub(super) fn resolve(
         constraints,
         feature_types,
         range: dtype.integer_range(),
+        descriptions,
     })
 }
 
