@@ -36,5 +36,6 @@ mod security;
 mod text;
 mod tree_shap;
 mod uncertainty;
+mod vertex;
 mod web;
 mod wide;

@@ -421,7 +421,7 @@ fn explanation(
                     t.features
                         .iter()
                         .zip(values)
-                        .map(|(name, v)| (name.clone(), Value::from(*v)))
+                        .map(|(name, v)| (name.clone(), short(*v)))
                         .collect(),
                 ),
                 (None, Some(panel), _) => {
@@ -480,11 +480,18 @@ fn baseline_and_error(a: &crate::explain::TargetAttribution, values: &[f32], ins
     }
 }
 
+/// An f32 as JSON in its shortest form (`0.0014114551`, as explaind's own answers write f32s),
+/// not the f64 it widens to (`0.0014114551013335586`): image attributions are long lists.
+fn short(v: f32) -> Value {
+    let text = v.to_string();
+    Value::from(text.parse::<f64>().unwrap_or(f64::from(v)))
+}
+
 /// Row-major values as nested lists of `shape`.
 fn nested(shape: &[usize], values: &[f32]) -> Value {
     match shape.split_first() {
-        None => values.first().map_or(Value::Null, |v| Value::from(*v)),
-        Some((_, [])) => Value::from(values.to_vec()),
+        None => values.first().map_or(Value::Null, |v| short(*v)),
+        Some((_, [])) => Value::Array(values.iter().map(|v| short(*v)).collect()),
         Some((&n, rest)) => {
             let size = rest.iter().product::<usize>().max(1);
             Value::Array(values.chunks(size).take(n).map(|chunk| nested(rest, chunk)).collect())

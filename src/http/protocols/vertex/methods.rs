@@ -226,7 +226,13 @@ fn target(p: &ExplanationParameters, model: &LoadedModel) -> Result<Option<Targe
                 Some([one]) => one,
                 _ => v,
             };
+            // proto3's ListValue holds doubles: a client's `3` may arrive as `3.0`.
             v.as_u64()
+                .or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.fract() == 0.0 && (0.0..1e9).contains(f))
+                        .map(|f| f as u64)
+                })
                 .and_then(|i| usize::try_from(i).ok())
                 .ok_or_else(|| bad("outputIndices holds output indices (non-negative integers)"))
         };
