@@ -132,44 +132,14 @@ fn explain(
     scores: &[f64],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
     let baseline = baselines::for_job(p.baseline, job);
-    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
     let points = quadrature(p.integration, p.steps);
-    let n = x.len();
-    // Every (target, point) pair is a row, streamed through in batches into per-target sums.
-    let mut sums = vec![vec![0f64; n]; targets.len()];
     let chunk = p.internal_batch_size.unwrap_or(usize::MAX);
-    cx.gradient_stream(
-        &[],
-        RuleSet::Exact,
-        &job.input,
-        targets.len() * points.len(),
-        chunk,
-        |r, buf| {
-            let a = points[r % points.len()].0 as f32;
-            for ((o, b), x) in buf.iter_mut().zip(&b).zip(&x) {
-                *o = b + a * (x - b);
-            }
-            targets[r / points.len()].index
-        },
-        |r, pass, i| {
-            let w = points[r % points.len()].1;
-            let g = &pass.input_grad.as_f32().unwrap_or(&[])[i * n..(i + 1) * n];
-            for (a, g) in sums[r / points.len()].iter_mut().zip(g) {
-                *a += w * *g as f64;
-            }
-        },
-    )?;
+    let mut paths = path_attributions(cx, job, std::slice::from_ref(&b), targets, &points, chunk)?;
+    let per_target = paths.pop().unwrap_or_default();
     let base_scores = cx.forward(&baseline)?.to_f64();
     let mut out = Vec::new();
-    for (ti, t) in targets.iter().enumerate() {
-        let avg = &sums[ti];
-        let attribution: Vec<f32> = avg
-            .iter()
-            .zip(&x)
-            .zip(&b)
-            .map(|((a, x), b)| (a * (*x - *b) as f64) as f32)
-            .collect();
+    for (t, attribution) in targets.iter().zip(per_target) {
         let total: f64 = attribution.iter().map(|v| *v as f64).sum();
         let delta = total - (scores[t.index] - base_scores[t.index]);
         let mut shape = job.input.shape.clone();
@@ -185,6 +155,64 @@ fn explain(
         });
     }
     Ok(out)
+}
+
+/// The integrated gradients of every target from each of `baselines` (values in the input's
+/// layout) to the job's input, on the quadrature `points`: per baseline, per target, the
+/// attribution (the path's weighted mean gradient times the input minus the baseline). Every
+/// (baseline, target, point) is one row of one gradient stream, at most `chunk` rows a pass, so
+/// several baselines (XRAI's black and white) share full batches.
+pub(super) fn path_attributions(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    baselines: &[Vec<f32>],
+    targets: &[Prediction],
+    points: &[(f64, f64)],
+    chunk: usize,
+) -> Result<Vec<Vec<Vec<f32>>>, RuntimeError> {
+    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
+    let n = x.len();
+    let (per_baseline, steps) = (targets.len() * points.len(), points.len());
+    // Every (baseline, target, point) row is streamed through in batches into per-path sums.
+    let mut sums = vec![vec![0f64; n]; baselines.len() * targets.len()];
+    cx.gradient_stream(
+        &[],
+        RuleSet::Exact,
+        &job.input,
+        baselines.len() * per_baseline,
+        chunk,
+        |r, buf| {
+            let b = &baselines[r / per_baseline];
+            let a = points[r % steps].0 as f32;
+            for ((o, b), x) in buf.iter_mut().zip(b).zip(&x) {
+                *o = b + a * (x - b);
+            }
+            targets[(r % per_baseline) / steps].index
+        },
+        |r, pass, i| {
+            let w = points[r % steps].1;
+            let g = &pass.input_grad.as_f32().unwrap_or(&[])[i * n..(i + 1) * n];
+            for (a, g) in sums[r / steps].iter_mut().zip(g) {
+                *a += w * *g as f64;
+            }
+        },
+    )?;
+    let mut sums = sums.into_iter();
+    Ok(baselines
+        .iter()
+        .map(|b| {
+            (0..targets.len())
+                .map(|_| {
+                    let avg = sums.next().unwrap_or_default();
+                    avg.iter()
+                        .zip(&x)
+                        .zip(b)
+                        .map(|((a, x), b)| (a * (*x - *b) as f64) as f32)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -447,6 +447,7 @@ impl Methods {
             .with::<score_cam::ScoreCam>()
             .with::<lime::Lime>()
             .with::<kernel_shap::KernelShap>()
+            .with::<sampled_shapley::SampledShapley>()
             .with::<tree_shap::TreeShap>()
             .with::<similar_examples::SimilarExamples>()
             .with::<influence::Influence>()

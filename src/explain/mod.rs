@@ -26,6 +26,7 @@ mod reference_query;
 mod regression;
 mod rise;
 mod saliency;
+mod sampled_shapley;
 mod score_cam;
 mod segments;
 mod similar_examples;
@@ -53,6 +54,7 @@ pub use perturb::Preset;
 pub use players::TextUnit;
 pub use rise::{RiseEstimator, RiseParams};
 pub use saliency::SaliencyParams;
+pub use sampled_shapley::SampledShapleyParams;
 pub use score_cam::ScoreCamParams;
 pub use smoothgrad::{SmoothGradBase, SmoothGradParams, SmoothGradVariant};
 // The vocabulary methods share with metrics and estimators, where methods have always found it.

@@ -32,6 +32,7 @@ mod reference;
 mod refusals;
 mod registry;
 mod replicas;
+mod sampled_shapley;
 mod security;
 mod text;
 mod tree_shap;
