@@ -428,6 +428,7 @@ impl Methods {
             .with::<saliency::Saliency>()
             .with::<gradient_x_input::GradientXInput>()
             .with::<integrated_gradients::IntegratedGradients>()
+            .with::<xrai::Xrai>()
             .with::<deeplift::DeepLift>()
             .with::<deeplift_shap::DeepLiftShap>()
             .with::<lrp::Lrp>()

@@ -34,6 +34,7 @@ mod smoothgrad;
 mod transformer_relevance;
 mod tree_shap;
 mod workbench;
+mod xrai;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,7 @@ pub use crate::common::batch::{fold_channels, one_hot, repeat_rows, row, zeroed_
 pub use crate::common::targets::{self, TargetRef, TargetSpec};
 pub use tree_shap::{FeaturePerturbation, TreeShapParams};
 pub use workbench::Cx;
+pub use xrai::XraiParams;
 
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::manifest::ImageSpec;

@@ -39,3 +39,4 @@ mod tree_shap;
 mod uncertainty;
 mod web;
 mod wide;
+mod xrai;
