@@ -153,7 +153,7 @@ impl Method for Xrai {
         let regions: usize = p.segments.iter().map(|s| *s as usize * 2).sum();
         Ok(Cost {
             samples,
-            rows: samples.saturating_add(3),
+            rows: samples.saturating_add(2),
             // One batch streams through at a time; per baseline and target an f64 accumulator;
             // the two baselines; the regions; per target the attribution and the answer's maps.
             bytes: cx

@@ -128,3 +128,63 @@ async fn xrai_refuses_tabular_models_and_bad_parameters() {
     .await;
     s.stop().await.unwrap();
 }
+
+/// Both new methods as every method serves: listed on the model's report with their parameters'
+/// schema, side by side in `compare` with a metric, and as an asynchronous job whose progress
+/// counts the planned rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrai_and_sampled_shapley_serve_through_the_report_compare_and_jobs() {
+    let s = start_region().await;
+    let report = ok_json(reqwest::get(url(&s, "/v1/models/region")).await.unwrap()).await;
+    let listed: Vec<&str> = report["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        listed.contains(&"xrai") && listed.contains(&"sampled-shapley"),
+        "{listed:?}"
+    );
+    let tabular = ok_json(reqwest::get(url(&s, "/v1/models/breast-cancer")).await.unwrap()).await;
+    let listed = tabular["methods"].to_string();
+    assert!(
+        listed.contains("sampled-shapley") && !listed.contains("xrai"),
+        "{listed}"
+    );
+    let (png, _) = noise_png(SIDE as u32, 4);
+    let image = base64::engine::general_purpose::STANDARD.encode(&png);
+    let body = json!({"image": image, "seed": 2, "target": "region", "methods": [
+        {"method": "xrai", "params": {"steps": 16}},
+        {"method": "sampled-shapley", "params": {"segments": 9, "permutations": 4}}],
+        "evaluate": [{"metric": "deletion", "steps": 4}]});
+    let v = ok_json(post_json(&s, "/v1/models/region/compare", &body).await).await;
+    let list = v["comparisons"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    for (c, name) in list.iter().zip(["xrai", "sampled-shapley"]) {
+        assert_eq!(c["method"], name, "{c}");
+        assert_eq!(c["evaluation"][0]["metric"], "deletion", "{c}");
+    }
+    let r = post_json(
+        &s,
+        "/v1/jobs",
+        &json!({"model": "region", "method": "xrai", "image": image, "target": 0, "params": {"steps": 10}}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let done = loop {
+        let v = ok_json(reqwest::get(url(&s, &format!("/v1/jobs/{id}"))).await.unwrap()).await;
+        if v["state"] == "done" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline && v["state"] != "failed", "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // The input's scores, two baselines x 10 points, the baselines' scores.
+    assert_eq!(done["progress"]["planned"], 23, "{}", done["progress"]);
+    assert_eq!(done["progress"]["done"], 23, "{}", done["progress"]);
+    assert_eq!(done["result"]["details"]["regions"][0]["rank"], 1);
+    s.stop().await.unwrap();
+}
