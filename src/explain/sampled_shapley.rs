@@ -30,9 +30,10 @@ use crate::runtime::RuntimeError;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SampledShapleyParams {
-    /// Permutations of the players (Captum's `n_samples`, Vertex's `pathCount`); each costs
-    /// players - 1 model rows. With `antithetic`, an odd number is rounded up (they come in pairs).
-    #[schema(default = 25, minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
+    /// Permutations of the players (Captum's `n_samples`, whose default is 25; Vertex's
+    /// `pathCount`); each costs players - 1 model rows. With `antithetic`, an odd number is
+    /// rounded up (they come in pairs).
+    #[schema(default = 24, minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub permutations: usize,
     /// Follow each permutation by its reverse (antithetic sampling): exact when no more than two
     /// players interact, and a smaller error on the models measured.
@@ -54,7 +55,7 @@ pub struct SampledShapleyParams {
 impl Default for SampledShapleyParams {
     fn default() -> Self {
         Self {
-            permutations: 25,
+            permutations: 24,
             antithetic: true,
             baseline: Baseline::Black,
             segments: 50,
