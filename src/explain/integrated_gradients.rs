@@ -189,49 +189,22 @@ fn explain(
     scores: &[f64],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
     let baseline = baselines::for_job(p.baseline, job);
-    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
     let points = quadrature(p.integration, p.steps);
-    let n = x.len();
-    let copies = p.smooth_grad.as_ref().map_or(1, |s| s.samples);
-    let per_target = points.len() * copies;
-    let noise = Noise::new(job, p.smooth_grad.as_ref())?;
-    // Every (target, point, copy) is a row, streamed through in batches into per-target sums.
-    let mut sums = vec![vec![0f64; n]; targets.len()];
     let chunk = p.internal_batch_size.unwrap_or(usize::MAX);
-    cx.gradient_stream(
-        &[],
-        RuleSet::Exact,
-        &job.input,
-        targets.len() * per_target,
+    let mut paths = path_attributions(
+        cx,
+        job,
+        std::slice::from_ref(&b),
+        targets,
+        &points,
+        p.smooth_grad.as_ref(),
         chunk,
-        |r, buf| {
-            let (k, c) = ((r % per_target) / copies, r % copies);
-            let a = points[k].0 as f32;
-            for ((o, b), x) in buf.iter_mut().zip(&b).zip(&x) {
-                *o = b + a * (x - b);
-            }
-            noise.add(buf, k * copies + c);
-            targets[r / per_target].index
-        },
-        |r, pass, i| {
-            let w = points[(r % per_target) / copies].1 / copies as f64;
-            let g = &pass.input_grad.as_f32().unwrap_or(&[])[i * n..(i + 1) * n];
-            for (a, g) in sums[r / per_target].iter_mut().zip(g) {
-                *a += w * *g as f64;
-            }
-        },
     )?;
+    let per_target = paths.pop().unwrap_or_default();
     let base_scores = cx.forward(&baseline)?.to_f64();
     let mut out = Vec::new();
-    for (ti, t) in targets.iter().enumerate() {
-        let avg = &sums[ti];
-        let attribution: Vec<f32> = avg
-            .iter()
-            .zip(&x)
-            .zip(&b)
-            .map(|((a, x), b)| (a * (*x - *b) as f64) as f32)
-            .collect();
+    for (t, attribution) in targets.iter().zip(per_target) {
         let total: f64 = attribution.iter().map(|v| *v as f64).sum();
         let delta = total - (scores[t.index] - base_scores[t.index]);
         let mut shape = job.input.shape.clone();
@@ -251,7 +224,7 @@ fn explain(
 
 /// The noise's bounds: copies within `max_samples`, standard deviations finite and non-negative,
 /// one per input value when several are given. Returns the copies per point.
-fn plan_noise(noise: &PathNoise, cx: &PlanContext) -> Result<usize, Invalid> {
+pub(super) fn plan_noise(noise: &PathNoise, cx: &PlanContext) -> Result<usize, Invalid> {
     check_range("smooth_grad.samples", noise.samples, 1, cx.limits.max_samples)?;
     let sigmas = match &noise.sigma {
         NoiseSigma::All(s) => std::slice::from_ref(s),
@@ -308,6 +281,73 @@ impl<'a> Noise<'a> {
             }
         }
     }
+}
+
+/// The integrated gradients of every target from each of `baselines` (values in the input's
+/// layout) to the job's input, on the quadrature `points`: per baseline, per target, the
+/// attribution (the path's weighted mean gradient times the input minus the baseline). Every
+/// (baseline, target, point) is one row of one gradient stream, at most `chunk` rows a pass, so
+/// several baselines (XRAI's black and white) share full batches. With `smooth_grad`, each point
+/// is `samples` rows, noisy copies of it, and its gradient their mean.
+pub(super) fn path_attributions(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    baselines: &[Vec<f32>],
+    targets: &[Prediction],
+    points: &[(f64, f64)],
+    smooth_grad: Option<&PathNoise>,
+    chunk: usize,
+) -> Result<Vec<Vec<Vec<f32>>>, RuntimeError> {
+    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
+    let n = x.len();
+    let noise = Noise::new(job, smooth_grad)?;
+    let copies = smooth_grad.map_or(1, |s| s.samples);
+    // A path's rows: each point's copies in turn.
+    let steps = points.len() * copies;
+    let per_baseline = targets.len() * steps;
+    // Every (baseline, target, point, copy) row is streamed through in batches into per-path sums.
+    let mut sums = vec![vec![0f64; n]; baselines.len() * targets.len()];
+    cx.gradient_stream(
+        &[],
+        RuleSet::Exact,
+        &job.input,
+        baselines.len() * per_baseline,
+        chunk,
+        |r, buf| {
+            let b = &baselines[r / per_baseline];
+            let k = r % steps;
+            let a = points[k / copies].0 as f32;
+            for ((o, b), x) in buf.iter_mut().zip(b).zip(&x) {
+                *o = b + a * (x - b);
+            }
+            // The same noise for every baseline and target: copy k of the path.
+            noise.add(buf, k);
+            targets[(r % per_baseline) / steps].index
+        },
+        |r, pass, i| {
+            let w = points[(r % steps) / copies].1 / copies as f64;
+            let g = &pass.input_grad.as_f32().unwrap_or(&[])[i * n..(i + 1) * n];
+            for (a, g) in sums[r / steps].iter_mut().zip(g) {
+                *a += w * *g as f64;
+            }
+        },
+    )?;
+    let mut sums = sums.into_iter();
+    Ok(baselines
+        .iter()
+        .map(|b| {
+            (0..targets.len())
+                .map(|_| {
+                    let avg = sums.next().unwrap_or_default();
+                    avg.iter()
+                        .zip(&x)
+                        .zip(b)
+                        .map(|((a, x), b)| (a * (*x - *b) as f64) as f32)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -79,6 +79,13 @@ async fn vertex_clients_get_explaind_answers_in_vertex_shapes() {
                         {"stepCount": 16, "smoothGradConfig": {"noiseSigma": 0.5, "noisySampleCount": 4}}}}}},
         {"name": "pictures", "endpoint": "fashion-pictures", "verb": "explain",
          "request": {"instances": [{"b64": png}], "explanationSpecOverride": {"parameters": ig}}},
+        {"name": "shapley", "endpoint": "breast-cancer", "verb": "explain",
+         "request": {"instances": [row()],
+                     "explanationSpecOverride": {"parameters": {"sampledShapleyAttribution": {"pathCount": 10}}}}},
+        {"name": "xrai", "endpoint": "fashion-cnn", "verb": "explain",
+         "request": {"instances": [{"b64": png}],
+                     "explanationSpecOverride": {"parameters": {"xraiAttribution":
+                        {"stepCount": 8, "smoothGradConfig": {"noiseSigma": 0.1, "noisySampleCount": 2}}}}}},
         {"name": "unknown", "endpoint": "no-such-model", "verb": "predict", "request": {"instances": [row()]}},
         {"name": "steps", "endpoint": "breast-cancer", "verb": "explain",
          "request": {"instances": [row()],
@@ -88,7 +95,7 @@ async fn vertex_clients_get_explaind_answers_in_vertex_shapes() {
 
     // The client read every answer into its types, and so did the strict parse, which refuses a
     // field the types lack.
-    for name in ["predict", "tabular", "image", "smooth", "pictures"] {
+    for name in ["predict", "tabular", "image", "smooth", "pictures", "shapley", "xrai"] {
         assert!(got[name]["client"]["type"].is_string(), "{name}: {}", got[name]);
         assert!(got[name]["parsed"].is_object(), "{name}: {}", got[name]);
     }
@@ -211,6 +218,67 @@ async fn vertex_clients_get_explaind_answers_in_vertex_shapes() {
     let b64 = pictured.values().next().unwrap()["b64_jpeg"].as_str().unwrap();
     let jpeg = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
     assert_eq!(&jpeg[..2], &[0xFF, 0xD8], "a JPEG");
+
+    // Sampled Shapley explains the score predictions report (the logit model's probability): at
+    // the input, and at the all-zero row (Captum's default baseline); the values sum to the
+    // change (efficiency), the standard errors give the approximation error.
+    let shapley = &got["shapley"]["answer"]["explanations"][0]["attributions"][0];
+    let index = shapley["outputIndex"][0].as_u64().unwrap();
+    let score = |answer: &Value| {
+        let list = answer["predictions"].as_array().unwrap();
+        list.iter().find(|p| p["index"] == index).unwrap()["score"]
+            .as_f64()
+            .unwrap()
+    };
+    let baseline = score(&zero);
+    assert!(
+        close(shapley["baselineOutputValue"].as_f64().unwrap(), baseline, 1e-5),
+        "{shapley}"
+    );
+    assert!(
+        close(shapley["instanceOutputValue"].as_f64().unwrap(), score(&native), 1e-5),
+        "{shapley}"
+    );
+    let sum: f64 = shapley["featureAttributions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    let spread = shapley["instanceOutputValue"].as_f64().unwrap() - baseline;
+    assert!(close(sum, spread, 1e-4), "efficiency: {sum} vs {spread}");
+    assert!(shapley["approximationError"].as_f64().unwrap() > 0.0, "{shapley}");
+
+    // XRAI: the region map over the image, and the mean of the outputs at its black and white
+    // baselines (Vertex averages several baselines' outputs).
+    let xrai = &got["xrai"]["answer"]["explanations"][0]["attributions"][0];
+    let index = xrai["outputIndex"][0].as_u64().unwrap() as usize;
+    let plain = |v: u8| {
+        let img = image::GrayImage::from_pixel(28, 28, image::Luma([v]));
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(png)
+    };
+    let mut outputs = Vec::new();
+    for v in [0u8, 255] {
+        let answer =
+            ok_json(post_json(&service, "/v1/models/fashion-cnn/predict", &json!({"image": plain(v)})).await).await;
+        outputs.push(answer["outputs"]["logits"][index].as_f64().unwrap());
+    }
+    let mean = (outputs[0] + outputs[1]) / 2.0;
+    assert!(
+        close(xrai["baselineOutputValue"].as_f64().unwrap(), mean, 1e-5),
+        "{xrai} vs {mean}"
+    );
+    let map = xrai["featureAttributions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap();
+    assert_eq!(map.as_array().map(Vec::len), Some(28), "[row][column]");
+    assert!(xrai["approximationError"].as_f64().is_some(), "{xrai}");
 
     // Errors as Google APIs write them, read by google-api-core, explaind's problem type kept.
     let unknown = &got["unknown"];

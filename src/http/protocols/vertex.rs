@@ -414,8 +414,8 @@ fn explanation(
         .enumerate()
         .map(|(i, a)| {
             let values = a.tensor.as_f32().unwrap_or(&[]);
-            let instance = result.scores.get(i).copied().unwrap_or(f64::from(a.target.score));
-            let (baseline, approximation_error) = baseline_and_error(a, values, instance);
+            let scored = result.scores.get(i).copied().unwrap_or(f64::from(a.target.score));
+            let (instance, baseline, approximation_error) = ends_and_error(a, values, scored);
             let feature_attributions = match (&model.spec.tabular, panels.get(i), placed.get(i)) {
                 (Some(t), _, _) => Value::Object(
                     t.features
@@ -458,25 +458,40 @@ fn one_key(key: &str, value: Value) -> Value {
     Value::Object(Map::from_iter([(key.to_string(), value)]))
 }
 
-/// The model's output at the baseline, and the approximation error: a method's own (sampled
-/// Shapley's `base_value` and relative standard error); else from the completeness gap
-/// (`convergence_delta`, integrated gradients): baseline = instance - (sum - gap), error = |gap| /
-/// |instance - baseline| (the gap itself when the two outputs are equal).
-fn baseline_and_error(a: &crate::explain::TargetAttribution, values: &[f32], instance: f64) -> (f64, Option<f64>) {
-    let details = a.details.as_ref();
-    let own_base = details.and_then(|d| d["base_value"].as_f64());
-    let own_error = details.and_then(|d| d["approximation_error"]["relative"].as_f64());
+/// The explained output at the input and at the baseline, and the approximation error (`scored`:
+/// the model's output at the input). From a method's own details: sampled Shapley's `value` and
+/// `base_value` (it explains the score predictions report, a logit model's probability) and
+/// relative standard error; XRAI's outputs at its two baselines
+/// (averaged, as Vertex averages several baselines) and the mean of their relative completeness
+/// gaps. Else from the completeness gap (`convergence_delta`, integrated gradients): baseline =
+/// instance - (sum - gap), error = |gap| / |instance - baseline|.
+fn ends_and_error(a: &crate::explain::TargetAttribution, values: &[f32], scored: f64) -> (f64, f64, Option<f64>) {
+    let instance = scored;
+    let details = a.details.as_ref().unwrap_or(&Value::Null);
+    let relative = |gap: f64, spread: f64| {
+        if spread.abs() > 0.0 {
+            gap.abs() / spread.abs()
+        } else {
+            gap.abs()
+        }
+    };
+    if let (Some(value), Some(base)) = (details["value"].as_f64(), details["base_value"].as_f64()) {
+        return (value, base, details["approximation_error"]["relative"].as_f64());
+    }
+    let at = |d: &Value| Some((d["black"].as_f64()?, d["white"].as_f64()?));
+    if let Some((black, white)) = at(&details["base_values"]) {
+        let error = at(&details["ig_convergence_deltas"])
+            .map(|(db, dw)| (relative(db, instance - black) + relative(dw, instance - white)) / 2.0);
+        return (instance, (black + white) / 2.0, error);
+    }
     let sum: f64 = values.iter().map(|v| f64::from(*v)).sum();
-    match (own_base, a.convergence_delta) {
-        (Some(base), _) => (base, own_error),
-        (None, Some(gap)) => {
+    match a.convergence_delta {
+        Some(gap) => {
             let baseline = instance - (sum - gap);
-            let spread = (instance - baseline).abs();
-            let error = if spread > 0.0 { gap.abs() / spread } else { gap.abs() };
-            (baseline, own_error.or(Some(error)))
+            (instance, baseline, Some(relative(gap, instance - baseline)))
         }
         // Attributions that sum to the output's change (efficiency).
-        (None, None) => (instance - sum, own_error),
+        None => (instance, instance - sum, None),
     }
 }
 
