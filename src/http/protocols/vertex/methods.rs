@@ -310,3 +310,55 @@ pub fn render_options(v: &Visualization) -> RenderOptions {
         ..defaults
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vertex_visualization_maps_onto_overlay_options() {
+        let v = Visualization {
+            polarity: Some(VertexPolarity::Both),
+            color_map: Some(VertexColorMap::Viridis),
+            clip_percent_upperbound: Some(99.0),
+            clip_percent_lowerbound: Some(10.0),
+            overlay_type: Some(VertexOverlay::Grayscale),
+            ..Visualization::default()
+        };
+        let r = render_options(&v);
+        assert_eq!(
+            (r.polarity, r.colormap, r.clip_percentiles, r.overlay),
+            (
+                Polarity::Both,
+                Some(Colormap::Viridis),
+                [10.0, 99.0],
+                Background::Grayscale
+            )
+        );
+        // Vertex's defaults: positive, pink-green (explaind's diverging map), 62 / 99.9, no image.
+        let r = render_options(&Visualization::default());
+        assert_eq!(
+            (r.polarity, r.colormap, r.clip_percentiles, r.overlay),
+            (
+                Polarity::Positive,
+                Some(Colormap::Diverging),
+                [62.0, 99.9],
+                Background::None
+            )
+        );
+        assert!(r.validate().is_ok());
+    }
+
+    #[test]
+    fn proto_integers_may_be_strings_and_zero_is_unset() {
+        let n = ProtoInt::Text("32".into());
+        assert_eq!(ranged(Some(&n), "stepCount", 1, 100, 50).ok(), Some(32));
+        assert_eq!(
+            ranged(Some(&ProtoInt::Number(0)), "stepCount", 1, 100, 50).ok(),
+            Some(50)
+        );
+        assert_eq!(ranged(None, "stepCount", 1, 100, 50).ok(), Some(50));
+        assert!(ranged(Some(&ProtoInt::Number(101)), "stepCount", 1, 100, 50).is_err());
+        assert!(ranged(Some(&ProtoInt::Text("x".into())), "stepCount", 1, 100, 50).is_err());
+    }
+}
