@@ -1,9 +1,13 @@
 //! Integrated Gradients (Sundararajan et al. 2017): the path integral of gradients from a baseline
 //! to the input, by Gauss-Legendre (Captum's default) or the trapezoid rule. Reports the convergence
-//! delta: sum of attributions minus (f(input) - f(baseline)).
+//! delta: sum of attributions minus (f(input) - f(baseline)). With `smooth_grad`, each point's
+//! gradient is SmoothGrad's: the mean over noisy copies of the point (Vertex AI's
+//! `integratedGradientsAttribution.smoothGradConfig`; Smilkov et al. 2017), the noise seeded.
 
 use std::num::NonZeroUsize;
 
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -42,6 +46,53 @@ pub struct IntegratedGradientsParams {
     /// Rows per model pass (Captum's `internal_batch_size`); capped by the service's `max_batch`.
     #[schema(minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
     pub internal_batch_size: Option<usize>,
+    /// SmoothGrad on the path: each point's gradient averaged over noisy copies of the point
+    /// (`samples` rows per point and target). None by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smooth_grad: Option<PathNoise>,
+}
+
+/// Gaussian noise added to each point of the path before its gradient is taken.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathNoise {
+    /// Noisy copies per point (Vertex AI's `noisySampleCount`).
+    #[schema(default = 3, minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
+    pub samples: usize,
+    /// Standard deviation of the noise in the model's input space (after preprocessing), as
+    /// Vertex AI's `noiseSigma`: one number for every value, or one per value of the input (a
+    /// tabular model's features, in order; 0 adds none).
+    #[schema(default = 0.1)]
+    pub sigma: NoiseSigma,
+}
+
+impl Default for PathNoise {
+    fn default() -> Self {
+        Self {
+            samples: 3,
+            sigma: NoiseSigma::All(0.1),
+        }
+    }
+}
+
+/// The noise's standard deviation: one for all values, or one per value.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum NoiseSigma {
+    /// The same for every value.
+    All(f32),
+    /// One per value of the input, in order.
+    PerValue(Vec<f32>),
+}
+
+impl NoiseSigma {
+    /// Value `j`'s standard deviation.
+    fn of(&self, j: usize) -> f32 {
+        match self {
+            NoiseSigma::All(s) => *s,
+            NoiseSigma::PerValue(v) => v.get(j).copied().unwrap_or(0.0),
+        }
+    }
 }
 
 impl Default for IntegratedGradientsParams {
@@ -51,6 +102,7 @@ impl Default for IntegratedGradientsParams {
             integration: Integration::GaussLegendre,
             baseline: Baseline::Black,
             internal_batch_size: None,
+            smooth_grad: None,
         }
     }
 }
@@ -78,7 +130,12 @@ impl Method for IntegratedGradients {
         if let Some(b) = p.internal_batch_size {
             check_range("internal_batch_size", b, 1, cx.limits.max_samples)?;
         }
-        let samples = mul(p.steps, cx.targets, "steps x targets")?;
+        let copies = match &p.smooth_grad {
+            Some(noise) => plan_noise(noise, cx)?,
+            None => 1,
+        };
+        let rows = mul(p.steps, copies, "steps x smooth_grad.samples")?;
+        let samples = mul(rows, cx.targets, "steps x samples x targets")?;
         Ok(Cost {
             samples,
             rows: samples + 1,
@@ -132,44 +189,22 @@ fn explain(
     scores: &[f64],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
     let baseline = baselines::for_job(p.baseline, job);
-    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
     let points = quadrature(p.integration, p.steps);
-    let n = x.len();
-    // Every (target, point) pair is a row, streamed through in batches into per-target sums.
-    let mut sums = vec![vec![0f64; n]; targets.len()];
     let chunk = p.internal_batch_size.unwrap_or(usize::MAX);
-    cx.gradient_stream(
-        &[],
-        RuleSet::Exact,
-        &job.input,
-        targets.len() * points.len(),
+    let mut paths = path_attributions(
+        cx,
+        job,
+        std::slice::from_ref(&b),
+        targets,
+        &points,
+        p.smooth_grad.as_ref(),
         chunk,
-        |r, buf| {
-            let a = points[r % points.len()].0 as f32;
-            for ((o, b), x) in buf.iter_mut().zip(&b).zip(&x) {
-                *o = b + a * (x - b);
-            }
-            targets[r / points.len()].index
-        },
-        |r, pass, i| {
-            let w = points[r % points.len()].1;
-            let g = &pass.input_grad.as_f32().unwrap_or(&[])[i * n..(i + 1) * n];
-            for (a, g) in sums[r / points.len()].iter_mut().zip(g) {
-                *a += w * *g as f64;
-            }
-        },
     )?;
+    let per_target = paths.pop().unwrap_or_default();
     let base_scores = cx.forward(&baseline)?.to_f64();
     let mut out = Vec::new();
-    for (ti, t) in targets.iter().enumerate() {
-        let avg = &sums[ti];
-        let attribution: Vec<f32> = avg
-            .iter()
-            .zip(&x)
-            .zip(&b)
-            .map(|((a, x), b)| (a * (*x - *b) as f64) as f32)
-            .collect();
+    for (t, attribution) in targets.iter().zip(per_target) {
         let total: f64 = attribution.iter().map(|v| *v as f64).sum();
         let delta = total - (scores[t.index] - base_scores[t.index]);
         let mut shape = job.input.shape.clone();
@@ -185,6 +220,134 @@ fn explain(
         });
     }
     Ok(out)
+}
+
+/// The noise's bounds: copies within `max_samples`, standard deviations finite and non-negative,
+/// one per input value when several are given. Returns the copies per point.
+pub(super) fn plan_noise(noise: &PathNoise, cx: &PlanContext) -> Result<usize, Invalid> {
+    check_range("smooth_grad.samples", noise.samples, 1, cx.limits.max_samples)?;
+    let sigmas = match &noise.sigma {
+        NoiseSigma::All(s) => std::slice::from_ref(s),
+        NoiseSigma::PerValue(v) => {
+            if v.len() != cx.input_len() {
+                return Err(Invalid::Model(format!(
+                    "params.smooth_grad.sigma: {} values; the input has {} (give one number, or one per value)",
+                    v.len(),
+                    cx.input_len()
+                )));
+            }
+            v.as_slice()
+        }
+    };
+    if sigmas.iter().any(|s| !s.is_finite() || *s < 0.0) {
+        return Err(Invalid::Request(
+            "params.smooth_grad.sigma must be finite and at least 0".into(),
+        ));
+    }
+    Ok(noise.samples)
+}
+
+/// The path's noise: copy `c` of a point draws its own seeded stream, so the same seed gives the
+/// same noise whatever the batching, and every target sees the same noisy points.
+struct Noise<'a> {
+    sigma: Option<&'a NoiseSigma>,
+    seed: u64,
+    normal: Normal<f32>,
+}
+
+impl<'a> Noise<'a> {
+    fn new(job: &ExplainJob, noise: Option<&'a PathNoise>) -> Result<Self, RuntimeError> {
+        let normal = Normal::new(0f32, 1.0).map_err(|e| RuntimeError::Inference {
+            model: job.model.name.clone(),
+            message: format!("noise: {e}"),
+        })?;
+        Ok(Self {
+            sigma: noise.map(|n| &n.sigma),
+            seed: job.seed,
+            normal,
+        })
+    }
+
+    /// Adds copy `stream`'s noise to a point.
+    fn add(&self, point: &mut [f32], stream: usize) {
+        let Some(sigma) = self.sigma else { return };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(stream as u64);
+        for (j, v) in point.iter_mut().enumerate() {
+            let s = sigma.of(j);
+            let z = self.normal.sample(&mut rng);
+            if s > 0.0 {
+                *v += s * z;
+            }
+        }
+    }
+}
+
+/// The integrated gradients of every target from each of `baselines` (values in the input's
+/// layout) to the job's input, on the quadrature `points`: per baseline, per target, the
+/// attribution (the path's weighted mean gradient times the input minus the baseline). Every
+/// (baseline, target, point) is one row of one gradient stream, at most `chunk` rows a pass, so
+/// several baselines (XRAI's black and white) share full batches. With `smooth_grad`, each point
+/// is `samples` rows, noisy copies of it, and its gradient their mean.
+pub(super) fn path_attributions(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    baselines: &[Vec<f32>],
+    targets: &[Prediction],
+    points: &[(f64, f64)],
+    smooth_grad: Option<&PathNoise>,
+    chunk: usize,
+) -> Result<Vec<Vec<Vec<f32>>>, RuntimeError> {
+    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
+    let n = x.len();
+    let noise = Noise::new(job, smooth_grad)?;
+    let copies = smooth_grad.map_or(1, |s| s.samples);
+    // A path's rows: each point's copies in turn.
+    let steps = points.len() * copies;
+    let per_baseline = targets.len() * steps;
+    // Every (baseline, target, point, copy) row is streamed through in batches into per-path sums.
+    let mut sums = vec![vec![0f64; n]; baselines.len() * targets.len()];
+    cx.gradient_stream(
+        &[],
+        RuleSet::Exact,
+        &job.input,
+        baselines.len() * per_baseline,
+        chunk,
+        |r, buf| {
+            let b = &baselines[r / per_baseline];
+            let k = r % steps;
+            let a = points[k / copies].0 as f32;
+            for ((o, b), x) in buf.iter_mut().zip(b).zip(&x) {
+                *o = b + a * (x - b);
+            }
+            // The same noise for every baseline and target: copy k of the path.
+            noise.add(buf, k);
+            targets[(r % per_baseline) / steps].index
+        },
+        |r, pass, i| {
+            let w = points[(r % steps) / copies].1 / copies as f64;
+            let g = &pass.input_grad.as_f32().unwrap_or(&[])[i * n..(i + 1) * n];
+            for (a, g) in sums[r / steps].iter_mut().zip(g) {
+                *a += w * *g as f64;
+            }
+        },
+    )?;
+    let mut sums = sums.into_iter();
+    Ok(baselines
+        .iter()
+        .map(|b| {
+            (0..targets.len())
+                .map(|_| {
+                    let avg = sums.next().unwrap_or_default();
+                    avg.iter()
+                        .zip(&x)
+                        .zip(b)
+                        .map(|((a, x), b)| (a * (*x - *b) as f64) as f32)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ mod reference_query;
 mod regression;
 mod rise;
 mod saliency;
+mod sampled_shapley;
 mod score_cam;
 mod segments;
 mod similar_examples;
@@ -33,6 +34,7 @@ mod smoothgrad;
 mod transformer_relevance;
 mod tree_shap;
 mod workbench;
+mod xrai;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +55,7 @@ pub use perturb::Preset;
 pub use players::TextUnit;
 pub use rise::{RiseEstimator, RiseParams};
 pub use saliency::SaliencyParams;
+pub use sampled_shapley::SampledShapleyParams;
 pub use score_cam::ScoreCamParams;
 pub use smoothgrad::{SmoothGradBase, SmoothGradParams, SmoothGradVariant};
 // The vocabulary methods share with metrics and estimators, where methods have always found it.
@@ -60,6 +63,7 @@ pub use crate::common::batch::{fold_channels, one_hot, repeat_rows, row, zeroed_
 pub use crate::common::targets::{self, TargetRef, TargetSpec};
 pub use tree_shap::{FeaturePerturbation, TreeShapParams};
 pub use workbench::Cx;
+pub use xrai::XraiParams;
 
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::manifest::ImageSpec;

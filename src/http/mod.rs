@@ -19,6 +19,7 @@ mod pipeline;
 mod predict;
 pub mod prepare;
 mod problems;
+pub(crate) mod protocols;
 mod reference;
 mod replay;
 mod report;

@@ -10,8 +10,8 @@ use crate::explain::method::{AnyMethod, NamedSchemas, CONFIGURED_MAX_SAMPLES};
 use crate::explain::{Limits, Methods};
 
 use super::{
-    audit, compare, error, evaluate, explain, health, input, jobs, models, predict, problems, reference, replay,
-    report, uncertainty,
+    audit, compare, error, evaluate, explain, health, input, jobs, models, predict, problems, protocols, reference,
+    replay, report, uncertainty,
 };
 
 /// The API description.
@@ -49,6 +49,8 @@ use super::{
         report::report,
         audit::export,
         audit::verify,
+        protocols::vertex::predict_path,
+        protocols::vertex::explain_path,
     ),
     components(schemas(error::Problem, input::FeaturesJson)),
     tags(
@@ -58,6 +60,7 @@ use super::{
         (name = "jobs", description = "Explanations run in the background, with progress"),
         (name = "audit", description = "The tamper-evident record of predictions and explanations"),
         (name = "operations", description = "Health, readiness, metrics, API documents"),
+        (name = "vertex", description = "Vertex AI's online prediction routes, in its request, answer and error shapes"),
     )
 )]
 pub struct ApiDoc;

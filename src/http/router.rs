@@ -14,6 +14,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use super::error::{ApiError, ProblemKind};
+use super::protocols::vertex;
 use super::{
     audit, auth, compare, evaluate, explain, health, jobs, models, openapi, page, predict, problems, reference, replay,
     report, uncertainty, AppState,
@@ -49,6 +50,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit/records/{id}/report", get(report::report))
         .route("/v1/audit/export", get(audit::export))
         .route("/v1/audit/verify", get(audit::verify))
+        .route(
+            "/v1/projects/{project}/locations/{location}/endpoints/{call}",
+            post(vertex::endpoint_call),
+        )
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").external_url_unchecked(
             "/openapi.json",
             openapi::document_value(&state.methods, crate::explain::Limits::from_config(&state.config)),
@@ -57,6 +62,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
         .layer(middleware::from_fn_with_state(state.clone(), whole_request_deadline))
+        // Outside the key check and the deadline, so their refusals too are in Google's shape.
+        .layer(middleware::from_fn(vertex::google_errors))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(middleware::from_fn_with_state(state.clone(), timing_allow_origin))
         .layer(cors(&state.config.cors_allowed_origins))

@@ -215,6 +215,15 @@ pub fn png(image: &RgbImage) -> Vec<u8> {
     bytes
 }
 
+/// An image as JPEG (quality 90), for protocols that carry pictures as JPEG (Vertex AI's
+/// `b64_jpeg`).
+pub fn jpeg(image: &RgbImage) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    // Encoding an in-memory RGB buffer to JPEG does not fail.
+    let _ = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(image);
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,15 @@ impl LoadedModel {
             })
             .clone()
     }
+
+    /// The Vertex AI endpoint id the model answers on: `[vertex] endpoint`, else its name.
+    pub fn vertex_endpoint(&self) -> &str {
+        self.spec
+            .vertex
+            .as_ref()
+            .and_then(|v| v.endpoint.as_deref())
+            .unwrap_or(&self.name)
+    }
 }
 
 /// A model folder that could not be loaded; the message names the file.
@@ -215,6 +224,12 @@ impl Registry {
     /// All models, by name.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<LoadedModel>> {
         self.models.values()
+    }
+
+    /// The models answering on Vertex AI endpoint `id` (`[vertex] endpoint`, else the model's
+    /// name): one, or several when manifests claim the same id.
+    pub fn by_vertex_endpoint(&self, id: &str) -> Vec<&Arc<LoadedModel>> {
+        self.models.values().filter(|m| m.vertex_endpoint() == id).collect()
     }
 
     /// Model names.

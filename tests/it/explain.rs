@@ -12,14 +12,14 @@ use explaind::onnx::builder::{Attr, GraphBuilder};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const SIDE: usize = 16;
+pub(crate) const SIDE: usize = 16;
 /// The region the region model reads (its masked activations), and the input pixels that reach it
 /// through the 3x3 convolution.
-const REGION: std::ops::Range<usize> = 2..8;
-const REACH: std::ops::Range<usize> = 1..9;
+pub(crate) const REGION: std::ops::Range<usize> = 2..8;
+pub(crate) const REACH: std::ops::Range<usize> = 1..9;
 
 /// logits = Gemm(GAP(mask * relu(conv(x)))): only REGION x REGION of the activation counts.
-fn region_model() -> explaind::onnx::proto::ModelProto {
+pub(crate) fn region_model() -> explaind::onnx::proto::ModelProto {
     let mut g = GraphBuilder::new("region", 17);
     let x = g.input("input", &[-1, 1, SIDE as i64, SIDE as i64]);
     let mut rng = Rng::new(41);
@@ -46,7 +46,7 @@ fn region_model() -> explaind::onnx::proto::ModelProto {
     g.build()
 }
 
-const REGION_MANIFEST: &str =
+pub(crate) const REGION_MANIFEST: &str =
     "task = \"image-classification\"\nlabels = [\"region\", \"other\"]\n[image]\ncolor = \"grayscale\"\n";
 
 /// y = x W + b over 4 features, 2 outputs: every gradient method has a closed form.
@@ -104,7 +104,7 @@ async fn start_known_answer() -> explaind::Service {
 }
 
 /// A noise image (seeded), `side` x `side`, grayscale PNG.
-fn noise_png(side: u32, seed: u64) -> (Vec<u8>, image::GrayImage) {
+pub(crate) fn noise_png(side: u32, seed: u64) -> (Vec<u8>, image::GrayImage) {
     let mut rng = Rng::new(seed);
     let img = image::GrayImage::from_fn(side, side, |_, _| image::Luma([rng.uniform(40.0, 255.0) as u8]));
     let mut png = Vec::new();
@@ -188,8 +188,10 @@ async fn every_method_puts_the_attribution_where_the_model_looks() {
                 continue;
             }
         }
-        let forward_only = caps.passes == Passes::Forward;
-        if forward_only {
+        // XRAI's map gives each region its mean attribution, so it spills over the segments that
+        // straddle the region's edge, as perturbation maps do.
+        let spills = caps.passes == Passes::Forward || d["region_map"].is_object();
+        if spills {
             // Perturbation maps carry an offset (RISE), spill over a window or segment (occlusion, LIME):
             // the hottest pixels lie in the region, and the region is hotter than the rest.
             let near = 0..REACH.end + 1;

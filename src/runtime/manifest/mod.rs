@@ -3,7 +3,7 @@
 //!
 //! This module reads the top level (task, input, output, scores, labels) and composes the
 //! readers of the sections, one module each: `[image]`, `[tabular]` (with the counterfactual
-//! constraints), `[text]` and `[reference]`.
+//! constraints), `[text]`, `[reference]` and `[vertex]`.
 
 use std::path::Path;
 
@@ -17,12 +17,14 @@ mod inputs;
 mod reference;
 mod tabular;
 mod text;
+mod vertex;
 
 pub use image::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter};
 pub use inputs::{Constant, InputRole, Role};
 pub use reference::{Checkpoint, ReferenceSpec};
 pub use tabular::{Constraints, Direction, FeatureType, TabularSpec};
 pub use text::{TextManifest, TextSpec, MAX_TEXT_TOKENS};
+pub use vertex::{VertexColorMap, VertexOverlay, VertexPolarity, VertexSpec, Visualization, VisualizationType};
 
 /// The manifest file as written by a user.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -42,6 +44,7 @@ pub struct Manifest {
     text: Option<TextManifest>,
     ensemble: Option<Vec<String>>,
     reference: Option<ReferenceSpec>,
+    vertex: Option<VertexSpec>,
 }
 
 /// What kind of model this is.
@@ -109,6 +112,9 @@ pub struct ModelSpec {
     /// The labelled reference set (`[reference]`) for similar examples and influence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<ReferenceSpec>,
+    /// How the model answers on the Vertex AI routes (`[vertex]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<VertexSpec>,
 }
 
 /// A manifest or model that does not fit together; the message names file and field.
@@ -234,6 +240,7 @@ impl Manifest {
             text: None,
             ensemble: self.ensemble.unwrap_or_default(),
             reference: self.reference.map(|r| reference::check(r, task, &err)).transpose()?,
+            vertex: self.vertex.map(|v| vertex::check(v, task, &err)).transpose()?,
         })
     }
 }
