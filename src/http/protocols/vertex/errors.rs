@@ -81,7 +81,7 @@ fn canonical(kind: ProblemKind) -> &'static str {
             "INVALID_ARGUMENT"
         }
         UriTooLong | HeadersTooLarge | ImageTooLarge | PayloadTooLarge => "OUT_OF_RANGE",
-        NotDifferentiable | UnsupportedModel => "FAILED_PRECONDITION",
+        NotDifferentiable | UnsupportedModel | NotReplayable => "FAILED_PRECONDITION",
         ModelNotFound | NotFound => "NOT_FOUND",
         Unauthorized => "UNAUTHENTICATED",
         Forbidden => "PERMISSION_DENIED",
