@@ -206,7 +206,7 @@ pub async fn predict(
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
     let parsed = parse_predict_body(received, &uri).await?;
-    let valid = validate(&state, model, parsed, audit_context(&headers, caller)).await?;
+    let valid = validate(&state, model, parsed, audit_context(&headers, caller)?).await?;
     Ok(pipeline::answer(&state, valid, started).await?.into_response())
 }
 

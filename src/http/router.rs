@@ -7,7 +7,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -47,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit/records/{id}/overlay.png", get(audit::record_overlay))
         .route("/v1/audit/export", get(audit::export))
         .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/audit/subjects/{subject}", delete(audit::erase_subject))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").external_url_unchecked(
             "/openapi.json",
             openapi::document_value(&state.methods, crate::explain::Limits::from_config(&state.config)),

@@ -23,6 +23,7 @@ mod external_data;
 mod extremal;
 mod gradients_runtime;
 mod jobs;
+mod ledger;
 mod limits;
 mod lrp;
 mod onnx_corpus;
