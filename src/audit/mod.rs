@@ -24,7 +24,7 @@ pub use record::{Context, Evidence, Kind};
 pub use store::{Filter, StoreError};
 
 use crate::config::{AuditMode, Config};
-use store::{chain_hash, Store, With, GENESIS};
+use store::{chain_hash, Appended, Store, With, GENESIS};
 
 /// What an append returns to the caller.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -199,23 +199,35 @@ impl AuditLog {
                 hash: kept.hash,
             });
         }
-        let (text, with) = if self.config.audit_encrypt {
-            self.sealed(store, &mut columns, body, ctx.subject.as_deref()).await?
-        } else {
-            // serde_json's maps are sorted by key: this text is canonical.
-            (serde_json::to_string(&body)?, With::Nothing)
-        };
-        let (seq, hash, _) = store.append(&columns, &text, &with).await?;
-        self.appended(seq);
-        Ok(Receipt {
-            id: columns.id,
-            seq,
-            hash,
-        })
+        // A subject erased on another replica after this one read its key: sealed again, once,
+        // under the subject's new key.
+        let retry = self.config.audit_encrypt && ctx.subject.is_some();
+        let mut body = body;
+        for _ in 0..2 {
+            let this = if retry { body.clone() } else { std::mem::take(&mut body) };
+            let (text, with) = if self.config.audit_encrypt {
+                self.sealed(store, &mut columns, this, ctx.subject.as_deref()).await?
+            } else {
+                // serde_json's maps are sorted by key: this text is canonical.
+                (serde_json::to_string(&this)?, With::Nothing)
+            };
+            if let Appended::Done(seq, hash, _) = store.append(&columns, &text, &with).await? {
+                self.appended(seq);
+                return Ok(Receipt {
+                    id: columns.id,
+                    seq,
+                    hash,
+                });
+            }
+            if let Some(subject) = &ctx.subject {
+                store.forget_subject(&seal::subject_ref(subject, store.master()));
+            }
+        }
+        Err(StoreError::new("the subject's key was destroyed twice while recording"))
     }
 
-    /// The body's private values sealed with the subject's key (or a new key of the record's own),
-    /// as canonical text, and the key to store with it.
+    /// The body's private values sealed with the subject's key (or a key of the record's own), as
+    /// canonical text, and how the record is written.
     async fn sealed(
         &self,
         store: &Store,
@@ -226,33 +238,28 @@ impl AuditLog {
         let (key_id, key, with) = match subject {
             Some(subject) => {
                 let reference = seal::subject_ref(subject, store.master());
-                match store.subject_key(&reference, columns.time_ms).await? {
-                    (id, seal::Sealing::Key(key)) => (id, key, With::Nothing),
-                    (_, _) => return Err(StoreError::new("the subject's data key cannot be unwrapped")),
-                }
+                let (id, key) = store.subject_key(&reference, columns.time_ms).await?;
+                (id, key, With::SubjectKey)
             }
             None => {
-                let id = uuid::Uuid::new_v4().to_string();
-                let key = secret::Secret(secret::random());
-                let new = store.new_key(&id, &key)?;
-                (id, key, With::Key(new))
+                let (id, key) = store.record_key().await?;
+                (id, key, With::Nothing)
             }
         };
-        let record_id = columns.id.clone();
-        // Inputs may be megabytes: encrypting and writing them out is done on the blocking pool.
-        let (text, sealed) = tokio::task::spawn_blocking(move || {
-            let sealed = seal::seal(&mut body, &record_id, &key_id, &key)?;
-            Ok::<_, StoreError>((serde_json::to_string(&body)?, sealed.then_some(key_id)))
-        })
-        .await??;
-        match sealed {
-            Some(key_id) => {
-                columns.key_id = Some(key_id);
-                Ok((text, with))
+        // Done here, as the unsealed body's text is: XChaCha20 runs at over 1 GB/s, so even a
+        // megabyte's input costs less than its JSON text, and a hop to the blocking pool costs
+        // more than a small record's whole sealing on a busy machine.
+        let sealed = seal::seal(&mut body, &columns.id, &key_id, &key)?;
+        let text = serde_json::to_string(&body)?;
+        if !sealed {
+            // Nothing private: the record names no key, and a record's own key stays spare.
+            if matches!(with, With::Nothing) {
+                store.spare_key(key_id, key);
             }
-            // Nothing private to seal: no key is stored.
-            None => Ok((text, With::Nothing)),
+            return Ok((text, With::Nothing));
         }
+        columns.key_id = Some(key_id);
+        Ok((text, with))
     }
 
     /// Erases a subject: destroys its data keys, so its records' sealed inputs and maps can no longer
@@ -262,7 +269,11 @@ impl AuditLog {
         let reference = seal::subject_ref(subject, store.master());
         let (columns, body) = record::erasure(ctx, &reference);
         let text = serde_json::to_string(&body)?;
-        let (seq, hash, destroyed) = store.append(&columns, &text, &With::DestroySubject(reference)).await?;
+        let Appended::Done(seq, hash, destroyed) =
+            store.append(&columns, &text, &With::DestroySubject(reference)).await?
+        else {
+            return Err(StoreError::new("an erasure was not recorded"));
+        };
         self.appended(seq);
         Ok(Erasure {
             keys_destroyed: destroyed,

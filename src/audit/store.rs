@@ -2,6 +2,7 @@
 //! through one code path (sqlx's `Any` driver) and one set of versioned migrations. Appends are
 //! serialised so the chain has one tip; each is committed before `append` returns.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
@@ -10,6 +11,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 
 use super::checkpoint::{Checkpoint, Mark};
 use super::seal::{self, Master, Sealing};
+use super::secret::{self, Secret};
 use crate::config::{AuditSync, Config};
 
 /// The hash before the first record.
@@ -83,23 +85,32 @@ pub struct Columns {
     pub key_id: Option<String>,
 }
 
-/// A data key to store with the record that uses it (a per-record key).
-#[derive(Debug, Clone)]
-pub struct NewKey {
-    pub id: String,
-    /// The `key` and `wrap` columns.
-    pub stored: (String, String),
-}
-
-/// What is written in the same transaction as a record.
+/// What is written with a record.
 #[derive(Debug, Clone)]
 pub enum With {
     Nothing,
-    /// The record's own data key.
-    Key(NewKey),
-    /// An erasure: the subject's keys are destroyed (the count is returned).
+    /// The record's key is a subject's: written only while that key exists (another replica may
+    /// have erased the subject since this one read the key).
+    SubjectKey,
+    /// An erasure: the subject's keys are destroyed in the same transaction (the count is returned).
     DestroySubject(String),
 }
+
+/// How an append went.
+#[derive(Debug)]
+pub enum Appended {
+    /// The record's (seq, hash), and the keys destroyed with it.
+    Done(i64, String, u64),
+    /// Not written: its subject's key was destroyed meanwhile (seal it again with a new one).
+    KeyGone,
+}
+
+/// Per-record keys are made this many at a time, in one statement, so that a record costs no
+/// write of its own key.
+const SPARE_KEYS: usize = 32;
+
+/// Subjects' keys kept in memory, at most.
+const CACHED_SUBJECTS: usize = 10_000;
 
 /// Filters of a listing; all optional.
 #[derive(Debug, Clone, Default)]
@@ -128,6 +139,10 @@ pub struct Store {
     tip: tokio::sync::Mutex<(i64, String)>,
     /// Wraps data keys at rest.
     master: Option<Master>,
+    /// Per-record keys already in the keys table, not yet used.
+    spare: std::sync::Mutex<Vec<(String, Secret)>>,
+    /// Subjects' keys by reference (dropped at an erasure; a stale one is caught by the guarded insert).
+    subjects: std::sync::Mutex<HashMap<String, (String, Secret)>>,
 }
 
 impl Store {
@@ -181,6 +196,8 @@ impl Store {
             pool,
             tip: tokio::sync::Mutex::new((0, GENESIS.to_string())),
             master,
+            spare: std::sync::Mutex::new(Vec::new()),
+            subjects: std::sync::Mutex::new(HashMap::new()),
         };
         *store.tip.lock().await = store.last().await?;
         Ok(store)
@@ -201,17 +218,17 @@ impl Store {
         })
     }
 
-    /// Appends a record after the tip, with `with` in the same transaction, and commits it; returns
-    /// its (seq, hash) and the number of keys `with` destroyed.
-    pub async fn append(&self, columns: &Columns, body: &str, with: &With) -> Result<(i64, String, u64), StoreError> {
+    /// Appends a record after the tip, with `with`, and commits it.
+    pub async fn append(&self, columns: &Columns, body: &str, with: &With) -> Result<Appended, StoreError> {
         let mut tip = self.tip.lock().await;
         for attempt in 0..3 {
             let seq = tip.0 + 1;
             let hash = chain_hash(&tip.1, body);
             match self.insert(seq, &tip.1, &hash, columns, body, with).await {
-                Ok(destroyed) => {
+                Ok(None) => return Ok(Appended::KeyGone),
+                Ok(Some(destroyed)) => {
                     *tip = (seq, hash.clone());
-                    return Ok((seq, hash, destroyed));
+                    return Ok(Appended::Done(seq, hash, destroyed));
                 }
                 // Another writer (a second instance on the same PostgreSQL) took the seq: re-read the tip.
                 Err(e) if attempt < 2 && is_conflict(&e) => *tip = self.last().await?,
@@ -221,6 +238,8 @@ impl Store {
         Err(StoreError("could not append after three tries".into()))
     }
 
+    /// Writes the record; `None` when its subject's key is gone. Only an erasure takes a
+    /// transaction: every other record is one statement.
     async fn insert(
         &self,
         seq: i64,
@@ -229,49 +248,114 @@ impl Store {
         columns: &Columns,
         body: &str,
         with: &With,
-    ) -> Result<u64, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let mut destroyed = 0;
-        match with {
-            With::Nothing => {}
-            With::Key(key) => {
-                sqlx::query(
-                    "INSERT INTO audit_keys (id, subject, key, wrap, created_ms) VALUES ($1, NULL, $2, $3, $4)",
-                )
-                .bind(&key.id)
-                .bind(&key.stored.0)
-                .bind(&key.stored.1)
-                .bind(columns.time_ms)
-                .execute(&mut *tx)
-                .await?;
+    ) -> Result<Option<u64>, sqlx::Error> {
+        let sql = match with {
+            With::SubjectKey => {
+                "INSERT INTO audit_records (seq, id, time_ms, kind, model, method, target, body, prev_hash, hash, key_id) \
+                 SELECT CAST($1 AS BIGINT), $2, CAST($3 AS BIGINT), $4, $5, $6, $7, $8, $9, $10, $11 \
+                 WHERE EXISTS (SELECT 1 FROM audit_keys WHERE id = $11)"
             }
+            _ => {
+                "INSERT INTO audit_records (seq, id, time_ms, kind, model, method, target, body, prev_hash, hash, key_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            }
+        };
+        let record = sqlx::query(sql)
+            .bind(seq)
+            .bind(&columns.id)
+            .bind(columns.time_ms)
+            .bind(&columns.kind)
+            .bind(&columns.model)
+            .bind(columns.method.clone())
+            .bind(columns.target.clone())
+            .bind(body)
+            .bind(prev_hash)
+            .bind(hash)
+            .bind(columns.key_id.clone());
+        match with {
+            With::Nothing => {
+                record.execute(&self.pool).await?;
+                Ok(Some(0))
+            }
+            With::SubjectKey => Ok((record.execute(&self.pool).await?.rows_affected() > 0).then_some(0)),
+            // An erasure and its record: both or neither.
             With::DestroySubject(subject) => {
-                destroyed = sqlx::query("DELETE FROM audit_keys WHERE subject = $1")
+                let mut tx = self.pool.begin().await?;
+                let destroyed = sqlx::query("DELETE FROM audit_keys WHERE subject = $1")
                     .bind(subject)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                record.execute(&mut *tx).await?;
+                tx.commit().await?;
+                if let Ok(mut cache) = self.subjects.lock() {
+                    cache.remove(subject);
+                }
+                Ok(Some(destroyed))
             }
         }
-        sqlx::query(
-            "INSERT INTO audit_records (seq, id, time_ms, kind, model, method, target, body, prev_hash, hash, key_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(seq)
-        .bind(&columns.id)
-        .bind(columns.time_ms)
-        .bind(&columns.kind)
-        .bind(&columns.model)
-        .bind(columns.method.clone())
-        .bind(columns.target.clone())
-        .bind(body)
-        .bind(prev_hash)
-        .bind(hash)
-        .bind(columns.key_id.clone())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(destroyed)
+    }
+
+    /// A fresh per-record key, already in the keys table.
+    pub async fn record_key(&self) -> Result<(String, Secret), StoreError> {
+        if let Some(k) = self.spare.lock().ok().and_then(|mut s| s.pop()) {
+            return Ok(k);
+        }
+        let now = super::record::now_ms();
+        let mut made = Vec::with_capacity(SPARE_KEYS);
+        let mut rows = Vec::with_capacity(SPARE_KEYS);
+        for _ in 0..SPARE_KEYS {
+            let id = uuid::Uuid::new_v4().to_string();
+            let key = Secret(secret::random());
+            rows.push((id.clone(), seal::wrap(&key, &id, self.master.as_ref())?));
+            made.push((id, key));
+        }
+        let values: Vec<String> = (0..SPARE_KEYS)
+            .map(|i| format!("(${}, NULL, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4))
+            .collect();
+        let sql = format!(
+            "INSERT INTO audit_keys (id, subject, key, wrap, created_ms) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, (key, wrap)) in rows {
+            q = q.bind(id).bind(key).bind(wrap).bind(now);
+        }
+        q.execute(&self.pool).await?;
+        let first = made.pop().ok_or_else(|| StoreError::new("no key was made"))?;
+        if let Ok(mut spare) = self.spare.lock() {
+            spare.extend(made);
+        }
+        Ok(first)
+    }
+
+    /// Puts back a per-record key no record used.
+    pub fn spare_key(&self, id: String, key: Secret) {
+        if let Ok(mut spare) = self.spare.lock() {
+            spare.push((id, key));
+        }
+    }
+
+    /// Removes the spare keys no record used (at close).
+    async fn drop_spares(&self) {
+        let spare: Vec<(String, Secret)> = self
+            .spare
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
+        for (id, _) in spare {
+            let _ = sqlx::query("DELETE FROM audit_keys WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await;
+        }
+    }
+
+    /// Forgets a subject's key this process holds (the database no longer has it).
+    pub fn forget_subject(&self, subject: &str) {
+        if let Ok(mut cache) = self.subjects.lock() {
+            cache.remove(subject);
+        }
     }
 
     /// The master key, when one is configured.
@@ -279,16 +363,11 @@ impl Store {
         self.master.as_ref()
     }
 
-    /// A new data key as the keys table stores it.
-    pub fn new_key(&self, id: &str, key: &super::secret::Secret) -> Result<NewKey, StoreError> {
-        Ok(NewKey {
-            id: id.to_string(),
-            stored: seal::wrap(key, id, self.master.as_ref())?,
-        })
-    }
-
     /// The data key of a subject (by its reference), created on its first record.
-    pub async fn subject_key(&self, subject: &str, now_ms: i64) -> Result<(String, Sealing), StoreError> {
+    pub async fn subject_key(&self, subject: &str, now_ms: i64) -> Result<(String, Secret), StoreError> {
+        if let Some(k) = self.subjects.lock().ok().and_then(|c| c.get(subject).cloned()) {
+            return Ok(k);
+        }
         for _ in 0..2 {
             let row = sqlx::query("SELECT id, key, wrap FROM audit_keys WHERE subject = $1")
                 .bind(subject)
@@ -296,16 +375,28 @@ impl Store {
                 .await?;
             if let Some(r) = row {
                 let id: String = r.try_get(0)?;
-                let sealing = seal::unwrap(
+                let key = match seal::unwrap(
                     &r.try_get::<String, _>(1)?,
                     &r.try_get::<String, _>(2)?,
                     &id,
                     self.master(),
-                );
-                return Ok((id, sealing));
+                ) {
+                    Sealing::Key(key) => key,
+                    Sealing::Unreadable(why) => return Err(StoreError(format!("a subject's data key: {why}"))),
+                    Sealing::None | Sealing::Erased => {
+                        return Err(StoreError("a subject's data key is missing".into()))
+                    }
+                };
+                if let Ok(mut cache) = self.subjects.lock() {
+                    if cache.len() >= CACHED_SUBJECTS {
+                        cache.clear();
+                    }
+                    cache.insert(subject.to_string(), (id.clone(), key.clone()));
+                }
+                return Ok((id, key));
             }
             let id = uuid::Uuid::new_v4().to_string();
-            let key = self.new_key(&id, &super::secret::Secret(super::secret::random()))?;
+            let (stored, wrap) = seal::wrap(&Secret(secret::random()), &id, self.master.as_ref())?;
             // Two requests of one new subject at once: the first key stays, the other reads it.
             sqlx::query(
                 "INSERT INTO audit_keys (id, subject, key, wrap, created_ms) VALUES ($1, $2, $3, $4, $5) \
@@ -313,8 +404,8 @@ impl Store {
             )
             .bind(&id)
             .bind(subject)
-            .bind(&key.stored.0)
-            .bind(&key.stored.1)
+            .bind(&stored)
+            .bind(&wrap)
             .bind(now_ms)
             .execute(&self.pool)
             .await?;
@@ -466,8 +557,9 @@ impl Store {
         self.list(&Filter::default(), after, limit).await
     }
 
-    /// Closes the pool.
+    /// Closes the pool (after removing the spare keys).
     pub async fn close(&self) {
+        self.drop_spares().await;
         self.pool.close().await;
     }
 

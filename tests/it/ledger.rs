@@ -427,6 +427,31 @@ async fn erasure(mut config: Config, db_url: &str) {
     let v: Value = get("/v1/audit/verify".into()).await.unwrap().json().await.unwrap();
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["records"], 5);
+    // Another replica erases customer-8 (its key removed behind this one's back): this replica's
+    // next record of customer-8 is not sealed with the destroyed key it holds, but with a new one.
+    db.execute("DELETE FROM audit_keys WHERE subject IS NOT NULL")
+        .await
+        .unwrap();
+    let r = post(
+        "/v1/models/breast-cancer/predict",
+        json!({"features": features()}),
+        Some("customer-8"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let id = r.json::<Value>().await.unwrap()["audit_record"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rec: Value = get(format!("/v1/audit/records/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rec["erased"], false, "{rec}");
+    assert_eq!(rec["inputs"][0]["data"]["features"], features());
     // A sealed part altered in the database breaks the chain.
     let body: String = sqlx::query_scalar("SELECT body FROM audit_records WHERE seq = 3")
         .fetch_one(&db)
@@ -464,7 +489,7 @@ async fn erasure_on_sqlite_keeps_the_chain_and_shreds_the_inputs() {
         .fetch_all(&db)
         .await
         .unwrap();
-    assert_eq!(wraps.len(), 2, "customer-8's key and the per-record key remain");
+    assert_eq!(wraps.len(), 2, "customer-8's new key and the per-record key remain");
     assert!(wraps.iter().all(|w| w.starts_with("master:")), "{wraps:?}");
 }
 
@@ -496,6 +521,10 @@ async fn retention(mut config: Config, db_url: &str, keys: &Path) {
         .execute(&db)
         .await
         .unwrap();
+    let removed_keys: Vec<String> = sqlx::query_scalar("SELECT key_id FROM audit_records WHERE seq <= 5")
+        .fetch_all(&db)
+        .await
+        .unwrap();
     // Whole segments only: up to the checkpoint at 5, not into the segment 6-7.
     assert_eq!(log.retain().await.unwrap(), 5);
     let left: Vec<i64> = sqlx::query_scalar("SELECT seq FROM audit_records ORDER BY seq")
@@ -503,11 +532,14 @@ async fn retention(mut config: Config, db_url: &str, keys: &Path) {
         .await
         .unwrap();
     assert_eq!(left, vec![6, 7, 8, 9]);
-    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_keys")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    assert_eq!(keys, 4, "the removed records' keys went with them");
+    for id in removed_keys {
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_keys WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "the removed records' keys went with them");
+    }
     // Record 6 stays (its segment reaches 7, which is recent): its column back as its body says.
     let restore: String = sqlx::query_scalar("SELECT body FROM audit_records WHERE seq = 6")
         .fetch_one(&db)
@@ -556,4 +588,183 @@ async fn retention_on_postgres_keeps_verification_working() {
     let mut config = test_config(&root().join("models"));
     config.audit_database_url = Some(pg.url());
     retention(config, &pg.url(), &keys).await;
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The issue's figures, in one run: signed checkpoints' cost on the log's append throughput,
+/// encryption's cost on an audited request's time, and bytes per record with and without
+/// encryption. Run with `cargo test --test it ledger::figures -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures; run on purpose"]
+async fn figures() {
+    // Appends, one at a time, the logs taking turns in a rotating order (so load spikes fall on
+    // every log alike): no signing key; a key at the default 1000 records; a key every 100; the
+    // input kept in the clear; sealed with a record's own key; with a subject's key.
+    let setups: [(&str, u64, bool, Option<&str>); 6] = [
+        ("unsigned", 0, false, None),
+        ("signed every 1000", 1000, false, None),
+        ("signed every 100", 100, false, None),
+        ("clear (unsigned)", 0, false, None),
+        ("sealed, own key", 0, true, None),
+        ("sealed, subject's key", 0, true, Some("c-1")),
+    ];
+    let mut logs = Vec::new();
+    for (_, every, encrypt, _) in setups {
+        let data = temp_dir("ledger-figures");
+        let mut c = test_config(&root().join("models"));
+        c.data_dir = data.clone();
+        c.audit = AuditMode::All;
+        c.audit_encrypt = encrypt;
+        if every > 0 {
+            c.audit_signing_key = Some(key_file(&data, "k", 9));
+            c.audit_checkpoint_records = every;
+        }
+        let log = Arc::new(AuditLog::open(&c).await.unwrap());
+        log.start_upkeep();
+        logs.push(log);
+    }
+    let rounds = 3000;
+    let mut times = vec![Vec::with_capacity(rounds); logs.len()];
+    for round in 0..rounds + 100 {
+        for k in 0..logs.len() {
+            let i = (k + round) % logs.len();
+            let started = Instant::now();
+            append(&logs[i], 1, setups[i].3).await;
+            if round >= 100 {
+                times[i].push(started.elapsed());
+            }
+        }
+    }
+    println!("appends (SQLite, sync normal; {rounds} each, one at a time in turns; an input of 2 features kept):");
+    let mean = |t: &[Duration]| t.iter().sum::<Duration>().as_secs_f64() / t.len() as f64;
+    for (i, (name, ..)) in setups.iter().enumerate() {
+        let base = if i < 3 { 0 } else { 3 };
+        let v = logs[i].verify().await.unwrap();
+        assert!(v.ok);
+        println!(
+            "  {name:<22} median {:>7.1} us ({:>+6.1}%)  mean {:>7.1} us ({:>+6.1}%)  {} checkpoints",
+            median(times[i].clone()).as_secs_f64() * 1e6,
+            (median(times[i].clone()).as_secs_f64() / median(times[base].clone()).as_secs_f64() - 1.0) * 100.0,
+            mean(&times[i]) * 1e6,
+            (mean(&times[i]) / mean(&times[base]) - 1.0) * 100.0,
+            v.checkpoints
+        );
+    }
+    // A checkpoint's own cost (a signature and an insert), against the appends it covers.
+    let mut signing = Vec::new();
+    for _ in 0..100 {
+        append(&logs[1], 1, None).await;
+        let started = Instant::now();
+        logs[1].checkpoint().await.unwrap().unwrap();
+        signing.push(started.elapsed());
+    }
+    let one = median(signing).as_secs_f64();
+    let append_cost = median(times[0].clone()).as_secs_f64();
+    println!(
+        "  a checkpoint: median {:.1} us = {:.2}% of 1000 appends, {:.1}% of 100",
+        one * 1e6,
+        one / (1000.0 * append_cost) * 100.0,
+        one / (100.0 * append_cost) * 100.0
+    );
+    for log in &logs {
+        log.close().await;
+    }
+
+    // Audited requests: inputs and maps kept, in the clear and encrypted, interleaved.
+    let mut services = Vec::new();
+    let mut dbs = Vec::new();
+    // The last two are alike: their difference is the noise floor.
+    for encrypt in [true, false, false] {
+        let data = temp_dir("ledger-figures-http");
+        let mut c = test_config(&root().join("models"));
+        c.data_dir = data.clone();
+        c.workers = 1;
+        c.audit = AuditMode::All;
+        c.audit_store_inputs = true;
+        c.audit_store_maps = true;
+        c.audit_encrypt = encrypt;
+        services.push(start(c).await);
+        dbs.push(format!("sqlite://{}", data.join("audit.db").display()));
+    }
+    dbs.truncate(2);
+    let http = reqwest::Client::new();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, fashion_png());
+    println!("audited requests (1 worker, median of 200, interleaved; client time on loopback):");
+    for (path, body, subject) in [
+        (
+            "/v1/models/fashion-cnn/explain/saliency",
+            json!({"image": b64}),
+            Some("c-1"),
+        ),
+        ("/v1/models/fashion-cnn/explain/saliency", json!({"image": b64}), None),
+        (
+            "/v1/models/breast-cancer/predict",
+            json!({"features": features()}),
+            None,
+        ),
+    ] {
+        let mut times = vec![Vec::new(), Vec::new(), Vec::new()];
+        for round in 0..210 {
+            // The order turns each round, so no service always follows another.
+            for k in 0..services.len() {
+                let i = (k + round) % services.len();
+                let s = &services[i];
+                let mut r = http.post(url(s, path)).json(&body);
+                if let Some(subject) = subject {
+                    r = r.header("x-audit-subject", subject);
+                }
+                let started = Instant::now();
+                let answer = r.send().await.unwrap();
+                assert_eq!(answer.status(), StatusCode::OK);
+                answer.bytes().await.unwrap();
+                if round >= 10 {
+                    times[i].push(started.elapsed());
+                }
+            }
+        }
+        let [sealed, plain, again] = [0, 1, 2].map(|i| median(times[i].clone()).as_secs_f64());
+        println!(
+            "  {path:<42} subject {:<4} clear {:>7.3} ms  clear again {:>+6.1}%  encrypted {:>7.3} ms  {:>+6.1}%",
+            if subject.is_some() { "yes" } else { "no" },
+            plain * 1e3,
+            (again / plain - 1.0) * 100.0,
+            sealed * 1e3,
+            (sealed / plain - 1.0) * 100.0
+        );
+    }
+    for s in services {
+        s.stop().await.unwrap();
+    }
+    println!("bytes per record (body; encrypted: plus its key row when the key is the record's own):");
+    let mut sizes = Vec::new();
+    for db in &dbs {
+        let p = pool(db).await;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT model || ' ' || kind || CASE WHEN key_id IS NULL THEN '' ELSE ' sealed' END, \
+             CAST(AVG(LENGTH(body)) AS BIGINT) FROM audit_records GROUP BY model, kind, key_id IS NULL ORDER BY 1",
+        )
+        .fetch_all(&p)
+        .await
+        .unwrap();
+        let key_row: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(AVG(LENGTH(id) + LENGTH(key) + LENGTH(wrap) + 8) AS BIGINT) FROM audit_keys",
+        )
+        .fetch_one(&p)
+        .await
+        .unwrap();
+        sizes.push((rows, key_row));
+        p.close().await;
+    }
+    for (rows, key_row) in &sizes {
+        for (what, bytes) in rows {
+            println!("  {what:<40} {bytes:>8}");
+        }
+        if let Some(k) = key_row {
+            println!("  {:<40} {k:>8}", "a key row");
+        }
+    }
 }
