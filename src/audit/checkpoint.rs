@@ -17,6 +17,7 @@ use super::StoreError;
 /// What a checkpoint vouches for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = CheckpointMark)]
 pub enum Mark {
     /// The tip at the time: records up to `seq` existed, the last with this hash.
     Tip,
@@ -43,6 +44,8 @@ impl Mark {
 
 /// A signed statement about the chain.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+// `Checkpoint` names a model checkpoint of the influence methods in the document.
+#[schema(as = AuditCheckpoint)]
 pub struct Checkpoint {
     /// `tip`, or `base` (where the chain starts after retention removed older records).
     pub mark: Mark,
@@ -120,6 +123,7 @@ impl Signer {
 
 /// A public key as verification and exports show it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = AuditPublicKey)]
 pub struct PublicKey {
     /// The key's id, as checkpoints name it.
     pub key_id: String,

@@ -183,7 +183,7 @@ impl AuditLog {
         self.append(columns, body, ctx).await
     }
 
-    async fn append(&self, mut columns: store::Columns, body: Value, ctx: &Context) -> Result<Receipt, StoreError> {
+    async fn append(&self, mut columns: store::Columns, mut body: Value, ctx: &Context) -> Result<Receipt, StoreError> {
         let store = self.store().await?;
         // A record id chosen by the caller (a shared job's) is recorded once: a second run gets
         // the first run's receipt.
@@ -202,7 +202,6 @@ impl AuditLog {
         // A subject erased on another replica after this one read its key: sealed again, once,
         // under the subject's new key.
         let retry = self.config.audit_encrypt && ctx.subject.is_some();
-        let mut body = body;
         for _ in 0..2 {
             let this = if retry { body.clone() } else { std::mem::take(&mut body) };
             let (text, with) = if self.config.audit_encrypt {
