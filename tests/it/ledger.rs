@@ -799,12 +799,12 @@ async fn figures() {
     println!(
         "sealing one saliency record ({} bytes): median {:.1} us (opt-level {})",
         bodies[0].len(),
+        median(sealing).as_secs_f64() * 1e6,
         if cfg!(debug_assertions) {
             "0: dev profile"
         } else {
             "release"
         },
-        median(sealing).as_secs_f64() * 1e6
     );
     for (rows, key_row) in &sizes {
         for (what, bytes) in rows {
