@@ -124,6 +124,28 @@ pub struct Config {
     /// SQLite durability: `normal` (write-ahead log synced at checkpoints: survives a crash of the
     /// process) or `full` (synced at every record: survives power loss too).
     pub audit_sync: AuditSync,
+    /// Ed25519 key that signs the chain's tip (checkpoints): `file:PATH` (a file holding the 32-byte
+    /// secret as 64 hex digits) or `env:NAME` (an environment variable holding it). Unset: no
+    /// checkpoints.
+    pub audit_signing_key: Option<String>,
+    /// Public keys (64 hex digits each) of earlier signing keys whose checkpoints still verify (key
+    /// rotation); at most 64.
+    pub audit_trusted_keys: Vec<String>,
+    /// A checkpoint is signed after this many new records (1 to 10,000,000).
+    pub audit_checkpoint_records: u64,
+    /// A checkpoint is signed this many seconds after the last one when the tip has moved (1 to
+    /// 86,400), and at shutdown.
+    pub audit_checkpoint_secs: u64,
+    /// Encrypt stored inputs, maps and per-feature attributions with a per-subject key (the
+    /// `x-audit-subject` header) or a per-record key, so they can be erased by destroying the key.
+    pub audit_encrypt: bool,
+    /// Key that wraps the per-subject keys in the database: `file:PATH` or `env:NAME` (64 hex
+    /// digits). Unset: the keys are stored unwrapped (erasure still works; a copy of the database
+    /// then reads the inputs).
+    pub audit_master_key: Option<String>,
+    /// Records older than this many days are removed in whole checkpointed segments (0: kept for
+    /// ever; at most 36,500). Needs `audit_signing_key`.
+    pub audit_retention_days: u64,
     /// Deadline of an asynchronous job (`POST /v1/jobs`), from admission.
     pub async_job_deadline_ms: u64,
     /// Finished asynchronous jobs' results are kept this many seconds.
@@ -264,6 +286,13 @@ impl Default for Config {
             audit_store_inputs: false,
             audit_store_maps: false,
             audit_sync: AuditSync::Normal,
+            audit_signing_key: None,
+            audit_trusted_keys: Vec::new(),
+            audit_checkpoint_records: 1000,
+            audit_checkpoint_secs: 60,
+            audit_encrypt: false,
+            audit_master_key: None,
+            audit_retention_days: 0,
             async_job_deadline_ms: 600_000,
             job_ttl_secs: 3600,
             max_jobs: 100,
@@ -372,6 +401,8 @@ impl Config {
                 let full = Config {
                     onnxruntime_library: Some(PathBuf::new()),
                     audit_database_url: Some(String::new()),
+                    audit_signing_key: Some(String::new()),
+                    audit_master_key: Some(String::new()),
                     jobs_database_url: Some(String::new()),
                     ..Config::default()
                 };
@@ -479,7 +510,61 @@ impl Config {
                 return Err(bad("audit_database_url", "must start with sqlite: or postgres://"));
             }
         }
+        self.validate_ledger()?;
         Ok(self)
+    }
+
+    /// The audit log's signing, encryption and retention settings.
+    fn validate_ledger(&self) -> Result<(), ConfigError> {
+        let bad = |field: &str, why: &str| ConfigError::Invalid {
+            origin: format!("field `{field}`"),
+            message: why.to_string(),
+        };
+        for (name, source) in [
+            ("audit_signing_key", &self.audit_signing_key),
+            ("audit_master_key", &self.audit_master_key),
+        ] {
+            if let Some(s) = source {
+                if !(s.starts_with("file:") || s.starts_with("env:")) || s.len() < 6 || s.len() > 4096 {
+                    return Err(bad(name, "must be `file:PATH` or `env:NAME`"));
+                }
+            }
+        }
+        if self.audit_trusted_keys.len() > 64 {
+            return Err(bad("audit_trusted_keys", "at most 64 keys"));
+        }
+        if let Some(k) = self
+            .audit_trusted_keys
+            .iter()
+            .find(|k| k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            let shown: String = k.chars().take(16).collect();
+            return Err(bad(
+                "audit_trusted_keys",
+                &format!("`{shown}...`: a public key is 64 hex digits"),
+            ));
+        }
+        if !(1..=10_000_000).contains(&self.audit_checkpoint_records) {
+            return Err(bad("audit_checkpoint_records", "must be between 1 and 10000000"));
+        }
+        if !(1..=86_400).contains(&self.audit_checkpoint_secs) {
+            return Err(bad("audit_checkpoint_secs", "must be between 1 and 86400 (a day)"));
+        }
+        if self.audit_retention_days > 36_500 {
+            return Err(bad(
+                "audit_retention_days",
+                "must be at most 36500 (0: records are kept for ever)",
+            ));
+        }
+        if self.audit_retention_days > 0 && self.audit_signing_key.is_none() {
+            return Err(bad(
+                "audit_retention_days",
+                "needs audit_signing_key: removed records are vouched for by a signed checkpoint that \
+                 carries the last removed record's hash, without which the shortened chain could not be told \
+                 from a truncated one",
+            ));
+        }
+        Ok(())
     }
 
     /// The PostgreSQL database shared jobs live in, if any: `jobs_database_url`, else the audit

@@ -117,6 +117,7 @@ impl Service {
                 .await
                 .context("cannot open the audit log")?,
         );
+        audit.start_upkeep();
         let jobs = Arc::new(executor::board::JobBoard::new(
             Duration::from_secs(config.job_ttl_secs),
             config.max_jobs,

@@ -101,10 +101,18 @@ enum Command {
 /// Audit log commands.
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Walk the hash chain; exit 1 and name the first broken record when it does not verify.
+    /// Walk the hash chain and check the signed checkpoints; exit 1 and name the first broken
+    /// record (or refused checkpoint, or cut) when it does not verify.
     Verify,
-    /// Write every record as JSON Lines to stdout, in chain order.
+    /// Write every record as JSON Lines to stdout, in chain order; with checkpoints, the public
+    /// keys first and the signed checkpoints last.
     Export,
+    /// Make a new Ed25519 signing key: its secret (hex) to the named file, created with mode 0600,
+    /// and its key id and public key to stdout.
+    Keygen {
+        /// Where to write the secret key (must not exist).
+        out: PathBuf,
+    },
 }
 
 /// Rule sets on the command line.
@@ -162,6 +170,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", explaind::http::auth::hash_key(&key));
             Ok(())
         }
+        Command::Audit {
+            command: AuditCommand::Keygen { out },
+            ..
+        } => keygen(&out),
         Command::Audit { config, command } => {
             let cfg = Config::load(config.as_deref(), std::env::vars())?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -247,6 +259,29 @@ fn write_backward(out: &std::path::Path, built: &explaind::onnx::autodiff::Backw
     Ok(())
 }
 
+/// `audit keygen`: a new signing key, its secret written only to `out` (0600, never overwritten).
+fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let secret = explaind::audit::secret::Secret(explaind::audit::secret::random());
+    let signer = explaind::audit::Signer::new(&secret);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    writeln!(file, "{}", hex::encode(secret.0))?;
+    let public = signer.public();
+    println!(
+        "{}",
+        serde_json::json!({"key_id": explaind::audit::checkpoint::key_id(&public),
+                           "public_key": hex::encode(public.as_bytes()),
+                           "audit_signing_key": format!("file:{}", out.display())})
+    );
+    Ok(())
+}
+
 async fn audit(cfg: Config, command: AuditCommand) -> anyhow::Result<()> {
     use std::io::Write;
     let log = explaind::audit::AuditLog::open(&cfg).await?;
@@ -259,19 +294,17 @@ async fn audit(cfg: Config, command: AuditCommand) -> anyhow::Result<()> {
             }
         }
         AuditCommand::Export => {
-            let store = log.store().await?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let mut after = 0;
-            loop {
-                let page = store.page(after, 500).await?;
-                let Some(last) = page.last() else { break };
-                after = last.seq;
-                for r in &page {
-                    writeln!(out, "{}", explaind::audit::AuditLog::to_json(r))?;
-                }
+            let mut at = Some(explaind::audit::ExportAt::Start);
+            while let Some(now) = at {
+                let (text, next) = log.export(now).await?;
+                out.write_all(text.as_bytes())?;
+                at = next;
             }
             out.flush()?;
         }
+        // Handled before the config is read.
+        AuditCommand::Keygen { .. } => {}
     }
     Ok(())
 }

@@ -20,6 +20,8 @@ pub enum Kind {
     Uncertainty,
     /// A recorded explanation run again (`POST /v1/audit/records/{id}/replay`), and its outcome.
     Replay,
+    /// A subject's data keys destroyed.
+    Erasure,
 }
 
 impl Kind {
@@ -29,6 +31,7 @@ impl Kind {
             Kind::Explanation => "explanation",
             Kind::Uncertainty => "uncertainty",
             Kind::Replay => "replay",
+            Kind::Erasure => "erasure",
         }
     }
 }
@@ -42,6 +45,9 @@ pub struct Context {
     /// The record's id when it must not be recorded twice (a shared job's id: a job run again after
     /// its replica stopped between recording and finishing keeps its one record); else a new one.
     pub record_id: Option<String>,
+    /// Whose data the record holds (`x-audit-subject`): its sealed part is encrypted with that
+    /// subject's key, destroyed when the subject is erased; none: a key of the record's own.
+    pub subject: Option<String>,
 }
 
 /// One input: its sha256, its media type, and (when configured) the input itself.
@@ -193,6 +199,11 @@ fn explanations(response: &Value) -> Vec<&Value> {
     }
 }
 
+/// Milliseconds since 1970, now.
+pub fn now_ms() -> i64 {
+    now().0
+}
+
 fn now() -> (i64, String) {
     let t = SystemTime::now();
     let ms = t
@@ -286,6 +297,7 @@ pub fn explanation(ctx: &Context, input: Evidence, response: &Value, keep_maps: 
         model: response["model"].as_str().unwrap_or_default().into(),
         method: response["method"].as_str().map(String::from),
         target: Some(target),
+        key_id: None,
     };
     (columns, body)
 }
@@ -314,6 +326,7 @@ pub fn replay(
         model: response["model"].as_str().unwrap_or_default().into(),
         method: response["method"].as_str().map(String::from),
         target: Some(labels(&body["outcome"]["targets"])),
+        key_id: None,
     };
     (columns, body)
 }
@@ -405,6 +418,33 @@ pub fn prediction(
         model: response["model"].as_str().unwrap_or_default().into(),
         method: None,
         target: Some(target),
+        key_id: None,
+    };
+    (columns, body)
+}
+
+/// The record of an erasure: who asked, and the subject's reference (its hash, not the subject).
+pub fn erasure(ctx: &Context, subject_ref: &str) -> (Columns, Value) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let (time_ms, time) = now();
+    let body = json!({
+        "id": id,
+        "time": time,
+        "time_ms": time_ms,
+        "kind": Kind::Erasure.name(),
+        "request_id": ctx.request_id,
+        "caller": ctx.caller,
+        "subject_ref": subject_ref,
+        "service": {"name": "explaind", "version": env!("CARGO_PKG_VERSION")},
+    });
+    let columns = Columns {
+        id,
+        time_ms,
+        kind: Kind::Erasure.name().into(),
+        model: String::new(),
+        method: None,
+        target: None,
+        key_id: None,
     };
     (columns, body)
 }

@@ -1,12 +1,13 @@
 //! The audit log's routes: one record, filtered listings, the overlay drawn again from a stored
-//! map, a streamed JSON Lines export, and chain verification.
+//! map, a streamed JSON Lines export, chain verification, and a subject's erasure.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use base64::Engine;
 use futures_util::stream;
@@ -14,11 +15,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::{audit_context, check_subject, Caller};
 use super::error::{audit_failed, ApiError, ProblemKind};
 use super::input::RawInput;
 use super::AppState;
 use crate::audit::record::unpack_map;
-use crate::audit::{AuditLog, Filter, Verification};
+use crate::audit::{AuditLog, Erasure, ExportAt, Filter, Verification};
 use crate::render::{self, Bar, RenderOptions};
 use crate::runtime::preprocess::Features;
 
@@ -260,10 +262,12 @@ pub(super) fn draw(record: &Value, target: &Value, registry: &crate::runtime::Re
         return Ok(render::png(&render::bar_chart(&title, &bars, 12)));
     }
     let (shape, map) = unpack_map(&target["map"]).ok_or_else(|| {
-        ApiError::new(
-            ProblemKind::NotFound,
-            "this record kept no attribution map (the service ran without audit_store_maps)",
-        )
+        let why = if record["erased"] == true {
+            "this record's attribution map was erased with its subject"
+        } else {
+            "this record kept no attribution map (the service ran without audit_store_maps)"
+        };
+        ApiError::new(ProblemKind::NotFound, why)
     })?;
     let (h, w) = (shape[0] as u32, shape.get(1).copied().unwrap_or(1) as u32);
     let background = record["inputs"][0]["data"]["image_base64"]
@@ -279,47 +283,58 @@ pub(super) fn draw(record: &Value, target: &Value, registry: &crate::runtime::Re
     )))
 }
 
-/// Every record as JSON Lines, in chain order, streamed a page at a time.
+/// Every record as JSON Lines, in chain order, streamed a page at a time; with checkpoints, the
+/// public keys first and the signed checkpoints last.
 #[utoipa::path(get, path = "/v1/audit/export", tag = "audit",
     responses(
-        (status = 200, content_type = "application/x-ndjson", body = String, description = "one record per line"),
+        (status = 200, content_type = "application/x-ndjson", body = String, description = "one record per line; with a signing key, a first line `{\"public_keys\": [...]}` and a line `{\"checkpoint\": {...}}` per checkpoint after the records"),
         (status = 401, body = super::error::Problem, content_type = "application/problem+json", description = "no or bad API key"),
     ))]
 pub async fn export(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     state.audit.store().await.map_err(audit_failed)?;
-    let pages = stream::unfold((state, 0i64, false), |(state, after, done)| async move {
-        if done {
-            return None;
-        }
-        let store = match state.audit.store().await {
-            Ok(s) => s,
-            Err(e) => return Some((Err(std::io::Error::other(e.to_string())), (state, after, true))),
-        };
-        match store.page(after, 200).await {
-            Ok(rows) if rows.is_empty() => None,
-            Ok(rows) => {
-                let last = rows.last().map(|r| r.seq).unwrap_or(after);
-                let mut text = String::new();
-                for r in &rows {
-                    text.push_str(&AuditLog::to_json(r).to_string());
-                    text.push('\n');
-                }
-                Some((Ok(text), (state, last, false)))
-            }
-            Err(e) => Some((Err(std::io::Error::other(e.to_string())), (state, after, true))),
+    let pieces = stream::unfold((state, Some(ExportAt::Start)), |(state, at)| async move {
+        let at = at?;
+        match state.audit.export(at).await {
+            Ok((text, next)) => Some((Ok::<_, std::io::Error>(text), (state, next))),
+            Err(e) => Some((Err(std::io::Error::other(e.to_string())), (state, None))),
         }
     });
-    let mut response = Body::from_stream(pages).into_response();
+    let mut response = Body::from_stream(pieces).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     Ok(response)
 }
 
-/// Walks the hash chain and reports the first broken link: an edited, deleted or re-ordered record.
+/// Erases a subject (crypto-shredding): destroys the data keys its records' inputs, maps and
+/// per-feature attributions were encrypted with. The records stay, and the chain still verifies;
+/// reading them shows `"erased": true` without those values. The erasure is itself recorded.
+#[utoipa::path(delete, path = "/v1/audit/subjects/{subject}", tag = "audit",
+    params(("subject" = String, Path, description = "the subject id requests sent as `x-audit-subject` (1 to 256 visible ASCII characters)")),
+    responses(
+        (status = 200, body = Erasure, description = "the keys destroyed, and the erasure's record"),
+        (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "not a subject id"),
+        (status = 401, body = super::error::Problem, content_type = "application/problem+json", description = "no or bad API key"),
+        (status = 403, body = super::error::Problem, content_type = "application/problem+json", description = "the key lacks the admin scope"),
+        (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "the audit log cannot be written"),
+    ))]
+pub async fn erase_subject(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
+    Path(subject): Path<String>,
+) -> Result<Json<Erasure>, ApiError> {
+    check_subject(&subject)?;
+    let mut ctx = audit_context(&headers, caller)?;
+    ctx.subject = None;
+    state.audit.erase(&subject, &ctx).await.map(Json).map_err(audit_failed)
+}
+
+/// Walks the hash chain and reports the first broken link: an edited, deleted or re-ordered record,
+/// a checkpoint whose signature does not verify, or records cut off after the newest checkpoint.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
     responses(
-        (status = 200, body = Verification, description = "the chain's check: intact, or the first broken link"),
+        (status = 200, body = Verification, description = "the chain's check: intact, or the first broken link; the newest signed checkpoint"),
         (status = 401, body = super::error::Problem, content_type = "application/problem+json", description = "no or bad API key"),
     ))]
 pub async fn verify(State(state): State<Arc<AppState>>) -> Result<Json<Verification>, ApiError> {

@@ -69,7 +69,10 @@ pub async fn require_key(
     let key = matching
         .first()
         .ok_or_else(|| ApiError::new(ProblemKind::Unauthorized, "the API key is not valid"))?;
-    let needed = if path.starts_with("/v1/audit") {
+    // Erasure destroys data for good: only administrators.
+    let needed = if path.starts_with("/v1/audit/subjects") {
+        Scope::Admin
+    } else if path.starts_with("/v1/audit") {
         Scope::Audit
     } else if req.method() == axum::http::Method::POST
         && path.starts_with("/v1/models/")
@@ -96,16 +99,47 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The audit context of a request: its id and its caller.
-pub fn audit_context(headers: &HeaderMap, caller: Option<Extension<Caller>>) -> Context {
-    Context {
+/// The header naming whose data an audited request holds.
+pub const SUBJECT_HEADER: &str = "x-audit-subject";
+
+/// Longest subject id, in bytes.
+pub const MAX_SUBJECT_BYTES: usize = 256;
+
+/// A subject id as given (header or path): 1 to 256 bytes of visible ASCII.
+pub fn check_subject(subject: &str) -> Result<(), ApiError> {
+    if subject.is_empty() || subject.len() > MAX_SUBJECT_BYTES || !subject.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            format!("an audit subject is 1 to {MAX_SUBJECT_BYTES} visible ASCII characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// The audit context of a request: its id, its caller, and its subject (`x-audit-subject`).
+pub fn audit_context(headers: &HeaderMap, caller: Option<Extension<Caller>>) -> Result<Context, ApiError> {
+    let subject = match headers.get(SUBJECT_HEADER) {
+        None => None,
+        Some(v) => {
+            let text = v.to_str().map_err(|_| {
+                ApiError::new(
+                    ProblemKind::InvalidRequest,
+                    format!("`{SUBJECT_HEADER}` must be visible ASCII"),
+                )
+            })?;
+            check_subject(text)?;
+            Some(text.to_string())
+        }
+    };
+    Ok(Context {
         request_id: headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(String::from),
         caller: caller.map(|Extension(c)| c.name),
         record_id: None,
-    }
+        subject,
+    })
 }
 
 /// Who asks about a job (see [`Viewer`]).

@@ -277,6 +277,8 @@ async fn execute(
         request_id: job.request_id.clone(),
         caller: job.owner.clone(),
         record_id: Some(job.id.clone()),
+        // Refused at submission: a shared job stores no subject.
+        subject: None,
     };
     Some(super::jobs::run(state, ready, admission, control, ctx, started).await)
 }

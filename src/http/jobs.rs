@@ -158,8 +158,16 @@ pub async fn submit(
     let started = Instant::now();
     let viewer = viewer(caller.as_ref());
     let owner = viewer.caller.clone();
-    let ctx = audit_context(&headers, caller);
+    let ctx = audit_context(&headers, caller)?;
     if let Some(shared) = state.shared_jobs.clone() {
+        if ctx.subject.is_some() {
+            // The shared jobs table keeps no subject: the record would be sealed with a key of its
+            // own, and the subject's erasure would miss it.
+            return Err(ApiError::new(
+                ProblemKind::InvalidRequest,
+                format!("`{}` is not supported on shared jobs (jobs_database_url); send the request to the explain route instead", super::auth::SUBJECT_HEADER),
+            ));
+        }
         // Checked here so that a bad request is refused now, then run by whichever replica is free.
         let received = input::receive(&state.config, &headers, body).await?;
         let ready = check(&state, received.bytes.clone(), false).await?;

@@ -51,6 +51,7 @@ use super::{
         audit::verify,
         protocols::vertex::predict_path,
         protocols::vertex::explain_path,
+        audit::erase_subject,
     ),
     components(schemas(error::Problem, input::FeaturesJson)),
     tags(
@@ -176,7 +177,42 @@ pub fn document_value(methods: &Methods, limits: Limits) -> Value {
         }
     }
     place_bounds(&mut value, limits);
+    audit_subject_header(&mut value);
     value
+}
+
+/// Every route whose answer may be audited takes `x-audit-subject`: whose data the record holds,
+/// so the subject's erasure reaches it.
+fn audit_subject_header(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let audited = path == "/v1/jobs"
+            || (path.starts_with("/v1/models/")
+                && (path.contains("/explain/") || path.ends_with("/predict") || path.ends_with("/uncertainty")));
+        if !audited || !item["post"].is_object() {
+            continue;
+        }
+        if !item["post"]["parameters"].is_array() {
+            item["post"]["parameters"] = json!([]);
+        }
+        if let Some(params) = item["post"]["parameters"].as_array_mut() {
+            params.push(subject_parameter());
+        }
+    }
+}
+
+fn subject_parameter() -> Value {
+    json!({
+        "name": super::auth::SUBJECT_HEADER,
+        "in": "header",
+        "required": false,
+        "description": "Whose data this request holds (a customer reference): with `audit_encrypt`, the audit record's \
+            inputs and maps are encrypted with this subject's key, which `DELETE /v1/audit/subjects/{subject}` destroys. \
+            Absent: a key of the record's own. Not accepted on shared jobs.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": super::auth::MAX_SUBJECT_BYTES, "pattern": "^[!-~]+$"},
+    })
 }
 
 /// Adds `ExplainResponse.{method}`, the answer whose targets' `details` are the method's

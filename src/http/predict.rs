@@ -205,8 +205,11 @@ pub async fn predict(
     let model = state.model(&model_name)?;
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
+    // The query's options serve raw image bodies, but a malformed one is refused whatever the body
+    // (`?top_k=null` beside a JSON body was silently ignored).
+    let _: PredictQuery = input::parse_query(&uri)?;
     let parsed = parse_predict_body(received, &uri).await?;
-    let valid = validate(&state, model, parsed, audit_context(&headers, caller)).await?;
+    let valid = validate(&state, model, parsed, audit_context(&headers, caller)?).await?;
     Ok(pipeline::answer(&state, valid, started).await?.into_response())
 }
 

@@ -247,7 +247,7 @@ pub async fn replay(
                          "targets": targets});
     let ran = json!({"model": model.name, "model_sha256": model.sha256, "method": method,
                      "params": params, "seed": seed});
-    let ctx: Context = audit_context(&headers, caller);
+    let ctx: Context = audit_context(&headers, caller)?;
     let receipt = state
         .audit
         .replay(&ctx, &original, &evidence, &ran, outcome)

@@ -143,7 +143,7 @@ pub async fn report(
             false,
             &model,
             &inputs,
-            audit_context(&headers, caller),
+            audit_context(&headers, caller)?,
         )
         .await?;
         let options = ExplainOptions {

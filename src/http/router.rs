@@ -7,7 +7,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -54,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/projects/{project}/locations/{location}/endpoints/{call}",
             post(vertex::endpoint_call),
         )
+        .route("/v1/audit/subjects/{subject}", delete(audit::erase_subject))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").external_url_unchecked(
             "/openapi.json",
             openapi::document_value(&state.methods, crate::explain::Limits::from_config(&state.config)),

@@ -208,7 +208,7 @@ pub async fn uncertainty(
         ));
     }
     let valid = validate(&state, &model, parsed.options, parsed.inputs.len())?;
-    let ctx = audit_context(&headers, caller);
+    let ctx = audit_context(&headers, caller)?;
     let audit = pipeline::audit(&state, Kind::Uncertainty, parsed.audit, &model, &parsed.inputs, ctx).await?;
     let work = Estimating {
         setup: valid.setup(),

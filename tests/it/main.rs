@@ -24,6 +24,7 @@ mod extremal;
 mod gradients_runtime;
 mod inputs;
 mod jobs;
+mod ledger;
 mod limits;
 mod lrp;
 mod onnx_corpus;

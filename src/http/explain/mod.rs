@@ -87,7 +87,7 @@ pub async fn explain(
     let answer = AnswerAs::asked(&valid, request.format, &headers)?;
     let asked = request.audit.unwrap_or(false);
     let inputs = vec![raw];
-    let ctx = audit_context(&headers, caller);
+    let ctx = audit_context(&headers, caller)?;
     let audit = pipeline::audit(&state, Kind::Explanation, asked, &model, &inputs, ctx).await?;
     let work = Explaining::new(&state, valid, answer);
     let valid = Valid {
