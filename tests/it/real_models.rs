@@ -13,7 +13,12 @@
 //!   [batch, 48, 48, 3] channels-last RGB, (x - 127.5) / 128; three outputs, of which
 //!   `softmax_2` holds the face probability. PRelu everywhere.
 //!
-//! For each: predictions equal ONNX Runtime's on the tensor the manifest describes, input
+//! - Magika 1.0.3 (PyPI `magika`, `standard_v3_3/model.onnx`), Google's file-type detector
+//!   exported by tf2onnx: an int32 [batch, 2048] input of byte values (a file's first and last
+//!   1,024 bytes, 256 for padding), 214 softmax outputs; served as a sequence of ids (issue 35):
+//!   `magika_takes_its_bytes_as_int32_ids_and_is_explained_by_windows` below.
+//!
+//! For each image model: predictions equal ONNX Runtime's on the tensor the manifest describes, input
 //! gradients pass the central finite-difference check, the report finds it differentiable with
 //! the feature map before the head as its default CAM layer (on its channel axis), and saliency,
 //! Integrated Gradients, Grad-CAM and DeconvNet answer finite, non-empty maps.
@@ -312,5 +317,112 @@ async fn they_predict_as_onnx_runtime_and_serve_gradient_methods() {
             }
         }
     }
+    s.stop().await.unwrap();
+}
+
+/// Magika as its own package feeds it: the first and last 1,024 bytes of the stripped content,
+/// padded with 256.
+fn magika_ids(content: &[u8]) -> Vec<i64> {
+    let trimmed = content.trim_ascii();
+    let beg = &trimmed[..trimmed.len().min(1024)];
+    let end = &trimmed[trimmed.len().saturating_sub(1024)..];
+    let mut ids: Vec<i64> = beg.iter().map(|&b| i64::from(b)).collect();
+    ids.resize(1024, 256);
+    ids.extend(std::iter::repeat_n(256, 1024 - end.len()));
+    ids.extend(end.iter().map(|&b| i64::from(b)));
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn magika_takes_its_bytes_as_int32_ids_and_is_explained_by_windows() {
+    let cached = cache_dir().join("models/magika");
+    assert!(
+        cached.join("model.onnx").is_file(),
+        "{} is missing: run `make test` (scripts/test-setup.sh fetches it)",
+        cached.display()
+    );
+    let config: Value = serde_json::from_slice(&std::fs::read(cached.join("config.min.json")).unwrap()).unwrap();
+    let labels = config["target_labels_space"].clone();
+    assert_eq!(labels.as_array().unwrap().len(), 214);
+    let dir = temp_dir("real-magika");
+    std::fs::create_dir_all(dir.join("magika")).unwrap();
+    std::fs::copy(cached.join("model.onnx"), dir.join("magika/model.onnx")).unwrap();
+    let manifest = format!(
+        "task = \"text-classification\"\ndescription = \"Magika 1.0.3 file types (PyPI magika)\"\n\
+         scores = \"probabilities\"\nlabels = {labels}\n[text]\ninput_ids = \"bytes\"\nsequence = true\n\
+         vocab_size = 257\nwindow = 64\nmax_length = 2048\nhide_token = \"256\"\nbaseline_token = \"256\"\n"
+    );
+    std::fs::write(dir.join("magika/model.toml"), manifest).unwrap();
+    let python_source = include_str!("../../scripts/tracin_reference.py");
+    let files: [(&str, Vec<u8>); 2] = [
+        ("python", python_source.as_bytes().to_vec()),
+        ("json", serde_json::to_vec_pretty(&config).unwrap()),
+    ];
+    let rows: Vec<Vec<i64>> = files.iter().map(|(_, c)| magika_ids(c)).collect();
+    // ONNX Runtime's Python API on the same int32 rows: the reference.
+    let script = "import json, sys, numpy, onnxruntime\n\
+                  s = onnxruntime.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n\
+                  x = numpy.array(json.load(sys.stdin), dtype=numpy.int32)\n\
+                  print(json.dumps(s.run(None, {'bytes': x})[0].tolist()))";
+    let mut child = std::process::Command::new(test_venv("python"))
+        .args(["-c", script])
+        .arg(cached.join("model.onnx"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(&rows).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let reference: Vec<Vec<f64>> = serde_json::from_slice(&out.stdout).unwrap();
+
+    let s = start(test_config(&dir)).await;
+    for ((kind, _), (ids, want)) in files.iter().zip(rows.iter().zip(&reference)) {
+        let text = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(" ");
+        let v = ok_json(post_json(&s, "/v1/models/magika/predict", &json!({"text": text, "top_k": 100})).await).await;
+        let predictions = v["predictions"].as_array().unwrap();
+        assert_eq!(predictions[0]["label"], *kind, "{kind}: {}", predictions[0]);
+        for p in predictions {
+            let i = p["index"].as_u64().unwrap() as usize;
+            let got = p["score"].as_f64().unwrap();
+            assert!((got - want[i]).abs() < 1e-5, "{kind} {}: {got} vs {}", p["label"], want[i]);
+        }
+        // Occlusion over windows of 64 byte positions: finite, and the decision rests on something.
+        let v = ok_json(
+            post_json(
+                &s,
+                "/v1/models/magika/explain/occlusion",
+                &json!({"text": text, "target": kind, "include": ["words"]}),
+            )
+            .await,
+        )
+        .await;
+        let values = v["attributions"]["values"].as_array().unwrap();
+        assert!(values.iter().all(|x| x.as_f64().is_some_and(f64::is_finite)), "{kind}");
+        assert!(values.iter().any(|x| x.as_f64().unwrap() > 0.0), "{kind}: nothing supports it");
+    }
+    // An integer input has no gradient: refused up front, with the reason the report gives.
+    let report = ok_json(reqwest::get(url(&s, "/v1/models/magika")).await.unwrap()).await;
+    let reason = report["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "saliency")
+        .unwrap_or_else(|| panic!("saliency not listed as unavailable: {report}"))["reason"]
+        .clone();
+    let text = rows[0].iter().map(i64::to_string).collect::<Vec<_>>().join(" ");
+    let p = problem(
+        post_json(&s, "/v1/models/magika/explain/saliency", &json!({"text": text})).await,
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        "model-not-differentiable",
+    )
+    .await;
+    assert_eq!(p["detail"], reason, "{p}");
     s.stop().await.unwrap();
 }
