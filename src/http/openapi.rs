@@ -10,7 +10,8 @@ use crate::explain::method::{AnyMethod, NamedSchemas, CONFIGURED_MAX_SAMPLES};
 use crate::explain::{Limits, Methods};
 
 use super::{
-    audit, compare, error, evaluate, explain, health, input, jobs, models, predict, problems, reference, uncertainty,
+    audit, compare, error, evaluate, explain, health, input, jobs, models, predict, problems, protocols, reference,
+    uncertainty,
 };
 
 /// The API description.
@@ -46,6 +47,13 @@ use super::{
         audit::record_overlay,
         audit::export,
         audit::verify,
+        protocols::kserve_v1::verb,
+        protocols::oip::server_metadata,
+        protocols::oip::live,
+        protocols::oip::ready,
+        protocols::oip::model_metadata,
+        protocols::oip::model_ready,
+        protocols::oip::infer,
     ),
     components(schemas(error::Problem, input::FeaturesJson)),
     tags(
@@ -55,6 +63,8 @@ use super::{
         (name = "jobs", description = "Explanations run in the background, with progress"),
         (name = "audit", description = "The tamper-evident record of predictions and explanations"),
         (name = "operations", description = "Health, readiness, metrics, API documents"),
+        (name = "kserve v1", description = "KServe's V1 protocol: `:predict` and `:explain`"),
+        (name = "open inference protocol", description = "KServe V2 / Triton: metadata, health, infer (JSON and binary tensors)"),
     )
 )]
 pub struct ApiDoc;

@@ -27,6 +27,7 @@ mod limits;
 mod lrp;
 mod onnx_corpus;
 mod overload;
+mod protocols;
 mod real_models;
 mod reference;
 mod refusals;
