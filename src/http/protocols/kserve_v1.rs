@@ -6,7 +6,8 @@
 //!
 //! An instance is what the model takes: a text model's text (a string, or `{"text": ...}`); an
 //! image model's PNG or JPEG as base64 (`{"b64": ...}`, TensorFlow Serving's `{"image_bytes":
-//! {"b64": ...}}`, or explaind's `{"image": ...}`) or its input tensor row as nested numbers; a
+//! {"b64": ...}}`, TorchServe's `{"data": ...}`, or explaind's `{"image": ...}`) or its input
+//! tensor row as nested numbers; a
 //! tabular model's features (values in the manifest's order, or an object by name). A prediction
 //! is the row of the model's score output; an explanation is explaind's own explain answer, by the
 //! method the manifest's `[explanation]` names (else the task's default, [`DEFAULT_METHODS`]).
@@ -199,19 +200,17 @@ fn instance(model: &LoadedModel, value: Value) -> Result<RawInput, ApiError> {
         },
         (Task::TextClassification, _) => Err(bad("a text model's instance is a string, or {\"text\": \"...\"}")),
         (Task::ImageClassification, Value::Object(o)) => {
-            let b64 = match (o.get("b64"), o.get("image_bytes"), o.get("image")) {
-                (Some(Value::String(s)), None, None) if o.len() == 1 => s,
-                (None, Some(Value::Object(inner)), None) if o.len() == 1 && inner.len() == 1 => {
-                    match inner.get("b64") {
-                        Some(Value::String(s)) => s,
-                        _ => return Err(bad("`image_bytes` is {\"b64\": \"...\"}")),
-                    }
-                }
-                (None, None, Some(Value::String(s))) if o.len() == 1 => s,
+            let one = (o.len() == 1).then(|| o.iter().next()).flatten();
+            let b64 = match one.map(|(k, v)| (k.as_str(), v)) {
+                Some(("b64" | "data" | "image", Value::String(s))) => s,
+                Some(("image_bytes", Value::Object(inner))) => match (inner.len(), inner.get("b64")) {
+                    (1, Some(Value::String(s))) => s,
+                    _ => return Err(bad("`image_bytes` is {\"b64\": \"...\"}")),
+                },
                 _ => {
                     return Err(bad(
                         "an image instance is {\"b64\": \"...\"}, {\"image_bytes\": {\"b64\": \"...\"}}, \
-                         {\"image\": \"...\"} or the input tensor's row as nested numbers",
+                         {\"data\": \"...\"}, {\"image\": \"...\"} or the input tensor's row as nested numbers",
                     ))
                 }
             };

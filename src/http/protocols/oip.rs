@@ -68,7 +68,7 @@ pub struct ModelMetadata {
     pub name: String,
     /// Its one version (explaind serves one per name).
     pub versions: Vec<String>,
-    /// `onnxruntime_onnx`, as Triton names ONNX models.
+    /// `onnx_onnxv1`, the protocol's name for ONNX models.
     pub platform: &'static str,
     /// The inputs infer takes.
     pub inputs: Vec<TensorMetadata>,
@@ -296,7 +296,7 @@ pub async fn model_metadata(
     Ok(Json(ModelMetadata {
         name: model.name.clone(),
         versions: vec!["1".into()],
-        platform: "onnxruntime_onnx",
+        platform: "onnx_onnxv1",
         inputs: vec![input],
         outputs,
     }))
