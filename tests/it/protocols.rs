@@ -353,6 +353,25 @@ async fn refusals_keep_explaind_limits_in_each_protocol_shape() {
     // A corrupt image in a V1 instance: explaind's image problem.
     let v1 = json!({"instances": [{"b64": "bm90IGFuIGltYWdl"}]});
     protocol_error(post("/v1/models/fashion-cnn:predict", v1).await, 400, "invalid-image").await;
+    // A text model takes its texts as BYTES; TorchServe's {"data": b64} is an image instance.
+    let texts = json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a great film", "dull and bad"]}]});
+    let v2 = ok_json(post("/v2/models/movie-reviews/infer", texts).await).await;
+    let own = json!({"instances": [{"text": "a great film"}, {"text": "dull and bad"}]});
+    let own = ok_json(post("/v1/models/movie-reviews/predict", own).await).await;
+    let want: Vec<f64> = (0..2)
+        .flat_map(|i| floats(&own["instances"][i]["outputs"]["logits"]))
+        .collect();
+    assert_eq!(v2["outputs"][0]["shape"], json!([2, 2]));
+    assert_same("text infer", &floats(&v2["outputs"][0]["data"]), &want, 0.0);
+    let png = base64::engine::general_purpose::STANDARD.encode(fashion_png());
+    let v1 = ok_json(post("/v1/models/fashion-cnn:predict", json!({"instances": [{"data": png}]})).await).await;
+    let own = ok_json(post("/v1/models/fashion-cnn/predict", json!({"image": png})).await).await;
+    assert_same(
+        "data instance",
+        &floats(&v1["predictions"][0]),
+        &floats(&own["outputs"]["logits"]),
+        0.0,
+    );
     // A binary body whose header length overruns it.
     let resp = http
         .post(url(&service, "/v2/models/breast-cancer/infer"))
