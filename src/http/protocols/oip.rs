@@ -192,7 +192,7 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
 
 /// Liveness or readiness, as KServe's server words it (Triton's clients read the status only).
 #[derive(Serialize, ToSchema)]
-pub struct Health {
+pub struct OipHealth {
     /// The process is up (`/v2/health/live`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live: Option<bool>,
@@ -203,9 +203,9 @@ pub struct Health {
 
 /// `GET /v2/health/live`: the process is up.
 #[utoipa::path(get, path = "/v2/health/live", tag = "open inference protocol",
-    responses((status = 200, body = Health, description = "live")))]
-pub async fn live() -> Json<Health> {
-    Json(Health {
+    responses((status = 200, body = OipHealth, description = "live")))]
+pub async fn live() -> Json<OipHealth> {
+    Json(OipHealth {
         live: Some(true),
         ready: None,
     })
@@ -213,8 +213,8 @@ pub async fn live() -> Json<Health> {
 
 /// `GET /v2/health/ready`: every worker has its sessions (as `/readyz`).
 #[utoipa::path(get, path = "/v2/health/ready", tag = "open inference protocol",
-    responses((status = 200, body = Health, description = "ready"), (status = 503, body = Health, description = "starting")))]
-pub async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
+    responses((status = 200, body = OipHealth, description = "ready"), (status = 503, body = OipHealth, description = "starting")))]
+pub async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<OipHealth>) {
     let ready = state.executor.is_ready();
     let status = match ready {
         true => StatusCode::OK,
@@ -222,7 +222,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Heal
     };
     (
         status,
-        Json(Health {
+        Json(OipHealth {
             live: None,
             ready: Some(ready),
         }),
