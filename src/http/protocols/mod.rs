@@ -150,6 +150,9 @@ pub(super) async fn serve<S: Shape>(
     who: (&HeaderMap, Option<Extension<Caller>>),
     started: Instant,
 ) -> Result<Done<S::Body>, ApiError> {
+    if inputs.is_empty() {
+        return Err(invalid("the request has no inputs: send at least one instance or row"));
+    }
     super::predict::check_counts(state, 1, inputs.len())?;
     let kind = match explain {
         Some(_) => Kind::Explanation,
