@@ -77,14 +77,15 @@ pub struct V1Explanations {
 /// output) or `{"explanations": [...]}` (each instance's explaind explanation, by the method the
 /// model's manifest names in `[explanation]`, else the task's default) out. Errors are
 /// `{"error": "..."}` with explaind's problem `type` beside it.
-#[utoipa::path(post, path = "/v1/models/{model_verb}", tag = "kserve v1",
-    params(("model_verb" = String, Path, description = "the model's name and the verb: `{model}:predict` or `{model}:explain`", example = "fashion-cnn:predict")),
+#[utoipa::path(post, path = "/v1/models/{model}", tag = "kserve v1",
+    params(("model" = String, Path, description = "the model's name and KServe's verb: `{model}:predict` or `{model}:explain` (`GET` takes the name alone)", example = "fashion-cnn:predict")),
     request_body(content((V1Request = "application/json"))),
     responses(
         (status = 200, description = "predictions (`:predict`) or explanations (`:explain`)",
             content((V1Predictions = "application/json"), (V1Explanations = "application/json"))),
         (status = 400, body = ErrorBody, description = "malformed JSON, an instance the model does not take"),
         (status = 404, body = ErrorBody, description = "unknown model, verb or method"),
+        (status = 405, body = ErrorBody, description = "no verb after the model's name"),
         (status = 408, body = ErrorBody, description = "the body did not arrive within body_read_timeout_ms"),
         (status = 413, body = ErrorBody, description = "body or image too large"),
         (status = 415, body = ErrorBody, description = "content type not accepted"),
