@@ -7,8 +7,12 @@
 //!    server CPU per answered request, and model runs per request.
 //! 2. Resident memory of the service at start and after every method on every model (the bundled
 //!    ones and a ResNet-18), with 1 and 4 workers.
+//! 3. The Open Inference Protocol's infer (JSON tensors, and the binary tensor data extension)
+//!    against explaind's own predict on the example CNN, at concurrency 1 and 16: server CPU per
+//!    request and its ratio to predict's (issue 36 asks at most 1.1x).
 //!
-//! Run with `cargo bench --bench serving` (`EXPLAIND_BENCH_REQUESTS` sets requests per level).
+//! Run with `cargo bench --bench serving` (`EXPLAIND_BENCH_REQUESTS` sets requests per level;
+//! `EXPLAIND_BENCH_PART` = `concurrency`, `memory` or `infer` runs one part).
 
 mod common;
 
@@ -54,6 +58,12 @@ fn main() {
         // within about 1% (480 left it within 7%).
         .unwrap_or(4800);
     let part = std::env::var("EXPLAIND_BENCH_PART").unwrap_or_default();
+    if part.is_empty() || part == "infer" {
+        rt.block_on(infer_vs_predict(&root, &models, requests));
+    }
+    if part == "infer" {
+        return;
+    }
     if part != "memory" {
         common::write_resnet(&models, "small-resnet", &[1, 1, 1, 1], &[32, 64, 128, 256], 112, 10);
         rt.block_on(concurrency(&root, &models, "fashion-cnn", "1x28x28", requests));
@@ -220,6 +230,140 @@ async fn concurrency(root: &Path, models: &Path, model: &str, what: &str, reques
         }
         server.stop();
     }
+}
+
+/// The fixture image as the fashion CNN's input tensor (`model.toml`: grayscale, x/255, mean
+/// 0.286, std 0.353), through explaind's own preprocessing.
+fn fashion_tensor(png: &[u8]) -> Vec<f32> {
+    use explaind::runtime::manifest::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter};
+    let spec = ImageSpec {
+        layout: Layout::NCHW,
+        width: 28,
+        height: 28,
+        channels: 1,
+        color: ColorOrder::Grayscale,
+        resize: ResizeFilter::Bilinear,
+        fit: Fit::Stretch,
+        scale: 1.0 / 255.0,
+        mean: vec![0.286],
+        std: vec![0.353],
+    };
+    let img = explaind::runtime::preprocess::decode_image(png, 1 << 20).unwrap();
+    explaind::runtime::preprocess::prepare_image(&img, &spec)
+        .tensor
+        .as_f32()
+        .unwrap()
+        .to_vec()
+}
+
+/// One way of asking the CNN for its scores: a path, a body and its headers.
+struct Ask {
+    name: &'static str,
+    path: &'static str,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// Server CPU per request of V2 infer (JSON and binary tensors) next to predict's, each level run
+/// in turn on one server (batching off, as the first part's baseline).
+async fn infer_vs_predict(root: &Path, models: &Path, requests: usize) {
+    let png = std::fs::read(root.join("tests/fixtures/fashion/test_00.png")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let pixels = fashion_tensor(&png);
+    let tensor =
+        |data: Value| json!({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": data}]});
+    let mut binary_json = tensor(Value::Null);
+    binary_json["inputs"][0].as_object_mut().unwrap().remove("data");
+    binary_json["inputs"][0]["parameters"] = json!({"binary_data_size": pixels.len() * 4});
+    binary_json["parameters"] = json!({"binary_data_output": true});
+    let mut binary = serde_json::to_vec(&binary_json).unwrap();
+    let header = binary.len();
+    binary.extend(pixels.iter().flat_map(|v| v.to_le_bytes()));
+    let asks = [
+        Ask {
+            name: "predict (JSON, base64 PNG)",
+            path: "/v1/models/fashion-cnn/predict",
+            body: serde_json::to_vec(&json!({"image": b64})).unwrap(),
+            headers: vec![("content-type", "application/json".into())],
+        },
+        Ask {
+            name: "V2 infer (JSON tensor)",
+            path: "/v2/models/fashion-cnn/infer",
+            body: serde_json::to_vec(&tensor(json!(pixels))).unwrap(),
+            headers: vec![("content-type", "application/json".into())],
+        },
+        Ask {
+            name: "V2 infer (binary tensor)",
+            path: "/v2/models/fashion-cnn/infer",
+            body: binary,
+            headers: vec![
+                ("content-type", "application/octet-stream".into()),
+                ("inference-header-content-length", header.to_string()),
+            ],
+        },
+    ];
+    let vars = [
+        ("EXPLAIND_BATCHING", "false".to_string()),
+        ("EXPLAIND_WORKERS", "16".into()),
+        ("EXPLAIND_QUEUE_CAPACITY", "64".into()),
+    ];
+    let server = Server::start(models, &vars);
+    let http = reqwest::Client::new();
+    let send = |ask: &Ask| {
+        let mut r = http.post(format!("{}{}", server.base, ask.path)).body(ask.body.clone());
+        for (k, v) in &ask.headers {
+            r = r.header(*k, v);
+        }
+        r
+    };
+    for ask in &asks {
+        for _ in 0..50 {
+            let r = send(ask).send().await.unwrap();
+            assert!(r.status().is_success(), "{}: {}", ask.name, r.text().await.unwrap());
+        }
+    }
+    println!("serving benchmark: the Open Inference Protocol's infer vs predict on fashion-cnn (1x28x28), {requests} requests per level, server in its own process");
+    println!(
+        "{:>11} {:>28} {:>10} {:>16} {:>18}",
+        "concurrency", "request", "requests/s", "server CPU/req", "vs predict"
+    );
+    for clients in [1usize, 16] {
+        let mut predict_cpu = f64::NAN;
+        for ask in &asks {
+            let cpu0 = server.cpu_seconds();
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..clients)
+                .map(|_| {
+                    let request = send(ask);
+                    let n = requests / clients;
+                    tokio::spawn(async move {
+                        for _ in 0..n {
+                            let r = request.try_clone().unwrap().send().await.unwrap();
+                            assert!(r.status().is_success());
+                            let _ = r.bytes().await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let wall = started.elapsed().as_secs_f64();
+            let done = (requests / clients * clients) as f64;
+            let per_request = (server.cpu_seconds() - cpu0) / done * 1e3;
+            if ask.path.starts_with("/v1") {
+                predict_cpu = per_request;
+            }
+            println!(
+                "{clients:>11} {:>28} {:>10.0} {:>13.3} ms {:>17.2}x",
+                ask.name,
+                done / wall,
+                per_request,
+                per_request / predict_cpu,
+            );
+        }
+    }
+    server.stop();
 }
 
 async fn memory(root: &Path, models: &Path) {

@@ -41,6 +41,9 @@ pub enum RawInput {
     Features(Features),
     /// Text, for text models.
     Text(String),
+    /// One row of the model's input tensor as it is (the Open Inference Protocol's tensors),
+    /// checked against the model's row when prepared.
+    Row(Vec<f32>),
 }
 
 impl RawInput {
@@ -51,6 +54,7 @@ impl RawInput {
             RawInput::Features(Features::Named(map)) => map.len().saturating_mul(32),
             RawInput::Features(Features::Ordered(values)) => values.len().saturating_mul(8),
             RawInput::Text(text) => text.len(),
+            RawInput::Row(values) => values.len().saturating_mul(4),
         }
     }
 }

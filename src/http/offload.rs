@@ -35,5 +35,6 @@ pub fn decoded_size(raw: &RawInput) -> usize {
         RawInput::Features(_) => 1024,
         // Tokenizing and embedding: a few hundred bytes of rows per byte of text at most.
         RawInput::Text(text) => text.len().saturating_mul(256),
+        RawInput::Row(values) => values.len().saturating_mul(4),
     }
 }

@@ -52,6 +52,13 @@ use super::{
         protocols::vertex::predict_path,
         protocols::vertex::explain_path,
         audit::erase_subject,
+        protocols::kserve_v1::verb,
+        protocols::oip::server_metadata,
+        protocols::oip::live,
+        protocols::oip::ready,
+        protocols::oip::model_metadata,
+        protocols::oip::model_ready,
+        protocols::oip::infer,
     ),
     components(schemas(error::Problem, input::FeaturesJson)),
     tags(
@@ -62,6 +69,8 @@ use super::{
         (name = "audit", description = "The tamper-evident record of predictions and explanations"),
         (name = "operations", description = "Health, readiness, metrics, API documents"),
         (name = "vertex", description = "Vertex AI's online prediction routes, in its request, answer and error shapes"),
+        (name = "kserve v1", description = "KServe's V1 protocol: `:predict` and `:explain`"),
+        (name = "open inference protocol", description = "KServe V2 / Triton: metadata, health, infer (JSON and binary tensors)"),
     )
 )]
 pub struct ApiDoc;

@@ -296,17 +296,8 @@ impl Work for Predicting {
     const RECORD: Record = Record::Prediction(Kind::Prediction);
 
     fn task(&mut self, model: &Arc<LoadedModel>, prepared: &[Prepared]) -> Result<PredictJob, ApiError> {
-        let predict = PredictTask {
-            model: model.clone(),
-            inputs: prepared.iter().map(|p| p.tensor.clone()).collect(),
-            top_k: self.top_k,
-        };
-        Ok(PredictJob {
-            predict,
-            explain: self.explain.as_ref().map(|(valid, when)| valid.attach(when.clone())),
-            uncertainty: self.uncertainty.clone(),
-            texts: prepared.iter().map(|p| p.text.clone()).collect(),
-        })
+        let explain = self.explain.as_ref().map(|(valid, when)| valid.attach(when.clone()));
+        Ok(job(model, prepared, self.top_k, explain, self.uncertainty.clone()))
     }
 
     fn drawing_size(&self, prepared: &[Prepared], _: &PredictOutput) -> usize {
@@ -381,6 +372,27 @@ impl Work for Predicting {
 
     fn receipt(body: &mut PredictResponse, receipt: Receipt) {
         body.audit_record = Some(receipt);
+    }
+}
+
+/// The prediction job of prepared inputs, with what is attached to it (predict's, and the other
+/// protocols' predictions).
+pub(super) fn job(
+    model: &Arc<LoadedModel>,
+    prepared: &[Prepared],
+    top_k: usize,
+    explain: Option<crate::jobs::AttachedExplain>,
+    uncertainty: Option<(ValidUncertainty, Condition)>,
+) -> PredictJob {
+    PredictJob {
+        predict: PredictTask {
+            model: model.clone(),
+            inputs: prepared.iter().map(|p| p.tensor.clone()).collect(),
+            top_k,
+        },
+        explain,
+        uncertainty,
+        texts: prepared.iter().map(|p| p.text.clone()).collect(),
     }
 }
 

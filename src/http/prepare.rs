@@ -24,6 +24,18 @@ pub struct Prepared {
 /// Decodes and preprocesses one input, keeping what maps results back onto it.
 pub fn prepare(model: &LoadedModel, raw: RawInput, config: &Config) -> Result<Prepared, ApiError> {
     match (raw, model.spec.task) {
+        (RawInput::Row(values), _) => {
+            let tensor = preprocess::prepare_row(&model.spec, values)?;
+            // A tabular row is its features; an image row maps back onto no picture.
+            let features = model.spec.tabular.as_ref().and(tensor.as_f32().map(<[f32]>::to_vec));
+            Ok(Prepared {
+                tensor,
+                original: None,
+                geometry: None,
+                features,
+                text: None,
+            })
+        }
         (RawInput::Text(text), Task::TextClassification) => {
             let tm = model
                 .text
@@ -154,5 +166,6 @@ pub fn evidence(model: &LoadedModel, raw: &RawInput, keep: bool) -> Evidence {
             Evidence::features(&values, keep)
         }
         RawInput::Text(text) => Evidence::text(text, keep),
+        RawInput::Row(values) => Evidence::features(values, keep),
     }
 }

@@ -16,8 +16,8 @@ use tower_http::trace::TraceLayer;
 use super::error::{ApiError, ProblemKind};
 use super::protocols::vertex;
 use super::{
-    audit, auth, compare, evaluate, explain, health, jobs, models, openapi, page, predict, problems, reference, replay,
-    report, uncertainty, AppState,
+    audit, auth, compare, evaluate, explain, health, jobs, models, openapi, page, predict, problems, protocols,
+    reference, replay, report, uncertainty, AppState,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -31,7 +31,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(page::index))
         .route("/problems/{slug}", get(problems::problem_doc))
         .route("/v1/models", get(models::list_models))
-        .route("/v1/models/{model}", get(models::get_model))
+        // POST: KServe V1's `{model}:predict` and `{model}:explain` (the verb is in the segment).
+        .route(
+            "/v1/models/{model}",
+            get(models::get_model).post(protocols::kserve_v1::verb),
+        )
         .route("/v1/models/{model}/reference", post(reference::upload))
         .route("/v1/models/{model}/reference/suspects", get(reference::suspects))
         .route("/v1/models/{model}/reference/{id}", get(reference::row))
@@ -55,6 +59,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(vertex::endpoint_call),
         )
         .route("/v1/audit/subjects/{subject}", delete(audit::erase_subject))
+        .route("/v2", get(protocols::oip::server_metadata))
+        .route("/v2/health/live", get(protocols::oip::live))
+        .route("/v2/health/ready", get(protocols::oip::ready))
+        .route("/v2/models/{model}", get(protocols::oip::model_metadata))
+        .route("/v2/models/{model}/ready", get(protocols::oip::model_ready))
+        .route("/v2/models/{model}/infer", post(protocols::oip::infer))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").external_url_unchecked(
             "/openapi.json",
             openapi::document_value(&state.methods, crate::explain::Limits::from_config(&state.config)),

@@ -20,7 +20,7 @@ pub mod tensor;
 pub mod text;
 
 // The graph's interface, as a loaded model describes it.
-pub use crate::onnx::ModelSummary;
+pub use crate::onnx::{ModelSummary, TensorInfo};
 pub use job::JobContext;
 pub use registry::{LoadedModel, Registry};
 pub use sessions::WorkerRuntime;

@@ -231,6 +231,43 @@ pub fn prepare_features(features: &Features, spec: &TabularSpec) -> Result<Tenso
     Ok(Tensor::f32(vec![1, n], values))
 }
 
+/// The shape of one row of the tensor explaind feeds a model (without the batch axis): an image
+/// model's `[C, H, W]` or `[H, W, C]`, a tabular model's `[features]`; none for text models, which
+/// take text.
+pub fn row_shape(spec: &super::manifest::ModelSpec) -> Option<Vec<usize>> {
+    if let Some(image) = &spec.image {
+        return Some(match image.layout {
+            Layout::NCHW => vec![image.channels, image.height, image.width],
+            Layout::NHWC => vec![image.height, image.width, image.channels],
+        });
+    }
+    spec.tabular.as_ref().map(|t| vec![t.features.len()])
+}
+
+/// One row of a tensor sent as it is (the Open Inference Protocol's tensors, raw model input):
+/// checked against the row the model takes ([`row_shape`]) and for finite values, as one
+/// `[1, ...]` tensor.
+pub fn prepare_row(spec: &super::manifest::ModelSpec, values: Vec<f32>) -> Result<Tensor, InputError> {
+    let shape = row_shape(spec)
+        .ok_or_else(|| InputError::WrongKind("a text model takes text, not a tensor of numbers".into()))?;
+    let want: usize = shape.iter().product();
+    if values.len() != want {
+        return Err(InputError::BadFeatures(format!(
+            "a row of {} values does not fit the model's input row {shape:?} ({want} values)",
+            values.len()
+        )));
+    }
+    if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+        return Err(InputError::BadFeatures(format!(
+            "value {at} of the row is not a finite float32"
+        )));
+    }
+    let mut full = Vec::with_capacity(shape.len() + 1);
+    full.push(1);
+    full.extend(shape);
+    Ok(Tensor::f32(full, values))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

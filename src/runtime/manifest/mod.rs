@@ -45,6 +45,20 @@ pub struct Manifest {
     ensemble: Option<Vec<String>>,
     reference: Option<ReferenceSpec>,
     vertex: Option<VertexSpec>,
+    explanation: Option<DefaultExplanation>,
+}
+
+/// `[explanation]`: the method (and its parameters) that explains the model where a protocol's
+/// request names none (KServe V1's `:explain`); absent, a default for the task is chosen.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultExplanation {
+    /// The method's name (`GET /v1/models/{model}` lists those that can explain the model).
+    pub method: String,
+    /// Its parameters (the method's defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<serde_json::Value>,
 }
 
 /// What kind of model this is.
@@ -115,6 +129,9 @@ pub struct ModelSpec {
     /// How the model answers on the Vertex AI routes (`[vertex]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vertex: Option<VertexSpec>,
+    /// The method that explains the model where a request names none (`[explanation]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<DefaultExplanation>,
 }
 
 /// A manifest or model that does not fit together; the message names file and field.
@@ -240,6 +257,7 @@ impl Manifest {
             text: None,
             ensemble: self.ensemble.unwrap_or_default(),
             reference: self.reference.map(|r| reference::check(r, task, &err)).transpose()?,
+            explanation: self.explanation,
             vertex: self.vertex.map(|v| vertex::check(v, task, &err)).transpose()?,
         })
     }
