@@ -167,7 +167,7 @@ async fn bad_parameters_name_their_bounds_and_the_job_reports_progress() {
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(120);
     let done = loop {
-        let v = ok_json(reqwest::get(url(&s, &format!("/v1/jobs/{id}"))).await.unwrap()).await;
+        let v = get_json(&s, &format!("/v1/jobs/{id}")).await;
         if v["state"] == "done" {
             break v;
         }

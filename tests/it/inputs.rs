@@ -93,11 +93,10 @@ async fn an_int64_tabular_model_is_served_and_explained_by_perturbation() {
     let dir = temp_dir("inputs-counts");
     write_counts(&dir);
     let s = start(test_config(&dir)).await;
-    let http = reqwest::Client::new();
 
     // The report: the input's type and role, the features' types (the constraint's `age` among
     // the integer ones: one source of truth).
-    let report: Value = ok_json(http.get(url(&s, "/v1/models/counts")).send().await.unwrap()).await;
+    let report: Value = get_json(&s, "/v1/models/counts").await;
     assert_eq!(
         report["inputs"],
         json!([{"name": "x", "dtype": "int64", "role": "explained"}]),
@@ -212,8 +211,7 @@ async fn gradient_methods_are_refused_with_one_reason_in_the_report_and_the_requ
     let dir = temp_dir("inputs-refused");
     write_counts(&dir);
     let s = start(test_config(&dir)).await;
-    let http = reqwest::Client::new();
-    let report: Value = ok_json(http.get(url(&s, "/v1/models/counts")).send().await.unwrap()).await;
+    let report: Value = get_json(&s, "/v1/models/counts").await;
     let methods: Vec<&str> = report["methods"]
         .as_array()
         .unwrap()
@@ -348,7 +346,7 @@ async fn a_model_with_constant_side_inputs_answers_as_the_model_with_them_folded
     write_folded(&dir);
     let s = start(test_config(&dir)).await;
     let http = reqwest::Client::new();
-    let report: Value = ok_json(http.get(url(&s, "/v1/models/scaled")).send().await.unwrap()).await;
+    let report: Value = get_json(&s, "/v1/models/scaled").await;
     assert_eq!(
         report["inputs"],
         json!([
@@ -455,7 +453,7 @@ async fn bad_input_roles_are_refused_at_start_naming_the_input() {
         ("typed-image", "tabular.types: only tabular models have features"),
     ];
     let s = start(test_config(&dir)).await;
-    let list = ok_json(reqwest::get(url(&s, "/v1/models")).await.unwrap()).await;
+    let list = get_json(&s, "/v1/models").await;
     let served: Vec<&str> = list["models"]
         .as_array()
         .unwrap()

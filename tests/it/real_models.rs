@@ -280,7 +280,7 @@ async fn they_predict_as_onnx_runtime_and_serve_gradient_methods() {
             );
         }
         // The report: differentiable, the default CAM layer the feature map before the head.
-        let report = ok_json(reqwest::get(url(&s, &format!("/v1/models/{}", m.name))).await.unwrap()).await;
+        let report = get_json(&s, &format!("/v1/models/{}", m.name)).await;
         let g = &report["gradients"];
         assert_eq!(g["differentiable"], true, "{}: {g}", m.name);
         assert_eq!(g["default_cam_layer"], m.cam_layer, "{}", m.name);
@@ -408,7 +408,7 @@ async fn magika_takes_its_bytes_as_int32_ids_and_is_explained_by_windows() {
         assert!(values.iter().any(|x| x.as_f64().unwrap() > 0.0), "{kind}: nothing supports it");
     }
     // An integer input has no gradient: refused up front, with the reason the report gives.
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/magika")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/magika").await;
     let reason = report["unavailable"]
         .as_array()
         .unwrap()

@@ -13,7 +13,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{ok_json, post_json, problem, root, start, temp_dir, test_config, test_venv, url};
+use common::{get_json, ok_json, post_json, problem, root, start, temp_dir, test_config, test_venv, url};
 use explaind::config::Config;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -80,10 +80,6 @@ fn write_folder(models: &Path, name: &str, onnx: &[u8], manifest: &str) {
 fn png(path: &Path) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
-}
-
-async fn get_json(service: &explaind::Service, path: &str) -> Value {
-    ok_json(reqwest::get(url(service, path)).await.unwrap()).await
 }
 
 fn close(a: f64, b: f64) -> bool {

@@ -133,7 +133,7 @@ async fn a_model_that_fails_to_load_is_listed_with_its_error_and_the_others_serv
     let dir = broken_beside_good("broken-beside-good");
     // A models directory given with a trailing separator still yields errors without its path.
     let s = start(test_config(&dir.join(""))).await;
-    let listed = ok_json(reqwest::get(url(&s, "/v1/models")).await.unwrap()).await;
+    let listed = get_json(&s, "/v1/models").await;
     let names: Vec<&str> = listed["models"]
         .as_array()
         .unwrap()

@@ -135,7 +135,7 @@ async fn xrai_refuses_tabular_models_and_bad_parameters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xrai_and_sampled_shapley_serve_through_the_report_compare_and_jobs() {
     let s = start_region().await;
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/region")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/region").await;
     let listed: Vec<&str> = report["methods"]
         .as_array()
         .unwrap()
@@ -146,7 +146,7 @@ async fn xrai_and_sampled_shapley_serve_through_the_report_compare_and_jobs() {
         listed.contains(&"xrai") && listed.contains(&"sampled-shapley"),
         "{listed:?}"
     );
-    let tabular = ok_json(reqwest::get(url(&s, "/v1/models/breast-cancer")).await.unwrap()).await;
+    let tabular = get_json(&s, "/v1/models/breast-cancer").await;
     let listed = tabular["methods"].to_string();
     assert!(
         listed.contains("sampled-shapley") && !listed.contains("xrai"),
@@ -175,7 +175,7 @@ async fn xrai_and_sampled_shapley_serve_through_the_report_compare_and_jobs() {
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let done = loop {
-        let v = ok_json(reqwest::get(url(&s, &format!("/v1/jobs/{id}"))).await.unwrap()).await;
+        let v = get_json(&s, &format!("/v1/jobs/{id}")).await;
         if v["state"] == "done" {
             break v;
         }

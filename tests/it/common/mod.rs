@@ -311,6 +311,11 @@ pub async fn ok_json(resp: reqwest::Response) -> serde_json::Value {
     v
 }
 
+/// GETs `path` on `service` and returns the JSON of its 200 answer (see `ok_json`).
+pub async fn get_json(service: &Service, path: &str) -> serde_json::Value {
+    ok_json(reqwest::get(url(service, path)).await.unwrap()).await
+}
+
 /// Checks an RFC 9457 problem response (status, content type, `type`, fields) and returns its body.
 pub async fn problem(resp: reqwest::Response, status: reqwest::StatusCode, slug: &str) -> serde_json::Value {
     let got = resp.status();
