@@ -145,11 +145,7 @@ async fn external_data_that_leave_the_folder_or_are_missing_are_refused_naming_t
         strict_models: true,
         ..test_config(&dir)
     };
-    let err = explaind::Service::start(config)
-        .await
-        .err()
-        .expect("started")
-        .to_string();
+    let err = start_error(config).await;
     assert!(
         err.contains("escape/model.onnx")
             && err.contains("initializer `")

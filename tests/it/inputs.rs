@@ -475,11 +475,7 @@ async fn bad_input_roles_are_refused_at_start_naming_the_input() {
         strict_models: true,
         ..test_config(&dir)
     };
-    let err = explaind::Service::start(config)
-        .await
-        .err()
-        .expect("started")
-        .to_string();
+    let err = start_error(config).await;
     assert!(
         err.contains("inputs.mask.value") && err.contains("0.5 is not an integer"),
         "{err}"

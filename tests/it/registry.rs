@@ -193,11 +193,7 @@ async fn with_strict_models_a_model_that_fails_to_load_stops_the_start_naming_it
             strict_models: true,
             ..test_config(&dir)
         };
-        let err = explaind::Service::start(config)
-            .await
-            .err()
-            .expect("started")
-            .to_string();
+        let err = start_error(config).await;
         assert!(err.contains(why), "expected `{why}` in: {err}");
     }
 }
@@ -209,11 +205,7 @@ async fn the_service_refuses_to_start_on_a_bad_model_folder() {
     std::fs::create_dir_all(&model_dir).unwrap();
     std::fs::write(model_dir.join("model.onnx"), fashion_onnx()).unwrap();
     std::fs::write(model_dir.join("model.toml"), "task = \"tabular-regression\"\n").unwrap();
-    let err = explaind::Service::start(test_config(&dir))
-        .await
-        .err()
-        .expect("started on a bad model")
-        .to_string();
+    let err = start_error(test_config(&dir)).await;
     // Alone, a bad model leaves nothing to serve: the start is refused, with strict_models or not.
     assert!(
         err.contains("no model loaded") && err.contains("m/model.toml") && err.contains("input") && err.contains("2-D"),
@@ -223,21 +215,13 @@ async fn the_service_refuses_to_start_on_a_bad_model_folder() {
         strict_models: true,
         ..test_config(&dir)
     };
-    let err = explaind::Service::start(strict)
-        .await
-        .err()
-        .expect("started on a bad model")
-        .to_string();
+    let err = start_error(strict).await;
     assert!(
         err.contains("model.toml") && err.contains("input") && err.contains("2-D"),
         "{err}"
     );
     let empty = temp_dir("empty-models");
-    let err = explaind::Service::start(test_config(&empty))
-        .await
-        .err()
-        .expect("started with no models")
-        .to_string();
+    let err = start_error(test_config(&empty)).await;
     assert!(err.contains("no models found"), "{err}");
 }
 

@@ -166,6 +166,11 @@ pub async fn start(config: Config) -> Service {
     }
 }
 
+/// The error that stops `config`'s start (a start that succeeds fails the test).
+pub async fn start_error(config: Config) -> String {
+    Service::start(config).await.err().expect("the service started").to_string()
+}
+
 /// Base URL of a service.
 pub fn url(service: &Service, path: &str) -> String {
     format!("http://{}{}", service.addr, path)
