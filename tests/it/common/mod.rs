@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use explaind::config::Config;
+use explaind::config::{ApiKey, Config};
 use explaind::onnx::builder::{Attr, GraphBuilder};
 use explaind::Service;
 use prost::Message;
@@ -169,6 +169,21 @@ pub async fn start(config: Config) -> Service {
 /// The error that stops `config`'s start (a start that succeeds fails the test).
 pub async fn start_error(config: Config) -> String {
     Service::start(config).await.err().expect("the service started").to_string()
+}
+
+/// Two API keys: `frontend` (bearer `key-one`) may predict and explain, `auditor` (bearer
+/// `key-two`) may also read the audit log.
+pub fn frontend_and_auditor_keys() -> Vec<ApiKey> {
+    use explaind::config::Scope;
+    let key = |name: &str, secret: &str, scopes: Vec<Scope>| ApiKey {
+        name: name.into(),
+        sha256: explaind::http::auth::hash_key(secret),
+        scopes,
+    };
+    vec![
+        key("frontend", "key-one", vec![Scope::Predict]),
+        key("auditor", "key-two", vec![Scope::Predict, Scope::Audit]),
+    ]
 }
 
 /// Base URL of a service.
