@@ -149,14 +149,11 @@ impl Store {
     /// Opens (creating when needed) the configured database and brings its schema up to date.
     pub async fn open(config: &Config) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let url = match &config.audit_database_url {
-            Some(u) => u.clone(),
-            None => {
-                std::fs::create_dir_all(&config.data_dir)
-                    .map_err(|e| StoreError(format!("cannot create data_dir {}: {e}", config.data_dir.display())))?;
-                format!("sqlite://{}", config.data_dir.join("audit.db").display())
-            }
-        };
+        if config.audit_database_url.is_none() {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|e| StoreError(format!("cannot create data_dir {}: {e}", config.data_dir.display())))?;
+        }
+        let url = config.audit_url();
         let sqlite = url.starts_with("sqlite:");
         let url = if sqlite && !url.contains('?') {
             format!("{url}?mode=rwc")

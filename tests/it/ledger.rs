@@ -72,7 +72,7 @@ async fn append(log: &AuditLog, n: usize, subject: Option<&str>) -> Vec<String> 
 
 /// Checkpoints through a served log, then a tampered checkpoint, a rewritten chain, key rotation and
 /// a cut, each checked directly.
-async fn checkpoints(mut config: Config, db_url: &str, keys: &Path) {
+async fn checkpoints(mut config: Config, keys: &Path) {
     config.audit_signing_key = Some(key_file(keys, "signing.key", 1));
     config.audit_checkpoint_records = 3;
     let s = start(config.clone()).await;
@@ -120,7 +120,7 @@ async fn checkpoints(mut config: Config, db_url: &str, keys: &Path) {
         "the tip is signed at shutdown"
     );
     assert!(v.checkpoints >= 2, "one on the way, one at shutdown: {v:?}");
-    let db = pool(db_url).await;
+    let db = pool(&config.audit_url()).await;
 
     // A tampered checkpoint is refused.
     db.execute("UPDATE audit_checkpoints SET time_ms = time_ms + 1 WHERE seq = 7")
@@ -206,8 +206,7 @@ async fn checkpoints_on_sqlite_detect_cuts_and_tampering_and_survive_rotation() 
     let mut config = test_config(&root().join("models"));
     config.data_dir = data.clone();
     config.audit = AuditMode::All;
-    let db = format!("sqlite://{}", data.join("audit.db").display());
-    checkpoints(config.clone(), &db, &data).await;
+    checkpoints(config.clone(), &data).await;
     // The command line finds the cut, and its export carries the keys and the checkpoints.
     let signing = key_file(&data, "signing-2b.key", 2);
     let cli = |what: &str| {
@@ -262,11 +261,11 @@ async fn checkpoints_on_postgres_detect_cuts_and_tampering_and_survive_rotation(
     let mut config = test_config(&root().join("models"));
     config.audit = AuditMode::All;
     config.audit_database_url = Some(pg.url());
-    checkpoints(config, &pg.url(), &keys).await;
+    checkpoints(config, &keys).await;
 }
 
 /// Encrypted records of two subjects and of none; one subject erased by an admin, not by another key.
-async fn erasure(mut config: Config, db_url: &str) {
+async fn erasure(mut config: Config) {
     config.audit = AuditMode::All;
     config.audit_store_inputs = true;
     config.audit_store_maps = true;
@@ -323,7 +322,7 @@ async fn erasure(mut config: Config, db_url: &str) {
         ids.push(v["audit_record"]["id"].as_str().unwrap().to_string());
     }
     // The stored bodies hold ciphertext in place of the inputs, maps and per-feature values.
-    let db = pool(db_url).await;
+    let db = pool(&config.audit_url()).await;
     let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM audit_records ORDER BY seq")
         .fetch_all(&db)
         .await
@@ -501,8 +500,9 @@ async fn erasure_on_sqlite_keeps_the_chain_and_shreds_the_inputs() {
     // Keys wrapped by a master key from the environment.
     std::env::set_var("LEDGER_TEST_MASTER_KEY", hex::encode([5u8; 32]));
     config.audit_master_key = Some("env:LEDGER_TEST_MASTER_KEY".into());
-    erasure(config, &format!("sqlite://{}", data.join("audit.db").display())).await;
-    let db = pool(&format!("sqlite://{}", data.join("audit.db").display())).await;
+    let db_url = config.audit_url();
+    erasure(config).await;
+    let db = pool(&db_url).await;
     let wraps: Vec<String> = sqlx::query_scalar("SELECT wrap FROM audit_keys")
         .fetch_all(&db)
         .await
@@ -516,11 +516,11 @@ async fn erasure_on_postgres_keeps_the_chain_and_shreds_the_inputs() {
     let pg = Postgres::start();
     let mut config = test_config(&root().join("models"));
     config.audit_database_url = Some(pg.url());
-    erasure(config, &pg.url()).await;
+    erasure(config).await;
 }
 
 /// Retention on `db`: old records removed up to a checkpoint, the rest verifies from the signed base.
-async fn retention(mut config: Config, db_url: &str, keys: &Path) {
+async fn retention(mut config: Config, keys: &Path) {
     config.audit_signing_key = Some(key_file(keys, "retention.key", 3));
     config.audit_retention_days = 30;
     config.audit_encrypt = true;
@@ -532,7 +532,7 @@ async fn retention(mut config: Config, db_url: &str, keys: &Path) {
     append(&log, 2, None).await;
     assert_eq!(log.retain().await.unwrap(), 0, "nothing is old yet");
     // Records 1-6 made 40 days old (their hashed times no longer match, but they are to go).
-    let db = pool(db_url).await;
+    let db = pool(&config.audit_url()).await;
     let old = explaind::audit::record::now_ms() - 40 * 86_400_000;
     sqlx::query("UPDATE audit_records SET time_ms = $1 WHERE seq <= 6")
         .bind(old)
@@ -596,7 +596,7 @@ async fn retention_on_sqlite_keeps_verification_working() {
     let data = temp_dir("ledger-retention");
     let mut config = test_config(&root().join("models"));
     config.data_dir = data.clone();
-    retention(config, &format!("sqlite://{}", data.join("audit.db").display()), &data).await;
+    retention(config, &data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -605,7 +605,7 @@ async fn retention_on_postgres_keeps_verification_working() {
     let keys = temp_dir("ledger-retention-pg");
     let mut config = test_config(&root().join("models"));
     config.audit_database_url = Some(pg.url());
-    retention(config, &pg.url(), &keys).await;
+    retention(config, &keys).await;
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -705,8 +705,8 @@ async fn figures() {
         c.audit_store_inputs = true;
         c.audit_store_maps = true;
         c.audit_encrypt = encrypt;
+        dbs.push(c.audit_url());
         services.push(start(c).await);
-        dbs.push(format!("sqlite://{}", data.join("audit.db").display()));
     }
     dbs.truncate(2);
     let http = reqwest::Client::new();
