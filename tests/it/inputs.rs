@@ -386,21 +386,7 @@ async fn a_model_with_constant_side_inputs_answers_as_the_model_with_them_folded
     let r = http.post(url(&s, "/v1/jobs")).json(&body).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let job = loop {
-        let v: Value = http
-            .get(url(&s, &format!("/v1/jobs/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["state"] == "done" {
-            break v;
-        }
-        assert!(matches!(v["state"].as_str(), Some("queued" | "running")), "{v}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let job = job_done(&s, &format!("/v1/jobs/{id}"), std::time::Duration::from_secs(60)).await;
     let (_, folded) = explain(
         &s,
         "folded",

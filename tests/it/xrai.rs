@@ -173,15 +173,7 @@ async fn xrai_and_sampled_shapley_serve_through_the_report_compare_and_jobs() {
     .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let done = loop {
-        let v = get_json(&s, &format!("/v1/jobs/{id}")).await;
-        if v["state"] == "done" {
-            break v;
-        }
-        assert!(std::time::Instant::now() < deadline && v["state"] != "failed", "{v}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let done = job_done(&s, &format!("/v1/jobs/{id}"), std::time::Duration::from_secs(60)).await;
     // The input's scores, two baselines x 10 points, the baselines' scores.
     assert_eq!(done["progress"]["planned"], 23, "{}", done["progress"]);
     assert_eq!(done["progress"]["done"], 23, "{}", done["progress"]);

@@ -336,6 +336,23 @@ pub async fn get_json(service: &Service, path: &str) -> serde_json::Value {
     ok_json(reqwest::get(url(service, path)).await.unwrap()).await
 }
 
+/// Polls the job at `path` (`/v1/jobs/{id}`, as `Location` names it) until it is done and
+/// returns its view; a job that fails, is cancelled or is not done `within` fails the test.
+pub async fn job_done(service: &Service, path: &str, within: std::time::Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let v = get_json(service, path).await;
+        if v["state"] == "done" {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && matches!(v["state"].as_str(), Some("queued" | "running")),
+            "{v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Checks an RFC 9457 problem response (status, content type, `type`, fields) and returns its body.
 pub async fn problem(resp: reqwest::Response, status: reqwest::StatusCode, slug: &str) -> serde_json::Value {
     let got = resp.status();
