@@ -223,13 +223,7 @@ async fn gradient_methods_are_refused_with_one_reason_in_the_report_and_the_requ
     }
     for method in ["saliency", "integrated-gradients", "smoothgrad", "deeplift"] {
         assert!(!methods.contains(&method), "{method} offered: {methods:?}");
-        let listed = report["unavailable"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|u| u["name"] == method)
-            .unwrap_or_else(|| panic!("{method} not in unavailable: {report}"));
-        let reason = listed["reason"].as_str().unwrap();
+        let reason = unavailable_reason(&report, method);
         assert!(reason.contains("`x` is int64, not float"), "{reason}");
         let p = problem(
             post_json(
@@ -256,13 +250,7 @@ async fn gradient_methods_are_refused_with_one_reason_in_the_report_and_the_requ
         "model-not-differentiable",
     )
     .await;
-    let saliency = report["unavailable"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["name"] == "saliency")
-        .unwrap();
-    assert_eq!(p["detail"], saliency["reason"]);
+    assert_eq!(p["detail"], unavailable_reason(&report, "saliency"));
     s.stop().await.unwrap();
 }
 

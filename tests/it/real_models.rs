@@ -409,13 +409,7 @@ async fn magika_takes_its_bytes_as_int32_ids_and_is_explained_by_windows() {
     }
     // An integer input has no gradient: refused up front, with the reason the report gives.
     let report = get_json(&s, "/v1/models/magika").await;
-    let reason = report["unavailable"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "saliency")
-        .unwrap_or_else(|| panic!("saliency not listed as unavailable: {report}"))["reason"]
-        .clone();
+    let reason = unavailable_reason(&report, "saliency");
     let text = rows[0].iter().map(i64::to_string).collect::<Vec<_>>().join(" ");
     let p = problem(
         post_json(&s, "/v1/models/magika/explain/saliency", &json!({"text": text})).await,

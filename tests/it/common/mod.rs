@@ -353,6 +353,15 @@ pub async fn job_done(service: &Service, path: &str, within: std::time::Duration
     }
 }
 
+/// The reason a model's report (`GET /v1/models/{name}`) gives for not offering `method`.
+pub fn unavailable_reason(report: &serde_json::Value, method: &str) -> String {
+    let listed = report["unavailable"]
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["name"] == method))
+        .unwrap_or_else(|| panic!("{method} not in unavailable: {report}"));
+    listed["reason"].as_str().unwrap().to_string()
+}
+
 /// Checks an RFC 9457 problem response (status, content type, `type`, fields) and returns its body.
 pub async fn problem(resp: reqwest::Response, status: reqwest::StatusCode, slug: &str) -> serde_json::Value {
     let got = resp.status();
