@@ -7,7 +7,7 @@
 
 use crate::common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,14 @@ use explaind::http::auth::hash_key;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Executor;
+
+/// A config over the bundled models whose audit log is SQLite in a fresh `data_dir` (returned).
+fn on_sqlite(name: &str) -> (Config, PathBuf) {
+    let data = temp_dir(name);
+    let mut config = test_config(&root().join("models"));
+    config.data_dir = data.clone();
+    (config, data)
+}
 
 /// Writes a signing key (hex) to a file under `dir`; returns the config value naming it.
 fn key_file(dir: &Path, name: &str, byte: u8) -> String {
@@ -202,9 +210,7 @@ async fn checkpoints(mut config: Config, keys: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_on_sqlite_detect_cuts_and_tampering_and_survive_rotation() {
-    let data = temp_dir("ledger-cp");
-    let mut config = test_config(&root().join("models"));
-    config.data_dir = data.clone();
+    let (mut config, data) = on_sqlite("ledger-cp");
     config.audit = AuditMode::All;
     checkpoints(config.clone(), &data).await;
     // The command line finds the cut, and its export carries the keys and the checkpoints.
@@ -494,9 +500,7 @@ async fn erasure(mut config: Config) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_on_sqlite_keeps_the_chain_and_shreds_the_inputs() {
-    let data = temp_dir("ledger-erase");
-    let mut config = test_config(&root().join("models"));
-    config.data_dir = data.clone();
+    let (mut config, _) = on_sqlite("ledger-erase");
     // Keys wrapped by a master key from the environment.
     std::env::set_var("LEDGER_TEST_MASTER_KEY", hex::encode([5u8; 32]));
     config.audit_master_key = Some("env:LEDGER_TEST_MASTER_KEY".into());
@@ -593,9 +597,7 @@ async fn retention(mut config: Config, keys: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_on_sqlite_keeps_verification_working() {
-    let data = temp_dir("ledger-retention");
-    let mut config = test_config(&root().join("models"));
-    config.data_dir = data.clone();
+    let (config, data) = on_sqlite("ledger-retention");
     retention(config, &data).await;
 }
 
@@ -632,9 +634,7 @@ async fn figures() {
     ];
     let mut logs = Vec::new();
     for (_, every, encrypt, _) in setups {
-        let data = temp_dir("ledger-figures");
-        let mut c = test_config(&root().join("models"));
-        c.data_dir = data.clone();
+        let (mut c, data) = on_sqlite("ledger-figures");
         c.audit = AuditMode::All;
         c.audit_encrypt = encrypt;
         if every > 0 {
@@ -697,9 +697,7 @@ async fn figures() {
     let mut dbs = Vec::new();
     // The last two are alike: their difference is the noise floor.
     for encrypt in [true, false, false] {
-        let data = temp_dir("ledger-figures-http");
-        let mut c = test_config(&root().join("models"));
-        c.data_dir = data.clone();
+        let (mut c, _) = on_sqlite("ledger-figures-http");
         c.workers = 1;
         c.audit = AuditMode::All;
         c.audit_store_inputs = true;
