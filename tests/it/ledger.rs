@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::postgres::Postgres;
-use common::{fashion_png, root, start, temp_dir, test_config, url};
+use common::{fashion_png, get_json, root, start, temp_dir, test_config, url};
 use explaind::audit::{AuditLog, Context, Evidence, Kind, Verification};
 use explaind::config::{ApiKey, AuditMode, Config, Scope};
 use explaind::http::auth::hash_key;
@@ -97,14 +97,7 @@ async fn checkpoints(mut config: Config, keys: &Path) {
     // Every third record wakes the signer; give it a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
     let v: Value = loop {
-        let v: Value = http
-            .get(url(&s, "/v1/audit/verify"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&s, "/v1/audit/verify").await;
         if v["newest_checkpoint"]["seq"].as_i64() >= Some(3) || Instant::now() > deadline {
             break v;
         }
@@ -299,6 +292,7 @@ async fn erasure(mut config: Config) {
         r.send()
     };
     let get = |path: String| http.get(url(&s, &path)).bearer_auth("audit-key").send();
+    let read = |path: String| async move { get(path).await.unwrap().json::<Value>().await.unwrap() };
     let mut ids = Vec::new();
     for (path, body, subject) in [
         (
@@ -346,21 +340,11 @@ async fn erasure(mut config: Config) {
         "a feature's value is not kept in the clear"
     );
     // Read back, they are whole again.
-    let rec: Value = get(format!("/v1/audit/records/{}", ids[0]))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec: Value = read(format!("/v1/audit/records/{}", ids[0])).await;
     assert_eq!(rec["erased"], false, "{rec}");
     assert_eq!(rec["inputs"][0]["data"]["features"], features());
     assert_eq!(rec["targets"][0]["attributions"].as_array().unwrap().len(), 30);
-    let saliency: Value = get(format!("/v1/audit/records/{}", ids[1]))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let saliency: Value = read(format!("/v1/audit/records/{}", ids[1])).await;
     assert_eq!(saliency["inputs"][0]["data"]["image_base64"], b64);
     let r = get(format!("/v1/audit/records/{}/overlay.png", ids[1])).await.unwrap();
     assert_eq!(
@@ -405,12 +389,7 @@ async fn erasure(mut config: Config) {
 
     // The subject's records: still there, decision kept, inputs and maps gone.
     for id in &ids[..2] {
-        let rec: Value = get(format!("/v1/audit/records/{id}"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let rec: Value = read(format!("/v1/audit/records/{id}")).await;
         assert_eq!(rec["erased"], true, "{rec}");
         assert!(rec["inputs"][0].get("data").is_none(), "{rec}");
         assert!(rec["inputs"][0]["sha256"].is_string());
@@ -424,22 +403,12 @@ async fn erasure(mut config: Config) {
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "no map to draw after erasure");
     // The other subject's record and the per-record one are untouched.
     for id in &ids[2..] {
-        let rec: Value = get(format!("/v1/audit/records/{id}"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let rec: Value = read(format!("/v1/audit/records/{id}")).await;
         assert_eq!(rec["erased"], false);
         assert_eq!(rec["inputs"][0]["data"]["features"], features());
     }
     // The erasure is a record (by whom, of which subject reference; never the subject itself).
-    let page: Value = get("/v1/audit/records?kind=erasure".into())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = read("/v1/audit/records?kind=erasure".into()).await;
     let records = page["records"].as_array().unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["caller"], "dpo");
@@ -447,7 +416,7 @@ async fn erasure(mut config: Config) {
     assert_eq!(records[0]["subject_ref"].as_str().unwrap().len(), 64);
     assert!(!records[0].to_string().contains("customer-7"));
     // The chain still verifies.
-    let v: Value = get("/v1/audit/verify".into()).await.unwrap().json().await.unwrap();
+    let v: Value = read("/v1/audit/verify".into()).await;
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["records"], 5);
     // Another replica erases customer-8 (its key removed behind this one's back): this replica's
@@ -467,12 +436,7 @@ async fn erasure(mut config: Config) {
         .as_str()
         .unwrap()
         .to_string();
-    let rec: Value = get(format!("/v1/audit/records/{id}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec: Value = read(format!("/v1/audit/records/{id}")).await;
     assert_eq!(rec["erased"], false, "{rec}");
     assert_eq!(rec["inputs"][0]["data"]["features"], features());
     // A sealed part altered in the database breaks the chain.
@@ -492,7 +456,7 @@ async fn erasure(mut config: Config) {
         .execute(&db)
         .await
         .unwrap();
-    let v: Value = get("/v1/audit/verify".into()).await.unwrap().json().await.unwrap();
+    let v: Value = read("/v1/audit/verify".into()).await;
     assert_eq!(v["first_broken"]["seq"], 3, "{v}");
     s.stop().await.unwrap();
     db.close().await;
