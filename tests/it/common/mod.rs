@@ -228,6 +228,21 @@ pub fn write_model(models_dir: &Path, name: &str, model: &explaind::onnx::proto:
     std::fs::write(dir.join("model.toml"), manifest).unwrap();
 }
 
+/// y = x W + b over 4 features, 2 outputs, and its weights W (row-major 4 x 2): every gradient
+/// method, and Shapley values, have a closed form.
+pub fn linear_model() -> (explaind::onnx::proto::ModelProto, Vec<f32>) {
+    let mut g = GraphBuilder::new("linear", 17);
+    let x = g.input("input", &[-1, 4]);
+    let w = vec![0.5, -1.0, 2.0, 0.0, -0.25, 1.0, 1.5, 3.0];
+    let wn = g.constant("w", &[4, 2], &w);
+    let b = g.constant("b", &[2], &[0.3, -0.2]);
+    let mm = g.node("MatMul", &[&x, &wn], vec![]);
+    g.node("Add", &[&mm, &b], vec![]);
+    g.rename_last_output("logits");
+    g.output("logits", &[-1, 2]);
+    (g.build(), w)
+}
+
 /// A deliberately slow tabular-regression model: 8 features in, one value out, with `layers`
 /// 1024x1024x1024 matrix products in between that depend on the input (so nothing constant-folds).
 pub fn slow_model(layers: usize) -> explaind::onnx::proto::ModelProto {
