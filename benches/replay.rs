@@ -54,7 +54,12 @@ fn main() {
     );
     let cases: [(&str, &str, Value, usize); 5] = [
         ("fashion-cnn", "saliency", json!({"image": common::png(28)}), 300),
-        ("fashion-cnn", "integrated-gradients", json!({"image": common::png(28)}), 100),
+        (
+            "fashion-cnn",
+            "integrated-gradients",
+            json!({"image": common::png(28)}),
+            100,
+        ),
         (
             "breast-cancer",
             "kernel-shap",

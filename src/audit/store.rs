@@ -571,7 +571,10 @@ const CHECKPOINTS: &str = "SELECT mark, seq, hash, time_ms, key_id, signature FR
 
 /// Stores `c` unless a checkpoint with its mark and seq is there (another replica's); true when
 /// stored. `add_checkpoint` runs it alone, `prune` inside its transaction.
-async fn insert_checkpoint<'c>(db: impl Executor<'c, Database = sqlx::Any>, c: &Checkpoint) -> Result<bool, StoreError> {
+async fn insert_checkpoint<'c>(
+    db: impl Executor<'c, Database = sqlx::Any>,
+    c: &Checkpoint,
+) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "INSERT INTO audit_checkpoints (mark, seq, hash, time_ms, key_id, signature) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (mark, seq) DO NOTHING",

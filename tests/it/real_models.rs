@@ -391,7 +391,12 @@ async fn magika_takes_its_bytes_as_int32_ids_and_is_explained_by_windows() {
         for p in predictions {
             let i = p["index"].as_u64().unwrap() as usize;
             let got = p["score"].as_f64().unwrap();
-            assert!((got - want[i]).abs() < 1e-5, "{kind} {}: {got} vs {}", p["label"], want[i]);
+            assert!(
+                (got - want[i]).abs() < 1e-5,
+                "{kind} {}: {got} vs {}",
+                p["label"],
+                want[i]
+            );
         }
         // Occlusion over windows of 64 byte positions: finite, and the decision rests on something.
         let v = ok_json(
@@ -405,7 +410,10 @@ async fn magika_takes_its_bytes_as_int32_ids_and_is_explained_by_windows() {
         .await;
         let values = v["attributions"]["values"].as_array().unwrap();
         assert!(values.iter().all(|x| x.as_f64().is_some_and(f64::is_finite)), "{kind}");
-        assert!(values.iter().any(|x| x.as_f64().unwrap() > 0.0), "{kind}: nothing supports it");
+        assert!(
+            values.iter().any(|x| x.as_f64().unwrap() > 0.0),
+            "{kind}: nothing supports it"
+        );
     }
     // An integer input has no gradient: refused up front, with the reason the report gives.
     let report = get_json(&s, "/v1/models/magika").await;

@@ -168,7 +168,11 @@ pub async fn start(config: Config) -> Service {
 
 /// The error that stops `config`'s start (a start that succeeds fails the test).
 pub async fn start_error(config: Config) -> String {
-    Service::start(config).await.err().expect("the service started").to_string()
+    Service::start(config)
+        .await
+        .err()
+        .expect("the service started")
+        .to_string()
 }
 
 /// Two API keys: `frontend` (bearer `key-one`) may predict and explain, `auditor` (bearer
