@@ -7,7 +7,6 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use explaind::config::{AuditMode, AuditSync, Config};
 
 fn main() {
@@ -44,19 +43,10 @@ fn main() {
         })
         .collect();
     let http = reqwest::Client::new();
-    let png = |side: u32| {
-        let img = image::RgbImage::from_fn(side, side, |x, y| {
-            image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x + y) * 3) as u8])
-        });
-        let mut out = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-            .unwrap();
-        base64::engine::general_purpose::STANDARD.encode(out)
-    };
     println!("audit benchmark: saliency over HTTP, 1 worker, requests interleaved across the three services");
     println!("{:<12} {:<18} {:>10} {:>12}", "model", "audit", "median ms", "vs off");
     for (model, side, rounds) in [("fashion-cnn", 28u32, 300usize), ("resnet-18", 224, 25)] {
-        let body = serde_json::json!({"image": png(side)});
+        let body = serde_json::json!({"image": common::png(side)});
         let mut times = vec![Vec::new(); services.len()];
         for round in 0..rounds + 2 {
             for (i, s) in services.iter().enumerate() {

@@ -8,7 +8,6 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use explaind::config::AuditMode;
 use serde_json::{json, Value};
 
@@ -33,15 +32,6 @@ fn main() {
     config.audit_store_maps = true;
     let (rt, service) = common::serve(config);
     let http = reqwest::Client::new();
-    let png = |side: u32| {
-        let img = image::RgbImage::from_fn(side, side, |x, y| {
-            image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x + y) * 3) as u8])
-        });
-        let mut out = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-            .unwrap();
-        base64::engine::general_purpose::STANDARD.encode(out)
-    };
     let holdout: Value =
         serde_json::from_slice(&std::fs::read(root.join("tests/fixtures/breast_cancer_holdout.json")).unwrap())
             .unwrap();
@@ -63,16 +53,21 @@ fn main() {
         "model", "method", "original ms", "replay ms", "ratio"
     );
     let cases: [(&str, &str, Value, usize); 5] = [
-        ("fashion-cnn", "saliency", json!({"image": png(28)}), 300),
-        ("fashion-cnn", "integrated-gradients", json!({"image": png(28)}), 100),
+        ("fashion-cnn", "saliency", json!({"image": common::png(28)}), 300),
+        (
+            "fashion-cnn",
+            "integrated-gradients",
+            json!({"image": common::png(28)}),
+            100,
+        ),
         (
             "breast-cancer",
             "kernel-shap",
             json!({"features": features, "seed": 7}),
             50,
         ),
-        ("resnet-18", "saliency", json!({"image": png(224)}), 20),
-        ("resnet-18", "grad-cam", json!({"image": png(224)}), 20),
+        ("resnet-18", "saliency", json!({"image": common::png(224)}), 20),
+        ("resnet-18", "grad-cam", json!({"image": common::png(224)}), 20),
     ];
     for (model, method, body, rounds) in cases {
         let (mut original, mut replay) = (Vec::new(), Vec::new());

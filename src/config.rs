@@ -567,6 +567,14 @@ impl Config {
         Ok(())
     }
 
+    /// The audit database's URL: `audit_database_url`, else SQLite's `audit.db` in `data_dir`.
+    pub fn audit_url(&self) -> String {
+        match &self.audit_database_url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("audit.db").display()),
+        }
+    }
+
     /// The PostgreSQL database shared jobs live in, if any: `jobs_database_url`, else the audit
     /// database when that is PostgreSQL.
     pub fn shared_jobs_url(&self) -> Option<&str> {

@@ -8,6 +8,18 @@ use std::time::Duration;
 
 use prost::Message;
 
+/// A `side` x `side` RGB PNG of colour gradients, base64-encoded as requests carry images.
+pub fn png(side: u32) -> String {
+    use base64::Engine;
+    let img = image::RgbImage::from_fn(side, side, |x, y| {
+        image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x + y) * 3) as u8])
+    });
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(out)
+}
+
 /// A job explaining `input` with the planned `params` (seed 1, the model's own targets, no
 /// metrics), as a request makes it.
 pub fn job(

@@ -149,14 +149,11 @@ impl Store {
     /// Opens (creating when needed) the configured database and brings its schema up to date.
     pub async fn open(config: &Config) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let url = match &config.audit_database_url {
-            Some(u) => u.clone(),
-            None => {
-                std::fs::create_dir_all(&config.data_dir)
-                    .map_err(|e| StoreError(format!("cannot create data_dir {}: {e}", config.data_dir.display())))?;
-                format!("sqlite://{}", config.data_dir.join("audit.db").display())
-            }
-        };
+        if config.audit_database_url.is_none() {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|e| StoreError(format!("cannot create data_dir {}: {e}", config.data_dir.display())))?;
+        }
+        let url = config.audit_url();
         let sqlite = url.starts_with("sqlite:");
         let url = if sqlite && !url.contains('?') {
             format!("{url}?mode=rwc")
@@ -417,19 +414,7 @@ impl Store {
 
     /// Stores a checkpoint; false when one with its mark and seq was there (another replica's).
     pub async fn add_checkpoint(&self, c: &Checkpoint) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO audit_checkpoints (mark, seq, hash, time_ms, key_id, signature) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (mark, seq) DO NOTHING",
-        )
-        .bind(c.mark.name())
-        .bind(c.seq)
-        .bind(&c.hash)
-        .bind(c.time_ms)
-        .bind(&c.key_id)
-        .bind(&c.signature)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        insert_checkpoint(&self.pool, c).await
     }
 
     /// The checkpoint of `mark` with the highest seq.
@@ -473,18 +458,7 @@ impl Store {
         // Appends wait: the tip may be the record the base names.
         let _tip = self.tip.lock().await;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (mark, seq, hash, time_ms, key_id, signature) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (mark, seq) DO NOTHING",
-        )
-        .bind(base.mark.name())
-        .bind(base.seq)
-        .bind(&base.hash)
-        .bind(base.time_ms)
-        .bind(&base.key_id)
-        .bind(&base.signature)
-        .execute(&mut *tx)
-        .await?;
+        insert_checkpoint(&mut *tx, base).await?;
         sqlx::query(
             "DELETE FROM audit_keys WHERE subject IS NULL AND id IN \
              (SELECT key_id FROM audit_records WHERE seq <= $1 AND key_id IS NOT NULL)",
@@ -594,6 +568,27 @@ const SELECT: &str = "SELECT r.seq, r.id, r.time_ms, r.kind, r.model, r.method, 
                       r.hash, r.key_id, k.key, k.wrap FROM audit_records r LEFT JOIN audit_keys k ON k.id = r.key_id";
 
 const CHECKPOINTS: &str = "SELECT mark, seq, hash, time_ms, key_id, signature FROM audit_checkpoints";
+
+/// Stores `c` unless a checkpoint with its mark and seq is there (another replica's); true when
+/// stored. `add_checkpoint` runs it alone, `prune` inside its transaction.
+async fn insert_checkpoint<'c>(
+    db: impl Executor<'c, Database = sqlx::Any>,
+    c: &Checkpoint,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO audit_checkpoints (mark, seq, hash, time_ms, key_id, signature) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (mark, seq) DO NOTHING",
+    )
+    .bind(c.mark.name())
+    .bind(c.seq)
+    .bind(&c.hash)
+    .bind(c.time_ms)
+    .bind(&c.key_id)
+    .bind(&c.signature)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
 
 fn checkpoint(r: &AnyRow) -> Result<Checkpoint, StoreError> {
     let mark: String = r.try_get(0)?;

@@ -18,7 +18,7 @@ async fn attention_rollout_and_transformer_relevance_match_independent_computati
     write_model(&dir, "vit", &explaind::onnx::zoo::vit(32, 8, (16, 2, 3), 3), MANIFEST);
     copy_bundled("fashion-cnn", &dir);
     let s = start(test_config(&dir)).await;
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/vit")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/vit").await;
     let maps: Vec<String> = serde_json::from_value(report["gradients"]["attention_maps"].clone()).unwrap();
     assert_eq!(maps.len(), 3, "one per layer: {report}");
     assert!(report["methods"]

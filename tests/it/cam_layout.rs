@@ -20,7 +20,7 @@ const CHANNELS: i64 = 4;
 /// The methods that weigh a layer (`capabilities.layer`) and explain `model`, as its page lists
 /// them: every CAM, present and future, is held to the layout checks below.
 async fn cam_methods(s: &explaind::Service, model: &str) -> Vec<String> {
-    let report = ok_json(reqwest::get(url(s, &format!("/v1/models/{model}"))).await.unwrap()).await;
+    let report = get_json(s, &format!("/v1/models/{model}")).await;
     let methods: Vec<String> = report["method_details"]
         .as_array()
         .unwrap()
@@ -105,7 +105,7 @@ async fn cams_pool_over_the_channel_axis_of_channels_last_layers() {
     write_model(&dir, "nhwc", &model(true), MANIFEST);
     let s = start(test_config(&dir)).await;
     for (name, axis) in [("nchw", 1), ("nhwc", 3)] {
-        let report = ok_json(reqwest::get(url(&s, &format!("/v1/models/{name}"))).await.unwrap()).await;
+        let report = get_json(&s, &format!("/v1/models/{name}")).await;
         let g = &report["gradients"];
         assert_eq!(g["default_cam_layer"], "feature", "{name}: {g}");
         assert_eq!(g["cam_layer_channel_axis"]["feature"], axis, "{name}: {g}");
@@ -215,7 +215,7 @@ async fn cams_of_a_vision_transformer_read_its_patch_tokens_on_their_grid() {
     let dir = temp_dir("cam-vit-models");
     write_model(&dir, "vit", &vit_without_positions(), MANIFEST);
     let s = start(test_config(&dir)).await;
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/vit")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/vit").await;
     let g = &report["gradients"];
     let tokens = g["default_cam_layer"].as_str().unwrap().to_string();
     assert_eq!(g["cam_layer_channel_axis"][&tokens], 2, "{g}");
@@ -287,7 +287,7 @@ async fn the_default_cam_layer_of_a_convnext_is_its_last_stage_before_pooling() 
         "task = \"image-classification\"\nlabels = [\"a\", \"b\", \"c\"]\n",
     );
     let s = start(test_config(&dir)).await;
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/convnext")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/convnext").await;
     assert_eq!(
         report["gradients"]["default_cam_layer"],
         json!(before_pooling),

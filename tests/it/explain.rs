@@ -49,20 +49,6 @@ pub(crate) fn region_model() -> explaind::onnx::proto::ModelProto {
 pub(crate) const REGION_MANIFEST: &str =
     "task = \"image-classification\"\nlabels = [\"region\", \"other\"]\n[image]\ncolor = \"grayscale\"\n";
 
-/// y = x W + b over 4 features, 2 outputs: every gradient method has a closed form.
-fn linear_model() -> (explaind::onnx::proto::ModelProto, Vec<f32>) {
-    let mut g = GraphBuilder::new("linear", 17);
-    let x = g.input("input", &[-1, 4]);
-    let w = vec![0.5, -1.0, 2.0, 0.0, -0.25, 1.0, 1.5, 3.0];
-    let wn = g.constant("w", &[4, 2], &w);
-    let b = g.constant("b", &[2], &[0.3, -0.2]);
-    let mm = g.node("MatMul", &[&x, &wn], vec![]);
-    g.node("Add", &[&mm, &b], vec![]);
-    g.rename_last_output("logits");
-    g.output("logits", &[-1, 2]);
-    (g.build(), w)
-}
-
 const LINEAR_MANIFEST: &str = "task = \"tabular-classification\"\nscores = \"raw\"\nlabels = [\"a\", \"b\"]\n[tabular]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\"]\nbackground = \"background.csv\"\n";
 
 /// 20 background rows for the linear model (columns in another order than the features, as files may be).

@@ -83,12 +83,12 @@ async fn a_model_with_external_weights_serves_and_explains_like_the_inline_one()
     std::fs::copy(root().join("models/fashion-cnn/model.onnx"), inline.join("model.onnx")).unwrap();
     std::fs::write(inline.join("model.toml"), fashion_manifest()).unwrap();
     let s = start(test_config(&dir)).await;
-    let listed = ok_json(reqwest::get(url(&s, "/v1/models")).await.unwrap()).await;
+    let listed = get_json(&s, "/v1/models").await;
     assert_eq!(listed["failed"], json!([]), "{listed}");
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/ext")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/ext").await;
     assert_eq!(report["gradients"]["differentiable"], true, "{report}");
     // The hash covers the weights: read back in, they make the bundled file byte for byte.
-    let inline_report = ok_json(reqwest::get(url(&s, "/v1/models/inline")).await.unwrap()).await;
+    let inline_report = get_json(&s, "/v1/models/inline").await;
     assert_eq!(report["sha256"], inline_report["sha256"]);
     // Gradient methods (backward graphs built from the weights, LRP rules reading them) and a
     // perturbation method.
@@ -145,11 +145,7 @@ async fn external_data_that_leave_the_folder_or_are_missing_are_refused_naming_t
         strict_models: true,
         ..test_config(&dir)
     };
-    let err = explaind::Service::start(config)
-        .await
-        .err()
-        .expect("started")
-        .to_string();
+    let err = start_error(config).await;
     assert!(
         err.contains("escape/model.onnx")
             && err.contains("initializer `")
@@ -159,7 +155,7 @@ async fn external_data_that_leave_the_folder_or_are_missing_are_refused_naming_t
 
     // Default: the good model serves, each bad one is listed with its reason.
     let s = start(test_config(&dir)).await;
-    let listed = ok_json(reqwest::get(url(&s, "/v1/models")).await.unwrap()).await;
+    let listed = get_json(&s, "/v1/models").await;
     let failed: std::collections::BTreeMap<String, String> = listed["failed"]
         .as_array()
         .unwrap()

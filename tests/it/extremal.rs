@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use common::*;
@@ -165,15 +165,7 @@ async fn bad_parameters_name_their_bounds_and_the_job_reports_progress() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let done = loop {
-        let v = ok_json(reqwest::get(url(&s, &format!("/v1/jobs/{id}"))).await.unwrap()).await;
-        if v["state"] == "done" {
-            break v;
-        }
-        assert!(Instant::now() < deadline && v["state"] != "failed", "{v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let done = job_done(&s, &format!("/v1/jobs/{id}"), Duration::from_secs(120)).await;
     // The pass that chooses the target, one row per area and iteration, then the kept scores and
     // the blurred image.
     assert_eq!(done["progress"]["planned"], 63, "{}", done["progress"]);

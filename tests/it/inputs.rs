@@ -93,11 +93,10 @@ async fn an_int64_tabular_model_is_served_and_explained_by_perturbation() {
     let dir = temp_dir("inputs-counts");
     write_counts(&dir);
     let s = start(test_config(&dir)).await;
-    let http = reqwest::Client::new();
 
     // The report: the input's type and role, the features' types (the constraint's `age` among
     // the integer ones: one source of truth).
-    let report: Value = ok_json(http.get(url(&s, "/v1/models/counts")).send().await.unwrap()).await;
+    let report: Value = get_json(&s, "/v1/models/counts").await;
     assert_eq!(
         report["inputs"],
         json!([{"name": "x", "dtype": "int64", "role": "explained"}]),
@@ -212,8 +211,7 @@ async fn gradient_methods_are_refused_with_one_reason_in_the_report_and_the_requ
     let dir = temp_dir("inputs-refused");
     write_counts(&dir);
     let s = start(test_config(&dir)).await;
-    let http = reqwest::Client::new();
-    let report: Value = ok_json(http.get(url(&s, "/v1/models/counts")).send().await.unwrap()).await;
+    let report: Value = get_json(&s, "/v1/models/counts").await;
     let methods: Vec<&str> = report["methods"]
         .as_array()
         .unwrap()
@@ -225,13 +223,7 @@ async fn gradient_methods_are_refused_with_one_reason_in_the_report_and_the_requ
     }
     for method in ["saliency", "integrated-gradients", "smoothgrad", "deeplift"] {
         assert!(!methods.contains(&method), "{method} offered: {methods:?}");
-        let listed = report["unavailable"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|u| u["name"] == method)
-            .unwrap_or_else(|| panic!("{method} not in unavailable: {report}"));
-        let reason = listed["reason"].as_str().unwrap();
+        let reason = unavailable_reason(&report, method);
         assert!(reason.contains("`x` is int64, not float"), "{reason}");
         let p = problem(
             post_json(
@@ -258,13 +250,7 @@ async fn gradient_methods_are_refused_with_one_reason_in_the_report_and_the_requ
         "model-not-differentiable",
     )
     .await;
-    let saliency = report["unavailable"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["name"] == "saliency")
-        .unwrap();
-    assert_eq!(p["detail"], saliency["reason"]);
+    assert_eq!(p["detail"], unavailable_reason(&report, "saliency"));
     s.stop().await.unwrap();
 }
 
@@ -348,7 +334,7 @@ async fn a_model_with_constant_side_inputs_answers_as_the_model_with_them_folded
     write_folded(&dir);
     let s = start(test_config(&dir)).await;
     let http = reqwest::Client::new();
-    let report: Value = ok_json(http.get(url(&s, "/v1/models/scaled")).send().await.unwrap()).await;
+    let report: Value = get_json(&s, "/v1/models/scaled").await;
     assert_eq!(
         report["inputs"],
         json!([
@@ -388,21 +374,7 @@ async fn a_model_with_constant_side_inputs_answers_as_the_model_with_them_folded
     let r = http.post(url(&s, "/v1/jobs")).json(&body).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let job = loop {
-        let v: Value = http
-            .get(url(&s, &format!("/v1/jobs/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["state"] == "done" {
-            break v;
-        }
-        assert!(matches!(v["state"].as_str(), Some("queued" | "running")), "{v}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let job = job_done(&s, &format!("/v1/jobs/{id}"), std::time::Duration::from_secs(60)).await;
     let (_, folded) = explain(
         &s,
         "folded",
@@ -455,7 +427,7 @@ async fn bad_input_roles_are_refused_at_start_naming_the_input() {
         ("typed-image", "tabular.types: only tabular models have features"),
     ];
     let s = start(test_config(&dir)).await;
-    let list = ok_json(reqwest::get(url(&s, "/v1/models")).await.unwrap()).await;
+    let list = get_json(&s, "/v1/models").await;
     let served: Vec<&str> = list["models"]
         .as_array()
         .unwrap()
@@ -477,11 +449,7 @@ async fn bad_input_roles_are_refused_at_start_naming_the_input() {
         strict_models: true,
         ..test_config(&dir)
     };
-    let err = explaind::Service::start(config)
-        .await
-        .err()
-        .expect("started")
-        .to_string();
+    let err = start_error(config).await;
     assert!(
         err.contains("inputs.mask.value") && err.contains("0.5 is not an integer"),
         "{err}"

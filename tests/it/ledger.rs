@@ -7,18 +7,26 @@
 
 use crate::common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::postgres::Postgres;
-use common::{fashion_png, root, start, temp_dir, test_config, url};
+use common::{fashion_png, get_json, root, start, temp_dir, test_config, url};
 use explaind::audit::{AuditLog, Context, Evidence, Kind, Verification};
 use explaind::config::{ApiKey, AuditMode, Config, Scope};
 use explaind::http::auth::hash_key;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Executor;
+
+/// A config over the bundled models whose audit log is SQLite in a fresh `data_dir` (returned).
+fn on_sqlite(name: &str) -> (Config, PathBuf) {
+    let data = temp_dir(name);
+    let mut config = test_config(&root().join("models"));
+    config.data_dir = data.clone();
+    (config, data)
+}
 
 /// Writes a signing key (hex) to a file under `dir`; returns the config value naming it.
 fn key_file(dir: &Path, name: &str, byte: u8) -> String {
@@ -72,7 +80,7 @@ async fn append(log: &AuditLog, n: usize, subject: Option<&str>) -> Vec<String> 
 
 /// Checkpoints through a served log, then a tampered checkpoint, a rewritten chain, key rotation and
 /// a cut, each checked directly.
-async fn checkpoints(mut config: Config, db_url: &str, keys: &Path) {
+async fn checkpoints(mut config: Config, keys: &Path) {
     config.audit_signing_key = Some(key_file(keys, "signing.key", 1));
     config.audit_checkpoint_records = 3;
     let s = start(config.clone()).await;
@@ -89,14 +97,7 @@ async fn checkpoints(mut config: Config, db_url: &str, keys: &Path) {
     // Every third record wakes the signer; give it a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
     let v: Value = loop {
-        let v: Value = http
-            .get(url(&s, "/v1/audit/verify"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&s, "/v1/audit/verify").await;
         if v["newest_checkpoint"]["seq"].as_i64() >= Some(3) || Instant::now() > deadline {
             break v;
         }
@@ -120,7 +121,7 @@ async fn checkpoints(mut config: Config, db_url: &str, keys: &Path) {
         "the tip is signed at shutdown"
     );
     assert!(v.checkpoints >= 2, "one on the way, one at shutdown: {v:?}");
-    let db = pool(db_url).await;
+    let db = pool(&config.audit_url()).await;
 
     // A tampered checkpoint is refused.
     db.execute("UPDATE audit_checkpoints SET time_ms = time_ms + 1 WHERE seq = 7")
@@ -202,12 +203,9 @@ async fn checkpoints(mut config: Config, db_url: &str, keys: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_on_sqlite_detect_cuts_and_tampering_and_survive_rotation() {
-    let data = temp_dir("ledger-cp");
-    let mut config = test_config(&root().join("models"));
-    config.data_dir = data.clone();
+    let (mut config, data) = on_sqlite("ledger-cp");
     config.audit = AuditMode::All;
-    let db = format!("sqlite://{}", data.join("audit.db").display());
-    checkpoints(config.clone(), &db, &data).await;
+    checkpoints(config.clone(), &data).await;
     // The command line finds the cut, and its export carries the keys and the checkpoints.
     let signing = key_file(&data, "signing-2b.key", 2);
     let cli = |what: &str| {
@@ -262,11 +260,11 @@ async fn checkpoints_on_postgres_detect_cuts_and_tampering_and_survive_rotation(
     let mut config = test_config(&root().join("models"));
     config.audit = AuditMode::All;
     config.audit_database_url = Some(pg.url());
-    checkpoints(config, &pg.url(), &keys).await;
+    checkpoints(config, &keys).await;
 }
 
 /// Encrypted records of two subjects and of none; one subject erased by an admin, not by another key.
-async fn erasure(mut config: Config, db_url: &str) {
+async fn erasure(mut config: Config) {
     config.audit = AuditMode::All;
     config.audit_store_inputs = true;
     config.audit_store_maps = true;
@@ -294,6 +292,7 @@ async fn erasure(mut config: Config, db_url: &str) {
         r.send()
     };
     let get = |path: String| http.get(url(&s, &path)).bearer_auth("audit-key").send();
+    let read = |path: String| async move { get(path).await.unwrap().json::<Value>().await.unwrap() };
     let mut ids = Vec::new();
     for (path, body, subject) in [
         (
@@ -323,7 +322,7 @@ async fn erasure(mut config: Config, db_url: &str) {
         ids.push(v["audit_record"]["id"].as_str().unwrap().to_string());
     }
     // The stored bodies hold ciphertext in place of the inputs, maps and per-feature values.
-    let db = pool(db_url).await;
+    let db = pool(&config.audit_url()).await;
     let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM audit_records ORDER BY seq")
         .fetch_all(&db)
         .await
@@ -341,21 +340,11 @@ async fn erasure(mut config: Config, db_url: &str) {
         "a feature's value is not kept in the clear"
     );
     // Read back, they are whole again.
-    let rec: Value = get(format!("/v1/audit/records/{}", ids[0]))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec: Value = read(format!("/v1/audit/records/{}", ids[0])).await;
     assert_eq!(rec["erased"], false, "{rec}");
     assert_eq!(rec["inputs"][0]["data"]["features"], features());
     assert_eq!(rec["targets"][0]["attributions"].as_array().unwrap().len(), 30);
-    let saliency: Value = get(format!("/v1/audit/records/{}", ids[1]))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let saliency: Value = read(format!("/v1/audit/records/{}", ids[1])).await;
     assert_eq!(saliency["inputs"][0]["data"]["image_base64"], b64);
     let r = get(format!("/v1/audit/records/{}/overlay.png", ids[1])).await.unwrap();
     assert_eq!(
@@ -400,12 +389,7 @@ async fn erasure(mut config: Config, db_url: &str) {
 
     // The subject's records: still there, decision kept, inputs and maps gone.
     for id in &ids[..2] {
-        let rec: Value = get(format!("/v1/audit/records/{id}"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let rec: Value = read(format!("/v1/audit/records/{id}")).await;
         assert_eq!(rec["erased"], true, "{rec}");
         assert!(rec["inputs"][0].get("data").is_none(), "{rec}");
         assert!(rec["inputs"][0]["sha256"].is_string());
@@ -419,22 +403,12 @@ async fn erasure(mut config: Config, db_url: &str) {
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "no map to draw after erasure");
     // The other subject's record and the per-record one are untouched.
     for id in &ids[2..] {
-        let rec: Value = get(format!("/v1/audit/records/{id}"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let rec: Value = read(format!("/v1/audit/records/{id}")).await;
         assert_eq!(rec["erased"], false);
         assert_eq!(rec["inputs"][0]["data"]["features"], features());
     }
     // The erasure is a record (by whom, of which subject reference; never the subject itself).
-    let page: Value = get("/v1/audit/records?kind=erasure".into())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = read("/v1/audit/records?kind=erasure".into()).await;
     let records = page["records"].as_array().unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["caller"], "dpo");
@@ -442,7 +416,7 @@ async fn erasure(mut config: Config, db_url: &str) {
     assert_eq!(records[0]["subject_ref"].as_str().unwrap().len(), 64);
     assert!(!records[0].to_string().contains("customer-7"));
     // The chain still verifies.
-    let v: Value = get("/v1/audit/verify".into()).await.unwrap().json().await.unwrap();
+    let v: Value = read("/v1/audit/verify".into()).await;
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["records"], 5);
     // Another replica erases customer-8 (its key removed behind this one's back): this replica's
@@ -462,12 +436,7 @@ async fn erasure(mut config: Config, db_url: &str) {
         .as_str()
         .unwrap()
         .to_string();
-    let rec: Value = get(format!("/v1/audit/records/{id}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec: Value = read(format!("/v1/audit/records/{id}")).await;
     assert_eq!(rec["erased"], false, "{rec}");
     assert_eq!(rec["inputs"][0]["data"]["features"], features());
     // A sealed part altered in the database breaks the chain.
@@ -487,7 +456,7 @@ async fn erasure(mut config: Config, db_url: &str) {
         .execute(&db)
         .await
         .unwrap();
-    let v: Value = get("/v1/audit/verify".into()).await.unwrap().json().await.unwrap();
+    let v: Value = read("/v1/audit/verify".into()).await;
     assert_eq!(v["first_broken"]["seq"], 3, "{v}");
     s.stop().await.unwrap();
     db.close().await;
@@ -495,14 +464,13 @@ async fn erasure(mut config: Config, db_url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_on_sqlite_keeps_the_chain_and_shreds_the_inputs() {
-    let data = temp_dir("ledger-erase");
-    let mut config = test_config(&root().join("models"));
-    config.data_dir = data.clone();
+    let (mut config, _) = on_sqlite("ledger-erase");
     // Keys wrapped by a master key from the environment.
     std::env::set_var("LEDGER_TEST_MASTER_KEY", hex::encode([5u8; 32]));
     config.audit_master_key = Some("env:LEDGER_TEST_MASTER_KEY".into());
-    erasure(config, &format!("sqlite://{}", data.join("audit.db").display())).await;
-    let db = pool(&format!("sqlite://{}", data.join("audit.db").display())).await;
+    let db_url = config.audit_url();
+    erasure(config).await;
+    let db = pool(&db_url).await;
     let wraps: Vec<String> = sqlx::query_scalar("SELECT wrap FROM audit_keys")
         .fetch_all(&db)
         .await
@@ -516,11 +484,11 @@ async fn erasure_on_postgres_keeps_the_chain_and_shreds_the_inputs() {
     let pg = Postgres::start();
     let mut config = test_config(&root().join("models"));
     config.audit_database_url = Some(pg.url());
-    erasure(config, &pg.url()).await;
+    erasure(config).await;
 }
 
 /// Retention on `db`: old records removed up to a checkpoint, the rest verifies from the signed base.
-async fn retention(mut config: Config, db_url: &str, keys: &Path) {
+async fn retention(mut config: Config, keys: &Path) {
     config.audit_signing_key = Some(key_file(keys, "retention.key", 3));
     config.audit_retention_days = 30;
     config.audit_encrypt = true;
@@ -532,7 +500,7 @@ async fn retention(mut config: Config, db_url: &str, keys: &Path) {
     append(&log, 2, None).await;
     assert_eq!(log.retain().await.unwrap(), 0, "nothing is old yet");
     // Records 1-6 made 40 days old (their hashed times no longer match, but they are to go).
-    let db = pool(db_url).await;
+    let db = pool(&config.audit_url()).await;
     let old = explaind::audit::record::now_ms() - 40 * 86_400_000;
     sqlx::query("UPDATE audit_records SET time_ms = $1 WHERE seq <= 6")
         .bind(old)
@@ -593,10 +561,8 @@ async fn retention(mut config: Config, db_url: &str, keys: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_on_sqlite_keeps_verification_working() {
-    let data = temp_dir("ledger-retention");
-    let mut config = test_config(&root().join("models"));
-    config.data_dir = data.clone();
-    retention(config, &format!("sqlite://{}", data.join("audit.db").display()), &data).await;
+    let (config, data) = on_sqlite("ledger-retention");
+    retention(config, &data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -605,7 +571,7 @@ async fn retention_on_postgres_keeps_verification_working() {
     let keys = temp_dir("ledger-retention-pg");
     let mut config = test_config(&root().join("models"));
     config.audit_database_url = Some(pg.url());
-    retention(config, &pg.url(), &keys).await;
+    retention(config, &keys).await;
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -632,9 +598,7 @@ async fn figures() {
     ];
     let mut logs = Vec::new();
     for (_, every, encrypt, _) in setups {
-        let data = temp_dir("ledger-figures");
-        let mut c = test_config(&root().join("models"));
-        c.data_dir = data.clone();
+        let (mut c, data) = on_sqlite("ledger-figures");
         c.audit = AuditMode::All;
         c.audit_encrypt = encrypt;
         if every > 0 {
@@ -697,16 +661,14 @@ async fn figures() {
     let mut dbs = Vec::new();
     // The last two are alike: their difference is the noise floor.
     for encrypt in [true, false, false] {
-        let data = temp_dir("ledger-figures-http");
-        let mut c = test_config(&root().join("models"));
-        c.data_dir = data.clone();
+        let (mut c, _) = on_sqlite("ledger-figures-http");
         c.workers = 1;
         c.audit = AuditMode::All;
         c.audit_store_inputs = true;
         c.audit_store_maps = true;
         c.audit_encrypt = encrypt;
+        dbs.push(c.audit_url());
         services.push(start(c).await);
-        dbs.push(format!("sqlite://{}", data.join("audit.db").display()));
     }
     dbs.truncate(2);
     let http = reqwest::Client::new();

@@ -280,7 +280,7 @@ async fn they_predict_as_onnx_runtime_and_serve_gradient_methods() {
             );
         }
         // The report: differentiable, the default CAM layer the feature map before the head.
-        let report = ok_json(reqwest::get(url(&s, &format!("/v1/models/{}", m.name))).await.unwrap()).await;
+        let report = get_json(&s, &format!("/v1/models/{}", m.name)).await;
         let g = &report["gradients"];
         assert_eq!(g["differentiable"], true, "{}: {g}", m.name);
         assert_eq!(g["default_cam_layer"], m.cam_layer, "{}", m.name);
@@ -391,7 +391,12 @@ async fn magika_takes_its_bytes_as_int32_ids_and_is_explained_by_windows() {
         for p in predictions {
             let i = p["index"].as_u64().unwrap() as usize;
             let got = p["score"].as_f64().unwrap();
-            assert!((got - want[i]).abs() < 1e-5, "{kind} {}: {got} vs {}", p["label"], want[i]);
+            assert!(
+                (got - want[i]).abs() < 1e-5,
+                "{kind} {}: {got} vs {}",
+                p["label"],
+                want[i]
+            );
         }
         // Occlusion over windows of 64 byte positions: finite, and the decision rests on something.
         let v = ok_json(
@@ -405,17 +410,14 @@ async fn magika_takes_its_bytes_as_int32_ids_and_is_explained_by_windows() {
         .await;
         let values = v["attributions"]["values"].as_array().unwrap();
         assert!(values.iter().all(|x| x.as_f64().is_some_and(f64::is_finite)), "{kind}");
-        assert!(values.iter().any(|x| x.as_f64().unwrap() > 0.0), "{kind}: nothing supports it");
+        assert!(
+            values.iter().any(|x| x.as_f64().unwrap() > 0.0),
+            "{kind}: nothing supports it"
+        );
     }
     // An integer input has no gradient: refused up front, with the reason the report gives.
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/magika")).await.unwrap()).await;
-    let reason = report["unavailable"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "saliency")
-        .unwrap_or_else(|| panic!("saliency not listed as unavailable: {report}"))["reason"]
-        .clone();
+    let report = get_json(&s, "/v1/models/magika").await;
+    let reason = unavailable_reason(&report, "saliency");
     let text = rows[0].iter().map(i64::to_string).collect::<Vec<_>>().join(" ");
     let p = problem(
         post_json(&s, "/v1/models/magika/explain/saliency", &json!({"text": text})).await,

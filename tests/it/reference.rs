@@ -13,7 +13,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{ok_json, post_json, problem, root, start, temp_dir, test_config, test_venv, url};
+use common::{get_json, job_done, ok_json, post_json, problem, root, start, temp_dir, test_config, test_venv, url};
 use explaind::config::Config;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -80,10 +80,6 @@ fn write_folder(models: &Path, name: &str, onnx: &[u8], manifest: &str) {
 fn png(path: &Path) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
-}
-
-async fn get_json(service: &explaind::Service, path: &str) -> Value {
-    ok_json(reqwest::get(url(service, path)).await.unwrap()).await
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -783,15 +779,7 @@ async fn an_uploaded_set_replaces_the_old_one_whole_as_a_job_and_stays_at_the_ne
     let accepted = send(lines.join("\n")).await;
     assert_eq!(accepted.status(), StatusCode::ACCEPTED);
     let job = accepted.headers()["location"].to_str().unwrap().to_string();
-    let mut view = Value::Null;
-    for _ in 0..200 {
-        view = get_json(&service, &job).await;
-        if view["state"] != "queued" && view["state"] != "running" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(view["state"], "done", "{view}");
+    let view = job_done(&service, &job, std::time::Duration::from_secs(10)).await;
     assert_eq!(view["progress"]["done"], 30, "{view}");
     assert_eq!(view["result"]["rows"], 30, "{view}");
     let info = get_json(&service, "/v1/models/fashion").await;
@@ -852,13 +840,7 @@ async fn an_uploaded_set_replaces_the_old_one_whole_as_a_job_and_stays_at_the_ne
     let accepted = multipart(form(10, csv)).await;
     assert_eq!(accepted.status(), StatusCode::ACCEPTED);
     let job = accepted.headers()["location"].to_str().unwrap().to_string();
-    for _ in 0..200 {
-        view = get_json(&service, &job).await;
-        if view["state"] != "queued" && view["state"] != "running" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let view = job_done(&service, &job, std::time::Duration::from_secs(10)).await;
     assert_eq!(view["result"]["rows"], 10, "{view}");
     // The set it replaced and the refused upload are gone; the one in force stays.
     let uploads = config.data_dir.join("reference/fashion.uploads");

@@ -64,7 +64,7 @@ async fn the_report_lists_every_refused_node_and_requests_meet_the_same_refusal(
         "task = \"image-classification\"\nlabels = [\"a\", \"b\"]\n[image]\ncolor = \"grayscale\"\n",
     );
     let s = start(test_config(&dir)).await;
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/refused")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/refused").await;
     let gradients = &report["gradients"];
     assert_eq!(gradients["differentiable"], false, "{report}");
     let blocking: Vec<String> = gradients["blocking_operators"]
@@ -310,7 +310,7 @@ async fn every_refused_form_of_every_rule_is_in_the_report() {
         .map(|(name, _, reason)| (*name, *reason))
         .chain([("opset-10", "opset")]);
     for (name, reason) in cases {
-        let report = ok_json(reqwest::get(url(&s, &format!("/v1/models/{name}"))).await.unwrap()).await;
+        let report = get_json(&s, &format!("/v1/models/{name}")).await;
         let g = &report["gradients"];
         assert_eq!(g["differentiable"], false, "{name}: {g}");
         let blocking: Vec<&str> = g["blocking_operators"]
@@ -371,7 +371,7 @@ async fn each_rule_family_reports_its_own_refusals() {
     let manifest = "task = \"image-classification\"\nlabels = [\"a\", \"b\"]\n[image]\ncolor = \"grayscale\"\n";
     write_model(&dir, "gated", &gated, manifest);
     let s = start(test_config(&dir)).await;
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/gated")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/gated").await;
     let by_rules = report["gradients"]["refusals_by_rules"].as_object().unwrap().clone();
     assert_eq!(report["gradients"]["differentiable"], true, "{report}");
     for (family, refused) in &by_rules {

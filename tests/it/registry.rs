@@ -133,7 +133,7 @@ async fn a_model_that_fails_to_load_is_listed_with_its_error_and_the_others_serv
     let dir = broken_beside_good("broken-beside-good");
     // A models directory given with a trailing separator still yields errors without its path.
     let s = start(test_config(&dir.join(""))).await;
-    let listed = ok_json(reqwest::get(url(&s, "/v1/models")).await.unwrap()).await;
+    let listed = get_json(&s, "/v1/models").await;
     let names: Vec<&str> = listed["models"]
         .as_array()
         .unwrap()
@@ -193,11 +193,7 @@ async fn with_strict_models_a_model_that_fails_to_load_stops_the_start_naming_it
             strict_models: true,
             ..test_config(&dir)
         };
-        let err = explaind::Service::start(config)
-            .await
-            .err()
-            .expect("started")
-            .to_string();
+        let err = start_error(config).await;
         assert!(err.contains(why), "expected `{why}` in: {err}");
     }
 }
@@ -209,11 +205,7 @@ async fn the_service_refuses_to_start_on_a_bad_model_folder() {
     std::fs::create_dir_all(&model_dir).unwrap();
     std::fs::write(model_dir.join("model.onnx"), fashion_onnx()).unwrap();
     std::fs::write(model_dir.join("model.toml"), "task = \"tabular-regression\"\n").unwrap();
-    let err = explaind::Service::start(test_config(&dir))
-        .await
-        .err()
-        .expect("started on a bad model")
-        .to_string();
+    let err = start_error(test_config(&dir)).await;
     // Alone, a bad model leaves nothing to serve: the start is refused, with strict_models or not.
     assert!(
         err.contains("no model loaded") && err.contains("m/model.toml") && err.contains("input") && err.contains("2-D"),
@@ -223,21 +215,13 @@ async fn the_service_refuses_to_start_on_a_bad_model_folder() {
         strict_models: true,
         ..test_config(&dir)
     };
-    let err = explaind::Service::start(strict)
-        .await
-        .err()
-        .expect("started on a bad model")
-        .to_string();
+    let err = start_error(strict).await;
     assert!(
         err.contains("model.toml") && err.contains("input") && err.contains("2-D"),
         "{err}"
     );
     let empty = temp_dir("empty-models");
-    let err = explaind::Service::start(test_config(&empty))
-        .await
-        .err()
-        .expect("started with no models")
-        .to_string();
+    let err = start_error(test_config(&empty)).await;
     assert!(err.contains("no models found"), "{err}");
 }
 

@@ -10,9 +10,8 @@ use crate::common;
 use std::path::Path;
 
 use base64::Engine;
-use common::{copy_bundled, fashion_png, problem, root, start, temp_dir, test_config, url};
-use explaind::config::{ApiKey, AuditMode, Config, Scope};
-use explaind::http::auth::hash_key;
+use common::{copy_bundled, fashion_png, frontend_and_auditor_keys, problem, root, start, temp_dir, test_config, url};
+use explaind::config::{AuditMode, Config};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -237,18 +236,7 @@ async fn replays_that_cannot_run_are_refused_with_the_reason() {
     let data = temp_dir("replay-refusal-data");
     let mut c = audited(&models, &data);
     c.audit_store_maps = false;
-    c.api_keys = vec![
-        ApiKey {
-            name: "frontend".into(),
-            sha256: hash_key("key-one"),
-            scopes: vec![Scope::Predict],
-        },
-        ApiKey {
-            name: "auditor".into(),
-            sha256: hash_key("key-two"),
-            scopes: vec![Scope::Predict, Scope::Audit],
-        },
-    ];
+    c.api_keys = frontend_and_auditor_keys();
     let keys = c.api_keys.clone();
     let s = start(c).await;
     let http = reqwest::Client::new();

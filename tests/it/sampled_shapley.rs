@@ -75,20 +75,6 @@ fn exact_shapley(f: impl Fn(&[f64]) -> f64, x: &[f64], baseline: &[f64]) -> Vec<
     phi
 }
 
-/// y = x W + b over 4 features (the weights of tests/it/explain.rs's linear model).
-fn linear() -> (explaind::onnx::proto::ModelProto, Vec<f32>) {
-    let w = vec![0.5, -1.0, 2.0, 0.0, -0.25, 1.0, 1.5, 3.0];
-    let mut g = GraphBuilder::new("linear", 17);
-    let x = g.input("input", &[-1, 4]);
-    let wn = g.constant("w", &[4, 2], &w);
-    let b = g.constant("b", &[2], &[0.3, -0.2]);
-    let mm = g.node("MatMul", &[&x, &wn], vec![]);
-    g.node("Add", &[&mm, &b], vec![]);
-    g.rename_last_output("logits");
-    g.output("logits", &[-1, 2]);
-    (g.build(), w)
-}
-
 const BACKGROUND: &str = "f0,f1,f2,f3\n1,2,3,4\n-1,0,1,2\n0.5,0.5,-0.5,0\n";
 
 async fn start_models() -> explaind::Service {
@@ -106,7 +92,7 @@ async fn start_models() -> explaind::Service {
     write_model(
         &dir,
         "linear",
-        &linear().0,
+        &linear_model().0,
         "task = \"tabular-classification\"\nscores = \"raw\"\nlabels = [\"a\", \"b\"]\n[tabular]\nfeatures = [\"f0\", \"f1\", \"f2\", \"f3\"]\nbackground = \"background.csv\"\n",
     );
     std::fs::write(dir.join("linear/background.csv"), BACKGROUND).unwrap();
@@ -121,7 +107,7 @@ fn numbers(v: &Value) -> Vec<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linear_models_get_the_closed_form_from_every_permutation() {
     let s = start_models().await;
-    let (_, w) = linear();
+    let (_, w) = linear_model();
     let x = [1.5f32, -2.0, 0.5, 3.0];
     let mean = [1.0f32 / 6.0, 2.5 / 3.0, 3.5 / 3.0, 2.0];
     for (baseline, b) in [("black", [0f32; 4]), ("mean", mean)] {

@@ -3,9 +3,8 @@
 
 use crate::common;
 
-use common::{root, start, start_bundled, test_config, url};
-use explaind::config::{ApiKey, AuditMode, Scope};
-use explaind::http::auth::hash_key;
+use common::{frontend_and_auditor_keys, root, start, start_bundled, test_config, url};
+use explaind::config::AuditMode;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -13,18 +12,7 @@ use serde_json::{json, Value};
 async fn api_keys_guard_everything_but_probes_and_scope_the_audit_log() {
     let mut c = test_config(&root().join("models"));
     c.audit = AuditMode::All;
-    c.api_keys = vec![
-        ApiKey {
-            name: "frontend".into(),
-            sha256: hash_key("key-one"),
-            scopes: vec![Scope::Predict],
-        },
-        ApiKey {
-            name: "auditor".into(),
-            sha256: hash_key("key-two"),
-            scopes: vec![Scope::Predict, Scope::Audit],
-        },
-    ];
+    c.api_keys = frontend_and_auditor_keys();
     let s = start(c).await;
     let http = reqwest::Client::new();
     for open in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {

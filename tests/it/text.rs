@@ -48,7 +48,7 @@ fn top_word(answer: &Value) -> String {
 async fn tokens_carry_offsets_into_the_original_text() {
     let dir = temp_dir("text-tokens");
     let s = text_service(&dir).await;
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/keywords")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/keywords").await;
     assert_eq!(report["task"], "text-classification", "{report}");
     assert_eq!(report["text"]["embedding_size"], 4, "{report}");
     assert_eq!(report["text"]["hide_token"]["token"], "[MASK]");
@@ -182,7 +182,7 @@ async fn tokens_carry_offsets_into_the_original_text() {
 async fn every_text_method_finds_the_words_that_decide() {
     let dir = temp_dir("text-known");
     let s = text_service(&dir).await;
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/keywords")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/keywords").await;
     let methods: Vec<String> = serde_json::from_value(report["methods"].clone()).unwrap();
     let text_methods = [
         "saliency",
@@ -340,7 +340,7 @@ async fn transformer_token_gradients_and_integrated_gradients_are_exact() {
 async fn attention_methods_on_text_match_numpy_references() {
     let dir = temp_dir("text-attention");
     let s = text_service(&dir).await;
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/text-transformer")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/text-transformer").await;
     let maps: Vec<String> = serde_json::from_value(report["gradients"]["attention_maps"].clone()).unwrap();
     assert_eq!(maps.len(), 2, "one per layer: {report}");
     let (file, x, shape, special) = cut_transformer(&dir, REVIEW);
@@ -527,7 +527,7 @@ async fn bad_text_and_unreadable_models_are_refused() {
     assert!(p["detail"].as_str().unwrap().contains("Softmax outputs"), "{p}");
 
     // No embedding lookup: gradient methods refused with the reason, perturbation methods served.
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/ids-only")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/ids-only").await;
     assert!(
         report["text"]["gradients_refused"]
             .as_str()

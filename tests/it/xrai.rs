@@ -135,7 +135,7 @@ async fn xrai_refuses_tabular_models_and_bad_parameters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xrai_and_sampled_shapley_serve_through_the_report_compare_and_jobs() {
     let s = start_region().await;
-    let report = ok_json(reqwest::get(url(&s, "/v1/models/region")).await.unwrap()).await;
+    let report = get_json(&s, "/v1/models/region").await;
     let listed: Vec<&str> = report["methods"]
         .as_array()
         .unwrap()
@@ -146,7 +146,7 @@ async fn xrai_and_sampled_shapley_serve_through_the_report_compare_and_jobs() {
         listed.contains(&"xrai") && listed.contains(&"sampled-shapley"),
         "{listed:?}"
     );
-    let tabular = ok_json(reqwest::get(url(&s, "/v1/models/breast-cancer")).await.unwrap()).await;
+    let tabular = get_json(&s, "/v1/models/breast-cancer").await;
     let listed = tabular["methods"].to_string();
     assert!(
         listed.contains("sampled-shapley") && !listed.contains("xrai"),
@@ -173,15 +173,7 @@ async fn xrai_and_sampled_shapley_serve_through_the_report_compare_and_jobs() {
     .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let done = loop {
-        let v = ok_json(reqwest::get(url(&s, &format!("/v1/jobs/{id}"))).await.unwrap()).await;
-        if v["state"] == "done" {
-            break v;
-        }
-        assert!(std::time::Instant::now() < deadline && v["state"] != "failed", "{v}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let done = job_done(&s, &format!("/v1/jobs/{id}"), std::time::Duration::from_secs(60)).await;
     // The input's scores, two baselines x 10 points, the baselines' scores.
     assert_eq!(done["progress"]["planned"], 23, "{}", done["progress"]);
     assert_eq!(done["progress"]["done"], 23, "{}", done["progress"]);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use explaind::config::Config;
+use explaind::config::{ApiKey, Config};
 use explaind::onnx::builder::{Attr, GraphBuilder};
 use explaind::Service;
 use prost::Message;
@@ -166,6 +166,30 @@ pub async fn start(config: Config) -> Service {
     }
 }
 
+/// The error that stops `config`'s start (a start that succeeds fails the test).
+pub async fn start_error(config: Config) -> String {
+    Service::start(config)
+        .await
+        .err()
+        .expect("the service started")
+        .to_string()
+}
+
+/// Two API keys: `frontend` (bearer `key-one`) may predict and explain, `auditor` (bearer
+/// `key-two`) may also read the audit log.
+pub fn frontend_and_auditor_keys() -> Vec<ApiKey> {
+    use explaind::config::Scope;
+    let key = |name: &str, secret: &str, scopes: Vec<Scope>| ApiKey {
+        name: name.into(),
+        sha256: explaind::http::auth::hash_key(secret),
+        scopes,
+    };
+    vec![
+        key("frontend", "key-one", vec![Scope::Predict]),
+        key("auditor", "key-two", vec![Scope::Predict, Scope::Audit]),
+    ]
+}
+
 /// Base URL of a service.
 pub fn url(service: &Service, path: &str) -> String {
     format!("http://{}{}", service.addr, path)
@@ -206,6 +230,21 @@ pub fn write_model(models_dir: &Path, name: &str, model: &explaind::onnx::proto:
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("model.onnx"), model.encode_to_vec()).unwrap();
     std::fs::write(dir.join("model.toml"), manifest).unwrap();
+}
+
+/// y = x W + b over 4 features, 2 outputs, and its weights W (row-major 4 x 2): every gradient
+/// method, and Shapley values, have a closed form.
+pub fn linear_model() -> (explaind::onnx::proto::ModelProto, Vec<f32>) {
+    let mut g = GraphBuilder::new("linear", 17);
+    let x = g.input("input", &[-1, 4]);
+    let w = vec![0.5, -1.0, 2.0, 0.0, -0.25, 1.0, 1.5, 3.0];
+    let wn = g.constant("w", &[4, 2], &w);
+    let b = g.constant("b", &[2], &[0.3, -0.2]);
+    let mm = g.node("MatMul", &[&x, &wn], vec![]);
+    g.node("Add", &[&mm, &b], vec![]);
+    g.rename_last_output("logits");
+    g.output("logits", &[-1, 2]);
+    (g.build(), w)
 }
 
 /// A deliberately slow tabular-regression model: 8 features in, one value out, with `layers`
@@ -309,6 +348,37 @@ pub async fn ok_json(resp: reqwest::Response) -> serde_json::Value {
     let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
     assert_eq!(status, reqwest::StatusCode::OK, "{v}");
     v
+}
+
+/// GETs `path` on `service` and returns the JSON of its 200 answer (see `ok_json`).
+pub async fn get_json(service: &Service, path: &str) -> serde_json::Value {
+    ok_json(reqwest::get(url(service, path)).await.unwrap()).await
+}
+
+/// Polls the job at `path` (`/v1/jobs/{id}`, as `Location` names it) until it is done and
+/// returns its view; a job that fails, is cancelled or is not done `within` fails the test.
+pub async fn job_done(service: &Service, path: &str, within: std::time::Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let v = get_json(service, path).await;
+        if v["state"] == "done" {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && matches!(v["state"].as_str(), Some("queued" | "running")),
+            "{v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The reason a model's report (`GET /v1/models/{name}`) gives for not offering `method`.
+pub fn unavailable_reason(report: &serde_json::Value, method: &str) -> String {
+    let listed = report["unavailable"]
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["name"] == method))
+        .unwrap_or_else(|| panic!("{method} not in unavailable: {report}"));
+    listed["reason"].as_str().unwrap().to_string()
 }
 
 /// Checks an RFC 9457 problem response (status, content type, `type`, fields) and returns its body.
