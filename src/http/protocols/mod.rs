@@ -3,9 +3,9 @@
 //! handlers validate (the same limits, the same queue, the same audit), and writes the answer and
 //! the errors in that protocol's shape. They never validate or run anything themselves.
 
-pub mod vertex;
 pub mod kserve_v1;
 pub mod oip;
+pub mod vertex;
 
 use std::sync::Arc;
 use std::time::Instant;
