@@ -21,6 +21,7 @@ pub mod prepare;
 mod problems;
 pub(crate) mod protocols;
 mod reference;
+mod segments;
 mod replay;
 mod report;
 mod router;
