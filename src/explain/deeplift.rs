@@ -161,6 +161,7 @@ pub(super) fn attribution(
             .map(|s| fold_channels(&batch, 0, s, Fold::Sum)),
         convergence_delta: Some(delta),
         layer: None,
-        details: None,
+        // What the contributions add up to: f(input) - f(reference).
+        details: Some(serde_json::json!({"difference": pair.difference})),
     }
 }

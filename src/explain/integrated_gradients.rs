@@ -216,7 +216,9 @@ fn explain(
             map: fold_map(job, &batch, 0, Fold::Sum),
             convergence_delta: Some(delta),
             layer: None,
-            details: None,
+            // What the attributions add up to is f(input) - f(baseline): the baseline's score
+            // says from where (a regression's value at the baseline, most of all).
+            details: Some(serde_json::json!({"baseline_score": base_scores.get(t.index)})),
         });
     }
     Ok(out)

@@ -21,10 +21,10 @@ pub mod prepare;
 mod problems;
 pub(crate) mod protocols;
 mod reference;
-mod segments;
 mod replay;
 mod report;
 mod router;
+mod segments;
 pub mod server;
 mod uncertainty;
 

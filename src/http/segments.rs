@@ -25,7 +25,12 @@ pub(super) enum Mask {
 
 /// The answer for `map` on the image `geometry` describes, and the mask's PNG when `mask` asks
 /// for it (each pixel its class index plus one, 0 for none; 16-bit past 254 classes).
-pub(super) fn answer(model: &LoadedModel, map: &ClassMap, geometry: &Geometry, mask: Mask) -> (SegmentationAnswer, Option<Vec<u8>>) {
+pub(super) fn answer(
+    model: &LoadedModel,
+    map: &ClassMap,
+    geometry: &Geometry,
+    mask: Mask,
+) -> (SegmentationAnswer, Option<Vec<u8>>) {
     let (width, height) = (geometry.original_width, geometry.original_height);
     let values = on_original(map, geometry);
     let mut counts = vec![0u64; map.classes];
@@ -41,7 +46,12 @@ pub(super) fn answer(model: &LoadedModel, map: &ClassMap, geometry: &Geometry, m
         .filter(|(_, n)| **n > 0)
         .map(|(i, n)| ClassArea {
             index: i,
-            label: model.spec.labels.get(i).cloned().unwrap_or_else(|| format!("class_{i}")),
+            label: model
+                .spec
+                .labels
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("class_{i}")),
             pixels: *n,
             share: *n as f64 / total,
         })
@@ -53,7 +63,9 @@ pub(super) fn answer(model: &LoadedModel, map: &ClassMap, geometry: &Geometry, m
         width,
         height,
         mask: match mask {
-            Mask::Included => png.as_ref().map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+            Mask::Included => png
+                .as_ref()
+                .map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
             _ => None,
         },
     };

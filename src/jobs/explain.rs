@@ -85,7 +85,11 @@ pub fn run(
     let regions = run
         .attributions
         .iter()
-        .map(|a| on_regions.as_ref().and_then(|on| on.regions.get(a.target.index).cloned()))
+        .map(|a| {
+            on_regions
+                .as_ref()
+                .and_then(|on| on.regions.get(a.target.index).cloned())
+        })
         .collect();
     let mut result = ExplainResult {
         regions,

@@ -30,7 +30,11 @@ pub struct OnRegions {
 }
 
 /// `job` on its region sums when its model is a segmenter; `None` for any other model.
-pub fn on_regions(rt: &mut WorkerRuntime, ctx: &JobContext, job: &ExplainJob) -> Result<Option<OnRegions>, RuntimeError> {
+pub fn on_regions(
+    rt: &mut WorkerRuntime,
+    ctx: &JobContext,
+    job: &ExplainJob,
+) -> Result<Option<OnRegions>, RuntimeError> {
     let model = &job.model;
     let (Some(seg), Some(image)) = (&model.spec.segmentation, &model.spec.image) else {
         return Ok(None);
@@ -91,16 +95,7 @@ pub fn on_regions(rt: &mut WorkerRuntime, ctx: &JobContext, job: &ExplainJob) ->
     }
     let regions = per_class
         .into_iter()
-        .map(|inside| {
-            Arc::new(
-                RegionMask {
-                    width,
-                    height,
-                    inside,
-                }
-                .resized(image.width, image.height),
-            )
-        })
+        .map(|inside| Arc::new(RegionMask { width, height, inside }.resized(image.width, image.height)))
         .collect();
     let on = ExplainJob {
         model: lent.model.clone(),

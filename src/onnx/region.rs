@@ -55,7 +55,9 @@ pub fn with_region_sums(
     let name = |s: &str| format!("explaind.region.{s}");
     graph.initializer.push(float_tensor(&name("mask"), &dims, mask));
     let masked = name("masked");
-    graph.node.push(node("Mul", vec![output.to_string(), name("mask")], &masked, vec![]));
+    graph
+        .node
+        .push(node("Mul", vec![output.to_string(), name("mask")], &masked, vec![]));
     let keepdims = ("keepdims", Attr::Int(0));
     // ReduceSum takes its axes as an input from opset 13, as an attribute before.
     let sum = if opset >= 13 {

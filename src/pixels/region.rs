@@ -40,9 +40,7 @@ pub fn rasterize(shape: &Shape, g: &Geometry, (width, height): (usize, usize)) -
         }
         Shape::Mask(w, h, _) => {
             if (*w, *h) != (g.original_width, g.original_height) {
-                return Err(format!(
-                    "region.mask is {w} x {h} pixels; the image is {ow} x {oh}"
-                ));
+                return Err(format!("region.mask is {w} x {h} pixels; the image is {ow} x {oh}"));
             }
         }
     }
@@ -84,7 +82,10 @@ fn contains(shape: &Shape, x: f64, y: f64) -> bool {
                 && py >= 0
                 && px < *w as i64
                 && py < *h as i64
-                && bits.get(py as usize * *w as usize + px as usize).copied().unwrap_or(false)
+                && bits
+                    .get(py as usize * *w as usize + px as usize)
+                    .copied()
+                    .unwrap_or(false)
         }
     }
 }

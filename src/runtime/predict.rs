@@ -179,7 +179,12 @@ fn by_area(model: &LoadedModel, map: &ClassMap) -> Vec<Prediction> {
         .into_iter()
         .map(|i| Prediction {
             index: i,
-            label: model.spec.labels.get(i).cloned().unwrap_or_else(|| format!("class_{i}")),
+            label: model
+                .spec
+                .labels
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("class_{i}")),
             score: (counts[i] as f64 / total) as f32,
         })
         .collect()

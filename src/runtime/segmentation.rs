@@ -41,7 +41,13 @@ pub fn grid(spec: &SegmentationSpec, shape: &[usize]) -> Option<(usize, usize, u
 }
 
 /// Index of (class, y, x) in one row of the output.
-pub fn index(spec: &SegmentationSpec, (classes, height, width): (usize, usize, usize), c: usize, y: usize, x: usize) -> usize {
+pub fn index(
+    spec: &SegmentationSpec,
+    (classes, height, width): (usize, usize, usize),
+    c: usize,
+    y: usize,
+    x: usize,
+) -> usize {
     match spec.layout {
         Layout::NCHW => (c * height + y) * width + x,
         Layout::NHWC => (y * width + x) * classes + c,
@@ -101,18 +107,48 @@ mod tests {
     fn softmax_takes_the_highest_class_and_sigmoid_the_threshold() {
         // Two classes over a 1x2 grid, NCHW: pixel 0 favours class 1, pixel 1 class 0.
         let nchw = [0.1, 0.9, 0.8, 0.2];
-        let m = class_map(&spec(Layout::NCHW, Activation::Softmax), ScoreKind::Logits, &[1, 2, 1, 2], &nchw).unwrap();
+        let m = class_map(
+            &spec(Layout::NCHW, Activation::Softmax),
+            ScoreKind::Logits,
+            &[1, 2, 1, 2],
+            &nchw,
+        )
+        .unwrap();
         assert_eq!(m.pixels, vec![Some(1), Some(0)]);
         // The same scores channels-last.
         let nhwc = [0.1, 0.8, 0.9, 0.2];
-        let m = class_map(&spec(Layout::NHWC, Activation::Softmax), ScoreKind::Logits, &[1, 1, 2, 2], &nhwc).unwrap();
+        let m = class_map(
+            &spec(Layout::NHWC, Activation::Softmax),
+            ScoreKind::Logits,
+            &[1, 1, 2, 2],
+            &nhwc,
+        )
+        .unwrap();
         assert_eq!(m.pixels, vec![Some(1), Some(0)]);
         // One sigmoid class: probabilities against 0.5, logits against 0.
-        let m = class_map(&spec(Layout::NCHW, Activation::Sigmoid), ScoreKind::Probabilities, &[1, 1, 1, 3], &[0.2, 0.5, 0.7]).unwrap();
+        let m = class_map(
+            &spec(Layout::NCHW, Activation::Sigmoid),
+            ScoreKind::Probabilities,
+            &[1, 1, 1, 3],
+            &[0.2, 0.5, 0.7],
+        )
+        .unwrap();
         assert_eq!(m.pixels, vec![None, Some(0), Some(0)]);
         assert_eq!(m.counts(), vec![2]);
-        let m = class_map(&spec(Layout::NCHW, Activation::Sigmoid), ScoreKind::Logits, &[1, 1, 1, 3], &[-0.1, 0.0, 2.0]).unwrap();
+        let m = class_map(
+            &spec(Layout::NCHW, Activation::Sigmoid),
+            ScoreKind::Logits,
+            &[1, 1, 1, 3],
+            &[-0.1, 0.0, 2.0],
+        )
+        .unwrap();
         assert_eq!(m.pixels, vec![None, Some(0), Some(0)]);
-        assert!(class_map(&spec(Layout::NCHW, Activation::Softmax), ScoreKind::Logits, &[1, 2, 2, 2], &nchw).is_none());
+        assert!(class_map(
+            &spec(Layout::NCHW, Activation::Softmax),
+            ScoreKind::Logits,
+            &[1, 2, 2, 2],
+            &nchw
+        )
+        .is_none());
     }
 }

@@ -243,7 +243,11 @@ impl ValidExplain {
     /// The worker's job for `input` (scores when a prediction already computed them).
     pub fn task(&self, prepared: &[Prepared], scores: Option<Vec<f64>>) -> Result<ExplainTask, ApiError> {
         let region = match (&self.region, prepared.first()) {
-            (Some(r), Some(p)) => Some(std::sync::Arc::new(super::segments::region_on_input(&self.model, r, p)?)),
+            (Some(r), Some(p)) => Some(std::sync::Arc::new(super::segments::region_on_input(
+                &self.model,
+                r,
+                p,
+            )?)),
             _ => None,
         };
         let job = ExplainJob {

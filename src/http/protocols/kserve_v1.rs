@@ -42,7 +42,10 @@ pub const DEFAULT_METHODS: [(Task, &[&str]); 8] = [
     (Task::TabularClassification, &["tree-shap", "kernel-shap"]),
     (Task::TabularRegression, &["tree-shap", "kernel-shap"]),
     (Task::TextClassification, &["integrated-gradients", "kernel-shap"]),
-    (Task::SemanticSegmentation, &["grad-cam", "integrated-gradients", "kernel-shap"]),
+    (
+        Task::SemanticSegmentation,
+        &["grad-cam", "integrated-gradients", "kernel-shap"],
+    ),
     (Task::MultiLabelClassification, &["integrated-gradients", "kernel-shap"]),
     (Task::ImageRegression, &["integrated-gradients", "kernel-shap"]),
     (Task::TextRegression, &["integrated-gradients", "kernel-shap"]),

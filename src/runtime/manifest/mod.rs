@@ -93,7 +93,10 @@ impl Task {
     pub fn takes_image(self) -> bool {
         matches!(
             self,
-            Task::ImageClassification | Task::SemanticSegmentation | Task::MultiLabelClassification | Task::ImageRegression
+            Task::ImageClassification
+                | Task::SemanticSegmentation
+                | Task::MultiLabelClassification
+                | Task::ImageRegression
         )
     }
 
@@ -104,7 +107,10 @@ impl Task {
 
     /// Whether the output is one number rather than class scores.
     pub fn is_regression(self) -> bool {
-        matches!(self, Task::TabularRegression | Task::ImageRegression | Task::TextRegression)
+        matches!(
+            self,
+            Task::TabularRegression | Task::ImageRegression | Task::TextRegression
+        )
     }
 }
 
@@ -241,7 +247,10 @@ impl Manifest {
             ("regression", self.regression.is_some()),
         ] {
             if given && !outputs::reads(task, section) {
-                return Err(err(section, format!("a {} model takes no [{section}] section", kebab(task))));
+                return Err(err(
+                    section,
+                    format!("a {} model takes no [{section}] section", kebab(task)),
+                ));
             }
         }
         if task.takes_text() && self.inputs.is_some() {

@@ -110,7 +110,10 @@ pub(super) fn segmentation(
         (None, 0) => {
             return Err(err(
                 "labels",
-                format!("missing, and the class axis of `{}` ({described}) is not fixed", output.name),
+                format!(
+                    "missing, and the class axis of `{}` ({described}) is not fixed",
+                    output.name
+                ),
             ))
         }
         (Some(n), l) if n != l => {
@@ -136,16 +139,9 @@ pub(super) fn segmentation(
         ));
     }
     if scores == ScoreKind::Raw {
-        return Err(err(
-            "scores",
-            "a segmenter's output is logits or probabilities".into(),
-        ));
+        return Err(err("scores", "a segmenter's output is logits or probabilities".into()));
     }
-    let threshold = probability(
-        "segmentation.threshold",
-        m.threshold.unwrap_or(DEFAULT_THRESHOLD),
-        err,
-    )?;
+    let threshold = probability("segmentation.threshold", m.threshold.unwrap_or(DEFAULT_THRESHOLD), err)?;
     Ok(SegmentationSpec {
         layout,
         activation,
@@ -200,7 +196,11 @@ pub(super) fn regression(
     if per_row.is_some_and(|n| n != 1) {
         return Err(err(
             "output",
-            format!("a regression gives one value per row; `{}` is {}", output.name, describe(output)),
+            format!(
+                "a regression gives one value per row; `{}` is {}",
+                output.name,
+                describe(output)
+            ),
         ));
     }
     let name = match (m.name, labels.as_slice()) {
