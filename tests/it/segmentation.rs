@@ -527,3 +527,159 @@ async fn a_tagger_and_a_regressor_answer_their_closed_forms() {
     );
     s.stop().await.unwrap();
 }
+
+/// PaddleOCR's PP-OCRv4 text detector (DBNet, exported by paddle2onnx; PyPI
+/// `rapidocr-onnxruntime` 1.3.24, `ch_PP-OCRv4_det_infer.onnx`, fetched by scripts/test-setup.sh):
+/// input `x` [batch, 3, H, W] BGR normalised as ImageNet, output `sigmoid_0.tmp_0`
+/// [batch, 1, H, W], each pixel's probability of text; RapidOCR binarises it at 0.3.
+const TEXT_DETECTOR: &str = r#"task = "semantic-segmentation"
+description = "PaddleOCR PP-OCRv4 text detector (DBNet, paddle2onnx; PyPI rapidocr-onnxruntime 1.3.24)"
+scores = "probabilities"
+labels = ["text"]
+
+[image]
+width = 320
+height = 320
+color = "bgr"
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+
+[segmentation]
+activation = "sigmoid"
+threshold = 0.3
+"#;
+const DET_SIDE: u32 = 320;
+
+/// A page of three lines of dark glyph-like blocks on white, `DET_SIDE` square.
+fn text_page() -> image::RgbImage {
+    let mut rng = Rng::new(23);
+    let mut img = image::RgbImage::from_pixel(DET_SIDE, DET_SIDE, image::Rgb([250, 250, 245]));
+    for line in 0..3u32 {
+        let top = 60 + line * 80;
+        let mut x = 30u32;
+        while x < 280 {
+            let w = 6 + (rng.next_u64() % 10) as u32;
+            let h = 18 + (rng.next_u64() % 8) as u32;
+            for yy in top..top + h {
+                for xx in x..(x + w).min(290) {
+                    if rng.uniform(0.0, 1.0) < 0.8 {
+                        img.put_pixel(xx, yy, image::Rgb([20, 20, 30]));
+                    }
+                }
+            }
+            x += w + 4 + if rng.uniform(0.0, 1.0) < 0.2 { 12 } else { 0 };
+        }
+    }
+    img
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_text_detector_segments_as_onnx_runtime_and_is_explained() {
+    let cached = cache_dir().join("models/paddle-text-detector/model.onnx");
+    assert!(
+        cached.is_file(),
+        "{} is missing: run `make test` (scripts/test-setup.sh fetches it)",
+        cached.display()
+    );
+    let dir = temp_dir("real-segmenter");
+    std::fs::create_dir_all(dir.join("text-detector")).unwrap();
+    std::fs::copy(&cached, dir.join("text-detector/model.onnx")).unwrap();
+    std::fs::write(dir.join("text-detector/model.toml"), TEXT_DETECTOR).unwrap();
+    let page = text_page();
+    // ONNX Runtime's Python API on the page preprocessed as RapidOCR does (BGR, ImageNet
+    // normalisation, CHW), binarised at 0.3: the reference mask.
+    let script = "import json, sys, numpy, onnxruntime\n\
+                  s = onnxruntime.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n\
+                  side = int(sys.argv[2])\n\
+                  rgb = numpy.array(json.load(sys.stdin), dtype=numpy.float32).reshape(side, side, 3)\n\
+                  bgr = rgb[:, :, ::-1] / 255.0\n\
+                  x = ((bgr - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)[None].astype(numpy.float32)\n\
+                  p = s.run(None, {'x': x})[0][0, 0]\n\
+                  print(json.dumps((p >= 0.3).astype(int).ravel().tolist()))";
+    let mut child = std::process::Command::new(test_venv("python"))
+        .args(["-c", script])
+        .arg(&cached)
+        .arg(DET_SIDE.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(page.as_raw()).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference: Vec<u8> = serde_json::from_slice(&out.stdout).unwrap();
+
+    let s = start(test_config(&dir)).await;
+    let mut png = Vec::new();
+    page.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let v = ok_json(
+        post_json(
+            &s,
+            "/v1/models/text-detector/predict",
+            &json!({"image": b64(&png), "include": ["mask"]}),
+        )
+        .await,
+    )
+    .await;
+    let mask_png = base64::engine::general_purpose::STANDARD
+        .decode(v["segmentation"]["mask"].as_str().unwrap())
+        .unwrap();
+    let mask = image::load_from_memory(&mask_png).unwrap().into_luma8();
+    let text_pixels = reference.iter().filter(|m| **m == 1).count();
+    let differ = mask.as_raw().iter().zip(&reference).filter(|(a, b)| **a != **b).count();
+    eprintln!(
+        "text detector: {text_pixels} text pixels of {}, {differ} differ from ONNX Runtime in Python; areas {}",
+        reference.len(),
+        v["segmentation"]["areas"]
+    );
+    assert!(
+        text_pixels > 1000,
+        "the page's text was not found: {text_pixels} pixels"
+    );
+    assert_eq!(differ, 0, "the mask differs from ONNX Runtime's thresholded output");
+    // Seg-Grad-CAM and occlusion on the predicted text region, and on the first line only.
+    let line = json!({"box": [20, 50, 300, 100]});
+    for (method, params, region) in [
+        ("grad-cam", json!({}), line.clone()),
+        ("occlusion", json!({"window": 80, "stride": 80}), line.clone()),
+    ] {
+        let body = json!({"image": b64(&png), "params": params, "region": region});
+        let started = std::time::Instant::now();
+        let e = ok_json(post_json(&s, &format!("/v1/models/text-detector/explain/{method}"), &body).await).await;
+        let map = attribution_values(&e);
+        assert!(
+            map.iter().all(|v| v.is_finite()) && map.iter().any(|v| *v != 0.0),
+            "{method}: {e}"
+        );
+        let side = DET_SIDE as usize;
+        // Over the first line: the line's band of rows (45..105, under a fifth of the page)
+        // holds well over its share of the map (Seg-Grad-CAM pools the gradient over its layer,
+        // so its map also lights the other lines, which the layer's features share).
+        let band: f64 = map
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (45..105).contains(&(i / side)))
+            .map(|(_, v)| v.abs())
+            .sum();
+        let all: f64 = map.iter().map(|v| v.abs()).sum();
+        eprintln!(
+            "text detector {method} (layer {}) over the first line: {:.2} of the map in its band, {:?}",
+            e["layer"],
+            band / all,
+            started.elapsed()
+        );
+        assert!(
+            band / all > 1.5 * 60.0 / side as f64,
+            "{method}: {:.2} of the map in the line's band",
+            band / all
+        );
+    }
+    s.stop().await.unwrap();
+}
