@@ -455,6 +455,36 @@ async fn a_region_s_faults_are_problems_that_name_them() {
     s.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heat_map_outlines_the_target_region() {
+    let s = start_models().await;
+    let (png, _) = crate::explain::noise_png(SIDE as u32, 1);
+    let body = json!({"image": b64(&png), "target": "object", "region": {"box": BOX}, "format": "png"});
+    let r = post_json(&s, "/v1/models/seg/explain/saliency", &body).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let panel = image::load_from_memory(&r.bytes().await.unwrap()).unwrap().into_rgb8();
+    assert_eq!(panel.dimensions(), (SIDE as u32, SIDE as u32));
+    // The box's inner edge, white; nothing else is.
+    let white: Vec<(u32, u32)> = panel
+        .enumerate_pixels()
+        .filter(|(_, _, p)| p.0 == [255, 255, 255])
+        .map(|(x, y, _)| (x, y))
+        .collect();
+    let edge: Vec<(u32, u32)> = (0..SIDE as u32)
+        .flat_map(|y| (0..SIDE as u32).map(move |x| (x, y)))
+        .filter(|(x, y)| {
+            let inside = |v: u32| IN_BOX.contains(&(v as usize));
+            inside(*x)
+                && inside(*y)
+                && [*x, *y]
+                    .iter()
+                    .any(|v| *v as usize == IN_BOX.start || *v as usize == IN_BOX.end - 1)
+        })
+        .collect();
+    assert_eq!(white, edge);
+    s.stop().await.unwrap();
+}
+
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
