@@ -113,7 +113,7 @@ mod tests {
         assert_eq!(on, vec![5, 6]);
         let tri = [[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]];
         let p = rasterize(&Shape::Polygon(&tri), &g, (4, 4)).unwrap();
-        assert!(p[0] && p[3 * 4] && !p[15], "{p:?}");
+        assert!(p[0] && p[2 * 4] && !p[3 * 4] && !p[15], "{p:?}");
         let bits: Vec<bool> = (0..16).map(|i| i == 10).collect();
         let m = rasterize(&Shape::Mask(4, 4, &bits), &g, (4, 4)).unwrap();
         assert_eq!(m, bits);
