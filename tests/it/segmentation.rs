@@ -452,6 +452,14 @@ async fn a_region_s_faults_are_problems_that_name_them() {
     }
     let r = ask(json!({"polygon": [[1, 1], [3, 3]]}), "object", "seg").await;
     problem(r, StatusCode::BAD_REQUEST, "invalid-request").await;
+    // A class predicted nowhere, with no region given: on a white page the object's positive
+    // weights win every pixel.
+    let white = image::GrayImage::from_pixel(SIDE as u32, SIDE as u32, image::Luma([255]));
+    assert!(reference_mask(&white, SegLayout::Nchw).iter().all(|c| *c == 2));
+    let body = json!({"image": b64(&png_of(&white)), "target": "background"});
+    let r = post_json(&s, "/v1/models/seg/explain/saliency", &body).await;
+    let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input").await;
+    assert!(p["detail"].as_str().unwrap().contains("empty region"), "{p}");
     s.stop().await.unwrap();
 }
 
@@ -561,23 +569,8 @@ async fn a_tagger_and_a_regressor_answer_their_closed_forms() {
 /// PaddleOCR's PP-OCRv4 text detector (DBNet, exported by paddle2onnx; PyPI
 /// `rapidocr-onnxruntime` 1.3.24, `ch_PP-OCRv4_det_infer.onnx`, fetched by scripts/test-setup.sh):
 /// input `x` [batch, 3, H, W] BGR normalised as ImageNet, output `sigmoid_0.tmp_0`
-/// [batch, 1, H, W], each pixel's probability of text; RapidOCR binarises it at 0.3.
-const TEXT_DETECTOR: &str = r#"task = "semantic-segmentation"
-description = "PaddleOCR PP-OCRv4 text detector (DBNet, paddle2onnx; PyPI rapidocr-onnxruntime 1.3.24)"
-scores = "probabilities"
-labels = ["text"]
-
-[image]
-width = 320
-height = 320
-color = "bgr"
-mean = [0.485, 0.456, 0.406]
-std = [0.229, 0.224, 0.225]
-
-[segmentation]
-activation = "sigmoid"
-threshold = 0.3
-"#;
+/// [batch, 1, H, W], each pixel's probability of text; RapidOCR binarises it at 0.3. Served with
+/// the README's manifest, and explained by the README's tour.
 const DET_SIDE: u32 = 320;
 
 /// A page of three lines of dark glyph-like blocks on white, `DET_SIDE` square.
@@ -603,18 +596,49 @@ fn text_page() -> image::RgbImage {
     img
 }
 
+/// The README's section on these tasks: its manifest block, and its tour's commands
+/// (continuation lines joined, comments left out).
+fn readme_section() -> (String, Vec<String>) {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split("## Segmenters, multi-label taggers and regressors")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let manifest = section.split("```toml\n").nth(1).unwrap().split("```").next().unwrap();
+    let tour = section.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in tour.lines() {
+        if line.trim_start().starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        current.push_str(line.trim_end().trim_end_matches('\\'));
+        current.push(' ');
+        if !line.trim_end().ends_with('\\') {
+            commands.push(current.trim().to_string());
+            current.clear();
+        }
+    }
+    (manifest.to_string(), commands)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_text_detector_segments_as_onnx_runtime_and_is_explained() {
+async fn a_real_text_detector_serves_the_readme_tour_as_onnx_runtime_segments() {
     let cached = cache_dir().join("models/paddle-text-detector/model.onnx");
     assert!(
         cached.is_file(),
         "{} is missing: run `make test` (scripts/test-setup.sh fetches it)",
         cached.display()
     );
+    let (manifest, commands) = readme_section();
+    assert_eq!(commands.len(), 4, "{commands:?}");
     let dir = temp_dir("real-segmenter");
     std::fs::create_dir_all(dir.join("text-detector")).unwrap();
     std::fs::copy(&cached, dir.join("text-detector/model.onnx")).unwrap();
-    std::fs::write(dir.join("text-detector/model.toml"), TEXT_DETECTOR).unwrap();
+    std::fs::write(dir.join("text-detector/model.toml"), &manifest).unwrap();
     let page = text_page();
     // ONNX Runtime's Python API on the page preprocessed as RapidOCR does (BGR, ImageNet
     // normalisation, CHW), binarised at 0.3: the reference mask.
@@ -646,18 +670,28 @@ async fn a_real_text_detector_segments_as_onnx_runtime_and_is_explained() {
     let reference: Vec<u8> = serde_json::from_slice(&out.stdout).unwrap();
 
     let s = start(test_config(&dir)).await;
-    let mut png = Vec::new();
-    page.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    let v = ok_json(
-        post_json(
-            &s,
-            "/v1/models/text-detector/predict",
-            &json!({"image": b64(&png), "include": ["mask"]}),
-        )
-        .await,
-    )
-    .await;
+    let scratch = temp_dir("segmentation-tour");
+    page.save(scratch.join("page.png")).unwrap();
+    let address = s.addr.to_string();
+    let mut answers = Vec::new();
+    for (i, command) in commands.iter().enumerate() {
+        let command = command.replace("localhost:8080", &address);
+        let command = match command.contains(" -o ") {
+            true => command,
+            false => format!("{command} -o answer-{i}"),
+        };
+        let started = std::time::Instant::now();
+        let mut shell = std::process::Command::new("sh");
+        shell
+            .arg("-c")
+            .arg(format!("set -e; {command} --fail-with-body"))
+            .current_dir(&scratch);
+        run_ok(shell, command.clone()).await;
+        eprintln!("text detector tour {i}: {:?}", started.elapsed());
+        answers.push(std::fs::read(scratch.join(format!("answer-{i}"))).ok());
+    }
+    // The mask, in JSON and as the answer's PNG: ONNX Runtime's, thresholded the same way.
+    let v: Value = serde_json::from_slice(answers[0].as_ref().unwrap()).unwrap();
     let mask_png = base64::engine::general_purpose::STANDARD
         .decode(v["segmentation"]["mask"].as_str().unwrap())
         .unwrap();
@@ -674,41 +708,45 @@ async fn a_real_text_detector_segments_as_onnx_runtime_and_is_explained() {
         "the page's text was not found: {text_pixels} pixels"
     );
     assert_eq!(differ, 0, "the mask differs from ONNX Runtime's thresholded output");
-    // Seg-Grad-CAM and occlusion on the predicted text region, and on the first line only.
-    let line = json!({"box": [20, 50, 300, 100]});
-    for (method, params, region) in [
-        ("grad-cam", json!({}), line.clone()),
-        ("occlusion", json!({"window": 80, "stride": 80}), line.clone()),
-    ] {
-        let body = json!({"image": b64(&png), "params": params, "region": region});
-        let started = std::time::Instant::now();
-        let e = ok_json(post_json(&s, &format!("/v1/models/text-detector/explain/{method}"), &body).await).await;
-        let map = attribution_values(&e);
-        assert!(
-            map.iter().all(|v| v.is_finite()) && map.iter().any(|v| *v != 0.0),
-            "{method}: {e}"
-        );
-        let side = DET_SIDE as usize;
-        // Over the first line: the line's band of rows (45..105, under a fifth of the page)
-        // holds well over its share of the map (Seg-Grad-CAM pools the gradient over its layer,
-        // so its map also lights the other lines, which the layer's features share).
+    let png_mask = image::open(scratch.join("text-mask.png")).unwrap().into_luma8();
+    assert_eq!(png_mask.as_raw(), mask.as_raw());
+    let drawn = image::open(scratch.join("text-line-grad-cam.png")).unwrap().into_rgb8();
+    assert_eq!(drawn.dimensions(), (DET_SIDE, DET_SIDE));
+    // Over the first line: its band of rows (45..105, under a fifth of the page) holds well over
+    // its share of the map (Seg-Grad-CAM pools the gradient over its layer, so its map also lights
+    // the other lines, whose features the layer shares).
+    let side = DET_SIDE as usize;
+    let band_share = |map: &[f64]| {
         let band: f64 = map
             .iter()
             .enumerate()
             .filter(|(i, _)| (45..105).contains(&(i / side)))
             .map(|(_, v)| v.abs())
             .sum();
-        let all: f64 = map.iter().map(|v| v.abs()).sum();
+        band / map.iter().map(|v| v.abs()).sum::<f64>()
+    };
+    let occlusion: Value = serde_json::from_slice(answers[3].as_ref().unwrap()).unwrap();
+    let line = json!({"box": [20, 50, 300, 100]});
+    let cam = ok_json(
+        post_json(
+            &s,
+            "/v1/models/text-detector/explain/grad-cam",
+            &json!({"image": b64(&std::fs::read(scratch.join("page.png")).unwrap()), "region": line}),
+        )
+        .await,
+    )
+    .await;
+    for (method, e) in [("grad-cam", &cam), ("occlusion", &occlusion)] {
+        let map = attribution_values(e);
+        assert!(map.iter().all(|v| v.is_finite()), "{method}: {e}");
+        let share = band_share(&map);
         eprintln!(
-            "text detector {method} (layer {}) over the first line: {:.2} of the map in its band, {:?}",
-            e["layer"],
-            band / all,
-            started.elapsed()
+            "text detector {method} (layer {}) over the first line: {share:.2} of the map in its band",
+            e["layer"]
         );
         assert!(
-            band / all > 1.5 * 60.0 / side as f64,
-            "{method}: {:.2} of the map in the line's band",
-            band / all
+            share > 1.5 * 60.0 / side as f64,
+            "{method}: {share:.2} of the map in the line's band"
         );
     }
     s.stop().await.unwrap();
