@@ -363,6 +363,29 @@ async fn the_default_region_is_the_target_class_s_predicted_pixels() {
         (score - sum).abs() < 1e-3 * (1.0 + sum.abs()),
         "score {score}, region sum {sum}"
     );
+    // Deletion of the region sum, in the same job: its curve starts at the sum itself.
+    let e = ok_json(
+        post_json(
+            &s,
+            "/v1/models/seg/explain/saliency",
+            &json!({"image": b64(&png), "target": "object", "evaluate": ["deletion"]}),
+        )
+        .await,
+    )
+    .await;
+    let curve = e["evaluation"][0]["curve"].as_array().unwrap_or_else(|| panic!("{e}"));
+    assert!(
+        (curve[0].as_f64().unwrap() - sum).abs() < 1e-3 * (1.0 + sum.abs()),
+        "{e}"
+    );
+    // Uncertainty estimates summarise one row of class scores: refused for a segmenter.
+    let r = post_json(
+        &s,
+        "/v1/models/seg/uncertainty",
+        &json!({"image": b64(&png), "method": "tta"}),
+    )
+    .await;
+    problem(r, StatusCode::UNPROCESSABLE_ENTITY, "unsupported-model").await;
     s.stop().await.unwrap();
 }
 
