@@ -774,3 +774,69 @@ async fn a_real_text_detector_serves_the_readme_tour_as_onnx_runtime_segments() 
     }
     s.stop().await.unwrap();
 }
+
+/// The keyword classifier of tests/it/text.rs with its two logits read out as one number:
+/// 2 x (positive words - negative words).
+fn keyword_regressor() -> explaind::onnx::proto::ModelProto {
+    use explaind::onnx::builder::{float_tensor, value_info};
+    use explaind::onnx::proto::{data_type, NodeProto};
+    let (positive, negative) = text_keywords();
+    let mut model = explaind::onnx::zoo::keyword_classifier(TEXT_VOCAB.len(), 4, &positive, &negative);
+    let graph = model.graph.as_mut().unwrap();
+    graph.node.last_mut().unwrap().output[0] = "pair".into();
+    graph
+        .initializer
+        .push(float_tensor("readout_diff", &[2, 1], &[-1.0, 1.0]));
+    graph.node.push(NodeProto {
+        name: Some("score".into()),
+        op_type: Some("MatMul".into()),
+        domain: Some(String::new()),
+        input: vec!["pair".into(), "readout_diff".into()],
+        output: vec!["score".into()],
+        ..Default::default()
+    });
+    graph.output = vec![value_info("score", data_type::FLOAT, Some(&[-1, 1]))];
+    model
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_regressor_answers_its_value_and_explains_it_per_token() {
+    let dir = temp_dir("text-regression");
+    write_model(
+        &dir,
+        "sentiment-score",
+        &keyword_regressor(),
+        "task = \"text-regression\"\n[text]\ntokenizer = \"tokenizer.json\"\nmax_length = 32\n\
+         [regression]\nname = \"sentiment\"\nunit = \"points\"\n",
+    );
+    let tokenizer = serde_json::to_vec_pretty(&explaind::onnx::zoo::wordpiece_tokenizer(TEXT_VOCAB)).unwrap();
+    std::fs::write(dir.join("sentiment-score/tokenizer.json"), tokenizer).unwrap();
+    let s = start(test_config(&dir)).await;
+    let text = "a great and excellent film";
+    let v = ok_json(post_json(&s, "/v1/models/sentiment-score/predict", &json!({"text": text})).await).await;
+    assert_eq!(
+        v["regression"],
+        json!({"name": "sentiment", "value": 4.0, "unit": "points"}),
+        "{v}"
+    );
+    // Occlusion of one word at a time: each keyword takes 2 points away, the rest none.
+    let e = ok_json(
+        post_json(
+            &s,
+            "/v1/models/sentiment-score/explain/occlusion",
+            &json!({"text": text}),
+        )
+        .await,
+    )
+    .await;
+    let tokens = e["tokens"].as_array().unwrap();
+    for t in tokens {
+        let expected = if ["great", "excellent"].contains(&t["text"].as_str().unwrap()) {
+            2.0
+        } else {
+            0.0
+        };
+        assert!((t["value"].as_f64().unwrap() - expected).abs() < 1e-5, "{t}: {e}");
+    }
+    s.stop().await.unwrap();
+}
