@@ -1,8 +1,10 @@
 //! The outputs beside a row of class scores, on known-answer zoo models: a segmenter (areas, the
 //! mask against ONNX Runtime's own output, region targets that every applicable method explains
-//! where the segmenter reads, the region scalar's gradient against finite differences, a declared
-//! layout the output does not fit), a multi-label tagger and an image regressor with closed-form
-//! answers, and the faults of a region, each a problem naming it.
+//! where the segmenter reads, the region scalar's gradient against finite differences, the region
+//! outlined on the heat map, a declared layout the output does not fit), a multi-label tagger, an
+//! image regressor and a text regressor with closed-form answers, and the faults of a region, each
+//! a problem naming it. A real segmenter nobody here made (PaddleOCR's text detector) serves the
+//! README's tour, its mask equal to ONNX Runtime's in Python.
 
 use crate::common;
 
