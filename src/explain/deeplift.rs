@@ -53,6 +53,10 @@ impl Method for DeepLift {
         text: false,
     };
 
+    fn details_schema() -> Option<super::method::NamedSchemas> {
+        Some(super::method::schemas_of::<super::deeplift::DeepLiftDetails>())
+    }
+
     fn plan(p: &mut DeepLiftParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         baselines::planned(&mut p.baseline, cx)?;
         Ok(pair_cost(cx, 1))
@@ -102,6 +106,15 @@ pub(super) struct Pair {
     pub difference: f64,
     /// Sum of contributions minus the difference.
     pub delta: f64,
+}
+
+/// DeepLIFT's (and DeepLiftShap's) `details`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeepLiftDetails {
+    /// f(input) - f(reference) for the target (averaged over references for DeepLiftShap): what
+    /// the contributions add up to.
+    pub difference: f64,
 }
 
 /// Runs `input` and `reference` as one pass of two rows for target `index`.
@@ -161,6 +174,10 @@ pub(super) fn attribution(
             .map(|s| fold_channels(&batch, 0, s, Fold::Sum)),
         convergence_delta: Some(delta),
         layer: None,
-        details: None,
+        // What the contributions add up to: f(input) - f(reference).
+        details: serde_json::to_value(DeepLiftDetails {
+            difference: pair.difference,
+        })
+        .ok(),
     }
 }

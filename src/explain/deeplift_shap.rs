@@ -58,6 +58,10 @@ impl Method for DeepLiftShap {
         text: false,
     };
 
+    fn details_schema() -> Option<super::method::NamedSchemas> {
+        Some(super::method::schemas_of::<super::deeplift::DeepLiftDetails>())
+    }
+
     fn plan(p: &mut DeepLiftShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("baselines", p.baselines, 1, MAX_BASELINES.min(cx.limits.max_samples))?;
         Ok(pair_cost(cx, p.baselines))

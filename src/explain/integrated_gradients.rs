@@ -13,7 +13,8 @@ use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
 use super::method::{
-    bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
+    bytes, check_range, mul, schemas_of, Capabilities, Cost, Inputs, Invalid, Method, NamedSchemas, Passes,
+    PlanContext, CONFIGURED_MAX_SAMPLES,
 };
 use super::{fold_map, row, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
@@ -124,6 +125,10 @@ impl Method for IntegratedGradients {
         text: true,
     };
 
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<IntegratedGradientsDetails>())
+    }
+
     fn plan(p: &mut IntegratedGradientsParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("steps", p.steps, 2, cx.limits.max_samples)?;
         baselines::planned(&mut p.baseline, cx)?;
@@ -157,6 +162,15 @@ impl Method for IntegratedGradients {
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
         explain(cx, job, p, targets, scores)
     }
+}
+
+/// Integrated Gradients' `details`: where the path starts.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IntegratedGradientsDetails {
+    /// The target's score at the baseline: the attributions add up to the input's score minus
+    /// this (a regression's value at the baseline, for one).
+    pub baseline_score: f64,
 }
 
 /// Points in [0, 1] and their weights (summing to 1).
@@ -216,7 +230,12 @@ fn explain(
             map: fold_map(job, &batch, 0, Fold::Sum),
             convergence_delta: Some(delta),
             layer: None,
-            details: None,
+            // What the attributions add up to is f(input) - f(baseline): the baseline's score
+            // says from where (a regression's value at the baseline, most of all).
+            details: serde_json::to_value(IntegratedGradientsDetails {
+                baseline_score: base_scores.get(t.index).copied().unwrap_or(f64::NAN),
+            })
+            .ok(),
         });
     }
     Ok(out)

@@ -83,6 +83,9 @@ pub struct ExplainJob {
     pub text: Option<Arc<crate::runtime::text::Encoded>>,
     /// Targets as requested.
     pub targets: Option<TargetSpec>,
+    /// Segmenters: the caller's region on the model's input grid (absent: each target class's
+    /// predicted region).
+    pub region: Option<Arc<crate::common::targets::RegionMask>>,
     /// Method and parameters, validated against this model and the limits.
     pub params: ValidParams,
     /// Seed of the random methods.

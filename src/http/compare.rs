@@ -171,6 +171,7 @@ fn validate_methods(
             CompareMethod::WithParams(w) => (&w.method, w.params.clone()),
         };
         let options = ExplainOptions {
+            region: None,
             params,
             target: req.target.clone(),
             seed: Some(seed),

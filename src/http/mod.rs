@@ -24,6 +24,7 @@ mod reference;
 mod replay;
 mod report;
 mod router;
+mod segments;
 pub mod server;
 mod uncertainty;
 

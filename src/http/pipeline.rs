@@ -383,6 +383,8 @@ mod tests {
             model_sha256: "00".into(),
             predictions: None,
             outputs: None,
+            segmentation: None,
+            regression: None,
             explanation: Some(explanation(true)),
             uncertainty: None,
             truncated: Some(false),

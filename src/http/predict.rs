@@ -17,6 +17,7 @@ use super::explain::{self, ExplainResponse, Include, ValidExplain};
 use super::input::{self, FeaturesJson, RawInput};
 use super::pipeline::{self, Drawn, Record, Valid, Work};
 use super::prepare::{self, Prepared};
+use super::segments::Mask;
 use super::uncertainty::PredictUncertainty;
 use super::{offload, AppState};
 use crate::audit::{Context, Kind, Receipt};
@@ -49,6 +50,10 @@ pub struct PredictRequest {
     pub explain: Option<PredictExplain>,
     /// Estimate how sure the model is too (every input, or those meeting `when`), in the same job.
     pub uncertainty: Option<PredictUncertainty>,
+    /// Extra parts of a segmenter's answer: `mask` (the class mask as a base64 PNG).
+    pub include: Option<Vec<PredictInclude>>,
+    /// `png`: a segmenter's answer is its class mask as a PNG (one input).
+    pub format: Option<PredictFormat>,
     /// Record this prediction in the audit log (whatever the service's `audit` setting).
     pub audit: Option<bool>,
 }
@@ -82,6 +87,7 @@ impl PredictExplain {
         explain::ExplainOptions {
             params: self.params.clone(),
             target: self.target.clone(),
+            region: None,
             seed: self.seed,
             include: self.include.clone(),
             render: self.render.clone(),
@@ -111,6 +117,28 @@ pub struct PredictQuery {
     pub top_k: Option<usize>,
     /// Record this prediction in the audit log.
     pub audit: Option<bool>,
+    /// `png`: a segmenter's answer is its class mask as a PNG.
+    pub format: Option<PredictFormat>,
+    /// `mask`: a segmenter's JSON answer carries its class mask as a base64 PNG.
+    pub include: Option<PredictInclude>,
+}
+
+/// Extra parts of a prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PredictInclude {
+    /// A segmenter's class mask, base64 PNG, the original image's size.
+    Mask,
+}
+
+/// What a prediction is answered as besides JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PredictFormat {
+    /// JSON (the default).
+    Json,
+    /// A segmenter's class mask as a grayscale PNG (each pixel its class index plus one).
+    Png,
 }
 
 /// Multipart options part `request` (JSON).
@@ -136,6 +164,12 @@ pub struct PredictResponse {
     /// Raw model outputs of the single input (absent for `instances`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outputs: Option<BTreeMap<String, Vec<f64>>>,
+    /// A segmenter's answer: each class's area, and its mask when asked (`include=mask`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segmentation: Option<crate::runtime::predict::SegmentationAnswer>,
+    /// A regressor's answer: the value, its name and unit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regression: Option<crate::runtime::predict::RegressionAnswer>,
     /// The explanation of the single input, when asked and `when` held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explanation: Option<ExplainResponse>,
@@ -207,8 +241,10 @@ pub async fn predict(
     let received = input::receive(&state.config, &headers, body).await?;
     // The query's options serve raw image bodies, but a malformed one is refused whatever the body
     // (`?top_k=null` beside a JSON body was silently ignored).
-    let _: PredictQuery = input::parse_query(&uri)?;
-    let parsed = parse_predict_body(received, &uri).await?;
+    let query: PredictQuery = input::parse_query(&uri)?;
+    let mut parsed = parse_predict_body(received, &uri).await?;
+    parsed.format = query.format.or(parsed.format);
+    parsed.include_mask |= query.include == Some(PredictInclude::Mask);
     let valid = validate(&state, model, parsed, audit_context(&headers, caller)?).await?;
     Ok(pipeline::answer(&state, valid, started).await?.into_response())
 }
@@ -224,6 +260,22 @@ async fn validate(
     let top_k = parsed.top_k.unwrap_or(DEFAULT_TOP_K);
     let inputs = parsed.inputs.len();
     check_counts(state, top_k, inputs)?;
+    let png = parsed.format == Some(PredictFormat::Png);
+    if (png || parsed.include_mask) && model.spec.segmentation.is_none() {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            format!(
+                "model `{}` is not a segmenter: it has no mask to answer (format=png, include=mask)",
+                model.name
+            ),
+        ));
+    }
+    if png && (parsed.batched || parsed.explain.is_some() || parsed.uncertainty.is_some()) {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            "format=png answers one image's mask: no `instances`, `explain` or `uncertainty`",
+        ));
+    }
     let explain = match &parsed.explain {
         Some(e) => {
             let method = state.method(&e.method)?;
@@ -248,6 +300,13 @@ async fn validate(
     let audit = pipeline::audit(state, kind, parsed.audit, &model, &parsed.inputs, ctx).await?;
     let work = Predicting {
         top_k,
+        mask: if png {
+            Mask::Png
+        } else if parsed.include_mask {
+            Mask::Included
+        } else {
+            Mask::Areas
+        },
         batched: parsed.batched,
         explain,
         uncertainty,
@@ -283,6 +342,7 @@ pub(super) fn check_counts(state: &AppState, top_k: usize, inputs: usize) -> Res
 /// the inputs meeting its condition), in one job.
 struct Predicting {
     top_k: usize,
+    mask: Mask,
     batched: bool,
     explain: Option<(ValidExplain, Condition)>,
     uncertainty: Option<(ValidUncertainty, Condition)>,
@@ -332,8 +392,18 @@ impl Work for Predicting {
                 estimate,
             })
         };
-        let mut instances = output
-            .rows
+        let mut picture = None;
+        let mut rows = output.rows;
+        for (row, prep) in rows.iter_mut().zip(&prepared) {
+            let Some(map) = row.class_map.take() else { continue };
+            let Some(geometry) = prep.geometry else { continue };
+            let answer = super::segments::answer(model, &map, &geometry, self.mask);
+            if self.mask == Mask::Png {
+                picture = answer.1.map(super::pipeline::Picture::Png);
+            }
+            row.segmentation = Some(answer.0);
+        }
+        let mut instances = rows
             .into_iter()
             .zip(output.explained)
             .zip(output.estimates)
@@ -349,6 +419,8 @@ impl Work for Predicting {
             model_sha256: model.sha256.clone(),
             predictions: None,
             outputs: None,
+            segmentation: None,
+            regression: None,
             explanation: None,
             uncertainty: None,
             truncated: None,
@@ -358,6 +430,8 @@ impl Work for Predicting {
         if self.batched {
             response.instances = Some(instances.collect());
         } else if let Some(one) = instances.next() {
+            response.segmentation = one.prediction.segmentation;
+            response.regression = one.prediction.regression;
             response.predictions = Some(one.prediction.predictions);
             response.outputs = Some(one.prediction.outputs);
             response.explanation = one.explanation;
@@ -366,7 +440,7 @@ impl Work for Predicting {
         }
         Ok(Drawn {
             body: response,
-            picture: None,
+            picture,
         })
     }
 
@@ -398,6 +472,8 @@ pub(super) fn job(
 
 /// A predict body, parsed.
 struct ParsedPredict {
+    format: Option<PredictFormat>,
+    include_mask: bool,
     inputs: Vec<RawInput>,
     top_k: Option<usize>,
     batched: bool,
@@ -421,6 +497,8 @@ fn parse_predict_json(bytes: &[u8]) -> Result<ParsedPredict, ApiError> {
     let req: PredictRequest = input::parse_json(bytes)?;
     let (inputs, batched) = json_inputs(req.image, req.features, req.text, req.instances)?;
     Ok(ParsedPredict {
+        format: req.format,
+        include_mask: req.include.unwrap_or_default().contains(&PredictInclude::Mask),
         inputs,
         top_k: req.top_k,
         batched,
@@ -487,6 +565,8 @@ async fn parse_predict_other(received: &input::ReceivedBody, uri: &Uri) -> Resul
     if input::is_image_media_type(media) {
         let q: PredictQuery = input::parse_query(uri)?;
         return Ok(ParsedPredict {
+            format: None,
+            include_mask: false,
             inputs: vec![RawInput::Image(received.bytes.clone())],
             top_k: q.top_k,
             batched: false,
@@ -522,6 +602,8 @@ async fn parse_predict_other(received: &input::ReceivedBody, uri: &Uri) -> Resul
         }
         let (inputs, batched) = form_inputs(form.images)?;
         return Ok(ParsedPredict {
+            format: None,
+            include_mask: false,
             inputs,
             top_k,
             batched,

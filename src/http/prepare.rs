@@ -36,7 +36,7 @@ pub fn prepare(model: &LoadedModel, raw: RawInput, config: &Config) -> Result<Pr
                 text: None,
             })
         }
-        (RawInput::Text(text), Task::TextClassification) => {
+        (RawInput::Text(text), task) if task.takes_text() => {
             let tm = model
                 .text
                 .as_ref()
@@ -60,10 +60,10 @@ pub fn prepare(model: &LoadedModel, raw: RawInput, config: &Config) -> Result<Pr
             }
         ))
         .into()),
-        (_, Task::TextClassification) => {
+        (_, task) if task.takes_text() => {
             Err(InputError::WrongKind(format!("model `{}` is a text model: send `text`", model.name)).into())
         }
-        (RawInput::Image(bytes), Task::ImageClassification) => {
+        (RawInput::Image(bytes), task) if task.takes_image() => {
             let img = preprocess::decode_image(&bytes, config.max_image_pixels)?;
             let spec = model
                 .spec

@@ -387,6 +387,7 @@ impl Plan {
             _ => Some(TargetSpec::Many(indices)),
         };
         ExplainOptions {
+            region: None,
             params: Some(self.params.clone()),
             target,
             // A deterministic method echoes no seed; any seed gives it the same answer.

@@ -19,7 +19,6 @@ use super::replay::{input_of, rerun};
 use super::{pipeline, AppState};
 use crate::audit::Kind;
 use crate::render::{self, short, Factor, Figure, Report};
-use crate::runtime::manifest::Task;
 use crate::runtime::LoadedModel;
 
 /// Factors named in words (the chart shows more).
@@ -147,6 +146,7 @@ pub async fn report(
         )
         .await?;
         let options = ExplainOptions {
+            region: None,
             params: None,
             target: None,
             seed: Some(0),
@@ -282,7 +282,7 @@ fn gather(
         });
     }
     let mut certainty = Vec::new();
-    let probability = !matches!(named.map(|m| m.spec.task), Some(Task::TabularRegression));
+    let probability = !named.is_some_and(|m| m.spec.task.is_regression());
     if let Some(u) = rec["results"][0].get("uncertainty").filter(|u| u.is_object()) {
         for (key, meaning) in [
             (

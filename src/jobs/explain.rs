@@ -29,6 +29,9 @@ pub struct ExplainResult {
     pub model_time: Duration,
     /// Time on the worker: those runs and the method's own arithmetic.
     pub worker_time: Duration,
+    /// Segmenters: per target, the region its class scores were summed over, on the model's
+    /// input grid (what the drawing outlines).
+    pub regions: Vec<Option<std::sync::Arc<crate::common::targets::RegionMask>>>,
 }
 
 /// An explanation as a job for a worker: the method's job, and the metrics of each target's map.
@@ -69,6 +72,9 @@ pub fn run(
     evaluate: &[ValidMetric],
 ) -> Result<ExplainResult, RuntimeError> {
     let began = Instant::now();
+    // A segmenter explains its region sums, on a model lent to this job.
+    let on_regions = super::region::on_regions(rt, ctx, job)?;
+    let job = on_regions.as_ref().map_or(job, |on| &on.job);
     let (run, evaluations) = crate::explain::run(
         rt,
         ctx,
@@ -76,7 +82,17 @@ pub fn run(
         |targets| evaluation_rows(job, evaluate, targets),
         |cx, attributions| evaluate_attributions(cx, job, evaluate, attributions),
     )?;
+    let regions = run
+        .attributions
+        .iter()
+        .map(|a| {
+            on_regions
+                .as_ref()
+                .and_then(|on| on.regions.get(a.target.index).cloned())
+        })
+        .collect();
     let mut result = ExplainResult {
+        regions,
         attributions: run.attributions,
         rows: run.rows,
         planned_rows: run.planned_rows,

@@ -7,6 +7,7 @@ mod evaluate;
 mod explain;
 mod predict;
 pub mod reference;
+mod region;
 mod sanity;
 mod uncertainty;
 

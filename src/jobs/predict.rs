@@ -134,6 +134,7 @@ impl Task for PredictJob {
         if let Some(e) = &self.explain {
             for r in rows_meeting(&rows, &e.when) {
                 let job = ExplainJob {
+                    region: None,
                     model: p.model.clone(),
                     input: predict::nth_row(&p.inputs, r).ok_or_else(|| RuntimeError::Inference {
                         model: p.model.name.clone(),

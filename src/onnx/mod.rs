@@ -9,6 +9,7 @@ pub mod head;
 pub mod node;
 pub mod proto;
 pub mod randomize;
+pub mod region;
 pub mod summary;
 pub mod trees;
 pub mod zoo;

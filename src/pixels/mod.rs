@@ -3,6 +3,7 @@
 //! knows no model, request or session.
 
 mod geometry;
+pub mod region;
 pub mod resample;
 
 pub use geometry::Geometry;

@@ -51,6 +51,41 @@ pub fn map_on_image(
     }
 }
 
+/// Draws the outline of a region (`inside`, `width x height` over the model's input) on `panel`,
+/// a heat map drawn by [`map_on_image`] with the same `geometry` and `max_pixels`: white pixels
+/// along its inner edge, so the map under the region stays visible.
+pub fn outline(
+    panel: &mut RgbImage,
+    inside: &[bool],
+    (width, height): (usize, usize),
+    geometry: &Geometry,
+    max_pixels: u64,
+) {
+    let map: Vec<f32> = inside.iter().map(|v| if *v { 1.0 } else { 0.0 }).collect();
+    let (ow, oh, values) = geometry.map_back(&map, width, height, max_pixels);
+    if (ow, oh) != panel.dimensions() {
+        return;
+    }
+    let (w, h) = (ow as usize, oh as usize);
+    let at = |x: usize, y: usize| values.get(y * w + x).is_some_and(|v| *v >= 0.5);
+    for y in 0..h {
+        for x in 0..w {
+            let edge = at(x, y)
+                && (x == 0
+                    || y == 0
+                    || x + 1 == w
+                    || y + 1 == h
+                    || !at(x - 1, y)
+                    || !at(x + 1, y)
+                    || !at(x, y - 1)
+                    || !at(x, y + 1));
+            if edge {
+                panel.put_pixel(x as u32, y as u32, image::Rgb([255, 255, 255]));
+            }
+        }
+    }
+}
+
 /// A tabular explanation's panel: the largest attributions (`bars`, sorted by magnitude) as a bar
 /// chart titled with the target and its score.
 pub fn feature_chart(target: &str, score: f64, bars: &[Bar]) -> RgbImage {

@@ -434,11 +434,12 @@ pub fn describe(
     let cam_layer_channel_axis = layers.iter().map(|l| (l.name.clone(), l.channel_axis)).collect();
     let cam_layer_tokens = layers.iter().filter_map(|l| Some((l.name.clone(), l.grid?))).collect();
     let cam_layers: Vec<String> = layers.into_iter().map(|l| l.name).collect();
+    let default_cam_layer = default_cam_layer(&cam_layers, &layer_sizes, output);
     GradientReport {
         layer_sizes,
         differentiable: blocking.is_empty(),
         blocking_operators: blocking,
-        default_cam_layer: cam_layers.last().cloned(),
+        default_cam_layer,
         cam_layers,
         cam_layer_channel_axis,
         cam_layer_tokens,
@@ -446,6 +447,27 @@ pub fn describe(
         refusals_by_rules,
         one_row_per_pass: super::shapes::fixes_batch(shapes, input, output),
     }
+}
+
+/// The layer CAM methods use by default: the last CAM layer, but for a per-pixel output (a
+/// segmenter's) the last with more channels than the output has classes: the layers after it
+/// only turn features into class scores, and a CAM of the scores would show the prediction
+/// itself, not what it was read from (Seg-Grad-CAM reads a feature layer).
+fn default_cam_layer(
+    cam_layers: &[String],
+    sizes: &std::collections::BTreeMap<String, LayerSize>,
+    output: &str,
+) -> Option<String> {
+    let last = cam_layers.last().cloned();
+    let Some(classes) = sizes.get(output).map(|s| s.channels) else {
+        return last;
+    };
+    cam_layers
+        .iter()
+        .rev()
+        .find(|l| sizes.get(*l).is_some_and(|s| s.channels > classes))
+        .cloned()
+        .or(last)
 }
 
 /// A batch-of-one input shape for the probe.

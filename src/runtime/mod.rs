@@ -14,6 +14,7 @@ pub mod memory;
 pub mod predict;
 pub mod preprocess;
 pub mod registry;
+pub mod segmentation;
 pub mod sessions;
 pub mod shapes;
 pub mod tensor;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::manifest::{ScoreKind, Task};
+use super::manifest::ScoreKind;
+use super::segmentation::{self, ClassMap};
 use super::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
 
 /// One class (or the regression value) with its score.
@@ -23,10 +24,63 @@ pub struct Prediction {
 /// What one input row gave.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RowPrediction {
-    /// Classes by decreasing score, `top_k` of them (one entry for regression).
+    /// Classes by decreasing score, `top_k` of them (one entry for regression); a multi-label
+    /// model's every label over its threshold, by decreasing probability; a segmenter's classes
+    /// by decreasing share of the image (`score` is the share).
     pub predictions: Vec<Prediction>,
-    /// Every tensor output of the model for this row, flattened.
+    /// Every tensor output of the model for this row, flattened (a segmenter's per-pixel scores
+    /// left out: `segmentation` answers them).
     pub outputs: BTreeMap<String, Vec<f64>>,
+    /// A segmenter's answer: each class's area, and the mask when asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segmentation: Option<SegmentationAnswer>,
+    /// A regressor's answer: the value with its name and unit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regression: Option<RegressionAnswer>,
+    /// A segmenter's class per pixel on the output's grid (mapped onto the image when answered).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub class_map: Option<ClassMap>,
+}
+
+/// A segmenter's answer for one image.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SegmentationAnswer {
+    /// Each class with at least one pixel, by decreasing area, in the original image's pixels.
+    pub areas: Vec<ClassArea>,
+    /// Width of the mask (the original image's).
+    pub width: u32,
+    /// Height of the mask.
+    pub height: u32,
+    /// With `include: ["mask"]`: the mask as a base64 grayscale PNG of the original image's size,
+    /// each pixel its class index plus one (0: no class over its threshold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+}
+
+/// One class's area in a segmentation.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+pub struct ClassArea {
+    /// Class index.
+    pub index: usize,
+    /// Class label.
+    pub label: String,
+    /// Pixels of the original image in the class.
+    pub pixels: u64,
+    /// Their share of the image's pixels.
+    pub share: f64,
+}
+
+/// A regressor's answer.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+pub struct RegressionAnswer {
+    /// What the value is (the manifest's `[regression] name`).
+    pub name: String,
+    /// The value.
+    pub value: f64,
+    /// Its unit, when the manifest names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 /// Runs the model on `input` (one row per item) and ranks each row's classes.
@@ -43,15 +97,50 @@ pub fn predict(
     })?;
     let rows = input.rows();
     let mut result = Vec::with_capacity(rows);
+    let spec = &model.spec;
     for row in 0..rows {
-        let raw = scores.slice_rows(row, row + 1).to_f64();
-        let predictions = rank(model, &raw, top_k);
+        let one = scores.slice_rows(row, row + 1);
+        let (predictions, class_map) = match &spec.segmentation {
+            Some(seg) => {
+                let values = one.as_f32().unwrap_or(&[]);
+                let map = segmentation::class_map(seg, spec.scores, &one.shape, values).ok_or_else(|| {
+                    RuntimeError::Inference {
+                        model: model.name.clone(),
+                        message: format!(
+                            "output `{}` of shape {:?} does not fit the declared {:?} segmentation",
+                            spec.output, one.shape, seg.layout
+                        ),
+                    }
+                })?;
+                (by_area(model, &map), Some(map))
+            }
+            None => match &spec.multi_label {
+                // Every label over its threshold, however many.
+                Some(m) => {
+                    let all = rank(model, &one.to_f64(), usize::MAX);
+                    let over = |p: &Prediction| p.score >= m.thresholds.get(p.index).copied().unwrap_or(0.5);
+                    (all.into_iter().filter(over).collect(), None)
+                }
+                None => (rank(model, &one.to_f64(), top_k), None),
+            },
+        };
+        let regression = spec.regression.as_ref().map(|r| RegressionAnswer {
+            name: r.name.clone(),
+            value: predictions.first().map_or(f64::NAN, |p| p.score as f64),
+            unit: r.unit.clone(),
+        });
         let outputs = outputs
             .iter()
-            .filter(|(_, t)| t.rows() == rows)
+            .filter(|(name, t)| t.rows() == rows && !(class_map.is_some() && **name == spec.output))
             .map(|(name, t)| (name.clone(), t.slice_rows(row, row + 1).to_f64()))
             .collect();
-        result.push(RowPrediction { predictions, outputs });
+        result.push(RowPrediction {
+            predictions,
+            outputs,
+            segmentation: None,
+            regression,
+            class_map,
+        });
     }
     Ok(result)
 }
@@ -80,6 +169,27 @@ pub fn predict_rows(
     Ok(out)
 }
 
+/// A segmenter's classes with at least one pixel, by decreasing share of the output's grid.
+fn by_area(model: &LoadedModel, map: &ClassMap) -> Vec<Prediction> {
+    let total = map.pixels.len().max(1) as f64;
+    let counts = map.counts();
+    let mut order: Vec<usize> = (0..counts.len()).filter(|&c| counts[c] > 0).collect();
+    order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .map(|i| Prediction {
+            index: i,
+            label: model
+                .spec
+                .labels
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("class_{i}")),
+            score: (counts[i] as f64 / total) as f32,
+        })
+        .collect()
+}
+
 /// Row `r` of the rows of `inputs` taken in order, as a one-row tensor.
 pub fn nth_row(inputs: &[Tensor], mut r: usize) -> Option<Tensor> {
     for t in inputs {
@@ -100,6 +210,8 @@ pub fn rank(model: &LoadedModel, raw: &[f64], top_k: usize) -> Vec<Prediction> {
 /// they are (and a regression value as it is).
 pub fn probabilities(model: &LoadedModel, raw: &[f64]) -> Vec<f64> {
     match model.spec.scores {
+        // One sigmoid per label: the labels do not compete.
+        ScoreKind::Logits if model.spec.multi_label.is_some() => raw.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect(),
         ScoreKind::Logits => softmax(raw),
         ScoreKind::Probabilities | ScoreKind::Raw => raw.to_vec(),
     }
@@ -108,7 +220,7 @@ pub fn probabilities(model: &LoadedModel, raw: &[f64]) -> Vec<f64> {
 /// The `top_k` classes of `probs` by decreasing probability (the one value, for regression).
 pub fn ranked(model: &LoadedModel, probs: &[f64], top_k: usize) -> Vec<Prediction> {
     let spec = &model.spec;
-    if spec.task == Task::TabularRegression {
+    if spec.task.is_regression() {
         let value = probs.first().copied().unwrap_or(f64::NAN) as f32;
         return vec![Prediction {
             index: 0,

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use prost::Message;
 
-use super::manifest::{Manifest, ModelSpec, Task, TextSpec};
+use super::manifest::{Manifest, ModelSpec, TextSpec};
 use super::text::TextModel;
 use crate::onnx::proto::ModelProto;
 use crate::onnx::trees::{self, Forest};
@@ -265,7 +265,7 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
     // A text model runs as the graph cut at its word embedding: every later step (summary,
     // sessions, backward graphs) sees that graph; the file's hash still names the model.
     let (bytes, decoded, text_model) = match manifest.task() {
-        Some(Task::TextClassification) => {
+        Some(t) if t.takes_text() => {
             let (cut, text_model) = cut_text(folder, &manifest, &decoded).map_err(|m| model_err(&manifest_path, m))?;
             (cut.encode_to_vec(), cut, Some(text_model))
         }

@@ -19,7 +19,6 @@ use utoipa::ToSchema;
 use crate::common::{Invalid, Limits, CONFIGURED_MAX_SAMPLES};
 use crate::onnx::dropout::MaskSite;
 use crate::runtime::gradients::GradientCache;
-use crate::runtime::manifest::Task as ModelTask;
 use crate::runtime::predict::{probabilities, ranked, Prediction};
 use crate::runtime::JobContext;
 use crate::runtime::{LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
@@ -368,7 +367,7 @@ pub fn run(
         Plan::Ensemble { members } => ensemble::sample(rt, members, input)?,
     };
     ctx.advance(input.rows().saturating_mul(valid.samples()));
-    let classifier = valid.model.spec.task != ModelTask::TabularRegression;
+    let classifier = !valid.model.spec.task.is_regression();
     let mut estimates = Vec::with_capacity(per_input.len());
     for (row, samples) in per_input.into_iter().enumerate() {
         let summary = stats::summarize(&samples, classifier);

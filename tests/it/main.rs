@@ -38,6 +38,7 @@ mod replay;
 mod replicas;
 mod sampled_shapley;
 mod security;
+mod segmentation;
 mod text;
 mod tree_shap;
 mod uncertainty;

@@ -166,10 +166,17 @@ pub fn explanations(
             None => (None, None),
         };
         let features = feature_list(valid, prepared, &values);
-        let panel = panel.or_else(|| {
+        let mut panel = panel.or_else(|| {
             draw?;
             other_panel(a, prepared, &values, features.as_deref())
         });
+        // A segmentation target's region, outlined on its heat map.
+        if let (Some(p), Some(Some(region)), Some(geometry)) =
+            (panel.as_mut(), result.regions.get(i), prepared.geometry.as_ref())
+        {
+            let grid = (region.width, region.height);
+            render::outline(p, &region.inside, grid, geometry, max_map_pixels);
+        }
         let overlay_png = match (&panel, embed) {
             (Some(p), true) => Some(base64::engine::general_purpose::STANDARD.encode(render::png(p))),
             _ => None,

@@ -203,6 +203,8 @@ pub struct ExplainOptions {
     pub params: Option<serde_json::Value>,
     /// Targets.
     pub target: Option<TargetSpec>,
+    /// Segmenters: the region the targets' class scores are summed over.
+    pub region: Option<crate::common::targets::Region>,
     /// Seed.
     pub seed: Option<u64>,
     /// Extra parts.
@@ -221,6 +223,8 @@ pub struct ValidExplain {
     pub params: ValidParams,
     /// Targets as asked (indices and labels checked).
     pub targets: Option<TargetSpec>,
+    /// Segmenters: the caller's region (checked but for the image it needs).
+    pub region: Option<crate::common::targets::Region>,
     /// Seed (drawn when absent).
     pub seed: u64,
     /// Drawing options.
@@ -238,7 +242,16 @@ pub struct ValidExplain {
 impl ValidExplain {
     /// The worker's job for `input` (scores when a prediction already computed them).
     pub fn task(&self, prepared: &[Prepared], scores: Option<Vec<f64>>) -> Result<ExplainTask, ApiError> {
+        let region = match (&self.region, prepared.first()) {
+            (Some(r), Some(p)) => Some(std::sync::Arc::new(super::segments::region_on_input(
+                &self.model,
+                r,
+                p,
+            )?)),
+            _ => None,
+        };
         let job = ExplainJob {
+            region,
             model: self.model.clone(),
             input: prepare::batch(prepared)?,
             text: prepared.first().and_then(|p| p.text.clone()),
@@ -285,6 +298,9 @@ pub fn validate(
     render.validate().map_err(crate::explain::Invalid::Request)?;
     let limits = Limits::from_config(&state.config);
     let count = targets::check(options.target.as_ref(), model, limits.max_targets)?;
+    if let Some(region) = &options.region {
+        region.check(model)?;
+    }
     let reference = state.references.get(&model.name);
     let cx = PlanContext {
         model,
@@ -310,6 +326,7 @@ pub fn validate(
         model: model.clone(),
         params,
         targets: options.target,
+        region: options.region,
         seed: options.seed.unwrap_or_else(rand::random),
         render,
         include: options.include.unwrap_or_default(),

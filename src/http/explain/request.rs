@@ -52,6 +52,9 @@ pub struct ExplainRequest {
     pub text: Option<String>,
     /// A class index, a label, a list of them, or `{"top_k": k}`; default: the top-1 prediction.
     pub target: Option<TargetSpec>,
+    /// Segmenters: the region whose class scores the target sums (a box, a polygon or a PNG
+    /// mask, in the image's pixels); default: the target class's predicted region.
+    pub region: Option<crate::common::targets::Region>,
     /// The method's parameters (see each method's schema); unknown names are refused.
     #[schema(value_type = Option<Object>)]
     pub params: Option<serde_json::Value>,
@@ -228,6 +231,7 @@ impl ExplainRequest {
         super::ExplainOptions {
             params: self.params.clone(),
             target: self.target.clone(),
+            region: self.region.clone(),
             seed: self.seed,
             include: self.include.clone(),
             render: self.render.clone(),

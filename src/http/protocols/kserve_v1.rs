@@ -37,11 +37,18 @@ use crate::runtime::LoadedModel;
 /// can explain the model is used. Integrated gradients for images and texts (what KServe's and
 /// TorchServe's Captum examples use); TreeSHAP for tree ensembles, exact and fast, else KernelSHAP
 /// (alibi's and KServe's tabular default) for tabular models.
-pub const DEFAULT_METHODS: [(Task, &[&str]); 4] = [
+pub const DEFAULT_METHODS: [(Task, &[&str]); 8] = [
     (Task::ImageClassification, &["integrated-gradients", "kernel-shap"]),
     (Task::TabularClassification, &["tree-shap", "kernel-shap"]),
     (Task::TabularRegression, &["tree-shap", "kernel-shap"]),
     (Task::TextClassification, &["integrated-gradients", "kernel-shap"]),
+    (
+        Task::SemanticSegmentation,
+        &["grad-cam", "integrated-gradients", "kernel-shap"],
+    ),
+    (Task::MultiLabelClassification, &["integrated-gradients", "kernel-shap"]),
+    (Task::ImageRegression, &["integrated-gradients", "kernel-shap"]),
+    (Task::TextRegression, &["integrated-gradients", "kernel-shap"]),
 ];
 
 /// Nesting of an instance's arrays accepted.
@@ -156,6 +163,7 @@ pub async fn verb(
 /// `[explanation]`, else the first of the task's [`DEFAULT_METHODS`] that can explain it.
 fn default_explanation(state: &AppState, model: &Arc<LoadedModel>, inputs: usize) -> Result<ValidExplain, ApiError> {
     let options = |params: Option<Value>| ExplainOptions {
+        region: None,
         params,
         target: None,
         seed: None,
@@ -194,13 +202,13 @@ fn default_explanation(state: &AppState, model: &Arc<LoadedModel>, inputs: usize
 fn instance(model: &LoadedModel, value: Value) -> Result<RawInput, ApiError> {
     let bad = |m: &str| invalid(m.to_string());
     match (model.spec.task, value) {
-        (Task::TextClassification, Value::String(text)) => Ok(RawInput::Text(text)),
-        (Task::TextClassification, Value::Object(mut o)) if o.len() == 1 => match o.remove("text") {
+        (task, Value::String(text)) if task.takes_text() => Ok(RawInput::Text(text)),
+        (task, Value::Object(mut o)) if o.len() == 1 && task.takes_text() => match o.remove("text") {
             Some(Value::String(text)) => Ok(RawInput::Text(text)),
             _ => Err(bad("a text model's instance is a string, or {\"text\": \"...\"}")),
         },
-        (Task::TextClassification, _) => Err(bad("a text model's instance is a string, or {\"text\": \"...\"}")),
-        (Task::ImageClassification, Value::Object(o)) => {
+        (task, _) if task.takes_text() => Err(bad("a text model's instance is a string, or {\"text\": \"...\"}")),
+        (task, Value::Object(o)) if task.takes_image() => {
             let one = (o.len() == 1).then(|| o.iter().next()).flatten();
             let b64 = match one.map(|(k, v)| (k.as_str(), v)) {
                 Some(("b64" | "data" | "image", Value::String(s))) => s,
@@ -217,12 +225,12 @@ fn instance(model: &LoadedModel, value: Value) -> Result<RawInput, ApiError> {
             };
             Ok(RawInput::Image(input::decode_base64_image(b64)?))
         }
-        (Task::ImageClassification, v @ Value::Array(_)) => {
+        (task, v @ Value::Array(_)) if task.takes_image() => {
             let mut row = Vec::new();
             flatten(&v, 0, &mut row)?;
             Ok(RawInput::Row(row))
         }
-        (Task::ImageClassification, _) => Err(bad(
+        (task, _) if task.takes_image() => Err(bad(
             "an image instance is {\"b64\": \"...\"} or the input tensor's row as nested numbers",
         )),
         (_, Value::Array(values)) => Ok(RawInput::Features(Features::Ordered(values))),

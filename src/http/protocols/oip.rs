@@ -357,6 +357,7 @@ pub async fn infer(
         Some(e) => {
             let method = state.method(&e.method)?;
             let options = ExplainOptions {
+                region: None,
                 params: e.params,
                 target: e.target,
                 seed: e.seed,

@@ -14,6 +14,7 @@ use crate::onnx::{Dim, ModelSummary, TensorInfo};
 
 mod image;
 mod inputs;
+mod outputs;
 mod reference;
 mod tabular;
 mod text;
@@ -21,6 +22,7 @@ mod vertex;
 
 pub use image::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter};
 pub use inputs::{Constant, InputRole, Role};
+pub use outputs::{Activation, MultiLabelSpec, RegressionSpec, SegmentationSpec};
 pub use reference::{Checkpoint, ReferenceSpec};
 pub use tabular::{Constraints, Direction, FeatureType, TabularSpec};
 pub use text::{TextManifest, TextSpec, MAX_TEXT_TOKENS};
@@ -42,6 +44,9 @@ pub struct Manifest {
     image: Option<image::ImageManifest>,
     tabular: Option<tabular::TabularManifest>,
     text: Option<TextManifest>,
+    segmentation: Option<outputs::SegmentationManifest>,
+    multi_label: Option<outputs::MultiLabelManifest>,
+    regression: Option<outputs::RegressionManifest>,
     ensemble: Option<Vec<String>>,
     reference: Option<ReferenceSpec>,
     vertex: Option<VertexSpec>,
@@ -73,6 +78,40 @@ pub enum Task {
     TabularRegression,
     /// Text in (tokenized), class scores out.
     TextClassification,
+    /// Image in, per-pixel class scores out (`[segmentation]`).
+    SemanticSegmentation,
+    /// Image in, one independent (sigmoid) score per label out (`[multi_label]`).
+    MultiLabelClassification,
+    /// Image in, one number out (`[regression]`).
+    ImageRegression,
+    /// Text in (tokenized), one number out (`[regression]`).
+    TextRegression,
+}
+
+impl Task {
+    /// Whether the input is an image.
+    pub fn takes_image(self) -> bool {
+        matches!(
+            self,
+            Task::ImageClassification
+                | Task::SemanticSegmentation
+                | Task::MultiLabelClassification
+                | Task::ImageRegression
+        )
+    }
+
+    /// Whether the input is a text.
+    pub fn takes_text(self) -> bool {
+        matches!(self, Task::TextClassification | Task::TextRegression)
+    }
+
+    /// Whether the output is one number rather than class scores.
+    pub fn is_regression(self) -> bool {
+        matches!(
+            self,
+            Task::TabularRegression | Task::ImageRegression | Task::TextRegression
+        )
+    }
 }
 
 /// What the output tensor holds.
@@ -120,6 +159,15 @@ pub struct ModelSpec {
     /// Tokenizer and inputs (text tasks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<TextSpec>,
+    /// Per-pixel class scores (`semantic-segmentation`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segmentation: Option<SegmentationSpec>,
+    /// Per-label thresholds (`multi-label-classification`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_label: Option<MultiLabelSpec>,
+    /// The value's name and unit (`image-regression`, `text-regression`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regression: Option<RegressionSpec>,
     /// Other models that form an ensemble with this one (uncertainty `ensemble`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ensemble: Vec<String>,
@@ -182,26 +230,39 @@ impl Manifest {
             err(
                 "task",
                 "missing: one of image-classification, tabular-classification, tabular-regression, \
-                 text-classification"
+                 text-classification, semantic-segmentation, multi-label-classification, image-regression, \
+                 text-regression"
                     .into(),
             )
         })?;
-        if task != Task::TextClassification && self.text.is_some() {
+        if !task.takes_text() && self.text.is_some() {
             return Err(err(
                 "text",
-                "only text-classification models take a [text] section".into(),
+                "only text-classification and text-regression models take a [text] section".into(),
             ));
         }
-        if task == Task::TextClassification && self.inputs.is_some() {
+        for (section, given) in [
+            ("segmentation", self.segmentation.is_some()),
+            ("multi_label", self.multi_label.is_some()),
+            ("regression", self.regression.is_some()),
+        ] {
+            if given && !outputs::reads(task, section) {
+                return Err(err(
+                    section,
+                    format!("a {} model takes no [{section}] section", kebab(task)),
+                ));
+            }
+        }
+        if task.takes_text() && self.inputs.is_some() {
             return Err(err(
                 "inputs",
                 "a text model's inputs are named under [text] (input_ids, attention_mask, token_type_ids)".into(),
             ));
         }
-        if task == Task::TextClassification && self.tabular.is_some() {
+        if (task.takes_text() || task.takes_image()) && task != Task::ImageClassification && self.tabular.is_some() {
             return Err(err("tabular", "only tabular models take a [tabular] section".into()));
         }
-        if task == Task::ImageClassification && self.tabular.as_ref().is_some_and(|t| t.has_types()) {
+        if task.takes_image() && self.tabular.as_ref().is_some_and(|t| t.has_types()) {
             return Err(err(
                 "tabular.types",
                 "only tabular models have features to declare integer or categorical".into(),
@@ -211,7 +272,7 @@ impl Manifest {
             self.input.as_deref(),
             self.inputs.unwrap_or_default(),
             &summary.inputs,
-            task == Task::TextClassification,
+            task.takes_text(),
             &err,
         )?;
         let input = resolved.explained;
@@ -223,14 +284,32 @@ impl Manifest {
             &err,
         )?;
         let scores = self.scores.unwrap_or(match task {
-            Task::TabularRegression => ScoreKind::Raw,
+            Task::TabularRegression | Task::ImageRegression | Task::TextRegression => ScoreKind::Raw,
             _ => ScoreKind::Logits,
         });
-        let labels = read_labels(self.labels, self.labels_file, manifest_path, &err)?;
-        let labels = complete_labels(labels, task, output, &err)?;
+        let mut labels = read_labels(self.labels, self.labels_file, manifest_path, &err)?;
+        let (mut segmentation, mut multi_label, mut regression) = (None, None, None);
+        match task {
+            Task::SemanticSegmentation => {
+                let section = self.segmentation.unwrap_or_default();
+                segmentation = Some(outputs::segmentation(section, output, &mut labels, scores, &err)?);
+            }
+            Task::ImageRegression | Task::TextRegression => {
+                let section = self.regression.unwrap_or_default();
+                regression = Some(outputs::regression(section, output, &mut labels, &err)?);
+            }
+            _ => labels = complete_labels(labels, task, output, &err)?,
+        }
+        if task == Task::MultiLabelClassification {
+            let section = self.multi_label.unwrap_or_default();
+            multi_label = Some(outputs::multi_label(section, &labels, &err)?);
+        }
         let (image, tabular) = match task {
-            Task::TextClassification => (None, None),
-            Task::ImageClassification => {
+            Task::TextClassification | Task::TextRegression => (None, None),
+            Task::ImageClassification
+            | Task::SemanticSegmentation
+            | Task::MultiLabelClassification
+            | Task::ImageRegression => {
                 let section = self.image.unwrap_or_default();
                 (Some(image::resolve(section, input, &err)?), None)
             }
@@ -255,6 +334,9 @@ impl Manifest {
             image,
             tabular,
             text: None,
+            segmentation,
+            multi_label,
+            regression,
             ensemble: self.ensemble.unwrap_or_default(),
             reference: self.reference.map(|r| reference::check(r, task, &err)).transpose()?,
             explanation: self.explanation,
@@ -284,6 +366,14 @@ impl ModelSpec {
             )
         })
     }
+}
+
+/// The task as the manifest spells it.
+fn kebab(task: Task) -> String {
+    serde_json::to_value(task)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 /// The tensor `field` names, or the one [`pick`] finds; it must hold float32 (`why` says so).

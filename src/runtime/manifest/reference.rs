@@ -70,10 +70,14 @@ pub(super) fn check(r: ReferenceSpec, task: Task, err: &FieldError) -> Result<Re
             }
         }
         Task::TextClassification => return Err(err("reference", "text models take no reference set yet".into())),
-        Task::TabularRegression => {
+        Task::TabularRegression
+        | Task::ImageRegression
+        | Task::TextRegression
+        | Task::SemanticSegmentation
+        | Task::MultiLabelClassification => {
             return Err(err(
                 "reference",
-                "reference sets serve classifiers (the loss gradient is cross-entropy's)".into(),
+                "reference sets serve single-label classifiers (the loss gradient is cross-entropy's)".into(),
             ))
         }
     }

@@ -79,6 +79,7 @@ pub fn asked(spec: Option<ExplanationSpecOverride>, model: &LoadedModel) -> Resu
     Ok(Asked {
         method,
         options: ExplainOptions {
+            region: None,
             params: Some(Value::Object(params)),
             target,
             seed: None,

@@ -57,13 +57,17 @@ fn resize(ctx: &mut GradContext, n: &NodeProto, g: &[Option<String>], needs: &[b
         .ok_or_else(|| RuleError::new(n, "Resize gradients need a build-time runner"))?;
     let mut current = g.to_string();
     for axis in 0..rank {
+        let scale = scales.as_ref().map(|s| s[axis]);
         let (Some(size_in), Some(size_out)) = (x_dims[axis], y_dims[axis]) else {
+            // An axis scaled by 1 (the dynamic batch of paddle2onnx's upsampling) is left alone.
+            if scale == Some(1.0) {
+                continue;
+            }
             return Err(RuleError::new(
                 n,
                 format!("Resize needs static sizes; axis {axis} is dynamic"),
             ));
         };
-        let scale = scales.as_ref().map(|s| s[axis]);
         if size_in == size_out && scale.is_none_or(|s| s == 1.0) {
             continue;
         }
