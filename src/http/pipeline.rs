@@ -383,6 +383,7 @@ mod tests {
             model_sha256: "00".into(),
             predictions: None,
             outputs: None,
+            detections: None,
             explanation: Some(explanation(true)),
             uncertainty: None,
             truncated: Some(false),

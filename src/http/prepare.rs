@@ -63,7 +63,7 @@ pub fn prepare(model: &LoadedModel, raw: RawInput, config: &Config) -> Result<Pr
         (_, Task::TextClassification) => {
             Err(InputError::WrongKind(format!("model `{}` is a text model: send `text`", model.name)).into())
         }
-        (RawInput::Image(bytes), Task::ImageClassification) => {
+        (RawInput::Image(bytes), Task::ImageClassification | Task::ObjectDetection) => {
             let img = preprocess::decode_image(&bytes, config.max_image_pixels)?;
             let spec = model
                 .spec

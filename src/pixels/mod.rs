@@ -3,6 +3,8 @@
 //! knows no model, request or session.
 
 mod geometry;
+pub mod letterbox;
 pub mod resample;
 
 pub use geometry::Geometry;
+pub use letterbox::{letterbox, Letterbox};

@@ -25,8 +25,12 @@ pub struct Prediction {
 pub struct RowPrediction {
     /// Classes by decreasing score, `top_k` of them (one entry for regression).
     pub predictions: Vec<Prediction>,
-    /// Every tensor output of the model for this row, flattened.
+    /// Every tensor output of the model for this row, flattened (a detector's are left out of
+    /// answers: a YOLO head is most of a million numbers).
     pub outputs: BTreeMap<String, Vec<f64>>,
+    /// Detectors: the detections by decreasing score, boxes in the original image's pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detections: Option<Vec<super::detect::DetectionAnswer>>,
 }
 
 /// Runs the model on `input` (one row per item) and ranks each row's classes.
@@ -44,16 +48,58 @@ pub fn predict(
     let rows = input.rows();
     let mut result = Vec::with_capacity(rows);
     for row in 0..rows {
-        let raw = scores.slice_rows(row, row + 1).to_f64();
-        let predictions = rank(model, &raw, top_k);
-        let outputs = outputs
+        let outputs: BTreeMap<String, Vec<f64>> = outputs
             .iter()
             .filter(|(_, t)| t.rows() == rows)
             .map(|(name, t)| (name.clone(), t.slice_rows(row, row + 1).to_f64()))
             .collect();
-        result.push(RowPrediction { predictions, outputs });
+        if model.spec.detection.is_some() {
+            result.push(detected(model, outputs)?);
+            continue;
+        }
+        let raw = scores.slice_rows(row, row + 1).to_f64();
+        let predictions = rank(model, &raw, top_k);
+        result.push(RowPrediction {
+            predictions,
+            outputs,
+            detections: None,
+        });
     }
     Ok(result)
+}
+
+/// A detector's row: its detections (boxes in input pixels, until the HTTP face maps them back),
+/// and one prediction per detection (its class and score), best first, for what reads the top
+/// prediction (`when` conditions).
+fn detected(model: &LoadedModel, outputs: BTreeMap<String, Vec<f64>>) -> Result<RowPrediction, RuntimeError> {
+    let found = super::detect::decode(&model.spec, |name| outputs.get(name).map(Vec::as_slice)).map_err(|message| {
+        RuntimeError::Inference {
+            model: model.name.clone(),
+            message,
+        }
+    })?;
+    let label = |c: usize| model.spec.labels.get(c).cloned().unwrap_or_else(|| format!("class_{c}"));
+    Ok(RowPrediction {
+        predictions: found
+            .iter()
+            .map(|d| Prediction {
+                index: d.class,
+                label: label(d.class),
+                score: d.score,
+            })
+            .collect(),
+        detections: Some(
+            found
+                .iter()
+                .map(|d| super::detect::DetectionAnswer {
+                    bbox: d.bbox,
+                    label: label(d.class),
+                    score: d.score,
+                })
+                .collect(),
+        ),
+        outputs,
+    })
 }
 
 /// Predictions for the rows of `inputs`, in order: consecutive tensors whose rows have one shape

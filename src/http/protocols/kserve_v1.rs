@@ -200,7 +200,7 @@ fn instance(model: &LoadedModel, value: Value) -> Result<RawInput, ApiError> {
             _ => Err(bad("a text model's instance is a string, or {\"text\": \"...\"}")),
         },
         (Task::TextClassification, _) => Err(bad("a text model's instance is a string, or {\"text\": \"...\"}")),
-        (Task::ImageClassification, Value::Object(o)) => {
+        (Task::ImageClassification | Task::ObjectDetection, Value::Object(o)) => {
             let one = (o.len() == 1).then(|| o.iter().next()).flatten();
             let b64 = match one.map(|(k, v)| (k.as_str(), v)) {
                 Some(("b64" | "data" | "image", Value::String(s))) => s,
@@ -217,12 +217,12 @@ fn instance(model: &LoadedModel, value: Value) -> Result<RawInput, ApiError> {
             };
             Ok(RawInput::Image(input::decode_base64_image(b64)?))
         }
-        (Task::ImageClassification, v @ Value::Array(_)) => {
+        (Task::ImageClassification | Task::ObjectDetection, v @ Value::Array(_)) => {
             let mut row = Vec::new();
             flatten(&v, 0, &mut row)?;
             Ok(RawInput::Row(row))
         }
-        (Task::ImageClassification, _) => Err(bad(
+        (Task::ImageClassification | Task::ObjectDetection, _) => Err(bad(
             "an image instance is {\"b64\": \"...\"} or the input tensor's row as nested numbers",
         )),
         (_, Value::Array(values)) => Ok(RawInput::Features(Features::Ordered(values))),

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::onnx::{Dim, ModelSummary, TensorInfo};
 
+mod detection;
 mod image;
 mod inputs;
 mod reference;
@@ -19,7 +20,8 @@ mod tabular;
 mod text;
 mod vertex;
 
-pub use image::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter};
+pub use detection::{BoxFormat, BoxScale, DetectionLayout, DetectionSpec, MAX_DETECTIONS};
+pub use image::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter, DEFAULT_PAD};
 pub use inputs::{Constant, InputRole, Role};
 pub use reference::{Checkpoint, ReferenceSpec};
 pub use tabular::{Constraints, Direction, FeatureType, TabularSpec};
@@ -40,6 +42,7 @@ pub struct Manifest {
     labels: Option<Vec<String>>,
     labels_file: Option<String>,
     image: Option<image::ImageManifest>,
+    detection: Option<detection::DetectionManifest>,
     tabular: Option<tabular::TabularManifest>,
     text: Option<TextManifest>,
     ensemble: Option<Vec<String>>,
@@ -73,6 +76,8 @@ pub enum Task {
     TabularRegression,
     /// Text in (tokenized), class scores out.
     TextClassification,
+    /// Image in, boxes with a class and a score out (`[detection]` says how they are read).
+    ObjectDetection,
 }
 
 /// What the output tensor holds.
@@ -114,6 +119,9 @@ pub struct ModelSpec {
     /// Image preprocessing (image tasks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSpec>,
+    /// How a detector's outputs are read (`object-detection`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detection: Option<DetectionSpec>,
     /// Feature layout (tabular tasks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tabular: Option<TabularSpec>,
@@ -182,7 +190,7 @@ impl Manifest {
             err(
                 "task",
                 "missing: one of image-classification, tabular-classification, tabular-regression, \
-                 text-classification"
+                 text-classification, object-detection"
                     .into(),
             )
         })?;
@@ -207,6 +215,19 @@ impl Manifest {
                 "only tabular models have features to declare integer or categorical".into(),
             ));
         }
+        if (task == Task::ObjectDetection) != self.detection.is_some() {
+            return Err(err(
+                "detection",
+                match task {
+                    Task::ObjectDetection => "missing: an object-detection model says how its outputs are read",
+                    _ => "only object-detection models take a [detection] section",
+                }
+                .into(),
+            ));
+        }
+        if task == Task::ObjectDetection && self.tabular.is_some() {
+            return Err(err("tabular", "only tabular models take a [tabular] section".into()));
+        }
         let resolved = inputs::resolve(
             self.input.as_deref(),
             self.inputs.unwrap_or_default(),
@@ -215,30 +236,62 @@ impl Manifest {
             &err,
         )?;
         let input = resolved.explained;
-        let output = float_tensor(
-            &summary.outputs,
-            self.output.as_deref(),
-            "output",
-            "scores must be float32",
-            &err,
-        )?;
+        let mut labels = read_labels(self.labels, self.labels_file, manifest_path, &err)?;
+        // A detector's scores are read as `[detection]` says; a classifier's from its last axis.
+        let (output, detection) = match self.detection {
+            Some(section) => {
+                let (name, spec) = detection::resolve(
+                    section,
+                    &summary.outputs,
+                    self.output.as_deref(),
+                    &mut labels,
+                    &err,
+                )?;
+                (name, Some(spec))
+            }
+            None => {
+                let output = float_tensor(
+                    &summary.outputs,
+                    self.output.as_deref(),
+                    "output",
+                    "scores must be float32",
+                    &err,
+                )?;
+                labels = complete_labels(labels, task, output, &err)?;
+                (output.name.clone(), None)
+            }
+        };
         let scores = self.scores.unwrap_or(match task {
             Task::TabularRegression => ScoreKind::Raw,
+            // A detector's class scores are read as they are (sigmoids, in YOLO exports).
+            Task::ObjectDetection => ScoreKind::Probabilities,
             _ => ScoreKind::Logits,
         });
-        let labels = read_labels(self.labels, self.labels_file, manifest_path, &err)?;
-        let labels = complete_labels(labels, task, output, &err)?;
         let (image, tabular) = match task {
             Task::TextClassification => (None, None),
             Task::ImageClassification => {
                 let section = self.image.unwrap_or_default();
-                (Some(image::resolve(section, input, &err)?), None)
+                (Some(image::resolve(section, input, Fit::Stretch, &err)?), None)
+            }
+            Task::ObjectDetection => {
+                let section = self.image.unwrap_or_default();
+                (Some(image::resolve(section, input, Fit::Letterbox, &err)?), None)
             }
             Task::TabularClassification | Task::TabularRegression => {
                 let section = self.tabular.unwrap_or_default();
                 (
                     None,
-                    Some(tabular::resolve(section, task, (input, resolved.dtype), output, &err)?),
+                    Some(tabular::resolve(
+                        section,
+                        task,
+                        (input, resolved.dtype),
+                        summary
+                            .outputs
+                            .iter()
+                            .find(|t| t.name == output)
+                            .ok_or_else(|| err("output", format!("no output `{output}`")))?,
+                        &err,
+                    )?),
                 )
             }
         };
@@ -249,10 +302,11 @@ impl Manifest {
             input: input.name.clone(),
             inputs: resolved.roles,
             constants: resolved.constants,
-            output: output.name.clone(),
+            output,
             scores,
             labels,
             image,
+            detection,
             tabular,
             text: None,
             ensemble: self.ensemble.unwrap_or_default(),
