@@ -1,6 +1,10 @@
 //! Reference architectures with seeded random weights, built with [`GraphBuilder`]: the shapes of
 //! real CNNs and transformers, for gradient checks and benchmarks (no downloads needed).
 
+mod detector;
+
+pub use detector::{detector, DETECTOR_CELL, DETECTOR_SIDE};
+
 use super::builder::{Attr, GraphBuilder};
 use super::proto::{data_type, ModelProto};
 

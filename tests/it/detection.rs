@@ -1,0 +1,246 @@
+//! Object detection: a zoo detector (`explaind::onnx::zoo::detector`, YOLOv8's output layout)
+//! whose candidate in the lower-left cell reads that cell's pixels and nothing else. Its
+//! predictions (letterboxed, boxes back in the image's pixels), targets, the methods that explain
+//! one detection (their top pixels in that cell), the gradient of the detection's score against
+//! finite differences, D-RISE, and the refusals. A real server on loopback throughout.
+
+use crate::common;
+
+use base64::Engine;
+use common::*;
+use explaind::onnx::zoo::{detector, DETECTOR_CELL, DETECTOR_SIDE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const SIDE: usize = DETECTOR_SIDE as usize;
+const CELL: usize = DETECTOR_CELL as usize;
+/// The cell the test images light: rows 16..32, columns 0..16 (candidate 2).
+fn in_cell(x: usize, y: usize) -> bool {
+    x < CELL && y >= CELL
+}
+
+pub(crate) const MANIFEST: &str = "task = \"object-detection\"\nlabels = [\"bright\", \"dark\"]\n\
+    [detection]\nlayout = \"yolo\"\nscore_threshold = 0.25\n";
+
+/// A `w x h` PNG, black but for seeded bright noise where `lit(x, y)`.
+fn png(w: u32, h: u32, lit: impl Fn(u32, u32) -> bool) -> Vec<u8> {
+    let mut rng = Rng::new(3);
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let v = rng.uniform(120.0, 255.0) as u8;
+        if lit(x, y) {
+            image::Rgb([v, v / 2 + 60, 255 - v / 3])
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    });
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+fn cell_png() -> Vec<u8> {
+    png(SIDE as u32, SIDE as u32, |x, y| in_cell(x as usize, y as usize))
+}
+
+async fn start_detector() -> explaind::Service {
+    let dir = temp_dir("detection-models");
+    write_model(&dir, "detector", &detector(2), MANIFEST);
+    // Declared with an objectness the graph's output has no room for: refused at start, the
+    // others serve.
+    write_model(
+        &dir,
+        "misdeclared",
+        &detector(2),
+        "task = \"object-detection\"\nlabels = [\"bright\", \"dark\", \"grey\"]\n[detection]\nlayout = \"yolo\"\n",
+    );
+    start(test_config(&dir)).await
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+async fn explain(s: &explaind::Service, method: &str, body: Value) -> reqwest::Response {
+    post_json(s, &format!("/v1/models/detector/explain/{method}"), &body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predict_answers_the_detection_in_the_image_pixels_and_a_bad_layout_is_refused_at_start() {
+    let s = start_detector().await;
+    let v = ok_json(post_json(&s, "/v1/models/detector/predict", &json!({"image": b64(&cell_png())})).await).await;
+    let found = v["detections"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{v}");
+    assert_eq!(found[0]["label"], "bright");
+    assert_eq!(found[0]["box"], json!([0.0, 16.0, 16.0, 32.0]));
+    assert!(found[0]["score"].as_f64().unwrap() > 0.5, "{v}");
+    assert!(v.get("outputs").is_none(), "a detector's raw outputs are left out: {v}");
+    // A 64 x 32 image is letterboxed (halved, 8 rows of pad above): the cell's box comes back
+    // doubled, shifted and clipped to the image.
+    let wide = png(64, 32, |x, y| x < 32 && y >= 16);
+    let v = ok_json(post_json(&s, "/v1/models/detector/predict", &json!({"image": b64(&wide)})).await).await;
+    assert_eq!(v["detections"][0]["box"], json!([0.0, 16.0, 32.0, 32.0]), "{v}");
+    // A black image: nothing scores over the threshold.
+    let black = png(SIDE as u32, SIDE as u32, |_, _| false);
+    let v = ok_json(post_json(&s, "/v1/models/detector/predict", &json!({"image": b64(&black)})).await).await;
+    assert_eq!(v["detections"], json!([]), "{v}");
+
+    let listed = get_json(&s, "/v1/models").await;
+    let failed = listed["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{listed}");
+    let why = failed[0]["error"].as_str().unwrap();
+    assert!(
+        why.contains("detection.layout") && why.contains("`output0` has shape [?, 6, 4]") || why.contains("output0"),
+        "{why}"
+    );
+    assert_discloses_nothing(why);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_explaining_the_detection_finds_its_cell() {
+    let s = start_detector().await;
+    let info = get_json(&s, "/v1/models/detector").await;
+    let applicable: Vec<String> = info["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.as_str().map(String::from))
+        .collect();
+    let image = b64(&cell_png());
+    // Small sample counts: the model reads one cell, so few samples find it.
+    let params = |m: &str| match m {
+        "rise" | "d-rise" => json!({"masks": 200}),
+        "kernel-shap" | "lime" => json!({"samples": 200}),
+        "integrated-gradients" => json!({"steps": 16}),
+        "smoothgrad" => json!({"samples": 8}),
+        _ => json!({}),
+    };
+    let mut explained = Vec::new();
+    for method in &applicable {
+        let body = json!({"image": image, "target": {"detection": 0}, "seed": 5, "params": params(method)});
+        let r = explain(&s, method, body).await;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        if status != StatusCode::OK {
+            // Refused for this model (a CAM layer, a reference set): said so, and not a 5xx.
+            assert!(status.is_client_error(), "{method}: {status} {v}");
+            continue;
+        }
+        let Some(map) = v["attributions"]["values"].as_array() else {
+            continue;
+        };
+        if v["attributions"]["shape"] != json!([SIDE, SIDE]) {
+            continue;
+        }
+        assert_eq!(v["target"]["label"], "bright", "{method}: {}", v["target"]);
+        let map: Vec<f64> = map.iter().map(|x| x.as_f64().unwrap()).collect();
+        let hottest = (0..SIDE * SIDE).max_by(|a, b| map[*a].total_cmp(&map[*b])).unwrap();
+        assert!(
+            in_cell(hottest % SIDE, hottest / SIDE),
+            "{method}: the hottest pixel ({}, {}) is outside the cell",
+            hottest % SIDE,
+            hottest / SIDE
+        );
+        explained.push(method.clone());
+    }
+    for m in ["saliency", "integrated-gradients", "grad-cam", "occlusion", "rise", "d-rise"] {
+        assert!(explained.iter().any(|e| e == m), "{m} did not explain the detection: {explained:?}");
+    }
+}
+
+/// The scalar a detection's gradient differentiates is the candidate's class score: a one-hot
+/// over the output row at its position. The backward graph's gradient of it agrees with central
+/// differences of the forward model's score.
+#[test]
+fn the_gradient_of_the_detection_score_passes_finite_differences() {
+    use common::gradcheck::{backward, run_output, runner};
+    let model = detector(2);
+    let bw = backward(
+        &model,
+        "images",
+        &[1, 3, SIDE, SIDE],
+        "output0",
+        &[],
+        &explaind::onnx::autodiff::RuleTable::exact(),
+    );
+    let runner = runner();
+    let mut fwd = runner.session(&model).unwrap();
+    let mut bwd = runner.session(&bw.model).unwrap();
+    let mut rng = Rng::new(9);
+    let x: Vec<f32> = (0..3 * SIDE * SIDE)
+        .map(|i| {
+            let (y, xx) = ((i % (SIDE * SIDE)) / SIDE, i % SIDE);
+            if in_cell(xx, y) {
+                rng.uniform(0.2, 1.0)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    // Candidate 2 (the lit cell), class 0: row 4 of the [6, 4] output.
+    let position = 4 * 4 + 2;
+    let mut w = vec![0f32; 24];
+    w[position] = 1.0;
+    let dims = vec![1, 3, SIDE, SIDE];
+    let feeds = [
+        ("images", dims.clone(), x.clone()),
+        (explaind::onnx::autodiff::WEIGHTS_INPUT, vec![1, 6, 4], w),
+    ];
+    let (_, grad) = run_output(&mut bwd, &feeds, &bw.input_grad);
+    let mut score = |xs: Vec<f32>| -> f64 { run_output(&mut fwd, &[("images", dims.clone(), xs)], "output0").1[position] as f64 };
+    let h = 1e-2f32;
+    let mut checked = 0;
+    for i in (0..x.len()).step_by(37) {
+        let (mut plus, mut minus) = (x.clone(), x.clone());
+        plus[i] += h;
+        minus[i] -= h;
+        let numeric = (score(plus) - score(minus)) / (2.0 * h as f64);
+        let analytic = grad[i] as f64;
+        assert!(
+            (numeric - analytic).abs() <= 2e-3 + 2e-2 * numeric.abs(),
+            "pixel {i}: analytic {analytic}, numeric {numeric}"
+        );
+        checked += 1;
+        let (y, xx) = ((i % (SIDE * SIDE)) / SIDE, i % SIDE);
+        if !in_cell(xx, y) {
+            assert_eq!(analytic, 0.0, "pixel {i} is outside the cell");
+        }
+    }
+    assert!(checked > 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_name_a_detection_or_a_box_and_bad_ones_are_refused() {
+    let s = start_detector().await;
+    let image = b64(&cell_png());
+    // The box target finds the same detection as {"detection": 0}.
+    let by_index = ok_json(explain(&s, "saliency", json!({"image": image, "target": {"detection": 0}})).await).await;
+    let by_box = ok_json(
+        explain(
+            &s,
+            "saliency",
+            json!({"image": image, "target": {"box": [1.0, 17.0, 15.0, 30.0], "label": "bright"}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(by_index["target"], by_box["target"]);
+    assert_eq!(by_index["attributions"]["values"], by_box["attributions"]["values"]);
+    // Refusals, each naming the fault.
+    let cases = [
+        (json!({"detection": 3}), StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", "found 1 detection"),
+        (json!({"box": [0.0, 0.0, 40.0, 10.0]}), StatusCode::BAD_REQUEST, "invalid-request", "outside the image"),
+        (json!({"box": [5.0, 0.0, 1.0, 10.0]}), StatusCode::BAD_REQUEST, "invalid-request", "empty"),
+        (json!({"box": [0.0, 16.0, 16.0, 32.0], "label": "cat"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", "no class labelled `cat`"),
+        (json!("bright"), StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", "a detector's targets"),
+    ];
+    for (target, status, slug, says) in cases {
+        let r = explain(&s, "saliency", json!({"image": image, "target": target})).await;
+        let body = problem(r, status, slug).await;
+        assert!(body["detail"].as_str().unwrap().contains(says), "{target}: {body}");
+    }
+    let black = b64(&png(SIDE as u32, SIDE as u32, |_, _| false));
+    let r = explain(&s, "saliency", json!({"image": black})).await;
+    let body = problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input").await;
+    assert!(body["detail"].as_str().unwrap().contains("no detection"), "{body}");
+}
