@@ -445,6 +445,7 @@ impl Methods {
             .with::<guided::GuidedGradCam>()
             .with::<occlusion::Occlusion>()
             .with::<rise::Rise>()
+            .with::<d_rise::DRise>()
             .with::<score_cam::ScoreCam>()
             .with::<lime::Lime>()
             .with::<kernel_shap::KernelShap>()

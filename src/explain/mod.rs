@@ -7,6 +7,7 @@ mod attention_rollout;
 pub mod background;
 pub mod baselines;
 mod counterfactual;
+mod d_rise;
 mod deeplift;
 mod deeplift_shap;
 mod extremal;
@@ -39,6 +40,7 @@ mod xrai;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use d_rise::DRiseParams;
 pub use deeplift::DeepLiftParams;
 pub use deeplift_shap::DeepLiftShapParams;
 pub use grad_cam::GradCamParams;

@@ -23,7 +23,7 @@ pub fn detector(classes: i64) -> ModelProto {
     let x = g.input("images", &[-1, 3, DETECTOR_SIDE, DETECTOR_SIDE]);
     let hidden = 8i64;
     // Non-negative first-layer weights: a brighter cell gives larger activations.
-    let w1: Vec<f32> = w.vec((hidden * 3 * 16) as usize, 0.3).iter().map(|v| v.abs()).collect();
+    let w1: Vec<f32> = w.vec((hidden * 3 * 16) as usize, 0.1).iter().map(|v| v.abs()).collect();
     let w1 = g.constant("conv1_w", &[hidden, 3, 4, 4], &w1);
     let strided = |k: i64| {
         vec![
@@ -33,22 +33,10 @@ pub fn detector(classes: i64) -> ModelProto {
     };
     let h = g.node("Conv", &[&x, &w1], strided(4));
     let h = g.node("Relu", &[&h], vec![]);
-    // Class 0 weighs the features up, the other classes down.
-    let per_class = (hidden * 16) as usize;
-    let mut w2 = Vec::new();
-    for c in 0..classes {
-        let sign = if c == 0 { 1.0 } else { -1.0 };
-        w2.extend(w.vec(per_class, 0.2).iter().map(|v| sign * v.abs()));
-    }
-    let w2 = g.constant("conv2_w", &[classes, hidden, 4, 4], &w2);
-    let b2 = g.constant("conv2_b", &[classes], &vec![-4.0; classes as usize]);
-    let logits = g.node("Conv", &[&h, &w2, &b2], strided(4));
-    let scores = g.node("Sigmoid", &[&logits], vec![]);
     let cells = (DETECTOR_SIDE / DETECTOR_CELL).pow(2);
-    let shape = g.constant_i64("scores_shape", &[3], &[0, classes, cells]);
-    let scores = g.node("Reshape", &[&scores, &shape], vec![]);
-    // Boxes: a zero-weight convolution (it keeps the batch axis) plus each cell's box.
-    let wb = g.constant("box_w", &[4, hidden, 4, 4], &vec![0.0; (4 * per_class) as usize]);
+    // Boxes first, so that the last feature map before the output (the default CAM layer) is the
+    // class scores'. A zero-weight convolution (it keeps the batch axis) plus each cell's box.
+    let wb = g.constant("box_w", &[4, hidden, 4, 4], &vec![0.0; (4 * hidden * 16) as usize]);
     let zero = g.node("Conv", &[&h, &wb], strided(4));
     let side = DETECTOR_SIDE / DETECTOR_CELL;
     let mut fixed = Vec::new();
@@ -68,6 +56,19 @@ pub fn detector(classes: i64) -> ModelProto {
     let boxes = g.node("Add", &[&zero, &fixed], vec![]);
     let box_shape = g.constant_i64("boxes_shape", &[3], &[0, 4, cells]);
     let boxes = g.node("Reshape", &[&boxes, &box_shape], vec![]);
+    // Class 0 weighs the features up, the other classes down.
+    let per_class = (hidden * 16) as usize;
+    let mut w2 = Vec::new();
+    for c in 0..classes {
+        let sign = if c == 0 { 1.0 } else { -1.0 };
+        w2.extend(w.vec(per_class, 0.05).iter().map(|v| sign * v.abs()));
+    }
+    let w2 = g.constant("conv2_w", &[classes, hidden, 4, 4], &w2);
+    let b2 = g.constant("conv2_b", &[classes], &vec![-4.0; classes as usize]);
+    let logits = g.node("Conv", &[&h, &w2, &b2], strided(4));
+    let scores = g.node("Sigmoid", &[&logits], vec![]);
+        let shape = g.constant_i64("scores_shape", &[3], &[0, classes, cells]);
+    let scores = g.node("Reshape", &[&scores, &shape], vec![]);
     g.node("Concat", &[&boxes, &scores], vec![("axis", Attr::Int(1))]);
     g.rename_last_output("output0");
     g.output("output0", &[-1, 4 + classes, cells]);
