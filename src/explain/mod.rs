@@ -192,6 +192,9 @@ pub struct MethodRun {
     pub scores: Vec<f64>,
     /// Time inside the ONNX Runtime runs.
     pub model_time: Duration,
+    /// A detector's detections of the input (boxes in input pixels; each target names one by its
+    /// position), for drawing; empty for other models.
+    pub detections: Vec<crate::runtime::detect::Detection>,
 }
 
 /// The map of row `row` of an input-space attribution: images folded over channels to
@@ -234,6 +237,8 @@ pub fn run<T>(
     };
     // The top prediction of a fresh input, for a method whose first pass is one gradient pass:
     // the graph chooses the class, so that pass is the only one.
+    // A detector's detections of the input, for drawing (decoded again from the same scores).
+    let mut detections = Vec::new();
     let (targets, scores, planned_rows) = match primed_top_pass(&mut cx, job)? {
         Some((target, scores)) => {
             let planned_rows = job.params.cost().rows.saturating_add(after_rows(1));
@@ -247,6 +252,9 @@ pub fn run<T>(
             let others = |name: &str| scored.as_ref()?.get(name).map(Tensor::to_f64);
             let targets =
                 targets::resolve_with(job.targets.as_ref(), &job.model, &scores, &others, job.limits.max_targets)?;
+            if job.model.spec.detection.is_some() {
+                detections = crate::common::detection_targets::detections(&job.model, &scores, &others)?;
+            }
             cx.scored = scored;
             let planned_rows = (1 + job.params.cost().rows).saturating_add(after_rows(targets.len()));
             (targets, scores, planned_rows)
@@ -260,6 +268,7 @@ pub fn run<T>(
         .map(|t| scores.get(t.index).copied().unwrap_or(f64::NAN))
         .collect();
     let run = MethodRun {
+        detections,
         attributions,
         rows: cx.rows,
         planned_rows,

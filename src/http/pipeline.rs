@@ -328,6 +328,7 @@ mod tests {
 
     fn explanation(single: bool) -> ExplainResponse {
         let target = TargetExplanation {
+            detection: None,
             target: Prediction {
                 index: 3,
                 label: "cat".into(),

@@ -29,6 +29,8 @@ pub struct ExplainResult {
     pub model_time: Duration,
     /// Time on the worker: those runs and the method's own arithmetic.
     pub worker_time: Duration,
+    /// A detector's detections of the input (input pixels), for drawing; empty for other models.
+    pub detections: Vec<crate::runtime::detect::Detection>,
 }
 
 /// An explanation as a job for a worker: the method's job, and the metrics of each target's map.
@@ -86,6 +88,7 @@ pub fn run(
         evaluations,
         model_time: run.model_time,
         worker_time: Duration::ZERO,
+        detections: run.detections,
     };
     // The randomisation check re-runs the method on other models: after the method's own passes.
     for metric in evaluate {

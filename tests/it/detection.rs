@@ -233,6 +233,8 @@ async fn targets_name_a_detection_or_a_box_and_bad_ones_are_refused() {
     )
     .await;
     assert_eq!(by_index["target"], by_box["target"]);
+    assert_eq!(by_index["detection"]["box"], json!([0.0, 16.0, 16.0, 32.0]), "{by_index}");
+    assert_eq!(by_index["detection"]["label"], "bright");
     assert_eq!(by_index["attributions"]["values"], by_box["attributions"]["values"]);
     // Refusals, each naming the fault.
     let cases = [
@@ -251,4 +253,21 @@ async fn targets_name_a_detection_or_a_box_and_bad_ones_are_refused() {
     let r = explain(&s, "saliency", json!({"image": black})).await;
     let body = problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input").await;
     assert!(body["detail"].as_str().unwrap().contains("no detection"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_picture_outlines_the_explained_box() {
+    let s = start_detector().await;
+    let r = post_json(
+        &s,
+        "/v1/models/detector/explain/grad-cam",
+        &json!({"image": b64(&cell_png()), "target": {"detection": 0}, "format": "png"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let png = image::load_from_memory(&r.bytes().await.unwrap()).unwrap().to_rgb8();
+    let green = |x: u32, y: u32| png.get_pixel(x, y).0 == [0, 255, 64];
+    // The box [0, 16, 16, 32] on the 32 x 32 image: its outline, not its inside.
+    assert!(green(0, 24) && green(8, 16) && green(15, 24), "no outline at the box's edges");
+    assert!(!green(8, 24) && !green(24, 8), "the outline spills");
 }
