@@ -18,10 +18,16 @@ pub const DETECTOR_CELL: i64 = 16;
 
 /// The detector, with `classes` classes (at least 2).
 pub fn detector(classes: i64) -> ModelProto {
+    detector_sized(DETECTOR_SIDE, classes, 8, 0)
+}
+
+/// The same head on a `side` x `side` input (a multiple of 16: one candidate per 16-pixel cell),
+/// `hidden` feature maps, and `depth` 3 x 3 convolutions between the two strided ones (they let a
+/// candidate read past its cell: benchmarks only).
+pub fn detector_sized(side: i64, classes: i64, hidden: i64, depth: usize) -> ModelProto {
     let mut g = GraphBuilder::new("zoo-detector", 17);
     let mut w = Weights(34);
-    let x = g.input("images", &[-1, 3, DETECTOR_SIDE, DETECTOR_SIDE]);
-    let hidden = 8i64;
+    let x = g.input("images", &[-1, 3, side, side]);
     // Non-negative first-layer weights: a brighter cell gives larger activations.
     let w1: Vec<f32> = w.vec((hidden * 3 * 16) as usize, 0.1).iter().map(|v| v.abs()).collect();
     let w1 = g.constant("conv1_w", &[hidden, 3, 4, 4], &w1);
@@ -32,17 +38,24 @@ pub fn detector(classes: i64) -> ModelProto {
         ]
     };
     let h = g.node("Conv", &[&x, &w1], strided(4));
-    let h = g.node("Relu", &[&h], vec![]);
-    let cells = (DETECTOR_SIDE / DETECTOR_CELL).pow(2);
+    let mut h = g.node("Relu", &[&h], vec![]);
+    let mut deep = Weights(35);
+    for layer in 0..depth {
+        let k = deep.vec((hidden * hidden * 9) as usize, (2.0 / (hidden * 9) as f32).sqrt());
+        let k = g.constant(&format!("deep{layer}_w"), &[hidden, hidden, 3, 3], &k);
+        let c = g.node("Conv", &[&h, &k], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))]);
+        h = g.node("Relu", &[&c], vec![]);
+    }
+    let cells = (side / DETECTOR_CELL).pow(2);
     // Boxes first, so that the last feature map before the output (the default CAM layer) is the
     // class scores'. A zero-weight convolution (it keeps the batch axis) plus each cell's box.
     let wb = g.constant("box_w", &[4, hidden, 4, 4], &vec![0.0; (4 * hidden * 16) as usize]);
     let zero = g.node("Conv", &[&h, &wb], strided(4));
-    let side = DETECTOR_SIDE / DETECTOR_CELL;
+    let grid = side / DETECTOR_CELL;
     let mut fixed = Vec::new();
     for value in 0..4 {
-        for r in 0..side {
-            for c in 0..side {
+        for r in 0..grid {
+            for c in 0..grid {
                 let half = DETECTOR_CELL as f32 / 2.0;
                 fixed.push(match value {
                     0 => c as f32 * DETECTOR_CELL as f32 + half,
@@ -52,7 +65,7 @@ pub fn detector(classes: i64) -> ModelProto {
             }
         }
     }
-    let fixed = g.constant("cell_boxes", &[1, 4, side, side], &fixed);
+    let fixed = g.constant("cell_boxes", &[1, 4, grid, grid], &fixed);
     let boxes = g.node("Add", &[&zero, &fixed], vec![]);
     let box_shape = g.constant_i64("boxes_shape", &[3], &[0, 4, cells]);
     let boxes = g.node("Reshape", &[&boxes, &box_shape], vec![]);

@@ -3,7 +3,7 @@
 
 mod detector;
 
-pub use detector::{detector, DETECTOR_CELL, DETECTOR_SIDE};
+pub use detector::{detector, detector_sized, DETECTOR_CELL, DETECTOR_SIDE};
 
 use super::builder::{Attr, GraphBuilder};
 use super::proto::{data_type, ModelProto};
