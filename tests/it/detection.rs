@@ -271,3 +271,49 @@ async fn the_picture_outlines_the_explained_box() {
     assert!(green(0, 24) && green(8, 16) && green(15, 24), "no outline at the box's edges");
     assert!(!green(8, 24) && !green(24, 8), "the outline spills");
 }
+
+/// The README's detection tour (its `### Object detection` section), run as written against the
+/// zoo detector, in a folder holding the image it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_detection_tour_works_as_written() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split("### Object detection")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let block = section.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in block.lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty()) {
+        current.push_str(line.trim_end().trim_end_matches('\\'));
+        current.push(' ');
+        if !line.trim_end().ends_with('\\') {
+            commands.push(std::mem::take(&mut current));
+        }
+    }
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    let s = start_detector().await;
+    let dir = temp_dir("readme-detection");
+    std::fs::write(dir.join("cell.png"), cell_png()).unwrap();
+    let mut answers = Vec::new();
+    for command in commands {
+        let command = command.replace("localhost:8080", &s.addr.to_string());
+        let mut shell = std::process::Command::new("sh");
+        shell
+            .arg("-c")
+            .arg(format!("set -e; {command} --fail-with-body"))
+            .current_dir(&dir);
+        let stdout = run_ok(shell, command.clone()).await;
+        assert!(!stdout.contains("/problems/"), "{command}\n{stdout}");
+        answers.push(stdout);
+    }
+    let predicted: Value = serde_json::from_str(&answers[0]).unwrap();
+    assert_eq!(predicted["detections"][0]["label"], "bright", "{predicted}");
+    let explained: Value = serde_json::from_str(&answers[1]).unwrap();
+    assert_eq!(explained["detection"]["box"], json!([0.0, 16.0, 16.0, 32.0]), "{explained}");
+    let png = image::load_from_memory(&std::fs::read(dir.join("d-rise.png")).unwrap()).unwrap();
+    assert_eq!(png.width(), SIDE as u32);
+}
