@@ -93,7 +93,8 @@ fn candidates(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[f64]) 
                 (best, best_score) = (c, v);
             }
         }
-        let score = best_score * objectness;
+        // A graph that scores candidates (objectness x class) holds the detection's score.
+        let score = if d.scored { best_score } else { best_score * objectness };
         if !(score >= d.score_threshold) {
             continue;
         }

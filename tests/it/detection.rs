@@ -317,3 +317,79 @@ async fn the_readme_detection_tour_works_as_written() {
     let png = image::load_from_memory(&std::fs::read(dir.join("d-rise.png")).unwrap()).unwrap();
     assert_eq!(png.width(), SIDE as u32);
 }
+
+/// A head with an objectness (YOLOv5's layout): the zoo detector's first class channel read as the
+/// objectness. A detection's score is objectness x class score, and the gradient methods explain
+/// that product: the served saliency map is the product rule's gradient, |d(obj * cls)/dx|.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_objectness_the_score_and_its_gradient_are_the_products() {
+    use common::gradcheck::{backward, run_output, runner};
+    let dir = temp_dir("detection-objectness");
+    let manifest = "task = \"object-detection\"\nlabels = [\"a\", \"b\"]\n\
+        [detection]\nlayout = \"yolo\"\nobjectness = true\nscore_threshold = 0.0\n";
+    write_model(&dir, "yolov5ish", &detector(3), manifest);
+    let s = start(test_config(&dir)).await;
+    // Every cell lit: every candidate has a gradient.
+    let png = png(SIDE as u32, SIDE as u32, |_, _| true);
+    // The input as preprocessing makes it: a 32 x 32 image letterboxes onto itself, x / 255, NCHW.
+    let rgb = image::load_from_memory(&png).unwrap().to_rgb8();
+    let mut x = vec![0f32; 3 * SIDE * SIDE];
+    for (px, py, p) in rgb.enumerate_pixels() {
+        for c in 0..3 {
+            x[c * SIDE * SIDE + py as usize * SIDE + px as usize] = f32::from(p.0[c]) / 255.0;
+        }
+    }
+    let model = detector(3);
+    let runner = runner();
+    let mut fwd = runner.session(&model).unwrap();
+    let dims = vec![1, 3, SIDE, SIDE];
+    let (_, out) = run_output(&mut fwd, &[("images", dims.clone(), x.clone())], "output0");
+    let v = ok_json(post_json(&s, "/v1/models/yolov5ish/predict", &json!({"image": b64(&png)})).await).await;
+    let top = &v["detections"][0];
+    // The candidate is the cell of the box: objectness at row 4, classes at rows 5 and 6.
+    let corner = |i: usize| top["box"][i].as_f64().unwrap() as usize / CELL;
+    let k = corner(1) * 2 + corner(0);
+    let (obj, a, b) = (out[4 * 4 + k], out[5 * 4 + k], out[6 * 4 + k]);
+    let (class, cls) = if a >= b { (0, a) } else { (1, b) };
+    assert_eq!(top["label"], ["a", "b"][class], "{v}");
+    let best = (0..4)
+        .map(|k| out[4 * 4 + k] * out[5 * 4 + k].max(out[6 * 4 + k]))
+        .fold(0f32, f32::max);
+    assert_eq!(obj * cls, best, "the best detection is the best product");
+    let score = top["score"].as_f64().unwrap();
+    assert!((score - f64::from(obj * cls)).abs() < 1e-6, "score {score}, objectness x class {}", obj * cls);
+
+    let answer = ok_json(
+        post_json(
+            &s,
+            "/v1/models/yolov5ish/explain/saliency",
+            &json!({"image": b64(&png), "target": {"detection": 0}}),
+        )
+        .await,
+    )
+    .await;
+    let served: Vec<f64> = answer["attributions"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let bw = backward(&model, "images", &dims, "output0", &[], &explaind::onnx::autodiff::RuleTable::exact());
+    let mut bwd = runner.session(&bw.model).unwrap();
+    let mut w = vec![0f32; 7 * 4];
+    w[4 * 4 + k] = cls;
+    w[(5 + class) * 4 + k] = obj;
+    let feeds = [
+        ("images", dims.clone(), x.clone()),
+        (explaind::onnx::autodiff::WEIGHTS_INPUT, vec![1, 7, 4], w),
+    ];
+    let (_, grad) = run_output(&mut bwd, &feeds, &bw.input_grad);
+    let expected: Vec<f64> = (0..SIDE * SIDE)
+        .map(|p| (0..3).map(|c| f64::from(grad[c * SIDE * SIDE + p].abs())).fold(0.0, f64::max))
+        .collect();
+    let scale = expected.iter().copied().fold(0.0, f64::max);
+    assert!(scale > 0.0);
+    for (p, (s, e)) in served.iter().zip(&expected).enumerate() {
+        assert!((s - e).abs() <= 1e-4 * scale, "pixel {p}: served {s}, product rule {e}");
+    }
+}

@@ -87,6 +87,12 @@ pub struct DetectionSpec {
     pub objectness: bool,
     /// `yolo`: true when the candidates run along the last axis (`[1, 4 + classes, candidates]`).
     pub channels_first: bool,
+    /// `yolo` with an objectness: true once the graph multiplies each class score by it (the
+    /// registry appends that at load, [`crate::onnx::objectness`]): the class values are then the
+    /// detections' scores.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub scored: bool,
     /// `yolo`: candidates per image (fixed by the graph); `boxes-scores-classes`: 0.
     pub candidates: usize,
     /// `boxes-scores-classes`: the boxes output (the scores output is the model's `output`).
@@ -150,6 +156,7 @@ pub(super) fn resolve(
         box_scale: m.box_scale.unwrap_or(BoxScale::Pixels),
         objectness: false,
         channels_first: false,
+        scored: false,
         candidates: 0,
         boxes: None,
         classes: None,
