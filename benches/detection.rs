@@ -56,15 +56,16 @@ fn main() {
 
     // Decoding and NMS of one output row, against one raw forward pass of the row.
     let raw_forward = common::median_of_rounds(5, || common::run_raw(&mut forward, &[("images", dims.clone(), &x)]));
-    let out: Vec<f64> = explaind::runtime::graph_runner::run_session(&mut forward, &[("images", dims.clone(), x.clone())], &[])
-        .unwrap()
-        .into_iter()
-        .find(|o| o.name == "output0")
-        .and_then(|o| o.values)
-        .unwrap()
-        .into_iter()
-        .map(f64::from)
-        .collect();
+    let out: Vec<f64> =
+        explaind::runtime::graph_runner::run_session(&mut forward, &[("images", dims.clone(), x.clone())], &[])
+            .unwrap()
+            .into_iter()
+            .find(|o| o.name == "output0")
+            .and_then(|o| o.values)
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
     let mut found = 0;
     let decode = common::median_of_rounds(20, || {
         let rows = explaind::runtime::detect::decode(&loaded.spec, |_| Some(&out[..])).unwrap();
@@ -109,7 +110,12 @@ fn main() {
         methods.get(name).unwrap().plan(params, &cx).unwrap()
     };
     let run = |name: &str, params: serde_json::Value, rounds: usize| {
-        let mut job = common::job(&loaded, Tensor::f32(dims.clone(), x.clone()), &plan(name, params), limits);
+        let mut job = common::job(
+            &loaded,
+            Tensor::f32(dims.clone(), x.clone()),
+            &plan(name, params),
+            limits,
+        );
         job.targets = Some(TargetSpec::Detection { detection: 0 });
         let mut rows = 0;
         let time = common::median_of_rounds(rounds, || {

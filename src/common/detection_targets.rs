@@ -107,7 +107,9 @@ pub fn resolve(
         })?],
         Some(TargetSpec::Box { bbox, label }) => {
             let b = bbox.map(|v| v as f32);
-            let class = label.as_ref().and_then(|l| model.spec.labels.iter().position(|x| x == l));
+            let class = label
+                .as_ref()
+                .and_then(|l| model.spec.labels.iter().position(|x| x == l));
             let best = found
                 .iter()
                 .filter(|d| class.is_none_or(|c| c == d.class))

@@ -185,7 +185,9 @@ fn explain(
         let rows: Vec<(&String, Vec<f64>, usize)> = outputs
             .iter()
             .map(|name| {
-                let t = out.get(name).ok_or_else(|| failed(format!("output `{name}` missing")))?;
+                let t = out
+                    .get(name)
+                    .ok_or_else(|| failed(format!("output `{name}` missing")))?;
                 Ok((name, t.to_f64(), t.row_len()))
             })
             .collect::<Result<_, RuntimeError>>()?;
@@ -196,10 +198,7 @@ fn explain(
             })
             .map_err(failed)?;
             for ((target, sal), total) in chosen.iter().zip(&mut weighted).zip(&mut weight_sums) {
-                let best = found
-                    .iter()
-                    .map(|d| detect::similarity(target, d))
-                    .fold(0f64, f64::max);
+                let best = found.iter().map(|d| detect::similarity(target, d)).fold(0f64, f64::max);
                 *total += best;
                 if best > 0.0 {
                     for (s, v) in sal.iter_mut().zip(m) {
@@ -220,7 +219,11 @@ fn explain(
         .zip(weight_sums)
         .map(|((t, sal), total)| {
             let mean = total / count;
-            let values = sal.iter().zip(&kept).map(|(s, k)| ((s - mean * k) / count) as f32).collect();
+            let values = sal
+                .iter()
+                .zip(&kept)
+                .map(|(s, k)| ((s - mean * k) / count) as f32)
+                .collect();
             TargetAttribution::from_map(t, Tensor::f32(vec![h, w], values), None, None)
         })
         .collect())

@@ -250,8 +250,13 @@ pub fn run<T>(
             // (a post-NMS detector's, its boxes and classes too).
             let scored = cx.scored.take();
             let others = |name: &str| scored.as_ref()?.get(name).map(Tensor::to_f64);
-            let targets =
-                targets::resolve_with(job.targets.as_ref(), &job.model, &scores, &others, job.limits.max_targets)?;
+            let targets = targets::resolve_with(
+                job.targets.as_ref(),
+                &job.model,
+                &scores,
+                &others,
+                job.limits.max_targets,
+            )?;
             if job.model.spec.detection.is_some() {
                 detections = crate::common::detection_targets::detections(&job.model, &scores, &others)?;
             }

@@ -102,14 +102,34 @@ mod tests {
     fn a_wide_image_is_padded_above_and_below_and_boxes_come_back() {
         // 640x480 on 640x640: no scaling, 80 rows of pad above and below.
         let placed = Letterbox::fit(640, 480, 640, 640);
-        assert_eq!(placed, Letterbox { width: 640, height: 480, left: 0, top: 80 });
+        assert_eq!(
+            placed,
+            Letterbox {
+                width: 640,
+                height: 480,
+                left: 0,
+                top: 80
+            }
+        );
         let g = placed.geometry(640, 480, 640, 640);
-        assert_eq!((g.crop_x, g.crop_y, g.crop_width, g.crop_height), (0.0, -80.0, 640.0, 640.0));
-        assert_eq!(g.box_to_original([10.0, 90.0, 20.0, 100.0], 640, 640), [10.0, 10.0, 20.0, 20.0]);
-        assert_eq!(g.box_to_input([10.0, 10.0, 20.0, 20.0], 640, 640), [10.0, 90.0, 20.0, 100.0]);
+        assert_eq!(
+            (g.crop_x, g.crop_y, g.crop_width, g.crop_height),
+            (0.0, -80.0, 640.0, 640.0)
+        );
+        assert_eq!(
+            g.box_to_original([10.0, 90.0, 20.0, 100.0], 640, 640),
+            [10.0, 10.0, 20.0, 20.0]
+        );
+        assert_eq!(
+            g.box_to_input([10.0, 10.0, 20.0, 20.0], 640, 640),
+            [10.0, 90.0, 20.0, 100.0]
+        );
         // Halved: a 1280x960 image lands the same, at twice the original pixels.
         let g = Letterbox::fit(1280, 960, 640, 640).geometry(1280, 960, 640, 640);
-        assert_eq!(g.box_to_original([10.0, 90.0, 20.0, 100.0], 640, 640), [20.0, 20.0, 40.0, 40.0]);
+        assert_eq!(
+            g.box_to_original([10.0, 90.0, 20.0, 100.0], 640, 640),
+            [20.0, 20.0, 40.0, 40.0]
+        );
     }
 
     #[test]

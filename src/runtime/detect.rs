@@ -95,7 +95,9 @@ fn candidates(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[f64]) 
         }
         // A graph that scores candidates (objectness x class) holds the detection's score.
         let score = if d.scored { best_score } else { best_score * objectness };
-        if !(score >= d.score_threshold) {
+        // NaN scores fail the comparison and are dropped with the low ones.
+        let kept = score >= d.score_threshold;
+        if !kept {
             continue;
         }
         let raw = [0, 1, 2, 3].map(|j| row[at(i, j)] as f32);
@@ -129,14 +131,20 @@ fn listed(
     let mut out = Vec::new();
     for (i, (&score, &class)) in scores.iter().zip(labels).enumerate() {
         let score = score as f32;
-        if !(score >= d.score_threshold) || !(class >= 0.0 && (class as usize) < classes) {
+        let kept = score >= d.score_threshold && class >= 0.0 && (class as usize) < classes;
+        if !kept {
             continue;
         }
         let class = class as usize;
         let mut probs = vec![0.0; classes];
         probs[class] = score;
         out.push(Detection {
-            bbox: corners([0, 1, 2, 3].map(|j| boxes[i * 4 + j] as f32), d.box_format, d.box_scale, size),
+            bbox: corners(
+                [0, 1, 2, 3].map(|j| boxes[i * 4 + j] as f32),
+                d.box_format,
+                d.box_scale,
+                size,
+            ),
             class,
             score,
             position: i,
@@ -150,7 +158,12 @@ fn listed(
 /// A box as `[x0, y0, x1, y1]` in input pixels.
 fn corners(b: [f32; 4], format: BoxFormat, scale: BoxScale, (w, h): (f32, f32)) -> [f32; 4] {
     let [x0, y0, x1, y1] = match format {
-        BoxFormat::Cxcywh => [b[0] - b[2] / 2.0, b[1] - b[3] / 2.0, b[0] + b[2] / 2.0, b[1] + b[3] / 2.0],
+        BoxFormat::Cxcywh => [
+            b[0] - b[2] / 2.0,
+            b[1] - b[3] / 2.0,
+            b[0] + b[2] / 2.0,
+            b[1] + b[3] / 2.0,
+        ],
         BoxFormat::Xyxy => b,
         BoxFormat::Xywh => [b[0], b[1], b[0] + b[2], b[1] + b[3]],
         BoxFormat::Yxyx => [b[1], b[0], b[3], b[2]],
@@ -183,7 +196,10 @@ pub fn nms(sorted: Vec<Detection>, threshold: f32, keep: usize) -> Vec<Detection
         if kept.len() >= keep {
             break;
         }
-        if !kept.iter().any(|k| k.class == d.class && iou(&k.bbox, &d.bbox) > threshold) {
+        if !kept
+            .iter()
+            .any(|k| k.class == d.class && iou(&k.bbox, &d.bbox) > threshold)
+        {
             kept.push(d);
         }
     }
@@ -193,7 +209,12 @@ pub fn nms(sorted: Vec<Detection>, threshold: f32, keep: usize) -> Vec<Detection
 /// D-RISE's similarity of a detection to the target (Petsiuk et al. 2021, eq. 2): IoU of the boxes
 /// x cosine of the class-probability vectors x the objectness of `other`.
 pub fn similarity(target: &Detection, other: &Detection) -> f64 {
-    let dot: f64 = target.probs.iter().zip(&other.probs).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+    let dot: f64 = target
+        .probs
+        .iter()
+        .zip(&other.probs)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum();
     let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let (na, nb) = (norm(&target.probs), norm(&other.probs));
     if na == 0.0 || nb == 0.0 {
@@ -233,8 +254,22 @@ mod tests {
     #[test]
     fn boxes_of_each_format_become_corners() {
         let b = [10.0, 20.0, 4.0, 6.0];
-        assert_eq!(corners(b, BoxFormat::Cxcywh, BoxScale::Pixels, (1.0, 1.0)), [8.0, 17.0, 12.0, 23.0]);
-        assert_eq!(corners(b, BoxFormat::Xywh, BoxScale::Pixels, (1.0, 1.0)), [10.0, 20.0, 14.0, 26.0]);
-        assert_eq!(corners([0.1, 0.2, 0.3, 0.4], BoxFormat::Yxyx, BoxScale::Normalized, (100.0, 10.0)), [20.0, 1.0, 40.0, 3.0]);
+        assert_eq!(
+            corners(b, BoxFormat::Cxcywh, BoxScale::Pixels, (1.0, 1.0)),
+            [8.0, 17.0, 12.0, 23.0]
+        );
+        assert_eq!(
+            corners(b, BoxFormat::Xywh, BoxScale::Pixels, (1.0, 1.0)),
+            [10.0, 20.0, 14.0, 26.0]
+        );
+        assert_eq!(
+            corners(
+                [0.1, 0.2, 0.3, 0.4],
+                BoxFormat::Yxyx,
+                BoxScale::Normalized,
+                (100.0, 10.0)
+            ),
+            [20.0, 1.0, 40.0, 3.0]
+        );
     }
 }

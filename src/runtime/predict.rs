@@ -78,7 +78,14 @@ fn detected(model: &LoadedModel, outputs: BTreeMap<String, Vec<f64>>) -> Result<
             message,
         }
     })?;
-    let label = |c: usize| model.spec.labels.get(c).cloned().unwrap_or_else(|| format!("class_{c}"));
+    let label = |c: usize| {
+        model
+            .spec
+            .labels
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| format!("class_{c}"))
+    };
     Ok(RowPrediction {
         predictions: found
             .iter()

@@ -151,8 +151,18 @@ async fn every_method_explaining_the_detection_finds_its_cell() {
         );
         explained.push(method.clone());
     }
-    for m in ["saliency", "integrated-gradients", "grad-cam", "occlusion", "rise", "d-rise"] {
-        assert!(explained.iter().any(|e| e == m), "{m} did not explain the detection: {explained:?}");
+    for m in [
+        "saliency",
+        "integrated-gradients",
+        "grad-cam",
+        "occlusion",
+        "rise",
+        "d-rise",
+    ] {
+        assert!(
+            explained.iter().any(|e| e == m),
+            "{m} did not explain the detection: {explained:?}"
+        );
     }
 }
 
@@ -195,7 +205,8 @@ fn the_gradient_of_the_detection_score_passes_finite_differences() {
         (explaind::onnx::autodiff::WEIGHTS_INPUT, vec![1, 6, 4], w),
     ];
     let (_, grad) = run_output(&mut bwd, &feeds, &bw.input_grad);
-    let mut score = |xs: Vec<f32>| -> f64 { run_output(&mut fwd, &[("images", dims.clone(), xs)], "output0").1[position] as f64 };
+    let mut score =
+        |xs: Vec<f32>| -> f64 { run_output(&mut fwd, &[("images", dims.clone(), xs)], "output0").1[position] as f64 };
     let h = 1e-2f32;
     let mut checked = 0;
     for i in (0..x.len()).step_by(37) {
@@ -233,16 +244,45 @@ async fn targets_name_a_detection_or_a_box_and_bad_ones_are_refused() {
     )
     .await;
     assert_eq!(by_index["target"], by_box["target"]);
-    assert_eq!(by_index["detection"]["box"], json!([0.0, 16.0, 16.0, 32.0]), "{by_index}");
+    assert_eq!(
+        by_index["detection"]["box"],
+        json!([0.0, 16.0, 16.0, 32.0]),
+        "{by_index}"
+    );
     assert_eq!(by_index["detection"]["label"], "bright");
     assert_eq!(by_index["attributions"]["values"], by_box["attributions"]["values"]);
     // Refusals, each naming the fault.
     let cases = [
-        (json!({"detection": 3}), StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", "found 1 detection"),
-        (json!({"box": [0.0, 0.0, 40.0, 10.0]}), StatusCode::BAD_REQUEST, "invalid-request", "outside the image"),
-        (json!({"box": [5.0, 0.0, 1.0, 10.0]}), StatusCode::BAD_REQUEST, "invalid-request", "empty"),
-        (json!({"box": [0.0, 16.0, 16.0, 32.0], "label": "cat"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", "no class labelled `cat`"),
-        (json!("bright"), StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", "a detector's targets"),
+        (
+            json!({"detection": 3}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+            "found 1 detection",
+        ),
+        (
+            json!({"box": [0.0, 0.0, 40.0, 10.0]}),
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "outside the image",
+        ),
+        (
+            json!({"box": [5.0, 0.0, 1.0, 10.0]}),
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "empty",
+        ),
+        (
+            json!({"box": [0.0, 16.0, 16.0, 32.0], "label": "cat"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+            "no class labelled `cat`",
+        ),
+        (
+            json!("bright"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+            "a detector's targets",
+        ),
     ];
     for (target, status, slug, says) in cases {
         let r = explain(&s, "saliency", json!({"image": image, "target": target})).await;
@@ -268,7 +308,10 @@ async fn the_picture_outlines_the_explained_box() {
     let png = image::load_from_memory(&r.bytes().await.unwrap()).unwrap().to_rgb8();
     let green = |x: u32, y: u32| png.get_pixel(x, y).0 == [0, 255, 64];
     // The box [0, 16, 16, 32] on the 32 x 32 image: its outline, not its inside.
-    assert!(green(0, 24) && green(8, 16) && green(15, 24), "no outline at the box's edges");
+    assert!(
+        green(0, 24) && green(8, 16) && green(15, 24),
+        "no outline at the box's edges"
+    );
     assert!(!green(8, 24) && !green(24, 8), "the outline spills");
 }
 
@@ -287,7 +330,10 @@ async fn the_readme_detection_tour_works_as_written() {
     let block = section.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
     let mut commands = Vec::new();
     let mut current = String::new();
-    for line in block.lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty()) {
+    for line in block
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+    {
         current.push_str(line.trim_end().trim_end_matches('\\'));
         current.push(' ');
         if !line.trim_end().ends_with('\\') {
@@ -313,7 +359,11 @@ async fn the_readme_detection_tour_works_as_written() {
     let predicted: Value = serde_json::from_str(&answers[0]).unwrap();
     assert_eq!(predicted["detections"][0]["label"], "bright", "{predicted}");
     let explained: Value = serde_json::from_str(&answers[1]).unwrap();
-    assert_eq!(explained["detection"]["box"], json!([0.0, 16.0, 16.0, 32.0]), "{explained}");
+    assert_eq!(
+        explained["detection"]["box"],
+        json!([0.0, 16.0, 16.0, 32.0]),
+        "{explained}"
+    );
     let png = image::load_from_memory(&std::fs::read(dir.join("d-rise.png")).unwrap()).unwrap();
     assert_eq!(png.width(), SIDE as u32);
 }
@@ -357,7 +407,11 @@ async fn with_an_objectness_the_score_and_its_gradient_are_the_products() {
         .fold(0f32, f32::max);
     assert_eq!(obj * cls, best, "the best detection is the best product");
     let score = top["score"].as_f64().unwrap();
-    assert!((score - f64::from(obj * cls)).abs() < 1e-6, "score {score}, objectness x class {}", obj * cls);
+    assert!(
+        (score - f64::from(obj * cls)).abs() < 1e-6,
+        "score {score}, objectness x class {}",
+        obj * cls
+    );
 
     let answer = ok_json(
         post_json(
@@ -374,7 +428,14 @@ async fn with_an_objectness_the_score_and_its_gradient_are_the_products() {
         .iter()
         .map(|v| v.as_f64().unwrap())
         .collect();
-    let bw = backward(&model, "images", &dims, "output0", &[], &explaind::onnx::autodiff::RuleTable::exact());
+    let bw = backward(
+        &model,
+        "images",
+        &dims,
+        "output0",
+        &[],
+        &explaind::onnx::autodiff::RuleTable::exact(),
+    );
     let mut bwd = runner.session(&bw.model).unwrap();
     let mut w = vec![0f32; 7 * 4];
     w[4 * 4 + k] = cls;
@@ -385,7 +446,11 @@ async fn with_an_objectness_the_score_and_its_gradient_are_the_products() {
     ];
     let (_, grad) = run_output(&mut bwd, &feeds, &bw.input_grad);
     let expected: Vec<f64> = (0..SIDE * SIDE)
-        .map(|p| (0..3).map(|c| f64::from(grad[c * SIDE * SIDE + p].abs())).fold(0.0, f64::max))
+        .map(|p| {
+            (0..3)
+                .map(|c| f64::from(grad[c * SIDE * SIDE + p].abs()))
+                .fold(0.0, f64::max)
+        })
         .collect();
     let scale = expected.iter().copied().fold(0.0, f64::max);
     assert!(scale > 0.0);

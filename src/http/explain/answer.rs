@@ -213,8 +213,7 @@ fn detection_boxes(
     if let Some(panel) = panel {
         let scale = panel.width() as f32 / geometry.original_width.max(1) as f32;
         // The others first, so that the explained box is drawn over them.
-        let (target, others): (Vec<_>, Vec<_>) =
-            result.detections.iter().partition(|d| d.position == a.target.index);
+        let (target, others): (Vec<_>, Vec<_>) = result.detections.iter().partition(|d| d.position == a.target.index);
         for (d, style) in others
             .iter()
             .map(|d| (d, render::BoxStyle::Faint))

@@ -80,7 +80,7 @@ pub fn detector_sized(side: i64, classes: i64, hidden: i64, depth: usize) -> Mod
     let b2 = g.constant("conv2_b", &[classes], &vec![-4.0; classes as usize]);
     let logits = g.node("Conv", &[&h, &w2, &b2], strided(4));
     let scores = g.node("Sigmoid", &[&logits], vec![]);
-        let shape = g.constant_i64("scores_shape", &[3], &[0, classes, cells]);
+    let shape = g.constant_i64("scores_shape", &[3], &[0, classes, cells]);
     let scores = g.node("Reshape", &[&scores, &shape], vec![]);
     g.node("Concat", &[&boxes, &scores], vec![("axis", Attr::Int(1))]);
     g.rename_last_output("output0");

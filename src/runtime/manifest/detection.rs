@@ -229,7 +229,11 @@ pub(super) fn resolve(
                 (None, None) => {
                     return Err(wrong(format!(
                         ", which fits neither axis to 4 box values{} + {} labels",
-                        if m.objectness == Some(true) { " + 1 objectness" } else { "" },
+                        if m.objectness == Some(true) {
+                            " + 1 objectness"
+                        } else {
+                            ""
+                        },
                         labels.len()
                     )))
                 }

@@ -240,13 +240,8 @@ impl Manifest {
         // A detector's scores are read as `[detection]` says; a classifier's from its last axis.
         let (output, detection) = match self.detection {
             Some(section) => {
-                let (name, spec) = detection::resolve(
-                    section,
-                    &summary.outputs,
-                    self.output.as_deref(),
-                    &mut labels,
-                    &err,
-                )?;
+                let (name, spec) =
+                    detection::resolve(section, &summary.outputs, self.output.as_deref(), &mut labels, &err)?;
                 (name, Some(spec))
             }
             None => {

@@ -408,7 +408,11 @@ fn weights_as_output(model: &LoadedModel, weights: &Tensor) -> Option<Tensor> {
         .find(|t| t.name == model.spec.output)?
         .shape
         .as_ref()?;
-    let row: Vec<usize> = dims.iter().skip(1).map(crate::onnx::Dim::fixed).collect::<Option<_>>()?;
+    let row: Vec<usize> = dims
+        .iter()
+        .skip(1)
+        .map(crate::onnx::Dim::fixed)
+        .collect::<Option<_>>()?;
     if weights.shape.len() != 2 || row.len() < 2 || row.iter().product::<usize>() != weights.row_len() {
         return None;
     }
