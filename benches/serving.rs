@@ -244,6 +244,7 @@ fn fashion_tensor(png: &[u8]) -> Vec<f32> {
         color: ColorOrder::Grayscale,
         resize: ResizeFilter::Bilinear,
         fit: Fit::Stretch,
+        pad: 0,
         scale: 1.0 / 255.0,
         mean: vec![0.286],
         std: vec![0.353],

@@ -3,6 +3,7 @@
 
 pub mod baselines;
 pub mod batch;
+pub mod detection_targets;
 mod invalid;
 mod limits;
 pub mod targets;

@@ -23,10 +23,26 @@ pub enum TargetRef {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum TargetSpec {
-    /// `{"top_k": k}`: the k highest-scoring classes.
+    /// `{"top_k": k}`: the k highest-scoring classes (a detector's k best detections).
     TopK {
         /// How many classes.
         top_k: usize,
+    },
+    /// `{"detection": i}`: a detector's i-th detection of this input, by decreasing score (0 is
+    /// the best), as predict lists them.
+    Detection {
+        /// Index in the input's detections.
+        detection: usize,
+    },
+    /// `{"box": [x0, y0, x1, y1], "label": "..."}`: a detector's detection of that label whose box
+    /// overlaps this one most (IoU), the box in the original image's pixels.
+    Box {
+        /// Corner box in the original image's pixels.
+        #[serde(rename = "box")]
+        bbox: [f64; 4],
+        /// Class label (any class when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
     },
     /// One class.
     One(TargetRef),
@@ -41,6 +57,21 @@ pub fn resolve(
     scores: &[f64],
     max_targets: usize,
 ) -> Result<Vec<Prediction>, InputError> {
+    resolve_with(spec, model, scores, &|_| None, max_targets)
+}
+
+/// [`resolve`], with `others` giving a row of the model's other outputs (a post-NMS detector's
+/// boxes and classes).
+pub fn resolve_with(
+    spec: Option<&TargetSpec>,
+    model: &LoadedModel,
+    scores: &[f64],
+    others: &dyn Fn(&str) -> Option<Vec<f64>>,
+    max_targets: usize,
+) -> Result<Vec<Prediction>, InputError> {
+    if model.spec.detection.is_some() {
+        return super::detection_targets::resolve(spec, model, scores, others, max_targets);
+    }
     if scores.is_empty() {
         return Err(InputError::BadFeatures(format!(
             "model `{}` gave no scores to explain",
@@ -83,6 +114,12 @@ pub fn resolve(
             }
             list.iter().map(by_ref).collect::<Result<_, _>>()?
         }
+        Some(TargetSpec::Detection { .. } | TargetSpec::Box { .. }) => {
+            return Err(InputError::BadFeatures(format!(
+                "model `{}` is not a detector: name a class (index or label) or top_k",
+                model.name
+            )))
+        }
     };
     if targets.len() > max_targets {
         return Err(InputError::BadFeatures(format!(
@@ -96,6 +133,9 @@ pub fn resolve(
 /// Checks targets before any work: list and top-k lengths within `max_targets`, indices within the
 /// model's classes, labels it has. Returns how many targets the request explains.
 pub fn check(spec: Option<&TargetSpec>, model: &LoadedModel, max_targets: usize) -> Result<usize, Invalid> {
+    if model.spec.detection.is_some() {
+        return super::detection_targets::check(spec, model, max_targets);
+    }
     let labels = &model.spec.labels;
     let check_ref = |r: &TargetRef| match r {
         TargetRef::Index(i) if !labels.is_empty() && *i >= labels.len() => Err(Invalid::Model(format!(
@@ -132,6 +172,12 @@ pub fn check(spec: Option<&TargetSpec>, model: &LoadedModel, max_targets: usize)
                 list.iter().try_for_each(check_ref)?;
             }
             list.len()
+        }
+        Some(TargetSpec::Detection { .. } | TargetSpec::Box { .. }) => {
+            return Err(Invalid::Model(format!(
+                "model `{}` is not a detector: name a class (index or label) or top_k",
+                model.name
+            )))
         }
     };
     if count > max_targets {

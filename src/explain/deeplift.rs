@@ -124,7 +124,7 @@ pub(super) fn pair(cx: &mut Cx, job: &ExplainJob, reference: &Tensor, index: usi
     let mut shape = job.input.shape.clone();
     shape[0] = 2;
     let batch = Tensor::f32(shape, x.iter().chain(r).copied().collect());
-    let classes = job.model.spec.labels.len().max(1);
+    let classes = crate::common::detection_targets::width(&job.model);
     let pass = cx.gradients(&[], RuleSet::Rescale, &batch, &one_hot(&[index, index], classes), 2)?;
     let scores = pass.scores.to_f64();
     let width = pass.scores.row_len().max(1);

@@ -219,7 +219,7 @@ pub(super) fn cams(
         .image
         .as_ref()
         .ok_or_else(|| InputError::WrongKind("CAM methods explain image models".into()))?;
-    let classes = job.model.spec.labels.len().max(1);
+    let classes = crate::common::detection_targets::width(&job.model);
     let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
     let input = repeat_rows(&job.input, targets.len());
     let pass = cx.gradients(

@@ -103,7 +103,7 @@ impl Method for Lrp {
         targets: &[Prediction],
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-        let classes = job.model.spec.labels.len().max(1);
+        let classes = crate::common::detection_targets::width(&job.model);
         let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
         let input = repeat_rows(&job.input, targets.len());
         let chunk = cx.max_batch();

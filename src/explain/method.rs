@@ -102,9 +102,9 @@ impl PlanContext<'_> {
         }
     }
 
-    /// Output classes (at least 1).
+    /// Output classes (at least 1); a detector's target positions (a row of its scores output).
     pub fn classes(&self) -> usize {
-        self.model.spec.labels.len().max(1)
+        crate::common::detection_targets::width(self.model)
     }
 
     /// Pixels of the model's input image (0 for tabular models).
@@ -445,6 +445,7 @@ impl Methods {
             .with::<guided::GuidedGradCam>()
             .with::<occlusion::Occlusion>()
             .with::<rise::Rise>()
+            .with::<d_rise::DRise>()
             .with::<score_cam::ScoreCam>()
             .with::<lime::Lime>()
             .with::<kernel_shap::KernelShap>()

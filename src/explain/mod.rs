@@ -7,6 +7,7 @@ mod attention_rollout;
 pub mod background;
 pub mod baselines;
 mod counterfactual;
+mod d_rise;
 mod deeplift;
 mod deeplift_shap;
 mod extremal;
@@ -39,6 +40,7 @@ mod xrai;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use d_rise::DRiseParams;
 pub use deeplift::DeepLiftParams;
 pub use deeplift_shap::DeepLiftShapParams;
 pub use grad_cam::GradCamParams;
@@ -193,6 +195,9 @@ pub struct MethodRun {
     pub scores: Vec<f64>,
     /// Time inside the ONNX Runtime runs.
     pub model_time: Duration,
+    /// A detector's detections of the input (boxes in input pixels; each target names one by its
+    /// position), for drawing; empty for other models.
+    pub detections: Vec<crate::runtime::detect::Detection>,
 }
 
 /// The map of row `row` of an input-space attribution: images folded over channels to
@@ -235,6 +240,8 @@ pub fn run<T>(
     };
     // The top prediction of a fresh input, for a method whose first pass is one gradient pass:
     // the graph chooses the class, so that pass is the only one.
+    // A detector's detections of the input, for drawing (decoded again from the same scores).
+    let mut detections = Vec::new();
     let (targets, scores, planned_rows) = match primed_top_pass(&mut cx, job)? {
         Some((target, scores)) => {
             let planned_rows = job.params.cost().rows.saturating_add(after_rows(1));
@@ -242,8 +249,21 @@ pub fn run<T>(
         }
         None => {
             let scores = first_scores(&mut cx, job)?;
-            // Indices and labels were checked at the edge; the top-k and top-1 need the scores.
-            let targets = targets::resolve(job.targets.as_ref(), &job.model, &scores, job.limits.max_targets)?;
+            // Indices and labels were checked at the edge; the top-k and top-1 need the scores
+            // (a post-NMS detector's, its boxes and classes too).
+            let scored = cx.scored.take();
+            let others = |name: &str| scored.as_ref()?.get(name).map(Tensor::to_f64);
+            let targets = targets::resolve_with(
+                job.targets.as_ref(),
+                &job.model,
+                &scores,
+                &others,
+                job.limits.max_targets,
+            )?;
+            if job.model.spec.detection.is_some() {
+                detections = crate::common::detection_targets::detections(&job.model, &scores, &others)?;
+            }
+            cx.scored = scored;
             let planned_rows = (1 + job.params.cost().rows).saturating_add(after_rows(targets.len()));
             (targets, scores, planned_rows)
         }
@@ -256,6 +276,7 @@ pub fn run<T>(
         .map(|t| scores.get(t.index).copied().unwrap_or(f64::NAN))
         .collect();
     let run = MethodRun {
+        detections,
         attributions,
         rows: cx.rows,
         planned_rows,
@@ -270,7 +291,10 @@ pub fn run<T>(
 /// The input's scores: given by a prediction, or one forward pass that also keeps what the
 /// method reads besides them ([`Method::with_scores`]).
 fn first_scores(cx: &mut Cx, job: &ExplainJob) -> Result<Vec<f64>, RuntimeError> {
-    Ok(match (&job.scores, job.params.with_scores(job)) {
+    let mut extra = job.params.with_scores(job);
+    // A post-NMS detector's targets read its boxes and classes beside its scores.
+    extra.extend(job.model.spec.detection.iter().flat_map(|d| d.other_outputs()));
+    Ok(match (&job.scores, extra) {
         (Some(s), _) => s.clone(),
         (None, extra) if extra.is_empty() => cx.forward(&job.input)?.to_f64(),
         (None, mut extra) => {
@@ -296,7 +320,8 @@ fn first_scores(cx: &mut Cx, job: &ExplainJob) -> Result<Vec<f64>, RuntimeError>
 /// Runs the method's one pass for the top prediction when it has one and the job asks for the top
 /// prediction of a fresh input, and keeps it in `cx` for the method: the target and scores.
 fn primed_top_pass(cx: &mut Cx, job: &ExplainJob) -> Result<Option<(Prediction, Vec<f64>)>, RuntimeError> {
-    if job.scores.is_some() || job.targets.is_some() || job.input.rows() != 1 {
+    // A detector's top prediction is a detection, which NMS (outside the graph) decides.
+    if job.scores.is_some() || job.targets.is_some() || job.input.rows() != 1 || job.model.spec.detection.is_some() {
         return Ok(None);
     }
     let Some((layers, rules)) = job.params.one_pass(job) else {
@@ -351,7 +376,7 @@ fn input_gradients(
     targets: &[Prediction],
     rules: RuleSet,
 ) -> Result<Tensor, RuntimeError> {
-    let classes = job.model.spec.labels.len().max(1);
+    let classes = crate::common::detection_targets::width(&job.model);
     let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
     let input = repeat_rows(&job.input, targets.len());
     let weights = one_hot(&indices, classes);

@@ -83,7 +83,7 @@ fn explain(
     let spec = job.image_spec("Score-CAM")?;
     let layer = planned_layer(job, &p.layer)?;
     let (h, w, c) = (spec.height, spec.width, spec.channels);
-    let classes = job.model.spec.labels.len().max(1);
+    let classes = crate::common::detection_targets::width(&job.model);
     // The layer's activations (the backward model exposes them; its gradient is not used).
     let pass = cx.gradients(
         std::slice::from_ref(&layer),

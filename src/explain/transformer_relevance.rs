@@ -76,7 +76,7 @@ impl Method for TransformerRelevance {
             model: job.model.name.clone(),
             message: e.to_string(),
         })?;
-        let classes = job.model.spec.labels.len().max(1);
+        let classes = crate::common::detection_targets::width(&job.model);
         let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
         let input = repeat_rows(&job.input, targets.len());
         let pass = cx.gradients(

@@ -171,7 +171,7 @@ impl Cx<'_> {
         let model = self.model.clone();
         let one = like.shape.clone();
         let n = like.row_len();
-        let classes = model.spec.labels.len().max(1);
+        let classes = crate::common::detection_targets::width(&model);
         // The rows of one pass are built at a time, so the stream asks the runtime how many fit.
         let chunk = self.rt.gradient_rows_for(&model, like.row_len()).min(chunk).max(1);
         let mut start = 0;

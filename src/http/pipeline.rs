@@ -328,6 +328,7 @@ mod tests {
 
     fn explanation(single: bool) -> ExplainResponse {
         let target = TargetExplanation {
+            detection: None,
             target: Prediction {
                 index: 3,
                 label: "cat".into(),
@@ -385,6 +386,7 @@ mod tests {
             outputs: None,
             segmentation: None,
             regression: None,
+            detections: None,
             explanation: Some(explanation(true)),
             uncertainty: None,
             truncated: Some(false),

@@ -161,7 +161,7 @@ pub struct PredictResponse {
     /// Ranked classes of the single input (absent for `instances`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub predictions: Option<Vec<Prediction>>,
-    /// Raw model outputs of the single input (absent for `instances`).
+    /// Raw model outputs of the single input (absent for `instances`, and for detectors).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outputs: Option<BTreeMap<String, Vec<f64>>>,
     /// A segmenter's answer: each class's area, and its mask when asked (`include=mask`).
@@ -170,6 +170,9 @@ pub struct PredictResponse {
     /// A regressor's answer: the value, its name and unit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regression: Option<crate::runtime::predict::RegressionAnswer>,
+    /// Detectors: the single input's detections by decreasing score, boxes in its pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detections: Option<Vec<crate::runtime::detect::DetectionAnswer>>,
     /// The explanation of the single input, when asked and `when` held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explanation: Option<ExplainResponse>,
@@ -409,7 +412,7 @@ impl Work for Predicting {
             .zip(output.estimates)
             .zip(&prepared)
             .map(|(((prediction, result), estimate), prep)| InstanceResult {
-                prediction,
+                prediction: in_original_pixels(model, prediction, prep),
                 explanation: explanation(result, prep),
                 uncertainty: uncertainty(estimate, prep),
                 truncated: prep.text.as_ref().map(|t| t.truncated),
@@ -421,6 +424,7 @@ impl Work for Predicting {
             outputs: None,
             segmentation: None,
             regression: None,
+            detections: None,
             explanation: None,
             uncertainty: None,
             truncated: None,
@@ -433,7 +437,8 @@ impl Work for Predicting {
             response.segmentation = one.prediction.segmentation;
             response.regression = one.prediction.regression;
             response.predictions = Some(one.prediction.predictions);
-            response.outputs = Some(one.prediction.outputs);
+            response.outputs = (!one.prediction.outputs.is_empty()).then_some(one.prediction.outputs);
+            response.detections = one.prediction.detections;
             response.explanation = one.explanation;
             response.uncertainty = one.uncertainty;
             response.truncated = one.truncated;
@@ -447,6 +452,21 @@ impl Work for Predicting {
     fn receipt(body: &mut PredictResponse, receipt: Receipt) {
         body.audit_record = Some(receipt);
     }
+}
+
+/// A detector's row answered: boxes mapped from the model's input onto the original image, and no
+/// raw outputs (a YOLO head is most of a million numbers). Other models' rows as they are.
+pub(super) fn in_original_pixels(model: &LoadedModel, mut row: RowPrediction, prep: &Prepared) -> RowPrediction {
+    let (Some(found), Some(image)) = (row.detections.as_mut(), model.spec.image.as_ref()) else {
+        return row;
+    };
+    if let Some(g) = &prep.geometry {
+        for d in found.iter_mut() {
+            d.bbox = g.box_to_original(d.bbox, image.width, image.height);
+        }
+    }
+    row.outputs.clear();
+    row
 }
 
 /// The prediction job of prepared inputs, with what is attached to it (predict's, and the other

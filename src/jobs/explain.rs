@@ -32,6 +32,8 @@ pub struct ExplainResult {
     /// Segmenters: per target, the region its class scores were summed over, on the model's
     /// input grid (what the drawing outlines).
     pub regions: Vec<Option<std::sync::Arc<crate::common::targets::RegionMask>>>,
+    /// A detector's detections of the input (input pixels), for drawing; empty for other models.
+    pub detections: Vec<crate::runtime::detect::Detection>,
 }
 
 /// An explanation as a job for a worker: the method's job, and the metrics of each target's map.
@@ -102,6 +104,7 @@ pub fn run(
         evaluations,
         model_time: run.model_time,
         worker_time: Duration::ZERO,
+        detections: run.detections,
     };
     // The randomisation check re-runs the method on other models: after the method's own passes.
     for metric in evaluate {

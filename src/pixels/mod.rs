@@ -3,7 +3,9 @@
 //! knows no model, request or session.
 
 mod geometry;
+pub mod letterbox;
 pub mod region;
 pub mod resample;
 
 pub use geometry::Geometry;
+pub use letterbox::{letterbox, Letterbox};

@@ -54,7 +54,7 @@ pub fn map_on_image(
 /// Draws the outline of a region (`inside`, `width x height` over the model's input) on `panel`,
 /// a heat map drawn by [`map_on_image`] with the same `geometry` and `max_pixels`: white pixels
 /// along its inner edge, so the map under the region stays visible.
-pub fn outline(
+pub fn outline_region(
     panel: &mut RgbImage,
     inside: &[bool],
     (width, height): (usize, usize),

@@ -4,13 +4,15 @@
 
 mod answer;
 mod bars;
+mod boxes;
 mod report;
 mod text;
 
 pub use answer::{
-    decision_html, decision_lines, feature_chart, map_on_image, outline, panels_png, text_panel, MapOnImage,
+    decision_html, decision_lines, feature_chart, map_on_image, outline_region, panels_png, text_panel, MapOnImage,
 };
 pub use bars::{bar_chart, captioned, Bar};
+pub use boxes::{outline_box, BoxStyle};
 pub use report::{report_html, short, Factor, Figure, Report};
 pub use text::{text_html, text_png, Highlight};
 

@@ -3,6 +3,7 @@
 
 pub mod batching;
 pub mod budget;
+pub mod detect;
 pub mod external;
 pub mod gradients;
 pub mod graph_runner;

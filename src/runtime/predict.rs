@@ -29,7 +29,8 @@ pub struct RowPrediction {
     /// by decreasing share of the image (`score` is the share).
     pub predictions: Vec<Prediction>,
     /// Every tensor output of the model for this row, flattened (a segmenter's per-pixel scores
-    /// left out: `segmentation` answers them).
+    /// left out: `segmentation` answers them; a detector's left out of answers: a YOLO head is most
+    /// of a million numbers).
     pub outputs: BTreeMap<String, Vec<f64>>,
     /// A segmenter's answer: each class's area, and the mask when asked.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,6 +42,9 @@ pub struct RowPrediction {
     #[serde(skip)]
     #[schema(ignore)]
     pub class_map: Option<ClassMap>,
+    /// Detectors: the detections by decreasing score, boxes in the original image's pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detections: Option<Vec<super::detect::DetectionAnswer>>,
 }
 
 /// A segmenter's answer for one image.
@@ -99,6 +103,15 @@ pub fn predict(
     let mut result = Vec::with_capacity(rows);
     let spec = &model.spec;
     for row in 0..rows {
+        if spec.detection.is_some() {
+            let outputs = outputs
+                .iter()
+                .filter(|(_, t)| t.rows() == rows)
+                .map(|(name, t)| (name.clone(), t.slice_rows(row, row + 1).to_f64()))
+                .collect();
+            result.push(detected(model, outputs)?);
+            continue;
+        }
         let one = scores.slice_rows(row, row + 1);
         let (predictions, class_map) = match &spec.segmentation {
             Some(seg) => {
@@ -140,9 +153,54 @@ pub fn predict(
             segmentation: None,
             regression,
             class_map,
+            detections: None,
         });
     }
     Ok(result)
+}
+
+/// A detector's row: its detections (boxes in input pixels, until the HTTP face maps them back),
+/// and one prediction per detection (its class and score), best first, for what reads the top
+/// prediction (`when` conditions).
+fn detected(model: &LoadedModel, outputs: BTreeMap<String, Vec<f64>>) -> Result<RowPrediction, RuntimeError> {
+    let found = super::detect::decode(&model.spec, |name| outputs.get(name).map(Vec::as_slice)).map_err(|message| {
+        RuntimeError::Inference {
+            model: model.name.clone(),
+            message,
+        }
+    })?;
+    let label = |c: usize| {
+        model
+            .spec
+            .labels
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| format!("class_{c}"))
+    };
+    Ok(RowPrediction {
+        predictions: found
+            .iter()
+            .map(|d| Prediction {
+                index: d.class,
+                label: label(d.class),
+                score: d.score,
+            })
+            .collect(),
+        detections: Some(
+            found
+                .iter()
+                .map(|d| super::detect::DetectionAnswer {
+                    bbox: d.bbox,
+                    label: label(d.class),
+                    score: d.score,
+                })
+                .collect(),
+        ),
+        outputs,
+        segmentation: None,
+        regression: None,
+        class_map: None,
+    })
 }
 
 /// Predictions for the rows of `inputs`, in order: consecutive tensors whose rows have one shape

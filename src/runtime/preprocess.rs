@@ -93,7 +93,19 @@ pub fn prepare_image(img: &DynamicImage, spec: &ImageSpec) -> PreparedImage {
     let original = img.to_rgb8();
     let (ow, oh) = original.dimensions();
     let (tw, th) = (spec.width as u32, spec.height as u32);
+    let filter = match spec.resize {
+        ResizeFilter::Bilinear => resample::Filter::Bilinear,
+        ResizeFilter::Nearest => resample::Filter::Nearest,
+    };
     let (crop_x, crop_y, crop_w, crop_h) = match spec.fit {
+        Fit::Letterbox => {
+            let (boxed, geometry) = crate::pixels::letterbox(&original, tw, th, spec.pad, filter);
+            return PreparedImage {
+                tensor: normalise(&boxed, spec),
+                original,
+                geometry,
+            };
+        }
         Fit::Stretch => (0.0, 0.0, ow as f32, oh as f32),
         Fit::CenterCrop => {
             // The largest centred region of the target's aspect ratio.
@@ -112,12 +124,23 @@ pub fn prepare_image(img: &DynamicImage, spec: &ImageSpec) -> PreparedImage {
         (crop_w.round() as u32).max(1),
         (crop_h.round() as u32).max(1),
     );
-    let filter = match spec.resize {
-        ResizeFilter::Bilinear => resample::Filter::Bilinear,
-        ResizeFilter::Nearest => resample::Filter::Nearest,
-    };
     let resized = resample::rgb(&original, region, tw, th, filter);
+    PreparedImage {
+        tensor: normalise(&resized, spec),
+        original,
+        geometry: Geometry {
+            original_width: ow,
+            original_height: oh,
+            crop_x,
+            crop_y,
+            crop_width: crop_w,
+            crop_height: crop_h,
+        },
+    }
+}
 
+/// An image of the input's size as the model's normalised `[1, ...]` tensor.
+fn normalise(resized: &image::RgbImage, spec: &ImageSpec) -> Tensor {
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let mut data = vec![0f32; c * h * w];
     for (x, y, px) in resized.enumerate_pixels() {
@@ -142,18 +165,7 @@ pub fn prepare_image(img: &DynamicImage, spec: &ImageSpec) -> PreparedImage {
         Layout::NCHW => vec![1, c, h, w],
         Layout::NHWC => vec![1, h, w, c],
     };
-    PreparedImage {
-        original,
-        tensor: Tensor::f32(shape, data),
-        geometry: Geometry {
-            original_width: ow,
-            original_height: oh,
-            crop_x,
-            crop_y,
-            crop_width: crop_w,
-            crop_height: crop_h,
-        },
-    }
+    Tensor::f32(shape, data)
 }
 
 /// Tabular features as sent: by name, or in input order.
@@ -306,6 +318,7 @@ mod tests {
             color: ColorOrder::Rgb,
             resize: ResizeFilter::Nearest,
             fit: Fit::CenterCrop,
+            pad: 0,
             scale: 1.0,
             mean: vec![0.0; 3],
             std: vec![1.0; 3],

@@ -273,6 +273,20 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
     };
     let summary = ModelSummary::of(&decoded);
     let mut spec = manifest.resolve(&manifest_path, &summary)?;
+    // A YOLO head with an objectness scores its candidates in the graph (objectness x class), so
+    // that a detection's score is one value of the output every method can weigh.
+    let (bytes, summary) = match spec.detection.as_mut().filter(|d| d.objectness) {
+        Some(d) => {
+            let mut scored = decoded;
+            let axis = if d.channels_first { 1 } else { 2 };
+            crate::onnx::objectness::score_by_objectness(&mut scored, &spec.output, axis)
+                .map_err(|m| model_err(&onnx_path, m))?;
+            d.scored = true;
+            spec.output = crate::onnx::objectness::SCORED_OUTPUT.to_string();
+            (scored.encode_to_vec(), ModelSummary::of(&scored))
+        }
+        None => (bytes, summary),
+    };
     spec.text = text_model.as_ref().map(|(_, text_spec)| text_spec.clone());
     let name = folder
         .file_name()

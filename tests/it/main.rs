@@ -17,6 +17,7 @@ mod contract;
 mod counterfactual;
 mod deeplift;
 mod deploy;
+mod detection;
 mod eval;
 mod explain;
 mod external_data;

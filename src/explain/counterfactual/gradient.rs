@@ -24,7 +24,7 @@ pub(super) fn gradient_candidates(
     p: &CounterfactualParams,
 ) -> Result<(Vec<Vec<f32>>, serde_json::Value), RuntimeError> {
     let n = x.len();
-    let classes = job.model.spec.labels.len().max(1);
+    let classes = crate::common::detection_targets::width(&job.model);
     let chains = p.count;
     let mut state = Chains::start(space, x, chains, job.seed, p.distance_weight);
     let lr = f64::from(p.learning_rate);

@@ -267,7 +267,7 @@ fn optimise(
     let mut params = vec![vec![1f32; grid.params()]; areas];
     let mut momentum: Vec<Option<Vec<f32>>> = vec![None; areas];
     let references = area_references(&p.areas, cells);
-    let classes = job.model.spec.labels.len().max(1);
+    let classes = crate::common::detection_targets::width(&job.model);
     let weights = one_hot(&vec![class; areas], classes);
     let mut area_weight = AREA_WEIGHT;
     let mut masks = vec![Vec::new(); areas];

@@ -157,7 +157,8 @@ pub fn explanations(
     let mut drawn = Vec::new();
     let mut explanations = Vec::new();
     for (i, a) in result.attributions.iter().enumerate() {
-        let (shape, values, panel) = placed_values(a, prepared, draw, max_map_pixels);
+        let (shape, values, mut panel) = placed_values(a, prepared, draw, max_map_pixels);
+        let detection = detection_boxes(valid, result, a, prepared, panel.as_mut());
         let (tokens, words) = match &prepared.text {
             Some(text) => {
                 let (tokens, words) = text_lists(text, &values);
@@ -175,7 +176,7 @@ pub fn explanations(
             (panel.as_mut(), result.regions.get(i), prepared.geometry.as_ref())
         {
             let grid = (region.width, region.height);
-            render::outline(p, &region.inside, grid, geometry, max_map_pixels);
+            render::outline_region(p, &region.inside, grid, geometry, max_map_pixels);
         }
         let overlay_png = match (&panel, embed) {
             (Some(p), true) => Some(base64::engine::general_purpose::STANDARD.encode(render::png(p))),
@@ -188,6 +189,7 @@ pub fn explanations(
         });
         explanations.push(TargetExplanation {
             target: a.target.clone(),
+            detection,
             attributions: Attributions { shape, values, tensor },
             features,
             tokens,
@@ -200,6 +202,39 @@ pub fn explanations(
         });
     }
     (explanations, drawn)
+}
+
+/// A detector's explained detection in the image's pixels, and its box outlined on the panel (the
+/// input's other detections faint); `None` for other models.
+fn detection_boxes(
+    valid: &ValidExplain,
+    result: &ExplainResult,
+    a: &TargetAttribution,
+    prepared: &Prepared,
+    panel: Option<&mut image::RgbImage>,
+) -> Option<crate::runtime::detect::DetectionAnswer> {
+    let spec = &valid.model.spec;
+    let (image, geometry) = (spec.image.as_ref()?, prepared.geometry.as_ref()?);
+    spec.detection.as_ref()?;
+    let to_original = |b: [f32; 4]| geometry.box_to_original(b, image.width, image.height);
+    if let Some(panel) = panel {
+        let scale = panel.width() as f32 / geometry.original_width.max(1) as f32;
+        // The others first, so that the explained box is drawn over them.
+        let (target, others): (Vec<_>, Vec<_>) = result.detections.iter().partition(|d| d.position == a.target.index);
+        for (d, style) in others
+            .iter()
+            .map(|d| (d, render::BoxStyle::Faint))
+            .chain(target.iter().map(|d| (d, render::BoxStyle::Target)))
+        {
+            render::outline_box(panel, to_original(d.bbox).map(|v| v * scale), style);
+        }
+    }
+    let d = result.detections.iter().find(|d| d.position == a.target.index)?;
+    Some(crate::runtime::detect::DetectionAnswer {
+        bbox: to_original(d.bbox),
+        label: a.target.label.clone(),
+        score: d.score,
+    })
 }
 
 /// An attribution's values as answered, with their shape: a map brought back onto the original

@@ -250,12 +250,16 @@ impl ValidExplain {
             )?)),
             _ => None,
         };
+        // A detector's box target is given in the image's pixels; the job weighs the input's.
+        let size = self.model.spec.image.as_ref().map_or((0, 0), |i| (i.width, i.height));
+        let geometry = prepared.first().and_then(|p| p.geometry.as_ref());
+        let targets = crate::common::detection_targets::in_input_pixels(self.targets.clone(), geometry, size)?;
         let job = ExplainJob {
             region,
             model: self.model.clone(),
             input: prepare::batch(prepared)?,
             text: prepared.first().and_then(|p| p.text.clone()),
-            targets: self.targets.clone(),
+            targets,
             params: self.params.clone(),
             seed: self.seed,
             limits: self.limits,

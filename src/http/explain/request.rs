@@ -123,8 +123,12 @@ pub struct TextAttribution {
 /// The explanation of one target.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TargetExplanation {
-    /// The explained class and its score.
+    /// The explained class and its score (a detector's: `index` is the position of the
+    /// detection's class score in a row of the scores output).
     pub target: Prediction,
+    /// Detectors: the explained detection, its box in the image's pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detection: Option<crate::runtime::detect::DetectionAnswer>,
     /// The attribution.
     pub attributions: Attributions,
     /// Tabular models: features by decreasing |attribution|.

@@ -4,6 +4,9 @@
 mod segmenter;
 
 pub use segmenter::{mean_linear, segmenter, SegLayout, SEGMENTER_REACH};
+mod detector;
+
+pub use detector::{detector, detector_sized, DETECTOR_CELL, DETECTOR_SIDE};
 
 use super::builder::{Attr, GraphBuilder};
 use super::proto::{data_type, ModelProto};

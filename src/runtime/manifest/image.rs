@@ -17,6 +17,7 @@ pub(super) struct ImageManifest {
     color: Option<ColorOrder>,
     resize: Option<ResizeFilter>,
     fit: Option<Fit>,
+    pad: Option<u8>,
     scale: Option<f32>,
     mean: Option<Vec<f32>>,
     std: Option<Vec<f32>>,
@@ -61,6 +62,9 @@ pub enum Fit {
     Stretch,
     /// Resize the shorter side to the input size, then crop the centre.
     CenterCrop,
+    /// Resize the longer side to the input size, keeping the aspect ratio, and pad the rest with
+    /// `pad` (as YOLO detectors are fed).
+    Letterbox,
 }
 
 /// Preprocessing of an image model, resolved.
@@ -80,6 +84,8 @@ pub struct ImageSpec {
     pub resize: ResizeFilter,
     /// Aspect-ratio handling.
     pub fit: Fit,
+    /// The grey (0-255) a letterbox pads with (Ultralytics' 114 by default).
+    pub pad: u8,
     /// Factor applied to 0-255 pixel values before normalisation.
     pub scale: f32,
     /// Per-channel mean subtracted after scaling.
@@ -88,8 +94,20 @@ pub struct ImageSpec {
     pub std: Vec<f32>,
 }
 
-/// Completes the `[image]` section from the input's shape, where the graph declares one.
-pub(super) fn resolve(m: ImageManifest, input: &TensorInfo, err: &FieldError) -> Result<ImageSpec, ManifestError> {
+/// The grey a letterbox pads with when the manifest names none: Ultralytics' `LetterBox` default.
+pub const DEFAULT_PAD: u8 = 114;
+
+/// Completes the `[image]` section from the input's shape, where the graph declares one; `fit`
+/// is the task's default fit (a detector's is a letterbox).
+pub(super) fn resolve(
+    m: ImageManifest,
+    input: &TensorInfo,
+    fit: Fit,
+    err: &FieldError,
+) -> Result<ImageSpec, ManifestError> {
+    if m.pad.is_some() && m.fit.unwrap_or(fit) != Fit::Letterbox {
+        return Err(err("image.pad", "only a letterbox (fit = \"letterbox\") pads".into()));
+    }
     let shape: &[Dim] = input.shape.as_deref().unwrap_or_default();
     if shape.len() != 4 && !shape.is_empty() {
         return Err(err(
@@ -144,7 +162,8 @@ pub(super) fn resolve(m: ImageManifest, input: &TensorInfo, err: &FieldError) ->
         channels,
         color,
         resize: m.resize.unwrap_or(ResizeFilter::Bilinear),
-        fit: m.fit.unwrap_or(Fit::Stretch),
+        fit: m.fit.unwrap_or(fit),
+        pad: m.pad.unwrap_or(DEFAULT_PAD),
         scale: m.scale.unwrap_or(1.0 / 255.0),
         mean,
         std,

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::onnx::{Dim, ModelSummary, TensorInfo};
 
+mod detection;
 mod image;
 mod inputs;
 mod outputs;
@@ -20,7 +21,8 @@ mod tabular;
 mod text;
 mod vertex;
 
-pub use image::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter};
+pub use detection::{BoxFormat, BoxScale, DetectionLayout, DetectionSpec, MAX_DETECTIONS};
+pub use image::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter, DEFAULT_PAD};
 pub use inputs::{Constant, InputRole, Role};
 pub use outputs::{Activation, MultiLabelSpec, RegressionSpec, SegmentationSpec};
 pub use reference::{Checkpoint, ReferenceSpec};
@@ -42,6 +44,7 @@ pub struct Manifest {
     labels: Option<Vec<String>>,
     labels_file: Option<String>,
     image: Option<image::ImageManifest>,
+    detection: Option<detection::DetectionManifest>,
     tabular: Option<tabular::TabularManifest>,
     text: Option<TextManifest>,
     segmentation: Option<outputs::SegmentationManifest>,
@@ -86,6 +89,8 @@ pub enum Task {
     ImageRegression,
     /// Text in (tokenized), one number out (`[regression]`).
     TextRegression,
+    /// Image in, boxes with a class and a score out (`[detection]` says how they are read).
+    ObjectDetection,
 }
 
 impl Task {
@@ -97,6 +102,7 @@ impl Task {
                 | Task::SemanticSegmentation
                 | Task::MultiLabelClassification
                 | Task::ImageRegression
+                | Task::ObjectDetection
         )
     }
 
@@ -153,6 +159,9 @@ pub struct ModelSpec {
     /// Image preprocessing (image tasks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSpec>,
+    /// How a detector's outputs are read (`object-detection`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detection: Option<DetectionSpec>,
     /// Feature layout (tabular tasks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tabular: Option<TabularSpec>,
@@ -231,7 +240,7 @@ impl Manifest {
                 "task",
                 "missing: one of image-classification, tabular-classification, tabular-regression, \
                  text-classification, semantic-segmentation, multi-label-classification, image-regression, \
-                 text-regression"
+                 text-regression, object-detection"
                     .into(),
             )
         })?;
@@ -268,6 +277,19 @@ impl Manifest {
                 "only tabular models have features to declare integer or categorical".into(),
             ));
         }
+        if (task == Task::ObjectDetection) != self.detection.is_some() {
+            return Err(err(
+                "detection",
+                match task {
+                    Task::ObjectDetection => "missing: an object-detection model says how its outputs are read",
+                    _ => "only object-detection models take a [detection] section",
+                }
+                .into(),
+            ));
+        }
+        if task == Task::ObjectDetection && self.tabular.is_some() {
+            return Err(err("tabular", "only tabular models take a [tabular] section".into()));
+        }
         let resolved = inputs::resolve(
             self.input.as_deref(),
             self.inputs.unwrap_or_default(),
@@ -276,30 +298,43 @@ impl Manifest {
             &err,
         )?;
         let input = resolved.explained;
-        let output = float_tensor(
-            &summary.outputs,
-            self.output.as_deref(),
-            "output",
-            "scores must be float32",
-            &err,
-        )?;
+        let mut labels = read_labels(self.labels, self.labels_file, manifest_path, &err)?;
         let scores = self.scores.unwrap_or(match task {
             Task::TabularRegression | Task::ImageRegression | Task::TextRegression => ScoreKind::Raw,
+            // A detector's class scores are read as they are (sigmoids, in YOLO exports).
+            Task::ObjectDetection => ScoreKind::Probabilities,
             _ => ScoreKind::Logits,
         });
-        let mut labels = read_labels(self.labels, self.labels_file, manifest_path, &err)?;
         let (mut segmentation, mut multi_label, mut regression) = (None, None, None);
-        match task {
-            Task::SemanticSegmentation => {
-                let section = self.segmentation.unwrap_or_default();
-                segmentation = Some(outputs::segmentation(section, output, &mut labels, scores, &err)?);
+        // A detector's scores are read as `[detection]` says; the others' from the output's shape.
+        let (output, detection) = match self.detection {
+            Some(section) => {
+                let (name, spec) =
+                    detection::resolve(section, &summary.outputs, self.output.as_deref(), &mut labels, &err)?;
+                (name, Some(spec))
             }
-            Task::ImageRegression | Task::TextRegression => {
-                let section = self.regression.unwrap_or_default();
-                regression = Some(outputs::regression(section, output, &mut labels, &err)?);
+            None => {
+                let output = float_tensor(
+                    &summary.outputs,
+                    self.output.as_deref(),
+                    "output",
+                    "scores must be float32",
+                    &err,
+                )?;
+                match task {
+                    Task::SemanticSegmentation => {
+                        let section = self.segmentation.unwrap_or_default();
+                        segmentation = Some(outputs::segmentation(section, output, &mut labels, scores, &err)?);
+                    }
+                    Task::ImageRegression | Task::TextRegression => {
+                        let section = self.regression.unwrap_or_default();
+                        regression = Some(outputs::regression(section, output, &mut labels, &err)?);
+                    }
+                    _ => labels = complete_labels(labels, task, output, &err)?,
+                }
+                (output.name.clone(), None)
             }
-            _ => labels = complete_labels(labels, task, output, &err)?,
-        }
+        };
         if task == Task::MultiLabelClassification {
             let section = self.multi_label.unwrap_or_default();
             multi_label = Some(outputs::multi_label(section, &labels, &err)?);
@@ -311,13 +346,27 @@ impl Manifest {
             | Task::MultiLabelClassification
             | Task::ImageRegression => {
                 let section = self.image.unwrap_or_default();
-                (Some(image::resolve(section, input, &err)?), None)
+                (Some(image::resolve(section, input, Fit::Stretch, &err)?), None)
+            }
+            Task::ObjectDetection => {
+                let section = self.image.unwrap_or_default();
+                (Some(image::resolve(section, input, Fit::Letterbox, &err)?), None)
             }
             Task::TabularClassification | Task::TabularRegression => {
                 let section = self.tabular.unwrap_or_default();
                 (
                     None,
-                    Some(tabular::resolve(section, task, (input, resolved.dtype), output, &err)?),
+                    Some(tabular::resolve(
+                        section,
+                        task,
+                        (input, resolved.dtype),
+                        summary
+                            .outputs
+                            .iter()
+                            .find(|t| t.name == output)
+                            .ok_or_else(|| err("output", format!("no output `{output}`")))?,
+                        &err,
+                    )?),
                 )
             }
         };
@@ -328,10 +377,11 @@ impl Manifest {
             input: input.name.clone(),
             inputs: resolved.roles,
             constants: resolved.constants,
-            output: output.name.clone(),
+            output,
             scores,
             labels,
             image,
+            detection,
             tabular,
             text: None,
             segmentation,

@@ -70,6 +70,7 @@ pub(super) fn check(r: ReferenceSpec, task: Task, err: &FieldError) -> Result<Re
             }
         }
         Task::TextClassification => return Err(err("reference", "text models take no reference set yet".into())),
+        Task::ObjectDetection => return Err(err("reference", "detectors take no reference set".into())),
         Task::TabularRegression
         | Task::ImageRegression
         | Task::TextRegression

@@ -217,6 +217,8 @@ impl WorkerRuntime {
         sizing: Sizing,
     ) -> Result<GradientPass, RuntimeError> {
         let names: Vec<String> = (0..masks.len()).map(mask_input).collect();
+        let shaped = weights_as_output(model, weights);
+        let weights = shaped.as_ref().unwrap_or(weights);
         let mut feeds = vec![(model.spec.input.as_str(), input), (WEIGHTS_INPUT, weights)];
         feeds.extend(names.iter().map(String::as_str).zip(masks));
         // DeepLIFT's rows pair up by halves of their pass.
@@ -393,4 +395,31 @@ fn with_cam_layer<'k>(model: &LoadedModel, key: &'k GradientKey) -> (std::borrow
         ),
         _ => (std::borrow::Cow::Borrowed(key), false),
     }
+}
+
+/// Target weights given as rows of the output's flattened values (`[rows, n]`), shaped as the
+/// output's rows when its rows have more axes (a detector's `[rows, 4 + classes, candidates]`):
+/// the backward graph's weights input has the output's shape. `None` when they have it already.
+fn weights_as_output(model: &LoadedModel, weights: &Tensor) -> Option<Tensor> {
+    let dims = model
+        .summary
+        .outputs
+        .iter()
+        .find(|t| t.name == model.spec.output)?
+        .shape
+        .as_ref()?;
+    let row: Vec<usize> = dims
+        .iter()
+        .skip(1)
+        .map(crate::onnx::Dim::fixed)
+        .collect::<Option<_>>()?;
+    if weights.shape.len() != 2 || row.len() < 2 || row.iter().product::<usize>() != weights.row_len() {
+        return None;
+    }
+    let mut shape = vec![weights.rows()];
+    shape.extend(row);
+    Some(Tensor {
+        shape,
+        data: weights.data.clone(),
+    })
 }

@@ -1,0 +1,164 @@
+//! Detection benchmark, on a 640 x 640 YOLO-style zoo detector (`detector_sized`: 1,600
+//! candidates, 80 classes, YOLOv8's output layout), each figure next to the same passes run raw
+//! through ONNX Runtime, ratios printed in one run:
+//! - decoding and NMS against one raw forward pass (goal: at most 5% of a predict);
+//! - a gradient map (saliency) of one detection against its raw passes (goal: at most 1.3x);
+//! - D-RISE with 1,000 masks against 1,000 raw forward rows in the same batches (goal: 1.1x).
+//!
+//! Run with `cargo bench --bench detection`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use explaind::common::targets::TargetSpec;
+use explaind::explain::{Methods, PlanContext};
+use explaind::jobs::ExplainTask;
+use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleTable, WEIGHTS_INPUT};
+use explaind::runtime::graph_runner::OrtRunner;
+use explaind::runtime::sessions::create_session_from_bytes;
+use explaind::runtime::shapes::probe_shapes;
+use explaind::runtime::Tensor;
+use prost::Message;
+
+const SIDE: usize = 640;
+const CLASSES: usize = 80;
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target").join("bench-detection");
+    let _ = std::fs::remove_dir_all(&dir);
+    let model = explaind::onnx::zoo::detector_sized(SIDE as i64, CLASSES as i64, 16, 2);
+    std::fs::create_dir_all(dir.join("detector")).unwrap();
+    std::fs::write(dir.join("detector/model.onnx"), model.encode_to_vec()).unwrap();
+    // A low threshold: hundreds of candidates through NMS, more than a real image gives.
+    std::fs::write(
+        dir.join("detector/model.toml"),
+        "task = \"object-detection\"\n[detection]\nlayout = \"yolo\"\nscore_threshold = 0.02\n",
+    )
+    .unwrap();
+    let max_batch = 16;
+    let config = explaind::config::Config {
+        max_batch,
+        ..common::config(&dir)
+    };
+    let (rt, service) = common::serve(config);
+    let env = explaind::runtime::library::init(None).unwrap();
+    let runner = OrtRunner::new(env);
+    let limits = common::limits(max_batch);
+    let loaded = service.state.registry.get("detector").unwrap().clone();
+    let dims = vec![1usize, 3, SIDE, SIDE];
+    let n: usize = dims.iter().product();
+    let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let mut forward = create_session_from_bytes(env, &loaded.bytes).unwrap();
+    println!("detection benchmark: zoo detector {SIDE}x{SIDE}, {CLASSES} classes, max_batch {max_batch}");
+
+    // Decoding and NMS of one output row, against one raw forward pass of the row.
+    let raw_forward = common::median_of_rounds(5, || common::run_raw(&mut forward, &[("images", dims.clone(), &x)]));
+    let out: Vec<f64> =
+        explaind::runtime::graph_runner::run_session(&mut forward, &[("images", dims.clone(), x.clone())], &[])
+            .unwrap()
+            .into_iter()
+            .find(|o| o.name == "output0")
+            .and_then(|o| o.values)
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+    let mut found = 0;
+    let decode = common::median_of_rounds(20, || {
+        let rows = explaind::runtime::detect::decode(&loaded.spec, |_| Some(&out[..])).unwrap();
+        found = rows.len();
+    });
+    println!(
+        "decode + NMS: {:.3} ms ({found} detections kept) vs raw forward {:.2} ms: {:.2}% of a predict",
+        ms(decode),
+        ms(raw_forward),
+        100.0 * decode.as_secs_f64() / (decode + raw_forward).as_secs_f64()
+    );
+
+    // A gradient map of detection 0: the method (one forward pass to find the detections, one
+    // backward pass) against the same two passes raw.
+    let prepared = prepare_forward(&explaind::onnx::proto::decode_model(&loaded.bytes).unwrap()).unwrap();
+    let shapes = probe_shapes(&runner, &prepared, "images", &dims).unwrap();
+    let spec = GradientSpec {
+        input: "images".into(),
+        output: "output0".into(),
+        layers: vec![],
+    };
+    let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap();
+    let mut backward = create_session_from_bytes(env, &bw.model.encode_to_vec()).unwrap();
+    let width = (4 + CLASSES) * (SIDE / 16).pow(2);
+    let mut w = vec![0f32; width];
+    w[4 * (SIDE / 16).pow(2)] = 1.0;
+    let out_dims = vec![1, 4 + CLASSES, (SIDE / 16).pow(2)];
+    let raw_backward = common::median_of_rounds(5, || {
+        common::run_raw(
+            &mut backward,
+            &[("images", dims.clone(), &x), (WEIGHTS_INPUT, out_dims.clone(), &w)],
+        )
+    });
+    let methods = Methods::standard();
+    let plan = |name: &str, params: serde_json::Value| {
+        let cx = PlanContext {
+            model: &loaded,
+            limits,
+            targets: 1,
+            reference: None,
+        };
+        methods.get(name).unwrap().plan(params, &cx).unwrap()
+    };
+    let run = |name: &str, params: serde_json::Value, rounds: usize| {
+        let mut job = common::job(
+            &loaded,
+            Tensor::f32(dims.clone(), x.clone()),
+            &plan(name, params),
+            limits,
+        );
+        job.targets = Some(TargetSpec::Detection { detection: 0 });
+        let mut rows = 0;
+        let time = common::median_of_rounds(rounds, || {
+            let r = rt
+                .block_on(service.state.executor.submit(ExplainTask::new(job.clone())))
+                .unwrap();
+            rows = r.rows;
+        });
+        (time, rows)
+    };
+    let (saliency, rows) = run("saliency", serde_json::json!({}), 5);
+    println!(
+        "saliency of one detection: {:.1} ms ({rows} rows) vs raw backward {:.1} ms: {:.2}x; vs raw forward + backward {:.1} ms: {:.2}x",
+        ms(saliency),
+        ms(raw_backward),
+        saliency.as_secs_f64() / raw_backward.as_secs_f64(),
+        ms(raw_forward + raw_backward),
+        saliency.as_secs_f64() / (raw_forward + raw_backward).as_secs_f64()
+    );
+
+    // D-RISE, 1,000 masks, against 1,001 raw forward rows (the input's, then the masks' in
+    // batches of max_batch).
+    let masks = 1000;
+    let (drise, rows) = run("d-rise", serde_json::json!({"masks": masks}), 1);
+    let started = Instant::now();
+    common::run_raw(&mut forward, &[("images", dims.clone(), &x)]);
+    let mut left = masks;
+    let batch: Vec<f32> = (0..max_batch).flat_map(|_| x.iter().copied()).collect();
+    while left > 0 {
+        let b = left.min(max_batch);
+        common::run_raw(&mut forward, &[("images", vec![b, 3, SIDE, SIDE], &batch[..b * n])]);
+        left -= b;
+    }
+    let raw = started.elapsed();
+    println!(
+        "d-rise, {masks} masks: {:.0} ms ({rows} rows) vs raw forward rows {:.0} ms: {:.2}x",
+        ms(drise),
+        ms(raw),
+        drise.as_secs_f64() / raw.as_secs_f64()
+    );
+    rt.block_on(service.stop()).unwrap();
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
