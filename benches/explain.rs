@@ -125,6 +125,7 @@ fn main() {
                         input: "input".into(),
                         output: model.spec.output.clone(),
                         layers: key.1.clone(),
+                        input_grad: true,
                     };
                     let bw =
                         build_backward(&prepared, &spec, &shapes, &RuleTable::for_set(key.0), Some(&runner)).unwrap();

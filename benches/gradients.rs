@@ -75,6 +75,7 @@ fn bench_io(
         input: input.into(),
         output: output.into(),
         layers: vec![],
+        input_grad: true,
     };
     let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap();
     let build = started.elapsed();

@@ -79,9 +79,8 @@ impl Method for TransformerRelevance {
         let classes = job.model.spec.labels.len().max(1);
         let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
         let input = repeat_rows(&job.input, targets.len());
-        let pass = cx.gradients(
+        let pass = cx.layer_gradients(
             &names,
-            RuleSet::Exact,
             &input,
             &one_hot(&indices, classes),
             cx.max_batch(),
