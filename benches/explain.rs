@@ -125,7 +125,8 @@ fn main() {
                         input: "input".into(),
                         output: model.spec.output.clone(),
                         layers: key.1.clone(),
-                        input_grad: true,
+                        // A CAM's graph stops at its layer.
+                        input_grad: key.1.is_empty(),
                     };
                     let bw =
                         build_backward(&prepared, &spec, &shapes, &RuleTable::for_set(key.0), Some(&runner)).unwrap();

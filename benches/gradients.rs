@@ -79,6 +79,18 @@ fn bench_io(
     };
     let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap();
     let build = started.elapsed();
+    // The CAM methods' graph: the backward pass to the default CAM layer only.
+    let cam_layer = explaind::onnx::autodiff::analysis_layers(&prepared, input, output, &shapes)
+        .pop()
+        .map(|l| l.name);
+    let cam = cam_layer.as_ref().map(|layer| {
+        let spec = GradientSpec {
+            layers: vec![layer.clone()],
+            input_grad: false,
+            ..spec.clone()
+        };
+        build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap()
+    });
     // EXPLAIND_BENCH_SAVE=dir writes both models there, for a profiler.
     if let Some(dir) = std::env::var_os("EXPLAIND_BENCH_SAVE").map(PathBuf::from) {
         let stem: String = label.chars().take_while(|c| !c.is_whitespace()).collect();
@@ -94,16 +106,26 @@ fn bench_io(
         .map(|i| if i % classes == 3 { 1.0 } else { 0.0 })
         .collect();
     let fwd = time_runs(&mut forward, &[(input, input_dims.to_vec(), x.clone())], rounds);
-    let bwd = time_runs(
-        &mut backward,
-        &[
-            (input, input_dims.to_vec(), x),
-            (WEIGHTS_INPUT, vec![input_dims[0], classes], w),
-        ],
-        rounds,
-    );
+    let feeds = [
+        (input, input_dims.to_vec(), x),
+        (WEIGHTS_INPUT, vec![input_dims[0], classes], w),
+    ];
+    let bwd = time_runs(&mut backward, &feeds, rounds);
+    let to_layer = cam.map(|cam| {
+        let mut session = create_session_from_bytes(env, &cam.model.encode_to_vec()).unwrap();
+        time_runs(&mut session, &feeds, rounds)
+    });
+    let to_layer = match to_layer {
+        Some(t) => format!(
+            ", to the CAM layer {:>9.3} ms ({:.2}x forward, {:.2}x to the input)",
+            t.as_secs_f64() * 1e3,
+            t.as_secs_f64() / fwd.as_secs_f64(),
+            t.as_secs_f64() / bwd.as_secs_f64()
+        ),
+        None => String::new(),
+    };
     println!(
-        "{label:<28} batch {:>2}: forward {:>9.3} ms, forward+backward {:>9.3} ms, ratio {:>5.2}  (build {:.0} ms)",
+        "{label:<28} batch {:>2}: forward {:>9.3} ms, forward+backward {:>9.3} ms, ratio {:>5.2}{to_layer}  (build {:.0} ms)",
         input_dims[0],
         fwd.as_secs_f64() * 1e3,
         bwd.as_secs_f64() * 1e3,

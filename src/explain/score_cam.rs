@@ -84,12 +84,7 @@ fn explain(
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let classes = job.model.spec.labels.len().max(1);
     // The layer's activations (the backward model exposes them; its gradient is not used).
-    let pass = cx.layer_gradients(
-        std::slice::from_ref(&layer),
-        &job.input,
-        &one_hot(&[0], classes),
-        1,
-    )?;
+    let pass = cx.layer_gradients(std::slice::from_ref(&layer), &job.input, &one_hot(&[0], classes), 1)?;
     let (k, lh, lw, a) = feature_maps(job, &layer, &pass.layers[0].0);
     if k > job.limits.max_samples {
         return Err(InputError::BadFeatures(format!(

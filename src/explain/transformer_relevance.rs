@@ -79,12 +79,7 @@ impl Method for TransformerRelevance {
         let classes = job.model.spec.labels.len().max(1);
         let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
         let input = repeat_rows(&job.input, targets.len());
-        let pass = cx.layer_gradients(
-            &names,
-            &input,
-            &one_hot(&indices, classes),
-            cx.max_batch(),
-        )?;
+        let pass = cx.layer_gradients(&names, &input, &one_hot(&indices, classes), cx.max_batch())?;
         let tokens = placed.count(job);
         let mut out = Vec::with_capacity(targets.len());
         for (r, target) in targets.iter().enumerate() {

@@ -131,7 +131,10 @@ impl Cx<'_> {
         weights: &Tensor,
         chunk: usize,
     ) -> Result<GradientPass, RuntimeError> {
-        if let Some(primed) = self.primed.take_if(|p| p.answers(layers, RuleSet::Exact, input, weights)) {
+        if let Some(primed) = self
+            .primed
+            .take_if(|p| p.answers(layers, RuleSet::Exact, input, weights))
+        {
             return Ok(primed.pass);
         }
         let model = self.model.clone();

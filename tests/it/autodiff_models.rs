@@ -327,7 +327,13 @@ fn a_backward_pass_asked_only_for_layers_stops_there_with_the_same_gradients() {
     let tokens = vcams.last().expect("a token layer").name.clone();
     for (label, model, dims, classes, layers) in [
         ("resnet last", &resnet, &d, 10, vec![last.as_str()]),
-        ("resnet middle+last", &resnet, &d, 10, vec![middle.as_str(), last.as_str()]),
+        (
+            "resnet middle+last",
+            &resnet,
+            &d,
+            10,
+            vec![middle.as_str(), last.as_str()],
+        ),
         ("vit tokens", &vit, &vd, 3, vec![tokens.as_str()]),
     ] {
         let full = backward_to(model, "input", dims, "logits", (&layers, true), &RuleTable::exact());
@@ -335,9 +341,18 @@ fn a_backward_pass_asked_only_for_layers_stops_there_with_the_same_gradients() {
         assert_eq!(full.layers, cut.layers, "{label}");
         assert!(cut.input_grad.is_empty(), "{label}");
         let outputs = |m: &ModelProto| -> Vec<String> {
-            m.graph.as_ref().unwrap().output.iter().filter_map(|o| o.name.clone()).collect()
+            m.graph
+                .as_ref()
+                .unwrap()
+                .output
+                .iter()
+                .filter_map(|o| o.name.clone())
+                .collect()
         };
-        assert!(!outputs(&cut.model).contains(&full.input_grad), "{label}: no input gradient");
+        assert!(
+            !outputs(&cut.model).contains(&full.input_grad),
+            "{label}: no input gradient"
+        );
         let nodes = |m: &ModelProto| m.graph.as_ref().unwrap().node.len();
         assert!(
             nodes(&cut.model) < nodes(&full.model),
@@ -347,10 +362,7 @@ fn a_backward_pass_asked_only_for_layers_stops_there_with_the_same_gradients() {
         );
         let x = image(dims, 11);
         let w = Rng::new(12).vec(2 * classes, -1.0, 1.0);
-        let feeds = [
-            ("input", dims.to_vec(), x),
-            (WEIGHTS_INPUT, vec![2, classes], w),
-        ];
+        let feeds = [("input", dims.to_vec(), x), (WEIGHTS_INPUT, vec![2, classes], w)];
         let mut a = runner().session(&full.model).unwrap();
         let mut b = runner().session(&cut.model).unwrap();
         for (activation, grad) in &full.layers {

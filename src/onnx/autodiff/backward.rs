@@ -145,7 +145,9 @@ fn build(
 fn checked_path(graph: &GraphProto, spec: &GradientSpec, shapes: &ShapeMap) -> Result<analysis::Path, AutodiffError> {
     let path = analysis::Path::find(graph, &spec.input, std::slice::from_ref(&spec.output), shapes);
     if !spec.input_grad && spec.layers.is_empty() {
-        return Err(AutodiffError::Path("no gradient asked for: neither the input's nor a layer's".into()));
+        return Err(AutodiffError::Path(
+            "no gradient asked for: neither the input's nor a layer's".into(),
+        ));
     }
     if !path.depends.contains(&spec.output) {
         return Err(AutodiffError::Path(format!(

@@ -177,7 +177,13 @@ impl WorkerRuntime {
         weights: &Tensor,
         sizing: Sizing,
     ) -> Result<GradientPass, RuntimeError> {
-        self.backward(model, (layers, RuleSet::Exact, false), &[], (input, weights, &[]), sizing)
+        self.backward(
+            model,
+            (layers, RuleSet::Exact, false),
+            &[],
+            (input, weights, &[]),
+            sizing,
+        )
     }
 
     /// Input gradients ([`Self::gradients`], no layers, standard rules) through the model with
