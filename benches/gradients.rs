@@ -40,6 +40,60 @@ fn time_runs(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, Ve
     common::median(times)
 }
 
+/// The backward model's pass under other session options than the service's (the process's
+/// shared intra-op pool, not spinning, no CPU arena): ONNX Runtime's own defaults (a pool of the
+/// session's own that spins, the arena: what a plain `InferenceSession` gets), and each of those
+/// changes alone; each as a ratio to the service's session.
+fn session_variants(
+    env: &'static ort::environment::Environment,
+    bytes: &[u8],
+    feeds: &[(&str, Vec<usize>, Vec<f32>)],
+    rounds: usize,
+) {
+    use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+    type Options = fn(SessionBuilder) -> SessionBuilder;
+    let variants: [(&str, Options); 6] = [
+        ("service (shared pool, no spin, no arena)", |b| arena(b, false)),
+        ("shared pool, arena", |b| arena(b, true)),
+        ("own pool, spinning, arena (ORT default)", |b| {
+            arena(b.with_independent_thread_pool().unwrap(), true)
+        }),
+        ("own pool, spinning, no arena", |b| {
+            arena(b.with_independent_thread_pool().unwrap(), false)
+        }),
+        ("own pool, no spin, no arena", |b| {
+            arena(
+                b.with_independent_thread_pool()
+                    .unwrap()
+                    .with_intra_op_spinning(false)
+                    .unwrap(),
+                false,
+            )
+        }),
+        ("one thread (the caller's), no arena", |b| {
+            arena(
+                b.with_independent_thread_pool().unwrap().with_intra_threads(1).unwrap(),
+                false,
+            )
+        }),
+    ];
+    fn arena(b: SessionBuilder, on: bool) -> SessionBuilder {
+        let cpu = ort::ep::CPU::default().with_arena_allocator(on).build();
+        b.with_execution_providers([cpu]).unwrap()
+    }
+    let mut base = None;
+    for (what, options) in variants {
+        let builder = ort::session::Session::builder(env)
+            .unwrap()
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .unwrap();
+        let mut session = options(builder).commit_from_memory(bytes).unwrap();
+        let t = time_runs(&mut session, feeds, rounds).as_secs_f64();
+        let base = *base.get_or_insert(t);
+        println!("    {what:<42} {:>9.3} ms  {:>5.2}x the service's", t * 1e3, t / base);
+    }
+}
+
 fn bench(label: &str, model: &ModelProto, input_dims: &[usize], classes: usize, rounds: usize, threads: usize) {
     bench_io(label, model, ("input", "logits"), input_dims, classes, rounds, threads);
 }
@@ -124,6 +178,9 @@ fn bench_io(
         ),
         None => String::new(),
     };
+    if input_dims[0] == 1 && std::env::var_os("EXPLAIND_BENCH_VARIANTS").is_some() {
+        session_variants(env, &bw.model.encode_to_vec(), &feeds, rounds);
+    }
     println!(
         "{label:<28} batch {:>2}: forward {:>9.3} ms, forward+backward {:>9.3} ms, ratio {:>5.2}{to_layer}  (build {:.0} ms)",
         input_dims[0],
