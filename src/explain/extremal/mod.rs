@@ -277,11 +277,15 @@ fn optimise(
     let classes = job.model.spec.labels.len().max(1);
     let weights = one_hot(&vec![class; areas], classes);
     let mut area_weight = AREA_WEIGHT;
+    // Threads only for masks whose making outweighs starting a thread and waiting for a core
+    // (on a loaded machine, milliseconds): 224x224 at the defaults is 5.5 million bump weights a
+    // mask, 28x28 a hundred thousand.
+    let spread = grid.cells().saturating_mul(grid.window() * grid.window()) >= SPREAD_MIN_WEIGHTS;
     for iteration in 0..p.iterations {
         let flip = p.jitter && iteration % 2 == 0;
         // Each area's mask and perturbed input, the areas on threads of their own: between two
         // passes this is the only work, and on one thread it took longer than the pass.
-        let rows = each_area(&mut states, |_, a| {
+        let rows = each_area(&mut states, spread, |_, a| {
             let full = grid.generate(&a.params);
             let mask = grid.crop(&full.clamped, h, w);
             let (mut x, slope) = perturb(spec, pyramid, &mask);
@@ -297,7 +301,7 @@ fn optimise(
         let grads = pass.input_grad.as_f32().unwrap_or(&[]);
         let row = grads.len() / areas.max(1);
         let weight = area_weight;
-        each_area(&mut states, |k, a| {
+        each_area(&mut states, spread, |k, a| {
             let Some((full, slope)) = a.step.take() else { return };
             let mut g = grads[k * row..(k + 1) * row].to_vec();
             if flip {
@@ -310,7 +314,7 @@ fn optimise(
         });
         area_weight *= AREA_WEIGHT_GROWTH;
     }
-    Ok(each_area(&mut states, |_, a| {
+    Ok(each_area(&mut states, spread, |_, a| {
         grid.crop(&grid.generate(&a.params).clamped, h, w)
     }))
 }
@@ -325,10 +329,16 @@ struct AreaState {
     step: Option<(mask::FullMask, Vec<f32>)>,
 }
 
-/// `f(area index, state)` on each area, the areas spread over the machine's cores (the first
-/// share on this thread); the results in the areas' order.
-fn each_area<T: Send>(states: &mut [AreaState], f: impl Fn(usize, &mut AreaState) -> T + Sync) -> Vec<T> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+/// Bump weights a mask needs (pixels with margin x window) before its areas get threads.
+const SPREAD_MIN_WEIGHTS: usize = 1 << 20;
+
+/// `f(area index, state)` on each area, with `spread` the areas spread over the machine's cores
+/// (the first share on this thread); the results in the areas' order.
+fn each_area<T: Send>(states: &mut [AreaState], spread: bool, f: impl Fn(usize, &mut AreaState) -> T + Sync) -> Vec<T> {
+    let cores = match spread {
+        true => std::thread::available_parallelism().map_or(1, usize::from),
+        false => 1,
+    };
     let per = states.len().div_ceil(cores).max(1);
     let run = |first: usize, states: &mut [AreaState]| -> Vec<T> {
         states.iter_mut().enumerate().map(|(i, a)| f(first + i, a)).collect()

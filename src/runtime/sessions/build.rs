@@ -21,14 +21,11 @@ pub(super) fn build_inline_session(
     prepacked: Option<&PrepackedWeights>,
     arena: bool,
 ) -> Result<Session, String> {
-    let text = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
     let builder = Session::builder(env).map_err(|e| e.to_string())?;
-    let builder = builder
-        .with_independent_thread_pool()
-        .and_then(|b| b.with_intra_threads(1))
-        .and_then(|b| b.with_inter_threads(1))
-        .and_then(|b| b.with_intra_op_spinning(false))
-        .map_err(text)?;
+    let builder = builder.with_independent_thread_pool().map_err(|e| e.to_string())?;
+    let builder = builder.with_intra_threads(1).map_err(|e| e.to_string())?;
+    let builder = builder.with_inter_threads(1).map_err(|e| e.to_string())?;
+    let builder = builder.with_intra_op_spinning(false).map_err(|e| e.to_string())?;
     finish(builder, bytes, prepacked, ExecutionProvider::Cpu, arena)
 }
 
