@@ -40,6 +40,60 @@ fn time_runs(session: &mut ort::session::Session, feeds: &[(&str, Vec<usize>, Ve
     common::median(times)
 }
 
+/// The backward model's pass under other session options than the service's (the process's
+/// shared intra-op pool, not spinning, no CPU arena): ONNX Runtime's own defaults (a pool of the
+/// session's own that spins, the arena: what a plain `InferenceSession` gets), and each of those
+/// changes alone; each as a ratio to the service's session.
+fn session_variants(
+    env: &'static ort::environment::Environment,
+    bytes: &[u8],
+    feeds: &[(&str, Vec<usize>, Vec<f32>)],
+    rounds: usize,
+) {
+    use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+    type Options = fn(SessionBuilder) -> SessionBuilder;
+    let variants: [(&str, Options); 6] = [
+        ("service (shared pool, no spin, no arena)", |b| arena(b, false)),
+        ("shared pool, arena", |b| arena(b, true)),
+        ("own pool, spinning, arena (ORT default)", |b| {
+            arena(b.with_independent_thread_pool().unwrap(), true)
+        }),
+        ("own pool, spinning, no arena", |b| {
+            arena(b.with_independent_thread_pool().unwrap(), false)
+        }),
+        ("own pool, no spin, no arena", |b| {
+            arena(
+                b.with_independent_thread_pool()
+                    .unwrap()
+                    .with_intra_op_spinning(false)
+                    .unwrap(),
+                false,
+            )
+        }),
+        ("one thread (the caller's), no arena", |b| {
+            arena(
+                b.with_independent_thread_pool().unwrap().with_intra_threads(1).unwrap(),
+                false,
+            )
+        }),
+    ];
+    fn arena(b: SessionBuilder, on: bool) -> SessionBuilder {
+        let cpu = ort::ep::CPU::default().with_arena_allocator(on).build();
+        b.with_execution_providers([cpu]).unwrap()
+    }
+    let mut base = None;
+    for (what, options) in variants {
+        let builder = ort::session::Session::builder(env)
+            .unwrap()
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .unwrap();
+        let mut session = options(builder).commit_from_memory(bytes).unwrap();
+        let t = time_runs(&mut session, feeds, rounds).as_secs_f64();
+        let base = *base.get_or_insert(t);
+        println!("    {what:<42} {:>9.3} ms  {:>5.2}x the service's", t * 1e3, t / base);
+    }
+}
+
 fn bench(label: &str, model: &ModelProto, input_dims: &[usize], classes: usize, rounds: usize, threads: usize) {
     bench_io(label, model, ("input", "logits"), input_dims, classes, rounds, threads);
 }
@@ -75,9 +129,22 @@ fn bench_io(
         input: input.into(),
         output: output.into(),
         layers: vec![],
+        input_grad: true,
     };
     let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap();
     let build = started.elapsed();
+    // The CAM methods' graph: the backward pass to the default CAM layer only.
+    let cam_layer = explaind::onnx::autodiff::analysis_layers(&prepared, input, output, &shapes)
+        .pop()
+        .map(|l| l.name);
+    let cam = cam_layer.as_ref().map(|layer| {
+        let spec = GradientSpec {
+            layers: vec![layer.clone()],
+            input_grad: false,
+            ..spec.clone()
+        };
+        build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap()
+    });
     // EXPLAIND_BENCH_SAVE=dir writes both models there, for a profiler.
     if let Some(dir) = std::env::var_os("EXPLAIND_BENCH_SAVE").map(PathBuf::from) {
         let stem: String = label.chars().take_while(|c| !c.is_whitespace()).collect();
@@ -93,16 +160,29 @@ fn bench_io(
         .map(|i| if i % classes == 3 { 1.0 } else { 0.0 })
         .collect();
     let fwd = time_runs(&mut forward, &[(input, input_dims.to_vec(), x.clone())], rounds);
-    let bwd = time_runs(
-        &mut backward,
-        &[
-            (input, input_dims.to_vec(), x),
-            (WEIGHTS_INPUT, vec![input_dims[0], classes], w),
-        ],
-        rounds,
-    );
+    let feeds = [
+        (input, input_dims.to_vec(), x),
+        (WEIGHTS_INPUT, vec![input_dims[0], classes], w),
+    ];
+    let bwd = time_runs(&mut backward, &feeds, rounds);
+    let to_layer = cam.map(|cam| {
+        let mut session = create_session_from_bytes(env, &cam.model.encode_to_vec()).unwrap();
+        time_runs(&mut session, &feeds, rounds)
+    });
+    let to_layer = match to_layer {
+        Some(t) => format!(
+            ", to the CAM layer {:>9.3} ms ({:.2}x forward, {:.2}x to the input)",
+            t.as_secs_f64() * 1e3,
+            t.as_secs_f64() / fwd.as_secs_f64(),
+            t.as_secs_f64() / bwd.as_secs_f64()
+        ),
+        None => String::new(),
+    };
+    if input_dims[0] == 1 && std::env::var_os("EXPLAIND_BENCH_VARIANTS").is_some() {
+        session_variants(env, &bw.model.encode_to_vec(), &feeds, rounds);
+    }
     println!(
-        "{label:<28} batch {:>2}: forward {:>9.3} ms, forward+backward {:>9.3} ms, ratio {:>5.2}  (build {:.0} ms)",
+        "{label:<28} batch {:>2}: forward {:>9.3} ms, forward+backward {:>9.3} ms, ratio {:>5.2}{to_layer}  (build {:.0} ms)",
         input_dims[0],
         fwd.as_secs_f64() * 1e3,
         bwd.as_secs_f64() * 1e3,

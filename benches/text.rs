@@ -137,6 +137,7 @@ fn main() {
                 input: EMBEDDINGS.into(),
                 output: model.spec.output.clone(),
                 layers: layers.clone(),
+                input_grad: true,
             };
             let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap();
             create_session_from_bytes(env, &bw.model.encode_to_vec()).unwrap()

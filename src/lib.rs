@@ -59,6 +59,7 @@ fn open_sessions(
         provider: config.execution_provider,
         max_model_memory: config.max_model_memory,
         memory_arena: config.memory_arena,
+        inline_pass_bytes: config.inline_pass_bytes,
         max_pass_bytes: config.max_pass_bytes,
         batching: runtime::batching::Batching {
             enabled: config.batching,

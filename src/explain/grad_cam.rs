@@ -222,9 +222,8 @@ pub(super) fn cams(
     let classes = crate::common::detection_targets::width(&job.model);
     let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
     let input = repeat_rows(&job.input, targets.len());
-    let pass = cx.gradients(
+    let pass = cx.layer_gradients(
         &[layer.to_string()],
-        RuleSet::Exact,
         &input,
         &one_hot(&indices, classes),
         cx.max_batch(),

@@ -158,7 +158,9 @@ pub trait Method: Send + Sync + 'static {
     /// The gradient pass (layers, rule set) that explains the top prediction of a fresh input,
     /// when the method's first pass is one such: the worker runs it with the class chosen inside
     /// the graph, so no forward pass is needed to choose it, and hands it to `explain` in place of
-    /// that pass. `None` (the default) for methods that do not start with one gradient pass.
+    /// that pass. `None` (the default) for methods that do not start with one gradient pass. With
+    /// layers, the pass stops at them and is the one [`Cx::layer_gradients`] runs (standard rules);
+    /// without, it is [`Cx::gradients`]'s, which gives the input gradient.
     fn one_pass(_params: &Self::Params, _job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
         None
     }

@@ -10,7 +10,6 @@ use super::grad_cam::{feature_maps, plan_layer, planned_layer, upsample};
 use super::method::{bytes, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext};
 use super::perturb::{index, run_copies};
 use super::{one_hot, Cx, ExplainJob, TargetAttribution};
-use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
 use crate::runtime::preprocess::InputError;
 use crate::runtime::{RuntimeError, Tensor};
@@ -85,13 +84,7 @@ fn explain(
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let classes = crate::common::detection_targets::width(&job.model);
     // The layer's activations (the backward model exposes them; its gradient is not used).
-    let pass = cx.gradients(
-        std::slice::from_ref(&layer),
-        RuleSet::Exact,
-        &job.input,
-        &one_hot(&[0], classes),
-        1,
-    )?;
+    let pass = cx.layer_gradients(std::slice::from_ref(&layer), &job.input, &one_hot(&[0], classes), 1)?;
     let (k, lh, lw, a) = feature_maps(job, &layer, &pass.layers[0].0);
     if k > job.limits.max_samples {
         return Err(InputError::BadFeatures(format!(

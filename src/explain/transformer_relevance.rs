@@ -79,13 +79,7 @@ impl Method for TransformerRelevance {
         let classes = crate::common::detection_targets::width(&job.model);
         let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
         let input = repeat_rows(&job.input, targets.len());
-        let pass = cx.gradients(
-            &names,
-            RuleSet::Exact,
-            &input,
-            &one_hot(&indices, classes),
-            cx.max_batch(),
-        )?;
+        let pass = cx.layer_gradients(&names, &input, &one_hot(&indices, classes), cx.max_batch())?;
         let tokens = placed.count(job);
         let mut out = Vec::with_capacity(targets.len());
         for (r, target) in targets.iter().enumerate() {

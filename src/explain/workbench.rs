@@ -121,6 +121,28 @@ impl Cx<'_> {
         })
     }
 
+    /// The activations and gradients of `layers` for `input` rows with per-row `weights`, from a
+    /// backward pass that stops at the layers (the pass's `input_grad` holds no values), at most
+    /// `chunk` rows a pass.
+    pub fn layer_gradients(
+        &mut self,
+        layers: &[String],
+        input: &Tensor,
+        weights: &Tensor,
+        chunk: usize,
+    ) -> Result<GradientPass, RuntimeError> {
+        if let Some(primed) = self
+            .primed
+            .take_if(|p| p.answers(layers, RuleSet::Exact, input, weights))
+        {
+            return Ok(primed.pass);
+        }
+        let model = self.model.clone();
+        self.passes(chunk, true, |rt, sizing| {
+            rt.layer_gradients(&model, layers, input, weights, sizing)
+        })
+    }
+
     /// One pass over the job's (one-row) input that chooses the top prediction inside the graph and
     /// differentiates it: the pass, the target it chose, and the input's scores.
     pub(super) fn top_gradients(
@@ -136,7 +158,11 @@ impl Cx<'_> {
         let classes = self.model.spec.labels.len().max(1);
         let zeros = Tensor::f32(vec![1, classes], vec![0.0; classes]);
         let model = self.model.clone();
-        let pass = self.timed(|rt| rt.gradients(&model, layers, rules, &job.input, &zeros, Sizing::budget()))?;
+        // A method's one pass with layers reads only theirs ([`super::method::Method::one_pass`]).
+        let pass = self.timed(|rt| match layers {
+            [] => rt.gradients(&model, layers, rules, &job.input, &zeros, Sizing::budget()),
+            _ => rt.layer_gradients(&model, layers, &job.input, &zeros, Sizing::budget()),
+        })?;
         let chosen = pass.chosen.as_ref().and_then(|c| c.first().copied());
         let scores = pass.scores.to_f64();
         let chosen = chosen.ok_or_else(|| RuntimeError::NotDifferentiable {

@@ -41,6 +41,8 @@ pub struct PassCounters {
     pub runs: prometheus_client::metrics::counter::Counter,
     /// Requests served by them.
     pub requests: prometheus_client::metrics::counter::Counter,
+    /// Of the runs, those run on the caller's thread rather than the intra-op pool.
+    pub inline: prometheus_client::metrics::counter::Counter,
 }
 
 impl PassCounters {
@@ -173,6 +175,9 @@ impl Group {
 /// A session behind its lock, with the requests waiting for it.
 pub struct SharedSession {
     session: Mutex<Session>,
+    /// The same graph in a session that runs on the caller's thread, and the most rows a pass
+    /// run there may hold: small passes go there when it is free.
+    inline: Option<(Mutex<Session>, usize)>,
     waiting: Mutex<VecDeque<Group>>,
     batching: Batching,
     counters: PassCounters,
@@ -183,10 +188,17 @@ impl SharedSession {
     pub fn new(session: Session, batching: Batching, counters: PassCounters) -> Self {
         Self {
             session: Mutex::new(session),
+            inline: None,
             waiting: Mutex::new(VecDeque::new()),
             batching,
             counters,
         }
+    }
+
+    /// Shares `session` too, for passes of at most `rows` rows, run on the caller's thread.
+    pub fn with_inline(mut self, session: Session, rows: usize) -> Self {
+        self.inline = Some((Mutex::new(session), rows));
+        self
     }
 
     /// Runs `feeds` (all with the same first, batch, axis: one pass, sized by the caller) and
@@ -194,6 +206,22 @@ impl SharedSession {
     /// from one shared with other requests, its rows copied once into the shared run's input.
     pub fn run(&self, model: &str, feeds: &[Feed]) -> Result<Named, RuntimeError> {
         let rows = pass_rows(feeds);
+        // A small pass runs on this thread when that session is free: no pool to wake. Not when
+        // passes wait for company (`wait`), nor past requests already waiting to be combined.
+        let alone = !self.batching.enabled
+            || (self.batching.wait.is_zero() && self.waiting.lock().unwrap_or_else(|p| p.into_inner()).is_empty());
+        if let Some((inline, _)) = self.inline.as_ref().filter(|(_, most)| rows <= *most && alone) {
+            let free = match inline.try_lock() {
+                Ok(session) => Some(session),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut session) = free {
+                self.counters.served(1);
+                self.counters.inline.inc();
+                return run_session(&mut session, model, feeds);
+            }
+        }
         if !self.batching.enabled || rows >= self.batching.max_batch {
             let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
             self.counters.served(1);

@@ -20,7 +20,8 @@ use crate::onnx::autodiff::{self, analysis_layers, GradientSpec, RuleSet, RuleTa
 use crate::onnx::dropout::{self, MaskSite};
 use crate::onnx::proto::{self, ModelProto};
 
-/// Which backward model: the model, the intermediate layers it exposes, and the rule set.
+/// Which backward model: the model, the intermediate layers it exposes, the rule set, and whether
+/// it goes on to the input's gradient.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GradientKey {
     /// Model name.
@@ -29,6 +30,9 @@ pub struct GradientKey {
     pub layers: Vec<String>,
     /// Rule table.
     pub rules: RuleSet,
+    /// Whether the graph gives the input's gradient; without it the backward pass stops at the
+    /// layers (the CAM methods' graph).
+    pub input_grad: bool,
 }
 
 /// A built backward model, ready for a session.
@@ -43,7 +47,7 @@ pub struct BuiltGradient {
 /// The output names of a backward model.
 #[derive(Debug, Clone)]
 pub struct GradientOutputs {
-    /// Input gradient output name.
+    /// Input gradient output name (empty when the key did not ask for it).
     pub input_grad: String,
     /// (activation, gradient) output names per requested layer.
     pub layers: Vec<(String, String)>,
@@ -208,6 +212,7 @@ impl GradientCache {
             input: model.spec.input.clone(),
             output: model.spec.output.clone(),
             layers: key.layers.clone(),
+            input_grad: key.input_grad,
         };
         let runner = OrtRunner::new(self.env);
         let table = RuleTable::for_set(key.rules).with_input_bounds(input_bounds(&model.spec));
@@ -403,6 +408,7 @@ pub fn describe(
         input: input.to_string(),
         output: output.to_string(),
         layers: vec![],
+        input_grad: true,
     };
     let refusals_by_rules: std::collections::BTreeMap<String, Vec<String>> = RuleSet::families()
         .into_iter()

@@ -148,6 +148,7 @@ pub fn backward(
         input: r.input,
         output: r.output,
         layers: layers.to_vec(),
+        input_grad: true,
     };
     Ok(autodiff::build_backward(
         &prepared,

@@ -116,6 +116,11 @@ impl Default for Metrics {
             "Pass requests served by those runs",
             passes.requests.clone(),
         );
+        registry.register(
+            "model_runs_inline",
+            "Of those runs, the ones run on the worker's own thread (small passes), not the intra-op pool",
+            passes.inline.clone(),
+        );
         Self {
             passes,
             registry,

@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use common::gradcheck::{backward, check_gradient, run_output, runner, Check};
+use common::gradcheck::{backward, backward_to, check_gradient, run_output, runner, Check};
 use common::{root, Rng};
 use explaind::onnx::autodiff::{
     build_backward, prepare_forward, unsupported_ops, AutodiffError, GradientSpec, RuleTable, WEIGHTS_INPUT,
@@ -106,6 +106,7 @@ fn transformer_gradient_at_the_embeddings_of_token_ids() {
         input: "embeddings".into(),
         output: "logits".into(),
         layers: vec![],
+        input_grad: true,
     };
     let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap();
     let w: Vec<f32> = Rng::new(5).vec(2 * 3, -1.0, 1.0);
@@ -309,6 +310,75 @@ fn a_layer_and_its_gradient_match_the_closed_form() {
     }
 }
 
+#[test]
+fn a_backward_pass_asked_only_for_layers_stops_there_with_the_same_gradients() {
+    // ResNet blocks add a skip connection from before the layer: the pass must not follow it back.
+    // The layers: a block's output, the last feature map (the CAM default), and a ViT's tokens.
+    let resnet = zoo::resnet(&[1, 1], &[8, 16], 32, 10);
+    let d = [2usize, 3, 32, 32];
+    let shapes = probe_shapes(&runner(), &prepare_forward(&resnet).unwrap(), "input", &d).unwrap();
+    let cams = explaind::onnx::autodiff::analysis_layers(&resnet, "input", "logits", &shapes);
+    assert!(cams.len() > 2, "{cams:?}");
+    let (middle, last) = (cams[cams.len() / 2].name.clone(), cams[cams.len() - 1].name.clone());
+    let vit = zoo::vit(16, 8, (16, 2, 2), 3);
+    let vd = [2usize, 3, 16, 16];
+    let vshapes = probe_shapes(&runner(), &prepare_forward(&vit).unwrap(), "input", &vd).unwrap();
+    let vcams = explaind::onnx::autodiff::analysis_layers(&vit, "input", "logits", &vshapes);
+    let tokens = vcams.last().expect("a token layer").name.clone();
+    for (label, model, dims, classes, layers) in [
+        ("resnet last", &resnet, &d, 10, vec![last.as_str()]),
+        (
+            "resnet middle+last",
+            &resnet,
+            &d,
+            10,
+            vec![middle.as_str(), last.as_str()],
+        ),
+        ("vit tokens", &vit, &vd, 3, vec![tokens.as_str()]),
+    ] {
+        let full = backward_to(model, "input", dims, "logits", (&layers, true), &RuleTable::exact());
+        let cut = backward_to(model, "input", dims, "logits", (&layers, false), &RuleTable::exact());
+        assert_eq!(full.layers, cut.layers, "{label}");
+        assert!(cut.input_grad.is_empty(), "{label}");
+        let outputs = |m: &ModelProto| -> Vec<String> {
+            m.graph
+                .as_ref()
+                .unwrap()
+                .output
+                .iter()
+                .filter_map(|o| o.name.clone())
+                .collect()
+        };
+        assert!(
+            !outputs(&cut.model).contains(&full.input_grad),
+            "{label}: no input gradient"
+        );
+        let nodes = |m: &ModelProto| m.graph.as_ref().unwrap().node.len();
+        assert!(
+            nodes(&cut.model) < nodes(&full.model),
+            "{label}: {} nodes, not fewer than the full pass's {}",
+            nodes(&cut.model),
+            nodes(&full.model)
+        );
+        let x = image(dims, 11);
+        let w = Rng::new(12).vec(2 * classes, -1.0, 1.0);
+        let feeds = [("input", dims.to_vec(), x), (WEIGHTS_INPUT, vec![2, classes], w)];
+        let mut a = runner().session(&full.model).unwrap();
+        let mut b = runner().session(&cut.model).unwrap();
+        for (activation, grad) in &full.layers {
+            for name in [activation, grad] {
+                let (sa, va) = run_output(&mut a, &feeds, name);
+                let (sb, vb) = run_output(&mut b, &feeds, name);
+                assert_eq!(sa, sb, "{label}: {name}");
+                assert!(va.iter().any(|v| *v != 0.0), "{label}: {name} is all zeros");
+                for (p, q) in va.iter().zip(&vb) {
+                    assert!((p - q).abs() <= 1e-6 + 1e-5 * p.abs(), "{label}: {name}: {p} vs {q}");
+                }
+            }
+        }
+    }
+}
+
 /// y = W2 relu(W1 x), x of 4 features, 6 hidden units, 3 outputs (W1 [4, 6], W2 [6, 3], seeded).
 fn relu_mlp() -> (ModelProto, Vec<f32>, Vec<f32>) {
     let mut g = GraphBuilder::new("mlp", 17);
@@ -442,6 +512,7 @@ fn unsupported_operators_are_listed_once_with_their_nodes() {
         input: "x".into(),
         output: "y".into(),
         layers: vec![],
+        input_grad: true,
     };
     let listed = unsupported_ops(&prepared, &spec, &shapes, &RuleTable::exact()).unwrap();
     let ops: Vec<(&str, usize)> = listed.iter().map(|u| (u.op.as_str(), u.nodes.len())).collect();

@@ -154,3 +154,46 @@ async fn with_batching_off_every_request_runs_alone() {
     assert_eq!(s.state.metrics.passes.runs.get(), s.state.metrics.passes.requests.get());
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_passes_run_on_the_workers_thread_with_the_same_answers() {
+    let http = reqwest::Client::new();
+    let b64 = image(3);
+    let mut answers = Vec::new();
+    for inline_pass_bytes in [2 << 20, 0] {
+        let mut config = test_config(&root().join("models"));
+        config.inline_pass_bytes = inline_pass_bytes;
+        let s = start(config).await;
+        let passes = &s.state.metrics.passes;
+        let (runs_before, inline_before) = (passes.runs.get(), passes.inline.get());
+        let mut got = Vec::new();
+        for (path, body) in [
+            ("predict", json!({"image": b64, "top_k": 10})),
+            ("explain/saliency", json!({"image": b64})),
+            ("explain/grad-cam", json!({"image": b64})),
+        ] {
+            got.push(post(&http, &s, &format!("/v1/models/fashion-cnn/{path}"), body).await);
+        }
+        let (runs, inline) = (passes.runs.get() - runs_before, passes.inline.get() - inline_before);
+        if inline_pass_bytes == 0 {
+            assert_eq!(passes.inline.get(), 0, "every pass on the pool");
+        } else {
+            // The 28x28 CNN's one-row passes (a predict, two one-pass explanations) all ran inline.
+            assert!(inline >= 3 && inline == runs, "{inline} of {runs} runs inline");
+        }
+        answers.push(got);
+        s.stop().await.unwrap();
+    }
+    let (on, off) = (&answers[0], &answers[1]);
+    assert!(close(
+        &numbers(&on[0]["outputs"]["logits"]),
+        &numbers(&off[0]["outputs"]["logits"])
+    ));
+    for i in 1..3 {
+        assert_eq!(on[i]["target"], off[i]["target"]);
+        assert!(close(
+            &numbers(&on[i]["attributions"]["values"]),
+            &numbers(&off[i]["attributions"]["values"])
+        ));
+    }
+}

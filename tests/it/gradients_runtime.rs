@@ -23,6 +23,9 @@ impl Task for Gradients {
     type Output = GradientPass;
     fn run(self, rt: &mut WorkerRuntime, _: &JobContext) -> Result<GradientPass, RuntimeError> {
         let model = rt.model(&self.key.model)?;
+        if !self.key.input_grad {
+            return rt.layer_gradients(&model, &self.key.layers, &self.input, &self.weights, Sizing::budget());
+        }
         rt.gradients(
             &model,
             &self.key.layers,
@@ -39,6 +42,7 @@ fn fashion_key(layers: &[&str]) -> GradientKey {
         model: "fashion-cnn".into(),
         layers: layers.iter().map(|s| s.to_string()).collect(),
         rules: RuleSet::Exact,
+        input_grad: true,
     }
 }
 
@@ -100,7 +104,9 @@ async fn worker_gradients_are_batched_cached_and_exact() {
             .unwrap();
     }
     assert_eq!(s.state.gradients.built_count(), 1);
-    // Plain gradients come from the same graph (relu3 is the default CAM layer), without the layer.
+    // Plain gradients and the layer alone are graphs of their own: the first without the layer's
+    // outputs, the second without the pass from the layer back to the input (what the CAM methods
+    // use); the layer's gradient is the same.
     let plain = s
         .state
         .executor
@@ -111,12 +117,26 @@ async fn worker_gradients_are_batched_cached_and_exact() {
         })
         .await
         .unwrap();
-    assert_eq!(s.state.gradients.built_count(), 1, "one graph serves both");
-    assert!(
-        plain.layers.is_empty(),
-        "a layer that was not asked for is not returned"
-    );
+    assert_eq!(s.state.gradients.built_count(), 2);
+    assert!(plain.layers.is_empty());
     assert!(close(plain.input_grad.as_f32().unwrap(), &direct));
+    let only_layer = s
+        .state
+        .executor
+        .submit(Gradients {
+            key: GradientKey {
+                input_grad: false,
+                ..fashion_key(&["relu3"])
+            },
+            input: input.clone(),
+            weights: weights.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.state.gradients.built_count(), 3);
+    assert!(only_layer.input_grad.as_f32().unwrap().is_empty());
+    assert!(close(only_layer.layers[0].1.as_f32().unwrap(), &direct_layer));
+    assert_eq!(only_layer.layers[0].0.as_f32(), pass.layers[0].0.as_f32());
     // Another layer is another graph.
     let other = s
         .state
@@ -128,7 +148,7 @@ async fn worker_gradients_are_batched_cached_and_exact() {
         })
         .await
         .unwrap();
-    assert_eq!(s.state.gradients.built_count(), 2);
+    assert_eq!(s.state.gradients.built_count(), 4);
     assert!(close(other.input_grad.as_f32().unwrap(), &direct));
     s.stop().await.unwrap();
 }
@@ -233,6 +253,7 @@ async fn models_report_gradient_support_and_blocking_operators() {
         model: "odd".into(),
         layers: vec![],
         rules: RuleSet::Exact,
+        input_grad: true,
     };
     let err = s
         .state

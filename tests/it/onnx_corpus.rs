@@ -106,6 +106,7 @@ fn operator_test_models_pass_the_gradient_check() {
             input: input.name.clone(),
             output: output.name.clone(),
             layers: vec![],
+            input_grad: true,
         };
         // Piecewise-constant or random outputs (Floor, Sign, Bernoulli) have no gradient to check.
         if build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner))

@@ -54,9 +54,15 @@ pub struct Path {
 impl Path {
     /// Finds the path from `input` to `targets`.
     pub fn find(graph: &GraphProto, input: &str, targets: &[String], shapes: &ShapeMap) -> Self {
+        Self::from_sources(graph, std::slice::from_ref(&input.to_string()), targets, shapes)
+    }
+
+    /// Finds the path from any of `sources` to `targets`: from intermediate layers, the part of a
+    /// backward pass that ends at their gradients.
+    pub fn from_sources(graph: &GraphProto, sources: &[String], targets: &[String], shapes: &ShapeMap) -> Self {
         let order = topological_order(graph);
         let float_ok = |t: &str| shapes.get(t).map(|s| is_float(s.elem_type)).unwrap_or(true);
-        let mut depends: HashSet<String> = HashSet::from([input.to_string()]);
+        let mut depends: HashSet<String> = sources.iter().cloned().collect();
         for &i in &order {
             let node = &graph.node[i];
             if NO_GRADIENT.contains(&op_type(node)) {

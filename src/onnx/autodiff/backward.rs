@@ -91,7 +91,11 @@ fn build(
         // zennit's canonizer: relevance rules apply to the convolution with its normalisation in it.
         crate::onnx::fold::batch_norms(&mut graph);
     }
-    let path = checked_path(&graph, spec, shapes)?;
+    let mut path = checked_path(&graph, spec, shapes)?;
+    if !spec.input_grad {
+        // Only the layers' gradients are wanted: differentiate the part after them.
+        path = analysis::Path::from_sources(&graph, &spec.layers, std::slice::from_ref(&spec.output), shapes);
+    }
     let unsupported = collect_unsupported(model, &graph, &path, table);
     match refused.0.as_deref_mut() {
         _ if unsupported.is_empty() => {}
@@ -140,6 +144,11 @@ fn build(
 /// requested layer.
 fn checked_path(graph: &GraphProto, spec: &GradientSpec, shapes: &ShapeMap) -> Result<analysis::Path, AutodiffError> {
     let path = analysis::Path::find(graph, &spec.input, std::slice::from_ref(&spec.output), shapes);
+    if !spec.input_grad && spec.layers.is_empty() {
+        return Err(AutodiffError::Path(
+            "no gradient asked for: neither the input's nor a layer's".into(),
+        ));
+    }
     if !path.depends.contains(&spec.output) {
         return Err(AutodiffError::Path(format!(
             "output `{}` does not depend on input `{}` through float tensors",
@@ -219,7 +228,7 @@ type Exposed = (String, String);
 struct GradientOutputs {
     /// The input's, then each requested layer's.
     exposed: Vec<Exposed>,
-    /// The input gradient's output name.
+    /// The input gradient's output name (empty when not asked for).
     input_grad: String,
     /// Per requested layer: (layer, its gradient's output name).
     layers: Vec<(String, String)>,
@@ -231,11 +240,15 @@ fn gradient_outputs(
     spec: &GradientSpec,
     flow: &mut Flow,
 ) -> Result<GradientOutputs, AutodiffError> {
-    let input_grad_value = flow
-        .finalize(ctx, &spec.input)
-        .ok_or_else(|| AutodiffError::Path(format!("no gradient reached input `{}`", spec.input)))?;
-    let input_grad = format!("{}.grad", spec.input);
-    let mut outputs = vec![(input_grad.clone(), input_grad_value)];
+    let mut outputs = Vec::new();
+    let mut input_grad = String::new();
+    if spec.input_grad {
+        let value = flow
+            .finalize(ctx, &spec.input)
+            .ok_or_else(|| AutodiffError::Path(format!("no gradient reached input `{}`", spec.input)))?;
+        input_grad = format!("{}.grad", spec.input);
+        outputs.push((input_grad.clone(), value));
+    }
     let mut layers = Vec::new();
     for layer in &spec.layers {
         let g = flow

@@ -63,6 +63,10 @@ pub struct GradientSpec {
     pub output: String,
     /// Intermediate tensors to expose, with their gradients.
     pub layers: Vec<String>,
+    /// Whether the gradient w.r.t. the input is wanted. Without it (and with layers) the backward
+    /// pass stops at the layers: the CAM methods read only a layer's gradient, and going on to the
+    /// input costs several times as much on a CNN whose layer is its last feature map.
+    pub input_grad: bool,
 }
 
 /// A built backward model and the names of what it outputs.
@@ -70,7 +74,7 @@ pub struct GradientSpec {
 pub struct BackwardModel {
     /// The model: the forward graph plus the backward pass.
     pub model: ModelProto,
-    /// Gradient of the target w.r.t. the input.
+    /// Gradient of the target w.r.t. the input (empty when the spec did not ask for it).
     pub input_grad: String,
     /// For each requested layer: (activation output, gradient output).
     pub layers: Vec<(String, String)>,

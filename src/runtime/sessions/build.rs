@@ -12,6 +12,23 @@ pub fn create_session_from_bytes(env: &ort::environment::Environment, bytes: &[u
     build_session(env, bytes, None, ExecutionProvider::Cpu, false)
 }
 
+/// Creates a CPU session that runs every pass on the calling thread (a pool of its own of one
+/// thread, which ONNX Runtime runs inline): for small passes, which the shared pool's wake-ups
+/// would slow down.
+pub(super) fn build_inline_session(
+    env: &ort::environment::Environment,
+    bytes: &[u8],
+    prepacked: Option<&PrepackedWeights>,
+    arena: bool,
+) -> Result<Session, String> {
+    let builder = Session::builder(env).map_err(|e| e.to_string())?;
+    let builder = builder.with_independent_thread_pool().map_err(|e| e.to_string())?;
+    let builder = builder.with_intra_threads(1).map_err(|e| e.to_string())?;
+    let builder = builder.with_inter_threads(1).map_err(|e| e.to_string())?;
+    let builder = builder.with_intra_op_spinning(false).map_err(|e| e.to_string())?;
+    finish(builder, bytes, prepacked, ExecutionProvider::Cpu, arena)
+}
+
 /// Creates a session for `model`.
 pub fn create_session(env: &ort::environment::Environment, model: &LoadedModel) -> Result<Session, String> {
     create_session_from_bytes(env, &model.bytes)
@@ -26,6 +43,17 @@ pub(super) fn build_session(
 ) -> Result<Session, String> {
     // ort's builder errors carry the builder and are not Send: turn each into text right away.
     let builder = Session::builder(env).map_err(|e| e.to_string())?;
+    finish(builder, bytes, prepacked, provider, arena)
+}
+
+/// The options every session shares, and the session.
+fn finish(
+    builder: ort::session::builder::SessionBuilder,
+    bytes: &[u8],
+    prepacked: Option<&PrepackedWeights>,
+    provider: ExecutionProvider,
+    arena: bool,
+) -> Result<Session, String> {
     let mut builder = builder
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| e.to_string())?;

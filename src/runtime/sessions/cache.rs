@@ -150,7 +150,7 @@ impl SessionStore {
                     enabled: self.options.batching.enabled && !pairs && !self.one_row(model),
                     ..self.options.batching
                 };
-                Ok((self.share_with(session, batching), outputs))
+                Ok((self.share_derived(key.model(), session, batching, &bytes), outputs))
             })
             .clone()?;
         // Only a build adds bytes: then count them, and drop others beyond the budget.

@@ -24,7 +24,7 @@ use super::budget::ByteBudget;
 use super::gradients::GradientCache;
 use super::{LoadedModel, Registry};
 use crate::config::ExecutionProvider;
-use build::build_session;
+use build::{build_inline_session, build_session};
 use cache::{DerivedKey, Kept};
 
 pub use build::{create_session, create_session_from_bytes};
@@ -43,6 +43,8 @@ pub struct StoreOptions {
     pub batching: Batching,
     /// Keep ONNX Runtime's CPU arena (each session holds its largest pass's memory).
     pub memory_arena: bool,
+    /// Passes of at most these bytes run on the caller's thread ([`crate::config::Config::inline_pass_bytes`]).
+    pub inline_pass_bytes: u64,
     /// Bytes one backward pass may hold; gradient rows are chunked to fit.
     pub max_pass_bytes: u64,
 }
@@ -88,6 +90,7 @@ impl SessionStore {
         let mut one_row = HashSet::new();
         for model in registry.iter() {
             let weights = PrepackedWeights::new();
+            let model_row_bytes = gradients.row_bytes(model);
             let session = build_session(
                 env,
                 &model.bytes,
@@ -112,10 +115,13 @@ impl SessionStore {
             } else {
                 options.batching
             };
-            let shared = Arc::new(SharedSession::new(session, batching, counters.clone()));
-            forward.insert(model.name.clone(), shared);
+            let mut shared = SharedSession::new(session, batching, counters.clone());
+            if let Some((inline, rows)) = inline_session(env, &options, model_row_bytes, &model.bytes, &weights) {
+                shared = shared.with_inline(inline, rows);
+            }
+            forward.insert(model.name.clone(), Arc::new(shared));
             prepacked.insert(model.name.clone(), weights);
-            if let Some(bytes) = gradients.row_bytes(model) {
+            if let Some(bytes) = model_row_bytes {
                 row_bytes.insert(model.name.clone(), bytes);
                 let dims = super::gradients::sample_dims(&model.spec);
                 probe_len.insert(model.name.clone(), dims.iter().skip(1).product());
@@ -142,8 +148,49 @@ impl SessionStore {
         Arc::new(SharedSession::new(session, batching, self.counters.clone()))
     }
 
+    /// [`Self::share_with`], with a session of `bytes` (a graph derived from `model`) on the
+    /// caller's thread for its small passes ([`inline_session`]).
+    fn share_derived(&self, model: &str, session: Session, batching: Batching, bytes: &[u8]) -> Shared {
+        let mut shared = SharedSession::new(session, batching, self.counters.clone());
+        let prepacked = self.prepacked.get(model);
+        let row_bytes = self.row_bytes.get(model).copied();
+        if let Some((inline, rows)) =
+            prepacked.and_then(|w| inline_session(self.env, &self.options, row_bytes, bytes, w))
+        {
+            shared = shared.with_inline(inline, rows);
+        }
+        Arc::new(shared)
+    }
+
     /// True when `model`'s graph fixes its batch at one row (a loaded model, or a lent copy of one).
     fn one_row(&self, model: &LoadedModel) -> bool {
         self.one_row.contains(&model.name) || model.gradient_report.get().is_some_and(|r| r.one_row_per_pass)
+    }
+}
+
+/// Graphs larger than this never get a second session on the caller's thread: it holds the
+/// weights again.
+const INLINE_MAX_MODEL_BYTES: usize = 16 * 1024 * 1024;
+
+/// A session of `bytes` that runs on the caller's thread, and the most rows a pass run there may
+/// hold (`inline_pass_bytes` over the model's bytes per row), when a pass of one row fits and the
+/// graph is small; none on a GPU, or when the build fails (the pool serves every pass then).
+fn inline_session(
+    env: &'static ort::environment::Environment,
+    options: &StoreOptions,
+    row_bytes: Option<u64>,
+    bytes: &[u8],
+    prepacked: &PrepackedWeights,
+) -> Option<(Session, usize)> {
+    let rows = usize::try_from(options.inline_pass_bytes / row_bytes?.max(1)).ok()?;
+    if rows == 0 || bytes.len() > INLINE_MAX_MODEL_BYTES || options.provider != ExecutionProvider::Cpu {
+        return None;
+    }
+    match build_inline_session(env, bytes, Some(prepacked), options.memory_arena) {
+        Ok(session) => Some((session, rows)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no session on the worker's thread; every pass runs on the pool");
+            None
+        }
     }
 }

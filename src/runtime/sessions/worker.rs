@@ -21,7 +21,8 @@ use crate::runtime::{LoadedModel, RuntimeError};
 pub struct GradientPass {
     /// The model's score output.
     pub scores: Tensor,
-    /// Gradient of `sum(scores * weights)` w.r.t. the input.
+    /// Gradient of `sum(scores * weights)` w.r.t. the input (no values from a pass that stops at
+    /// its layers, [`WorkerRuntime::layer_gradients`]).
     pub input_grad: Tensor,
     /// Per requested layer: (activation, gradient).
     pub layers: Vec<(Tensor, Tensor)>,
@@ -161,7 +162,28 @@ impl WorkerRuntime {
         weights: &Tensor,
         sizing: Sizing,
     ) -> Result<GradientPass, RuntimeError> {
-        self.backward(model, (layers, rules), &[], (input, weights, &[]), sizing)
+        self.backward(model, (layers, rules, true), &[], (input, weights, &[]), sizing)
+    }
+
+    /// The activations and gradients of `layers` (standard rules) for `input` with target
+    /// `weights`, from a backward pass that stops at the layers: no input gradient (the pass's
+    /// `input_grad` holds no values), at a fraction of the cost of [`Self::gradients`] on a CNN
+    /// whose layer is its last feature map. The top class is chosen in the graph as there.
+    pub fn layer_gradients(
+        &mut self,
+        model: &LoadedModel,
+        layers: &[String],
+        input: &Tensor,
+        weights: &Tensor,
+        sizing: Sizing,
+    ) -> Result<GradientPass, RuntimeError> {
+        self.backward(
+            model,
+            (layers, RuleSet::Exact, false),
+            &[],
+            (input, weights, &[]),
+            sizing,
+        )
     }
 
     /// Input gradients ([`Self::gradients`], no layers, standard rules) through the model with
@@ -176,7 +198,7 @@ impl WorkerRuntime {
     ) -> Result<GradientPass, RuntimeError> {
         self.backward(
             model,
-            (&[], RuleSet::Exact),
+            (&[], RuleSet::Exact, true),
             sites,
             (input, weights, masks),
             Sizing::budget(),
@@ -186,26 +208,19 @@ impl WorkerRuntime {
     fn backward(
         &mut self,
         model: &LoadedModel,
-        (layers, rules): (&[String], RuleSet),
+        (layers, rules, input_grad): (&[String], RuleSet, bool),
         sites: &[MaskSite],
         (input, weights, masks): (&Tensor, &Tensor, &[Tensor]),
         sizing: Sizing,
     ) -> Result<GradientPass, RuntimeError> {
-        let plain = GradientKey {
+        let key = GradientKey {
             model: model.name.clone(),
             layers: layers.to_vec(),
             rules,
+            input_grad,
         };
-        let (key, unasked) = with_cam_layer(model, &plain);
-        let backward = match self.store.backward_session(model, &key, sites) {
-            Err(_) if unasked => self.store.backward_session(model, &plain, sites)?,
-            built => built?,
-        };
-        let mut pass = self.gradient_pass(model, &backward, (input, weights, masks), rules, sizing)?;
-        if unasked {
-            pass.layers.clear();
-        }
-        Ok(pass)
+        let backward = self.store.backward_session(model, &key, sites)?;
+        self.gradient_pass(model, &backward, (input, weights, masks), rules, sizing)
     }
 
     fn gradient_pass(
@@ -233,7 +248,10 @@ impl WorkerRuntime {
             })
         };
         let scores = take(&model.spec.output)?;
-        let input_grad = take(&built.input_grad)?;
+        let input_grad = match built.input_grad.as_str() {
+            "" => Tensor::f32(vec![0], Vec::new()),
+            name => take(name)?,
+        };
         let mut layers = Vec::new();
         for (activation, grad) in &built.layers {
             layers.push((take(activation)?, take(grad)?));
@@ -376,24 +394,6 @@ impl Drop for LentModel {
         self.store.lent.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         self.store.forget_derived(name);
         self.store.gradients.forget(name);
-    }
-}
-
-/// The key whose backward graph serves `key`: plain gradients come from the graph that also gives
-/// the default CAM layer's activation and gradient (a few more outputs), so saliency, Integrated
-/// Gradients and Grad-CAM share one session instead of holding two copies of the model's weights.
-/// True when the layer was added here, not asked for.
-fn with_cam_layer<'k>(model: &LoadedModel, key: &'k GradientKey) -> (std::borrow::Cow<'k, GradientKey>, bool) {
-    let cam = model.gradient_report.get().and_then(|r| r.default_cam_layer.clone());
-    match cam {
-        Some(layer) if key.layers.is_empty() && key.rules == crate::onnx::autodiff::RuleSet::Exact => (
-            std::borrow::Cow::Owned(GradientKey {
-                layers: vec![layer],
-                ..key.clone()
-            }),
-            true,
-        ),
-        _ => (std::borrow::Cow::Borrowed(key), false),
     }
 }
 

@@ -50,6 +50,19 @@ pub fn backward(
     layers: &[&str],
     table: &RuleTable,
 ) -> BackwardModel {
+    backward_to(model, input, x_dims, output, (layers, true), table)
+}
+
+/// [`backward`], its pass going on to the input's gradient only when `input_grad` (else it stops
+/// at the layers).
+pub fn backward_to(
+    model: &ModelProto,
+    input: &str,
+    x_dims: &[usize],
+    output: &str,
+    (layers, input_grad): (&[&str], bool),
+    table: &RuleTable,
+) -> BackwardModel {
     let runner = runner();
     let model = &prepare_forward(model).unwrap_or_else(|e| panic!("prepare failed: {e}"));
     let shapes = probe_shapes(&runner, model, input, x_dims).unwrap_or_else(|e| panic!("probe failed: {e}"));
@@ -57,6 +70,7 @@ pub fn backward(
         input: input.into(),
         output: output.into(),
         layers: layers.iter().map(|s| s.to_string()).collect(),
+        input_grad,
     };
     build_backward(model, &spec, &shapes, table, Some(&runner)).unwrap_or_else(|e| panic!("build failed: {e}"))
 }
