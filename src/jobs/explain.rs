@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::eval::{Evaluation, ValidMetric};
 use crate::executor::Task;
 use crate::explain::{Cx, ExplainJob, TargetAttribution};
+use crate::runtime::job::PassCost;
 use crate::runtime::{JobContext, RuntimeError, WorkerRuntime};
 
 /// What an explanation job produced.
@@ -29,6 +30,8 @@ pub struct ExplainResult {
     pub model_time: Duration,
     /// Time on the worker: those runs and the method's own arithmetic.
     pub worker_time: Duration,
+    /// What the answer cost in pass units, as the runtime counted its passes.
+    pub cost: PassCost,
 }
 
 /// An explanation as a job for a worker: the method's job, and the metrics of each target's map.
@@ -69,6 +72,8 @@ pub fn run(
     evaluate: &[ValidMetric],
 ) -> Result<ExplainResult, RuntimeError> {
     let began = Instant::now();
+    // A job may run several explanations (a comparison): this one's passes are those counted from here.
+    let counted = ctx.cost();
     let (run, evaluations) = crate::explain::run(
         rt,
         ctx,
@@ -86,6 +91,7 @@ pub fn run(
         evaluations,
         model_time: run.model_time,
         worker_time: Duration::ZERO,
+        cost: PassCost::default(),
     };
     // The randomisation check re-runs the method on other models: after the method's own passes.
     for metric in evaluate {
@@ -97,6 +103,10 @@ pub fn run(
         }
     }
     result.worker_time = began.elapsed();
+    result.cost = PassCost {
+        worker_ms: result.worker_time.as_secs_f64() * 1e3,
+        ..ctx.cost().since(&counted)
+    };
     Ok(result)
 }
 
