@@ -145,3 +145,66 @@ async fn integrated_gradients_refines_until_its_delta_is_within_tolerance() {
         assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
     }
 }
+
+/// Root mean square of `a - b`.
+fn rms_gap(a: &[f64], b: &[f64]) -> f64 {
+    (a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>() / a.len() as f64).sqrt()
+}
+
+/// The true error of `short` against a long run of the same method (another seed), over the one
+/// `short` reports: an honest standard error puts it near 1 (within 2x either way).
+fn honesty(short: &Value, long: &Value) -> f64 {
+    let reported = short["details"]["standard_error"]["rms"].as_f64().unwrap();
+    let truth = rms_gap(&attribution_values(short), &attribution_values(long));
+    truth / reported
+}
+
+#[tokio::test]
+async fn samplers_report_honest_errors_and_stop_at_their_tolerance() {
+    let s = start_bundled().await;
+    let img = image();
+    let run = |method: &'static str, seed: u64, params: Value| {
+        // The top class: a class the model gives almost no probability would leave RISE's scores a
+        // rare, heavy-tailed event.
+        let body = json!({"image": img, "seed": seed, "params": params});
+        let s = &s;
+        async move { explain(s, method, body).await }
+    };
+    for (method, key, short, long) in [("smoothgrad", "samples", 32, 2048), ("rise", "masks", 256, 4096)] {
+        let a = run(method, 5, json!({key: short})).await;
+        let reference = run(method, 6, json!({key: long})).await;
+        let ratio = honesty(&a, &reference);
+        eprintln!("{method}: {short} draws, true error / reported {ratio:.3}");
+        assert!((0.5..=2.0).contains(&ratio), "{method}: true error / reported {ratio}");
+        assert_eq!(a["details"]["samples"], short, "{method}");
+        assert_eq!(a["details"]["stopped"], key, "{method}");
+        // `"auto"` stops at the first round whose errors meet the tolerance, and reports it; asking
+        // for that many gives the same bytes (the draws do not depend on the rounds).
+        let tolerance = match method {
+            "smoothgrad" => 0.2,
+            _ => 0.02,
+        };
+        let auto = run(method, 5, json!({key: "auto", "tolerance": tolerance})).await;
+        let d = &auto["details"];
+        assert_eq!(d["stopped"], "tolerance", "{method}: {d}");
+        let used = d["samples"].as_u64().unwrap();
+        let within = match method {
+            "smoothgrad" => d["standard_error"]["relative"].as_f64().unwrap(),
+            _ => d["standard_error"]["max"].as_f64().unwrap(),
+        };
+        assert!(within <= tolerance, "{method}: {d}");
+        let rows = match method {
+            "smoothgrad" => d["cost"]["backward_rows"]["exact"].as_u64(),
+            _ => d["cost"]["forward_rows"].as_u64().map(|r| r - 1),
+        };
+        assert_eq!(rows, Some(used), "{method}: {d}");
+        let fixed = run(method, 5, json!({key: used})).await;
+        assert_eq!(fixed["attributions"], auto["attributions"], "{method}");
+        assert_eq!(fixed["details"]["standard_error"], d["standard_error"], "{method}");
+        // A tighter tolerance takes more draws; the same request, the same bytes.
+        let tighter = run(method, 5, json!({key: "auto", "tolerance": tolerance / 2.0})).await;
+        assert!(tighter["details"]["samples"].as_u64().unwrap() > used, "{method}");
+        let again = run(method, 5, json!({key: "auto", "tolerance": tolerance / 2.0})).await;
+        assert_eq!(again["attributions"], tighter["attributions"], "{method}");
+    }
+}
