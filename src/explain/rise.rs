@@ -29,6 +29,10 @@ pub struct RiseParams {
     /// With `masks: "auto"`: the largest standard error accepted, in score units.
     #[schema(default = 0.01, exclusive_minimum = 0.0, maximum = 1.0)]
     pub tolerance: f64,
+    /// With `p` = 0.5: masks in complementary pairs (a grid and its complement, the same shift),
+    /// the same expectation with less variance.
+    #[schema(default = true)]
+    pub antithetic: bool,
     /// Side of the low-resolution mask grid, at most the input's side.
     #[schema(default = 7, minimum = 2, extensions(("x-maximum" = json!(MAX_SIDE))))]
     pub cell_size: usize,
@@ -72,6 +76,7 @@ impl Default for RiseParams {
         Self {
             masks: None,
             tolerance: 0.01,
+            antithetic: true,
             cell_size: 7,
             p: 0.5,
             preset: Preset::Balanced,
@@ -96,7 +101,7 @@ impl RiseParams {
 
     /// Whether masks come in complementary pairs: with p = 0.5 a grid's complement is as likely.
     fn paired(&self) -> bool {
-        self.p == 0.5
+        self.antithetic && self.p == 0.5
     }
 }
 
