@@ -13,7 +13,7 @@ the CUDA libraries with it (`pip download torch --no-deps`, 2026-12-07); torch s
 Its own virtualenv, never the test one:
     python3 -m venv ~/.cache/explaind/venv-bench
     ~/.cache/explaind/venv-bench/bin/pip install -r scripts/requirements-bench.txt
-    ~/.cache/explaind/venv-bench/bin/python scripts/quality_reference.py
+    ~/.cache/explaind/venv-bench/bin/python scripts/quality_reference.py [LABEL WORDS, e.g. lime]
 """
 
 import pathlib
@@ -69,8 +69,8 @@ def kernel_shap(model, image, target, segments, n, seed):
 
 
 def lime_map(model, image, target, segmenter, n, seed):
-    """lime's LimeImageExplainer with its defaults (its quickshift segmentation, fixed across
-    seeds so that runs differ only by their samples)."""
+    """lime's LimeImageExplainer with its defaults, on the segments `segmenter` gives (fixed
+    across seeds, so that runs differ only by their samples)."""
     from lime import lime_image
 
     rgb = np.repeat(image[:, :, None], 3, axis=2).astype(np.float64)
@@ -111,12 +111,19 @@ def main():
     image = np.asarray(Image.open(ROOT / "tests/fixtures/fashion/test_00.png").convert("L"), dtype=np.float64)
     target = int(model.probabilities(image[None]).argmax())
     segments = slic(image / 255.0, n_segments=50, compactness=10, channel_axis=None, start_label=0)
-    segmenter = SegmentationAlgorithm("quickshift", kernel_size=4, max_dist=200, ratio=0.2, random_seed=0)
+    # lime's default segmentation (quickshift) finds only a few segments on a 28x28 image, which a
+    # few dozen samples fit; the same 50 SLIC segments as shap's players (and explaind's default)
+    # compare the samplers at equal players.
+    quickshift = SegmentationAlgorithm("quickshift", kernel_size=4, max_dist=200, ratio=0.2, random_seed=0)
     print(f"{'model':<13} {'library':<34} {'rows@0.95':>9} {'rows@0.99':>9}")
+    only = sys.argv[1:]
     for label, explain in [
         ("shap KernelExplainer", lambda n, s: kernel_shap(model, image, target, segments, n, s)),
-        ("lime LimeImageExplainer", lambda n, s: lime_map(model, image, target, segmenter, n, s)),
+        ("lime LimeImageExplainer (SLIC 50)", lambda n, s: lime_map(model, image, target, lambda _: segments, n, s)),
+        ("lime LimeImageExplainer (quickshift)", lambda n, s: lime_map(model, image, target, quickshift, n, s)),
     ]:
+        if only and not any(word in label for word in only):
+            continue
         r95, r99 = rows_to_quality(model, explain)
         print(f"{'fashion-cnn':<13} {label:<34} {r95:>9} {r99:>9}", flush=True)
 
