@@ -129,6 +129,10 @@ pub fn unpack_map(map: &Value) -> Option<(Vec<usize>, Vec<f32>)> {
 
 /// Detail fields worth keeping in a summary (the rest is bulky or derivable).
 const DETAIL_KEYS: &[&str] = &[
+    // What the answer cost in pass units, and how far a sampler or an integral got.
+    "cost",
+    "standard_error",
+    "steps",
     "efficiency_gap",
     "base_value",
     "value",

@@ -201,6 +201,33 @@ pub fn schemas_of<T: ToSchema>() -> NamedSchemas {
     (name, schemas)
 }
 
+/// Every answer's `details` carry what the job cost (`cost`, counted by the runtime): the
+/// method's own `details` schema with it added, or a schema of it alone.
+fn with_cost(named: Option<NamedSchemas>) -> NamedSchemas {
+    let (cost_name, cost_schemas) = schemas_of::<crate::runtime::job::PassCost>();
+    let (name, mut schemas) = named.unwrap_or_else(|| {
+        let only = serde_json::json!({"type": "object", "description": "What the explanation cost."});
+        let schema = serde_json::from_value(only).unwrap_or_default();
+        ("Details".to_string(), vec![("Details".to_string(), schema)])
+    });
+    if let Some((_, schema)) = schemas.iter_mut().find(|(n, _)| *n == name) {
+        let mut value = serde_json::to_value(&*schema).unwrap_or_default();
+        value["properties"]["cost"] = serde_json::json!({
+            "$ref": format!("#/components/schemas/{cost_name}"),
+            "description": "What the explanation cost, in pass units (the whole answer: every target's passes and the metrics').",
+        });
+        match value["required"].as_array_mut() {
+            Some(required) => required.push("cost".into()),
+            None => value["required"] = serde_json::json!(["cost"]),
+        }
+        if let Ok(with) = serde_json::from_value(value) {
+            *schema = with;
+        }
+    }
+    schemas.extend(cost_schemas);
+    (name, schemas)
+}
+
 /// A method behind the registry's uniform face.
 pub trait AnyMethod: Send + Sync {
     /// The path segment.
@@ -239,7 +266,7 @@ impl<M: Method> AnyMethod for Registered<M> {
     }
 
     fn details_schemas(&self) -> Option<NamedSchemas> {
-        M::details_schema()
+        Some(with_cost(M::details_schema()))
     }
 
     fn default_params(&self) -> serde_json::Value {

@@ -28,6 +28,7 @@ mod regression;
 mod rise;
 mod saliency;
 mod sampled_shapley;
+mod sampling;
 mod score_cam;
 mod segments;
 mod similar_examples;

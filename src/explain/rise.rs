@@ -1,17 +1,20 @@
 //! RISE (Petsiuk et al. 2018): random low-resolution binary masks, upsampled bilinearly with a random
 //! shift, applied to the image; each pixel's saliency is the target score averaged over the masks
-//! that keep it. Seeded: the same seed gives the same masks.
+//! that keep it. Seeded: the same seed gives the same masks. With `p` = 0.5 the masks come in
+//! antithetic pairs (a grid and its complement, the same shift), and each pixel's standard error
+//! comes from the pairs' spread; `masks: "auto"` draws masks in doubling rounds until every
+//! pixel's standard error is below `tolerance` (score units, as KernelSHAP's).
 
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
-use super::method::{
-    bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
-    MAX_SIDE,
-};
+use super::kernel_shap::{samples_schema, Samples};
+use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, MAX_SIDE};
+use super::method::{schemas_of, NamedSchemas};
 use super::perturb::{index, run_copies, Preset};
+use super::sampling::error_summary;
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
@@ -20,9 +23,16 @@ use crate::runtime::{RuntimeError, Tensor};
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RiseParams {
-    /// Number of masks; default from the preset (500 fast, 2000 balanced, 4000 quality: the paper's).
-    #[schema(minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
-    pub masks: Option<usize>,
+    /// Number of masks (default from the preset), or `"auto"`.
+    #[schema(schema_with = masks_schema)]
+    pub masks: Option<Samples>,
+    /// With `masks: "auto"`: the largest standard error accepted, in score units.
+    #[schema(default = 0.01, exclusive_minimum = 0.0, maximum = 1.0)]
+    pub tolerance: f64,
+    /// With `p` = 0.5: masks in complementary pairs (a grid and its complement, the same shift),
+    /// the same expectation with less variance.
+    #[schema(default = true)]
+    pub antithetic: bool,
     /// Side of the low-resolution mask grid, at most the input's side.
     #[schema(default = 7, minimum = 2, extensions(("x-maximum" = json!(MAX_SIDE))))]
     pub cell_size: usize,
@@ -36,6 +46,17 @@ pub struct RiseParams {
     /// the mean score's mask noise; the default) or `paper` (sum of score x mask / (masks x p)).
     #[schema(default = "centered")]
     pub estimator: RiseEstimator,
+}
+
+/// The schema of RISE's `masks`.
+fn masks_schema() -> utoipa::openapi::Schema {
+    samples_schema(
+        1,
+        "Masks: a number (default from the preset: 500 fast, 2000 balanced, 4000 quality, the paper's; rounded up \
+         to an even number when `p` is 0.5, the masks coming in complementary pairs) or `\"auto\"` (masks in \
+         doubling rounds from 128 until every pixel's standard error is below `tolerance`, at most `max_samples`).",
+        true,
+    )
 }
 
 /// RISE's estimator of E[score | pixel kept].
@@ -54,6 +75,8 @@ impl Default for RiseParams {
     fn default() -> Self {
         Self {
             masks: None,
+            tolerance: 0.01,
+            antithetic: true,
             cell_size: 7,
             p: 0.5,
             preset: Preset::Balanced,
@@ -63,12 +86,22 @@ impl Default for RiseParams {
 }
 
 impl RiseParams {
-    pub(super) fn mask_count(&self) -> usize {
-        self.masks.unwrap_or(match self.preset {
-            Preset::Fast => 500,
-            Preset::Balanced => 2000,
-            Preset::Quality => 4000,
-        })
+    /// The masks asked, or the preset's; `None` for `"auto"`.
+    pub(super) fn mask_count(&self) -> Option<usize> {
+        match &self.masks {
+            Some(Samples::Fixed(n)) => Some(*n),
+            Some(Samples::Auto(_)) => None,
+            None => Some(match self.preset {
+                Preset::Fast => 500,
+                Preset::Balanced => 2000,
+                Preset::Quality => 4000,
+            }),
+        }
+    }
+
+    /// Whether masks come in complementary pairs: with p = 0.5 a grid's complement is as likely.
+    fn paired(&self) -> bool {
+        self.antithetic && self.p == 0.5
     }
 }
 
@@ -98,9 +131,20 @@ impl Method for Rise {
         if !(p.p > 0.0 && p.p < 1.0) {
             return Err(Invalid::Request("params.p must be strictly between 0 and 1".into()));
         }
-        let masks = p.mask_count();
-        check_range("masks", masks, 1, cx.limits.max_samples)?;
-        p.masks = Some(masks);
+        if !(p.tolerance.is_finite() && p.tolerance > 0.0 && p.tolerance <= 1.0) {
+            return Err(Invalid::Request(
+                "params.tolerance must be greater than 0 and at most 1".into(),
+            ));
+        }
+        let masks = match p.mask_count() {
+            Some(n) => {
+                check_range("masks", n, 1, cx.limits.max_samples)?;
+                let n = if p.paired() { n.saturating_add(n % 2) } else { n };
+                p.masks = Some(Samples::Fixed(n));
+                n
+            }
+            None => cx.limits.max_samples.max(2),
+        };
         // Masks are drawn per batch, so one batch of them is held, with each target's sums.
         let batch = masks.min(cx.limits.max_batch);
         let upsampled = (p.cell_size + 1)
@@ -113,9 +157,13 @@ impl Method for Rise {
                 .batch_bytes(batch, false)
                 .saturating_add(bytes(batch, 4).saturating_mul(cx.pixels() as u64))
                 .saturating_add(bytes(upsampled, 4))
-                .saturating_add(bytes(cx.pixels(), 8).saturating_mul(cx.targets as u64))
+                .saturating_add(bytes(cx.pixels(), 48).saturating_mul(cx.targets as u64))
                 .saturating_add(cx.answer_bytes()),
         })
+    }
+
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<RiseDetails>())
     }
 
     fn explain(
@@ -149,6 +197,9 @@ fn mask(rng: &mut rand_chacha::ChaCha8Rng, s: usize, p: f32, h: usize, w: usize)
     out
 }
 
+/// Masks in the first round of `masks: "auto"`; each further round doubles the total.
+const FIRST_ROUND: usize = 128;
+
 fn explain(
     cx: &mut Cx,
     job: &ExplainJob,
@@ -157,59 +208,195 @@ fn explain(
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
     let spec = job.image_spec("RISE")?;
     let (h, w, c) = (spec.height, spec.width, spec.channels);
-    let count = p.mask_count();
+    let (budget, auto) = match p.mask_count() {
+        Some(n) => (n, false),
+        None => (job.limits.max_samples.max(2), true),
+    };
+    let unit = if p.paired() { 2 } else { 1 };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let baseline = baselines::build(Baseline::Black, &job.input, Some(spec), job.seed);
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
-    let mut sals = vec![vec![0f64; h * w]; targets.len()];
-    // Per pixel, the masks' sum; per target, the scores' sum (the centered estimator needs both).
-    let mut kept = vec![0f64; h * w];
-    let mut score_sums = vec![0f64; targets.len()];
-    // Masks are drawn one batch at a time (in the same order, so a seed gives the same masks).
-    let batch = cx.forward_rows();
-    let mut start = 0;
-    while start < count {
-        let end = (start + batch).min(count);
-        let masks: Vec<Vec<f32>> = (start..end).map(|_| mask(&mut rng, p.cell_size, p.p, h, w)).collect();
-        let outputs = run_copies(cx, &job.input, end - start, |r, buf| {
-            let m = &masks[r];
-            for ch in 0..c {
-                for y in 0..h {
-                    for xx in 0..w {
-                        let i = index(spec, ch, y, xx);
-                        let keep = m[y * w + xx];
-                        buf[i] = b[i] + keep * (x[i] - b[i]);
+    let mut sums = Sums::new(targets.len(), h * w);
+    // Masks are drawn one batch at a time (in the same order, so a seed gives the same masks), a
+    // pair never split.
+    let batch = (cx.forward_rows() / unit).max(1) * unit;
+    let mut drawn = 0;
+    let mut stopped = "masks";
+    while drawn < budget {
+        let round_end = match auto {
+            true => (drawn + if drawn == 0 { FIRST_ROUND } else { drawn }).min(budget),
+            false => budget,
+        };
+        while drawn < round_end {
+            let end = (drawn + batch).min(round_end);
+            let mut masks: Vec<Vec<f32>> = Vec::with_capacity(end - drawn);
+            while masks.len() < end - drawn {
+                let m = mask(&mut rng, p.cell_size, p.p, h, w);
+                // Upsampling is linear, so the complement grid's mask is 1 - the mask.
+                let complement = (unit == 2).then(|| m.iter().map(|v| 1.0 - v).collect());
+                masks.push(m);
+                masks.extend(complement);
+            }
+            masks.truncate(end - drawn);
+            let outputs = run_copies(cx, &job.input, masks.len(), |r, buf| {
+                let m = &masks[r];
+                for ch in 0..c {
+                    for y in 0..h {
+                        for xx in 0..w {
+                            let i = index(spec, ch, y, xx);
+                            let keep = m[y * w + xx];
+                            buf[i] = b[i] + keep * (x[i] - b[i]);
+                        }
                     }
                 }
+            })?;
+            for pair in masks.chunks(unit).zip(outputs.chunks(unit)) {
+                // RISE weighs masks by the class probability.
+                let weighed: Vec<Vec<f64>> = pair.1.iter().map(|o| job.weighed_scores(o)).collect();
+                sums.add_unit(pair.0, &weighed, targets);
             }
-        })?;
-        for (r, m) in masks.iter().enumerate() {
-            // RISE weighs masks by the class probability.
-            let weighed = job.weighed_scores(&outputs[r]);
-            for ((sal, t), total) in sals.iter_mut().zip(targets).zip(score_sums.iter_mut()) {
-                let score = weighed[t.index];
-                *total += score;
-                for (s, v) in sal.iter_mut().zip(m) {
-                    *s += score * *v as f64;
-                }
-            }
-            for (k, v) in kept.iter_mut().zip(m) {
-                *k += *v as f64;
-            }
+            drawn = end;
         }
-        start = end;
+        if auto && (0..targets.len()).all(|ti| sums.result(ti, p).1.iter().all(|se| *se <= p.tolerance)) {
+            stopped = "tolerance";
+            break;
+        }
+    }
+    if auto && stopped != "tolerance" {
+        stopped = "sample budget reached";
     }
     let mut out = Vec::new();
-    let norm = count as f64 * p.p as f64;
-    for ((t, sal), total) in targets.iter().zip(sals).zip(score_sums) {
-        let mean = total / count as f64;
-        let values = sal.iter().zip(&kept).map(|(s, k)| match p.estimator {
-            RiseEstimator::Paper => s / norm,
-            RiseEstimator::Centered => mean + (s - mean * k) / norm,
+    for (ti, t) in targets.iter().enumerate() {
+        let (values, se) = sums.result(ti, p);
+        let details = serde_json::json!({
+            "samples": drawn,
+            "stopped": stopped,
+            "standard_error": error_summary(&se, &values),
         });
-        let map = Tensor::f32(vec![h, w], values.map(|v| v as f32).collect());
-        out.push(TargetAttribution::from_map(t, map, None, None));
+        let map = Tensor::f32(vec![h, w], values.iter().map(|v| *v as f32).collect());
+        out.push(TargetAttribution::from_map(t, map, None, Some(details)));
     }
     Ok(out)
+}
+
+/// Per pixel, the sums over units (a mask, or a complementary pair) that give each target's map
+/// and its standard error. A unit's s is its mean score, w its mean mask value at the pixel, v the
+/// mean of score x mask there; the map is mean(s) + (mean(v) - mean(s) mean(w)) / p (centered) or
+/// mean(v) / p (paper). Its standard error is that of the mean of each unit's influence on it (the
+/// map linearised in the units' sums).
+struct Sums {
+    units: usize,
+    w: Vec<f64>,
+    ww: Vec<f64>,
+    per_target: Vec<TargetSums>,
+}
+
+#[derive(Clone)]
+struct TargetSums {
+    s: f64,
+    ss: f64,
+    v: Vec<f64>,
+    vv: Vec<f64>,
+    vw: Vec<f64>,
+    sv: Vec<f64>,
+    sw: Vec<f64>,
+}
+
+impl Sums {
+    fn new(targets: usize, pixels: usize) -> Self {
+        let zeros = vec![0f64; pixels];
+        Self {
+            units: 0,
+            w: zeros.clone(),
+            ww: zeros.clone(),
+            per_target: vec![
+                TargetSums {
+                    s: 0.0,
+                    ss: 0.0,
+                    v: zeros.clone(),
+                    vv: zeros.clone(),
+                    vw: zeros.clone(),
+                    sv: zeros.clone(),
+                    sw: zeros,
+                };
+                targets
+            ],
+        }
+    }
+
+    /// Adds one unit: its masks and their weighed scores.
+    fn add_unit(&mut self, masks: &[Vec<f32>], weighed: &[Vec<f64>], targets: &[Prediction]) {
+        let k = masks.len().max(1) as f64;
+        let pixels = self.w.len();
+        let mean_w: Vec<f64> = (0..pixels)
+            .map(|j| masks.iter().map(|m| m[j] as f64).sum::<f64>() / k)
+            .collect();
+        for (j, wj) in mean_w.iter().enumerate() {
+            self.w[j] += wj;
+            self.ww[j] += wj * wj;
+        }
+        for (sums, t) in self.per_target.iter_mut().zip(targets) {
+            let scores: Vec<f64> = weighed
+                .iter()
+                .map(|row| row.get(t.index).copied().unwrap_or(0.0))
+                .collect();
+            let s = scores.iter().sum::<f64>() / k;
+            sums.s += s;
+            sums.ss += s * s;
+            for (j, wj) in mean_w.iter().enumerate() {
+                let v = masks.iter().zip(&scores).map(|(m, sc)| sc * m[j] as f64).sum::<f64>() / k;
+                sums.v[j] += v;
+                sums.vv[j] += v * v;
+                sums.vw[j] += v * wj;
+                sums.sv[j] += s * v;
+                sums.sw[j] += s * wj;
+            }
+        }
+        self.units += 1;
+    }
+
+    /// Target `ti`'s map and each pixel's standard error.
+    fn result(&self, ti: usize, p: &RiseParams) -> (Vec<f64>, Vec<f64>) {
+        let Some(t) = self.per_target.get(ti) else {
+            return (Vec::new(), Vec::new());
+        };
+        let u = self.units.max(1) as f64;
+        let q = p.p as f64;
+        let mean_s = t.s / u;
+        (0..self.w.len())
+            .map(|j| {
+                let (value, sum, sum_sq) = match p.estimator {
+                    RiseEstimator::Paper => (t.v[j] / (u * q), t.v[j] / q, t.vv[j] / (q * q)),
+                    RiseEstimator::Centered => {
+                        // Each unit's influence on the map: z = c s + (v - S w) / p, with c = 1 -
+                        // mean(w) / p the weight the mean score keeps (0 with complementary pairs).
+                        let c = 1.0 - self.w[j] / (u * q);
+                        let sum = c * t.s + (t.v[j] - mean_s * self.w[j]) / q;
+                        let sum_sq = c * c * t.ss
+                            + (t.vv[j] - 2.0 * mean_s * t.vw[j] + mean_s * mean_s * self.ww[j]) / (q * q)
+                            + 2.0 * c * (t.sv[j] - mean_s * t.sw[j]) / q;
+                        (mean_s + (t.v[j] - mean_s * self.w[j]) / (u * q), sum, sum_sq)
+                    }
+                };
+                let se = match self.units {
+                    0 | 1 => f64::INFINITY,
+                    _ => ((sum_sq - sum * sum / u).max(0.0) / (u * (u - 1.0))).sqrt(),
+                };
+                (value, se)
+            })
+            .unzip()
+    }
+}
+
+/// RISE's `details`, as `explain` writes them.
+#[derive(ToSchema)]
+#[allow(dead_code)] // The answer's shape for the document; `explain` writes it as JSON.
+pub struct RiseDetails {
+    /// Masks used.
+    samples: usize,
+    /// Why sampling stopped: `masks` (the number asked), `tolerance` (met) or `sample budget reached`.
+    stopped: String,
+    /// The standard errors of the map's pixels, in score units.
+    standard_error: super::sampling::ErrorSummary,
 }

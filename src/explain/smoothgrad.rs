@@ -1,6 +1,9 @@
 //! SmoothGrad (Smilkov et al. 2017): attributions averaged over noisy copies of the input, with
 //! the SmoothGrad-squared and VarGrad variants (Adebayo et al. 2018), over saliency or Integrated
-//! Gradients. Noise is seeded: the same seed gives the same bytes.
+//! Gradients. Noise is seeded: the same seed gives the same bytes. The noise comes in antithetic
+//! pairs (x + e, x - e), which cancels the gradient's first-order change with the noise, and each
+//! value's standard error comes from the pairs' spread; `samples: "auto"` draws copies in doubling
+//! rounds until the largest standard error is within `tolerance` of the largest attribution.
 
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
@@ -9,9 +12,12 @@ use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
 use super::integrated_gradients::{quadrature, Integration};
+use super::kernel_shap::{samples_schema, Samples};
 use super::method::{
     bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
 };
+use super::method::{schemas_of, NamedSchemas};
+use super::sampling::{error_summary, MeanError};
 use super::{fold_map, row, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
@@ -39,13 +45,31 @@ pub enum SmoothGradBase {
     IntegratedGradients,
 }
 
+/// The schema of SmoothGrad's `samples`.
+fn samples_param_schema() -> utoipa::openapi::Schema {
+    samples_schema(
+        1,
+        "Noisy copies of the input: a number (default 50; rounded up to an even number when `antithetic`) or \
+         `\"auto\"` (copies in doubling rounds from 16 until the largest standard error is within `tolerance` of \
+         the largest attribution, at most `max_samples` rows).",
+        false,
+    )
+}
+
 /// SmoothGrad parameters.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmoothGradParams {
-    /// Noisy copies of the input.
-    #[schema(default = 50, minimum = 1, extensions(("x-maximum" = json!(CONFIGURED_MAX_SAMPLES))))]
-    pub samples: usize,
+    /// Noisy copies of the input: a number, or `"auto"`.
+    #[schema(schema_with = samples_param_schema)]
+    pub samples: Samples,
+    /// With `samples: "auto"`: the largest standard error accepted, as a fraction of the largest
+    /// |attribution| (the variants `smoothgrad` and `smoothgrad_sq`).
+    #[schema(default = 0.05, exclusive_minimum = 0.0, maximum = 1.0)]
+    pub tolerance: f64,
+    /// Noise in antithetic pairs (x + e, x - e): the same expectation with less variance.
+    #[schema(default = true)]
+    pub antithetic: bool,
     /// Noise standard deviation as a fraction of the input's range (max - min).
     #[schema(default = 0.15, minimum = 0.0, maximum = 10.0)]
     pub noise_level: f32,
@@ -66,7 +90,9 @@ pub struct SmoothGradParams {
 impl Default for SmoothGradParams {
     fn default() -> Self {
         Self {
-            samples: 50,
+            samples: Samples::Fixed(50),
+            tolerance: 0.05,
+            antithetic: true,
             noise_level: 0.15,
             variant: SmoothGradVariant::Smoothgrad,
             base: SmoothGradBase::Saliency,
@@ -103,24 +129,47 @@ impl Method for SmoothGrad {
         text: true,
     };
 
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<SmoothGradDetails>())
+    }
+
     fn plan(p: &mut SmoothGradParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         let limit = cx.limits.max_samples;
-        check_range("samples", p.samples, 1, limit)?;
         if !p.noise_level.is_finite() {
             return Err(Invalid::Request("params.noise_level must be a finite number".into()));
         }
         check_range("noise_level", p.noise_level, 0.0, 10.0)?;
         check_range("steps", p.steps, 2, limit)?;
-        let per_target = mul(p.samples, p.points(), "samples x steps")?;
+        if !(p.tolerance.is_finite() && p.tolerance > 0.0 && p.tolerance <= 1.0) {
+            return Err(Invalid::Request(
+                "params.tolerance must be greater than 0 and at most 1".into(),
+            ));
+        }
+        let copies = match p.samples {
+            Samples::Fixed(n) => {
+                check_range("samples", n, 1, limit)?;
+                // Pairs are drawn whole.
+                let n = if p.antithetic { n.saturating_add(n % 2) } else { n };
+                p.samples = Samples::Fixed(n);
+                n
+            }
+            Samples::Auto(_) if p.variant == SmoothGradVariant::Vargrad => {
+                return Err(Invalid::Request(
+                    "params.samples: \"auto\" needs a standard error, which variant vargrad does not give".into(),
+                ))
+            }
+            Samples::Auto(_) => (limit / p.points()).max(2),
+        };
+        let per_target = mul(copies, p.points(), "samples x steps")?;
         let samples = mul(per_target, cx.targets, "samples x steps x targets")?;
         Ok(Cost {
             samples,
             rows: samples,
             // The noisy copies (shared by the targets), one batch at a time, per-target sums.
-            bytes: bytes(p.samples, 4)
+            bytes: bytes(copies, 4)
                 .saturating_mul(cx.input_len() as u64)
                 .saturating_add(cx.batch_bytes(cx.limits.max_batch, true))
-                .saturating_add(bytes(cx.input_len(), 16).saturating_mul(cx.targets as u64))
+                .saturating_add(bytes(cx.input_len(), 40).saturating_mul(cx.targets as u64))
                 .saturating_add(cx.answer_bytes()),
         })
     }
@@ -136,40 +185,109 @@ impl Method for SmoothGrad {
     }
 }
 
+/// Copies in the first round of `samples: "auto"`; each further round doubles the total.
+const FIRST_ROUND: usize = 16;
+
 fn explain(
     cx: &mut Cx,
     job: &ExplainJob,
     p: &SmoothGradParams,
     targets: &[Prediction],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let noisy = noisy_copies(job, p)?;
-    let m = moments(cx, job, p, targets, &noisy)?;
+    let mut noise = NoiseSource::new(job, p)?;
+    let n = job.input.as_f32().map_or(0, <[f32]>::len);
+    let mut m = Moments::new(targets.len(), n);
+    let (budget, auto) = match p.samples {
+        Samples::Fixed(count) => (count, false),
+        Samples::Auto(_) => ((job.limits.max_samples / p.points()).max(2), true),
+    };
+    let mut drawn = 0;
+    let mut stopped = "samples";
+    while drawn < budget {
+        let round = match auto {
+            true => (if drawn == 0 { FIRST_ROUND } else { drawn }).min(budget - drawn),
+            false => budget,
+        };
+        let noisy = noise.copies(round);
+        moments(cx, job, p, targets, &noisy, &mut m)?;
+        drawn += round;
+        if auto && m.relative_errors(p.variant).iter().all(|e| *e <= p.tolerance) {
+            stopped = "tolerance";
+            break;
+        }
+    }
+    if auto && stopped != "tolerance" {
+        stopped = "sample budget reached";
+    }
     Ok(targets
         .iter()
         .enumerate()
-        .map(|(ti, t)| combined(job, p, t, &m.sum[ti], &m.sum_sq[ti]))
+        .map(|(ti, t)| {
+            let mut a = combined(job, p, t, &m.sum[ti], &m.sum_sq[ti], drawn);
+            let errors = m.errors(ti, p.variant);
+            let mut details = serde_json::json!({"samples": drawn, "stopped": stopped});
+            if let Some((se, estimate)) = errors {
+                details["standard_error"] = error_summary(&se, &estimate);
+            }
+            a.details = Some(details);
+            a
+        })
         .collect())
 }
 
-/// The noisy copies of the input, shared by all targets (as Captum's NoiseTunnel draws per input).
-fn noisy_copies(job: &ExplainJob, p: &SmoothGradParams) -> Result<Vec<Vec<f32>>, RuntimeError> {
-    let x = job.input.as_f32().unwrap_or(&[]);
-    let (lo, hi) = x
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
-    let sigma = (p.noise_level * (hi - lo)).max(0.0);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
-    let normal = Normal::new(0f32, sigma.max(f32::MIN_POSITIVE)).map_err(|e| RuntimeError::Inference {
-        model: job.model.name.clone(),
-        message: format!("noise: {e}"),
-    })?;
-    Ok((0..p.samples)
-        .map(|_| {
-            x.iter()
-                .map(|v| if sigma > 0.0 { v + normal.sample(&mut rng) } else { *v })
-                .collect()
+/// The seeded noise, drawn in order (so a run that stops after m copies drew the same m copies as
+/// a run asked for m): plain, or in antithetic pairs.
+struct NoiseSource<'a> {
+    x: &'a [f32],
+    sigma: f32,
+    antithetic: bool,
+    rng: rand_chacha::ChaCha8Rng,
+    normal: Normal<f32>,
+}
+
+impl<'a> NoiseSource<'a> {
+    fn new(job: &'a ExplainJob, p: &SmoothGradParams) -> Result<Self, RuntimeError> {
+        let x = job.input.as_f32().unwrap_or(&[]);
+        let (lo, hi) = x
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+        let sigma = (p.noise_level * (hi - lo)).max(0.0);
+        let normal = Normal::new(0f32, sigma.max(f32::MIN_POSITIVE)).map_err(|e| RuntimeError::Inference {
+            model: job.model.name.clone(),
+            message: format!("noise: {e}"),
+        })?;
+        Ok(Self {
+            x,
+            sigma,
+            antithetic: p.antithetic,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(job.seed),
+            normal,
         })
-        .collect())
+    }
+
+    /// The next `count` noisy copies of the input, shared by all targets (as Captum's NoiseTunnel
+    /// draws per input); `count` is even with antithetic pairs.
+    fn copies(&mut self, count: usize) -> Vec<Vec<f32>> {
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let e: Vec<f32> = self
+                .x
+                .iter()
+                .map(|_| {
+                    if self.sigma > 0.0 {
+                        self.normal.sample(&mut self.rng)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            out.push(self.x.iter().zip(&e).map(|(v, e)| v + e).collect());
+            if self.antithetic && out.len() < count {
+                out.push(self.x.iter().zip(&e).map(|(v, e)| v - e).collect());
+            }
+        }
+        out
+    }
 }
 
 /// Per target, the sum and the sum of squares over the noisy copies of each value's gradient
@@ -180,7 +298,8 @@ fn moments(
     p: &SmoothGradParams,
     targets: &[Prediction],
     noisy: &[Vec<f32>],
-) -> Result<Moments, RuntimeError> {
+    m: &mut Moments,
+) -> Result<(), RuntimeError> {
     let n = job.input.as_f32().map_or(0, <[f32]>::len);
     let points = match p.base {
         SmoothGradBase::Saliency => vec![(1.0, 1.0)],
@@ -190,10 +309,16 @@ fn moments(
     let b = baseline.as_f32().unwrap_or(&[]);
     // Rows (target, copy, point) stream through in batches. A copy's value is complete after its
     // last point: Integrated Gradients sums its points first, so a scratch sum per target is kept.
-    let per_target = p.samples * points.len();
-    let mut sum = vec![vec![0f64; n]; targets.len()];
-    let mut sum_sq = vec![vec![0f64; n]; targets.len()];
+    let per_target = noisy.len() * points.len();
     let mut path = vec![vec![0f64; n]; targets.len()];
+    // A unit of the standard error: a copy, or an antithetic pair (two copies in a row).
+    let unit = if p.antithetic { 2 } else { 1 };
+    let Moments {
+        sum,
+        sum_sq,
+        units,
+        unit_part,
+    } = m;
     cx.gradient_stream(
         &[],
         RuleSet::Exact,
@@ -217,15 +342,21 @@ fn moments(
         |r, pass, i| {
             let (ti, s, k) = (r / per_target, (r % per_target) / points.len(), r % points.len());
             let g = &pass.input_grad.as_f32().unwrap_or(&[])[i * n..(i + 1) * n];
-            let add = |sum: &mut [f64], sum_sq: &mut [f64], j: usize, v: f64| {
+            let squared = p.variant != SmoothGradVariant::Smoothgrad;
+            // The copy's value goes to the moments, and to its unit's mean for the standard error.
+            let mut add = |sum: &mut [f64], sum_sq: &mut [f64], j: usize, v: f64| {
                 sum[j] += v;
                 sum_sq[j] += v * v;
+                unit_part[ti][j] += if squared { v * v } else { v } / unit as f64;
             };
             match p.base {
                 SmoothGradBase::Saliency => {
                     for (j, g) in g.iter().enumerate() {
                         let g = *g as f64;
                         add(&mut sum[ti], &mut sum_sq[ti], j, if p.abs { g.abs() } else { g });
+                    }
+                    if (s + 1) % unit == 0 {
+                        units[ti].add_unit(&mut unit_part[ti]);
                     }
                 }
                 SmoothGradBase::IntegratedGradients => {
@@ -240,24 +371,80 @@ fn moments(
                             add(&mut sum[ti], &mut sum_sq[ti], j, v);
                             path[ti][j] = 0.0;
                         }
+                        if (s + 1) % unit == 0 {
+                            units[ti].add_unit(&mut unit_part[ti]);
+                        }
                     }
                 }
             }
         },
     )?;
-    Ok(Moments { sum, sum_sq })
+    Ok(())
 }
 
-/// Per target, per input value: the sum and the sum of squares over the noisy copies.
+/// Per target, per input value: the sum and the sum of squares over the noisy copies, and the
+/// units (copies or antithetic pairs) of the mean the variant takes, for its standard error.
 struct Moments {
     sum: Vec<Vec<f64>>,
     sum_sq: Vec<Vec<f64>>,
+    units: Vec<MeanError>,
+    /// The unit being summed (a pair's first copy, until its second comes).
+    unit_part: Vec<Vec<f64>>,
+}
+
+impl Moments {
+    fn new(targets: usize, n: usize) -> Self {
+        Self {
+            sum: vec![vec![0f64; n]; targets],
+            sum_sq: vec![vec![0f64; n]; targets],
+            units: (0..targets).map(|_| MeanError::new(n)).collect(),
+            unit_part: vec![vec![0f64; n]; targets],
+        }
+    }
+
+    /// Target `ti`'s standard errors and the mean they are of (none for vargrad).
+    fn errors(&self, ti: usize, variant: SmoothGradVariant) -> Option<(Vec<f64>, Vec<f64>)> {
+        if variant == SmoothGradVariant::Vargrad {
+            return None;
+        }
+        let u = self.units.get(ti)?;
+        Some((u.standard_errors(), u.means()))
+    }
+
+    /// Per target, the largest standard error over the largest |mean|.
+    fn relative_errors(&self, variant: SmoothGradVariant) -> Vec<f64> {
+        (0..self.units.len())
+            .map(|ti| match self.errors(ti, variant) {
+                Some((se, mean)) => super::sampling::relative(&se, &mean),
+                None => f64::INFINITY,
+            })
+            .collect()
+    }
+}
+
+/// SmoothGrad's `details`, as `explain` writes them.
+#[derive(ToSchema)]
+#[allow(dead_code)] // The answer's shape for the document; `explain` writes it as JSON.
+pub struct SmoothGradDetails {
+    /// Noisy copies used.
+    samples: usize,
+    /// Why sampling stopped: `samples` (the number asked), `tolerance` (met) or `sample budget reached`.
+    stopped: String,
+    /// The standard errors of the attributions (per input value; none for vargrad).
+    standard_error: Option<super::sampling::ErrorSummary>,
 }
 
 /// One target's attribution from its moments, as the variant combines them.
-fn combined(job: &ExplainJob, p: &SmoothGradParams, t: &Prediction, sum: &[f64], sum_sq: &[f64]) -> TargetAttribution {
+fn combined(
+    job: &ExplainJob,
+    p: &SmoothGradParams,
+    t: &Prediction,
+    sum: &[f64],
+    sum_sq: &[f64],
+    drawn: usize,
+) -> TargetAttribution {
     let n = sum.len();
-    let m = p.samples as f64;
+    let m = drawn.max(1) as f64;
     let values: Vec<f32> = (0..n)
         .map(|i| {
             let mean = sum[i] / m;

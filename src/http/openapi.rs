@@ -415,6 +415,6 @@ mod tests {
             .as_array()
             .is_some_and(|e| e.len() > 1));
         let rise = params_schema(methods.get("rise").unwrap().as_ref(), limits);
-        assert_eq!(rise["properties"]["masks"]["maximum"], 1234, "{rise}");
+        assert_eq!(rise["properties"]["masks"]["oneOf"][0]["maximum"], 1234, "{rise}");
     }
 }

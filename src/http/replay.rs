@@ -226,7 +226,14 @@ pub async fn replay(
             if plan.examples && t.agreement != Agreement::Different {
                 // Example-based methods answer rows, not values: the rows must be the recorded ones.
                 let now_json = serde_json::to_value(now).map_err(ApiError::internal)?;
-                if crate::audit::record::summarize(&now_json) != target["summary"] {
+                // What the answer cost (its time on the worker) is no part of the explanation.
+                let without_cost = |mut summary: serde_json::Value| {
+                    if let Some(fields) = summary.as_object_mut() {
+                        fields.remove("cost");
+                    }
+                    summary
+                };
+                if without_cost(crate::audit::record::summarize(&now_json)) != without_cost(target["summary"].clone()) {
                     t.agreement = Agreement::Different;
                 }
             }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::eval::{Evaluation, ValidMetric};
 use crate::executor::Task;
 use crate::explain::{Cx, ExplainJob, TargetAttribution};
+use crate::runtime::job::PassCost;
 use crate::runtime::{JobContext, RuntimeError, WorkerRuntime};
 
 /// What an explanation job produced.
@@ -34,6 +35,8 @@ pub struct ExplainResult {
     pub regions: Vec<Option<std::sync::Arc<crate::common::targets::RegionMask>>>,
     /// A detector's detections of the input (input pixels), for drawing; empty for other models.
     pub detections: Vec<crate::runtime::detect::Detection>,
+    /// What the answer cost in pass units, as the runtime counted its passes.
+    pub cost: PassCost,
 }
 
 /// An explanation as a job for a worker: the method's job, and the metrics of each target's map.
@@ -77,6 +80,8 @@ pub fn run(
     // A segmenter explains its region sums, on a model lent to this job.
     let on_regions = super::region::on_regions(rt, ctx, job)?;
     let job = on_regions.as_ref().map_or(job, |on| &on.job);
+    // A job may run several explanations (a comparison): this one's passes are those counted from here.
+    let counted = ctx.cost();
     let (run, evaluations) = crate::explain::run(
         rt,
         ctx,
@@ -105,6 +110,7 @@ pub fn run(
         model_time: run.model_time,
         worker_time: Duration::ZERO,
         detections: run.detections,
+        cost: PassCost::default(),
     };
     // The randomisation check re-runs the method on other models: after the method's own passes.
     for metric in evaluate {
@@ -116,6 +122,10 @@ pub fn run(
         }
     }
     result.worker_time = began.elapsed();
+    result.cost = PassCost {
+        worker_ms: result.worker_time.as_secs_f64() * 1e3,
+        ..ctx.cost().since(&counted)
+    };
     Ok(result)
 }
 

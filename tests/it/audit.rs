@@ -154,6 +154,11 @@ async fn exercise(config: Config) -> Vec<String> {
     assert_eq!(rec["params"], saliency["params"]);
     assert_eq!(rec["targets"][0]["target"], saliency["target"]);
     assert!(rec["targets"][0]["summary"]["map"]["max"].is_number(), "{rec}");
+    // What the answer cost, as it said: one backward row for the top class.
+    assert_eq!(
+        rec["targets"][0]["summary"]["cost"], saliency["details"]["cost"],
+        "{rec}"
+    );
     assert!(
         rec["targets"][0]["map"]["data"].is_string(),
         "the map is kept when configured"

@@ -14,6 +14,7 @@ mod autodiff_rules;
 mod batching;
 mod cam_layout;
 mod contract;
+mod cost;
 mod counterfactual;
 mod deeplift;
 mod deploy;

@@ -197,7 +197,7 @@ pub fn explanations(
             convergence_delta: a.convergence_delta,
             layer: a.layer.clone(),
             overlay_png,
-            details: a.details.clone(),
+            details: Some(with_cost(a.details.clone(), &result.cost)),
             evaluation: result.evaluations.get(i).filter(|e| !e.is_empty()).cloned(),
         });
     }
@@ -235,6 +235,15 @@ fn detection_boxes(
         label: a.target.label.clone(),
         score: d.score,
     })
+}
+
+/// A target's `details` with what the whole answer cost added as `cost`.
+fn with_cost(details: Option<serde_json::Value>, cost: &crate::runtime::job::PassCost) -> serde_json::Value {
+    let mut details = details.unwrap_or_else(|| serde_json::json!({}));
+    if let Some(fields) = details.as_object_mut() {
+        fields.insert("cost".into(), serde_json::to_value(cost).unwrap_or_default());
+    }
+    details
 }
 
 /// An attribution's values as answered, with their shape: a map brought back onto the original

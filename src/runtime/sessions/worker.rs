@@ -13,6 +13,7 @@ use crate::onnx::autodiff::WEIGHTS_INPUT;
 use crate::onnx::dropout::{mask_input, MaskSite};
 use crate::runtime::batching::{Batching, Feed};
 use crate::runtime::gradients::GradientKey;
+use crate::runtime::job::CostMeter;
 use crate::runtime::tensor::{ElementType, Tensor, TensorData};
 use crate::runtime::{LoadedModel, RuntimeError};
 
@@ -34,13 +35,25 @@ pub struct GradientPass {
 pub struct WorkerRuntime {
     pub(super) store: Arc<SessionStore>,
     pub(super) max_batch: usize,
+    /// The running job's pass counter: every pass is counted into it, where it runs.
+    meter: Option<Arc<CostMeter>>,
 }
 
 impl WorkerRuntime {
     /// A handle on `store`.
     pub fn new(store: Arc<SessionStore>) -> Self {
         let max_batch = store.options.batching.max_batch;
-        Self { store, max_batch }
+        Self {
+            store,
+            max_batch,
+            meter: None,
+        }
+    }
+
+    /// Counts the passes that follow into `meter` (the running job's), until the next call
+    /// (`None` between jobs).
+    pub fn count_into(&mut self, meter: Option<Arc<CostMeter>>) {
+        self.meter = meter;
     }
 
     /// The model of that name (a loaded one, or one lent for a job).
@@ -111,7 +124,13 @@ impl WorkerRuntime {
                 .map(|(_, s)| s.clone())
                 .ok_or_else(|| RuntimeError::UnknownModel(model.name.clone()))?,
         };
-        self.run_batched(&session, model, &[(&model.spec.input, input)], Pass::Forward, sizing)
+        self.run_batched(
+            &session,
+            model,
+            &[(&model.spec.input, input)],
+            (Pass::Forward, None),
+            sizing,
+        )
     }
 
     /// Runs `model` with dropout masks at `sites` on `input` (first axis = batch), `masks[k]`
@@ -127,7 +146,7 @@ impl WorkerRuntime {
         let names: Vec<String> = (0..masks.len()).map(mask_input).collect();
         let mut feeds = vec![(model.spec.input.as_str(), input)];
         feeds.extend(names.iter().map(String::as_str).zip(masks));
-        self.run_batched(&session, model, &feeds, Pass::Forward, Sizing::budget())
+        self.run_batched(&session, model, &feeds, (Pass::Forward, None), Sizing::budget())
     }
 
     /// Runs `model` on `input` (first axis = batch) with the tensors `names` as further outputs,
@@ -144,7 +163,7 @@ impl WorkerRuntime {
             &session,
             model,
             &[(model.spec.input.as_str(), input)],
-            Pass::Forward,
+            (Pass::Forward, None),
             sizing,
         )
     }
@@ -240,7 +259,7 @@ impl WorkerRuntime {
         let pass = Pass::Backward {
             whole: rules == RuleSet::Rescale,
         };
-        let mut outputs = self.run_batched(session, model, &feeds, pass, sizing)?;
+        let mut outputs = self.run_batched(session, model, &feeds, (pass, Some(rules.label())), sizing)?;
         let mut take = |name: &str| {
             outputs.remove(name).ok_or_else(|| RuntimeError::Inference {
                 model: model.name.clone(),
@@ -274,13 +293,14 @@ impl WorkerRuntime {
     /// Runs a session on feeds that share their first (batch) axis: the one place a caller's rows
     /// are cut into passes, as many rows a pass as the pass budget allows (at most `sizing.most`),
     /// each pass holding a lease on the budget shared by every worker. The passes read the feeds
-    /// in place (a pass's rows are a contiguous run of each feed's values).
+    /// in place (a pass's rows are a contiguous run of each feed's values). Each pass is counted
+    /// into the running job's cost (`rules`: the backward model's rule set, `None` forward).
     fn run_batched(
         &mut self,
         session: &Shared,
         model: &LoadedModel,
         feeds: &[(&str, &Tensor)],
-        pass: Pass,
+        (pass, rules): (Pass, Option<&'static str>),
         mut sizing: Sizing,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
         let fail = |message: String| RuntimeError::Inference {
@@ -343,7 +363,11 @@ impl WorkerRuntime {
                     false => Feed::whole(name, shape.to_vec(), data.view()),
                 });
             }
-            for (name, t) in session.run(&model.name, &chunk)? {
+            let outputs = session.run(&model.name, &chunk)?;
+            if let Some(meter) = &self.meter {
+                meter.pass(end - start, rules);
+            }
+            for (name, t) in outputs {
                 parts.entry(name).or_default().push(t);
             }
             start = end;

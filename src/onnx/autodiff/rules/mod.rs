@@ -88,6 +88,17 @@ pub enum RuleSet {
 }
 
 impl RuleSet {
+    /// The rule set's family as answers name it (`details.cost.backward_rows`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            RuleSet::Exact => "exact",
+            RuleSet::ReluMaskedByInputAndGradient => "relu_masked_by_input_and_gradient",
+            RuleSet::ReluMaskedByGradient => "relu_masked_by_gradient",
+            RuleSet::Rescale => "rescale",
+            RuleSet::Relevance(_) => "relevance",
+        }
+    }
+
     /// Every rule set a caller can ask for, up to the values of its parameters (the relevance
     /// rules' epsilon and gamma change numbers, not which nodes its rules accept): what the model
     /// report dry-runs.
