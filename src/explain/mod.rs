@@ -30,6 +30,7 @@ mod sampled_shapley;
 mod score_cam;
 mod segments;
 mod similar_examples;
+mod slic;
 mod smoothgrad;
 mod transformer_relevance;
 mod tree_shap;
