@@ -13,9 +13,10 @@ pub struct Config {
     pub bind: String,
     /// Directory holding one folder per model (`model.onnx` + `model.toml`).
     pub models_dir: PathBuf,
-    /// Refuse to start when any model folder fails to load (today's all-or-nothing start). Off (the
-    /// default): a model that fails is listed with its error in `GET /v1/models`, `/readyz` and
-    /// the log, and the others serve.
+    /// Refuse to start when any model folder fails to load or any reference set fails to build
+    /// (all-or-nothing). Off (the default): a model that fails is listed with its error in `GET
+    /// /v1/models`, `/readyz` and the log, and the others serve; a set that fails is listed the
+    /// same way and its model serves without it.
     pub strict_models: bool,
     /// Path of the ONNX Runtime shared library; when absent, `ORT_DYLIB_PATH`, the executable's
     /// folder and the set-up script's cache are tried in that order.

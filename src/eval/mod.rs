@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use crate::common::baselines::{self, Baseline};
 use crate::common::{Invalid, Limits, MAX_FEATURES};
-use crate::runtime::manifest::Layout;
+use crate::runtime::manifest::{FeatureType, Layout};
 use crate::runtime::{LoadedModel, RuntimeError, Tensor};
 
 /// Steps of the deletion and insertion curves when the request gives none (OpenVINO XAI's 30).
@@ -444,7 +444,62 @@ fn substrate(subject: &Subject, kind: Substrate) -> Tensor {
         Substrate::Blur => Baseline::Blur,
         Substrate::Mean => Baseline::Mean,
     };
-    baselines::for_model(baseline, subject.input, subject.model, subject.seed)
+    let t = baselines::for_model(baseline, subject.input, subject.model, subject.seed);
+    match &subject.model.spec.tabular {
+        Some(tabular) => {
+            let background = subject.model.background.as_deref().unwrap_or_default();
+            let values = valid_values(t.as_f32().unwrap_or(&[]), &tabular.feature_types, background, kind);
+            Tensor::f32(t.shape.clone(), values)
+        }
+        None => t,
+    }
+}
+
+/// A tabular substrate restricted to the values each feature takes: an integer feature's value
+/// rounded, a categorical one's the background's most common category for `mean` (the mean of
+/// category codes is no category) and otherwise the category nearest the value. A removed
+/// feature then shows the model a row it can see, not a point between its categories.
+fn valid_values(row: &[f32], types: &[FeatureType], background: &[Vec<f32>], kind: Substrate) -> Vec<f32> {
+    row.iter()
+        .enumerate()
+        .map(|(j, &v)| match types.get(j) {
+            Some(FeatureType::Integer) => v.round(),
+            Some(FeatureType::Categorical { categories, .. }) if !categories.is_empty() => {
+                let most_common = || {
+                    let mut counts = vec![0usize; categories.len()];
+                    for r in background {
+                        if let Some(k) = r
+                            .get(j)
+                            .and_then(|x| categories.iter().position(|c| *c == f64::from(*x)))
+                        {
+                            counts[k] += 1;
+                        }
+                    }
+                    // The first of the most common (ties to the lower category).
+                    let best = counts
+                        .iter()
+                        .enumerate()
+                        .fold(0, |b, (k, n)| if *n > counts[b] { k } else { b });
+                    categories[best] as f32
+                };
+                let nearest = || {
+                    categories.iter().copied().fold(categories[0], |b, c| {
+                        if (c - f64::from(v)).abs() < (b - f64::from(v)).abs() {
+                            c
+                        } else {
+                            b
+                        }
+                    }) as f32
+                };
+                match kind {
+                    Substrate::Mean if !background.is_empty() => most_common(),
+                    _ if categories.contains(&f64::from(v)) => v,
+                    _ => nearest(),
+                }
+            }
+            _ => v,
+        })
+        .collect()
 }
 
 /// The element indices of feature `f` in one input row: every channel of a pixel, the feature,
@@ -522,6 +577,34 @@ mod tests {
         // Ranks [1.5, 1.5, 3] against [1, 2, 3].
         let r = spearman(&[1.0, 1.0, 2.0], &[1.0, 2.0, 3.0]).unwrap();
         assert!((r - 0.866_025_403_784_438_6).abs() < 1e-12, "{r}");
+    }
+
+    #[test]
+    fn tabular_substrates_take_only_values_the_features_take() {
+        let types = [
+            FeatureType::Continuous,
+            FeatureType::Integer,
+            FeatureType::Categorical {
+                categories: vec![1.0, 5.0, 9.0],
+                names: vec![],
+            },
+        ];
+        let background = vec![vec![0.0, 1.0, 9.0], vec![0.5, 2.0, 5.0], vec![1.0, 4.0, 9.0]];
+        // The mean row (0.5, 2.33, 7.67): the integer rounded, the category the most common one.
+        let mean = [0.5, 7.0 / 3.0, 23.0 / 3.0];
+        assert_eq!(
+            valid_values(&mean, &types, &background, Substrate::Mean),
+            vec![0.5, 2.0, 9.0]
+        );
+        // Zeros: 0 is no category; the nearest is.
+        assert_eq!(
+            valid_values(&[0.0; 3], &types, &background, Substrate::Black),
+            vec![0.0, 0.0, 1.0]
+        );
+        assert_eq!(
+            valid_values(&[0.2, 2.6, 5.0], &[], &background, Substrate::Mean),
+            vec![0.2, 2.6, 5.0]
+        );
     }
 
     #[test]

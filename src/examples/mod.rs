@@ -382,7 +382,10 @@ impl ReferenceSet {
 
 /// Why a request that needs a reference set cannot have one: the manifest section to add.
 pub fn no_set(model: &str) -> String {
-    format!("model `{model}` has no reference set: declare one in the `[reference]` section of its model.toml")
+    format!(
+        "model `{model}` has no reference set: declare one in the `[reference]` section of its model.toml \
+         (a declared set that failed at start is listed with why in GET /v1/models/{model})"
+    )
 }
 
 /// Bytes a set of rows `ids` holds with `floats` values in all over `checkpoints` checkpoints:

@@ -329,7 +329,13 @@ fn explain(
     if job.model.spec.tabular.is_some() {
         return explain_tabular(cx, job, p, targets);
     }
-    let players = Players::of(job, (p.segments, p.compactness), p.hide, p.text_features)?;
+    let players = Players::of(
+        &|| cx.checkpoint(),
+        job,
+        (p.segments, p.compactness),
+        p.hide,
+        p.text_features,
+    )?;
     let m = players.count;
     players.at_least(1, "LIME")?;
     let (pixels, hidden) = (&players.indices, &players.hidden);

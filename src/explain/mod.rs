@@ -32,6 +32,7 @@ mod sampling;
 mod score_cam;
 mod segments;
 mod similar_examples;
+mod slic;
 mod smoothgrad;
 mod transformer_relevance;
 mod tree_shap;

@@ -226,7 +226,7 @@ fn explain_text(
     targets: &[Prediction],
     scores: &[f64],
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
-    let players = Players::of(job, (0, 0), Hide::Gray, TextUnit::Words)?;
+    let players = Players::of(&|| cx.checkpoint(), job, (0, 0), Hide::Gray, TextUnit::Words)?;
     players.at_least(1, "occlusion")?;
     let words = players.count;
     let window = p.window.unwrap_or(1).clamp(1, words);

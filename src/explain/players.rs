@@ -48,8 +48,9 @@ pub(super) struct Players {
 
 impl Players {
     /// The job's players: SLIC superpixels of an image (`segments`, `compactness`, shown as
-    /// `hide`), or the words or tokens of a text.
+    /// `hide`), or the words or tokens of a text. `check` runs between the segmentation's steps.
     pub fn of(
+        check: &super::regression::Check,
         job: &ExplainJob,
         (segments, compactness): (u32, u8),
         hide: Hide,
@@ -76,7 +77,7 @@ impl Players {
             }
             _ => {
                 let spec = job.image_spec("this method")?;
-                let (labels, m) = segments::slic(&job.input, spec, segments, compactness)?;
+                let (labels, m) = segments::slic(&job.input, spec, segments, compactness, check)?;
                 Ok(Self {
                     count: m,
                     indices: segment_indices(spec, &labels, m),

@@ -157,7 +157,7 @@ impl LocalModel {
             check()?;
             let z = DMatrix::from_fn(chunk.len(), m, |r, j| f64::from(u8::from(bit(&self.z[chunk[r]], j))));
             let wz = DMatrix::from_fn(chunk.len(), m, |r, j| z[(r, j)] * sign * self.w[chunk[r]]);
-            s.szz += z.tr_mul(&wz);
+            add_tr_mul(&mut s.szz, &z, &wz, 1.0, check)?;
             for &i in chunk {
                 let w = sign * self.w[i];
                 s.sw += w;
@@ -196,9 +196,7 @@ impl LocalModel {
         let n = self.z.len();
         let mut g = DMatrix::zeros(n, n);
         for i in 0..n {
-            if i % 64 == 0 {
-                check()?;
-            }
+            check()?;
             for k in 0..=i {
                 let c = common(&self.z[i], &self.z[k]);
                 g[(i, k)] = c;
@@ -239,16 +237,9 @@ impl LocalModel {
         let factor = if alpha > 0.0 { cholesky(k.clone(), check)? } else { None };
         let mut sol = match factor {
             Some(l) => cholesky_solve(&l, &y, check)?,
-            None => {
-                let eigen = k.symmetric_eigen();
-                let eps = eigen.eigenvalues.iter().fold(0f64, |a, e| a.max(e.abs())) * 1e-10;
-                let mut along = eigen.eigenvectors.tr_mul(&y);
-                for (r, e) in eigen.eigenvalues.iter().enumerate() {
-                    let scale = if *e > eps { 1.0 / e } else { 0.0 };
-                    along.row_mut(r).scale_mut(scale);
-                }
-                &eigen.eigenvectors * along
-            }
+            // y need not lie in K's range (more samples than features, or repeated coalitions
+            // with different scores): first its part in the range, K^+ K y, then K^+ of that.
+            None => least_norm(&k, &least_norm(&k, &(&k * &y), check)?, check)?,
         };
         check()?;
         // coef = Z' D P sol; b = X' y = Z' D y (y is already projected).
@@ -333,15 +324,147 @@ pub(super) fn cholesky(mut a: DMatrix<f64>, check: &Check) -> Result<Option<DMat
     Ok(Some(a))
 }
 
-/// Solves L L' x = b for each column of `b`, with the factor from [`cholesky`].
+/// Solves L L' x = b for every column of `b` at once, with the factor from [`cholesky`]: by blocks
+/// of rows, each block's update from the others a matrix product, `check` between blocks (a
+/// triangular solve of thousands of rows is otherwise a generic loop of a second in a debug build).
 pub(super) fn cholesky_solve(l: &DMatrix<f64>, b: &DMatrix<f64>, check: &Check) -> Result<DMatrix<f64>, RuntimeError> {
+    let n = l.nrows();
     let mut x = b.clone();
-    for mut column in x.column_iter_mut() {
+    // Forward: L y = b.
+    for k in (0..n).step_by(BLOCK) {
         check()?;
-        l.solve_lower_triangular_mut(&mut column);
-        l.tr_solve_lower_triangular_mut(&mut column);
+        let kb = BLOCK.min(n - k);
+        if k > 0 {
+            let update = l.view((k, 0), (kb, k)) * x.rows(0, k);
+            let mut rows = x.rows_mut(k, kb);
+            rows -= update;
+        }
+        let mut xk = x.rows(k, kb).clone_owned();
+        l.view((k, k), (kb, kb)).solve_lower_triangular_mut(&mut xk);
+        x.rows_mut(k, kb).copy_from(&xk);
+    }
+    // Backward: L' x = y.
+    for k in (0..n).step_by(BLOCK).rev() {
+        check()?;
+        let kb = BLOCK.min(n - k);
+        let end = k + kb;
+        if end < n {
+            let update = l.view((end, k), (n - end, kb)).transpose() * x.rows(end, n - end);
+            let mut rows = x.rows_mut(k, kb);
+            rows -= update;
+        }
+        let mut xk = x.rows(k, kb).clone_owned();
+        l.view((k, k), (kb, kb)).tr_solve_lower_triangular_mut(&mut xk);
+        x.rows_mut(k, kb).copy_from(&xk);
     }
     Ok(x)
+}
+
+/// Output columns per step of [`add_tr_mul`]: at 2,048 features and 256 rows a step is 34 Mflop.
+const STRIP: usize = 64;
+
+/// `acc += scale z' y`, a strip of `acc`'s columns at a time with `check` between strips, as a
+/// plain matrix product (nalgebra's `gemm`, which runs `matrixmultiply`'s optimised kernels; its
+/// `tr_mul` is a generic loop, a thousand times slower in a debug build, and one call).
+pub(super) fn add_tr_mul(
+    acc: &mut DMatrix<f64>,
+    z: &DMatrix<f64>,
+    y: &DMatrix<f64>,
+    scale: f64,
+    check: &Check,
+) -> Result<(), RuntimeError> {
+    let zt = z.transpose();
+    let cols = y.ncols();
+    for c in (0..cols).step_by(STRIP) {
+        check()?;
+        let cb = STRIP.min(cols - c);
+        acc.columns_mut(c, cb).gemm(scale, &zt, &y.columns(c, cb), 1.0);
+    }
+    Ok(())
+}
+
+/// The least-norm solution of `a x = b` for each column of `b`, `a` symmetric positive
+/// semi-definite and `b` in its range (a pseudo-inverse's solution, numpy's `lstsq`): conjugate
+/// gradients from zero, whose steps stay in `a`'s range, with the job's `check` at every step (an
+/// SVD or eigen-decomposition is one call that runs for seconds on thousands of rows). Stops at a
+/// residual of 1e-13 of `b`'s, or after `3n + 50` steps (rounding on a near-singular matrix).
+pub(super) fn least_norm(a: &DMatrix<f64>, b: &DMatrix<f64>, check: &Check) -> Result<DMatrix<f64>, RuntimeError> {
+    let n = a.nrows();
+    let mut x = DMatrix::<f64>::zeros(n, b.ncols());
+    for (c, mut out) in x.column_iter_mut().enumerate() {
+        let mut r = b.column(c).into_owned();
+        let goal = r.norm_squared() * 1e-26;
+        let mut p = r.clone();
+        let mut rr = r.norm_squared();
+        for _ in 0..3 * n + 50 {
+            if rr <= goal || rr == 0.0 {
+                break;
+            }
+            check()?;
+            let ap = a * &p;
+            let pap = p.dot(&ap);
+            if pap <= 0.0 || !pap.is_finite() {
+                break;
+            }
+            let step = rr / pap;
+            out.axpy(step, &p, 1.0);
+            r.axpy(-step, &ap, 1.0);
+            let next = r.norm_squared();
+            p.axpy(1.0, &r, next / rr);
+            rr = next;
+        }
+    }
+    Ok(x)
+}
+
+/// The largest eigenvalue of the symmetric positive semi-definite `a`, by power iteration (to
+/// 1e-3), with `check` at every step.
+pub(super) fn largest_eigenvalue(a: &DMatrix<f64>, check: &Check) -> Result<f64, RuntimeError> {
+    let n = a.nrows();
+    // Not the ones vector alone: a matrix of nonnegative sums has its top eigenvector near it,
+    // but a difference of such sums need not.
+    let mut v = DVector::from_fn(n, |i, _| 1.0 + 0.5 * ((i * 7919 % 101) as f64 / 101.0));
+    v /= v.norm().max(f64::MIN_POSITIVE);
+    let mut value = 0.0;
+    for _ in 0..100 {
+        check()?;
+        let w = a * &v;
+        let next = v.dot(&w);
+        let norm = w.norm();
+        if norm == 0.0 || !norm.is_finite() {
+            return Ok(next.max(0.0));
+        }
+        v = w / norm;
+        if (next - value).abs() <= 1e-3 * next.abs() {
+            return Ok(next);
+        }
+        value = next;
+    }
+    Ok(value)
+}
+
+/// The smallest eigenvalue of the matrix whose Cholesky factor is `l`, by inverse iteration (to
+/// 1e-3) through the factor, with `check` at every step.
+pub(super) fn smallest_eigenvalue(l: &DMatrix<f64>, check: &Check) -> Result<f64, RuntimeError> {
+    let n = l.nrows();
+    let mut v = DMatrix::from_fn(n, 1, |i, _| 1.0 + 0.5 * ((i * 104729 % 97) as f64 / 97.0) - 0.7);
+    v /= v.norm().max(f64::MIN_POSITIVE);
+    let mut inverse = 0.0;
+    for _ in 0..100 {
+        let w = cholesky_solve(l, &v, check)?;
+        let next = v.dot(&w);
+        let norm = w.norm();
+        if norm == 0.0 || !norm.is_finite() {
+            return Ok(0.0);
+        }
+        v = w / norm;
+        if (next - inverse).abs() <= 1e-3 * next.abs() {
+            inverse = next;
+            break;
+        }
+        inverse = next;
+    }
+    Ok(if inverse > 0.0 { 1.0 / inverse } else { 0.0 })
 }
 
 /// The features on in packed `bits` (of `m`).
@@ -386,11 +509,7 @@ impl Sums {
         let factor = if alpha > 0.0 { cholesky(a.clone(), check)? } else { None };
         let coef = match factor {
             Some(l) => cholesky_solve(&l, &b, check)?,
-            None => {
-                let svd = a.svd(true, true);
-                let eps = svd.singular_values.max() * 1e-10;
-                svd.solve(&b, eps).unwrap_or_else(|_| DMatrix::zeros(m, t))
-            }
+            None => least_norm(&a, &b, check)?,
         };
         Ok((0..t)
             .map(|c| {
@@ -441,6 +560,36 @@ mod tests {
         // Not positive definite: no factor. A cancelled job: an error, not a factor.
         assert!(cholesky(-a.clone(), &ok).unwrap().is_none());
         assert!(cholesky(a, &|| Err(RuntimeError::Cancelled)).is_err());
+    }
+
+    #[test]
+    fn the_iterative_solvers_match_nalgebras_decompositions_and_stop_when_asked() {
+        let mut next = stream(3);
+        let n = 70;
+        // Rank 30: the least-norm solution is the pseudo-inverse's.
+        let x = DMatrix::from_fn(n, 30, |_, _| next() - 0.5);
+        let a = &x * x.transpose();
+        let b = &a * DMatrix::from_fn(n, 2, |_, _| next());
+        let ok = || Ok(());
+        let ours = least_norm(&a, &b, &ok).unwrap();
+        let svd = a.clone().svd(true, true);
+        let theirs = svd.solve(&b, svd.singular_values.max() * 1e-10).unwrap();
+        assert!(
+            (&ours - &theirs).amax() < 1e-8 * theirs.amax(),
+            "{}",
+            (ours - theirs).amax()
+        );
+        let eigen = a.clone().symmetric_eigen();
+        let hi = eigen.eigenvalues.max();
+        assert!((largest_eigenvalue(&a, &ok).unwrap() - hi).abs() < 0.02 * hi);
+        let spd = &a + DMatrix::identity(n, n) * 0.05;
+        let lo = spd.clone().symmetric_eigen().eigenvalues.min();
+        let l = cholesky(spd, &ok).unwrap().unwrap();
+        assert!((smallest_eigenvalue(&l, &ok).unwrap() - lo).abs() < 0.02 * lo);
+        let stop = || Err(RuntimeError::Cancelled);
+        assert!(least_norm(&a, &b, &stop).is_err());
+        assert!(largest_eigenvalue(&a, &stop).is_err());
+        assert!(smallest_eigenvalue(&l, &stop).is_err());
     }
 
     #[test]

@@ -149,6 +149,7 @@ fn explain(
     let players = match job.model.spec.tabular {
         Some(_) => None,
         None => Some(Players::of(
+            &|| cx.checkpoint(),
             job,
             (p.segments, p.compactness),
             super::Hide::Black,

@@ -2,9 +2,9 @@
 //! image, relabelled to contiguous ids.
 
 use super::perturb::index;
+use super::regression::Check;
 use crate::runtime::manifest::ImageSpec;
-use crate::runtime::preprocess::InputError;
-use crate::runtime::Tensor;
+use crate::runtime::{RuntimeError, Tensor};
 
 /// The input image back in 0-255 RGB bytes (undoing the normalisation), `height x width x 3`.
 pub(super) fn rgb_bytes(input: &Tensor, spec: &ImageSpec) -> Vec<u8> {
@@ -23,23 +23,23 @@ pub(super) fn rgb_bytes(input: &Tensor, spec: &ImageSpec) -> Vec<u8> {
     out
 }
 
-/// SLIC superpixels: one id per pixel (row-major), ids `0..count`.
+/// SLIC superpixels: one id per pixel (row-major), ids `0..count`. `check` runs between its steps.
 pub(super) fn slic(
     input: &Tensor,
     spec: &ImageSpec,
     segments: u32,
     compactness: u8,
-) -> Result<(Vec<usize>, usize), InputError> {
+    check: &Check,
+) -> Result<(Vec<usize>, usize), RuntimeError> {
     let bytes = rgb_bytes(input, spec);
-    let labels = simple_clustering::slic_from_bytes(
+    let labels = super::slic::slic(
         segments.max(1),
         compactness,
         spec.width as u32,
         spec.height as u32,
-        None,
         &bytes,
-    )
-    .map_err(|e| InputError::BadFeatures(format!("superpixel segmentation failed: {e}")))?;
+        check,
+    )?;
     // Contiguous ids in order of first appearance.
     let mut map = std::collections::HashMap::new();
     let relabelled: Vec<usize> = labels
@@ -69,8 +69,8 @@ pub(super) fn multiscale(
     spec: &ImageSpec,
     (counts, compactness): (&[u32], u8),
     radius: usize,
-    checkpoint: &dyn Fn() -> Result<(), crate::runtime::RuntimeError>,
-) -> Result<(Vec<Region>, Vec<usize>), crate::runtime::RuntimeError> {
+    checkpoint: &Check,
+) -> Result<(Vec<Region>, Vec<usize>), RuntimeError> {
     let (h, w) = (spec.height, spec.width);
     let most = (h * w / 4).max(2) as u32;
     let r = radius as isize;
@@ -89,7 +89,7 @@ pub(super) fn multiscale(
         }
         done.push(count);
         checkpoint()?;
-        let (labels, m) = slic(input, spec, count, compactness)?;
+        let (labels, m) = slic(input, spec, count, compactness, checkpoint)?;
         given.push(m);
         let mut members: Vec<Vec<u32>> = vec![Vec::new(); m];
         // The labels seen around each pixel, once each (stamped with the pixel).

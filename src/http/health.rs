@@ -23,6 +23,10 @@ pub struct Health {
     /// Readiness: model folders that failed to load (the others serve); absent when none did.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed_models: Vec<super::models::FailedModel>,
+    /// Readiness: reference sets that failed at start, by model name, with why (their models
+    /// serve without them); absent when none did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_reference_sets: Vec<super::models::FailedModel>,
 }
 
 /// The process is up.
@@ -34,6 +38,7 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<Health> {
         jobs,
         capacity,
         failed_models: Vec::new(),
+        failed_reference_sets: Vec::new(),
     })
 }
 
@@ -46,6 +51,7 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<Health> {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let (jobs, capacity) = state.executor.load();
     let failed = super::models::failed_models(&state.registry);
+    let failed_sets = super::models::failed_reference_sets(&state.references);
     let database = match &state.shared_jobs {
         Some(shared) => shared.reachable().await,
         None => true,
@@ -58,6 +64,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
                 jobs,
                 capacity,
                 failed_models: failed,
+                failed_reference_sets: failed_sets,
             }),
         );
     }
@@ -69,6 +76,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
                 jobs,
                 capacity,
                 failed_models: failed,
+                failed_reference_sets: failed_sets,
             }),
         )
     } else {
@@ -79,6 +87,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
                 jobs,
                 capacity,
                 failed_models: failed,
+                failed_reference_sets: failed_sets,
             }),
         )
     }

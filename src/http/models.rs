@@ -45,6 +45,11 @@ pub struct ModelInfo {
     /// The reference set (`[reference]`) for similar examples, influence and suspects.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_set: Option<crate::examples::ReferenceSummary>,
+    /// Why its reference set could not be built or loaded at start, when it could not: the model
+    /// serves without it (methods that need it are refused) until an upload succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "labels.csv: line 3: label `Hat` is not one of the model's labels")]
+    pub reference_set_failed: Option<String>,
 }
 
 /// A method that cannot explain a model, and why.
@@ -130,6 +135,7 @@ impl ModelInfo {
             method_details,
             uncertainty,
             reference_set: state.references.get(&m.name).map(|r| r.summary()),
+            reference_set_failed: state.references.failure(&m.name),
         }
     }
 }
@@ -163,6 +169,14 @@ pub fn failed_models(registry: &crate::runtime::Registry) -> Vec<FailedModel> {
             name: name.clone(),
             error: error.clone(),
         })
+        .collect()
+}
+
+/// The reference sets that failed at start, by model name (their models serve without them).
+pub fn failed_reference_sets(sets: &crate::examples::Sets) -> Vec<FailedModel> {
+    sets.failed()
+        .into_iter()
+        .map(|(name, error)| FailedModel { name, error })
         .collect()
 }
 

@@ -24,8 +24,9 @@ impl Task for BuildReference {
 
 /// At start: every model whose manifest has `[reference]`, or that has an uploaded set in force,
 /// gets its set (the upload's, else the manifest's), loaded from the data directory when it is
-/// still valid, else built on the executor (and kept). A set that cannot be read is an error
-/// naming the file and line: the service does not start without it.
+/// still valid, else built on the executor (and kept). A set that cannot be read or built (the
+/// error names the file and line) is recorded in `sets` as failed, with why, and its model serves
+/// without it; with `strict_models` the service does not start.
 pub async fn prepare_all(
     registry: &Arc<Registry>,
     sets: &Sets,
@@ -41,48 +42,80 @@ pub async fn prepare_all(
                 None => continue,
             },
         };
-        let (registry, gradients, config2, model2) =
-            (registry.clone(), gradients.clone(), config.clone(), model.clone());
-        let path = store::path(&config.data_dir, &model.name);
-        let (plan, kept) = tokio::task::spawn_blocking(move || {
-            let plan = Plan::new(&model2, &spec, &registry, &gradients, &config2)?;
-            let kept = match store::load(&path, plan.listing.inputs.clone()) {
-                Ok(Some(set)) => match plan.matches(&set) {
-                    Ok(()) => Some(set),
-                    Err(why) => {
-                        tracing::info!(model = %model2.name, reason = why, "reference set rebuilt");
-                        None
-                    }
-                },
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(model = %model2.name, error = %e, "kept reference set unreadable: rebuilt");
-                    None
-                }
-            };
-            Ok::<_, String>((plan, kept))
-        })
-        .await?
-        .map_err(|e| anyhow::anyhow!("model `{}`: reference set: {e}", model.name))?;
-        let set = match kept {
-            Some(set) => set,
-            None => {
-                let control = Control {
-                    deadline: Duration::from_millis(config.async_job_deadline_ms),
-                    cancelled: Default::default(),
-                    progress: Default::default(),
-                };
-                let admission = executor.admit().map_err(|e| anyhow::anyhow!("{e}"))?;
-                build_and_keep(admission, plan, control, &config.data_dir)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("model `{}`: reference set: {e}", model.name))?
+        match prepare(model, spec, registry, gradients, executor, config).await {
+            Ok(set) => {
+                tracing::info!(model = %model.name, rows = set.len(), bytes = set.bytes(), embedding = %set.head.embedding,
+                    influence = !set.checkpoints.is_empty(), loaded = set.loaded, "reference set ready");
+                sets.put(&model.name, Arc::new(set));
             }
-        };
-        tracing::info!(model = %model.name, rows = set.len(), bytes = set.bytes(), embedding = %set.head.embedding,
-            influence = !set.checkpoints.is_empty(), loaded = set.loaded, "reference set ready");
-        sets.put(&model.name, Arc::new(set));
+            Err(e) if config.strict_models => anyhow::bail!("model `{}`: reference set: {e}", model.name),
+            Err(e) => {
+                let reason = shown(&e, config);
+                tracing::error!(model = %model.name, error = %reason,
+                    "reference set failed; the model serves without it (strict_models = false)");
+                sets.fail(&model.name, reason);
+            }
+        }
     }
     Ok(())
+}
+
+/// `model`'s set from `spec`: the kept one when still valid, else built on the executor and kept.
+async fn prepare(
+    model: &Arc<crate::runtime::LoadedModel>,
+    spec: crate::runtime::manifest::ReferenceSpec,
+    registry: &Arc<Registry>,
+    gradients: &Arc<GradientCache>,
+    executor: &Arc<Executor>,
+    config: &Config,
+) -> Result<ReferenceSet, String> {
+    let (registry, gradients, config2, model2) = (registry.clone(), gradients.clone(), config.clone(), model.clone());
+    let path = store::path(&config.data_dir, &model.name);
+    let (plan, kept) = tokio::task::spawn_blocking(move || {
+        let plan = Plan::new(&model2, &spec, &registry, &gradients, &config2)?;
+        let kept = match store::load(&path, plan.listing.inputs.clone()) {
+            Ok(Some(set)) => match plan.matches(&set) {
+                Ok(()) => Some(set),
+                Err(why) => {
+                    tracing::info!(model = %model2.name, reason = why, "reference set rebuilt");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(model = %model2.name, error = %e, "kept reference set unreadable: rebuilt");
+                None
+            }
+        };
+        Ok::<_, String>((plan, kept))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    if let Some(set) = kept {
+        return Ok(set);
+    }
+    let control = Control {
+        deadline: Duration::from_millis(config.async_job_deadline_ms),
+        cancelled: Default::default(),
+        progress: Default::default(),
+    };
+    let admission = executor.admit().map_err(|e| e.to_string())?;
+    build_and_keep(admission, plan, control, &config.data_dir).await
+}
+
+/// A failure as clients see it: without the server's models and data directories.
+fn shown(error: &str, config: &Config) -> String {
+    let mut error = error.to_string();
+    for dir in [&config.models_dir, &config.data_dir] {
+        let dir = dir.display().to_string();
+        let prefix = format!(
+            "{}{}",
+            dir.trim_end_matches(std::path::MAIN_SEPARATOR),
+            std::path::MAIN_SEPARATOR
+        );
+        error = error.replace(&prefix, "");
+    }
+    error
 }
 
 /// Builds `plan` on the executor under `control` and keeps the set in `data_dir`.

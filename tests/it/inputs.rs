@@ -202,6 +202,13 @@ async fn an_int64_tabular_model_is_served_and_explained_by_perturbation() {
     for c in v["details"]["anchor"].as_array().unwrap() {
         let i = FEATURES.iter().position(|f| *f == c["feature"]).unwrap();
         assert!(valid(i, c["value"].as_f64().unwrap()), "{c}");
+        // A categorical feature's condition is an equality, named by its category.
+        if c["feature"] == "colour" {
+            assert_eq!((&c["op"], &c["text"]), (&json!("="), &json!("colour = blue")), "{c}");
+        }
+        if c["feature"] == "flag" {
+            assert_eq!((&c["op"], &c["text"]), (&json!("="), &json!("flag = 1")), "{c}");
+        }
     }
     s.stop().await.unwrap();
 }

@@ -566,7 +566,11 @@ async fn bad_reference_files_refuse_the_start_naming_file_and_line() {
             csv.display()
         );
         write_folder(&models, "fashion", &onnx, &fashion_manifest(&toml));
-        let mut config = test_config(&models);
+        // All or nothing with `strict_models`; without it, see the test below.
+        let mut config = Config {
+            strict_models: true,
+            ..test_config(&models)
+        };
         if *limit == "rows" {
             config.max_reference_rows = 1;
         }
@@ -587,6 +591,70 @@ async fn bad_reference_files_refuse_the_start_naming_file_and_line() {
         explaind::Service::start(test_config(&models)).await.err().unwrap()
     );
     assert!(err.contains("reference") && err.contains("images"), "{err}");
+}
+
+#[tokio::test]
+async fn a_failing_reference_set_leaves_its_model_serving_and_is_reported_with_why() {
+    let dir = temp_dir("reference-failing");
+    let reference = dir.join("ref");
+    make_reference(&reference, "train", 0, 5, 0.0);
+    let onnx = std::fs::read(root().join("models/fashion-cnn/model.onnx")).unwrap();
+    let models = dir.join("models");
+    std::fs::create_dir_all(&reference).unwrap();
+    let csv = reference.join("bad-labels.csv");
+    std::fs::write(&csv, "id,label\ntrain-00000.png,Ankle boot\ntrain-00001.png,Hat\n").unwrap();
+    let toml = format!(
+        "images = \"{}\"\nlabels = \"{}\"",
+        reference.join("images").display(),
+        csv.display()
+    );
+    write_folder(&models, "fashion", &onnx, &fashion_manifest(&toml));
+    common::copy_bundled("breast-cancer", &models);
+    let service = start(test_config(&models)).await;
+    // The model serves: predictions and methods that need no reference set answer.
+    let body = json!({"image": png(&reference.join("images/train-00000.png"))});
+    ok_json(post_json(&service, "/v1/models/fashion/predict", &body).await).await;
+    let features = json!({"features": common::breast_cancer_holdout()[0], "params": {"samples": 64}});
+    ok_json(post_json(&service, "/v1/models/breast-cancer/explain/kernel-shap", &features).await).await;
+    // The set is reported as failed, with why, in the model list and in readiness.
+    let list = get_json(&service, "/v1/models").await;
+    let fashion = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "fashion")
+        .unwrap();
+    let why = fashion["reference_set_failed"].as_str().unwrap_or_default().to_string();
+    assert!(
+        why.contains("bad-labels.csv") && why.contains("line 3: label `Hat`"),
+        "{why}"
+    );
+    assert!(fashion.get("reference_set").is_none(), "{fashion}");
+    assert_eq!(list["failed"], json!([]), "{list}");
+    let ready = get_json(&service, "/readyz").await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(
+        ready["failed_reference_sets"],
+        json!([{"name": "fashion", "error": why}]),
+        "{ready}"
+    );
+    // Methods that need it are refused, pointing at where the reason is.
+    let refused = problem(
+        post_json(&service, "/v1/models/fashion/explain/similar-examples", &body).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    assert!(
+        refused["detail"].as_str().unwrap().contains("GET /v1/models/fashion"),
+        "{refused}"
+    );
+    // (The model list echoes the manifest's own paths; the reason adds none.)
+    for answer in [why, ready.to_string(), refused.to_string()] {
+        assert!(!answer.contains(&dir.display().to_string()), "{answer}");
+        common::assert_discloses_nothing(&answer);
+    }
+    service.stop().await.unwrap();
 }
 
 #[tokio::test]

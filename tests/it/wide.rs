@@ -1,7 +1,8 @@
 //! Wide tables: KernelSHAP and LIME over 2,048 features answer within the default memory budget
 //! (`max_job_bytes`), KernelSHAP equal to the exact linear SHAP values within its standard errors;
 //! their cost estimate moves with `samples`; and a job cancelled while its regression is being
-//! solved frees its worker at once. A real server on loopback throughout.
+//! solved (Cholesky, least-norm conjugate gradients, KernelSHAP's conditioning test) frees its
+//! worker within 100 ms, and SIGTERM then is not delayed. A real server on loopback throughout.
 
 use std::time::{Duration, Instant};
 
@@ -246,6 +247,148 @@ async fn a_job_cancelled_mid_solver_frees_its_worker_at_once() {
     eprintln!("lime over {WIDE} features: worker free {stopped:?} after the cancel, mid-solver");
     assert!(stopped < Duration::from_secs(1), "{stopped:?}");
     s.stop().await.unwrap();
+}
+
+/// Submits `body` as a job at `base` and waits until every one of its `rows` model rows has run
+/// and it still runs (it is in its solver), then `settle` longer; returns the job's id.
+async fn in_solver(http: &reqwest::Client, base: &str, body: &Value, rows: u64, settle: Duration) -> String {
+    let r = http.post(format!("{base}/v1/jobs")).json(body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v: Value = http
+            .get(format!("{base}/v1/jobs/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["state"] == "running" && v["progress"]["done"].as_u64().unwrap() >= rows {
+            break;
+        }
+        assert!(
+            v["state"] == "running" || v["state"] == "queued",
+            "the fit ended first: {v}"
+        );
+        assert!(Instant::now() < deadline, "never reached the solver: {v}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(settle).await;
+    let v: Value = http
+        .get(format!("{base}/v1/jobs/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "running", "the solver ended before the cancel: {v}");
+    id
+}
+
+/// The solvers that were single library calls (LIME without a penalty: the least-norm solution;
+/// KernelSHAP with as many pairs as players: the test of its kernel matrix's conditioning) stop
+/// within about 100 ms of a cancel, as every step checks the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_in_a_least_norm_or_conditioning_solver_stops_at_once() {
+    let (s, _) = wide_service(|c| {
+        c.workers = 1;
+        c.queue_capacity = 0;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let base = url(&s, "");
+    let cases = [
+        (
+            "lime, alpha 0",
+            json!({"model": "wide", "method": "lime", "features": input(), "params": {"samples": 4096, "alpha": 0.0}}),
+            4096,
+            3000,
+        ),
+        (
+            "kernel-shap, 2,048 pairs",
+            json!({"model": "wide", "method": "kernel-shap", "features": input(),
+                   "params": {"samples": 4096, "background_rows": 1}}),
+            4096,
+            300,
+        ),
+    ];
+    // Cancelled well into the solve (an SVD / eigen-decomposition of 2,048 rows before, for
+    // minutes in a debug build), past the sums it starts with.
+    for (what, body, rows, settle) in cases {
+        let id = in_solver(&http, &base, &body, rows, Duration::from_millis(settle)).await;
+        let cancelled = Instant::now();
+        let r = http.delete(url(&s, &format!("/v1/jobs/{id}"))).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        // The one worker takes new work as soon as the solver stops.
+        loop {
+            let r = http
+                .post(url(&s, "/v1/models/wide/predict"))
+                .json(&json!({"features": input()}))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == StatusCode::OK {
+                break;
+            }
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                cancelled.elapsed() < Duration::from_secs(60),
+                "{what}: the worker was not freed"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let stopped = cancelled.elapsed();
+        eprintln!("{what} over {WIDE} features: worker free {stopped:?} after the cancel, mid-solver");
+        // 100 ms is the goal (20-70 ms measured on a quiet machine); the bound leaves room for
+        // a shared, loaded one (it includes a predict's round trip to see the worker free).
+        assert!(stopped < Duration::from_millis(250), "{what}: {stopped:?}");
+    }
+    s.stop().await.unwrap();
+}
+
+/// SIGTERM while a job is in its solver: the process exits at once (the job is cancelled at
+/// shutdown and its solver stops), not when the solve would have ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_solver_is_not_delayed() {
+    let dir = temp_dir("wide-sigterm");
+    write_wide(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_explaind"))
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--models"])
+        .arg(&dir)
+        .env("EXPLAIND_DATA_DIR", temp_dir("wide-sigterm-data"))
+        .env("EXPLAIND_WORKERS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status() == StatusCode::OK {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body =
+        json!({"model": "wide", "method": "lime", "features": input(), "params": {"samples": 4096, "alpha": 0.0}});
+    in_solver(&http, &base, &body, 4096, Duration::from_millis(3000)).await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let term = Instant::now();
+    let status = child.wait().unwrap();
+    let took = term.elapsed();
+    eprintln!("SIGTERM mid-solver: exited {took:?} after it");
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
 /// The process's peak resident memory (Linux), MiB.

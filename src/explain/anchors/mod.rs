@@ -38,6 +38,7 @@ mod bounds;
 mod sampler;
 mod search;
 
+use sampler::Op;
 use search::Search;
 
 /// Anchors parameters (alibi's AnchorTabular defaults).
@@ -182,12 +183,17 @@ impl Method for Anchors {
             .iter()
             .map(|&c| {
                 let c = &search.s.conditions[c];
-                let op = if c.upper { "<=" } else { ">" };
+                let name = &features[c.feature];
+                let (op, text) = match c.op {
+                    Op::AtMost => ("<=", format!("{name} <= {:.4}", c.cut)),
+                    Op::Above => (">", format!("{name} > {:.4}", c.cut)),
+                    Op::Equals => ("=", format!("{name} = {}", category_name(job, c.feature, c.cut))),
+                };
                 AnchorCondition {
-                    feature: features[c.feature].clone(),
+                    feature: name.clone(),
                     op: op.into(),
                     value: c.cut,
-                    text: format!("{} {op} {:.4}", features[c.feature], c.cut),
+                    text,
                 }
             })
             .collect();
@@ -248,16 +254,30 @@ pub struct AnchorsDetails {
     pub examples: CoveredRows,
 }
 
+/// A categorical feature's value as the manifest names it (else the number).
+fn category_name(job: &ExplainJob, feature: usize, v: f32) -> String {
+    let types = job.model.spec.tabular.as_ref().map(|t| t.feature_types.as_slice());
+    match types.unwrap_or_default().get(feature) {
+        Some(crate::runtime::manifest::FeatureType::Categorical { categories, names }) => categories
+            .iter()
+            .position(|c| *c == f64::from(v))
+            .and_then(|i| names.get(i).cloned())
+            .unwrap_or_else(|| v.to_string()),
+        _ => v.to_string(),
+    }
+}
+
 /// One condition of an anchor.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnchorCondition {
     /// The feature.
     pub feature: String,
-    /// `<=` or `>`.
-    #[schema(pattern = "^(<=|>)$")]
+    /// `<=` or `>` (a range of a numeric feature's values), or `=` (a categorical feature's
+    /// category).
+    #[schema(pattern = "^(<=|>|=)$")]
     pub op: String,
-    /// The cut.
+    /// The cut, or the category's value.
     pub value: f32,
     /// The condition as text.
     pub text: String,

@@ -6,19 +6,30 @@ use rand_chacha::ChaCha8Rng;
 use crate::explain::background::Bins;
 use crate::runtime::manifest::FeatureType;
 
-/// `feature <= cut` (upper) or `feature > cut`.
+/// How a condition compares its feature with its value.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Op {
+    /// `feature <= cut`.
+    AtMost,
+    /// `feature > cut`.
+    Above,
+    /// `feature = value`: a categorical feature, whose categories have no order.
+    Equals,
+}
+
+/// One condition on one feature.
 pub(super) struct Condition {
     pub(super) feature: usize,
     pub(super) cut: f32,
-    pub(super) upper: bool,
+    pub(super) op: Op,
 }
 
 impl Condition {
     pub(super) fn holds(&self, v: f32) -> bool {
-        if self.upper {
-            v <= self.cut
-        } else {
-            v > self.cut
+        match self.op {
+            Op::AtMost => v <= self.cut,
+            Op::Above => v > self.cut,
+            Op::Equals => v == self.cut,
         }
     }
 }
@@ -64,6 +75,16 @@ impl<'a> Sampler<'a> {
     pub(super) fn new(background: &'a [Vec<f32>], x: &'a [f32], types: &[FeatureType]) -> Self {
         let mut conditions = Vec::new();
         for (f, &v) in x.iter().enumerate() {
+            // A category is a name, not a point on a line: its condition is `feature = value`
+            // (alibi's categorical anchors), not a range of category codes.
+            if let Some(FeatureType::Categorical { .. }) = types.get(f) {
+                conditions.push(Condition {
+                    feature: f,
+                    cut: v,
+                    op: Op::Equals,
+                });
+                continue;
+            }
             let column: Vec<f32> = background.iter().filter_map(|r| r.get(f).copied()).collect();
             let bins = Bins::of_feature(&column, types.get(f));
             let b = Bins::bin_of(&bins.cuts, v);
@@ -71,14 +92,14 @@ impl<'a> Sampler<'a> {
                 conditions.push(Condition {
                     feature: f,
                     cut: bins.cuts[b - 1],
-                    upper: false,
+                    op: Op::Above,
                 });
             }
             if b < bins.cuts.len() {
                 conditions.push(Condition {
                     feature: f,
                     cut: bins.cuts[b],
-                    upper: true,
+                    op: Op::AtMost,
                 });
             }
         }
@@ -224,6 +245,31 @@ mod tests {
         for (f, (a, b)) in a.iter().zip(b).enumerate() {
             assert!((a - b).abs() < 0.03, "{what}: feature {f}: {a} vs {b}");
         }
+    }
+
+    #[test]
+    fn a_categorical_feature_gets_one_equality_condition() {
+        // Feature 1 is categorical (codes 0, 1, 2): its condition is `= 2`, not a range of codes
+        // (which would lump 1 with 2, or 0 with 1, as if the codes were ordered).
+        let background: Vec<Vec<f32>> = (0..30).map(|i| vec![i as f32, (i % 3) as f32]).collect();
+        let types = [
+            FeatureType::Continuous,
+            FeatureType::Categorical {
+                categories: vec![0.0, 1.0, 2.0],
+                names: vec![],
+            },
+        ];
+        let sampler = Sampler::new(&background, &[12.0, 1.0], &types);
+        let on: Vec<&Condition> = sampler.conditions.iter().filter(|c| c.feature == 1).collect();
+        assert_eq!(on.len(), 1);
+        assert_eq!((on[0].op, on[0].cut), (Op::Equals, 1.0));
+        assert!(on[0].holds(1.0) && !on[0].holds(0.0) && !on[0].holds(2.0));
+        assert!((sampler.share[sampler.conditions.len() - 1] - 1.0 / 3.0).abs() < 1e-9);
+        assert!(sampler
+            .conditions
+            .iter()
+            .filter(|c| c.feature == 0)
+            .all(|c| c.op != Op::Equals));
     }
 
     #[test]

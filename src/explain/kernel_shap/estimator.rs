@@ -7,7 +7,9 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
 use super::{KernelShapParams, Samples};
-use crate::explain::regression::{bit, cholesky, cholesky_solve, pack, Check};
+use crate::explain::regression::{
+    add_tr_mul, bit, cholesky, cholesky_solve, largest_eigenvalue, pack, smallest_eigenvalue, Check,
+};
 use crate::explain::{Cx, ExplainJob};
 use crate::runtime::predict::Prediction;
 use crate::runtime::RuntimeError;
@@ -44,14 +46,19 @@ fn exact_values(b: &DVector<f64>, gap: f64, total: f64) -> Vec<f64> {
 /// The sampled kernel matrix, when its regression is determined: a sample with fewer pairs than
 /// players, or whose matrix is near singular (players that always came together), would give
 /// values of any size (1e16 for probabilities, seen with 31 pairs over 49 segments), so such a
-/// sample is solved with the exact matrix instead (Covert and Lee's unbiased estimator).
-fn well_conditioned(a: &DMatrix<f64>) -> bool {
-    let eigen = a.clone().symmetric_eigen();
-    let (lo, hi) = eigen
-        .eigenvalues
-        .iter()
-        .fold((f64::INFINITY, 0f64), |(lo, hi), e| (lo.min(*e), hi.max(e.abs())));
-    hi > 0.0 && lo > hi * 1e-6
+/// sample is solved with the exact matrix instead (Covert and Lee's unbiased estimator). Its
+/// Cholesky factor when determined (smallest eigenvalue over 1e-6 of the largest), each step
+/// under the job's `check`: an eigen-decomposition of thousands of players is one call that runs
+/// for seconds.
+fn conditioned_factor(a: &DMatrix<f64>, check: &Check) -> Result<Option<DMatrix<f64>>, RuntimeError> {
+    let hi = largest_eigenvalue(a, check)?;
+    if hi <= 0.0 {
+        return Ok(None);
+    }
+    let Some(l) = cholesky(a.clone(), check)? else {
+        return Ok(None);
+    };
+    Ok((smallest_eigenvalue(&l, check)? > hi * 1e-6).then_some(l))
 }
 
 /// Scores the given coalitions: one score row per coalition.
@@ -130,6 +137,9 @@ pub(super) fn solve(
         let coalitions = draw_pairs(n_pairs, &sizes, &mut players, &mut rng, &|| cx.checkpoint())?;
         let outputs = evaluate(cx, &coalitions)?;
         for k in 0..n_pairs {
+            // Each pair adds to M sums per target: thousands of pairs over thousands of players
+            // are seconds of work in a debug build.
+            cx.checkpoint()?;
             let g = pairs.len() % GROUPS;
             group_n[g] += 1;
             pairs.push(pack(&coalitions[2 * k]));
@@ -211,7 +221,7 @@ fn pair_sums(pairs: &[&Vec<u64>], m: usize, check: &Check) -> Result<DMatrix<f64
         let z = DMatrix::from_fn(2 * block.len(), m, |r, j| {
             f64::from(u8::from(bit(block[r / 2], j) == (r % 2 == 0)))
         });
-        a += z.tr_mul(&z) * 0.5;
+        add_tr_mul(&mut a, &z, &z, 0.5, check)?;
     }
     Ok(a)
 }
@@ -234,7 +244,8 @@ fn jackknife(
     // The sampled matrix is used when the whole sample determines it; then also for the
     // leave-one-group-out values, unless dropping a group leaves it singular.
     let whole = if pairs.len() >= m {
-        Some(pair_sums(&pairs.iter().collect::<Vec<_>>(), m, check)?).filter(well_conditioned)
+        let a = pair_sums(&pairs.iter().collect::<Vec<_>>(), m, check)?;
+        conditioned_factor(&a, check)?.map(|l| (a, l))
     } else {
         None
     };
@@ -247,16 +258,13 @@ fn jackknife(
             .map(|(_, n)| n)
             .sum::<usize>();
         let n = n.max(1) as f64;
+        // The factor of A / n is A's over sqrt(n).
         let factor = match (&whole, skip) {
             (None, _) => None,
-            (Some(a), None) => cholesky(a / n, check)?,
-            (Some(a), Some(g)) => {
+            (Some((_, l)), None) => Some(l / n.sqrt()),
+            (Some((a, _)), Some(g)) => {
                 let a = a - pair_sums(&in_group(g), m, check)?;
-                if well_conditioned(&a) {
-                    cholesky(a / n, check)?
-                } else {
-                    None
-                }
+                conditioned_factor(&a, check)?.map(|l| l / n.sqrt())
             }
         };
         let b = DMatrix::from_fn(m, totals.len(), |j, t| {

@@ -189,7 +189,13 @@ fn explain(
     if job.model.spec.tabular.is_some() {
         return explain_tabular(cx, job, p, targets, &v1);
     }
-    let players = Players::of(job, (p.segments, p.compactness), p.hide, p.text_features)?;
+    let players = Players::of(
+        &|| cx.checkpoint(),
+        job,
+        (p.segments, p.compactness),
+        p.hide,
+        p.text_features,
+    )?;
     players.at_least(2, "KernelSHAP")?;
     let (m, pixels, hidden) = (players.count, &players.indices, &players.hidden);
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
