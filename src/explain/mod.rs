@@ -3,9 +3,11 @@
 //! [`ExplainJob`], and renders what comes back.
 
 mod anchors;
+mod activation_maximisation;
 mod attention_rollout;
 pub mod background;
 pub mod baselines;
+mod channel_attribution;
 mod counterfactual;
 mod deeplift;
 mod deeplift_shap;

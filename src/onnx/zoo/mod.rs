@@ -4,6 +4,8 @@
 use super::builder::{Attr, GraphBuilder};
 use super::proto::{data_type, ModelProto};
 
+pub mod channels;
+
 /// SplitMix64: small, seeded, reproducible.
 struct Weights(u64);
 
