@@ -11,7 +11,7 @@
 //! the colour matrix `color_correlation_svd_sqrt` normalised by its largest column norm, then a
 //! sigmoid; `standard_transforms`: pad 12 (constant 0.5), jitter 8, scale in 0.90..1.10 (11
 //! steps), rotate -10..10 degrees (0 five more times), jitter 4 - distances in pixels of a 224
-//! image, scaled here to the model's input side (at least one pixel).
+//! image, scaled here to the model's input side (jitter at least 2, as lucent asserts).
 //!
 //! Every gradient of the model comes from explaind's backward graphs: the input gradient of the
 //! target logit (or, for a channel, of `sum(layer * weights)` with weights `1 / positions` on the
@@ -88,8 +88,8 @@ pub struct ActivationMaximisationParams {
     /// lucent's `total_variation`), on the image in [0, 1].
     #[schema(default = 0.0, minimum = 0.0, maximum = 1000.0)]
     pub total_variation: f32,
-    /// Weight of the L2 penalty (lucent's `L2`: the image's Euclidean distance, here from
-    /// mid-grey 0.5), on the image in [0, 1].
+    /// Weight of the L2 penalty (lucent's `L2`: the image's Euclidean norm, `sqrt(1e-6 + sum x^2)`),
+    /// on the image in [0, 1]: it darkens what the objective does not need.
     #[schema(default = 0.0, minimum = 0.0, maximum = 1000.0)]
     pub l2: f32,
 }
@@ -545,7 +545,8 @@ impl View {
 
     /// lucent's `standard_transforms` drawn once, distances scaled from a 224-pixel image to `side`.
     fn draw(rng: &mut ChaCha8Rng, side: usize) -> Self {
-        let px = |d: f32| ((d * side as f32 / 224.0).round() as usize).max(1);
+        // lucent's jitter needs d > 1 (a shift of 0 or 1 pixel).
+        let px = |d: f32| ((d * side as f32 / 224.0).round() as usize).max(2);
         let (j1, j2) = (px(8.0), px(4.0));
         // Each jitter shifts by 0..d-1 pixels; centred here so that the view stays on the image.
         let shift = |rng: &mut ChaCha8Rng| {
@@ -695,9 +696,9 @@ fn penalties(p: &ActivationMaximisationParams, image: &[f32], channels: usize, h
         total += weight as f64 * tv;
     }
     if p.l2 > 0.0 {
-        let norm = (1e-6 + image.iter().map(|v| ((v - 0.5) as f64).powi(2)).sum::<f64>()).sqrt();
+        let norm = (1e-6 + image.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()).sqrt();
         for (g, v) in grad.iter_mut().zip(image) {
-            *g -= p.l2 * ((v - 0.5) as f64 / norm) as f32;
+            *g -= p.l2 * (*v as f64 / norm) as f32;
         }
         total += p.l2 as f64 * norm;
     }

@@ -43,7 +43,9 @@ async fn the_image_lights_the_region_the_model_reads_and_its_score_rises() {
         post_json(
             &s,
             PATH,
-            &json!({"image": image, "target": 0, "seed": 7, "params": {"iterations": 128}}),
+            // A little total variation keeps the Fourier image from spreading where no gradient
+            // reaches (defaults: 56% of the energy in the region, 3.8 times the density outside).
+            &json!({"image": image, "target": 0, "seed": 7, "params": {"iterations": 128, "total_variation": 0.02}}),
         )
         .await,
     )
@@ -68,7 +70,10 @@ async fn the_image_lights_the_region_the_model_reads_and_its_score_rises() {
         }
     }
     let fraction = inside / (inside + outside);
-    println!("activation maximisation, region model: {:.1}% of the energy in the region (25% of the pixels)", 100.0 * fraction);
+    println!(
+        "activation maximisation, region model: {:.1}% of the energy in the region (25% of the pixels)",
+        100.0 * fraction
+    );
     assert!(fraction > 0.6, "only {fraction} of the image's energy lies in the region");
     assert_eq!(v["seed"], 7);
 }
@@ -154,7 +159,10 @@ async fn each_fashion_class_s_image_resembles_its_mean_training_image() {
             post_json(
                 &s,
                 "/v1/models/fashion-cnn/explain/activation-maximisation",
-                &json!({"image": image, "target": class, "seed": 11, "params": {"iterations": 96}}),
+                // The L2 penalty darkens the background the model never saw lit (lucent's L2 is
+                // the norm from black); with the defaults only 2 of 10 classes match.
+                &json!({"image": image, "target": class, "seed": 11,
+                        "params": {"iterations": 256, "l2": 2.0, "total_variation": 0.02}}),
             )
             .await,
         )
