@@ -29,8 +29,7 @@ use utoipa::ToSchema;
 use super::channel_attribution::check_channel;
 use super::grad_cam::plan_layer;
 use super::method::{
-    bytes, check_range, mul, schemas_of, Capabilities, Cost, Inputs, Invalid, Method, NamedSchemas, Passes,
-    PlanContext,
+    bytes, check_range, mul, schemas_of, Capabilities, Cost, Inputs, Invalid, Method, NamedSchemas, Passes, PlanContext,
 };
 use super::{one_hot, Cx, ExplainJob, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
@@ -152,7 +151,12 @@ impl Method for ActivationMaximisation {
     };
 
     fn plan(p: &mut ActivationMaximisationParams, cx: &PlanContext) -> Result<Cost, Invalid> {
-        check_range("iterations", p.iterations, 1, MAX_ITERATIONS.min(cx.limits.max_samples.max(1)))?;
+        check_range(
+            "iterations",
+            p.iterations,
+            1,
+            MAX_ITERATIONS.min(cx.limits.max_samples.max(1)),
+        )?;
         if !(p.learning_rate > 0.0 && p.learning_rate <= 10.0) {
             return Err(Invalid::Request(format!(
                 "params.learning_rate must be above 0 and at most 10, got {}",
@@ -186,12 +190,7 @@ impl Method for ActivationMaximisation {
         // Per image: the spectrum and Adam's two moments (f32, real and imaginary), the images
         // on the way (a handful of copies), the DFT tables, and the curve.
         let channels = cx.model.spec.image.as_ref().map_or(1, |i| i.channels);
-        let (h, w) = cx
-            .model
-            .spec
-            .image
-            .as_ref()
-            .map_or((1, 1), |i| (i.height, i.width));
+        let (h, w) = cx.model.spec.image.as_ref().map_or((1, 1), |i| (i.height, i.width));
         let spectrum = channels.saturating_mul(h).saturating_mul(w / 2 + 1).saturating_mul(2);
         let working = bytes(spectrum, 4 * 4)
             .saturating_add(bytes(channels.saturating_mul(pixels), 4 * 8))
@@ -360,7 +359,11 @@ impl FourierImage {
         let mut cols_cos = vec![0f32; f * w];
         let mut cols_sin = vec![0f32; f * w];
         for kx in 0..f {
-            let pair = if kx == 0 || (w % 2 == 0 && kx == w / 2) { 1.0 } else { 2.0 };
+            let pair = if kx == 0 || (w % 2 == 0 && kx == w / 2) {
+                1.0
+            } else {
+                2.0
+            };
             for x in 0..w {
                 let theta = tau * ((kx * x) % w) as f64 / w as f64;
                 cols_cos[kx * w + x] = (pair * norm * theta.cos()) as f32;
@@ -433,7 +436,10 @@ impl FourierImage {
                 let row = &mut out[y * w..(y + 1) * w];
                 for kx in 0..f {
                     let (tr, ti) = (t_re[y * f + kx], t_im[y * f + kx]);
-                    let (cos, sin) = (&self.cols_cos[kx * w..(kx + 1) * w], &self.cols_sin[kx * w..(kx + 1) * w]);
+                    let (cos, sin) = (
+                        &self.cols_cos[kx * w..(kx + 1) * w],
+                        &self.cols_sin[kx * w..(kx + 1) * w],
+                    );
                     for x in 0..w {
                         row[x] += tr * cos[x] - ti * sin[x];
                     }
@@ -487,7 +493,10 @@ impl FourierImage {
             for y in 0..h {
                 let row = &g[y * w..(y + 1) * w];
                 for kx in 0..f {
-                    let (cos, sin) = (&self.cols_cos[kx * w..(kx + 1) * w], &self.cols_sin[kx * w..(kx + 1) * w]);
+                    let (cos, sin) = (
+                        &self.cols_cos[kx * w..(kx + 1) * w],
+                        &self.cols_sin[kx * w..(kx + 1) * w],
+                    );
                     let (mut r, mut i) = (0f32, 0f32);
                     for x in 0..w {
                         r += row[x] * cos[x];
@@ -594,10 +603,7 @@ impl View {
                 let taps = self.taps(x, y, w, h);
                 for c in 0..channels {
                     let plane = &image[c * hw..(c + 1) * hw];
-                    out[c * hw + y * w + x] = taps
-                        .iter()
-                        .map(|(i, wt)| wt * i.map_or(0.5, |i| plane[i]))
-                        .sum();
+                    out[c * hw + y * w + x] = taps.iter().map(|(i, wt)| wt * i.map_or(0.5, |i| plane[i])).sum();
                 }
             }
         }
@@ -673,7 +679,14 @@ fn from_input(spec: &ImageSpec, input: &[f32]) -> Vec<f32> {
 
 /// The total-variation and L2 penalties of an image in [0, 1] (`[k][y][x]`), weighted, with their
 /// gradient added to `grad` (negated: the objective is maximised).
-fn penalties(p: &ActivationMaximisationParams, image: &[f32], channels: usize, h: usize, w: usize, grad: &mut [f32]) -> f64 {
+fn penalties(
+    p: &ActivationMaximisationParams,
+    image: &[f32],
+    channels: usize,
+    h: usize,
+    w: usize,
+    grad: &mut [f32],
+) -> f64 {
     let mut total = 0f64;
     if p.total_variation > 0.0 {
         let weight = p.total_variation;
@@ -683,7 +696,10 @@ fn penalties(p: &ActivationMaximisationParams, image: &[f32], channels: usize, h
             for y in 0..h {
                 for x in 0..w {
                     let i = base + y * w + x;
-                    for j in [(x + 1 < w).then_some(i + 1), (y + 1 < h).then_some(i + w)].into_iter().flatten() {
+                    for j in [(x + 1 < w).then_some(i + 1), (y + 1 < h).then_some(i + w)]
+                        .into_iter()
+                        .flatten()
+                    {
                         let d = image[i] - image[j];
                         tv += d.abs() as f64;
                         let s = weight * d.signum();
@@ -730,10 +746,7 @@ impl Adam {
     /// One step up the gradient `g` of the values `x`.
     fn step(&mut self, x: &mut [f32], g: &[f32]) {
         self.t += 1;
-        let (c1, c2) = (
-            1.0 - Self::BETA1.powi(self.t),
-            1.0 - Self::BETA2.powi(self.t),
-        );
+        let (c1, c2) = (1.0 - Self::BETA1.powi(self.t), 1.0 - Self::BETA2.powi(self.t));
         for (((x, g), m), v) in x.iter_mut().zip(g).zip(self.m.iter_mut()).zip(self.v.iter_mut()) {
             *m = Self::BETA1 * *m + (1.0 - Self::BETA1) * g;
             *v = Self::BETA2 * *v + (1.0 - Self::BETA2) * g * g;
@@ -918,7 +931,11 @@ mod tests {
             width: side,
             height: side,
             channels,
-            color: if channels == 3 { ColorOrder::Rgb } else { ColorOrder::Grayscale },
+            color: if channels == 3 {
+                ColorOrder::Rgb
+            } else {
+                ColorOrder::Grayscale
+            },
             resize: ResizeFilter::Nearest,
             fit: Fit::Stretch,
             scale: 1.0 / 255.0,

@@ -324,12 +324,7 @@ fn explain(
             shown,
         };
         let map = upsample(&map_of(shown), w, h, spec.width, spec.height);
-        let mut a = TargetAttribution::from_map(
-            target,
-            map,
-            Some(layer.clone()),
-            serde_json::to_value(details).ok(),
-        );
+        let mut a = TargetAttribution::from_map(target, map, Some(layer.clone()), serde_json::to_value(details).ok());
         a.convergence_delta = Some(delta);
         out.push(a);
     }

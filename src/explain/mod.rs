@@ -2,8 +2,8 @@
 //! the worker's sessions. Methods never touch HTTP; the HTTP face validates requests into an
 //! [`ExplainJob`], and renders what comes back.
 
-mod anchors;
 mod activation_maximisation;
+mod anchors;
 mod attention_rollout;
 pub mod background;
 pub mod baselines;

@@ -123,7 +123,12 @@ impl Cx<'_> {
 
     /// Input gradients of `sum(seed * weights)` for `input` rows, `seed` an intermediate tensor
     /// (a layer, weights shaped like it) rather than the model's output.
-    pub fn seeded_gradients(&mut self, seed: &str, input: &Tensor, weights: &Tensor) -> Result<GradientPass, RuntimeError> {
+    pub fn seeded_gradients(
+        &mut self,
+        seed: &str,
+        input: &Tensor,
+        weights: &Tensor,
+    ) -> Result<GradientPass, RuntimeError> {
         let model = self.model.clone();
         self.passes(usize::MAX, true, |rt, sizing| {
             rt.seeded_gradients(&model, seed, input, weights, sizing)

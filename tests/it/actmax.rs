@@ -74,7 +74,10 @@ async fn the_image_lights_the_region_the_model_reads_and_its_score_rises() {
         "activation maximisation, region model: {:.1}% of the energy in the region (25% of the pixels)",
         100.0 * fraction
     );
-    assert!(fraction > 0.6, "only {fraction} of the image's energy lies in the region");
+    assert!(
+        fraction > 0.6,
+        "only {fraction} of the image's energy lies in the region"
+    );
     assert_eq!(v["seed"], 7);
 }
 
@@ -115,7 +118,10 @@ async fn a_channel_s_mean_activation_rises_and_the_job_reports_progress() {
     assert_eq!(d["layer"], "features");
     assert_eq!(d["channel"], DECIDING_CHANNEL);
     let (initial, last) = (d["initial_score"].as_f64().unwrap(), d["final_score"].as_f64().unwrap());
-    assert!(last > initial, "channel {DECIDING_CHANNEL}'s mean went from {initial} to {last}");
+    assert!(
+        last > initial,
+        "channel {DECIDING_CHANNEL}'s mean went from {initial} to {last}"
+    );
     // Progress counted in rows: the steps and the three forward rows around them, and the
     // input's scores.
     assert_eq!(v["stats"]["model_rows"], 40 + 3 + 1, "{}", v["stats"]);
@@ -173,7 +179,10 @@ async fn each_fashion_class_s_image_resembles_its_mean_training_image() {
             .max_by(|a, b| correlations[*a].total_cmp(&correlations[*b]))
             .unwrap();
         own_best += usize::from(best == class);
-        table.push(format!("{}: own {:.2}, best {} {:.2}", labels[class], correlations[class], labels[best], correlations[best]));
+        table.push(format!(
+            "{}: own {:.2}, best {} {:.2}",
+            labels[class], correlations[class], labels[best], correlations[best]
+        ));
     }
     println!("activation maximisation on fashion-cnn: {own_best} of 10 classes correlate best with their own mean training image\n{}", table.join("\n"));
     assert!(own_best >= 6, "{own_best} of 10:\n{}", table.join("\n"));
@@ -208,7 +217,12 @@ async fn bad_parameters_are_refused() {
         .await;
     }
     let body = problem(
-        post_json(&s, path, &json!({"image": image, "params": {"channel": 0, "layer": "nowhere"}})).await,
+        post_json(
+            &s,
+            path,
+            &json!({"image": image, "params": {"channel": 0, "layer": "nowhere"}}),
+        )
+        .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-input",
     )

@@ -59,7 +59,10 @@ async fn the_channel_the_target_reads_ranks_first_and_the_rest_hold_nothing() {
         let difference = d["score_difference"].as_f64().unwrap();
         let total: f64 = floats(&d["integrated_gradients"]).iter().sum();
         let delta = v["convergence_delta"].as_f64().unwrap();
-        assert!((total - difference - delta).abs() < 1e-6, "{total} {difference} {delta}");
+        assert!(
+            (total - difference - delta).abs() < 1e-6,
+            "{total} {difference} {delta}"
+        );
         assert!(delta.abs() <= 1e-3 * difference.abs(), "delta {delta} of {difference}");
         assert_eq!(v["attributions"]["shape"], json!([16, 16]));
     }
@@ -82,7 +85,10 @@ async fn layer_integrated_gradients_add_up_to_the_score_difference_on_the_fashio
     let difference = d["score_difference"].as_f64().unwrap();
     let total: f64 = floats(&d["integrated_gradients"]).iter().sum();
     let delta = v["convergence_delta"].as_f64().unwrap();
-    assert!((total - difference - delta).abs() < 1e-4, "{total} {difference} {delta}");
+    assert!(
+        (total - difference - delta).abs() < 1e-4,
+        "{total} {difference} {delta}"
+    );
     assert!(
         delta.abs() <= 0.02 * difference.abs(),
         "layer IG sums to {total}, the score difference is {difference}"
@@ -107,7 +113,10 @@ async fn any_channel_s_map_is_drawn_on_request() {
     let (png, _) = noise_png(16, 4);
     let http = reqwest::Client::new();
     let r = http
-        .post(url(&s, "/v1/models/one-channel/explain/channel-attribution?target=0&channel=2&format=png"))
+        .post(url(
+            &s,
+            "/v1/models/one-channel/explain/channel-attribution?target=0&channel=2&format=png",
+        ))
         .header("content-type", "image/png")
         .body(png.clone())
         .send()

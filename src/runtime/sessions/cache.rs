@@ -89,7 +89,12 @@ impl SessionStore {
 
     /// The backward session for `key` whose target is `sum(seed * weights)`, `seed` an
     /// intermediate tensor (weights shaped like it), and its output names.
-    pub(super) fn seeded_session(&self, model: &LoadedModel, key: &GradientKey, seed: &str) -> Result<Backward, RuntimeError> {
+    pub(super) fn seeded_session(
+        &self,
+        model: &LoadedModel,
+        key: &GradientKey,
+        seed: &str,
+    ) -> Result<Backward, RuntimeError> {
         let derived = DerivedKey::Seeded(key.clone(), seed.to_string());
         let (session, outputs) = self
             .derived_session(model, &derived, || {
