@@ -467,6 +467,8 @@ impl Methods {
             .with::<counterfactual::Counterfactual>()
             .with::<grad_cam::GradCam>()
             .with::<grad_cam::GradCamPlusPlus>()
+            .with::<channel_attribution::ChannelAttribution>()
+            .with::<activation_maximisation::ActivationMaximisation>()
             .with::<attention_rollout::AttentionRollout>()
             .with::<transformer_relevance::TransformerRelevance>()
             .with::<guided::GuidedBackprop>()

@@ -2,10 +2,12 @@
 //! the worker's sessions. Methods never touch HTTP; the HTTP face validates requests into an
 //! [`ExplainJob`], and renders what comes back.
 
+mod activation_maximisation;
 mod anchors;
 mod attention_rollout;
 pub mod background;
 pub mod baselines;
+mod channel_attribution;
 mod counterfactual;
 mod d_rise;
 mod deeplift;

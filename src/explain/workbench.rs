@@ -143,6 +143,20 @@ impl Cx<'_> {
         })
     }
 
+    /// Input gradients of `sum(seed * weights)` for `input` rows, `seed` an intermediate tensor
+    /// (a layer, weights shaped like it) rather than the model's output.
+    pub fn seeded_gradients(
+        &mut self,
+        seed: &str,
+        input: &Tensor,
+        weights: &Tensor,
+    ) -> Result<GradientPass, RuntimeError> {
+        let model = self.model.clone();
+        self.passes(usize::MAX, true, |rt, sizing| {
+            rt.seeded_gradients(&model, seed, input, weights, sizing)
+        })
+    }
+
     /// One pass over the job's (one-row) input that chooses the top prediction inside the graph and
     /// differentiates it: the pass, the target it chose, and the input's scores.
     pub(super) fn top_gradients(

@@ -174,7 +174,15 @@ impl GradientCache {
     /// Builds the backward model for `key`.
     pub fn build(&self, model: &LoadedModel, key: &GradientKey) -> Result<BuiltGradient, String> {
         let prepared = self.prepared(model)?;
-        self.build_from(model, key, &prepared.0, &prepared.1)
+        self.build_from(model, key, &prepared.0, &prepared.1, None)
+    }
+
+    /// Builds the backward model for `key` whose target is `sum(seed * weights)`, `seed` an
+    /// intermediate tensor of the model (a layer) rather than its output; the model's output is
+    /// still computed and answered.
+    pub fn build_seeded(&self, model: &LoadedModel, key: &GradientKey, seed: &str) -> Result<BuiltGradient, String> {
+        let prepared = self.prepared(model)?;
+        self.build_from(model, key, &prepared.0, &prepared.1, Some(seed))
     }
 
     /// Builds the backward model of `model` with dropout masks at `sites` (mask inputs beside the
@@ -196,7 +204,7 @@ impl GradientCache {
             shapes.insert(dropout::mask_input(k), shape.clone());
             shapes.insert(dropout::masked_tensor(site, k), shape);
         }
-        self.build_from(model, key, &masked, &shapes)
+        self.build_from(model, key, &masked, &shapes, None)
     }
 
     fn build_from(
@@ -205,12 +213,13 @@ impl GradientCache {
         key: &GradientKey,
         forward: &ModelProto,
         shapes: &ShapeMap,
+        seed: Option<&str>,
     ) -> Result<BuiltGradient, String> {
         self.builds.fetch_add(1, Ordering::SeqCst);
         let started = std::time::Instant::now();
         let spec = GradientSpec {
             input: model.spec.input.clone(),
-            output: model.spec.output.clone(),
+            output: seed.unwrap_or(&model.spec.output).to_string(),
             layers: key.layers.clone(),
             input_grad: key.input_grad,
         };
@@ -229,7 +238,7 @@ impl GradientCache {
         // pass first. Only a `[batch, classes]` output can be ranked.
         let classes = shapes
             .get(&model.spec.output)
-            .filter(|s| s.dims.len() == 2)
+            .filter(|s| s.dims.len() == 2 && seed.is_none())
             .and_then(|s| s.dims[1]);
         let target_index = match classes {
             Some(c) => match autodiff::seed_with_top_prediction(&mut built, &model.spec.output, c as usize) {

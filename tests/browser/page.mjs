@@ -1,6 +1,7 @@
 // Drives the web page in headless Chromium: loads it, checks its method menus and a parameter form
 // against GET /v1/models/{model}, uploads an example image, runs saliency,
-// Grad-CAM and LIME, and RISE as a background job (progress from Server-Sent Events), and checks
+// Grad-CAM and LIME, channel attribution's top channels with one channel's activation
+// maximisation, and RISE as a background job (progress from Server-Sent Events), and checks
 // that an overlay appears and the top class is shown; then TreeSHAP's bar chart on the tree model;
 // then similar examples, influence and likely mislabels as thumbnails of reference rows; then a
 // text model's answer as the text with its words highlighted; then a recorded decision's report.
@@ -63,11 +64,25 @@ try {
     await page.locator("#attributions").scrollIntoViewIfNeeded();
     await page.screenshot({ path: `${shots}/web-page-${method}.png` });
   }
+  // Channel attribution: the top channels, each with its map, and on request the image that
+  // maximises one of them (activation maximisation, drawn at the model's 28 pixels).
+  await page.selectOption("#method", "channel-attribution");
+  await page.click("#explain");
+  await page.waitForFunction(() => document.querySelectorAll("#channels figure.channel canvas").length === 5, null, { timeout: 30000 });
+  const channelFigures = await page.evaluate(() => [...document.querySelectorAll("#channels figure.channel")]
+    .map((f) => ({ channel: f.dataset.channel, map: f.querySelector("canvas").width, caption: f.innerText })));
+  if (channelFigures.some((f) => !f.caption.includes("IG") || f.map < 1)) failures.push(`channels: ${JSON.stringify(channelFigures)}`);
+  await page.click("#channels figure.channel button");
+  await page.waitForFunction(() => (document.querySelector("#channels img.actmax")?.naturalWidth || 0) > 0, null, { timeout: 60000 });
+  const made = await page.evaluate(() => document.querySelector("#channels img.actmax").naturalWidth);
+  if (made !== 28) failures.push(`activation maximisation: image ${made} wide`);
+  await page.locator("#attributions").scrollIntoViewIfNeeded();
+  await page.screenshot({ path: `${shots}/web-page-channel-attribution.png` });
   // Methods side by side, captioned with their metrics: the choice is the model's attribution
   // methods as the API lists them, a few ticked.
   const fashionInfo = await (await fetch(new URL("v1/models/fashion-cnn", base))).json();
   const comparable = fashionInfo.method_details
-    .filter((m) => !m.capabilities.examples && !m.capabilities.decision)
+    .filter((m) => !m.capabilities.examples && !m.capabilities.decision && m.name !== "activation-maximisation")
     .map((m) => m.name);
   const choice = await page.evaluate(() => [...document.querySelectorAll("#compare-methods input")]
     .map((b) => [b.value, b.checked]));

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod actmax;
 mod anchors;
 mod api;
 mod attention;
@@ -13,6 +14,7 @@ mod autodiff_models;
 mod autodiff_rules;
 mod batching;
 mod cam_layout;
+mod channels;
 mod contract;
 mod cost;
 mod counterfactual;

@@ -283,6 +283,9 @@ fn other_panel(
     values: &[f32],
     features: Option<&[FeatureAttribution]>,
 ) -> Option<image::RgbImage> {
+    if let Some(made) = made_image(a) {
+        return Some(made);
+    }
     if let Some(text) = &prepared.text {
         let pieces = highlights(text, values);
         return Some(render::text_png(&a.target.label, a.target.score.into(), &pieces));
@@ -296,6 +299,23 @@ fn other_panel(
     }
     let bars: Vec<render::Bar> = features?.iter().map(render::Bar::from).collect();
     Some(render::feature_chart(&a.target.label, a.target.score.into(), &bars))
+}
+
+/// The picture a method made rather than a map over the input (activation maximisation's image,
+/// `details.image_png`), enlarged with nearest neighbours to at least 224 pixels a side.
+fn made_image(a: &TargetAttribution) -> Option<image::RgbImage> {
+    let encoded = a.details.as_ref()?.get("image_png")?.as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+    let made = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+        .ok()?
+        .to_rgb8();
+    let k = (224 / made.width().max(made.height()).max(1)).max(1);
+    Some(image::imageops::resize(
+        &made,
+        made.width() * k,
+        made.height() * k,
+        image::imageops::FilterType::Nearest,
+    ))
 }
 
 /// A text's attributions per token (every token, in order) and per word (the sum over its tokens).

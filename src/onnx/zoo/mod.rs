@@ -11,6 +11,8 @@ pub use detector::{detector, detector_sized, DETECTOR_CELL, DETECTOR_SIDE};
 use super::builder::{Attr, GraphBuilder};
 use super::proto::{data_type, ModelProto};
 
+pub mod channels;
+
 /// SplitMix64: small, seeded, reproducible.
 struct Weights(u64);
 

@@ -27,6 +27,9 @@ pub(super) enum DerivedKey {
     MaskedBackward(GradientKey, SiteKey),
     /// The model with these tensors as further outputs (a reference set's embeddings).
     Outputs(String, Vec<String>),
+    /// The backward model of a gradient key whose target is the weighted sum of this tensor (a
+    /// layer's channel, for activation maximisation) instead of the model's output.
+    Seeded(GradientKey, String),
 }
 
 /// Mask sites as a key: (tensor, only this node).
@@ -39,7 +42,7 @@ fn site_key(sites: &[MaskSite]) -> SiteKey {
 impl DerivedKey {
     pub(super) fn model(&self) -> &str {
         match self {
-            DerivedKey::Backward(k) | DerivedKey::MaskedBackward(k, _) => &k.model,
+            DerivedKey::Backward(k) | DerivedKey::MaskedBackward(k, _) | DerivedKey::Seeded(k, _) => &k.model,
             DerivedKey::Masked(model, _) | DerivedKey::Outputs(model, _) => model,
         }
     }
@@ -71,6 +74,31 @@ impl SessionStore {
                     [] => self.gradients.build(model, key)?,
                     _ => self.gradients.build_masked(model, key, sites)?,
                 };
+                Ok((built.bytes, Some(built.outputs)))
+            })
+            .map_err(|message| RuntimeError::NotDifferentiable {
+                model: model.name.clone(),
+                message,
+            })?;
+        let outputs = outputs.ok_or_else(|| RuntimeError::Inference {
+            model: model.name.clone(),
+            message: "a backward session without outputs".into(),
+        })?;
+        Ok((session, outputs))
+    }
+
+    /// The backward session for `key` whose target is `sum(seed * weights)`, `seed` an
+    /// intermediate tensor (weights shaped like it), and its output names.
+    pub(super) fn seeded_session(
+        &self,
+        model: &LoadedModel,
+        key: &GradientKey,
+        seed: &str,
+    ) -> Result<Backward, RuntimeError> {
+        let derived = DerivedKey::Seeded(key.clone(), seed.to_string());
+        let (session, outputs) = self
+            .derived_session(model, &derived, || {
+                let built = self.gradients.build_seeded(model, key, seed)?;
                 Ok((built.bytes, Some(built.outputs)))
             })
             .map_err(|message| RuntimeError::NotDifferentiable {

@@ -205,6 +205,26 @@ impl WorkerRuntime {
         )
     }
 
+    /// Input gradients of `sum(seed * weights)`, `seed` an intermediate tensor of `model` (a
+    /// layer) and `weights` shaped like it, one row per input row, standard rules; the pass's
+    /// scores are the model's output as ever.
+    pub fn seeded_gradients(
+        &mut self,
+        model: &LoadedModel,
+        seed: &str,
+        input: &Tensor,
+        weights: &Tensor,
+        sizing: Sizing,
+    ) -> Result<GradientPass, RuntimeError> {
+        let key = GradientKey {
+            model: model.name.clone(),
+            layers: Vec::new(),
+            rules: RuleSet::Exact,
+        };
+        let backward = self.store.seeded_session(model, &key, seed)?;
+        self.gradient_pass(model, &backward, (input, weights, &[]), RuleSet::Exact, sizing)
+    }
+
     /// Input gradients ([`Self::gradients`], no layers, standard rules) through the model with
     /// dropout masks at `sites`, `masks[k]` holding one row of site `k`'s mask per input row.
     pub fn masked_gradients(

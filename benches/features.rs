@@ -1,0 +1,79 @@
+//! Activation maximisation against its own passes (goal: at most 1.2x its passes per iteration):
+//! each iteration is one backward row through explaind's graphs, plus the Fourier image, its
+//! random view and their hand-written gradients in Rust. The per-iteration figures are the
+//! difference between a run of 2N and one of N iterations (the fixed forward rows cancel): wall
+//! time per iteration over ONNX Runtime time per iteration. Channel attribution's time per path
+//! point against saliency's one row, for scale. Run with `cargo bench --bench features`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use explaind::explain::{Limits, Methods, PlanContext};
+use explaind::jobs::ExplainTask;
+use explaind::runtime::Tensor;
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target").join("bench-features-models");
+    let _ = std::fs::remove_dir_all(&dir);
+    common::copy_bundled(&root, &dir, "fashion-cnn", &["model.onnx", "model.toml"]);
+    common::write_resnet(&dir, "resnet-64", &[1, 1], &[32, 64], 64, 10);
+    common::write_resnet18(&dir);
+    let config = common::config(&dir);
+    let limits = Limits::from_config(&config);
+    let (rt, service) = common::serve(config);
+    let methods = Methods::standard();
+    println!("activation-maximisation (defaults but `iterations`), per iteration: wall ms, ONNX Runtime ms, ratio");
+    println!(
+        "{:<12} {:>10} {:>10} {:>7} {:>14} {:>12}",
+        "model", "wall/it", "passes/it", "ratio", "saliency (ms)", "ch-attr/pt"
+    );
+    for (name, dims, n, rounds) in [
+        ("fashion-cnn", vec![1usize, 1, 28, 28], 64, 5),
+        ("resnet-64", vec![1, 3, 64, 64], 32, 3),
+        ("resnet-18", vec![1, 3, 224, 224], 4, 1),
+    ] {
+        let model = service.state.registry.get(name).unwrap().clone();
+        let count: usize = dims.iter().product();
+        let x: Vec<f32> = (0..count).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        // Median wall and model time of `rounds` runs (a first run, which builds the backward
+        // model, excluded).
+        let time = |method: &str, params: serde_json::Value| -> (f64, f64) {
+            let cx = PlanContext {
+                model: &model,
+                limits,
+                targets: 1,
+                reference: None,
+            };
+            let params = methods.get(method).unwrap().plan(params, &cx).unwrap();
+            let (mut walls, mut models) = (Vec::new(), Vec::new());
+            for round in 0..=rounds {
+                let job = common::job(&model, Tensor::f32(dims.clone(), x.clone()), &params, limits);
+                let started = Instant::now();
+                let result = rt
+                    .block_on(service.state.executor.submit(ExplainTask::new(job)))
+                    .unwrap();
+                if round > 0 {
+                    walls.push(started.elapsed());
+                    models.push(result.model_time);
+                }
+            }
+            let ms = |v: Vec<Duration>| common::median(v).as_secs_f64() * 1e3;
+            (ms(walls), ms(models))
+        };
+        let (short, short_model) = time("activation-maximisation", serde_json::json!({"iterations": n}));
+        let (long, long_model) = time("activation-maximisation", serde_json::json!({"iterations": 2 * n}));
+        let (wall, passes) = ((long - short) / n as f64, (long_model - short_model) / n as f64);
+        let (saliency, _) = time("saliency", serde_json::json!({}));
+        let steps = 16;
+        let (channels, _) = time("channel-attribution", serde_json::json!({"steps": steps}));
+        println!(
+            "{name:<12} {wall:>10.3} {passes:>10.3} {:>7.2} {saliency:>14.3} {:>12.3}",
+            wall / passes,
+            channels / steps as f64
+        );
+    }
+    rt.block_on(service.stop()).unwrap();
+}
