@@ -4,6 +4,7 @@
 
 mod answer;
 mod bars;
+pub mod concepts;
 mod report;
 mod text;
 

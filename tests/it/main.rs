@@ -13,6 +13,7 @@ mod autodiff_models;
 mod autodiff_rules;
 mod batching;
 mod cam_layout;
+mod concepts;
 mod contract;
 mod counterfactual;
 mod deeplift;
