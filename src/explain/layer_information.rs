@@ -45,10 +45,10 @@ impl SplitMix64 {
     }
 }
 
-/// Digamma, x > 0 (recurrence up to 6, then the asymptotic series).
+/// Digamma, x > 0 (recurrence up to 10, then the asymptotic series: 1e-14 absolute).
 pub fn digamma(mut x: f64) -> f64 {
     let mut acc = 0.0;
-    while x < 6.0 {
+    while x < 10.0 {
         acc -= 1.0 / x;
         x += 1.0;
     }

@@ -107,8 +107,27 @@ pub struct TcavAnswer {
     pub random_sets: Vec<Vec<String>>,
     /// Per layer, shallow to deep.
     pub layers: Vec<TcavLayer>,
+    /// Where the time went.
+    pub stats: TcavStats,
     /// A bar chart of the scores per layer (base64 PNG).
     pub chart_png: String,
+}
+
+/// Where a TCAV run's time went, milliseconds on the worker.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct TcavStats {
+    /// Reading and decoding the examples.
+    pub decode_ms: f64,
+    /// The forward pass with the layers as outputs (the concept's and the random sets' rows).
+    pub activations_ms: f64,
+    /// The backward pass to the layers (the class's rows).
+    pub gradients_ms: f64,
+    /// Fitting and scoring every CAV, the t-tests.
+    pub cavs_ms: f64,
+}
+
+fn ms(since: std::time::Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
 }
 
 /// `amount` distinct indices of `0..n` drawn by `rng` (a partial Fisher-Yates shuffle).
@@ -171,6 +190,8 @@ impl Task for TcavTask {
             .map(|i| class_rows[i])
             .collect();
         ctx.checkpoint()?;
+        let mut stats = TcavStats::default();
+        let began = std::time::Instant::now();
         let concept_input =
             rows_tensor(&t.concept.inputs, &t.concept.ids, &concept_rows, model, t.max_pixels).map_err(input_error)?;
         let random_input =
@@ -179,9 +200,13 @@ impl Task for TcavTask {
             rows_tensor(&reference.inputs, &reference.ids, &class_rows, model, t.max_pixels).map_err(input_error)?;
         let forward_input = Tensor::concat_rows(vec![concept_input, random_input])
             .ok_or_else(|| input_error("the concept's and the reference set's inputs differ in shape".into()))?;
+        stats.decode_ms = ms(began);
+        let began = std::time::Instant::now();
         let acts = activations(rt, model, &t.layers, &forward_input)?;
+        stats.activations_ms = ms(began);
         ctx.advance(1);
         ctx.checkpoint()?;
+        let began = std::time::Instant::now();
         let classes = model.spec.labels.len().max(1);
         let backward = rt.gradients(
             model,
@@ -191,7 +216,9 @@ impl Task for TcavTask {
             &one_hot(&vec![t.target; class_rows.len()], classes),
             Sizing::budget(),
         )?;
+        stats.gradients_ms = ms(began);
         ctx.advance(1);
+        let began = std::time::Instant::now();
         // Where each random set's rows are among the forward pass's rows.
         let at = |row: &usize| examples + pool.binary_search(row).unwrap_or(0);
         let sets_at: Vec<Vec<usize>> = sets.iter().map(|s| s.iter().map(at).collect()).collect();
@@ -236,6 +263,7 @@ impl Task for TcavTask {
                 cav: first,
             });
         }
+        stats.cavs_ms = ms(began);
         let target = model
             .spec
             .labels
@@ -268,6 +296,7 @@ impl Task for TcavTask {
                 .map(|s| s.iter().map(|&i| reference.ids[i].clone()).collect())
                 .collect(),
             layers,
+            stats,
             chart_png: base64::engine::general_purpose::STANDARD.encode(png),
         })
     }

@@ -116,7 +116,14 @@ std = [1.0]
 [reference]
 images = "reference/images"
 labels = "reference/labels.csv"
+concepts = "concepts"
 "#;
+    // A concept set laid out in the manifest's folder: images alone, unlabelled.
+    let folder = dir.join("concepts/folder-stripes/images");
+    std::fs::create_dir_all(&folder).unwrap();
+    for (id, px, _) in examples("folder", 9, 12, |_, _| (true, String::new())) {
+        std::fs::write(folder.join(id), png(&px)).unwrap();
+    }
     write_model(models, "stripes", &explaind::onnx::zoo::stripes(), manifest);
 }
 
@@ -187,7 +194,9 @@ async fn tcav_finds_the_concept_the_class_uses_and_layers_know_the_label() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["attrs", "random", "stripes"], "{listed}");
+    assert_eq!(names, ["attrs", "folder-stripes", "random", "stripes"], "{listed}");
+    assert_eq!(listed[1]["source"], "manifest", "{listed}");
+    assert_eq!(listed[1]["examples"], 12, "{listed}");
     assert_eq!(listed[0]["attributes"].as_array().unwrap().len(), 2, "{listed}");
 
     let layers = ["relu1", "relu2", "relu3"];
@@ -217,6 +226,20 @@ async fn tcav_finds_the_concept_the_class_uses_and_layers_know_the_label() {
         assert!((b["score"].as_f64().unwrap() - 0.5).abs() < 0.3, "{b}");
         assert_eq!(b["significant"], false, "{b}");
     }
+    // FastCAV's mean difference, on the manifest's folder.
+    let mean_difference = run_job(
+        &service,
+        "/v1/models/stripes/tcav",
+        json!({"concept": "folder-stripes", "target": 1, "layers": ["relu1"], "cav": "mean-difference",
+               "runs": 5, "examples": 12, "seed": 3}),
+    )
+    .await;
+    assert_eq!(mean_difference["cav"], "mean-difference");
+    assert!(
+        mean_difference["layers"][0]["score"].as_f64().unwrap() > 0.9,
+        "{mean_difference}"
+    );
+    assert_eq!(mean_difference["layers"][0]["significant"], true, "{mean_difference}");
     let chart = base64::engine::general_purpose::STANDARD
         .decode(found["chart_png"].as_str().unwrap())
         .unwrap();
