@@ -101,7 +101,7 @@ fn bounded(name: &str, value: Option<usize>, default: usize, lo: usize, hi: usiz
         (status = 415, body = super::error::Problem, content_type = "application/problem+json", description = "not JSON Lines"),
         (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "fewer than 10 examples"),
     ))]
-pub async fn upload(
+pub async fn upload_concept(
     State(state): State<Arc<AppState>>,
     Path((model, name)): Path<(String, String)>,
     headers: HeaderMap,
@@ -144,7 +144,7 @@ pub async fn upload(
         (status = 200, body = Vec<ConceptSummary>, description = "the concept sets, by name"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
     ))]
-pub async fn list(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Response, ApiError> {
+pub async fn list_concepts(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Response, ApiError> {
     let m = state.model(&model)?;
     let data_dir = state.config.data_dir.clone();
     let sets = tokio::task::spawn_blocking(move || concepts::list(&m, &data_dir))

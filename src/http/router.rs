@@ -39,8 +39,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{model}/reference", post(reference::upload))
         .route("/v1/models/{model}/reference/suspects", get(reference::suspects))
         .route("/v1/models/{model}/reference/{id}", get(reference::row))
-        .route("/v1/models/{model}/concepts", get(concepts::list))
-        .route("/v1/models/{model}/concepts/{name}", post(concepts::upload))
+        .route("/v1/models/{model}/concepts", get(concepts::list_concepts))
+        .route("/v1/models/{model}/concepts/{name}", post(concepts::upload_concept))
         .route("/v1/models/{model}/tcav", post(concepts::tcav))
         .route(
             "/v1/models/{model}/layer-information",
