@@ -60,9 +60,10 @@ pub struct LayerInformationRequest {
     /// A concept set whose examples carry attribute labels; default: the reference set, labelled
     /// by class.
     pub concept: Option<String>,
-    /// Layers (default: every CAM layer, at most 16 spread over them).
+    /// Layers (default: three CAM layers, the first, middle and last; at most 16).
     pub layers: Option<Vec<String>>,
-    /// Rows used at most, drawn by the seed (default 500, 20 to 2000).
+    /// Rows used at most, drawn by the seed (default 200, 20 to 2000; the estimator's cost grows
+    /// with their square).
     pub max_rows: Option<usize>,
     /// Seed of the draw, the jitter and the shuffled labels; drawn and echoed when absent.
     pub seed: Option<u64>,
@@ -311,6 +312,8 @@ where
         (status = 202, body = crate::executor::board::JobView, description = "the job; its result is a `TcavAnswer`"),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, a parameter out of range"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model or concept set"),
+        (status = 413, body = super::error::Problem, content_type = "application/problem+json", description = "a body over the request size limit"),
+        (status = 415, body = super::error::Problem, content_type = "application/problem+json", description = "not JSON"),
         (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "an unknown layer or class, a model without a reference set, a concept set that cannot serve"),
         (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "the queue or the job board is full"),
     ))]
@@ -399,6 +402,8 @@ pub async fn tcav(
         (status = 202, body = crate::executor::board::JobView, description = "the job; its result is a `LayerInformationAnswer`"),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "malformed JSON, a parameter out of range"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model or concept set"),
+        (status = 413, body = super::error::Problem, content_type = "application/problem+json", description = "a body over the request size limit"),
+        (status = 415, body = super::error::Problem, content_type = "application/problem+json", description = "not JSON"),
         (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "an unknown layer, a model without a reference set, a concept set without attribute labels"),
         (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "the queue or the job board is full"),
     ))]
@@ -413,8 +418,8 @@ pub async fn layer_information(
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
     let req: LayerInformationRequest = input::json_body(received).await?;
-    let max_rows = bounded("max_rows", req.max_rows, 500, 20, 2000)?;
-    let layers = layers(&state, &m, req.layers, MAX_LAYERS)?;
+    let max_rows = bounded("max_rows", req.max_rows, 200, 20, 2000)?;
+    let layers = layers(&state, &m, req.layers, 3)?;
     let rows = match &req.concept {
         None => Labelled::Reference(reference(&state, &m)?),
         Some(name) => {
