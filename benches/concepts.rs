@@ -225,7 +225,8 @@ fn main() {
         let began = Instant::now();
         let resp = http
             .post(format!("{base}/v1/models/fashion-cnn/layer-information"))
-            .json(&json!({"max_rows": 1000, "seed": 1}))
+            .json(&json!({"max_rows": 1000, "seed": 1,
+                "layers": ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3"]}))
             .send()
             .await
             .unwrap();
