@@ -12,6 +12,7 @@
 //! `influence(x, x_i) = sum over checkpoints of lr * (a . a_i + 1) * (g . g_i)`.
 
 pub mod build;
+pub mod concepts;
 mod sets;
 pub mod source;
 pub mod store;

@@ -34,9 +34,9 @@ pub enum Inputs {
 }
 
 /// A parsed CSV: the header's cells, then each data line's number (from 1) and cells.
-struct Csv {
-    header: Vec<String>,
-    lines: Vec<(usize, Vec<String>)>,
+pub(crate) struct Csv {
+    pub(crate) header: Vec<String>,
+    pub(crate) lines: Vec<(usize, Vec<String>)>,
 }
 
 /// Bad lines named in a refusal, at most (the rest are not read).
@@ -44,14 +44,14 @@ pub(crate) const SHOWN: usize = 5;
 
 /// How an error names `path`: its file name alone. The set's folder is the operator's to know
 /// (start-up logs say it); an upload's is a server path no answer may show.
-fn named(path: &Path) -> String {
+pub(crate) fn named(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "the file".into())
 }
 
 /// Why a file could not be read, without the operating system's text.
-fn unreadable(e: &std::io::Error) -> &'static str {
+pub(crate) fn unreadable(e: &std::io::Error) -> &'static str {
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file",
         std::io::ErrorKind::PermissionDenied => "not readable",
@@ -59,7 +59,7 @@ fn unreadable(e: &std::io::Error) -> &'static str {
     }
 }
 
-fn read_csv(path: &Path, max_rows: usize) -> Result<(Csv, Vec<u8>), String> {
+pub(crate) fn read_csv(path: &Path, max_rows: usize) -> Result<(Csv, Vec<u8>), String> {
     let name = named(path);
     let bytes = std::fs::read(path).map_err(|e| {
         tracing::warn!(path = %path.display(), error = %e, "reference set file unreadable");
@@ -82,7 +82,7 @@ fn read_csv(path: &Path, max_rows: usize) -> Result<(Csv, Vec<u8>), String> {
     Ok((Csv { header, lines }, bytes))
 }
 
-fn column(csv: &Csv, path: &Path, name: &str) -> Result<usize, String> {
+pub(crate) fn column(csv: &Csv, path: &Path, name: &str) -> Result<usize, String> {
     csv.header
         .iter()
         .position(|h| h == name)
@@ -152,9 +152,23 @@ fn bad_label(cell: &str, labels: &[String]) -> String {
 /// An image set: a folder of files and a CSV of `id,label`; the hash covers the CSV and every
 /// image read.
 fn read_images(model: &LoadedModel, images: &str, labels_csv: &str, max_rows: usize) -> Result<Listing, String> {
-    let dir = model.dir.join(images);
-    let path = model.dir.join(labels_csv);
     let labels = &model.spec.labels;
+    let mut class = |cell: &str| label_of(cell, labels).ok_or_else(|| bad_label(cell, labels));
+    read_image_folder(
+        model.dir.join(images),
+        &model.dir.join(labels_csv),
+        max_rows,
+        &mut class,
+    )
+}
+
+/// How a label cell becomes a label index (a model's class, or a concept set's attribute), or why
+/// it cannot.
+pub(crate) type LabelOf<'a> = &'a mut dyn FnMut(&str) -> Result<u32, String>;
+
+/// An image folder `dir` with the CSV `path` of `id,label`, each label read by `label`.
+pub(crate) fn read_image_folder(dir: PathBuf, path: &Path, max_rows: usize, label: LabelOf) -> Result<Listing, String> {
+    let path = path.to_path_buf();
     let mut hash = Sha256::new();
     let (csv, bytes) = read_csv(&path, max_rows)?;
     hash.update(&bytes);
@@ -163,6 +177,7 @@ fn read_images(model: &LoadedModel, images: &str, labels_csv: &str, max_rows: us
     let mut classes = Vec::with_capacity(csv.lines.len());
     let mut seen = std::collections::HashSet::new();
     let mut bad = BadLines::new(&path);
+    let label_of_cell = label;
     for (line, cells) in &csv.lines {
         let (Some(id), Some(label)) = (cells.get(id_col), cells.get(label_col)) else {
             if bad.add(*line, "fewer cells than the header") {
@@ -177,20 +192,18 @@ fn read_images(model: &LoadedModel, images: &str, labels_csv: &str, max_rows: us
         } else if !seen.insert(id.clone()) {
             Err(format!("id `{id_shown}` appears twice"))
         } else {
-            label_of(label, labels)
-                .ok_or_else(|| bad_label(label, labels))
-                .and_then(|class| {
-                    let file = dir.join(id);
-                    // Once a line is bad the set is refused: later lines are only checked
-                    // for their file, not read and hashed.
-                    let image = match bad.lines.is_empty() {
-                        true => std::fs::read(&file),
-                        false => std::fs::metadata(&file).map(|_| Vec::new()),
-                    };
-                    image
-                        .map(|image| (class, image))
-                        .map_err(|e| format!("image `{id_shown}`: {}", unreadable(&e)))
-                })
+            label_of_cell(label).and_then(|class| {
+                let file = dir.join(id);
+                // Once a line is bad the set is refused: later lines are only checked
+                // for their file, not read and hashed.
+                let image = match bad.lines.is_empty() {
+                    true => std::fs::read(&file),
+                    false => std::fs::metadata(&file).map(|_| Vec::new()),
+                };
+                image
+                    .map(|image| (class, image))
+                    .map_err(|e| format!("image `{id_shown}`: {}", unreadable(&e)))
+            })
         };
         let (class, image) = match checked {
             Ok(found) => found,
@@ -218,8 +231,20 @@ fn read_images(model: &LoadedModel, images: &str, labels_csv: &str, max_rows: us
 
 /// A tabular set: one CSV with a column per feature and a `label` column.
 fn read_rows(model: &LoadedModel, rows_csv: &str, max_rows: usize) -> Result<Listing, String> {
-    let path = model.dir.join(rows_csv);
     let labels = &model.spec.labels;
+    let mut class = |cell: &str| label_of(cell, labels).ok_or_else(|| bad_label(cell, labels));
+    read_feature_rows(model, &model.dir.join(rows_csv), max_rows, Some(&mut class))
+}
+
+/// A CSV of `model`'s feature columns, and a `label` column read by `label` (none: the column is
+/// optional, and rows without it get label 0).
+pub(crate) fn read_feature_rows(
+    model: &LoadedModel,
+    path: &Path,
+    max_rows: usize,
+    mut label: Option<LabelOf>,
+) -> Result<Listing, String> {
+    let path = path.to_path_buf();
     let mut hash = Sha256::new();
     let (csv, bytes) = read_csv(&path, max_rows)?;
     hash.update(&bytes);
@@ -229,7 +254,10 @@ fn read_rows(model: &LoadedModel, rows_csv: &str, max_rows: usize) -> Result<Lis
         .as_ref()
         .ok_or("a tabular reference set for an image model")?
         .features;
-    let label_col = column(&csv, &path, "label")?;
+    let label_col = match label {
+        Some(_) => Some(column(&csv, &path, "label")?),
+        None => csv.header.iter().position(|h| h == "label"),
+    };
     let cols: Vec<usize> = features
         .iter()
         .map(|f| column(&csv, &path, f))
@@ -238,23 +266,26 @@ fn read_rows(model: &LoadedModel, rows_csv: &str, max_rows: usize) -> Result<Lis
     let mut classes = Vec::with_capacity(csv.lines.len());
     let mut bad = BadLines::new(&path);
     for (line, cells) in &csv.lines {
-        let checked = cells
-            .get(label_col)
-            .ok_or_else(|| "fewer cells than the header".to_string())
-            .and_then(|label| label_of(label, labels).ok_or_else(|| bad_label(label, labels)))
-            .and_then(|class| {
-                let row = cols
-                    .iter()
-                    .map(|&c| {
-                        cells
-                            .get(c)
-                            .and_then(|v| v.parse::<f32>().ok())
-                            .filter(|v| v.is_finite())
-                            .ok_or_else(|| format!("column `{}` is not a number", csv.header[c]))
-                    })
-                    .collect::<Result<Vec<f32>, String>>()?;
-                Ok((class, row))
-            });
+        let class = match (label_col, label.as_mut()) {
+            (Some(c), Some(read)) => cells
+                .get(c)
+                .ok_or_else(|| "fewer cells than the header".to_string())
+                .and_then(|cell| read(cell)),
+            _ => Ok(0),
+        };
+        let checked = class.and_then(|class| {
+            let row = cols
+                .iter()
+                .map(|&c| {
+                    cells
+                        .get(c)
+                        .and_then(|v| v.parse::<f32>().ok())
+                        .filter(|v| v.is_finite())
+                        .ok_or_else(|| format!("column `{}` is not a number", csv.header[c]))
+                })
+                .collect::<Result<Vec<f32>, String>>()?;
+            Ok((class, row))
+        });
         match checked {
             Ok((class, row)) => {
                 classes.push(class);
@@ -276,27 +307,8 @@ fn read_rows(model: &LoadedModel, rows_csv: &str, max_rows: usize) -> Result<Lis
 impl Listing {
     /// Rows `start..end` as one input batch for `model`.
     pub fn batch(&self, model: &LoadedModel, start: usize, end: usize, max_pixels: u64) -> Result<Tensor, String> {
-        match &self.inputs {
-            Inputs::Rows(rows) => {
-                let width = rows.first().map_or(0, Vec::len);
-                let flat: Vec<f32> = rows[start..end].iter().flatten().copied().collect();
-                Ok(Tensor::f32(vec![end - start, width], flat))
-            }
-            Inputs::Images(dir) => {
-                let spec = model
-                    .spec
-                    .image
-                    .as_ref()
-                    .ok_or("an image reference set for a tabular model")?;
-                let mut parts = Vec::with_capacity(end - start);
-                for id in &self.ids[start..end] {
-                    let bytes = std::fs::read(dir.join(id)).map_err(|e| format!("image `{id}`: {e}"))?;
-                    let image = decode_image(&bytes, max_pixels).map_err(|e| format!("image `{id}`: {e}"))?;
-                    parts.push(prepare_image(&image, spec).tensor);
-                }
-                Tensor::concat_rows(parts).ok_or_else(|| "the images gave tensors of different shapes".to_string())
-            }
-        }
+        let rows: Vec<usize> = (start..end).collect();
+        rows_tensor(&self.inputs, &self.ids, &rows, model, max_pixels)
     }
 
     /// Row `i`'s input as stored: the image file's bytes, or the feature row.
@@ -304,6 +316,34 @@ impl Listing {
         match &self.inputs {
             Inputs::Images(dir) => Some(dir.join(&self.ids[i])),
             Inputs::Rows(_) => None,
+        }
+    }
+}
+
+/// Rows `rows` (indices into `ids`) of `inputs` as one input batch for `model`: image files
+/// decoded and prepared as a request's, or feature rows.
+pub fn rows_tensor(
+    inputs: &Inputs,
+    ids: &[String],
+    rows: &[usize],
+    model: &LoadedModel,
+    max_pixels: u64,
+) -> Result<Tensor, String> {
+    match inputs {
+        Inputs::Rows(all) => {
+            let width = all.first().map_or(0, Vec::len);
+            let flat: Vec<f32> = rows.iter().flat_map(|&r| all[r].iter().copied()).collect();
+            Ok(Tensor::f32(vec![rows.len(), width], flat))
+        }
+        Inputs::Images(dir) => {
+            let spec = model.spec.image.as_ref().ok_or("an image set for a tabular model")?;
+            let mut parts = Vec::with_capacity(rows.len());
+            for id in rows.iter().map(|&r| &ids[r]) {
+                let bytes = std::fs::read(dir.join(id)).map_err(|e| format!("image `{id}`: {}", unreadable(&e)))?;
+                let image = decode_image(&bytes, max_pixels).map_err(|e| format!("image `{id}`: {e}"))?;
+                parts.push(prepare_image(&image, spec).tensor);
+            }
+            Tensor::concat_rows(parts).ok_or_else(|| "the images gave tensors of different shapes".to_string())
         }
     }
 }

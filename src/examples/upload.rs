@@ -18,7 +18,8 @@ use crate::runtime::LoadedModel;
 struct Line {
     /// Image models: the row's id, a file name (`a.png`).
     id: Option<String>,
-    /// A label name or class index.
+    /// A label name or class index (a concept set's rows: an optional attribute name).
+    #[serde(default)]
     label: serde_json::Value,
     /// Image models: the image file, base64.
     image: Option<String>,
@@ -31,13 +32,37 @@ pub fn folder(data_dir: &Path, model: &str) -> PathBuf {
     data_dir.join("reference").join(format!("{model}.uploads"))
 }
 
-/// One checked row: its id, class and the bytes written for it (an image file, or a CSV line's
-/// cells).
-type Row = (String, u32, Vec<u8>);
+/// One checked row: its id, label cell (a class index, or a concept set's attribute) and the
+/// bytes written for it (an image file, or a CSV line's cells).
+type Row = (String, String, Vec<u8>);
+
+/// What an upload's `label` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelKind {
+    /// One of the model's classes, required (a reference set).
+    Class,
+    /// A free attribute name, optional (a concept set: examples of one concept, labelled by
+    /// attribute when layer information asks for it).
+    Attribute,
+}
 
 /// Checks every line of `body` and writes the rows into `dir` (created); the spec that reads
 /// them, with the manifest's other settings. An error names the first bad lines.
 pub fn write(model: &LoadedModel, body: &[u8], dir: &Path, max_rows: usize) -> Result<ReferenceSpec, String> {
+    write_rows_of(model, body, dir, max_rows, LabelKind::Class)?;
+    spec_in(dir, model).ok_or_else(|| "the upload's files were not written".to_string())
+}
+
+/// Checks every line of `body` (labels read as `kind` says) and writes the rows into `dir`
+/// (created) as a manifest would name them: `images/` and `labels.csv`, or `rows.csv`. Returns
+/// the row count; an error names the first bad lines.
+pub fn write_rows_of(
+    model: &LoadedModel,
+    body: &[u8],
+    dir: &Path,
+    max_rows: usize,
+    kind: LabelKind,
+) -> Result<usize, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8 text".to_string())?;
     let mut bad = Vec::new();
     let mut rows = Vec::new();
@@ -48,7 +73,7 @@ pub fn write(model: &LoadedModel, body: &[u8], dir: &Path, max_rows: usize) -> R
         }
         let parsed = serde_json::from_str::<Line>(line)
             .map_err(|e| e.to_string())
-            .and_then(|l| checked_row(model, l, &mut seen, rows.len()));
+            .and_then(|l| checked_row(model, l, &mut seen, rows.len(), kind));
         match parsed {
             Ok(row) => rows.push(row),
             Err(e) => {
@@ -70,7 +95,7 @@ pub fn write(model: &LoadedModel, body: &[u8], dir: &Path, max_rows: usize) -> R
         false => write_rows(model, &rows, dir),
     }
     .map_err(|e| cannot_write(dir, e))?;
-    spec_in(dir, model).ok_or_else(|| "the upload's files were not written".to_string())
+    Ok(rows.len())
 }
 
 /// One parsed line checked against `model`: its label, and an image (a file name not `seen`
@@ -81,14 +106,27 @@ fn checked_row(
     l: Line,
     seen: &mut std::collections::HashSet<String>,
     index: usize,
+    kind: LabelKind,
 ) -> Result<Row, String> {
     let labels = &model.spec.labels;
-    let class = match &l.label {
-        serde_json::Value::String(s) => label_of(s, labels),
-        serde_json::Value::Number(i) => i.as_u64().and_then(|i| label_of(&i.to_string(), labels)),
-        _ => None,
-    }
-    .ok_or_else(|| format!("label {} is neither a label name nor a class index", l.label))?;
+    let class =
+        match kind {
+            LabelKind::Class => match &l.label {
+                serde_json::Value::String(s) => label_of(s, labels),
+                serde_json::Value::Number(i) => i.as_u64().and_then(|i| label_of(&i.to_string(), labels)),
+                _ => None,
+            }
+            .ok_or_else(|| format!("label {} is neither a label name nor a class index", l.label))?
+            .to_string(),
+            LabelKind::Attribute => match &l.label {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) if is_attribute(s) => s.clone(),
+                _ => return Err(
+                    "label: an attribute is a string of at most 100 characters without commas, quotes or line breaks"
+                        .into(),
+                ),
+            },
+        };
     if model.spec.image.is_some() {
         let id = l.id.ok_or("an image row needs an `id` (its file name)")?;
         if !is_file_name(&id) {
@@ -248,4 +286,9 @@ pub fn put_in_force(data_dir: &Path, model: &str, dir: &Path) -> Result<(), Stri
         let _ = std::fs::remove_dir_all(root.join(old));
     }
     Ok(())
+}
+
+/// Whether `s` may be an attribute label: short, and a plain CSV cell.
+fn is_attribute(s: &str) -> bool {
+    s.chars().count() <= 100 && !s.chars().any(|c| matches!(c, ',' | '"' | '\n' | '\r'))
 }

@@ -76,7 +76,7 @@ pub async fn require_key(
         Scope::Audit
     } else if req.method() == axum::http::Method::POST
         && path.starts_with("/v1/models/")
-        && path.ends_with("/reference")
+        && (path.ends_with("/reference") || path.contains("/concepts/"))
     {
         Scope::Reference
     } else {

@@ -5,6 +5,7 @@ mod audit;
 pub mod auth;
 pub mod claimer;
 mod compare;
+mod concepts;
 pub mod error;
 mod evaluate;
 mod explain;

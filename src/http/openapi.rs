@@ -10,8 +10,8 @@ use crate::explain::method::{AnyMethod, NamedSchemas, CONFIGURED_MAX_SAMPLES};
 use crate::explain::{Limits, Methods};
 
 use super::{
-    audit, compare, error, evaluate, explain, health, input, jobs, models, predict, problems, protocols, reference,
-    replay, report, uncertainty,
+    audit, compare, concepts, error, evaluate, explain, health, input, jobs, models, predict, problems, protocols,
+    reference, replay, report, uncertainty,
 };
 
 /// The API description.
@@ -33,6 +33,10 @@ use super::{
         reference::upload,
         reference::suspects,
         reference::row,
+        concepts::upload_concept,
+        concepts::list_concepts,
+        concepts::tcav,
+        concepts::layer_information,
         predict::predict,
         uncertainty::uncertainty,
         explain::explain,
@@ -60,11 +64,17 @@ use super::{
         protocols::oip::model_ready,
         protocols::oip::infer,
     ),
-    components(schemas(error::Problem, input::FeaturesJson)),
+    components(schemas(
+        error::Problem,
+        input::FeaturesJson,
+        crate::jobs::concepts::TcavAnswer,
+        crate::jobs::concepts::LayerInformationAnswer,
+    )),
     tags(
         (name = "models", description = "Loaded models and predictions"),
         (name = "explanations", description = "Why a model predicted what it did"),
         (name = "reference", description = "A model's reference set: likely mislabels, and its rows"),
+        (name = "concepts", description = "Concept sets, TCAV, and what each layer knows about a label"),
         (name = "jobs", description = "Explanations run in the background, with progress"),
         (name = "audit", description = "The tamper-evident record of predictions and explanations"),
         (name = "operations", description = "Health, readiness, metrics, API documents"),

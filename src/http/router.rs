@@ -16,8 +16,8 @@ use tower_http::trace::TraceLayer;
 use super::error::{ApiError, ProblemKind};
 use super::protocols::vertex;
 use super::{
-    audit, auth, compare, evaluate, explain, health, jobs, models, openapi, page, predict, problems, protocols,
-    reference, replay, report, uncertainty, AppState,
+    audit, auth, compare, concepts, evaluate, explain, health, jobs, models, openapi, page, predict, problems,
+    protocols, reference, replay, report, uncertainty, AppState,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -39,6 +39,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{model}/reference", post(reference::upload))
         .route("/v1/models/{model}/reference/suspects", get(reference::suspects))
         .route("/v1/models/{model}/reference/{id}", get(reference::row))
+        .route("/v1/models/{model}/concepts", get(concepts::list_concepts))
+        .route("/v1/models/{model}/concepts/{name}", post(concepts::upload_concept))
+        .route("/v1/models/{model}/tcav", post(concepts::tcav))
+        .route(
+            "/v1/models/{model}/layer-information",
+            post(concepts::layer_information),
+        )
         .route("/v1/models/{model}/predict", post(predict::predict))
         .route("/v1/models/{model}/uncertainty", post(uncertainty::uncertainty))
         .route("/v1/models/{model}/evaluate", post(evaluate::evaluate))

@@ -3,6 +3,7 @@
 //! executor runs any task and knows none.
 
 mod compare;
+pub mod concepts;
 mod evaluate;
 mod explain;
 mod predict;

@@ -5,6 +5,7 @@
 mod answer;
 mod bars;
 mod boxes;
+pub mod concepts;
 mod report;
 mod text;
 

@@ -160,6 +160,17 @@ impl GradientCache {
         Ok(entry)
     }
 
+    /// The probed dimensions of the float tensor `name` of `model`'s graph (`None`: no such
+    /// float tensor); an error when the graph cannot be prepared.
+    pub fn float_tensor_dims(&self, model: &LoadedModel, name: &str) -> Result<Option<Vec<Option<i64>>>, String> {
+        let prepared = self.prepared(model)?;
+        Ok(prepared
+            .1
+            .get(name)
+            .filter(|s| s.elem_type == proto::data_type::FLOAT)
+            .map(|s| s.dims.clone()))
+    }
+
     /// True when `model`'s graph fixes its batch at one row ([`super::shapes::fixes_batch`]).
     pub fn fixes_batch(&self, model: &LoadedModel) -> bool {
         self.prepared(model)

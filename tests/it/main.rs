@@ -15,6 +15,7 @@ mod autodiff_rules;
 mod batching;
 mod cam_layout;
 mod channels;
+mod concepts;
 mod contract;
 mod cost;
 mod counterfactual;

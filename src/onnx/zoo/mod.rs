@@ -7,6 +7,9 @@ pub use segmenter::{mean_linear, segmenter, SegLayout, SEGMENTER_REACH};
 mod detector;
 
 pub use detector::{detector, detector_sized, DETECTOR_CELL, DETECTOR_SIDE};
+mod concepts;
+
+pub use concepts::stripes;
 
 use super::builder::{Attr, GraphBuilder};
 use super::proto::{data_type, ModelProto};

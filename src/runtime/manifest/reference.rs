@@ -30,6 +30,11 @@ pub struct ReferenceSpec {
     /// Further checkpoints of the same architecture, summed as TracInCP does: other loaded models.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checkpoints: Vec<Checkpoint>,
+    /// A folder of concept sets for TCAV and layer information, one subfolder per concept (named
+    /// by it), laid out as an uploaded concept set: `images/` with an optional `labels.csv`
+    /// (`id,label`, attribute labels), or `rows.csv` (tabular).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concepts: Option<String>,
 }
 
 /// One more checkpoint of the model for influence: a loaded model and its learning rate.
