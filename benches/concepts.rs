@@ -152,6 +152,7 @@ fn main() {
         model: model.name.clone(),
         layers: layers.clone(),
         rules: RuleSet::Exact,
+        input_grad: false,
     };
     let built = state.gradients.build(&model, &key).unwrap();
     let mut backward = create_session_from_bytes(env, &built.bytes).unwrap();

@@ -86,6 +86,7 @@ fn main() {
         input: "images".into(),
         output: "output0".into(),
         layers: vec![],
+        input_grad: true,
     };
     let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::exact(), Some(&runner)).unwrap();
     let mut backward = create_session_from_bytes(env, &bw.model.encode_to_vec()).unwrap();

@@ -938,6 +938,7 @@ mod tests {
             },
             resize: ResizeFilter::Nearest,
             fit: Fit::Stretch,
+            pad: 0,
             scale: 1.0 / 255.0,
             mean: vec![0.0; channels],
             std: vec![1.0; channels],

@@ -178,10 +178,6 @@ impl Method for IntegratedGradients {
         })
     }
 
-    fn details_schema() -> Option<super::method::NamedSchemas> {
-        Some(super::method::schemas_of::<IntegratedGradientsDetails>())
-    }
-
     fn explain(
         cx: &mut Cx,
         job: &ExplainJob,
@@ -200,6 +196,18 @@ pub struct IntegratedGradientsDetails {
     /// The target's score at the baseline: the attributions add up to the input's score minus
     /// this (a regression's value at the baseline, for one).
     pub baseline_score: f64,
+    /// Points on the path used (with `delta_tolerance`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// |convergence delta| / |f(input) - f(baseline)| at the end (with `delta_tolerance`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relative_delta: Option<f64>,
+    /// The tolerance asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_tolerance: Option<f64>,
+    /// Why refining stopped: `tolerance` (met) or `steps` (the next level would pass it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 /// Points in [0, 1] and their weights (summing to 1).
@@ -266,6 +274,10 @@ fn explain(
             // says from where (a regression's value at the baseline, most of all).
             details: serde_json::to_value(IntegratedGradientsDetails {
                 baseline_score: base_scores.get(t.index).copied().unwrap_or(f64::NAN),
+                steps: None,
+                relative_delta: None,
+                delta_tolerance: None,
+                stopped: None,
             })
             .ok(),
         });
@@ -354,29 +366,17 @@ fn refined(
             map: fold_map(job, &batch, 0, Fold::Sum),
             convergence_delta: Some(total - gap),
             layer: None,
-            details: Some(serde_json::json!({
-                "steps": used,
-                "relative_delta": error,
-                "delta_tolerance": tolerance,
-                "stopped": stopped,
-            })),
+            details: serde_json::to_value(IntegratedGradientsDetails {
+                baseline_score: base_scores.get(t.index).copied().unwrap_or(f64::NAN),
+                steps: Some(used),
+                relative_delta: Some(*error),
+                delta_tolerance: Some(tolerance),
+                stopped: Some(stopped.to_string()),
+            })
+            .ok(),
         });
     }
     Ok(out)
-}
-
-/// Integrated Gradients' `details` with `delta_tolerance`, as `explain` writes them.
-#[derive(ToSchema)]
-#[allow(dead_code)] // The answer's shape for the document; `explain` writes it as JSON.
-pub struct IntegratedGradientsDetails {
-    /// Points on the path used (with `delta_tolerance`).
-    steps: Option<usize>,
-    /// |convergence delta| / |f(input) - f(baseline)| at the end.
-    relative_delta: Option<f64>,
-    /// The tolerance asked.
-    delta_tolerance: Option<f64>,
-    /// Why refining stopped: `tolerance` (met) or `steps` (the next level would pass it).
-    stopped: Option<String>,
 }
 
 /// The noise's bounds: copies within `max_samples`, standard deviations finite and non-negative,

@@ -145,7 +145,10 @@ pub async fn upload_concept(
         (status = 200, body = Vec<ConceptSummary>, description = "the concept sets, by name"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
     ))]
-pub async fn list_concepts(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Response, ApiError> {
+pub async fn list_concepts(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
     let m = state.model(&model)?;
     let data_dir = state.config.data_dir.clone();
     let sets = tokio::task::spawn_blocking(move || concepts::list(&m, &data_dir))

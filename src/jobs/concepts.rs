@@ -19,7 +19,6 @@ use crate::executor::Task;
 use crate::explain::layer_information as info;
 use crate::explain::one_hot;
 use crate::explain::tcav::{self, CavKind};
-use crate::onnx::autodiff::RuleSet;
 use crate::runtime::preprocess::InputError;
 use crate::runtime::sessions::Sizing;
 use crate::runtime::{JobContext, LoadedModel, RuntimeError, Tensor, WorkerRuntime};
@@ -208,10 +207,10 @@ impl Task for TcavTask {
         ctx.checkpoint()?;
         let began = std::time::Instant::now();
         let classes = model.spec.labels.len().max(1);
-        let backward = rt.gradients(
+        // Only the layers' gradients: the pass stops there.
+        let backward = rt.layer_gradients(
             model,
             &t.layers,
-            RuleSet::Exact,
             &class_input,
             &one_hot(&vec![t.target; class_rows.len()], classes),
             Sizing::budget(),

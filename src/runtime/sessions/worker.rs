@@ -220,6 +220,7 @@ impl WorkerRuntime {
             model: model.name.clone(),
             layers: Vec::new(),
             rules: RuleSet::Exact,
+            input_grad: true,
         };
         let backward = self.store.seeded_session(model, &key, seed)?;
         self.gradient_pass(model, &backward, (input, weights, &[]), RuleSet::Exact, sizing)
