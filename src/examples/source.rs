@@ -273,30 +273,42 @@ fn read_rows(model: &LoadedModel, rows_csv: &str, max_rows: usize) -> Result<Lis
     })
 }
 
+/// Rows `start..end` of `inputs` (ids naming image files) as one input batch for `model`.
+pub fn batch(
+    inputs: &Inputs,
+    ids: &[String],
+    model: &LoadedModel,
+    start: usize,
+    end: usize,
+    max_pixels: u64,
+) -> Result<Tensor, String> {
+    match inputs {
+        Inputs::Rows(rows) => {
+            let width = rows.first().map_or(0, Vec::len);
+            let flat: Vec<f32> = rows[start..end].iter().flatten().copied().collect();
+            Ok(Tensor::f32(vec![end - start, width], flat))
+        }
+        Inputs::Images(dir) => {
+            let spec = model
+                .spec
+                .image
+                .as_ref()
+                .ok_or("an image reference set for a tabular model")?;
+            let mut parts = Vec::with_capacity(end - start);
+            for id in &ids[start..end] {
+                let bytes = std::fs::read(dir.join(id)).map_err(|e| format!("image `{id}`: {e}"))?;
+                let image = decode_image(&bytes, max_pixels).map_err(|e| format!("image `{id}`: {e}"))?;
+                parts.push(prepare_image(&image, spec).tensor);
+            }
+            Tensor::concat_rows(parts).ok_or_else(|| "the images gave tensors of different shapes".to_string())
+        }
+    }
+}
+
 impl Listing {
     /// Rows `start..end` as one input batch for `model`.
     pub fn batch(&self, model: &LoadedModel, start: usize, end: usize, max_pixels: u64) -> Result<Tensor, String> {
-        match &self.inputs {
-            Inputs::Rows(rows) => {
-                let width = rows.first().map_or(0, Vec::len);
-                let flat: Vec<f32> = rows[start..end].iter().flatten().copied().collect();
-                Ok(Tensor::f32(vec![end - start, width], flat))
-            }
-            Inputs::Images(dir) => {
-                let spec = model
-                    .spec
-                    .image
-                    .as_ref()
-                    .ok_or("an image reference set for a tabular model")?;
-                let mut parts = Vec::with_capacity(end - start);
-                for id in &self.ids[start..end] {
-                    let bytes = std::fs::read(dir.join(id)).map_err(|e| format!("image `{id}`: {e}"))?;
-                    let image = decode_image(&bytes, max_pixels).map_err(|e| format!("image `{id}`: {e}"))?;
-                    parts.push(prepare_image(&image, spec).tensor);
-                }
-                Tensor::concat_rows(parts).ok_or_else(|| "the images gave tensors of different shapes".to_string())
-            }
-        }
+        batch(&self.inputs, &self.ids, model, start, end, max_pixels)
     }
 
     /// Row `i`'s input as stored: the image file's bytes, or the feature row.

@@ -7,6 +7,7 @@ pub mod embedding;
 pub mod fold;
 pub mod head;
 pub mod node;
+pub mod patterns;
 pub mod proto;
 pub mod randomize;
 pub mod summary;
