@@ -1,6 +1,10 @@
 //! Reference architectures with seeded random weights, built with [`GraphBuilder`]: the shapes of
 //! real CNNs and transformers, for gradient checks and benchmarks (no downloads needed).
 
+mod patterns;
+
+pub use patterns::{pattern_conv, pattern_dense, signal_distractor};
+
 use super::builder::{Attr, GraphBuilder};
 use super::proto::{data_type, ModelProto};
 
