@@ -54,7 +54,8 @@ fn main() {
     let submit = |method: &str| {
         let job = job(method);
         let started = Instant::now();
-        rt.block_on(service.state.executor.submit(ExplainTask::new(job))).unwrap();
+        rt.block_on(service.state.executor.submit(ExplainTask::new(job)))
+            .unwrap();
         started.elapsed().as_secs_f64() * 1e3
     };
 
@@ -105,7 +106,14 @@ fn main() {
         output: model.spec.output.clone(),
         layers: vec![],
     };
-    let bw = build_backward(&prepared, &spec, &shapes, &RuleTable::for_set(RuleSet::Exact), Some(&runner)).unwrap();
+    let bw = build_backward(
+        &prepared,
+        &spec,
+        &shapes,
+        &RuleTable::for_set(RuleSet::Exact),
+        Some(&runner),
+    )
+    .unwrap();
     let mut backward = create_session_from_bytes(env, &bw.model.encode_to_vec()).unwrap();
     let classes = model.spec.labels.len();
     let rounds = 200;
