@@ -105,7 +105,8 @@ impl Service {
         };
         let env = runtime::library::init_with(config.onnxruntime_library.as_deref(), threads)?;
         let registry = Arc::new(Registry::load_dir(&config.models_dir, config.strict_models)?);
-        let gradients = Arc::new(runtime::gradients::GradientCache::new(env));
+        let gradients =
+            Arc::new(runtime::gradients::GradientCache::new(env).with_pattern_dir(config.data_dir.join("patterns")));
         let metrics = Arc::new(Metrics::default());
         let (registry, sessions) = open_sessions(env, registry, &gradients, &metrics, &config)?;
         tracing::info!(models = ?registry.names(), "models loaded");

@@ -265,6 +265,18 @@ impl ReferenceSet {
         self.ids.is_empty()
     }
 
+    /// Rows `start..end`'s inputs as one batch for `model` (images decoded again from their files).
+    pub fn input_batch(
+        &self,
+        model: &crate::runtime::LoadedModel,
+        start: usize,
+        end: usize,
+        max_pixels: u64,
+    ) -> Result<crate::runtime::Tensor, String> {
+        let rows: Vec<usize> = (start..end).collect();
+        source::rows_tensor(&self.inputs, &self.ids, &rows, model, max_pixels)
+    }
+
     /// The row with this id.
     pub fn position(&self, id: &str) -> Option<usize> {
         self.index.get(id).copied()

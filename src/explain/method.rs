@@ -461,6 +461,8 @@ impl Methods {
             .with::<deeplift::DeepLift>()
             .with::<deeplift_shap::DeepLiftShap>()
             .with::<lrp::Lrp>()
+            .with::<pattern_net::PatternNet>()
+            .with::<pattern_attribution::PatternAttribution>()
             .with::<extremal::Extremal>()
             .with::<smoothgrad::SmoothGrad>()
             .with::<anchors::Anchors>()

@@ -8,6 +8,7 @@ pub mod fold;
 pub mod head;
 pub mod node;
 pub mod objectness;
+pub mod patterns;
 pub mod proto;
 pub mod randomize;
 pub mod region;

@@ -112,6 +112,8 @@ pub struct GradientCache {
     env: &'static ort::environment::Environment,
     builds: AtomicUsize,
     prepared: Mutex<HashMap<String, Arc<(ModelProto, ShapeMap)>>>,
+    /// Fitted patterns (PatternNet, PatternAttribution), kept here and on disk.
+    patterns: super::patterns::PatternStore,
 }
 
 impl GradientCache {
@@ -121,7 +123,20 @@ impl GradientCache {
             env,
             builds: AtomicUsize::new(0),
             prepared: Mutex::new(HashMap::new()),
+            patterns: super::patterns::PatternStore::default(),
         }
+    }
+
+    /// The same cache keeping fitted patterns under `dir` too (`data_dir/patterns`), where a
+    /// restart finds them.
+    pub fn with_pattern_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.patterns = super::patterns::PatternStore::new(Some(dir));
+        self
+    }
+
+    /// The fitted patterns (PatternNet, PatternAttribution).
+    pub fn patterns(&self) -> &super::patterns::PatternStore {
+        &self.patterns
     }
 
     /// Backward models built so far.
@@ -235,7 +250,17 @@ impl GradientCache {
             input_grad: key.input_grad,
         };
         let runner = OrtRunner::new(self.env);
-        let table = RuleTable::for_set(key.rules).with_input_bounds(input_bounds(&model.spec));
+        let patterns = match key.rules {
+            RuleSet::Pattern(r) => Some(
+                self.patterns
+                    .by_digest(&model.sha256, r.digest)
+                    .ok_or("the patterns this backward model needs are no longer kept")?,
+            ),
+            _ => None,
+        };
+        let table = RuleTable::for_set(key.rules)
+            .with_input_bounds(input_bounds(&model.spec))
+            .with_patterns(patterns);
         // A refused build names every refused node, not just the first the build met.
         let mut built = autodiff::build_backward(forward, &spec, shapes, &table, Some(&runner)).map_err(|e| {
             let all = autodiff::refusals(forward, &spec, shapes, &table, Some(&runner));
@@ -375,6 +400,8 @@ pub fn family(set: &RuleSet) -> String {
         RuleSet::ReluMaskedByGradient => "deconvnet".into(),
         RuleSet::Rescale => "deeplift-rescale".into(),
         RuleSet::Relevance(rules) => format!("lrp/{}", rules.composite.name()),
+        RuleSet::Pattern(r) if r.attribution => "pattern-attribution".into(),
+        RuleSet::Pattern(_) => "pattern-net".into(),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod job;
 pub mod library;
 pub mod manifest;
 pub mod memory;
+pub mod patterns;
 pub mod predict;
 pub mod preprocess;
 pub mod registry;

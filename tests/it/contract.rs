@@ -11,6 +11,7 @@ use crate::common;
 use std::path::PathBuf;
 use std::process::Command;
 
+use base64::Engine;
 use common::*;
 use serde_json::{json, Value};
 
@@ -60,6 +61,12 @@ async fn the_api_keeps_its_openapi_contract() {
     config.max_body_bytes = 256 * 1024;
     config.max_image_pixels = 512 * 512;
     let s = start(config).await;
+    // PatternNet fits its patterns on the first request (one pass over the reference set,
+    // seconds in a debug build): fitted here, so that schemathesis's requests time what they ask.
+    let image = std::fs::read(root().join("models/fashion-cnn/reference/images/train-00000.png")).unwrap();
+    let body = json!({"image": base64::engine::general_purpose::STANDARD.encode(image)});
+    let fitted = post_json(&s, "/v1/models/fashion-cnn/explain/pattern-net", &body).await;
+    assert_eq!(fitted.status(), 200, "{}", fitted.text().await.unwrap());
     let base = format!("http://{}", s.addr);
     let spec = root().join("openapi/openapi.json");
     let mut schemathesis = Command::new(tool);

@@ -34,6 +34,7 @@ mod limits;
 mod lrp;
 mod onnx_corpus;
 mod overload;
+mod patterns;
 mod protocols;
 mod real_models;
 mod reference;

@@ -109,8 +109,9 @@ fn build(
         .copied()
         .find(|&i| matches!(op_type(&graph.node[i]), "Conv" | "Gemm" | "MatMul"));
     let mut ctx = GradContext::new(&graph, shapes, opset, runner, table, first_linear);
-    let seed = if table.propagates_relevance() {
-        // Relevance starts as the target's score: the output times the weights.
+    let seed = if table.seeds_with_score() {
+        // Relevance (and the pattern rules' signal) starts as the target's score: the output
+        // times the weights.
         ctx.emit("Mul", &[&spec.output, WEIGHTS_INPUT], vec![])
     } else {
         WEIGHTS_INPUT.to_string()

@@ -10,6 +10,9 @@ pub use detector::{detector, detector_sized, DETECTOR_CELL, DETECTOR_SIDE};
 mod concepts;
 
 pub use concepts::stripes;
+mod patterns;
+
+pub use patterns::{pattern_conv, pattern_dense, signal_distractor};
 
 use super::builder::{Attr, GraphBuilder};
 use super::proto::{data_type, ModelProto};

@@ -56,6 +56,26 @@ impl WorkerRuntime {
         self.meter = meter;
     }
 
+    /// The fitted patterns (PatternNet, PatternAttribution).
+    pub fn patterns(&self) -> &crate::runtime::patterns::PatternStore {
+        self.store.gradients.patterns()
+    }
+
+    /// `model`'s graph as its backward models are built from it (opset raised, nodes rewritten)
+    /// with its probed shapes: the graph whose tensors [`Self::run_with_outputs`] exposes.
+    pub fn prepared(
+        &self,
+        model: &LoadedModel,
+    ) -> Result<Arc<(crate::onnx::proto::ModelProto, crate::onnx::autodiff::ShapeMap)>, RuntimeError> {
+        self.store
+            .gradients
+            .prepared(model)
+            .map_err(|message| RuntimeError::NotDifferentiable {
+                model: model.name.clone(),
+                message,
+            })
+    }
+
     /// The model of that name (a loaded one, or one lent for a job).
     pub fn model(&self, name: &str) -> Result<Arc<LoadedModel>, RuntimeError> {
         if let Some(m) = self.store.registry.get(name) {

@@ -10,6 +10,7 @@ mod conv;
 mod elementwise;
 mod matmul;
 mod norm;
+mod pattern;
 mod pool;
 mod reduce;
 pub mod relevance;
@@ -18,7 +19,9 @@ mod resize;
 mod shape;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+pub use pattern::PatternRules;
 pub use relevance::{Composite, InputBounds, RelevanceRules};
 
 use super::GradContext;
@@ -85,6 +88,10 @@ pub enum RuleSet {
     /// propagation, Bach et al. 2015): relevance, not gradients, flows back from the target's
     /// score.
     Relevance(RelevanceRules),
+    /// Exact gradients, except that each linear layer transposes its fitted pattern (PatternNet)
+    /// or its weight times the pattern (PatternAttribution) in place of its weight; the seed is
+    /// the target's score (Kindermans et al. 2018).
+    Pattern(PatternRules),
 }
 
 impl RuleSet {
@@ -96,6 +103,7 @@ impl RuleSet {
             RuleSet::ReluMaskedByGradient => "relu_masked_by_gradient",
             RuleSet::Rescale => "rescale",
             RuleSet::Relevance(_) => "relevance",
+            RuleSet::Pattern(_) => "pattern",
         }
     }
 
@@ -121,6 +129,7 @@ pub struct RuleTable {
     set: RuleSet,
     rules: HashMap<(&'static str, &'static str), Rule>,
     input_bounds: Option<InputBounds>,
+    patterns: Option<Arc<crate::onnx::patterns::Patterns>>,
 }
 
 impl RuleTable {
@@ -130,6 +139,7 @@ impl RuleTable {
             set,
             rules: HashMap::new(),
             input_bounds: None,
+            patterns: None,
         }
     }
 
@@ -180,6 +190,7 @@ impl RuleTable {
             RuleSet::ReluMaskedByGradient => Self::relu_masked_by_gradient(),
             RuleSet::Rescale => Self::rescale(),
             RuleSet::Relevance(rules) => relevance::table(rules),
+            RuleSet::Pattern(rules) => pattern::table(rules),
         }
     }
 
@@ -192,6 +203,23 @@ impl RuleTable {
     /// normalisation is folded into the layer before it first.
     pub fn propagates_relevance(&self) -> bool {
         matches!(self.set, RuleSet::Relevance(_))
+    }
+
+    /// True when the backward pass starts from the target's score rather than its weight
+    /// (relevance, and the pattern rules' signal).
+    pub fn seeds_with_score(&self) -> bool {
+        matches!(self.set, RuleSet::Relevance(_) | RuleSet::Pattern(_))
+    }
+
+    /// The same table with fitted patterns (the pattern rules read them).
+    pub fn with_patterns(mut self, patterns: Option<Arc<crate::onnx::patterns::Patterns>>) -> Self {
+        self.patterns = patterns;
+        self
+    }
+
+    /// The fitted patterns, when given.
+    pub fn patterns(&self) -> Option<&crate::onnx::patterns::Patterns> {
+        self.patterns.as_deref()
     }
 
     /// The same table with the model input's bounds (the ZBox rule reads them).

@@ -205,8 +205,8 @@ pub(super) fn table(rules: RelevanceRules) -> RuleTable {
     t
 }
 
-/// The exact-gradient rules the relevance rules borrow their transposed products from.
-fn exact() -> &'static RuleTable {
+/// The exact-gradient rules the relevance (and pattern) rules borrow their transposed products from.
+pub(super) fn exact() -> &'static RuleTable {
     static TABLE: OnceLock<RuleTable> = OnceLock::new();
     TABLE.get_or_init(RuleTable::exact)
 }

@@ -1,0 +1,61 @@
+//! PatternNet (Kindermans et al., ICLR 2018): the signal the model detects in the input, found by
+//! propagating the target's score back with each linear layer's fitted pattern in place of its
+//! weight (ReLU masks and max-pooling switches as the forward pass set them). For a linear model
+//! with a distractor the gradient shows the filter, which cancels the distractor; PatternNet shows
+//! the signal direction. Patterns are fitted once per model and data (`explain::patterns`).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::method::{schemas_of, Capabilities, Cost, Inputs, Invalid, Method, NamedSchemas, Passes, PlanContext};
+use super::patterns::PatternDetails;
+use super::{per_target, Cx, ExplainJob, Fold, TargetAttribution};
+use crate::runtime::predict::Prediction;
+use crate::runtime::RuntimeError;
+
+/// PatternNet parameters (none: the patterns come from the model's data).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PatternNetParams {}
+
+/// PatternNet.
+pub struct PatternNet;
+
+impl Method for PatternNet {
+    type Params = PatternNetParams;
+    const NAME: &'static str = "pattern-net";
+    const SUMMARY: &'static str =
+        "The signal the model detects: the score propagated back through fitted patterns (Kindermans et al. 2018)";
+    const CAPABILITIES: Capabilities = Capabilities {
+        passes: Passes::Gradients,
+        inputs: Inputs::Any,
+        layer: false,
+        random: false,
+        examples: false,
+        decision: false,
+        text: false,
+    };
+
+    fn plan(_: &mut PatternNetParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        super::patterns::plan(cx)
+    }
+
+    fn details_schema() -> Option<NamedSchemas> {
+        Some(schemas_of::<PatternDetails>())
+    }
+
+    fn explain(
+        cx: &mut Cx,
+        job: &ExplainJob,
+        _: &PatternNetParams,
+        targets: &[Prediction],
+        _: &[f64],
+    ) -> Result<Vec<TargetAttribution>, RuntimeError> {
+        let (pass, details) = super::patterns::explain(cx, job, targets, false)?;
+        let mut out = per_target(job, targets, &pass.input_grad, Fold::Sum);
+        for a in &mut out {
+            a.details = serde_json::to_value(&details).ok();
+        }
+        Ok(out)
+    }
+}
