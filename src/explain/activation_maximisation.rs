@@ -65,7 +65,7 @@ pub enum Start {
 pub struct ActivationMaximisationParams {
     /// Maximise this channel's mean activation at `layer` rather than the target's logit.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 65535)]
     pub channel: Option<usize>,
     /// The 4-D layer `channel` is in; default: the last spatial layer (as Grad-CAM picks it).
     /// Only read with `channel`.
@@ -143,7 +143,8 @@ impl Method for ActivationMaximisation {
     const CAPABILITIES: Capabilities = Capabilities {
         passes: Passes::Gradients,
         inputs: Inputs::Image,
-        layer: true,
+        // Its `layer` names a channel objective's layer, not a map's (it answers an image).
+        layer: false,
         random: true,
         examples: false,
         decision: false,
@@ -151,12 +152,11 @@ impl Method for ActivationMaximisation {
     };
 
     fn plan(p: &mut ActivationMaximisationParams, cx: &PlanContext) -> Result<Cost, Invalid> {
-        check_range(
-            "iterations",
-            p.iterations,
-            1,
-            MAX_ITERATIONS.min(cx.limits.max_samples.max(1)),
-        )?;
+        // Its own bound here (400); `max_samples` bounds iterations x images as every plan's samples.
+        check_range("iterations", p.iterations, 1, MAX_ITERATIONS)?;
+        if let Some(c) = p.channel {
+            check_range("channel", c, 0, super::channel_attribution::MAX_CHANNEL)?;
+        }
         if !(p.learning_rate > 0.0 && p.learning_rate <= 10.0) {
             return Err(Invalid::Request(format!(
                 "params.learning_rate must be above 0 and at most 10, got {}",
@@ -770,7 +770,7 @@ fn objective(
             Ok((score, pass.input_grad))
         }
         None => {
-            let classes = job.model.spec.labels.len().max(1);
+            let classes = crate::common::detection_targets::width(&job.model);
             let pass = cx.gradients(&[], RuleSet::Exact, input, &one_hot(&[target.index], classes), 1)?;
             let score = pass
                 .scores

@@ -27,6 +27,9 @@ use crate::runtime::preprocess::InputError;
 use crate::runtime::RuntimeError;
 
 /// Most top channels an answer lists with their maps.
+/// The largest channel index a request may name: a fixed bound checked before the layer's own count.
+pub const MAX_CHANNEL: usize = 65_535;
+
 pub const MAX_TOP_CHANNELS: usize = 64;
 
 /// Which measure ranks the channels.
@@ -61,7 +64,7 @@ pub struct ChannelAttributionParams {
     pub rank_by: RankBy,
     /// The channel whose map is the answer's (and the PNG's); default: the top-ranked one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 65535)]
     pub channel: Option<usize>,
 }
 
@@ -141,6 +144,9 @@ impl Method for ChannelAttribution {
     fn plan(p: &mut ChannelAttributionParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         check_range("steps", p.steps, 2, cx.limits.max_samples)?;
         check_range("top_k", p.top_k, 1, MAX_TOP_CHANNELS)?;
+        if let Some(c) = p.channel {
+            check_range("channel", c, 0, MAX_CHANNEL)?;
+        }
         baselines::planned(&mut p.baseline, cx)?;
         let size = plan_layer(&mut p.layer, cx)?;
         check_channel(p.channel, size.channels, p.layer.as_deref().unwrap_or_default())?;
@@ -212,7 +218,7 @@ fn explain(
     let baseline = baselines::for_job(p.baseline, job);
     let (x, b) = (job.input.as_f32().unwrap_or(&[]), baseline.as_f32().unwrap_or(&[]));
     let steps = p.steps;
-    let classes = job.model.spec.labels.len().max(1);
+    let classes = crate::common::detection_targets::width(&job.model);
     let mut sums: Vec<Sums> = targets
         .iter()
         .map(|_| Sums {

@@ -70,15 +70,17 @@ impl Method for DRise {
     };
 
     fn plan(p: &mut DRiseParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+        // The parameters' own bounds first (400), then whether they fit the model (422).
+        check_range("grid", p.grid, 2, MAX_SIDE)?;
+        if !(p.p > 0.0 && p.p < 1.0) {
+            return Err(Invalid::Request("params.p must be strictly between 0 and 1".into()));
+        }
+        check_range("masks", p.masks, 1, cx.limits.max_samples)?;
         let (Some(spec), Some(_)) = (cx.model.spec.image.as_ref(), cx.model.spec.detection.as_ref()) else {
             return Err(Invalid::Model("D-RISE explains object detectors".into()));
         };
         let side = spec.height.min(spec.width).max(2);
         check_range("grid", p.grid, 2, side.min(MAX_SIDE))?;
-        if !(p.p > 0.0 && p.p < 1.0) {
-            return Err(Invalid::Request("params.p must be strictly between 0 and 1".into()));
-        }
-        check_range("masks", p.masks, 1, cx.limits.max_samples)?;
         let batch = p.masks.min(cx.limits.max_batch);
         // A batch of masked inputs and their masks, the outputs' rows as f64, the sums.
         let outputs = bytes(cx.classes(), 8).saturating_mul(batch as u64);

@@ -41,7 +41,7 @@ impl Method for PatternNet {
     }
 
     fn details_schema() -> Option<NamedSchemas> {
-        Some(schemas_of::<PatternDetails>())
+        Some(schemas_of::<PatternNetDetails>())
     }
 
     fn explain(
@@ -54,8 +54,20 @@ impl Method for PatternNet {
         let (pass, details) = super::patterns::explain(cx, job, targets, false)?;
         let mut out = per_target(job, targets, &pass.input_grad, Fold::Sum);
         for a in &mut out {
-            a.details = serde_json::to_value(&details).ok();
+            a.details = serde_json::to_value(PatternNetDetails {
+                patterns: details.clone(),
+            })
+            .ok();
         }
         Ok(out)
     }
+}
+
+/// PatternNet's `details`: the patterns used (as PatternAttribution's, under `patterns`, so that
+/// the shared schema stays the patterns' alone).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatternNetDetails {
+    /// The patterns used.
+    pub patterns: PatternDetails,
 }

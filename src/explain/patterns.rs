@@ -152,8 +152,8 @@ pub(super) fn fitted(
         fitted_now,
     };
     if let Some(kept) = cx.rt.patterns().get(&model.sha256, &sha) {
-        // The plan counted the fitting pass's rows: the job's progress skips them.
-        cx.job_ctx.advance(data.rows());
+        // The plan counted the fitting pass's rows; progress counts the rows run, so it ends
+        // short of the plan (as a method that stops early does).
         return Ok((rules, details(&kept, false)));
     }
     let prepared = cx.rt.prepared(&model)?;
@@ -432,7 +432,7 @@ pub(super) fn explain(
     attribution: bool,
 ) -> Result<(crate::runtime::sessions::GradientPass, PatternDetails), RuntimeError> {
     let (rules, details) = fitted(cx, job, attribution)?;
-    let classes = job.model.spec.labels.len().max(1);
+    let classes = crate::common::detection_targets::width(&job.model);
     let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
     let input = super::repeat_rows(&job.input, targets.len());
     let chunk = cx.max_batch();

@@ -47,13 +47,18 @@ pub enum SmoothGradBase {
 
 /// The schema of SmoothGrad's `samples`.
 fn samples_param_schema() -> utoipa::openapi::Schema {
-    samples_schema(
+    let mut schema = samples_schema(
         1,
         "Noisy copies of the input: a number (default 50; rounded up to an even number when `antithetic`) or \
          `\"auto\"` (copies in doubling rounds from 16 until the largest standard error is within `tolerance` of \
          the largest attribution, at most `max_samples` rows).",
         false,
-    )
+    );
+    // The page's form starts at the default.
+    if let utoipa::openapi::Schema::OneOf(one_of) = &mut schema {
+        one_of.default = Some(serde_json::json!(50));
+    }
+    schema
 }
 
 /// SmoothGrad parameters.

@@ -375,11 +375,19 @@ impl Parsed {
 /// Reads inputs and options from any of the accepted body forms.
 async fn parse_body(received: input::ReceivedBody, uri: &Uri) -> Result<Parsed, ApiError> {
     let media = received.media_type.clone();
+    // The query is checked whatever the body (its options apply to image bodies); a seed is an
+    // int64, as the document says.
+    let q: UncertaintyQuery = input::parse_query(uri)?;
+    if q.seed.is_some_and(|s| s > i64::MAX as u64) {
+        return Err(ApiError::new(
+            ProblemKind::InvalidRequest,
+            format!("query string: seed must be at most {}", i64::MAX),
+        ));
+    }
     if media == "application/json" {
         return offload::cpu(received.bytes.len(), move || parse_json(&received.bytes)).await?;
     }
     if input::is_image_media_type(&media) {
-        let q: UncertaintyQuery = input::parse_query(uri)?;
         let given = q.samples.is_some() || q.p.is_some() || q.explain_method.is_some();
         let params = given.then(|| UncertaintyParams {
             samples: q.samples,

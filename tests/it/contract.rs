@@ -167,7 +167,7 @@ async fn a_generated_python_client_runs_the_readme_tour() {
 /// type, and validates against the document (tests/fixtures/openapi_answers.py): the `details` of
 /// every method against the schema it declares (its explain path's `ExplainResponse.{method}`), no
 /// `details` from a method that declares none, a multi-target answer's `explanations`. Each method runs on the first model that lists it (the bundled models
-/// and a small vision transformer from the zoo).
+/// and a small vision transformer and detector from the zoo).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_methods_answers_validate_against_the_document() {
     let dir = temp_dir("contract-models");
@@ -177,6 +177,7 @@ async fn every_methods_answers_validate_against_the_document() {
         "breast-cancer",
         "movie-reviews",
         "vit",
+        "detector",
     ];
     for name in &models[..4] {
         copy_bundled(name, &dir);
@@ -187,6 +188,12 @@ async fn every_methods_answers_validate_against_the_document() {
         "vit",
         &vit,
         "task = \"image-classification\"\nlabels = [\"a\", \"b\", \"c\"]\n",
+    );
+    write_model(
+        &dir,
+        "detector",
+        &explaind::onnx::zoo::detector(2),
+        crate::detection::MANIFEST,
     );
     let s = start(test_config(&dir)).await;
     let http = reqwest::Client::new();
@@ -201,6 +208,7 @@ async fn every_methods_answers_validate_against_the_document() {
         json!({"features": breast_cancer_holdout()[0]}),
         json!({"text": "A moving story, but the second hour is dull."}),
         json!({"image": b64(square.into_inner())}),
+        json!({"image": b64(crate::detection::cell_png())}),
     ];
     let mut listed = Vec::new();
     for name in models {

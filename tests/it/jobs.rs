@@ -283,14 +283,16 @@ async fn every_method_as_a_job_counts_progress_in_model_rows_and_never_past_its_
             let mut later = job["result"].clone();
             for answer in [&mut now, &mut later] {
                 answer.as_object_mut().unwrap().retain(|k, _| k != "id" && k != "stats");
-                // The worker's time in each target's cost, like `stats`, differs from run to run.
+                // What each target cost, like `stats`, differs from run to run: the worker's time,
+                // and passes made once and kept (PatternNet's patterns fitted by the first).
                 let targets = match answer["explanations"].as_array_mut() {
                     Some(list) => list.iter_mut().collect::<Vec<_>>(),
                     None => vec![answer],
                 };
                 for target in targets {
-                    if let Some(cost) = target["details"]["cost"].as_object_mut() {
-                        cost.remove("worker_ms");
+                    if let Some(details) = target["details"].as_object_mut() {
+                        details.remove("cost");
+                        details.remove("patterns");
                     }
                 }
             }

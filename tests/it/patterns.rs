@@ -100,8 +100,8 @@ async fn pattern_net_recovers_the_signal_where_the_gradient_shows_the_filter() {
     assert!(cosine(&pn, &w_dir).abs() < 0.8, "PatternNet {pn:?} is the filter");
     // The signal's size: a y with y = w^T x = 1.5.
     assert!((pn[0] - 1.5).abs() < 0.1, "{pn:?}");
-    assert_eq!(signal["details"]["data"], "background", "{signal}");
-    assert_eq!(signal["details"]["fitted_now"], true, "{signal}");
+    assert_eq!(signal["details"]["patterns"]["data"], "background", "{signal}");
+    assert_eq!(signal["details"]["patterns"]["fitted_now"], true, "{signal}");
     s.stop().await.unwrap();
 }
 
@@ -209,7 +209,7 @@ async fn pattern_attribution_conserves_through_linear_layers_and_patterns_surviv
     assert_eq!(d["patterns"]["layers"], 2, "{v}");
     assert_eq!(d["patterns"]["two_component"], 0, "{v}");
     let again = explain(&s, "lin", "pattern-net", &x, 1).await;
-    assert_eq!(again["details"]["fitted_now"], false, "{again}");
+    assert_eq!(again["details"]["patterns"]["fitted_now"], false, "{again}");
     s.stop().await.unwrap();
     let kept: Vec<_> = std::fs::read_dir(config.data_dir.join("patterns")).unwrap().collect();
     assert_eq!(kept.len(), 1, "one pattern file");

@@ -216,7 +216,11 @@ async fn every_method_explains_a_region_where_the_segmenter_reads_it() {
     let methods = explaind::explain::Methods::standard();
     let attributing: Vec<_> = methods
         .iter()
-        .filter(|m| applicable.iter().any(|a| a == m.name()) && !m.capabilities().examples)
+        .filter(|m| {
+            applicable.iter().any(|a| a == m.name())
+                && !m.capabilities().examples
+                && m.name() != "activation-maximisation"
+        })
         .collect();
     assert!(
         attributing.len() >= 15,
