@@ -355,11 +355,18 @@ impl Statistics {
                     return Err("the weight does not fit the input's channels".into());
                 }
                 let positions = oh * ow;
+                // Output positions a product at a time, so the patches and masks stay within
+                // what `bytes` budgets, however large the feature map.
+                let spans: Vec<(usize, usize)> = (0..positions)
+                    .step_by(SAMPLES_PER_PRODUCT)
+                    .map(|p0| (p0, (p0 + SAMPLES_PER_PRODUCT).min(positions)))
+                    .collect();
                 for b in 0..n {
-                    for g in 0..*group {
+                    for (g, &(p0, p1)) in (0..*group).flat_map(|g| spans.iter().map(move |s| (g, s))) {
                         // The image's patches for the group, zero-padded, one column per output
                         // position: channels of the group, kernel rows, columns.
-                        let patches = DMatrix::from_fn(l.fan_in(), positions, |k, p| {
+                        let patches = DMatrix::from_fn(l.fan_in(), p1 - p0, |k, p| {
+                            let p = p0 + p;
                             let (py, px) = (p / ow, p % ow);
                             let ch = g * cg + k / (kernel[0] * kernel[1]);
                             let (ky, kx) = ((k / kernel[1]) % kernel[0], k % kernel[1]);
@@ -372,7 +379,7 @@ impl Statistics {
                             }
                         });
                         let first = g * per_group;
-                        let at = |p: usize, jj: usize| (b * cout + first + jj) * positions + p;
+                        let at = |p: usize, jj: usize| (b * cout + first + jj) * positions + p0 + p;
                         self.add_samples(
                             &patches,
                             (first, per_group),
