@@ -168,7 +168,7 @@ fn main() {
     // and XRAI's six scales (its default segment counts, each at most a quarter of the pixels).
     for side in [28u32, 224] {
         let bytes: Vec<u8> = (0..side * side * 3)
-            .map(|i| ((i * 2654435761u32) >> 24) as u8)
+            .map(|i| (i.wrapping_mul(2654435761u32) >> 24) as u8)
             .collect();
         let started = Instant::now();
         for _ in 0..5 {

@@ -127,7 +127,7 @@ impl ModelInfo {
         Self {
             name: m.name.clone(),
             sha256: m.sha256.clone(),
-            spec: m.spec.clone(),
+            spec: m.spec.as_shown(),
             onnx: m.summary.clone(),
             gradients: m.gradient_report.get().cloned(),
             methods,

@@ -649,8 +649,17 @@ async fn a_failing_reference_set_leaves_its_model_serving_and_is_reported_with_w
         refused["detail"].as_str().unwrap().contains("GET /v1/models/fashion"),
         "{refused}"
     );
-    // (The model list echoes the manifest's own paths; the reason adds none.)
-    for answer in [why, ready.to_string(), refused.to_string()] {
+    // The manifest names the set by absolute paths: answers show their file names only.
+    assert_eq!(fashion["reference"]["images"], "images", "{fashion}");
+    assert_eq!(fashion["reference"]["labels"], "bad-labels.csv", "{fashion}");
+    let model = get_json(&service, "/v1/models/fashion").await;
+    for answer in [
+        why,
+        ready.to_string(),
+        refused.to_string(),
+        list.to_string(),
+        model.to_string(),
+    ] {
         assert!(!answer.contains(&dir.display().to_string()), "{answer}");
         common::assert_discloses_nothing(&answer);
     }

@@ -396,6 +396,34 @@ impl Manifest {
 }
 
 impl ModelSpec {
+    /// The spec as answers show it: a file or folder the manifest names outside the model's
+    /// folder (an absolute path, or one with `..`) is shown by its last component only, so no
+    /// answer discloses where the server keeps its data.
+    pub fn as_shown(&self) -> ModelSpec {
+        let mut shown = self.clone();
+        let paths = [
+            shown.tabular.as_mut().and_then(|t| t.background.as_mut()),
+            shown.text.as_mut().map(|t| &mut t.tokenizer),
+        ];
+        let reference = shown.reference.as_mut().into_iter().flat_map(|r| {
+            [
+                r.images.as_mut(),
+                r.labels.as_mut(),
+                r.csv.as_mut(),
+                r.concepts.as_mut(),
+            ]
+        });
+        for path in paths.into_iter().chain(reference).flatten() {
+            if !inside_folder(path) {
+                *path = Path::new(path.as_str())
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+            }
+        }
+        shown
+    }
+
     /// The explained input's element type.
     pub fn input_type(&self) -> crate::runtime::tensor::ElementType {
         self.inputs
@@ -446,6 +474,15 @@ fn float_tensor<'a>(
 
 /// The labels as written: inline, or one per non-blank line of `labels_file` (next to the
 /// manifest); empty when neither is given.
+/// Whether `path` names something inside the folder it is read from: relative, with no `..`.
+fn inside_folder(path: &str) -> bool {
+    use std::path::Component;
+    !path.is_empty()
+        && Path::new(path)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
 fn read_labels(
     labels: Option<Vec<String>>,
     labels_file: Option<String>,
