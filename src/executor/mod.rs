@@ -247,9 +247,9 @@ impl Admission {
                 return;
             };
             let started = Instant::now();
-            rt.count_into(Some(ctx.meter()));
+            rt.run_for(Some(ctx.clone()));
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| task.run(rt, &ctx)));
-            rt.count_into(None);
+            rt.run_for(None);
             metrics.job_duration.observe(started.elapsed().as_secs_f64());
             let _ = reply.send(settled(outcome, &metrics, deadline - admitted));
         });

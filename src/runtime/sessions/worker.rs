@@ -13,7 +13,7 @@ use crate::onnx::autodiff::WEIGHTS_INPUT;
 use crate::onnx::dropout::{mask_input, MaskSite};
 use crate::runtime::batching::{Batching, Feed};
 use crate::runtime::gradients::GradientKey;
-use crate::runtime::job::CostMeter;
+use crate::runtime::job::JobContext;
 use crate::runtime::tensor::{ElementType, Tensor, TensorData};
 use crate::runtime::{LoadedModel, RuntimeError};
 
@@ -35,8 +35,9 @@ pub struct GradientPass {
 pub struct WorkerRuntime {
     pub(super) store: Arc<SessionStore>,
     pub(super) max_batch: usize,
-    /// The running job's pass counter: every pass is counted into it, where it runs.
-    meter: Option<Arc<CostMeter>>,
+    /// The running job: every pass is counted into its meter, where it runs, and none starts
+    /// (nor waits for memory) once it is cancelled.
+    job: Option<JobContext>,
 }
 
 impl WorkerRuntime {
@@ -46,14 +47,14 @@ impl WorkerRuntime {
         Self {
             store,
             max_batch,
-            meter: None,
+            job: None,
         }
     }
 
-    /// Counts the passes that follow into `meter` (the running job's), until the next call
-    /// (`None` between jobs).
-    pub fn count_into(&mut self, meter: Option<Arc<CostMeter>>) {
-        self.meter = meter;
+    /// Runs the passes that follow for `job`: counted into its meter, stopped when it is
+    /// cancelled (`None` between jobs).
+    pub fn run_for(&mut self, job: Option<JobContext>) {
+        self.job = job;
     }
 
     /// The fitted patterns (PatternNet, PatternAttribution).
@@ -393,7 +394,18 @@ impl WorkerRuntime {
             if let Some(before) = sizing.before.as_mut() {
                 before(end - start)?;
             }
-            let _lease = self.store.budget.lease(row_bytes.saturating_mul((end - start) as u64));
+            let bytes = row_bytes.saturating_mul((end - start) as u64);
+            let _lease = match &self.job {
+                Some(job) => {
+                    job.checkpoint()?;
+                    // A cancelled job stops waiting for memory the others hold.
+                    self.store
+                        .budget
+                        .lease_unless(bytes, || job.is_cancelled())
+                        .ok_or(RuntimeError::Cancelled)?
+                }
+                None => self.store.budget.lease(bytes),
+            };
             let mut chunk: Vec<Feed> = values
                 .iter()
                 .map(|&(name, data, len, row_shape)| Feed::rows_of(name, data, len, row_shape, start, end))
@@ -405,8 +417,8 @@ impl WorkerRuntime {
                 });
             }
             let outputs = session.run(&model.name, &chunk)?;
-            if let Some(meter) = &self.meter {
-                meter.pass(end - start, rules);
+            if let Some(job) = &self.job {
+                job.meter().pass(end - start, rules);
             }
             for (name, t) in outputs {
                 parts.entry(name).or_default().push(t);
