@@ -196,54 +196,9 @@ async fn a_job_cancelled_mid_solver_frees_its_worker_at_once() {
     .await;
     let http = reqwest::Client::new();
     let body = json!({"model": "wide", "method": "lime", "features": input(), "params": {"samples": 2000}});
-    let r = http.post(url(&s, "/v1/jobs")).json(&body).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     // Every model row run and the job still running: it is fitting its local model.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let v: Value = http
-            .get(url(&s, &format!("/v1/jobs/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let p = &v["progress"];
-        if v["state"] == "running" && p["done"].as_u64().unwrap() >= 2000 {
-            break;
-        }
-        assert!(
-            v["state"] == "running" || v["state"] == "queued",
-            "the fit ended first: {v}"
-        );
-        assert!(Instant::now() < deadline, "never reached the solver: {v}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let cancelled = Instant::now();
-    let r = http.delete(url(&s, &format!("/v1/jobs/{id}"))).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    // The one worker takes new work as soon as the solver stops.
-    loop {
-        let r = http
-            .post(url(&s, "/v1/models/wide/predict"))
-            .json(&json!({"features": input()}))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == StatusCode::OK {
-            break;
-        }
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(
-            cancelled.elapsed() < Duration::from_secs(30),
-            "the worker was not freed"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let stopped = cancelled.elapsed();
+    let id = in_solver(&http, &url(&s, ""), &body, 2000, Duration::from_millis(200)).await;
+    let stopped = cancel_until_worker_free(&http, &s, &id, "lime").await;
     eprintln!("lime over {WIDE} features: worker free {stopped:?} after the cancel, mid-solver");
     assert!(stopped < Duration::from_secs(1), "{stopped:?}");
     s.stop().await.unwrap();
@@ -288,6 +243,30 @@ async fn in_solver(http: &reqwest::Client, base: &str, body: &Value, rows: u64, 
     id
 }
 
+/// Cancels job `id` and waits until the one worker answers a predict again: how long that took.
+async fn cancel_until_worker_free(http: &reqwest::Client, s: &explaind::Service, id: &str, what: &str) -> Duration {
+    let cancelled = Instant::now();
+    let r = http.delete(url(s, &format!("/v1/jobs/{id}"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    loop {
+        let r = http
+            .post(url(s, "/v1/models/wide/predict"))
+            .json(&json!({"features": input()}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            return cancelled.elapsed();
+        }
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(60),
+            "{what}: the worker was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// The solvers that were single library calls (LIME without a penalty: the least-norm solution;
 /// KernelSHAP with as many pairs as players: the test of its kernel matrix's conditioning) stop
 /// within about 100 ms of a cancel, as every step checks the job.
@@ -319,28 +298,7 @@ async fn a_job_cancelled_in_a_least_norm_or_conditioning_solver_stops_at_once() 
     // minutes in a debug build), past the sums it starts with.
     for (what, body, rows, settle) in cases {
         let id = in_solver(&http, &base, &body, rows, Duration::from_millis(settle)).await;
-        let cancelled = Instant::now();
-        let r = http.delete(url(&s, &format!("/v1/jobs/{id}"))).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        // The one worker takes new work as soon as the solver stops.
-        loop {
-            let r = http
-                .post(url(&s, "/v1/models/wide/predict"))
-                .json(&json!({"features": input()}))
-                .send()
-                .await
-                .unwrap();
-            if r.status() == StatusCode::OK {
-                break;
-            }
-            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-            assert!(
-                cancelled.elapsed() < Duration::from_secs(60),
-                "{what}: the worker was not freed"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let stopped = cancelled.elapsed();
+        let stopped = cancel_until_worker_free(&http, &s, &id, what).await;
         eprintln!("{what} over {WIDE} features: worker free {stopped:?} after the cancel, mid-solver");
         // 100 ms is the goal (20-70 ms measured on a quiet machine); the bound leaves room for
         // a shared, loaded one (it includes a predict's round trip to see the worker free).
