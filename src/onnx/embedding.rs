@@ -497,6 +497,66 @@ mod tests {
     }
 
     #[test]
+    fn int8_tables_are_read_dequantized_and_leave_the_graph_with_their_nodes() {
+        let int8 = |name: &str, dims: &[i64], values: &[i8]| TensorProto {
+            name: Some(name.into()),
+            dims: dims.to_vec(),
+            data_type: Some(data_type::INT8),
+            raw_data: Some(values.iter().map(|&v| v as u8).collect()),
+            ..Default::default()
+        };
+        // DequantizeLinear with one scale and zero point: (q - 2) * 0.5.
+        let mut g = GraphBuilder::new("dq", 17);
+        let ids = g.input_typed("input_ids", data_type::INT64, &[-1, -1]);
+        let scale = g.constant("scale", &[], &[0.5]);
+        let table = g.node("DequantizeLinear", &["q", &scale, "zero"], vec![]);
+        g.node("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
+        g.rename_last_output("y");
+        g.output_any("y");
+        let mut model = g.build();
+        let graph = model.graph.as_mut().unwrap();
+        graph.initializer.push(int8("q", &[3, 2], &[2, 4, -6, 0, 127, -128]));
+        graph.initializer.push(int8("zero", &[], &[2]));
+        let no_mask = TextInputs { mask: None, ..inputs() };
+        let dq = cut(&model, &no_mask).unwrap();
+        assert_eq!(dq.table.unwrap().values, [0.0, 1.0, -4.0, -1.0, 62.5, -65.0]);
+        let graph = dq.model.graph.unwrap();
+        assert!(!graph.node.iter().any(|n| op_type(n) == "DequantizeLinear"));
+        assert!(graph.initializer.iter().all(|t| t.name.as_deref() != Some("q")));
+        // Mul(Cast(q), scale) with a scale per row, and position ids derived from the length.
+        let mut g = GraphBuilder::new("mul", 17);
+        let ids = g.input_typed("input_ids", data_type::INT64, &[-1, -1]);
+        let positions = g.input_typed("position_ids", data_type::INT64, &[-1, -1]);
+        let scale = g.constant("scale", &[2, 1], &[0.5, 2.0]);
+        let f = g.node("Cast", &["q"], vec![("to", Attr::Int(data_type::FLOAT as i64))]);
+        let table = g.node("Mul", &[&scale, &f], vec![]);
+        let e = g.node("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
+        let p = g.node("Cast", &[&positions], vec![("to", Attr::Int(data_type::FLOAT as i64))]);
+        g.node("Add", &[&e, &p], vec![]);
+        g.rename_last_output("y");
+        g.output_any("y");
+        let mut model = g.build();
+        model
+            .graph
+            .as_mut()
+            .unwrap()
+            .initializer
+            .push(int8("q", &[2, 2], &[1, -2, 3, 4]));
+        let with_positions = TextInputs {
+            mask: None,
+            positions: Some("position_ids".into()),
+            ..inputs()
+        };
+        let mul = cut(&model, &with_positions).unwrap();
+        assert_eq!(mul.table.unwrap().values, [0.5, -1.0, 6.0, 8.0]);
+        let graph = mul.model.graph.unwrap();
+        let names: Vec<&str> = graph.input.iter().filter_map(|i| i.name.as_deref()).collect();
+        assert_eq!(names, [EMBEDDINGS]);
+        assert!(graph.node.iter().any(|n| op_type(n) == "Range"));
+        assert_eq!(graph.node.iter().filter(|n| op_type(n) == "Mul").count(), 0);
+    }
+
+    #[test]
     fn ids_read_for_their_values_or_missing_are_refused_by_name() {
         let mut g = GraphBuilder::new("ids_values", 17);
         let ids = g.input_typed("input_ids", data_type::INT64, &[-1, -1]);
