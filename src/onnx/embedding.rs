@@ -3,14 +3,20 @@
 //! replaced by a float graph input `embeddings` `[batch, tokens, dim]`, so the backward graph
 //! differentiates with respect to embeddings (as Captum's `LayerIntegratedGradients` on
 //! `model.embeddings` does), and every method sees one float input, as for images and tables.
-//! The explained text is one unpadded sequence, so the attention mask is all ones and the token
-//! type ids zeros: both become constants shaped like the embeddings' first two axes.
+//! The explained text is one unpadded sequence, so the attention mask is all ones, the token
+//! type ids zeros and the position ids `0, 1, ..., tokens - 1`: all three are derived in the graph
+//! from the embeddings' first two axes. Every other input stays a graph input, which the manifest
+//! feeds a constant (`[inputs.NAME] role = "constant"`).
+//!
+//! The table may be a float constant or one dequantized in the graph from an integer constant
+//! (int8 exports: `Mul(Cast(q), scale)` or `DequantizeLinear(q, scale, zero_point)`); explaind
+//! reads the dequantized values, and the nodes that computed the table leave the graph with it.
 //!
 //! A graph without such a lookup is still served by the perturbation methods: its input is then
 //! the token ids written as floats `[batch, tokens, 1]` and cast back to integers in the graph.
 
 use super::builder::{attribute, int64_tensor, value_info, Attr};
-use super::node::{attr_int, constant, op_type, tensor_f32};
+use super::node::{attr_int, constant, op_type, tensor_f32, tensor_i64};
 use super::proto::{data_type, type_proto, GraphProto, ModelProto, NodeProto, TensorProto};
 
 /// The float input of a cut text graph.
@@ -25,6 +31,8 @@ pub struct TextInputs {
     pub mask: Option<String>,
     /// Token type (segment) ids, fed zeros.
     pub types: Option<String>,
+    /// Position ids, fed `0, 1, ..., tokens - 1` in every row.
+    pub positions: Option<String>,
 }
 
 /// The word-embedding table read from the graph: `values` is `[vocab, dim]`, row-major.
@@ -68,7 +76,7 @@ pub fn cut(model: &ModelProto, inputs: &TextInputs) -> Result<Cut, String> {
             data_type::name(ids_type)
         ));
     }
-    for name in inputs.mask.iter().chain(&inputs.types) {
+    for name in inputs.mask.iter().chain(&inputs.types).chain(&inputs.positions) {
         input_type(graph, name)?;
     }
     let table = find_table(graph, &inputs.ids);
@@ -114,9 +122,14 @@ pub fn cut(model: &ModelProto, inputs: &TextInputs) -> Result<Cut, String> {
         let t = input_type(graph, types)?;
         front.push(filled(types, t, 0));
     }
+    if let Some(positions) = &inputs.positions {
+        let t = input_type(graph, positions)?;
+        positions_of(graph, positions, t, &mut front);
+    }
     let replaced: Vec<&str> = std::iter::once(inputs.ids.as_str())
         .chain(inputs.mask.as_deref())
         .chain(inputs.types.as_deref())
+        .chain(inputs.positions.as_deref())
         .collect();
     graph
         .input
@@ -155,16 +168,74 @@ fn replace_lookup(graph: &mut GraphProto, ids: &str, found: &Found, front: &mut 
     // The lookup's output is now the input, through an Identity of the same name.
     let out = graph.node[found.at].output[0].clone();
     let lookup = graph.node.remove(found.at);
-    // The table now lives in explaind (it looks tokens up); the graph keeps it only if
-    // another node reads it (tied weights).
-    let data = lookup.input[0].clone();
-    if !graph.node.iter().any(|n| n.input.contains(&data)) {
-        // Older exports also list initializers among the graph's inputs.
-        graph.initializer.retain(|t| t.name.as_deref() != Some(data.as_str()));
-        graph.input.retain(|i| i.name.as_deref() != Some(data.as_str()));
-    }
+    // The table now lives in explaind (it looks tokens up); the graph keeps it, and the nodes
+    // that dequantized it, only if another node reads it (tied weights).
+    drop_unread(graph, &lookup.input[0], 0);
     front.push(node("Identity", &[EMBEDDINGS], &out, vec![]));
     Ok(())
+}
+
+/// Removes tensor `name` from `graph` when no node reads it and it is no output: its initializer
+/// (older exports also list initializers among the graph's inputs), or the node that computed
+/// it, and then that node's own unread inputs, a few levels up (a dequantized table's chain).
+fn drop_unread(graph: &mut GraphProto, name: &str, depth: usize) {
+    let read = graph.node.iter().any(|n| n.input.iter().any(|i| i == name))
+        || graph.output.iter().any(|o| o.name.as_deref() == Some(name));
+    if read || depth > 3 {
+        return;
+    }
+    if let Some(at) = graph.node.iter().position(|n| n.output.iter().any(|o| o == name)) {
+        if graph.node[at].output.len() != 1 {
+            return;
+        }
+        let producer = graph.node.remove(at);
+        for input in &producer.input {
+            drop_unread(graph, input, depth + 1);
+        }
+    } else if graph.initializer.iter().any(|t| t.name.as_deref() == Some(name)) {
+        graph.initializer.retain(|t| t.name.as_deref() != Some(name));
+        graph.input.retain(|i| i.name.as_deref() != Some(name));
+    }
+}
+
+/// Position ids `0, 1, ..., tokens - 1` in every row, of element type `elem_type`, named `name`:
+/// a Range over the embeddings' token count, broadcast over the batch.
+fn positions_of(graph: &mut GraphProto, name: &str, elem_type: i32, front: &mut Vec<NodeProto>) {
+    graph.initializer.push(int64_tensor("embeddings.cut.zero", &[], &[0]));
+    graph.initializer.push(int64_tensor("embeddings.cut.one", &[], &[1]));
+    graph
+        .initializer
+        .push(int64_tensor("embeddings.cut.row", &[2], &[1, -1]));
+    front.push(node(
+        "Gather",
+        &["embeddings.cut.shape", "embeddings.cut.one"],
+        "embeddings.cut.tokens",
+        vec![("axis", Attr::Int(0))],
+    ));
+    front.push(node(
+        "Range",
+        &["embeddings.cut.zero", "embeddings.cut.tokens", "embeddings.cut.one"],
+        "embeddings.cut.range",
+        vec![],
+    ));
+    front.push(node(
+        "Reshape",
+        &["embeddings.cut.range", "embeddings.cut.row"],
+        "embeddings.cut.range_row",
+        vec![],
+    ));
+    front.push(node(
+        "Expand",
+        &["embeddings.cut.range_row", "embeddings.cut.tokens_shape"],
+        "embeddings.cut.positions",
+        vec![],
+    ));
+    front.push(node(
+        "Cast",
+        &["embeddings.cut.positions"],
+        name,
+        vec![("to", Attr::Int(elem_type as i64))],
+    ));
 }
 
 /// A found lookup: the table and the node's position in the graph.
@@ -190,17 +261,14 @@ fn find_table(graph: &GraphProto, ids: &str) -> Result<Found, String> {
         if !by_ids || attr_int(n, "axis", 0).unwrap_or(-1) != 0 {
             continue;
         }
-        let Some(t) = constant(graph, data).filter(|t| t.dims.len() == 2) else {
-            continue;
-        };
-        let Some(values) = tensor_f32(t).filter(|v| t.data_type == Some(data_type::FLOAT) && !v.is_empty()) else {
+        let Some((dims, values)) = table_values(graph, data) else {
             continue;
         };
         found.push(Found {
             table: Table {
                 node: n.name.clone().unwrap_or_default(),
-                vocab: t.dims[0].max(0) as usize,
-                dim: t.dims[1].max(0) as usize,
+                vocab: dims[0].max(0) as usize,
+                dim: dims[1].max(0) as usize,
                 values,
             },
             at,
@@ -222,6 +290,101 @@ fn find_table(graph: &GraphProto, ids: &str) -> Result<Found, String> {
             "{n} Gathers read float tables with `{ids}`: name the word-embedding lookup with `text.embedding`"
         )),
     }
+}
+
+/// The dims and values of a float `[vocab, dim]` table: a float constant, or one dequantized from an
+/// integer constant by `Mul(Cast(q), scale)` (either order) or `DequantizeLinear(q, scale,
+/// zero_point)`, with a scale (and zero point) of one value, one per row or one per column.
+fn table_values(graph: &GraphProto, name: &str) -> Option<(Vec<i64>, Vec<f32>)> {
+    if let Some(t) = constant(graph, name) {
+        let values = tensor_f32(t).filter(|v| t.data_type == Some(data_type::FLOAT) && !v.is_empty())?;
+        return (t.dims.len() == 2).then(|| (t.dims.clone(), values));
+    }
+    let producer = graph
+        .node
+        .iter()
+        .find(|n| n.output.first().map(String::as_str) == Some(name))?;
+    // (integer table, scale, zero point, DequantizeLinear's axis)
+    let (q, scale, zero, axis) = match op_type(producer) {
+        "Mul" => {
+            let cast_of = |x: &str| {
+                graph
+                    .node
+                    .iter()
+                    .find(|n| op_type(n) == "Cast" && n.output.first().map(String::as_str) == Some(x))
+                    .filter(|n| attr_int(n, "to", 0).ok() == Some(data_type::FLOAT as i64))
+                    .and_then(|n| constant(graph, n.input.first()?))
+            };
+            let (a, b) = (producer.input.first()?, producer.input.get(1)?);
+            match (cast_of(a), cast_of(b)) {
+                (Some(q), None) => (q, constant(graph, b)?, None, None),
+                (None, Some(q)) => (q, constant(graph, a)?, None, None),
+                _ => return None,
+            }
+        }
+        "DequantizeLinear" => (
+            constant(graph, producer.input.first()?)?,
+            constant(graph, producer.input.get(1)?)?,
+            producer
+                .input
+                .get(2)
+                .filter(|z| !z.is_empty())
+                .map(|z| constant(graph, z)),
+            Some(attr_int(producer, "axis", 1).ok()?),
+        ),
+        _ => return None,
+    };
+    if q.dims.len() != 2 {
+        return None;
+    }
+    let (rows, cols) = (usize::try_from(q.dims[0]).ok()?, usize::try_from(q.dims[1]).ok()?);
+    let ints = tensor_i64(q)?;
+    if ints.len() != rows.checked_mul(cols)? {
+        return None;
+    }
+    // A per-row or per-column factor as (rows, cols) of 1 or the table's.
+    let layout = |t: &TensorProto| -> Option<(usize, usize)> {
+        let n: usize = t
+            .dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?))?;
+        let shape = match (t.dims.len(), axis) {
+            (_, _) if n == 1 => (1, 1),
+            (1, Some(0)) => (n, 1),
+            (1, _) => (1, n),
+            (2, None) => (usize::try_from(t.dims[0]).ok()?, usize::try_from(t.dims[1]).ok()?),
+            _ => return None,
+        };
+        ((shape.0 == 1 || shape.0 == rows) && (shape.1 == 1 || shape.1 == cols)).then_some(shape)
+    };
+    let at = |values: &[f32], (r, c): (usize, usize), i: usize, j: usize| -> Option<f32> {
+        values
+            .get((if r == 1 { 0 } else { i }) * c + if c == 1 { 0 } else { j })
+            .copied()
+    };
+    let scales = tensor_f32(scale).filter(|_| scale.data_type == Some(data_type::FLOAT))?;
+    let scale_at = layout(scale)?;
+    let zeros = match zero {
+        Some(z) => {
+            let z = z?;
+            Some((
+                tensor_i64(z)?.into_iter().map(|v| v as f32).collect::<Vec<f32>>(),
+                layout(z)?,
+            ))
+        }
+        None => None,
+    };
+    let mut values = Vec::with_capacity(ints.len());
+    for i in 0..rows {
+        for j in 0..cols {
+            let zero = match &zeros {
+                Some((z, l)) => at(z, *l, i, j)?,
+                None => 0.0,
+            };
+            values.push((ints[i * cols + j] as f32 - zero) * at(&scales, scale_at, i, j)?);
+        }
+    }
+    Some((q.dims.clone(), values))
 }
 
 /// True for a Cast whose only reader is node `lookup` (the ids cast before the lookup: it then
@@ -296,6 +459,7 @@ mod tests {
             ids: "input_ids".into(),
             mask: Some("attention_mask".into()),
             types: None,
+            positions: None,
         }
     }
 
@@ -330,6 +494,66 @@ mod tests {
             .position(|n| n.input.iter().any(|i| i == "attention_mask"))
             .unwrap();
         assert!(mask < reader);
+    }
+
+    #[test]
+    fn int8_tables_are_read_dequantized_and_leave_the_graph_with_their_nodes() {
+        let int8 = |name: &str, dims: &[i64], values: &[i8]| TensorProto {
+            name: Some(name.into()),
+            dims: dims.to_vec(),
+            data_type: Some(data_type::INT8),
+            raw_data: Some(values.iter().map(|&v| v as u8).collect()),
+            ..Default::default()
+        };
+        // DequantizeLinear with one scale and zero point: (q - 2) * 0.5.
+        let mut g = GraphBuilder::new("dq", 17);
+        let ids = g.input_typed("input_ids", data_type::INT64, &[-1, -1]);
+        let scale = g.constant("scale", &[], &[0.5]);
+        let table = g.node("DequantizeLinear", &["q", &scale, "zero"], vec![]);
+        g.node("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
+        g.rename_last_output("y");
+        g.output_any("y");
+        let mut model = g.build();
+        let graph = model.graph.as_mut().unwrap();
+        graph.initializer.push(int8("q", &[3, 2], &[2, 4, -6, 0, 127, -128]));
+        graph.initializer.push(int8("zero", &[], &[2]));
+        let no_mask = TextInputs { mask: None, ..inputs() };
+        let dq = cut(&model, &no_mask).unwrap();
+        assert_eq!(dq.table.unwrap().values, [0.0, 1.0, -4.0, -1.0, 62.5, -65.0]);
+        let graph = dq.model.graph.unwrap();
+        assert!(!graph.node.iter().any(|n| op_type(n) == "DequantizeLinear"));
+        assert!(graph.initializer.iter().all(|t| t.name.as_deref() != Some("q")));
+        // Mul(Cast(q), scale) with a scale per row, and position ids derived from the length.
+        let mut g = GraphBuilder::new("mul", 17);
+        let ids = g.input_typed("input_ids", data_type::INT64, &[-1, -1]);
+        let positions = g.input_typed("position_ids", data_type::INT64, &[-1, -1]);
+        let scale = g.constant("scale", &[2, 1], &[0.5, 2.0]);
+        let f = g.node("Cast", &["q"], vec![("to", Attr::Int(data_type::FLOAT as i64))]);
+        let table = g.node("Mul", &[&scale, &f], vec![]);
+        let e = g.node("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
+        let p = g.node("Cast", &[&positions], vec![("to", Attr::Int(data_type::FLOAT as i64))]);
+        g.node("Add", &[&e, &p], vec![]);
+        g.rename_last_output("y");
+        g.output_any("y");
+        let mut model = g.build();
+        model
+            .graph
+            .as_mut()
+            .unwrap()
+            .initializer
+            .push(int8("q", &[2, 2], &[1, -2, 3, 4]));
+        let with_positions = TextInputs {
+            mask: None,
+            positions: Some("position_ids".into()),
+            ..inputs()
+        };
+        let mul = cut(&model, &with_positions).unwrap();
+        assert_eq!(mul.table.unwrap().values, [0.5, -1.0, 6.0, 8.0]);
+        let graph = mul.model.graph.unwrap();
+        let names: Vec<&str> = graph.input.iter().filter_map(|i| i.name.as_deref()).collect();
+        assert_eq!(names, [EMBEDDINGS]);
+        assert!(graph.node.iter().any(|n| op_type(n) == "Range"));
+        assert_eq!(graph.node.iter().filter(|n| op_type(n) == "Mul").count(), 0);
     }
 
     #[test]

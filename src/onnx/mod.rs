@@ -6,6 +6,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod fold;
 pub mod head;
+pub mod join;
 pub mod node;
 pub mod objectness;
 pub mod patterns;

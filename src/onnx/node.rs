@@ -94,7 +94,7 @@ pub fn attr_tensor<'a>(node: &'a NodeProto, name: &str) -> Option<&'a TensorProt
     find(node, name).and_then(|a| a.t.as_ref())
 }
 
-/// Values of a tensor as i64 (int32 / int64 tensors), in raw or typed storage.
+/// Values of a tensor as i64 (int64, int32, int8 and uint8 tensors), in raw or typed storage.
 pub fn tensor_i64(t: &TensorProto) -> Option<Vec<i64>> {
     match t.data_type? {
         data_type::INT64 => match &t.raw_data {
@@ -111,6 +111,15 @@ pub fn tensor_i64(t: &TensorProto) -> Option<Vec<i64>> {
                     .map(|c| i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64)
                     .collect(),
             ),
+            None => Some(t.int32_data.iter().map(|&v| v as i64).collect()),
+        },
+        // Quantized weights (int8 exports); typed storage keeps them in `int32_data`.
+        data_type::INT8 => match &t.raw_data {
+            Some(raw) => Some(raw.iter().map(|&b| i64::from(b as i8)).collect()),
+            None => Some(t.int32_data.iter().map(|&v| v as i64).collect()),
+        },
+        data_type::UINT8 => match &t.raw_data {
+            Some(raw) => Some(raw.iter().map(|&b| i64::from(b)).collect()),
             None => Some(t.int32_data.iter().map(|&v| v as i64).collect()),
         },
         _ => None,

@@ -196,11 +196,60 @@ pub fn prepare_features(features: &Features, spec: &TabularSpec) -> Result<Tenso
         }
         Ok(x)
     };
+    let is_block = |k: &String| spec.blocks.iter().any(|b| &b.name == k);
     let values = match features {
+        // Several explained inputs, each its own array: `{"a": [...], "b": [...]}`.
+        Features::Named(map) if map.keys().any(is_block) => {
+            let names = || {
+                let named: Vec<String> = spec.blocks.iter().map(|b| format!("`{}`", b.name)).collect();
+                named.join(", ")
+            };
+            if let Some(unknown) = map.keys().find(|k| !is_block(k)) {
+                return Err(InputError::BadFeatures(format!(
+                    "unknown input `{unknown}`: the explained inputs are {}",
+                    names()
+                )));
+            }
+            let mut values = Vec::with_capacity(n);
+            for b in &spec.blocks {
+                let given = map.get(&b.name).ok_or_else(|| {
+                    InputError::BadFeatures(format!(
+                        "missing explained input `{}` ({} values; the explained inputs are {})",
+                        b.name,
+                        b.len,
+                        names()
+                    ))
+                })?;
+                let row = given.as_array().filter(|row| row.len() == b.len).ok_or_else(|| {
+                    InputError::BadFeatures(format!(
+                        "input `{}` takes [{}] (an array of {} numbers), got {}",
+                        b.name,
+                        b.len,
+                        b.len,
+                        given
+                            .as_array()
+                            .map_or("no array".to_string(), |r| format!("{} values", r.len()))
+                    ))
+                })?;
+                for ((i, name), v) in spec.features.iter().enumerate().skip(b.start).zip(row) {
+                    values.push(number((i, name), v)?);
+                }
+            }
+            values
+        }
         Features::Ordered(values) => {
             if values.len() != n {
+                let blocks: Vec<String> = spec
+                    .blocks
+                    .iter()
+                    .map(|b| format!("{} of input `{}`", b.len, b.name))
+                    .collect();
+                let blocks = match blocks.is_empty() {
+                    true => String::new(),
+                    false => format!(" ({})", blocks.join(", then ")),
+                };
                 return Err(InputError::BadFeatures(format!(
-                    "expected {n} feature values in this order: {}; got {}",
+                    "expected {n} feature values{blocks} in this order: {}; got {}",
                     spec.features.join(", "),
                     values.len()
                 )));
@@ -353,6 +402,7 @@ mod tests {
             feature_types: vec![FeatureType::Continuous, FeatureType::Integer],
             range: None,
             descriptions: Default::default(),
+            blocks: Vec::new(),
         };
         let map = serde_json::json!({"a": 1.0, "c": 2.0}).as_object().unwrap().clone();
         let err = prepare_features(&Features::Named(map), &spec).unwrap_err().to_string();

@@ -260,7 +260,7 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
         false => bytes,
     };
     let text = std::fs::read_to_string(&manifest_path).map_err(|e| model_err(&manifest_path, e.to_string()))?;
-    let manifest = Manifest::parse(&manifest_path, &text)?;
+    let mut manifest = Manifest::parse(&manifest_path, &text)?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     // A text model runs as the graph cut at its word embedding: every later step (summary,
     // sessions, backward graphs) sees that graph; the file's hash still names the model.
@@ -268,6 +268,14 @@ pub fn load_model(folder: &Path) -> Result<LoadedModel, RegistryError> {
         Some(t) if t.takes_text() => {
             let (cut, text_model) = cut_text(folder, &manifest, &decoded).map_err(|m| model_err(&manifest_path, m))?;
             (cut.encode_to_vec(), cut, Some(text_model))
+        }
+        // Several explained inputs of a tabular model: one joined input whose features are all of
+        // theirs (other tasks are refused when the manifest is resolved).
+        Some(t) if t.takes_features() && manifest.explained_inputs().len() > 1 => {
+            let (joined, blocks) = crate::onnx::join::join(&decoded, &manifest.explained_inputs())
+                .map_err(|m| model_err(&manifest_path, format!("inputs: {m}")))?;
+            manifest.set_joined(blocks);
+            (joined.encode_to_vec(), joined, None)
         }
         _ => (bytes, decoded, None),
     };
@@ -324,7 +332,7 @@ fn cut_text(
 ) -> Result<(ModelProto, (TextModel, TextSpec)), String> {
     let section = manifest.text();
     let original = ModelSummary::of(decoded);
-    let inputs = section.inputs(&original.inputs)?;
+    let inputs = section.inputs(&original.inputs, &manifest.constant_inputs())?;
     let mut options = section.options()?;
     // A graph that fixes its sequence length takes exactly that many ids.
     if let Some(sequence) = options.sequence.as_mut() {
@@ -350,6 +358,7 @@ fn cut_text(
         input_ids: inputs.ids,
         attention_mask: inputs.mask,
         token_type_ids: inputs.types,
+        position_ids: inputs.positions,
         embedding,
         embedding_size,
         gradients_refused,

@@ -243,6 +243,7 @@ fn cut_transformer(dir: &Path, text: &str) -> (PathBuf, Vec<f32>, Vec<usize>, Ve
         ids: "input_ids".into(),
         mask: Some("attention_mask".into()),
         types: None,
+        positions: None,
     };
     let cut = explaind::onnx::embedding::cut(&original, &inputs).unwrap();
     let options = explaind::runtime::text::TextOptions {

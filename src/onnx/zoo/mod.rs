@@ -13,6 +13,9 @@ pub use concepts::stripes;
 mod patterns;
 
 pub use patterns::{pattern_conv, pattern_dense, signal_distractor};
+mod text_inputs;
+
+pub use text_inputs::text_inputs_classifier;
 
 use super::builder::{Attr, GraphBuilder};
 use super::proto::{data_type, ModelProto};

@@ -1,7 +1,8 @@
 //! `[inputs.NAME]`: every graph input and its role. One input is explained (the image, the
 //! features, the tokens); every other one is a constant side input (a scale, a mask) whose value
 //! the manifest gives and explaind feeds on every pass. Element types: float32, int64, int32,
-//! bool and uint8.
+//! bool and uint8. A tabular model may mark several float inputs explained: the registry joins
+//! them into one input ([`crate::onnx::join`]) whose features are all of theirs.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{FieldError, ManifestError};
+use crate::onnx::join::Block;
 use crate::onnx::{Dim, TensorInfo};
 use crate::runtime::tensor::{ElementType, TensorData};
 
@@ -42,12 +44,17 @@ pub struct InputRole {
     pub dtype: ElementType,
     /// What explaind feeds it.
     pub role: Role,
-    /// Constants: the shape of the value fed (per row when `batched`).
+    /// Constants: the shape of the value fed (per row when `batched`); several explained inputs:
+    /// each one's row.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shape: Option<Vec<usize>>,
     /// Constants: true when the input has a batch axis, and the value is fed once per row.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batched: Option<bool>,
+    /// Several explained inputs: this input's features, columns `[start, end)` of the joined
+    /// features (`tabular.features` names them in that order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<[usize; 2]>,
 }
 
 /// A constant side input, ready to feed.
@@ -77,7 +84,7 @@ pub(super) struct Resolved<'a> {
 pub(super) fn resolve<'a>(
     input: Option<&str>,
     declared: BTreeMap<String, InputManifest>,
-    graph: &'a [TensorInfo],
+    (graph, joined): (&'a [TensorInfo], &[Block]),
     others_free: bool,
     err: &FieldError,
 ) -> Result<Resolved<'a>, ManifestError> {
@@ -88,7 +95,11 @@ pub(super) fn resolve<'a>(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if let Some(unknown) = declared.keys().find(|k| !graph.iter().any(|t| &t.name == *k)) {
+    let joined_away = |k: &str| joined.iter().any(|b| b.name == k);
+    if let Some(unknown) = declared
+        .keys()
+        .find(|k| !joined_away(k) && !graph.iter().any(|t| &t.name == *k))
+    {
         return Err(err(
             &format!("inputs.{unknown}"),
             format!("no graph input `{unknown}` (the graph has {})", names()),
@@ -99,12 +110,21 @@ pub(super) fn resolve<'a>(
         .filter(|(_, m)| m.role == Role::Explained)
         .map(|(k, _)| k)
         .collect();
-    if explained.len() > 1 {
+    if let Some(valued) = explained
+        .iter()
+        .find(|n| declared.get(**n).is_some_and(|m| m.value.is_some()))
+    {
+        return Err(err(
+            &format!("inputs.{valued}.value"),
+            "an explained input takes no value (the request gives it)".into(),
+        ));
+    }
+    if explained.len() > 1 && joined.is_empty() {
         return Err(err(
             "inputs",
             format!(
-                "several explained inputs ({}): explaind explains one input tensor; give the others \
-                 role = \"constant\" and their value",
+                "several explained inputs ({}): only a tabular model's float inputs are explained together \
+                 (their features joined); give the others role = \"constant\" and their value",
                 explained
                     .iter()
                     .map(|n| format!("`{n}`"))
@@ -113,7 +133,14 @@ pub(super) fn resolve<'a>(
             ),
         ));
     }
+    if explained.len() > 1 && input.is_some() {
+        return Err(err(
+            "input",
+            "[inputs] marks several inputs explained: they are explained together, so `input` names none".into(),
+        ));
+    }
     let name = match (input, explained.first()) {
+        _ if !joined.is_empty() => Some(crate::onnx::join::JOINED),
         (Some(a), Some(b)) if a != b.as_str() => {
             return Err(err(
                 "input",
@@ -138,21 +165,27 @@ pub(super) fn resolve<'a>(
         ));
     }
     let dtype = element_type(explained).map_err(|m| err("input", m))?;
-    let mut roles = vec![InputRole {
-        name: explained.name.clone(),
-        dtype,
-        role: Role::Explained,
-        shape: None,
-        batched: None,
-    }];
-    if let Some(m) = declared.get(&explained.name) {
-        if m.value.is_some() {
-            return Err(err(
-                &format!("inputs.{}.value", explained.name),
-                "the explained input takes no value (the request gives it)".into(),
-            ));
-        }
-    }
+    let mut roles = match joined {
+        [] => vec![InputRole {
+            name: explained.name.clone(),
+            dtype,
+            role: Role::Explained,
+            shape: None,
+            batched: None,
+            features: None,
+        }],
+        blocks => blocks
+            .iter()
+            .map(|b| InputRole {
+                name: b.name.clone(),
+                dtype,
+                role: Role::Explained,
+                shape: Some(vec![b.len]),
+                batched: Some(true),
+                features: Some([b.start, b.start + b.len]),
+            })
+            .collect(),
+    };
     let mut constants = Vec::new();
     for other in graph.iter().filter(|t| t.name != explained.name) {
         let field = format!("inputs.{}", other.name);
@@ -182,6 +215,7 @@ pub(super) fn resolve<'a>(
             role: Role::Constant,
             shape: Some(c.shape.clone()),
             batched: Some(c.batched),
+            features: None,
         });
         constants.push(c);
     }
@@ -191,6 +225,24 @@ pub(super) fn resolve<'a>(
         roles,
         constants,
     })
+}
+
+/// The inputs `declared` marks explained.
+pub(super) fn explained_names(declared: &BTreeMap<String, InputManifest>) -> Vec<String> {
+    declared
+        .iter()
+        .filter(|(_, m)| m.role == Role::Explained)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// The inputs `declared` feeds a constant.
+pub(super) fn constant_names(declared: &BTreeMap<String, InputManifest>) -> Vec<String> {
+    declared
+        .iter()
+        .filter(|(_, m)| m.role == Role::Constant)
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// The element type of a graph input, or why explaind cannot feed it.

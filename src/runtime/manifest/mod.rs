@@ -54,6 +54,9 @@ pub struct Manifest {
     reference: Option<ReferenceSpec>,
     vertex: Option<VertexSpec>,
     explanation: Option<DefaultExplanation>,
+    /// Several explained inputs, once the registry has joined them into one graph input.
+    #[serde(skip)]
+    joined: Vec<crate::onnx::join::Block>,
 }
 
 /// `[explanation]`: the method (and its parameters) that explains the model where a protocol's
@@ -104,6 +107,11 @@ impl Task {
                 | Task::ImageRegression
                 | Task::ObjectDetection
         )
+    }
+
+    /// Whether the input is a row of tabular features.
+    pub fn takes_features(self) -> bool {
+        matches!(self, Task::TabularClassification | Task::TabularRegression)
     }
 
     /// Whether the input is a text.
@@ -217,6 +225,22 @@ impl Manifest {
         self.text.clone().unwrap_or_default()
     }
 
+    /// The graph inputs `[inputs]` feeds a constant (a text model's cut keeps them as inputs).
+    pub fn constant_inputs(&self) -> Vec<String> {
+        self.inputs.as_ref().map(inputs::constant_names).unwrap_or_default()
+    }
+
+    /// The graph inputs `[inputs]` marks explained.
+    pub fn explained_inputs(&self) -> Vec<String> {
+        self.inputs.as_ref().map(inputs::explained_names).unwrap_or_default()
+    }
+
+    /// Records that the registry joined several explained inputs into [`crate::onnx::join::JOINED`]
+    /// (tabular models), in these blocks; resolution then explains the joined input.
+    pub fn set_joined(&mut self, blocks: Vec<crate::onnx::join::Block>) {
+        self.joined = blocks;
+    }
+
     /// Parses `model.toml`.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
         toml::from_str(text).map_err(|e: toml::de::Error| ManifestError {
@@ -262,10 +286,14 @@ impl Manifest {
                 ));
             }
         }
-        if task.takes_text() && self.inputs.is_some() {
+        // A text model's explained input is its text: [text] names the per-token inputs explaind
+        // derives from it, and [inputs] only feeds the others constants.
+        if task.takes_text() && self.constant_inputs().len() != self.inputs.as_ref().map_or(0, |i| i.len()) {
             return Err(err(
                 "inputs",
-                "a text model's inputs are named under [text] (input_ids, attention_mask, token_type_ids)".into(),
+                "a text model explains its text: its token inputs are named under [text] (input_ids, \
+                 attention_mask, token_type_ids, position_ids), and [inputs] gives only constants"
+                    .into(),
             ));
         }
         if (task.takes_text() || task.takes_image()) && task != Task::ImageClassification && self.tabular.is_some() {
@@ -293,7 +321,7 @@ impl Manifest {
         let resolved = inputs::resolve(
             self.input.as_deref(),
             self.inputs.unwrap_or_default(),
-            &summary.inputs,
+            (&summary.inputs, &self.joined),
             task.takes_text(),
             &err,
         )?;
@@ -365,6 +393,7 @@ impl Manifest {
                             .iter()
                             .find(|t| t.name == output)
                             .ok_or_else(|| err("output", format!("no output `{output}`")))?,
+                        &self.joined,
                         &err,
                     )?),
                 )

@@ -112,6 +112,10 @@ pub struct TabularSpec {
     /// Plain-language descriptions of features, by name (`descriptions`), for decision reports.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub descriptions: BTreeMap<String, String>,
+    /// Several explained inputs: each one's columns of the features (empty for one input).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub blocks: Vec<crate::onnx::join::Block>,
 }
 
 /// Completes the `[tabular]` section from the graph: the input must be 2-D, a regression output
@@ -121,6 +125,7 @@ pub(super) fn resolve(
     task: Task,
     (input, dtype): (&TensorInfo, ElementType),
     output: &TensorInfo,
+    blocks: &[crate::onnx::join::Block],
     err: &FieldError,
 ) -> Result<TabularSpec, ManifestError> {
     let input_shape: &[Dim] = input.shape.as_deref().unwrap_or_default();
@@ -154,6 +159,11 @@ pub(super) fn resolve(
             ))
         }
         (Some(f), _) => f,
+        // Several explained inputs: each feature named after its input.
+        (None, Some(_)) if !blocks.is_empty() => blocks
+            .iter()
+            .flat_map(|b| (0..b.len).map(move |i| format!("{}[{i}]", b.name)))
+            .collect(),
         (None, Some(n)) => (0..n).map(|i| format!("f{i}")).collect(),
         (None, None) => {
             return Err(err(
@@ -200,6 +210,7 @@ pub(super) fn resolve(
         feature_types,
         range: dtype.integer_range(),
         descriptions,
+        blocks: blocks.to_vec(),
     })
 }
 

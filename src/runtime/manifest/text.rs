@@ -1,5 +1,6 @@
-//! `[text]`: the tokenizer and the graph inputs that take token ids, mask and type ids. The
-//! registry reads this section before the rest, to cut the graph at its word embedding.
+//! `[text]`: the tokenizer and the graph inputs that take token ids, mask, type ids and position
+//! ids. The registry reads this section before the rest, to cut the graph at its word embedding.
+//! Any other input of a text model is a constant side input (`[inputs.NAME] role = "constant"`).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -20,6 +21,8 @@ pub struct TextManifest {
     pub attention_mask: Option<String>,
     /// The graph input that takes token type ids (default `token_type_ids` when present).
     pub token_type_ids: Option<String>,
+    /// The graph input that takes position ids (default `position_ids` when present).
+    pub position_ids: Option<String>,
     /// The token that hides a word for occlusion, LIME and KernelSHAP (default `[MASK]` /
     /// `<mask>`, else the pad token).
     pub hide_token: Option<String>,
@@ -41,9 +44,14 @@ pub const SEQUENCE_TOKENIZER: &str = "(ids)";
 pub const MAX_TEXT_TOKENS: usize = 4096;
 
 impl TextManifest {
-    /// The graph inputs for ids, mask and type ids, read from `inputs` (the original graph's)
-    /// where the manifest names none; every other input is an error.
-    pub fn inputs(&self, inputs: &[TensorInfo]) -> Result<crate::onnx::embedding::TextInputs, String> {
+    /// The graph inputs for ids, mask, type ids and position ids, read from `inputs` (the original
+    /// graph's) where the manifest names none. `constants`: the inputs `[inputs]` feeds a constant
+    /// (never taken by a default name); any input left is an error.
+    pub fn inputs(
+        &self,
+        inputs: &[TensorInfo],
+        constants: &[String],
+    ) -> Result<crate::onnx::embedding::TextInputs, String> {
         let has = |n: &str| inputs.iter().any(|t| t.name == n);
         let ids = match &self.input_ids {
             Some(n) => n.clone(),
@@ -56,38 +64,60 @@ impl TextManifest {
                 }
             }
         };
-        let optional =
-            |given: &Option<String>, default: &str| given.clone().or_else(|| has(default).then(|| default.to_string()));
+        let constant = |n: &str| constants.iter().any(|c| c == n);
+        let optional = |given: &Option<String>, default: &str| {
+            given
+                .clone()
+                .or_else(|| (has(default) && !constant(default)).then(|| default.to_string()))
+        };
         let mask = optional(&self.attention_mask, "attention_mask");
         let types = optional(&self.token_type_ids, "token_type_ids");
+        let positions = optional(&self.position_ids, "position_ids");
         let named = [
             ("input_ids", Some(&ids)),
             ("attention_mask", mask.as_ref()),
             ("token_type_ids", types.as_ref()),
+            ("position_ids", positions.as_ref()),
         ];
         for (field, name) in named {
-            if let Some(name) = name.filter(|n| !has(n)) {
+            let Some(name) = name else { continue };
+            if !has(name) {
                 let names: Vec<&str> = inputs.iter().map(|t| t.name.as_str()).collect();
                 return Err(format!(
                     "text.{field}: no graph input `{name}` (inputs: {})",
                     names.join(", ")
                 ));
             }
+            if constant(name) {
+                return Err(format!(
+                    "text.{field}: `{name}` is derived from the tokens, so [inputs.{name}] cannot make it a constant"
+                ));
+            }
         }
-        let known: Vec<&String> = std::iter::once(&ids).chain(&mask).chain(&types).collect();
+        let known: Vec<&String> = std::iter::once(&ids)
+            .chain(&mask)
+            .chain(&types)
+            .chain(&positions)
+            .collect();
         let other: Vec<&str> = inputs
             .iter()
-            .filter(|t| !known.contains(&&t.name))
+            .filter(|t| !known.contains(&&t.name) && !constant(&t.name))
             .map(|t| t.name.as_str())
             .collect();
         if !other.is_empty() {
             return Err(format!(
-                "text: the graph takes inputs explaind does not know how to feed: {} (it feeds token ids, an \
-                 attention mask and token type ids)",
+                "text: the graph takes inputs explaind does not know how to feed: {} (it derives token ids, an \
+                 attention mask, token type ids and position ids from the text; give any other input \
+                 [inputs.NAME] role = \"constant\" and its value)",
                 other.join(", ")
             ));
         }
-        Ok(crate::onnx::embedding::TextInputs { ids, mask, types })
+        Ok(crate::onnx::embedding::TextInputs {
+            ids,
+            mask,
+            types,
+            positions,
+        })
     }
 
     /// The tokenizer options, checked.
@@ -157,6 +187,9 @@ pub struct TextSpec {
     /// The graph input fed token type ids (zeros).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_type_ids: Option<String>,
+    /// The graph input fed position ids (`0, 1, ..., tokens - 1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position_ids: Option<String>,
     /// The word-embedding lookup (Gather) the graph is cut at, where gradients start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedding: Option<String>,
