@@ -8,6 +8,7 @@
 use crate::common;
 
 use base64::Engine;
+use common::gradcheck::{run_output, runner};
 use common::*;
 use explaind::config::AuditMode;
 use explaind::onnx::zoo::{detector, segmenter, SegLayout};
@@ -287,5 +288,120 @@ async fn a_detection_s_metrics_read_its_best_match_s_similarity() {
     let gone = deletion.iter().position(|x| *x == 0.0).unwrap();
     assert!(gone * 2 < deletion.len(), "deletion {deletion:?}");
     assert!(metric("mu_fidelity").get("value").is_some(), "{v}");
+    s.stop().await.unwrap();
+}
+
+/// Per pixel, the softmax of two classes' logits in each sample (NCHW rows), and the figures a
+/// classifier's samples get, averaged over the pixels: (predictive entropy, expected entropy,
+/// mutual information).
+fn per_pixel_figures(samples: &[Vec<f32>], pixels: usize) -> (f64, f64, f64) {
+    let entropy = |p: &[f64]| -p.iter().filter(|v| **v > 0.0).map(|v| v * v.ln()).sum::<f64>();
+    let (mut predictive, mut expected) = (0.0, 0.0);
+    for p in 0..pixels {
+        let probs: Vec<[f64; 2]> = samples
+            .iter()
+            .map(|y| {
+                let (a, b) = (f64::from(y[p]), f64::from(y[pixels + p]));
+                let top = a.max(b);
+                let (ea, eb) = ((a - top).exp(), (b - top).exp());
+                [ea / (ea + eb), eb / (ea + eb)]
+            })
+            .collect();
+        let n = probs.len() as f64;
+        let mean = [
+            probs.iter().map(|q| q[0]).sum::<f64>() / n,
+            probs.iter().map(|q| q[1]).sum::<f64>() / n,
+        ];
+        predictive += entropy(&mean);
+        expected += probs.iter().map(|q| entropy(q)).sum::<f64>() / n;
+    }
+    let m = pixels as f64;
+    (predictive / m, expected / m, (predictive - expected) / m)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segmenter_s_uncertainty_is_measured_pixel_by_pixel() {
+    let dir = temp_dir("region-targets-uncertainty");
+    let model = segmenter(SIDE as i64, 2, SegLayout::Nchw, 3);
+    write_model(&dir, "seg", &model, &format!("ensemble = [\"seg-copy\"]\n{SEG}"));
+    write_model(&dir, "seg-copy", &model, SEG);
+    let s = start(test_config(&dir)).await;
+    let (png, img) = crate::explain::noise_png(SIDE as u32, 1);
+    let x: Vec<f32> = img.pixels().map(|p| f32::from(p.0[0]) / 255.0).collect();
+    let mirrored: Vec<f32> = (0..SIDE * SIDE)
+        .map(|i| x[(i / SIDE) * SIDE + SIDE - 1 - i % SIDE])
+        .collect();
+    let mut session = runner().session(&model).unwrap();
+    let dims = vec![1, 1, SIDE, SIDE];
+    let (_, y) = run_output(&mut session, &[("image", dims.clone(), x)], "logits");
+    let (_, y_mirrored) = run_output(&mut session, &[("image", dims, mirrored)], "logits");
+    // The mirrored view's logits mirrored back onto the image's pixels.
+    let undone: Vec<f32> = (0..y.len())
+        .map(|i| {
+            let (c, p) = (i / (SIDE * SIDE), i % (SIDE * SIDE));
+            y_mirrored[c * SIDE * SIDE + (p / SIDE) * SIDE + SIDE - 1 - p % SIDE]
+        })
+        .collect();
+    let pixels = SIDE * SIDE;
+    for (method, samples) in [
+        ("tta", vec![y.clone(), undone]),
+        // The model and its copy: the same samples, no disagreement at any pixel.
+        ("ensemble", vec![y.clone(), y.clone()]),
+    ] {
+        let v = ok_json(
+            post_json(
+                &s,
+                "/v1/models/seg/uncertainty",
+                &json!({"image": b64(&png), "method": method}),
+            )
+            .await,
+        )
+        .await;
+        let u = &v["uncertainty"];
+        let (predictive, expected, mutual) = per_pixel_figures(&samples, pixels);
+        for (field, want) in [
+            ("predictive_entropy", predictive),
+            ("expected_entropy", expected),
+            ("mutual_information", mutual),
+        ] {
+            let got = u[field].as_f64().unwrap_or_else(|| panic!("{method}: {v}"));
+            assert!((got - want).abs() < 1e-5, "{method} {field}: {got}, expected {want}");
+        }
+        if method == "ensemble" {
+            assert_eq!(u["mutual_information"], 0.0, "{v}");
+            assert_eq!(u["variation_ratio"], 0.0, "{v}");
+        } else {
+            assert!(mutual > 1e-4, "the mirrored view disagrees somewhere: {mutual}");
+        }
+        // The classes rank by their mean share of the image's pixels.
+        let shares = u["mean"].as_array().unwrap();
+        let total: f64 = shares.iter().map(|x| x.as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "{v}");
+        assert_eq!(u["predictions"].as_array().unwrap().len(), 2, "{v}");
+    }
+    // MC dropout masks the segmenter too, where the request says (it has no Dropout, and no
+    // linear layer to put a mask before by default): its features.
+    let features = model
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .find(|n| n.op_type.as_deref() == Some("Relu"))
+        .unwrap()
+        .output[0]
+        .clone();
+    let r = post_json(
+        &s,
+        "/v1/models/seg/uncertainty",
+        &json!({"image": b64(&png), "method": "mc-dropout", "seed": 1,
+                "params": {"samples": 4, "dropout_layers": [features]}}),
+    )
+    .await;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    eprintln!("segmenter mc-dropout: {status} {v}");
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(v["uncertainty"]["mutual_information"].as_f64().unwrap() > 0.0, "{v}");
     s.stop().await.unwrap();
 }
