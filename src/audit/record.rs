@@ -245,6 +245,10 @@ fn explanation_part(response: &Value, keep_maps: bool) -> Value {
         .into_iter()
         .map(|e| {
             let mut t = json!({"target": e["target"], "summary": summarize(e)});
+            // A detector's target is its detection (box and label), which a replay explains again.
+            if let Some(d) = e.get("detection").filter(|d| !d.is_null()) {
+                t["detection"] = d.clone();
+            }
             if let Some(list) = e.get("evaluation").and_then(Value::as_array) {
                 // The figures, not the curves.
                 let figures: serde_json::Map<String, Value> = list
@@ -267,13 +271,18 @@ fn explanation_part(response: &Value, keep_maps: bool) -> Value {
             t
         })
         .collect();
-    json!({
+    let mut part = json!({
         "method": response["method"],
         "params": response["params"],
         "seed": response["seed"],
         "explanation_id": response["id"],
         "targets": targets,
-    })
+    });
+    // A segmenter's region: with the targets, what names the scalar explained.
+    if let Some(region) = response.get("region").filter(|r| !r.is_null()) {
+        part["region"] = region.clone();
+    }
+    part
 }
 
 fn labels(targets: &Value) -> String {

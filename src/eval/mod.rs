@@ -12,11 +12,14 @@ mod complexity;
 mod curves;
 mod fidelity;
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::common::baselines::{self, Baseline};
 use crate::common::{Invalid, Limits, MAX_FEATURES};
+use crate::runtime::detect::Detection;
 use crate::runtime::manifest::{FeatureType, Layout};
 use crate::runtime::{LoadedModel, RuntimeError, Tensor};
 
@@ -384,8 +387,9 @@ pub fn spearman(a: &[f32], b: &[f32]) -> Option<f64> {
     fidelity::pearson(&ranks(a), &ranks(b))
 }
 
-/// Scores batches of inputs: the model's output rows.
-pub type Scorer<'a> = dyn FnMut(&Tensor) -> Result<Tensor, RuntimeError> + 'a;
+/// Scores batches of inputs: the model's outputs by name (the scores output, and a post-NMS
+/// detector's boxes and classes beside it), one row per input.
+pub type Scorer<'a> = dyn FnMut(&Tensor) -> Result<HashMap<String, Tensor>, RuntimeError> + 'a;
 
 /// What every metric of one explanation shares.
 pub struct Subject<'a> {
@@ -395,8 +399,13 @@ pub struct Subject<'a> {
     pub input: &'a Tensor,
     /// The attribution: one value per feature (pixel, or tabular feature).
     pub map: &'a [f32],
-    /// The class explained.
+    /// The class explained (a detector's: the position of its detection's class score).
     pub target: usize,
+    /// A detector's explained detection, on the unperturbed input: each perturbed input's score is
+    /// then its best match's similarity to it as D-RISE measures it (IoU x cosine of the class
+    /// probabilities x objectness), not the score at one position of the output, whose candidate
+    /// need not be the one that detects the object once the input changes.
+    pub detection: Option<&'a Detection>,
     /// Seed of random subsets.
     pub seed: u64,
     /// Rows per batch.
@@ -517,11 +526,45 @@ fn elements(model: &LoadedModel, f: usize) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
-/// The target's score in each output row: its probability (softmax of logits), or its raw value.
-fn target_scores(model: &LoadedModel, outputs: &Tensor, target: usize, probability: bool) -> Vec<f64> {
-    let values = outputs.to_f64();
-    let width = outputs.row_len().max(1);
-    values
+/// The target's score in each row of `outputs`: its probability (softmax of logits), or its raw
+/// value; a detector's detection: the similarity of the row's best match to it.
+fn target_scores(
+    subject: &Subject,
+    outputs: &HashMap<String, Tensor>,
+    probability: bool,
+) -> Result<Vec<f64>, RuntimeError> {
+    let model = subject.model;
+    let failed = |message: String| RuntimeError::Inference {
+        model: model.name.clone(),
+        message,
+    };
+    let scores = outputs
+        .get(&model.spec.output)
+        .ok_or_else(|| failed(format!("output `{}` missing", model.spec.output)))?;
+    let rows = scores.rows();
+    if let Some(target) = subject.detection {
+        let values: HashMap<&str, (Vec<f64>, usize)> = outputs
+            .iter()
+            .map(|(name, t)| (name.as_str(), (t.to_f64(), t.row_len())))
+            .collect();
+        return (0..rows)
+            .map(|r| {
+                let found = crate::runtime::detect::decode(&model.spec, |name| {
+                    let (v, len) = values.get(name)?;
+                    v.get(r * len..(r + 1) * len)
+                })
+                .map_err(failed)?;
+                Ok(found
+                    .iter()
+                    .map(|d| crate::runtime::detect::similarity(target, d))
+                    .fold(0f64, f64::max))
+            })
+            .collect();
+    }
+    let target = subject.target;
+    let values = scores.to_f64();
+    let width = scores.row_len().max(1);
+    Ok(values
         .chunks(width)
         .map(|row| {
             if probability {
@@ -530,7 +573,7 @@ fn target_scores(model: &LoadedModel, outputs: &Tensor, target: usize, probabili
                 row[target.min(width - 1)]
             }
         })
-        .collect()
+        .collect())
 }
 
 /// Scores `rows` inputs built one at a time by `build(i, row)`, `batch` rows per pass.
@@ -553,7 +596,7 @@ fn score_rows(
         let mut shape = subject.input.shape.clone();
         shape[0] = n;
         let outputs = score(&Tensor::f32(shape, data))?;
-        out.extend(target_scores(subject.model, &outputs, subject.target, probability));
+        out.extend(target_scores(subject, &outputs, probability)?);
         start += n;
     }
     Ok(out)

@@ -226,14 +226,15 @@ pub fn fold_map(job: &ExplainJob, t: &Tensor, row: usize, fold: Fold) -> Option<
 
 /// Runs the job's method.
 /// Runs the job's method on a fresh workbench, then `after` on the same workbench (a job's
-/// metrics, their passes batched and counted with the method's); `after_rows(targets)` is the
-/// rows `after` plans to run, for the job's progress.
+/// metrics, their passes batched and counted with the method's; a detector's detections of the
+/// input beside the maps); `after_rows(targets)` is the rows `after` plans to run, for the job's
+/// progress.
 pub fn run<T>(
     rt: &mut WorkerRuntime,
     job_ctx: &JobContext,
     job: &ExplainJob,
     after_rows: impl Fn(usize) -> usize,
-    after: impl FnOnce(&mut Cx, &[TargetAttribution]) -> Result<T, RuntimeError>,
+    after: impl FnOnce(&mut Cx, &[TargetAttribution], &[crate::runtime::detect::Detection]) -> Result<T, RuntimeError>,
 ) -> Result<(MethodRun, T), RuntimeError> {
     let mut cx = Cx {
         rt,
@@ -279,7 +280,7 @@ pub fn run<T>(
     };
     job_ctx.plan(planned_rows);
     let attributions = job.params.explain(&mut cx, job, &targets, &scores)?;
-    let extra = after(&mut cx, &attributions)?;
+    let extra = after(&mut cx, &attributions, &detections)?;
     let target_scores = targets
         .iter()
         .map(|t| scores.get(t.index).copied().unwrap_or(f64::NAN))

@@ -359,6 +359,7 @@ mod tests {
             method: "saliency".into(),
             params: serde_json::json!({"abs": true}),
             seed: Some(7),
+            region: None,
             truncated: None,
             single,
             explanations,

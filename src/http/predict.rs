@@ -69,8 +69,12 @@ pub struct PredictExplain {
     pub params: Option<serde_json::Value>,
     /// Explain only predictions meeting this condition (default: all).
     pub when: Option<Condition>,
-    /// Targets (default: the top-1 prediction).
+    /// Targets (default: the top-1 prediction; a detector's: `{"detection": i}`, `{"box": [...],
+    /// "label": "..."}` or `{"top_k": k}` of each input's detections).
     pub target: Option<TargetSpec>,
+    /// Segmenters: the region (in each input image's pixels) the targets' class scores are summed
+    /// over (default: each class's predicted pixels).
+    pub region: Option<crate::common::targets::Region>,
     /// Seed of random methods; drawn and echoed when absent.
     pub seed: Option<u64>,
     /// Extra parts (`tensor`, `overlay`).
@@ -87,7 +91,7 @@ impl PredictExplain {
         explain::ExplainOptions {
             params: self.params.clone(),
             target: self.target.clone(),
-            region: None,
+            region: self.region.clone(),
             seed: self.seed,
             include: self.include.clone(),
             render: self.render.clone(),
@@ -359,7 +363,10 @@ impl Work for Predicting {
     const RECORD: Record = Record::Prediction(Kind::Prediction);
 
     fn task(&mut self, model: &Arc<LoadedModel>, prepared: &[Prepared]) -> Result<PredictJob, ApiError> {
-        let explain = self.explain.as_ref().map(|(valid, when)| valid.attach(when.clone()));
+        let explain = match &self.explain {
+            Some((valid, when)) => Some(valid.attach(when.clone(), prepared)?),
+            None => None,
+        };
         Ok(job(model, prepared, self.top_k, explain, self.uncertainty.clone()))
     }
 

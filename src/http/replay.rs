@@ -209,7 +209,7 @@ pub async fn replay(
         let raw = input_of(&original, *instance)?;
         let recorded = recorded_targets(part)?;
         evidence.push(prepare::evidence(&model, &raw, false));
-        let options = plan.options(&recorded);
+        let options = plan.options(part, &recorded)?;
         let answer = rerun(&state, model, &plan.method, options, raw, None, started).await?;
         let replayed: Vec<_> = answer
             .single
@@ -381,20 +381,45 @@ impl Plan {
         })
     }
 
-    /// The request to run: the recorded parameters, seed and target indices.
-    fn options(&self, recorded: &[Recorded]) -> ExplainOptions {
-        let indices: Vec<TargetRef> = recorded
+    /// The request to run: the recorded parameters, seed, targets and region. A class target is
+    /// its index; a detector's detection is its recorded box and label (the detection of the
+    /// same input that overlaps it most: itself), several its count of best detections; a
+    /// segmenter's region is the one recorded (absent: each class's predicted pixels, again).
+    fn options(&self, part: &Value, recorded: &[Recorded]) -> Result<ExplainOptions, ApiError> {
+        let detections: Vec<&Value> = recorded
             .iter()
-            .filter_map(|r| r.target["target"]["index"].as_u64())
-            .map(|i| TargetRef::Index(i as usize))
+            .filter_map(|r| r.target.get("detection").filter(|d| d.is_object()))
             .collect();
-        let target = match indices.len() {
-            0 => None,
-            1 => indices.into_iter().next().map(TargetSpec::One),
-            _ => Some(TargetSpec::Many(indices)),
+        let target = match detections.as_slice() {
+            [] => {
+                let indices: Vec<TargetRef> = recorded
+                    .iter()
+                    .filter_map(|r| r.target["target"]["index"].as_u64())
+                    .map(|i| TargetRef::Index(i as usize))
+                    .collect();
+                match indices.len() {
+                    0 => None,
+                    1 => indices.into_iter().next().map(TargetSpec::One),
+                    _ => Some(TargetSpec::Many(indices)),
+                }
+            }
+            [one] => {
+                let bbox: [f64; 4] = serde_json::from_value(one["box"].clone())
+                    .map_err(|_| refuse("the record's detection has no box"))?;
+                let label = one["label"].as_str().map(String::from);
+                Some(TargetSpec::Box { bbox, label })
+            }
+            // Several detections come only from `top_k`: the same number of best ones.
+            many => Some(TargetSpec::TopK { top_k: many.len() }),
         };
-        ExplainOptions {
-            region: None,
+        let region = match part.get("region").filter(|r| !r.is_null()) {
+            Some(r) => {
+                Some(serde_json::from_value(r.clone()).map_err(|_| refuse("the record's region cannot be read"))?)
+            }
+            None => None,
+        };
+        Ok(ExplainOptions {
+            region,
             params: Some(self.params.clone()),
             target,
             // A deterministic method echoes no seed; any seed gives it the same answer.
@@ -402,7 +427,7 @@ impl Plan {
             include: None,
             render: None,
             evaluate: None,
-        }
+        })
     }
 }
 

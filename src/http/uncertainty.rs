@@ -140,14 +140,6 @@ pub fn validate(
     options: UncertaintyOptions,
     inputs: usize,
 ) -> Result<ValidUncertainty, ApiError> {
-    if model.spec.segmentation.is_some() {
-        // The estimates summarise a row of class scores; a segmenter gives one per pixel.
-        return Err(crate::explain::Invalid::Unsupported(format!(
-            "model `{}` is a segmenter: uncertainty estimates summarise one row of class scores, not one per pixel",
-            model.name
-        ))
-        .into());
-    }
     let cx = PlanContext {
         gradients: &state.gradients,
         registry: &state.registry,

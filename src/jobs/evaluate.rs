@@ -32,25 +32,33 @@ impl Task for EvaluateTask {
     ) -> Result<Self::Output, RuntimeError> {
         let model = &self.model;
         let batch = rt.forward_rows(model);
-        let mut score = |t: &Tensor| -> Result<Tensor, RuntimeError> {
+        let mut score = |t: &Tensor| {
             ctx.checkpoint()?;
             ctx.advance(t.rows());
-            let mut outputs = rt.run(model, t)?;
-            outputs
-                .remove(&model.spec.output)
-                .ok_or_else(|| RuntimeError::Inference {
-                    model: model.name.clone(),
-                    message: format!("output `{}` missing", model.spec.output),
-                })
+            rt.run(model, t)
         };
-        let scores = score(&self.input)?.to_f64();
-        let target = crate::common::targets::resolve(self.target.as_ref(), model, &scores, 1)?
+        let first = score(&self.input)?;
+        let scores = first
+            .get(&model.spec.output)
+            .ok_or_else(|| RuntimeError::Inference {
+                model: model.name.clone(),
+                message: format!("output `{}` missing", model.spec.output),
+            })?
+            .to_f64();
+        let others = |name: &str| first.get(name).map(Tensor::to_f64);
+        let target = crate::common::targets::resolve_with(self.target.as_ref(), model, &scores, &others, 1)?
             .into_iter()
             .next()
             .ok_or_else(|| RuntimeError::Inference {
                 model: model.name.clone(),
                 message: "no target".into(),
             })?;
+        // A detector's target is its detection, which each perturbed input's best match is
+        // compared with.
+        let detections = match model.spec.detection {
+            Some(_) => crate::common::detection_targets::detections(model, &scores, &others)?,
+            None => Vec::new(),
+        };
         let subject = crate::eval::Subject {
             model,
             input: &self.input,
@@ -59,6 +67,7 @@ impl Task for EvaluateTask {
             seed: self.seed,
             batch,
             text: self.text.as_deref(),
+            detection: detections.iter().find(|d| d.position == target.index),
         };
         let evaluations = crate::eval::evaluate(&subject, &self.metrics, &mut score)?;
         Ok((target, evaluations))

@@ -1,13 +1,14 @@
 //! An explanation as a worker's job: the method, then the metrics asked of its maps on the same
 //! workbench, then the randomisation check (which re-runs the method on other models).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::eval::{Evaluation, ValidMetric};
 use crate::executor::Task;
 use crate::explain::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::job::PassCost;
-use crate::runtime::{JobContext, RuntimeError, WorkerRuntime};
+use crate::runtime::{JobContext, RuntimeError, Tensor, WorkerRuntime};
 
 /// What an explanation job produced.
 #[derive(Debug, Clone)]
@@ -87,7 +88,7 @@ pub fn run(
         ctx,
         job,
         |targets| evaluation_rows(job, evaluate, targets),
-        |cx, attributions| evaluate_attributions(cx, job, evaluate, attributions),
+        |cx, attributions, detections| evaluate_attributions(cx, job, evaluate, attributions, detections),
     )?;
     let regions = run
         .attributions
@@ -140,12 +141,14 @@ fn evaluation_rows(job: &ExplainJob, evaluate: &[ValidMetric], targets: usize) -
 }
 
 /// The metrics `evaluate` asks, on each target's map (pixels of the model's input, or features),
-/// their passes batched and counted as the method's are.
+/// their passes batched and counted as the method's are; a detector's target is its detection
+/// among `detections` (the input's).
 fn evaluate_attributions(
     cx: &mut Cx,
     job: &ExplainJob,
     evaluate: &[ValidMetric],
     attributions: &[TargetAttribution],
+    detections: &[crate::runtime::detect::Detection],
 ) -> Result<Vec<Vec<Evaluation>>, RuntimeError> {
     if evaluate.is_empty() {
         return Ok(vec![Vec::new(); attributions.len()]);
@@ -175,8 +178,15 @@ fn evaluate_attributions(
             seed: job.seed,
             batch: cx.forward_rows(),
             text: job.text.as_deref(),
+            detection: detections.iter().find(|d| d.position == a.target.index),
         };
-        all.push(crate::eval::evaluate(&subject, evaluate, &mut |t| cx.forward(t))?);
+        let model = job.model.clone();
+        let mut score = |t: &Tensor| match model.spec.detection {
+            // A post-NMS detector's boxes and classes are further outputs.
+            Some(_) => cx.forward_with(&model, &[], t),
+            None => Ok(HashMap::from([(model.spec.output.clone(), cx.forward(t)?)])),
+        };
+        all.push(crate::eval::evaluate(&subject, evaluate, &mut score)?);
     }
     Ok(all)
 }

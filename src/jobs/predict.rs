@@ -56,8 +56,9 @@ impl Condition {
 pub struct AttachedExplain {
     /// Method and parameters of the explanations, validated.
     pub params: ValidParams,
-    /// Targets to explain (default: top-1).
-    pub targets: Option<TargetSpec>,
+    /// Per input: the targets to explain (default: top-1; a detector's box on that input's
+    /// grid) and a segmenter's region on it (default: each class's predicted pixels).
+    pub targets: Vec<(Option<TargetSpec>, Option<Arc<crate::common::targets::RegionMask>>)>,
     /// Seed of random methods.
     pub seed: u64,
     /// Work limits.
@@ -133,15 +134,17 @@ impl Task for PredictJob {
         let mut explained: Vec<Option<ExplainResult>> = (0..rows.len()).map(|_| None).collect();
         if let Some(e) = &self.explain {
             for r in rows_meeting(&rows, &e.when) {
+                // An input of several rows (a tabular batch) has the same targets for each.
+                let (targets, region) = e.targets.get(r).or(e.targets.last()).cloned().unwrap_or_default();
                 let job = ExplainJob {
-                    region: None,
+                    region,
                     model: p.model.clone(),
                     input: predict::nth_row(&p.inputs, r).ok_or_else(|| RuntimeError::Inference {
                         model: p.model.name.clone(),
                         message: format!("no input row {r}"),
                     })?,
                     text: self.texts.get(r).cloned().flatten(),
-                    targets: e.targets.clone(),
+                    targets,
                     params: e.params.clone(),
                     seed: e.seed,
                     limits: e.limits,

@@ -7,6 +7,7 @@
 
 pub mod ensemble;
 pub mod mc_dropout;
+mod segmentation;
 pub mod spread;
 pub mod stats;
 pub mod tta;
@@ -286,6 +287,24 @@ pub fn validate(
             }
         }
     }
+    let include_samples = options
+        .include
+        .as_ref()
+        .is_some_and(|i| i.contains(&UncertaintyInclude::Samples));
+    if model.spec.segmentation.is_some() && include_samples {
+        return Err(Invalid::Unsupported(format!(
+            "model `{}` is a segmenter: its samples are whole maps of per-pixel scores; the answer \
+             gives their summary only",
+            model.name
+        )));
+    }
+    if model.spec.segmentation.is_some() && params.explain_method.is_some() {
+        return Err(Invalid::Unsupported(format!(
+            "model `{}` is a segmenter: explain_method's spread is that of a class score's map, and a \
+             segmenter's scalar is a region's sum, which an uncertainty request does not name",
+            model.name
+        )));
+    }
     let plan = match source {
         Source::McDropout => mc_dropout::plan(model, &params, cx)?,
         Source::Tta => tta::plan(model, &params)?,
@@ -296,10 +315,7 @@ pub fn validate(
         source,
         plan,
         seed: options.seed.unwrap_or_else(rand::random),
-        include_samples: options
-            .include
-            .unwrap_or_default()
-            .contains(&UncertaintyInclude::Samples),
+        include_samples,
     };
     check_bytes(&valid, inputs, cx.limits)?;
     Ok(valid)
@@ -326,9 +342,12 @@ fn check_bytes(valid: &ValidUncertainty, inputs: usize, limits: Limits) -> Resul
         }
         _ => 0,
     };
-    let per_row = input_len
-        .saturating_add(mask_len)
-        .saturating_add(model.spec.labels.len());
+    // A segmenter's row of scores is one per class and pixel (its grid at most the image's).
+    let scores_len = match (&model.spec.segmentation, &model.spec.image) {
+        (Some(_), Some(i)) => model.spec.labels.len().saturating_mul(i.height.saturating_mul(i.width)),
+        _ => model.spec.labels.len(),
+    };
+    let per_row = input_len.saturating_add(mask_len).saturating_add(scores_len);
     let bytes = (inputs as u64)
         .checked_mul(valid.samples() as u64)
         .and_then(|r| r.checked_mul(per_row as u64))
@@ -370,7 +389,14 @@ pub fn run(
     let classifier = !valid.model.spec.task.is_regression();
     let mut estimates = Vec::with_capacity(per_input.len());
     for (row, samples) in per_input.into_iter().enumerate() {
-        let summary = stats::summarize(&samples, classifier);
+        ctx.checkpoint()?;
+        let summary = match valid.model.spec.segmentation {
+            Some(_) => segmentation::summarize(&valid.model, &samples).ok_or_else(|| RuntimeError::Inference {
+                model: valid.model.name.clone(),
+                message: "the segmenter's output rows do not hold whole pixels of its classes".into(),
+            })?,
+            None => stats::summarize(&samples, classifier),
+        };
         let predictions = ranked(&valid.model, &summary.mean, RANKED);
         let explanation_spread = match (&valid.plan, predictions.first()) {
             (
@@ -400,11 +426,15 @@ pub fn run(
     Ok(estimates)
 }
 
-/// Splits a pass's score output into rows of probabilities, `per` consecutive rows per input.
+/// Splits a pass's score output into rows of probabilities, `per` consecutive rows per input (a
+/// segmenter's rows raw: their probabilities are per pixel, [`segmentation::summarize`]).
 fn split_rows(model: &LoadedModel, scores: &Tensor, per: usize) -> Vec<Vec<Vec<f64>>> {
     let values = scores.to_f64();
     let width = scores.row_len().max(1);
-    let rows: Vec<Vec<f64>> = values.chunks(width).map(|r| probabilities(model, r)).collect();
+    let rows: Vec<Vec<f64>> = match model.spec.segmentation {
+        Some(_) => values.chunks(width).map(<[f64]>::to_vec).collect(),
+        None => values.chunks(width).map(|r| probabilities(model, r)).collect(),
+    };
     rows.chunks(per.max(1)).map(<[Vec<f64>]>::to_vec).collect()
 }
 

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::{split_rows, Plan, Transforms, UncertaintyParams};
 use crate::common::batch::zeroed_batch;
 use crate::common::Invalid;
-use crate::runtime::manifest::Layout;
+use crate::runtime::manifest::{Layout, SegmentationSpec};
 use crate::runtime::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
 
 /// Zooms when `multiscale` gives no `scales`.
@@ -70,6 +70,13 @@ pub(super) fn plan(model: &LoadedModel, params: &UncertaintyParams) -> Result<Pl
                 })
                 .collect()
         }
+        Transforms::Multiscale if model.spec.segmentation.is_some() => {
+            return Err(Invalid::Unsupported(format!(
+                "model `{}` is a segmenter: multiscale zooms crop or pad the image, so its output's margins \
+                 cannot be brought back onto the image's pixels; use hflip or d4",
+                model.name
+            )))
+        }
         Transforms::Multiscale => {
             let scales = params.scales.clone().unwrap_or(DEFAULT_SCALES.to_vec());
             if scales.is_empty() || scales.len() > MAX_SCALES {
@@ -118,12 +125,38 @@ pub(super) fn sample(
         model: model.name.clone(),
         message: format!("output `{}` missing from the run", model.spec.output),
     })?;
-    Ok(split_rows(model, scores, views.len()))
+    match &model.spec.segmentation {
+        // A segmenter's pixels moved with its view: each output row is brought back first.
+        Some(seg) => {
+            let undone = undo_views(seg, scores, views).map_err(|message| RuntimeError::Inference {
+                model: model.name.clone(),
+                message,
+            })?;
+            Ok(split_rows(model, &undone, views.len()))
+        }
+        None => Ok(split_rows(model, scores, views.len())),
+    }
+}
+
+/// A segmenter's output rows, each seen through its view (row `r` through `views[r % views]`),
+/// brought back onto the original image's grid.
+fn undo_views(seg: &SegmentationSpec, scores: &Tensor, views: &[View]) -> Result<Tensor, String> {
+    let (c, h, w) = crate::runtime::segmentation::grid(seg, &scores.shape)
+        .ok_or_else(|| format!("a segmenter's output of shape {:?} is not 4-D", scores.shape))?;
+    let values = scores.as_f32().ok_or("a segmenter's output is not float32")?;
+    let row = scores.row_len().max(1);
+    let mut undone = vec![0f32; values.len()];
+    for (r, (src, out)) in values.chunks(row).zip(undone.chunks_mut(row)).enumerate() {
+        let view = views.get(r % views.len().max(1)).ok_or("no views")?;
+        let back = super::segmentation::inverse(view).ok_or("a zoomed view cannot be undone")?;
+        apply(&back, src, out, seg.layout, c, h, w);
+    }
+    Ok(Tensor::f32(scores.shape.clone(), undone))
 }
 
 /// Writes `view` of the image `src` into `out`: each output pixel reads the source where the
 /// inverse of the view takes it (zoom, then turn, then mirror, undone in that order).
-fn apply(view: &View, src: &[f32], out: &mut [f32], layout: Layout, c: usize, h: usize, w: usize) {
+pub(super) fn apply(view: &View, src: &[f32], out: &mut [f32], layout: Layout, c: usize, h: usize, w: usize) {
     let index = |ch: usize, y: usize, x: usize| match layout {
         Layout::NCHW => (ch * h + y) * w + x,
         Layout::NHWC => (y * w + x) * c + ch,

@@ -40,6 +40,7 @@ mod protocols;
 mod real_models;
 mod reference;
 mod refusals;
+mod region_targets;
 mod registry;
 mod replay;
 mod replicas;

@@ -404,6 +404,7 @@ pub fn explain_body(
         method: valid.params.method().to_string(),
         params: valid.params.echo().clone(),
         seed: random.then_some(valid.seed),
+        region: valid.region.clone(),
         truncated: None,
         single,
         explanations: many,

@@ -27,6 +27,7 @@ use super::pipeline::{self, Drawn, Record, Valid, Work};
 use super::prepare::{self, Prepared};
 use super::AppState;
 use crate::audit::{Kind, Receipt};
+use crate::common::targets::RegionMask;
 use crate::explain::method::{check_applicable, check_bytes, AnyMethod, PlanContext};
 use crate::explain::{targets, ExplainJob, Limits, TargetSpec, ValidParams};
 use crate::jobs::{AttachedExplain, Condition, ExplainResult, ExplainTask};
@@ -242,18 +243,10 @@ pub struct ValidExplain {
 impl ValidExplain {
     /// The worker's job for `input` (scores when a prediction already computed them).
     pub fn task(&self, prepared: &[Prepared], scores: Option<Vec<f64>>) -> Result<ExplainTask, ApiError> {
-        let region = match (&self.region, prepared.first()) {
-            (Some(r), Some(p)) => Some(std::sync::Arc::new(super::segments::region_on_input(
-                &self.model,
-                r,
-                p,
-            )?)),
-            _ => None,
+        let (targets, region) = match prepared.first() {
+            Some(p) => self.on_input(p)?,
+            None => (self.targets.clone(), None),
         };
-        // A detector's box target is given in the image's pixels; the job weighs the input's.
-        let size = self.model.spec.image.as_ref().map_or((0, 0), |i| (i.width, i.height));
-        let geometry = prepared.first().and_then(|p| p.geometry.as_ref());
-        let targets = crate::common::detection_targets::in_input_pixels(self.targets.clone(), geometry, size)?;
         let job = ExplainJob {
             region,
             model: self.model.clone(),
@@ -272,17 +265,31 @@ impl ValidExplain {
         })
     }
 
-    /// This explanation attached to a prediction, for inputs meeting `when`.
-    pub fn attach(&self, when: Condition) -> AttachedExplain {
-        AttachedExplain {
+    /// The targets and region on one input's grid: a detector's box target and a segmenter's
+    /// region are given in the image's pixels; the job weighs the input's.
+    fn on_input(&self, p: &Prepared) -> Result<(Option<TargetSpec>, Option<Arc<RegionMask>>), ApiError> {
+        let region = match &self.region {
+            Some(r) => Some(Arc::new(super::segments::region_on_input(&self.model, r, p)?)),
+            None => None,
+        };
+        let size = self.model.spec.image.as_ref().map_or((0, 0), |i| (i.width, i.height));
+        let targets =
+            crate::common::detection_targets::in_input_pixels(self.targets.clone(), p.geometry.as_ref(), size)?;
+        Ok((targets, region))
+    }
+
+    /// This explanation attached to a prediction of the `prepared` inputs, for those meeting
+    /// `when`.
+    pub fn attach(&self, when: Condition, prepared: &[Prepared]) -> Result<AttachedExplain, ApiError> {
+        Ok(AttachedExplain {
             params: self.params.clone(),
-            targets: self.targets.clone(),
+            targets: prepared.iter().map(|p| self.on_input(p)).collect::<Result<_, _>>()?,
             seed: self.seed,
             limits: self.limits,
             when,
             evaluate: self.evaluate.clone(),
             reference: self.reference.clone(),
-        }
+        })
     }
 }
 

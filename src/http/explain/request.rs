@@ -197,6 +197,10 @@ pub struct ExplainResponse {
     /// Seed used (random methods).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Segmenters: the region the request gave (in the image's pixels), as given: with the
+    /// targets, what a replay of the answer needs to explain the same scalar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<crate::common::targets::Region>,
     /// Text models: true when the text had more tokens than the model's `max_length` and only
     /// the first ones were explained.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -107,7 +107,10 @@ impl<S: Shape> Work for Serving<S> {
     const RECORD: Record = Record::Prediction(Kind::Prediction);
 
     fn task(&mut self, model: &Arc<LoadedModel>, prepared: &[Prepared]) -> Result<PredictJob, ApiError> {
-        let explain = self.explain.as_ref().map(|v| v.attach(Condition::default()));
+        let explain = match &self.explain {
+            Some(v) => Some(v.attach(Condition::default(), prepared)?),
+            None => None,
+        };
         Ok(super::predict::job(model, prepared, 1, explain, None))
     }
 

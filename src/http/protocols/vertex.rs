@@ -325,13 +325,17 @@ impl Work for Answering {
     const RECORD: Record = Record::None;
 
     fn task(&mut self, model: &Arc<LoadedModel>, prepared: &[Prepared]) -> Result<PredictJob, ApiError> {
+        let explain = match &self.explain {
+            Some(v) => Some(v.attach(Condition::default(), prepared)?),
+            None => None,
+        };
         Ok(PredictJob {
             predict: PredictTask {
                 model: model.clone(),
                 inputs: prepared.iter().map(|p| p.tensor.clone()).collect(),
                 top_k: 1,
             },
-            explain: self.explain.as_ref().map(|v| v.attach(Condition::default())),
+            explain,
             uncertainty: None,
             texts: prepared.iter().map(|p| p.text.clone()).collect(),
         })

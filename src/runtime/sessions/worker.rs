@@ -90,6 +90,40 @@ impl WorkerRuntime {
 
     /// Serves `model` (a copy a job made, under a name of its own) until the returned guard drops.
     pub fn lend(&self, model: LoadedModel) -> Result<LentModel, RuntimeError> {
+        let model = self.serve(model)?;
+        Ok(LentModel {
+            store: self.store.clone(),
+            model,
+        })
+    }
+
+    /// The model `name` derived from a loaded one for every job that needs it (a segmenter with
+    /// its region sums as output, the region a fed input): made by `derive` on first use, then
+    /// served, with the backward sessions built for it, as long as the service runs.
+    pub fn derived_model(
+        &self,
+        name: &str,
+        derive: impl FnOnce() -> Result<LoadedModel, RuntimeError>,
+    ) -> Result<Arc<LoadedModel>, RuntimeError> {
+        if let Some((m, _)) = self.store.lent.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(m.clone());
+        }
+        let model = derive()?;
+        if model.name != name {
+            return Err(RuntimeError::Inference {
+                model: name.to_string(),
+                message: format!("a model derived as `{name}` is named `{}`", model.name),
+            });
+        }
+        // Two workers may derive it at once: the first one served is kept, the other dropped.
+        if let Some((m, _)) = self.store.lent.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(m.clone());
+        }
+        self.serve(model)
+    }
+
+    /// Builds `model`'s session and serves it by name.
+    fn serve(&self, model: LoadedModel) -> Result<Arc<LoadedModel>, RuntimeError> {
         let session = build_session(
             self.store.env,
             &model.bytes,
@@ -114,11 +148,9 @@ impl WorkerRuntime {
             .lent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(model.name.clone(), (model.clone(), shared));
-        Ok(LentModel {
-            store: self.store.clone(),
-            model,
-        })
+            .entry(model.name.clone())
+            .or_insert((model.clone(), shared));
+        Ok(model)
     }
 
     /// Runs `model` on `input` (first axis = batch) in as many passes as the pass budget needs,
