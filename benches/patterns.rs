@@ -9,7 +9,7 @@
 //!    pass): the job (a forward pass for the scores, one backward row) against one row of the
 //!    exact backward model run raw.
 //!
-//! Run with `CARGO_PROFILE_DEV_OPT_LEVEL=3 cargo bench --profile dev --bench patterns`.
+//! Run with `cargo bench --profile dev --config 'profile.dev.package.explaind.opt-level=2' --bench patterns`.
 
 mod common;
 

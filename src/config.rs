@@ -155,6 +155,11 @@ pub struct Config {
     pub audit_retention_days: u64,
     /// Deadline of an asynchronous job (`POST /v1/jobs`), from admission.
     pub async_job_deadline_ms: u64,
+    /// At start, fit the PatternNet patterns of every model that has data to fit them on and none
+    /// kept on disk, one model at a time in the background (each under `async_job_deadline_ms`).
+    /// Off (the default): they are fitted by the first request that needs them, or by `POST
+    /// /v1/models/{model}/patterns`. Kept patterns are read back at start either way.
+    pub fit_patterns_at_start: bool,
     /// Finished asynchronous jobs' results are kept this many seconds.
     pub job_ttl_secs: u64,
     /// Most asynchronous jobs remembered at once (finished ones until their time is up); beyond it,
@@ -302,6 +307,7 @@ impl Default for Config {
             audit_master_key: None,
             audit_retention_days: 0,
             async_job_deadline_ms: 600_000,
+            fit_patterns_at_start: false,
             job_ttl_secs: 3600,
             max_jobs: 100,
             max_jobs_per_caller: 20,

@@ -114,6 +114,7 @@ impl Service {
         let executor = start_executor(&config, sessions, &metrics);
         let references = Arc::new(examples::Sets::default());
         jobs::reference::prepare_all(&registry, &references, &gradients, &executor, &config).await?;
+        jobs::patterns::prepare_all(&registry, &references, &gradients, &executor, &config).await;
         let audit = Arc::new(
             audit::AuditLog::open(&config)
                 .await

@@ -182,7 +182,7 @@ fn read(model: &LoadedModel, dir: &Path, name: &str, origin: &'static str) -> Re
         if labels.is_file() {
             source::read_image_folder(images, &labels, MAX_EXAMPLES, &mut attribute)?
         } else {
-            unlabelled_images(&images)?
+            unlabelled_images(&images, MAX_EXAMPLES)?
         }
     } else {
         let rows = dir.join("rows.csv");
@@ -220,8 +220,8 @@ fn read(model: &LoadedModel, dir: &Path, name: &str, origin: &'static str) -> Re
     Ok(set)
 }
 
-/// Every file of `images`, sorted, unlabelled.
-fn unlabelled_images(images: &Path) -> Result<source::Listing, String> {
+/// Every file of `images`, sorted, unlabelled (at most `max`; more is refused).
+pub(crate) fn unlabelled_images(images: &Path, max: usize) -> Result<source::Listing, String> {
     let mut ids: Vec<String> = std::fs::read_dir(images)
         .map_err(|e| format!("images: {}", source::unreadable(&e)))?
         .filter_map(|e| e.ok())
@@ -229,8 +229,8 @@ fn unlabelled_images(images: &Path) -> Result<source::Listing, String> {
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
         .filter(|n| is_file_name(n) && !n.starts_with('.'))
         .collect();
-    if ids.len() > MAX_EXAMPLES {
-        return Err(format!("images: more than {MAX_EXAMPLES} files"));
+    if ids.len() > max {
+        return Err(format!("images: more than {max} files"));
     }
     ids.sort();
     Ok(source::Listing {

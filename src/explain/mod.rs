@@ -26,7 +26,7 @@ pub mod method;
 mod occlusion;
 mod pattern_attribution;
 mod pattern_net;
-mod patterns;
+pub mod patterns;
 mod perturb;
 mod players;
 mod reference_query;

@@ -5,39 +5,26 @@
 //! lost. The answer reports that conservation: the input relevance's sum minus the target's score,
 //! as `convergence_delta`.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::method::{schemas_of, Capabilities, Cost, Inputs, Invalid, Method, NamedSchemas, Passes, PlanContext};
-use super::patterns::PatternDetails;
+use super::method::{schemas_of, Capabilities, Cost, Invalid, Method, NamedSchemas, PlanContext};
+use super::patterns::{PatternDetails, PatternParams};
 use super::{per_target, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::RuntimeError;
-
-/// PatternAttribution parameters (none: the patterns come from the model's data).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct PatternAttributionParams {}
 
 /// PatternAttribution.
 pub struct PatternAttribution;
 
 impl Method for PatternAttribution {
-    type Params = PatternAttributionParams;
+    type Params = PatternParams;
     const NAME: &'static str = "pattern-attribution";
     const SUMMARY: &'static str =
         "Relevance propagated back with weights times fitted patterns (Kindermans et al. 2018)";
-    const CAPABILITIES: Capabilities = Capabilities {
-        passes: Passes::Gradients,
-        inputs: Inputs::Any,
-        layer: false,
-        random: false,
-        examples: false,
-        decision: false,
-        text: false,
-    };
+    const CAPABILITIES: Capabilities = super::patterns::CAPABILITIES;
 
-    fn plan(_: &mut PatternAttributionParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+    fn plan(_: &mut PatternParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         super::patterns::plan(cx)
     }
 
@@ -48,7 +35,7 @@ impl Method for PatternAttribution {
     fn explain(
         cx: &mut Cx,
         job: &ExplainJob,
-        _: &PatternAttributionParams,
+        _: &PatternParams,
         targets: &[Prediction],
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {

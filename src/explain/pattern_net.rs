@@ -4,39 +4,23 @@
 //! with a distractor the gradient shows the filter, which cancels the distractor; PatternNet shows
 //! the signal direction. Patterns are fitted once per model and data (`explain::patterns`).
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-use super::method::{schemas_of, Capabilities, Cost, Inputs, Invalid, Method, NamedSchemas, Passes, PlanContext};
-use super::patterns::PatternDetails;
+use super::method::{schemas_of, Capabilities, Cost, Invalid, Method, NamedSchemas, PlanContext};
+use super::patterns::{PatternDetails, PatternParams};
 use super::{per_target, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::RuntimeError;
-
-/// PatternNet parameters (none: the patterns come from the model's data).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct PatternNetParams {}
 
 /// PatternNet.
 pub struct PatternNet;
 
 impl Method for PatternNet {
-    type Params = PatternNetParams;
+    type Params = PatternParams;
     const NAME: &'static str = "pattern-net";
     const SUMMARY: &'static str =
         "The signal the model detects: the score propagated back through fitted patterns (Kindermans et al. 2018)";
-    const CAPABILITIES: Capabilities = Capabilities {
-        passes: Passes::Gradients,
-        inputs: Inputs::Any,
-        layer: false,
-        random: false,
-        examples: false,
-        decision: false,
-        text: false,
-    };
+    const CAPABILITIES: Capabilities = super::patterns::CAPABILITIES;
 
-    fn plan(_: &mut PatternNetParams, cx: &PlanContext) -> Result<Cost, Invalid> {
+    fn plan(_: &mut PatternParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         super::patterns::plan(cx)
     }
 
@@ -47,7 +31,7 @@ impl Method for PatternNet {
     fn explain(
         cx: &mut Cx,
         job: &ExplainJob,
-        _: &PatternNetParams,
+        _: &PatternParams,
         targets: &[Prediction],
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {

@@ -1,9 +1,9 @@
 //! Pattern fitting for PatternNet and PatternAttribution (Kindermans et al., "Learning how to
 //! explain neural networks: PatternNet and PatternAttribution", ICLR 2018), shared by both methods:
-//! one forward pass over the model's data (its reference set, else its background rows) that
-//! exposes each linear layer's input, output and the tensor its ReLU reads; per output neuron,
-//! running sums in f64 whose size is the weights' (not the data's); then, per neuron `j` with
-//! weight vector `w` and input `x` (Conv: the patch it sees, im2col),
+//! one forward pass over the model's data (a `[patterns] images` folder, else its reference set,
+//! else its background rows) that exposes each linear layer's input, output and the tensor its
+//! ReLU reads; per output neuron, running sums in f64 whose size is the weights' (not the data's);
+//! then, per neuron `j` with weight vector `w` and input `x` (Conv: the patch it sees, im2col),
 //!
 //! - the linear estimator `a = cov(x, y) / (w^T cov(x, y))` over every sample, for layers no
 //!   ReLU follows (the scores);
@@ -17,27 +17,39 @@
 //! `ReLUPositivePattern` takes E[y] over all samples, this follows the paper's equation (E+[y]).
 //!
 //! Fitted patterns are kept by the runtime keyed by the model's and the data's sha256 (in memory
-//! and under `data_dir/patterns`), so a later request, and a restart, reuses them.
+//! and under `data_dir/patterns`), so a later request, and a restart, reuses them. A fit is an
+//! explanation's first step when none are kept, or a job of its own (`jobs::patterns`); either
+//! way one fit at a time per model and data (`runtime::patterns::PatternStore::claim`).
 
+use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 
 use nalgebra::DMatrix;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use super::method::{Capabilities, Inputs, Passes};
 use super::{Cx, ExplainJob};
+use crate::examples::source::Listing;
 use crate::onnx::autodiff::rules::PatternRules;
 use crate::onnx::patterns::{linear_layers, LayerPattern, LinearLayer, Patterns, Receptive};
+use crate::runtime::patterns::Claim;
 use crate::runtime::preprocess::InputError;
 use crate::runtime::{LoadedModel, RuntimeError, Tensor};
 
-/// Most pixels of a reference image read again for fitting (each was checked when the set was
-/// built; this bounds a file replaced since).
+/// Most pixels of an image read for fitting (each reference image was checked when the set was
+/// built; this bounds a file replaced since, and a `[patterns]` folder's files).
 const MAX_PIXELS: u64 = 1 << 26;
 
+/// Most images a `[patterns]` folder holds.
+pub const MAX_IMAGES: usize = 10_000;
+
 /// Where a model's patterns are fitted from.
-pub(super) enum Data<'a> {
+pub enum Data<'a> {
+    /// The manifest's `[patterns] images` folder: every file, sorted by name.
+    Images(Listing),
     /// The model's reference set.
     Reference(&'a crate::examples::ReferenceSet),
     /// Its background rows (tabular models).
@@ -45,11 +57,23 @@ pub(super) enum Data<'a> {
 }
 
 impl<'a> Data<'a> {
-    /// The data a model's patterns are fitted on, or why it has none (the refusal's text).
-    pub(super) fn of(
+    /// The data a model's patterns are fitted on, or why it has none (the refusal's text). A
+    /// `[patterns]` folder is listed (names only, no image read).
+    pub fn of(
         model: &'a LoadedModel,
         reference: Option<&'a Arc<crate::examples::ReferenceSet>>,
     ) -> Result<Self, String> {
+        if let Some(dir) = model.spec.patterns.as_ref().and_then(|p| p.images_dir(&model.dir)) {
+            let listing = crate::examples::concepts::unlabelled_images(&dir, MAX_IMAGES)
+                .map_err(|e| format!("the [patterns] folder of model `{}` cannot be read: {e}", model.name))?;
+            if listing.ids.is_empty() {
+                return Err(format!(
+                    "the [patterns] folder of model `{}` holds no image",
+                    model.name
+                ));
+            }
+            return Ok(Data::Images(listing));
+        }
         if let Some(set) = reference.filter(|s| !s.is_empty()) {
             return Ok(Data::Reference(set));
         }
@@ -57,31 +81,59 @@ impl<'a> Data<'a> {
             Some(rows) if !rows.is_empty() => Ok(Data::Background(rows)),
             _ => Err(format!(
                 "PatternNet and PatternAttribution fit their patterns on the model's data, and model `{}` has \
-                 none: give it a reference set ([reference] in model.toml) or background rows (tabular.background)",
+                 none: give it a reference set ([reference] in model.toml), background rows (tabular.background) \
+                 or a folder of images ([patterns] images)",
                 model.name
             )),
         }
     }
 
     /// Rows in the data.
-    pub(super) fn rows(&self) -> usize {
+    pub fn rows(&self) -> usize {
         match self {
+            Data::Images(listing) => listing.ids.len(),
             Data::Reference(set) => set.len(),
             Data::Background(rows) => rows.len(),
         }
     }
 
-    fn name(&self) -> &'static str {
+    /// What the data is: `images`, `reference set` or `background`.
+    pub fn name(&self) -> &'static str {
         match self {
+            Data::Images(_) => "images",
             Data::Reference(_) => "reference set",
             Data::Background(_) => "background",
         }
     }
 
-    /// sha256 of what the patterns depend on in the data.
-    fn sha256(&self) -> String {
+    /// sha256 of what the patterns depend on in the data (a folder's images are read for it).
+    pub fn sha256(&self) -> Result<String, RuntimeError> {
         let mut h = Sha256::new();
         match self {
+            Data::Images(listing) => {
+                h.update(b"images\0");
+                let dir = match &listing.inputs {
+                    crate::examples::source::Inputs::Images(dir) => dir.as_path(),
+                    crate::examples::source::Inputs::Rows(_) => Path::new(""),
+                };
+                for id in &listing.ids {
+                    h.update((id.len() as u64).to_le_bytes());
+                    h.update(id.as_bytes());
+                    let file = std::fs::File::open(dir.join(id));
+                    let read = file.and_then(|f| {
+                        // The length first, so that a file's end cannot pass for the next name.
+                        let len = f.metadata()?.len();
+                        h.update(len.to_le_bytes());
+                        std::io::copy(&mut f.take(len), &mut h)
+                    });
+                    read.map_err(|e| {
+                        InputError::BadFeatures(format!(
+                            "the [patterns] image `{id}` cannot be read: {}",
+                            crate::examples::source::unreadable(&e)
+                        ))
+                    })?;
+                }
+            }
             Data::Reference(set) => {
                 h.update(b"reference set\0");
                 h.update(set.source_sha256.as_bytes());
@@ -96,14 +148,16 @@ impl<'a> Data<'a> {
                 }
             }
         }
-        hex::encode(h.finalize())
+        Ok(hex::encode(h.finalize()))
     }
 
     fn batch(&self, model: &LoadedModel, start: usize, end: usize) -> Result<Tensor, RuntimeError> {
+        let unreadable = |e: String| -> RuntimeError {
+            InputError::BadFeatures(format!("the {} cannot be read for fitting: {e}", self.name())).into()
+        };
         match self {
-            Data::Reference(set) => set.input_batch(model, start, end, MAX_PIXELS).map_err(|e| {
-                InputError::BadFeatures(format!("the reference set cannot be read for fitting: {e}")).into()
-            }),
+            Data::Images(listing) => listing.batch(model, start, end, MAX_PIXELS).map_err(unreadable),
+            Data::Reference(set) => set.input_batch(model, start, end, MAX_PIXELS).map_err(unreadable),
             Data::Background(rows) => {
                 let width = rows.first().map_or(0, Vec::len);
                 let flat: Vec<f32> = rows[start..end].iter().flatten().copied().collect();
@@ -113,12 +167,28 @@ impl<'a> Data<'a> {
     }
 }
 
+/// Both methods' parameters (none: the patterns come from the model's data).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PatternParams {}
+
+/// What both methods need: a backward pass over any input.
+pub(super) const CAPABILITIES: Capabilities = Capabilities {
+    passes: Passes::Gradients,
+    inputs: Inputs::Any,
+    layer: false,
+    random: false,
+    examples: false,
+    decision: false,
+    text: false,
+};
+
 /// What an answer says of the patterns it used.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatternDetails {
-    /// `reference set` or `background`.
-    #[schema(pattern = "^(reference set|background)$")]
+    /// `images` (the manifest's `[patterns]` folder), `reference set` or `background`.
+    #[schema(pattern = "^(images|reference set|background)$")]
     pub data: String,
     /// Rows the patterns were fitted on.
     pub rows: usize,
@@ -126,8 +196,22 @@ pub struct PatternDetails {
     pub layers: usize,
     /// Of those, the layers a ReLU follows (two-component estimator).
     pub two_component: usize,
-    /// Whether this request fitted them (false: they were kept from before, in memory or on disk).
+    /// Whether this request fitted them (false: they were kept from before, in memory or on disk,
+    /// or fitted by another request it waited for).
     pub fitted_now: bool,
+}
+
+impl PatternDetails {
+    /// What `patterns`, fitted on `data`, are.
+    pub fn of(data: &Data, patterns: &Patterns, fitted_now: bool) -> Self {
+        Self {
+            data: data.name().into(),
+            rows: data.rows(),
+            layers: patterns.layers.len(),
+            two_component: patterns.layers.values().filter(|l| l.negative.is_some()).count(),
+            fitted_now,
+        }
+    }
 }
 
 /// The pattern rules for the job's model and data, fitting the patterns first when none are kept
@@ -137,25 +221,29 @@ pub(super) fn fitted(
     job: &ExplainJob,
     attribution: bool,
 ) -> Result<(PatternRules, PatternDetails), RuntimeError> {
-    let model = job.model.clone();
-    let data = Data::of(&model, job.reference.as_ref()).map_err(InputError::BadFeatures)?;
-    let sha = data.sha256();
+    let data = Data::of(&job.model, job.reference.as_ref()).map_err(InputError::BadFeatures)?;
+    let (sha, details) = fit(cx, &data, job.limits.max_job_bytes)?;
     let rules = PatternRules {
         attribution,
         digest: crate::runtime::patterns::digest(&sha),
     };
-    let details = |p: &Patterns, fitted_now| PatternDetails {
-        data: data.name().into(),
-        rows: data.rows(),
-        layers: p.layers.len(),
-        two_component: p.layers.values().filter(|l| l.negative.is_some()).count(),
-        fitted_now,
+    Ok((rules, details))
+}
+
+/// The patterns of the workbench's model on `data`: kept ones, the ones another request is
+/// fitting (waited for), or fitted here in one forward pass over the data, counted in the job's
+/// progress, holding at most `max_job_bytes` of statistics. The data's sha256 (the patterns' key)
+/// and what they are.
+pub fn fit(cx: &mut Cx, data: &Data, max_job_bytes: u64) -> Result<(String, PatternDetails), RuntimeError> {
+    let model = cx.model.clone();
+    let sha = data.sha256()?;
+    let job_ctx = cx.job_ctx;
+    // The plan counted the fitting pass's rows; when the patterns are kept progress counts the
+    // rows run, so it ends short of the plan (as a method that stops early does).
+    let claim = match cx.rt.patterns().claim(&model.sha256, &sha, || job_ctx.checkpoint())? {
+        Claim::Kept(kept) => return Ok((sha, PatternDetails::of(data, &kept, false))),
+        Claim::Fit(claim) => claim,
     };
-    if let Some(kept) = cx.rt.patterns().get(&model.sha256, &sha) {
-        // The plan counted the fitting pass's rows; progress counts the rows run, so it ends
-        // short of the plan (as a method that stops early does).
-        return Ok((rules, details(&kept, false)));
-    }
     let prepared = cx.rt.prepared(&model)?;
     let graph = prepared
         .0
@@ -165,13 +253,13 @@ pub(super) fn fitted(
     let layers =
         linear_layers(graph, &model.spec.input, &model.spec.output, &prepared.1).map_err(|e| not_fitted(&model, e))?;
     let held = layers.iter().map(Statistics::bytes).fold(0u64, u64::saturating_add);
-    if held > job.limits.max_job_bytes {
+    if held > max_job_bytes {
         return Err(RuntimeError::UnsupportedModel {
             model: model.name.clone(),
             message: format!(
                 "fitting its patterns would hold {} MiB of statistics; the limit is {} MiB (max_job_bytes)",
                 held.div_ceil(1 << 20),
-                job.limits.max_job_bytes >> 20
+                max_job_bytes >> 20
             ),
         });
     }
@@ -211,10 +299,12 @@ pub(super) fn fitted(
     for (l, s) in layers.iter().zip(&stats) {
         patterns.layers.insert(l.weight.clone(), s.patterns(l));
     }
-    let info = details(&patterns, true);
+    let info = PatternDetails::of(data, &patterns, true);
     cx.rt.patterns().put(&model.sha256, &sha, patterns);
-    tracing::info!(model = %model.name, rows, layers = info.layers, "patterns fitted");
-    Ok((rules, info))
+    // Released once the patterns are kept: a waiter finds them.
+    drop(claim);
+    tracing::info!(model = %model.name, rows, layers = info.layers, data = info.data, "patterns fitted");
+    Ok((sha, info))
 }
 
 fn not_fitted(model: &LoadedModel, message: String) -> RuntimeError {

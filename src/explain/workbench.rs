@@ -26,7 +26,25 @@ pub struct Cx<'a> {
     pub(super) row_len: usize,
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a> {
+    /// A workbench for a task other than an explanation (fitting a model's patterns as a job of
+    /// its own): `model`'s passes, counted into `job_ctx`'s progress.
+    pub fn new(rt: &'a mut WorkerRuntime, job_ctx: &'a JobContext, model: Arc<LoadedModel>) -> Self {
+        Self {
+            rt,
+            job_ctx,
+            model,
+            rows: 0,
+            runs: 0,
+            gradient_rows: 0,
+            primed: None,
+            scored: None,
+            model_time: Duration::ZERO,
+            // Rows of the model's full size: the pass budget as its input shape says.
+            row_len: usize::MAX,
+        }
+    }
+
     /// Fails once the job is past its deadline or cancelled: for a method's long loops that run
     /// no passes (every pass checks this itself).
     pub fn checkpoint(&self) -> Result<(), RuntimeError> {

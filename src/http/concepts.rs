@@ -265,7 +265,7 @@ fn layer_values(state: &AppState, m: &LoadedModel, layers: &[(String, usize)]) -
 }
 
 /// The job for `task` on this replica's board: 202 with its place.
-async fn submit<T: crate::executor::Task>(
+pub(super) async fn submit<T: crate::executor::Task>(
     state: &Arc<AppState>,
     m: &LoadedModel,
     what: &str,

@@ -16,6 +16,7 @@ mod models;
 pub mod offload;
 pub mod openapi;
 mod page;
+mod patterns;
 mod pipeline;
 mod predict;
 pub mod prepare;

@@ -10,8 +10,8 @@ use crate::explain::method::{AnyMethod, NamedSchemas, CONFIGURED_MAX_SAMPLES};
 use crate::explain::{Limits, Methods};
 
 use super::{
-    audit, compare, concepts, error, evaluate, explain, health, input, jobs, models, predict, problems, protocols,
-    reference, replay, report, uncertainty,
+    audit, compare, concepts, error, evaluate, explain, health, input, jobs, models, patterns, predict, problems,
+    protocols, reference, replay, report, uncertainty,
 };
 
 /// The API description.
@@ -37,6 +37,8 @@ use super::{
         concepts::list_concepts,
         concepts::tcav,
         concepts::layer_information,
+        patterns::fit,
+        patterns::patterns,
         predict::predict,
         uncertainty::uncertainty,
         explain::explain,
@@ -69,6 +71,7 @@ use super::{
         input::FeaturesJson,
         crate::jobs::concepts::TcavAnswer,
         crate::jobs::concepts::LayerInformationAnswer,
+        crate::jobs::patterns::PatternFit,
     )),
     tags(
         (name = "models", description = "Loaded models and predictions"),

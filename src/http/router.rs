@@ -16,8 +16,8 @@ use tower_http::trace::TraceLayer;
 use super::error::{ApiError, ProblemKind};
 use super::protocols::vertex;
 use super::{
-    audit, auth, compare, concepts, evaluate, explain, health, jobs, models, openapi, page, predict, problems,
-    protocols, reference, replay, report, uncertainty, AppState,
+    audit, auth, compare, concepts, evaluate, explain, health, jobs, models, openapi, page, patterns, predict,
+    problems, protocols, reference, replay, report, uncertainty, AppState,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -42,6 +42,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{model}/concepts", get(concepts::list_concepts))
         .route("/v1/models/{model}/concepts/{name}", post(concepts::upload_concept))
         .route("/v1/models/{model}/tcav", post(concepts::tcav))
+        .route(
+            "/v1/models/{model}/patterns",
+            get(patterns::patterns).post(patterns::fit),
+        )
         .route(
             "/v1/models/{model}/layer-information",
             post(concepts::layer_information),

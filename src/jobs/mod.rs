@@ -6,6 +6,7 @@ mod compare;
 pub mod concepts;
 mod evaluate;
 mod explain;
+pub mod patterns;
 mod predict;
 pub mod reference;
 mod region;

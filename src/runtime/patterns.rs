@@ -1,10 +1,16 @@
 //! Fitted patterns (PatternNet, PatternAttribution) kept per model and data: in memory, and on disk
 //! as `{model sha256}-{data sha256}.pb` under `data_dir/patterns`, so a restart reads them back
 //! instead of fitting again. A file that cannot be read is ignored (and fitted again).
+//!
+//! One fit at a time per model and data: whoever finds no patterns claims the fit
+//! ([`PatternStore::claim`]); a second request for them meanwhile waits for that fit (checking
+//! its own deadline) and uses its patterns rather than fit them twice. A fit that fails hands the
+//! claim to the next waiter.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use crate::onnx::patterns::Patterns;
 
@@ -13,6 +19,45 @@ use crate::onnx::patterns::Patterns;
 pub struct PatternStore {
     dir: Option<PathBuf>,
     kept: Mutex<HashMap<(String, u64), Arc<Patterns>>>,
+    fitting: Arc<Fitting>,
+}
+
+/// The fits under way, and a signal when one ends.
+#[derive(Debug, Default)]
+struct Fitting {
+    keys: Mutex<HashSet<(String, u64)>>,
+    ended: Condvar,
+}
+
+/// How often a request waiting for another's fit checks its own deadline.
+const WAIT: Duration = Duration::from_millis(50);
+
+/// What [`PatternStore::claim`] found.
+#[derive(Debug)]
+pub enum Claim {
+    /// The patterns, kept (in memory, on disk, or fitted by another request while this one waited).
+    Kept(Arc<Patterns>),
+    /// None are kept and no one else is fitting them: the holder fits them (then
+    /// [`PatternStore::put`]); dropping the claim lets the next waiter fit.
+    Fit(FitClaim),
+}
+
+/// The right to fit one model's patterns on one data set, released when dropped.
+#[derive(Debug)]
+pub struct FitClaim {
+    fitting: Arc<Fitting>,
+    key: (String, u64),
+}
+
+impl Drop for FitClaim {
+    fn drop(&mut self) {
+        self.fitting
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+        self.fitting.ended.notify_all();
+    }
 }
 
 /// The digest a data hash (hex sha256) keys backward models by: its first 64 bits.
@@ -33,7 +78,53 @@ impl PatternStore {
         Self {
             dir,
             kept: Mutex::new(HashMap::new()),
+            fitting: Arc::default(),
         }
+    }
+
+    /// The kept patterns, or the claim to fit them; while another request fits them, waits for
+    /// it, calling `check` every few milliseconds (a deadline or a cancellation ends the wait with
+    /// its error).
+    pub fn claim<E>(
+        &self,
+        model_sha256: &str,
+        data_sha256: &str,
+        mut check: impl FnMut() -> Result<(), E>,
+    ) -> Result<Claim, E> {
+        let key = (model_sha256.to_string(), digest(data_sha256));
+        loop {
+            if let Some(kept) = self.get(model_sha256, data_sha256) {
+                return Ok(Claim::Kept(kept));
+            }
+            let mut keys = self.fitting.keys.lock().unwrap_or_else(|p| p.into_inner());
+            // Looked at again under the lock: a fit that ended between `get` and here kept its
+            // patterns before it released its claim.
+            if let Some(kept) = self.by_digest(model_sha256, key.1) {
+                return Ok(Claim::Kept(kept));
+            }
+            if keys.insert(key.clone()) {
+                return Ok(Claim::Fit(FitClaim {
+                    fitting: self.fitting.clone(),
+                    key,
+                }));
+            }
+            let (guard, _) = self
+                .fitting
+                .ended
+                .wait_timeout(keys, WAIT)
+                .unwrap_or_else(|p| p.into_inner());
+            drop(guard);
+            check()?;
+        }
+    }
+
+    /// Whether a fit of these patterns is under way.
+    pub fn is_fitting(&self, model_sha256: &str, data_sha256: &str) -> bool {
+        self.fitting
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(model_sha256.to_string(), digest(data_sha256)))
     }
 
     fn file(&self, model_sha256: &str, data_sha256: &str) -> Option<PathBuf> {

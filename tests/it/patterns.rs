@@ -1,8 +1,10 @@
 //! PatternNet and PatternAttribution: the paper's linear toy (the gradient recovers the filter,
 //! PatternNet the signal), both methods against a NumPy implementation of both estimators
 //! (scripts/pattern_reference.py) on small Conv and dense networks, PatternAttribution's
-//! conservation through linear layers, patterns kept on disk and reused after a restart, and the
-//! refusal of a model with no data to fit on.
+//! conservation through linear layers, patterns kept on disk and reused after a restart, fitting
+//! as a job (progress, concurrent requests fitting once, patterns read back at start, fitted at
+//! start when configured), a `[patterns]` folder of images as the data, and the refusal of a
+//! model with no data to fit on (or a folder outside the model's).
 
 use crate::common;
 
@@ -233,6 +235,18 @@ async fn pattern_methods_without_data_are_refused() {
         &manifest(4, &["a", "b", "c"], false),
     );
     let s = start(test_config(&dir)).await;
+    for path in ["/v1/models/bare/patterns"] {
+        let resp = reqwest::get(url(&s, path)).await.unwrap();
+        let p = problem(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input").await;
+        assert!(p["detail"].as_str().unwrap().contains("background"), "{p}");
+        let p = problem(
+            post_json(&s, path, &json!({})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+        )
+        .await;
+        assert!(p["detail"].as_str().unwrap().contains("background"), "{p}");
+    }
     for method in ["pattern-net", "pattern-attribution"] {
         let p = problem(
             post_json(
@@ -253,4 +267,191 @@ async fn pattern_methods_without_data_are_refused() {
         );
     }
     s.stop().await.unwrap();
+}
+
+/// The bundled CNN without its reference set, fitting its patterns on a `[patterns]` folder of
+/// `images` of its reference images.
+fn write_cnn_with_pattern_folder(models_dir: &std::path::Path, images: usize) {
+    let from = root().join("models/fashion-cnn");
+    let to = models_dir.join("fcnn");
+    std::fs::create_dir_all(to.join("fit-images")).unwrap();
+    std::fs::copy(from.join("model.onnx"), to.join("model.onnx")).unwrap();
+    let manifest = std::fs::read_to_string(from.join("model.toml")).unwrap();
+    let manifest = manifest.split("[reference]").next().unwrap().to_string() + "[patterns]\nimages = \"fit-images\"\n";
+    std::fs::write(to.join("model.toml"), manifest).unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(from.join("reference/images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    for n in names.iter().take(images) {
+        std::fs::copy(from.join("reference/images").join(n), to.join("fit-images").join(n)).unwrap();
+    }
+}
+
+async fn explain_png(s: &explaind::Service, model: &str, method: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .post(url(s, &format!("/v1/models/{model}/explain/{method}")))
+        .header("content-type", "image/png")
+        .body(fashion_png())
+        .send()
+        .await
+        .unwrap();
+    ok_json(resp).await
+}
+
+/// Fitting is a job: `POST /v1/models/{model}/patterns` answers 202, the job's progress counts
+/// the folder's rows while it runs, `GET` says `fitting` meanwhile and `kept` after. Two PatternNet
+/// requests sent with the job fit nothing more: of the three, exactly one fits, the others wait
+/// for it. After a restart the patterns are read back at start: the file can go and the next
+/// request still fits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fitting_is_a_job_concurrent_requests_fit_once_and_a_restart_reads_the_patterns_back() {
+    let dir = temp_dir("patterns-job");
+    write_cnn_with_pattern_folder(&dir, 300);
+    let config = test_config(&dir);
+    let s = start(config.clone()).await;
+    let state = get_json(&s, "/v1/models/fcnn/patterns").await;
+    assert_eq!(
+        (state["state"].as_str(), state["data"].as_str(), state["rows"].as_u64()),
+        (Some("absent"), Some("images"), Some(300)),
+        "{state}"
+    );
+    let resp = post_json(&s, "/v1/models/fcnn/patterns", &json!({})).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let explains = async {
+        tokio::join!(
+            explain_png(&s, "fcnn", "pattern-net"),
+            explain_png(&s, "fcnn", "pattern-net")
+        )
+    };
+    let watch = async {
+        let (mut running, mut fitting) = (Vec::new(), false);
+        loop {
+            let v = get_json(&s, &location).await;
+            if v["state"] == "running" {
+                running.push(v["progress"].clone());
+            }
+            fitting |= get_json(&s, "/v1/models/fcnn/patterns").await["state"] == "fitting";
+            if !matches!(v["state"].as_str(), Some("queued" | "running")) {
+                return (v, running, fitting);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let ((one, two), (job, running, fitting)) = tokio::join!(explains, watch);
+    assert_eq!(job["state"], "done", "{job}");
+    let fit = &job["result"]["patterns"];
+    assert_eq!(
+        (fit["data"].as_str(), fit["rows"].as_u64()),
+        (Some("images"), Some(300)),
+        "{job}"
+    );
+    assert!(fitting, "GET never said `fitting` while the job ran");
+    assert!(
+        running
+            .iter()
+            .any(|p| p["planned"] == 300 && p["done"].as_u64() <= Some(300)),
+        "progress while running: {running:?}"
+    );
+    let fitted: Vec<bool> = [fit, &one["details"]["patterns"], &two["details"]["patterns"]]
+        .iter()
+        .map(|p| p["fitted_now"].as_bool().unwrap())
+        .collect();
+    assert_eq!(
+        fitted.iter().filter(|f| **f).count(),
+        1,
+        "one fit among the job and two requests: {fitted:?}"
+    );
+    assert_eq!(one["attributions"], two["attributions"]);
+    let state = get_json(&s, "/v1/models/fcnn/patterns").await;
+    assert_eq!(state["state"], "kept", "{state}");
+    assert!(state["layers"].as_u64().unwrap() >= 2, "{state}");
+    s.stop().await.unwrap();
+
+    let s = start(config.clone()).await;
+    // Read back at start: the file is no longer needed.
+    std::fs::remove_dir_all(config.data_dir.join("patterns")).unwrap();
+    let after = explain_png(&s, "fcnn", "pattern-net").await;
+    assert_eq!(after["details"]["patterns"]["fitted_now"], false, "{after}");
+    assert_eq!(after["attributions"], one["attributions"]);
+    s.stop().await.unwrap();
+}
+
+/// With `fit_patterns_at_start` a model's patterns are fitted in the background after start,
+/// before any request asks for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patterns_are_fitted_at_start_when_configured() {
+    let dir = temp_dir("patterns-start");
+    write_model(
+        &dir,
+        "lin",
+        &explaind::onnx::zoo::pattern_conv(5, false, false),
+        &manifest(36, &["a", "b"], true),
+    );
+    let mut rng = Rng::new(5);
+    let rows: Vec<Vec<f32>> = (0..100).map(|_| rng.vec(36, -1.0, 1.0)).collect();
+    write_background(&dir.join("lin"), &rows);
+    let mut config = test_config(&dir);
+    config.fit_patterns_at_start = true;
+    let s = start(config).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let state = get_json(&s, "/v1/models/lin/patterns").await;
+        if state["state"] == "kept" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{state}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let x = rng.vec(36, -1.0, 1.0);
+    let v = explain(&s, "lin", "pattern-net", &x, 1).await;
+    assert_eq!(v["details"]["patterns"]["fitted_now"], false, "{v}");
+    s.stop().await.unwrap();
+}
+
+/// A `[patterns]` folder must lie inside the model's folder (a `..` path, or a link pointing out,
+/// is refused at load) and serve an image model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_folder_outside_the_model_folder_is_refused() {
+    let dir = temp_dir("patterns-escape");
+    write_cnn_with_pattern_folder(&dir, 1);
+    let outside = temp_dir("patterns-outside");
+    let toml = dir.join("fcnn/model.toml");
+    let original = std::fs::read_to_string(&toml).unwrap();
+    let cases = [
+        (
+            "images = \"fit-images\"",
+            "images = \"../../patterns-outside\"",
+            "leaves the model's folder",
+        ),
+        (
+            "images = \"fit-images\"",
+            "images = \"linked\"",
+            "leaves the model's folder",
+        ),
+    ];
+    std::os::unix::fs::symlink(&outside, dir.join("fcnn/linked")).unwrap();
+    for (from, to, says) in cases {
+        std::fs::write(&toml, original.replace(from, to)).unwrap();
+        let mut config = test_config(&dir);
+        config.strict_models = true;
+        let error = start_error(config).await;
+        assert!(
+            error.contains("patterns.images") && error.contains(says),
+            "{to}: {error}"
+        );
+    }
+    write_model(
+        &dir,
+        "tab",
+        &explaind::onnx::zoo::pattern_dense(1),
+        &(manifest(4, &["a", "b", "c"], false) + "[patterns]\nimages = \"x\"\n"),
+    );
+    std::fs::write(&toml, &original).unwrap();
+    let mut config = test_config(&dir);
+    config.strict_models = true;
+    let error = start_error(config).await;
+    assert!(error.contains("serves image models"), "{error}");
 }

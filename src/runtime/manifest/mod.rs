@@ -3,7 +3,7 @@
 //!
 //! This module reads the top level (task, input, output, scores, labels) and composes the
 //! readers of the sections, one module each: `[image]`, `[tabular]` (with the counterfactual
-//! constraints), `[text]`, `[reference]` and `[vertex]`.
+//! constraints), `[text]`, `[reference]`, `[patterns]` and `[vertex]`.
 
 use std::path::Path;
 
@@ -16,6 +16,7 @@ mod detection;
 mod image;
 mod inputs;
 mod outputs;
+mod patterns;
 mod reference;
 mod tabular;
 mod text;
@@ -25,6 +26,7 @@ pub use detection::{BoxFormat, BoxScale, DetectionLayout, DetectionSpec, MAX_DET
 pub use image::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter, DEFAULT_PAD};
 pub use inputs::{Constant, InputRole, Role};
 pub use outputs::{Activation, MultiLabelSpec, RegressionSpec, SegmentationSpec};
+pub use patterns::PatternSpec;
 pub use reference::{Checkpoint, ReferenceSpec};
 pub use tabular::{Constraints, Direction, FeatureType, TabularSpec};
 pub use text::{TextManifest, TextSpec, MAX_TEXT_TOKENS};
@@ -52,6 +54,7 @@ pub struct Manifest {
     regression: Option<outputs::RegressionManifest>,
     ensemble: Option<Vec<String>>,
     reference: Option<ReferenceSpec>,
+    patterns: Option<PatternSpec>,
     vertex: Option<VertexSpec>,
     explanation: Option<DefaultExplanation>,
     /// Several explained inputs, once the registry has joined them into one graph input.
@@ -191,6 +194,11 @@ pub struct ModelSpec {
     /// The labelled reference set (`[reference]`) for similar examples and influence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<ReferenceSpec>,
+    /// Where PatternNet's patterns are fitted from (`[patterns]`), when not the reference set or
+    /// the background rows. Not shown: it names a folder of the server's.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub patterns: Option<PatternSpec>,
     /// How the model answers on the Vertex AI routes (`[vertex]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vertex: Option<VertexSpec>,
@@ -418,6 +426,10 @@ impl Manifest {
             regression,
             ensemble: self.ensemble.unwrap_or_default(),
             reference: self.reference.map(|r| reference::check(r, task, &err)).transpose()?,
+            patterns: self
+                .patterns
+                .map(|p| patterns::check(p, task, manifest_path, &err))
+                .transpose()?,
             explanation: self.explanation,
             vertex: self.vertex.map(|v| vertex::check(v, task, &err)).transpose()?,
         })
