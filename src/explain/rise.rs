@@ -217,7 +217,7 @@ impl Method for Rise {
 
 /// Draws the masks' grids and shifts.
 enum Draws {
-    Random(rand_chacha::ChaCha8Rng),
+    Random(Box<rand_chacha::ChaCha8Rng>),
     /// The replicates, and a point's coordinates.
     Halton(Vec<Halton>, Vec<f64>),
 }
@@ -288,7 +288,7 @@ fn explain(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
     let halton = p.sequence == RiseSequence::Halton;
     let mut draws = match halton {
-        false => Draws::Random(rng),
+        false => Draws::Random(Box::new(rng)),
         true => {
             let dims = p.cell_size * p.cell_size + 2;
             let replicates = (0..REPLICATES).map(|_| Halton::new(dims, &mut rng)).collect();

@@ -139,7 +139,7 @@ fn primes(n: usize) -> Vec<u64> {
     let mut found: Vec<u64> = Vec::with_capacity(n);
     let mut k = 2u64;
     while found.len() < n {
-        if found.iter().take_while(|p| *p * *p <= k).all(|p| k % p != 0) {
+        if found.iter().take_while(|p| *p * *p <= k).all(|p| !k.is_multiple_of(*p)) {
             found.push(k);
         }
         k += 1;
