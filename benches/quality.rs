@@ -7,7 +7,9 @@
 //! points Integrated Gradients needs for its convergence delta to be within 1% of f(x) - f(x').
 //! Models: the bundled Fashion-MNIST CNN and a ResNet-18 (blocks 2-2-2-2, widths 64-512, seeded
 //! weights) at 64x64, so that the reference runs fit a few minutes on two cores; pass counts do
-//! not depend on the input's size. Run with `cargo bench --bench quality`.
+//! not depend on the input's size. Run with `cargo bench --bench quality [WORDS]`: only the
+//! models and methods named (e.g. `rise`, `resnet`), all without; `models` writes the models under
+//! target/bench-quality and stops (scripts/quality_reference.py reads the ResNet from there).
 
 mod common;
 
@@ -24,6 +26,22 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     common::copy_bundled(&root, &dir, "fashion-cnn", &["model.onnx", "model.toml"]);
     common::write_resnet(&dir, "resnet-18-64", &[2, 2, 2, 2], &[64, 128, 256, 512], 64, 1000);
+    let words: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if words.iter().any(|w| w == "models") {
+        println!("models written under {}", dir.display());
+        return;
+    }
+    let wanted = |model: &str, method: &str| {
+        let (model_named, method_named) = (
+            words.iter().any(|w| model.contains(w.as_str())),
+            words.iter().any(|w| method.contains(w.as_str())),
+        );
+        let names_models = words
+            .iter()
+            .any(|w| ["fashion", "resnet"].iter().any(|m| m.contains(w.as_str())));
+        let names_methods = words.len() > usize::from(names_models);
+        (!names_models || model_named) && (!names_methods || method_named)
+    };
     let mut config = common::config(&dir);
     config.max_samples = 8192;
     // The reference runs take minutes on two cores without optimisation.
@@ -64,7 +82,7 @@ fn main() {
                 "smoothgrad",
                 json!({"samples": 2048}),
                 vec![4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024],
-                [
+                vec![
                     ("explaind (antithetic pairs)", |n| json!({"samples": n})),
                     (
                         "libraries (iid noise, Captum)",
@@ -76,8 +94,12 @@ fn main() {
                 "rise",
                 json!({"masks": 8192}),
                 vec![64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096],
-                [
+                vec![
                     ("explaind (pairs, centered)", |n| json!({"masks": n})),
+                    (
+                        "explaind (Halton, pairs, centered)",
+                        |n| json!({"masks": n, "sequence": "halton"}),
+                    ),
                     (
                         "libraries (iid, paper estimator)",
                         |n| json!({"masks": n, "antithetic": false, "estimator": "paper"}),
@@ -86,6 +108,9 @@ fn main() {
             ),
         ];
         for (method, reference, grid, samplers) in studies {
+            if !wanted(model, method) {
+                continue;
+            }
             let reference = values(&run(method, 1, reference));
             let mut found = Vec::new();
             for (label, params) in samplers {
@@ -108,6 +133,9 @@ fn main() {
         // and lime's on the same CNN).
         if model == "fashion-cnn" {
             for (method, label) in [("kernel-shap", "explaind (paired coalitions)"), ("lime", "explaind")] {
+                if !wanted(model, method) {
+                    continue;
+                }
                 let reference = values(&run(method, 1, json!({"samples": 8192})));
                 let grid = [64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096];
                 let reached = reach(&grid, |n| {
@@ -125,6 +153,9 @@ fn main() {
         }
         // Integrated Gradients: one reference of 1000 Gauss-Legendre points; the trapezoid levels
         // explaind's `delta_tolerance` refines through, against Gauss-Legendre at fixed steps.
+        if !wanted(model, "integrated-gradients") {
+            continue;
+        }
         let ig = |params: Value| explain(model, "integrated-gradients", json!({"image": image, "params": params}));
         let reference = values(&ig(json!({"steps": 1000})));
         let levels = vec![5, 9, 17, 33, 65, 129, 257];
@@ -172,7 +203,7 @@ fn main() {
 
 /// A method, its reference run's parameters, the budgets tried, and its samplers (a label and
 /// the parameters for a budget).
-type Study = (&'static str, Value, Vec<usize>, [(&'static str, fn(usize) -> Value); 2]);
+type Study = (&'static str, Value, Vec<usize>, Vec<(&'static str, fn(usize) -> Value)>);
 
 /// The first budget of `grid` whose correlation reaches 0.95, and 0.99: their rows.
 fn reach(grid: &[usize], mut at: impl FnMut(usize) -> (f64, u64)) -> (Option<u64>, Option<u64>) {
@@ -194,17 +225,23 @@ fn show(rows: Option<u64>) -> String {
     rows.map_or("-".into(), |r| r.to_string())
 }
 
+/// Per explaind sampler (all but the last), the libraries' rows (the last) over its own.
 fn print_ratio(model: &str, method: &str, found: &[(Option<u64>, Option<u64>)]) {
     let ratio = |a: Option<u64>, b: Option<u64>| match (a, b) {
         (Some(a), Some(b)) => format!("{:.2}x", b as f64 / a as f64),
         _ => "-".into(),
     };
-    println!(
-        "{model:<13} {method:<21} {:<34} {:>9} {:>9}",
-        "fewer rows (libraries / explaind)",
-        ratio(found[0].0, found[1].0),
-        ratio(found[0].1, found[1].1)
-    );
+    let Some((libraries, ours)) = found.split_last() else {
+        return;
+    };
+    for (i, f) in ours.iter().enumerate() {
+        println!(
+            "{model:<13} {method:<21} {:<34} {:>9} {:>9}",
+            format!("fewer rows (libraries / explaind {})", i + 1),
+            ratio(f.0, libraries.0),
+            ratio(f.1, libraries.1)
+        );
+    }
 }
 
 /// Model rows an answer ran, as its `details.cost` counts them.

@@ -3,7 +3,9 @@
 //! that keep it. Seeded: the same seed gives the same masks. With `p` = 0.5 the masks come in
 //! antithetic pairs (a grid and its complement, the same shift), and each pixel's standard error
 //! comes from the pairs' spread; `masks: "auto"` draws masks in doubling rounds until every
-//! pixel's standard error is below `tolerance` (score units, as KernelSHAP's).
+//! pixel's standard error is below `tolerance` (score units, as KernelSHAP's). With `sequence:
+//! "halton"` the grids and shifts come from scrambled Halton points instead of independent draws,
+//! in 8 independently scrambled replicates whose spread gives the standard error.
 
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -14,7 +16,7 @@ use super::kernel_shap::{samples_schema, Samples};
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, MAX_SIDE};
 use super::method::{schemas_of, NamedSchemas};
 use super::perturb::{index, run_copies, Preset};
-use super::sampling::error_summary;
+use super::sampling::{error_summary, Halton, MeanError};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
@@ -46,7 +48,31 @@ pub struct RiseParams {
     /// the mean score's mask noise; the default) or `paper` (sum of score x mask / (masks x p)).
     #[schema(default = "centered")]
     pub estimator: RiseEstimator,
+    /// Where the grids and shifts come from: `random` (independent draws, the paper's) or `halton`
+    /// (scrambled Halton points, which keep each cell about as often as `p` says in every prefix of
+    /// the masks; `cell_size` at most 32).
+    #[schema(default = "random")]
+    pub sequence: RiseSequence,
 }
+
+/// Where RISE's grids and shifts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RiseSequence {
+    /// Independent draws.
+    #[default]
+    Random,
+    /// Scrambled Halton points, one dimension per grid cell and two for the shift.
+    Halton,
+}
+
+/// Independently scrambled Halton replicates: unit i (a mask or a pair) is point i / 8 of replicate
+/// i % 8, and the replicates' maps spread as the map's error.
+const REPLICATES: usize = 8;
+
+/// The largest `cell_size` with `sequence: "halton"`: 32 x 32 cells and the shift take the first
+/// 1,026 primes as bases.
+const HALTON_MAX_CELL_SIZE: usize = 32;
 
 /// The schema of RISE's `masks`.
 fn masks_schema() -> utoipa::openapi::Schema {
@@ -81,6 +107,7 @@ impl Default for RiseParams {
             p: 0.5,
             preset: Preset::Balanced,
             estimator: RiseEstimator::Centered,
+            sequence: RiseSequence::Random,
         }
     }
 }
@@ -128,6 +155,9 @@ impl Method for Rise {
         };
         let side = spec.height.min(spec.width).max(2);
         check_range("cell_size", p.cell_size, 2, side.min(MAX_SIDE))?;
+        if p.sequence == RiseSequence::Halton {
+            check_range("cell_size", p.cell_size, 2, HALTON_MAX_CELL_SIZE)?;
+        }
         if !(p.p > 0.0 && p.p < 1.0) {
             return Err(Invalid::Request("params.p must be strictly between 0 and 1".into()));
         }
@@ -147,6 +177,10 @@ impl Method for Rise {
         };
         // Masks are drawn per batch, so one batch of them is held, with each target's sums.
         let batch = masks.min(cx.limits.max_batch);
+        let replicates = match p.sequence {
+            RiseSequence::Random => 1,
+            RiseSequence::Halton => 1 + REPLICATES as u64,
+        };
         let upsampled = (p.cell_size + 1)
             .saturating_mul(spec.height.div_ceil(p.cell_size))
             .saturating_mul((p.cell_size + 1).saturating_mul(spec.width.div_ceil(p.cell_size)));
@@ -157,7 +191,11 @@ impl Method for Rise {
                 .batch_bytes(batch, false)
                 .saturating_add(bytes(batch, 4).saturating_mul(cx.pixels() as u64))
                 .saturating_add(bytes(upsampled, 4))
-                .saturating_add(bytes(cx.pixels(), 48).saturating_mul(cx.targets as u64))
+                .saturating_add(
+                    bytes(cx.pixels(), 72)
+                        .saturating_mul(cx.targets as u64)
+                        .saturating_mul(replicates),
+                )
                 .saturating_add(cx.answer_bytes()),
         })
     }
@@ -177,14 +215,48 @@ impl Method for Rise {
     }
 }
 
-/// One mask at input resolution: an s x s random grid, upsampled to cover (s + 1) cells, shifted.
-fn mask(rng: &mut rand_chacha::ChaCha8Rng, s: usize, p: f32, h: usize, w: usize) -> Vec<f32> {
-    let grid: Vec<f32> = (0..s * s)
-        .map(|_| if rng.random::<f32>() < p { 1.0 } else { 0.0 })
-        .collect();
+/// Draws the masks' grids and shifts.
+enum Draws {
+    Random(Box<rand_chacha::ChaCha8Rng>),
+    /// The replicates, and a point's coordinates.
+    Halton(Vec<Halton>, Vec<f64>),
+}
+
+impl Draws {
+    /// Unit `unit`'s mask at input resolution: an s x s grid keeping each cell with probability p,
+    /// upsampled to cover (s + 1) cells, shifted.
+    fn mask(&mut self, unit: usize, s: usize, p: f32, h: usize, w: usize) -> Vec<f32> {
+        let (cell_h, cell_w) = (h.div_ceil(s), w.div_ceil(s));
+        match self {
+            Draws::Random(rng) => {
+                let grid: Vec<f32> = (0..s * s)
+                    .map(|_| if rng.random::<f32>() < p { 1.0 } else { 0.0 })
+                    .collect();
+                let (dy, dx) = (rng.random_range(0..cell_h.max(1)), rng.random_range(0..cell_w.max(1)));
+                shifted(grid, (dy, dx), s, h, w)
+            }
+            Draws::Halton(replicates, point) => {
+                let k = replicates.len().max(1);
+                if let Some(seq) = replicates.get(unit % k) {
+                    seq.point((unit / k) as u64, point);
+                }
+                let grid = point[..s * s]
+                    .iter()
+                    .map(|u| if *u < p as f64 { 1.0 } else { 0.0 })
+                    .collect();
+                let at = |u: f64, n: usize| ((u * n as f64) as usize).min(n.saturating_sub(1));
+                let shift = (at(point[s * s], cell_h), at(point[s * s + 1], cell_w));
+                shifted(grid, shift, s, h, w)
+            }
+        }
+    }
+}
+
+/// An s x s grid upsampled bilinearly to cover (s + 1) cells, shifted by (dy, dx) pixels, at input
+/// resolution.
+fn shifted(grid: Vec<f32>, (dy, dx): (usize, usize), s: usize, h: usize, w: usize) -> Vec<f32> {
     let (cell_h, cell_w) = (h.div_ceil(s), w.div_ceil(s));
     let (up_h, up_w) = ((s + 1) * cell_h, (s + 1) * cell_w);
-    let (dy, dx) = (rng.random_range(0..cell_h.max(1)), rng.random_range(0..cell_w.max(1)));
     let small =
         image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(s as u32, s as u32, grid).unwrap_or_default();
     let up = image::imageops::resize(&small, up_w as u32, up_h as u32, image::imageops::FilterType::Triangle);
@@ -214,10 +286,23 @@ fn explain(
     };
     let unit = if p.paired() { 2 } else { 1 };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
+    let halton = p.sequence == RiseSequence::Halton;
+    let mut draws = match halton {
+        false => Draws::Random(Box::new(rng)),
+        true => {
+            let dims = p.cell_size * p.cell_size + 2;
+            let replicates = (0..REPLICATES).map(|_| Halton::new(dims, &mut rng)).collect();
+            Draws::Halton(replicates, vec![0.0; dims])
+        }
+    };
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let baseline = baselines::build(Baseline::Black, &job.input, Some(spec), job.seed);
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
     let mut sums = Sums::new(targets.len(), h * w);
+    // Each replicate's own sums, for the spread of their maps.
+    let mut replicate_sums = (0..if halton { REPLICATES } else { 0 })
+        .map(|_| Sums::new(targets.len(), h * w))
+        .collect::<Vec<_>>();
     // Masks are drawn one batch at a time (in the same order, so a seed gives the same masks), a
     // pair never split.
     let batch = (cx.forward_rows() / unit).max(1) * unit;
@@ -232,7 +317,7 @@ fn explain(
             let end = (drawn + batch).min(round_end);
             let mut masks: Vec<Vec<f32>> = Vec::with_capacity(end - drawn);
             while masks.len() < end - drawn {
-                let m = mask(&mut rng, p.cell_size, p.p, h, w);
+                let m = draws.mask((drawn + masks.len()) / unit, p.cell_size, p.p, h, w);
                 // Upsampling is linear, so the complement grid's mask is 1 - the mask.
                 let complement = (unit == 2).then(|| m.iter().map(|v| 1.0 - v).collect());
                 masks.push(m);
@@ -251,14 +336,26 @@ fn explain(
                     }
                 }
             })?;
-            for pair in masks.chunks(unit).zip(outputs.chunks(unit)) {
+            for (i, pair) in masks.chunks(unit).zip(outputs.chunks(unit)).enumerate() {
                 // RISE weighs masks by the class probability.
                 let weighed: Vec<Vec<f64>> = pair.1.iter().map(|o| job.weighed_scores(o)).collect();
                 sums.add_unit(pair.0, &weighed, targets);
+                let k = replicate_sums.len().max(1);
+                if let Some(r) = replicate_sums.get_mut((drawn / unit + i) % k) {
+                    r.add_unit(pair.0, &weighed, targets);
+                }
             }
+            cx.checkpoint()?;
             drawn = end;
         }
-        if auto && (0..targets.len()).all(|ti| sums.result(ti, p).1.iter().all(|se| *se <= p.tolerance)) {
+        if auto
+            && (0..targets.len()).all(|ti| {
+                result(&sums, &replicate_sums, ti, p)
+                    .1
+                    .iter()
+                    .all(|se| *se <= p.tolerance)
+            })
+        {
             stopped = "tolerance";
             break;
         }
@@ -268,7 +365,7 @@ fn explain(
     }
     let mut out = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
-        let (values, se) = sums.result(ti, p);
+        let (values, se) = result(&sums, &replicate_sums, ti, p);
         let details = serde_json::json!({
             "samples": drawn,
             "stopped": stopped,
@@ -278,6 +375,21 @@ fn explain(
         out.push(TargetAttribution::from_map(t, map, None, Some(details)));
     }
     Ok(out)
+}
+
+/// Target `ti`'s map and each pixel's standard error: from the units' spread, or with replicates
+/// from the spread of the replicates' maps (the units of one low-discrepancy replicate are not
+/// independent, so their spread would overstate the error).
+fn result(sums: &Sums, replicates: &[Sums], ti: usize, p: &RiseParams) -> (Vec<f64>, Vec<f64>) {
+    let (values, se) = sums.result(ti, p);
+    if replicates.is_empty() {
+        return (values, se);
+    }
+    let mut spread = MeanError::new(values.len());
+    for r in replicates {
+        spread.add_unit(&mut r.result(ti, p).0);
+    }
+    (values, spread.standard_errors())
 }
 
 /// Per pixel, the sums over units (a mask, or a complementary pair) that give each target's map

@@ -208,3 +208,39 @@ async fn samplers_report_honest_errors_and_stop_at_their_tolerance() {
         assert_eq!(again["attributions"], tighter["attributions"], "{method}");
     }
 }
+
+#[tokio::test]
+async fn rise_halton_masks_are_seeded_with_honest_replicate_errors() {
+    let s = start_bundled().await;
+    let img = image();
+    let run = |seed: u64, params: Value| {
+        let body = json!({"image": img, "seed": seed, "params": params});
+        let s = &s;
+        async move { explain(s, "rise", body).await }
+    };
+    let halton = |masks: Value| json!({"masks": masks, "sequence": "halton"});
+    let a = run(5, halton(json!(256))).await;
+    // The same request, the same bytes; another seed scrambles differently.
+    assert_eq!(run(5, halton(json!(256))).await["attributions"], a["attributions"]);
+    assert_ne!(run(7, halton(json!(256))).await["attributions"], a["attributions"]);
+    // The replicates' spread is honest against a long run of the independent sampler.
+    let reference = run(6, json!({"masks": 4096})).await;
+    let ratio = honesty(&a, &reference);
+    eprintln!("rise halton: 256 masks, true error / reported {ratio:.3}");
+    assert!((0.5..=2.0).contains(&ratio), "true error / reported {ratio}");
+    // `"auto"` stops at a round meeting the tolerance; asking for that many gives the same bytes.
+    let auto = run(5, json!({"masks": "auto", "tolerance": 0.02, "sequence": "halton"})).await;
+    let d = &auto["details"];
+    assert_eq!(d["stopped"], "tolerance", "{d}");
+    assert!(d["standard_error"]["max"].as_f64().unwrap() <= 0.02, "{d}");
+    let fixed = run(5, halton(d["samples"].clone())).await;
+    assert_eq!(fixed["attributions"], auto["attributions"]);
+    // Past 32 cells a side the Halton bases run out: refused.
+    let r = post_json(
+        &s,
+        "/v1/models/fashion-cnn/explain/rise",
+        &json!({"image": img, "params": {"sequence": "halton", "cell_size": 33}}),
+    )
+    .await;
+    assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
+}
