@@ -503,7 +503,7 @@ async fn large(root: &Path) {
     let http = reqwest::Client::new();
     let server = Server::start(&dir, &[]);
     let (rss, _) = server.memory_mib();
-    print!("1 worker: at start {rss:.0}");
+    print!("defaults: at start {rss:.0}");
     let mut times = Vec::new();
     for model in names {
         for method in ["saliency", "grad-cam"] {
