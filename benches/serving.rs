@@ -11,8 +11,12 @@
 //!    against explaind's own predict on the example CNN, at concurrency 1 and 16: server CPU per
 //!    request and its ratio to predict's (issue 36 asks at most 1.1x).
 //!
+//! 4. Larger models (issue 37 item 7): five CNNs and ViTs of torchvision size with seeded weights,
+//!    one saliency and one Grad-CAM each, peak resident memory against 3x the model files plus
+//!    1 GiB, and a saliency request's time on each.
+//!
 //! Run with `cargo bench --bench serving` (`EXPLAIND_BENCH_REQUESTS` sets requests per level;
-//! `EXPLAIND_BENCH_PART` = `concurrency`, `memory` or `infer` runs one part).
+//! `EXPLAIND_BENCH_PART` = `concurrency`, `memory`, `infer` or `large` runs one part).
 
 mod common;
 
@@ -62,6 +66,12 @@ fn main() {
         rt.block_on(infer_vs_predict(&root, &models, requests));
     }
     if part == "infer" {
+        return;
+    }
+    if part.is_empty() || part == "large" {
+        rt.block_on(large(&root));
+    }
+    if part == "large" {
         return;
     }
     if part != "memory" {
@@ -451,4 +461,80 @@ async fn memory(root: &Path, models: &Path) {
         println!();
         server.stop();
     }
+}
+
+/// Part 4: five larger models served together, one saliency and one Grad-CAM each.
+async fn large(root: &Path) {
+    let dir = root.join("target").join("bench-serving-large");
+    let _ = std::fs::remove_dir_all(&dir);
+    common::write_resnet(&dir, "resnet-18", &[2, 2, 2, 2], &[64, 128, 256, 512], 224, 1000);
+    common::write_resnet(&dir, "resnet-34", &[3, 4, 6, 3], &[64, 128, 256, 512], 224, 1000);
+    common::write_image_model(
+        &dir,
+        "vit-384",
+        &explaind::onnx::zoo::vit(224, 16, (384, 6, 6), 1000),
+        1000,
+    );
+    common::write_image_model(
+        &dir,
+        "vit-256",
+        &explaind::onnx::zoo::vit(224, 16, (256, 4, 6), 1000),
+        1000,
+    );
+    common::write_image_model(
+        &dir,
+        "mobilenet",
+        &explaind::onnx::zoo::mobilenet(&[32, 64, 128, 256, 512, 1024], 224, 1000),
+        1000,
+    );
+    let names = ["resnet-18", "resnet-34", "vit-384", "vit-256", "mobilenet"];
+    let files: u64 = names
+        .iter()
+        .map(|m| std::fs::metadata(dir.join(m).join("model.onnx")).map_or(0, |f| f.len()))
+        .sum();
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let goal = 3.0 * mib(files) + 1024.0;
+    println!(
+        "\nlarger models: {} ({:.0} MiB of model files; goal: peak at most 3x that plus 1 GiB = {goal:.0} MiB)",
+        names.join(", "),
+        mib(files)
+    );
+    let b64 = common::png(224);
+    let http = reqwest::Client::new();
+    let server = Server::start(&dir, &[]);
+    let (rss, _) = server.memory_mib();
+    print!("defaults: at start {rss:.0}");
+    let mut times = Vec::new();
+    for model in names {
+        for method in ["saliency", "grad-cam"] {
+            let endpoint = format!("{}/v1/models/{model}/explain/{method}", server.base);
+            let body = json!({"image": b64});
+            // The first request builds the backward session; the next ones time the request.
+            let mut took = Vec::new();
+            for _ in 0..4 {
+                let started = Instant::now();
+                let status = http.post(&endpoint).json(&body).send().await.unwrap().status();
+                took.push(started.elapsed());
+                assert!(
+                    status.is_success() || status.is_client_error(),
+                    "{model} {method}: {status}"
+                );
+                if !status.is_success() {
+                    break;
+                }
+            }
+            if took.len() > 1 {
+                times.push(format!(
+                    "{model} {method} {:.1} ms",
+                    common::median(took[1..].to_vec()).as_secs_f64() * 1e3
+                ));
+            }
+        }
+        let (rss, peak) = server.memory_mib();
+        print!("; after {model} {rss:.0} / {peak:.0}");
+    }
+    let (_, peak) = server.memory_mib();
+    println!("\npeak {peak:.0} MiB = {:.2}x the goal", peak / goal);
+    println!("request times (median of 3 after the first): {}", times.join(", "));
+    server.stop();
 }

@@ -68,17 +68,8 @@ pub fn write_resnet18(models: &Path) {
 
 /// A zoo ResNet with seeded weights as the image model `name` (blocks and widths per stage).
 pub fn write_resnet(models: &Path, name: &str, blocks: &[usize], widths: &[i64], size: i64, classes: i64) {
-    let dir = models.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
     let resnet = explaind::onnx::zoo::resnet(blocks, widths, size, classes);
-    std::fs::write(dir.join("model.onnx"), resnet.encode_to_vec()).unwrap();
-    let labels: Vec<String> = (0..classes).map(|i| format!("class {i}")).collect();
-    std::fs::write(dir.join("labels.txt"), labels.join("\n")).unwrap();
-    std::fs::write(
-        dir.join("model.toml"),
-        "task = \"image-classification\"\nlabels_file = \"labels.txt\"\n",
-    )
-    .unwrap();
+    write_image_model(models, name, &resnet, classes);
 }
 
 /// A benchmark's config: loopback on an ephemeral port, the models under `dir`, data in `dir/data`.
@@ -89,6 +80,20 @@ pub fn config(dir: &Path) -> explaind::config::Config {
         data_dir: dir.join("data"),
         ..Default::default()
     }
+}
+
+/// `model` as the image classifier `name` under `models` (labels `class i`, a plain manifest).
+pub fn write_image_model(models: &Path, name: &str, model: &explaind::onnx::proto::ModelProto, classes: i64) {
+    let dir = models.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.onnx"), model.encode_to_vec()).unwrap();
+    let labels: Vec<String> = (0..classes).map(|i| format!("class {i}")).collect();
+    std::fs::write(dir.join("labels.txt"), labels.join("\n")).unwrap();
+    std::fs::write(
+        dir.join("model.toml"),
+        "task = \"image-classification\"\nlabels_file = \"labels.txt\"\n",
+    )
+    .unwrap();
 }
 
 /// A multi-threaded runtime and a service on `config`, its workers ready.

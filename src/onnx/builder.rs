@@ -71,7 +71,7 @@ pub fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
         name: Some(name.to_string()),
         dims: dims.to_vec(),
         data_type: Some(data_type::FLOAT),
-        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
         ..Default::default()
     }
 }
@@ -82,7 +82,7 @@ pub fn int64_tensor(name: &str, dims: &[i64], values: &[i64]) -> TensorProto {
         name: Some(name.to_string()),
         dims: dims.to_vec(),
         data_type: Some(data_type::INT64),
-        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
         ..Default::default()
     }
 }

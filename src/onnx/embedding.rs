@@ -421,13 +421,13 @@ fn filled(name: &str, elem_type: i32, value: i64) -> NodeProto {
     let mut t: TensorProto = int64_tensor("value", &[1], &[value]);
     if elem_type == data_type::INT32 {
         t.data_type = Some(data_type::INT32);
-        t.raw_data = Some((value as i32).to_le_bytes().to_vec());
+        t.raw_data = Some((value as i32).to_le_bytes().to_vec().into());
     } else if elem_type == data_type::FLOAT {
         t.data_type = Some(data_type::FLOAT);
-        t.raw_data = Some((value as f32).to_le_bytes().to_vec());
+        t.raw_data = Some((value as f32).to_le_bytes().to_vec().into());
     } else if elem_type == data_type::BOOL {
         t.data_type = Some(data_type::BOOL);
-        t.raw_data = Some(vec![(value != 0) as u8]);
+        t.raw_data = Some(vec![(value != 0) as u8].into());
     }
     node(
         "ConstantOfShape",

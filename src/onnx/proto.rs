@@ -312,8 +312,10 @@ pub struct TensorProto {
     pub name: Option<String>,
     #[prost(string, optional, tag = "12")]
     pub doc_string: Option<String>,
-    #[prost(bytes = "vec", optional, tag = "9")]
-    pub raw_data: Option<Vec<u8>>,
+    /// A `Bytes`, so that a model decoded by [`decode_model_shared`] holds its weights as slices
+    /// of the model's bytes rather than a copy, and clones of a graph share them.
+    #[prost(bytes = "bytes", optional, tag = "9")]
+    pub raw_data: Option<bytes::Bytes>,
     #[prost(message, repeated, tag = "13")]
     pub external_data: Vec<StringStringEntryProto>,
     #[prost(int32, optional, tag = "14")]
@@ -472,7 +474,23 @@ pub struct FunctionProto {
     pub metadata_props: Vec<StringStringEntryProto>,
 }
 
-/// Decodes a serialized ModelProto.
+/// Decodes a serialized ModelProto (its tensor data copied).
 pub fn decode_model(bytes: &[u8]) -> Result<ModelProto, prost::DecodeError> {
     ModelProto::decode(bytes)
+}
+
+/// Decodes a serialized ModelProto whose tensor data stay in `bytes`: each `raw_data` is a slice
+/// of them (kept alive as long as any is), so a model kept decoded beside its bytes does not hold
+/// its weights twice.
+pub fn decode_model_shared(bytes: &std::sync::Arc<[u8]>) -> Result<ModelProto, prost::DecodeError> {
+    ModelProto::decode(bytes::Bytes::from_owner(SharedBytes(bytes.clone())))
+}
+
+/// `Arc<[u8]>` as the owner of a `Bytes`.
+struct SharedBytes(std::sync::Arc<[u8]>);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }

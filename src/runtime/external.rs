@@ -40,7 +40,7 @@ pub fn inline(model: &mut ModelProto, folder: &Path) -> Result<bool, String> {
                  Runtime reads a model from memory as one protobuf message, limited to 2 GiB"
             ));
         }
-        t.raw_data = Some(data);
+        t.raw_data = Some(data.into());
         t.external_data.clear();
         t.data_location = None;
         Ok(())

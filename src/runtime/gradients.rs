@@ -157,7 +157,8 @@ impl GradientCache {
         if let Some(p) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).get(&model.name) {
             return Ok(p.clone());
         }
-        let decoded = proto::decode_model(&model.bytes).map_err(|e| e.to_string())?;
+        // Kept for as long as the model serves: its weights stay slices of the model's bytes.
+        let decoded = proto::decode_model_shared(&model.bytes).map_err(|e| e.to_string())?;
         let prepared = autodiff::prepare_forward(&decoded).map_err(|e| e.to_string())?;
         let runner = OrtRunner::new(self.env);
         let shapes = probe_shapes_with(

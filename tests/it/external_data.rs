@@ -90,6 +90,10 @@ async fn a_model_with_external_weights_serves_and_explains_like_the_inline_one()
     // The hash covers the weights: read back in, they make the bundled file byte for byte.
     let inline_report = get_json(&s, "/v1/models/inline").await;
     assert_eq!(report["sha256"], inline_report["sha256"]);
+    // Read in at load, the weights are held once: the graph kept for backward graphs holds slices
+    // of the model's bytes.
+    let (total, inside) = crate::model_memory::shared_bytes(&s, "ext");
+    assert!(total > 0 && inside == total, "{inside} of {total} bytes shared");
     // Gradient methods (backward graphs built from the weights, LRP rules reading them) and a
     // perturbation method.
     for method in ["saliency", "lrp", "occlusion"] {

@@ -33,6 +33,7 @@ mod jobs;
 mod ledger;
 mod limits;
 mod lrp;
+mod model_memory;
 mod onnx_corpus;
 mod overload;
 mod patterns;
