@@ -35,6 +35,7 @@ impl Method for PatternAttribution {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn plan(_: &mut PatternAttributionParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -34,6 +34,7 @@ impl Method for PatternNet {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn plan(_: &mut PatternNetParams, cx: &PlanContext) -> Result<Cost, Invalid> {
