@@ -169,6 +169,7 @@ impl Method for AttentionRollout {
         examples: false,
         decision: false,
         text: true,
+        makes_image: false,
     };
 
     fn details_schema() -> Option<NamedSchemas> {

@@ -139,6 +139,7 @@ impl Method for ChannelAttribution {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn plan(p: &mut ChannelAttributionParams, cx: &PlanContext) -> Result<Cost, Invalid> {

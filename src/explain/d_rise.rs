@@ -67,6 +67,7 @@ impl Method for DRise {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn plan(p: &mut DRiseParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -51,6 +51,7 @@ impl Method for DeepLift {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn details_schema() -> Option<super::method::NamedSchemas> {

@@ -56,6 +56,7 @@ impl Method for DeepLiftShap {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn details_schema() -> Option<super::method::NamedSchemas> {

@@ -90,6 +90,7 @@ const CAM: Capabilities = Capabilities {
     examples: false,
     decision: false,
     text: false,
+    makes_image: false,
 };
 
 /// Grad-CAM.

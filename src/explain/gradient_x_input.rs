@@ -30,6 +30,7 @@ impl Method for GradientXInput {
         examples: false,
         decision: false,
         text: true,
+        makes_image: false,
     };
 
     fn plan(_: &mut GradientXInputParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -48,6 +48,7 @@ impl Method for GuidedBackprop {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn plan(_: &mut GuidedBackpropParams, cx: &PlanContext) -> Result<Cost, Invalid> {
@@ -123,6 +124,7 @@ impl Method for GuidedGradCam {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn plan(p: &mut GuidedGradCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {

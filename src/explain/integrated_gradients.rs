@@ -135,6 +135,7 @@ impl Method for IntegratedGradients {
         examples: false,
         decision: false,
         text: true,
+        makes_image: false,
     };
 
     fn details_schema() -> Option<NamedSchemas> {

@@ -68,6 +68,7 @@ impl Method for Lrp {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn plan(p: &mut LrpParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -63,6 +63,9 @@ pub struct Capabilities {
     pub decision: bool,
     /// Whether it explains text models (one value per token).
     pub text: bool,
+    /// Whether it answers an image it made (`details.image_png`, activation maximisation) rather
+    /// than an attribution over the input: no metric judges it, and it may need no input.
+    pub makes_image: bool,
 }
 
 /// What a validated plan will cost: the bound the core checks before anything is queued.
@@ -180,6 +183,14 @@ pub trait Method: Send + Sync + 'static {
             Passes::Gradients => vec![RuleSet::Exact],
             Passes::Forward | Passes::None => Vec::new(),
         }
+    }
+
+    /// The input row (the model's input tensor without its batch axis) it starts from when the
+    /// request sends no input, for the planned `params`: a method that makes an image from noise
+    /// has one (its start image, which also chooses the default target). `None` (the default):
+    /// the request must send its input.
+    fn own_input(_params: &Self::Params, _model: &LoadedModel) -> Option<Vec<f32>> {
+        None
     }
 
     /// The schema of its answers' `details`, beside the code that fills them (best the very type
@@ -344,6 +355,8 @@ trait Runnable: Send + Sync + fmt::Debug {
     fn with_scores(&self, job: &ExplainJob) -> Vec<String>;
 
     fn rules(&self) -> Vec<RuleSet>;
+
+    fn own_input(&self, model: &LoadedModel) -> Option<Vec<f32>>;
 }
 
 struct Run<M: Method>(M::Params);
@@ -375,6 +388,10 @@ impl<M: Method> Runnable for Run<M> {
 
     fn rules(&self) -> Vec<RuleSet> {
         M::rules(&self.0)
+    }
+
+    fn own_input(&self, model: &LoadedModel) -> Option<Vec<f32>> {
+        M::own_input(&self.0, model)
     }
 }
 
@@ -421,6 +438,11 @@ impl ValidParams {
     /// The rule sets its gradient passes build with (none for forward-only methods).
     pub fn rules(&self) -> Vec<RuleSet> {
         self.run.rules()
+    }
+
+    /// The input it starts from when the request sends none ([`Method::own_input`]).
+    pub fn own_input(&self, model: &LoadedModel) -> Option<Vec<f32>> {
+        self.run.own_input(model)
     }
 
     pub(super) fn explain(

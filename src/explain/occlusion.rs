@@ -81,6 +81,7 @@ impl Method for Occlusion {
         examples: false,
         decision: false,
         text: true,
+        makes_image: false,
     };
 
     fn plan(p: &mut OcclusionParams, cx: &PlanContext) -> Result<Cost, Invalid> {

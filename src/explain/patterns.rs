@@ -181,6 +181,7 @@ pub(super) const CAPABILITIES: Capabilities = Capabilities {
     examples: false,
     decision: false,
     text: false,
+    makes_image: false,
 };
 
 /// What an answer says of the patterns it used.

@@ -19,6 +19,7 @@ pub(super) const ROWS: Capabilities = Capabilities {
     examples: true,
     decision: false,
     text: false,
+    makes_image: false,
 };
 
 /// The tensors the scoring pass returns for an example-based method: the set's embedding and

@@ -147,6 +147,7 @@ impl Method for Rise {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn plan(p: &mut RiseParams, cx: &PlanContext) -> Result<Cost, Invalid> {

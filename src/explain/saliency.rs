@@ -40,6 +40,7 @@ impl Method for Saliency {
         examples: false,
         decision: false,
         text: true,
+        makes_image: false,
     };
 
     fn plan(_: &mut SaliencyParams, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -80,6 +80,7 @@ impl Method for SampledShapley {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn details_schema() -> Option<NamedSchemas> {

@@ -38,6 +38,7 @@ impl Method for ScoreCam {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn plan(p: &mut ScoreCamParams, cx: &PlanContext) -> Result<Cost, Invalid> {

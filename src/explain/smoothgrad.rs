@@ -132,6 +132,7 @@ impl Method for SmoothGrad {
         examples: false,
         decision: false,
         text: true,
+        makes_image: false,
     };
 
     fn details_schema() -> Option<NamedSchemas> {

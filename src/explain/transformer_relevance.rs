@@ -40,6 +40,7 @@ impl Method for TransformerRelevance {
         examples: false,
         decision: false,
         text: true,
+        makes_image: false,
     };
 
     fn details_schema() -> Option<NamedSchemas> {

@@ -106,6 +106,7 @@ impl Method for Xrai {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn details_schema() -> Option<NamedSchemas> {

@@ -186,6 +186,12 @@ fn validate_methods(
             ))
             .into());
         }
+        if v.params.capabilities().makes_image {
+            return Err(crate::explain::Invalid::Request(format!(
+                "methods: compare sets attributions side by side; {name} answers an image it made"
+            ))
+            .into());
+        }
         bytes = bytes.saturating_add(v.params.cost().bytes);
         valid.push(v);
     }

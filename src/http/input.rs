@@ -67,15 +67,31 @@ pub fn one_input(
     text: Option<String>,
     what: &str,
 ) -> Result<RawInput, ApiError> {
+    at_most_one_input(image, features, text, what)?.ok_or_else(|| needs_one_input(what))
+}
+
+/// As [`one_input`], for a request that may send none (activation maximisation from noise).
+pub fn at_most_one_input(
+    image: Option<String>,
+    features: Option<FeaturesJson>,
+    text: Option<String>,
+    what: &str,
+) -> Result<Option<RawInput>, ApiError> {
     match (image, features, text) {
-        (Some(img), None, None) => Ok(RawInput::Image(decode_base64_image(&img)?)),
-        (None, Some(f), None) => Ok(RawInput::Features(f.into())),
-        (None, None, Some(t)) => Ok(RawInput::Text(t)),
-        _ => Err(ApiError::new(
-            ProblemKind::InvalidRequest,
-            format!("{what} needs exactly one of `image`, `features`, `text`"),
-        )),
+        (None, None, None) => Ok(None),
+        (Some(img), None, None) => Ok(Some(RawInput::Image(decode_base64_image(&img)?))),
+        (None, Some(f), None) => Ok(Some(RawInput::Features(f.into()))),
+        (None, None, Some(t)) => Ok(Some(RawInput::Text(t))),
+        _ => Err(needs_one_input(what)),
     }
+}
+
+/// The problem of a request without exactly one input.
+pub fn needs_one_input(what: &str) -> ApiError {
+    ApiError::new(
+        ProblemKind::InvalidRequest,
+        format!("{what} needs exactly one of `image`, `features`, `text`"),
+    )
 }
 
 /// A body as received: its content type and bytes, read within the size limit.

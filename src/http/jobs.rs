@@ -45,7 +45,7 @@ pub struct JobRequest {
 }
 
 /// A job body: the job, its explain request, and the input.
-fn parse_job(bytes: &[u8]) -> Result<(JobRequest, ExplainRequest, RawInput), ApiError> {
+fn parse_job(bytes: &[u8]) -> Result<(JobRequest, ExplainRequest, Option<RawInput>), ApiError> {
     let mut job: JobRequest = input::parse_json(bytes)?;
     let request = std::mem::take(&mut job.request);
     let mut request: ExplainRequest = serde_json::from_value(serde_json::Value::Object(request))
@@ -56,7 +56,7 @@ fn parse_job(bytes: &[u8]) -> Result<(JobRequest, ExplainRequest, RawInput), Api
             "jobs answer JSON; ask for `include: [\"overlay\"]` to get the picture in it",
         ));
     }
-    let raw = input::one_input(
+    let raw = input::at_most_one_input(
         request.image.take(),
         request.features.take(),
         request.text.take(),
@@ -97,6 +97,7 @@ pub(super) async fn check(state: &AppState, bytes: axum::body::Bytes, audit: boo
     let model = state.model(&job.model)?;
     let method = state.method(&job.method)?;
     let valid = explain::validate(state, &model, method.as_ref(), request.options(), 1)?;
+    let raw = explain::own_input(raw, &valid, "a job")?;
     let asked = request.audit.take().unwrap_or(false);
     let inputs = vec![raw];
     let audit = match audit {

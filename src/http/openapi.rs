@@ -161,7 +161,7 @@ pub fn document_value(methods: &Methods, limits: Limits) -> Value {
         post["summary"] = method.summary().into();
         let caps = method.capabilities();
         post["description"] = format!(
-            "{} Runs {} passes; explains {} models{}{}. Takes the predict input forms: JSON (below), a raw \
+            "{} Runs {} passes; explains {} models{}{}{}. Takes the predict input forms: JSON (below), a raw \
              image body with options and parameters in the query string, or multipart with `image` and a JSON \
              part `request`.",
             method.summary(),
@@ -175,6 +175,11 @@ pub fn document_value(methods: &Methods, limits: Limits) -> Value {
                 .unwrap_or(""),
             if caps.layer { "; weighs a spatial `layer`" } else { "" },
             if caps.random { "; seeded" } else { "" },
+            if caps.makes_image {
+                "; answers an image it made (`details.image_png`), from noise without an input"
+            } else {
+                ""
+            },
         )
         .into();
         if let Some(params) = post["parameters"].as_array_mut() {

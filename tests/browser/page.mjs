@@ -82,7 +82,7 @@ try {
   // methods as the API lists them, a few ticked.
   const fashionInfo = await (await fetch(new URL("v1/models/fashion-cnn", base))).json();
   const comparable = fashionInfo.method_details
-    .filter((m) => !m.capabilities.examples && !m.capabilities.decision && m.name !== "activation-maximisation")
+    .filter((m) => !m.capabilities.examples && !m.capabilities.decision && !m.capabilities.makes_image)
     .map((m) => m.name);
   const choice = await page.evaluate(() => [...document.querySelectorAll("#compare-methods input")]
     .map((b) => [b.value, b.checked]));

@@ -236,3 +236,121 @@ async fn bad_parameters_are_refused() {
     .await;
     assert!(body["detail"].as_str().unwrap().contains("8 channels"), "{body}");
 }
+
+/// From noise the request needs no image: the optimisation is the same, at the model's declared
+/// input size (the image only chose the default target, here named), as a request and as a job;
+/// starting from the input without one is refused, and so is a model past the size bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_from_noise_needs_no_image() {
+    let s = start_region().await;
+    let path = "/v1/models/fashion-cnn/explain/activation-maximisation";
+    let params = json!({"iterations": 8});
+    let without = ok_json(post_json(&s, path, &json!({"target": 3, "seed": 5, "params": params})).await).await;
+    let image = b64(&fashion_png());
+    let with = ok_json(
+        post_json(
+            &s,
+            path,
+            &json!({"image": image, "target": 3, "seed": 5, "params": params}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(without["details"]["image_shape"], json!([28, 28]), "{without}");
+    assert_eq!(without["details"]["image_png"], with["details"]["image_png"]);
+    assert_eq!(without["details"]["curve"], with["details"]["curve"]);
+    assert_eq!(without["target"]["index"], 3);
+    // The default target: the top class of the mid-grey start image.
+    let v = ok_json(post_json(&s, path, &json!({"seed": 5, "params": params})).await).await;
+    assert!(v["target"]["index"].is_u64(), "{v}");
+    let r = post_json(
+        &s,
+        "/v1/jobs",
+        &json!({"model": "fashion-cnn", "method": "activation-maximisation", "target": 3, "seed": 5, "params": params}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let job = job_done(&s, &location, std::time::Duration::from_secs(60)).await;
+    assert_eq!(
+        job["result"]["details"]["image_png"], with["details"]["image_png"],
+        "{job}"
+    );
+    // The input is needed to start from it, and by every other method.
+    for (path, params) in [
+        (path, json!({"start": "input"})),
+        ("/v1/models/fashion-cnn/explain/saliency", json!({})),
+    ] {
+        let body = problem(
+            post_json(&s, path, &json!({"params": params})).await,
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+        )
+        .await;
+        assert!(body["detail"].as_str().unwrap().contains("exactly one of"), "{body}");
+    }
+    s.stop().await.unwrap();
+    // A model past MAX_PIXELS is refused before its start image is made.
+    let dir = temp_dir("actmax-large");
+    write_model(
+        &dir,
+        "large",
+        &explaind::onnx::zoo::channels::one_channel(257),
+        crate::channels::ONE_CHANNEL_MANIFEST,
+    );
+    let s = start(test_config(&dir)).await;
+    let body = problem(
+        post_json(
+            &s,
+            "/v1/models/large/explain/activation-maximisation",
+            &json!({"params": {"iterations": 1}}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("65536 pixels"), "{body}");
+    assert_discloses_nothing(body["detail"].as_str().unwrap());
+}
+
+/// The registry says which methods make an image (`capabilities.makes_image`), and such an image
+/// is neither measured by attribution metrics nor compared with attributions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capabilities_say_it_makes_an_image_and_metrics_refuse_it() {
+    let s = start_region().await;
+    let info = get_json(&s, "/v1/models/fashion-cnn").await;
+    let makers: Vec<&str> = info["method_details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["capabilities"]["makes_image"] == true)
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(makers, ["activation-maximisation"], "{info}");
+    let image = b64(&fashion_png());
+    let body = problem(
+        post_json(
+            &s,
+            "/v1/models/fashion-cnn/explain/activation-maximisation",
+            &json!({"image": image, "evaluate": ["deletion"], "params": {"iterations": 1}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("an image it made"), "{body}");
+    let body = problem(
+        post_json(
+            &s,
+            "/v1/models/fashion-cnn/compare",
+            &json!({"image": image, "methods": ["saliency", {"method": "activation-maximisation", "params": {"iterations": 1}}]}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("an image it made"), "{body}");
+}

@@ -131,8 +131,8 @@ async fn every_method_puts_the_attribution_where_the_model_looks() {
     let methods = explaind::explain::Methods::standard();
     // The methods the model's page lists as applicable (the attention methods explain
     // transformers, tests/it/attention.rs, and are not listed for this CNN), less those answering
-    // reference rows rather than an attribution (tests/it/reference.rs) and activation
-    // maximisation, which answers an image it made (tests/it/actmax.rs).
+    // reference rows rather than an attribution (tests/it/reference.rs) and those answering an
+    // image they made (`makes_image`, tests/it/actmax.rs).
     let info: Value = http
         .get(url(&s, "/v1/models/region"))
         .send()
@@ -150,9 +150,7 @@ async fn every_method_puts_the_attribution_where_the_model_looks() {
     assert!(applicable.len() >= 15, "{info}");
     let attributing = methods
         .iter()
-        .filter(|m| {
-            applicable.contains(&m.name()) && !m.capabilities().examples && m.name() != "activation-maximisation"
-        })
+        .filter(|m| applicable.contains(&m.name()) && !m.capabilities().examples && !m.capabilities().makes_image)
         .collect::<Vec<_>>();
     assert!(
         attributing.len() >= 17,

@@ -528,6 +528,7 @@ impl Method for Identity {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn plan(_: &mut Self::Params, cx: &PlanContext) -> Result<Cost, Invalid> {

@@ -107,6 +107,7 @@ impl Method for Anchors {
         examples: false,
         decision: true,
         text: false,
+        makes_image: false,
     };
 
     fn plan(p: &mut AnchorsParams, cx: &PlanContext) -> Result<Cost, Invalid> {

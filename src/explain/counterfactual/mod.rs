@@ -238,6 +238,7 @@ impl Method for Counterfactual {
         examples: false,
         decision: true,
         text: false,
+        makes_image: false,
     };
 
     fn details_schema() -> Option<NamedSchemas> {

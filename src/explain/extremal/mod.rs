@@ -128,6 +128,7 @@ impl Method for Extremal {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn details_schema() -> Option<NamedSchemas> {

@@ -137,6 +137,7 @@ impl Method for KernelShap {
         examples: false,
         decision: false,
         text: true,
+        makes_image: false,
     };
 
     fn details_schema() -> Option<NamedSchemas> {

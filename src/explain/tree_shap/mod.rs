@@ -84,6 +84,7 @@ impl Method for TreeShap {
         examples: false,
         decision: false,
         text: false,
+        makes_image: false,
     };
 
     fn plan(p: &mut TreeShapParams, cx: &PlanContext) -> Result<Cost, Invalid> {

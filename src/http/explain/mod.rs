@@ -85,6 +85,7 @@ pub async fn explain(
     let received = input::receive(&state.config, &headers, body).await?;
     let (raw, request) = request::parse_body(received, &uri).await?;
     let valid = validate(&state, &model, method.as_ref(), request.options(), 1)?;
+    let raw = own_input(raw, &valid, "the request")?;
     let answer = AnswerAs::asked(&valid, request.format, &headers)?;
     let asked = request.audit.unwrap_or(false);
     let inputs = vec![raw];
@@ -98,6 +99,24 @@ pub async fn explain(
         audit,
     };
     Ok(answer::respond(pipeline::answer(&state, valid, started).await?))
+}
+
+/// The request's input, or, when it sent none, the one the method starts from (activation
+/// maximisation from noise: its mid-grey start image at the model's input size); `what` names
+/// the request in the problem when neither is there.
+pub(super) fn own_input(
+    raw: Option<input::RawInput>,
+    valid: &ValidExplain,
+    what: &str,
+) -> Result<input::RawInput, ApiError> {
+    match raw {
+        Some(raw) => Ok(raw),
+        None => valid
+            .params
+            .own_input(&valid.model)
+            .map(input::RawInput::Row)
+            .ok_or_else(|| input::needs_one_input(what)),
+    }
 }
 
 /// What an explanation is answered with.
@@ -328,6 +347,12 @@ pub fn validate(
     if !asked.is_empty() && method.capabilities().examples {
         return Err(crate::explain::Invalid::Request(format!(
             "evaluate: metrics judge attributions over the input; {method_name} answers reference rows"
+        ))
+        .into());
+    }
+    if !asked.is_empty() && method.capabilities().makes_image {
+        return Err(crate::explain::Invalid::Request(format!(
+            "evaluate: metrics judge attributions over the input; {method_name} answers an image it made"
         ))
         .into());
     }

@@ -44,13 +44,16 @@ pub enum Format {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainRequest {
-    /// Base64 PNG or JPEG, for image models.
+    /// Base64 PNG or JPEG, for image models. Exactly one of `image`, `features` and `text`, but
+    /// for a method that makes an image from noise (`capabilities.makes_image`: activation
+    /// maximisation with `start: noise`), which may send none and starts at the model's input size.
     pub image: Option<String>,
     /// Feature values, for tabular models.
     pub features: Option<FeaturesJson>,
     /// Text, for text models.
     pub text: Option<String>,
-    /// A class index, a label, a list of them, or `{"top_k": k}`; default: the top-1 prediction.
+    /// A class index, a label, a list of them, or `{"top_k": k}`; default: the top-1 prediction
+    /// (of the method's own start image when the request sends no input).
     pub target: Option<TargetSpec>,
     /// Segmenters: the region whose class scores the target sums (a box, a polygon or a PNG
     /// mask, in the image's pixels); default: the target class's predicted region.
@@ -248,24 +251,28 @@ impl ExplainRequest {
     }
 }
 
-/// Input and options from any of the accepted body forms.
+/// Input and options from any of the accepted body forms; a JSON body may send no input (for a
+/// method that makes its own, [`super::own_input`]).
 pub(super) async fn parse_body(
     received: input::ReceivedBody,
     uri: &Uri,
-) -> Result<(RawInput, ExplainRequest), ApiError> {
+) -> Result<(Option<RawInput>, ExplainRequest), ApiError> {
     let media = received.media_type.as_str();
     if media == "application/json" {
         // JSON and base64 of a large body are CPU work: off the async threads.
         return offload::cpu(received.bytes.len(), move || {
             let mut req: ExplainRequest = input::parse_json(&received.bytes)?;
-            let raw = input::one_input(req.image.take(), req.features.take(), req.text.take(), "the request")?;
+            let raw = input::at_most_one_input(req.image.take(), req.features.take(), req.text.take(), "the request")?;
             Ok((raw, req))
         })
         .await?;
     }
     if input::is_image_media_type(media) {
         let pairs: Vec<(String, String)> = input::parse_query(uri)?;
-        return Ok((RawInput::Image(received.bytes.clone()), request_from_query(&pairs)?));
+        return Ok((
+            Some(RawInput::Image(received.bytes.clone())),
+            request_from_query(&pairs)?,
+        ));
     }
     if media == "multipart/form-data" {
         let form = input::parse_multipart(&received, &["request"]).await?;
@@ -286,7 +293,7 @@ pub(super) async fn parse_body(
                 "the multipart form needs exactly one `image` part",
             ));
         };
-        return Ok((RawInput::Image(image), req));
+        return Ok((Some(RawInput::Image(image)), req));
     }
     Err(ApiError::new(
         ProblemKind::UnsupportedMediaType,
