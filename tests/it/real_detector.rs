@@ -195,6 +195,15 @@ async fn a_real_yolox_detector_serves_the_readme_tour_as_its_package_detects() {
     std::fs::create_dir_all(dir.join("captcha-detector")).unwrap();
     std::fs::copy(&cached, dir.join("captcha-detector/model.onnx")).unwrap();
     std::fs::write(dir.join("captcha-detector/model.toml"), &manifest).unwrap();
+    // Strides whose grids do not make the output's candidates: refused at start, naming the
+    // output and its candidates; the other model serves.
+    std::fs::create_dir_all(dir.join("misdeclared")).unwrap();
+    std::fs::copy(&cached, dir.join("misdeclared/model.onnx")).unwrap();
+    std::fs::write(
+        dir.join("misdeclared/model.toml"),
+        manifest.replace("strides = [8, 16, 32]", "strides = [8, 16]"),
+    )
+    .unwrap();
     let img = captcha();
     let (package_boxes, package) = package_detections(&img);
     assert_eq!(
@@ -204,6 +213,15 @@ async fn a_real_yolox_detector_serves_the_readme_tour_as_its_package_detects() {
     );
 
     let s = start(test_config(&dir)).await;
+    let listed = get_json(&s, "/v1/models").await;
+    let why = listed["failed"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("detection.strides")
+            && why.contains("3380 grid cells")
+            && why.contains("`output` has 3549 candidates"),
+        "{listed}"
+    );
+    assert_discloses_nothing(why);
     let scratch = temp_dir("real-detector-tour");
     img.save(scratch.join("captcha.png")).unwrap();
     let mut answers = Vec::new();
