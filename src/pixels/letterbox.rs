@@ -1,5 +1,5 @@
 //! Letterboxing, as detectors are fed: the whole image scaled by one factor to fit the input,
-//! centred, the rest padded with one grey. As a [`Geometry`] it is a crop region larger than the
+//! centred (Ultralytics) or at the top-left corner (YOLOX), the rest padded with one grey. As a [`Geometry`] it is a crop region larger than the
 //! image (negative origin), so maps and boxes go back and forth through the same arithmetic as a
 //! stretch or a centre crop.
 
@@ -19,15 +19,32 @@ pub struct Letterbox {
     pub top: u32,
 }
 
+/// Where the scaled image is placed on the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchor {
+    /// Centred, as Ultralytics' `LetterBox`.
+    Centre,
+    /// At the top-left corner, as YOLOX's `preproc`.
+    TopLeft,
+}
+
 impl Letterbox {
-    /// The placement of an `ow x oh` image on a `tw x th` input. Rounded as Ultralytics'
-    /// `LetterBox` does (`round(w * r)`, `round(pad / 2 - 0.1)`), so a model exported from it
-    /// sees the same pixels where it sees them.
-    pub fn fit(ow: u32, oh: u32, tw: u32, th: u32) -> Self {
+    /// The placement of an `ow x oh` image on a `tw x th` input, rounded as the exporter's own
+    /// preprocessing does, so a model sees the same pixels where it saw them in training:
+    /// centred as Ultralytics' `LetterBox` (`round(w * r)`, `round(pad / 2 - 0.1)`), top-left as
+    /// YOLOX's `preproc` (`int(w * r)`, no offset).
+    pub fn fit(ow: u32, oh: u32, tw: u32, th: u32, anchor: Anchor) -> Self {
         let r = (tw as f64 / ow.max(1) as f64).min(th as f64 / oh.max(1) as f64);
-        let width = ((ow as f64 * r).round() as u32).clamp(1, tw.max(1));
-        let height = ((oh as f64 * r).round() as u32).clamp(1, th.max(1));
-        let half = |room: u32| ((room as f64 / 2.0) - 0.1).round().max(0.0) as u32;
+        let scaled = |side: u32| match anchor {
+            Anchor::Centre => (side as f64 * r).round(),
+            Anchor::TopLeft => (side as f64 * r).floor(),
+        };
+        let width = (scaled(ow) as u32).clamp(1, tw.max(1));
+        let height = (scaled(oh) as u32).clamp(1, th.max(1));
+        let half = |room: u32| match anchor {
+            Anchor::Centre => ((room as f64 / 2.0) - 0.1).round().max(0.0) as u32,
+            Anchor::TopLeft => 0,
+        };
         Self {
             width,
             height,
@@ -52,9 +69,15 @@ impl Letterbox {
 }
 
 /// `src` letterboxed onto a `tw x th` canvas of `pad` grey, with its geometry.
-pub fn letterbox(src: &image::RgbImage, tw: u32, th: u32, pad: u8, filter: Filter) -> (image::RgbImage, Geometry) {
+pub fn letterbox(
+    src: &image::RgbImage,
+    (tw, th): (u32, u32),
+    anchor: Anchor,
+    pad: u8,
+    filter: Filter,
+) -> (image::RgbImage, Geometry) {
     let (ow, oh) = src.dimensions();
-    let placed = Letterbox::fit(ow, oh, tw, th);
+    let placed = Letterbox::fit(ow, oh, tw, th, anchor);
     let scaled = resample::rgb(src, (0, 0, ow, oh), placed.width, placed.height, filter);
     let mut canvas = image::RgbImage::from_pixel(tw, th, image::Rgb([pad; 3]));
     image::imageops::replace(&mut canvas, &scaled, placed.left as i64, placed.top as i64);
@@ -101,7 +124,7 @@ mod tests {
     #[test]
     fn a_wide_image_is_padded_above_and_below_and_boxes_come_back() {
         // 640x480 on 640x640: no scaling, 80 rows of pad above and below.
-        let placed = Letterbox::fit(640, 480, 640, 640);
+        let placed = Letterbox::fit(640, 480, 640, 640, Anchor::Centre);
         assert_eq!(
             placed,
             Letterbox {
@@ -125,7 +148,7 @@ mod tests {
             [10.0, 90.0, 20.0, 100.0]
         );
         // Halved: a 1280x960 image lands the same, at twice the original pixels.
-        let g = Letterbox::fit(1280, 960, 640, 640).geometry(1280, 960, 640, 640);
+        let g = Letterbox::fit(1280, 960, 640, 640, Anchor::Centre).geometry(1280, 960, 640, 640);
         assert_eq!(
             g.box_to_original([10.0, 90.0, 20.0, 100.0], 640, 640),
             [20.0, 20.0, 40.0, 40.0]
@@ -135,9 +158,30 @@ mod tests {
     #[test]
     fn the_canvas_is_padded_with_the_pad_grey() {
         let src = image::RgbImage::from_pixel(4, 2, image::Rgb([200, 10, 10]));
-        let (canvas, _) = letterbox(&src, 4, 4, 114, Filter::Nearest);
+        let (canvas, _) = letterbox(&src, (4, 4), Anchor::Centre, 114, Filter::Nearest);
         assert_eq!(canvas.get_pixel(0, 0).0, [114; 3]);
         assert_eq!(canvas.get_pixel(0, 1).0, [200, 10, 10]);
         assert_eq!(canvas.get_pixel(3, 3).0, [114; 3]);
+    }
+
+    #[test]
+    fn yolox_s_letterbox_keeps_the_top_left_corner_and_rounds_down() {
+        // 300x200 on 416x416: r = 416 / 300, 277.33 rows rounded down to 277, no offset.
+        let placed = Letterbox::fit(300, 200, 416, 416, Anchor::TopLeft);
+        assert_eq!(
+            placed,
+            Letterbox {
+                width: 416,
+                height: 277,
+                left: 0,
+                top: 0
+            }
+        );
+        let src = image::RgbImage::from_pixel(4, 2, image::Rgb([200, 10, 10]));
+        let (canvas, g) = letterbox(&src, (4, 4), Anchor::TopLeft, 114, Filter::Nearest);
+        assert_eq!(canvas.get_pixel(0, 0).0, [200, 10, 10]);
+        assert_eq!(canvas.get_pixel(3, 1).0, [200, 10, 10]);
+        assert_eq!(canvas.get_pixel(0, 2).0, [114; 3]);
+        assert_eq!(g.box_to_original([1.0, 0.0, 3.0, 2.0], 4, 4), [1.0, 0.0, 3.0, 2.0]);
     }
 }

@@ -8,4 +8,4 @@ pub mod region;
 pub mod resample;
 
 pub use geometry::Geometry;
-pub use letterbox::{letterbox, Letterbox};
+pub use letterbox::{letterbox, Anchor, Letterbox};

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::manifest::{BoxFormat, BoxScale, DetectionLayout, DetectionSpec, ModelSpec};
+use super::manifest::{BoxDecode, BoxFormat, BoxScale, DetectionLayout, DetectionSpec, Grid, ModelSpec};
 
 /// Most candidates NMS weighs, the best by score (Ultralytics' `max_nms`): bounds its quadratic
 /// work whatever the threshold lets through.
@@ -83,6 +83,13 @@ fn candidates(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[f64]) 
     }
     let at = |i: usize, j: usize| if d.channels_first { j * n + i } else { i * k + j };
     let first_class = 4 + usize::from(d.objectness);
+    let grids = match d.box_decode {
+        BoxDecode::Direct => None,
+        BoxDecode::GridOffsets => match d.grids(size.0 as usize, size.1 as usize) {
+            Some((grids, cells)) if cells == n => Some(grids),
+            _ => return Err(format!("the detector's grids do not make its {n} candidates")),
+        },
+    };
     let mut out = Vec::new();
     for i in 0..n {
         let objectness = if d.objectness { row[at(i, 4)] as f32 } else { 1.0 };
@@ -100,7 +107,10 @@ fn candidates(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[f64]) 
         if !kept {
             continue;
         }
-        let raw = [0, 1, 2, 3].map(|j| row[at(i, j)] as f32);
+        let mut raw = [0, 1, 2, 3].map(|j| row[at(i, j)] as f32);
+        if let Some(grids) = &grids {
+            raw = grid_offsets(grids, i, raw);
+        }
         out.push(Detection {
             bbox: corners(raw, d.box_format, d.box_scale, size),
             class: best,
@@ -111,6 +121,19 @@ fn candidates(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[f64]) 
         });
     }
     Ok(out)
+}
+
+/// Candidate `i`'s grid offsets as centre and size in input pixels (YOLOX's `decode_outputs`):
+/// `(offset + cell) x stride`, `exp(value) x stride`.
+fn grid_offsets(grids: &[Grid], i: usize, [x, y, w, h]: [f32; 4]) -> [f32; 4] {
+    // The last grid starting at or before `i` holds it (they run in candidate order).
+    let Some(g) = grids.iter().rev().find(|g| g.first <= i) else {
+        return [x, y, w, h];
+    };
+    let cell = i - g.first;
+    let (column, row) = (cell % g.columns.max(1), cell / g.columns.max(1));
+    let s = g.stride as f32;
+    [(x + column as f32) * s, (y + row as f32) * s, w.exp() * s, h.exp() * s]
 }
 
 /// The detections of a post-NMS output over the threshold.
@@ -249,6 +272,30 @@ mod tests {
         let kept: Vec<f32> = nms(sorted, 0.5, 10).iter().map(|d| d.score).collect();
         assert_eq!(kept, vec![0.9, 0.7, 0.6]);
         assert!((iou(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]) - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn grid_offsets_place_a_candidate_in_its_cell_of_its_grid() {
+        // A 32 x 16 input with strides 8 and 16: 4 x 2 cells, then 2 x 1.
+        let grids = [
+            Grid {
+                first: 0,
+                columns: 4,
+                stride: 8,
+            },
+            Grid {
+                first: 8,
+                columns: 2,
+                stride: 16,
+            },
+        ];
+        // Candidate 6: row 1, column 2 of the fine grid.
+        assert_eq!(
+            grid_offsets(&grids, 6, [0.5, 0.25, 0.0, 1.0f32.ln()]),
+            [20.0, 10.0, 8.0, 8.0]
+        );
+        // Candidate 9: column 1 of the coarse grid.
+        assert_eq!(grid_offsets(&grids, 9, [0.0, 0.0, 0.0, 0.0]), [16.0, 0.0, 16.0, 16.0]);
     }
 
     #[test]

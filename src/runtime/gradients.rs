@@ -486,9 +486,12 @@ pub fn describe(
         })
         .collect();
     let cam_layer_channel_axis = layers.iter().map(|l| (l.name.clone(), l.channel_axis)).collect();
-    let cam_layer_tokens = layers.iter().filter_map(|l| Some((l.name.clone(), l.grid?))).collect();
+    let cam_layer_tokens: std::collections::BTreeMap<String, crate::onnx::autodiff::TokenGrid> =
+        layers.iter().filter_map(|l| Some((l.name.clone(), l.grid?))).collect();
     let cam_layers: Vec<String> = layers.into_iter().map(|l| l.name).collect();
-    let default_cam_layer = default_cam_layer(&cam_layers, &layer_sizes, output);
+    // A transformer's token layer is read through its patch grid whatever bypasses it.
+    let shared = |l: &str| cam_layer_tokens.contains_key(l) || autodiff::on_every_path(prepared, input, output, l);
+    let default_cam_layer = default_cam_layer(&cam_layers, &layer_sizes, output, &shared);
     GradientReport {
         layer_sizes,
         differentiable: blocking.is_empty(),
@@ -503,23 +506,31 @@ pub fn describe(
     }
 }
 
-/// The layer CAM methods use by default: the last CAM layer, but for a per-pixel output (a
-/// segmenter's) the last with more channels than the output has classes: the layers after it
-/// only turn features into class scores, and a CAM of the scores would show the prediction
-/// itself, not what it was read from (Seg-Grad-CAM reads a feature layer).
+/// The layer CAM methods use by default: the last CAM layer that every path from the input to the
+/// output runs through (`shared`; a multi-scale detector's last layers belong to one head each,
+/// and a CAM there is blank for the other heads' detections), else the last; and for a per-pixel
+/// output (a segmenter's) the last such with more channels than the output has classes: the
+/// layers after it only turn features into class scores, and a CAM of the scores would show the
+/// prediction itself, not what it was read from (Seg-Grad-CAM reads a feature layer).
 fn default_cam_layer(
     cam_layers: &[String],
     sizes: &std::collections::BTreeMap<String, LayerSize>,
     output: &str,
+    shared: &dyn Fn(&str) -> bool,
 ) -> Option<String> {
-    let last = cam_layers.last().cloned();
+    let last = cam_layers
+        .iter()
+        .rev()
+        .find(|l| shared(l))
+        .or(cam_layers.last())
+        .cloned();
     let Some(classes) = sizes.get(output).map(|s| s.channels) else {
         return last;
     };
     cam_layers
         .iter()
         .rev()
-        .find(|l| sizes.get(*l).is_some_and(|s| s.channels > classes))
+        .find(|l| sizes.get(*l).is_some_and(|s| s.channels > classes) && shared(l))
         .cloned()
         .or(last)
 }

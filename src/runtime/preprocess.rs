@@ -98,8 +98,12 @@ pub fn prepare_image(img: &DynamicImage, spec: &ImageSpec) -> PreparedImage {
         ResizeFilter::Nearest => resample::Filter::Nearest,
     };
     let (crop_x, crop_y, crop_w, crop_h) = match spec.fit {
-        Fit::Letterbox => {
-            let (boxed, geometry) = crate::pixels::letterbox(&original, tw, th, spec.pad, filter);
+        Fit::Letterbox | Fit::LetterboxTopLeft => {
+            let anchor = match spec.fit {
+                Fit::LetterboxTopLeft => crate::pixels::Anchor::TopLeft,
+                _ => crate::pixels::Anchor::Centre,
+            };
+            let (boxed, geometry) = crate::pixels::letterbox(&original, (tw, th), anchor, spec.pad, filter);
             return PreparedImage {
                 tensor: normalise(&boxed, spec),
                 original,

@@ -4,13 +4,15 @@
 // maximisation, and RISE as a background job (progress from Server-Sent Events), and checks
 // that an overlay appears and the top class is shown; then TreeSHAP's bar chart on the tree model;
 // then similar examples, influence and likely mislabels as thumbnails of reference rows; then a
-// text model's answer as the text with its words highlighted; then a recorded decision's report.
+// text model's answer as the text with its words highlighted; then a detector's detections as
+// boxes, one clicked to explain it, a segmenter's mask as a translucent layer and a tagger's labels
+// over their thresholds; then a recorded decision's report.
 // Screenshots go to argv[3].
-// Usage: node tests/browser/page.mjs BASE_URL SCREENSHOT_DIR IMAGE
+// Usage: node tests/browser/page.mjs BASE_URL SCREENSHOT_DIR IMAGE DETECTOR_IMAGE GRAY_IMAGE
 import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
-const [base, shots, image] = process.argv.slice(2);
+const [base, shots, image, detectorImage, grayImage] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -185,6 +187,62 @@ try {
     await page.screenshot({ path: `${shots}/web-page-text.png` });
   } else {
     failures.push("no text model to try");
+  }
+  // A detector: predict draws its detections as boxes over the image (in the image's pixels); a
+  // click on a box explains that detection ({"detection": i}) with the chosen method.
+  const sent = [];
+  page.on("request", (r) => { if (r.url().includes("/explain/")) sent.push(r.postData() || ""); });
+  await page.selectOption("#model", "detector");
+  if (await page.isHidden("#image-input")) failures.push("the image input is hidden for a detector");
+  await page.setInputFiles("#file", detectorImage);
+  await page.click("#predict");
+  await page.waitForFunction(() => document.querySelectorAll("#boxes .det").length > 0, null, { timeout: 20000 });
+  const drawn = await page.evaluate(() => [...document.querySelectorAll("#boxes .det rect")]
+    .map((r) => ["x", "y", "width", "height"].map((k) => Number(r.getAttribute(k)))));
+  if (JSON.stringify(drawn) !== "[[0,16,16,16]]") failures.push(`detector: boxes drawn ${JSON.stringify(drawn)}`);
+  const options = await page.evaluate(() => [...document.querySelectorAll("#target option")].map((o) => o.value));
+  if (options.join() !== ",detection:0") failures.push(`detector: targets ${options}`);
+  await page.selectOption("#method", "saliency");
+  sent.length = 0;
+  await page.click("#boxes .det");
+  await page.waitForFunction(() => !document.getElementById("overlay-figure").hidden
+    && document.getElementById("overlay-caption").innerText.startsWith("saliency"), null, { timeout: 20000 });
+  await page.waitForFunction(() => document.getElementById("overlay").naturalWidth > 0, null, { timeout: 10000 });
+  const explained = await page.evaluate(() => ({ width: document.getElementById("overlay").naturalWidth,
+    caption: document.getElementById("overlay-caption").innerText,
+    chosen: document.querySelector("#boxes .det.chosen")?.dataset.detection }));
+  const asked = sent.map((b) => { try { return JSON.parse(b).target; } catch { return null; } });
+  if (explained.width !== 32 || !explained.caption.includes("bright") || explained.chosen !== "0"
+    || JSON.stringify(asked) !== '[{"detection":0}]') {
+    failures.push(`detector: explained ${JSON.stringify(explained)}, targets sent ${JSON.stringify(asked)}`);
+  }
+  await page.screenshot({ path: `${shots}/web-page-detector.png` });
+  // A segmenter: its class mask as a translucent layer over the image, one colour per class.
+  await page.selectOption("#model", "seg");
+  await page.setInputFiles("#file", grayImage);
+  await page.click("#predict");
+  await page.waitForFunction(() => document.getElementById("mask-layer").style.display === "block", null, { timeout: 20000 });
+  const layer = await page.evaluate(() => {
+    const c = document.getElementById("mask-layer");
+    const alpha = c.getContext("2d").getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 4 === 3);
+    return { width: c.width, classes: c.dataset.classes, translucent: alpha.every((a) => a === 0 || a === 128),
+      boxes: document.getElementById("boxes").style.display };
+  });
+  if (layer.width !== 16 || !layer.classes || !layer.translucent || layer.boxes !== "none") {
+    failures.push(`segmenter: mask layer ${JSON.stringify(layer)}`);
+  }
+  await page.screenshot({ path: `${shots}/web-page-segmenter.png` });
+  // A multi-label tagger: every label over its threshold, as the API lists them.
+  await page.selectOption("#model", "tagger");
+  await page.click("#predict");
+  await page.waitForFunction(() => !document.getElementById("working").offsetParent, null, { timeout: 20000 });
+  const tagged = await (await fetch(new URL("v1/models/tagger/predict", base), {
+    method: "POST", headers: { "content-type": "image/png" }, body: readFileSync(grayImage) })).json();
+  const listed = await page.evaluate(() => ({ title: document.getElementById("predictions-title").innerText,
+    rows: [...document.querySelectorAll("#predictions tbody tr")].map((r) => r.cells[0].innerText) }));
+  const want = tagged.predictions.length ? tagged.predictions.map((p) => p.label) : ["No label is over its threshold."];
+  if (listed.title !== "Labels over their thresholds" || listed.rows.join() !== want.join()) {
+    failures.push(`tagger: listed ${JSON.stringify(listed)}, API ${JSON.stringify(tagged.predictions)}`);
   }
   // A decision report of an audited tabular explanation: the decision, its factors in words with
   // the manifest's descriptions shown as text (markup in them escaped, nothing run), the chart.

@@ -38,6 +38,7 @@ mod onnx_corpus;
 mod overload;
 mod patterns;
 mod protocols;
+mod real_detector;
 mod real_models;
 mod reference;
 mod refusals;

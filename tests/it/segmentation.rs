@@ -22,18 +22,18 @@ const SEED: u64 = 3;
 const BOX: [f64; 4] = [4.0, 4.0, 8.0, 8.0];
 const IN_BOX: std::ops::Range<usize> = 4..8;
 
-const SEG: &str = "task = \"semantic-segmentation\"\nlabels = [\"background\", \"object\"]\n\
+pub(crate) const SEG: &str = "task = \"semantic-segmentation\"\nlabels = [\"background\", \"object\"]\n\
                    [image]\ncolor = \"grayscale\"\n[segmentation]\nlayout = \"NCHW\"\n";
 const SEG_NHWC: &str = "task = \"semantic-segmentation\"\nlabels = [\"background\", \"object\"]\n\
                         [image]\ncolor = \"grayscale\"\nlayout = \"NCHW\"\n[segmentation]\nlayout = \"NHWC\"\n";
-const TAGGER: &str = "task = \"multi-label-classification\"\nlabels = [\"bright\", \"dark\", \"rare\"]\n\
+pub(crate) const TAGGER: &str = "task = \"multi-label-classification\"\nlabels = [\"bright\", \"dark\", \"rare\"]\n\
                       [image]\ncolor = \"grayscale\"\n[multi_label]\nthresholds = [0.5, 0.7, 0.05]\n";
 const REGRESSOR: &str = "task = \"image-regression\"\n[image]\ncolor = \"grayscale\"\n\
                          [regression]\nname = \"brightness\"\nunit = \"percent\"\n";
 
 /// Tagger logits `w * m + b` of the image's mean `m`; the regressor's value `100 m`.
-const TAG_W: [f32; 3] = [4.0, -4.0, 1.0];
-const TAG_B: [f32; 3] = [-2.0, 2.0, -3.0];
+pub(crate) const TAG_W: [f32; 3] = [4.0, -4.0, 1.0];
+pub(crate) const TAG_B: [f32; 3] = [-2.0, 2.0, -3.0];
 
 async fn start_models() -> explaind::Service {
     let dir = temp_dir("segmentation-models");

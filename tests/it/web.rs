@@ -203,6 +203,26 @@ async fn the_page_works_in_a_browser() {
     // breast-cancer with plain-language feature descriptions, for the decision report.
     crate::replay::described_models(&dir);
     write_text_models(&dir);
+    // The zoo's detector, segmenter and tagger: boxes to click, a mask layer, labels over thresholds.
+    write_model(
+        &dir,
+        "detector",
+        &explaind::onnx::zoo::detector(2),
+        crate::detection::MANIFEST,
+    );
+    use explaind::onnx::zoo::{mean_linear, segmenter, SegLayout};
+    write_model(
+        &dir,
+        "seg",
+        &segmenter(16, 2, SegLayout::Nchw, 3),
+        crate::segmentation::SEG,
+    );
+    use crate::segmentation::{TAGGER, TAG_B, TAG_W};
+    write_model(&dir, "tagger", &mean_linear(16, &TAG_W, &TAG_B), TAGGER);
+    let pictures = temp_dir("web-pictures");
+    let (detector_image, gray_image) = (pictures.join("cell.png"), pictures.join("noise.png"));
+    std::fs::write(&detector_image, crate::detection::cell_png()).unwrap();
+    std::fs::write(&gray_image, crate::explain::noise_png(16, 1).0).unwrap();
     let mut config = test_config(&dir);
     // The report's record keeps its input (requests ask for their record with "audit": true).
     config.audit_store_inputs = true;
@@ -216,6 +236,8 @@ async fn the_page_works_in_a_browser() {
         .arg(base)
         .arg(&shots)
         .arg(image)
+        .arg(detector_image)
+        .arg(gray_image)
         .env("CHROMIUM", chromium);
     run_ok(node, "browser test failed".into()).await;
     s.stop().await.unwrap();

@@ -74,6 +74,34 @@ pub fn analysis_layers(model: &ModelProto, input: &str, output: &str, shapes: &S
     layers
 }
 
+/// Whether every path from `input` to `output` runs through tensor `layer`. A multi-scale
+/// detector's heads each read one scale: a CAM at one head's layer has no gradient for the
+/// detections the other heads make, while a layer every path runs through sees them all.
+pub fn on_every_path(model: &ModelProto, input: &str, output: &str, layer: &str) -> bool {
+    let Some(graph) = model.graph.as_ref() else {
+        return false;
+    };
+    if layer == input || layer == output {
+        return true;
+    }
+    // The tensors reachable from the input without going through `layer`.
+    let mut reached: HashSet<&str> = HashSet::from([input]);
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for n in &graph.node {
+            if n.input.iter().any(|i| i != layer && reached.contains(i.as_str())) {
+                for o in &n.output {
+                    if o != layer && reached.insert(o.as_str()) {
+                        grew = true;
+                    }
+                }
+            }
+        }
+    }
+    !reached.contains(output)
+}
+
 /// Attention probabilities on the path from `input` to `output`: the outputs of Softmax nodes
 /// shaped `[batch, heads, tokens, tokens]`, in graph order (attention rollout reads them).
 pub fn attention_maps(model: &ModelProto, input: &str, output: &str, shapes: &ShapeMap) -> Vec<String> {

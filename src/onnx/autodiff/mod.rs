@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 pub use backward::{build_backward, refusals};
 pub use context::GradContext;
-pub use layers::{analysis_layers, attention_maps, FeatureLayer, TokenGrid};
+pub use layers::{analysis_layers, attention_maps, on_every_path, FeatureLayer, TokenGrid};
 pub use rules::{RuleError, RuleSet, RuleTable};
 pub use top::{seed_with_top_prediction, TARGET_INDEX_OUTPUT};
 

@@ -23,6 +23,8 @@ pub(super) struct DetectionManifest {
     max_detections: Option<usize>,
     box_format: Option<BoxFormat>,
     box_scale: Option<BoxScale>,
+    box_decode: Option<BoxDecode>,
+    strides: Option<Vec<usize>>,
     objectness: Option<bool>,
     boxes: Option<String>,
     scores: Option<String>,
@@ -55,6 +57,24 @@ pub enum BoxFormat {
     Yxyx,
 }
 
+/// How a `yolo` output's four box values become a box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum BoxDecode {
+    /// The values are the box (`box_format`, `box_scale`), as YOLOv5 / v8 / v11 exports give.
+    Direct,
+    /// Anchor-free grid offsets, as YOLOX exports without their decode give: candidates run over
+    /// the cells of one grid per stride (row by row, the finest first); a candidate's centre is
+    /// `(value + cell) x stride` and its size `exp(value) x stride`, in input pixels.
+    GridOffsets,
+}
+
+/// Strides of YOLOX's heads (P3 to P5), the grid offsets' default.
+const DEFAULT_STRIDES: [usize; 3] = [8, 16, 32];
+
+/// Largest stride a grid may have: bounds the grid arithmetic (a detector's coarsest is 64).
+const MAX_STRIDE: usize = 4096;
+
 /// The unit of box coordinates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -82,6 +102,11 @@ pub struct DetectionSpec {
     pub box_format: BoxFormat,
     /// Box unit.
     pub box_scale: BoxScale,
+    /// `yolo`: how the box values become a box.
+    pub box_decode: BoxDecode,
+    /// `yolo` with `grid-offsets`: the grids' strides, in candidate order (empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub strides: Vec<usize>,
     /// `yolo`: whether each candidate has an objectness before its class scores (a detection's
     /// score is then objectness x class score).
     pub objectness: bool,
@@ -113,6 +138,57 @@ impl DetectionSpec {
     pub fn other_outputs(&self) -> Vec<String> {
         self.boxes.iter().chain(&self.classes).cloned().collect()
     }
+
+    /// `grid-offsets` on a `width x height` input: each grid's first candidate, columns and
+    /// stride, in candidate order, and the candidates they hold together (None past `usize`).
+    pub fn grids(&self, width: usize, height: usize) -> Option<(Vec<Grid>, usize)> {
+        let mut grids = Vec::with_capacity(self.strides.len());
+        let mut first = 0usize;
+        for &stride in &self.strides {
+            let (columns, rows) = (width / stride.max(1), height / stride.max(1));
+            grids.push(Grid { first, columns, stride });
+            first = first.checked_add(columns.checked_mul(rows)?)?;
+        }
+        Some((grids, first))
+    }
+
+    /// Checks `grid-offsets` against the input's size: the grids' cells must be the candidates.
+    /// Names the output and its shape where they differ.
+    pub(super) fn check_grids(
+        &self,
+        output: &str,
+        (width, height): (usize, usize),
+        err: &FieldError,
+    ) -> Result<(), ManifestError> {
+        if self.box_decode != BoxDecode::GridOffsets {
+            return Ok(());
+        }
+        let cells = self.grids(width, height).map(|(_, n)| n);
+        if cells != Some(self.candidates) {
+            return Err(err(
+                "detection.strides",
+                format!(
+                    "strides {:?} on a {width} x {height} input make {} grid cells, but `{output}` \
+                     has {} candidates",
+                    self.strides,
+                    cells.map_or_else(|| "too many".to_string(), |n| n.to_string()),
+                    self.candidates
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One grid of `grid-offsets`: its candidates start at `first`, run row by row over `columns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    /// Index of its first candidate.
+    pub first: usize,
+    /// Cells per row.
+    pub columns: usize,
+    /// Input pixels per cell.
+    pub stride: usize,
 }
 
 /// Completes `[detection]` against the graph's outputs: the output of the scores (what targets
@@ -154,6 +230,8 @@ pub(super) fn resolve(
             DetectionLayout::BoxesScoresClasses => BoxFormat::Xyxy,
         }),
         box_scale: m.box_scale.unwrap_or(BoxScale::Pixels),
+        box_decode: m.box_decode.unwrap_or(BoxDecode::Direct),
+        strides: Vec::new(),
         objectness: false,
         channels_first: false,
         scored: false,
@@ -178,6 +256,34 @@ pub(super) fn resolve(
             .collect();
         format!("`{}` has shape [{}]", t.name, d.join(", "))
     };
+    if spec.box_decode == BoxDecode::GridOffsets {
+        if layout != DetectionLayout::Yolo {
+            return Err(err(
+                "detection.box_decode",
+                "only a `yolo` output's boxes are grid offsets; a post-NMS output's are boxes".into(),
+            ));
+        }
+        // The offsets decode to centre and size in input pixels; no other format or unit applies.
+        if m.box_format.is_some_and(|f| f != BoxFormat::Cxcywh) || m.box_scale.is_some_and(|s| s != BoxScale::Pixels) {
+            return Err(err(
+                "detection.box_format",
+                "grid offsets decode to centre, size in input pixels: leave `box_format` and `box_scale` out".into(),
+            ));
+        }
+        let strides = m.strides.unwrap_or_else(|| DEFAULT_STRIDES.to_vec());
+        if strides.is_empty() || strides.len() > 8 || strides.iter().any(|s| !(1..=MAX_STRIDE).contains(s)) {
+            return Err(err(
+                "detection.strides",
+                format!("{strides:?}: one to 8 strides, each between 1 and {MAX_STRIDE}"),
+            ));
+        }
+        spec.strides = strides;
+    } else if m.strides.is_some() {
+        return Err(err(
+            "detection.strides",
+            "strides place grid offsets: only with box_decode = \"grid-offsets\"".into(),
+        ));
+    }
     match layout {
         DetectionLayout::Yolo => {
             if m.boxes.is_some() || m.scores.is_some() || m.classes.is_some() {

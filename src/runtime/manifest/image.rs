@@ -65,6 +65,16 @@ pub enum Fit {
     /// Resize the longer side to the input size, keeping the aspect ratio, and pad the rest with
     /// `pad` (as YOLO detectors are fed).
     Letterbox,
+    /// A letterbox with the image at the top-left corner and the padding right and below, its
+    /// scaled size rounded down: YOLOX's `preproc` (and the detectors exported from it).
+    LetterboxTopLeft,
+}
+
+impl Fit {
+    /// Whether the image is padded rather than cropped or stretched.
+    pub fn pads(self) -> bool {
+        matches!(self, Fit::Letterbox | Fit::LetterboxTopLeft)
+    }
 }
 
 /// Preprocessing of an image model, resolved.
@@ -105,8 +115,11 @@ pub(super) fn resolve(
     fit: Fit,
     err: &FieldError,
 ) -> Result<ImageSpec, ManifestError> {
-    if m.pad.is_some() && m.fit.unwrap_or(fit) != Fit::Letterbox {
-        return Err(err("image.pad", "only a letterbox (fit = \"letterbox\") pads".into()));
+    if m.pad.is_some() && !m.fit.unwrap_or(fit).pads() {
+        return Err(err(
+            "image.pad",
+            "only a letterbox (fit = \"letterbox\" or \"letterbox-top-left\") pads".into(),
+        ));
     }
     let shape: &[Dim] = input.shape.as_deref().unwrap_or_default();
     if shape.len() != 4 && !shape.is_empty() {

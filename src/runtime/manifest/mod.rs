@@ -22,7 +22,7 @@ mod tabular;
 mod text;
 mod vertex;
 
-pub use detection::{BoxFormat, BoxScale, DetectionLayout, DetectionSpec, MAX_DETECTIONS};
+pub use detection::{BoxDecode, BoxFormat, BoxScale, DetectionLayout, DetectionSpec, Grid, MAX_DETECTIONS};
 pub use image::{ColorOrder, Fit, ImageSpec, Layout, ResizeFilter, DEFAULT_PAD};
 pub use inputs::{Constant, InputRole, Role};
 pub use outputs::{Activation, MultiLabelSpec, RegressionSpec, SegmentationSpec};
@@ -386,7 +386,11 @@ impl Manifest {
             }
             Task::ObjectDetection => {
                 let section = self.image.unwrap_or_default();
-                (Some(image::resolve(section, input, Fit::Letterbox, &err)?), None)
+                let image = image::resolve(section, input, Fit::Letterbox, &err)?;
+                if let Some(d) = &detection {
+                    d.check_grids(&output, (image.width, image.height), &err)?;
+                }
+                (Some(image), None)
             }
             Task::TabularClassification | Task::TabularRegression => {
                 let section = self.tabular.unwrap_or_default();
