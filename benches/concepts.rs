@@ -69,18 +69,11 @@ fn main() {
     });
     assert_eq!(status.as_u16(), 201);
 
-    let run = |cav: &str, seed: u64| -> (Duration, Value) {
+    // A job from submission to its result.
+    let job = |path: &str, body: Value| -> (Duration, Value) {
         rt.block_on(async {
             let began = Instant::now();
-            let resp = http
-                .post(format!("{base}/v1/models/fashion-cnn/tcav"))
-                .json(
-                    &json!({"concept": "bags", "target": "Bag", "runs": RUNS, "examples": EXAMPLES,
-                              "cav": cav, "seed": seed}),
-                )
-                .send()
-                .await
-                .unwrap();
+            let resp = http.post(format!("{base}{path}")).json(&body).send().await.unwrap();
             assert_eq!(resp.status().as_u16(), 202);
             let location = resp.headers()["location"].to_str().unwrap().to_string();
             loop {
@@ -99,6 +92,12 @@ fn main() {
                 }
             }
         })
+    };
+    let run = |cav: &str, seed: u64| {
+        job(
+            "/v1/models/fashion-cnn/tcav",
+            json!({"concept": "bags", "target": "Bag", "runs": RUNS, "examples": EXAMPLES, "cav": cav, "seed": seed}),
+        )
     };
     // The first run builds the backward model and the sessions.
     let (first, answer) = run("logistic", 0);
@@ -222,32 +221,11 @@ fn main() {
             .unwrap()
     };
     std::fs::write(dir.join("tcav.png"), png(&answer)).unwrap();
-    let info = rt.block_on(async {
-        let began = Instant::now();
-        let resp = http
-            .post(format!("{base}/v1/models/fashion-cnn/layer-information"))
-            .json(&json!({"max_rows": 1000, "seed": 1,
-                "layers": ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3"]}))
-            .send()
-            .await
-            .unwrap();
-        let location = resp.headers()["location"].to_str().unwrap().to_string();
-        loop {
-            let v: Value = http
-                .get(format!("{base}{location}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            match v["state"].as_str() {
-                Some("done") => return (began.elapsed(), v["result"].clone()),
-                Some("queued" | "running") => tokio::time::sleep(Duration::from_millis(5)).await,
-                _ => panic!("{v}"),
-            }
-        }
-    });
+    let info = job(
+        "/v1/models/fashion-cnn/layer-information",
+        json!({"max_rows": 1000, "seed": 1,
+               "layers": ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3"]}),
+    );
     std::fs::write(dir.join("layer-information.png"), png(&info.1)).unwrap();
     println!(
         "layer information over {} reference rows, every CAM layer: {:.0} ms; H(label) = {:.3} nats, the estimator's ceiling {:.3}",

@@ -155,7 +155,8 @@ impl AuditLog {
             || match self.config.audit {
                 AuditMode::Off => false,
                 // An uncertainty estimate is decision rationale, as an explanation is.
-                AuditMode::Explanations => matches!(kind, Kind::Explanation | Kind::Uncertainty),
+                // So are TCAV and layer information: explanations of the model.
+                AuditMode::Explanations => matches!(kind, Kind::Explanation | Kind::Uncertainty | Kind::Concepts),
                 AuditMode::All => true,
             }
     }
@@ -180,6 +181,19 @@ impl AuditLog {
         response: &Value,
     ) -> Result<Receipt, StoreError> {
         let (columns, body) = record::prediction(kind, ctx, inputs, response, self.config.audit_store_maps);
+        self.append(columns, body, ctx).await
+    }
+
+    /// Records a concept question's answer (`method`: `tcav` or `layer-information`), with the
+    /// evidence of the rows it ran on.
+    pub async fn concepts(
+        &self,
+        method: &str,
+        ctx: &Context,
+        inputs: &[Evidence],
+        response: &Value,
+    ) -> Result<Receipt, StoreError> {
+        let (columns, body) = record::concepts(method, ctx, inputs, response);
         self.append(columns, body, ctx).await
     }
 

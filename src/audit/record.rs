@@ -18,6 +18,9 @@ pub enum Kind {
     Prediction,
     Explanation,
     Uncertainty,
+    /// A question asked of the model with concept sets or labelled rows (TCAV, layer information):
+    /// an explanation of the model rather than of one input.
+    Concepts,
     /// A recorded explanation run again (`POST /v1/audit/records/{id}/replay`), and its outcome.
     Replay,
     /// A subject's data keys destroyed.
@@ -30,6 +33,7 @@ impl Kind {
             Kind::Prediction => "prediction",
             Kind::Explanation => "explanation",
             Kind::Uncertainty => "uncertainty",
+            Kind::Concepts => "concepts",
             Kind::Replay => "replay",
             Kind::Erasure => "erasure",
         }
@@ -89,6 +93,17 @@ impl Evidence {
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
             media_type: "text/plain; charset=utf-8".into(),
             data: keep.then(|| json!({ "text": text })),
+        }
+    }
+
+    /// Rows fed to the model, known by the SHA-256 of their values as the model read them
+    /// (preprocessed, f32 little-endian, in pass order): a concept question's data, which can come
+    /// from sets that are replaced later.
+    pub fn rows(sha256: String) -> Self {
+        Self {
+            sha256,
+            media_type: "application/octet-stream; f32le rows".into(),
+            data: None,
         }
     }
 
@@ -431,6 +446,43 @@ pub fn prediction(
         model: response["model"].as_str().unwrap_or_default().into(),
         method: None,
         target: Some(target),
+        key_id: None,
+    };
+    (columns, body)
+}
+
+/// Fields of a concept answer left out of its record: the chart (drawn from the figures kept), the
+/// CAVs (as long as a layer), the timings; and the receipt, added after.
+const CONCEPT_BULK: &[&str] = &["chart_png", "stats", "audit_record"];
+
+/// The record of a concept question's answer (`method`: `tcav` or `layer-information`; `response`:
+/// its `TcavAnswer` or `LayerInformationAnswer` as JSON): the answer's figures per layer, what it
+/// was asked with (concept, class, seed, draws), and the evidence of the rows it ran on.
+pub fn concepts(method: &str, ctx: &Context, inputs: &[Evidence], response: &Value) -> (Columns, Value) {
+    let (id, time_ms, mut body) = header(Kind::Concepts, ctx, inputs, response);
+    let mut answer = response.clone();
+    if let Some(a) = answer.as_object_mut() {
+        for key in CONCEPT_BULK {
+            a.remove(*key);
+        }
+        for layer in a.get_mut("layers").and_then(Value::as_array_mut).into_iter().flatten() {
+            if let Some(l) = layer.as_object_mut() {
+                l.remove("cav");
+            }
+        }
+    }
+    body["method"] = json!(method);
+    body["seed"] = response["seed"].clone();
+    body["answer"] = answer;
+    // TCAV asks about a class; layer information about a source's labels.
+    let target = response["target"].as_str().or(response["source"].as_str());
+    let columns = Columns {
+        id,
+        time_ms,
+        kind: Kind::Concepts.name().into(),
+        model: response["model"].as_str().unwrap_or_default().into(),
+        method: Some(method.into()),
+        target: target.map(String::from),
         key_id: None,
     };
     (columns, body)

@@ -56,26 +56,60 @@ impl Cav {
     }
 }
 
-/// Rows of one layer's activations (flattened), and their Gram matrix, computed once and shared by
-/// every CAV fitted on them.
+/// Rows of one layer's activations (flattened), and the entries of their Gram matrix that the
+/// logistic CAVs read, computed once and shared by every CAV fitted on them.
 pub struct Examples<'a> {
     /// Values per row.
     pub width: usize,
     /// Rows one after another.
     pub rows: &'a [f32],
-    /// `gram[i * n + j] = rows[i] . rows[j]`.
-    pub gram: Vec<f64>,
+    /// `gram[i * n + j] = rows[i] . rows[j]` for the pairs of rows asked for (0 elsewhere).
+    gram: Vec<f64>,
+}
+
+/// Rows `index` of `ex`, one after another, as a matrix.
+fn gathered(rows: &[f32], width: usize, index: &[usize]) -> ndarray::Array2<f32> {
+    let mut out = ndarray::Array2::zeros((index.len(), width));
+    for (mut o, &i) in out.rows_mut().into_iter().zip(index) {
+        if let Some(row) = rows.get(i * width..(i + 1) * width) {
+            o.assign(&ndarray::ArrayView1::from(row));
+        }
+    }
+    out
 }
 
 impl<'a> Examples<'a> {
-    /// The rows and their Gram matrix (ndarray's matrix product).
-    pub fn new(rows: &'a [f32], width: usize) -> Self {
+    /// The rows, and their Gram matrix's entries between the rows of each pair of row sets in
+    /// `pairs` (both ways): a logistic CAV on sets `a` and `b` reads `(a, a)`, `(a, b)` and
+    /// `(b, b)`. Only those blocks are multiplied (ndarray's matrix product): a TCAV run's CAVs
+    /// share the concept's block and pair each random set with the concept and the next set, about
+    /// a third of the products of the whole matrix. None for mean-difference CAVs. `check` runs
+    /// before each block (a job's cancellation and deadline).
+    pub fn new<E>(
+        rows: &'a [f32],
+        width: usize,
+        pairs: &[(&[usize], &[usize])],
+        mut check: impl FnMut() -> Result<(), E>,
+    ) -> Result<Self, E> {
         let n = rows.len().checked_div(width).unwrap_or(0);
-        let gram = match ndarray::ArrayView2::from_shape((n, width), rows) {
-            Ok(m) => m.dot(&m.t()).iter().map(|&v| v as f64).collect(),
-            Err(_) => vec![0.0; n * n],
+        let mut gram = match pairs.is_empty() {
+            true => Vec::new(),
+            false => vec![0.0; n * n],
         };
-        Self { width, rows, gram }
+        for (a, b) in pairs {
+            check()?;
+            let (ma, mb) = (gathered(rows, width, a), gathered(rows, width, b));
+            let block = ma.dot(&mb.t());
+            for (&i, products) in a.iter().zip(block.rows()) {
+                for (&j, &v) in b.iter().zip(products) {
+                    if i < n && j < n {
+                        gram[i * n + j] = v as f64;
+                        gram[j * n + i] = v as f64;
+                    }
+                }
+            }
+        }
+        Ok(Self { width, rows, gram })
     }
 
     fn n(&self) -> usize {
@@ -84,6 +118,11 @@ impl<'a> Examples<'a> {
 
     fn row(&self, i: usize) -> &[f32] {
         &self.rows[i * self.width..(i + 1) * self.width]
+    }
+
+    /// `rows[i] . rows[j]`, as [`Self::new`] multiplied it.
+    fn product(&self, i: usize, j: usize) -> f64 {
+        self.gram.get(i * self.n() + j).copied().unwrap_or(0.0)
     }
 
     /// `sum_i coef[i] * rows[index[i]]`.
@@ -96,6 +135,30 @@ impl<'a> Examples<'a> {
         }
         w
     }
+
+    /// `w . rows[i]` for each row of `index`.
+    fn project(&self, index: &[usize], w: &[f64]) -> Vec<f64> {
+        index
+            .iter()
+            .map(|&i| self.row(i).iter().zip(w).map(|(&x, &wi)| x as f64 * wi).sum())
+            .collect()
+    }
+}
+
+/// The row-set pairs whose products a TCAV run's logistic CAVs read ([`Examples::new`]): the
+/// concept with itself, and per random set `r` the set with itself, with the concept (the concept
+/// CAV `r`) and with set `r + 1` (the random CAV `r`, around the ring).
+pub fn cav_pairs<'s>(concept: &'s [usize], sets: &'s [Vec<usize>]) -> Vec<(&'s [usize], &'s [usize])> {
+    let mut pairs = vec![(concept, concept)];
+    for (r, set) in sets.iter().enumerate() {
+        let next = &sets[(r + 1) % sets.len()];
+        pairs.extend([
+            (set.as_slice(), set.as_slice()),
+            (concept, set.as_slice()),
+            (next.as_slice(), set.as_slice()),
+        ]);
+    }
+    pairs
 }
 
 /// The CAV separating rows `concept` from rows `random` (indices into `ex`).
@@ -113,12 +176,10 @@ fn mean_difference(ex: &Examples, concept: &[usize], random: &[usize]) -> Cav {
         .map(|_| 1.0 / concept.len() as f64)
         .chain(random.iter().map(|_| -1.0 / random.len() as f64))
         .collect();
-    // w . x - (|mu_c|^2 - |mu_r|^2) / 2 > 0 on the concept's side of the midpoint; the products
-    // come from the Gram matrix.
-    let n = ex.n();
-    let k = |i: usize, j: usize| ex.gram[index[i] * n + index[j]];
+    let weights = ex.combine(&index, &coef);
+    // w . x - (w . mu_c + w . mu_r) / 2 > 0 on the concept's side of the midpoint.
+    let wx = ex.project(&index, &weights);
     let m = index.len();
-    let wx: Vec<f64> = (0..m).map(|i| (0..m).map(|j| coef[j] * k(j, i)).sum()).collect();
     let mean_of = |range: std::ops::Range<usize>| -> f64 {
         let len = range.len() as f64;
         range.map(|i| wx[i]).sum::<f64>() / len.max(1.0)
@@ -126,7 +187,7 @@ fn mean_difference(ex: &Examples, concept: &[usize], random: &[usize]) -> Cav {
     let intercept = -(mean_of(0..concept.len()) + mean_of(concept.len()..m)) / 2.0;
     let accuracy = accuracy(&wx, intercept, concept.len());
     Cav {
-        weights: ex.combine(&index, &coef),
+        weights,
         intercept,
         accuracy,
     }
@@ -166,8 +227,7 @@ fn sigmoid(z: f64) -> f64 {
 fn logistic(ex: &Examples, concept: &[usize], random: &[usize], c: f64) -> Cav {
     let index: Vec<usize> = concept.iter().chain(random).copied().collect();
     let m = index.len();
-    let n = ex.n();
-    let k = DMatrix::from_fn(m, m, |i, j| ex.gram[index[i] * n + index[j]]);
+    let k = DMatrix::from_fn(m, m, |i, j| ex.product(index[i], index[j]));
     let y = DVector::from_fn(m, |i, _| if i < concept.len() { 1.0 } else { 0.0 });
     let objective = |a: &DVector<f64>, b: f64| -> f64 {
         let z = &k * a;
@@ -379,9 +439,10 @@ mod tests {
                 [side + 0.1 * (i % 3) as f32, 0.2 * (i % 4) as f32 - 0.3, 0.05 * i as f32]
             })
             .collect();
-        let ex = Examples::new(&rows, 3);
         let concept: Vec<usize> = (0..10).collect();
         let random: Vec<usize> = (10..20).collect();
+        let sets = [random.clone()];
+        let ex = Examples::new(&rows, 3, &cav_pairs(&concept, &sets), || Ok::<(), ()>(())).unwrap();
         for kind in [CavKind::Logistic, CavKind::MeanDifference] {
             let cav = fit(&ex, &concept, &random, kind);
             assert_eq!(cav.accuracy, 1.0, "{kind:?}");

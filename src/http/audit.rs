@@ -35,7 +35,8 @@ pub struct ListQuery {
     pub method: Option<String>,
     /// Target label (as recorded; several targets are joined by commas).
     pub target: Option<String>,
-    /// `prediction` or `explanation`.
+    /// `prediction`, `explanation`, `uncertainty`, `concepts` (TCAV, layer information), `replay`
+    /// or `erasure`.
     pub kind: Option<String>,
     /// From this time on (RFC 3339, inclusive).
     pub since: Option<String>,

@@ -13,8 +13,10 @@ use axum::Json;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ProblemKind};
+use super::auth::{audit_context, viewer, Caller};
+use super::error::{audit_failed, ApiError, ProblemKind};
 use super::{input, AppState};
+use crate::audit::{Context, Evidence, Kind};
 use crate::common::targets::TargetRef;
 use crate::examples::concepts::{self, ConceptSet, ConceptSummary, MAX_EXAMPLES, MIN_EXAMPLES};
 use crate::examples::ReferenceSet;
@@ -51,6 +53,8 @@ pub struct TcavRequest {
     /// Also answer the first concept CAV per layer (unit length).
     #[serde(default)]
     pub include_cavs: bool,
+    /// Record this answer in the audit log (whatever the service's `audit` setting).
+    pub audit: Option<bool>,
 }
 
 /// A layer-information request.
@@ -67,6 +71,8 @@ pub struct LayerInformationRequest {
     pub max_rows: Option<usize>,
     /// Seed of the draw, the jitter and the shuffled labels; drawn and echoed when absent.
     pub seed: Option<u64>,
+    /// Record this answer in the audit log (whatever the service's `audit` setting).
+    pub audit: Option<bool>,
 }
 
 fn invalid(message: String) -> ApiError {
@@ -264,18 +270,47 @@ fn layer_values(state: &AppState, m: &LoadedModel, layers: &[(String, usize)]) -
         .fold(0u64, u64::saturating_add)
 }
 
-/// The job for `task` on this replica's board: 202 with its place.
+/// Who asks, and whether the answer is recorded in the audit log (`asked`: the request's own
+/// `"audit": true`).
+pub(super) struct Asker {
+    caller: Option<axum::Extension<Caller>>,
+    audit: Option<Context>,
+}
+
+impl Asker {
+    /// A caller whose job's answer is not an explanation the audit log records.
+    pub(super) fn unaudited(caller: Option<axum::Extension<Caller>>) -> Self {
+        Self { caller, audit: None }
+    }
+
+    fn new(
+        state: &AppState,
+        headers: &HeaderMap,
+        caller: Option<axum::Extension<Caller>>,
+        asked: Option<bool>,
+    ) -> Result<Self, ApiError> {
+        let audit = match state.audit.wants(Kind::Concepts, asked.unwrap_or(false)) {
+            true => Some(audit_context(headers, caller.clone())?),
+            false => None,
+        };
+        Ok(Self { caller, audit })
+    }
+}
+
+/// The job for `task` on this replica's board: 202 with its place. Its answer is recorded in the
+/// audit log when asked (`what`: the method the record names) before it is given: a record that
+/// cannot be written fails the job.
 pub(super) async fn submit<T: crate::executor::Task>(
     state: &Arc<AppState>,
     m: &LoadedModel,
-    what: &str,
-    caller: Option<&axum::Extension<super::auth::Caller>>,
+    what: &'static str,
+    asker: Asker,
     task: T,
 ) -> Result<Response, ApiError>
 where
     T::Output: serde::Serialize,
 {
-    let viewer = super::auth::viewer(caller);
+    let viewer = viewer(asker.caller.as_ref());
     let owner = viewer.caller.clone();
     let admission = state.executor.admit()?;
     let (id, control) = state
@@ -285,10 +320,12 @@ where
             ApiError::new(ProblemKind::Overloaded, e.to_string()).retry_after(state.config.retry_after_secs)
         })?;
     let (runner, task_id, model) = (state.clone(), id.clone(), m.name.clone());
-    let what = what.to_string();
+    let audit = asker.audit;
     tokio::spawn(async move {
         let outcome = match admission.run_controlled(task, control).await {
-            Ok(answer) => Ok(serde_json::to_value(answer).unwrap_or_default()),
+            Ok(answer) => answered(&runner, what, audit, answer)
+                .await
+                .map_err(|e| e.problem_json()),
             Err(e) => {
                 tracing::warn!(model = %model, job = %what, error = %e, "job failed");
                 Err(ApiError::from(e).problem_json())
@@ -301,6 +338,32 @@ where
         .get(&id, &viewer)
         .ok_or_else(|| ApiError::internal("a job just created is gone"))?;
     Ok(super::jobs::accepted(view))
+}
+
+/// A finished job's answer as JSON, recorded in the audit log first when `audit` says who asked
+/// (its evidence: the digest of the rows it ran on), the receipt in it.
+async fn answered<A: serde::Serialize>(
+    state: &AppState,
+    method: &str,
+    audit: Option<Context>,
+    answer: A,
+) -> Result<serde_json::Value, ApiError> {
+    let mut value = serde_json::to_value(answer).map_err(ApiError::internal)?;
+    let Some(ctx) = audit else {
+        return Ok(value);
+    };
+    let evidence: Vec<Evidence> = value["inputs_sha256"]
+        .as_str()
+        .map(|h| Evidence::rows(h.to_string()))
+        .into_iter()
+        .collect();
+    let receipt = state
+        .audit
+        .concepts(method, &ctx, &evidence, &value)
+        .await
+        .map_err(audit_failed)?;
+    value["audit_record"] = serde_json::to_value(&receipt).map_err(ApiError::internal)?;
+    Ok(value)
 }
 
 /// TCAV (Kim et al. 2018) as a job: for a concept set and a class, per layer, the share of the
@@ -323,7 +386,7 @@ where
 pub async fn tcav(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
-    caller: Option<axum::Extension<super::auth::Caller>>,
+    caller: Option<axum::Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -331,6 +394,7 @@ pub async fn tcav(
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
     let req: TcavRequest = input::json_body(received).await?;
+    let asker = Asker::new(&state, &headers, caller, req.audit)?;
     let runs = bounded("runs", req.runs, 10, 2, 50)?;
     let examples = bounded("examples", req.examples, 50, MIN_EXAMPLES, 500)?;
     let class_examples = bounded("class_examples", req.class_examples, 100, 1, MAX_EXAMPLES)?;
@@ -390,7 +454,7 @@ pub async fn tcav(
         include_cavs: req.include_cavs,
         max_pixels: state.config.max_image_pixels,
     };
-    submit(&state, &m, "tcav", caller.as_ref(), task).await
+    submit(&state, &m, "tcav", asker, task).await
 }
 
 /// What each layer knows about a label, as a job: per layer, the mutual information (nats)
@@ -413,7 +477,7 @@ pub async fn tcav(
 pub async fn layer_information(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
-    caller: Option<axum::Extension<super::auth::Caller>>,
+    caller: Option<axum::Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -421,6 +485,7 @@ pub async fn layer_information(
     state.refuse_when_full()?;
     let received = input::receive(&state.config, &headers, body).await?;
     let req: LayerInformationRequest = input::json_body(received).await?;
+    let asker = Asker::new(&state, &headers, caller, req.audit)?;
     let max_rows = bounded("max_rows", req.max_rows, 200, 20, 2000)?;
     let layers = layers(&state, &m, req.layers, 3)?;
     let rows = match &req.concept {
@@ -454,5 +519,5 @@ pub async fn layer_information(
         seed: req.seed.unwrap_or_else(rand::random),
         max_pixels: state.config.max_image_pixels,
     };
-    submit(&state, &m, "layer-information", caller.as_ref(), task).await
+    submit(&state, &m, "layer-information", asker, task).await
 }

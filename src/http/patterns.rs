@@ -72,7 +72,8 @@ pub async fn fit(
         reference,
         max_job_bytes: state.config.max_job_bytes,
     };
-    super::concepts::submit(&state, &m, "patterns", caller.as_ref(), task).await
+    let asker = super::concepts::Asker::unaudited(caller);
+    super::concepts::submit(&state, &m, "patterns", asker, task).await
 }
 
 /// Whether the model's patterns are kept, being fitted, or absent, and what they are fitted on.

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::audit::Receipt;
 use crate::examples::concepts::ConceptSet;
 use crate::examples::source::{rows_tensor, Inputs};
 use crate::examples::ReferenceSet;
@@ -88,6 +89,11 @@ pub struct TcavLayer {
 pub struct TcavAnswer {
     /// Model name.
     pub model: String,
+    /// SHA-256 of the model file.
+    pub model_sha256: String,
+    /// SHA-256 of the rows the model ran on, as it read them (preprocessed, f32 little-endian: the
+    /// concept's and the random sets' rows, then the class's): what the answer rests on.
+    pub inputs_sha256: String,
     /// The concept set.
     pub concept: String,
     /// The class.
@@ -110,6 +116,9 @@ pub struct TcavAnswer {
     pub stats: TcavStats,
     /// A bar chart of the scores per layer (base64 PNG).
     pub chart_png: String,
+    /// The audit record written for this answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_record: Option<Receipt>,
 }
 
 /// Where a TCAV run's time went, milliseconds on the worker.
@@ -139,6 +148,22 @@ fn draw(rng: &mut ChaCha8Rng, n: usize, amount: usize) -> Vec<usize> {
     }
     all.truncate(amount);
     all
+}
+
+/// SHA-256 of the tensors' values, f32 little-endian, one after another (the audit record's
+/// evidence of the rows a question ran on).
+fn rows_sha256(tensors: &[&Tensor]) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = Vec::with_capacity(4 * 4096);
+    for t in tensors {
+        for chunk in t.as_f32().unwrap_or(&[]).chunks(4096) {
+            buffer.clear();
+            buffer.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+            hasher.update(&buffer);
+        }
+    }
+    hex::encode(hasher.finalize())
 }
 
 fn input_error(e: String) -> RuntimeError {
@@ -199,6 +224,7 @@ impl Task for TcavTask {
             rows_tensor(&reference.inputs, &reference.ids, &class_rows, model, t.max_pixels).map_err(input_error)?;
         let forward_input = Tensor::concat_rows(vec![concept_input, random_input])
             .ok_or_else(|| input_error("the concept's and the reference set's inputs differ in shape".into()))?;
+        let inputs_sha256 = rows_sha256(&[&forward_input, &class_input]);
         stats.decode_ms = ms(began);
         let began = std::time::Instant::now();
         let acts = activations(rt, model, &t.layers, &forward_input)?;
@@ -226,7 +252,11 @@ impl Task for TcavTask {
         for ((name, act), (_, grad)) in t.layers.iter().zip(&acts).zip(&backward.layers) {
             let values = act.as_f32().unwrap_or(&[]);
             let width = act.row_len();
-            let ex = tcav::Examples::new(values, width);
+            let pairs = match t.cav {
+                CavKind::Logistic => tcav::cav_pairs(&concept_at, &sets_at),
+                CavKind::MeanDifference => Vec::new(),
+            };
+            let ex = tcav::Examples::new(values, width, &pairs, || ctx.checkpoint())?;
             let grads = grad.as_f32().unwrap_or(&[]);
             let (mut scores, mut random_scores, mut accuracy) = (Vec::new(), Vec::new(), 0.0);
             let mut first = None;
@@ -283,6 +313,8 @@ impl Task for TcavTask {
         let png = crate::render::png(&crate::render::concepts::tcav_chart(&title, &bars));
         Ok(TcavAnswer {
             model: model.name.clone(),
+            model_sha256: model.sha256.clone(),
+            inputs_sha256,
             concept: t.concept.name.clone(),
             target,
             cav: t.cav,
@@ -297,6 +329,7 @@ impl Task for TcavTask {
             layers,
             stats,
             chart_png: base64::engine::general_purpose::STANDARD.encode(png),
+            audit_record: None,
         })
     }
 }
@@ -351,6 +384,10 @@ pub struct LayerInformation {
 pub struct LayerInformationAnswer {
     /// Model name.
     pub model: String,
+    /// SHA-256 of the model file.
+    pub model_sha256: String,
+    /// SHA-256 of the rows the model ran on, as it read them (preprocessed, f32 little-endian).
+    pub inputs_sha256: String,
     /// `reference` or the concept set's name.
     pub source: String,
     /// Rows used.
@@ -369,6 +406,9 @@ pub struct LayerInformationAnswer {
     pub layers: Vec<LayerInformation>,
     /// The curve over layers (base64 PNG).
     pub chart_png: String,
+    /// The audit record written for this answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_record: Option<Receipt>,
 }
 
 /// Each row's mean over every axis but the batch and `channel_axis` (a 2-D tensor as it is).
@@ -435,6 +475,7 @@ impl Task for LayerInformationTask {
             shuffled.swap(i, j);
         }
         let input = rows_tensor(inputs, ids, &rows, model, t.max_pixels).map_err(input_error)?;
+        let inputs_sha256 = rows_sha256(&[&input]);
         let acts = activations(rt, model, &t.layers, &input)?;
         ctx.advance(1);
         let prepared: Vec<(Vec<f64>, usize)> = acts
@@ -500,6 +541,8 @@ impl Task for LayerInformationTask {
         ));
         Ok(LayerInformationAnswer {
             model: model.name.clone(),
+            model_sha256: model.sha256.clone(),
+            inputs_sha256,
             source,
             rows: rows.len(),
             labels: names,
@@ -509,6 +552,7 @@ impl Task for LayerInformationTask {
             seed: t.seed,
             layers,
             chart_png: base64::engine::general_purpose::STANDARD.encode(png),
+            audit_record: None,
         })
     }
 }

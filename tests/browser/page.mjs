@@ -3,10 +3,11 @@
 // Grad-CAM and LIME, channel attribution's top channels with one channel's activation
 // maximisation, and RISE as a background job (progress from Server-Sent Events), and checks
 // that an overlay appears and the top class is shown; then TreeSHAP's bar chart on the tree model;
-// then similar examples, influence and likely mislabels as thumbnails of reference rows; then a
-// text model's answer as the text with its words highlighted; then a detector's detections as
-// boxes, one clicked to explain it, a segmenter's mask as a translucent layer and a tagger's labels
-// over their thresholds; then a recorded decision's report.
+// then similar examples, influence and likely mislabels as thumbnails of reference rows; TCAV of a
+// concept set and what each layer knows, as charts and tables; then a text model's answer as the
+// text with its words highlighted; then a detector's detections as boxes, one clicked to explain
+// it, a segmenter's mask as a translucent layer and a tagger's labels over their thresholds; then a
+// recorded decision's report.
 // Screenshots go to argv[3].
 // Usage: node tests/browser/page.mjs BASE_URL SCREENSHOT_DIR IMAGE DETECTOR_IMAGE GRAY_IMAGE
 import { readFileSync } from "node:fs";
@@ -158,6 +159,30 @@ try {
   if (suspects !== 48) failures.push(`suspects: ${suspects} rows shown`);
   await page.locator("#attributions").scrollIntoViewIfNeeded();
   await page.screenshot({ path: `${shots}/web-page-suspects.png` });
+  // Concept sets: the model's sets as the API lists them, TCAV of one for a class (its bar chart
+  // and its table per layer), then what each layer knows about the classes (the curve and its table).
+  const sets = (await (await fetch(new URL("v1/models/fashion-cnn/concepts", base))).json()).map((c) => c.name);
+  const listed = await page.evaluate(() => [...document.querySelectorAll("#concept option")].map((o) => o.value));
+  if (listed.join() !== sets.join() || !listed.includes("bags")) failures.push(`concept sets: page ${listed}, API ${sets}`);
+  await page.selectOption("#concept", "bags");
+  await page.selectOption("#target", "8");
+  for (const [button, caption, columns] of [["tcav", "TCAV of bags for Bag", 5], ["layer-information", "what each layer knows", 5]]) {
+    await page.click(`#${button}`);
+    await page.waitForFunction((c) => document.getElementById("overlay-caption").innerText === c
+      && document.getElementById("overlay").complete && document.getElementById("overlay").naturalWidth > 0
+      && document.querySelectorAll("#attributions table.layers tbody tr").length > 0, caption, { timeout: 120000 });
+    const table = await page.evaluate(() => [...document.querySelectorAll("#attributions table.layers tbody tr")]
+      .map((tr) => [...tr.querySelectorAll("td")].map((td) => td.innerText)));
+    // The default three layers, each with every figure filled (the last layer shares nothing with a next one).
+    if (table.length !== 3 || table.some((row) => row.length !== columns || row.slice(0, 4).some((v) => v === "" || v === "–"))) {
+      failures.push(`${button}: table ${JSON.stringify(table)}`);
+    }
+    if (button === "tcav" && !table.every((row) => Number(row[1].split(" ")[0]) >= 0 && Number(row[1].split(" ")[0]) <= 1)) {
+      failures.push(`tcav: scores ${JSON.stringify(table)}`);
+    }
+    await page.locator("#attributions").scrollIntoViewIfNeeded();
+    await page.screenshot({ path: `${shots}/web-page-${button}.png` });
+  }
   // A problem+json error is shown readably.
   await page.selectOption("#method", "integrated-gradients");
   await page.fill("[data-param=steps]", "1");

@@ -6,6 +6,7 @@ use crate::common;
 
 use std::process::Command;
 
+use base64::Engine;
 use common::*;
 use reqwest::StatusCode;
 
@@ -227,6 +228,28 @@ async fn the_page_works_in_a_browser() {
     // The report's record keeps its input (requests ask for their record with "audit": true).
     config.audit_store_inputs = true;
     let s = start(config).await;
+    // A concept set for the page's TCAV: 20 of the bundled reference set's bags.
+    let reference = root().join("models/fashion-cnn/reference");
+    let labels = std::fs::read_to_string(reference.join("labels.csv")).unwrap();
+    let bags: String = labels
+        .lines()
+        .filter_map(|l| l.split_once(','))
+        .filter(|(_, label)| *label == "Bag")
+        .take(20)
+        .map(|(id, _)| {
+            let png = std::fs::read(reference.join("images").join(id)).unwrap();
+            serde_json::json!({"id": id, "image": base64::engine::general_purpose::STANDARD.encode(png)}).to_string()
+                + "\n"
+        })
+        .collect();
+    let uploaded = reqwest::Client::new()
+        .post(url(&s, "/v1/models/fashion-cnn/concepts/bags"))
+        .header("content-type", "application/x-ndjson")
+        .body(bags)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), StatusCode::CREATED);
     let shots = root().join("target").join("screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let base = url(&s, "/");
