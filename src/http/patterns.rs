@@ -1,5 +1,6 @@
 //! A model's PatternNet patterns: `POST /v1/models/{model}/patterns` fits them as a job (202 with
-//! `Location: /v1/jobs/{id}`, the data's rows as its progress there, a `PatternFit` its result);
+//! `Location: /v1/jobs/{id}`, the data's rows as its progress there, a `PatternFit` its result),
+//! or answers 200 with their state when they are kept already;
 //! `GET /v1/models/{model}/patterns` says whether they are kept, being fitted, or absent. A
 //! PatternNet or PatternAttribution request while a fit runs waits for it rather than fit again,
 //! as does a second fitting job.
@@ -44,10 +45,12 @@ fn no_data(message: String) -> ApiError {
 }
 
 /// Fits the model's patterns as a job (one forward pass over its data; progress in rows): kept
-/// ones answer at once (`fitted_now: false`), and a fit already under way is joined, not repeated.
+/// ones answer at once with their state (200, no job), and a fit already under way is joined,
+/// not repeated.
 #[utoipa::path(post, path = "/v1/models/{model}/patterns", tag = "explanations",
     params(("model" = String, Path, description = "model name", example = "fashion-cnn")),
     responses(
+        (status = 200, body = PatternState, description = "the patterns are kept already: where they stand, no job"),
         (status = 202, body = crate::executor::board::JobView, description = "the job; its result is a `PatternFit`"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
         (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "the model has no data to fit patterns on"),
@@ -59,17 +62,15 @@ pub async fn fit(
     caller: Option<axum::Extension<super::auth::Caller>>,
 ) -> Result<Response, ApiError> {
     let m = state.model(&model)?;
+    // Kept patterns are answered as they stand: no job, nothing fitted again.
+    let standing = pattern_state(&state, &m).await?;
+    if standing.state == "kept" {
+        return Ok(Json(standing).into_response());
+    }
     state.refuse_when_full()?;
-    let reference = state.references.get(&m.name);
-    let (model2, reference2) = (m.clone(), reference.clone());
-    // Lists a `[patterns]` folder: off the async threads.
-    tokio::task::spawn_blocking(move || Data::of(&model2, reference2.as_ref()).map(|_| ()))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(no_data)?;
     let task = FitTask {
         model: m.clone(),
-        reference,
+        reference: state.references.get(&m.name),
         max_job_bytes: state.config.max_job_bytes,
     };
     let asker = super::concepts::Asker::unaudited(caller);
@@ -86,10 +87,15 @@ pub async fn fit(
     ))]
 pub async fn patterns(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Response, ApiError> {
     let m = state.model(&model)?;
-    let reference = state.references.get(&m.name);
+    Ok(Json(pattern_state(&state, &m).await?).into_response())
+}
+
+/// Where `m`'s patterns stand; 422 when it has no data to fit them on.
+async fn pattern_state(state: &AppState, m: &Arc<crate::runtime::LoadedModel>) -> Result<PatternState, ApiError> {
+    let (m, reference) = (m.clone(), state.references.get(&m.name));
     let gradients = state.gradients.clone();
     // Hashing a `[patterns]` folder reads its images, and kept patterns may be read from disk.
-    let answer = tokio::task::spawn_blocking(move || -> Result<PatternState, ApiError> {
+    tokio::task::spawn_blocking(move || -> Result<PatternState, ApiError> {
         let data = Data::of(&m, reference.as_ref()).map_err(no_data)?;
         let sha = data.sha256().map_err(ApiError::from)?;
         let store = gradients.patterns();
@@ -111,6 +117,5 @@ pub async fn patterns(State(state): State<Arc<AppState>>, Path(model): Path<Stri
         })
     })
     .await
-    .map_err(ApiError::internal)??;
-    Ok(Json(answer).into_response())
+    .map_err(ApiError::internal)?
 }

@@ -162,8 +162,8 @@ try {
   // Concept sets: the model's sets as the API lists them, TCAV of one for a class (its bar chart
   // and its table per layer), then what each layer knows about the classes (the curve and its table).
   const sets = (await (await fetch(new URL("v1/models/fashion-cnn/concepts", base))).json()).map((c) => c.name);
-  const listed = await page.evaluate(() => [...document.querySelectorAll("#concept option")].map((o) => o.value));
-  if (listed.join() !== sets.join() || !listed.includes("bags")) failures.push(`concept sets: page ${listed}, API ${sets}`);
+  const conceptSets = await page.evaluate(() => [...document.querySelectorAll("#concept option")].map((o) => o.value));
+  if (conceptSets.join() !== sets.join() || !conceptSets.includes("bags")) failures.push(`concept sets: page ${conceptSets}, API ${sets}`);
   await page.selectOption("#concept", "bags");
   await page.selectOption("#target", "8");
   for (const [button, caption, columns] of [["tcav", "TCAV of bags for Bag", 5], ["layer-information", "what each layer knows", 5]]) {

@@ -368,6 +368,10 @@ async fn fitting_is_a_job_concurrent_requests_fit_once_and_a_restart_reads_the_p
     let state = get_json(&s, "/v1/models/fcnn/patterns").await;
     assert_eq!(state["state"], "kept", "{state}");
     assert!(state["layers"].as_u64().unwrap() >= 2, "{state}");
+    // Kept: a POST answers their state at once, with no job and no fit.
+    let again = post_json(&s, "/v1/models/fcnn/patterns", &json!({})).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<serde_json::Value>().await.unwrap(), state);
     s.stop().await.unwrap();
 
     let s = start(config.clone()).await;

@@ -207,7 +207,15 @@ async fn a_job_cancelled_mid_solver_frees_its_worker_at_once() {
 /// Submits `body` as a job at `base` and waits until every one of its `rows` model rows has run
 /// and it still runs (it is in its solver), then `settle` longer; returns the job's id.
 async fn in_solver(http: &reqwest::Client, base: &str, body: &Value, rows: u64, settle: Duration) -> String {
-    let r = http.post(format!("{base}/v1/jobs")).json(body).send().await.unwrap();
+    // The one worker may still be winding down a job cancelled just before (busy: 503).
+    let admitted = Instant::now() + Duration::from_secs(30);
+    let r = loop {
+        let r = http.post(format!("{base}/v1/jobs")).json(body).send().await.unwrap();
+        if r.status() != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > admitted {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(120);
