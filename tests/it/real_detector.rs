@@ -102,27 +102,10 @@ boxes = engine.get_bbox(b'')
 print(json.dumps({'boxes': boxes, 'detections': kept[0].tolist()}))
 "#;
     let model = model_file();
-    let mut child = std::process::Command::new(test_venv("python"))
-        .args(["-c", script])
-        .arg(&model)
-        .arg(model.with_file_name("detection_engine.py"))
-        .arg(WIDTH.to_string())
-        .arg(HEIGHT.to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(img.as_raw()).unwrap())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (width, height) = (WIDTH.to_string(), HEIGHT.to_string());
+    let engine = model.with_file_name("detection_engine.py");
+    let args = [model.as_os_str(), engine.as_os_str(), width.as_ref(), height.as_ref()];
+    let v: Value = python_json(script, &args, img.as_raw());
     let floats = |v: &Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
     let boxes = v["boxes"]
         .as_array()

@@ -364,23 +364,8 @@ async fn magika_takes_its_bytes_as_int32_ids_and_is_explained_by_windows() {
                   s = onnxruntime.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n\
                   x = numpy.array(json.load(sys.stdin), dtype=numpy.int32)\n\
                   print(json.dumps(s.run(None, {'bytes': x})[0].tolist()))";
-    let mut child = std::process::Command::new(test_venv("python"))
-        .args(["-c", script])
-        .arg(cached.join("model.onnx"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(&rows).unwrap())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let reference: Vec<Vec<f64>> = serde_json::from_slice(&out.stdout).unwrap();
+    let onnx = cached.join("model.onnx");
+    let reference: Vec<Vec<f64>> = python_json(script, &[onnx.as_os_str()], &rows);
 
     let s = start(test_config(&dir)).await;
     for ((kind, _), (ids, want)) in files.iter().zip(rows.iter().zip(&reference)) {

@@ -794,24 +794,8 @@ async fn a_real_text_detector_serves_the_readme_tour_as_onnx_runtime_segments() 
                   x = ((bgr - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)[None].astype(numpy.float32)\n\
                   p = s.run(None, {'x': x})[0][0, 0]\n\
                   print(json.dumps((p >= 0.3).astype(int).ravel().tolist()))";
-    let mut child = std::process::Command::new(test_venv("python"))
-        .args(["-c", script])
-        .arg(&cached)
-        .arg(DET_SIDE.to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(page.as_raw()).unwrap())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let reference: Vec<u8> = serde_json::from_slice(&out.stdout).unwrap();
+    let side = DET_SIDE.to_string();
+    let reference: Vec<u8> = python_json(script, &[cached.as_os_str(), side.as_ref()], page.as_raw());
 
     let s = start(test_config(&dir)).await;
     let scratch = temp_dir("segmentation-tour");

@@ -18,7 +18,7 @@ use explaind::onnx::proto::data_type;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const REVIEW: &str = "The movie was great, but the ending was bad!";
+pub(crate) const REVIEW: &str = "The movie was great, but the ending was bad!";
 
 async fn text_service(dir: &Path) -> explaind::Service {
     write_text_models(dir);
@@ -35,8 +35,14 @@ fn word_values(answer: &Value) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// `method`'s answer on `model` for REVIEW's class `target`, with its words (seeded).
+pub(crate) async fn explain_review(s: &explaind::Service, model: &str, method: &str, target: &str) -> Value {
+    let body = json!({"text": REVIEW, "target": target, "include": ["words"], "seed": 3});
+    ok_json(post_json(s, &format!("/v1/models/{model}/explain/{method}"), &body).await).await
+}
+
 /// The word with the largest value.
-fn top_word(answer: &Value) -> String {
+pub(crate) fn top_word(answer: &Value) -> String {
     word_values(answer)
         .into_iter()
         .max_by(|a, b| a.1.total_cmp(&b.1))
@@ -202,15 +208,7 @@ async fn every_text_method_finds_the_words_that_decide() {
     assert!(!methods.contains(&"grad-cam".to_string()), "{methods:?}");
     for method in text_methods {
         for (target, word) in [("positive", "great"), ("negative", "bad")] {
-            let v = ok_json(
-                post_json(
-                    &s,
-                    &format!("/v1/models/keywords/explain/{method}"),
-                    &json!({"text": REVIEW, "target": target, "include": ["words"], "seed": 3}),
-                )
-                .await,
-            )
-            .await;
+            let v = explain_review(&s, "keywords", method, target).await;
             assert_eq!(top_word(&v), word, "{method} for {target}: {v}");
             let values = attribution_values(&v);
             assert_eq!(values.len(), 13, "one value per token: {v}");

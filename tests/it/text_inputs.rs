@@ -13,12 +13,11 @@ use crate::common;
 
 use std::path::Path;
 
+use crate::text::{explain_review, top_word, REVIEW};
 use common::*;
 use explaind::onnx::builder::{attribute, float_tensor, value_info, Attr};
 use explaind::onnx::proto::{data_type, NodeProto};
-use serde_json::{json, Value};
-
-const REVIEW: &str = "The movie was great, but the ending was bad!";
+use serde_json::json;
 
 const MANIFEST: &str = "task = \"text-classification\"\nscores = \"logits\"\n\
 labels = [\"negative\", \"positive\", \"positions\"]\n[text]\ntokenizer = \"tokenizer.json\"\nmax_length = 32\n";
@@ -31,19 +30,6 @@ fn write_text_inputs(dir: &Path, name: &str, manifest: &str) {
     write_model(dir, name, &model, manifest);
     let tokenizer = serde_json::to_vec_pretty(&explaind::onnx::zoo::wordpiece_tokenizer(TEXT_VOCAB)).unwrap();
     std::fs::write(dir.join(name).join("tokenizer.json"), tokenizer).unwrap();
-}
-
-/// The word with the largest value.
-fn top_word(answer: &Value) -> String {
-    answer["words"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no words: {answer}"))
-        .iter()
-        .max_by(|a, b| a["value"].as_f64().unwrap().total_cmp(&b["value"].as_f64().unwrap()))
-        .unwrap()["text"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,15 +98,7 @@ async fn derived_and_constant_side_inputs_feed_every_text_method() {
     for method in text_methods {
         assert!(methods.contains(&method.to_string()), "{method}: {methods:?}");
         for (target, word) in [("positive", "great"), ("negative", "bad")] {
-            let v = ok_json(
-                post_json(
-                    &s,
-                    &format!("/v1/models/text-inputs/explain/{method}"),
-                    &json!({"text": REVIEW, "target": target, "include": ["words"], "seed": 3}),
-                )
-                .await,
-            )
-            .await;
+            let v = explain_review(&s, "text-inputs", method, target).await;
             assert_eq!(top_word(&v), word, "{method} for {target}: {v}");
             assert_eq!(attribution_values(&v).len(), 13, "{method}: one value per token");
         }

@@ -111,6 +111,33 @@ pub fn test_venv(tool: &str) -> PathBuf {
     cache_dir().join("venv-tests/bin").join(tool)
 }
 
+/// Runs the Python `script` (`python -c`) of the test virtualenv with `args`, `stdin` written to
+/// it as JSON; what it prints, read as JSON (the reference answers of Python libraries).
+pub fn python_json<T: serde::de::DeserializeOwned>(
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    stdin: &impl serde::Serialize,
+) -> T {
+    use std::io::Write;
+    let mut child = std::process::Command::new(test_venv("python"))
+        .args(["-c", script])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(stdin).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Runs scripts/`script` (rollout_reference.py, chefer_reference.py) on `spec`, written to a
 /// file, with the test virtualenv's Python; its `patches`.
 pub fn attention_reference(script: &str, spec: &serde_json::Value) -> Vec<f64> {
