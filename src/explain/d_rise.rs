@@ -19,10 +19,10 @@ use utoipa::ToSchema;
 
 use super::baselines::{self, Baseline};
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, MAX_SIDE};
-use super::perturb::index;
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::common::detection_targets;
 use crate::runtime::detect::{self, Detection};
+use crate::runtime::manifest::{ImageSpec, Layout};
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
 
@@ -108,19 +108,82 @@ impl Method for DRise {
     }
 }
 
-/// One mask at input resolution: a `grid` x `grid` random grid upsampled (nearest) to the image
-/// plus one cell, cropped at a random offset in [0, cell].
-fn mask(rng: &mut rand_chacha::ChaCha8Rng, grid: usize, p: f32, h: usize, w: usize) -> Vec<f32> {
-    let cells: Vec<bool> = (0..grid * grid).map(|_| rng.random::<f32>() < p).collect();
-    let pad = (h / grid).max(w / grid);
-    let (up_h, up_w) = (h + pad, w + pad);
-    let (dy, dx) = (rng.random_range(0..=pad), rng.random_range(0..=pad));
-    let mut out = vec![0f32; h * w];
+/// One mask: a `grid` x `grid` random grid upsampled (nearest) to the image plus one cell, cropped
+/// at a random offset in [0, cell]. Kept as its cells and the grid row and column of each image
+/// row and column, so the image-size mask is made by copying rows and the map is summed cell by
+/// cell rather than pixel by pixel.
+struct Mask {
+    grid: usize,
+    cells: Vec<bool>,
+    rows: Vec<usize>,
+    cols: Vec<usize>,
+}
+
+impl Mask {
+    fn draw(rng: &mut rand_chacha::ChaCha8Rng, grid: usize, p: f32, h: usize, w: usize) -> Self {
+        let cells: Vec<bool> = (0..grid * grid).map(|_| rng.random::<f32>() < p).collect();
+        let pad = (h / grid).max(w / grid);
+        let (up_h, up_w) = (h + pad, w + pad);
+        let (dy, dx) = (rng.random_range(0..=pad), rng.random_range(0..=pad));
+        let cell = |at: usize, up: usize| (at * grid / up).min(grid - 1);
+        Mask {
+            grid,
+            cells,
+            rows: (0..h).map(|y| cell(y + dy, up_h)).collect(),
+            cols: (0..w).map(|x| cell(x + dx, up_w)).collect(),
+        }
+    }
+
+    /// The mask at image resolution, row-major, 0 or 1: one row per grid row, copied.
+    fn pixels(&self) -> Vec<f32> {
+        let grid_rows: Vec<Vec<f32>> = (0..self.grid)
+            .map(|gy| {
+                let cells = &self.cells[gy * self.grid..(gy + 1) * self.grid];
+                self.cols.iter().map(|&gx| f32::from(u8::from(cells[gx]))).collect()
+            })
+            .collect();
+        let mut out = Vec::with_capacity(self.rows.len() * self.cols.len());
+        for &gy in &self.rows {
+            out.extend_from_slice(&grid_rows[gy]);
+        }
+        out
+    }
+
+    /// Adds `weight` over every kept cell's rectangle into `diff`, a (h + 1) x (w + 1) table of
+    /// differences whose 2-D prefix sum ([`integrate`]) is the weighted masks' sum: four entries a
+    /// cell rather than one a pixel.
+    fn add_to(&self, diff: &mut [f64], weight: f64) {
+        let w1 = self.cols.len() + 1;
+        for (gy, (y0, y1)) in runs(&self.rows, self.grid).enumerate() {
+            for (gx, (x0, x1)) in runs(&self.cols, self.grid).enumerate() {
+                if y0 < y1 && x0 < x1 && self.cells[gy * self.grid + gx] {
+                    diff[y0 * w1 + x0] += weight;
+                    diff[y0 * w1 + x1] -= weight;
+                    diff[y1 * w1 + x0] -= weight;
+                    diff[y1 * w1 + x1] += weight;
+                }
+            }
+        }
+    }
+}
+
+/// For each grid index `0..grid`, the half-open range of the positions that `of` (non-decreasing)
+/// maps to it; empty when none does.
+fn runs(of: &[usize], grid: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    (0..grid).map(move |g| (of.partition_point(|&v| v < g), of.partition_point(|&v| v <= g)))
+}
+
+/// The 2-D prefix sum of a (h + 1) x (w + 1) difference table: the h x w sums it stands for.
+fn integrate(diff: &[f64], h: usize, w: usize) -> Vec<f64> {
+    let w1 = w + 1;
+    let mut out = vec![0f64; h * w];
+    let mut above = vec![0f64; w];
     for y in 0..h {
-        let gy = ((y + dy) * grid / up_h).min(grid - 1);
+        let mut run = 0f64;
         for x in 0..w {
-            let gx = ((x + dx) * grid / up_w).min(grid - 1);
-            out[y * w + x] = f32::from(u8::from(cells[gy * grid + gx]));
+            run += diff[y * w1 + x];
+            above[x] += run;
+            out[y * w + x] = above[x];
         }
     }
     out
@@ -135,7 +198,7 @@ fn explain(
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
     let spec = job.image_spec("D-RISE")?;
     let model = job.model.clone();
-    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    let (h, w) = (spec.height, spec.width);
     let failed = |message: String| RuntimeError::Inference {
         model: model.name.clone(),
         message,
@@ -158,9 +221,10 @@ fn explain(
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
     let black = baselines::build(Baseline::Black, &job.input, Some(spec), job.seed);
     let b = black.as_f32().unwrap_or(&[]).to_vec();
-    let mut weighted = vec![vec![0f64; h * w]; chosen.len()];
+    let table = (h + 1) * (w + 1);
+    let mut weighted = vec![vec![0f64; table]; chosen.len()];
     let mut weight_sums = vec![0f64; chosen.len()];
-    let mut kept = vec![0f64; h * w];
+    let mut kept = vec![0f64; table];
     let n = x.len();
     let batch = cx.forward_rows();
     let outputs: Vec<String> = std::iter::once(model.spec.output.clone())
@@ -169,18 +233,10 @@ fn explain(
     let mut start = 0;
     while start < p.masks {
         let end = (start + batch).min(p.masks);
-        let masks: Vec<Vec<f32>> = (start..end).map(|_| mask(&mut rng, p.grid, p.p, h, w)).collect();
+        let masks: Vec<Mask> = (start..end).map(|_| Mask::draw(&mut rng, p.grid, p.p, h, w)).collect();
         let mut data = super::zeroed_batch(&model.name, (end - start) * n)?;
-        for (r, m) in masks.iter().enumerate() {
-            let row = &mut data[r * n..(r + 1) * n];
-            for ch in 0..c {
-                for y in 0..h {
-                    for xx in 0..w {
-                        let i = index(spec, ch, y, xx);
-                        row[i] = b[i] + m[y * w + xx] * (x[i] - b[i]);
-                    }
-                }
-            }
+        for (m, row) in masks.iter().zip(data.chunks_exact_mut(n)) {
+            blend(spec, &m.pixels(), &x, &b, row);
         }
         let mut shape = job.input.shape.clone();
         shape[0] = end - start;
@@ -204,17 +260,15 @@ fn explain(
                 let best = found.iter().map(|d| detect::similarity(target, d)).fold(0f64, f64::max);
                 *total += best;
                 if best > 0.0 {
-                    for (s, v) in sal.iter_mut().zip(m) {
-                        *s += best * f64::from(*v);
-                    }
+                    m.add_to(sal, best);
                 }
             }
-            for (k, v) in kept.iter_mut().zip(m) {
-                *k += f64::from(*v);
-            }
+            m.add_to(&mut kept, 1.0);
         }
         start = end;
     }
+    let kept = integrate(&kept, h, w);
+    let weighted: Vec<Vec<f64>> = weighted.iter().map(|d| integrate(d, h, w)).collect();
     let count = p.masks as f64;
     Ok(targets
         .iter()
@@ -232,6 +286,34 @@ fn explain(
         .collect())
 }
 
+/// One masked row, `b + m * (x - b)` per element: `m` is the mask at image resolution
+/// (row-major), laid over every channel in the row's layout.
+fn blend(spec: &ImageSpec, m: &[f32], x: &[f32], b: &[f32], row: &mut [f32]) {
+    match spec.layout {
+        Layout::NCHW => {
+            let plane = m.len();
+            for ((out, xs), bs) in row
+                .chunks_exact_mut(plane)
+                .zip(x.chunks_exact(plane))
+                .zip(b.chunks_exact(plane))
+            {
+                for (((o, xi), bi), mi) in out.iter_mut().zip(xs).zip(bs).zip(m) {
+                    *o = bi + mi * (xi - bi);
+                }
+            }
+        }
+        Layout::NHWC => {
+            let c = spec.channels;
+            let pixels = row.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(b.chunks_exact(c));
+            for (((out, xs), bs), mi) in pixels.zip(m) {
+                for ((o, xi), bi) in out.iter_mut().zip(xs).zip(bs) {
+                    *o = bi + mi * (xi - bi);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,12 +321,32 @@ mod tests {
     #[test]
     fn masks_are_binary_keep_about_p_and_are_seeded() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let m = mask(&mut rng, 16, 0.5, 64, 48);
+        let m = Mask::draw(&mut rng, 16, 0.5, 64, 48).pixels();
         assert_eq!(m.len(), 64 * 48);
         assert!(m.iter().all(|v| *v == 0.0 || *v == 1.0));
         let share = m.iter().sum::<f32>() / m.len() as f32;
         assert!((0.3..0.7).contains(&share), "{share}");
         let mut again = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        assert_eq!(mask(&mut again, 16, 0.5, 64, 48), m);
+        assert_eq!(Mask::draw(&mut again, 16, 0.5, 64, 48).pixels(), m);
+    }
+
+    /// Summing cells' rectangles through the difference table equals summing the masks' pixels.
+    #[test]
+    fn cell_sums_equal_pixel_sums() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for (grid, h, w) in [(16, 64, 48), (16, 37, 53), (4, 9, 30), (16, 16, 16), (16, 8, 8)] {
+            let (mut diff, mut direct) = (vec![0f64; (h + 1) * (w + 1)], vec![0f64; h * w]);
+            for k in 0..20 {
+                let m = Mask::draw(&mut rng, grid, 0.5, h, w);
+                let weight = 0.25 + f64::from(k);
+                m.add_to(&mut diff, weight);
+                for (d, v) in direct.iter_mut().zip(m.pixels()) {
+                    *d += weight * f64::from(v);
+                }
+            }
+            for (a, b) in integrate(&diff, h, w).iter().zip(&direct) {
+                assert!((a - b).abs() < 1e-9, "{grid} {h}x{w}: {a} against {b}");
+            }
+        }
     }
 }
