@@ -15,7 +15,9 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ProblemKind};
 use super::AppState;
+use crate::explain::method::{check_applicable, PlanContext};
 use crate::explain::patterns::Data;
+use crate::explain::Limits;
 use crate::jobs::patterns::FitTask;
 
 /// Where a model's patterns stand.
@@ -53,7 +55,7 @@ fn no_data(message: String) -> ApiError {
         (status = 200, body = PatternState, description = "the patterns are kept already: where they stand, no job"),
         (status = 202, body = crate::executor::board::JobView, description = "the job; its result is a `PatternFit`"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
-        (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "the model has no data to fit patterns on"),
+        (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "PatternNet cannot explain the model: no data to fit patterns on, or no gradients"),
         (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "the queue or the job board is full"),
     ))]
 pub async fn fit(
@@ -83,15 +85,25 @@ pub async fn fit(
     responses(
         (status = 200, body = PatternState, description = "where the patterns stand"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json", description = "unknown model"),
-        (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "the model has no data to fit patterns on"),
+        (status = 422, body = super::error::Problem, content_type = "application/problem+json", description = "PatternNet cannot explain the model: no data to fit patterns on, or no gradients"),
     ))]
 pub async fn patterns(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Response, ApiError> {
     let m = state.model(&model)?;
     Ok(Json(pattern_state(&state, &m).await?).into_response())
 }
 
-/// Where `m`'s patterns stand; 422 when it has no data to fit them on.
+/// Where `m`'s patterns stand; 422, with the reason PatternNet requests get, when PatternNet
+/// cannot explain it (no data to fit on, no gradients: a tree ensemble).
 async fn pattern_state(state: &AppState, m: &Arc<crate::runtime::LoadedModel>) -> Result<PatternState, ApiError> {
+    if let Some(method) = state.methods.get("pattern-net") {
+        let cx = PlanContext {
+            model: m,
+            limits: Limits::from_config(&state.config),
+            targets: 1,
+            reference: state.references.get(&m.name),
+        };
+        check_applicable(method.as_ref(), m).and_then(|()| method.plan(serde_json::json!({}), &cx))?;
+    }
     let (m, reference) = (m.clone(), state.references.get(&m.name));
     let gradients = state.gradients.clone();
     // Hashing a `[patterns]` folder reads its images, and kept patterns may be read from disk.

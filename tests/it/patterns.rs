@@ -234,7 +234,24 @@ async fn pattern_methods_without_data_are_refused() {
         &explaind::onnx::zoo::pattern_dense(1),
         &manifest(4, &["a", "b", "c"], false),
     );
+    common::copy_bundled("breast-cancer-forest", &dir);
     let s = start(test_config(&dir)).await;
+    // A tree ensemble has data but no gradients: refused up front, as its PatternNet requests
+    // are, rather than a fitting job that cannot fit.
+    let path = "/v1/models/breast-cancer-forest/patterns";
+    let refused = problem(
+        reqwest::get(url(&s, path)).await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "model-not-differentiable",
+    )
+    .await;
+    let p = problem(
+        post_json(&s, path, &json!({})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "model-not-differentiable",
+    )
+    .await;
+    assert_eq!(p["detail"], refused["detail"], "{p}");
     for path in ["/v1/models/bare/patterns"] {
         let resp = reqwest::get(url(&s, path)).await.unwrap();
         let p = problem(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input").await;
