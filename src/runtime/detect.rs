@@ -82,17 +82,6 @@ fn candidates(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[f64]) 
         ));
     }
     let at = |i: usize, j: usize| if d.channels_first { j * n + i } else { i * k + j };
-    // Candidates one after another: a channels-first row read candidate by candidate strides a
-    // whole channel per value, so it is transposed once, in cache-sized tiles.
-    let transposed;
-    let row = match d.channels_first {
-        true => {
-            transposed = candidate_major(row, n, k);
-            &transposed[..]
-        }
-        false => row,
-    };
-    let value = |i: usize, j: usize| row[i * k + j];
     let first_class = 4 + usize::from(d.objectness);
     let grids = match d.box_decode {
         BoxDecode::Direct => None,
@@ -103,10 +92,10 @@ fn candidates(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[f64]) 
     };
     let mut out = Vec::new();
     for i in 0..n {
-        let objectness = if d.objectness { value(i, 4) as f32 } else { 1.0 };
+        let objectness = if d.objectness { row[at(i, 4)] as f32 } else { 1.0 };
         let (mut best, mut best_score) = (0, f32::NEG_INFINITY);
         for c in 0..classes {
-            let v = value(i, first_class + c) as f32;
+            let v = row[at(i, first_class + c)] as f32;
             if v > best_score {
                 (best, best_score) = (c, v);
             }
@@ -118,7 +107,7 @@ fn candidates(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[f64]) 
         if !kept {
             continue;
         }
-        let mut raw = [0, 1, 2, 3].map(|j| value(i, j) as f32);
+        let mut raw = [0, 1, 2, 3].map(|j| row[at(i, j)] as f32);
         if let Some(grids) = &grids {
             raw = grid_offsets(grids, i, raw);
         }
@@ -128,26 +117,10 @@ fn candidates(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[f64]) 
             score,
             position: at(i, first_class + best),
             objectness,
-            probs: (0..classes).map(|c| value(i, first_class + c) as f32).collect(),
+            probs: (0..classes).map(|c| row[at(i, first_class + c)] as f32).collect(),
         });
     }
     Ok(out)
-}
-
-/// A channels-first row (`k` channels of `n` candidates) as `n` candidates of `k` values.
-fn candidate_major(row: &[f64], n: usize, k: usize) -> Vec<f64> {
-    const TILE: usize = 32;
-    let mut out = vec![0f64; n * k];
-    for j0 in (0..k).step_by(TILE) {
-        for i0 in (0..n).step_by(TILE) {
-            for j in j0..(j0 + TILE).min(k) {
-                for i in i0..(i0 + TILE).min(n) {
-                    out[i * k + j] = row[j * n + i];
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Candidate `i`'s grid offsets as centre and size in input pixels (YOLOX's `decode_outputs`):
