@@ -16,7 +16,7 @@
 //! the token ids written as floats `[batch, tokens, 1]` and cast back to integers in the graph.
 
 use super::builder::{attribute, int64_tensor, value_info, Attr};
-use super::node::{attr_int, constant, op_type, tensor_f32, tensor_i64};
+use super::node::{attr_int, constant, op_type, tensor_f32, tensor_ints_f32};
 use super::proto::{data_type, type_proto, GraphProto, ModelProto, NodeProto, TensorProto};
 
 /// The float input of a cut text graph.
@@ -338,8 +338,8 @@ fn table_values(graph: &GraphProto, name: &str) -> Option<(Vec<i64>, Vec<f32>)> 
         return None;
     }
     let (rows, cols) = (usize::try_from(q.dims[0]).ok()?, usize::try_from(q.dims[1]).ok()?);
-    let ints = tensor_i64(q)?;
-    if ints.len() != rows.checked_mul(cols)? {
+    let mut values = tensor_ints_f32(q)?;
+    if values.len() != rows.checked_mul(cols)? {
         return None;
     }
     // A per-row or per-column factor as (rows, cols) of 1 or the table's.
@@ -367,21 +367,19 @@ fn table_values(graph: &GraphProto, name: &str) -> Option<(Vec<i64>, Vec<f32>)> 
     let zeros = match zero {
         Some(z) => {
             let z = z?;
-            Some((
-                tensor_i64(z)?.into_iter().map(|v| v as f32).collect::<Vec<f32>>(),
-                layout(z)?,
-            ))
+            Some((tensor_ints_f32(z)?, layout(z)?))
         }
         None => None,
     };
-    let mut values = Vec::with_capacity(ints.len());
+    // Dequantized in place: the table is held once, as the floats it stands for.
     for i in 0..rows {
         for j in 0..cols {
             let zero = match &zeros {
                 Some((z, l)) => at(z, *l, i, j)?,
                 None => 0.0,
             };
-            values.push((ints[i * cols + j] as f32 - zero) * at(&scales, scale_at, i, j)?);
+            let v = &mut values[i * cols + j];
+            *v = (*v - zero) * at(&scales, scale_at, i, j)?;
         }
     }
     Some((q.dims.clone(), values))
