@@ -396,7 +396,7 @@ impl Work for Predicting {
         };
         let uncertainty = |estimate: Option<Estimate>, prep: &Prepared| {
             let mut estimate = estimate?;
-            super::uncertainty::spread_on_image(&mut estimate, prep, false, max_map_pixels);
+            super::uncertainty::onto_image(&mut estimate, model, prep, false, max_map_pixels);
             Some(Uncertainty {
                 setup: setup.clone()?,
                 estimate,

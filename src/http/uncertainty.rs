@@ -271,8 +271,9 @@ impl Work for Estimating {
         let mut picture = None;
         let mut answers = Vec::with_capacity(estimates.len());
         for (mut estimate, prep) in estimates.into_iter().zip(&prepared) {
-            let panel = spread_on_image(
+            let panel = onto_image(
                 &mut estimate,
+                model,
                 prep,
                 self.wants_png && picture.is_none(),
                 self.max_map_pixels,
@@ -312,14 +313,21 @@ impl Work for Estimating {
     }
 }
 
-/// Draws an estimate's explanation spread back onto its original image, as explanation maps are;
-/// returns the standard deviation's heat map when `panel`.
-pub(super) fn spread_on_image(
+/// Brings an estimate onto its original image: a detector's boxes into the image's pixels (as
+/// predict's), the explanation spread drawn back as explanation maps are; returns the standard
+/// deviation's heat map when `panel`.
+pub(super) fn onto_image(
     estimate: &mut Estimate,
+    model: &LoadedModel,
     prep: &prepare::Prepared,
     panel: bool,
     max_map_pixels: u64,
 ) -> Option<image::RgbImage> {
+    if let (Some(found), Some(g), Some(image)) = (estimate.detection.as_mut(), &prep.geometry, &model.spec.image) {
+        for d in &mut found.detections {
+            d.bbox = g.box_to_original(d.bbox, image.width, image.height);
+        }
+    }
     let (Some(spread), Some(geometry), Some(original)) =
         (estimate.explanation_spread.as_mut(), &prep.geometry, &prep.original)
     else {

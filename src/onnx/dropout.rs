@@ -21,7 +21,8 @@ pub const RATIO_KEY: &str = "explaind.dropout_ratio";
 pub enum SiteOrigin {
     /// A Dropout node the model was exported with.
     DropoutNode,
-    /// The input of the last linear layer (Gemm or MatMul) before the scores.
+    /// The input of the last linear layer (Gemm or MatMul; a fully convolutional network's last
+    /// Conv) before the scores.
     LastLinear,
     /// A tensor named in `dropout_layers`.
     Named,
@@ -106,15 +107,18 @@ pub fn mask_sites(
     if !sites.is_empty() {
         return Ok(sites);
     }
-    let last_linear = path
-        .nodes
-        .iter()
-        .rev()
-        .map(|&i| &graph.node[i])
-        .find(|n| matches!(op_type(n), "Gemm" | "MatMul") && n.input.first().is_some_and(|a| on_path(a)))
-        .ok_or(
-            "no Gemm or MatMul between the input and the scores to put a mask before; name tensors in `dropout_layers`",
-        )?;
+    // The last Gemm or MatMul; in a fully convolutional network (a detector's or segmenter's
+    // head) the last Conv, whose input is the feature map the head reads.
+    let last_of = |ops: &[&str]| {
+        path.nodes
+            .iter()
+            .rev()
+            .map(|&i| &graph.node[i])
+            .find(|n| ops.contains(&op_type(n)) && n.input.first().is_some_and(|a| on_path(a)))
+    };
+    let last_linear = last_of(&["Gemm", "MatMul"]).or_else(|| last_of(&["Conv"])).ok_or(
+        "no Gemm, MatMul or Conv between the input and the scores to put a mask before; name tensors in `dropout_layers`",
+    )?;
     let name = super::node::node_name(last_linear);
     Ok(vec![site(
         &last_linear.input[0],

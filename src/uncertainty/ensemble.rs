@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{split_rows, Plan};
+use super::{split, Plan, Samples};
 use crate::common::Invalid;
 use crate::runtime::{LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
 
@@ -27,24 +27,31 @@ pub(super) fn plan(model: &Arc<LoadedModel>, registry: &Registry) -> Result<Plan
     Ok(Plan::Ensemble { members })
 }
 
-/// Each input's probabilities from every member, in member order.
+/// Each input's samples from every member, in member order.
 pub(super) fn sample(
     rt: &mut WorkerRuntime,
     members: &[Arc<LoadedModel>],
     input: &Tensor,
-) -> Result<Vec<Vec<Vec<f64>>>, RuntimeError> {
-    let mut per_input: Vec<Vec<Vec<f64>>> = vec![Vec::with_capacity(members.len()); input.rows()];
+) -> Result<Vec<Samples>, RuntimeError> {
+    let mut per_input: Vec<Option<Samples>> = (0..input.rows()).map(|_| None).collect();
     for member in members {
         let outputs = rt.run(member, input)?;
-        let scores = outputs
-            .get(&member.spec.output)
-            .ok_or_else(|| RuntimeError::Inference {
-                model: member.name.clone(),
-                message: format!("output `{}` missing from the run", member.spec.output),
-            })?;
-        for (samples, row) in per_input.iter_mut().zip(split_rows(member, scores, 1)) {
-            samples.extend(row);
+        for (samples, one) in per_input.iter_mut().zip(split(member, &outputs, 1, &[])?) {
+            match (samples.as_mut(), one) {
+                (None, one) => *samples = Some(one),
+                (Some(Samples::Rows(all)), Samples::Rows(one)) => all.extend(one),
+                (Some(Samples::Detections(all)), Samples::Detections(one)) => all.extend(one),
+                _ => {
+                    return Err(RuntimeError::Inference {
+                        model: member.name.clone(),
+                        message: "ensemble members answer different kinds of output".into(),
+                    })
+                }
+            }
         }
     }
-    Ok(per_input)
+    Ok(per_input
+        .into_iter()
+        .map(|s| s.unwrap_or(Samples::Rows(Vec::new())))
+        .collect())
 }

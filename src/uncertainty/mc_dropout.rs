@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{split_rows, Plan, PlanContext, UncertaintyParams, DEFAULT_P, DEFAULT_SAMPLES};
+use super::{split, Plan, PlanContext, Samples, UncertaintyParams, DEFAULT_P, DEFAULT_SAMPLES};
 use crate::common::batch::zeroed_batch;
 use crate::common::Invalid;
 use crate::onnx::dropout::MaskSite;
@@ -98,7 +98,7 @@ pub(super) fn sample(
     sites: &[MaskSite],
     drawn: &[Tensor],
     input: &Tensor,
-) -> Result<Vec<Vec<Vec<f64>>>, RuntimeError> {
+) -> Result<Vec<Samples>, RuntimeError> {
     let inputs = input.rows();
     let samples = drawn.first().map_or(1, Tensor::rows);
     let rows = inputs.saturating_mul(samples);
@@ -108,12 +108,8 @@ pub(super) fn sample(
         .map(|m| tile(model, m, inputs, false))
         .collect::<Result<Vec<_>, _>>()?;
     let outputs = rt.run_masked(model, sites, &replicated, &masks)?;
-    let scores = outputs.get(&model.spec.output).ok_or_else(|| RuntimeError::Inference {
-        model: model.name.clone(),
-        message: format!("output `{}` missing from the run", model.spec.output),
-    })?;
-    debug_assert_eq!(scores.rows(), rows);
-    Ok(split_rows(model, scores, samples))
+    debug_assert!(outputs.get(&model.spec.output).is_none_or(|s| s.rows() == rows));
+    split(model, &outputs, samples, &[])
 }
 
 /// `times` copies: of each row in turn (`each_row`: a a b b), or of the whole tensor (a b a b).

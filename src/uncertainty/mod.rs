@@ -5,6 +5,7 @@
 //! Requests are validated once into a [`ValidUncertainty`] (sites, views or members resolved, costs
 //! checked); workers only run it.
 
+mod detection;
 pub mod ensemble;
 pub mod mc_dropout;
 mod segmentation;
@@ -12,6 +13,7 @@ pub mod spread;
 pub mod stats;
 pub mod tta;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -19,10 +21,12 @@ use utoipa::ToSchema;
 
 use crate::common::{Invalid, Limits, CONFIGURED_MAX_SAMPLES};
 use crate::onnx::dropout::MaskSite;
+use crate::runtime::detect::{self, Detection};
 use crate::runtime::gradients::GradientCache;
 use crate::runtime::predict::{probabilities, ranked, Prediction};
 use crate::runtime::JobContext;
 use crate::runtime::{LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
+pub use detection::{DetectionUncertainty, DetectorUncertainty};
 pub use spread::{Spread, SpreadMethod};
 pub use stats::Summary;
 
@@ -71,7 +75,7 @@ pub struct UncertaintyParams {
     #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
     pub p: Option<f32>,
     /// mc-dropout: tensors to mask (default: the model's Dropout layers, else the input of its
-    /// last linear layer).
+    /// last linear layer: Gemm or MatMul, or a fully convolutional network's last Conv).
     pub dropout_layers: Option<Vec<String>>,
     /// mc-dropout: also this gradient method's map for every sample, summarised per pixel (mean
     /// and standard deviation): where the explanation itself is unstable.
@@ -207,6 +211,9 @@ pub struct Estimate {
     /// The explanation's spread over the samples, when `explain_method` asks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explanation_spread: Option<Spread>,
+    /// A detector's: each of the input's own detections as the samples saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detection: Option<DetectorUncertainty>,
 }
 
 impl ValidUncertainty {
@@ -291,6 +298,13 @@ pub fn validate(
         .include
         .as_ref()
         .is_some_and(|i| i.contains(&UncertaintyInclude::Samples));
+    if model.spec.detection.is_some() && (include_samples || params.explain_method.is_some()) {
+        return Err(Invalid::Unsupported(format!(
+            "model `{}` is a detector: its samples are lists of detections, answered detection by \
+             detection; `include: [\"samples\"]` and `explain_method` apply to classifiers",
+            model.name
+        )));
+    }
     if model.spec.segmentation.is_some() && include_samples {
         return Err(Invalid::Unsupported(format!(
             "model `{}` is a segmenter: its samples are whole maps of per-pixel scores; the answer \
@@ -345,6 +359,27 @@ fn check_bytes(valid: &ValidUncertainty, inputs: usize, limits: Limits) -> Resul
     // A segmenter's row of scores is one per class and pixel (its grid at most the image's).
     let scores_len = match (&model.spec.segmentation, &model.spec.image) {
         (Some(_), Some(i)) => model.spec.labels.len().saturating_mul(i.height.saturating_mul(i.width)),
+        // A detector's row is every output's (a YOLO head's candidates x values, or the boxes,
+        // scores and classes); an axis the graph leaves open counts as the image's pixels.
+        _ if model.spec.detection.is_some() => {
+            let open = model
+                .spec
+                .image
+                .as_ref()
+                .map_or(1, |i| i.height.saturating_mul(i.width));
+            model
+                .summary
+                .outputs
+                .iter()
+                .map(|o| {
+                    o.shape
+                        .iter()
+                        .flatten()
+                        .skip(1)
+                        .fold(1usize, |n, d| n.saturating_mul(d.fixed().unwrap_or(open)))
+                })
+                .fold(0usize, usize::saturating_add)
+        }
         _ => model.spec.labels.len(),
     };
     let per_row = input_len.saturating_add(mask_len).saturating_add(scores_len);
@@ -386,16 +421,48 @@ pub fn run(
         Plan::Ensemble { members } => ensemble::sample(rt, members, input)?,
     };
     ctx.advance(input.rows().saturating_mul(valid.samples()));
+    // A detector's samples are compared with the input's own detections: one more row per input.
+    let own = match valid.model.spec.detection {
+        Some(_) => {
+            ctx.checkpoint()?;
+            let outputs = rt.run(&valid.model, input)?;
+            ctx.advance(input.rows());
+            split(&valid.model, &outputs, 1, &[])?
+        }
+        None => Vec::new(),
+    };
     let classifier = !valid.model.spec.task.is_regression();
+    let mut kept_samples = None;
     let mut estimates = Vec::with_capacity(per_input.len());
     for (row, samples) in per_input.into_iter().enumerate() {
         ctx.checkpoint()?;
-        let summary = match valid.model.spec.segmentation {
-            Some(_) => segmentation::summarize(&valid.model, &samples).ok_or_else(|| RuntimeError::Inference {
-                model: valid.model.name.clone(),
-                message: "the segmenter's output rows do not hold whole pixels of its classes".into(),
-            })?,
-            None => stats::summarize(&samples, classifier),
+        let mut detection = None;
+        let summary = match (samples, own.get(row)) {
+            (Samples::Detections(samples), Some(Samples::Detections(own))) => {
+                let own = own.first().map(Vec::as_slice).unwrap_or_default();
+                let (summary, found) = detection::summarize(&valid.model.spec.labels, own, &samples);
+                detection = Some(found);
+                summary
+            }
+            (Samples::Rows(samples), _) if valid.model.spec.segmentation.is_some() => {
+                segmentation::summarize(&valid.model, &samples).ok_or_else(|| RuntimeError::Inference {
+                    model: valid.model.name.clone(),
+                    message: "the segmenter's output rows do not hold whole pixels of its classes".into(),
+                })?
+            }
+            (Samples::Rows(samples), _) => {
+                let summary = stats::summarize(&samples, classifier);
+                if valid.include_samples {
+                    kept_samples = Some(samples);
+                }
+                summary
+            }
+            (Samples::Detections(_), _) => {
+                return Err(RuntimeError::Inference {
+                    model: valid.model.name.clone(),
+                    message: "the detector's own pass gave no row for an input".into(),
+                })
+            }
         };
         let predictions = ranked(&valid.model, &summary.mean, RANKED);
         let explanation_spread = match (&valid.plan, predictions.first()) {
@@ -419,11 +486,61 @@ pub fn run(
         estimates.push(Estimate {
             predictions,
             summary,
-            samples: valid.include_samples.then_some(samples),
+            samples: kept_samples.take(),
             explanation_spread,
+            detection,
         });
     }
     Ok(estimates)
+}
+
+/// One input's samples.
+enum Samples {
+    /// Each sample's class probabilities (a regression's values, a segmenter's raw output row).
+    Rows(Vec<Vec<f64>>),
+    /// Each sample's detections, boxes on the input's grid.
+    Detections(Vec<Vec<Detection>>),
+}
+
+/// Splits a pass's outputs into each input's samples, `per` consecutive rows per input. A
+/// detector's rows are decoded, each box seen through `views[row % views]` brought back onto the
+/// input's grid; other models' score rows as [`split_rows`] gives them.
+fn split(
+    model: &LoadedModel,
+    outputs: &HashMap<String, Tensor>,
+    per: usize,
+    views: &[tta::View],
+) -> Result<Vec<Samples>, RuntimeError> {
+    let failed = |message: String| RuntimeError::Inference {
+        model: model.name.clone(),
+        message,
+    };
+    let scores = outputs
+        .get(&model.spec.output)
+        .ok_or_else(|| failed(format!("output `{}` missing from the run", model.spec.output)))?;
+    let (Some(_), Some(image)) = (&model.spec.detection, &model.spec.image) else {
+        return Ok(split_rows(model, scores, per).into_iter().map(Samples::Rows).collect());
+    };
+    let rows = scores.rows();
+    let mut decoded = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let row: HashMap<&str, Vec<f64>> = outputs
+            .iter()
+            .filter(|(_, t)| t.rows() == rows)
+            .map(|(name, t)| (name.as_str(), t.slice_rows(r, r + 1).to_f64()))
+            .collect();
+        let mut found = detect::decode(&model.spec, |name| row.get(name).map(Vec::as_slice)).map_err(failed)?;
+        if let Some(view) = views.get(r % views.len().max(1)) {
+            for d in &mut found {
+                d.bbox = tta::box_back(view, d.bbox, image.width, image.height);
+            }
+        }
+        decoded.push(found);
+    }
+    Ok(decoded
+        .chunks(per.max(1))
+        .map(|c| Samples::Detections(c.to_vec()))
+        .collect())
 }
 
 /// Splits a pass's score output into rows of probabilities, `per` consecutive rows per input (a

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{split_rows, Plan, Transforms, UncertaintyParams};
+use super::{split, split_rows, Plan, Samples, Transforms, UncertaintyParams};
 use crate::common::batch::zeroed_batch;
 use crate::common::Invalid;
 use crate::runtime::manifest::{Layout, SegmentationSpec};
@@ -97,7 +97,7 @@ pub(super) fn sample(
     model: &LoadedModel,
     views: &[View],
     input: &Tensor,
-) -> Result<Vec<Vec<Vec<f64>>>, RuntimeError> {
+) -> Result<Vec<Samples>, RuntimeError> {
     let (layout, c, h, w) = match &model.spec.image {
         Some(i) => (i.layout, i.channels, i.height, i.width),
         None => {
@@ -121,20 +121,20 @@ pub(super) fn sample(
     shape[0] = input.rows() * views.len();
     let batch = Tensor::f32(shape, data);
     let outputs = rt.run(model, &batch)?;
-    let scores = outputs.get(&model.spec.output).ok_or_else(|| RuntimeError::Inference {
-        model: model.name.clone(),
-        message: format!("output `{}` missing from the run", model.spec.output),
-    })?;
-    match &model.spec.segmentation {
+    match (&model.spec.segmentation, outputs.get(&model.spec.output)) {
         // A segmenter's pixels moved with its view: each output row is brought back first.
-        Some(seg) => {
+        (Some(seg), Some(scores)) => {
             let undone = undo_views(seg, scores, views).map_err(|message| RuntimeError::Inference {
                 model: model.name.clone(),
                 message,
             })?;
-            Ok(split_rows(model, &undone, views.len()))
+            Ok(split_rows(model, &undone, views.len())
+                .into_iter()
+                .map(Samples::Rows)
+                .collect())
         }
-        None => Ok(split_rows(model, scores, views.len())),
+        // A detector's boxes are brought back as they are decoded.
+        _ => split(model, &outputs, views.len(), views),
     }
 }
 
@@ -185,6 +185,35 @@ pub(super) fn apply(view: &View, src: &[f32], out: &mut [f32], layout: Layout, c
     }
 }
 
+/// A corner box found in `view` of a `w x h` input, on the input's own grid: each corner taken
+/// where the view read it from (as [`apply`] reads pixels), the box around them.
+pub(super) fn box_back(view: &View, b: [f32; 4], w: usize, h: usize) -> [f32; 4] {
+    // Continuous coordinates: pixel x covers [x, x + 1), so the centre is w / 2.
+    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+    let source = |x: f32, y: f32| {
+        let (mut u, mut v) = ((x - cx) / view.scale, (y - cy) / view.scale);
+        for _ in 0..view.quarter_turns {
+            (u, v) = (v, -u);
+        }
+        if view.hflip {
+            u = -u;
+        }
+        (u + cx, v + cy)
+    };
+    let corners = [
+        source(b[0], b[1]),
+        source(b[2], b[1]),
+        source(b[0], b[3]),
+        source(b[2], b[3]),
+    ];
+    let (xs, ys) = (corners.map(|c| c.0), corners.map(|c| c.1));
+    let (min, max) = (
+        |v: [f32; 4]| v.into_iter().fold(f32::INFINITY, f32::min),
+        |v: [f32; 4]| v.into_iter().fold(f32::NEG_INFINITY, f32::max),
+    );
+    [min(xs), min(ys), max(xs), max(ys)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +250,42 @@ mod tests {
         let mut sorted = once.clone();
         sorted.sort_by(f32::total_cmp);
         assert_eq!(sorted, img, "a turn permutes the pixels");
+    }
+
+    #[test]
+    fn a_box_seen_through_a_view_comes_back_where_the_view_took_it() {
+        // A lit rectangle at [1, 2, 4, 3] (x0, y0, x1, y1) of a 6 x 6 image: every view's lit
+        // pixels, boxed and brought back, give that rectangle again.
+        let (side, lit) = (6usize, [1usize, 2, 4, 3]);
+        let img: Vec<f32> = (0..side * side)
+            .map(|i| {
+                let (x, y) = (i % side, i / side);
+                f32::from(u8::from(x >= lit[0] && x < lit[2] && y >= lit[1] && y < lit[3]))
+            })
+            .collect();
+        for hflip in [false, true] {
+            for turns in 0..4 {
+                let v = view(hflip, turns, 1.0);
+                let seen = run(v, &img, side, side);
+                let on: Vec<(usize, usize)> = (0..side * side)
+                    .filter(|&i| seen[i] > 0.5)
+                    .map(|i| (i % side, i / side))
+                    .collect();
+                let found = [
+                    on.iter().map(|p| p.0).min().unwrap() as f32,
+                    on.iter().map(|p| p.1).min().unwrap() as f32,
+                    on.iter().map(|p| p.0).max().unwrap() as f32 + 1.0,
+                    on.iter().map(|p| p.1).max().unwrap() as f32 + 1.0,
+                ];
+                let back = box_back(&v, found, side, side);
+                assert_eq!(back, lit.map(|c| c as f32), "view {v:?}: seen at {found:?}");
+            }
+        }
+        // A zoom by 2 doubles a box's distance from the centre; back, it halves.
+        assert_eq!(
+            box_back(&view(false, 0, 2.0), [2., 2., 4., 4.], 6, 6),
+            [2.5, 2.5, 3.5, 3.5]
+        );
     }
 
     #[test]

@@ -467,3 +467,90 @@ async fn with_an_objectness_the_score_and_its_gradient_are_the_products() {
         assert!((s - e).abs() <= 1e-4 * scale, "pixel {p}: served {s}, product rule {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncertainty_finds_the_detection_in_every_view_in_its_place() {
+    let s = start_detector().await;
+    let models = get_json(&s, "/v1/models/detector").await;
+    assert!(
+        models["uncertainty"].as_array().unwrap().contains(&json!("tta")),
+        "{models}"
+    );
+    let image = b64(&cell_png());
+    let ask = |body: Value| {
+        let s = &s;
+        async move { post_json(s, "/v1/models/detector/uncertainty", &body).await }
+    };
+    // Eight turned and mirrored views: the lit cell moves to every corner of the input, each
+    // view's box comes back onto the cell, so every view finds the detection exactly in place.
+    let v = ok_json(ask(json!({"image": image, "method": "tta", "params": {"transforms": "d4"}})).await).await;
+    let u = &v["uncertainty"];
+    assert_eq!(u["samples"], json!(null), "{v}");
+    let found = u["detection"]["detections"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{v}");
+    let d = &found[0];
+    assert_eq!(d["box"], json!([0.0, 16.0, 16.0, 32.0]), "{v}");
+    assert_eq!(d["label"], "bright");
+    assert_eq!(d["found"], 1.0, "{v}");
+    assert!((d["iou_mean"].as_f64().unwrap() - 1.0).abs() < 1e-6, "{v}");
+    assert!(d["score_std"].as_f64().unwrap() >= 0.0);
+    assert_eq!(u["detection"]["unmatched_mean"], 0.0, "{v}");
+    assert_eq!(u["predictions"][0]["label"], "bright", "{v}");
+    // The class-level figures are each class's best score per sample: `bright` near the
+    // detection's own score.
+    let mean = u["mean"][0].as_f64().unwrap();
+    assert!((mean - d["score_mean"].as_f64().unwrap()).abs() < 1e-6, "{v}");
+
+    // A letterboxed image: boxes in the image's pixels, as predict gives them.
+    let wide = b64(&png(64, 32, |x, y| x < 32 && y >= 16));
+    let v = ok_json(ask(json!({"image": wide, "method": "tta"})).await).await;
+    let d = &v["uncertainty"]["detection"]["detections"][0];
+    assert_eq!(d["box"], json!([0.0, 16.0, 32.0, 32.0]), "{v}");
+
+    // Dropout at rate 0 changes nothing: every sample is the input's own pass.
+    let v = ok_json(ask(json!({"image": image, "params": {"samples": 4, "p": 0.0}, "seed": 1})).await).await;
+    let d = &v["uncertainty"]["detection"]["detections"][0];
+    assert_eq!(
+        (d["found"].as_f64(), d["score_std"].as_f64()),
+        (Some(1.0), Some(0.0)),
+        "{v}"
+    );
+    assert!(
+        (d["score_mean"].as_f64().unwrap() - d["score"].as_f64().unwrap()).abs() < 1e-6,
+        "{v}"
+    );
+    // At rate 0.5 the samples disagree; the figures stay in their ranges.
+    let v = ok_json(ask(json!({"image": image, "params": {"samples": 16, "p": 0.5}, "seed": 1})).await).await;
+    let d = &v["uncertainty"]["detection"]["detections"][0];
+    let share = d["found"].as_f64().unwrap();
+    assert!(
+        (0.0..=1.0).contains(&share) && d["score_std"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+
+    // With a prediction, in the same job.
+    let v = ok_json(
+        post_json(
+            &s,
+            "/v1/models/detector/predict",
+            &json!({"image": image, "uncertainty": {"method": "tta", "params": {"transforms": "d4"}}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(v["uncertainty"]["detection"]["detections"][0]["found"], 1.0, "{v}");
+
+    // A detector's samples are lists of boxes: neither returned whole nor explained per sample.
+    for params in [
+        json!({"include": ["samples"]}),
+        json!({"params": {"explain_method": "saliency"}}),
+    ] {
+        let mut body = json!({"image": image});
+        body.as_object_mut()
+            .unwrap()
+            .extend(params.as_object().unwrap().clone());
+        let r = ask(body).await;
+        let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY, "unsupported-model").await;
+        assert!(p["detail"].as_str().unwrap().contains("detector"), "{p}");
+    }
+}

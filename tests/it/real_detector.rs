@@ -273,6 +273,40 @@ async fn a_real_yolox_detector_serves_the_readme_tour_as_its_package_detects() {
             .unwrap();
         std::fs::write(shots.join(format!("captcha-detector-{method}.png")), png).unwrap();
     }
+
+    // Uncertainty by mirrored views: its detections are predict's, each with the share of the
+    // views that find it in place.
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let png = base64::engine::general_purpose::STANDARD.encode(png);
+    let v = ok_json(
+        post_json(
+            &s,
+            "/v1/models/captcha-detector/uncertainty",
+            &serde_json::json!({"image": png, "method": "tta"}),
+        )
+        .await,
+    )
+    .await;
+    let seen = v["uncertainty"]["detection"]["detections"].as_array().unwrap();
+    assert_eq!(seen.len(), found.len(), "{v}");
+    for (u, d) in seen.iter().zip(found) {
+        assert_eq!(
+            (&u["box"], &u["label"], &u["score"]),
+            (&d["box"], &d["label"], &d["score"]),
+            "{v}"
+        );
+        let share = u["found"].as_f64().unwrap();
+        assert!(share == 0.5 || share == 1.0, "two views: {v}");
+    }
+    eprintln!(
+        "captcha detector tta (hflip): found shares {:?}, mean IoU {:?}",
+        seen.iter().map(|u| u["found"].as_f64().unwrap()).collect::<Vec<_>>(),
+        seen.iter()
+            .map(|u| (u["iou_mean"].as_f64().unwrap() * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
+    );
     s.stop().await.unwrap();
 }
 
