@@ -54,6 +54,9 @@ pub struct UncertaintyRequest {
     pub format: Option<Format>,
     /// Record this answer in the audit log (whatever the service's `audit` setting).
     pub audit: Option<bool>,
+    /// Segmenters: a region of the image (a box, a polygon or a PNG mask, in the image's pixels)
+    /// whose own figures the answer adds under `region`.
+    pub region: Option<crate::common::targets::Region>,
 }
 
 /// How sure the model is, estimated with a prediction (in the same job).
@@ -207,10 +210,14 @@ pub async fn uncertainty(
             "a PNG draws one image's explanation spread: give one image and params.explain_method",
         ));
     }
+    if let Some(region) = &parsed.region {
+        region.check(&model).map_err(ApiError::from)?;
+    }
     let valid = validate(&state, &model, parsed.options, parsed.inputs.len())?;
     let ctx = audit_context(&headers, caller)?;
     let audit = pipeline::audit(&state, Kind::Uncertainty, parsed.audit, &model, &parsed.inputs, ctx).await?;
     let work = Estimating {
+        region: parsed.region,
         setup: valid.setup(),
         valid: Some(valid),
         batched: parsed.batched,
@@ -233,6 +240,8 @@ struct Estimating {
     valid: Option<ValidUncertainty>,
     /// How the estimate is made, for the answer.
     setup: Setup,
+    /// The caller's region (segmenters), in each image's pixels.
+    region: Option<crate::common::targets::Region>,
     batched: bool,
     wants_png: bool,
     spread: bool,
@@ -244,13 +253,20 @@ impl Work for Estimating {
     type Body = UncertaintyResponse;
     const RECORD: Record = Record::Prediction(Kind::Uncertainty);
 
-    fn task(&mut self, _: &Arc<LoadedModel>, prepared: &[Prepared]) -> Result<UncertaintyTask, ApiError> {
+    fn task(&mut self, model: &Arc<LoadedModel>, prepared: &[Prepared]) -> Result<UncertaintyTask, ApiError> {
         Ok(UncertaintyTask {
             valid: self
                 .valid
                 .take()
                 .ok_or_else(|| ApiError::internal("uncertainty task made twice"))?,
             input: prepare::batch(prepared)?,
+            regions: match &self.region {
+                Some(r) => prepared
+                    .iter()
+                    .map(|p| super::segments::region_on_input(model, r, p).map(|m| Some(Arc::new(m))))
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            },
         })
     }
 
@@ -353,6 +369,7 @@ struct Parsed {
     options: UncertaintyOptions,
     format: Option<Format>,
     audit: bool,
+    region: Option<crate::common::targets::Region>,
 }
 
 impl Parsed {
@@ -368,6 +385,7 @@ impl Parsed {
             },
             format: req.format,
             audit: req.audit.unwrap_or(false),
+            region: req.region,
         }
     }
 }

@@ -125,7 +125,7 @@ impl Task for PredictJob {
                     model: p.model.name.clone(),
                     message: "inputs differ in shape".into(),
                 })?;
-                let found = crate::uncertainty::run(rt, ctx, valid, &input)?;
+                let found = crate::uncertainty::run(rt, ctx, valid, &input, &[])?;
                 for (r, estimate) in chosen.into_iter().zip(found) {
                     estimates[r] = Some(estimate);
                 }

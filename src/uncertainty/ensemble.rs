@@ -41,6 +41,11 @@ pub(super) fn sample(
                 (None, one) => *samples = Some(one),
                 (Some(Samples::Rows(all)), Samples::Rows(one)) => all.extend(one),
                 (Some(Samples::Detections(all)), Samples::Detections(one)) => all.extend(one),
+                (Some(Samples::Pixels { rows: all, grid }), Samples::Pixels { rows: one, grid: other })
+                    if *grid == other =>
+                {
+                    all.extend(one)
+                }
                 _ => {
                     return Err(RuntimeError::Inference {
                         model: member.name.clone(),

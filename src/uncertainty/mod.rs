@@ -19,11 +19,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::common::targets::RegionMask;
 use crate::common::{Invalid, Limits, CONFIGURED_MAX_SAMPLES};
 use crate::onnx::dropout::MaskSite;
 use crate::runtime::detect::{self, Detection};
 use crate::runtime::gradients::GradientCache;
 use crate::runtime::predict::{probabilities, ranked, Prediction};
+use crate::runtime::preprocess::InputError;
 use crate::runtime::JobContext;
 use crate::runtime::{LoadedModel, Registry, RuntimeError, Tensor, WorkerRuntime};
 pub use detection::{DetectionUncertainty, DetectorUncertainty};
@@ -214,6 +216,23 @@ pub struct Estimate {
     /// A detector's: each of the input's own detections as the samples saw it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detection: Option<DetectorUncertainty>,
+    /// A segmenter's, for the request's `region`: the same figures over the region's pixels only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<RegionUncertainty>,
+}
+
+/// A segmenter's figures over a region: each class's mean probability over the region's pixels
+/// per sample (`mean`, `std` over the samples, the classes ranked by it in `predictions`), and the
+/// per-pixel entropies and mutual information averaged over the region.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RegionUncertainty {
+    /// Pixels of the segmenter's output grid inside the region.
+    pub pixels: usize,
+    /// The classes by their mean share of the region.
+    pub predictions: Vec<Prediction>,
+    /// The figures, over the region.
+    #[serde(flatten)]
+    pub summary: Summary,
 }
 
 impl ValidUncertainty {
@@ -399,12 +418,14 @@ fn check_bytes(valid: &ValidUncertainty, inputs: usize, limits: Limits) -> Resul
     Ok(())
 }
 
-/// Runs `valid` on `input` (one row per input): one estimate per input.
+/// Runs `valid` on `input` (one row per input): one estimate per input. A segmenter's input with a
+/// region in `regions` (on the model's input grid) also gets the region's figures.
 pub fn run(
     rt: &mut WorkerRuntime,
     ctx: &JobContext,
     valid: &ValidUncertainty,
     input: &Tensor,
+    regions: &[Option<Arc<RegionMask>>],
 ) -> Result<Vec<Estimate>, RuntimeError> {
     ctx.checkpoint()?;
     // MC dropout's masks, drawn once: the estimate and its explanation spread share them, so each
@@ -437,6 +458,7 @@ pub fn run(
     for (row, samples) in per_input.into_iter().enumerate() {
         ctx.checkpoint()?;
         let mut detection = None;
+        let mut region = None;
         let summary = match (samples, own.get(row)) {
             (Samples::Detections(samples), Some(Samples::Detections(own))) => {
                 let own = own.first().map(Vec::as_slice).unwrap_or_default();
@@ -444,11 +466,31 @@ pub fn run(
                 detection = Some(found);
                 summary
             }
-            (Samples::Rows(samples), _) if valid.model.spec.segmentation.is_some() => {
-                segmentation::summarize(&valid.model, &samples).ok_or_else(|| RuntimeError::Inference {
+            (Samples::Pixels { rows, grid }, _) => {
+                let unfit = || RuntimeError::Inference {
                     model: valid.model.name.clone(),
                     message: "the segmenter's output rows do not hold whole pixels of its classes".into(),
-                })?
+                };
+                if let Some(r) = regions.get(row).and_then(Option::as_ref) {
+                    let inside = r.resized(grid.0, grid.1).inside;
+                    let pixels = inside.iter().filter(|v| **v).count();
+                    let summary = segmentation::summarize(&valid.model, &rows, Some(&inside)).ok_or_else(|| {
+                        if pixels == 0 {
+                            RuntimeError::from(InputError::BadFeatures(format!(
+                                "empty region: it covers no pixel of the segmenter's {}x{} output",
+                                grid.0, grid.1
+                            )))
+                        } else {
+                            unfit()
+                        }
+                    })?;
+                    region = Some(RegionUncertainty {
+                        pixels,
+                        predictions: ranked(&valid.model, &summary.mean, RANKED),
+                        summary,
+                    });
+                }
+                segmentation::summarize(&valid.model, &rows, None).ok_or_else(unfit)?
             }
             (Samples::Rows(samples), _) => {
                 let summary = stats::summarize(&samples, classifier);
@@ -489,6 +531,7 @@ pub fn run(
             samples: kept_samples.take(),
             explanation_spread,
             detection,
+            region,
         });
     }
     Ok(estimates)
@@ -496,8 +539,15 @@ pub fn run(
 
 /// One input's samples.
 enum Samples {
-    /// Each sample's class probabilities (a regression's values, a segmenter's raw output row).
+    /// Each sample's class probabilities (a regression's values).
     Rows(Vec<Vec<f64>>),
+    /// Each sample's raw output row of a segmenter, on its `width x height` grid.
+    Pixels {
+        /// The rows.
+        rows: Vec<Vec<f64>>,
+        /// The output's grid: width, height.
+        grid: (usize, usize),
+    },
     /// Each sample's detections, boxes on the input's grid.
     Detections(Vec<Vec<Detection>>),
 }
@@ -518,6 +568,9 @@ fn split(
     let scores = outputs
         .get(&model.spec.output)
         .ok_or_else(|| failed(format!("output `{}` missing from the run", model.spec.output)))?;
+    if model.spec.segmentation.is_some() {
+        return segmenter_rows(model, scores, per);
+    }
     let (Some(_), Some(image)) = (&model.spec.detection, &model.spec.image) else {
         return Ok(split_rows(model, scores, per).into_iter().map(Samples::Rows).collect());
     };
@@ -540,6 +593,26 @@ fn split(
     Ok(decoded
         .chunks(per.max(1))
         .map(|c| Samples::Detections(c.to_vec()))
+        .collect())
+}
+
+/// A segmenter's output rows, `per` consecutive rows per input, with the output's grid.
+fn segmenter_rows(model: &LoadedModel, scores: &Tensor, per: usize) -> Result<Vec<Samples>, RuntimeError> {
+    let grid = model
+        .spec
+        .segmentation
+        .as_ref()
+        .and_then(|seg| crate::runtime::segmentation::grid(seg, &scores.shape))
+        .ok_or_else(|| RuntimeError::Inference {
+            model: model.name.clone(),
+            message: format!("output `{}` is {:?}, not 4-D", model.spec.output, scores.shape),
+        })?;
+    Ok(split_rows(model, scores, per)
+        .into_iter()
+        .map(|rows| Samples::Pixels {
+            rows,
+            grid: (grid.2, grid.1),
+        })
         .collect())
 }
 

@@ -11,9 +11,10 @@ use crate::runtime::manifest::{Activation, Layout, ScoreKind};
 use crate::runtime::LoadedModel;
 
 /// The summary of one input's samples, each a raw row of the segmenter's output (`classes x
-/// height x width` values laid out as the manifest says); `None` for a model that is not a
-/// segmenter or rows that do not hold whole pixels of its classes.
-pub(super) fn summarize(model: &LoadedModel, samples: &[Vec<f64>]) -> Option<Summary> {
+/// height x width` values laid out as the manifest says), over the pixels `inside` says (row-major
+/// on the output's grid; every pixel without it); `None` for a model that is not a segmenter, rows
+/// that do not hold whole pixels of its classes, or no pixel inside.
+pub(super) fn summarize(model: &LoadedModel, samples: &[Vec<f64>], inside: Option<&[bool]>) -> Option<Summary> {
     let seg = model.spec.segmentation.as_ref()?;
     let classes = model.spec.labels.len().max(1);
     let len = samples.first()?.len();
@@ -21,6 +22,13 @@ pub(super) fn summarize(model: &LoadedModel, samples: &[Vec<f64>]) -> Option<Sum
         return None;
     }
     let pixels = len / classes;
+    if inside.is_some_and(|m| m.len() != pixels) {
+        return None;
+    }
+    let counted_pixels = inside.map_or(pixels, |m| m.iter().filter(|v| **v).count());
+    if counted_pixels == 0 {
+        return None;
+    }
     let at = |p: usize, c: usize| match seg.layout {
         Layout::NCHW => c * pixels + p,
         Layout::NHWC => p * classes + c,
@@ -43,7 +51,7 @@ pub(super) fn summarize(model: &LoadedModel, samples: &[Vec<f64>]) -> Option<Sum
         counted += 1;
     };
     let mut rows: Vec<Vec<f64>> = vec![Vec::with_capacity(classes); samples.len()];
-    for p in 0..pixels {
+    for p in (0..pixels).filter(|&p| inside.is_none_or(|m| m[p])) {
         match seg.activation {
             Activation::Softmax => {
                 for ((row, sample), share) in rows.iter_mut().zip(samples).zip(&mut shares) {
@@ -56,7 +64,7 @@ pub(super) fn summarize(model: &LoadedModel, samples: &[Vec<f64>]) -> Option<Sum
                         row.iter_mut().for_each(|v| *v /= sum);
                     }
                     for (s, v) in share.iter_mut().zip(row.iter()) {
-                        *s += v / pixels as f64;
+                        *s += v / counted_pixels as f64;
                     }
                 }
                 add(&rows);
@@ -65,7 +73,7 @@ pub(super) fn summarize(model: &LoadedModel, samples: &[Vec<f64>]) -> Option<Sum
                 for c in 0..classes {
                     for ((row, sample), share) in rows.iter_mut().zip(samples).zip(&mut shares) {
                         let q = sigmoid(sample[at(p, c)]);
-                        share[c] += q / pixels as f64;
+                        share[c] += q / counted_pixels as f64;
                         row.clear();
                         row.extend([q, 1.0 - q]);
                     }

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{split, split_rows, Plan, Samples, Transforms, UncertaintyParams};
+use super::{segmenter_rows, split, Plan, Samples, Transforms, UncertaintyParams};
 use crate::common::batch::zeroed_batch;
 use crate::common::Invalid;
 use crate::runtime::manifest::{Layout, SegmentationSpec};
@@ -128,10 +128,7 @@ pub(super) fn sample(
                 model: model.name.clone(),
                 message,
             })?;
-            Ok(split_rows(model, &undone, views.len())
-                .into_iter()
-                .map(Samples::Rows)
-                .collect())
+            segmenter_rows(model, &undone, views.len())
         }
         // A detector's boxes are brought back as they are decoded.
         _ => split(model, &outputs, views.len(), views),

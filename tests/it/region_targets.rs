@@ -292,12 +292,13 @@ async fn a_detection_s_metrics_read_its_best_match_s_similarity() {
 }
 
 /// Per pixel, the softmax of two classes' logits in each sample (NCHW rows), and the figures a
-/// classifier's samples get, averaged over the pixels: (predictive entropy, expected entropy,
-/// mutual information).
-fn per_pixel_figures(samples: &[Vec<f32>], pixels: usize) -> (f64, f64, f64) {
+/// classifier's samples get, averaged over the pixels `keep` keeps: (predictive entropy, expected
+/// entropy, mutual information).
+fn per_pixel_figures(samples: &[Vec<f32>], pixels: usize, keep: impl Fn(usize) -> bool) -> (f64, f64, f64) {
     let entropy = |p: &[f64]| -p.iter().filter(|v| **v > 0.0).map(|v| v * v.ln()).sum::<f64>();
     let (mut predictive, mut expected) = (0.0, 0.0);
-    for p in 0..pixels {
+    let kept = (0..pixels).filter(|&p| keep(p)).count();
+    for p in (0..pixels).filter(|&p| keep(p)) {
         let probs: Vec<[f64; 2]> = samples
             .iter()
             .map(|y| {
@@ -315,7 +316,7 @@ fn per_pixel_figures(samples: &[Vec<f32>], pixels: usize) -> (f64, f64, f64) {
         predictive += entropy(&mean);
         expected += probs.iter().map(|q| entropy(q)).sum::<f64>() / n;
     }
-    let m = pixels as f64;
+    let m = kept as f64;
     (predictive / m, expected / m, (predictive - expected) / m)
 }
 
@@ -358,7 +359,7 @@ async fn a_segmenter_s_uncertainty_is_measured_pixel_by_pixel() {
         )
         .await;
         let u = &v["uncertainty"];
-        let (predictive, expected, mutual) = per_pixel_figures(&samples, pixels);
+        let (predictive, expected, mutual) = per_pixel_figures(&samples, pixels, |_| true);
         for (field, want) in [
             ("predictive_entropy", predictive),
             ("expected_entropy", expected),
@@ -378,7 +379,44 @@ async fn a_segmenter_s_uncertainty_is_measured_pixel_by_pixel() {
         let total: f64 = shares.iter().map(|x| x.as_f64().unwrap()).sum();
         assert!((total - 1.0).abs() < 1e-5, "{v}");
         assert_eq!(u["predictions"].as_array().unwrap().len(), 2, "{v}");
+        // A region (the image's left half): the same figures over its pixels only.
+        let left = json!({"box": [0.0, 0.0, SIDE as f64 / 2.0, SIDE as f64]});
+        let v = ok_json(
+            post_json(
+                &s,
+                "/v1/models/seg/uncertainty",
+                &json!({"image": b64(&png), "method": method, "region": left}),
+            )
+            .await,
+        )
+        .await;
+        let r = &v["uncertainty"]["region"];
+        assert_eq!(r["pixels"], pixels / 2, "{v}");
+        let (predictive, expected, mutual) = per_pixel_figures(&samples, pixels, |p| p % SIDE < SIDE / 2);
+        for (field, want) in [
+            ("predictive_entropy", predictive),
+            ("expected_entropy", expected),
+            ("mutual_information", mutual),
+        ] {
+            let got = r[field].as_f64().unwrap_or_else(|| panic!("{method}: {v}"));
+            assert!(
+                (got - want).abs() < 1e-5,
+                "{method} region {field}: {got}, expected {want}"
+            );
+        }
+        let shares: f64 = r["mean"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).sum();
+        assert!((shares - 1.0).abs() < 1e-5, "{v}");
+        assert_eq!(v["uncertainty"]["mean"], u["mean"], "the image's figures stay: {v}");
     }
+    // A region outside the image is refused, naming it.
+    let r = post_json(
+        &s,
+        "/v1/models/seg/uncertainty",
+        &json!({"image": b64(&png), "method": "tta", "region": {"box": [0.0, 0.0, 999.0, 4.0]}}),
+    )
+    .await;
+    let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input").await;
+    assert!(p["detail"].as_str().unwrap().contains("region"), "{p}");
     // MC dropout masks the segmenter too, where the request says (it has no Dropout, and no
     // linear layer to put a mask before by default): its features.
     let features = model
