@@ -79,6 +79,7 @@ fn main() {
             let task = || UncertaintyTask {
                 valid: valid(&model, samples, 0.1, 1),
                 input: Tensor::f32(dims.clone(), x.clone()),
+                regions: Vec::new(),
             };
             let mut ours = Vec::new();
             let mut plain = Vec::new();
@@ -207,6 +208,7 @@ fn main() {
             let task = UncertaintyTask {
                 valid: valid(&model, 20, p, end - start),
                 input: input.slice_rows(start, end),
+                regions: Vec::new(),
             };
             for e in rt.block_on(state.executor.submit(task)).unwrap() {
                 mi.push(e.summary.mutual_information.unwrap());
