@@ -291,6 +291,9 @@ async fn validate(
         }
         None => None,
     };
+    if let Some(region) = parsed.uncertainty.as_ref().and_then(|u| u.region.as_ref()) {
+        region.check(&model).map_err(ApiError::from)?;
+    }
     let uncertainty = match &parsed.uncertainty {
         Some(u) => Some((
             super::uncertainty::validate(state, &model, u.options(), inputs)?,
@@ -316,6 +319,7 @@ async fn validate(
         },
         batched: parsed.batched,
         explain,
+        uncertainty_region: parsed.uncertainty.as_ref().and_then(|u| u.region.clone()),
         uncertainty,
         max_map_pixels: state.config.max_map_pixels,
     };
@@ -353,6 +357,8 @@ struct Predicting {
     batched: bool,
     explain: Option<(ValidExplain, Condition)>,
     uncertainty: Option<(ValidUncertainty, Condition)>,
+    /// A segmenter's region for the uncertainty estimate, in each image's pixels.
+    uncertainty_region: Option<crate::common::targets::Region>,
     max_map_pixels: u64,
 }
 
@@ -367,7 +373,9 @@ impl Work for Predicting {
             Some((valid, when)) => Some(valid.attach(when.clone(), prepared)?),
             None => None,
         };
-        Ok(job(model, prepared, self.top_k, explain, self.uncertainty.clone()))
+        let mut job = job(model, prepared, self.top_k, explain, self.uncertainty.clone());
+        job.regions = super::uncertainty::regions_on_inputs(model, self.uncertainty_region.as_ref(), prepared)?;
+        Ok(job)
     }
 
     fn drawing_size(&self, prepared: &[Prepared], _: &PredictOutput) -> usize {
@@ -494,6 +502,7 @@ pub(super) fn job(
         explain,
         uncertainty,
         texts: prepared.iter().map(|p| p.text.clone()).collect(),
+        regions: Vec::new(),
     }
 }
 

@@ -19,6 +19,7 @@ use super::predict::{form_inputs, json_inputs, unsupported_media, Instance};
 use super::prepare::{self, Prepared};
 use super::{offload, AppState};
 use crate::audit::{Kind, Receipt};
+use crate::common::targets::RegionMask;
 use crate::explain::Limits;
 use crate::jobs::{Condition, UncertaintyTask};
 use crate::render::{self, RenderOptions};
@@ -73,6 +74,8 @@ pub struct PredictUncertainty {
     pub seed: Option<u64>,
     /// Extra parts (`samples`).
     pub include: Option<Vec<UncertaintyInclude>>,
+    /// Segmenters: a region (in each input image's pixels) whose own figures the estimate adds.
+    pub region: Option<crate::common::targets::Region>,
 }
 
 impl PredictUncertainty {
@@ -254,19 +257,14 @@ impl Work for Estimating {
     const RECORD: Record = Record::Prediction(Kind::Uncertainty);
 
     fn task(&mut self, model: &Arc<LoadedModel>, prepared: &[Prepared]) -> Result<UncertaintyTask, ApiError> {
+        let regions = regions_on_inputs(model, self.region.as_ref(), prepared)?;
         Ok(UncertaintyTask {
+            regions,
             valid: self
                 .valid
                 .take()
                 .ok_or_else(|| ApiError::internal("uncertainty task made twice"))?,
             input: prepare::batch(prepared)?,
-            regions: match &self.region {
-                Some(r) => prepared
-                    .iter()
-                    .map(|p| super::segments::region_on_input(model, r, p).map(|m| Some(Arc::new(m))))
-                    .collect::<Result<_, _>>()?,
-                None => Vec::new(),
-            },
         })
     }
 
@@ -326,6 +324,21 @@ impl Work for Estimating {
 
     fn receipt(body: &mut UncertaintyResponse, receipt: Receipt) {
         body.audit_record = Some(receipt);
+    }
+}
+
+/// The caller's region on each input's grid (none asked: no regions).
+pub(super) fn regions_on_inputs(
+    model: &LoadedModel,
+    region: Option<&crate::common::targets::Region>,
+    prepared: &[Prepared],
+) -> Result<Vec<Option<Arc<RegionMask>>>, ApiError> {
+    match region {
+        Some(r) => prepared
+            .iter()
+            .map(|p| super::segments::region_on_input(model, r, p).map(|m| Some(Arc::new(m))))
+            .collect(),
+        None => Ok(Vec::new()),
     }
 }
 

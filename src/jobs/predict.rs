@@ -80,6 +80,8 @@ pub struct PredictJob {
     pub explain: Option<AttachedExplain>,
     /// The attached uncertainty estimate, and the rows it is for.
     pub uncertainty: Option<(crate::uncertainty::ValidUncertainty, Condition)>,
+    /// A segmenter's region per input for the uncertainty estimate (none: no region asked).
+    pub regions: Vec<Option<Arc<crate::common::targets::RegionMask>>>,
     /// Text models: each row's tokens.
     pub texts: Vec<Option<Arc<crate::runtime::text::Encoded>>>,
 }
@@ -125,7 +127,11 @@ impl Task for PredictJob {
                     model: p.model.name.clone(),
                     message: "inputs differ in shape".into(),
                 })?;
-                let found = crate::uncertainty::run(rt, ctx, valid, &input, &[])?;
+                let regions: Vec<_> = match self.regions.is_empty() {
+                    true => Vec::new(),
+                    false => chosen.iter().map(|&r| self.regions.get(r).cloned().flatten()).collect(),
+                };
+                let found = crate::uncertainty::run(rt, ctx, valid, &input, &regions)?;
                 for (r, estimate) in chosen.into_iter().zip(found) {
                     estimates[r] = Some(estimate);
                 }

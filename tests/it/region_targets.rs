@@ -407,6 +407,17 @@ async fn a_segmenter_s_uncertainty_is_measured_pixel_by_pixel() {
         let shares: f64 = r["mean"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).sum();
         assert!((shares - 1.0).abs() < 1e-5, "{v}");
         assert_eq!(v["uncertainty"]["mean"], u["mean"], "the image's figures stay: {v}");
+        // The same, attached to a prediction.
+        let attached = ok_json(
+            post_json(
+                &s,
+                "/v1/models/seg/predict",
+                &json!({"image": b64(&png), "uncertainty": {"method": method, "region": left}}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(attached["uncertainty"]["region"], *r, "{attached}");
     }
     // A region outside the image is refused, naming it.
     let r = post_json(

@@ -36,7 +36,7 @@ use crate::http::input::{self, FeaturesJson, RawInput};
 use crate::http::pipeline::{self, Drawn, Record, Valid, Work};
 use crate::http::prepare::{self, Prepared};
 use crate::http::{offload, predict, AppState};
-use crate::jobs::{Condition, ExplainResult, PredictJob, PredictOutput, PredictTask};
+use crate::jobs::{Condition, ExplainResult, PredictJob, PredictOutput};
 use crate::runtime::predict::RowPrediction;
 use crate::runtime::LoadedModel;
 
@@ -329,16 +329,7 @@ impl Work for Answering {
             Some(v) => Some(v.attach(Condition::default(), prepared)?),
             None => None,
         };
-        Ok(PredictJob {
-            predict: PredictTask {
-                model: model.clone(),
-                inputs: prepared.iter().map(|p| p.tensor.clone()).collect(),
-                top_k: 1,
-            },
-            explain,
-            uncertainty: None,
-            texts: prepared.iter().map(|p| p.text.clone()).collect(),
-        })
+        Ok(super::super::predict::job(model, prepared, 1, explain, None))
     }
 
     fn drawing_size(&self, prepared: &[Prepared], _: &PredictOutput) -> usize {
