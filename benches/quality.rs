@@ -85,6 +85,18 @@ fn main() {
                 vec![
                     ("explaind (antithetic pairs)", |n| json!({"samples": n})),
                     (
+                        "explaind (Sobol, pairs)",
+                        |n| json!({"samples": n, "sequence": "sobol"}),
+                    ),
+                    (
+                        "explaind (Sobol)",
+                        |n| json!({"samples": n, "sequence": "sobol", "antithetic": false}),
+                    ),
+                    (
+                        "explaind (orthogonal, pairs)",
+                        |n| json!({"samples": n, "sequence": "orthogonal"}),
+                    ),
+                    (
                         "libraries (iid noise, Captum)",
                         |n| json!({"samples": n, "antithetic": false}),
                     ),
@@ -97,8 +109,12 @@ fn main() {
                 vec![
                     ("explaind (pairs, centered)", |n| json!({"masks": n})),
                     (
-                        "explaind (Halton, pairs, centered)",
-                        |n| json!({"masks": n, "sequence": "halton"}),
+                        "explaind (Sobol, pairs, centered)",
+                        |n| json!({"masks": n, "sequence": "sobol"}),
+                    ),
+                    (
+                        "explaind (Sobol, centered)",
+                        |n| json!({"masks": n, "sequence": "sobol", "antithetic": false}),
                     ),
                     (
                         "libraries (iid, paper estimator)",
