@@ -8,8 +8,10 @@
 //! Models: the bundled Fashion-MNIST CNN and a ResNet-18 (blocks 2-2-2-2, widths 64-512, seeded
 //! weights) at 64x64, so that the reference runs fit a few minutes on two cores; pass counts do
 //! not depend on the input's size. Run with `cargo bench --bench quality [WORDS]`: only the
-//! models and methods named (e.g. `rise`, `resnet`), all without; `models` writes the models under
-//! target/bench-quality and stops (scripts/quality_reference.py reads the ResNet from there).
+//! models and methods named (e.g. `rise`, `resnet`), all without; `sampler=WORD` keeps only the
+//! explaind samplers whose label contains WORD (e.g. `sampler=sobol`; the libraries' row always
+//! runs); `models` writes the models under target/bench-quality and stops
+//! (scripts/quality_reference.py reads the ResNet from there).
 
 mod common;
 
@@ -26,7 +28,15 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     common::copy_bundled(&root, &dir, "fashion-cnn", &["model.onnx", "model.toml"]);
     common::write_resnet(&dir, "resnet-18-64", &[2, 2, 2, 2], &[64, 128, 256, 512], 64, 1000);
-    let words: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let (samplers_named, words): (Vec<String>, Vec<String>) = args.into_iter().partition(|a| a.starts_with("sampler="));
+    let sampler_wanted = |label: &str| {
+        label.starts_with("libraries")
+            || samplers_named.is_empty()
+            || samplers_named
+                .iter()
+                .any(|w| label.to_lowercase().contains(&w["sampler=".len()..].to_lowercase()))
+    };
     if words.iter().any(|w| w == "models") {
         println!("models written under {}", dir.display());
         return;
@@ -107,14 +117,10 @@ fn main() {
                 json!({"masks": 8192}),
                 vec![64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096],
                 vec![
-                    ("explaind (pairs, centered)", |n| json!({"masks": n})),
+                    ("explaind (Sobol, centered)", |n| json!({"masks": n})),
                     (
-                        "explaind (Sobol, pairs, centered)",
-                        |n| json!({"masks": n, "sequence": "sobol"}),
-                    ),
-                    (
-                        "explaind (Sobol, centered)",
-                        |n| json!({"masks": n, "sequence": "sobol", "antithetic": false}),
+                        "explaind (random pairs, centered)",
+                        |n| json!({"masks": n, "sequence": "random"}),
                     ),
                     (
                         "libraries (iid, paper estimator)",
@@ -129,7 +135,7 @@ fn main() {
             }
             let reference = values(&run(method, 1, reference));
             let mut found = Vec::new();
-            for (label, params) in samplers {
+            for (label, params) in samplers.into_iter().filter(|(label, _)| sampler_wanted(label)) {
                 let reached = reach(&grid, |n| {
                     let answers: Vec<Value> = SEEDS.iter().map(|s| run(method, *s, params(n))).collect();
                     let corr =

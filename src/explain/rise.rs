@@ -1,12 +1,13 @@
 //! RISE (Petsiuk et al. 2018): random low-resolution binary masks, upsampled bilinearly with a random
 //! shift, applied to the image; each pixel's saliency is the target score averaged over the masks
-//! that keep it. Seeded: the same seed gives the same masks. With `p` = 0.5 the masks come in
-//! antithetic pairs (a grid and its complement, the same shift), and each pixel's standard error
-//! comes from the pairs' spread; `masks: "auto"` draws masks in doubling rounds until every
-//! pixel's standard error is below `tolerance` (score units, as KernelSHAP's). With `sequence:
-//! "halton"` or `"sobol"` the grids and shifts come from scrambled Halton or Owen-scrambled Sobol
-//! points instead of independent draws, in independently scrambled replicates (8 Halton, 4 Sobol)
-//! whose spread gives the standard error.
+//! that keep it. Seeded: the same seed gives the same masks. By default the grids and shifts come
+//! from Owen-scrambled Sobol points, in 4 independently scrambled replicates whose spread gives each
+//! pixel's standard error (half the rows of independent masks for the same map correlation, see the
+//! README's passes to quality). With `sequence: "random"` (independent draws) or `"halton"` and `p` =
+//! 0.5 the masks come in antithetic pairs (a grid and its complement, the same shift); the standard
+//! error comes from the pairs' (or Halton's 8 replicates') spread. `masks: "auto"` draws masks in
+//! doubling rounds until every pixel's standard error is below `tolerance` (score units, as
+//! KernelSHAP's).
 
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -32,8 +33,10 @@ pub struct RiseParams {
     /// With `masks: "auto"`: the largest standard error accepted, in score units.
     #[schema(default = 0.01, exclusive_minimum = 0.0, maximum = 1.0)]
     pub tolerance: f64,
-    /// With `p` = 0.5: masks in complementary pairs (a grid and its complement, the same shift),
-    /// the same expectation with less variance.
+    /// With `p` = 0.5 and `sequence` `random` or `halton`: masks in complementary pairs (a grid and
+    /// its complement, the same shift), the same expectation with less variance. Sobol points
+    /// already keep each cell in exactly half of every aligned run of 2^k masks; pairs on top of
+    /// them measured worse (more rows for the same quality), so `sobol` ignores this.
     #[schema(default = true)]
     pub antithetic: bool,
     /// Side of the low-resolution mask grid, at most the input's side.
@@ -49,12 +52,12 @@ pub struct RiseParams {
     /// the mean score's mask noise; the default) or `paper` (sum of score x mask / (masks x p)).
     #[schema(default = "centered")]
     pub estimator: RiseEstimator,
-    /// Where the grids and shifts come from: `random` (independent draws, the paper's), `sobol`
-    /// (Owen-scrambled Sobol points: at `p` 0.5 every aligned run of 2^k units keeps each cell in
-    /// exactly half of them, and each pair of cells in a quarter once k is large enough) or `halton`
+    /// Where the grids and shifts come from: `sobol` (Owen-scrambled Sobol points: at `p` 0.5 every
+    /// aligned run of 2^k masks keeps each cell in exactly half of them, and each pair of cells in a
+    /// quarter once k is large enough; the default), `random` (independent draws, the paper's) or `halton`
     /// (scrambled Halton points, which keep each cell about as often as `p` says in every prefix of
     /// the masks; `cell_size` at most 32).
-    #[schema(default = "random")]
+    #[schema(default = "sobol")]
     pub sequence: RiseSequence,
 }
 
@@ -63,11 +66,11 @@ pub struct RiseParams {
 #[serde(rename_all = "snake_case")]
 pub enum RiseSequence {
     /// Independent draws.
-    #[default]
     Random,
     /// Scrambled Halton points, one dimension per grid cell and two for the shift.
     Halton,
     /// Owen-scrambled Sobol points, one dimension per grid cell and two for the shift.
+    #[default]
     Sobol,
 }
 
@@ -94,7 +97,7 @@ fn masks_schema() -> utoipa::openapi::Schema {
     samples_schema(
         1,
         "Masks: a number (default from the preset: 500 fast, 2000 balanced, 4000 quality, the paper's; rounded up \
-         to an even number when `p` is 0.5, the masks coming in complementary pairs) or `\"auto\"` (masks in \
+         to an even number when `p` is 0.5 and `sequence` is `random` or `halton`, the masks coming in complementary pairs) or `\"auto\"` (masks in \
          doubling rounds from 128 until every pixel's standard error is below `tolerance`, at most `max_samples`).",
         true,
     )
@@ -122,7 +125,7 @@ impl Default for RiseParams {
             p: 0.5,
             preset: Preset::Balanced,
             estimator: RiseEstimator::Centered,
-            sequence: RiseSequence::Random,
+            sequence: RiseSequence::Sobol,
         }
     }
 }
@@ -141,9 +144,10 @@ impl RiseParams {
         }
     }
 
-    /// Whether masks come in complementary pairs: with p = 0.5 a grid's complement is as likely.
+    /// Whether masks come in complementary pairs: with p = 0.5 a grid's complement is as likely
+    /// (not with Sobol points, whose own balance pairs only dilute).
     fn paired(&self) -> bool {
-        self.antithetic && self.p == 0.5
+        self.antithetic && self.p == 0.5 && self.sequence != RiseSequence::Sobol
     }
 }
 

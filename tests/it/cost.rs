@@ -201,10 +201,12 @@ async fn samplers_report_honest_errors_and_stop_at_their_tolerance() {
         let fixed = run(method, 5, json!({key: used})).await;
         assert_eq!(fixed["attributions"], auto["attributions"], "{method}");
         assert_eq!(fixed["details"]["standard_error"], d["standard_error"], "{method}");
-        // A tighter tolerance takes more draws; the same request, the same bytes.
-        let tighter = run(method, 5, json!({key: "auto", "tolerance": tolerance / 2.0})).await;
+        // A tighter tolerance takes more draws; the same request, the same bytes. (RISE's Sobol
+        // masks can halve their error from one doubling to the next: a quarter.)
+        let tighter_tolerance = tolerance / if method == "rise" { 4.0 } else { 2.0 };
+        let tighter = run(method, 5, json!({key: "auto", "tolerance": tighter_tolerance})).await;
         assert!(tighter["details"]["samples"].as_u64().unwrap() > used, "{method}");
-        let again = run(method, 5, json!({key: "auto", "tolerance": tolerance / 2.0})).await;
+        let again = run(method, 5, json!({key: "auto", "tolerance": tighter_tolerance})).await;
         assert_eq!(again["attributions"], tighter["attributions"], "{method}");
     }
 }
