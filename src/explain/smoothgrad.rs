@@ -443,7 +443,7 @@ fn moments(
     } = m;
     let mut unit_done = |ti: usize, s: usize, unit_part: &mut Vec<Vec<f64>>| {
         let copy = offset + s;
-        if (copy + 1) % unit == 0 {
+        if (copy + 1).is_multiple_of(unit) {
             let r = units[ti].len().max(1);
             if let Some(replicate) = units[ti].get_mut((copy / unit) % r) {
                 replicate.add_unit(&mut unit_part[ti]);
