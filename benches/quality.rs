@@ -8,8 +8,11 @@
 //! Models: the bundled Fashion-MNIST CNN and a ResNet-18 (blocks 2-2-2-2, widths 64-512, seeded
 //! weights) at 64x64, so that the reference runs fit a few minutes on two cores; pass counts do
 //! not depend on the input's size. Run with `cargo bench --bench quality [WORDS]`: only the
-//! models and methods named (e.g. `rise`, `resnet`), all without; `models` writes the models under
-//! target/bench-quality and stops (scripts/quality_reference.py reads the ResNet from there).
+//! models and methods named (e.g. `rise`, `resnet`), all without; `sampler=WORD` keeps only the
+//! explaind samplers whose label contains WORD (e.g. `sampler=sobol`; the libraries' row always
+//! runs); `0.95` stops each sampler at the budget reaching 0.95 (its 0.99 column then reads
+//! "-"; for long runs); `models` writes the models under target/bench-quality and stops
+//! (scripts/quality_reference.py reads the ResNet from there).
 
 mod common;
 
@@ -26,7 +29,19 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     common::copy_bundled(&root, &dir, "fashion-cnn", &["model.onnx", "model.toml"]);
     common::write_resnet(&dir, "resnet-18-64", &[2, 2, 2, 2], &[64, 128, 256, 512], 64, 1000);
-    let words: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let only_95 = args.iter().any(|a| a == "0.95");
+    let (samplers_named, words): (Vec<String>, Vec<String>) = args
+        .into_iter()
+        .filter(|a| a != "0.95")
+        .partition(|a| a.starts_with("sampler="));
+    let sampler_wanted = |label: &str| {
+        label.starts_with("libraries")
+            || samplers_named.is_empty()
+            || samplers_named
+                .iter()
+                .any(|w| label.to_lowercase().contains(&w["sampler=".len()..].to_lowercase()))
+    };
     if words.iter().any(|w| w == "models") {
         println!("models written under {}", dir.display());
         return;
@@ -85,6 +100,18 @@ fn main() {
                 vec![
                     ("explaind (antithetic pairs)", |n| json!({"samples": n})),
                     (
+                        "explaind (Sobol, pairs)",
+                        |n| json!({"samples": n, "sequence": "sobol"}),
+                    ),
+                    (
+                        "explaind (Sobol)",
+                        |n| json!({"samples": n, "sequence": "sobol", "antithetic": false}),
+                    ),
+                    (
+                        "explaind (orthogonal, pairs)",
+                        |n| json!({"samples": n, "sequence": "orthogonal"}),
+                    ),
+                    (
                         "libraries (iid noise, Captum)",
                         |n| json!({"samples": n, "antithetic": false}),
                     ),
@@ -95,10 +122,10 @@ fn main() {
                 json!({"masks": 8192}),
                 vec![64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096],
                 vec![
-                    ("explaind (pairs, centered)", |n| json!({"masks": n})),
+                    ("explaind (Sobol, centered)", |n| json!({"masks": n})),
                     (
-                        "explaind (Halton, pairs, centered)",
-                        |n| json!({"masks": n, "sequence": "halton"}),
+                        "explaind (random pairs, centered)",
+                        |n| json!({"masks": n, "sequence": "random"}),
                     ),
                     (
                         "libraries (iid, paper estimator)",
@@ -113,8 +140,8 @@ fn main() {
             }
             let reference = values(&run(method, 1, reference));
             let mut found = Vec::new();
-            for (label, params) in samplers {
-                let reached = reach(&grid, |n| {
+            for (label, params) in samplers.into_iter().filter(|(label, _)| sampler_wanted(label)) {
+                let reached = reach(&grid, only_95, |n| {
                     let answers: Vec<Value> = SEEDS.iter().map(|s| run(method, *s, params(n))).collect();
                     let corr =
                         answers.iter().map(|a| pearson(&values(a), &reference)).sum::<f64>() / SEEDS.len() as f64;
@@ -138,7 +165,7 @@ fn main() {
                 }
                 let reference = values(&run(method, 1, json!({"samples": 8192})));
                 let grid = [64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096];
-                let reached = reach(&grid, |n| {
+                let reached = reach(&grid, only_95, |n| {
                     let answers: Vec<Value> = SEEDS.iter().map(|s| run(method, *s, json!({"samples": n}))).collect();
                     let corr =
                         answers.iter().map(|a| pearson(&values(a), &reference)).sum::<f64>() / SEEDS.len() as f64;
@@ -168,7 +195,7 @@ fn main() {
                 "gauss_legendre",
             ),
         ] {
-            let reached = reach(&grid, |n| {
+            let reached = reach(&grid, only_95, |n| {
                 let a = ig(json!({"steps": n, "integration": rule}));
                 (pearson(&values(&a), &reference), rows(&a))
             });
@@ -206,12 +233,15 @@ fn main() {
 type Study = (&'static str, Value, Vec<usize>, Vec<(&'static str, fn(usize) -> Value)>);
 
 /// The first budget of `grid` whose correlation reaches 0.95, and 0.99: their rows.
-fn reach(grid: &[usize], mut at: impl FnMut(usize) -> (f64, u64)) -> (Option<u64>, Option<u64>) {
+fn reach(grid: &[usize], only_95: bool, mut at: impl FnMut(usize) -> (f64, u64)) -> (Option<u64>, Option<u64>) {
     let (mut r95, mut r99) = (None, None);
     for &n in grid {
         let (corr, rows) = at(n);
         if corr >= 0.95 && r95.is_none() {
             r95 = Some(rows);
+            if only_95 {
+                break;
+            }
         }
         if corr >= 0.99 {
             r99 = Some(rows);

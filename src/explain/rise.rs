@@ -1,11 +1,13 @@
 //! RISE (Petsiuk et al. 2018): random low-resolution binary masks, upsampled bilinearly with a random
 //! shift, applied to the image; each pixel's saliency is the target score averaged over the masks
-//! that keep it. Seeded: the same seed gives the same masks. With `p` = 0.5 the masks come in
-//! antithetic pairs (a grid and its complement, the same shift), and each pixel's standard error
-//! comes from the pairs' spread; `masks: "auto"` draws masks in doubling rounds until every
-//! pixel's standard error is below `tolerance` (score units, as KernelSHAP's). With `sequence:
-//! "halton"` the grids and shifts come from scrambled Halton points instead of independent draws,
-//! in 8 independently scrambled replicates whose spread gives the standard error.
+//! that keep it. Seeded: the same seed gives the same masks. By default the grids and shifts come
+//! from Owen-scrambled Sobol points, in 4 independently scrambled replicates whose spread gives each
+//! pixel's standard error (half the rows of independent masks for the same map correlation, see the
+//! README's passes to quality). With `sequence: "random"` (independent draws) or `"halton"` and `p` =
+//! 0.5 the masks come in antithetic pairs (a grid and its complement, the same shift); the standard
+//! error comes from the pairs' (or Halton's 8 replicates') spread. `masks: "auto"` draws masks in
+//! doubling rounds until every pixel's standard error is below `tolerance` (score units, as
+//! KernelSHAP's).
 
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -16,7 +18,7 @@ use super::kernel_shap::{samples_schema, Samples};
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, MAX_SIDE};
 use super::method::{schemas_of, NamedSchemas};
 use super::perturb::{index, run_copies, Preset};
-use super::sampling::{error_summary, Halton, MeanError};
+use super::sampling::{error_summary, Halton, MeanError, Sobol};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::runtime::predict::Prediction;
 use crate::runtime::{RuntimeError, Tensor};
@@ -31,8 +33,10 @@ pub struct RiseParams {
     /// With `masks: "auto"`: the largest standard error accepted, in score units.
     #[schema(default = 0.01, exclusive_minimum = 0.0, maximum = 1.0)]
     pub tolerance: f64,
-    /// With `p` = 0.5: masks in complementary pairs (a grid and its complement, the same shift),
-    /// the same expectation with less variance.
+    /// With `p` = 0.5 and `sequence` `random` or `halton`: masks in complementary pairs (a grid and
+    /// its complement, the same shift), the same expectation with less variance. Sobol points
+    /// already keep each cell in exactly half of every aligned run of 2^k masks; pairs on top of
+    /// them measured worse (more rows for the same quality), so `sobol` ignores this.
     #[schema(default = true)]
     pub antithetic: bool,
     /// Side of the low-resolution mask grid, at most the input's side.
@@ -48,10 +52,12 @@ pub struct RiseParams {
     /// the mean score's mask noise; the default) or `paper` (sum of score x mask / (masks x p)).
     #[schema(default = "centered")]
     pub estimator: RiseEstimator,
-    /// Where the grids and shifts come from: `random` (independent draws, the paper's) or `halton`
+    /// Where the grids and shifts come from: `sobol` (Owen-scrambled Sobol points: at `p` 0.5 every
+    /// aligned run of 2^k masks keeps each cell in exactly half of them, and each pair of cells in a
+    /// quarter once k is large enough; the default), `random` (independent draws, the paper's) or `halton`
     /// (scrambled Halton points, which keep each cell about as often as `p` says in every prefix of
     /// the masks; `cell_size` at most 32).
-    #[schema(default = "random")]
+    #[schema(default = "sobol")]
     pub sequence: RiseSequence,
 }
 
@@ -60,15 +66,27 @@ pub struct RiseParams {
 #[serde(rename_all = "snake_case")]
 pub enum RiseSequence {
     /// Independent draws.
-    #[default]
     Random,
     /// Scrambled Halton points, one dimension per grid cell and two for the shift.
     Halton,
+    /// Owen-scrambled Sobol points, one dimension per grid cell and two for the shift.
+    #[default]
+    Sobol,
 }
 
-/// Independently scrambled Halton replicates: unit i (a mask or a pair) is point i / 8 of replicate
-/// i % 8, and the replicates' maps spread as the map's error.
-const REPLICATES: usize = 8;
+impl RiseSequence {
+    /// Independently scrambled replicates: unit i (a mask or a pair) is point i / R of replicate
+    /// i % R, and the replicates' maps spread as the map's error. Sobol's base-2 balance needs
+    /// runs of 2^k points per replicate, so it takes fewer, longer replicates (the error's
+    /// estimate, averaged over pixels, stays steady with 4).
+    fn replicates(self) -> usize {
+        match self {
+            RiseSequence::Random => 0,
+            RiseSequence::Halton => 8,
+            RiseSequence::Sobol => 4,
+        }
+    }
+}
 
 /// The largest `cell_size` with `sequence: "halton"`: 32 x 32 cells and the shift take the first
 /// 1,026 primes as bases.
@@ -79,7 +97,7 @@ fn masks_schema() -> utoipa::openapi::Schema {
     samples_schema(
         1,
         "Masks: a number (default from the preset: 500 fast, 2000 balanced, 4000 quality, the paper's; rounded up \
-         to an even number when `p` is 0.5, the masks coming in complementary pairs) or `\"auto\"` (masks in \
+         to an even number when `p` is 0.5 and `sequence` is `random` or `halton`, the masks coming in complementary pairs) or `\"auto\"` (masks in \
          doubling rounds from 128 until every pixel's standard error is below `tolerance`, at most `max_samples`).",
         true,
     )
@@ -107,7 +125,7 @@ impl Default for RiseParams {
             p: 0.5,
             preset: Preset::Balanced,
             estimator: RiseEstimator::Centered,
-            sequence: RiseSequence::Random,
+            sequence: RiseSequence::Sobol,
         }
     }
 }
@@ -126,9 +144,10 @@ impl RiseParams {
         }
     }
 
-    /// Whether masks come in complementary pairs: with p = 0.5 a grid's complement is as likely.
+    /// Whether masks come in complementary pairs: with p = 0.5 a grid's complement is as likely
+    /// (not with Sobol points, whose own balance pairs only dilute).
     fn paired(&self) -> bool {
-        self.antithetic && self.p == 0.5
+        self.antithetic && self.p == 0.5 && self.sequence != RiseSequence::Sobol
     }
 }
 
@@ -178,10 +197,7 @@ impl Method for Rise {
         };
         // Masks are drawn per batch, so one batch of them is held, with each target's sums.
         let batch = masks.min(cx.limits.max_batch);
-        let replicates = match p.sequence {
-            RiseSequence::Random => 1,
-            RiseSequence::Halton => 1 + REPLICATES as u64,
-        };
+        let replicates = 1 + p.sequence.replicates() as u64;
         let upsampled = (p.cell_size + 1)
             .saturating_mul(spec.height.div_ceil(p.cell_size))
             .saturating_mul((p.cell_size + 1).saturating_mul(spec.width.div_ceil(p.cell_size)));
@@ -220,7 +236,22 @@ impl Method for Rise {
 enum Draws {
     Random(Box<rand_chacha::ChaCha8Rng>),
     /// The replicates, and a point's coordinates.
-    Halton(Vec<Halton>, Vec<f64>),
+    Points(Vec<Points>, Vec<f64>),
+}
+
+/// A scrambled low-discrepancy sequence.
+enum Points {
+    Halton(Halton),
+    Sobol(Sobol),
+}
+
+impl Points {
+    fn point(&self, index: u64, out: &mut [f64]) {
+        match self {
+            Points::Halton(h) => h.point(index, out),
+            Points::Sobol(s) => s.point(index, out),
+        }
+    }
 }
 
 impl Draws {
@@ -236,7 +267,7 @@ impl Draws {
                 let (dy, dx) = (rng.random_range(0..cell_h.max(1)), rng.random_range(0..cell_w.max(1)));
                 shifted(grid, (dy, dx), s, h, w)
             }
-            Draws::Halton(replicates, point) => {
+            Draws::Points(replicates, point) => {
                 let k = replicates.len().max(1);
                 if let Some(seq) = replicates.get(unit % k) {
                     seq.point((unit / k) as u64, point);
@@ -287,13 +318,17 @@ fn explain(
     };
     let unit = if p.paired() { 2 } else { 1 };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
-    let halton = p.sequence == RiseSequence::Halton;
-    let mut draws = match halton {
-        false => Draws::Random(Box::new(rng)),
-        true => {
-            let dims = p.cell_size * p.cell_size + 2;
-            let replicates = (0..REPLICATES).map(|_| Halton::new(dims, &mut rng)).collect();
-            Draws::Halton(replicates, vec![0.0; dims])
+    let dims = p.cell_size * p.cell_size + 2;
+    let mut draws = match p.sequence {
+        RiseSequence::Random => Draws::Random(Box::new(rng)),
+        sequence => {
+            let replicates = (0..sequence.replicates())
+                .map(|_| match sequence {
+                    RiseSequence::Halton => Points::Halton(Halton::new(dims, &mut rng)),
+                    _ => Points::Sobol(Sobol::new(&mut rng)),
+                })
+                .collect();
+            Draws::Points(replicates, vec![0.0; dims])
         }
     };
     let x = job.input.as_f32().unwrap_or(&[]).to_vec();
@@ -301,7 +336,7 @@ fn explain(
     let b = baseline.as_f32().unwrap_or(&[]).to_vec();
     let mut sums = Sums::new(targets.len(), h * w);
     // Each replicate's own sums, for the spread of their maps.
-    let mut replicate_sums = (0..if halton { REPLICATES } else { 0 })
+    let mut replicate_sums = (0..p.sequence.replicates())
         .map(|_| Sums::new(targets.len(), h * w))
         .collect::<Vec<_>>();
     // Masks are drawn one batch at a time (in the same order, so a seed gives the same masks), a

@@ -1,7 +1,8 @@
 //! Standard errors of sampled means, shared by the samplers that stop when good enough (SmoothGrad,
 //! RISE): per value, the sum and the sum of squares of the independent units a mean is taken over
 //! (a sample, or an antithetic pair), and the summary an answer reports. Also the scrambled Halton
-//! sequence low-discrepancy samplers draw from.
+//! and Sobol sequences low-discrepancy samplers draw from, and the spread of their independent
+//! randomizations (replicates) that gives such an estimate's standard error.
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -52,6 +53,37 @@ impl MeanError {
             .zip(&self.sum_sq)
             .map(|(s, q)| ((q - s * s / m).max(0.0) / (m * (m - 1.0))).sqrt())
             .collect()
+    }
+}
+
+/// Means and standard errors over units split into independently randomized replicates (unit i in
+/// replicate i mod R): with one replicate, the units' own spread; with several, the spread of the
+/// replicates' means (a low-discrepancy sequence's units are not independent, so their spread would
+/// overstate the error; its independent randomizations are). The means are over all units.
+pub(super) fn replicate_errors(replicates: &[MeanError]) -> (Vec<f64>, Vec<f64>) {
+    match replicates {
+        [] => (Vec::new(), Vec::new()),
+        [one] => (one.means(), one.standard_errors()),
+        all if all.iter().any(|r| r.units == 0) => {
+            let n = all[0].sum.len();
+            let units = all.iter().map(|r| r.units).sum::<usize>().max(1) as f64;
+            let means = (0..n)
+                .map(|j| all.iter().map(|r| r.sum[j]).sum::<f64>() / units)
+                .collect();
+            (means, vec![f64::INFINITY; n])
+        }
+        all => {
+            let n = all[0].sum.len();
+            let units = all.iter().map(|r| r.units).sum::<usize>().max(1) as f64;
+            let means = (0..n)
+                .map(|j| all.iter().map(|r| r.sum[j]).sum::<f64>() / units)
+                .collect();
+            let mut spread = MeanError::new(n);
+            for r in all {
+                spread.add_unit(&mut r.means());
+            }
+            (means, spread.standard_errors())
+        }
     }
 }
 
@@ -134,6 +166,101 @@ impl Halton {
     }
 }
 
+/// An Owen-scrambled Sobol sequence (Sobol 1967, Joe-Kuo direction numbers; Owen 1995
+/// scrambling by Burley 2020's hash, the `sobol_burley` crate). In base 2, every aligned run of 2^k
+/// points puts one point in each 1/2^k stratum of every dimension, and for k large enough one in
+/// each quarter of every pair of dimensions' first halves: at `p` 0.5 each cell is kept by exactly
+/// half of such a run and each pair of cells by a quarter. The scrambling makes each point uniform,
+/// so means over the points are unbiased; independently seeded sequences (replicates) give the
+/// standard error. The crate gives 256 dimensions and 2^16 points per seed: further blocks of
+/// dimensions, and of points, take their own seeds (independent randomizations, still uniform: the
+/// padded construction). Points depend only on the index and the seed.
+pub(super) struct Sobol {
+    seed: u32,
+}
+
+impl Sobol {
+    /// Dimensions per seed, as `sobol_burley` gives them.
+    const DIMS: usize = sobol_burley::NUM_DIMENSIONS as usize;
+
+    /// A sequence scrambled by `rng`.
+    pub(super) fn new(rng: &mut impl rand::Rng) -> Self {
+        use rand::RngExt;
+        Self { seed: rng.random() }
+    }
+
+    /// Point `index`, one coordinate in (0, 1) per dimension, into `out`: the crate's 24-bit
+    /// value moved to its interval's middle, so an inverse CDF never sees 0.
+    pub(super) fn point(&self, index: u64, out: &mut [f64]) {
+        let (run, i) = ((index >> 16) as u32, (index & 0xffff) as u32);
+        for (block, chunk) in out.chunks_mut(Self::DIMS).enumerate() {
+            let seed = mix(self.seed, block as u32, run);
+            for (d, o) in chunk.iter_mut().enumerate() {
+                let u = sobol_burley::sample(i, d as u32, seed) as f64;
+                *o = u + 0.5 / (1u64 << 24) as f64;
+            }
+        }
+    }
+}
+
+/// A seed per block of dimensions and run of points, for `Sobol` (SplitMix-style mixing, so
+/// neighbouring blocks get unrelated scramblings).
+fn mix(seed: u32, block: u32, run: u32) -> u32 {
+    let mut z = (u64::from(seed) << 32 | u64::from(block) << 16 | u64::from(run)).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as u32
+}
+
+/// The standard normal's quantile at `u` in (0, 1) (Acklam's rational approximation, relative
+/// error under 1.2e-9), for Gaussian noise from uniform low-discrepancy points.
+pub(super) fn normal_quantile(u: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    let u = u.clamp(f64::MIN_POSITIVE, 1.0 - f64::EPSILON);
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if u < 0.02425 {
+        tail((-2.0 * u.ln()).sqrt())
+    } else if u > 1.0 - 0.02425 {
+        -tail((-2.0 * (1.0 - u).ln()).sqrt())
+    } else {
+        let q = u - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    }
+}
+
 /// The first `n` primes.
 fn primes(n: usize) -> Vec<u64> {
     let mut found: Vec<u64> = Vec::with_capacity(n);
@@ -186,6 +313,60 @@ mod tests {
             .collect();
         strata.sort();
         assert_eq!(strata, (0..25).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sobol_points_are_stratified_seeded_and_padded() {
+        use rand::SeedableRng;
+        let draw = |seed, dims: usize, from: u64| {
+            let s = Sobol::new(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            (from..from + 64)
+                .map(|i| {
+                    let mut pt = vec![0.0; dims];
+                    s.point(i, &mut pt);
+                    pt
+                })
+                .collect::<Vec<_>>()
+        };
+        let a = draw(1, 300, 0);
+        assert_eq!(a, draw(1, 300, 0));
+        assert_ne!(a, draw(2, 300, 0));
+        // Every dimension, the padded ones past 256 included, and a run past 2^16 points: 2^k
+        // aligned points, one per 1/2^k stratum.
+        for pts in [&a, &draw(1, 300, 1 << 16)] {
+            for d in [0, 1, 50, 255, 256, 299] {
+                for k in 1..=6u32 {
+                    let n = 1usize << k;
+                    let mut strata: Vec<usize> = pts[..n].iter().map(|pt| (pt[d] * n as f64) as usize).collect();
+                    strata.sort();
+                    assert_eq!(strata, (0..n).collect::<Vec<_>>(), "dimension {d}, {n} points");
+                }
+            }
+        }
+        assert!(a.iter().flatten().all(|u| *u > 0.0 && *u < 1.0));
+    }
+
+    #[test]
+    fn normal_quantiles() {
+        for (u, z) in [
+            (0.5, 0.0),
+            (0.975, 1.959_963_984_540_054),
+            (0.001, -3.090_232_306_167_813_6),
+        ] {
+            assert!((normal_quantile(u) - z).abs() < 1e-8, "{u}");
+        }
+    }
+
+    #[test]
+    fn replicate_errors_are_the_spread_of_replicate_means() {
+        // Replicates with means 1 and 3: mean 2, standard error 1.
+        let mut r = vec![MeanError::new(1), MeanError::new(1)];
+        for (i, v) in [1.0, 3.0, 1.0, 3.0].into_iter().enumerate() {
+            r[i % 2].add_unit(&mut [v]);
+        }
+        let (m, se) = replicate_errors(&r);
+        assert_eq!(m, vec![2.0]);
+        assert!((se[0] - 1.0).abs() < 1e-12);
     }
 
     #[test]

@@ -3,10 +3,14 @@
 //! Gradients. Noise is seeded: the same seed gives the same bytes. The noise comes in antithetic
 //! pairs (x + e, x - e), which cancels the gradient's first-order change with the noise, and each
 //! value's standard error comes from the pairs' spread; `samples: "auto"` draws copies in doubling
-//! rounds until the largest standard error is within `tolerance` of the largest attribution.
+//! rounds until the largest standard error is within `tolerance` of the largest attribution. The
+//! noise is independent draws, Owen-scrambled Sobol points through the normal quantile (4
+//! independently scrambled replicates, whose spread is the standard error), or blocks of
+//! orthogonal directions each scaled by an independent chi norm (every copy still exactly
+//! Gaussian; a block is a unit of the standard error).
 
 use rand::SeedableRng;
-use rand_distr::{Distribution, Normal};
+use rand_distr::{ChiSquared, Distribution, Normal, StandardNormal};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -17,7 +21,7 @@ use super::method::{
     bytes, check_range, mul, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, CONFIGURED_MAX_SAMPLES,
 };
 use super::method::{schemas_of, NamedSchemas};
-use super::sampling::{error_summary, MeanError};
+use super::sampling::{error_summary, normal_quantile, replicate_errors, MeanError, Sobol};
 use super::{fold_map, row, Cx, ExplainJob, Fold, TargetAttribution};
 use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
@@ -44,6 +48,41 @@ pub enum SmoothGradBase {
     /// Integrated Gradients from a black baseline, `steps` points (Gauss-Legendre).
     IntegratedGradients,
 }
+
+/// Where SmoothGrad's noise comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseSequence {
+    /// Independent Gaussian draws (Captum's NoiseTunnel).
+    #[default]
+    Random,
+    /// Owen-scrambled Sobol points through the normal quantile, one dimension per input value, in
+    /// 4 independently scrambled replicates (unit i is point i / 4 of replicate i mod 4).
+    Sobol,
+    /// Blocks of 8 directions made orthogonal, each scaled by an independent chi norm.
+    Orthogonal,
+}
+
+impl NoiseSequence {
+    /// Independently randomized replicates the standard error is the spread of (1: the units').
+    fn replicates(self) -> usize {
+        match self {
+            NoiseSequence::Sobol => 4,
+            _ => 1,
+        }
+    }
+
+    /// Noise draws per unit of the standard error.
+    fn draws_per_unit(self) -> usize {
+        match self {
+            NoiseSequence::Orthogonal => ORTHOGONAL_BLOCK,
+            _ => 1,
+        }
+    }
+}
+
+/// Directions per orthogonal block.
+const ORTHOGONAL_BLOCK: usize = 8;
 
 /// The schema of SmoothGrad's `samples`.
 fn samples_param_schema() -> utoipa::openapi::Schema {
@@ -75,6 +114,11 @@ pub struct SmoothGradParams {
     /// Noise in antithetic pairs (x + e, x - e): the same expectation with less variance.
     #[schema(default = true)]
     pub antithetic: bool,
+    /// Where the noise comes from: `random` (independent draws), `sobol` (Owen-scrambled Sobol
+    /// points through the normal quantile) or `orthogonal` (blocks of 8 orthogonal directions with
+    /// independent chi norms).
+    #[schema(default = "random")]
+    pub sequence: NoiseSequence,
     /// Noise standard deviation as a fraction of the input's range (max - min).
     #[schema(default = 0.15, minimum = 0.0, maximum = 10.0)]
     pub noise_level: f32,
@@ -98,6 +142,7 @@ impl Default for SmoothGradParams {
             samples: Samples::Fixed(50),
             tolerance: 0.05,
             antithetic: true,
+            sequence: NoiseSequence::Random,
             noise_level: 0.15,
             variant: SmoothGradVariant::Smoothgrad,
             base: SmoothGradBase::Saliency,
@@ -172,10 +217,15 @@ impl Method for SmoothGrad {
             samples,
             rows: samples,
             // The noisy copies (shared by the targets), one batch at a time, per-target sums.
+            // The noisy copies (shared by the targets), one batch at a time, per-target sums (and
+            // per replicate), an orthogonal block being drawn.
             bytes: bytes(copies, 4)
                 .saturating_mul(cx.input_len() as u64)
                 .saturating_add(cx.batch_bytes(cx.limits.max_batch, true))
-                .saturating_add(bytes(cx.input_len(), 40).saturating_mul(cx.targets as u64))
+                .saturating_add(
+                    bytes(cx.input_len(), 24 + 16 * p.sequence.replicates()).saturating_mul(cx.targets as u64),
+                )
+                .saturating_add(bytes(cx.input_len(), 12 * p.sequence.draws_per_unit()))
                 .saturating_add(cx.answer_bytes()),
         })
     }
@@ -202,7 +252,7 @@ fn explain(
 ) -> Result<Vec<TargetAttribution>, RuntimeError> {
     let mut noise = NoiseSource::new(job, p)?;
     let n = job.input.as_f32().map_or(0, <[f32]>::len);
-    let mut m = Moments::new(targets.len(), n);
+    let mut m = Moments::new(targets.len(), n, p);
     let (budget, auto) = match p.samples {
         Samples::Fixed(count) => (count, false),
         Samples::Auto(_) => ((job.limits.max_samples / p.points()).max(2), true),
@@ -215,7 +265,7 @@ fn explain(
             false => budget,
         };
         let noisy = noise.copies(round);
-        moments(cx, job, p, targets, &noisy, &mut m)?;
+        moments(cx, job, p, targets, &noisy, drawn, &mut m)?;
         drawn += round;
         if auto && m.relative_errors(p.variant).iter().all(|e| *e <= p.tolerance) {
             stopped = "tolerance";
@@ -249,6 +299,13 @@ struct NoiseSource<'a> {
     antithetic: bool,
     rng: rand_chacha::ChaCha8Rng,
     normal: Normal<f32>,
+    sequence: NoiseSequence,
+    /// Sobol's replicates.
+    sobol: Vec<Sobol>,
+    /// Noise draws so far (a draw gives a copy, or a pair).
+    draws: u64,
+    /// The orthogonal block's directions not yet used, last first.
+    block: Vec<Vec<f32>>,
 }
 
 impl<'a> NoiseSource<'a> {
@@ -262,13 +319,49 @@ impl<'a> NoiseSource<'a> {
             model: job.model.name.clone(),
             message: format!("noise: {e}"),
         })?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
+        let sobol = match p.sequence {
+            NoiseSequence::Sobol => (0..p.sequence.replicates()).map(|_| Sobol::new(&mut rng)).collect(),
+            _ => Vec::new(),
+        };
         Ok(Self {
             x,
             sigma,
             antithetic: p.antithetic,
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(job.seed),
+            rng,
             normal,
+            sequence: p.sequence,
+            sobol,
+            draws: 0,
+            block: Vec::new(),
         })
+    }
+
+    /// The next draw's noise.
+    fn draw(&mut self) -> Vec<f32> {
+        let n = self.x.len();
+        let index = self.draws;
+        self.draws += 1;
+        if self.sigma <= 0.0 {
+            return vec![0.0; n];
+        }
+        match self.sequence {
+            NoiseSequence::Random => (0..n).map(|_| self.normal.sample(&mut self.rng)).collect(),
+            NoiseSequence::Sobol => {
+                let r = self.sobol.len().max(1) as u64;
+                let mut u = vec![0f64; n];
+                if let Some(seq) = self.sobol.get((index % r) as usize) {
+                    seq.point(index / r, &mut u);
+                }
+                u.iter().map(|u| self.sigma * normal_quantile(*u) as f32).collect()
+            }
+            NoiseSequence::Orthogonal => {
+                if self.block.is_empty() {
+                    self.block = orthogonal_block(&mut self.rng, n, self.sigma);
+                }
+                self.block.pop().unwrap_or_else(|| vec![0.0; n])
+            }
+        }
     }
 
     /// The next `count` noisy copies of the input, shared by all targets (as Captum's NoiseTunnel
@@ -276,17 +369,7 @@ impl<'a> NoiseSource<'a> {
     fn copies(&mut self, count: usize) -> Vec<Vec<f32>> {
         let mut out = Vec::with_capacity(count);
         while out.len() < count {
-            let e: Vec<f32> = self
-                .x
-                .iter()
-                .map(|_| {
-                    if self.sigma > 0.0 {
-                        self.normal.sample(&mut self.rng)
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
+            let e = self.draw();
             out.push(self.x.iter().zip(&e).map(|(v, e)| v + e).collect());
             if self.antithetic && out.len() < count {
                 out.push(self.x.iter().zip(&e).map(|(v, e)| v - e).collect());
@@ -294,6 +377,37 @@ impl<'a> NoiseSource<'a> {
         }
         out
     }
+}
+
+/// `ORTHOGONAL_BLOCK` (at most n) Gaussian directions in n dimensions made orthonormal
+/// (Gram-Schmidt), each scaled by sigma times an independent chi(n) norm: a Gaussian vector's
+/// direction is uniform and independent of its norm, so each is exactly N(0, sigma^2 I), while
+/// the block spans its directions evenly (Yu et al. 2016's orthogonal random features). Last
+/// first, as `NoiseSource` pops them.
+fn orthogonal_block(rng: &mut rand_chacha::ChaCha8Rng, n: usize, sigma: f32) -> Vec<Vec<f32>> {
+    let chi = ChiSquared::new(n as f64).ok();
+    let mut basis: Vec<Vec<f64>> = Vec::with_capacity(ORTHOGONAL_BLOCK);
+    for _ in 0..ORTHOGONAL_BLOCK.min(n) {
+        let mut v: Vec<f64> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+        for b in &basis {
+            let dot: f64 = v.iter().zip(b).map(|(a, b)| a * b).sum();
+            for (a, b) in v.iter_mut().zip(b) {
+                *a -= dot * b;
+            }
+        }
+        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+        v.iter_mut().for_each(|a| *a /= norm);
+        basis.push(v);
+    }
+    let mut out: Vec<Vec<f32>> = basis
+        .iter()
+        .map(|v| {
+            let radius = sigma as f64 * chi.map_or(0.0, |c| c.sample(rng).sqrt());
+            v.iter().map(|a| (a * radius) as f32).collect()
+        })
+        .collect();
+    out.reverse();
+    out
 }
 
 /// Per target, the sum and the sum of squares over the noisy copies of each value's gradient
@@ -304,6 +418,7 @@ fn moments(
     p: &SmoothGradParams,
     targets: &[Prediction],
     noisy: &[Vec<f32>],
+    offset: usize,
     m: &mut Moments,
 ) -> Result<(), RuntimeError> {
     let n = job.input.as_f32().map_or(0, <[f32]>::len);
@@ -317,14 +432,24 @@ fn moments(
     // last point: Integrated Gradients sums its points first, so a scratch sum per target is kept.
     let per_target = noisy.len() * points.len();
     let mut path = vec![vec![0f64; n]; targets.len()];
-    // A unit of the standard error: a copy, or an antithetic pair (two copies in a row).
-    let unit = if p.antithetic { 2 } else { 1 };
+    // A unit of the standard error: a draw's copy, or its antithetic pair (two copies in a row),
+    // or an orthogonal block's; unit u goes to replicate u mod R.
+    let unit = if p.antithetic { 2 } else { 1 } * p.sequence.draws_per_unit();
     let Moments {
         sum,
         sum_sq,
         units,
         unit_part,
     } = m;
+    let mut unit_done = |ti: usize, s: usize, unit_part: &mut Vec<Vec<f64>>| {
+        let copy = offset + s;
+        if (copy + 1).is_multiple_of(unit) {
+            let r = units[ti].len().max(1);
+            if let Some(replicate) = units[ti].get_mut((copy / unit) % r) {
+                replicate.add_unit(&mut unit_part[ti]);
+            }
+        }
+    };
     cx.gradient_stream(
         &[],
         RuleSet::Exact,
@@ -361,9 +486,7 @@ fn moments(
                         let g = *g as f64;
                         add(&mut sum[ti], &mut sum_sq[ti], j, if p.abs { g.abs() } else { g });
                     }
-                    if (s + 1) % unit == 0 {
-                        units[ti].add_unit(&mut unit_part[ti]);
-                    }
+                    unit_done(ti, s, unit_part);
                 }
                 SmoothGradBase::IntegratedGradients => {
                     let w = points[k].1;
@@ -377,9 +500,7 @@ fn moments(
                             add(&mut sum[ti], &mut sum_sq[ti], j, v);
                             path[ti][j] = 0.0;
                         }
-                        if (s + 1) % unit == 0 {
-                            units[ti].add_unit(&mut unit_part[ti]);
-                        }
+                        unit_done(ti, s, unit_part);
                     }
                 }
             }
@@ -393,17 +514,20 @@ fn moments(
 struct Moments {
     sum: Vec<Vec<f64>>,
     sum_sq: Vec<Vec<f64>>,
-    units: Vec<MeanError>,
+    /// Per target, per replicate.
+    units: Vec<Vec<MeanError>>,
     /// The unit being summed (a pair's first copy, until its second comes).
     unit_part: Vec<Vec<f64>>,
 }
 
 impl Moments {
-    fn new(targets: usize, n: usize) -> Self {
+    fn new(targets: usize, n: usize, p: &SmoothGradParams) -> Self {
         Self {
             sum: vec![vec![0f64; n]; targets],
             sum_sq: vec![vec![0f64; n]; targets],
-            units: (0..targets).map(|_| MeanError::new(n)).collect(),
+            units: (0..targets)
+                .map(|_| (0..p.sequence.replicates()).map(|_| MeanError::new(n)).collect())
+                .collect(),
             unit_part: vec![vec![0f64; n]; targets],
         }
     }
@@ -413,8 +537,8 @@ impl Moments {
         if variant == SmoothGradVariant::Vargrad {
             return None;
         }
-        let u = self.units.get(ti)?;
-        Some((u.standard_errors(), u.means()))
+        let (means, se) = replicate_errors(self.units.get(ti)?);
+        Some((se, means))
     }
 
     /// Per target, the largest standard error over the largest |mean|.
@@ -472,5 +596,34 @@ fn combined(
         convergence_delta: None,
         layer: None,
         details: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orthogonal_blocks_are_orthogonal_with_gaussian_norms() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let n = 400;
+        let mut norms = Vec::new();
+        for _ in 0..50 {
+            let block = orthogonal_block(&mut rng, n, 2.0);
+            assert_eq!(block.len(), ORTHOGONAL_BLOCK);
+            for (i, a) in block.iter().enumerate() {
+                let norm = a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+                norms.push(norm);
+                for b in &block[..i] {
+                    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+                    assert!(dot.abs() < 1e-3 * norm * norm, "{dot}");
+                }
+            }
+        }
+        // sigma chi(n): mean of the squared norm sigma^2 n.
+        let mean_sq = norms.iter().map(|v| v * v).sum::<f64>() / norms.len() as f64;
+        assert!((mean_sq / (4.0 * n as f64) - 1.0).abs() < 0.05, "{mean_sq}");
+        // Fewer dimensions than the block: as many directions as dimensions.
+        assert_eq!(orthogonal_block(&mut rng, 3, 1.0).len(), 3);
     }
 }

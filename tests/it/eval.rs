@@ -453,7 +453,7 @@ async fn rise_centered_estimator_finds_faint_evidence_that_the_papers_estimator_
                           "params": {"masks": 500, "cell_size": 4, "estimator": estimator,
                                      // Independent masks: complementary pairs make every pixel's
                                      // mean mask exactly p, where centring changes nothing.
-                                     "antithetic": false},
+                                     "antithetic": false, "sequence": "random"},
                           "evaluate": ["deletion", "insertion"]});
         let v = ok_json(post_json(&s, "/v1/models/faint/explain/rise", &body).await).await;
         let map: Vec<f64> = v["attributions"]["values"].as_array().unwrap().iter().map(f).collect();
