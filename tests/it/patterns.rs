@@ -638,15 +638,8 @@ async fn with_kept_patterns_the_top_class_takes_one_pass() {
     let first = explain(&s, "mlp", "pattern-net", &x, 0).await;
     assert_eq!(first["details"]["patterns"]["fitted_now"], true, "{first}");
     for method in ["pattern-net", "pattern-attribution"] {
-        let top = ok_json(
-            post_json(
-                &s,
-                &format!("/v1/models/mlp/explain/{method}"),
-                &json!({"features": x}),
-            )
-            .await,
-        )
-        .await;
+        let top =
+            ok_json(post_json(&s, &format!("/v1/models/mlp/explain/{method}"), &json!({"features": x})).await).await;
         let cost = &top["details"]["cost"];
         assert_eq!(
             (cost["forward_rows"].as_u64(), cost["passes"].as_u64()),
@@ -659,5 +652,30 @@ async fn with_kept_patterns_the_top_class_takes_one_pass() {
         assert_eq!(top["attributions"], named["attributions"], "{method}");
         assert_eq!(top["details"]["patterns"]["fitted_now"], false, "{top}");
     }
+    s.stop().await.unwrap();
+}
+
+/// A `[patterns]` folder is hashed once, not on every request: an image rewritten while the
+/// service runs changes nothing until the next start, which hashes the folder again and fits anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_folder_is_hashed_once_per_start() {
+    let dir = temp_dir("patterns-hash-once");
+    write_cnn_with_pattern_folder(&dir, 20);
+    let config = test_config(&dir);
+    let s = start(config.clone()).await;
+    let first = explain_png(&s, "fcnn", "pattern-net").await;
+    assert_eq!(first["details"]["patterns"]["fitted_now"], true, "{first}");
+    // Another image's bytes under the first image's name.
+    let images = dir.join("fcnn/fit-images");
+    let mut names: Vec<_> = std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    std::fs::copy(&names[1], &names[0]).unwrap();
+    let again = explain_png(&s, "fcnn", "pattern-net").await;
+    assert_eq!(again["details"]["patterns"]["fitted_now"], false, "{again}");
+    s.stop().await.unwrap();
+
+    let s = start(config).await;
+    let after = explain_png(&s, "fcnn", "pattern-net").await;
+    assert_eq!(after["details"]["patterns"]["fitted_now"], true, "{after}");
     s.stop().await.unwrap();
 }
