@@ -1,13 +1,14 @@
 //! PatternNet and PatternAttribution on the bundled Fashion-MNIST CNN with its 1,000-image
 //! reference set, through the executor:
 //! 1. fitting (goal: at most 1.2x the forward passes over the data it reads): the first
-//!    PatternAttribution job (it fits, builds its backward model, runs one backward row) minus the
-//!    first PatternNet job after it (patterns kept: it builds its backward model, runs one row),
-//!    against the reference set's rows run raw through a forward session in batches of
-//!    `max_batch` (decoding the images excluded there; printed apart);
+//!    PatternAttribution job (a forward pass scores the input, it fits, builds its backward model,
+//!    runs one backward row) minus the first PatternNet job after it (patterns kept: it builds its
+//!    backward model, runs one row), against the reference set's rows run raw through a forward
+//!    session in batches of `max_batch` (decoding the images excluded there; printed apart); and,
+//!    to show what the fitting's own passes cost, its statistics graph run raw over the same rows;
 //! 2. PatternNet and PatternAttribution, patterns fitted (goal: at most 1.3x one raw backward
-//!    pass): the job (a forward pass for the scores, one backward row) against one row of the
-//!    exact backward model run raw.
+//!    pass): the job (one backward row of the pattern rules, which scores the input on its way)
+//!    against one row of the exact backward model run raw.
 //!
 //! Run with `cargo bench --profile dev --config 'profile.dev.package.explaind.opt-level=2' --bench patterns`.
 
@@ -19,6 +20,7 @@ use std::time::Instant;
 use explaind::explain::{Limits, Methods, PlanContext};
 use explaind::jobs::ExplainTask;
 use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleSet, RuleTable};
+use explaind::onnx::patterns::{linear_layers, statistics_graph};
 use explaind::runtime::graph_runner::OrtRunner;
 use explaind::runtime::sessions::create_session_from_bytes;
 use explaind::runtime::shapes::probe_shapes;
@@ -87,6 +89,39 @@ fn main() {
     })
     .as_secs_f64()
         * 1e3;
+    let prepared_model = prepare_forward(&explaind::onnx::proto::decode_model(&model.bytes).unwrap()).unwrap();
+    let runner = OrtRunner::new(env);
+    let shapes = probe_shapes(&runner, &prepared_model, &model.spec.input, &dims).unwrap();
+    let layers = linear_layers(
+        prepared_model.graph.as_ref().unwrap(),
+        &model.spec.input,
+        &model.spec.output,
+        &shapes,
+    )
+    .unwrap();
+    let stats_model = statistics_graph(&prepared_model, &layers, &shapes).unwrap();
+    let mut stats = create_session_from_bytes(env, &stats_model.encode_to_vec()).unwrap();
+    let raw_over_rows = |session: &mut ort::session::Session| {
+        common::median_of_rounds(5, || {
+            let mut start = 0;
+            while start < set.len() {
+                let end = (start + max_batch).min(set.len());
+                common::run_raw(
+                    session,
+                    &[(
+                        model.spec.input.as_str(),
+                        vec![end - start, 1, 28, 28],
+                        &values[start * row..end * row],
+                    )],
+                );
+                start = end;
+            }
+        })
+        .as_secs_f64()
+            * 1e3
+    };
+    let raw_stats = raw_over_rows(&mut stats);
+    let raw_forward_again = raw_over_rows(&mut forward);
     println!(
         "fashion-cnn, {} reference images, max_batch {max_batch}\n\
          fitting: {fit:.1} ms (first pattern-attribution job {fit_and_one:.1} ms - first pattern-net job \
@@ -95,12 +130,13 @@ fn main() {
         set.len(),
         fit / raw_forward
     );
+    println!(
+        "the statistics graph run raw over the same rows: {raw_stats:.1} ms, forward again {raw_forward_again:.1} ms: \
+         ratio {:.2}",
+        raw_stats / raw_forward_again
+    );
 
     // 2. One explanation against one raw backward pass.
-    let decoded = explaind::onnx::proto::decode_model(&model.bytes).unwrap();
-    let prepared = prepare_forward(&decoded).unwrap();
-    let runner = OrtRunner::new(env);
-    let shapes = probe_shapes(&runner, &prepared, &model.spec.input, &dims).unwrap();
     let spec = GradientSpec {
         input: model.spec.input.clone(),
         output: model.spec.output.clone(),
@@ -108,7 +144,7 @@ fn main() {
         input_grad: true,
     };
     let bw = build_backward(
-        &prepared,
+        &prepared_model,
         &spec,
         &shapes,
         &RuleTable::for_set(RuleSet::Exact),

@@ -168,6 +168,16 @@ pub trait Method: Send + Sync + 'static {
         None
     }
 
+    /// [`Self::one_pass`] for a method whose pass needs what the worker keeps (PatternNet's
+    /// fitted patterns): `None` while it is not kept. Default: [`Self::one_pass`].
+    fn kept_one_pass(
+        _cx: &mut Cx,
+        params: &Self::Params,
+        job: &ExplainJob,
+    ) -> Result<Option<(Vec<String>, RuleSet)>, RuntimeError> {
+        Ok(Self::one_pass(params, job))
+    }
+
     /// Tensors the pass that scores a fresh input also returns (the embedding a reference set is
     /// searched with), so that `explain` takes them from [`Cx::scored`] instead of running the
     /// input again. None by default.
@@ -350,7 +360,7 @@ trait Runnable: Send + Sync + fmt::Debug {
         scores: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError>;
 
-    fn one_pass(&self, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)>;
+    fn one_pass(&self, cx: &mut Cx, job: &ExplainJob) -> Result<Option<(Vec<String>, RuleSet)>, RuntimeError>;
 
     fn with_scores(&self, job: &ExplainJob) -> Vec<String>;
 
@@ -378,8 +388,8 @@ impl<M: Method> Runnable for Run<M> {
         M::explain(cx, job, &self.0, targets, scores)
     }
 
-    fn one_pass(&self, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
-        M::one_pass(&self.0, job)
+    fn one_pass(&self, cx: &mut Cx, job: &ExplainJob) -> Result<Option<(Vec<String>, RuleSet)>, RuntimeError> {
+        M::kept_one_pass(cx, &self.0, job)
     }
 
     fn with_scores(&self, job: &ExplainJob) -> Vec<String> {
@@ -455,8 +465,12 @@ impl ValidParams {
         self.run.explain(cx, job, targets, scores)
     }
 
-    pub(super) fn one_pass(&self, job: &ExplainJob) -> Option<(Vec<String>, RuleSet)> {
-        self.run.one_pass(job)
+    pub(super) fn one_pass(
+        &self,
+        cx: &mut Cx,
+        job: &ExplainJob,
+    ) -> Result<Option<(Vec<String>, RuleSet)>, RuntimeError> {
+        self.run.one_pass(cx, job)
     }
 
     pub(super) fn with_scores(&self, job: &ExplainJob) -> Vec<String> {

@@ -334,7 +334,7 @@ fn primed_top_pass(cx: &mut Cx, job: &ExplainJob) -> Result<Option<(Prediction, 
     if job.scores.is_some() || job.targets.is_some() || job.input.rows() != 1 || job.model.spec.detection.is_some() {
         return Ok(None);
     }
-    let Some((layers, rules)) = job.params.one_pass(job) else {
+    let Some((layers, rules)) = job.params.one_pass(cx, job)? else {
         return Ok(None);
     };
     match cx.top_gradients(&layers, rules, job) {

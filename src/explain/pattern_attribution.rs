@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use super::method::{schemas_of, Capabilities, Cost, Invalid, Method, NamedSchemas, PlanContext};
 use super::patterns::{PatternDetails, PatternParams};
 use super::{per_target, Cx, ExplainJob, Fold, TargetAttribution};
+use crate::onnx::autodiff::RuleSet;
 use crate::runtime::predict::Prediction;
 use crate::runtime::RuntimeError;
 
@@ -26,6 +27,14 @@ impl Method for PatternAttribution {
 
     fn plan(_: &mut PatternParams, cx: &PlanContext) -> Result<Cost, Invalid> {
         super::patterns::plan(cx)
+    }
+
+    fn kept_one_pass(
+        cx: &mut Cx,
+        _: &PatternParams,
+        job: &ExplainJob,
+    ) -> Result<Option<(Vec<String>, RuleSet)>, RuntimeError> {
+        super::patterns::kept_pass(cx, job, true)
     }
 
     fn details_schema() -> Option<NamedSchemas> {

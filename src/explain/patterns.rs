@@ -25,7 +25,6 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -34,8 +33,11 @@ use super::method::{Capabilities, Inputs, Passes};
 use super::{Cx, ExplainJob};
 use crate::examples::source::Listing;
 use crate::onnx::autodiff::rules::PatternRules;
-use crate::onnx::patterns::{linear_layers, LayerPattern, LinearLayer, Patterns, Receptive};
-use crate::runtime::patterns::Claim;
+use crate::onnx::autodiff::RuleSet;
+use crate::onnx::patterns::{
+    linear_layers, statistics_outputs, statistics_row_bytes, LayerPattern, LinearLayer, Patterns,
+};
+use crate::runtime::patterns::{Claim, PatternStore};
 use crate::runtime::preprocess::InputError;
 use crate::runtime::{LoadedModel, RuntimeError, Tensor};
 
@@ -106,8 +108,19 @@ impl<'a> Data<'a> {
         }
     }
 
-    /// sha256 of what the patterns depend on in the data (a folder's images are read for it).
-    pub fn sha256(&self) -> Result<String, RuntimeError> {
+    /// sha256 of what the patterns depend on in the data: a folder's images are read for it once
+    /// and its hash kept in `store` ([`PatternStore::folder_sha256`]).
+    pub fn sha256(&self, store: &PatternStore) -> Result<String, RuntimeError> {
+        match self {
+            Data::Images(listing) => match &listing.inputs {
+                crate::examples::source::Inputs::Images(dir) => store.folder_sha256(dir, || self.hash()),
+                crate::examples::source::Inputs::Rows(_) => self.hash(),
+            },
+            _ => self.hash(),
+        }
+    }
+
+    fn hash(&self) -> Result<String, RuntimeError> {
         let mut h = Sha256::new();
         match self {
             Data::Images(listing) => {
@@ -231,13 +244,37 @@ pub(super) fn fitted(
     Ok((rules, details))
 }
 
+/// The one pass of either method for a fresh input's top prediction when the patterns are kept:
+/// the pattern rules' backward pass, which scores the input on its way (no forward pass first).
+/// `None` when they are not kept: a forward pass chooses the target, then the method fits them (a
+/// backward model cannot be built without them).
+pub(super) fn kept_pass(
+    cx: &mut Cx,
+    job: &ExplainJob,
+    attribution: bool,
+) -> Result<Option<(Vec<String>, RuleSet)>, RuntimeError> {
+    // No data: the method refuses with its reason.
+    let Ok(data) = Data::of(&job.model, job.reference.as_ref()) else {
+        return Ok(None);
+    };
+    let store = cx.rt.patterns();
+    let sha = data.sha256(store)?;
+    Ok(store.get(&job.model.sha256, &sha).map(|_| {
+        let rules = PatternRules {
+            attribution,
+            digest: crate::runtime::patterns::digest(&sha),
+        };
+        (Vec::new(), RuleSet::Pattern(rules))
+    }))
+}
+
 /// The patterns of the workbench's model on `data`: kept ones, the ones another request is
 /// fitting (waited for), or fitted here in one forward pass over the data, counted in the job's
 /// progress, holding at most `max_job_bytes` of statistics. The data's sha256 (the patterns' key)
 /// and what they are.
 pub fn fit(cx: &mut Cx, data: &Data, max_job_bytes: u64) -> Result<(String, PatternDetails), RuntimeError> {
     let model = cx.model.clone();
-    let sha = data.sha256()?;
+    let sha = data.sha256(cx.rt.patterns())?;
     let job_ctx = cx.job_ctx;
     // The plan counted the fitting pass's rows; when the patterns are kept progress counts the
     // rows run, so it ends short of the plan (as a method that stops early does).
@@ -264,34 +301,24 @@ pub fn fit(cx: &mut Cx, data: &Data, max_job_bytes: u64) -> Result<(String, Patt
             ),
         });
     }
+    let row_bytes = statistics_row_bytes(&layers, &prepared.1);
     let mut stats: Vec<Statistics> = layers.iter().map(Statistics::new).collect();
-    let mut names: Vec<String> = Vec::new();
-    for l in &layers {
-        for t in [Some(&l.input), Some(&l.output), l.gate.as_ref()].into_iter().flatten() {
-            if t != &model.spec.input && !names.contains(t) {
-                names.push(t.clone());
-            }
-        }
-    }
     let rows = data.rows();
     let chunk = cx.forward_rows().max(1);
     let mut start = 0;
     while start < rows {
         let end = (start + chunk).min(rows);
         let batch = data.batch(&model, start, end)?;
-        let outputs = cx.forward_with(&model, &names, &batch)?;
-        let tensor = |name: &String| -> Result<&Tensor, RuntimeError> {
-            if name == &model.spec.input {
-                return Ok(&batch);
-            }
-            outputs
-                .get(name)
-                .ok_or_else(|| not_fitted(&model, format!("the pass did not expose `{name}`")))
-        };
-        for (l, s) in layers.iter().zip(stats.iter_mut()) {
-            cx.checkpoint()?;
-            let gate = l.gate.as_ref().map(&tensor).transpose()?;
-            s.add(l, tensor(&l.input)?, tensor(&l.output)?, gate)
+        let outputs = cx.pattern_statistics(&batch, row_bytes)?;
+        for (i, (l, s)) in layers.iter().zip(stats.iter_mut()).enumerate() {
+            let (products, sums) = statistics_outputs(i);
+            let (Some(products), Some(sums)) = (outputs.get(&products), outputs.get(&sums)) else {
+                return Err(not_fitted(
+                    &model,
+                    format!("the pass gave no statistics for `{}`", l.node),
+                ));
+            };
+            s.add(products, sums)
                 .map_err(|e| not_fitted(&model, format!("layer `{}`: {e}", l.node)))?;
         }
         start = end;
@@ -315,190 +342,122 @@ fn not_fitted(model: &LoadedModel, message: String) -> RuntimeError {
     }
 }
 
-/// One layer's running sums, per regime (0: the ReLU open, or every sample for the linear
-/// estimator; 1: the ReLU shut) and output neuron `j`: samples, sum of y, and per input `k` of
-/// the neuron's receptive field the sums of x and of x y (`fan_in x outputs`, column-major, so
-/// element `[j * fan_in + k]`). The sums are accumulated as matrix products (patches^T times the
-/// regime's masks and masked outputs), which run in the optimised linear-algebra code rather than
-/// a loop per sample and neuron: fitting is a few times a forward pass, not tens.
+/// One layer's running sums, as the statistics pass gives them per pass
+/// ([`crate::onnx::patterns::statistics_outputs`]), added up in f64 across passes: `products`
+/// `[groups, fan_in, columns]` and `sums` `[groups, columns]`. Per output neuron `j` (group `gi`,
+/// `mg` within it) the columns hold, for a layer a ReLU follows, the sums over samples of the
+/// open regime's mask `m`, of `y m` and of `y` (`b * per_group + mg`, `b` = 0, 1, 2), then a column
+/// of ones; for another layer `y`, then ones. So the open regime's sums are read off directly,
+/// the shut regime's as totals minus the open one's.
 pub(super) struct Statistics {
     fan_in: usize,
-    count: [Vec<f64>; 2],
-    sum_y: [Vec<f64>; 2],
-    sum_x: [DMatrix<f64>; 2],
-    sum_xy: [DMatrix<f64>; 2],
+    groups: usize,
+    per_group: usize,
+    columns: usize,
+    two: bool,
+    products: Vec<f64>,
+    sums: Vec<f64>,
 }
 
-/// Samples (patches) gathered before their sums are taken in one product: bounds the patch
-/// matrix at `fan_in x SAMPLES_PER_PRODUCT` values.
-const SAMPLES_PER_PRODUCT: usize = 4096;
+/// One regime's sums for one neuron: samples, sum of y, and per input the sums of x and x y.
+struct Regime {
+    n: f64,
+    sum_y: f64,
+    sum_x: Vec<f64>,
+    sum_xy: Vec<f64>,
+}
 
 impl Statistics {
-    /// Bytes a layer's sums hold, and its patch and mask matrices while a batch is added.
+    /// Bytes a layer's sums hold.
     pub(super) fn bytes(l: &LinearLayer) -> u64 {
-        let per = (l.outputs() as u64).saturating_mul(l.fan_in() as u64 + 1);
-        let sums = per.saturating_mul(2 * 2 * 8);
-        let work = (SAMPLES_PER_PRODUCT as u64)
-            .saturating_mul(l.fan_in() as u64 + 2 * l.outputs() as u64)
-            .saturating_mul(8);
-        sums.saturating_add(work)
+        let per_group = (l.fan_in() as u64 + 1).saturating_mul(l.columns() as u64);
+        per_group.saturating_mul(l.groups() as u64).saturating_mul(8)
     }
 
     pub(super) fn new(l: &LinearLayer) -> Self {
-        let (j, k) = (l.outputs(), l.fan_in());
-        let zeros = |n: usize| [vec![0.0; n], vec![0.0; n]];
+        let (groups, columns) = (l.groups(), l.columns());
         Self {
-            fan_in: k,
-            count: zeros(j),
-            sum_y: zeros(j),
-            sum_x: [DMatrix::zeros(k, j), DMatrix::zeros(k, j)],
-            sum_xy: [DMatrix::zeros(k, j), DMatrix::zeros(k, j)],
+            fan_in: l.fan_in(),
+            groups,
+            per_group: l.outputs() / groups,
+            columns,
+            two: l.gate.is_some(),
+            products: vec![0.0; groups * l.fan_in() * columns],
+            sums: vec![0.0; groups * columns],
         }
     }
 
-    /// Adds samples: `patches` (`fan_in x s`, one receptive field per column) seen by neurons
-    /// `first..first + n` with outputs `y(s, j)` and regimes `regime(s, j)`.
-    fn add_samples(
-        &mut self,
-        patches: &DMatrix<f64>,
-        (first, n): (usize, usize),
-        y: impl Fn(usize, usize) -> f64,
-        regime: impl Fn(usize, usize) -> usize,
-    ) {
-        let samples = patches.ncols();
-        for r in 0..2 {
-            let mut mask = DMatrix::<f64>::zeros(samples, n);
-            let mut masked_y = DMatrix::<f64>::zeros(samples, n);
-            let mut any = false;
-            for j in 0..n {
-                for s in 0..samples {
-                    if regime(s, j) == r {
-                        let v = y(s, j);
-                        mask[(s, j)] = 1.0;
-                        masked_y[(s, j)] = v;
-                        self.count[r][first + j] += 1.0;
-                        self.sum_y[r][first + j] += v;
-                        any = true;
-                    }
-                }
-            }
-            if !any {
-                continue;
-            }
-            self.sum_x[r].columns_mut(first, n).gemm(1.0, patches, &mask, 1.0);
-            self.sum_xy[r].columns_mut(first, n).gemm(1.0, patches, &masked_y, 1.0);
-        }
-    }
-
-    /// Adds a batch: the layer's input, output and the ReLU's input. The output keeps its bias:
-    /// a covariance does not see a constant (iNNvestigate drops it; the patterns are the same).
-    pub(super) fn add(&mut self, l: &LinearLayer, x: &Tensor, y: &Tensor, gate: Option<&Tensor>) -> Result<(), String> {
-        let (xv, yv) = (
-            x.as_f32().ok_or("the input is not float")?,
-            y.as_f32().ok_or("the output is not float")?,
+    /// Adds a batch's statistics: `products` `[passes, groups, fan_in, columns]` and `sums`
+    /// `[passes, groups, columns]`, one row per pass.
+    pub(super) fn add(&mut self, products: &Tensor, sums: &Tensor) -> Result<(), String> {
+        let (p, s) = (
+            products.as_f32().ok_or("the products are not float")?,
+            sums.as_f32().ok_or("the sums are not float")?,
         );
-        let gv = match gate {
-            Some(g) => Some(g.as_f32().ok_or("the ReLU's input is not float")?),
-            None => None,
-        };
-        if gv.is_some_and(|g| g.len() != yv.len()) {
-            return Err("the ReLU's input is not shaped like the layer's output".into());
+        let passes = products.rows();
+        let fits = products.shape.get(1..) == Some(&[self.groups, self.fan_in, self.columns][..])
+            && sums.shape.get(1..) == Some(&[self.groups, self.columns][..])
+            && sums.rows() == passes;
+        if !fits {
+            return Err(format!(
+                "statistics shaped {:?} and {:?} do not fit the weight",
+                products.shape, sums.shape
+            ));
         }
-        let regime = |i: usize| gv.map_or(0, |g| usize::from(g[i] <= 0.0));
-        match &l.receptive {
-            Receptive::Dense { .. } => {
-                let (k, j) = (l.fan_in(), l.outputs());
-                if k == 0 || j == 0 || xv.len() % k != 0 || yv.len() != xv.len() / k * j {
-                    return Err(format!("shapes {:?} and {:?} do not fit the weight", x.shape, y.shape));
+        for (held, values) in [(&mut self.products, p), (&mut self.sums, s)] {
+            for pass in values.chunks(held.len().max(1)) {
+                for (h, v) in held.iter_mut().zip(pass) {
+                    *h += f64::from(*v);
                 }
-                let rows = xv.len() / k;
-                let mut start = 0;
-                while start < rows {
-                    let end = rows.min(start + SAMPLES_PER_PRODUCT);
-                    let patches = DMatrix::from_fn(k, end - start, |kk, s| f64::from(xv[(start + s) * k + kk]));
-                    let at = |s: usize, jj: usize| (start + s) * j + jj;
-                    self.add_samples(
-                        &patches,
-                        (0, j),
-                        |s, jj| f64::from(yv[at(s, jj)]),
-                        |s, jj| regime(at(s, jj)),
-                    );
-                    start = end;
-                }
-                Ok(())
             }
-            Receptive::Conv {
-                kernel,
-                strides,
-                dilations,
-                pads,
-                group,
-            } => {
-                let (xs, ys) = (&x.shape, &y.shape);
-                if xs.len() != 4 || ys.len() != 4 || xs[0] != ys[0] || ys[1] != l.outputs() || xs[1] % group != 0 {
-                    return Err(format!("shapes {xs:?} and {ys:?} do not fit the weight"));
-                }
-                let (n, c, h, w) = (xs[0], xs[1], xs[2], xs[3]);
-                let (cout, oh, ow) = (ys[1], ys[2], ys[3]);
-                let cg = c / group;
-                let per_group = cout / group;
-                if cg * kernel[0] * kernel[1] != l.fan_in() {
-                    return Err("the weight does not fit the input's channels".into());
-                }
-                let positions = oh * ow;
-                // Output positions a product at a time, so the patches and masks stay within
-                // what `bytes` budgets, however large the feature map.
-                let spans: Vec<(usize, usize)> = (0..positions)
-                    .step_by(SAMPLES_PER_PRODUCT)
-                    .map(|p0| (p0, (p0 + SAMPLES_PER_PRODUCT).min(positions)))
-                    .collect();
-                for b in 0..n {
-                    for (g, &(p0, p1)) in (0..*group).flat_map(|g| spans.iter().map(move |s| (g, s))) {
-                        // The image's patches for the group, zero-padded, one column per output
-                        // position: channels of the group, kernel rows, columns.
-                        let patches = DMatrix::from_fn(l.fan_in(), p1 - p0, |k, p| {
-                            let p = p0 + p;
-                            let (py, px) = (p / ow, p % ow);
-                            let ch = g * cg + k / (kernel[0] * kernel[1]);
-                            let (ky, kx) = ((k / kernel[1]) % kernel[0], k % kernel[1]);
-                            let iy = (py * strides[0] + ky * dilations[0]) as isize - pads[0] as isize;
-                            let ix = (px * strides[1] + kx * dilations[1]) as isize - pads[1] as isize;
-                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                f64::from(xv[((b * c + ch) * h + iy as usize) * w + ix as usize])
-                            } else {
-                                0.0
-                            }
-                        });
-                        let first = g * per_group;
-                        let at = |p: usize, jj: usize| (b * cout + first + jj) * positions + p0 + p;
-                        self.add_samples(
-                            &patches,
-                            (first, per_group),
-                            |p, jj| f64::from(yv[at(p, jj)]),
-                            |p, jj| regime(at(p, jj)),
-                        );
-                    }
-                }
-                Ok(())
-            }
+        }
+        Ok(())
+    }
+
+    /// Neuron `j`'s sums in `regime` (0: the ReLU open, or every sample when none follows;
+    /// 1: shut).
+    fn regime(&self, j: usize, regime: usize) -> Regime {
+        let (gi, mg) = (j / self.per_group, j % self.per_group);
+        let ones = self.columns - 1;
+        let col = |b: usize| b * self.per_group + mg;
+        let sum = |c: usize| self.sums[gi * self.columns + c];
+        let product = |k: usize, c: usize| self.products[(gi * self.fan_in + k) * self.columns + c];
+        let per_input = |f: &dyn Fn(usize) -> f64| (0..self.fan_in).map(f).collect::<Vec<f64>>();
+        match (self.two, regime) {
+            (false, _) => Regime {
+                n: sum(ones),
+                sum_y: sum(col(0)),
+                sum_x: per_input(&|k| product(k, ones)),
+                sum_xy: per_input(&|k| product(k, col(0))),
+            },
+            (true, 0) => Regime {
+                n: sum(col(0)),
+                sum_y: sum(col(1)),
+                sum_x: per_input(&|k| product(k, col(0))),
+                sum_xy: per_input(&|k| product(k, col(1))),
+            },
+            (true, _) => Regime {
+                n: sum(ones) - sum(col(0)),
+                sum_y: sum(col(2)) - sum(col(1)),
+                sum_x: per_input(&|k| product(k, ones) - product(k, col(0))),
+                sum_xy: per_input(&|k| product(k, col(2)) - product(k, col(1))),
+            },
         }
     }
 
     /// The fitted pattern(s), shaped like the weight.
     pub(super) fn patterns(&self, l: &LinearLayer) -> LayerPattern {
-        let two = l.gate.is_some();
-        let estimate = |regimes: &[usize]| -> Vec<f32> {
+        let estimate = |regime: usize| -> Vec<f32> {
             let mut a = vec![0f32; l.weight_values.len()];
             for j in 0..l.outputs() {
-                let at = j * self.fan_in;
-                let total = |v: &[DMatrix<f64>; 2], i: usize| regimes.iter().map(|r| v[*r].as_slice()[i]).sum::<f64>();
-                let n = regimes.iter().map(|r| self.count[*r][j]).sum::<f64>();
-                if n == 0.0 {
+                let r = self.regime(j, regime);
+                // Fewer than half a sample: none (the shut regime's count is a difference).
+                if r.n < 0.5 {
                     continue;
                 }
-                let mean_y = regimes.iter().map(|r| self.sum_y[*r][j]).sum::<f64>() / n;
+                let mean_y = r.sum_y / r.n;
                 let cov: Vec<f64> = (0..self.fan_in)
-                    .map(|k| total(&self.sum_xy, at + k) / n - total(&self.sum_x, at + k) / n * mean_y)
+                    .map(|k| r.sum_xy[k] / r.n - r.sum_x[k] / r.n * mean_y)
                     .collect();
                 let denom: f64 = cov
                     .iter()
@@ -515,8 +474,8 @@ impl Statistics {
         };
         LayerPattern {
             dims: l.weight_dims.clone(),
-            values: if two { estimate(&[0]) } else { estimate(&[0, 1]) },
-            negative: two.then(|| estimate(&[1])),
+            values: estimate(0),
+            negative: self.two.then(|| estimate(1)),
         }
     }
 }
@@ -536,7 +495,7 @@ pub(super) fn explain(
     let chunk = cx.max_batch();
     let pass = cx.gradients(
         &[],
-        crate::onnx::autodiff::RuleSet::Pattern(rules),
+        RuleSet::Pattern(rules),
         &input,
         &super::one_hot(&indices, classes),
         chunk,
@@ -559,6 +518,7 @@ pub(super) fn plan(cx: &super::PlanContext) -> Result<super::Cost, super::Invali
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx::patterns::Receptive;
 
     /// The linear estimator on a 2-input dense neuron: x = s y_s + d e with the filter
     /// w = (1, -1) cancelling the distractor direction d = (1, 1): the pattern is s, scaled so
@@ -576,20 +536,25 @@ mod tests {
             receptive: Receptive::Dense { transposed: false },
         };
         let mut st = Statistics::new(&layer);
-        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        // What the statistics pass outputs for this layer: per input the sums of x y and of x,
+        // then the sums of y and the samples.
+        let (mut products, mut sums) = (vec![0f32; 4], vec![0f32; 2]);
         // Every signal value with every distractor value: the two are uncorrelated.
         for i in 0..200 {
             let signal = (i / 10) as f32 / 10.0 - 1.0;
             let distractor = (i % 10) as f32 / 5.0 - 1.0;
             let x = [signal + distractor, distractor];
-            xs.extend_from_slice(&x);
-            ys.push(x[0] - x[1]);
+            let y = x[0] - x[1];
+            for k in 0..2 {
+                products[k * 2] += x[k] * y;
+                products[k * 2 + 1] += x[k];
+            }
+            sums[0] += y;
+            sums[1] += 1.0;
         }
         st.add(
-            &layer,
-            &Tensor::f32(vec![200, 2], xs),
-            &Tensor::f32(vec![200, 1], ys),
-            None,
+            &Tensor::f32(vec![1, 1, 2, 2], products),
+            &Tensor::f32(vec![1, 1, 2], sums),
         )
         .unwrap();
         let p = st.patterns(&layer);

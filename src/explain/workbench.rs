@@ -110,6 +110,20 @@ impl<'a> Cx<'a> {
         })
     }
 
+    /// The pattern statistics of this job's model on `input` rows, one row per pass
+    /// ([`WorkerRuntime::run_statistics`]; `row_bytes`: what they add to a forward row).
+    pub fn pattern_statistics(
+        &mut self,
+        input: &Tensor,
+        row_bytes: u64,
+    ) -> Result<std::collections::HashMap<String, Tensor>, RuntimeError> {
+        self.job_ctx.checkpoint()?;
+        let model = self.model.clone();
+        self.passes(usize::MAX, false, |rt, sizing| {
+            rt.run_statistics(&model, input, row_bytes, sizing)
+        })
+    }
+
     /// The further outputs of the pass that scored the input, once ([`Method::with_scores`]).
     pub fn scored(&mut self) -> Option<std::collections::HashMap<String, Tensor>> {
         self.scored.take()

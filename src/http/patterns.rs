@@ -109,8 +109,8 @@ async fn pattern_state(state: &AppState, m: &Arc<crate::runtime::LoadedModel>) -
     // Hashing a `[patterns]` folder reads its images, and kept patterns may be read from disk.
     tokio::task::spawn_blocking(move || -> Result<PatternState, ApiError> {
         let data = Data::of(&m, reference.as_ref()).map_err(no_data)?;
-        let sha = data.sha256().map_err(ApiError::from)?;
         let store = gradients.patterns();
+        let sha = data.sha256(store).map_err(ApiError::from)?;
         let kept = store.get(&m.sha256, &sha);
         let state = match (&kept, store.is_fitting(&m.sha256, &sha)) {
             (Some(_), _) => "kept",

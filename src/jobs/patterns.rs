@@ -79,7 +79,7 @@ pub async fn prepare_all(
             let Ok(data) = Data::of(model, reference.as_ref()) else {
                 continue;
             };
-            match data.sha256() {
+            match data.sha256(gradients2.patterns()) {
                 Ok(sha) if gradients2.patterns().get(&model.sha256, &sha).is_some() => {
                     tracing::info!(model = %model.name, data = data.name(), "patterns read back from disk");
                 }

@@ -10,9 +10,9 @@ use prost::Message;
 
 use super::autodiff::analysis::Path;
 use super::autodiff::ShapeMap;
-use super::builder::float_tensor;
+use super::builder::{attribute, float_tensor, int64_tensor, value_info, Attr};
 use super::node::{attr_float, attr_int, attr_ints, attr_string, constant, node_name, op_type, tensor_f32};
-use super::proto::{GraphProto, NodeProto};
+use super::proto::{data_type, GraphProto, ModelProto, NodeProto};
 
 /// How a linear layer's output neuron sees its input.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +76,32 @@ impl LinearLayer {
     pub fn fan_in(&self) -> usize {
         let total = self.weight_values.len();
         total.checked_div(self.outputs()).unwrap_or(0)
+    }
+
+    /// Groups of a convolution (1 for a dense layer): output `j` sees the inputs of group
+    /// `j / (outputs / groups)`.
+    pub fn groups(&self) -> usize {
+        match self.receptive {
+            Receptive::Conv { group, .. } => group.max(1),
+            Receptive::Dense { .. } => 1,
+        }
+    }
+
+    /// Right-hand sides per output neuron in the statistics pass: the ReLU's open-regime mask,
+    /// the output masked by it, and the output, for a layer a ReLU follows; the output alone
+    /// otherwise.
+    pub fn blocks(&self) -> usize {
+        if self.gate.is_some() {
+            3
+        } else {
+            1
+        }
+    }
+
+    /// Columns of a group's statistics: the blocks of each of its output neurons, then a column of
+    /// ones (the samples' count, and each input's plain sum).
+    pub fn columns(&self) -> usize {
+        self.blocks() * (self.outputs() / self.groups()) + 1
     }
 
     /// Index in the weight of output `j`'s input `k` (the pattern uses the same layout).
@@ -217,6 +243,274 @@ fn gate(graph: &GraphProto, output: &str, consumers: &HashMap<&str, Vec<&NodePro
         }
         _ => None,
     }
+}
+
+/// The statistics graph's outputs for linear layer `i` (of [`linear_layers`]): `products`
+/// `[1, groups, fan_in, columns]`, each sample's input (a convolution's zero-padded patch) times
+/// each right-hand side ([`LinearLayer::blocks`], block-major within a group, then ones) summed
+/// over the pass's samples; and `sums` `[1, groups, columns]`, the right-hand sides' sums. The
+/// leading axis is the pass: the runtime's passes stack along it.
+pub fn statistics_outputs(i: usize) -> (String, String) {
+    (
+        format!("explaind.patterns.{i}.products"),
+        format!("explaind.patterns.{i}.sums"),
+    )
+}
+
+/// The forward model (`model`, as prepared for gradients, with its probed `shapes`) with, for each
+/// of `layers`, the sums the pattern estimators need as outputs ([`statistics_outputs`]) in
+/// place of the model's own: per output neuron `j`, input `k` and regime, the samples, the sums
+/// of y, of x and of x y, as matrix products ONNX Runtime runs beside the forward pass, so
+/// that only these sums (the weights' size, not the data's) leave the pass.
+///
+/// A convolution's patches are gathered as its input transposed to channels first, padded, and
+/// one strided slice per kernel offset (im2col with standard operators), so the sums are one
+/// batched MatMul `[groups, fan_in, samples] x [groups, samples, columns]`. (The weight-gradient
+/// form, a Conv of the transposed input with the transposed right-hand sides as its kernel,
+/// computes the same sums; ONNX Runtime ran it at about twice the time, its convolution kernels
+/// being made for constant weights.)
+pub fn statistics_graph(model: &ModelProto, layers: &[LinearLayer], shapes: &ShapeMap) -> Result<ModelProto, String> {
+    let mut out = model.clone();
+    let graph = out.graph.as_mut().ok_or("the model has no graph")?;
+    graph.output.clear();
+    for (i, l) in layers.iter().enumerate() {
+        let mut e = Emit {
+            graph,
+            prefix: format!("explaind.patterns.{i}."),
+            count: 0,
+        };
+        let (products, sums) = match &l.receptive {
+            Receptive::Conv { .. } => conv_statistics(&mut e, l, shapes),
+            Receptive::Dense { .. } => dense_statistics(&mut e, l),
+        }
+        .map_err(|why| format!("{}: {why}", l.node))?;
+        let (products_name, sums_name) = statistics_outputs(i);
+        let zero = e.ints(&[0]);
+        e.named("Unsqueeze", &[&products, &zero], vec![], &products_name);
+        e.named("Unsqueeze", &[&sums, &zero], vec![], &sums_name);
+        for name in [products_name, sums_name] {
+            graph.output.push(value_info(&name, data_type::FLOAT, None));
+        }
+    }
+    Ok(out)
+}
+
+/// Bytes one input row adds in a statistics pass: per layer its patches (fan-in times its output
+/// positions), the right-hand sides and the transposed copies, the largest layer's (ONNX Runtime
+/// frees a layer's once its products are taken); 0 when a shape is unknown.
+pub fn statistics_row_bytes(layers: &[LinearLayer], shapes: &ShapeMap) -> u64 {
+    let per_row = |name: &str| -> Option<u64> {
+        let dims = &shapes.get(name)?.dims;
+        dims.iter()
+            .skip(1)
+            .try_fold(1u64, |n, d| n.checked_mul(u64::try_from((*d)?).ok()?))
+    };
+    layers
+        .iter()
+        .filter_map(|l| {
+            let (x, y) = (per_row(&l.input)?, per_row(&l.output)?);
+            let positions = y / (l.outputs() as u64).max(1);
+            let patches = positions.saturating_mul(l.fan_in() as u64 * l.groups() as u64);
+            // Patches, the transposed input, the transposed output and gate, the masks, the
+            // right-hand sides (blocks + ones).
+            let floats = patches
+                .saturating_add(x)
+                .saturating_add(y.saturating_mul(2 * l.blocks() as u64 + 3));
+            Some(floats.saturating_mul(4))
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Nodes appended to a graph, named under a prefix.
+struct Emit<'g> {
+    graph: &'g mut GraphProto,
+    prefix: String,
+    count: usize,
+}
+
+impl Emit<'_> {
+    fn named(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, output: &str) {
+        self.count += 1;
+        self.graph.node.push(NodeProto {
+            name: Some(format!("{}{}.{}", self.prefix, op.to_ascii_lowercase(), self.count)),
+            op_type: Some(op.to_string()),
+            domain: Some(String::new()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            attribute: attrs.into_iter().map(|(n, v)| attribute(n, v)).collect(),
+            ..Default::default()
+        });
+    }
+
+    fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+        let out = format!("{}{}.{}", self.prefix, op.to_ascii_lowercase(), self.count + 1);
+        self.named(op, inputs, attrs, &out);
+        out
+    }
+
+    fn ints(&mut self, values: &[i64]) -> String {
+        self.count += 1;
+        let name = format!("{}ints.{}", self.prefix, self.count);
+        self.graph
+            .initializer
+            .push(int64_tensor(&name, &[values.len() as i64], values));
+        name
+    }
+
+    fn reshape(&mut self, x: &str, dims: &[i64]) -> String {
+        let shape = self.ints(dims);
+        self.node("Reshape", &[x, &shape], vec![])
+    }
+
+    fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
+        self.node("Transpose", &[x], vec![("perm", Attr::Ints(perm.to_vec()))])
+    }
+
+    /// Ones shaped like `like` except axis `axis`, which is 1 (`like`'s rank is `rank`).
+    fn ones_beside(&mut self, like: &str, axis: usize, rank: usize) -> String {
+        let shape = self.node("Shape", &[like], vec![]);
+        let mut parts = Vec::new();
+        if axis > 0 {
+            let (start, end) = (self.ints(&[0]), self.ints(&[axis as i64]));
+            parts.push(self.node("Slice", &[&shape, &start, &end], vec![]));
+        }
+        parts.push(self.ints(&[1]));
+        if axis + 1 < rank {
+            let (start, end) = (self.ints(&[axis as i64 + 1]), self.ints(&[rank as i64]));
+            parts.push(self.node("Slice", &[&shape, &start, &end], vec![]));
+        }
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let dims = self.node("Concat", &refs, vec![("axis", Attr::Int(0))]);
+        let one = Attr::Tensor(Box::new(float_tensor("value", &[1], &[1.0])));
+        self.node("ConstantOfShape", &[&dims], vec![("value", one)])
+    }
+
+    /// The open-regime mask `gate > 0` as floats.
+    fn open(&mut self, gate: &str) -> String {
+        self.count += 1;
+        let zero = format!("{}zero.{}", self.prefix, self.count);
+        self.graph.initializer.push(float_tensor(&zero, &[], &[0.0]));
+        let open = self.node("Greater", &[gate, &zero], vec![]);
+        self.node("Cast", &[&open], vec![("to", Attr::Int(i64::from(data_type::FLOAT)))])
+    }
+}
+
+/// A convolution's sums: `[groups, fan_in, columns]` and `[groups, columns]`.
+fn conv_statistics(e: &mut Emit, l: &LinearLayer, shapes: &ShapeMap) -> Result<(String, String), String> {
+    let Receptive::Conv {
+        kernel,
+        strides,
+        dilations,
+        pads,
+        group,
+    } = &l.receptive
+    else {
+        return Err("not a convolution".into());
+    };
+    let fixed = |name: &str| -> Option<Vec<i64>> { shapes.get(name)?.dims.iter().skip(1).copied().collect() };
+    let (Some(x_dims), Some(y_dims)) = (fixed(&l.input), fixed(&l.output)) else {
+        return Err("patterns are fitted for convolutions whose sizes the shape probe fixed".into());
+    };
+    let [_, h, w] = <[i64; 3]>::try_from(x_dims).map_err(|_| "the input is not 4-D")?;
+    let [_, oh, ow] = <[i64; 3]>::try_from(y_dims).map_err(|_| "the output is not 4-D")?;
+    let [kh, kw] = kernel.map(|k| k as i64);
+    let [sh, sw] = strides.map(|s| s as i64);
+    let [dh, dw] = dilations.map(|d| d as i64);
+    let [pt, pl] = pads.map(|p| p as i64);
+    // The end pads the last output position's patch reaches into.
+    let reach = |k: i64, d: i64, o: i64, s: i64| (k - 1) * d + (o - 1) * s + 1;
+    let (pb, pr) = (
+        (reach(kh, dh, oh, sh) - h - pt).max(0),
+        (reach(kw, dw, ow, sw) - w - pl).max(0),
+    );
+    let g = *group as i64;
+    let per_group = (l.outputs() / group) as i64;
+    let blocks = l.blocks() as i64;
+
+    // Patches `[groups, fan_in, samples]`: the input channels first, then one strided slice per
+    // kernel offset, concatenated so that a row is (channel, kernel row, kernel column), the
+    // weight's order, and a column (image, output position).
+    let xt = e.transpose(&l.input, &[1, 0, 2, 3]);
+    let padded = if pt + pl + pb + pr > 0 {
+        let p = e.ints(&[0, 0, pt, pl, 0, 0, pb, pr]);
+        e.node("Pad", &[&xt, &p], vec![])
+    } else {
+        xt
+    };
+    let (axes, steps) = (e.ints(&[2, 3]), e.ints(&[sh, sw]));
+    let mut slices = Vec::new();
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let starts = e.ints(&[ky * dh, kx * dw]);
+            let ends = e.ints(&[ky * dh + (oh - 1) * sh + 1, kx * dw + (ow - 1) * sw + 1]);
+            slices.push(e.node("Slice", &[&padded, &starts, &ends, &axes, &steps], vec![]));
+        }
+    }
+    let refs: Vec<&str> = slices.iter().map(String::as_str).collect();
+    let patches = e.node("Concat", &refs, vec![("axis", Attr::Int(1))]);
+    let patches = e.reshape(&patches, &[g, l.fan_in() as i64, -1]);
+
+    // Right-hand sides `[groups, columns, samples]`, output channels first.
+    let yt = e.transpose(&l.output, &[1, 0, 2, 3]);
+    let mut rhs = Vec::new();
+    if let Some(gate) = &l.gate {
+        let gt = if gate == &l.output {
+            yt.clone()
+        } else {
+            e.transpose(gate, &[1, 0, 2, 3])
+        };
+        let open = e.open(&gt);
+        let masked = e.node("Mul", &[&yt, &open], vec![]);
+        rhs.extend([open, masked]);
+    }
+    rhs.push(yt);
+    let rhs = if g == 1 {
+        let ones = e.ones_beside(&rhs[0], 0, 4);
+        rhs.push(ones);
+        let refs: Vec<&str> = rhs.iter().map(String::as_str).collect();
+        let all = e.node("Concat", &refs, vec![("axis", Attr::Int(0))]);
+        e.reshape(&all, &[1, l.columns() as i64, -1])
+    } else {
+        let refs: Vec<&str> = rhs.iter().map(String::as_str).collect();
+        let all = e.node("Concat", &refs, vec![("axis", Attr::Int(0))]);
+        let split = e.reshape(&all, &[blocks, g, per_group, -1]);
+        let grouped = e.transpose(&split, &[1, 0, 2, 3]);
+        let grouped = e.reshape(&grouped, &[g, blocks * per_group, -1]);
+        let ones = e.ones_beside(&grouped, 1, 3);
+        e.node("Concat", &[&grouped, &ones], vec![("axis", Attr::Int(1))])
+    };
+    let rhs_t = e.transpose(&rhs, &[0, 2, 1]);
+    let products = e.node("MatMul", &[&patches, &rhs_t], vec![]);
+    let axis = e.ints(&[2]);
+    let sums = e.node("ReduceSum", &[&rhs, &axis], vec![("keepdims", Attr::Int(0))]);
+    Ok((products, sums))
+}
+
+/// A dense layer's sums (every leading position a sample): `[1, fan_in, columns]` and
+/// `[1, columns]`.
+fn dense_statistics(e: &mut Emit, l: &LinearLayer) -> Result<(String, String), String> {
+    let (k, j) = (l.fan_in() as i64, l.outputs() as i64);
+    let x = e.reshape(&l.input, &[-1, k]);
+    let y = e.reshape(&l.output, &[-1, j]);
+    let mut rhs = Vec::new();
+    if let Some(gate) = &l.gate {
+        let gate = e.reshape(gate, &[-1, j]);
+        let open = e.open(&gate);
+        let masked = e.node("Mul", &[&y, &open], vec![]);
+        rhs.extend([open, masked]);
+    }
+    rhs.push(y);
+    let ones = e.ones_beside(&x, 1, 2);
+    rhs.push(ones);
+    let refs: Vec<&str> = rhs.iter().map(String::as_str).collect();
+    let rhs = e.node("Concat", &refs, vec![("axis", Attr::Int(1))]);
+    let products = e.node("Gemm", &[&x, &rhs], vec![("transA", Attr::Int(1))]);
+    let products = e.reshape(&products, &[1, k, l.columns() as i64]);
+    let axis = e.ints(&[0]);
+    let sums = e.node("ReduceSum", &[&rhs, &axis], vec![("keepdims", Attr::Int(0))]);
+    let sums = e.reshape(&sums, &[1, l.columns() as i64]);
+    Ok((products, sums))
 }
 
 /// One layer's fitted patterns, shaped like its weight.

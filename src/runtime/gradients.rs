@@ -324,6 +324,19 @@ impl GradientCache {
         Ok(crate::onnx::head::with_outputs(&prepared.0, names)?.encode_to_vec())
     }
 
+    /// The model with its pattern statistics as outputs ([`crate::onnx::patterns::statistics_graph`],
+    /// for the linear layers [`crate::onnx::patterns::linear_layers`] finds in it).
+    pub fn statistics(&self, model: &LoadedModel) -> Result<Vec<u8>, String> {
+        let prepared = self.prepared(model)?;
+        let graph = prepared.0.graph.as_ref().ok_or("the model has no graph")?;
+        let layers = crate::onnx::patterns::linear_layers(graph, &model.spec.input, &model.spec.output, &prepared.1)?;
+        let started = std::time::Instant::now();
+        let built = crate::onnx::patterns::statistics_graph(&prepared.0, &layers, &prepared.1)?;
+        tracing::info!(model = %model.name, layers = layers.len(), ms = started.elapsed().as_millis() as u64,
+            "pattern statistics model built");
+        Ok(built.encode_to_vec())
+    }
+
     /// Where MC dropout puts its masks in `model`: the tensors in `layers`, else the model's own
     /// Dropout nodes, else the input of its last linear layer; an error says why none can go there.
     pub fn mask_sites(&self, model: &LoadedModel, layers: &[String]) -> Result<Vec<MaskSite>, String> {

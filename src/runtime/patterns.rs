@@ -8,7 +8,7 @@
 //! claim to the next waiter.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ pub struct PatternStore {
     dir: Option<PathBuf>,
     kept: Mutex<HashMap<(String, u64), Arc<Patterns>>>,
     fitting: Arc<Fitting>,
+    /// `[patterns]` folders' hashes by path, taken once (at start, or by the first request that
+    /// needs them): hashing a folder reads every image in it.
+    folders: Mutex<HashMap<PathBuf, String>>,
 }
 
 /// The fits under way, and a signal when one ends.
@@ -79,7 +82,23 @@ impl PatternStore {
             dir,
             kept: Mutex::new(HashMap::new()),
             fitting: Arc::default(),
+            folders: Mutex::default(),
         }
+    }
+
+    /// The hash of the folder `dir`: the one taken before, else `hash()`'s (kept when it succeeds).
+    /// A folder's images changed while the service runs are seen at the next start.
+    pub fn folder_sha256<E>(&self, dir: &Path, hash: impl FnOnce() -> Result<String, E>) -> Result<String, E> {
+        if let Some(sha) = self.folders.lock().unwrap_or_else(|p| p.into_inner()).get(dir) {
+            return Ok(sha.clone());
+        }
+        // Hashed outside the lock: two first requests may both hash, and agree.
+        let sha = hash()?;
+        self.folders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dir.to_path_buf(), sha.clone());
+        Ok(sha)
     }
 
     /// The kept patterns, or the claim to fit them; while another request fits them, waits for

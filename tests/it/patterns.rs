@@ -476,3 +476,206 @@ async fn a_pattern_folder_outside_the_model_folder_is_refused() {
     let error = start_error(config).await;
     assert!(error.contains("serves image models"), "{error}");
 }
+
+/// The statistics pass, computed inside the ONNX graph, sums what the estimators read for a
+/// convolution of any geometry (groups, strides, dilations, asymmetric zero padding, the ReLU
+/// reading the output plus a bias) and for a dense layer no ReLU follows: equal to the sums taken
+/// sample by sample here.
+#[test]
+fn the_statistics_pass_sums_patches_of_any_convolution_geometry() {
+    use explaind::onnx::autodiff::prepare_forward;
+    use explaind::onnx::autodiff::GraphRunner;
+    use explaind::onnx::builder::{Attr, GraphBuilder};
+    use explaind::onnx::patterns::{linear_layers, statistics_graph};
+    use explaind::runtime::graph_runner::OrtRunner;
+    use explaind::runtime::shapes::probe_shapes;
+
+    let (n, c, h, w) = (3usize, 4usize, 7usize, 6usize);
+    let (m, groups, kh, kw) = (4usize, 2usize, 3usize, 2usize);
+    let (sh, sw, dh, dw) = (2usize, 1usize, 1usize, 2usize);
+    let (pt, pl, pb, pr) = (1usize, 0usize, 2usize, 1usize);
+    let (oh, ow) = (
+        (h + pt + pb - dh * (kh - 1) - 1) / sh + 1,
+        (w + pl + pr - dw * (kw - 1) - 1) / sw + 1,
+    );
+    let cg = c / groups;
+    let mg = m / groups;
+    let fan_in = cg * kh * kw;
+    let value = |i: usize, scale: f32| ((i * 37 + 11) % 23) as f32 / 11.0 * scale - scale;
+    let wv: Vec<f32> = (0..m * fan_in).map(|i| value(i, 0.5)).collect();
+    let bv: Vec<f32> = (0..m).map(|i| value(i + 5, 0.3)).collect();
+    let out_features = m * oh * ow;
+    let vv: Vec<f32> = (0..out_features * 2).map(|i| value(i + 3, 0.2)).collect();
+
+    let mut b = GraphBuilder::new("geometry", 17);
+    b.input("x", &[-1, c as i64, h as i64, w as i64]);
+    let wt = b.constant("w", &[m as i64, cg as i64, kh as i64, kw as i64], &wv);
+    let y = b.node(
+        "Conv",
+        &["x", &wt],
+        vec![
+            ("kernel_shape", Attr::Ints(vec![kh as i64, kw as i64])),
+            ("strides", Attr::Ints(vec![sh as i64, sw as i64])),
+            ("dilations", Attr::Ints(vec![dh as i64, dw as i64])),
+            ("pads", Attr::Ints(vec![pt as i64, pl as i64, pb as i64, pr as i64])),
+            ("group", Attr::Int(groups as i64)),
+        ],
+    );
+    let bias = b.constant("b", &[1, m as i64, 1, 1], &bv);
+    let gate = b.node("Add", &[&y, &bias], vec![]);
+    let r = b.node("Relu", &[&gate], vec![]);
+    let flat = b.node("Flatten", &[&r], vec![]);
+    let v = b.constant("v", &[out_features as i64, 2], &vv);
+    let scores = b.node("MatMul", &[&flat, &v], vec![]);
+    b.output(&scores, &[-1, 2]);
+    let model = prepare_forward(&b.build()).unwrap();
+    let env = explaind::runtime::library::init(None).unwrap();
+    let runner = OrtRunner::new(env);
+    let shapes = probe_shapes(&runner, &model, "x", &[1, c, h, w]).unwrap();
+    let layers = linear_layers(model.graph.as_ref().unwrap(), "x", &scores, &shapes).unwrap();
+    assert_eq!(layers.len(), 2);
+    assert_eq!(layers[0].gate.as_deref(), Some(gate.as_str()));
+    let stats = statistics_graph(&model, &layers, &shapes).unwrap();
+    let x: Vec<f32> = (0..n * c * h * w).map(|i| value(i + 7, 1.0)).collect();
+    let outs = runner.run_f32(&stats, &[("x", vec![n, c, h, w], x.clone())]).unwrap();
+    assert_eq!(outs.len(), 4);
+
+    // The convolution, sample by sample: columns per group are (mask, y mask, y) per neuron, then
+    // ones.
+    let columns = 3 * mg + 1;
+    let mut products = vec![0f64; groups * fan_in * columns];
+    let mut sums = vec![0f64; groups * columns];
+    let mut relu = vec![0f64; n * out_features];
+    for ni in 0..n {
+        for gi in 0..groups {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let patch: Vec<f64> = (0..fan_in)
+                        .map(|k| {
+                            let (ch, ky, kx) = (gi * cg + k / (kh * kw), (k / kw) % kh, k % kw);
+                            let iy = (oy * sh + ky * dh) as isize - pt as isize;
+                            let ix = (ox * sw + kx * dw) as isize - pl as isize;
+                            if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                return 0.0;
+                            }
+                            f64::from(x[((ni * c + ch) * h + iy as usize) * w + ix as usize])
+                        })
+                        .collect();
+                    for (k, p) in patch.iter().enumerate() {
+                        products[(gi * fan_in + k) * columns + 3 * mg] += p;
+                    }
+                    sums[gi * columns + 3 * mg] += 1.0;
+                    for mj in 0..mg {
+                        let j = gi * mg + mj;
+                        let yv: f64 = (0..fan_in).map(|k| patch[k] * f64::from(wv[j * fan_in + k])).sum();
+                        let gv = yv + f64::from(bv[j]);
+                        relu[ni * out_features + (j * oh + oy) * ow + ox] = gv.max(0.0);
+                        let open = if gv > 0.0 { 1.0 } else { 0.0 };
+                        for (block, rhs) in [open, yv * open, yv].into_iter().enumerate() {
+                            let col = block * mg + mj;
+                            sums[gi * columns + col] += rhs;
+                            for (k, p) in patch.iter().enumerate() {
+                                products[(gi * fan_in + k) * columns + col] += p * rhs;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let close = |got: &[f32], want: &[f64], what: &str| {
+        let scale = want.iter().fold(1e-6f64, |a, v| a.max(v.abs()));
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, e)) in got.iter().zip(want).enumerate() {
+            assert!((f64::from(*g) - e).abs() <= 1e-4 * scale, "{what}[{i}]: {g} vs {e}");
+        }
+    };
+    assert_eq!(outs[0].0, vec![1, groups, fan_in, columns]);
+    close(&outs[0].1, &products, "convolution products");
+    close(&outs[1].1, &sums, "convolution sums");
+
+    // The dense layer (no ReLU after it): per input the sums of x y per score and of x; the sums
+    // of y and the samples.
+    let mut products = vec![0f64; out_features * 3];
+    let mut sums = vec![0f64; 3];
+    for ni in 0..n {
+        let row = &relu[ni * out_features..(ni + 1) * out_features];
+        let yv: Vec<f64> = (0..2)
+            .map(|j| (0..out_features).map(|k| row[k] * f64::from(vv[k * 2 + j])).sum())
+            .collect();
+        for (k, xk) in row.iter().enumerate() {
+            products[k * 3] += xk * yv[0];
+            products[k * 3 + 1] += xk * yv[1];
+            products[k * 3 + 2] += xk;
+        }
+        sums[0] += yv[0];
+        sums[1] += yv[1];
+        sums[2] += 1.0;
+    }
+    assert_eq!(outs[2].0, vec![1, 1, out_features, 3]);
+    close(&outs[2].1, &products, "dense products");
+    close(&outs[3].1, &sums, "dense sums");
+}
+
+/// With the patterns kept, the top class of a fresh input takes one pass: the pattern rules'
+/// backward model scores the input and chooses the class on its way (no forward pass first), and
+/// answers what a request naming that class gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_kept_patterns_the_top_class_takes_one_pass() {
+    let dir = temp_dir("patterns-one-pass");
+    write_model(
+        &dir,
+        "mlp",
+        &explaind::onnx::zoo::pattern_dense(4),
+        &manifest(4, &["a", "b", "c"], true),
+    );
+    let mut rng = Rng::new(9);
+    let rows: Vec<Vec<f32>> = (0..100).map(|_| rng.vec(4, -1.0, 1.0)).collect();
+    write_background(&dir.join("mlp"), &rows);
+    let s = start(test_config(&dir)).await;
+    let x = rng.vec(4, -1.0, 1.0);
+    // The first request fits.
+    let first = explain(&s, "mlp", "pattern-net", &x, 0).await;
+    assert_eq!(first["details"]["patterns"]["fitted_now"], true, "{first}");
+    for method in ["pattern-net", "pattern-attribution"] {
+        let top =
+            ok_json(post_json(&s, &format!("/v1/models/mlp/explain/{method}"), &json!({"features": x})).await).await;
+        let cost = &top["details"]["cost"];
+        assert_eq!(
+            (cost["forward_rows"].as_u64(), cost["passes"].as_u64()),
+            (Some(0), Some(1)),
+            "{top}"
+        );
+        assert_eq!(cost["backward_rows"], json!({"pattern": 1}), "{top}");
+        let index = top["target"]["index"].as_u64().unwrap() as usize;
+        let named = explain(&s, "mlp", method, &x, index).await;
+        assert_eq!(top["attributions"], named["attributions"], "{method}");
+        assert_eq!(top["details"]["patterns"]["fitted_now"], false, "{top}");
+    }
+    s.stop().await.unwrap();
+}
+
+/// A `[patterns]` folder is hashed once, not on every request: an image rewritten while the
+/// service runs changes nothing until the next start, which hashes the folder again and fits anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_folder_is_hashed_once_per_start() {
+    let dir = temp_dir("patterns-hash-once");
+    write_cnn_with_pattern_folder(&dir, 20);
+    let config = test_config(&dir);
+    let s = start(config.clone()).await;
+    let first = explain_png(&s, "fcnn", "pattern-net").await;
+    assert_eq!(first["details"]["patterns"]["fitted_now"], true, "{first}");
+    // Another image's bytes under the first image's name.
+    let images = dir.join("fcnn/fit-images");
+    let mut names: Vec<_> = std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    std::fs::copy(&names[1], &names[0]).unwrap();
+    let again = explain_png(&s, "fcnn", "pattern-net").await;
+    assert_eq!(again["details"]["patterns"]["fitted_now"], false, "{again}");
+    s.stop().await.unwrap();
+
+    let s = start(config).await;
+    let after = explain_png(&s, "fcnn", "pattern-net").await;
+    assert_eq!(after["details"]["patterns"]["fitted_now"], true, "{after}");
+    s.stop().await.unwrap();
+}

@@ -30,6 +30,9 @@ pub(super) enum DerivedKey {
     /// The backward model of a gradient key whose target is the weighted sum of this tensor (a
     /// layer's channel, for activation maximisation) instead of the model's output.
     Seeded(GradientKey, String),
+    /// The model with its pattern statistics as outputs (PatternNet's fitting): sums over a
+    /// pass's rows, so its passes never take in another request's rows.
+    Statistics(String),
 }
 
 /// Mask sites as a key: (tensor, only this node).
@@ -43,7 +46,7 @@ impl DerivedKey {
     pub(super) fn model(&self) -> &str {
         match self {
             DerivedKey::Backward(k) | DerivedKey::MaskedBackward(k, _) | DerivedKey::Seeded(k, _) => &k.model,
-            DerivedKey::Masked(model, _) | DerivedKey::Outputs(model, _) => model,
+            DerivedKey::Masked(model, _) | DerivedKey::Outputs(model, _) | DerivedKey::Statistics(model) => model,
         }
     }
 }
@@ -136,6 +139,18 @@ impl SessionStore {
         Ok(session)
     }
 
+    /// The session of `model` with its pattern statistics as outputs.
+    pub(super) fn statistics_session(&self, model: &LoadedModel) -> Result<Shared, RuntimeError> {
+        let key = DerivedKey::Statistics(model.name.clone());
+        let (session, _) = self
+            .derived_session(model, &key, || Ok((self.gradients.statistics(model)?, None)))
+            .map_err(|message| RuntimeError::NotDifferentiable {
+                model: model.name.clone(),
+                message: format!("its patterns cannot be fitted: {message}"),
+            })?;
+        Ok(session)
+    }
+
     /// The derived session for `key`, built by `build` on first use (other callers wait for that
     /// build); the least recently used ones beyond `max_model_memory` are dropped (a run holding
     /// one finishes first) and built again when next needed.
@@ -172,8 +187,10 @@ impl SessionStore {
                 )?;
                 // DeepLIFT's rows pair up by halves of their pass: another request's rows must not
                 // join it.
+                // Nor the statistics' passes, whose outputs sum over their rows.
                 let pairs = matches!(key, DerivedKey::Backward(k) | DerivedKey::MaskedBackward(k, _)
-                    if k.rules == crate::onnx::autodiff::RuleSet::Rescale);
+                    if k.rules == crate::onnx::autodiff::RuleSet::Rescale)
+                    || matches!(key, DerivedKey::Statistics(_));
                 let batching = Batching {
                     enabled: self.options.batching.enabled && !pairs && !self.one_row(model),
                     ..self.options.batching

@@ -221,6 +221,32 @@ impl WorkerRuntime {
         )
     }
 
+    /// Runs `model` with its pattern statistics as outputs
+    /// ([`crate::onnx::patterns::statistics_outputs`]) on `input` rows, each pass holding at most
+    /// the pass budget at `row_bytes` a row (what the statistics add to a forward row); each
+    /// output has one row per pass, its sums over the pass's rows.
+    pub fn run_statistics(
+        &mut self,
+        model: &LoadedModel,
+        input: &Tensor,
+        row_bytes: u64,
+        sizing: Sizing,
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        let session = self.store.statistics_session(model)?;
+        let fit = usize::try_from(self.store.options.max_pass_bytes / row_bytes.max(1)).unwrap_or(usize::MAX);
+        let sizing = Sizing {
+            most: sizing.most.min(fit.max(1)),
+            before: sizing.before,
+        };
+        self.run_batched(
+            &session,
+            model,
+            &[(model.spec.input.as_str(), input)],
+            (Pass::Forward, None),
+            sizing,
+        )
+    }
+
     /// Runs `model`'s backward model exposing `layers` under `rules` on `input` with target
     /// `weights` (shaped like the scores), its passes cut by `sizing`; a row of all-zero weights
     /// explains its top class, chosen in the graph, when the model's output can be ranked (the
