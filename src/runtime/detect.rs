@@ -168,7 +168,7 @@ pub fn decode_in_place<'a, R: Into<Row<'a>>>(
     found.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.position.cmp(&b.position)));
     found.truncate(MAX_NMS);
     if d.nms {
-        found = nms(found, d.nms_iou, d.max_detections);
+        found = nms(found, classes, d.nms_iou, d.max_detections);
     }
     found.truncate(d.max_detections);
     Ok(Decoded {
@@ -261,30 +261,41 @@ fn candidates<V: Value>(d: &DetectionSpec, classes: usize, size: (f32, f32), row
             _ => return Err(format!("the detector's grids do not make its {n} candidates")),
         },
     };
-    // Each candidate's best class and its score (the first of equal ones; NaN never wins).
-    let mut best = vec![(0usize, f32::NEG_INFINITY); n];
+    // Each candidate's best class and its score (the first of equal ones; NaN never wins), as two
+    // arrays so that the channels-first scan is a vectorisable select over a class's column.
+    if u32::try_from(classes).is_err() {
+        return Err(format!("the detector declares {classes} classes"));
+    }
+    let mut best_score = vec![f32::NEG_INFINITY; n];
+    let mut best_class = vec![0u32; n];
     if d.channels_first {
         for c in 0..classes {
             let column = &row[(first_class + c) * n..(first_class + c + 1) * n];
-            for (b, v) in best.iter_mut().zip(column) {
+            let c = c as u32;
+            for ((s, b), v) in best_score.iter_mut().zip(best_class.iter_mut()).zip(column) {
                 let v = v.f32();
-                if v > b.1 {
-                    *b = (c, v);
-                }
+                let better = v > *s;
+                *s = if better { v } else { *s };
+                *b = if better { c } else { *b };
             }
         }
     } else {
-        for (b, candidate) in best.iter_mut().zip(row.chunks_exact(k)) {
+        for ((s, b), candidate) in best_score
+            .iter_mut()
+            .zip(best_class.iter_mut())
+            .zip(row.chunks_exact(k))
+        {
             for (c, v) in candidate[first_class..].iter().enumerate() {
                 let v = v.f32();
-                if v > b.1 {
-                    *b = (c, v);
+                if v > *s {
+                    (*s, *b) = (v, c as u32);
                 }
             }
         }
     }
     let mut out = Vec::new();
-    for (i, &(class, best_score)) in best.iter().enumerate() {
+    for (i, (&best_score, &class)) in best_score.iter().zip(&best_class).enumerate() {
+        let class = class as usize;
         let objectness = if d.objectness { row[at(i, 4)].f32() } else { 1.0 };
         // A graph that scores candidates (objectness x class) holds the detection's score.
         let score = if d.scored { best_score } else { best_score * objectness };
@@ -396,16 +407,20 @@ pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 
 /// Greedy class-wise NMS over candidates sorted by score: a box is dropped when it overlaps a
 /// kept box of its class by more than `threshold` (torchvision's `batched_nms`). Stops at `keep`.
-fn nms(sorted: Vec<Found>, threshold: f32, keep: usize) -> Vec<Found> {
+/// Each candidate is weighed against the kept boxes of its own class only.
+fn nms(sorted: Vec<Found>, classes: usize, threshold: f32, keep: usize) -> Vec<Found> {
     let mut kept: Vec<Found> = Vec::new();
+    // Per class, the kept boxes (a class's list allocated when it keeps its first).
+    let mut by_class: Vec<Vec<[f32; 4]>> = vec![Vec::new(); classes];
     for d in sorted {
         if kept.len() >= keep {
             break;
         }
-        if !kept
-            .iter()
-            .any(|k| k.class == d.class && iou(&k.bbox, &d.bbox) > threshold)
-        {
+        let Some(same) = by_class.get_mut(d.class) else {
+            continue;
+        };
+        if !same.iter().any(|k| iou(k, &d.bbox) > threshold) {
+            same.push(d.bbox);
             kept.push(d);
         }
     }
@@ -470,7 +485,7 @@ mod tests {
             det([1.0, 0.0, 11.0, 10.0], 1, 0.7),
             det([20.0, 20.0, 30.0, 30.0], 0, 0.6),
         ];
-        let kept: Vec<f32> = nms(sorted, 0.5, 10).iter().map(|d| d.score).collect();
+        let kept: Vec<f32> = nms(sorted, 2, 0.5, 10).iter().map(|d| d.score).collect();
         assert_eq!(kept, vec![0.9, 0.7, 0.6]);
         assert!((iou(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]) - 1.0 / 3.0).abs() < 1e-6);
     }
