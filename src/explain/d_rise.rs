@@ -13,6 +13,8 @@
 //! leaves the mask count to the caller (its runner passes 25, the paper uses 5,000); 1,000 here,
 //! within the default `max_samples`.
 
+use std::collections::HashMap;
+
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -21,10 +23,11 @@ use super::baselines::{self, Baseline};
 use super::method::{bytes, check_range, Capabilities, Cost, Inputs, Invalid, Method, Passes, PlanContext, MAX_SIDE};
 use super::{Cx, ExplainJob, TargetAttribution};
 use crate::common::detection_targets;
-use crate::runtime::detect::{self, Detection};
+use crate::runtime::detect::{self, Detection, Row};
 use crate::runtime::manifest::{ImageSpec, Layout};
 use crate::runtime::predict::Prediction;
-use crate::runtime::{RuntimeError, Tensor};
+use crate::runtime::tensor::TensorData;
+use crate::runtime::{LoadedModel, RuntimeError, Tensor};
 
 /// D-RISE parameters.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
@@ -83,15 +86,16 @@ impl Method for DRise {
         let side = spec.height.min(spec.width).max(2);
         check_range("grid", p.grid, 2, side.min(MAX_SIDE))?;
         let batch = p.masks.min(cx.limits.max_batch);
-        // A batch of masked inputs and their masks, the outputs' rows as f64, the sums.
+        // Two batches of masked inputs (one runs while the other is filled), two batches' outputs,
+        // the sums.
         let outputs = bytes(cx.classes(), 8).saturating_mul(batch as u64);
         Ok(Cost {
             samples: p.masks,
             rows: p.masks,
             bytes: cx
                 .batch_bytes(batch, false)
-                .saturating_add(bytes(batch, 4).saturating_mul(cx.pixels() as u64))
-                .saturating_add(outputs)
+                .saturating_mul(2)
+                .saturating_add(outputs.saturating_mul(2))
                 .saturating_add(bytes(cx.pixels(), 8).saturating_mul(cx.targets as u64 + 1))
                 .saturating_add(cx.answer_bytes()),
         })
@@ -109,14 +113,18 @@ impl Method for DRise {
 }
 
 /// One mask: a `grid` x `grid` random grid upsampled (nearest) to the image plus one cell, cropped
-/// at a random offset in [0, cell]. Kept as its cells and the grid row and column of each image
-/// row and column, so the image-size mask is made by copying rows and the map is summed cell by
-/// cell rather than pixel by pixel.
+/// at a random offset in [0, cell]. Kept as its cells and, for each grid row and column, the image
+/// rows and columns it covers: the masked image is copied run by run from the input or the
+/// baseline, and the map is summed cell by cell rather than pixel by pixel.
 struct Mask {
     grid: usize,
     cells: Vec<bool>,
+    /// The grid row (column) of each image row (column).
     rows: Vec<usize>,
     cols: Vec<usize>,
+    /// Per grid row and column, the half-open range of image rows (columns) it covers.
+    row_runs: Vec<(usize, usize)>,
+    col_runs: Vec<(usize, usize)>,
 }
 
 impl Mask {
@@ -126,27 +134,44 @@ impl Mask {
         let (up_h, up_w) = (h + pad, w + pad);
         let (dy, dx) = (rng.random_range(0..=pad), rng.random_range(0..=pad));
         let cell = |at: usize, up: usize| (at * grid / up).min(grid - 1);
+        let rows: Vec<usize> = (0..h).map(|y| cell(y + dy, up_h)).collect();
+        let cols: Vec<usize> = (0..w).map(|x| cell(x + dx, up_w)).collect();
         Mask {
             grid,
             cells,
-            rows: (0..h).map(|y| cell(y + dy, up_h)).collect(),
-            cols: (0..w).map(|x| cell(x + dx, up_w)).collect(),
+            row_runs: runs(&rows, grid),
+            col_runs: runs(&cols, grid),
+            rows,
+            cols,
         }
     }
 
-    /// The mask at image resolution, row-major, 0 or 1: one row per grid row, copied.
-    fn pixels(&self) -> Vec<f32> {
-        let grid_rows: Vec<Vec<f32>> = (0..self.grid)
+    /// For each grid row, the runs of image columns `(x0, x1, kept)` it makes, adjacent cells of
+    /// the same state merged: what one image row of that grid row copies.
+    fn segments(&self) -> Vec<Vec<(usize, usize, bool)>> {
+        (0..self.grid)
             .map(|gy| {
-                let cells = &self.cells[gy * self.grid..(gy + 1) * self.grid];
-                self.cols.iter().map(|&gx| f32::from(u8::from(cells[gx]))).collect()
+                let mut out: Vec<(usize, usize, bool)> = Vec::with_capacity(self.grid);
+                for (gx, &(x0, x1)) in self.col_runs.iter().enumerate() {
+                    let on = self.cells[gy * self.grid + gx];
+                    match out.last_mut() {
+                        _ if x0 == x1 => {}
+                        Some(last) if last.2 == on => last.1 = x1,
+                        _ => out.push((x0, x1, on)),
+                    }
+                }
+                out
             })
-            .collect();
-        let mut out = Vec::with_capacity(self.rows.len() * self.cols.len());
-        for &gy in &self.rows {
-            out.extend_from_slice(&grid_rows[gy]);
-        }
-        out
+            .collect()
+    }
+
+    /// The mask at image resolution, row-major, 0 or 1, pixel by pixel (the tests' reference).
+    #[cfg(test)]
+    fn pixels(&self) -> Vec<f32> {
+        let cell = |y: usize, x: usize| self.cells[self.rows[y] * self.grid + self.cols[x]];
+        (0..self.rows.len())
+            .flat_map(|y| (0..self.cols.len()).map(move |x| f32::from(u8::from(cell(y, x)))))
+            .collect()
     }
 
     /// Adds `weight` over every kept cell's rectangle into `diff`, a (h + 1) x (w + 1) table of
@@ -154,8 +179,8 @@ impl Mask {
     /// cell rather than one a pixel.
     fn add_to(&self, diff: &mut [f64], weight: f64) {
         let w1 = self.cols.len() + 1;
-        for (gy, (y0, y1)) in runs(&self.rows, self.grid).enumerate() {
-            for (gx, (x0, x1)) in runs(&self.cols, self.grid).enumerate() {
+        for (gy, &(y0, y1)) in self.row_runs.iter().enumerate() {
+            for (gx, &(x0, x1)) in self.col_runs.iter().enumerate() {
                 if y0 < y1 && x0 < x1 && self.cells[gy * self.grid + gx] {
                     diff[y0 * w1 + x0] += weight;
                     diff[y0 * w1 + x1] -= weight;
@@ -169,8 +194,10 @@ impl Mask {
 
 /// For each grid index `0..grid`, the half-open range of the positions that `of` (non-decreasing)
 /// maps to it; empty when none does.
-fn runs(of: &[usize], grid: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
-    (0..grid).map(move |g| (of.partition_point(|&v| v < g), of.partition_point(|&v| v <= g)))
+fn runs(of: &[usize], grid: usize) -> Vec<(usize, usize)> {
+    (0..grid)
+        .map(|g| (of.partition_point(|&v| v < g), of.partition_point(|&v| v <= g)))
+        .collect()
 }
 
 /// The 2-D prefix sum of a (h + 1) x (w + 1) difference table: the h x w sums it stands for.
@@ -187,6 +214,57 @@ fn integrate(diff: &[f64], h: usize, w: usize) -> Vec<f64> {
         }
     }
     out
+}
+
+/// What the masks add up to: per target the weighted masks' difference table and the weights'
+/// sum, and the masks' own (unweighted) table.
+struct Sums {
+    weighted: Vec<Vec<f64>>,
+    weight_sums: Vec<f64>,
+    kept: Vec<f64>,
+}
+
+impl Sums {
+    /// Weighs each mask of a pass by its masked image's best match to each target: the outputs
+    /// are read in place, row by row (an output not of f32, a post-NMS detector's classes, is
+    /// widened once).
+    fn add(
+        &mut self,
+        model: &LoadedModel,
+        chosen: &[Detection],
+        masks: &[Mask],
+        out: &HashMap<String, Tensor>,
+    ) -> Result<(), RuntimeError> {
+        let failed = |message: String| RuntimeError::Inference {
+            model: model.name.clone(),
+            message,
+        };
+        let widened: HashMap<&str, Vec<f64>> = out
+            .iter()
+            .filter(|(_, t)| t.as_f32().is_none())
+            .map(|(name, t)| (name.as_str(), t.to_f64()))
+            .collect();
+        for (r, m) in masks.iter().enumerate() {
+            let decoded = detect::decode_in_place(&model.spec, |name| {
+                let t = out.get(name)?;
+                let len = t.row_len();
+                match t.as_f32() {
+                    Some(v) => v.get(r * len..(r + 1) * len).map(Row::F32),
+                    None => widened.get(name)?.get(r * len..(r + 1) * len).map(Row::F64),
+                }
+            })
+            .map_err(failed)?;
+            for ((target, sal), total) in chosen.iter().zip(&mut self.weighted).zip(&mut self.weight_sums) {
+                let best = decoded.best_similarity(target);
+                *total += best;
+                if best > 0.0 {
+                    m.add_to(sal, best);
+                }
+            }
+            m.add_to(&mut self.kept, 1.0);
+        }
+        Ok(())
+    }
 }
 
 fn explain(
@@ -218,65 +296,75 @@ fn explain(
         })
         .collect::<Result<_, _>>()?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed);
-    let x = job.input.as_f32().unwrap_or(&[]).to_vec();
+    let x = job.input.as_f32().unwrap_or(&[]);
     let black = baselines::build(Baseline::Black, &job.input, Some(spec), job.seed);
-    let b = black.as_f32().unwrap_or(&[]).to_vec();
-    let table = (h + 1) * (w + 1);
-    let mut weighted = vec![vec![0f64; table]; chosen.len()];
-    let mut weight_sums = vec![0f64; chosen.len()];
-    let mut kept = vec![0f64; table];
+    let b = black.as_f32().unwrap_or(&[]);
     let n = x.len();
-    let batch = cx.forward_rows();
-    let outputs: Vec<String> = std::iter::once(model.spec.output.clone())
-        .chain(model.spec.detection.iter().flat_map(|d| d.other_outputs()))
-        .collect();
-    let mut start = 0;
-    while start < p.masks {
-        let end = (start + batch).min(p.masks);
-        let masks: Vec<Mask> = (start..end).map(|_| Mask::draw(&mut rng, p.grid, p.p, h, w)).collect();
-        let mut data = super::zeroed_batch(&model.name, (end - start) * n)?;
-        for (m, row) in masks.iter().zip(data.chunks_exact_mut(n)) {
-            blend(spec, &m.pixels(), &x, &b, row);
-        }
-        let mut shape = job.input.shape.clone();
-        shape[0] = end - start;
-        let out = cx.forward_with(&model, &[], &Tensor::f32(shape, data))?;
-        let rows: Vec<(&String, Vec<f64>, usize)> = outputs
-            .iter()
-            .map(|name| {
-                let t = out
-                    .get(name)
-                    .ok_or_else(|| failed(format!("output `{name}` missing")))?;
-                Ok((name, t.to_f64(), t.row_len()))
-            })
-            .collect::<Result<_, RuntimeError>>()?;
-        for (r, m) in masks.iter().enumerate() {
-            let found = detect::decode(&model.spec, |name| {
-                let (_, values, len) = rows.iter().find(|(n, _, _)| *n == name)?;
-                values.get(r * len..(r + 1) * len)
-            })
-            .map_err(failed)?;
-            for ((target, sal), total) in chosen.iter().zip(&mut weighted).zip(&mut weight_sums) {
-                let best = found.iter().map(|d| detect::similarity(target, d)).fold(0f64, f64::max);
-                *total += best;
-                if best > 0.0 {
-                    m.add_to(sal, best);
-                }
-            }
-            m.add_to(&mut kept, 1.0);
-        }
-        start = end;
+    if b.len() != n || n != h * w * spec.channels {
+        return Err(failed(format!(
+            "the input holds {n} values, not {h} x {w} x {}",
+            spec.channels
+        )));
     }
-    let kept = integrate(&kept, h, w);
-    let weighted: Vec<Vec<f64>> = weighted.iter().map(|d| integrate(d, h, w)).collect();
+    let table = (h + 1) * (w + 1);
+    let mut sums = Sums {
+        weighted: vec![vec![0f64; table]; chosen.len()],
+        weight_sums: vec![0f64; chosen.len()],
+        kept: vec![0f64; table],
+    };
+    let batch = cx.forward_rows().clamp(1, p.masks);
+    let mut draw =
+        |count: usize| -> Vec<Mask> { (0..count).map(|_| Mask::draw(&mut rng, p.grid, p.p, h, w)).collect() };
+    // Two batch buffers, made once: while ONNX Runtime runs one batch, a scoped thread fills the
+    // next batch's masked images into the other and weighs the previous batch's masks by its
+    // detections. Masks are drawn and weighed in order, so a seed gives the same bytes.
+    let mut current = draw(batch);
+    let mut running = super::zeroed_batch(&model.name, batch * n)?;
+    fill(spec, &current, x, b, &mut running);
+    let mut filling = super::zeroed_batch(&model.name, batch.min(p.masks - batch) * n)?;
+    let mut previous: Option<(Vec<Mask>, HashMap<String, Tensor>)> = None;
+    let mut done = 0;
+    while done < p.masks {
+        let rows = current.len();
+        let next = draw(batch.min(p.masks - done - rows));
+        filling.truncate(next.len() * n);
+        let mut shape = job.input.shape.clone();
+        shape[0] = rows;
+        let input = Tensor::f32(shape, std::mem::take(&mut running));
+        let (out, helped) = std::thread::scope(|s| {
+            let helper = s.spawn(|| {
+                fill(spec, &next, x, b, &mut filling);
+                match previous.take() {
+                    Some((masks, out)) => sums.add(&model, &chosen, &masks, &out),
+                    None => Ok(()),
+                }
+            });
+            let out = cx.forward_with(&model, &[], &input);
+            (out, helper.join())
+        });
+        helped.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let out = out?;
+        // The buffer just run is the one filled next.
+        let used = match input.data {
+            TensorData::F32(v) => v,
+            _ => Vec::new(),
+        };
+        running = std::mem::replace(&mut filling, used);
+        previous = Some((std::mem::replace(&mut current, next), out));
+        done += rows;
+    }
+    if let Some((masks, out)) = previous.take() {
+        sums.add(&model, &chosen, &masks, &out)?;
+    }
+    let kept = integrate(&sums.kept, h, w);
     let count = p.masks as f64;
     Ok(targets
         .iter()
-        .zip(weighted)
-        .zip(weight_sums)
+        .zip(&sums.weighted)
+        .zip(&sums.weight_sums)
         .map(|((t, sal), total)| {
             let mean = total / count;
-            let values = sal
+            let values = integrate(sal, h, w)
                 .iter()
                 .zip(&kept)
                 .map(|(s, k)| ((s - mean * k) / count) as f32)
@@ -286,28 +374,28 @@ fn explain(
         .collect())
 }
 
-/// One masked row, `b + m * (x - b)` per element: `m` is the mask at image resolution
-/// (row-major), laid over every channel in the row's layout.
-fn blend(spec: &ImageSpec, m: &[f32], x: &[f32], b: &[f32], row: &mut [f32]) {
-    match spec.layout {
-        Layout::NCHW => {
-            let plane = m.len();
-            for ((out, xs), bs) in row
-                .chunks_exact_mut(plane)
-                .zip(x.chunks_exact(plane))
-                .zip(b.chunks_exact(plane))
-            {
-                for (((o, xi), bi), mi) in out.iter_mut().zip(xs).zip(bs).zip(m) {
-                    *o = bi + mi * (xi - bi);
-                }
-            }
-        }
-        Layout::NHWC => {
-            let c = spec.channels;
-            let pixels = row.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(b.chunks_exact(c));
-            for (((out, xs), bs), mi) in pixels.zip(m) {
-                for ((o, xi), bi) in out.iter_mut().zip(xs).zip(bs) {
-                    *o = bi + mi * (xi - bi);
+/// Fills one masked row per mask into `rows`: the input where the mask keeps a cell, the baseline
+/// where it hides it, copied run by run (what `b + m * (x - b)` is for a 0 / 1 mask, without the
+/// arithmetic), over every channel in the row's layout.
+fn fill(spec: &ImageSpec, masks: &[Mask], x: &[f32], b: &[f32], rows: &mut [f32]) {
+    // NCHW: one plane a channel, a pixel one value; NHWC: one plane, a pixel `channels` values.
+    let (planes, unit) = match spec.layout {
+        Layout::NCHW => (spec.channels.max(1), 1),
+        Layout::NHWC => (1, spec.channels.max(1)),
+    };
+    let plane = x.len() / planes;
+    let line = spec.width * unit;
+    for (m, row) in masks.iter().zip(rows.chunks_exact_mut(x.len())) {
+        let segments = m.segments();
+        let planes = row
+            .chunks_exact_mut(plane)
+            .zip(x.chunks_exact(plane))
+            .zip(b.chunks_exact(plane));
+        for ((out, xs), bs) in planes {
+            for (y, &gy) in m.rows.iter().enumerate() {
+                for &(x0, x1, on) in &segments[gy] {
+                    let (start, end) = (y * line + x0 * unit, y * line + x1 * unit);
+                    out[start..end].copy_from_slice(&(if on { xs } else { bs })[start..end]);
                 }
             }
         }
@@ -317,6 +405,7 @@ fn blend(spec: &ImageSpec, m: &[f32], x: &[f32], b: &[f32], row: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::manifest::{ColorOrder, Fit, ResizeFilter};
 
     #[test]
     fn masks_are_binary_keep_about_p_and_are_seeded() {
@@ -328,6 +417,45 @@ mod tests {
         assert!((0.3..0.7).contains(&share), "{share}");
         let mut again = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         assert_eq!(Mask::draw(&mut again, 16, 0.5, 64, 48).pixels(), m);
+    }
+
+    /// The masked rows copied run by run equal `b + m * (x - b)` pixel by pixel, in either layout.
+    #[test]
+    fn filled_rows_blend_the_input_and_the_baseline_by_the_mask() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for (grid, h, w, c) in [(16, 37, 53, 3), (4, 9, 30, 1), (16, 8, 8, 2)] {
+            let masks: Vec<Mask> = (0..3).map(|_| Mask::draw(&mut rng, grid, 0.5, h, w)).collect();
+            let x: Vec<f32> = (0..h * w * c).map(|i| 1.0 + i as f32).collect();
+            let b: Vec<f32> = (0..h * w * c).map(|i| -(i as f32) / 7.0).collect();
+            for layout in [Layout::NCHW, Layout::NHWC] {
+                let spec = ImageSpec {
+                    layout,
+                    width: w,
+                    height: h,
+                    channels: c,
+                    color: ColorOrder::Rgb,
+                    resize: ResizeFilter::Nearest,
+                    fit: Fit::Stretch,
+                    pad: 0,
+                    scale: 1.0,
+                    mean: vec![0.0; c],
+                    std: vec![1.0; c],
+                };
+                let mut rows = vec![f32::NAN; 3 * x.len()];
+                fill(&spec, &masks, &x, &b, &mut rows);
+                for (m, row) in masks.iter().zip(rows.chunks_exact(x.len())) {
+                    let pixels = m.pixels();
+                    for (i, v) in row.iter().enumerate() {
+                        let pixel = match layout {
+                            Layout::NCHW => i % (h * w),
+                            Layout::NHWC => i / c,
+                        };
+                        let want = if pixels[pixel] == 1.0 { x[i] } else { b[i] };
+                        assert_eq!(*v, want, "{layout:?} {grid} {h}x{w}x{c} at {i}");
+                    }
+                }
+            }
+        }
     }
 
     /// Summing cells' rectangles through the difference table equals summing the masks' pixels.

@@ -43,37 +43,208 @@ pub struct DetectionAnswer {
     pub score: f32,
 }
 
-/// Decodes one input's outputs; `read(name)` gives a row of an output. An output missing or of
-/// the wrong length is an error naming it.
-pub fn decode<'a>(spec: &ModelSpec, read: impl Fn(&str) -> Option<&'a [f64]>) -> Result<Vec<Detection>, String> {
+/// A row of an output, read in place: as ONNX Runtime gave it (f32) or widened (f64).
+#[derive(Debug, Clone, Copy)]
+pub enum Row<'a> {
+    /// float32 values.
+    F32(&'a [f32]),
+    /// float64 values.
+    F64(&'a [f64]),
+}
+
+impl<'a> From<&'a [f32]> for Row<'a> {
+    fn from(v: &'a [f32]) -> Self {
+        Row::F32(v)
+    }
+}
+
+impl<'a> From<&'a [f64]> for Row<'a> {
+    fn from(v: &'a [f64]) -> Self {
+        Row::F64(v)
+    }
+}
+
+impl Row<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Row::F32(v) => v.len(),
+            Row::F64(v) => v.len(),
+        }
+    }
+
+    /// Value `i` as f32 (callers index within [`Row::len`]).
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Row::F32(v) => v[i],
+            Row::F64(v) => v[i] as f32,
+        }
+    }
+}
+
+/// An element of a row, read as f32: lets the candidate scan run on either element type without
+/// converting the row first.
+trait Value: Copy {
+    fn f32(self) -> f32;
+}
+
+impl Value for f32 {
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+impl Value for f64 {
+    fn f32(self) -> f32 {
+        self as f32
+    }
+}
+
+/// A kept candidate, before its class-probability vector is read: what thresholding, sorting and
+/// NMS move around (no allocation each).
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    bbox: [f32; 4],
+    class: usize,
+    score: f32,
+    position: usize,
+    objectness: f32,
+    /// The candidate (yolo) or detection (post-NMS) index in its row.
+    index: usize,
+}
+
+/// One input's detections as decoded, their class-probability vectors still in the output row:
+/// D-RISE weighs a masked image's detections against its targets without copying them out.
+pub struct Decoded<'a> {
+    found: Vec<Found>,
+    /// The scores row and how a candidate's class scores lie in it.
+    scores: Row<'a>,
+    layout: DetectionLayout,
+    classes: usize,
+    first_class: usize,
+    candidates: usize,
+    channels_first: bool,
+}
+
+/// Decodes one input's outputs; `read(name)` gives a row of an output (f32 as ONNX Runtime gave
+/// it, or f64). An output missing or of the wrong length is an error naming it.
+pub fn decode<'a, R: Into<Row<'a>>>(
+    spec: &ModelSpec,
+    read: impl Fn(&str) -> Option<R>,
+) -> Result<Vec<Detection>, String> {
+    decode_in_place(spec, read).map(Decoded::detections)
+}
+
+/// [`decode`] without copying the detections' class-probability vectors out of the row.
+pub fn decode_in_place<'a, R: Into<Row<'a>>>(
+    spec: &ModelSpec,
+    read: impl Fn(&str) -> Option<R>,
+) -> Result<Decoded<'a>, String> {
     let (Some(d), Some(image)) = (spec.detection.as_ref(), spec.image.as_ref()) else {
         return Err("the model is not a detector".into());
     };
     let size = (image.width as f32, image.height as f32);
-    let row = |name: &str| read(name).ok_or_else(|| format!("output `{name}` missing from the run"));
+    let row = |name: &str| {
+        read(name)
+            .map(Into::into)
+            .ok_or_else(|| format!("output `{name}` missing from the run"))
+    };
     let classes = spec.labels.len();
+    let scores = row(&spec.output)?;
     let mut found = match d.layout {
-        DetectionLayout::Yolo => candidates(d, classes, size, row(&spec.output)?)?,
+        DetectionLayout::Yolo => match scores {
+            Row::F32(v) => candidates(d, classes, size, v)?,
+            Row::F64(v) => candidates(d, classes, size, v)?,
+        },
         DetectionLayout::BoxesScoresClasses => {
             let (boxes, classes_out) = match (&d.boxes, &d.classes) {
                 (Some(b), Some(c)) => (row(b)?, row(c)?),
                 _ => return Err("the detector names no boxes or classes output".into()),
             };
-            listed(d, classes, size, (boxes, row(&spec.output)?, classes_out))?
+            listed(d, classes, size, (boxes, scores, classes_out))?
         }
     };
-    // Best first; equal scores keep the candidates' order, so the answer is deterministic.
-    found.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.position.cmp(&b.position)));
+    // Best first, sorted once; positions are unique, so ties keep the candidates' order and the
+    // answer is deterministic.
+    found.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.position.cmp(&b.position)));
     found.truncate(MAX_NMS);
     if d.nms {
-        found = nms(found, d.nms_iou, d.max_detections);
+        found = nms(found, classes, d.nms_iou, d.max_detections);
     }
     found.truncate(d.max_detections);
-    Ok(found)
+    Ok(Decoded {
+        found,
+        scores,
+        layout: d.layout,
+        classes,
+        first_class: 4 + usize::from(d.objectness),
+        candidates: d.candidates,
+        channels_first: d.channels_first,
+    })
 }
 
-/// The candidates of a `yolo` row over the threshold.
-fn candidates(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[f64]) -> Result<Vec<Detection>, String> {
+impl Decoded<'_> {
+    /// How many detections were kept.
+    pub fn len(&self) -> usize {
+        self.found.len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    /// The kept detections, best first, with their class-probability vectors.
+    pub fn detections(self) -> Vec<Detection> {
+        self.found
+            .iter()
+            .map(|f| Detection {
+                bbox: f.bbox,
+                class: f.class,
+                score: f.score,
+                position: f.position,
+                objectness: f.objectness,
+                probs: self.probs(f).collect(),
+            })
+            .collect()
+    }
+
+    /// The best D-RISE similarity of a kept detection to `target` ([`similarity`]), 0 when none
+    /// overlaps it: class-probability vectors are read only for boxes that overlap.
+    pub fn best_similarity(&self, target: &Detection) -> f64 {
+        let target_norm = norm(target.probs.iter().copied());
+        self.found
+            .iter()
+            .filter_map(|f| {
+                let iou = iou(&target.bbox, &f.bbox);
+                (iou > 0.0).then(|| weigh(iou, target, target_norm, self.probs(f), f.objectness))
+            })
+            .fold(0f64, f64::max)
+    }
+
+    /// A kept candidate's class-probability vector, read from the row; a post-NMS output's is the
+    /// one-hot of its class, times its score.
+    fn probs<'s>(&'s self, f: &'s Found) -> impl Iterator<Item = f32> + Clone + 's {
+        (0..self.classes).map(move |c| match self.layout {
+            DetectionLayout::Yolo => {
+                let j = self.first_class + c;
+                let at = match self.channels_first {
+                    true => j * self.candidates + f.index,
+                    false => f.index * (self.first_class + self.classes) + j,
+                };
+                self.scores.get(at)
+            }
+            DetectionLayout::BoxesScoresClasses => match c == f.class {
+                true => f.score,
+                false => 0.0,
+            },
+        })
+    }
+}
+
+/// The candidates of a `yolo` row over the threshold. Each candidate's best class is found first
+/// (channels-first rows class by class, so the reads run along memory); only those whose score
+/// passes the threshold have their box decoded.
+fn candidates<V: Value>(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[V]) -> Result<Vec<Found>, String> {
     let (n, k) = (d.candidates, d.stride(classes));
     if Some(row.len()) != n.checked_mul(k) {
         return Err(format!(
@@ -90,16 +261,42 @@ fn candidates(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[f64]) 
             _ => return Err(format!("the detector's grids do not make its {n} candidates")),
         },
     };
-    let mut out = Vec::new();
-    for i in 0..n {
-        let objectness = if d.objectness { row[at(i, 4)] as f32 } else { 1.0 };
-        let (mut best, mut best_score) = (0, f32::NEG_INFINITY);
+    // Each candidate's best class and its score (the first of equal ones; NaN never wins), as two
+    // arrays so that the channels-first scan is a vectorisable select over a class's column.
+    if u32::try_from(classes).is_err() {
+        return Err(format!("the detector declares {classes} classes"));
+    }
+    let mut best_score = vec![f32::NEG_INFINITY; n];
+    let mut best_class = vec![0u32; n];
+    if d.channels_first {
         for c in 0..classes {
-            let v = row[at(i, first_class + c)] as f32;
-            if v > best_score {
-                (best, best_score) = (c, v);
+            let column = &row[(first_class + c) * n..(first_class + c + 1) * n];
+            let c = c as u32;
+            for ((s, b), v) in best_score.iter_mut().zip(best_class.iter_mut()).zip(column) {
+                let v = v.f32();
+                let better = v > *s;
+                *s = if better { v } else { *s };
+                *b = if better { c } else { *b };
             }
         }
+    } else {
+        for ((s, b), candidate) in best_score
+            .iter_mut()
+            .zip(best_class.iter_mut())
+            .zip(row.chunks_exact(k))
+        {
+            for (c, v) in candidate[first_class..].iter().enumerate() {
+                let v = v.f32();
+                if v > *s {
+                    (*s, *b) = (v, c as u32);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (i, (&best_score, &class)) in best_score.iter().zip(&best_class).enumerate() {
+        let class = class as usize;
+        let objectness = if d.objectness { row[at(i, 4)].f32() } else { 1.0 };
         // A graph that scores candidates (objectness x class) holds the detection's score.
         let score = if d.scored { best_score } else { best_score * objectness };
         // NaN scores fail the comparison and are dropped with the low ones.
@@ -107,17 +304,17 @@ fn candidates(d: &DetectionSpec, classes: usize, size: (f32, f32), row: &[f64]) 
         if !kept {
             continue;
         }
-        let mut raw = [0, 1, 2, 3].map(|j| row[at(i, j)] as f32);
+        let mut raw = [0, 1, 2, 3].map(|j| row[at(i, j)].f32());
         if let Some(grids) = &grids {
             raw = grid_offsets(grids, i, raw);
         }
-        out.push(Detection {
+        out.push(Found {
             bbox: corners(raw, d.box_format, d.box_scale, size),
-            class: best,
+            class,
             score,
-            position: at(i, first_class + best),
+            position: at(i, first_class + class),
             objectness,
-            probs: (0..classes).map(|c| row[at(i, first_class + c)] as f32).collect(),
+            index: i,
         });
     }
     Ok(out)
@@ -141,8 +338,8 @@ fn listed(
     d: &DetectionSpec,
     classes: usize,
     size: (f32, f32),
-    (boxes, scores, labels): (&[f64], &[f64], &[f64]),
-) -> Result<Vec<Detection>, String> {
+    (boxes, scores, labels): (Row, Row, Row),
+) -> Result<Vec<Found>, String> {
     if boxes.len() != scores.len() * 4 || labels.len() != scores.len() {
         return Err(format!(
             "the detector's outputs disagree: {} boxes values, {} scores, {} classes",
@@ -152,27 +349,24 @@ fn listed(
         ));
     }
     let mut out = Vec::new();
-    for (i, (&score, &class)) in scores.iter().zip(labels).enumerate() {
-        let score = score as f32;
+    for i in 0..scores.len() {
+        let (score, class) = (scores.get(i), labels.get(i));
         let kept = score >= d.score_threshold && class >= 0.0 && (class as usize) < classes;
         if !kept {
             continue;
         }
-        let class = class as usize;
-        let mut probs = vec![0.0; classes];
-        probs[class] = score;
-        out.push(Detection {
+        out.push(Found {
             bbox: corners(
-                [0, 1, 2, 3].map(|j| boxes[i * 4 + j] as f32),
+                [0, 1, 2, 3].map(|j| boxes.get(i * 4 + j)),
                 d.box_format,
                 d.box_scale,
                 size,
             ),
-            class,
+            class: class as usize,
             score,
             position: i,
             objectness: 1.0,
-            probs,
+            index: i,
         });
     }
     Ok(out)
@@ -211,18 +405,22 @@ pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     }
 }
 
-/// Greedy class-wise NMS over detections sorted by score: a box is dropped when it overlaps a kept
-/// box of its class by more than `threshold` (torchvision's `batched_nms`). Stops at `keep`.
-pub fn nms(sorted: Vec<Detection>, threshold: f32, keep: usize) -> Vec<Detection> {
-    let mut kept: Vec<Detection> = Vec::new();
+/// Greedy class-wise NMS over candidates sorted by score: a box is dropped when it overlaps a
+/// kept box of its class by more than `threshold` (torchvision's `batched_nms`). Stops at `keep`.
+/// Each candidate is weighed against the kept boxes of its own class only.
+fn nms(sorted: Vec<Found>, classes: usize, threshold: f32, keep: usize) -> Vec<Found> {
+    let mut kept: Vec<Found> = Vec::new();
+    // Per class, the kept boxes (a class's list allocated when it keeps its first).
+    let mut by_class: Vec<Vec<[f32; 4]>> = vec![Vec::new(); classes];
     for d in sorted {
         if kept.len() >= keep {
             break;
         }
-        if !kept
-            .iter()
-            .any(|k| k.class == d.class && iou(&k.bbox, &d.bbox) > threshold)
-        {
+        let Some(same) = by_class.get_mut(d.class) else {
+            continue;
+        };
+        if !same.iter().any(|k| iou(k, &d.bbox) > threshold) {
+            same.push(d.bbox);
             kept.push(d);
         }
     }
@@ -232,32 +430,50 @@ pub fn nms(sorted: Vec<Detection>, threshold: f32, keep: usize) -> Vec<Detection
 /// D-RISE's similarity of a detection to the target (Petsiuk et al. 2021, eq. 2): IoU of the boxes
 /// x cosine of the class-probability vectors x the objectness of `other`.
 pub fn similarity(target: &Detection, other: &Detection) -> f64 {
+    let iou = iou(&target.bbox, &other.bbox);
+    let target_norm = norm(target.probs.iter().copied());
+    weigh(iou, target, target_norm, other.probs.iter().copied(), other.objectness)
+}
+
+/// The Euclidean norm of a class-probability vector, in f64.
+fn norm(v: impl Iterator<Item = f32>) -> f64 {
+    v.map(|x| f64::from(x).powi(2)).sum::<f64>().sqrt()
+}
+
+/// [`similarity`] from its parts: `iou`, the target (and its vector's norm), the other
+/// detection's class-probability vector and objectness.
+fn weigh(
+    iou: f32,
+    target: &Detection,
+    target_norm: f64,
+    probs: impl Iterator<Item = f32> + Clone,
+    objectness: f32,
+) -> f64 {
     let dot: f64 = target
         .probs
         .iter()
-        .zip(&other.probs)
-        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .zip(probs.clone())
+        .map(|(a, b)| f64::from(*a) * f64::from(b))
         .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let (na, nb) = (norm(&target.probs), norm(&other.probs));
-    if na == 0.0 || nb == 0.0 {
+    let other_norm = norm(probs);
+    if target_norm == 0.0 || other_norm == 0.0 {
         return 0.0;
     }
-    f64::from(iou(&target.bbox, &other.bbox)) * (dot / (na * nb)) * f64::from(other.objectness)
+    f64::from(iou) * (dot / (target_norm * other_norm)) * f64::from(objectness)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn det(bbox: [f32; 4], class: usize, score: f32) -> Detection {
-        Detection {
+    fn det(bbox: [f32; 4], class: usize, score: f32) -> Found {
+        Found {
             bbox,
             class,
             score,
             position: 0,
             objectness: 1.0,
-            probs: vec![],
+            index: 0,
         }
     }
 
@@ -269,7 +485,7 @@ mod tests {
             det([1.0, 0.0, 11.0, 10.0], 1, 0.7),
             det([20.0, 20.0, 30.0, 30.0], 0, 0.6),
         ];
-        let kept: Vec<f32> = nms(sorted, 0.5, 10).iter().map(|d| d.score).collect();
+        let kept: Vec<f32> = nms(sorted, 2, 0.5, 10).iter().map(|d| d.score).collect();
         assert_eq!(kept, vec![0.9, 0.7, 0.6]);
         assert!((iou(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]) - 1.0 / 3.0).abs() < 1e-6);
     }

@@ -1,11 +1,12 @@
 //! A prediction pass: rows in, ranked classes (or a regression value) and raw outputs out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::detect::Row;
 use super::manifest::ScoreKind;
 use super::segmentation::{self, ClassMap};
 use super::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
@@ -104,12 +105,7 @@ pub fn predict(
     let spec = &model.spec;
     for row in 0..rows {
         if spec.detection.is_some() {
-            let outputs = outputs
-                .iter()
-                .filter(|(_, t)| t.rows() == rows)
-                .map(|(name, t)| (name.clone(), t.slice_rows(row, row + 1).to_f64()))
-                .collect();
-            result.push(detected(model, outputs)?);
+            result.push(detected(model, &outputs, rows, row)?);
             continue;
         }
         let one = scores.slice_rows(row, row + 1);
@@ -161,13 +157,31 @@ pub fn predict(
 
 /// A detector's row: its detections (boxes in input pixels, until the HTTP face maps them back),
 /// and one prediction per detection (its class and score), best first, for what reads the top
-/// prediction (`when` conditions).
-fn detected(model: &LoadedModel, outputs: BTreeMap<String, Vec<f64>>) -> Result<RowPrediction, RuntimeError> {
-    let found = super::detect::decode(&model.spec, |name| outputs.get(name).map(Vec::as_slice)).map_err(|message| {
-        RuntimeError::Inference {
-            model: model.name.clone(),
-            message,
+/// prediction (`when` conditions). Decoding reads the run's f32 outputs in place (a post-NMS
+/// detector's other element types widened); the row's outputs are copied out as f64 only for the
+/// answer's `outputs`.
+fn detected(
+    model: &LoadedModel,
+    all: &HashMap<String, Tensor>,
+    rows: usize,
+    row: usize,
+) -> Result<RowPrediction, RuntimeError> {
+    let outputs: BTreeMap<String, Vec<f64>> = all
+        .iter()
+        .filter(|(_, t)| t.rows() == rows)
+        .map(|(name, t)| (name.clone(), t.slice_rows(row, row + 1).to_f64()))
+        .collect();
+    let found = super::detect::decode(&model.spec, |name| {
+        let t = all.get(name).filter(|t| t.rows() == rows)?;
+        let len = t.row_len();
+        match t.as_f32() {
+            Some(v) => v.get(row * len..(row + 1) * len).map(Row::F32),
+            None => outputs.get(name).map(|v| Row::F64(v)),
         }
+    })
+    .map_err(|message| RuntimeError::Inference {
+        model: model.name.clone(),
+        message,
     })?;
     let label = |c: usize| {
         model

@@ -554,3 +554,24 @@ async fn uncertainty_finds_the_detection_in_every_view_in_its_place() {
         assert!(p["detail"].as_str().unwrap().contains("detector"), "{p}");
     }
 }
+
+/// D-RISE fills the next batch's masked images and weighs the last batch's masks on a thread of
+/// its own while a batch runs: masks are still drawn and weighed in order, so a seed gives the
+/// same bytes over several batches (200 masks: 64-row passes and a short last one), and another
+/// seed another map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_rise_over_several_batches_gives_a_seed_the_same_bytes() {
+    let s = start_detector().await;
+    let image = b64(&cell_png());
+    let map = |v: Value| v["attributions"]["values"].clone();
+    let mut answers = Vec::new();
+    for seed in [5, 5, 6] {
+        let body = json!({"image": image, "target": {"detection": 0}, "seed": seed, "params": {"masks": 200}});
+        let r = explain(&s, "d-rise", body).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        answers.push(map(r.json().await.unwrap()));
+    }
+    assert!(answers[0].as_array().is_some_and(|a| a.len() == SIDE * SIDE));
+    assert_eq!(answers[0], answers[1], "the same seed, another map");
+    assert_ne!(answers[0], answers[2], "another seed, the same map");
+}
