@@ -127,8 +127,7 @@ fn main() {
             .unwrap()
             .iter()
             .flat_map(|s| s.as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string()))
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
+            .collect::<std::collections::BTreeSet<_>>();
         let class_rows = rounds[0].1["class_examples"].as_u64().unwrap() as usize;
         figures.push((
             cav,
@@ -149,7 +148,8 @@ fn main() {
     // bytes per row, at most `max_batch`), every pass's tensors prepared beforehand and its
     // outputs left where ONNX Runtime put them. The model's plain forward pass over the same rows
     // is printed for context.
-    let (_, _, _, _, _, _, pool, class_rows, _) = figures[0].clone();
+    let (_, _, _, _, _, _, random_ids, class_rows, _) = figures[0].clone();
+    let pool = random_ids.len();
     let forward_rows = EXAMPLES + pool;
     let row_bytes = state.gradients.row_bytes(&model).unwrap();
     let per_pass = |bytes: u64| {
@@ -171,8 +171,27 @@ fn main() {
     };
     let built = state.gradients.build(&model, &key).unwrap();
     let mut backward = create_session_from_bytes(env, &built.bytes).unwrap();
+    // The rows the first round ran: the concept's bags and its random sets', then the class's.
+    let reference_set = state.references.get("fashion-cnn").unwrap();
+    let index = |id: &str| reference_set.ids.iter().position(|i| i == id).unwrap();
+    let mut forward_index: Vec<usize> = bags.iter().map(|id| index(id)).collect();
+    let mut drawn: Vec<usize> = random_ids.iter().map(|id| index(id)).collect();
+    drawn.sort_unstable();
+    forward_index.extend(drawn);
+    let class_index: Vec<usize> = (0..reference_set.len())
+        .filter(|&i| reference_set.labels[i] == 8)
+        .take(class_rows)
+        .collect();
+    let rows_of = |index: &[usize]| -> Vec<f32> {
+        let t =
+            explaind::examples::source::rows_tensor(&reference_set.inputs, &reference_set.ids, index, &model, u64::MAX)
+                .unwrap();
+        t.as_f32().unwrap().to_vec()
+    };
+    let (forward_x, class_x) = (rows_of(&forward_index), rows_of(&class_index));
     let raw = |session: &mut ort::session::Session, rows: usize, weights: bool, per_pass: usize| -> Duration {
-        let x: Vec<f32> = (0..rows * 784).map(|i| ((i * 37) % 255) as f32 / 255.0).collect();
+        let x: &[f32] = if weights { &class_x } else { &forward_x };
+        assert_eq!(x.len(), rows * 784);
         let w: Vec<f32> = (0..rows * 10).map(|i| if i % 10 == 8 { 1.0 } else { 0.0 }).collect();
         let mut times = Vec::new();
         for round in 0..=ROUNDS {
@@ -201,9 +220,16 @@ fn main() {
         }
         common::median(times)
     };
-    let raw_forward = raw(&mut forward, forward_rows, false, forward_per_pass);
-    let raw_plain = raw(&mut plain, forward_rows, false, forward_per_pass);
-    let raw_backward = raw(&mut backward, class_rows, true, backward_per_pass);
+    // On a thread of its own, as the service's workers run their passes (the bench's main thread
+    // ran them up to 3x slower under load: its figures are printed too).
+    let own_thread = |session: &mut ort::session::Session, rows: usize, weights: bool, per_pass: usize| {
+        std::thread::scope(|s| s.spawn(|| raw(session, rows, weights, per_pass)).join().unwrap())
+    };
+    let main_forward = raw(&mut forward, forward_rows, false, forward_per_pass);
+    let main_backward = raw(&mut backward, class_rows, true, backward_per_pass);
+    let raw_forward = own_thread(&mut forward, forward_rows, false, forward_per_pass);
+    let raw_plain = own_thread(&mut plain, forward_rows, false, forward_per_pass);
+    let raw_backward = own_thread(&mut backward, class_rows, true, backward_per_pass);
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
@@ -213,10 +239,12 @@ fn main() {
     println!(
         "raw ONNX Runtime passes, {forward_per_pass} rows a forward pass and {backward_per_pass} a backward one (as the service): \
          the model cut at its deepest layer {:.1} ms, the whole model (plain forward, for context) {:.1} ms, over {forward_rows} rows; \
-         the backward pass to the layers {:.1} ms over {class_rows} rows",
+         the backward pass to the layers {:.1} ms over {class_rows} rows (on the bench's main thread: {:.1} ms and {:.1} ms)",
         ms(raw_forward),
         ms(raw_plain),
-        ms(raw_backward)
+        ms(raw_backward),
+        ms(main_forward),
+        ms(main_backward)
     );
     for (cav, wall, decode, acts, grads, cavs, _, _, table) in &figures {
         println!(
