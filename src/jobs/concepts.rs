@@ -170,25 +170,6 @@ fn input_error(e: String) -> RuntimeError {
     InputError::BadFeatures(e).into()
 }
 
-/// Each layer's activations, flattened per row, from one forward pass with the layers as outputs.
-fn activations(
-    rt: &mut WorkerRuntime,
-    model: &LoadedModel,
-    layers: &[String],
-    input: &Tensor,
-) -> Result<Vec<Tensor>, RuntimeError> {
-    let mut out = rt.run_with_outputs(model, layers, input, Sizing::budget())?;
-    layers
-        .iter()
-        .map(|l| {
-            out.remove(l).ok_or_else(|| RuntimeError::UnsupportedModel {
-                model: model.name.clone(),
-                message: format!("layer `{l}` gave no values"),
-            })
-        })
-        .collect()
-}
-
 impl Task for TcavTask {
     type Output = TcavAnswer;
 
@@ -227,14 +208,15 @@ impl Task for TcavTask {
         let inputs_sha256 = rows_sha256(&[&forward_input, &class_input]);
         stats.decode_ms = ms(began);
         let began = std::time::Instant::now();
-        let acts = activations(rt, model, &t.layers, &forward_input)?;
+        // One forward pass that outputs only the layers and stops at the deepest.
+        let acts = rt.layer_activations(model, &t.layers, &forward_input, Sizing::budget())?;
         stats.activations_ms = ms(began);
         ctx.advance(1);
         ctx.checkpoint()?;
         let began = std::time::Instant::now();
         let classes = model.spec.labels.len().max(1);
         // Only the layers' gradients: the pass stops there.
-        let backward = rt.layer_gradients(
+        let grads = rt.gradients_at_layers(
             model,
             &t.layers,
             &class_input,
@@ -249,7 +231,7 @@ impl Task for TcavTask {
         let sets_at: Vec<Vec<usize>> = sets.iter().map(|s| s.iter().map(at).collect()).collect();
         let concept_at: Vec<usize> = (0..examples).collect();
         let mut layers = Vec::with_capacity(t.layers.len());
-        for ((name, act), (_, grad)) in t.layers.iter().zip(&acts).zip(&backward.layers) {
+        for ((name, act), grad) in t.layers.iter().zip(&acts).zip(&grads) {
             let values = act.as_f32().unwrap_or(&[]);
             let width = act.row_len();
             let pairs = match t.cav {
@@ -476,7 +458,7 @@ impl Task for LayerInformationTask {
         }
         let input = rows_tensor(inputs, ids, &rows, model, t.max_pixels).map_err(input_error)?;
         let inputs_sha256 = rows_sha256(&[&input]);
-        let acts = activations(rt, model, &t.layers, &input)?;
+        let acts = rt.layer_activations(model, &t.layers, &input, Sizing::budget())?;
         ctx.advance(1);
         let prepared: Vec<(Vec<f64>, usize)> = acts
             .iter()

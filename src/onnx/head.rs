@@ -212,6 +212,55 @@ pub fn with_outputs(model: &ModelProto, names: &[String]) -> Result<ModelProto, 
     Ok(out)
 }
 
+/// The model cut down to what computes `names`: they are its only outputs, and the nodes they do
+/// not depend on (the layers after the deepest, the head) are gone, so a pass that needs only
+/// these tensors stops at the deepest of them. Inputs and initializers stay as they are (ONNX
+/// Runtime drops the initializers no node reads).
+pub fn to_outputs(model: &ModelProto, names: &[String]) -> Result<ModelProto, String> {
+    let mut out = model.clone();
+    let graph = out.graph.as_mut().ok_or("the model has no graph")?;
+    for name in names {
+        let made = graph.node.iter().any(|n| n.output.contains(name))
+            || graph.input.iter().any(|i| i.name.as_deref() == Some(name.as_str()));
+        if !made {
+            return Err(format!("`{name}` is not a tensor of the model"));
+        }
+    }
+    // Backwards through the nodes (a valid graph lists a node after those it reads): keep a node
+    // when a kept tensor is one of its outputs, then need what it reads, its subgraphs' outer
+    // names included.
+    let mut needed: std::collections::HashSet<String> = names.iter().cloned().collect();
+    let mut keep = vec![false; graph.node.len()];
+    for (i, node) in graph.node.iter().enumerate().rev() {
+        if node.output.iter().any(|o| needed.contains(o)) {
+            keep[i] = true;
+            needed.extend(node.input.iter().filter(|n| !n.is_empty()).cloned());
+            for a in &node.attribute {
+                for g in a.g.as_deref().into_iter().chain(&a.graphs) {
+                    read_by(g, &mut needed);
+                }
+            }
+        }
+    }
+    let mut kept = keep.iter();
+    graph.node.retain(|_| kept.next().copied().unwrap_or(false));
+    graph.output = names.iter().map(|n| value_info(n, data_type::FLOAT, None)).collect();
+    Ok(out)
+}
+
+/// Every tensor name the nodes of `graph` and its subgraphs read (a subgraph may read its outer
+/// graphs' tensors by name).
+fn read_by(graph: &GraphProto, names: &mut std::collections::HashSet<String>) {
+    for node in &graph.node {
+        names.extend(node.input.iter().filter(|n| !n.is_empty()).cloned());
+        for a in &node.attribute {
+            for g in a.g.as_deref().into_iter().chain(&a.graphs) {
+                read_by(g, names);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +291,26 @@ mod tests {
         assert_eq!(head.outputs(&p), vec![h.clone(), z.clone(), p.clone()]);
         // Logits that are the scores are asked for once.
         assert_eq!(head.outputs(&z), vec![h.clone(), z.clone()]);
+    }
+
+    #[test]
+    fn a_graph_cut_to_a_layer_outputs_it_alone_and_stops_there() {
+        let mut b = GraphBuilder::new("mlp", 17);
+        b.input("x", &[-1, 4]);
+        let w = b.constant("w", &[4, 3], &[0.1; 12]);
+        let h = b.node("Relu", &["x"], vec![]);
+        let z = b.node("MatMul", &[&h, &w], vec![]);
+        let p = b.node("Softmax", &[&z], vec![("axis", Attr::Int(-1))]);
+        b.output(&p, &[-1, 3]);
+        let model = b.build();
+        let cut = to_outputs(&model, std::slice::from_ref(&h)).unwrap();
+        let graph = cut.graph.as_ref().unwrap();
+        let outputs: Vec<_> = graph.output.iter().map(|o| o.name.clone().unwrap()).collect();
+        assert_eq!(outputs, vec![h.clone()]);
+        assert_eq!(graph.node.len(), 1);
+        let cut = to_outputs(&model, &[h.clone(), z.clone()]).unwrap();
+        assert_eq!(cut.graph.as_ref().unwrap().node.len(), 2);
+        assert!(to_outputs(&model, &["nowhere".to_string()]).is_err());
     }
 
     #[test]

@@ -205,6 +205,19 @@ impl SharedSession {
     /// returns every tensor output, from a run of its own, on the caller's values in place, or
     /// from one shared with other requests, its rows copied once into the shared run's input.
     pub fn run(&self, model: &str, feeds: &[Feed]) -> Result<Named, RuntimeError> {
+        let mut named = Named::new();
+        self.run_into(model, feeds, &mut |name, shape, values| {
+            named.push((name.to_string(), owned(shape, values)));
+            Ok(())
+        })?;
+        Ok(named)
+    }
+
+    /// [`Self::run`], each output handed to `sink` as ONNX Runtime holds it (name, shape,
+    /// values) rather than copied out: a caller gathering many passes' rows copies each output
+    /// once, into its destination. Outputs of a run shared with other requests come as copies
+    /// (the rows of this request).
+    pub fn run_into(&self, model: &str, feeds: &[Feed], sink: &mut Sink) -> Result<(), RuntimeError> {
         let rows = pass_rows(feeds);
         // A small pass runs on this thread when that session is free: no pool to wake. Not when
         // passes wait for company (`wait`), nor past requests already waiting to be combined.
@@ -219,13 +232,13 @@ impl SharedSession {
             if let Some(mut session) = free {
                 self.counters.served(1);
                 self.counters.inline.inc();
-                return run_session(&mut session, model, feeds);
+                return run_session_into(&mut session, model, feeds, sink);
             }
         }
         if !self.batching.enabled || rows >= self.batching.max_batch {
             let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
             self.counters.served(1);
-            return run_session(&mut session, model, feeds);
+            return run_session_into(&mut session, model, feeds, sink);
         }
         // Nobody waiting and the session free: nothing to combine with, so no copy to make (with
         // a `wait`, the request waits for company instead).
@@ -238,7 +251,7 @@ impl SharedSession {
             if let Some(mut session) = free {
                 if self.waiting.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
                     self.counters.served(1);
-                    return run_session(&mut session, model, feeds);
+                    return run_session_into(&mut session, model, feeds, sink);
                 }
             }
         }
@@ -247,11 +260,11 @@ impl SharedSession {
         loop {
             // Another worker's batch may have carried this request already.
             if let Ok(done) = answer.try_recv() {
-                return done;
+                return hand_over(done, sink);
             }
             let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
             if let Ok(done) = answer.try_recv() {
-                return done;
+                return hand_over(done, sink);
             }
             if !self.batching.wait.is_zero() && self.queued_rows() < self.batching.max_batch {
                 std::thread::sleep(self.batching.wait);
@@ -349,8 +362,40 @@ fn run_each(session: &mut Session, model: &str, group: &Group, counters: &PassCo
     }
 }
 
-/// One ONNX Runtime run; the feeds are borrowed, not copied.
+/// Takes each output of a pass: its name, shape and values, borrowed from where they are.
+pub type Sink<'s> = dyn FnMut(&str, &[usize], Values<'_>) -> Result<(), RuntimeError> + 's;
+
+/// An owned copy of an output.
+fn owned(shape: &[usize], values: Values<'_>) -> Tensor {
+    let mut data = values.empty_like(values.len());
+    data.extend_from(values);
+    Tensor {
+        shape: shape.to_vec(),
+        data,
+    }
+}
+
+/// Hands the outputs of a run shared with other requests (this request's rows) to `sink`.
+fn hand_over(done: Result<Named, RuntimeError>, sink: &mut Sink) -> Result<(), RuntimeError> {
+    for (name, t) in done? {
+        sink(&name, &t.shape, t.data.view())?;
+    }
+    Ok(())
+}
+
+/// One ONNX Runtime run, every tensor output copied out.
 fn run_session(session: &mut Session, model: &str, feeds: &[Feed]) -> Result<Named, RuntimeError> {
+    let mut named = Named::new();
+    run_session_into(session, model, feeds, &mut |name, shape, values| {
+        named.push((name.to_string(), owned(shape, values)));
+        Ok(())
+    })?;
+    Ok(named)
+}
+
+/// One ONNX Runtime run; the feeds are borrowed, not copied, and each float32 or int64 output is
+/// handed to `sink` where ONNX Runtime holds it.
+fn run_session_into(session: &mut Session, model: &str, feeds: &[Feed], sink: &mut Sink) -> Result<(), RuntimeError> {
     let fail = |message: String| RuntimeError::Inference {
         model: model.to_string(),
         message,
@@ -369,35 +414,27 @@ fn run_session(session: &mut Session, model: &str, feeds: &[Feed]) -> Result<Nam
         values.push((feed.name.to_string(), value));
     }
     let outputs = session.run(values).map_err(|e| fail(e.to_string()))?;
-    let mut out = Vec::new();
     for (name, value) in outputs.iter() {
-        let tensor = match value.dtype() {
+        match value.dtype() {
             ValueType::Tensor {
                 ty: ort::value::TensorElementType::Float32,
                 ..
             } => {
                 let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| fail(e.to_string()))?;
-                Tensor {
-                    shape: dims(shape),
-                    data: TensorData::F32(data.to_vec()),
-                }
+                sink(name, &dims(shape), Values::F32(data))?;
             }
             ValueType::Tensor {
                 ty: ort::value::TensorElementType::Int64,
                 ..
             } => {
                 let (shape, data) = value.try_extract_tensor::<i64>().map_err(|e| fail(e.to_string()))?;
-                Tensor {
-                    shape: dims(shape),
-                    data: TensorData::I64(data.to_vec()),
-                }
+                sink(name, &dims(shape), Values::I64(data))?;
             }
             // Sequences of maps (ZipMap) and other element types are not read back.
             _ => continue,
-        };
-        out.push((name.to_string(), tensor));
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn dims(shape: &ort::value::Shape) -> Vec<usize> {

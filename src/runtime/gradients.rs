@@ -337,6 +337,12 @@ impl GradientCache {
         Ok(built.encode_to_vec())
     }
 
+    /// The model cut down to computing `names`, its only outputs ([`crate::onnx::head::to_outputs`]).
+    pub fn to_outputs(&self, model: &LoadedModel, names: &[String]) -> Result<Vec<u8>, String> {
+        let prepared = self.prepared(model)?;
+        Ok(crate::onnx::head::to_outputs(&prepared.0, names)?.encode_to_vec())
+    }
+
     /// Where MC dropout puts its masks in `model`: the tensors in `layers`, else the model's own
     /// Dropout nodes, else the input of its last linear layer; an error says why none can go there.
     pub fn mask_sites(&self, model: &LoadedModel, layers: &[String]) -> Result<Vec<MaskSite>, String> {

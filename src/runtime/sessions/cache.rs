@@ -27,6 +27,8 @@ pub(super) enum DerivedKey {
     MaskedBackward(GradientKey, SiteKey),
     /// The model with these tensors as further outputs (a reference set's embeddings).
     Outputs(String, Vec<String>),
+    /// The model cut down to computing these tensors, its only outputs (a layer's activations).
+    Layers(String, Vec<String>),
     /// The backward model of a gradient key whose target is the weighted sum of this tensor (a
     /// layer's channel, for activation maximisation) instead of the model's output.
     Seeded(GradientKey, String),
@@ -46,7 +48,10 @@ impl DerivedKey {
     pub(super) fn model(&self) -> &str {
         match self {
             DerivedKey::Backward(k) | DerivedKey::MaskedBackward(k, _) | DerivedKey::Seeded(k, _) => &k.model,
-            DerivedKey::Masked(model, _) | DerivedKey::Outputs(model, _) | DerivedKey::Statistics(model) => model,
+            DerivedKey::Masked(model, _)
+            | DerivedKey::Outputs(model, _)
+            | DerivedKey::Layers(model, _)
+            | DerivedKey::Statistics(model) => model,
         }
     }
 }
@@ -147,6 +152,18 @@ impl SessionStore {
             .map_err(|message| RuntimeError::NotDifferentiable {
                 model: model.name.clone(),
                 message: format!("its patterns cannot be fitted: {message}"),
+            })?;
+        Ok(session)
+    }
+
+    /// The session of `model` cut down to computing `names`, its only outputs.
+    pub(super) fn layers_session(&self, model: &LoadedModel, names: &[String]) -> Result<Shared, RuntimeError> {
+        let key = DerivedKey::Layers(model.name.clone(), names.to_vec());
+        let (session, _) = self
+            .derived_session(model, &key, || Ok((self.gradients.to_outputs(model, names)?, None)))
+            .map_err(|message| RuntimeError::Inference {
+                model: model.name.clone(),
+                message: format!("cannot build the model up to its layers: {message}"),
             })?;
         Ok(session)
     }

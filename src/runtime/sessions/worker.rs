@@ -183,6 +183,7 @@ impl WorkerRuntime {
             &[(&model.spec.input, input)],
             (Pass::Forward, None),
             sizing,
+            &|_| true,
         )
     }
 
@@ -199,7 +200,14 @@ impl WorkerRuntime {
         let names: Vec<String> = (0..masks.len()).map(mask_input).collect();
         let mut feeds = vec![(model.spec.input.as_str(), input)];
         feeds.extend(names.iter().map(String::as_str).zip(masks));
-        self.run_batched(&session, model, &feeds, (Pass::Forward, None), Sizing::budget())
+        self.run_batched(
+            &session,
+            model,
+            &feeds,
+            (Pass::Forward, None),
+            Sizing::budget(),
+            &|_| true,
+        )
     }
 
     /// Runs `model` on `input` (first axis = batch) with the tensors `names` as further outputs,
@@ -218,6 +226,7 @@ impl WorkerRuntime {
             &[(model.spec.input.as_str(), input)],
             (Pass::Forward, None),
             sizing,
+            &|_| true,
         )
     }
 
@@ -244,7 +253,38 @@ impl WorkerRuntime {
             &[(model.spec.input.as_str(), input)],
             (Pass::Forward, None),
             sizing,
+            &|_| true,
         )
+    }
+
+    /// The values of the tensors `names` of `model` for `input` (first axis = batch), in that
+    /// order, from a graph that outputs only them and stops at the deepest (not the scores), its
+    /// passes cut by `sizing`.
+    pub fn layer_activations(
+        &mut self,
+        model: &LoadedModel,
+        names: &[String],
+        input: &Tensor,
+        sizing: Sizing,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let session = self.store.layers_session(model, names)?;
+        let mut out = self.run_batched(
+            &session,
+            model,
+            &[(model.spec.input.as_str(), input)],
+            (Pass::Forward, None),
+            sizing,
+            &|_| true,
+        )?;
+        names
+            .iter()
+            .map(|l| {
+                out.remove(l).ok_or_else(|| RuntimeError::UnsupportedModel {
+                    model: model.name.clone(),
+                    message: format!("layer `{l}` gave no values"),
+                })
+            })
+            .collect()
     }
 
     /// Runs `model`'s backward model exposing `layers` under `rules` on `input` with target
@@ -282,6 +322,42 @@ impl WorkerRuntime {
             (input, weights, &[]),
             sizing,
         )
+    }
+
+    /// The gradients of `layers` alone ([`Self::layer_gradients`]'s pass: standard rules, the
+    /// backward pass stops at the layers), in that order: the pass's activations, scores and
+    /// chosen classes are not read back (TCAV's directional derivatives need only the gradients).
+    pub fn gradients_at_layers(
+        &mut self,
+        model: &LoadedModel,
+        layers: &[String],
+        input: &Tensor,
+        weights: &Tensor,
+        sizing: Sizing,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let key = GradientKey {
+            model: model.name.clone(),
+            layers: layers.to_vec(),
+            rules: RuleSet::Exact,
+            input_grad: false,
+        };
+        let (session, built) = self.store.backward_session(model, &key, &[])?;
+        let shaped = weights_as_output(model, weights);
+        let weights = shaped.as_ref().unwrap_or(weights);
+        let feeds = [(model.spec.input.as_str(), input), (WEIGHTS_INPUT, weights)];
+        let wanted: Vec<&str> = built.layers.iter().map(|(_, g)| g.as_str()).collect();
+        let pass = (Pass::Backward { whole: false }, Some(RuleSet::Exact.label()));
+        let mut out = self.run_batched(&session, model, &feeds, pass, sizing, &|n| wanted.contains(&n))?;
+        built
+            .layers
+            .iter()
+            .map(|(_, g)| {
+                out.remove(g).ok_or_else(|| RuntimeError::Inference {
+                    model: model.name.clone(),
+                    message: format!("the backward model gave no `{g}`"),
+                })
+            })
+            .collect()
     }
 
     /// Input gradients of `sum(seed * weights)`, `seed` an intermediate tensor of `model` (a
@@ -359,7 +435,7 @@ impl WorkerRuntime {
         let pass = Pass::Backward {
             whole: rules == RuleSet::Rescale,
         };
-        let mut outputs = self.run_batched(session, model, &feeds, (pass, Some(rules.label())), sizing)?;
+        let mut outputs = self.run_batched(session, model, &feeds, (pass, Some(rules.label())), sizing, &|_| true)?;
         let mut take = |name: &str| {
             outputs.remove(name).ok_or_else(|| RuntimeError::Inference {
                 model: model.name.clone(),
@@ -394,7 +470,8 @@ impl WorkerRuntime {
     /// are cut into passes, as many rows a pass as the pass budget allows (at most `sizing.most`),
     /// each pass holding a lease on the budget shared by every worker. The passes read the feeds
     /// in place (a pass's rows are a contiguous run of each feed's values). Each pass is counted
-    /// into the running job's cost (`rules`: the backward model's rule set, `None` forward).
+    /// into the running job's cost (`rules`: the backward model's rule set, `None` forward). The
+    /// outputs `keep` accepts are read back.
     fn run_batched(
         &mut self,
         session: &Shared,
@@ -402,6 +479,7 @@ impl WorkerRuntime {
         feeds: &[(&str, &Tensor)],
         (pass, rules): (Pass, Option<&'static str>),
         mut sizing: Sizing,
+        keep: &dyn Fn(&str) -> bool,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
         let fail = |message: String| RuntimeError::Inference {
             model: model.name.clone(),
@@ -445,7 +523,9 @@ impl WorkerRuntime {
                 false => (c.name.as_str(), c.shape.as_slice(), c.value.clone(), false),
             })
             .collect();
-        let mut parts: HashMap<String, Vec<Tensor>> = HashMap::new();
+        // Each output's rows gathered straight from ONNX Runtime's buffers into one of room for
+        // every row (one copy; no buffer per pass, none grown as passes come).
+        let mut gathered: HashMap<String, Tensor> = HashMap::new();
         let mut start = 0;
         while start < rows {
             let end = start.saturating_add(per_pass).min(rows);
@@ -474,23 +554,42 @@ impl WorkerRuntime {
                     false => Feed::whole(name, shape.to_vec(), data.view()),
                 });
             }
-            let outputs = session.run(&model.name, &chunk)?;
+            let pass_rows = end - start;
+            session.run_into(&model.name, &chunk, &mut |name, shape, values| {
+                if !keep(name) {
+                    return Ok(());
+                }
+                let Some(out) = gathered.get_mut(name) else {
+                    // Room for every row when the output's first axis is the pass's rows (not
+                    // for a pass of one row: an output of one row per pass, as the pattern
+                    // statistics' sums, would reserve a pass's worth for every row).
+                    let room = match shape.first() {
+                        Some(&r) if r == pass_rows && r > 1 => values.len() / r * rows,
+                        _ => values.len(),
+                    };
+                    let mut data = values.empty_like(room);
+                    data.extend_from(values);
+                    gathered.insert(
+                        name.to_string(),
+                        Tensor {
+                            shape: shape.to_vec(),
+                            data,
+                        },
+                    );
+                    return Ok(());
+                };
+                if shape.is_empty() || out.shape.get(1..) != shape.get(1..) || !out.data.extend_from(values) {
+                    return Err(fail(format!("output `{name}` changed shape between batches")));
+                }
+                out.shape[0] += shape[0];
+                Ok(())
+            })?;
             if let Some(job) = &self.job {
                 job.meter().pass(end - start, rules);
             }
-            for (name, t) in outputs {
-                parts.entry(name).or_default().push(t);
-            }
             start = end;
         }
-        parts
-            .into_iter()
-            .map(|(name, ts)| {
-                let joined = Tensor::concat_rows(ts)
-                    .ok_or_else(|| fail(format!("output `{name}` changed shape between batches")))?;
-                Ok((name, joined))
-            })
-            .collect()
+        Ok(gathered)
     }
 }
 
