@@ -59,7 +59,13 @@ pub fn decode<'a>(spec: &ModelSpec, read: impl Fn(&str) -> Option<&'a [f64]>) ->
                 (Some(b), Some(c)) => (row(b)?, row(c)?),
                 _ => return Err("the detector names no boxes or classes output".into()),
             };
-            listed(d, classes, size, (boxes, row(&spec.output)?, classes_out))?
+            listed(
+                d,
+                classes,
+                size,
+                (boxes, row(&spec.output)?, classes_out),
+                d.score_threshold,
+            )?
         }
     };
     // Best first; equal scores keep the candidates' order, so the answer is deterministic.
@@ -70,6 +76,24 @@ pub fn decode<'a>(spec: &ModelSpec, read: impl Fn(&str) -> Option<&'a [f64]>) ->
     }
     found.truncate(d.max_detections);
     Ok(found)
+}
+
+/// Which values of a `yolo` row are detection scores (a candidate's class values; with an
+/// objectness, once the graph multiplies them by it), in the row's order: where the best
+/// detection's score is its highest value. `None` for other layouts and for an objectness the
+/// graph does not multiply in.
+pub fn score_positions(d: &DetectionSpec, classes: usize) -> Option<Vec<bool>> {
+    if d.layout != DetectionLayout::Yolo || (d.objectness && !d.scored) {
+        return None;
+    }
+    let (n, k) = (d.candidates, d.stride(classes));
+    let first_class = 4 + usize::from(d.objectness);
+    let mut scores = vec![false; n.checked_mul(k)?];
+    for (at, s) in scores.iter_mut().enumerate() {
+        let value = if d.channels_first { at / n.max(1) } else { at % k };
+        *s = value >= first_class;
+    }
+    Some(scores)
 }
 
 /// The candidates of a `yolo` row over the threshold.
@@ -136,12 +160,13 @@ fn grid_offsets(grids: &[Grid], i: usize, [x, y, w, h]: [f32; 4]) -> [f32; 4] {
     [(x + column as f32) * s, (y + row as f32) * s, w.exp() * s, h.exp() * s]
 }
 
-/// The detections of a post-NMS output over the threshold.
+/// The detections of a post-NMS output scoring at least `threshold`.
 fn listed(
     d: &DetectionSpec,
     classes: usize,
     size: (f32, f32),
     (boxes, scores, labels): (&[f64], &[f64], &[f64]),
+    threshold: f32,
 ) -> Result<Vec<Detection>, String> {
     if boxes.len() != scores.len() * 4 || labels.len() != scores.len() {
         return Err(format!(
@@ -154,7 +179,7 @@ fn listed(
     let mut out = Vec::new();
     for (i, (&score, &class)) in scores.iter().zip(labels).enumerate() {
         let score = score as f32;
-        let kept = score >= d.score_threshold && class >= 0.0 && (class as usize) < classes;
+        let kept = score >= threshold && class >= 0.0 && (class as usize) < classes;
         if !kept {
             continue;
         }
@@ -174,6 +199,48 @@ fn listed(
             objectness: 1.0,
             probs,
         });
+    }
+    Ok(out)
+}
+
+/// A post-NMS output row read against `reference`, another input's detections of the same model
+/// (positions are slots of that input's row): at each one's position, the score of this row's
+/// detection of the same class whose box overlaps it most, whatever its score (0 where none
+/// overlaps); every other value 0. Another input's NMS may give a slot to another box, so a
+/// perturbed input's score for a detection is its match's, not its slot's.
+pub fn matched_scores<'a>(
+    spec: &ModelSpec,
+    reference: &[Detection],
+    read: impl Fn(&str) -> Option<&'a [f64]>,
+) -> Result<Vec<f64>, String> {
+    let (Some(d), Some(image)) = (spec.detection.as_ref(), spec.image.as_ref()) else {
+        return Err("the model is not a detector".into());
+    };
+    let row = |name: &str| read(name).ok_or_else(|| format!("output `{name}` missing from the run"));
+    let (Some(boxes), Some(classes)) = (&d.boxes, &d.classes) else {
+        return Err("the detector names no boxes or classes output".into());
+    };
+    let scores = row(&spec.output)?;
+    let size = (image.width as f32, image.height as f32);
+    let slots = listed(
+        d,
+        spec.labels.len(),
+        size,
+        (row(boxes)?, scores, row(classes)?),
+        f32::NEG_INFINITY,
+    )?;
+    let mut out = vec![0.0; scores.len()];
+    for r in reference {
+        // The largest overlap; of equal ones, the higher score.
+        let best = slots
+            .iter()
+            .filter(|s| s.class == r.class)
+            .map(|s| (iou(&r.bbox, &s.bbox), s.score))
+            .filter(|(overlap, _)| *overlap > 0.0)
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        if let Some(value) = out.get_mut(r.position) {
+            *value = best.map_or(0.0, |(_, score)| f64::from(score));
+        }
     }
     Ok(out)
 }
