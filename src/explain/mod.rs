@@ -366,10 +366,7 @@ fn first_scores(cx: &mut Cx, job: &ExplainJob) -> Result<Vec<f64>, RuntimeError>
 /// takes its highest class score, which is the best detection unless it falls under the threshold:
 /// the detections are decoded from the same pass's scores, and a pass whose choice differs is not
 /// kept (the method runs its own, the targets being known; no forward pass).
-fn primed_top_pass(
-    cx: &mut Cx,
-    job: &ExplainJob,
-) -> Result<Option<(Vec<Prediction>, Vec<f64>, Vec<crate::runtime::detect::Detection>)>, RuntimeError> {
+fn primed_top_pass(cx: &mut Cx, job: &ExplainJob) -> Result<Option<Chosen>, RuntimeError> {
     let detector = job.model.spec.detection.as_ref();
     let best = match (detector, &job.targets) {
         (None, None) => true,
@@ -428,6 +425,9 @@ fn primed_top_pass(
     }
 }
 
+/// The targets a job explains, the input's scores and a detector's detections of the input.
+type Chosen = (Vec<Prediction>, Vec<f64>, Vec<crate::runtime::detect::Detection>);
+
 /// A gradient pass already run for the top prediction, waiting for the method to ask for it.
 struct Primed {
     layers: Vec<String>,
@@ -460,10 +460,18 @@ fn input_gradients(
 ) -> Result<Tensor, RuntimeError> {
     let classes = crate::common::detection_targets::width(&job.model);
     let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
-    let input = repeat_rows(&job.input, targets.len());
+    // One target reads the input itself (a 640 x 640 image is 4.9 MB to copy).
+    let repeated;
+    let input = match targets.len() {
+        1 => &job.input,
+        n => {
+            repeated = repeat_rows(&job.input, n);
+            &repeated
+        }
+    };
     let weights = one_hot(&indices, classes);
     let chunk = cx.max_batch();
-    Ok(cx.gradients(&[], rules, &input, &weights, chunk)?.input_grad)
+    Ok(cx.gradients(&[], rules, input, &weights, chunk)?.input_grad)
 }
 
 /// Builds the per-target results from per-row attribution tensors.

@@ -132,7 +132,10 @@ async fn a_post_nms_detection_is_read_at_its_match_on_every_input() {
     .await;
     let map = attribution_values(&saliency);
     let hottest = (0..SIDE * SIDE).max_by(|a, b| map[*a].total_cmp(&map[*b])).unwrap();
-    assert!(in_dim(hottest % SIDE, hottest / SIDE), "saliency's hottest pixel {hottest}");
+    assert!(
+        in_dim(hottest % SIDE, hottest / SIDE),
+        "saliency's hottest pixel {hottest}"
+    );
     assert!(
         (0..SIDE * SIDE)
             .filter(|i| !in_dim(i % SIDE, i / SIDE))
@@ -154,7 +157,9 @@ async fn a_post_nms_detection_is_read_at_its_match_on_every_input() {
     let attached = &predicted["explanation"];
     assert_only_the_dim_cell("attached to a prediction", attached);
     assert_eq!(attached["attributions"], by_index["attributions"], "{predicted}");
-    let id = predicted["audit_record"]["id"].as_str().unwrap_or_else(|| panic!("{predicted}"));
+    let id = predicted["audit_record"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{predicted}"));
     let replay = ok_json(post_json(&s, &format!("/v1/audit/records/{id}/replay"), &json!({})).await).await;
     assert_eq!(replay["equal"], true, "{replay}");
     s.stop().await.unwrap();
