@@ -38,6 +38,7 @@ pub fn job(
         seed: 1,
         limits,
         scores: None,
+        scored_outputs: None,
         reference: None,
     }
 }

@@ -15,7 +15,7 @@ use crate::runtime::detect::{self, Detection};
 use crate::runtime::manifest::DetectionLayout;
 use crate::runtime::predict::Prediction;
 use crate::runtime::preprocess::InputError;
-use crate::runtime::LoadedModel;
+use crate::runtime::{LoadedModel, Tensor};
 
 /// Values in one row of a detector's scores output: the positions a target can weigh (a
 /// classifier's: its classes).
@@ -80,7 +80,16 @@ pub fn resolve(
     others: &dyn Fn(&str) -> Option<Vec<f64>>,
     max_targets: usize,
 ) -> Result<Vec<Prediction>, InputError> {
-    let found = detections(model, scores, others)?;
+    pick(spec, model, &detections(model, scores, others)?, max_targets)
+}
+
+/// Resolves a detector's targets among `found`, the input's detections.
+pub fn pick(
+    spec: Option<&TargetSpec>,
+    model: &LoadedModel,
+    found: &[Detection],
+    max_targets: usize,
+) -> Result<Vec<Prediction>, InputError> {
     let threshold = model.spec.detection.as_ref().map_or(0.0, |d| d.score_threshold);
     let none = || {
         InputError::BadFeatures(format!(
@@ -134,6 +143,51 @@ pub fn resolve(
         )));
     }
     Ok(chosen.into_iter().map(|d| as_prediction(model, d)).collect())
+}
+
+/// A pass of a post-NMS (`boxes-scores-classes`) detector read against `reference`, the explained
+/// input's detections: each row's scores as [`detect::matched_scores`] gives them (the score of
+/// each detection's match in that row, at the detection's position), `outputs` holding the pass's
+/// boxes and classes. Other detectors' candidates keep their positions: `scores` as it is.
+pub fn matched(
+    model: &LoadedModel,
+    reference: &[Detection],
+    outputs: &HashMap<String, Tensor>,
+    scores: Tensor,
+) -> Result<Tensor, InputError> {
+    let post_nms = model
+        .spec
+        .detection
+        .as_ref()
+        .is_some_and(|d| d.layout == DetectionLayout::BoxesScoresClasses);
+    if !post_nms {
+        return Ok(scores);
+    }
+    let rows = scores.rows();
+    let mut values: HashMap<&str, (Vec<f64>, usize)> = HashMap::new();
+    values.insert(&model.spec.output, (scores.to_f64(), scores.row_len()));
+    for name in model
+        .spec
+        .detection
+        .iter()
+        .flat_map(|d| [&d.boxes, &d.classes])
+        .flatten()
+    {
+        let t = outputs
+            .get(name)
+            .ok_or_else(|| InputError::BadFeatures(format!("output `{name}` missing from the run")))?;
+        values.insert(name, (t.to_f64(), t.row_len()));
+    }
+    let mut out = Vec::with_capacity(rows * scores.row_len());
+    for r in 0..rows {
+        let read = |name: &str| {
+            let (v, len) = values.get(name)?;
+            v.get(r * len..(r + 1) * len)
+        };
+        let row = detect::matched_scores(&model.spec, reference, read).map_err(InputError::BadFeatures)?;
+        out.extend(row.into_iter().map(|v| v as f32));
+    }
+    Ok(Tensor::f32(scores.shape.clone(), out))
 }
 
 fn refused_kind() -> String {

@@ -105,6 +105,9 @@ pub struct ExplainJob {
     pub limits: Limits,
     /// The input's scores when a prediction already computed them (saves a forward pass).
     pub scores: Option<Vec<f64>>,
+    /// With `scores`: the same prediction's other outputs that targets read (a post-NMS
+    /// detector's boxes and classes, one row each).
+    pub scored_outputs: Option<std::collections::HashMap<String, Tensor>>,
     /// The model's reference set in force when the request was validated (the example-based
     /// methods read it; a set put in force meanwhile serves the next request).
     pub reference: Option<Arc<crate::examples::ReferenceSet>>,
@@ -245,17 +248,20 @@ pub fn run<T>(
         gradient_rows: 0,
         primed: None,
         scored: None,
+        matched: None,
         model_time: Duration::ZERO,
         row_len: job.input.row_len(),
     };
-    // The top prediction of a fresh input, for a method whose first pass is one gradient pass:
-    // the graph chooses the class, so that pass is the only one.
-    // A detector's detections of the input, for drawing (decoded again from the same scores).
-    let mut detections = Vec::new();
-    let (targets, scores, planned_rows) = match primed_top_pass(&mut cx, job)? {
-        Some((target, scores)) => {
-            let planned_rows = job.params.cost().rows.saturating_add(after_rows(1));
-            (vec![target], scores, planned_rows)
+    // The target of a fresh input chosen in the graph of a method whose first pass is one gradient
+    // pass (the top class; a detector's best detection), so that pass is the only one; else one
+    // forward pass (or the prediction's scores) and the targets chosen from it.
+    // A detector's detections of the input, for drawing (decoded once, from the same scores).
+    let (targets, scores, detections, planned_rows) = match primed_top_pass(&mut cx, job)? {
+        Some((targets, scores, detections)) => {
+            // A pass the graph chose another target for is run again with the right one.
+            let again = usize::from(cx.primed.is_none());
+            let planned_rows = (again + job.params.cost().rows).saturating_add(after_rows(targets.len()));
+            (targets, scores, detections, planned_rows)
         }
         None => {
             let scores = first_scores(&mut cx, job)?;
@@ -263,21 +269,44 @@ pub fn run<T>(
             // (a post-NMS detector's, its boxes and classes too).
             let scored = cx.scored.take();
             let others = |name: &str| scored.as_ref()?.get(name).map(Tensor::to_f64);
-            let targets = targets::resolve_with(
-                job.targets.as_ref(),
-                &job.model,
-                &scores,
-                &others,
-                job.limits.max_targets,
-            )?;
-            if job.model.spec.detection.is_some() {
-                detections = crate::common::detection_targets::detections(&job.model, &scores, &others)?;
-            }
+            let (targets, detections) = match job.model.spec.detection.is_some() {
+                true => {
+                    let found = crate::common::detection_targets::detections(&job.model, &scores, &others)?;
+                    let targets = crate::common::detection_targets::pick(
+                        job.targets.as_ref(),
+                        &job.model,
+                        &found,
+                        job.limits.max_targets,
+                    )?;
+                    (targets, found)
+                }
+                false => (
+                    targets::resolve_with(
+                        job.targets.as_ref(),
+                        &job.model,
+                        &scores,
+                        &others,
+                        job.limits.max_targets,
+                    )?,
+                    Vec::new(),
+                ),
+            };
             cx.scored = scored;
             let planned_rows = (1 + job.params.cost().rows).saturating_add(after_rows(targets.len()));
-            (targets, scores, planned_rows)
+            (targets, scores, detections, planned_rows)
         }
     };
+    // A post-NMS detector's other inputs (perturbed, masked) are read at each detection's match,
+    // not at its slot, which their NMS may give to another box.
+    let post_nms = job
+        .model
+        .spec
+        .detection
+        .as_ref()
+        .is_some_and(|d| d.layout == crate::runtime::manifest::DetectionLayout::BoxesScoresClasses);
+    if post_nms {
+        cx.matched = Some(detections.clone());
+    }
     job_ctx.plan(planned_rows);
     let attributions = job.params.explain(&mut cx, job, &targets, &scores)?;
     let extra = after(&mut cx, &attributions, &detections)?;
@@ -305,7 +334,11 @@ fn first_scores(cx: &mut Cx, job: &ExplainJob) -> Result<Vec<f64>, RuntimeError>
     // A post-NMS detector's targets read its boxes and classes beside its scores.
     extra.extend(job.model.spec.detection.iter().flat_map(|d| d.other_outputs()));
     Ok(match (&job.scores, extra) {
-        (Some(s), _) => s.clone(),
+        (Some(s), _) => {
+            // The prediction's own boxes and classes, which a post-NMS detector's targets read.
+            cx.scored = job.scored_outputs.clone();
+            s.clone()
+        }
         (None, extra) if extra.is_empty() => cx.forward(&job.input)?.to_f64(),
         (None, mut extra) => {
             let model = job.model.clone();
@@ -328,26 +361,62 @@ fn first_scores(cx: &mut Cx, job: &ExplainJob) -> Result<Vec<f64>, RuntimeError>
 }
 
 /// Runs the method's one pass for the top prediction when it has one and the job asks for the top
-/// prediction of a fresh input, and keeps it in `cx` for the method: the target and scores.
-fn primed_top_pass(cx: &mut Cx, job: &ExplainJob) -> Result<Option<(Prediction, Vec<f64>)>, RuntimeError> {
-    // A detector's top prediction is a detection, which NMS (outside the graph) decides.
-    if job.scores.is_some() || job.targets.is_some() || job.input.rows() != 1 || job.model.spec.detection.is_some() {
+/// prediction of a fresh input (a detector's: its best detection, `{"detection": 0}`), and keeps it
+/// in `cx` for the method: the targets, the scores and a detector's detections. A detector's graph
+/// takes its highest class score, which is the best detection unless it falls under the threshold:
+/// the detections are decoded from the same pass's scores, and a pass whose choice differs is not
+/// kept (the method runs its own, the targets being known; no forward pass).
+fn primed_top_pass(cx: &mut Cx, job: &ExplainJob) -> Result<Option<Chosen>, RuntimeError> {
+    let detector = job.model.spec.detection.as_ref();
+    let best = match (detector, &job.targets) {
+        (None, None) => true,
+        (None, Some(_)) => false,
+        // The candidates of a post-NMS output are its slots, ranked by its own graph.
+        (Some(d), _) if d.layout != crate::runtime::manifest::DetectionLayout::Yolo => false,
+        (Some(_), None | Some(TargetSpec::Detection { detection: 0 } | TargetSpec::TopK { top_k: 1 })) => true,
+        (Some(_), Some(_)) => false,
+    };
+    if !best || job.scores.is_some() || job.input.rows() != 1 {
         return Ok(None);
     }
     let Some((layers, rules)) = job.params.one_pass(cx, job)? else {
         return Ok(None);
     };
     match cx.top_gradients(&layers, rules, job) {
-        Ok((pass, target, scores)) => {
-            cx.primed = Some(Primed {
-                layers,
-                rules,
-                index: target.index,
-                pass,
-            });
-            Ok(Some((target, scores)))
+        Ok((pass, chosen, scores)) => {
+            let (targets, detections) = match detector {
+                None => {
+                    let spec = TargetSpec::One(TargetRef::Index(chosen));
+                    (targets::resolve(Some(&spec), &job.model, &scores, 1)?, Vec::new())
+                }
+                Some(_) => {
+                    let found = crate::common::detection_targets::detections(&job.model, &scores, &|_| None)?;
+                    let targets = crate::common::detection_targets::pick(
+                        job.targets.as_ref(),
+                        &job.model,
+                        &found,
+                        job.limits.max_targets,
+                    )?;
+                    (targets, found)
+                }
+            };
+            if targets.len() == 1 && targets.first().is_some_and(|t| t.index == chosen) {
+                cx.primed = Some(Primed {
+                    layers,
+                    rules,
+                    index: chosen,
+                    pass,
+                });
+            } else {
+                tracing::debug!(
+                    chosen,
+                    "the graph chose another candidate than the detection; a second pass"
+                );
+            }
+            Ok(Some((targets, scores, detections)))
         }
-        // A model whose output the graph cannot rank (only `[batch, classes]`) takes two passes.
+        // A model whose output the graph cannot rank (only `[batch, classes]` and a `yolo`
+        // detector's candidates) takes two passes.
         Err(RuntimeError::NotDifferentiable { message, .. }) => {
             tracing::debug!(%message, "no one-pass top prediction; a forward pass chooses the target");
             Ok(None)
@@ -355,6 +424,9 @@ fn primed_top_pass(cx: &mut Cx, job: &ExplainJob) -> Result<Option<(Prediction, 
         Err(e) => Err(e),
     }
 }
+
+/// The targets a job explains, the input's scores and a detector's detections of the input.
+type Chosen = (Vec<Prediction>, Vec<f64>, Vec<crate::runtime::detect::Detection>);
 
 /// A gradient pass already run for the top prediction, waiting for the method to ask for it.
 struct Primed {
@@ -388,10 +460,18 @@ fn input_gradients(
 ) -> Result<Tensor, RuntimeError> {
     let classes = crate::common::detection_targets::width(&job.model);
     let indices: Vec<usize> = targets.iter().map(|t| t.index).collect();
-    let input = repeat_rows(&job.input, targets.len());
+    // One target reads the input itself (a 640 x 640 image is 4.9 MB to copy).
+    let repeated;
+    let input = match targets.len() {
+        1 => &job.input,
+        n => {
+            repeated = repeat_rows(&job.input, n);
+            &repeated
+        }
+    };
     let weights = one_hot(&indices, classes);
     let chunk = cx.max_batch();
-    Ok(cx.gradients(&[], rules, &input, &weights, chunk)?.input_grad)
+    Ok(cx.gradients(&[], rules, input, &weights, chunk)?.input_grad)
 }
 
 /// Builds the per-target results from per-row attribution tensors.

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{one_hot, targets, zeroed_batch, ExplainJob, JobContext, Primed, TargetRef, TargetSpec};
+use super::{one_hot, zeroed_batch, ExplainJob, JobContext, Primed};
 use crate::onnx::autodiff::RuleSet;
-use crate::runtime::predict::{decided, probabilities, Prediction};
+use crate::runtime::predict::{decided, probabilities};
 use crate::runtime::sessions::{GradientPass, Sizing};
 use crate::runtime::{LoadedModel, RuntimeError, Tensor, WorkerRuntime};
 
@@ -20,6 +20,9 @@ pub struct Cx<'a> {
     pub(super) primed: Option<Primed>,
     /// The further outputs of the pass that scored the input ([`Method::with_scores`]).
     pub(super) scored: Option<std::collections::HashMap<String, Tensor>>,
+    /// A post-NMS detector's detections of the explained input: each forward pass's scores are
+    /// read at their matches ([`crate::common::detection_targets::matched`]).
+    pub(super) matched: Option<Vec<crate::runtime::detect::Detection>>,
     /// Time inside ONNX Runtime runs so far.
     pub(super) model_time: Duration,
     /// Values in one row of the job's input (passes of a short text fit more rows).
@@ -39,6 +42,7 @@ impl<'a> Cx<'a> {
             gradient_rows: 0,
             primed: None,
             scored: None,
+            matched: None,
             model_time: Duration::ZERO,
             // Rows of the model's full size: the pass budget as its input shape says.
             row_len: usize::MAX,
@@ -93,7 +97,12 @@ impl<'a> Cx<'a> {
                 ),
             });
         }
-        Ok(scores)
+        match &self.matched {
+            Some(reference) => Ok(crate::common::detection_targets::matched(
+                &model, reference, &outputs, scores,
+            )?),
+            None => Ok(scores),
+        }
     }
 
     /// Every output of `model` (this job's model, or another loaded one: a checkpoint) on `input`
@@ -190,19 +199,20 @@ impl<'a> Cx<'a> {
     }
 
     /// One pass over the job's (one-row) input that chooses the top prediction inside the graph and
-    /// differentiates it: the pass, the target it chose, and the input's scores.
+    /// differentiates it: the pass, the position of the output row it chose (a class; a detector's
+    /// highest class score), and the input's scores.
     pub(super) fn top_gradients(
         &mut self,
         layers: &[String],
         rules: RuleSet,
         job: &ExplainJob,
-    ) -> Result<(GradientPass, Prediction, Vec<f64>), RuntimeError> {
+    ) -> Result<(GradientPass, usize, Vec<f64>), RuntimeError> {
         self.job_ctx.checkpoint()?;
         self.count(1, 1);
         self.gradient_rows += 1;
         // All-zero weights: the graph weights the row by its top class.
-        let classes = self.model.spec.labels.len().max(1);
-        let zeros = Tensor::f32(vec![1, classes], vec![0.0; classes]);
+        let width = crate::common::detection_targets::width(&self.model);
+        let zeros = Tensor::f32(vec![1, width], vec![0.0; width]);
         let model = self.model.clone();
         // A method's one pass with layers reads only theirs ([`super::method::Method::one_pass`]).
         let pass = self.timed(|rt| match layers {
@@ -215,14 +225,7 @@ impl<'a> Cx<'a> {
             model: self.model.name.clone(),
             message: "the backward model cannot rank this model's output".into(),
         })?;
-        let spec = TargetSpec::One(TargetRef::Index(chosen));
-        let target = targets::resolve(Some(&spec), &self.model, &scores, 1)?
-            .pop()
-            .ok_or_else(|| RuntimeError::Inference {
-                model: self.model.name.clone(),
-                message: "no target".into(),
-            })?;
-        Ok((pass, target, scores))
+        Ok((pass, chosen, scores))
     }
 
     /// Streams `rows` rows shaped `like` (one row) through the backward model, `chunk` at a time,

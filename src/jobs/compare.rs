@@ -25,6 +25,14 @@ impl Task for CompareTask {
         ctx.checkpoint()?;
         let model = &first.model;
         let mut outputs = rt.run(model, &first.input)?;
+        // What targets read besides the scores (a post-NMS detector's boxes and classes).
+        let others: std::collections::HashMap<String, crate::runtime::Tensor> = model
+            .spec
+            .detection
+            .iter()
+            .flat_map(|d| d.other_outputs())
+            .filter_map(|name| Some((name.clone(), outputs.get(&name)?.clone())))
+            .collect();
         let scores = outputs
             .remove(&model.spec.output)
             .ok_or_else(|| RuntimeError::Inference {
@@ -36,6 +44,7 @@ impl Task for CompareTask {
             .into_iter()
             .map(|mut task| {
                 task.job.scores = Some(scores.clone());
+                task.job.scored_outputs = Some(others.clone());
                 run(rt, ctx, &task.job, &task.evaluate)
             })
             .collect()

@@ -155,6 +155,7 @@ impl Task for PredictJob {
                     seed: e.seed,
                     limits: e.limits,
                     scores: rows[r].outputs.get(&p.model.spec.output).cloned(),
+                    scored_outputs: Some(target_outputs(&p.model, &rows[r].outputs)),
                     reference: e.reference.clone(),
                 };
                 explained[r] = Some(run(rt, ctx, &job, &e.evaluate)?);
@@ -166,4 +167,23 @@ impl Task for PredictJob {
             estimates,
         })
     }
+}
+
+/// A predicted row's outputs that an attached explanation's targets read besides its scores (a
+/// post-NMS detector's boxes and classes), as one-row tensors.
+fn target_outputs(
+    model: &LoadedModel,
+    outputs: &std::collections::BTreeMap<String, Vec<f64>>,
+) -> std::collections::HashMap<String, Tensor> {
+    model
+        .spec
+        .detection
+        .iter()
+        .flat_map(|d| d.other_outputs())
+        .filter_map(|name| {
+            let values: Vec<f32> = outputs.get(&name)?.iter().map(|v| *v as f32).collect();
+            let t = Tensor::f32(vec![1, values.len()], values);
+            Some((name, t))
+        })
+        .collect()
 }

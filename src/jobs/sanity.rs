@@ -54,6 +54,7 @@ pub(super) fn model_randomization(
             model: lent.model.clone(),
             targets: Some(TargetSpec::Many(indices.clone())),
             scores: None,
+            scored_outputs: None,
             ..job.clone()
         };
         let again = run(rt, ctx, &randomized_job, &[])?;

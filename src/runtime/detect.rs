@@ -160,7 +160,7 @@ pub fn decode_in_place<'a, R: Into<Row<'a>>>(
                 (Some(b), Some(c)) => (row(b)?, row(c)?),
                 _ => return Err("the detector names no boxes or classes output".into()),
             };
-            listed(d, classes, size, (boxes, scores, classes_out))?
+            listed(d, classes, size, (boxes, scores, classes_out), d.score_threshold)?
         }
     };
     // Best first, sorted once; positions are unique, so ties keep the candidates' order and the
@@ -239,6 +239,24 @@ impl Decoded<'_> {
             },
         })
     }
+}
+
+/// Which values of a `yolo` row are detection scores (a candidate's class values; with an
+/// objectness, once the graph multiplies them by it), in the row's order: where the best
+/// detection's score is its highest value. `None` for other layouts and for an objectness the
+/// graph does not multiply in.
+pub fn score_positions(d: &DetectionSpec, classes: usize) -> Option<Vec<bool>> {
+    if d.layout != DetectionLayout::Yolo || (d.objectness && !d.scored) {
+        return None;
+    }
+    let (n, k) = (d.candidates, d.stride(classes));
+    let first_class = 4 + usize::from(d.objectness);
+    let mut scores = vec![false; n.checked_mul(k)?];
+    for (at, s) in scores.iter_mut().enumerate() {
+        let value = if d.channels_first { at / n.max(1) } else { at % k };
+        *s = value >= first_class;
+    }
+    Some(scores)
 }
 
 /// The candidates of a `yolo` row over the threshold. Each candidate's best class is found first
@@ -339,6 +357,7 @@ fn listed(
     classes: usize,
     size: (f32, f32),
     (boxes, scores, labels): (Row, Row, Row),
+    threshold: f32,
 ) -> Result<Vec<Found>, String> {
     if boxes.len() != scores.len() * 4 || labels.len() != scores.len() {
         return Err(format!(
@@ -351,7 +370,7 @@ fn listed(
     let mut out = Vec::new();
     for i in 0..scores.len() {
         let (score, class) = (scores.get(i), labels.get(i));
-        let kept = score >= d.score_threshold && class >= 0.0 && (class as usize) < classes;
+        let kept = score >= threshold && class >= 0.0 && (class as usize) < classes;
         if !kept {
             continue;
         }
@@ -368,6 +387,48 @@ fn listed(
             objectness: 1.0,
             index: i,
         });
+    }
+    Ok(out)
+}
+
+/// A post-NMS output row read against `reference`, another input's detections of the same model
+/// (positions are slots of that input's row): at each one's position, the score of this row's
+/// detection of the same class whose box overlaps it most, whatever its score (0 where none
+/// overlaps); every other value 0. Another input's NMS may give a slot to another box, so a
+/// perturbed input's score for a detection is its match's, not its slot's.
+pub fn matched_scores<'a>(
+    spec: &ModelSpec,
+    reference: &[Detection],
+    read: impl Fn(&str) -> Option<&'a [f64]>,
+) -> Result<Vec<f64>, String> {
+    let (Some(d), Some(image)) = (spec.detection.as_ref(), spec.image.as_ref()) else {
+        return Err("the model is not a detector".into());
+    };
+    let row = |name: &str| read(name).ok_or_else(|| format!("output `{name}` missing from the run"));
+    let (Some(boxes), Some(classes)) = (&d.boxes, &d.classes) else {
+        return Err("the detector names no boxes or classes output".into());
+    };
+    let scores = row(&spec.output)?;
+    let size = (image.width as f32, image.height as f32);
+    let slots = listed(
+        d,
+        spec.labels.len(),
+        size,
+        (row(boxes)?.into(), scores.into(), row(classes)?.into()),
+        f32::NEG_INFINITY,
+    )?;
+    let mut out = vec![0.0; scores.len()];
+    for r in reference {
+        // The largest overlap; of equal ones, the higher score.
+        let best = slots
+            .iter()
+            .filter(|s| s.class == r.class)
+            .map(|s| (iou(&r.bbox, &s.bbox), s.score))
+            .filter(|(overlap, _)| *overlap > 0.0)
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        if let Some(value) = out.get_mut(r.position) {
+            *value = best.map_or(0.0, |(_, score)| f64::from(score));
+        }
     }
     Ok(out)
 }

@@ -54,7 +54,8 @@ pub struct GradientOutputs {
     /// Opset of the built model.
     pub opset: i64,
     /// The output naming each row's top class, when rows fed all-zero weights are weighted by it
-    /// (models whose output is `[batch, classes]`).
+    /// (models whose output is `[batch, classes]`; a `yolo` detector's: the position of its
+    /// highest class score in the flattened row).
     pub target_index: Option<String>,
 }
 
@@ -277,14 +278,38 @@ impl GradientCache {
             .get(&model.spec.output)
             .filter(|s| s.dims.len() == 2 && seed.is_none())
             .and_then(|s| s.dims[1]);
-        let target_index = match classes {
-            Some(c) => match autodiff::seed_with_top_prediction(&mut built, &model.spec.output, c as usize) {
-                Ok(()) => Some(autodiff::TARGET_INDEX_OUTPUT.to_string()),
-                Err(e) => {
-                    tracing::info!(model = %model.name, reason = %e, "the backward model cannot choose its own target");
-                    None
-                }
-            },
+        // A `yolo` detector's best detection is its highest class score (Ultralytics' `max_det`
+        // sort and NMS keep it first), which the graph can find too.
+        let best = match (&model.spec.detection, seed) {
+            (Some(d), None) => shapes
+                .get(&model.spec.output)
+                .and_then(|s| match s.dims.as_slice() {
+                    [_, Some(a), Some(b)] => Some([usize::try_from(*a).ok()?, usize::try_from(*b).ok()?]),
+                    _ => None,
+                })
+                .zip(super::detect::score_positions(d, model.spec.labels.len())),
+            _ => None,
+        };
+        let seeded = match (classes, best, &model.spec.detection) {
+            (Some(c), _, None) => Some(autodiff::seed_with_top_prediction(
+                &mut built,
+                &model.spec.output,
+                c as usize,
+            )),
+            (_, Some((row, scores)), Some(_)) => Some(autodiff::seed_with_best_candidate(
+                &mut built,
+                &model.spec.output,
+                row,
+                &scores,
+            )),
+            _ => None,
+        };
+        let target_index = match seeded {
+            Some(Ok(())) => Some(autodiff::TARGET_INDEX_OUTPUT.to_string()),
+            Some(Err(e)) => {
+                tracing::info!(model = %model.name, reason = %e, "the backward model cannot choose its own target");
+                None
+            }
             None => None,
         };
         tracing::info!(model = %model.name, layers = ?key.layers, rules = ?key.rules, opset = built.opset,

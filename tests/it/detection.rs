@@ -253,6 +253,11 @@ async fn targets_name_a_detection_or_a_box_and_bad_ones_are_refused() {
     )
     .await;
     assert_eq!(by_index["target"], by_box["target"]);
+    // The best detection's gradient is one pass (the graph takes the highest class score, checked
+    // against the detections decoded from the same pass); a box target's, a forward pass and then
+    // the backward one.
+    assert_eq!(by_index["stats"]["model_rows"], 1, "{}", by_index["stats"]);
+    assert_eq!(by_box["stats"]["model_rows"], 2, "{}", by_box["stats"]);
     assert_eq!(
         by_index["detection"]["box"],
         json!([0.0, 16.0, 16.0, 32.0]),

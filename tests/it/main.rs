@@ -37,6 +37,7 @@ mod model_memory;
 mod onnx_corpus;
 mod overload;
 mod patterns;
+mod post_nms_detector;
 mod protocols;
 mod real_detector;
 mod real_models;

@@ -276,6 +276,7 @@ impl ValidExplain {
             seed: self.seed,
             limits: self.limits,
             scores,
+            scored_outputs: None,
             reference: self.reference.clone(),
         };
         Ok(ExplainTask {

@@ -25,7 +25,7 @@ pub use backward::{build_backward, refusals};
 pub use context::GradContext;
 pub use layers::{analysis_layers, attention_maps, on_every_path, FeatureLayer, TokenGrid};
 pub use rules::{RuleError, RuleSet, RuleTable};
-pub use top::{seed_with_top_prediction, TARGET_INDEX_OUTPUT};
+pub use top::{seed_with_best_candidate, seed_with_top_prediction, TARGET_INDEX_OUTPUT};
 
 use super::node::{domain, node_name, op_type};
 use super::proto::{data_type, GraphProto, ModelProto, OperatorSetIdProto, TensorProto};

@@ -18,6 +18,138 @@ pub fn seed_with_top_prediction(
     output: &str,
     classes: usize,
 ) -> Result<(), AutodiffError> {
+    let (graph, producer) = seeded_graph(backward, output)?;
+    let name = |s: &str| format!("explaind.top.{s}");
+    let weights = name("weights");
+    read_weights_from(graph, &weights);
+    let c = classes as i64;
+    graph.initializer.push(int64_tensor(&name("depth"), &[1], &[c]));
+    graph.initializer.push(float_tensor(&name("values"), &[2], &[0.0, 1.0]));
+    graph
+        .initializer
+        .push(float_tensor(&name("ones"), &[c, 1], &vec![1.0; classes]));
+    graph.initializer.push(float_tensor(&name("zero"), &[], &[0.0]));
+    let seed = seed_nodes(output, &name, &weights);
+    // Right after the scores exist and before any backward node reads the weights.
+    graph.node.splice(producer + 1..producer + 1, seed);
+    graph
+        .output
+        .push(value_info(TARGET_INDEX_OUTPUT, data_type::INT64, Some(&[-1])));
+    Ok(())
+}
+
+/// Rewrites `backward` so that rows fed all-zero weights are weighted by the one-hot of their
+/// highest value of `output` among the positions `scores` marks (a `yolo` detector's class scores,
+/// its box values left out; `scores` lays out one row of `output`, `[values, candidates]` or
+/// `[candidates, values]`). That value is the best detection's score: NMS keeps the highest score,
+/// and of equal ones the first position, as `ArgMax` takes it. The chosen position (in the
+/// flattened row) is [`TARGET_INDEX_OUTPUT`]; the selection carries no gradient (the backward
+/// graph is built before it).
+pub fn seed_with_best_candidate(
+    backward: &mut BackwardModel,
+    output: &str,
+    row: [usize; 2],
+    scores: &[bool],
+) -> Result<(), AutodiffError> {
+    let n = row[0].checked_mul(row[1]).filter(|n| *n == scores.len() && *n > 0);
+    let (Some(n), Ok(a), Ok(b)) = (n, i64::try_from(row[0]), i64::try_from(row[1])) else {
+        return Err(AutodiffError::Path(format!(
+            "{} score positions for a {} x {} row",
+            scores.len(),
+            row[0],
+            row[1]
+        )));
+    };
+    let (graph, producer) = seeded_graph(backward, output)?;
+    let name = |s: &str| format!("explaind.best.{s}");
+    let weights = name("weights");
+    let mask: Vec<f32> = scores.iter().map(|s| f32::from(u8::from(*s))).collect();
+    graph.initializer.extend([
+        float_tensor(&name("mask"), &[1, a, b], &mask),
+        float_tensor(&name("lowest"), &[], &[f32::MIN]),
+        int64_tensor(&name("depth"), &[1], &[n as i64]),
+        float_tensor(&name("values"), &[2], &[0.0, 1.0]),
+        float_tensor(&name("ones"), &[n as i64, 1], &vec![1.0; n]),
+        float_tensor(&name("zero"), &[], &[0.0]),
+    ]);
+    let (is_score, masked, flat, one_hot, fed, abs, mass, unset, unset_f, top, sum, shape) = (
+        name("is_score"),
+        name("masked"),
+        name("flat"),
+        name("one_hot"),
+        name("fed"),
+        name("abs"),
+        name("mass"),
+        name("unset"),
+        name("unset_f"),
+        name("top"),
+        name("sum"),
+        name("shape"),
+    );
+    let seed = vec![
+        node(
+            "Cast",
+            &[&name("mask")],
+            &is_score,
+            vec![("to", Attr::Int(data_type::BOOL as i64))],
+        ),
+        // Box values (and an objectness) never win.
+        node("Where", &[&is_score, output, &name("lowest")], &masked, vec![]),
+        node("Flatten", &[&masked], &flat, vec![("axis", Attr::Int(1))]),
+        node(
+            "ArgMax",
+            &[&flat],
+            TARGET_INDEX_OUTPUT,
+            vec![("axis", Attr::Int(-1)), ("keepdims", Attr::Int(0))],
+        ),
+        node(
+            "OneHot",
+            &[TARGET_INDEX_OUTPUT, &name("depth"), &name("values")],
+            &one_hot,
+            vec![("axis", Attr::Int(-1))],
+        ),
+        // Rows fed no weight at all (|w| sums to 0) take the one-hot; the others keep theirs.
+        node("Flatten", &[WEIGHTS_INPUT], &fed, vec![("axis", Attr::Int(1))]),
+        node("Abs", &[&fed], &abs, vec![]),
+        node("MatMul", &[&abs, &name("ones")], &mass, vec![]),
+        node("Equal", &[&mass, &name("zero")], &unset, vec![]),
+        node(
+            "Cast",
+            &[&unset],
+            &unset_f,
+            vec![("to", Attr::Int(data_type::FLOAT as i64))],
+        ),
+        node("Mul", &[&one_hot, &unset_f], &top, vec![]),
+        node("Add", &[&fed, &top], &sum, vec![]),
+        node("Shape", &[WEIGHTS_INPUT], &shape, vec![]),
+        node("Reshape", &[&sum, &shape], &weights, vec![]),
+    ];
+    read_weights_from(graph, &weights);
+    // Right after the scores exist and before any backward node reads the weights.
+    graph.node.splice(producer + 1..producer + 1, seed);
+    graph
+        .output
+        .push(value_info(TARGET_INDEX_OUTPUT, data_type::INT64, Some(&[-1])));
+    Ok(())
+}
+
+/// Makes every reader of the fed weights read `weights`, the effective ones, instead (before the
+/// nodes computing them, which read the fed ones, are added).
+fn read_weights_from(graph: &mut crate::onnx::proto::GraphProto, weights: &str) {
+    for node in &mut graph.node {
+        for input in &mut node.input {
+            if input == WEIGHTS_INPUT {
+                *input = weights.to_string();
+            }
+        }
+    }
+}
+
+/// The backward graph to seed, checked for OneHot (opset 11), and where `output` is produced.
+fn seeded_graph<'a>(
+    backward: &'a mut BackwardModel,
+    output: &str,
+) -> Result<(&'a mut crate::onnx::proto::GraphProto, usize), AutodiffError> {
     if backward.opset < 11 {
         return Err(AutodiffError::Path(format!(
             "choosing the target in the graph needs opset 11 (OneHot); the model has {}",
@@ -34,30 +166,7 @@ pub fn seed_with_top_prediction(
         .iter()
         .position(|n| n.output.iter().any(|o| o == output))
         .ok_or_else(|| AutodiffError::Path(format!("no node produces `{output}`")))?;
-    let name = |s: &str| format!("explaind.top.{s}");
-    let weights = name("weights");
-    // Every reader of the fed weights reads the effective ones instead.
-    for node in &mut graph.node {
-        for input in &mut node.input {
-            if input == WEIGHTS_INPUT {
-                *input = weights.clone();
-            }
-        }
-    }
-    let c = classes as i64;
-    graph.initializer.push(int64_tensor(&name("depth"), &[1], &[c]));
-    graph.initializer.push(float_tensor(&name("values"), &[2], &[0.0, 1.0]));
-    graph
-        .initializer
-        .push(float_tensor(&name("ones"), &[c, 1], &vec![1.0; classes]));
-    graph.initializer.push(float_tensor(&name("zero"), &[], &[0.0]));
-    let seed = seed_nodes(output, &name, &weights);
-    // Right after the scores exist and before any backward node reads the weights.
-    graph.node.splice(producer + 1..producer + 1, seed);
-    graph
-        .output
-        .push(value_info(TARGET_INDEX_OUTPUT, data_type::INT64, Some(&[-1])));
-    Ok(())
+    Ok((graph, producer))
 }
 
 /// The nodes that compute the effective weights `weights` from the fed ones and the one-hot of

@@ -6,7 +6,7 @@ mod segmenter;
 pub use segmenter::{mean_linear, segmenter, SegLayout, SEGMENTER_REACH};
 mod detector;
 
-pub use detector::{detector, detector_sized, DETECTOR_CELL, DETECTOR_SIDE};
+pub use detector::{detector, detector_sized, post_nms_detector, DETECTOR_CELL, DETECTOR_SIDE};
 mod concepts;
 
 pub use concepts::stripes;
