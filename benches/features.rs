@@ -7,6 +7,11 @@
 //! ONNX Runtime session, one row, weighted on class 0; the goal's ratio). Channel attribution's
 //! time per path point against saliency's one row, for scale. Run with `cargo bench --bench
 //! features`.
+//!
+//! On a loaded machine wall time measures the scheduler as much as the work (a thread that gets a
+//! tenth of a core shows ten times its time), so the same differences are also taken in the
+//! process's CPU time (`cpu/it`, every thread: the worker, ONNX Runtime's pool), against the raw
+//! row's CPU time (`cpu/raw`): the ratio that load does not move.
 
 mod common;
 
@@ -34,11 +39,23 @@ fn main() {
     let env = explaind::runtime::library::init(None).unwrap();
     println!(
         "activation-maximisation (defaults but `iterations`), per iteration: wall ms, ONNX Runtime ms in the job, \
-         the same row raw ms, wall / raw (goal <= 1.2), wall / passes"
+         the same row raw ms, wall / raw (goal <= 1.2), wall / passes; process CPU ms, the raw row's CPU ms, \
+         their ratio (load average {})",
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
     println!(
-        "{:<12} {:>10} {:>10} {:>10} {:>9} {:>12} {:>14} {:>12}",
-        "model", "wall/it", "passes/it", "raw/it", "wall/raw", "wall/passes", "saliency (ms)", "ch-attr/pt"
+        "{:<12} {:>10} {:>10} {:>10} {:>9} {:>12} {:>9} {:>9} {:>8} {:>14} {:>12}",
+        "model",
+        "wall/it",
+        "passes/it",
+        "raw/it",
+        "wall/raw",
+        "wall/passes",
+        "cpu/it",
+        "raw cpu",
+        "cpu/raw",
+        "saliency (ms)",
+        "ch-attr/pt"
     );
     for (name, dims, n, rounds) in [
         ("fashion-cnn", vec![1usize, 1, 28, 28], 64, 5),
@@ -48,9 +65,9 @@ fn main() {
         let model = service.state.registry.get(name).unwrap().clone();
         let count: usize = dims.iter().product();
         let x: Vec<f32> = (0..count).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-        // Median wall and model time of `rounds` runs (a first run, which builds the backward
-        // model, excluded).
-        let time = |method: &str, params: serde_json::Value| -> (f64, f64) {
+        // Median wall, model and process CPU time of `rounds` runs (a first run, which builds
+        // the backward model, excluded).
+        let time = |method: &str, params: serde_json::Value| -> (f64, f64, f64) {
             let cx = PlanContext {
                 model: &model,
                 limits,
@@ -58,24 +75,29 @@ fn main() {
                 reference: None,
             };
             let params = methods.get(method).unwrap().plan(params, &cx).unwrap();
-            let (mut walls, mut models) = (Vec::new(), Vec::new());
+            let (mut walls, mut models, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..=rounds {
                 let job = common::job(&model, Tensor::f32(dims.clone(), x.clone()), &params, limits);
-                let started = Instant::now();
+                let (started, cpu) = (Instant::now(), cpu_time());
                 let result = rt
                     .block_on(service.state.executor.submit(ExplainTask::new(job)))
                     .unwrap();
                 if round > 0 {
                     walls.push(started.elapsed());
+                    cpus.push(cpu_time().saturating_sub(cpu));
                     models.push(result.model_time);
                 }
             }
             let ms = |v: Vec<Duration>| common::median(v).as_secs_f64() * 1e3;
-            (ms(walls), ms(models))
+            (ms(walls), ms(models), ms(cpus))
         };
-        let (short, short_model) = time("activation-maximisation", serde_json::json!({"iterations": n}));
-        let (long, long_model) = time("activation-maximisation", serde_json::json!({"iterations": 2 * n}));
-        let (wall, passes) = ((long - short) / n as f64, (long_model - short_model) / n as f64);
+        let (short, short_model, short_cpu) = time("activation-maximisation", serde_json::json!({"iterations": n}));
+        let (long, long_model, long_cpu) = time("activation-maximisation", serde_json::json!({"iterations": 2 * n}));
+        let (wall, passes, cpu) = (
+            (long - short) / n as f64,
+            (long_model - short_model) / n as f64,
+            (long_cpu - short_cpu) / n as f64,
+        );
         // The iteration's row raw: the input gradient's backward graph, as the method's cache builds it.
         let key = GradientKey {
             model: model.name.clone(),
@@ -99,15 +121,37 @@ fn main() {
         })
         .as_secs_f64()
             * 1e3;
-        let (saliency, _) = time("saliency", serde_json::json!({}));
+        let feeds = [
+            (model.spec.input.as_str(), dims.clone(), &x[..]),
+            (WEIGHTS_INPUT, vec![1, classes], &weights[..]),
+        ];
+        let runs = 5 * rounds;
+        let before = cpu_time();
+        for _ in 0..runs {
+            common::run_raw(&mut backward, &feeds);
+        }
+        let raw_cpu = cpu_time().saturating_sub(before).as_secs_f64() * 1e3 / runs as f64;
+        let (saliency, _, _) = time("saliency", serde_json::json!({}));
         let steps = 16;
-        let (channels, _) = time("channel-attribution", serde_json::json!({"steps": steps}));
+        let (channels, _, _) = time("channel-attribution", serde_json::json!({"steps": steps}));
         println!(
-            "{name:<12} {wall:>10.3} {passes:>10.3} {raw:>10.3} {:>9.2} {:>12.2} {saliency:>14.3} {:>12.3}",
+            "{name:<12} {wall:>10.3} {passes:>10.3} {raw:>10.3} {:>9.2} {:>12.2} {cpu:>9.3} {raw_cpu:>9.3} {:>8.2} {saliency:>14.3} {:>12.3}",
             wall / raw,
             wall / passes,
+            cpu / raw_cpu,
             channels / steps as f64
         );
     }
     rt.block_on(service.stop()).unwrap();
+}
+
+/// The CPU time of every thread of the process so far.
+fn cpu_time() -> Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec for the call to write.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0;
+    match ok {
+        true => Duration::new(t.tv_sec as u64, t.tv_nsec as u32),
+        false => Duration::ZERO,
+    }
 }

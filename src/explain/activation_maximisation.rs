@@ -41,6 +41,7 @@ use crate::onnx::autodiff::RuleSet;
 use crate::runtime::manifest::{ColorOrder, ImageSpec, Layout};
 use crate::runtime::predict::Prediction;
 use crate::runtime::preprocess::InputError;
+use crate::runtime::tensor::TensorData;
 use crate::runtime::{LoadedModel, RuntimeError, Tensor};
 
 /// Most iterations one request may ask (the service's `max_samples` may lower it).
@@ -196,12 +197,14 @@ impl Method for ActivationMaximisation {
         };
         let samples = mul(p.iterations, images, "iterations x targets")?;
         // Per image: the spectrum and Adam's two moments (f32, real and imaginary), the images
-        // on the way (a handful of copies), the FFTs' column buffer and scratch, and the curve.
+        // on the way (a handful of copies), the view's taps (four indices and weights and a
+        // constant per pixel), the FFTs' column buffer and scratch, and the curve.
         let channels = cx.model.spec.image.as_ref().map_or(1, |i| i.channels);
         let (h, w) = cx.model.spec.image.as_ref().map_or((1, 1), |i| (i.height, i.width));
         let spectrum = channels.saturating_mul(h).saturating_mul(w / 2 + 1).saturating_mul(2);
         let working = bytes(spectrum, 4 * 4)
             .saturating_add(bytes(channels.saturating_mul(pixels), 4 * 8))
+            .saturating_add(bytes(pixels, 4 * 9))
             .saturating_add(bytes(spectrum, 8))
             .saturating_add(bytes(p.iterations, 8));
         Ok(Cost {
@@ -328,29 +331,44 @@ impl ChannelObjective {
 /// column, then a complex-to-real FFT along each row (whose Hermitian extension doubles the
 /// columns that stand for a conjugate pair and drops the imaginary parts of the DC and Nyquist
 /// columns). Its adjoint runs the same transforms forwards, in the other order.
+///
+/// It owns the buffers both directions work in, so that a step of the optimisation allocates
+/// nothing (on a 28 x 28 model a step's Rust work is of the order of its pass).
 struct FourierImage {
     channels: usize,
     h: usize,
     w: usize,
     /// Frequency columns, `w / 2 + 1`.
     f: usize,
-    /// `1 / max(|freq|, 1 / max(w, h))` per (row frequency, column frequency).
-    scale: Vec<f32>,
-    /// The ortho norm `1 / sqrt(h w)`.
-    norm: f32,
+    /// What the synthesis multiplies each spectrum value by: the scale `1 / max(|freq|, 1 /
+    /// max(w, h))` of its (row frequency, column frequency), the ortho norm
+    /// `1 / sqrt(h w)` and lucent's division by `magic`.
+    gain: Vec<f32>,
+    /// What the adjoint multiplies each value by: `gain` and the weight the Hermitian extension
+    /// gave its column (2 for a conjugate pair, else 1).
+    back_gain: Vec<f32>,
     /// Length-`h` complex FFTs down a frequency column: inverse (synthesis), forward (adjoint).
     cols_inverse: Arc<dyn Fft<f32>>,
     cols_forward: Arc<dyn Fft<f32>>,
     /// Length-`w` real FFTs along a row: complex to real (synthesis), real to complex (adjoint).
     rows_inverse: Arc<dyn ComplexToReal<f32>>,
     rows_forward: Arc<dyn RealToComplex<f32>>,
-    /// Scratch the four transforms share, their largest need.
-    scratch: usize,
     /// Model channel `k` as a mix of Fourier channels (the normalised colour matrix, rows in the
     /// model's channel order), `[k][c]`; identity for a grayscale model.
     mix: Vec<f32>,
     /// Logits of the start image (0: mid-grey), `[k][y][x]`.
     offset: Vec<f32>,
+    /// One channel's spectrum column by column (`[kx][ky]`, each column's FFT contiguous).
+    columns: Vec<Complex<f32>>,
+    /// One row's spectrum, and one row of pixels.
+    row: Vec<Complex<f32>>,
+    line: Vec<f32>,
+    /// Scratch the four transforms share, their largest need.
+    scratch: Vec<Complex<f32>>,
+    /// The Fourier channels' pixels (synthesis), or their gradient (adjoint), `[c][y][x]`.
+    planes: Vec<f32>,
+    /// The gradient before the sigmoid (adjoint), `[k][y][x]`.
+    pre: Vec<f32>,
 }
 
 impl FourierImage {
@@ -368,11 +386,18 @@ impl FourierImage {
             }
         };
         let floor = 1.0 / h.max(w) as f64;
-        let mut scale = Vec::with_capacity(h * f);
+        let norm = 1.0 / ((h * w) as f64).sqrt() / MAGIC as f64;
+        let (mut gain, mut back_gain) = (Vec::with_capacity(h * f), Vec::with_capacity(h * f));
         for ky in 0..h {
             for kx in 0..f {
                 let (fy, fx) = (freq(ky, h), kx as f64 / w as f64);
-                scale.push((1.0 / (fx * fx + fy * fy).sqrt().max(floor)) as f32);
+                let s = 1.0 / (fx * fx + fy * fy).sqrt().max(floor);
+                let pair = match kx == 0 || (w % 2 == 0 && kx == w / 2) {
+                    true => 1.0,
+                    false => 2.0,
+                };
+                gain.push((s * norm) as f32);
+                back_gain.push((s * norm * pair) as f32);
             }
         }
         let mut planner = FftPlanner::<f32>::new();
@@ -405,20 +430,26 @@ impl FourierImage {
             }
             (n, _) => (0..n * n).map(|i| if i / n == i % n { 1.0 } else { 0.0 }).collect(),
         };
+        let values = channels * h * w;
         Self {
             channels,
             h,
             w,
             f,
-            scale,
-            norm: (1.0 / ((h * w) as f64).sqrt()) as f32,
+            gain,
+            back_gain,
             cols_inverse,
             cols_forward,
             rows_inverse,
             rows_forward,
-            scratch,
             mix,
-            offset: offset.unwrap_or_else(|| vec![0.0; channels * h * w]),
+            offset: offset.unwrap_or_else(|| vec![0.0; values]),
+            columns: vec![Complex::default(); h * f],
+            row: vec![Complex::default(); f],
+            line: vec![0.0; w],
+            scratch: vec![Complex::default(); scratch],
+            planes: vec![0.0; values],
+            pre: vec![0.0; values],
         }
     }
 
@@ -427,29 +458,45 @@ impl FourierImage {
         self.channels * self.h * self.f
     }
 
+    /// Values of the image.
+    fn image_len(&self) -> usize {
+        self.channels * self.h * self.w
+    }
+
     /// The image in [0, 1], `[k][y][x]`, from the spectrum's real and imaginary parts.
-    fn image(&self, re: &[f32], im: &[f32]) -> Vec<f32> {
+    fn image(&mut self, re: &[f32], im: &[f32]) -> Vec<f32> {
+        let mut image = vec![0f32; self.image_len()];
+        self.synthesise(re, im, &mut image);
+        image
+    }
+
+    /// [`Self::image`] into `image` (`image_len` values).
+    fn synthesise(&mut self, re: &[f32], im: &[f32], image: &mut [f32]) {
         let (h, w, f) = (self.h, self.w, self.f);
-        let hw = h * w;
-        let mut fourier = vec![0f32; self.channels * hw];
-        // The spectrum column by column (`[kx][ky]`), so that each column's FFT is contiguous.
-        let mut columns = vec![Complex::<f32>::default(); h * f];
-        let mut row = vec![Complex::<f32>::default(); f];
-        let mut scratch = vec![Complex::<f32>::default(); self.scratch];
-        // The ortho norm and lucent's division by `magic`, once per value.
-        let gain = self.norm / MAGIC;
-        for c in 0..self.channels {
-            let (zr, zi) = (&re[c * h * f..(c + 1) * h * f], &im[c * h * f..(c + 1) * h * f]);
+        let (hw, hf) = (h * w, h * f);
+        let Self {
+            gain,
+            cols_inverse,
+            rows_inverse,
+            columns,
+            row,
+            scratch,
+            planes,
+            ..
+        } = self;
+        for ((zr, zi), plane) in re
+            .chunks_exact(hf)
+            .zip(im.chunks_exact(hf))
+            .zip(planes.chunks_exact_mut(hw))
+        {
             for ky in 0..h {
-                for kx in 0..f {
-                    let j = ky * f + kx;
-                    let s = self.scale[j] * gain;
-                    columns[kx * h + ky] = Complex::new(s * zr[j], s * zi[j]);
+                let j = ky * f;
+                for (kx, ((r, i), g)) in zr[j..j + f].iter().zip(&zi[j..j + f]).zip(&gain[j..j + f]).enumerate() {
+                    columns[kx * h + ky] = Complex::new(g * r, g * i);
                 }
             }
-            self.cols_inverse.process_with_scratch(&mut columns, &mut scratch);
-            let out = &mut fourier[c * hw..(c + 1) * hw];
-            for (y, line) in out.chunks_exact_mut(w).enumerate() {
+            cols_inverse.process_with_scratch(columns, scratch);
+            for (y, line) in plane.chunks_exact_mut(w).enumerate() {
                 for (kx, v) in row.iter_mut().enumerate() {
                     *v = columns[kx * h + y];
                 }
@@ -459,87 +506,87 @@ impl FourierImage {
                     row[f - 1].im = 0.0;
                 }
                 // Lengths match the plan by construction; the imaginary parts it checks are zero.
-                let done = self.rows_inverse.process_with_scratch(&mut row, line, &mut scratch);
+                let done = rows_inverse.process_with_scratch(row, line, scratch);
                 debug_assert!(done.is_ok(), "{done:?}");
             }
         }
-        let mut image = self.offset.clone();
-        for k in 0..self.channels {
-            let plane = &mut image[k * hw..(k + 1) * hw];
-            for c in 0..self.channels {
-                let m = self.mix[k * self.channels + c];
+        let n = self.channels;
+        for (k, out) in image.chunks_exact_mut(hw).enumerate() {
+            out.copy_from_slice(&self.offset[k * hw..(k + 1) * hw]);
+            for (c, plane) in self.planes.chunks_exact(hw).enumerate() {
+                let m = self.mix[k * n + c];
                 if m != 0.0 {
-                    for (v, s) in plane.iter_mut().zip(&fourier[c * hw..(c + 1) * hw]) {
+                    for (v, s) in out.iter_mut().zip(plane) {
                         *v += m * s;
                     }
                 }
             }
+            for v in out.iter_mut() {
+                *v = sigmoid(*v);
+            }
         }
-        for v in image.iter_mut() {
-            *v = sigmoid(*v);
-        }
-        image
     }
 
     /// The gradient with respect to the spectrum's real and imaginary parts of a function whose
     /// gradient with respect to [`Self::image`]'s output `image` is `grad` (the adjoint of each step).
-    fn backward(&self, image: &[f32], grad: &[f32], d_re: &mut [f32], d_im: &mut [f32]) {
+    fn backward(&mut self, image: &[f32], grad: &[f32], d_re: &mut [f32], d_im: &mut [f32]) {
         let (h, w, f) = (self.h, self.w, self.f);
-        let hw = h * w;
+        let (hw, hf, n) = (h * w, h * f, self.channels);
         // Through the sigmoid, then the colour mix (transposed).
-        let pre: Vec<f32> = grad.iter().zip(image).map(|(g, s)| g * s * (1.0 - s)).collect();
-        let mut d_fourier = vec![0f32; self.channels * hw];
-        for k in 0..self.channels {
-            for c in 0..self.channels {
-                let m = self.mix[k * self.channels + c];
+        for ((p, g), s) in self.pre.iter_mut().zip(grad).zip(image) {
+            *p = g * s * (1.0 - s);
+        }
+        for (c, plane) in self.planes.chunks_exact_mut(hw).enumerate() {
+            plane.fill(0.0);
+            for (k, pre) in self.pre.chunks_exact(hw).enumerate() {
+                let m = self.mix[k * n + c];
                 if m != 0.0 {
-                    for (d, p) in d_fourier[c * hw..(c + 1) * hw]
-                        .iter_mut()
-                        .zip(&pre[k * hw..(k + 1) * hw])
-                    {
+                    for (d, p) in plane.iter_mut().zip(pre) {
                         *d += m * p;
                     }
                 }
             }
         }
-        // The adjoint of the complex-to-real step: a real-to-complex FFT of each row, times the
-        // weight the Hermitian extension gave each column (2 for a conjugate pair, else 1).
-        let weight: Vec<f32> = (0..f)
-            .map(|kx| match kx == 0 || (w % 2 == 0 && kx == w / 2) {
-                true => 1.0,
-                false => 2.0,
-            })
-            .collect();
-        let gain = self.norm / MAGIC;
-        let mut columns = vec![Complex::<f32>::default(); h * f];
-        let mut line = vec![0f32; w];
-        let mut row = vec![Complex::<f32>::default(); f];
-        let mut scratch = vec![Complex::<f32>::default(); self.scratch];
-        for c in 0..self.channels {
-            let g = &d_fourier[c * hw..(c + 1) * hw];
-            for (y, src) in g.chunks_exact(w).enumerate() {
+        let Self {
+            back_gain,
+            cols_forward,
+            rows_forward,
+            columns,
+            row,
+            line,
+            scratch,
+            planes,
+            ..
+        } = self;
+        for ((plane, zr), zi) in planes
+            .chunks_exact(hw)
+            .zip(d_re.chunks_exact_mut(hf))
+            .zip(d_im.chunks_exact_mut(hf))
+        {
+            // The adjoint of the complex-to-real step: a real-to-complex FFT of each row (its
+            // column weights are in `back_gain`).
+            for (y, src) in plane.chunks_exact(w).enumerate() {
                 // The transform uses its input as scratch.
                 line.copy_from_slice(src);
-                let done = self
-                    .rows_forward
-                    .process_with_scratch(&mut line, &mut row, &mut scratch);
+                let done = rows_forward.process_with_scratch(line, row, scratch);
                 debug_assert!(done.is_ok(), "{done:?}");
                 for (kx, v) in row.iter().enumerate() {
-                    columns[kx * h + y] = *v * weight[kx];
+                    columns[kx * h + y] = *v;
                 }
             }
             // The adjoint of the inverse FFT down each column is the forward one.
-            self.cols_forward.process_with_scratch(&mut columns, &mut scratch);
-            let (zr, zi) = (
-                &mut d_re[c * h * f..(c + 1) * h * f],
-                &mut d_im[c * h * f..(c + 1) * h * f],
-            );
+            cols_forward.process_with_scratch(columns, scratch);
             for ky in 0..h {
-                for kx in 0..f {
-                    let j = ky * f + kx;
-                    let (v, s) = (columns[kx * h + ky], self.scale[j] * gain);
-                    zr[j] = v.re * s;
-                    zi[j] = v.im * s;
+                let j = ky * f;
+                for (kx, ((r, i), g)) in zr[j..j + f]
+                    .iter_mut()
+                    .zip(&mut zi[j..j + f])
+                    .zip(&back_gain[j..j + f])
+                    .enumerate()
+                {
+                    let v = columns[kx * h + ky];
+                    *r = v.re * g;
+                    *i = v.im * g;
                 }
             }
         }
@@ -587,61 +634,94 @@ impl View {
             t: [dx, dy],
         }
     }
+}
 
-    /// For output pixel `(x, y)` of an `h x w` image: the four source pixels (index, weight) it
-    /// reads; sources outside read the constant.
-    fn taps(&self, x: usize, y: usize, w: usize, h: usize) -> [(Option<usize>, f32); 4] {
-        let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
-        let (ox, oy) = (x as f32 - cx - self.t[0], y as f32 - cy - self.t[1]);
-        let sx = self.m[0] * ox + self.m[1] * oy + cx;
-        let sy = self.m[2] * ox + self.m[3] * oy + cy;
-        let (x0, y0) = (sx.floor(), sy.floor());
-        let (fx, fy) = (sx - x0, sy - y0);
-        let at = |xi: f32, yi: f32| {
-            (xi >= 0.0 && yi >= 0.0 && xi < w as f32 && yi < h as f32).then(|| yi as usize * w + xi as usize)
-        };
-        [
-            (at(x0, y0), (1.0 - fx) * (1.0 - fy)),
-            (at(x0 + 1.0, y0), fx * (1.0 - fy)),
-            (at(x0, y0 + 1.0), (1.0 - fx) * fy),
-            (at(x0 + 1.0, y0 + 1.0), fx * fy),
-        ]
+/// A view's bilinear taps over an `h x w` image, computed once per view and read by both the view
+/// and its adjoint: for each output pixel, the four source pixels it reads with their weights, and
+/// what the taps that fall outside the image add (0.5 times their weights; their own weight is 0
+/// and their index 0, so that neither direction branches).
+struct Sampling {
+    h: usize,
+    w: usize,
+    at: Vec<[u32; 4]>,
+    weight: Vec<[f32; 4]>,
+    outside: Vec<f32>,
+}
+
+impl Sampling {
+    /// Room for the taps of an `h x w` image (at most [`MAX_PIXELS`], so indices fit in `u32`).
+    fn new(h: usize, w: usize) -> Self {
+        let hw = h * w;
+        Self {
+            h,
+            w,
+            at: vec![[0; 4]; hw],
+            weight: vec![[0.0; 4]; hw],
+            outside: vec![0.0; hw],
+        }
     }
 
-    /// The view of `image` (`channels` planes of `h x w`).
-    fn apply(&self, image: &[f32], channels: usize, h: usize, w: usize) -> Vec<f32> {
-        let hw = h * w;
-        let mut out = vec![0f32; channels * hw];
+    /// The taps of `view`.
+    fn set(&mut self, view: &View) {
+        let (h, w) = (self.h, self.w);
+        let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
+        let (wf, hf) = (w as f32, h as f32);
+        let mut p = 0;
         for y in 0..h {
+            let oy = y as f32 - cy - view.t[1];
             for x in 0..w {
-                let taps = self.taps(x, y, w, h);
-                for c in 0..channels {
-                    let plane = &image[c * hw..(c + 1) * hw];
-                    out[c * hw + y * w + x] = taps.iter().map(|(i, wt)| wt * i.map_or(0.5, |i| plane[i])).sum();
+                let ox = x as f32 - cx - view.t[0];
+                let sx = view.m[0] * ox + view.m[1] * oy + cx;
+                let sy = view.m[2] * ox + view.m[3] * oy + cy;
+                let (x0, y0) = (sx.floor(), sy.floor());
+                let (fx, fy) = (sx - x0, sy - y0);
+                let taps = [
+                    (x0, y0, (1.0 - fx) * (1.0 - fy)),
+                    (x0 + 1.0, y0, fx * (1.0 - fy)),
+                    (x0, y0 + 1.0, (1.0 - fx) * fy),
+                    (x0 + 1.0, y0 + 1.0, fx * fy),
+                ];
+                let mut outside = 0f32;
+                for (t, (xi, yi, wt)) in taps.into_iter().enumerate() {
+                    if xi >= 0.0 && yi >= 0.0 && xi < wf && yi < hf {
+                        self.at[p][t] = (yi as usize * w + xi as usize) as u32;
+                        self.weight[p][t] = wt;
+                    } else {
+                        self.at[p][t] = 0;
+                        self.weight[p][t] = 0.0;
+                        outside += 0.5 * wt;
+                    }
                 }
+                self.outside[p] = outside;
+                p += 1;
             }
         }
-        out
     }
 
-    /// The adjoint of [`Self::apply`]: the gradient on the image of `grad` on the view.
-    fn adjoint(&self, grad: &[f32], channels: usize, h: usize, w: usize) -> Vec<f32> {
-        let hw = h * w;
-        let mut out = vec![0f32; channels * hw];
-        for y in 0..h {
-            for x in 0..w {
-                let taps = self.taps(x, y, w, h);
-                for c in 0..channels {
-                    let g = grad[c * hw + y * w + x];
-                    for (i, wt) in taps {
-                        if let Some(i) = i {
-                            out[c * hw + i] += wt * g;
-                        }
+    /// The view of `image` (planes of `h x w`) into `out`, as long.
+    fn apply(&self, image: &[f32], out: &mut [f32]) {
+        let hw = self.h * self.w;
+        for (plane, out) in image.chunks_exact(hw).zip(out.chunks_exact_mut(hw)) {
+            for (((o, at), wt), base) in out.iter_mut().zip(&self.at).zip(&self.weight).zip(&self.outside) {
+                let tap = |t: usize| wt[t] * plane.get(at[t] as usize).copied().unwrap_or(0.0);
+                *o = base + tap(0) + tap(1) + tap(2) + tap(3);
+            }
+        }
+    }
+
+    /// The adjoint of [`Self::apply`]: the gradient on the image of `grad` on the view, into `out`.
+    fn adjoint(&self, grad: &[f32], out: &mut [f32]) {
+        let hw = self.h * self.w;
+        for (g, out) in grad.chunks_exact(hw).zip(out.chunks_exact_mut(hw)) {
+            out.fill(0.0);
+            for ((g, at), wt) in g.iter().zip(&self.at).zip(&self.weight) {
+                for t in 0..4 {
+                    if let Some(o) = out.get_mut(at[t] as usize) {
+                        *o += wt[t] * g;
                     }
                 }
             }
         }
-        out
     }
 }
 
@@ -649,26 +729,62 @@ impl View {
 /// image to it (its derivative).
 fn to_input(spec: &ImageSpec, image: &[f32]) -> (Tensor, Vec<f32>) {
     let (c, h, w) = (spec.channels, spec.height, spec.width);
-    let hw = h * w;
-    let factor: Vec<f32> = (0..c)
-        .map(|k| 255.0 * spec.scale / spec.std.get(k).copied().unwrap_or(1.0))
-        .collect();
-    let mean = |k: usize| spec.mean.get(k).copied().unwrap_or(0.0) / spec.std.get(k).copied().unwrap_or(1.0);
-    let mut data = vec![0f32; c * hw];
-    for k in 0..c {
-        for j in 0..hw {
-            let v = image[k * hw + j] * factor[k] - mean(k);
-            match spec.layout {
-                Layout::NCHW => data[k * hw + j] = v,
-                Layout::NHWC => data[j * c + k] = v,
-            }
-        }
-    }
+    let mut data = vec![0f32; c * h * w];
+    write_input(spec, image, &mut data);
     let shape = match spec.layout {
         Layout::NCHW => vec![1, c, h, w],
         Layout::NHWC => vec![1, h, w, c],
     };
-    (Tensor::f32(shape, data), factor)
+    (Tensor::f32(shape, data), input_factor(spec))
+}
+
+/// Per channel, the derivative of the model's input by the image's value.
+fn input_factor(spec: &ImageSpec) -> Vec<f32> {
+    (0..spec.channels)
+        .map(|k| 255.0 * spec.scale / spec.std.get(k).copied().unwrap_or(1.0))
+        .collect()
+}
+
+/// [`to_input`]'s values into `data`, in the model's layout.
+fn write_input(spec: &ImageSpec, image: &[f32], data: &mut [f32]) {
+    let c = spec.channels;
+    let hw = spec.height * spec.width;
+    for (k, (plane, factor)) in image.chunks_exact(hw).zip(input_factor(spec)).enumerate() {
+        let mean = spec.mean.get(k).copied().unwrap_or(0.0) / spec.std.get(k).copied().unwrap_or(1.0);
+        match spec.layout {
+            Layout::NCHW => {
+                for (d, v) in data[k * hw..(k + 1) * hw].iter_mut().zip(plane) {
+                    *d = v * factor - mean;
+                }
+            }
+            Layout::NHWC => {
+                for (d, v) in data.iter_mut().skip(k).step_by(c).zip(plane) {
+                    *d = v * factor - mean;
+                }
+            }
+        }
+    }
+}
+
+/// The model input's gradient `grad` (the model's layout) as the gradient on the image it was
+/// made from ([`to_input`]), `[k][y][x]`, into `out`.
+fn input_to_image(spec: &ImageSpec, grad: &[f32], out: &mut [f32]) {
+    let c = spec.channels;
+    let hw = spec.height * spec.width;
+    for (k, (plane, factor)) in out.chunks_exact_mut(hw).zip(input_factor(spec)).enumerate() {
+        match spec.layout {
+            Layout::NCHW => match grad.get(k * hw..(k + 1) * hw) {
+                Some(g) => plane.iter_mut().zip(g).for_each(|(o, g)| *o = g * factor),
+                None => plane.fill(0.0),
+            },
+            Layout::NHWC => {
+                plane.fill(0.0);
+                for (o, g) in plane.iter_mut().zip(grad.iter().skip(k).step_by(c)) {
+                    *o = g * factor;
+                }
+            }
+        }
+    }
 }
 
 /// The job's input as an image in [0, 1], `[k][y][x]` (the inverse of [`to_input`]).
@@ -761,20 +877,23 @@ impl Adam {
     fn step(&mut self, x: &mut [f32], g: &[f32]) {
         self.t += 1;
         let (c1, c2) = (1.0 - Self::BETA1.powi(self.t), 1.0 - Self::BETA2.powi(self.t));
+        // PyTorch's form: lr / c1 * m / (sqrt(v) / sqrt(c2) + eps), constants hoisted.
+        let (step, root) = (self.lr / c1, 1.0 / c2.sqrt());
         for (((x, g), m), v) in x.iter_mut().zip(g).zip(self.m.iter_mut()).zip(self.v.iter_mut()) {
             *m = Self::BETA1 * *m + (1.0 - Self::BETA1) * g;
             *v = Self::BETA2 * *v + (1.0 - Self::BETA2) * g * g;
-            *x += self.lr * (*m / c1) / ((*v / c2).sqrt() + Self::EPS);
+            *x += step * *m / (v.sqrt() * root + Self::EPS);
         }
     }
 }
 
-/// The objective and the gradient of the model input for one image (a backward row).
+/// The objective and the gradient of the model input for one image (a backward row); `weights`
+/// are the target's one-hot row (a channel's objective has its own).
 fn objective(
     cx: &mut Cx,
-    job: &ExplainJob,
     input: &Tensor,
     target: &Prediction,
+    weights: &Tensor,
     channel: Option<&ChannelObjective>,
 ) -> Result<(f64, Tensor), RuntimeError> {
     match channel {
@@ -784,8 +903,7 @@ fn objective(
             Ok((score, pass.input_grad))
         }
         None => {
-            let classes = crate::common::detection_targets::width(&job.model);
-            let pass = cx.gradients(&[], RuleSet::Exact, input, &one_hot(&[target.index], classes), 1)?;
+            let pass = cx.gradients(&[], RuleSet::Exact, input, weights, 1)?;
             let score = pass
                 .scores
                 .as_f32()
@@ -841,7 +959,7 @@ fn optimise(
                 .collect(),
         ),
     };
-    let param = FourierImage::new(spec, offset);
+    let mut param = FourierImage::new(spec, offset);
     let n = param.spectrum_len();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // lucent's `sd = 0.01`.
@@ -850,32 +968,31 @@ fn optimise(
     let mut im: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
     let (mut adam_re, mut adam_im) = (Adam::new(p.learning_rate, n), Adam::new(p.learning_rate, n));
     let (mut d_re, mut d_im) = (vec![0f32; n], vec![0f32; n]);
-    let initial_score = score_of(cx, job, &to_input(spec, &param.image(&re, &im)).0, target, channel)?;
+    let (mut input, _) = to_input(spec, &param.image(&re, &im));
+    let initial_score = score_of(cx, job, &input, target, channel)?;
+    let weights = one_hot(&[target.index], crate::common::detection_targets::width(&job.model));
+    // Every step works in these buffers (and the parametrisation's own): it allocates nothing
+    // but what the pass answers.
+    let len = param.image_len();
+    let (mut image, mut seen, mut d_seen, mut d_image) =
+        (vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len]);
+    let mut sampling = Sampling::new(h, w);
+    sampling.set(&View::IDENTITY);
     let mut curve = Vec::with_capacity(p.iterations);
     for _ in 0..p.iterations {
         cx.checkpoint()?;
-        let image = param.image(&re, &im);
-        let view = match p.transforms {
-            true => View::draw(&mut rng, h.max(w)),
-            false => View::IDENTITY,
-        };
-        let seen = view.apply(&image, c, h, w);
-        let (input, factor) = to_input(spec, &seen);
-        let (score, grad) = objective(cx, job, &input, target, channel)?;
-        let g = grad.as_f32().unwrap_or(&[]);
-        // The input gradient back to the view's pixels, then to the image's.
-        let hw = h * w;
-        let mut d_seen = vec![0f32; c * hw];
-        for k in 0..c {
-            for j in 0..hw {
-                let v = match spec.layout {
-                    Layout::NCHW => g.get(k * hw + j),
-                    Layout::NHWC => g.get(j * c + k),
-                };
-                d_seen[k * hw + j] = v.copied().unwrap_or(0.0) * factor[k];
-            }
+        param.synthesise(&re, &im, &mut image);
+        if p.transforms {
+            sampling.set(&View::draw(&mut rng, h.max(w)));
         }
-        let mut d_image = view.adjoint(&d_seen, c, h, w);
+        sampling.apply(&image, &mut seen);
+        if let TensorData::F32(values) = &mut input.data {
+            write_input(spec, &seen, values);
+        }
+        let (score, grad) = objective(cx, &input, target, &weights, channel)?;
+        // The input gradient back to the view's pixels, then to the image's.
+        input_to_image(spec, grad.as_f32().unwrap_or(&[]), &mut d_seen);
+        sampling.adjoint(&d_seen, &mut d_image);
         let penalty = penalties(p, &image, c, h, w, &mut d_image);
         curve.push(score - penalty);
         param.backward(&image, &d_image, &mut d_re, &mut d_im);
@@ -965,23 +1082,26 @@ mod tests {
     fn the_parametrisation_s_gradient_matches_finite_differences() {
         for (channels, side) in [(1, 6), (3, 5)] {
             let spec = spec(channels, side);
-            let param = FourierImage::new(&spec, None);
+            let mut param = FourierImage::new(&spec, None);
             let n = param.spectrum_len();
             let seed = 7 + channels as u64;
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let normal = Normal::new(0.0f32, 0.3).unwrap();
             let re: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
             let im: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
-            let view = View::draw(&mut rng, 224);
+            let mut sampling = Sampling::new(side, side);
+            sampling.set(&View::draw(&mut rng, 224));
             let len = channels * side * side;
             let weights: Vec<f32> = (0..len).map(|_| normal.sample(&mut rng)).collect();
             // f = sum(weights * view(image)).
-            let f = |re: &[f32], im: &[f32]| -> f64 {
-                let seen = view.apply(&param.image(re, im), channels, side, side);
+            let f = |param: &mut FourierImage, re: &[f32], im: &[f32]| -> f64 {
+                let mut seen = vec![0f32; len];
+                sampling.apply(&param.image(re, im), &mut seen);
                 seen.iter().zip(&weights).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
             };
             let image = param.image(&re, &im);
-            let d_image = view.adjoint(&weights, channels, side, side);
+            let mut d_image = vec![0f32; len];
+            sampling.adjoint(&weights, &mut d_image);
             let (mut d_re, mut d_im) = (vec![0f32; n], vec![0f32; n]);
             param.backward(&image, &d_image, &mut d_re, &mut d_im);
             let eps = 1e-2f32;
@@ -996,7 +1116,7 @@ mod tests {
                         b[i] += eps;
                         d[i] -= eps;
                     }
-                    let numeric = (f(&a, &b) - f(&c, &d)) / (2.0 * eps as f64);
+                    let numeric = (f(&mut param, &a, &b) - f(&mut param, &c, &d)) / (2.0 * eps as f64);
                     assert!(
                         (numeric - analytic as f64).abs() <= 2e-3 + 1e-2 * numeric.abs(),
                         "seed {seed}, channels {channels}, value {i}.{which}: numeric {numeric}, analytic {analytic}"
@@ -1004,6 +1124,11 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The scale `1 / max(|freq|, 1 / max(w, h))` of spectrum value `j` (its gain over the norms).
+    fn scale_of(param: &FourierImage, j: usize) -> f64 {
+        param.gain[j] as f64 * ((param.h * param.w) as f64).sqrt() * MAGIC as f64
     }
 
     /// numpy's `irfft2(norm="ortho")` of the scaled spectrum over `MAGIC`, from its definition in
@@ -1025,7 +1150,7 @@ mod tests {
                             2.0
                         };
                         let phi = tau * (((ky * y) % h) as f64 / h as f64 + ((kx * x) % w) as f64 / w as f64);
-                        let s = param.scale[j] as f64;
+                        let s = scale_of(param, j);
                         sum += pair * s * (re[j] as f64 * phi.cos() - im[j] as f64 * phi.sin());
                     }
                 }
@@ -1042,7 +1167,7 @@ mod tests {
         for (h, w) in [(4, 4), (5, 7), (6, 9), (28, 28), (17, 32), (64, 48)] {
             let mut spec = spec(1, h);
             spec.width = w;
-            let param = FourierImage::new(&spec, None);
+            let mut param = FourierImage::new(&spec, None);
             let n = param.spectrum_len();
             let mut rng = ChaCha8Rng::seed_from_u64((h * 100 + w) as u64);
             let normal = Normal::new(0.0f32, 0.05).unwrap();
@@ -1073,7 +1198,7 @@ mod tests {
                 } else {
                     2.0
                 };
-                let c = pair * norm * param.scale[j] as f64;
+                let c = pair * norm * scale_of(&param, j);
                 let (mut er, mut ei) = (0f64, 0f64);
                 for y in 0..h {
                     for x in 0..w {
@@ -1097,7 +1222,7 @@ mod tests {
     #[test]
     fn a_lone_dc_coefficient_is_a_flat_image() {
         let spec = spec(1, 4);
-        let param = FourierImage::new(&spec, None);
+        let mut param = FourierImage::new(&spec, None);
         let n = param.spectrum_len();
         let (mut re, im) = (vec![0f32; n], vec![0f32; n]);
         re[0] = 1.0;

@@ -354,3 +354,59 @@ async fn the_capabilities_say_it_makes_an_image_and_metrics_refuse_it() {
     .await;
     assert!(body["detail"].as_str().unwrap().contains("an image it made"), "{body}");
 }
+
+/// The PNG answers (`format` png in a JSON request, the raw image's `?format=png`, and the
+/// `overlay_png` that `include: ["overlay"]` asks for) are the optimised image itself, enlarged
+/// with nearest neighbours: every pixel of the picture is the JSON answer's pixel it covers (grey
+/// on this grayscale model), not a heat map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_png_answer_is_the_optimised_image() {
+    let s = start_region().await;
+    let path = "/v1/models/fashion-cnn/explain/activation-maximisation";
+    let input = fashion_png();
+    let body = json!({"image": b64(&input), "target": 3, "seed": 5, "include": ["overlay"],
+                      "params": {"iterations": 8}});
+    let v = ok_json(post_json(&s, path, &body).await).await;
+    let (w, h, values) = image_of(&v);
+    let mut as_png = body.clone();
+    as_png["format"] = json!("png");
+    let raw = reqwest::Client::new()
+        .post(url(&s, &format!("{path}?format=png&target=3&seed=5&iterations=8")))
+        .header("content-type", "image/png")
+        .body(input)
+        .send()
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    for r in [post_json(&s, path, &as_png).await, raw] {
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "image/png");
+        answers.push(r.bytes().await.unwrap().to_vec());
+    }
+    let overlay = base64::engine::general_purpose::STANDARD
+        .decode(v["overlay_png"].as_str().unwrap())
+        .unwrap();
+    for (what, png) in [
+        ("format png", &answers[0]),
+        ("?format=png", &answers[1]),
+        ("overlay_png", &overlay),
+    ] {
+        let picture = image::load_from_memory(png).unwrap().to_rgb8();
+        let k = picture.width() as usize / w;
+        assert!(
+            k >= 1,
+            "{what}: {}x{} for a {w}x{h} image",
+            picture.width(),
+            picture.height()
+        );
+        assert_eq!(
+            (picture.width() as usize, picture.height() as usize),
+            (w * k, h * k),
+            "{what}"
+        );
+        for (x, y, p) in picture.enumerate_pixels() {
+            let expected = (values[(y as usize / k) * w + x as usize / k] * 255.0).round() as u8;
+            assert_eq!(p.0, [expected; 3], "{what}: pixel ({x}, {y})");
+        }
+    }
+}
