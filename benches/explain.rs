@@ -56,6 +56,7 @@ fn main() {
         "{:<12} {:<22} {:>6} {:>11} {:>11} {:>7}",
         "model", "method", "rows", "method ms", "raw ms", "ratio"
     );
+    let mut over_http = Vec::new();
     for (model_name, dims, rounds) in [
         ("fashion-cnn", vec![1usize, 1, 28, 28], 20),
         ("resnet-18", vec![1, 3, 224, 224], 2),
@@ -78,11 +79,12 @@ fn main() {
         let attributing = methods
             .iter()
             .filter(|m| m.capabilities().inputs != Inputs::Tabular && !m.capabilities().examples);
-        // EXPLAIND_BENCH_ONLY=lime runs only the methods (or models) whose name contains it.
+        // EXPLAIND_BENCH_ONLY=lime runs only the methods (or models) whose name contains it (or one
+        // of its comma-separated parts).
         let only = std::env::var("EXPLAIND_BENCH_ONLY").unwrap_or_default();
         for method in attributing {
             let name = method.name();
-            if !name.contains(&only) && !model_name.contains(&only) {
+            if !only.split(',').any(|o| name.contains(o) || model_name.contains(o)) {
                 continue;
             }
             // The issue's figures: LIME and KernelSHAP at 1,000 samples; the other perturbation
@@ -134,7 +136,7 @@ fn main() {
                     create_session_from_bytes(env, &bw.model.encode_to_vec()).unwrap()
                 });
             }
-            let raw_time = common::median_of_rounds(rounds, || {
+            let mut raw_once = || {
                 let mut backward: Vec<&mut ort::session::Session> = backward_sessions
                     .iter_mut()
                     .filter(|(k, _)| keys.contains(k))
@@ -150,7 +152,8 @@ fn main() {
                     result.gradient_rows,
                     max_batch,
                 );
-            });
+            };
+            let raw_time = common::median_of_rounds(rounds, &mut raw_once);
             let (m, r) = (method_time, raw_time);
             println!(
                 "{model_name:<12} {:<22} {:>6} {:>11.2} {:>11.2} {:>7.2}",
@@ -160,8 +163,43 @@ fn main() {
                 r.as_secs_f64() * 1e3,
                 m.as_secs_f64() / r.as_secs_f64()
             );
+            // A single-pass method over HTTP as well, each request next to a raw pass of the
+            // graph it needs (issue 37: the server's time at most 1.2x that pass on ResNet-18,
+            // 1.15x on the example CNN).
+            if result.rows == 1 {
+                let image = match model_name {
+                    "fashion-cnn" => {
+                        use base64::Engine;
+                        let png = std::fs::read(root.join("tests/fixtures/fashion/test_00.png")).unwrap();
+                        base64::engine::general_purpose::STANDARD.encode(png)
+                    }
+                    _ => common::png(224),
+                };
+                let url = format!("http://{}/v1/models/{model_name}/explain/{name}", service.addr);
+                over_http.push(http_floor(
+                    &rt,
+                    &url,
+                    &image,
+                    rounds * 10,
+                    &mut raw_once,
+                    model_name,
+                    name,
+                ));
+            }
         }
     }
+    println!(
+        "\nsingle-pass methods over HTTP (issue 37 items 4 and 5), each request next to a raw pass of \
+         its graph; server = the answer's stats.wall_ms (body read to answer built), client = the round trip"
+    );
+    println!(
+        "{:<12} {:<22} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "model", "method", "server ms", "client ms", "raw ms", "server/raw", "client/raw"
+    );
+    for line in &over_http {
+        println!("{line}");
+    }
+    executor_floor(&rt, &service);
     tree_shap(&rt, &service, env, limits);
     counterfactuals(&rt, &service, env, limits);
     // Superpixel segmentation alone (SLIC, 50 segments), for LIME, KernelSHAP and sampled Shapley;
@@ -192,6 +230,80 @@ fn main() {
         );
     }
     rt.block_on(service.stop()).unwrap();
+}
+
+/// Medians over `rounds` requests of `url` with `image` (after a warm-up) of the server's time and
+/// the round trip, each request followed by `raw` (one raw pass of the same graph), as a table line.
+fn http_floor(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    image: &str,
+    rounds: usize,
+    raw: &mut dyn FnMut(),
+    model: &str,
+    method: &str,
+) -> String {
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"image": image});
+    let request = || async {
+        let started = Instant::now();
+        let answer: serde_json::Value = client.post(url).json(&body).send().await.unwrap().json().await.unwrap();
+        let server = answer["stats"]["wall_ms"].as_f64().unwrap();
+        (server, started.elapsed().as_secs_f64() * 1e3)
+    };
+    rt.block_on(request());
+    raw();
+    let (mut server, mut client_ms, mut raw_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        let (s, c) = rt.block_on(request());
+        server.push(s);
+        client_ms.push(c);
+        let started = Instant::now();
+        raw();
+        raw_ms.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (s, c, r) = (median(server), median(client_ms), median(raw_ms));
+    format!(
+        "{model:<12} {method:<22} {s:>10.3} {c:>10.3} {r:>10.3} {:>10.2} {:>10.2}",
+        s / r,
+        c / r
+    )
+}
+
+/// A job that does nothing: what the executor alone costs.
+struct Nothing;
+
+impl explaind::executor::Task for Nothing {
+    type Output = ();
+    fn run(
+        self,
+        _: &mut explaind::runtime::WorkerRuntime,
+        _: &explaind::runtime::JobContext,
+    ) -> Result<(), explaind::runtime::RuntimeError> {
+        Ok(())
+    }
+}
+
+/// The executor's own cost per job: an empty job submitted and its result awaited (admission,
+/// the hop to a worker thread and back), the median of 2,000.
+fn executor_floor(rt: &tokio::runtime::Runtime, service: &explaind::Service) {
+    let executor = &service.state.executor;
+    let took: Vec<Duration> = (0..2001)
+        .map(|_| {
+            let started = Instant::now();
+            rt.block_on(executor.submit(Nothing)).unwrap();
+            started.elapsed()
+        })
+        .skip(1)
+        .collect();
+    println!(
+        "\nan empty job through the executor (admission, the hop to a worker and back): {:.1} us (median of 2,000)",
+        common::median(took).as_secs_f64() * 1e6
+    );
 }
 
 /// The first 20 background rows of a tabular model, and the milliseconds one raw ONNX Runtime

@@ -15,8 +15,12 @@
 //!    one saliency and one Grad-CAM each, peak resident memory against 3x the model files plus
 //!    1 GiB, and a saliency request's time on each.
 //!
+//! 5. The per-job floor (issue 37 item 5): one client's saliency requests on the example CNN and
+//!    on a 64x64 CNN, server CPU per request against the CPU of the same backward pass run raw
+//!    in this process (goal on the 64x64 CNN: at most 1.5x).
+//!
 //! Run with `cargo bench --bench serving` (`EXPLAIND_BENCH_REQUESTS` sets requests per level;
-//! `EXPLAIND_BENCH_PART` = `concurrency`, `memory`, `infer` or `large` runs one part).
+//! `EXPLAIND_BENCH_PART` = `concurrency`, `memory`, `infer`, `large` or `floor` runs one part).
 
 mod common;
 
@@ -72,6 +76,14 @@ fn main() {
         rt.block_on(large(&root));
     }
     if part == "large" {
+        return;
+    }
+    if part.is_empty() || part == "floor" {
+        common::write_resnet(&models, "cnn-64", &[1, 1], &[32, 64], 64, 10);
+        rt.block_on(floor(&root, &models, requests / 2));
+        let _ = std::fs::remove_dir_all(models.join("cnn-64"));
+    }
+    if part == "floor" {
         return;
     }
     if part != "memory" {
@@ -240,6 +252,115 @@ async fn concurrency(root: &Path, models: &Path, model: &str, what: &str, reques
         }
         server.stop();
     }
+}
+
+/// CPU seconds this process has used (user and system, all threads), to the microsecond.
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes the struct it is given, which lives on this stack.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// Server CPU per saliency request from one client (default workers and pools), against the CPU
+/// of one raw run of the saliency's backward graph (built as the service builds it, run through
+/// a bare ONNX Runtime session in this process while the server idles).
+async fn floor(root: &Path, models: &Path, requests: usize) {
+    use explaind::onnx::autodiff::{build_backward, prepare_forward, GradientSpec, RuleSet, RuleTable};
+    let fashion = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(root.join("tests/fixtures/fashion/test_00.png")).unwrap());
+    let env = explaind::runtime::library::init(None).unwrap();
+    let runner = explaind::runtime::graph_runner::OrtRunner::new(env);
+    let http = reqwest::Client::new();
+    println!(
+        "\nper-job floor (issue 37 item 5): saliency, one client, {requests} requests; server CPU per request \
+         against the CPU of one raw backward pass (goal on the 64x64 CNN: at most 1.5x)"
+    );
+    println!(
+        "{:<12} {:>16} {:>14} {:>14} {:>8}",
+        "model", "server CPU/req", "server ms/req", "raw pass CPU", "ratio"
+    );
+    let server = Server::start(models, &[]);
+    for (model, dims, image) in [
+        ("fashion-cnn", vec![1usize, 1, 28, 28], fashion),
+        ("cnn-64", vec![1, 3, 64, 64], common::png(64)),
+    ] {
+        let endpoint = format!("{}/v1/models/{model}/explain/saliency", server.base);
+        let body = json!({"image": image});
+        let ask = || async {
+            let v: Value = http
+                .post(&endpoint)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["stats"]["wall_ms"].as_f64().unwrap()
+        };
+        for _ in 0..50 {
+            ask().await;
+        }
+        let cpu0 = server.cpu_seconds();
+        let mut wall = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            wall.push(ask().await);
+        }
+        let cpu = (server.cpu_seconds() - cpu0) / requests as f64 * 1e3;
+        wall.sort_by(f64::total_cmp);
+        // The same pass raw: the input gradient's backward graph of the model's output.
+        let bytes = std::fs::read(models.join(model).join("model.onnx")).unwrap();
+        let decoded = explaind::onnx::proto::decode_model(&bytes).unwrap();
+        let prepared = prepare_forward(&decoded).unwrap();
+        let shapes = explaind::runtime::shapes::probe_shapes(&runner, &prepared, "input", &dims).unwrap();
+        let output = prepared.graph.as_ref().unwrap().output[0].name.clone().unwrap();
+        let spec = GradientSpec {
+            input: "input".into(),
+            output,
+            layers: vec![],
+            input_grad: true,
+        };
+        let backward = build_backward(
+            &prepared,
+            &spec,
+            &shapes,
+            &RuleTable::for_set(RuleSet::Exact),
+            Some(&runner),
+        )
+        .unwrap();
+        let mut session = explaind::runtime::sessions::create_session_from_bytes(
+            env,
+            &prost::Message::encode_to_vec(&backward.model),
+        )
+        .unwrap();
+        let n: usize = dims.iter().product();
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let classes = 10;
+        let w: Vec<f32> = (0..classes).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+        let feeds = [
+            ("input", dims.clone(), &x[..]),
+            (explaind::onnx::autodiff::WEIGHTS_INPUT, vec![1, classes], &w[..]),
+        ];
+        for _ in 0..50 {
+            common::run_raw(&mut session, &feeds);
+        }
+        let cpu0 = own_cpu_seconds();
+        for _ in 0..requests {
+            common::run_raw(&mut session, &feeds);
+        }
+        let raw = (own_cpu_seconds() - cpu0) / requests as f64 * 1e3;
+        println!(
+            "{model:<12} {cpu:>13.3} ms {:>11.3} ms {raw:>11.3} ms {:>8.2}",
+            wall[wall.len() / 2],
+            cpu / raw
+        );
+    }
+    server.stop();
 }
 
 /// The fixture image as the fashion CNN's input tensor (`model.toml`: grayscale, x/255, mean

@@ -9,8 +9,17 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct ByteBudget {
     limit: u64,
-    used: Mutex<u64>,
+    used: Mutex<Held>,
     freed: Condvar,
+}
+
+/// What the budget's lock guards: the bytes leased, and the threads waiting for some to be freed
+/// (a lease given back wakes them only when there are some: a wake is a system call, paid by
+/// every job twice otherwise).
+#[derive(Debug, Default)]
+struct Held {
+    bytes: u64,
+    waiting: usize,
 }
 
 /// Bytes held until dropped.
@@ -25,7 +34,7 @@ impl ByteBudget {
     pub fn new(limit: u64) -> Self {
         Self {
             limit,
-            used: Mutex::new(0),
+            used: Mutex::new(Held::default()),
             freed: Condvar::new(),
         }
     }
@@ -39,31 +48,35 @@ impl ByteBudget {
     /// waiting.
     pub fn lease_unless(&self, bytes: u64, give_up: impl Fn() -> bool) -> Option<Lease<'_>> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        while *used > 0 && used.saturating_add(bytes) > self.limit {
+        while used.bytes > 0 && used.bytes.saturating_add(bytes) > self.limit {
             if give_up() {
                 return None;
             }
+            used.waiting += 1;
             used = self
                 .freed
                 .wait_timeout(used, Duration::from_millis(50))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            used.waiting -= 1;
         }
-        *used = used.saturating_add(bytes);
+        used.bytes = used.bytes.saturating_add(bytes);
         Some(Lease { budget: self, bytes })
     }
 
     /// Bytes leased now.
     pub fn used(&self) -> u64 {
-        *self.used.lock().unwrap_or_else(|p| p.into_inner())
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let mut used = self.budget.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used = used.saturating_sub(self.bytes);
-        self.budget.freed.notify_all();
+        used.bytes = used.bytes.saturating_sub(self.bytes);
+        if used.waiting > 0 {
+            self.budget.freed.notify_all();
+        }
     }
 }
 
