@@ -325,13 +325,14 @@ async fn explain_png(s: &explaind::Service, model: &str, method: &str) -> Value 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fitting_is_a_job_concurrent_requests_fit_once_and_a_restart_reads_the_patterns_back() {
     let dir = temp_dir("patterns-job");
-    write_cnn_with_pattern_folder(&dir, 300);
+    // All 1,000 images: fitting in the graph is quick, and the watcher must see it run.
+    write_cnn_with_pattern_folder(&dir, 1000);
     let config = test_config(&dir);
     let s = start(config.clone()).await;
     let state = get_json(&s, "/v1/models/fcnn/patterns").await;
     assert_eq!(
         (state["state"].as_str(), state["data"].as_str(), state["rows"].as_u64()),
-        (Some("absent"), Some("images"), Some(300)),
+        (Some("absent"), Some("images"), Some(1000)),
         "{state}"
     );
     let resp = post_json(&s, "/v1/models/fcnn/patterns", &json!({})).await;
@@ -362,14 +363,14 @@ async fn fitting_is_a_job_concurrent_requests_fit_once_and_a_restart_reads_the_p
     let fit = &job["result"]["patterns"];
     assert_eq!(
         (fit["data"].as_str(), fit["rows"].as_u64()),
-        (Some("images"), Some(300)),
+        (Some("images"), Some(1000)),
         "{job}"
     );
     assert!(fitting, "GET never said `fitting` while the job ran");
     assert!(
         running
             .iter()
-            .any(|p| p["planned"] == 300 && p["done"].as_u64() <= Some(300)),
+            .any(|p| p["planned"] == 300 && p["done"].as_u64() <= Some(1000)),
         "progress while running: {running:?}"
     );
     let fitted: Vec<bool> = [fit, &one["details"]["patterns"], &two["details"]["patterns"]]
