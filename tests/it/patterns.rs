@@ -370,7 +370,7 @@ async fn fitting_is_a_job_concurrent_requests_fit_once_and_a_restart_reads_the_p
     assert!(
         running
             .iter()
-            .any(|p| p["planned"] == 300 && p["done"].as_u64() <= Some(1000)),
+            .any(|p| p["planned"] == 1000 && p["done"].as_u64() <= Some(1000)),
         "progress while running: {running:?}"
     );
     let fitted: Vec<bool> = [fit, &one["details"]["patterns"], &two["details"]["patterns"]]
