@@ -83,6 +83,20 @@ pub fn resolve(
     pick(spec, model, &detections(model, scores, others)?, max_targets)
 }
 
+/// A detector's detections in `scores` (and the outputs `others` reads) and the targets picked
+/// among them.
+pub fn detect_and_pick(
+    spec: Option<&TargetSpec>,
+    model: &LoadedModel,
+    scores: &[f64],
+    others: &dyn Fn(&str) -> Option<Vec<f64>>,
+    max_targets: usize,
+) -> Result<(Vec<Prediction>, Vec<Detection>), InputError> {
+    let found = detections(model, scores, others)?;
+    let targets = pick(spec, model, &found, max_targets)?;
+    Ok((targets, found))
+}
+
 /// Resolves a detector's targets among `found`, the input's detections.
 pub fn pick(
     spec: Option<&TargetSpec>,

@@ -270,16 +270,13 @@ pub fn run<T>(
             let scored = cx.scored.take();
             let others = |name: &str| scored.as_ref()?.get(name).map(Tensor::to_f64);
             let (targets, detections) = match job.model.spec.detection.is_some() {
-                true => {
-                    let found = crate::common::detection_targets::detections(&job.model, &scores, &others)?;
-                    let targets = crate::common::detection_targets::pick(
-                        job.targets.as_ref(),
-                        &job.model,
-                        &found,
-                        job.limits.max_targets,
-                    )?;
-                    (targets, found)
-                }
+                true => crate::common::detection_targets::detect_and_pick(
+                    job.targets.as_ref(),
+                    &job.model,
+                    &scores,
+                    &others,
+                    job.limits.max_targets,
+                )?,
                 false => (
                     targets::resolve_with(
                         job.targets.as_ref(),
@@ -389,16 +386,13 @@ fn primed_top_pass(cx: &mut Cx, job: &ExplainJob) -> Result<Option<Chosen>, Runt
                     let spec = TargetSpec::One(TargetRef::Index(chosen));
                     (targets::resolve(Some(&spec), &job.model, &scores, 1)?, Vec::new())
                 }
-                Some(_) => {
-                    let found = crate::common::detection_targets::detections(&job.model, &scores, &|_| None)?;
-                    let targets = crate::common::detection_targets::pick(
-                        job.targets.as_ref(),
-                        &job.model,
-                        &found,
-                        job.limits.max_targets,
-                    )?;
-                    (targets, found)
-                }
+                Some(_) => crate::common::detection_targets::detect_and_pick(
+                    job.targets.as_ref(),
+                    &job.model,
+                    &scores,
+                    &|_| None,
+                    job.limits.max_targets,
+                )?,
             };
             if targets.len() == 1 && targets.first().is_some_and(|t| t.index == chosen) {
                 cx.primed = Some(Primed {

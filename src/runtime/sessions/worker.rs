@@ -177,14 +177,7 @@ impl WorkerRuntime {
                 .map(|(_, s)| s.clone())
                 .ok_or_else(|| RuntimeError::UnknownModel(model.name.clone()))?,
         };
-        self.run_batched(
-            &session,
-            model,
-            &[(&model.spec.input, input)],
-            (Pass::Forward, None),
-            sizing,
-            &|_| true,
-        )
+        self.forward_on(&session, model, input, sizing)
     }
 
     /// Runs `model` with dropout masks at `sites` on `input` (first axis = batch), `masks[k]`
@@ -220,14 +213,7 @@ impl WorkerRuntime {
         sizing: Sizing,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
         let session = self.store.outputs_session(model, names)?;
-        self.run_batched(
-            &session,
-            model,
-            &[(model.spec.input.as_str(), input)],
-            (Pass::Forward, None),
-            sizing,
-            &|_| true,
-        )
+        self.forward_on(&session, model, input, sizing)
     }
 
     /// Runs `model` with its pattern statistics as outputs
@@ -247,14 +233,7 @@ impl WorkerRuntime {
             most: sizing.most.min(fit.max(1)),
             before: sizing.before,
         };
-        self.run_batched(
-            &session,
-            model,
-            &[(model.spec.input.as_str(), input)],
-            (Pass::Forward, None),
-            sizing,
-            &|_| true,
-        )
+        self.forward_on(&session, model, input, sizing)
     }
 
     /// The values of the tensors `names` of `model` for `input` (first axis = batch), in that
@@ -268,14 +247,7 @@ impl WorkerRuntime {
         sizing: Sizing,
     ) -> Result<Vec<Tensor>, RuntimeError> {
         let session = self.store.layers_session(model, names)?;
-        let mut out = self.run_batched(
-            &session,
-            model,
-            &[(model.spec.input.as_str(), input)],
-            (Pass::Forward, None),
-            sizing,
-            &|_| true,
-        )?;
+        let mut out = self.forward_on(&session, model, input, sizing)?;
         names
             .iter()
             .map(|l| {
@@ -464,6 +436,25 @@ impl WorkerRuntime {
             layers,
             chosen,
         })
+    }
+
+    /// A forward pass of `session` (the model or one derived from it) on `input` rows, every
+    /// output kept.
+    fn forward_on(
+        &mut self,
+        session: &Shared,
+        model: &LoadedModel,
+        input: &Tensor,
+        sizing: Sizing,
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        self.run_batched(
+            session,
+            model,
+            &[(model.spec.input.as_str(), input)],
+            (Pass::Forward, None),
+            sizing,
+            &|_| true,
+        )
     }
 
     /// Runs a session on feeds that share their first (batch) axis: the one place a caller's rows
