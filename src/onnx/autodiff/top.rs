@@ -72,21 +72,15 @@ pub fn seed_with_best_candidate(
         float_tensor(&name("ones"), &[n as i64, 1], &vec![1.0; n]),
         float_tensor(&name("zero"), &[], &[0.0]),
     ]);
-    let (is_score, masked, flat, one_hot, fed, abs, mass, unset, unset_f, top, sum, shape) = (
+    let (is_score, masked, flat, fed, sum, shape) = (
         name("is_score"),
         name("masked"),
         name("flat"),
-        name("one_hot"),
         name("fed"),
-        name("abs"),
-        name("mass"),
-        name("unset"),
-        name("unset_f"),
-        name("top"),
         name("sum"),
         name("shape"),
     );
-    let seed = vec![
+    let mut seed = vec![
         node(
             "Cast",
             &[&name("mask")],
@@ -102,28 +96,14 @@ pub fn seed_with_best_candidate(
             TARGET_INDEX_OUTPUT,
             vec![("axis", Attr::Int(-1)), ("keepdims", Attr::Int(0))],
         ),
-        node(
-            "OneHot",
-            &[TARGET_INDEX_OUTPUT, &name("depth"), &name("values")],
-            &one_hot,
-            vec![("axis", Attr::Int(-1))],
-        ),
-        // Rows fed no weight at all (|w| sums to 0) take the one-hot; the others keep theirs.
+        // The weights as rows of candidates' values, as the one-hot is.
         node("Flatten", &[WEIGHTS_INPUT], &fed, vec![("axis", Attr::Int(1))]),
-        node("Abs", &[&fed], &abs, vec![]),
-        node("MatMul", &[&abs, &name("ones")], &mass, vec![]),
-        node("Equal", &[&mass, &name("zero")], &unset, vec![]),
-        node(
-            "Cast",
-            &[&unset],
-            &unset_f,
-            vec![("to", Attr::Int(data_type::FLOAT as i64))],
-        ),
-        node("Mul", &[&one_hot, &unset_f], &top, vec![]),
-        node("Add", &[&fed, &top], &sum, vec![]),
+    ];
+    seed.extend(fallback_nodes(&name, &fed, &sum));
+    seed.extend([
         node("Shape", &[WEIGHTS_INPUT], &shape, vec![]),
         node("Reshape", &[&sum, &shape], &weights, vec![]),
-    ];
+    ]);
     read_weights_from(graph, &weights);
     // Right after the scores exist and before any backward node reads the weights.
     graph.node.splice(producer + 1..producer + 1, seed);
@@ -172,6 +152,20 @@ fn seeded_graph<'a>(
 /// The nodes that compute the effective weights `weights` from the fed ones and the one-hot of
 /// each row's top score of `output` (their names from `name`).
 fn seed_nodes(output: &str, name: &dyn Fn(&str) -> String, weights: &str) -> Vec<NodeProto> {
+    let mut nodes = vec![node(
+        "ArgMax",
+        &[output],
+        TARGET_INDEX_OUTPUT,
+        vec![("axis", Attr::Int(-1)), ("keepdims", Attr::Int(0))],
+    )];
+    nodes.extend(fallback_nodes(name, WEIGHTS_INPUT, weights));
+    nodes
+}
+
+/// The nodes that give `weights`: the `[rows, n]` weights `fed`, except that a row fed no weight
+/// at all (|w| sums to 0) takes the one-hot of its row's chosen index ([`TARGET_INDEX_OUTPUT`];
+/// constants `depth`, `values`, `ones` and `zero` named by `name`).
+fn fallback_nodes(name: &dyn Fn(&str) -> String, fed: &str, weights: &str) -> Vec<NodeProto> {
     let (one_hot, abs, mass, unset, unset_f, top) = (
         name("one_hot"),
         name("abs"),
@@ -182,19 +176,13 @@ fn seed_nodes(output: &str, name: &dyn Fn(&str) -> String, weights: &str) -> Vec
     );
     vec![
         node(
-            "ArgMax",
-            &[output],
-            TARGET_INDEX_OUTPUT,
-            vec![("axis", Attr::Int(-1)), ("keepdims", Attr::Int(0))],
-        ),
-        node(
             "OneHot",
             &[TARGET_INDEX_OUTPUT, &name("depth"), &name("values")],
             &one_hot,
             vec![("axis", Attr::Int(-1))],
         ),
         // Rows fed no weight at all (|w| sums to 0) take the one-hot; the others keep theirs.
-        node("Abs", &[WEIGHTS_INPUT], &abs, vec![]),
+        node("Abs", &[fed], &abs, vec![]),
         node("MatMul", &[&abs, &name("ones")], &mass, vec![]),
         node("Equal", &[&mass, &name("zero")], &unset, vec![]),
         node(
@@ -204,7 +192,7 @@ fn seed_nodes(output: &str, name: &dyn Fn(&str) -> String, weights: &str) -> Vec
             vec![("to", Attr::Int(data_type::FLOAT as i64))],
         ),
         node("Mul", &[&one_hot, &unset_f], &top, vec![]),
-        node("Add", &[WEIGHTS_INPUT, &top], weights, vec![]),
+        node("Add", &[fed, &top], weights, vec![]),
     ]
 }
 
