@@ -203,3 +203,46 @@ impl PatternStore {
         patterns
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL: &str = "ab12";
+    const DATA: &str = "00000000000000ff";
+
+    /// A claim holds the fit (`fitting` to every reader) until it is dropped; a waiter then finds
+    /// the patterns the holder kept, or, when the holder kept none, takes the fit over.
+    #[test]
+    fn a_claim_is_fitting_until_dropped_and_a_waiter_gets_what_it_kept() {
+        let store = Arc::new(PatternStore::new(None));
+        let Ok::<_, ()>(Claim::Fit(first)) = store.claim(MODEL, DATA, || Ok(())) else {
+            panic!("an empty store gives the claim");
+        };
+        assert!(store.is_fitting(MODEL, DATA));
+        // A waiter gives up through its check (a deadline), and the fit stays claimed.
+        assert_eq!(store.claim(MODEL, DATA, || Err("deadline")).err(), Some("deadline"));
+        assert!(store.is_fitting(MODEL, DATA));
+
+        let waiter = {
+            let store = store.clone();
+            std::thread::spawn(move || matches!(store.claim(MODEL, DATA, || Ok::<_, ()>(())), Ok(Claim::Kept(_))))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        store.put(MODEL, DATA, Patterns::default());
+        drop(first);
+        assert!(waiter.join().unwrap(), "the waiter got the kept patterns");
+        assert!(!store.is_fitting(MODEL, DATA));
+
+        // A holder that fails keeps nothing: the next claim fits.
+        let other = "00000000000000fe";
+        let Ok::<_, ()>(Claim::Fit(failed)) = store.claim(MODEL, other, || Ok(())) else {
+            panic!("new data gives the claim");
+        };
+        drop(failed);
+        assert!(matches!(
+            store.claim(MODEL, other, || Ok::<_, ()>(())),
+            Ok(Claim::Fit(_))
+        ));
+    }
+}

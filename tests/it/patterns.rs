@@ -366,13 +366,25 @@ async fn fitting_is_a_job_concurrent_requests_fit_once_and_a_restart_reads_the_p
         (Some("images"), Some(1000)),
         "{job}"
     );
-    assert!(fitting, "GET never said `fitting` while the job ran");
+    // The fit takes tens of milliseconds, so a watcher on a loaded machine may see the job only
+    // queued and then done: what it saw while the job ran must be right, and the finished job's
+    // progress must hold the plan and the rows it ran (`GET` saying `fitting` while a claim is held
+    // is checked without a race in `runtime::patterns`'s unit tests).
     assert!(
         running
             .iter()
-            .any(|p| p["planned"] == 1000 && p["done"].as_u64() <= Some(1000)),
+            .all(|p| p["planned"] == 1000 && p["done"].as_u64() <= Some(1000)),
         "progress while running: {running:?}"
     );
+    let job_fitted = fit["fitted_now"].as_bool().unwrap();
+    assert_eq!(
+        (job["progress"]["planned"].as_u64(), job["progress"]["done"].as_u64()),
+        (Some(1000), Some(if job_fitted { 1000 } else { 0 })),
+        "{job}"
+    );
+    if running.is_empty() && !fitting {
+        eprintln!("the watcher saw the fit neither running nor `fitting` (it was quicker than a poll)");
+    }
     let fitted: Vec<bool> = [fit, &one["details"]["patterns"], &two["details"]["patterns"]]
         .iter()
         .map(|p| p["fitted_now"].as_bool().unwrap())
