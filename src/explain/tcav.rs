@@ -18,6 +18,7 @@
 //!   minus the random set's (FastCAV's mean of the concept's examples centred on the mean of all
 //!   examples, the same direction for balanced sets); no fitting.
 
+use crate::runtime::kept::Rows;
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -61,17 +62,18 @@ impl Cav {
 pub struct Examples<'a> {
     /// Values per row.
     pub width: usize,
-    /// Rows one after another.
-    pub rows: &'a [f32],
+    /// The rows.
+    pub rows: Rows<'a>,
     /// `gram[i * n + j] = rows[i] . rows[j]` for the pairs of rows asked for (0 elsewhere).
     gram: Vec<f64>,
 }
 
 /// Rows `index` of `ex`, one after another, as a matrix.
-fn gathered(rows: &[f32], width: usize, index: &[usize]) -> ndarray::Array2<f32> {
-    let mut out = ndarray::Array2::zeros((index.len(), width));
+fn gathered(rows: &Rows, index: &[usize]) -> ndarray::Array2<f32> {
+    let mut out = ndarray::Array2::zeros((index.len(), rows.row_len()));
     for (mut o, &i) in out.rows_mut().into_iter().zip(index) {
-        if let Some(row) = rows.get(i * width..(i + 1) * width) {
+        let row = rows.row(i);
+        if row.len() == rows.row_len() {
             o.assign(&ndarray::ArrayView1::from(row));
         }
     }
@@ -86,19 +88,18 @@ impl<'a> Examples<'a> {
     /// a third of the products of the whole matrix. None for mean-difference CAVs. `check` runs
     /// before each block (a job's cancellation and deadline).
     pub fn new<E>(
-        rows: &'a [f32],
-        width: usize,
+        rows: Rows<'a>,
         pairs: &[(&[usize], &[usize])],
         mut check: impl FnMut() -> Result<(), E>,
     ) -> Result<Self, E> {
-        let n = rows.len().checked_div(width).unwrap_or(0);
+        let (n, width) = (rows.rows(), rows.row_len());
         let mut gram = match pairs.is_empty() {
             true => Vec::new(),
             false => vec![0.0; n * n],
         };
         for (a, b) in pairs {
             check()?;
-            let (ma, mb) = (gathered(rows, width, a), gathered(rows, width, b));
+            let (ma, mb) = (gathered(&rows, a), gathered(&rows, b));
             let block = ma.dot(&mb.t());
             for (&i, products) in a.iter().zip(block.rows()) {
                 for (&j, &v) in b.iter().zip(products) {
@@ -113,11 +114,11 @@ impl<'a> Examples<'a> {
     }
 
     fn n(&self) -> usize {
-        self.rows.len().checked_div(self.width).unwrap_or(0)
+        self.rows.rows()
     }
 
     fn row(&self, i: usize) -> &[f32] {
-        &self.rows[i * self.width..(i + 1) * self.width]
+        self.rows.row(i)
     }
 
     /// `rows[i] . rows[j]`, as [`Self::new`] multiplied it.
@@ -304,13 +305,13 @@ fn logistic(ex: &Examples, concept: &[usize], random: &[usize], c: f64) -> Cav {
 
 /// The TCAV score: the share of `grads` rows (the class logit's gradient at the layer, one row per
 /// input of the class) whose product with `cav` is positive.
-pub fn score(grads: &[f32], width: usize, cav: &[f64]) -> f64 {
-    let rows = grads.len().checked_div(width).unwrap_or(0);
+pub fn score(grads: &Rows, cav: &[f64]) -> f64 {
+    let rows = grads.rows();
     if rows == 0 {
         return 0.0;
     }
-    let positive = grads
-        .chunks_exact(width)
+    let positive = (0..rows)
+        .map(|i| grads.row(i))
         .filter(|g| g.iter().zip(cav).map(|(&gi, &ci)| gi as f64 * ci).sum::<f64>() > 0.0)
         .count();
     positive as f64 / rows as f64
@@ -442,7 +443,10 @@ mod tests {
         let concept: Vec<usize> = (0..10).collect();
         let random: Vec<usize> = (10..20).collect();
         let sets = [random.clone()];
-        let ex = Examples::new(&rows, 3, &cav_pairs(&concept, &sets), || Ok::<(), ()>(())).unwrap();
+        let ex = Examples::new(Rows::contiguous(&rows, 3), &cav_pairs(&concept, &sets), || {
+            Ok::<(), ()>(())
+        })
+        .unwrap();
         for kind in [CavKind::Logistic, CavKind::MeanDifference] {
             let cav = fit(&ex, &concept, &random, kind);
             assert_eq!(cav.accuracy, 1.0, "{kind:?}");
@@ -451,6 +455,6 @@ mod tests {
         }
         let grads = [1.0f32, 0.0, 0.0, -1.0, 0.0, 0.0, 0.5, 0.1, 0.0];
         let cav = fit(&ex, &concept, &random, CavKind::Logistic);
-        assert!((score(&grads, 3, &cav.weights) - 2.0 / 3.0).abs() < 1e-12);
+        assert!((score(&Rows::contiguous(&grads, 3), &cav.weights) - 2.0 / 3.0).abs() < 1e-12);
     }
 }

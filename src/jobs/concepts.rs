@@ -209,7 +209,7 @@ impl Task for TcavTask {
         stats.decode_ms = ms(began);
         let began = std::time::Instant::now();
         // One forward pass that outputs only the layers and stops at the deepest.
-        let acts = rt.layer_activations(model, &t.layers, &forward_input, Sizing::budget())?;
+        let acts = rt.layer_activation_rows(model, &t.layers, &forward_input, Sizing::budget())?;
         stats.activations_ms = ms(began);
         ctx.advance(1);
         ctx.checkpoint()?;
@@ -232,20 +232,19 @@ impl Task for TcavTask {
         let concept_at: Vec<usize> = (0..examples).collect();
         let mut layers = Vec::with_capacity(t.layers.len());
         for ((name, act), grad) in t.layers.iter().zip(&acts).zip(&grads) {
-            let values = act.as_f32().unwrap_or(&[]);
-            let width = act.row_len();
+            let rows = act.view();
             let pairs = match t.cav {
                 CavKind::Logistic => tcav::cav_pairs(&concept_at, &sets_at),
                 CavKind::MeanDifference => Vec::new(),
             };
-            let ex = tcav::Examples::new(values, width, &pairs, || ctx.checkpoint())?;
-            let grads = grad.as_f32().unwrap_or(&[]);
+            let ex = tcav::Examples::new(rows, &pairs, || ctx.checkpoint())?;
+            let grads = grad.view();
             let (mut scores, mut random_scores, mut accuracy) = (Vec::new(), Vec::new(), 0.0);
             let mut first = None;
             for r in 0..t.runs {
                 ctx.checkpoint()?;
                 let cav = tcav::fit(&ex, &concept_at, &sets_at[r], t.cav);
-                scores.push(tcav::score(grads, width, &cav.weights));
+                scores.push(tcav::score(&grads, &cav.weights));
                 accuracy += cav.accuracy / t.runs as f64;
                 if r == 0 && t.include_cavs {
                     first = Some(cav.unit());
@@ -254,7 +253,7 @@ impl Task for TcavTask {
                 // Random CAVs around a ring (set r + 1 against set r): each set is once the
                 // positive side and once the negative, so no one set's quirks tilt them all.
                 let random = tcav::fit(&ex, &sets_at[(r + 1) % t.runs], &sets_at[r], t.cav);
-                random_scores.push(tcav::score(grads, width, &random.weights));
+                random_scores.push(tcav::score(&grads, &random.weights));
                 ctx.advance(1);
             }
             let (score, score_std) = tcav::mean_std(&scores);

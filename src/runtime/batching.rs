@@ -10,12 +10,13 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use ort::session::Session;
 use ort::value::{TensorRef, ValueType};
 
+use super::kept::{Kept, Output};
 use super::tensor::{Tensor, TensorData, Values};
 use super::RuntimeError;
 
@@ -172,6 +173,14 @@ impl Group {
     }
 }
 
+/// Where a pass runs ([`SharedSession::route`]).
+enum Route<'a> {
+    /// On this session, locked for the caller.
+    Here(MutexGuard<'a, Session>),
+    /// In a run shared with other requests: this request's rows of its outputs.
+    Shared(Result<Named, RuntimeError>),
+}
+
 /// A session behind its lock, with the requests waiting for it.
 pub struct SharedSession {
     session: Mutex<Session>,
@@ -218,6 +227,29 @@ impl SharedSession {
     /// once, into its destination. Outputs of a run shared with other requests come as copies
     /// (the rows of this request).
     pub fn run_into(&self, model: &str, feeds: &[Feed], sink: &mut Sink) -> Result<(), RuntimeError> {
+        match self.route(model, feeds) {
+            Route::Here(mut session) => run_session_into(&mut session, model, feeds, sink),
+            Route::Shared(done) => hand_over(done, sink),
+        }
+    }
+
+    /// [`Self::run`], the outputs `keep` accepts kept where ONNX Runtime made them (no copy), so
+    /// a caller holding many passes' outputs never gathers them into one buffer. Outputs of a run
+    /// shared with other requests come as copies of this request's rows.
+    pub fn run_kept(&self, model: &str, feeds: &[Feed], keep: &dyn Fn(&str) -> bool) -> Result<Kept, RuntimeError> {
+        match self.route(model, feeds) {
+            Route::Here(mut session) => run_session_kept(&mut session, model, feeds, keep),
+            Route::Shared(done) => Ok(done?
+                .into_iter()
+                .filter(|(name, _)| keep(name))
+                .map(|(name, t)| (name, Output::Copied(t)))
+                .collect()),
+        }
+    }
+
+    /// Where a pass of `feeds` runs: a session of this caller's own to run it on (counted as
+    /// served), or the answer of a run shared with other requests.
+    fn route(&self, model: &str, feeds: &[Feed]) -> Route<'_> {
         let rows = pass_rows(feeds);
         // A small pass runs on this thread when that session is free: no pool to wake. Not when
         // passes wait for company (`wait`), nor past requests already waiting to be combined.
@@ -229,16 +261,16 @@ impl SharedSession {
                 Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
                 Err(std::sync::TryLockError::WouldBlock) => None,
             };
-            if let Some(mut session) = free {
+            if let Some(session) = free {
                 self.counters.served(1);
                 self.counters.inline.inc();
-                return run_session_into(&mut session, model, feeds, sink);
+                return Route::Here(session);
             }
         }
         if !self.batching.enabled || rows >= self.batching.max_batch {
-            let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+            let session = self.session.lock().unwrap_or_else(|p| p.into_inner());
             self.counters.served(1);
-            return run_session_into(&mut session, model, feeds, sink);
+            return Route::Here(session);
         }
         // Nobody waiting and the session free: nothing to combine with, so no copy to make (with
         // a `wait`, the request waits for company instead).
@@ -248,10 +280,10 @@ impl SharedSession {
                 Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
                 Err(std::sync::TryLockError::WouldBlock) => None,
             };
-            if let Some(mut session) = free {
+            if let Some(session) = free {
                 if self.waiting.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
                     self.counters.served(1);
-                    return run_session_into(&mut session, model, feeds, sink);
+                    return Route::Here(session);
                 }
             }
         }
@@ -260,11 +292,11 @@ impl SharedSession {
         loop {
             // Another worker's batch may have carried this request already.
             if let Ok(done) = answer.try_recv() {
-                return hand_over(done, sink);
+                return Route::Shared(done);
             }
             let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
             if let Ok(done) = answer.try_recv() {
-                return hand_over(done, sink);
+                return Route::Shared(done);
             }
             if !self.batching.wait.is_zero() && self.queued_rows() < self.batching.max_batch {
                 std::thread::sleep(self.batching.wait);
@@ -400,19 +432,7 @@ fn run_session_into(session: &mut Session, model: &str, feeds: &[Feed], sink: &m
         model: model.to_string(),
         message,
     };
-    let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::with_capacity(feeds.len());
-    for feed in feeds {
-        let shape = feed.shape.clone();
-        let value: ort::session::SessionInputValue<'_> = match feed.data {
-            Values::F32(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
-            Values::I64(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
-            Values::I32(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
-            Values::Bool(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
-            Values::U8(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
-        }
-        .map_err(|e| fail(e.to_string()))?;
-        values.push((feed.name.to_string(), value));
-    }
+    let values = session_inputs(feeds).map_err(fail)?;
     let outputs = session.run(values).map_err(|e| fail(e.to_string()))?;
     for (name, value) in outputs.iter() {
         match value.dtype() {
@@ -437,6 +457,45 @@ fn run_session_into(session: &mut Session, model: &str, feeds: &[Feed], sink: &m
     Ok(())
 }
 
-fn dims(shape: &ort::value::Shape) -> Vec<usize> {
+/// The feeds as ONNX Runtime inputs, borrowed, not copied.
+fn session_inputs<'f>(feeds: &[Feed<'f>]) -> Result<Vec<(String, ort::session::SessionInputValue<'f>)>, String> {
+    let mut values = Vec::with_capacity(feeds.len());
+    for feed in feeds {
+        let shape = feed.shape.clone();
+        let value: ort::session::SessionInputValue<'_> = match feed.data {
+            Values::F32(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
+            Values::I64(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
+            Values::I32(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
+            Values::Bool(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
+            Values::U8(v) => TensorRef::from_array_view((shape, v)).map(Into::into),
+        }
+        .map_err(|e| e.to_string())?;
+        values.push((feed.name.to_string(), value));
+    }
+    Ok(values)
+}
+
+/// One ONNX Runtime run; the feeds are borrowed, and the outputs `keep` accepts are kept as ONNX
+/// Runtime made them.
+fn run_session_kept(
+    session: &mut Session,
+    model: &str,
+    feeds: &[Feed],
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Kept, RuntimeError> {
+    let fail = |message: String| RuntimeError::Inference {
+        model: model.to_string(),
+        message,
+    };
+    let values = session_inputs(feeds).map_err(fail)?;
+    let mut outputs = session.run(values).map_err(|e| fail(e.to_string()))?;
+    let names: Vec<String> = outputs.keys().filter(|n| keep(n)).map(str::to_string).collect();
+    Ok(names
+        .into_iter()
+        .filter_map(|name| outputs.remove(&name).map(|v| (name, Output::Ort(v))))
+        .collect())
+}
+
+pub(super) fn dims(shape: &ort::value::Shape) -> Vec<usize> {
     shape.iter().map(|&d| d.max(0) as usize).collect()
 }

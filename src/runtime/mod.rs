@@ -9,6 +9,7 @@ pub mod gradients;
 pub mod graph_runner;
 pub mod inspect;
 pub mod job;
+pub mod kept;
 pub mod library;
 pub mod manifest;
 pub mod memory;

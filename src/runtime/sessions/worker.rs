@@ -14,6 +14,7 @@ use crate::onnx::dropout::{mask_input, MaskSite};
 use crate::runtime::batching::{Batching, Feed};
 use crate::runtime::gradients::GradientKey;
 use crate::runtime::job::JobContext;
+use crate::runtime::kept::RowChunks;
 use crate::runtime::tensor::{ElementType, Tensor, TensorData};
 use crate::runtime::{LoadedModel, RuntimeError};
 
@@ -259,6 +260,29 @@ impl WorkerRuntime {
             .collect()
     }
 
+    /// [`Self::layer_activations`], each layer's passes kept where ONNX Runtime made them
+    /// (read a row at a time, with no copy into one buffer: TCAV's activations).
+    pub fn layer_activation_rows(
+        &mut self,
+        model: &LoadedModel,
+        names: &[String],
+        input: &Tensor,
+        sizing: Sizing,
+    ) -> Result<Vec<RowChunks>, RuntimeError> {
+        let session = self.store.layers_session(model, names)?;
+        let feeds = [(model.spec.input.as_str(), input)];
+        let mut out = self.run_batched_kept(&session, model, &feeds, (Pass::Forward, None), sizing, &|_| true)?;
+        names
+            .iter()
+            .map(|l| {
+                out.remove(l).ok_or_else(|| RuntimeError::UnsupportedModel {
+                    model: model.name.clone(),
+                    message: format!("layer `{l}` gave no values"),
+                })
+            })
+            .collect()
+    }
+
     /// Runs `model`'s backward model exposing `layers` under `rules` on `input` with target
     /// `weights` (shaped like the scores), its passes cut by `sizing`; a row of all-zero weights
     /// explains its top class, chosen in the graph, when the model's output can be ranked (the
@@ -298,7 +322,8 @@ impl WorkerRuntime {
 
     /// The gradients of `layers` alone ([`Self::layer_gradients`]'s pass: standard rules, the
     /// backward pass stops at the layers), in that order: the pass's activations, scores and
-    /// chosen classes are not read back (TCAV's directional derivatives need only the gradients).
+    /// chosen classes are not read back (TCAV's directional derivatives need only the gradients),
+    /// and each pass's gradients are kept where ONNX Runtime made them.
     pub fn gradients_at_layers(
         &mut self,
         model: &LoadedModel,
@@ -306,7 +331,7 @@ impl WorkerRuntime {
         input: &Tensor,
         weights: &Tensor,
         sizing: Sizing,
-    ) -> Result<Vec<Tensor>, RuntimeError> {
+    ) -> Result<Vec<RowChunks>, RuntimeError> {
         let key = GradientKey {
             model: model.name.clone(),
             layers: layers.to_vec(),
@@ -319,7 +344,8 @@ impl WorkerRuntime {
         let feeds = [(model.spec.input.as_str(), input), (WEIGHTS_INPUT, weights)];
         let wanted: Vec<&str> = built.layers.iter().map(|(_, g)| g.as_str()).collect();
         let pass = (Pass::Backward { whole: false }, Some(RuleSet::Exact.label()));
-        let mut out = self.run_batched(&session, model, &feeds, pass, sizing, &|n| wanted.contains(&n))?;
+        // Kept as ONNX Runtime made them, read a row at a time.
+        let mut out = self.run_batched_kept(&session, model, &feeds, pass, sizing, &|n| wanted.contains(&n))?;
         built
             .layers
             .iter()
@@ -457,21 +483,100 @@ impl WorkerRuntime {
         )
     }
 
-    /// Runs a session on feeds that share their first (batch) axis: the one place a caller's rows
-    /// are cut into passes, as many rows a pass as the pass budget allows (at most `sizing.most`),
-    /// each pass holding a lease on the budget shared by every worker. The passes read the feeds
-    /// in place (a pass's rows are a contiguous run of each feed's values). Each pass is counted
-    /// into the running job's cost (`rules`: the backward model's rule set, `None` forward). The
-    /// outputs `keep` accepts are read back.
+    /// Runs a session on feeds that share their first (batch) axis, each output's rows gathered
+    /// straight from ONNX Runtime's buffers into one of room for every row (one copy; no buffer
+    /// per pass, none grown as passes come). The outputs `keep` accepts are read back.
     fn run_batched(
         &mut self,
         session: &Shared,
         model: &LoadedModel,
         feeds: &[(&str, &Tensor)],
-        (pass, rules): (Pass, Option<&'static str>),
-        mut sizing: Sizing,
+        pass: (Pass, Option<&'static str>),
+        sizing: Sizing,
         keep: &dyn Fn(&str) -> bool,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        let fail = |message: String| RuntimeError::Inference {
+            model: model.name.clone(),
+            message,
+        };
+        let rows = feeds.first().map(|(_, t)| t.rows()).unwrap_or(0);
+        let mut gathered: HashMap<String, Tensor> = HashMap::new();
+        self.each_pass(model, feeds, pass, sizing, &mut |chunk, pass_rows| {
+            session.run_into(&model.name, chunk, &mut |name, shape, values| {
+                if !keep(name) {
+                    return Ok(());
+                }
+                let Some(out) = gathered.get_mut(name) else {
+                    // Room for every row when the output's first axis is the pass's rows (not
+                    // for a pass of one row: an output of one row per pass, as the pattern
+                    // statistics' sums, would reserve a pass's worth for every row).
+                    let room = match shape.first() {
+                        Some(&r) if r == pass_rows && r > 1 => values.len() / r * rows,
+                        _ => values.len(),
+                    };
+                    let mut data = values.empty_like(room);
+                    data.extend_from(values);
+                    gathered.insert(
+                        name.to_string(),
+                        Tensor {
+                            shape: shape.to_vec(),
+                            data,
+                        },
+                    );
+                    return Ok(());
+                };
+                if shape.is_empty() || out.shape.get(1..) != shape.get(1..) || !out.data.extend_from(values) {
+                    return Err(fail(format!("output `{name}` changed shape between batches")));
+                }
+                out.shape[0] += shape[0];
+                Ok(())
+            })
+        })?;
+        Ok(gathered)
+    }
+
+    /// [`Self::run_batched`], each output's passes kept where ONNX Runtime made them rather than
+    /// gathered: for many rows of large outputs read a row at a time (TCAV's layers), the copy
+    /// into one buffer would cost a fifth of the passes.
+    fn run_batched_kept(
+        &mut self,
+        session: &Shared,
+        model: &LoadedModel,
+        feeds: &[(&str, &Tensor)],
+        pass: (Pass, Option<&'static str>),
+        sizing: Sizing,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<HashMap<String, RowChunks>, RuntimeError> {
+        let mut kept: HashMap<String, RowChunks> = HashMap::new();
+        self.each_pass(model, feeds, pass, sizing, &mut |chunk, _| {
+            for (name, output) in session.run_kept(&model.name, chunk, keep)? {
+                kept.entry(name.clone())
+                    .or_default()
+                    .push(output)
+                    .map_err(|message| RuntimeError::Inference {
+                        model: model.name.clone(),
+                        message: format!("output `{name}`: {message}"),
+                    })?;
+            }
+            Ok(())
+        })?;
+        Ok(kept)
+    }
+
+    /// Cuts feeds that share their first (batch) axis into passes and calls `run` on each (its
+    /// feeds and rows): the one place a caller's rows are cut into passes, as many rows a pass as
+    /// the pass budget allows (at most `sizing.most`), each pass holding a lease on the budget
+    /// shared by every worker. The passes read the feeds in place (a pass's rows are a contiguous
+    /// run of each feed's values). Each pass is counted into the running job's cost (`rules`: the
+    /// backward model's rule set, `None` forward).
+    fn each_pass(
+        &mut self,
+        model: &LoadedModel,
+        feeds: &[(&str, &Tensor)],
+        (pass, rules): (Pass, Option<&'static str>),
+        mut sizing: Sizing,
+        run: &mut PassRun,
+    ) -> Result<(), RuntimeError> {
         let fail = |message: String| RuntimeError::Inference {
             model: model.name.clone(),
             message,
@@ -514,9 +619,6 @@ impl WorkerRuntime {
                 false => (c.name.as_str(), c.shape.as_slice(), c.value.clone(), false),
             })
             .collect();
-        // Each output's rows gathered straight from ONNX Runtime's buffers into one of room for
-        // every row (one copy; no buffer per pass, none grown as passes come).
-        let mut gathered: HashMap<String, Tensor> = HashMap::new();
         let mut start = 0;
         while start < rows {
             let end = start.saturating_add(per_pass).min(rows);
@@ -545,44 +647,18 @@ impl WorkerRuntime {
                     false => Feed::whole(name, shape.to_vec(), data.view()),
                 });
             }
-            let pass_rows = end - start;
-            session.run_into(&model.name, &chunk, &mut |name, shape, values| {
-                if !keep(name) {
-                    return Ok(());
-                }
-                let Some(out) = gathered.get_mut(name) else {
-                    // Room for every row when the output's first axis is the pass's rows (not
-                    // for a pass of one row: an output of one row per pass, as the pattern
-                    // statistics' sums, would reserve a pass's worth for every row).
-                    let room = match shape.first() {
-                        Some(&r) if r == pass_rows && r > 1 => values.len() / r * rows,
-                        _ => values.len(),
-                    };
-                    let mut data = values.empty_like(room);
-                    data.extend_from(values);
-                    gathered.insert(
-                        name.to_string(),
-                        Tensor {
-                            shape: shape.to_vec(),
-                            data,
-                        },
-                    );
-                    return Ok(());
-                };
-                if shape.is_empty() || out.shape.get(1..) != shape.get(1..) || !out.data.extend_from(values) {
-                    return Err(fail(format!("output `{name}` changed shape between batches")));
-                }
-                out.shape[0] += shape[0];
-                Ok(())
-            })?;
+            run(&chunk, end - start)?;
             if let Some(job) = &self.job {
                 job.meter().pass(end - start, rules);
             }
             start = end;
         }
-        Ok(gathered)
+        Ok(())
     }
 }
+
+/// Runs one pass: its feeds and its rows.
+type PassRun<'r> = dyn FnMut(&[Feed], usize) -> Result<(), RuntimeError> + 'r;
 
 /// How a caller's rows go into passes, besides the pass budget: at most `most` rows a pass, and
 /// `before`, when given, called with each pass's rows before it runs (a job's deadline and
