@@ -125,7 +125,7 @@ async fn pattern_state(state: &AppState, m: &Arc<crate::runtime::LoadedModel>) -
             layers: kept.as_ref().map(|p| p.layers.len()),
             two_component: kept
                 .as_ref()
-                .map(|p| p.layers.values().filter(|l| l.negative.is_some()).count()),
+                .map(|p| p.layers.values().filter(|l| l.two_component).count()),
         })
     })
     .await
