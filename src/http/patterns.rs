@@ -74,6 +74,7 @@ pub async fn fit(
         model: m.clone(),
         reference: state.references.get(&m.name),
         max_job_bytes: state.config.max_job_bytes,
+        rows: standing.rows,
     };
     let asker = super::concepts::Asker::unaudited(caller);
     super::concepts::submit(&state, &m, "patterns", asker, task).await
