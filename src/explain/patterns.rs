@@ -307,11 +307,24 @@ pub fn fit(cx: &mut Cx, data: &Data, max_job_bytes: u64) -> Result<(String, Patt
     let mut stats: Vec<Statistics> = layers.iter().map(Statistics::new).collect();
     let rows = data.rows();
     let chunk = cx.forward_rows().max(1);
-    let mut start = 0;
-    while start < rows {
-        let end = (start + chunk).min(rows);
-        let batch = data.batch(&model, start, end)?;
-        let outputs = cx.pattern_statistics(&batch, row_bytes)?;
+    let steps: Vec<(usize, usize)> = (0..rows).step_by(chunk).map(|s| (s, (s + chunk).min(rows))).collect();
+    let mut next = match steps.first() {
+        Some(&(start, end)) => Some(data.batch(&model, start, end)?),
+        None => None,
+    };
+    for following in steps.iter().skip(1).map(Some).chain([None]) {
+        let Some(batch) = next.take() else { break };
+        // The next batch is read and decoded on another thread while this one's pass runs.
+        let (outputs, decoded) = std::thread::scope(|scope| {
+            let model = &model;
+            let helper = following.map(|&(start, end)| scope.spawn(move || data.batch(model, start, end)));
+            let outputs = cx.pattern_statistics(&batch, row_bytes);
+            (outputs, helper.map(|h| h.join()))
+        });
+        let outputs = outputs?;
+        if let Some(decoded) = decoded {
+            next = Some(decoded.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
+        }
         for (i, (l, s)) in layers.iter().zip(stats.iter_mut()).enumerate() {
             let (products, sums) = statistics_outputs(i);
             let (Some(products), Some(sums)) = (outputs.get(&products), outputs.get(&sums)) else {
@@ -323,7 +336,6 @@ pub fn fit(cx: &mut Cx, data: &Data, max_job_bytes: u64) -> Result<(String, Patt
             s.add(products, sums)
                 .map_err(|e| not_fitted(&model, format!("layer `{}`: {e}", l.node)))?;
         }
-        start = end;
     }
     let mut patterns = Patterns::default();
     for (l, s) in layers.iter().zip(&stats) {
