@@ -52,8 +52,10 @@ pub struct LinearLayer {
     /// normalisation), when one follows: its sign splits the samples into the two-component
     /// estimator's regimes. `None`: the linear estimator.
     pub gate: Option<String>,
-    /// That ReLU's output (with `gate`): the open regime's output, shifted by a constant per
-    /// output neuron where the gate adds a bias, which the regime's covariance does not see.
+    /// That ReLU's output (with `gate`): on the open regime's samples, the output plus a
+    /// constant per output neuron where the gate adds a bias (which the regime's covariance does
+    /// not see), or a batch normalisation's nonzero scale and shift of it (which the pattern, a
+    /// quotient of covariances, does not see).
     pub relu: Option<String>,
     /// The weight's initializer name (the key of its pattern).
     pub weight: String,
