@@ -1,15 +1,17 @@
 //! Pattern fitting for PatternNet and PatternAttribution (Kindermans et al., "Learning how to
 //! explain neural networks: PatternNet and PatternAttribution", ICLR 2018), shared by both methods:
 //! one forward pass over the model's data (a `[patterns] images` folder, else its reference set,
-//! else its background rows) that exposes each linear layer's input, output and the tensor its
-//! ReLU reads; per output neuron, running sums in f64 whose size is the weights' (not the data's);
+//! else its background rows) that exposes each linear layer's input and its output, or the
+//! output of the ReLU after it; per output neuron, running sums in f64 whose size is the weights' (not the data's);
 //! then, per neuron `j` with weight vector `w` and input `x` (Conv: the patch it sees, im2col),
 //!
 //! - the linear estimator `a = cov(x, y) / (w^T cov(x, y))` over every sample, for layers no
 //!   ReLU follows (the scores);
 //! - the two-component estimator for layers a ReLU follows: the same quotient over the samples
-//!   where the ReLU is open (`a+`, what the backward pass uses) and where it is shut (`a-`), each
-//!   with its regime's own means, `cov+ = E+[x y] - E+[x] E+[y]` (the paper's equation).
+//!   where the ReLU is open (`a+`, what the backward pass uses), with that regime's own means,
+//!   `cov+ = E+[x y] - E+[x] E+[y]` (the paper's equation). The shut regime's `a-` is what the
+//!   ReLU blocks: no rule reads it, and it is not fitted (its sums would cost a third product per
+//!   layer, and the pass would have to keep the output before the ReLU).
 //!
 //! Conventions as in iNNvestigate (albermax/innvestigate, `tools/pattern.py`, `LinearPattern`): a
 //! bias changes no covariance, a denominator of 0 divided as 1
@@ -222,7 +224,7 @@ impl PatternDetails {
             data: data.name().into(),
             rows: data.rows(),
             layers: patterns.layers.len(),
-            two_component: patterns.layers.values().filter(|l| l.negative.is_some()).count(),
+            two_component: patterns.layers.values().filter(|l| l.two_component).count(),
             fitted_now,
         }
     }
@@ -305,11 +307,24 @@ pub fn fit(cx: &mut Cx, data: &Data, max_job_bytes: u64) -> Result<(String, Patt
     let mut stats: Vec<Statistics> = layers.iter().map(Statistics::new).collect();
     let rows = data.rows();
     let chunk = cx.forward_rows().max(1);
-    let mut start = 0;
-    while start < rows {
-        let end = (start + chunk).min(rows);
-        let batch = data.batch(&model, start, end)?;
-        let outputs = cx.pattern_statistics(&batch, row_bytes)?;
+    let steps: Vec<(usize, usize)> = (0..rows).step_by(chunk).map(|s| (s, (s + chunk).min(rows))).collect();
+    let mut next = match steps.first() {
+        Some(&(start, end)) => Some(data.batch(&model, start, end)?),
+        None => None,
+    };
+    for following in steps.iter().skip(1).map(Some).chain([None]) {
+        let Some(batch) = next.take() else { break };
+        // The next batch is read and decoded on another thread while this one's pass runs.
+        let (outputs, decoded) = std::thread::scope(|scope| {
+            let model = &model;
+            let helper = following.map(|&(start, end)| scope.spawn(move || data.batch(model, start, end)));
+            let outputs = cx.pattern_statistics(&batch, row_bytes);
+            (outputs, helper.map(|h| h.join()))
+        });
+        let outputs = outputs?;
+        if let Some(decoded) = decoded {
+            next = Some(decoded.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
+        }
         for (i, (l, s)) in layers.iter().zip(stats.iter_mut()).enumerate() {
             let (products, sums) = statistics_outputs(i);
             let (Some(products), Some(sums)) = (outputs.get(&products), outputs.get(&sums)) else {
@@ -321,7 +336,6 @@ pub fn fit(cx: &mut Cx, data: &Data, max_job_bytes: u64) -> Result<(String, Patt
             s.add(products, sums)
                 .map_err(|e| not_fitted(&model, format!("layer `{}`: {e}", l.node)))?;
         }
-        start = end;
     }
     let mut patterns = Patterns::default();
     for (l, s) in layers.iter().zip(&stats) {
@@ -346,9 +360,11 @@ fn not_fitted(model: &LoadedModel, message: String) -> RuntimeError {
 /// ([`crate::onnx::patterns::statistics_outputs`]), added up in f64 across passes: `products`
 /// `[groups, fan_in, columns]` and `sums` `[groups, columns]`. Per output neuron `j` (group `gi`,
 /// `mg` within it) the columns hold, for a layer a ReLU follows, the sums over samples of the
-/// open regime's mask `m`, of `y m` and of `y` (`b * per_group + mg`, `b` = 0, 1, 2), then a column
-/// of ones; for another layer `y`, then ones. So the open regime's sums are read off directly,
-/// the shut regime's as totals minus the open one's.
+/// ReLU's mask `m` and of its output `r = m (y + c)` (`b * per_group + mg`, `b` = 0, 1; `c` a
+/// constant per neuron, a bias between the layer and the ReLU, which the open regime's
+/// covariance does not see); for another layer `y`, then a column of ones. So the open regime's
+/// sums (the two-component estimator's `a+`) or every sample's (the linear estimator) are read
+/// off directly.
 pub(super) struct Statistics {
     fan_in: usize,
     groups: usize,
@@ -381,7 +397,7 @@ impl Statistics {
             groups,
             per_group: l.outputs() / groups,
             columns,
-            two: l.gate.is_some(),
+            two: l.relu.is_some(),
             products: vec![0.0; groups * l.fan_in() * columns],
             sums: vec![0.0; groups * columns],
         }
@@ -414,68 +430,56 @@ impl Statistics {
         Ok(())
     }
 
-    /// Neuron `j`'s sums in `regime` (0: the ReLU open, or every sample when none follows;
-    /// 1: shut).
-    fn regime(&self, j: usize, regime: usize) -> Regime {
+    /// Neuron `j`'s sums over the samples its estimator reads: the ReLU open (two-component),
+    /// or every sample (linear).
+    fn regime(&self, j: usize) -> Regime {
         let (gi, mg) = (j / self.per_group, j % self.per_group);
-        let ones = self.columns - 1;
         let col = |b: usize| b * self.per_group + mg;
         let sum = |c: usize| self.sums[gi * self.columns + c];
         let product = |k: usize, c: usize| self.products[(gi * self.fan_in + k) * self.columns + c];
-        let per_input = |f: &dyn Fn(usize) -> f64| (0..self.fan_in).map(f).collect::<Vec<f64>>();
-        match (self.two, regime) {
-            (false, _) => Regime {
-                n: sum(ones),
-                sum_y: sum(col(0)),
-                sum_x: per_input(&|k| product(k, ones)),
-                sum_xy: per_input(&|k| product(k, col(0))),
-            },
-            (true, 0) => Regime {
-                n: sum(col(0)),
-                sum_y: sum(col(1)),
-                sum_x: per_input(&|k| product(k, col(0))),
-                sum_xy: per_input(&|k| product(k, col(1))),
-            },
-            (true, _) => Regime {
-                n: sum(ones) - sum(col(0)),
-                sum_y: sum(col(2)) - sum(col(1)),
-                sum_x: per_input(&|k| product(k, ones) - product(k, col(0))),
-                sum_xy: per_input(&|k| product(k, col(2)) - product(k, col(1))),
-            },
+        let per_input = |c: usize| (0..self.fan_in).map(|k| product(k, c)).collect::<Vec<f64>>();
+        // Two-component: the mask's column counts the samples and sums x; linear: the ones'.
+        let (count, y) = if self.two {
+            (col(0), col(1))
+        } else {
+            (self.columns - 1, col(0))
+        };
+        Regime {
+            n: sum(count),
+            sum_y: sum(y),
+            sum_x: per_input(count),
+            sum_xy: per_input(y),
         }
     }
 
-    /// The fitted pattern(s), shaped like the weight.
+    /// The fitted pattern, shaped like the weight.
     pub(super) fn patterns(&self, l: &LinearLayer) -> LayerPattern {
-        let estimate = |regime: usize| -> Vec<f32> {
-            let mut a = vec![0f32; l.weight_values.len()];
-            for j in 0..l.outputs() {
-                let r = self.regime(j, regime);
-                // Fewer than half a sample: none (the shut regime's count is a difference).
-                if r.n < 0.5 {
-                    continue;
-                }
-                let mean_y = r.sum_y / r.n;
-                let cov: Vec<f64> = (0..self.fan_in)
-                    .map(|k| r.sum_xy[k] / r.n - r.sum_x[k] / r.n * mean_y)
-                    .collect();
-                let denom: f64 = cov
-                    .iter()
-                    .enumerate()
-                    .map(|(k, c)| c * f64::from(l.weight_values[l.weight_index(j, k)]))
-                    .sum();
-                // iNNvestigate's safe_divide: a zero denominator divides as one.
-                let denom = if denom == 0.0 { 1.0 } else { denom };
-                for (k, c) in cov.iter().enumerate() {
-                    a[l.weight_index(j, k)] = (c / denom) as f32;
-                }
+        let mut a = vec![0f32; l.weight_values.len()];
+        for j in 0..l.outputs() {
+            let r = self.regime(j);
+            // Fewer than half a sample: none (no sample opened the ReLU).
+            if r.n < 0.5 {
+                continue;
             }
-            a
-        };
+            let mean_y = r.sum_y / r.n;
+            let cov: Vec<f64> = (0..self.fan_in)
+                .map(|k| r.sum_xy[k] / r.n - r.sum_x[k] / r.n * mean_y)
+                .collect();
+            let denom: f64 = cov
+                .iter()
+                .enumerate()
+                .map(|(k, c)| c * f64::from(l.weight_values[l.weight_index(j, k)]))
+                .sum();
+            // iNNvestigate's safe_divide: a zero denominator divides as one.
+            let denom = if denom == 0.0 { 1.0 } else { denom };
+            for (k, c) in cov.iter().enumerate() {
+                a[l.weight_index(j, k)] = (c / denom) as f32;
+            }
+        }
         LayerPattern {
             dims: l.weight_dims.clone(),
-            values: estimate(0),
-            negative: self.two.then(|| estimate(1)),
+            values: a,
+            two_component: self.two,
         }
     }
 }
@@ -530,6 +534,7 @@ mod tests {
             input: "x".into(),
             output: "y".into(),
             gate: None,
+            relu: None,
             weight: "w".into(),
             weight_dims: vec![2, 1],
             weight_values: vec![1.0, -1.0],
@@ -564,6 +569,6 @@ mod tests {
             "{:?}",
             p.values
         );
-        assert!(p.negative.is_none());
+        assert!(!p.two_component);
     }
 }

@@ -74,6 +74,7 @@ pub async fn fit(
         model: m.clone(),
         reference: state.references.get(&m.name),
         max_job_bytes: state.config.max_job_bytes,
+        rows: standing.rows,
     };
     let asker = super::concepts::Asker::unaudited(caller);
     super::concepts::submit(&state, &m, "patterns", asker, task).await
@@ -125,7 +126,7 @@ async fn pattern_state(state: &AppState, m: &Arc<crate::runtime::LoadedModel>) -
             layers: kept.as_ref().map(|p| p.layers.len()),
             two_component: kept
                 .as_ref()
-                .map(|p| p.layers.values().filter(|l| l.negative.is_some()).count()),
+                .map(|p| p.layers.values().filter(|l| l.two_component).count()),
         })
     })
     .await

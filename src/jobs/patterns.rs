@@ -30,6 +30,9 @@ pub struct FitTask {
     pub reference: Option<Arc<ReferenceSet>>,
     /// Most bytes of statistics held.
     pub max_job_bytes: u64,
+    /// The rows of its data when the fit was asked for: planned before the job lists its data
+    /// again (a watcher must not see it run with no plan).
+    pub rows: usize,
 }
 
 /// A fit's answer.
@@ -48,7 +51,9 @@ impl Task for FitTask {
 
     fn run(self, rt: &mut WorkerRuntime, ctx: &JobContext) -> Result<PatternFit, RuntimeError> {
         let began = Instant::now();
+        ctx.plan(self.rows);
         let data = Data::of(&self.model, self.reference.as_ref()).map_err(InputError::BadFeatures)?;
+        // A folder changed since: the rows this fit runs.
         ctx.plan(data.rows());
         let mut cx = Cx::new(rt, ctx, self.model.clone());
         let (_, patterns) = fit(&mut cx, &data, self.max_job_bytes)?;
@@ -83,7 +88,7 @@ pub async fn prepare_all(
                 Ok(sha) if gradients2.patterns().get(&model.sha256, &sha).is_some() => {
                     tracing::info!(model = %model.name, data = data.name(), "patterns read back from disk");
                 }
-                Ok(_) => missing.push((model.clone(), reference.clone())),
+                Ok(_) => missing.push((model.clone(), reference.clone(), data.rows())),
                 Err(e) => tracing::warn!(model = %model.name, error = %e, "pattern data unreadable"),
             }
         }
@@ -100,12 +105,13 @@ pub async fn prepare_all(
         config.max_job_bytes,
     );
     tokio::spawn(async move {
-        for (model, reference) in missing {
+        for (model, reference, rows) in missing {
             let name = model.name.clone();
             let task = FitTask {
                 model,
                 reference,
                 max_job_bytes,
+                rows,
             };
             let control = Control {
                 deadline,

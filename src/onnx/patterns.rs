@@ -52,6 +52,11 @@ pub struct LinearLayer {
     /// normalisation), when one follows: its sign splits the samples into the two-component
     /// estimator's regimes. `None`: the linear estimator.
     pub gate: Option<String>,
+    /// That ReLU's output (with `gate`): on the open regime's samples, the output plus a
+    /// constant per output neuron where the gate adds a bias (which the regime's covariance does
+    /// not see), or a batch normalisation's nonzero scale and shift of it (which the pattern, a
+    /// quotient of covariances, does not see).
+    pub relu: Option<String>,
     /// The weight's initializer name (the key of its pattern).
     pub weight: String,
     /// The weight's dims.
@@ -87,21 +92,23 @@ impl LinearLayer {
         }
     }
 
-    /// Right-hand sides per output neuron in the statistics pass: the ReLU's open-regime mask,
-    /// the output masked by it, and the output, for a layer a ReLU follows; the output alone
-    /// otherwise.
+    /// Right-hand sides per output neuron in the statistics pass: the ReLU's open-regime mask and
+    /// its output (the open regime's samples, their output), for a layer a ReLU follows; the
+    /// output alone otherwise.
     pub fn blocks(&self) -> usize {
-        if self.gate.is_some() {
-            3
+        if self.relu.is_some() {
+            2
         } else {
             1
         }
     }
 
-    /// Columns of a group's statistics: the blocks of each of its output neurons, then a column of
-    /// ones (the samples' count, and each input's plain sum).
+    /// Columns of a group's statistics: the blocks of each of its output neurons, then, for the
+    /// linear estimator, a column of ones (the samples' count, and each input's plain sum; the
+    /// open regime's are the mask's).
     pub fn columns(&self) -> usize {
-        self.blocks() * (self.outputs() / self.groups()) + 1
+        let ones = usize::from(self.relu.is_none());
+        self.blocks() * (self.outputs() / self.groups()) + ones
     }
 
     /// Index in the weight of output `j`'s input `k` (the pattern uses the same layout).
@@ -210,9 +217,11 @@ fn layer(
         return Err(format!("unexpected weight shape {dims:?}"));
     }
     let output = n.output.first().cloned().unwrap_or_default();
+    let (gate, relu) = gate(graph, &output, consumers).unzip();
     Ok(LinearLayer {
         node: node_name(n),
-        gate: gate(graph, &output, consumers),
+        gate,
+        relu,
         input,
         output,
         weight,
@@ -222,24 +231,30 @@ fn layer(
     })
 }
 
-/// The tensor a ReLU right after `output` reads: `output` itself, or the output of the one
-/// constant-parameter Add or BatchNormalization between them.
-fn gate(graph: &GraphProto, output: &str, consumers: &HashMap<&str, Vec<&NodeProto>>) -> Option<String> {
+/// The tensor a ReLU right after `output` reads (`output` itself, or the output of the one
+/// constant-parameter Add or BatchNormalization between them), and that ReLU's output.
+fn gate(graph: &GraphProto, output: &str, consumers: &HashMap<&str, Vec<&NodeProto>>) -> Option<(String, String)> {
     let only = |t: &str| match consumers.get(t).map(Vec::as_slice) {
         Some([n]) => Some(*n),
         _ => None,
     };
+    let relu_of = |t: &str| {
+        let n = only(t)?;
+        (op_type(n) == "Relu").then(|| Some((t.to_string(), n.output.first()?.clone())))?
+    };
     let next = only(output)?;
     match op_type(next) {
-        "Relu" => Some(output.to_string()),
+        "Relu" => relu_of(output),
         "Add" | "BatchNormalization" => {
             let constants = next
                 .input
                 .iter()
                 .filter(|t| t.as_str() != output)
                 .all(|t| t.is_empty() || constant(graph, t).is_some());
-            let after = next.output.first()?;
-            (constants && op_type(only(after)?) == "Relu").then(|| after.clone())
+            if !constants {
+                return None;
+            }
+            relu_of(next.output.first()?)
         }
         _ => None,
     }
@@ -247,8 +262,8 @@ fn gate(graph: &GraphProto, output: &str, consumers: &HashMap<&str, Vec<&NodePro
 
 /// The statistics graph's outputs for linear layer `i` (of [`linear_layers`]): `products`
 /// `[1, groups, fan_in, columns]`, each sample's input (a convolution's zero-padded patch) times
-/// each right-hand side ([`LinearLayer::blocks`], block-major within a group, then ones) summed
-/// over the pass's samples; and `sums` `[1, groups, columns]`, the right-hand sides' sums. The
+/// each right-hand side ([`LinearLayer::blocks`], block-major within a group, then the linear
+/// estimator's ones) summed over the pass's samples; and `sums` `[1, groups, columns]`, the right-hand sides' sums. The
 /// leading axis is the pass: the runtime's passes stack along it.
 pub fn statistics_outputs(i: usize) -> (String, String) {
     (
@@ -259,16 +274,23 @@ pub fn statistics_outputs(i: usize) -> (String, String) {
 
 /// The forward model (`model`, as prepared for gradients, with its probed `shapes`) with, for each
 /// of `layers`, the sums the pattern estimators need as outputs ([`statistics_outputs`]) in
-/// place of the model's own: per output neuron `j`, input `k` and regime, the samples, the sums
-/// of y, of x and of x y, as matrix products ONNX Runtime runs beside the forward pass, so
-/// that only these sums (the weights' size, not the data's) leave the pass.
+/// place of the model's own: per output neuron `j` and input `k`, the samples, the sums of y, of
+/// x and of x y (over the samples where the ReLU after the layer is open, for the two-component
+/// estimator's `a+`; over every sample for the linear estimator), as matrix products ONNX
+/// Runtime runs beside the forward pass, so that only these sums (the weights' size, not the
+/// data's) leave the pass. The open regime's sums are products with the ReLU's mask and its
+/// output, which the forward pass computes anyway: its convolutions and ReLUs stay fused, and a
+/// layer costs two times its multiply-adds in products (the shut regime's `a-`, which no rule
+/// uses, would cost a third, and the output before the ReLU).
 ///
 /// A convolution's patches are gathered as its input transposed to channels first, padded, and
 /// one strided slice per kernel offset (im2col with standard operators), so the sums are one
-/// batched MatMul `[groups, fan_in, samples] x [groups, samples, columns]`. (The weight-gradient
-/// form, a Conv of the transposed input with the transposed right-hand sides as its kernel,
-/// computes the same sums; ONNX Runtime ran it at about twice the time, its convolution kernels
-/// being made for constant weights.)
+/// GEMM `[fan_in, samples] x [columns, samples]^T` (a batched MatMul per group when grouped).
+/// (The weight-gradient form, a Conv of the transposed input with the transposed right-hand
+/// sides as its kernel, computes the same sums; ONNX Runtime ran it at about twice the time, its
+/// convolution kernels being made for constant weights. Gathering the patches with one Gather,
+/// or one depthwise Conv of one-hot kernels, or taking nine GEMMs of the slices instead of their
+/// concatenation, each ran slower than this.)
 pub fn statistics_graph(model: &ModelProto, layers: &[LinearLayer], shapes: &ShapeMap) -> Result<ModelProto, String> {
     let mut out = model.clone();
     let graph = out.graph.as_mut().ok_or("the model has no graph")?;
@@ -311,11 +333,11 @@ pub fn statistics_row_bytes(layers: &[LinearLayer], shapes: &ShapeMap) -> u64 {
             let (x, y) = (per_row(&l.input)?, per_row(&l.output)?);
             let positions = y / (l.outputs() as u64).max(1);
             let patches = positions.saturating_mul(l.fan_in() as u64 * l.groups() as u64);
-            // Patches, the transposed input, the transposed output and gate, the masks, the
+            // Patches, the transposed input, the transposed output or ReLU, the mask, the
             // right-hand sides (blocks + ones).
             let floats = patches
                 .saturating_add(x)
-                .saturating_add(y.saturating_mul(2 * l.blocks() as u64 + 3));
+                .saturating_add(y.saturating_mul(2 * l.blocks() as u64 + 2));
             Some(floats.saturating_mul(4))
         })
         .max()
@@ -451,39 +473,61 @@ fn conv_statistics(e: &mut Emit, l: &LinearLayer, shapes: &ShapeMap) -> Result<(
     let patches = e.node("Concat", &refs, vec![("axis", Attr::Int(1))]);
     let patches = e.reshape(&patches, &[g, l.fan_in() as i64, -1]);
 
-    // Right-hand sides `[groups, columns, samples]`, output channels first.
-    let yt = e.transpose(&l.output, &[1, 0, 2, 3]);
+    // Right-hand sides `[groups, columns, samples]`, output channels first: the ReLU's mask and
+    // output (read from the forward pass, whose convolution and ReLU stay one fused kernel), or
+    // the output and ones.
     let mut rhs = Vec::new();
-    if let Some(gate) = &l.gate {
-        let gt = if gate == &l.output {
-            yt.clone()
-        } else {
-            e.transpose(gate, &[1, 0, 2, 3])
-        };
-        let open = e.open(&gt);
-        let masked = e.node("Mul", &[&yt, &open], vec![]);
-        rhs.extend([open, masked]);
-    }
-    rhs.push(yt);
+    let linear = match &l.relu {
+        Some(relu) => {
+            let rt = e.transpose(relu, &[1, 0, 2, 3]);
+            rhs.extend([e.open(&rt), rt]);
+            false
+        }
+        None => {
+            rhs.push(e.transpose(&l.output, &[1, 0, 2, 3]));
+            true
+        }
+    };
     let rhs = if g == 1 {
-        let ones = e.ones_beside(&rhs[0], 0, 4);
-        rhs.push(ones);
+        if linear {
+            let ones = e.ones_beside(&rhs[0], 0, 4);
+            rhs.push(ones);
+        }
         let refs: Vec<&str> = rhs.iter().map(String::as_str).collect();
         let all = e.node("Concat", &refs, vec![("axis", Attr::Int(0))]);
-        e.reshape(&all, &[1, l.columns() as i64, -1])
+        e.reshape(&all, &[l.columns() as i64, -1])
     } else {
         let refs: Vec<&str> = rhs.iter().map(String::as_str).collect();
         let all = e.node("Concat", &refs, vec![("axis", Attr::Int(0))]);
         let split = e.reshape(&all, &[blocks, g, per_group, -1]);
         let grouped = e.transpose(&split, &[1, 0, 2, 3]);
         let grouped = e.reshape(&grouped, &[g, blocks * per_group, -1]);
-        let ones = e.ones_beside(&grouped, 1, 3);
-        e.node("Concat", &[&grouped, &ones], vec![("axis", Attr::Int(1))])
+        if linear {
+            let ones = e.ones_beside(&grouped, 1, 3);
+            e.node("Concat", &[&grouped, &ones], vec![("axis", Attr::Int(1))])
+        } else {
+            grouped
+        }
     };
-    let rhs_t = e.transpose(&rhs, &[0, 2, 1]);
-    let products = e.node("MatMul", &[&patches, &rhs_t], vec![]);
-    let axis = e.ints(&[2]);
-    let sums = e.node("ReduceSum", &[&rhs, &axis], vec![("keepdims", Attr::Int(0))]);
+    let (products, sums) = if g == 1 {
+        // One GEMM `[fan_in, samples] x [columns, samples]^T`: no transposed copy of the
+        // right-hand sides.
+        let patches = e.reshape(&patches, &[l.fan_in() as i64, -1]);
+        let products = e.node("Gemm", &[&patches, &rhs], vec![("transB", Attr::Int(1))]);
+        let axis = e.ints(&[1]);
+        let sums = e.node("ReduceSum", &[&rhs, &axis], vec![("keepdims", Attr::Int(0))]);
+        let zero = e.ints(&[0]);
+        (
+            e.node("Unsqueeze", &[&products, &zero], vec![]),
+            e.node("Unsqueeze", &[&sums, &zero], vec![]),
+        )
+    } else {
+        let rhs_t = e.transpose(&rhs, &[0, 2, 1]);
+        let products = e.node("MatMul", &[&patches, &rhs_t], vec![]);
+        let axis = e.ints(&[2]);
+        let sums = e.node("ReduceSum", &[&rhs, &axis], vec![("keepdims", Attr::Int(0))]);
+        (products, sums)
+    };
     Ok((products, sums))
 }
 
@@ -492,17 +536,17 @@ fn conv_statistics(e: &mut Emit, l: &LinearLayer, shapes: &ShapeMap) -> Result<(
 fn dense_statistics(e: &mut Emit, l: &LinearLayer) -> Result<(String, String), String> {
     let (k, j) = (l.fan_in() as i64, l.outputs() as i64);
     let x = e.reshape(&l.input, &[-1, k]);
-    let y = e.reshape(&l.output, &[-1, j]);
     let mut rhs = Vec::new();
-    if let Some(gate) = &l.gate {
-        let gate = e.reshape(gate, &[-1, j]);
-        let open = e.open(&gate);
-        let masked = e.node("Mul", &[&y, &open], vec![]);
-        rhs.extend([open, masked]);
+    match &l.relu {
+        Some(relu) => {
+            let r = e.reshape(relu, &[-1, j]);
+            rhs.extend([e.open(&r), r]);
+        }
+        None => {
+            rhs.push(e.reshape(&l.output, &[-1, j]));
+            rhs.push(e.ones_beside(&x, 1, 2));
+        }
     }
-    rhs.push(y);
-    let ones = e.ones_beside(&x, 1, 2);
-    rhs.push(ones);
     let refs: Vec<&str> = rhs.iter().map(String::as_str).collect();
     let rhs = e.node("Concat", &refs, vec![("axis", Attr::Int(1))]);
     let products = e.node("Gemm", &[&x, &rhs], vec![("transA", Attr::Int(1))]);
@@ -519,11 +563,11 @@ pub struct LayerPattern {
     /// The weight's dims.
     pub dims: Vec<i64>,
     /// The pattern the backward pass uses: the linear estimator's `a`, or the two-component
-    /// estimator's positive regime `a+` for a layer a ReLU follows (its negative regime is what
-    /// the ReLU blocks).
+    /// estimator's positive regime `a+` for a layer a ReLU follows (its negative regime `a-` is
+    /// what the ReLU blocks, which no rule reads: not fitted).
     pub values: Vec<f32>,
-    /// The two-component estimator's negative regime `a-` (layers a ReLU follows).
-    pub negative: Option<Vec<f32>>,
+    /// Whether `values` is the two-component estimator's `a+` (a ReLU follows the layer).
+    pub two_component: bool,
 }
 
 /// A model's fitted patterns, by weight initializer name.
@@ -533,10 +577,11 @@ pub struct Patterns {
     pub layers: BTreeMap<String, LayerPattern>,
 }
 
-/// The file form's name, with its version.
-const FORMAT: &str = "explaind.patterns.v1";
-/// Suffix of a negative-regime pattern's tensor in the file form.
-const NEGATIVE: &str = "#negative";
+/// The file form's name, with its version (v1 held the shut regime's `a-` too: read as another
+/// version, its patterns are fitted again).
+const FORMAT: &str = "explaind.patterns.v2";
+/// The doc string of a two-component pattern's tensor in the file form.
+const TWO_COMPONENT: &str = "two-component a+";
 
 impl Patterns {
     /// Its file form: an ONNX GraphProto whose initializers are the patterns.
@@ -546,11 +591,9 @@ impl Patterns {
             ..Default::default()
         };
         for (name, p) in &self.layers {
-            g.initializer.push(float_tensor(name, &p.dims, &p.values));
-            if let Some(neg) = &p.negative {
-                g.initializer
-                    .push(float_tensor(&format!("{name}{NEGATIVE}"), &p.dims, neg));
-            }
+            let mut t = float_tensor(name, &p.dims, &p.values);
+            t.doc_string = p.two_component.then(|| TWO_COMPONENT.into());
+            g.initializer.push(t);
         }
         g.encode_to_vec()
     }
@@ -562,7 +605,6 @@ impl Patterns {
             return None;
         }
         let mut layers: BTreeMap<String, LayerPattern> = BTreeMap::new();
-        let mut negatives = Vec::new();
         for t in &g.initializer {
             let name = t.name.clone()?;
             let values = tensor_f32(t)?;
@@ -573,32 +615,22 @@ impl Patterns {
             if count != values.len() {
                 return None;
             }
-            match name.strip_suffix(NEGATIVE) {
-                Some(base) => negatives.push((base.to_string(), values)),
-                None => {
-                    layers.insert(
-                        name,
-                        LayerPattern {
-                            dims: t.dims.clone(),
-                            values,
-                            negative: None,
-                        },
-                    );
-                }
-            }
-        }
-        for (base, values) in negatives {
-            layers.get_mut(&base)?.negative = Some(values);
+            let two_component = t.doc_string.as_deref() == Some(TWO_COMPONENT);
+            layers.insert(
+                name,
+                LayerPattern {
+                    dims: t.dims.clone(),
+                    values,
+                    two_component,
+                },
+            );
         }
         Some(Self { layers })
     }
 
     /// Values held.
     pub fn len(&self) -> usize {
-        self.layers
-            .values()
-            .map(|p| p.values.len() + p.negative.as_ref().map_or(0, Vec::len))
-            .sum()
+        self.layers.values().map(|p| p.values.len()).sum()
     }
 
     /// True when no layer has a pattern.
@@ -638,8 +670,9 @@ mod tests {
         let layers = linear_layers(graph, "x", &y, &ShapeMap::new()).unwrap();
         assert_eq!(layers.len(), 2);
         assert_eq!(layers[0].gate.as_deref(), Some(added.as_str()));
+        assert_eq!(layers[0].relu.as_deref(), Some(r.as_str()));
         assert_eq!((layers[0].outputs(), layers[0].fan_in()), (2, 9));
-        assert_eq!(layers[1].gate, None);
+        assert_eq!((&layers[1].gate, &layers[1].relu), (&None, &None));
         assert_eq!((layers[1].outputs(), layers[1].fan_in()), (3, 32));
         assert_eq!(layers[1].weight_index(2, 1), 5);
 
@@ -649,7 +682,15 @@ mod tests {
             LayerPattern {
                 dims: vec![2, 1],
                 values: vec![1.0, 2.0],
-                negative: Some(vec![3.0, 4.0]),
+                two_component: true,
+            },
+        );
+        p.layers.insert(
+            "v".into(),
+            LayerPattern {
+                dims: vec![1, 1],
+                values: vec![5.0],
+                two_component: false,
             },
         );
         assert_eq!(Patterns::decode(&p.encode()), Some(p));

@@ -496,6 +496,13 @@ async fn a_pattern_folder_outside_the_model_folder_is_refused() {
 /// sample by sample here.
 #[test]
 fn the_statistics_pass_sums_patches_of_any_convolution_geometry() {
+    // Grouped (a batched MatMul per group) and not (one GEMM).
+    for groups in [2, 1] {
+        statistics_of_a_convolution(groups);
+    }
+}
+
+fn statistics_of_a_convolution(groups: usize) {
     use explaind::onnx::autodiff::prepare_forward;
     use explaind::onnx::autodiff::GraphRunner;
     use explaind::onnx::builder::{Attr, GraphBuilder};
@@ -504,7 +511,7 @@ fn the_statistics_pass_sums_patches_of_any_convolution_geometry() {
     use explaind::runtime::shapes::probe_shapes;
 
     let (n, c, h, w) = (3usize, 4usize, 7usize, 6usize);
-    let (m, groups, kh, kw) = (4usize, 2usize, 3usize, 2usize);
+    let (m, kh, kw) = (4usize, 3usize, 2usize);
     let (sh, sw, dh, dw) = (2usize, 1usize, 1usize, 2usize);
     let (pt, pl, pb, pr) = (1usize, 0usize, 2usize, 1usize);
     let (oh, ow) = (
@@ -548,14 +555,15 @@ fn the_statistics_pass_sums_patches_of_any_convolution_geometry() {
     let layers = linear_layers(model.graph.as_ref().unwrap(), "x", &scores, &shapes).unwrap();
     assert_eq!(layers.len(), 2);
     assert_eq!(layers[0].gate.as_deref(), Some(gate.as_str()));
+    assert_eq!(layers[0].relu.as_deref(), Some(r.as_str()));
     let stats = statistics_graph(&model, &layers, &shapes).unwrap();
     let x: Vec<f32> = (0..n * c * h * w).map(|i| value(i + 7, 1.0)).collect();
     let outs = runner.run_f32(&stats, &[("x", vec![n, c, h, w], x.clone())]).unwrap();
     assert_eq!(outs.len(), 4);
 
-    // The convolution, sample by sample: columns per group are (mask, y mask, y) per neuron, then
-    // ones.
-    let columns = 3 * mg + 1;
+    // The convolution, sample by sample: columns per group are (mask, ReLU output) per neuron (the
+    // two-component estimator's open regime: no column of ones, the mask's counts).
+    let columns = 2 * mg;
     let mut products = vec![0f64; groups * fan_in * columns];
     let mut sums = vec![0f64; groups * columns];
     let mut relu = vec![0f64; n * out_features];
@@ -574,17 +582,13 @@ fn the_statistics_pass_sums_patches_of_any_convolution_geometry() {
                             f64::from(x[((ni * c + ch) * h + iy as usize) * w + ix as usize])
                         })
                         .collect();
-                    for (k, p) in patch.iter().enumerate() {
-                        products[(gi * fan_in + k) * columns + 3 * mg] += p;
-                    }
-                    sums[gi * columns + 3 * mg] += 1.0;
                     for mj in 0..mg {
                         let j = gi * mg + mj;
                         let yv: f64 = (0..fan_in).map(|k| patch[k] * f64::from(wv[j * fan_in + k])).sum();
                         let gv = yv + f64::from(bv[j]);
                         relu[ni * out_features + (j * oh + oy) * ow + ox] = gv.max(0.0);
                         let open = if gv > 0.0 { 1.0 } else { 0.0 };
-                        for (block, rhs) in [open, yv * open, yv].into_iter().enumerate() {
+                        for (block, rhs) in [open, gv * open].into_iter().enumerate() {
                             let col = block * mg + mj;
                             sums[gi * columns + col] += rhs;
                             for (k, p) in patch.iter().enumerate() {
