@@ -316,11 +316,13 @@ fn explain(
     let mut draw =
         |count: usize| -> Vec<Mask> { (0..count).map(|_| Mask::draw(&mut rng, p.grid, p.p, h, w)).collect() };
     // Two batch buffers, made once: while ONNX Runtime runs one batch, a scoped thread fills the
-    // next batch's masked images into the other and weighs the previous batch's masks by its
-    // detections. Masks are drawn and weighed in order, so a seed gives the same bytes.
+    // next batch's masked images into the other (over the batch before's, writing only what
+    // changes) and weighs the previous batch's masks by its detections. Masks are drawn and
+    // weighed in order, so a seed gives the same bytes.
     let mut current = draw(batch);
     let mut running = super::zeroed_batch(&model.name, batch * n)?;
-    fill(spec, &current, x, b, &mut running);
+    let sources = Sources::new(spec, x, b);
+    fill(&sources, &current, None, &mut running);
     let mut filling = super::zeroed_batch(&model.name, batch.min(p.masks - batch) * n)?;
     let mut previous: Option<(Vec<Mask>, HashMap<String, Tensor>)> = None;
     let mut done = 0;
@@ -333,7 +335,9 @@ fn explain(
         let input = Tensor::f32(shape, std::mem::take(&mut running));
         let (out, helped) = std::thread::scope(|s| {
             let helper = s.spawn(|| {
-                fill(spec, &next, x, b, &mut filling);
+                // The buffer being filled holds the previous batch's rows.
+                let before = previous.as_ref().map(|(masks, _)| masks.as_slice());
+                fill(&sources, &next, before, &mut filling);
                 match previous.take() {
                     Some((masks, out)) => sums.add(&model, &chosen, &masks, &out),
                     None => Ok(()),
@@ -374,32 +378,132 @@ fn explain(
         .collect())
 }
 
+/// What a masked row is made of: the input, the baseline, and per plane of the row's layout the
+/// baseline's one value where it has one (black's, a value a channel): that plane is then set
+/// rather than copied.
+struct Sources<'a> {
+    spec: &'a ImageSpec,
+    x: &'a [f32],
+    b: &'a [f32],
+    /// Values a plane: NCHW one plane a channel (a pixel one value), NHWC one plane (a pixel
+    /// `channels` values).
+    plane: usize,
+    unit: usize,
+    constant: Vec<Option<f32>>,
+}
+
+impl<'a> Sources<'a> {
+    /// `x` and `b` hold one row each (as many values, a multiple of the planes).
+    fn new(spec: &'a ImageSpec, x: &'a [f32], b: &'a [f32]) -> Self {
+        let (planes, unit) = match spec.layout {
+            Layout::NCHW => (spec.channels.max(1), 1),
+            Layout::NHWC => (1, spec.channels.max(1)),
+        };
+        let plane = (x.len() / planes).max(1);
+        // Bit for bit, so that setting a plane writes what copying it would.
+        let constant = b
+            .chunks_exact(plane)
+            .map(|bs| {
+                let first = bs.first().copied().unwrap_or(0.0);
+                (unit == 1 && bs.iter().all(|v| v.to_bits() == first.to_bits())).then_some(first)
+            })
+            .collect();
+        Sources {
+            spec,
+            x,
+            b,
+            plane,
+            unit,
+            constant,
+        }
+    }
+}
+
 /// Fills one masked row per mask into `rows`: the input where the mask keeps a cell, the baseline
-/// where it hides it, copied run by run (what `b + m * (x - b)` is for a 0 / 1 mask, without the
-/// arithmetic), over every channel in the row's layout.
-fn fill(spec: &ImageSpec, masks: &[Mask], x: &[f32], b: &[f32], rows: &mut [f32]) {
-    // NCHW: one plane a channel, a pixel one value; NHWC: one plane, a pixel `channels` values.
-    let (planes, unit) = match spec.layout {
-        Layout::NCHW => (spec.channels.max(1), 1),
-        Layout::NHWC => (1, spec.channels.max(1)),
-    };
-    let plane = x.len() / planes;
-    let line = spec.width * unit;
-    for (m, row) in masks.iter().zip(rows.chunks_exact_mut(x.len())) {
-        let segments = m.segments();
+/// where it hides it (what `b + m * (x - b)` is for a 0 / 1 mask, without the arithmetic), over
+/// every channel in the row's layout. `before`, where given, are the masks whose rows `rows`
+/// already holds, slot by slot: only the runs whose source changes are written (about half of
+/// them at p = 1/2), and a constant baseline plane is set rather than copied, so the bytes moved
+/// are a fraction of the rows'. The rows come out the same either way.
+fn fill(src: &Sources, masks: &[Mask], before: Option<&[Mask]>, rows: &mut [f32]) {
+    let (plane, unit) = (src.plane, src.unit);
+    let line = src.spec.width * unit;
+    let len = src.x.len().max(1);
+    for (i, (m, row)) in masks.iter().zip(rows.chunks_exact_mut(len)).enumerate() {
+        let bands = changes(m, before.and_then(|o| o.get(i)));
         let planes = row
             .chunks_exact_mut(plane)
-            .zip(x.chunks_exact(plane))
-            .zip(b.chunks_exact(plane));
-        for ((out, xs), bs) in planes {
-            for (y, &gy) in m.rows.iter().enumerate() {
-                for &(x0, x1, on) in &segments[gy] {
-                    let (start, end) = (y * line + x0 * unit, y * line + x1 * unit);
-                    out[start..end].copy_from_slice(&(if on { xs } else { bs })[start..end]);
+            .zip(src.x.chunks_exact(plane))
+            .zip(src.b.chunks_exact(plane))
+            .zip(&src.constant);
+        for (((out, xs), bs), constant) in planes {
+            for (y0, y1, runs) in &bands {
+                for y in *y0..*y1 {
+                    for &(x0, x1, on) in runs {
+                        let (start, end) = (y * line + x0 * unit, y * line + x1 * unit);
+                        match (on, constant) {
+                            (true, _) => out[start..end].copy_from_slice(&xs[start..end]),
+                            (false, Some(v)) => out[start..end].fill(*v),
+                            (false, None) => out[start..end].copy_from_slice(&bs[start..end]),
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// Image rows `y0..y1` that all write the same column runs `(x0, x1, kept)`.
+type Band = (usize, usize, Vec<(usize, usize, bool)>);
+
+/// What filling `m` over a row that holds `old`'s masked image writes: bands of image rows
+/// `(y0, y1, runs)` whose rows all write the same column runs `(x0, x1, kept)` — every run of
+/// `m` where there is no `old`, else only the runs where `m` and `old` take different sources.
+fn changes(m: &Mask, old: Option<&Mask>) -> Vec<Band> {
+    let new = m.segments();
+    let old = old.map(|o| (o, o.segments()));
+    let mut bands: Vec<Band> = Vec::new();
+    let mut last = None;
+    for (y, &gy) in m.rows.iter().enumerate() {
+        // Rows of the same grid row in both masks write the same runs.
+        let key = (gy, old.as_ref().and_then(|(o, _)| o.rows.get(y).copied()));
+        match bands.last_mut() {
+            Some(band) if last == Some(key) => band.1 = y + 1,
+            _ => {
+                let runs = match (&old, key.1) {
+                    (Some((_, segments)), Some(oy)) => differing(&new[gy], &segments[oy]),
+                    _ => new[gy].clone(),
+                };
+                bands.push((y, y + 1, runs));
+                last = Some(key);
+            }
+        }
+    }
+    bands
+}
+
+/// The column runs where two rows' segments (each covering the same columns, in order) differ in
+/// whether the cell is kept, with the state of `new`; adjacent runs merged.
+fn differing(new: &[(usize, usize, bool)], old: &[(usize, usize, bool)]) -> Vec<(usize, usize, bool)> {
+    let mut out: Vec<(usize, usize, bool)> = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while let (Some(&(a0, a1, on)), Some(&(b0, b1, was))) = (new.get(i), old.get(j)) {
+        let (start, end) = (a0.max(b0), a1.min(b1));
+        if start < end && on != was {
+            match out.last_mut() {
+                Some(last) if last.1 == start && last.2 == on => last.1 = end,
+                _ => out.push((start, end, on)),
+            }
+        }
+        // Step past whichever segment ends first (both when they end together).
+        if a1 <= b1 {
+            i += 1;
+        }
+        if b1 <= a1 {
+            j += 1;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -419,14 +523,34 @@ mod tests {
         assert_eq!(Mask::draw(&mut again, 16, 0.5, 64, 48).pixels(), m);
     }
 
-    /// The masked rows copied run by run equal `b + m * (x - b)` pixel by pixel, in either layout.
+    /// The masked rows copied run by run equal `b + m * (x - b)` pixel by pixel, in either layout,
+    /// with a varying baseline and a black one (a value a channel); filled anew and over rows that
+    /// hold other masks' images (only the changed runs written), a batch short of the rows before.
     #[test]
     fn filled_rows_blend_the_input_and_the_baseline_by_the_mask() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for (grid, h, w, c) in [(16, 37, 53, 3), (4, 9, 30, 1), (16, 8, 8, 2)] {
-            let masks: Vec<Mask> = (0..3).map(|_| Mask::draw(&mut rng, grid, 0.5, h, w)).collect();
+        let cases = [
+            (16, 37, 53, 3),
+            (4, 9, 30, 1),
+            (16, 8, 8, 2),
+            (16, 64, 48, 3),
+            (2, 5, 7, 3),
+        ];
+        for ((grid, h, w, c), black) in cases.into_iter().flat_map(|case| [(case, false), (case, true)]) {
+            let draw = |rng: &mut rand_chacha::ChaCha8Rng, k: usize| -> Vec<Mask> {
+                (0..k).map(|_| Mask::draw(rng, grid, 0.5, h, w)).collect()
+            };
+            let batches = [draw(&mut rng, 3), draw(&mut rng, 3), draw(&mut rng, 2)];
             let x: Vec<f32> = (0..h * w * c).map(|i| 1.0 + i as f32).collect();
-            let b: Vec<f32> = (0..h * w * c).map(|i| -(i as f32) / 7.0).collect();
+            let b: Vec<f32> = (0..h * w * c)
+                .map(|i| {
+                    if black {
+                        -0.5 - (i / (h * w)) as f32
+                    } else {
+                        -(i as f32) / 7.0
+                    }
+                })
+                .collect();
             for layout in [Layout::NCHW, Layout::NHWC] {
                 let spec = ImageSpec {
                     layout,
@@ -442,17 +566,55 @@ mod tests {
                     std: vec![1.0; c],
                 };
                 let mut rows = vec![f32::NAN; 3 * x.len()];
-                fill(&spec, &masks, &x, &b, &mut rows);
-                for (m, row) in masks.iter().zip(rows.chunks_exact(x.len())) {
-                    let pixels = m.pixels();
-                    for (i, v) in row.iter().enumerate() {
-                        let pixel = match layout {
-                            Layout::NCHW => i % (h * w),
-                            Layout::NHWC => i / c,
-                        };
-                        let want = if pixels[pixel] == 1.0 { x[i] } else { b[i] };
-                        assert_eq!(*v, want, "{layout:?} {grid} {h}x{w}x{c} at {i}");
+                let mut before: Option<&[Mask]> = None;
+                for (k, masks) in batches.iter().enumerate() {
+                    rows.truncate(masks.len() * x.len());
+                    fill(&Sources::new(&spec, &x, &b), masks, before, &mut rows);
+                    for (m, row) in masks.iter().zip(rows.chunks_exact(x.len())) {
+                        let pixels = m.pixels();
+                        for (i, v) in row.iter().enumerate() {
+                            let pixel = match layout {
+                                Layout::NCHW => i % (h * w),
+                                Layout::NHWC => i / c,
+                            };
+                            let want = if pixels[pixel] == 1.0 { x[i] } else { b[i] };
+                            assert_eq!(
+                                *v, want,
+                                "{layout:?} {grid} {h}x{w}x{c} black {black}, batch {k} at {i}"
+                            );
+                        }
                     }
+                    before = Some(masks);
+                }
+            }
+        }
+    }
+
+    /// Filled over another mask's image, a row writes exactly the pixels where the two masks differ.
+    #[test]
+    fn a_refill_writes_only_the_changed_pixels() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for (grid, h, w) in [(16, 64, 48), (16, 37, 53), (4, 9, 30), (2, 5, 7)] {
+            for _ in 0..10 {
+                let (old, new) = (
+                    Mask::draw(&mut rng, grid, 0.5, h, w),
+                    Mask::draw(&mut rng, grid, 0.5, h, w),
+                );
+                let (was, now) = (old.pixels(), new.pixels());
+                let mut written = vec![None; h * w];
+                for (y0, y1, runs) in changes(&new, Some(&old)) {
+                    for y in y0..y1 {
+                        for &(x0, x1, on) in &runs {
+                            for at in &mut written[y * w + x0..y * w + x1] {
+                                assert!(at.is_none(), "{grid} {h}x{w}: a pixel written twice");
+                                *at = Some(on);
+                            }
+                        }
+                    }
+                }
+                for (i, at) in written.iter().enumerate() {
+                    let want = (was[i] != now[i]).then_some(now[i] == 1.0);
+                    assert_eq!(*at, want, "{grid} {h}x{w} at {i}");
                 }
             }
         }

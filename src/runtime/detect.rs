@@ -73,6 +73,7 @@ impl Row<'_> {
     }
 
     /// Value `i` as f32 (callers index within [`Row::len`]).
+    #[inline]
     fn get(&self, i: usize) -> f32 {
         match self {
             Row::F32(v) => v[i],
@@ -88,12 +89,14 @@ trait Value: Copy {
 }
 
 impl Value for f32 {
+    #[inline]
     fn f32(self) -> f32 {
         self
     }
 }
 
 impl Value for f64 {
+    #[inline]
     fn f32(self) -> f32 {
         self as f32
     }
@@ -150,7 +153,7 @@ pub fn decode_in_place<'a, R: Into<Row<'a>>>(
     };
     let classes = spec.labels.len();
     let scores = row(&spec.output)?;
-    let mut found = match d.layout {
+    let found = match d.layout {
         DetectionLayout::Yolo => match scores {
             Row::F32(v) => candidates(d, classes, size, v)?,
             Row::F64(v) => candidates(d, classes, size, v)?,
@@ -163,14 +166,13 @@ pub fn decode_in_place<'a, R: Into<Row<'a>>>(
             listed(d, classes, size, (boxes, scores, classes_out), d.score_threshold)?
         }
     };
-    // Best first, sorted once; positions are unique, so ties keep the candidates' order and the
-    // answer is deterministic.
-    found.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.position.cmp(&b.position)));
-    found.truncate(MAX_NMS);
-    if d.nms {
-        found = nms(found, classes, d.nms_iou, d.max_detections);
-    }
-    found.truncate(d.max_detections);
+    // Best first, taken lazily from a heap: NMS stops once it keeps `max_detections`, mostly long
+    // before the candidates run out, so most of them are never ordered.
+    let ranked = best_first(found).take(MAX_NMS);
+    let found = match d.nms {
+        true => nms(ranked, classes, d.nms_iou, d.max_detections),
+        false => ranked.take(d.max_detections).collect(),
+    };
     Ok(Decoded {
         found,
         scores,
@@ -287,16 +289,7 @@ fn candidates<V: Value>(d: &DetectionSpec, classes: usize, size: (f32, f32), row
     let mut best_score = vec![f32::NEG_INFINITY; n];
     let mut best_class = vec![0u32; n];
     if d.channels_first {
-        for c in 0..classes {
-            let column = &row[(first_class + c) * n..(first_class + c + 1) * n];
-            let c = c as u32;
-            for ((s, b), v) in best_score.iter_mut().zip(best_class.iter_mut()).zip(column) {
-                let v = v.f32();
-                let better = v > *s;
-                *s = if better { v } else { *s };
-                *b = if better { c } else { *b };
-            }
-        }
+        best_of_columns(&row[first_class * n..], n, &mut best_score, &mut best_class);
     } else {
         for ((s, b), candidate) in best_score
             .iter_mut()
@@ -336,6 +329,46 @@ fn candidates<V: Value>(d: &DetectionSpec, classes: usize, size: (f32, f32), row
         });
     }
     Ok(out)
+}
+
+/// Each candidate's best class and its score over a channels-first row's class columns
+/// (`columns`: the row from its first class column on; `n` candidates), the first of equal ones,
+/// NaN never winning: a select along each column, vectorised, over blocks of candidates whose
+/// running bests stay in the nearest cache.
+fn best_of_columns<V: Value>(columns: &[V], n: usize, best_score: &mut [f32], best_class: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has the feature the function is compiled for (just detected).
+        return unsafe { best_of_columns_avx2(columns, n, best_score, best_class) };
+    }
+    best_of_columns_body(columns, n, best_score, best_class)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn best_of_columns_avx2<V: Value>(columns: &[V], n: usize, best_score: &mut [f32], best_class: &mut [u32]) {
+    best_of_columns_body(columns, n, best_score, best_class)
+}
+
+#[inline(always)]
+fn best_of_columns_body<V: Value>(columns: &[V], n: usize, best_score: &mut [f32], best_class: &mut [u32]) {
+    const BLOCK: usize = 512;
+    if n == 0 {
+        return;
+    }
+    let blocks = best_score.chunks_mut(BLOCK).zip(best_class.chunks_mut(BLOCK));
+    for (start, (scores, classes)) in (0..n).step_by(BLOCK).zip(blocks) {
+        for (c, column) in columns.chunks_exact(n).enumerate() {
+            let c = c as u32;
+            let values = &column[start..start + scores.len()];
+            for ((s, b), v) in scores.iter_mut().zip(classes.iter_mut()).zip(values) {
+                let v = v.f32();
+                let better = v > *s;
+                *s = if better { v } else { *s };
+                *b = if better { c } else { *b };
+            }
+        }
+    }
 }
 
 /// Candidate `i`'s grid offsets as centre and size in input pixels (YOLOX's `decode_outputs`):
@@ -453,6 +486,7 @@ fn corners(b: [f32; 4], format: BoxFormat, scale: BoxScale, (w, h): (f32, f32)) 
 }
 
 /// Intersection over union of two corner boxes (0 for empty ones), as torchvision's `box_iou`.
+#[inline]
 pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
     let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
@@ -466,10 +500,42 @@ pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     }
 }
 
+/// A candidate ranked by score, then by its position in the row (positions are unique, so the
+/// order is total: ties keep the row's order and the answer is deterministic).
+struct Ranked(Found);
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let (a, b) = (&self.0, &other.0);
+        a.score.total_cmp(&b.score).then(b.position.cmp(&a.position))
+    }
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Ranked {}
+
+/// The candidates best first: a heap built in linear time, each popped in logarithmic time as it
+/// is asked for (a full sort orders every candidate first).
+fn best_first(found: Vec<Found>) -> impl Iterator<Item = Found> {
+    let mut heap: std::collections::BinaryHeap<Ranked> = found.into_iter().map(Ranked).collect();
+    std::iter::from_fn(move || heap.pop().map(|r| r.0))
+}
+
 /// Greedy class-wise NMS over candidates sorted by score: a box is dropped when it overlaps a
 /// kept box of its class by more than `threshold` (torchvision's `batched_nms`). Stops at `keep`.
 /// Each candidate is weighed against the kept boxes of its own class only.
-fn nms(sorted: Vec<Found>, classes: usize, threshold: f32, keep: usize) -> Vec<Found> {
+fn nms(sorted: impl IntoIterator<Item = Found>, classes: usize, threshold: f32, keep: usize) -> Vec<Found> {
     let mut kept: Vec<Found> = Vec::new();
     // Per class, the kept boxes (a class's list allocated when it keeps its first).
     let mut by_class: Vec<Vec<[f32; 4]>> = vec![Vec::new(); classes];
@@ -549,6 +615,28 @@ mod tests {
         let kept: Vec<f32> = nms(sorted, 2, 0.5, 10).iter().map(|d| d.score).collect();
         assert_eq!(kept, vec![0.9, 0.7, 0.6]);
         assert!((iou(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]) - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    /// The heap gives the candidates in the order a sort by score, then position, gives: equal
+    /// scores (and NaN, -0.0 and 0.0) in the row's order.
+    #[test]
+    fn best_first_is_the_sorted_order() {
+        let scores = [0.5, 0.25, 0.5, f32::NAN, 0.0, -0.0, 0.75, 0.25, 0.5, 1.0, 0.0];
+        // Positions not in the candidates' order, as a channels-first row's are.
+        let found: Vec<Found> = scores
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| Found {
+                position: (i * 7) % 11,
+                ..det([0.0; 4], 0, s)
+            })
+            .collect();
+        let mut sorted = found.clone();
+        sorted.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.position.cmp(&b.position)));
+        let key = |f: &Found| (f.score.to_bits(), f.position);
+        let heap: Vec<_> = best_first(found).map(|f| key(&f)).collect();
+        assert_eq!(heap, sorted.iter().map(key).collect::<Vec<_>>());
+        assert_eq!(best_first(Vec::new()).count(), 0);
     }
 
     #[test]
