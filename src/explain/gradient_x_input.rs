@@ -69,7 +69,7 @@ fn gradient_x_input(
     Ok(per_target(
         job,
         targets,
-        &Tensor::f32(grads.shape.clone(), product),
+        Tensor::f32(grads.shape.clone(), product),
         Fold::Sum,
     ))
 }

@@ -71,7 +71,7 @@ impl Method for GuidedBackprop {
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
         let grads = input_gradients(cx, job, targets, RuleSet::ReluMaskedByInputAndGradient)?;
-        Ok(per_target(job, targets, &grads, Fold::MaxAbs))
+        Ok(per_target(job, targets, grads, Fold::MaxAbs))
     }
 }
 
@@ -105,7 +105,7 @@ impl Method for DeconvNet {
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
         let grads = input_gradients(cx, job, targets, RuleSet::ReluMaskedByGradient)?;
-        Ok(per_target(job, targets, &grads, Fold::MaxAbs))
+        Ok(per_target(job, targets, grads, Fold::MaxAbs))
     }
 }
 

@@ -120,12 +120,16 @@ impl Method for Lrp {
         let relevance = pass.input_grad;
         let per_row = relevance.row_len();
         let values = relevance.as_f32().unwrap_or(&[]);
-        let mut out = per_target(job, targets, &relevance, Fold::Sum);
-        for (r, (t, a)) in targets.iter().zip(out.iter_mut()).enumerate() {
-            let total: f64 = values[r * per_row..(r + 1) * per_row]
-                .iter()
-                .map(|v| f64::from(*v))
-                .sum();
+        let totals: Vec<f64> = (0..targets.len())
+            .map(|r| {
+                values[r * per_row..(r + 1) * per_row]
+                    .iter()
+                    .map(|v| f64::from(*v))
+                    .sum()
+            })
+            .collect();
+        let mut out = per_target(job, targets, relevance, Fold::Sum);
+        for (r, ((t, a), total)) in targets.iter().zip(out.iter_mut()).zip(totals).enumerate() {
             let score = scores.get(r * width + t.index.min(width - 1)).copied().unwrap_or(0.0);
             a.convergence_delta = Some(total - score);
             a.details = serde_json::to_value(LrpDetails {

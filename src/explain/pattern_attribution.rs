@@ -53,14 +53,18 @@ impl Method for PatternAttribution {
         let width = pass.scores.row_len().max(1);
         let per_row = pass.input_grad.row_len();
         let values = pass.input_grad.as_f32().unwrap_or(&[]);
-        let mut out = per_target(job, targets, &pass.input_grad, Fold::Sum);
-        for (r, (t, a)) in targets.iter().zip(out.iter_mut()).enumerate() {
-            let total: f64 = values
-                .get(r * per_row..(r + 1) * per_row)
-                .unwrap_or(&[])
-                .iter()
-                .map(|v| f64::from(*v))
-                .sum();
+        let totals: Vec<f64> = (0..targets.len())
+            .map(|r| {
+                values
+                    .get(r * per_row..(r + 1) * per_row)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|v| f64::from(*v))
+                    .sum()
+            })
+            .collect();
+        let mut out = per_target(job, targets, pass.input_grad, Fold::Sum);
+        for (r, ((t, a), total)) in targets.iter().zip(out.iter_mut()).zip(totals).enumerate() {
             let score = scores.get(r * width + t.index.min(width - 1)).copied().unwrap_or(0.0);
             a.convergence_delta = Some(total - score);
             a.details = serde_json::to_value(PatternAttributionDetails {

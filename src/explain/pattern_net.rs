@@ -45,7 +45,7 @@ impl Method for PatternNet {
         _: &[f64],
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
         let (pass, details) = super::patterns::explain(cx, job, targets, false)?;
-        let mut out = per_target(job, targets, &pass.input_grad, Fold::Sum);
+        let mut out = per_target(job, targets, pass.input_grad, Fold::Sum);
         for a in &mut out {
             a.details = serde_json::to_value(PatternNetDetails {
                 patterns: details.clone(),

@@ -60,11 +60,11 @@ impl Method for Saliency {
     ) -> Result<Vec<TargetAttribution>, RuntimeError> {
         let grads = input_gradients(cx, job, targets, RuleSet::Exact)?;
         let (grads, fold) = if p.abs {
-            (abs(&grads), Fold::MaxAbs)
+            (abs(grads), Fold::MaxAbs)
         } else {
             (grads, Fold::Sum)
         };
-        Ok(per_target(job, targets, &grads, fold))
+        Ok(per_target(job, targets, grads, fold))
     }
 }
 
@@ -79,10 +79,10 @@ pub(super) fn one_gradient_per_target(cx: &PlanContext) -> Cost {
     }
 }
 
-/// Elementwise absolute value.
-pub(super) fn abs(t: &Tensor) -> Tensor {
-    Tensor::f32(
-        t.shape.clone(),
-        t.as_f32().unwrap_or(&[]).iter().map(|v| v.abs()).collect(),
-    )
+/// Elementwise absolute value, in place.
+pub(super) fn abs(mut t: Tensor) -> Tensor {
+    if let crate::runtime::tensor::TensorData::F32(values) = &mut t.data {
+        values.iter_mut().for_each(|v| *v = v.abs());
+    }
+    t
 }

@@ -1,6 +1,6 @@
 //! Letting a backward model choose its own target: a row whose fed weights are all zero is
-//! weighted by the one-hot of its highest score (`OneHot(ArgMax(scores))`), computed inside the
-//! graph. Explaining the top class then takes one model pass instead of a forward pass to choose it
+//! weighted by the one-hot of its highest score (1 written at `ArgMax(scores)`), computed inside
+//! the graph. Explaining the top class then takes one model pass instead of a forward pass to choose it
 //! and a backward pass that computes the forward again, and the same model still serves any fed
 //! mix of classes. The chosen class of every row is an output, so the answer can name its target.
 
@@ -22,13 +22,7 @@ pub fn seed_with_top_prediction(
     let name = |s: &str| format!("explaind.top.{s}");
     let weights = name("weights");
     read_weights_from(graph, &weights);
-    let c = classes as i64;
-    graph.initializer.push(int64_tensor(&name("depth"), &[1], &[c]));
-    graph.initializer.push(float_tensor(&name("values"), &[2], &[0.0, 1.0]));
-    graph
-        .initializer
-        .push(float_tensor(&name("ones"), &[c, 1], &vec![1.0; classes]));
-    graph.initializer.push(float_tensor(&name("zero"), &[], &[0.0]));
+    graph.initializer.extend(fallback_constants(&name, classes));
     let seed = seed_nodes(output, &name, &weights);
     // Right after the scores exist and before any backward node reads the weights.
     graph.node.splice(producer + 1..producer + 1, seed);
@@ -67,11 +61,8 @@ pub fn seed_with_best_candidate(
     graph.initializer.extend([
         float_tensor(&name("mask"), &[1, a, b], &mask),
         float_tensor(&name("lowest"), &[], &[f32::MIN]),
-        int64_tensor(&name("depth"), &[1], &[n as i64]),
-        float_tensor(&name("values"), &[2], &[0.0, 1.0]),
-        float_tensor(&name("ones"), &[n as i64, 1], &vec![1.0; n]),
-        float_tensor(&name("zero"), &[], &[0.0]),
     ]);
+    graph.initializer.extend(fallback_constants(&name, n));
     let (is_score, masked, flat, fed, sum, shape) = (
         name("is_score"),
         name("masked"),
@@ -90,15 +81,10 @@ pub fn seed_with_best_candidate(
         // Box values (and an objectness) never win.
         node("Where", &[&is_score, output, &name("lowest")], &masked, vec![]),
         node("Flatten", &[&masked], &flat, vec![("axis", Attr::Int(1))]),
-        node(
-            "ArgMax",
-            &[&flat],
-            TARGET_INDEX_OUTPUT,
-            vec![("axis", Attr::Int(-1)), ("keepdims", Attr::Int(0))],
-        ),
-        // The weights as rows of candidates' values, as the one-hot is.
-        node("Flatten", &[WEIGHTS_INPUT], &fed, vec![("axis", Attr::Int(1))]),
     ];
+    seed.extend(chosen_nodes(&name, &flat));
+    // The weights as rows of candidates' values, as the choice indexes them.
+    seed.push(node("Flatten", &[WEIGHTS_INPUT], &fed, vec![("axis", Attr::Int(1))]));
     seed.extend(fallback_nodes(&name, &fed, &sum));
     seed.extend([
         node("Shape", &[WEIGHTS_INPUT], &shape, vec![]),
@@ -125,14 +111,15 @@ fn read_weights_from(graph: &mut crate::onnx::proto::GraphProto, weights: &str) 
     }
 }
 
-/// The backward graph to seed, checked for OneHot (opset 11), and where `output` is produced.
+/// The backward graph to seed, checked for GatherElements and ScatterElements (opset 11), and
+/// where `output` is produced.
 fn seeded_graph<'a>(
     backward: &'a mut BackwardModel,
     output: &str,
 ) -> Result<(&'a mut crate::onnx::proto::GraphProto, usize), AutodiffError> {
     if backward.opset < 11 {
         return Err(AutodiffError::Path(format!(
-            "choosing the target in the graph needs opset 11 (OneHot); the model has {}",
+            "choosing the target in the graph needs opset 11 (ScatterElements); the model has {}",
             backward.opset
         )));
     }
@@ -149,39 +136,56 @@ fn seeded_graph<'a>(
     Ok((graph, producer))
 }
 
-/// The nodes that compute the effective weights `weights` from the fed ones and the one-hot of
-/// each row's top score of `output` (their names from `name`).
+/// The nodes that compute the effective weights `weights` from the fed ones and each row's top
+/// score of `output` (their names from `name`).
 fn seed_nodes(output: &str, name: &dyn Fn(&str) -> String, weights: &str) -> Vec<NodeProto> {
-    let mut nodes = vec![node(
-        "ArgMax",
-        &[output],
-        TARGET_INDEX_OUTPUT,
-        vec![("axis", Attr::Int(-1)), ("keepdims", Attr::Int(0))],
-    )];
+    let mut nodes = chosen_nodes(name, output);
     nodes.extend(fallback_nodes(name, WEIGHTS_INPUT, weights));
     nodes
 }
 
+/// The nodes that choose each row's position of its highest value in the `[rows, n]` tensor
+/// `values` (the first of equal ones): `chosen`, `[rows, 1]`, and [`TARGET_INDEX_OUTPUT`], `[rows]`.
+fn chosen_nodes(name: &dyn Fn(&str) -> String, values: &str) -> Vec<NodeProto> {
+    let chosen = name("chosen");
+    vec![
+        node(
+            "ArgMax",
+            &[values],
+            &chosen,
+            vec![("axis", Attr::Int(-1)), ("keepdims", Attr::Int(1))],
+        ),
+        node("Reshape", &[&chosen, &name("rows")], TARGET_INDEX_OUTPUT, vec![]),
+    ]
+}
+
+/// The constants [`chosen_nodes`] and [`fallback_nodes`] read, for rows of `n` values.
+fn fallback_constants(name: &dyn Fn(&str) -> String, n: usize) -> Vec<crate::onnx::proto::TensorProto> {
+    vec![
+        int64_tensor(&name("rows"), &[1], &[-1]),
+        float_tensor(&name("ones"), &[n as i64, 1], &vec![1.0; n]),
+        float_tensor(&name("zero"), &[], &[0.0]),
+    ]
+}
+
 /// The nodes that give `weights`: the `[rows, n]` weights `fed`, except that a row fed no weight
-/// at all (|w| sums to 0) takes the one-hot of its row's chosen index ([`TARGET_INDEX_OUTPUT`];
-/// constants `depth`, `values`, `ones` and `zero` named by `name`).
+/// at all (|w| sums to 0) has 1 at its row's chosen position (`chosen` of [`chosen_nodes`];
+/// constants of [`fallback_constants`], named by `name`). The one value is written in place of
+/// the fed 0 (a one-hot the size of the row, multiplied and added, made three more passes over
+/// a detector's 134,400 values).
 fn fallback_nodes(name: &dyn Fn(&str) -> String, fed: &str, weights: &str) -> Vec<NodeProto> {
-    let (one_hot, abs, mass, unset, unset_f, top) = (
-        name("one_hot"),
+    let (abs, mass, unset, unset_f, at, value) = (
         name("abs"),
         name("mass"),
         name("unset"),
         name("unset_f"),
-        name("top"),
+        name("at"),
+        name("value"),
     );
+    let chosen = name("chosen");
     vec![
-        node(
-            "OneHot",
-            &[TARGET_INDEX_OUTPUT, &name("depth"), &name("values")],
-            &one_hot,
-            vec![("axis", Attr::Int(-1))],
-        ),
-        // Rows fed no weight at all (|w| sums to 0) take the one-hot; the others keep theirs.
+        // Rows fed no weight at all (|w| sums to 0) take 1 at the chosen position; the others keep
+        // theirs (fed + 0 there).
         node("Abs", &[fed], &abs, vec![]),
         node("MatMul", &[&abs, &name("ones")], &mass, vec![]),
         node("Equal", &[&mass, &name("zero")], &unset, vec![]),
@@ -191,8 +195,14 @@ fn fallback_nodes(name: &dyn Fn(&str) -> String, fed: &str, weights: &str) -> Ve
             &unset_f,
             vec![("to", Attr::Int(data_type::FLOAT as i64))],
         ),
-        node("Mul", &[&one_hot, &unset_f], &top, vec![]),
-        node("Add", &[fed, &top], weights, vec![]),
+        node("GatherElements", &[fed, &chosen], &at, vec![("axis", Attr::Int(1))]),
+        node("Add", &[&at, &unset_f], &value, vec![]),
+        node(
+            "ScatterElements",
+            &[fed, &chosen, &value],
+            weights,
+            vec![("axis", Attr::Int(1))],
+        ),
     ]
 }
 
