@@ -406,6 +406,9 @@ struct FourierImage {
     offset: Vec<f32>,
     /// One channel's spectrum column by column (`[kx][ky]`, each column's FFT contiguous).
     columns: Vec<Complex<f32>>,
+    /// One channel's spectrum row by row (`[ky][kx]`, as the parameters): the colour mix works
+    /// here, on whole rows, before and after the transposing copy into or out of `columns`.
+    mixed: Vec<Complex<f32>>,
     /// One row's spectrum, and one row of pixels.
     row: Vec<Complex<f32>>,
     line: Vec<f32>,
@@ -487,6 +490,7 @@ impl FourierImage {
             mix,
             offset: offset.unwrap_or_else(|| vec![0.0; values]),
             columns: vec![Complex::default(); h * f],
+            mixed: vec![Complex::default(); h * f],
             row: vec![Complex::default(); f],
             line: vec![0.0; w],
             scratch: vec![Complex::default(); scratch],
@@ -526,6 +530,7 @@ impl FourierImage {
             mix,
             offset,
             columns,
+            mixed,
             row,
             line,
             scratch,
@@ -536,16 +541,17 @@ impl FourierImage {
             .zip(mix.chunks_exact(n))
             .zip(offset.chunks_exact(hw))
         {
-            // This model channel's spectrum: the Fourier channels' mixed, scaled, by columns.
-            for ky in 0..h {
-                for kx in 0..f {
-                    let j = ky * f + kx;
-                    let (mut r, mut i) = (0f32, 0f32);
-                    for (m, (zr, zi)) in mix.iter().zip(re.chunks_exact(hf).zip(im.chunks_exact(hf))) {
-                        r += m * zr[j];
-                        i += m * zi[j];
-                    }
-                    columns[kx * h + ky] = Complex::new(gain[j] * r, gain[j] * i);
+            // This model channel's spectrum: the Fourier channels' mixed, then scaled into columns.
+            for (c, (m, (zr, zi))) in mix.iter().zip(re.chunks_exact(hf).zip(im.chunks_exact(hf))).enumerate() {
+                let terms = mixed.iter_mut().zip(zr.iter().zip(zi));
+                match c {
+                    0 => terms.for_each(|(o, (r, i))| *o = Complex::new(m * r, m * i)),
+                    _ => terms.for_each(|(o, (r, i))| *o += Complex::new(m * r, m * i)),
+                }
+            }
+            for (ky, (values, gains)) in mixed.chunks_exact(f).zip(gain.chunks_exact(f)).enumerate() {
+                for (column, (v, g)) in columns.chunks_exact_mut(h).zip(values.iter().zip(gains)) {
+                    column[ky] = v * g;
                 }
             }
             cols_inverse.process_with_scratch(columns, scratch);
@@ -581,17 +587,17 @@ impl FourierImage {
             rows_forward,
             mix,
             columns,
+            mixed,
             row,
             line,
             scratch,
             ..
         } = self;
-        d_re.fill(0.0);
-        d_im.fill(0.0);
-        for ((plane, grad), mix) in image
+        for (k, ((plane, grad), mix)) in image
             .chunks_exact(frame.plane_len())
             .zip(grad.chunks_exact(frame.plane_len()))
             .zip(mix.chunks_exact(n))
+            .enumerate()
         {
             // Through the sigmoid, then the adjoint of the complex-to-real step: a real-to-complex
             // FFT of each row (its column weights are in `back_gain`).
@@ -613,16 +619,18 @@ impl FourierImage {
             }
             // The adjoint of the inverse FFT down each column is the forward one.
             cols_forward.process_with_scratch(columns, scratch);
-            // Then of the scaling and of the colour mix (transposed): into every Fourier channel.
-            for ky in 0..h {
-                for kx in 0..f {
-                    let j = ky * f + kx;
-                    let v = columns[kx * h + ky];
-                    let (r, i) = (v.re * back_gain[j], v.im * back_gain[j]);
-                    for (m, (zr, zi)) in mix.iter().zip(d_re.chunks_exact_mut(hf).zip(d_im.chunks_exact_mut(hf))) {
-                        zr[j] += m * r;
-                        zi[j] += m * i;
-                    }
+            // Then of the scaling, out of the columns, and of the colour mix (transposed): into
+            // every Fourier channel (the first model channel sets the gradient, the others add).
+            for (ky, (values, gains)) in mixed.chunks_exact_mut(f).zip(back_gain.chunks_exact(f)).enumerate() {
+                for (column, (v, g)) in columns.chunks_exact(h).zip(values.iter_mut().zip(gains)) {
+                    *v = column[ky] * g;
+                }
+            }
+            for (m, (zr, zi)) in mix.iter().zip(d_re.chunks_exact_mut(hf).zip(d_im.chunks_exact_mut(hf))) {
+                let terms = zr.iter_mut().zip(zi.iter_mut()).zip(mixed.iter());
+                match k {
+                    0 => terms.for_each(|((r, i), v)| (*r, *i) = (m * v.re, m * v.im)),
+                    _ => terms.for_each(|((r, i), v)| (*r, *i) = (*r + m * v.re, *i + m * v.im)),
                 }
             }
         }
@@ -703,21 +711,22 @@ impl Sampling {
         // Framed coordinates: the image's pixel x is column x + 1; columns 0 and w + 1 are border.
         let (cx, cy) = ((w as f32 - 1.0) / 2.0 + 1.0, (h as f32 - 1.0) / 2.0 + 1.0);
         let (umax, vmax) = ((w + 1) as f32, (h + 1) as f32);
-        let mut taps = self.corner.iter_mut().zip(self.fx.iter_mut().zip(self.fy.iter_mut()));
-        for y in 0..h {
+        let rows = self
+            .corner
+            .chunks_exact_mut(w)
+            .zip(self.fx.chunks_exact_mut(w).zip(self.fy.chunks_exact_mut(w)));
+        for (y, (corners, (fxs, fys))) in rows.enumerate() {
             let oy = y as f32 - (h as f32 - 1.0) / 2.0 - view.t[1];
-            for x in 0..w {
+            for (x, (corner, (fx, fy))) in corners.iter_mut().zip(fxs.iter_mut().zip(fys.iter_mut())).enumerate() {
                 let ox = x as f32 - (w as f32 - 1.0) / 2.0 - view.t[0];
                 let u = (view.m[0] * ox + view.m[1] * oy + cx).clamp(0.0, umax);
                 let v = (view.m[2] * ox + view.m[3] * oy + cy).clamp(0.0, vmax);
                 // Both are at least 0, so the casts floor; at the far border the corner stays one
                 // short of it with fraction 1 (its right or lower taps read the border).
                 let (x0, y0) = ((u as usize).min(w), (v as usize).min(h));
-                if let Some((corner, (fx, fy))) = taps.next() {
-                    *corner = (y0 * stride + x0) as u32;
-                    *fx = u - x0 as f32;
-                    *fy = v - y0 as f32;
-                }
+                *corner = (y0 * stride + x0) as u32;
+                *fx = u - x0 as f32;
+                *fy = v - y0 as f32;
             }
         }
     }
@@ -725,27 +734,19 @@ impl Sampling {
     /// The view of `image` (framed planes) as the model's input, into `input` (the model's layout).
     fn apply(&self, spec: &ImageSpec, image: &[f32], input: &mut [f32]) {
         let s = self.frame.stride();
-        let taps = || self.corner.iter().zip(self.fx.iter().zip(&self.fy));
-        let sample = |plane: &[f32], (corner, (fx, fy)): (&u32, (&f32, &f32))| {
-            let i = *corner as usize;
-            // In range by construction (see `set`); an empty slice reads 0.5.
-            let Some(q) = plane.get(i..i + s + 2) else { return 0.5 };
-            let top = q[0] + fx * (q[1] - q[0]);
-            let bottom = q[s] + fx * (q[s + 1] - q[s]);
-            top + fy * (bottom - top)
-        };
         let hw = self.corner.len();
+        let taps = || self.corner.iter().zip(self.fx.iter().zip(&self.fy));
         for (k, plane) in image.chunks_exact(self.frame.plane_len()).enumerate() {
             let (factor, shift) = input_affine(spec, k);
             match spec.layout {
                 Layout::NCHW => {
                     for (d, tap) in input[k * hw..(k + 1) * hw].iter_mut().zip(taps()) {
-                        *d = sample(plane, tap) * factor - shift;
+                        *d = bilinear(plane, s, tap) * factor - shift;
                     }
                 }
                 Layout::NHWC => {
                     for (d, tap) in input.iter_mut().skip(k).step_by(spec.channels).zip(taps()) {
-                        *d = sample(plane, tap) * factor - shift;
+                        *d = bilinear(plane, s, tap) * factor - shift;
                     }
                 }
             }
@@ -758,32 +759,46 @@ impl Sampling {
         let s = self.frame.stride();
         let hw = self.corner.len();
         let taps = || self.corner.iter().zip(self.fx.iter().zip(&self.fy));
-        let spread = |plane: &mut [f32], g: f32, (corner, (fx, fy)): (&u32, (&f32, &f32))| {
-            let i = *corner as usize;
-            if let Some(q) = plane.get_mut(i..i + s + 2) {
-                let (top, bottom) = (g * (1.0 - fy), g * fy);
-                q[0] += top * (1.0 - fx);
-                q[1] += top * fx;
-                q[s] += bottom * (1.0 - fx);
-                q[s + 1] += bottom * fx;
-            }
-        };
         for (k, plane) in out.chunks_exact_mut(self.frame.plane_len()).enumerate() {
             plane.fill(0.0);
             let (factor, _) = input_affine(spec, k);
             match spec.layout {
                 Layout::NCHW => {
                     for (g, tap) in grad.get(k * hw..(k + 1) * hw).unwrap_or(&[]).iter().zip(taps()) {
-                        spread(plane, g * factor, tap);
+                        spread(plane, s, g * factor, tap);
                     }
                 }
                 Layout::NHWC => {
                     for (g, tap) in grad.iter().skip(k).step_by(spec.channels).zip(taps()) {
-                        spread(plane, g * factor, tap);
+                        spread(plane, s, g * factor, tap);
                     }
                 }
             }
         }
+    }
+}
+
+/// One output pixel of a view: the bilinear mix of the four framed pixels at `corner` (framed
+/// planes of row length `s`), in range by construction ([`Sampling::set`]; out of range reads 0.5).
+#[inline(always)]
+fn bilinear(plane: &[f32], s: usize, (corner, (fx, fy)): (&u32, (&f32, &f32))) -> f32 {
+    let i = *corner as usize;
+    let Some(q) = plane.get(i..i + s + 2) else { return 0.5 };
+    let top = q[0] + fx * (q[1] - q[0]);
+    let bottom = q[s] + fx * (q[s + 1] - q[s]);
+    top + fy * (bottom - top)
+}
+
+/// The adjoint of [`bilinear`]: `g` on its output spread over its four framed pixels.
+#[inline(always)]
+fn spread(plane: &mut [f32], s: usize, g: f32, (corner, (fx, fy)): (&u32, (&f32, &f32))) {
+    let i = *corner as usize;
+    if let Some(q) = plane.get_mut(i..i + s + 2) {
+        let (top, bottom) = (g * (1.0 - fy), g * fy);
+        q[0] += top * (1.0 - fx);
+        q[1] += top * fx;
+        q[s] += bottom * (1.0 - fx);
+        q[s + 1] += bottom * fx;
     }
 }
 
@@ -913,10 +928,14 @@ impl Adam {
         let (c1, c2) = (1.0 - Self::BETA1.powi(self.t), 1.0 - Self::BETA2.powi(self.t));
         // PyTorch's form: lr / c1 * m / (sqrt(v) / sqrt(c2) + eps), constants hoisted.
         let (step, root) = (self.lr / c1, 1.0 / c2.sqrt());
-        for (((x, g), m), v) in x.iter_mut().zip(g).zip(self.m.iter_mut()).zip(self.v.iter_mut()) {
-            *m = Self::BETA1 * *m + (1.0 - Self::BETA1) * g;
-            *v = Self::BETA2 * *v + (1.0 - Self::BETA2) * g * g;
-            *x += step * *m / (v.sqrt() * root + Self::EPS);
+        // One length for the four slices, so that the loop runs without bounds checks (in
+        // vector registers).
+        let n = x.len().min(g.len()).min(self.m.len()).min(self.v.len());
+        let (x, g, m, v) = (&mut x[..n], &g[..n], &mut self.m[..n], &mut self.v[..n]);
+        for i in 0..n {
+            m[i] = Self::BETA1 * m[i] + (1.0 - Self::BETA1) * g[i];
+            v[i] = Self::BETA2 * v[i] + (1.0 - Self::BETA2) * g[i] * g[i];
+            x[i] += step * m[i] / (v[i].sqrt() * root + Self::EPS);
         }
     }
 }
