@@ -406,11 +406,10 @@ struct FourierImage {
     offset: Vec<f32>,
     /// One channel's spectrum column by column (`[kx][ky]`, each column's FFT contiguous).
     columns: Vec<Complex<f32>>,
-    /// One channel's spectrum row by row (`[ky][kx]`, as the parameters): the colour mix works
-    /// here, on whole rows, before and after the transposing copy into or out of `columns`.
+    /// One channel's spectrum row by row (`[ky][kx]`, as the parameters, or `[y][kx]` between
+    /// the two FFTs): the colour mix and the row FFTs work here, `columns` holds its transpose.
     mixed: Vec<Complex<f32>>,
-    /// One row's spectrum, and one row of pixels.
-    row: Vec<Complex<f32>>,
+    /// One row of pixels.
     line: Vec<f32>,
     /// Scratch the four transforms share, their largest need.
     scratch: Vec<Complex<f32>>,
@@ -491,7 +490,6 @@ impl FourierImage {
             offset: offset.unwrap_or_else(|| vec![0.0; values]),
             columns: vec![Complex::default(); h * f],
             mixed: vec![Complex::default(); h * f],
-            row: vec![Complex::default(); f],
             line: vec![0.0; w],
             scratch: vec![Complex::default(); scratch],
         }
@@ -531,7 +529,6 @@ impl FourierImage {
             offset,
             columns,
             mixed,
-            row,
             line,
             scratch,
             ..
@@ -549,16 +546,14 @@ impl FourierImage {
                     _ => terms.for_each(|(o, (r, i))| *o += Complex::new(m * r, m * i)),
                 }
             }
-            for (ky, (values, gains)) in mixed.chunks_exact(f).zip(gain.chunks_exact(f)).enumerate() {
-                for (column, (v, g)) in columns.chunks_exact_mut(h).zip(values.iter().zip(gains)) {
-                    column[ky] = v * g;
-                }
+            for (v, g) in mixed.iter_mut().zip(gain.iter()) {
+                *v *= g;
             }
+            // Down the columns, and back to rows (`transpose`'s blocked copies).
+            transpose::transpose(mixed, columns, f, h);
             cols_inverse.process_with_scratch(columns, scratch);
-            for (y, offset) in offset.chunks_exact(w).enumerate() {
-                for (kx, v) in row.iter_mut().enumerate() {
-                    *v = columns[kx * h + y];
-                }
+            transpose::transpose(columns, mixed, h, f);
+            for (y, (offset, row)) in offset.chunks_exact(w).zip(mixed.chunks_exact_mut(f)).enumerate() {
                 // What the Hermitian extension leaves real (numpy's irfft drops these too).
                 row[0].im = 0.0;
                 if w % 2 == 0 {
@@ -588,7 +583,6 @@ impl FourierImage {
             mix,
             columns,
             mixed,
-            row,
             line,
             scratch,
             ..
@@ -601,7 +595,7 @@ impl FourierImage {
         {
             // Through the sigmoid, then the adjoint of the complex-to-real step: a real-to-complex
             // FFT of each row (its column weights are in `back_gain`).
-            for y in 0..h {
+            for (y, row) in mixed.chunks_exact_mut(f).enumerate() {
                 let start = frame.row(y);
                 for ((l, s), g) in line
                     .iter_mut()
@@ -613,18 +607,15 @@ impl FourierImage {
                 // The transform uses its input as scratch.
                 let done = rows_forward.process_with_scratch(line, row, scratch);
                 debug_assert!(done.is_ok(), "{done:?}");
-                for (kx, v) in row.iter().enumerate() {
-                    columns[kx * h + y] = *v;
-                }
             }
             // The adjoint of the inverse FFT down each column is the forward one.
+            transpose::transpose(mixed, columns, f, h);
             cols_forward.process_with_scratch(columns, scratch);
-            // Then of the scaling, out of the columns, and of the colour mix (transposed): into
-            // every Fourier channel (the first model channel sets the gradient, the others add).
-            for (ky, (values, gains)) in mixed.chunks_exact_mut(f).zip(back_gain.chunks_exact(f)).enumerate() {
-                for (column, (v, g)) in columns.chunks_exact(h).zip(values.iter_mut().zip(gains)) {
-                    *v = column[ky] * g;
-                }
+            transpose::transpose(columns, mixed, h, f);
+            // Then of the scaling and of the colour mix (transposed): into every Fourier channel
+            // (the first model channel sets the gradient, the others add).
+            for (v, g) in mixed.iter_mut().zip(back_gain.iter()) {
+                *v *= g;
             }
             for (m, (zr, zi)) in mix.iter().zip(d_re.chunks_exact_mut(hf).zip(d_im.chunks_exact_mut(hf))) {
                 let terms = zr.iter_mut().zip(zi.iter_mut()).zip(mixed.iter());
