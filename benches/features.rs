@@ -57,11 +57,15 @@ fn main() {
         "saliency (ms)",
         "ch-attr/pt"
     );
+    let only = std::env::var("FEATURES_MODELS").ok();
     for (name, dims, n, rounds) in [
-        ("fashion-cnn", vec![1usize, 1, 28, 28], 64, 5),
-        ("resnet-64", vec![1, 3, 64, 64], 32, 3),
+        ("fashion-cnn", vec![1usize, 1, 28, 28], 128, 7),
+        ("resnet-64", vec![1, 3, 64, 64], 64, 5),
         ("resnet-18", vec![1, 3, 224, 224], 8, 3),
     ] {
+        if only.as_deref().is_some_and(|o| !o.split(',').any(|m| m == name)) {
+            continue;
+        }
         let model = service.state.registry.get(name).unwrap().clone();
         let count: usize = dims.iter().product();
         let x: Vec<f32> = (0..count).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();

@@ -196,15 +196,16 @@ impl Method for ActivationMaximisation {
             }
         };
         let samples = mul(p.iterations, images, "iterations x targets")?;
-        // Per image: the spectrum and Adam's two moments (f32, real and imaginary), the images
-        // on the way (a handful of copies), the view's taps (four indices and weights and a
-        // constant per pixel), the FFTs' column buffer and scratch, and the curve.
+        // Per image: the spectrum, its gradient and Adam's two moments (f32, real and
+        // imaginary), the images on the way (a handful of copies, two of them framed), the
+        // view's taps (an index and two fractions per pixel), the FFTs' column buffer and
+        // scratch, and the curve.
         let channels = cx.model.spec.image.as_ref().map_or(1, |i| i.channels);
         let (h, w) = cx.model.spec.image.as_ref().map_or((1, 1), |i| (i.height, i.width));
         let spectrum = channels.saturating_mul(h).saturating_mul(w / 2 + 1).saturating_mul(2);
         let working = bytes(spectrum, 4 * 4)
             .saturating_add(bytes(channels.saturating_mul(pixels), 4 * 8))
-            .saturating_add(bytes(pixels, 4 * 9))
+            .saturating_add(bytes(pixels, 4 * 3))
             .saturating_add(bytes(spectrum, 8))
             .saturating_add(bytes(p.iterations, 8));
         Ok(Cost {
@@ -252,7 +253,7 @@ impl Method for ActivationMaximisation {
             // which `plan` bounded (MAX_PIXELS).
             Start::Noise => {
                 let values = spec.channels.checked_mul(spec.height)?.checked_mul(spec.width)?;
-                let (input, _) = to_input(spec, &vec![0.5; values]);
+                let input = to_input(spec, &vec![0.5; values]);
                 input.as_f32().map(<[f32]>::to_vec)
             }
         }
@@ -324,13 +325,58 @@ impl ChannelObjective {
     }
 }
 
+/// Planes of `h x w` pixels inside a one-pixel border (`[k][y + 1][x + 1]`): the image the view
+/// reads, whose border holds the 0.5 that lucent's padding puts around it, and the gradient the
+/// view's adjoint writes (its border collects what the padding would, and is not read).
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    h: usize,
+    w: usize,
+}
+
+impl Frame {
+    /// Values in one row of a framed plane.
+    fn stride(self) -> usize {
+        self.w + 2
+    }
+
+    /// Values in one framed plane.
+    fn plane_len(self) -> usize {
+        (self.h + 2) * self.stride()
+    }
+
+    /// Where pixel row `y` starts in a framed plane.
+    fn row(self, y: usize) -> usize {
+        (y + 1) * self.stride() + 1
+    }
+
+    /// `channels` framed planes, every value (the border too) `fill`.
+    fn planes(self, channels: usize, fill: f32) -> Vec<f32> {
+        vec![fill; channels * self.plane_len()]
+    }
+
+    /// The pixels of framed planes without their border, `[k][y][x]`.
+    fn unframed(self, framed: &[f32]) -> Vec<f32> {
+        let (h, w) = (self.h, self.w);
+        let mut out = Vec::with_capacity(framed.len() / self.plane_len() * h * w);
+        for plane in framed.chunks_exact(self.plane_len()) {
+            for y in 0..h {
+                out.extend_from_slice(&plane[self.row(y)..self.row(y) + w]);
+            }
+        }
+        out
+    }
+}
+
 /// The image's parametrisation: a spectrum per channel (lucent's `fft_image`), its colours
 /// decorrelated and squashed by a sigmoid (`to_valid_rgb`), added to a start image's logits.
 ///
 /// The synthesis is numpy's `irfft2(norm="ortho")`: an inverse complex FFT down each frequency
 /// column, then a complex-to-real FFT along each row (whose Hermitian extension doubles the
 /// columns that stand for a conjugate pair and drops the imaginary parts of the DC and Nyquist
-/// columns). Its adjoint runs the same transforms forwards, in the other order.
+/// columns). Its adjoint runs the same transforms forwards, in the other order. The colour mix
+/// is linear as the transform is, so it is done on the spectra, as they are gathered for the
+/// transform (and, in the adjoint, as the gradients leave it): no pass of its own over the pixels.
 ///
 /// It owns the buffers both directions work in, so that a step of the optimisation allocates
 /// nothing (on a 28 x 28 model a step's Rust work is of the order of its pass).
@@ -360,15 +406,13 @@ struct FourierImage {
     offset: Vec<f32>,
     /// One channel's spectrum column by column (`[kx][ky]`, each column's FFT contiguous).
     columns: Vec<Complex<f32>>,
-    /// One row's spectrum, and one row of pixels.
-    row: Vec<Complex<f32>>,
+    /// One channel's spectrum row by row (`[ky][kx]`, as the parameters, or `[y][kx]` between
+    /// the two FFTs): the colour mix and the row FFTs work here, `columns` holds its transpose.
+    mixed: Vec<Complex<f32>>,
+    /// One row of pixels.
     line: Vec<f32>,
     /// Scratch the four transforms share, their largest need.
     scratch: Vec<Complex<f32>>,
-    /// The Fourier channels' pixels (synthesis), or their gradient (adjoint), `[c][y][x]`.
-    planes: Vec<f32>,
-    /// The gradient before the sigmoid (adjoint), `[k][y][x]`.
-    pre: Vec<f32>,
 }
 
 impl FourierImage {
@@ -445,11 +489,9 @@ impl FourierImage {
             mix,
             offset: offset.unwrap_or_else(|| vec![0.0; values]),
             columns: vec![Complex::default(); h * f],
-            row: vec![Complex::default(); f],
+            mixed: vec![Complex::default(); h * f],
             line: vec![0.0; w],
             scratch: vec![Complex::default(); scratch],
-            planes: vec![0.0; values],
-            pre: vec![0.0; values],
         }
     }
 
@@ -458,48 +500,60 @@ impl FourierImage {
         self.channels * self.h * self.f
     }
 
-    /// Values of the image.
-    fn image_len(&self) -> usize {
-        self.channels * self.h * self.w
+    /// The planes [`Self::synthesise`] and [`Self::backward`] work on.
+    fn frame(&self) -> Frame {
+        Frame { h: self.h, w: self.w }
+    }
+
+    /// Framed planes for [`Self::synthesise`]: the border 0.5 (what lies outside the image).
+    fn framed_image(&self) -> Vec<f32> {
+        self.frame().planes(self.channels, 0.5)
     }
 
     /// The image in [0, 1], `[k][y][x]`, from the spectrum's real and imaginary parts.
     fn image(&mut self, re: &[f32], im: &[f32]) -> Vec<f32> {
-        let mut image = vec![0f32; self.image_len()];
+        let mut image = self.framed_image();
         self.synthesise(re, im, &mut image);
-        image
+        self.frame().unframed(&image)
     }
 
-    /// [`Self::image`] into `image` (`image_len` values).
+    /// [`Self::image`] into the pixels of framed planes `image` (the border is left as it is).
     fn synthesise(&mut self, re: &[f32], im: &[f32], image: &mut [f32]) {
-        let (h, w, f) = (self.h, self.w, self.f);
-        let (hw, hf) = (h * w, h * f);
+        let (h, w, f, n) = (self.h, self.w, self.f, self.channels);
+        let (hw, hf, frame) = (h * w, h * f, self.frame());
         let Self {
             gain,
             cols_inverse,
             rows_inverse,
+            mix,
+            offset,
             columns,
-            row,
+            mixed,
+            line,
             scratch,
-            planes,
             ..
         } = self;
-        for ((zr, zi), plane) in re
-            .chunks_exact(hf)
-            .zip(im.chunks_exact(hf))
-            .zip(planes.chunks_exact_mut(hw))
+        for ((plane, mix), offset) in image
+            .chunks_exact_mut(frame.plane_len())
+            .zip(mix.chunks_exact(n))
+            .zip(offset.chunks_exact(hw))
         {
-            for ky in 0..h {
-                let j = ky * f;
-                for (kx, ((r, i), g)) in zr[j..j + f].iter().zip(&zi[j..j + f]).zip(&gain[j..j + f]).enumerate() {
-                    columns[kx * h + ky] = Complex::new(g * r, g * i);
+            // This model channel's spectrum: the Fourier channels' mixed, then scaled into columns.
+            for (c, (m, (zr, zi))) in mix.iter().zip(re.chunks_exact(hf).zip(im.chunks_exact(hf))).enumerate() {
+                let terms = mixed.iter_mut().zip(zr.iter().zip(zi));
+                match c {
+                    0 => terms.for_each(|(o, (r, i))| *o = Complex::new(m * r, m * i)),
+                    _ => terms.for_each(|(o, (r, i))| *o += Complex::new(m * r, m * i)),
                 }
             }
+            for (v, g) in mixed.iter_mut().zip(gain.iter()) {
+                *v *= g;
+            }
+            // Down the columns, and back to rows (`transpose`'s blocked copies).
+            transpose::transpose(mixed, columns, f, h);
             cols_inverse.process_with_scratch(columns, scratch);
-            for (y, line) in plane.chunks_exact_mut(w).enumerate() {
-                for (kx, v) in row.iter_mut().enumerate() {
-                    *v = columns[kx * h + y];
-                }
+            transpose::transpose(columns, mixed, h, f);
+            for (y, (offset, row)) in offset.chunks_exact(w).zip(mixed.chunks_exact_mut(f)).enumerate() {
                 // What the Hermitian extension leaves real (numpy's irfft drops these too).
                 row[0].im = 0.0;
                 if w % 2 == 0 {
@@ -508,85 +562,66 @@ impl FourierImage {
                 // Lengths match the plan by construction; the imaginary parts it checks are zero.
                 let done = rows_inverse.process_with_scratch(row, line, scratch);
                 debug_assert!(done.is_ok(), "{done:?}");
-            }
-        }
-        let n = self.channels;
-        for (k, out) in image.chunks_exact_mut(hw).enumerate() {
-            out.copy_from_slice(&self.offset[k * hw..(k + 1) * hw]);
-            for (c, plane) in self.planes.chunks_exact(hw).enumerate() {
-                let m = self.mix[k * n + c];
-                if m != 0.0 {
-                    for (v, s) in out.iter_mut().zip(plane) {
-                        *v += m * s;
-                    }
+                let start = frame.row(y);
+                for ((out, v), b) in plane[start..start + w].iter_mut().zip(line.iter()).zip(offset) {
+                    *out = sigmoid(b + v);
                 }
-            }
-            for v in out.iter_mut() {
-                *v = sigmoid(*v);
             }
         }
     }
 
     /// The gradient with respect to the spectrum's real and imaginary parts of a function whose
-    /// gradient with respect to [`Self::image`]'s output `image` is `grad` (the adjoint of each step).
+    /// gradient with respect to [`Self::synthesise`]'s output `image` is `grad` (framed planes
+    /// both; the borders are not read): the adjoint of each step.
     fn backward(&mut self, image: &[f32], grad: &[f32], d_re: &mut [f32], d_im: &mut [f32]) {
-        let (h, w, f) = (self.h, self.w, self.f);
-        let (hw, hf, n) = (h * w, h * f, self.channels);
-        // Through the sigmoid, then the colour mix (transposed).
-        for ((p, g), s) in self.pre.iter_mut().zip(grad).zip(image) {
-            *p = g * s * (1.0 - s);
-        }
-        for (c, plane) in self.planes.chunks_exact_mut(hw).enumerate() {
-            plane.fill(0.0);
-            for (k, pre) in self.pre.chunks_exact(hw).enumerate() {
-                let m = self.mix[k * n + c];
-                if m != 0.0 {
-                    for (d, p) in plane.iter_mut().zip(pre) {
-                        *d += m * p;
-                    }
-                }
-            }
-        }
+        let (h, w, f, n) = (self.h, self.w, self.f, self.channels);
+        let (hf, frame) = (h * f, self.frame());
         let Self {
             back_gain,
             cols_forward,
             rows_forward,
+            mix,
             columns,
-            row,
+            mixed,
             line,
             scratch,
-            planes,
             ..
         } = self;
-        for ((plane, zr), zi) in planes
-            .chunks_exact(hw)
-            .zip(d_re.chunks_exact_mut(hf))
-            .zip(d_im.chunks_exact_mut(hf))
+        for (k, ((plane, grad), mix)) in image
+            .chunks_exact(frame.plane_len())
+            .zip(grad.chunks_exact(frame.plane_len()))
+            .zip(mix.chunks_exact(n))
+            .enumerate()
         {
-            // The adjoint of the complex-to-real step: a real-to-complex FFT of each row (its
-            // column weights are in `back_gain`).
-            for (y, src) in plane.chunks_exact(w).enumerate() {
+            // Through the sigmoid, then the adjoint of the complex-to-real step: a real-to-complex
+            // FFT of each row (its column weights are in `back_gain`).
+            for (y, row) in mixed.chunks_exact_mut(f).enumerate() {
+                let start = frame.row(y);
+                for ((l, s), g) in line
+                    .iter_mut()
+                    .zip(&plane[start..start + w])
+                    .zip(&grad[start..start + w])
+                {
+                    *l = g * s * (1.0 - s);
+                }
                 // The transform uses its input as scratch.
-                line.copy_from_slice(src);
                 let done = rows_forward.process_with_scratch(line, row, scratch);
                 debug_assert!(done.is_ok(), "{done:?}");
-                for (kx, v) in row.iter().enumerate() {
-                    columns[kx * h + y] = *v;
-                }
             }
             // The adjoint of the inverse FFT down each column is the forward one.
+            transpose::transpose(mixed, columns, f, h);
             cols_forward.process_with_scratch(columns, scratch);
-            for ky in 0..h {
-                let j = ky * f;
-                for (kx, ((r, i), g)) in zr[j..j + f]
-                    .iter_mut()
-                    .zip(&mut zi[j..j + f])
-                    .zip(&back_gain[j..j + f])
-                    .enumerate()
-                {
-                    let v = columns[kx * h + ky];
-                    *r = v.re * g;
-                    *i = v.im * g;
+            transpose::transpose(columns, mixed, h, f);
+            // Then of the scaling and of the colour mix (transposed): into every Fourier channel
+            // (the first model channel sets the gradient, the others add).
+            for (v, g) in mixed.iter_mut().zip(back_gain.iter()) {
+                *v *= g;
+            }
+            for (m, (zr, zi)) in mix.iter().zip(d_re.chunks_exact_mut(hf).zip(d_im.chunks_exact_mut(hf))) {
+                let terms = zr.iter_mut().zip(zi.iter_mut()).zip(mixed.iter());
+                match k {
+                    0 => terms.for_each(|((r, i), v)| (*r, *i) = (m * v.re, m * v.im)),
+                    _ => terms.for_each(|((r, i), v)| (*r, *i) = (*r + m * v.re, *i + m * v.im)),
                 }
             }
         }
@@ -636,88 +671,97 @@ impl View {
     }
 }
 
-/// A view's bilinear taps over an `h x w` image, computed once per view and read by both the view
-/// and its adjoint: for each output pixel, the four source pixels it reads with their weights, and
-/// what the taps that fall outside the image add (0.5 times their weights; their own weight is 0
-/// and their index 0, so that neither direction branches).
+/// A view's bilinear taps over a framed `h x w` image ([`Frame`]), computed once per view and read
+/// by both the view and its adjoint: for each output pixel, the framed index of the top-left of
+/// the four pixels it reads and its fractions right and down. A tap past the image reads the
+/// frame's border (0.5); coordinates past the border are clamped to it, where every tap reads
+/// 0.5 (or has weight 0), so that neither direction branches or checks more than its slice.
 struct Sampling {
-    h: usize,
-    w: usize,
-    at: Vec<[u32; 4]>,
-    weight: Vec<[f32; 4]>,
-    outside: Vec<f32>,
+    frame: Frame,
+    corner: Vec<u32>,
+    fx: Vec<f32>,
+    fy: Vec<f32>,
 }
 
 impl Sampling {
-    /// Room for the taps of an `h x w` image (at most [`MAX_PIXELS`], so indices fit in `u32`).
+    /// Room for the taps of an `h x w` image (at most [`MAX_PIXELS`], so framed indices fit in `u32`).
     fn new(h: usize, w: usize) -> Self {
         let hw = h * w;
         Self {
-            h,
-            w,
-            at: vec![[0; 4]; hw],
-            weight: vec![[0.0; 4]; hw],
-            outside: vec![0.0; hw],
+            frame: Frame { h, w },
+            corner: vec![0; hw],
+            fx: vec![0.0; hw],
+            fy: vec![0.0; hw],
         }
     }
 
     /// The taps of `view`.
     fn set(&mut self, view: &View) {
-        let (h, w) = (self.h, self.w);
-        let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
-        let (wf, hf) = (w as f32, h as f32);
-        let mut p = 0;
-        for y in 0..h {
-            let oy = y as f32 - cy - view.t[1];
-            for x in 0..w {
-                let ox = x as f32 - cx - view.t[0];
-                let sx = view.m[0] * ox + view.m[1] * oy + cx;
-                let sy = view.m[2] * ox + view.m[3] * oy + cy;
-                let (x0, y0) = (sx.floor(), sy.floor());
-                let (fx, fy) = (sx - x0, sy - y0);
-                let taps = [
-                    (x0, y0, (1.0 - fx) * (1.0 - fy)),
-                    (x0 + 1.0, y0, fx * (1.0 - fy)),
-                    (x0, y0 + 1.0, (1.0 - fx) * fy),
-                    (x0 + 1.0, y0 + 1.0, fx * fy),
-                ];
-                let mut outside = 0f32;
-                for (t, (xi, yi, wt)) in taps.into_iter().enumerate() {
-                    if xi >= 0.0 && yi >= 0.0 && xi < wf && yi < hf {
-                        self.at[p][t] = (yi as usize * w + xi as usize) as u32;
-                        self.weight[p][t] = wt;
-                    } else {
-                        self.at[p][t] = 0;
-                        self.weight[p][t] = 0.0;
-                        outside += 0.5 * wt;
+        let Frame { h, w } = self.frame;
+        let stride = self.frame.stride();
+        // Framed coordinates: the image's pixel x is column x + 1; columns 0 and w + 1 are border.
+        let (cx, cy) = ((w as f32 - 1.0) / 2.0 + 1.0, (h as f32 - 1.0) / 2.0 + 1.0);
+        let (umax, vmax) = ((w + 1) as f32, (h + 1) as f32);
+        let rows = self
+            .corner
+            .chunks_exact_mut(w)
+            .zip(self.fx.chunks_exact_mut(w).zip(self.fy.chunks_exact_mut(w)));
+        for (y, (corners, (fxs, fys))) in rows.enumerate() {
+            let oy = y as f32 - (h as f32 - 1.0) / 2.0 - view.t[1];
+            for (x, (corner, (fx, fy))) in corners.iter_mut().zip(fxs.iter_mut().zip(fys.iter_mut())).enumerate() {
+                let ox = x as f32 - (w as f32 - 1.0) / 2.0 - view.t[0];
+                let u = (view.m[0] * ox + view.m[1] * oy + cx).clamp(0.0, umax);
+                let v = (view.m[2] * ox + view.m[3] * oy + cy).clamp(0.0, vmax);
+                // Both are at least 0, so the casts floor; at the far border the corner stays one
+                // short of it with fraction 1 (its right or lower taps read the border).
+                let (x0, y0) = ((u as usize).min(w), (v as usize).min(h));
+                *corner = (y0 * stride + x0) as u32;
+                *fx = u - x0 as f32;
+                *fy = v - y0 as f32;
+            }
+        }
+    }
+
+    /// The view of `image` (framed planes) as the model's input, into `input` (the model's layout).
+    fn apply(&self, spec: &ImageSpec, image: &[f32], input: &mut [f32]) {
+        let s = self.frame.stride();
+        let hw = self.corner.len();
+        let taps = || self.corner.iter().zip(self.fx.iter().zip(&self.fy));
+        for (k, plane) in image.chunks_exact(self.frame.plane_len()).enumerate() {
+            let (factor, shift) = input_affine(spec, k);
+            match spec.layout {
+                Layout::NCHW => {
+                    for (d, tap) in input[k * hw..(k + 1) * hw].iter_mut().zip(taps()) {
+                        *d = bilinear(plane, s, tap) * factor - shift;
                     }
                 }
-                self.outside[p] = outside;
-                p += 1;
+                Layout::NHWC => {
+                    for (d, tap) in input.iter_mut().skip(k).step_by(spec.channels).zip(taps()) {
+                        *d = bilinear(plane, s, tap) * factor - shift;
+                    }
+                }
             }
         }
     }
 
-    /// The view of `image` (planes of `h x w`) into `out`, as long.
-    fn apply(&self, image: &[f32], out: &mut [f32]) {
-        let hw = self.h * self.w;
-        for (plane, out) in image.chunks_exact(hw).zip(out.chunks_exact_mut(hw)) {
-            for (((o, at), wt), base) in out.iter_mut().zip(&self.at).zip(&self.weight).zip(&self.outside) {
-                let tap = |t: usize| wt[t] * plane.get(at[t] as usize).copied().unwrap_or(0.0);
-                *o = base + tap(0) + tap(1) + tap(2) + tap(3);
-            }
-        }
-    }
-
-    /// The adjoint of [`Self::apply`]: the gradient on the image of `grad` on the view, into `out`.
-    fn adjoint(&self, grad: &[f32], out: &mut [f32]) {
-        let hw = self.h * self.w;
-        for (g, out) in grad.chunks_exact(hw).zip(out.chunks_exact_mut(hw)) {
-            out.fill(0.0);
-            for ((g, at), wt) in g.iter().zip(&self.at).zip(&self.weight) {
-                for t in 0..4 {
-                    if let Some(o) = out.get_mut(at[t] as usize) {
-                        *o += wt[t] * g;
+    /// The adjoint of [`Self::apply`]: the gradient on the image (framed planes, into `out`) of
+    /// `grad` on the model's input.
+    fn adjoint(&self, spec: &ImageSpec, grad: &[f32], out: &mut [f32]) {
+        let s = self.frame.stride();
+        let hw = self.corner.len();
+        let taps = || self.corner.iter().zip(self.fx.iter().zip(&self.fy));
+        for (k, plane) in out.chunks_exact_mut(self.frame.plane_len()).enumerate() {
+            plane.fill(0.0);
+            let (factor, _) = input_affine(spec, k);
+            match spec.layout {
+                Layout::NCHW => {
+                    for (g, tap) in grad.get(k * hw..(k + 1) * hw).unwrap_or(&[]).iter().zip(taps()) {
+                        spread(plane, s, g * factor, tap);
+                    }
+                }
+                Layout::NHWC => {
+                    for (g, tap) in grad.iter().skip(k).step_by(spec.channels).zip(taps()) {
+                        spread(plane, s, g * factor, tap);
                     }
                 }
             }
@@ -725,66 +769,58 @@ impl Sampling {
     }
 }
 
-/// The model's input for an image in [0, 1] (`[k][y][x]`), and the factor per channel from the
-/// image to it (its derivative).
-fn to_input(spec: &ImageSpec, image: &[f32]) -> (Tensor, Vec<f32>) {
+/// One output pixel of a view: the bilinear mix of the four framed pixels at `corner` (framed
+/// planes of row length `s`), in range by construction ([`Sampling::set`]; out of range reads 0.5).
+#[inline(always)]
+fn bilinear(plane: &[f32], s: usize, (corner, (fx, fy)): (&u32, (&f32, &f32))) -> f32 {
+    let i = *corner as usize;
+    let Some(q) = plane.get(i..i + s + 2) else { return 0.5 };
+    let top = q[0] + fx * (q[1] - q[0]);
+    let bottom = q[s] + fx * (q[s + 1] - q[s]);
+    top + fy * (bottom - top)
+}
+
+/// The adjoint of [`bilinear`]: `g` on its output spread over its four framed pixels.
+#[inline(always)]
+fn spread(plane: &mut [f32], s: usize, g: f32, (corner, (fx, fy)): (&u32, (&f32, &f32))) {
+    let i = *corner as usize;
+    if let Some(q) = plane.get_mut(i..i + s + 2) {
+        let (top, bottom) = (g * (1.0 - fy), g * fy);
+        q[0] += top * (1.0 - fx);
+        q[1] += top * fx;
+        q[s] += bottom * (1.0 - fx);
+        q[s + 1] += bottom * fx;
+    }
+}
+
+/// The model's input for an image in [0, 1] (`[k][y][x]`).
+fn to_input(spec: &ImageSpec, image: &[f32]) -> Tensor {
     let (c, h, w) = (spec.channels, spec.height, spec.width);
     let mut data = vec![0f32; c * h * w];
-    write_input(spec, image, &mut data);
+    let hw = h * w;
+    for (k, plane) in image.chunks_exact(hw).enumerate() {
+        let (factor, shift) = input_affine(spec, k);
+        let values = plane.iter().map(|v| v * factor - shift);
+        match spec.layout {
+            Layout::NCHW => data[k * hw..(k + 1) * hw]
+                .iter_mut()
+                .zip(values)
+                .for_each(|(d, v)| *d = v),
+            Layout::NHWC => data.iter_mut().skip(k).step_by(c).zip(values).for_each(|(d, v)| *d = v),
+        }
+    }
     let shape = match spec.layout {
         Layout::NCHW => vec![1, c, h, w],
         Layout::NHWC => vec![1, h, w, c],
     };
-    (Tensor::f32(shape, data), input_factor(spec))
+    Tensor::f32(shape, data)
 }
 
-/// Per channel, the derivative of the model's input by the image's value.
-fn input_factor(spec: &ImageSpec) -> Vec<f32> {
-    (0..spec.channels)
-        .map(|k| 255.0 * spec.scale / spec.std.get(k).copied().unwrap_or(1.0))
-        .collect()
-}
-
-/// [`to_input`]'s values into `data`, in the model's layout.
-fn write_input(spec: &ImageSpec, image: &[f32], data: &mut [f32]) {
-    let c = spec.channels;
-    let hw = spec.height * spec.width;
-    for (k, (plane, factor)) in image.chunks_exact(hw).zip(input_factor(spec)).enumerate() {
-        let mean = spec.mean.get(k).copied().unwrap_or(0.0) / spec.std.get(k).copied().unwrap_or(1.0);
-        match spec.layout {
-            Layout::NCHW => {
-                for (d, v) in data[k * hw..(k + 1) * hw].iter_mut().zip(plane) {
-                    *d = v * factor - mean;
-                }
-            }
-            Layout::NHWC => {
-                for (d, v) in data.iter_mut().skip(k).step_by(c).zip(plane) {
-                    *d = v * factor - mean;
-                }
-            }
-        }
-    }
-}
-
-/// The model input's gradient `grad` (the model's layout) as the gradient on the image it was
-/// made from ([`to_input`]), `[k][y][x]`, into `out`.
-fn input_to_image(spec: &ImageSpec, grad: &[f32], out: &mut [f32]) {
-    let c = spec.channels;
-    let hw = spec.height * spec.width;
-    for (k, (plane, factor)) in out.chunks_exact_mut(hw).zip(input_factor(spec)).enumerate() {
-        match spec.layout {
-            Layout::NCHW => match grad.get(k * hw..(k + 1) * hw) {
-                Some(g) => plane.iter_mut().zip(g).for_each(|(o, g)| *o = g * factor),
-                None => plane.fill(0.0),
-            },
-            Layout::NHWC => {
-                plane.fill(0.0);
-                for (o, g) in plane.iter_mut().zip(grad.iter().skip(k).step_by(c)) {
-                    *o = g * factor;
-                }
-            }
-        }
-    }
+/// Channel `k` of the model's input as `image * factor - shift` of the image's value in [0, 1]
+/// (`factor` is its derivative).
+fn input_affine(spec: &ImageSpec, k: usize) -> (f32, f32) {
+    let std = spec.std.get(k).copied().unwrap_or(1.0);
+    (255.0 * spec.scale / std, spec.mean.get(k).copied().unwrap_or(0.0) / std)
 }
 
 /// The job's input as an image in [0, 1], `[k][y][x]` (the inverse of [`to_input`]).
@@ -807,26 +843,21 @@ fn from_input(spec: &ImageSpec, input: &[f32]) -> Vec<f32> {
     image
 }
 
-/// The total-variation and L2 penalties of an image in [0, 1] (`[k][y][x]`), weighted, with their
-/// gradient added to `grad` (negated: the objective is maximised).
-fn penalties(
-    p: &ActivationMaximisationParams,
-    image: &[f32],
-    channels: usize,
-    h: usize,
-    w: usize,
-    grad: &mut [f32],
-) -> f64 {
+/// The total-variation and L2 penalties of an image in [0, 1] (framed planes), weighted, with
+/// their gradient added to `grad` (framed as well; negated: the objective is maximised).
+fn penalties(p: &ActivationMaximisationParams, image: &[f32], frame: Frame, grad: &mut [f32]) -> f64 {
+    let (h, w, s) = (frame.h, frame.w, frame.stride());
+    let channels = image.len() / frame.plane_len();
     let mut total = 0f64;
     if p.total_variation > 0.0 {
         let weight = p.total_variation;
         let mut tv = 0f64;
         for c in 0..channels {
-            let base = c * h * w;
+            let base = c * frame.plane_len();
             for y in 0..h {
                 for x in 0..w {
-                    let i = base + y * w + x;
-                    for j in [(x + 1 < w).then_some(i + 1), (y + 1 < h).then_some(i + w)]
+                    let i = base + frame.row(y) + x;
+                    for j in [(x + 1 < w).then_some(i + 1), (y + 1 < h).then_some(i + s)]
                         .into_iter()
                         .flatten()
                     {
@@ -842,9 +873,18 @@ fn penalties(
         total += weight as f64 * tv;
     }
     if p.l2 > 0.0 {
-        let norm = (1e-6 + image.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()).sqrt();
-        for (g, v) in grad.iter_mut().zip(image) {
-            *g -= p.l2 * (*v as f64 / norm) as f32;
+        // The image's pixels, without the border.
+        let pixels = || {
+            (0..channels).flat_map(move |c| {
+                (0..h).flat_map(move |y| {
+                    let start = c * frame.plane_len() + frame.row(y);
+                    start..start + w
+                })
+            })
+        };
+        let norm = (1e-6 + pixels().map(|i| (image[i] as f64).powi(2)).sum::<f64>()).sqrt();
+        for i in pixels() {
+            grad[i] -= p.l2 * (image[i] as f64 / norm) as f32;
         }
         total += p.l2 as f64 * norm;
     }
@@ -879,10 +919,14 @@ impl Adam {
         let (c1, c2) = (1.0 - Self::BETA1.powi(self.t), 1.0 - Self::BETA2.powi(self.t));
         // PyTorch's form: lr / c1 * m / (sqrt(v) / sqrt(c2) + eps), constants hoisted.
         let (step, root) = (self.lr / c1, 1.0 / c2.sqrt());
-        for (((x, g), m), v) in x.iter_mut().zip(g).zip(self.m.iter_mut()).zip(self.v.iter_mut()) {
-            *m = Self::BETA1 * *m + (1.0 - Self::BETA1) * g;
-            *v = Self::BETA2 * *v + (1.0 - Self::BETA2) * g * g;
-            *x += step * *m / (v.sqrt() * root + Self::EPS);
+        // One length for the four slices, so that the loop runs without bounds checks (in
+        // vector registers).
+        let n = x.len().min(g.len()).min(self.m.len()).min(self.v.len());
+        let (x, g, m, v) = (&mut x[..n], &g[..n], &mut self.m[..n], &mut self.v[..n]);
+        for i in 0..n {
+            m[i] = Self::BETA1 * m[i] + (1.0 - Self::BETA1) * g[i];
+            v[i] = Self::BETA2 * v[i] + (1.0 - Self::BETA2) * g[i] * g[i];
+            x[i] += step * m[i] / (v[i].sqrt() * root + Self::EPS);
         }
     }
 }
@@ -946,7 +990,7 @@ fn optimise(
     channel: Option<&ChannelObjective>,
     seed: u64,
 ) -> Result<TargetAttribution, RuntimeError> {
-    let (c, h, w) = (spec.channels, spec.height, spec.width);
+    let (h, w) = (spec.height, spec.width);
     let offset = match p.start {
         Start::Noise => None,
         Start::Input => Some(
@@ -968,14 +1012,13 @@ fn optimise(
     let mut im: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
     let (mut adam_re, mut adam_im) = (Adam::new(p.learning_rate, n), Adam::new(p.learning_rate, n));
     let (mut d_re, mut d_im) = (vec![0f32; n], vec![0f32; n]);
-    let (mut input, _) = to_input(spec, &param.image(&re, &im));
+    let mut input = to_input(spec, &param.image(&re, &im));
     let initial_score = score_of(cx, job, &input, target, channel)?;
     let weights = one_hot(&[target.index], crate::common::detection_targets::width(&job.model));
     // Every step works in these buffers (and the parametrisation's own): it allocates nothing
-    // but what the pass answers.
-    let len = param.image_len();
-    let (mut image, mut seen, mut d_seen, mut d_image) =
-        (vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len]);
+    // but what the pass answers. The image and its gradient are framed planes (see `Frame`).
+    let frame = param.frame();
+    let (mut image, mut d_image) = (param.framed_image(), param.framed_image());
     let mut sampling = Sampling::new(h, w);
     sampling.set(&View::IDENTITY);
     let mut curve = Vec::with_capacity(p.iterations);
@@ -985,22 +1028,20 @@ fn optimise(
         if p.transforms {
             sampling.set(&View::draw(&mut rng, h.max(w)));
         }
-        sampling.apply(&image, &mut seen);
         if let TensorData::F32(values) = &mut input.data {
-            write_input(spec, &seen, values);
+            sampling.apply(spec, &image, values);
         }
         let (score, grad) = objective(cx, &input, target, &weights, channel)?;
-        // The input gradient back to the view's pixels, then to the image's.
-        input_to_image(spec, grad.as_f32().unwrap_or(&[]), &mut d_seen);
-        sampling.adjoint(&d_seen, &mut d_image);
-        let penalty = penalties(p, &image, c, h, w, &mut d_image);
+        // The input gradient back through the view to the image's pixels.
+        sampling.adjoint(spec, grad.as_f32().unwrap_or(&[]), &mut d_image);
+        let penalty = penalties(p, &image, frame, &mut d_image);
         curve.push(score - penalty);
         param.backward(&image, &d_image, &mut d_re, &mut d_im);
         adam_re.step(&mut re, &d_re);
         adam_im.step(&mut im, &d_im);
     }
     let image = param.image(&re, &im);
-    let (input, _) = to_input(spec, &image);
+    let input = to_input(spec, &image);
     let final_score = score_of(cx, job, &input, target, channel)?;
     let details = ActivationMaximisationDetails {
         objective: if channel.is_some() { "channel" } else { "class" }.into(),
@@ -1077,11 +1118,15 @@ mod tests {
     }
 
     /// The hand-written backward pass of the parametrisation and of a view agree with finite
-    /// differences (seed printed on failure).
+    /// differences (seed printed on failure), in both layouts, through the model input's scaling.
     #[test]
     fn the_parametrisation_s_gradient_matches_finite_differences() {
-        for (channels, side) in [(1, 6), (3, 5)] {
-            let spec = spec(channels, side);
+        for (channels, side, layout) in [(1, 6, Layout::NCHW), (3, 5, Layout::NCHW), (3, 5, Layout::NHWC)] {
+            let mut spec = spec(channels, side);
+            spec.layout = layout;
+            if channels == 3 {
+                (spec.mean, spec.std) = (vec![100.0, 120.0, 90.0], vec![50.0, 60.0, 70.0]);
+            }
             let mut param = FourierImage::new(&spec, None);
             let n = param.spectrum_len();
             let seed = 7 + channels as u64;
@@ -1093,15 +1138,19 @@ mod tests {
             sampling.set(&View::draw(&mut rng, 224));
             let len = channels * side * side;
             let weights: Vec<f32> = (0..len).map(|_| normal.sample(&mut rng)).collect();
-            // f = sum(weights * view(image)).
+            // f = sum(weights * input(view(image))).
             let f = |param: &mut FourierImage, re: &[f32], im: &[f32]| -> f64 {
-                let mut seen = vec![0f32; len];
-                sampling.apply(&param.image(re, im), &mut seen);
-                seen.iter().zip(&weights).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+                let mut image = param.framed_image();
+                param.synthesise(re, im, &mut image);
+                let mut input = vec![0f32; len];
+                sampling.apply(&spec, &image, &mut input);
+                input.iter().zip(&weights).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
             };
-            let image = param.image(&re, &im);
-            let mut d_image = vec![0f32; len];
-            sampling.adjoint(&weights, &mut d_image);
+            let mut image = param.framed_image();
+            param.synthesise(&re, &im, &mut image);
+            // Whatever the gradient's planes held before, the adjoint overwrites them.
+            let mut d_image = vec![f32::NAN; image.len()];
+            sampling.adjoint(&spec, &weights, &mut d_image);
             let (mut d_re, mut d_im) = (vec![0f32; n], vec![0f32; n]);
             param.backward(&image, &d_image, &mut d_re, &mut d_im);
             let eps = 1e-2f32;
@@ -1119,8 +1168,68 @@ mod tests {
                     let numeric = (f(&mut param, &a, &b) - f(&mut param, &c, &d)) / (2.0 * eps as f64);
                     assert!(
                         (numeric - analytic as f64).abs() <= 2e-3 + 1e-2 * numeric.abs(),
-                        "seed {seed}, channels {channels}, value {i}.{which}: numeric {numeric}, analytic {analytic}"
+                        "seed {seed}, channels {channels}, {layout:?}, value {i}.{which}: numeric {numeric}, analytic {analytic}"
                     );
+                }
+            }
+        }
+    }
+
+    /// A view is bilinear resampling with 0.5 outside the image, from its definition: the framed
+    /// taps (the border, the clamping past it) give the same values, for views that reach far
+    /// past every side as for lucent's small ones.
+    #[test]
+    fn a_view_is_bilinear_with_grey_outside() {
+        let (h, w) = (7, 10);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let image: Vec<f32> = (0..h * w).map(|_| rng.random_range(0.0..1.0)).collect();
+        let mut framed = Frame { h, w }.planes(1, 0.5);
+        for y in 0..h {
+            let start = Frame { h, w }.row(y);
+            framed[start..start + w].copy_from_slice(&image[y * w..(y + 1) * w]);
+        }
+        let (sin, cos) = 0.4f32.sin_cos();
+        let mut views = vec![
+            View::IDENTITY,
+            View {
+                m: [0.4, 0.0, 0.0, 0.4],
+                t: [0.3, -0.6],
+            },
+            View {
+                m: [cos * 2.5, sin * 2.5, -sin * 2.5, cos * 2.5],
+                t: [1.5, 2.25],
+            },
+            View {
+                m: [1.0, 0.0, 0.0, 1.0],
+                t: [-9.5, 6.5],
+            },
+        ];
+        views.extend((0..8).map(|_| View::draw(&mut rng, 224)));
+        let mut sampling = Sampling::new(h, w);
+        for view in views {
+            sampling.set(&view);
+            let mut got = vec![0f32; h * w];
+            let mut spec = spec(1, h);
+            spec.width = w;
+            sampling.apply(&spec, &framed, &mut got);
+            let (cx, cy) = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
+            let m = view.m.map(f64::from);
+            for y in 0..h {
+                for x in 0..w {
+                    let (ox, oy) = (x as f64 - cx - view.t[0] as f64, y as f64 - cy - view.t[1] as f64);
+                    let (sx, sy) = (m[0] * ox + m[1] * oy + cx, m[2] * ox + m[3] * oy + cy);
+                    let (x0, y0) = (sx.floor(), sy.floor());
+                    let (fx, fy) = (sx - x0, sy - y0);
+                    let pixel = |xi: f64, yi: f64| match xi >= 0.0 && yi >= 0.0 && xi < w as f64 && yi < h as f64 {
+                        true => image[yi as usize * w + xi as usize] as f64,
+                        false => 0.5,
+                    };
+                    let want = pixel(x0, y0) * (1.0 - fx) * (1.0 - fy)
+                        + pixel(x0 + 1.0, y0) * fx * (1.0 - fy)
+                        + pixel(x0, y0 + 1.0) * (1.0 - fx) * fy
+                        + pixel(x0 + 1.0, y0 + 1.0) * fx * fy;
+                    let got = got[y * w + x] as f64;
+                    assert!((got - want).abs() < 1e-5, "{view:?} at ({x}, {y}): {got} vs {want}");
                 }
             }
         }
@@ -1186,7 +1295,13 @@ mod tests {
             // coefficient in the synthesis, times g s (1 - s).
             let g: Vec<f32> = (0..h * w).map(|_| normal.sample(&mut rng) * 20.0).collect();
             let (mut d_re, mut d_im) = (vec![0f32; n], vec![0f32; n]);
-            param.backward(&image, &g, &mut d_re, &mut d_im);
+            let (mut framed, mut framed_g) = (param.framed_image(), param.framed_image());
+            param.synthesise(&re, &im, &mut framed);
+            for y in 0..h {
+                let start = param.frame().row(y);
+                framed_g[start..start + w].copy_from_slice(&g[y * w..(y + 1) * w]);
+            }
+            param.backward(&framed, &framed_g, &mut d_re, &mut d_im);
             let pre: Vec<f64> = g.iter().zip(&image).map(|(g, s)| (g * s * (1.0 - s)) as f64).collect();
             let tau = std::f64::consts::TAU;
             let norm = 1.0 / ((h * w) as f64).sqrt() / MAGIC as f64;
@@ -1211,6 +1326,48 @@ mod tests {
                     assert!(
                         (got as f64 - want).abs() < 1e-5 * want.abs().max(1.0),
                         "{h}x{w} value {j}.{part}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The colour mix, done on the spectra, is the mix of the Fourier channels' pixels (lucent's
+    /// `to_valid_rgb` after `fft_image`), in RGB and BGR order, on a non-square image.
+    #[test]
+    fn the_colour_mix_on_the_spectra_is_the_mix_of_the_pixels() {
+        let (h, w) = (6, 9);
+        for color in [ColorOrder::Rgb, ColorOrder::Bgr] {
+            let mut spec = spec(3, h);
+            (spec.width, spec.color) = (w, color);
+            let mut param = FourierImage::new(&spec, None);
+            let mut gray = spec.clone();
+            (gray.channels, gray.color) = (1, ColorOrder::Grayscale);
+            let one = FourierImage::new(&gray, None);
+            let n = param.spectrum_len();
+            let mut rng = ChaCha8Rng::seed_from_u64(11);
+            let normal = Normal::new(0.0f32, 0.3).unwrap();
+            let re: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+            let im: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+            let hf = n / 3;
+            let planes: Vec<Vec<f64>> = (0..3)
+                .map(|c| irfft2_reference(&one, &re[c * hf..(c + 1) * hf], &im[c * hf..(c + 1) * hf]))
+                .collect();
+            let m = COLOR_CORRELATION_SVD_SQRT.map(|row| row.map(f64::from));
+            let max_norm = (0..3)
+                .map(|c| (0..3).map(|r| m[r][c] * m[r][c]).sum::<f64>().sqrt())
+                .fold(0f64, f64::max);
+            let image = param.image(&re, &im);
+            for k in 0..3 {
+                // Model channel k is colour `rgb` of lucent's matrix.
+                let rgb = if color == ColorOrder::Bgr { 2 - k } else { k };
+                for j in 0..h * w {
+                    let mixed: f64 = (0..3).map(|c| m[rgb][c] / max_norm * planes[c][j]).sum();
+                    let expected = 1.0 / (1.0 + (-mixed).exp());
+                    let got = image[k * h * w + j] as f64;
+                    assert!(
+                        (got - expected).abs() < 1e-5,
+                        "{color:?} channel {k} pixel {j}: {got} vs {expected}"
                     );
                 }
             }
