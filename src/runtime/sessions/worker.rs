@@ -248,16 +248,8 @@ impl WorkerRuntime {
         sizing: Sizing,
     ) -> Result<Vec<Tensor>, RuntimeError> {
         let session = self.store.layers_session(model, names)?;
-        let mut out = self.forward_on(&session, model, input, sizing)?;
-        names
-            .iter()
-            .map(|l| {
-                out.remove(l).ok_or_else(|| RuntimeError::UnsupportedModel {
-                    model: model.name.clone(),
-                    message: format!("layer `{l}` gave no values"),
-                })
-            })
-            .collect()
+        let out = self.forward_on(&session, model, input, sizing)?;
+        layers_of(model, names, out)
     }
 
     /// [`Self::layer_activations`], each layer's passes kept where ONNX Runtime made them
@@ -271,16 +263,8 @@ impl WorkerRuntime {
     ) -> Result<Vec<RowChunks>, RuntimeError> {
         let session = self.store.layers_session(model, names)?;
         let feeds = [(model.spec.input.as_str(), input)];
-        let mut out = self.run_batched_kept(&session, model, &feeds, (Pass::Forward, None), sizing, &|_| true)?;
-        names
-            .iter()
-            .map(|l| {
-                out.remove(l).ok_or_else(|| RuntimeError::UnsupportedModel {
-                    model: model.name.clone(),
-                    message: format!("layer `{l}` gave no values"),
-                })
-            })
-            .collect()
+        let out = self.run_batched_kept(&session, model, &feeds, (Pass::Forward, None), sizing, &|_| true)?;
+        layers_of(model, names, out)
     }
 
     /// Runs `model`'s backward model exposing `layers` under `rules` on `input` with target
@@ -655,6 +639,19 @@ impl WorkerRuntime {
         }
         Ok(())
     }
+}
+
+/// The outputs named `names`, in that order; a layer missing from `out` is refused.
+fn layers_of<T>(model: &LoadedModel, names: &[String], mut out: HashMap<String, T>) -> Result<Vec<T>, RuntimeError> {
+    names
+        .iter()
+        .map(|l| {
+            out.remove(l).ok_or_else(|| RuntimeError::UnsupportedModel {
+                model: model.name.clone(),
+                message: format!("layer `{l}` gave no values"),
+            })
+        })
+        .collect()
 }
 
 /// Runs one pass: its feeds and its rows.
