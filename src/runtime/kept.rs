@@ -41,13 +41,6 @@ pub struct RowChunks {
 }
 
 impl RowChunks {
-    /// One tensor's rows (its first axis), as one chunk.
-    pub fn from_tensor(t: Tensor) -> Result<Self, String> {
-        let mut rows = Self::default();
-        rows.push(Output::Copied(t))?;
-        Ok(rows)
-    }
-
     /// Adds a pass's rows after the others'. Refused: not float32, no row axis, or rows of
     /// another length than the earlier passes'.
     pub fn push(&mut self, output: Output) -> Result<(), String> {
